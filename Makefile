@@ -1,0 +1,42 @@
+# pkraft. `make run` starts a single-node dev server; `make test` runs every test.
+# Everything builds with --locked against the committed Cargo.lock.
+
+CARGO ?= cargo
+# Test builds unify features differently from plain builds (dev-dependencies), so the e2e check
+# uses the binary that `cargo test` builds instead of building a second variant.
+PKRAFT_TEST_BIN := target/debug/pkraft
+
+.PHONY: run test fmt fmt-check lint e2e ci release clean-data
+
+## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
+## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
+run:
+	$(CARGO) run --locked -p pkraft -- dev
+
+## Unit, storage-conformance and integration tests (real binary on loopback port 0).
+test:
+	$(CARGO) test --workspace --locked
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## curl + dig + kdig against the real binary, including SIGKILL and restart.
+e2e:
+	$(CARGO) test --workspace --locked --no-run
+	tests/e2e/quickcheck.sh $(PKRAFT_TEST_BIN)
+
+## The CI gate (.ci/run): read-only checks, then tests, then the end-to-end check.
+ci: fmt-check lint test e2e
+
+release:
+	$(CARGO) build --release --locked -p pkraft
+
+## Remove the dev server's data (./data).
+clean-data:
+	rm -rf ./data

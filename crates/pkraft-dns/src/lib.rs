@@ -1,0 +1,21 @@
+//! The DNS frontend: hickory-server over UDP and TCP, answering from the local replica
+//! (DESIGN.md §2.3). Reads never go through Raft.
+//!
+//! # Layout
+//! - [`settings`]: the `[dns]` config section and its validation into [`settings::Zones`].
+//! - [`zone`]: [`zone::PkarrZone`], one hickory `ZoneHandler` per origin: apex SOA/NS/A/AAAA, and
+//!   `<name>.<z32>.<origin>` answered from the packet stored for `<z32>`.
+//! - [`server`]: [`server::DnsServer`]: binds UDP and TCP on one port and runs hickory's `Server`
+//!   with a `Catalog` of the zones.
+//!
+//! hickory's `Catalog` does the protocol work around the zones: EDNS (OPT echo, BADVERS), the AA
+//! flag, REFUSED for names under no origin, FORMERR for bad question counts, and the SOA in the
+//! authority section of negative answers. The server truncates UDP answers that exceed the
+//! client's EDNS size (512 bytes without EDNS) and sets TC.
+
+pub mod server;
+pub mod settings;
+pub mod zone;
+
+pub use server::{DnsError, DnsServer};
+pub use settings::{Settings, SettingsError};

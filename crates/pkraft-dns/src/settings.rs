@@ -1,0 +1,188 @@
+//! The `[dns]` config section.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hickory_proto::rr::Name;
+use serde::Deserialize;
+
+/// How the DNS frontend listens and what it serves at each origin's apex.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// UDP and TCP listen address (one port for both). Default `127.0.0.1:5300`.
+    pub listen: SocketAddr,
+    /// Zones served: a query `<name>.<z32>.<origin>` is answered from the packet of key `<z32>`.
+    /// The most specific origin wins; `.` serves `<z32>.` directly. Default `["pkarr.test"]`.
+    pub origins: Vec<String>,
+    /// NS records at every origin's apex; the first is also the SOA MNAME. Default: none (then NS
+    /// queries get NODATA and the SOA MNAME is the origin itself).
+    pub nameservers: Vec<String>,
+    /// SOA RNAME, the zone contact as a domain name. Default `hostmaster.<origin>`.
+    pub soa_rname: Option<String>,
+    /// SOA serial. pkraft serves no zone transfers, so this is informational. Default 1.
+    pub soa_serial: u32,
+    /// SOA MINIMUM: how long resolvers cache "no such key" (RFC 2308). Default 30 s, kept low so
+    /// that a key published right after a miss resolves soon.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// TTL of the apex records (SOA, NS, A, AAAA). Default 5 min.
+    #[serde(with = "humantime_serde")]
+    pub apex_ttl: Duration,
+    /// A records at every origin's apex. Default: none.
+    pub apex_a: Vec<Ipv4Addr>,
+    /// AAAA records at every origin's apex. Default: none.
+    pub apex_aaaa: Vec<Ipv6Addr>,
+    /// A DNS-over-TCP connection with no request for this long is closed. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5300)),
+            origins: vec!["pkarr.test".to_string()],
+            nameservers: Vec::new(),
+            soa_rname: None,
+            soa_serial: 1,
+            negative_ttl: Duration::from_secs(30),
+            apex_ttl: Duration::from_secs(300),
+            apex_a: Vec::new(),
+            apex_aaaa: Vec::new(),
+            tcp_idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A `[dns]` value that cannot be served. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dns.{field}: {reason}")]
+pub struct SettingsError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl SettingsError {
+    fn new(field: impl Into<String>, reason: impl ToString) -> Self {
+        SettingsError {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Validated settings: fully qualified names and TTLs in seconds.
+#[derive(Debug, Clone)]
+pub struct Zones {
+    pub origins: Vec<Name>,
+    pub nameservers: Vec<Name>,
+    /// `None` means `hostmaster.<origin>` for each origin.
+    pub soa_rname: Option<Name>,
+    pub soa_serial: u32,
+    pub negative_ttl_secs: u32,
+    pub apex_ttl_secs: u32,
+    pub apex_a: Vec<Ipv4Addr>,
+    pub apex_aaaa: Vec<Ipv6Addr>,
+}
+
+impl Settings {
+    /// Checks every name and TTL; the error names the offending field.
+    pub fn zones(&self) -> Result<Zones, SettingsError> {
+        if self.origins.is_empty() {
+            return Err(SettingsError::new(
+                "origins",
+                "at least one origin is needed",
+            ));
+        }
+        let origins = names("origins", &self.origins)?;
+        for (i, origin) in origins.iter().enumerate() {
+            if origins[..i].contains(origin) {
+                return Err(SettingsError::new(
+                    format!("origins[{i}]"),
+                    format!("{origin} is listed twice"),
+                ));
+            }
+        }
+        let soa_rname = self
+            .soa_rname
+            .as_deref()
+            .map(|name| fqdn(name).map_err(|e| SettingsError::new("soa_rname", e)))
+            .transpose()?;
+        Ok(Zones {
+            origins,
+            nameservers: names("nameservers", &self.nameservers)?,
+            soa_rname,
+            soa_serial: self.soa_serial,
+            negative_ttl_secs: ttl_secs("negative_ttl", self.negative_ttl)?,
+            apex_ttl_secs: ttl_secs("apex_ttl", self.apex_ttl)?,
+            apex_a: self.apex_a.clone(),
+            apex_aaaa: self.apex_aaaa.clone(),
+        })
+    }
+}
+
+fn names(field: &str, values: &[String]) -> Result<Vec<Name>, SettingsError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| fqdn(value).map_err(|e| SettingsError::new(format!("{field}[{i}]"), e)))
+        .collect()
+}
+
+/// Parses a domain name and makes it fully qualified (`pkarr.test` and `pkarr.test.` are the same).
+fn fqdn(text: &str) -> Result<Name, String> {
+    let mut name =
+        Name::from_str(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
+    name.set_fqdn(true);
+    Ok(name)
+}
+
+fn ttl_secs(field: &str, ttl: Duration) -> Result<u32, SettingsError> {
+    // RFC 2181 §8: TTLs are at most 2^31 - 1 seconds.
+    let secs = ttl.as_secs();
+    if secs > i32::MAX as u64 {
+        return Err(SettingsError::new(
+            field,
+            format!("{secs} s exceeds the DNS maximum of 2^31-1 s"),
+        ));
+    }
+    Ok(secs as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_settings_are_valid() {
+        let zones = Settings::default().zones().expect("valid");
+        assert_eq!(
+            zones.origins,
+            vec![Name::from_str("pkarr.test.").expect("name")]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let settings = Settings {
+            origins: vec!["ok.test".into(), "bad..name".into()],
+            ..Settings::default()
+        };
+        let err = settings.zones().expect_err("invalid");
+        assert_eq!(err.field, "origins[1]");
+
+        let empty = Settings {
+            origins: vec![],
+            ..Settings::default()
+        };
+        assert_eq!(empty.zones().expect_err("invalid").field, "origins");
+
+        let twice = Settings {
+            origins: vec!["a.test".into(), "A.test.".into()],
+            ..Settings::default()
+        };
+        assert_eq!(twice.zones().expect_err("invalid").field, "origins[1]");
+    }
+}

@@ -1,0 +1,322 @@
+//! [`PkarrZone`]: the hickory `ZoneHandler` for one origin.
+//!
+//! A query name under the origin is `<sub>.<z32>.<origin>`: the label just left of the origin is
+//! a public key, `<sub>` (possibly empty) is a name inside that key's packet. pkarr stores record
+//! owners relative to the key (`_iroh.<z32>`), so a record answers the query when its owner, minus
+//! the final key label, equals `<sub>`.
+//!
+//! Outcomes (DESIGN.md §2.3): unknown key or name → NXDOMAIN; known name, other type → NODATA;
+//! both with the origin's SOA, which hickory's `Catalog` adds. A name that exists only as the
+//! parent of another (the key itself, when the packet holds `_iroh.<z32>`) is NODATA, not
+//! NXDOMAIN (RFC 8020: NXDOMAIN would deny the names below it).
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType, TSigResponseContext};
+use hickory_server::server::{Request, RequestInfo};
+use hickory_server::zone_handler::{
+    AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
+    ZoneHandler, ZoneTransfer, ZoneType,
+};
+use pkraft_store::Store;
+use pkraft_types::packet::dns_records;
+use pkraft_types::parse_z32_key;
+
+use crate::settings::Zones;
+
+/// SOA timers. pkraft serves no zone transfers, so secondaries never use them; the values are the
+/// conventional ones (RFC 1912 §2.2) so that zone checkers do not complain.
+const SOA_REFRESH_SECS: i32 = 3_600;
+const SOA_RETRY_SECS: i32 = 600;
+const SOA_EXPIRE_SECS: i32 = 1_209_600;
+
+/// The records at an origin's apex, built once from the settings.
+#[derive(Debug)]
+struct Apex {
+    soa: Record,
+    ns: Vec<Record>,
+    a: Vec<Record>,
+    aaaa: Vec<Record>,
+}
+
+impl Apex {
+    fn new(origin: &Name, zones: &Zones) -> Apex {
+        let ttl = zones.apex_ttl_secs;
+        let mname = zones
+            .nameservers
+            .first()
+            .cloned()
+            .unwrap_or_else(|| origin.clone());
+        let rname = zones
+            .soa_rname
+            .clone()
+            .unwrap_or_else(|| hostmaster(origin));
+        let soa = SOA::new(
+            mname,
+            rname,
+            zones.soa_serial,
+            SOA_REFRESH_SECS,
+            SOA_RETRY_SECS,
+            SOA_EXPIRE_SECS,
+            zones.negative_ttl_secs,
+        );
+        let record = |data: RData| Record::from_rdata(origin.clone(), ttl, data);
+        Apex {
+            soa: record(RData::SOA(soa)),
+            ns: zones
+                .nameservers
+                .iter()
+                .map(|ns| record(RData::NS(NS(ns.clone()))))
+                .collect(),
+            a: zones
+                .apex_a
+                .iter()
+                .map(|ip| record(RData::A(A(*ip))))
+                .collect(),
+            aaaa: zones
+                .apex_aaaa
+                .iter()
+                .map(|ip| record(RData::AAAA(AAAA(*ip))))
+                .collect(),
+        }
+    }
+
+    fn records(&self, rtype: RecordType) -> Vec<Record> {
+        let all = || {
+            std::iter::once(&self.soa)
+                .chain(&self.ns)
+                .chain(&self.a)
+                .chain(&self.aaaa)
+        };
+        match rtype {
+            RecordType::ANY => all().cloned().collect(),
+            rtype => all()
+                .filter(|r| r.record_type() == rtype)
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+/// `hostmaster.<origin>`, or the origin itself for the root.
+fn hostmaster(origin: &Name) -> Name {
+    origin
+        .prepend_label("hostmaster")
+        .unwrap_or_else(|_| origin.clone())
+}
+
+/// Answers one origin from the local replica.
+pub struct PkarrZone {
+    origin: LowerName,
+    apex: Apex,
+    store: Store,
+}
+
+impl PkarrZone {
+    pub fn new(origin: &Name, zones: &Zones, store: Store) -> PkarrZone {
+        PkarrZone {
+            origin: LowerName::new(origin),
+            apex: Apex::new(origin, zones),
+            store,
+        }
+    }
+
+    /// The records for `name` (under this origin, not the apex) and `rtype`.
+    fn lookup_key_name(&self, name: &LowerName, rtype: RecordType) -> Lookup {
+        let labels: Vec<&[u8]> = name.iter().collect();
+        let Some(key_index) = labels
+            .len()
+            .checked_sub(usize::from(self.origin.num_labels()) + 1)
+        else {
+            return Lookup::NxDomain;
+        };
+        let (sub, key_label) = (&labels[..key_index], labels[key_index]);
+        let Some(key) = std::str::from_utf8(key_label)
+            .ok()
+            .and_then(|k| parse_z32_key(k).ok())
+        else {
+            return Lookup::NxDomain;
+        };
+        let stored = match self.store.get(&key.to_bytes()) {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return Lookup::NxDomain,
+            Err(e) => return Lookup::Failed(format!("store read: {e}")),
+        };
+        let records = match dns_records(&stored.payload) {
+            Ok(records) => records,
+            Err(e) => return Lookup::Failed(format!("stored packet for {key}: {e}")),
+        };
+        select(records, sub, key_label, name, rtype)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq)]
+enum Lookup {
+    Answers(Vec<Record>),
+    /// The name exists, with no records of the type (NODATA).
+    NoData,
+    NxDomain,
+    /// The local replica could not be read: not the client's fault, and not an answer.
+    Failed(String),
+}
+
+/// Picks the packet records for `<sub>.<key>` and `rtype`, with their owner rewritten to the
+/// query name. A CNAME answers any type it does not itself match (RFC 1034 §3.6.2); the resolver
+/// follows it.
+fn select(
+    records: Vec<Record>,
+    sub: &[&[u8]],
+    key_label: &[u8],
+    query_name: &LowerName,
+    rtype: RecordType,
+) -> Lookup {
+    let mut at_name = Vec::new();
+    let mut has_descendants = false;
+    for record in records {
+        let owner: Vec<&[u8]> = record.name.iter().collect();
+        let Some((last, relative)) = owner.split_last() else {
+            continue;
+        };
+        if !last.eq_ignore_ascii_case(key_label) {
+            // Not under the key: pkarr normalizes owners, so only hand-made packets have these,
+            // and no query name can reach them.
+            continue;
+        }
+        if labels_eq(relative, sub) {
+            at_name.push(record);
+        } else if relative.len() > sub.len()
+            && labels_eq(&relative[relative.len() - sub.len()..], sub)
+        {
+            has_descendants = true;
+        }
+    }
+    if at_name.is_empty() {
+        return if has_descendants {
+            Lookup::NoData
+        } else {
+            Lookup::NxDomain
+        };
+    }
+    let wanted = |r: &Record| rtype == RecordType::ANY || r.record_type() == rtype;
+    let mut answers: Vec<Record> = at_name.iter().filter(|r| wanted(r)).cloned().collect();
+    if answers.is_empty() {
+        answers = at_name
+            .into_iter()
+            .filter(|r| r.record_type() == RecordType::CNAME)
+            .collect();
+    }
+    if answers.is_empty() {
+        return Lookup::NoData;
+    }
+    let owner = Name::from(query_name);
+    for answer in &mut answers {
+        answer.name = owner.clone();
+    }
+    Lookup::Answers(answers)
+}
+
+fn labels_eq(a: &[&[u8]], b: &[&[u8]]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+}
+
+impl From<Lookup> for LookupControlFlow<AuthLookup> {
+    fn from(lookup: Lookup) -> Self {
+        match lookup {
+            Lookup::Answers(records) => LookupControlFlow::Continue(Ok(AuthLookup::answers(
+                LookupRecords::Section(records),
+                None,
+            ))),
+            // hickory's Catalog answers NameExists with NOERROR + SOA, NXDomain with NXDOMAIN + SOA.
+            Lookup::NoData => LookupControlFlow::Continue(Err(LookupError::NameExists)),
+            Lookup::NxDomain => {
+                LookupControlFlow::Continue(Err(LookupError::from(ResponseCode::NXDomain)))
+            }
+            Lookup::Failed(reason) => {
+                // The Catalog turns every other error into NOERROR (a cached lie). REFUSED makes
+                // resolvers try another server, which is what a failing replica should cause.
+                tracing::error!(%reason, "DNS lookup failed");
+                LookupControlFlow::Break(Err(LookupError::from(ResponseCode::Refused)))
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ZoneHandler for PkarrZone {
+    fn zone_type(&self) -> ZoneType {
+        ZoneType::Primary
+    }
+
+    fn axfr_policy(&self) -> AxfrPolicy {
+        AxfrPolicy::Deny
+    }
+
+    fn origin(&self) -> &LowerName {
+        &self.origin
+    }
+
+    async fn lookup(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        _request_info: Option<&RequestInfo<'_>>,
+        _lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        if *name == self.origin {
+            let records = self.apex.records(rtype);
+            return if records.is_empty() {
+                Lookup::NoData
+            } else {
+                Lookup::Answers(records)
+            }
+            .into();
+        }
+        self.lookup_key_name(name, rtype).into()
+    }
+
+    async fn search(
+        &self,
+        request: &Request,
+        lookup_options: LookupOptions,
+    ) -> (LookupControlFlow<AuthLookup>, Option<TSigResponseContext>) {
+        let info = match request.request_info() {
+            Ok(info) => info,
+            Err(e) => return (LookupControlFlow::Break(Err(e)), None),
+        };
+        let result = self
+            .lookup(
+                info.query.name(),
+                info.query.query_type(),
+                Some(&info),
+                lookup_options,
+            )
+            .await;
+        (result, None)
+    }
+
+    async fn nsec_records(
+        &self,
+        _name: &LowerName,
+        _lookup_options: LookupOptions,
+    ) -> LookupControlFlow<AuthLookup> {
+        // pkraft does not sign its zones: there are no NSEC records to prove absence with.
+        LookupControlFlow::Continue(Ok(AuthLookup::default()))
+    }
+
+    async fn zone_transfer(
+        &self,
+        _request: &Request,
+        _lookup_options: LookupOptions,
+        _now: u64,
+    ) -> Option<(
+        Result<ZoneTransfer, LookupError>,
+        Option<TSigResponseContext>,
+    )> {
+        // The default (NOTIMP) comes out as an empty NOERROR; say no clearly instead.
+        Some((Err(LookupError::from(ResponseCode::Refused)), None))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,91 @@
+//! Relay errors and their HTTP status codes. Bodies are plain text meant for the publisher;
+//! internal errors are logged and answered without detail.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pkraft_raft::PublishError;
+use pkraft_store::StoreError;
+use pkraft_types::{KeyError, PacketError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// 400: the URL does not name a public key.
+    #[error("invalid public key in URL: {0}")]
+    Key(#[from] KeyError),
+    /// 400 (or 413 for length): the body is not a valid signed packet for the key.
+    #[error("invalid signed packet: {0}")]
+    Packet(#[from] PacketError),
+    /// 404: nothing is stored for the key.
+    #[error("no packet is stored for this key")]
+    NotFound,
+    /// 409: the stored packet is more recent.
+    #[error("a more recent packet is already stored for this key")]
+    Conflict,
+    /// 503: no leader or quorum right now; retry later.
+    #[error("cluster unavailable, retry later: {reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// 500: this node failed. The reason is logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for RelayError {
+    fn from(e: StoreError) -> Self {
+        RelayError::Internal(e.to_string())
+    }
+}
+
+impl RelayError {
+    pub fn from_publish(e: PublishError, retry_after: Duration) -> Self {
+        match e {
+            PublishError::Unavailable(reason) => RelayError::Unavailable {
+                reason,
+                retry_after,
+            },
+            PublishError::Fatal(reason) => RelayError::Internal(reason),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            RelayError::Key(_) => StatusCode::BAD_REQUEST,
+            RelayError::Packet(PacketError::Length(e))
+                if e.0 > pkraft_types::payload::PAYLOAD_LEN_MAX =>
+            {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            RelayError::Packet(_) => StatusCode::BAD_REQUEST,
+            RelayError::NotFound => StatusCode::NOT_FOUND,
+            RelayError::Conflict => StatusCode::CONFLICT,
+            RelayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for RelayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            RelayError::Internal(reason) => {
+                tracing::error!(%reason, "relay request failed");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut response = (status, body).into_response();
+        if let RelayError::Unavailable { retry_after, .. } = self {
+            // Whole seconds, at least 1 (RFC 9110 delay-seconds).
+            let secs = retry_after.as_secs().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,114 @@
+//! The public HTTP listener: the pkarr relay API (DESIGN.md §2.1) and `/healthz`.
+//!
+//! # Layout
+//! - [`relay`]: `PUT|GET /pkarr/{z32}` and `PUT|GET /{z32}`.
+//! - [`error`]: [`error::RelayError`], the one place where failures become status codes.
+//! - [`Settings`]: the `[http]` config section.
+//!
+//! Reads (GET) come from the local replica; writes (PUT) go through [`pkraft_raft::Node::publish`]
+//! and are answered only after the packet is committed.
+
+pub mod error;
+pub mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Method};
+use axum::routing::get;
+use pkraft_raft::Node;
+use pkraft_types::payload::PAYLOAD_LEN_MAX;
+use serde::Deserialize;
+use tower_http::cors::{Any, CorsLayer};
+
+/// Response header telling a publisher how many replicas hold its packet (pkarr relay spec).
+pub const STORED_NODES_HEADER: HeaderName = HeaderName::from_static("pkarr-dht-stored-nodes");
+
+/// `[http]` config section: the public listener and how the relay answers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Public listener for the relay API and health. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Lower bound of `Cache-Control: max-age` on GET, applied to the packet's smallest record
+    /// TTL. Default 30 s, the TTL iroh puts on its records: a larger floor (pkarr-relay uses 300 s)
+    /// lets HTTP caches serve an endpoint's old addresses for minutes after it moved.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_age_min: Duration,
+    /// Upper bound of `Cache-Control: max-age`. Default 1 day, as pkarr-relay.
+    #[serde(with = "humantime_serde")]
+    pub cache_max_age_max: Duration,
+    /// `Retry-After` sent with 503 when no leader or quorum is available. Default 1 s: about one
+    /// election timeout, after which a new leader is normally in place.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+/// An `[http]` value that cannot be served. The message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("http.cache_max_age_min ({min:?}) is larger than http.cache_max_age_max ({max:?})")]
+pub struct SettingsError {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.cache_max_age_min > self.cache_max_age_max {
+            return Err(SettingsError {
+                min: self.cache_max_age_min,
+                max: self.cache_max_age_max,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cache_max_age_min: Duration::from_secs(30),
+            cache_max_age_max: Duration::from_secs(86_400),
+            retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub settings: Arc<Settings>,
+}
+
+/// The public router: relay routes, health, CORS and the body limit.
+pub fn router(state: AppState) -> Router {
+    // Any origin may read and publish (pkarr relays are public); browsers may read the
+    // stored-nodes header.
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::PUT, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([STORED_NODES_HEADER]);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/pkarr/{key}",
+            get(relay::get_packet).put(relay::put_packet),
+        )
+        .route("/{key}", get(relay::get_packet).put(relay::put_packet))
+        .with_state(state)
+        // Bodies over the largest legal relay payload are refused with 413 before they are read
+        // in full.
+        .layer(DefaultBodyLimit::max(PAYLOAD_LEN_MAX))
+        .layer(cors)
+}
+
+/// Liveness: the process is up and serving HTTP.
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}

@@ -1,0 +1,115 @@
+//! The pkarr relay routes (DESIGN.md §2.1).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use pkarr::Timestamp;
+use pkraft_raft::Published;
+use pkraft_types::{PublishOutcome, VerifiedPacket, decide, parse_z32_key};
+
+use crate::error::RelayError;
+use crate::{AppState, STORED_NODES_HEADER, Settings};
+
+/// Media type of a relay payload (pkarr design/relays.md).
+pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
+
+/// `PUT /pkarr/{z32}` and `PUT /{z32}`: verify, then commit through Raft. 204 once committed,
+/// 409 if a more recent packet is stored.
+pub async fn put_packet(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Response, RelayError> {
+    let key = parse_z32_key(&key)?;
+    let packet = VerifiedPacket::verify(&key, body)?;
+
+    // Fast path on the local replica. Anything stored locally was committed, so a packet that
+    // loses to it (or equals it) would lose in the log too: answer without a round of consensus.
+    let stored = state.node.store().get(&packet.key_bytes())?;
+    match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
+        PublishOutcome::Stale => return Err(RelayError::Conflict),
+        PublishOutcome::Identical => return Ok(stored_response(state.node.replica_count())),
+        PublishOutcome::Stored => {}
+    }
+
+    let Published { outcome, replicas } = state
+        .node
+        .publish(packet)
+        .await
+        .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?;
+    match outcome {
+        PublishOutcome::Stored | PublishOutcome::Identical => Ok(stored_response(replicas)),
+        PublishOutcome::Stale => Err(RelayError::Conflict),
+    }
+}
+
+fn stored_response(replicas: usize) -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [(STORED_NODES_HEADER, HeaderValue::from(replicas))],
+    )
+        .into_response()
+}
+
+/// `GET /pkarr/{z32}` and `GET /{z32}`: the stored payload from the local replica, or 304 when
+/// the client's `If-Modified-Since` is not older than the packet.
+pub async fn get_packet(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, RelayError> {
+    let key = parse_z32_key(&key)?;
+    let stored = state
+        .node
+        .store()
+        .get(&key.to_bytes())?
+        .ok_or(RelayError::NotFound)?;
+    let payload = stored.payload;
+    let timestamp_micros = payload.timestamp_micros();
+    let max_age = cache_max_age_secs(&state.settings, &payload)?;
+    let validators = [
+        (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
+        (
+            header::LAST_MODIFIED,
+            Timestamp::from(timestamp_micros).format_http_date(),
+        ),
+    ];
+
+    // Compared in microseconds, as pkarr-relay does: HTTP dates have whole seconds, so a client
+    // holding a packet signed at 10.2 s that asks "modified since 10 s?" still gets the packet
+    // signed at 10.7 s. An unparseable date is ignored (RFC 9110 §13.1.3).
+    let not_modified = headers
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Timestamp::parse_http_date(v).ok())
+        .is_some_and(|since| timestamp_micros <= since.as_u64());
+    if not_modified {
+        return Ok((StatusCode::NOT_MODIFIED, validators).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, PAYLOAD_CONTENT_TYPE.to_string())],
+        validators,
+        Bytes::from(payload),
+    )
+        .into_response())
+}
+
+/// The packet's smallest record TTL, clamped to the configured bounds.
+fn cache_max_age_secs(
+    settings: &Settings,
+    payload: &pkraft_types::Payload,
+) -> Result<u64, RelayError> {
+    let records = pkraft_types::packet::dns_records(payload)
+        .map_err(|e| RelayError::Internal(format!("stored packet: {e}")))?;
+    let min = settings.cache_max_age_min.as_secs();
+    let max = settings.cache_max_age_max.as_secs();
+    let ttl = records
+        .iter()
+        .map(|r| u64::from(r.ttl))
+        .min()
+        .unwrap_or(min);
+    // Not `clamp`: it panics when min > max, which Settings::validate rejects but a caller may skip.
+    Ok(ttl.max(min).min(max))
+}

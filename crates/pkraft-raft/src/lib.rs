@@ -1,0 +1,31 @@
+//! Consensus for pkraft: openraft 0.9 over redb, and the [`Node`] handle the rest of the daemon
+//! uses. openraft types stop here: callers see [`Node::publish`], [`Published`] and
+//! [`PublishError`].
+//!
+//! # Layout
+//! - [`type_config`]: the openraft `TypeConfig` (log payload = [`pkraft_types::Command`]).
+//! - [`log_store`]: the Raft log, vote and purge point in `raft-log.redb`.
+//! - [`state_machine`]: applies committed entries to [`pkraft_store::Store`] (`state.redb`);
+//!   builds and installs snapshots, keeping the current one in `snapshot/`.
+//! - [`network`]: the peer network. A single-node cluster has no peers, so every RPC is
+//!   `Unreachable`; the peer listener replaces it when clustering lands.
+//! - [`node`]: [`Node`]: start (initializing a fresh data dir), publish, status, shutdown.
+//! - [`settings`]: the `[raft]` config section.
+
+// openraft's `StorageError` (224 bytes) is the error type of the storage traits implemented here;
+// the helpers that feed them return it too. Boxing it in between would only add conversions on
+// paths that run once per IO, not per packet.
+#![allow(clippy::result_large_err)]
+
+mod codec;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod settings;
+mod snapshot_file;
+pub mod state_machine;
+pub mod type_config;
+
+pub use node::{Node, PublishError, Published, StartError};
+pub use settings::Settings;
+pub use type_config::{NodeId, TypeConfig};

@@ -1,0 +1,200 @@
+//! [`Node`]: the handle the rest of the daemon uses for consensus and for the local replica.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft, StorageError};
+use pkraft_store::{Store, StoreError};
+use pkraft_types::{Command, PublishOutcome, VerifiedPacket};
+
+use crate::log_store::LogStore;
+use crate::network::NoPeers;
+use crate::settings::{Settings, SettingsError};
+use crate::state_machine::StateMachine;
+use crate::{NodeId, TypeConfig};
+
+/// File names inside the data dir.
+const LOG_FILE: &str = "raft-log.redb";
+const STATE_FILE: &str = "state.redb";
+const SNAPSHOT_DIR: &str = "snapshot";
+
+/// Why a node could not start. Each variant names what to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    #[error("raft log: {0}")]
+    Log(#[from] StorageError<NodeId>),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(
+        "data dir {0}: the raft log is empty but the state store has applied entries; \
+         refusing to start a new cluster over old state (was {LOG_FILE} deleted?)"
+    )]
+    LogMissing(PathBuf),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// The result of a committed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub outcome: PublishOutcome,
+    /// Replicas known to hold the log entry (the leader counts itself).
+    pub replicas: usize,
+}
+
+/// Why a publish has no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// No leader, or the entry did not commit in time. The packet may still commit later;
+    /// retrying is safe, since re-publishing the same packet changes nothing.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Consensus or storage failed on this node and it is stopping. Retry on another node.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// One pkraft node: the Raft instance and the local replica it applies to.
+pub struct Node {
+    raft: Raft<TypeConfig>,
+    store: Store,
+    publish_timeout: Duration,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the data dir and starts Raft. A data dir that was never part of a cluster is
+    /// initialized as a single-node cluster with this node as the only voter; an existing one
+    /// resumes where it stopped (the only voter elects itself at once).
+    pub async fn start(
+        id: NodeId,
+        data_dir: &Path,
+        settings: &Settings,
+    ) -> Result<Node, StartError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let config = Arc::new(settings.openraft_config()?);
+        let log_store = LogStore::open(&data_dir.join(LOG_FILE))?;
+        let store = Store::open(&data_dir.join(STATE_FILE))?;
+        let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?;
+
+        let pristine = log_store.is_pristine()?;
+        if pristine && store.applied_state()?.is_some() {
+            return Err(StartError::LogMissing(data_dir.to_path_buf()));
+        }
+        let raft = Raft::new(id, config, NoPeers, log_store, state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if pristine {
+            let members = BTreeMap::from([(id, BasicNode::default())]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
+        }
+        Ok(Node {
+            raft,
+            store,
+            publish_timeout: settings.publish_timeout,
+        })
+    }
+
+    /// The local replica. Reads from it are stale by at most the replication lag.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Commits `packet` through Raft and returns once it is applied on this node: the only write
+    /// path into the store.
+    pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
+        let command = Command::Publish {
+            leader_time_micros: unix_micros_now(),
+            packets: vec![packet.into()],
+        };
+        let write = tokio::time::timeout(self.publish_timeout, self.raft.client_write(command));
+        let response = write
+            .await
+            .map_err(|_| {
+                PublishError::Unavailable(format!(
+                    "not committed within {:?}",
+                    self.publish_timeout
+                ))
+            })?
+            .map_err(publish_error)?;
+        let outcome = response.data.outcomes.first().copied().ok_or_else(|| {
+            PublishError::Fatal("applying a publish produced no outcome".to_string())
+        })?;
+        Ok(Published {
+            outcome,
+            replicas: self.replicas_holding(response.log_id.index),
+        })
+    }
+
+    /// Replicas known to hold everything this node has applied.
+    pub fn replica_count(&self) -> usize {
+        let applied = self.raft.metrics().borrow().last_applied;
+        applied.map_or(1, |log_id| self.replicas_holding(log_id.index))
+    }
+
+    /// Replicas whose log reaches `index`. Only the leader tracks its followers; elsewhere the
+    /// answer is this node alone.
+    fn replicas_holding(&self, index: u64) -> usize {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let Some(replication) = &metrics.replication else {
+            return 1;
+        };
+        let holding = replication
+            .values()
+            .filter(|matched| matched.is_some_and(|log_id| log_id.index >= index))
+            .count();
+        holding.max(1)
+    }
+
+    /// Stops Raft; the data dir is consistent afterwards (every commit is durable on its own).
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}
+
+fn publish_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PublishError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            PublishError::Unavailable(match forward.leader_id {
+                Some(leader) => format!("node {leader} is the leader"),
+                None => "no leader is elected".to_string(),
+            })
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            PublishError::Fatal(e.to_string())
+        }
+        RaftError::Fatal(fatal) => PublishError::Fatal(fatal.to_string()),
+    }
+}
+
+/// Wall clock in µs since the Unix epoch. A clock before 1970 reads as 0.
+fn unix_micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

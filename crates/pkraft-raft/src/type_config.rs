@@ -1,0 +1,28 @@
+//! The openraft type configuration.
+
+use std::io::Cursor;
+
+use pkraft_types::{Command, PublishOutcome};
+use serde::{Deserialize, Serialize};
+
+/// Node ids are assigned by operators and never reused.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// pkraft's Raft types: log entries carry [`Command`]s; applying one gives [`ApplyResult`].
+    pub TypeConfig:
+        D = Command,
+        R = ApplyResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// What applying one log entry produced: one outcome per published packet, in order. Empty for
+/// blank and membership entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyResult {
+    pub outcomes: Vec<PublishOutcome>,
+}

@@ -1,0 +1,136 @@
+//! Goal: a single-node `Node` commits publishes through Raft into redb, applies the ordering rule,
+//! keeps its data across restarts, and snapshots and purges its log without losing anything.
+//! Method: real `Node`s on temp data dirs; restarts reopen the same files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use openraft::storage::RaftLogStorage;
+use pkraft_raft::log_store::LogStore;
+use pkraft_raft::{Node, Settings};
+use pkraft_testkit::{iroh_packet, keypair};
+use pkraft_types::{PublishOutcome, VerifiedPacket};
+
+fn packet(seed: u64, timestamp: u64) -> VerifiedPacket {
+    let kp = keypair(seed);
+    let payload = iroh_packet(&kp, timestamp, &["192.0.2.1:1"]).to_relay_payload();
+    VerifiedPacket::verify(&kp.public_key(), payload).expect("valid packet")
+}
+
+fn fast_settings() -> Settings {
+    Settings {
+        heartbeat_interval: Duration::from_millis(50),
+        election_timeout_min: Duration::from_millis(200),
+        election_timeout_max: Duration::from_millis(400),
+        ..Settings::default()
+    }
+}
+
+async fn start(dir: &Path, settings: &Settings) -> Node {
+    Node::start(1, dir, settings).await.expect("node starts")
+}
+
+#[tokio::test]
+async fn publish_commits_and_applies_the_ordering_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path(), &fast_settings()).await;
+
+    let first = node.publish(packet(1, 100)).await.expect("publish");
+    assert_eq!(first.outcome, PublishOutcome::Stored);
+    assert_eq!(first.replicas, 1);
+    let again = node.publish(packet(1, 100)).await.expect("publish");
+    assert_eq!(again.outcome, PublishOutcome::Identical);
+    let older = node.publish(packet(1, 50)).await.expect("publish");
+    assert_eq!(older.outcome, PublishOutcome::Stale);
+    let newer = node.publish(packet(1, 200)).await.expect("publish");
+    assert_eq!(newer.outcome, PublishOutcome::Stored);
+
+    let key = keypair(1).public_key().to_bytes();
+    let stored = node.store().get(&key).expect("read").expect("present");
+    assert_eq!(stored.payload.timestamp_micros(), 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn data_and_leadership_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = fast_settings();
+    {
+        let node = start(dir.path(), &settings).await;
+        node.publish(packet(1, 100)).await.expect("publish");
+        node.shutdown().await;
+    }
+    let node = start(dir.path(), &settings).await;
+    let key = keypair(1).public_key().to_bytes();
+    assert!(
+        node.store().get(&key).expect("read").is_some(),
+        "packet survives restart"
+    );
+    // The restarted node must lead again (it is the only voter) and accept writes.
+    let published = node
+        .publish(packet(2, 100))
+        .await
+        .expect("publish after restart");
+    assert_eq!(published.outcome, PublishOutcome::Stored);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn snapshots_and_log_purge_keep_every_packet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings {
+        snapshot_after_entries: 5,
+        entries_kept_after_snapshot: 2,
+        ..fast_settings()
+    };
+    let count = 30u64;
+    {
+        let node = start(dir.path(), &settings).await;
+        for seed in 0..count {
+            node.publish(packet(seed, 100)).await.expect("publish");
+        }
+        node.shutdown().await;
+    }
+    assert!(
+        dir.path().join("snapshot").join("current").exists(),
+        "a snapshot was built"
+    );
+    let state = {
+        let mut log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log");
+        log.get_log_state().await.expect("log state")
+    };
+    assert!(
+        state
+            .last_purged_log_id
+            .is_some_and(|purged| purged.index > 0),
+        "the log was purged after the snapshot: {state:?}"
+    );
+    let node = start(dir.path(), &settings).await;
+    assert_eq!(node.store().len().expect("len"), count);
+    for seed in 0..count {
+        let key = keypair(seed).public_key().to_bytes();
+        assert!(
+            node.store().get(&key).expect("read").is_some(),
+            "key {seed} survives"
+        );
+    }
+    node.publish(packet(count, 100))
+        .await
+        .expect("publish after restart");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn refuses_to_start_over_state_without_its_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let node = start(dir.path(), &fast_settings()).await;
+        node.publish(packet(1, 100)).await.expect("publish");
+        node.shutdown().await;
+    }
+    std::fs::remove_file(dir.path().join("raft-log.redb")).expect("remove log");
+    let err = Node::start(1, dir.path(), &fast_settings())
+        .await
+        .expect_err("must refuse");
+    assert!(err.to_string().contains("raft log is empty"), "{err}");
+}

@@ -1,0 +1,106 @@
+//! Snapshots: the whole packets table as one versioned byte string.
+//!
+//! Format: `MAGIC (8) ‖ SNAPSHOT_FORMAT_VERSION (4, big-endian) ‖ postcard(Vec<SnapshotEntry>)`.
+//! The Raft position a snapshot stands for (its meta) is kept by the consensus layer, next to it.
+
+use pkraft_types::{KeyBytes, Payload};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use crate::{META, META_APPLIED_STATE, PACKETS, Store, StoreError, StoredPacket};
+
+const MAGIC: &[u8; 8] = b"PKRSNAP\0";
+/// Version of the snapshot byte format. Readers refuse other versions.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+const HEADER_LEN: usize = MAGIC.len() + 4;
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotEntry {
+    key: KeyBytes,
+    applied_at_micros: u64,
+    payload: Payload,
+}
+
+/// A consistent export of the state: the packets and the `applied_state` they correspond to, read
+/// in one read transaction.
+#[derive(Debug)]
+pub struct Export {
+    pub applied_state: Option<Vec<u8>>,
+    pub data: Vec<u8>,
+}
+
+impl Store {
+    /// Exports every packet from one read transaction (a consistent point in the log), together
+    /// with the `applied_state` of that same transaction.
+    pub fn export_snapshot(&self) -> Result<Export, StoreError> {
+        let txn = self.db.begin_read()?;
+        let applied_state = txn
+            .open_table(META)?
+            .get(META_APPLIED_STATE)?
+            .map(|v| v.value().to_vec());
+        let packets = txn.open_table(PACKETS)?;
+        let mut entries = Vec::new();
+        for row in packets.iter()? {
+            let (key, value) = row?;
+            let stored = StoredPacket::decode(value.value())?;
+            entries.push(SnapshotEntry {
+                key: *key.value(),
+                applied_at_micros: stored.applied_at_micros,
+                payload: stored.payload,
+            });
+        }
+        let mut data = Vec::with_capacity(HEADER_LEN);
+        data.extend_from_slice(MAGIC);
+        data.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
+        let data = postcard::to_extend(&entries, data)
+            .map_err(|e| StoreError::Snapshot(format!("encode: {e}")))?;
+        Ok(Export {
+            applied_state,
+            data,
+        })
+    }
+
+    /// Replaces the whole state with the snapshot `data` and records `applied_state`, in one write
+    /// transaction. The snapshot is decoded and checked completely before anything is written, so a
+    /// bad snapshot leaves the state untouched.
+    pub fn import_snapshot(&self, data: &[u8], applied_state: &[u8]) -> Result<(), StoreError> {
+        let entries = decode(data)?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        txn.delete_table(PACKETS)?;
+        {
+            let mut packets = txn.open_table(PACKETS)?;
+            for entry in entries {
+                let value = StoredPacket {
+                    applied_at_micros: entry.applied_at_micros,
+                    payload: entry.payload,
+                }
+                .encode();
+                packets.insert(&entry.key, value.as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert(META_APPLIED_STATE, applied_state)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn decode(data: &[u8]) -> Result<Vec<SnapshotEntry>, StoreError> {
+    let (header, body) = data
+        .split_at_checked(HEADER_LEN)
+        .ok_or_else(|| StoreError::Snapshot(format!("{} bytes is too short", data.len())))?;
+    let (magic, version) = header.split_at(MAGIC.len());
+    if magic != MAGIC {
+        return Err(StoreError::Snapshot("not a pkraft snapshot".into()));
+    }
+    let mut be = [0u8; 4];
+    be.copy_from_slice(version);
+    let version = u32::from_be_bytes(be);
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(StoreError::Snapshot(format!(
+            "format version {version}, this build reads {SNAPSHOT_FORMAT_VERSION}"
+        )));
+    }
+    postcard::from_bytes(body).map_err(|e| StoreError::Snapshot(format!("decode: {e}")))
+}

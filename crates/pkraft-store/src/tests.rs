@@ -1,0 +1,200 @@
+//! Store tests on a real redb file in a temp dir.
+
+use pkraft_testkit::{iroh_packet, keypair};
+use pkraft_types::{Command, Payload, PublishItem, PublishOutcome};
+
+use super::*;
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.redb")).expect("open");
+    (dir, store)
+}
+
+fn item(seed: u64, timestamp: u64, addr: &str) -> PublishItem {
+    let kp = keypair(seed);
+    let payload = iroh_packet(&kp, timestamp, &[addr]).to_relay_payload();
+    PublishItem {
+        key: kp.public_key().to_bytes(),
+        payload: Payload::new(payload).expect("valid length"),
+    }
+}
+
+fn publish(time: u64, packets: Vec<PublishItem>) -> Command {
+    Command::Publish {
+        leader_time_micros: time,
+        packets,
+    }
+}
+
+fn apply(store: &Store, command: &Command, state: &[u8]) -> Vec<PublishOutcome> {
+    let mut txn = store.begin_apply().expect("begin");
+    let outcomes = txn.apply(command).expect("apply");
+    txn.commit(state).expect("commit");
+    outcomes
+}
+
+#[test]
+fn apply_stores_and_commits_applied_state_with_the_data() {
+    let (_dir, store) = open();
+    assert_eq!(store.applied_state().expect("read"), None);
+    let a = item(1, 10, "192.0.2.1:1");
+    let outcomes = apply(&store, &publish(500, vec![a.clone()]), b"state-1");
+    assert_eq!(outcomes, vec![PublishOutcome::Stored]);
+    let stored = store.get(&a.key).expect("get").expect("present");
+    assert_eq!(stored.payload, a.payload);
+    assert_eq!(stored.applied_at_micros, 500);
+    assert_eq!(
+        store.applied_state().expect("read").as_deref(),
+        Some(&b"state-1"[..])
+    );
+}
+
+#[test]
+fn uncommitted_apply_changes_nothing() {
+    let (_dir, store) = open();
+    let a = item(1, 10, "192.0.2.1:1");
+    {
+        let mut txn = store.begin_apply().expect("begin");
+        txn.apply(&publish(1, vec![a.clone()])).expect("apply");
+        // dropped without commit
+    }
+    assert_eq!(store.get(&a.key).expect("get"), None);
+    assert_eq!(store.applied_state().expect("read"), None);
+}
+
+#[test]
+fn ordering_rule_inside_one_transaction() {
+    let (_dir, store) = open();
+    let old = item(1, 10, "192.0.2.1:1");
+    let new = item(1, 20, "192.0.2.1:2");
+    // Within one command the later item sees the earlier one's write.
+    let outcomes = apply(
+        &store,
+        &publish(1, vec![new.clone(), old.clone(), new.clone()]),
+        b"s",
+    );
+    assert_eq!(
+        outcomes,
+        vec![
+            PublishOutcome::Stored,
+            PublishOutcome::Stale,
+            PublishOutcome::Identical
+        ]
+    );
+    assert_eq!(
+        store.get(&new.key).expect("get").map(|s| s.payload),
+        Some(new.payload)
+    );
+}
+
+#[test]
+fn stale_publish_keeps_the_applied_time_of_the_stored_packet() {
+    let (_dir, store) = open();
+    let new = item(1, 20, "192.0.2.1:2");
+    apply(&store, &publish(100, vec![new.clone()]), b"1");
+    let outcomes = apply(
+        &store,
+        &publish(200, vec![item(1, 10, "192.0.2.1:1")]),
+        b"2",
+    );
+    assert_eq!(outcomes, vec![PublishOutcome::Stale]);
+    let stored = store.get(&new.key).expect("get").expect("present");
+    assert_eq!(
+        (stored.applied_at_micros, stored.payload),
+        (100, new.payload)
+    );
+}
+
+#[test]
+fn data_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let a = item(7, 10, "192.0.2.1:1");
+    {
+        let store = Store::open(&path).expect("open");
+        apply(&store, &publish(1, vec![a.clone()]), b"s");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(
+        store.get(&a.key).expect("get").map(|s| s.payload),
+        Some(a.payload)
+    );
+    assert_eq!(store.len().expect("len"), 1);
+}
+
+#[test]
+fn snapshot_round_trip_replaces_state() {
+    let (_dir, source) = open();
+    let a = item(1, 10, "192.0.2.1:1");
+    let b = item(2, 10, "192.0.2.1:2");
+    apply(&source, &publish(5, vec![a.clone(), b.clone()]), b"at-2");
+    let export = source.export_snapshot().expect("export");
+    assert_eq!(export.applied_state.as_deref(), Some(&b"at-2"[..]));
+
+    let (_dir2, target) = open();
+    let c = item(3, 10, "192.0.2.1:3");
+    apply(&target, &publish(5, vec![c.clone()]), b"other");
+    target
+        .import_snapshot(&export.data, b"at-2")
+        .expect("import");
+    assert_eq!(target.len().expect("len"), 2);
+    assert_eq!(
+        target.get(&c.key).expect("get"),
+        None,
+        "install replaces, not merges"
+    );
+    assert_eq!(
+        target.get(&a.key).expect("get"),
+        source.get(&a.key).expect("get")
+    );
+    assert_eq!(
+        target.applied_state().expect("read").as_deref(),
+        Some(&b"at-2"[..])
+    );
+}
+
+#[test]
+fn bad_snapshot_is_refused_and_leaves_state_alone() {
+    let (_dir, store) = open();
+    let a = item(1, 10, "192.0.2.1:1");
+    apply(&store, &publish(5, vec![a.clone()]), b"s");
+    let mut data = store.export_snapshot().expect("export").data;
+    for bad in [
+        vec![],
+        b"garbage-garbage".to_vec(),
+        data[..data.len() - 3].to_vec(),
+    ] {
+        assert!(matches!(
+            store.import_snapshot(&bad, b"x"),
+            Err(StoreError::Snapshot(_))
+        ));
+    }
+    data[8..12].copy_from_slice(&99u32.to_be_bytes());
+    assert!(store.import_snapshot(&data, b"x").is_err());
+    assert!(store.get(&a.key).expect("get").is_some());
+    assert_eq!(
+        store.applied_state().expect("read").as_deref(),
+        Some(&b"s"[..])
+    );
+}
+
+#[test]
+fn refuses_a_newer_schema_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    {
+        let db = Database::create(&path).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut meta = txn.open_table(META).expect("table");
+            meta.insert(META_SCHEMA_VERSION, 99u64.to_be_bytes().as_slice())
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    }
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::SchemaVersion { found: 99 })
+    ));
+}

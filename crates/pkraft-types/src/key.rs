@@ -1,0 +1,63 @@
+//! Strict parsing of z-base-32 encoded ed25519 public keys.
+//!
+//! `pkarr::PublicKey::from_str` is lenient on purpose (it digs a key out of URLs). A relay route
+//! or a DNS label must be exactly one key, so this module checks the shape first and only then
+//! hands the string to pkarr.
+
+use pkarr::PublicKey;
+
+/// Length of a z-base-32 encoded 32-byte key (256 bits / 5 bits per character, rounded up).
+pub const Z32_KEY_LEN: usize = 52;
+
+/// The z-base-32 alphabet (lower case).
+const Z32_ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
+
+/// Why a string is not a public key. The messages are shown to HTTP clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("public key must be {Z32_KEY_LEN} z-base-32 characters, got {0}")]
+    Length(usize),
+    #[error("public key is not z-base-32: unexpected character {0:?}")]
+    Encoding(char),
+    #[error("public key is not a valid ed25519 point")]
+    InvalidPoint,
+}
+
+/// Parses a z-base-32 key, accepting any letter case (DNS resolvers randomise the case of query
+/// names, RFC draft "0x20"), and nothing but the 52 characters of the key.
+pub fn parse_z32_key(text: &str) -> Result<PublicKey, KeyError> {
+    if text.len() != Z32_KEY_LEN {
+        return Err(KeyError::Length(text.len()));
+    }
+    let mut lower = [0u8; Z32_KEY_LEN];
+    for (slot, byte) in lower.iter_mut().zip(text.bytes()) {
+        let byte = byte.to_ascii_lowercase();
+        if !Z32_ALPHABET.contains(&byte) {
+            return Err(KeyError::Encoding(char::from(byte)));
+        }
+        *slot = byte;
+    }
+    // Every byte is from the ASCII alphabet checked above, so this is valid UTF-8.
+    let lower = std::str::from_utf8(&lower).map_err(|_| KeyError::Encoding('?'))?;
+    PublicKey::try_from(lower).map_err(|_| KeyError::InvalidPoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_any_case_and_rejects_other_shapes() {
+        let key = pkraft_testkit::keypair(1).public_key();
+        let z32 = key.to_z32();
+        assert_eq!(parse_z32_key(&z32), Ok(key.clone()));
+        assert_eq!(parse_z32_key(&z32.to_uppercase()), Ok(key));
+        assert_eq!(parse_z32_key(&z32[1..]), Err(KeyError::Length(51)));
+        assert_eq!(
+            parse_z32_key(&format!("pk:{z32}")),
+            Err(KeyError::Length(55))
+        );
+        let with_v = format!("v{}", &z32[1..]);
+        assert_eq!(parse_z32_key(&with_v), Err(KeyError::Encoding('v')));
+    }
+}

@@ -1,0 +1,23 @@
+//! Domain types shared by every pkraft crate. No IO happens here.
+//!
+//! # Layout
+//! - [`key`]: strict z-base-32 public key parsing, for URL path segments and DNS labels.
+//! - [`payload`]: the pkarr relay payload (`signature ‖ timestamp ‖ DNS packet`) and its limits.
+//! - [`packet`]: [`VerifiedPacket`], the only way a packet enters the Raft log.
+//! - [`ordering`]: the pkarr ordering rule that decides which of two packets for a key wins.
+//! - [`command`]: what a Raft log entry carries and what applying it returns.
+
+pub mod command;
+pub mod key;
+pub mod ordering;
+pub mod packet;
+pub mod payload;
+
+pub use command::{Command, PublishItem};
+pub use key::{KeyError, parse_z32_key};
+pub use ordering::{PublishOutcome, decide};
+pub use packet::{PacketError, VerifiedPacket};
+pub use payload::Payload;
+
+/// The 32 raw bytes of an ed25519 public key: the primary key of every stored packet.
+pub type KeyBytes = [u8; 32];

@@ -1,0 +1,110 @@
+//! The `pkraft` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pkraft::Server;
+use pkraft::config::{Config, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// Log filter when `RUST_LOG` is unset. hickory-server logs every DNS query at INFO, which costs
+/// throughput and floods the log, so its targets start at WARN.
+const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn,hickory_proto=warn,openraft=warn";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pkraft",
+    version,
+    about = "Raft-replicated pkarr relay and DNS server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node from a config file.
+    Serve {
+        /// TOML config file (see config/example.toml).
+        #[arg(long, short, env = "PKRAFT_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Run a single-node server with the built-in development config (config/dev.toml):
+    /// data in ./data, HTTP on 127.0.0.1:8080, DNS on 127.0.0.1:5300, origin pkarr.test.
+    Dev {
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Check a config file and print the effective config; exit status 1 if it is invalid.
+    CheckConfig {
+        /// TOML config file.
+        config: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve { config, overrides } => {
+            let mut config = Config::load(&config)?;
+            config.apply(&overrides);
+            run(config).await
+        }
+        Command::Dev { overrides } => {
+            let mut config = Config::dev()?;
+            config.apply(&overrides);
+            run(config).await
+        }
+        Command::CheckConfig { config: path } => {
+            let config = Config::load(&path)?;
+            println!("{}: ok\n{config:#?}", path.display());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let server = Server::bind(&config).await?;
+    // Tests and scripts read the bound addresses from this line (ports may be 0 in the config).
+    tracing::info!(
+        node_id = config.node_id,
+        data_dir = %config.data_dir.display(),
+        http = %server.http_addr(),
+        dns = %server.dns_addr(),
+        origins = ?config.dns.origins,
+        "pkraft listening"
+    );
+    shutdown_signal().await?;
+    tracing::info!("shutting down");
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("SIGINT handler")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

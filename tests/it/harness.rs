@@ -1,0 +1,208 @@
+//! Starts the `pkraft` binary on port 0 and reads the addresses it bound from its log.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pkraft_testkit::pkarr::{Keypair, SignedPacket};
+
+/// How long a server may take to start listening (a debug build on a loaded 2-core machine).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a SIGTERM'd server may take to exit.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The dev origin (config/dev.toml).
+pub const ORIGIN: &str = "pkarr.test";
+
+/// A running `pkraft dev` process with its own data dir.
+pub struct TestServer {
+    child: Option<Child>,
+    data_dir: tempfile::TempDir,
+    /// The subcommand and its arguments, before the listen and data dir overrides.
+    command: Vec<String>,
+    pub http: SocketAddr,
+    pub dns: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// `pkraft dev` with a new data dir.
+    pub fn start() -> TestServer {
+        TestServer::start_with(vec!["dev".into()])
+    }
+
+    /// `pkraft serve --config FILE` instead of `pkraft dev`.
+    pub fn start_serve(config: &Path) -> TestServer {
+        TestServer::start_with(vec!["serve".into(), "--config".into(), path_arg(config)])
+    }
+
+    fn start_with(command: Vec<String>) -> TestServer {
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let (child, http, dns, log) = spawn(data_dir.path(), &command);
+        TestServer {
+            child: Some(child),
+            data_dir,
+            command,
+            http,
+            dns,
+            log,
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "server did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the binary again on the same data dir (new ports).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        let (child, http, dns, log) = spawn(self.data_dir.path(), &self.command);
+        self.child = Some(child);
+        self.http = http;
+        self.dns = dns;
+        self.log = log;
+    }
+
+    /// Everything the process logged so far, for failure messages.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .map(|lines| lines.join("\n"))
+            .unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn relay_url(&self, key: &Keypair) -> String {
+        self.url(&format!("/pkarr/{}", key.public_key().to_z32()))
+    }
+
+    /// PUTs a signed packet to `/pkarr/{z32}` and expects 204.
+    pub async fn publish(&self, key: &Keypair, packet: &SignedPacket) {
+        let response = self
+            .put(&self.relay_url(key), packet.to_relay_payload())
+            .await;
+        assert_eq!(response.status(), 204, "publish failed\n{}", self.log());
+    }
+
+    pub async fn put(&self, url: &str, body: Bytes) -> reqwest::Response {
+        http_client().put(url).body(body).send().await.expect("PUT")
+    }
+
+    pub async fn get(&self, url: &str) -> reqwest::Response {
+        http_client().get(url).send().await.expect("GET")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn(
+    data_dir: &Path,
+    command: &[String],
+) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .args(command)
+        .args(["--data-dir", &path_arg(data_dir)])
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info,hickory_server=warn,openraft=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn pkraft");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread_log = log.clone();
+    // Drains stderr for the life of the process so the pipe never fills and blocks the server.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("pkraft listening") {
+                let _ = ready_tx.send(line.clone());
+            }
+            if let Ok(mut lines) = thread_log.lock() {
+                lines.push(line);
+            }
+        }
+    });
+    let line = match ready_rx.recv_timeout(START_TIMEOUT) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            let lines = log.lock().map(|l| l.join("\n")).unwrap_or_default();
+            panic!("pkraft did not start within {START_TIMEOUT:?}:\n{lines}");
+        }
+    };
+    (child, field(&line, "http"), field(&line, "dns"), log)
+}
+
+/// Reads `name=ADDR` from a log line.
+fn field(line: &str, name: &str) -> SocketAddr {
+    let prefix = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(&prefix))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= address in {line:?}"))
+}
+
+fn path_arg(path: &Path) -> String {
+    PathBuf::from(path).display().to_string()
+}
+
+/// A reqwest client. Test builds compile rustls with two crypto providers (ring, and aws-lc via
+/// pkarr's `relays` feature), so one must be chosen before the first client is built.
+pub fn http_client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::new()
+}
+
+pub fn install_crypto_provider() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}

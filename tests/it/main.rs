@@ -1,0 +1,13 @@
+//! Integration tests: the real `pkraft` binary, started the way users start it (`pkraft dev` with
+//! port 0 and a temp data dir), driven through real sockets on 127.0.0.1 by real clients
+//! (reqwest, the pkarr relay client, hickory-resolver, raw DNS over UDP and TCP).
+//!
+//! One test binary with one module per area; `harness` starts and stops servers.
+
+mod bad_input;
+mod cli;
+mod dns;
+mod durability;
+mod harness;
+mod pkarr_client;
+mod relay;

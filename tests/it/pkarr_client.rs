@@ -1,0 +1,50 @@
+//! Goal: interop with a relay client nobody here wrote: the `pkarr` crate's own relay client
+//! publishes to pkraft and resolves the same packet back.
+//! Method: `pkarr::Client` with no DHT and pkraft as its only relay, over real HTTP; the resolve
+//! uses a second client so that it cannot be answered from the publisher's cache.
+
+use pkraft_testkit::pkarr::{Client, ResolvePolicy, SignedPacket, Timestamp};
+use pkraft_testkit::{keypair, txt};
+
+use crate::harness::{TestServer, install_crypto_provider};
+
+fn relay_client(relay: &str) -> Client {
+    install_crypto_provider();
+    let mut builder = Client::builder();
+    builder
+        .no_default_network()
+        .relays(&[relay])
+        .expect("relay URL");
+    builder.build().expect("pkarr client")
+}
+
+#[tokio::test]
+async fn pkarr_relay_client_publishes_and_resolves() {
+    let server = TestServer::start();
+    // Both base URL forms clients use: iroh's `/pkarr` and pkarr's bare host.
+    for (seed, base) in [(80, server.url("/pkarr")), (81, server.url(""))] {
+        let key = keypair(seed);
+        let packet = SignedPacket::builder()
+            .txt(
+                "_iroh".try_into().expect("name"),
+                txt("addr=192.0.2.1:4433"),
+                30,
+            )
+            .timestamp(Timestamp::now())
+            .sign(&key)
+            .expect("sign");
+
+        let stored_on = relay_client(&base).publish(&packet).await.expect("publish");
+        assert_eq!(stored_on, 1, "Pkarr-Dht-Stored-Nodes");
+
+        let resolved = relay_client(&base)
+            .resolve(&key.public_key(), ResolvePolicy::NetworkOnly)
+            .await
+            .expect("resolve");
+        assert_eq!(
+            resolved.as_bytes(),
+            packet.as_bytes(),
+            "same packet back via {base}"
+        );
+    }
+}
