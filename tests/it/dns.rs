@@ -424,3 +424,39 @@ async fn large_packet_sets_tc_over_udp_and_succeeds_over_tcp() {
         .await;
     assert_eq!(lookup.expect("TXT over TCP").answers().len(), count);
 }
+
+/// DNS answers must not log per query above debug (DESIGN.md §4: it halves throughput), even
+/// when the operator sets `RUST_LOG=info` (hickory-server logs every query at INFO).
+#[tokio::test]
+async fn queries_are_not_logged_at_info() {
+    let server = TestServer::start();
+    let key = keypair(38);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.1:7"]))
+        .await;
+    let qname = key_name("_iroh", &key);
+    for transport in [Transport::Udp, Transport::Tcp] {
+        for _ in 0..5 {
+            raw_query(server.dns, transport, &qname, RecordType::TXT, None).await;
+        }
+    }
+    let lines_before = server.log().lines().count();
+    raw_query(
+        server.dns,
+        Transport::Udp,
+        "example.com.",
+        RecordType::A,
+        None,
+    )
+    .await;
+    let log = server.log();
+    assert!(
+        !log.contains("request:") && !log.contains("query:"),
+        "hickory query lines leaked into the log:\n{log}"
+    );
+    assert_eq!(
+        log.lines().count(),
+        lines_before,
+        "a query added log lines:\n{log}"
+    );
+}

@@ -148,7 +148,8 @@ fn spawn(
             "--dns-listen",
             "127.0.0.1:0",
         ])
-        .env("RUST_LOG", "info,hickory_server=warn,openraft=warn")
+        // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

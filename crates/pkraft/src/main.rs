@@ -9,9 +9,11 @@ use pkraft::Server;
 use pkraft::config::{Config, Overrides};
 use tracing_subscriber::EnvFilter;
 
-/// Log filter when `RUST_LOG` is unset. hickory-server logs every DNS query at INFO, which costs
-/// throughput and floods the log, so its targets start at WARN.
-const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn,hickory_proto=warn,openraft=warn";
+/// Log filter when `RUST_LOG` is unset.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+/// hickory-server logs two lines per DNS query at INFO, which costs throughput and floods the log.
+/// These directives apply unless `RUST_LOG` names hickory itself.
+const HICKORY_LOG_FILTER: [&str; 2] = ["hickory_server=warn", "hickory_proto=warn"];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,8 +73,20 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let mut filter = match &from_env {
+        Some(value) => EnvFilter::new(value),
+        None => EnvFilter::new(DEFAULT_LOG_FILTER),
+    };
+    if !from_env.is_some_and(|value| value.contains("hickory")) {
+        for directive in HICKORY_LOG_FILTER {
+            if let Ok(directive) = directive.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
