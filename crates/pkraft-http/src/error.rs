@@ -89,3 +89,53 @@ impl IntoResponse for RelayError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A single node always has a leader, so 503 cannot be provoked end to end yet; this checks the
+    // mapping that the cluster tests will exercise.
+    #[test]
+    fn unavailable_is_503_with_retry_after_in_whole_seconds() {
+        for (retry_after, header) in [
+            (Duration::from_secs(3), "3"),
+            (Duration::from_millis(200), "1"),
+        ] {
+            let error = RelayError::from_publish(
+                PublishError::Unavailable("no leader".into()),
+                retry_after,
+            );
+            let response = error.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            let value = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(value, Some(header));
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_errors_do_not_leak_details() {
+        let error = RelayError::from_publish(
+            PublishError::Fatal("disk /dev/sda1 failed".into()),
+            Duration::ZERO,
+        );
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        assert_eq!(&body[..], b"internal error");
+    }
+
+    #[test]
+    fn only_oversized_payloads_are_413() {
+        use pkraft_types::payload::PayloadLengthError;
+        let long = RelayError::Packet(PacketError::Length(PayloadLengthError(2000)));
+        assert_eq!(long.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let short = RelayError::Packet(PacketError::Length(PayloadLengthError(10)));
+        assert_eq!(short.status(), StatusCode::BAD_REQUEST);
+    }
+}
