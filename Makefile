@@ -2,9 +2,11 @@
 # Everything builds with --locked against the committed Cargo.lock.
 
 CARGO ?= cargo
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 # Test builds unify features differently from plain builds (dev-dependencies), so the e2e check
-# uses the binary that `cargo test` builds instead of building a second variant.
-PKRAFT_TEST_BIN := target/debug/pkraft
+# uses the binaries that `cargo test` builds instead of building a second variant.
+PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
+SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
 .PHONY: run test fmt fmt-check lint e2e ci release clean-data
 
@@ -29,7 +31,7 @@ lint:
 ## curl + dig + kdig against the real binary, including SIGKILL and restart.
 e2e:
 	$(CARGO) test --workspace --locked --no-run
-	tests/e2e/quickcheck.sh $(PKRAFT_TEST_BIN)
+	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/quickcheck.sh $(PKRAFT_TEST_BIN)
 
 ## The CI gate (.ci/run): read-only checks, then tests, then the end-to-end check.
 ci: fmt-check lint test e2e

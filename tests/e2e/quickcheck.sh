@@ -3,7 +3,8 @@
 # start the real binary (`pkraft dev`) on free loopback ports, publish a signed packet with curl,
 # read it back with curl (HTTP), dig (UDP and TCP) and kdig, then SIGKILL, restart and read again.
 #
-# Usage: tests/e2e/quickcheck.sh [PKRAFT_BIN]   (default: target/debug/pkraft)
+# Usage: [SIGN_PACKET=path/to/sign-packet] tests/e2e/quickcheck.sh [PKRAFT_BIN]
+#   PKRAFT_BIN defaults to target/debug/pkraft; without SIGN_PACKET the example is run with cargo.
 # Needs: curl, dig (bind9-dnsutils), kdig (knot-dnsutils); .ci/run installs them.
 set -euo pipefail
 
@@ -36,7 +37,11 @@ start() {
 }
 
 start
-key=$(cargo run -q --locked -p pkraft-testkit --example sign-packet -- "$work/p.bin" 7 192.0.2.7:4433)
+sign_packet() {
+  if [ -n "${SIGN_PACKET:-}" ]; then "$SIGN_PACKET" "$@"
+  else cargo run -q --locked -p pkraft-testkit --example sign-packet -- "$@"; fi
+}
+key=$(sign_packet "$work/p.bin" 7 192.0.2.7:4433) || fail "signing a packet failed"
 name="_iroh.$key.pkarr.test"
 
 status=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary @"$work/p.bin" "http://$http/pkarr/$key")

@@ -51,6 +51,10 @@ async fn bad_payloads_are_rejected_and_nothing_is_stored() {
     // Valid signature over bytes that are not a DNS packet.
     let garbage = sign_raw(&key, 1_000, b"\x00\x01garbage that is not dns");
     expect_rejected(&server, &url, garbage, 400, "DNS packet").await;
+    // A timestamp no HTTP date can express (a far-future packet would also block the owner's
+    // real updates; the configurable skew limit is issue 7's).
+    let far_future = iroh_packet(&key, u64::MAX, &["192.0.2.1:1"]).to_relay_payload();
+    expect_rejected(&server, &url, far_future, 400, "after the year 9999").await;
     // Non-z32 key in the URL.
     let bad_key_url = server.url("/pkarr/0OIl-not-zbase32");
     expect_rejected(&server, &bad_key_url, good.clone(), 400, "public key").await;

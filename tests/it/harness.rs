@@ -13,8 +13,13 @@ use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 
 /// How long a server may take to start listening (a debug build on a loaded 2-core machine).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a SIGTERM'd server may take to exit.
+/// How long a signalled server may take to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a log line may take to reach the captured log.
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval of the bounded waits above (process exit and log lines have no async signal
+/// these tests can await).
+const POLL: Duration = Duration::from_millis(10);
 
 /// The dev origin (config/dev.toml).
 pub const ORIGIN: &str = "pkarr.test";
@@ -64,25 +69,39 @@ impl TestServer {
 
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.stop_with("-TERM")
+    }
+
+    /// SIGINT (Ctrl-C), then wait (bounded) for the exit status.
+    pub fn interrupt(&mut self) -> ExitStatus {
+        self.stop_with("-INT")
+    }
+
+    fn stop_with(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().expect("server is running");
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "server did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        assert!(status.success(), "kill {signal} failed");
+        let exited = wait_until(STOP_TIMEOUT, || child.try_wait().ok().flatten());
+        exited.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "server did not exit within {STOP_TIMEOUT:?} of {signal}\n{}",
+                self.log()
+            );
+        })
+    }
+
+    /// Waits (bounded) until the captured log contains `needle`. The log is copied from the
+    /// process's stderr by a thread, so a line can arrive a moment after the event it reports.
+    pub fn wait_for_log(&self, needle: &str) {
+        if wait_until(LOG_TIMEOUT, || self.log().contains(needle).then_some(())).is_none() {
+            panic!(
+                "no {needle:?} in the log within {LOG_TIMEOUT:?}:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -179,6 +198,20 @@ fn spawn(
         }
     };
     (child, field(&line, "http"), field(&line, "dns"), log)
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Reads `name=ADDR` from a log line.

@@ -7,6 +7,7 @@
 mod bad_input;
 mod cli;
 mod dns;
+mod dns_client;
 mod durability;
 mod harness;
 mod pkarr_client;

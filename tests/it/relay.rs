@@ -54,6 +54,69 @@ async fn root_routes_serve_the_same_store() {
 }
 
 #[tokio::test]
+async fn key_in_url_matches_in_any_case() {
+    let server = TestServer::start();
+    let key = keypair(10);
+    let packet = iroh_packet(&key, 1_000, &["192.0.2.1:1"]);
+    let upper = server.url(&format!(
+        "/pkarr/{}",
+        key.public_key().to_z32().to_uppercase()
+    ));
+    assert_eq!(
+        server.put(&upper, packet.to_relay_payload()).await.status(),
+        204
+    );
+    let get = server.get(&server.relay_url(&key)).await;
+    assert_eq!(get.bytes().await.expect("body"), packet.to_relay_payload());
+    assert_eq!(server.get(&upper).await.status(), 200);
+}
+
+/// PUTs that race past the local fast path are ordered by consensus: every answer is 204 or
+/// 409, the newest version always gets 204, and the newest is what stays stored.
+#[tokio::test]
+async fn concurrent_versions_of_one_key_end_with_the_newest() {
+    let server = TestServer::start();
+    let key = keypair(11);
+    let url = server.relay_url(&key);
+    let versions: Vec<u64> = (1..=24).collect();
+    let mut puts = tokio::task::JoinSet::new();
+    for version in versions.iter().copied() {
+        let body = iroh_packet(&key, version * 1_000, &[&format!("192.0.2.1:{version}")])
+            .to_relay_payload();
+        let url = url.clone();
+        puts.spawn(async move {
+            let response = http_client()
+                .put(&url)
+                .body(body)
+                .send()
+                .await
+                .expect("PUT");
+            (version, response.status().as_u16())
+        });
+    }
+    let newest = versions.iter().copied().max().expect("versions");
+    let mut statuses = Vec::new();
+    while let Some(joined) = puts.join_next().await {
+        let (version, status) = joined.expect("task");
+        assert!(
+            status == 204 || status == 409,
+            "version {version}: {status}"
+        );
+        if version == newest {
+            assert_eq!(status, 204, "the newest version is never stale");
+        }
+        statuses.push(status);
+    }
+    let stored = server.get(&url).await.bytes().await.expect("body");
+    let expected = iroh_packet(&key, newest * 1_000, &[&format!("192.0.2.1:{newest}")]);
+    assert_eq!(
+        stored,
+        expected.to_relay_payload(),
+        "statuses: {statuses:?}"
+    );
+}
+
+#[tokio::test]
 async fn get_unknown_key_is_404_and_bad_key_is_400() {
     let server = TestServer::start();
     let unknown = server.get(&server.relay_url(&keypair(3))).await;

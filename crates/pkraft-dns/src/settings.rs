@@ -14,10 +14,13 @@ pub struct Settings {
     /// UDP and TCP listen address (one port for both). Default `127.0.0.1:5300`.
     pub listen: SocketAddr,
     /// Zones served: a query `<name>.<z32>.<origin>` is answered from the packet of key `<z32>`.
-    /// The most specific origin wins; `.` serves `<z32>.` directly. Default `["pkarr.test"]`.
+    /// The most specific origin wins (so nested origins work in any order); `.` serves `<z32>.`
+    /// directly. Default `["pkarr.test"]`.
     pub origins: Vec<String>,
     /// NS records at every origin's apex; the first is also the SOA MNAME. Default: none (then NS
-    /// queries get NODATA and the SOA MNAME is the origin itself).
+    /// queries get NODATA and the SOA MNAME is the origin itself). Names below an origin are
+    /// refused: every name there is read as a pkarr key, so their addresses cannot be served. An
+    /// origin itself is allowed; its addresses are `apex_a`/`apex_aaaa`.
     pub nameservers: Vec<String>,
     /// SOA RNAME, the zone contact as a domain name. Default `hostmaster.<origin>`.
     pub soa_rname: Option<String>,
@@ -105,6 +108,22 @@ impl Settings {
                 ));
             }
         }
+        let nameservers = names("nameservers", &self.nameservers)?;
+        for (i, ns) in nameservers.iter().enumerate() {
+            // The apex itself is fine: its A/AAAA come from apex_a/apex_aaaa.
+            if let Some(origin) = origins
+                .iter()
+                .find(|origin| origin.zone_of(ns) && *origin != ns)
+            {
+                return Err(SettingsError::new(
+                    format!("nameservers[{i}]"),
+                    format!(
+                        "{ns} is inside origin {origin}, where every name is a pkarr key, so \
+                         pkraft cannot serve its address; use a name outside the origins"
+                    ),
+                ));
+            }
+        }
         let soa_rname = self
             .soa_rname
             .as_deref()
@@ -112,7 +131,7 @@ impl Settings {
             .transpose()?;
         Ok(Zones {
             origins,
-            nameservers: names("nameservers", &self.nameservers)?,
+            nameservers,
             soa_rname,
             soa_serial: self.soa_serial,
             negative_ttl_secs: ttl_secs("negative_ttl", self.negative_ttl)?,

@@ -10,6 +10,9 @@
 //! parent of another (the key itself, when the packet holds `_iroh.<z32>`) is NODATA, not
 //! NXDOMAIN (RFC 8020: NXDOMAIN would deny the names below it).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType, TSigResponseContext};
@@ -110,6 +113,7 @@ pub struct PkarrZone {
     origin: LowerName,
     apex: Apex,
     store: Store,
+    failure_log: RateLimitedLog,
 }
 
 impl PkarrZone {
@@ -118,11 +122,13 @@ impl PkarrZone {
             origin: LowerName::new(origin),
             apex: Apex::new(origin, zones),
             store,
+            failure_log: RateLimitedLog::default(),
         }
     }
 
-    /// The records for `name` (under this origin, not the apex) and `rtype`.
-    fn lookup_key_name(&self, name: &LowerName, rtype: RecordType) -> Lookup {
+    /// The records for `name` (under this origin, not the apex) and `rtype`; `owner` is the name
+    /// to put on the answers.
+    fn lookup_key_name(&self, name: &LowerName, rtype: RecordType, owner: Name) -> Lookup {
         let labels: Vec<&[u8]> = name.iter().collect();
         let Some(key_index) = labels
             .len()
@@ -137,6 +143,9 @@ impl PkarrZone {
         else {
             return Lookup::NxDomain;
         };
+        // A synchronous redb read on an async worker: an MVCC read of one key from the page cache
+        // takes microseconds and never waits for the writer, so it is cheaper than a hop to the
+        // blocking pool.
         let stored = match self.store.get(&key.to_bytes()) {
             Ok(Some(stored)) => stored,
             Ok(None) => return Lookup::NxDomain,
@@ -146,7 +155,7 @@ impl PkarrZone {
             Ok(records) => records,
             Err(e) => return Lookup::Failed(format!("stored packet for {key}: {e}")),
         };
-        select(records, sub, key_label, name, rtype)
+        select(records, sub, key_label, owner, rtype)
     }
 }
 
@@ -161,14 +170,14 @@ enum Lookup {
     Failed(String),
 }
 
-/// Picks the packet records for `<sub>.<key>` and `rtype`, with their owner rewritten to the
-/// query name. A CNAME answers any type it does not itself match (RFC 1034 §3.6.2); the resolver
-/// follows it.
+/// Picks the packet records for `<sub>.<key>` and `rtype`, with their owner rewritten to
+/// `owner` (the query name). A CNAME answers any type it does not itself match (RFC 1034 §3.6.2);
+/// the resolver follows it.
 fn select(
     records: Vec<Record>,
     sub: &[&[u8]],
     key_label: &[u8],
-    query_name: &LowerName,
+    owner: Name,
     rtype: RecordType,
 ) -> Lookup {
     let mut at_name = Vec::new();
@@ -209,11 +218,43 @@ fn select(
     if answers.is_empty() {
         return Lookup::NoData;
     }
-    let owner = Name::from(query_name);
     for answer in &mut answers {
         answer.name = owner.clone();
     }
     Lookup::Answers(answers)
+}
+
+/// Logs an error at most once per [`RateLimitedLog::INTERVAL`]: a broken replica fails every
+/// query, and one line per query would bury everything else in the log.
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    /// When the last line was written, in seconds since the Unix epoch (0: never).
+    last_secs: AtomicU64,
+    /// Errors not logged since the last line.
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    fn error(&self, reason: &str) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last_secs.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= Self::INTERVAL.as_secs();
+        if due
+            && self
+                .last_secs
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            tracing::error!(%reason, suppressed, "DNS lookup failed; answering REFUSED");
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 fn labels_eq(a: &[&[u8]], b: &[&[u8]]) -> bool {
@@ -232,10 +273,9 @@ impl From<Lookup> for LookupControlFlow<AuthLookup> {
             Lookup::NxDomain => {
                 LookupControlFlow::Continue(Err(LookupError::from(ResponseCode::NXDomain)))
             }
-            Lookup::Failed(reason) => {
+            Lookup::Failed(_) => {
                 // The Catalog turns every other error into NOERROR (a cached lie). REFUSED makes
                 // resolvers try another server, which is what a failing replica should cause.
-                tracing::error!(%reason, "DNS lookup failed");
                 LookupControlFlow::Break(Err(LookupError::from(ResponseCode::Refused)))
             }
         }
@@ -260,7 +300,7 @@ impl ZoneHandler for PkarrZone {
         &self,
         name: &LowerName,
         rtype: RecordType,
-        _request_info: Option<&RequestInfo<'_>>,
+        request_info: Option<&RequestInfo<'_>>,
         _lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
         if *name == self.origin {
@@ -272,7 +312,16 @@ impl ZoneHandler for PkarrZone {
             }
             .into();
         }
-        self.lookup_key_name(name, rtype).into()
+        // Answer with the name as the client spelled it (resolvers randomise letter case).
+        let owner = match request_info {
+            Some(info) => info.query.original().name().clone(),
+            None => Name::from(name),
+        };
+        let lookup = self.lookup_key_name(name, rtype, owner);
+        if let Lookup::Failed(reason) = &lookup {
+            self.failure_log.error(reason);
+        }
+        lookup.into()
     }
 
     async fn search(

@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Method};
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::routing::get;
 use pkraft_raft::Node;
 use pkraft_types::payload::PAYLOAD_LEN_MAX;
 use serde::Deserialize;
 use tower_http::cors::{Any, CorsLayer};
+use tower_http::timeout::TimeoutLayer;
 
 /// Response header telling a publisher how many replicas hold its packet (pkarr relay spec).
 pub const STORED_NODES_HEADER: HeaderName = HeaderName::from_static("pkarr-dht-stored-nodes");
@@ -45,6 +46,11 @@ pub struct Settings {
     /// election timeout, after which a new leader is normally in place.
     #[serde(with = "humantime_serde")]
     pub retry_after: Duration,
+    /// A request (including reading its body) that takes longer is answered 408, so a slow client
+    /// cannot hold a connection and a task forever. Default 30 s; it must exceed
+    /// `raft.publish_timeout` so that a PUT waiting for its commit gets its own 503 first.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// An `[http]` value that cannot be served. The message names the field.
@@ -74,6 +80,7 @@ impl Default for Settings {
             cache_max_age_min: Duration::from_secs(30),
             cache_max_age_max: Duration::from_secs(86_400),
             retry_after: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -101,10 +108,14 @@ pub fn router(state: AppState) -> Router {
             get(relay::get_packet).put(relay::put_packet),
         )
         .route("/{key}", get(relay::get_packet).put(relay::put_packet))
-        .with_state(state)
+        .with_state(state.clone())
         // Bodies over the largest legal relay payload are refused with 413 before they are read
         // in full.
         .layer(DefaultBodyLimit::max(PAYLOAD_LEN_MAX))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            state.settings.request_timeout,
+        ))
         .layer(cors)
 }
 

@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pkarr::Timestamp;
 use pkraft_raft::Published;
+use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
 use pkraft_types::{PublishOutcome, VerifiedPacket, decide, parse_z32_key};
 
 use crate::error::RelayError;
@@ -26,30 +27,30 @@ pub async fn put_packet(
 
     // Fast path on the local replica. Anything stored locally was committed, so a packet that
     // loses to it (or equals it) would lose in the log too: answer without a round of consensus.
+    // The read is synchronous on the async worker: one key, MVCC, from the page cache; it never
+    // waits for the writer and costs less than a hop to the blocking pool.
     let stored = state.node.store().get(&packet.key_bytes())?;
-    match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
-        PublishOutcome::Stale => return Err(RelayError::Conflict),
-        PublishOutcome::Identical => return Ok(stored_response(state.node.replica_count())),
-        PublishOutcome::Stored => {}
-    }
-
-    let Published { outcome, replicas } = state
-        .node
-        .publish(packet)
-        .await
-        .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?;
+    let Published { outcome, replicas } =
+        match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
+            PublishOutcome::Stored => state
+                .node
+                .publish(packet)
+                .await
+                .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?,
+            known => Published {
+                outcome: known,
+                replicas: state.node.replica_count(),
+            },
+        };
+    // One mapping for both paths, so the fast path's tests also cover the answers after consensus.
     match outcome {
-        PublishOutcome::Stored | PublishOutcome::Identical => Ok(stored_response(replicas)),
+        PublishOutcome::Stored | PublishOutcome::Identical => Ok((
+            StatusCode::NO_CONTENT,
+            [(STORED_NODES_HEADER, HeaderValue::from(replicas))],
+        )
+            .into_response()),
         PublishOutcome::Stale => Err(RelayError::Conflict),
     }
-}
-
-fn stored_response(replicas: usize) -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [(STORED_NODES_HEADER, HeaderValue::from(replicas))],
-    )
-        .into_response()
 }
 
 /// `GET /pkarr/{z32}` and `GET /{z32}`: the stored payload from the local replica, or 304 when
@@ -70,10 +71,7 @@ pub async fn get_packet(
     let max_age = cache_max_age_secs(&state.settings, &payload)?;
     let validators = [
         (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
-        (
-            header::LAST_MODIFIED,
-            Timestamp::from(timestamp_micros).format_http_date(),
-        ),
+        (header::LAST_MODIFIED, http_date(timestamp_micros)?),
     ];
 
     // Compared in microseconds, as pkarr-relay does: HTTP dates have whole seconds, so a client
@@ -94,6 +92,18 @@ pub async fn get_packet(
         Bytes::from(payload),
     )
         .into_response())
+}
+
+/// An HTTP date for a packet timestamp. `VerifiedPacket` admits no timestamp after the year 9999,
+/// the last an HTTP date can express; checking again here keeps a damaged store from panicking the
+/// formatter.
+fn http_date(timestamp_micros: u64) -> Result<String, RelayError> {
+    if timestamp_micros > TIMESTAMP_MICROS_MAX {
+        return Err(RelayError::Internal(format!(
+            "stored packet has timestamp {timestamp_micros} µs, beyond what HTTP dates express"
+        )));
+    }
+    Ok(Timestamp::from(timestamp_micros).format_http_date())
 }
 
 /// The packet's smallest record TTL, clamped to the configured bounds.

@@ -1,9 +1,8 @@
 //! The Raft log on redb (`raft-log.redb`): entries by index, plus the vote and the purge point.
 //!
-//! Every mutating call commits with `Durability::Immediate` before it reports success, so an
-//! entry, a vote or a purge that openraft was told about survives a crash. Writes run on tokio's
-//! blocking pool: a commit waits for fsync (p99 9–26 ms on these machines) and must not stall the
-//! runtime's worker threads.
+//! Entries, votes, truncations and purges commit with `Durability::Immediate` before they are
+//! reported done, so anything openraft was told about survives a crash. (The committed index is
+//! the exception; see `save_committed`.) Writes run on tokio's blocking pool.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -20,15 +19,17 @@ use redb::{Error as DbError, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{decode, encode, join_error, storage_error};
+use crate::codec::{blocking, decode, encode, storage_error};
 use crate::{NodeId, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const META_VOTE: &str = "vote";
+const META_COMMITTED: &str = "committed";
 const META_LAST_PURGED: &str = "last_purged";
 const META_SCHEMA_VERSION: &str = "schema_version";
+const META_NODE_ID: &str = "node_id";
 
 /// On-disk format version of the log file.
 pub const LOG_SCHEMA_VERSION: u64 = 1;
@@ -94,25 +95,52 @@ impl LogStore {
         read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
 
-    /// Runs `f` in one write transaction on the blocking pool and commits it durably.
-    async fn write<F>(&self, subject: ErrorSubject<NodeId>, f: F) -> Result<()>
+    /// Records which node this log belongs to, or checks that it is `node_id`. Starting a data
+    /// dir under another id would make the node a stranger to its own cluster: openraft would run
+    /// it as a learner that can never accept a write.
+    pub fn claim_node_id(&self, node_id: NodeId) -> Result<()> {
+        let claim = || -> std::result::Result<(), DbError> {
+            let txn = self.db.begin_write()?;
+            let owner = get_meta::<NodeId>(&txn.open_table(META)?, META_NODE_ID)?;
+            match owner {
+                None => put_meta(&txn, META_NODE_ID, &node_id)?,
+                Some(owner) if owner == node_id => {}
+                Some(owner) => {
+                    return Err(DbError::Corrupted(format!(
+                        "this data dir belongs to node {owner}, not node {node_id}"
+                    )));
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        claim().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
+    }
+
+    /// Handles to the log database that are still open (this one included).
+    pub(crate) fn open_handles(&self) -> usize {
+        Arc::strong_count(&self.db)
+    }
+
+    /// Runs `f` in one write transaction on the blocking pool and commits it with `durability`.
+    async fn write<F>(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        durability: Durability,
+        f: F,
+    ) -> Result<()>
     where
         F: FnOnce(&WriteTransaction) -> std::result::Result<(), DbError> + Send + 'static,
     {
         let db = self.db.clone();
-        let task_subject = subject.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let run = || -> std::result::Result<(), DbError> {
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate)?;
-                f(&txn)?;
-                txn.commit()?;
-                Ok(())
-            };
-            run().map_err(|e| storage_error(task_subject, ErrorVerb::Write, &e))
-        });
-        task.await
-            .map_err(|e| join_error(subject, ErrorVerb::Write, e))?
+        blocking(subject, ErrorVerb::Write, move || {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(durability)?;
+            f(&txn)?;
+            txn.commit()?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -182,7 +210,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
         let vote = *vote;
-        self.write(ErrorSubject::Vote, move |txn| {
+        self.write(ErrorSubject::Vote, Durability::Immediate, move |txn| {
             put_meta(txn, META_VOTE, &vote)
         })
         .await
@@ -192,13 +220,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(META_VOTE)
     }
 
+    /// Lets a restarting node re-apply committed entries before it hears from a leader. Written
+    /// without fsync: redb makes it durable with the next log append (a later `Immediate`
+    /// commit), and a stale value is harmless: openraft only uses it as a lower bound, and every
+    /// entry acknowledged to a client was already applied and fsynced by the state machine.
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        self.write(ErrorSubject::Store, Durability::None, move |txn| {
+            put_meta(txn, META_COMMITTED, &committed)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
+        Ok(self
+            .read_meta::<Option<LogId<NodeId>>>(META_COMMITTED)?
+            .flatten())
+    }
+
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        self.write(ErrorSubject::Logs, move |txn| {
+        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
             let mut log = txn.open_table(LOG)?;
             for entry in &entries {
                 log.insert(entry.log_id.index, encode_db(entry)?.as_slice())?;
@@ -212,7 +257,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.write(ErrorSubject::Logs, move |txn| {
+        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
             txn.open_table(LOG)?
                 .retain_in(log_id.index.., |_, _| false)?;
             Ok(())
@@ -221,7 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.write(ErrorSubject::Logs, move |txn| {
+        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
             // Recorded even when no entry has this id (openraft may purge past the last entry).
             put_meta(txn, META_LAST_PURGED, &log_id)?;
             txn.open_table(LOG)?

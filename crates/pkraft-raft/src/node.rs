@@ -16,6 +16,12 @@ use crate::settings::{Settings, SettingsError};
 use crate::state_machine::StateMachine;
 use crate::{NodeId, TypeConfig};
 
+/// How long `shutdown` waits for openraft's background tasks (the state machine worker, a
+/// snapshot build) to release the databases.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval while waiting for that release.
+const RELEASE_POLL: Duration = Duration::from_millis(5);
+
 /// File names inside the data dir.
 const LOG_FILE: &str = "raft-log.redb";
 const STATE_FILE: &str = "state.redb";
@@ -59,7 +65,8 @@ pub enum PublishError {
     /// retrying is safe, since re-publishing the same packet changes nothing.
     #[error("{0}")]
     Unavailable(String),
-    /// Consensus or storage failed on this node and it is stopping. Retry on another node.
+    /// Consensus or storage failed on this node; Raft has stopped and the daemon exits (see
+    /// [`Node::wait_fatal`]). Retry on another node.
     #[error("{0}")]
     Fatal(String),
 }
@@ -68,6 +75,8 @@ pub enum PublishError {
 pub struct Node {
     raft: Raft<TypeConfig>,
     store: Store,
+    /// Kept to know when openraft has released the log file (see `shutdown`).
+    log_store: LogStore,
     publish_timeout: Duration,
 }
 
@@ -92,6 +101,7 @@ impl Node {
         })?;
         let config = Arc::new(settings.openraft_config()?);
         let log_store = LogStore::open(&data_dir.join(LOG_FILE))?;
+        log_store.claim_node_id(id)?;
         let store = Store::open(&data_dir.join(STATE_FILE))?;
         let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?;
 
@@ -99,7 +109,7 @@ impl Node {
         if pristine && store.applied_state()?.is_some() {
             return Err(StartError::LogMissing(data_dir.to_path_buf()));
         }
-        let raft = Raft::new(id, config, NoPeers, log_store, state_machine)
+        let raft = Raft::new(id, config, NoPeers, log_store.clone(), state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         if pristine {
@@ -112,6 +122,7 @@ impl Node {
         Ok(Node {
             raft,
             store,
+            log_store,
             publish_timeout: settings.publish_timeout,
         })
     }
@@ -168,10 +179,38 @@ impl Node {
         holding.max(1)
     }
 
-    /// Stops Raft; the data dir is consistent afterwards (every commit is durable on its own).
+    /// Resolves when Raft stops on its own because of a fatal error (a storage failure), with the
+    /// reason. A node in that state cannot take writes and would serve a frozen replica, so the
+    /// daemon exits instead of limping on.
+    pub async fn wait_fatal(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Err(fatal) = &metrics.borrow_and_update().running_state {
+                return fatal.to_string();
+            }
+            if metrics.changed().await.is_err() {
+                return "raft stopped".to_string();
+            }
+        }
+    }
+
+    /// Stops Raft and waits (bounded) until its background tasks have released the data files,
+    /// so the same data dir can be opened again at once. The data dir is consistent at any point:
+    /// every commit is durable on its own.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+        // Node holds one handle to each file; openraft's state machine worker or a snapshot build
+        // on the blocking pool may still hold others for a moment.
+        let released = || self.store.open_handles() == 1 && self.log_store.open_handles() == 1;
+        let wait = async {
+            while !released() {
+                tokio::time::sleep(RELEASE_POLL).await;
+            }
+        };
+        if tokio::time::timeout(RELEASE_TIMEOUT, wait).await.is_err() {
+            tracing::warn!(timeout = ?RELEASE_TIMEOUT, "raft tasks still hold the data files");
         }
     }
 }

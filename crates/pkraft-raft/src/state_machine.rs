@@ -16,7 +16,7 @@ use openraft::{
 use pkraft_store::Store;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode, encode, join_error, storage_error};
+use crate::codec::{Message, blocking, decode, encode, storage_error};
 use crate::snapshot_file::SnapshotFile;
 use crate::type_config::ApplyResult;
 use crate::{NodeId, TypeConfig};
@@ -46,18 +46,6 @@ impl AppliedState {
     }
 }
 
-/// A plain message as an error source.
-#[derive(Debug)]
-struct Message(String);
-
-impl std::fmt::Display for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Message {}
-
 pub struct StateMachine {
     store: Store,
     snapshot_file: SnapshotFile,
@@ -67,6 +55,7 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Opens the state machine over `store`, keeping its current snapshot in `snapshot_dir`.
+    /// `snapshot_dir` must not be shared with another state machine.
     pub fn open(store: Store, snapshot_dir: PathBuf) -> Result<Self> {
         let applied = AppliedState::load(&store)?;
         Ok(StateMachine {
@@ -75,22 +64,6 @@ impl StateMachine {
             applied,
         })
     }
-}
-
-/// Runs blocking storage work (redb commits wait for fsync) off the async workers.
-async fn blocking<T, F>(subject: ErrorSubject<NodeId>, verb: ErrorVerb, f: F) -> Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>
-        + Send
-        + 'static,
-{
-    let task_subject = subject.clone();
-    tokio::task::spawn_blocking(move || {
-        f().map_err(|e| storage_error(task_subject, verb, &Message(e.to_string())))
-    })
-    .await
-    .map_err(|e| join_error(subject, verb, e))?
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

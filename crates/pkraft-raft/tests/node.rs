@@ -106,7 +106,7 @@ async fn snapshots_and_log_purge_keep_every_packet() {
         "the log was purged after the snapshot: {state:?}"
     );
     let node = start(dir.path(), &settings).await;
-    assert_eq!(node.store().len().expect("len"), count);
+    assert_eq!(node.store().packet_count().expect("count"), count);
     for seed in 0..count {
         let key = keypair(seed).public_key().to_bytes();
         assert!(
@@ -133,4 +133,36 @@ async fn refuses_to_start_over_state_without_its_log() {
         .await
         .expect_err("must refuse");
     assert!(err.to_string().contains("raft log is empty"), "{err}");
+}
+
+#[tokio::test]
+async fn refuses_a_data_dir_of_another_node_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    start(dir.path(), &fast_settings()).await.shutdown().await;
+    let err = Node::start(2, dir.path(), &fast_settings())
+        .await
+        .expect_err("must refuse");
+    assert!(
+        err.to_string().contains("belongs to node 1, not node 2"),
+        "{err}"
+    );
+    // The rightful owner still starts.
+    start(dir.path(), &fast_settings()).await.shutdown().await;
+}
+
+#[tokio::test]
+async fn committed_index_is_persisted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let node = start(dir.path(), &fast_settings()).await;
+        for seed in 0..3 {
+            node.publish(packet(seed, 100)).await.expect("publish");
+        }
+        node.shutdown().await;
+    }
+    let mut log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log");
+    let committed = log.read_committed().await.expect("read committed");
+    // Initialization, leader blank entry and three publishes: at least the publishes before the
+    // last one are known committed (the last save may still be waiting for the next fsync).
+    assert!(committed.is_some_and(|c| c.index >= 3), "{committed:?}");
 }

@@ -77,7 +77,7 @@ pub struct StoredPacket {
 
 impl StoredPacket {
     fn encode(&self) -> Vec<u8> {
-        let mut value = Vec::with_capacity(APPLIED_AT_LEN + self.payload.len());
+        let mut value = Vec::with_capacity(APPLIED_AT_LEN + self.payload.byte_len());
         value.extend_from_slice(&self.applied_at_micros.to_be_bytes());
         value.extend_from_slice(self.payload.as_bytes());
         value
@@ -150,13 +150,15 @@ impl Store {
     }
 
     /// Number of stored packets.
-    pub fn len(&self) -> Result<u64, StoreError> {
+    pub fn packet_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(PACKETS)?.len()?)
     }
 
-    pub fn is_empty(&self) -> Result<bool, StoreError> {
-        Ok(self.len()? == 0)
+    /// Handles to this database that are still open (this one included). redb locks its file, so
+    /// the same file can be opened again only after every handle is dropped.
+    pub fn open_handles(&self) -> usize {
+        Arc::strong_count(&self.db)
     }
 
     /// The consensus layer's blob committed with the last applied transaction, if any.

@@ -102,5 +102,13 @@ fn decode(data: &[u8]) -> Result<Vec<SnapshotEntry>, StoreError> {
             "format version {version}, this build reads {SNAPSHOT_FORMAT_VERSION}"
         )));
     }
-    postcard::from_bytes(body).map_err(|e| StoreError::Snapshot(format!("decode: {e}")))
+    let (entries, rest) = postcard::take_from_bytes(body)
+        .map_err(|e| StoreError::Snapshot(format!("decode: {e}")))?;
+    if !rest.is_empty() {
+        return Err(StoreError::Snapshot(format!(
+            "{} bytes after the end",
+            rest.len()
+        )));
+    }
+    Ok(entries)
 }

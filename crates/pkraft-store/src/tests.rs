@@ -120,7 +120,7 @@ fn data_survives_reopen() {
         store.get(&a.key).expect("get").map(|s| s.payload),
         Some(a.payload)
     );
-    assert_eq!(store.len().expect("len"), 1);
+    assert_eq!(store.packet_count().expect("count"), 1);
 }
 
 #[test]
@@ -138,7 +138,7 @@ fn snapshot_round_trip_replaces_state() {
     target
         .import_snapshot(&export.data, b"at-2")
         .expect("import");
-    assert_eq!(target.len().expect("len"), 2);
+    assert_eq!(target.packet_count().expect("count"), 2);
     assert_eq!(
         target.get(&c.key).expect("get"),
         None,

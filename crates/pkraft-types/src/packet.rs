@@ -7,7 +7,7 @@ use hickory_proto::rr::Record;
 use pkarr::errors::SignedPacketVerifyError;
 use pkarr::{PublicKey, SignedPacket};
 
-use crate::payload::{Payload, PayloadLengthError};
+use crate::payload::{Payload, PayloadLengthError, TIMESTAMP_MICROS_MAX};
 use crate::{KeyBytes, PublishItem};
 
 /// Why a relay payload was rejected. The messages are shown to HTTP clients (status 400 or 413).
@@ -19,6 +19,11 @@ pub enum PacketError {
     Signature,
     #[error("DNS packet does not parse: {0}")]
     Dns(String),
+    #[error("timestamp {0} µs is after the year 9999")]
+    Timestamp(u64),
+    /// A check pkarr makes that the ones above already cover; kept with pkarr's own message.
+    #[error("invalid signed packet: {0}")]
+    Invalid(String),
 }
 
 /// A packet that passed every check a relay makes before it accepts a PUT.
@@ -37,12 +42,11 @@ impl VerifiedPacket {
         SignedPacket::from_relay_payload(key, payload.as_bytes()).map_err(|e| match e {
             SignedPacketVerifyError::SignatureError(_) => PacketError::Signature,
             SignedPacketVerifyError::DnsError(e) => PacketError::Dns(e.to_string()),
-            SignedPacketVerifyError::InvalidSignedPacketBytesLength(_)
-            | SignedPacketVerifyError::PacketTooLarge(_) => {
-                PacketError::Length(PayloadLengthError(payload.len()))
-            }
-            SignedPacketVerifyError::PublicKeyError(e) => PacketError::Dns(e.to_string()),
+            other => PacketError::Invalid(other.to_string()),
         })?;
+        if payload.timestamp_micros() > TIMESTAMP_MICROS_MAX {
+            return Err(PacketError::Timestamp(payload.timestamp_micros()));
+        }
         dns_message(&payload)?;
         Ok(VerifiedPacket {
             key: key.clone(),
@@ -126,6 +130,16 @@ mod tests {
         );
         let long = VerifiedPacket::verify(&key, Bytes::from(vec![0; 2000]));
         assert_eq!(long, Err(PacketError::Length(PayloadLengthError(2000))));
+    }
+
+    #[test]
+    fn rejects_timestamps_after_year_9999() {
+        let kp = keypair(1);
+        let last = iroh_packet(&kp, TIMESTAMP_MICROS_MAX, &[]).to_relay_payload();
+        assert!(VerifiedPacket::verify(&kp.public_key(), last).is_ok());
+        let after = iroh_packet(&kp, TIMESTAMP_MICROS_MAX + 1, &[]).to_relay_payload();
+        let err = VerifiedPacket::verify(&kp.public_key(), after);
+        assert_eq!(err, Err(PacketError::Timestamp(TIMESTAMP_MICROS_MAX + 1)));
     }
 
     #[test]

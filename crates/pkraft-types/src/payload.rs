@@ -13,6 +13,9 @@ pub const HEADER_LEN: usize = SIGNATURE_LEN + TIMESTAMP_LEN;
 pub const DNS_PACKET_LEN_MAX: usize = 1000;
 /// Largest relay payload: 1072 bytes. Larger PUT bodies get 413.
 pub const PAYLOAD_LEN_MAX: usize = HEADER_LEN + DNS_PACKET_LEN_MAX;
+/// Latest accepted signer timestamp: 9999-12-31T23:59:59.999999Z. HTTP dates (`Last-Modified`)
+/// cannot express later times, and no honest clock is near it.
+pub const TIMESTAMP_MICROS_MAX: u64 = 253_402_300_799_999_999;
 
 /// A relay payload whose length is within bounds. The signature is *not* checked here: see
 /// [`crate::VerifiedPacket`] for that. Stored payloads are wrapped in this type so that reading the
@@ -51,12 +54,9 @@ impl Payload {
         &self.0
     }
 
-    pub fn len(&self) -> usize {
+    /// Length in bytes (always within `HEADER_LEN..=PAYLOAD_LEN_MAX`).
+    pub fn byte_len(&self) -> usize {
         self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 

@@ -76,6 +76,14 @@ impl Config {
         self.http.validate()?;
         self.dns.zones()?;
         self.raft.openraft_config()?;
+        if self.http.request_timeout <= self.raft.publish_timeout {
+            anyhow::bail!(
+                "http.request_timeout ({:?}) must be longer than raft.publish_timeout ({:?}), \
+                 so that a PUT waiting for its commit is answered 503, not 408",
+                self.http.request_timeout,
+                self.raft.publish_timeout
+            );
+        }
         Ok(())
     }
 
@@ -151,6 +159,12 @@ mod tests {
         let err = Config::parse("[raft]\nelection_timeout_min = \"10ms\"\n", "t")
             .expect_err("timeout below heartbeat");
         assert!(format!("{err:#}").contains("raft"), "{err:#}");
+        let err = Config::parse("[http]\nrequest_timeout = \"5s\"\n", "t")
+            .expect_err("request timeout not above publish timeout");
+        assert!(
+            format!("{err:#}").contains("http.request_timeout"),
+            "{err:#}"
+        );
         let err = Config::parse("[raft]\nheartbeat_interval = \"soon\"\n", "t")
             .expect_err("bad duration");
         assert!(format!("{err:#}").contains("heartbeat_interval"), "{err:#}");

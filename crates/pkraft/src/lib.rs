@@ -79,6 +79,11 @@ impl Server {
         self.dns.local_addr()
     }
 
+    /// Resolves if Raft stops on its own (a fatal storage or consensus error), with the reason.
+    pub async fn wait_fatal(&self) -> String {
+        self.node.wait_fatal().await
+    }
+
     /// Stops accepting work, lets in-flight HTTP requests finish (bounded), stops DNS, then Raft.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.http_stop.send(());

@@ -12,8 +12,11 @@ use tracing_subscriber::EnvFilter;
 /// Log filter when `RUST_LOG` is unset.
 const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
 /// hickory-server logs two lines per DNS query at INFO, which costs throughput and floods the log.
-/// These directives apply unless `RUST_LOG` names hickory itself.
-const HICKORY_LOG_FILTER: [&str; 2] = ["hickory_server=warn", "hickory_proto=warn"];
+/// Each directive applies unless `RUST_LOG` names its target itself.
+const HICKORY_LOG_FILTER: [(&str, &str); 2] = [
+    ("hickory_server", "hickory_server=warn"),
+    ("hickory_proto", "hickory_proto=warn"),
+];
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,11 +83,12 @@ fn init_logging() {
         Some(value) => EnvFilter::new(value),
         None => EnvFilter::new(DEFAULT_LOG_FILTER),
     };
-    if !from_env.is_some_and(|value| value.contains("hickory")) {
-        for directive in HICKORY_LOG_FILTER {
-            if let Ok(directive) = directive.parse() {
-                filter = filter.add_directive(directive);
-            }
+    for (target, directive) in HICKORY_LOG_FILTER {
+        let named = from_env
+            .as_deref()
+            .is_some_and(|value| value.contains(target));
+        if let (false, Ok(directive)) = (named, directive.parse()) {
+            filter = filter.add_directive(directive);
         }
     }
     tracing_subscriber::fmt()
@@ -105,11 +109,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
         origins = ?config.dns.origins,
         "pkraft listening"
     );
-    shutdown_signal().await?;
-    tracing::info!("shutting down");
+    let fatal = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            None
+        }
+        reason = server.wait_fatal() => Some(reason),
+    };
+    match &fatal {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(%reason, "raft stopped; shutting down"),
+    }
     server.shutdown().await?;
     tracing::info!("stopped");
-    Ok(())
+    match fatal {
+        // A non-zero exit lets the supervisor (systemd, Kubernetes) restart the node.
+        Some(reason) => Err(anyhow::anyhow!("raft stopped: {reason}")),
+        None => Ok(()),
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -59,7 +59,7 @@ fn query(f: &Fixture, sub: &str, rtype: RecordType) -> Lookup {
         f.records.clone(),
         &labels[..key_index],
         labels[key_index],
-        &name,
+        Name::from(&name),
         rtype,
     )
 }
