@@ -83,3 +83,33 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
         vec!["addr=192.0.2.1:1".to_string()]
     );
 }
+
+/// A node whose storage fails must not limp on serving a frozen replica: it stops and exits
+/// non-zero for its supervisor. The failure is real: once the node runs, a regular file is put
+/// where the snapshot directory must go, so the first snapshot (after 3 entries) cannot be saved.
+#[tokio::test]
+async fn storage_failure_stops_the_node_with_exit_status_1() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[raft]\nsnapshot_after_entries = 3\n").expect("write config");
+    let mut server = TestServer::start_serve(&config);
+    std::fs::write(server.data_dir().join("snapshot"), b"not a directory").expect("block dir");
+
+    // Publish until the node fails; a PUT during the failure may get 500 or no answer at all.
+    for i in 0..10u64 {
+        let key = keypair(90 + i);
+        let packet = iroh_packet(&key, 1_000, &["192.0.2.1:1"]);
+        if crate::harness::http_client()
+            .put(server.relay_url(&key))
+            .body(packet.to_relay_payload())
+            .send()
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", server.log());
+    server.wait_for_log("raft stopped");
+}

@@ -43,7 +43,12 @@ impl TestServer {
 
     /// `pkraft serve --config FILE` instead of `pkraft dev`.
     pub fn start_serve(config: &Path) -> TestServer {
-        TestServer::start_with(vec!["serve".into(), "--config".into(), path_arg(config)])
+        let command = vec!["serve".into(), "--config".into(), path_arg(config)];
+        TestServer::start_with(command)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
     }
 
     fn start_with(command: Vec<String>) -> TestServer {
@@ -89,6 +94,19 @@ impl TestServer {
             let _ = child.kill();
             panic!(
                 "server did not exit within {STOP_TIMEOUT:?} of {signal}\n{}",
+                self.log()
+            );
+        })
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        let exited = wait_until(STOP_TIMEOUT, || child.try_wait().ok().flatten());
+        exited.unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "server did not exit within {STOP_TIMEOUT:?}\n{}",
                 self.log()
             );
         })
