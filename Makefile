@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run test fmt fmt-check lint e2e ci release clean-data
+.PHONY: run test fmt fmt-check lint e2e bench bench-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -33,8 +33,19 @@ e2e:
 	$(CARGO) test --workspace --locked --no-run
 	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/quickcheck.sh $(PKRAFT_TEST_BIN)
 
-## The CI gate (.ci/run): read-only checks, then tests, then the end-to-end check.
-ci: fmt-check lint test e2e
+## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
+## once into ~/.cache/pkraft-bench; about 5 minutes). Updates docs/BENCHMARKS.md.
+bench:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/run.sh full
+
+## The benchmark harness with tiny counts, pkraft only, on the test build's binaries (CI).
+bench-smoke:
+	$(CARGO) test --workspace --locked --no-run
+	BENCH_BIN_DIR=$(TARGET_DIR)/debug tests/bench/run.sh smoke
+
+## The CI gate (.ci/run): read-only checks, tests, the end-to-end check, the benchmark smoke.
+ci: fmt-check lint test e2e bench-smoke
 
 release:
 	$(CARGO) build --release --locked -p pkraft

@@ -9,7 +9,11 @@
 //!   builds and installs snapshots, keeping the current one in `snapshot/`.
 //! - [`network`]: the peer network. A single-node cluster has no peers, so every RPC is
 //!   `Unreachable`; the peer listener replaces it when clustering lands.
-//! - [`node`]: [`Node`]: start (initializing a fresh data dir), publish, status, shutdown.
+//! - [`node`]: [`Node`]: start (initializing a fresh data dir), publish, shutdown, and a watch
+//!   for fatal errors.
+//! - `batcher`: group commit: concurrent publishes share one log entry.
+//! - `snapshot_file`: the current snapshot on disk, replaced atomically.
+//! - `codec`: postcard encoding and the blocking-pool helper for storage work.
 //! - [`settings`]: the `[raft]` config section.
 
 // openraft's `StorageError` (224 bytes) is the error type of the storage traits implemented here;
@@ -17,6 +21,7 @@
 // paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
+mod batcher;
 mod codec;
 pub mod log_store;
 pub mod network;

@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, StorageError};
 use pkraft_store::{Store, StoreError};
-use pkraft_types::{Command, PublishOutcome, VerifiedPacket};
+use pkraft_types::{PublishOutcome, VerifiedPacket};
+use tokio::task::JoinHandle;
 
+use crate::batcher::{Batcher, stopping};
 use crate::log_store::LogStore;
 use crate::network::NoPeers;
 use crate::settings::{Settings, SettingsError};
@@ -77,6 +79,8 @@ pub struct Node {
     store: Store,
     /// Kept to know when openraft has released the log file (see `shutdown`).
     log_store: LogStore,
+    /// Group commit in front of `raft` (see `batcher`); taken on shutdown to close the queue.
+    batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
     publish_timeout: Duration,
 }
 
@@ -119,10 +123,16 @@ impl Node {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
         }
+        let batcher = Batcher::spawn(
+            raft.clone(),
+            settings.publish_queue_max,
+            settings.publish_batch_max,
+        );
         Ok(Node {
             raft,
             store,
             log_store,
+            batcher: std::sync::Mutex::new(Some(batcher)),
             publish_timeout: settings.publish_timeout,
         })
     }
@@ -133,50 +143,41 @@ impl Node {
     }
 
     /// Commits `packet` through Raft and returns once it is applied on this node: the only write
-    /// path into the store.
+    /// path into the store. Concurrent publishes are committed together (see `batcher`).
     pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
-        let command = Command::Publish {
-            leader_time_micros: unix_micros_now(),
-            packets: vec![packet.into()],
+        let outcome = {
+            let batcher = self.batcher.lock().map_err(|_| {
+                PublishError::Fatal("the publish queue lock is poisoned".to_string())
+            })?;
+            match batcher.as_ref() {
+                Some((batcher, _)) => batcher.enqueue(packet.into())?,
+                None => return Err(stopping()),
+            }
         };
-        let write = tokio::time::timeout(self.publish_timeout, self.raft.client_write(command));
-        let response = write
-            .await
-            .map_err(|_| {
-                PublishError::Unavailable(format!(
-                    "not committed within {:?}",
-                    self.publish_timeout
-                ))
-            })?
-            .map_err(publish_error)?;
-        let outcome = response.data.outcomes.first().copied().ok_or_else(|| {
-            PublishError::Fatal("applying a publish produced no outcome".to_string())
-        })?;
-        Ok(Published {
-            outcome,
-            replicas: self.replicas_holding(response.log_id.index),
-        })
+        match tokio::time::timeout(self.publish_timeout, outcome).await {
+            Ok(Ok(result)) => result,
+            // The batcher dropped the reply: it is stopping.
+            Ok(Err(_)) => Err(stopping()),
+            Err(_) => Err(PublishError::Unavailable(format!(
+                "not committed within {:?}",
+                self.publish_timeout
+            ))),
+        }
+    }
+
+    /// Index of the last log entry applied to the local replica, if any.
+    pub fn last_applied_index(&self) -> Option<u64> {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|log_id| log_id.index)
     }
 
     /// Replicas known to hold everything this node has applied.
     pub fn replica_count(&self) -> usize {
         let applied = self.raft.metrics().borrow().last_applied;
-        applied.map_or(1, |log_id| self.replicas_holding(log_id.index))
-    }
-
-    /// Replicas whose log reaches `index`. Only the leader tracks its followers; elsewhere the
-    /// answer is this node alone.
-    fn replicas_holding(&self, index: u64) -> usize {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let Some(replication) = &metrics.replication else {
-            return 1;
-        };
-        let holding = replication
-            .values()
-            .filter(|matched| matched.is_some_and(|log_id| log_id.index >= index))
-            .count();
-        holding.max(1)
+        applied.map_or(1, |log_id| replicas_holding(&self.raft, log_id.index))
     }
 
     /// Resolves when Raft stops on its own because of a fatal error (a storage failure), with the
@@ -198,6 +199,14 @@ impl Node {
     /// so the same data dir can be opened again at once. The data dir is consistent at any point:
     /// every commit is durable on its own.
     pub async fn shutdown(&self) {
+        // Close the publish queue first and let the batches in flight answer their publishers.
+        let batcher = self.batcher.lock().ok().and_then(|mut b| b.take());
+        if let Some((queue, task)) = batcher {
+            drop(queue);
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "the publish batcher ended abnormally");
+            }
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
@@ -215,7 +224,24 @@ impl Node {
     }
 }
 
-fn publish_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PublishError {
+/// Replicas whose log reaches `index`. Only the leader tracks its followers; elsewhere the answer
+/// is this node alone.
+pub(crate) fn replicas_holding(raft: &Raft<TypeConfig>, index: u64) -> usize {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let Some(replication) = &metrics.replication else {
+        return 1;
+    };
+    let holding = replication
+        .values()
+        .filter(|matched| matched.is_some_and(|log_id| log_id.index >= index))
+        .count();
+    holding.max(1)
+}
+
+pub(crate) fn publish_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> PublishError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             PublishError::Unavailable(match forward.leader_id {
@@ -228,12 +254,4 @@ fn publish_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> P
         }
         RaftError::Fatal(fatal) => PublishError::Fatal(fatal.to_string()),
     }
-}
-
-/// Wall clock in µs since the Unix epoch. A clock before 1970 reads as 0.
-fn unix_micros_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

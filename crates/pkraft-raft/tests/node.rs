@@ -166,3 +166,67 @@ async fn committed_index_is_persisted() {
     // last one are known committed (the last save may still be waiting for the next fsync).
     assert!(committed.is_some_and(|c| c.index >= 3), "{committed:?}");
 }
+
+/// Group commit: publishes that arrive together share one log entry, and each still gets its own
+/// outcome. On the current-thread test runtime every spawned publish is queued before the
+/// batching task runs, so the grouping is deterministic.
+#[tokio::test]
+async fn concurrent_publishes_share_one_log_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = std::sync::Arc::new(start(dir.path(), &fast_settings()).await);
+    node.publish(packet(0, 100)).await.expect("warm-up publish");
+    let before = node.last_applied_index().expect("applied");
+
+    let mut publishes = tokio::task::JoinSet::new();
+    for seed in 1..=50 {
+        let node = node.clone();
+        publishes.spawn(async move { node.publish(packet(seed, 100)).await });
+    }
+    // A second version of key 1 in the same batch: the ordering rule applies within the entry.
+    let node_for_stale = node.clone();
+    publishes.spawn(async move { node_for_stale.publish(packet(1, 50)).await });
+    let mut outcomes = Vec::new();
+    while let Some(joined) = publishes.join_next().await {
+        outcomes.push(joined.expect("task").expect("publish").outcome);
+    }
+    let stored = outcomes
+        .iter()
+        .filter(|o| **o == PublishOutcome::Stored)
+        .count();
+    assert_eq!(stored, 50);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == PublishOutcome::Stale)
+            .count(),
+        1
+    );
+    let after = node.last_applied_index().expect("applied");
+    assert_eq!(after - before, 1, "51 publishes, one log entry");
+    node.shutdown().await;
+}
+
+/// A full publish queue answers at once instead of queueing without bound.
+#[tokio::test]
+async fn a_full_publish_queue_is_unavailable_not_unbounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings {
+        publish_queue_max: 2,
+        ..fast_settings()
+    };
+    let node = start(dir.path(), &settings).await;
+    // All three are queued before the batching task runs (current-thread runtime).
+    let (a, b, c) = tokio::join!(
+        node.publish(packet(1, 100)),
+        node.publish(packet(2, 100)),
+        node.publish(packet(3, 100)),
+    );
+    assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
+    match c {
+        Err(pkraft_raft::PublishError::Unavailable(reason)) => {
+            assert!(reason.contains("too many publishes"), "{reason}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    node.shutdown().await;
+}

@@ -9,6 +9,11 @@ use pkraft::Server;
 use pkraft::config::{Config, Overrides};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc malloc: the PUT and DNS paths allocate per request, and glibc's
+/// malloc/free took about 9% of the CPU under load (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Log filter when `RUST_LOG` is unset.
 const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
 /// hickory-server logs two lines per DNS query at INFO, which costs throughput and floods the log.

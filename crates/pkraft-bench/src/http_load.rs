@@ -1,0 +1,123 @@
+//! HTTP load: a fixed list of requests spread over `concurrency` workers, each with one
+//! keep-alive connection, each worker bound to one of the base URLs in turn (so a cluster can be
+//! loaded through all its nodes).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::stats::Summary;
+
+/// Bound on one request, so a stuck server ends the run instead of hanging it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One request: a method, a path after the base URL, and a body.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub method: Method,
+    pub path: String,
+    pub body: Bytes,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    // Small requests: Nagle's algorithm would add delay to every one of them.
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1)
+        .build(connector)
+}
+
+struct Outcome {
+    latency: Duration,
+    status: Option<u16>,
+}
+
+/// Runs every job once and summarises the run under `op`.
+pub async fn run(
+    op: &str,
+    base_urls: &[String],
+    concurrency: usize,
+    jobs: Vec<Job>,
+) -> anyhow::Result<Summary> {
+    anyhow::ensure!(!base_urls.is_empty(), "at least one --url is needed");
+    anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
+    let jobs = Arc::new(jobs);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let base = base_urls[worker % base_urls.len()]
+            .trim_end_matches('/')
+            .to_string();
+        let (jobs, next) = (jobs.clone(), next.clone());
+        workers.spawn(async move {
+            let client = client();
+            let mut outcomes = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(index) else { break };
+                outcomes.push(send(&client, &base, job).await);
+            }
+            outcomes
+        });
+    }
+    let mut latencies = Vec::with_capacity(jobs.len());
+    let mut status = BTreeMap::new();
+    let mut errors = 0;
+    while let Some(outcomes) = workers.join_next().await {
+        for outcome in outcomes? {
+            latencies.push(outcome.latency);
+            match outcome.status {
+                Some(code) => *status.entry(code).or_insert(0) += 1,
+                None => errors += 1,
+            }
+        }
+    }
+    Ok(Summary::new(
+        op,
+        concurrency,
+        started.elapsed(),
+        latencies,
+        status,
+        errors,
+    ))
+}
+
+async fn send(client: &HttpClient, base: &str, job: &Job) -> Outcome {
+    let start = Instant::now();
+    let request = Request::builder()
+        .method(job.method.clone())
+        .uri(format!("{base}{}", job.path))
+        .body(Full::new(job.body.clone()));
+    let status = match request {
+        Ok(request) => {
+            let exchange = async {
+                let response = client.request(request).await.ok()?;
+                let status = response.status().as_u16();
+                // Read the whole body so the connection can be reused.
+                response.into_body().collect().await.ok()?;
+                Some(status)
+            };
+            tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+                .await
+                .ok()
+                .flatten()
+        }
+        Err(_) => None,
+    };
+    Outcome {
+        latency: start.elapsed(),
+        status,
+    }
+}

@@ -1,0 +1,208 @@
+//! `pkraft-bench`: the load generator behind `make bench` (see docs/BENCHMARKS.md).
+//!
+//! ```text
+//! pkraft-bench gen --keys 20000 --versions 4 --out data.bin
+//! pkraft-bench put --data data.bin --version 1 --url http://127.0.0.1:8080/pkarr --concurrency 64
+//! pkraft-bench get --data data.bin --url http://127.0.0.1:8080/pkarr --concurrency 64 --requests 100000
+//! pkraft-bench queries --data data.bin --origin pkarr.test --queries q.txt --zone pkarr.test.zone
+//! pkraft-bench lag --data data.bin --version 2 --put-url http://127.0.0.1:8080/pkarr --dns 127.0.0.1:5300
+//! ```
+//! Every measuring command prints one JSON object on stdout.
+
+mod dataset;
+mod dns_files;
+mod http_load;
+mod lag;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use hyper::Method;
+
+use crate::dataset::DataSet;
+use crate::http_load::Job;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pkraft-bench",
+    about = "Load generator for pkarr relays and DNS servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sign KEYS × VERSIONS iroh-style packets (from SEED) and write them to OUT.
+    Gen {
+        #[arg(long)]
+        keys: usize,
+        #[arg(long, default_value_t = 4)]
+        versions: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Timestamp of version 0 in µs since the Unix epoch (default: now). Version v is v s later.
+        #[arg(long)]
+        base_time_micros: Option<u64>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// PUT version VERSION of every key once; prints a JSON summary.
+    Put {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        version: usize,
+        /// Base URL of a relay, e.g. http://127.0.0.1:8080/pkarr; repeat to spread the load.
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// GET REQUESTS keys (cycling through the data set); prints a JSON summary.
+    Get {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+    },
+    /// Write a dnsperf query file and a zone file with the records of VERSION.
+    Queries {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        origin: String,
+        #[arg(long, default_value_t = 0)]
+        version: usize,
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(long)]
+        zone: PathBuf,
+    },
+    /// PUT VERSION of the first SAMPLES keys to PUT_URL and time until each DNS address serves it.
+    Lag {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        version: usize,
+        #[arg(long)]
+        put_url: String,
+        #[arg(long = "dns", required = true)]
+        dns: Vec<SocketAddr>,
+        #[arg(long, default_value = "pkarr.test")]
+        origin: String,
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Gen {
+            keys,
+            versions,
+            seed,
+            base_time_micros,
+            out,
+        } => {
+            let base = match base_time_micros {
+                Some(base) => base,
+                None => pkarr::Timestamp::now().as_u64(),
+            };
+            let data = DataSet::generate(keys, versions, seed, base)?;
+            data.write(&out)?;
+            eprintln!(
+                "wrote {keys} keys × {versions} versions to {}",
+                out.display()
+            );
+        }
+        Command::Put {
+            data,
+            version,
+            urls,
+            concurrency,
+        } => {
+            let data = DataSet::read(&data)?;
+            data.check_version(version)?;
+            let jobs = data
+                .keys
+                .iter()
+                .map(|key| Job {
+                    method: Method::PUT,
+                    path: format!("/{}", key.z32),
+                    body: Bytes::from(key.versions[version].payload.clone()),
+                })
+                .collect();
+            print(&http_load::run("put", &urls, concurrency, jobs).await?)?;
+        }
+        Command::Get {
+            data,
+            urls,
+            concurrency,
+            requests,
+        } => {
+            let data = DataSet::read(&data)?;
+            anyhow::ensure!(!data.keys.is_empty(), "the data set has no keys");
+            let jobs = (0..requests)
+                .map(|i| Job {
+                    method: Method::GET,
+                    path: format!("/{}", data.keys[i % data.keys.len()].z32),
+                    body: Bytes::new(),
+                })
+                .collect();
+            print(&http_load::run("get", &urls, concurrency, jobs).await?)?;
+        }
+        Command::Queries {
+            data,
+            origin,
+            version,
+            queries,
+            zone,
+        } => {
+            let data = DataSet::read(&data)?;
+            data.check_version(version)?;
+            std::fs::write(&queries, dns_files::dnsperf_queries(&data, &origin))
+                .with_context(|| format!("write {}", queries.display()))?;
+            std::fs::write(&zone, dns_files::zone_file(&data, &origin, version))
+                .with_context(|| format!("write {}", zone.display()))?;
+        }
+        Command::Lag {
+            data,
+            version,
+            put_url,
+            dns,
+            origin,
+            samples,
+        } => {
+            let data = DataSet::read(&data)?;
+            let spec = lag::LagSpec {
+                data: &data,
+                version,
+                put_url: &put_url,
+                dns: &dns,
+                origin: &origin,
+                samples,
+            };
+            print(&lag::run(spec).await?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints one JSON line; a closed stdout is an error, not a panic.
+fn print(report: &impl serde::Serialize) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", serde_json::to_string(report)?).context("write to stdout")?;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Goal: the load generator's offline commands produce what the benchmark script relies on:
+//! a data set with distinct, increasing versions per key, a dnsperf query per key, and a zone file
+//! with the TXT records of the chosen version.
+//! Method: run the real `pkraft-bench` binary. (This also makes `cargo test` build the binary
+//! that `make bench-smoke` runs.)
+
+use std::process::Command;
+
+fn bench(args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_pkraft-bench"))
+        .args(args)
+        .output()
+        .expect("run pkraft-bench");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn gen_and_queries_write_consistent_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    bench(&[
+        "gen",
+        "--keys",
+        "5",
+        "--versions",
+        "3",
+        "--seed",
+        "9",
+        "--out",
+        &path("data.bin"),
+    ]);
+    bench(&[
+        "queries",
+        "--data",
+        &path("data.bin"),
+        "--origin",
+        "pkarr.test",
+        "--version",
+        "2",
+        "--queries",
+        &path("q.txt"),
+        "--zone",
+        &path("z.zone"),
+    ]);
+    let queries = std::fs::read_to_string(path("q.txt")).expect("queries");
+    let zone = std::fs::read_to_string(path("z.zone")).expect("zone");
+    assert_eq!(queries.lines().count(), 5);
+    for line in queries.lines() {
+        let z32 = line
+            .strip_prefix("_iroh.")
+            .and_then(|rest| rest.strip_suffix(".pkarr.test TXT"))
+            .unwrap_or_else(|| panic!("query line {line:?}"));
+        assert_eq!(z32.len(), 52);
+        assert!(
+            zone.contains(&format!("_iroh.{z32} 30 IN TXT \"addr=")),
+            "{z32} in the zone"
+        );
+    }
+    assert!(zone.contains(":10002\""), "version 2's records");
+    assert!(!zone.contains(":10001\""), "no other version");
+
+    // The same seed gives the same keys.
+    bench(&[
+        "gen",
+        "--keys",
+        "5",
+        "--versions",
+        "3",
+        "--seed",
+        "9",
+        "--out",
+        &path("again.bin"),
+    ]);
+    bench(&[
+        "queries",
+        "--data",
+        &path("again.bin"),
+        "--origin",
+        "pkarr.test",
+        "--queries",
+        &path("q2.txt"),
+        "--zone",
+        &path("z2.zone"),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(path("q2.txt")).expect("queries"),
+        queries
+    );
+}
+
+#[test]
+fn a_missing_version_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data.bin").display().to_string();
+    bench(&["gen", "--keys", "1", "--versions", "2", "--out", &data]);
+    let output = Command::new(env!("CARGO_BIN_EXE_pkraft-bench"))
+        .args([
+            "put",
+            "--data",
+            &data,
+            "--version",
+            "2",
+            "--url",
+            "http://127.0.0.1:9",
+        ])
+        .output()
+        .expect("run");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("version 2 requested"));
+}

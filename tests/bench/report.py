@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Turns the JSON lines of tests/bench/run.sh into markdown tables (medians of the runs, ratios
+to pkraft's peers, and every run for the record).
+
+    report.py RESULTS.jsonl VERSIONS_JSON PARAMS_JSON [--update docs/BENCHMARKS.md]
+
+Without --update the report goes to stdout. With it, the text between the
+`<!-- bench:results:begin -->` and `<!-- bench:results:end -->` markers is replaced.
+Exits non-zero when a run is not sane (failed requests, no DNS answers), so a broken harness
+cannot produce a pretty table.
+"""
+
+import json
+import statistics
+import sys
+
+BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
+NAMES = {"pkraft": "pkraft", "iroh": "iroh-dns-server", "nsd": "NSD"}
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def runs(results, system, kind):
+    return [r for r in results if r["system"] == system and r["kind"] == kind]
+
+
+def median(rows, field):
+    values = [r[field] for r in rows]
+    return statistics.median(values) if values else None
+
+
+def check(results):
+    problems = []
+    for r in results:
+        name = f'{r["system"]} {r["kind"]}'
+        if r["kind"] in ("load", "put", "get"):
+            ok = sum(n for code, n in r["status"].items() if 200 <= int(code) < 300)
+            if r["errors"] or ok != r["requests"]:
+                problems.append(f'{name}: status {r["status"]}, {r["errors"]} errors')
+        if r["kind"] == "dns" and r["completed"] == 0:
+            problems.append(f"{name}: no query completed")
+    return problems
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}×" if a and b else "–"
+
+
+def report(results, versions, params):
+    systems = [s for s in ("pkraft", "iroh") if runs(results, s, "put")]
+    out = []
+    w = out.append
+    w(f'Measured {versions.get("date", "?")} on {versions.get("cpu", "?")} '
+      f'({versions.get("cores", "?")} cores, kernel {versions.get("kernel", "?")}); '
+      f'pkraft {versions.get("pkraft", "?")} (release build), iroh-dns-server '
+      f'{versions.get("iroh-dns-server", "?")}, {versions.get("nsd", "NSD ?")}, '
+      f'{versions.get("dnsperf", "dnsperf ?")}, {versions.get("rustc", "?")}.')
+    w("")
+    w(f'Parameters: {params["keys"]:,} keys, {params["runs"]} interleaved runs (medians shown), '
+      f'{params["concurrency"]} concurrent HTTP connections, {params["get_requests"]:,} GETs per run, '
+      f'dnsperf `-c {params["dns_clients"]} -l {params["dns_seconds"]}`, '
+      f'{params["lag_samples"]} lag samples.')
+    w("")
+
+    w("### HTTP relay")
+    w("")
+    header = "| | " + " | ".join(NAMES[s] for s in systems) + (" | pkraft / iroh |" if "iroh" in systems else " |")
+    w(header)
+    w("|---" * (len(systems) + 1 + ("iroh" in systems)) + "|")
+    for kind, label in (("put", "PUT"), ("get", "GET")):
+        for field, unit, digits in (("rps", "/s", 0), ("p50_ms", " p50 ms", 2), ("p99_ms", " p99 ms", 2)):
+            values = [median(runs(results, s, kind), field) for s in systems]
+            row = f"| {label}{unit} | " + " | ".join(fmt(v, digits) for v in values)
+            if "iroh" in systems:
+                row += " | " + ratio(values[0], values[1])
+            w(row + " |")
+    w("")
+
+    dns_systems = [s for s in ("pkraft", "iroh", "nsd") if runs(results, s, "dns")]
+    w("### DNS (UDP, dnsperf)")
+    w("")
+    w("| | " + " | ".join(NAMES[s] for s in dns_systems) + " |")
+    w("|---" * (len(dns_systems) + 1) + "|")
+    for field, label, digits in (("qps", "queries/s", 0), ("avg_ms", "mean latency ms", 3),
+                                 ("stddev_ms", "latency stddev ms", 3), ("lost", "lost", 0)):
+        w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, "dns"), field), digits) for s in dns_systems) + " |")
+    pk = median(runs(results, "pkraft", "dns"), "qps")
+    ratios = [f"pkraft / {NAMES[s]}: {ratio(pk, median(runs(results, s, 'dns'), 'qps'))}"
+              for s in dns_systems if s != "pkraft"]
+    if ratios:
+        w("")
+        w("Ratios (median queries/s): " + "; ".join(ratios) + ".")
+    w("")
+
+    w("### Visibility after the PUT is acknowledged")
+    w("")
+    w("| | PUT p50 ms | PUT p99 ms | visible p50 ms | visible p99 ms | visible max ms |")
+    w("|---|---|---|---|---|---|")
+    for s in systems:
+        for r in runs(results, s, "lag"):
+            node = r["nodes"][0]
+            w(f'| {NAMES[s]} | {fmt(r["put_p50_ms"], 2)} | {fmt(r["put_p99_ms"], 2)} | '
+              f'{fmt(node["p50_ms"], 2)} | {fmt(node["p99_ms"], 2)} | {fmt(node["max_ms"], 2)} |')
+    w("")
+
+    w("### Memory at the end of the run")
+    w("")
+    w("| | RSS MiB | peak RSS MiB |")
+    w("|---|---|---|")
+    for s in ("pkraft", "iroh", "nsd"):
+        for r in runs(results, s, "memory"):
+            w(f'| {NAMES[s]} | {fmt(r["rss_kib"] / 1024, 1)} | {fmt(r["hwm_kib"] / 1024, 1)} |')
+    w("")
+
+    w("<details><summary>Every run</summary>")
+    w("")
+    w("| system | kind | run | result |")
+    w("|---|---|---|---|")
+    for s in ("pkraft", "iroh", "nsd"):
+        for kind in ("load", "put", "get", "dns"):
+            for i, r in enumerate(runs(results, s, kind), 1):
+                if kind == "dns":
+                    text = f'{fmt(r["qps"])} q/s, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
+                else:
+                    text = f'{fmt(r["rps"])} req/s, p50 {fmt(r["p50_ms"], 2)} ms, p99 {fmt(r["p99_ms"], 2)} ms, status {r["status"]}'
+                w(f"| {NAMES[s]} | {kind} | {i} | {text} |")
+    w("")
+    w("</details>")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    args = sys.argv[1:]
+    update = None
+    if "--update" in args:
+        i = args.index("--update")
+        update = args[i + 1]
+        args = args[:i] + args[i + 2:]
+    results_path, versions, params = args[0], json.loads(args[1]), json.loads(args[2])
+    results = load(results_path)
+    problems = check(results)
+    text = report(results, versions, params)
+    if update:
+        with open(update) as f:
+            doc = f.read()
+        if BEGIN not in doc or END not in doc:
+            sys.exit(f"{update} has no {BEGIN} … {END} markers")
+        head, rest = doc.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        with open(update, "w") as f:
+            f.write(head + BEGIN + "\n" + text + END + tail)
+    else:
+        sys.stdout.write(text)
+    if problems:
+        sys.exit("bench: runs that are not sane:\n  " + "\n  ".join(problems))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of pkraft against iroh-dns-server and NSD on loopback: `make bench`.
+# Writes the results table into docs/BENCHMARKS.md (between the bench:results markers).
+#
+#   tests/bench/run.sh full    # pkraft vs iroh-dns-server vs NSD, medians of BENCH_RUNS (3) runs
+#   tests/bench/run.sh smoke   # pkraft only, tiny counts, report to stdout (CI)
+#
+# Every system gets the same signed packets (pkraft-bench gen) and the same query file, and the
+# measured runs are interleaved (pkraft run 1, iroh run 1, pkraft run 2, ...) so that drift in
+# this shared machine's speed hits every system alike. Method: docs/BENCHMARKS.md.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+mode=${1:-full}
+case "$mode" in
+  full)
+    runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} get_requests=${BENCH_GETS:-100000}
+    dns_seconds=${BENCH_DNS_SECONDS:-10} lag_samples=${BENCH_LAG_SAMPLES:-200}
+    bin_dir=${BENCH_BIN_DIR:-target/release} peers=yes ;;
+  smoke)
+    runs=1 keys=300 get_requests=2000 dns_seconds=2 lag_samples=20
+    bin_dir=${BENCH_BIN_DIR:-target/debug} peers=no ;;
+  *) echo "usage: $0 full|smoke" >&2; exit 2 ;;
+esac
+concurrency=64
+dns_clients=20
+origin=pkarr.test
+cache=${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}
+iroh_version=1.4.1
+iroh_bin="$cache/iroh-dns-server-$iroh_version/bin/iroh-dns-server"
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+log() { echo "bench: $*" >&2; }
+fail() {
+  log "FAIL: $*"
+  for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  exit 1
+}
+
+need() { command -v "$1" >/dev/null || fail "$1 is missing (Debian package $2)"; }
+need dnsperf dnsperf
+need python3 python3
+need curl curl
+[ "$peers" = yes ] && need nsd nsd
+
+# --- binaries ------------------------------------------------------------------------------
+pkraft="$bin_dir/pkraft"
+bench="$bin_dir/pkraft-bench"
+[ -x "$pkraft" ] && [ -x "$bench" ] || fail "$pkraft or $bench not built"
+if [ "$peers" = yes ] && [ ! -x "$iroh_bin" ]; then
+  log "installing iroh-dns-server $iroh_version into $cache (one time, several minutes)"
+  CARGO_TARGET_DIR="$cache/target" cargo install iroh-dns-server --version "$iroh_version" \
+    --locked --root "$cache/iroh-dns-server-$iroh_version" >&2
+fi
+
+free_port() {  # a TCP and UDP port free on 127.0.0.1
+  python3 - <<'PY'
+import socket
+while True:
+    t = socket.socket(); t.bind(("127.0.0.1", 0)); port = t.getsockname()[1]
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        u.bind(("127.0.0.1", port)); print(port); break
+    except OSError:
+        pass
+    finally:
+        t.close(); u.close()
+PY
+}
+
+wait_http() {  # $1 = URL; up to 30 s
+  for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
+  fail "$1 did not answer"
+}
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+# --- data ----------------------------------------------------------------------------------
+versions=$((runs + 2))  # 0: initial load, 1..runs: measured PUTs, runs+1: lag
+"$bench" gen --keys "$keys" --versions "$versions" --out "$work/data.bin"
+"$bench" queries --data "$work/data.bin" --origin "$origin" --version 0 \
+  --queries "$work/queries.txt" --zone "$work/$origin.zone"
+
+results="$work/results.jsonl"
+record() {  # $1 = system, $2 = kind, stdin = JSON object
+  python3 -c 'import json,sys; d=json.load(sys.stdin); d["system"]=sys.argv[1]; d["kind"]=sys.argv[2]; print(json.dumps(d))' "$1" "$2" >>"$results"
+}
+
+# --- systems -------------------------------------------------------------------------------
+declare -A http_url dns_port pid_of
+start_pkraft() {
+  local http dns; http=$(free_port); dns=$(free_port)
+  cat >"$work/pkraft.toml" <<TOML
+data_dir = "$work/pkraft-data"
+[http]
+listen = "127.0.0.1:$http"
+[dns]
+listen = "127.0.0.1:$dns"
+origins = ["$origin"]
+TOML
+  RUST_LOG=warn "$pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
+  pid_of[pkraft]=$!; pids+=($!)
+  http_url[pkraft]="http://127.0.0.1:$http/pkarr"; dns_port[pkraft]=$dns
+  wait_http "http://127.0.0.1:$http/healthz"
+}
+start_iroh() {
+  local http dns; http=$(free_port); dns=$(free_port)
+  # Rate limit off (it would cap PUTs), no mainline DHT (no traffic off loopback), no metrics.
+  cat >"$work/iroh.toml" <<TOML
+pkarr_put_rate_limit = "disabled"
+data_dir = "$work/iroh-data"
+[http]
+port = $http
+bind_addr = "127.0.0.1"
+[dns]
+port = $dns
+bind_addr = "127.0.0.1"
+default_soa = "$origin. hostmaster.$origin. 1 3600 600 1209600 30"
+default_ttl = 30
+# iroh-dns-server serves its SOA from a zone rooted at "." and refuses to start without it.
+origins = ["$origin.", "."]
+[metrics]
+disabled = true
+[mainline]
+enabled = false
+TOML
+  RUST_LOG=warn "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
+  pid_of[iroh]=$!; pids+=($!)
+  http_url[iroh]="http://127.0.0.1:$http/pkarr"; dns_port[iroh]=$dns
+  wait_http "http://127.0.0.1:$http/"
+}
+start_nsd() {
+  local dns; dns=$(free_port)
+  mkdir -p "$work/nsd"
+  cp "$work/$origin.zone" "$work/nsd/"
+  cat >"$work/nsd/nsd.conf" <<CONF
+server:
+  ip-address: 127.0.0.1@$dns
+  username: ""
+  chroot: ""
+  zonesdir: "$work/nsd"
+  database: ""
+  zonelistfile: "$work/nsd/zone.list"
+  pidfile: "$work/nsd/nsd.pid"
+  xfrdfile: "$work/nsd/xfrd.state"
+  xfrdir: "$work/nsd"
+  server-count: 1
+  verbosity: 0
+remote-control:
+  control-enable: no
+zone:
+  name: "$origin"
+  zonefile: "$origin.zone"
+CONF
+  nsd -d -c "$work/nsd/nsd.conf" >"$work/nsd.log" 2>&1 &
+  pid_of[nsd]=$!; pids+=($!)
+  dns_port[nsd]=$dns
+  for _ in $(seq 1 300); do
+    dig +short +tries=1 +time=1 @127.0.0.1 -p "$dns" "$origin" SOA >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  fail "nsd did not answer"
+}
+
+dnsperf_json() {  # $1 = port; prints {"qps":..,"avg_ms":..,"lost":..}
+  dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -c "$dns_clients" -l "$dns_seconds" 2>&1 |
+    python3 -c '
+import json, re, sys
+text = sys.stdin.read()
+def num(pattern):
+    m = re.search(pattern, text)
+    if not m: sys.exit("dnsperf output not understood:\n" + text)
+    return float(m.group(1))
+print(json.dumps({"qps": num(r"Queries per second:\s+([\d.]+)"),
+                  "avg_ms": num(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
+                  "stddev_ms": num(r"Latency StdDev \(s\):\s+([\d.]+)") * 1000,
+                  "lost": num(r"Queries lost:\s+(\d+)"),
+                  "completed": num(r"Queries completed:\s+(\d+)")}))'
+}
+
+systems=(pkraft)
+start_pkraft
+if [ "$peers" = yes ]; then systems+=(iroh); start_iroh; start_nsd; fi
+
+# --- load: version 0 everywhere, then interleaved measured runs ------------------------------
+for s in "${systems[@]}"; do
+  "$bench" put --data "$work/data.bin" --version 0 --url "${http_url[$s]}" --concurrency "$concurrency" | record "$s" load
+done
+for r in $(seq 1 "$runs"); do
+  for s in "${systems[@]}"; do
+    log "run $r/$runs: $s PUT"
+    "$bench" put --data "$work/data.bin" --version "$r" --url "${http_url[$s]}" --concurrency "$concurrency" | record "$s" put
+  done
+  for s in "${systems[@]}"; do
+    log "run $r/$runs: $s GET"
+    "$bench" get --data "$work/data.bin" --url "${http_url[$s]}" --concurrency "$concurrency" --requests "$get_requests" | record "$s" get
+  done
+  dns_systems=("${systems[@]}")
+  [ "$peers" = yes ] && dns_systems+=(nsd)
+  for s in "${dns_systems[@]}"; do
+    log "run $r/$runs: $s DNS"
+    dnsperf_json "${dns_port[$s]}" | record "$s" dns
+  done
+done
+for s in "${systems[@]}"; do
+  log "$s visibility lag"
+  "$bench" lag --data "$work/data.bin" --version $((runs + 1)) --put-url "${http_url[$s]}" \
+    --dns "127.0.0.1:${dns_port[$s]}" --origin "$origin" --samples "$lag_samples" | record "$s" lag
+done
+for s in "${systems[@]}" $([ "$peers" = yes ] && echo nsd); do
+  echo "{\"rss_kib\": $(rss_kib "${pid_of[$s]}"), \"hwm_kib\": $(hwm_kib "${pid_of[$s]}")}" | record "$s" memory
+done
+
+# --- report ---------------------------------------------------------------------------------
+versions_json=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
+  pkraft "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
+  iroh-dns-server "$iroh_version" \
+  nsd "$( (nsd -v 2>&1 || true) | head -1)" \
+  dnsperf "$(dnsperf -h 2>&1 | grep -m1 Version | sed 's/^Version/dnsperf/' || true)" \
+  rustc "$(rustc --version)" \
+  cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
+  cores "$(nproc)" kernel "$(uname -r)" date "$(date -u +%Y-%m-%dT%H:%MZ)")
+params_json="{\"mode\": \"$mode\", \"runs\": $runs, \"keys\": $keys, \"concurrency\": $concurrency, \"get_requests\": $get_requests, \"dns_seconds\": $dns_seconds, \"dns_clients\": $dns_clients, \"lag_samples\": $lag_samples}"
+if [ "$mode" = full ]; then
+  python3 tests/bench/report.py "$results" "$versions_json" "$params_json" --update docs/BENCHMARKS.md
+  log "results written to docs/BENCHMARKS.md"
+else
+  python3 tests/bench/report.py "$results" "$versions_json" "$params_json"
+fi
