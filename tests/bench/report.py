@@ -42,6 +42,8 @@ def check(results):
                 problems.append(f'{name}: status {r["status"]}, {r["errors"]} errors')
         if r["kind"] == "dns" and r["completed"] == 0:
             problems.append(f"{name}: no query completed")
+        if r["kind"] == "dnslat" and (r["requests"] == 0 or set(r["status"]) != {"0"}):
+            problems.append(f'{name}: rcodes {r["status"]} (expected only NOERROR), {r["errors"]} timeouts')
     return problems
 
 
@@ -67,7 +69,8 @@ def report(results, versions, params):
     w("")
     w(f'Parameters: {params["keys"]:,} keys, {params["runs"]} interleaved runs (medians shown), '
       f'{params["concurrency"]} concurrent HTTP connections, {params["get_requests"]:,} GETs per run, '
-      f'dnsperf `-c {params["dns_clients"]} -l {params["dns_seconds"]}`, '
+      f'dnsperf `-c {params["dns_clients"]} -l {params["dns_seconds"]}`, closed-loop DNS latency with '
+      f'{params["dns_clients"]} clients for {params["dns_latency_seconds"]} s, '
       f'{params["lag_samples"]} lag samples.')
     w("")
 
@@ -90,9 +93,12 @@ def report(results, versions, params):
     w("")
     w("| | " + " | ".join(NAMES[s] for s in dns_systems) + " |")
     w("|---" * (len(dns_systems) + 1) + "|")
-    for field, label, digits in (("qps", "queries/s", 0), ("avg_ms", "mean latency ms", 3),
-                                 ("stddev_ms", "latency stddev ms", 3), ("lost", "lost", 0)):
+    for field, label, digits in (("qps", "queries/s (dnsperf)", 0), ("avg_ms", "mean latency ms (dnsperf)", 3),
+                                 ("lost", "lost (dnsperf)", 0)):
         w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, "dns"), field), digits) for s in dns_systems) + " |")
+    for field, label, digits in (("rps", "queries/s (closed loop)", 0), ("p50_ms", "p50 ms (closed loop)", 3),
+                                 ("p99_ms", "p99 ms (closed loop)", 3)):
+        w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, "dnslat"), field), digits) for s in dns_systems) + " |")
     pk = median(runs(results, "pkraft", "dns"), "qps")
     ratios = [f"pkraft / {NAMES[s]}: {ratio(pk, median(runs(results, s, 'dns'), 'qps'))}"
               for s in dns_systems if s != "pkraft"]
@@ -126,7 +132,7 @@ def report(results, versions, params):
     w("| system | kind | run | result |")
     w("|---|---|---|---|")
     for s in ("pkraft", "iroh", "nsd"):
-        for kind in ("load", "put", "get", "dns"):
+        for kind in ("load", "put", "get", "dns", "dnslat"):
             for i, r in enumerate(runs(results, s, kind), 1):
                 if kind == "dns":
                     text = f'{fmt(r["qps"])} q/s, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'

@@ -15,10 +15,10 @@ mode=${1:-full}
 case "$mode" in
   full)
     runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} get_requests=${BENCH_GETS:-100000}
-    dns_seconds=${BENCH_DNS_SECONDS:-10} lag_samples=${BENCH_LAG_SAMPLES:-200}
+    dns_seconds=${BENCH_DNS_SECONDS:-10} dns_latency_seconds=5 lag_samples=${BENCH_LAG_SAMPLES:-200}
     bin_dir=${BENCH_BIN_DIR:-target/release} peers=yes ;;
   smoke)
-    runs=1 keys=300 get_requests=2000 dns_seconds=2 lag_samples=20
+    runs=1 keys=300 get_requests=2000 dns_seconds=2 dns_latency_seconds=1 lag_samples=20
     bin_dir=${BENCH_BIN_DIR:-target/debug} peers=no ;;
   *) echo "usage: $0 full|smoke" >&2; exit 2 ;;
 esac
@@ -208,6 +208,11 @@ for r in $(seq 1 "$runs"); do
     log "run $r/$runs: $s DNS"
     dnsperf_json "${dns_port[$s]}" | record "$s" dns
   done
+  # Latency percentiles under a closed-loop load of the same 20 clients (dnsperf has none).
+  for s in "${dns_systems[@]}"; do
+    "$bench" dns --data "$work/data.bin" --server "127.0.0.1:${dns_port[$s]}" --origin "$origin" \
+      --concurrency "$dns_clients" --seconds "$dns_latency_seconds" | record "$s" dnslat
+  done
 done
 for s in "${systems[@]}"; do
   log "$s visibility lag"
@@ -219,6 +224,9 @@ for s in "${systems[@]}" $([ "$peers" = yes ] && echo nsd); do
 done
 
 # --- report ---------------------------------------------------------------------------------
+# Keep the raw results, so a report can be made again without measuring again.
+mkdir -p target
+cp "$results" "target/bench-results-$mode.jsonl"
 versions_json=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   pkraft "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
   iroh-dns-server "$iroh_version" \
@@ -227,7 +235,7 @@ versions_json=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[
   rustc "$(rustc --version)" \
   cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
   cores "$(nproc)" kernel "$(uname -r)" date "$(date -u +%Y-%m-%dT%H:%MZ)")
-params_json="{\"mode\": \"$mode\", \"runs\": $runs, \"keys\": $keys, \"concurrency\": $concurrency, \"get_requests\": $get_requests, \"dns_seconds\": $dns_seconds, \"dns_clients\": $dns_clients, \"lag_samples\": $lag_samples}"
+params_json="{\"mode\": \"$mode\", \"runs\": $runs, \"keys\": $keys, \"concurrency\": $concurrency, \"get_requests\": $get_requests, \"dns_seconds\": $dns_seconds, \"dns_latency_seconds\": $dns_latency_seconds, \"dns_clients\": $dns_clients, \"lag_samples\": $lag_samples}"
 if [ "$mode" = full ]; then
   python3 tests/bench/report.py "$results" "$versions_json" "$params_json" --update docs/BENCHMARKS.md
   log "results written to docs/BENCHMARKS.md"

@@ -5,12 +5,14 @@
 //! pkraft-bench put --data data.bin --version 1 --url http://127.0.0.1:8080/pkarr --concurrency 64
 //! pkraft-bench get --data data.bin --url http://127.0.0.1:8080/pkarr --concurrency 64 --requests 100000
 //! pkraft-bench queries --data data.bin --origin pkarr.test --queries q.txt --zone pkarr.test.zone
+//! pkraft-bench dns --data data.bin --server 127.0.0.1:5300 --concurrency 20 --seconds 10
 //! pkraft-bench lag --data data.bin --version 2 --put-url http://127.0.0.1:8080/pkarr --dns 127.0.0.1:5300
 //! ```
 //! Every measuring command prints one JSON object on stdout.
 
 mod dataset;
 mod dns_files;
+mod dns_load;
 mod http_load;
 mod lag;
 mod stats;
@@ -87,6 +89,20 @@ enum Command {
         queries: PathBuf,
         #[arg(long)]
         zone: PathBuf,
+    },
+    /// Closed-loop DNS load with latency percentiles: CONCURRENCY clients each send one
+    /// `_iroh.<z32>.<origin> TXT` query at a time for SECONDS; prints a JSON summary.
+    Dns {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long, default_value = "pkarr.test")]
+        origin: String,
+        #[arg(long, default_value_t = 20)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// PUT VERSION of the first SAMPLES keys to PUT_URL and time until each DNS address serves it.
     Lag {
@@ -175,6 +191,25 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("write {}", queries.display()))?;
             std::fs::write(&zone, dns_files::zone_file(&data, &origin, version))
                 .with_context(|| format!("write {}", zone.display()))?;
+        }
+        Command::Dns {
+            data,
+            server,
+            origin,
+            concurrency,
+            seconds,
+        } => {
+            let data = DataSet::read(&data)?;
+            let origin = origin.trim_end_matches('.');
+            let names = data
+                .keys
+                .iter()
+                .map(|key| {
+                    hickory_proto::rr::Name::from_ascii(format!("_iroh.{}.{origin}.", key.z32))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let duration = std::time::Duration::from_secs(seconds);
+            print(&dns_load::run(server, names, concurrency, duration).await?)?;
         }
         Command::Lag {
             data,
