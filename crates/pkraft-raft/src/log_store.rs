@@ -84,7 +84,7 @@ impl LogStore {
     }
 
     /// The id of the last entry in the log, if it holds any.
-    fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
+    pub(crate) fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
         let read = || -> std::result::Result<Option<LogId<NodeId>>, DbError> {
             let txn = self.db.begin_read()?;
             let log = txn.open_table(LOG)?;

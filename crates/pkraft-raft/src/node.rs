@@ -23,6 +23,10 @@ use crate::{NodeId, TypeConfig};
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for that release.
 const RELEASE_POLL: Duration = Duration::from_millis(5);
+/// How long a restarted node may take to apply the log it holds before it serves anyway (and
+/// says so). The state lags the log by at most `DURABLE_APPLY_EVERY_ENTRIES` entries plus what
+/// was not yet known committed, which applies in well under a second.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// File names inside the data dir.
 const LOG_FILE: &str = "raft-log.redb";
@@ -113,6 +117,7 @@ impl Node {
         if pristine && store.applied_state()?.is_some() {
             return Err(StartError::LogMissing(data_dir.to_path_buf()));
         }
+        let log_end = log_store.last_log_id()?.map(|log_id| log_id.index);
         let raft = Raft::new(id, config, NoPeers, log_store.clone(), state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -122,6 +127,8 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
+        } else if let Some(log_end) = log_end {
+            replay_log(&raft, id, log_end).await;
         }
         let batcher = Batcher::spawn(
             raft.clone(),
@@ -221,6 +228,35 @@ impl Node {
         if tokio::time::timeout(RELEASE_TIMEOUT, wait).await.is_err() {
             tracing::warn!(timeout = ?RELEASE_TIMEOUT, "raft tasks still hold the data files");
         }
+        // Applies commit without fsync (see `state_machine`); a clean stop leaves them durable, so
+        // the next start need not apply them again.
+        if let Err(e) = self.store.flush() {
+            tracing::warn!(error = %e, "could not flush the state store");
+        }
+    }
+}
+
+/// After a restart, waits until the entries this node's log already holds are applied, so that
+/// it never serves reads older than what it acknowledged before it stopped. (Applies commit
+/// without fsync; after a crash the state may lag the fsynced log.) Only the only voter can do
+/// this alone: a member of a larger cluster learns what is committed from its leader.
+async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) {
+    let only_voter = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .eq([id]);
+    if !only_voter {
+        return;
+    }
+    let caught_up = raft
+        .wait(Some(REPLAY_TIMEOUT))
+        .applied_index_at_least(Some(log_end), "apply the log held at start")
+        .await;
+    if let Err(e) = caught_up {
+        tracing::warn!(error = %e, log_end, "serving before the local log is fully applied");
     }
 }
 

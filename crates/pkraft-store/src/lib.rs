@@ -170,13 +170,37 @@ impl Store {
 
     /// Starts the write transaction that applies a run of log entries. Nothing is visible to
     /// readers until [`ApplyTxn::commit`].
-    pub fn begin_apply(&self) -> Result<ApplyTxn, StoreError> {
+    ///
+    /// With `durable` false the commit does not wait for fsync. That is safe because the state
+    /// is a projection of the Raft log, which is fsynced before an entry is acknowledged: after a
+    /// crash, redb rolls back to the last durable commit and the consensus layer applies the
+    /// missing entries again from the log. It must make the state durable (a durable apply, or
+    /// [`Store::flush`]) before it purges the log entries that state reflects.
+    pub fn begin_apply(&self, durable: bool) -> Result<ApplyTxn, StoreError> {
         let mut txn = self.db.begin_write()?;
-        // The Raft log is durable before entries are applied, but a node restarting after a crash
-        // must not report `last_applied` beyond what it can still serve; Immediate keeps the state
-        // file and its applied_state consistent on disk at every commit.
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
         Ok(ApplyTxn { txn })
+    }
+
+    /// Makes every commit so far durable: one fsynced transaction, which in redb also persists
+    /// all the non-durable commits before it.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            // Rewrite the applied state, so the transaction has something to commit.
+            let mut meta = txn.open_table(META)?;
+            let applied = meta.get(META_APPLIED_STATE)?.map(|v| v.value().to_vec());
+            if let Some(applied) = applied {
+                meta.insert(META_APPLIED_STATE, applied.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 }
 
@@ -218,7 +242,8 @@ impl ApplyTxn {
         }
     }
 
-    /// Commits the applied commands and `applied_state` atomically and durably.
+    /// Commits the applied commands and `applied_state` atomically (durably if the transaction
+    /// was begun durable).
     pub fn commit(self, applied_state: &[u8]) -> Result<(), StoreError> {
         {
             let mut meta = self.txn.open_table(META)?;

@@ -28,7 +28,7 @@ fn publish(time: u64, packets: Vec<PublishItem>) -> Command {
 }
 
 fn apply(store: &Store, command: &Command, state: &[u8]) -> Vec<PublishOutcome> {
-    let mut txn = store.begin_apply().expect("begin");
+    let mut txn = store.begin_apply(true).expect("begin");
     let outcomes = txn.apply(command).expect("apply");
     txn.commit(state).expect("commit");
     outcomes
@@ -55,7 +55,7 @@ fn uncommitted_apply_changes_nothing() {
     let (_dir, store) = open();
     let a = item(1, 10, "192.0.2.1:1");
     {
-        let mut txn = store.begin_apply().expect("begin");
+        let mut txn = store.begin_apply(true).expect("begin");
         txn.apply(&publish(1, vec![a.clone()])).expect("apply");
         // dropped without commit
     }
@@ -197,4 +197,29 @@ fn refuses_a_newer_schema_version() {
         Store::open(&path),
         Err(StoreError::SchemaVersion { found: 99 })
     ));
+}
+
+#[test]
+fn non_durable_applies_are_visible_and_flush_keeps_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let a = item(8, 10, "192.0.2.1:1");
+    {
+        let store = Store::open(&path).expect("open");
+        let mut txn = store.begin_apply(false).expect("begin");
+        txn.apply(&publish(1, vec![a.clone()])).expect("apply");
+        txn.commit(b"after-a").expect("commit");
+        // Readers see a non-durable commit at once.
+        assert!(store.get(&a.key).expect("get").is_some());
+        store.flush().expect("flush");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(
+        store.get(&a.key).expect("get").map(|s| s.payload),
+        Some(a.payload)
+    );
+    assert_eq!(
+        store.applied_state().expect("read").as_deref(),
+        Some(&b"after-a"[..])
+    );
 }
