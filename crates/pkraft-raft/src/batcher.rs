@@ -1,7 +1,7 @@
 //! Group commit: concurrent publishes share one log entry.
 //!
-//! Each log entry costs two fsyncs (append, then apply), so one entry per PUT caps a node at a
-//! few hundred PUT/s. Publishes instead wait in a bounded queue; whenever a commit slot is free,
+//! Each log entry costs a fsynced log append and a state commit, so one entry per PUT capped a
+//! node at a few hundred PUT/s. Publishes instead wait in a bounded queue; whenever a commit slot is free,
 //! everything queued (up to `publish_batch_max`) becomes one `Command::Publish`. There is no
 //! artificial wait: a lone publish commits at once, and under load the batches grow by
 //! themselves while earlier ones are committing. Two batches may be in flight, so one can be

@@ -202,9 +202,9 @@ impl Node {
         }
     }
 
-    /// Stops Raft and waits (bounded) until its background tasks have released the data files,
-    /// so the same data dir can be opened again at once. The data dir is consistent at any point:
-    /// every commit is durable on its own.
+    /// Stops Raft, waits (bounded) until its background tasks have released the data files, so
+    /// the same data dir can be opened again at once, and fsyncs the state. (Without this the
+    /// data dir is still recoverable: the next start applies from the log what the state lacks.)
     pub async fn shutdown(&self) {
         // Close the publish queue first and let the batches in flight answer their publishers.
         let batcher = self.batcher.lock().ok().and_then(|mut b| b.take());
