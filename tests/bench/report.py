@@ -32,6 +32,14 @@ def median(rows, field):
     return statistics.median(values) if values else None
 
 
+def paired_ratio(results, a, b, kind, field):
+    """Median over rounds of a's run r / b's run r. Runs are interleaved, so the two runs of one
+    round saw the same machine; pairing them cancels most of this shared machine's drift."""
+    pairs = zip(runs(results, a, kind), runs(results, b, kind))
+    ratios = [x[field] / y[field] for x, y in pairs if y[field]]
+    return f"{statistics.median(ratios):.2f}×" if ratios else "–"
+
+
 def check(results):
     problems = []
     for r in results:
@@ -53,10 +61,6 @@ def fmt(value, digits=0):
     return f"{value:,.{digits}f}"
 
 
-def ratio(a, b):
-    return f"{a / b:.2f}×" if a and b else "–"
-
-
 def report(results, versions, params):
     systems = [s for s in ("pkraft", "iroh") if runs(results, s, "put")]
     out = []
@@ -76,15 +80,16 @@ def report(results, versions, params):
 
     w("### HTTP relay")
     w("")
-    header = "| | " + " | ".join(NAMES[s] for s in systems) + (" | pkraft / iroh |" if "iroh" in systems else " |")
+    header = "| | " + " | ".join(NAMES[s] for s in systems) + (" | pkraft / iroh (paired) |" if "iroh" in systems else " |")
     w(header)
     w("|---" * (len(systems) + 1 + ("iroh" in systems)) + "|")
     for kind, label in (("put", "PUT"), ("get", "GET")):
-        for field, unit, digits in (("rps", "/s", 0), ("p50_ms", " p50 ms", 2), ("p99_ms", " p99 ms", 2)):
+        for field, unit, digits in (("rps", "/s", 0), ("p50_ms", " p50 ms", 2), ("p99_ms", " p99 ms", 2),
+                                    ("server_cpu_us", " server CPU µs each", 0)):
             values = [median(runs(results, s, kind), field) for s in systems]
             row = f"| {label}{unit} | " + " | ".join(fmt(v, digits) for v in values)
             if "iroh" in systems:
-                row += " | " + ratio(values[0], values[1])
+                row += " | " + paired_ratio(results, "pkraft", "iroh", kind, field)
             w(row + " |")
     w("")
 
@@ -99,12 +104,11 @@ def report(results, versions, params):
     for field, label, digits in (("rps", "queries/s (closed loop)", 0), ("p50_ms", "p50 ms (closed loop)", 3),
                                  ("p99_ms", "p99 ms (closed loop)", 3)):
         w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, "dnslat"), field), digits) for s in dns_systems) + " |")
-    pk = median(runs(results, "pkraft", "dns"), "qps")
-    ratios = [f"pkraft / {NAMES[s]}: {ratio(pk, median(runs(results, s, 'dns'), 'qps'))}"
+    ratios = [f"pkraft / {NAMES[s]}: {paired_ratio(results, 'pkraft', s, 'dns', 'qps')}"
               for s in dns_systems if s != "pkraft"]
     if ratios:
         w("")
-        w("Ratios (median queries/s): " + "; ".join(ratios) + ".")
+        w("Ratios (queries/s, dnsperf, median of the per-round ratios): " + "; ".join(ratios) + ".")
     w("")
 
     w("### Visibility after the PUT is acknowledged")
@@ -137,7 +141,8 @@ def report(results, versions, params):
                 if kind == "dns":
                     text = f'{fmt(r["qps"])} q/s, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
                 else:
-                    text = f'{fmt(r["rps"])} req/s, p50 {fmt(r["p50_ms"], 2)} ms, p99 {fmt(r["p99_ms"], 2)} ms, status {r["status"]}'
+                    cpu = f', {fmt(r["server_cpu_us"])} µs server CPU each' if "server_cpu_us" in r else ""
+                    text = f'{fmt(r["rps"])} req/s, p50 {fmt(r["p50_ms"], 2)} ms, p99 {fmt(r["p99_ms"], 2)} ms{cpu}, status {r["status"]}'
                 w(f"| {NAMES[s]} | {kind} | {i} | {text} |")
     w("")
     w("</details>")

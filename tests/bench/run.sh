@@ -80,6 +80,23 @@ wait_http() {  # $1 = URL; up to 30 s
 }
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime
+ticks_per_s=$(getconf CLK_TCK)
+
+# Runs one HTTP load ($1 = system, $2 = kind, rest = pkraft-bench arguments) and records it
+# with the server's CPU time per request: less noisy than throughput on a shared machine.
+measured() {
+  local system=$1 kind=$2; shift 2
+  local before after
+  before=$(cpu_ticks "${pid_of[$system]}")
+  "$bench" "$@" >"$work/run.json"
+  after=$(cpu_ticks "${pid_of[$system]}")
+  python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["server_cpu_us"] = (int(sys.argv[3]) - int(sys.argv[2])) * 1e6 / int(sys.argv[4]) / max(d["requests"], 1)
+print(json.dumps(d))' "$work/run.json" "$before" "$after" "$ticks_per_s" | record "$system" "$kind"
+}
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 # --- data ----------------------------------------------------------------------------------
@@ -196,11 +213,11 @@ done
 for r in $(seq 1 "$runs"); do
   for s in "${systems[@]}"; do
     log "run $r/$runs: $s PUT"
-    "$bench" put --data "$work/data.bin" --version "$r" --url "${http_url[$s]}" --concurrency "$concurrency" | record "$s" put
+    measured "$s" put put --data "$work/data.bin" --version "$r" --url "${http_url[$s]}" --concurrency "$concurrency"
   done
   for s in "${systems[@]}"; do
     log "run $r/$runs: $s GET"
-    "$bench" get --data "$work/data.bin" --url "${http_url[$s]}" --concurrency "$concurrency" --requests "$get_requests" | record "$s" get
+    measured "$s" get get --data "$work/data.bin" --url "${http_url[$s]}" --concurrency "$concurrency" --requests "$get_requests"
   done
   dns_systems=("${systems[@]}")
   [ "$peers" = yes ] && dns_systems+=(nsd)
