@@ -23,9 +23,10 @@ use crate::{NodeId, TypeConfig};
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for that release.
 const RELEASE_POLL: Duration = Duration::from_millis(5);
-/// How long a restarted node may take to apply the log it holds before it serves anyway (and
-/// says so). The state lags the log by at most `DURABLE_APPLY_EVERY_ENTRIES` entries plus what
-/// was not yet known committed, which applies in well under a second.
+/// How long a restarted node may take to apply the log it holds; past it the start fails rather
+/// than serve older data than the node acknowledged. The state lags the log by at most
+/// `DURABLE_APPLY_EVERY_ENTRIES` entries plus what was not yet known committed, which applies in
+/// well under a second.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// File names inside the data dir.
@@ -128,7 +129,7 @@ impl Node {
                 .map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
         } else if let Some(log_end) = log_end {
-            replay_log(&raft, id, log_end).await;
+            replay_log(&raft, id, log_end).await?;
         }
         let batcher = Batcher::spawn(
             raft.clone(),
@@ -239,25 +240,32 @@ impl Node {
 /// After a restart, waits until the entries this node's log already holds are applied, so that
 /// it never serves reads older than what it acknowledged before it stopped. (Applies commit
 /// without fsync; after a crash the state may lag the fsynced log.) Only the only voter can do
-/// this alone: a member of a larger cluster learns what is committed from its leader.
-async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) {
-    let only_voter = raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .eq([id]);
-    if !only_voter {
-        return;
-    }
-    let caught_up = raft
+/// this alone: a member of a larger cluster learns what is committed from its leader, and until
+/// then serves what it has (see docs/ARCHITECTURE.md, Durability).
+async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result<(), StartError> {
+    // openraft publishes the state it loaded (log, membership) when its core task first runs;
+    // until then the metrics are empty initial ones, so wait for them first.
+    let loaded = raft
         .wait(Some(REPLAY_TIMEOUT))
-        .applied_index_at_least(Some(log_end), "apply the log held at start")
-        .await;
-    if let Err(e) = caught_up {
-        tracing::warn!(error = %e, log_end, "serving before the local log is fully applied");
+        .metrics(
+            |m| m.last_log_index >= Some(log_end),
+            "load the log held at start",
+        )
+        .await
+        .map_err(|e| StartError::Raft(format!("loading the log: {e}")))?;
+    let only_voter = loaded.membership_config.membership().voter_ids().eq([id]);
+    if !only_voter {
+        return Ok(());
     }
+    raft.wait(Some(REPLAY_TIMEOUT))
+        .applied_index_at_least(Some(log_end), "apply the log held at start")
+        .await
+        .map_err(|e| {
+            StartError::Raft(format!(
+                "applying the log held at start (up to {log_end}): {e}"
+            ))
+        })?;
+    Ok(())
 }
 
 /// Replicas whose log reaches `index`. Only the leader tracks its followers; elsewhere the answer
