@@ -89,10 +89,22 @@ async fn run(raft: Raft<TypeConfig>, mut pending: mpsc::Receiver<Pending>, batch
             drop(slot);
         });
         // Reap finished commits so the set does not grow with the number of batches.
-        while commits.try_join_next().is_some() {}
+        while let Some(done) = commits.try_join_next() {
+            log_join(done);
+        }
     }
     // The queue is closed: let the batches in flight answer their publishers.
-    while commits.join_next().await.is_some() {}
+    while let Some(done) = commits.join_next().await {
+        log_join(done);
+    }
+}
+
+/// A commit task that panicked has dropped its publishers' replies (they see "stopping"); that is
+/// a bug, so say it loudly.
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        tracing::error!(error = %e, "a publish batch task failed");
+    }
 }
 
 /// Proposes one batch and answers each publisher with its own outcome.
@@ -115,12 +127,18 @@ async fn commit(raft: &Raft<TypeConfig>, batch: Vec<Pending>) {
                 .collect()
         }
         Ok(response) => {
-            let error = PublishError::Fatal(format!(
+            // The state machine broke its contract: stop Raft, which makes the daemon exit
+            // (`Node::wait_fatal`) rather than serve state it cannot vouch for.
+            let reason = format!(
                 "applying {} packets produced {} outcomes",
                 replies.len(),
                 response.data.outcomes.len()
-            ));
-            vec![Err(error); replies.len()]
+            );
+            tracing::error!(%reason, "stopping raft");
+            if let Err(e) = raft.shutdown().await {
+                tracing::error!(error = %e, "raft did not shut down cleanly");
+            }
+            vec![Err(PublishError::Fatal(reason)); replies.len()]
         }
         Err(e) => vec![Err(publish_error(e)); replies.len()],
     };

@@ -207,12 +207,19 @@ impl Node {
     /// the same data dir can be opened again at once, and fsyncs the state. (Without this the
     /// data dir is still recoverable: the next start applies from the log what the state lacks.)
     pub async fn shutdown(&self) {
-        // Close the publish queue first and let the batches in flight answer their publishers.
+        // Close the publish queue first and let the batches in flight answer their publishers,
+        // but not for longer than a publisher would wait: a commit that never returns (a hung
+        // disk) must not hang the shutdown.
         let batcher = self.batcher.lock().ok().and_then(|mut b| b.take());
-        if let Some((queue, task)) = batcher {
+        if let Some((queue, mut task)) = batcher {
             drop(queue);
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "the publish batcher ended abnormally");
+            match tokio::time::timeout(self.publish_timeout, &mut task).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "the publish batcher ended abnormally"),
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.publish_timeout, "publish batches still in flight; stopping anyway");
+                    task.abort();
+                }
             }
         }
         if let Err(e) = self.raft.shutdown().await {

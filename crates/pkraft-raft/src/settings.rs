@@ -28,11 +28,13 @@ pub struct Settings {
     /// How long a PUT waits for its packet to commit before answering 503. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
-    /// Most packets in one log entry (group commit). Default 512: about 130 KiB of iroh-sized
-    /// packets, one redb transaction that commits in a few milliseconds.
+    /// Most packets in one log entry (group commit), 1 to 4096. Default 512: about 130 KiB of
+    /// iroh-sized packets, one redb transaction that commits in a few milliseconds. (4096 packets
+    /// of the largest size are a 4.4 MB entry.)
     pub publish_batch_max: usize,
-    /// Most publishes waiting to be batched; more are answered 503 at once instead of queueing
-    /// without bound. Default 4096: several batches' worth, a couple of seconds at full load.
+    /// Most publishes waiting to be batched, 1 to 65 536; more are answered 503 at once instead of
+    /// queueing without bound. Default 4096: several batches' worth, a couple of seconds at full
+    /// load. (65 536 payloads of the largest size hold 70 MB.)
     pub publish_queue_max: usize,
 }
 
@@ -50,6 +52,11 @@ impl Default for Settings {
         }
     }
 }
+
+/// Largest `publish_batch_max`: bounds the size of one log entry.
+pub const PUBLISH_BATCH_MAX_LIMIT: usize = 4096;
+/// Largest `publish_queue_max`: bounds the memory of waiting publishes.
+pub const PUBLISH_QUEUE_MAX_LIMIT: usize = 65_536;
 
 /// A `[raft]` value openraft refuses.
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +80,17 @@ impl Settings {
         .validate()
         .map_err(|e| SettingsError(e.to_string()))
         .and_then(|config| {
-            if self.publish_batch_max == 0 || self.publish_queue_max == 0 {
-                return Err(SettingsError(
-                    "publish_batch_max and publish_queue_max must be at least 1".to_string(),
-                ));
+            if !(1..=PUBLISH_BATCH_MAX_LIMIT).contains(&self.publish_batch_max) {
+                return Err(SettingsError(format!(
+                    "publish_batch_max must be 1 to {PUBLISH_BATCH_MAX_LIMIT}, got {}",
+                    self.publish_batch_max
+                )));
+            }
+            if !(1..=PUBLISH_QUEUE_MAX_LIMIT).contains(&self.publish_queue_max) {
+                return Err(SettingsError(format!(
+                    "publish_queue_max must be 1 to {PUBLISH_QUEUE_MAX_LIMIT}, got {}",
+                    self.publish_queue_max
+                )));
             }
             Ok(config)
         })
@@ -92,6 +106,23 @@ mod tests {
         let config = Settings::default().openraft_config().expect("valid");
         assert_eq!(config.heartbeat_interval, 200);
         assert_eq!(config.election_timeout_min, 1000);
+    }
+
+    #[test]
+    fn batch_and_queue_sizes_are_bounded() {
+        for (batch, queue) in [
+            (0, 1),
+            (1, 0),
+            (PUBLISH_BATCH_MAX_LIMIT + 1, 1),
+            (1, PUBLISH_QUEUE_MAX_LIMIT + 1),
+        ] {
+            let settings = Settings {
+                publish_batch_max: batch,
+                publish_queue_max: queue,
+                ..Settings::default()
+            };
+            assert!(settings.openraft_config().is_err(), "{batch} {queue}");
+        }
     }
 
     #[test]

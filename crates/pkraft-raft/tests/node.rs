@@ -168,9 +168,9 @@ async fn committed_index_is_persisted() {
 }
 
 /// Group commit: publishes that arrive together share one log entry, and each still gets its own
-/// outcome. On the current-thread test runtime every spawned publish is queued before the
-/// batching task runs, so the grouping is deterministic.
-#[tokio::test]
+/// outcome. On the current-thread runtime every spawned publish is queued before the batching
+/// task runs, so the grouping is deterministic.
+#[tokio::test(flavor = "current_thread")]
 async fn concurrent_publishes_share_one_log_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = std::sync::Arc::new(start(dir.path(), &fast_settings()).await);
@@ -206,8 +206,9 @@ async fn concurrent_publishes_share_one_log_entry() {
     node.shutdown().await;
 }
 
-/// A full publish queue answers at once instead of queueing without bound.
-#[tokio::test]
+/// A full publish queue answers at once instead of queueing without bound. (On the current-thread
+/// runtime all three are queued before the batching task runs.)
+#[tokio::test(flavor = "current_thread")]
 async fn a_full_publish_queue_is_unavailable_not_unbounded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let settings = Settings {
@@ -215,7 +216,6 @@ async fn a_full_publish_queue_is_unavailable_not_unbounded() {
         ..fast_settings()
     };
     let node = start(dir.path(), &settings).await;
-    // All three are queued before the batching task runs (current-thread runtime).
     let (a, b, c) = tokio::join!(
         node.publish(packet(1, 100)),
         node.publish(packet(2, 100)),
