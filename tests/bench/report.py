@@ -48,10 +48,10 @@ def check(results):
             ok = sum(n for code, n in r["status"].items() if 200 <= int(code) < 300)
             if r["errors"] or ok != r["requests"]:
                 problems.append(f'{name}: status {r["status"]}, {r["errors"]} errors')
-        if r["kind"] == "dns" and r["completed"] == 0:
-            problems.append(f"{name}: no query completed")
+        if r["kind"] == "dns" and (r["completed"] == 0 or r["noerror"] != r["completed"]):
+            problems.append(f'{name}: {r["completed"]:.0f} completed, {r["noerror"]:.0f} NOERROR')
         if r["kind"] == "dnslat" and (r["requests"] == 0 or set(r["status"]) != {"0"}):
-            problems.append(f'{name}: rcodes {r["status"]} (expected only NOERROR), {r["errors"]} timeouts')
+            problems.append(f'{name}: rcodes {r["status"]} (expected only NOERROR with records; 1000 = empty), {r["errors"]} timeouts')
     return problems
 
 
@@ -85,12 +85,17 @@ def report(results, versions, params):
     w("|---" * (len(systems) + 1 + ("iroh" in systems)) + "|")
     for kind, label in (("put", "PUT"), ("get", "GET")):
         for field, unit, digits in (("rps", "/s", 0), ("p50_ms", " p50 ms", 2), ("p99_ms", " p99 ms", 2),
-                                    ("server_cpu_us", " server CPU µs each", 0)):
+                                    ("server_cpu_us", " server CPU µs each", 0),
+                                    ("machine_idle_pct", " machine idle %", 0)):
             values = [median(runs(results, s, kind), field) for s in systems]
             row = f"| {label}{unit} | " + " | ".join(fmt(v, digits) for v in values)
             if "iroh" in systems:
                 row += " | " + paired_ratio(results, "pkraft", "iroh", kind, field)
             w(row + " |")
+    if "iroh" in systems:
+        w("")
+        w("The last column is the median of the per-round ratios (each round's two runs saw the same "
+          "machine); it can differ from the ratio of the medians in the other columns.")
     w("")
 
     dns_systems = [s for s in ("pkraft", "iroh", "nsd") if runs(results, s, "dns")]
@@ -141,7 +146,8 @@ def report(results, versions, params):
                 if kind == "dns":
                     text = f'{fmt(r["qps"])} q/s, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
                 else:
-                    cpu = f', {fmt(r["server_cpu_us"])} µs server CPU each' if "server_cpu_us" in r else ""
+                    cpu = (f', {fmt(r["server_cpu_us"])} µs server CPU each, machine {fmt(r["machine_idle_pct"])} % idle'
+                           if "server_cpu_us" in r else "")
                     text = f'{fmt(r["rps"])} req/s, p50 {fmt(r["p50_ms"], 2)} ms, p99 {fmt(r["p99_ms"], 2)} ms{cpu}, status {r["status"]}'
                 w(f"| {NAMES[s]} | {kind} | {i} | {text} |")
     w("")
@@ -160,6 +166,10 @@ def main():
     results = load(results_path)
     problems = check(results)
     text = report(results, versions, params)
+    if problems:
+        # Show what was measured, but never let a broken run into the document.
+        sys.stdout.write(text)
+        sys.exit("bench: runs that are not sane (docs not updated):\n  " + "\n  ".join(problems))
     if update:
         with open(update) as f:
             doc = f.read()
@@ -171,8 +181,6 @@ def main():
             f.write(head + BEGIN + "\n" + text + END + tail)
     else:
         sys.stdout.write(text)
-    if problems:
-        sys.exit("bench: runs that are not sane:\n  " + "\n  ".join(problems))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ use crate::stats::Summary;
 
 /// A query unanswered for this long counts as an error (and its client moves on).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reported in place of rcode 0 when a NOERROR answer holds no records (NODATA): every query is
+/// for a published name, so that is a wrong answer, not a success.
+pub const NODATA: u16 = 1000;
 
 pub async fn run(
     server: SocketAddr,
@@ -69,7 +72,7 @@ pub async fn run(
         }
         errors += e;
     }
-    // `status` holds DNS rcodes here (0 = NOERROR, 3 = NXDOMAIN).
+    // `status` holds DNS rcodes here (0 = NOERROR with records, 3 = NXDOMAIN, NODATA = empty).
     Ok(Summary::new(
         "dns",
         concurrency,
@@ -80,7 +83,8 @@ pub async fn run(
     ))
 }
 
-/// Waits for the answer with `id` and returns its rcode; `None` after the timeout.
+/// Waits for the answer with `id` and returns its rcode ([`NODATA`] for an empty NOERROR);
+/// `None` after the timeout.
 async fn answer(socket: &UdpSocket, buf: &mut [u8], id: u16) -> Option<u16> {
     let wait = async {
         loop {
@@ -88,7 +92,12 @@ async fn answer(socket: &UdpSocket, buf: &mut [u8], id: u16) -> Option<u16> {
             if let Ok(response) = Message::from_vec(&buf[..len])
                 && response.metadata.id == id
             {
-                return Some(u16::from(response.metadata.response_code));
+                let rcode = u16::from(response.metadata.response_code);
+                return Some(if rcode == 0 && response.answers.is_empty() {
+                    NODATA
+                } else {
+                    rcode
+                });
             }
         }
     };

@@ -222,8 +222,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Lets a restarting node re-apply committed entries before it hears from a leader. Written
     /// without fsync: redb makes it durable with the next log append (a later `Immediate`
-    /// commit), and a stale value is harmless: openraft only uses it as a lower bound, and every
-    /// entry acknowledged to a client was already applied and fsynced by the state machine.
+    /// commit). A stale value only makes a restart re-apply less on its own: a single voter then
+    /// commits the rest of its log as soon as it leads again, and `Node::start` waits for that
+    /// before serving; a cluster member gets the commit index from its leader.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
         self.write(ErrorSubject::Store, Durability::None, move |txn| {
             put_meta(txn, META_COMMITTED, &committed)
