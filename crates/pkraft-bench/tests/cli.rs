@@ -18,10 +18,8 @@ fn bench(args: &[&str]) {
     );
 }
 
-#[test]
-fn gen_and_queries_write_consistent_files() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = |name: &str| dir.path().join(name).display().to_string();
+/// `gen` 5 keys × 3 versions from seed 9 into `out`.
+fn gen_small(out: &str) {
     bench(&[
         "gen",
         "--keys",
@@ -31,21 +29,33 @@ fn gen_and_queries_write_consistent_files() {
         "--seed",
         "9",
         "--out",
-        &path("data.bin"),
+        out,
     ]);
+}
+
+/// `queries` for `version` of `data`, writing `queries` and `zone`.
+fn write_queries(data: &str, version: &str, queries: &str, zone: &str) {
     bench(&[
         "queries",
         "--data",
-        &path("data.bin"),
+        data,
         "--origin",
         "pkarr.test",
         "--version",
-        "2",
+        version,
         "--queries",
-        &path("q.txt"),
+        queries,
         "--zone",
-        &path("z.zone"),
+        zone,
     ]);
+}
+
+#[test]
+fn gen_and_queries_write_consistent_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    gen_small(&path("data.bin"));
+    write_queries(&path("data.bin"), "2", &path("q.txt"), &path("z.zone"));
     let queries = std::fs::read_to_string(path("q.txt")).expect("queries");
     let zone = std::fs::read_to_string(path("z.zone")).expect("zone");
     assert_eq!(queries.lines().count(), 5);
@@ -64,28 +74,8 @@ fn gen_and_queries_write_consistent_files() {
     assert!(!zone.contains(":10001\""), "no other version");
 
     // The same seed gives the same keys.
-    bench(&[
-        "gen",
-        "--keys",
-        "5",
-        "--versions",
-        "3",
-        "--seed",
-        "9",
-        "--out",
-        &path("again.bin"),
-    ]);
-    bench(&[
-        "queries",
-        "--data",
-        &path("again.bin"),
-        "--origin",
-        "pkarr.test",
-        "--queries",
-        &path("q2.txt"),
-        "--zone",
-        &path("z2.zone"),
-    ]);
+    gen_small(&path("again.bin"));
+    write_queries(&path("again.bin"), "0", &path("q2.txt"), &path("z2.zone"));
     assert_eq!(
         std::fs::read_to_string(path("q2.txt")).expect("queries"),
         queries
