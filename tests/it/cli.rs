@@ -51,7 +51,8 @@ async fn serve_runs_from_a_config_file() {
     let path = dir.path().join("node.toml");
     std::fs::write(
         &path,
-        "[dns]\norigins = [\"example.test\"]\n[http]\ncache_max_age_min = \"60s\"\n",
+        "[dns]\norigins = [\"example.test\"]\n[http]\ncache_max_age_min = \"60s\"\n\
+         [cluster]\nbootstrap = true\n",
     )
     .expect("write");
     let server = TestServer::start_serve(&path);

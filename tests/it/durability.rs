@@ -107,7 +107,11 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
 async fn storage_failure_stops_the_node_with_exit_status_1() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("node.toml");
-    std::fs::write(&config, "[raft]\nsnapshot_after_entries = 3\n").expect("write config");
+    std::fs::write(
+        &config,
+        "[raft]\nsnapshot_after_entries = 3\n[cluster]\nbootstrap = true\n",
+    )
+    .expect("write config");
     let mut server = TestServer::start_serve(&config);
     std::fs::write(server.data_dir().join("snapshot"), b"not a directory").expect("block dir");
 
@@ -141,7 +145,8 @@ async fn acknowledged_puts_survive_sigkill_after_the_log_was_purged() {
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,
-        "[raft]\nsnapshot_after_entries = 5\nentries_kept_after_snapshot = 0\n",
+        "[raft]\nsnapshot_after_entries = 5\nentries_kept_after_snapshot = 0\n\
+         [cluster]\nbootstrap = true\n",
     )
     .expect("write config");
     let mut server = TestServer::start_serve(&config);

@@ -32,7 +32,17 @@ pub struct TestServer {
     command: Vec<String>,
     pub http: SocketAddr,
     pub dns: SocketAddr,
+    pub peer: SocketAddr,
+    pub admin: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+}
+
+/// The addresses a started server logged.
+struct Bound {
+    http: SocketAddr,
+    dns: SocketAddr,
+    peer: SocketAddr,
+    admin: SocketAddr,
 }
 
 impl TestServer {
@@ -53,13 +63,15 @@ impl TestServer {
 
     fn start_with(command: Vec<String>) -> TestServer {
         let data_dir = tempfile::tempdir().expect("temp data dir");
-        let (child, http, dns, log) = spawn(data_dir.path(), &command);
+        let (child, bound, log) = spawn(data_dir.path(), &command);
         TestServer {
             child: Some(child),
             data_dir,
             command,
-            http,
-            dns,
+            http: bound.http,
+            dns: bound.dns,
+            peer: bound.peer,
+            admin: bound.admin,
             log,
         }
     }
@@ -126,10 +138,12 @@ impl TestServer {
     /// Starts the binary again on the same data dir (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");
-        let (child, http, dns, log) = spawn(self.data_dir.path(), &self.command);
+        let (child, bound, log) = spawn(self.data_dir.path(), &self.command);
         self.child = Some(child);
-        self.http = http;
-        self.dns = dns;
+        self.http = bound.http;
+        self.dns = bound.dns;
+        self.peer = bound.peer;
+        self.admin = bound.admin;
         self.log = log;
     }
 
@@ -172,10 +186,7 @@ impl Drop for TestServer {
     }
 }
 
-fn spawn(
-    data_dir: &Path,
-    command: &[String],
-) -> (Child, SocketAddr, SocketAddr, Arc<Mutex<Vec<String>>>) {
+fn spawn(data_dir: &Path, command: &[String]) -> (Child, Bound, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
         .args(command)
         .args(["--data-dir", &path_arg(data_dir)])
@@ -183,6 +194,10 @@ fn spawn(
             "--http-listen",
             "127.0.0.1:0",
             "--dns-listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
         ])
         // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
@@ -215,7 +230,13 @@ fn spawn(
             panic!("pkraft did not start within {START_TIMEOUT:?}:\n{lines}");
         }
     };
-    (child, field(&line, "http"), field(&line, "dns"), log)
+    let bound = Bound {
+        http: field(&line, "http"),
+        dns: field(&line, "dns"),
+        peer: field(&line, "peer"),
+        admin: field(&line, "admin"),
+    };
+    (child, bound, log)
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

@@ -6,9 +6,11 @@
 
 mod bad_input;
 mod cli;
+mod cluster;
 mod dns;
 mod dns_client;
 mod durability;
 mod harness;
+mod peer_proxy;
 mod pkarr_client;
 mod relay;

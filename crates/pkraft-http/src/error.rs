@@ -17,6 +17,9 @@ pub enum RelayError {
     /// 400 (or 413 for length): the body is not a valid signed packet for the key.
     #[error("invalid signed packet: {0}")]
     Packet(#[from] PacketError),
+    /// 400: an unknown `consistency` query value.
+    #[error("unknown consistency {0:?}: use \"local\" (the default) or \"linearizable\"")]
+    Consistency(String),
     /// 404: nothing is stored for the key.
     #[error("no packet is stored for this key")]
     NotFound,
@@ -60,6 +63,7 @@ impl RelayError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             RelayError::Packet(_) => StatusCode::BAD_REQUEST,
+            RelayError::Consistency(_) => StatusCode::BAD_REQUEST,
             RelayError::NotFound => StatusCode::NOT_FOUND,
             RelayError::Conflict => StatusCode::CONFLICT,
             RelayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`relay`]: `PUT|GET /pkarr/{z32}` and `PUT|GET /{z32}`.
+//! - [`admin`]: the admin listener (cluster status and membership changes).
 //! - [`error`]: [`error::RelayError`], the one place where failures become status codes.
 //! - [`Settings`]: the `[http]` config section.
 //!
 //! Reads (GET) come from the local replica; writes (PUT) go through [`pkraft_raft::Node::publish`]
 //! and are answered only after the packet is committed.
 
+pub mod admin;
 pub mod error;
 pub mod relay;
 
@@ -120,6 +122,6 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Liveness: the process is up and serving HTTP.
-async fn healthz() -> axum::Json<serde_json::Value> {
+pub(crate) async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }

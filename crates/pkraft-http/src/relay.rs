@@ -1,7 +1,7 @@
 //! The pkarr relay routes (DESIGN.md §2.1).
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pkarr::Timestamp;
@@ -11,6 +11,19 @@ use pkraft_types::{PublishOutcome, VerifiedPacket, decide, parse_z32_key};
 
 use crate::error::RelayError;
 use crate::{AppState, STORED_NODES_HEADER, Settings};
+
+/// `?consistency=local` (the default): read this node's replica, which may lag the leader by
+/// the replication delay.
+pub const CONSISTENCY_LOCAL: &str = "local";
+/// `?consistency=linearizable`: first make sure this node's replica holds every write committed
+/// before the request (a ReadIndex round through the leader); 503 when that cannot be done.
+pub const CONSISTENCY_LINEARIZABLE: &str = "linearizable";
+
+/// Query parameters of GET.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ReadParams {
+    pub consistency: Option<String>,
+}
 
 /// Media type of a relay payload (pkarr design/relays.md).
 pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
@@ -30,18 +43,19 @@ pub async fn put_packet(
     // The read is synchronous on the async worker: one key, MVCC, from the page cache; it never
     // waits for the writer and costs less than a hop to the blocking pool.
     let stored = state.node.store().get(&packet.key_bytes())?;
-    let Published { outcome, replicas } =
-        match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
-            PublishOutcome::Stored => state
+    let (outcome, replicas) = match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
+        PublishOutcome::Stored => {
+            let Published {
+                outcome, replicas, ..
+            } = state
                 .node
                 .publish(packet)
                 .await
-                .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?,
-            known => Published {
-                outcome: known,
-                replicas: state.node.replica_count(),
-            },
-        };
+                .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?;
+            (outcome, replicas)
+        }
+        known => (known, state.node.replica_count()),
+    };
     // One mapping for both paths, so the fast path's tests also cover the answers after consensus.
     match outcome {
         PublishOutcome::Stored | PublishOutcome::Identical => Ok((
@@ -58,9 +72,24 @@ pub async fn put_packet(
 pub async fn get_packet(
     State(state): State<AppState>,
     Path(key): Path<String>,
+    Query(read): Query<ReadParams>,
     headers: HeaderMap,
 ) -> Result<Response, RelayError> {
     let key = parse_z32_key(&key)?;
+    match read.consistency.as_deref() {
+        None | Some(CONSISTENCY_LOCAL) => {}
+        Some(CONSISTENCY_LINEARIZABLE) => {
+            state
+                .node
+                .read_barrier()
+                .await
+                .map_err(|e| RelayError::Unavailable {
+                    reason: e.to_string(),
+                    retry_after: state.settings.retry_after,
+                })?
+        }
+        Some(other) => return Err(RelayError::Consistency(other.to_string())),
+    }
     let stored = state
         .node
         .store()

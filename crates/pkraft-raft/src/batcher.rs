@@ -6,21 +6,32 @@
 //! artificial wait: a lone publish commits at once, and under load the batches grow by
 //! themselves while earlier ones are committing. Two batches may be in flight, so one can be
 //! appended to the log while the previous one is applied.
+//!
+//! On a follower the same batches are forwarded to the leader in one peer request, where they
+//! join the leader's own batches; the follower answers once the leader has committed them and
+//! (briefly, bounded) once its own replica has applied them, so a client reads its write back from
+//! the node it wrote to.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use openraft::Raft;
 use pkraft_types::{Command, PublishItem};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::TypeConfig;
-use crate::node::{PublishError, Published, publish_error, replicas_holding};
+use crate::node::{Node, PublishError, Published, publish_error, replicas_holding};
+use crate::peer::{ForwardedPublish, PeerError, path};
 
 /// Batches proposed and not yet committed. Two keep the log append of one batch overlapping the
 /// apply of the one before it; more only make batches smaller.
 const BATCHES_IN_FLIGHT: usize = 2;
+/// After a failed forward (the leader moved or is down), how long to wait for news of a leader
+/// before trying again.
+const REROUTE_PAUSE: Duration = Duration::from_millis(100);
+/// How long a follower waits for its own replica to apply a publish the leader committed, before
+/// answering anyway (the publish is committed either way; this only gives read-your-writes on the
+/// node written to).
+const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<Published, PublishError>>;
 /// Where a queued publish learns its outcome.
@@ -30,8 +41,19 @@ pub(crate) fn stopping() -> PublishError {
     PublishError::Unavailable("the node is stopping".to_string())
 }
 
+/// Where a publish entered the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A client of this node.
+    Local,
+    /// Forwarded by a follower. Never forwarded again: if this node is no longer the leader, the
+    /// follower learns so and reroutes, which keeps publishes from circling.
+    Forwarded,
+}
+
 struct Pending {
     item: PublishItem,
+    origin: Origin,
     reply: Reply,
 }
 
@@ -43,21 +65,29 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// Starts the batching task. It ends when the `Batcher` is dropped and the queue is drained.
     pub(crate) fn spawn(
-        raft: Raft<TypeConfig>,
+        node: Arc<Node>,
         queue_max: usize,
         batch_max: usize,
     ) -> (Batcher, JoinHandle<()>) {
         let (queue, pending) = mpsc::channel(queue_max.max(1));
-        let task = tokio::spawn(run(raft, pending, batch_max.max(1)));
+        let task = tokio::spawn(run(node, pending, batch_max.max(1)));
         (Batcher { queue }, task)
     }
 
     /// Queues `item` without waiting; the receiver yields the outcome of the entry it is
     /// committed in. A full queue is an immediate error (back-pressure), not a wait.
-    pub(crate) fn enqueue(&self, item: PublishItem) -> Result<Outcome, PublishError> {
+    pub(crate) fn enqueue(
+        &self,
+        item: PublishItem,
+        origin: Origin,
+    ) -> Result<Outcome, PublishError> {
         let (reply, outcome) = oneshot::channel();
         self.queue
-            .try_send(Pending { item, reply })
+            .try_send(Pending {
+                item,
+                origin,
+                reply,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     PublishError::Unavailable("too many publishes waiting to commit".to_string())
@@ -68,7 +98,7 @@ impl Batcher {
     }
 }
 
-async fn run(raft: Raft<TypeConfig>, mut pending: mpsc::Receiver<Pending>, batch_max: usize) {
+async fn run(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>, batch_max: usize) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut commits = tokio::task::JoinSet::new();
     while let Some(first) = pending.recv().await {
@@ -83,9 +113,9 @@ async fn run(raft: Raft<TypeConfig>, mut pending: mpsc::Receiver<Pending>, batch
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let node = node.clone();
         commits.spawn(async move {
-            commit(&raft, batch).await;
+            commit(&node, batch).await;
             drop(slot);
         });
         // Reap finished commits so the set does not grow with the number of batches.
@@ -107,8 +137,50 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Proposes one batch and answers each publisher with its own outcome.
-async fn commit(raft: &Raft<TypeConfig>, batch: Vec<Pending>) {
+/// Commits one batch where the leader is (here, or forwarded to it) and answers each publisher
+/// with its own outcome.
+async fn commit(node: &Node, mut batch: Vec<Pending>) {
+    let deadline = Instant::now() + node.publish_timeout;
+    loop {
+        match node.known_leader() {
+            Some((leader, _)) if leader == node.id => return propose(node, batch).await,
+            Some((leader, addr)) => {
+                // Publishes forwarded to this node while it led must not travel on.
+                let (local, forwarded) = batch
+                    .into_iter()
+                    .partition(|pending| pending.origin == Origin::Local);
+                answer_all(
+                    forwarded,
+                    PublishError::Unavailable("leadership moved; retry".to_string()),
+                );
+                batch = local;
+                if batch.is_empty() {
+                    return;
+                }
+                match forward(node, leader, &addr, &batch, deadline).await {
+                    Ok(answers) => return answer_forwarded(node, batch, answers).await,
+                    Err(Reroute::Retry(reason)) if Instant::now() < deadline => {
+                        tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
+                        wait_for_leader_news(node, Some(leader), deadline).await;
+                    }
+                    Err(Reroute::Retry(reason) | Reroute::Fail(reason)) => {
+                        return answer_all(batch, PublishError::Unavailable(reason));
+                    }
+                }
+            }
+            None if Instant::now() < deadline => wait_for_leader_news(node, None, deadline).await,
+            None => {
+                return answer_all(
+                    batch,
+                    PublishError::Unavailable("no leader is elected".to_string()),
+                );
+            }
+        }
+    }
+}
+
+/// Proposes the batch as one log entry on this node (the leader).
+async fn propose(node: &Node, batch: Vec<Pending>) {
     let (packets, replies): (Vec<PublishItem>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     tracing::debug!(packets = packets.len(), "proposing a publish batch");
@@ -116,14 +188,22 @@ async fn commit(raft: &Raft<TypeConfig>, batch: Vec<Pending>) {
         leader_time_micros: unix_micros_now(),
         packets,
     };
+    let raft = &node.raft;
     let answers: Vec<Result<Published, PublishError>> = match raft.client_write(command).await {
         Ok(response) if response.data.outcomes.len() == replies.len() => {
-            let replicas = replicas_holding(raft, response.log_id.index);
+            let log_index = response.log_id.index;
+            let replicas = replicas_holding(raft, log_index);
             response
                 .data
                 .outcomes
                 .into_iter()
-                .map(|outcome| Ok(Published { outcome, replicas }))
+                .map(|outcome| {
+                    Ok(Published {
+                        outcome,
+                        replicas,
+                        log_index,
+                    })
+                })
                 .collect()
         }
         Ok(response) => {
@@ -142,15 +222,106 @@ async fn commit(raft: &Raft<TypeConfig>, batch: Vec<Pending>) {
         }
         Err(e) => vec![Err(publish_error(e)); replies.len()],
     };
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        // A publisher that timed out has dropped its receiver; nothing to tell it.
-        let _ = reply.send(answer);
+    for (reply, result) in replies.into_iter().zip(answers) {
+        answer(reply, result);
     }
+}
+
+/// Why a forward did not produce outcomes.
+enum Reroute {
+    /// The leader moved, is down, or did not answer: find the leader again and retry. Safe,
+    /// because publishing the same packet twice changes nothing.
+    Retry(String),
+    /// An answer that retrying will not change.
+    Fail(String),
+}
+
+async fn forward(
+    node: &Node,
+    leader: u64,
+    addr: &str,
+    batch: &[Pending],
+    deadline: Instant,
+) -> Result<Vec<Result<Published, PublishError>>, Reroute> {
+    let request = ForwardedPublish {
+        packets: batch.iter().map(|p| p.item.clone()).collect(),
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let answer: Result<Vec<Result<Published, PublishError>>, PeerError> = node
+        .peers
+        .call(addr, Some(leader), path::PUBLISH, &request, remaining)
+        .await
+        .map_err(|e| Reroute::Retry(e.to_string()))?;
+    match answer {
+        Ok(answers) if answers.len() == batch.len() => Ok(answers),
+        Ok(answers) => Err(Reroute::Fail(format!(
+            "the leader answered {} outcomes for {} packets",
+            answers.len(),
+            batch.len()
+        ))),
+        Err(e @ (PeerError::NotLeader { .. } | PeerError::Unavailable(_))) => {
+            Err(Reroute::Retry(e.to_string()))
+        }
+        Err(e @ (PeerError::Refused(_) | PeerError::Fatal(_))) => Err(Reroute::Fail(e.to_string())),
+    }
+}
+
+/// Answers forwarded publishes once this node's replica has applied them (bounded wait).
+async fn answer_forwarded(
+    node: &Node,
+    batch: Vec<Pending>,
+    answers: Vec<Result<Published, PublishError>>,
+) {
+    let last_index = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok().map(|p| p.log_index))
+        .max();
+    if let Some(index) = last_index {
+        let applied = node
+            .raft
+            .wait(Some(LOCAL_APPLY_WAIT))
+            .applied_index_at_least(Some(index), "apply a forwarded publish locally")
+            .await;
+        if applied.is_err() {
+            tracing::debug!(
+                index,
+                "answering a forwarded publish before applying it locally"
+            );
+        }
+    }
+    for (pending, result) in batch.into_iter().zip(answers) {
+        answer(pending.reply, result);
+    }
+}
+
+/// Waits (bounded by `deadline` and `REROUTE_PAUSE`) until this node knows of a leader other than
+/// `previous`.
+async fn wait_for_leader_news(node: &Node, previous: Option<u64>, deadline: Instant) {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let _ = node
+        .raft
+        .wait(Some(remaining.min(REROUTE_PAUSE)))
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != previous,
+            "learn of a leader",
+        )
+        .await;
+}
+
+fn answer_all(batch: Vec<Pending>, error: PublishError) {
+    for pending in batch {
+        answer(pending.reply, Err(error.clone()));
+    }
+}
+
+fn answer(reply: Reply, result: Result<Published, PublishError>) {
+    // A publisher that timed out has dropped its receiver; nothing to tell it.
+    let _ = reply.send(result);
 }
 
 /// Wall clock in µs since the Unix epoch, read on the leader when it proposes the batch. A clock
 /// before 1970 reads as 0.
-fn unix_micros_now() -> u64 {
+pub(crate) fn unix_micros_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

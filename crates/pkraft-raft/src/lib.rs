@@ -7,11 +7,14 @@
 //! - [`log_store`]: the Raft log, vote and purge point in `raft-log.redb`.
 //! - [`state_machine`]: applies committed entries to [`pkraft_store::Store`] (`state.redb`);
 //!   builds and installs snapshots, keeping the current one in `snapshot/`.
-//! - [`network`]: the peer network. A single-node cluster has no peers, so every RPC is
-//!   `Unreachable`; the peer listener replaces it when clustering lands.
-//! - [`node`]: [`Node`]: start (initializing a fresh data dir), publish, shutdown, and a watch
-//!   for fatal errors.
-//! - `batcher`: group commit: concurrent publishes share one log entry.
+//! - [`peer`]: the peer network: openraft RPCs, forwarded publishes, read barriers and membership
+//!   requests over authenticated HTTP (client and the peer listener's router).
+//! - [`node`]: [`Node`]: start (bootstrapping or joining), publish, shutdown, and a watch for
+//!   fatal errors.
+//! - `batcher`: group commit: concurrent publishes share one log entry; followers forward
+//!   their batches to the leader.
+//! - [`membership`]: init, join, add/promote/remove, cluster status.
+//! - [`reads`]: staleness of the local replica and the linearizable read barrier.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
 //! - `codec`: postcard encoding and the blocking-pool helper for storage work.
 //! - [`settings`]: the `[raft]` config section.
@@ -24,13 +27,18 @@
 mod batcher;
 mod codec;
 pub mod log_store;
-pub mod network;
+pub mod membership;
 pub mod node;
+pub mod peer;
+pub mod reads;
 pub mod settings;
 mod snapshot_file;
 pub mod state_machine;
 pub mod type_config;
 
-pub use node::{Node, PublishError, Published, StartError};
-pub use settings::Settings;
+pub use membership::{ClusterStatus, MemberStatus, MembershipError, NodeStatus};
+pub use node::{Cluster, Node, PublishError, Published, StartError};
+pub use peer::{ClusterSecret, MembershipChange};
+pub use reads::ReadError;
+pub use settings::{ClusterSettings, Settings};
 pub use type_config::{NodeId, TypeConfig};

@@ -3,17 +3,19 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft, StorageError};
+use openraft::{BasicNode, Raft, ServerState, StorageError};
 use pkraft_store::{Store, StoreError};
-use pkraft_types::{PublishOutcome, VerifiedPacket};
+use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket};
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::batcher::{Batcher, stopping};
+use crate::batcher::{Batcher, Origin, stopping};
 use crate::log_store::LogStore;
-use crate::network::NoPeers;
+use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerNetwork};
 use crate::settings::{Settings, SettingsError};
 use crate::state_machine::StateMachine;
 use crate::{NodeId, TypeConfig};
@@ -58,15 +60,17 @@ pub enum StartError {
 }
 
 /// The result of a committed publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Published {
     pub outcome: PublishOutcome,
     /// Replicas known to hold the log entry (the leader counts itself).
     pub replicas: usize,
+    /// Index of the log entry the packet was committed in.
+    pub log_index: u64,
 }
 
 /// Why a publish has no outcome.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum PublishError {
     /// No leader, or the entry did not commit in time. The packet may still commit later;
     /// retrying is safe, since re-publishing the same packet changes nothing.
@@ -78,15 +82,88 @@ pub enum PublishError {
     Fatal(String),
 }
 
+/// How this node takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The peer address (`host:port`) other nodes reach this one at; recorded in the membership.
+    pub advertise: String,
+    /// Authenticates peer requests both ways. Without it the node can neither call nor answer
+    /// peers, which is fine for a cluster of one.
+    pub secret: Option<ClusterSecret>,
+    /// Initialize a data dir that was never part of a cluster as a one-voter cluster.
+    pub bootstrap: bool,
+    /// Peer addresses of existing members to ask for admission, until this node is a member
+    /// (in the role `voter` asks for).
+    pub join: Vec<String>,
+    /// Join as a voter (promoted once caught up) rather than as a learner (a read replica).
+    pub voter: bool,
+}
+
+impl Cluster {
+    /// A node on its own: initialized on first start, no peers, no secret.
+    pub fn standalone() -> Cluster {
+        Cluster {
+            advertise: "127.0.0.1:0".to_string(),
+            secret: None,
+            bootstrap: true,
+            join: Vec::new(),
+            voter: true,
+        }
+    }
+}
+
 /// One pkraft node: the Raft instance and the local replica it applies to.
 pub struct Node {
-    raft: Raft<TypeConfig>,
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
     store: Store,
     /// Kept to know when openraft has released the log file (see `shutdown`).
     log_store: LogStore,
+    pub(crate) cluster: Cluster,
+    pub(crate) peers: PeerClient,
     /// Group commit in front of `raft` (see `batcher`); taken on shutdown to close the queue.
     batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
-    publish_timeout: Duration,
+    pub(crate) publish_timeout: Duration,
+    /// Largest peer request body: a full `append-entries` of the biggest entries.
+    pub(crate) peer_body_max: usize,
+    /// Serializes the membership changes this node makes as leader: openraft refuses a change
+    /// while another is in progress, and operators expect them queued, not refused.
+    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    pub(crate) leader_contact: LeaderContact,
+    /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
+    background: std::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// When this node last heard from a leader it accepted (a successful `append-entries`), for the
+/// staleness bound on reads. Lock-free: written on every heartbeat, read on every DNS query.
+#[derive(Debug)]
+pub(crate) struct LeaderContact {
+    epoch: Instant,
+    /// Milliseconds after `epoch`; `u64::MAX` for never.
+    last_millis: AtomicU64,
+}
+
+impl LeaderContact {
+    fn new() -> LeaderContact {
+        LeaderContact {
+            epoch: Instant::now(),
+            last_millis: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    pub(crate) fn record(&self) {
+        let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_millis.store(millis, Ordering::Relaxed);
+    }
+
+    pub(crate) fn elapsed(&self) -> Option<Duration> {
+        let last = self.last_millis.load(Ordering::Relaxed);
+        (last != u64::MAX).then(|| {
+            self.epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last))
+        })
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -99,11 +176,16 @@ impl Node {
     /// Opens the data dir and starts Raft. A data dir that was never part of a cluster is
     /// initialized as a single-node cluster with this node as the only voter; an existing one
     /// resumes where it stopped (the only voter elects itself at once).
+    ///
+    /// A fresh data dir is initialized as a one-voter cluster only with `cluster.bootstrap`;
+    /// otherwise the node waits until it is added to a cluster (it asks the `cluster.join`
+    /// addresses itself) or `initialize`d by an operator.
     pub async fn start(
         id: NodeId,
         data_dir: &Path,
         settings: &Settings,
-    ) -> Result<Node, StartError> {
+        cluster: Cluster,
+    ) -> Result<Arc<Node>, StartError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -119,11 +201,13 @@ impl Node {
             return Err(StartError::LogMissing(data_dir.to_path_buf()));
         }
         let log_end = log_store.last_log_id()?.map(|log_id| log_id.index);
-        let raft = Raft::new(id, config, NoPeers, log_store.clone(), state_machine)
+        let peers = PeerClient::new(id, cluster.secret.clone());
+        let network = PeerNetwork::new(peers.clone());
+        let raft = Raft::new(id, config, network, log_store.clone(), state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        if pristine {
-            let members = BTreeMap::from([(id, BasicNode::default())]);
+        if pristine && cluster.bootstrap {
+            let members = BTreeMap::from([(id, BasicNode::new(&cluster.advertise))]);
             raft.initialize(members)
                 .await
                 .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -131,18 +215,66 @@ impl Node {
         } else if let Some(log_end) = log_end {
             replay_log(&raft, id, log_end).await?;
         }
-        let batcher = Batcher::spawn(
-            raft.clone(),
-            settings.publish_queue_max,
-            settings.publish_batch_max,
-        );
-        Ok(Node {
+        let node = Node {
+            id,
             raft,
             store,
             log_store,
-            batcher: std::sync::Mutex::new(Some(batcher)),
+            cluster,
+            peers,
+            batcher: std::sync::Mutex::new(None),
             publish_timeout: settings.publish_timeout,
-        })
+            peer_body_max: settings.peer_body_max(),
+            membership_lock: tokio::sync::Mutex::new(()),
+            leader_contact: LeaderContact::new(),
+            background: std::sync::Mutex::new(Vec::new()),
+        };
+        let node = Arc::new(node);
+        node.spawn_tasks(settings);
+        Ok(node)
+    }
+
+    /// Starts the tasks that need the node shared: the batcher (it forwards to the leader through
+    /// the node's peer client) and joining.
+    fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
+        let batcher = Batcher::spawn(
+            self.clone(),
+            settings.publish_queue_max,
+            settings.publish_batch_max,
+        );
+        if let Ok(mut slot) = self.batcher.lock() {
+            *slot = Some(batcher);
+        }
+        let mut tasks = Vec::new();
+        if !self.cluster.join.is_empty() {
+            tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
+        }
+        if let Ok(mut background) = self.background.lock() {
+            background.extend(tasks);
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub(crate) fn secret(&self) -> Option<&ClusterSecret> {
+        self.cluster.secret.as_ref()
+    }
+
+    /// Whether this node believes it is the leader (it may have been deposed a moment ago).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader this node knows of, with its peer address.
+    pub(crate) fn known_leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
     }
 
     /// The local replica. Reads from it are stale by at most the replication lag.
@@ -153,15 +285,63 @@ impl Node {
     /// Commits `packet` through Raft and returns once it is applied on this node: the only write
     /// path into the store. Concurrent publishes are committed together (see `batcher`).
     pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
-        let outcome = {
-            let batcher = self.batcher.lock().map_err(|_| {
-                PublishError::Fatal("the publish queue lock is poisoned".to_string())
-            })?;
-            match batcher.as_ref() {
-                Some((batcher, _)) => batcher.enqueue(packet.into())?,
-                None => return Err(stopping()),
-            }
-        };
+        self.publish_item(packet.into(), Origin::Local).await
+    }
+
+    /// Commits publishes a follower forwarded; only the leader takes them (the follower then
+    /// retries with the leader it learns of).
+    pub(crate) async fn publish_forwarded(
+        &self,
+        packets: Vec<PublishItem>,
+    ) -> Result<Vec<Result<Published, PublishError>>, PeerError> {
+        if !self.is_leader() {
+            return Err(PeerError::NotLeader {
+                leader: self.known_leader().map(|(id, _)| id),
+            });
+        }
+        // All are queued before any is awaited, so they share batches.
+        let queued: Vec<_> = packets
+            .into_iter()
+            .map(|item| self.enqueue(item, Origin::Forwarded))
+            .collect();
+        let mut answers = Vec::with_capacity(queued.len());
+        for outcome in queued {
+            answers.push(match outcome {
+                Ok(outcome) => self.await_outcome(outcome).await,
+                Err(e) => Err(e),
+            });
+        }
+        Ok(answers)
+    }
+
+    async fn publish_item(
+        &self,
+        item: PublishItem,
+        origin: Origin,
+    ) -> Result<Published, PublishError> {
+        let outcome = self.enqueue(item, origin)?;
+        self.await_outcome(outcome).await
+    }
+
+    fn enqueue(
+        &self,
+        item: PublishItem,
+        origin: Origin,
+    ) -> Result<crate::batcher::Outcome, PublishError> {
+        let batcher = self
+            .batcher
+            .lock()
+            .map_err(|_| PublishError::Fatal("the publish queue lock is poisoned".to_string()))?;
+        match batcher.as_ref() {
+            Some((batcher, _)) => batcher.enqueue(item, origin),
+            None => Err(stopping()),
+        }
+    }
+
+    async fn await_outcome(
+        &self,
+        outcome: crate::batcher::Outcome,
+    ) -> Result<Published, PublishError> {
         match tokio::time::timeout(self.publish_timeout, outcome).await {
             Ok(Ok(result)) => result,
             // The batcher dropped the reply: it is stopping.
@@ -207,6 +387,11 @@ impl Node {
     /// the same data dir can be opened again at once, and fsyncs the state. (Without this the
     /// data dir is still recoverable: the next start applies from the log what the state lacks.)
     pub async fn shutdown(&self) {
+        if let Ok(mut background) = self.background.lock() {
+            for task in background.drain(..) {
+                task.abort();
+            }
+        }
         // Close the publish queue first and let the batches in flight answer their publishers,
         // but not for longer than a publisher would wait: a commit that never returns (a hung
         // disk) must not hang the shutdown.

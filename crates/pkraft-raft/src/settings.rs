@@ -1,5 +1,7 @@
 //! The `[raft]` config section.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -53,6 +55,15 @@ impl Default for Settings {
     }
 }
 
+/// Log entries in one `append-entries` request. With `publish_batch_max` this bounds the size of
+/// a request on the peer listener.
+pub const ENTRIES_PER_APPEND_MAX: u64 = 64;
+/// Bytes of snapshot sent in one `install-snapshot` request.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Upper bound of the bytes one published packet takes in an encoded log entry: a relay payload
+/// of at most 1072 bytes, its 32-byte key and postcard framing.
+const PUBLISH_ITEM_BYTES_MAX: usize = 1_200;
+
 /// Largest `publish_batch_max`: bounds the size of one log entry.
 pub const PUBLISH_BATCH_MAX_LIMIT: usize = 4096;
 /// Largest `publish_queue_max`: bounds the memory of waiting publishes.
@@ -64,6 +75,17 @@ pub const PUBLISH_QUEUE_MAX_LIMIT: usize = 65_536;
 pub struct SettingsError(String);
 
 impl Settings {
+    /// Largest request body the peer listener accepts: a full `append-entries` of the largest
+    /// entries these settings allow, or a snapshot chunk, plus room for framing.
+    pub fn peer_body_max(&self) -> usize {
+        let entries = usize::try_from(ENTRIES_PER_APPEND_MAX).unwrap_or(usize::MAX);
+        let chunk = usize::try_from(SNAPSHOT_CHUNK_BYTES).unwrap_or(usize::MAX);
+        let append = entries
+            .saturating_mul(self.publish_batch_max)
+            .saturating_mul(PUBLISH_ITEM_BYTES_MAX);
+        append.max(chunk).saturating_add(1024 * 1024)
+    }
+
     /// The openraft config these settings stand for, validated by openraft (for example, the
     /// election timeout must exceed the heartbeat interval).
     pub fn openraft_config(&self) -> Result<openraft::Config, SettingsError> {
@@ -75,6 +97,8 @@ impl Settings {
             election_timeout_max: millis(self.election_timeout_max),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
             max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
+            max_payload_entries: ENTRIES_PER_APPEND_MAX,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             ..Default::default()
         }
         .validate()
@@ -94,6 +118,48 @@ impl Settings {
             }
             Ok(config)
         })
+    }
+}
+
+/// The `[cluster]` section: how this node finds and authenticates its peers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSettings {
+    /// Peer listener for Raft traffic and forwarded publishes. Default `127.0.0.1:7400`. Reachable
+    /// only by the other nodes: every request must carry the cluster secret.
+    pub peer_listen: SocketAddr,
+    /// The peer address other nodes use for this node (`host:port`), recorded in the membership.
+    /// Default: the bound `peer_listen` address (which must then not be a wildcard like 0.0.0.0).
+    pub advertise: Option<String>,
+    /// Initialize a data dir that was never part of a cluster as a new one-voter cluster. Default
+    /// false: a fresh node waits to join (see `join`) or for `pkraft cluster init`, so that a node
+    /// meant to join can never start a cluster of its own by mistake.
+    pub bootstrap: bool,
+    /// Peer addresses of existing members. A node that is not yet a member (in the role `voter`
+    /// asks for) asks them to add it, until one does. Default empty.
+    pub join: Vec<String>,
+    /// Join as a voter (added as a learner, promoted once caught up), or stay a learner: a read
+    /// replica that serves DNS and GET but does not vote. Default true.
+    pub voter: bool,
+    /// The cluster secret, shared by every node (at least 16 printable bytes). Prefer
+    /// `secret_file` or the `PKRAFT_CLUSTER_SECRET` environment variable, which win over this.
+    /// Without a secret the node refuses all peer traffic: fine for a single node only.
+    pub secret: Option<String>,
+    /// File holding the cluster secret (surrounding whitespace is ignored).
+    pub secret_file: Option<PathBuf>,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            peer_listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise: None,
+            bootstrap: false,
+            join: Vec::new(),
+            voter: true,
+            secret: None,
+            secret_file: None,
+        }
     }
 }
 

@@ -3,11 +3,12 @@
 //! Method: real `Node`s on temp data dirs; restarts reopen the same files.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
 use pkraft_raft::log_store::LogStore;
-use pkraft_raft::{Node, Settings};
+use pkraft_raft::{Cluster, Node, Settings};
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{PublishOutcome, VerifiedPacket};
 
@@ -26,8 +27,10 @@ fn fast_settings() -> Settings {
     }
 }
 
-async fn start(dir: &Path, settings: &Settings) -> Node {
-    Node::start(1, dir, settings).await.expect("node starts")
+async fn start(dir: &Path, settings: &Settings) -> Arc<Node> {
+    Node::start(1, dir, settings, Cluster::standalone())
+        .await
+        .expect("node starts")
 }
 
 #[tokio::test]
@@ -129,7 +132,7 @@ async fn refuses_to_start_over_state_without_its_log() {
         node.shutdown().await;
     }
     std::fs::remove_file(dir.path().join("raft-log.redb")).expect("remove log");
-    let err = Node::start(1, dir.path(), &fast_settings())
+    let err = Node::start(1, dir.path(), &fast_settings(), Cluster::standalone())
         .await
         .expect_err("must refuse");
     assert!(err.to_string().contains("raft log is empty"), "{err}");
@@ -139,7 +142,7 @@ async fn refuses_to_start_over_state_without_its_log() {
 async fn refuses_a_data_dir_of_another_node_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     start(dir.path(), &fast_settings()).await.shutdown().await;
-    let err = Node::start(2, dir.path(), &fast_settings())
+    let err = Node::start(2, dir.path(), &fast_settings(), Cluster::standalone())
         .await
         .expect_err("must refuse");
     assert!(
@@ -173,7 +176,7 @@ async fn committed_index_is_persisted() {
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_publishes_share_one_log_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = std::sync::Arc::new(start(dir.path(), &fast_settings()).await);
+    let node = start(dir.path(), &fast_settings()).await;
     node.publish(packet(0, 100)).await.expect("warm-up publish");
     let before = node.last_applied_index().expect("applied");
 

@@ -21,6 +21,21 @@ pub struct Config {
     pub http: pkraft_http::Settings,
     pub dns: pkraft_dns::Settings,
     pub raft: pkraft_raft::Settings,
+    pub cluster: pkraft_raft::ClusterSettings,
+    pub admin: pkraft_http::admin::AdminSettings,
+}
+
+/// Environment variable holding the cluster secret; wins over `cluster.secret_file` and
+/// `cluster.secret`.
+pub const CLUSTER_SECRET_ENV: &str = "PKRAFT_CLUSTER_SECRET";
+/// Environment variable holding the admin token; wins over `admin.token_file` and `admin.token`.
+pub const ADMIN_TOKEN_ENV: &str = "PKRAFT_ADMIN_TOKEN";
+
+/// The secrets a node runs with, resolved from environment, file or config.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub cluster: Option<pkraft_raft::ClusterSecret>,
+    pub admin_token: Option<std::sync::Arc<str>>,
 }
 
 impl Default for Config {
@@ -31,6 +46,8 @@ impl Default for Config {
             http: pkraft_http::Settings::default(),
             dns: pkraft_dns::Settings::default(),
             raft: pkraft_raft::Settings::default(),
+            cluster: pkraft_raft::ClusterSettings::default(),
+            admin: pkraft_http::admin::AdminSettings::default(),
         }
     }
 }
@@ -47,6 +64,16 @@ pub struct Overrides {
     /// DNS listen address, UDP and TCP (replaces `dns.listen`).
     #[arg(long, env = "PKRAFT_DNS_LISTEN")]
     pub dns_listen: Option<SocketAddr>,
+    /// Peer listen address for Raft traffic (replaces `cluster.peer_listen`).
+    #[arg(long, env = "PKRAFT_PEER_LISTEN")]
+    pub peer_listen: Option<SocketAddr>,
+    /// Admin listen address (replaces `admin.listen`).
+    #[arg(long, env = "PKRAFT_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Peer address of an existing member to join through; repeat for several (replaces
+    /// `cluster.join`).
+    #[arg(long = "join", value_name = "HOST:PORT")]
+    pub join: Vec<String>,
 }
 
 impl Config {
@@ -76,6 +103,26 @@ impl Config {
         self.http.validate()?;
         self.dns.zones()?;
         self.raft.openraft_config()?;
+        if let Some(advertise) = &self.cluster.advertise {
+            if !is_host_port(advertise) {
+                anyhow::bail!("cluster.advertise ({advertise:?}) must be host:port");
+            }
+        } else if self.cluster.peer_listen.ip().is_unspecified() {
+            anyhow::bail!(
+                "cluster.advertise must be set when cluster.peer_listen ({}) is a wildcard \
+                 address: other nodes need an address they can reach",
+                self.cluster.peer_listen
+            );
+        }
+        if let Some(bad) = self.cluster.join.iter().find(|addr| !is_host_port(addr)) {
+            anyhow::bail!("cluster.join: {bad:?} is not host:port");
+        }
+        if self.cluster.bootstrap && !self.cluster.join.is_empty() {
+            anyhow::bail!(
+                "cluster.bootstrap and cluster.join exclude each other: a node either starts a \
+                 new cluster or joins an existing one"
+            );
+        }
         if self.http.request_timeout <= self.raft.publish_timeout {
             anyhow::bail!(
                 "http.request_timeout ({:?}) must be longer than raft.publish_timeout ({:?}), \
@@ -97,7 +144,84 @@ impl Config {
         if let Some(addr) = overrides.dns_listen {
             self.dns.listen = addr;
         }
+        if let Some(addr) = overrides.peer_listen {
+            self.cluster.peer_listen = addr;
+        }
+        if let Some(addr) = overrides.admin_listen {
+            self.admin.listen = addr;
+        }
+        if !overrides.join.is_empty() {
+            self.cluster.join = overrides.join.clone();
+            self.cluster.bootstrap = false;
+        }
     }
+
+    /// Reads the cluster secret and admin token: the environment (`env`, normally
+    /// `std::env::var`) wins over the file, which wins over the inline value. A node that joins
+    /// a cluster must have a cluster secret.
+    pub fn secrets(&self, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Secrets> {
+        let cluster = resolve_secret(
+            env(CLUSTER_SECRET_ENV),
+            self.cluster.secret_file.as_deref(),
+            self.cluster.secret.as_deref(),
+            "cluster.secret",
+        )?
+        .map(|secret| {
+            pkraft_raft::ClusterSecret::new(&secret)
+                .map_err(|e| anyhow::anyhow!("cluster secret: {e}"))
+        })
+        .transpose()?;
+        if cluster.is_none() && !self.cluster.join.is_empty() {
+            anyhow::bail!(
+                "cluster.join needs a cluster secret (cluster.secret_file, cluster.secret or \
+                 {CLUSTER_SECRET_ENV})"
+            );
+        }
+        let admin_token = resolve_secret(
+            env(ADMIN_TOKEN_ENV),
+            self.admin.token_file.as_deref(),
+            self.admin.token.as_deref(),
+            "admin.token",
+        )?;
+        if let Some(token) = &admin_token {
+            if token.len() < pkraft_raft::peer::SECRET_LEN_MIN {
+                anyhow::bail!(
+                    "admin token: must be at least {} bytes, got {}",
+                    pkraft_raft::peer::SECRET_LEN_MIN,
+                    token.len()
+                );
+            }
+        }
+        Ok(Secrets {
+            cluster,
+            admin_token: admin_token.map(|t| std::sync::Arc::from(t.as_str())),
+        })
+    }
+}
+
+/// The first of: environment value, file contents, inline value; trimmed, empty counts as unset.
+fn resolve_secret(
+    from_env: Option<String>,
+    file: Option<&Path>,
+    inline: Option<&str>,
+    field: &str,
+) -> anyhow::Result<Option<String>> {
+    let value = match (from_env, file) {
+        (Some(value), _) => Some(value),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("{field}_file: cannot read {}", file.display()))?,
+        ),
+        (None, None) => inline.map(str::to_string),
+    };
+    Ok(value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty()))
+}
+
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]

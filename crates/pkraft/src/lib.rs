@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`config`]: the TOML config and command-line overrides.
 //! - [`Server`]: binds every listener for one node and shuts them down in order.
-//! - `main.rs`: the `pkraft` command line (`serve`, `dev`, `check-config`).
+//! - [`admin_client`]: the client behind `pkraft cluster …`.
+//! - `main.rs`: the `pkraft` command line (`serve`, `dev`, `check-config`, `cluster`).
 //!
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
 //! `pkraft-raft` (consensus), `pkraft-store` (redb state), `pkraft-types` (domain types).
 
+pub mod admin_client;
 pub mod config;
 
 use std::net::SocketAddr;
@@ -22,52 +24,131 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 
-/// How long shutdown waits for in-flight HTTP requests (a PUT may be waiting for its commit).
+/// How long shutdown waits for in-flight requests on each listener (a PUT may be waiting for its
+/// commit).
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One running node: Raft, the public HTTP listener and the DNS frontend.
+/// One running node: Raft, the peer and admin listeners, the public HTTP listener and the DNS
+/// frontend.
 pub struct Server {
     node: Arc<Node>,
     http_addr: SocketAddr,
-    http_stop: oneshot::Sender<()>,
-    http_task: JoinHandle<std::io::Result<()>>,
+    peer_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    http: Listener,
+    admin: Listener,
+    peer: Listener,
     dns: DnsServer,
 }
 
-impl Server {
-    /// Starts Raft on the data dir, then binds the HTTP and DNS listeners.
-    pub async fn bind(config: &Config) -> anyhow::Result<Server> {
-        config.validate()?;
-        let node = Node::start(config.node_id, &config.data_dir, &config.raft)
-            .await
-            .context("cannot start the raft node")?;
-        let node = Arc::new(node);
+/// An axum server on its own socket, with its graceful stop.
+struct Listener {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
 
-        let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-            .await
-            .with_context(|| format!("http.listen {}", config.http.listen))?;
-        let http_addr = http_listener.local_addr()?;
-        let app = pkraft_http::router(pkraft_http::AppState {
-            node: node.clone(),
-            settings: Arc::new(config.http.clone()),
-        });
-        let (http_stop, stopped) = oneshot::channel::<()>();
-        let http_task = tokio::spawn(async move {
-            axum::serve(http_listener, app)
+impl Listener {
+    fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> Listener {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
                 })
                 .await
         });
+        Listener { stop, task }
+    }
+
+    /// Stops accepting and waits (bounded) for in-flight requests.
+    async fn stop(self, name: &str) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, self.task).await {
+            Ok(joined) => joined
+                .with_context(|| format!("{name} task"))?
+                .with_context(|| format!("{name} server"))?,
+            Err(_) => tracing::warn!(
+                listener = name,
+                timeout = ?HTTP_DRAIN_TIMEOUT,
+                "in-flight requests did not finish; stopping anyway"
+            ),
+        }
+        Ok(())
+    }
+}
+
+async fn bind_tcp(addr: SocketAddr, field: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{field} {addr}"))
+}
+
+impl Server {
+    /// Binds the peer listener (its address goes into the membership), starts Raft on the data
+    /// dir, then binds the admin, HTTP and DNS listeners. `secrets` come from
+    /// [`Config::secrets`].
+    pub async fn bind(config: &Config, secrets: config::Secrets) -> anyhow::Result<Server> {
+        config.validate()?;
+        let peer_listener = bind_tcp(config.cluster.peer_listen, "cluster.peer_listen").await?;
+        let peer_addr = peer_listener.local_addr()?;
+        let cluster = pkraft_raft::Cluster {
+            advertise: config
+                .cluster
+                .advertise
+                .clone()
+                .unwrap_or_else(|| peer_addr.to_string()),
+            secret: secrets.cluster,
+            bootstrap: config.cluster.bootstrap,
+            join: config.cluster.join.clone(),
+            voter: config.cluster.voter,
+        };
+        let node = Node::start(config.node_id, &config.data_dir, &config.raft, cluster)
+            .await
+            .context("cannot start the raft node")?;
+        let peer = Listener::serve(
+            peer_listener,
+            pkraft_raft::peer::server::router(node.clone()),
+        );
+
+        let admin_listener = bind_tcp(config.admin.listen, "admin.listen").await?;
+        let admin_addr = admin_listener.local_addr()?;
+        let admin = Listener::serve(
+            admin_listener,
+            pkraft_http::admin::router(pkraft_http::admin::AdminState {
+                node: node.clone(),
+                token: secrets.admin_token,
+            }),
+        );
+
+        let http_listener = bind_tcp(config.http.listen, "http.listen").await?;
+        let http_addr = http_listener.local_addr()?;
+        let http = Listener::serve(
+            http_listener,
+            pkraft_http::router(pkraft_http::AppState {
+                node: node.clone(),
+                settings: Arc::new(config.http.clone()),
+            }),
+        );
 
         let dns = DnsServer::bind(&config.dns, node.store().clone()).await?;
         Ok(Server {
             node,
             http_addr,
-            http_stop,
-            http_task,
+            peer_addr,
+            admin_addr,
+            http,
+            admin,
+            peer,
             dns,
         })
+    }
+
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -84,18 +165,14 @@ impl Server {
         self.node.wait_fatal().await
     }
 
-    /// Stops accepting work, lets in-flight HTTP requests finish (bounded), stops DNS, then Raft.
+    /// Stops accepting client work, lets in-flight requests finish (bounded), stops DNS, then
+    /// Raft; the peer listener goes last, so the cluster hears from this node until it is gone.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.http_stop.send(());
-        match tokio::time::timeout(HTTP_DRAIN_TIMEOUT, self.http_task).await {
-            Ok(joined) => joined.context("http task")?.context("http server")?,
-            Err(_) => tracing::warn!(
-                timeout = ?HTTP_DRAIN_TIMEOUT,
-                "in-flight HTTP requests did not finish; stopping anyway"
-            ),
-        }
+        self.http.stop("http").await?;
+        self.admin.stop("admin").await?;
         self.dns.shutdown().await?;
         self.node.shutdown().await;
+        self.peer.stop("peer").await?;
         Ok(())
     }
 }

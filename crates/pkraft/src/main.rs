@@ -55,6 +55,48 @@ enum Command {
         /// TOML config file.
         config: PathBuf,
     },
+    /// Inspect or change the cluster through a node's admin API.
+    Cluster {
+        /// The node's admin address (`admin.listen`).
+        #[arg(long, env = "PKRAFT_ADMIN", default_value = "127.0.0.1:7401")]
+        admin: String,
+        /// File holding the admin token (or set PKRAFT_ADMIN_TOKEN). Needed for changes.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterAction {
+    /// Make this node the only voter of a new cluster (once, on one node).
+    Init,
+    /// Show the leader, the term and every member's role, applied index and lag.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a node as a learner (a read replica; it catches up and serves reads, but does not
+    /// vote).
+    AddLearner {
+        #[arg(long)]
+        node_id: u64,
+        /// The node's peer address (its `cluster.advertise`), host:port.
+        #[arg(long)]
+        addr: String,
+    },
+    /// Make a learner a voter, once it has caught up.
+    Promote {
+        #[arg(long)]
+        node_id: u64,
+    },
+    /// Remove a node (voter or learner) from the cluster. Its id must not be used again.
+    Remove {
+        #[arg(long)]
+        node_id: u64,
+    },
 }
 
 #[tokio::main]
@@ -74,10 +116,60 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
+            config.secrets(env_var)?;
             println!("{}: ok\n{config:#?}", path.display());
             Ok(())
         }
+        Command::Cluster {
+            admin,
+            token_file,
+            action,
+        } => cluster(admin, token_file, action).await,
     }
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+async fn cluster(
+    admin: String,
+    token_file: Option<PathBuf>,
+    action: ClusterAction,
+) -> anyhow::Result<()> {
+    use hyper::Method;
+    use serde_json::json;
+    let token = match token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("--token-file {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => env_var(pkraft::config::ADMIN_TOKEN_ENV),
+    };
+    let client = pkraft::admin_client::AdminClient { admin, token };
+    let (path, body) = match action {
+        ClusterAction::Status { json } => {
+            let status = client.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", pkraft::admin_client::format_status(&status));
+            }
+            return Ok(());
+        }
+        ClusterAction::Init => ("/cluster/init", json!({})),
+        ClusterAction::AddLearner { node_id, addr } => (
+            "/cluster/add-learner",
+            json!({ "node_id": node_id, "addr": addr }),
+        ),
+        ClusterAction::Promote { node_id } => ("/cluster/promote", json!({ "node_id": node_id })),
+        ClusterAction::Remove { node_id } => ("/cluster/remove", json!({ "node_id": node_id })),
+    };
+    client.call(Method::POST, path, Some(body)).await?;
+    println!("ok");
+    Ok(())
 }
 
 fn init_logging() {
@@ -104,13 +196,16 @@ fn init_logging() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let server = Server::bind(&config).await?;
+    let secrets = config.secrets(env_var)?;
+    let server = Server::bind(&config, secrets).await?;
     // Tests and scripts read the bound addresses from this line (ports may be 0 in the config).
     tracing::info!(
         node_id = config.node_id,
         data_dir = %config.data_dir.display(),
         http = %server.http_addr(),
         dns = %server.dns_addr(),
+        peer = %server.peer_addr(),
+        admin = %server.admin_addr(),
         origins = ?config.dns.origins,
         "pkraft listening"
     );

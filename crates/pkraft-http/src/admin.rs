@@ -1,0 +1,165 @@
+//! The admin listener: cluster status and membership changes for operators (and the `pkraft
+//! cluster` commands). Keep it on loopback or a private network.
+//!
+//! - `GET  /cluster/status`: JSON [`ClusterStatus`]; no token needed (read-only).
+//! - `POST /cluster/init`: make this node the only voter of a new cluster.
+//! - `POST /cluster/add-learner` `{"node_id": 4, "addr": "10.0.0.4:7400"}`
+//! - `POST /cluster/promote` `{"node_id": 4}`
+//! - `POST /cluster/remove` `{"node_id": 4}`
+//!
+//! Mutating calls need `Authorization: Bearer <admin token>`: 401 without it or with a wrong one,
+//! 403 when the node has no token configured. Errors are JSON `{"error": "..."}`: 400/409 when
+//! the request cannot be done as asked, 503 (with `Retry-After`) when no leader answers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use pkraft_raft::{ClusterStatus, MembershipChange, MembershipError, Node, NodeId};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+/// `[admin]` config section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Admin listener. Default `127.0.0.1:7401`: loopback only.
+    pub listen: SocketAddr,
+    /// Token for mutating calls. Prefer `token_file` or the `PKRAFT_ADMIN_TOKEN` environment
+    /// variable, which win over this. Without a token, mutating calls are refused (403).
+    pub token: Option<String>,
+    /// File holding the admin token (surrounding whitespace is ignored).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
+            token: None,
+            token_file: None,
+        }
+    }
+}
+
+/// State of the admin handlers.
+#[derive(Clone)]
+pub struct AdminState {
+    pub node: Arc<Node>,
+    /// The admin token, already resolved from file/env/config; `None` refuses mutations.
+    pub token: Option<Arc<str>>,
+}
+
+/// Body of the calls that name a node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRef {
+    pub node_id: NodeId,
+}
+
+/// Body of `add-learner`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddLearner {
+    pub node_id: NodeId,
+    /// The new node's peer address, `host:port`.
+    pub addr: String,
+}
+
+pub fn router(state: AdminState) -> Router {
+    let mutations = Router::new()
+        .route("/cluster/init", post(init))
+        .route("/cluster/add-learner", post(add_learner))
+        .route("/cluster/promote", post(promote))
+        .route("/cluster/remove", post(remove))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/cluster/status", get(status))
+        .route("/healthz", get(crate::healthz))
+        .merge(mutations)
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured on this node (admin.token_file or PKRAFT_ADMIN_TOKEN)",
+        );
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    let valid = presented.is_some_and(|presented| bool::from(token.as_bytes().ct_eq(presented)));
+    if !valid {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
+    }
+    next.run(request).await
+}
+
+async fn status(State(state): State<AdminState>) -> Json<ClusterStatus> {
+    Json(state.node.cluster_status().await)
+}
+
+async fn init(State(state): State<AdminState>) -> Response {
+    answer(state.node.initialize().await)
+}
+
+async fn add_learner(State(state): State<AdminState>, Json(body): Json<AddLearner>) -> Response {
+    if body.addr.parse::<SocketAddr>().is_err() && !looks_like_host_port(&body.addr) {
+        return error(StatusCode::BAD_REQUEST, "addr must be host:port");
+    }
+    let change = MembershipChange::Join {
+        node_id: body.node_id,
+        addr: body.addr,
+        voter: false,
+    };
+    answer(state.node.change_membership(change).await)
+}
+
+async fn promote(State(state): State<AdminState>, Json(body): Json<NodeRef>) -> Response {
+    let change = MembershipChange::Promote {
+        node_id: body.node_id,
+    };
+    answer(state.node.change_membership(change).await)
+}
+
+async fn remove(State(state): State<AdminState>, Json(body): Json<NodeRef>) -> Response {
+    let change = MembershipChange::Remove {
+        node_id: body.node_id,
+    };
+    answer(state.node.change_membership(change).await)
+}
+
+fn looks_like_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+fn answer(result: Result<(), MembershipError>) -> Response {
+    match result {
+        Ok(()) => Json(serde_json::json!({ "ok": true })).into_response(),
+        Err(e @ MembershipError::AlreadyInitialized(_)) => {
+            error(StatusCode::CONFLICT, &e.to_string())
+        }
+        Err(e @ MembershipError::Refused(_)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(e @ MembershipError::Unavailable(_)) => {
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+            response
+        }
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}

@@ -1,0 +1,417 @@
+//! Membership: initializing a cluster, joining one, adding, promoting and removing nodes, and the
+//! cluster status operators see.
+//!
+//! Every change is made by the leader. A node asked for a change it cannot make forwards it to the
+//! leader once over the peer network; the leader makes changes one at a time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+use crate::node::Node;
+use crate::peer::{MembershipChange, PeerError, path};
+
+/// How long the leader waits for a new node to catch up before making it a voter. The joining
+/// node asks again if this passes (a large snapshot on a slow link).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A learner within this many entries of the leader's log counts as caught up.
+const CATCH_UP_SLACK_ENTRIES: u64 = 64;
+/// Pause between rounds of join requests while no member admits this node.
+const JOIN_RETRY: Duration = Duration::from_secs(1);
+/// Time one join request may take: catching up plus promotion.
+const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(45);
+/// Time a status probe of one member may take.
+const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A membership request as sent over the peer network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MembershipRequest {
+    pub change: MembershipChange,
+    /// Already forwarded once: the receiver must be the leader, not forward again.
+    pub forwarded: bool,
+}
+
+/// What one node reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner`, `uninitialized` or `stopped`.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Milliseconds since this node last heard from a leader (0 on the leader while it holds a
+    /// quorum); absent if never.
+    pub millis_since_leader_contact: Option<u64>,
+}
+
+/// One member as the cluster status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub voter: bool,
+    /// The member's own report, if it answered.
+    pub status: Option<NodeStatus>,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// Entries the member's log is behind the leader's, as the leader sees it (leader only).
+    pub lag_entries: Option<u64>,
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node: NodeStatus,
+    pub members: Vec<MemberStatus>,
+}
+
+/// Why an operator's membership request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Already initialized (a second `init` would start a second cluster).
+    #[error("{0}")]
+    AlreadyInitialized(String),
+    /// The request cannot be done as asked.
+    #[error("{0}")]
+    Refused(String),
+    /// No leader, or it did not answer; retry later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<PeerError> for MembershipError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::Refused(reason) => MembershipError::Refused(reason),
+            other => MembershipError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl Node {
+    /// `pkraft cluster init`: makes this node the only voter of a new cluster.
+    pub async fn initialize(&self) -> Result<(), MembershipError> {
+        let members = BTreeMap::from([(self.id, BasicNode::new(&self.cluster.advertise))]);
+        match self.raft.initialize(members).await {
+            Ok(()) => {
+                tracing::info!(node_id = self.id, "initialized a new cluster");
+                Ok(())
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                Err(MembershipError::AlreadyInitialized(format!(
+                    "this node is already part of a cluster: {e}"
+                )))
+            }
+            Err(e) => Err(MembershipError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Makes `change` through the leader: here if this node leads, else forwarded to it.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), MembershipError> {
+        self.handle_membership(MembershipRequest {
+            change,
+            forwarded: false,
+        })
+        .await
+        .map_err(MembershipError::from)
+    }
+
+    /// A membership request from the admin API or a peer.
+    pub(crate) async fn handle_membership(
+        &self,
+        request: MembershipRequest,
+    ) -> Result<(), PeerError> {
+        if self.is_leader() {
+            return self.change_as_leader(request.change).await;
+        }
+        let leader = self.known_leader();
+        match leader {
+            Some((leader, addr)) if !request.forwarded => {
+                let forwarded = MembershipRequest {
+                    change: request.change,
+                    forwarded: true,
+                };
+                self.peers
+                    .call(
+                        &addr,
+                        Some(leader),
+                        path::MEMBERSHIP,
+                        &forwarded,
+                        JOIN_CALL_TIMEOUT,
+                    )
+                    .await
+                    .map_err(|e| PeerError::Unavailable(e.to_string()))?
+            }
+            _ => Err(PeerError::NotLeader {
+                leader: leader.map(|(id, _)| id),
+            }),
+        }
+    }
+
+    async fn change_as_leader(&self, change: MembershipChange) -> Result<(), PeerError> {
+        let _serialized = self.membership_lock.lock().await;
+        match change {
+            MembershipChange::Join {
+                node_id,
+                addr,
+                voter,
+            } => {
+                self.add_learner(node_id, &addr).await?;
+                if voter {
+                    self.promote(node_id).await?;
+                }
+                Ok(())
+            }
+            MembershipChange::Promote { node_id } => self.promote(node_id).await,
+            MembershipChange::Remove { node_id } => self.remove(node_id).await,
+        }
+    }
+
+    async fn add_learner(&self, node_id: NodeId, addr: &str) -> Result<(), PeerError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if let Some(node) = metrics.membership_config.membership().get_node(&node_id) {
+            return if node.addr == addr {
+                Ok(())
+            } else {
+                Err(PeerError::Refused(format!(
+                    "node id {node_id} is already a member at {}; node ids are never reused",
+                    node.addr
+                )))
+            };
+        }
+        self.raft
+            .add_learner(node_id, BasicNode::new(addr), false)
+            .await
+            .map_err(change_error)?;
+        tracing::info!(node_id, addr, "added a learner");
+        Ok(())
+    }
+
+    async fn promote(&self, node_id: NodeId) -> Result<(), PeerError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.voter_ids().any(|id| id == node_id) {
+            return Ok(());
+        }
+        if membership.get_node(&node_id).is_none() {
+            return Err(PeerError::Refused(format!(
+                "node {node_id} is not a member; add it first"
+            )));
+        }
+        self.raft
+            .wait(Some(CATCH_UP_TIMEOUT))
+            .metrics(|m| caught_up(m, node_id), "learner catches up")
+            .await
+            .map_err(|_| {
+                PeerError::Unavailable(format!(
+                    "node {node_id} has not caught up within {CATCH_UP_TIMEOUT:?}"
+                ))
+            })?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), true)
+            .await
+            .map_err(change_error)?;
+        tracing::info!(node_id, "promoted to voter");
+        Ok(())
+    }
+
+    async fn remove(&self, node_id: NodeId) -> Result<(), PeerError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let ids = BTreeSet::from([node_id]);
+        let change = if membership.voter_ids().any(|id| id == node_id) {
+            ChangeMembers::RemoveVoters(ids)
+        } else if membership.get_node(&node_id).is_some() {
+            ChangeMembers::RemoveNodes(ids)
+        } else {
+            return Ok(());
+        };
+        // `retain: false`: a removed voter does not stay on as a learner.
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(change_error)?;
+        tracing::info!(node_id, "removed from the cluster");
+        Ok(())
+    }
+
+    /// This node's own view.
+    pub fn local_status(&self) -> NodeStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let role = match metrics.state {
+            _ if membership.nodes().next().is_none() => "uninitialized",
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "stopped",
+        };
+        NodeStatus {
+            id: self.id,
+            role: role.to_string(),
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|log_id| log_id.index),
+            millis_since_leader_contact: self
+                .staleness()
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+
+    /// Every member, each asked for its own status over the peer network (in parallel, bounded).
+    pub async fn cluster_status(self: &Arc<Self>) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut probes = tokio::task::JoinSet::new();
+        for (id, node) in membership.nodes() {
+            let (id, addr) = (*id, node.addr.clone());
+            let this = self.clone();
+            probes.spawn(async move {
+                let probe = if id == this.id {
+                    Ok(this.local_status())
+                } else {
+                    this.peers
+                        .call::<(), NodeStatus>(
+                            &addr,
+                            Some(id),
+                            path::STATUS,
+                            &(),
+                            STATUS_PROBE_TIMEOUT,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                (id, addr, probe)
+            });
+        }
+        let mut members = Vec::new();
+        while let Some(joined) = probes.join_next().await {
+            let Ok((id, addr, probe)) = joined else {
+                continue;
+            };
+            let lag_entries = leader_view_of_lag(&metrics, id);
+            let (status, error) = match probe {
+                Ok(status) => (Some(status), None),
+                Err(error) => (None, Some(error)),
+            };
+            members.push(MemberStatus {
+                id,
+                addr,
+                voter: voters.contains(&id),
+                status,
+                error,
+                lag_entries,
+            });
+        }
+        members.sort_by_key(|m| m.id);
+        ClusterStatus {
+            node: self.local_status(),
+            members,
+        }
+    }
+}
+
+/// Asks the `cluster.join` addresses to admit this node until it is a member in the role it
+/// wants. Runs for the life of the node: after a restart it checks again (a node added as a
+/// learner that stopped before its promotion asks for the promotion again).
+pub(crate) async fn keep_joining(node: Arc<Node>) {
+    let want_voter = node.cluster.voter;
+    let mut failures = 0u64;
+    loop {
+        if is_member(&node, want_voter) {
+            tracing::info!(
+                node_id = node.id,
+                voter = want_voter,
+                "this node is a member of the cluster"
+            );
+            return;
+        }
+        let request = MembershipRequest {
+            change: MembershipChange::Join {
+                node_id: node.id,
+                addr: node.cluster.advertise.clone(),
+                voter: want_voter,
+            },
+            forwarded: false,
+        };
+        for addr in &node.cluster.join {
+            let answer: Result<Result<(), PeerError>, _> = node
+                .peers
+                .call(addr, None, path::MEMBERSHIP, &request, JOIN_CALL_TIMEOUT)
+                .await;
+            match answer {
+                Ok(Ok(())) => break,
+                Ok(Err(PeerError::Refused(reason))) => {
+                    tracing::error!(%reason, via = %addr, "the cluster refused to admit this node; not asking again");
+                    return;
+                }
+                Ok(Err(e)) => log_join_failure(&mut failures, addr, &e.to_string()),
+                Err(e) => log_join_failure(&mut failures, addr, &e.to_string()),
+            }
+        }
+        // Give the membership entry a moment to reach this node before checking again.
+        let _ = node
+            .raft
+            .wait(Some(JOIN_RETRY))
+            .metrics(|_| is_member(&node, want_voter), "become a member")
+            .await;
+    }
+}
+
+/// Logs the first join failure and then every 30th, so a node waiting for its cluster does not
+/// flood the log.
+fn log_join_failure(failures: &mut u64, addr: &str, reason: &str) {
+    if *failures % 30 == 0 {
+        tracing::warn!(via = %addr, %reason, attempts = *failures + 1, "cannot join the cluster yet; retrying");
+    }
+    *failures += 1;
+}
+
+fn is_member(node: &Node, as_voter: bool) -> bool {
+    let metrics = node.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    if as_voter {
+        membership.voter_ids().any(|id| id == node.id)
+    } else {
+        membership.get_node(&node.id).is_some()
+    }
+}
+
+fn caught_up(metrics: &RaftMetrics<NodeId, BasicNode>, node_id: NodeId) -> bool {
+    leader_view_of_lag(metrics, node_id).is_some_and(|lag| lag <= CATCH_UP_SLACK_ENTRIES)
+}
+
+/// Entries `node_id`'s log is behind the leader's, if this node leads and has heard from it.
+fn leader_view_of_lag(metrics: &RaftMetrics<NodeId, BasicNode>, node_id: NodeId) -> Option<u64> {
+    let replication = metrics.replication.as_ref()?;
+    let last = metrics.last_log_index.unwrap_or(0);
+    if node_id == metrics.id {
+        return Some(0);
+    }
+    let matched = replication.get(&node_id)?.map_or(0, |log_id| log_id.index);
+    Some(last.saturating_sub(matched))
+}
+
+fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PeerError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {
+            leader: forward.leader_id,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            PeerError::Refused(e.to_string())
+        }
+        RaftError::Fatal(fatal) => PeerError::Fatal(fatal.to_string()),
+    }
+}

@@ -1,0 +1,267 @@
+//! The client side of the peer network: [`PeerClient`] for pkraft's own peer calls, and
+//! [`PeerNetwork`], openraft's network factory over it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
+use crate::codec::{decode, encode};
+use crate::{NodeId, TypeConfig};
+
+/// How long opening a TCP connection to a peer may take. A peer that does not accept within it
+/// is treated as down (openraft then backs off instead of piling up requests).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Idle keep-alive connections kept per peer. openraft sends one replication stream per peer;
+/// forwarded publishes and status probes use a few more.
+const IDLE_CONNECTIONS_PER_PEER: usize = 4;
+/// How long an idle connection stays open. Heartbeats (every `raft.heartbeat_interval`) keep the
+/// replication connection busy well within it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest response body accepted from a peer. Responses are small (votes, acknowledgements,
+/// outcomes, status); only requests carry entries and snapshot chunks.
+const RESPONSE_LEN_MAX: usize = 16 * 1024 * 1024;
+/// Bytes of an unexpected response body quoted in an error.
+const ERROR_BODY_QUOTE_MAX: usize = 200;
+
+/// Keep-alive HTTP/1.1 client for peer requests, with `TCP_NODELAY` (small RPCs must not wait
+/// for Nagle's algorithm). Cheap to clone; clones share one connection pool, in which each peer
+/// address has its own long-lived connections.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    /// This node's id, sent with every request (logs, and fault-injecting test proxies).
+    source: NodeId,
+    secret: Option<ClusterSecret>,
+}
+
+impl std::fmt::Debug for PeerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerClient").finish_non_exhaustive()
+    }
+}
+
+/// Why a peer call has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("no cluster secret is configured, so this node cannot call its peers")]
+    NoSecret,
+    #[error("cannot connect to peer {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("peer {addr}: {source}")]
+    Http {
+        addr: String,
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("peer {addr} did not answer within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    #[error("peer {addr} answered {status}: {body}")]
+    Status {
+        addr: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("peer {addr}: {reason}")]
+    Protocol { addr: String, reason: String },
+}
+
+impl CallError {
+    /// Whether the peer was not reached at all (down, or not listening).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, CallError::Connect { .. } | CallError::NoSecret)
+    }
+
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<NodeId, BasicNode, E> {
+        if self.is_unreachable() {
+            RPCError::Unreachable(Unreachable::new(&self))
+        } else {
+            RPCError::Network(NetworkError::new(&self))
+        }
+    }
+}
+
+impl PeerClient {
+    pub fn new(source: NodeId, secret: Option<ClusterSecret>) -> PeerClient {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER)
+            .build(connector);
+        PeerClient {
+            http,
+            source,
+            secret,
+        }
+    }
+
+    /// POSTs `request` to `path` on the peer at `addr` (`host:port`) and decodes its answer,
+    /// within `timeout` in all. `target` is the node id the caller expects there, if it knows it.
+    pub async fn call<Q: Serialize, R: DeserializeOwned>(
+        &self,
+        addr: &str,
+        target: Option<NodeId>,
+        path: &str,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let secret = self.secret.as_ref().ok_or(CallError::NoSecret)?;
+        let protocol = |reason: String| CallError::Protocol {
+            addr: addr.to_string(),
+            reason,
+        };
+        let body = encode(request).map_err(|e| protocol(format!("encoding the request: {e}")))?;
+        let mut builder = Request::post(format!("http://{addr}{path}"))
+            .header(AUTHORIZATION, secret.bearer())
+            .header(CONTENT_TYPE, "application/x-postcard")
+            .header(SOURCE_NODE_HEADER, self.source.to_string());
+        if let Some(target) = target {
+            builder = builder.header(TARGET_NODE_HEADER, target.to_string());
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| protocol(format!("building the request: {e}")))?;
+        let exchange = async {
+            let response = self.http.request(request).await.map_err(|source| {
+                let addr = addr.to_string();
+                if source.is_connect() {
+                    CallError::Connect { addr, source }
+                } else {
+                    CallError::Http { addr, source }
+                }
+            })?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), RESPONSE_LEN_MAX)
+                .collect()
+                .await
+                .map_err(|e| protocol(format!("reading the response: {e}")))?
+                .to_bytes();
+            if status != StatusCode::OK {
+                let quoted = &body[..body.len().min(ERROR_BODY_QUOTE_MAX)];
+                return Err(CallError::Status {
+                    addr: addr.to_string(),
+                    status,
+                    body: String::from_utf8_lossy(quoted).into_owned(),
+                });
+            }
+            decode(&body).map_err(|e| protocol(format!("decoding the response: {e}")))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| CallError::Timeout {
+                addr: addr.to_string(),
+                timeout,
+            })?
+    }
+}
+
+/// openraft's network factory: a connection object per target over the shared [`PeerClient`].
+#[derive(Debug, Clone)]
+pub struct PeerNetwork {
+    client: PeerClient,
+}
+
+impl PeerNetwork {
+    pub fn new(client: PeerClient) -> PeerNetwork {
+        PeerNetwork { client }
+    }
+}
+
+/// The RPC channel to one peer.
+#[derive(Debug)]
+pub struct PeerConnection {
+    client: PeerClient,
+    target: NodeId,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerConnection {
+        PeerConnection {
+            client: self.client.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+impl PeerConnection {
+    /// One openraft RPC: the remote answers `Result<R, RaftError<E>>`, and its error reaches
+    /// openraft as the remote's own.
+    async fn rpc<Q, R, E>(
+        &self,
+        path: &str,
+        request: &Q,
+        option: &RPCOption,
+    ) -> Result<R, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Q: Serialize,
+        R: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<R, RaftError<NodeId, E>> = self
+            .client
+            .call(
+                &self.addr,
+                Some(self.target),
+                path,
+                request,
+                option.hard_ttl(),
+            )
+            .await
+            .map_err(CallError::into_rpc)?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(path::APPEND_ENTRIES, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc(path::INSTALL_SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.rpc(path::VOTE, &rpc, &option).await
+    }
+}

@@ -1,0 +1,134 @@
+//! The peer network: openraft's RPCs, forwarded publishes, read barriers and membership requests
+//! between the nodes of a cluster, over HTTP/1.1 on the peer listener.
+//!
+//! - Bodies are postcard (compact binary, see `codec`) both ways. A response body is a
+//!   `Result<T, E>`: the remote's answer or its error, so openraft sees the remote's own error
+//!   types.
+//! - Every request carries `Authorization: Bearer <cluster secret>`. The listener compares it in
+//!   constant time and answers 401, before decoding anything, when it is missing or wrong. A node
+//!   with no secret configured refuses every peer request: a single node needs none.
+//! - `Pkraft-Target-Node: <id>` names the node the caller means to reach. A node with another id
+//!   answers 421, so an address that points at the wrong node fails loudly instead of mixing two
+//!   nodes' logs. `Pkraft-Source-Node: <id>` names the sender.
+//!
+//! # Layout
+//! - [`client`]: [`PeerClient`] (keep-alive HTTP client, one connection pool per peer) and the
+//!   openraft network factory over it.
+//! - [`server`]: the axum router of the peer listener.
+//! - [`ClusterSecret`] and the wire types below.
+
+pub mod client;
+pub mod server;
+
+use std::sync::Arc;
+
+use pkraft_types::PublishItem;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::NodeId;
+
+pub use client::{PeerClient, PeerNetwork};
+
+/// Shortest accepted cluster secret, in bytes.
+pub const SECRET_LEN_MIN: usize = 16;
+
+/// The shared secret that authenticates peer requests. Never printed.
+#[derive(Clone)]
+pub struct ClusterSecret(Arc<str>);
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterSecret(<redacted>)")
+    }
+}
+
+/// Why a configured secret cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("must be at least {SECRET_LEN_MIN} bytes, got {0}")]
+    TooShort(usize),
+    #[error("must be printable ASCII without spaces (it is sent in an HTTP header)")]
+    NotPrintable,
+}
+
+impl ClusterSecret {
+    /// Takes a secret, trimmed of surrounding whitespace (files usually end in a newline).
+    pub fn new(secret: &str) -> Result<ClusterSecret, SecretError> {
+        let secret = secret.trim();
+        if secret.len() < SECRET_LEN_MIN {
+            return Err(SecretError::TooShort(secret.len()));
+        }
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SecretError::NotPrintable);
+        }
+        Ok(ClusterSecret(secret.into()))
+    }
+
+    /// Constant-time comparison with what a caller presented. (Only the length can leak, and the
+    /// length is not secret.)
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+
+    pub(crate) fn bearer(&self) -> String {
+        format!("Bearer {}", self.0)
+    }
+}
+
+/// Request paths on the peer listener.
+pub(crate) mod path {
+    pub const APPEND_ENTRIES: &str = "/peer/v1/append-entries";
+    pub const VOTE: &str = "/peer/v1/vote";
+    pub const INSTALL_SNAPSHOT: &str = "/peer/v1/install-snapshot";
+    pub const PUBLISH: &str = "/peer/v1/publish";
+    pub const READ_INDEX: &str = "/peer/v1/read-index";
+    pub const MEMBERSHIP: &str = "/peer/v1/membership";
+    pub const STATUS: &str = "/peer/v1/status";
+}
+
+/// Header naming the node id a peer request is meant for.
+pub const TARGET_NODE_HEADER: &str = "pkraft-target-node";
+/// Header naming the node id that sent a peer request.
+pub const SOURCE_NODE_HEADER: &str = "pkraft-source-node";
+
+/// An error a peer answered with (inside a 200 response: the request reached the node and was
+/// understood).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The request needs the leader and this node is not it; `leader` is the one it knows of.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<NodeId> },
+    /// Cannot be done now (no quorum, still catching up); retrying later may succeed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Will never succeed as asked (a removed node id, an id taken by another address).
+    #[error("{0}")]
+    Refused(String),
+    /// The node has a fatal error.
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Publishes forwarded by a follower to the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ForwardedPublish {
+    pub packets: Vec<PublishItem>,
+}
+
+/// A membership change, asked of the leader (by an operator through a node's admin API, or by a
+/// joining node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add `node_id` at peer address `addr` as a learner, wait until it has caught up (bounded),
+    /// and make it a voter if `voter`. Repeating it is harmless.
+    Join {
+        node_id: NodeId,
+        addr: String,
+        voter: bool,
+    },
+    /// Make a caught-up learner a voter.
+    Promote { node_id: NodeId },
+    /// Remove a voter or learner from the cluster.
+    Remove { node_id: NodeId },
+}

@@ -1,0 +1,153 @@
+//! The peer listener's router. Every route needs the cluster secret (checked before the body is
+//! read) and the right target node id.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{ForwardedPublish, TARGET_NODE_HEADER, path};
+use crate::codec::{decode, encode};
+use crate::membership::MembershipRequest;
+use crate::node::Node;
+use crate::{NodeId, TypeConfig};
+
+const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
+
+/// The router of the peer listener. Serve it on its own socket: it must never share the public
+/// listener.
+pub fn router(node: Arc<Node>) -> Router {
+    let body_max = node.peer_body_max;
+    Router::new()
+        .route(path::APPEND_ENTRIES, post(append_entries))
+        .route(path::VOTE, post(vote))
+        .route(path::INSTALL_SNAPSHOT, post(install_snapshot))
+        .route(path::PUBLISH, post(publish))
+        .route(path::READ_INDEX, post(read_index))
+        .route(path::MEMBERSHIP, post(membership))
+        .route(path::STATUS, post(status))
+        .layer(DefaultBodyLimit::max(body_max))
+        .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        .with_state(node)
+}
+
+/// 401 without the right secret, 421 when the caller meant another node. Runs before the body is
+/// read.
+async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let Some(secret) = node.secret() else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "this node has no cluster secret configured and accepts no peer requests",
+        )
+            .into_response();
+    };
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
+    if !presented.is_some_and(|presented| secret.matches(presented)) {
+        return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
+    }
+    if let Some(target) = request.headers().get(TARGET_NODE_HEADER) {
+        let target = target.to_str().ok().and_then(|t| t.parse::<NodeId>().ok());
+        if target != Some(node.id()) {
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                format!("this is node {}, not node {target:?}", node.id()),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Decodes the request, runs `handle`, encodes its answer. A body that does not decode is 400.
+async fn exchange<Q, R, F, Fut>(body: Bytes, handle: F) -> Response
+where
+    Q: DeserializeOwned,
+    R: Serialize,
+    F: FnOnce(Q) -> Fut,
+    Fut: Future<Output = R>,
+{
+    let request: Q = match decode(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("undecodable request: {e}")).into_response();
+        }
+    };
+    let answer = handle(request).await;
+    match encode(&answer) {
+        Ok(bytes) => (StatusCode::OK, [(CONTENT_TYPE, POSTCARD)], bytes).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode a peer response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |rpc: AppendEntriesRequest<TypeConfig>| async move {
+        let answer = node.raft.append_entries(rpc).await;
+        // Any answer but "your vote is stale" means a current leader reached this node.
+        if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+        {
+            node.leader_contact.record();
+        }
+        answer
+    })
+    .await
+}
+
+async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |rpc: VoteRequest<NodeId>| async move {
+        node.raft.vote(rpc).await
+    })
+    .await
+}
+
+async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |rpc| async move {
+        let answer = node.raft.install_snapshot(rpc).await;
+        if answer.is_ok() {
+            node.leader_contact.record();
+        }
+        answer
+    })
+    .await
+}
+
+async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |request: ForwardedPublish| async move {
+        node.publish_forwarded(request.packets).await
+    })
+    .await
+}
+
+async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(
+        body,
+        |(): ()| async move { node.read_index_as_leader().await },
+    )
+    .await
+}
+
+async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |request: MembershipRequest| async move {
+        node.handle_membership(request).await
+    })
+    .await
+}
+
+async fn status(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |(): ()| async move { node.local_status() }).await
+}

@@ -1,0 +1,97 @@
+//! Read consistency. Reads come from the local replica; this module says how stale it may be and
+//! provides the linearizable read barrier (ReadIndex) for reads that ask for one.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+use openraft::error::{CheckIsLeaderError, RaftError};
+
+use crate::node::Node;
+use crate::peer::{PeerError, path};
+
+/// Why a linearizable read cannot be served now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("linearizable read unavailable: {0}")]
+pub struct ReadError(pub String);
+
+impl Node {
+    /// How long ago this node last had confirmation that its replica is current: on the leader,
+    /// the last time a quorum acknowledged it (zero when it is the only voter); elsewhere, the
+    /// last accepted `append-entries` from the leader. `None` if never since start.
+    pub fn staleness(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == ServerState::Leader {
+            let only_voter = metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .eq([self.id]);
+            if only_voter {
+                return Some(Duration::ZERO);
+            }
+            return metrics.millis_since_quorum_ack.map(Duration::from_millis);
+        }
+        self.leader_contact.elapsed()
+    }
+
+    /// Returns once this node's replica holds every write committed before the call (ReadIndex):
+    /// the leader confirms it still leads with a quorum round and names its commit index; this
+    /// node waits until it has applied that far. Bounded by `raft.publish_timeout`.
+    pub async fn read_barrier(&self) -> Result<(), ReadError> {
+        let index = if self.is_leader() {
+            self.read_index_as_leader()
+                .await
+                .map_err(|e| ReadError(e.to_string()))?
+        } else {
+            let (leader, addr) = self
+                .known_leader()
+                .ok_or_else(|| ReadError("no leader is elected".to_string()))?;
+            let answer: Result<Option<u64>, PeerError> = self
+                .peers
+                .call(
+                    &addr,
+                    Some(leader),
+                    path::READ_INDEX,
+                    &(),
+                    self.publish_timeout,
+                )
+                .await
+                .map_err(|e| ReadError(e.to_string()))?;
+            answer.map_err(|e| ReadError(e.to_string()))?
+        };
+        if index.is_some() {
+            self.raft
+                .wait(Some(self.publish_timeout))
+                .applied_index_at_least(index, "apply up to the read index")
+                .await
+                .map_err(|e| ReadError(format!("catching up to the read index: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The leader's half of ReadIndex: confirm leadership with a quorum and return the index up
+    /// to which a reader must have applied.
+    pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
+        let ensured = tokio::time::timeout(self.publish_timeout, self.raft.ensure_linearizable())
+            .await
+            .map_err(|_| {
+                PeerError::Unavailable(format!(
+                    "no quorum confirmed leadership within {:?}",
+                    self.publish_timeout
+                ))
+            })?;
+        match ensured {
+            Ok(log_id) => Ok(log_id.map(|log_id| log_id.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(PeerError::NotLeader {
+                    leader: forward.leader_id,
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(PeerError::Unavailable(e.to_string()))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(PeerError::Fatal(fatal.to_string())),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `pkraft cluster …`: the command-line client of a node's admin API.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pkraft_raft::ClusterStatus;
+
+/// A membership change can wait for a new node to catch up (up to 30 s) and for the leader.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The admin endpoint of one node.
+pub struct AdminClient {
+    /// `host:port` of the admin listener.
+    pub admin: String,
+    pub token: Option<String>,
+}
+
+impl AdminClient {
+    /// Sends a request and returns the JSON body; a non-2xx answer is an error carrying the
+    /// node's message.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin));
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Bytes::from(serde_json::to_vec(&json)?)
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body))?;
+        let exchange = async {
+            let response = client
+                .request(request)
+                .await
+                .with_context(|| format!("cannot reach the admin API at {}", self.admin))?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await?.to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(
+                |_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }),
+            );
+            if !status.is_success() {
+                let message = json
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("(no message)");
+                anyhow::bail!("{} answered {status}: {message}", self.admin);
+            }
+            Ok(json)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .with_context(|| format!("no answer from {} within {REQUEST_TIMEOUT:?}", self.admin))?
+    }
+
+    pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
+        let json = self.call(Method::GET, "/cluster/status", None).await?;
+        serde_json::from_value(json).context("unexpected status answer")
+    }
+}
+
+/// The status as a table for people.
+pub fn format_status(status: &ClusterStatus) -> String {
+    let node = &status.node;
+    let leader = node
+        .leader
+        .map_or_else(|| "none".to_string(), |id| id.to_string());
+    let mut out = format!(
+        "leader: {leader}  term: {}  (as seen by node {}, {})\n",
+        node.term, node.id, node.role
+    );
+    out.push_str(&format!(
+        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8}\n",
+        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG"
+    ));
+    for member in &status.members {
+        let (role, applied, last_log) = match &member.status {
+            Some(s) => (s.role.clone(), opt(s.applied_index), opt(s.last_log_index)),
+            None => ("unreachable".to_string(), "-".to_string(), "-".to_string()),
+        };
+        out.push_str(&format!(
+            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8}\n",
+            member.id,
+            member.addr,
+            role,
+            if member.voter { "yes" } else { "no" },
+            applied,
+            last_log,
+            opt(member.lag_entries),
+        ));
+        if let Some(error) = &member.error {
+            out.push_str(&format!("       {error}\n"));
+        }
+    }
+    out
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}

@@ -1,0 +1,441 @@
+//! Goal: a 3–4 node cluster of real `pkraft` processes replicates every acknowledged PUT, keeps
+//! accepting writes through any node when the leader dies, refuses writes it cannot commit, and
+//! brings restarted and new nodes to the same state.
+//! Method: nodes on port 0 with their own data dirs, started from config files the way operators
+//! start them (`pkraft serve`), joined through the first node; their peer traffic passes through a
+//! fault-injecting proxy (`peer_proxy`). No fixed sleeps: every wait polls a condition with a bound.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pkraft_testkit::pkarr::{Keypair, SignedPacket};
+use pkraft_testkit::{iroh_packet, keypair};
+use serde_json::Value;
+
+use crate::dns_client::iroh_txt;
+use crate::harness::{TestServer, http_client};
+use crate::peer_proxy::{Faults, PeerProxy};
+
+const SECRET: &str = "test-cluster-secret-0123456789";
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// Bound of every wait for the cluster to reach a state (elections, catch-up, joins) on a loaded
+/// 2-core machine.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(20);
+
+/// Raft timing for tests: shorter than production (DESIGN.md §4) so elections take about a
+/// second, long enough that a loaded CI machine does not cause spurious ones.
+const TEST_RAFT: &str = "heartbeat_interval = \"100ms\"\n\
+                         election_timeout_min = \"800ms\"\n\
+                         election_timeout_max = \"1600ms\"\n\
+                         publish_timeout = \"3s\"\n";
+
+pub struct Member {
+    pub id: u64,
+    pub server: TestServer,
+    pub proxy: PeerProxy,
+}
+
+pub struct TestCluster {
+    pub members: Vec<Member>,
+    pub faults: Arc<Faults>,
+    config_dir: tempfile::TempDir,
+    /// Extra `[raft]` lines every node gets.
+    raft_extra: String,
+}
+
+impl TestCluster {
+    /// Starts node 1 (bootstrapping a new cluster), then nodes 2..=size joining through it, and
+    /// waits until all are voters.
+    pub async fn start(size: u64, raft_extra: &str) -> TestCluster {
+        let mut cluster = TestCluster {
+            members: Vec::new(),
+            faults: Arc::new(Faults::default()),
+            config_dir: tempfile::tempdir().expect("config dir"),
+            raft_extra: raft_extra.to_string(),
+        };
+        for id in 1..=size {
+            cluster.add(id).await;
+        }
+        cluster.wait_for_voters(size).await;
+        cluster
+    }
+
+    /// Starts node `id`: node 1 bootstraps, every other joins through node 1.
+    pub async fn add(&mut self, id: u64) {
+        let proxy = PeerProxy::start(self.faults.clone()).await;
+        let membership = match self.members.first() {
+            None => "bootstrap = true\n".to_string(),
+            Some(first) => format!("join = [\"{}\"]\n", first.proxy.addr),
+        };
+        let config = format!(
+            "node_id = {id}\n[raft]\n{TEST_RAFT}{raft}[http]\nrequest_timeout = \"10s\"\n\
+             [cluster]\nadvertise = \"{advertise}\"\nsecret = \"{SECRET}\"\n{membership}\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n",
+            raft = self.raft_extra,
+            advertise = proxy.addr,
+        );
+        let path = self.config_dir.path().join(format!("node{id}.toml"));
+        std::fs::write(&path, config).expect("write config");
+        let server = TestServer::start_serve(&path);
+        proxy.set_upstream(server.peer);
+        self.members.push(Member { id, server, proxy });
+    }
+
+    pub fn member(&self, id: u64) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    pub fn member_mut(&mut self, id: u64) -> &mut Member {
+        self.members
+            .iter_mut()
+            .find(|m| m.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Restarts a stopped node on its data dir; its proxy follows the new peer port.
+    pub fn restart(&mut self, id: u64) {
+        let member = self.member_mut(id);
+        member.server.restart();
+        member.proxy.set_upstream(member.server.peer);
+    }
+
+    /// Waits until node 1's view has `count` voters, each answering with an applied index.
+    pub async fn wait_for_voters(&self, count: u64) {
+        let first = &self.members[0].server;
+        let what = format!("{count} voters, all answering");
+        eventually(&what, || async {
+            let status = admin_status(first).await?;
+            let members = status["members"].as_array()?;
+            let ready = members
+                .iter()
+                .filter(|m| m["voter"] == true && m["status"]["applied_index"].is_u64())
+                .count() as u64;
+            (ready == count).then_some(())
+        })
+        .await;
+    }
+
+    /// The leader, as reported by a node that considers itself the leader, among `candidates`.
+    pub async fn leader_among(&self, candidates: &[u64]) -> u64 {
+        eventually("a leader", || async {
+            for id in candidates {
+                let status = admin_status(&self.member(*id).server).await?;
+                if status["node"]["role"] == "leader" {
+                    return Some(*id);
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    pub async fn leader(&self) -> u64 {
+        let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
+        self.leader_among(&ids).await
+    }
+}
+
+/// Polls `check` until it yields a value, failing the test after `CONVERGE_TIMEOUT`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reached within {CONVERGE_TIMEOUT:?}: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+pub async fn admin_status(server: &TestServer) -> Option<Value> {
+    let response = http_client()
+        .get(format!("http://{}/cluster/status", server.admin))
+        .send()
+        .await
+        .ok()?;
+    serde_json::from_slice(&response.bytes().await.ok()?).ok()
+}
+
+fn packet(seed: u64, timestamp: u64) -> (Keypair, SignedPacket) {
+    let key = keypair(seed);
+    let packet = iroh_packet(&key, timestamp, &[&format!("192.0.2.1:{seed}")]);
+    (key, packet)
+}
+
+async fn put(server: &TestServer, key: &Keypair, packet: &SignedPacket) -> reqwest::Response {
+    server
+        .put(&server.relay_url(key), packet.to_relay_payload())
+        .await
+}
+
+/// PUTs until a 204, retrying 503s (no leader yet) within the bound.
+async fn put_until_accepted(server: &TestServer, key: &Keypair, packet: &SignedPacket) {
+    eventually("a PUT accepted", || async {
+        let response = put(server, key, packet).await;
+        match response.status().as_u16() {
+            204 => Some(()),
+            503 => None,
+            other => panic!("PUT answered {other}\n{}", server.log()),
+        }
+    })
+    .await;
+}
+
+async fn get_body(server: &TestServer, key: &Keypair, query: &str) -> (u16, Bytes) {
+    let url = format!("{}{query}", server.relay_url(key));
+    let response = server.get(&url).await;
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap_or_default())
+}
+
+/// Waits until `server` serves exactly `packet` for `key` over HTTP and DNS.
+async fn wait_served(server: &TestServer, key: &Keypair, packet: &SignedPacket) {
+    let payload = packet.to_relay_payload();
+    eventually("the packet served over GET", || async {
+        let (status, body) = get_body(server, key, "").await;
+        (status == 200 && body == payload).then_some(())
+    })
+    .await;
+    let expected = txt_strings(packet);
+    eventually("the packet served over DNS", || async {
+        (iroh_txt(server.dns, key).await == expected).then_some(())
+    })
+    .await;
+}
+
+/// The TXT strings a packet holds, in order.
+fn txt_strings(packet: &SignedPacket) -> Vec<String> {
+    use pkraft_testkit::pkarr::dns::rdata::RData;
+    packet
+        .all_resource_records()
+        .filter_map(|record| match &record.rdata {
+            RData::TXT(txt) => String::try_from(txt.clone()).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A PUT through a follower is forwarded to the leader, acknowledged after commit, readable at
+/// once on the follower it went to, and then served by every node over GET and DNS.
+#[tokio::test]
+async fn t10_put_through_a_follower_is_served_by_every_node() {
+    let cluster = TestCluster::start(3, "").await;
+    let leader = cluster.leader().await;
+    let follower = cluster
+        .members
+        .iter()
+        .find(|m| m.id != leader)
+        .expect("a follower");
+    let (key, packet) = packet(300, 1_000);
+
+    let response = put(&follower.server, &key, &packet).await;
+    assert_eq!(response.status(), 204, "{}", follower.server.log());
+    let stored_nodes: u64 = response
+        .headers()
+        .get("pkarr-dht-stored-nodes")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("stored-nodes header");
+    assert!(stored_nodes >= 2, "a quorum holds it: {stored_nodes}");
+    // Read-your-writes on the node written to, without waiting.
+    let (status, body) = get_body(&follower.server, &key, "").await;
+    assert_eq!((status, body), (200, packet.to_relay_payload()));
+
+    for member in &cluster.members {
+        wait_served(&member.server, &key, &packet).await;
+    }
+    // The ordering rule holds across nodes: an older packet through another node is 409.
+    let (_, older) = self::packet(300, 500);
+    let other = cluster.member(leader);
+    assert_eq!(put(&other.server, &key, &older).await.status(), 409);
+}
+
+/// Kill the leader with SIGKILL: the survivors elect a new one and take writes, no acknowledged
+/// write is missing from any survivor (checked with linearizable reads), and the killed node
+/// catches up when it restarts.
+#[tokio::test]
+async fn t50_leader_sigkill_loses_no_acknowledged_write() {
+    let mut cluster = TestCluster::start(3, "").await;
+    let mut acknowledged = Vec::new();
+    for seed in 0..12u64 {
+        let (key, packet) = packet(400 + seed, 1_000);
+        let member = &cluster.members[(seed % 3) as usize];
+        let response = put(&member.server, &key, &packet).await;
+        assert_eq!(response.status(), 204, "{}", member.server.log());
+        acknowledged.push((key, packet));
+    }
+    let old_leader = cluster.leader().await;
+    cluster.member_mut(old_leader).server.kill();
+    let survivors: Vec<u64> = cluster
+        .members
+        .iter()
+        .map(|m| m.id)
+        .filter(|id| *id != old_leader)
+        .collect();
+
+    let (key, packet) = packet(450, 1_000);
+    put_until_accepted(&cluster.member(survivors[0]).server, &key, &packet).await;
+    acknowledged.push((key, packet));
+    let new_leader = cluster.leader_among(&survivors).await;
+    assert_ne!(new_leader, old_leader);
+
+    for id in &survivors {
+        let server = &cluster.member(*id).server;
+        for (key, packet) in &acknowledged {
+            let (status, body) = get_body(server, key, "?consistency=linearizable").await;
+            assert_eq!(
+                (status, body),
+                (200, packet.to_relay_payload()),
+                "node {id}\n{}",
+                server.log()
+            );
+        }
+    }
+
+    cluster.restart(old_leader);
+    let restarted = &cluster.member(old_leader).server;
+    for (key, packet) in &acknowledged {
+        wait_served(restarted, key, packet).await;
+    }
+}
+
+/// A node that joins after the log was purged behind snapshots catches up by snapshot and ends
+/// with exactly the same key → payload map as the others.
+#[tokio::test]
+async fn t20_a_new_node_catches_up_by_snapshot_with_identical_state() {
+    let mut cluster = TestCluster::start(
+        3,
+        "snapshot_after_entries = 10\nentries_kept_after_snapshot = 0\n",
+    )
+    .await;
+    let leader = cluster.leader().await;
+    let mut published = Vec::new();
+    for seed in 0..40u64 {
+        let (key, packet) = packet(500 + seed, 1_000);
+        // One at a time: 40 log entries, so the log is snapshotted and purged several times.
+        let response = put(&cluster.member(leader).server, &key, &packet).await;
+        assert_eq!(response.status(), 204);
+        published.push((key, packet));
+    }
+    cluster.add(4).await;
+    cluster.wait_for_voters(4).await;
+    let newcomer = &cluster.member(4).server;
+    assert!(
+        newcomer
+            .data_dir()
+            .join("snapshot")
+            .join("current")
+            .exists(),
+        "node 4 installed a snapshot\n{}",
+        newcomer.log()
+    );
+    let reference = &cluster.member(1).server;
+    for (key, packet) in &published {
+        wait_served(newcomer, key, packet).await;
+        let mine = get_body(newcomer, key, "").await;
+        let theirs = get_body(reference, key, "").await;
+        assert_eq!(mine, theirs);
+    }
+    let (never, _) = packet(599, 1);
+    assert_eq!(get_body(newcomer, &never, "").await.0, 404);
+}
+
+/// An isolated leader cannot commit: its PUTs are 503 with Retry-After, never 204, while the
+/// majority elects a new leader and keeps taking writes. After healing every node converges on
+/// the majority's history (the isolated leader's uncommitted entry is discarded).
+#[tokio::test]
+async fn t50_an_isolated_leader_answers_503_while_the_majority_commits() {
+    let cluster = TestCluster::start(3, "").await;
+    let old_leader = cluster.leader().await;
+    cluster.faults.isolate(old_leader);
+
+    let isolated = &cluster.member(old_leader).server;
+    let (lost_key, lost_packet) = packet(600, 1_000);
+    let response = put(isolated, &lost_key, &lost_packet).await;
+    assert_eq!(response.status(), 503, "{}", isolated.log());
+    assert!(response.headers().get("retry-after").is_some());
+
+    let majority: Vec<u64> = cluster
+        .members
+        .iter()
+        .map(|m| m.id)
+        .filter(|id| *id != old_leader)
+        .collect();
+    let (key, packet) = packet(601, 1_000);
+    put_until_accepted(&cluster.member(majority[0]).server, &key, &packet).await;
+
+    cluster.faults.heal();
+    for member in &cluster.members {
+        wait_served(&member.server, &key, &packet).await;
+    }
+    for member in &cluster.members {
+        let (status, _) = get_body(&member.server, &lost_key, "?consistency=linearizable").await;
+        assert_eq!(
+            status, 404,
+            "node {}: a 503 PUT must not have committed",
+            member.id
+        );
+    }
+}
+
+/// Peer requests need the cluster secret and admin changes need the token; refused requests
+/// change nothing.
+#[tokio::test]
+async fn t10_peer_and_admin_requests_are_authenticated() {
+    let cluster = TestCluster::start(3, "").await;
+    let node = &cluster.member(2).server;
+    let client = http_client();
+    let peer_url = format!("http://{}/peer/v1/vote", node.peer);
+    for auth in [None, Some("Bearer wrong-secret-0123456789")] {
+        let mut request = client.post(&peer_url).body(vec![0u8; 8]);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        assert_eq!(request.send().await.expect("send").status(), 401);
+    }
+    // The right secret, but the address of another node than the caller meant.
+    let misdirected = client
+        .post(&peer_url)
+        .header("authorization", format!("Bearer {SECRET}"))
+        .header("pkraft-target-node", "3")
+        .body(vec![0u8; 8])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(misdirected.status(), 421);
+
+    let before = admin_status(node).await.expect("status")["members"].clone();
+    let remove = format!("http://{}/cluster/remove", node.admin);
+    for auth in [None, Some("Bearer wrong-token-0123456789")] {
+        let mut request = client
+            .post(&remove)
+            .header("content-type", "application/json")
+            .body(r#"{"node_id": 3}"#);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        assert_eq!(request.send().await.expect("send").status(), 401);
+    }
+    let after = admin_status(node).await.expect("status")["members"].clone();
+    let ids = |members: &Value| -> Vec<u64> {
+        members
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["id"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(ids(&before), ids(&after), "membership unchanged");
+    assert_eq!(ids(&after), vec![1, 2, 3]);
+}
