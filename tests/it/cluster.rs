@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pkraft_testkit::pkarr::{Keypair, SignedPacket};
+use pkraft_testkit::pkarr::{Keypair, SignedPacket, Timestamp};
 use pkraft_testkit::{iroh_packet, keypair};
 use serde_json::Value;
 
@@ -438,4 +438,48 @@ async fn t10_peer_and_admin_requests_are_authenticated() {
     };
     assert_eq!(ids(&before), ids(&after), "membership unchanged");
     assert_eq!(ids(&after), vec![1, 2, 3]);
+}
+
+/// Expiry goes through the log: packets signed longer ago than `record_max_age` disappear from
+/// every node, and newer ones stay on every node.
+#[tokio::test]
+async fn t20_expiry_removes_the_same_rows_on_every_node() {
+    let cluster =
+        TestCluster::start(3, "record_max_age = \"1h\"\nexpiry_interval = \"200ms\"\n").await;
+    let now_micros = Timestamp::now().as_u64();
+    let mut old = Vec::new();
+    let mut fresh = Vec::new();
+    for seed in 0..6u64 {
+        let member = &cluster.members[(seed % 3) as usize];
+        // 1970 is more than an hour ago; `now` is not.
+        let (old_key, old_packet) = packet(700 + seed, 1_000 + seed);
+        assert_eq!(
+            put(&member.server, &old_key, &old_packet).await.status(),
+            204
+        );
+        old.push(old_key);
+        let (key, signed) = packet(800 + seed, now_micros + seed);
+        assert_eq!(put(&member.server, &key, &signed).await.status(), 204);
+        fresh.push((key, signed));
+    }
+    for member in &cluster.members {
+        for key in &old {
+            eventually("an expired packet gone", || async {
+                (get_body(&member.server, key, "").await.0 == 404).then_some(())
+            })
+            .await;
+        }
+        for (key, packet) in &fresh {
+            wait_served(&member.server, key, packet).await;
+        }
+    }
+    let leader = cluster.leader().await;
+    assert!(
+        cluster
+            .member(leader)
+            .server
+            .log()
+            .contains("expired packets older than the maximum age"),
+        "the leader proposed the expiry"
+    );
 }

@@ -13,6 +13,7 @@
 //!   fatal errors.
 //! - `batcher`: group commit: concurrent publishes share one log entry; followers forward
 //!   their batches to the leader.
+//! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age`.
 //! - [`membership`]: init, join, add/promote/remove, cluster status.
 //! - [`reads`]: staleness of the local replica and the linearizable read barrier.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
@@ -26,6 +27,7 @@
 
 mod batcher;
 mod codec;
+mod expiry;
 pub mod log_store;
 pub mod membership;
 pub mod node;

@@ -235,7 +235,7 @@ impl Node {
     }
 
     /// Starts the tasks that need the node shared: the batcher (it forwards to the leader through
-    /// the node's peer client) and joining.
+    /// the node's peer client), joining and expiry.
     fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
         let batcher = Batcher::spawn(
             self.clone(),
@@ -248,6 +248,13 @@ impl Node {
         let mut tasks = Vec::new();
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
+        }
+        if !settings.record_max_age.is_zero() {
+            tasks.push(tokio::spawn(crate::expiry::run(
+                self.clone(),
+                settings.record_max_age,
+                settings.expiry_interval,
+            )));
         }
         if let Ok(mut background) = self.background.lock() {
             background.extend(tasks);

@@ -38,6 +38,14 @@ pub struct Settings {
     /// queueing without bound. Default 4096: several batches' worth, a couple of seconds at full
     /// load. (65 536 payloads of the largest size hold 70 MB.)
     pub publish_queue_max: usize,
+    /// Packets whose signed timestamp is older than this are deleted on every replica (the leader
+    /// proposes the deletion through the log). Default 7 days, as iroh-dns-server; "0s" keeps
+    /// packets forever.
+    #[serde(with = "humantime_serde")]
+    pub record_max_age: Duration,
+    /// How often the leader looks for packets older than `record_max_age`. Default 1 minute.
+    #[serde(with = "humantime_serde")]
+    pub expiry_interval: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +59,8 @@ impl Default for Settings {
             publish_timeout: Duration::from_secs(5),
             publish_batch_max: 512,
             publish_queue_max: 4096,
+            record_max_age: Duration::from_secs(7 * 24 * 3600),
+            expiry_interval: Duration::from_secs(60),
         }
     }
 }
@@ -109,6 +119,11 @@ impl Settings {
                     "publish_batch_max must be 1 to {PUBLISH_BATCH_MAX_LIMIT}, got {}",
                     self.publish_batch_max
                 )));
+            }
+            if self.expiry_interval.is_zero() {
+                return Err(SettingsError(
+                    "expiry_interval must be longer than 0".to_string(),
+                ));
             }
             if !(1..=PUBLISH_QUEUE_MAX_LIMIT).contains(&self.publish_queue_max) {
                 return Err(SettingsError(format!(

@@ -113,9 +113,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     applied.last_applied = Some(entry.log_id);
                     let result = match entry.payload {
                         EntryPayload::Blank => ApplyResult::default(),
-                        EntryPayload::Normal(command) => ApplyResult {
-                            outcomes: txn.apply(&command)?,
-                        },
+                        EntryPayload::Normal(command) => {
+                            let applied = txn.apply(&command)?;
+                            ApplyResult {
+                                outcomes: applied.outcomes,
+                                expired: applied.expired,
+                            }
+                        }
                         EntryPayload::Membership(membership) => {
                             applied.membership =
                                 StoredMembership::new(Some(entry.log_id), membership);

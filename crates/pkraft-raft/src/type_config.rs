@@ -20,9 +20,10 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-/// What applying one log entry produced: one outcome per published packet, in order. Empty for
-/// blank and membership entries.
+/// What applying one log entry produced: one outcome per published packet, in order, and the
+/// number of packets an expiry deleted. Empty for blank and membership entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyResult {
     pub outcomes: Vec<PublishOutcome>,
+    pub expired: u64,
 }

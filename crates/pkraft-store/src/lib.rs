@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - `packets` table: 32-byte public key → `applied_at_micros (8, big-endian) ‖ relay payload`.
+//! - `expiry` table: `signed timestamp (8, big-endian) ‖ key (32)` → `()`, one row per stored
+//!   packet, so `Command::Expire` finds the oldest packets without a scan.
 //! - `meta` table: the schema version and `applied_state`, an opaque blob owned by the consensus
 //!   layer (last applied log id and membership). Keeping it opaque keeps openraft out of this crate.
 //!
@@ -24,12 +26,24 @@ pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 
 const PACKETS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("packets");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const EXPIRY: TableDefinition<&ExpiryKey, ()> = TableDefinition::new("expiry");
+
+/// `signed timestamp (8, big-endian) ‖ public key (32)`: sorts by timestamp.
+type ExpiryKey = [u8; 40];
+
+fn expiry_key(timestamp_micros: u64, key: &KeyBytes) -> ExpiryKey {
+    let mut row = [0u8; 40];
+    row[..8].copy_from_slice(&timestamp_micros.to_be_bytes());
+    row[8..].copy_from_slice(key);
+    row
+}
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 const META_APPLIED_STATE: &str = "applied_state";
 
 /// On-disk format version of this file. Bump it (and add a migration) when the layout changes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// 2: the `expiry` index (built from `packets` when a version-1 file is opened).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Bytes of the `applied_at_micros` prefix in a `packets` value.
 const APPLIED_AT_LEN: usize = 8;
@@ -124,17 +138,20 @@ impl Store {
         let txn = self.db.begin_write()?;
         {
             txn.open_table(PACKETS)?;
+            txn.open_table(EXPIRY)?;
             let mut meta = txn.open_table(META)?;
             let found = meta
                 .get(META_SCHEMA_VERSION)?
                 .map(|v| decode_u64(v.value()))
                 .transpose()?;
             match found {
-                None => {
-                    meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_be_bytes().as_slice())?;
-                }
+                None => {}
                 Some(SCHEMA_VERSION) => {}
+                Some(1) => rebuild_expiry_index(&txn)?,
                 Some(found) => return Err(StoreError::SchemaVersion { found }),
+            }
+            if found != Some(SCHEMA_VERSION) {
+                meta.insert(META_SCHEMA_VERSION, SCHEMA_VERSION.to_be_bytes().as_slice())?;
             }
         }
         txn.commit()?;
@@ -147,6 +164,14 @@ impl Store {
         let table = txn.open_table(PACKETS)?;
         let value = table.get(key)?;
         value.map(|v| StoredPacket::decode(v.value())).transpose()
+    }
+
+    /// The smallest signed timestamp of any stored packet (µs), if any packet is stored.
+    pub fn oldest_timestamp_micros(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(EXPIRY)?;
+        let first = index.first()?;
+        Ok(first.map(|(row, _)| timestamp_of(row.value())))
     }
 
     /// Number of stored packets.
@@ -211,35 +236,78 @@ pub struct ApplyTxn {
 }
 
 impl ApplyTxn {
-    /// Applies one command and returns one outcome per packet, in order. Deterministic: the result
-    /// depends only on the stored state and the command (no clock, no randomness).
-    pub fn apply(&mut self, command: &Command) -> Result<Vec<PublishOutcome>, StoreError> {
+    /// Applies one command. Deterministic: the result depends only on the stored state and the
+    /// command (no clock, no randomness).
+    pub fn apply(&mut self, command: &Command) -> Result<Applied, StoreError> {
         match command {
             Command::Publish {
                 leader_time_micros,
                 packets,
-            } => {
-                let mut table = self.txn.open_table(PACKETS)?;
-                let mut outcomes = Vec::with_capacity(packets.len());
-                for item in packets {
-                    let stored = table
-                        .get(&item.key)?
-                        .map(|v| StoredPacket::decode(v.value()))
-                        .transpose()?;
-                    let outcome = decide(stored.as_ref().map(|s| &s.payload), &item.payload);
-                    if outcome == PublishOutcome::Stored {
-                        let value = StoredPacket {
-                            applied_at_micros: *leader_time_micros,
-                            payload: item.payload.clone(),
-                        }
-                        .encode();
-                        table.insert(&item.key, value.as_slice())?;
-                    }
-                    outcomes.push(outcome);
-                }
-                Ok(outcomes)
-            }
+            } => Ok(Applied {
+                outcomes: self.publish(*leader_time_micros, packets)?,
+                expired: 0,
+            }),
+            Command::Expire {
+                before_micros,
+                limit,
+            } => Ok(Applied {
+                outcomes: Vec::new(),
+                expired: self.expire(*before_micros, *limit)?,
+            }),
         }
+    }
+
+    /// One outcome per packet, in order.
+    fn publish(
+        &mut self,
+        leader_time_micros: u64,
+        packets: &[pkraft_types::PublishItem],
+    ) -> Result<Vec<PublishOutcome>, StoreError> {
+        let mut table = self.txn.open_table(PACKETS)?;
+        let mut index = self.txn.open_table(EXPIRY)?;
+        let mut outcomes = Vec::with_capacity(packets.len());
+        for item in packets {
+            let stored = table
+                .get(&item.key)?
+                .map(|v| StoredPacket::decode(v.value()))
+                .transpose()?;
+            let outcome = decide(stored.as_ref().map(|s| &s.payload), &item.payload);
+            if outcome == PublishOutcome::Stored {
+                if let Some(old) = &stored {
+                    index.remove(&expiry_key(old.payload.timestamp_micros(), &item.key))?;
+                }
+                let value = StoredPacket {
+                    applied_at_micros: leader_time_micros,
+                    payload: item.payload.clone(),
+                }
+                .encode();
+                table.insert(&item.key, value.as_slice())?;
+                index.insert(&expiry_key(item.payload.timestamp_micros(), &item.key), ())?;
+            }
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Deletes up to `limit` packets signed before `before_micros`, oldest first; returns how
+    /// many.
+    fn expire(&mut self, before_micros: u64, limit: u32) -> Result<u64, StoreError> {
+        let mut table = self.txn.open_table(PACKETS)?;
+        let mut index = self.txn.open_table(EXPIRY)?;
+        let end = expiry_key(before_micros, &[0u8; 32]);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut rows = Vec::new();
+        for row in index.range::<&ExpiryKey>(..&end)?.take(limit) {
+            let (row, _) = row?;
+            rows.push(*row.value());
+        }
+        for row in &rows {
+            index.remove(row)?;
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&row[8..]);
+            table.remove(&key)?;
+        }
+        Ok(rows.len() as u64)
     }
 
     /// Commits the applied commands and `applied_state` atomically (durably if the transaction
@@ -252,6 +320,38 @@ impl ApplyTxn {
         self.txn.commit()?;
         Ok(())
     }
+}
+
+/// What applying one command did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// One per published packet, in order (empty for other commands).
+    pub outcomes: Vec<PublishOutcome>,
+    /// Packets deleted by expiry.
+    pub expired: u64,
+}
+
+fn timestamp_of(row: &ExpiryKey) -> u64 {
+    let mut be = [0u8; 8];
+    be.copy_from_slice(&row[..8]);
+    u64::from_be_bytes(be)
+}
+
+/// Builds the `expiry` index from the `packets` table (schema 1 → 2, and after a snapshot
+/// import).
+fn rebuild_expiry_index(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let packets = txn.open_table(PACKETS)?;
+    let mut index = txn.open_table(EXPIRY)?;
+    index.retain(|_, ()| false)?;
+    for row in packets.iter()? {
+        let (key, value) = row?;
+        let stored = StoredPacket::decode(value.value())?;
+        index.insert(
+            &expiry_key(stored.payload.timestamp_micros(), key.value()),
+            (),
+        )?;
+    }
+    Ok(())
 }
 
 fn decode_u64(bytes: &[u8]) -> Result<u64, StoreError> {

@@ -7,7 +7,9 @@ use pkraft_types::{KeyBytes, Payload};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use crate::{META, META_APPLIED_STATE, PACKETS, Store, StoreError, StoredPacket};
+use crate::{
+    META, META_APPLIED_STATE, PACKETS, Store, StoreError, StoredPacket, rebuild_expiry_index,
+};
 
 const MAGIC: &[u8; 8] = b"PKRSNAP\0";
 /// Version of the snapshot byte format. Readers refuse other versions.
@@ -81,6 +83,7 @@ impl Store {
             let mut meta = txn.open_table(META)?;
             meta.insert(META_APPLIED_STATE, applied_state)?;
         }
+        rebuild_expiry_index(&txn)?;
         txn.commit()?;
         Ok(())
     }

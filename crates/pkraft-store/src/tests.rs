@@ -29,9 +29,102 @@ fn publish(time: u64, packets: Vec<PublishItem>) -> Command {
 
 fn apply(store: &Store, command: &Command, state: &[u8]) -> Vec<PublishOutcome> {
     let mut txn = store.begin_apply(true).expect("begin");
-    let outcomes = txn.apply(command).expect("apply");
+    let applied = txn.apply(command).expect("apply");
     txn.commit(state).expect("commit");
-    outcomes
+    applied.outcomes
+}
+
+fn expire(store: &Store, before_micros: u64, limit: u32) -> u64 {
+    let mut txn = store.begin_apply(true).expect("begin");
+    let applied = txn
+        .apply(&Command::Expire {
+            before_micros,
+            limit,
+        })
+        .expect("apply");
+    txn.commit(b"state").expect("commit");
+    applied.expired
+}
+
+/// Expiry deletes exactly the packets signed before the cut-off, oldest first and at most
+/// `limit`; a replaced packet is indexed by its new timestamp only.
+#[test]
+fn expire_deletes_the_oldest_packets_before_the_cutoff() {
+    let (_dir, store) = open();
+    let packets: Vec<PublishItem> = (0..5u64)
+        .map(|seed| item(seed, 100 + seed * 10, "192.0.2.1:1"))
+        .collect();
+    apply(&store, &publish(1, packets.clone()), b"s");
+    // Key 0 gets a newer version: its old timestamp (100) must no longer count.
+    apply(&store, &publish(2, vec![item(0, 500, "192.0.2.1:2")]), b"s");
+    assert_eq!(store.oldest_timestamp_micros().expect("oldest"), Some(110));
+
+    // Before 135: keys 1 (110), 2 (120), 3 (130); with limit 2 only the oldest two.
+    assert_eq!(expire(&store, 135, 2), 2);
+    let present = |seed: u64| {
+        store
+            .get(&keypair(seed).public_key().to_bytes())
+            .expect("get")
+            .is_some()
+    };
+    assert_eq!(
+        (0..5).map(present).collect::<Vec<_>>(),
+        [true, false, false, true, true]
+    );
+    assert_eq!(expire(&store, 135, 100), 1);
+    assert!(!present(3));
+    assert_eq!(
+        expire(&store, 135, 100),
+        0,
+        "nothing left before the cut-off"
+    );
+    assert!(present(0) && present(4));
+    assert_eq!(store.packet_count().expect("count"), 2);
+    assert_eq!(store.oldest_timestamp_micros().expect("oldest"), Some(140));
+}
+
+/// A snapshot import rebuilds the expiry index for the imported packets.
+#[test]
+fn snapshot_import_rebuilds_the_expiry_index() {
+    let (_dir, source) = open();
+    apply(
+        &source,
+        &publish(
+            1,
+            vec![item(1, 100, "192.0.2.1:1"), item(2, 300, "192.0.2.1:1")],
+        ),
+        b"s",
+    );
+    let export = source.export_snapshot().expect("export");
+    let (_dir2, target) = open();
+    apply(&target, &publish(1, vec![item(3, 50, "192.0.2.1:1")]), b"s");
+    target.import_snapshot(&export.data, b"t").expect("import");
+    assert_eq!(target.oldest_timestamp_micros().expect("oldest"), Some(100));
+    assert_eq!(expire(&target, 200, 10), 1);
+    assert_eq!(target.packet_count().expect("count"), 1);
+}
+
+/// A version-1 file (no expiry index) is migrated on open: the index is built from the packets.
+#[test]
+fn schema_1_files_get_an_expiry_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path).expect("open");
+        apply(&store, &publish(1, vec![item(1, 100, "192.0.2.1:1")]), b"s");
+        // Turn it back into what version 1 wrote.
+        let txn = store.db.begin_write().expect("write");
+        txn.delete_table(EXPIRY).expect("drop index");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(META_SCHEMA_VERSION, 1u64.to_be_bytes().as_slice())
+                .expect("version");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.oldest_timestamp_micros().expect("oldest"), Some(100));
+    assert_eq!(expire(&store, 200, 10), 1);
 }
 
 #[test]

@@ -15,6 +15,12 @@ pub enum Command {
         leader_time_micros: u64,
         packets: Vec<PublishItem>,
     },
+    /// Delete up to `limit` packets whose signed timestamp is before `before_micros`, oldest
+    /// first. The leader computes `before_micros` from its clock and the configured maximum age;
+    /// replicas only compare numbers, so they delete exactly the same rows. The limit travels in
+    /// the entry (not in a constant of the code) so that replicas running different versions
+    /// still agree.
+    Expire { before_micros: u64, limit: u32 },
 }
 
 /// One verified packet inside a [`Command::Publish`].
