@@ -8,12 +8,21 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run test fmt fmt-check lint e2e bench bench-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
 run:
 	$(CARGO) run --locked -p pkraft -- dev
+
+## Start a local 3-node cluster (config/node{1,2,3}.toml: HTTP :8081-8083, DNS :5301-5303),
+## initialized and ready; prints how to use it. `make cluster-stop` stops it.
+cluster:
+	$(CARGO) build --locked -p pkraft
+	deploy/local-cluster.sh start $(TARGET_DIR)/debug/pkraft
+
+cluster-stop:
+	deploy/local-cluster.sh stop
 
 ## Unit, storage-conformance and integration tests (real binary on loopback port 0).
 test:

@@ -1,5 +1,6 @@
 //! Goal: the documented command line works: `check-config` accepts the shipped configs and
-//! rejects a bad one naming the field; `serve --config` runs from a file.
+//! rejects a bad one naming the field; `serve --config` runs from a file; `pkraft cluster` starts
+//! and inspects a cluster through the admin API.
 //! Method: run the real binary.
 
 use std::process::Command;
@@ -19,7 +20,13 @@ fn config_path(name: &str) -> String {
 
 #[test]
 fn check_config_accepts_the_shipped_files() {
-    for file in ["dev.toml", "example.toml"] {
+    for file in [
+        "dev.toml",
+        "example.toml",
+        "node1.toml",
+        "node2.toml",
+        "node3.toml",
+    ] {
         let output = pkraft(&["check-config", &config_path(file)]);
         assert!(
             output.status.success(),
@@ -74,4 +81,62 @@ async fn serve_runs_from_a_config_file() {
         "the file's [http] section applies"
     );
     assert!(server.log().contains("example.test"), "{}", server.log());
+}
+
+/// A node without `bootstrap` waits for `pkraft cluster init`: until then it has no leader and
+/// PUTs are 503 with Retry-After. `init` needs the admin token, works once, and `status` then shows
+/// this node leading.
+#[tokio::test]
+async fn cluster_init_and_status_from_the_command_line() {
+    const TOKEN: &str = "cli-test-admin-token-0123";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("node.toml");
+    std::fs::write(
+        &path,
+        format!("[raft]\npublish_timeout = \"500ms\"\n[admin]\ntoken = \"{TOKEN}\"\n"),
+    )
+    .expect("write");
+    let server = TestServer::start_serve(&path);
+    let admin = server.admin.to_string();
+    let key = pkraft_testkit::keypair(71);
+    let packet = pkraft_testkit::iroh_packet(&key, 1, &["192.0.2.1:1"]);
+
+    let before = server
+        .put(&server.relay_url(&key), packet.to_relay_payload())
+        .await;
+    assert_eq!(before.status(), 503, "no cluster yet");
+    assert!(before.headers().get("retry-after").is_some());
+
+    let cluster = |args: &[&str], token: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pkraft"));
+        command.args(["cluster", "--admin", &admin]).args(args);
+        command.env_remove("PKRAFT_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("PKRAFT_ADMIN_TOKEN", token);
+        }
+        command.output().expect("run pkraft cluster")
+    };
+    let refused = cluster(&["init"], None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+
+    let init = cluster(&["init"], Some(TOKEN));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    server.publish(&key, &packet).await;
+    let again = cluster(&["init"], Some(TOKEN));
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already part of a cluster"));
+
+    let status = cluster(&["status"], None);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(table.contains("leader: 1"), "{table}");
 }
