@@ -372,7 +372,7 @@ pub(crate) async fn keep_joining(node: Arc<Node>) {
 /// Logs the first join failure and then every 30th, so a node waiting for its cluster does not
 /// flood the log.
 fn log_join_failure(failures: &mut u64, addr: &str, reason: &str) {
-    if *failures % 30 == 0 {
+    if failures.is_multiple_of(30) {
         tracing::warn!(via = %addr, %reason, attempts = *failures + 1, "cannot join the cluster yet; retrying");
     }
     *failures += 1;

@@ -183,14 +183,15 @@ impl Config {
             self.admin.token.as_deref(),
             "admin.token",
         )?;
-        if let Some(token) = &admin_token {
-            if token.len() < pkraft_raft::peer::SECRET_LEN_MIN {
-                anyhow::bail!(
-                    "admin token: must be at least {} bytes, got {}",
-                    pkraft_raft::peer::SECRET_LEN_MIN,
-                    token.len()
-                );
-            }
+        if let Some(token) = admin_token
+            .as_ref()
+            .filter(|token| token.len() < pkraft_raft::peer::SECRET_LEN_MIN)
+        {
+            anyhow::bail!(
+                "admin token: must be at least {} bytes, got {}",
+                pkraft_raft::peer::SECRET_LEN_MIN,
+                token.len()
+            );
         }
         Ok(Secrets {
             cluster,
