@@ -178,6 +178,11 @@ listen = "127.0.0.1:$http"
 [dns]
 listen = "127.0.0.1:$dns"
 origins = ["$origin"]
+[cluster]
+bootstrap = true
+peer_listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
 TOML
   RUST_LOG=warn setsid "$pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
   pid_of[pkraft]=$!; pids+=($!)

@@ -22,7 +22,7 @@ fail() { echo "quickcheck: FAIL: $*" >&2; [ -f "$work/log" ] && tail -n 30 "$wor
 # Starts pkraft on port 0 and reads the bound addresses from its "pkraft listening" log line.
 start() {
   "$bin" dev --data-dir "$work/data" --http-listen 127.0.0.1:0 --dns-listen 127.0.0.1:0 \
-    >"$work/log" 2>&1 &
+    --peer-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"$work/log" 2>&1 &
   pid=$!
   for _ in $(seq 1 300); do  # up to 30 s
     line=$(grep -m1 "pkraft listening" "$work/log" || true)
