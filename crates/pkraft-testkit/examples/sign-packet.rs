@@ -14,9 +14,11 @@ use pkraft_testkit::pkarr::Timestamp;
 use pkraft_testkit::{iroh_packet, keypair};
 
 fn main() -> ExitCode {
+    const USAGE: &str = "usage: sign-packet OUT_FILE [SEED] [ADDR...]";
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(out) = args.first() else {
-        eprintln!("usage: sign-packet OUT_FILE [SEED] [ADDR...]");
+    // No flags: `--help` would otherwise be taken for the output file and written to.
+    let Some(out) = args.first().filter(|out| !out.starts_with('-')) else {
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
     let seed = match args.get(1).map(|s| s.parse::<u64>()) {
