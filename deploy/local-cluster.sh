@@ -8,6 +8,17 @@ set -euo pipefail
 DIR=./data/cluster
 ADMIN_TOKEN=local-demo-admin-token-not-for-production
 WAIT_SECS=60
+# Reads `pkraft cluster status --json` and prints how many voters have applied a settled (not
+# joint) membership: the cluster is ready when that is 3.
+SETTLED_VOTERS='
+import json, sys
+s = json.load(sys.stdin)
+m = s["membership"]
+settled = [x for x in s["members"]
+           if x["voter"] and x["status"] and m["log_index"] is not None
+           and (x["status"]["applied_index"] or 0) >= m["log_index"]]
+print(0 if m["joint"] else len(settled))
+'
 
 stop() {
     for n in 1 2 3; do
@@ -16,6 +27,10 @@ stop() {
         pid=$(cat "$pidfile")
         if kill -TERM "$pid" 2>/dev/null; then
             for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            if kill -0 "$pid" 2>/dev/null; then
+                echo "node $n did not stop within 20s of SIGTERM; sending SIGKILL" >&2
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
         fi
         rm -f "$pidfile"
     done
@@ -44,7 +59,7 @@ start() {
     done
     for _ in $(seq 1 $((WAIT_SECS * 10))); do
         voters=$("$bin" cluster --admin 127.0.0.1:7421 status --json 2>/dev/null |
-            python3 -c 'import json,sys; s=json.load(sys.stdin); print(sum(1 for m in s["members"] if m["voter"] and m["status"]))' 2>/dev/null || echo 0)
+            python3 -c "$SETTLED_VOTERS" 2>/dev/null || echo 0)
         [ "$voters" = 3 ] && break
         sleep 0.1
     done

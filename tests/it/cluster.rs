@@ -105,18 +105,30 @@ impl TestCluster {
         member.proxy.set_upstream(member.server.peer);
     }
 
-    /// Waits until node 1's view has `count` voters, each answering with an applied index.
+    /// Waits until node 1's view has `count` voters and no voter change under way, and every
+    /// voter has applied that configuration. Only then does losing any one node leave a majority
+    /// that can elect a leader: while a change is joint, the old voter set needs its own majority
+    /// (losing node 1 during the change from {1,2} to {1,2,3} stalls the cluster).
     pub async fn wait_for_voters(&self, count: u64) {
         let first = &self.members[0].server;
-        let what = format!("{count} voters, all answering");
+        let what = format!("{count} voters with the same settled membership");
         eventually(&what, || async {
             let status = admin_status(first).await?;
+            let membership_index = status["membership"]["log_index"].as_u64()?;
+            if status["membership"]["joint"] != false {
+                return None;
+            }
             let members = status["members"].as_array()?;
-            let ready = members
+            let settled = members
                 .iter()
-                .filter(|m| m["voter"] == true && m["status"]["applied_index"].is_u64())
+                .filter(|m| m["voter"] == true)
+                .filter(|m| {
+                    m["status"]["applied_index"]
+                        .as_u64()
+                        .is_some_and(|applied| applied >= membership_index)
+                })
                 .count() as u64;
-            (ready == count).then_some(())
+            (settled == count).then_some(())
         })
         .await;
     }
@@ -138,6 +150,18 @@ impl TestCluster {
     pub async fn leader(&self) -> u64 {
         let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
         self.leader_among(&ids).await
+    }
+}
+
+impl Drop for TestCluster {
+    /// A failed cluster test shows what every node logged: the failing assertion alone rarely
+    /// says which node did what.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for member in &self.members {
+                eprintln!("==== node {} log ====\n{}", member.id, member.server.log());
+            }
+        }
     }
 }
 
@@ -361,6 +385,7 @@ async fn t50_an_isolated_leader_answers_503_while_the_majority_commits() {
     let cluster = TestCluster::start(3, "").await;
     let old_leader = cluster.leader().await;
     cluster.faults.isolate(old_leader);
+    let isolated_since = Instant::now();
 
     let isolated = &cluster.member(old_leader).server;
     let (lost_key, lost_packet) = packet(600, 1_000);
@@ -377,6 +402,18 @@ async fn t50_an_isolated_leader_answers_503_while_the_majority_commits() {
     let (key, packet) = packet(601, 1_000);
     put_until_accepted(&cluster.member(majority[0]).server, &key, &packet).await;
 
+    // The isolated leader backs off from peers that refuse it (openraft: 500 ms per peer), about
+    // 4 failed attempts a second; retrying at once was hundreds a second, each logged.
+    let failed_attempts = isolated
+        .log()
+        .matches("error replication to target")
+        .count();
+    let bound = 10 * (isolated_since.elapsed().as_secs() as usize + 1);
+    assert!(
+        failed_attempts <= bound,
+        "{failed_attempts} failed replication attempts in {:?}: a busy loop",
+        isolated_since.elapsed()
+    );
     cluster.faults.heal();
     for member in &cluster.members {
         wait_served(&member.server, &key, &packet).await;

@@ -38,7 +38,7 @@ mod snapshot_file;
 pub mod state_machine;
 pub mod type_config;
 
-pub use membership::{ClusterStatus, MemberStatus, MembershipError, NodeStatus};
+pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
 pub use node::{Cluster, Node, PublishError, Published, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
 pub use reads::ReadError;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, ChangeMembers, RaftMetrics, ServerState};
+use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -56,6 +56,8 @@ pub struct NodeStatus {
 pub struct MemberStatus {
     pub id: NodeId,
     pub addr: String,
+    /// A voter in every voter set of the configuration. While a change is under way (see
+    /// [`MembershipStatus::joint`]) a node being added or removed is not counted as one.
     pub voter: bool,
     /// The member's own report, if it answered.
     pub status: Option<NodeStatus>,
@@ -65,11 +67,24 @@ pub struct MemberStatus {
     pub lag_entries: Option<u64>,
 }
 
+/// The membership configuration the answering node uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipStatus {
+    /// Log index of the entry that holds it; a member whose applied index has reached it uses
+    /// the same configuration.
+    pub log_index: Option<u64>,
+    /// A voter change is under way: the old and the new voter sets both need a majority until
+    /// the leader commits the new set alone. A configuration that stays joint (its leader died
+    /// mid-change) is finished by the next membership change, such as a restarted node's join.
+    pub joint: bool,
+}
+
 /// The cluster as one node sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterStatus {
     /// The node that answered.
     pub node: NodeStatus,
+    pub membership: MembershipStatus,
     pub members: Vec<MemberStatus>,
 }
 
@@ -198,7 +213,9 @@ impl Node {
     async fn promote(&self, node_id: NodeId) -> Result<(), PeerError> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
-        if membership.voter_ids().any(|id| id == node_id) {
+        // A node in the new voter set of a joint configuration is not promoted yet: the change
+        // below finishes the joint configuration (openraft moves on from its last voter set).
+        if is_full_voter(membership, node_id) {
             return Ok(());
         }
         if membership.get_node(&node_id).is_none() {
@@ -272,7 +289,13 @@ impl Node {
     pub async fn cluster_status(self: &Arc<Self>) -> ClusterStatus {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let membership_status = MembershipStatus {
+            log_index: metrics
+                .membership_config
+                .log_id()
+                .map(|log_id| log_id.index),
+            joint: membership.get_joint_config().len() > 1,
+        };
         let mut probes = tokio::task::JoinSet::new();
         for (id, node) in membership.nodes() {
             let (id, addr) = (*id, node.addr.clone());
@@ -308,7 +331,7 @@ impl Node {
             members.push(MemberStatus {
                 id,
                 addr,
-                voter: voters.contains(&id),
+                voter: is_full_voter(&membership, id),
                 status,
                 error,
                 lag_entries,
@@ -317,6 +340,7 @@ impl Node {
         members.sort_by_key(|m| m.id);
         ClusterStatus {
             node: self.local_status(),
+            membership: membership_status,
             members,
         }
     }
@@ -378,15 +402,26 @@ fn log_join_failure(failures: &mut u64, addr: &str, reason: &str) {
     *failures += 1;
 }
 
+/// Whether `node` is a member in the role it asks for. A voter counts only once it votes in every
+/// voter set: in a joint configuration whose leader died mid-change, asking again is what gets
+/// the change finished.
 fn is_member(node: &Node, as_voter: bool) -> bool {
     let metrics = node.raft.metrics();
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
     if as_voter {
-        membership.voter_ids().any(|id| id == node.id)
+        is_full_voter(membership, node.id)
     } else {
         membership.get_node(&node.id).is_some()
     }
+}
+
+/// A voter in every voter set of `membership` (one set, or the old and new ones of a joint
+/// configuration). openraft's `voter_ids` is their union, which counts a node being added before
+/// its votes are needed. An uninitialized node has no voter sets and no voters.
+fn is_full_voter(membership: &Membership<NodeId, BasicNode>, node_id: NodeId) -> bool {
+    let voter_sets = membership.get_joint_config();
+    !voter_sets.is_empty() && voter_sets.iter().all(|voters| voters.contains(&node_id))
 }
 
 fn caught_up(metrics: &RaftMetrics<NodeId, BasicNode>, node_id: NodeId) -> bool {
@@ -413,5 +448,43 @@ fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Pe
             PeerError::Refused(e.to_string())
         }
         RaftError::Fatal(fatal) => PeerError::Fatal(fatal.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn membership(voter_sets: Vec<Vec<NodeId>>) -> Membership<NodeId, BasicNode> {
+        let configs: Vec<BTreeSet<NodeId>> = voter_sets
+            .into_iter()
+            .map(|set| set.into_iter().collect())
+            .collect();
+        let nodes: BTreeMap<NodeId, BasicNode> = configs
+            .iter()
+            .flatten()
+            .map(|id| (*id, BasicNode::new(format!("127.0.0.1:{id}"))))
+            .collect();
+        Membership::new(configs, nodes)
+    }
+
+    /// Goal: a node being added is not a voter until the change leaves joint consensus, so the
+    /// status and the joining node's own check do not call a half-done change finished.
+    #[test]
+    fn a_node_is_a_full_voter_only_in_every_voter_set() {
+        let uniform = membership(vec![vec![1, 2, 3]]);
+        assert!(is_full_voter(&uniform, 3));
+        assert!(!is_full_voter(&uniform, 4));
+
+        let adding_3 = membership(vec![vec![1, 2], vec![1, 2, 3]]);
+        assert!(is_full_voter(&adding_3, 1));
+        assert!(!is_full_voter(&adding_3, 3), "3 is still being added");
+
+        let removing_3 = membership(vec![vec![1, 2, 3], vec![1, 2]]);
+        assert!(!is_full_voter(&removing_3, 3), "3 is being removed");
+        assert!(is_full_voter(&removing_3, 2));
+
+        let uninitialized = membership(vec![]);
+        assert!(!is_full_voter(&uninitialized, 1));
     }
 }

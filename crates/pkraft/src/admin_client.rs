@@ -81,9 +81,18 @@ pub fn format_status(status: &ClusterStatus) -> String {
     let leader = node
         .leader
         .map_or_else(|| "none".to_string(), |id| id.to_string());
+    let membership = &status.membership;
+    let change = if membership.joint {
+        "  voter change in progress"
+    } else {
+        ""
+    };
     let mut out = format!(
-        "leader: {leader}  term: {}  (as seen by node {}, {})\n",
-        node.term, node.id, node.role
+        "leader: {leader}  term: {}  (as seen by node {}, {})\nmembership: log index {}{change}\n",
+        node.term,
+        node.id,
+        node.role,
+        opt(membership.log_index),
     );
     out.push_str(&format!(
         "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8}\n",

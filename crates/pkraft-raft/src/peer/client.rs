@@ -86,9 +86,16 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Whether the peer was not reached at all (down, or not listening).
+    /// Whether the peer cannot take RPCs for now: not reached at all (down, not listening), or it
+    /// answered with an error status instead of an RPC answer (a wrong secret, the wrong node at
+    /// that address, a proxy in front of a dead node). openraft backs off from an unreachable
+    /// peer; any other error it retries at once, which against a peer that keeps refusing is a
+    /// busy loop of requests and log lines.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, CallError::Connect { .. } | CallError::NoSecret)
+        matches!(
+            self,
+            CallError::Connect { .. } | CallError::NoSecret | CallError::Status { .. }
+        )
     }
 
     fn into_rpc<E: std::error::Error>(self) -> RPCError<NodeId, BasicNode, E> {
