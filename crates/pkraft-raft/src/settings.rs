@@ -65,11 +65,20 @@ impl Default for Settings {
     }
 }
 
-/// Log entries in one `append-entries` request. With `publish_batch_max` this bounds the size of
-/// a request on the peer listener.
+/// Most log entries in one `append-entries` request: plenty for a follower catching up on small
+/// entries in few round trips.
 pub const ENTRIES_PER_APPEND_MAX: u64 = 64;
+/// Budget for the entries of one `append-entries` request when they are full batches. openraft
+/// gives each request `heartbeat_interval` in all (200 ms by default), and 8 MiB crosses a
+/// 1 Gbit/s link in about 70 ms; 64 full batches of 512 packets (40 MB) would time out on every
+/// try, and a follower that needs them would never catch up.
+const APPEND_BYTES_BUDGET: usize = 8 * 1024 * 1024;
 /// Bytes of snapshot sent in one `install-snapshot` request.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+/// Time for one snapshot chunk, and for the last one also for the follower to install the whole
+/// snapshot (an import into redb and an fsync: seconds for millions of packets). openraft's
+/// 200 ms default restarts the transfer of a large snapshot over and over.
+const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Upper bound of the bytes one published packet takes in an encoded log entry: a relay payload
 /// of at most 1072 bytes, its 32-byte key and postcard framing.
 const PUBLISH_ITEM_BYTES_MAX: usize = 1_200;
@@ -88,12 +97,25 @@ impl Settings {
     /// Largest request body the peer listener accepts: a full `append-entries` of the largest
     /// entries these settings allow, or a snapshot chunk, plus room for framing.
     pub fn peer_body_max(&self) -> usize {
-        let entries = usize::try_from(ENTRIES_PER_APPEND_MAX).unwrap_or(usize::MAX);
+        let entries = usize::try_from(self.entries_per_append()).unwrap_or(usize::MAX);
         let chunk = usize::try_from(SNAPSHOT_CHUNK_BYTES).unwrap_or(usize::MAX);
-        let append = entries
-            .saturating_mul(self.publish_batch_max)
-            .saturating_mul(PUBLISH_ITEM_BYTES_MAX);
+        let append = entries.saturating_mul(self.entry_bytes_max());
         append.max(chunk).saturating_add(1024 * 1024)
+    }
+
+    /// Upper bound of one encoded log entry: a full batch of the largest packets.
+    fn entry_bytes_max(&self) -> usize {
+        self.publish_batch_max
+            .saturating_mul(PUBLISH_ITEM_BYTES_MAX)
+    }
+
+    /// Entries per `append-entries` request: as many full batches as fit `APPEND_BYTES_BUDGET`
+    /// (at least one), at most `ENTRIES_PER_APPEND_MAX`.
+    fn entries_per_append(&self) -> u64 {
+        let fit = APPEND_BYTES_BUDGET / self.entry_bytes_max().max(1);
+        u64::try_from(fit)
+            .unwrap_or(u64::MAX)
+            .clamp(1, ENTRIES_PER_APPEND_MAX)
     }
 
     /// The openraft config these settings stand for, validated by openraft (for example, the
@@ -107,8 +129,9 @@ impl Settings {
             election_timeout_max: millis(self.election_timeout_max),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
             max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
-            max_payload_entries: ENTRIES_PER_APPEND_MAX,
+            max_payload_entries: self.entries_per_append(),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: millis(SNAPSHOT_RPC_TIMEOUT),
             ..Default::default()
         }
         .validate()
@@ -204,6 +227,39 @@ mod tests {
             };
             assert!(settings.openraft_config().is_err(), "{batch} {queue}");
         }
+    }
+
+    /// Goal: the RPCs that carry the most data can finish within the time openraft gives them,
+    /// whatever the batch size (openraft allows one `heartbeat_interval` per append-entries and
+    /// `install_snapshot_timeout` per snapshot chunk).
+    #[test]
+    fn large_rpcs_fit_their_timeouts() {
+        for batch in [1, 64, 512, PUBLISH_BATCH_MAX_LIMIT] {
+            let settings = Settings {
+                publish_batch_max: batch,
+                ..Settings::default()
+            };
+            let config = settings.openraft_config().expect("valid");
+            let append_bytes = config.max_payload_entries as usize * settings.entry_bytes_max();
+            assert!(config.max_payload_entries >= 1);
+            assert!(
+                append_bytes <= APPEND_BYTES_BUDGET || config.max_payload_entries == 1,
+                "batch {batch}: {append_bytes} bytes per append"
+            );
+            assert!(settings.peer_body_max() >= append_bytes, "batch {batch}");
+            assert!(config.install_snapshot_timeout >= 10_000);
+        }
+        let small_entries = Settings {
+            publish_batch_max: 1,
+            ..Settings::default()
+        };
+        assert_eq!(
+            small_entries
+                .openraft_config()
+                .expect("valid")
+                .max_payload_entries,
+            ENTRIES_PER_APPEND_MAX
+        );
     }
 
     #[test]
