@@ -14,7 +14,10 @@ use pkraft_testkit::pkarr::{Keypair, SignedPacket, Timestamp};
 use pkraft_testkit::{iroh_packet, keypair};
 use serde_json::Value;
 
-use crate::dns_client::iroh_txt;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+
+use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
 use crate::harness::{TestServer, http_client};
 use crate::peer_proxy::{Faults, PeerProxy};
 
@@ -44,17 +47,25 @@ pub struct TestCluster {
     config_dir: tempfile::TempDir,
     /// Extra `[raft]` lines every node gets.
     raft_extra: String,
+    /// Extra sections at the end of every node's config.
+    sections_extra: String,
 }
 
 impl TestCluster {
     /// Starts node 1 (bootstrapping a new cluster), then nodes 2..=size joining through it, and
     /// waits until all are voters.
     pub async fn start(size: u64, raft_extra: &str) -> TestCluster {
+        TestCluster::start_with_sections(size, raft_extra, "").await
+    }
+
+    /// `start`, with `sections` (whole config sections such as `[dns]`) added to every config.
+    pub async fn start_with_sections(size: u64, raft_extra: &str, sections: &str) -> TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
             faults: Arc::new(Faults::default()),
             config_dir: tempfile::tempdir().expect("config dir"),
             raft_extra: raft_extra.to_string(),
+            sections_extra: sections.to_string(),
         };
         for id in 1..=size {
             cluster.add(id).await;
@@ -73,9 +84,10 @@ impl TestCluster {
         let config = format!(
             "node_id = {id}\n[raft]\n{TEST_RAFT}{raft}[http]\nrequest_timeout = \"10s\"\n\
              [cluster]\nadvertise = \"{advertise}\"\nsecret = \"{SECRET}\"\n{membership}\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n",
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n{sections}",
             raft = self.raft_extra,
             advertise = proxy.addr,
+            sections = self.sections_extra,
         );
         let path = self.config_dir.path().join(format!("node{id}.toml"));
         std::fs::write(&path, config).expect("write config");
@@ -426,6 +438,62 @@ async fn t50_an_isolated_leader_answers_503_while_the_majority_commits() {
             member.id
         );
     }
+}
+
+/// With `dns.max_stale`, a follower cut off from the leader answers SERVFAIL once it has not
+/// heard from it for longer than that (so resolvers ask another node), while the majority keeps
+/// answering; after healing it answers from its replica again.
+#[tokio::test]
+async fn t50_a_cut_off_follower_answers_servfail_past_max_stale() {
+    let cluster = TestCluster::start_with_sections(3, "", "[dns]\nmax_stale = \"2s\"\n").await;
+    let (key, packet) = packet(650, 1_000);
+    put_until_accepted(&cluster.member(1).server, &key, &packet).await;
+    for member in &cluster.members {
+        wait_served(&member.server, &key, &packet).await;
+    }
+    let leader = cluster.leader().await;
+    let cut_off = cluster
+        .members
+        .iter()
+        .map(|m| m.id)
+        .find(|id| *id != leader)
+        .expect("a follower");
+    let name = key_name("_iroh", &key);
+    let rcode = |id: u64| {
+        let dns = cluster.member(id).server.dns;
+        let name = name.clone();
+        async move {
+            raw_query(dns, Transport::Udp, &name, RecordType::TXT, Some(1232))
+                .await
+                .metadata
+                .response_code
+        }
+    };
+
+    cluster.faults.isolate(cut_off);
+    let isolated_at = Instant::now();
+    eventually("SERVFAIL from the cut-off follower", || async {
+        (rcode(cut_off).await == ResponseCode::ServFail).then_some(())
+    })
+    .await;
+    // Not at once: the follower's last contact was one heartbeat (100 ms, more on a loaded
+    // machine) before the cut, so SERVFAIL starts a little before 2 s after it.
+    assert!(
+        isolated_at.elapsed() >= Duration::from_secs(1),
+        "SERVFAIL only past max_stale, after {:?}",
+        isolated_at.elapsed()
+    );
+    // The majority still has a leader and a quorum, so it keeps answering.
+    for member in cluster.members.iter().filter(|m| m.id != cut_off) {
+        wait_served(&member.server, &key, &packet).await;
+    }
+
+    cluster.faults.heal();
+    eventually("answers again after healing", || async {
+        (rcode(cut_off).await == ResponseCode::NoError).then_some(())
+    })
+    .await;
+    wait_served(&cluster.member(cut_off).server, &key, &packet).await;
 }
 
 /// Peer requests need the cluster secret and admin changes need the token; refused requests

@@ -7,15 +7,19 @@
 //!   `<name>.<z32>.<origin>` answered from the packet stored for `<z32>`.
 //! - [`server`]: [`server::DnsServer`]: binds UDP and TCP on one port and runs hickory's `Server`
 //!   with a `Catalog` of the zones.
+//! - [`freshness`]: [`freshness::FreshnessGuard`] in front of the `Catalog`: SERVFAIL while the
+//!   node is staler than `dns.max_stale`.
 //!
 //! hickory's `Catalog` does the protocol work around the zones: EDNS (OPT echo, BADVERS), the AA
 //! flag, REFUSED for names under no origin, FORMERR for bad question counts, and the SOA in the
 //! authority section of negative answers. The server truncates UDP answers that exceed the
 //! client's EDNS size (512 bytes without EDNS) and sets TC.
 
+pub mod freshness;
 pub mod server;
 pub mod settings;
 pub mod zone;
 
+pub use freshness::Staleness;
 pub use server::{DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};

@@ -10,6 +10,7 @@ use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use pkraft_store::Store;
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::freshness::{FreshnessGuard, Staleness};
 use crate::settings::{Settings, SettingsError};
 use crate::zone::PkarrZone;
 
@@ -30,13 +31,18 @@ pub enum DnsError {
 
 /// A running DNS frontend. Answers until [`DnsServer::shutdown`].
 pub struct DnsServer {
-    server: Server<Catalog>,
+    server: Server<FreshnessGuard<Catalog>>,
     local_addr: SocketAddr,
 }
 
 impl DnsServer {
-    /// Binds UDP and TCP on `settings.listen` and starts answering from `store`.
-    pub async fn bind(settings: &Settings, store: Store) -> Result<DnsServer, DnsError> {
+    /// Binds UDP and TCP on `settings.listen` and starts answering from `store`, or SERVFAIL
+    /// while `staleness` exceeds `settings.max_stale`.
+    pub async fn bind(
+        settings: &Settings,
+        store: Store,
+        staleness: Staleness,
+    ) -> Result<DnsServer, DnsError> {
         let zones = settings.zones()?;
         let mut catalog = Catalog::new();
         for origin in &zones.origins {
@@ -49,7 +55,8 @@ impl DnsServer {
             addr: settings.listen,
             source,
         })?;
-        let mut server = Server::new(catalog);
+        let handler = FreshnessGuard::new(catalog, staleness, settings.max_stale);
+        let mut server = Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_QUEUE_LEN);
         Ok(DnsServer { server, local_addr })

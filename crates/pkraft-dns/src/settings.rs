@@ -40,6 +40,13 @@ pub struct Settings {
     /// A DNS-over-TCP connection with no request for this long is closed. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
+    /// Answer SERVFAIL, so that resolvers ask another node, once this node has not heard from a
+    /// leader for longer than this (or has not since it started). A leader counts from its last
+    /// quorum acknowledgement; a single-node cluster is never stale. Default: unset, always
+    /// answer from the local replica. Set it well above `raft.election_timeout_max`, or every
+    /// election makes the followers fail queries.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -55,6 +62,7 @@ impl Default for Settings {
             apex_a: Vec::new(),
             apex_aaaa: Vec::new(),
             tcp_idle_timeout: Duration::from_secs(10),
+            max_stale: None,
         }
     }
 }
@@ -107,6 +115,12 @@ impl Settings {
                     format!("{origin} is listed twice"),
                 ));
             }
+        }
+        if self.max_stale.is_some_and(|max| max.is_zero()) {
+            return Err(SettingsError::new(
+                "max_stale",
+                "must be longer than 0s (leave it unset to never answer SERVFAIL)",
+            ));
         }
         let nameservers = names("nameservers", &self.nameservers)?;
         for (i, ns) in nameservers.iter().enumerate() {
@@ -203,5 +217,11 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(twice.zones().expect_err("invalid").field, "origins[1]");
+
+        let never_fresh = Settings {
+            max_stale: Some(Duration::ZERO),
+            ..Settings::default()
+        };
+        assert_eq!(never_fresh.zones().expect_err("invalid").field, "max_stale");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pkraft_dns::DnsServer;
+use pkraft_dns::{DnsServer, Staleness};
 use pkraft_raft::Node;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -130,7 +130,9 @@ impl Server {
             }),
         );
 
-        let dns = DnsServer::bind(&config.dns, node.store().clone()).await?;
+        let staleness_of = node.clone();
+        let staleness: Staleness = Arc::new(move || staleness_of.staleness());
+        let dns = DnsServer::bind(&config.dns, node.store().clone(), staleness).await?;
         Ok(Server {
             node,
             http_addr,
