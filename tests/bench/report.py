@@ -15,7 +15,9 @@ import statistics
 import sys
 
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
-NAMES = {"pkraft": "pkraft", "iroh": "iroh-dns-server", "nsd": "NSD"}
+NAMES = {"pkraft": "pkraft", "cluster": "pkraft 3-node", "iroh": "iroh-dns-server", "nsd": "NSD"}
+# openraft's default-config failover budget the issue sets: 2 × raft.election_timeout_max (2 s).
+FAILOVER_TARGET_MS = 4000
 
 
 def load(path):
@@ -62,12 +64,13 @@ def fmt(value, digits=0):
 
 
 def report(results, versions, params):
-    systems = [s for s in ("pkraft", "iroh") if runs(results, s, "put")]
+    systems = [s for s in ("pkraft", "cluster", "iroh") if runs(results, s, "put")]
+    ratio_systems = [s for s in ("pkraft", "cluster") if s in systems] if "iroh" in systems else []
     out = []
     w = out.append
     w(f'Measured {versions.get("date", "?")} on {versions.get("cpu", "?")} '
       f'({versions.get("cores", "?")} cores, kernel {versions.get("kernel", "?")}); '
-      f'pkraft {versions.get("pkraft", "?")} (release build), iroh-dns-server '
+      f'pkraft {versions.get("pkraft", "?")} ({versions.get("build", "?")} build), iroh-dns-server '
       f'{versions.get("iroh-dns-server", "?")}, {versions.get("nsd", "NSD ?")}, '
       f'{versions.get("dnsperf", "dnsperf ?")}, {versions.get("rustc", "?")}.')
     w("")
@@ -75,27 +78,29 @@ def report(results, versions, params):
       f'{params["concurrency"]} concurrent HTTP connections, {params["get_requests"]:,} GETs per run, '
       f'dnsperf `-c {params["dns_clients"]} -l {params["dns_seconds"]}`, closed-loop DNS latency with '
       f'{params["dns_clients"]} clients for {params["dns_latency_seconds"]} s, '
-      f'{params["lag_samples"]} lag samples.')
+      f'{params["lag_samples"]} lag samples, {params.get("failover_trials", 0)} failover trials. '
+      f'"pkraft 3-node" is a 3-node cluster on this one machine (default Raft timing), loaded '
+      f'through all three nodes; its server CPU is the sum over the nodes.')
     w("")
 
     w("### HTTP relay")
     w("")
-    header = "| | " + " | ".join(NAMES[s] for s in systems) + (" | pkraft / iroh (paired) |" if "iroh" in systems else " |")
-    w(header)
-    w("|---" * (len(systems) + 1 + ("iroh" in systems)) + "|")
+    w("| | " + " | ".join(NAMES[s] for s in systems)
+      + "".join(f" | {NAMES[s]} / iroh (paired)" for s in ratio_systems) + " |")
+    w("|---" * (len(systems) + 1 + len(ratio_systems)) + "|")
     for kind, label in (("put", "PUT"), ("get", "GET")):
         for field, unit, digits in (("rps", "/s", 0), ("p50_ms", " p50 ms", 2), ("p99_ms", " p99 ms", 2),
                                     ("server_cpu_us", " server CPU µs each", 0),
                                     ("machine_idle_pct", " machine idle %", 0)):
             values = [median(runs(results, s, kind), field) for s in systems]
             row = f"| {label}{unit} | " + " | ".join(fmt(v, digits) for v in values)
-            if "iroh" in systems:
-                row += " | " + paired_ratio(results, "pkraft", "iroh", kind, field)
+            for s in ratio_systems:
+                row += " | " + paired_ratio(results, s, "iroh", kind, field)
             w(row + " |")
-    if "iroh" in systems:
+    if ratio_systems:
         w("")
-        w("The last column is the median of the per-round ratios (each round's two runs saw the same "
-          "machine); it can differ from the ratio of the medians in the other columns.")
+        w("The ratio columns are medians of the per-round ratios (runs are interleaved, so each "
+          "round's runs saw the same machine); they can differ from the ratio of the medians.")
     w("")
 
     dns_systems = [s for s in ("pkraft", "iroh", "nsd") if runs(results, s, "dns")]
@@ -116,35 +121,66 @@ def report(results, versions, params):
         w("Ratios (queries/s, dnsperf, median of the per-round ratios): " + "; ".join(ratios) + ".")
     w("")
 
+    cluster_dns = runs(results, "cluster", "dns")
+    if cluster_dns:
+        w("### DNS per node of the 3-node cluster (UDP, dnsperf, one node at a time)")
+        w("")
+        w("| node | queries/s | mean latency ms | lost |")
+        w("|---|---|---|---|")
+        for node in sorted({r["node"] for r in cluster_dns}):
+            rows = [r for r in cluster_dns if r["node"] == node]
+            w(f'| {node} | {fmt(median(rows, "qps"))} | {fmt(median(rows, "avg_ms"), 3)} | {fmt(median(rows, "lost"))} |')
+        w("")
+
     w("### Visibility after the PUT is acknowledged")
+    w("")
+    w("The cluster's PUTs go to node 2; a node's lag is the time from the acknowledgement to its "
+      "first DNS answer with the new record.")
     w("")
     w("| | PUT p50 ms | PUT p99 ms | visible p50 ms | visible p99 ms | visible max ms |")
     w("|---|---|---|---|---|---|")
     for s in systems:
         for r in runs(results, s, "lag"):
-            node = r["nodes"][0]
-            w(f'| {NAMES[s]} | {fmt(r["put_p50_ms"], 2)} | {fmt(r["put_p99_ms"], 2)} | '
-              f'{fmt(node["p50_ms"], 2)} | {fmt(node["p99_ms"], 2)} | {fmt(node["max_ms"], 2)} |')
+            for i, node in enumerate(r["nodes"], 1):
+                name = NAMES[s] + (f" node {i}" if len(r["nodes"]) > 1 else "")
+                w(f'| {name} | {fmt(r["put_p50_ms"], 2)} | {fmt(r["put_p99_ms"], 2)} | '
+                  f'{fmt(node["p50_ms"], 2)} | {fmt(node["p99_ms"], 2)} | {fmt(node["max_ms"], 2)} |')
     w("")
+
+    failovers = runs(results, "cluster", "failover")
+    if failovers:
+        times = [r["accepted_ms"] for r in failovers]
+        w("### Failover (3-node cluster)")
+        w("")
+        w("SIGKILL the leader, then PUT a packet not stored before through a survivor until it is "
+          "accepted (204); time from the kill to the acceptance.")
+        w("")
+        w("| trials | median ms | max ms | target ms (2 × election_timeout_max) | every trial ms |")
+        w("|---|---|---|---|---|")
+        w(f'| {len(times)} | {fmt(statistics.median(times))} | {fmt(max(times))} | {FAILOVER_TARGET_MS:,} | '
+          + ", ".join(fmt(t) for t in times) + " |")
+        w("")
 
     w("### Memory at the end of the run")
     w("")
     w("| | RSS MiB | peak RSS MiB |")
     w("|---|---|---|")
-    for s in ("pkraft", "iroh", "nsd"):
+    for s in ("pkraft", "cluster", "iroh", "nsd"):
         for r in runs(results, s, "memory"):
-            w(f'| {NAMES[s]} | {fmt(r["rss_kib"] / 1024, 1)} | {fmt(r["hwm_kib"] / 1024, 1)} |')
+            name = NAMES[s] + (f' node {r["node"]}' if "node" in r else "")
+            w(f'| {name} | {fmt(r["rss_kib"] / 1024, 1)} | {fmt(r["hwm_kib"] / 1024, 1)} |')
     w("")
 
     w("<details><summary>Every run</summary>")
     w("")
     w("| system | kind | run | result |")
     w("|---|---|---|---|")
-    for s in ("pkraft", "iroh", "nsd"):
+    for s in ("pkraft", "cluster", "iroh", "nsd"):
         for kind in ("load", "put", "get", "dns", "dnslat"):
             for i, r in enumerate(runs(results, s, kind), 1):
                 if kind == "dns":
-                    text = f'{fmt(r["qps"])} q/s, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
+                    node = f' (node {r["node"]})' if "node" in r else ""
+                    text = f'{fmt(r["qps"])} q/s{node}, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
                 else:
                     cpu = (f', {fmt(r["server_cpu_us"])} µs server CPU each, machine {fmt(r["machine_idle_pct"])} % idle'
                            if "server_cpu_us" in r else "")

@@ -17,9 +17,11 @@ case "$mode" in
   full)
     runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} get_requests=${BENCH_GETS:-100000}
     dns_seconds=${BENCH_DNS_SECONDS:-10} dns_latency_seconds=5 lag_samples=${BENCH_LAG_SAMPLES:-200}
+    failover_trials=${BENCH_FAILOVER_TRIALS:-5}
     bin_dir=${BENCH_BIN_DIR:-target/release} peers=yes ;;
   smoke)
     runs=1 keys=300 get_requests=2000 dns_seconds=2 dns_latency_seconds=1 lag_samples=20
+    failover_trials=1
     bin_dir=${BENCH_BIN_DIR:-target/debug} peers=no ;;
   *) echo "usage: $0 full|smoke" >&2; exit 2 ;;
 esac
@@ -100,12 +102,21 @@ wait_until_up() {  # $1 = name, $2 = pid, rest = probe command; up to 30 s
 
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # utime + stime
 ticks_per_s=$(getconf CLK_TCK)
 machine_ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }  # total idle
 
+# Per system: its processes (the cluster has three), its HTTP base URLs and DNS ports (one per
+# node), all space-separated.
 declare -A http_url dns_port pid_of
-servers_cpu() { local sum=0 s; for s in "${!pid_of[@]}"; do sum=$((sum + $(cpu_ticks "${pid_of[$s]}"))); done; echo "$sum"; }
+cpu_ticks() {  # utime + stime of every process of system $1
+  local sum=0 pid
+  for pid in ${pid_of[$1]}; do
+    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$sum"
+}
+servers_cpu() { local sum=0 s; for s in "${!pid_of[@]}"; do sum=$((sum + $(cpu_ticks "$s"))); done; echo "$sum"; }
+url_args() { local u; for u in ${http_url[$1]}; do echo "--url" "$u"; done; }  # --url per node
 settle() {  # until every server has been idle (≤ 1 tick) for 0.5 s, at most 10 s
   local before after
   for _ in $(seq 1 20); do
@@ -127,12 +138,12 @@ measured() {
   local system=$1 kind=$2; shift 2
   local cpu_before cpu_after machine_before machine_after
   settle
-  cpu_before=$(cpu_ticks "${pid_of[$system]}")
+  cpu_before=$(cpu_ticks "$system")
   machine_before=$(machine_ticks)
   "$bench" "$@" >"$work/run.json"
   machine_after=$(machine_ticks)
   settle
-  cpu_after=$(cpu_ticks "${pid_of[$system]}")
+  cpu_after=$(cpu_ticks "$system")
   python3 - "$work/run.json" "$cpu_before" "$cpu_after" "$ticks_per_s" "$machine_before" "$machine_after" <<'PY' | record "$system" "$kind"
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -163,7 +174,7 @@ print(json.dumps({"qps": num(r"Queries per second:\s+([\d.]+)"),
 }
 
 # --- data ----------------------------------------------------------------------------------
-versions=$((runs + 2))  # 0: initial load, 1..runs: measured PUTs, runs+1: lag
+versions=$((runs + 3))  # 0: initial load, 1..runs: measured PUTs, runs+1: lag, runs+2: failover
 "$bench" gen --keys "$keys" --versions "$versions" --out "$work/data.bin"
 "$bench" queries --data "$work/data.bin" --origin "$origin" --version 0 \
   --queries "$work/queries.txt" --zone "$work/$origin.zone"
@@ -244,9 +255,70 @@ CONF
   wait_until_up nsd "${pid_of[nsd]}" dig +short +tries=1 +time=1 @127.0.0.1 -p "$dns" "$origin" SOA
 }
 
-systems=(pkraft)
+# A 3-node pkraft cluster with the production Raft timing (config defaults): node 1 bootstraps,
+# nodes 2 and 3 join through it. Ports are fixed per node, so a killed node restarts on the same
+# addresses the others know.
+cluster_secret=bench-cluster-secret-not-for-production
+declare -A node_pid node_admin node_http node_dns
+start_cluster_node() {  # $1 = node id; (re)starts it from its config, keeping its data dir
+  local n=$1 membership
+  if [ ! -f "$work/cluster$n.toml" ]; then
+    local http dns peer admin
+    http=$(free_port); dns=$(free_port); peer=$(free_port); admin=$(free_port)
+    if [ "$n" = 1 ]; then membership="bootstrap = true"; node1_peer=$peer
+    else membership="join = [\"127.0.0.1:$node1_peer\"]"; fi
+    cat >"$work/cluster$n.toml" <<TOML
+node_id = $n
+data_dir = "$work/cluster$n-data"
+[http]
+listen = "127.0.0.1:$http"
+[dns]
+listen = "127.0.0.1:$dns"
+origins = ["$origin"]
+[cluster]
+peer_listen = "127.0.0.1:$peer"
+secret = "$cluster_secret"
+$membership
+[admin]
+listen = "127.0.0.1:$admin"
+TOML
+    node_http[$n]="http://127.0.0.1:$http/pkarr"; node_dns[$n]=$dns; node_admin[$n]="127.0.0.1:$admin"
+  fi
+  RUST_LOG=warn setsid "$pkraft" serve --config "$work/cluster$n.toml" >>"$work/cluster$n.log" 2>&1 &
+  node_pid[$n]=$!; pids+=($!)
+  disown "$!"  # the failover trials SIGKILL it: no "Killed" job notice from bash
+  pid_of[cluster]="${node_pid[*]}"
+  wait_until_up "cluster node $n" "${node_pid[$n]}" curl -sf "${node_http[$n]%/pkarr}/healthz"
+}
+# Prints the leader's id once node $1 sees 3 voters, no voter change under way, and every voter
+# applied that membership; fails after 60 s.
+cluster_settled() {
+  local leader
+  for _ in $(seq 1 600); do
+    leader=$("$pkraft" cluster --admin "${node_admin[$1]}" status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+m = s["membership"]
+settled = [x for x in s["members"] if x["voter"] and x["status"] and m["log_index"] is not None
+           and (x["status"]["applied_index"] or 0) >= m["log_index"]]
+leader = s["node"]["leader"]
+print(leader if not m["joint"] and len(settled) == 3 and leader is not None else "")' 2>/dev/null || true)
+    [ -n "$leader" ] && { echo "$leader"; return 0; }
+    sleep 0.1
+  done
+  fail "the cluster did not settle within 60 s"
+}
+start_cluster() {
+  local n
+  for n in 1 2 3; do start_cluster_node "$n"; done
+  cluster_settled 1 >/dev/null
+  http_url[cluster]="${node_http[*]}"; dns_port[cluster]="${node_dns[*]}"
+}
+
+systems=(pkraft cluster)
 dns_systems=(pkraft)
 start_pkraft
+start_cluster
 if [ "$peers" = yes ]; then
   systems+=(iroh); dns_systems+=(iroh nsd)
   start_iroh; start_nsd
@@ -254,25 +326,35 @@ fi
 
 # --- load: version 0 everywhere, then interleaved measured rounds ---------------------------
 for s in "${systems[@]}"; do
-  "$bench" put --data "$work/data.bin" --version 0 --url "${http_url[$s]}" --concurrency "$concurrency" | record "$s" load
+  # shellcheck disable=SC2046  # url_args prints one --url per node, unquoted on purpose
+  "$bench" put --data "$work/data.bin" --version 0 $(url_args "$s") --concurrency "$concurrency" | record "$s" load
 done
 reversed() { local i; for ((i = $# ; i > 0 ; i--)); do echo "${!i}"; done; }
 for r in $(seq 1 "$runs"); do
   # Alternate who goes first, so neither system always runs right after the other's load.
   if ((r % 2)); then order=("${systems[@]}"); dns_order=("${dns_systems[@]}")
   else mapfile -t order < <(reversed "${systems[@]}"); mapfile -t dns_order < <(reversed "${dns_systems[@]}"); fi
+  # shellcheck disable=SC2046  # url_args prints one --url per node, unquoted on purpose
   for s in "${order[@]}"; do
     log "round $r/$runs: $s PUT"
-    measured "$s" put put --data "$work/data.bin" --version "$r" --url "${http_url[$s]}" --concurrency "$concurrency"
+    measured "$s" put put --data "$work/data.bin" --version "$r" $(url_args "$s") --concurrency "$concurrency"
   done
+  # shellcheck disable=SC2046
   for s in "${order[@]}"; do
     log "round $r/$runs: $s GET"
-    measured "$s" get get --data "$work/data.bin" --url "${http_url[$s]}" --concurrency "$concurrency" --requests "$get_requests"
+    measured "$s" get get --data "$work/data.bin" $(url_args "$s") --concurrency "$concurrency" --requests "$get_requests"
   done
   for s in "${dns_order[@]}"; do
     log "round $r/$runs: $s DNS"
     settle
     dnsperf_json "${dns_port[$s]}" | record "$s" dns
+  done
+  # Each cluster node answers DNS from its own replica: measured one node at a time.
+  for n in 1 2 3; do
+    log "round $r/$runs: cluster node $n DNS"
+    settle
+    dnsperf_json "${node_dns[$n]}" | python3 -c 'import json,sys; d=json.load(sys.stdin); d["node"]=int(sys.argv[1]); print(json.dumps(d))' "$n" |
+      record cluster dns
   done
   # Latency percentiles under a closed-loop load of the same 20 clients (dnsperf has none).
   for s in "${dns_order[@]}"; do
@@ -284,11 +366,35 @@ done
 for s in "${systems[@]}"; do
   log "$s visibility lag"
   settle
-  "$bench" lag --data "$work/data.bin" --version $((runs + 1)) --put-url "${http_url[$s]}" \
-    --dns "127.0.0.1:${dns_port[$s]}" --origin "$origin" --samples "$lag_samples" | record "$s" lag
+  # The cluster: PUT through node 2 (usually a follower: node 1 bootstrapped the cluster), then
+  # watch every node's DNS.
+  put_url=${http_url[$s]%% *}; [ "$s" = cluster ] && put_url=${node_http[2]}
+  dns_args=(); for port in ${dns_port[$s]}; do dns_args+=(--dns "127.0.0.1:$port"); done
+  "$bench" lag --data "$work/data.bin" --version $((runs + 1)) --put-url "$put_url" \
+    "${dns_args[@]}" --origin "$origin" --samples "$lag_samples" | record "$s" lag
 done
 for s in "${dns_systems[@]}"; do
   echo "{\"rss_kib\": $(rss_kib "${pid_of[$s]}"), \"hwm_kib\": $(hwm_kib "${pid_of[$s]}")}" | record "$s" memory
+done
+for n in 1 2 3; do
+  echo "{\"node\": $n, \"rss_kib\": $(rss_kib "${node_pid[$n]}"), \"hwm_kib\": $(hwm_kib "${node_pid[$n]}")}" | record cluster memory
+done
+
+# --- failover: SIGKILL the cluster's leader, time the first PUT a survivor accepts ------------
+# Each trial PUTs a packet never stored before (version runs+2 of key t), so only a commit
+# through a new leader can answer 204. The killed node restarts and the cluster settles first.
+for t in $(seq 1 "$failover_trials"); do
+  settle
+  leader=$(cluster_settled 1)
+  survivor=$(( leader % 3 + 1 ))
+  log "failover $t/$failover_trials: SIGKILL leader node $leader, PUT through node $survivor"
+  kill -KILL -- "-${node_pid[$leader]}"
+  "$bench" accept --data "$work/data.bin" --version $((runs + 2)) --key $((t - 1)) \
+    --url "${node_http[$survivor]}" --timeout-secs 30 |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); d["killed"]=int(sys.argv[1]); print(json.dumps(d))' "$leader" |
+    record cluster failover
+  start_cluster_node "$leader"
+  cluster_settled "$survivor" >/dev/null
 done
 
 # --- report ---------------------------------------------------------------------------------
@@ -298,15 +404,16 @@ cp "$results" "target/bench-results-$mode.jsonl"
 versions_json=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   pkraft "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
   iroh-dns-server "$iroh_version" \
-  nsd "$( (nsd -v 2>&1 || true) | head -1)" \
+  nsd "$( (command -v nsd >/dev/null && nsd -v 2>&1 || echo "NSD not run") | head -1)" \
   dnsperf "$(dnsperf -h 2>&1 | grep -m1 Version | sed 's/^Version/dnsperf/' || true)" \
   rustc "$(rustc --version)" \
   cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
-  cores "$(nproc)" kernel "$(uname -r)" date "$(date -u +%Y-%m-%dT%H:%MZ)")
+  cores "$(nproc)" kernel "$(uname -r)" date "$(date -u +%Y-%m-%dT%H:%MZ)" \
+  build "$(basename "$bin_dir")")
 params_json=$(python3 -c 'import json,sys; print(json.dumps({k: (v if k == "mode" else int(v)) for k, v in zip(sys.argv[1::2], sys.argv[2::2])}))' \
   mode "$mode" runs "$runs" keys "$keys" concurrency "$concurrency" get_requests "$get_requests" \
   dns_seconds "$dns_seconds" dns_latency_seconds "$dns_latency_seconds" dns_clients "$dns_clients" \
-  lag_samples "$lag_samples")
+  lag_samples "$lag_samples" failover_trials "$failover_trials")
 if [ "$mode" = full ]; then
   python3 tests/bench/report.py "$results" "$versions_json" "$params_json" --update docs/BENCHMARKS.md
   log "results written to docs/BENCHMARKS.md"

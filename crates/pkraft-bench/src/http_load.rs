@@ -27,9 +27,9 @@ pub struct Job {
     pub body: Bytes,
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-fn client() -> HttpClient {
+pub(crate) fn client() -> HttpClient {
     let mut connector = HttpConnector::new();
     // Small requests: Nagle's algorithm would add delay to every one of them.
     connector.set_nodelay(true);
@@ -38,9 +38,10 @@ fn client() -> HttpClient {
         .build(connector)
 }
 
-struct Outcome {
-    latency: Duration,
-    status: Option<u16>,
+pub(crate) struct Outcome {
+    pub latency: Duration,
+    /// `None`: no HTTP answer (refused connection, reset, timeout).
+    pub status: Option<u16>,
 }
 
 /// Runs every job once and summarises the run under `op`.
@@ -94,7 +95,7 @@ pub async fn run(
     ))
 }
 
-async fn send(client: &HttpClient, base: &str, job: &Job) -> Outcome {
+pub(crate) async fn send(client: &HttpClient, base: &str, job: &Job) -> Outcome {
     let start = Instant::now();
     let request = Request::builder()
         .method(job.method.clone())

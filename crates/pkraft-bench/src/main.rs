@@ -7,9 +7,11 @@
 //! pkraft-bench queries --data data.bin --origin pkarr.test --queries q.txt --zone pkarr.test.zone
 //! pkraft-bench dns --data data.bin --server 127.0.0.1:5300 --concurrency 20 --seconds 10
 //! pkraft-bench lag --data data.bin --version 2 --put-url http://127.0.0.1:8080/pkarr --dns 127.0.0.1:5300
+//! pkraft-bench accept --data data.bin --version 3 --key 0 --url http://127.0.0.1:8080/pkarr
 //! ```
 //! Every measuring command prints one JSON object on stdout.
 
+mod accept;
 mod dataset;
 mod dns_files;
 mod dns_load;
@@ -118,6 +120,21 @@ enum Command {
         origin: String,
         #[arg(long, default_value_t = 200)]
         samples: usize,
+    },
+    /// PUT VERSION of key KEY to URL until it is accepted (204), retrying refusals (503, no
+    /// connection) for up to TIMEOUT_SECS; prints the time to acceptance. Failover trials run it
+    /// right after killing the leader.
+    Accept {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        version: usize,
+        #[arg(long)]
+        key: usize,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
     },
 }
 
@@ -229,6 +246,23 @@ async fn main() -> anyhow::Result<()> {
                 samples,
             };
             print(&lag::run(spec).await?)?;
+        }
+        Command::Accept {
+            data,
+            version,
+            key,
+            url,
+            timeout_secs,
+        } => {
+            let data = DataSet::read(&data)?;
+            let spec = accept::AcceptSpec {
+                data: &data,
+                version,
+                key,
+                url: &url,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            };
+            print(&accept::run(spec).await?)?;
         }
     }
     Ok(())

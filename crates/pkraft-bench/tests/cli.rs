@@ -102,3 +102,36 @@ fn a_missing_version_is_an_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("version 2 requested"));
 }
+
+/// `accept` retries refusals only up to its timeout, then fails and says what it saw (the
+/// failover trials of `make bench` rely on a failing probe ending the run).
+#[test]
+fn accept_gives_up_after_its_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data.bin").display().to_string();
+    gen_small(&data);
+    // A port that nothing listens on: every attempt is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let url = format!("http://{closed}/pkarr");
+    let started = std::time::Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_pkraft-bench"))
+        .args(["accept", "--data", &data, "--version", "1", "--key", "0"])
+        .args(["--url", &url, "--timeout-secs", "1"])
+        .output()
+        .expect("run pkraft-bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no PUT accepted"), "{stderr}");
+    assert!(stderr.contains("\"error\""), "refusals counted: {stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    let past_the_keys = Command::new(env!("CARGO_BIN_EXE_pkraft-bench"))
+        .args(["accept", "--data", &data, "--version", "1", "--key", "5"])
+        .args(["--url", &url, "--timeout-secs", "1"])
+        .output()
+        .expect("run pkraft-bench");
+    assert!(!past_the_keys.status.success());
+    assert!(String::from_utf8_lossy(&past_the_keys.stderr).contains("past the 5 keys"));
+}
