@@ -545,6 +545,76 @@ async fn t10_peer_and_admin_requests_are_authenticated() {
     assert_eq!(ids(&after), vec![1, 2, 3]);
 }
 
+/// A removed node id is never admitted again (node ids are never reused): the admin API refuses
+/// to add it, a new node with that id asking to join is refused and stops asking, and the peers
+/// refuse requests from it, so a removed node that still runs cannot disturb the cluster.
+#[tokio::test]
+async fn t20_a_removed_node_id_is_refused_when_it_comes_back() {
+    let mut cluster = TestCluster::start(3, "").await;
+    let client = http_client();
+    let admin = |id: u64, path: &str| format!("http://{}{path}", cluster.member(id).server.admin);
+    let removed = client
+        .post(admin(1, "/cluster/remove"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(r#"{"node_id": 3}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(removed.status(), 200);
+    cluster.wait_for_voters(2).await;
+
+    // Through a follower as well as the leader: the refusal comes from the leader's replica.
+    for via in [1, 2] {
+        let again = client
+            .post(admin(via, "/cluster/add-learner"))
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .header("content-type", "application/json")
+            .body(r#"{"node_id": 3, "addr": "127.0.0.1:9"}"#)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(again.status(), 409, "via node {via}");
+        let body = again.text().await.unwrap_or_default();
+        assert!(body.contains("was removed"), "{body}");
+    }
+
+    let from_removed = client
+        .post(format!(
+            "http://{}/peer/v1/vote",
+            cluster.member(2).server.peer
+        ))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .header("pkraft-source-node", "3")
+        .body(vec![0u8; 8])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(from_removed.status(), 403);
+
+    // A new process with the removed id and an empty data dir asks to join: refused for good.
+    cluster.members.retain(|m| m.id != 3);
+    cluster.add(3).await;
+    let newcomer = &cluster.member(3).server;
+    // Polled asynchronously: the peer proxies run on this test's runtime, which a blocking wait
+    // would stall.
+    eventually("the newcomer told it is refused", || async {
+        newcomer
+            .log()
+            .contains("the cluster refused to admit this node")
+            .then_some(())
+    })
+    .await;
+    let status = admin_status(&cluster.member(1).server)
+        .await
+        .expect("status");
+    let ids: Vec<u64> = status["members"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["id"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, vec![1, 2]);
+}
+
 /// Expiry goes through the log: packets signed longer ago than `record_max_age` disappear from
 /// every node, and newer ones stay on every node.
 #[tokio::test]

@@ -8,13 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::StatusCode;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
 use crate::node::Node;
-use crate::peer::{MembershipChange, PeerError, path};
+use crate::peer::{CallError, MembershipChange, PeerError, path};
 
 /// How long the leader waits for a new node to catch up before making it a voter. The joining
 /// node asks again if this passes (a large snapshot on a slow link).
@@ -63,7 +64,8 @@ pub struct MemberStatus {
     pub status: Option<NodeStatus>,
     /// Why it did not answer.
     pub error: Option<String>,
-    /// Entries the member's log is behind the leader's, as the leader sees it (leader only).
+    /// Entries the member's log is behind the leader's: as the leader tracks it when the
+    /// answering node leads, else from the leader's and the member's own reports.
     pub lag_entries: Option<u64>,
 }
 
@@ -191,6 +193,12 @@ impl Node {
     }
 
     async fn add_learner(&self, node_id: NodeId, addr: &str) -> Result<(), PeerError> {
+        if self.was_removed(node_id)? {
+            return Err(PeerError::Refused(format!(
+                "node id {node_id} was removed from this cluster and node ids are never reused; \
+                 give the new node a new node_id and an empty data dir"
+            )));
+        }
         let metrics = self.raft.metrics().borrow().clone();
         if let Some(node) = metrics.membership_config.membership().get_node(&node_id) {
             return if node.addr == addr {
@@ -208,6 +216,13 @@ impl Node {
             .map_err(change_error)?;
         tracing::info!(node_id, addr, "added a learner");
         Ok(())
+    }
+
+    /// Whether `node_id` left the cluster before (as of this node's applied log).
+    pub(crate) fn was_removed(&self, node_id: NodeId) -> Result<bool, PeerError> {
+        self.store()
+            .is_removed_node(node_id)
+            .map_err(|e| PeerError::Fatal(format!("reading the removed node ids: {e}")))
     }
 
     async fn promote(&self, node_id: NodeId) -> Result<(), PeerError> {
@@ -338,6 +353,7 @@ impl Node {
             });
         }
         members.sort_by_key(|m| m.id);
+        fill_lag_from_reports(&mut members, metrics.current_leader);
         ClusterStatus {
             node: self.local_status(),
             membership: membership_status,
@@ -378,6 +394,11 @@ pub(crate) async fn keep_joining(node: Arc<Node>) {
                 Ok(Ok(())) => break,
                 Ok(Err(PeerError::Refused(reason))) => {
                     tracing::error!(%reason, via = %addr, "the cluster refused to admit this node; not asking again");
+                    return;
+                }
+                // The peer listener refuses every request of a removed node.
+                Err(CallError::Status { status, body, .. }) if status == StatusCode::FORBIDDEN => {
+                    tracing::error!(reason = %body, via = %addr, "the cluster refused to admit this node; not asking again");
                     return;
                 }
                 Ok(Err(e)) => log_join_failure(&mut failures, addr, &e.to_string()),
@@ -439,6 +460,26 @@ fn leader_view_of_lag(metrics: &RaftMetrics<NodeId, BasicNode>, node_id: NodeId)
     Some(last.saturating_sub(matched))
 }
 
+/// Off the leader, `lag_entries` comes from the members' own reports: the leader's last log
+/// index minus each member's, as each answered its probe (a moment apart, so approximate).
+fn fill_lag_from_reports(members: &mut [MemberStatus], leader: Option<NodeId>) {
+    let leader_last_log = members
+        .iter()
+        .find(|m| Some(m.id) == leader)
+        .and_then(|m| m.status.as_ref())
+        .and_then(|status| status.last_log_index);
+    let Some(leader_last_log) = leader_last_log else {
+        return;
+    };
+    for member in members.iter_mut().filter(|m| m.lag_entries.is_none()) {
+        member.lag_entries = member
+            .status
+            .as_ref()
+            .and_then(|status| status.last_log_index)
+            .map(|last_log| leader_last_log.saturating_sub(last_log));
+    }
+}
+
 fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PeerError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {
@@ -486,5 +527,37 @@ mod tests {
 
         let uninitialized = membership(vec![]);
         assert!(!is_full_voter(&uninitialized, 1));
+    }
+
+    fn member(id: NodeId, last_log_index: Option<u64>) -> MemberStatus {
+        MemberStatus {
+            id,
+            addr: format!("127.0.0.1:{id}"),
+            voter: true,
+            status: last_log_index.map(|index| NodeStatus {
+                id,
+                role: "follower".to_string(),
+                term: 1,
+                leader: Some(1),
+                last_log_index: Some(index),
+                applied_index: Some(index),
+                millis_since_leader_contact: Some(0),
+            }),
+            error: None,
+            lag_entries: None,
+        }
+    }
+
+    /// Goal: `status` asked on a follower still shows each member's lag behind the leader.
+    #[test]
+    fn lag_off_the_leader_comes_from_the_reports() {
+        let mut members = vec![member(1, Some(100)), member(2, Some(97)), member(3, None)];
+        fill_lag_from_reports(&mut members, Some(1));
+        let lags: Vec<Option<u64>> = members.iter().map(|m| m.lag_entries).collect();
+        assert_eq!(lags, vec![Some(0), Some(3), None], "node 3 did not answer");
+
+        let mut leaderless = vec![member(1, Some(100)), member(2, Some(97))];
+        fill_lag_from_reports(&mut leaderless, None);
+        assert!(leaderless.iter().all(|m| m.lag_entries.is_none()));
     }
 }

@@ -18,8 +18,8 @@ use std::path::PathBuf;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageError, StoredMembership,
+    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
 use pkraft_store::Store;
 use serde::{Deserialize, Serialize};
@@ -121,6 +121,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }
                         }
                         EntryPayload::Membership(membership) => {
+                            // Every replica applies the same membership entries in the same
+                            // order, so all record the same removed ids.
+                            let dropped =
+                                dropped_nodes(applied.membership.membership(), &membership);
+                            if !dropped.is_empty() {
+                                txn.record_removed_nodes(&dropped)?;
+                            }
                             applied.membership =
                                 StoredMembership::new(Some(entry.log_id), membership);
                             ApplyResult::default()
@@ -186,6 +193,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// Nodes that `before` has and `after` does not: removed from the cluster by that change (node ids
+/// are never reused, so they must never be admitted again).
+fn dropped_nodes(
+    before: &Membership<NodeId, BasicNode>,
+    after: &Membership<NodeId, BasicNode>,
+) -> Vec<NodeId> {
+    before
+        .nodes()
+        .map(|(id, _)| *id)
+        .filter(|id| after.get_node(id).is_none())
+        .collect()
 }
 
 /// Builds snapshots from a consistent read of the store; runs concurrently with `apply`.

@@ -5,6 +5,9 @@
 //! - `packets` table: 32-byte public key → `applied_at_micros (8, big-endian) ‖ relay payload`.
 //! - `expiry` table: `signed timestamp (8, big-endian) ‖ key (32)` → `()`, one row per stored
 //!   packet, so `Command::Expire` finds the oldest packets without a scan.
+//! - `removed_nodes` table: node id → `()` for every node ever removed from the cluster, so that
+//!   a removed id is never admitted again (the consensus layer fills it as it applies membership
+//!   changes).
 //! - `meta` table: the schema version and `applied_state`, an opaque blob owned by the consensus
 //!   layer (last applied log id and membership). Keeping it opaque keeps openraft out of this crate.
 //!
@@ -27,6 +30,7 @@ pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 const PACKETS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("packets");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EXPIRY: TableDefinition<&ExpiryKey, ()> = TableDefinition::new("expiry");
+const REMOVED_NODES: TableDefinition<u64, ()> = TableDefinition::new("removed_nodes");
 
 /// `signed timestamp (8, big-endian) ‖ public key (32)`: sorts by timestamp.
 type ExpiryKey = [u8; 40];
@@ -43,7 +47,9 @@ const META_APPLIED_STATE: &str = "applied_state";
 
 /// On-disk format version of this file. Bump it (and add a migration) when the layout changes.
 /// 2: the `expiry` index (built from `packets` when a version-1 file is opened).
-pub const SCHEMA_VERSION: u64 = 2;
+/// 3: the `removed_nodes` table (empty when an older file is opened; an older build refuses the
+/// file rather than forget which node ids were removed).
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Bytes of the `applied_at_micros` prefix in a `packets` value.
 const APPLIED_AT_LEN: usize = 8;
@@ -139,13 +145,14 @@ impl Store {
         {
             txn.open_table(PACKETS)?;
             txn.open_table(EXPIRY)?;
+            txn.open_table(REMOVED_NODES)?;
             let mut meta = txn.open_table(META)?;
             let found = meta
                 .get(META_SCHEMA_VERSION)?
                 .map(|v| decode_u64(v.value()))
                 .transpose()?;
             match found {
-                None => {}
+                None | Some(2) => {}
                 Some(SCHEMA_VERSION) => {}
                 Some(1) => rebuild_expiry_index(&txn)?,
                 Some(found) => return Err(StoreError::SchemaVersion { found }),
@@ -172,6 +179,12 @@ impl Store {
         let index = txn.open_table(EXPIRY)?;
         let first = index.first()?;
         Ok(first.map(|(row, _)| timestamp_of(row.value())))
+    }
+
+    /// Whether `node_id` was removed from the cluster (as of the last applied entry).
+    pub fn is_removed_node(&self, node_id: u64) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(REMOVED_NODES)?.get(node_id)?.is_some())
     }
 
     /// Number of stored packets.
@@ -255,6 +268,16 @@ impl ApplyTxn {
                 expired: self.expire(*before_micros, *limit)?,
             }),
         }
+    }
+
+    /// Records that these nodes left the cluster, for good. Called by the consensus layer for
+    /// the nodes a membership entry drops, so every replica records the same ids.
+    pub fn record_removed_nodes(&mut self, node_ids: &[u64]) -> Result<(), StoreError> {
+        let mut removed = self.txn.open_table(REMOVED_NODES)?;
+        for node_id in node_ids {
+            removed.insert(*node_id, ())?;
+        }
+        Ok(())
     }
 
     /// One outcome per packet, in order.

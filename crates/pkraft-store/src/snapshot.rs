@@ -1,6 +1,7 @@
-//! Snapshots: the whole packets table as one versioned byte string.
+//! Snapshots: the whole packets table and the removed node ids as one versioned byte string.
 //!
-//! Format: `MAGIC (8) ‖ SNAPSHOT_FORMAT_VERSION (4, big-endian) ‖ postcard(Vec<SnapshotEntry>)`.
+//! Format: `MAGIC (8) ‖ SNAPSHOT_FORMAT_VERSION (4, big-endian) ‖ postcard(SnapshotBody)`.
+//! Version 1 (read, no longer written) held `postcard(Vec<SnapshotEntry>)` and no removed ids.
 //! The Raft position a snapshot stands for (its meta) is kept by the consensus layer, next to it.
 
 use pkraft_types::{KeyBytes, Payload};
@@ -8,12 +9,15 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    META, META_APPLIED_STATE, PACKETS, Store, StoreError, StoredPacket, rebuild_expiry_index,
+    META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, Store, StoreError, StoredPacket,
+    rebuild_expiry_index,
 };
 
 const MAGIC: &[u8; 8] = b"PKRSNAP\0";
-/// Version of the snapshot byte format. Readers refuse other versions.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Version of the snapshot byte format this build writes. It reads this and version 1.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+/// The first format: packets only.
+const SNAPSHOT_FORMAT_V1: u32 = 1;
 const HEADER_LEN: usize = MAGIC.len() + 4;
 
 #[derive(Serialize, Deserialize)]
@@ -21,6 +25,12 @@ struct SnapshotEntry {
     key: KeyBytes,
     applied_at_micros: u64,
     payload: Payload,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotBody {
+    packets: Vec<SnapshotEntry>,
+    removed_nodes: Vec<u64>,
 }
 
 /// A consistent export of the state: the packets and the `applied_state` they correspond to, read
@@ -51,10 +61,18 @@ impl Store {
                 payload: stored.payload,
             });
         }
+        let mut removed_nodes = Vec::new();
+        for row in txn.open_table(REMOVED_NODES)?.iter()? {
+            removed_nodes.push(row?.0.value());
+        }
+        let body = SnapshotBody {
+            packets: entries,
+            removed_nodes,
+        };
         let mut data = Vec::with_capacity(HEADER_LEN);
         data.extend_from_slice(MAGIC);
         data.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
-        let data = postcard::to_extend(&entries, data)
+        let data = postcard::to_extend(&body, data)
             .map_err(|e| StoreError::Snapshot(format!("encode: {e}")))?;
         Ok(Export {
             applied_state,
@@ -66,13 +84,18 @@ impl Store {
     /// transaction. The snapshot is decoded and checked completely before anything is written, so a
     /// bad snapshot leaves the state untouched.
     pub fn import_snapshot(&self, data: &[u8], applied_state: &[u8]) -> Result<(), StoreError> {
-        let entries = decode(data)?;
+        let body = decode(data)?;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.delete_table(PACKETS)?;
+        txn.delete_table(REMOVED_NODES)?;
         {
+            let mut removed = txn.open_table(REMOVED_NODES)?;
+            for node_id in body.removed_nodes {
+                removed.insert(node_id, ())?;
+            }
             let mut packets = txn.open_table(PACKETS)?;
-            for entry in entries {
+            for entry in body.packets {
                 let value = StoredPacket {
                     applied_at_micros: entry.applied_at_micros,
                     payload: entry.payload,
@@ -89,7 +112,7 @@ impl Store {
     }
 }
 
-fn decode(data: &[u8]) -> Result<Vec<SnapshotEntry>, StoreError> {
+fn decode(data: &[u8]) -> Result<SnapshotBody, StoreError> {
     let (header, body) = data
         .split_at_checked(HEADER_LEN)
         .ok_or_else(|| StoreError::Snapshot(format!("{} bytes is too short", data.len())))?;
@@ -99,13 +122,22 @@ fn decode(data: &[u8]) -> Result<Vec<SnapshotEntry>, StoreError> {
     }
     let mut be = [0u8; 4];
     be.copy_from_slice(version);
-    let version = u32::from_be_bytes(be);
-    if version != SNAPSHOT_FORMAT_VERSION {
-        return Err(StoreError::Snapshot(format!(
-            "format version {version}, this build reads {SNAPSHOT_FORMAT_VERSION}"
-        )));
+    match u32::from_be_bytes(be) {
+        SNAPSHOT_FORMAT_VERSION => decode_all(body),
+        SNAPSHOT_FORMAT_V1 => decode_all(body).map(|packets| SnapshotBody {
+            packets,
+            removed_nodes: Vec::new(),
+        }),
+        version => Err(StoreError::Snapshot(format!(
+            "format version {version}, this build reads {SNAPSHOT_FORMAT_V1} to \
+             {SNAPSHOT_FORMAT_VERSION}"
+        ))),
     }
-    let (entries, rest) = postcard::take_from_bytes(body)
+}
+
+/// Decodes `bytes` as one `T` that must use them all.
+fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    let (value, rest) = postcard::take_from_bytes(bytes)
         .map_err(|e| StoreError::Snapshot(format!("decode: {e}")))?;
     if !rest.is_empty() {
         return Err(StoreError::Snapshot(format!(
@@ -113,5 +145,28 @@ fn decode(data: &[u8]) -> Result<Vec<SnapshotEntry>, StoreError> {
             rest.len()
         )));
     }
-    Ok(entries)
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: a node of this build installs a snapshot that a node of the previous build sent
+    /// (format 1: packets only), so a cluster can be upgraded one node at a time.
+    #[test]
+    fn format_1_snapshots_are_still_read() {
+        let entry = SnapshotEntry {
+            key: [7u8; 32],
+            applied_at_micros: 5,
+            payload: Payload::new(bytes::Bytes::from(vec![0u8; 80])).expect("payload"),
+        };
+        let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&SNAPSHOT_FORMAT_V1.to_be_bytes());
+        let data = postcard::to_extend(&vec![entry], data).expect("encode");
+        let body = decode(&data).expect("decode");
+        assert_eq!(body.packets.len(), 1);
+        assert_eq!(body.packets[0].key, [7u8; 32]);
+        assert!(body.removed_nodes.is_empty());
+    }
 }

@@ -247,6 +247,30 @@ fn snapshot_round_trip_replaces_state() {
     );
 }
 
+/// Goal: removed node ids are replicated state: recorded in an apply, carried by snapshots, and
+/// replaced (not merged) by an import, like the packets.
+#[test]
+fn removed_nodes_are_recorded_and_travel_in_snapshots() {
+    let (_dir, source) = open();
+    let mut txn = source.begin_apply(true).expect("begin");
+    txn.record_removed_nodes(&[3, 7]).expect("record");
+    txn.commit(b"removed").expect("commit");
+    assert!(source.is_removed_node(3).expect("read"));
+    assert!(!source.is_removed_node(4).expect("read"));
+    let export = source.export_snapshot().expect("export");
+
+    let (_dir2, target) = open();
+    let mut txn = target.begin_apply(true).expect("begin");
+    txn.record_removed_nodes(&[9]).expect("record");
+    txn.commit(b"other").expect("commit");
+    target
+        .import_snapshot(&export.data, b"removed")
+        .expect("import");
+    assert!(target.is_removed_node(3).expect("read"));
+    assert!(target.is_removed_node(7).expect("read"));
+    assert!(!target.is_removed_node(9).expect("read"), "replaced");
+}
+
 #[test]
 fn bad_snapshot_is_refused_and_leaves_state_alone() {
     let (_dir, store) = open();

@@ -28,7 +28,7 @@ use subtle::ConstantTimeEq;
 
 use crate::NodeId;
 
-pub use client::{PeerClient, PeerNetwork};
+pub use client::{CallError, PeerClient, PeerNetwork};
 
 /// Shortest accepted cluster secret, in bytes.
 pub const SECRET_LEN_MIN: usize = 16;

@@ -16,7 +16,7 @@ use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ForwardedPublish, TARGET_NODE_HEADER, path};
+use super::{ForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
 use crate::membership::MembershipRequest;
 use crate::node::Node;
@@ -41,8 +41,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// 401 without the right secret, 421 when the caller meant another node. Runs before the body is
-/// read.
+/// 401 without the right secret, 421 when the caller meant another node, 403 when the caller is a
+/// node that was removed from the cluster (a removed node that still runs must not disturb it,
+/// for example with elections). Runs before the body is read.
 async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
     let Some(secret) = node.secret() else {
         return (
@@ -66,6 +67,30 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
                 format!("this is node {}, not node {target:?}", node.id()),
             )
                 .into_response();
+        }
+    }
+    let source = request
+        .headers()
+        .get(SOURCE_NODE_HEADER)
+        .and_then(|source| source.to_str().ok())
+        .and_then(|source| source.parse::<NodeId>().ok());
+    if let Some(source) = source {
+        match node.was_removed(source) {
+            Ok(false) => {}
+            Ok(true) => {
+                return (
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "node {source} was removed from this cluster; node ids are never reused \
+                         (start the node with a new node_id and an empty data dir)"
+                    ),
+                )
+                    .into_response();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot check a peer against the removed nodes");
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
         }
     }
     next.run(request).await
