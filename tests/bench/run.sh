@@ -302,7 +302,10 @@ m = s["membership"]
 settled = [x for x in s["members"] if x["voter"] and x["status"] and m["log_index"] is not None
            and (x["status"]["applied_index"] or 0) >= m["log_index"]]
 leader = s["node"]["leader"]
-print(leader if not m["joint"] and len(settled) == 3 and leader is not None else "")' 2>/dev/null || true)
+# The leader must say so itself (its own probe), not only in the view of the node asked.
+confirmed = any(x["id"] == leader and x["status"] and x["status"]["role"] == "leader"
+                for x in s["members"])
+print(leader if not m["joint"] and len(settled) == 3 and confirmed else "")' 2>/dev/null || true)
     [ -n "$leader" ] && { echo "$leader"; return 0; }
     sleep 0.1
   done
@@ -389,10 +392,11 @@ for t in $(seq 1 "$failover_trials"); do
   survivor=$(( leader % 3 + 1 ))
   log "failover $t/$failover_trials: SIGKILL leader node $leader, PUT through node $survivor"
   kill -KILL -- "-${node_pid[$leader]}"
+  killed_at=$(date +%s%3N)
   "$bench" accept --data "$work/data.bin" --version $((runs + 2)) --key $((t - 1)) \
-    --url "${node_http[$survivor]}" --timeout-secs 30 |
+    --url "${node_http[$survivor]}" --timeout-secs 30 --since-unix-ms "$killed_at" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); d["killed"]=int(sys.argv[1]); print(json.dumps(d))' "$leader" |
-    record cluster failover
+    record cluster failover || fail "failover trial $t: no PUT accepted through node $survivor"
   start_cluster_node "$leader"
   cluster_settled "$survivor" >/dev/null
 done

@@ -19,7 +19,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(10);
 #[derive(Debug, Serialize)]
 pub struct AcceptReport {
     pub op: &'static str,
-    /// From the start of the first attempt to the end of the accepted one.
+    /// From `since` (or else the start of the first attempt) to the end of the accepted one.
     pub accepted_ms: f64,
     pub attempts: u64,
     /// Status codes of the attempts before the accepted one ("error": no HTTP answer).
@@ -32,6 +32,9 @@ pub struct AcceptSpec<'a> {
     pub key: usize,
     pub url: &'a str,
     pub timeout: Duration,
+    /// When the event being timed happened (the harness's kill), in ms since the Unix epoch; so
+    /// that this process's own start and data loading count too.
+    pub since_unix_ms: Option<u64>,
 }
 
 pub async fn run(spec: AcceptSpec<'_>) -> anyhow::Result<AcceptReport> {
@@ -51,6 +54,10 @@ pub async fn run(spec: AcceptSpec<'_>) -> anyhow::Result<AcceptReport> {
     let base = spec.url.trim_end_matches('/');
     let client = client();
     let started = Instant::now();
+    let before_start = match spec.since_unix_ms {
+        Some(since) => Duration::from_millis(unix_ms_now()?.saturating_sub(since)),
+        None => Duration::ZERO,
+    };
     let mut refused = BTreeMap::new();
     let mut attempts = 0;
     loop {
@@ -60,7 +67,7 @@ pub async fn run(spec: AcceptSpec<'_>) -> anyhow::Result<AcceptReport> {
             Some(204) => {
                 return Ok(AcceptReport {
                     op: "accept",
-                    accepted_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    accepted_ms: (before_start + started.elapsed()).as_secs_f64() * 1000.0,
                     attempts,
                     refused,
                 });
@@ -76,4 +83,9 @@ pub async fn run(spec: AcceptSpec<'_>) -> anyhow::Result<AcceptReport> {
         );
         tokio::time::sleep(RETRY_PAUSE).await;
     }
+}
+
+fn unix_ms_now() -> anyhow::Result<u64> {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    Ok(u64::try_from(since_epoch.as_millis())?)
 }

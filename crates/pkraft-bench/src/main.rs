@@ -135,6 +135,10 @@ enum Command {
         url: String,
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
+        /// Count the time from this moment (ms since the Unix epoch, e.g. `date +%s%3N` right
+        /// after the kill) rather than from this command's first attempt.
+        #[arg(long)]
+        since_unix_ms: Option<u64>,
     },
 }
 
@@ -253,6 +257,7 @@ async fn main() -> anyhow::Result<()> {
             key,
             url,
             timeout_secs,
+            since_unix_ms,
         } => {
             let data = DataSet::read(&data)?;
             let spec = accept::AcceptSpec {
@@ -261,6 +266,7 @@ async fn main() -> anyhow::Result<()> {
                 key,
                 url: &url,
                 timeout: std::time::Duration::from_secs(timeout_secs),
+                since_unix_ms,
             };
             print(&accept::run(spec).await?)?;
         }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +50,10 @@ pub struct NodeStatus {
     /// Milliseconds since this node last heard from a leader (0 on the leader while it holds a
     /// quorum); absent if never.
     pub millis_since_leader_contact: Option<u64>,
+    /// Packets in this node's replica (absent if the store could not be read, or from an older
+    /// node). Replicas at the same applied index hold the same number.
+    #[serde(default)]
+    pub packets: Option<u64>,
 }
 
 /// One member as the cluster status shows it.
@@ -70,7 +74,7 @@ pub struct MemberStatus {
 }
 
 /// The membership configuration the answering node uses.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipStatus {
     /// Log index of the entry that holds it; a member whose applied index has reached it uses
     /// the same configuration.
@@ -86,6 +90,8 @@ pub struct MembershipStatus {
 pub struct ClusterStatus {
     /// The node that answered.
     pub node: NodeStatus,
+    /// Absent from older servers' answers.
+    #[serde(default)]
     pub membership: MembershipStatus,
     pub members: Vec<MemberStatus>,
 }
@@ -146,6 +152,11 @@ impl Node {
         &self,
         request: MembershipRequest,
     ) -> Result<(), PeerError> {
+        // Refused here too, not only on the leader: the answer must not depend on whether a
+        // leader is reachable right now.
+        if let MembershipChange::Join { node_id, .. } = &request.change {
+            self.refuse_removed(*node_id)?;
+        }
         if self.is_leader() {
             return self.change_as_leader(request.change).await;
         }
@@ -193,12 +204,7 @@ impl Node {
     }
 
     async fn add_learner(&self, node_id: NodeId, addr: &str) -> Result<(), PeerError> {
-        if self.was_removed(node_id)? {
-            return Err(PeerError::Refused(format!(
-                "node id {node_id} was removed from this cluster and node ids are never reused; \
-                 give the new node a new node_id and an empty data dir"
-            )));
-        }
+        self.refuse_removed(node_id)?;
         let metrics = self.raft.metrics().borrow().clone();
         if let Some(node) = metrics.membership_config.membership().get_node(&node_id) {
             return if node.addr == addr {
@@ -225,6 +231,25 @@ impl Node {
             .map_err(|e| PeerError::Fatal(format!("reading the removed node ids: {e}")))
     }
 
+    /// Refuses a node that was removed, or is being removed (a removal left joint when its
+    /// leader died): admitting it would undo the removal.
+    fn refuse_removed(&self, node_id: NodeId) -> Result<(), PeerError> {
+        if self.was_removed(node_id)? {
+            return Err(PeerError::Refused(format!(
+                "node id {node_id} was removed from this cluster and node ids are never reused; \
+                 give the new node a new node_id and an empty data dir"
+            )));
+        }
+        let metrics = self.raft.metrics();
+        if is_being_removed(metrics.borrow().membership_config.membership(), node_id) {
+            return Err(PeerError::Refused(format!(
+                "node {node_id} is being removed from this cluster (the removal was interrupted); \
+                 finish it with `pkraft cluster remove --node-id {node_id}`"
+            )));
+        }
+        Ok(())
+    }
+
     async fn promote(&self, node_id: NodeId) -> Result<(), PeerError> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
@@ -233,6 +258,7 @@ impl Node {
         if is_full_voter(membership, node_id) {
             return Ok(());
         }
+        self.refuse_removed(node_id)?;
         if membership.get_node(&node_id).is_none() {
             return Err(PeerError::Refused(format!(
                 "node {node_id} is not a member; add it first"
@@ -297,6 +323,7 @@ impl Node {
             millis_since_leader_contact: self
                 .staleness()
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            packets: self.store().packet_count().ok(),
         }
     }
 
@@ -377,6 +404,16 @@ pub(crate) async fn keep_joining(node: Arc<Node>) {
             );
             return;
         }
+        if is_being_removed(
+            node.raft.metrics().borrow().membership_config.membership(),
+            node.id,
+        ) {
+            tracing::error!(
+                node_id = node.id,
+                "the cluster refused to admit this node: it is being removed; not asking again"
+            );
+            return;
+        }
         let request = MembershipRequest {
             change: MembershipChange::Join {
                 node_id: node.id,
@@ -392,13 +429,14 @@ pub(crate) async fn keep_joining(node: Arc<Node>) {
                 .await;
             match answer {
                 Ok(Ok(())) => break,
-                Ok(Err(PeerError::Refused(reason))) => {
+                // A refusal, or the peer listener's 403 to every request of a removed node.
+                Ok(Err(PeerError::Refused(reason)))
+                | Err(CallError::Status {
+                    status: StatusCode::FORBIDDEN,
+                    body: reason,
+                    ..
+                }) => {
                     tracing::error!(%reason, via = %addr, "the cluster refused to admit this node; not asking again");
-                    return;
-                }
-                // The peer listener refuses every request of a removed node.
-                Err(CallError::Status { status, body, .. }) if status == StatusCode::FORBIDDEN => {
-                    tracing::error!(reason = %body, via = %addr, "the cluster refused to admit this node; not asking again");
                     return;
                 }
                 Ok(Err(e)) => log_join_failure(&mut failures, addr, &e.to_string()),
@@ -435,6 +473,16 @@ fn is_member(node: &Node, as_voter: bool) -> bool {
     } else {
         membership.get_node(&node.id).is_some()
     }
+}
+
+/// In a voter set of a joint configuration but not in its last (new) one: a removal under way,
+/// possibly left unfinished by a leader that died. Such a node must not be promoted again.
+fn is_being_removed(membership: &Membership<NodeId, BasicNode>, node_id: NodeId) -> bool {
+    let voter_sets = membership.get_joint_config();
+    voter_sets
+        .last()
+        .is_some_and(|last| !last.contains(&node_id))
+        && voter_sets.iter().any(|voters| voters.contains(&node_id))
 }
 
 /// A voter in every voter set of `membership` (one set, or the old and new ones of a joint
@@ -485,6 +533,11 @@ fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Pe
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {
             leader: forward.leader_id,
         },
+        // Another change is still committing (or a new leader has not committed its first
+        // entry yet): retrying later works, so this must not read as a final refusal.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            e @ ChangeMembershipError::InProgress(_),
+        )) => PeerError::Unavailable(e.to_string()),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             PeerError::Refused(e.to_string())
         }
@@ -529,6 +582,20 @@ mod tests {
         assert!(!is_full_voter(&uninitialized, 1));
     }
 
+    /// Goal: a removal left joint is recognised, so the removed node's own join request cannot
+    /// promote it back.
+    #[test]
+    fn a_node_only_in_the_old_voter_set_is_being_removed() {
+        let removing_3 = membership(vec![vec![1, 2, 3], vec![1, 2]]);
+        assert!(is_being_removed(&removing_3, 3));
+        assert!(!is_being_removed(&removing_3, 2));
+        let adding_3 = membership(vec![vec![1, 2], vec![1, 2, 3]]);
+        assert!(!is_being_removed(&adding_3, 3));
+        let uniform = membership(vec![vec![1, 2, 3]]);
+        assert!(!is_being_removed(&uniform, 3));
+        assert!(!is_being_removed(&membership(vec![]), 1));
+    }
+
     fn member(id: NodeId, last_log_index: Option<u64>) -> MemberStatus {
         MemberStatus {
             id,
@@ -542,6 +609,7 @@ mod tests {
                 last_log_index: Some(index),
                 applied_index: Some(index),
                 millis_since_leader_contact: Some(0),
+                packets: Some(0),
             }),
             error: None,
             lag_entries: None,

@@ -68,11 +68,12 @@ impl Default for Settings {
 /// Most log entries in one `append-entries` request: plenty for a follower catching up on small
 /// entries in few round trips.
 pub const ENTRIES_PER_APPEND_MAX: u64 = 64;
-/// Budget for the entries of one `append-entries` request when they are full batches. openraft
-/// gives each request `heartbeat_interval` in all (200 ms by default), and 8 MiB crosses a
-/// 1 Gbit/s link in about 70 ms; 64 full batches of 512 packets (40 MB) would time out on every
-/// try, and a follower that needs them would never catch up.
-const APPEND_BYTES_BUDGET: usize = 8 * 1024 * 1024;
+/// Budget for the entries of one `append-entries` request, per millisecond of
+/// `heartbeat_interval`: openraft gives each request that long in all (sending, and the
+/// follower's fsync). 40 KiB per ms is 8 MiB at the default 200 ms, which crosses a 1 Gbit/s
+/// link in about 70 ms. Without a budget, 64 full batches of 512 packets (40 MB) would time out
+/// on every try, and a follower that needs them would never catch up.
+const APPEND_BYTES_PER_HEARTBEAT_MS: usize = 40 * 1024;
 /// Bytes of snapshot sent in one `install-snapshot` request.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 /// Time for one snapshot chunk, and for the last one also for the follower to install the whole
@@ -109,10 +110,18 @@ impl Settings {
             .saturating_mul(PUBLISH_ITEM_BYTES_MAX)
     }
 
-    /// Entries per `append-entries` request: as many full batches as fit `APPEND_BYTES_BUDGET`
-    /// (at least one), at most `ENTRIES_PER_APPEND_MAX`.
+    /// Bytes of entries one `append-entries` request may carry (see
+    /// `APPEND_BYTES_PER_HEARTBEAT_MS`).
+    fn append_bytes_budget(&self) -> usize {
+        let heartbeat_ms =
+            usize::try_from(self.heartbeat_interval.as_millis()).unwrap_or(usize::MAX);
+        heartbeat_ms.saturating_mul(APPEND_BYTES_PER_HEARTBEAT_MS)
+    }
+
+    /// Entries per `append-entries` request: as many full batches as fit the budget (at least
+    /// one), at most `ENTRIES_PER_APPEND_MAX`.
     fn entries_per_append(&self) -> u64 {
-        let fit = APPEND_BYTES_BUDGET / self.entry_bytes_max().max(1);
+        let fit = self.append_bytes_budget() / self.entry_bytes_max().max(1);
         u64::try_from(fit)
             .unwrap_or(u64::MAX)
             .clamp(1, ENTRIES_PER_APPEND_MAX)
@@ -234,20 +243,27 @@ mod tests {
     /// `install_snapshot_timeout` per snapshot chunk).
     #[test]
     fn large_rpcs_fit_their_timeouts() {
-        for batch in [1, 64, 512, PUBLISH_BATCH_MAX_LIMIT] {
-            let settings = Settings {
-                publish_batch_max: batch,
-                ..Settings::default()
-            };
-            let config = settings.openraft_config().expect("valid");
-            let append_bytes = config.max_payload_entries as usize * settings.entry_bytes_max();
-            assert!(config.max_payload_entries >= 1);
-            assert!(
-                append_bytes <= APPEND_BYTES_BUDGET || config.max_payload_entries == 1,
-                "batch {batch}: {append_bytes} bytes per append"
-            );
-            assert!(settings.peer_body_max() >= append_bytes, "batch {batch}");
-            assert!(config.install_snapshot_timeout >= 10_000);
+        for heartbeat_ms in [50, 200, 1000] {
+            for batch in [1, 64, 512, PUBLISH_BATCH_MAX_LIMIT] {
+                let settings = Settings {
+                    publish_batch_max: batch,
+                    heartbeat_interval: Duration::from_millis(heartbeat_ms),
+                    election_timeout_min: Duration::from_millis(heartbeat_ms * 5),
+                    election_timeout_max: Duration::from_millis(heartbeat_ms * 10),
+                    ..Settings::default()
+                };
+                let config = settings.openraft_config().expect("valid");
+                let append_bytes = config.max_payload_entries as usize * settings.entry_bytes_max();
+                // At most ≈ 335 Mbit/s of the time openraft allows, or a single entry.
+                let bytes_per_ms = append_bytes / heartbeat_ms as usize;
+                assert!(config.max_payload_entries >= 1);
+                assert!(
+                    bytes_per_ms <= 42_000 || config.max_payload_entries == 1,
+                    "heartbeat {heartbeat_ms} ms, batch {batch}: {append_bytes} bytes per append"
+                );
+                assert!(settings.peer_body_max() >= append_bytes, "batch {batch}");
+                assert!(config.install_snapshot_timeout >= 10_000);
+            }
         }
         let small_entries = Settings {
             publish_batch_max: 1,

@@ -1,7 +1,8 @@
 //! Snapshots: the whole packets table and the removed node ids as one versioned byte string.
 //!
 //! Format: `MAGIC (8) ‖ SNAPSHOT_FORMAT_VERSION (4, big-endian) ‖ postcard(SnapshotBody)`.
-//! Version 1 (read, no longer written) held `postcard(Vec<SnapshotEntry>)` and no removed ids.
+//! Version 1 holds `postcard(Vec<SnapshotEntry>)` and no removed ids; it is still written while
+//! no node was ever removed, so that nodes of the previous build can install it.
 //! The Raft position a snapshot stands for (its meta) is kept by the consensus layer, next to it.
 
 use pkraft_types::{KeyBytes, Payload};
@@ -14,7 +15,8 @@ use crate::{
 };
 
 const MAGIC: &[u8; 8] = b"PKRSNAP\0";
-/// Version of the snapshot byte format this build writes. It reads this and version 1.
+/// Version of the snapshot byte format this build writes once a node was removed. It reads this
+/// and version 1.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 /// The first format: packets only.
 const SNAPSHOT_FORMAT_V1: u32 = 1;
@@ -65,15 +67,22 @@ impl Store {
         for row in txn.open_table(REMOVED_NODES)?.iter()? {
             removed_nodes.push(row?.0.value());
         }
-        let body = SnapshotBody {
-            packets: entries,
-            removed_nodes,
-        };
         let mut data = Vec::with_capacity(HEADER_LEN);
         data.extend_from_slice(MAGIC);
-        data.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
-        let data = postcard::to_extend(&body, data)
-            .map_err(|e| StoreError::Snapshot(format!("encode: {e}")))?;
+        // Format 1 as long as no node was ever removed: it says the same, and a node of the
+        // previous build (during a rolling upgrade) can still install it.
+        let encoded = if removed_nodes.is_empty() {
+            data.extend_from_slice(&SNAPSHOT_FORMAT_V1.to_be_bytes());
+            postcard::to_extend(&entries, data)
+        } else {
+            data.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
+            let body = SnapshotBody {
+                packets: entries,
+                removed_nodes,
+            };
+            postcard::to_extend(&body, data)
+        };
+        let data = encoded.map_err(|e| StoreError::Snapshot(format!("encode: {e}")))?;
         Ok(Export {
             applied_state,
             data,

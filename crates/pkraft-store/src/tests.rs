@@ -269,6 +269,12 @@ fn removed_nodes_are_recorded_and_travel_in_snapshots() {
     assert!(target.is_removed_node(3).expect("read"));
     assert!(target.is_removed_node(7).expect("read"));
     assert!(!target.is_removed_node(9).expect("read"), "replaced");
+
+    // Without removed ids the snapshot stays in format 1, which the previous build reads.
+    let (_dir3, plain) = open();
+    apply(&plain, &publish(5, vec![item(1, 10, "192.0.2.1:1")]), b"p");
+    let data = plain.export_snapshot().expect("export").data;
+    assert_eq!(data[8..12], 1u32.to_be_bytes());
 }
 
 #[test]

@@ -95,16 +95,26 @@ pub fn format_status(status: &ClusterStatus) -> String {
         opt(membership.log_index),
     );
     out.push_str(&format!(
-        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8}\n",
-        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG"
+        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10}\n",
+        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG", "PACKETS"
     ));
     for member in &status.members {
-        let (role, applied, last_log) = match &member.status {
-            Some(s) => (s.role.clone(), opt(s.applied_index), opt(s.last_log_index)),
-            None => ("unreachable".to_string(), "-".to_string(), "-".to_string()),
+        let (role, applied, last_log, packets) = match &member.status {
+            Some(s) => (
+                s.role.clone(),
+                opt(s.applied_index),
+                opt(s.last_log_index),
+                opt(s.packets),
+            ),
+            None => (
+                "unreachable".to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ),
         };
         out.push_str(&format!(
-            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8}\n",
+            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10}\n",
             member.id,
             member.addr,
             role,
@@ -112,6 +122,7 @@ pub fn format_status(status: &ClusterStatus) -> String {
             applied,
             last_log,
             opt(member.lag_entries),
+            packets,
         ));
         if let Some(error) = &member.error {
             out.push_str(&format!("       {error}\n"));
