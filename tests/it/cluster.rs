@@ -74,12 +74,17 @@ impl TestCluster {
         cluster
     }
 
-    /// Starts node `id`: node 1 bootstraps, every other joins through node 1.
+    /// Starts node `id`: node 1 bootstraps, every other joins through node 1 as a voter.
     pub async fn add(&mut self, id: u64) {
+        self.add_as(id, true).await;
+    }
+
+    /// Starts node `id`, which joins through node 1 as a voter or stays a learner.
+    pub async fn add_as(&mut self, id: u64, voter: bool) {
         let proxy = PeerProxy::start(self.faults.clone()).await;
         let membership = match self.members.first() {
             None => "bootstrap = true\n".to_string(),
-            Some(first) => format!("join = [\"{}\"]\n", first.proxy.addr),
+            Some(first) => format!("join = [\"{}\"]\nvoter = {voter}\n", first.proxy.addr),
         };
         let config = format!(
             "node_id = {id}\n[raft]\n{TEST_RAFT}{raft}[http]\nrequest_timeout = \"10s\"\n\
@@ -515,6 +520,44 @@ async fn t50_a_cut_off_follower_answers_servfail_past_max_stale() {
     wait_served(&cluster.member(cut_off).server, &key, &packet).await;
 }
 
+/// A learner (`cluster.voter = false`) is a read replica: it catches up, serves GET and DNS,
+/// takes PUTs (forwarded to the leader), and never votes, so the quorum stays two of the three
+/// voters: writes go on when the learner is gone.
+#[tokio::test]
+async fn t20_a_learner_serves_reads_without_voting() {
+    let mut cluster = TestCluster::start(3, "").await;
+    cluster.add_as(4, false).await;
+    let first = &cluster.member(1).server;
+    eventually("node 4 a learner that applied the membership", || async {
+        let status = admin_status(first).await?;
+        let membership_index = status["membership"]["log_index"].as_u64()?;
+        let members = status["members"].as_array()?;
+        let learner = members.iter().find(|m| m["id"] == 4)?;
+        let applied = learner["status"]["applied_index"].as_u64()?;
+        let voters = members.iter().filter(|m| m["voter"] == true).count();
+        (learner["voter"] == false && applied >= membership_index && voters == 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        admin_status(&cluster.member(4).server)
+            .await
+            .expect("status")["node"]["role"],
+        "learner"
+    );
+
+    let (key, packet) = packet(680, 1_000);
+    let learner = &cluster.member(4).server;
+    put_until_accepted(learner, &key, &packet).await;
+    wait_served(learner, &key, &packet).await;
+
+    cluster.member_mut(4).server.kill();
+    let (key, packet) = self::packet(681, 1_000);
+    put_until_accepted(&cluster.member(1).server, &key, &packet).await;
+    for id in [1, 2, 3] {
+        wait_served(&cluster.member(id).server, &key, &packet).await;
+    }
+}
+
 /// Peer requests need the cluster secret and admin changes need the token; refused requests
 /// change nothing.
 #[tokio::test]
@@ -562,6 +605,26 @@ async fn t10_peer_and_admin_requests_are_authenticated() {
     };
     assert_eq!(ids(&before), ids(&after), "membership unchanged");
     assert_eq!(ids(&after), vec![1, 2, 3]);
+
+    // The public listener never serves Raft or admin routes, not even with the right secret.
+    for path in [
+        "/peer/v1/vote",
+        "/peer/v1/append-entries",
+        "/cluster/status",
+        "/cluster/remove",
+    ] {
+        let url = node.url(path);
+        let post = client
+            .post(&url)
+            .header("authorization", format!("Bearer {SECRET}"))
+            .body(vec![0u8; 8])
+            .send()
+            .await
+            .expect("send");
+        let get = client.get(&url).send().await.expect("send");
+        assert_eq!(post.status(), 404, "POST {path}");
+        assert_eq!(get.status(), 404, "GET {path}");
+    }
 }
 
 /// A removed node id is never admitted again (node ids are never reused): the admin API refuses
