@@ -164,6 +164,21 @@ impl TestCluster {
         .await
     }
 
+    /// Every member's id except `excluded`, in order.
+    pub fn ids_except(&self, excluded: u64) -> Vec<u64> {
+        self.members
+            .iter()
+            .map(|m| m.id)
+            .filter(|id| *id != excluded)
+            .collect()
+    }
+
+    /// A member that is not the leader.
+    pub async fn follower(&self) -> u64 {
+        let leader = self.leader().await;
+        self.ids_except(leader)[0]
+    }
+
     pub async fn leader(&self) -> u64 {
         let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
         self.leader_among(&ids).await
@@ -320,12 +335,7 @@ async fn t50_leader_sigkill_loses_no_acknowledged_write() {
     }
     let old_leader = cluster.leader().await;
     cluster.member_mut(old_leader).server.kill();
-    let survivors: Vec<u64> = cluster
-        .members
-        .iter()
-        .map(|m| m.id)
-        .filter(|id| *id != old_leader)
-        .collect();
+    let survivors = cluster.ids_except(old_leader);
 
     let (key, packet) = packet(450, 1_000);
     put_until_accepted(&cluster.member(survivors[0]).server, &key, &packet).await;
@@ -423,12 +433,7 @@ async fn t50_an_isolated_leader_answers_503_while_the_majority_commits() {
     assert_eq!(response.status(), 503, "{}", isolated.log());
     assert!(response.headers().get("retry-after").is_some());
 
-    let majority: Vec<u64> = cluster
-        .members
-        .iter()
-        .map(|m| m.id)
-        .filter(|id| *id != old_leader)
-        .collect();
+    let majority = cluster.ids_except(old_leader);
     let (key, packet) = packet(601, 1_000);
     put_until_accepted(&cluster.member(majority[0]).server, &key, &packet).await;
 
@@ -469,13 +474,7 @@ async fn t50_a_cut_off_follower_answers_servfail_past_max_stale() {
     for member in &cluster.members {
         wait_served(&member.server, &key, &packet).await;
     }
-    let leader = cluster.leader().await;
-    let cut_off = cluster
-        .members
-        .iter()
-        .map(|m| m.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let cut_off = cluster.follower().await;
     let name = key_name("_iroh", &key);
     let rcode = |id: u64| {
         let dns = cluster.member(id).server.dns;
@@ -634,19 +633,9 @@ async fn t10_peer_and_admin_requests_are_authenticated() {
 async fn t20_a_removed_node_id_is_refused_when_it_comes_back() {
     let mut cluster = TestCluster::start(3, "").await;
     // A follower, so that the removal needs no election and the test no timing luck.
+    let removed = cluster.follower().await;
     let leader = cluster.leader().await;
-    let removed = cluster
-        .members
-        .iter()
-        .map(|m| m.id)
-        .find(|id| *id != leader)
-        .expect("a follower");
-    let survivors: Vec<u64> = cluster
-        .members
-        .iter()
-        .map(|m| m.id)
-        .filter(|id| *id != removed)
-        .collect();
+    let survivors = cluster.ids_except(removed);
     let client = http_client();
     let admin = |id: u64, path: &str| format!("http://{}{path}", cluster.member(id).server.admin);
     let removal = client
