@@ -81,7 +81,8 @@ pub struct MembershipStatus {
     pub log_index: Option<u64>,
     /// A voter change is under way: the old and the new voter sets both need a majority until
     /// the leader commits the new set alone. A configuration that stays joint (its leader died
-    /// mid-change) is finished by the next membership change, such as a restarted node's join.
+    /// mid-change) is finished by the next membership change: the join of the node being added
+    /// (it asks again after a restart), or `remove` again for a node being removed.
     pub joint: bool,
 }
 
