@@ -137,7 +137,7 @@ async fn storage_failure_stops_the_node_with_exit_status_1() {
 /// The state store commits most applies without fsync and relies on the Raft log to redo them
 /// after a crash; snapshots let the log be purged. Goal: no acknowledged PUT is lost when the node
 /// dies right after the log was purged behind a snapshot. Method: snapshot every 5 entries and
-/// keep no entries after it, 40 sequential PUTs (40 entries, far fewer than the 128 between
+/// keep no entries after it, 40 sequential PUTs (40 entries, far fewer than the 4,096 between
 /// fsynced applies), SIGKILL, restart, read everything back over HTTP and DNS.
 #[tokio::test]
 async fn acknowledged_puts_survive_sigkill_after_the_log_was_purged() {

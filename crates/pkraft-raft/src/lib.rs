@@ -4,7 +4,8 @@
 //!
 //! # Layout
 //! - [`type_config`]: the openraft `TypeConfig` (log payload = [`pkraft_types::Command`]).
-//! - [`log_store`]: the Raft log, vote and purge point in `raft-log.redb`.
+//! - [`log_store`]: the Raft log (append-only segment files) and its vote and purge point, in
+//!   `raft-log/`.
 //! - [`state_machine`]: applies committed entries to [`pkraft_store::Store`] (`state.redb`);
 //!   builds and installs snapshots, keeping the current one in `snapshot/`.
 //! - [`peer`]: the peer network: openraft RPCs, forwarded publishes, read barriers and membership

@@ -1,13 +1,18 @@
-//! The Raft log on redb (`raft-log.redb`): entries by index, plus the vote and the purge point.
+//! The Raft log: a directory (`raft-log/` in the data dir) with the entries in append-only
+//! segment files ([`segments`]) and the vote, the committed and purged log ids, the node id and
+//! the schema version in a small redb database (`meta.redb`).
 //!
-//! Entries, votes, truncations and purges commit with `Durability::Immediate` before they are
-//! reported done, so anything openraft was told about survives a crash. (The committed index is
-//! the exception; see `save_committed`.) Writes run on tokio's blocking pool.
+//! Entries, votes, truncations and purges are on disk before they are reported done, so anything
+//! openraft was told about survives a crash. (The committed index is the exception; see
+//! `save_committed`.) Writes run on tokio's blocking pool.
+
+mod segments;
 
 use std::fmt::Debug;
+use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -21,8 +26,9 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{blocking, decode, encode, storage_error};
 use crate::{NodeId, TypeConfig};
+use segments::{SEGMENT_TARGET_BYTES, Segments, encode_records};
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META_FILE: &str = "meta.redb";
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const META_VOTE: &str = "vote";
@@ -31,25 +37,43 @@ const META_LAST_PURGED: &str = "last_purged";
 const META_SCHEMA_VERSION: &str = "schema_version";
 const META_NODE_ID: &str = "node_id";
 
-/// On-disk format version of the log file.
-pub const LOG_SCHEMA_VERSION: u64 = 1;
+/// On-disk format version of the log directory. (Version 1 was a single redb file,
+/// `raft-log.redb`, with the entries in a table.)
+pub const LOG_SCHEMA_VERSION: u64 = 2;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
-/// Handle to the log database. Clones share the database, so the log reader openraft keeps per
-/// replication stream sees entries appended later.
+/// Handle to the log. Clones share it, so the log reader openraft keeps per replication stream
+/// sees entries appended later.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    meta: Database,
+    log: Mutex<Log>,
+}
+
+/// The entries, and the purge point below which they are no longer served.
+struct Log {
+    segments: Segments,
+    purged: Option<LogId<NodeId>>,
 }
 
 impl LogStore {
-    /// Opens (or creates) the log at `path`, checking its schema version.
-    pub fn open(path: &Path) -> Result<Self> {
-        let open = || -> std::result::Result<Database, DbError> {
-            let db = Database::create(path)?;
+    /// Opens (or creates) the log in directory `dir`, checking its schema version.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_segment_size(dir, SEGMENT_TARGET_BYTES)
+    }
+
+    /// [`LogStore::open`] with segments of about `segment_bytes` (tests use tiny ones so that
+    /// truncation and purging cross segment boundaries).
+    pub fn open_with_segment_size(dir: &Path, segment_bytes: u64) -> Result<Self> {
+        let open_meta = || -> std::result::Result<Database, DbError> {
+            std::fs::create_dir_all(dir)?;
+            let db = Database::create(dir.join(META_FILE))?;
             let txn = db.begin_write()?;
-            txn.open_table(LOG)?;
             let version = get_meta::<u64>(&txn.open_table(META)?, META_SCHEMA_VERSION)?;
             match version {
                 None => put_meta(&txn, META_SCHEMA_VERSION, &LOG_SCHEMA_VERSION)?,
@@ -63,8 +87,17 @@ impl LogStore {
             txn.commit()?;
             Ok(db)
         };
-        let db = open().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
-        Ok(LogStore { db: Arc::new(db) })
+        let meta =
+            open_meta().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        let purged = read_meta::<LogId<NodeId>>(&meta, META_LAST_PURGED)?;
+        let segments = Segments::open(dir, purged.map(|p| p.index), segment_bytes)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
+        Ok(LogStore {
+            inner: Arc::new(Inner {
+                meta,
+                log: Mutex::new(Log { segments, purged }),
+            }),
+        })
     }
 
     /// True for a log that has never held a vote or an entry: a data dir that was never part of
@@ -76,21 +109,31 @@ impl LogStore {
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        let read = || -> std::result::Result<Option<T>, DbError> {
-            let txn = self.db.begin_read()?;
-            get_meta(&txn.open_table(META)?, key)
-        };
-        read().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, &e))
+        read_meta(&self.inner.meta, key)
+    }
+
+    fn log(&self) -> io::Result<MutexGuard<'_, Log>> {
+        lock(&self.inner)
     }
 
     /// The id of the last entry in the log, if it holds any.
     pub(crate) fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
-        let read = || -> std::result::Result<Option<LogId<NodeId>>, DbError> {
-            let txn = self.db.begin_read()?;
-            let log = txn.open_table(LOG)?;
-            let last = log.last()?;
-            let entry = last.map(|(_, v)| decode_db::<Entry<TypeConfig>>(v.value()));
-            Ok(entry.transpose()?.map(|e| e.log_id))
+        let read = || -> io::Result<Option<LogId<NodeId>>> {
+            let spans = {
+                let log = self.log()?;
+                match log.segments.last_index() {
+                    Some(last) => log.segments.locate(last, last + 1),
+                    None => return Ok(None),
+                }
+            };
+            let mut last = None;
+            for span in spans {
+                span.read(|payload| {
+                    last = Some(decode_entry(payload)?.log_id);
+                    Ok(())
+                })?;
+            }
+            Ok(last)
         };
         read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
@@ -100,7 +143,7 @@ impl LogStore {
     /// it as a learner that can never accept a write.
     pub fn claim_node_id(&self, node_id: NodeId) -> Result<()> {
         let claim = || -> std::result::Result<(), DbError> {
-            let txn = self.db.begin_write()?;
+            let txn = self.inner.meta.begin_write()?;
             let owner = get_meta::<NodeId>(&txn.open_table(META)?, META_NODE_ID)?;
             match owner {
                 None => put_meta(&txn, META_NODE_ID, &node_id)?,
@@ -117,13 +160,25 @@ impl LogStore {
         claim().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
-    /// Handles to the log database that are still open (this one included).
-    pub(crate) fn open_handles(&self) -> usize {
-        Arc::strong_count(&self.db)
+    /// Makes the committed log id durable (it is saved without fsync); for a clean stop.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let flush = || -> std::result::Result<(), DbError> {
+            let mut txn = self.inner.meta.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            Ok(())
+        };
+        flush().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
-    /// Runs `f` in one write transaction on the blocking pool and commits it with `durability`.
-    async fn write<F>(
+    /// Handles to the log that are still open (this one included).
+    pub(crate) fn open_handles(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
+    /// Runs `f` in one write transaction of the meta database on the blocking pool and commits
+    /// it with `durability`.
+    async fn write_meta<F>(
         &self,
         subject: ErrorSubject<NodeId>,
         durability: Durability,
@@ -132,9 +187,9 @@ impl LogStore {
     where
         F: FnOnce(&WriteTransaction) -> std::result::Result<(), DbError> + Send + 'static,
     {
-        let db = self.db.clone();
+        let inner = self.inner.clone();
         blocking(subject, ErrorVerb::Write, move || {
-            let mut txn = db.begin_write()?;
+            let mut txn = inner.meta.begin_write()?;
             txn.set_durability(durability)?;
             f(&txn)?;
             txn.commit()?;
@@ -142,6 +197,30 @@ impl LogStore {
         })
         .await
     }
+
+    /// Runs `f` on the entries on the blocking pool (it syncs files).
+    async fn with_log<F>(&self, f: F) -> Result<()>
+    where
+        F: FnOnce(&Inner) -> io::Result<()> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        blocking(ErrorSubject::Logs, ErrorVerb::Write, move || Ok(f(&inner)?)).await
+    }
+}
+
+fn lock(inner: &Inner) -> io::Result<MutexGuard<'_, Log>> {
+    inner
+        .log
+        .lock()
+        .map_err(|_| io::Error::other("a Raft log operation panicked earlier"))
+}
+
+fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
+    let read = || -> std::result::Result<Option<T>, DbError> {
+        let txn = db.begin_read()?;
+        get_meta(&txn.open_table(META)?, key)
+    };
+    read().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Read, &e))
 }
 
 fn get_meta<T: DeserializeOwned>(
@@ -162,13 +241,19 @@ fn put_meta<T: Serialize>(
     Ok(())
 }
 
-/// Undecodable bytes in the log file mean the file is corrupt.
+/// Undecodable bytes in the meta database mean the file is corrupt.
 fn decode_db<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, DbError> {
-    decode(bytes).map_err(|e| DbError::Corrupted(format!("log record: {e}")))
+    decode(bytes).map_err(|e| DbError::Corrupted(format!("log meta record: {e}")))
 }
 
 fn encode_db<T: Serialize>(value: &T) -> std::result::Result<Vec<u8>, DbError> {
-    encode(value).map_err(|e| DbError::Io(std::io::Error::other(e)))
+    encode(value).map_err(|e| DbError::Io(io::Error::other(e)))
+}
+
+/// A record whose checksum matched but that does not decode was written by another format.
+fn decode_entry(payload: &[u8]) -> io::Result<Entry<TypeConfig>> {
+    decode(payload)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("log entry: {e}")))
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -176,14 +261,29 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>> {
-        let range: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
-        let read = || -> std::result::Result<Vec<Entry<TypeConfig>>, DbError> {
-            let txn = self.db.begin_read()?;
-            let log = txn.open_table(LOG)?;
+        let read = || -> io::Result<Vec<Entry<TypeConfig>>> {
+            let spans = {
+                let log = self.log()?;
+                // Purged entries may still sit in the first segment; they are not served.
+                let unpurged = log.purged.map_or(0, |p| p.index.saturating_add(1));
+                let start = match range.start_bound() {
+                    Bound::Included(&i) => i,
+                    Bound::Excluded(&i) => i.saturating_add(1),
+                    Bound::Unbounded => 0,
+                };
+                let end = match range.end_bound() {
+                    Bound::Included(&i) => i.saturating_add(1),
+                    Bound::Excluded(&i) => i,
+                    Bound::Unbounded => u64::MAX,
+                };
+                log.segments.locate(start.max(unpurged), end)
+            };
             let mut entries = Vec::new();
-            for row in log.range(range)? {
-                entries.push(decode_db(row?.1.value())?);
+            for span in spans {
+                span.read(|payload| {
+                    entries.push(decode_entry(payload)?);
+                    Ok(())
+                })?;
             }
             Ok(entries)
         };
@@ -210,7 +310,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
         let vote = *vote;
-        self.write(ErrorSubject::Vote, Durability::Immediate, move |txn| {
+        self.write_meta(ErrorSubject::Vote, Durability::Immediate, move |txn| {
             put_meta(txn, META_VOTE, &vote)
         })
         .await
@@ -221,12 +321,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Lets a restarting node re-apply committed entries before it hears from a leader. Written
-    /// without fsync: redb makes it durable with the next log append (a later `Immediate`
-    /// commit). A stale value only makes a restart re-apply less on its own: a single voter then
-    /// commits the rest of its log as soon as it leads again, and `Node::start` waits for that
-    /// before serving; a cluster member gets the commit index from its leader.
+    /// without fsync: it becomes durable with the next vote or purge, or at a clean stop
+    /// ([`LogStore::flush`]). A stale value only makes a restart re-apply less on its own: a
+    /// single voter then commits the rest of its log as soon as it leads again, and `Node::start`
+    /// waits for that before serving; a cluster member gets the commit index from its leader.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write(ErrorSubject::Store, Durability::None, move |txn| {
+        self.write_meta(ErrorSubject::Store, Durability::None, move |txn| {
             put_meta(txn, META_COMMITTED, &committed)
         })
         .await
@@ -244,35 +344,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
-            let mut log = txn.open_table(LOG)?;
-            for entry in &entries {
-                log.insert(entry.log_id.index, encode_db(entry)?.as_slice())?;
-            }
+        let Some(first_index) = entries.first().map(|entry| entry.log_id.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let payloads = entries
+            .iter()
+            .map(encode)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        self.with_log(move |inner| {
+            let mut encoded = Vec::new();
+            let lengths = encode_records(payloads.iter().map(Vec::as_slice), &mut encoded)?;
+            let target = lock(inner)?.segments.prepare_append(first_index)?;
+            // The write and its sync hold no lock, so readers (replication, apply) go on.
+            target.write_and_sync(&encoded)?;
+            lock(inner)?.segments.finish_append(&target, &lengths);
             Ok(())
         })
         .await?;
-        // The transaction above committed with Durability::Immediate: the entries are on disk.
+        // `write_and_sync` returned: the entries are on disk.
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
-            txn.open_table(LOG)?
-                .retain_in(log_id.index.., |_, _| false)?;
-            Ok(())
-        })
-        .await
+        self.with_log(move |inner| lock(inner)?.segments.truncate(log_id.index))
+            .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.write(ErrorSubject::Logs, Durability::Immediate, move |txn| {
-            // Recorded even when no entry has this id (openraft may purge past the last entry).
-            put_meta(txn, META_LAST_PURGED, &log_id)?;
-            txn.open_table(LOG)?
-                .retain_in(..=log_id.index, |_, _| false)?;
-            Ok(())
+        // The purge point first, durably: entries up to it are then never served again, and an
+        // open removes whatever segments a crash below left behind.
+        // (Recorded even when no entry has this id: openraft may purge past the last entry.)
+        self.write_meta(ErrorSubject::Logs, Durability::Immediate, move |txn| {
+            put_meta(txn, META_LAST_PURGED, &log_id)
+        })
+        .await?;
+        self.with_log(move |inner| {
+            let mut log = lock(inner)?;
+            log.purged = Some(log_id);
+            log.segments.remove_through(log_id.index)
         })
         .await
     }

@@ -27,12 +27,14 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 const RELEASE_POLL: Duration = Duration::from_millis(5);
 /// How long a restarted node may take to apply the log it holds; past it the start fails rather
 /// than serve older data than the node acknowledged. The state lags the log by at most
-/// `DURABLE_APPLY_EVERY_ENTRIES` entries plus what was not yet known committed, which applies in
-/// well under a second.
+/// `DURABLE_APPLY_EVERY_ENTRIES` entries (or `DURABLE_APPLY_EVERY_PACKETS` packets) plus what was
+/// not yet known committed, which applies in about a second.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// File names inside the data dir.
-const LOG_FILE: &str = "raft-log.redb";
+const LOG_DIR: &str = "raft-log";
+/// Where pkraft before log schema 2 kept its Raft log (entries in a redb table).
+const LOG_FILE_V1: &str = "raft-log.redb";
 const STATE_FILE: &str = "state.redb";
 const SNAPSHOT_DIR: &str = "snapshot";
 
@@ -52,9 +54,15 @@ pub enum StartError {
     Settings(#[from] SettingsError),
     #[error(
         "data dir {0}: the raft log is empty but the state store has applied entries; \
-         refusing to start a new cluster over old state (was {LOG_FILE} deleted?)"
+         refusing to start a new cluster over old state (was {LOG_DIR}/ deleted?)"
     )]
     LogMissing(PathBuf),
+    #[error(
+        "data dir {0} holds a Raft log in the format of an earlier pkraft build ({LOG_FILE_V1}), \
+         which this build does not read; start this node with a new data dir (a cluster member \
+         catches up from its leader; a single node starts empty)"
+    )]
+    LogFormatV1(PathBuf),
     #[error("raft: {0}")]
     Raft(String),
 }
@@ -191,7 +199,10 @@ impl Node {
             source,
         })?;
         let config = Arc::new(settings.openraft_config()?);
-        let log_store = LogStore::open(&data_dir.join(LOG_FILE))?;
+        if data_dir.join(LOG_FILE_V1).exists() {
+            return Err(StartError::LogFormatV1(data_dir.to_path_buf()));
+        }
+        let log_store = LogStore::open(&data_dir.join(LOG_DIR))?;
         log_store.claim_node_id(id)?;
         let store = Store::open(&data_dir.join(STATE_FILE))?;
         let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?;
@@ -432,6 +443,9 @@ impl Node {
         // the next start need not apply them again.
         if let Err(e) = self.store.flush() {
             tracing::warn!(error = %e, "could not flush the state store");
+        }
+        if let Err(e) = self.log_store.flush() {
+            tracing::warn!(error = %e, "could not flush the raft log's committed index");
         }
     }
 }

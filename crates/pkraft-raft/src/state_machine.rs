@@ -6,12 +6,14 @@
 //! current snapshot is kept in a file so that it survives restarts with its exact meta.
 //!
 //! Durability: the Raft log is fsynced before an entry is acknowledged, so the state is a
-//! projection that can be rebuilt from it. Applies therefore commit without fsync, except every
-//! [`DURABLE_APPLY_EVERY_ENTRIES`]th entry, which bounds what a restart must apply again. Before a
-//! snapshot is handed to openraft (which then purges the log up to it) the state it was read from
-//! is made durable, so the log never loses entries the durable state lacks. (With an fsync per
-//! apply, pkraft used about 20 % more CPU per PUT than without, relative to iroh-dns-server
-//! measured in the same runs: docs/BENCHMARKS.md.)
+//! projection that can be rebuilt from it. Applies therefore commit without fsync, except when
+//! the entries or packets applied since the last durable commit reach
+//! [`DURABLE_APPLY_EVERY_ENTRIES`] or [`DURABLE_APPLY_EVERY_PACKETS`], which bounds what a restart
+//! must apply again. Before a snapshot is handed to openraft (which then purges the log up to it)
+//! the state it was read from is made durable, so the log never loses entries the durable state
+//! lacks. (With an fsync per apply, pkraft used about 20 % more CPU per PUT than without; with
+//! one every 128 entries, each stalled the commit pipeline long enough to double PUT p99:
+//! docs/BENCHMARKS.md.)
 
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use openraft::{
     RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
 use pkraft_store::Store;
+use pkraft_types::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Message, blocking, decode, encode, storage_error};
@@ -31,11 +34,15 @@ use crate::{NodeId, TypeConfig};
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 
-/// The apply that brings the count of entries applied since the last durable commit to this
-/// number commits durably. A count, not a timer, so that `apply` reads no clock. 128 entries are at
-/// most 64k packets (`publish_batch_max` 512), which redb holds as unflushed pages and a restart
-/// applies again in well under a second.
-pub const DURABLE_APPLY_EVERY_ENTRIES: u64 = 128;
+/// An apply that brings the count of entries applied since the last durable commit to this
+/// number commits durably. Counts, not a timer, so that `apply` reads no clock.
+///
+/// A durable commit writes out every page the unsynced applies before it left dirty, and the
+/// commit pipeline waits for it, so these are large: the stall comes seldom, and a restart
+/// applies again at most this much (about a second's work on these machines).
+pub const DURABLE_APPLY_EVERY_ENTRIES: u64 = 4096;
+/// The same bound in packets, for entries that carry large publish batches.
+pub const DURABLE_APPLY_EVERY_PACKETS: u64 = 65_536;
 
 /// The Raft position the stored data reflects; committed in the same transaction as the data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,8 +72,8 @@ pub struct StateMachine {
     snapshot_file: SnapshotFile,
     /// Mirror of what is committed in the store, kept to answer `applied_state` without IO.
     applied: AppliedState,
-    /// Entries applied since the last durable commit of the state.
-    entries_since_durable: u64,
+    /// Applied since the last durable commit of the state.
+    since_durable: AppliedSince,
 }
 
 impl StateMachine {
@@ -78,7 +85,7 @@ impl StateMachine {
             store,
             snapshot_file: SnapshotFile::new(snapshot_dir),
             applied,
-            entries_since_durable: 0,
+            since_durable: AppliedSince::default(),
         })
     }
 }
@@ -103,8 +110,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let store = self.store.clone();
         let mut applied = self.applied.clone();
-        let since_durable = self.entries_since_durable + entries.len() as u64;
-        let durable = since_durable >= DURABLE_APPLY_EVERY_ENTRIES;
+        let since_durable = self.since_durable.plus(&entries);
+        let durable = since_durable.is_due();
         let (applied, results) =
             blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
                 let mut txn = store.begin_apply(durable)?;
@@ -140,7 +147,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })
             .await?;
         self.applied = applied;
-        self.entries_since_durable = if durable { 0 } else { since_durable };
+        self.since_durable = if durable {
+            AppliedSince::default()
+        } else {
+            since_durable
+        };
         Ok(results)
     }
 
@@ -178,7 +189,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         self.applied = applied;
         // The import committed durably.
-        self.entries_since_durable = 0;
+        self.since_durable = AppliedSince::default();
         Ok(())
     }
 
@@ -192,6 +203,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+/// What was applied since the state's last durable commit.
+#[derive(Debug, Clone, Copy, Default)]
+struct AppliedSince {
+    entries: u64,
+    packets: u64,
+}
+
+impl AppliedSince {
+    fn plus(self, entries: &[Entry<TypeConfig>]) -> Self {
+        let packets = entries
+            .iter()
+            .map(|entry| match &entry.payload {
+                EntryPayload::Normal(Command::Publish { packets, .. }) => packets.len() as u64,
+                _ => 0,
+            })
+            .sum::<u64>();
+        AppliedSince {
+            entries: self.entries + entries.len() as u64,
+            packets: self.packets + packets,
+        }
+    }
+
+    fn is_due(&self) -> bool {
+        self.entries >= DURABLE_APPLY_EVERY_ENTRIES || self.packets >= DURABLE_APPLY_EVERY_PACKETS
     }
 }
 

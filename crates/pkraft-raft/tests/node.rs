@@ -99,7 +99,7 @@ async fn snapshots_and_log_purge_keep_every_packet() {
         "a snapshot was built"
     );
     let state = {
-        let mut log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log");
+        let mut log = LogStore::open(&dir.path().join("raft-log")).expect("open log");
         log.get_log_state().await.expect("log state")
     };
     assert!(
@@ -123,6 +123,24 @@ async fn snapshots_and_log_purge_keep_every_packet() {
     node.shutdown().await;
 }
 
+/// A data dir from a build before log schema 2 (the log in `raft-log.redb`) is refused with a
+/// message saying what to do, and nothing in it is touched.
+#[tokio::test]
+async fn refuses_a_log_in_the_old_single_file_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old_log = dir.path().join("raft-log.redb");
+    std::fs::write(&old_log, b"an old log").expect("write");
+    let err = Node::start(1, dir.path(), &fast_settings(), Cluster::standalone())
+        .await
+        .expect_err("must refuse");
+    assert!(err.to_string().contains("earlier pkraft build"), "{err}");
+    assert_eq!(std::fs::read(&old_log).expect("read"), b"an old log");
+    assert!(
+        !dir.path().join("raft-log").exists(),
+        "nothing new was created"
+    );
+}
+
 #[tokio::test]
 async fn refuses_to_start_over_state_without_its_log() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -131,7 +149,7 @@ async fn refuses_to_start_over_state_without_its_log() {
         node.publish(packet(1, 100)).await.expect("publish");
         node.shutdown().await;
     }
-    std::fs::remove_file(dir.path().join("raft-log.redb")).expect("remove log");
+    std::fs::remove_dir_all(dir.path().join("raft-log")).expect("remove log");
     let err = Node::start(1, dir.path(), &fast_settings(), Cluster::standalone())
         .await
         .expect_err("must refuse");
@@ -163,7 +181,7 @@ async fn committed_index_is_persisted() {
         }
         node.shutdown().await;
     }
-    let mut log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log");
+    let mut log = LogStore::open(&dir.path().join("raft-log")).expect("open log");
     let committed = log.read_committed().await.expect("read committed");
     // Initialization, leader blank entry and three publishes: at least the publishes before the
     // last one are known committed (the last save may still be waiting for the next fsync).
@@ -248,7 +266,7 @@ async fn a_restart_applies_log_entries_the_state_lacks_before_returning() {
     let dir = tempfile::tempdir().expect("tempdir");
     start(dir.path(), &fast_settings()).await.shutdown().await;
     {
-        let mut log = LogStore::open(&dir.path().join("raft-log.redb")).expect("open log");
+        let mut log = LogStore::open(&dir.path().join("raft-log")).expect("open log");
         let last = log
             .get_log_state()
             .await
