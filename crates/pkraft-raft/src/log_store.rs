@@ -12,7 +12,8 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -52,8 +53,17 @@ pub struct LogStore {
 
 struct Inner {
     meta: Database,
-    log: Mutex<Log>,
+    /// Readers hold the read lock while they read the files, so a truncation (which takes the
+    /// write lock) never cuts a record out from under them. An append writes beyond every
+    /// published record and takes the write lock only to pick its place and to publish.
+    log: RwLock<Log>,
+    /// When `save_committed` last made the committed id durable.
+    committed_synced: Mutex<Instant>,
 }
+
+/// How stale the durable committed id may get: at most one fsync of `meta.redb` per interval.
+/// A restarted node re-applies its log up to that id before it hears from a leader.
+const COMMITTED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The entries, and the purge point below which they are no longer served.
 struct Log {
@@ -95,7 +105,8 @@ impl LogStore {
         Ok(LogStore {
             inner: Arc::new(Inner {
                 meta,
-                log: Mutex::new(Log { segments, purged }),
+                log: RwLock::new(Log { segments, purged }),
+                committed_synced: Mutex::new(Instant::now()),
             }),
         })
     }
@@ -112,19 +123,17 @@ impl LogStore {
         read_meta(&self.inner.meta, key)
     }
 
-    fn log(&self) -> io::Result<MutexGuard<'_, Log>> {
-        lock(&self.inner)
+    fn log(&self) -> io::Result<RwLockReadGuard<'_, Log>> {
+        self.inner.log.read().map_err(|_| poisoned())
     }
 
     /// The id of the last entry in the log, if it holds any.
     pub(crate) fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
         let read = || -> io::Result<Option<LogId<NodeId>>> {
-            let spans = {
-                let log = self.log()?;
-                match log.segments.last_index() {
-                    Some(last) => log.segments.locate(last, last + 1),
-                    None => return Ok(None),
-                }
+            let log = self.log()?;
+            let spans = match log.segments.last_index() {
+                Some(last) => log.segments.locate(last, last + 1),
+                None => return Ok(None),
             };
             let mut last = None;
             for span in spans {
@@ -208,11 +217,13 @@ impl LogStore {
     }
 }
 
-fn lock(inner: &Inner) -> io::Result<MutexGuard<'_, Log>> {
-    inner
-        .log
-        .lock()
-        .map_err(|_| io::Error::other("a Raft log operation panicked earlier"))
+/// The log for changing it.
+fn lock(inner: &Inner) -> io::Result<RwLockWriteGuard<'_, Log>> {
+    inner.log.write().map_err(|_| poisoned())
+}
+
+fn poisoned() -> io::Error {
+    io::Error::other("a Raft log operation panicked earlier")
 }
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
@@ -262,8 +273,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>> {
         let read = || -> io::Result<Vec<Entry<TypeConfig>>> {
+            // Held until the records are read (see `Inner::log`).
+            let log = self.log()?;
             let spans = {
-                let log = self.log()?;
                 // Purged entries may still sit in the first segment; they are not served.
                 let unpurged = log.purged.map_or(0, |p| p.index.saturating_add(1));
                 let start = match range.start_bound() {
@@ -320,13 +332,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_meta(META_VOTE)
     }
 
-    /// Lets a restarting node re-apply committed entries before it hears from a leader. Written
-    /// without fsync: it becomes durable with the next vote or purge, or at a clean stop
-    /// ([`LogStore::flush`]). A stale value only makes a restart re-apply less on its own: a
-    /// single voter then commits the rest of its log as soon as it leads again, and `Node::start`
-    /// waits for that before serving; a cluster member gets the commit index from its leader.
+    /// Lets a restarting node re-apply committed entries before it hears from a leader. Made
+    /// durable at most once per [`COMMITTED_SYNC_INTERVAL`] (and with every vote or purge, and at
+    /// a clean stop, [`LogStore::flush`]); other saves skip the fsync. A stale value only makes a
+    /// restart re-apply less on its own: a single voter then commits the rest of its log as soon
+    /// as it leads again, and `Node::start` waits for that before serving; a cluster member gets
+    /// the commit index from its leader, and until then serves a replica up to about that
+    /// interval older than before the crash.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        self.write_meta(ErrorSubject::Store, Durability::None, move |txn| {
+        let durability = {
+            let mut synced =
+                self.inner.committed_synced.lock().map_err(|_| {
+                    storage_error(ErrorSubject::Store, ErrorVerb::Write, &poisoned())
+                })?;
+            if synced.elapsed() >= COMMITTED_SYNC_INTERVAL {
+                *synced = Instant::now();
+                Durability::Immediate
+            } else {
+                Durability::None
+            }
+        };
+        self.write_meta(ErrorSubject::Store, durability, move |txn| {
             put_meta(txn, META_COMMITTED, &committed)
         })
         .await

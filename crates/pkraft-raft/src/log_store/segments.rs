@@ -5,7 +5,8 @@
 //! file and one `fdatasync` it takes ≈ 0.2 ms on the same disk (docs/BENCHMARKS.md).
 //!
 //! A segment is `<first index, 20 digits>.seg` in the log directory: [`MAGIC`], then records of
-//! `payload length (u32 LE) ‖ CRC-32 of payload (u32 LE) ‖ payload`; record `i` holds log index
+//! `payload length (u32 LE) ‖ CRC-32 of length and payload (u32 LE) ‖ payload` (never empty, so
+//! zeroed bytes are no record); record `i` holds log index
 //! `first + i`. Payloads are opaque here (the log store puts postcard-encoded entries in them).
 //! The segments together hold one contiguous run of indexes. A new segment starts when the last
 //! one reaches the target size or the next index does not follow it (after the log was purged
@@ -15,10 +16,13 @@
 //! - An append is reported done only after `fdatasync`; a new segment's header and directory
 //!   entry are synced before anything is appended to it.
 //! - A crash mid-append leaves a torn record at the end of the last segment. It was never
-//!   acknowledged, so opening cuts the segment back to its last whole record. A bad record
-//!   anywhere else is corruption and fails the open: it was synced before anything after it.
-//! - Truncation removes whole segments from the last one backwards and then cuts the one holding
-//!   the new end, so a crash in between leaves a prefix of the old log (as if it had not run).
+//!   acknowledged, so opening cuts the segment back to its last whole record: when the bad record
+//!   runs past the end of the file, is the file's last record, or is followed only by zeros (as
+//!   etcd's WAL repair does, for the same shapes). A bad record anywhere else is corruption and
+//!   fails the open: it was synced before what follows it, which may have been acknowledged.
+//! - Truncation removes whole segments from the last one backwards, syncing the directory after
+//!   each, and then cuts the one holding the new end, so a crash in between leaves a prefix of
+//!   the old log (as if it had not run).
 //!   Purging removes whole segments from the first one forwards, after the caller has recorded
 //!   the purge point, so leftovers of an interrupted purge are removed at the next open.
 
@@ -136,8 +140,11 @@ pub(crate) fn encode_records<'a>(
             .ok()
             .filter(|len| *len <= RECORD_MAX)
             .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "log record too large"))?;
+        if len == 0 {
+            return Err(io::Error::new(ErrorKind::InvalidInput, "empty log record"));
+        }
         out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        out.extend_from_slice(&record_checksum(len, payload).to_le_bytes());
         out.extend_from_slice(payload);
         lengths.push((RECORD_HEADER + payload.len()) as u64);
     }
@@ -279,8 +286,9 @@ impl Segments {
             }
             fs::remove_file(&last.path)?;
             self.segments.pop();
+            // One at a time: the removals must reach the disk in this order.
+            sync_dir(&self.dir)?;
         }
-        sync_dir(&self.dir)?;
         if let Some(last) = self.segments.last_mut()
             && let Ok(position) = usize::try_from(index - last.first_index)
             && let Some(&cut) = last.offsets.get(position)
@@ -296,15 +304,16 @@ impl Segments {
     /// Removes the segments that hold only indexes up to `index`. Records up to `index` in the
     /// segment that also holds later ones stay on disk; the caller no longer asks for them.
     pub(crate) fn remove_through(&mut self, index: u64) -> io::Result<()> {
-        let obsolete = self
-            .segments
-            .iter()
-            .take_while(|segment| segment.last_index().is_none_or(|last| last <= index))
-            .count();
-        for segment in self.segments.drain(..obsolete) {
-            fs::remove_file(&segment.path)?;
+        let mut removed = false;
+        while let Some(first) = self.segments.first() {
+            if first.last_index().is_some_and(|last| last > index) {
+                break;
+            }
+            fs::remove_file(&first.path)?;
+            self.segments.remove(0);
+            removed = true;
         }
-        if obsolete > 0 {
+        if removed {
             sync_dir(&self.dir)?;
         }
         Ok(())
@@ -343,9 +352,11 @@ impl Segments {
 fn scan(first_index: u64, path: PathBuf, is_last: bool) -> io::Result<Segment> {
     let file = OpenOptions::new().read(true).write(true).open(&path)?;
     let bytes = fs::read(&path)?;
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        // Shorter than the header: the crash came while the segment was being created.
-        if is_last && (bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes)) {
+    if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
+        // Cut inside the header, or never written: the crash came while the segment was being
+        // created, before anything was appended to it.
+        let unwritten = MAGIC.starts_with(&bytes) || bytes.iter().all(|b| *b == 0);
+        if is_last && unwritten {
             return Ok(Segment {
                 first_index,
                 path,
@@ -359,15 +370,17 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> io::Result<Segment> {
     let mut offsets = Vec::new();
     let mut position = MAGIC.len();
     while position < bytes.len() {
-        match parse_record(&bytes[position..]) {
+        let rest = &bytes[position..];
+        match parse_record(rest) {
             Ok((payload, _)) => {
                 offsets.push(position as u64);
                 position += RECORD_HEADER + payload.len();
             }
-            Err(why) if is_last => {
+            Err(why) if is_last && is_torn_tail(rest) => {
                 tracing::warn!(
                     segment = %path.display(),
                     offset = position,
+                    bytes = rest.len(),
                     reason = why,
                     "cutting off a torn record at the end of the Raft log (an append interrupted by a crash; it was never acknowledged)"
                 );
@@ -387,6 +400,18 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> io::Result<Segment> {
     })
 }
 
+/// Whether `rest`, which starts with a bad record, looks like an append a crash interrupted
+/// rather than damage to synced data: the record runs past the end of the file, or it is the
+/// file's last record, or only zeros follow its start.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    let Some(header) = rest.get(..RECORD_HEADER) else {
+        return true;
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let runs_to_the_end = RECORD_HEADER.saturating_add(len) >= rest.len();
+    runs_to_the_end || rest.iter().all(|b| *b == 0)
+}
+
 /// Splits one record off the front of `bytes`: its payload and what follows.
 fn parse_record(bytes: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
     let header: &[u8; RECORD_HEADER] = bytes
@@ -396,17 +421,26 @@ fn parse_record(bytes: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
     let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
     let len = u32::from_le_bytes([l0, l1, l2, l3]);
     let crc = u32::from_le_bytes([c0, c1, c2, c3]);
-    if len > RECORD_MAX {
+    if len == 0 || len > RECORD_MAX {
         return Err("record length out of range");
     }
     let end = RECORD_HEADER + len as usize;
     let payload = bytes
         .get(RECORD_HEADER..end)
         .ok_or("record payload cut short")?;
-    if crc32fast::hash(payload) != crc {
+    if record_checksum(len, payload) != crc {
         return Err("record checksum mismatch");
     }
     Ok((payload, &bytes[end..]))
+}
+
+/// CRC-32 of a record's length field and payload: a length damaged into another plausible value
+/// does not pass.
+fn record_checksum(len: u32, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
 }
 
 fn segment_file_name(first_index: u64) -> String {
@@ -541,6 +575,75 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidData);
         assert!(err.to_string().contains("checksum"), "{err}");
         assert!(err.to_string().contains(&segment_file_name(1)), "{err}");
+    }
+
+    /// Offset of record `position` (0-based) in a segment written by `fill`.
+    fn record_offset(path: &Path, position: usize) -> usize {
+        let bytes = fs::read(path).expect("read");
+        let mut at = MAGIC.len();
+        for _ in 0..position {
+            let (payload, _) = parse_record(&bytes[at..]).expect("record");
+            at += RECORD_HEADER + payload.len();
+        }
+        at
+    }
+
+    #[test]
+    fn damage_inside_the_last_segment_is_an_error_not_a_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 20);
+        drop(segments);
+        // Records after the damaged one were synced (and maybe acknowledged): cutting them off
+        // silently would make a voter forget them.
+        let path = dir.path().join(segment_file_name(1));
+        let at = record_offset(&path, 3) + RECORD_HEADER;
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[at] ^= 0xff;
+        fs::write(&path, bytes).expect("write");
+
+        let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .err()
+            .expect("damage followed by whole records must fail the open");
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_damaged_last_record_and_zeros_at_the_end_are_torn_tails() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 6);
+        drop(segments);
+        let path = dir.path().join(segment_file_name(1));
+
+        // The last record complete in length but not in content.
+        let at = record_offset(&path, 4) + RECORD_HEADER;
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[at] ^= 0xff;
+        fs::write(&path, bytes).expect("write");
+        let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+        assert_eq!(segments.last_index(), Some(4));
+        drop(segments);
+
+        // Zeros where an append's bytes never arrived: no record (a record is never empty).
+        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+        file.write_all(&[0; 64]).expect("write");
+        drop(file);
+        let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+        assert_eq!(segments.last_index(), Some(4));
+        assert_eq!(read(&segments, 0, 100), expected(1, 5));
+    }
+
+    #[test]
+    fn a_zeroed_last_segment_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+        fill(&mut segments, 1, 4);
+        drop(segments);
+        fs::write(dir.path().join(segment_file_name(4)), [0u8; 16]).expect("write");
+        let segments = Segments::open(dir.path(), None, 64).expect("reopen");
+        assert_eq!(segments.last_index(), Some(3));
+        assert!(!dir.path().join(segment_file_name(4)).exists());
     }
 
     #[test]
