@@ -22,8 +22,8 @@ use hickory_server::zone_handler::{
     ZoneHandler, ZoneTransfer, ZoneType,
 };
 use pkraft_store::Store;
+use pkraft_types::decode_z32_key;
 use pkraft_types::packet::dns_records;
-use pkraft_types::parse_z32_key;
 
 use crate::settings::Zones;
 
@@ -137,23 +137,28 @@ impl PkarrZone {
             return Lookup::NxDomain;
         };
         let (sub, key_label) = (&labels[..key_index], labels[key_index]);
+        // The key's bytes, not its curve point: a label that is no valid key was never stored,
+        // and decompressing the point would cost about as much as the rest of the query.
         let Some(key) = std::str::from_utf8(key_label)
             .ok()
-            .and_then(|k| parse_z32_key(k).ok())
+            .and_then(|k| decode_z32_key(k).ok())
         else {
             return Lookup::NxDomain;
         };
         // A synchronous redb read on an async worker: an MVCC read of one key from the page cache
         // takes microseconds and never waits for the writer, so it is cheaper than a hop to the
         // blocking pool.
-        let stored = match self.store.get(&key.to_bytes()) {
+        let stored = match self.store.get(&key) {
             Ok(Some(stored)) => stored,
             Ok(None) => return Lookup::NxDomain,
             Err(e) => return Lookup::Failed(format!("store read: {e}")),
         };
         let records = match dns_records(&stored.payload) {
             Ok(records) => records,
-            Err(e) => return Lookup::Failed(format!("stored packet for {key}: {e}")),
+            Err(e) => {
+                let key = String::from_utf8_lossy(key_label);
+                return Lookup::Failed(format!("stored packet for {key}: {e}"));
+            }
         };
         select(records, sub, key_label, owner, rtype)
     }

@@ -14,7 +14,7 @@ pub mod packet;
 pub mod payload;
 
 pub use command::{Command, PublishItem};
-pub use key::{KeyError, parse_z32_key};
+pub use key::{KeyError, decode_z32_key, parse_z32_key};
 pub use ordering::{PublishOutcome, decide};
 pub use packet::{PacketError, VerifiedPacket};
 pub use payload::Payload;
