@@ -354,3 +354,39 @@ async fn queries_are_not_logged_at_info() {
         "hickory query lines leaked into the log:\n{log}"
     );
 }
+
+/// `dns.udp_sockets`: several UDP sockets share the port with `SO_REUSEPORT` and the kernel
+/// spreads queries over them by source address. Goal: every socket answers, and answers
+/// correctly. Method: 4 sockets (counted in the kernel's socket table), 40 queries each from a
+/// new client socket (so new source ports, spread over the 4), every one answered with the
+/// packet's record.
+#[tokio::test]
+async fn several_udp_sockets_share_the_port() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[dns]\nudp_sockets = 4\n[cluster]\nbootstrap = true\n",
+    )
+    .expect("write config");
+    let server = TestServer::start_serve(&config);
+    let key = keypair(39);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.9:9"]))
+        .await;
+    for _ in 0..40 {
+        assert_eq!(
+            crate::dns_client::iroh_txt(server.dns, &key).await,
+            vec!["addr=192.0.2.9:9".to_string()]
+        );
+    }
+    // Four UDP sockets on the port, from the kernel's socket table (local address 127.0.0.1,
+    // port in hex).
+    let table = std::fs::read_to_string("/proc/net/udp").expect("read /proc/net/udp");
+    let local = format!("0100007F:{:04X}", server.dns.port());
+    let bound = table
+        .lines()
+        .filter(|line| line.split_whitespace().nth(1) == Some(local.as_str()))
+        .count();
+    assert_eq!(bound, 4, "UDP sockets on {local}:\n{table}");
+}

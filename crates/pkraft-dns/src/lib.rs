@@ -9,6 +9,8 @@
 //!   with a `Catalog` of the zones.
 //! - [`freshness`]: [`freshness::FreshnessGuard`] in front of the `Catalog`: SERVFAIL while the
 //!   node is staler than `dns.max_stale`.
+//! - [`record_cache`]: [`record_cache::RecordCache`], the parsed records of recently asked keys,
+//!   shared by the zones and never older than the local replica.
 //!
 //! hickory's `Catalog` does the protocol work around the zones: EDNS (OPT echo, BADVERS), the AA
 //! flag, REFUSED for names under no origin, FORMERR for bad question counts, and the SOA in the
@@ -16,6 +18,7 @@
 //! client's EDNS size (512 bytes without EDNS) and sets TC.
 
 pub mod freshness;
+pub mod record_cache;
 pub mod server;
 pub mod settings;
 pub mod zone;

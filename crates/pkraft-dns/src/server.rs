@@ -1,4 +1,5 @@
-//! [`DnsServer`]: hickory-server on one UDP socket and one TCP listener sharing a port.
+//! [`DnsServer`]: hickory-server on UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP
+//! listener sharing a port.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use pkraft_store::Store;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::freshness::{FreshnessGuard, Staleness};
+use crate::record_cache::RecordCache;
 use crate::settings::{Settings, SettingsError};
 use crate::zone::PkarrZone;
 
@@ -44,20 +46,23 @@ impl DnsServer {
         staleness: Staleness,
     ) -> Result<DnsServer, DnsError> {
         let zones = settings.zones()?;
+        let records = Arc::new(RecordCache::new(store, settings.record_cache_bytes()));
         let mut catalog = Catalog::new();
         for origin in &zones.origins {
             let zone: Arc<dyn ZoneHandler> =
-                Arc::new(PkarrZone::new(origin, &zones, store.clone()));
+                Arc::new(PkarrZone::new(origin, &zones, records.clone()));
             catalog.upsert(LowerName::new(origin), vec![zone]);
         }
-        let (udp, tcp) = bind_shared_port(settings.listen).await?;
-        let local_addr = udp.local_addr().map_err(|source| DnsError::Bind {
+        let (udp, tcp) = bind_shared_port(settings.listen, settings.udp_socket_count()).await?;
+        let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind {
             addr: settings.listen,
             source,
         })?;
         let handler = FreshnessGuard::new(catalog, staleness, settings.max_stale);
         let mut server = Server::new(handler);
-        server.register_socket(udp);
+        for socket in udp {
+            server.register_socket(socket);
+        }
         server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_QUEUE_LEN);
         Ok(DnsServer { server, local_addr })
     }
@@ -76,21 +81,37 @@ impl DnsServer {
     }
 }
 
-/// Binds UDP and TCP on the same port. With port 0 the kernel picks the UDP port, and TCP may find
-/// it taken; then both are retried, a bounded number of times.
-async fn bind_shared_port(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+/// Binds `udp_sockets` UDP sockets (with `SO_REUSEPORT` when more than one) and a TCP listener
+/// on the same port.
+///
+/// With port 0, TCP picks the port and UDP follows; if UDP finds it taken, both are retried, a
+/// bounded number of times. Not the other way round: a UDP socket with `SO_REUSEPORT` that asks
+/// for any port may be given one where another process's group of such sockets already listens
+/// (Linux counts a port shareable as free), and the two would split each other's queries. A TCP
+/// listener's port is its own, and no other pkraft binds UDP to a port it does not hold in TCP.
+async fn bind_shared_port(
+    addr: SocketAddr,
+    udp_sockets: usize,
+) -> Result<(Vec<UdpSocket>, TcpListener), DnsError> {
     let bind_error = |source| DnsError::Bind { addr, source };
+    let reuse_port = udp_sockets > 1;
+    let bind_udp = |port: u16| -> io::Result<Vec<UdpSocket>> {
+        let shared = SocketAddr::new(addr.ip(), port);
+        (0..udp_sockets)
+            .map(|_| udp_socket(shared, reuse_port))
+            .collect()
+    };
     if addr.port() != 0 {
-        let udp = UdpSocket::bind(addr).await.map_err(bind_error)?;
+        let udp = bind_udp(addr.port()).map_err(bind_error)?;
         let tcp = TcpListener::bind(addr).await.map_err(bind_error)?;
         return Ok((udp, tcp));
     }
     let mut last_error = None;
     for _ in 0..SHARED_PORT_ATTEMPTS {
-        let udp = UdpSocket::bind(addr).await.map_err(bind_error)?;
-        let port = udp.local_addr().map_err(bind_error)?.port();
-        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+        let tcp = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let port = tcp.local_addr().map_err(bind_error)?.port();
+        match bind_udp(port) {
+            Ok(udp) => return Ok((udp, tcp)),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_error = Some(e),
             Err(e) => return Err(bind_error(e)),
         }
@@ -98,4 +119,19 @@ async fn bind_shared_port(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), 
     Err(bind_error(last_error.unwrap_or_else(|| {
         io::Error::from(io::ErrorKind::AddrInUse)
     })))
+}
+
+/// A non-blocking UDP socket bound to `addr`.
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }

@@ -21,10 +21,11 @@ use hickory_server::zone_handler::{
     AuthLookup, AxfrPolicy, LookupControlFlow, LookupError, LookupOptions, LookupRecords,
     ZoneHandler, ZoneTransfer, ZoneType,
 };
-use pkraft_store::Store;
-use pkraft_types::decode_z32_key;
-use pkraft_types::packet::dns_records;
+use std::sync::Arc;
 
+use pkraft_types::decode_z32_key;
+
+use crate::record_cache::RecordCache;
 use crate::settings::Zones;
 
 /// SOA timers. pkraft serves no zone transfers, so secondaries never use them; the values are the
@@ -112,16 +113,17 @@ fn hostmaster(origin: &Name) -> Name {
 pub struct PkarrZone {
     origin: LowerName,
     apex: Apex,
-    store: Store,
+    records: Arc<RecordCache>,
     failure_log: RateLimitedLog,
 }
 
 impl PkarrZone {
-    pub fn new(origin: &Name, zones: &Zones, store: Store) -> PkarrZone {
+    /// The zone for `origin`, answering from `records` (shared by all origins).
+    pub fn new(origin: &Name, zones: &Zones, records: Arc<RecordCache>) -> PkarrZone {
         PkarrZone {
             origin: LowerName::new(origin),
             apex: Apex::new(origin, zones),
-            store,
+            records,
             failure_log: RateLimitedLog::default(),
         }
     }
@@ -145,22 +147,15 @@ impl PkarrZone {
         else {
             return Lookup::NxDomain;
         };
-        // A synchronous redb read on an async worker: an MVCC read of one key from the page cache
-        // takes microseconds and never waits for the writer, so it is cheaper than a hop to the
-        // blocking pool.
-        let stored = match self.store.get(&key) {
-            Ok(Some(stored)) => stored,
+        let records = match self.records.records(&key) {
+            Ok(Some(records)) => records,
             Ok(None) => return Lookup::NxDomain,
-            Err(e) => return Lookup::Failed(format!("store read: {e}")),
-        };
-        let records = match dns_records(&stored.payload) {
-            Ok(records) => records,
             Err(e) => {
                 let key = String::from_utf8_lossy(key_label);
-                return Lookup::Failed(format!("stored packet for {key}: {e}"));
+                return Lookup::Failed(format!("key {key}: {e}"));
             }
         };
-        select(records, sub, key_label, owner, rtype)
+        select(&records, sub, key_label, owner, rtype)
     }
 }
 
@@ -179,7 +174,7 @@ enum Lookup {
 /// `owner` (the query name). A CNAME answers any type it does not itself match (RFC 1034 §3.6.2);
 /// the resolver follows it.
 fn select(
-    records: Vec<Record>,
+    records: &[Record],
     sub: &[&[u8]],
     key_label: &[u8],
     owner: Name,
@@ -213,11 +208,16 @@ fn select(
         };
     }
     let wanted = |r: &Record| rtype == RecordType::ANY || r.record_type() == rtype;
-    let mut answers: Vec<Record> = at_name.iter().filter(|r| wanted(r)).cloned().collect();
+    let mut answers: Vec<Record> = at_name
+        .iter()
+        .filter(|r| wanted(r))
+        .map(|r| (*r).clone())
+        .collect();
     if answers.is_empty() {
         answers = at_name
             .into_iter()
             .filter(|r| r.record_type() == RecordType::CNAME)
+            .cloned()
             .collect();
     }
     if answers.is_empty() {

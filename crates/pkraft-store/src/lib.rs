@@ -16,6 +16,7 @@
 //! Reads ([`Store::get`]) use redb's MVCC read transactions and never wait for the writer.
 
 mod snapshot;
+mod versions;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use redb::{TableDefinition, WriteTransaction};
 
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
+pub use versions::KeyVersion;
+
+use versions::KeyVersions;
 
 const PACKETS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("packets");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -122,6 +126,7 @@ impl StoredPacket {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    versions: Arc<KeyVersions>,
 }
 
 impl std::fmt::Debug for Store {
@@ -135,7 +140,10 @@ impl Store {
     /// schema version.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path)?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            versions: Arc::new(KeyVersions::new()),
+        };
         store.init_schema()?;
         Ok(store)
     }
@@ -163,6 +171,12 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// The version of `key`'s packet, for caches of [`Store::get`]: read it before the packet,
+    /// and the cached packet is current for as long as the version stays the same.
+    pub fn key_version(&self, key: &KeyBytes) -> KeyVersion {
+        self.versions.of(key)
     }
 
     /// The packet stored for `key`, read from the latest committed state.
@@ -221,7 +235,11 @@ impl Store {
         } else {
             Durability::None
         })?;
-        Ok(ApplyTxn { txn })
+        Ok(ApplyTxn {
+            txn,
+            versions: self.versions.clone(),
+            changed: Vec::new(),
+        })
     }
 
     /// Makes every commit so far durable: one fsynced transaction, which in redb also persists
@@ -246,6 +264,10 @@ impl Store {
 /// `applied_state` they lead to.
 pub struct ApplyTxn {
     txn: WriteTransaction,
+    versions: Arc<KeyVersions>,
+    /// Keys whose packet this transaction stores or deletes; their versions move on after the
+    /// commit.
+    changed: Vec<KeyBytes>,
 }
 
 impl ApplyTxn {
@@ -306,6 +328,7 @@ impl ApplyTxn {
                 .encode();
                 table.insert(&item.key, value.as_slice())?;
                 index.insert(&expiry_key(item.payload.timestamp_micros(), &item.key), ())?;
+                self.changed.push(item.key);
             }
             outcomes.push(outcome);
         }
@@ -329,6 +352,7 @@ impl ApplyTxn {
             let mut key = [0u8; 32];
             key.copy_from_slice(&row[8..]);
             table.remove(&key)?;
+            self.changed.push(key);
         }
         Ok(rows.len() as u64)
     }
@@ -341,6 +365,9 @@ impl ApplyTxn {
             meta.insert(META_APPLIED_STATE, applied_state)?;
         }
         self.txn.commit()?;
+        for key in &self.changed {
+            self.versions.bump(key);
+        }
         Ok(())
     }
 }

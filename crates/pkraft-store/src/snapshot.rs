@@ -117,6 +117,7 @@ impl Store {
         }
         rebuild_expiry_index(&txn)?;
         txn.commit()?;
+        self.versions.bump_all();
         Ok(())
     }
 }

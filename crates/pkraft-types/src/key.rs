@@ -18,6 +18,18 @@ pub const Z32_KEY_LEN: usize = 52;
 /// The z-base-32 alphabet (lower case).
 const Z32_ALPHABET: &[u8; 32] = b"ybndrfg8ejkmcpqxot1uwisza345h769";
 
+/// `IN_Z32_ALPHABET[b]`: whether byte `b` is in [`Z32_ALPHABET`]. A table, because every DNS
+/// query checks 52 bytes (a search of the alphabet per byte was 4 % of a query's CPU).
+const IN_Z32_ALPHABET: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < Z32_ALPHABET.len() {
+        table[Z32_ALPHABET[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// Why a string is not a public key. The messages are shown to HTTP clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -45,7 +57,7 @@ pub fn decode_z32_key(text: &str) -> Result<KeyBytes, KeyError> {
     let mut lower = [0u8; Z32_KEY_LEN];
     for (slot, byte) in lower.iter_mut().zip(text.bytes()) {
         let byte = byte.to_ascii_lowercase();
-        if !Z32_ALPHABET.contains(&byte) {
+        if !IN_Z32_ALPHABET[usize::from(byte)] {
             return Err(KeyError::Encoding(char::from(byte)));
         }
         *slot = byte;

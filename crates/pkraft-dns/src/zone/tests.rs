@@ -7,6 +7,7 @@ use pkraft_testkit::pkarr::dns::{CLASS, Name as PkarrName, ResourceRecord};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket, Timestamp};
 use pkraft_testkit::{keypair, txt};
 use pkraft_types::Payload;
+use pkraft_types::packet::dns_records;
 
 use super::*;
 
@@ -56,7 +57,7 @@ fn query(f: &Fixture, sub: &str, rtype: RecordType) -> Lookup {
     let labels: Vec<&[u8]> = name.iter().collect();
     let key_index = labels.len() - 3;
     select(
-        f.records.clone(),
+        &f.records,
         &labels[..key_index],
         labels[key_index],
         Name::from(&name),
