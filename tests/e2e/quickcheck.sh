@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check with standard tools, the README's quick check made strict:
 # start the real binary (`pkraft dev`) on free loopback ports, publish a signed packet with curl,
-# read it back with curl (HTTP), dig (UDP and TCP) and kdig, then SIGKILL, restart and read again.
+# read it back with curl (HTTP and DoH JSON), dig (UDP and TCP) and kdig, then SIGKILL, restart and
+# read again.
 #
 # Usage: [SIGN_PACKET=path/to/sign-packet] tests/e2e/quickcheck.sh [PKRAFT_BIN]
 #   PKRAFT_BIN defaults to target/debug/pkraft; without SIGN_PACKET the example is run with cargo.
@@ -58,6 +59,8 @@ check_dns() {  # $1 = label for messages, rest = command printing the TXT data
 check_dns "dig udp" dig @127.0.0.1 -p "$dns_port" "$name" TXT +short
 check_dns "dig tcp" dig @127.0.0.1 -p "$dns_port" "$name" TXT +short +tcp
 check_dns "kdig" kdig @127.0.0.1 -p "$dns_port" "$name" TXT +short
+doh=$(curl -sf "http://$http/dns-query?name=$name&type=TXT") || fail "DoH (JSON) failed"
+case "$doh" in *'addr=192.0.2.7:4433'*) ;; *) fail "DoH (JSON) answered: $doh" ;; esac
 
 rcode=$(dig @127.0.0.1 -p "$dns_port" "_iroh.yg4gxe7z1r7mr6orids9fh95y7gxhdsxjqi6nngsxxtakqaxr5no.pkarr.test" TXT | grep -o 'status: [A-Z]*')
 [ "$rcode" = "status: NXDOMAIN" ] || fail "unknown key: $rcode"

@@ -108,7 +108,7 @@ pub async fn raw_query(
     message
 }
 
-async fn exchange(addr: SocketAddr, transport: Transport, query: &[u8]) -> Vec<u8> {
+pub async fn exchange(addr: SocketAddr, transport: Transport, query: &[u8]) -> Vec<u8> {
     match transport {
         Transport::Udp => {
             let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")

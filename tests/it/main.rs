@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod dns;
 mod dns_client;
+mod doh;
 mod durability;
 mod harness;
 mod peer_proxy;

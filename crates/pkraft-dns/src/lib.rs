@@ -9,6 +9,8 @@
 //!   with a `Catalog` of the zones.
 //! - [`freshness`]: [`freshness::FreshnessGuard`] in front of the `Catalog`: SERVFAIL while the
 //!   node is staler than `dns.max_stale`.
+//! - [`answerer`]: [`answerer::Answerer`], the same handler chain for DNS messages that arrive over
+//!   HTTP (DNS-over-HTTPS, served by `pkraft-http`).
 //! - [`record_cache`]: [`record_cache::RecordCache`], the parsed records of recently asked keys,
 //!   shared by the zones and never older than the local replica.
 //!
@@ -17,12 +19,14 @@
 //! authority section of negative answers. The server truncates UDP answers that exceed the
 //! client's EDNS size (512 bytes without EDNS) and sets TC.
 
+pub mod answerer;
 pub mod freshness;
 pub mod record_cache;
 pub mod server;
 pub mod settings;
 pub mod zone;
 
+pub use answerer::{AnswerError, Answerer};
 pub use freshness::Staleness;
 pub use server::{DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};

@@ -11,6 +11,7 @@ use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use pkraft_store::Store;
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::answerer::{Answerer, SharedHandler};
 use crate::freshness::{FreshnessGuard, Staleness};
 use crate::record_cache::RecordCache;
 use crate::settings::{Settings, SettingsError};
@@ -33,8 +34,9 @@ pub enum DnsError {
 
 /// A running DNS frontend. Answers until [`DnsServer::shutdown`].
 pub struct DnsServer {
-    server: Server<FreshnessGuard<Catalog>>,
+    server: Server<SharedHandler>,
     local_addr: SocketAddr,
+    answerer: Answerer,
 }
 
 impl DnsServer {
@@ -58,13 +60,27 @@ impl DnsServer {
             addr: settings.listen,
             source,
         })?;
-        let handler = FreshnessGuard::new(catalog, staleness, settings.max_stale);
+        let handler = SharedHandler(Arc::new(FreshnessGuard::new(
+            catalog,
+            staleness,
+            settings.max_stale,
+        )));
+        let answerer = Answerer::new(handler.clone());
         let mut server = Server::new(handler);
         for socket in udp {
             server.register_socket(socket);
         }
         server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_QUEUE_LEN);
-        Ok(DnsServer { server, local_addr })
+        Ok(DnsServer {
+            server,
+            local_addr,
+            answerer,
+        })
+    }
+
+    /// Answers DNS messages that arrive another way (DNS-over-HTTPS) exactly as this server does.
+    pub fn answerer(&self) -> Answerer {
+        self.answerer.clone()
     }
 
     /// The address answering on UDP and TCP.

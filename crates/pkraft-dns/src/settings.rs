@@ -9,8 +9,10 @@ use serde::Deserialize;
 
 /// More UDP sockets than this is a typo, not a tuning.
 const UDP_SOCKETS_MAX: usize = 256;
-/// `udp_sockets = 0` binds one socket per core, up to this many.
-pub const UDP_SOCKETS_AUTO_MAX: usize = 8;
+/// `udp_sockets = 0` binds two sockets per core, at least this many...
+pub const UDP_SOCKETS_AUTO_MIN: usize = 4;
+/// ...and at most this many.
+pub const UDP_SOCKETS_AUTO_MAX: usize = 16;
 
 /// How the DNS frontend listens and what it serves at each origin's apex.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -58,10 +60,12 @@ pub struct Settings {
     /// iroh-sized packets.
     pub record_cache_mib: u32,
     /// UDP sockets bound to `listen` with `SO_REUSEPORT`; the kernel spreads queries over them
-    /// and each is served by its own task, so several cores receive in parallel (2 sockets
-    /// answered ≈ 17 % more queries than 1 on a 2-core machine). Default 0: one per CPU core, at
-    /// most 8. 1: a single socket, without `SO_REUSEPORT` (with it, another process of the same
-    /// user could bind the port too and receive part of the queries).
+    /// by client address and each is served by its own task, so several cores receive in
+    /// parallel. Default 0: two per CPU core, at least 4 and at most 16. On a 2-core machine 2 or
+    /// more sockets answered ≈ 30 % more queries than 1, and 4 or more avoided a 4 ms p99 tail
+    /// that 2 and 3 showed (docs/BENCHMARKS.md). 1: a single socket, without `SO_REUSEPORT`
+    /// (with it, another process of the same user could bind the port too and receive part of
+    /// the queries).
     pub udp_sockets: usize,
 }
 
@@ -117,13 +121,14 @@ pub struct Zones {
 }
 
 impl Settings {
-    /// How many UDP sockets to bind: `udp_sockets`, or with 0 one per CPU core (at most
-    /// [`UDP_SOCKETS_AUTO_MAX`]).
+    /// How many UDP sockets to bind: `udp_sockets`, or with 0 two per CPU core (between
+    /// [`UDP_SOCKETS_AUTO_MIN`] and [`UDP_SOCKETS_AUTO_MAX`]).
     pub fn udp_socket_count(&self) -> usize {
         match self.udp_sockets {
             0 => std::thread::available_parallelism()
                 .map_or(1, usize::from)
-                .clamp(1, UDP_SOCKETS_AUTO_MAX),
+                .saturating_mul(2)
+                .clamp(UDP_SOCKETS_AUTO_MIN, UDP_SOCKETS_AUTO_MAX),
             n => n,
         }
     }
@@ -153,7 +158,7 @@ impl Settings {
         if self.udp_sockets > UDP_SOCKETS_MAX {
             return Err(SettingsError::new(
                 "udp_sockets",
-                format!("must be at most {UDP_SOCKETS_MAX} (0: one per CPU core)"),
+                format!("must be at most {UDP_SOCKETS_MAX} (0: two per CPU core)"),
             ));
         }
         if self.max_stale.is_some_and(|max| max.is_zero()) {
@@ -272,9 +277,9 @@ mod tests {
     }
 
     #[test]
-    fn udp_sockets_zero_means_one_per_core() {
+    fn udp_sockets_zero_means_two_per_core_within_bounds() {
         let auto = Settings::default();
-        assert!((1..=UDP_SOCKETS_AUTO_MAX).contains(&auto.udp_socket_count()));
+        assert!((UDP_SOCKETS_AUTO_MIN..=UDP_SOCKETS_AUTO_MAX).contains(&auto.udp_socket_count()));
         let one = Settings {
             udp_sockets: 1,
             ..Settings::default()

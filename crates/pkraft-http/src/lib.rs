@@ -1,7 +1,9 @@
-//! The public HTTP listener: the pkarr relay API (DESIGN.md §2.1) and `/healthz`.
+//! The public HTTP listener: the pkarr relay API (DESIGN.md §2.1), DNS-over-HTTPS and `/healthz`.
 //!
 //! # Layout
 //! - [`relay`]: `PUT|GET /pkarr/{z32}` and `PUT|GET /{z32}`.
+//! - [`doh`]: `GET|POST /dns-query` (RFC 8484 and the JSON form), answered by the DNS frontend's
+//!   handler chain.
 //! - [`admin`]: the admin listener (cluster status and membership changes).
 //! - [`error`]: [`error::RelayError`], the one place where failures become status codes.
 //! - [`Settings`]: the `[http]` config section.
@@ -10,6 +12,7 @@
 //! and are answered only after the packet is committed.
 
 pub mod admin;
+pub mod doh;
 pub mod error;
 pub mod relay;
 
@@ -92,6 +95,14 @@ impl Default for Settings {
 pub struct AppState {
     pub node: Arc<Node>,
     pub settings: Arc<Settings>,
+    /// Answers `/dns-query` as the DNS listeners would.
+    pub dns: pkraft_dns::Answerer,
+}
+
+impl axum::extract::FromRef<AppState> for pkraft_dns::Answerer {
+    fn from_ref(state: &AppState) -> Self {
+        state.dns.clone()
+    }
 }
 
 /// The public router: relay routes, health, CORS and the body limit.
@@ -100,11 +111,12 @@ pub fn router(state: AppState) -> Router {
     // stored-nodes header.
     let cors = CorsLayer::new()
         .allow_origin(Any)
-        .allow_methods([Method::GET, Method::PUT, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::PUT, Method::POST, Method::OPTIONS])
         .allow_headers(Any)
         .expose_headers([STORED_NODES_HEADER]);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/dns-query", get(doh::get_query).post(doh::post_query))
         .route(
             "/pkarr/{key}",
             get(relay::get_packet).put(relay::put_packet),

@@ -120,6 +120,10 @@ impl Server {
             }),
         );
 
+        let staleness_of = node.clone();
+        let staleness: Staleness = Arc::new(move || staleness_of.staleness());
+        let dns = DnsServer::bind(&config.dns, node.store().clone(), staleness).await?;
+
         let http_listener = bind_tcp(config.http.listen, "http.listen").await?;
         let http_addr = http_listener.local_addr()?;
         let http = Listener::serve(
@@ -127,12 +131,9 @@ impl Server {
             pkraft_http::router(pkraft_http::AppState {
                 node: node.clone(),
                 settings: Arc::new(config.http.clone()),
+                dns: dns.answerer(),
             }),
         );
-
-        let staleness_of = node.clone();
-        let staleness: Staleness = Arc::new(move || staleness_of.staleness());
-        let dns = DnsServer::bind(&config.dns, node.store().clone(), staleness).await?;
         Ok(Server {
             node,
             http_addr,

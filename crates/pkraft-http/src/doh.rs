@@ -1,0 +1,263 @@
+//! DNS-over-HTTPS (RFC 8484) on the public listener, plus the JSON form iroh-dns-server offers.
+//!
+//! - `GET /dns-query?dns=<base64url query>` and `POST /dns-query` with an
+//!   `application/dns-message` body: the answer as `application/dns-message`.
+//! - `GET /dns-query?name=<name>&type=<type>`: the answer as `application/dns-json`, in the
+//!   schema of Google's and Cloudflare's JSON APIs (`Status`, `Question`, `Answer`, ...).
+//!
+//! Answers come from [`pkraft_dns::Answerer`], the handler chain of the UDP and TCP listeners,
+//! so they are the same answers. `Accept` is not needed: a missing one and `*/*` both get the
+//! form the request asked for. `Cache-Control: max-age` is the smallest TTL in the answer and
+//! authority sections (RFC 8484 §5.1); an answer without records is not cacheable.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use hickory_proto::op::{Message, Query as DnsQuery};
+use hickory_proto::rr::{Name, Record, RecordType};
+use pkraft_dns::{AnswerError, Answerer};
+use serde::{Deserialize, Serialize};
+
+/// Media type of a DNS wire message (RFC 8484 §6).
+pub const DNS_MESSAGE: &str = "application/dns-message";
+/// Media type of the JSON form.
+pub const DNS_JSON: &str = "application/dns-json";
+
+/// RFC 8484 §4.1 says the `dns` parameter is unpadded base64url; padded input is accepted too.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The source address handed to the DNS handler, which uses it for nothing but logs. (The
+/// listener does not track peer addresses.)
+const UNKNOWN_SOURCE: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+#[derive(Debug, Deserialize)]
+pub struct DohParams {
+    /// A wire query, base64url.
+    dns: Option<String>,
+    /// The JSON form's query name.
+    name: Option<String>,
+    /// The JSON form's query type, as a mnemonic (`TXT`) or a number (`16`). Default `A`.
+    #[serde(rename = "type")]
+    rtype: Option<String>,
+}
+
+/// Why a DoH request got no DNS answer. Every variant is the client's fault but `Internal`.
+#[derive(Debug, thiserror::Error)]
+pub enum DohError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("POST /dns-query needs Content-Type: {DNS_MESSAGE}")]
+    UnsupportedMediaType,
+    #[error("DNS answer: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for DohError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            DohError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DohError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            DohError::Internal(ref reason) => {
+                tracing::error!(%reason, "DNS-over-HTTPS answer failed");
+                return (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response();
+            }
+        };
+        (status, format!("{self}\n")).into_response()
+    }
+}
+
+impl From<AnswerError> for DohError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::Malformed(_) => DohError::BadRequest(e.to_string()),
+            AnswerError::Encode(_) => DohError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// `GET /dns-query`: the wire form with `?dns=`, the JSON form with `?name=`.
+pub async fn get_query(
+    State(answerer): State<Answerer>,
+    Query(params): Query<DohParams>,
+) -> Result<Response, DohError> {
+    if let Some(dns) = params.dns {
+        let query = BASE64URL
+            .decode(dns.as_bytes())
+            .map_err(|e| DohError::BadRequest(format!("dns parameter is not base64url: {e}")))?;
+        return wire_answer(&answerer, query).await;
+    }
+    let Some(name) = params.name else {
+        return Err(DohError::BadRequest(
+            "GET /dns-query needs a dns parameter (RFC 8484) or a name parameter (JSON)".into(),
+        ));
+    };
+    json_answer(&answerer, &name, params.rtype.as_deref()).await
+}
+
+/// `POST /dns-query`: a wire query in the body.
+pub async fn post_query(
+    State(answerer): State<Answerer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, DohError> {
+    let media_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim);
+    if !media_type.is_some_and(|m| m.eq_ignore_ascii_case(DNS_MESSAGE)) {
+        return Err(DohError::UnsupportedMediaType);
+    }
+    wire_answer(&answerer, body.to_vec()).await
+}
+
+async fn wire_answer(answerer: &Answerer, query: Vec<u8>) -> Result<Response, DohError> {
+    let answer = answerer.answer(query, UNKNOWN_SOURCE).await?;
+    let message = Message::from_vec(&answer)
+        .map_err(|e| DohError::Internal(format!("own answer does not parse: {e}")))?;
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE))],
+        answer,
+    )
+        .into_response();
+    set_max_age(&mut response, &message);
+    Ok(response)
+}
+
+async fn json_answer(
+    answerer: &Answerer,
+    name: &str,
+    rtype: Option<&str>,
+) -> Result<Response, DohError> {
+    let name =
+        Name::from_str(name).map_err(|e| DohError::BadRequest(format!("name parameter: {e}")))?;
+    let rtype = match rtype {
+        None => RecordType::A,
+        Some(text) => match text.parse::<u16>() {
+            Ok(number) => RecordType::from(number),
+            Err(_) => RecordType::from_str(&text.to_ascii_uppercase())
+                .map_err(|e| DohError::BadRequest(format!("type parameter: {e}")))?,
+        },
+    };
+    let mut query = Message::query();
+    query.metadata.recursion_desired = true;
+    query.add_query(DnsQuery::query(name, rtype));
+    let wire = query
+        .to_vec()
+        .map_err(|e| DohError::BadRequest(format!("query does not encode: {e}")))?;
+    let answer = answerer.answer(wire, UNKNOWN_SOURCE).await?;
+    let message = Message::from_vec(&answer)
+        .map_err(|e| DohError::Internal(format!("own answer does not parse: {e}")))?;
+    let body = serde_json::to_vec(&JsonMessage::from(&message))
+        .map_err(|e| DohError::Internal(e.to_string()))?;
+    let mut response = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(DNS_JSON))],
+        body,
+    )
+        .into_response();
+    set_max_age(&mut response, &message);
+    Ok(response)
+}
+
+/// `Cache-Control: max-age` from the smallest TTL among the answer and authority records.
+fn set_max_age(response: &mut Response, message: &Message) {
+    let min_ttl = message
+        .answers
+        .iter()
+        .chain(&message.authorities)
+        .map(|record| record.ttl)
+        .min();
+    if let Some(ttl) = min_ttl
+        && let Ok(value) = HeaderValue::from_str(&format!("max-age={ttl}"))
+    {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+}
+
+/// The JSON form (the schema of Google's and Cloudflare's DNS JSON APIs, which
+/// iroh-dns-server follows too).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct JsonMessage {
+    status: u16,
+    #[serde(rename = "TC")]
+    tc: bool,
+    #[serde(rename = "RD")]
+    rd: bool,
+    #[serde(rename = "RA")]
+    ra: bool,
+    #[serde(rename = "AD")]
+    ad: bool,
+    #[serde(rename = "CD")]
+    cd: bool,
+    question: Vec<JsonQuestion>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    answer: Vec<JsonRecord>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    authority: Vec<JsonRecord>,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonQuestion {
+    name: String,
+    #[serde(rename = "type")]
+    rtype: u16,
+}
+
+#[derive(Debug, Serialize)]
+struct JsonRecord {
+    name: String,
+    #[serde(rename = "type")]
+    rtype: u16,
+    #[serde(rename = "TTL")]
+    ttl: u32,
+    data: String,
+}
+
+impl From<&Message> for JsonMessage {
+    fn from(message: &Message) -> Self {
+        let records = |records: &[Record]| {
+            records
+                .iter()
+                .map(|record| JsonRecord {
+                    name: record.name.to_string(),
+                    rtype: u16::from(record.record_type()),
+                    ttl: record.ttl,
+                    data: record.data.to_string(),
+                })
+                .collect()
+        };
+        let metadata = &message.metadata;
+        JsonMessage {
+            status: u16::from(metadata.response_code),
+            tc: metadata.truncation,
+            rd: metadata.recursion_desired,
+            ra: metadata.recursion_available,
+            ad: metadata.authentic_data,
+            cd: metadata.checking_disabled,
+            question: message
+                .queries
+                .iter()
+                .map(|q| JsonQuestion {
+                    name: q.name().to_string(),
+                    rtype: u16::from(q.query_type()),
+                })
+                .collect(),
+            answer: records(&message.answers),
+            authority: records(&message.authorities),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Goal: DNS-over-HTTPS (RFC 8484) and the JSON form on the public listener give the answers the
+//! DNS listeners give, with the status codes and headers DoH clients rely on.
+//! Method: the real binary and reqwest; the same wire query sent over TCP and over DoH (GET and
+//! POST) must get byte-identical answers.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::RecordType;
+use pkraft_testkit::{iroh_packet, keypair};
+use serde_json::Value;
+
+use crate::dns_client::{Transport, exchange, key_name, name};
+use crate::harness::{TestServer, http_client};
+
+fn wire_query(qname: &str, qtype: RecordType) -> Vec<u8> {
+    let mut query = Message::query();
+    query.metadata.id = 4242;
+    query.add_query(Query::query(name(qname), qtype));
+    query.to_vec().expect("encode")
+}
+
+#[tokio::test]
+async fn get_and_post_answer_byte_for_byte_as_tcp_does() {
+    let server = TestServer::start();
+    let key = keypair(60);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.6:6"]))
+        .await;
+    let client = http_client();
+    let unknown = keypair(61);
+    for (qname, qtype) in [
+        (key_name("_iroh", &key), RecordType::TXT),
+        (key_name("_iroh", &key), RecordType::A),
+        (key_name("_iroh", &unknown), RecordType::TXT),
+        ("pkarr.test.".to_string(), RecordType::SOA),
+    ] {
+        let query = wire_query(&qname, qtype);
+        let over_tcp = exchange(server.dns, Transport::Tcp, &query).await;
+
+        let get = client
+            .get(server.url(&format!(
+                "/dns-query?dns={}",
+                URL_SAFE_NO_PAD.encode(&query)
+            )))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(get.status(), 200, "{qname} {qtype}");
+        assert_eq!(
+            get.headers()["content-type"],
+            "application/dns-message",
+            "{qname} {qtype}"
+        );
+        assert_eq!(
+            get.bytes().await.expect("body"),
+            over_tcp,
+            "GET {qname} {qtype}"
+        );
+
+        let post = client
+            .post(server.url("/dns-query"))
+            .header("content-type", "application/dns-message")
+            .header("accept", "*/*")
+            .body(query.clone())
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(post.status(), 200, "{qname} {qtype}");
+        assert_eq!(
+            post.bytes().await.expect("body"),
+            over_tcp,
+            "POST {qname} {qtype}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_age_is_the_smallest_ttl_of_the_answer() {
+    let server = TestServer::start();
+    let key = keypair(62);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.6:6"]))
+        .await;
+    let query = wire_query(&key_name("_iroh", &key), RecordType::TXT);
+    let response = http_client()
+        .get(server.url(&format!(
+            "/dns-query?dns={}",
+            URL_SAFE_NO_PAD.encode(&query)
+        )))
+        .send()
+        .await
+        .expect("GET");
+    // iroh's records carry TTL 30.
+    assert_eq!(response.headers()["cache-control"], "max-age=30");
+    let answer = Message::from_vec(&response.bytes().await.expect("body")).expect("decode");
+    assert_eq!(answer.metadata.id, 4242);
+    assert_eq!(answer.answers.len(), 1);
+}
+
+#[tokio::test]
+async fn the_json_form_answers_like_google_and_iroh_dns_server() {
+    let server = TestServer::start();
+    let key = keypair(63);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.6:6"]))
+        .await;
+    let client = http_client();
+    let qname = key_name("_iroh", &key);
+    for accept in [None, Some("application/dns-json"), Some("*/*")] {
+        let mut request = client.get(server.url(&format!("/dns-query?name={qname}&type=TXT")));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = request.send().await.expect("GET");
+        assert_eq!(response.status(), 200, "accept {accept:?}");
+        assert_eq!(response.headers()["content-type"], "application/dns-json");
+        let json: Value =
+            serde_json::from_slice(&response.bytes().await.expect("body")).expect("json");
+        assert_eq!(json["Status"], 0, "{json}");
+        assert_eq!(json["Question"][0]["type"], 16, "{json}");
+        assert_eq!(json["Answer"][0]["TTL"], 30, "{json}");
+        let data = json["Answer"][0]["data"].as_str().expect("data");
+        assert!(data.contains("addr=192.0.2.6:6"), "{json}");
+    }
+
+    // A key that is not published: NXDOMAIN with the SOA; the type as a number.
+    let unknown = key_name("_iroh", &keypair(64));
+    let body = client
+        .get(server.url(&format!("/dns-query?name={unknown}&type=16")))
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("body");
+    let json: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(json["Status"], u16::from(ResponseCode::NXDomain), "{json}");
+    assert_eq!(json["Authority"][0]["type"], 6, "{json}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_with_a_reason() {
+    let server = TestServer::start();
+    let client = http_client();
+    let cases = [
+        ("/dns-query", 400),
+        ("/dns-query?dns=%%%", 400),
+        // Base64url of three bytes: no DNS header.
+        ("/dns-query?dns=AAAA", 400),
+        ("/dns-query?name=bad..name&type=TXT", 400),
+        ("/dns-query?name=pkarr.test&type=NOTATYPE", 400),
+    ];
+    for (path, status) in cases {
+        let response = client.get(server.url(path)).send().await.expect("GET");
+        assert_eq!(response.status(), status, "{path}");
+        assert!(!response.text().await.expect("body").is_empty(), "{path}");
+    }
+    let wrong_type = client
+        .post(server.url("/dns-query"))
+        .header("content-type", "text/plain")
+        .body(wire_query("pkarr.test.", RecordType::SOA))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(wrong_type.status(), 415);
+}
