@@ -50,9 +50,9 @@ def check(results):
             ok = sum(n for code, n in r["status"].items() if 200 <= int(code) < 300)
             if r["errors"] or ok != r["requests"]:
                 problems.append(f'{name}: status {r["status"]}, {r["errors"]} errors')
-        if r["kind"] == "dns" and (r["completed"] == 0 or r["noerror"] != r["completed"]):
+        if r["kind"] in ("dns", "dnstcp") and (r["completed"] == 0 or r["noerror"] != r["completed"]):
             problems.append(f'{name}: {r["completed"]:.0f} completed, {r["noerror"]:.0f} NOERROR')
-        if r["kind"] == "dnslat" and (r["requests"] == 0 or set(r["status"]) != {"0"}):
+        if r["kind"] in ("dnslat", "dnslat1") and (r["requests"] == 0 or set(r["status"]) != {"0"}):
             problems.append(f'{name}: rcodes {r["status"]} (expected only NOERROR with records; 1000 = empty), {r["errors"]} timeouts')
     return problems
 
@@ -104,21 +104,28 @@ def report(results, versions, params):
     w("")
 
     dns_systems = [s for s in ("pkraft", "iroh", "nsd") if runs(results, s, "dns")]
-    w("### DNS (UDP, dnsperf)")
+    w("### DNS (dnsperf, and closed-loop clients over UDP)")
     w("")
     w("| | " + " | ".join(NAMES[s] for s in dns_systems) + " |")
     w("|---" * (len(dns_systems) + 1) + "|")
-    for field, label, digits in (("qps", "queries/s (dnsperf)", 0), ("avg_ms", "mean latency ms (dnsperf)", 3),
-                                 ("lost", "lost (dnsperf)", 0)):
-        w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, "dns"), field), digits) for s in dns_systems) + " |")
-    for field, label, digits in (("rps", "queries/s (closed loop)", 0), ("p50_ms", "p50 ms (closed loop)", 3),
-                                 ("p99_ms", "p99 ms (closed loop)", 3)):
-        w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, "dnslat"), field), digits) for s in dns_systems) + " |")
-    ratios = [f"pkraft / {NAMES[s]}: {paired_ratio(results, 'pkraft', s, 'dns', 'qps')}"
-              for s in dns_systems if s != "pkraft"]
-    if ratios:
-        w("")
-        w("Ratios (queries/s, dnsperf, median of the per-round ratios): " + "; ".join(ratios) + ".")
+    rows = (("dns", "qps", "queries/s (dnsperf, UDP)", 0), ("dns", "avg_ms", "mean latency ms (dnsperf, UDP)", 3),
+            ("dns", "lost", "lost (dnsperf, UDP)", 0),
+            ("dnstcp", "qps", "queries/s (dnsperf -m tcp)", 0), ("dnstcp", "avg_ms", "mean latency ms (dnsperf -m tcp)", 3),
+            ("dnslat", "rps", "queries/s (closed loop, 20 clients)", 0), ("dnslat", "p50_ms", "p50 ms (closed loop, 20 clients)", 3),
+            ("dnslat", "p99_ms", "p99 ms (closed loop, 20 clients)", 3),
+            ("dnslat1", "p50_ms", "p50 ms (1 client, one query outstanding)", 3),
+            ("dnslat1", "p99_ms", "p99 ms (1 client, one query outstanding)", 3))
+    for kind, field, label, digits in rows:
+        if not any(runs(results, s, kind) for s in dns_systems):
+            continue
+        w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, kind), field), digits) for s in dns_systems) + " |")
+    for kind, field, what in (("dns", "qps", "queries/s, dnsperf UDP"), ("dnstcp", "qps", "queries/s, dnsperf TCP"),
+                              ("dnslat1", "p50_ms", "p50 latency, 1 client")):
+        ratios = [f"pkraft / {NAMES[s]}: {paired_ratio(results, 'pkraft', s, kind, field)}"
+                  for s in dns_systems if s != "pkraft" and runs(results, s, kind)]
+        if ratios:
+            w("")
+            w(f"Ratios ({what}, median of the per-round ratios): " + "; ".join(ratios) + ".")
     w("")
 
     cluster_dns = runs(results, "cluster", "dns")
@@ -176,9 +183,9 @@ def report(results, versions, params):
     w("| system | kind | run | result |")
     w("|---|---|---|---|")
     for s in ("pkraft", "cluster", "iroh", "nsd"):
-        for kind in ("load", "put", "get", "dns", "dnslat"):
+        for kind in ("load", "put", "get", "dns", "dnstcp", "dnslat", "dnslat1"):
             for i, r in enumerate(runs(results, s, kind), 1):
-                if kind == "dns":
+                if kind in ("dns", "dnstcp"):
                     node = f' (node {r["node"]})' if "node" in r else ""
                     text = f'{fmt(r["qps"])} q/s{node}, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
                 else:

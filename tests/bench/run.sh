@@ -155,8 +155,8 @@ print(json.dumps(d))
 PY
 }
 
-dnsperf_json() {  # $1 = port; prints qps, mean latency, lost, completed, NOERROR count
-  dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -c "$dns_clients" -l "$dns_seconds" 2>&1 |
+dnsperf_json() {  # $1 = port, $2 = udp|tcp; prints qps, mean latency, lost, completed, NOERROR count
+  dnsperf -m "${2:-udp}" -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -c "$dns_clients" -l "$dns_seconds" 2>&1 |
     python3 -c '
 import json, re, sys
 text = sys.stdin.read()
@@ -350,7 +350,9 @@ for r in $(seq 1 "$runs"); do
   for s in "${dns_order[@]}"; do
     log "round $r/$runs: $s DNS"
     settle
-    dnsperf_json "${dns_port[$s]}" | record "$s" dns
+    dnsperf_json "${dns_port[$s]}" udp | record "$s" dns
+    settle
+    dnsperf_json "${dns_port[$s]}" tcp | record "$s" dnstcp
   done
   # Each cluster node answers DNS from its own replica: measured one node at a time.
   for n in 1 2 3; do
@@ -364,6 +366,10 @@ for r in $(seq 1 "$runs"); do
     settle
     "$bench" dns --data "$work/data.bin" --server "127.0.0.1:${dns_port[$s]}" --origin "$origin" \
       --concurrency "$dns_clients" --seconds "$dns_latency_seconds" | record "$s" dnslat
+    # And with one query outstanding: the latency of a lone query.
+    settle
+    "$bench" dns --data "$work/data.bin" --server "127.0.0.1:${dns_port[$s]}" --origin "$origin" \
+      --concurrency 1 --seconds "$dns_latency_seconds" | record "$s" dnslat1
   done
 done
 for s in "${systems[@]}"; do
