@@ -7,7 +7,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::RecordType;
-use pkraft_testkit::{iroh_packet, keypair};
+use pkraft_testkit::pkarr::SignedPacket;
+use pkraft_testkit::pkarr::dns::Name as PkarrName;
+use pkraft_testkit::{iroh_packet, keypair, txt};
 use serde_json::Value;
 
 use crate::dns_client::{Transport, exchange, key_name, name};
@@ -79,23 +81,44 @@ async fn get_and_post_answer_byte_for_byte_as_tcp_does() {
 async fn max_age_is_the_smallest_ttl_of_the_answer() {
     let server = TestServer::start();
     let key = keypair(62);
-    server
-        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.6:6"]))
-        .await;
-    let query = wire_query(&key_name("_iroh", &key), RecordType::TXT);
-    let response = http_client()
-        .get(server.url(&format!(
+    // Two TXT records at `_iroh` with different TTLs: the smaller one bounds the answer.
+    let packet = SignedPacket::builder()
+        .txt(
+            PkarrName::new("_iroh").expect("name"),
+            txt("addr=192.0.2.6:6"),
+            300,
+        )
+        .txt(
+            PkarrName::new("_iroh").expect("name"),
+            txt("relay=http://r"),
+            45,
+        )
+        .build(&key)
+        .expect("sign");
+    server.publish(&key, &packet).await;
+    let get = |qname: String, qtype| {
+        let url = server.url(&format!(
             "/dns-query?dns={}",
-            URL_SAFE_NO_PAD.encode(&query)
-        )))
-        .send()
-        .await
-        .expect("GET");
-    // iroh's records carry TTL 30.
-    assert_eq!(response.headers()["cache-control"], "max-age=30");
+            URL_SAFE_NO_PAD.encode(wire_query(&qname, qtype))
+        ));
+        async move { http_client().get(url).send().await.expect("GET") }
+    };
+
+    let response = get(key_name("_iroh", &key), RecordType::TXT).await;
+    assert_eq!(response.headers()["cache-control"], "max-age=45");
     let answer = Message::from_vec(&response.bytes().await.expect("body")).expect("decode");
     assert_eq!(answer.metadata.id, 4242);
-    assert_eq!(answer.answers.len(), 1);
+    assert_eq!(answer.answers.len(), 2);
+
+    // NXDOMAIN: the SOA's MINIMUM (dns.negative_ttl, 30 s) bounds it, not its TTL (5 min).
+    let response = get(key_name("_iroh", &keypair(65)), RecordType::TXT).await;
+    assert_eq!(response.headers()["cache-control"], "max-age=30");
+
+    // REFUSED (a name under no origin) has no records: not cacheable.
+    let response = get("example.com.".to_string(), RecordType::A).await;
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let answer = Message::from_vec(&response.bytes().await.expect("body")).expect("decode");
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
 }
 
 #[tokio::test]

@@ -45,8 +45,9 @@ pub struct RecordCache {
     entries: Option<moka::sync::Cache<KeyBytes, Arc<Entry>>>,
 }
 
-/// Fixed cost of an entry beyond its records: the key, the `Arc`s and moka's own bookkeeping.
-const ENTRY_OVERHEAD: usize = 160;
+/// Fixed cost of an entry beyond its records: the key, the `Arc`s and moka's own bookkeeping
+/// (an estimate; a cached miss costs about this much, so a flood of random keys stays bounded).
+const ENTRY_OVERHEAD: usize = 384;
 
 impl RecordCache {
     /// A cache over `store` holding about `max_bytes` of entries (0: no cache).

@@ -8,7 +8,9 @@
 //! Answers come from [`pkraft_dns::Answerer`], the handler chain of the UDP and TCP listeners,
 //! so they are the same answers. `Accept` is not needed: a missing one and `*/*` both get the
 //! form the request asked for. `Cache-Control: max-age` is the smallest TTL in the answer and
-//! authority sections (RFC 8484 §5.1); an answer without records is not cacheable.
+//! authority sections (RFC 8484 §5.1; an SOA counts with the smaller of its TTL and MINIMUM, as
+//! RFC 2308 caches a negative answer), capped by `http.cache_max_age_max`; an answer without
+//! records (SERVFAIL, REFUSED) is `no-store`.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -21,14 +23,19 @@ use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
 use hickory_proto::op::{Message, Query as DnsQuery};
+use hickory_proto::rr::RData;
 use hickory_proto::rr::{Name, Record, RecordType};
-use pkraft_dns::{AnswerError, Answerer};
+use pkraft_dns::AnswerError;
 use serde::{Deserialize, Serialize};
+
+use crate::AppState;
 
 /// Media type of a DNS wire message (RFC 8484 §6).
 pub const DNS_MESSAGE: &str = "application/dns-message";
 /// Media type of the JSON form.
 pub const DNS_JSON: &str = "application/dns-json";
+/// The largest DNS message (RFC 8484 §6 leaves the limit to DNS itself).
+pub const DNS_MESSAGE_MAX: usize = 65_535;
 
 /// RFC 8484 §4.1 says the `dns` parameter is unpadded base64url; padded input is accepted too.
 const BASE64URL: GeneralPurpose = GeneralPurpose::new(
@@ -88,26 +95,26 @@ impl From<AnswerError> for DohError {
 
 /// `GET /dns-query`: the wire form with `?dns=`, the JSON form with `?name=`.
 pub async fn get_query(
-    State(answerer): State<Answerer>,
+    State(state): State<AppState>,
     Query(params): Query<DohParams>,
 ) -> Result<Response, DohError> {
     if let Some(dns) = params.dns {
         let query = BASE64URL
             .decode(dns.as_bytes())
             .map_err(|e| DohError::BadRequest(format!("dns parameter is not base64url: {e}")))?;
-        return wire_answer(&answerer, query).await;
+        return wire_answer(&state, query).await;
     }
     let Some(name) = params.name else {
         return Err(DohError::BadRequest(
             "GET /dns-query needs a dns parameter (RFC 8484) or a name parameter (JSON)".into(),
         ));
     };
-    json_answer(&answerer, &name, params.rtype.as_deref()).await
+    json_answer(&state, &name, params.rtype.as_deref()).await
 }
 
 /// `POST /dns-query`: a wire query in the body.
 pub async fn post_query(
-    State(answerer): State<Answerer>,
+    State(state): State<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, DohError> {
@@ -119,25 +126,29 @@ pub async fn post_query(
     if !media_type.is_some_and(|m| m.eq_ignore_ascii_case(DNS_MESSAGE)) {
         return Err(DohError::UnsupportedMediaType);
     }
-    wire_answer(&answerer, body.to_vec()).await
+    wire_answer(&state, body.to_vec()).await
 }
 
-async fn wire_answer(answerer: &Answerer, query: Vec<u8>) -> Result<Response, DohError> {
-    let answer = answerer.answer(query, UNKNOWN_SOURCE).await?;
-    let message = Message::from_vec(&answer)
-        .map_err(|e| DohError::Internal(format!("own answer does not parse: {e}")))?;
-    let mut response = (
+async fn wire_answer(state: &AppState, query: Vec<u8>) -> Result<Response, DohError> {
+    let answer = state.dns.answer(query, UNKNOWN_SOURCE).await?;
+    // Parsed again only for the TTLs; should it not parse, the answer is still the answer.
+    let cache_control = match Message::from_vec(&answer) {
+        Ok(message) => cache_control(&message, state),
+        Err(_) => HeaderValue::from_static("no-store"),
+    };
+    Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE))],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(DNS_MESSAGE)),
+            (header::CACHE_CONTROL, cache_control),
+        ],
         answer,
     )
-        .into_response();
-    set_max_age(&mut response, &message);
-    Ok(response)
+        .into_response())
 }
 
 async fn json_answer(
-    answerer: &Answerer,
+    state: &AppState,
     name: &str,
     rtype: Option<&str>,
 ) -> Result<Response, DohError> {
@@ -157,34 +168,41 @@ async fn json_answer(
     let wire = query
         .to_vec()
         .map_err(|e| DohError::BadRequest(format!("query does not encode: {e}")))?;
-    let answer = answerer.answer(wire, UNKNOWN_SOURCE).await?;
+    let answer = state.dns.answer(wire, UNKNOWN_SOURCE).await?;
     let message = Message::from_vec(&answer)
         .map_err(|e| DohError::Internal(format!("own answer does not parse: {e}")))?;
     let body = serde_json::to_vec(&JsonMessage::from(&message))
         .map_err(|e| DohError::Internal(e.to_string()))?;
-    let mut response = (
+    Ok((
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(DNS_JSON))],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(DNS_JSON)),
+            (header::CACHE_CONTROL, cache_control(&message, state)),
+        ],
         body,
     )
-        .into_response();
-    set_max_age(&mut response, &message);
-    Ok(response)
+        .into_response())
 }
 
-/// `Cache-Control: max-age` from the smallest TTL among the answer and authority records.
-fn set_max_age(response: &mut Response, message: &Message) {
+/// `max-age` from the smallest TTL among the answer and authority records (an SOA with the
+/// smaller of its TTL and MINIMUM), capped by `http.cache_max_age_max`; `no-store` without
+/// records. Publishers choose their TTLs, so the cap keeps a packet from being cached for years.
+fn cache_control(message: &Message, state: &AppState) -> HeaderValue {
     let min_ttl = message
         .answers
         .iter()
         .chain(&message.authorities)
-        .map(|record| record.ttl)
+        .map(|record| match &record.data {
+            RData::SOA(soa) => record.ttl.min(soa.minimum),
+            _ => record.ttl,
+        })
         .min();
-    if let Some(ttl) = min_ttl
-        && let Ok(value) = HeaderValue::from_str(&format!("max-age={ttl}"))
-    {
-        response.headers_mut().insert(header::CACHE_CONTROL, value);
-    }
+    let Some(ttl) = min_ttl else {
+        return HeaderValue::from_static("no-store");
+    };
+    let max_age = u64::from(ttl).min(state.settings.cache_max_age_max.as_secs());
+    HeaderValue::from_str(&format!("max-age={max_age}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("no-store"))
 }
 
 /// The JSON form (the schema of Google's and Cloudflare's DNS JSON APIs, which

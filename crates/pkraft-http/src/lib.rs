@@ -99,12 +99,6 @@ pub struct AppState {
     pub dns: pkraft_dns::Answerer,
 }
 
-impl axum::extract::FromRef<AppState> for pkraft_dns::Answerer {
-    fn from_ref(state: &AppState) -> Self {
-        state.dns.clone()
-    }
-}
-
 /// The public router: relay routes, health, CORS and the body limit.
 pub fn router(state: AppState) -> Router {
     // Any origin may read and publish (pkarr relays are public); browsers may read the
@@ -116,7 +110,13 @@ pub fn router(state: AppState) -> Router {
         .expose_headers([STORED_NODES_HEADER]);
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/dns-query", get(doh::get_query).post(doh::post_query))
+        .route(
+            "/dns-query",
+            get(doh::get_query)
+                // A DNS message may be larger than a relay payload (the limit below).
+                .post(doh::post_query)
+                .layer(DefaultBodyLimit::max(doh::DNS_MESSAGE_MAX)),
+        )
         .route(
             "/pkarr/{key}",
             get(relay::get_packet).put(relay::put_packet),

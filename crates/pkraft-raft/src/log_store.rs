@@ -69,7 +69,8 @@ const COMMITTED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 struct Committed {
     latest: Option<LogId<NodeId>>,
     last_write: Instant,
-    /// A write is under way; the next one waits for it.
+    /// A write is scheduled or under way; it writes whatever is latest when it runs, and
+    /// schedules another if a newer id arrived meanwhile.
     writing: bool,
 }
 
@@ -185,6 +186,7 @@ impl LogStore {
     /// running); for a clean stop.
     pub(crate) fn flush(&self) -> Result<()> {
         write_committed(&self.inner)
+            .map(|_| ())
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
@@ -234,20 +236,58 @@ fn poisoned() -> io::Error {
     io::Error::other("a Raft log operation panicked earlier")
 }
 
-/// Writes the latest committed id durably, if openraft saved one.
-fn write_committed(inner: &Inner) -> std::result::Result<(), DbError> {
+/// Writes the latest committed id durably, if openraft saved one, and returns what it wrote.
+fn write_committed(inner: &Inner) -> std::result::Result<Option<LogId<NodeId>>, DbError> {
+    let txn = inner.meta.begin_write()?;
+    // Read after `begin_write`: of two writers, the one that commits last wrote the newer id.
     let latest = inner
         .committed
         .lock()
         .map_err(|_| DbError::Io(poisoned()))?
         .latest;
-    let Some(latest) = latest else {
-        return Ok(());
-    };
-    let txn = inner.meta.begin_write()?;
-    put_meta(&txn, META_COMMITTED, &Some(latest))?;
-    txn.commit()?;
-    Ok(())
+    if let Some(latest) = latest {
+        put_meta(&txn, META_COMMITTED, &Some(latest))?;
+        txn.commit()?;
+    }
+    Ok(latest)
+}
+
+/// Writes the committed id after `delay`, then again after each interval for as long as newer
+/// ids keep arriving. The wait holds no handle to the log, so a stopping node does not wait for
+/// it (and `LogStore::flush` writes the last id anyway).
+fn schedule_committed_write(inner: &Arc<Inner>, delay: Duration) {
+    let weak = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
+        let writer = inner.clone();
+        let written = tokio::task::spawn_blocking(move || write_committed(&writer)).await;
+        let written = match written {
+            Ok(Ok(written)) => written,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not write the committed log id");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the committed log id writer failed");
+                None
+            }
+        };
+        let again = match inner.committed.lock() {
+            Ok(mut state) => {
+                state.last_write = Instant::now();
+                let again = state.latest != written;
+                state.writing = again;
+                again
+            }
+            Err(_) => false,
+        };
+        if again {
+            schedule_committed_write(&inner, COMMITTED_SYNC_INTERVAL);
+        }
+    });
 }
 
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
@@ -357,39 +397,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Lets a restarting node re-apply committed entries before it hears from a leader. Kept in
-    /// memory; a task of its own writes it to disk at most once per [`COMMITTED_SYNC_INTERVAL`]
-    /// (an fsync on openraft's path once a second showed as a PUT p99 tail), and a clean stop
-    /// writes the last one ([`LogStore::flush`]). A stale value only makes a restart re-apply
+    /// memory; a task of its own writes the latest to disk at most once per
+    /// [`COMMITTED_SYNC_INTERVAL`] and at most that long after it changed (an fsync on
+    /// openraft's path once a second showed as a PUT p99 tail), and a clean stop writes the last
+    /// one ([`LogStore::flush`]). A stale value only makes a restart re-apply
     /// less on its own: a single voter then commits the rest of its log as soon as it leads
     /// again, and `Node::start` waits for that before serving; a cluster member gets the commit
     /// index from its leader, and until then serves a replica up to about that interval older
     /// than before the crash.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
-        let write_now = {
+        let delay = {
             let mut state =
                 self.inner.committed.lock().map_err(|_| {
                     storage_error(ErrorSubject::Store, ErrorVerb::Write, &poisoned())
                 })?;
             state.latest = committed;
-            let due = !state.writing && state.last_write.elapsed() >= COMMITTED_SYNC_INTERVAL;
-            if due {
-                state.writing = true;
-                state.last_write = Instant::now();
+            if state.writing {
+                // The scheduled write picks this id up (or schedules one more that does).
+                return Ok(());
             }
-            due
+            state.writing = true;
+            COMMITTED_SYNC_INTERVAL.saturating_sub(state.last_write.elapsed())
         };
-        if write_now {
-            // Not awaited. The task holds a handle to the log, so `Node::shutdown` waits for it.
-            let inner = self.inner.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = write_committed(&inner) {
-                    tracing::warn!(error = %e, "could not write the committed log id");
-                }
-                if let Ok(mut state) = inner.committed.lock() {
-                    state.writing = false;
-                }
-            });
-        }
+        schedule_committed_write(&self.inner, delay);
         Ok(())
     }
 

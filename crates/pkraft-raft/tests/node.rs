@@ -290,3 +290,27 @@ async fn a_restart_applies_log_entries_the_state_lacks_before_returning() {
     );
     node.shutdown().await;
 }
+
+/// The committed id is written by a task of its own, at most once a second. Goal: after a burst
+/// of commits and then silence, the latest id reaches the disk without a clean stop (a crash then
+/// re-applies up to it). Method: two saves in quick succession, wait out the interval, close the
+/// log without `flush`, reopen it and read what is on disk.
+#[tokio::test]
+async fn the_latest_committed_id_reaches_the_disk_without_a_stop() {
+    use openraft::storage::RaftLogStorage;
+    use openraft::{CommittedLeaderId, LogId};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("raft-log");
+    let committed = |index| Some(LogId::new(CommittedLeaderId::new(1, 1), index));
+    {
+        let mut log = LogStore::open(&path).expect("open log");
+        log.save_committed(committed(5)).await.expect("save");
+        log.save_committed(committed(9)).await.expect("save");
+        // Bounded: one interval (1 s) plus slack for the write.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+    }
+    let mut log = LogStore::open(&path).expect("reopen log");
+    let on_disk = log.read_committed().await.expect("read committed");
+    assert_eq!(on_disk, committed(9));
+}
