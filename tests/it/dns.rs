@@ -135,6 +135,47 @@ async fn unknown_key_or_name_is_nxdomain_with_soa() {
     }
 }
 
+/// RFC 2308 §3: the SOA in a negative answer carries min(SOA TTL, MINIMUM), so resolvers cache
+/// "no such name" for at most MINIMUM (`dns.negative_ttl`, 30 s), while the SOA asked for
+/// directly keeps its own TTL (`dns.apex_ttl`, 5 min). Found by the differential check against
+/// NSD (tests/e2e/nsd_diff.sh).
+#[tokio::test]
+async fn the_soa_of_a_negative_answer_has_the_negative_ttl() {
+    let server = TestServer::start();
+    let key = keypair(38);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.1:1"]))
+        .await;
+    for transport in TRANSPORTS {
+        for (qname, qtype, rcode) in [
+            (
+                key_name("_iroh", &keypair(37)),
+                RecordType::TXT,
+                ResponseCode::NXDomain,
+            ),
+            (
+                key_name("_iroh", &key),
+                RecordType::A,
+                ResponseCode::NoError,
+            ),
+        ] {
+            let answer = raw_query(server.dns, transport, &qname, qtype, None).await;
+            assert_eq!(
+                answer.metadata.response_code, rcode,
+                "{qname} {transport:?}"
+            );
+            let soa = answer
+                .authorities
+                .iter()
+                .find(|r| r.record_type() == RecordType::SOA)
+                .expect("an SOA in the authority section");
+            assert_eq!(soa.ttl, 30, "{qname} {transport:?}");
+        }
+        let direct = raw_query(server.dns, transport, ORIGIN, RecordType::SOA, None).await;
+        assert_eq!(direct.answers[0].ttl, 300, "{transport:?}");
+    }
+}
+
 #[tokio::test]
 async fn known_name_other_type_is_nodata_with_soa() {
     let server = TestServer::start();

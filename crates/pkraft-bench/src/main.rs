@@ -13,6 +13,7 @@
 
 mod accept;
 mod dataset;
+mod dns_diff;
 mod dns_files;
 mod dns_load;
 mod http_load;
@@ -105,6 +106,21 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Send the same query set (names around the first KEYS keys, apex, out of zone; UDP with
+    /// and without EDNS, TCP) to SERVER and to REFERENCE (NSD serving the zone file of `queries`)
+    /// and report every answer that differs; exits 1 if a difference is not listed as intended.
+    DnsDiff {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long)]
+        reference: SocketAddr,
+        #[arg(long, default_value = "pkarr.test")]
+        origin: String,
+        #[arg(long, default_value_t = 3)]
+        keys: usize,
     },
     /// PUT VERSION of the first SAMPLES keys to PUT_URL and time until each DNS address serves it.
     Lag {
@@ -231,6 +247,30 @@ async fn main() -> anyhow::Result<()> {
                 .collect::<Result<Vec<_>, _>>()?;
             let duration = std::time::Duration::from_secs(seconds);
             print(&dns_load::run(server, names, concurrency, duration).await?)?;
+        }
+        Command::DnsDiff {
+            data,
+            server,
+            reference,
+            origin,
+            keys,
+        } => {
+            let data = DataSet::read(&data)?;
+            let report =
+                dns_diff::run(server, reference, dns_diff::cases(&data, &origin, keys)).await?;
+            let unexpected = report.unexpected();
+            eprintln!(
+                "dns-diff: {} cases, {} identical, {} different ({} not intended)",
+                report.cases,
+                report.identical,
+                report.differences.len(),
+                unexpected
+            );
+            print(&report)?;
+            anyhow::ensure!(
+                unexpected == 0,
+                "{unexpected} answers differ from the reference"
+            );
         }
         Command::Lag {
             data,

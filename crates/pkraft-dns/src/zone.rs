@@ -38,6 +38,9 @@ const SOA_EXPIRE_SECS: i32 = 1_209_600;
 #[derive(Debug)]
 struct Apex {
     soa: Record,
+    /// The SOA for the authority section of negative answers: TTL = min(TTL, MINIMUM), as RFC
+    /// 2308 §3 asks, so that no resolver caches "no such name" for longer than MINIMUM.
+    negative_soa: Record,
     ns: Vec<Record>,
     a: Vec<Record>,
     aaaa: Vec<Record>,
@@ -65,7 +68,9 @@ impl Apex {
             zones.negative_ttl_secs,
         );
         let record = |data: RData| Record::from_rdata(origin.clone(), ttl, data);
+        let negative_ttl = ttl.min(zones.negative_ttl_secs);
         Apex {
+            negative_soa: Record::from_rdata(origin.clone(), negative_ttl, RData::SOA(soa.clone())),
             soa: record(RData::SOA(soa)),
             ns: zones
                 .nameservers
@@ -309,6 +314,12 @@ impl ZoneHandler for PkarrZone {
         _lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
         if *name == self.origin {
+            // hickory's Catalog fetches the SOA for the authority section of NXDOMAIN and NODATA
+            // answers with this call and no request info; a query always comes with it (see
+            // `search`). That copy carries the negative-caching TTL.
+            if rtype == RecordType::SOA && request_info.is_none() {
+                return Lookup::Answers(vec![self.apex.negative_soa.clone()]).into();
+            }
             let records = self.apex.records(rtype);
             return if records.is_empty() {
                 Lookup::NoData
