@@ -38,19 +38,23 @@ pub struct Version {
 
 impl DataSet {
     /// Signs `keys × versions` packets. Version `v` of every key is signed at
-    /// `base_time_micros + v` seconds; each packet has one `relay=` and two `addr=` strings.
+    /// `base_time_micros + v` seconds; each packet has one `relay=` and two `addr=` strings, and
+    /// the first `large_keys` keys [`LARGE_ADDRS`] `addr=` strings (an answer too large for a
+    /// UDP message without EDNS).
     pub fn generate(
         keys: usize,
         versions: usize,
         seed: u64,
         base_time_micros: u64,
+        large_keys: usize,
     ) -> anyhow::Result<DataSet> {
         let mut data = Vec::with_capacity(keys);
         for index in 0..keys {
             let keypair = keypair(seed, index as u64);
             let mut key_versions = Vec::with_capacity(versions);
             for version in 0..versions {
-                let txt = iroh_strings(index, version);
+                let addrs = if index < large_keys { LARGE_ADDRS } else { 2 };
+                let txt = iroh_strings(index, version, addrs);
                 let timestamp = base_time_micros + version as u64 * VERSION_STEP_MICROS;
                 let packet = sign(&keypair, &txt, timestamp)?;
                 key_versions.push(Version {
@@ -103,13 +107,24 @@ fn keypair(seed: u64, index: u64) -> Keypair {
 
 /// iroh's `_iroh` TXT strings: a relay URL and one `addr=` per direct address. The port changes
 /// with the version so that every version is a different record.
-fn iroh_strings(index: usize, version: usize) -> Vec<String> {
+/// `addr=` strings in a large key's packet: its answer is about 800 bytes.
+pub const LARGE_ADDRS: usize = 16;
+
+/// One `relay=` and `addrs` `addr=` strings (IPv4 and IPv6 in turn, unique per key and version).
+fn iroh_strings(index: usize, version: usize, addrs: usize) -> Vec<String> {
     let port = 10_000 + version;
-    vec![
-        "relay=https://relay.bench.test./".to_string(),
-        format!("addr=192.0.2.{}:{port}", index % 250 + 1),
-        format!("addr=[2001:db8::{:x}]:{port}", index + 1),
-    ]
+    let mut strings = vec!["relay=https://relay.bench.test./".to_string()];
+    for n in 0..addrs {
+        strings.push(if n % 2 == 0 {
+            format!("addr=192.0.{}.{}:{port}", n / 2 + 2, index % 250 + 1)
+        } else {
+            match n / 2 {
+                0 => format!("addr=[2001:db8::{:x}]:{port}", index + 1),
+                block => format!("addr=[2001:db8:{block:x}::{:x}]:{port}", index + 1),
+            }
+        });
+    }
+    strings
 }
 
 fn sign(

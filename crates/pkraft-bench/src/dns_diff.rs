@@ -81,28 +81,47 @@ pub struct Intended {
 }
 
 /// The intended differences.
-pub const INTENDED: &[Intended] = &[Intended {
-    reason: "NSD adds the zone's NS records to the authority section of every positive answer \
+pub const INTENDED: &[Intended] = &[
+    Intended {
+        reason: "NSD adds the zone's NS records to the authority section of every positive answer \
              (it does not do minimal responses by default); pkraft, like BIND with \
              minimal-responses and Knot, leaves them out: they are optional (the algorithm of \
              RFC 1034 section 4.3.2 puts none in an authoritative answer), resolvers of pkarr \
              names never need them, and leaving them out keeps answers within small UDP buffers",
-    matches: |ours, theirs| {
-        let without_ns: Vec<String> = theirs
-            .authority
-            .iter()
-            .filter(|line| line.split_whitespace().nth(2) != Some("NS"))
-            .cloned()
-            .collect();
-        !ours.answer.is_empty()
-            && ours.authority.is_empty()
-            && !without_ns.len().eq(&theirs.authority.len())
-            && Normalised {
-                authority: without_ns,
-                ..theirs.clone()
-            } == *ours
+        matches: |ours, theirs| {
+            let without_ns: Vec<String> = theirs
+                .authority
+                .iter()
+                .filter(|line| line.split_whitespace().nth(2) != Some("NS"))
+                .cloned()
+                .collect();
+            !ours.answer.is_empty()
+                && ours.authority.is_empty()
+                && !without_ns.len().eq(&theirs.authority.len())
+                && Normalised {
+                    authority: without_ns,
+                    ..theirs.clone()
+                } == *ours
+        },
     },
-}];
+    Intended {
+        reason: "An answer too large for the UDP buffer: both set TC, NSD with an empty answer \
+             section, pkraft (hickory's encoder) with the records that fit. RFC 2181 section 9 \
+             allows both (a partial RRset may be left in; a client must ignore a TC answer and \
+             ask again over TCP). NSD's is the safer one for clients that do not honour TC; \
+             pkraft cannot choose without control over hickory's UDP encoding",
+        matches: |ours, theirs| {
+            ours.tc
+                && theirs.tc
+                && theirs.answer.is_empty()
+                && !ours.answer.is_empty()
+                && Normalised {
+                    answer: Vec::new(),
+                    ..ours.clone()
+                } == *theirs
+        },
+    },
+];
 
 /// The query set: for the first `keys` keys of `data`, and names around them.
 pub fn cases(data: &DataSet, origin: &str, keys: usize) -> Vec<Case> {

@@ -54,6 +54,10 @@ enum Command {
         /// Timestamp of version 0 in µs since the Unix epoch (default: now). Version v is v s later.
         #[arg(long)]
         base_time_micros: Option<u64>,
+        /// The first LARGE_KEYS keys get 16 `addr=` strings instead of 2: answers of about 800
+        /// bytes, which UDP without EDNS must truncate.
+        #[arg(long, default_value_t = 0)]
+        large_keys: usize,
         #[arg(long)]
         out: PathBuf,
     },
@@ -166,13 +170,14 @@ async fn main() -> anyhow::Result<()> {
             versions,
             seed,
             base_time_micros,
+            large_keys,
             out,
         } => {
             let base = match base_time_micros {
                 Some(base) => base,
                 None => pkarr::Timestamp::now().as_u64(),
             };
-            let data = DataSet::generate(keys, versions, seed, base)?;
+            let data = DataSet::generate(keys, versions, seed, base, large_keys)?;
             data.write(&out)?;
             eprintln!(
                 "wrote {keys} keys × {versions} versions to {}",
