@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-memory bench-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -48,6 +48,11 @@ e2e:
 bench:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/run.sh full
+
+## RSS of one node at 1M stored packets, with the DNS record cache at its bound (about 5 minutes).
+bench-memory:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	tests/bench/memory.sh $(TARGET_DIR)/release
 
 ## The benchmark harness with tiny counts, pkraft only, on the test build's binaries (CI).
 bench-smoke:

@@ -11,6 +11,8 @@
 # kept in target/bench-results-<mode>.jsonl. Method: docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/nsd.sh
+source tests/lib/nsd.sh
 
 mode=${1:-full}
 case "$mode" in
@@ -228,27 +230,7 @@ TOML
 }
 start_nsd() {
   local dns; dns=$(free_port)
-  mkdir -p "$work/nsd"
-  cp "$work/$origin.zone" "$work/nsd/"
-  cat >"$work/nsd/nsd.conf" <<CONF
-server:
-  ip-address: 127.0.0.1@$dns
-  username: ""
-  chroot: ""
-  zonesdir: "$work/nsd"
-  database: ""
-  zonelistfile: "$work/nsd/zone.list"
-  pidfile: "$work/nsd/nsd.pid"
-  xfrdfile: "$work/nsd/xfrd.state"
-  xfrdir: "$work/nsd"
-  server-count: 1
-  verbosity: 0
-remote-control:
-  control-enable: no
-zone:
-  name: "$origin"
-  zonefile: "$origin.zone"
-CONF
+  nsd_setup "$work/nsd" "$dns" "$origin" "$work/$origin.zone"
   setsid nsd -d -c "$work/nsd/nsd.conf" >"$work/nsd.log" 2>&1 &
   pid_of[nsd]=$!; pids+=($!)
   dns_port[nsd]=$dns

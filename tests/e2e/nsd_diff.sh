@@ -8,6 +8,8 @@
 #        target/debug). Needs nsd (Debian package nsd); .ci/run installs it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/nsd.sh
+source tests/lib/nsd.sh
 bin_dir=${1:-target/debug}
 pkraft="$bin_dir/pkraft" bench="$bin_dir/pkraft-bench"
 origin=pkarr.test
@@ -64,27 +66,7 @@ done
 
 # NSD on the zone file with the same records.
 nsd_port=$(port)
-mkdir -p "$work/nsd"
-cp "$work/$origin.zone" "$work/nsd/"
-cat >"$work/nsd/nsd.conf" <<CONF
-server:
-  ip-address: 127.0.0.1@$nsd_port
-  username: ""
-  chroot: ""
-  zonesdir: "$work/nsd"
-  database: ""
-  zonelistfile: "$work/nsd/zone.list"
-  pidfile: "$work/nsd/nsd.pid"
-  xfrdfile: "$work/nsd/xfrd.state"
-  xfrdir: "$work/nsd"
-  server-count: 1
-  verbosity: 0
-remote-control:
-  control-enable: no
-zone:
-  name: "$origin"
-  zonefile: "$origin.zone"
-CONF
+nsd_setup "$work/nsd" "$nsd_port" "$origin" "$work/$origin.zone"
 nsd -d -c "$work/nsd/nsd.conf" >"$work/nsd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do
