@@ -42,6 +42,7 @@ e2e:
 	$(CARGO) test --workspace --locked --no-run
 	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/quickcheck.sh $(PKRAFT_TEST_BIN)
 	tests/e2e/nsd_diff.sh $(TARGET_DIR)/debug
+	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/https.sh $(PKRAFT_TEST_BIN)
 
 ## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
 ## once into ~/.cache/pkraft-bench; about 5 minutes). Updates docs/BENCHMARKS.md.

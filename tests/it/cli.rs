@@ -46,6 +46,16 @@ fn check_config_rejects_a_bad_file_and_names_the_field() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dns.origins[1]"), "{stderr}");
 
+    std::fs::write(
+        &path,
+        "[https]\nlisten = \"127.0.0.1:0\"\ncert = \"/nonexistent/cert.pem\"\nkey = \"k.pem\"\n",
+    )
+    .expect("write");
+    let output = pkraft(&["check-config", &path.display().to_string()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("https.cert"), "{stderr}");
+
     std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:8080\"\nlistne = 1\n").expect("write");
     let output = pkraft(&["check-config", &path.display().to_string()]);
     assert!(!output.status.success());

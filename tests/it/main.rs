@@ -12,6 +12,7 @@ mod dns_client;
 mod doh;
 mod durability;
 mod harness;
+mod https;
 mod peer_proxy;
 mod pkarr_client;
 mod relay;

@@ -23,6 +23,8 @@ pub struct Config {
     pub raft: pkraft_raft::Settings,
     pub cluster: pkraft_raft::ClusterSettings,
     pub admin: pkraft_http::admin::AdminSettings,
+    /// The public API over TLS too (`[https]`); unset: plain HTTP only.
+    pub https: Option<crate::https::HttpsSettings>,
 }
 
 /// Environment variable holding the cluster secret; wins over `cluster.secret_file` and
@@ -48,6 +50,7 @@ impl Default for Config {
             raft: pkraft_raft::Settings::default(),
             cluster: pkraft_raft::ClusterSettings::default(),
             admin: pkraft_http::admin::AdminSettings::default(),
+            https: None,
         }
     }
 }
@@ -101,6 +104,10 @@ impl Config {
     /// Checks what serde cannot: names, TTL ranges, timing relations. Errors name the field.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.http.validate()?;
+        if let Some(https) = &self.https {
+            // Reads the certificate and key, so `check-config` catches a wrong path or format.
+            https.server_config()?;
+        }
         self.dns.zones()?;
         self.raft.openraft_config()?;
         if let Some(advertise) = &self.cluster.advertise {

@@ -11,6 +11,7 @@
 
 pub mod admin_client;
 pub mod config;
+pub mod https;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct Server {
     peer_addr: SocketAddr,
     admin_addr: SocketAddr,
     http: Listener,
+    /// The `[https]` listener and its address, when configured.
+    https: Option<(Listener, SocketAddr)>,
     admin: Listener,
     peer: Listener,
     dns: DnsServer,
@@ -57,6 +60,17 @@ impl Listener {
                 })
                 .await
         });
+        Listener { stop, task }
+    }
+
+    /// `app` over TLS (see [`https`]).
+    fn serve_tls(
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        app: axum::Router,
+    ) -> Listener {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(https::serve(listener, tls, app, stopped));
         Listener { stop, task }
     }
 
@@ -124,19 +138,27 @@ impl Server {
         let staleness: Staleness = Arc::new(move || staleness_of.staleness());
         let dns = DnsServer::bind(&config.dns, node.store().clone(), staleness).await?;
 
+        let public = pkraft_http::router(pkraft_http::AppState {
+            node: node.clone(),
+            settings: Arc::new(config.http.clone()),
+            dns: dns.answerer(),
+        });
+        let https = match &config.https {
+            Some(settings) => {
+                let tls = settings.server_config()?;
+                let listener = bind_tcp(settings.listen, "https.listen").await?;
+                let addr = listener.local_addr()?;
+                Some((Listener::serve_tls(listener, tls, public.clone()), addr))
+            }
+            None => None,
+        };
         let http_listener = bind_tcp(config.http.listen, "http.listen").await?;
         let http_addr = http_listener.local_addr()?;
-        let http = Listener::serve(
-            http_listener,
-            pkraft_http::router(pkraft_http::AppState {
-                node: node.clone(),
-                settings: Arc::new(config.http.clone()),
-                dns: dns.answerer(),
-            }),
-        );
+        let http = Listener::serve(http_listener, public);
         Ok(Server {
             node,
             http_addr,
+            https,
             peer_addr,
             admin_addr,
             http,
@@ -158,6 +180,11 @@ impl Server {
         self.http_addr
     }
 
+    /// The `[https]` address, when configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// The DNS address (UDP and TCP).
     pub fn dns_addr(&self) -> SocketAddr {
         self.dns.local_addr()
@@ -172,6 +199,9 @@ impl Server {
     /// Raft; the peer listener goes last, so the cluster hears from this node until it is gone.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.http.stop("http").await?;
+        if let Some((https, _)) = self.https {
+            https.stop("https").await?;
+        }
         self.admin.stop("admin").await?;
         self.dns.shutdown().await?;
         self.node.shutdown().await;

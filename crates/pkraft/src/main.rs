@@ -203,6 +203,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         node_id = config.node_id,
         data_dir = %config.data_dir.display(),
         http = %server.http_addr(),
+        https = ?server.https_addr(),
         dns = %server.dns_addr(),
         peer = %server.peer_addr(),
         admin = %server.admin_addr(),
