@@ -214,11 +214,13 @@ fn spawn(data_dir: &Path, command: &[String]) -> (Child, Bound, Arc<Mutex<Vec<St
     // Drains stderr for the life of the process so the pipe never fills and blocks the server.
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("pkraft listening") {
-                let _ = ready_tx.send(line.clone());
-            }
+            let ready = line.contains("pkraft listening").then(|| line.clone());
+            // Kept before readiness is reported, so `log()` has the line once `start` returns.
             if let Ok(mut lines) = thread_log.lock() {
                 lines.push(line);
+            }
+            if let Some(ready) = ready {
+                let _ = ready_tx.send(ready);
             }
         }
     });
