@@ -9,6 +9,8 @@
 # state.redb size. Method and results: docs/BENCHMARKS.md ("Memory at 1M records").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
 bin_dir=${1:-target/release}
 keys=${BENCH_MEMORY_KEYS:-1000000}
 pkraft="$bin_dir/pkraft" bench="$bin_dir/pkraft-bench"
@@ -18,21 +20,8 @@ work=$(mktemp -d)
 pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-http=$(port) dns=$(port)
-cat >"$work/pkraft.toml" <<TOML
-data_dir = "$work/data"
-[http]
-listen = "127.0.0.1:$http"
-[dns]
-listen = "127.0.0.1:$dns"
-origins = ["pkarr.test"]
-[cluster]
-bootstrap = true
-peer_listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-TOML
+http=$(loopback_port) dns=$(loopback_port)
+single_node_config "$work/pkraft.toml" "$work/data" "127.0.0.1:$http" "127.0.0.1:$dns"
 RUST_LOG=warn "$pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done

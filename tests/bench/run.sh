@@ -13,6 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/nsd.sh
 source tests/lib/nsd.sh
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
 
 mode=${1:-full}
 case "$mode" in
@@ -184,19 +186,8 @@ versions=$((runs + 3))  # 0: initial load, 1..runs: measured PUTs, runs+1: lag, 
 # --- systems -------------------------------------------------------------------------------
 start_pkraft() {
   local http dns; http=$(free_port); dns=$(free_port)
-  cat >"$work/pkraft.toml" <<TOML
-data_dir = "$work/pkraft-data"
-[http]
-listen = "127.0.0.1:$http"
-[dns]
-listen = "127.0.0.1:$dns"
-origins = ["$origin"]
-[cluster]
-bootstrap = true
-peer_listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-TOML
+  single_node_config "$work/pkraft.toml" "$work/pkraft-data" "127.0.0.1:$http" "127.0.0.1:$dns" \
+    "origins = [\"$origin\"]"
   RUST_LOG=warn setsid "$pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
   pid_of[pkraft]=$!; pids+=($!)
   http_url[pkraft]="http://127.0.0.1:$http/pkarr"; dns_port[pkraft]=$dns

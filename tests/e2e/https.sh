@@ -7,6 +7,8 @@
 # Needs: curl, kdig (knot-dnsutils); .ci/run installs them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
 bin=${1:-target/debug/pkraft}
 tls=$PWD/tests/fixtures/tls
 work=$(mktemp -d)
@@ -14,25 +16,12 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 fail() { echo "https: FAIL: $*" >&2; [ -f "$work/log" ] && tail -n 30 "$work/log" >&2; exit 1; }
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-https_port=$(port)
-cat >"$work/node.toml" <<TOML
-data_dir = "$work/data"
-[http]
-listen = "127.0.0.1:0"
-[dns]
-listen = "127.0.0.1:0"
-[https]
-listen = "127.0.0.1:$https_port"
-cert = "$tls/localhost.crt"
-key = "$tls/localhost.key"
-[cluster]
-bootstrap = true
-peer_listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-TOML
+https_port=$(loopback_port)
+single_node_config "$work/node.toml" "$work/data" 127.0.0.1:0 127.0.0.1:0 "" "[https]
+listen = \"127.0.0.1:$https_port\"
+cert = \"$tls/localhost.crt\"
+key = \"$tls/localhost.key\""
 "$bin" serve --config "$work/node.toml" >"$work/log" 2>&1 &
 pid=$!
 base="https://localhost:$https_port"

@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/nsd.sh
 source tests/lib/nsd.sh
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
 bin_dir=${1:-target/debug}
 pkraft="$bin_dir/pkraft" bench="$bin_dir/pkraft-bench"
 origin=pkarr.test
@@ -28,26 +30,14 @@ fail() {
 }
 command -v nsd >/dev/null || fail "nsd is missing (Debian package nsd)"
 [ -x "$pkraft" ] && [ -x "$bench" ] || fail "$pkraft or $bench not built"
-port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # pkraft, with the apex the zone file has: the origin as its own nameserver, A 127.0.0.1.
-http=$(port) dns_port=$(port)
-dns=127.0.0.1:$dns_port
-cat >"$work/pkraft.toml" <<TOML
-data_dir = "$work/pkraft-data"
-[http]
-listen = "127.0.0.1:$http"
-[dns]
-listen = "$dns"
-origins = ["$origin"]
-nameservers = ["$origin"]
-apex_a = ["127.0.0.1"]
-[cluster]
-bootstrap = true
-peer_listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-TOML
+http=$(loopback_port)
+dns=127.0.0.1:$(loopback_port)
+single_node_config "$work/pkraft.toml" "$work/pkraft-data" "127.0.0.1:$http" "$dns" \
+  "origins = [\"$origin\"]
+nameservers = [\"$origin\"]
+apex_a = [\"127.0.0.1\"]"
 RUST_LOG=info "$pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
 pids+=($!)
 up=
@@ -65,7 +55,7 @@ done
   --queries "$work/queries.txt" --zone "$work/$origin.zone"
 
 # NSD on the zone file with the same records.
-nsd_port=$(port)
+nsd_port=$(loopback_port)
 nsd_setup "$work/nsd" "$nsd_port" "$origin" "$work/$origin.zone"
 nsd -d -c "$work/nsd/nsd.conf" >"$work/nsd.log" 2>&1 &
 pids+=($!)

@@ -1,0 +1,31 @@
+# shellcheck shell=bash
+# Shared by the scripts under tests/ that start one pkraft node from a config file.
+
+# loopback_port: a TCP port free on 127.0.0.1 right now.
+loopback_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# single_node_config FILE DATA_DIR HTTP_ADDR DNS_ADDR [DNS_LINES] [MORE_TOML]: writes the config of
+# a node that bootstraps its own one-node cluster, with peer and admin listeners on any loopback
+# port, origin pkarr.test unless DNS_LINES sets `origins`. DNS_LINES go into [dns]; MORE_TOML
+# (whole sections) is appended.
+single_node_config() {
+  local file=$1 data_dir=$2 http=$3 dns=$4 dns_lines=${5:-} more=${6:-}
+  [[ "$dns_lines" == *origins* ]] || dns_lines="origins = [\"pkarr.test\"]
+$dns_lines"
+  cat >"$file" <<TOML
+data_dir = "$data_dir"
+[http]
+listen = "$http"
+[dns]
+listen = "$dns"
+$dns_lines
+[cluster]
+bootstrap = true
+peer_listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+$more
+TOML
+}
