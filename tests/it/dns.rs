@@ -403,14 +403,8 @@ async fn queries_are_not_logged_at_info() {
 /// packet's record.
 #[tokio::test]
 async fn several_udp_sockets_share_the_port() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        "[dns]\nudp_sockets = 4\n[cluster]\nbootstrap = true\n",
-    )
-    .expect("write config");
-    let server = TestServer::start_serve(&config);
+    let server =
+        TestServer::start_with_config("[dns]\nudp_sockets = 4\n[cluster]\nbootstrap = true\n");
     let key = keypair(39);
     server
         .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.9:9"]))

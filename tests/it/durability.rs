@@ -105,14 +105,9 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
 /// where the snapshot directory must go, so the first snapshot (after 3 entries) cannot be saved.
 #[tokio::test]
 async fn storage_failure_stops_the_node_with_exit_status_1() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let mut server = TestServer::start_with_config(
         "[raft]\nsnapshot_after_entries = 3\n[cluster]\nbootstrap = true\n",
-    )
-    .expect("write config");
-    let mut server = TestServer::start_serve(&config);
+    );
     std::fs::write(server.data_dir().join("snapshot"), b"not a directory").expect("block dir");
 
     // Publish until the node fails; a PUT during the failure may get 500 or no answer at all.
@@ -141,15 +136,10 @@ async fn storage_failure_stops_the_node_with_exit_status_1() {
 /// fsynced applies), SIGKILL, restart, read everything back over HTTP and DNS.
 #[tokio::test]
 async fn acknowledged_puts_survive_sigkill_after_the_log_was_purged() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
+    let mut server = TestServer::start_with_config(
         "[raft]\nsnapshot_after_entries = 5\nentries_kept_after_snapshot = 0\n\
          [cluster]\nbootstrap = true\n",
-    )
-    .expect("write config");
-    let mut server = TestServer::start_serve(&config);
+    );
     let published = publish_keys(&server, 200, 40).await;
 
     server.kill();

@@ -28,6 +28,8 @@ pub const ORIGIN: &str = "pkarr.test";
 pub struct TestServer {
     child: Option<Child>,
     data_dir: tempfile::TempDir,
+    /// Holds the config file of [`TestServer::start_with_config`] for restarts.
+    _config_dir: Option<tempfile::TempDir>,
     /// The subcommand and its arguments, before the listen and data dir overrides.
     command: Vec<String>,
     pub http: SocketAddr,
@@ -57,6 +59,17 @@ impl TestServer {
         TestServer::start_with(command)
     }
 
+    /// `pkraft serve` with `toml` as its config file (listen addresses and the data dir are
+    /// still set by the harness).
+    pub fn start_with_config(toml: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let mut server = TestServer::start_serve(&config);
+        server._config_dir = Some(dir);
+        server
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
     }
@@ -67,6 +80,7 @@ impl TestServer {
         TestServer {
             child: Some(child),
             data_dir,
+            _config_dir: None,
             command,
             http: bound.http,
             dns: bound.dns,

@@ -29,19 +29,12 @@ fn https_port(log: &str) -> u16 {
 
 #[tokio::test]
 async fn doh_and_the_relay_over_https_with_http1_and_http2() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[https]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\
+    let server = TestServer::start_with_config(&format!(
+        "[https]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\
              [cluster]\nbootstrap = true\n",
-            fixture("localhost.crt"),
-            fixture("localhost.key")
-        ),
-    )
-    .expect("write config");
-    let server = TestServer::start_serve(&config);
+        fixture("localhost.crt"),
+        fixture("localhost.key")
+    ));
     let port = https_port(&server.log());
     let key = keypair(70);
     let packet = iroh_packet(&key, 1_000, &["192.0.2.7:7"]);
