@@ -1,18 +1,23 @@
-//! [`Answerer`]: answers DNS messages that arrive outside hickory's own listeners (DNS-over-HTTPS
-//! on the HTTP listener) with the same handler chain as UDP and TCP: the freshness guard, the
-//! `Catalog`, the zones and the record cache. So DoH answers are the UDP/TCP answers, byte for
-//! byte apart from UDP's truncation.
+//! Answering DNS messages that arrive outside hickory's own listeners with the same handler chain
+//! as they do (the freshness guard, the `Catalog`, the zones and the record cache), encoded by
+//! hickory's own response handle:
+//! - [`Answerer`]: DNS-over-HTTPS on the HTTP listener. Its answers are the TCP answers, byte for
+//!   byte.
+//! - [`answer_as_hickory`]: the UDP listener's misses (`crate::udp`), answered as hickory's own
+//!   UDP listener would answer them.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use hickory_server::net::NetError;
+use hickory_server::net::BufDnsStreamHandle;
 use hickory_server::net::runtime::TokioTime;
-use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::BinEncoder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{Catalog, MessageResponse};
+use hickory_server::net::xfer::{Protocol, StreamReceiver};
+use hickory_server::proto::op::{Header, MessageType, ResponseCode};
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_server::server::{
+    Request, RequestHandler, ResponseHandle, ResponseHandler, ResponseInfo,
+};
+use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, Queries};
 
 use crate::freshness::FreshnessGuard;
 
@@ -30,6 +35,13 @@ impl RequestHandler for SharedHandler {
         self.0
             .handle_request::<R, T>(request, response_handle)
             .await
+    }
+}
+
+impl SharedHandler {
+    /// Whether answers are SERVFAIL now (`dns.max_stale` exceeded).
+    pub(crate) fn too_stale(&self) -> bool {
+        self.0.too_stale()
     }
 }
 
@@ -59,64 +71,62 @@ impl Answerer {
     pub async fn answer(&self, query: Vec<u8>, src: SocketAddr) -> Result<Vec<u8>, AnswerError> {
         let request = Request::from_bytes(query, src, Protocol::Tcp)
             .map_err(|e| AnswerError::Malformed(e.to_string()))?;
-        if request.metadata.message_type != hickory_server::proto::op::MessageType::Query {
+        if request.metadata.message_type != MessageType::Query {
             return Err(AnswerError::Malformed(
                 "a response, not a query".to_string(),
             ));
         }
-        let capture = Capture::default();
-        self.handler
-            .handle_request::<_, TokioTime>(&request, capture.clone())
-            .await;
-        let encoded = capture
-            .0
-            .lock()
-            .map_err(|_| AnswerError::Encode("the answer handler panicked".to_string()))?
-            .take();
-        match encoded {
-            Some(Ok(bytes)) => Ok(bytes),
-            Some(Err(e)) => Err(AnswerError::Encode(e)),
-            None => Err(AnswerError::Encode("no answer was sent".to_string())),
+        respond(&self.handler, &request)
+            .await
+            .ok_or_else(|| AnswerError::Encode("no answer was sent".to_string()))
+    }
+}
+
+/// The answer hickory-server's own listener for `protocol` gives to `query` from `src`: what
+/// `ServerContext::handle_request` (private to hickory) does, minus its per-query log lines.
+/// `None` where it sends nothing: fewer than 12 bytes, or a response (answering those would
+/// let anyone bounce traffic off this server).
+pub(crate) async fn answer_as_hickory(
+    handler: &SharedHandler,
+    query: Vec<u8>,
+    src: SocketAddr,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(&query)).ok()?;
+    match Request::from_bytes(query, src, protocol) {
+        Ok(request) if request.metadata.message_type == MessageType::Response => None,
+        Ok(request) => respond(handler, &request).await,
+        Err(error) => {
+            // The header parsed but the rest did not: FORMERR, with no question and no OPT.
+            tracing::debug!(%error, %src, "malformed DNS query");
+            let no_queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+            let response = MessageResponseBuilder::new(&no_queries, None)
+                .error_msg(&header, ResponseCode::FormErr);
+            let (mut response_handle, mut encoded) = capture(src, protocol);
+            response_handle.send_response(response).await.ok()?;
+            take_captured(&mut encoded)
         }
     }
 }
 
-/// The encoded answer, or why it could not be encoded.
-type Encoded = Result<Vec<u8>, String>;
+/// The handler chain's answer to `request`, encoded the way hickory encodes it for the
+/// request's protocol (UDP: truncated to the client's EDNS size, or 512 bytes without EDNS).
+async fn respond(handler: &SharedHandler, request: &Request) -> Option<Vec<u8>> {
+    let (response_handle, mut encoded) = capture(request.src(), request.protocol());
+    handler
+        .handle_request::<_, TokioTime>(request, response_handle)
+        .await;
+    take_captured(&mut encoded)
+}
 
-/// A `ResponseHandler` that keeps the encoded answer instead of sending it.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Option<Encoded>>>);
+/// hickory's own response handle, whose sends land in the returned receiver instead of a socket.
+fn capture(src: SocketAddr, protocol: Protocol) -> (ResponseHandle, StreamReceiver) {
+    let (stream_handle, encoded) = BufDnsStreamHandle::new(src);
+    (ResponseHandle::new(src, stream_handle, protocol), encoded)
+}
 
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        // What hickory's own handler does for TCP (`MessageResponse::encode` is crate-private):
-        // the whole message, up to the 64 KiB a DNS message can have.
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(u16::MAX);
-        let emitted = response.destructive_emit(&mut encoder);
-        let (result, stored) = match emitted {
-            Ok(info) => (Ok(info), Ok(bytes)),
-            Err(e) => {
-                let message = e.to_string();
-                (Err(NetError::from(e)), Err(message))
-            }
-        };
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(stored);
-        }
-        result
-    }
+/// The message sent through a [`capture`] handle, if one was.
+fn take_captured(encoded: &mut StreamReceiver) -> Option<Vec<u8>> {
+    let message = encoded.get_mut().get_mut().try_recv().ok()?;
+    Some(message.into_parts().0)
 }

@@ -35,7 +35,7 @@ impl<H> FreshnessGuard<H> {
 
     /// Whether answers must be refused now. A node that never heard from a leader since it
     /// started cannot vouch for its replica either.
-    fn too_stale(&self) -> bool {
+    pub(crate) fn too_stale(&self) -> bool {
         self.max_stale
             .is_some_and(|max| (self.staleness)().is_none_or(|stale| stale > max))
     }

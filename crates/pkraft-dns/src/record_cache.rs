@@ -64,11 +64,12 @@ impl RecordCache {
     /// The records of the packet stored for `key` (`None`: no packet), as the local replica has
     /// them now.
     pub fn records(&self, key: &KeyBytes) -> Result<Option<Records>, LookupError> {
+        // Before the store read: a change committed after this point moves the version on.
+        let version = self.store.key_version(key);
+        crate::answer_cache::note_read(key, version);
         let Some(entries) = &self.entries else {
             return Ok(read(&self.store, key)?.0);
         };
-        // Before the store read: a change committed after this point moves the version on.
-        let version = self.store.key_version(key);
         if let Some(entry) = entries.get(key)
             && entry.version == version
         {

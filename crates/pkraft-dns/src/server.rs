@@ -1,5 +1,7 @@
-//! [`DnsServer`]: hickory-server on UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP
-//! listener sharing a port.
+//! [`DnsServer`]: UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP listener sharing a
+//! port. hickory-server serves TCP, and UDP too when the answer cache is off; with it on, UDP
+//! goes through [`crate::udp`], which answers repeated queries from the cache and the rest with
+//! hickory's handler chain.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,11 +12,15 @@ use hickory_server::Server;
 use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use pkraft_store::Store;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
+use crate::answer_cache::AnswerCache;
 use crate::answerer::{Answerer, SharedHandler};
 use crate::freshness::{FreshnessGuard, Staleness};
 use crate::record_cache::RecordCache;
 use crate::settings::{Settings, SettingsError};
+use crate::udp::{self, UdpAnswerStats, UdpFrontend};
 use crate::zone::PkarrZone;
 
 /// Responses queued per TCP connection before the connection stops reading requests.
@@ -35,6 +41,10 @@ pub enum DnsError {
 /// A running DNS frontend. Answers until [`DnsServer::shutdown`].
 pub struct DnsServer {
     server: Server<SharedHandler>,
+    /// The UDP loops of [`crate::udp`] (none when hickory serves UDP itself), and their stop.
+    udp_loops: JoinSet<()>,
+    stop_udp: watch::Sender<bool>,
+    udp_frontend: Option<Arc<UdpFrontend>>,
     local_addr: SocketAddr,
     answerer: Answerer,
 }
@@ -48,7 +58,10 @@ impl DnsServer {
         staleness: Staleness,
     ) -> Result<DnsServer, DnsError> {
         let zones = settings.zones()?;
-        let records = Arc::new(RecordCache::new(store, settings.record_cache_bytes()));
+        let records = Arc::new(RecordCache::new(
+            store.clone(),
+            settings.record_cache_bytes(),
+        ));
         let mut catalog = Catalog::new();
         for origin in &zones.origins {
             let zone: Arc<dyn ZoneHandler> =
@@ -66,13 +79,29 @@ impl DnsServer {
             settings.max_stale,
         )));
         let answerer = Answerer::new(handler.clone());
-        let mut server = Server::new(handler);
-        for socket in udp {
-            server.register_socket(socket);
-        }
+        let (stop_udp, stop) = watch::channel(false);
+        let mut udp_loops = JoinSet::new();
+        let mut server = Server::new(handler.clone());
+        let udp_frontend = if settings.answer_cache_bytes() > 0 {
+            let answers = AnswerCache::new(store, settings.answer_cache_bytes());
+            let frontend = Arc::new(UdpFrontend::new(handler, answers, udp.len()));
+            for (index, socket) in udp.into_iter().enumerate() {
+                let socket = Arc::new(socket);
+                udp_loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
+            }
+            Some(frontend)
+        } else {
+            for socket in udp {
+                server.register_socket(socket);
+            }
+            None
+        };
         server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_QUEUE_LEN);
         Ok(DnsServer {
             server,
+            udp_loops,
+            stop_udp,
+            udp_frontend,
             local_addr,
             answerer,
         })
@@ -83,6 +112,13 @@ impl DnsServer {
         self.answerer.clone()
     }
 
+    /// How UDP queries were answered (all zero when hickory serves UDP itself).
+    pub fn udp_answer_stats(&self) -> UdpAnswerStats {
+        self.udp_frontend
+            .as_ref()
+            .map_or_else(UdpAnswerStats::default, |frontend| frontend.stats())
+    }
+
     /// The address answering on UDP and TCP.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -90,6 +126,9 @@ impl DnsServer {
 
     /// Stops accepting queries and waits for in-flight ones to finish.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
+        // The loops see the stop even if every receiver of it is gone (`has_changed` errs).
+        let _ = self.stop_udp.send(true);
+        while self.udp_loops.join_next().await.is_some() {}
         self.server
             .shutdown_gracefully()
             .await

@@ -1,0 +1,176 @@
+//! The UDP listener when `dns.answer_cache_mib` is set: a receive loop per socket that answers
+//! repeated queries from the [`AnswerCache`] on the spot, and hands every other query to
+//! hickory's handler chain in a task of its own, the way hickory's UDP listener does with all of
+//! them.
+//!
+//! A hit costs a hash lookup, a version check per key the answer read, and a copy: no parse, no
+//! task, no channel. Measured against hickory's listener, that is what stood between pkraft and
+//! NSD (docs/BENCHMARKS.md). A miss gets exactly hickory's answer ([`answer_as_hickory`]), and
+//! a hit the bytes of an earlier miss with the query's ID, so every answer is byte-identical to
+//! hickory's (tested in `tests/udp_answers.rs`).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hickory_server::net::xfer::Protocol;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::answer_cache::{AnswerCache, record_reads};
+use crate::answerer::{SharedHandler, answer_as_hickory};
+
+/// Datagrams are read into a buffer this large, as hickory's UDP listener does
+/// (`hickory_net::udp::MAX_RECEIVE_BUFFER_SIZE`): a longer one is cut to it in both.
+const RECEIVE_BUFFER_LEN: usize = 4_096;
+
+/// How UDP queries were answered since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpAnswerStats {
+    /// From the answer cache.
+    pub hits: u64,
+    /// By hickory's handler chain (including queries that got no answer).
+    pub misses: u64,
+}
+
+/// One socket loop's counters, on a cache line of its own so that loops on different cores do
+/// not contend for it.
+#[derive(Default)]
+#[repr(align(64))]
+struct LoopCounters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// What every socket's loop shares.
+pub(crate) struct UdpFrontend {
+    handler: SharedHandler,
+    answers: AnswerCache,
+    counters: Box<[LoopCounters]>,
+}
+
+impl UdpFrontend {
+    /// The frontend for `loops` socket loops.
+    pub(crate) fn new(handler: SharedHandler, answers: AnswerCache, loops: usize) -> Self {
+        UdpFrontend {
+            handler,
+            answers,
+            counters: (0..loops).map(|_| LoopCounters::default()).collect(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> UdpAnswerStats {
+        self.counters
+            .iter()
+            .fold(UdpAnswerStats::default(), |sum, counters| UdpAnswerStats {
+                hits: sum.hits + counters.hits.load(Ordering::Relaxed),
+                misses: sum.misses + counters.misses.load(Ordering::Relaxed),
+            })
+    }
+
+    /// The cached answer to `query`, written to `answer`; false if it must go to hickory.
+    fn answer_from_cache(&self, query: &[u8], answer: &mut Vec<u8>) -> bool {
+        // A node that is too stale answers SERVFAIL, which hickory's chain says.
+        !self.handler.too_stale() && self.answers.answer(query, answer)
+    }
+
+    /// hickory's answer to `query`, kept for the next query with the same bytes after the ID.
+    async fn answer_miss(&self, query: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
+        let key = query.clone();
+        let (answer, reads) =
+            record_reads(answer_as_hickory(&self.handler, query, src, Protocol::Udp)).await;
+        let answer = answer?;
+        self.answers.insert(&key, &answer, reads);
+        Some(answer)
+    }
+}
+
+/// Serves `socket` as loop number `index` until `stop` changes, then waits for the queries still
+/// being answered.
+pub(crate) async fn serve(
+    socket: Arc<UdpSocket>,
+    frontend: Arc<UdpFrontend>,
+    index: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(counters) = frontend.counters.get(index) else {
+        tracing::error!(index, "no counters for this UDP loop; it does not serve");
+        return;
+    };
+    let mut query = vec![0; RECEIVE_BUFFER_LEN];
+    let mut answer = Vec::with_capacity(512);
+    let mut misses = JoinSet::new();
+    loop {
+        // Under load the socket always has a datagram: read until it has none, and only then
+        // wait (for readiness or the stop), so that a busy loop costs no wake-ups.
+        let (len, src) = match socket.try_recv_from(&mut query) {
+            Ok(received) => received,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    ready = socket.readable() => match ready {
+                        Ok(()) => continue,
+                        Err(error) => {
+                            tracing::error!(%error, "UDP socket failed; it is no longer served");
+                            break;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            Err(error) if is_unrecoverable(&error) => {
+                tracing::error!(%error, "UDP socket failed; it is no longer served");
+                break;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "UDP receive error");
+                continue;
+            }
+        };
+        if stop.has_changed().unwrap_or(true) {
+            break;
+        }
+        // A loop that never waits must still let the worker's other tasks run.
+        tokio::task::consume_budget().await;
+        if !can_answer(src) {
+            tracing::debug!(%src, "not answering a datagram from this address");
+            continue;
+        }
+        let query = &query[..len];
+        if frontend.answer_from_cache(query, &mut answer) {
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            if let Err(error) = socket.send_to(&answer, src).await {
+                tracing::debug!(%error, %src, "UDP send failed");
+            }
+            continue;
+        }
+        counters.misses.fetch_add(1, Ordering::Relaxed);
+        let (socket, frontend, query) = (socket.clone(), frontend.clone(), query.to_vec());
+        misses.spawn(async move {
+            if let Some(answer) = frontend.answer_miss(query, src).await
+                && let Err(error) = socket.send_to(&answer, src).await
+            {
+                tracing::debug!(%error, %src, "UDP send failed");
+            }
+        });
+        while misses.try_join_next().is_some() {}
+    }
+    while misses.join_next().await.is_some() {}
+}
+
+/// Whether an answer can be sent to `src`: not to port 0, an unspecified or a broadcast address
+/// (hickory's listener drops those datagrams too).
+fn can_answer(src: SocketAddr) -> bool {
+    src.port() != 0
+        && !src.ip().is_unspecified()
+        && !matches!(src.ip(), IpAddr::V4(ip) if ip.is_broadcast())
+}
+
+/// Receive errors after which the socket cannot be used (as hickory's listener judges them).
+fn is_unrecoverable(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
+    )
+}
