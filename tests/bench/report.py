@@ -18,6 +18,8 @@ BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
 NAMES = {"pkraft": "pkraft", "cluster": "pkraft 3-node", "iroh": "iroh-dns-server", "nsd": "NSD"}
 # openraft's default-config failover budget the issue sets: 2 × raft.election_timeout_max (2 s).
 FAILOVER_TARGET_MS = 4000
+# Results of dnsperf runs: over UDP, TCP, and DNS-over-HTTPS with GET and with POST.
+DNSPERF_KINDS = ("dns", "dnstcp", "dohget", "dohpost")
 
 
 def load(path):
@@ -50,7 +52,7 @@ def check(results):
             ok = sum(n for code, n in r["status"].items() if 200 <= int(code) < 300)
             if r["errors"] or ok != r["requests"]:
                 problems.append(f'{name}: status {r["status"]}, {r["errors"]} errors')
-        if r["kind"] in ("dns", "dnstcp") and (r["completed"] == 0 or r["noerror"] != r["completed"]):
+        if r["kind"] in DNSPERF_KINDS and (r["completed"] == 0 or r["noerror"] != r["completed"]):
             problems.append(f'{name}: {r["completed"]:.0f} completed, {r["noerror"]:.0f} NOERROR')
         if r["kind"] in ("dnslat", "dnslat1") and (r["requests"] == 0 or set(r["status"]) != {"0"}):
             problems.append(f'{name}: rcodes {r["status"]} (expected only NOERROR with records; 1000 = empty), {r["errors"]} timeouts')
@@ -111,6 +113,8 @@ def report(results, versions, params):
     rows = (("dns", "qps", "queries/s (dnsperf, UDP)", 0), ("dns", "avg_ms", "mean latency ms (dnsperf, UDP)", 3),
             ("dns", "lost", "lost (dnsperf, UDP)", 0),
             ("dnstcp", "qps", "queries/s (dnsperf -m tcp)", 0), ("dnstcp", "avg_ms", "mean latency ms (dnsperf -m tcp)", 3),
+            ("dohget", "qps", "queries/s (dnsperf -m doh, GET)", 0), ("dohget", "avg_ms", "mean latency ms (DoH GET)", 3),
+            ("dohpost", "qps", "queries/s (dnsperf -m doh, POST)", 0), ("dohpost", "avg_ms", "mean latency ms (DoH POST)", 3),
             ("dnslat", "rps", "queries/s (closed loop, 20 clients)", 0), ("dnslat", "p50_ms", "p50 ms (closed loop, 20 clients)", 3),
             ("dnslat", "p99_ms", "p99 ms (closed loop, 20 clients)", 3),
             ("dnslat1", "p50_ms", "p50 ms (1 client, one query outstanding)", 3),
@@ -120,6 +124,7 @@ def report(results, versions, params):
             continue
         w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, kind), field), digits) for s in dns_systems) + " |")
     for kind, field, what in (("dns", "qps", "queries/s, dnsperf UDP"), ("dnstcp", "qps", "queries/s, dnsperf TCP"),
+                              ("dohget", "qps", "queries/s, DoH GET"), ("dohpost", "qps", "queries/s, DoH POST"),
                               ("dnslat1", "p50_ms", "p50 latency, 1 client")):
         ratios = [f"pkraft / {NAMES[s]}: {paired_ratio(results, 'pkraft', s, kind, field)}"
                   for s in dns_systems if s != "pkraft" and runs(results, s, kind)]
@@ -183,9 +188,9 @@ def report(results, versions, params):
     w("| system | kind | run | result |")
     w("|---|---|---|---|")
     for s in ("pkraft", "cluster", "iroh", "nsd"):
-        for kind in ("load", "put", "get", "dns", "dnstcp", "dnslat", "dnslat1"):
+        for kind in ("load", "put", "get") + DNSPERF_KINDS + ("dnslat", "dnslat1"):
             for i, r in enumerate(runs(results, s, kind), 1):
-                if kind in ("dns", "dnstcp"):
+                if kind in DNSPERF_KINDS:
                     node = f' (node {r["node"]})' if "node" in r else ""
                     text = f'{fmt(r["qps"])} q/s{node}, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
                 else:

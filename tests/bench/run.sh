@@ -111,7 +111,9 @@ machine_ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/sta
 
 # Per system: its processes (the cluster has three), its HTTP base URLs and DNS ports (one per
 # node), all space-separated.
-declare -A http_url dns_port pid_of
+# doh_port: the HTTPS port of a system that serves DNS-over-HTTPS (dnsperf does not check the
+# certificate: pkraft's is the test certificate, iroh-dns-server makes a self-signed one).
+declare -A http_url dns_port doh_port pid_of
 cpu_ticks() {  # utime + stime of every process of system $1
   local sum=0 pid
   for pid in ${pid_of[$1]}; do
@@ -159,8 +161,11 @@ print(json.dumps(d))
 PY
 }
 
-dnsperf_json() {  # $1 = port, $2 = udp|tcp; prints qps, mean latency, lost, completed, NOERROR count
-  dnsperf -m "${2:-udp}" -s 127.0.0.1 -p "$1" -d "$work/queries.txt" -c "$dns_clients" -l "$dns_seconds" 2>&1 |
+# $1 = port, $2 = udp|tcp|doh, then more dnsperf options; prints qps, mean latency, lost,
+# completed, NOERROR count
+dnsperf_json() {
+  local port=$1 mode=${2:-udp}; shift 2 || shift $#
+  dnsperf -m "$mode" -s 127.0.0.1 -p "$port" -d "$work/queries.txt" -c "$dns_clients" -l "$dns_seconds" "$@" 2>&1 |
     python3 -c '
 import json, re, sys
 text = sys.stdin.read()
@@ -185,16 +190,19 @@ versions=$((runs + 3))  # 0: initial load, 1..runs: measured PUTs, runs+1: lag, 
 
 # --- systems -------------------------------------------------------------------------------
 start_pkraft() {
-  local http dns; http=$(free_port); dns=$(free_port)
+  local http dns https; http=$(free_port); dns=$(free_port); https=$(free_port)
   single_node_config "$work/pkraft.toml" "$work/pkraft-data" "127.0.0.1:$http" "127.0.0.1:$dns" \
-    "origins = [\"$origin\"]"
+    "origins = [\"$origin\"]" "[https]
+listen = \"127.0.0.1:$https\"
+cert = \"$PWD/tests/fixtures/tls/localhost.crt\"
+key = \"$PWD/tests/fixtures/tls/localhost.key\""
   RUST_LOG=warn setsid "$pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
   pid_of[pkraft]=$!; pids+=($!)
-  http_url[pkraft]="http://127.0.0.1:$http/pkarr"; dns_port[pkraft]=$dns
+  http_url[pkraft]="http://127.0.0.1:$http/pkarr"; dns_port[pkraft]=$dns; doh_port[pkraft]=$https
   wait_until_up pkraft "${pid_of[pkraft]}" curl -sf "http://127.0.0.1:$http/healthz"
 }
 start_iroh() {
-  local http dns; http=$(free_port); dns=$(free_port)
+  local http dns https; http=$(free_port); dns=$(free_port); https=$(free_port)
   # Rate limit off (it would cap PUTs), no mainline DHT (no traffic off loopback), no metrics.
   cat >"$work/iroh.toml" <<TOML
 pkarr_put_rate_limit = "disabled"
@@ -202,6 +210,11 @@ data_dir = "$work/iroh-data"
 [http]
 port = $http
 bind_addr = "127.0.0.1"
+[https]
+port = $https
+bind_addr = "127.0.0.1"
+domains = ["localhost"]
+cert_mode = "self_signed"
 [dns]
 port = $dns
 bind_addr = "127.0.0.1"
@@ -216,7 +229,7 @@ enabled = false
 TOML
   RUST_LOG=warn setsid "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
   pid_of[iroh]=$!; pids+=($!)
-  http_url[iroh]="http://127.0.0.1:$http/pkarr"; dns_port[iroh]=$dns
+  http_url[iroh]="http://127.0.0.1:$http/pkarr"; dns_port[iroh]=$dns; doh_port[iroh]=$https
   wait_until_up iroh-dns-server "${pid_of[iroh]}" curl -s -o /dev/null "http://127.0.0.1:$http/"
 }
 start_nsd() {
@@ -326,6 +339,12 @@ for r in $(seq 1 "$runs"); do
     dnsperf_json "${dns_port[$s]}" udp | record "$s" dns
     settle
     dnsperf_json "${dns_port[$s]}" tcp | record "$s" dnstcp
+    [ -n "${doh_port[$s]:-}" ] || continue
+    for method in GET POST; do
+      settle
+      dnsperf_json "${doh_port[$s]}" doh -O "doh-uri=https://localhost:${doh_port[$s]}/dns-query" \
+        -O "doh-method=$method" | record "$s" "doh${method,,}"
+    done
   done
   # Each cluster node answers DNS from its own replica: measured one node at a time.
   for n in 1 2 3; do

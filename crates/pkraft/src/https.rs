@@ -7,10 +7,12 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::Context as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -18,7 +20,8 @@ use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::TlsAcceptor;
 
@@ -95,11 +98,14 @@ pub async fn serve(
         let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
+            let tls =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(QuickAckStream(tcp)))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
             let service = TowerToHyperService::new(app);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)
@@ -111,4 +117,60 @@ pub async fn serve(
     }
     graceful.shutdown().await;
     Ok(())
+}
+
+/// A TCP stream that acknowledges what it reads at once (`TCP_QUICKACK` after every read;
+/// Linux clears it again by itself).
+///
+/// Why: HTTP/2 clients such as nghttp2 (dnsperf, curl) write a POST's HEADERS and DATA frames
+/// in two writes with Nagle's algorithm on, so the DATA waits for the HEADERS to be
+/// acknowledged, and a server with nothing to send yet delays that ACK by up to 40 ms. Measured
+/// with `dnsperf -m doh -O doh-method=POST -c 20`: 5k queries/s at 20 ms mean latency without
+/// this, 53k at 1.5 ms with it (GET, one frame, unchanged at ≈ 60k). The cost is one
+/// `setsockopt` per read.
+struct QuickAckStream(TcpStream);
+
+impl AsyncRead for QuickAckStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.0).poll_read(cx, buf);
+        if result.is_ready() {
+            // Best effort: without it the connection only answers later.
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for QuickAckStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
