@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Memory at scale: RSS of a single pkraft node holding N stored packets (default 1,000,000),
-# before and after DNS queries for every key have filled the record cache to its bound
-# (dns.record_cache_mib, default 64 MiB). `make bench-memory`; about 5 minutes for 1M keys.
+# before and after DNS queries for every key have filled the DNS caches to their bounds
+# (dns.record_cache_mib, default 64 MiB, and dns.answer_cache_mib, default 32 MiB).
+# `make bench-memory`; about 5 minutes for 1M keys.
 #
 #   BENCH_MEMORY_KEYS=1000000 tests/bench/memory.sh [BIN_DIR]   (default target/release)
 #

@@ -21,7 +21,8 @@ use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, Queries};
 
 use crate::freshness::FreshnessGuard;
 
-/// The handler chain, shared by the hickory `Server` and the [`Answerer`].
+/// The handler chain, shared by the hickory `Server`, the UDP loops of `crate::udp` and the
+/// [`Answerer`].
 #[derive(Clone)]
 pub(crate) struct SharedHandler(pub(crate) Arc<FreshnessGuard<Catalog>>);
 
