@@ -13,6 +13,7 @@ mod doh;
 mod durability;
 mod harness;
 mod https;
+mod metrics;
 mod peer_proxy;
 mod pkarr_client;
 mod relay;

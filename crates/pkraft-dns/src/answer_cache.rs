@@ -143,6 +143,14 @@ impl AnswerCache {
     }
 }
 
+impl AnswerCache {
+    /// Entries held and their estimated bytes (moka counts lazily: approximate).
+    pub(crate) fn size(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+}
+
 /// An entry's weight against the bound: about the bytes it holds.
 #[expect(clippy::borrowed_box, reason = "moka's weigher is given &K")]
 fn weight(key: &Box<[u8]>, entry: &Arc<Entry>) -> u32 {

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use hickory_server::net::BufDnsStreamHandle;
 use hickory_server::net::runtime::TokioTime;
@@ -20,6 +21,7 @@ use hickory_server::server::{
 use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, Queries};
 
 use crate::freshness::FreshnessGuard;
+use crate::metrics::{DnsMetrics, Transport, wire_rcode};
 
 /// The handler chain, shared by the hickory `Server`, the UDP loops of `crate::udp` and the
 /// [`Answerer`].
@@ -46,6 +48,35 @@ impl SharedHandler {
     }
 }
 
+/// The handler of hickory's own listeners: the chain, with every query counted.
+#[derive(Clone)]
+pub(crate) struct CountedHandler {
+    pub(crate) handler: SharedHandler,
+    pub(crate) metrics: Arc<DnsMetrics>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for CountedHandler {
+    async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let started = Instant::now();
+        let info = self
+            .handler
+            .handle_request::<R, T>(request, response_handle)
+            .await;
+        let transport = match request.protocol() {
+            Protocol::Udp => Transport::Udp,
+            _ => Transport::Tcp,
+        };
+        let rcode = u16::from(info.response_code);
+        self.metrics.answered(transport, rcode, started.elapsed());
+        info
+    }
+}
+
 /// Why a message got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
@@ -60,16 +91,18 @@ pub enum AnswerError {
 #[derive(Clone)]
 pub struct Answerer {
     handler: SharedHandler,
+    metrics: Arc<DnsMetrics>,
 }
 
 impl Answerer {
-    pub(crate) fn new(handler: SharedHandler) -> Self {
-        Answerer { handler }
+    pub(crate) fn new(handler: SharedHandler, metrics: Arc<DnsMetrics>) -> Self {
+        Answerer { handler, metrics }
     }
 
     /// The wire answer to the wire query `query` from `src`. Answers are encoded as for TCP: DoH
     /// carries them whole, with no truncation (RFC 8484 §5.2 leaves size to HTTP).
     pub async fn answer(&self, query: Vec<u8>, src: SocketAddr) -> Result<Vec<u8>, AnswerError> {
+        let started = Instant::now();
         let request = Request::from_bytes(query, src, Protocol::Tcp)
             .map_err(|e| AnswerError::Malformed(e.to_string()))?;
         if request.metadata.message_type != MessageType::Query {
@@ -77,9 +110,13 @@ impl Answerer {
                 "a response, not a query".to_string(),
             ));
         }
-        respond(&self.handler, &request)
+        let answer = respond(&self.handler, &request)
             .await
-            .ok_or_else(|| AnswerError::Encode("no answer was sent".to_string()))
+            .ok_or_else(|| AnswerError::Encode("no answer was sent".to_string()))?;
+        let rcode = wire_rcode(&answer);
+        self.metrics
+            .answered(Transport::Doh, rcode, started.elapsed());
+        Ok(answer)
     }
 }
 

@@ -10,6 +10,7 @@ use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use prometheus::IntCounter;
 
 /// How long ago this node last knew its replica to be current (on a follower, its last contact
 /// with the leader); `None` if never since it started. Supplied by the consensus layer, which
@@ -22,14 +23,22 @@ pub struct FreshnessGuard<H> {
     staleness: Staleness,
     /// `None`: always answer from the replica, however stale.
     max_stale: Option<Duration>,
+    /// Counts the queries refused for staleness.
+    stale_refusals: IntCounter,
 }
 
 impl<H> FreshnessGuard<H> {
-    pub fn new(inner: H, staleness: Staleness, max_stale: Option<Duration>) -> FreshnessGuard<H> {
+    pub fn new(
+        inner: H,
+        staleness: Staleness,
+        max_stale: Option<Duration>,
+        stale_refusals: IntCounter,
+    ) -> FreshnessGuard<H> {
         FreshnessGuard {
             inner,
             staleness,
             max_stale,
+            stale_refusals,
         }
     }
 
@@ -49,6 +58,7 @@ impl<H: RequestHandler> RequestHandler for FreshnessGuard<H> {
         response_handle: R,
     ) -> ResponseInfo {
         if self.too_stale() {
+            self.stale_refusals.inc();
             return serve_failure(request, response_handle).await;
         }
         self.inner

@@ -24,6 +24,7 @@
 mod answer_cache;
 pub mod answerer;
 pub mod freshness;
+mod metrics;
 pub mod record_cache;
 pub mod server;
 pub mod settings;

@@ -90,7 +90,15 @@ impl RecordCache {
         Ok(records)
     }
 
-    /// Entries held (approximate: moka counts lazily); for tests and metrics.
+    /// Entries held and their estimated bytes (moka counts lazily: approximate).
+    pub fn size(&self) -> (u64, u64) {
+        self.entries.as_ref().map_or((0, 0), |entries| {
+            entries.run_pending_tasks();
+            (entries.entry_count(), entries.weighted_size())
+        })
+    }
+
+    /// Entries held (approximate: moka counts lazily); for tests.
     pub fn entry_count(&self) -> u64 {
         self.entries.as_ref().map_or(0, |entries| {
             entries.run_pending_tasks();

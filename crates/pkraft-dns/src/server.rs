@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::answer_cache::AnswerCache;
-use crate::answerer::{Answerer, SharedHandler};
+use crate::answerer::{Answerer, CountedHandler, SharedHandler};
 use crate::freshness::{FreshnessGuard, Staleness};
+use crate::metrics::{DnsCollector, DnsMetrics};
 use crate::record_cache::RecordCache;
 use crate::settings::{Settings, SettingsError};
 use crate::udp::{self, UdpAnswerStats, UdpFrontend};
@@ -40,11 +41,13 @@ pub enum DnsError {
 
 /// A running DNS frontend. Answers until [`DnsServer::shutdown`].
 pub struct DnsServer {
-    server: Server<SharedHandler>,
+    server: Server<CountedHandler>,
     /// The UDP loops of [`crate::udp`] (none when hickory serves UDP itself), and their stop.
     udp_loops: JoinSet<()>,
     stop_udp: watch::Sender<bool>,
     udp_frontend: Option<Arc<UdpFrontend>>,
+    records: Arc<RecordCache>,
+    metrics: Arc<DnsMetrics>,
     local_addr: SocketAddr,
     answerer: Answerer,
 }
@@ -73,18 +76,28 @@ impl DnsServer {
             addr: settings.listen,
             source,
         })?;
+        let metrics = Arc::new(DnsMetrics::new().map_err(|e| DnsError::Server(e.to_string()))?);
         let handler = SharedHandler(Arc::new(FreshnessGuard::new(
             catalog,
             staleness,
             settings.max_stale,
+            metrics.stale_refusals.clone(),
         )));
-        let answerer = Answerer::new(handler.clone());
+        let answerer = Answerer::new(handler.clone(), metrics.clone());
         let (stop_udp, stop) = watch::channel(false);
         let mut udp_loops = JoinSet::new();
-        let mut server = Server::new(handler.clone());
+        let mut server = Server::new(CountedHandler {
+            handler: handler.clone(),
+            metrics: metrics.clone(),
+        });
         let udp_frontend = if settings.answer_cache_bytes() > 0 {
             let answers = AnswerCache::new(store, settings.answer_cache_bytes());
-            let frontend = Arc::new(UdpFrontend::new(handler, answers, udp.len()));
+            let frontend = Arc::new(UdpFrontend::new(
+                handler,
+                answers,
+                udp.len(),
+                metrics.clone(),
+            ));
             for (index, socket) in udp.into_iter().enumerate() {
                 let socket = Arc::new(socket);
                 udp_loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
@@ -102,6 +115,8 @@ impl DnsServer {
             udp_loops,
             stop_udp,
             udp_frontend,
+            records,
+            metrics,
             local_addr,
             answerer,
         })
@@ -110,6 +125,15 @@ impl DnsServer {
     /// Answers DNS messages that arrive another way (DNS-over-HTTPS) exactly as this server does.
     pub fn answerer(&self) -> Answerer {
         self.answerer.clone()
+    }
+
+    /// Registers the DNS frontend's metrics (docs/METRICS.md: `pkraft_dns_*`).
+    pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(DnsCollector::new(
+            self.metrics.clone(),
+            self.records.clone(),
+            self.udp_frontend.clone(),
+        )?))
     }
 
     /// How UDP queries were answered (all zero when hickory serves UDP itself).

@@ -13,6 +13,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use hickory_server::net::xfer::Protocol;
 use tokio::net::UdpSocket;
@@ -21,6 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::answer_cache::{AnswerCache, record_reads};
 use crate::answerer::{SharedHandler, answer_as_hickory};
+use crate::metrics::{DnsMetrics, Transport, wire_rcode};
 
 /// Datagrams are read into a buffer this large, as hickory's UDP listener does
 /// (`hickory_net::udp::MAX_RECEIVE_BUFFER_SIZE`): a longer one is cut to it in both.
@@ -49,16 +51,28 @@ pub(crate) struct UdpFrontend {
     handler: SharedHandler,
     answers: AnswerCache,
     counters: Box<[LoopCounters]>,
+    metrics: Arc<DnsMetrics>,
 }
 
 impl UdpFrontend {
     /// The frontend for `loops` socket loops.
-    pub(crate) fn new(handler: SharedHandler, answers: AnswerCache, loops: usize) -> Self {
+    pub(crate) fn new(
+        handler: SharedHandler,
+        answers: AnswerCache,
+        loops: usize,
+        metrics: Arc<DnsMetrics>,
+    ) -> Self {
         UdpFrontend {
             handler,
             answers,
             counters: (0..loops).map(|_| LoopCounters::default()).collect(),
+            metrics,
         }
+    }
+
+    /// The answer cache's entries and estimated bytes.
+    pub(crate) fn answer_cache_size(&self) -> (u64, u64) {
+        self.answers.size()
     }
 
     pub(crate) fn stats(&self) -> UdpAnswerStats {
@@ -137,22 +151,32 @@ pub(crate) async fn serve(
             tracing::debug!(%src, "not answering a datagram from this address");
             continue;
         }
+        let received = Instant::now();
         let query = &query[..len];
         if frontend.answer_from_cache(query, &mut answer) {
             counters.hits.fetch_add(1, Ordering::Relaxed);
             if let Err(error) = socket.send_to(&answer, src).await {
                 tracing::debug!(%error, %src, "UDP send failed");
             }
+            let rcode = wire_rcode(&answer);
+            frontend
+                .metrics
+                .answered(Transport::Udp, rcode, received.elapsed());
             continue;
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
         let (socket, frontend, query) = (socket.clone(), frontend.clone(), query.to_vec());
         misses.spawn(async move {
-            if let Some(answer) = frontend.answer_miss(query, src).await
-                && let Err(error) = socket.send_to(&answer, src).await
-            {
+            let Some(answer) = frontend.answer_miss(query, src).await else {
+                return;
+            };
+            if let Err(error) = socket.send_to(&answer, src).await {
                 tracing::debug!(%error, %src, "UDP send failed");
             }
+            let rcode = wire_rcode(&answer);
+            frontend
+                .metrics
+                .answered(Transport::Udp, rcode, received.elapsed());
         });
         while misses.try_join_next().is_some() {}
     }

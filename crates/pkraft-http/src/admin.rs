@@ -2,6 +2,8 @@
 //! cluster` commands). Keep it on loopback or a private network.
 //!
 //! - `GET  /cluster/status`: JSON [`ClusterStatus`]; no token needed (read-only).
+//! - `GET  /metrics`: Prometheus text format (docs/METRICS.md); no token needed.
+//! - `GET  /healthz`, `GET /readyz`: as on the public listener.
 //! - `POST /cluster/init`: make this node the only voter of a new cluster.
 //! - `POST /cluster/add-learner` `{"node_id": 4, "addr": "10.0.0.4:7400"}`
 //! - `POST /cluster/promote` `{"node_id": 4}`
@@ -54,6 +56,10 @@ pub struct AdminState {
     pub node: Arc<Node>,
     /// The admin token, already resolved from file/env/config; `None` refuses mutations.
     pub token: Option<Arc<str>>,
+    /// Everything `/metrics` exports.
+    pub registry: prometheus::Registry,
+    /// `http.ready_max_stale`, for `/readyz`.
+    pub ready_max_stale: std::time::Duration,
 }
 
 /// Body of the calls that name a node.
@@ -82,6 +88,11 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/cluster/status", get(status))
         .route("/healthz", get(crate::healthz))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(crate::metrics::metrics).with_state(state.registry.clone()),
+        )
         .merge(mutations)
         .with_state(state)
 }
@@ -102,6 +113,10 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
         return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
     }
     next.run(request).await
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    crate::metrics::readyz(&state.node, state.ready_max_stale)
 }
 
 async fn status(State(state): State<AdminState>) -> Json<ClusterStatus> {

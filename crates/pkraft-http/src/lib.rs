@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod doh;
 pub mod error;
+pub mod metrics;
 pub mod relay;
 
 use std::net::SocketAddr;
@@ -56,6 +57,11 @@ pub struct Settings {
     /// `raft.publish_timeout` so that a PUT waiting for its commit gets its own 503 first.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// `/readyz` answers 503 once this node has not heard from a leader (a leader: from a
+    /// quorum) for longer than this. Default 5 s: longer than a failover takes with the default
+    /// Raft timing (about 4 s), so one election does not take every follower out of rotation.
+    #[serde(with = "humantime_serde")]
+    pub ready_max_stale: Duration,
 }
 
 /// An `[http]` value that cannot be served. The message names the field.
@@ -86,6 +92,7 @@ impl Default for Settings {
             cache_max_age_max: Duration::from_secs(86_400),
             retry_after: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
+            ready_max_stale: Duration::from_secs(5),
         }
     }
 }
@@ -97,6 +104,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Answers `/dns-query` as the DNS listeners would.
     pub dns: pkraft_dns::Answerer,
+    pub metrics: Arc<metrics::HttpMetrics>,
 }
 
 /// The public router: relay routes, health, CORS and the body limit.
@@ -110,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .expose_headers([STORED_NODES_HEADER]);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route(
             "/dns-query",
             get(doh::get_query)
@@ -122,6 +131,10 @@ pub fn router(state: AppState) -> Router {
             get(relay::get_packet).put(relay::put_packet),
         )
         .route("/{key}", get(relay::get_packet).put(relay::put_packet))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .with_state(state.clone())
         // Bodies over the largest legal relay payload are refused with 413 before they are read
         // in full.
@@ -131,6 +144,13 @@ pub fn router(state: AppState) -> Router {
             state.settings.request_timeout,
         ))
         .layer(cors)
+}
+
+/// Readiness of this node; see [`metrics::readyz`].
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::response::Response {
+    metrics::readyz(&state.node, state.settings.ready_max_stale)
 }
 
 /// Liveness: the process is up and serving HTTP.

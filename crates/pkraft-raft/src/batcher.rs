@@ -141,6 +141,7 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 /// with its own outcome.
 async fn commit(node: &Node, mut batch: Vec<Pending>) {
     let deadline = Instant::now() + node.publish_timeout;
+    node.metrics.batch_packets.observe(batch.len() as f64);
     loop {
         match node.known_leader() {
             Some((leader, _)) if leader == node.id => return propose(node, batch).await,
@@ -158,7 +159,12 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     return;
                 }
                 match forward(node, leader, &addr, &batch, deadline).await {
-                    Ok(answers) => return answer_forwarded(node, batch, answers).await,
+                    Ok(answers) => {
+                        node.metrics
+                            .forwarded_packets
+                            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+                        return answer_forwarded(node, batch, answers).await;
+                    }
                     Err(Reroute::Retry(reason)) if Instant::now() < deadline => {
                         tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
                         wait_for_leader_news(node, Some(leader), deadline).await;

@@ -184,6 +184,13 @@ impl LogStore {
 
     /// Writes the latest committed log id to disk (it is written at most once a second while
     /// running); for a clean stop.
+    /// The index of the committed log id openraft last saved (it saves it as the commit index
+    /// advances, on followers as on the leader), whether or not it is on disk yet.
+    pub(crate) fn committed_index(&self) -> Option<u64> {
+        let committed = self.inner.committed.lock().ok()?;
+        committed.latest.map(|log_id| log_id.index)
+    }
+
     pub(crate) fn flush(&self) -> Result<()> {
         write_committed(&self.inner)
             .map(|_| ())

@@ -10,11 +10,13 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft, ServerState, StorageError};
 use pkraft_store::{Store, StoreError};
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket};
+use prometheus::Registry;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::batcher::{Batcher, Origin, stopping};
 use crate::log_store::LogStore;
+use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerNetwork};
 use crate::settings::{Settings, SettingsError};
 use crate::state_machine::StateMachine;
@@ -125,8 +127,9 @@ pub struct Node {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft<TypeConfig>,
     store: Store,
-    /// Kept to know when openraft has released the log file (see `shutdown`).
-    log_store: LogStore,
+    /// Kept to know when openraft has released the log file (see `shutdown`), and for the
+    /// commit index.
+    pub(crate) log_store: LogStore,
     pub(crate) cluster: Cluster,
     pub(crate) peers: PeerClient,
     /// Group commit in front of `raft` (see `batcher`); taken on shutdown to close the queue.
@@ -140,6 +143,9 @@ pub struct Node {
     pub(crate) leader_contact: LeaderContact,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// The replica's redb file, whose size is a metric.
+    state_file: PathBuf,
 }
 
 /// When this node last heard from a leader it accepted (a successful `append-entries`), for the
@@ -204,8 +210,11 @@ impl Node {
         }
         let log_store = LogStore::open(&data_dir.join(LOG_DIR))?;
         log_store.claim_node_id(id)?;
-        let store = Store::open(&data_dir.join(STATE_FILE))?;
-        let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?;
+        let state_file = data_dir.join(STATE_FILE);
+        let store = Store::open(&state_file)?;
+        let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
+        let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
+            .with_metrics(metrics.clone());
 
         let pristine = log_store.is_pristine()?;
         if pristine && store.applied_state()?.is_some() {
@@ -239,6 +248,8 @@ impl Node {
             membership_lock: tokio::sync::Mutex::new(()),
             leader_contact: LeaderContact::new(),
             background: std::sync::Mutex::new(Vec::new()),
+            metrics,
+            state_file,
         };
         let node = Arc::new(node);
         node.spawn_tasks(settings);
@@ -256,7 +267,7 @@ impl Node {
         if let Ok(mut slot) = self.batcher.lock() {
             *slot = Some(batcher);
         }
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(count_leader_changes(self.clone()))];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
         }
@@ -270,6 +281,17 @@ impl Node {
         if let Ok(mut background) = self.background.lock() {
             background.extend(tasks);
         }
+    }
+
+    /// Registers this node's metrics (docs/METRICS.md: `pkraft_raft_*`, `pkraft_store_*`).
+    pub fn register_metrics(&self, registry: &Registry) -> prometheus::Result<()> {
+        self.metrics.register(registry)?;
+        registry.register(Box::new(StateCollector::new(
+            self.raft.clone(),
+            self.log_store.clone(),
+            self.store.clone(),
+            self.state_file.clone(),
+        )?))
     }
 
     /// This node's id.
@@ -510,5 +532,18 @@ pub(crate) fn publish_error(
             PublishError::Fatal(e.to_string())
         }
         RaftError::Fatal(fatal) => PublishError::Fatal(fatal.to_string()),
+    }
+}
+
+/// Counts the changes of the leader this node knows of, for as long as the node runs.
+async fn count_leader_changes(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    let mut leader = metrics.borrow().current_leader;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow().current_leader;
+        if now != leader {
+            node.metrics.leader_changes.inc();
+            leader = now;
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, RaftError};
 
+use crate::NodeId;
 use crate::node::Node;
 use crate::peer::{PeerError, path};
 
@@ -13,6 +14,19 @@ use crate::peer::{PeerError, path};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("linearizable read unavailable: {0}")]
 pub struct ReadError(pub String);
+
+/// What `/readyz` reports; see [`Node::readiness`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    /// Why not, when not ready.
+    pub reasons: Vec<String>,
+    pub leader: Option<NodeId>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Since this node last knew its replica to be current (see [`Node::staleness`]).
+    pub staleness_ms: Option<u64>,
+}
 
 impl Node {
     /// How long ago this node last had confirmation that its replica is current: on the leader,
@@ -33,6 +47,45 @@ impl Node {
             return metrics.millis_since_quorum_ack.map(Duration::from_millis);
         }
         self.leader_contact.elapsed()
+    }
+
+    /// Whether this node should get traffic (`/readyz`): it knows a leader, has heard from it
+    /// (or, leading, from a quorum) within `max_stale`, and has applied every entry it knows to
+    /// be committed. The reasons say what is missing.
+    pub fn readiness(&self, max_stale: Duration) -> Readiness {
+        let metrics = self.raft.metrics().borrow().clone();
+        let staleness = self.staleness();
+        let committed = self.log_store.committed_index();
+        let applied = metrics.last_applied.map(|log_id| log_id.index);
+        let mut reasons = Vec::new();
+        if metrics.current_leader.is_none() {
+            reasons.push("no leader is known".to_string());
+        }
+        match staleness {
+            None => reasons.push("has not heard from a leader since it started".to_string()),
+            Some(stale) if stale > max_stale => reasons.push(format!(
+                "last heard from the leader {} ms ago (bound {} ms)",
+                stale.as_millis(),
+                max_stale.as_millis()
+            )),
+            Some(_) => {}
+        }
+        if committed > applied {
+            reasons.push(format!(
+                "has applied up to index {} of the {} it knows to be committed",
+                applied.map_or_else(|| "none".to_string(), |index| index.to_string()),
+                committed.unwrap_or_default()
+            ));
+        }
+        Readiness {
+            ready: reasons.is_empty(),
+            reasons,
+            leader: metrics.current_leader,
+            committed_index: committed,
+            applied_index: applied,
+            staleness_ms: staleness
+                .map(|stale| u64::try_from(stale.as_millis()).unwrap_or(u64::MAX)),
+        }
     }
 
     /// Returns once this node's replica holds every write committed before the call (ReadIndex):

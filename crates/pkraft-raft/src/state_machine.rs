@@ -17,6 +17,8 @@
 
 use std::io::Cursor;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -28,6 +30,7 @@ use pkraft_types::Command;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Message, blocking, decode, encode, storage_error};
+use crate::metrics::NodeMetrics;
 use crate::snapshot_file::SnapshotFile;
 use crate::type_config::ApplyResult;
 use crate::{NodeId, TypeConfig};
@@ -74,6 +77,8 @@ pub struct StateMachine {
     applied: AppliedState,
     /// Applied since the last durable commit of the state.
     since_durable: AppliedSince,
+    /// Where snapshot durations and expiry are counted (none in storage tests).
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl StateMachine {
@@ -86,7 +91,14 @@ impl StateMachine {
             snapshot_file: SnapshotFile::new(snapshot_dir),
             applied,
             since_durable: AppliedSince::default(),
+            metrics: None,
         })
+    }
+
+    /// Counts snapshots and expiry in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -152,6 +164,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             since_durable
         };
+        if let Some(metrics) = &self.metrics {
+            let expired: u64 = results.iter().map(|result| result.expired).sum();
+            metrics.expired_records.inc_by(expired);
+        }
         Ok(results)
     }
 
@@ -159,6 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             store: self.store.clone(),
             snapshot_file: self.snapshot_file.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -175,6 +192,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
+        let started = Instant::now();
         let store = self.store.clone();
         let snapshot_file = self.snapshot_file.clone();
         let meta = meta.clone();
@@ -190,6 +208,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = applied;
         // The import committed durably.
         self.since_durable = AppliedSince::default();
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .snapshot_install
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
@@ -250,10 +273,12 @@ fn dropped_nodes(
 pub struct SnapshotBuilder {
     store: Store,
     snapshot_file: SnapshotFile,
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let started = Instant::now();
         let store = self.store.clone();
         let snapshot_file = self.snapshot_file.clone();
         let (meta, data) = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
@@ -276,6 +301,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok((meta, export.data))
         })
         .await?;
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .snapshot_build
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -119,6 +119,14 @@ impl Server {
         let node = Node::start(config.node_id, &config.data_dir, &config.raft, cluster)
             .await
             .context("cannot start the raft node")?;
+        // Everything the admin listener's /metrics exports (docs/METRICS.md).
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .context("process metrics")?;
+        node.register_metrics(&registry).context("raft metrics")?;
         let peer = Listener::serve(
             peer_listener,
             pkraft_raft::peer::server::router(node.clone()),
@@ -131,17 +139,23 @@ impl Server {
             pkraft_http::admin::router(pkraft_http::admin::AdminState {
                 node: node.clone(),
                 token: secrets.admin_token,
+                registry: registry.clone(),
+                ready_max_stale: config.http.ready_max_stale,
             }),
         );
 
         let staleness_of = node.clone();
         let staleness: Staleness = Arc::new(move || staleness_of.staleness());
         let dns = DnsServer::bind(&config.dns, node.store().clone(), staleness).await?;
+        dns.register_metrics(&registry).context("DNS metrics")?;
+        let http_metrics = Arc::new(pkraft_http::metrics::HttpMetrics::new()?);
+        http_metrics.register(&registry).context("HTTP metrics")?;
 
         let public = pkraft_http::router(pkraft_http::AppState {
             node: node.clone(),
             settings: Arc::new(config.http.clone()),
             dns: dns.answerer(),
+            metrics: http_metrics,
         });
         let https = match &config.https {
             Some(settings) => {

@@ -1,0 +1,227 @@
+//! Prometheus metrics of the DNS frontend (names and meanings in docs/METRICS.md).
+//!
+//! Queries are counted where they enter: hickory's listener (TCP, and UDP when the answer cache
+//! is off), the UDP loops of `crate::udp` (hits and misses), and the DoH [`crate::Answerer`].
+//! The label handles are resolved once, so counting a query is a few atomic adds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
+
+use crate::record_cache::RecordCache;
+use crate::udp::UdpFrontend;
+
+/// How a query arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Udp = 0,
+    Tcp = 1,
+    Doh = 2,
+}
+
+const TRANSPORTS: [&str; 3] = ["udp", "tcp", "doh"];
+/// The `rcode` label values: the codes an authoritative server sends, then everything else.
+const RCODES: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
+];
+
+/// The index into [`RCODES`] of a response code (4 bits in the header, 12 with EDNS).
+fn rcode_index(code: u16) -> usize {
+    match code {
+        0..=5 => usize::from(code),
+        16 => 6,
+        _ => 7,
+    }
+}
+
+/// The response code in the header of a wire answer (the EDNS extension bits are not read, so
+/// BADVERS counts as NOERROR here).
+pub(crate) fn wire_rcode(answer: &[u8]) -> u16 {
+    answer
+        .get(3)
+        .map_or(u16::MAX, |flags| u16::from(flags & 0x0f))
+}
+
+/// Counters and histograms of the DNS frontend.
+pub(crate) struct DnsMetrics {
+    queries: IntCounterVec,
+    /// `queries` resolved per transport and rcode.
+    query_counters: Vec<Vec<IntCounter>>,
+    durations: HistogramVec,
+    duration_histograms: Vec<Histogram>,
+    /// `pkraft_dns_stale_refusals_total`.
+    pub(crate) stale_refusals: IntCounter,
+}
+
+impl DnsMetrics {
+    pub(crate) fn new() -> prometheus::Result<DnsMetrics> {
+        let queries = IntCounterVec::new(
+            Opts::new(
+                "pkraft_dns_queries_total",
+                "DNS queries answered, by transport (udp, tcp, doh) and response code.",
+            ),
+            &["transport", "rcode"],
+        )?;
+        let durations = HistogramVec::new(
+            HistogramOpts::new(
+                "pkraft_dns_answer_duration_seconds",
+                "Time from a query's arrival to its answer being handed to the transport.",
+            )
+            .buckets(vec![
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+                0.01, 0.025, 0.1,
+            ]),
+            &["transport"],
+        )?;
+        let query_counters = TRANSPORTS
+            .iter()
+            .map(|transport| {
+                RCODES
+                    .iter()
+                    .map(|rcode| queries.with_label_values(&[*transport, *rcode]))
+                    .collect()
+            })
+            .collect();
+        let duration_histograms = TRANSPORTS
+            .iter()
+            .map(|transport| durations.with_label_values(&[*transport]))
+            .collect();
+        Ok(DnsMetrics {
+            queries,
+            query_counters,
+            durations,
+            duration_histograms,
+            stale_refusals: IntCounter::new(
+                "pkraft_dns_stale_refusals_total",
+                "Queries answered SERVFAIL because this node was staler than dns.max_stale.",
+            )?,
+        })
+    }
+
+    /// Counts one answered query.
+    pub(crate) fn answered(&self, transport: Transport, rcode: u16, took: Duration) {
+        let transport = transport as usize;
+        if let Some(counter) = self
+            .query_counters
+            .get(transport)
+            .and_then(|counters| counters.get(rcode_index(rcode)))
+        {
+            counter.inc();
+        }
+        if let Some(histogram) = self.duration_histograms.get(transport) {
+            histogram.observe(took.as_secs_f64());
+        }
+    }
+}
+
+/// Everything the DNS frontend reports, for one registry: the counters above, and the caches'
+/// sizes and the UDP cache's hits and misses read when scraped.
+pub(crate) struct DnsCollector {
+    metrics: Arc<DnsMetrics>,
+    records: Arc<RecordCache>,
+    /// With the UDP fast path: its cache and counters.
+    udp: Option<Arc<UdpFrontend>>,
+    cache_entries: prometheus::IntGaugeVec,
+    cache_bytes: prometheus::IntGaugeVec,
+    answer_cache_hits: IntCounter,
+    answer_cache_misses: IntCounter,
+    descs: Vec<Desc>,
+}
+
+impl DnsCollector {
+    pub(crate) fn new(
+        metrics: Arc<DnsMetrics>,
+        records: Arc<RecordCache>,
+        udp: Option<Arc<UdpFrontend>>,
+    ) -> prometheus::Result<DnsCollector> {
+        let mut collector = DnsCollector {
+            metrics,
+            records,
+            udp,
+            cache_entries: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "pkraft_dns_cache_entries",
+                    "Entries in a DNS cache (cache: records, answers).",
+                ),
+                &["cache"],
+            )?,
+            cache_bytes: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "pkraft_dns_cache_bytes",
+                    "Estimated bytes held by a DNS cache, against its configured bound.",
+                ),
+                &["cache"],
+            )?,
+            answer_cache_hits: IntCounter::new(
+                "pkraft_dns_answer_cache_hits_total",
+                "UDP queries answered from the answer cache.",
+            )?,
+            answer_cache_misses: IntCounter::new(
+                "pkraft_dns_answer_cache_misses_total",
+                "UDP queries answered by the handler chain (not in the cache, or no longer current).",
+            )?,
+            descs: Vec::new(),
+        };
+        collector.descs = collector
+            .parts()
+            .into_iter()
+            .flat_map(|part| part.desc().into_iter().cloned())
+            .collect();
+        Ok(collector)
+    }
+
+    fn parts(&self) -> [&dyn Collector; 7] {
+        [
+            &self.metrics.queries,
+            &self.metrics.durations,
+            &self.metrics.stale_refusals,
+            &self.cache_entries,
+            &self.cache_bytes,
+            &self.answer_cache_hits,
+            &self.answer_cache_misses,
+        ]
+    }
+
+    fn refresh(&self) {
+        let (entries, bytes) = self.records.size();
+        self.set_cache("records", entries, bytes);
+        if let Some(frontend) = &self.udp {
+            let (entries, bytes) = frontend.answer_cache_size();
+            self.set_cache("answers", entries, bytes);
+            // The loops count in counters of their own (no shared cache line on the hot path);
+            // the exported counters follow their sums.
+            let stats = frontend.stats();
+            self.answer_cache_hits.reset();
+            self.answer_cache_hits.inc_by(stats.hits);
+            self.answer_cache_misses.reset();
+            self.answer_cache_misses.inc_by(stats.misses);
+        }
+    }
+
+    fn set_cache(&self, cache: &str, entries: u64, bytes: u64) {
+        let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.cache_entries
+            .with_label_values(&[cache])
+            .set(gauge(entries));
+        self.cache_bytes
+            .with_label_values(&[cache])
+            .set(gauge(bytes));
+    }
+}
+
+impl Collector for DnsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.refresh();
+        self.parts()
+            .into_iter()
+            .flat_map(|part| part.collect())
+            .collect()
+    }
+}

@@ -1,0 +1,240 @@
+//! Prometheus metrics of the consensus layer and the local replica (names and meanings in
+//! docs/METRICS.md).
+//!
+//! Two kinds: [`NodeMetrics`], events counted where they happen (batches, forwards, leader
+//! changes, snapshots, expiry), and [`StateCollector`], gauges read from openraft's metrics, the
+//! log store and the replica when Prometheus scrapes, so that they are never out of date and
+//! cost nothing between scrapes.
+
+use std::path::PathBuf;
+
+use openraft::ServerState;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    exponential_buckets,
+};
+
+use crate::log_store::LogStore;
+use crate::type_config::TypeConfig;
+
+/// Events counted as they happen.
+pub(crate) struct NodeMetrics {
+    /// `pkraft_raft_batch_packets`: packets per publish batch this node proposed or forwarded.
+    pub(crate) batch_packets: Histogram,
+    /// `pkraft_raft_forwarded_packets_total`: packets this follower forwarded to the leader.
+    pub(crate) forwarded_packets: IntCounter,
+    /// `pkraft_raft_leader_changes_total`: times the leader this node knows of changed
+    /// (including to "none"), as seen by this node.
+    pub(crate) leader_changes: IntCounter,
+    /// `pkraft_raft_snapshot_build_seconds`: snapshot builds and their duration.
+    pub(crate) snapshot_build: Histogram,
+    /// `pkraft_raft_snapshot_install_seconds`: snapshots installed from a leader, and their
+    /// duration.
+    pub(crate) snapshot_install: Histogram,
+    /// `pkraft_store_expired_records_total`: packets removed by expiry on this replica.
+    pub(crate) expired_records: IntCounter,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new() -> prometheus::Result<NodeMetrics> {
+        let seconds = |name: &str, help: &str| {
+            // 10 ms .. ≈ 80 s: a snapshot of a few records to one of millions.
+            Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(exponential_buckets(0.01, 2.0, 14)?),
+            )
+        };
+        Ok(NodeMetrics {
+            batch_packets: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pkraft_raft_batch_packets",
+                    "Packets per publish batch proposed or forwarded by this node.",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 11)?),
+            )?,
+            forwarded_packets: IntCounter::new(
+                "pkraft_raft_forwarded_packets_total",
+                "Published packets this node forwarded to the leader.",
+            )?,
+            leader_changes: IntCounter::new(
+                "pkraft_raft_leader_changes_total",
+                "Changes of the leader this node knows of (including to none).",
+            )?,
+            snapshot_build: seconds(
+                "pkraft_raft_snapshot_build_seconds",
+                "Snapshot builds and their duration.",
+            )?,
+            snapshot_install: seconds(
+                "pkraft_raft_snapshot_install_seconds",
+                "Snapshots installed from the leader, and their duration.",
+            )?,
+            expired_records: IntCounter::new(
+                "pkraft_store_expired_records_total",
+                "Packets removed from this replica by expiry.",
+            )?,
+        })
+    }
+
+    pub(crate) fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.batch_packets.clone()))?;
+        registry.register(Box::new(self.forwarded_packets.clone()))?;
+        registry.register(Box::new(self.leader_changes.clone()))?;
+        registry.register(Box::new(self.snapshot_build.clone()))?;
+        registry.register(Box::new(self.snapshot_install.clone()))?;
+        registry.register(Box::new(self.expired_records.clone()))
+    }
+}
+
+/// Gauges read when scraped.
+pub(crate) struct StateCollector {
+    raft: openraft::Raft<TypeConfig>,
+    log_store: LogStore,
+    store: pkraft_store::Store,
+    state_file: PathBuf,
+    term: IntGauge,
+    leader_id: IntGauge,
+    is_leader: IntGauge,
+    last_log_index: IntGauge,
+    committed_index: IntGauge,
+    applied_index: IntGauge,
+    snapshot_index: IntGauge,
+    replication_lag: IntGaugeVec,
+    records: IntGauge,
+    state_file_bytes: IntGauge,
+    descs: Vec<Desc>,
+}
+
+impl StateCollector {
+    pub(crate) fn new(
+        raft: openraft::Raft<TypeConfig>,
+        log_store: LogStore,
+        store: pkraft_store::Store,
+        state_file: PathBuf,
+    ) -> prometheus::Result<StateCollector> {
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help);
+        let mut collector = StateCollector {
+            raft,
+            log_store,
+            store,
+            state_file,
+            term: gauge("pkraft_raft_term", "The current Raft term.")?,
+            leader_id: gauge(
+                "pkraft_raft_leader_id",
+                "The id of the leader this node knows of; -1 for none.",
+            )?,
+            is_leader: gauge("pkraft_raft_is_leader", "1 if this node is the leader.")?,
+            last_log_index: gauge(
+                "pkraft_raft_last_log_index",
+                "Index of the last entry in this node's log; -1 for none.",
+            )?,
+            committed_index: gauge(
+                "pkraft_raft_committed_index",
+                "The commit index this node last learned of; -1 for none.",
+            )?,
+            applied_index: gauge(
+                "pkraft_raft_applied_index",
+                "Index of the last entry applied to this node's replica; -1 for none.",
+            )?,
+            snapshot_index: gauge(
+                "pkraft_raft_snapshot_index",
+                "Last log index covered by this node's snapshot; -1 for none.",
+            )?,
+            replication_lag: IntGaugeVec::new(
+                Opts::new(
+                    "pkraft_raft_replication_lag_entries",
+                    "On the leader: entries of its log a follower does not have yet.",
+                ),
+                &["follower"],
+            )?,
+            records: gauge(
+                "pkraft_store_records",
+                "Packets stored in this node's replica.",
+            )?,
+            state_file_bytes: gauge(
+                "pkraft_store_file_bytes",
+                "Size of this node's state.redb file.",
+            )?,
+            descs: Vec::new(),
+        };
+        collector.descs = collector
+            .gauges()
+            .into_iter()
+            .flat_map(|gauge| gauge.desc().into_iter().cloned())
+            .chain(collector.replication_lag.desc().into_iter().cloned())
+            .collect();
+        Ok(collector)
+    }
+
+    fn gauges(&self) -> [&IntGauge; 9] {
+        [
+            &self.term,
+            &self.leader_id,
+            &self.is_leader,
+            &self.last_log_index,
+            &self.committed_index,
+            &self.applied_index,
+            &self.snapshot_index,
+            &self.records,
+            &self.state_file_bytes,
+        ]
+    }
+
+    /// Sets every gauge from the current state.
+    fn refresh(&self) {
+        let index = |index: Option<u64>| index.map_or(-1, saturating_i64);
+        let metrics = self.raft.metrics().borrow().clone();
+        self.term.set(saturating_i64(metrics.current_term));
+        self.leader_id.set(index(metrics.current_leader));
+        self.is_leader
+            .set(i64::from(metrics.state == ServerState::Leader));
+        self.last_log_index.set(index(metrics.last_log_index));
+        self.committed_index
+            .set(index(self.log_store.committed_index()));
+        self.applied_index
+            .set(index(metrics.last_applied.map(|log_id| log_id.index)));
+        self.snapshot_index
+            .set(index(metrics.snapshot.map(|log_id| log_id.index)));
+        // Followers that left the membership must not linger as series.
+        self.replication_lag.reset();
+        if let (Some(replication), Some(last)) = (&metrics.replication, metrics.last_log_index) {
+            for (follower, matched) in replication.iter() {
+                if *follower == metrics.id {
+                    continue;
+                }
+                let matched = matched.map_or(0, |log_id| log_id.index + 1);
+                let lag = (last + 1).saturating_sub(matched);
+                self.replication_lag
+                    .with_label_values(&[&follower.to_string()])
+                    .set(saturating_i64(lag));
+            }
+        }
+        match self.store.packet_count() {
+            Ok(records) => self.records.set(saturating_i64(records)),
+            Err(error) => tracing::debug!(%error, "could not count the stored records"),
+        }
+        match std::fs::metadata(&self.state_file) {
+            Ok(meta) => self.state_file_bytes.set(saturating_i64(meta.len())),
+            Err(error) => tracing::debug!(%error, "could not stat the state file"),
+        }
+    }
+}
+
+impl Collector for StateCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.refresh();
+        self.gauges()
+            .into_iter()
+            .flat_map(|gauge| gauge.collect())
+            .chain(self.replication_lag.collect())
+            .collect()
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
