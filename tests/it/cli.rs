@@ -150,3 +150,71 @@ async fn cluster_init_and_status_from_the_command_line() {
     );
     assert!(table.contains("leader: 1"), "{table}");
 }
+
+/// `--log-format json`: every line is one JSON object (for log shippers), and the events an
+/// operator looks for are there: the config loaded, the leader elected, the listening addresses.
+#[test]
+fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .args(["--log-format", "json", "dev", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--http-listen",
+            "127.0.0.1:0",
+            "--dns-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn pkraft");
+    let stderr = child.stderr.take().expect("piped");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let expected = ["built-in development config loaded", "leader changed"];
+    let mut messages: Vec<String> = Vec::new();
+    let mut listening = None;
+    while listening.is_none() || !expected.iter().all(|e| messages.iter().any(|m| m == e)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = lines_rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no listening line; saw {messages:?}"));
+        let event: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+        let message = event["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if message == "pkraft listening" {
+            listening = Some(event.clone());
+        }
+        messages.push(message);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let listening = listening.expect("listening");
+    let http = listening["fields"]["http"].as_str().expect("http address");
+    assert!(http.parse::<std::net::SocketAddr>().is_ok(), "{listening}");
+}

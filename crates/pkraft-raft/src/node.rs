@@ -267,7 +267,7 @@ impl Node {
         if let Ok(mut slot) = self.batcher.lock() {
             *slot = Some(batcher);
         }
-        let mut tasks = vec![tokio::spawn(count_leader_changes(self.clone()))];
+        let mut tasks = vec![tokio::spawn(watch_cluster_state(self.clone()))];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
         }
@@ -535,15 +535,33 @@ pub(crate) fn publish_error(
     }
 }
 
-/// Counts the changes of the leader this node knows of, for as long as the node runs.
-async fn count_leader_changes(node: Arc<Node>) {
+/// Logs (and counts) the changes of the leader this node knows of, and logs the membership
+/// changes it applies, for as long as the node runs: one line per event, on every node.
+async fn watch_cluster_state(node: Arc<Node>) {
     let mut metrics = node.raft.metrics();
-    let mut leader = metrics.borrow().current_leader;
-    while metrics.changed().await.is_ok() {
-        let now = metrics.borrow().current_leader;
-        if now != leader {
+    // Nothing known yet: the state at start is logged as the first change.
+    let (mut leader, mut membership) = (None, None);
+    loop {
+        let now = metrics.borrow_and_update().clone();
+        if now.current_leader != leader {
             node.metrics.leader_changes.inc();
-            leader = now;
+            leader = now.current_leader;
+            match leader {
+                Some(leader) => {
+                    tracing::info!(leader, term = now.current_term, "leader changed");
+                }
+                None => tracing::info!(term = now.current_term, "no leader known"),
+            }
+        }
+        if *now.membership_config.log_id() != membership {
+            membership = *now.membership_config.log_id();
+            let config = now.membership_config.membership();
+            let voters: Vec<NodeId> = config.voter_ids().collect();
+            let learners: Vec<NodeId> = config.learner_ids().collect();
+            tracing::info!(?voters, ?learners, "membership changed");
+        }
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }

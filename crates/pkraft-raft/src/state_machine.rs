@@ -213,6 +213,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .snapshot_install
                 .observe(started.elapsed().as_secs_f64());
         }
+        tracing::info!(
+            last_log_index = ?self.applied.last_applied.map(|log_id| log_id.index),
+            took_ms = started.elapsed().as_millis(),
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
@@ -306,6 +311,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .snapshot_build
                 .observe(started.elapsed().as_secs_f64());
         }
+        tracing::info!(
+            last_log_index = ?meta.last_log_id.map(|log_id| log_id.index),
+            bytes = data.len(),
+            took_ms = started.elapsed().as_millis(),
+            "built a snapshot"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use pkraft::Server;
 use pkraft::config::{Config, Overrides};
 use tracing_subscriber::EnvFilter;
@@ -30,8 +30,18 @@ const HICKORY_LOG_FILTER: [(&str, &str); 2] = [
     about = "Raft-replicated pkarr relay and DNS server"
 )]
 struct Cli {
+    /// Log lines as human-readable text, or as one JSON object per line (for log shippers).
+    /// The level filter is `RUST_LOG` (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PKRAFT_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,16 +112,24 @@ enum ClusterAction {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     match cli.command {
-        Command::Serve { config, overrides } => {
-            let mut config = Config::load(&config)?;
+        Command::Serve {
+            config: path,
+            overrides,
+        } => {
+            let mut config = Config::load(&path)?;
             config.apply(&overrides);
+            tracing::info!(path = %path.display(), node_id = config.node_id, "config loaded");
             run(config).await
         }
         Command::Dev { overrides } => {
             let mut config = Config::dev()?;
             config.apply(&overrides);
+            tracing::info!(
+                node_id = config.node_id,
+                "built-in development config loaded"
+            );
             run(config).await
         }
         Command::CheckConfig { config: path } => {
@@ -172,7 +190,7 @@ async fn cluster(
     Ok(())
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let from_env = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
@@ -188,11 +206,13 @@ fn init_logging() {
             filter = filter.add_directive(directive);
         }
     }
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => subscriber.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
