@@ -81,10 +81,35 @@ impl TestCluster {
 
     /// Starts node `id`, which joins through node 1 as a voter or stays a learner.
     pub async fn add_as(&mut self, id: u64, voter: bool) {
+        self.add_member(id, voter, None).await;
+    }
+
+    /// Starts node 1 on a data dir that `pkraft restore` seeds from `backup` (a new cluster of
+    /// that one node), then nodes 2..=size joining it, and waits until all are voters.
+    pub async fn restored(backup: &std::path::Path, size: u64) -> TestCluster {
+        let mut cluster = TestCluster {
+            members: Vec::new(),
+            faults: Arc::new(Faults::default()),
+            config_dir: tempfile::tempdir().expect("config dir"),
+            raft_extra: String::new(),
+            sections_extra: String::new(),
+        };
+        cluster.add_member(1, true, Some(backup)).await;
+        for id in 2..=size {
+            cluster.add(id).await;
+        }
+        cluster.wait_for_voters(size).await;
+        cluster
+    }
+
+    /// Starts node `id`: the first bootstraps a cluster (or, with `restore_from`, is restored
+    /// from that backup file), every other joins through the first.
+    async fn add_member(&mut self, id: u64, voter: bool, restore_from: Option<&std::path::Path>) {
         let proxy = PeerProxy::start(self.faults.clone()).await;
-        let membership = match self.members.first() {
-            None => "bootstrap = true\n".to_string(),
-            Some(first) => format!("join = [\"{}\"]\nvoter = {voter}\n", first.proxy.addr),
+        let membership = match (self.members.first(), restore_from) {
+            (None, Some(_)) => String::new(),
+            (None, None) => "bootstrap = true\n".to_string(),
+            (Some(first), _) => format!("join = [\"{}\"]\nvoter = {voter}\n", first.proxy.addr),
         };
         let config = format!(
             "node_id = {id}\n[raft]\n{TEST_RAFT}{raft}[http]\nrequest_timeout = \"10s\"\n\
@@ -94,9 +119,30 @@ impl TestCluster {
             advertise = proxy.addr,
             sections = self.sections_extra,
         );
-        let path = self.config_dir.path().join(format!("node{id}.toml"));
-        std::fs::write(&path, config).expect("write config");
-        let server = TestServer::start_serve(&path);
+        let server = match restore_from {
+            Some(backup) => {
+                let data_dir = tempfile::tempdir().expect("data dir");
+                let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
+                    .args(["restore", "--node-id", &id.to_string(), "--advertise"])
+                    .arg(proxy.addr.to_string())
+                    .arg("--data-dir")
+                    .arg(data_dir.path())
+                    .arg(backup)
+                    .output()
+                    .expect("run pkraft restore");
+                assert!(
+                    output.status.success(),
+                    "restore: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                TestServer::start_with_config_in(&config, data_dir)
+            }
+            None => {
+                let path = self.config_dir.path().join(format!("node{id}.toml"));
+                std::fs::write(&path, config).expect("write config");
+                TestServer::start_serve(&path)
+            }
+        };
         proxy.set_upstream(server.peer);
         self.members.push(Member { id, server, proxy });
     }

@@ -70,12 +70,27 @@ impl TestServer {
         server
     }
 
+    /// `pkraft serve` with `toml` as its config, on an existing `data_dir` (e.g. one a
+    /// `pkraft restore` filled).
+    pub fn start_with_config_in(toml: &str, data_dir: tempfile::TempDir) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let command = vec!["serve".into(), "--config".into(), path_arg(&config)];
+        let mut server = TestServer::start_in(command, data_dir);
+        server._config_dir = Some(dir);
+        server
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
     }
 
     fn start_with(command: Vec<String>) -> TestServer {
-        let data_dir = tempfile::tempdir().expect("temp data dir");
+        TestServer::start_in(command, tempfile::tempdir().expect("temp data dir"))
+    }
+
+    fn start_in(command: Vec<String>, data_dir: tempfile::TempDir) -> TestServer {
         let (child, bound, log) = spawn(data_dir.path(), &command);
         TestServer {
             child: Some(child),

@@ -8,6 +8,8 @@
 //! - `POST /cluster/add-learner` `{"node_id": 4, "addr": "10.0.0.4:7400"}`
 //! - `POST /cluster/promote` `{"node_id": 4}`
 //! - `POST /cluster/remove` `{"node_id": 4}`
+//! - `POST /backup`: a backup file of this node's replica (`application/octet-stream`; `pkraft
+//!   backup` writes it to a file). Behind the token: it reads the whole replica.
 //!
 //! Mutating calls need `Authorization: Bearer <admin token>`: 401 without it or with a wrong one,
 //! 403 when the node has no token configured. Errors are JSON `{"error": "..."}`: 400/409 when
@@ -84,6 +86,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster/add-learner", post(add_learner))
         .route("/cluster/promote", post(promote))
         .route("/cluster/remove", post(remove))
+        .route("/backup", post(backup))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/cluster/status", get(status))
@@ -113,6 +116,21 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
         return error(StatusCode::UNAUTHORIZED, "missing or wrong admin token");
     }
     next.run(request).await
+}
+
+async fn backup(State(state): State<AdminState>) -> Response {
+    match state.node.backup().await {
+        Ok((header, file)) => {
+            tracing::info!(
+                records = header.records,
+                applied_index = ?header.applied_index,
+                bytes = file.len(),
+                "backup taken"
+            );
+            ([(header::CONTENT_TYPE, "application/octet-stream")], file).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {

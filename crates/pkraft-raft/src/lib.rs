@@ -26,6 +26,7 @@
 // paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 mod batcher;
 mod codec;
 mod expiry;

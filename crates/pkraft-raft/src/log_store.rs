@@ -132,6 +132,16 @@ impl LogStore {
         Ok(vote.is_none() && purged.is_none() && self.last_log_id()?.is_none())
     }
 
+    /// The node this log belongs to, once claimed.
+    pub(crate) fn node_id(&self) -> Result<Option<NodeId>> {
+        self.read_meta(META_NODE_ID)
+    }
+
+    /// The last purged log id: entries up to it are gone from the log.
+    pub(crate) fn purged(&self) -> Result<Option<LogId<NodeId>>> {
+        self.read_meta(META_LAST_PURGED)
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         read_meta(&self.inner.meta, key)
     }

@@ -34,11 +34,11 @@ const RELEASE_POLL: Duration = Duration::from_millis(5);
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// File names inside the data dir.
-const LOG_DIR: &str = "raft-log";
+pub(crate) const LOG_DIR: &str = "raft-log";
 /// Where pkraft before log schema 2 kept its Raft log (entries in a redb table).
 const LOG_FILE_V1: &str = "raft-log.redb";
-const STATE_FILE: &str = "state.redb";
-const SNAPSHOT_DIR: &str = "snapshot";
+pub(crate) const STATE_FILE: &str = "state.redb";
+pub(crate) const SNAPSHOT_DIR: &str = "snapshot";
 
 /// Why a node could not start. Each variant names what to look at.
 #[derive(Debug, thiserror::Error)]

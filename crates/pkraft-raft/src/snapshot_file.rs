@@ -87,7 +87,7 @@ impl SnapshotFile {
     }
 
     /// The current snapshot's meta, without reading its data.
-    fn load_meta(&self) -> io::Result<Option<SnapshotMeta<NodeId, BasicNode>>> {
+    pub(crate) fn load_meta(&self) -> io::Result<Option<SnapshotMeta<NodeId, BasicNode>>> {
         self.open()?
             .map(|mut file| read_meta(&mut file))
             .transpose()

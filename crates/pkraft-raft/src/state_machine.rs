@@ -326,7 +326,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 /// Unique per build: two snapshots of the same log position may differ in bytes (openraft's
 /// `SnapshotMeta::snapshot_id` contract), so the build time is part of the id.
-fn snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
+pub(crate) fn snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
     let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros())

@@ -41,6 +41,8 @@ struct SnapshotBody {
 pub struct Export {
     pub applied_state: Option<Vec<u8>>,
     pub data: Vec<u8>,
+    /// Packets in `data`.
+    pub records: u64,
 }
 
 impl Store {
@@ -63,6 +65,7 @@ impl Store {
                 payload: stored.payload,
             });
         }
+        let records = u64::try_from(entries.len()).unwrap_or(u64::MAX);
         let mut removed_nodes = Vec::new();
         for row in txn.open_table(REMOVED_NODES)?.iter()? {
             removed_nodes.push(row?.0.value());
@@ -86,6 +89,7 @@ impl Store {
         Ok(Export {
             applied_state,
             data,
+            records,
         })
     }
 

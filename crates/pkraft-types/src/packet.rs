@@ -54,6 +54,14 @@ impl VerifiedPacket {
         })
     }
 
+    /// [`VerifiedPacket::verify`] for a key given as its 32 bytes (as stored).
+    pub fn verify_stored(key: &KeyBytes, body: Bytes) -> Result<Self, PacketError> {
+        let key = PublicKey::try_from(key).map_err(|_| {
+            PacketError::Invalid("the key is not a valid ed25519 point".to_string())
+        })?;
+        VerifiedPacket::verify(&key, body)
+    }
+
     pub fn key(&self) -> &PublicKey {
         &self.key
     }

@@ -30,6 +30,24 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
+        let bytes = self.send(method, path, body).await?;
+        Ok(serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&bytes) })))
+    }
+
+    /// A backup file of the node's replica (`POST /backup`).
+    pub async fn backup(&self) -> anyhow::Result<Bytes> {
+        self.send(Method::POST, "/backup", None).await
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; anything else is an error carrying
+    /// the node's message.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Bytes> {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let mut request = Request::builder()
             .method(method)
@@ -52,17 +70,15 @@ impl AdminClient {
                 .with_context(|| format!("cannot reach the admin API at {}", self.admin))?;
             let status = response.status();
             let bytes = response.into_body().collect().await?.to_bytes();
-            let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_else(
-                |_| serde_json::json!({ "error": String::from_utf8_lossy(&bytes) }),
-            );
             if !status.is_success() {
-                let message = json
-                    .get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("(no message)");
+                let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let message = json.get("error").and_then(|e| e.as_str()).map_or_else(
+                    || String::from_utf8_lossy(&bytes).into_owned(),
+                    str::to_string,
+                );
                 anyhow::bail!("{} answered {status}: {message}", self.admin);
             }
-            Ok(json)
+            Ok(bytes)
         };
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
