@@ -14,6 +14,7 @@ mod doh;
 mod durability;
 mod harness;
 mod https;
+mod lifecycle;
 mod metrics;
 mod peer_proxy;
 mod pkarr_client;

@@ -1,0 +1,153 @@
+//! Goal: a rolling restart of a 3-node cluster (SIGTERM one node, start it again, next node)
+//! loses no acknowledged write, and the other nodes keep answering DNS throughout
+//! (docs/OPERATIONS.md, "Rolling restart").
+//! Method: a writer PUTs increasing versions of a few keys through whichever nodes are up for
+//! the whole restart; every acknowledged (204) version must be on every node at the end. While
+//! each node is down, the two others answer DNS for a key written before.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use pkraft_testkit::{iroh_packet, keypair};
+
+use crate::cluster::{TestCluster, eventually};
+use crate::dns_client::{Transport, key_name, raw_query};
+use crate::harness::http_client;
+
+const KEYS: u64 = 4;
+/// Bounds of the writer: it stops at whichever comes first.
+const WRITER_MAX_PUTS: u64 = 5_000;
+const WRITER_MAX_TIME: Duration = Duration::from_secs(120);
+const PUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The writer's view: each node's HTTP address while it is up.
+type UpNodes = Arc<Mutex<Vec<Option<SocketAddr>>>>;
+
+/// PUTs version after version of keys 0..KEYS, round robin over the nodes that are up, and
+/// returns the newest acknowledged timestamp per key.
+async fn write_until(up: UpNodes, stop: Arc<AtomicBool>) -> Vec<u64> {
+    let client = http_client();
+    let mut acknowledged = vec![0u64; KEYS as usize];
+    let started = Instant::now();
+    let mut put = 0u64;
+    while !stop.load(Ordering::Relaxed)
+        && put < WRITER_MAX_PUTS
+        && started.elapsed() < WRITER_MAX_TIME
+    {
+        put += 1;
+        let nodes: Vec<SocketAddr> = up.lock().expect("lock").iter().flatten().copied().collect();
+        let Some(node) = nodes.get(usize::try_from(put).unwrap_or(0) % nodes.len().max(1)) else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let index = put % KEYS;
+        let key = keypair(600 + index);
+        let timestamp = 1_000 + put;
+        let payload =
+            iroh_packet(&key, timestamp, &[&format!("192.0.2.60:{put}")]).to_relay_payload();
+        let response = client
+            .put(format!("http://{node}/pkarr/{}", key.public_key().to_z32()))
+            .body(Bytes::from(payload.to_vec()))
+            .timeout(PUT_TIMEOUT)
+            .send()
+            .await;
+        match response {
+            Ok(response) if response.status() == 204 => {
+                acknowledged[index as usize] = timestamp;
+            }
+            // 503 while a new leader is elected, or the node went down under the request: the
+            // outcome is unknown, and nothing is claimed for it.
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    acknowledged
+}
+
+/// The timestamp of the packet `node` serves for key `index` (0 if none).
+async fn served_timestamp(node: SocketAddr, index: u64) -> Option<u64> {
+    let key = keypair(600 + index);
+    let response = http_client()
+        .get(format!("http://{node}/pkarr/{}", key.public_key().to_z32()))
+        .send()
+        .await
+        .ok()?;
+    if response.status() == 404 {
+        return Some(0);
+    }
+    let body = response.bytes().await.ok()?;
+    let mut be = [0u8; 8];
+    be.copy_from_slice(body.get(64..72)?);
+    Some(u64::from_be_bytes(be))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_loses_no_acknowledged_write_and_dns_keeps_answering() {
+    let mut cluster = TestCluster::start(3, "").await;
+    // A key every node serves before the restart begins.
+    let witness = keypair(699);
+    let leader = cluster.leader_among(&[1, 2, 3]).await;
+    cluster
+        .member(leader)
+        .server
+        .publish(&witness, &iroh_packet(&witness, 1_000, &["192.0.2.69:1"]))
+        .await;
+    let witness_name = key_name("_iroh", &witness).to_string();
+
+    let up: UpNodes = Arc::new(Mutex::new(
+        cluster
+            .members
+            .iter()
+            .map(|m| Some(m.server.http))
+            .collect(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(up.clone(), stop.clone()));
+    // Let the writer get going before the first stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for id in 1..=3u64 {
+        let slot = usize::try_from(id - 1).expect("small");
+        up.lock().expect("lock")[slot] = None;
+        let status = cluster.member_mut(id).server.terminate();
+        assert_eq!(status.code(), Some(0), "node {id} stops cleanly on SIGTERM");
+        for other in cluster.ids_except(id) {
+            let dns = cluster.member(other).server.dns;
+            let answer = raw_query(dns, Transport::Udp, &witness_name, RecordType::TXT, None).await;
+            assert_eq!(
+                answer.metadata.response_code,
+                ResponseCode::NoError,
+                "node {other} answers DNS while node {id} is down"
+            );
+            assert_eq!(answer.answers.len(), 1, "node {other}");
+        }
+        // Writes go on through the two others (after a failover if `id` led).
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        cluster.restart(id);
+        up.lock().expect("lock")[slot] = Some(cluster.member(id).server.http);
+        cluster.wait_for_voters(3).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = writer.await.expect("writer");
+    assert!(
+        acknowledged.iter().all(|t| *t > 0),
+        "writes were acknowledged during the restart: {acknowledged:?}"
+    );
+
+    for member in &cluster.members {
+        let node = member.server.http;
+        for (index, acked) in acknowledged.iter().enumerate() {
+            let index = index as u64;
+            let what = format!("node {} holds key {index} at >= {acked}", member.id);
+            eventually(&what, || async {
+                let served = served_timestamp(node, index).await?;
+                (served >= *acked).then_some(())
+            })
+            .await;
+        }
+    }
+}
