@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# End-to-end check of the metrics with a real Prometheus (Debian's `prometheus` package): a
+# 3-node cluster on loopback, two packets published, then Prometheus scrapes every node's admin
+# listener with deploy/alerts.yml loaded, and its HTTP API must show all three targets up,
+# exactly one leader, the two records on every node, and the alert rules loaded. Also checks
+# the shipped deploy files: `promtool check` of deploy/prometheus.yml, `promtool test rules` of
+# deploy/alerts.test.yml, and that every pkraft metric the alerts and the Grafana dashboard use
+# is one a node exports.
+#
+# Usage: [SIGN_PACKET=path/to/sign-packet] tests/e2e/prometheus.sh [PKRAFT_BIN]
+# Needs: prometheus, promtool, curl, python3; .ci/run installs them.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
+bin=${1:-target/debug/pkraft}
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() {
+  echo "prometheus: FAIL: $*" >&2
+  for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  exit 1
+}
+for tool in prometheus promtool curl python3; do
+  command -v "$tool" >/dev/null || fail "$tool is missing (Debian package prometheus, curl, python3)"
+done
+
+# --- the shipped deploy files ---------------------------------------------------------------
+promtool check config deploy/prometheus.yml >/dev/null || fail "promtool check config deploy/prometheus.yml"
+promtool test rules deploy/alerts.test.yml >/dev/null || fail "promtool test rules deploy/alerts.test.yml"
+
+# --- a 3-node cluster -----------------------------------------------------------------------
+secret=prometheus-e2e-cluster-secret-0123456789
+declare -a http admin
+node1_peer=
+for n in 1 2 3; do
+  h=$(loopback_port) p=$(loopback_port) a=$(loopback_port)
+  http[n]=$h admin[n]=$a
+  if [ "$n" = 1 ]; then membership="bootstrap = true"; node1_peer=$p
+  else membership="join = [\"127.0.0.1:$node1_peer\"]"; fi
+  cat >"$work/node$n.toml" <<TOML
+node_id = $n
+data_dir = "$work/node$n"
+[http]
+listen = "127.0.0.1:$h"
+[dns]
+listen = "127.0.0.1:0"
+origins = ["pkarr.test"]
+[cluster]
+peer_listen = "127.0.0.1:$p"
+secret = "$secret"
+$membership
+[admin]
+listen = "127.0.0.1:$a"
+TOML
+  "$bin" serve --config "$work/node$n.toml" >"$work/node$n.log" 2>&1 &
+  pids+=($!)
+done
+voters=0
+for _ in $(seq 1 600); do
+  voters=$("$bin" cluster --admin "127.0.0.1:${admin[1]}" status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+m = s["membership"]
+print(0 if m["joint"] else sum(1 for x in s["members"] if x["voter"] and x["status"]
+      and (x["status"]["applied_index"] or 0) >= (m["log_index"] or 0)))' 2>/dev/null || echo 0)
+  [ "$voters" = 3 ] && break
+  sleep 0.1
+done
+[ "$voters" = 3 ] || fail "the cluster did not reach 3 voters within 60 s"
+
+sign_packet() {
+  if [ -n "${SIGN_PACKET:-}" ]; then "$SIGN_PACKET" "$@"
+  else cargo run -q --locked -p pkraft-testkit --example sign-packet -- "$@"; fi
+}
+for seed in 1 2; do
+  key=$(sign_packet "$work/p$seed.bin" "$seed" "192.0.2.$seed:4433") || fail "signing a packet failed"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary "@$work/p$seed.bin" \
+    "http://127.0.0.1:${http[2]}/pkarr/$key")
+  [ "$code" = 204 ] || fail "PUT through node 2 answered $code"
+done
+
+# --- every metric the deploy files use exists -------------------------------------------------
+# All three nodes together: some series exist only where something happened (a labelled
+# counter appears with its first request; replication lag only on the leader).
+for n in 1 2 3; do
+  curl -sf "http://127.0.0.1:${admin[n]}/metrics" >>"$work/scrape.txt" || fail "scrape of node $n"
+done
+python3 - "$work/scrape.txt" deploy/alerts.yml deploy/grafana-dashboard.json <<'PY' || fail "deploy files name metrics pkraft does not export"
+import json, re, sys
+exported = {line.split("{")[0].split(" ")[0] for line in open(sys.argv[1]) if not line.startswith("#")}
+families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in exported} | exported
+used = set(re.findall(r"\b((?:pkraft|process)_[a-z_]+)", open(sys.argv[2]).read()))
+dashboard = json.load(open(sys.argv[3]))
+for panel in dashboard["panels"]:
+    for target in panel["targets"]:
+        used |= set(re.findall(r"\b((?:pkraft|process)_[a-z_]+)", target["expr"]))
+missing = sorted(m for m in used if m not in families)
+if missing:
+    sys.exit(f"not exported: {missing}")
+print(f"prometheus: {len(used)} metric names in the alerts and the dashboard, all exported")
+PY
+
+# --- a real Prometheus scraping the three nodes -----------------------------------------------
+prom_port=$(loopback_port)
+cp deploy/alerts.yml "$work/alerts.yml"
+cat >"$work/prometheus.yml" <<YAML
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - alerts.yml
+scrape_configs:
+  - job_name: pkraft
+    static_configs:
+      - targets: ["127.0.0.1:${admin[1]}", "127.0.0.1:${admin[2]}", "127.0.0.1:${admin[3]}"]
+YAML
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
+  --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.log" 2>&1 &
+pids+=($!)
+api="http://127.0.0.1:$prom_port/api/v1"
+query() {  # prints the values of an instant query, one per line
+  curl -sf --get "$api/query" --data-urlencode "query=$1" | python3 -c '
+import json, sys
+for r in json.load(sys.stdin)["data"]["result"]:
+    print(r["value"][1])'
+}
+ok=
+for _ in $(seq 1 600); do
+  up=$(curl -sf "$api/targets" 2>/dev/null | python3 -c '
+import json, sys
+t = json.load(sys.stdin)["data"]["activeTargets"]
+print(sum(1 for x in t if x["health"] == "up"))' 2>/dev/null || echo 0)
+  leaders=$(query 'sum(pkraft_raft_is_leader)' 2>/dev/null || true)
+  records=$(query 'pkraft_store_records' 2>/dev/null | sort -u | tr '\n' ' ' || true)
+  if [ "$up" = 3 ] && [ "$leaders" = 1 ] && [ "$records" = "2 " ]; then ok=yes; break; fi
+  sleep 0.1
+done
+[ -n "$ok" ] || fail "Prometheus saw $up targets up, sum(is_leader) = '$leaders', records '$records' (want 3, 1, '2 ')"
+count=$(query 'count(pkraft_store_records)')
+[ "$count" = 3 ] || fail "pkraft_store_records from $count nodes, not 3"
+rules=$(curl -sf "$api/rules" | python3 -c '
+import json, sys
+print(" ".join(sorted(r["name"] for g in json.load(sys.stdin)["data"]["groups"] for r in g["rules"])))')
+case "$rules" in
+  *PkraftNoLeader*PkraftNodeDown*PkraftReplicationLag*PkraftStaleDnsAnswers*) ;;
+  *) fail "alert rules not loaded: $rules" ;;
+esac
+firing=$(curl -sf "$api/alerts" | python3 -c '
+import json, sys
+print(" ".join(a["labels"]["alertname"] for a in json.load(sys.stdin)["data"]["alerts"]))')
+[ -z "$firing" ] || fail "alerts on a healthy cluster: $firing"
+echo "prometheus: OK (3 targets up, one leader, 2 records on each node, $(echo "$rules" | wc -w) alert rules loaded, none firing)"
