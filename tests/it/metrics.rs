@@ -118,6 +118,11 @@ async fn metrics_count_requests_queries_and_the_replica() {
     );
     assert_eq!(value(&text, "pkraft_raft_applied_index", ""), committed);
     assert_eq!(value(&text, "pkraft_raft_batch_packets_count", ""), 1.0);
+    assert_eq!(
+        value(&text, "pkraft_raft_leader_contact_age_seconds", ""),
+        0.0,
+        "the only voter is never stale"
+    );
     assert!(value(&text, "process_resident_memory_bytes", "") > 0.0);
 }
 

@@ -86,9 +86,13 @@ impl NodeMetrics {
     }
 }
 
+/// How long ago the node last knew its replica to be current ([`crate::Node::staleness`]).
+pub(crate) type Staleness = Box<dyn Fn() -> Option<std::time::Duration> + Send + Sync>;
+
 /// Gauges read when scraped.
 pub(crate) struct StateCollector {
     raft: openraft::Raft<TypeConfig>,
+    staleness: Staleness,
     log_store: LogStore,
     store: pkraft_store::Store,
     state_file: PathBuf,
@@ -100,6 +104,7 @@ pub(crate) struct StateCollector {
     applied_index: IntGauge,
     snapshot_index: IntGauge,
     replication_lag: IntGaugeVec,
+    leader_contact_age: prometheus::Gauge,
     records: IntGauge,
     state_file_bytes: IntGauge,
     descs: Vec<Desc>,
@@ -108,6 +113,7 @@ pub(crate) struct StateCollector {
 impl StateCollector {
     pub(crate) fn new(
         raft: openraft::Raft<TypeConfig>,
+        staleness: Staleness,
         log_store: LogStore,
         store: pkraft_store::Store,
         state_file: PathBuf,
@@ -115,6 +121,7 @@ impl StateCollector {
         let gauge = |name: &str, help: &str| IntGauge::new(name, help);
         let mut collector = StateCollector {
             raft,
+            staleness,
             log_store,
             store,
             state_file,
@@ -147,6 +154,11 @@ impl StateCollector {
                 ),
                 &["follower"],
             )?,
+            leader_contact_age: prometheus::Gauge::new(
+                "pkraft_raft_leader_contact_age_seconds",
+                "Since this node last knew its replica current (a follower: its last append-entries \
+                 from the leader; the leader: its last quorum acknowledgement); -1 if never.",
+            )?,
             records: gauge(
                 "pkraft_store_records",
                 "Packets stored in this node's replica.",
@@ -162,6 +174,7 @@ impl StateCollector {
             .into_iter()
             .flat_map(|gauge| gauge.desc().into_iter().cloned())
             .chain(collector.replication_lag.desc().into_iter().cloned())
+            .chain(collector.leader_contact_age.desc().into_iter().cloned())
             .collect();
         Ok(collector)
     }
@@ -209,6 +222,8 @@ impl StateCollector {
                     .set(saturating_i64(lag));
             }
         }
+        self.leader_contact_age
+            .set((self.staleness)().map_or(-1.0, |age| age.as_secs_f64()));
         match self.store.packet_count() {
             Ok(records) => self.records.set(saturating_i64(records)),
             Err(error) => tracing::debug!(%error, "could not count the stored records"),
@@ -231,6 +246,7 @@ impl Collector for StateCollector {
             .into_iter()
             .flat_map(|gauge| gauge.collect())
             .chain(self.replication_lag.collect())
+            .chain(self.leader_contact_age.collect())
             .collect()
     }
 }

@@ -284,10 +284,14 @@ impl Node {
     }
 
     /// Registers this node's metrics (docs/METRICS.md: `pkraft_raft_*`, `pkraft_store_*`).
-    pub fn register_metrics(&self, registry: &Registry) -> prometheus::Result<()> {
+    pub fn register_metrics(self: &Arc<Self>, registry: &Registry) -> prometheus::Result<()> {
         self.metrics.register(registry)?;
+        // Weak: the registry must not keep a stopped node alive.
+        let node = Arc::downgrade(self);
+        let staleness = Box::new(move || node.upgrade().and_then(|node| node.staleness()));
         registry.register(Box::new(StateCollector::new(
             self.raft.clone(),
+            staleness,
             self.log_store.clone(),
             self.store.clone(),
             self.state_file.clone(),
