@@ -92,6 +92,8 @@ async fn backup_restore_and_verify() {
         "restore",
         "--data-dir",
         &text(target.path()),
+        "--advertise",
+        "127.0.0.1:7400",
         &text(&damaged_file),
     ]);
     assert!(!refused.status.success());
@@ -103,6 +105,8 @@ async fn backup_restore_and_verify() {
             "restore",
             "--data-dir",
             &text(target.path()),
+            "--advertise",
+            "127.0.0.1:7400",
             &text(&backup_file),
         ]),
         "restore",
@@ -112,6 +116,8 @@ async fn backup_restore_and_verify() {
         "restore",
         "--data-dir",
         &text(target.path()),
+        "--advertise",
+        "127.0.0.1:7400",
         &text(&backup_file),
     ]);
     assert!(!again.status.success(), "restore never writes over data");
@@ -174,6 +180,11 @@ async fn verify_reports_a_packet_that_does_not_verify() {
         &pkraft(&["verify", "--data-dir", &text(server.data_dir())]),
         "verify before the damage",
     );
+    // A directory that holds no node is an error, not an empty "ok".
+    let empty = tempfile::tempdir().expect("tempdir");
+    let output = pkraft(&["verify", "--data-dir", &text(empty.path())]);
+    assert!(!output.status.success());
+    assert_eq!(std::fs::read_dir(empty.path()).expect("dir").count(), 0);
 
     // Write another key's packet under this key, past the relay's verification.
     let other = keypair(85);

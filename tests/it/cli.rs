@@ -159,6 +159,15 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
     use std::process::Stdio;
 
     let dir = tempfile::tempdir().expect("tempdir");
+    /// Stops the server however the test ends.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
     let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
         .args(["--log-format", "json", "dev", "--data-dir"])
         .arg(dir.path())
@@ -180,6 +189,7 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
         .spawn()
         .expect("spawn pkraft");
     let stderr = child.stderr.take().expect("piped");
+    let child = KillOnDrop(child);
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -212,8 +222,7 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
         }
         messages.push(message);
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     let listening = listening.expect("listening");
     let http = listening["fields"]["http"].as_str().expect("http address");
     assert!(http.parse::<std::net::SocketAddr>().is_ok(), "{listening}");

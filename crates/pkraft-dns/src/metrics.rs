@@ -12,7 +12,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 use crate::record_cache::RecordCache;
-use crate::udp::UdpFrontend;
+use crate::udp::{UdpAnswerStats, UdpFrontend};
 
 /// How a query arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +173,8 @@ impl DnsCollector {
         Ok(collector)
     }
 
+    /// Every part with a descriptor; the answer cache counters only lend theirs (see
+    /// [`DnsCollector::cache_counters`]).
     fn parts(&self) -> [&dyn Collector; 7] {
         [
             &self.metrics.queries,
@@ -191,14 +193,30 @@ impl DnsCollector {
         if let Some(frontend) = &self.udp {
             let (entries, bytes) = frontend.answer_cache_size();
             self.set_cache("answers", entries, bytes);
-            // The loops count in counters of their own (no shared cache line on the hot path);
-            // the exported counters follow their sums.
-            let stats = frontend.stats();
-            self.answer_cache_hits.reset();
-            self.answer_cache_hits.inc_by(stats.hits);
-            self.answer_cache_misses.reset();
-            self.answer_cache_misses.inc_by(stats.misses);
         }
+    }
+
+    /// The answer cache's hits and misses. The loops count in counters of their own (no shared
+    /// cache line on the hot path); each scrape exports their sums in counters made for it, so
+    /// two scrapes at once never see each other's half-updated values.
+    fn cache_counters(&self) -> Vec<MetricFamily> {
+        let stats = self
+            .udp
+            .as_ref()
+            .map_or_else(UdpAnswerStats::default, |frontend| frontend.stats());
+        [
+            (&self.answer_cache_hits, stats.hits),
+            (&self.answer_cache_misses, stats.misses),
+        ]
+        .into_iter()
+        .filter_map(|(template, total)| {
+            let desc = template.desc().into_iter().next()?;
+            let counter = IntCounter::new(desc.fq_name.clone(), desc.help.clone()).ok()?;
+            counter.inc_by(total);
+            Some(counter.collect())
+        })
+        .flatten()
+        .collect()
     }
 
     fn set_cache(&self, cache: &str, entries: u64, bytes: u64) {
@@ -219,9 +237,11 @@ impl Collector for DnsCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         self.refresh();
-        self.parts()
+        let [queries, durations, stale, entries, bytes, _, _] = self.parts();
+        [queries, durations, stale, entries, bytes]
             .into_iter()
             .flat_map(|part| part.collect())
+            .chain(self.cache_counters())
             .collect()
     }
 }

@@ -152,7 +152,27 @@ pub async fn restore(
     }
     std::fs::create_dir_all(data_dir)
         .map_err(|e| BackupError::Io(format!("{}: {e}", data_dir.display())))?;
+    let restored = seed(data_dir, node_id, advertise, data).await;
+    if restored.is_err() {
+        // Nothing half-restored is left behind: a start would misread it, and a second restore
+        // would find the dir occupied. (None of these existed before: checked above.)
+        let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
+        let _ = std::fs::remove_dir_all(data_dir.join(LOG_DIR));
+        let _ = std::fs::remove_dir_all(data_dir.join(SNAPSHOT_DIR));
+    }
+    Ok(Restored {
+        header,
+        records: restored?,
+    })
+}
 
+/// Writes the state, the snapshot and the purged log of a restored node; returns the records.
+async fn seed(
+    data_dir: &Path,
+    node_id: NodeId,
+    advertise: &str,
+    data: &[u8],
+) -> Result<u64, BackupError> {
     // The position a fresh cluster's first entry has (`Raft::initialize` writes its membership
     // at index 0 under leader T0-N0): the data stands in for that entry, already snapshotted.
     let log_id = LogId::new(CommittedLeaderId::new(0, 0), 0);
@@ -170,10 +190,8 @@ pub async fn restore(
     let applied_bytes = encode(&applied).map_err(|e| BackupError::Format(e.to_string()))?;
     store.import_snapshot(data, &applied_bytes)?;
     let integrity = store.check_integrity()?;
+    drop(store);
     if !integrity.problems.is_empty() {
-        drop(store);
-        // Nothing half-restored is left behind to be started by mistake.
-        let _ = std::fs::remove_file(data_dir.join(STATE_FILE));
         return Err(BackupError::Invalid(integrity.problems.join("; ")));
     }
     let meta = SnapshotMeta {
@@ -191,10 +209,7 @@ pub async fn restore(
     log.purge(log_id)
         .await
         .map_err(|e| BackupError::Io(format!("raft log: {e}")))?;
-    Ok(Restored {
-        header,
-        records: integrity.packets,
-    })
+    Ok(integrity.packets)
 }
 
 /// What [`verify`] found.
@@ -212,8 +227,18 @@ pub struct Verification {
 }
 
 /// Checks a stopped node's data dir (a running node holds its files locked, and this fails).
+/// The files are opened as a start opens them: a torn tail of the log is cut off, and an older
+/// state schema is migrated, as the node's next start would do anyway.
 pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
     let io = |what: &str, e: &dyn std::fmt::Display| BackupError::Io(format!("{what}: {e}"));
+    for name in [LOG_DIR, STATE_FILE] {
+        if !data_dir.join(name).exists() {
+            return Err(BackupError::Io(format!(
+                "{} has no {name}: not a pkraft data dir",
+                data_dir.display()
+            )));
+        }
+    }
     let log = LogStore::open(&data_dir.join(LOG_DIR)).map_err(|e| io("raft log", &e))?;
     let node_id = log.node_id().map_err(|e| io("raft log", &e))?;
     let last_log_index = log

@@ -192,8 +192,6 @@ impl LogStore {
         claim().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
-    /// Writes the latest committed log id to disk (it is written at most once a second while
-    /// running); for a clean stop.
     /// The index of the committed log id openraft last saved (it saves it as the commit index
     /// advances, on followers as on the leader), whether or not it is on disk yet.
     pub(crate) fn committed_index(&self) -> Option<u64> {
@@ -201,6 +199,8 @@ impl LogStore {
         committed.latest.map(|log_id| log_id.index)
     }
 
+    /// Writes the latest committed log id to disk (it is written at most once a second while
+    /// running); for a clean stop.
     pub(crate) fn flush(&self) -> Result<()> {
         write_committed(&self.inner)
             .map(|_| ())

@@ -208,20 +208,7 @@ impl StateCollector {
             .set(index(metrics.last_applied.map(|log_id| log_id.index)));
         self.snapshot_index
             .set(index(metrics.snapshot.map(|log_id| log_id.index)));
-        // Followers that left the membership must not linger as series.
-        self.replication_lag.reset();
-        if let (Some(replication), Some(last)) = (&metrics.replication, metrics.last_log_index) {
-            for (follower, matched) in replication.iter() {
-                if *follower == metrics.id {
-                    continue;
-                }
-                let matched = matched.map_or(0, |log_id| log_id.index + 1);
-                let lag = (last + 1).saturating_sub(matched);
-                self.replication_lag
-                    .with_label_values(&[&follower.to_string()])
-                    .set(saturating_i64(lag));
-            }
-        }
+
         self.leader_contact_age
             .set((self.staleness)().map_or(-1.0, |age| age.as_secs_f64()));
         match self.store.packet_count() {
@@ -245,9 +232,36 @@ impl Collector for StateCollector {
         self.gauges()
             .into_iter()
             .flat_map(|gauge| gauge.collect())
-            .chain(self.replication_lag.collect())
+            .chain(self.replication_lag())
             .chain(self.leader_contact_age.collect())
             .collect()
+    }
+}
+
+impl StateCollector {
+    /// On the leader, each follower's lag, in a vector made for this scrape: followers that left
+    /// the membership do not linger as series, and two scrapes at once do not clear each
+    /// other's.
+    fn replication_lag(&self) -> Vec<MetricFamily> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let Some(desc) = self.replication_lag.desc().into_iter().next().cloned() else {
+            return Vec::new();
+        };
+        let Ok(lags) = IntGaugeVec::new(Opts::new(desc.fq_name, desc.help), &["follower"]) else {
+            return Vec::new();
+        };
+        if let (Some(replication), Some(last)) = (&metrics.replication, metrics.last_log_index) {
+            for (follower, matched) in replication.iter() {
+                if *follower == metrics.id {
+                    continue;
+                }
+                let matched = matched.map_or(0, |log_id| log_id.index + 1);
+                let lag = (last + 1).saturating_sub(matched);
+                lags.with_label_values(&[&follower.to_string()])
+                    .set(saturating_i64(lag));
+            }
+        }
+        lags.collect()
     }
 }
 

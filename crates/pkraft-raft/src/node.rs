@@ -286,7 +286,9 @@ impl Node {
     /// Registers this node's metrics (docs/METRICS.md: `pkraft_raft_*`, `pkraft_store_*`).
     pub fn register_metrics(self: &Arc<Self>, registry: &Registry) -> prometheus::Result<()> {
         self.metrics.register(registry)?;
-        // Weak: the registry must not keep a stopped node alive.
+        // Weak: the registry outlives the node in the admin listener's state; it must not keep
+        // the node alive. (The collector's own store handles are released with the admin
+        // listener, which stops before the node.)
         let node = Arc::downgrade(self);
         let staleness = Box::new(move || node.upgrade().and_then(|node| node.staleness()));
         registry.register(Box::new(StateCollector::new(

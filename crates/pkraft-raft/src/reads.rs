@@ -15,6 +15,11 @@ use crate::peer::{PeerError, path};
 #[error("linearizable read unavailable: {0}")]
 pub struct ReadError(pub String);
 
+/// Committed entries a ready node may not have applied yet. openraft records the commit index
+/// before it hands the entries to the state machine, so a node under write load is always a
+/// batch or two behind for a moment; a node catching up after a restart is thousands behind.
+pub const READY_APPLY_LAG_MAX: u64 = 256;
+
 /// What `/readyz` reports; see [`Node::readiness`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Readiness {
@@ -50,8 +55,8 @@ impl Node {
     }
 
     /// Whether this node should get traffic (`/readyz`): it knows a leader, has heard from it
-    /// (or, leading, from a quorum) within `max_stale`, and has applied every entry it knows to
-    /// be committed. The reasons say what is missing.
+    /// (or, leading, from a quorum) within `max_stale`, and has applied the entries it knows to
+    /// be committed, up to [`READY_APPLY_LAG_MAX`]. The reasons say what is missing.
     pub fn readiness(&self, max_stale: Duration) -> Readiness {
         let metrics = self.raft.metrics().borrow().clone();
         let staleness = self.staleness();
@@ -70,7 +75,12 @@ impl Node {
             )),
             Some(_) => {}
         }
-        if committed > applied {
+        let backlog = match (committed, applied) {
+            (Some(committed), Some(applied)) => committed.saturating_sub(applied),
+            (Some(committed), None) => committed + 1,
+            (None, _) => 0,
+        };
+        if backlog > READY_APPLY_LAG_MAX {
             reasons.push(format!(
                 "has applied up to index {} of the {} it knows to be committed",
                 applied.map_or_else(|| "none".to_string(), |index| index.to_string()),

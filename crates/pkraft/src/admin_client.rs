@@ -13,6 +13,8 @@ use pkraft_raft::ClusterStatus;
 
 /// A membership change can wait for a new node to catch up (up to 30 s) and for the leader.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A backup reads and sends the whole replica (about a minute per GiB on a small machine).
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// The admin endpoint of one node.
 pub struct AdminClient {
@@ -30,14 +32,15 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        let bytes = self.send(method, path, body).await?;
+        let bytes = self.send(method, path, body, REQUEST_TIMEOUT).await?;
         Ok(serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&bytes) })))
     }
 
     /// A backup file of the node's replica (`POST /backup`).
     pub async fn backup(&self) -> anyhow::Result<Bytes> {
-        self.send(Method::POST, "/backup", None).await
+        self.send(Method::POST, "/backup", None, BACKUP_TIMEOUT)
+            .await
     }
 
     /// Sends a request and returns the body of a 2xx answer; anything else is an error carrying
@@ -47,6 +50,7 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+        timeout: Duration,
     ) -> anyhow::Result<Bytes> {
         let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let mut request = Request::builder()
@@ -80,9 +84,9 @@ impl AdminClient {
             }
             Ok(bytes)
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(timeout, exchange)
             .await
-            .with_context(|| format!("no answer from {} within {REQUEST_TIMEOUT:?}", self.admin))?
+            .with_context(|| format!("no answer from {} within {timeout:?}", self.admin))?
     }
 
     pub async fn status(&self) -> anyhow::Result<ClusterStatus> {

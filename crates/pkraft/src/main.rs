@@ -31,7 +31,7 @@ const HICKORY_LOG_FILTER: [(&str, &str); 2] = [
 )]
 struct Cli {
     /// Log lines as human-readable text, or as one JSON object per line (for log shippers).
-    /// The level filter is `RUST_LOG` (default `info`).
+    /// The level filter is `RUST_LOG` (default `info,openraft=warn`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PKRAFT_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -85,8 +85,9 @@ enum Command {
         /// The new node's id.
         #[arg(long, default_value_t = 1)]
         node_id: u64,
-        /// The new node's peer address as other nodes reach it (its `cluster.advertise`).
-        #[arg(long, default_value = "127.0.0.1:7400")]
+        /// The new node's peer address as other nodes will reach it (its `cluster.advertise`,
+        /// host:port); it goes into the new cluster's membership.
+        #[arg(long)]
         advertise: String,
         /// The backup file.
         input: PathBuf,
