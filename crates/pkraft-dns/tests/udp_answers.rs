@@ -292,3 +292,60 @@ async fn cached_udp_answers_are_hickorys_answers() {
     cached.shutdown().await.expect("shutdown");
     reference.shutdown().await.expect("shutdown");
 }
+
+/// The race the versions exist for, through the UDP fast path: a miss reads the old packet, the
+/// new one commits, and only then does the miss fill the answer cache. The writer must still
+/// read its own write. Method: two clients hammer the query while the writer publishes versions
+/// one by one and queries after each (bounded: 100 versions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_that_read_before_a_commit_never_hides_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.redb")).expect("open");
+    let key = keypair(7);
+    publish(&store, &key, 1, &["192.0.2.7:1"]);
+    let fresh: Staleness = Arc::new(|| Some(Duration::ZERO));
+    let server = start(&store, 1, fresh).await;
+    let addr = server.local_addr();
+    let name = format!("_iroh.{}.pkarr.test.", key.public_key().to_z32());
+    let query = message(1, &name, RecordType::TXT, None)
+        .to_vec()
+        .expect("encode");
+
+    let done = Arc::new(AtomicBool::new(false));
+    let hammers: Vec<_> = (0..2)
+        .map(|_| {
+            let (done, query) = (done.clone(), query.clone());
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+                let mut buf = vec![0; 4096];
+                while !done.load(Ordering::Relaxed) {
+                    socket.send_to(&query, addr).await.expect("send");
+                    // A lost datagram only costs this client a round.
+                    let _ = tokio::time::timeout(
+                        Duration::from_millis(100),
+                        socket.recv_from(&mut buf),
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for version in 2..=100u64 {
+        let addr_text = format!("192.0.2.7:{version}");
+        publish(&store, &key, version, &[addr_text.as_str()]);
+        let answer = exchange(addr, &query, true).await.expect("answer");
+        let answer = Message::from_vec(&answer).expect("parse");
+        let txt = answer.answers.first().map(|r| r.data.to_string());
+        assert!(
+            txt.as_deref().is_some_and(|t| t.contains(&addr_text)),
+            "version {version}: {txt:?}"
+        );
+    }
+    done.store(true, Ordering::Relaxed);
+    for hammer in hammers {
+        hammer.await.expect("hammer");
+    }
+    let stats = server.udp_answer_stats();
+    assert!(stats.hits > 0, "the cache was used: {stats:?}");
+    server.shutdown().await.expect("shutdown");
+}
