@@ -155,32 +155,35 @@ pub(crate) async fn serve(
         let query = &query[..len];
         if frontend.answer_from_cache(query, &mut answer) {
             counters.hits.fetch_add(1, Ordering::Relaxed);
-            if let Err(error) = socket.send_to(&answer, src).await {
-                tracing::debug!(%error, %src, "UDP send failed");
-            }
-            let rcode = wire_rcode(&answer);
-            frontend
-                .metrics
-                .answered(Transport::Udp, rcode, received.elapsed());
+            send_answer(&socket, &frontend, &answer, src, received).await;
             continue;
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
         let (socket, frontend, query) = (socket.clone(), frontend.clone(), query.to_vec());
         misses.spawn(async move {
-            let Some(answer) = frontend.answer_miss(query, src).await else {
-                return;
-            };
-            if let Err(error) = socket.send_to(&answer, src).await {
-                tracing::debug!(%error, %src, "UDP send failed");
+            if let Some(answer) = frontend.answer_miss(query, src).await {
+                send_answer(&socket, &frontend, &answer, src, received).await;
             }
-            let rcode = wire_rcode(&answer);
-            frontend
-                .metrics
-                .answered(Transport::Udp, rcode, received.elapsed());
         });
         while misses.try_join_next().is_some() {}
     }
     while misses.join_next().await.is_some() {}
+}
+
+/// Sends `answer` to `src` and counts it, timed from when its query was `received`.
+async fn send_answer(
+    socket: &UdpSocket,
+    frontend: &UdpFrontend,
+    answer: &[u8],
+    src: SocketAddr,
+    received: Instant,
+) {
+    if let Err(error) = socket.send_to(answer, src).await {
+        tracing::debug!(%error, %src, "UDP send failed");
+    }
+    frontend
+        .metrics
+        .answered(Transport::Udp, wire_rcode(answer), received.elapsed());
 }
 
 /// Whether an answer can be sent to `src`: not to port 0, an unspecified or a broadcast address
