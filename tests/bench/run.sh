@@ -247,27 +247,14 @@ start_nsd() {
 cluster_secret=bench-cluster-secret-not-for-production
 declare -A node_pid node_admin node_http node_dns
 start_cluster_node() {  # $1 = node id; (re)starts it from its config, keeping its data dir
-  local n=$1 membership
+  local n=$1
   if [ ! -f "$work/cluster$n.toml" ]; then
     local http dns peer admin
     http=$(free_port); dns=$(free_port); peer=$(free_port); admin=$(free_port)
-    if [ "$n" = 1 ]; then membership="bootstrap = true"; node1_peer=$peer
-    else membership="join = [\"127.0.0.1:$node1_peer\"]"; fi
-    cat >"$work/cluster$n.toml" <<TOML
-node_id = $n
-data_dir = "$work/cluster$n-data"
-[http]
-listen = "127.0.0.1:$http"
-[dns]
-listen = "127.0.0.1:$dns"
-origins = ["$origin"]
-[cluster]
-peer_listen = "127.0.0.1:$peer"
-secret = "$cluster_secret"
-$membership
-[admin]
-listen = "127.0.0.1:$admin"
-TOML
+    local join=""
+    if [ "$n" = 1 ]; then node1_peer=$peer; else join="127.0.0.1:$node1_peer"; fi
+    cluster_node_config "$work/cluster$n.toml" "$n" "$work/cluster$n-data" "127.0.0.1:$http" \
+      "127.0.0.1:$dns" "127.0.0.1:$peer" "127.0.0.1:$admin" "$cluster_secret" "$join" "$origin"
     node_http[$n]="http://127.0.0.1:$http/pkarr"; node_dns[$n]=$dns; node_admin[$n]="127.0.0.1:$admin"
   fi
   RUST_LOG=warn setsid "$pkraft" serve --config "$work/cluster$n.toml" >>"$work/cluster$n.log" 2>&1 &

@@ -42,23 +42,10 @@ node1_peer=
 for n in 1 2 3; do
   h=$(loopback_port) p=$(loopback_port) a=$(loopback_port)
   http[n]=$h admin[n]=$a
-  if [ "$n" = 1 ]; then membership="bootstrap = true"; node1_peer=$p
-  else membership="join = [\"127.0.0.1:$node1_peer\"]"; fi
-  cat >"$work/node$n.toml" <<TOML
-node_id = $n
-data_dir = "$work/node$n"
-[http]
-listen = "127.0.0.1:$h"
-[dns]
-listen = "127.0.0.1:0"
-origins = ["pkarr.test"]
-[cluster]
-peer_listen = "127.0.0.1:$p"
-secret = "$secret"
-$membership
-[admin]
-listen = "127.0.0.1:$a"
-TOML
+  join=""
+  if [ "$n" = 1 ]; then node1_peer=$p; else join="127.0.0.1:$node1_peer"; fi
+  cluster_node_config "$work/node$n.toml" "$n" "$work/node$n" "127.0.0.1:$h" 127.0.0.1:0 \
+    "127.0.0.1:$p" "127.0.0.1:$a" "$secret" "$join"
   "$bin" serve --config "$work/node$n.toml" >"$work/node$n.log" 2>&1 &
   pids+=($!)
 done

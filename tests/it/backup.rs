@@ -38,6 +38,18 @@ fn assert_ok(output: &Output, what: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `pkraft verify` passes on `data_dir`, which holds `packets` packets.
+fn assert_verifies(data_dir: &Path, packets: u64) {
+    let report = assert_ok(
+        &pkraft(&["verify", "--data-dir", &text(data_dir)]),
+        &format!("verify {}", data_dir.display()),
+    );
+    assert!(
+        report.contains(&format!("{packets} packets")) && report.ends_with("ok\n"),
+        "{report}"
+    );
+}
+
 #[tokio::test]
 async fn backup_restore_and_verify() {
     let config = format!("[cluster]\nbootstrap = true\n[admin]\ntoken = \"{TOKEN}\"\n");
@@ -72,14 +84,7 @@ async fn backup_restore_and_verify() {
 
     // The source, stopped, passes verification.
     assert_eq!(source.terminate().code(), Some(0));
-    let report = assert_ok(
-        &pkraft(&["verify", "--data-dir", &text(source.data_dir())]),
-        "verify the source",
-    );
-    assert!(
-        report.contains("3 packets") && report.ends_with("ok\n"),
-        "{report}"
-    );
+    assert_verifies(source.data_dir(), 3);
 
     // A damaged backup is refused and leaves the data dir empty.
     let mut damaged = std::fs::read(&backup_file).expect("read backup");
@@ -143,14 +148,7 @@ async fn backup_restore_and_verify() {
         .await;
     assert_eq!(response.status(), 204);
     assert_eq!(restored.terminate().code(), Some(0));
-    let report = assert_ok(
-        &pkraft(&["verify", "--data-dir", &text(restored.data_dir())]),
-        "verify the restored node",
-    );
-    assert!(
-        report.contains("3 packets") && report.ends_with("ok\n"),
-        "{report}"
-    );
+    assert_verifies(restored.data_dir(), 3);
 
     // Nodes that join a restored cluster get the restored data (as a snapshot: the log starts
     // after it).

@@ -29,3 +29,27 @@ listen = "127.0.0.1:0"
 $more
 TOML
 }
+
+# cluster_node_config FILE NODE_ID DATA_DIR HTTP_ADDR DNS_ADDR PEER_ADDR ADMIN_ADDR SECRET JOIN_PEER
+# [ORIGIN]: writes the config of a cluster node; JOIN_PEER empty bootstraps a new cluster,
+# otherwise the node joins through that peer address. Origin pkarr.test unless given.
+cluster_node_config() {
+  local file=$1 id=$2 data_dir=$3 http=$4 dns=$5 peer=$6 admin=$7 secret=$8 join=$9
+  local origin=${10:-pkarr.test} membership="bootstrap = true"
+  [ -z "$join" ] || membership="join = [\"$join\"]"
+  cat >"$file" <<TOML
+node_id = $id
+data_dir = "$data_dir"
+[http]
+listen = "$http"
+[dns]
+listen = "$dns"
+origins = ["$origin"]
+[cluster]
+peer_listen = "$peer"
+secret = "$secret"
+$membership
+[admin]
+listen = "$admin"
+TOML
+}
