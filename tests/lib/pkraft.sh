@@ -6,6 +6,17 @@ loopback_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# The abuse limits off: HTTP rate limits and DNS response rate limiting. For load from one
+# loopback address (benchmarks, memory runs), which the limits would otherwise cap by design.
+# Set PKRAFT_EXTRA_TOML to it (or to any whole sections): both config writers append it.
+# shellcheck disable=SC2034  # used by the scripts that source this file
+LIMITS_OFF_TOML='[rate_limit]
+publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
+resolve = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
+doh = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
+[dns.rrl]
+responses_per_second = 0'
+
 # single_node_config FILE DATA_DIR HTTP_ADDR DNS_ADDR [DNS_LINES] [MORE_TOML]: writes the config of
 # a node that bootstraps its own one-node cluster, with peer and admin listeners on any loopback
 # port, origin pkarr.test unless DNS_LINES sets `origins`. DNS_LINES go into [dns]; MORE_TOML
@@ -27,6 +38,7 @@ peer_listen = "127.0.0.1:0"
 [admin]
 listen = "127.0.0.1:0"
 $more
+${PKRAFT_EXTRA_TOML:-}
 TOML
 }
 
@@ -51,5 +63,6 @@ secret = "$secret"
 $membership
 [admin]
 listen = "$admin"
+${PKRAFT_EXTRA_TOML:-}
 TOML
 }

@@ -15,6 +15,7 @@
 //!   shared by the zones and never older than the local replica.
 //! - `answer_cache` and `udp`: the UDP listener's fast path: ready answers, byte-identical to
 //!   hickory's, served while every key they were read from is unchanged.
+//! - [`rrl`]: response rate limiting of UDP answers per client network, with slip to TC.
 //!
 //! hickory's `Catalog` does the protocol work around the zones: EDNS (OPT echo, BADVERS), the AA
 //! flag, REFUSED for names under no origin, FORMERR for bad question counts, and the SOA in the
@@ -26,6 +27,7 @@ pub mod answerer;
 pub mod freshness;
 mod metrics;
 pub mod record_cache;
+pub mod rrl;
 pub mod server;
 pub mod settings;
 mod udp;

@@ -128,6 +128,9 @@ pub(crate) struct DnsCollector {
     cache_bytes: prometheus::IntGaugeVec,
     answer_cache_hits: IntCounter,
     answer_cache_misses: IntCounter,
+    rrl_slipped: IntCounter,
+    rrl_dropped: IntCounter,
+    rrl_tracked_clients: prometheus::IntGauge,
     descs: Vec<Desc>,
 }
 
@@ -163,6 +166,18 @@ impl DnsCollector {
                 "pkraft_dns_answer_cache_misses_total",
                 "UDP queries answered by the handler chain (not in the cache, or no longer current).",
             )?,
+            rrl_slipped: IntCounter::new(
+                "pkraft_dns_rrl_slipped_total",
+                "UDP queries over the response rate limit answered empty and truncated (TC=1).",
+            )?,
+            rrl_dropped: IntCounter::new(
+                "pkraft_dns_rrl_dropped_total",
+                "UDP queries over the response rate limit left unanswered.",
+            )?,
+            rrl_tracked_clients: prometheus::IntGauge::new(
+                "pkraft_dns_rrl_tracked_clients",
+                "Client networks with response rate limiting state.",
+            )?,
             descs: Vec::new(),
         };
         collector.descs = collector
@@ -173,17 +188,20 @@ impl DnsCollector {
         Ok(collector)
     }
 
-    /// Every part with a descriptor; the answer cache counters only lend theirs (see
-    /// [`DnsCollector::cache_counters`]).
-    fn parts(&self) -> [&dyn Collector; 7] {
+    /// Every part with a descriptor; the last four (the UDP loops' counters) only lend theirs
+    /// (see [`DnsCollector::cache_counters`]).
+    fn parts(&self) -> [&dyn Collector; 10] {
         [
             &self.metrics.queries,
             &self.metrics.durations,
             &self.metrics.stale_refusals,
             &self.cache_entries,
             &self.cache_bytes,
+            &self.rrl_tracked_clients,
             &self.answer_cache_hits,
             &self.answer_cache_misses,
+            &self.rrl_slipped,
+            &self.rrl_dropped,
         ]
     }
 
@@ -191,8 +209,11 @@ impl DnsCollector {
         let (entries, bytes) = self.records.size();
         self.set_cache("records", entries, bytes);
         if let Some(frontend) = &self.udp {
-            let (entries, bytes) = frontend.answer_cache_size();
-            self.set_cache("answers", entries, bytes);
+            if let Some((entries, bytes)) = frontend.answer_cache_size() {
+                self.set_cache("answers", entries, bytes);
+            }
+            self.rrl_tracked_clients
+                .set(i64::try_from(frontend.rrl_tracked_clients()).unwrap_or(i64::MAX));
         }
     }
 
@@ -207,6 +228,8 @@ impl DnsCollector {
         [
             (&self.answer_cache_hits, stats.hits),
             (&self.answer_cache_misses, stats.misses),
+            (&self.rrl_slipped, stats.rrl_slipped),
+            (&self.rrl_dropped, stats.rrl_dropped),
         ]
         .into_iter()
         .filter_map(|(template, total)| {
@@ -237,8 +260,8 @@ impl Collector for DnsCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         self.refresh();
-        let [queries, durations, stale, entries, bytes, _, _] = self.parts();
-        [queries, durations, stale, entries, bytes]
+        let [queries, durations, stale, entries, bytes, rrl_tracked, ..] = self.parts();
+        [queries, durations, stale, entries, bytes, rrl_tracked]
             .into_iter()
             .flat_map(|part| part.collect())
             .chain(self.cache_counters())

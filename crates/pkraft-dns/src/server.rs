@@ -1,7 +1,7 @@
 //! [`DnsServer`]: UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP listener sharing a
-//! port. hickory-server serves TCP, and UDP too when the answer cache is off; with it on, UDP
-//! goes through [`crate::udp`], which answers repeated queries from the cache and the rest with
-//! hickory's handler chain.
+//! port. hickory-server serves TCP, and UDP too when the answer cache and RRL are both off;
+//! otherwise UDP goes through [`crate::udp`], which rate-limits answers per client network,
+//! answers repeated queries from the cache and the rest with hickory's handler chain.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use crate::answerer::{Answerer, CountedHandler, SharedHandler};
 use crate::freshness::{FreshnessGuard, Staleness};
 use crate::metrics::{DnsCollector, DnsMetrics};
 use crate::record_cache::RecordCache;
+use crate::rrl::Rrl;
 use crate::settings::{Settings, SettingsError};
 use crate::udp::{self, UdpAnswerStats, UdpFrontend};
 use crate::zone::PkarrZone;
@@ -90,11 +91,17 @@ impl DnsServer {
             handler: handler.clone(),
             metrics: metrics.clone(),
         });
-        let udp_frontend = if settings.answer_cache_bytes() > 0 {
-            let answers = AnswerCache::new(store, settings.answer_cache_bytes());
+        let rrl = Rrl::new(&settings.rrl).map_err(|e| SettingsError {
+            field: e.field.trim_start_matches("dns.").to_string(),
+            reason: e.reason,
+        })?;
+        let udp_frontend = if settings.answer_cache_bytes() > 0 || rrl.is_some() {
+            let answers = (settings.answer_cache_bytes() > 0)
+                .then(|| AnswerCache::new(store, settings.answer_cache_bytes()));
             let frontend = Arc::new(UdpFrontend::new(
                 handler,
                 answers,
+                rrl,
                 udp.len(),
                 metrics.clone(),
             ));

@@ -73,6 +73,8 @@ pub struct Settings {
     /// (with it, another process of the same user could bind the port too and receive part of
     /// the queries).
     pub udp_sockets: usize,
+    /// Response rate limiting of UDP answers per client network (`[dns.rrl]`).
+    pub rrl: crate::rrl::RrlSettings,
 }
 
 impl Default for Settings {
@@ -92,6 +94,7 @@ impl Default for Settings {
             record_cache_mib: 64,
             answer_cache_mib: 32,
             udp_sockets: 0,
+            rrl: crate::rrl::RrlSettings::default(),
         }
     }
 }
@@ -172,6 +175,10 @@ impl Settings {
                 "udp_sockets",
                 format!("must be at most {UDP_SOCKETS_MAX} (0: two per CPU core)"),
             ));
+        }
+        if let Err(e) = self.rrl.validate() {
+            let field = e.field.strip_prefix("dns.").unwrap_or(&e.field).to_string();
+            return Err(SettingsError::new(field, e.reason));
         }
         if self.max_stale.is_some_and(|max| max.is_zero()) {
             return Err(SettingsError::new(

@@ -1,7 +1,7 @@
-//! The UDP listener when `dns.answer_cache_mib` is set: a receive loop per socket that answers
-//! repeated queries from the [`AnswerCache`] on the spot, and hands every other query to
-//! hickory's handler chain in a task of its own, the way hickory's UDP listener does with all of
-//! them.
+//! The UDP listener when `dns.answer_cache_mib` or `[dns.rrl]` is set: a receive loop per socket
+//! that applies response rate limiting ([`Rrl`]), answers repeated queries from the
+//! [`AnswerCache`] on the spot, and hands every other query to hickory's handler chain in a task
+//! of its own, the way hickory's UDP listener does with all of them.
 //!
 //! A hit costs a hash lookup, a version check per key the answer read, and a copy: no parse, no
 //! task, no channel. Measured against hickory's listener, that is what stood between pkraft and
@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 use crate::answer_cache::{AnswerCache, record_reads};
 use crate::answerer::{SharedHandler, answer_as_hickory};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
+use crate::rrl::{Rrl, Verdict, truncated_answer};
 
 /// Datagrams are read into a buffer this large, as hickory's UDP listener does
 /// (`hickory_net::udp::MAX_RECEIVE_BUFFER_SIZE`): a longer one is cut to it in both.
@@ -35,6 +36,10 @@ pub struct UdpAnswerStats {
     pub hits: u64,
     /// By hickory's handler chain (including queries that got no answer).
     pub misses: u64,
+    /// Over the rate limit, answered with an empty truncated answer (RRL slip).
+    pub rrl_slipped: u64,
+    /// Over the rate limit, not answered.
+    pub rrl_dropped: u64,
 }
 
 /// One socket loop's counters, on a cache line of its own so that loops on different cores do
@@ -44,12 +49,16 @@ pub struct UdpAnswerStats {
 struct LoopCounters {
     hits: AtomicU64,
     misses: AtomicU64,
+    rrl_slipped: AtomicU64,
+    rrl_dropped: AtomicU64,
 }
 
 /// What every socket's loop shares.
 pub(crate) struct UdpFrontend {
     handler: SharedHandler,
-    answers: AnswerCache,
+    /// `None` when `dns.answer_cache_mib` is 0 (the loop runs for RRL alone).
+    answers: Option<AnswerCache>,
+    rrl: Option<Rrl>,
     counters: Box<[LoopCounters]>,
     metrics: Arc<DnsMetrics>,
 }
@@ -58,21 +67,28 @@ impl UdpFrontend {
     /// The frontend for `loops` socket loops.
     pub(crate) fn new(
         handler: SharedHandler,
-        answers: AnswerCache,
+        answers: Option<AnswerCache>,
+        rrl: Option<Rrl>,
         loops: usize,
         metrics: Arc<DnsMetrics>,
     ) -> Self {
         UdpFrontend {
             handler,
             answers,
+            rrl,
             counters: (0..loops).map(|_| LoopCounters::default()).collect(),
             metrics,
         }
     }
 
     /// The answer cache's entries and estimated bytes.
-    pub(crate) fn answer_cache_size(&self) -> (u64, u64) {
-        self.answers.size()
+    pub(crate) fn answer_cache_size(&self) -> Option<(u64, u64)> {
+        self.answers.as_ref().map(AnswerCache::size)
+    }
+
+    /// Client networks with RRL state.
+    pub(crate) fn rrl_tracked_clients(&self) -> u64 {
+        self.rrl.as_ref().map_or(0, Rrl::tracked_clients)
     }
 
     pub(crate) fn stats(&self) -> UdpAnswerStats {
@@ -81,22 +97,30 @@ impl UdpFrontend {
             .fold(UdpAnswerStats::default(), |sum, counters| UdpAnswerStats {
                 hits: sum.hits + counters.hits.load(Ordering::Relaxed),
                 misses: sum.misses + counters.misses.load(Ordering::Relaxed),
+                rrl_slipped: sum.rrl_slipped + counters.rrl_slipped.load(Ordering::Relaxed),
+                rrl_dropped: sum.rrl_dropped + counters.rrl_dropped.load(Ordering::Relaxed),
             })
     }
 
     /// The cached answer to `query`, written to `answer`; false if it must go to hickory.
     fn answer_from_cache(&self, query: &[u8], answer: &mut Vec<u8>) -> bool {
         // A node that is too stale answers SERVFAIL, which hickory's chain says.
-        !self.handler.too_stale() && self.answers.answer(query, answer)
+        let Some(answers) = &self.answers else {
+            return false;
+        };
+        !self.handler.too_stale() && answers.answer(query, answer)
     }
 
     /// hickory's answer to `query`, kept for the next query with the same bytes after the ID.
     async fn answer_miss(&self, query: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
+        let Some(answers) = &self.answers else {
+            return answer_as_hickory(&self.handler, query, src, Protocol::Udp).await;
+        };
         let key = query.clone();
         let (answer, reads) =
             record_reads(answer_as_hickory(&self.handler, query, src, Protocol::Udp)).await;
         let answer = answer?;
-        self.answers.insert(&key, &answer, reads);
+        answers.insert(&key, &answer, reads);
         Some(answer)
     }
 }
@@ -116,6 +140,8 @@ pub(crate) async fn serve(
     let mut query = vec![0; RECEIVE_BUFFER_LEN];
     let mut answer = Vec::with_capacity(512);
     let mut misses = JoinSet::new();
+    // Refusals by RRL on this socket, for its slip ratio.
+    let mut refused = 0_u64;
     loop {
         // Under load the socket always has a datagram: read until it has none, and only then
         // wait (for readiness or the stop), so that a busy loop costs no wake-ups.
@@ -153,6 +179,22 @@ pub(crate) async fn serve(
         }
         let received = Instant::now();
         let query = &query[..len];
+        if let Some(rrl) = &frontend.rrl {
+            match rrl.verdict(src.ip(), &mut refused) {
+                Verdict::Answer => {}
+                Verdict::Slip => {
+                    counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+                    if let Some(truncated) = truncated_answer(query) {
+                        send_answer(&socket, &frontend, &truncated, src, received).await;
+                    }
+                    continue;
+                }
+                Verdict::Drop => {
+                    counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
         if frontend.answer_from_cache(query, &mut answer) {
             counters.hits.fetch_add(1, Ordering::Relaxed);
             send_answer(&socket, &frontend, &answer, src, received).await;

@@ -98,7 +98,8 @@ impl Apex {
                 .chain(&self.aaaa)
         };
         match rtype {
-            RecordType::ANY => all().cloned().collect(),
+            // RFC 8482: one RRset, not everything (ANY is an amplification favourite).
+            RecordType::ANY => vec![self.soa.clone()],
             rtype => all()
                 .filter(|r| r.record_type() == rtype)
                 .cloned()
@@ -212,7 +213,13 @@ fn select(
             Lookup::NxDomain
         };
     }
-    let wanted = |r: &Record| rtype == RecordType::ANY || r.record_type() == rtype;
+    // RFC 8482: ANY gets one RRset, the first type at the name, not every record: ANY queries
+    // are the amplification attacker's favourite, and no client needs them.
+    let rtype = match rtype {
+        RecordType::ANY => at_name.first().map_or(RecordType::ANY, |r| r.record_type()),
+        rtype => rtype,
+    };
+    let wanted = |r: &Record| r.record_type() == rtype;
     let mut answers: Vec<Record> = at_name
         .iter()
         .filter(|r| wanted(r))

@@ -47,6 +47,12 @@ async fn start(store: &Store, answer_cache_mib: u32, staleness: Staleness) -> Dn
         max_stale: Some(Duration::from_secs(5)),
         answer_cache_mib,
         udp_sockets: 1,
+        // With RRL on, pkraft's own loop would serve UDP even with the cache off; these tests
+        // compare against hickory's listener and send more than any limit allows.
+        rrl: pkraft_dns::rrl::RrlSettings {
+            responses_per_second: 0,
+            ..Default::default()
+        },
         ..Settings::default()
     };
     DnsServer::bind(&settings, store.clone(), staleness)

@@ -17,6 +17,14 @@ pub enum RelayError {
     /// 400 (or 413 for length): the body is not a valid signed packet for the key.
     #[error("invalid signed packet: {0}")]
     Packet(#[from] PacketError),
+    /// 400: the packet's timestamp is too far ahead of this node's clock.
+    #[error(
+        "packet timestamp is {} s in the future; at most {} s of clock skew is accepted \
+         (check the publisher's clock)",
+        ahead.as_secs(),
+        max_skew.as_secs()
+    )]
+    FutureTimestamp { ahead: Duration, max_skew: Duration },
     /// 400: an unknown `consistency` query value.
     #[error("unknown consistency {0:?}: use \"local\" (the default) or \"linearizable\"")]
     Consistency(String),
@@ -63,7 +71,9 @@ impl RelayError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             RelayError::Packet(_) => StatusCode::BAD_REQUEST,
-            RelayError::Consistency(_) => StatusCode::BAD_REQUEST,
+            RelayError::Consistency(_) | RelayError::FutureTimestamp { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             RelayError::NotFound => StatusCode::NOT_FOUND,
             RelayError::Conflict => StatusCode::CONFLICT,
             RelayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

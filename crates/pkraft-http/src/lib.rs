@@ -6,6 +6,7 @@
 //!   handler chain.
 //! - [`admin`]: the admin listener (cluster status and membership changes).
 //! - [`error`]: [`error::RelayError`], the one place where failures become status codes.
+//! - [`rate_limit`]: per-client and global rate limits of the relay and DoH routes (429).
 //! - [`Settings`]: the `[http]` config section.
 //!
 //! Reads (GET) come from the local replica; writes (PUT) go through [`pkraft_raft::Node::publish`]
@@ -15,6 +16,7 @@ pub mod admin;
 pub mod doh;
 pub mod error;
 pub mod metrics;
+pub mod rate_limit;
 pub mod relay;
 
 use std::net::SocketAddr;
@@ -62,23 +64,98 @@ pub struct Settings {
     /// Raft timing (about 4 s), so one election does not take every follower out of rotation.
     #[serde(with = "humantime_serde")]
     pub ready_max_stale: Duration,
+    /// A PUT whose packet is timestamped more than this ahead of this node's clock is refused
+    /// with 400. The newest timestamp wins, so a packet from the far future (a client with a
+    /// broken clock) would block every later real update of its key until that time. Default
+    /// 5 min, Kerberos' clock-skew allowance.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Connections open at once on each public listener (`[http]`, `[https]`); beyond it new
+    /// connections wait in the kernel's backlog. Default 4,096. Each is a file descriptor:
+    /// raise the process's open-file limit (`LimitNOFILE`) above the sum of all listeners'.
+    pub max_connections: usize,
+    /// Connections open at once from one client address; more are closed at once. Trusted
+    /// proxies (`rate_limit.trusted_proxies`) are exempt. 0: no limit. Default 256, room for a
+    /// NAT with a few hundred iroh endpoints publishing at the same moment.
+    pub max_connections_per_client: usize,
+    /// A request's headers must arrive within this, and an HTTP/1.1 connection between requests
+    /// is closed after this long (hyper times both the same way): the slowloris defence.
+    /// Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that moved no bytes for this long is closed gracefully (HTTP/2 connections
+    /// have no other idle limit). Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// TCP keepalive: probes start after this much silence, so connections of hosts that
+    /// vanished are reclaimed. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// Header fields per request; more is answered 431. Default 64.
+    pub max_headers: usize,
+    /// Bytes of request line and headers (HTTP/1.1), or of the header list (HTTP/2); more is
+    /// answered 431. At least 8,192 (hyper's minimum). Default 16,384.
+    pub max_header_bytes: usize,
+    /// Streams (requests) in flight on one HTTP/2 connection. Default 128.
+    pub http2_max_concurrent_streams: u32,
+    /// A TLS handshake on `[https]` that takes longer is dropped. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
 }
 
 /// An `[http]` value that cannot be served. The message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("http.cache_max_age_min ({min:?}) is larger than http.cache_max_age_max ({max:?})")]
+#[error("http.{field}: {reason}")]
 pub struct SettingsError {
-    pub min: Duration,
-    pub max: Duration,
+    pub field: &'static str,
+    pub reason: String,
 }
+
+/// hyper's smallest HTTP/1 read buffer.
+pub const HEADER_BYTES_MIN: usize = 8_192;
 
 impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
+        let fail = |field, reason: String| Err(SettingsError { field, reason });
         if self.cache_max_age_min > self.cache_max_age_max {
-            return Err(SettingsError {
-                min: self.cache_max_age_min,
-                max: self.cache_max_age_max,
-            });
+            return fail(
+                "cache_max_age_min",
+                format!(
+                    "{:?} is larger than http.cache_max_age_max ({:?})",
+                    self.cache_max_age_min, self.cache_max_age_max
+                ),
+            );
+        }
+        if self.max_header_bytes < HEADER_BYTES_MIN {
+            return fail(
+                "max_header_bytes",
+                format!(
+                    "must be at least {HEADER_BYTES_MIN}, got {}",
+                    self.max_header_bytes
+                ),
+            );
+        }
+        for (field, value) in [
+            ("max_connections", self.max_connections),
+            ("max_headers", self.max_headers),
+            (
+                "http2_max_concurrent_streams",
+                self.http2_max_concurrent_streams as usize,
+            ),
+        ] {
+            if value == 0 {
+                return fail(field, "must be at least 1".into());
+            }
+        }
+        for (field, value) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("tcp_keepalive", self.tcp_keepalive),
+            ("tls_handshake_timeout", self.tls_handshake_timeout),
+        ] {
+            if value.is_zero() {
+                return fail(field, "must be longer than 0".into());
+            }
         }
         Ok(())
     }
@@ -93,6 +170,16 @@ impl Default for Settings {
             retry_after: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             ready_max_stale: Duration::from_secs(5),
+            max_future_skew: Duration::from_secs(300),
+            max_connections: 4_096,
+            max_connections_per_client: 256,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tcp_keepalive: Duration::from_secs(60),
+            max_headers: 64,
+            max_header_bytes: 16_384,
+            http2_max_concurrent_streams: 128,
+            tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -105,9 +192,10 @@ pub struct AppState {
     /// Answers `/dns-query` as the DNS listeners would.
     pub dns: pkraft_dns::Answerer,
     pub metrics: Arc<metrics::HttpMetrics>,
+    pub rate_limits: Arc<rate_limit::RateLimits>,
 }
 
-/// The public router: relay routes, health, CORS and the body limit.
+/// The public router: relay routes, health, CORS, rate limits and the body limit.
 pub fn router(state: AppState) -> Router {
     // Any origin may read and publish (pkarr relays are public); browsers may read the
     // stored-nodes header.
@@ -116,6 +204,10 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::PUT, Method::POST, Method::OPTIONS])
         .allow_headers(Any)
         .expose_headers([STORED_NODES_HEADER]);
+    // Rate limits run before a body is read; health checks are never limited.
+    let relay = get(relay::get_packet).put(relay::put_packet).route_layer(
+        axum::middleware::from_fn_with_state(state.rate_limits.clone(), rate_limit::limit_relay),
+    );
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -124,13 +216,14 @@ pub fn router(state: AppState) -> Router {
             get(doh::get_query)
                 // A DNS message may be larger than a relay payload (the limit below).
                 .post(doh::post_query)
-                .layer(DefaultBodyLimit::max(doh::DNS_MESSAGE_MAX)),
+                .layer(DefaultBodyLimit::max(doh::DNS_MESSAGE_MAX))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.rate_limits.clone(),
+                    rate_limit::limit_doh,
+                )),
         )
-        .route(
-            "/pkarr/{key}",
-            get(relay::get_packet).put(relay::put_packet),
-        )
-        .route("/{key}", get(relay::get_packet).put(relay::put_packet))
+        .route("/pkarr/{key}", relay.clone())
+        .route("/{key}", relay)
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,

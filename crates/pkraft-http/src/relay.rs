@@ -37,6 +37,10 @@ pub async fn put_packet(
 ) -> Result<Response, RelayError> {
     let key = parse_z32_key(&key)?;
     let packet = VerifiedPacket::verify(&key, body)?;
+    check_not_from_the_future(
+        packet.payload().timestamp_micros(),
+        state.settings.max_future_skew,
+    )?;
 
     // Fast path on the local replica. Anything stored locally was committed, so a packet that
     // loses to it (or equals it) would lose in the log too: answer without a round of consensus.
@@ -65,6 +69,27 @@ pub async fn put_packet(
             .into_response()),
         PublishOutcome::Stale => Err(RelayError::Conflict),
     }
+}
+
+/// Refuses a packet timestamped more than `max_skew` after this node's clock; see
+/// [`Settings::max_future_skew`].
+fn check_not_from_the_future(
+    timestamp_micros: u64,
+    max_skew: std::time::Duration,
+) -> Result<(), RelayError> {
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        });
+    let limit = now_micros.saturating_add(u64::try_from(max_skew.as_micros()).unwrap_or(u64::MAX));
+    if timestamp_micros > limit {
+        return Err(RelayError::FutureTimestamp {
+            ahead: std::time::Duration::from_micros(timestamp_micros - now_micros),
+            max_skew,
+        });
+    }
+    Ok(())
 }
 
 /// `GET /pkarr/{z32}` and `GET /{z32}`: the stored payload from the local replica, or 304 when

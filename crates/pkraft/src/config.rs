@@ -23,6 +23,8 @@ pub struct Config {
     pub raft: pkraft_raft::Settings,
     pub cluster: pkraft_raft::ClusterSettings,
     pub admin: pkraft_http::admin::AdminSettings,
+    /// Rate limits of the public HTTP listeners.
+    pub rate_limit: pkraft_http::rate_limit::RateLimitSettings,
     /// The public API over TLS too (`[https]`); unset: plain HTTP only.
     pub https: Option<crate::https::HttpsSettings>,
 }
@@ -50,6 +52,7 @@ impl Default for Config {
             raft: pkraft_raft::Settings::default(),
             cluster: pkraft_raft::ClusterSettings::default(),
             admin: pkraft_http::admin::AdminSettings::default(),
+            rate_limit: pkraft_http::rate_limit::RateLimitSettings::default(),
             https: None,
         }
     }
@@ -104,6 +107,7 @@ impl Config {
     /// Checks what serde cannot: names, TTL ranges, timing relations. Errors name the field.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.http.validate()?;
+        self.rate_limit.validate()?;
         if let Some(https) = &self.https {
             // Reads the certificate and key, so `check-config` catches a wrong path or format.
             https.server_config()?;

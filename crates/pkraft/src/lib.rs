@@ -12,6 +12,7 @@
 pub mod admin_client;
 pub mod config;
 pub mod https;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,26 +52,17 @@ struct Listener {
 }
 
 impl Listener {
-    fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> Listener {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
-        });
-        Listener { stop, task }
-    }
-
-    /// `app` over TLS (see [`https`]).
-    fn serve_tls(
+    /// Serves `app` on `listener`, over TLS when `tls` is set, within `limits` (see [`serve`]).
+    fn serve(
         listener: tokio::net::TcpListener,
-        tls: Arc<rustls::ServerConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         app: axum::Router,
+        limits: serve::ConnectionLimits,
+        proxies: pkraft_limits::TrustedProxies,
     ) -> Listener {
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(https::serve(listener, tls, app, stopped));
+        let tls = tls.map(tokio_rustls::TlsAcceptor::from);
+        let task = tokio::spawn(serve::serve(listener, tls, app, limits, proxies, stopped));
         Listener { stop, task }
     }
 
@@ -129,19 +121,25 @@ impl Server {
         node.register_metrics(&registry).context("raft metrics")?;
         let peer = Listener::serve(
             peer_listener,
+            None,
             pkraft_raft::peer::server::router(node.clone()),
+            serve::ConnectionLimits::internal(),
+            pkraft_limits::TrustedProxies::default(),
         );
 
         let admin_listener = bind_tcp(config.admin.listen, "admin.listen").await?;
         let admin_addr = admin_listener.local_addr()?;
         let admin = Listener::serve(
             admin_listener,
+            None,
             pkraft_http::admin::router(pkraft_http::admin::AdminState {
                 node: node.clone(),
                 token: secrets.admin_token,
                 registry: registry.clone(),
                 ready_max_stale: config.http.ready_max_stale,
             }),
+            serve::ConnectionLimits::internal(),
+            pkraft_limits::TrustedProxies::default(),
         );
 
         let staleness_of = node.clone();
@@ -150,25 +148,41 @@ impl Server {
         dns.register_metrics(&registry).context("DNS metrics")?;
         let http_metrics = Arc::new(pkraft_http::metrics::HttpMetrics::new()?);
         http_metrics.register(&registry).context("HTTP metrics")?;
+        let rate_limits = Arc::new(pkraft_http::rate_limit::RateLimits::new(
+            &config.rate_limit,
+        )?);
+        rate_limits
+            .register(&registry)
+            .context("rate limit metrics")?;
 
         let public = pkraft_http::router(pkraft_http::AppState {
             node: node.clone(),
             settings: Arc::new(config.http.clone()),
             dns: dns.answerer(),
             metrics: http_metrics,
+            rate_limits,
         });
+        let limits = serve::ConnectionLimits::public(&config.http);
+        let proxies = config.rate_limit.trusted_proxies.clone();
         let https = match &config.https {
             Some(settings) => {
                 let tls = settings.server_config()?;
                 let listener = bind_tcp(settings.listen, "https.listen").await?;
                 let addr = listener.local_addr()?;
-                Some((Listener::serve_tls(listener, tls, public.clone()), addr))
+                let https = Listener::serve(
+                    listener,
+                    Some(tls),
+                    public.clone(),
+                    limits.clone(),
+                    proxies.clone(),
+                );
+                Some((https, addr))
             }
             None => None,
         };
         let http_listener = bind_tcp(config.http.listen, "http.listen").await?;
         let http_addr = http_listener.local_addr()?;
-        let http = Listener::serve(http_listener, public);
+        let http = Listener::serve(http_listener, None, public, limits, proxies);
         Ok(Server {
             node,
             http_addr,

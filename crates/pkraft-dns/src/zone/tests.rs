@@ -119,8 +119,36 @@ fn cname_answers_other_types() {
 }
 
 #[test]
-fn any_returns_every_record_at_the_name() {
+fn any_returns_one_rrset_rfc_8482() {
+    // Both TXT records of `_iroh`: one RRset.
     assert!(
         matches!(query(&fixture(), "_iroh", RecordType::ANY), Lookup::Answers(a) if a.len() == 2)
     );
+    // A name with an A and two TXT records: only the first type's RRset.
+    let keypair = keypair(10);
+    let name = PkarrName::new("multi").expect("name");
+    let packet = SignedPacket::builder()
+        .record(ResourceRecord::new(
+            name.clone(),
+            CLASS::IN,
+            60,
+            PkarrRData::A(PkarrA {
+                address: 0xC000_0202,
+            }),
+        ))
+        .txt(name.clone(), txt("a=1"), 30)
+        .txt(name, txt("b=2"), 30)
+        .timestamp(Timestamp::from(1))
+        .sign(&keypair)
+        .expect("sign");
+    let payload = Payload::new(packet.to_relay_payload()).expect("length");
+    let f = Fixture {
+        keypair,
+        records: dns_records(&payload).expect("parses"),
+    };
+    let Lookup::Answers(answers) = query(&f, "multi", RecordType::ANY) else {
+        panic!("expected answers");
+    };
+    let types: Vec<RecordType> = answers.iter().map(Record::record_type).collect();
+    assert_eq!(types, vec![RecordType::A]);
 }

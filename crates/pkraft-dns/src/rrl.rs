@@ -1,0 +1,246 @@
+//! Response rate limiting for UDP (`[dns.rrl]`), the defence authoritative servers use against
+//! being a reflector: a UDP source address can be forged, so a flood of queries "from" a victim
+//! would otherwise turn into a flood of answers at it.
+//!
+//! Each client network (a /24 or /56 by default) gets `responses_per_second` with bursts of
+//! `burst`. Over that, answers are dropped, except every `slip`-th, which is sent as an empty
+//! truncated answer (TC=1): a real client then asks again over TCP, where the source address
+//! cannot be forged and no limit applies, while the victim of a forged flood gets at most a
+//! small, non-amplified fraction.
+//!
+//! Defaults: 1,000 answers/s with bursts of 2,000 per /24 (IPv6: /56), slip 2. NSD uses 200/s;
+//! pkraft allows more because its legitimate heavy clients are recursive resolvers that carry a
+//! whole iroh fleet (a fleet starting at once asks for thousands of keys in a second), and the
+//! slip sends even those over the limit to TCP rather than failing them.
+//!
+//! Unlike BIND, which counts per (network, name, type), the bucket is per network: pkraft's
+//! names are all alike (one per key) and a flood spreads over random keys.
+
+use std::net::IpAddr;
+
+use hickory_proto::op::{Edns, Message, MessageType};
+use pkraft_limits::{ClassLimiter, ClassLimits, ClientPrefix, LimitError, Rate};
+use serde::Deserialize;
+
+/// `[dns.rrl]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RrlSettings {
+    /// UDP answers per second to one client network. 0: no limit. Default 1,000.
+    pub responses_per_second: u32,
+    /// Answers one client network may get at once. Default 2,000.
+    pub burst: u32,
+    /// Every `slip`-th answer over the limit is sent truncated (empty, TC=1), so that real
+    /// clients retry over TCP; the others are dropped. 0: drop all, 1: truncate all. Default 2.
+    pub slip: u32,
+    /// IPv4 clients in one network of this length share a limit. Default 24.
+    pub ipv4_prefix_len: u8,
+    /// IPv6 clients in one network of this length share a limit. Default 56.
+    pub ipv6_prefix_len: u8,
+    /// Client networks whose state is kept; beyond it the least active are forgotten.
+    /// Default 65,536.
+    pub max_tracked_clients: u64,
+}
+
+impl Default for RrlSettings {
+    fn default() -> Self {
+        RrlSettings {
+            responses_per_second: 1_000,
+            burst: 2_000,
+            slip: 2,
+            ipv4_prefix_len: 24,
+            ipv6_prefix_len: 56,
+            max_tracked_clients: 65_536,
+        }
+    }
+}
+
+impl RrlSettings {
+    fn limits(&self) -> ClassLimits {
+        ClassLimits {
+            per_client: Rate::new(self.responses_per_second, self.burst),
+            global: Rate::OFF,
+        }
+    }
+
+    fn prefix(&self) -> ClientPrefix {
+        ClientPrefix {
+            ipv4: self.ipv4_prefix_len,
+            ipv6: self.ipv6_prefix_len,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), LimitError> {
+        self.prefix().validate("dns.rrl")?;
+        if self.max_tracked_clients == 0 {
+            return Err(LimitError {
+                field: "dns.rrl.max_tracked_clients".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        // Named as the config names them, not as `ClassLimits` does.
+        self.limits().validate("dns.rrl").map_err(|_| LimitError {
+            field: "dns.rrl.burst".into(),
+            reason: format!(
+                "must be at least 1 when responses_per_second is {}",
+                self.responses_per_second
+            ),
+        })
+    }
+
+    /// Whether any limit applies.
+    pub fn is_on(&self) -> bool {
+        self.responses_per_second > 0
+    }
+}
+
+/// What to do with an answer for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Answer,
+    /// Send an empty truncated answer instead.
+    Slip,
+    Drop,
+}
+
+/// The limiter of one DNS server's UDP sockets.
+pub(crate) struct Rrl {
+    limiter: ClassLimiter,
+    prefix: ClientPrefix,
+    slip: u32,
+}
+
+impl Rrl {
+    /// `None` when `settings` turn it off.
+    pub(crate) fn new(settings: &RrlSettings) -> Result<Option<Rrl>, LimitError> {
+        settings.validate()?;
+        if !settings.is_on() {
+            return Ok(None);
+        }
+        Ok(Some(Rrl {
+            limiter: ClassLimiter::new(
+                &settings.limits(),
+                settings.max_tracked_clients,
+                "dns.rrl",
+            )?,
+            prefix: settings.prefix(),
+            slip: settings.slip,
+        }))
+    }
+
+    /// The verdict for one answer to `client`. `refused` counts this socket loop's refusals so
+    /// far, for the slip ratio.
+    pub(crate) fn verdict(&self, client: IpAddr, refused: &mut u64) -> Verdict {
+        if self.limiter.check(self.prefix.key(client)).is_ok() {
+            return Verdict::Answer;
+        }
+        *refused = refused.wrapping_add(1);
+        if self.slip > 0 && refused.is_multiple_of(u64::from(self.slip)) {
+            Verdict::Slip
+        } else {
+            Verdict::Drop
+        }
+    }
+
+    /// Client networks with limiter state.
+    pub(crate) fn tracked_clients(&self) -> u64 {
+        self.limiter.tracked_clients()
+    }
+}
+
+/// The empty truncated answer to `query`: its ID, opcode, RD flag, question and (if it had one)
+/// a bare OPT record, TC=1, nothing else. Never longer than the query. `None` if `query` is not a query hickory can parse.
+pub(crate) fn truncated_answer(query: &[u8]) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query).ok()?;
+    if query.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+    answer.metadata.truncation = true;
+    answer.metadata.recursion_desired = query.metadata.recursion_desired;
+    answer.add_queries(query.queries.iter().cloned());
+    // RFC 6891: a query with OPT gets OPT back (a fresh one: nothing of the query's options).
+    answer.edns = query.edns.as_ref().map(|_| Edns::new());
+    answer.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::op::Query;
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    #[test]
+    fn slip_sends_every_nth_refusal_truncated() {
+        let rrl = Rrl::new(&RrlSettings {
+            responses_per_second: 1,
+            burst: 3,
+            slip: 3,
+            ..RrlSettings::default()
+        })
+        .expect("valid")
+        .expect("on");
+        let client: IpAddr = "192.0.2.7".parse().expect("ip");
+        let neighbour: IpAddr = "192.0.2.200".parse().expect("ip");
+        let other: IpAddr = "198.51.100.1".parse().expect("ip");
+        let mut refused = 0;
+        let verdicts: Vec<Verdict> = (0..9).map(|_| rrl.verdict(client, &mut refused)).collect();
+        use Verdict::*;
+        assert_eq!(
+            verdicts,
+            [Answer, Answer, Answer, Drop, Drop, Slip, Drop, Drop, Slip]
+        );
+        // Same /24: same bucket. Another network: its own.
+        assert_ne!(rrl.verdict(neighbour, &mut refused), Answer);
+        assert_eq!(rrl.verdict(other, &mut refused), Answer);
+    }
+
+    #[test]
+    fn off_and_invalid_settings() {
+        let off = RrlSettings {
+            responses_per_second: 0,
+            ..RrlSettings::default()
+        };
+        assert!(Rrl::new(&off).expect("valid").is_none());
+        let err = Rrl::new(&RrlSettings {
+            burst: 0,
+            ..RrlSettings::default()
+        })
+        .err()
+        .expect("burst 0");
+        assert_eq!(err.field, "dns.rrl.burst");
+        let err = Rrl::new(&RrlSettings {
+            ipv6_prefix_len: 0,
+            ..RrlSettings::default()
+        })
+        .err()
+        .expect("prefix 0");
+        assert_eq!(err.field, "dns.rrl.ipv6_prefix_len");
+    }
+
+    #[test]
+    fn a_truncated_answer_is_no_longer_than_its_query() {
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(
+            Name::from_str("_iroh.example.pkarr.test.").expect("name"),
+            RecordType::TXT,
+        ));
+        let bytes = query.to_vec().expect("encode");
+        let answer = truncated_answer(&bytes).expect("answer");
+        assert!(answer.len() <= bytes.len());
+        let answer = Message::from_vec(&answer).expect("decode");
+        assert_eq!(answer.metadata.id, query.metadata.id);
+        assert_eq!(answer.metadata.message_type, MessageType::Response);
+        assert!(answer.metadata.truncation);
+        assert!(answer.metadata.recursion_desired);
+        assert_eq!(answer.queries, query.queries);
+        assert!(answer.answers.is_empty());
+        // A response is not answered, and garbage is not either.
+        assert!(truncated_answer(&answer.to_vec().expect("encode")).is_none());
+        assert!(truncated_answer(&[1, 2]).is_none());
+    }
+}

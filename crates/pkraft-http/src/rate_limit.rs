@@ -1,0 +1,451 @@
+//! Rate limits of the public listeners (`[rate_limit]`): per client and global, per class of
+//! route, answered `429 Too Many Requests` with `Retry-After` and `RateLimit-*` headers.
+//!
+//! The client is the socket's peer address, or, when that peer is a configured trusted proxy,
+//! the address the proxies name in `X-Forwarded-For` (or `Forwarded`). The limiter state is
+//! bounded ([`pkraft_limits`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use pkraft_limits::{
+    ClassLimiter, ClassLimits, ClientPrefix, Denied, LimitError, Rate, TrustedProxies,
+};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use serde::Deserialize;
+
+/// `[rate_limit]`: limits of the public HTTP listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Clients whose limiter state is kept, per class; beyond it the least used are forgotten.
+    /// Default 65,536 (a few MiB per class).
+    pub max_tracked_clients: u64,
+    /// Addresses or networks (`10.0.0.0/8`, `::1`) of reverse proxies in front of this node.
+    /// Only connections from them may name the client in `client_ip_header`; from anyone else
+    /// the header is ignored. Default: none.
+    pub trusted_proxies: TrustedProxies,
+    /// The header the trusted proxies set: `x-forwarded-for` (default) or `forwarded`
+    /// (RFC 7239). Only this one is read, so a client cannot slip the other one past a proxy
+    /// that does not strip it.
+    pub client_ip_header: ClientIpHeader,
+    /// `PUT` of a relay route. Default per client 50/s with a burst of 1,000; global 5,000/s
+    /// with a burst of 20,000.
+    pub publish: ClassLimits,
+    /// `GET` of a relay route. Default per client 200/s, burst 2,000; global off.
+    pub resolve: ClassLimits,
+    /// `/dns-query` (DoH). Default per client 500/s, burst 5,000; global off.
+    pub doh: ClassLimits,
+}
+
+/// Which forwarding header trusted proxies set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    #[default]
+    XForwardedFor,
+    Forwarded,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            max_tracked_clients: 65_536,
+            trusted_proxies: TrustedProxies::default(),
+            client_ip_header: ClientIpHeader::default(),
+            publish: ClassLimits {
+                per_client: Rate::new(50, 1_000),
+                global: Rate::new(5_000, 20_000),
+            },
+            resolve: ClassLimits {
+                per_client: Rate::new(200, 2_000),
+                global: Rate::OFF,
+            },
+            doh: ClassLimits {
+                per_client: Rate::new(500, 5_000),
+                global: Rate::OFF,
+            },
+        }
+    }
+}
+
+impl RateLimitSettings {
+    pub fn validate(&self) -> Result<(), LimitError> {
+        if self.max_tracked_clients == 0 {
+            return Err(LimitError {
+                field: "rate_limit.max_tracked_clients".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.publish.validate("rate_limit.publish")?;
+        self.resolve.validate("rate_limit.resolve")?;
+        self.doh.validate("rate_limit.doh")
+    }
+}
+
+/// The class of a rate-limited route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Publish,
+    Resolve,
+    Doh,
+}
+
+impl RouteClass {
+    const ALL: [RouteClass; 3] = [RouteClass::Publish, RouteClass::Resolve, RouteClass::Doh];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Publish => "publish",
+            RouteClass::Resolve => "resolve",
+            RouteClass::Doh => "doh",
+        }
+    }
+}
+
+/// The limiters of the public listeners, shared by every request.
+pub struct RateLimits {
+    publish: ClassLimiter,
+    resolve: ClassLimiter,
+    doh: ClassLimiter,
+    proxies: TrustedProxies,
+    client_ip_header: ClientIpHeader,
+    /// `pkraft_http_rate_limited_total{class, scope}`.
+    refused: IntCounterVec,
+    /// `pkraft_http_rate_limit_tracked_clients{class}`, set at scrape time.
+    tracked: IntGaugeVec,
+}
+
+impl RateLimits {
+    pub fn new(settings: &RateLimitSettings) -> Result<RateLimits, LimitError> {
+        settings.validate()?;
+        let limiter = |limits: &ClassLimits, field: &str| {
+            ClassLimiter::new(limits, settings.max_tracked_clients, field)
+        };
+        let metric_error = |e: prometheus::Error| LimitError {
+            field: "rate_limit".into(),
+            reason: format!("metrics: {e}"),
+        };
+        Ok(RateLimits {
+            publish: limiter(&settings.publish, "rate_limit.publish")?,
+            resolve: limiter(&settings.resolve, "rate_limit.resolve")?,
+            doh: limiter(&settings.doh, "rate_limit.doh")?,
+            proxies: settings.trusted_proxies.clone(),
+            client_ip_header: settings.client_ip_header,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "pkraft_http_rate_limited_total",
+                    "Requests refused with 429, by route class and the limit that refused them.",
+                ),
+                &["class", "scope"],
+            )
+            .map_err(metric_error)?,
+            tracked: IntGaugeVec::new(
+                Opts::new(
+                    "pkraft_http_rate_limit_tracked_clients",
+                    "Clients with per-client limiter state, by route class.",
+                ),
+                &["class"],
+            )
+            .map_err(metric_error)?,
+        })
+    }
+
+    /// Registers `pkraft_http_rate_limited_total` and `pkraft_http_rate_limit_tracked_clients`
+    /// (docs/METRICS.md); the gauge is read at scrape time.
+    pub fn register(self: &Arc<Self>, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(RateLimitCollector(self.clone())))
+    }
+
+    /// Sets the tracked-clients gauges.
+    fn update_gauges(&self) {
+        for class in RouteClass::ALL {
+            self.tracked
+                .with_label_values(&[class.as_str()])
+                .set(i64::try_from(self.limiter(class).tracked_clients()).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn limiter(&self, class: RouteClass) -> &ClassLimiter {
+        match class {
+            RouteClass::Publish => &self.publish,
+            RouteClass::Resolve => &self.resolve,
+            RouteClass::Doh => &self.doh,
+        }
+    }
+
+    /// The client a request comes from; see the module docs.
+    pub fn client_of(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if self.proxies.is_empty() || !self.proxies.contains(peer) {
+            return peer;
+        }
+        let chain = match self.client_ip_header {
+            ClientIpHeader::XForwardedFor => x_forwarded_for(headers),
+            ClientIpHeader::Forwarded => forwarded_for(headers),
+        };
+        self.proxies.client(peer, &chain)
+    }
+
+    /// Takes a token of `class` for the client of `request`, or answers 429.
+    async fn enforce(&self, class: RouteClass, request: Request, next: Next) -> Response {
+        let limiter = self.limiter(class);
+        if !limiter.is_active() {
+            return next.run(request).await;
+        }
+        // The listeners always attach the peer address; a router used without them (in-process
+        // tests) counts every request as one client.
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+        let client = ClientPrefix::HOSTS.key(self.client_of(peer, request.headers()));
+        match limiter.check(client) {
+            Ok(()) => next.run(request).await,
+            Err(denied) => {
+                self.refused
+                    .with_label_values(&[class.as_str(), denied.scope.as_str()])
+                    .inc();
+                too_many_requests(class, denied)
+            }
+        }
+    }
+}
+
+/// The rate limits' metrics, with the gauges refreshed on each scrape.
+struct RateLimitCollector(Arc<RateLimits>);
+
+impl prometheus::core::Collector for RateLimitCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs = self.0.refused.desc();
+        descs.extend(self.0.tracked.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.0.update_gauges();
+        let mut families = self.0.refused.collect();
+        families.extend(self.0.tracked.collect());
+        families
+    }
+}
+
+/// `RateLimit-Limit` etc. (draft-ietf-httpapi-ratelimit-headers, the widely implemented form).
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// 429 with when to retry, and which limit refused.
+fn too_many_requests(class: RouteClass, denied: Denied) -> Response {
+    // Whole seconds, rounded up, at least 1 (RFC 9110 delay-seconds).
+    let retry_secs = whole_seconds_up(denied.retry_after);
+    let Rate { per_second, burst } = denied.rate;
+    let body = format!(
+        "rate limited: the {scope} {class} limit is {per_second}/s with bursts of {burst}; \
+         retry after {retry_secs} s\n",
+        scope = match denied.scope {
+            pkraft_limits::Scope::Client => "per-client",
+            pkraft_limits::Scope::Global => "global",
+        },
+        class = class.as_str(),
+    );
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs));
+    headers.insert(RATELIMIT_LIMIT, HeaderValue::from(burst));
+    headers.insert(RATELIMIT_REMAINING, HeaderValue::from(0));
+    headers.insert(RATELIMIT_RESET, HeaderValue::from(retry_secs));
+    // The window in which the whole burst comes back.
+    let window = (u64::from(burst)).div_ceil(u64::from(per_second.max(1)));
+    if let Ok(policy) = HeaderValue::from_str(&format!("{burst};w={window}")) {
+        headers.insert(RATELIMIT_POLICY, policy);
+    }
+    response
+}
+
+fn whole_seconds_up(duration: Duration) -> u64 {
+    let secs = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// Middleware of the relay routes: PUT is `publish`, anything else `resolve`.
+pub async fn limit_relay(
+    State(limits): State<Arc<RateLimits>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let class = if request.method() == Method::PUT {
+        RouteClass::Publish
+    } else {
+        RouteClass::Resolve
+    };
+    limits.enforce(class, request, next).await
+}
+
+/// Middleware of `/dns-query`.
+pub async fn limit_doh(
+    State(limits): State<Arc<RateLimits>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    limits.enforce(RouteClass::Doh, request, next).await
+}
+
+/// The addresses in `X-Forwarded-For` (every such header, in order), oldest first. Parsing
+/// goes right to left and stops at the first entry that is not an address: what lies left of it
+/// was not written by a proxy that could be identified.
+fn x_forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect();
+    parse_chain(entries.into_iter().rev())
+}
+
+/// The `for=` addresses of `Forwarded` (RFC 7239), oldest first, with the same rule.
+fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
+    let entries: Vec<&str> = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|element| {
+            element
+                .split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case("for"))
+                .map_or("", |(_, value)| value)
+        })
+        .collect();
+    parse_chain(entries.into_iter().rev())
+}
+
+/// Parses entries given newest first, stopping at the first that is no address; returns them
+/// oldest first.
+fn parse_chain<'a>(newest_first: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
+    let mut chain: Vec<IpAddr> = newest_first.map_while(parse_node).collect();
+    chain.reverse();
+    chain
+}
+
+/// One forwarded node: `192.0.2.1`, `192.0.2.1:443`, `2001:db8::1`, `[2001:db8::1]:443`, any
+/// of them quoted.
+fn parse_node(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim().trim_matches('"');
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    // `[2001:db8::1]` without a port.
+    entry
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|inner| inner.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("address")
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).expect("header"));
+        }
+        map
+    }
+
+    fn limits(header: ClientIpHeader) -> RateLimits {
+        RateLimits::new(&RateLimitSettings {
+            trusted_proxies: TrustedProxies::new(vec!["10.0.0.0/8".parse().expect("net")]),
+            client_ip_header: header,
+            ..RateLimitSettings::default()
+        })
+        .expect("limits")
+    }
+
+    #[test]
+    fn x_forwarded_for_is_read_only_from_trusted_proxies() {
+        let limits = limits(ClientIpHeader::XForwardedFor);
+        let forwarded = headers(&[
+            ("x-forwarded-for", "203.0.113.1, 198.51.100.2"),
+            ("x-forwarded-for", "10.0.0.9"),
+        ]);
+        assert_eq!(
+            limits.client_of(ip("10.0.0.1"), &forwarded),
+            ip("198.51.100.2")
+        );
+        assert_eq!(
+            limits.client_of(ip("192.0.2.1"), &forwarded),
+            ip("192.0.2.1")
+        );
+        // The client wrote garbage to the left: the proxy's entry still counts.
+        let forged = headers(&[("x-forwarded-for", "nonsense, 198.51.100.2:5555")]);
+        assert_eq!(
+            limits.client_of(ip("10.0.0.1"), &forged),
+            ip("198.51.100.2")
+        );
+        // The configured header only: `Forwarded` is ignored here.
+        let other = headers(&[("forwarded", "for=198.51.100.2")]);
+        assert_eq!(limits.client_of(ip("10.0.0.1"), &other), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn forwarded_for_is_parsed_per_rfc_7239() {
+        let limits = limits(ClientIpHeader::Forwarded);
+        let forwarded = headers(&[(
+            "forwarded",
+            "for=203.0.113.1;proto=https, For=\"[2001:db8:cafe::17]:4711\";by=10.0.0.1",
+        )]);
+        assert_eq!(
+            limits.client_of(ip("10.0.0.1"), &forwarded),
+            ip("2001:db8:cafe::17")
+        );
+        let hidden = headers(&[("forwarded", "for=_hidden, for=198.51.100.3")]);
+        assert_eq!(
+            limits.client_of(ip("10.0.0.1"), &hidden),
+            ip("198.51.100.3")
+        );
+        let unknown = headers(&[("forwarded", "for=unknown")]);
+        assert_eq!(limits.client_of(ip("10.0.0.1"), &unknown), ip("10.0.0.1"));
+    }
+
+    #[tokio::test]
+    async fn refusals_are_429_with_retry_after_and_ratelimit_headers() {
+        let response = too_many_requests(
+            RouteClass::Publish,
+            Denied {
+                scope: pkraft_limits::Scope::Client,
+                rate: Rate::new(50, 1_000),
+                retry_after: Duration::from_millis(20),
+            },
+        );
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(header("retry-after").as_deref(), Some("1"));
+        assert_eq!(header("ratelimit-limit").as_deref(), Some("1000"));
+        assert_eq!(header("ratelimit-remaining").as_deref(), Some("0"));
+        assert_eq!(header("ratelimit-reset").as_deref(), Some("1"));
+        assert_eq!(header("ratelimit-policy").as_deref(), Some("1000;w=20"));
+        assert_eq!(whole_seconds_up(Duration::from_millis(2_001)), 3);
+    }
+}

@@ -1,0 +1,350 @@
+//! Abuse limits shared by the HTTP and DNS frontends: token-bucket rate limits (governor's GCRA)
+//! per client and overall, with per-client state that stays bounded however many addresses
+//! appear.
+//!
+//! # Layout
+//! - [`Rate`]: one limit as configured (`per_second` sustained, `burst` at once; 0 = off).
+//! - [`ClassLimits`] / [`ClassLimiter`]: a per-client and a global rate for one class of traffic
+//!   (PUT, GET, DoH, DNS answers).
+//! - [`ClientPrefix`]: which addresses count as one client (an IPv6 host owns a whole /64).
+//! - [`TrustedProxies`]: the networks whose `X-Forwarded-For` is believed.
+//!
+//! # Bounded state
+//! governor's own keyed stores (a `DashMap`) keep one entry per address until `retain_recent`
+//! runs, so a flood of spoofed or rotating addresses grows them without limit. [`BoundedStore`]
+//! keeps the states in a moka cache instead: at most `max_tracked_clients` entries, and an
+//! entry idle for as long as its bucket takes to refill is dropped (it would be a full bucket
+//! again, so dropping it loses nothing). moka's TinyLFU admission keeps the clients seen most
+//! often when the cache is full, so a stream of one-off addresses cannot push a busy abuser's
+//! state out; those one-off addresses are then not tracked per client at all, and only the
+//! global limit applies to them.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
+use governor::{Quota, RateLimiter};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// One rate limit: `burst` requests at once, refilled at `per_second`. `per_second = 0` turns
+/// the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    /// No limit.
+    pub const OFF: Rate = Rate {
+        per_second: 0,
+        burst: 0,
+    };
+
+    pub const fn new(per_second: u32, burst: u32) -> Rate {
+        Rate { per_second, burst }
+    }
+
+    /// governor's quota, `None` when the limit is off.
+    fn quota(self) -> Result<Option<Quota>, String> {
+        let Some(per_second) = NonZeroU32::new(self.per_second) else {
+            return Ok(None);
+        };
+        let burst = NonZeroU32::new(self.burst)
+            .ok_or_else(|| format!("burst must be at least 1 when per_second is {per_second}"))?;
+        Ok(Some(Quota::per_second(per_second).allow_burst(burst)))
+    }
+}
+
+/// A configured limit that cannot be used; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct LimitError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The limits of one class of traffic: each client's and everyone's together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassLimits {
+    pub per_client: Rate,
+    pub global: Rate,
+}
+
+impl ClassLimits {
+    /// Checks both rates; `field` is the config path of this class, for the error.
+    pub fn validate(&self, field: &str) -> Result<(), LimitError> {
+        for (name, rate) in [("per_client", self.per_client), ("global", self.global)] {
+            rate.quota().map_err(|reason| LimitError {
+                field: format!("{field}.{name}"),
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Which limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The client's own rate.
+    Client,
+    /// Everyone's rate together.
+    Global,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Client => "client",
+            Scope::Global => "global",
+        }
+    }
+}
+
+/// A refused request: which limit, its rate, and when a retry can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub scope: Scope,
+    pub rate: Rate,
+    pub retry_after: Duration,
+}
+
+/// A per-client rate whose state lives in a [`BoundedStore`].
+type KeyedLimiter = RateLimiter<IpAddr, BoundedStore, DefaultClock, NoOpMiddleware>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, NoOpMiddleware>;
+
+/// Enforces one [`ClassLimits`].
+pub struct ClassLimiter {
+    /// The limiter, its rate, and a second handle on its store (governor lends it out only by
+    /// value).
+    per_client: Option<(KeyedLimiter, Rate, BoundedStore)>,
+    global: Option<(DirectLimiter, Rate)>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for ClassLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassLimiter")
+            .field(
+                "per_client",
+                &self.per_client.as_ref().map(|(_, rate, _)| rate),
+            )
+            .field("global", &self.global.as_ref().map(|(_, rate)| rate))
+            .finish()
+    }
+}
+
+impl ClassLimiter {
+    /// A limiter for `limits`, tracking at most `max_tracked_clients` clients. `field` names the
+    /// class in errors.
+    pub fn new(
+        limits: &ClassLimits,
+        max_tracked_clients: u64,
+        field: &str,
+    ) -> Result<ClassLimiter, LimitError> {
+        limits.validate(field)?;
+        let clock = DefaultClock::default();
+        let per_client = limits.per_client.quota().ok().flatten().map(|quota| {
+            let store = BoundedStore::new(max_tracked_clients, quota);
+            (
+                RateLimiter::new(quota, store.clone(), clock.clone()),
+                limits.per_client,
+                store,
+            )
+        });
+        let global = limits.global.quota().ok().flatten().map(|quota| {
+            (
+                RateLimiter::new(quota, InMemoryState::default(), clock.clone()),
+                limits.global,
+            )
+        });
+        Ok(ClassLimiter {
+            per_client,
+            global,
+            clock,
+        })
+    }
+
+    /// Takes one token for `client` (already reduced by [`ClientPrefix::key`]) and one from the
+    /// global bucket. The client's bucket is asked first, so a client over its own limit does not
+    /// use up everyone's.
+    pub fn check(&self, client: IpAddr) -> Result<(), Denied> {
+        if let Some((limiter, rate, _)) = &self.per_client {
+            limiter.check_key(&client).map_err(|not_until| Denied {
+                scope: Scope::Client,
+                rate: *rate,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })?;
+        }
+        if let Some((limiter, rate)) = &self.global {
+            limiter.check().map_err(|not_until| Denied {
+                scope: Scope::Global,
+                rate: *rate,
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Whether any limit is on.
+    pub fn is_active(&self) -> bool {
+        self.per_client.is_some() || self.global.is_some()
+    }
+
+    /// How many clients have per-client state right now (at most the configured maximum, once
+    /// the store's pending maintenance has run).
+    pub fn tracked_clients(&self) -> u64 {
+        self.per_client
+            .as_ref()
+            .map_or(0, |(_, _, store)| store.tracked())
+    }
+
+    /// Runs the store's pending evictions (tests and the metrics scrape; moka also runs them on
+    /// its own as entries are used).
+    pub fn run_pending_maintenance(&self) {
+        if let Some((_, _, store)) = &self.per_client {
+            store.states.run_pending_tasks();
+        }
+    }
+}
+
+/// Per-client rate states in a bounded moka cache; see the module docs.
+#[derive(Clone)]
+pub struct BoundedStore {
+    states: moka::sync::Cache<IpAddr, Arc<InMemoryState>>,
+}
+
+impl BoundedStore {
+    /// At most `max_entries` states; one idle for as long as `quota`'s bucket takes to refill is
+    /// dropped.
+    pub fn new(max_entries: u64, quota: Quota) -> BoundedStore {
+        // A little slack so a state refilled to the brim is certainly full when dropped.
+        let refill = quota.burst_size_replenished_in() + Duration::from_secs(1);
+        BoundedStore {
+            states: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_idle(refill)
+                .build(),
+        }
+    }
+
+    /// Entries held (moka applies insertions and evictions in batches, so this may briefly
+    /// exceed the bound until they run).
+    pub fn tracked(&self) -> u64 {
+        self.states.entry_count()
+    }
+}
+
+impl StateStore for BoundedStore {
+    type Key = IpAddr;
+
+    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let state = self.states.get_with(*key, Arc::default);
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+/// How many leading bits of an address name one client. ISPs hand an IPv6 customer a /64 or
+/// more, so counting IPv6 addresses one by one would let a single host take 2^64 budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientPrefix {
+    pub ipv4: u8,
+    pub ipv6: u8,
+}
+
+impl ClientPrefix {
+    /// Each IPv4 address and each IPv6 /64 is a client.
+    pub const HOSTS: ClientPrefix = ClientPrefix { ipv4: 32, ipv6: 64 };
+
+    pub fn validate(&self, field: &str) -> Result<(), LimitError> {
+        let check = |name: &str, value: u8, max: u8| {
+            if value == 0 || value > max {
+                return Err(LimitError {
+                    field: format!("{field}.{name}"),
+                    reason: format!("must be 1 to {max}, got {value}"),
+                });
+            }
+            Ok(())
+        };
+        check("ipv4_prefix_len", self.ipv4, 32)?;
+        check("ipv6_prefix_len", self.ipv6, 128)
+    }
+
+    /// The network `ip` belongs to, as the key of its client's state. IPv4-mapped IPv6
+    /// addresses count as IPv4 (a dual-stack socket reports IPv4 clients that way).
+    pub fn key(&self, ip: IpAddr) -> IpAddr {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => IpAddr::V4(mask_v4(v4.to_bits(), self.ipv4).into()),
+            IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6.to_bits(), self.ipv6).into()),
+        }
+    }
+}
+
+/// `bits` with all but the first `prefix_len` bits kept (of 32).
+fn mask_v4(bits: u32, prefix_len: u8) -> u32 {
+    bits & u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0)
+}
+
+/// `bits` with all but the first `prefix_len` bits kept (of 128).
+fn mask_v6(bits: u128, prefix_len: u8) -> u128 {
+    bits & u128::MAX
+        .checked_shl(128 - u32::from(prefix_len.min(128)))
+        .unwrap_or(0)
+}
+
+/// Networks whose forwarding headers (`X-Forwarded-For`, `Forwarded`) name the real client.
+/// Empty (the default): the socket's peer is the client and those headers are ignored, since
+/// anyone can send them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> TrustedProxies {
+        TrustedProxies(networks)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client behind `peer`: `peer` itself unless it is a trusted proxy, else the last
+    /// address in `forwarded_chain` (oldest first, as the headers list them) that is not a
+    /// trusted proxy. Walking from the right matters: a client can put anything at the left of
+    /// the chain, but each trusted proxy appends the address it saw. A chain made only of
+    /// trusted proxies yields its first address; no chain at all, the proxy itself.
+    pub fn client(&self, peer: IpAddr, forwarded_chain: &[IpAddr]) -> IpAddr {
+        if !self.contains(peer) {
+            return peer;
+        }
+        forwarded_chain
+            .iter()
+            .rev()
+            .find(|ip| !self.contains(**ip))
+            .or(forwarded_chain.first())
+            .copied()
+            .unwrap_or(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+fn limiter(per_client: Rate, global: Rate, max_tracked: u64) -> ClassLimiter {
+    ClassLimiter::new(&ClassLimits { per_client, global }, max_tracked, "t").expect("valid limits")
+}
+
+/// The `n`-th of many distinct synthetic client addresses (IPv6, so there are enough).
+fn synthetic(n: u64) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::from_bits(
+        (0x2001_0db8_u128 << 96) | (u128::from(n) << 64),
+    ))
+}
+
+#[test]
+fn off_limits_allow_everything() {
+    let limiter = limiter(Rate::OFF, Rate::OFF, 10);
+    assert!(!limiter.is_active());
+    for _ in 0..10_000 {
+        assert_eq!(limiter.check(ip("192.0.2.1")), Ok(()));
+    }
+    assert_eq!(limiter.tracked_clients(), 0);
+}
+
+#[test]
+fn a_client_gets_its_burst_then_is_refused_while_others_are_served() {
+    let limiter = limiter(Rate::new(10, 5), Rate::OFF, 100);
+    for _ in 0..5 {
+        assert_eq!(limiter.check(ip("192.0.2.1")), Ok(()));
+    }
+    let denied = limiter.check(ip("192.0.2.1")).expect_err("over the burst");
+    assert_eq!(denied.scope, Scope::Client);
+    assert_eq!(denied.rate, Rate::new(10, 5));
+    // One token comes back every 100 ms.
+    assert!(
+        denied.retry_after > Duration::ZERO && denied.retry_after <= Duration::from_millis(100),
+        "{:?}",
+        denied.retry_after
+    );
+    assert_eq!(limiter.check(ip("192.0.2.2")), Ok(()));
+}
+
+#[test]
+fn the_global_limit_counts_every_client_but_not_refused_ones() {
+    let limiter = limiter(Rate::new(1, 2), Rate::new(1, 4), 100);
+    // The first client uses 2 global tokens, then is refused by its own limit three times:
+    // those refusals must not use global tokens.
+    for _ in 0..2 {
+        assert_eq!(limiter.check(ip("192.0.2.1")), Ok(()));
+    }
+    for _ in 0..3 {
+        let denied = limiter.check(ip("192.0.2.1")).expect_err("client limit");
+        assert_eq!(denied.scope, Scope::Client);
+    }
+    for _ in 0..2 {
+        assert_eq!(limiter.check(ip("192.0.2.2")), Ok(()));
+    }
+    let denied = limiter.check(ip("192.0.2.3")).expect_err("global limit");
+    assert_eq!(denied.scope, Scope::Global);
+    assert_eq!(denied.rate, Rate::new(1, 4));
+}
+
+#[test]
+fn a_burst_of_zero_is_refused_with_the_field_name() {
+    let err = ClassLimiter::new(
+        &ClassLimits {
+            per_client: Rate::new(5, 0),
+            global: Rate::OFF,
+        },
+        10,
+        "rate_limit.publish",
+    )
+    .expect_err("burst 0");
+    assert_eq!(err.field, "rate_limit.publish.per_client");
+}
+
+/// A million distinct addresses (a spoofed or rotating flood) leave at most the configured
+/// number of per-client states behind.
+#[test]
+fn per_client_state_stays_bounded_under_a_million_addresses() {
+    const MAX_TRACKED: u64 = 1_000;
+    let limiter = limiter(Rate::new(1, 10), Rate::OFF, MAX_TRACKED);
+    let started = Instant::now();
+    for n in 0..1_000_000 {
+        let _ = limiter.check(synthetic(n));
+        if n % 100_000 == 0 {
+            limiter.run_pending_maintenance();
+            assert!(
+                limiter.tracked_clients() <= MAX_TRACKED,
+                "{} states after {n} addresses",
+                limiter.tracked_clients()
+            );
+        }
+    }
+    limiter.run_pending_maintenance();
+    assert!(limiter.tracked_clients() <= MAX_TRACKED);
+    assert!(limiter.tracked_clients() > 0, "nothing tracked at all");
+    eprintln!(
+        "1M addresses in {:?}, {} tracked",
+        started.elapsed(),
+        limiter.tracked_clients()
+    );
+}
+
+/// When the store is full, a flood of one-off addresses does not push out the state of a client
+/// that keeps coming back during it: that client stays limited. (One that stops coming back may
+/// be forgotten, which only matters once its bucket has refilled anyway.)
+#[test]
+fn a_flood_of_new_addresses_does_not_reset_a_busy_client() {
+    let rate = Rate::new(1, 200);
+    let limiter = limiter(rate, Rate::OFF, 500);
+    let abuser = ip("198.51.100.7");
+    let started = Instant::now();
+    let mut allowed = 0_u64;
+    for n in 0..100_000 {
+        let _ = limiter.check(synthetic(n));
+        if n % 10 == 0 && limiter.check(abuser).is_ok() {
+            allowed += 1;
+        }
+    }
+    // Kept state: the burst plus one per second. A reset state would hand out another burst.
+    let expected_max = u64::from(rate.burst) + started.elapsed().as_secs() + 2;
+    assert!(
+        allowed <= expected_max,
+        "the abuser's state was reset: {allowed} allowed, at most {expected_max} expected"
+    );
+    assert!(allowed >= u64::from(rate.burst), "only {allowed} allowed");
+}
+
+#[test]
+fn a_client_is_its_prefix() {
+    let prefix = ClientPrefix { ipv4: 24, ipv6: 56 };
+    assert_eq!(prefix.key(ip("192.0.2.77")), ip("192.0.2.0"));
+    assert_eq!(
+        prefix.key(ip("2001:db8:aa:bbcc:1:2:3:4")),
+        ip("2001:db8:aa:bb00::")
+    );
+    // A dual-stack socket reports IPv4 clients as mapped addresses.
+    assert_eq!(prefix.key(ip("::ffff:192.0.2.77")), ip("192.0.2.0"));
+    assert_eq!(ClientPrefix::HOSTS.key(ip("192.0.2.77")), ip("192.0.2.77"));
+    assert_eq!(ClientPrefix::HOSTS.key(ip("2001:db8::1")), ip("2001:db8::"));
+    let full = ClientPrefix {
+        ipv4: 32,
+        ipv6: 128,
+    };
+    assert_eq!(full.key(ip("2001:db8::1")), ip("2001:db8::1"));
+    assert_eq!(
+        ClientPrefix { ipv4: 1, ipv6: 1 }.key(IpAddr::V4(Ipv4Addr::BROADCAST)),
+        ip("128.0.0.0")
+    );
+    let err = ClientPrefix { ipv4: 0, ipv6: 64 }
+        .validate("dns.rrl")
+        .expect_err("0 bits");
+    assert_eq!(err.field, "dns.rrl.ipv4_prefix_len");
+    let err = ClientPrefix {
+        ipv4: 24,
+        ipv6: 129,
+    }
+    .validate("dns.rrl")
+    .expect_err("129 bits");
+    assert_eq!(err.field, "dns.rrl.ipv6_prefix_len");
+}
+
+#[test]
+fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let proxies = TrustedProxies::new(vec![
+        "10.0.0.0/8".parse().expect("net"),
+        "2001:db8:ffff::1/128".parse().expect("net"),
+    ]);
+    let chain = [ip("203.0.113.9"), ip("198.51.100.1"), ip("10.1.1.1")];
+    // Not from a proxy: the headers are the client's word and ignored.
+    assert_eq!(proxies.client(ip("192.0.2.5"), &chain), ip("192.0.2.5"));
+    // From a proxy: the nearest address the proxies did not add. The leftmost one is whatever
+    // the client wrote.
+    assert_eq!(proxies.client(ip("10.0.0.2"), &chain), ip("198.51.100.1"));
+    assert_eq!(
+        proxies.client(ip("::ffff:10.0.0.2"), &chain),
+        ip("198.51.100.1")
+    );
+    assert_eq!(
+        proxies.client(ip("2001:db8:ffff::1"), &[ip("2001:db8:1::5")]),
+        ip("2001:db8:1::5")
+    );
+    // A proxy that forwards no chain is the client; a chain of proxies only, its origin.
+    assert_eq!(proxies.client(ip("10.0.0.2"), &[]), ip("10.0.0.2"));
+    assert_eq!(
+        proxies.client(ip("10.0.0.2"), &[ip("10.9.9.9"), ip("10.0.0.3")]),
+        ip("10.9.9.9")
+    );
+    assert_eq!(
+        TrustedProxies::default().client(ip("10.0.0.2"), &chain),
+        ip("10.0.0.2")
+    );
+}
