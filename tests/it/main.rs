@@ -4,6 +4,7 @@
 //!
 //! One test binary with one module per area; `harness` starts and stops servers.
 
+mod abuse;
 mod backup;
 mod bad_input;
 mod cli;

@@ -25,11 +25,11 @@ fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
     })
 }
 
-fn value(scrape: &str, name: &str, labels: &str) -> f64 {
+pub(crate) fn value(scrape: &str, name: &str, labels: &str) -> f64 {
     sample(scrape, name, labels).unwrap_or_else(|| panic!("{name}{{{labels}}} in\n{scrape}"))
 }
 
-async fn scrape(server: &TestServer) -> String {
+pub(crate) async fn scrape(server: &TestServer) -> String {
     let response = http_client()
         .get(format!("http://{}/metrics", server.admin))
         .send()

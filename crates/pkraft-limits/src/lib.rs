@@ -309,9 +309,29 @@ fn mask_v6(bits: u128, prefix_len: u8) -> u128 {
 /// Networks whose forwarding headers (`X-Forwarded-For`, `Forwarded`) name the real client.
 /// Empty (the default): the socket's peer is the client and those headers are ignored, since
 /// anyone can send them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);
+
+/// A list of networks (`10.0.0.0/8`) or single addresses (`192.0.2.1`, `::1`).
+impl<'de> Deserialize<'de> for TrustedProxies {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let entries = Vec::<String>::deserialize(deserializer)?;
+        entries
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        serde::de::Error::custom(format!(
+                            "{entry:?} is neither an IP address nor a network like 10.0.0.0/8"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+}
 
 impl TrustedProxies {
     pub fn new(networks: Vec<IpNet>) -> TrustedProxies {

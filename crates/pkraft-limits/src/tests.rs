@@ -198,3 +198,21 @@ fn forwarded_addresses_count_only_from_trusted_proxies() {
         ip("10.0.0.2")
     );
 }
+
+#[test]
+fn trusted_proxies_are_networks_or_single_addresses() {
+    #[derive(serde::Deserialize)]
+    struct Holder {
+        proxies: TrustedProxies,
+    }
+    let parse = |text: &str| {
+        serde_json::from_str::<Holder>(text).map(|holder| holder.proxies)
+    };
+    let proxies = parse(r#"{"proxies": ["10.0.0.0/8", "192.0.2.1", "::1"]}"#).expect("parses");
+    assert!(proxies.contains(ip("10.200.0.1")));
+    assert!(proxies.contains(ip("192.0.2.1")));
+    assert!(!proxies.contains(ip("192.0.2.2")));
+    assert!(proxies.contains(ip("::1")));
+    let err = parse(r#"{"proxies": ["proxy.example"]}"#).err().expect("a name");
+    assert!(err.to_string().contains("proxy.example"), "{err}");
+}

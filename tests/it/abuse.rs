@@ -1,0 +1,428 @@
+//! Goal: under abuse, pkraft keeps serving legitimate clients and lets nothing unbounded in:
+//! rate limits per client (and trusted proxies only), slowloris and idle connections closed, a
+//! cap on connections per client, oversized and malformed requests refused, a UDP flood from one
+//! network rate-limited while others are answered, and publishes beyond the queue answered 503.
+//! Method: the real binary with small limits, real sockets on loopback. Clients bind different
+//! 127.0.0.0/8 source addresses (all loopback on Linux) to be different clients. Every loop is
+//! bounded in count and time.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::RecordType;
+use pkraft_testkit::pkarr::Keypair;
+use pkraft_testkit::{iroh_packet, keypair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+
+use crate::dns_client::{Transport, key_name, name, raw_query};
+use crate::harness::TestServer;
+use crate::metrics::{scrape, value};
+
+/// Small limits, so that abuse is cheap to produce.
+const LIMITED: &str = r#"
+[cluster]
+bootstrap = true
+[http]
+header_read_timeout = "1s"
+idle_timeout = "2s"
+max_connections_per_client = 4
+[rate_limit]
+trusted_proxies = ["127.0.0.3"]
+publish = { per_client = { per_second = 2, burst = 5 }, global = { per_second = 0, burst = 0 } }
+[dns.rrl]
+responses_per_second = 20
+burst = 20
+slip = 2
+"#;
+
+/// Bound on waiting for one answer or one connection to close.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("ip")
+}
+
+/// An HTTP client whose connections come from `source`.
+fn client_from(source: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(ip(source))
+        .timeout(WAIT)
+        .build()
+        .expect("client")
+}
+
+/// Microseconds since the epoch, `offset` from now.
+fn micros_from_now(offset: Duration, ahead: bool) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let at = if ahead { now + offset } else { now - offset };
+    u64::try_from(at.as_micros()).expect("fits")
+}
+
+/// PUTs a fresh packet for key number `seed` from `client`, with `headers`; the status.
+async fn put(
+    server: &TestServer,
+    client: &reqwest::Client,
+    seed: u64,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let key = keypair(seed);
+    let body = iroh_packet(&key, 1_000, &["192.0.2.1:1"]).to_relay_payload();
+    let mut request = client.put(server.relay_url(&key)).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("PUT answered")
+}
+
+#[tokio::test]
+async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes() {
+    let server = TestServer::start_with_config(LIMITED);
+    let flooder = client_from("127.0.0.2");
+    let mut statuses = Vec::new();
+    let mut refusal = None;
+    for seed in 0..40 {
+        let response = put(&server, &flooder, 1_000 + seed, &[]).await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 && refusal.is_none() {
+            refusal = Some(response);
+        }
+    }
+    // The burst of 5 goes through; then about 2 per second of the flood's duration.
+    assert_eq!(&statuses[..5], &[204; 5], "{statuses:?}");
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 25, "only {refused} of 40 refused: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 204 || *s == 429), "{statuses:?}");
+
+    let refusal = refusal.expect("a 429");
+    let header = |name: &str| {
+        refusal.headers()[name]
+            .to_str()
+            .expect("ascii")
+            .to_string()
+    };
+    let retry_after: u64 = header("retry-after").parse().expect("delay-seconds");
+    assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(header("ratelimit-limit"), "5");
+    assert_eq!(header("ratelimit-remaining"), "0");
+    let body = refusal.text().await.expect("body");
+    assert!(body.contains("per-client publish limit"), "{body}");
+
+    // Another client is not affected.
+    let other = client_from("127.0.0.1");
+    for seed in 0..5 {
+        assert_eq!(put(&server, &other, 2_000 + seed, &[]).await.status(), 204);
+    }
+    // A refused packet was not stored.
+    let last_refused = statuses.iter().rposition(|s| *s == 429).expect("a refusal");
+    let key = keypair(1_000 + last_refused as u64);
+    assert_eq!(server.get(&server.relay_url(&key)).await.status(), 404);
+
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        value(
+            &metrics,
+            "pkraft_http_rate_limited_total",
+            "class=\"publish\",scope=\"client\""
+        ),
+        refused as f64
+    );
+}
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_from_trusted_proxies() {
+    let server = TestServer::start_with_config(LIMITED);
+    // Through the trusted proxy (127.0.0.3): each forwarded client has its own budget.
+    let proxy = client_from("127.0.0.3");
+    let forwarded = |client: &'static str| [("x-forwarded-for", client)];
+    let mut first_client = Vec::new();
+    for seed in 0..8 {
+        let status = put(&server, &proxy, 3_000 + seed, &forwarded("198.51.100.1"))
+            .await
+            .status();
+        first_client.push(status.as_u16());
+    }
+    assert_eq!(&first_client[..5], &[204; 5], "{first_client:?}");
+    assert!(first_client.contains(&429), "{first_client:?}");
+    let status = put(&server, &proxy, 3_100, &forwarded("198.51.100.2"))
+        .await
+        .status();
+    assert_eq!(status, 204, "a second client behind the proxy");
+
+    // From anyone else the header is the client's own claim, and ignored: a new address in
+    // every request does not buy a new budget.
+    let spoofer = client_from("127.0.0.4");
+    let mut statuses = Vec::new();
+    for seed in 0..8 {
+        let claimed = format!("203.0.113.{seed}");
+        let status = put(
+            &server,
+            &spoofer,
+            3_200 + seed,
+            &[("x-forwarded-for", claimed.as_str())],
+        )
+        .await
+        .status();
+        statuses.push(status.as_u16());
+    }
+    assert_eq!(&statuses[..5], &[204; 5], "{statuses:?}");
+    assert!(statuses.contains(&429), "{statuses:?}");
+}
+
+/// Reads from `stream` until the server closes it (EOF or reset) or `WAIT` passes; how long
+/// that took, or `None`.
+async fn closed_after(stream: &mut TcpStream, started: Instant) -> Option<Duration> {
+    let mut buf = [0_u8; 1024];
+    loop {
+        match tokio::time::timeout_at((started + WAIT).into(), stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn connect_from(source: &str, server: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(ip(source), 0))
+        .expect("bind source");
+    socket.connect(server).await.expect("connect")
+}
+
+#[tokio::test]
+async fn slowloris_and_idle_connections_are_closed_and_one_client_cannot_take_every_slot() {
+    let server = TestServer::start_with_config(LIMITED);
+    let slowloris = async {
+        let mut stream = connect_from("127.0.0.5", server.http).await;
+        let started = Instant::now();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        // One header byte every 200 ms: never a whole head within header_read_timeout (1 s).
+        let trickle = async {
+            for _ in 0..50 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if stream.write_all(b"X").await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+        closed_after(&mut stream, started).await
+    };
+    let silent = async {
+        let mut stream = connect_from("127.0.0.7", server.http).await;
+        closed_after(&mut stream, Instant::now()).await
+    };
+    let (slowloris, silent) = tokio::join!(slowloris, silent);
+    let slowloris = slowloris.expect("the slowloris connection was closed");
+    assert!(
+        slowloris >= Duration::from_millis(900) && slowloris < Duration::from_secs(4),
+        "slowloris closed after {slowloris:?}"
+    );
+    let silent = silent.expect("the silent connection was closed");
+    assert!(
+        silent >= Duration::from_millis(1_800) && silent < Duration::from_secs(5),
+        "silent connection closed after {silent:?}"
+    );
+
+    // Four connections from one address hold its four slots; the fifth is closed at once while
+    // another client is still served.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from("127.0.0.6", server.http).await);
+    }
+    let mut fifth = connect_from("127.0.0.6", server.http).await;
+    let refused = closed_after(&mut fifth, Instant::now())
+        .await
+        .expect("the fifth connection was closed");
+    assert!(refused < Duration::from_secs(1), "closed after {refused:?}");
+    let health = client_from("127.0.0.1")
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    drop(held);
+}
+
+/// Sends `request` on a new connection; the status code of the answer.
+async fn raw_status(server: &TestServer, request: &[u8]) -> u16 {
+    let mut stream = connect_from("127.0.0.8", server.http).await;
+    stream.write_all(request).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    text.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+#[tokio::test]
+async fn oversized_malformed_and_future_requests_get_their_status() {
+    let server = TestServer::start_with_config(LIMITED);
+    let big_header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(raw_status(&server, big_header.as_bytes()).await, 431);
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("Connection: close\r\n\r\n");
+    assert_eq!(raw_status(&server, many.as_bytes()).await, 431);
+    assert_eq!(raw_status(&server, b"NONSENSE\r\n\r\n").await, 400);
+    let ok = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw_status(&server, ok).await, 200);
+
+    let client = client_from("127.0.0.9");
+    let key = keypair(4_000);
+    let url = server.relay_url(&key);
+    let oversized = Bytes::from(vec![0_u8; 2_000]);
+    let response = client.put(&url).body(oversized).send().await.expect("PUT");
+    assert_eq!(response.status(), 413);
+
+    // An hour ahead of the clock: refused, saying why. A minute ahead: within the skew.
+    let ahead = micros_from_now(Duration::from_secs(3_600), true);
+    let future = iroh_packet(&key, ahead, &["192.0.2.1:1"]).to_relay_payload();
+    let response = client.put(&url).body(future).send().await.expect("PUT");
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.expect("body");
+    assert!(body.contains("in the future"), "{body}");
+    assert_eq!(server.get(&url).await.status(), 404, "nothing stored");
+    let soon = micros_from_now(Duration::from_secs(60), true);
+    let fine = iroh_packet(&key, soon, &["192.0.2.1:1"]).to_relay_payload();
+    let response = client.put(&url).body(fine).send().await.expect("PUT");
+    assert_eq!(response.status(), 204);
+}
+
+/// A query for `_iroh.<key>` TXT with `id`.
+fn iroh_query(key: &Keypair, id: u16) -> Vec<u8> {
+    let mut query = Message::query();
+    query.metadata.id = id;
+    query.add_query(Query::query(name(&key_name("_iroh", key)), RecordType::TXT));
+    query.to_vec().expect("encode")
+}
+
+#[tokio::test]
+async fn a_udp_flood_from_one_network_is_rate_limited_while_others_are_answered() {
+    let server = TestServer::start_with_config(LIMITED);
+    let key = keypair(5_000);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.5:5"]))
+        .await;
+
+    const FLOOD: u16 = 400;
+    let flood = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let started = Instant::now();
+    for id in 0..FLOOD {
+        flood
+            .send_to(&iroh_query(&key, id), server.dns)
+            .await
+            .expect("send");
+    }
+    let (mut answered, mut slipped) = (0_u32, 0_u32);
+    let mut buf = vec![0_u8; 4_096];
+    while let Ok(Ok(len)) =
+        tokio::time::timeout(Duration::from_millis(500), flood.recv(&mut buf)).await
+    {
+        let answer = Message::from_vec(&buf[..len]).expect("decode");
+        if answer.metadata.truncation {
+            assert!(answer.answers.is_empty(), "a slip carries no records");
+            slipped += 1;
+        } else {
+            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+            answered += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The burst of 20 plus 20 per second, and every second refusal slipped.
+    let allowed = 20.0 + 20.0 * elapsed + 2.0;
+    assert!(
+        f64::from(answered) <= allowed,
+        "{answered} answers in {elapsed:.1} s, at most {allowed:.0} allowed"
+    );
+    assert!(answered >= 20, "only {answered} answered");
+    let refused = u32::from(FLOOD) - answered;
+    assert!(
+        slipped.abs_diff(refused / 2) <= 2,
+        "{slipped} slips of {refused} refusals"
+    );
+
+    // Another network (127.1.0.0/24) is answered as usual, and the flooded one over TCP.
+    let other = UdpSocket::bind("127.1.0.1:0").await.expect("bind");
+    for id in 0..10 {
+        other
+            .send_to(&iroh_query(&key, id), server.dns)
+            .await
+            .expect("send");
+        let len = tokio::time::timeout(WAIT, other.recv(&mut buf))
+            .await
+            .expect("answered in time")
+            .expect("recv");
+        let answer = Message::from_vec(&buf[..len]).expect("decode");
+        assert!(!answer.metadata.truncation);
+        assert_eq!(answer.answers.len(), 1);
+    }
+    let over_tcp = raw_query(
+        server.dns,
+        Transport::Tcp,
+        &key_name("_iroh", &key),
+        RecordType::TXT,
+        None,
+    )
+    .await;
+    assert_eq!(over_tcp.answers.len(), 1);
+
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        value(&metrics, "pkraft_dns_rrl_slipped_total", ""),
+        f64::from(slipped)
+    );
+    assert_eq!(
+        value(&metrics, "pkraft_dns_rrl_dropped_total", ""),
+        f64::from(refused - slipped)
+    );
+}
+
+#[tokio::test]
+async fn publishes_beyond_the_queue_get_503_with_retry_after() {
+    // One waiting publish and one per batch: a burst of concurrent PUTs overflows at once.
+    let server = TestServer::start_with_config(
+        "[cluster]\nbootstrap = true\n[raft]\npublish_queue_max = 1\npublish_batch_max = 1\n",
+    );
+    let client = client_from("127.0.0.1");
+    let mut puts = tokio::task::JoinSet::new();
+    for seed in 0..100 {
+        let key = keypair(6_000 + seed);
+        let request = client
+            .put(server.relay_url(&key))
+            .body(iroh_packet(&key, 1_000, &["192.0.2.1:1"]).to_relay_payload());
+        puts.spawn(async move {
+            let response = request.send().await.expect("PUT answered");
+            let retry_after = response.headers().get("retry-after").cloned();
+            (seed, response.status().as_u16(), retry_after)
+        });
+    }
+    let results = puts.join_all().await;
+    let unavailable = results.iter().filter(|(_, status, _)| *status == 503);
+    assert!(
+        unavailable.clone().count() > 0,
+        "no 503 among 100 concurrent PUTs with a queue of 1"
+    );
+    assert!(unavailable.clone().all(|(_, _, retry)| retry.is_some()));
+    for (seed, status, _) in &results {
+        assert!(*status == 204 || *status == 503, "status {status}");
+        let stored = server.get(&server.relay_url(&keypair(6_000 + seed))).await;
+        let expected = if *status == 204 { 200 } else { 404 };
+        assert_eq!(stored.status(), expected, "key {seed} after {status}");
+    }
+}
