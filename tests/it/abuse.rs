@@ -96,15 +96,13 @@ async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes()
     assert_eq!(&statuses[..5], &[204; 5], "{statuses:?}");
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert!(refused >= 25, "only {refused} of 40 refused: {statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 204 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 204 || *s == 429),
+        "{statuses:?}"
+    );
 
     let refusal = refusal.expect("a 429");
-    let header = |name: &str| {
-        refusal.headers()[name]
-            .to_str()
-            .expect("ascii")
-            .to_string()
-    };
+    let header = |name: &str| refusal.headers()[name].to_str().expect("ascii").to_string();
     let retry_after: u64 = header("retry-after").parse().expect("delay-seconds");
     assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
     assert_eq!(header("ratelimit-limit"), "5");

@@ -62,6 +62,54 @@ fn check_config_rejects_a_bad_file_and_names_the_field() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("listne"));
 }
 
+#[test]
+fn check_config_names_bad_limits_and_never_prints_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("limits.toml");
+    let path_arg = path.display().to_string();
+    for (toml, field) in [
+        (
+            "[rate_limit]\npublish = { per_client = { per_second = 5, burst = 0 }, global = { per_second = 0, burst = 0 } }\n",
+            "rate_limit.publish.per_client",
+        ),
+        (
+            "[rate_limit]\ntrusted_proxies = [\"proxy.example\"]\n",
+            "proxy.example",
+        ),
+        (
+            "[dns.rrl]\nipv4_prefix_len = 33\n",
+            "dns.rrl.ipv4_prefix_len",
+        ),
+        ("[http]\nmax_header_bytes = 100\n", "http.max_header_bytes"),
+        (
+            "[http]\nheader_read_timeout = \"0s\"\n",
+            "http.header_read_timeout",
+        ),
+    ] {
+        std::fs::write(&path, toml).expect("write");
+        let output = pkraft(&["check-config", &path_arg]);
+        assert!(!output.status.success(), "{toml} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(field), "{toml}: {stderr}");
+    }
+
+    let secret = "cluster-secret-that-must-not-leak";
+    let token = "admin-token-that-must-not-leak";
+    std::fs::write(
+        &path,
+        format!("[cluster]\nsecret = \"{secret}\"\n[admin]\ntoken = \"{token}\"\n"),
+    )
+    .expect("write");
+    let output = pkraft(&["check-config", &path_arg]);
+    assert!(output.status.success());
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("<redacted>"), "{printed}");
+    assert!(
+        !printed.contains(secret) && !printed.contains(token),
+        "a secret was printed:\n{printed}"
+    );
+}
+
 #[tokio::test]
 async fn serve_runs_from_a_config_file() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -18,5 +18,6 @@ mod https;
 mod lifecycle;
 mod metrics;
 mod peer_proxy;
+mod peer_tls;
 mod pkarr_client;
 mod relay;

@@ -150,7 +150,7 @@ impl Rrl {
 
 /// The empty truncated answer to `query`: its ID, opcode, RD flag, question and (if it had one)
 /// a bare OPT record, TC=1, nothing else. Never longer than the query. `None` if `query` is not a query hickory can parse.
-pub(crate) fn truncated_answer(query: &[u8]) -> Option<Vec<u8>> {
+pub fn truncated_answer(query: &[u8]) -> Option<Vec<u8>> {
     let query = Message::from_vec(query).ok()?;
     if query.metadata.message_type != MessageType::Query {
         return None;

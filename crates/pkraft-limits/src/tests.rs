@@ -205,14 +205,12 @@ fn trusted_proxies_are_networks_or_single_addresses() {
     struct Holder {
         proxies: TrustedProxies,
     }
-    let parse = |text: &str| {
-        serde_json::from_str::<Holder>(text).map(|holder| holder.proxies)
-    };
+    let parse = |text: &str| serde_json::from_str::<Holder>(text).map(|holder| holder.proxies);
     let proxies = parse(r#"{"proxies": ["10.0.0.0/8", "192.0.2.1", "::1"]}"#).expect("parses");
     assert!(proxies.contains(ip("10.200.0.1")));
     assert!(proxies.contains(ip("192.0.2.1")));
     assert!(!proxies.contains(ip("192.0.2.2")));
     assert!(proxies.contains(ip("::1")));
-    let err = parse(r#"{"proxies": ["proxy.example"]}"#).err().expect("a name");
+    let err = parse(r#"{"proxies": ["proxy.example"]}"#).expect_err("a name");
     assert!(err.to_string().contains("proxy.example"), "{err}");
 }

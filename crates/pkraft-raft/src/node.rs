@@ -107,6 +107,8 @@ pub struct Cluster {
     pub join: Vec<String>,
     /// Join as a voter (promoted once caught up) rather than as a learner (a read replica).
     pub voter: bool,
+    /// The peer client's TLS (`[cluster.tls]`); `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Cluster {
@@ -118,6 +120,7 @@ impl Cluster {
             bootstrap: true,
             join: Vec::new(),
             voter: true,
+            tls: None,
         }
     }
 }
@@ -221,7 +224,8 @@ impl Node {
             return Err(StartError::LogMissing(data_dir.to_path_buf()));
         }
         let log_end = log_store.last_log_id()?.map(|log_id| log_id.index);
-        let peers = PeerClient::new(id, cluster.secret.clone());
+        let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
+            .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
         let network = PeerNetwork::new(peers.clone());
         let raft = Raft::new(id, config, network, log_store.clone(), state_machine)
             .await

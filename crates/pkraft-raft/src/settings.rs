@@ -194,6 +194,9 @@ pub struct ClusterSettings {
     pub secret: Option<String>,
     /// File holding the cluster secret (surrounding whitespace is ignored).
     pub secret_file: Option<PathBuf>,
+    /// Mutual TLS on the peer network (`[cluster.tls]`: `cert`, `key`, `ca`). Unset: plain
+    /// HTTP, for a private network or a tunnel.
+    pub tls: Option<crate::peer::tls::PeerTlsSettings>,
 }
 
 impl Default for ClusterSettings {
@@ -206,6 +209,7 @@ impl Default for ClusterSettings {
             voter: true,
             secret: None,
             secret_file: None,
+            tls: None,
         }
     }
 }

@@ -113,6 +113,10 @@ impl Config {
             https.server_config()?;
         }
         self.dns.zones()?;
+        if let Some(tls) = &self.cluster.tls {
+            // Reads the files, so `check-config` catches a wrong path or a key of another cert.
+            tls.load()?;
+        }
         self.raft.openraft_config()?;
         if let Some(advertise) = &self.cluster.advertise {
             if !is_host_port(advertise) {
@@ -143,6 +147,15 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// This config with inline secrets replaced by `<redacted>`, for printing.
+    pub fn redacted(&self) -> Config {
+        let hide = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>".to_string());
+        let mut config = self.clone();
+        config.cluster.secret = hide(&self.cluster.secret);
+        config.admin.token = hide(&self.admin.token);
+        config
     }
 
     pub fn apply(&mut self, overrides: &Overrides) {

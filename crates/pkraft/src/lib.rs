@@ -95,6 +95,12 @@ impl Server {
     /// [`Config::secrets`].
     pub async fn bind(config: &Config, secrets: config::Secrets) -> anyhow::Result<Server> {
         config.validate()?;
+        let peer_tls = config
+            .cluster
+            .tls
+            .as_ref()
+            .map(pkraft_raft::peer::tls::PeerTlsSettings::load)
+            .transpose()?;
         let peer_listener = bind_tcp(config.cluster.peer_listen, "cluster.peer_listen").await?;
         let peer_addr = peer_listener.local_addr()?;
         let cluster = pkraft_raft::Cluster {
@@ -107,6 +113,7 @@ impl Server {
             bootstrap: config.cluster.bootstrap,
             join: config.cluster.join.clone(),
             voter: config.cluster.voter,
+            tls: peer_tls.as_ref().map(|tls| tls.client.clone()),
         };
         let node = Node::start(config.node_id, &config.data_dir, &config.raft, cluster)
             .await
@@ -121,7 +128,7 @@ impl Server {
         node.register_metrics(&registry).context("raft metrics")?;
         let peer = Listener::serve(
             peer_listener,
-            None,
+            peer_tls.map(|tls| tls.server),
             pkraft_raft::peer::server::router(node.clone()),
             serve::ConnectionLimits::internal(),
             pkraft_limits::TrustedProxies::default(),

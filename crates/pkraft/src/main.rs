@@ -171,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
             config.secrets(env_var)?;
-            println!("{}: ok\n{config:#?}", path.display());
+            println!("{}: ok\n{:#?}", path.display(), config.redacted());
             Ok(())
         }
         Command::Cluster {

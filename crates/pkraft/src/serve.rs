@@ -244,16 +244,19 @@ impl Connection {
     }
 }
 
+/// Open connections per client address; holds only addresses with open connections.
+type OpenConnections = Arc<Mutex<HashMap<IpAddr, usize>>>;
+
 /// Open connections per client address, so one address cannot take every slot.
 struct PerClient {
     max: usize,
     exempt: TrustedProxies,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    open: OpenConnections,
 }
 
 /// One connection counted against its client; uncounted when dropped.
 struct ClientSlot {
-    client: Option<(IpAddr, Arc<Mutex<HashMap<IpAddr, usize>>>)>,
+    client: Option<(IpAddr, OpenConnections)>,
 }
 
 impl PerClient {

@@ -1,12 +1,14 @@
 //! The client side of the peer network: [`PeerClient`] for pkraft's own peer calls, and
 //! [`PeerNetwork`], openraft's network factory over it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -42,11 +44,13 @@ const RESPONSE_LEN_MAX: usize = 16 * 1024 * 1024;
 const ERROR_BODY_QUOTE_MAX: usize = 200;
 
 /// Keep-alive HTTP/1.1 client for peer requests, with `TCP_NODELAY` (small RPCs must not wait
-/// for Nagle's algorithm). Cheap to clone; clones share one connection pool, in which each peer
-/// address has its own long-lived connections.
+/// for Nagle's algorithm), over TLS when the cluster has it. Cheap to clone; clones share one
+/// connection pool, in which each peer address has its own long-lived connections.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// `https` with `[cluster.tls]`, else `http`.
+    scheme: &'static str,
     /// This node's id, sent with every request (logs, and fault-injecting test proxies).
     source: NodeId,
     secret: Option<ClusterSecret>,
@@ -63,12 +67,12 @@ impl std::fmt::Debug for PeerClient {
 pub enum CallError {
     #[error("no cluster secret is configured, so this node cannot call its peers")]
     NoSecret,
-    #[error("cannot connect to peer {addr}: {source}")]
+    #[error("cannot connect to peer {addr}: {}", error_chain(source))]
     Connect {
         addr: String,
         source: hyper_util::client::legacy::Error,
     },
-    #[error("peer {addr}: {source}")]
+    #[error("peer {addr}: {}", error_chain(source))]
     Http {
         addr: String,
         source: hyper_util::client::legacy::Error,
@@ -83,6 +87,19 @@ pub enum CallError {
     },
     #[error("peer {addr}: {reason}")]
     Protocol { addr: String, reason: String },
+}
+
+/// `error` and its causes, `: `-separated: hyper's own message ("client error (Connect)") hides
+/// the reason (refused, TLS certificate not trusted, ...).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 impl CallError {
@@ -108,19 +125,45 @@ impl CallError {
 }
 
 impl PeerClient {
-    pub fn new(source: NodeId, secret: Option<ClusterSecret>) -> PeerClient {
+    /// A client sending `secret` as node `source`; over TLS with `tls` (the client side of
+    /// [`super::tls::PeerTls`]), else plain HTTP.
+    pub fn new(
+        source: NodeId,
+        secret: Option<ClusterSecret>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<PeerClient, rustls::Error> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        // The TLS connector wrapping it hands `https` URLs down too.
+        connector.enforce_http(false);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        // Without TLS the URLs say `http`, which the connector passes through untouched; the
+        // configuration it is built with (trusting nothing) then serves no connection.
+        let tls = match tls {
+            Some(tls) => (*tls).clone(),
+            None => rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER)
             .build(connector);
-        PeerClient {
+        Ok(PeerClient {
             http,
+            scheme,
             source,
             secret,
-        }
+        })
     }
 
     /// POSTs `request` to `path` on the peer at `addr` (`host:port`) and decodes its answer,
@@ -139,7 +182,7 @@ impl PeerClient {
             reason,
         };
         let body = encode(request).map_err(|e| protocol(format!("encoding the request: {e}")))?;
-        let mut builder = Request::post(format!("http://{addr}{path}"))
+        let mut builder = Request::post(format!("{}://{addr}{path}", self.scheme))
             .header(AUTHORIZATION, secret.bearer())
             .header(CONTENT_TYPE, "application/x-postcard")
             .header(SOURCE_NODE_HEADER, self.source.to_string());

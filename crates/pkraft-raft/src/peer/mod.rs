@@ -1,5 +1,6 @@
 //! The peer network: openraft's RPCs, forwarded publishes, read barriers and membership requests
-//! between the nodes of a cluster, over HTTP/1.1 on the peer listener.
+//! between the nodes of a cluster, over HTTP/1.1 on the peer listener (over mutual TLS when
+//! `[cluster.tls]` is set).
 //!
 //! - Bodies are postcard (compact binary, see `codec`) both ways. A response body is a
 //!   `Result<T, E>`: the remote's answer or its error, so openraft sees the remote's own error
@@ -15,10 +16,12 @@
 //! - [`client`]: [`PeerClient`] (keep-alive HTTP client, one connection pool per peer) and the
 //!   openraft network factory over it.
 //! - [`server`]: the axum router of the peer listener.
+//! - [`tls`]: optional mutual TLS (`[cluster.tls]`).
 //! - [`ClusterSecret`] and the wire types below.
 
 pub mod client;
 pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 
