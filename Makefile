@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-memory bench-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-memory bench-abuse bench-smoke fuzz-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -57,13 +57,26 @@ bench-memory:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	tests/bench/memory.sh $(TARGET_DIR)/release
 
+## Abuse scenarios against one release node with the default limits (PUT flood, a million
+## client addresses through a trusted proxy, UDP flood, slowloris): memory, CPU, and what a
+## legitimate client gets meanwhile (about 2 minutes; docs/TESTING.md).
+bench-abuse:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	tests/bench/abuse.sh $(TARGET_DIR)/release
+
+## Each cargo-fuzz target (relay payload, DNS request, config) for FUZZ_SECONDS (default 30)
+## from its seeds; needs cargo-fuzz (`cargo install cargo-fuzz --locked`). CI runs it.
+fuzz-smoke:
+	tests/fuzz/smoke.sh
+
 ## The benchmark harness with tiny counts, pkraft only, on the test build's binaries (CI).
 bench-smoke:
 	$(CARGO) test --workspace --locked --no-run
 	BENCH_BIN_DIR=$(TARGET_DIR)/debug tests/bench/run.sh smoke
 
-## The CI gate (.ci/run): read-only checks, tests, the end-to-end check, the benchmark smoke.
-ci: fmt-check lint test e2e bench-smoke
+## The CI gate (.ci/run): read-only checks, tests, the end-to-end check, the benchmark smoke,
+## the fuzz smoke.
+ci: fmt-check lint test e2e bench-smoke fuzz-smoke
 
 release:
 	$(CARGO) build --release --locked -p pkraft

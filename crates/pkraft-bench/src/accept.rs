@@ -50,9 +50,10 @@ pub async fn run(spec: AcceptSpec<'_>) -> anyhow::Result<AcceptReport> {
         method: Method::PUT,
         path: format!("/{}", key.z32),
         body: Bytes::from(key.versions[spec.version].payload.clone()),
+        forwarded_for: None,
     };
     let base = spec.url.trim_end_matches('/');
-    let client = client();
+    let client = client(None);
     let started = Instant::now();
     let before_start = match spec.since_unix_ms {
         Some(since) => Duration::from_millis(unix_ms_now()?.saturating_sub(since)),

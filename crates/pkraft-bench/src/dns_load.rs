@@ -3,7 +3,7 @@
 //! measures throughput (and only mean latency); this gives the percentiles.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,24 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// for a published name, so that is a wrong answer, not a success.
 pub const NODATA: u16 = 1000;
 
-pub async fn run(
-    server: SocketAddr,
-    names: Vec<Name>,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<Summary> {
+/// The shape of a load.
+pub struct Load {
+    pub concurrency: usize,
+    pub duration: Duration,
+    /// Local address to send from (default 127.0.0.1).
+    pub source: Option<IpAddr>,
+    /// Pause after each answer (0: closed loop at full speed).
+    pub interval: Duration,
+}
+
+pub async fn run(server: SocketAddr, names: Vec<Name>, load: Load) -> anyhow::Result<Summary> {
+    let Load {
+        concurrency,
+        duration,
+        source,
+        interval,
+    } = load;
+    let source = source.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
     anyhow::ensure!(!names.is_empty(), "no query names");
     anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
     let names = Arc::new(names);
@@ -34,7 +46,7 @@ pub async fn run(
     for client in 0..concurrency {
         let names = names.clone();
         clients.spawn(async move {
-            let socket = UdpSocket::bind("127.0.0.1:0").await?;
+            let socket = UdpSocket::bind(SocketAddr::new(source, 0)).await?;
             socket.connect(server).await?;
             let mut latencies = Vec::new();
             let mut rcodes: BTreeMap<u16, u64> = BTreeMap::new();
@@ -56,6 +68,9 @@ pub async fn run(
                         *rcodes.entry(rcode).or_insert(0) += 1;
                     }
                     None => errors += 1,
+                }
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
                 }
             }
             anyhow::Ok((latencies, rcodes, errors))

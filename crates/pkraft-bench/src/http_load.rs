@@ -3,6 +3,7 @@
 //! loaded through all its nodes).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -19,20 +20,25 @@ use crate::stats::Summary;
 /// Bound on one request, so a stuck server ends the run instead of hanging it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One request: a method, a path after the base URL, and a body.
+/// One request: a method, a path after the base URL, a body, and the client address it claims
+/// in `X-Forwarded-For` (as a reverse proxy would add it), if any.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub method: Method,
     pub path: String,
     pub body: Bytes,
+    pub forwarded_for: Option<IpAddr>,
 }
 
 pub(crate) type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub(crate) fn client() -> HttpClient {
+/// A keep-alive client whose connections come from `source` (any loopback address names a
+/// distinct client to the server's limits), or from the system's choice.
+pub(crate) fn client(source: Option<IpAddr>) -> HttpClient {
     let mut connector = HttpConnector::new();
     // Small requests: Nagle's algorithm would add delay to every one of them.
     connector.set_nodelay(true);
+    connector.set_local_address(source);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1)
         .build(connector)
@@ -50,6 +56,7 @@ pub async fn run(
     base_urls: &[String],
     concurrency: usize,
     jobs: Vec<Job>,
+    source: Option<IpAddr>,
 ) -> anyhow::Result<Summary> {
     anyhow::ensure!(!base_urls.is_empty(), "at least one --url is needed");
     anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
@@ -63,7 +70,7 @@ pub async fn run(
             .to_string();
         let (jobs, next) = (jobs.clone(), next.clone());
         workers.spawn(async move {
-            let client = client();
+            let client = client(source);
             let mut outcomes = Vec::new();
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
@@ -97,10 +104,13 @@ pub async fn run(
 
 pub(crate) async fn send(client: &HttpClient, base: &str, job: &Job) -> Outcome {
     let start = Instant::now();
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(job.method.clone())
-        .uri(format!("{base}{}", job.path))
-        .body(Full::new(job.body.clone()));
+        .uri(format!("{base}{}", job.path));
+    if let Some(client) = job.forwarded_for {
+        request = request.header("x-forwarded-for", client.to_string());
+    }
+    let request = request.body(Full::new(job.body.clone()));
     let status = match request {
         Ok(request) => {
             let exchange = async {

@@ -8,7 +8,12 @@
 //! pkraft-bench dns --data data.bin --server 127.0.0.1:5300 --concurrency 20 --seconds 10
 //! pkraft-bench lag --data data.bin --version 2 --put-url http://127.0.0.1:8080/pkarr --dns 127.0.0.1:5300
 //! pkraft-bench accept --data data.bin --version 3 --key 0 --url http://127.0.0.1:8080/pkarr
+//! pkraft-bench slowloris --target 127.0.0.1:8080 --connections 2000 --sources 8 --seconds 15
+//! pkraft-bench udp-flood --data data.bin --server 127.0.0.1:5300 --seconds 10
 //! ```
+//! `put`, `get` and `dns` take `--source IP` to send from another loopback address (another
+//! client to the server's limits); `get --distinct-forwarded-for` claims a new client address in
+//! `X-Forwarded-For` with every request, as a proxy would for a million clients.
 //! Every measuring command prints one JSON object on stdout.
 
 mod accept;
@@ -18,9 +23,11 @@ mod dns_files;
 mod dns_load;
 mod http_load;
 mod lag;
+mod slowloris;
+mod udp_flood;
 mod stats;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -72,6 +79,9 @@ enum Command {
         urls: Vec<String>,
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        /// Local address to send from.
+        #[arg(long)]
+        source: Option<IpAddr>,
     },
     /// GET REQUESTS keys (cycling through the data set); prints a JSON summary.
     Get {
@@ -83,6 +93,12 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value_t = 100_000)]
         requests: usize,
+        /// Local address to send from.
+        #[arg(long)]
+        source: Option<IpAddr>,
+        /// Every request claims another client in `X-Forwarded-For` (2001:db8:<n>::1).
+        #[arg(long)]
+        distinct_forwarded_for: bool,
     },
     /// Write a dnsperf query file and a zone file with the records of VERSION.
     Queries {
@@ -109,6 +125,40 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         concurrency: usize,
         #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Local address to send from (default 127.0.0.1).
+        #[arg(long)]
+        source: Option<IpAddr>,
+        /// Pause between one client's queries (a paced, well-behaved client).
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+    },
+    /// Send `_iroh.<z32>.<origin> TXT` queries from SOURCE as fast as the socket takes them for
+    /// SECONDS, without waiting for answers; count what comes back.
+    UdpFlood {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long, default_value = "pkarr.test")]
+        origin: String,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value = "127.0.0.1")]
+        source: IpAddr,
+    },
+    /// Hold CONNECTIONS half-sent HTTP requests (from SOURCES addresses 127.0.10.x), adding one
+    /// header byte every TRICKLE_MS, for at most SECONDS; reports how the server closed them.
+    Slowloris {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        sources: usize,
+        #[arg(long, default_value_t = 500)]
+        trickle_ms: u64,
+        #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
     /// Send the same query set (names around the first KEYS keys, apex, out of zone; UDP with
@@ -189,6 +239,7 @@ async fn main() -> anyhow::Result<()> {
             version,
             urls,
             concurrency,
+            source,
         } => {
             let data = DataSet::read(&data)?;
             data.check_version(version)?;
@@ -199,15 +250,18 @@ async fn main() -> anyhow::Result<()> {
                     method: Method::PUT,
                     path: format!("/{}", key.z32),
                     body: Bytes::from(key.versions[version].payload.clone()),
+                    forwarded_for: None,
                 })
                 .collect();
-            print(&http_load::run("put", &urls, concurrency, jobs).await?)?;
+            print(&http_load::run("put", &urls, concurrency, jobs, source).await?)?;
         }
         Command::Get {
             data,
             urls,
             concurrency,
             requests,
+            source,
+            distinct_forwarded_for,
         } => {
             let data = DataSet::read(&data)?;
             anyhow::ensure!(!data.keys.is_empty(), "the data set has no keys");
@@ -216,9 +270,15 @@ async fn main() -> anyhow::Result<()> {
                     method: Method::GET,
                     path: format!("/{}", data.keys[i % data.keys.len()].z32),
                     body: Bytes::new(),
+                    forwarded_for: distinct_forwarded_for.then(|| {
+                        let n = u128::try_from(i).unwrap_or(u128::MAX);
+                        IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                            (0x2001_0db8_u128 << 96) | (n << 64) | 1,
+                        ))
+                    }),
                 })
                 .collect();
-            print(&http_load::run("get", &urls, concurrency, jobs).await?)?;
+            print(&http_load::run("get", &urls, concurrency, jobs, source).await?)?;
         }
         Command::Queries {
             data,
@@ -240,18 +300,30 @@ async fn main() -> anyhow::Result<()> {
             origin,
             concurrency,
             seconds,
+            source,
+            interval_ms,
         } => {
-            let data = DataSet::read(&data)?;
-            let origin = origin.trim_end_matches('.');
-            let names = data
-                .keys
-                .iter()
-                .map(|key| {
-                    hickory_proto::rr::Name::from_ascii(format!("_iroh.{}.{origin}.", key.z32))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let names = iroh_names(&DataSet::read(&data)?, &origin)?;
             let duration = std::time::Duration::from_secs(seconds);
-            print(&dns_load::run(server, names, concurrency, duration).await?)?;
+            let interval = std::time::Duration::from_millis(interval_ms);
+            let load = dns_load::Load {
+                concurrency,
+                duration,
+                source,
+                interval,
+            };
+            print(&dns_load::run(server, names, load).await?)?;
+        }
+        Command::UdpFlood {
+            data,
+            server,
+            origin,
+            seconds,
+            source,
+        } => {
+            let names = iroh_names(&DataSet::read(&data)?, &origin)?;
+            let duration = std::time::Duration::from_secs(seconds);
+            print(&udp_flood::run(server, names, duration, source).await?)?;
         }
         Command::DnsDiff {
             data,
@@ -296,6 +368,17 @@ async fn main() -> anyhow::Result<()> {
             };
             print(&lag::run(spec).await?)?;
         }
+        Command::Slowloris {
+            target,
+            connections,
+            sources,
+            trickle_ms,
+            seconds,
+        } => {
+            let trickle = std::time::Duration::from_millis(trickle_ms);
+            let duration = std::time::Duration::from_secs(seconds);
+            print(&slowloris::run(target, connections, sources, trickle, duration).await?)?;
+        }
         Command::Accept {
             data,
             version,
@@ -317,6 +400,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `_iroh.<z32>.<origin>.` for every key of `data`.
+fn iroh_names(data: &DataSet, origin: &str) -> anyhow::Result<Vec<hickory_proto::rr::Name>> {
+    let origin = origin.trim_end_matches('.');
+    Ok(data
+        .keys
+        .iter()
+        .map(|key| hickory_proto::rr::Name::from_ascii(format!("_iroh.{}.{origin}.", key.z32)))
+        .collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Prints one JSON line; a closed stdout is an error, not a panic.
