@@ -1,6 +1,6 @@
 //! Goal: under abuse, pkraft keeps serving legitimate clients and lets nothing unbounded in:
 //! rate limits per client (and trusted proxies only), slowloris and idle connections closed, a
-//! cap on connections per client, oversized and malformed requests refused, a UDP flood from one
+//! cap on connections per client (HTTP/1 and the HTTP/2 preface alike), oversized and malformed requests refused, a UDP flood from one
 //! network rate-limited while others are answered, and publishes beyond the queue answered 503.
 //! Method: the real binary with small limits, real sockets on loopback. Clients bind different
 //! 127.0.0.0/8 source addresses (all loopback on Linux) to be different clients. Every loop is
@@ -31,7 +31,7 @@ idle_timeout = "2s"
 max_connections_per_client = 4
 [rate_limit]
 trusted_proxies = ["127.0.0.3"]
-publish = { per_client = { per_second = 2, burst = 5 }, global = { per_second = 0, burst = 0 } }
+publish = { per_client = { per_second = 1, burst = 5 }, global = { per_second = 0, burst = 0 } }
 [dns.rrl]
 responses_per_second = 20
 burst = 20
@@ -85,6 +85,7 @@ async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes()
     let flooder = client_from("127.0.0.2");
     let mut statuses = Vec::new();
     let mut refusal = None;
+    let started = Instant::now();
     for seed in 0..40 {
         let response = put(&server, &flooder, 1_000 + seed, &[]).await;
         statuses.push(response.status().as_u16());
@@ -92,14 +93,13 @@ async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes()
             refusal = Some(response);
         }
     }
-    // The burst of 5 goes through; then about 2 per second of the flood's duration.
-    assert_eq!(&statuses[..5], &[204; 5], "{statuses:?}");
-    let refused = statuses.iter().filter(|s| **s == 429).count();
-    assert!(refused >= 25, "only {refused} of 40 refused: {statuses:?}");
+    // The burst of 5 goes through; then one per second of the flood's duration.
     assert!(
         statuses.iter().all(|s| *s == 204 || *s == 429),
         "{statuses:?}"
     );
+    assert_limited(&statuses, started.elapsed(), "the flooder");
+    let refused = statuses.iter().filter(|s| **s == 429).count();
 
     let refusal = refusal.expect("a 429");
     let header = |name: &str| refusal.headers()[name].to_str().expect("ascii").to_string();
@@ -131,6 +131,26 @@ async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes()
     );
 }
 
+/// Tokens a bucket refilling at `per_second` can have handed out over `elapsed`, plus one for
+/// the refill in progress.
+fn within_rate(elapsed: Duration, per_second: u64) -> usize {
+    usize::try_from(elapsed.as_secs() * per_second + per_second).unwrap_or(usize::MAX)
+}
+
+/// Checks a run of PUTs against a bucket of 5 refilling at 1/s: the burst passes, at most the
+/// refill more does, and at least one is refused when the run was quick enough for that.
+fn assert_limited(statuses: &[u16], elapsed: Duration, who: &str) {
+    assert_eq!(&statuses[..5], &[204; 5], "{who}: {statuses:?}");
+    let accepted = statuses.iter().filter(|s| **s == 204).count();
+    assert!(
+        accepted <= 5 + within_rate(elapsed, 1),
+        "{who}: {accepted} accepted in {elapsed:?}: {statuses:?}"
+    );
+    if elapsed < Duration::from_secs(2) {
+        assert!(statuses.contains(&429), "{who}: {statuses:?}");
+    }
+}
+
 #[tokio::test]
 async fn forwarded_addresses_count_only_from_trusted_proxies() {
     let server = TestServer::start_with_config(LIMITED);
@@ -138,14 +158,14 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     let proxy = client_from("127.0.0.3");
     let forwarded = |client: &'static str| [("x-forwarded-for", client)];
     let mut first_client = Vec::new();
+    let started = Instant::now();
     for seed in 0..8 {
         let status = put(&server, &proxy, 3_000 + seed, &forwarded("198.51.100.1"))
             .await
             .status();
         first_client.push(status.as_u16());
     }
-    assert_eq!(&first_client[..5], &[204; 5], "{first_client:?}");
-    assert!(first_client.contains(&429), "{first_client:?}");
+    assert_limited(&first_client, started.elapsed(), "behind the proxy");
     let status = put(&server, &proxy, 3_100, &forwarded("198.51.100.2"))
         .await
         .status();
@@ -155,6 +175,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
     // every request does not buy a new budget.
     let spoofer = client_from("127.0.0.4");
     let mut statuses = Vec::new();
+    let started = Instant::now();
     for seed in 0..8 {
         let claimed = format!("203.0.113.{seed}");
         let status = put(
@@ -167,8 +188,7 @@ async fn forwarded_addresses_count_only_from_trusted_proxies() {
         .status();
         statuses.push(status.as_u16());
     }
-    assert_eq!(&statuses[..5], &[204; 5], "{statuses:?}");
-    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_limited(&statuses, started.elapsed(), "the forger");
 }
 
 /// Reads from `stream` until the server closes it (EOF or reset) or `WAIT` passes; how long
@@ -218,17 +238,35 @@ async fn slowloris_and_idle_connections_are_closed_and_one_client_cannot_take_ev
         let mut stream = connect_from("127.0.0.7", server.http).await;
         closed_after(&mut stream, Instant::now()).await
     };
-    let (slowloris, silent) = tokio::join!(slowloris, silent);
+    // The HTTP/2 preface, one byte every 200 ms: hyper has no deadline of its own there.
+    let slow_preface = async {
+        let mut stream = connect_from("127.0.0.9", server.http).await;
+        let started = Instant::now();
+        let trickle = async {
+            for byte in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), trickle).await;
+        closed_after(&mut stream, started).await
+    };
+    let (slowloris, silent, slow_preface) = tokio::join!(slowloris, silent, slow_preface);
     let slowloris = slowloris.expect("the slowloris connection was closed");
     assert!(
         slowloris >= Duration::from_millis(900) && slowloris < Duration::from_secs(4),
         "slowloris closed after {slowloris:?}"
     );
-    let silent = silent.expect("the silent connection was closed");
-    assert!(
-        silent >= Duration::from_millis(1_800) && silent < Duration::from_secs(5),
-        "silent connection closed after {silent:?}"
-    );
+    // No request within header_read_timeout (1 s), whatever the protocol.
+    for (what, closed) in [("silent", silent), ("slow HTTP/2 preface", slow_preface)] {
+        let closed = closed.unwrap_or_else(|| panic!("the {what} connection was not closed"));
+        assert!(
+            closed >= Duration::from_millis(900) && closed < Duration::from_secs(4),
+            "{what} connection closed after {closed:?}"
+        );
+    }
 
     // Four connections from one address hold its four slots; the fifth is closed at once while
     // another client is still served.
@@ -319,7 +357,32 @@ async fn a_udp_flood_from_one_network_is_rate_limited_while_others_are_answered(
         .await;
 
     const FLOOD: u16 = 400;
-    let flood = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let flood = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+    // Room for every answer, and a reader running while the flood is sent, so that no answer
+    // is lost on the client's side.
+    socket2::SockRef::from(flood.as_ref())
+        .set_recv_buffer_size(4 << 20)
+        .expect("SO_RCVBUF");
+    let reader = {
+        let flood = flood.clone();
+        tokio::spawn(async move {
+            let (mut answered, mut slipped) = (0_u32, 0_u32);
+            let mut buf = vec![0_u8; 4_096];
+            while let Ok(Ok(len)) =
+                tokio::time::timeout(Duration::from_millis(500), flood.recv(&mut buf)).await
+            {
+                let answer = Message::from_vec(&buf[..len]).expect("decode");
+                if answer.metadata.truncation {
+                    assert!(answer.answers.is_empty(), "a slip carries no records");
+                    slipped += 1;
+                } else {
+                    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+                    answered += 1;
+                }
+            }
+            (answered, slipped)
+        })
+    };
     let started = Instant::now();
     for id in 0..FLOOD {
         flood
@@ -327,36 +390,36 @@ async fn a_udp_flood_from_one_network_is_rate_limited_while_others_are_answered(
             .await
             .expect("send");
     }
-    let (mut answered, mut slipped) = (0_u32, 0_u32);
-    let mut buf = vec![0_u8; 4_096];
-    while let Ok(Ok(len)) =
-        tokio::time::timeout(Duration::from_millis(500), flood.recv(&mut buf)).await
-    {
-        let answer = Message::from_vec(&buf[..len]).expect("decode");
-        if answer.metadata.truncation {
-            assert!(answer.answers.is_empty(), "a slip carries no records");
-            slipped += 1;
-        } else {
-            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-            answered += 1;
-        }
-    }
     let elapsed = started.elapsed().as_secs_f64();
-    // The burst of 20 plus 20 per second, and every second refusal slipped.
-    let allowed = 20.0 + 20.0 * elapsed + 2.0;
+    let (answered, slipped) = reader.await.expect("reader");
+    // The burst of 20 plus 20 per second while the flood lasted.
+    let allowed = 20.0 + 20.0 * (elapsed + 0.5) + 1.0;
     assert!(
         f64::from(answered) <= allowed,
         "{answered} answers in {elapsed:.1} s, at most {allowed:.0} allowed"
     );
     assert!(answered >= 20, "only {answered} answered");
-    let refused = u32::from(FLOOD) - answered;
+
+    // What the server counted: every refusal slipped or dropped, about one in two slipped, and
+    // every slip received.
+    let metrics = scrape(&server).await;
+    let slipped_total = value(&metrics, "pkraft_dns_rrl_slipped_total", "");
+    let dropped_total = value(&metrics, "pkraft_dns_rrl_dropped_total", "");
+    let refused = slipped_total + dropped_total;
+    // (Not exactly FLOOD - answered: the server's socket may drop part of a burst this fast.)
     assert!(
-        slipped.abs_diff(refused / 2) <= 2,
-        "{slipped} slips of {refused} refusals"
+        refused >= f64::from(FLOOD / 2),
+        "{refused} refused of {FLOOD}, {answered} answered"
     );
+    assert!(
+        (0.35..=0.65).contains(&(slipped_total / refused)),
+        "{slipped_total} slips of {refused} refusals (slip = 2)"
+    );
+    assert_eq!(f64::from(slipped), slipped_total, "slips sent vs received");
 
     // Another network (127.1.0.0/24) is answered as usual, and the flooded one over TCP.
     let other = UdpSocket::bind("127.1.0.1:0").await.expect("bind");
+    let mut buf = vec![0_u8; 4_096];
     for id in 0..10 {
         other
             .send_to(&iroh_query(&key, id), server.dns)
@@ -379,16 +442,6 @@ async fn a_udp_flood_from_one_network_is_rate_limited_while_others_are_answered(
     )
     .await;
     assert_eq!(over_tcp.answers.len(), 1);
-
-    let metrics = scrape(&server).await;
-    assert_eq!(
-        value(&metrics, "pkraft_dns_rrl_slipped_total", ""),
-        f64::from(slipped)
-    );
-    assert_eq!(
-        value(&metrics, "pkraft_dns_rrl_dropped_total", ""),
-        f64::from(refused - slipped)
-    );
 }
 
 #[tokio::test]

@@ -24,8 +24,8 @@ mod dns_load;
 mod http_load;
 mod lag;
 mod slowloris;
-mod udp_flood;
 mod stats;
+mod udp_flood;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -71,7 +71,7 @@ pub async fn run(
         if socket.send(query).await.is_ok() {
             sent += 1;
         }
-        if sent % 64 == 0 {
+        if sent.is_multiple_of(64) {
             tokio::task::yield_now().await;
         }
     }

@@ -3,7 +3,8 @@
 //! would otherwise turn into a flood of answers at it.
 //!
 //! Each client network (a /24 or /56 by default) gets `responses_per_second` with bursts of
-//! `burst`. Over that, answers are dropped, except every `slip`-th, which is sent as an empty
+//! `burst`. Over that, answers are dropped, except one in `slip` (chosen at random, as BIND does,
+//! so that networks over the limit at once each get their share), which is sent as an empty
 //! truncated answer (TC=1): a real client then asks again over TCP, where the source address
 //! cannot be forged and no limit applies, while the victim of a forged flood gets at most a
 //! small, non-amplified fraction.
@@ -30,8 +31,9 @@ pub struct RrlSettings {
     pub responses_per_second: u32,
     /// Answers one client network may get at once. Default 2,000.
     pub burst: u32,
-    /// Every `slip`-th answer over the limit is sent truncated (empty, TC=1), so that real
-    /// clients retry over TCP; the others are dropped. 0: drop all, 1: truncate all. Default 2.
+    /// One in `slip` answers over the limit (at random) is sent truncated (empty, TC=1), so that
+    /// real clients retry over TCP; the others are dropped. 0: drop all, 1: truncate all.
+    /// Default 2.
     pub slip: u32,
     /// IPv4 clients in one network of this length share a limit. Default 24.
     pub ipv4_prefix_len: u8,
@@ -128,14 +130,12 @@ impl Rrl {
         }))
     }
 
-    /// The verdict for one answer to `client`. `refused` counts this socket loop's refusals so
-    /// far, for the slip ratio.
-    pub(crate) fn verdict(&self, client: IpAddr, refused: &mut u64) -> Verdict {
+    /// The verdict for one answer to `client`; `dice` is the calling socket loop's.
+    pub(crate) fn verdict(&self, client: IpAddr, dice: &mut SlipDice) -> Verdict {
         if self.limiter.check(self.prefix.key(client)).is_ok() {
             return Verdict::Answer;
         }
-        *refused = refused.wrapping_add(1);
-        if self.slip > 0 && refused.is_multiple_of(u64::from(self.slip)) {
+        if self.slip > 0 && dice.roll().is_multiple_of(u64::from(self.slip)) {
             Verdict::Slip
         } else {
             Verdict::Drop
@@ -145,6 +145,27 @@ impl Rrl {
     /// Client networks with limiter state.
     pub(crate) fn tracked_clients(&self) -> u64 {
         self.limiter.tracked_clients()
+    }
+}
+
+/// A socket loop's source of slip decisions: xorshift64, which is plenty to spread slips
+/// evenly, costs a few instructions, and needs no shared state.
+pub(crate) struct SlipDice(u64);
+
+impl SlipDice {
+    /// Dice for socket loop number `index`.
+    pub(crate) fn new(index: usize) -> SlipDice {
+        // Any non-zero start; distinct per loop.
+        SlipDice((0x9E37_79B9_7F4A_7C15 ^ (index as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)) | 1)
+    }
+
+    fn roll(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
     }
 }
 
@@ -173,29 +194,59 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn slip_sends_every_nth_refusal_truncated() {
-        let rrl = Rrl::new(&RrlSettings {
+    fn limiter(burst: u32, slip: u32) -> Rrl {
+        Rrl::new(&RrlSettings {
             responses_per_second: 1,
-            burst: 3,
-            slip: 3,
+            burst,
+            slip,
             ..RrlSettings::default()
         })
         .expect("valid")
-        .expect("on");
+        .expect("on")
+    }
+
+    #[test]
+    fn the_burst_is_answered_then_one_in_slip_refusals_is_truncated() {
+        let rrl = limiter(3, 3);
         let client: IpAddr = "192.0.2.7".parse().expect("ip");
         let neighbour: IpAddr = "192.0.2.200".parse().expect("ip");
         let other: IpAddr = "198.51.100.1".parse().expect("ip");
-        let mut refused = 0;
-        let verdicts: Vec<Verdict> = (0..9).map(|_| rrl.verdict(client, &mut refused)).collect();
-        use Verdict::*;
-        assert_eq!(
-            verdicts,
-            [Answer, Answer, Answer, Drop, Drop, Slip, Drop, Drop, Slip]
+        let mut dice = SlipDice::new(0);
+        let verdicts: Vec<Verdict> = (0..3_003).map(|_| rrl.verdict(client, &mut dice)).collect();
+        assert_eq!(verdicts[..3], [Verdict::Answer; 3]);
+        let slips = verdicts.iter().filter(|v| **v == Verdict::Slip).count();
+        let drops = verdicts.iter().filter(|v| **v == Verdict::Drop).count();
+        assert_eq!(slips + drops, 3_000, "a token came back within the test?");
+        assert!(
+            (900..=1_100).contains(&slips),
+            "{slips} slips of 3,000 (1 in 3)"
         );
         // Same /24: same bucket. Another network: its own.
-        assert_ne!(rrl.verdict(neighbour, &mut refused), Answer);
-        assert_eq!(rrl.verdict(other, &mut refused), Answer);
+        assert_ne!(rrl.verdict(neighbour, &mut dice), Verdict::Answer);
+        assert_eq!(rrl.verdict(other, &mut dice), Verdict::Answer);
+    }
+
+    /// Two networks over the limit in strict alternation each get their share of slips (a
+    /// shared every-n-th counter would give all of them to one).
+    #[test]
+    fn alternating_networks_share_the_slips() {
+        let rrl = limiter(1, 2);
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "198.51.100.1".parse().expect("ip");
+        let mut dice = SlipDice::new(1);
+        let (mut slips_a, mut slips_b) = (0, 0);
+        for _ in 0..2_000 {
+            slips_a += usize::from(rrl.verdict(a, &mut dice) == Verdict::Slip);
+            slips_b += usize::from(rrl.verdict(b, &mut dice) == Verdict::Slip);
+        }
+        assert!((800..=1_200).contains(&slips_a), "a: {slips_a}");
+        assert!((800..=1_200).contains(&slips_b), "b: {slips_b}");
+        // slip = 1: every refusal truncated; 0: none.
+        let all = limiter(1, 1);
+        let none = limiter(1, 0);
+        let _ = (all.verdict(a, &mut dice), none.verdict(a, &mut dice));
+        assert_eq!(all.verdict(a, &mut dice), Verdict::Slip);
+        assert_eq!(none.verdict(a, &mut dice), Verdict::Drop);
     }
 
     #[test]

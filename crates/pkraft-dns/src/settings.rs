@@ -62,7 +62,8 @@ pub struct Settings {
     /// Memory for ready UDP answers, in MiB. A query whose bytes (after the ID) were answered
     /// before is answered with the same bytes, as long as no key the answer was read from has
     /// changed on the local replica since: no parse, no task, byte-identical to hickory-server's
-    /// answer. 0: hickory-server's own UDP listener answers every query. Default 32 MiB, about
+    /// answer. 0: no answer cache (and with `[dns.rrl]` off too, hickory-server's own UDP listener
+    /// answers every query). Default 32 MiB, about
     /// 60,000 answers the size of an iroh `_iroh` TXT answer.
     pub answer_cache_mib: u32,
     /// UDP sockets bound to `listen` with `SO_REUSEPORT`; the kernel spreads queries over them

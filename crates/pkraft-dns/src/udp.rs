@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use crate::answer_cache::{AnswerCache, record_reads};
 use crate::answerer::{SharedHandler, answer_as_hickory};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
-use crate::rrl::{Rrl, Verdict, truncated_answer};
+use crate::rrl::{Rrl, SlipDice, Verdict, truncated_answer};
 
 /// Datagrams are read into a buffer this large, as hickory's UDP listener does
 /// (`hickory_net::udp::MAX_RECEIVE_BUFFER_SIZE`): a longer one is cut to it in both.
@@ -140,8 +140,8 @@ pub(crate) async fn serve(
     let mut query = vec![0; RECEIVE_BUFFER_LEN];
     let mut answer = Vec::with_capacity(512);
     let mut misses = JoinSet::new();
-    // Refusals by RRL on this socket, for its slip ratio.
-    let mut refused = 0_u64;
+    // Which of RRL's refusals on this socket are slipped.
+    let mut dice = SlipDice::new(index);
     loop {
         // Under load the socket always has a datagram: read until it has none, and only then
         // wait (for readiness or the stop), so that a busy loop costs no wake-ups.
@@ -180,12 +180,18 @@ pub(crate) async fn serve(
         let received = Instant::now();
         let query = &query[..len];
         if let Some(rrl) = &frontend.rrl {
-            match rrl.verdict(src.ip(), &mut refused) {
+            match rrl.verdict(src.ip(), &mut dice) {
                 Verdict::Answer => {}
                 Verdict::Slip => {
-                    counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
-                    if let Some(truncated) = truncated_answer(query) {
-                        send_answer(&socket, &frontend, &truncated, src, received).await;
+                    // Not a query hickory can parse: nothing to truncate, so it is dropped.
+                    match truncated_answer(query) {
+                        Some(truncated) => {
+                            counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+                            send_answer(&socket, &frontend, &truncated, src, received).await;
+                        }
+                        None => {
+                            counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     continue;
                 }

@@ -74,24 +74,26 @@ pub struct Settings {
     /// connections wait in the kernel's backlog. Default 4,096. Each is a file descriptor:
     /// raise the process's open-file limit (`LimitNOFILE`) above the sum of all listeners'.
     pub max_connections: usize,
-    /// Connections open at once from one client address; more are closed at once. Trusted
-    /// proxies (`rate_limit.trusted_proxies`) are exempt. 0: no limit. Default 256, room for a
+    /// Connections open at once from one client address (an IPv6 /64 counts as one); more are
+    /// closed at once. Trusted proxies (`rate_limit.trusted_proxies`) are exempt. 0: no limit. Default 256, room for a
     /// NAT with a few hundred iroh endpoints publishing at the same moment.
     pub max_connections_per_client: usize,
-    /// A request's headers must arrive within this, and an HTTP/1.1 connection between requests
-    /// is closed after this long (hyper times both the same way): the slowloris defence.
+    /// A connection whose first request has not started this long after the accept is closed
+    /// (HTTP/1.1 and HTTP/2 alike); an HTTP/1.1 request head must also arrive within it, and an
+    /// HTTP/1.1 connection waits at most this long for its next request: the slowloris defence.
     /// Default 10 s.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A connection that moved no bytes for this long is closed gracefully (HTTP/2 connections
-    /// have no other idle limit). Default 60 s.
+    /// A connection with no request in flight for this long is closed gracefully; bytes alone
+    /// (HTTP/2 PINGs) do not count. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// TCP keepalive: probes start after this much silence, so connections of hosts that
     /// vanished are reclaimed. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
-    /// Header fields per request; more is answered 431. Default 64.
+    /// Header fields per HTTP/1.1 request; more is answered 431. Default 64. (HTTP/2 is bounded
+    /// by `max_header_bytes` only.)
     pub max_headers: usize,
     /// Bytes of request line and headers (HTTP/1.1), or of the header list (HTTP/2); more is
     /// answered 431. At least 8,192 (hyper's minimum). Default 16,384.
@@ -113,6 +115,10 @@ pub struct SettingsError {
 
 /// hyper's smallest HTTP/1 read buffer.
 pub const HEADER_BYTES_MIN: usize = 8_192;
+/// Largest accepted `max_connections` (each is a file descriptor and a task).
+pub const CONNECTIONS_MAX: usize = 1 << 20;
+/// Longest accepted connection timeout: more is a typo, and would overflow deadline arithmetic.
+pub const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
 
 impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {

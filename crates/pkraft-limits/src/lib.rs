@@ -17,7 +17,7 @@
 //! again, so dropping it loses nothing). moka's TinyLFU admission keeps the clients seen most
 //! often when the cache is full, so a stream of one-off addresses cannot push a busy abuser's
 //! state out; those one-off addresses are then not tracked per client at all, and only the
-//! global limit applies to them.
+//! global limit (where one is configured) applies to them.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -176,7 +176,9 @@ impl ClassLimiter {
 
     /// Takes one token for `client` (already reduced by [`ClientPrefix::key`]) and one from the
     /// global bucket. The client's bucket is asked first, so a client over its own limit does not
-    /// use up everyone's.
+    /// use up everyone's; the price is that a request the global limit refuses has still used a
+    /// token of its client's (governor cannot give one back), so while the global limit refuses,
+    /// retrying clients also draw down their own buckets.
     pub fn check(&self, client: IpAddr) -> Result<(), Denied> {
         if let Some((limiter, rate, _)) = &self.per_client {
             limiter.check_key(&client).map_err(|not_until| Denied {

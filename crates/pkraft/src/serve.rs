@@ -7,19 +7,22 @@
 //!   kernel's backlog holds new ones), and frees a slot as each closes;
 //! - at most `max_connections_per_client` from one address (trusted proxies exempt); more are
 //!   closed at once, so one host cannot take every slot;
-//! - request headers must arrive within `header_read_timeout` (also the longest an HTTP/1.1
-//!   connection may wait for its next request: hyper starts that timer when a request ends), in
-//!   at most `max_headers` fields and `max_header_bytes`;
-//! - a connection with no bytes in either direction for `idle_timeout` is shut down gracefully
-//!   (HTTP/2 has no other idle limit);
-//! - TCP keepalive probes find peers that vanished without a FIN;
+//! - the first request must start within `header_read_timeout` of the accept (whatever the
+//!   protocol: hyper-util reads the HTTP/2 preface, and HTTP/2 headers, without a deadline of
+//!   its own), and every HTTP/1.1 request head within `header_read_timeout` of its first byte or
+//!   of the previous request's end (hyper's own timer), in at most `max_headers` fields and
+//!   `max_header_bytes`;
+//! - a connection with no request in flight for `idle_timeout` is shut down gracefully (bytes
+//!   alone, such as HTTP/2 PINGs or a trickled header, do not count as activity), and one that
+//!   has not finished within [`SHUTDOWN_GRACE`] after that is dropped;
+//! - TCP keepalive probes and `TCP_USER_TIMEOUT` find peers that vanished or stopped reading;
 //! - a TLS handshake gets `tls_handshake_timeout`, in the connection's own task.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,7 +32,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use pkraft_limits::TrustedProxies;
+use pkraft_limits::{ClientPrefix, TrustedProxies};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -39,6 +42,9 @@ use tower::ServiceExt as _;
 
 /// After an accept error (out of file descriptors, say), wait this long before the next accept.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// How long a connection asked to shut down (idle, or the server stopping) may take to finish
+/// its requests before it is dropped: a client that stops reading would hold it forever.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What one listener's connections may hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +79,15 @@ impl ConnectionLimits {
     }
 
     /// The admin and peer listeners: few, known clients (operators, other nodes). The same
-    /// protections against abandoned connections, no per-client limit.
+    /// protections against abandoned connections, no per-client limit, and idle limits well
+    /// above the peer client's pool (30 s), so that a pooled connection is never closed by the
+    /// listener just as the client sends on it.
     pub fn internal() -> ConnectionLimits {
         ConnectionLimits {
             max_connections: 1_024,
             max_connections_per_client: 0,
+            header_read_timeout: Duration::from_secs(90),
+            idle_timeout: Duration::from_secs(300),
             ..ConnectionLimits::public(&pkraft_http::Settings::default())
         }
     }
@@ -130,8 +140,10 @@ pub async fn serve(
         }
         let connection = Connection {
             peer,
+            accepted: Instant::now(),
             app: app.clone(),
             builder: builder.clone(),
+            first_request_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
             stopping: stopping.clone(),
             _slots: (slot, client_slot),
@@ -139,7 +151,7 @@ pub async fn serve(
         let tls = tls.clone();
         let handshake_timeout = limits.tls_handshake_timeout;
         connections.spawn(async move {
-            let stream = TrackedStream::new(tcp);
+            let stream = QuickAckStream(tcp);
             match tls {
                 None => connection.run(stream).await,
                 Some(acceptor) => {
@@ -174,7 +186,9 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// `TCP_NODELAY` (answers are small and must not wait for an ACK) and keepalive probes.
+/// `TCP_NODELAY` (answers are small and must not wait for an ACK), keepalive probes, and
+/// `TCP_USER_TIMEOUT` (sent data unacknowledged that long, or a peer that stopped reading,
+/// ends the connection).
 fn tune_socket(tcp: &TcpStream, keepalive: Duration) -> io::Result<()> {
     tcp.set_nodelay(true)?;
     let socket = socket2::SockRef::from(tcp);
@@ -183,44 +197,56 @@ fn tune_socket(tcp: &TcpStream, keepalive: Duration) -> io::Result<()> {
             .with_time(keepalive)
             .with_interval(keepalive / 4)
             .with_retries(4),
-    )
+    )?;
+    socket.set_tcp_user_timeout(Some(keepalive * 2))
 }
 
 /// One accepted connection, holding its slots until it ends.
 struct Connection {
     peer: SocketAddr,
+    accepted: Instant,
     app: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    first_request_timeout: Duration,
     idle_timeout: Duration,
     stopping: watch::Receiver<bool>,
     _slots: (OwnedSemaphorePermit, ClientSlot),
 }
 
 impl Connection {
-    /// Serves requests until the client closes, the connection is idle too long, or the
-    /// server stops.
+    /// Serves requests until the client closes, no request comes in time, the connection is
+    /// idle too long, or the server stops.
     async fn run<S>(mut self, stream: S)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + ActivityClock + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let activity = stream.activity();
+        let requests = Requests::new(self.accepted);
         let peer = self.peer;
-        // axum's `ConnectInfo`, which the rate limits read, as `axum::serve` would attach it.
-        let service =
-            self.app
-                .clone()
-                .map_request(move |mut request: axum::http::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    request
-                });
+        let app = self.app.clone();
+        let counted = requests.clone();
+        let service = tower::service_fn(move |mut request: axum::http::Request<Incoming>| {
+            // axum's `ConnectInfo`, which the rate limits read, as `axum::serve` attaches it.
+            request.extensions_mut().insert(ConnectInfo(peer));
+            // Counted until the answer is ready, or the request is dropped (a reset stream).
+            let in_flight = counted.start();
+            let app = app.clone();
+            async move {
+                let response = app.oneshot(request).await;
+                drop(in_flight);
+                response
+            }
+        });
         let connection = self.builder.serve_connection_with_upgrades(
             TokioIo::new(stream),
             TowerToHyperService::new(service),
         );
         tokio::pin!(connection);
-        let mut shutting_down = false;
+        let mut shutdown_since: Option<Instant> = None;
         loop {
-            let idle_deadline = activity.last() + self.idle_timeout;
+            let deadline = match shutdown_since {
+                Some(since) => since + SHUTDOWN_GRACE,
+                None => requests.deadline(self.first_request_timeout, self.idle_timeout),
+            };
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(e) = result {
@@ -228,18 +254,98 @@ impl Connection {
                     }
                     return;
                 }
-                _ = tokio::time::sleep_until(idle_deadline.into()), if !shutting_down => {
-                    if activity.last() + self.idle_timeout <= Instant::now() {
-                        tracing::debug!(%peer, "closing an idle connection");
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if shutdown_since.is_some() {
+                        tracing::debug!(%peer, "connection did not finish after shutdown; dropping it");
+                        return;
+                    }
+                    if let Some(reason) =
+                        requests.expired(self.first_request_timeout, self.idle_timeout)
+                    {
+                        tracing::debug!(%peer, reason, "closing connection");
                         connection.as_mut().graceful_shutdown();
-                        shutting_down = true;
+                        shutdown_since = Some(Instant::now());
                     }
                 }
-                _ = self.stopping.wait_for(|stop| *stop), if !shutting_down => {
+                _ = self.stopping.wait_for(|stop| *stop), if shutdown_since.is_none() => {
                     connection.as_mut().graceful_shutdown();
-                    shutting_down = true;
+                    shutdown_since = Some(Instant::now());
                 }
             }
+        }
+    }
+}
+
+/// What one connection's requests are doing: how many are in flight and when one last started
+/// or ended. Shared by the service (which counts) and the connection's deadlines.
+#[derive(Clone)]
+struct Requests {
+    accepted: Instant,
+    in_flight: Arc<AtomicUsize>,
+    /// Milliseconds after `accepted` when a request last started or ended; `u64::MAX` before
+    /// the first.
+    last_ms: Arc<AtomicU64>,
+}
+
+/// A request in flight; uncounted when dropped.
+struct InFlight(Requests);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+impl Requests {
+    fn new(accepted: Instant) -> Requests {
+        Requests {
+            accepted,
+            in_flight: Arc::default(),
+            last_ms: Arc::new(AtomicU64::new(u64::MAX)),
+        }
+    }
+
+    fn start(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When a request last started or ended; `None` before the first.
+    fn last(&self) -> Option<Instant> {
+        match self.last_ms.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            ms => Some(self.accepted + Duration::from_millis(ms)),
+        }
+    }
+
+    /// When to look again: the first request's deadline, the idle deadline, or, while requests
+    /// are in flight, one idle period from now.
+    fn deadline(&self, first_request: Duration, idle: Duration) -> Instant {
+        match self.last() {
+            None => self.accepted + first_request,
+            Some(_) if self.in_flight.load(Ordering::Relaxed) > 0 => Instant::now() + idle,
+            Some(last) => last + idle,
+        }
+    }
+
+    /// Why the connection should close now, if it should.
+    fn expired(&self, first_request: Duration, idle: Duration) -> Option<&'static str> {
+        let now = Instant::now();
+        match self.last() {
+            None if now >= self.accepted + first_request => {
+                Some("no request within header_read_timeout")
+            }
+            Some(last) if self.in_flight.load(Ordering::Relaxed) == 0 && now >= last + idle => {
+                Some("idle")
+            }
+            _ => None,
         }
     }
 }
@@ -271,10 +377,11 @@ impl PerClient {
     /// A slot for one more connection from `ip`, or `None` if it has `max` open. The map holds
     /// only addresses with open connections, so it is bounded by the listener's slots.
     fn enter(&self, ip: IpAddr) -> Option<ClientSlot> {
-        let ip = ip.to_canonical();
         if self.max == 0 || self.exempt.contains(ip) {
             return Some(ClientSlot { client: None });
         }
+        // As for the rate limits: an IPv6 host owns a whole /64.
+        let ip = ClientPrefix::HOSTS.key(ip);
         let mut open = self
             .open
             .lock()
@@ -304,101 +411,39 @@ impl Drop for ClientSlot {
     }
 }
 
-/// When a stream last moved bytes.
-#[derive(Clone)]
-struct Activity {
-    origin: Instant,
-    /// Milliseconds after `origin`.
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            origin: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.origin + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// A stream that can tell when it last moved bytes (a TLS stream asks the TCP stream inside).
-trait ActivityClock {
-    fn activity(&self) -> Activity;
-}
-
-impl<S: ActivityClock> ActivityClock for tokio_rustls::server::TlsStream<S> {
-    fn activity(&self) -> Activity {
-        self.get_ref().0.activity()
-    }
-}
-
-/// An accepted TCP stream that notes when bytes last moved and acknowledges what it reads at
-/// once (`TCP_QUICKACK` after every read; Linux clears it again by itself).
+/// An accepted TCP stream that acknowledges what it reads at once (`TCP_QUICKACK` after every
+/// read; Linux clears it again by itself).
 ///
-/// Why the quick ACK: HTTP/2 clients such as nghttp2 (dnsperf, curl) write a POST's HEADERS and
-/// DATA frames in two writes with Nagle's algorithm on, so the DATA waits for the HEADERS to be
-/// acknowledged, and a server with nothing to send yet delays that ACK by up to 40 ms. Measured
-/// with `dnsperf -m doh -O doh-method=POST -c 20`: 5k queries/s at 20 ms mean latency without
-/// this, 53k at 1.5 ms with it (GET, one frame, unchanged at ≈ 60k). The cost is one
-/// `setsockopt` per read.
-struct TrackedStream {
-    tcp: TcpStream,
-    activity: Activity,
-}
+/// Why: HTTP/2 clients such as nghttp2 (dnsperf, curl) write a POST's HEADERS and DATA frames in
+/// two writes with Nagle's algorithm on, so the DATA waits for the HEADERS to be acknowledged,
+/// and a server with nothing to send yet delays that ACK by up to 40 ms. Measured with
+/// `dnsperf -m doh -O doh-method=POST -c 20`: 5k queries/s at 20 ms mean latency without this,
+/// 53k at 1.5 ms with it (GET, one frame, unchanged at ≈ 60k). The cost is one `setsockopt` per
+/// read.
+struct QuickAckStream(TcpStream);
 
-impl TrackedStream {
-    fn new(tcp: TcpStream) -> TrackedStream {
-        let activity = Activity::new();
-        activity.touch();
-        TrackedStream { tcp, activity }
-    }
-}
-
-impl ActivityClock for TrackedStream {
-    fn activity(&self) -> Activity {
-        self.activity.clone()
-    }
-}
-
-impl AsyncRead for TrackedStream {
+impl AsyncRead for QuickAckStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let result = Pin::new(&mut self.0).poll_read(cx, buf);
         if result.is_ready() {
             // Best effort: without it the connection only answers later.
-            let _ = socket2::SockRef::from(&self.tcp).set_tcp_quickack(true);
-            if buf.filled().len() > before {
-                self.activity.touch();
-            }
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
         }
         result
     }
 }
 
-impl AsyncWrite for TrackedStream {
+impl AsyncWrite for QuickAckStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.tcp).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
+        Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -406,23 +451,19 @@ impl AsyncWrite for TrackedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        result
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.0.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -446,6 +487,12 @@ mod tests {
         drop(first);
         let third = limits.enter(a).expect("a slot came back");
         drop((second, third));
+        // Two addresses of one IPv6 /64 are one client.
+        let v6 = |text: &str| text.parse::<IpAddr>().expect("ip");
+        let one = limits.enter(v6("2001:db8::1")).expect("first");
+        let two = limits.enter(v6("2001:db8::2")).expect("second");
+        assert!(limits.enter(v6("2001:db8::3")).is_none(), "same /64");
+        drop((one, two));
         assert!(
             limits.open.lock().expect("lock").is_empty(),
             "closed clients are forgotten"
