@@ -92,8 +92,9 @@ pub struct Settings {
     /// vanished are reclaimed. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
-    /// Header fields per HTTP/1.1 request; more is answered 431. Default 64. (HTTP/2 is bounded
-    /// by `max_header_bytes` only.)
+    /// Header fields per HTTP/1.1 request; more is answered 431. Default 100, hyper's own
+    /// maximum, which it parses into a stack buffer: any other value costs a heap allocation per
+    /// request. (HTTP/2 is bounded by `max_header_bytes` only.)
     pub max_headers: usize,
     /// Bytes of request line and headers (HTTP/1.1), or of the header list (HTTP/2); more is
     /// answered 431. At least 8,192 (hyper's minimum). Default 16,384.
@@ -115,6 +116,8 @@ pub struct SettingsError {
 
 /// hyper's smallest HTTP/1 read buffer.
 pub const HEADER_BYTES_MIN: usize = 8_192;
+/// hyper's default maximum of HTTP/1 header fields (parsed on the stack).
+pub const HYPER_MAX_HEADERS: usize = 100;
 /// Largest accepted `max_connections` (each is a file descriptor and a task).
 pub const CONNECTIONS_MAX: usize = 1 << 20;
 /// Longest accepted connection timeout: more is a typo, and would overflow deadline arithmetic.
@@ -182,7 +185,7 @@ impl Default for Settings {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             tcp_keepalive: Duration::from_secs(60),
-            max_headers: 64,
+            max_headers: HYPER_MAX_HEADERS,
             max_header_bytes: 16_384,
             http2_max_concurrent_streams: 128,
             tls_handshake_timeout: Duration::from_secs(10),

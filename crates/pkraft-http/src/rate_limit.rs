@@ -176,6 +176,11 @@ impl RateLimits {
         }
     }
 
+    /// Whether `class` has any limit.
+    pub fn is_active(&self, class: RouteClass) -> bool {
+        self.limiter(class).is_active()
+    }
+
     fn limiter(&self, class: RouteClass) -> &ClassLimiter {
         match class {
             RouteClass::Publish => &self.publish,
