@@ -130,6 +130,7 @@ pub(crate) struct DnsCollector {
     answer_cache_misses: IntCounter,
     rrl_slipped: IntCounter,
     rrl_dropped: IntCounter,
+    overload_dropped: IntCounter,
     rrl_tracked_clients: prometheus::IntGauge,
     descs: Vec<Desc>,
 }
@@ -174,6 +175,10 @@ impl DnsCollector {
                 "pkraft_dns_rrl_dropped_total",
                 "UDP queries over the response rate limit left unanswered.",
             )?,
+            overload_dropped: IntCounter::new(
+                "pkraft_dns_udp_overload_dropped_total",
+                "UDP queries dropped because dns.udp_pending_max cache misses were already being answered on their socket.",
+            )?,
             rrl_tracked_clients: prometheus::IntGauge::new(
                 "pkraft_dns_rrl_tracked_clients",
                 "Client networks with response rate limiting state.",
@@ -188,9 +193,9 @@ impl DnsCollector {
         Ok(collector)
     }
 
-    /// Every part with a descriptor; the last four (the UDP loops' counters) only lend theirs
+    /// Every part with a descriptor; the last five (the UDP loops' counters) only lend theirs
     /// (see [`DnsCollector::cache_counters`]).
-    fn parts(&self) -> [&dyn Collector; 10] {
+    fn parts(&self) -> [&dyn Collector; 11] {
         [
             &self.metrics.queries,
             &self.metrics.durations,
@@ -202,6 +207,7 @@ impl DnsCollector {
             &self.answer_cache_misses,
             &self.rrl_slipped,
             &self.rrl_dropped,
+            &self.overload_dropped,
         ]
     }
 
@@ -230,6 +236,7 @@ impl DnsCollector {
             (&self.answer_cache_misses, stats.misses),
             (&self.rrl_slipped, stats.rrl_slipped),
             (&self.rrl_dropped, stats.rrl_dropped),
+            (&self.overload_dropped, stats.overload_dropped),
         ]
         .into_iter()
         .filter_map(|(template, total)| {

@@ -102,6 +102,7 @@ impl DnsServer {
                 handler,
                 answers,
                 rrl,
+                settings.udp_pending_max,
                 udp.len(),
                 metrics.clone(),
             ));

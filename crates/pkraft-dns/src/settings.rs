@@ -74,6 +74,11 @@ pub struct Settings {
     /// (with it, another process of the same user could bind the port too and receive part of
     /// the queries).
     pub udp_sockets: usize,
+    /// UDP queries being answered by the handler chain at once, per socket (answer-cache misses,
+    /// each a task). Beyond it a query that misses the cache is dropped, as a full socket buffer
+    /// would drop it, so a flood of distinct queries cannot pile up tasks and memory. Applies
+    /// when pkraft's own UDP loop runs (answer cache or RRL on). Default 1,024.
+    pub udp_pending_max: usize,
     /// Response rate limiting of UDP answers per client network (`[dns.rrl]`).
     pub rrl: crate::rrl::RrlSettings,
 }
@@ -95,6 +100,7 @@ impl Default for Settings {
             record_cache_mib: 64,
             answer_cache_mib: 32,
             udp_sockets: 0,
+            udp_pending_max: 1_024,
             rrl: crate::rrl::RrlSettings::default(),
         }
     }
@@ -175,6 +181,12 @@ impl Settings {
             return Err(SettingsError::new(
                 "udp_sockets",
                 format!("must be at most {UDP_SOCKETS_MAX} (0: two per CPU core)"),
+            ));
+        }
+        if self.udp_pending_max == 0 || self.udp_pending_max > 1 << 20 {
+            return Err(SettingsError::new(
+                "udp_pending_max",
+                format!("must be 1 to {}, got {}", 1 << 20, self.udp_pending_max),
             ));
         }
         if let Err(e) = self.rrl.validate() {

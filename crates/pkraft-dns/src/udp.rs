@@ -40,6 +40,8 @@ pub struct UdpAnswerStats {
     pub rrl_slipped: u64,
     /// Over the rate limit, not answered.
     pub rrl_dropped: u64,
+    /// Cache misses dropped because `dns.udp_pending_max` were already being answered.
+    pub overload_dropped: u64,
 }
 
 /// One socket loop's counters, on a cache line of its own so that loops on different cores do
@@ -51,6 +53,7 @@ struct LoopCounters {
     misses: AtomicU64,
     rrl_slipped: AtomicU64,
     rrl_dropped: AtomicU64,
+    overload_dropped: AtomicU64,
 }
 
 /// What every socket's loop shares.
@@ -59,6 +62,8 @@ pub(crate) struct UdpFrontend {
     /// `None` when `dns.answer_cache_mib` is 0 (the loop runs for RRL alone).
     answers: Option<AnswerCache>,
     rrl: Option<Rrl>,
+    /// Most cache misses being answered at once per socket loop.
+    pending_max: usize,
     counters: Box<[LoopCounters]>,
     metrics: Arc<DnsMetrics>,
 }
@@ -69,6 +74,7 @@ impl UdpFrontend {
         handler: SharedHandler,
         answers: Option<AnswerCache>,
         rrl: Option<Rrl>,
+        pending_max: usize,
         loops: usize,
         metrics: Arc<DnsMetrics>,
     ) -> Self {
@@ -76,6 +82,7 @@ impl UdpFrontend {
             handler,
             answers,
             rrl,
+            pending_max,
             counters: (0..loops).map(|_| LoopCounters::default()).collect(),
             metrics,
         }
@@ -99,6 +106,8 @@ impl UdpFrontend {
                 misses: sum.misses + counters.misses.load(Ordering::Relaxed),
                 rrl_slipped: sum.rrl_slipped + counters.rrl_slipped.load(Ordering::Relaxed),
                 rrl_dropped: sum.rrl_dropped + counters.rrl_dropped.load(Ordering::Relaxed),
+                overload_dropped: sum.overload_dropped
+                    + counters.overload_dropped.load(Ordering::Relaxed),
             })
     }
 
@@ -207,6 +216,11 @@ pub(crate) async fn serve(
             continue;
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
+        while misses.try_join_next().is_some() {}
+        if misses.len() >= frontend.pending_max {
+            counters.overload_dropped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let (socket, frontend, query) = (socket.clone(), frontend.clone(), query.to_vec());
         misses.spawn(async move {
             if let Some(answer) = frontend.answer_miss(query, src).await {

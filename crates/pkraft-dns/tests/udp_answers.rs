@@ -355,3 +355,58 @@ async fn a_miss_that_read_before_a_commit_never_hides_it() {
     assert!(stats.hits > 0, "the cache was used: {stats:?}");
     server.shutdown().await.expect("shutdown");
 }
+
+/// Goal: answer-cache misses in flight are bounded per socket (`dns.udp_pending_max`): a burst
+/// of distinct queries beyond it is dropped and counted, not queued as tasks.
+/// Method: one socket with a bound of 1 on a single-threaded runtime, so a miss cannot finish
+/// while the loop reads the rest of the burst; 300 distinct names sent at once.
+#[tokio::test(flavor = "current_thread")]
+async fn misses_beyond_udp_pending_max_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.redb")).expect("store");
+    let settings = Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        udp_sockets: 1,
+        udp_pending_max: 1,
+        rrl: pkraft_dns::rrl::RrlSettings {
+            responses_per_second: 0,
+            ..Default::default()
+        },
+        ..Settings::default()
+    };
+    let fresh: Staleness = Arc::new(|| Some(Duration::ZERO));
+    let server = DnsServer::bind(&settings, store, fresh)
+        .await
+        .expect("bind");
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    const BURST: u16 = 300;
+    for id in 0..BURST {
+        let query = message(id, &format!("n{id}.pkarr.test."), RecordType::A, None);
+        client
+            .send_to(&query.to_vec().expect("encode"), server.local_addr())
+            .await
+            .expect("send");
+        // Let the server read in bursts of 50, so no socket buffer overflows.
+        if id % 50 == 49 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let mut answered = 0_u64;
+    let mut buf = vec![0_u8; 4_096];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), client.recv_from(&mut buf)).await
+    {
+        answered += 1;
+    }
+    let stats = server.udp_answer_stats();
+    assert!(
+        stats.overload_dropped > 0,
+        "nothing dropped with a bound of 1: {stats:?}"
+    );
+    assert_eq!(
+        answered + stats.overload_dropped,
+        u64::from(BURST),
+        "every query answered or counted as dropped: {stats:?}"
+    );
+    server.shutdown().await.expect("shutdown");
+}
