@@ -91,10 +91,7 @@ impl DnsServer {
             handler: handler.clone(),
             metrics: metrics.clone(),
         });
-        let rrl = Rrl::new(&settings.rrl).map_err(|e| SettingsError {
-            field: e.field.trim_start_matches("dns.").to_string(),
-            reason: e.reason,
-        })?;
+        let rrl = Rrl::new(&settings.rrl).map_err(SettingsError::from)?;
         let udp_frontend = if settings.answer_cache_bytes() > 0 || rrl.is_some() {
             let answers = (settings.answer_cache_bytes() > 0)
                 .then(|| AnswerCache::new(store, settings.answer_cache_bytes()));

@@ -123,6 +123,14 @@ impl SettingsError {
     }
 }
 
+/// A `[dns.rrl]` error; its field is already named from the config root (`dns.rrl.burst`).
+impl From<pkraft_limits::LimitError> for SettingsError {
+    fn from(e: pkraft_limits::LimitError) -> Self {
+        let field = e.field.strip_prefix("dns.").unwrap_or(&e.field).to_string();
+        SettingsError::new(field, e.reason)
+    }
+}
+
 /// Validated settings: fully qualified names and TTLs in seconds.
 #[derive(Debug, Clone)]
 pub struct Zones {
@@ -189,10 +197,7 @@ impl Settings {
                 format!("must be 1 to {}, got {}", 1 << 20, self.udp_pending_max),
             ));
         }
-        if let Err(e) = self.rrl.validate() {
-            let field = e.field.strip_prefix("dns.").unwrap_or(&e.field).to_string();
-            return Err(SettingsError::new(field, e.reason));
-        }
+        self.rrl.validate()?;
         if self.max_stale.is_some_and(|max| max.is_zero()) {
             return Err(SettingsError::new(
                 "max_stale",

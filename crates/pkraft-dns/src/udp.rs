@@ -216,6 +216,7 @@ pub(crate) async fn serve(
             continue;
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
+        // Reap finished misses, so the set holds only those still being answered.
         while misses.try_join_next().is_some() {}
         if misses.len() >= frontend.pending_max {
             counters.overload_dropped.fetch_add(1, Ordering::Relaxed);
@@ -227,7 +228,6 @@ pub(crate) async fn serve(
                 send_answer(&socket, &frontend, &answer, src, received).await;
             }
         });
-        while misses.try_join_next().is_some() {}
     }
     while misses.join_next().await.is_some() {}
 }
