@@ -12,15 +12,26 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use prometheus::IntCounter;
 
-/// How long ago this node last knew its replica to be current (on a follower, its last contact
-/// with the leader); `None` if never since it started. Supplied by the consensus layer, which
-/// this crate does not depend on.
-pub type Staleness = Arc<dyn Fn() -> Option<Duration> + Send + Sync>;
+/// How current this node's replica is, as the consensus layer (which this crate does not depend
+/// on) knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// The node restarted after a crash and has not caught up with the cluster: its replica may
+    /// be older than what it answered before. Always refused, so answers never go backwards.
+    CatchingUp,
+    /// How long ago the node last knew its replica to be current (on a follower, its last
+    /// contact with the leader); `None` if never since it started. Refused beyond `max_stale`.
+    LastConfirmed(Option<Duration>),
+}
 
-/// Wraps the zone handlers: answers SERVFAIL while this node is staler than `max_stale`.
+/// Asked on every query.
+pub type FreshnessProbe = Arc<dyn Fn() -> Freshness + Send + Sync>;
+
+/// Wraps the zone handlers: answers SERVFAIL while this node is catching up after a crash or is
+/// staler than `max_stale`.
 pub struct FreshnessGuard<H> {
     inner: H,
-    staleness: Staleness,
+    freshness: FreshnessProbe,
     /// `None`: always answer from the replica, however stale.
     max_stale: Option<Duration>,
     /// Counts the queries refused for staleness.
@@ -30,13 +41,13 @@ pub struct FreshnessGuard<H> {
 impl<H> FreshnessGuard<H> {
     pub fn new(
         inner: H,
-        staleness: Staleness,
+        freshness: FreshnessProbe,
         max_stale: Option<Duration>,
         stale_refusals: IntCounter,
     ) -> FreshnessGuard<H> {
         FreshnessGuard {
             inner,
-            staleness,
+            freshness,
             max_stale,
             stale_refusals,
         }
@@ -45,8 +56,12 @@ impl<H> FreshnessGuard<H> {
     /// Whether answers must be refused now. A node that never heard from a leader since it
     /// started cannot vouch for its replica either.
     pub(crate) fn too_stale(&self) -> bool {
-        self.max_stale
-            .is_some_and(|max| (self.staleness)().is_none_or(|stale| stale > max))
+        match (self.freshness)() {
+            Freshness::CatchingUp => true,
+            Freshness::LastConfirmed(age) => self
+                .max_stale
+                .is_some_and(|max| age.is_none_or(|stale| stale > max)),
+        }
     }
 }
 

@@ -34,7 +34,7 @@ mod udp;
 pub mod zone;
 
 pub use answerer::{AnswerError, Answerer};
-pub use freshness::Staleness;
+pub use freshness::{Freshness, FreshnessProbe};
 pub use server::{DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};
 pub use udp::UdpAnswerStats;

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::answer_cache::AnswerCache;
 use crate::answerer::{Answerer, CountedHandler, SharedHandler};
-use crate::freshness::{FreshnessGuard, Staleness};
+use crate::freshness::{FreshnessGuard, FreshnessProbe};
 use crate::metrics::{DnsCollector, DnsMetrics};
 use crate::record_cache::RecordCache;
 use crate::rrl::Rrl;
@@ -55,11 +55,12 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Binds UDP and TCP on `settings.listen` and starts answering from `store`, or SERVFAIL
-    /// while `staleness` exceeds `settings.max_stale`.
+    /// while `freshness` says the replica is catching up after a crash or staler than
+    /// `settings.max_stale`.
     pub async fn bind(
         settings: &Settings,
         store: Store,
-        staleness: Staleness,
+        freshness: FreshnessProbe,
     ) -> Result<DnsServer, DnsError> {
         let zones = settings.zones()?;
         let records = Arc::new(RecordCache::new(
@@ -80,7 +81,7 @@ impl DnsServer {
         let metrics = Arc::new(DnsMetrics::new().map_err(|e| DnsError::Server(e.to_string()))?);
         let handler = SharedHandler(Arc::new(FreshnessGuard::new(
             catalog,
-            staleness,
+            freshness,
             settings.max_stale,
             metrics.stale_refusals.clone(),
         )));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RecordType};
-use pkraft_dns::{DnsServer, Settings, Staleness};
+use pkraft_dns::{DnsServer, Freshness, FreshnessProbe, Settings};
 use pkraft_store::Store;
 use pkraft_testkit::pkarr::Keypair;
 use pkraft_testkit::{iroh_packet, keypair};
@@ -39,7 +39,7 @@ fn publish(store: &Store, keypair: &Keypair, timestamp: u64, addrs: &[&str]) {
     txn.commit(b"state").expect("commit");
 }
 
-async fn start(store: &Store, answer_cache_mib: u32, staleness: Staleness) -> DnsServer {
+async fn start(store: &Store, answer_cache_mib: u32, freshness: FreshnessProbe) -> DnsServer {
     let settings = Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         nameservers: vec!["ns1.example.net".to_string()],
@@ -55,7 +55,7 @@ async fn start(store: &Store, answer_cache_mib: u32, staleness: Staleness) -> Dn
         },
         ..Settings::default()
     };
-    DnsServer::bind(&settings, store.clone(), staleness)
+    DnsServer::bind(&settings, store.clone(), freshness)
         .await
         .expect("bind")
 }
@@ -251,12 +251,14 @@ async fn cached_udp_answers_are_hickorys_answers() {
     publish(&store, &large, 1_000, &many);
 
     let stale = Arc::new(AtomicBool::new(false));
-    let staleness: Staleness = {
+    let freshness: FreshnessProbe = {
         let stale = stale.clone();
-        Arc::new(move || (!stale.load(Ordering::Relaxed)).then_some(Duration::ZERO))
+        Arc::new(move || {
+            Freshness::LastConfirmed((!stale.load(Ordering::Relaxed)).then_some(Duration::ZERO))
+        })
     };
-    let cached = start(&store, 1, staleness.clone()).await;
-    let reference = start(&store, 0, staleness).await;
+    let cached = start(&store, 1, freshness.clone()).await;
+    let reference = start(&store, 0, freshness).await;
     let (cached_addr, reference_addr) = (cached.local_addr(), reference.local_addr());
 
     let set = queries(&small, &large, &missing);
@@ -309,7 +311,7 @@ async fn a_miss_that_read_before_a_commit_never_hides_it() {
     let store = Store::open(&dir.path().join("state.redb")).expect("open");
     let key = keypair(7);
     publish(&store, &key, 1, &["192.0.2.7:1"]);
-    let fresh: Staleness = Arc::new(|| Some(Duration::ZERO));
+    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
     let server = start(&store, 1, fresh).await;
     let addr = server.local_addr();
     let name = format!("_iroh.{}.pkarr.test.", key.public_key().to_z32());
@@ -374,7 +376,7 @@ async fn misses_beyond_udp_pending_max_are_dropped_and_counted() {
         },
         ..Settings::default()
     };
-    let fresh: Staleness = Arc::new(|| Some(Duration::ZERO));
+    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
     let server = DnsServer::bind(&settings, store, fresh)
         .await
         .expect("bind");

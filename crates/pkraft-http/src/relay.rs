@@ -104,7 +104,16 @@ pub async fn get_packet(
     // GET. A stored key is a valid point, so the check is needed only to explain a miss.
     let key_bytes = decode_z32_key(&key)?;
     match read.consistency.as_deref() {
-        None | Some(CONSISTENCY_LOCAL) => {}
+        None | Some(CONSISTENCY_LOCAL) => {
+            if state.node.catching_up() {
+                return Err(RelayError::Unavailable {
+                    reason: "this node restarted after a crash and is catching up with the \
+                             cluster; its replica may be older than what it served before"
+                        .to_string(),
+                    retry_after: state.settings.retry_after,
+                });
+            }
+        }
         Some(CONSISTENCY_LINEARIZABLE) => {
             state
                 .node

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pkraft_types::{Command, PublishItem};
+use pkraft_types::{Command, PublishItem, PublishOutcome};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -142,6 +142,10 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 async fn commit(node: &Node, mut batch: Vec<Pending>) {
     let deadline = Instant::now() + node.publish_timeout;
     node.metrics.batch_packets.observe(batch.len() as f64);
+    // Whether an earlier forward of this batch may have reached the leader and committed (its
+    // answer was lost). A retry then cannot tell "refused as stale" from "committed by the first
+    // attempt and superseded since", so it must not answer 409.
+    let mut earlier_attempt_unknown = false;
     loop {
         match node.known_leader() {
             Some((leader, _)) if leader == node.id => return propose(node, batch).await,
@@ -163,13 +167,22 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                         node.metrics
                             .forwarded_packets
                             .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
+                        let answers = if earlier_attempt_unknown {
+                            answers.into_iter().map(unknown_if_stale).collect()
+                        } else {
+                            answers
+                        };
                         return answer_forwarded(node, batch, answers).await;
                     }
-                    Err(Reroute::Retry(reason)) if Instant::now() < deadline => {
+                    Err(Reroute::Retry {
+                        reason,
+                        maybe_delivered,
+                    }) if Instant::now() < deadline => {
                         tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
+                        earlier_attempt_unknown |= maybe_delivered;
                         wait_for_leader_news(node, Some(leader), deadline).await;
                     }
-                    Err(Reroute::Retry(reason) | Reroute::Fail(reason)) => {
+                    Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
                         return answer_all(batch, PublishError::Unavailable(reason));
                     }
                 }
@@ -233,11 +246,32 @@ async fn propose(node: &Node, batch: Vec<Pending>) {
     }
 }
 
+/// A retried packet found stale may have been committed by the lost first attempt and
+/// superseded since: its outcome is unknown (503), not 409. (Found by the chaos harness:
+/// `docs/TESTING.md`, "a PUT answered 409 although it was stored".)
+fn unknown_if_stale(answer: Result<Published, PublishError>) -> Result<Published, PublishError> {
+    match answer {
+        Ok(Published {
+            outcome: PublishOutcome::Stale,
+            ..
+        }) => Err(PublishError::Unavailable(
+            "an earlier attempt to commit this packet may have succeeded before a newer packet \
+             was stored; its outcome is unknown"
+                .to_string(),
+        )),
+        other => other,
+    }
+}
+
 /// Why a forward did not produce outcomes.
 enum Reroute {
     /// The leader moved, is down, or did not answer: find the leader again and retry. Safe,
-    /// because publishing the same packet twice changes nothing.
-    Retry(String),
+    /// because publishing the same packet twice changes nothing. `maybe_delivered`: the leader
+    /// may have committed the batch (its answer was lost), unlike a refusal as not the leader.
+    Retry {
+        reason: String,
+        maybe_delivered: bool,
+    },
     /// An answer that retrying will not change.
     Fail(String),
 }
@@ -257,7 +291,10 @@ async fn forward(
         .peers
         .call(addr, Some(leader), path::PUBLISH, &request, remaining)
         .await
-        .map_err(|e| Reroute::Retry(e.to_string()))?;
+        .map_err(|e| Reroute::Retry {
+            reason: e.to_string(),
+            maybe_delivered: true,
+        })?;
     match answer {
         Ok(answers) if answers.len() == batch.len() => Ok(answers),
         Ok(answers) => Err(Reroute::Fail(format!(
@@ -265,9 +302,14 @@ async fn forward(
             answers.len(),
             batch.len()
         ))),
-        Err(e @ (PeerError::NotLeader { .. } | PeerError::Unavailable(_))) => {
-            Err(Reroute::Retry(e.to_string()))
-        }
+        Err(e @ PeerError::NotLeader { .. }) => Err(Reroute::Retry {
+            reason: e.to_string(),
+            maybe_delivered: false,
+        }),
+        Err(e @ PeerError::Unavailable(_)) => Err(Reroute::Retry {
+            reason: e.to_string(),
+            maybe_delivered: true,
+        }),
         Err(e @ (PeerError::Refused(_) | PeerError::Fatal(_))) => Err(Reroute::Fail(e.to_string())),
     }
 }

@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, Raft, ServerState, StorageError};
+use openraft::{BasicNode, LogId, Raft, ServerState, StorageError};
 use pkraft_store::{Store, StoreError};
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket};
 use prometheus::Registry;
@@ -39,6 +39,10 @@ pub(crate) const LOG_DIR: &str = "raft-log";
 const LOG_FILE_V1: &str = "raft-log.redb";
 pub(crate) const STATE_FILE: &str = "state.redb";
 pub(crate) const SNAPSHOT_DIR: &str = "snapshot";
+/// Written, fsynced, by a clean stop after the state is flushed; removed (durably) at start. Its
+/// absence at start means the last stop was a crash, so the state may be older than what the
+/// node served before it (see [`CatchUp`]).
+const CLEAN_STOP_FILE: &str = "clean-stop";
 
 /// Why a node could not start. Each variant names what to look at.
 #[derive(Debug, thiserror::Error)]
@@ -144,11 +148,30 @@ pub struct Node {
     /// while another is in progress, and operators expect them queued, not refused.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     pub(crate) leader_contact: LeaderContact,
+    /// Set after a crash: local reads wait until the replica is at least as new as before it.
+    catch_up: Option<CatchUp>,
+    data_dir: PathBuf,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     pub(crate) metrics: Arc<NodeMetrics>,
     /// The replica's redb file, whose size is a metric.
     state_file: PathBuf,
+}
+
+/// After a crash, the state on disk may be older than what the node served before it (applies
+/// commit without fsync, see `state_machine`), and a member of a larger cluster only learns what
+/// is committed from its leader. Until it has caught up, serving its replica could answer with an
+/// older packet than before the crash, so local reads (DNS, GET) are refused instead.
+///
+/// Caught up means: it has applied the last entry its log held at start, or an entry of a later
+/// term than that one. Either way it holds everything it could have served before: what it
+/// served was committed and in its log, and a leader of a later term holds every entry committed
+/// before it and appends its own after them. (The second case covers a log tail that was never
+/// committed and is replaced by the new leader.)
+#[derive(Debug)]
+struct CatchUp {
+    log_end: LogId<NodeId>,
+    done: AtomicBool,
 }
 
 /// When this node last heard from a leader it accepted (a successful `append-entries`), for the
@@ -223,7 +246,9 @@ impl Node {
         if pristine && store.applied_state()?.is_some() {
             return Err(StartError::LogMissing(data_dir.to_path_buf()));
         }
-        let log_end = log_store.last_log_id()?.map(|log_id| log_id.index);
+        let last_log_id = log_store.last_log_id()?;
+        let log_end = last_log_id.map(|log_id| log_id.index);
+        let clean_stop = take_clean_stop_marker(data_dir)?;
         let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
             .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
         let network = PeerNetwork::new(peers.clone());
@@ -251,6 +276,21 @@ impl Node {
             peer_body_max: settings.peer_body_max(),
             membership_lock: tokio::sync::Mutex::new(()),
             leader_contact: LeaderContact::new(),
+            catch_up: match last_log_id {
+                Some(log_end) if !clean_stop => {
+                    tracing::info!(
+                        log_end = log_end.index,
+                        "the last stop was not clean: DNS and GET answer from this replica once it \
+                         has caught up with the cluster"
+                    );
+                    Some(CatchUp {
+                        log_end,
+                        done: AtomicBool::new(false),
+                    })
+                }
+                _ => None,
+            },
+            data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             metrics,
             state_file,
@@ -473,13 +513,68 @@ impl Node {
         }
         // Applies commit without fsync (see `state_machine`); a clean stop leaves them durable, so
         // the next start need not apply them again.
-        if let Err(e) = self.store.flush() {
+        let state_flushed = self.store.flush();
+        if let Err(e) = &state_flushed {
             tracing::warn!(error = %e, "could not flush the state store");
         }
-        if let Err(e) = self.log_store.flush() {
+        let log_flushed = self.log_store.flush();
+        if let Err(e) = &log_flushed {
             tracing::warn!(error = %e, "could not flush the raft log's committed index");
         }
+        if state_flushed.is_ok() && log_flushed.is_ok() {
+            if let Err(e) = write_clean_stop_marker(&self.data_dir) {
+                tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");
+            }
+        }
     }
+
+    /// Whether local reads must wait: this node restarted after a crash and its replica may
+    /// still be older than what it served before (see [`CatchUp`]).
+    pub fn catching_up(&self) -> bool {
+        let Some(catch_up) = &self.catch_up else {
+            return false;
+        };
+        if catch_up.done.load(Ordering::Relaxed) {
+            return false;
+        }
+        let applied = self.raft.metrics().borrow().last_applied;
+        let caught_up = applied.is_some_and(|applied| {
+            applied.index >= catch_up.log_end.index
+                || applied.leader_id.term > catch_up.log_end.leader_id.term
+        });
+        if caught_up && !catch_up.done.swap(true, Ordering::Relaxed) {
+            tracing::info!("caught up after the unclean stop; answering reads from this replica");
+        }
+        !caught_up
+    }
+}
+
+/// Whether the last stop was clean; removes the marker durably, so that a crash later in this
+/// run is not mistaken for a clean stop at the next start.
+fn take_clean_stop_marker(data_dir: &Path) -> Result<bool, StartError> {
+    let marker = data_dir.join(CLEAN_STOP_FILE);
+    let io_error = |source| StartError::DataDir {
+        path: marker.clone(),
+        source,
+    };
+    match std::fs::remove_file(&marker) {
+        Ok(()) => {
+            sync_dir(data_dir).map_err(io_error)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+fn write_clean_stop_marker(data_dir: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::create(data_dir.join(CLEAN_STOP_FILE))?;
+    file.sync_all()?;
+    sync_dir(data_dir)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// After a restart, waits until the entries this node's log already holds are applied, so that

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pkraft_dns::{DnsServer, Staleness};
+use pkraft_dns::{DnsServer, Freshness, FreshnessProbe};
 use pkraft_raft::Node;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -149,9 +149,15 @@ impl Server {
             pkraft_limits::TrustedProxies::default(),
         );
 
-        let staleness_of = node.clone();
-        let staleness: Staleness = Arc::new(move || staleness_of.staleness());
-        let dns = DnsServer::bind(&config.dns, node.store().clone(), staleness).await?;
+        let freshness_of = node.clone();
+        let freshness: FreshnessProbe = Arc::new(move || {
+            if freshness_of.catching_up() {
+                Freshness::CatchingUp
+            } else {
+                Freshness::LastConfirmed(freshness_of.staleness())
+            }
+        });
+        let dns = DnsServer::bind(&config.dns, node.store().clone(), freshness).await?;
         dns.register_metrics(&registry).context("DNS metrics")?;
         let http_metrics = Arc::new(pkraft_http::metrics::HttpMetrics::new()?);
         http_metrics.register(&registry).context("HTTP metrics")?;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
-use pkraft_dns::{Answerer, DnsServer, Settings, Staleness};
+use pkraft_dns::{Answerer, DnsServer, Freshness, FreshnessProbe, Settings};
 use pkraft_store::Store;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem};
@@ -49,7 +49,7 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
         udp_sockets: 1,
         ..Settings::default()
     };
-    let fresh: Staleness = Arc::new(|| None);
+    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(None));
     let server = runtime
         .block_on(DnsServer::bind(&settings, store, fresh))
         .expect("bind");
