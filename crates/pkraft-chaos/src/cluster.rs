@@ -1,0 +1,503 @@
+//! The cluster under test: real `pkraft serve` processes, each with its own data dir, config file
+//! and log, on loopback port 0, their peer traffic routed through the fault proxies.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::proxy::{Network, PeerProxy};
+
+pub const SECRET: &str = "chaos-cluster-secret-0123456789";
+pub const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789";
+pub const ORIGIN: &str = "pkarr.test";
+
+/// How long a node may take to start listening (a debug build on a loaded 2-core machine,
+/// replaying its log).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(50);
+/// Bound on one admin request; a paused node never answers.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Raft settings of every node: elections in about a second (as in the integration tests), and
+/// snapshots with log purges every few dozen entries, so that they happen throughout the run and
+/// a follower that falls behind catches up by snapshot.
+pub const RAFT_TOML: &str = "heartbeat_interval = \"100ms\"\n\
+    election_timeout_min = \"800ms\"\n\
+    election_timeout_max = \"1600ms\"\n\
+    publish_timeout = \"3s\"\n\
+    snapshot_after_entries = 64\n\
+    entries_kept_after_snapshot = 16\n";
+/// The longest election timeout above: a pause must outlast it to cause an election.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1600);
+
+/// Rate limits and RRL off: the harness is one client address sending far more than any one
+/// client should, on purpose.
+const LIMITS_OFF_TOML: &str = "[rate_limit]\n\
+    publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+    resolve = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+    doh = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+    [dns.rrl]\n\
+    responses_per_second = 0\n";
+
+/// Where clients send requests: the current process of every node that is a member.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub id: u64,
+    pub incarnation: u32,
+    pub http: SocketAddr,
+    pub dns: SocketAddr,
+}
+
+pub type Targets = Arc<RwLock<Vec<Target>>>;
+
+#[derive(Clone, Copy, Debug)]
+struct Addrs {
+    http: SocketAddr,
+    dns: SocketAddr,
+    admin: SocketAddr,
+    peer: SocketAddr,
+}
+
+pub struct Node {
+    pub id: u64,
+    proxy: PeerProxy,
+    data_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    pub paused: bool,
+    pub incarnation: u32,
+    addrs: Option<Addrs>,
+    /// Snapshot builds and installs counted by this node's earlier processes.
+    snapshots: (u64, u64),
+}
+
+impl Node {
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+}
+
+pub struct Cluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    pub nodes: Vec<Node>,
+    pub network: Arc<Network>,
+    pub targets: Targets,
+    admin: reqwest::Client,
+}
+
+impl Cluster {
+    /// Starts node 1 (bootstrapping), then nodes 2..=size joining through it, and waits until
+    /// all are voters.
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        size: u64,
+        network: Arc<Network>,
+    ) -> anyhow::Result<Cluster> {
+        let mut cluster = Cluster {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            nodes: Vec::new(),
+            network,
+            targets: Arc::new(RwLock::new(Vec::new())),
+            admin: reqwest::Client::builder().timeout(ADMIN_TIMEOUT).build()?,
+        };
+        for id in 1..=size {
+            cluster.add_node(id, true).await?;
+        }
+        cluster
+            .wait_settled(size as usize, Duration::from_secs(120))
+            .await?;
+        Ok(cluster)
+    }
+
+    /// Starts a new node `id` that joins through the current members (as a learner unless
+    /// `voter`); node 1 of an empty cluster bootstraps instead.
+    pub async fn add_node(&mut self, id: u64, voter: bool) -> anyhow::Result<()> {
+        let proxy = PeerProxy::start(id, self.network.clone()).await?;
+        let membership = if self.nodes.is_empty() {
+            "bootstrap = true\n".to_string()
+        } else {
+            let seeds: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| format!("\"{}\"", n.proxy.addr))
+                .collect();
+            format!("join = [{}]\nvoter = {voter}\n", seeds.join(", "))
+        };
+        let config_text = format!(
+            "node_id = {id}\n[raft]\n{RAFT_TOML}[http]\nrequest_timeout = \"10s\"\n\
+             [dns]\norigins = [\"{ORIGIN}\"]\n\
+             [cluster]\nadvertise = \"{}\"\nsecret = \"{SECRET}\"\n{membership}\
+             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n{LIMITS_OFF_TOML}",
+            proxy.addr
+        );
+        let config = self.dir.join(format!("node{id}.toml"));
+        std::fs::write(&config, config_text).context("write node config")?;
+        let data_dir = self.dir.join(format!("data{id}"));
+        std::fs::create_dir_all(&data_dir)?;
+        self.nodes.push(Node {
+            id,
+            proxy,
+            data_dir,
+            config,
+            log: self.dir.join(format!("node{id}.log")),
+            child: None,
+            paused: false,
+            incarnation: 0,
+            addrs: None,
+            snapshots: (0, 0),
+        });
+        self.spawn(id).await
+    }
+
+    fn node(&self, id: u64) -> anyhow::Result<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .with_context(|| format!("no node {id}"))
+    }
+
+    /// Starts node `id`'s next process on its data dir and waits until it listens.
+    pub async fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        let bin = self.bin.clone();
+        let node = self.node_mut(id)?;
+        if node.child.is_some() {
+            bail!("node {id} is already running");
+        }
+        node.incarnation += 1;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        writeln!(
+            log,
+            "==== chaos: node {id} process {} ====",
+            node.incarnation
+        )?;
+        let offset = log.metadata()?.len();
+        let child = Command::new(&bin)
+            .args(["serve", "--config"])
+            .arg(&node.config)
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args([
+                "--http-listen",
+                "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--peer-listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        node.child = Some(child);
+        node.paused = false;
+        let log_path = node.log.clone();
+        let addrs = wait_listening(node, &log_path, offset).await?;
+        node.addrs = Some(addrs);
+        node.proxy.set_upstream(Some(addrs.peer));
+        let target = Target {
+            id,
+            incarnation: node.incarnation,
+            http: addrs.http,
+            dns: addrs.dns,
+        };
+        let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        targets.retain(|t| t.id != id);
+        targets.push(target);
+        targets.sort_by_key(|t| t.id);
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye. Clients keep sending to its old address
+    /// (and get refused connections) until it restarts.
+    pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        self.harvest_snapshot_counts(id).await;
+        let node = self.node_mut(id)?;
+        if let Some(mut child) = node.child.take() {
+            child.kill().context("SIGKILL")?;
+            child.wait().context("reap")?;
+        }
+        node.paused = false;
+        node.proxy.set_upstream(None);
+        Ok(())
+    }
+
+    pub fn signal(&mut self, id: u64, signal: &str) -> anyhow::Result<()> {
+        let node = self.node_mut(id)?;
+        let Some(child) = &node.child else {
+            bail!("node {id} is not running");
+        };
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill {signal} node {id} failed");
+        }
+        node.paused = signal == "-STOP";
+        Ok(())
+    }
+
+    /// Stops a node for good (after it was removed from the cluster).
+    pub async fn retire(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id).await?;
+        self.targets
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|t| t.id != id);
+        self.nodes.retain(|n| n.id != id);
+        Ok(())
+    }
+
+    /// Members whose process is running and not paused.
+    pub fn live(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.running() && !n.paused)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn stopped(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.running())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn paused(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.paused)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1
+    }
+
+    /// `GET /cluster/status` of node `id`, or None if it does not answer.
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        let addrs = self.node(id).ok()?.addrs?;
+        let response = self
+            .admin
+            .get(format!("http://{}/cluster/status", addrs.admin))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
+    }
+
+    /// The node that considers itself leader with the highest term, among the live nodes.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for id in self.live() {
+            let Some(status) = self.status(id).await else {
+                continue;
+            };
+            let term = status["node"]["term"].as_u64().unwrap_or(0);
+            if status["node"]["role"] == "leader" && best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Waits until a leader is elected, it sees `voters` voters and no change in progress, and
+    /// every member follows it and has applied what the leader had applied when this started.
+    pub async fn wait_settled(&self, voters: usize, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut target_applied = None;
+        let mut last = String::from("no status yet");
+        while Instant::now() < deadline {
+            match self.settled(voters, &mut target_applied).await {
+                Ok(leader) => return Ok(leader),
+                Err(why) => last = why,
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        bail!("the cluster did not settle within {timeout:?}: {last}")
+    }
+
+    async fn settled(&self, voters: usize, target: &mut Option<u64>) -> Result<u64, String> {
+        let leader = self.leader().await.ok_or("no leader")?;
+        let status = self.status(leader).await.ok_or("leader went silent")?;
+        if status["membership"]["joint"] != false {
+            return Err("membership change in progress".into());
+        }
+        let members = status["members"].as_array().ok_or("no members")?;
+        let voter_count = members.iter().filter(|m| m["voter"] == true).count();
+        if voter_count != voters {
+            return Err(format!("{voter_count} voters, want {voters}"));
+        }
+        let leader_applied = status["node"]["applied_index"].as_u64().unwrap_or(0);
+        let want = *target.get_or_insert(leader_applied);
+        for member in members {
+            let id = member["id"].as_u64().unwrap_or(0);
+            let applied = member["status"]["applied_index"].as_u64();
+            if member["status"]["leader"].as_u64() != Some(leader) {
+                return Err(format!("node {id} does not follow leader {leader}"));
+            }
+            if applied.is_none_or(|a| a < want) {
+                return Err(format!("node {id} applied {applied:?} < {want}"));
+            }
+        }
+        Ok(leader)
+    }
+
+    /// An admin mutation on node `id`: the HTTP status and body.
+    pub async fn admin_post(
+        &self,
+        id: u64,
+        path: &str,
+        body: Value,
+    ) -> anyhow::Result<(u16, String)> {
+        let addrs = self.node(id)?.addrs.context("node never started")?;
+        let response = self
+            .admin
+            .post(format!("http://{}{path}", addrs.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(40))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await.unwrap_or_default()))
+    }
+
+    /// Adds node `id`'s current snapshot counters (builds, installs) to its running totals;
+    /// called before its process is killed, and at the end.
+    pub async fn harvest_snapshot_counts(&mut self, id: u64) {
+        let Ok(node) = self.node(id) else { return };
+        let Some(addrs) = node.addrs.filter(|_| node.running() && !node.paused) else {
+            return;
+        };
+        let Ok(response) = self
+            .admin
+            .get(format!("http://{}/metrics", addrs.admin))
+            .send()
+            .await
+        else {
+            return;
+        };
+        let text = response.text().await.unwrap_or_default();
+        let count = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        let builds = count("pkraft_raft_snapshot_build_seconds_count");
+        let installs = count("pkraft_raft_snapshot_install_seconds_count");
+        if let Ok(node) = self.node_mut(id) {
+            node.snapshots.0 += builds;
+            node.snapshots.1 += installs;
+        }
+    }
+
+    /// Snapshot builds and installs over every process so far (harvested ones only).
+    pub fn snapshot_totals(&self) -> (u64, u64) {
+        self.nodes
+            .iter()
+            .fold((0, 0), |(b, i), n| (b + n.snapshots.0, i + n.snapshots.1))
+    }
+
+    pub fn http_addr(&self, id: u64) -> Option<SocketAddr> {
+        self.node(id).ok()?.addrs.map(|a| a.http)
+    }
+
+    /// Kills every process (used on the way out, also after a failure).
+    pub fn kill_all_now(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_all_now();
+    }
+}
+
+/// Polls the node's log from `offset` for the "pkraft listening" line and reads the addresses
+/// from it; fails if the process exits first or the line does not come within the bound.
+async fn wait_listening(node: &mut Node, log: &Path, offset: u64) -> anyhow::Result<Addrs> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let mut file = File::open(log)?;
+        file.seek(SeekFrom::Start(offset))?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        if let Some(line) = text.lines().find(|l| l.contains("pkraft listening")) {
+            let field = |name: &str| -> anyhow::Result<SocketAddr> {
+                let prefix = format!("{name}=");
+                line.split_whitespace()
+                    .find_map(|t| t.strip_prefix(&prefix))
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("no {name}= address in {line:?}"))
+            };
+            return Ok(Addrs {
+                http: field("http")?,
+                dns: field("dns")?,
+                admin: field("admin")?,
+                peer: field("peer")?,
+            });
+        }
+        if let Some(child) = node.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            node.child = None;
+            bail!(
+                "node {} exited ({status}) before listening; log: {}",
+                node.id,
+                log.display()
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {} did not listen within {START_TIMEOUT:?}; log: {}",
+                node.id,
+                log.display()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,191 @@
+//! Carries out one scheduled fault against the running cluster: inject, hold, heal.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use crate::cluster::Cluster;
+use crate::rng::SplitMix64;
+use crate::schedule::{Fault, FaultKind};
+
+/// How long a replacement node may take to appear as a learner, and a promotion to succeed.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Injects `fault`, holds it, and heals it. Returns what was done, for the run log.
+pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<String> {
+    let leader = cluster.leader().await;
+    let ids = cluster.ids();
+    let mut rng = SplitMix64::new(fault.pick);
+    let others = |of: u64| -> Vec<u64> { ids.iter().copied().filter(|&i| i != of).collect() };
+    let any_leader = || leader.or_else(|| ids.first().copied()).context("no nodes");
+    let follower = |rng: &mut SplitMix64| -> anyhow::Result<u64> {
+        let candidates = match leader {
+            Some(l) => others(l),
+            None => ids.clone(),
+        };
+        rng.pick(&candidates).copied().context("no follower")
+    };
+    let done = match fault.kind {
+        FaultKind::KillFollower => {
+            let target = follower(&mut rng)?;
+            kill_hold_restart(cluster, &[target], fault.hold).await?
+        }
+        FaultKind::KillLeader => {
+            let target = any_leader()?;
+            kill_hold_restart(cluster, &[target], fault.hold).await?
+        }
+        FaultKind::KillMajority => {
+            let first = any_leader()?;
+            let mut rest = others(first);
+            rng.shuffle(&mut rest);
+            let mut targets = vec![first];
+            targets.extend(rest.into_iter().take(ids.len() / 2));
+            kill_hold_restart(cluster, &targets, fault.hold).await?
+        }
+        FaultKind::KillAll => kill_hold_restart(cluster, &ids, fault.hold).await?,
+        FaultKind::PauseLeader => pause_hold_resume(cluster, any_leader()?, fault.hold).await?,
+        FaultKind::PauseFollower => {
+            let target = follower(&mut rng)?;
+            pause_hold_resume(cluster, target, fault.hold).await?
+        }
+        FaultKind::IsolateLeader => {
+            let target = any_leader()?;
+            cluster.network.partition(&[target], &others(target));
+            hold_heal(cluster, fault.hold).await;
+            format!("isolated leader {target}")
+        }
+        FaultKind::IsolateFollower => {
+            let target = follower(&mut rng)?;
+            cluster.network.partition(&[target], &others(target));
+            hold_heal(cluster, fault.hold).await;
+            format!("isolated follower {target}")
+        }
+        FaultKind::SplitMajority => {
+            let mut shuffled = ids.clone();
+            rng.shuffle(&mut shuffled);
+            let (minority, majority) = shuffled.split_at(ids.len() / 2);
+            cluster.network.partition(minority, majority);
+            hold_heal(cluster, fault.hold).await;
+            format!("split {minority:?} | {majority:?}")
+        }
+        FaultKind::LeaderCannotSend => {
+            let target = any_leader()?;
+            for other in others(target) {
+                cluster.network.cut(target, other);
+            }
+            hold_heal(cluster, fault.hold).await;
+            format!("leader {target}'s requests cut")
+        }
+        FaultKind::LeaderCannotReceive => {
+            let target = any_leader()?;
+            for other in others(target) {
+                cluster.network.cut(other, target);
+            }
+            hold_heal(cluster, fault.hold).await;
+            format!("requests to leader {target} cut")
+        }
+        FaultKind::SlowNetwork => {
+            cluster.network.set_delay(fault.delay, fault.jitter);
+            hold_heal(cluster, fault.hold).await;
+            format!(
+                "delayed every peer request {:?}+{:?}",
+                fault.delay, fault.jitter
+            )
+        }
+        FaultKind::LossyNetwork => {
+            cluster.network.set_loss(fault.loss_percent);
+            hold_heal(cluster, fault.hold).await;
+            format!("failed {}% of peer requests", fault.loss_percent)
+        }
+        FaultKind::ReplaceFollower => {
+            let leaving = follower(&mut rng)?;
+            replace(cluster, leaving).await?
+        }
+    };
+    Ok(done)
+}
+
+async fn kill_hold_restart(
+    cluster: &mut Cluster,
+    targets: &[u64],
+    hold: Duration,
+) -> anyhow::Result<String> {
+    for &id in targets {
+        cluster.kill(id).await?;
+    }
+    tokio::time::sleep(hold).await;
+    for &id in targets {
+        cluster
+            .spawn(id)
+            .await
+            .with_context(|| format!("restart of node {id} after SIGKILL"))?;
+    }
+    Ok(format!("SIGKILLed and restarted {targets:?}"))
+}
+
+async fn pause_hold_resume(
+    cluster: &mut Cluster,
+    id: u64,
+    hold: Duration,
+) -> anyhow::Result<String> {
+    cluster.signal(id, "-STOP")?;
+    tokio::time::sleep(hold).await;
+    cluster.signal(id, "-CONT")?;
+    Ok(format!("SIGSTOPped node {id} for {hold:?}"))
+}
+
+async fn hold_heal(cluster: &Cluster, hold: Duration) {
+    tokio::time::sleep(hold).await;
+    cluster.network.heal();
+}
+
+/// A new node joins as a learner, is promoted to voter, then `leaving` is removed and stopped
+/// for good: the voter count is unchanged, the membership is not.
+async fn replace(cluster: &mut Cluster, leaving: u64) -> anyhow::Result<String> {
+    let joining = cluster.next_id();
+    cluster.add_node(joining, false).await?;
+    // The join makes it a learner; wait until the leader lists it.
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+    loop {
+        if let Some(leader) = cluster.leader().await
+            && let Some(status) = cluster.status(leader).await
+            && status["members"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["id"] == joining))
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("node {joining} did not become a learner within {MEMBERSHIP_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    admin_until_ok(cluster, "/cluster/promote", joining).await?;
+    admin_until_ok(cluster, "/cluster/remove", leaving).await?;
+    cluster.retire(leaving).await?;
+    Ok(format!(
+        "node {joining} joined as a learner and was promoted; node {leaving} was removed"
+    ))
+}
+
+/// Sends an admin mutation to the current leader until it answers 200 (a leader change or a
+/// not-yet-caught-up learner answers 503), within the bound.
+async fn admin_until_ok(cluster: &Cluster, path: &str, node_id: u64) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + MEMBERSHIP_TIMEOUT;
+    let mut last = String::new();
+    while tokio::time::Instant::now() < deadline {
+        if let Some(leader) = cluster.leader().await {
+            match cluster
+                .admin_post(leader, path, json!({ "node_id": node_id }))
+                .await
+            {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => last = format!("{status} {body}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{path} of node {node_id} did not succeed within {MEMBERSHIP_TIMEOUT:?}: {last}")
+}

@@ -1,0 +1,14 @@
+//! The chaos harness: a real pkraft cluster (the release binary, one process per node, on
+//! loopback) under seeded faults and bounded concurrent traffic, its recorded history checked
+//! for per-key linearizability, durability, monotonic stale reads and convergence.
+//! docs/TESTING.md describes how to run it and what it has found.
+
+pub mod check;
+pub mod cluster;
+pub mod faults;
+pub mod history;
+pub mod proxy;
+pub mod rng;
+pub mod run;
+pub mod schedule;
+pub mod workload;

@@ -1,0 +1,313 @@
+//! One chaos run: start the cluster, start the clients, carry out the schedule, heal, read the
+//! final state from every node, check the history, and save what a failure needs.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::check::{self, Checked, FinalState, Violation};
+use crate::cluster::{Cluster, ELECTION_TIMEOUT_MAX, ORIGIN};
+use crate::history::{self, Op, OpKind, PutOutcome, ReadOutcome};
+use crate::proxy::Network;
+use crate::schedule::{self, Fault};
+use crate::workload::{self, Keys, Recorder, Role};
+
+/// How long the cluster may take to elect a leader and catch every node up after a fault is
+/// healed; longer is a liveness failure.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Traffic before the first fault and after the last.
+const WARMUP: Duration = Duration::from_secs(2);
+/// Bound on the clients' last operations after they are told to stop (their longest timeout
+/// is 5 s).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub struct RunConfig {
+    pub bin: PathBuf,
+    pub out: PathBuf,
+    pub seed: u64,
+    pub nodes: u64,
+    pub rounds: usize,
+    pub keys: usize,
+    pub writers: usize,
+    pub linearizable_readers: usize,
+    pub replica_readers: usize,
+}
+
+pub struct Outcome {
+    pub summary: String,
+    pub violations: Vec<Violation>,
+}
+
+pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
+    std::fs::create_dir_all(&config.out)
+        .with_context(|| format!("create {}", config.out.display()))?;
+    let pause_min = ELECTION_TIMEOUT_MAX * 2;
+    let faults = schedule::generate(config.seed, config.rounds, pause_min);
+    let mut plan = String::new();
+    for (i, fault) in faults.iter().enumerate() {
+        let _ = writeln!(plan, "{:3} {fault}", i + 1);
+    }
+    std::fs::write(config.out.join("schedule.txt"), &plan)?;
+    println!(
+        "chaos: seed={} nodes={} faults={} (replay: make chaos SEED={}); output in {}",
+        config.seed,
+        config.nodes,
+        faults.len(),
+        config.seed,
+        config.out.display()
+    );
+
+    let network = Network::new(config.seed);
+    let mut cluster = Cluster::start(&config.bin, &config.out, config.nodes, network.clone())
+        .await
+        .context("starting the cluster")?;
+    let start = Instant::now();
+    let recorder = Arc::new(Recorder::new(start));
+    let keys = Arc::new(Keys::new(config.keys));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut roles = vec![Role::Writer; config.writers];
+    roles.extend(vec![Role::LinearizableReader; config.linearizable_readers]);
+    roles.extend(vec![Role::ReplicaReader; config.replica_readers]);
+    let clients = workload::spawn(
+        &roles,
+        config.seed,
+        keys.clone(),
+        cluster.targets.clone(),
+        recorder.clone(),
+        stop.clone(),
+    )?;
+
+    let mut events = String::new();
+    let mut violations = Vec::new();
+    let mut survived: BTreeMap<&'static str, usize> = BTreeMap::new();
+    tokio::time::sleep(WARMUP).await;
+    for (i, fault) in faults.iter().enumerate() {
+        let at = start.elapsed();
+        let result = apply_and_recover(&mut cluster, fault, config.nodes as usize).await;
+        let line = match &result {
+            Ok(done) => format!(
+                "{:>7.1}s fault {:3} {}: {done}",
+                at.as_secs_f64(),
+                i + 1,
+                fault.kind.name()
+            ),
+            Err(e) => format!(
+                "{:>7.1}s fault {:3} {}: FAILED: {e:#}",
+                at.as_secs_f64(),
+                i + 1,
+                fault.kind.name()
+            ),
+        };
+        println!("chaos: {line}");
+        events.push_str(&line);
+        events.push('\n');
+        match result {
+            Ok(_) => *survived.entry(fault.kind.name()).or_default() += 1,
+            Err(e) => {
+                violations.push(Violation {
+                    check: "recovery",
+                    detail: format!("fault {} ({fault}): {e:#}", i + 1),
+                });
+                break;
+            }
+        }
+        tokio::time::sleep(fault.settle).await;
+    }
+    tokio::time::sleep(WARMUP).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, futures_join(clients)).await;
+    if drained.is_err() {
+        violations.push(Violation {
+            check: "harness",
+            detail: format!("clients did not finish within {DRAIN_TIMEOUT:?} of the stop"),
+        });
+    }
+    let ops = recorder.take();
+    history::save(&config.out.join("history.jsonl"), &ops)?;
+    std::fs::write(config.out.join("events.txt"), &events)?;
+
+    let finals = match heal_and_read_finals(&mut cluster, &keys, config.nodes as usize).await {
+        Ok(finals) => finals,
+        Err(e) => {
+            violations.push(Violation {
+                check: "recovery",
+                detail: format!("after healing everything: {e:#}"),
+            });
+            Vec::new()
+        }
+    };
+    for id in cluster.ids() {
+        cluster.harvest_snapshot_counts(id).await;
+    }
+    let (checked, found) = check::check_all(&ops, config.keys, &finals);
+    violations.extend(found);
+    let summary = summarize(
+        config,
+        &cluster,
+        &ops,
+        &survived,
+        &checked,
+        &violations,
+        start.elapsed(),
+    );
+    std::fs::write(config.out.join("summary.txt"), &summary)?;
+    let mut report = String::new();
+    for violation in &violations {
+        let _ = writeln!(report, "{violation}");
+    }
+    std::fs::write(config.out.join("violations.txt"), &report)?;
+    cluster.kill_all_now();
+    Ok(Outcome {
+        summary,
+        violations,
+    })
+}
+
+async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
+async fn apply_and_recover(
+    cluster: &mut Cluster,
+    fault: &Fault,
+    voters: usize,
+) -> anyhow::Result<String> {
+    let done = crate::faults::apply(cluster, fault).await?;
+    cluster
+        .wait_settled(voters, RECOVERY_TIMEOUT)
+        .await
+        .context("recovery after healing")?;
+    Ok(done)
+}
+
+/// Heals everything, restarts what is down, waits until every node has applied everything, and
+/// reads every key from every node over GET and DNS (the two must agree).
+async fn heal_and_read_finals(
+    cluster: &mut Cluster,
+    keys: &Keys,
+    voters: usize,
+) -> anyhow::Result<Vec<FinalState>> {
+    cluster.network.heal();
+    for id in cluster.paused() {
+        cluster.signal(id, "-CONT")?;
+    }
+    for id in cluster.stopped() {
+        cluster.spawn(id).await?;
+    }
+    cluster.wait_settled(voters, RECOVERY_TIMEOUT).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let targets = cluster
+        .targets
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut finals = Vec::new();
+    for target in targets {
+        let mut packets = Vec::new();
+        for key in 0..keys.keypairs.len() {
+            let url = format!("http://{}/pkarr/{}", target.http, keys.z32(key));
+            let response = http.get(url).send().await?;
+            let packet = match response.status().as_u16() {
+                200 => {
+                    let body = response.bytes().await?;
+                    match keys.read_payload(key, &body) {
+                        ReadOutcome::Found { version, .. } => Some((version, body.to_vec())),
+                        other => anyhow::bail!("node {} key {key}: {other:?}", target.id),
+                    }
+                }
+                404 => None,
+                other => anyhow::bail!("node {} key {key}: GET answered {other}", target.id),
+            };
+            let qname = format!("_chaos.{}.{ORIGIN}.", keys.z32(key));
+            let dns = workload::final_dns_version(target.dns, &qname).await?;
+            let get_version = packet.as_ref().map_or(0, |(v, _)| *v);
+            if dns != get_version {
+                anyhow::bail!(
+                    "node {} key {key}: DNS answers version {dns}, GET version {get_version}",
+                    target.id
+                );
+            }
+            packets.push(packet);
+        }
+        finals.push(FinalState {
+            node: target.id,
+            packets,
+        });
+    }
+    Ok(finals)
+}
+
+fn summarize(
+    config: &RunConfig,
+    cluster: &Cluster,
+    ops: &[Op],
+    survived: &BTreeMap<&'static str, usize>,
+    checked: &Checked,
+    violations: &[Violation],
+    elapsed: Duration,
+) -> String {
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for op in ops {
+        let outcome = match &op.kind {
+            OpKind::Put { outcome, .. } => match outcome {
+                PutOutcome::Stored => "204",
+                PutOutcome::Conflict => "409",
+                PutOutcome::Unknown(_) => "unknown",
+                PutOutcome::Unexpected(_) => "unexpected",
+            },
+            _ => match op.read_outcome() {
+                Some(ReadOutcome::Found { .. }) => "found",
+                Some(ReadOutcome::NotFound) => "not-found",
+                Some(ReadOutcome::Failed(_)) => "failed",
+                Some(ReadOutcome::Unexpected(_)) | None => "unexpected",
+            },
+        };
+        *outcomes
+            .entry(format!("{} {outcome}", op.kind_name()))
+            .or_default() += 1;
+    }
+    let (builds, installs) = cluster.snapshot_totals();
+    let network = &cluster.network;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "seed {} · {} nodes · {:.0} s · {} operations · {} violations",
+        config.seed,
+        config.nodes,
+        elapsed.as_secs_f64(),
+        ops.len(),
+        violations.len()
+    );
+    let faults: Vec<String> = survived.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(s, "faults survived: {}", faults.join(", "));
+    let counts: Vec<String> = outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let _ = writeln!(s, "operations: {}", counts.join(", "));
+    let _ = writeln!(
+        s,
+        "checked: {} ops for linearizability, {} reads against proposals, {} acknowledged PUTs \
+         for durability, {} nodes compared",
+        checked.linearizable_ops,
+        checked.reads_checked,
+        checked.acknowledged_puts,
+        checked.nodes_compared
+    );
+    let _ = writeln!(
+        s,
+        "peer network: {} requests cut, {} lost, {} delayed; snapshots: {builds} built, \
+         {installs} installed (processes that were killed are counted up to their last scrape)",
+        network.cut_requests.load(Ordering::Relaxed),
+        network.lost_requests.load(Ordering::Relaxed),
+        network.delayed_requests.load(Ordering::Relaxed),
+    );
+    s
+}

@@ -1,0 +1,168 @@
+//! The fault schedule: derived from the seed alone, so `SEED=n` replays the same faults in the
+//! same order with the same parameters. Targets are named by role (the leader, a follower, the
+//! n-th member) and resolved when the fault starts, because which node leads depends on timing.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::rng::SplitMix64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// SIGKILL a follower, restart it after the hold.
+    KillFollower,
+    /// SIGKILL the leader, restart it after the hold.
+    KillLeader,
+    /// SIGKILL a majority (the leader among them), restart them after the hold.
+    KillMajority,
+    /// SIGKILL every node, restart them all after the hold.
+    KillAll,
+    /// SIGSTOP the leader for longer than the election timeout, then SIGCONT.
+    PauseLeader,
+    /// SIGSTOP a follower, then SIGCONT.
+    PauseFollower,
+    /// Cut every peer request to and from the leader.
+    IsolateLeader,
+    /// Cut a follower off long enough for the leader to purge the log it needs, so that it
+    /// catches up by snapshot.
+    IsolateFollower,
+    /// Split the voters into a minority and a majority (1|2 of 3, 2|3 of 5).
+    SplitMajority,
+    /// The leader's requests to the others fail; theirs to it go through.
+    LeaderCannotSend,
+    /// The others' requests to the leader fail; the leader's to them go through.
+    LeaderCannotReceive,
+    /// Every peer request is delayed.
+    SlowNetwork,
+    /// A share of all peer requests fail.
+    LossyNetwork,
+    /// A new node joins as a learner, is promoted, and a follower is removed, during traffic.
+    ReplaceFollower,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 14] = [
+        FaultKind::KillFollower,
+        FaultKind::KillLeader,
+        FaultKind::KillMajority,
+        FaultKind::KillAll,
+        FaultKind::PauseLeader,
+        FaultKind::PauseFollower,
+        FaultKind::IsolateLeader,
+        FaultKind::IsolateFollower,
+        FaultKind::SplitMajority,
+        FaultKind::LeaderCannotSend,
+        FaultKind::LeaderCannotReceive,
+        FaultKind::SlowNetwork,
+        FaultKind::LossyNetwork,
+        FaultKind::ReplaceFollower,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillFollower => "kill-follower",
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::KillMajority => "kill-majority",
+            FaultKind::KillAll => "kill-all",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::PauseFollower => "pause-follower",
+            FaultKind::IsolateLeader => "isolate-leader",
+            FaultKind::IsolateFollower => "isolate-follower",
+            FaultKind::SplitMajority => "split-majority",
+            FaultKind::LeaderCannotSend => "leader-cannot-send",
+            FaultKind::LeaderCannotReceive => "leader-cannot-receive",
+            FaultKind::SlowNetwork => "slow-network",
+            FaultKind::LossyNetwork => "lossy-network",
+            FaultKind::ReplaceFollower => "replace-follower",
+        }
+    }
+}
+
+/// One fault with every parameter drawn from the seed.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// How long the fault lasts (kill: until the restart; pause: until SIGCONT; network: until
+    /// healed).
+    pub hold: Duration,
+    /// Picks among candidate targets (followers, the members of a split), modulo their count.
+    pub pick: u64,
+    /// Added delay per peer request (slow network), up to `delay + jitter`.
+    pub delay: Duration,
+    pub jitter: Duration,
+    /// Share of peer requests that fail (lossy network), in percent.
+    pub loss_percent: u64,
+    /// Quiet time after healing, before the next fault.
+    pub settle: Duration,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} hold={:?}", self.kind.name(), self.hold)?;
+        match self.kind {
+            FaultKind::SlowNetwork => {
+                write!(f, " delay={:?}+{:?}", self.delay, self.jitter)?;
+            }
+            FaultKind::LossyNetwork => write!(f, " loss={}%", self.loss_percent)?,
+            _ => write!(f, " pick={}", self.pick)?,
+        }
+        write!(f, " settle={:?}", self.settle)
+    }
+}
+
+/// `rounds` rounds, each every fault kind once in a seeded order, so every run covers every
+/// kind. `pause_min` is the shortest pause (it must exceed the election timeout).
+pub fn generate(seed: u64, rounds: usize, pause_min: Duration) -> Vec<Fault> {
+    let mut rng = SplitMix64::new(seed);
+    let mut faults = Vec::new();
+    for _ in 0..rounds {
+        let mut kinds = FaultKind::ALL;
+        rng.shuffle(&mut kinds);
+        for kind in kinds {
+            let hold_ms = match kind {
+                FaultKind::PauseLeader | FaultKind::PauseFollower => {
+                    let min = pause_min.as_millis() as u64;
+                    rng.between(min, min * 2)
+                }
+                FaultKind::IsolateFollower => rng.between(4_000, 7_000),
+                FaultKind::ReplaceFollower => 0,
+                _ => rng.between(1_000, 5_000),
+            };
+            faults.push(Fault {
+                kind,
+                hold: Duration::from_millis(hold_ms),
+                pick: rng.next_u64(),
+                delay: Duration::from_millis(rng.between(20, 200)),
+                jitter: Duration::from_millis(rng.between(0, 100)),
+                loss_percent: rng.between(10, 40),
+                settle: Duration::from_millis(rng.between(500, 2_000)),
+            });
+        }
+    }
+    faults
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_replays_the_same_schedule_and_covers_every_kind() {
+        let a = generate(42, 2, Duration::from_secs(2));
+        let b = generate(42, 2, Duration::from_secs(2));
+        let text = |s: &[Fault]| s.iter().map(|f| f.to_string()).collect::<Vec<_>>();
+        assert_eq!(text(&a), text(&b));
+        assert_ne!(text(&a), text(&generate(43, 2, Duration::from_secs(2))));
+        let mut kinds: Vec<FaultKind> = a[..FaultKind::ALL.len()].iter().map(|f| f.kind).collect();
+        kinds.sort();
+        assert_eq!(kinds, FaultKind::ALL);
+        for fault in &a {
+            if matches!(
+                fault.kind,
+                FaultKind::PauseLeader | FaultKind::PauseFollower
+            ) {
+                assert!(fault.hold >= Duration::from_secs(2));
+            }
+        }
+    }
+}
