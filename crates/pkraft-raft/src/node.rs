@@ -150,6 +150,9 @@ pub struct Node {
     pub(crate) leader_contact: LeaderContact,
     /// Set after a crash: local reads wait until the replica is at least as new as before it.
     catch_up: Option<CatchUp>,
+    /// The last entry the log held at start: the floor of the read indexes this node gives while
+    /// it leads in that entry's term (see `read_index_as_leader`).
+    pub(crate) log_end_at_start: Option<LogId<NodeId>>,
     data_dir: PathBuf,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -290,6 +293,7 @@ impl Node {
                 }
                 _ => None,
             },
+            log_end_at_start: last_log_id,
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             metrics,

@@ -135,6 +135,17 @@ impl Node {
 
     /// The leader's half of ReadIndex: confirm leadership with a quorum and return the index up
     /// to which a reader must have applied.
+    ///
+    /// openraft's read index is the larger of its commit index and the first entry of this
+    /// leader's term. A leader that restarts keeps its leadership when its vote was committed,
+    /// and then starts from the commit index on disk, which pkraft writes at most once a second:
+    /// entries of its term committed (and acknowledged) in the second before the crash are above
+    /// both. So while it leads in the term of the last entry its log held at start (which only
+    /// a leader that kept its leadership across the restart does), the read index is also at
+    /// least that entry: everything committed before the restart is in its log, and it commits
+    /// its own log. A leader elected in a later term needs no floor: its first entry follows
+    /// its whole log. (Found by the chaos harness: docs/TESTING.md, "a linearizable GET
+    /// returned an older packet after the leader restarted".)
     pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
         let ensured = tokio::time::timeout(self.publish_timeout, self.raft.ensure_linearizable())
             .await
@@ -145,7 +156,14 @@ impl Node {
                 ))
             })?;
         match ensured {
-            Ok(log_id) => Ok(log_id.map(|log_id| log_id.index)),
+            Ok(log_id) => {
+                let term = self.raft.metrics().borrow().current_term;
+                let floor = self
+                    .log_end_at_start
+                    .filter(|log_end| log_end.leader_id.term == term)
+                    .map(|log_end| log_end.index);
+                Ok(log_id.map(|log_id| log_id.index).max(floor))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                 Err(PeerError::NotLeader {
                     leader: forward.leader_id,
