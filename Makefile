@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-memory bench-abuse bench-smoke fuzz-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -69,14 +69,29 @@ bench-abuse:
 fuzz-smoke:
 	tests/fuzz/smoke.sh
 
+## Chaos tests (docs/TESTING.md): a 3- or 5-node cluster of the release binary under a seeded
+## fault schedule (SIGKILL, SIGSTOP, partitions, lossy and slow links, membership changes,
+## snapshots) and concurrent traffic; the history is checked for linearizability, durability,
+## monotonic stale reads and convergence. SEED=n replays a schedule; RUNS (3), NODES (3 or 5) and
+## ROUNDS (3 rounds of every fault kind, about 4 minutes a run) size it.
+chaos:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-chaos
+	CHAOS_BIN_DIR=$(TARGET_DIR)/release tests/chaos/run.sh
+
+## One round of every fault kind on a 3-node cluster of the test build's binary, seed 1 unless
+## SEED is given (CI; about 2 minutes).
+chaos-smoke:
+	$(CARGO) test --workspace --locked --no-run
+	CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=1 ROUNDS=1 tests/chaos/run.sh
+
 ## The benchmark harness with tiny counts, pkraft only, on the test build's binaries (CI).
 bench-smoke:
 	$(CARGO) test --workspace --locked --no-run
 	BENCH_BIN_DIR=$(TARGET_DIR)/debug tests/bench/run.sh smoke
 
 ## The CI gate (.ci/run): read-only checks, tests, the end-to-end check, the benchmark smoke,
-## the fuzz smoke.
-ci: fmt-check lint test e2e bench-smoke fuzz-smoke
+## the fuzz smoke, the chaos smoke.
+ci: fmt-check lint test e2e bench-smoke fuzz-smoke chaos-smoke
 
 release:
 	$(CARGO) build --release --locked -p pkraft

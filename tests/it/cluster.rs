@@ -45,6 +45,8 @@ pub struct TestCluster {
     pub members: Vec<Member>,
     pub faults: Arc<Faults>,
     config_dir: tempfile::TempDir,
+    /// The `[raft]` timing lines every node gets (`TEST_RAFT` unless a test needs others).
+    raft_timing: String,
     /// Extra `[raft]` lines every node gets.
     raft_extra: String,
     /// Extra sections at the end of every node's config.
@@ -60,10 +62,21 @@ impl TestCluster {
 
     /// `start`, with `sections` (whole config sections such as `[dns]`) added to every config.
     pub async fn start_with_sections(size: u64, raft_extra: &str, sections: &str) -> TestCluster {
+        TestCluster::start_with_timing(size, TEST_RAFT, raft_extra, sections).await
+    }
+
+    /// `start_with_sections`, with `timing` instead of `TEST_RAFT` (it must set the same keys).
+    pub async fn start_with_timing(
+        size: u64,
+        timing: &str,
+        raft_extra: &str,
+        sections: &str,
+    ) -> TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
             faults: Arc::new(Faults::default()),
             config_dir: tempfile::tempdir().expect("config dir"),
+            raft_timing: timing.to_string(),
             raft_extra: raft_extra.to_string(),
             sections_extra: sections.to_string(),
         };
@@ -91,6 +104,7 @@ impl TestCluster {
             members: Vec::new(),
             faults: Arc::new(Faults::default()),
             config_dir: tempfile::tempdir().expect("config dir"),
+            raft_timing: TEST_RAFT.to_string(),
             raft_extra: String::new(),
             sections_extra: String::new(),
         };
@@ -112,9 +126,10 @@ impl TestCluster {
             (Some(first), _) => format!("join = [\"{}\"]\nvoter = {voter}\n", first.proxy.addr),
         };
         let config = format!(
-            "node_id = {id}\n[raft]\n{TEST_RAFT}{raft}[http]\nrequest_timeout = \"10s\"\n\
+            "node_id = {id}\n[raft]\n{timing}{raft}[http]\nrequest_timeout = \"10s\"\n\
              [cluster]\nadvertise = \"{advertise}\"\nsecret = \"{SECRET}\"\n{membership}\
              [admin]\ntoken = \"{ADMIN_TOKEN}\"\n{sections}",
+            timing = self.raft_timing,
             raft = self.raft_extra,
             advertise = proxy.addr,
             sections = self.sections_extra,

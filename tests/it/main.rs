@@ -7,6 +7,7 @@
 mod abuse;
 mod backup;
 mod bad_input;
+mod chaos_regressions;
 mod cli;
 mod cluster;
 mod dns;

@@ -20,9 +20,44 @@ const BODY_MAX: usize = 256 * 1024 * 1024;
 #[derive(Default)]
 pub struct Faults {
     isolated: Mutex<HashSet<u64>>,
+    lost_publish_answer: Mutex<Option<LostAnswer>>,
+}
+
+/// An armed "lose the answer" fault: the next publish `from` forwards is delivered, then the
+/// proxy reports it on `delivered`, waits for `release`, and answers 502 instead of the leader's
+/// answer (as a connection cut after the request was sent would).
+struct LostAnswer {
+    from: u64,
+    delivered: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The test's side of [`Faults::lose_next_publish_answer`].
+pub struct LostAnswerControl {
+    pub delivered: tokio::sync::oneshot::Receiver<()>,
+    pub release: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Faults {
+    /// Arms the lost-answer fault for the next publish forwarded by node `from`.
+    pub fn lose_next_publish_answer(&self, from: u64) -> LostAnswerControl {
+        let (delivered_tx, delivered) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        *self.lost_publish_answer.lock().expect("faults lock") = Some(LostAnswer {
+            from,
+            delivered: delivered_tx,
+            release: release_rx,
+        });
+        LostAnswerControl { delivered, release }
+    }
+
+    fn take_lost_answer(&self, from: Option<u64>, path: &str) -> Option<LostAnswer> {
+        let mut armed = self.lost_publish_answer.lock().expect("faults lock");
+        let matches = path == "/peer/v1/publish"
+            && armed.as_ref().is_some_and(|lost| Some(lost.from) == from);
+        if matches { armed.take() } else { None }
+    }
+
     pub fn isolate(&self, node: u64) {
         self.isolated.lock().expect("faults lock").insert(node);
     }
@@ -101,7 +136,15 @@ async fn relay(State(state): State<ProxyState>, request: Request) -> Response {
             forward = forward.header(name, value);
         }
     }
-    match forward.send().await {
+    let lost = state.faults.take_lost_answer(ends[0], path);
+    let answer = forward.send().await;
+    if let Some(lost) = lost {
+        // Delivered (the leader has answered); the caller never learns how.
+        let _ = lost.delivered.send(());
+        let _ = lost.release.await;
+        return (StatusCode::BAD_GATEWAY, "answer lost by the test").into_response();
+    }
+    match answer {
         Ok(answer) => {
             let status = answer.status();
             let bytes = answer.bytes().await.unwrap_or_default();

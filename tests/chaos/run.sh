@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# `make chaos` and `make chaos-smoke` (docs/TESTING.md): RUNS chaos runs with the seeds SEED,
+# SEED+1, ... (SEED is random unless given), each on a cluster of NODES voters with ROUNDS rounds
+# of every fault kind, against $CHAOS_BIN_DIR/pkraft. Every run prints its seed and summary; a
+# failing run keeps its history, schedule and node logs in $CHAOS_OUT/seed-N (default
+# target/chaos). Exits non-zero if any run failed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+bin_dir=${CHAOS_BIN_DIR:?set CHAOS_BIN_DIR to the directory holding pkraft and pkraft-chaos}
+seed=${SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+runs=${RUNS:-3}
+nodes=${NODES:-3}
+rounds=${ROUNDS:-3}
+out_root=${CHAOS_OUT:-target/chaos}
+
+failed=()
+for ((i = 0; i < runs; i++)); do
+  run_seed=$((seed + i))
+  out="$out_root/seed-$run_seed"
+  rm -rf "$out"
+  if ! "$bin_dir/pkraft-chaos" run --bin "$bin_dir/pkraft" --out "$out" \
+    --seed "$run_seed" --nodes "$nodes" --rounds "$rounds"; then
+    failed+=("$run_seed")
+  fi
+done
+if ((${#failed[@]})); then
+  echo "chaos: FAILED seeds: ${failed[*]}; replay one with" \
+    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds"
+  exit 1
+fi
+echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each)"
