@@ -230,14 +230,17 @@ impl Cluster {
             dns: addrs.dns,
         };
         let mut targets = self.targets.write().unwrap_or_else(|e| e.into_inner());
-        targets.retain(|t| t.id != id);
+        // A node that is down keeps its old addresses (clients get refused connections), unless
+        // this process was given one of its ports: then the requests would reach this node
+        // while being recorded as the other's, so the down node gets no traffic until it is back.
+        targets.retain(|t| t.id != id && t.http != target.http && t.dns != target.dns);
         targets.push(target);
         targets.sort_by_key(|t| t.id);
         Ok(())
     }
 
-    /// SIGKILL: no chance to flush or say goodbye. Clients keep sending to its old address
-    /// (and get refused connections) until it restarts.
+    /// SIGKILL: no chance to flush or say goodbye. Clients keep sending to its old addresses
+    /// (and get refused connections) until it restarts (see `spawn` for a reused port).
     pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         self.harvest_snapshot_counts(id).await;
         let node = self.node_mut(id)?;
@@ -350,6 +353,45 @@ impl Cluster {
             tokio::time::sleep(POLL).await;
         }
         bail!("the cluster did not settle within {timeout:?}: {last}")
+    }
+
+    /// Waits until every member has applied the leader's whole log, with the same log end in
+    /// two polls in a row (so nothing is being appended); returns that log end. Used once the
+    /// clients have stopped.
+    pub async fn wait_quiescent(&self, timeout: Duration) -> anyhow::Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut previous = None;
+        let mut last = String::from("no status yet");
+        while Instant::now() < deadline {
+            match self.all_applied().await {
+                Ok(log_end) if previous == Some(log_end) => return Ok(log_end),
+                Ok(log_end) => previous = Some(log_end),
+                Err(why) => {
+                    previous = None;
+                    last = why;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        bail!("the nodes did not all apply the leader's log within {timeout:?}: {last}")
+    }
+
+    async fn all_applied(&self) -> Result<u64, String> {
+        let leader = self.leader().await.ok_or("no leader")?;
+        let status = self.status(leader).await.ok_or("leader went silent")?;
+        let log_end = status["node"]["last_log_index"]
+            .as_u64()
+            .ok_or("no last_log_index")?;
+        for member in status["members"].as_array().ok_or("no members")? {
+            let applied = member["status"]["applied_index"].as_u64();
+            if applied != Some(log_end) {
+                return Err(format!(
+                    "node {} applied {applied:?} of {log_end}",
+                    member["id"]
+                ));
+            }
+        }
+        Ok(log_end)
     }
 
     async fn settled(&self, voters: usize, target: &mut Option<u64>) -> Result<u64, String> {

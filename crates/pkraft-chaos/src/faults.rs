@@ -18,6 +18,8 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
     let ids = cluster.ids();
     let mut rng = SplitMix64::new(fault.pick);
     let others = |of: u64| -> Vec<u64> { ids.iter().copied().filter(|&i| i != of).collect() };
+    // With no leader known (an election under way), the fault hits the first node instead;
+    // the event line says so.
     let any_leader = || leader.or_else(|| ids.first().copied()).context("no nodes");
     let follower = |rng: &mut SplitMix64| -> anyhow::Result<u64> {
         let candidates = match leader {
@@ -103,7 +105,10 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             replace(cluster, leaving).await?
         }
     };
-    Ok(done)
+    Ok(match leader {
+        Some(_) => done,
+        None => format!("{done} (no leader was known)"),
+    })
 }
 
 async fn kill_hold_restart(

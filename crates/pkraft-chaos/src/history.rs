@@ -20,7 +20,8 @@ pub struct Op {
     /// The node asked.
     pub node: u64,
     /// How many times that node had been started when the operation was invoked (1 = first
-    /// process). Stale reads may only be compared within one process and across restarts.
+    /// process). Reads of one node are compared whatever the process; this says in the report
+    /// whether a step backwards crossed a restart.
     pub incarnation: u32,
     pub invoke_us: u64,
     pub complete_us: u64,

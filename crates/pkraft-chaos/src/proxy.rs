@@ -3,7 +3,8 @@
 //! through the proxies. Peer requests name their sender and receiver (`Pkraft-Source-Node`, and
 //! the proxy knows its node), so the rules can cut one direction of a link, which a TCP-level
 //! proxy could not tell apart: an asymmetric partition is "A's requests to B fail, B's to A go
-//! through". A cut request is answered 503 at once, as a refused connection would be.
+//! through". A cut request is answered 503 at once, as a refused connection would be. A lossy
+//! network loses requests (never delivered) and answers (delivered, then failed).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub struct Network {
     rules: Mutex<Rules>,
     pub cut_requests: AtomicU64,
     pub lost_requests: AtomicU64,
+    pub lost_answers: AtomicU64,
     pub delayed_requests: AtomicU64,
 }
 
@@ -42,7 +44,11 @@ struct Rules {
 /// What to do with one request.
 enum Verdict {
     Cut,
-    Lose,
+    /// Fail it without delivering it.
+    LoseRequest,
+    /// Deliver it, then fail it as if the answer were lost: the sender cannot tell whether it
+    /// took effect.
+    LoseAnswer,
     Pass(Duration),
 }
 
@@ -57,6 +63,7 @@ impl Network {
             }),
             cut_requests: AtomicU64::new(0),
             lost_requests: AtomicU64::new(0),
+            lost_answers: AtomicU64::new(0),
             delayed_requests: AtomicU64::new(0),
         })
     }
@@ -113,7 +120,11 @@ impl Network {
             verdict = if cut {
                 Verdict::Cut
             } else if r.loss_percent > 0 && r.rng.below(100) < r.loss_percent {
-                Verdict::Lose
+                if r.rng.chance(0.5) {
+                    Verdict::LoseRequest
+                } else {
+                    Verdict::LoseAnswer
+                }
             } else if let Some((base, jitter)) = r.delay {
                 let extra = r.rng.below(jitter.as_millis() as u64 + 1);
                 Verdict::Pass(base + Duration::from_millis(extra))
@@ -170,6 +181,7 @@ async fn relay(State(state): State<ProxyState>, request: Request) -> Response {
         .get(SOURCE_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut lose_answer = false;
     match state.network.verdict(from, state.node) {
         Verdict::Cut => {
             state.network.cut_requests.fetch_add(1, Ordering::Relaxed);
@@ -179,10 +191,11 @@ async fn relay(State(state): State<ProxyState>, request: Request) -> Response {
             )
                 .into_response();
         }
-        Verdict::Lose => {
+        Verdict::LoseRequest => {
             state.network.lost_requests.fetch_add(1, Ordering::Relaxed);
             return (StatusCode::SERVICE_UNAVAILABLE, "lost by the chaos harness").into_response();
         }
+        Verdict::LoseAnswer => lose_answer = true,
         Verdict::Pass(delay) if !delay.is_zero() => {
             state
                 .network
@@ -210,7 +223,12 @@ async fn relay(State(state): State<ProxyState>, request: Request) -> Response {
             forward = forward.header(name, value);
         }
     }
-    match forward.send().await {
+    let answer = forward.send().await;
+    if lose_answer {
+        state.network.lost_answers.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::BAD_GATEWAY, "answer lost by the chaos harness").into_response();
+    }
+    match answer {
         Ok(answer) => {
             let status = answer.status();
             match answer.bytes().await {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::check::{self, Checked, FinalState, Violation};
+use crate::check::{self, Checked, FinalPacket, FinalState, Violation};
 use crate::cluster::{Cluster, ELECTION_TIMEOUT_MAX, ORIGIN};
 use crate::history::{self, Op, OpKind, PutOutcome, ReadOutcome};
 use crate::proxy::Network;
@@ -22,6 +22,8 @@ use crate::workload::{self, Keys, Recorder, Role};
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Traffic before the first fault and after the last.
 const WARMUP: Duration = Duration::from_secs(2);
+/// Rounds of final reads before giving up on a log that keeps growing.
+const FINAL_READ_ATTEMPTS: usize = 5;
 /// Bound on the clients' last operations after they are told to stop (their longest timeout
 /// is 5 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -44,6 +46,11 @@ pub struct Outcome {
 }
 
 pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
+    // A used directory would mix the old data dirs (same keys, older versions) into this run.
+    let used = std::fs::read_dir(&config.out).is_ok_and(|mut entries| entries.next().is_some());
+    if used {
+        anyhow::bail!("{} is not empty; choose a new --out", config.out.display());
+    }
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("create {}", config.out.display()))?;
     let pause_min = ELECTION_TIMEOUT_MAX * 2;
@@ -121,8 +128,13 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
     tokio::time::sleep(WARMUP).await;
 
     stop.store(true, Ordering::Relaxed);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, futures_join(clients)).await;
+    let aborts: Vec<_> = clients.iter().map(|c| c.abort_handle()).collect();
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, join_all(clients)).await;
     if drained.is_err() {
+        // Stragglers must not write after the history is taken.
+        for abort in aborts {
+            abort.abort();
+        }
         violations.push(Violation {
             check: "harness",
             detail: format!("clients did not finish within {DRAIN_TIMEOUT:?} of the stop"),
@@ -133,7 +145,10 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
     std::fs::write(config.out.join("events.txt"), &events)?;
 
     let finals = match heal_and_read_finals(&mut cluster, &keys, config.nodes as usize).await {
-        Ok(finals) => finals,
+        Ok((finals, problems)) => {
+            violations.extend(problems);
+            finals
+        }
         Err(e) => {
             violations.push(Violation {
                 check: "recovery",
@@ -169,7 +184,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
     })
 }
 
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<()>>) {
+async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
     for handle in handles {
         let _ = handle.await;
     }
@@ -188,13 +203,14 @@ async fn apply_and_recover(
     Ok(done)
 }
 
-/// Heals everything, restarts what is down, waits until every node has applied everything, and
-/// reads every key from every node over GET and DNS (the two must agree).
+/// Heals everything, restarts what is down, waits until every node has applied the whole log,
+/// and reads every key from every node over GET and DNS. Returns the final states, and a
+/// violation for each answer that could not be read or where GET and DNS disagree.
 async fn heal_and_read_finals(
     cluster: &mut Cluster,
     keys: &Keys,
     voters: usize,
-) -> anyhow::Result<Vec<FinalState>> {
+) -> anyhow::Result<(Vec<FinalState>, Vec<Violation>)> {
     cluster.network.heal();
     for id in cluster.paused() {
         cluster.signal(id, "-CONT")?;
@@ -206,45 +222,78 @@ async fn heal_and_read_finals(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
-    let targets = cluster
-        .targets
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let mut finals = Vec::new();
-    for target in targets {
-        let mut packets = Vec::new();
-        for key in 0..keys.keypairs.len() {
-            let url = format!("http://{}/pkarr/{}", target.http, keys.z32(key));
-            let response = http.get(url).send().await?;
-            let packet = match response.status().as_u16() {
-                200 => {
-                    let body = response.bytes().await?;
-                    match keys.read_payload(key, &body) {
-                        ReadOutcome::Found { version, .. } => Some((version, body.to_vec())),
-                        other => anyhow::bail!("node {} key {key}: {other:?}", target.id),
+    // The leader may still append (an expiry, or an unknown PUT's entry): read again if the log
+    // moved while the nodes were being read.
+    for _ in 0..FINAL_READ_ATTEMPTS {
+        let log_end = cluster.wait_quiescent(RECOVERY_TIMEOUT).await?;
+        let targets = cluster
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut finals = Vec::new();
+        let mut problems = Vec::new();
+        for target in targets {
+            let mut packets = Vec::new();
+            for key in 0..keys.keypairs.len() {
+                match final_packet(&http, keys, &target, key).await {
+                    Ok(packet) => packets.push(packet),
+                    Err(e) => {
+                        problems.push(Violation {
+                            check: "final reads",
+                            detail: format!("node {} key {key}: {e:#}", target.id),
+                        });
+                        packets.push(None);
                     }
                 }
-                404 => None,
-                other => anyhow::bail!("node {} key {key}: GET answered {other}", target.id),
-            };
-            let qname = format!("_chaos.{}.{ORIGIN}.", keys.z32(key));
-            let dns = workload::final_dns_version(target.dns, &qname).await?;
-            let get_version = packet.as_ref().map_or(0, |(v, _)| *v);
-            if dns != get_version {
-                anyhow::bail!(
-                    "node {} key {key}: DNS answers version {dns}, GET version {get_version}",
-                    target.id
-                );
             }
-            packets.push(packet);
+            finals.push(FinalState {
+                node: target.id,
+                packets,
+            });
         }
-        finals.push(FinalState {
-            node: target.id,
-            packets,
-        });
+        if cluster.wait_quiescent(RECOVERY_TIMEOUT).await? == log_end {
+            return Ok((finals, problems));
+        }
     }
-    Ok(finals)
+    anyhow::bail!("the log kept growing after the clients stopped")
+}
+
+/// Reads the final packet of `key` from one node over GET, and checks that its DNS answer has
+/// the same version.
+async fn final_packet(
+    http: &reqwest::Client,
+    keys: &Keys,
+    target: &crate::cluster::Target,
+    key: usize,
+) -> anyhow::Result<Option<FinalPacket>> {
+    let url = format!("http://{}/pkarr/{}", target.http, keys.z32(key));
+    let response = http.get(url).send().await?;
+    let packet = match response.status().as_u16() {
+        200 => {
+            let body = response.bytes().await?;
+            match keys.read_payload(key, &body) {
+                ReadOutcome::Found {
+                    version,
+                    matches_proposed,
+                } => Some(FinalPacket {
+                    version,
+                    payload: body.to_vec(),
+                    matches_proposed,
+                }),
+                other => anyhow::bail!("GET: {other:?}"),
+            }
+        }
+        404 => None,
+        other => anyhow::bail!("GET answered {other}"),
+    };
+    let qname = format!("_chaos.{}.{ORIGIN}.", keys.z32(key));
+    let dns = workload::final_dns_version(target.dns, &qname).await?;
+    let get_version = packet.as_ref().map_or(0, |p| p.version);
+    if dns != get_version {
+        anyhow::bail!("DNS answers version {dns}, GET version {get_version}");
+    }
+    Ok(packet)
 }
 
 fn summarize(
@@ -303,10 +352,12 @@ fn summarize(
     );
     let _ = writeln!(
         s,
-        "peer network: {} requests cut, {} lost, {} delayed; snapshots: {builds} built, \
-         {installs} installed (processes that were killed are counted up to their last scrape)",
+        "peer network: {} requests cut, {} lost, {} answers lost, {} delayed; snapshots: \
+         {builds} built, {installs} installed (processes that were killed are counted up to \
+         their last scrape)",
         network.cut_requests.load(Ordering::Relaxed),
         network.lost_requests.load(Ordering::Relaxed),
+        network.lost_answers.load(Ordering::Relaxed),
         network.delayed_requests.load(Ordering::Relaxed),
     );
     s

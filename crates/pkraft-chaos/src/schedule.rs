@@ -34,7 +34,7 @@ pub enum FaultKind {
     LeaderCannotReceive,
     /// Every peer request is delayed.
     SlowNetwork,
-    /// A share of all peer requests fail.
+    /// A share of all peer requests fail: half before delivery, half after (the answer is lost).
     LossyNetwork,
     /// A new node joins as a learner, is promoted, and a follower is removed, during traffic.
     ReplaceFollower,

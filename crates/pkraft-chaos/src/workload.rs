@@ -198,7 +198,7 @@ impl Client {
                     Role::LinearizableReader => {
                         Some(OpKind::LinearizableGet(self.get(&target, key, true).await))
                     }
-                    Role::ReplicaReader if round % 2 == 0 => {
+                    Role::ReplicaReader if round.is_multiple_of(2) => {
                         Some(OpKind::StaleGet(self.get(&target, key, false).await))
                     }
                     Role::ReplicaReader => Some(OpKind::Dns(self.dns(&target, key).await)),

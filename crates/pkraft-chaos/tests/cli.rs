@@ -24,7 +24,6 @@ fn check(ops: &[Op]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_pkraft-chaos"))
         .arg("check")
         .arg(&path)
-        .args(["--keys", "1"])
         .output()
         .expect("run pkraft-chaos");
     (

@@ -525,10 +525,11 @@ impl Node {
         if let Err(e) = &log_flushed {
             tracing::warn!(error = %e, "could not flush the raft log's committed index");
         }
-        if state_flushed.is_ok() && log_flushed.is_ok() {
-            if let Err(e) = write_clean_stop_marker(&self.data_dir) {
-                tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");
-            }
+        if state_flushed.is_ok()
+            && log_flushed.is_ok()
+            && let Err(e) = write_clean_stop_marker(&self.data_dir)
+        {
+            tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");
         }
     }
 

@@ -11,9 +11,10 @@
 //! stored version is already larger is the same as never taking effect.
 //!
 //! Because the state only grows, two reductions keep the search small without changing its
-//! answer: an operation that is legal and changes nothing in the current state is linearized at
-//! once (doing it later can only be as good: it stays legal or becomes impossible), and an
-//! operation that needs a smaller state than the current one is dead (the branch fails at once).
+//! answer. An operation that may come next, is legal and changes nothing is linearized at once:
+//! in any valid order of the rest, moving it to the front keeps the order valid (every other
+//! operation sees the same states, and nothing left must precede it). And an operation that
+//! needs a smaller state than the current one is dead: the branch fails at once.
 
 use std::collections::HashSet;
 

@@ -31,11 +31,19 @@ impl fmt::Display for Violation {
     }
 }
 
-/// What one node holds for each key at the end (index = key), as payload bytes.
+/// What one node holds for each key at the end (index = key).
 #[derive(Clone, Debug)]
 pub struct FinalState {
     pub node: u64,
-    pub packets: Vec<Option<(Version, Vec<u8>)>>,
+    pub packets: Vec<Option<FinalPacket>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinalPacket {
+    pub version: Version,
+    pub payload: Vec<u8>,
+    /// Whether `payload` is byte for byte the packet the harness PUT for `version`.
+    pub matches_proposed: bool,
 }
 
 /// Counts of what was checked, for the summary.
@@ -47,12 +55,15 @@ pub struct Checked {
     pub nodes_compared: usize,
 }
 
+/// Runs every checker. `keys` is the number of keys written (at least; keys found in the
+/// history beyond it are checked too).
 pub fn check_all(ops: &[Op], keys: usize, finals: &[FinalState]) -> (Checked, Vec<Violation>) {
     let mut violations = Vec::new();
     let mut checked = Checked::default();
+    let keys = ops.iter().map(|op| op.key + 1).max().unwrap_or(0).max(keys);
     unexpected_answers(ops, &mut violations);
     checked.linearizable_ops = linearizability(ops, keys, &mut violations);
-    checked.reads_checked = proposals(ops, &mut violations);
+    checked.reads_checked = proposals(ops, finals, &mut violations);
     monotonic_reads(ops, &mut violations);
     checked.acknowledged_puts = durability(ops, finals, &mut violations);
     checked.nodes_compared = convergence(finals, &mut violations);
@@ -128,7 +139,7 @@ fn linearizability(ops: &[Op], keys: usize, violations: &mut Vec<Violation>) -> 
                     check: "linearizability",
                     detail: format!(
                         "key {key}: no linearization exists. The longest found places {} of {} \
-                         operations, with version {} stored; none of the operations that must \
+                         operations, with version {} stored; none of the operations that could \
                          come next fits:\n    {}",
                         stuck.placed,
                         stuck.total,
@@ -150,8 +161,9 @@ fn linearizability(ops: &[Op], keys: usize, violations: &mut Vec<Violation>) -> 
 }
 
 /// Every read returns a packet that some PUT of that key proposed before the read completed,
-/// exactly, and never one whose PUT was refused (409). Returns the number of reads checked.
-fn proposals(ops: &[Op], violations: &mut Vec<Violation>) -> usize {
+/// exactly, and never one whose PUT was refused (409); so does every node at the end. Returns
+/// the number of reads checked.
+fn proposals(ops: &[Op], finals: &[FinalState], violations: &mut Vec<Violation>) -> usize {
     // (key, version) → (index of the PUT, its invoke time, refused?)
     let mut puts: HashMap<(usize, Version), (usize, u64, bool)> = HashMap::new();
     for (index, op) in ops.iter().enumerate() {
@@ -190,6 +202,31 @@ fn proposals(ops: &[Op], violations: &mut Vec<Violation>) -> usize {
                 check: "proposals",
                 detail: format!("{} returned {problem}", describe(ops, index)),
             });
+        }
+    }
+    for state in finals {
+        for (key, packet) in state.packets.iter().enumerate() {
+            let Some(packet) = packet else { continue };
+            let problem = match puts.get(&(key, packet.version)) {
+                None => Some("a version no PUT proposed".to_string()),
+                Some((put, _, true)) => Some(format!(
+                    "a packet whose PUT was refused with 409 ({})",
+                    describe(ops, *put)
+                )),
+                Some(_) if !packet.matches_proposed => {
+                    Some("bytes that differ from the proposed packet".to_string())
+                }
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                violations.push(Violation {
+                    check: "proposals",
+                    detail: format!(
+                        "node {} ends with version {} of key {key}: {problem}",
+                        state.node, packet.version
+                    ),
+                });
+            }
         }
     }
     checked
@@ -258,38 +295,46 @@ fn monotonic_reads(ops: &[Op], violations: &mut Vec<Violation>) {
     }
 }
 
-/// Every PUT answered 204 is, at the end, on every node (or a newer packet is). Returns the
-/// number of acknowledged PUTs.
+/// Every PUT answered 204 is, at the end, on every node (or a newer packet is); so is every
+/// version any read returned, since a replica only serves committed packets. Returns the number
+/// of acknowledged PUTs.
 fn durability(ops: &[Op], finals: &[FinalState], violations: &mut Vec<Violation>) -> usize {
     let mut acknowledged = 0;
-    let mut newest_acknowledged: HashMap<usize, (Version, usize)> = HashMap::new();
+    // key → (newest version that must survive, the operation that proves it)
+    let mut must_survive: HashMap<usize, (Version, usize)> = HashMap::new();
     for (index, op) in ops.iter().enumerate() {
-        if let OpKind::Put {
-            version,
-            outcome: PutOutcome::Stored,
-        } = &op.kind
-        {
-            acknowledged += 1;
-            let newest = newest_acknowledged.entry(op.key).or_insert((0, index));
-            if *version > newest.0 {
-                *newest = (*version, index);
+        let proven = match &op.kind {
+            OpKind::Put {
+                version,
+                outcome: PutOutcome::Stored,
+            } => {
+                acknowledged += 1;
+                Some(*version)
+            }
+            OpKind::Put { .. } => None,
+            _ => op.read_outcome().and_then(ReadOutcome::observed),
+        };
+        if let Some(version) = proven {
+            let newest = must_survive.entry(op.key).or_insert((0, index));
+            if version > newest.0 {
+                *newest = (version, index);
             }
         }
     }
     for state in finals {
-        for (key, (version, put)) in &newest_acknowledged {
+        for (key, (version, proof)) in &must_survive {
             let held = state
                 .packets
                 .get(*key)
                 .and_then(|p| p.as_ref())
-                .map_or(0, |(v, _)| *v);
+                .map_or(0, |p| p.version);
             if held < *version {
                 violations.push(Violation {
                     check: "durability",
                     detail: format!(
-                        "node {} ends with version {held} of key {key}, older than acknowledged {}",
+                        "node {} ends with version {held} of key {key}, older than {}",
                         state.node,
-                        describe(ops, *put)
+                        describe(ops, *proof)
                     ),
                 });
             }
@@ -306,7 +351,7 @@ fn convergence(finals: &[FinalState], violations: &mut Vec<Violation>) -> usize 
     for other in &finals[1..] {
         for (key, (a, b)) in first.packets.iter().zip(&other.packets).enumerate() {
             if a != b {
-                let version = |p: &Option<(Version, Vec<u8>)>| p.as_ref().map_or(0, |(v, _)| *v);
+                let version = |p: &Option<FinalPacket>| p.as_ref().map_or(0, |p| p.version);
                 violations.push(Violation {
                     check: "convergence",
                     detail: format!(
@@ -366,7 +411,11 @@ mod tests {
     fn final_state(node: u64, version: Version) -> FinalState {
         FinalState {
             node,
-            packets: vec![Some((version, version.to_be_bytes().to_vec()))],
+            packets: vec![Some(FinalPacket {
+                version,
+                payload: version.to_be_bytes().to_vec(),
+                matches_proposed: true,
+            })],
         }
     }
 
@@ -443,6 +492,25 @@ mod tests {
         ];
         let found = checks(&ops, &[final_state(1, 20), final_state(2, 10)]);
         assert_eq!(found, ["durability", "convergence"]);
+    }
+
+    #[test]
+    fn a_version_once_read_must_survive_and_finals_must_be_proposed_packets() {
+        let ops = vec![
+            put(10, PutOutcome::Stored, (0, 1)),
+            put(20, PutOutcome::Unknown("timeout".into()), (2, 9)),
+            op(2, 1, (4, 5), OpKind::StaleGet(found(20))),
+        ];
+        // Version 20 was read, so it was committed: ending at 10 loses it.
+        assert_eq!(checks(&ops, &[final_state(1, 10)]), ["durability"]);
+        // Ending at a version nobody proposed.
+        assert_eq!(checks(&ops, &[final_state(1, 25)]), ["proposals"]);
+        let mut altered = final_state(1, 20);
+        if let Some(Some(packet)) = altered.packets.first_mut() {
+            packet.matches_proposed = false;
+        }
+        assert_eq!(checks(&ops, &[altered]), ["proposals"]);
+        assert!(checks(&ops, &[final_state(1, 20)]).is_empty());
     }
 
     #[test]
