@@ -5,17 +5,35 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use pkraft_testkit::pkarr::Timestamp;
+use pkraft_testkit::pkarr::{Keypair, Timestamp};
 use pkraft_testkit::{iroh_packet, keypair};
 
 use crate::cluster::{TestCluster, eventually};
 use crate::dns_client::{Transport, key_name, raw_query, txt_strings};
-use crate::harness::http_client;
+use crate::harness::{TestServer, http_client};
 
 /// Bound on waiting for the proxy to see the forwarded publish.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Versions published by [`publish_in_quick_succession`]; version `n` has the record
+/// `addr=192.0.2.1:n`.
+const VERSIONS: u64 = 40;
+
+/// PUTs `VERSIONS` new versions of `key` to `server` one after the other, so that commits come
+/// faster than a node writes its commit index to disk (at most once a second); returns the last
+/// payload.
+async fn publish_in_quick_succession(server: &TestServer, key: &Keypair) -> Bytes {
+    let now = Timestamp::now().as_u64();
+    let mut last = Bytes::new();
+    for step in 0..VERSIONS {
+        let packet = iroh_packet(key, now + step, &[&format!("192.0.2.1:{step}")]);
+        server.publish(key, &packet).await;
+        last = packet.to_relay_payload();
+    }
+    last
+}
 
 /// Chaos bug 1 (seed 1, fault "kill-majority"): a PUT through a follower answered 409 although
 /// its packet was stored. The follower forwarded the PUT, the leader committed it, the answer
@@ -83,17 +101,9 @@ async fn chaos_bug2_replica_went_backwards_after_crash() {
     let leader = cluster.leader().await;
     let follower = cluster.ids_except(leader)[0];
     let key = keypair(9_002);
-    let now = Timestamp::now().as_u64();
-    // Many commits in quick succession: the follower applies them well within the second in
-    // which it writes its commit index to disk at most once.
-    let mut last = None;
-    for step in 0..40u64 {
-        let packet = iroh_packet(&key, now + step, &[&format!("192.0.2.1:{step}")]);
-        cluster.member(leader).server.publish(&key, &packet).await;
-        last = Some(packet);
-    }
-    let last = last.expect("published");
-    let payload = last.to_relay_payload();
+    // The follower applies these well within the second in which it writes its commit index to
+    // disk at most once.
+    let payload = publish_in_quick_succession(&cluster.member(leader).server, &key).await;
     let server = &cluster.member(follower).server;
     let url = server.relay_url(&key);
     eventually("the follower serves the last packet", || async {
@@ -124,7 +134,7 @@ async fn chaos_bug2_replica_went_backwards_after_crash() {
         None,
     )
     .await;
-    let expected = vec!["addr=192.0.2.1:39".to_string()];
+    let expected = vec![format!("addr=192.0.2.1:{}", VERSIONS - 1)];
     assert!(
         answer.metadata.response_code == ResponseCode::ServFail
             || txt_strings(&answer.answers) == expected,
@@ -132,6 +142,18 @@ async fn chaos_bug2_replica_went_backwards_after_crash() {
         answer.metadata.response_code,
         txt_strings(&answer.answers)
     );
+
+    if status == 503 {
+        // Load balancers are told too.
+        let readyz = http_client()
+            .get(format!("http://{}/readyz", server.admin))
+            .send()
+            .await
+            .expect("readyz");
+        assert_eq!(readyz.status(), 503);
+        let reasons = readyz.text().await.unwrap_or_default();
+        assert!(reasons.contains("restarted after a crash"), "{reasons}");
+    }
 
     // Back in touch with the leader, it catches up and serves again.
     cluster.faults.heal();
@@ -159,14 +181,7 @@ async fn chaos_bug3_linearizable_get_went_back_after_the_leader_restarted() {
     let mut cluster = TestCluster::start_with_timing(3, timing, "", "").await;
     let leader = cluster.leader().await;
     let key = keypair(9_003);
-    let now = Timestamp::now().as_u64();
-    let mut last = None;
-    for step in 0..40u64 {
-        let packet = iroh_packet(&key, now + step, &[&format!("192.0.2.1:{step}")]);
-        cluster.member(leader).server.publish(&key, &packet).await;
-        last = Some(packet);
-    }
-    let payload = last.expect("published").to_relay_payload();
+    let payload = publish_in_quick_succession(&cluster.member(leader).server, &key).await;
 
     cluster.member_mut(leader).server.kill();
     cluster.restart(leader);

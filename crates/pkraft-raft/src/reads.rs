@@ -55,8 +55,9 @@ impl Node {
     }
 
     /// Whether this node should get traffic (`/readyz`): it knows a leader, has heard from it
-    /// (or, leading, from a quorum) within `max_stale`, and has applied the entries it knows to
-    /// be committed, up to [`READY_APPLY_LAG_MAX`]. The reasons say what is missing.
+    /// (or, leading, from a quorum) within `max_stale`, is not catching up after a crash (see
+    /// [`Node::catching_up`]), and has applied the entries it knows to be committed, up to
+    /// [`READY_APPLY_LAG_MAX`]. The reasons say what is missing.
     pub fn readiness(&self, max_stale: Duration) -> Readiness {
         let metrics = self.raft.metrics().borrow().clone();
         let staleness = self.staleness();
@@ -80,6 +81,13 @@ impl Node {
             (Some(committed), None) => committed + 1,
             (None, _) => 0,
         };
+        if self.catching_up() {
+            reasons.push(
+                "restarted after a crash and has not caught up with the cluster (local reads are \
+                 refused until then)"
+                    .to_string(),
+            );
+        }
         if backlog > READY_APPLY_LAG_MAX {
             reasons.push(format!(
                 "has applied up to index {} of the {} it knows to be committed",
