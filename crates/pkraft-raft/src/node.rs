@@ -525,8 +525,11 @@ impl Node {
         if let Err(e) = &log_flushed {
             tracing::warn!(error = %e, "could not flush the raft log's committed index");
         }
+        // Not while still catching up after a crash: the flushed state may then be older than
+        // what the node served before that crash, and the next start must catch up too.
         if state_flushed.is_ok()
             && log_flushed.is_ok()
+            && !self.catching_up()
             && let Err(e) = write_clean_stop_marker(&self.data_dir)
         {
             tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");
