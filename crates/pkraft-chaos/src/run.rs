@@ -61,12 +61,13 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
     }
     std::fs::write(config.out.join("schedule.txt"), &plan)?;
     println!(
-        "chaos: seed={} nodes={} faults={} (replay: make chaos SEED={}); output in {}",
-        config.seed,
-        config.nodes,
+        "chaos: seed={seed} nodes={nodes} faults={} (replay: make chaos SEED={seed} RUNS=1 \
+         NODES={nodes} ROUNDS={}); output in {}",
         faults.len(),
-        config.seed,
-        config.out.display()
+        config.rounds,
+        config.out.display(),
+        seed = config.seed,
+        nodes = config.nodes,
     );
 
     let network = Network::new(config.seed);
