@@ -20,30 +20,8 @@ struct Cli {
 enum Command {
     /// Start a cluster, inject the seed's faults under traffic, check the history.
     Run {
-        /// The pkraft binary to test.
-        #[arg(long)]
-        bin: PathBuf,
-        /// Where node configs, data, logs, the schedule and the history go.
-        #[arg(long)]
-        out: PathBuf,
-        /// Fault schedule seed; a random one (printed) if not given.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Cluster size (voters): 3 or 5.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
-        nodes: u64,
-        /// Rounds of the schedule; each round has every fault kind once.
-        #[arg(long, default_value_t = 1)]
-        rounds: usize,
-        /// Keys written.
-        #[arg(long, default_value_t = 4)]
-        keys: usize,
-        #[arg(long, default_value_t = 6)]
-        writers: usize,
-        #[arg(long, default_value_t = 2)]
-        linearizable_readers: usize,
-        #[arg(long, default_value_t = 4)]
-        replica_readers: usize,
+        #[command(flatten)]
+        config: RunConfig,
         /// Keep the node data dirs and logs of a passing run too.
         #[arg(long)]
         keep: bool,
@@ -56,30 +34,8 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run {
-            bin,
-            out,
-            seed,
-            nodes,
-            rounds,
-            keys,
-            writers,
-            linearizable_readers,
-            replica_readers,
-            keep,
-        } => {
-            let seed = seed.unwrap_or_else(random_seed);
-            let config = RunConfig {
-                bin,
-                out,
-                seed,
-                nodes,
-                rounds,
-                keys,
-                writers,
-                linearizable_readers,
-                replica_readers,
-            };
+        Command::Run { config, keep } => {
+            let seed = config.seed;
             // Returning (rather than being killed) drops the cluster, which kills its nodes.
             let result = tokio::select! {
                 result = run(&config) => result,
@@ -150,13 +106,6 @@ async fn stop_signal() -> &'static str {
             "SIGINT"
         }
     }
-}
-
-/// A seed from the clock: only the schedule depends on it, and it is printed.
-fn random_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
 }
 
 /// A passing run keeps its summary, schedule and events; the data dirs, logs and history go.

@@ -28,16 +28,40 @@ const FINAL_READ_ATTEMPTS: usize = 5;
 /// is 5 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// One run's settings; also the `run` subcommand's options.
+#[derive(clap::Args)]
 pub struct RunConfig {
+    /// The pkraft binary to test.
+    #[arg(long)]
     pub bin: PathBuf,
+    /// Where node configs, data, logs, the schedule and the history go (new or empty).
+    #[arg(long)]
     pub out: PathBuf,
+    /// Fault schedule seed (random if not given; every run prints it).
+    #[arg(long, default_value_t = random_seed(), hide_default_value = true)]
     pub seed: u64,
+    /// Cluster size (voters): 3 or 5.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
     pub nodes: u64,
+    /// Rounds of the schedule; each round has every fault kind once.
+    #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// Keys written.
+    #[arg(long, default_value_t = 4)]
     pub keys: usize,
+    #[arg(long, default_value_t = 6)]
     pub writers: usize,
+    #[arg(long, default_value_t = 2)]
     pub linearizable_readers: usize,
+    #[arg(long, default_value_t = 4)]
     pub replica_readers: usize,
+}
+
+/// A seed from the clock: only the schedule depends on it, and it is printed.
+fn random_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_007)
 }
 
 pub struct Outcome {
