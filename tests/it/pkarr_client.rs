@@ -1,11 +1,13 @@
 //! Goal: interop with a relay client nobody here wrote: the `pkarr` crate's own relay client
 //! publishes to pkraft and resolves the same packet back.
 //! Method: `pkarr::Client` with no DHT and pkraft as its only relay, over real HTTP; the resolve
-//! uses a second client so that it cannot be answered from the publisher's cache.
+//! uses a second client so that it cannot be answered from the publisher's cache. On a 3-node
+//! cluster the publish goes through one node and the resolves through the others.
 
 use pkraft_testkit::pkarr::{Client, ResolvePolicy, SignedPacket, Timestamp};
 use pkraft_testkit::{keypair, txt};
 
+use crate::cluster::{TestCluster, eventually};
 use crate::harness::{TestServer, install_crypto_provider};
 
 fn relay_client(relay: &str) -> Client {
@@ -45,6 +47,45 @@ async fn pkarr_relay_client_publishes_and_resolves() {
             resolved.as_bytes(),
             packet.as_bytes(),
             "same packet back via {base}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pkarr_client_publishes_through_one_node_and_resolves_through_another() {
+    let cluster = TestCluster::start(3, "").await;
+    let key = keypair(82);
+    let packet = SignedPacket::builder()
+        .txt(
+            "_iroh".try_into().expect("name"),
+            txt("addr=192.0.2.82:4433"),
+            30,
+        )
+        .timestamp(Timestamp::now())
+        .sign(&key)
+        .expect("sign");
+    let through = |id: u64| cluster.member(id).server.url("/pkarr");
+
+    let stored_on = relay_client(&through(1))
+        .publish(&packet)
+        .await
+        .expect("publish through node 1");
+    // Pkarr-Dht-Stored-Nodes: the replicas holding it when it committed, a majority at least.
+    assert!((2..=3).contains(&stored_on), "stored on {stored_on} nodes");
+
+    for id in [2, 3] {
+        // A follower serves GET from its replica: the packet arrives there within a heartbeat.
+        let resolved = eventually(&format!("node {id} resolves the packet"), || async {
+            relay_client(&through(id))
+                .resolve(&key.public_key(), ResolvePolicy::NetworkOnly)
+                .await
+                .ok()
+        })
+        .await;
+        assert_eq!(
+            resolved.as_bytes(),
+            packet.as_bytes(),
+            "same packet via node {id}"
         );
     }
 }

@@ -4,12 +4,14 @@
 //! - [`config`]: the TOML config and command-line overrides.
 //! - [`Server`]: binds every listener for one node and shuts them down in order.
 //! - [`admin_client`]: the client behind `pkraft cluster …`.
-//! - `main.rs`: the `pkraft` command line (`serve`, `dev`, `check-config`, `cluster`).
+//! - [`client`]: the pkarr client behind `pkraft keygen`, `publish` and `resolve`.
+//! - `main.rs`: the `pkraft` command line (`serve`, `dev`, `check-config`, `cluster`, …).
 //!
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
 //! `pkraft-raft` (consensus), `pkraft-store` (redb state), `pkraft-types` (domain types).
 
 pub mod admin_client;
+pub mod client;
 pub mod config;
 pub mod https;
 pub mod serve;

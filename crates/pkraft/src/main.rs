@@ -101,6 +101,58 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new random pkarr secret key to a file (64 hex characters, mode 0600) and print
+    /// its public key (z-base-32).
+    Keygen {
+        /// Where to write the key; an existing file is never replaced.
+        out: PathBuf,
+    },
+    /// Sign a packet with records given on the command line and PUT it to a node's relay.
+    /// Prints the public key. The packet replaces every record the key published before.
+    Publish {
+        /// The secret-key file (`pkraft keygen`; pkarr's format: 64 hex characters).
+        #[arg(long, short = 'k')]
+        secret_key: PathBuf,
+        /// The node's relay URL; the packet goes to `{URL}/{z32}`.
+        #[arg(long, env = "PKRAFT_RELAY", default_value = pkraft::client::DEFAULT_RELAY_URL)]
+        relay: String,
+        /// TTL of every record, in seconds.
+        #[arg(long, default_value_t = 300)]
+        ttl: u32,
+        /// Tries at most this often while the node answers 503 (no quorum yet, or not
+        /// committed in time) or 429, waiting its Retry-After between tries.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: u32,
+        /// Records as `NAME TYPE DATA`, one argument each: NAME is relative to the key (`@` for
+        /// the key itself), DATA is zone-file syntax. Example: '_iroh TXT addr=192.0.2.1:4433'.
+        #[arg(required = true, value_name = "RECORD")]
+        records: Vec<pkraft::client::RecordSpec>,
+    },
+    /// Fetch a key's packet over HTTP (verified, every record printed), or ask a DNS server for
+    /// one name of it (`--dns`). Exit status 1 if nothing is found.
+    Resolve {
+        /// The public key (z-base-32, 52 characters).
+        key: String,
+        /// The node's relay URL; the packet comes from `{URL}/{z32}`.
+        #[arg(long, env = "PKRAFT_RELAY", default_value = pkraft::client::DEFAULT_RELAY_URL)]
+        relay: String,
+        /// Ask this DNS server (host:port) instead of fetching over HTTP.
+        #[arg(long, value_name = "ADDR")]
+        dns: Option<std::net::SocketAddr>,
+        /// DNS transport.
+        #[arg(long, value_enum, default_value_t = pkraft::client::DnsTransport::Udp, requires = "dns")]
+        transport: pkraft::client::DnsTransport,
+        /// The DNS origin the key lives under (`dns.origins`; "." for none).
+        #[arg(long, default_value = "pkarr.test", requires = "dns")]
+        origin: String,
+        /// The name to ask for, relative to the key (`@` for the key itself). DNS has no
+        /// "every record" query: use HTTP for the whole packet.
+        #[arg(long, default_value = "_iroh", requires = "dns")]
+        name: String,
+        /// The record type to ask for.
+        #[arg(long = "type", default_value = "TXT", requires = "dns")]
+        record_type: String,
+    },
     /// Inspect or change the cluster through a node's admin API.
     Cluster {
         /// The node's admin address (`admin.listen`).
@@ -207,6 +259,33 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Keygen { out } => {
+            let keypair = pkraft::client::write_new_secret_key(&out)?;
+            println!("{}", keypair.public_key().to_z32());
+            Ok(())
+        }
+        Command::Publish {
+            secret_key,
+            relay,
+            ttl,
+            attempts,
+            records,
+        } => {
+            let keypair = pkraft::client::read_secret_key(&secret_key)?;
+            let packet = pkraft::client::sign_packet(&keypair, &records, ttl)?;
+            pkraft::client::publish(&relay, &packet, attempts).await?;
+            println!("{}", keypair.public_key().to_z32());
+            Ok(())
+        }
+        Command::Resolve {
+            key,
+            relay,
+            dns,
+            transport,
+            origin,
+            name,
+            record_type,
+        } => resolve(&key, &relay, dns, transport, &origin, &name, &record_type).await,
         Command::Verify { data_dir, json } => {
             let report = pkraft_raft::backup::verify(&data_dir)
                 .with_context(|| format!("verify {}", data_dir.display()))?;
@@ -225,6 +304,41 @@ async fn main() -> anyhow::Result<()> {
                 )
             }
         }
+    }
+}
+
+/// `pkraft resolve`: prints what it found, or fails (exit status 1) when nothing is there.
+async fn resolve(
+    key: &str,
+    relay: &str,
+    dns: Option<std::net::SocketAddr>,
+    transport: pkraft::client::DnsTransport,
+    origin: &str,
+    name: &str,
+    record_type: &str,
+) -> anyhow::Result<()> {
+    use pkraft::client::{self, DnsAnswer};
+    let key = pkraft_types::parse_z32_key(key).with_context(|| format!("key {key:?}"))?;
+    let Some(server) = dns else {
+        return match client::fetch(relay, &key).await? {
+            Some(packet) => {
+                print!("{}", client::format_packet(&packet)?);
+                Ok(())
+            }
+            None => anyhow::bail!("{relay}: no packet for {}", key.to_z32()),
+        };
+    };
+    let qtype: hickory_proto::rr::RecordType = record_type
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--type {record_type:?}: unknown record type"))?;
+    let qname = client::query_name(name, &key, origin)?;
+    match client::dns_lookup(server, transport, qname.clone(), qtype).await? {
+        DnsAnswer::Records(records) => {
+            print!("{}", client::format_records(&records));
+            Ok(())
+        }
+        DnsAnswer::Empty(rcode) => anyhow::bail!("{qname} {qtype} @{server}: no records ({rcode})"),
     }
 }
 

@@ -1,0 +1,481 @@
+//! `pkraft keygen`, `pkraft publish` and `pkraft resolve`: a small pkarr client, so that an
+//! operator or user can check a node or a cluster without writing code.
+//!
+//! Keys are pkarr's secret-key files (64 hex characters; `pkarr::Keypair::from_secret_key_file`).
+//! Packets are signed with `pkarr::SignedPacket` and checked on the way back with the same
+//! verification the relay runs ([`VerifiedPacket`]); records are parsed and printed with
+//! hickory-proto's zone-file syntax, and DNS lookups go through hickory-resolver.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pkarr::{Keypair, PublicKey, SignedPacket, Timestamp};
+use pkraft_types::VerifiedPacket;
+use pkraft_types::packet::dns_records;
+
+/// Bound on one HTTP request or DNS lookup. A PUT waits at most `raft.publish_timeout` (5 s by
+/// default) for its commit on the node.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The default relay URL: the dev server's (`pkraft dev`, `make run`).
+pub const DEFAULT_RELAY_URL: &str = "http://127.0.0.1:8080/pkarr";
+
+/// Reads a pkarr secret-key file: 64 hex characters (surrounding whitespace ignored).
+pub fn read_secret_key(path: &Path) -> anyhow::Result<Keypair> {
+    Keypair::from_secret_key_file(path).with_context(|| {
+        format!(
+            "cannot read the secret key in {} (expected 64 hex characters, as `pkraft keygen` writes)",
+            path.display()
+        )
+    })
+}
+
+/// Writes a new random secret key to `path` (mode 0600), refusing to replace an existing file:
+/// overwriting a key loses the identity it names.
+pub fn write_new_secret_key(path: &Path) -> anyhow::Result<Keypair> {
+    if path.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite a secret key",
+            path.display()
+        );
+    }
+    let keypair = Keypair::random();
+    keypair
+        .write_secret_key_file(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(keypair)
+}
+
+/// One record given on the command line as `NAME TYPE DATA`, e.g. `_iroh TXT addr=192.0.2.1:4433`
+/// or `@ A 192.0.2.1`. NAME is relative to the key (`@` is the key itself); DATA is in zone-file
+/// syntax (quote TXT strings that contain spaces).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordSpec {
+    /// Relative name: empty for the apex.
+    pub name: String,
+    pub data: RData,
+}
+
+impl FromStr for RecordSpec {
+    type Err = anyhow::Error;
+
+    fn from_str(spec: &str) -> anyhow::Result<RecordSpec> {
+        let explain = || {
+            format!(
+                "record {spec:?}: expected `NAME TYPE DATA`, e.g. `_iroh TXT addr=192.0.2.1:4433`"
+            )
+        };
+        let mut parts = spec.trim().splitn(3, char::is_whitespace);
+        let (Some(name), Some(kind), Some(data)) = (parts.next(), parts.next(), parts.next())
+        else {
+            bail!(explain());
+        };
+        let record_type = RecordType::from_str(&kind.to_ascii_uppercase())
+            .map_err(|_| anyhow::anyhow!("record {spec:?}: unknown record type {kind:?}"))?;
+        let data = RData::try_from_str(record_type, data.trim())
+            .map_err(|e| anyhow::anyhow!("record {spec:?}: invalid {record_type} data: {e}"))?;
+        let name = match name {
+            "@" | "." => String::new(),
+            name if name.ends_with('.') => bail!(
+                "record {spec:?}: NAME is relative to the key (`_iroh`, `@` for the key itself), \
+                 not a fully qualified name"
+            ),
+            name => name.to_string(),
+        };
+        Ok(RecordSpec { name, data })
+    }
+}
+
+/// Signs `records` (each with `ttl`) as a packet of `keypair`, timestamped now.
+pub fn sign_packet(
+    keypair: &Keypair,
+    records: &[RecordSpec],
+    ttl: u32,
+) -> anyhow::Result<SignedPacket> {
+    let z32 = keypair.public_key().to_z32();
+    // hickory encodes the records (it parsed their data); pkarr's simple-dns reads them back,
+    // and pkarr signs the packet.
+    let mut message = Message::response(0, hickory_proto::op::OpCode::Query);
+    for record in records {
+        let owner = if record.name.is_empty() {
+            z32.clone()
+        } else {
+            format!("{}.{z32}", record.name)
+        };
+        let owner = Name::from_str(&owner)
+            .map_err(|e| anyhow::anyhow!("record name {:?}: {e}", record.name))?;
+        message.add_answer(Record::from_rdata(owner, ttl, record.data.clone()));
+    }
+    let wire = message.to_vec().context("encode the records")?;
+    let packet = pkarr::dns::Packet::parse(&wire).context("re-read the encoded records")?;
+    SignedPacket::new(keypair, &packet.answers, Timestamp::now())
+        .context("sign the packet (a pkarr packet holds at most 1000 bytes of DNS records)")
+}
+
+/// `{relay}/{z32}`: the relay URL convention of iroh and the pkarr crate (`/pkarr` on pkraft,
+/// or the bare host).
+fn key_url(relay: &str, key: &PublicKey) -> anyhow::Result<Uri> {
+    let url = format!("{}/{}", relay.trim_end_matches('/'), key.to_z32());
+    let uri: Uri = url
+        .parse()
+        .with_context(|| format!("invalid relay URL {relay:?}"))?;
+    match uri.scheme_str() {
+        Some("http") => Ok(uri),
+        Some(other) => bail!(
+            "relay URL {relay:?}: only http:// is supported by this client (got {other}://); \
+             use a node's http.listen address"
+        ),
+        None => bail!("relay URL {relay:?} needs a scheme, e.g. http://127.0.0.1:8080/pkarr"),
+    }
+}
+
+/// An HTTP answer: status, Retry-After and body.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<String>,
+    body: Bytes,
+}
+
+impl Answer {
+    /// The node's explanation (its error bodies are short plain text).
+    fn message(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body).trim().to_string();
+        if text.is_empty() {
+            self.status.to_string()
+        } else {
+            format!("{}: {text}", self.status)
+        }
+    }
+
+    fn retry_hint(&self) -> String {
+        self.retry_after
+            .as_deref()
+            .map(|secs| format!(" (Retry-After: {secs} s)"))
+            .unwrap_or_default()
+    }
+}
+
+async fn send(method: Method, uri: Uri, body: Bytes) -> anyhow::Result<Answer> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(uri.clone());
+    if !body.is_empty() {
+        request = request.header(CONTENT_TYPE, "application/pkarr.org/relays#payload");
+    }
+    let request = request.body(Full::new(body))?;
+    let exchange = async {
+        let response = client.request(request).await?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("{uri}: no answer within {REQUEST_TIMEOUT:?}"))?
+        .with_context(|| format!("{uri}"))
+}
+
+/// Most seconds a retry waits, whatever Retry-After says.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
+/// PUTs `packet` to the relay, `attempts` times at most: a 503 (no quorum, or not committed in
+/// time) or 429 is retried after its Retry-After. Re-sending the same packet is safe: a node
+/// that already stored it answers 204. Every other non-2xx answer is an error that says what to
+/// do.
+pub async fn publish(relay: &str, packet: &SignedPacket, attempts: u32) -> anyhow::Result<()> {
+    let uri = key_url(relay, &packet.public_key())?;
+    let mut attempt = 1;
+    loop {
+        let answer = send(Method::PUT, uri.clone(), packet.to_relay_payload()).await?;
+        match answer.status {
+            status if status.is_success() => return Ok(()),
+            StatusCode::CONFLICT => bail!(
+                "PUT {uri}: {}; the node holds a packet with a newer timestamp for this key \
+                 (is this machine's clock behind?)",
+                answer.message()
+            ),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                if attempt < attempts =>
+            {
+                let wait = answer
+                    .retry_after
+                    .as_deref()
+                    .and_then(|secs| secs.trim().parse().ok())
+                    .map_or(Duration::from_secs(1), Duration::from_secs)
+                    .min(MAX_RETRY_WAIT);
+                eprintln!(
+                    "PUT {uri}: {}; retrying in {wait:?} (attempt {attempt} of {attempts})",
+                    answer.message()
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => bail!(
+                "PUT {uri}: {}{}; not stored after {attempts} attempt(s), try again later",
+                answer.message(),
+                answer.retry_hint()
+            ),
+            _ => bail!("PUT {uri}: {}", answer.message()),
+        }
+    }
+}
+
+/// GETs and verifies the key's packet; `None` if the node has none (404).
+pub async fn fetch(relay: &str, key: &PublicKey) -> anyhow::Result<Option<VerifiedPacket>> {
+    let uri = key_url(relay, key)?;
+    let answer = send(Method::GET, uri.clone(), Bytes::new()).await?;
+    match answer.status {
+        StatusCode::OK => VerifiedPacket::verify(key, answer.body)
+            .map(Some)
+            .with_context(|| format!("GET {uri}: the answer is not a valid packet for this key")),
+        StatusCode::NOT_FOUND => Ok(None),
+        _ => bail!("GET {uri}: {}{}", answer.message(), answer.retry_hint()),
+    }
+}
+
+/// The records of a verified packet as zone-file lines, after a comment naming the key and the
+/// signing time.
+pub fn format_packet(packet: &VerifiedPacket) -> anyhow::Result<String> {
+    let micros = packet.payload().timestamp_micros();
+    let signed = UNIX_EPOCH + Duration::from_micros(micros);
+    let age = SystemTime::now()
+        .duration_since(signed)
+        .map(|d| {
+            format!(
+                "{} ago",
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+            )
+        })
+        .unwrap_or_else(|_| "in the future".to_string());
+    let records = dns_records(packet.payload()).context("the packet's DNS records")?;
+    let mut text = format!(
+        "; key {} signed {} ({age}), {} record(s)\n",
+        packet.key().to_z32(),
+        humantime::format_rfc3339_micros(signed),
+        records.len()
+    );
+    text.push_str(&format_records(&records));
+    Ok(text)
+}
+
+/// One zone-file line per record, as dig prints them.
+pub fn format_records(records: &[Record]) -> String {
+    records
+        .iter()
+        .map(|r| match &r.data {
+            // hickory prints TXT strings unquoted and run together; a zone file (and dig)
+            // quotes each one, so that `"two words"` and `"two" "words"` stay distinct.
+            RData::TXT(txt) => {
+                let strings: Vec<String> = txt
+                    .txt_data
+                    .iter()
+                    .map(|s| quote_character_string(s))
+                    .collect();
+                format!(
+                    "{} {} {} TXT {}\n",
+                    r.name,
+                    r.ttl,
+                    r.dns_class,
+                    strings.join(" ")
+                )
+            }
+            _ => format!("{r}\n"),
+        })
+        .collect()
+}
+
+/// A DNS character-string in zone-file syntax: quoted, with `"` and `\` escaped and bytes
+/// outside printable ASCII as `\DDD`.
+fn quote_character_string(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() + 2);
+    text.push('"');
+    for &byte in bytes {
+        match byte {
+            b'"' | b'\\' => {
+                text.push('\\');
+                text.push(char::from(byte));
+            }
+            0x20..=0x7e => text.push(char::from(byte)),
+            _ => text.push_str(&format!("\\{byte:03}")),
+        }
+    }
+    text.push('"');
+    text
+}
+
+/// The DNS transport of a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DnsTransport {
+    Udp,
+    Tcp,
+}
+
+/// What a DNS lookup found.
+pub enum DnsAnswer {
+    Records(Vec<Record>),
+    /// No records: the rcode (NXDOMAIN for an unknown key, NOERROR for a known key without
+    /// records of that type at that name).
+    Empty(ResponseCode),
+}
+
+/// `<name>.<z32>.<origin>.` (`<z32>.<origin>.` for an empty name).
+pub fn query_name(name: &str, key: &PublicKey, origin: &str) -> anyhow::Result<Name> {
+    let origin = origin.trim_end_matches('.');
+    let z32 = key.to_z32();
+    let text = match (name, origin) {
+        ("" | "@", "") => format!("{z32}."),
+        ("" | "@", origin) => format!("{z32}.{origin}."),
+        (name, "") => format!("{name}.{z32}."),
+        (name, origin) => format!("{name}.{z32}.{origin}."),
+    };
+    Name::from_str(&text).map_err(|e| anyhow::anyhow!("query name {text:?}: {e}"))
+}
+
+/// Asks `server` (and only it, with no cache) for `qname`/`qtype`.
+pub async fn dns_lookup(
+    server: SocketAddr,
+    transport: DnsTransport,
+    qname: Name,
+    qtype: RecordType,
+) -> anyhow::Result<DnsAnswer> {
+    let mut nameserver = match transport {
+        DnsTransport::Udp => NameServerConfig::udp(server.ip()),
+        DnsTransport::Tcp => NameServerConfig::tcp(server.ip()),
+    };
+    for connection in &mut nameserver.connections {
+        connection.port = server.port();
+    }
+    let config = ResolverConfig::from_parts(None, vec![], vec![nameserver]);
+    let mut builder =
+        hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+    let options = builder.options_mut();
+    options.cache_size = 0;
+    options.timeout = Duration::from_secs(3);
+    options.attempts = 2;
+    let resolver = builder.build().context("DNS resolver")?;
+    let lookup = tokio::time::timeout(REQUEST_TIMEOUT, resolver.lookup(qname.clone(), qtype))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("{qname} {qtype} @{server}: no answer within {REQUEST_TIMEOUT:?}")
+        })?;
+    match lookup {
+        Ok(lookup) => Ok(DnsAnswer::Records(lookup.answers().to_vec())),
+        Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
+            Ok(DnsAnswer::Empty(none.response_code))
+        }
+        Err(e) => bail!("{qname} {qtype} @{server}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_records_in_zone_file_syntax() {
+        let spec: RecordSpec = "_iroh TXT addr=192.0.2.1:4433".parse().expect("txt");
+        assert_eq!(spec.name, "_iroh");
+        assert_eq!(spec.data.record_type(), RecordType::TXT);
+        let apex: RecordSpec = "@ a 192.0.2.1".parse().expect("a");
+        assert_eq!(apex.name, "");
+        assert_eq!(apex.data.record_type(), RecordType::A);
+        let quoted: RecordSpec = "note TXT \"two words\"".parse().expect("quoted");
+        let RData::TXT(txt) = &quoted.data else {
+            panic!("TXT")
+        };
+        assert_eq!(txt.txt_data.len(), 1, "one string with a space");
+    }
+
+    #[test]
+    fn refuses_malformed_records_naming_them() {
+        for (spec, needle) in [
+            ("_iroh TXT", "expected `NAME TYPE DATA`"),
+            ("@ BOGUS 1", "unknown record type"),
+            ("@ A 300.1.1.1", "invalid A data"),
+            ("www.example.com. A 192.0.2.1", "relative to the key"),
+        ] {
+            let error = spec.parse::<RecordSpec>().expect_err(spec).to_string();
+            assert!(error.contains(needle), "{spec}: {error}");
+            assert!(error.contains(spec), "the error names the record: {error}");
+        }
+    }
+
+    #[test]
+    fn signed_packet_verifies_and_holds_the_records() {
+        let keypair = Keypair::from_secret_key(&[7; 32]);
+        let records: Vec<RecordSpec> = ["_iroh TXT addr=192.0.2.1:4433", "@ AAAA 2001:db8::1"]
+            .iter()
+            .map(|s| s.parse().expect("record"))
+            .collect();
+        let packet = sign_packet(&keypair, &records, 30).expect("sign");
+        let verified = VerifiedPacket::verify(&keypair.public_key(), packet.to_relay_payload())
+            .expect("verify");
+        let text = format_packet(&verified).expect("format");
+        let z32 = keypair.public_key().to_z32();
+        assert!(
+            text.contains(&format!("_iroh.{z32}. 30 IN TXT \"addr=192.0.2.1:4433\"")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{z32}. 30 IN AAAA 2001:db8::1")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn txt_strings_print_quoted_and_escaped() {
+        assert_eq!(quote_character_string(b"two words"), "\"two words\"");
+        assert_eq!(quote_character_string(b"a\"b\\c\n"), "\"a\\\"b\\\\c\\010\"");
+    }
+
+    #[test]
+    fn relay_urls_follow_the_pkarr_convention() {
+        let key = Keypair::from_secret_key(&[7; 32]).public_key();
+        let z32 = key.to_z32();
+        for relay in [
+            "http://127.0.0.1:8080/pkarr",
+            "http://127.0.0.1:8080/pkarr/",
+        ] {
+            assert_eq!(
+                key_url(relay, &key).expect("url").to_string(),
+                format!("http://127.0.0.1:8080/pkarr/{z32}")
+            );
+        }
+        assert!(key_url("https://relay.example/pkarr", &key).is_err());
+        assert!(key_url("127.0.0.1:8080", &key).is_err());
+    }
+
+    #[test]
+    fn query_names_put_the_key_under_the_origin() {
+        let key = Keypair::from_secret_key(&[7; 32]).public_key();
+        let z32 = key.to_z32();
+        let name = query_name("_iroh", &key, "pkarr.test").expect("name");
+        assert_eq!(name.to_string(), format!("_iroh.{z32}.pkarr.test."));
+        let apex = query_name("@", &key, "pkarr.test.").expect("apex");
+        assert_eq!(apex.to_string(), format!("{z32}.pkarr.test."));
+        let root = query_name("_iroh", &key, ".").expect("root origin");
+        assert_eq!(root.to_string(), format!("_iroh.{z32}."));
+    }
+}
