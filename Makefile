@@ -37,13 +37,15 @@ fmt-check:
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-## curl + dig + kdig against the real binary (including SIGKILL and restart), the NSD diff, https, and
-## a real Prometheus scraping a 3-node cluster with the shipped alert rules.
+## curl + dig + kdig against the real binary (including SIGKILL and restart), the NSD diff, https,
+## dig/kdig/pkraft resolve against a 3-node cluster before and after its leader is killed, and a
+## real Prometheus scraping a 3-node cluster with the shipped alert rules.
 e2e:
 	$(CARGO) test --workspace --locked --no-run
 	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/quickcheck.sh $(PKRAFT_TEST_BIN)
 	tests/e2e/nsd_diff.sh $(TARGET_DIR)/debug
 	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/https.sh $(PKRAFT_TEST_BIN)
+	tests/e2e/cluster_clients.sh $(PKRAFT_TEST_BIN)
 	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/prometheus.sh $(PKRAFT_TEST_BIN)
 
 ## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
