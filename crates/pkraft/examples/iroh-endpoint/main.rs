@@ -90,7 +90,8 @@ async fn listen(endpoint: &Endpoint, cluster: &PkraftCluster) -> anyhow::Result<
         if let Ok(info) = resolver.lookup_endpoint_by_id(&id, &cluster.origin).await
             && info.ip_addrs().next().is_some()
         {
-            println!("published: {info:?}");
+            let addrs: Vec<_> = info.ip_addrs().collect();
+            println!("published through {}: {addrs:?}", cluster.relay);
             break;
         }
         if Instant::now() > deadline {
