@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e bench bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -47,6 +47,14 @@ e2e:
 	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/https.sh $(PKRAFT_TEST_BIN)
 	tests/e2e/cluster_clients.sh $(PKRAFT_TEST_BIN)
 	SIGN_PACKET=$(SIGN_PACKET_BIN) tests/e2e/prometheus.sh $(PKRAFT_TEST_BIN)
+
+## The deployment files in deploy/ (docs/DEPLOY.md): systemd-analyze, hadolint, docker-compose
+## config, the compose-spec schema, kubectl kustomize, kubernetes-validate, the prometheus-operator
+## schema, pkraft check-config on every config, and a node run under the unit's syscall filter.
+## Installs its pinned Python and npm tools once into ~/.cache/pkraft-deploy-check. Runs as root.
+deploy-check:
+	$(CARGO) test --workspace --locked --no-run
+	tests/e2e/deploy_check.sh $(PKRAFT_TEST_BIN)
 
 ## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
 ## once into ~/.cache/pkraft-bench; about 5 minutes). Updates docs/BENCHMARKS.md.
@@ -91,9 +99,9 @@ bench-smoke:
 	$(CARGO) test --workspace --locked --no-run
 	BENCH_BIN_DIR=$(TARGET_DIR)/debug tests/bench/run.sh smoke
 
-## The CI gate (.ci/run): read-only checks, tests, the end-to-end check, the benchmark smoke,
-## the fuzz smoke, the chaos smoke.
-ci: fmt-check lint test e2e bench-smoke fuzz-smoke chaos-smoke
+## The CI gate (.ci/run): read-only checks, tests, the end-to-end checks, the deployment-file
+## checks, the benchmark smoke, the fuzz smoke, the chaos smoke.
+ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke
 
 release:
 	$(CARGO) build --release --locked -p pkraft

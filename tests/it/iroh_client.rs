@@ -166,3 +166,19 @@ async fn iroh_endpoints_find_each_other_through_the_cluster_and_after_the_leader
     first.close().await;
     second.close().await;
 }
+
+/// docs/DEPLOY.md shows the example's lookup file; the copy there must be the file this test
+/// compiles.
+#[test]
+fn the_deploy_docs_show_the_compiled_iroh_snippet() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let docs = std::fs::read_to_string(format!("{root}/docs/DEPLOY.md")).expect("docs/DEPLOY.md");
+    let snippet = std::fs::read_to_string(format!(
+        "{root}/crates/pkraft/examples/iroh-endpoint/pkraft_lookup.rs"
+    ))
+    .expect("pkraft_lookup.rs");
+    assert!(
+        docs.contains(&format!("```rust\n{snippet}```")),
+        "docs/DEPLOY.md \"iroh endpoints\" must hold crates/pkraft/examples/iroh-endpoint/pkraft_lookup.rs verbatim"
+    );
+}
