@@ -51,7 +51,8 @@ e2e:
 ## The deployment files in deploy/ (docs/DEPLOY.md): systemd-analyze, hadolint, docker-compose
 ## config, the compose-spec schema, kubectl kustomize, kubernetes-validate, the prometheus-operator
 ## schema, pkraft check-config on every config, and a node run under the unit's syscall filter.
-## Installs its pinned Python and npm tools once into ~/.cache/pkraft-deploy-check. Runs as root.
+## Installs its pinned Python and npm tools once into ~/.cache/pkraft-deploy-check; the sandbox
+## step needs root (or password-less sudo).
 deploy-check:
 	$(CARGO) test --workspace --locked --no-run
 	tests/e2e/deploy_check.sh $(PKRAFT_TEST_BIN)

@@ -19,8 +19,7 @@ origin=pkarr.test
 work=$(mktemp -d)
 declare -a pid http https dns admin
 cleanup() {
-  for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  kill_all "${pid[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -50,18 +49,7 @@ key = \"$tls/localhost.key\"" \
   "$bin" serve --config "$work/node$n.toml" >"$work/node$n.log" 2>&1 &
   pid[n]=$!
 done
-voters=0
-for _ in $(seq 1 600); do
-  voters=$("$bin" cluster --admin "127.0.0.1:${admin[1]}" status --json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-m = s["membership"]
-print(0 if m["joint"] else sum(1 for x in s["members"] if x["voter"] and x["status"]
-      and (x["status"]["applied_index"] or 0) >= (m["log_index"] or 0)))' 2>/dev/null || echo 0)
-  [ "$voters" = 3 ] && break
-  sleep 0.1
-done
-[ "$voters" = 3 ] || fail "the cluster did not reach 3 voters within 60 s"
+wait_for_voters "$bin" "127.0.0.1:${admin[1]}" 3 60 || fail "the cluster did not reach 3 voters within 60 s"
 
 # leader: the id of the node that reports itself leader, among the given ones.
 leader() {
@@ -111,14 +99,16 @@ answers_node() {
 checks_node() {
   local n=$1 ip=$2 out
   eventually "node $n answers for $ip over UDP, TCP, DoH and HTTP" answers_node "$n" "$ip"
-  out=$(dig @127.0.0.1 -p "${dns[n]}" "_iroh.$key.$origin" TXT +noall +comments)
+  out=$(dig @127.0.0.1 -p "${dns[n]}" +time=2 +tries=1 "_iroh.$key.$origin" TXT +noall +comments) ||
+    fail "node $n: dig for the published key failed"
   grep -q 'status: NOERROR' <<<"$out" || fail "node $n: not NOERROR: $out"
   grep -q 'flags: qr aa' <<<"$out" || fail "node $n: answer not authoritative: $out"
-  out=$(dig @127.0.0.1 -p "${dns[n]}" "_iroh.$unknown.$origin" TXT +noall +comments +authority)
+  out=$(dig @127.0.0.1 -p "${dns[n]}" +time=2 +tries=1 "_iroh.$unknown.$origin" TXT +noall +comments +authority) ||
+    fail "node $n: dig for an unknown key failed"
   grep -q 'status: NXDOMAIN' <<<"$out" || fail "node $n: unknown key not NXDOMAIN: $out"
   grep -q "SOA" <<<"$out" || fail "node $n: NXDOMAIN without SOA: $out"
   out=$(kdig @127.0.0.1 -p "${https[n]}" +https +tls-ca="$tls/ca.crt" +tls-hostname=localhost \
-    "_iroh.$unknown.$origin" TXT)
+    +timeout=2 +retry=0 "_iroh.$unknown.$origin" TXT) || fail "node $n: kdig DoH for an unknown key failed"
   grep -q 'status: NXDOMAIN' <<<"$out" || fail "node $n: DoH for an unknown key not NXDOMAIN: $out"
 }
 
@@ -142,7 +132,7 @@ echo "cluster-clients: published through node $through (leader $first); nodes 1-
 
 # --- SIGKILL the leader, publish through a survivor at once -------------------------------------
 kill -KILL "${pid[first]}"
-wait "${pid[first]}" 2>/dev/null || true
+{ wait "${pid[first]}"; } 2>/dev/null || true   # no "Killed" job notice
 survivors=()
 for n in 1 2 3; do [ "$n" = "$first" ] || survivors+=("$n"); done
 publish "${survivors[0]}" 192.0.2.11

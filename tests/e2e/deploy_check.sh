@@ -17,17 +17,13 @@
 #               the unit, the Dockerfile, the compose file, the manifests and the configs
 #
 # Usage: tests/e2e/deploy_check.sh [PKRAFT_BIN]      (default: target/debug/pkraft)
-# Runs as root (re-runs itself under sudo). Needs python3 (3.11+), node and npm, and from Debian: systemd (systemd-analyze,
+# Runs as the calling user; the sandbox check needs root (as root, or `sudo -n`). Needs python3 (3.11+), node and npm, and from Debian: systemd (systemd-analyze,
 # systemd-sysusers), util-linux (setpriv), python3-seccomp and prometheus (promtool). The
 # Python and npm tools, pinned in tests/e2e/deploy_check/, are installed once into
 # $PKRAFT_DEPLOY_CHECK_CACHE (default ~/.cache/pkraft-deploy-check) and reinstalled when the
 # pins change. No Docker engine or Kubernetes cluster is used: nothing is built or applied; the
 # only process started is one pkraft node on loopback (the sandbox check).
 set -euo pipefail
-# The sandbox check switches to an unprivileged user, which needs root: re-run under sudo.
-if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then
-    exec sudo --preserve-env=HOME,PKRAFT_DEPLOY_CHECK_CACHE,XDG_CACHE_HOME "$0" "$@"
-fi
 cd "$(dirname "$0")/../.."
 
 SYSTEMD_EXPOSURE_MAX=2.0   # systemd-analyze security's 0.0-10.0 scale; the unit scores 1.4
@@ -50,14 +46,21 @@ for tool in systemd-analyze:systemd systemd-sysusers:systemd setpriv:util-linux 
     command -v "${tool%%:*}" >/dev/null || die "${tool%%:*} not found (Debian package ${tool#*:})"
 done
 /usr/bin/python3 -c 'import seccomp' 2>/dev/null || die "libseccomp's Python bindings not found (Debian package python3-seccomp)"
-[ "$(id -u)" = 0 ] || die "run as root: the sandbox check switches to an unprivileged user"
+# The sandbox check switches to an unprivileged user and grants it a capability: that one step
+# runs as root. Everything else (the tool installs in particular) runs as the calling user.
+AS_ROOT=()
+if [ "$(id -u)" != 0 ]; then
+    sudo -n true 2>/dev/null || die "the sandbox check needs root: run as root, or with password-less sudo"
+    AS_ROOT=(sudo -n)
+fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "python3 3.11+ needed (tomllib)"
 
 WORK=$(mktemp -d)
 # The ServiceMonitor checks run inside the npm tool dir, where their imports resolve.
 SM_JS=$CACHE/npm/servicemonitor-$$.mjs
 SM_TS=$CACHE/npm/servicemonitor-$$.ts
-trap 'rm -rf "$WORK" "$SM_JS" "$SM_TS"' EXIT
+# The sandbox's data dir belongs to the unprivileged user: removed as root.
+trap '"${AS_ROOT[@]}" rm -rf "$WORK"; rm -f "$SM_JS" "$SM_TS"' EXIT
 
 # --- tools ---------------------------------------------------------------------------------------
 mkdir -p "$CACHE"
@@ -151,12 +154,33 @@ systemd_sysusers() {
 # RestrictAddressFamilies=) and MemoryDenyWriteExecute=, setpriv the unit's capabilities as an
 # unprivileged user, and pkraft then serves a one-node cluster: DNS over UDP and TCP on a port
 # below 1024 (CAP_NET_BIND_SERVICE), HTTP, the Raft log's fsyncs, metrics, and a clean stop.
+# alive PID: the process runs (not exited, not a zombie). Not `kill -0`: through sudo, the
+# process is root's, and kill -0 on it fails with EPERM.
+alive() {
+    local state
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) && [ "$state" != Z ]
+}
+# stop_sandbox SIGNAL: signals the sandboxed pkraft (a root-owned process when run through sudo)
+# and waits at most 20 s for it to exit; fails unless it exited with status 0.
+stop_sandbox() {
+    "${AS_ROOT[@]}" pkill "-$1" -f "$WORK/sandbox/pkraft serve" || true
+    for _ in $(seq 1 200); do
+        alive "$pid" || { wait "$pid"; return; }
+        sleep 0.1
+    done
+    "${AS_ROOT[@]}" pkill -KILL -f "$WORK/sandbox/pkraft serve" || true
+    return 1
+}
 systemd_sandbox_run() {
     local dir=$WORK/sandbox low line http dns admin pid caps
     mkdir -p "$dir/data"
-    chown 65534:65534 "$dir/data"
+    "${AS_ROOT[@]}" chown 65534:65534 "$dir/data"
     chmod 711 "$WORK"
     chmod 755 "$dir"
+    # The unprivileged user may not be able to read the checkout (a home directory of mode 0750):
+    # it runs copies.
+    install -m 0755 "$BIN" "$dir/pkraft"
+    install -m 0644 "$HERE/sandbox_exec.py" deploy/systemd/pkraft.service "$dir/"
     low=$(python3 -c '
 import socket
 for port in range(600, 1000):
@@ -181,22 +205,22 @@ listen = "127.0.0.1:0"
 TOML
     chmod 644 "$dir/pkraft.toml"
     caps=$(sed -n 's/^AmbientCapabilities=//p' deploy/systemd/pkraft.service | tr '[:upper:]' '[:lower:]' | sed 's/cap_/+/g; s/ /,/g')
-    setpriv --reuid=65534 --regid=65534 --clear-groups --bounding-set="-all,$caps" --inh-caps="-all,$caps" \
-        --ambient-caps="-all,$caps" /usr/bin/python3 "$HERE/sandbox_exec.py" \
-        deploy/systemd/pkraft.service -- "$BIN" serve --config "$dir/pkraft.toml" >"$dir/log" 2>&1 &
+    "${AS_ROOT[@]}" setpriv --reuid=65534 --regid=65534 --clear-groups --bounding-set="-all,$caps" \
+        --inh-caps="-all,$caps" --ambient-caps="-all,$caps" /usr/bin/python3 "$dir/sandbox_exec.py" \
+        "$dir/pkraft.service" -- "$dir/pkraft" serve --config "$dir/pkraft.toml" >"$dir/log" 2>&1 &
     pid=$!
     for _ in $(seq 1 100); do
         line=$(grep -m1 "pkraft listening" "$dir/log" || true)
         [ -n "$line" ] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$dir/log"; return 1; }
+        alive "$pid" || { cat "$dir/log"; return 1; }
         sleep 0.1
     done
-    [ -n "$line" ] || { kill -KILL "$pid"; cat "$dir/log"; return 1; }
+    [ -n "$line" ] || { stop_sandbox KILL; cat "$dir/log"; return 1; }
     http=$(sed -E 's/.* http=([^ ]+).*/\1/' <<<"$line")
     dns=$(sed -E 's/.* dns=([^ ]+).*/\1/' <<<"$line")
     admin=$(sed -E 's/.* admin=([^ ]+).*/\1/' <<<"$line")
     # /readyz, /metrics, and the apex SOA over UDP and TCP.
-    if ! "$PY" - "$http" "$dns" "$admin" <<'PYTHON'; then kill -KILL "$pid"; cat "$dir/log"; return 1; fi
+    if ! "$PY" - "$http" "$dns" "$admin" <<'PYTHON'; then stop_sandbox KILL; cat "$dir/log"; return 1; fi
 import socket, struct, sys, time, urllib.request
 http, dns, admin = sys.argv[1:]
 deadline = time.monotonic() + 15
@@ -225,8 +249,7 @@ while len(data) < n:
     data += t.recv(n - len(data))
 check(data, "TCP")
 PYTHON
-    kill -TERM "$pid"
-    wait "$pid" || { echo "pkraft exited with status $? after SIGTERM"; cat "$dir/log"; return 1; }
+    stop_sandbox TERM || { echo "pkraft did not exit cleanly within 20 s of SIGTERM"; cat "$dir/log"; return 1; }
     [ -e "$dir/data/clean-stop" ] || { echo "no clean-stop marker"; cat "$dir/log"; return 1; }
     if grep -Ei "operation not permitted|permission denied|not supported|panick" "$dir/log"; then return 1; fi
 }

@@ -17,8 +17,7 @@ bin=${1:-target/debug/pkraft}
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  kill_all "${pids[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -49,18 +48,7 @@ for n in 1 2 3; do
   "$bin" serve --config "$work/node$n.toml" >"$work/node$n.log" 2>&1 &
   pids+=($!)
 done
-voters=0
-for _ in $(seq 1 600); do
-  voters=$("$bin" cluster --admin "127.0.0.1:${admin[1]}" status --json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-m = s["membership"]
-print(0 if m["joint"] else sum(1 for x in s["members"] if x["voter"] and x["status"]
-      and (x["status"]["applied_index"] or 0) >= (m["log_index"] or 0)))' 2>/dev/null || echo 0)
-  [ "$voters" = 3 ] && break
-  sleep 0.1
-done
-[ "$voters" = 3 ] || fail "the cluster did not reach 3 voters within 60 s"
+wait_for_voters "$bin" "127.0.0.1:${admin[1]}" 3 60 || fail "the cluster did not reach 3 voters within 60 s"
 
 sign_packet() {
   if [ -n "${SIGN_PACKET:-}" ]; then "$SIGN_PACKET" "$@"

@@ -116,6 +116,8 @@ async fn keygen_publish_through_one_node_resolve_through_the_others() {
         &dns3,
         "--transport",
         "tcp",
+        "--origin",
+        ORIGIN,
         "--name",
         "@",
         "--type",
@@ -245,6 +247,7 @@ async fn client_failures_are_explained_and_exit_non_zero() {
         "@ A 192.0.2.1",
     ])
     .await;
+    assert!(!https.status.success(), "an https relay URL is refused");
     assert!(
         stderr(&https).contains("only http://"),
         "{}",

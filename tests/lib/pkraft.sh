@@ -66,3 +66,29 @@ listen = "$admin"
 ${PKRAFT_EXTRA_TOML:-}
 TOML
 }
+
+# wait_for_voters BIN ADMIN_ADDR COUNT SECONDS: waits until the node whose admin listener is
+# ADMIN_ADDR reports COUNT voters that have applied a settled (not joint) membership; status 1
+# after SECONDS.
+wait_for_voters() {
+  local bin=$1 admin=$2 count=$3 deadline=$((SECONDS + $4)) voters
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    voters=$("$bin" cluster --admin "$admin" status --json 2>/dev/null | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+m = s["membership"]
+print(0 if m["joint"] else sum(1 for x in s["members"] if x["voter"] and x["status"]
+      and (x["status"]["applied_index"] or 0) >= (m["log_index"] or 0)))' 2>/dev/null || echo 0)
+    [ "$voters" = "$count" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# kill_all PID...: SIGKILL and reap the given processes (test cleanup: bounded, unlike a wait
+# after SIGTERM on a process that hangs in shutdown).
+kill_all() {
+  local p
+  for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}

@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pkraft_raft::ClusterStatus;
+
+use crate::http_client::exchange;
 
 /// A membership change can wait for a new node to catch up (up to 30 s) and for the leader.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,7 +52,6 @@ impl AdminClient {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> anyhow::Result<Bytes> {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
         let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{}{path}", self.admin));
@@ -67,26 +66,19 @@ impl AdminClient {
             None => Bytes::new(),
         };
         let request = request.body(Full::new(body))?;
-        let exchange = async {
-            let response = client
-                .request(request)
-                .await
-                .with_context(|| format!("cannot reach the admin API at {}", self.admin))?;
-            let status = response.status();
-            let bytes = response.into_body().collect().await?.to_bytes();
-            if !status.is_success() {
-                let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                let message = json.get("error").and_then(|e| e.as_str()).map_or_else(
-                    || String::from_utf8_lossy(&bytes).into_owned(),
-                    str::to_string,
-                );
-                anyhow::bail!("{} answered {status}: {message}", self.admin);
-            }
-            Ok(bytes)
-        };
-        tokio::time::timeout(timeout, exchange)
+        // No size bound: a backup is the whole replica.
+        let answer = exchange(request, timeout, usize::MAX)
             .await
-            .with_context(|| format!("no answer from {} within {timeout:?}", self.admin))?
+            .with_context(|| format!("the admin API at {}", self.admin))?;
+        if !answer.status.is_success() {
+            let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+            let message = json.get("error").and_then(|e| e.as_str()).map_or_else(
+                || String::from_utf8_lossy(&answer.body).into_owned(),
+                str::to_string,
+            );
+            anyhow::bail!("{} answered {}: {message}", self.admin, answer.status);
+        }
+        Ok(answer.body)
     }
 
     pub async fn status(&self) -> anyhow::Result<ClusterStatus> {

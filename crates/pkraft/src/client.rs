@@ -18,15 +18,18 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pkarr::{Keypair, PublicKey, SignedPacket, Timestamp};
 use pkraft_types::VerifiedPacket;
 use pkraft_types::packet::dns_records;
 
+use crate::http_client::{Answer, exchange};
+
+/// Most bytes read of an answer's body: a relay payload is at most 1,104 bytes and error
+/// messages are short; anything longer is not a pkarr relay.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Bound on one HTTP request or DNS lookup. A PUT waits at most `raft.publish_timeout` (5 s by
 /// default) for its commit on the node.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -34,28 +37,60 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// The default relay URL: the dev server's (`pkraft dev`, `make run`).
 pub const DEFAULT_RELAY_URL: &str = "http://127.0.0.1:8080/pkarr";
 
-/// Reads a pkarr secret-key file: 64 hex characters (surrounding whitespace ignored).
+/// Reads a pkarr secret-key file: 64 hex characters (surrounding whitespace ignored), the format
+/// of `pkarr::Keypair::write_secret_key_file` and `pkraft keygen`.
 pub fn read_secret_key(path: &Path) -> anyhow::Result<Keypair> {
-    Keypair::from_secret_key_file(path).with_context(|| {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret key file {}", path.display()))?;
+    let secret = decode_secret_key(text.trim()).with_context(|| {
         format!(
-            "cannot read the secret key in {} (expected 64 hex characters, as `pkraft keygen` writes)",
+            "{}: not a secret key (expected 64 hex characters, as `pkraft keygen` writes)",
             path.display()
         )
-    })
+    })?;
+    Ok(Keypair::from_secret_key(&secret))
 }
 
-/// Writes a new random secret key to `path` (mode 0600), refusing to replace an existing file:
-/// overwriting a key loses the identity it names.
-pub fn write_new_secret_key(path: &Path) -> anyhow::Result<Keypair> {
-    if path.exists() {
-        bail!(
-            "{} already exists; refusing to overwrite a secret key",
-            path.display()
-        );
+/// 64 hex characters to 32 bytes. (pkarr's own reader slices the text by bytes and panics on
+/// non-ASCII input.)
+fn decode_secret_key(hex: &str) -> anyhow::Result<[u8; 32]> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("{} characters, or not all hex digits", hex.chars().count());
     }
+    let mut secret = [0u8; 32];
+    for (byte, pair) in secret.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair)?;
+        *byte = u8::from_str_radix(pair, 16)?;
+    }
+    Ok(secret)
+}
+
+/// Writes a new random secret key to `path`, which must not exist (overwriting a key loses the
+/// identity it names). The file is created with mode 0600, so the key is never readable by
+/// others, not even for a moment, and a symlink planted at `path` is not followed.
+pub fn write_new_secret_key(path: &Path) -> anyhow::Result<Keypair> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let keypair = Keypair::random();
-    keypair
-        .write_secret_key_file(path)
+    let hex: String = keypair
+        .secret_key()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} already exists; refusing to overwrite a secret key",
+                path.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("cannot create {}", path.display())),
+        })?;
+    file.write_all(hex.as_bytes())
+        .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(keypair)
 }
@@ -79,14 +114,19 @@ impl FromStr for RecordSpec {
                 "record {spec:?}: expected `NAME TYPE DATA`, e.g. `_iroh TXT addr=192.0.2.1:4433`"
             )
         };
-        let mut parts = spec.trim().splitn(3, char::is_whitespace);
-        let (Some(name), Some(kind), Some(data)) = (parts.next(), parts.next(), parts.next())
-        else {
+        // NAME and TYPE are single words; DATA is the rest, spaces and quotes included.
+        let spec_trimmed = spec.trim();
+        let mut words = spec_trimmed.split_whitespace();
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
             bail!(explain());
         };
+        let data = spec_trimmed[name.len()..].trim_start()[kind.len()..].trim();
+        if data.is_empty() {
+            bail!(explain());
+        }
         let record_type = RecordType::from_str(&kind.to_ascii_uppercase())
             .map_err(|_| anyhow::anyhow!("record {spec:?}: unknown record type {kind:?}"))?;
-        let data = RData::try_from_str(record_type, data.trim())
+        let data = RData::try_from_str(record_type, data)
             .map_err(|e| anyhow::anyhow!("record {spec:?}: invalid {record_type} data: {e}"))?;
         let name = match name {
             "@" | "." => String::new(),
@@ -143,58 +183,42 @@ fn key_url(relay: &str, key: &PublicKey) -> anyhow::Result<Uri> {
     }
 }
 
-/// An HTTP answer: status, Retry-After and body.
-struct Answer {
-    status: StatusCode,
-    retry_after: Option<String>,
-    body: Bytes,
+/// The node's explanation of an answer (its error bodies are short plain text).
+fn message(answer: &Answer) -> String {
+    let text = String::from_utf8_lossy(&answer.body).trim().to_string();
+    if text.is_empty() {
+        answer.status.to_string()
+    } else {
+        format!("{}: {text}", answer.status)
+    }
 }
 
-impl Answer {
-    /// The node's explanation (its error bodies are short plain text).
-    fn message(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body).trim().to_string();
-        if text.is_empty() {
-            self.status.to_string()
-        } else {
-            format!("{}: {text}", self.status)
-        }
-    }
+/// The answer's Retry-After, in seconds, if it has a valid one.
+fn retry_after(answer: &Answer) -> Option<u64> {
+    answer
+        .headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|secs| secs.trim().parse().ok())
+}
 
-    fn retry_hint(&self) -> String {
-        self.retry_after
-            .as_deref()
-            .map(|secs| format!(" (Retry-After: {secs} s)"))
-            .unwrap_or_default()
-    }
+fn retry_hint(answer: &Answer) -> String {
+    retry_after(answer)
+        .map(|secs| format!(" (Retry-After: {secs} s)"))
+        .unwrap_or_default()
 }
 
 async fn send(method: Method, uri: Uri, body: Bytes) -> anyhow::Result<Answer> {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder().method(method).uri(uri.clone());
+    let mut request = Request::builder().method(method).uri(uri);
     if !body.is_empty() {
         request = request.header(CONTENT_TYPE, "application/pkarr.org/relays#payload");
     }
-    let request = request.body(Full::new(body))?;
-    let exchange = async {
-        let response = client.request(request).await?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = response.into_body().collect().await?.to_bytes();
-        anyhow::Ok(Answer {
-            status,
-            retry_after,
-            body,
-        })
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("{uri}: no answer within {REQUEST_TIMEOUT:?}"))?
-        .with_context(|| format!("{uri}"))
+    exchange(
+        request.body(Full::new(body))?,
+        REQUEST_TIMEOUT,
+        MAX_ANSWER_BYTES,
+    )
+    .await
 }
 
 /// Most seconds a retry waits, whatever Retry-After says.
@@ -214,30 +238,27 @@ pub async fn publish(relay: &str, packet: &SignedPacket, attempts: u32) -> anyho
             StatusCode::CONFLICT => bail!(
                 "PUT {uri}: {}; the node holds a packet with a newer timestamp for this key \
                  (is this machine's clock behind?)",
-                answer.message()
+                message(&answer)
             ),
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
                 if attempt < attempts =>
             {
-                let wait = answer
-                    .retry_after
-                    .as_deref()
-                    .and_then(|secs| secs.trim().parse().ok())
+                let wait = retry_after(&answer)
                     .map_or(Duration::from_secs(1), Duration::from_secs)
                     .min(MAX_RETRY_WAIT);
                 eprintln!(
                     "PUT {uri}: {}; retrying in {wait:?} (attempt {attempt} of {attempts})",
-                    answer.message()
+                    message(&answer)
                 );
                 tokio::time::sleep(wait).await;
                 attempt += 1;
             }
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => bail!(
                 "PUT {uri}: {}{}; not stored after {attempts} attempt(s), try again later",
-                answer.message(),
-                answer.retry_hint()
+                message(&answer),
+                retry_hint(&answer)
             ),
-            _ => bail!("PUT {uri}: {}", answer.message()),
+            _ => bail!("PUT {uri}: {}", message(&answer)),
         }
     }
 }
@@ -251,7 +272,7 @@ pub async fn fetch(relay: &str, key: &PublicKey) -> anyhow::Result<Option<Verifi
             .map(Some)
             .with_context(|| format!("GET {uri}: the answer is not a valid packet for this key")),
         StatusCode::NOT_FOUND => Ok(None),
-        _ => bail!("GET {uri}: {}{}", answer.message(), answer.retry_hint()),
+        _ => bail!("GET {uri}: {}{}", message(&answer), retry_hint(&answer)),
     }
 }
 
@@ -401,6 +422,8 @@ mod tests {
         let apex: RecordSpec = "@ a 192.0.2.1".parse().expect("a");
         assert_eq!(apex.name, "");
         assert_eq!(apex.data.record_type(), RecordType::A);
+        let spaced: RecordSpec = "  @   A   192.0.2.1 ".parse().expect("extra spaces");
+        assert_eq!(spaced.data.record_type(), RecordType::A);
         let quoted: RecordSpec = "note TXT \"two words\"".parse().expect("quoted");
         let RData::TXT(txt) = &quoted.data else {
             panic!("TXT")
@@ -412,6 +435,7 @@ mod tests {
     fn refuses_malformed_records_naming_them() {
         for (spec, needle) in [
             ("_iroh TXT", "expected `NAME TYPE DATA`"),
+            ("_iroh TXT   ", "expected `NAME TYPE DATA`"),
             ("@ BOGUS 1", "unknown record type"),
             ("@ A 300.1.1.1", "invalid A data"),
             ("www.example.com. A 192.0.2.1", "relative to the key"),
@@ -442,6 +466,28 @@ mod tests {
             text.contains(&format!("{z32}. 30 IN AAAA 2001:db8::1")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn secret_keys_round_trip_and_bad_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("key");
+        let written = write_new_secret_key(&path).expect("keygen");
+        let read = read_secret_key(&path).expect("read back");
+        assert_eq!(read.public_key(), written.public_key());
+        assert!(write_new_secret_key(&path).is_err(), "never overwrites");
+        for bad in [
+            "",
+            "abc",
+            "aé",
+            &"é".repeat(32),
+            &"g".repeat(64),
+            &"0".repeat(66),
+        ] {
+            std::fs::write(&path, bad).expect("write");
+            let error = read_secret_key(&path).expect_err(bad).to_string();
+            assert!(error.contains("not a secret key"), "{bad:?}: {error}");
+        }
     }
 
     #[test]

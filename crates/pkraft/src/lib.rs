@@ -5,6 +5,7 @@
 //! - [`Server`]: binds every listener for one node and shuts them down in order.
 //! - [`admin_client`]: the client behind `pkraft cluster …`.
 //! - [`client`]: the pkarr client behind `pkraft keygen`, `publish` and `resolve`.
+//! - [`http_client`]: the one HTTP exchange both clients make.
 //! - `main.rs`: the `pkraft` command line (`serve`, `dev`, `check-config`, `cluster`, …).
 //!
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
@@ -13,6 +14,7 @@
 pub mod admin_client;
 pub mod client;
 pub mod config;
+pub mod http_client;
 pub mod https;
 pub mod serve;
 

@@ -119,9 +119,9 @@ enum Command {
         /// TTL of every record, in seconds.
         #[arg(long, default_value_t = 300)]
         ttl: u32,
-        /// Tries at most this often while the node answers 503 (no quorum yet, or not
-        /// committed in time) or 429, waiting its Retry-After between tries.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        /// Tries at most this often while the node answers 503 (no leader yet, as during an
+        /// election; or not committed in time) or 429, waiting its Retry-After between tries.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
         attempts: u32,
         /// Records as `NAME TYPE DATA`, one argument each: NAME is relative to the key (`@` for
         /// the key itself), DATA is zone-file syntax. Example: '_iroh TXT addr=192.0.2.1:4433'.
@@ -130,29 +130,7 @@ enum Command {
     },
     /// Fetch a key's packet over HTTP (verified, every record printed), or ask a DNS server for
     /// one name of it (`--dns`). Exit status 1 if nothing is found.
-    Resolve {
-        /// The public key (z-base-32, 52 characters).
-        key: String,
-        /// The node's relay URL; the packet comes from `{URL}/{z32}`.
-        #[arg(long, env = "PKRAFT_RELAY", default_value = pkraft::client::DEFAULT_RELAY_URL)]
-        relay: String,
-        /// Ask this DNS server (host:port) instead of fetching over HTTP.
-        #[arg(long, value_name = "ADDR")]
-        dns: Option<std::net::SocketAddr>,
-        /// DNS transport.
-        #[arg(long, value_enum, default_value_t = pkraft::client::DnsTransport::Udp, requires = "dns")]
-        transport: pkraft::client::DnsTransport,
-        /// The DNS origin the key lives under (`dns.origins`; "." for none).
-        #[arg(long, default_value = "pkarr.test", requires = "dns")]
-        origin: String,
-        /// The name to ask for, relative to the key (`@` for the key itself). DNS has no
-        /// "every record" query: use HTTP for the whole packet.
-        #[arg(long, default_value = "_iroh", requires = "dns")]
-        name: String,
-        /// The record type to ask for.
-        #[arg(long = "type", default_value = "TXT", requires = "dns")]
-        record_type: String,
-    },
+    Resolve(ResolveArgs),
     /// Inspect or change the cluster through a node's admin API.
     Cluster {
         /// The node's admin address (`admin.listen`).
@@ -164,6 +142,31 @@ enum Command {
         #[command(subcommand)]
         action: ClusterAction,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ResolveArgs {
+    /// The public key (z-base-32, 52 characters).
+    key: String,
+    /// The node's relay URL; the packet comes from `{URL}/{z32}`.
+    #[arg(long, env = "PKRAFT_RELAY", default_value = pkraft::client::DEFAULT_RELAY_URL)]
+    relay: String,
+    /// Ask this DNS server (host:port) instead of fetching over HTTP.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<std::net::SocketAddr>,
+    /// DNS transport.
+    #[arg(long, value_enum, default_value_t = pkraft::client::DnsTransport::Udp, requires = "dns")]
+    transport: pkraft::client::DnsTransport,
+    /// The DNS origin the key lives under (`dns.origins`; "." for none).
+    #[arg(long, default_value = "pkarr.test", requires = "dns")]
+    origin: String,
+    /// The name to ask for, relative to the key (`@` for the key itself). DNS has no
+    /// "every record" query: use HTTP for the whole packet.
+    #[arg(long, default_value = "_iroh", requires = "dns")]
+    name: String,
+    /// The record type to ask for.
+    #[arg(long = "type", default_value = "TXT", requires = "dns")]
+    record_type: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,15 +280,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", keypair.public_key().to_z32());
             Ok(())
         }
-        Command::Resolve {
-            key,
-            relay,
-            dns,
-            transport,
-            origin,
-            name,
-            record_type,
-        } => resolve(&key, &relay, dns, transport, &origin, &name, &record_type).await,
+        Command::Resolve(args) => resolve(&args).await,
         Command::Verify { data_dir, json } => {
             let report = pkraft_raft::backup::verify(&data_dir)
                 .with_context(|| format!("verify {}", data_dir.display()))?;
@@ -308,32 +303,26 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `pkraft resolve`: prints what it found, or fails (exit status 1) when nothing is there.
-async fn resolve(
-    key: &str,
-    relay: &str,
-    dns: Option<std::net::SocketAddr>,
-    transport: pkraft::client::DnsTransport,
-    origin: &str,
-    name: &str,
-    record_type: &str,
-) -> anyhow::Result<()> {
+async fn resolve(args: &ResolveArgs) -> anyhow::Result<()> {
     use pkraft::client::{self, DnsAnswer};
-    let key = pkraft_types::parse_z32_key(key).with_context(|| format!("key {key:?}"))?;
-    let Some(server) = dns else {
-        return match client::fetch(relay, &key).await? {
+    let key =
+        pkraft_types::parse_z32_key(&args.key).with_context(|| format!("key {:?}", args.key))?;
+    let Some(server) = args.dns else {
+        return match client::fetch(&args.relay, &key).await? {
             Some(packet) => {
                 print!("{}", client::format_packet(&packet)?);
                 Ok(())
             }
-            None => anyhow::bail!("{relay}: no packet for {}", key.to_z32()),
+            None => anyhow::bail!("{}: no packet for {}", args.relay, key.to_z32()),
         };
     };
-    let qtype: hickory_proto::rr::RecordType = record_type
+    let qtype: hickory_proto::rr::RecordType = args
+        .record_type
         .to_ascii_uppercase()
         .parse()
-        .map_err(|_| anyhow::anyhow!("--type {record_type:?}: unknown record type"))?;
-    let qname = client::query_name(name, &key, origin)?;
-    match client::dns_lookup(server, transport, qname.clone(), qtype).await? {
+        .map_err(|_| anyhow::anyhow!("--type {:?}: unknown record type", args.record_type))?;
+    let qname = client::query_name(&args.name, &key, &args.origin)?;
+    match client::dns_lookup(server, args.transport, qname.clone(), qtype).await? {
         DnsAnswer::Records(records) => {
             print!("{}", client::format_records(&records));
             Ok(())

@@ -87,7 +87,13 @@ if settings.get("MemoryDenyWriteExecute", ["no"])[-1] in ("yes", "true", "1"):
     PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
-        sys.exit(f"sandbox_exec: PR_SET_MDWE failed ({os.strerror(ctypes.get_errno())}); kernel 6.3+ needed")
+        err = ctypes.get_errno()
+        if err != errno.EINVAL:
+            sys.exit(f"sandbox_exec: PR_SET_MDWE failed ({os.strerror(err)})")
+        # Kernels before 6.3 have no PR_SET_MDWE; systemd then uses a seccomp rule instead.
+        # Say so on stderr (the check shows the log when it fails) and go on without it.
+        print("sandbox_exec: warning: kernel without PR_SET_MDWE (6.3+); "
+              "MemoryDenyWriteExecute= not emulated", file=sys.stderr)
 
 f.load()  # sets no_new_privs too
 os.execvp(command[0], command)

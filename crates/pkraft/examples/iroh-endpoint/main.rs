@@ -4,8 +4,9 @@
 //! ```text
 //! # terminal 1: publish through node 1, wait until node 2's DNS answers for it, then echo
 //! cargo run -p pkraft --example iroh-endpoint -- listen
-//! # terminal 2: find that endpoint through node 3 (DNS, then HTTP) and connect to it
-//! cargo run -p pkraft --example iroh-endpoint -- connect <ENDPOINT_ID>
+//! # terminal 2: find that endpoint through node 3 (its DNS and its relay) and connect to it
+//! cargo run -p pkraft --example iroh-endpoint -- \
+//!     --relay http://127.0.0.1:8083/pkarr --dns 127.0.0.1:5303 connect <ENDPOINT_ID>
 //! ```
 //!
 //! The defaults fit `make cluster` (HTTP 127.0.0.1:8081-8083, DNS 127.0.0.1:5301-5303, origin
