@@ -31,6 +31,11 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// `pkraft publish -k KEY --relay RELAY RECORD`.
+async fn publish_one(key_path: &str, relay: &str, record: &str) -> Output {
+    pkraft(&["publish", "-k", key_path, "--relay", relay, record]).await
+}
+
 /// Runs `pkraft resolve` until it succeeds (the packet has reached that node's replica).
 async fn resolved(args: &[&str]) -> String {
     eventually(&format!("pkraft resolve {args:?} succeeds"), || async {
@@ -130,15 +135,7 @@ async fn keygen_publish_through_one_node_resolve_through_the_others() {
     );
 
     // A second publish replaces the packet.
-    let republish = pkraft(&[
-        "publish",
-        "-k",
-        key_path,
-        "--relay",
-        &relay1,
-        "_iroh TXT addr=192.0.2.8:4433",
-    ])
-    .await;
+    let republish = publish_one(key_path, &relay1, "_iroh TXT addr=192.0.2.8:4433").await;
     assert!(republish.status.success(), "{}", stderr(&republish));
     eventually("node 3 serves the new packet only", || async {
         let text = stdout(&pkraft(&["resolve", &z32, "--relay", &node3.url("/pkarr")]).await);
@@ -181,15 +178,7 @@ async fn client_failures_are_explained_and_exit_non_zero() {
     let key_path = key_file.to_str().expect("utf-8 path");
 
     std::fs::write(&key_file, "not hex").expect("write");
-    let garbage = pkraft(&[
-        "publish",
-        "-k",
-        key_path,
-        "--relay",
-        &relay,
-        "@ A 192.0.2.1",
-    ])
-    .await;
+    let garbage = publish_one(key_path, &relay, "@ A 192.0.2.1").await;
     assert!(!garbage.status.success());
     assert!(
         stderr(&garbage).contains(key_path),
@@ -199,15 +188,7 @@ async fn client_failures_are_explained_and_exit_non_zero() {
 
     std::fs::remove_file(&key_file).expect("remove");
     assert!(pkraft(&["keygen", key_path]).await.status.success());
-    let bad_record = pkraft(&[
-        "publish",
-        "-k",
-        key_path,
-        "--relay",
-        &relay,
-        "@ A 300.0.0.1",
-    ])
-    .await;
+    let bad_record = publish_one(key_path, &relay, "@ A 300.0.0.1").await;
     assert_eq!(bad_record.status.code(), Some(2), "a usage error");
     assert!(
         stderr(&bad_record).contains("@ A 300.0.0.1"),
@@ -221,15 +202,7 @@ async fn client_failures_are_explained_and_exit_non_zero() {
     server
         .publish(&key, &iroh_packet(&key, ahead, &["192.0.2.9:1"]))
         .await;
-    let stale = pkraft(&[
-        "publish",
-        "-k",
-        key_path,
-        "--relay",
-        &relay,
-        "@ A 192.0.2.1",
-    ])
-    .await;
+    let stale = publish_one(key_path, &relay, "@ A 192.0.2.1").await;
     assert!(!stale.status.success());
     assert!(stderr(&stale).contains("409"), "{}", stderr(&stale));
     assert!(

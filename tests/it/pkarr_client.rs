@@ -4,7 +4,7 @@
 //! uses a second client so that it cannot be answered from the publisher's cache. On a 3-node
 //! cluster the publish goes through one node and the resolves through the others.
 
-use pkraft_testkit::pkarr::{Client, ResolvePolicy, SignedPacket, Timestamp};
+use pkraft_testkit::pkarr::{Client, Keypair, ResolvePolicy, SignedPacket, Timestamp};
 use pkraft_testkit::{keypair, txt};
 
 use crate::cluster::{TestCluster, eventually};
@@ -20,21 +20,26 @@ fn relay_client(relay: &str) -> Client {
     builder.build().expect("pkarr client")
 }
 
+/// An iroh-style packet (`_iroh` TXT `addr=ADDR`) signed now.
+fn iroh_style_packet(key: &Keypair, addr: &str) -> SignedPacket {
+    SignedPacket::builder()
+        .txt(
+            "_iroh".try_into().expect("name"),
+            txt(&format!("addr={addr}")),
+            30,
+        )
+        .timestamp(Timestamp::now())
+        .sign(key)
+        .expect("sign")
+}
+
 #[tokio::test]
 async fn pkarr_relay_client_publishes_and_resolves() {
     let server = TestServer::start();
     // Both base URL forms clients use: iroh's `/pkarr` and pkarr's bare host.
     for (seed, base) in [(80, server.url("/pkarr")), (81, server.url(""))] {
         let key = keypair(seed);
-        let packet = SignedPacket::builder()
-            .txt(
-                "_iroh".try_into().expect("name"),
-                txt("addr=192.0.2.1:4433"),
-                30,
-            )
-            .timestamp(Timestamp::now())
-            .sign(&key)
-            .expect("sign");
+        let packet = iroh_style_packet(&key, "192.0.2.1:4433");
 
         let stored_on = relay_client(&base).publish(&packet).await.expect("publish");
         assert_eq!(stored_on, 1, "Pkarr-Dht-Stored-Nodes");
@@ -55,15 +60,7 @@ async fn pkarr_relay_client_publishes_and_resolves() {
 async fn pkarr_client_publishes_through_one_node_and_resolves_through_another() {
     let cluster = TestCluster::start(3, "").await;
     let key = keypair(82);
-    let packet = SignedPacket::builder()
-        .txt(
-            "_iroh".try_into().expect("name"),
-            txt("addr=192.0.2.82:4433"),
-            30,
-        )
-        .timestamp(Timestamp::now())
-        .sign(&key)
-        .expect("sign");
+    let packet = iroh_style_packet(&key, "192.0.2.82:4433");
     let through = |id: u64| cluster.member(id).server.url("/pkarr");
 
     let stored_on = relay_client(&through(1))
