@@ -1,7 +1,8 @@
 //! `pkraft keygen`, `pkraft publish` and `pkraft resolve`: a small pkarr client, so that an
 //! operator or user can check a node or a cluster without writing code.
 //!
-//! Keys are pkarr's secret-key files (64 hex characters; `pkarr::Keypair::from_secret_key_file`).
+//! Keys are pkarr's secret-key files (64 hex characters, as `pkarr::Keypair::write_secret_key_file`
+//! writes them).
 //! Packets are signed with `pkarr::SignedPacket` and checked on the way back with the same
 //! verification the relay runs ([`VerifiedPacket`]); records are parsed and printed with
 //! hickory-proto's zone-file syntax, and DNS lookups go through hickory-resolver.
