@@ -219,16 +219,7 @@ fn spawn(data_dir: &Path, command: &[String]) -> (Child, Bound, Arc<Mutex<Vec<St
     let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
         .args(command)
         .args(["--data-dir", &path_arg(data_dir)])
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--dns-listen",
-            "127.0.0.1:0",
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(pkraft_testkit::LOOPBACK_PORT_0_ARGS)
         // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

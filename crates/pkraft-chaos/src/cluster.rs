@@ -201,16 +201,7 @@ impl Cluster {
             .arg(&node.config)
             .arg("--data-dir")
             .arg(&node.data_dir)
-            .args([
-                "--http-listen",
-                "127.0.0.1:0",
-                "--dns-listen",
-                "127.0.0.1:0",
-                "--peer-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+            .args(pkraft_testkit::LOOPBACK_PORT_0_ARGS)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -10,6 +10,19 @@ use pkarr::{Keypair, SignedPacket, Timestamp};
 /// TTL iroh puts on its records, in seconds.
 pub const IROH_TTL_SECS: u32 = 30;
 
+/// `pkraft serve|dev` flags that put every listener on a free loopback port; the node logs the
+/// bound addresses in its "pkraft listening" line.
+pub const LOOPBACK_PORT_0_ARGS: [&str; 8] = [
+    "--http-listen",
+    "127.0.0.1:0",
+    "--dns-listen",
+    "127.0.0.1:0",
+    "--peer-listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+];
+
 /// A keypair derived from `seed`: the same seed gives the same key in every run.
 pub fn keypair(seed: u64) -> Keypair {
     let mut secret = [0u8; 32];
