@@ -24,11 +24,12 @@ case "$mode" in
   full)
     runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} get_requests=${BENCH_GETS:-100000}
     dns_seconds=${BENCH_DNS_SECONDS:-10} dns_latency_seconds=5 lag_samples=${BENCH_LAG_SAMPLES:-200}
-    failover_trials=${BENCH_FAILOVER_TRIALS:-5}
+    failover_trials=${BENCH_FAILOVER_TRIALS:-20} restart_rounds=${BENCH_RESTART_ROUNDS:-3}
+    gap_writers=4 gap_seconds=3
     bin_dir=${BENCH_BIN_DIR:-target/release} peers=yes ;;
   smoke)
-    runs=1 keys=300 get_requests=2000 dns_seconds=2 dns_latency_seconds=1 lag_samples=20
-    failover_trials=1
+    runs=1 keys=800 get_requests=2000 dns_seconds=2 dns_latency_seconds=1 lag_samples=20
+    failover_trials=1 restart_rounds=1 gap_writers=1 gap_seconds=2
     bin_dir=${BENCH_BIN_DIR:-target/debug} peers=no ;;
   *) echo "usage: $0 full|smoke" >&2; exit 2 ;;
 esac
@@ -309,6 +310,17 @@ for s in "${systems[@]}"; do
   "$bench" put --data "$work/data.bin" --version 0 $(url_args "$s") --concurrency "$concurrency" | record "$s" load
 done
 reversed() { local i; for ((i = $# ; i > 0 ; i--)); do echo "${!i}"; done; }
+# Leader changes seen by the cluster's nodes (pkraft_raft_leader_changes_total, summed): any
+# during the measured rounds is an election nobody asked for.
+leader_changes() {
+  local n total=0 count
+  for n in 1 2 3; do
+    count=$(curl -sf "http://${node_admin[$n]}/metrics" | awk '/^pkraft_raft_leader_changes_total / {print $2}')
+    total=$((total + ${count:-0}))
+  done
+  echo "$total"
+}
+changes_before=$(leader_changes)
 for r in $(seq 1 "$runs"); do
   # Alternate who goes first, so neither system always runs right after the other's load.
   if ((r % 2)); then order=("${systems[@]}"); dns_order=("${dns_systems[@]}")
@@ -354,6 +366,7 @@ for r in $(seq 1 "$runs"); do
       --concurrency 1 --seconds "$dns_latency_seconds" | record "$s" dnslat1
   done
 done
+echo "{\"before\": $changes_before, \"after\": $(leader_changes)}" | record cluster leader_changes
 for s in "${systems[@]}"; do
   log "$s visibility lag"
   settle
@@ -389,6 +402,41 @@ for t in $(seq 1 "$failover_trials"); do
   cluster_settled "$survivor" >/dev/null
 done
 
+# --- rolling restart under write load: SIGTERM each node in turn ------------------------------
+# A steady stream of new PUTs through the two other nodes runs while a node stops (SIGTERM, so
+# a leader hands its leadership over first) and records the longest run without a 204; the node
+# restarts and the cluster settles before the next one stops. Keys after the failover trials'.
+gap_key=$failover_trials
+wait_exit() {  # $1 = pid: until the process is gone (or a zombie), at most 30 s
+  local state
+  for _ in $(seq 1 300); do
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone)
+    [ "$state" = gone ] || [ "$state" = Z ] && return 0
+    sleep 0.1
+  done
+  fail "process $1 did not exit within 30 s of SIGTERM"
+}
+for r in $(seq 1 "$restart_rounds"); do
+  for n in 1 2 3; do
+    settle
+    leader=$(cluster_settled "$n")
+    urls=(); for m in 1 2 3; do [ "$m" = "$n" ] || urls+=(--url "${node_http[$m]}"); done
+    log "rolling restart $r/$restart_rounds: SIGTERM node $n (leader: node $leader) under writes"
+    "$bench" gaps --data "$work/data.bin" --version $((runs + 2)) --first-key "$gap_key" \
+      "${urls[@]}" --concurrency "$gap_writers" --seconds "$gap_seconds" >"$work/gaps.json" &
+    gaps_pid=$!
+    sleep 1
+    kill -TERM "${node_pid[$n]}"
+    wait_exit "${node_pid[$n]}"
+    wait "$gaps_pid" || fail "rolling restart $r: the write stream failed"
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["node"]=int(sys.argv[2]); d["leader"]=sys.argv[2]==sys.argv[3]; print(json.dumps(d))' \
+      "$work/gaps.json" "$n" "$leader" | record cluster restart
+    gap_key=$((gap_key + $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["keys_used"])' "$work/gaps.json")))
+    start_cluster_node "$n"
+    cluster_settled "$n" >/dev/null
+  done
+done
+
 # --- report ---------------------------------------------------------------------------------
 # Keep the raw results, so a report can be made again without measuring again.
 mkdir -p target
@@ -405,7 +453,7 @@ versions_json=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[
 params_json=$(python3 -c 'import json,sys; print(json.dumps({k: (v if k == "mode" else int(v)) for k, v in zip(sys.argv[1::2], sys.argv[2::2])}))' \
   mode "$mode" runs "$runs" keys "$keys" concurrency "$concurrency" get_requests "$get_requests" \
   dns_seconds "$dns_seconds" dns_latency_seconds "$dns_latency_seconds" dns_clients "$dns_clients" \
-  lag_samples "$lag_samples" failover_trials "$failover_trials")
+  lag_samples "$lag_samples" failover_trials "$failover_trials" restart_rounds "$restart_rounds")
 if [ "$mode" = full ]; then
   python3 tests/bench/report.py "$results" "$versions_json" "$params_json" --update docs/BENCHMARKS.md
   log "results written to docs/BENCHMARKS.md"

@@ -8,6 +8,7 @@
 //! pkraft-bench dns --data data.bin --server 127.0.0.1:5300 --concurrency 20 --seconds 10
 //! pkraft-bench lag --data data.bin --version 2 --put-url http://127.0.0.1:8080/pkarr --dns 127.0.0.1:5300
 //! pkraft-bench accept --data data.bin --version 3 --key 0 --url http://127.0.0.1:8080/pkarr
+//! pkraft-bench gaps --data data.bin --version 3 --first-key 100 --url http://127.0.0.1:8082/pkarr --seconds 4
 //! pkraft-bench slowloris --target 127.0.0.1:8080 --connections 2000 --sources 8 --seconds 15
 //! pkraft-bench udp-flood --data data.bin --server 127.0.0.1:5300 --seconds 10
 //! ```
@@ -21,6 +22,7 @@ mod dataset;
 mod dns_diff;
 mod dns_files;
 mod dns_load;
+mod gaps;
 mod http_load;
 mod lag;
 mod slowloris;
@@ -210,6 +212,22 @@ enum Command {
         #[arg(long)]
         since_unix_ms: Option<u64>,
     },
+    /// PUT a steady stream of new packets (version VERSION of keys from FIRST_KEY on) through the
+    /// URLs for SECONDS; print the longest run without an acknowledgement.
+    Gaps {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        version: usize,
+        #[arg(long, default_value_t = 0)]
+        first_key: usize,
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long)]
+        seconds: f64,
+    },
 }
 
 #[tokio::main]
@@ -397,6 +415,27 @@ async fn main() -> anyhow::Result<()> {
                 since_unix_ms,
             };
             print(&accept::run(spec).await?)?;
+        }
+        Command::Gaps {
+            data,
+            version,
+            first_key,
+            urls,
+            concurrency,
+            seconds,
+        } => {
+            let data = DataSet::read(&data)?;
+            let duration = std::time::Duration::try_from_secs_f64(seconds)
+                .map_err(|e| anyhow::anyhow!("--seconds {seconds}: {e}"))?;
+            let spec = gaps::GapSpec {
+                data: &data,
+                version,
+                first_key,
+                urls: &urls,
+                concurrency,
+                duration,
+            };
+            print(&gaps::run(spec).await?)?;
         }
     }
     Ok(())

@@ -148,7 +148,19 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
     let mut earlier_attempt_unknown = false;
     loop {
         match node.known_leader() {
-            Some((leader, _)) if leader == node.id => return propose(node, batch).await,
+            Some((leader, _)) if leader == node.id && !node.handing_over() => {
+                return propose(node, batch).await;
+            }
+            // This leader is handing over (see `handover`): wait for the next one.
+            Some((leader, _)) if leader == node.id && Instant::now() < deadline => {
+                wait_for_leader_news(node, Some(leader), deadline).await;
+            }
+            Some((leader, _)) if leader == node.id => {
+                return answer_all(
+                    batch,
+                    PublishError::Unavailable("leadership is being handed over".to_string()),
+                );
+            }
             Some((leader, addr)) => {
                 // Publishes forwarded to this node while it led must not travel on.
                 let (local, forwarded) = batch

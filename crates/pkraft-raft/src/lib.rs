@@ -14,6 +14,7 @@
 //!   fatal errors.
 //! - `batcher`: group commit: concurrent publishes share one log entry; followers forward
 //!   their batches to the leader.
+//! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
 //! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age`.
 //! - [`membership`]: init, join, add/promote/remove, cluster status.
 //! - [`reads`]: staleness of the local replica and the linearizable read barrier.
@@ -30,6 +31,7 @@ pub mod backup;
 mod batcher;
 mod codec;
 mod expiry;
+pub mod handover;
 pub mod log_store;
 pub mod membership;
 mod metrics;
@@ -41,6 +43,7 @@ mod snapshot_file;
 pub mod state_machine;
 pub mod type_config;
 
+pub use handover::Handover;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
 pub use node::{Cluster, Node, PublishError, Published, StartError};
 pub use peer::{ClusterSecret, MembershipChange};

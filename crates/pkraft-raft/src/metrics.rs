@@ -12,7 +12,7 @@ use openraft::ServerState;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     exponential_buckets,
 };
 
@@ -28,6 +28,9 @@ pub(crate) struct NodeMetrics {
     /// `pkraft_raft_leader_changes_total`: times the leader this node knows of changed
     /// (including to "none"), as seen by this node.
     pub(crate) leader_changes: IntCounter,
+    /// `pkraft_raft_handovers_total{result}`: leadership handovers this node started when told
+    /// to stop, by result (`done`, `failed`).
+    pub(crate) handovers: IntCounterVec,
     /// `pkraft_raft_snapshot_build_seconds`: snapshot builds and their duration.
     pub(crate) snapshot_build: Histogram,
     /// `pkraft_raft_snapshot_install_seconds`: snapshots installed from a leader, and their
@@ -61,6 +64,13 @@ impl NodeMetrics {
                 "pkraft_raft_leader_changes_total",
                 "Changes of the leader this node knows of (including to none).",
             )?,
+            handovers: IntCounterVec::new(
+                Opts::new(
+                    "pkraft_raft_handovers_total",
+                    "Leadership handovers this node started when told to stop, by result.",
+                ),
+                &["result"],
+            )?,
             snapshot_build: seconds(
                 "pkraft_raft_snapshot_build_seconds",
                 "Snapshot builds and their duration.",
@@ -80,6 +90,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.batch_packets.clone()))?;
         registry.register(Box::new(self.forwarded_packets.clone()))?;
         registry.register(Box::new(self.leader_changes.clone()))?;
+        registry.register(Box::new(self.handovers.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;
         registry.register(Box::new(self.expired_records.clone()))

@@ -148,6 +148,13 @@ pub struct Node {
     /// while another is in progress, and operators expect them queued, not refused.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
     pub(crate) leader_contact: LeaderContact,
+    /// When this node last became the leader (see `handover`: its vote is granted to another
+    /// node only once it has led for `election_timeout_max`).
+    leading_since: std::sync::Mutex<Option<Instant>>,
+    /// Set when this node hands its leadership over before it stops (see `handover`).
+    pub(crate) handing_over: AtomicBool,
+    /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
+    pub(crate) election_timeout_max: Duration,
     /// Set after a crash: local reads wait until the replica is at least as new as before it.
     catch_up: Option<CatchUp>,
     /// The last entry the log held at start: the floor of the read indexes this node gives while
@@ -279,6 +286,9 @@ impl Node {
             peer_body_max: settings.peer_body_max(),
             membership_lock: tokio::sync::Mutex::new(()),
             leader_contact: LeaderContact::new(),
+            leading_since: std::sync::Mutex::new(None),
+            handing_over: AtomicBool::new(false),
+            election_timeout_max: settings.election_timeout_max,
             catch_up: match last_log_id {
                 Some(log_end) if !clean_stop => {
                     tracing::info!(
@@ -371,6 +381,11 @@ impl Node {
         Some((leader, node.addr.clone()))
     }
 
+    /// When this node last became the leader, if it leads.
+    pub(crate) fn leading_since(&self) -> Option<Instant> {
+        self.leading_since.lock().ok().and_then(|since| *since)
+    }
+
     /// The local replica. Reads from it are stale by at most the replication lag.
     pub fn store(&self) -> &Store {
         &self.store
@@ -388,7 +403,7 @@ impl Node {
         &self,
         packets: Vec<PublishItem>,
     ) -> Result<Vec<Result<Published, PublishError>>, PeerError> {
-        if !self.is_leader() {
+        if !self.is_leader() || self.handing_over() {
             return Err(PeerError::NotLeader {
                 leader: self.known_leader().map(|(id, _)| id),
             });
@@ -659,6 +674,9 @@ async fn watch_cluster_state(node: Arc<Node>) {
         if now.current_leader != leader {
             node.metrics.leader_changes.inc();
             leader = now.current_leader;
+            if let Ok(mut since) = node.leading_since.lock() {
+                *since = (leader == Some(node.id)).then(Instant::now);
+            }
             match leader {
                 Some(leader) => {
                     tracing::info!(leader, term = now.current_term, "leader changed");

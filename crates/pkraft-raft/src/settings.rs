@@ -10,15 +10,22 @@ use serde::Deserialize;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// How often the leader sends heartbeats. Default 200 ms: fsync p99 on these machines is
-    /// 9–26 ms, and heartbeats must arrive well inside the election timeout.
+    /// How often the leader sends heartbeats. Default 100 ms (etcd's default too). It is also
+    /// the time openraft gives one `append-entries` request (sending it and the follower's
+    /// fsync), so keep it above a few round trips plus the disk's fsync p99; fsync p99 on these
+    /// machines is 9–26 ms.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
-    /// Lower bound of the randomised election timeout. Default 1 s; openraft's 150 ms default
-    /// causes spurious elections on real disks.
+    /// Lower bound of the randomised election timeout. Default 300 ms. A follower stands only
+    /// after the leader lease (`election_timeout_max`) plus its own timeout have passed without
+    /// a heartbeat, so failover takes about `election_timeout_max` + this node's timeout + a
+    /// heartbeat, and the leader must be silent for at least `election_timeout_max` +
+    /// `election_timeout_min` (800 ms by default) before anyone stands.
     #[serde(with = "humantime_serde")]
     pub election_timeout_min: Duration,
-    /// Upper bound of the randomised election timeout. Default 2 s.
+    /// Upper bound of the randomised election timeout, and the leader lease (openraft 0.9 does
+    /// not set the lease separately). Default 500 ms: measured failover ≤ 1.5 s (docs/
+    /// BENCHMARKS.md); slow disks or long links need more (docs/OPERATIONS.md, "Raft timing").
     #[serde(with = "humantime_serde")]
     pub election_timeout_max: Duration,
     /// Build a snapshot after this many log entries since the last one, so the log stays bounded.
@@ -51,9 +58,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            heartbeat_interval: Duration::from_millis(200),
-            election_timeout_min: Duration::from_secs(1),
-            election_timeout_max: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(500),
             snapshot_after_entries: 10_000,
             entries_kept_after_snapshot: 1_000,
             publish_timeout: Duration::from_secs(5),
@@ -70,8 +77,8 @@ impl Default for Settings {
 pub const ENTRIES_PER_APPEND_MAX: u64 = 64;
 /// Budget for the entries of one `append-entries` request, per millisecond of
 /// `heartbeat_interval`: openraft gives each request that long in all (sending, and the
-/// follower's fsync). 40 KiB per ms is 8 MiB at the default 200 ms, which crosses a 1 Gbit/s
-/// link in about 70 ms. Without a budget, 64 full batches of 512 packets (40 MB) would time out
+/// follower's fsync). 40 KiB per ms is 4 MiB at the default 100 ms, which crosses a 1 Gbit/s
+/// link in about 35 ms. Without a budget, 64 full batches of 512 packets (40 MB) would time out
 /// on every try, and a follower that needs them would never catch up.
 const APPEND_BYTES_PER_HEARTBEAT_MS: usize = 40 * 1024;
 /// Bytes of snapshot sent in one `install-snapshot` request.
@@ -221,8 +228,9 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let config = Settings::default().openraft_config().expect("valid");
-        assert_eq!(config.heartbeat_interval, 200);
-        assert_eq!(config.election_timeout_min, 1000);
+        assert_eq!(config.heartbeat_interval, 100);
+        assert_eq!(config.election_timeout_min, 300);
+        assert_eq!(config.election_timeout_max, 500);
     }
 
     #[test]

@@ -240,9 +240,14 @@ impl Server {
         self.node.wait_fatal().await
     }
 
-    /// Stops accepting client work, lets in-flight requests finish (bounded), stops DNS, then
-    /// Raft; the peer listener goes last, so the cluster hears from this node until it is gone.
+    /// Hands leadership over if this node leads, stops accepting client work, lets in-flight
+    /// requests finish (bounded), stops DNS, then Raft; the peer listener goes last, so the
+    /// cluster hears from this node until it is gone.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        // First, while every listener still serves: a leader hands its leadership to a
+        // caught-up voter, so the cluster goes on taking writes without waiting out a failover
+        // (its own clients' publishes are forwarded to the new leader meanwhile).
+        self.node.hand_over_leadership().await;
         self.http.stop("http").await?;
         if let Some((https, _)) = self.https {
             https.stop("https").await?;

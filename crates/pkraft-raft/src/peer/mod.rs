@@ -88,6 +88,7 @@ pub(crate) mod path {
     pub const READ_INDEX: &str = "/peer/v1/read-index";
     pub const MEMBERSHIP: &str = "/peer/v1/membership";
     pub const STATUS: &str = "/peer/v1/status";
+    pub const ELECT: &str = "/peer/v1/elect";
 }
 
 /// Header naming the node id a peer request is meant for.

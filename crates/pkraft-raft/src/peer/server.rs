@@ -36,6 +36,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::READ_INDEX, post(read_index))
         .route(path::MEMBERSHIP, post(membership))
         .route(path::STATUS, post(status))
+        .route(path::ELECT, post(elect))
         .layer(DefaultBodyLimit::max(body_max))
         .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
@@ -175,4 +176,13 @@ async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn status(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |(): ()| async move { node.local_status() }).await
+}
+
+/// The leader handing over before it stops asks this node to stand (see `handover`).
+async fn elect(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(
+        body,
+        |(): ()| async move { node.stand_for_election().await },
+    )
+    .await
 }

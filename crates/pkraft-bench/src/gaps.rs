@@ -1,0 +1,133 @@
+//! Write availability while nodes stop: a steady stream of PUTs (each a packet not stored
+//! before) through the given relays, for a fixed time, reporting the longest run without an
+//! acknowledgement. The harness stops a node (SIGTERM) in the middle of the run; the PUTs go to
+//! the other nodes only, so the gap is what the cluster's clients see.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use serde::Serialize;
+
+use crate::dataset::DataSet;
+use crate::http_load::{Job, client, send};
+use crate::stats::millis;
+
+/// Pause between a worker's PUTs, so the stream is steady rather than a saturating load: gaps
+/// are then read against a regular beat of acknowledgements, not against queueing.
+const PUT_PAUSE: Duration = Duration::from_millis(10);
+/// Pause after a refused PUT (503 while leadership moves, or a refused connection).
+const RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Serialize)]
+pub struct GapReport {
+    pub op: &'static str,
+    /// Longest time between two acknowledgements (or from the start to the first, or from the
+    /// last to the end).
+    pub longest_gap_ms: f64,
+    pub acknowledged: u64,
+    /// Status codes of the PUTs not acknowledged ("error": no HTTP answer).
+    pub refused: BTreeMap<String, u64>,
+    /// Keys used, from `first_key`: the next run starts after them.
+    pub keys_used: usize,
+}
+
+pub struct GapSpec<'a> {
+    pub data: &'a DataSet,
+    pub version: usize,
+    /// PUT keys from this one on, each once until acknowledged: every PUT is a new write.
+    pub first_key: usize,
+    pub urls: &'a [String],
+    pub concurrency: usize,
+    pub duration: Duration,
+}
+
+pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
+    spec.data.check_version(spec.version)?;
+    anyhow::ensure!(!spec.urls.is_empty(), "at least one --url is needed");
+    anyhow::ensure!(spec.concurrency > 0, "--concurrency must be at least 1");
+    let jobs: Arc<Vec<Job>> = Arc::new(
+        spec.data
+            .keys
+            .iter()
+            .skip(spec.first_key)
+            .map(|key| Job {
+                method: Method::PUT,
+                path: format!("/{}", key.z32),
+                body: Bytes::from(key.versions[spec.version].payload.clone()),
+                forwarded_for: None,
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let end = started + spec.duration;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..spec.concurrency {
+        let base = spec.urls[worker % spec.urls.len()]
+            .trim_end_matches('/')
+            .to_string();
+        let (jobs, next) = (jobs.clone(), next.clone());
+        workers.spawn(async move {
+            let client = client(None);
+            let mut acks = Vec::new();
+            let mut refused = BTreeMap::<String, u64>::new();
+            let mut job = None;
+            while Instant::now() < end {
+                let index = match job {
+                    Some(index) => index,
+                    None => next.fetch_add(1, Ordering::Relaxed),
+                };
+                let Some(put) = jobs.get(index) else { break };
+                let outcome = send(&client, &base, put).await;
+                match outcome.status {
+                    Some(204) => {
+                        acks.push(Instant::now());
+                        job = None;
+                        tokio::time::sleep(PUT_PAUSE).await;
+                    }
+                    other => {
+                        let status = other.map_or("error".to_string(), |s| s.to_string());
+                        *refused.entry(status).or_default() += 1;
+                        job = Some(index);
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
+            (acks, refused)
+        });
+    }
+    let mut acks = Vec::new();
+    let mut refused = BTreeMap::new();
+    while let Some(joined) = workers.join_next().await {
+        let (worker_acks, worker_refused) = joined?;
+        acks.extend(worker_acks);
+        for (status, count) in worker_refused {
+            *refused.entry(status).or_default() += count;
+        }
+    }
+    anyhow::ensure!(
+        next.load(Ordering::Relaxed) < jobs.len(),
+        "the data set ran out of keys after {} PUTs; give it more keys",
+        jobs.len()
+    );
+    acks.sort();
+    let finished = Instant::now();
+    let mut last = started;
+    let mut longest = Duration::ZERO;
+    for &at in &acks {
+        longest = longest.max(at - last);
+        last = at;
+    }
+    longest = longest.max(finished.saturating_duration_since(last));
+    Ok(GapReport {
+        op: "gaps",
+        longest_gap_ms: millis(longest),
+        acknowledged: u64::try_from(acks.len())?,
+        refused,
+        keys_used: next.load(Ordering::Relaxed).min(jobs.len()),
+    })
+}
