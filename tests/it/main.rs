@@ -24,3 +24,4 @@ mod peer_proxy;
 mod peer_tls;
 mod pkarr_client;
 mod relay;
+mod write_bounds;

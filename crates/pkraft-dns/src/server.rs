@@ -6,6 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_proto::rr::LowerName;
 use hickory_server::Server;
@@ -29,6 +30,9 @@ use crate::zone::PkarrZone;
 const TCP_RESPONSE_QUEUE_LEN: usize = 32;
 /// Attempts to find a port free for both UDP and TCP when the configured port is 0.
 const SHARED_PORT_ATTEMPTS: usize = 16;
+/// How long `shutdown` waits for queries in flight (a TCP client that never reads its answer
+/// must not hold the daemon up).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
@@ -154,15 +158,25 @@ impl DnsServer {
         self.local_addr
     }
 
-    /// Stops accepting queries and waits for in-flight ones to finish.
+    /// Stops accepting queries and waits (at most `SHUTDOWN_TIMEOUT`) for in-flight ones to
+    /// finish; past it they are dropped, so a stuck connection cannot hold the daemon up.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
         // The loops see the stop even if every receiver of it is gone (`has_changed` errs).
         let _ = self.stop_udp.send(true);
-        while self.udp_loops.join_next().await.is_some() {}
-        self.server
-            .shutdown_gracefully()
-            .await
-            .map_err(|e| DnsError::Server(e.to_string()))
+        let drain = async {
+            while self.udp_loops.join_next().await.is_some() {}
+            self.server
+                .shutdown_gracefully()
+                .await
+                .map_err(|e| DnsError::Server(e.to_string()))
+        };
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, drain).await {
+            Ok(drained) => drained,
+            Err(_) => {
+                tracing::warn!(timeout = ?SHUTDOWN_TIMEOUT, "DNS queries still in flight; stopping anyway");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -28,6 +28,7 @@ use axum::{Json, Router};
 use pkraft_raft::{ClusterStatus, MembershipChange, MembershipError, Node, NodeId};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use tower_http::timeout::TimeoutLayer;
 
 /// `[admin]` config section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,6 +81,11 @@ pub struct AddLearner {
     pub addr: String,
 }
 
+/// Longest an admin request may take: a backup reads the whole replica (seconds per million
+/// packets); a membership change gives up after 40 s on the leader. Past it the caller gets 503
+/// and the connection is freed.
+const ADMIN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub fn router(state: AdminState) -> Router {
     let mutations = Router::new()
         .route("/cluster/init", post(init))
@@ -98,6 +104,10 @@ pub fn router(state: AdminState) -> Router {
         )
         .merge(mutations)
         .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ADMIN_REQUEST_TIMEOUT,
+        ))
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {

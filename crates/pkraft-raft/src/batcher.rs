@@ -149,13 +149,18 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
     loop {
         match node.known_leader() {
             Some((leader, _)) if leader == node.id && !node.handing_over() => {
-                return propose(node, batch).await;
+                if let Some(reason) = node.cut_off_from_quorum() {
+                    node.metrics.publish_refused("no_quorum", batch.len());
+                    return answer_all(batch, PublishError::Unavailable(reason));
+                }
+                return propose(node, batch, deadline).await;
             }
             // This leader is handing over (see `handover`): wait for the next one.
             Some((leader, _)) if leader == node.id && Instant::now() < deadline => {
                 wait_for_leader_news(node, Some(leader), deadline).await;
             }
             Some((leader, _)) if leader == node.id => {
+                node.metrics.publish_refused("handover", batch.len());
                 return answer_all(
                     batch,
                     PublishError::Unavailable("leadership is being handed over".to_string()),
@@ -195,12 +200,14 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                         wait_for_leader_news(node, Some(leader), deadline).await;
                     }
                     Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
+                        node.metrics.publish_refused("forward_failed", batch.len());
                         return answer_all(batch, PublishError::Unavailable(reason));
                     }
                 }
             }
             None if Instant::now() < deadline => wait_for_leader_news(node, None, deadline).await,
             None => {
+                node.metrics.publish_refused("no_leader", batch.len());
                 return answer_all(
                     batch,
                     PublishError::Unavailable("no leader is elected".to_string()),
@@ -210,8 +217,10 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
     }
 }
 
-/// Proposes the batch as one log entry on this node (the leader).
-async fn propose(node: &Node, batch: Vec<Pending>) {
+/// Proposes the batch as one log entry on this node (the leader), waiting for the commit until
+/// `deadline`: an entry a cut-off leader appended may commit only when the partition heals, and
+/// its slot must not stay taken (nor its publishers wait) until then.
+async fn propose(node: &Node, batch: Vec<Pending>, deadline: Instant) {
     let (packets, replies): (Vec<PublishItem>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     tracing::debug!(packets = packets.len(), "proposing a publish batch");
@@ -220,7 +229,19 @@ async fn propose(node: &Node, batch: Vec<Pending>) {
         packets,
     };
     let raft = &node.raft;
-    let answers: Vec<Result<Published, PublishError>> = match raft.client_write(command).await {
+    let written = tokio::time::timeout_at(deadline.into(), raft.client_write(command)).await;
+    let Ok(written) = written else {
+        node.metrics.publish_refused("timeout", replies.len());
+        let error = PublishError::Unavailable(format!(
+            "not committed within {:?}; it may still commit",
+            node.publish_timeout
+        ));
+        for reply in replies {
+            answer(reply, Err(error.clone()));
+        }
+        return;
+    };
+    let answers: Vec<Result<Published, PublishError>> = match written {
         Ok(response) if response.data.outcomes.len() == replies.len() => {
             let log_index = response.log_id.index;
             let replicas = replicas_holding(raft, log_index);

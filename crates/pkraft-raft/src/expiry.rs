@@ -46,7 +46,15 @@ async fn expire_now(node: &Node, max_age: Duration) {
             before_micros,
             limit: EXPIRE_ROWS_PER_ENTRY,
         };
-        match node.raft.client_write(command).await {
+        // Bounded like a publish: a leader cut off from its quorum must not wait here until the
+        // partition heals (the next tick tries again).
+        let written =
+            tokio::time::timeout(node.publish_timeout, node.raft.client_write(command)).await;
+        let Ok(written) = written else {
+            tracing::debug!("expiry proposal not committed in time; retrying next interval");
+            return;
+        };
+        match written {
             Ok(response) => {
                 tracing::info!(
                     expired = response.data.expired,

@@ -16,6 +16,7 @@
 //!   their batches to the leader.
 //! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
 //! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age`.
+//! - `quorum`: when a quorum last accepted this leader (a cut-off leader refuses publishes).
 //! - [`membership`]: init, join, add/promote/remove, cluster status.
 //! - [`reads`]: staleness of the local replica and the linearizable read barrier.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
@@ -37,6 +38,7 @@ pub mod membership;
 mod metrics;
 pub mod node;
 pub mod peer;
+mod quorum;
 pub mod reads;
 pub mod settings;
 mod snapshot_file;

@@ -26,6 +26,9 @@ const CATCH_UP_SLACK_ENTRIES: u64 = 64;
 const JOIN_RETRY: Duration = Duration::from_secs(1);
 /// Time one join request may take: catching up plus promotion.
 const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(45);
+/// Time one membership change may take on the leader, waiting for the changes queued before it
+/// included; shorter than `JOIN_CALL_TIMEOUT`, so the caller hears why.
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(40);
 /// Time a status probe of one member may take.
 const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -185,8 +188,23 @@ impl Node {
         }
     }
 
+    /// Runs one change, after the changes queued before it, within `MEMBERSHIP_CHANGE_TIMEOUT`
+    /// in all (a leader cut off from its quorum never commits one; the lock must not stay held).
     async fn change_as_leader(&self, change: MembershipChange) -> Result<(), PeerError> {
-        let _serialized = self.membership_lock.lock().await;
+        tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, async {
+            let _serialized = self.membership_lock.lock().await;
+            self.change_serialized(change).await
+        })
+        .await
+        .map_err(|_| {
+            PeerError::Unavailable(format!(
+                "the membership change did not complete within {MEMBERSHIP_CHANGE_TIMEOUT:?} \
+                 (it may still complete; see `pkraft cluster status`)"
+            ))
+        })?
+    }
+
+    async fn change_serialized(&self, change: MembershipChange) -> Result<(), PeerError> {
         match change {
             MembershipChange::Join {
                 node_id,

@@ -31,6 +31,10 @@ pub(crate) struct NodeMetrics {
     /// `pkraft_raft_handovers_total{result}`: leadership handovers this node started when told
     /// to stop, by result (`done`, `failed`).
     pub(crate) handovers: IntCounterVec,
+    /// `pkraft_raft_publish_refused_total{reason}`: publishes answered "unavailable" (503) by
+    /// this node's batcher, by why: `no_leader`, `no_quorum` (this leader is cut off),
+    /// `timeout` (not committed in time), `forward_failed`, `handover`.
+    pub(crate) publish_refused_total: IntCounterVec,
     /// `pkraft_raft_snapshot_build_seconds`: snapshot builds and their duration.
     pub(crate) snapshot_build: Histogram,
     /// `pkraft_raft_snapshot_install_seconds`: snapshots installed from a leader, and their
@@ -71,6 +75,13 @@ impl NodeMetrics {
                 ),
                 &["result"],
             )?,
+            publish_refused_total: IntCounterVec::new(
+                Opts::new(
+                    "pkraft_raft_publish_refused_total",
+                    "Publishes this node's batcher answered unavailable (503), by reason.",
+                ),
+                &["reason"],
+            )?,
             snapshot_build: seconds(
                 "pkraft_raft_snapshot_build_seconds",
                 "Snapshot builds and their duration.",
@@ -86,11 +97,19 @@ impl NodeMetrics {
         })
     }
 
+    /// Counts `packets` publishes refused for `reason` (see `publish_refused_total`).
+    pub(crate) fn publish_refused(&self, reason: &str, packets: usize) {
+        self.publish_refused_total
+            .with_label_values(&[reason])
+            .inc_by(u64::try_from(packets).unwrap_or(u64::MAX));
+    }
+
     pub(crate) fn register(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.batch_packets.clone()))?;
         registry.register(Box::new(self.forwarded_packets.clone()))?;
         registry.register(Box::new(self.leader_changes.clone()))?;
         registry.register(Box::new(self.handovers.clone()))?;
+        registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;
         registry.register(Box::new(self.expired_records.clone()))

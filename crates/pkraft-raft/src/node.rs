@@ -18,12 +18,13 @@ use crate::batcher::{Batcher, Origin, stopping};
 use crate::log_store::LogStore;
 use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerNetwork};
+use crate::quorum::QuorumContact;
 use crate::settings::{Settings, SettingsError};
 use crate::state_machine::StateMachine;
 use crate::{NodeId, TypeConfig};
 
-/// How long `shutdown` waits for openraft's background tasks (the state machine worker, a
-/// snapshot build) to release the databases.
+/// How long `shutdown` waits for openraft to stop, and then for its background tasks (the state
+/// machine worker, a snapshot build) to release the databases.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for that release.
 const RELEASE_POLL: Duration = Duration::from_millis(5);
@@ -151,6 +152,8 @@ pub struct Node {
     /// When this node last became the leader (see `handover`: its vote is granted to another
     /// node only once it has led for `election_timeout_max`).
     leading_since: std::sync::Mutex<Option<Instant>>,
+    /// When the followers last accepted this node as leader (see `quorum`).
+    quorum_contact: QuorumContact,
     /// Set when this node hands its leadership over before it stops (see `handover`).
     pub(crate) handing_over: AtomicBool,
     /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
@@ -261,7 +264,8 @@ impl Node {
         let clean_stop = take_clean_stop_marker(data_dir)?;
         let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
             .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
-        let network = PeerNetwork::new(peers.clone());
+        let quorum_contact = QuorumContact::default();
+        let network = PeerNetwork::new(peers.clone(), quorum_contact.clone());
         let raft = Raft::new(id, config, network, log_store.clone(), state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -287,6 +291,7 @@ impl Node {
             membership_lock: tokio::sync::Mutex::new(()),
             leader_contact: LeaderContact::new(),
             leading_since: std::sync::Mutex::new(None),
+            quorum_contact,
             handing_over: AtomicBool::new(false),
             election_timeout_max: settings.election_timeout_max,
             catch_up: match last_log_id {
@@ -381,6 +386,29 @@ impl Node {
         Some((leader, node.addr.clone()))
     }
 
+    /// Why this leader should not propose: it has led for longer than the leader lease and no
+    /// quorum of voters has accepted it within the lease, so it is cut off (and perhaps already
+    /// replaced). `None` when it may propose.
+    pub(crate) fn cut_off_from_quorum(&self) -> Option<String> {
+        let since = self.leading_since()?;
+        if since.elapsed() <= self.election_timeout_max {
+            return None;
+        }
+        let voters: Vec<NodeId> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().voter_ids().collect()
+        };
+        match self.quorum_contact.age(self.id, &voters) {
+            Some(age) if age <= self.election_timeout_max => None,
+            Some(age) => Some(format!(
+                "this leader has not reached a quorum for {} ms",
+                age.as_millis()
+            )),
+            None => Some("this leader has not reached a quorum".to_string()),
+        }
+    }
+
     /// When this node last became the leader, if it leads.
     pub(crate) fn leading_since(&self) -> Option<Instant> {
         self.leading_since.lock().ok().and_then(|since| *since)
@@ -408,7 +436,10 @@ impl Node {
                 leader: self.known_leader().map(|(id, _)| id),
             });
         }
-        // All are queued before any is awaited, so they share batches.
+        // All are queued before any is awaited, so they share batches, and all wait until one
+        // deadline: the follower's request is answered within `publish_timeout`, however many
+        // packets it carries.
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
         let queued: Vec<_> = packets
             .into_iter()
             .map(|item| self.enqueue(item, Origin::Forwarded))
@@ -416,7 +447,7 @@ impl Node {
         let mut answers = Vec::with_capacity(queued.len());
         for outcome in queued {
             answers.push(match outcome {
-                Ok(outcome) => self.await_outcome(outcome).await,
+                Ok(outcome) => self.await_outcome_until(outcome, deadline).await,
                 Err(e) => Err(e),
             });
         }
@@ -451,7 +482,16 @@ impl Node {
         &self,
         outcome: crate::batcher::Outcome,
     ) -> Result<Published, PublishError> {
-        match tokio::time::timeout(self.publish_timeout, outcome).await {
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        self.await_outcome_until(outcome, deadline).await
+    }
+
+    async fn await_outcome_until(
+        &self,
+        outcome: crate::batcher::Outcome,
+        deadline: tokio::time::Instant,
+    ) -> Result<Published, PublishError> {
+        match tokio::time::timeout_at(deadline, outcome).await {
             Ok(Ok(result)) => result,
             // The batcher dropped the reply: it is stopping.
             Ok(Err(_)) => Err(stopping()),
@@ -516,8 +556,10 @@ impl Node {
                 }
             }
         }
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        match tokio::time::timeout(RELEASE_TIMEOUT, self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "raft did not shut down cleanly"),
+            Err(_) => tracing::warn!(timeout = ?RELEASE_TIMEOUT, "raft did not stop in time"),
         }
         // Node holds one handle to each file; openraft's state machine worker or a snapshot build
         // on the blocking pool may still hold others for a moment.

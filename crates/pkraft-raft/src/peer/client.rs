@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
+use crate::quorum::QuorumContact;
 use crate::{NodeId, TypeConfig};
 
 /// How long opening a TCP connection to a peer may take. A peer that does not accept within it
@@ -232,11 +233,13 @@ impl PeerClient {
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     client: PeerClient,
+    /// Where accepted `append-entries` are recorded, for the leader's quorum check.
+    contact: QuorumContact,
 }
 
 impl PeerNetwork {
-    pub fn new(client: PeerClient) -> PeerNetwork {
-        PeerNetwork { client }
+    pub(crate) fn new(client: PeerClient, contact: QuorumContact) -> PeerNetwork {
+        PeerNetwork { client, contact }
     }
 }
 
@@ -246,6 +249,7 @@ pub struct PeerConnection {
     client: PeerClient,
     target: NodeId,
     addr: String,
+    contact: QuorumContact,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -256,6 +260,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            contact: self.contact.clone(),
         }
     }
 }
@@ -295,7 +300,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(path::APPEND_ENTRIES, &rpc, &option).await
+        let answer = self.rpc(path::APPEND_ENTRIES, &rpc, &option).await;
+        // Any answer but "your vote is stale" means the peer accepts this node as its leader.
+        if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
+        {
+            self.contact.record(self.target);
+        }
+        answer
     }
 
     async fn install_snapshot(

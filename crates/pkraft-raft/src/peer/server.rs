@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,6 +16,7 @@ use axum::routing::post;
 use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tower_http::timeout::TimeoutLayer;
 
 use super::{ForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
@@ -23,6 +25,11 @@ use crate::node::Node;
 use crate::{NodeId, TypeConfig};
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
+/// Longest a peer request may take: the last chunk of a snapshot, which includes installing the
+/// whole snapshot (`SNAPSHOT_RPC_TIMEOUT`), and some margin. Every other route has shorter
+/// bounds of its own (openraft's RPC timeouts, `publish_timeout`, the membership timeouts); this
+/// one makes sure no handler holds a connection forever. The caller sees 503.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// The router of the peer listener. Serve it on its own socket: it must never share the public
 /// listener.
@@ -40,6 +47,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .layer(DefaultBodyLimit::max(body_max))
         .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
 }
 
 /// 401 without the right secret, 421 when the caller meant another node, 403 when the caller is a
