@@ -68,7 +68,8 @@ impl Node {
 
     async fn try_hand_over(&self) -> Handover {
         let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader {
+        // A node whose Raft stopped on a fatal error leads nobody, whatever its last metrics say.
+        if metrics.state != ServerState::Leader || metrics.running_state.is_err() {
             return Handover::NotNeeded;
         }
         let others: Vec<NodeId> = metrics
