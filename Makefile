@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -62,6 +62,13 @@ deploy-check:
 bench:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/run.sh full
+
+## A 3-node cluster whose peer links add 40 ± 10 ms each way (LATENCY_DELAY_MS, LATENCY_JITTER_MS):
+## PUT p50/p99, leader changes under load, failover; LATENCY_RAFT_TOML sets a [raft] section
+## (about 3 minutes).
+bench-latency:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	tests/bench/latency.sh $(TARGET_DIR)/release
 
 ## RSS of one node at 1M stored packets, with the DNS record cache at its bound (about 5 minutes).
 bench-memory:

@@ -9,6 +9,7 @@
 //! pkraft-bench lag --data data.bin --version 2 --put-url http://127.0.0.1:8080/pkarr --dns 127.0.0.1:5300
 //! pkraft-bench accept --data data.bin --version 3 --key 0 --url http://127.0.0.1:8080/pkarr
 //! pkraft-bench gaps --data data.bin --version 3 --first-key 100 --url http://127.0.0.1:8082/pkarr --seconds 4
+//! pkraft-bench delay-proxy --listen 127.0.0.1:7001 --upstream 127.0.0.1:7000 --delay-ms 40 --jitter-ms 10
 //! pkraft-bench slowloris --target 127.0.0.1:8080 --connections 2000 --sources 8 --seconds 15
 //! pkraft-bench udp-flood --data data.bin --server 127.0.0.1:5300 --seconds 10
 //! ```
@@ -19,6 +20,7 @@
 
 mod accept;
 mod dataset;
+mod delay_proxy;
 mod dns_diff;
 mod dns_files;
 mod dns_load;
@@ -211,6 +213,18 @@ enum Command {
         /// after the kill) rather than from this command's first attempt.
         #[arg(long)]
         since_unix_ms: Option<u64>,
+    },
+    /// Proxy TCP from LISTEN to UPSTREAM, delivering every chunk DELAY_MS ± JITTER_MS later in
+    /// each direction (a long link on loopback); runs until stopped.
+    DelayProxy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        #[arg(long)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
     },
     /// PUT a steady stream of new packets (version VERSION of keys from FIRST_KEY on) through the
     /// URLs for SECONDS; print the longest run without an acknowledgement.
@@ -415,6 +429,22 @@ async fn main() -> anyhow::Result<()> {
                 since_unix_ms,
             };
             print(&accept::run(spec).await?)?;
+        }
+        Command::DelayProxy {
+            listen,
+            upstream,
+            delay_ms,
+            jitter_ms,
+        } => {
+            anyhow::ensure!(
+                jitter_ms <= delay_ms,
+                "--jitter-ms must not exceed --delay-ms"
+            );
+            let delay = delay_proxy::Delay {
+                base: std::time::Duration::from_millis(delay_ms),
+                jitter: std::time::Duration::from_millis(jitter_ms),
+            };
+            delay_proxy::run(listen, upstream, delay).await?;
         }
         Command::Gaps {
             data,
