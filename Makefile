@@ -65,7 +65,7 @@ bench:
 
 ## A 3-node cluster whose peer links add 40 ± 10 ms each way (LATENCY_DELAY_MS, LATENCY_JITTER_MS):
 ## PUT p50/p99, leader changes under load, failover; LATENCY_RAFT_TOML sets a [raft] section
-## (about 3 minutes).
+## (about 2 minutes).
 bench-latency:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	tests/bench/latency.sh $(TARGET_DIR)/release
