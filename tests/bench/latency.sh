@@ -30,7 +30,7 @@ trap cleanup EXIT
 log() { echo "latency: $*" >&2; }
 fail() {
   log "FAIL: $*"
-  for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  print_log_tails "$work"
   exit 1
 }
 
@@ -66,14 +66,7 @@ leader_of() {  # the leader node $1 knows of
   "$pkraft" cluster --admin "${node_admin[$1]}" status --json 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")'
 }
-leader_changes() {
-  local n total=0 count
-  for n in 1 2 3; do
-    count=$(curl -sf "http://${node_admin[$n]}/metrics" | awk '/^pkraft_raft_leader_changes_total / {print $2}')
-    total=$((total + ${count:-0}))
-  done
-  echo "$total"
-}
+leader_changes() { leader_changes_total "${node_admin[@]}"; }
 
 "$bench" gen --keys "$keys" --versions $((runs + 2)) --out "$work/data.bin"
 urls=(); for n in 1 2 3; do urls+=(--url "${node_http[$n]}"); done

@@ -53,7 +53,7 @@ trap cleanup EXIT
 log() { echo "bench: $*" >&2; }
 fail() {
   log "FAIL: $*"
-  for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  print_log_tails "$work"
   exit 1
 }
 need() { command -v "$1" >/dev/null || fail "$1 is missing (Debian package $2)"; }
@@ -312,14 +312,7 @@ done
 reversed() { local i; for ((i = $# ; i > 0 ; i--)); do echo "${!i}"; done; }
 # Leader changes seen by the cluster's nodes (pkraft_raft_leader_changes_total, summed): any
 # during the measured rounds is an election nobody asked for.
-leader_changes() {
-  local n total=0 count
-  for n in 1 2 3; do
-    count=$(curl -sf "http://${node_admin[$n]}/metrics" | awk '/^pkraft_raft_leader_changes_total / {print $2}')
-    total=$((total + ${count:-0}))
-  done
-  echo "$total"
-}
+leader_changes() { leader_changes_total "${node_admin[@]}"; }
 changes_before=$(leader_changes)
 for r in $(seq 1 "$runs"); do
   # Alternate who goes first, so neither system always runs right after the other's load.

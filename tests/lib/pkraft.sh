@@ -92,3 +92,21 @@ kill_all() {
   for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
   for p in "$@"; do wait "$p" 2>/dev/null || true; done
 }
+
+# leader_changes_total ADMIN_ADDR...: pkraft_raft_leader_changes_total summed over the nodes with
+# these admin listeners (a node that does not answer counts 0).
+leader_changes_total() {
+  local admin total=0 count
+  for admin in "$@"; do
+    count=$(curl -sf "http://$admin/metrics" | awk '/^pkraft_raft_leader_changes_total / {print $2}')
+    total=$((total + ${count:-0}))
+  done
+  echo "$total"
+}
+
+# print_log_tails DIR: the last 20 lines of every *.log in DIR, on stderr (for a failing script).
+print_log_tails() {
+  local f
+  for f in "$1"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  return 0
+}

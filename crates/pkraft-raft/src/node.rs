@@ -399,7 +399,7 @@ impl Node {
             let metrics = metrics.borrow();
             metrics.membership_config.membership().voter_ids().collect()
         };
-        match self.quorum_contact_age(&voters) {
+        match self.quorum_contact.age(self.id, &voters) {
             Some(age) if age <= self.election_timeout_max => None,
             Some(age) => Some(format!(
                 "this leader has not reached a quorum for {} ms",
@@ -407,12 +407,6 @@ impl Node {
             )),
             None => Some("this leader has not reached a quorum".to_string()),
         }
-    }
-
-    /// How long ago a quorum of `voters` last accepted this node as leader (zero when it is the
-    /// only voter); `None` if no quorum has yet.
-    pub(crate) fn quorum_contact_age(&self, voters: &[NodeId]) -> Option<Duration> {
-        self.quorum_contact.age(self.id, voters)
     }
 
     /// When this node last became the leader, if it leads.

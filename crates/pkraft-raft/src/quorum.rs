@@ -4,7 +4,7 @@
 //! openraft 0.9 keeps a leader leading while it is cut off from every follower (it has no
 //! check-quorum), and its own `millis_since_quorum_ack` metric is computed only when the core
 //! publishes metrics for some other event, so reading it between events gives an old value. The
-//! batcher and the staleness bound (`Node::staleness`) ask this instead:
+//! batcher asks this instead (once per batch):
 //! a leader that has not heard a quorum accept it for longer than the leader lease
 //! (`election_timeout_max`) answers publishes 503 at once rather than proposing entries that
 //! cannot commit until the partition heals (the followers may have elected another leader by

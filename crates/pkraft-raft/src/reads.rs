@@ -41,8 +41,15 @@ impl Node {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
         if metrics.state == ServerState::Leader {
-            let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
-            return self.quorum_contact_age(&voters);
+            let only_voter = metrics
+                .membership_config
+                .membership()
+                .voter_ids()
+                .eq([self.id]);
+            if only_voter {
+                return Some(Duration::ZERO);
+            }
+            return metrics.millis_since_quorum_ack.map(Duration::from_millis);
         }
         self.leader_contact.elapsed()
     }
