@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# A/B benchmark of the write path: two pkraft builds side by side (a single node and a 3-node
+# cluster each), with iroh-dns-server as the common yardstick, in interleaved rounds.
+#
+#   BENCH_A=/path/to/bin-dir-a BENCH_B=/path/to/bin-dir-b tests/bench/ab.sh
+#
+# Each bin dir holds a release `pkraft` (and A's `pkraft-bench` drives the load). Every system
+# gets the same signed packets; each round PUTs the next version of every key through each system
+# (64 connections, spread over all nodes of a cluster), in an order that alternates per round.
+# Per run it records PUT/s, p50/p99, server CPU per PUT (utime + stime until the servers are idle
+# again) and the machine's idle share; at the end it prints medians and the ratios to
+# iroh-dns-server of the same rounds. Env: BENCH_RUNS (3), BENCH_KEYS (20000).
+# Method and results: docs/BENCHMARKS.md ("A/B runs of two builds").
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
+PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+
+a_dir=${BENCH_A:?BENCH_A: bin dir of build A}
+b_dir=${BENCH_B:?BENCH_B: bin dir of build B}
+runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} concurrency=64
+bench="$a_dir/pkraft-bench"
+iroh_bin="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-1.4.1/bin/iroh-dns-server"
+[ -x "$iroh_bin" ] || { echo "ab: $iroh_bin missing (make bench installs it)" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill_all "${pids[@]}"; rm -rf "$work"; }
+trap cleanup EXIT
+log() { echo "ab: $*" >&2; }
+fail() { log "$*"; print_log_tails "$work"; exit 1; }
+
+wait_up() {  # $1 = pid, $2 = URL; up to 30 s
+  for _ in $(seq 1 300); do
+    kill -0 "$1" 2>/dev/null || fail "a server exited during start"
+    curl -s -o /dev/null "$2" && return 0
+    sleep 0.1
+  done
+  fail "no answer from $2 within 30 s"
+}
+
+declare -A pid_of url_of
+start_single() {  # $1 = system name, $2 = bin dir
+  local http dns
+  http=$(loopback_port); dns=$(loopback_port)
+  single_node_config "$work/$1.toml" "$work/$1-data" "127.0.0.1:$http" "127.0.0.1:$dns"
+  RUST_LOG=warn setsid "$2/pkraft" serve --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
+  pids+=($!); pid_of[$1]=$!; url_of[$1]="http://127.0.0.1:$http/pkarr"
+  wait_up "$!" "http://127.0.0.1:$http/healthz"
+}
+start_cluster() {  # $1 = system name, $2 = bin dir
+  local n http dns peer admin join="" node1_peer="" urls="" ps="" admin1=""
+  for n in 1 2 3; do
+    http=$(loopback_port); dns=$(loopback_port); peer=$(loopback_port); admin=$(loopback_port)
+    if [ "$n" = 1 ]; then node1_peer=$peer; admin1=127.0.0.1:$admin; else join="127.0.0.1:$node1_peer"; fi
+    cluster_node_config "$work/$1-$n.toml" "$n" "$work/$1-$n-data" "127.0.0.1:$http" \
+      "127.0.0.1:$dns" "127.0.0.1:$peer" "127.0.0.1:$admin" ab-cluster-secret-not-for-production "$join"
+    RUST_LOG=warn setsid "$2/pkraft" serve --config "$work/$1-$n.toml" >"$work/$1-$n.log" 2>&1 &
+    pids+=($!); ps="$ps $!"; urls="$urls http://127.0.0.1:$http/pkarr"
+    wait_up "$!" "http://127.0.0.1:$http/healthz"
+  done
+  wait_for_voters "$2/pkraft" "$admin1" 3 60 || fail "cluster $1 did not reach 3 voters"
+  pid_of[$1]=$ps; url_of[$1]=$urls
+}
+start_iroh() {
+  local http dns https
+  http=$(loopback_port); dns=$(loopback_port); https=$(loopback_port)
+  cat >"$work/iroh.toml" <<TOML
+pkarr_put_rate_limit = "disabled"
+data_dir = "$work/iroh-data"
+[http]
+port = $http
+bind_addr = "127.0.0.1"
+[https]
+port = $https
+bind_addr = "127.0.0.1"
+domains = ["localhost"]
+cert_mode = "self_signed"
+[dns]
+port = $dns
+bind_addr = "127.0.0.1"
+default_soa = "pkarr.test. hostmaster.pkarr.test. 1 3600 600 1209600 30"
+default_ttl = 30
+origins = ["pkarr.test.", "."]
+[metrics]
+disabled = true
+[mainline]
+enabled = false
+TOML
+  RUST_LOG=warn setsid "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
+  pids+=($!); pid_of[iroh]=$!; url_of[iroh]="http://127.0.0.1:$http/pkarr"
+  wait_up "$!" "http://127.0.0.1:$http/"
+}
+
+ticks() {  # utime + stime of every process of system $1
+  local sum=0 pid
+  for pid in ${pid_of[$1]}; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat"))); done
+  echo "$sum"
+}
+all_ticks() { local sum=0 s; for s in "${!pid_of[@]}"; do sum=$((sum + $(ticks "$s"))); done; echo "$sum"; }
+settle() {  # until every server has been idle (≤ 1 tick) for 0.5 s, at most 10 s
+  local before after
+  for _ in $(seq 1 20); do
+    before=$(all_ticks); sleep 0.5; after=$(all_ticks)
+    [ $((after - before)) -le 1 ] && return 0
+  done
+}
+machine() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
+urls() { local u; for u in ${url_of[$1]}; do echo --url "$u"; done; }
+put() {  # $1 = system, $2 = version; appends one JSON line to results
+  local c0 c1 m0 m1
+  settle; c0=$(ticks "$1"); m0=$(machine)
+  # shellcheck disable=SC2046  # one --url per node
+  "$bench" put --data "$work/data.bin" --version "$2" $(urls "$1") --concurrency "$concurrency" >"$work/run.json"
+  m1=$(machine); settle; c1=$(ticks "$1")
+  python3 - "$1" "$work/run.json" "$c0" "$c1" "$(getconf CLK_TCK)" "$m0" "$m1" >>"$work/results.jsonl" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[2]))
+d["system"] = sys.argv[1]
+d["server_cpu_us"] = (int(sys.argv[4]) - int(sys.argv[3])) * 1e6 / int(sys.argv[5]) / max(d["requests"], 1)
+(t0, i0), (t1, i1) = (map(int, sys.argv[6].split()), map(int, sys.argv[7].split()))
+d["machine_idle_pct"] = 100.0 * (i1 - i0) / max(t1 - t0, 1)
+print(json.dumps(d))
+PY
+}
+
+"$bench" gen --keys "$keys" --versions $((runs + 1)) --out "$work/data.bin"
+start_single a-single "$a_dir"; start_single b-single "$b_dir"
+start_cluster a-cluster "$a_dir"; start_cluster b-cluster "$b_dir"
+start_iroh
+systems=(a-single b-single a-cluster b-cluster iroh)
+for s in "${systems[@]}"; do put "$s" 0; done
+: >"$work/results.jsonl"  # version 0 only loads the keys
+for r in $(seq 1 "$runs"); do
+  order=("${systems[@]}")
+  ((r % 2)) || order=(iroh b-cluster a-cluster b-single a-single)
+  for s in "${order[@]}"; do log "round $r/$runs: $s"; put "$s" "$r"; done
+done
+python3 - "$work/results.jsonl" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+by = {}
+for d in runs:
+    by.setdefault(d["system"], []).append(d)
+def med(s, k): return statistics.median(d[k] for d in by[s])
+keys = [k for k in ("rps", "per_second", "requests_per_second") if k in runs[0]]
+rate = keys[0] if keys else None
+p99 = next((k for k in runs[0] if "p99" in k), None)
+p50 = next((k for k in runs[0] if "p50" in k), None)
+print(json.dumps(runs[0]), file=sys.stderr) if rate is None else None
+iroh = by["iroh"]
+print(f"{'system':10} {'PUT/s med':>10} {'per run':>24} {'vs iroh':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs':>7} {'idle %':>7}")
+for s in ("a-single", "b-single", "a-cluster", "b-cluster", "iroh"):
+    per = [d[rate] for d in by[s]]
+    ratios = [d[rate] / i[rate] for d, i in zip(by[s], iroh)]
+    print(f"{s:10} {med(s, rate):10.0f} {' '.join(f'{x:.0f}' for x in per):>24} "
+          f"{statistics.median(ratios):8.2f} {med(s, p50):7.2f} {med(s, p99):7.2f} "
+          f"{med(s, 'server_cpu_us'):7.0f} {med(s, 'machine_idle_pct'):7.1f}")
+PY
