@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-ab bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -69,6 +69,13 @@ bench:
 bench-latency:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	tests/bench/latency.sh $(TARGET_DIR)/release
+
+## The write path of two builds side by side (BENCH_A, BENCH_B: dirs with a release `pkraft` and
+## `pkraft-bench` each, e.g. copies of target/release from two commits): single node and 3-node
+## cluster PUT/s, p50/p99, CPU per PUT against iroh-dns-server (installed by `make bench`), about
+## 2 minutes.
+bench-ab:
+	tests/bench/ab.sh
 
 ## RSS of one node at 1M stored packets, with the DNS record cache at its bound (about 5 minutes).
 bench-memory:
