@@ -66,28 +66,7 @@ start_cluster() {  # $1 = system name, $2 = bin dir
 start_iroh() {
   local http dns https
   http=$(loopback_port); dns=$(loopback_port); https=$(loopback_port)
-  cat >"$work/iroh.toml" <<TOML
-pkarr_put_rate_limit = "disabled"
-data_dir = "$work/iroh-data"
-[http]
-port = $http
-bind_addr = "127.0.0.1"
-[https]
-port = $https
-bind_addr = "127.0.0.1"
-domains = ["localhost"]
-cert_mode = "self_signed"
-[dns]
-port = $dns
-bind_addr = "127.0.0.1"
-default_soa = "pkarr.test. hostmaster.pkarr.test. 1 3600 600 1209600 30"
-default_ttl = 30
-origins = ["pkarr.test.", "."]
-[metrics]
-disabled = true
-[mainline]
-enabled = false
-TOML
+  iroh_dns_server_config "$work/iroh.toml" "$work/iroh-data" "$http" "$dns" "$https" pkarr.test
   RUST_LOG=warn setsid "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
   pids+=($!); pid_of[iroh]=$!; url_of[iroh]="http://127.0.0.1:$http/pkarr"
   wait_up "$!" "http://127.0.0.1:$http/"

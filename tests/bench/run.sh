@@ -207,30 +207,7 @@ key = \"$PWD/tests/fixtures/tls/localhost.key\""
 }
 start_iroh() {
   local http dns https; http=$(free_port); dns=$(free_port); https=$(free_port)
-  # Rate limit off (it would cap PUTs), no mainline DHT (no traffic off loopback), no metrics.
-  cat >"$work/iroh.toml" <<TOML
-pkarr_put_rate_limit = "disabled"
-data_dir = "$work/iroh-data"
-[http]
-port = $http
-bind_addr = "127.0.0.1"
-[https]
-port = $https
-bind_addr = "127.0.0.1"
-domains = ["localhost"]
-cert_mode = "self_signed"
-[dns]
-port = $dns
-bind_addr = "127.0.0.1"
-default_soa = "$origin. hostmaster.$origin. 1 3600 600 1209600 30"
-default_ttl = 30
-# iroh-dns-server serves its SOA from a zone rooted at "." and refuses to start without it.
-origins = ["$origin.", "."]
-[metrics]
-disabled = true
-[mainline]
-enabled = false
-TOML
+  iroh_dns_server_config "$work/iroh.toml" "$work/iroh-data" "$http" "$dns" "$https" "$origin"
   RUST_LOG=warn setsid "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
   pid_of[iroh]=$!; pids+=($!)
   http_url[iroh]="http://127.0.0.1:$http/pkarr"; dns_port[iroh]=$dns; doh_port[iroh]=$https

@@ -110,3 +110,33 @@ print_log_tails() {
   for f in "$1"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
   return 0
 }
+
+# iroh_dns_server_config FILE DATA_DIR HTTP_PORT DNS_PORT HTTPS_PORT ORIGIN: the config the
+# benchmarks run iroh-dns-server 1.4.1 with, on 127.0.0.1: rate limit off (it would cap PUTs), no
+# mainline DHT (no traffic off loopback), no metrics, a self-signed certificate.
+iroh_dns_server_config() {
+  local file=$1 data_dir=$2 http=$3 dns=$4 https=$5 origin=$6
+  cat >"$file" <<TOML
+pkarr_put_rate_limit = "disabled"
+data_dir = "$data_dir"
+[http]
+port = $http
+bind_addr = "127.0.0.1"
+[https]
+port = $https
+bind_addr = "127.0.0.1"
+domains = ["localhost"]
+cert_mode = "self_signed"
+[dns]
+port = $dns
+bind_addr = "127.0.0.1"
+default_soa = "$origin. hostmaster.$origin. 1 3600 600 1209600 30"
+default_ttl = 30
+# iroh-dns-server serves its SOA from a zone rooted at "." and refuses to start without it.
+origins = ["$origin.", "."]
+[metrics]
+disabled = true
+[mainline]
+enabled = false
+TOML
+}
