@@ -141,6 +141,33 @@ async fn get_unknown_key_is_404_and_bad_key_is_400() {
 }
 
 #[tokio::test]
+async fn get_takes_a_consistency_and_refuses_an_unknown_one() {
+    let server = TestServer::start();
+    let kp = keypair(4);
+    let payload = iroh_packet(&kp, 1_000, &["192.0.2.1:1"]).to_relay_payload();
+    let put = server.put(&server.relay_url(&kp), payload.clone()).await;
+    assert_eq!(put.status(), 204);
+    for consistency in ["", "?consistency=local", "?consistency=linearizable"] {
+        let url = format!("{}{consistency}", server.relay_url(&kp));
+        let response = server.get(&url).await;
+        assert_eq!(response.status(), 200, "GET {consistency:?}");
+        assert_eq!(
+            response.bytes().await.expect("body"),
+            payload,
+            "GET {consistency:?}"
+        );
+    }
+    let url = format!("{}?consistency=eventual", server.relay_url(&kp));
+    let response = server.get(&url).await;
+    assert_eq!(response.status(), 400);
+    let body = response.text().await.expect("body");
+    assert!(
+        body.contains("unknown consistency \"eventual\""),
+        "400 body names the value: {body}"
+    );
+}
+
+#[tokio::test]
 async fn older_packet_is_409_and_identical_repeat_is_204() {
     let server = TestServer::start();
     let key = keypair(4);

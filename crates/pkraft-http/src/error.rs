@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use pkraft_raft::PublishError;
+use pkraft_raft::{PublishError, ReadError, UnknownConsistency};
 use pkraft_store::StoreError;
 use pkraft_types::{KeyError, PacketError};
 
@@ -26,8 +26,8 @@ pub enum RelayError {
     )]
     FutureTimestamp { ahead: Duration, max_skew: Duration },
     /// 400: an unknown `consistency` query value.
-    #[error("unknown consistency {0:?}: use \"local\" (the default) or \"linearizable\"")]
-    Consistency(String),
+    #[error(transparent)]
+    Consistency(#[from] UnknownConsistency),
     /// 404: nothing is stored for the key.
     #[error("no packet is stored for this key")]
     NotFound,
@@ -59,6 +59,17 @@ impl RelayError {
                 retry_after,
             },
             PublishError::Fatal(reason) => RelayError::Internal(reason),
+            e @ PublishError::Replica(_) => RelayError::Internal(e.to_string()),
+        }
+    }
+
+    pub fn from_read(e: ReadError, retry_after: Duration) -> Self {
+        match e {
+            e @ (ReadError::CatchingUp | ReadError::Unavailable(_)) => RelayError::Unavailable {
+                reason: e.to_string(),
+                retry_after,
+            },
+            ReadError::Replica(e) => RelayError::from(e),
         }
     }
 

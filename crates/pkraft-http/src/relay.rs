@@ -5,31 +5,27 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pkarr::Timestamp;
-use pkraft_raft::Published;
+use pkraft_raft::{Consistency, Published};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
-use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key, parse_z32_key};
+use pkraft_types::{PublishOutcome, VerifiedPacket, decode_z32_key, parse_z32_key};
 
 use crate::error::RelayError;
 use crate::{AppState, STORED_NODES_HEADER, Settings};
 
-/// `?consistency=local` (the default): read this node's replica, which may lag the leader by
-/// the replication delay.
-pub const CONSISTENCY_LOCAL: &str = "local";
-/// `?consistency=linearizable`: first make sure this node's replica holds every write committed
-/// before the request (a ReadIndex round through the leader); 503 when that cannot be done.
-pub const CONSISTENCY_LINEARIZABLE: &str = "linearizable";
-
 /// Query parameters of GET.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct ReadParams {
+    /// `local` (the default) or `linearizable` (see [`Consistency`]); 503 when a linearizable
+    /// read cannot be served now.
     pub consistency: Option<String>,
 }
 
 /// Media type of a relay payload (pkarr design/relays.md).
 pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
 
-/// `PUT /pkarr/{z32}` and `PUT /{z32}`: verify, then commit through Raft. 204 once committed,
-/// 409 if a more recent packet is stored.
+/// `PUT /pkarr/{z32}` and `PUT /{z32}`: verify, then publish (`Node::publish`: answered from the
+/// local replica when that decides it, else committed through Raft). 204 once stored (or when the
+/// same packet is), 409 if a more recent packet is stored.
 pub async fn put_packet(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -42,25 +38,14 @@ pub async fn put_packet(
         state.settings.max_future_skew,
     )?;
 
-    // Fast path on the local replica. Anything stored locally was committed, so a packet that
-    // loses to it (or equals it) would lose in the log too: answer without a round of consensus.
-    // The read is synchronous on the async worker: one key, MVCC, from the page cache; it never
-    // waits for the writer and costs less than a hop to the blocking pool.
-    let stored = state.node.store().get(&packet.key_bytes())?;
-    let (outcome, replicas) = match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
-        PublishOutcome::Stored => {
-            let Published {
-                outcome, replicas, ..
-            } = state
-                .node
-                .publish(packet)
-                .await
-                .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?;
-            (outcome, replicas)
-        }
-        known => (known, state.node.replica_count()),
-    };
-    // One mapping for both paths, so the fast path's tests also cover the answers after consensus.
+    let Published {
+        outcome, replicas, ..
+    } = state
+        .node
+        .publish(packet)
+        .await
+        .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?;
+    // The same answers whether the node answered from its replica or after consensus.
     match outcome {
         PublishOutcome::Stored | PublishOutcome::Identical => Ok((
             StatusCode::NO_CONTENT,
@@ -103,30 +88,16 @@ pub async fn get_packet(
     // Only the bytes: decompressing the curve point would cost about as much as the rest of the
     // GET. A stored key is a valid point, so the check is needed only to explain a miss.
     let key_bytes = decode_z32_key(&key)?;
-    match read.consistency.as_deref() {
-        None | Some(CONSISTENCY_LOCAL) => {
-            if state.node.catching_up() {
-                return Err(RelayError::Unavailable {
-                    reason: "this node restarted after a crash and is catching up with the \
-                             cluster; its replica may be older than what it served before"
-                        .to_string(),
-                    retry_after: state.settings.retry_after,
-                });
-            }
-        }
-        Some(CONSISTENCY_LINEARIZABLE) => {
-            state
-                .node
-                .read_barrier()
-                .await
-                .map_err(|e| RelayError::Unavailable {
-                    reason: e.to_string(),
-                    retry_after: state.settings.retry_after,
-                })?
-        }
-        Some(other) => return Err(RelayError::Consistency(other.to_string())),
-    }
-    let Some(stored) = state.node.store().get(&key_bytes)? else {
+    let consistency = match read.consistency.as_deref() {
+        None => Consistency::default(),
+        Some(name) => name.parse()?,
+    };
+    let stored = state
+        .node
+        .read(&key_bytes, consistency)
+        .await
+        .map_err(|e| RelayError::from_read(e, state.settings.retry_after))?;
+    let Some(stored) = stored else {
         parse_z32_key(&key)?;
         return Err(RelayError::NotFound);
     };

@@ -126,16 +126,10 @@ impl Node {
 
     /// Stops proposing and forwarding (see `batcher`), heartbeats and elections on this node.
     fn stop_leading(&self) {
-        self.handing_over
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.leadership().start_handover();
         let runtime = self.raft.runtime_config();
         runtime.heartbeat(false);
         runtime.elect(false);
-    }
-
-    /// Whether this node is handing its leadership over: it takes no more publishes as leader.
-    pub(crate) fn handing_over(&self) -> bool {
-        self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The voter among `others` whose log first reaches this node's last entry.

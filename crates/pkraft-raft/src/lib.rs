@@ -10,15 +10,18 @@
 //!   builds and installs snapshots, keeping the current one in `snapshot/`.
 //! - [`peer`]: the peer network: openraft RPCs, forwarded publishes, read barriers and membership
 //!   requests over authenticated HTTP (client and the peer listener's router).
-//! - [`node`]: [`Node`]: start (bootstrapping or joining), publish, shutdown, and a watch for
-//!   fatal errors.
-//! - `batcher`: group commit: concurrent publishes share one log entry; followers forward
-//!   their batches to the leader.
+//! - [`node`]: [`Node`]: start (bootstrapping or joining), shutdown, a watch for fatal errors,
+//!   and the small core of handles every other module shares.
+//! - [`write_path`]: [`Node::publish`], the one way into the store: the fast answer from the
+//!   local replica, group commit (concurrent publishes share one log entry), and forwarding of
+//!   followers' batches to the leader.
+//! - `leadership`: who leads, since when, and whether this leader may still propose.
 //! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
 //! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age`.
 //! - `quorum`: when a quorum last accepted this leader (a cut-off leader refuses publishes).
 //! - [`membership`]: init, join, add/promote/remove, cluster status.
-//! - [`reads`]: staleness of the local replica and the linearizable read barrier.
+//! - [`reads`]: [`Node::read`] at a [`Consistency`], staleness of the local replica and the
+//!   linearizable read barrier.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
 //! - `codec`: postcard encoding and the blocking-pool helper for storage work.
 //! - [`settings`]: the `[raft]` config section.
@@ -29,10 +32,10 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
-mod batcher;
 mod codec;
 mod expiry;
 pub mod handover;
+mod leadership;
 pub mod log_store;
 pub mod membership;
 mod metrics;
@@ -44,11 +47,13 @@ pub mod settings;
 mod snapshot_file;
 pub mod state_machine;
 pub mod type_config;
+pub mod write_path;
 
 pub use handover::Handover;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
-pub use node::{Cluster, Node, PublishError, Published, StartError};
+pub use node::{Cluster, Node, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
-pub use reads::{ReadError, Readiness};
+pub use reads::{Consistency, ReadError, Readiness, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
 pub use type_config::{NodeId, TypeConfig};
+pub use write_path::{PublishError, Published};

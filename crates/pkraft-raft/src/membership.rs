@@ -192,7 +192,7 @@ impl Node {
     /// in all (a leader cut off from its quorum never commits one; the lock must not stay held).
     async fn change_as_leader(&self, change: MembershipChange) -> Result<(), PeerError> {
         tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, async {
-            let _serialized = self.membership_lock.lock().await;
+            let _serialized = self.membership_lock().lock().await;
             self.change_serialized(change).await
         })
         .await

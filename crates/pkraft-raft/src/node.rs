@@ -3,24 +3,21 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
-use openraft::{BasicNode, LogId, Raft, ServerState, StorageError};
+use openraft::{BasicNode, Raft, StorageError};
 use pkraft_store::{Store, StoreError};
-use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket};
 use prometheus::Registry;
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-use crate::batcher::{Batcher, Origin, stopping};
+use crate::leadership::{Leadership, watch_cluster_state};
 use crate::log_store::LogStore;
 use crate::metrics::{NodeMetrics, StateCollector};
-use crate::peer::{ClusterSecret, PeerClient, PeerError, PeerNetwork};
-use crate::quorum::QuorumContact;
+use crate::peer::{ClusterSecret, PeerClient, PeerNetwork};
+use crate::reads::Freshness;
 use crate::settings::{Settings, SettingsError};
 use crate::state_machine::StateMachine;
+use crate::write_path::WritePath;
 use crate::{NodeId, TypeConfig};
 
 /// How long `shutdown` waits for openraft to stop, and then for its background tasks (the state
@@ -42,7 +39,7 @@ pub(crate) const STATE_FILE: &str = "state.redb";
 pub(crate) const SNAPSHOT_DIR: &str = "snapshot";
 /// Written, fsynced, by a clean stop after the state is flushed; removed (durably) at start. Its
 /// absence at start means the last stop was a crash, so the state may be older than what the
-/// node served before it (see [`CatchUp`]).
+/// node served before it (see [`Node::catching_up`]).
 const CLEAN_STOP_FILE: &str = "clean-stop";
 
 /// Why a node could not start. Each variant names what to look at.
@@ -72,29 +69,6 @@ pub enum StartError {
     LogFormatV1(PathBuf),
     #[error("raft: {0}")]
     Raft(String),
-}
-
-/// The result of a committed publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Published {
-    pub outcome: PublishOutcome,
-    /// Replicas known to hold the log entry (the leader counts itself).
-    pub replicas: usize,
-    /// Index of the log entry the packet was committed in.
-    pub log_index: u64,
-}
-
-/// Why a publish has no outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum PublishError {
-    /// No leader, or the entry did not commit in time. The packet may still commit later;
-    /// retrying is safe, since re-publishing the same packet changes nothing.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Consensus or storage failed on this node; Raft has stopped and the daemon exits (see
-    /// [`Node::wait_fatal`]). Retry on another node.
-    #[error("{0}")]
-    Fatal(String),
 }
 
 /// How this node takes part in a cluster.
@@ -130,92 +104,51 @@ impl Cluster {
     }
 }
 
-/// One pkraft node: the Raft instance and the local replica it applies to.
-pub struct Node {
+/// What every part of a node uses: fixed at start and reached through [`Node`] (which derefs to
+/// it). The state only one part keeps lives with that part instead, behind its own methods:
+/// the publish queue (`write_path`), leadership (`leadership`), the replica's freshness
+/// (`reads`) and the queue of membership changes (`membership`). Public only because `Node`
+/// derefs to it; nothing in it is visible outside this crate.
+pub struct Core {
     pub(crate) id: NodeId,
     pub(crate) raft: Raft<TypeConfig>,
-    store: Store,
+    /// The local replica.
+    pub(crate) store: Store,
     /// Kept to know when openraft has released the log file (see `shutdown`), and for the
     /// commit index.
     pub(crate) log_store: LogStore,
     pub(crate) cluster: Cluster,
     pub(crate) peers: PeerClient,
-    /// Group commit in front of `raft` (see `batcher`); taken on shutdown to close the queue.
-    batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// Bounds every wait on the way to a commit or a read barrier.
     pub(crate) publish_timeout: Duration,
-    /// Largest peer request body: a full `append-entries` of the biggest entries.
-    pub(crate) peer_body_max: usize,
-    /// Serializes the membership changes this node makes as leader: openraft refuses a change
-    /// while another is in progress, and operators expect them queued, not refused.
-    pub(crate) membership_lock: tokio::sync::Mutex<()>,
-    pub(crate) leader_contact: LeaderContact,
-    /// When this node last became the leader (see `handover`: its vote is granted to another
-    /// node only once it has led for `election_timeout_max`).
-    leading_since: std::sync::Mutex<Option<Instant>>,
-    /// When the followers last accepted this node as leader (see `quorum`).
-    quorum_contact: QuorumContact,
-    /// Set when this node hands its leadership over before it stops (see `handover`).
-    pub(crate) handing_over: AtomicBool,
     /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
     pub(crate) election_timeout_max: Duration,
-    /// Set after a crash: local reads wait until the replica is at least as new as before it.
-    catch_up: Option<CatchUp>,
-    /// The last entry the log held at start: the floor of the read indexes this node gives while
-    /// it leads in that entry's term (see `read_index_as_leader`).
-    pub(crate) log_end_at_start: Option<LogId<NodeId>>,
+    /// Largest peer request body: a full `append-entries` of the biggest entries.
+    pub(crate) peer_body_max: usize,
+}
+
+/// One pkraft node: the Raft instance and the local replica it applies to.
+pub struct Node {
+    core: Core,
+    writes: WritePath,
+    leadership: Leadership,
+    freshness: Freshness,
+    /// Serializes the membership changes this node makes as leader: openraft refuses a change
+    /// while another is in progress, and operators expect them queued, not refused.
+    membership_lock: tokio::sync::Mutex<()>,
     data_dir: PathBuf,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    pub(crate) metrics: Arc<NodeMetrics>,
     /// The replica's redb file, whose size is a metric.
     state_file: PathBuf,
 }
 
-/// After a crash, the state on disk may be older than what the node served before it (applies
-/// commit without fsync, see `state_machine`), and a member of a larger cluster only learns what
-/// is committed from its leader. Until it has caught up, serving its replica could answer with an
-/// older packet than before the crash, so local reads (DNS, GET) are refused instead.
-///
-/// Caught up means: it has applied the last entry its log held at start, or an entry of a later
-/// term than that one. Either way it holds everything it could have served before: what it
-/// served was committed and in its log, and a leader of a later term holds every entry committed
-/// before it and appends its own after them. (The second case covers a log tail that was never
-/// committed and is replaced by the new leader.)
-#[derive(Debug)]
-struct CatchUp {
-    log_end: LogId<NodeId>,
-    done: AtomicBool,
-}
+impl std::ops::Deref for Node {
+    type Target = Core;
 
-/// When this node last heard from a leader it accepted (a successful `append-entries`), for the
-/// staleness bound on reads. Lock-free: written on every heartbeat, read on every DNS query.
-#[derive(Debug)]
-pub(crate) struct LeaderContact {
-    epoch: Instant,
-    /// Milliseconds after `epoch`; `u64::MAX` for never.
-    last_millis: AtomicU64,
-}
-
-impl LeaderContact {
-    fn new() -> LeaderContact {
-        LeaderContact {
-            epoch: Instant::now(),
-            last_millis: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    pub(crate) fn record(&self) {
-        let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_millis.store(millis, Ordering::Relaxed);
-    }
-
-    pub(crate) fn elapsed(&self) -> Option<Duration> {
-        let last = self.last_millis.load(Ordering::Relaxed);
-        (last != u64::MAX).then(|| {
-            self.epoch
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last))
-        })
+    fn deref(&self) -> &Core {
+        &self.core
     }
 }
 
@@ -264,8 +197,8 @@ impl Node {
         let clean_stop = take_clean_stop_marker(data_dir)?;
         let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
             .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
-        let quorum_contact = QuorumContact::default();
-        let network = PeerNetwork::new(peers.clone(), quorum_contact.clone());
+        let leadership = Leadership::default();
+        let network = PeerNetwork::new(peers.clone(), leadership.quorum_contact());
         let raft = Raft::new(id, config, network, log_store.clone(), state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -279,39 +212,24 @@ impl Node {
             replay_log(&raft, id, log_end).await?;
         }
         let node = Node {
-            id,
-            raft,
-            store,
-            log_store,
-            cluster,
-            peers,
-            batcher: std::sync::Mutex::new(None),
-            publish_timeout: settings.publish_timeout,
-            peer_body_max: settings.peer_body_max(),
-            membership_lock: tokio::sync::Mutex::new(()),
-            leader_contact: LeaderContact::new(),
-            leading_since: std::sync::Mutex::new(None),
-            quorum_contact,
-            handing_over: AtomicBool::new(false),
-            election_timeout_max: settings.election_timeout_max,
-            catch_up: match last_log_id {
-                Some(log_end) if !clean_stop => {
-                    tracing::info!(
-                        log_end = log_end.index,
-                        "the last stop was not clean: DNS and GET answer from this replica once it \
-                         has caught up with the cluster"
-                    );
-                    Some(CatchUp {
-                        log_end,
-                        done: AtomicBool::new(false),
-                    })
-                }
-                _ => None,
+            core: Core {
+                id,
+                raft,
+                store,
+                log_store,
+                cluster,
+                peers,
+                metrics,
+                publish_timeout: settings.publish_timeout,
+                election_timeout_max: settings.election_timeout_max,
+                peer_body_max: settings.peer_body_max(),
             },
-            log_end_at_start: last_log_id,
+            writes: WritePath::new(),
+            leadership,
+            freshness: Freshness::at_start(last_log_id, clean_stop),
+            membership_lock: tokio::sync::Mutex::new(()),
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
-            metrics,
             state_file,
         };
         let node = Arc::new(node);
@@ -319,17 +237,10 @@ impl Node {
         Ok(node)
     }
 
-    /// Starts the tasks that need the node shared: the batcher (it forwards to the leader through
-    /// the node's peer client), joining and expiry.
+    /// Starts the tasks that need the node shared: the write path (it forwards to the leader
+    /// through the node's peer client), joining and expiry.
     fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
-        let batcher = Batcher::spawn(
-            self.clone(),
-            settings.publish_queue_max,
-            settings.publish_batch_max,
-        );
-        if let Ok(mut slot) = self.batcher.lock() {
-            *slot = Some(batcher);
-        }
+        self.writes.start(self.clone(), settings);
         let mut tasks = vec![tokio::spawn(watch_cluster_state(self.clone()))];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
@@ -372,134 +283,30 @@ impl Node {
         self.cluster.secret.as_ref()
     }
 
-    /// Whether this node believes it is the leader (it may have been deposed a moment ago).
-    pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+    /// The publish queue (`write_path`).
+    pub(crate) fn writes(&self) -> &WritePath {
+        &self.writes
     }
 
-    /// The leader this node knows of, with its peer address.
-    pub(crate) fn known_leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        let node = metrics.membership_config.membership().get_node(&leader)?;
-        Some((leader, node.addr.clone()))
+    /// Leadership beside openraft's (`leadership`).
+    pub(crate) fn leadership(&self) -> &Leadership {
+        &self.leadership
     }
 
-    /// Why this leader should not propose: it has led for longer than the leader lease and no
-    /// quorum of voters has accepted it within the lease, so it is cut off (and perhaps already
-    /// replaced). `None` when it may propose.
-    pub(crate) fn cut_off_from_quorum(&self) -> Option<String> {
-        let since = self.leading_since()?;
-        if since.elapsed() <= self.election_timeout_max {
-            return None;
-        }
-        let voters: Vec<NodeId> = {
-            let metrics = self.raft.metrics();
-            let metrics = metrics.borrow();
-            metrics.membership_config.membership().voter_ids().collect()
-        };
-        match self.quorum_contact.age(self.id, &voters) {
-            Some(age) if age <= self.election_timeout_max => None,
-            Some(age) => Some(format!(
-                "this leader has not reached a quorum for {} ms",
-                age.as_millis()
-            )),
-            None => Some("this leader has not reached a quorum".to_string()),
-        }
+    /// The replica's freshness (`reads`).
+    pub(crate) fn freshness(&self) -> &Freshness {
+        &self.freshness
     }
 
-    /// When this node last became the leader, if it leads.
-    pub(crate) fn leading_since(&self) -> Option<Instant> {
-        self.leading_since.lock().ok().and_then(|since| *since)
+    /// Held while this node makes a membership change as leader (`membership`).
+    pub(crate) fn membership_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.membership_lock
     }
 
-    /// The local replica. Reads from it are stale by at most the replication lag.
+    /// The local replica. Reads from it are stale by at most the replication lag; the HTTP relay
+    /// reads through [`Node::read`] instead, which applies the read consistency.
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Commits `packet` through Raft and returns once it is applied on this node: the only write
-    /// path into the store. Concurrent publishes are committed together (see `batcher`).
-    pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
-        self.publish_item(packet.into(), Origin::Local).await
-    }
-
-    /// Commits publishes a follower forwarded; only the leader takes them (the follower then
-    /// retries with the leader it learns of).
-    pub(crate) async fn publish_forwarded(
-        &self,
-        packets: Vec<PublishItem>,
-    ) -> Result<Vec<Result<Published, PublishError>>, PeerError> {
-        if !self.is_leader() || self.handing_over() {
-            return Err(PeerError::NotLeader {
-                leader: self.known_leader().map(|(id, _)| id),
-            });
-        }
-        // All are queued before any is awaited, so they share batches, and all wait until one
-        // deadline: the follower's request is answered within `publish_timeout`, however many
-        // packets it carries.
-        let deadline = tokio::time::Instant::now() + self.publish_timeout;
-        let queued: Vec<_> = packets
-            .into_iter()
-            .map(|item| self.enqueue(item, Origin::Forwarded))
-            .collect();
-        let mut answers = Vec::with_capacity(queued.len());
-        for outcome in queued {
-            answers.push(match outcome {
-                Ok(outcome) => self.await_outcome_until(outcome, deadline).await,
-                Err(e) => Err(e),
-            });
-        }
-        Ok(answers)
-    }
-
-    async fn publish_item(
-        &self,
-        item: PublishItem,
-        origin: Origin,
-    ) -> Result<Published, PublishError> {
-        let outcome = self.enqueue(item, origin)?;
-        self.await_outcome(outcome).await
-    }
-
-    fn enqueue(
-        &self,
-        item: PublishItem,
-        origin: Origin,
-    ) -> Result<crate::batcher::Outcome, PublishError> {
-        let batcher = self
-            .batcher
-            .lock()
-            .map_err(|_| PublishError::Fatal("the publish queue lock is poisoned".to_string()))?;
-        match batcher.as_ref() {
-            Some((batcher, _)) => batcher.enqueue(item, origin),
-            None => Err(stopping()),
-        }
-    }
-
-    async fn await_outcome(
-        &self,
-        outcome: crate::batcher::Outcome,
-    ) -> Result<Published, PublishError> {
-        let deadline = tokio::time::Instant::now() + self.publish_timeout;
-        self.await_outcome_until(outcome, deadline).await
-    }
-
-    async fn await_outcome_until(
-        &self,
-        outcome: crate::batcher::Outcome,
-        deadline: tokio::time::Instant,
-    ) -> Result<Published, PublishError> {
-        match tokio::time::timeout_at(deadline, outcome).await {
-            Ok(Ok(result)) => result,
-            // The batcher dropped the reply: it is stopping.
-            Ok(Err(_)) => Err(stopping()),
-            Err(_) => Err(PublishError::Unavailable(format!(
-                "not committed within {:?}",
-                self.publish_timeout
-            ))),
-        }
     }
 
     /// Index of the last log entry applied to the local replica, if any.
@@ -509,12 +316,6 @@ impl Node {
             .borrow()
             .last_applied
             .map(|log_id| log_id.index)
-    }
-
-    /// Replicas known to hold everything this node has applied.
-    pub fn replica_count(&self) -> usize {
-        let applied = self.raft.metrics().borrow().last_applied;
-        applied.map_or(1, |log_id| replicas_holding(&self.raft, log_id.index))
     }
 
     /// Resolves when Raft stops on its own because of a fatal error (a storage failure), with the
@@ -541,21 +342,8 @@ impl Node {
                 task.abort();
             }
         }
-        // Close the publish queue first and let the batches in flight answer their publishers,
-        // but not for longer than a publisher would wait: a commit that never returns (a hung
-        // disk) must not hang the shutdown.
-        let batcher = self.batcher.lock().ok().and_then(|mut b| b.take());
-        if let Some((queue, mut task)) = batcher {
-            drop(queue);
-            match tokio::time::timeout(self.publish_timeout, &mut task).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "the publish batcher ended abnormally"),
-                Err(_) => {
-                    tracing::warn!(timeout = ?self.publish_timeout, "publish batches still in flight; stopping anyway");
-                    task.abort();
-                }
-            }
-        }
+        // Close the publish queue first and let the batches in flight answer their publishers.
+        self.writes.close(self.publish_timeout).await;
         match tokio::time::timeout(RELEASE_TIMEOUT, self.raft.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "raft did not shut down cleanly"),
@@ -591,26 +379,6 @@ impl Node {
         {
             tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");
         }
-    }
-
-    /// Whether local reads must wait: this node restarted after a crash and its replica may
-    /// still be older than what it served before (see [`CatchUp`]).
-    pub fn catching_up(&self) -> bool {
-        let Some(catch_up) = &self.catch_up else {
-            return false;
-        };
-        if catch_up.done.load(Ordering::Relaxed) {
-            return false;
-        }
-        let applied = self.raft.metrics().borrow().last_applied;
-        let caught_up = applied.is_some_and(|applied| {
-            applied.index >= catch_up.log_end.index
-                || applied.leader_id.term > catch_up.log_end.leader_id.term
-        });
-        if caught_up && !catch_up.done.swap(true, Ordering::Relaxed) {
-            tracing::info!("caught up after the unclean stop; answering reads from this replica");
-        }
-        !caught_up
     }
 }
 
@@ -671,70 +439,4 @@ async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result
             ))
         })?;
     Ok(())
-}
-
-/// Replicas whose log reaches `index`. Only the leader tracks its followers; elsewhere the answer
-/// is this node alone.
-pub(crate) fn replicas_holding(raft: &Raft<TypeConfig>, index: u64) -> usize {
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow();
-    let Some(replication) = &metrics.replication else {
-        return 1;
-    };
-    let holding = replication
-        .values()
-        .filter(|matched| matched.is_some_and(|log_id| log_id.index >= index))
-        .count();
-    holding.max(1)
-}
-
-pub(crate) fn publish_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
-) -> PublishError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-            PublishError::Unavailable(match forward.leader_id {
-                Some(leader) => format!("node {leader} is the leader"),
-                None => "no leader is elected".to_string(),
-            })
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            PublishError::Fatal(e.to_string())
-        }
-        RaftError::Fatal(fatal) => PublishError::Fatal(fatal.to_string()),
-    }
-}
-
-/// Logs (and counts) the changes of the leader this node knows of, and logs the membership
-/// changes it applies, for as long as the node runs: one line per event, on every node.
-async fn watch_cluster_state(node: Arc<Node>) {
-    let mut metrics = node.raft.metrics();
-    // Nothing known yet: the state at start is logged as the first change.
-    let (mut leader, mut membership) = (None, None);
-    loop {
-        let now = metrics.borrow_and_update().clone();
-        if now.current_leader != leader {
-            node.metrics.leader_changes.inc();
-            leader = now.current_leader;
-            if let Ok(mut since) = node.leading_since.lock() {
-                *since = (leader == Some(node.id)).then(Instant::now);
-            }
-            match leader {
-                Some(leader) => {
-                    tracing::info!(leader, term = now.current_term, "leader changed");
-                }
-                None => tracing::info!(term = now.current_term, "no leader known"),
-            }
-        }
-        if *now.membership_config.log_id() != membership {
-            membership = *now.membership_config.log_id();
-            let config = now.membership_config.membership();
-            let voters: Vec<NodeId> = config.voter_ids().collect();
-            let learners: Vec<NodeId> = config.learner_ids().collect();
-            tracing::info!(?voters, ?learners, "membership changed");
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
 }

@@ -1,19 +1,160 @@
-//! Read consistency. Reads come from the local replica; this module says how stale it may be and
-//! provides the linearizable read barrier (ReadIndex) for reads that ask for one.
+//! Reads from the local replica: [`Node::read`] at the consistency the caller asks for, how stale
+//! the replica may be, and the linearizable read barrier (ReadIndex) for reads that ask for one.
 
-use std::time::Duration;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::{LogId, ServerState};
+use pkraft_store::{StoreError, StoredPacket};
+use pkraft_types::KeyBytes;
 
 use crate::NodeId;
 use crate::node::Node;
 use crate::peer::{PeerError, path};
 
-/// Why a linearizable read cannot be served now.
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// This node's replica as it is, which may lag the leader by the replication delay (the
+    /// default; DNS always reads this way). Refused only while the node catches up after a crash.
+    #[default]
+    Local,
+    /// First make sure this node's replica holds every write committed before the read (a
+    /// ReadIndex round through the leader).
+    Linearizable,
+}
+
+impl Consistency {
+    /// The name clients use (`?consistency=` over HTTP).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::Local => "local",
+            Consistency::Linearizable => "linearizable",
+        }
+    }
+}
+
+/// A consistency name that is neither `local` nor `linearizable`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("linearizable read unavailable: {0}")]
-pub struct ReadError(pub String);
+#[error("unknown consistency {0:?}: use \"local\" (the default) or \"linearizable\"")]
+pub struct UnknownConsistency(pub String);
+
+impl FromStr for Consistency {
+    type Err = UnknownConsistency;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [Consistency::Local, Consistency::Linearizable]
+            .into_iter()
+            .find(|consistency| consistency.as_str() == name)
+            .ok_or_else(|| UnknownConsistency(name.to_string()))
+    }
+}
+
+/// Why a read cannot be served now.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// This node restarted after a crash and its replica may still be older than what it served
+    /// before (see [`Node::catching_up`]). Retry later or elsewhere.
+    #[error(
+        "this node restarted after a crash and is catching up with the cluster; its replica may \
+         be older than what it served before"
+    )]
+    CatchingUp,
+    /// The linearizable read barrier could not be passed (no leader, no quorum, or not applied
+    /// in time). Retry later.
+    #[error("linearizable read unavailable: {0}")]
+    Unavailable(String),
+    /// The replica could not be read: this node is failing.
+    #[error("reading this node's replica: {0}")]
+    Replica(#[from] StoreError),
+}
+
+/// What a node knows about the freshness of its replica, beside openraft's metrics.
+#[derive(Debug)]
+pub(crate) struct Freshness {
+    /// When this node last heard from a leader it accepted; written by the peer listener.
+    leader_contact: LeaderContact,
+    /// Set after a crash: local reads wait until the replica is at least as new as before it.
+    catch_up: Option<CatchUp>,
+    /// The last entry the log held at start: the floor of the read indexes this node gives while
+    /// it leads in that entry's term (see `read_index_as_leader`).
+    log_end_at_start: Option<LogId<NodeId>>,
+}
+
+impl Freshness {
+    /// `log_end`: the last entry of the log at start; `clean_stop`: whether the node stopped
+    /// cleanly before (else it catches up before serving local reads).
+    pub(crate) fn at_start(log_end: Option<LogId<NodeId>>, clean_stop: bool) -> Freshness {
+        Freshness {
+            leader_contact: LeaderContact::new(),
+            catch_up: match log_end {
+                Some(log_end) if !clean_stop => {
+                    tracing::info!(
+                        log_end = log_end.index,
+                        "the last stop was not clean: DNS and GET answer from this replica once it \
+                         has caught up with the cluster"
+                    );
+                    Some(CatchUp {
+                        log_end,
+                        done: AtomicBool::new(false),
+                    })
+                }
+                _ => None,
+            },
+            log_end_at_start: log_end,
+        }
+    }
+}
+
+/// After a crash, the state on disk may be older than what the node served before it (applies
+/// commit without fsync, see `state_machine`), and a member of a larger cluster only learns what
+/// is committed from its leader. Until it has caught up, serving its replica could answer with an
+/// older packet than before the crash, so local reads (DNS, GET) are refused instead.
+///
+/// Caught up means: it has applied the last entry its log held at start, or an entry of a later
+/// term than that one. Either way it holds everything it could have served before: what it
+/// served was committed and in its log, and a leader of a later term holds every entry committed
+/// before it and appends its own after them. (The second case covers a log tail that was never
+/// committed and is replaced by the new leader.)
+#[derive(Debug)]
+struct CatchUp {
+    log_end: LogId<NodeId>,
+    done: AtomicBool,
+}
+
+/// When this node last heard from a leader it accepted (a successful `append-entries`), for the
+/// staleness bound on reads. Lock-free: written on every heartbeat, read on every DNS query.
+#[derive(Debug)]
+struct LeaderContact {
+    epoch: Instant,
+    /// Milliseconds after `epoch`; `u64::MAX` for never.
+    last_millis: AtomicU64,
+}
+
+impl LeaderContact {
+    fn new() -> LeaderContact {
+        LeaderContact {
+            epoch: Instant::now(),
+            last_millis: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn record(&self) {
+        let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.last_millis.store(millis, Ordering::Relaxed);
+    }
+
+    fn elapsed(&self) -> Option<Duration> {
+        let last = self.last_millis.load(Ordering::Relaxed);
+        (last != u64::MAX).then(|| {
+            self.epoch
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last))
+        })
+    }
+}
 
 /// Committed entries a ready node may not have applied yet. openraft records the commit index
 /// before it hands the entries to the state machine, so a node under write load is always a
@@ -34,6 +175,46 @@ pub struct Readiness {
 }
 
 impl Node {
+    /// The packet stored for `key` on this node's replica, read at `consistency`: the one read
+    /// path of the HTTP relay.
+    pub async fn read(
+        &self,
+        key: &KeyBytes,
+        consistency: Consistency,
+    ) -> Result<Option<StoredPacket>, ReadError> {
+        match consistency {
+            Consistency::Local if self.catching_up() => return Err(ReadError::CatchingUp),
+            Consistency::Local => {}
+            Consistency::Linearizable => self.read_barrier().await?,
+        }
+        Ok(self.store.get(key)?)
+    }
+
+    /// This node accepted an `append-entries` (or snapshot) from its leader just now.
+    pub(crate) fn heard_from_leader(&self) {
+        self.freshness().leader_contact.record();
+    }
+
+    /// Whether local reads must wait: this node restarted after a crash and its replica may
+    /// still be older than what it served before (see [`CatchUp`]).
+    pub fn catching_up(&self) -> bool {
+        let Some(catch_up) = &self.freshness().catch_up else {
+            return false;
+        };
+        if catch_up.done.load(Ordering::Relaxed) {
+            return false;
+        }
+        let applied = self.raft.metrics().borrow().last_applied;
+        let caught_up = applied.is_some_and(|applied| {
+            applied.index >= catch_up.log_end.index
+                || applied.leader_id.term > catch_up.log_end.leader_id.term
+        });
+        if caught_up && !catch_up.done.swap(true, Ordering::Relaxed) {
+            tracing::info!("caught up after the unclean stop; answering reads from this replica");
+        }
+        !caught_up
+    }
+
     /// How long ago this node last had confirmation that its replica is current: on the leader,
     /// the last time a quorum acknowledged it (zero when it is the only voter); elsewhere, the
     /// last accepted `append-entries` from the leader. `None` if never since start.
@@ -51,7 +232,7 @@ impl Node {
             }
             return metrics.millis_since_quorum_ack.map(Duration::from_millis);
         }
-        self.leader_contact.elapsed()
+        self.freshness().leader_contact.elapsed()
     }
 
     /// Whether this node should get traffic (`/readyz`): it knows a leader, has heard from it
@@ -113,11 +294,11 @@ impl Node {
         let index = if self.is_leader() {
             self.read_index_as_leader()
                 .await
-                .map_err(|e| ReadError(e.to_string()))?
+                .map_err(|e| ReadError::Unavailable(e.to_string()))?
         } else {
             let (leader, addr) = self
                 .known_leader()
-                .ok_or_else(|| ReadError("no leader is elected".to_string()))?;
+                .ok_or_else(|| ReadError::Unavailable("no leader is elected".to_string()))?;
             let answer: Result<Option<u64>, PeerError> = self
                 .peers
                 .call(
@@ -128,15 +309,17 @@ impl Node {
                     self.publish_timeout,
                 )
                 .await
-                .map_err(|e| ReadError(e.to_string()))?;
-            answer.map_err(|e| ReadError(e.to_string()))?
+                .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            answer.map_err(|e| ReadError::Unavailable(e.to_string()))?
         };
         if index.is_some() {
             self.raft
                 .wait(Some(self.publish_timeout))
                 .applied_index_at_least(index, "apply up to the read index")
                 .await
-                .map_err(|e| ReadError(format!("catching up to the read index: {e}")))?;
+                .map_err(|e| {
+                    ReadError::Unavailable(format!("catching up to the read index: {e}"))
+                })?;
         }
         Ok(())
     }
@@ -167,6 +350,7 @@ impl Node {
             Ok(log_id) => {
                 let term = self.raft.metrics().borrow().current_term;
                 let floor = self
+                    .freshness()
                     .log_end_at_start
                     .filter(|log_end| log_end.leader_id.term == term)
                     .map(|log_end| log_end.index);

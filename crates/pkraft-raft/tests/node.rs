@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
 use pkraft_raft::log_store::LogStore;
-use pkraft_raft::{Cluster, Node, Settings};
+use pkraft_raft::{Cluster, Consistency, Node, Settings};
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{PublishOutcome, VerifiedPacket};
 
@@ -51,6 +51,61 @@ async fn publish_commits_and_applies_the_ordering_rule() {
     let key = keypair(1).public_key().to_bytes();
     let stored = node.store().get(&key).expect("read").expect("present");
     assert_eq!(stored.payload.timestamp_micros(), 200);
+    node.shutdown().await;
+}
+
+/// A packet the replica already decides (the same one, or an older one) is answered from it: no
+/// log entry is proposed for it. The state machine would give the same outcome; the fast answer
+/// only saves the round of consensus.
+#[tokio::test]
+async fn publish_answers_from_the_replica_when_it_decides() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path(), &fast_settings()).await;
+    let stored = node.publish(packet(1, 100)).await.expect("publish");
+    assert_eq!(stored.outcome, PublishOutcome::Stored);
+    let applied = node.last_applied_index();
+    assert_eq!(applied, Some(stored.log_index));
+
+    let identical = node.publish(packet(1, 100)).await.expect("publish");
+    let stale = node.publish(packet(1, 50)).await.expect("publish");
+    assert_eq!(identical.outcome, PublishOutcome::Identical);
+    assert_eq!(stale.outcome, PublishOutcome::Stale);
+    // The index the answer rests on is the entry that stored the packet it lost to.
+    assert_eq!(
+        (identical.log_index, stale.log_index),
+        (stored.log_index, stored.log_index)
+    );
+    assert_eq!(
+        node.last_applied_index(),
+        applied,
+        "answered from the replica: nothing was proposed"
+    );
+    node.shutdown().await;
+}
+
+/// `Node::read` at both consistencies returns what was committed, and nothing for an unknown key;
+/// consistency names parse as the HTTP relay gets them.
+#[tokio::test]
+async fn read_returns_committed_packets_at_either_consistency() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = start(dir.path(), &fast_settings()).await;
+    node.publish(packet(1, 100)).await.expect("publish");
+    let key = keypair(1).public_key().to_bytes();
+    let unknown = keypair(2).public_key().to_bytes();
+    for name in ["local", "linearizable"] {
+        let consistency: Consistency = name.parse().expect("known consistency");
+        assert_eq!(consistency.as_str(), name);
+        let read = node.read(&key, consistency).await.expect("read");
+        assert_eq!(read.map(|p| p.payload.timestamp_micros()), Some(100));
+        assert!(
+            node.read(&unknown, consistency)
+                .await
+                .expect("read")
+                .is_none()
+        );
+    }
+    assert_eq!(Consistency::default(), Consistency::Local);
+    assert!("eventual".parse::<Consistency>().is_err());
     node.shutdown().await;
 }
 

@@ -138,7 +138,7 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
         // Any answer but "your vote is stale" means a current leader reached this node.
         if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
         {
-            node.leader_contact.record();
+            node.heard_from_leader();
         }
         answer
     })
@@ -156,7 +156,7 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
     exchange(body, |rpc| async move {
         let answer = node.raft.install_snapshot(rpc).await;
         if answer.is_ok() {
-            node.leader_contact.record();
+            node.heard_from_leader();
         }
         answer
     })

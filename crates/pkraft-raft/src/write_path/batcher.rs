@@ -19,7 +19,8 @@ use pkraft_types::{Command, PublishItem, PublishOutcome};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::node::{Node, PublishError, Published, publish_error, replicas_holding};
+use super::{PublishError, Published, publish_error, replicas_holding};
+use crate::node::Node;
 use crate::peer::{ForwardedPublish, PeerError, path};
 
 /// Batches proposed and not yet committed. Two keep the log append of one batch overlapping the
@@ -148,7 +149,7 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
     let mut earlier_attempt_unknown = false;
     loop {
         match node.known_leader() {
-            Some((leader, _)) if leader == node.id && !node.handing_over() => {
+            Some((leader, _)) if leader == node.id && !node.leadership().handing_over() => {
                 if let Some(reason) = node.cut_off_from_quorum() {
                     node.metrics.publish_refused("no_quorum", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));

@@ -1,0 +1,128 @@
+//! Who leads, and whether this node may still act as leader: since when it leads, whether a quorum
+//! still accepts it (`quorum`), and whether it is handing its leadership over (`handover`). The
+//! write path asks before every batch it proposes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use openraft::ServerState;
+
+use crate::NodeId;
+use crate::node::Node;
+use crate::quorum::QuorumContact;
+
+/// The leadership state a node keeps beside openraft's.
+#[derive(Debug, Default)]
+pub(crate) struct Leadership {
+    /// When this node last became the leader (see `handover`: its vote is granted to another
+    /// node only once it has led for `election_timeout_max`).
+    since: std::sync::Mutex<Option<Instant>>,
+    /// When the followers last accepted this node as leader; the peer network records it.
+    quorum_contact: QuorumContact,
+    /// Set when this node hands its leadership over before it stops (see `handover`).
+    handing_over: AtomicBool,
+}
+
+impl Leadership {
+    /// A handle for the peer network to record accepted `append-entries` in.
+    pub(crate) fn quorum_contact(&self) -> QuorumContact {
+        self.quorum_contact.clone()
+    }
+
+    /// Whether this node is handing its leadership over: it takes no more publishes as leader.
+    pub(crate) fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Relaxed)
+    }
+
+    /// From now on this node takes no more publishes as leader; for good (it is stopping).
+    pub(crate) fn start_handover(&self) {
+        self.handing_over.store(true, Ordering::Relaxed);
+    }
+
+    fn since(&self) -> Option<Instant> {
+        self.since.lock().ok().and_then(|since| *since)
+    }
+
+    fn set_leading(&self, leading: bool) {
+        if let Ok(mut since) = self.since.lock() {
+            *since = leading.then(Instant::now);
+        }
+    }
+}
+
+impl Node {
+    /// Whether this node believes it is the leader (it may have been deposed a moment ago).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// The leader this node knows of, with its peer address.
+    pub(crate) fn known_leader(&self) -> Option<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let node = metrics.membership_config.membership().get_node(&leader)?;
+        Some((leader, node.addr.clone()))
+    }
+
+    /// When this node last became the leader, if it leads.
+    pub(crate) fn leading_since(&self) -> Option<Instant> {
+        self.leadership().since()
+    }
+
+    /// Why this leader should not propose: it has led for longer than the leader lease and no
+    /// quorum of voters has accepted it within the lease, so it is cut off (and perhaps already
+    /// replaced). `None` when it may propose.
+    pub(crate) fn cut_off_from_quorum(&self) -> Option<String> {
+        let since = self.leading_since()?;
+        if since.elapsed() <= self.election_timeout_max {
+            return None;
+        }
+        let voters: Vec<NodeId> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics.membership_config.membership().voter_ids().collect()
+        };
+        match self.leadership().quorum_contact.age(self.id, &voters) {
+            Some(age) if age <= self.election_timeout_max => None,
+            Some(age) => Some(format!(
+                "this leader has not reached a quorum for {} ms",
+                age.as_millis()
+            )),
+            None => Some("this leader has not reached a quorum".to_string()),
+        }
+    }
+}
+
+/// Logs (and counts) the changes of the leader this node knows of, and logs the membership
+/// changes it applies, for as long as the node runs: one line per event, on every node.
+pub(crate) async fn watch_cluster_state(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    // Nothing known yet: the state at start is logged as the first change.
+    let (mut leader, mut membership) = (None, None);
+    loop {
+        let now = metrics.borrow_and_update().clone();
+        if now.current_leader != leader {
+            node.metrics.leader_changes.inc();
+            leader = now.current_leader;
+            node.leadership().set_leading(leader == Some(node.id));
+            match leader {
+                Some(leader) => {
+                    tracing::info!(leader, term = now.current_term, "leader changed");
+                }
+                None => tracing::info!(term = now.current_term, "no leader known"),
+            }
+        }
+        if *now.membership_config.log_id() != membership {
+            membership = *now.membership_config.log_id();
+            let config = now.membership_config.membership();
+            let voters: Vec<NodeId> = config.voter_ids().collect();
+            let learners: Vec<NodeId> = config.learner_ids().collect();
+            tracing::info!(?voters, ?learners, "membership changed");
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The write path: the one way a packet gets into the store, on any node.
+//!
+//! [`Node::publish`] takes a verified packet and answers with its [`PublishOutcome`]:
+//! 1. **Fast answer** from the local replica: anything stored there was committed, so a packet
+//!    that loses to it (or equals it) under the ordering rule would lose in the log too. It is
+//!    answered without a round of consensus (409 or 204 over HTTP).
+//! 2. Otherwise it is queued for **group commit** (`batcher`): concurrent publishes share one
+//!    log entry. On the leader the batch is proposed; on a follower it is **forwarded** to the
+//!    leader in one peer request ([`Node::publish_forwarded`] on the other side), and answered once
+//!    the leader committed it and (bounded) once this node applied it, so a client reads its write
+//!    back from the node it wrote to.
+//!
+//! Every wait is bounded by `raft.publish_timeout`; the answer after it is
+//! [`PublishError::Unavailable`] (503 + Retry-After over HTTP).
+
+mod batcher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Raft};
+use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket, decide};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+
+pub(crate) use batcher::unix_micros_now;
+use batcher::{Batcher, Origin, Outcome, stopping};
+
+use crate::node::Node;
+use crate::peer::PeerError;
+use crate::settings::Settings;
+use crate::{NodeId, TypeConfig};
+
+/// The result of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub outcome: PublishOutcome,
+    /// Replicas known to hold the entry the outcome rests on (the leader counts itself).
+    pub replicas: usize,
+    /// Index of the log entry the packet was committed in; for a packet answered from the local
+    /// replica (not `Stored`), the last entry applied there, which holds the packet it lost to.
+    pub log_index: u64,
+}
+
+/// Why a publish has no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PublishError {
+    /// No leader, or the entry did not commit in time. The packet may still commit later;
+    /// retrying is safe, since re-publishing the same packet changes nothing.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Consensus or storage failed on this node; Raft has stopped and the daemon exits (see
+    /// [`Node::wait_fatal`]). Retry on another node.
+    #[error("{0}")]
+    Fatal(String),
+    /// This node could not read its own replica for the fast answer. Never sent between nodes
+    /// (the variant is last, so older peers decode every answer they can be sent).
+    #[error("reading this node's replica: {0}")]
+    Replica(String),
+}
+
+/// The publish queue in front of Raft, owned by the node; see the module docs.
+pub(crate) struct WritePath {
+    /// Taken on shutdown to close the queue.
+    batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
+}
+
+impl WritePath {
+    /// A write path that takes nothing until [`WritePath::start`].
+    pub(crate) fn new() -> WritePath {
+        WritePath {
+            batcher: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Starts the batching task. It needs the node shared: it forwards to the leader through the
+    /// node's peer client.
+    pub(crate) fn start(&self, node: Arc<Node>, settings: &Settings) {
+        let batcher = Batcher::spawn(node, settings.publish_queue_max, settings.publish_batch_max);
+        if let Ok(mut slot) = self.batcher.lock() {
+            *slot = Some(batcher);
+        }
+    }
+
+    fn enqueue(&self, item: PublishItem, origin: Origin) -> Result<Outcome, PublishError> {
+        let batcher = self
+            .batcher
+            .lock()
+            .map_err(|_| PublishError::Fatal("the publish queue lock is poisoned".to_string()))?;
+        match batcher.as_ref() {
+            Some((batcher, _)) => batcher.enqueue(item, origin),
+            None => Err(stopping()),
+        }
+    }
+
+    /// Closes the queue and lets the batches in flight answer their publishers, but not for
+    /// longer than `timeout` (what a publisher would wait): a commit that never returns (a hung
+    /// disk) must not hang the shutdown.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        let batcher = self.batcher.lock().ok().and_then(|mut b| b.take());
+        let Some((queue, mut task)) = batcher else {
+            return;
+        };
+        drop(queue);
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the publish batcher ended abnormally"),
+            Err(_) => {
+                tracing::warn!(?timeout, "publish batches still in flight; stopping anyway");
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Node {
+    /// Publishes `packet`: answered from the local replica when it would not change it, else
+    /// committed through Raft and returned once applied on this node. Concurrent publishes are
+    /// committed together (see the module docs).
+    pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
+        // The read is synchronous on the async worker: one key, MVCC, from the page cache; it
+        // never waits for the writer and costs less than a hop to the blocking pool.
+        let stored = self
+            .store
+            .get(&packet.key_bytes())
+            .map_err(|e| PublishError::Replica(e.to_string()))?;
+        match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
+            PublishOutcome::Stored => {
+                let outcome = self.writes().enqueue(packet.into(), Origin::Local)?;
+                let deadline = tokio::time::Instant::now() + self.publish_timeout;
+                self.await_outcome_until(outcome, deadline).await
+            }
+            known => Ok(Published {
+                outcome: known,
+                replicas: self.replica_count(),
+                log_index: self.last_applied_index().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Commits publishes a follower forwarded; only the leader takes them (the follower then
+    /// retries with the leader it learns of). No fast answer here: the follower gave it already.
+    pub(crate) async fn publish_forwarded(
+        &self,
+        packets: Vec<PublishItem>,
+    ) -> Result<Vec<Result<Published, PublishError>>, PeerError> {
+        if !self.is_leader() || self.leadership().handing_over() {
+            return Err(PeerError::NotLeader {
+                leader: self.known_leader().map(|(id, _)| id),
+            });
+        }
+        // All are queued before any is awaited, so they share batches, and all wait until one
+        // deadline: the follower's request is answered within `publish_timeout`, however many
+        // packets it carries.
+        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        let queued: Vec<_> = packets
+            .into_iter()
+            .map(|item| self.writes().enqueue(item, Origin::Forwarded))
+            .collect();
+        let mut answers = Vec::with_capacity(queued.len());
+        for outcome in queued {
+            answers.push(match outcome {
+                Ok(outcome) => self.await_outcome_until(outcome, deadline).await,
+                Err(e) => Err(e),
+            });
+        }
+        Ok(answers)
+    }
+
+    async fn await_outcome_until(
+        &self,
+        outcome: Outcome,
+        deadline: tokio::time::Instant,
+    ) -> Result<Published, PublishError> {
+        match tokio::time::timeout_at(deadline, outcome).await {
+            Ok(Ok(result)) => result,
+            // The batcher dropped the reply: it is stopping.
+            Ok(Err(_)) => Err(stopping()),
+            Err(_) => Err(PublishError::Unavailable(format!(
+                "not committed within {:?}",
+                self.publish_timeout
+            ))),
+        }
+    }
+
+    /// Replicas known to hold everything this node has applied.
+    pub fn replica_count(&self) -> usize {
+        let applied = self.raft.metrics().borrow().last_applied;
+        applied.map_or(1, |log_id| replicas_holding(&self.raft, log_id.index))
+    }
+}
+
+/// Replicas whose log reaches `index`. Only the leader tracks its followers; elsewhere the answer
+/// is this node alone.
+fn replicas_holding(raft: &Raft<TypeConfig>, index: u64) -> usize {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    let Some(replication) = &metrics.replication else {
+        return 1;
+    };
+    let holding = replication
+        .values()
+        .filter(|matched| matched.is_some_and(|log_id| log_id.index >= index))
+        .count();
+    holding.max(1)
+}
+
+fn publish_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PublishError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            PublishError::Unavailable(match forward.leader_id {
+                Some(leader) => format!("node {leader} is the leader"),
+                None => "no leader is elected".to_string(),
+            })
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            PublishError::Fatal(e.to_string())
+        }
+        RaftError::Fatal(fatal) => PublishError::Fatal(fatal.to_string()),
+    }
+}
