@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-ab bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-ab bench-handover bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -76,6 +76,12 @@ bench-latency:
 ## 2 minutes.
 bench-ab:
 	tests/bench/ab.sh
+
+## Leader handover on SIGTERM in a 5-node (BENCH_NODES=3|5) release cluster under writes: the
+## longest run without a 204 per leader stop (BENCH_ROUNDS, default 5).
+bench-handover:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/handover.sh
 
 ## RSS of one node at 1M stored packets, with the DNS record cache at its bound (about 5 minutes).
 bench-memory:

@@ -40,6 +40,11 @@ const ACKS_WHILE_DOWN: u64 = 5;
 /// test timing (lease 1.6 s + election timeout ≥ 0.8 s) cannot fit.
 const HANDOVER_GAP_MAX: Duration = Duration::from_millis(1_500);
 
+/// The same bound for a cluster of 5 voters: half the test lease (1.6 s). The handover target
+/// needs a vote besides its own and the leader's, from a voter whose lease has lapsed; without
+/// the leader silencing one voter while it still serves, writes would stop for the whole lease.
+const FIVE_VOTER_HANDOVER_GAP_MAX: Duration = Duration::from_millis(800);
+
 /// When each write was acknowledged, in order.
 type AckTimes = Arc<Mutex<Vec<Instant>>>;
 
@@ -54,13 +59,15 @@ fn longest_gap(acks: &[Instant], from: Instant, to: Instant) -> Duration {
     longest.max(to.saturating_duration_since(last))
 }
 
-/// PUTs version after version of keys 0..KEYS, round robin over the nodes that are up, counts
-/// the acknowledged ones in `acks`, and returns the newest acknowledged timestamp per key.
+/// PUTs version after version of keys `first_key..first_key + KEYS`, round robin over the nodes
+/// that are up, counts the acknowledged ones in `acks`, and returns the newest acknowledged
+/// timestamp per key.
 async fn write_until(
     up: UpNodes,
     stop: Arc<AtomicBool>,
     acks: Arc<AtomicU64>,
     ack_times: AckTimes,
+    first_key: u64,
 ) -> Vec<u64> {
     let client = http_client();
     let mut acknowledged = vec![0u64; KEYS as usize];
@@ -77,7 +84,7 @@ async fn write_until(
             continue;
         };
         let index = put % KEYS;
-        let key = keypair(600 + index);
+        let key = keypair(600 + first_key + index);
         let timestamp = 1_000 + put;
         let payload =
             iroh_packet(&key, timestamp, &[&format!("192.0.2.60:{put}")]).to_relay_payload();
@@ -101,7 +108,7 @@ async fn write_until(
     acknowledged
 }
 
-/// The timestamp of the packet `node` serves for key `index` (0 if none).
+/// The timestamp of the packet `node` serves for key `index` of the writers (0 if none).
 async fn served_timestamp(node: SocketAddr, index: u64) -> Option<u64> {
     let key = keypair(600 + index);
     let response = http_client()
@@ -146,6 +153,7 @@ async fn a_rolling_restart_loses_no_acknowledged_write_and_dns_keeps_answering()
         stop.clone(),
         acks.clone(),
         ack_times.clone(),
+        0,
     ));
     let mut leader_stops = 0;
 
@@ -228,6 +236,89 @@ async fn a_rolling_restart_loses_no_acknowledged_write_and_dns_keeps_answering()
             eventually(&what, || async {
                 let served = served_timestamp(node, index).await?;
                 (served >= *acked).then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+/// A leader of 5 voters hands over as fast as one of 3: it silences a voter while it still
+/// serves, so that voter's lease lapses and it can vote for the target (docs/OPERATIONS.md,
+/// "Shutdown"). Every write acknowledged around the stop is on every node that stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_of_five_voters_hands_over_without_waiting_out_the_lease() {
+    let cluster = TestCluster::start(5, "").await;
+    let all: Vec<u64> = (1..=5).collect();
+    let leader = cluster.leader_among(&all).await;
+    // One writer per other node, each on keys of its own: a PUT through the voter the leader
+    // silences waits for that voter to apply it (read-your-writes), which holds up only the
+    // writer using that node.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let ack_times: AckTimes = Arc::default();
+    let writers: Vec<_> = cluster
+        .members
+        .iter()
+        .filter(|m| m.id != leader)
+        .map(|m| {
+            let first_key = m.id * KEYS;
+            let up: UpNodes = Arc::new(Mutex::new(vec![Some(m.server.http)]));
+            let writer = tokio::spawn(write_until(
+                up,
+                stop.clone(),
+                acks.clone(),
+                ack_times.clone(),
+                first_key,
+            ));
+            (first_key, writer)
+        })
+        .collect();
+    eventually("writes acknowledged before the leader stops", || {
+        let done = acks.load(Ordering::Relaxed) >= ACKS_WHILE_DOWN;
+        async move { done.then_some(()) }
+    })
+    .await;
+
+    let stopping = Instant::now();
+    let mut cluster = cluster;
+    let status = cluster.member_mut(leader).server.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "leader {leader} stops cleanly on SIGTERM"
+    );
+    let others = cluster.ids_except(leader);
+    let new_leader = cluster.leader_among(&others).await;
+    let before = acks.load(Ordering::Relaxed);
+    eventually("a write acknowledged after the leader stopped", || {
+        let done = acks.load(Ordering::Relaxed) > before;
+        async move { done.then_some(()) }
+    })
+    .await;
+    let resumed = *ack_times.lock().expect("lock").last().expect("an ack");
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for (first_key, writer) in writers {
+        let newest = writer.await.expect("writer");
+        acknowledged.extend((first_key..).zip(newest));
+    }
+    let gap = longest_gap(&ack_times.lock().expect("lock"), stopping, resumed);
+    eprintln!(
+        "leader {leader} of 5 stopped: longest run without a 204 {gap:?}, new leader {new_leader}"
+    );
+    assert!(
+        gap < FIVE_VOTER_HANDOVER_GAP_MAX,
+        "writes stalled for {gap:?} while leader {leader} of 5 voters stopped (the handover \
+         waited out the lease?)"
+    );
+
+    for id in others {
+        let node = cluster.member(id).server.http;
+        for &(index, acked) in &acknowledged {
+            let what = format!("node {id} holds key {index} at >= {acked}");
+            eventually(&what, || async {
+                let served = served_timestamp(node, index).await?;
+                (served >= acked).then_some(())
             })
             .await;
         }

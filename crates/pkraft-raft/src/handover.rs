@@ -2,24 +2,39 @@
 //! before it exits, so a rolling restart costs an election round trip instead of a failover.
 //!
 //! openraft 0.9 has no leader transfer, and every voter refuses votes for
-//! `election_timeout_max` after its leader's last heartbeat (the leader lease). The one vote a
-//! candidate can get at once is the leader's own: a leader's lease runs from the moment it was
-//! elected and is never renewed, so once it has led for `election_timeout_max` it grants a vote to
-//! a candidate whose log is as long as its own, and steps down by doing so. In a 3-voter cluster
-//! that vote and the candidate's own are a quorum. The handover is therefore:
+//! `election_timeout_max` after its leader's last `append-entries` (the leader lease). A
+//! candidate needs a quorum of votes, and three kinds of voter can give one:
+//! - itself;
+//! - the leader: a leader's lease runs from the moment it was elected and is never renewed, so
+//!   once it has led for `election_timeout_max` it grants a vote to a candidate whose log is as
+//!   long as its own, and steps down by doing so;
+//! - a voter that has heard nothing from the leader for `election_timeout_max`.
 //!
-//! 1. wait, if need be, until this node has led for longer than its lease (serving meanwhile);
+//! With 3 voters the first two are a quorum. With more, the leader stops replicating to a few
+//! voters (`quorum - 2`, the least caught up), so that their leases lapse, while it goes on
+//! committing writes with the rest, which are still a quorum. The handover is therefore:
+//!
+//! 1. silence those voters (the peer network treats them as unreachable), then wait until this
+//!    node has led for longer than its lease and the silenced voters' leases have lapsed, serving
+//!    writes meanwhile;
 //! 2. stop proposing (the batcher waits for the next leader; forwarded publishes are refused as
 //!    "not the leader", so followers reroute) and stop heartbeats and elections on this node;
-//! 3. wait (bounded) until a voter's log holds everything this node's does: that voter is the
-//!    target;
-//! 4. ask the target (peer route `elect`) to stand, and wait until another leader is known. With
-//!    more than 3 voters the others still honour the lease: the target then wins once it has
-//!    passed, which is at most `election_timeout_max` after the heartbeats stopped, and the
-//!    target is asked once more at that point in case its first attempt lost.
+//! 3. wait (bounded) until the proposals under way have returned, so the log no longer grows,
+//!    then until a voter that was not silenced holds all of it: that voter is the target (the
+//!    silenced ones lag, so they cannot win; and this node would refuse its vote to a target
+//!    whose log is shorter than its own);
+//! 4. ask the target (peer route `elect`) to stand, and wait until another leader is known. If it
+//!    did not win (a silenced voter whose lease had not lapsed after all), it wins once the
+//!    others' leases have passed, at most `election_timeout_max` after the heartbeats stopped,
+//!    and it is asked once more at that point in case its first attempt lost.
 //!
-//! Every wait is bounded; a handover that does not complete leaves a normal failover behind it.
+//! A silenced voter stays silent for about the lease, less than the lease plus its own election
+//! timeout after which it would stand itself. Every wait is bounded; a handover that does not
+//! complete leaves a normal failover behind it. Leaving out replication to a voter never risks
+//! safety: to Raft it looks like a slow network.
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
@@ -33,6 +48,23 @@ use crate::peer::{PeerError, path};
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Margin past the leader lease before this node's vote is asked for, for timer granularity.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
+
+/// The voters a handing-over leader sends no `append-entries` (heartbeats included) to, shared
+/// with the peer network.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Silenced(Arc<Mutex<BTreeSet<NodeId>>>);
+
+impl Silenced {
+    pub(crate) fn contains(&self, node: NodeId) -> bool {
+        self.0.lock().is_ok_and(|silenced| silenced.contains(&node))
+    }
+
+    fn set(&self, nodes: &[NodeId]) {
+        if let Ok(mut silenced) = self.0.lock() {
+            *silenced = nodes.iter().copied().collect();
+        }
+    }
+}
 
 /// What a handover achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,18 +114,55 @@ impl Node {
             return Handover::NotNeeded;
         }
         let lease = self.election_timeout_max;
+        let silenced = least_caught_up(&metrics, &others, silenced_needed(others.len() + 1));
+        let silenced_since = Instant::now();
+        self.leadership().silenced().set(&silenced);
         // Still leading and serving meanwhile: this node's own vote is granted only once its
-        // lease has passed.
-        if let Some(since) = self.leading_since() {
-            tokio::time::sleep_until((since + lease + LEASE_MARGIN).into()).await;
+        // lease has passed, and a silenced voter's once the lease since it last heard from this
+        // node has.
+        let mut votes_ready = self
+            .leading_since()
+            .map(|since| since + lease + LEASE_MARGIN);
+        if !silenced.is_empty() {
+            votes_ready = votes_ready.max(Some(silenced_since + lease + LEASE_MARGIN));
+        }
+        if let Some(ready) = votes_ready {
+            tokio::time::sleep_until(ready.into()).await;
             if !self.is_leader() {
+                self.leadership().silenced().set(&[]);
                 return Handover::NotNeeded;
             }
         }
         self.stop_leading();
         let heartbeats_stopped = Instant::now();
+        let result = self
+            .elect_successor(&others, &silenced, heartbeats_stopped)
+            .await;
+        self.leadership().silenced().set(&[]);
+        result
+    }
 
-        let Some(target) = self.caught_up_voter(&others).await else {
+    /// Steps 3 and 4 of the handover (see the module docs).
+    async fn elect_successor(
+        &self,
+        others: &[NodeId],
+        silenced: &[NodeId],
+        heartbeats_stopped: Instant,
+    ) -> Handover {
+        let lease = self.election_timeout_max;
+        // A batch proposed just before would still lengthen this node's log after the target
+        // matched it, and this node would then refuse the target its vote.
+        if !self.writes().proposals_settled(CATCH_UP_TIMEOUT).await {
+            return Handover::Failed(format!(
+                "proposals under way did not return within {CATCH_UP_TIMEOUT:?}"
+            ));
+        }
+        let candidates: Vec<NodeId> = others
+            .iter()
+            .copied()
+            .filter(|id| !silenced.contains(id))
+            .collect();
+        let Some(target) = self.caught_up_voter(&candidates).await else {
             return Handover::Failed(format!(
                 "no voter caught up with this node's log within {CATCH_UP_TIMEOUT:?}"
             ));
@@ -101,7 +170,8 @@ impl Node {
         if let Err(e) = self.ask_to_elect(target).await {
             tracing::debug!(target, error = %e, "asking a voter to stand failed");
         }
-        // 3 voters: the target wins at once. More: it wins once the others' leases have passed.
+        // The target's vote, this node's and the silenced voters' are a quorum: it wins at once.
+        // Failing that, it wins once the other voters' leases have passed.
         let first_try = (heartbeats_stopped + lease + LEASE_MARGIN).max(Instant::now() + lease);
         if let Some(to) = self.next_leader(first_try).await {
             return Handover::Done {
@@ -198,5 +268,50 @@ impl Node {
             .elect()
             .await
             .map_err(|e| PeerError::Fatal(e.to_string()))
+    }
+}
+
+/// How many voters besides the target and the outgoing leader must vote for the target: with
+/// `voters` voters, a quorum minus those two.
+fn silenced_needed(voters: usize) -> usize {
+    (voters / 2 + 1).saturating_sub(2)
+}
+
+/// The `count` voters among `others` whose replicated log is shortest (unknown counts as
+/// shortest): the least useful targets, and silencing them holds back the fewest writes.
+fn least_caught_up(
+    metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+    others: &[NodeId],
+    count: usize,
+) -> Vec<NodeId> {
+    let matched = |id: &NodeId| {
+        metrics
+            .replication
+            .as_ref()
+            .and_then(|replication| replication.get(id).copied().flatten())
+            .map(|log_id| log_id.index)
+    };
+    let mut by_progress = others.to_vec();
+    by_progress.sort_by_key(|id| (matched(id), *id));
+    by_progress.truncate(count);
+    by_progress
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silences_enough_voters_for_a_quorum_and_never_the_quorum_itself() {
+        for (voters, silenced) in [(1, 0), (2, 0), (3, 0), (4, 1), (5, 1), (6, 2), (7, 2)] {
+            assert_eq!(silenced_needed(voters), silenced, "{voters} voters");
+            // The leader still reaches a quorum with the voters it does not silence.
+            let quorum = voters / 2 + 1;
+            assert!(voters - silenced >= quorum, "{voters} voters");
+            // The target, the leader and the silenced voters make a quorum.
+            if voters >= 2 {
+                assert!(silenced + 2 >= quorum, "{voters} voters");
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use openraft::ServerState;
 
 use crate::NodeId;
+use crate::handover::Silenced;
 use crate::node::Node;
 use crate::quorum::QuorumContact;
 
@@ -22,6 +23,9 @@ pub(crate) struct Leadership {
     quorum_contact: QuorumContact,
     /// Set when this node hands its leadership over before it stops (see `handover`).
     handing_over: AtomicBool,
+    /// Voters this leader stops replicating to while it hands over (see `handover`); the peer
+    /// network reads it.
+    silenced: Silenced,
 }
 
 impl Leadership {
@@ -30,14 +34,19 @@ impl Leadership {
         self.quorum_contact.clone()
     }
 
+    /// A handle for the peer network: the voters it must not send `append-entries` to.
+    pub(crate) fn silenced(&self) -> Silenced {
+        self.silenced.clone()
+    }
+
     /// Whether this node is handing its leadership over: it takes no more publishes as leader.
     pub(crate) fn handing_over(&self) -> bool {
-        self.handing_over.load(Ordering::Relaxed)
+        self.handing_over.load(Ordering::SeqCst)
     }
 
     /// From now on this node takes no more publishes as leader; for good (it is stopping).
     pub(crate) fn start_handover(&self) {
-        self.handing_over.store(true, Ordering::Relaxed);
+        self.handing_over.store(true, Ordering::SeqCst);
     }
 
     fn since(&self) -> Option<Instant> {

@@ -198,7 +198,11 @@ impl Node {
         let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
             .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
         let leadership = Leadership::default();
-        let network = PeerNetwork::new(peers.clone(), leadership.quorum_contact());
+        let network = PeerNetwork::new(
+            peers.clone(),
+            leadership.quorum_contact(),
+            leadership.silenced(),
+        );
         let raft = Raft::new(id, config, network, log_store.clone(), state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;

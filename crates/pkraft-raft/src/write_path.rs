@@ -16,7 +16,8 @@
 mod batcher;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
@@ -60,10 +61,25 @@ pub enum PublishError {
     Replica(String),
 }
 
+/// How often a handover checks whether the proposals under way have returned.
+const PROPOSALS_POLL: Duration = Duration::from_millis(1);
+
 /// The publish queue in front of Raft, owned by the node; see the module docs.
 pub(crate) struct WritePath {
     /// Taken on shutdown to close the queue.
     batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
+    /// Proposals this node has handed to Raft that have not returned (see [`Proposal`]).
+    proposing: AtomicUsize,
+}
+
+/// A proposal to Raft under way on this leader. A handover waits until none is, so that the log
+/// it asks a successor to match no longer grows (see `handover`).
+pub(crate) struct Proposal<'a>(&'a AtomicUsize);
+
+impl Drop for Proposal<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl WritePath {
@@ -71,7 +87,20 @@ impl WritePath {
     pub(crate) fn new() -> WritePath {
         WritePath {
             batcher: std::sync::Mutex::new(None),
+            proposing: AtomicUsize::new(0),
         }
+    }
+
+    /// Waits until no proposal is under way, for at most `timeout`; whether none is.
+    pub(crate) async fn proposals_settled(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.proposing.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(PROPOSALS_POLL).await;
+        }
+        true
     }
 
     /// Starts the batching task. It needs the node shared: it forwards to the leader through the
@@ -115,6 +144,17 @@ impl WritePath {
 }
 
 impl Node {
+    /// Marks a proposal to Raft as under way, or `None` if this leader is handing over and must
+    /// propose nothing more. The count goes up before the check, and the handover sets its flag
+    /// before it reads the count (both sequentially consistent), so a proposal either sees the
+    /// flag or is waited for.
+    pub(crate) fn begin_proposal(&self) -> Option<Proposal<'_>> {
+        let proposing = &self.writes().proposing;
+        proposing.fetch_add(1, Ordering::SeqCst);
+        let proposal = Proposal(proposing);
+        (!self.leadership().handing_over()).then_some(proposal)
+    }
+
     /// Publishes `packet`: answered from the local replica when it would not change it, else
     /// committed through Raft and returned once applied on this node. Concurrent publishes are
     /// committed together (see the module docs).

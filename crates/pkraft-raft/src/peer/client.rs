@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
+use crate::handover::Silenced;
 use crate::quorum::QuorumContact;
 use crate::{NodeId, TypeConfig};
 
@@ -235,11 +236,21 @@ pub struct PeerNetwork {
     client: PeerClient,
     /// Where accepted `append-entries` are recorded, for the leader's quorum check.
     contact: QuorumContact,
+    /// Peers a handing-over leader sends no `append-entries` to (see `handover`).
+    silenced: Silenced,
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(client: PeerClient, contact: QuorumContact) -> PeerNetwork {
-        PeerNetwork { client, contact }
+    pub(crate) fn new(
+        client: PeerClient,
+        contact: QuorumContact,
+        silenced: Silenced,
+    ) -> PeerNetwork {
+        PeerNetwork {
+            client,
+            contact,
+            silenced,
+        }
     }
 }
 
@@ -250,6 +261,7 @@ pub struct PeerConnection {
     target: NodeId,
     addr: String,
     contact: QuorumContact,
+    silenced: Silenced,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -261,6 +273,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.addr.clone(),
             contact: self.contact.clone(),
+            silenced: self.silenced.clone(),
         }
     }
 }
@@ -292,6 +305,21 @@ impl PeerConnection {
             .map_err(CallError::into_rpc)?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
+
+    /// Refuses to reach a peer the handover silenced, as if it were down (openraft backs off):
+    /// its leader lease must lapse so that it votes for the handover's target.
+    fn refuse_if_silenced<E: std::error::Error>(
+        &self,
+    ) -> Result<(), RPCError<NodeId, BasicNode, E>> {
+        if !self.silenced.contains(self.target) {
+            return Ok(());
+        }
+        let reason = std::io::Error::other(format!(
+            "node {} is silenced while this leader hands over",
+            self.target
+        ));
+        Err(RPCError::Unreachable(Unreachable::new(&reason)))
+    }
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -300,6 +328,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.refuse_if_silenced()?;
         let answer = self.rpc(path::APPEND_ENTRIES, &rpc, &option).await;
         // Any answer but "your vote is stale" means the peer accepts this node as its leader.
         if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
@@ -317,6 +346,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        self.refuse_if_silenced()?;
         self.rpc(path::INSTALL_SNAPSHOT, &rpc, &option).await
     }
 

@@ -154,6 +154,10 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     node.metrics.publish_refused("no_quorum", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
+                // The handover began since the check above: go round and wait for the next leader.
+                let Some(_proposal) = node.begin_proposal() else {
+                    continue;
+                };
                 return propose(node, batch, deadline).await;
             }
             // This leader is handing over (see `handover`): wait for the next one.

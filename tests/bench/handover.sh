@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Leader handover on SIGTERM in a cluster of BENCH_NODES (3 or 5) release nodes with the default
+# Raft timing (`make bench-handover`). Each round stops the leader with SIGTERM while a steady
+# stream of new PUTs runs through every other node, records the longest run without a 204
+# (`pkraft-bench gaps`) and whether PUTs were refused, restarts the node and waits until the
+# cluster has settled again. `make bench` measures the same for 3 nodes as part of its rolling
+# restart; this script adds 5 nodes, where the handover also waits out the other voters' leader
+# lease (docs/OPERATIONS.md, "Shutdown").
+#
+# Env: BENCH_NODES (default 5), BENCH_ROUNDS (leader stops, default 5), BENCH_BIN (dir with
+# pkraft and pkraft-bench, default target/release).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source tests/lib/pkraft.sh
+# The writers all come from 127.0.0.1: the per-client PUT limit would refuse them (429).
+PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+
+nodes=${BENCH_NODES:-5} rounds=${BENCH_ROUNDS:-5} bin=${BENCH_BIN:-target/release}
+writers=4 seconds=3
+case "$nodes" in 3 | 5) ;; *) echo "handover: BENCH_NODES must be 3 or 5" >&2; exit 2 ;; esac
+[ -x "$bin/pkraft" ] && [ -x "$bin/pkraft-bench" ] || {
+  echo "handover: $bin/pkraft and $bin/pkraft-bench are needed (cargo build --release)" >&2
+  exit 2
+}
+
+work=$(mktemp -d)
+declare -A pid_of http_of admin_of
+cleanup() { kill_all "${pid_of[@]}"; rm -rf "$work"; }
+trap cleanup EXIT
+log() { echo "handover: $*" >&2; }
+fail() { log "$*"; print_log_tails "$work"; exit 1; }
+
+start_node() {  # $1 = node id; (re)starts it from its config, keeping its data dir
+  local n=$1
+  RUST_LOG=warn setsid "$bin/pkraft" serve --config "$work/$n.toml" >>"$work/$n.log" 2>&1 &
+  pid_of[$n]=$!
+  for _ in $(seq 1 300); do
+    curl -sf -o /dev/null "${http_of[$n]%/pkarr}/healthz" && return 0
+    kill -0 "${pid_of[$n]}" 2>/dev/null || fail "node $n exited during start"
+    sleep 0.1
+  done
+  fail "node $n did not answer within 30 s"
+}
+leader_seen_by() {  # $1 = node id: the leader it knows, if any
+  "$bin/pkraft" cluster --admin "${admin_of[$1]}" status --json 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")' 2>/dev/null || true
+}
+wait_exit() {  # $1 = pid: until the process is gone (or a zombie), at most 30 s
+  local state
+  for _ in $(seq 1 300); do
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone)
+    [ "$state" = gone ] || [ "$state" = Z ] && return 0
+    sleep 0.1
+  done
+  fail "process $1 did not exit within 30 s of SIGTERM"
+}
+
+node1_peer=""
+for n in $(seq 1 "$nodes"); do
+  http=$(loopback_port); dns=$(loopback_port); peer=$(loopback_port); admin=$(loopback_port)
+  join=""
+  if [ "$n" = 1 ]; then node1_peer=$peer; else join="127.0.0.1:$node1_peer"; fi
+  cluster_node_config "$work/$n.toml" "$n" "$work/$n-data" "127.0.0.1:$http" "127.0.0.1:$dns" \
+    "127.0.0.1:$peer" "127.0.0.1:$admin" handover-bench-secret-not-for-production "$join"
+  http_of[$n]="http://127.0.0.1:$http/pkarr"; admin_of[$n]="127.0.0.1:$admin"
+  start_node "$n"
+done
+wait_for_voters "$bin/pkraft" "${admin_of[1]}" "$nodes" 120 || fail "the cluster did not reach $nodes voters"
+"$bin/pkraft-bench" gen --keys 100000 --versions 1 --out "$work/data.bin" >/dev/null
+
+: >"$work/results.jsonl"
+first_key=0
+for r in $(seq 1 "$rounds"); do
+  leader=""
+  for _ in $(seq 1 300); do
+    leader=$(leader_seen_by 1)
+    [ -n "$leader" ] && [ "$leader" != 1 ] && leader=$(leader_seen_by "$leader")
+    [ -n "$leader" ] && break
+    sleep 0.1
+  done
+  [ -n "$leader" ] || fail "no leader known"
+  wait_for_voters "$bin/pkraft" "${admin_of[$leader]}" "$nodes" 60 || fail "round $r: the cluster did not settle"
+  urls=(); for m in $(seq 1 "$nodes"); do [ "$m" = "$leader" ] || urls+=(--url "${http_of[$m]}"); done
+  log "round $r/$rounds: SIGTERM leader node $leader under writes through the other $((nodes - 1))"
+  "$bin/pkraft-bench" gaps --data "$work/data.bin" --version 0 --first-key "$first_key" \
+    "${urls[@]}" --concurrency "$writers" --seconds "$seconds" >"$work/gaps.json" &
+  gaps_pid=$!
+  sleep 1
+  kill -TERM "${pid_of[$leader]}"
+  wait_exit "${pid_of[$leader]}"
+  wait "$gaps_pid" || fail "round $r: the write stream failed"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["leader"]=int(sys.argv[2]); print(json.dumps(d))' \
+    "$work/gaps.json" "$leader" | tee -a "$work/results.jsonl" >&2
+  first_key=$((first_key + $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["keys_used"])' "$work/gaps.json")))
+  start_node "$leader"
+done
+
+python3 - "$work/results.jsonl" "$nodes" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+gaps = [d["longest_gap_ms"] for d in runs]
+refused = sum(sum(d["refused"].values()) for d in runs)
+acked = sum(d["acknowledged"] for d in runs)
+print(f"{sys.argv[2]} nodes, {len(runs)} leader stops (SIGTERM) under writes through the others:")
+print(f"  longest run without a 204: median {statistics.median(gaps):.0f} ms, "
+      f"max {max(gaps):.0f} ms (each: {', '.join(f'{g:.0f}' for g in gaps)})")
+print(f"  PUTs acknowledged {acked}, not acknowledged {refused}")
+PY
