@@ -81,7 +81,7 @@ pub enum Handover {
 impl Node {
     /// Hands leadership to a caught-up voter (see the module docs). Call it before the node stops
     /// serving; afterwards this node neither proposes nor stands for election, so call it only on
-    /// the way out. Bounded by about `CATCH_UP_TIMEOUT` + 4 × `election_timeout_max`.
+    /// the way out. Bounded by about 2 × `CATCH_UP_TIMEOUT` + 4 × `election_timeout_max`.
     pub async fn hand_over_leadership(&self) -> Handover {
         let result = self.try_hand_over().await;
         match &result {
