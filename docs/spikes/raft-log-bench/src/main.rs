@@ -2,9 +2,13 @@
 //! next (openraft 0.9 awaits every append's flush), with:
 //! - `plain`: a file opened for append: `write_all` of an 8-byte frame header and the payload,
 //!   then `sync_data` (what pkraft's segment files do per append);
-//! - `raft-log`: `RaftLog::append` of one entry, then `flush` with a callback, waiting for it;
-//! - `raft-log x8`: 8 appends per flush, as a log store that overlaps appends (openraft 0.10)
-//!   would issue them; reported per append.
+//! - `raft-log`: `RaftLog::append` of one entry, then `flush(sync = true)` with a callback,
+//!   waiting for it;
+//!   raft-log's flush worker waits up to `flush_batch_wait` (default 1 ms) for more writes to
+//!   sync together; `raft-log` runs with that default, `raft-log 0w` with no wait (its best
+//!   setting for one append at a time);
+//! - `raft-log x8`: 8 appends per flush (no wait), as a log store that overlaps appends
+//!   (openraft 0.10) would issue them; reported per append.
 //!
 //! Rounds alternate the order. Prints appends/s and the p50/p99 of one append's latency.
 
@@ -95,12 +99,18 @@ fn plain(dir: &Path, appends: u64, payload: &[u8]) -> io::Result<Run> {
     })
 }
 
-fn raft_log(dir: &Path, appends: u64, payload: &str, per_flush: u64) -> io::Result<Run> {
-    let config = Arc::new(Config {
-        dir: dir.join("raft-log").to_string_lossy().into_owned(),
-        ..Default::default()
-    });
-    std::fs::create_dir_all(&config.dir)?;
+fn raft_log(
+    dir: &Path,
+    appends: u64,
+    payload: &str,
+    per_flush: u64,
+    group_wait: Option<Duration>,
+) -> io::Result<Run> {
+    let log_dir = dir.join("raft-log");
+    std::fs::create_dir_all(&log_dir)?;
+    let mut config = Config::new(log_dir.to_string_lossy());
+    config.wal.flush_batch_wait = group_wait;
+    let config = Arc::new(config);
     let mut log = RaftLog::<BenchTypes>::open(config)?;
     let mut latencies = Vec::with_capacity(appends as usize);
     let start = Instant::now();
@@ -113,7 +123,7 @@ fn raft_log(dir: &Path, appends: u64, payload: &str, per_flush: u64) -> io::Resu
         let count = batch.len() as u64;
         log.append(batch)?;
         let (tx, rx) = sync_channel(1);
-        log.flush(Some(tx))?;
+        log.flush(true, Some(tx))?;
         rx.recv().map_err(io::Error::other)??;
         let each = at.elapsed() / u32::try_from(count).unwrap_or(1);
         latencies.extend(std::iter::repeat_n(each, count as usize));
@@ -147,7 +157,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.dir.display()
     );
     for round in 0..args.rounds {
-        let mut order = vec!["plain", "raft-log", "raft-log x8"];
+        let mut order = vec!["plain", "raft-log", "raft-log 0w", "raft-log x8"];
         if round % 2 == 1 {
             order.reverse();
         }
@@ -157,8 +167,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::fs::create_dir_all(&dir)?;
             let mut run = match name {
                 "plain" => plain(&dir, args.appends, payload.as_bytes())?,
-                "raft-log" => raft_log(&dir, args.appends, &payload, 1)?,
-                _ => raft_log(&dir, args.appends, &payload, 8)?,
+                "raft-log" => raft_log(&dir, args.appends, &payload, 1, None)?,
+                "raft-log 0w" => raft_log(&dir, args.appends, &payload, 1, Some(Duration::ZERO))?,
+                _ => raft_log(&dir, args.appends, &payload, 8, Some(Duration::ZERO))?,
             };
             report(name, &mut run);
             std::fs::remove_dir_all(&dir)?;
