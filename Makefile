@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-ab bench-handover bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-ab bench-handover bench-stalls bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -82,6 +82,13 @@ bench-ab:
 bench-handover:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/handover.sh
+
+## Leader changes of a 3-node release cluster under steady PUTs while CPU hogs and a disk writer
+## that fdatasyncs 8 MiB at a time run (phases of BENCH_PHASE_SECONDS, default 20): the target
+## is 0 in every phase.
+bench-stalls:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/stalls.sh
 
 ## RSS of one node at 1M stored packets, with the DNS record cache at its bound (about 5 minutes).
 bench-memory:

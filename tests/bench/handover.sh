@@ -24,27 +24,12 @@ case "$nodes" in 3 | 5) ;; *) echo "handover: BENCH_NODES must be 3 or 5" >&2; e
 }
 
 work=$(mktemp -d)
-declare -A pid_of http_of admin_of
-cleanup() { kill_all "${pid_of[@]}"; rm -rf "$work"; }
+declare -A node_pid node_http node_admin
+cluster_bin=$bin cluster_work=$work
+cleanup() { kill_all "${node_pid[@]}"; rm -rf "$work"; }
 trap cleanup EXIT
 log() { echo "handover: $*" >&2; }
 fail() { log "$*"; print_log_tails "$work"; exit 1; }
-
-start_node() {  # $1 = node id; (re)starts it from its config, keeping its data dir
-  local n=$1
-  RUST_LOG=warn setsid "$bin/pkraft" serve --config "$work/$n.toml" >>"$work/$n.log" 2>&1 &
-  pid_of[$n]=$!
-  for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "${http_of[$n]%/pkarr}/healthz" && return 0
-    kill -0 "${pid_of[$n]}" 2>/dev/null || fail "node $n exited during start"
-    sleep 0.1
-  done
-  fail "node $n did not answer within 30 s"
-}
-leader_seen_by() {  # $1 = node id: the leader it knows, if any
-  "$bin/pkraft" cluster --admin "${admin_of[$1]}" status --json 2>/dev/null |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")' 2>/dev/null || true
-}
 wait_exit() {  # $1 = pid: until the process is gone (or a zombie), at most 30 s
   local state
   for _ in $(seq 1 300); do
@@ -55,17 +40,9 @@ wait_exit() {  # $1 = pid: until the process is gone (or a zombie), at most 30 s
   fail "process $1 did not exit within 30 s of SIGTERM"
 }
 
-node1_peer=""
-for n in $(seq 1 "$nodes"); do
-  http=$(loopback_port); dns=$(loopback_port); peer=$(loopback_port); admin=$(loopback_port)
-  join=""
-  if [ "$n" = 1 ]; then node1_peer=$peer; else join="127.0.0.1:$node1_peer"; fi
-  cluster_node_config "$work/$n.toml" "$n" "$work/$n-data" "127.0.0.1:$http" "127.0.0.1:$dns" \
-    "127.0.0.1:$peer" "127.0.0.1:$admin" handover-bench-secret-not-for-production "$join"
-  http_of[$n]="http://127.0.0.1:$http/pkarr"; admin_of[$n]="127.0.0.1:$admin"
-  start_node "$n"
-done
-wait_for_voters "$bin/pkraft" "${admin_of[1]}" "$nodes" 120 || fail "the cluster did not reach $nodes voters"
+cluster_configs "$nodes" handover-bench-secret-not-for-production
+for n in $(seq 1 "$nodes"); do cluster_start_node "$n" || fail "node $n did not start"; done
+wait_for_voters "$bin/pkraft" "${node_admin[1]}" "$nodes" 120 || fail "the cluster did not reach $nodes voters"
 "$bin/pkraft-bench" gen --keys 100000 --versions 1 --out "$work/data.bin" >/dev/null
 
 : >"$work/results.jsonl"
@@ -73,26 +50,25 @@ first_key=0
 for r in $(seq 1 "$rounds"); do
   leader=""
   for _ in $(seq 1 300); do
-    leader=$(leader_seen_by 1)
-    [ -n "$leader" ] && [ "$leader" != 1 ] && leader=$(leader_seen_by "$leader")
+    leader=$(cluster_leader 1)
     [ -n "$leader" ] && break
     sleep 0.1
   done
   [ -n "$leader" ] || fail "no leader known"
-  wait_for_voters "$bin/pkraft" "${admin_of[$leader]}" "$nodes" 60 || fail "round $r: the cluster did not settle"
-  urls=(); for m in $(seq 1 "$nodes"); do [ "$m" = "$leader" ] || urls+=(--url "${http_of[$m]}"); done
+  wait_for_voters "$bin/pkraft" "${node_admin[$leader]}" "$nodes" 60 || fail "round $r: the cluster did not settle"
+  urls=(); for m in $(seq 1 "$nodes"); do [ "$m" = "$leader" ] || urls+=(--url "${node_http[$m]}"); done
   log "round $r/$rounds: SIGTERM leader node $leader under writes through the other $((nodes - 1))"
   "$bin/pkraft-bench" gaps --data "$work/data.bin" --version 0 --first-key "$first_key" \
     "${urls[@]}" --concurrency "$writers" --seconds "$seconds" >"$work/gaps.json" &
   gaps_pid=$!
   sleep 1
-  kill -TERM "${pid_of[$leader]}"
-  wait_exit "${pid_of[$leader]}"
+  kill -TERM "${node_pid[$leader]}"
+  wait_exit "${node_pid[$leader]}"
   wait "$gaps_pid" || fail "round $r: the write stream failed"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["leader"]=int(sys.argv[2]); print(json.dumps(d))' \
     "$work/gaps.json" "$leader" | tee -a "$work/results.jsonl" >&2
   first_key=$((first_key + $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["keys_used"])' "$work/gaps.json")))
-  start_node "$leader"
+  cluster_start_node "$leader" || fail "node $leader did not restart"
 done
 
 python3 - "$work/results.jsonl" "$nodes" <<'PY'

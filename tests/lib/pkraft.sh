@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by the scripts under tests/ that start one pkraft node from a config file.
+# Shared by the scripts under tests/ that start pkraft nodes from config files.
 
 # loopback_port: a TCP port free on 127.0.0.1 right now.
 loopback_port() {
@@ -83,6 +83,50 @@ print(0 if m["joint"] else sum(1 for x in s["members"] if x["voter"] and x["stat
     sleep 0.1
   done
   return 1
+}
+
+# A local cluster for the benchmarks that stop and start its nodes: the caller declares
+# `declare -A node_pid node_http node_admin` and sets `cluster_bin` (dir with `pkraft`) and
+# `cluster_work` (dir for configs, data and logs).
+#
+# cluster_configs COUNT SECRET: writes the configs of nodes 1..COUNT (node 1 bootstraps, the
+# others join through it) on free loopback ports; fills node_http (relay URL) and node_admin.
+cluster_configs() {
+  local count=$1 secret=$2 n http dns peer admin join node1_peer=""
+  for n in $(seq 1 "$count"); do
+    http=$(loopback_port); dns=$(loopback_port); peer=$(loopback_port); admin=$(loopback_port)
+    join=""
+    if [ "$n" = 1 ]; then node1_peer=$peer; else join="127.0.0.1:$node1_peer"; fi
+    cluster_node_config "$cluster_work/$n.toml" "$n" "$cluster_work/$n-data" "127.0.0.1:$http" \
+      "127.0.0.1:$dns" "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" "$join"
+    node_http[$n]="http://127.0.0.1:$http/pkarr"; node_admin[$n]="127.0.0.1:$admin"
+  done
+}
+
+# cluster_start_node N: (re)starts node N from its config, keeping its data dir; records its pid
+# in node_pid; status 1 if it exits or does not answer /healthz within 30 s.
+cluster_start_node() {
+  local n=$1
+  RUST_LOG=${RUST_LOG:-warn} setsid "$cluster_bin/pkraft" serve --config "$cluster_work/$n.toml" \
+    >>"$cluster_work/$n.log" 2>&1 &
+  node_pid[$n]=$!
+  for _ in $(seq 1 300); do
+    curl -sf -o /dev/null "${node_http[$n]%/pkarr}/healthz" && return 0
+    kill -0 "${node_pid[$n]}" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# cluster_leader N: the leader node N knows of, as the leader itself confirms; empty if none.
+cluster_leader() {
+  local leader
+  leader=$("$cluster_bin/pkraft" cluster --admin "${node_admin[$1]}" status --json 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")' 2>/dev/null || true)
+  [ -n "$leader" ] && [ "$leader" != "$1" ] &&
+    leader=$("$cluster_bin/pkraft" cluster --admin "${node_admin[$leader]}" status --json 2>/dev/null |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")' 2>/dev/null || true)
+  echo "$leader"
 }
 
 # kill_all PID...: SIGKILL and reap the given processes (test cleanup: bounded, unlike a wait
