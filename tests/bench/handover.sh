@@ -81,4 +81,9 @@ print(f"{sys.argv[2]} nodes, {len(runs)} leader stops (SIGTERM) under writes thr
 print(f"  longest run without a 204: median {statistics.median(gaps):.0f} ms, "
       f"max {max(gaps):.0f} ms (each: {', '.join(f'{g:.0f}' for g in gaps)})")
 print(f"  PUTs acknowledged {acked}, not acknowledged {refused}")
+# The writers pinned to one node: with more than 3 voters, one of them is silenced during the
+# handover, and a PUT through it waits until it has applied the entry (about the lease).
+worst = [max(d["longest_gap_ms_by_url"].values()) for d in runs]
+print(f"  the slowest node's own writers: median {statistics.median(worst):.0f} ms, "
+      f"max {max(worst):.0f} ms")
 PY

@@ -28,6 +28,9 @@ pub struct GapReport {
     /// Longest time between two acknowledgements (or from the start to the first, or from the
     /// last to the end).
     pub longest_gap_ms: f64,
+    /// The same for the PUTs through each URL alone (workers are assigned URLs round robin):
+    /// what a client that always writes through that node sees.
+    pub longest_gap_ms_by_url: BTreeMap<String, f64>,
     pub acknowledged: u64,
     /// Status codes of the PUTs not acknowledged ("error": no HTTP answer).
     pub refused: BTreeMap<String, u64>,
@@ -97,13 +100,18 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
                     }
                 }
             }
-            (acks, refused)
+            (base, acks, refused)
         });
     }
     let mut acks = Vec::new();
+    let mut acks_by_url = BTreeMap::<String, Vec<Instant>>::new();
     let mut refused = BTreeMap::new();
     while let Some(joined) = workers.join_next().await {
-        let (worker_acks, worker_refused) = joined?;
+        let (base, worker_acks, worker_refused) = joined?;
+        acks_by_url
+            .entry(base)
+            .or_default()
+            .extend(worker_acks.iter().copied());
         acks.extend(worker_acks);
         for (status, count) in worker_refused {
             *refused.entry(status).or_default() += count;
@@ -114,20 +122,32 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
         "the data set ran out of keys after {} PUTs; give it more keys",
         jobs.len()
     );
-    acks.sort();
     let finished = Instant::now();
-    let mut last = started;
-    let mut longest = Duration::ZERO;
-    for &at in &acks {
-        longest = longest.max(at - last);
-        last = at;
-    }
-    longest = longest.max(finished.saturating_duration_since(last));
+    let acknowledged = u64::try_from(acks.len())?;
+    let longest = longest_gap(acks, started, finished);
+    let longest_gap_ms_by_url = acks_by_url
+        .into_iter()
+        .map(|(url, acks)| (url, millis(longest_gap(acks, started, finished))))
+        .collect();
     Ok(GapReport {
         op: "gaps",
         longest_gap_ms: millis(longest),
-        acknowledged: u64::try_from(acks.len())?,
+        longest_gap_ms_by_url,
+        acknowledged,
         refused,
         keys_used: next.load(Ordering::Relaxed).min(jobs.len()),
     })
+}
+
+/// The longest time without an acknowledgement between `started` and `finished` (including from
+/// the start to the first and from the last to the end).
+fn longest_gap(mut acks: Vec<Instant>, started: Instant, finished: Instant) -> Duration {
+    acks.sort();
+    let mut last = started;
+    let mut longest = Duration::ZERO;
+    for at in acks {
+        longest = longest.max(at.saturating_duration_since(last));
+        last = at;
+    }
+    longest.max(finished.saturating_duration_since(last))
 }
