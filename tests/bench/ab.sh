@@ -78,13 +78,7 @@ ticks() {  # utime + stime of every process of system $1
   echo "$sum"
 }
 all_ticks() { local sum=0 s; for s in "${!pid_of[@]}"; do sum=$((sum + $(ticks "$s"))); done; echo "$sum"; }
-settle() {  # until every server has been idle (≤ 1 tick) for 0.5 s, at most 10 s
-  local before after
-  for _ in $(seq 1 20); do
-    before=$(all_ticks); sleep 0.5; after=$(all_ticks)
-    [ $((after - before)) -le 1 ] && return 0
-  done
-}
+settle() { wait_idle all_ticks || true; }  # measure anyway if a server stays busy
 machine() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/stat; }
 urls() { local u; for u in ${url_of[$1]}; do echo --url "$u"; done; }
 put() {  # $1 = system, $2 = version; appends one JSON line to results

@@ -18,10 +18,7 @@ PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
 nodes=${BENCH_NODES:-5} rounds=${BENCH_ROUNDS:-5} bin=${BENCH_BIN:-target/release}
 writers=4 seconds=3
 case "$nodes" in 3 | 5) ;; *) echo "handover: BENCH_NODES must be 3 or 5" >&2; exit 2 ;; esac
-[ -x "$bin/pkraft" ] && [ -x "$bin/pkraft-bench" ] || {
-  echo "handover: $bin/pkraft and $bin/pkraft-bench are needed (cargo build --release)" >&2
-  exit 2
-}
+need_bins handover "$bin"
 
 work=$(mktemp -d)
 declare -A node_pid node_http node_admin
@@ -30,15 +27,6 @@ cleanup() { kill_all "${node_pid[@]}"; rm -rf "$work"; }
 trap cleanup EXIT
 log() { echo "handover: $*" >&2; }
 fail() { log "$*"; print_log_tails "$work"; exit 1; }
-wait_exit() {  # $1 = pid: until the process is gone (or a zombie), at most 30 s
-  local state
-  for _ in $(seq 1 300); do
-    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone)
-    [ "$state" = gone ] || [ "$state" = Z ] && return 0
-    sleep 0.1
-  done
-  fail "process $1 did not exit within 30 s of SIGTERM"
-}
 
 cluster_configs "$nodes" handover-bench-secret-not-for-production
 for n in $(seq 1 "$nodes"); do cluster_start_node "$n" || fail "node $n did not start"; done
@@ -63,7 +51,7 @@ for r in $(seq 1 "$rounds"); do
   gaps_pid=$!
   sleep 1
   kill -TERM "${node_pid[$leader]}"
-  wait_exit "${node_pid[$leader]}"
+  wait_exited "${node_pid[$leader]}" || fail "node $leader did not exit within 30 s of SIGTERM"
   wait "$gaps_pid" || fail "round $r: the write stream failed"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["leader"]=int(sys.argv[2]); print(json.dumps(d))' \
     "$work/gaps.json" "$leader" | tee -a "$work/results.jsonl" >&2

@@ -127,14 +127,7 @@ cpu_ticks() {  # utime + stime of every process of system $1
 }
 servers_cpu() { local sum=0 s; for s in "${!pid_of[@]}"; do sum=$((sum + $(cpu_ticks "$s"))); done; echo "$sum"; }
 url_args() { local u; for u in ${http_url[$1]}; do echo "--url" "$u"; done; }  # --url per node
-settle() {  # until every server has been idle (≤ 1 tick) for 0.5 s, at most 10 s
-  local before after
-  for _ in $(seq 1 20); do
-    before=$(servers_cpu); sleep 0.5; after=$(servers_cpu)
-    [ $((after - before)) -le 1 ] && return 0
-  done
-  log "servers still busy after 10 s; measuring anyway"
-}
+settle() { wait_idle servers_cpu || log "servers still busy after 10 s; measuring anyway"; }
 
 results="$work/results.jsonl"
 record() {  # $1 = system, $2 = kind, stdin = JSON object
@@ -377,15 +370,6 @@ done
 # a leader hands its leadership over first) and records the longest run without a 204; the node
 # restarts and the cluster settles before the next one stops. Keys after the failover trials'.
 gap_key=$failover_trials
-wait_exit() {  # $1 = pid: until the process is gone (or a zombie), at most 30 s
-  local state
-  for _ in $(seq 1 300); do
-    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone)
-    [ "$state" = gone ] || [ "$state" = Z ] && return 0
-    sleep 0.1
-  done
-  fail "process $1 did not exit within 30 s of SIGTERM"
-}
 for r in $(seq 1 "$restart_rounds"); do
   for n in 1 2 3; do
     settle
@@ -397,7 +381,7 @@ for r in $(seq 1 "$restart_rounds"); do
     gaps_pid=$!
     sleep 1
     kill -TERM "${node_pid[$n]}"
-    wait_exit "${node_pid[$n]}"
+    wait_exited "${node_pid[$n]}" || fail "node $n did not exit within 30 s of SIGTERM"
     wait "$gaps_pid" || fail "rolling restart $r: the write stream failed"
     python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["node"]=int(sys.argv[2]); d["leader"]=sys.argv[2]==sys.argv[3]; print(json.dumps(d))' \
       "$work/gaps.json" "$n" "$leader" | record cluster restart

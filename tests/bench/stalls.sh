@@ -21,10 +21,7 @@ PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
 
 seconds=${BENCH_PHASE_SECONDS:-20} bin=${BENCH_BIN:-target/release}
 writers=16
-[ -x "$bin/pkraft" ] && [ -x "$bin/pkraft-bench" ] || {
-  echo "stalls: $bin/pkraft and $bin/pkraft-bench are needed (cargo build --release)" >&2
-  exit 2
-}
+need_bins stalls "$bin"
 
 work=$(mktemp -d)
 declare -A node_pid node_http node_admin

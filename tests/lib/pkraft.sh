@@ -129,6 +129,37 @@ cluster_leader() {
   echo "$leader"
 }
 
+# wait_exited PID: until the process is gone (or a zombie); status 1 after 30 s.
+wait_exited() {
+  local state
+  for _ in $(seq 1 300); do
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo gone)
+    [ "$state" = gone ] || [ "$state" = Z ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# wait_idle TICKS_FN: until the CPU ticks TICKS_FN prints (the servers' utime + stime) grow by at
+# most 1 over 0.5 s; status 1 if they still do after 10 s. Benchmarks run it between
+# measurements, so one system's leftover work does not load the next.
+wait_idle() {
+  local before after
+  for _ in $(seq 1 20); do
+    before=$("$1"); sleep 0.5; after=$("$1")
+    [ $((after - before)) -le 1 ] && return 0
+  done
+  return 1
+}
+
+# need_bins NAME BIN_DIR: exits 2 (naming the script NAME) unless BIN_DIR holds pkraft and
+# pkraft-bench.
+need_bins() {
+  [ -x "$2/pkraft" ] && [ -x "$2/pkraft-bench" ] && return 0
+  echo "$1: $2/pkraft and $2/pkraft-bench are needed (cargo build --release)" >&2
+  exit 2
+}
+
 # kill_all PID...: SIGKILL and reap the given processes (test cleanup: bounded, unlike a wait
 # after SIGTERM on a process that hangs in shutdown).
 kill_all() {
