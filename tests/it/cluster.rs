@@ -286,13 +286,17 @@ pub async fn admin_status(server: &TestServer) -> Option<Value> {
     serde_json::from_slice(&response.bytes().await.ok()?).ok()
 }
 
-fn packet(seed: u64, timestamp: u64) -> (Keypair, SignedPacket) {
+pub(crate) fn packet(seed: u64, timestamp: u64) -> (Keypair, SignedPacket) {
     let key = keypair(seed);
     let packet = iroh_packet(&key, timestamp, &[&format!("192.0.2.1:{seed}")]);
     (key, packet)
 }
 
-async fn put(server: &TestServer, key: &Keypair, packet: &SignedPacket) -> reqwest::Response {
+pub(crate) async fn put(
+    server: &TestServer,
+    key: &Keypair,
+    packet: &SignedPacket,
+) -> reqwest::Response {
     server
         .put(&server.relay_url(key), packet.to_relay_payload())
         .await
@@ -311,7 +315,7 @@ async fn put_until_accepted(server: &TestServer, key: &Keypair, packet: &SignedP
     .await;
 }
 
-async fn get_body(server: &TestServer, key: &Keypair, query: &str) -> (u16, Bytes) {
+pub(crate) async fn get_body(server: &TestServer, key: &Keypair, query: &str) -> (u16, Bytes) {
     let url = format!("{}{query}", server.relay_url(key));
     let response = server.get(&url).await;
     let status = response.status().as_u16();

@@ -11,6 +11,7 @@ mod chaos_regressions;
 mod cli;
 mod client_cli;
 mod cluster;
+mod dht;
 mod dns;
 mod dns_client;
 mod doh;

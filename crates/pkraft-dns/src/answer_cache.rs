@@ -65,6 +65,12 @@ pub(crate) fn note_read(key: &KeyBytes, version: KeyVersion) {
     });
 }
 
+/// Notes that the answer of the current task depends on more than the local replica (the DHT),
+/// so it must not be cached. Does nothing outside [`record_reads`].
+pub(crate) fn note_uncacheable() {
+    let _ = READS.try_with(|reads| *reads.borrow_mut() = None);
+}
+
 /// Runs `answer` and returns its output with the keys it read (`None`: too many to cache).
 /// `answer` must do its reads in this task: reads of a task it spawns go unnoticed.
 pub(crate) async fn record_reads<T>(answer: impl Future<Output = T>) -> (T, Option<Vec<Read>>) {

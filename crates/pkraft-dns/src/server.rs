@@ -66,6 +66,16 @@ impl DnsServer {
         store: Store,
         freshness: FreshnessProbe,
     ) -> Result<DnsServer, DnsError> {
+        DnsServer::bind_with_dht(settings, store, freshness, None).await
+    }
+
+    /// [`DnsServer::bind`], asking `dht` for keys the local replica does not hold.
+    pub async fn bind_with_dht(
+        settings: &Settings,
+        store: Store,
+        freshness: FreshnessProbe,
+        dht: Option<Arc<pkraft_dht::Resolver>>,
+    ) -> Result<DnsServer, DnsError> {
         let zones = settings.zones()?;
         let records = Arc::new(RecordCache::new(
             store.clone(),
@@ -74,7 +84,7 @@ impl DnsServer {
         let mut catalog = Catalog::new();
         for origin in &zones.origins {
             let zone: Arc<dyn ZoneHandler> =
-                Arc::new(PkarrZone::new(origin, &zones, records.clone()));
+                Arc::new(PkarrZone::new(origin, &zones, records.clone(), dht.clone()));
             catalog.upsert(LowerName::new(origin), vec![zone]);
         }
         let (udp, tcp) = bind_shared_port(settings.listen, settings.udp_socket_count()).await?;

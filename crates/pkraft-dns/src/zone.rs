@@ -23,9 +23,11 @@ use hickory_server::zone_handler::{
 };
 use std::sync::Arc;
 
-use pkraft_types::decode_z32_key;
+use pkraft_dht::Resolver;
+use pkraft_types::packet::dns_records;
+use pkraft_types::{KeyBytes, decode_z32_key};
 
-use crate::record_cache::RecordCache;
+use crate::record_cache::{RecordCache, Records};
 use crate::settings::Zones;
 
 /// SOA timers. pkraft serves no zone transfers, so secondaries never use them; the values are the
@@ -120,23 +122,31 @@ pub struct PkarrZone {
     origin: LowerName,
     apex: Apex,
     records: Arc<RecordCache>,
+    /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
+    dht: Option<Arc<Resolver>>,
     failure_log: RateLimitedLog,
 }
 
 impl PkarrZone {
     /// The zone for `origin`, answering from `records` (shared by all origins).
-    pub fn new(origin: &Name, zones: &Zones, records: Arc<RecordCache>) -> PkarrZone {
+    pub fn new(
+        origin: &Name,
+        zones: &Zones,
+        records: Arc<RecordCache>,
+        dht: Option<Arc<Resolver>>,
+    ) -> PkarrZone {
         PkarrZone {
             origin: LowerName::new(origin),
             apex: Apex::new(origin, zones),
             records,
+            dht,
             failure_log: RateLimitedLog::default(),
         }
     }
 
     /// The records for `name` (under this origin, not the apex) and `rtype`; `owner` is the name
     /// to put on the answers.
-    fn lookup_key_name(&self, name: &LowerName, rtype: RecordType, owner: Name) -> Lookup {
+    async fn lookup_key_name(&self, name: &LowerName, rtype: RecordType, owner: Name) -> Lookup {
         let labels: Vec<&[u8]> = name.iter().collect();
         let Some(key_index) = labels
             .len()
@@ -155,13 +165,26 @@ impl PkarrZone {
         };
         let records = match self.records.records(&key) {
             Ok(Some(records)) => records,
-            Ok(None) => return Lookup::NxDomain,
+            Ok(None) => match self.records_from_dht(&key).await {
+                Some(records) => records,
+                None => return Lookup::NxDomain,
+            },
             Err(e) => {
                 let key = String::from_utf8_lossy(key_label);
                 return Lookup::Failed(format!("key {key}: {e}"));
             }
         };
         select(&records, sub, key_label, owner, rtype)
+    }
+
+    /// The records of the packet the DHT has for `key`, within `dht.resolve_timeout` (`None`:
+    /// no DHT, not found, not in time). The answer depends on the DHT and its caches, not only
+    /// on the replica, so the UDP answer cache must not keep it.
+    async fn records_from_dht(&self, key: &KeyBytes) -> Option<Records> {
+        let dht = self.dht.as_ref()?;
+        crate::answer_cache::note_uncacheable();
+        let payload = dht.resolve(key).await?;
+        dns_records(&payload).ok().map(Into::into)
     }
 }
 
@@ -340,7 +363,7 @@ impl ZoneHandler for PkarrZone {
             Some(info) => info.query.original().name().clone(),
             None => Name::from(name),
         };
-        let lookup = self.lookup_key_name(name, rtype, owner);
+        let lookup = self.lookup_key_name(name, rtype, owner).await;
         if let Lookup::Failed(reason) = &lookup {
             self.failure_log.error(reason);
         }

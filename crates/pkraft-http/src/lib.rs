@@ -202,6 +202,8 @@ pub struct AppState {
     pub dns: pkraft_dns::Answerer,
     pub metrics: Arc<metrics::HttpMetrics>,
     pub rate_limits: Arc<rate_limit::RateLimits>,
+    /// Asked on a GET miss (`[dht]` with `resolve`).
+    pub dht: Option<Arc<pkraft_dht::Resolver>>,
 }
 
 /// The public router: relay routes, health, CORS, rate limits and the body limit.

@@ -97,11 +97,15 @@ pub async fn get_packet(
         .read(&key_bytes, consistency)
         .await
         .map_err(|e| RelayError::from_read(e, state.settings.retry_after))?;
-    let Some(stored) = stored else {
-        parse_z32_key(&key)?;
-        return Err(RelayError::NotFound);
+    let payload = match stored {
+        Some(stored) => stored.payload,
+        None => {
+            parse_z32_key(&key)?;
+            // Not in the cluster: the DHT may have it (`[dht]`), within its deadline.
+            let dht = state.dht.as_ref().ok_or(RelayError::NotFound)?;
+            dht.resolve(&key_bytes).await.ok_or(RelayError::NotFound)?
+        }
     };
-    let payload = stored.payload;
     let timestamp_micros = payload.timestamp_micros();
     let max_age = cache_max_age_secs(&state.settings, &payload)?;
     let validators = [

@@ -15,6 +15,8 @@
 //! - [`write_path`]: [`Node::publish`], the one way into the store: the fast answer from the
 //!   local replica, group commit (concurrent publishes share one log entry), and forwarding of
 //!   followers' batches to the leader.
+//! - [`dht_outbox`]: the keys stored and not yet put to the Mainline DHT, and the publisher's
+//!   committed progress, kept by every replica so a new leader carries on (`pkraft-dht`).
 //! - `leadership`: who leads, since when, and whether this leader may still propose.
 //! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
 //! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age`.
@@ -33,6 +35,7 @@
 
 pub mod backup;
 mod codec;
+pub mod dht_outbox;
 mod expiry;
 pub mod handover;
 mod leadership;
@@ -49,6 +52,7 @@ pub mod state_machine;
 pub mod type_config;
 pub mod write_path;
 
+pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use handover::Handover;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
 pub use node::{Cluster, Node, StartError};

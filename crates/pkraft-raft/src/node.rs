@@ -10,6 +10,7 @@ use pkraft_store::{Store, StoreError};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
+use crate::dht_outbox::DhtOutbox;
 use crate::leadership::{Leadership, watch_cluster_state};
 use crate::log_store::LogStore;
 use crate::metrics::{NodeMetrics, StateCollector};
@@ -142,6 +143,8 @@ pub struct Node {
     background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// The replica's redb file, whose size is a metric.
     state_file: PathBuf,
+    /// What the Mainline DHT publisher has still to put (`dht_outbox`).
+    pub(crate) dht_outbox: Arc<DhtOutbox>,
 }
 
 impl std::ops::Deref for Node {
@@ -185,8 +188,10 @@ impl Node {
         let state_file = data_dir.join(STATE_FILE);
         let store = Store::open(&state_file)?;
         let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
+        let dht_outbox = Arc::new(DhtOutbox::default());
         let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
-            .with_metrics(metrics.clone());
+            .with_metrics(metrics.clone())
+            .with_dht_outbox(dht_outbox.clone());
 
         let pristine = log_store.is_pristine()?;
         if pristine && store.applied_state()?.is_some() {
@@ -235,6 +240,7 @@ impl Node {
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
+            dht_outbox,
         };
         let node = Arc::new(node);
         node.spawn_tasks(settings);

@@ -26,10 +26,11 @@ use openraft::{
     RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
 use pkraft_store::Store;
-use pkraft_types::Command;
+use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Message, blocking, decode, encode, storage_error};
+use crate::dht_outbox::{DhtOutbox, Progress};
 use crate::metrics::NodeMetrics;
 use crate::snapshot_file::SnapshotFile;
 use crate::type_config::ApplyResult;
@@ -70,6 +71,36 @@ impl AppliedState {
     }
 }
 
+/// What an apply call tells the [`DhtOutbox`].
+#[derive(Default)]
+struct OutboxNotes {
+    /// Keys whose packet changed, with the index of the entry that changed them.
+    stored: Vec<(KeyBytes, u64)>,
+    progress: Vec<Progress>,
+}
+
+impl OutboxNotes {
+    fn record(&mut self, index: u64, command: &Command, outcomes: &[PublishOutcome]) {
+        match command {
+            Command::Publish { packets, .. } => {
+                for (packet, outcome) in packets.iter().zip(outcomes) {
+                    if *outcome == PublishOutcome::Stored {
+                        self.stored.push((packet.key, index));
+                    }
+                }
+            }
+            Command::DhtProgress {
+                published_through,
+                republished_through,
+            } => self.progress.push(Progress {
+                published_through: *published_through,
+                republished_through: *republished_through,
+            }),
+            Command::Expire { .. } => {}
+        }
+    }
+}
+
 pub struct StateMachine {
     store: Store,
     snapshot_file: SnapshotFile,
@@ -79,6 +110,8 @@ pub struct StateMachine {
     since_durable: AppliedSince,
     /// Where snapshot durations and expiry are counted (none in storage tests).
     metrics: Option<Arc<NodeMetrics>>,
+    /// Told which keys each apply stored, for the DHT publisher (none in storage tests).
+    dht_outbox: Option<Arc<DhtOutbox>>,
 }
 
 impl StateMachine {
@@ -92,12 +125,19 @@ impl StateMachine {
             applied,
             since_durable: AppliedSince::default(),
             metrics: None,
+            dht_outbox: None,
         })
     }
 
     /// Counts snapshots and expiry in `metrics`.
     pub(crate) fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Tells `outbox` what each apply stores (it notes nothing until it is enabled).
+    pub(crate) fn with_dht_outbox(mut self, outbox: Arc<DhtOutbox>) -> Self {
+        self.dht_outbox = Some(outbox);
         self
     }
 }
@@ -124,16 +164,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.applied.clone();
         let since_durable = self.since_durable.plus(&entries);
         let durable = since_durable.is_due();
-        let (applied, results) =
+        let outbox = self.dht_outbox.clone().filter(|outbox| outbox.is_enabled());
+        let noting = outbox.is_some();
+        let (applied, results, noted) =
             blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
                 let mut txn = store.begin_apply(durable)?;
                 let mut results = Vec::with_capacity(entries.len());
+                let mut noted = OutboxNotes::default();
                 for entry in entries {
                     applied.last_applied = Some(entry.log_id);
                     let result = match entry.payload {
                         EntryPayload::Blank => ApplyResult::default(),
                         EntryPayload::Normal(command) => {
                             let applied = txn.apply(&command)?;
+                            if noting {
+                                noted.record(entry.log_id.index, &command, &applied.outcomes);
+                            }
                             ApplyResult {
                                 outcomes: applied.outcomes,
                                 expired: applied.expired,
@@ -155,9 +201,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     results.push(result);
                 }
                 txn.commit(&encode(&applied)?)?;
-                Ok((applied, results))
+                Ok((applied, results, noted))
             })
             .await?;
+        if let (Some(outbox), Some(last)) = (outbox, applied.last_applied) {
+            // After the commit: the publisher reads the store when it puts a key.
+            outbox.applied(&noted.stored, &noted.progress, last.index);
+        }
         self.applied = applied;
         self.since_durable = if durable {
             AppliedSince::default()

@@ -201,6 +201,30 @@ impl Store {
         Ok(txn.open_table(REMOVED_NODES)?.get(node_id)?.is_some())
     }
 
+    /// Up to `limit` stored packets in key order, starting after `after` (from the first key
+    /// when `None`): one page of a sweep over every key, each page its own read transaction.
+    pub fn packets_after(
+        &self,
+        after: Option<&KeyBytes>,
+        limit: usize,
+    ) -> Result<Vec<(KeyBytes, StoredPacket)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PACKETS)?;
+        let rows = match after {
+            Some(after) => table.range::<&KeyBytes>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => table.range::<&KeyBytes>(..)?,
+        };
+        let mut page = Vec::with_capacity(limit.min(1024));
+        for row in rows.take(limit) {
+            let (key, value) = row?;
+            page.push((*key.value(), StoredPacket::decode(value.value())?));
+        }
+        Ok(page)
+    }
+
     /// Number of stored packets.
     pub fn packet_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
@@ -289,6 +313,8 @@ impl ApplyTxn {
                 outcomes: Vec::new(),
                 expired: self.expire(*before_micros, *limit)?,
             }),
+            // The consensus layer keeps the DHT publisher's progress; no stored data changes.
+            Command::DhtProgress { .. } => Ok(Applied::default()),
         }
     }
 

@@ -21,6 +21,18 @@ pub enum Command {
     /// the entry (not in a constant of the code) so that replicas running different versions
     /// still agree.
     Expire { before_micros: u64, limit: u32 },
+    /// How far the leader's Mainline DHT publisher has got (`[dht]`), so that a new leader
+    /// carries on where the old one stopped instead of putting everything again. It changes no
+    /// stored data: each replica keeps it in memory (pkraft-raft's `DhtOutbox`). Appended last,
+    /// so the entries of the other commands keep their encoding.
+    DhtProgress {
+        /// Every packet stored by an entry at or below this log index has been put to the DHT
+        /// (or left to the republish sweep).
+        published_through: u64,
+        /// The republish sweep (in key order) has put every key up to and including this one.
+        /// `None`: a sweep starts from the first key.
+        republished_through: Option<KeyBytes>,
+    },
 }
 
 /// One verified packet inside a [`Command::Publish`].

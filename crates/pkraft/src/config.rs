@@ -27,6 +27,8 @@ pub struct Config {
     pub rate_limit: pkraft_http::rate_limit::RateLimitSettings,
     /// The public API over TLS too (`[https]`); unset: plain HTTP only.
     pub https: Option<crate::https::HttpsSettings>,
+    /// The Mainline DHT bridge (`[dht]`); off by default.
+    pub dht: pkraft_dht::DhtSettings,
 }
 
 /// Environment variable holding the cluster secret; wins over `cluster.secret_file` and
@@ -54,6 +56,7 @@ impl Default for Config {
             admin: pkraft_http::admin::AdminSettings::default(),
             rate_limit: pkraft_http::rate_limit::RateLimitSettings::default(),
             https: None,
+            dht: pkraft_dht::DhtSettings::default(),
         }
     }
 }
@@ -108,6 +111,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.http.validate()?;
         self.rate_limit.validate()?;
+        self.dht.validate()?;
         if let Some(https) = &self.https {
             // Reads the certificate and key, so `check-config` catches a wrong path or format.
             https.server_config()?;

@@ -9,7 +9,7 @@
 //! - `main.rs`: the `pkraft` command line (`serve`, `dev`, `check-config`, `cluster`, …).
 //!
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
-//! `pkraft-raft` (consensus), `pkraft-store` (redb state), `pkraft-types` (domain types).
+//! `pkraft-dht` (Mainline DHT bridge), `pkraft-raft` (consensus), `pkraft-store` (redb state), `pkraft-types` (domain types).
 
 pub mod admin_client;
 pub mod client;
@@ -47,6 +47,8 @@ pub struct Server {
     admin: Listener,
     peer: Listener,
     dns: DnsServer,
+    /// The Mainline DHT bridge (`[dht]`), when enabled.
+    dht: Option<pkraft_dht::DhtBridge>,
 }
 
 /// An axum server on its own socket, with its graceful stop.
@@ -161,7 +163,18 @@ impl Server {
                 Freshness::LastConfirmed(freshness_of.staleness())
             }
         });
-        let dns = DnsServer::bind(&config.dns, node.store().clone(), freshness).await?;
+        let dht = pkraft_dht::DhtBridge::start(&config.dht, node.clone()).await?;
+        if let Some(dht) = &dht {
+            dht.metrics().register(&registry).context("DHT metrics")?;
+        }
+        let dht_resolver = dht.as_ref().and_then(pkraft_dht::DhtBridge::resolver);
+        let dns = DnsServer::bind_with_dht(
+            &config.dns,
+            node.store().clone(),
+            freshness,
+            dht_resolver.clone(),
+        )
+        .await?;
         dns.register_metrics(&registry).context("DNS metrics")?;
         let http_metrics = Arc::new(pkraft_http::metrics::HttpMetrics::new()?);
         http_metrics.register(&registry).context("HTTP metrics")?;
@@ -178,6 +191,7 @@ impl Server {
             dns: dns.answerer(),
             metrics: http_metrics,
             rate_limits,
+            dht: dht_resolver,
         });
         let limits = serve::ConnectionLimits::public(&config.http);
         let proxies = config.rate_limit.trusted_proxies.clone();
@@ -210,7 +224,13 @@ impl Server {
             admin,
             peer,
             dns,
+            dht,
         })
+    }
+
+    /// The DHT node's UDP address, when `[dht]` is enabled.
+    pub fn dht_addr(&self) -> Option<std::net::SocketAddrV4> {
+        self.dht.as_ref().map(pkraft_dht::DhtBridge::local_addr)
     }
 
     pub fn peer_addr(&self) -> SocketAddr {
@@ -254,6 +274,9 @@ impl Server {
         }
         self.admin.stop("admin").await?;
         self.dns.shutdown().await?;
+        if let Some(dht) = &self.dht {
+            dht.shutdown();
+        }
         self.node.shutdown().await;
         self.peer.stop("peer").await?;
         Ok(())

@@ -471,6 +471,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         dns = %server.dns_addr(),
         peer = %server.peer_addr(),
         admin = %server.admin_addr(),
+        dht = ?server.dht_addr(),
         origins = ?config.dns.origins,
         "pkraft listening"
     );

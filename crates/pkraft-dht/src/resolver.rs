@@ -1,0 +1,244 @@
+//! [`Resolver`]: asks the DHT for keys the local replica lacks, with every wait bounded.
+//!
+//! - **Deadline**: a caller waits at most `dht.resolve_timeout` from when it asked, then gets
+//!   `None` (the answer a plain miss gets).
+//! - **One lookup per key**: concurrent callers for a key share its lookup.
+//! - **Bounded lookups**: at most `dht.resolve_in_flight_max` at once; a miss beyond that is
+//!   answered `None` at once (`shed`), so a flood of unknown keys costs neither memory nor waits.
+//! - **First valid answer**: a lookup answers its callers with the first packet that verifies,
+//!   and goes on in the background until the DHT query ends, keeping the most recent packet it
+//!   sees (by the ordering rule) in the cache.
+//! - **Caches**: found packets for their smallest record TTL (clamped), and keys not found (or
+//!   not answered in time) for `dht.negative_cache_ttl`, both in memory only: anonymous DNS
+//!   traffic never writes to the Raft log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use mainline::async_dht::AsyncDht;
+use pkraft_types::{KeyBytes, Payload, PublishOutcome, decide};
+use tokio::sync::{Semaphore, watch};
+
+use crate::item::from_item;
+use crate::metrics::{DhtMetrics, ResolveResult};
+use crate::settings::DhtSettings;
+
+/// What the caches hold for a key.
+#[derive(Clone, Debug)]
+enum Cached {
+    Found(Payload),
+    Missing,
+}
+
+/// What a lookup reports to the callers waiting on it.
+#[derive(Clone, Debug)]
+enum LookupState {
+    Running,
+    Done(Option<Payload>, ResolveResult),
+}
+
+/// Per-entry lifetime: a found packet lives for its TTL, a miss for the negative TTL.
+struct Lifetime;
+
+impl moka::Expiry<KeyBytes, (Cached, Duration)> for Lifetime {
+    fn expire_after_create(
+        &self,
+        _key: &KeyBytes,
+        value: &(Cached, Duration),
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &KeyBytes,
+        value: &(Cached, Duration),
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.1)
+    }
+}
+
+/// See the module docs.
+pub struct Resolver {
+    dht: AsyncDht,
+    settings: DhtSettings,
+    cache: moka::sync::Cache<KeyBytes, (Cached, Duration)>,
+    lookups: Mutex<HashMap<KeyBytes, watch::Receiver<LookupState>>>,
+    slots: Arc<Semaphore>,
+    metrics: Arc<DhtMetrics>,
+}
+
+impl Resolver {
+    pub(crate) fn new(dht: AsyncDht, settings: &DhtSettings, metrics: Arc<DhtMetrics>) -> Self {
+        Resolver {
+            dht,
+            settings: settings.clone(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(settings.resolve_cache_entries)
+                .expire_after(Lifetime)
+                .build(),
+            lookups: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(settings.resolve_in_flight_max)),
+            metrics,
+        }
+    }
+
+    /// The most recent valid packet the DHT has for `key`, or `None` when it has none, does not
+    /// answer within `dht.resolve_timeout`, or too many lookups are under way.
+    pub async fn resolve(self: &Arc<Self>, key: &KeyBytes) -> Option<Payload> {
+        match self.cache.get(key) {
+            Some((Cached::Found(payload), _)) => {
+                self.metrics.resolved(ResolveResult::CacheHit, None);
+                return Some(payload);
+            }
+            Some((Cached::Missing, _)) => {
+                self.metrics.resolved(ResolveResult::CacheMiss, None);
+                return None;
+            }
+            None => {}
+        }
+        let asked = Instant::now();
+        let Some(mut state) = self.join_or_start(key) else {
+            self.metrics.resolved(ResolveResult::Shed, None);
+            return None;
+        };
+        let done = tokio::time::timeout(
+            self.settings.resolve_timeout,
+            state.wait_for(|state| matches!(state, LookupState::Done(..))),
+        )
+        .await;
+        let (payload, result) = match done {
+            Ok(Ok(state)) => match &*state {
+                LookupState::Done(payload, result) => (payload.clone(), *result),
+                LookupState::Running => (None, ResolveResult::Timeout),
+            },
+            // The lookup task ended without a word (it cannot, but a miss is the safe answer).
+            Ok(Err(_)) => (None, ResolveResult::NotFound),
+            Err(_) => (None, ResolveResult::Timeout),
+        };
+        self.metrics.resolved(result, Some(asked.elapsed()));
+        payload
+    }
+
+    /// The running lookup for `key`, or a new one if a slot is free (`None`: none is).
+    fn join_or_start(self: &Arc<Self>, key: &KeyBytes) -> Option<watch::Receiver<LookupState>> {
+        let mut lookups = self.lookups.lock().ok()?;
+        if let Some(running) = lookups.get(key) {
+            return Some(running.clone());
+        }
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let (report, state) = watch::channel(LookupState::Running);
+        lookups.insert(*key, state.clone());
+        drop(lookups);
+        let resolver = self.clone();
+        let key = *key;
+        self.metrics.lookups_in_flight.inc();
+        tokio::spawn(async move {
+            resolver.look_up(key, &report).await;
+            if let Ok(mut lookups) = resolver.lookups.lock() {
+                lookups.remove(&key);
+            }
+            resolver.metrics.lookups_in_flight.dec();
+            drop(slot);
+        });
+        Some(state)
+    }
+
+    /// Runs the DHT query for `key`: reports the first valid packet (or the end, or the
+    /// deadline), then keeps reading until the query ends or the deadline passes, caching the
+    /// most recent packet seen.
+    async fn look_up(&self, key: KeyBytes, report: &watch::Sender<LookupState>) {
+        let deadline = tokio::time::Instant::now() + self.settings.resolve_timeout;
+        let mut items = self.dht.get_mutable(&key, None, None);
+        let mut best: Option<Payload> = None;
+        loop {
+            let next = tokio::time::timeout_at(deadline, items.next()).await;
+            let item = match next {
+                Ok(Some(item)) => item,
+                // The query ended.
+                Ok(None) => break,
+                Err(_) => {
+                    if best.is_none() {
+                        self.cache
+                            .insert(key, (Cached::Missing, self.negative_ttl()));
+                        report.send_replace(LookupState::Done(None, ResolveResult::Timeout));
+                        return;
+                    }
+                    break;
+                }
+            };
+            let Some(packet) = from_item(&item) else {
+                continue;
+            };
+            let newer = decide(best.as_ref(), packet.payload()) == PublishOutcome::Stored;
+            if !newer {
+                continue;
+            }
+            let payload = packet.payload().clone();
+            self.cache
+                .insert(key, (Cached::Found(payload.clone()), self.ttl_of(&payload)));
+            if best.is_none() {
+                report.send_replace(LookupState::Done(
+                    Some(payload.clone()),
+                    ResolveResult::Found,
+                ));
+            }
+            best = Some(payload);
+        }
+        if best.is_none() {
+            self.cache
+                .insert(key, (Cached::Missing, self.negative_ttl()));
+            report.send_replace(LookupState::Done(None, ResolveResult::NotFound));
+        }
+    }
+
+    /// The most recent valid packet the DHT holds for `key` that is newer than `than`, looked
+    /// up to the end of the query (bounded by `dht.resolve_timeout`). For the publisher, which
+    /// was told a newer packet exists.
+    pub(crate) async fn newest_after(&self, key: &KeyBytes, than: &Payload) -> Option<Payload> {
+        let seq = i64::try_from(than.timestamp_micros()).ok();
+        let mut items = self.dht.get_mutable(key, None, seq);
+        let mut best: Option<Payload> = None;
+        let deadline = tokio::time::Instant::now() + self.settings.resolve_timeout;
+        while let Ok(Some(item)) = tokio::time::timeout_at(deadline, items.next()).await {
+            let Some(packet) = from_item(&item) else {
+                continue;
+            };
+            if decide(Some(than), packet.payload()) == PublishOutcome::Stored
+                && decide(best.as_ref(), packet.payload()) == PublishOutcome::Stored
+            {
+                best = Some(packet.payload().clone());
+            }
+        }
+        best
+    }
+
+    fn negative_ttl(&self) -> Duration {
+        self.settings.negative_cache_ttl
+    }
+
+    /// The packet's smallest record TTL, clamped to the configured range.
+    fn ttl_of(&self, payload: &Payload) -> Duration {
+        let smallest = pkraft_types::packet::dns_records(payload)
+            .ok()
+            .and_then(|records| records.iter().map(|r| r.ttl).min())
+            .map_or(self.settings.resolve_cache_ttl_min, |secs| {
+                Duration::from_secs(u64::from(secs))
+            });
+        smallest.clamp(
+            self.settings.resolve_cache_ttl_min,
+            self.settings.resolve_cache_ttl_max,
+        )
+    }
+
+    /// Packets and misses cached (approximate: moka counts lazily).
+    pub fn cached_entries(&self) -> u64 {
+        self.cache.run_pending_tasks();
+        self.cache.entry_count()
+    }
+}

@@ -1,0 +1,298 @@
+//! The Mainline DHT bridge (`[dht]`), on a local `mainline::Testnet` only: no test contacts the
+//! public bootstrap nodes. Goals: what the cluster stores reaches the DHT (through the leader,
+//! also after a leader change), what only the DHT has is served by DNS and GET on every node,
+//! the republish sweep keeps its budget, and a DHT that is down or flooded never makes a query
+//! wait past the deadline.
+
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use mainline::Testnet;
+use pkraft_testkit::pkarr::{Client, Keypair, ResolvePolicy, SignedPacket};
+use pkraft_testkit::{iroh_packet, keypair};
+
+use crate::cluster::{TestCluster, eventually, get_body, packet, put};
+use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
+use crate::harness::{TestServer, http_client};
+use crate::metrics::{scrape, value};
+
+/// A local DHT of this many nodes on 127.0.0.1.
+const TESTNET_NODES: usize = 5;
+
+fn testnet() -> Testnet {
+    Testnet::builder(TESTNET_NODES)
+        .build()
+        .expect("local DHT testnet")
+}
+
+/// The `[dht]` section pointing at `testnet`, with `extra` lines.
+fn dht_section(testnet: &Testnet, extra: &str) -> String {
+    let bootstrap: Vec<String> = testnet
+        .bootstrap
+        .iter()
+        .map(|b| format!("\"{b}\""))
+        .collect();
+    format!(
+        "[dht]\nenabled = true\nlisten = \"127.0.0.1:0\"\nbootstrap = [{}]\n\
+         publish_delay = \"100ms\"\nprogress_interval = \"200ms\"\n{extra}",
+        bootstrap.join(", ")
+    )
+}
+
+/// A plain pkarr DHT client on `testnet` (no relays).
+fn pkarr_client(testnet: &Testnet) -> Client {
+    Client::builder()
+        .no_default_network()
+        .bootstrap(&testnet.bootstrap)
+        .build()
+        .expect("pkarr client")
+}
+
+/// The packet the DHT holds for `key`, if any (one lookup).
+async fn on_dht(client: &Client, key: &Keypair) -> Option<SignedPacket> {
+    client
+        .resolve(&key.public_key(), ResolvePolicy::NetworkOnly)
+        .await
+        .ok()
+}
+
+/// Sum of `name{labels}` over the members' scrapes.
+async fn total(servers: &[&TestServer], name: &str, labels: &str) -> f64 {
+    let mut sum = 0.0;
+    for server in servers {
+        let scrape = scrape(server).await;
+        sum += value(&scrape, name, labels);
+    }
+    sum
+}
+
+/// A PUT through a follower reaches the DHT through the leader; a packet put only to the DHT is
+/// served by GET and DNS on every node without entering the Raft log; after the leader stops,
+/// the new leader publishes, and no version was put twice in a burst.
+#[tokio::test]
+async fn the_cluster_publishes_to_the_dht_and_serves_what_only_the_dht_has() {
+    let testnet = testnet();
+    let mut cluster = TestCluster::start_with_sections(3, "", &dht_section(&testnet, "")).await;
+    let client = pkarr_client(&testnet);
+    let leader = cluster.leader().await;
+    let follower = cluster.follower().await;
+
+    let (key, first) = packet(700, 1_000);
+    let response = put(&cluster.member(follower).server, &key, &first).await;
+    assert_eq!(response.status(), 204);
+    let found = eventually("the PUT on the DHT", || async {
+        on_dht(&client, &key).await
+    })
+    .await;
+    assert_eq!(found.as_bytes(), first.as_bytes());
+
+    // Put only to the DHT: every node answers it over GET and DNS.
+    let owner = keypair(701);
+    let direct = iroh_packet(&owner, 2_000, &["192.0.2.7:7"]);
+    client.publish(&direct).await.expect("put to the testnet");
+    for member in &cluster.members {
+        let (status, body) = get_body(&member.server, &owner, "").await;
+        assert_eq!(status, 200, "GET on node {}", member.id);
+        assert_eq!(body, direct.to_relay_payload());
+        assert_eq!(
+            iroh_txt(member.server.dns, &owner).await,
+            vec!["addr=192.0.2.7:7".to_string()],
+            "DNS on node {}",
+            member.id
+        );
+    }
+    // Served from memory: the replica holds only the packet PUT through the relay.
+    for member in &cluster.members {
+        let scrape = scrape(&member.server).await;
+        assert_eq!(value(&scrape, "pkraft_store_records", ""), 1.0);
+    }
+
+    // A leader change moves the publishing.
+    cluster.member_mut(leader).server.terminate();
+    let survivors = cluster.ids_except(leader);
+    let new_leader = cluster.leader_among(&survivors).await;
+    let (second_key, second) = packet(702, 3_000);
+    let response = put(&cluster.member(new_leader).server, &second_key, &second).await;
+    assert_eq!(response.status(), 204);
+    let found = eventually("the new leader's PUT on the DHT", || async {
+        on_dht(&client, &second_key).await
+    })
+    .await;
+    assert_eq!(found.as_bytes(), second.as_bytes());
+
+    // Two keys were stored; the survivors put each at most once more than the old leader did
+    // (the new leader carries on from the committed progress, it does not put everything again).
+    let servers: Vec<&TestServer> = survivors
+        .iter()
+        .map(|id| &cluster.member(*id).server)
+        .collect();
+    let publishes = total(
+        &servers,
+        "pkraft_dht_puts_total",
+        "kind=\"publish\",result=\"stored\"",
+    )
+    .await;
+    assert!(
+        (1.0..=2.0).contains(&publishes),
+        "the survivors put {publishes} times"
+    );
+}
+
+/// The republish sweep puts every stored packet again after the (shortened) interval and stays
+/// inside `dht.put_rate`.
+#[tokio::test]
+async fn republishing_repeats_every_key_within_the_put_budget() {
+    let testnet = testnet();
+    let section = dht_section(
+        &testnet,
+        "publish = false\nrepublish_interval = \"2s\"\nput_rate = 4\n",
+    );
+    let server = TestServer::start_with_config(&format!("[cluster]\nbootstrap = true\n{section}"));
+    let keys = 6u64;
+    for seed in 0..keys {
+        let (key, packet) = packet(710 + seed, 1_000);
+        assert_eq!(put(&server, &key, &packet).await.status(), 204);
+    }
+    let started = Instant::now();
+    let client = pkarr_client(&testnet);
+    let (probe, probe_packet) = packet(710, 1_000);
+    let found = eventually("a republished packet on the DHT", || async {
+        on_dht(&client, &probe).await
+    })
+    .await;
+    assert_eq!(found.as_bytes(), probe_packet.as_bytes());
+    // Two rounds of 6 keys, at most 4 puts/s (plus the limiter's burst of 4).
+    let republished = eventually("two republish rounds", || async {
+        let scrape = scrape(&server).await;
+        let puts = value(
+            &scrape,
+            "pkraft_dht_puts_total",
+            "kind=\"republish\",result=\"stored\"",
+        );
+        (puts >= 2.0 * keys as f64).then_some(puts)
+    })
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let scrape = scrape(&server).await;
+    assert!(value(&scrape, "pkraft_dht_republish_rounds_total", "") >= 1.0);
+    // Nothing else was put: publishing is off.
+    assert_eq!(
+        value(
+            &scrape,
+            "pkraft_dht_puts_total",
+            "kind=\"publish\",result=\"stored\""
+        ),
+        0.0
+    );
+    assert!(
+        republished <= 4.0 * elapsed + 4.0 + 1.0,
+        "{republished} puts in {elapsed:.1} s is over the budget"
+    );
+    // The sweep is paced by the interval, not only by the budget: 2 rounds take about 4 s.
+    assert!(elapsed >= 2.0, "two rounds in {elapsed:.1} s");
+}
+
+/// With the DHT gone, misses still answer within the deadline (NXDOMAIN, 404), PUTs and
+/// stored keys work, the node stays healthy and ready, and a flood of unknown keys never has
+/// more lookups in flight than the bound.
+#[tokio::test]
+async fn a_dht_that_is_down_or_flooded_never_holds_a_query_past_the_deadline() {
+    let testnet = testnet();
+    let section = dht_section(
+        &testnet,
+        "resolve_timeout = \"1s\"\nresolve_in_flight_max = 4\nrequest_timeout = \"500ms\"\n",
+    );
+    let server = TestServer::start_with_config(&format!("[cluster]\nbootstrap = true\n{section}"));
+    // Let the node's DHT client join the testnet, then stop every DHT node.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(testnet);
+
+    let deadline = Duration::from_secs(1);
+    let slack = Duration::from_millis(700);
+    let unknown = keypair(720);
+    let asked = Instant::now();
+    let response = server.get(&server.relay_url(&unknown)).await;
+    assert_eq!(response.status(), 404);
+    assert!(
+        asked.elapsed() < deadline + slack,
+        "GET took {:?}",
+        asked.elapsed()
+    );
+    let other = keypair(721);
+    let asked = Instant::now();
+    let answer = raw_query(
+        server.dns,
+        Transport::Udp,
+        &key_name("_iroh", &other),
+        RecordType::TXT,
+        None,
+    )
+    .await;
+    assert_eq!(answer.response_code, ResponseCode::NXDomain);
+    assert!(
+        asked.elapsed() < deadline + slack,
+        "DNS took {:?}",
+        asked.elapsed()
+    );
+
+    // Writes and stored keys do not wait for the DHT.
+    let (key, stored) = packet(722, 1_000);
+    let asked = Instant::now();
+    assert_eq!(put(&server, &key, &stored).await.status(), 204);
+    assert!(asked.elapsed() < Duration::from_millis(500));
+    assert_eq!(iroh_txt(server.dns, &key).await.len(), 1);
+    for path in ["/healthz", "/readyz"] {
+        let status = http_client()
+            .get(server.url(path))
+            .send()
+            .await
+            .expect("health")
+            .status();
+        assert_eq!(status, 200, "{path}");
+    }
+
+    // A flood of 40 unknown keys at once: 4 lookups run, the rest are answered at once.
+    let before = scrape(&server).await;
+    let asked = Instant::now();
+    let flood = (0..40u64).map(|seed| {
+        let url = server.relay_url(&keypair(800 + seed));
+        let client = http_client();
+        async move { client.get(url).send().await.expect("GET").status() }
+    });
+    let statuses = futures_join(flood).await;
+    assert!(statuses.iter().all(|s| *s == 404), "{statuses:?}");
+    assert!(
+        asked.elapsed() < deadline + slack,
+        "flood took {:?}",
+        asked.elapsed()
+    );
+    let after = scrape(&server).await;
+    let count = |scrape: &str, result: &str| {
+        value(
+            scrape,
+            "pkraft_dht_resolves_total",
+            &format!("result=\"{result}\""),
+        )
+    };
+    let looked_up = count(&after, "timeout") + count(&after, "not_found")
+        - count(&before, "timeout")
+        - count(&before, "not_found");
+    let shed = count(&after, "shed") - count(&before, "shed");
+    assert!(looked_up <= 4.0, "{looked_up} lookups past the bound of 4");
+    assert_eq!(looked_up + shed, 40.0);
+}
+
+/// Runs `futures` concurrently and collects their outputs in order.
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.expect("task"));
+    }
+    outputs
+}
