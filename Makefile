@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-ab bench-handover bench-stalls bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -58,10 +58,19 @@ deploy-check:
 	tests/e2e/deploy_check.sh $(PKRAFT_TEST_BIN)
 
 ## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
-## once into ~/.cache/pkraft-bench; about 5 minutes). Updates docs/BENCHMARKS.md.
+## once into ~/.cache/pkraft-bench; about 15 minutes), then bench-dht. Updates docs/BENCHMARKS.md.
 bench:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/run.sh full
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/dht.sh
+
+## The Mainline DHT bridge against iroh-dns-server's [mainline] fallback on one local DHT
+## testnet: answer times for keys only the DHT has, for keys nobody published and with the DHT
+## down, then the republish rate at 1M stored keys (BENCH_DHT_REPUBLISH_KEYS; about 10 minutes;
+## needs `make bench`'s iroh-dns-server).
+bench-dht:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/dht.sh
 
 ## A 3-node cluster whose peer links add 40 ± 10 ms each way (LATENCY_DELAY_MS, LATENCY_JITTER_MS):
 ## PUT p50/p99, leader changes under load, failover; LATENCY_RAFT_TOML sets a [raft] section

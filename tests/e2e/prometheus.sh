@@ -35,6 +35,12 @@ promtool check config deploy/prometheus.yml >/dev/null || fail "promtool check c
 promtool test rules deploy/alerts.test.yml >/dev/null || fail "promtool test rules deploy/alerts.test.yml"
 
 # --- a 3-node cluster -----------------------------------------------------------------------
+# With the DHT bridge on, so that its metrics (used by the alerts and the dashboard) exist. Its
+# only bootstrap node is a loopback port nothing listens on: no DHT traffic leaves the machine.
+PKRAFT_EXTRA_TOML='[dht]
+enabled = true
+listen = "127.0.0.1:0"
+bootstrap = ["127.0.0.1:9"]'
 secret=prometheus-e2e-cluster-secret-0123456789
 declare -a http admin
 node1_peer=

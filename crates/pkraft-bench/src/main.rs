@@ -12,6 +12,8 @@
 //! pkraft-bench delay-proxy --listen 127.0.0.1:7001 --upstream 127.0.0.1:7000 --delay-ms 40 --jitter-ms 10
 //! pkraft-bench slowloris --target 127.0.0.1:8080 --connections 2000 --sources 8 --seconds 15
 //! pkraft-bench udp-flood --data data.bin --server 127.0.0.1:5300 --seconds 10
+//! pkraft-bench dht-testnet --nodes 10 --data data.bin --first-key 0 --count 100 --bootstrap-out b.txt
+//! pkraft-bench dht-resolve --data data.bin --first-key 0 --count 100 --server 127.0.0.1:5300
 //! ```
 //! `put`, `get` and `dns` take `--source IP` to send from another loopback address (another
 //! client to the server's limits); `get --distinct-forwarded-for` claims a new client address in
@@ -21,6 +23,7 @@
 mod accept;
 mod dataset;
 mod delay_proxy;
+mod dht;
 mod dns_diff;
 mod dns_files;
 mod dns_load;
@@ -194,6 +197,41 @@ enum Command {
         origin: String,
         #[arg(long, default_value_t = 200)]
         samples: usize,
+    },
+    /// Runs a local Mainline DHT of NODES nodes on 127.0.0.1 with keys FIRST_KEY.. (COUNT of
+    /// them, version VERSION) put to it only; writes its bootstrap list to BOOTSTRAP_OUT, prints
+    /// a JSON report, and stays up for SECONDS or until SIGTERM.
+    DhtTestnet {
+        #[arg(long, default_value_t = 10)]
+        nodes: usize,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        version: usize,
+        #[arg(long, default_value_t = 0)]
+        first_key: usize,
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+        #[arg(long)]
+        bootstrap_out: PathBuf,
+        #[arg(long, default_value_t = 3600)]
+        seconds: u64,
+    },
+    /// Asks SERVER for `_iroh.<key>.ORIGIN` TXT of COUNT keys from FIRST_KEY, one query at a
+    /// time (each key once); prints answer time percentiles and rcodes.
+    DhtResolve {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        first_key: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long, default_value = "pkarr.test")]
+        origin: String,
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
     },
     /// PUT VERSION of key KEY to URL until it is accepted (204), retrying refusals (503, no
     /// connection) for up to TIMEOUT_SECS; prints the time to acceptance. Failover trials run it
@@ -380,6 +418,32 @@ async fn main() -> anyhow::Result<()> {
                 unexpected == 0,
                 "{unexpected} answers differ from the reference"
             );
+        }
+        Command::DhtTestnet {
+            nodes,
+            data,
+            version,
+            first_key,
+            count,
+            bootstrap_out,
+            seconds,
+        } => {
+            let data = DataSet::read(&data)?;
+            let keys = first_key..first_key + count;
+            dht::testnet(nodes, &data, version, keys, &bootstrap_out, seconds).await?;
+        }
+        Command::DhtResolve {
+            data,
+            first_key,
+            count,
+            server,
+            origin,
+            timeout_ms,
+        } => {
+            let data = DataSet::read(&data)?;
+            let keys = first_key..first_key + count;
+            let timeout = std::time::Duration::from_millis(timeout_ms);
+            print(&dht::resolve(&data, keys, server, &origin, timeout).await?)?;
         }
         Command::Lag {
             data,

@@ -242,3 +242,106 @@ impl Resolver {
         self.cache.entry_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use mainline::{Dht, Testnet};
+    use pkraft_testkit::{iroh_packet, keypair};
+    use pkraft_types::VerifiedPacket;
+
+    use super::*;
+    use crate::item::to_item;
+
+    fn resolver(testnet: &Testnet, in_flight: usize) -> (Arc<Resolver>, Arc<DhtMetrics>) {
+        let dht = Dht::builder()
+            .bootstrap(&testnet.bootstrap)
+            .bind_address(Ipv4Addr::LOCALHOST)
+            .request_timeout(Duration::from_millis(300))
+            .build()
+            .expect("DHT client")
+            .as_async();
+        let settings = DhtSettings {
+            resolve_in_flight_max: in_flight,
+            resolve_timeout: Duration::from_secs(2),
+            ..DhtSettings::default()
+        };
+        let metrics = Arc::new(DhtMetrics::new().expect("metrics"));
+        (
+            Arc::new(Resolver::new(dht, &settings, metrics.clone())),
+            metrics,
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_packet_on_the_dht_is_found_verified_and_cached() {
+        let testnet = Testnet::builder(5).build().expect("testnet");
+        let keys = keypair(31);
+        let signed = iroh_packet(&keys, 1_700_000_000_000_000, &["192.0.2.1:1"]);
+        let packet = VerifiedPacket::verify(&keys.public_key(), signed.to_relay_payload())
+            .expect("verifies");
+        let key = packet.key_bytes();
+        let putter = Dht::builder()
+            .bootstrap(&testnet.bootstrap)
+            .bind_address(Ipv4Addr::LOCALHOST)
+            .build()
+            .expect("putter")
+            .as_async();
+        assert!(putter.bootstrapped().await);
+        putter
+            .put_mutable(to_item(&key, packet.payload()).expect("item"), None)
+            .await
+            .expect("put to the testnet");
+
+        let (resolver, metrics) = resolver(&testnet, 4);
+        assert_eq!(
+            resolver.resolve(&key).await.as_ref(),
+            Some(packet.payload())
+        );
+        assert_eq!(metrics.resolves(ResolveResult::Found), 1);
+        // The second ask is answered from the cache, without a lookup.
+        assert_eq!(
+            resolver.resolve(&key).await.as_ref(),
+            Some(packet.payload())
+        );
+        assert_eq!(metrics.resolves(ResolveResult::CacheHit), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_askers_share_one_lookup_and_a_miss_is_cached() {
+        let testnet = Testnet::builder(5).build().expect("testnet");
+        // One lookup slot: askers that did not share the lookup would be shed.
+        let (resolver, metrics) = resolver(&testnet, 1);
+        let key = keypair(32).public_key().to_bytes();
+        let askers: Vec<_> = (0..5)
+            .map(|_| {
+                let resolver = resolver.clone();
+                tokio::spawn(async move { resolver.resolve(&key).await })
+            })
+            .collect();
+        for asker in askers {
+            assert_eq!(asker.await.expect("asker"), None);
+        }
+        assert_eq!(metrics.resolves(ResolveResult::Shed), 0);
+        let asked =
+            metrics.resolves(ResolveResult::NotFound) + metrics.resolves(ResolveResult::Timeout);
+        assert_eq!(asked, 5);
+        // The miss is remembered: no lookup this time.
+        let started = Instant::now();
+        assert_eq!(resolver.resolve(&key).await, None);
+        assert_eq!(metrics.resolves(ResolveResult::CacheMiss), 1);
+        assert!(started.elapsed() < Duration::from_millis(50));
+        // Another key while the slot is free again is looked up; with the slot held, shed.
+        let other = keypair(33).public_key().to_bytes();
+        let third = keypair(34).public_key().to_bytes();
+        let holder = {
+            let resolver = resolver.clone();
+            tokio::spawn(async move { resolver.resolve(&other).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(resolver.resolve(&third).await, None);
+        assert_eq!(metrics.resolves(ResolveResult::Shed), 1);
+        assert_eq!(holder.await.expect("holder"), None);
+    }
+}

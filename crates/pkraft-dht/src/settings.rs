@@ -24,7 +24,10 @@ pub struct DhtSettings {
     /// Answer other DHT nodes' requests and store their items (a full DHT node). Off: a client
     /// that only asks and puts. Default false.
     pub server_mode: bool,
-    /// How long the DHT node waits for one remote node's answer. Default 1 s.
+    /// How long the DHT node waits for one remote node's answer. A lookup ends once every node
+    /// it asked has answered or timed out, and some node always stays silent, so a key nobody
+    /// published is answered "not found" after about this long plus a round trip. Default
+    /// 500 ms (mainline's own default is 2 s).
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
 
@@ -79,7 +82,7 @@ impl Default for DhtSettings {
             bootstrap: Vec::new(),
             listen: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
             server_mode: false,
-            request_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(500),
             resolve: true,
             resolve_timeout: Duration::from_secs(2),
             resolve_in_flight_max: 64,
