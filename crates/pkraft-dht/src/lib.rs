@@ -58,9 +58,12 @@ pub enum DhtError {
 
 impl DhtBridge {
     /// Starts the DHT node and the bridge's tasks for `node`, or `None` when `[dht]` is off.
+    /// `max_future_skew` is `http.max_future_skew`: a newer packet the publisher finds on the
+    /// DHT is held to it before it is published to the cluster, as a PUT is.
     pub async fn start(
         settings: &DhtSettings,
         node: Arc<Node>,
+        max_future_skew: Duration,
     ) -> Result<Option<DhtBridge>, DhtError> {
         if !settings.enabled {
             return Ok(None);
@@ -70,10 +73,9 @@ impl DhtBridge {
         builder
             .bootstrap(&settings.bootstrap)
             .bind_address(*settings.listen.ip())
+            // Always set: without a port, mainline tries 6881 first.
+            .port(settings.listen.port())
             .request_timeout(settings.request_timeout);
-        if settings.listen.port() != 0 {
-            builder.port(settings.listen.port());
-        }
         if settings.server_mode {
             builder.server_mode();
         }
@@ -89,15 +91,15 @@ impl DhtBridge {
         let resolver = Arc::new(Resolver::new(dht.clone(), settings, metrics.clone()));
         let mut tasks = vec![tokio::spawn(watch_size(dht.clone(), metrics.clone()))];
         if settings.publish || !settings.republish_interval.is_zero() {
-            if settings.publish {
-                node.dht_outbox().enable(settings.publish_backlog_max);
-            }
+            node.dht_outbox()
+                .enable(settings.publish_backlog_max, settings.publish);
             let publisher = Arc::new(publisher::Publisher::new(
                 node,
                 dht.clone(),
                 resolver.clone(),
                 settings,
                 metrics.clone(),
+                max_future_skew,
             ));
             tasks.push(tokio::spawn(publisher.run()));
         }

@@ -7,22 +7,27 @@
 //!   as good as random), paced to finish about once per `dht.republish_interval`, each key's
 //!   spacing jittered by ±10 %. The sweep only uses the budget publishing leaves.
 //! - **Budget**: both share `dht.put_rate` puts per second and `dht.puts_in_flight` puts at once.
-//! - **Progress**: every `dht.progress_interval` the leader commits how far it got
-//!   ([`pkraft_types::Command::DhtProgress`]); a new leader starts from the last committed
-//!   progress, so a leader change repeats at most one interval of puts.
+//! - **Progress**: every `dht.progress_interval`, when puts finished since, the leader commits
+//!   how far it got ([`pkraft_types::Command::DhtProgress`]); the sweep's place alone is
+//!   committed at most once a minute, so an idle cluster writes no entry a second. A new leader
+//!   starts from the last committed progress, so a leader change repeats at most one interval
+//!   of puts (and a minute of the sweep).
 //! - **Newer on the DHT**: BEP 44 nodes refuse an item older than the one they hold, so a put
 //!   never overwrites the owner's newer packet. When a put is refused for that, the publisher
-//!   fetches the newer packet, verifies it and publishes it to the cluster like any PUT (the
-//!   ordering rule decides), so the cluster serves the owner's latest.
+//!   fetches the newer packet, verifies it (and, as a PUT would, refuses a timestamp more than
+//!   `http.max_future_skew` ahead) and publishes it to the cluster like any PUT (the ordering
+//!   rule decides), so the cluster serves the owner's latest. A refusal with no newer packet
+//!   found (mainline also refuses locally while another put of the key is under way) is a
+//!   failed put, tried again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use governor::{Quota, RateLimiter};
 use mainline::async_dht::AsyncDht;
-use mainline::errors::PutMutableError;
+use mainline::errors::{ConcurrencyError, PutMutableError};
 use pkraft_raft::{Node, OutboxItem, Progress};
-use pkraft_types::{KeyBytes, Payload, VerifiedPacket};
+use pkraft_types::{KeyBytes, Payload, PublishOutcome, VerifiedPacket};
 use tokio::sync::Semaphore;
 
 use crate::item::to_item;
@@ -36,6 +41,8 @@ const TICK: Duration = Duration::from_millis(100);
 const SWEEP_PAGE: usize = 256;
 /// A publish put that failed is tried again after at least this long.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// The sweep's place alone is committed at most this often.
+const SWEEP_PROGRESS_INTERVAL: Duration = Duration::from_secs(60);
 
 type Budget = governor::DefaultDirectRateLimiter;
 
@@ -47,14 +54,16 @@ pub(crate) struct Publisher {
     metrics: Arc<DhtMetrics>,
     budget: Budget,
     slots: Arc<Semaphore>,
+    /// `http.max_future_skew`: a newer packet found on the DHT is held to it, as a PUT is.
+    max_future_skew: Duration,
 }
 
 /// The republish sweep's place, kept by the leader.
 struct Sweep {
     /// The last key put in this round (`None`: the round starts at the first key).
     after: Option<KeyBytes>,
-    /// Keys read ahead of the sweep.
-    page: std::collections::VecDeque<(KeyBytes, Payload)>,
+    /// Keys read ahead of the sweep (their packets are read again when put).
+    page: std::collections::VecDeque<KeyBytes>,
     /// When the next key is due.
     next_due: Instant,
     /// Keys this round has put, and how many it covers.
@@ -70,6 +79,7 @@ impl Publisher {
         resolver: Arc<Resolver>,
         settings: &DhtSettings,
         metrics: Arc<DhtMetrics>,
+        max_future_skew: Duration,
     ) -> Self {
         Publisher {
             node,
@@ -79,6 +89,7 @@ impl Publisher {
             metrics,
             budget: RateLimiter::direct(Quota::per_second(settings.put_rate)),
             slots: Arc::new(Semaphore::new(settings.puts_in_flight)),
+            max_future_skew,
         }
     }
 
@@ -86,21 +97,27 @@ impl Publisher {
     pub(crate) async fn run(self: Arc<Self>) {
         let mut leading = false;
         let mut sweep = Sweep::new(None);
-        let mut last_progress = Instant::now();
         let mut committed = Progress::default();
-        let mut dirty = false;
+        let mut last_progress = Instant::now();
+        let mut sweep_committed_at = Instant::now();
+        let mut finished_at_commit = 0;
         loop {
             self.update_gauges();
             if !self.node.is_leader() {
-                leading = false;
+                if leading {
+                    leading = false;
+                    self.metrics.republish_lag_seconds.set(0.0);
+                }
                 tokio::time::sleep(TICK).await;
                 continue;
             }
+            let outbox = self.node.dht_outbox();
             if !leading {
                 // Carry on from the last progress the cluster committed.
                 leading = true;
-                committed = self.node.dht_outbox().committed_progress();
+                committed = outbox.committed_progress();
                 sweep = Sweep::new(committed.republished_through);
+                finished_at_commit = outbox.finished();
                 tracing::info!(
                     published_through = committed.published_through,
                     "leading: publishing to the DHT from the committed progress"
@@ -108,29 +125,34 @@ impl Publisher {
             }
             let mut worked = false;
             if self.settings.publish {
-                worked |= self.publish_ready(&mut dirty).await;
+                worked |= self.publish_ready().await;
             }
             if !worked && !self.settings.republish_interval.is_zero() {
-                worked |= self.republish_next(&mut sweep, &mut dirty).await;
+                worked |= self.republish_next(&mut sweep).await;
             }
-            if dirty && last_progress.elapsed() >= self.settings.progress_interval {
-                let progress = Progress {
-                    published_through: self.node.dht_outbox().published_through(),
-                    republished_through: sweep.after,
-                };
-                if progress != committed {
+            if last_progress.elapsed() >= self.settings.progress_interval {
+                last_progress = Instant::now();
+                let finished = outbox.finished();
+                let published_through = outbox.published_through();
+                let published = finished != finished_at_commit
+                    && published_through > committed.published_through;
+                let swept = sweep.after != committed.republished_through
+                    && sweep_committed_at.elapsed() >= SWEEP_PROGRESS_INTERVAL;
+                if published || swept {
+                    let progress = Progress {
+                        published_through: published_through.max(committed.published_through),
+                        republished_through: sweep.after,
+                    };
                     match self.node.commit_dht_progress(progress).await {
                         Ok(()) => {
                             committed = progress;
-                            dirty = false;
+                            finished_at_commit = finished;
+                            sweep_committed_at = Instant::now();
                             self.metrics.progress_commits.inc();
                         }
                         Err(e) => tracing::debug!(error = %e, "DHT progress not committed"),
                     }
-                } else {
-                    dirty = false;
                 }
-                last_progress = Instant::now();
             }
             if !worked {
                 tokio::time::sleep(TICK).await;
@@ -149,7 +171,7 @@ impl Publisher {
     }
 
     /// Starts puts for the keys ready in the outbox, within the budget. Whether any started.
-    async fn publish_ready(self: &Arc<Self>, dirty: &mut bool) -> bool {
+    async fn publish_ready(self: &Arc<Self>) -> bool {
         let free = self.slots.available_permits();
         if free == 0 {
             return false;
@@ -173,10 +195,17 @@ impl Publisher {
             };
             let publisher = self.clone();
             tokio::spawn(async move {
-                publisher.publish_one(item).await;
+                // In a task of its own: mainline panics if its actor thread died, and a key left
+                // taken would hold the progress back for good.
+                let inner = publisher.clone();
+                if tokio::spawn(async move { inner.publish_one(item).await })
+                    .await
+                    .is_err()
+                {
+                    publisher.node.dht_outbox().retry(item, RETRY_AFTER);
+                }
                 drop(slot);
             });
-            *dirty = true;
         }
         true
     }
@@ -203,8 +232,14 @@ impl Publisher {
     }
 
     /// Puts the next key of the sweep if it is due and the budget allows. Whether it did.
-    async fn republish_next(self: &Arc<Self>, sweep: &mut Sweep, dirty: &mut bool) -> bool {
+    async fn republish_next(self: &Arc<Self>, sweep: &mut Sweep) -> bool {
         let now = Instant::now();
+        let interval = self.settings.republish_interval;
+        // Behind schedule (the budget went to publishing) the sweep catches up as fast as the
+        // budget allows, but by at most one round: an idle spell is not made up for.
+        if let Some(round_ago) = now.checked_sub(interval) {
+            sweep.next_due = sweep.next_due.max(round_ago);
+        }
         if now < sweep.next_due {
             self.metrics.republish_lag_seconds.set(0.0);
             return false;
@@ -216,12 +251,11 @@ impl Publisher {
             return false;
         }
         if sweep.page.is_empty() && !self.refill(sweep).await {
+            // Nothing stored (or a read failed): nothing is due until there is.
+            sweep.next_due = sweep.next_due.max(now);
             return false;
         }
-        let Some((key, payload)) = sweep.page.pop_front() else {
-            return false;
-        };
-        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+        let Some(key) = sweep.page.pop_front() else {
             return false;
         };
         sweep.after = Some(key);
@@ -230,19 +264,28 @@ impl Publisher {
             .republish_round_done
             .set(i64::try_from(sweep.done).unwrap_or(i64::MAX));
         // Spread the round over the interval: each key gets interval / keys, jittered.
-        let spacing = self
-            .settings
-            .republish_interval
-            .div_f64(sweep.keys.max(1) as f64);
-        // Behind schedule (the budget was spent on publishing), the sweep catches up as fast as
-        // the budget allows.
-        sweep.next_due += sweep.jitter.around(spacing);
+        let spacing = interval.div_f64(sweep.keys.max(1) as f64);
+        let step = sweep.jitter.around(spacing);
+        sweep.next_due = sweep.next_due.checked_add(step).unwrap_or(now);
+        // A key waiting in the outbox is put by the publisher anyway.
+        if self.node.dht_outbox().is_pending(&key) {
+            return true;
+        }
+        let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            return false;
+        };
         let publisher = self.clone();
         tokio::spawn(async move {
-            publisher.put(&key, &payload, PutKind::Republish).await;
+            // Read now, not when the page was: the key may have changed since.
+            if let Ok(Some(stored)) = publisher.node.store().get(&key) {
+                let inner = publisher.clone();
+                let _ = tokio::spawn(async move {
+                    inner.put(&key, &stored.payload, PutKind::Republish).await
+                })
+                .await;
+            }
             drop(slot);
         });
-        *dirty = true;
         true
     }
 
@@ -281,9 +324,7 @@ impl Publisher {
             }
             return false;
         }
-        sweep
-            .page
-            .extend(page.into_iter().map(|(key, stored)| (key, stored.payload)));
+        sweep.page.extend(page.into_iter().map(|(key, _)| key));
         true
     }
 
@@ -296,7 +337,7 @@ impl Publisher {
         };
         // mainline answers every put, at the latest after its request timeout per round trip.
         let put = tokio::time::timeout(
-            self.settings.request_timeout * 8,
+            self.settings.request_timeout.saturating_mul(8),
             self.dht.put_mutable(item, None),
         )
         .await;
@@ -305,7 +346,20 @@ impl Publisher {
                 self.metrics.put(kind, PutResult::Stored, outcome.stored_at);
                 return PutResult::Stored;
             }
-            Ok(Err(PutMutableError::Concurrency(_))) => PutResult::NewerOnDht,
+            // DHT nodes hold a more recent item (or one the CAS did not expect): look for it.
+            Ok(Err(PutMutableError::Concurrency(
+                ConcurrencyError::NotMostRecent | ConcurrencyError::CasFailed,
+            ))) => {
+                if self.import_newer(key, payload).await {
+                    PutResult::NewerOnDht
+                } else {
+                    PutResult::Failed
+                }
+            }
+            // Refused by mainline itself: another put of this key is under way.
+            Ok(Err(PutMutableError::Concurrency(ConcurrencyError::ConflictRisk))) => {
+                PutResult::Failed
+            }
             Ok(Err(PutMutableError::Query(e))) => {
                 tracing::debug!(error = %e, "DHT put failed");
                 PutResult::Failed
@@ -313,29 +367,44 @@ impl Publisher {
             Err(_) => PutResult::Failed,
         };
         self.metrics.put(kind, result, 0);
-        if result == PutResult::NewerOnDht {
-            self.import_newer(key, payload).await;
-        }
         result
     }
 
     /// Publishes to the cluster the packet newer than `payload` that the DHT holds for `key`.
-    async fn import_newer(&self, key: &KeyBytes, payload: &Payload) {
+    /// Whether the DHT has one (the cluster may still refuse it: too far in the future).
+    async fn import_newer(&self, key: &KeyBytes, payload: &Payload) -> bool {
         let Some(newer) = self.resolver.newest_after(key, payload).await else {
-            return;
+            return false;
         };
+        let max_micros = unix_micros_now()
+            .saturating_add(u64::try_from(self.max_future_skew.as_micros()).unwrap_or(u64::MAX));
+        if newer.timestamp_micros() > max_micros {
+            tracing::debug!("newer DHT packet is too far in the future; not published");
+            return true;
+        }
         let packet = match VerifiedPacket::verify_stored(key, newer.into()) {
             Ok(packet) => packet,
             Err(e) => {
                 tracing::debug!(error = %e, "newer DHT packet does not verify");
-                return;
+                return true;
             }
         };
         match self.node.publish(packet).await {
-            Ok(_) => self.metrics.imported.inc(),
+            Ok(published) if published.outcome == PublishOutcome::Stored => {
+                self.metrics.imported.inc();
+            }
+            Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "newer DHT packet not published"),
         }
+        true
     }
+}
+
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+fn unix_micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl Sweep {

@@ -70,8 +70,15 @@ pub struct Resolver {
     cache: moka::sync::Cache<KeyBytes, (Cached, Duration)>,
     lookups: Mutex<HashMap<KeyBytes, watch::Receiver<LookupState>>>,
     slots: Arc<Semaphore>,
+    /// Callers waiting for a lookup, at most [`WAITERS_PER_SLOT`] per lookup slot: each holds a
+    /// query (and a UDP miss slot) for up to the deadline, so a flood of queries for a few
+    /// unknown keys must not hold them all.
+    waiters: Arc<Semaphore>,
     metrics: Arc<DhtMetrics>,
 }
+
+/// Callers that may wait at once, per lookup slot.
+const WAITERS_PER_SLOT: usize = 4;
 
 impl Resolver {
     pub(crate) fn new(dht: AsyncDht, settings: &DhtSettings, metrics: Arc<DhtMetrics>) -> Self {
@@ -84,6 +91,11 @@ impl Resolver {
                 .build(),
             lookups: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(settings.resolve_in_flight_max)),
+            waiters: Arc::new(Semaphore::new(
+                settings
+                    .resolve_in_flight_max
+                    .saturating_mul(WAITERS_PER_SLOT),
+            )),
             metrics,
         }
     }
@@ -103,6 +115,10 @@ impl Resolver {
             None => {}
         }
         let asked = Instant::now();
+        let Ok(_waiting) = self.waiters.try_acquire() else {
+            self.metrics.resolved(ResolveResult::Shed, None);
+            return None;
+        };
         let Some(mut state) = self.join_or_start(key) else {
             self.metrics.resolved(ResolveResult::Shed, None);
             return None;
@@ -139,7 +155,10 @@ impl Resolver {
         let key = *key;
         self.metrics.lookups_in_flight.inc();
         tokio::spawn(async move {
-            resolver.look_up(key, &report).await;
+            // In a task of its own: mainline panics if its actor thread died, and the map entry
+            // and the gauge must be cleaned up either way (the waiters see the sender dropped).
+            let inner = resolver.clone();
+            let _ = tokio::spawn(async move { inner.look_up(key, report).await }).await;
             if let Ok(mut lookups) = resolver.lookups.lock() {
                 lookups.remove(&key);
             }
@@ -152,7 +171,7 @@ impl Resolver {
     /// Runs the DHT query for `key`: reports the first valid packet (or the end, or the
     /// deadline), then keeps reading until the query ends or the deadline passes, caching the
     /// most recent packet seen.
-    async fn look_up(&self, key: KeyBytes, report: &watch::Sender<LookupState>) {
+    async fn look_up(&self, key: KeyBytes, report: watch::Sender<LookupState>) {
         let deadline = tokio::time::Instant::now() + self.settings.resolve_timeout;
         let mut items = self.dht.get_mutable(&key, None, None);
         let mut best: Option<Payload> = None;
@@ -311,10 +330,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_askers_share_one_lookup_and_a_miss_is_cached() {
         let testnet = Testnet::builder(5).build().expect("testnet");
-        // One lookup slot: askers that did not share the lookup would be shed.
+        // One lookup slot (and so 4 waiters): askers that did not share the lookup would be
+        // shed.
         let (resolver, metrics) = resolver(&testnet, 1);
         let key = keypair(32).public_key().to_bytes();
-        let askers: Vec<_> = (0..5)
+        let askers: Vec<_> = (0..4)
             .map(|_| {
                 let resolver = resolver.clone();
                 tokio::spawn(async move { resolver.resolve(&key).await })
@@ -326,7 +346,7 @@ mod tests {
         assert_eq!(metrics.resolves(ResolveResult::Shed), 0);
         let asked =
             metrics.resolves(ResolveResult::NotFound) + metrics.resolves(ResolveResult::Timeout);
-        assert_eq!(asked, 5);
+        assert_eq!(asked, 4);
         // The miss is remembered: no lookup this time.
         let started = Instant::now();
         assert_eq!(resolver.resolve(&key).await, None);

@@ -62,7 +62,8 @@ pub struct DhtSettings {
     /// republish sweep. Default 100,000.
     pub publish_backlog_max: usize,
     /// Every stored packet is put again about this often (BEP 44 nodes may drop items after
-    /// about 2 hours). 0 s: no republishing. Default 1 h.
+    /// about 2 hours). 0 s: no republishing, allowed only with `publish` off (keys stored while
+    /// no leader noted them reach the DHT through the sweep). Default 1 h, at most 7 days.
     #[serde(with = "humantime_serde")]
     pub republish_interval: Duration,
     /// Puts per second, publishing and republishing together (publishing first). Default 50.
@@ -134,11 +135,39 @@ impl DhtSettings {
                 reason: format!("{bad:?} is not host:port"),
             });
         }
+        // Upper bounds keep every deadline computed from them representable, and catch units
+        // typed wrong ("2h" for "2s").
+        const MINUTE: Duration = Duration::from_secs(60);
+        const DAY: Duration = Duration::from_secs(86_400);
+        for (field, value, max) in [
+            ("request_timeout", self.request_timeout, MINUTE),
+            ("resolve_timeout", self.resolve_timeout, MINUTE),
+            ("resolve_cache_ttl_max", self.resolve_cache_ttl_max, DAY),
+            ("negative_cache_ttl", self.negative_cache_ttl, DAY),
+            ("publish_delay", self.publish_delay, DAY),
+            ("republish_interval", self.republish_interval, 7 * DAY),
+            ("progress_interval", self.progress_interval, DAY),
+        ] {
+            if value > max {
+                return Err(SettingsError {
+                    field,
+                    reason: format!("at most {}", humantime::format_duration(max)),
+                });
+            }
+        }
         if self.request_timeout.is_zero() {
             return error("request_timeout", "must be more than 0");
         }
         if self.resolve_timeout.is_zero() {
             return error("resolve_timeout", "must be more than 0");
+        }
+        if self.publish && self.republish_interval.is_zero() {
+            return error(
+                "republish_interval",
+                "must be more than 0 while dht.publish is on: keys stored while no leader \
+                 noted them (before a start, through a snapshot, past dht.publish_backlog_max) \
+                 reach the DHT only through the republish sweep",
+            );
         }
         if self.resolve_in_flight_max == 0 {
             return error("resolve_in_flight_max", "must be at least 1");
@@ -202,6 +231,8 @@ mod tests {
             ("resolve_cache_ttl_min = \"10m\"", "resolve_cache_ttl_min"),
             ("puts_in_flight = 0", "puts_in_flight"),
             ("publish_backlog_max = 0", "publish_backlog_max"),
+            ("resolve_timeout = \"2h\"", "resolve_timeout"),
+            ("republish_interval = \"0s\"", "republish_interval"),
         ] {
             let error = parse(&format!("{base}{line}")).validate().expect_err(line);
             assert_eq!(error.field, field, "{line}");

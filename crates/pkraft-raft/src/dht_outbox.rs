@@ -26,6 +26,11 @@ use pkraft_types::{Command, KeyBytes};
 
 use crate::node::Node;
 
+/// Failed puts of one key before it is left to the republish sweep.
+pub const PUT_ATTEMPTS_MAX: u8 = 5;
+/// Keys [`DhtOutbox::take_ready`] looks at, oldest change first.
+const TAKE_SCAN_MAX: usize = 4096;
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub struct DhtOutbox {
@@ -33,12 +38,16 @@ pub struct DhtOutbox {
     enabled: AtomicBool,
     /// Keys not noted because the outbox was full (left to the republish sweep).
     overflowed: AtomicU64,
+    /// Keys [`DhtOutbox::finish`]ed so far: the publisher commits progress only when this moved
+    /// (the applied index alone moves with every entry, progress entries included).
+    finished: AtomicU64,
     state: Mutex<OutboxState>,
 }
 
 #[derive(Debug, Default)]
 struct OutboxState {
     max_keys: usize,
+    note_keys: bool,
     pending: HashMap<KeyBytes, Pending>,
     /// `pending` ordered by the log index that last stored each key.
     by_index: BTreeSet<(u64, KeyBytes)>,
@@ -57,6 +66,8 @@ struct Pending {
     since: Instant,
     /// Taken by the publisher and not yet finished.
     taken: bool,
+    /// Failed puts of this key in a row.
+    failures: u8,
 }
 
 /// The publisher's position as committed through Raft ([`Command::DhtProgress`]).
@@ -75,10 +86,12 @@ pub struct OutboxItem {
 }
 
 impl DhtOutbox {
-    /// Starts noting applied keys, holding at most `max_keys`.
-    pub fn enable(&self, max_keys: usize) {
+    /// Starts following the publisher's progress and, with `note_keys`, noting applied keys
+    /// (at most `max_keys`). Without `note_keys` (republishing only) just the progress is kept.
+    pub fn enable(&self, max_keys: usize, note_keys: bool) {
         if let Ok(mut state) = self.state.lock() {
-            state.max_keys = max_keys;
+            state.max_keys = if note_keys { max_keys } else { 0 };
+            state.note_keys = note_keys;
         }
         self.enabled.store(true, Ordering::Release);
     }
@@ -96,8 +109,10 @@ impl DhtOutbox {
         };
         let now = Instant::now();
         let mut overflowed = 0;
-        for &(key, index) in stored {
-            state.note(key, index, now, &mut overflowed);
+        if state.note_keys {
+            for &(key, index) in stored {
+                state.note(key, index, now, &mut overflowed);
+            }
         }
         for &progress in progress {
             state.prune(progress);
@@ -119,14 +134,16 @@ impl DhtOutbox {
             pending, by_index, ..
         } = &mut *state;
         let mut ready = Vec::new();
-        for &(index, key) in by_index.iter() {
+        // The oldest changes only: during a DHT outage every key waits out its retry, and a scan
+        // of the whole backlog would hold the lock the applies take for long.
+        for &(index, key) in by_index.iter().take(TAKE_SCAN_MAX) {
             if ready.len() >= max {
                 break;
             }
             let Some(entry) = pending.get_mut(&key) else {
                 continue;
             };
-            if entry.taken || now < entry.since + delay {
+            if entry.taken || now < entry.since.checked_add(delay).unwrap_or(now) {
                 continue;
             }
             entry.taken = true;
@@ -150,17 +167,38 @@ impl DhtOutbox {
         } else {
             entry.taken = false;
             entry.since = Instant::now();
+            entry.failures = 0;
         }
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Keys finished so far (see the field).
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// The put of `item` failed: it is handed out again once `after` and the publish delay have
-    /// passed (the DHT may be unreachable; trying at once would only burn the budget).
+    /// passed (the DHT may be unreachable; trying at once would only burn the budget). After
+    /// [`PUT_ATTEMPTS_MAX`] failures the key is finished instead and left to the republish
+    /// sweep, so that one key the DHT never takes cannot hold the progress back on every
+    /// replica.
     pub fn retry(&self, item: OutboxItem, after: Duration) {
-        if let Ok(mut state) = self.state.lock()
-            && let Some(entry) = state.pending.get_mut(&item.key)
-        {
-            entry.taken = false;
-            entry.since = Instant::now() + after;
+        let gave_up = match self.state.lock() {
+            Ok(mut state) => match state.pending.get_mut(&item.key) {
+                Some(entry) if entry.failures + 1 >= PUT_ATTEMPTS_MAX => true,
+                Some(entry) => {
+                    entry.failures += 1;
+                    entry.taken = false;
+                    let now = Instant::now();
+                    entry.since = now.checked_add(after).unwrap_or(now);
+                    false
+                }
+                None => false,
+            },
+            Err(_) => false,
+        };
+        if gave_up {
+            self.finish(item);
         }
     }
 
@@ -191,6 +229,13 @@ impl DhtOutbox {
         self.state
             .lock()
             .map_or(Progress::default(), |s| s.progress)
+    }
+
+    /// Whether `key` waits for its put (the republish sweep leaves it to the publisher).
+    pub fn is_pending(&self, key: &KeyBytes) -> bool {
+        self.state
+            .lock()
+            .is_ok_and(|state| state.pending.contains_key(key))
     }
 
     /// Keys waiting to be put (taken ones included).
@@ -225,6 +270,7 @@ impl OutboxState {
                         index,
                         since: now,
                         taken: false,
+                        failures: 0,
                     },
                 );
                 self.by_index.insert((index, key));
@@ -233,6 +279,11 @@ impl OutboxState {
     }
 
     fn prune(&mut self, progress: Progress) {
+        // Progress only moves forward (a publisher that just took over may propose from a
+        // replica a few entries behind).
+        if progress.published_through < self.progress.published_through {
+            return;
+        }
         self.progress = progress;
         while let Some(&(index, key)) = self.by_index.first() {
             if index > progress.published_through {
@@ -289,7 +340,7 @@ mod tests {
     #[test]
     fn a_key_updated_before_its_put_is_put_once_and_progress_follows_the_oldest() {
         let outbox = DhtOutbox::default();
-        outbox.enable(100);
+        outbox.enable(100, true);
         outbox.applied(&[(key(1), 5), (key(2), 6)], &[], 6);
         outbox.applied(&[(key(1), 7)], &[], 8);
         assert_eq!(outbox.backlog(), 2);
@@ -327,7 +378,7 @@ mod tests {
     #[test]
     fn a_follower_drops_what_the_leaders_progress_covers() {
         let outbox = DhtOutbox::default();
-        outbox.enable(100);
+        outbox.enable(100, true);
         outbox.applied(&[(key(1), 3), (key(2), 4), (key(3), 10)], &[], 10);
         let progress = Progress {
             published_through: 4,
@@ -344,7 +395,7 @@ mod tests {
     #[test]
     fn keys_wait_their_delay_and_a_full_outbox_counts_what_it_leaves_out() {
         let outbox = DhtOutbox::default();
-        outbox.enable(2);
+        outbox.enable(2, true);
         outbox.applied(&[(key(1), 1), (key(2), 2), (key(3), 3)], &[], 3);
         assert_eq!(outbox.backlog(), 2);
         assert_eq!(outbox.overflowed(), 1);
@@ -358,5 +409,41 @@ mod tests {
         outbox.retry(both[0], Duration::from_secs(60));
         outbox.release(both[1]);
         assert_eq!(outbox.take_ready(Duration::ZERO, 10), vec![both[1]]);
+    }
+
+    #[test]
+    fn a_key_that_keeps_failing_is_left_to_the_sweep_and_progress_moves_on() {
+        let outbox = DhtOutbox::default();
+        outbox.enable(10, true);
+        outbox.applied(&[(key(1), 4), (key(2), 5)], &[], 5);
+        for attempt in 1..=PUT_ATTEMPTS_MAX {
+            let ready = outbox.take_ready(Duration::ZERO, 1);
+            assert_eq!(ready.len(), 1, "attempt {attempt}");
+            assert_eq!(ready[0].key, key(1));
+            outbox.retry(ready[0], Duration::ZERO);
+        }
+        assert_eq!(outbox.backlog(), 1);
+        assert_eq!(outbox.published_through(), 4);
+        assert_eq!(outbox.finished(), 1);
+    }
+
+    #[test]
+    fn republishing_only_keeps_the_progress_but_notes_no_keys() {
+        let outbox = DhtOutbox::default();
+        outbox.enable(10, false);
+        let progress = Progress {
+            published_through: 3,
+            republished_through: Some(key(4)),
+        };
+        outbox.applied(&[(key(1), 4)], &[progress], 5);
+        assert_eq!(outbox.backlog(), 0);
+        assert_eq!(outbox.committed_progress(), progress);
+        // An entry with an older publish position does not move the progress back.
+        let older = Progress {
+            published_through: 2,
+            republished_through: Some(key(2)),
+        };
+        outbox.applied(&[], &[older], 6);
+        assert_eq!(outbox.committed_progress(), progress);
     }
 }

@@ -163,7 +163,9 @@ impl Server {
                 Freshness::LastConfirmed(freshness_of.staleness())
             }
         });
-        let dht = pkraft_dht::DhtBridge::start(&config.dht, node.clone()).await?;
+        let dht =
+            pkraft_dht::DhtBridge::start(&config.dht, node.clone(), config.http.max_future_skew)
+                .await?;
         if let Some(dht) = &dht {
             dht.metrics().register(&registry).context("DHT metrics")?;
         }
