@@ -8,12 +8,14 @@
 #   found:   BENCH_DHT_FOUND keys put only to the DHT (a new set per server and round);
 #   missing: BENCH_DHT_MISSING keys nobody published.
 # Then the DHT is stopped and each is asked for BENCH_DHT_DOWN more unknown keys.
+# Then what publishing costs a PUT: one node, BENCH_DHT_PUT_KEYS (20,000) new keys, [dht] on and
+# off in interleaved rounds.
 # Last, the republish sweep: one pkraft node holding BENCH_DHT_REPUBLISH_KEYS packets
 # (default 1,000,000) republishes with an unbounded budget for BENCH_DHT_REPUBLISH_SECONDS;
 # the rate it reaches and its CPU per put are reported (the DHT runs on the same 2 cores).
 #
-# Env: BENCH_DHT_TOML (more lines for pkraft's [dht] section), BENCH_DHT_REPUBLISH_KEYS=0 skips
-# the republish part, BENCH_BIN (dir with release pkraft and pkraft-bench), PKRAFT_BENCH_CACHE (where
+# Env: BENCH_DHT_TOML (more lines for pkraft's [dht] section), BENCH_DHT_PARTS (default
+# resolve,putcost,republish), BENCH_DHT_REPUBLISH_KEYS=0 skips the republish part, BENCH_BIN (dir with release pkraft and pkraft-bench), PKRAFT_BENCH_CACHE (where
 # `make bench` installed iroh-dns-server). Raw results: target/bench-results-dht.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -46,18 +48,25 @@ fail() { log "FAIL: $*"; print_log_tails "$work"; exit 1; }
 results=target/bench-results-dht.jsonl
 : >"$results"
 
+parts=",${BENCH_DHT_PARTS:-resolve,putcost,republish},"
+start_testnet() {  # DATA COUNT LOG: a new testnet with COUNT keys of DATA; sets testnet_pid, bootstrap
+  rm -f "$work/bootstrap.txt"
+  "$bin/pkraft-bench" dht-testnet --nodes "$dht_nodes" --data "$1" --first-key 0 --count "$2" \
+    --bootstrap-out "$work/bootstrap.txt" >"$work/testnet.json" 2>"$work/$3" &
+  testnet_pid=$!; pids+=("$testnet_pid")
+  for _ in $(seq 1 3000); do [ -s "$work/bootstrap.txt" ] && break; sleep 0.1; done
+  [ -s "$work/bootstrap.txt" ] || fail "the testnet did not start within 300 s"
+  bootstrap=$(awk '{printf "%s\"%s\"", (NR > 1 ? ", " : ""), $0}' "$work/bootstrap.txt")
+}
+
+if [[ "$parts" == *,resolve,* ]]; then
 # Keys: the first part is put to the DHT (found sets), the rest nobody publishes.
 found_total=$((rounds * 2 * found))
 missing_total=$((rounds * 2 * missing + 2 * down))
 "$bin/pkraft-bench" gen --keys $((found_total + missing_total)) --versions 1 --out "$work/data.bin" >/dev/null
 
-"$bin/pkraft-bench" dht-testnet --nodes "$dht_nodes" --data "$work/data.bin" --first-key 0 \
-  --count "$found_total" --bootstrap-out "$work/bootstrap.txt" >"$work/testnet.json" 2>"$work/testnet.log" &
-testnet_pid=$!; pids+=("$testnet_pid")
-for _ in $(seq 1 3000); do [ -s "$work/bootstrap.txt" ] && break; sleep 0.1; done
-[ -s "$work/bootstrap.txt" ] || fail "the testnet did not start within 300 s"
+start_testnet "$work/data.bin" "$found_total" testnet.log
 log "testnet: $(cat "$work/testnet.json")"
-bootstrap=$(awk '{printf "%s\"%s\"", (NR > 1 ? ", " : ""), $0}' "$work/bootstrap.txt")
 
 # pkraft: one node, DHT on, the default resolve deadline (2 s).
 pk_http=$(loopback_port); pk_dns=$(loopback_port)
@@ -108,18 +117,53 @@ for system in pkraft iroh; do
 done
 curl -sf "http://127.0.0.1:$pk_http/readyz" >/dev/null || fail "pkraft is not ready with the DHT down"
 kill_all "${pids[@]}"; pids=()
+fi
+
+# --- what publishing costs the write path ---------------------------------------------------
+# One node, BENCH_DHT_PUT_KEYS new keys PUT through the relay (64 clients), with [dht] publish on
+# (a testnet up; the outbox notes every key and the leader puts them at the default budget)
+# and with no [dht] at all, interleaved rounds; PUT/s and pkraft's CPU per PUT.
+if [[ "$parts" == *,putcost,* ]]; then
+put_keys=${BENCH_DHT_PUT_KEYS:-20000}
+"$bin/pkraft-bench" gen --keys "$put_keys" --versions 1 --out "$work/putcost.bin" >/dev/null
+start_testnet "$work/putcost.bin" 0 testnet-putcost.log
+for r in $(seq 1 "$rounds"); do
+  order="on off"; [ $((r % 2)) -eq 0 ] && order="off on"
+  for mode in $order; do
+    pc_http=$(loopback_port); pc_dns=$(loopback_port)
+    more=""
+    [ "$mode" = on ] && more="[dht]
+enabled = true
+listen = \"127.0.0.1:0\"
+bootstrap = [$bootstrap]"
+    rm -rf "$work/putcost-data"
+    single_node_config "$work/putcost.toml" "$work/putcost-data" "127.0.0.1:$pc_http" "127.0.0.1:$pc_dns" "" "$more"
+    RUST_LOG=warn setsid "$bin/pkraft" serve --config "$work/putcost.toml" >"$work/putcost.log" 2>&1 &
+    pc_pid=$!
+    for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$pc_http/healthz" >/dev/null && break; sleep 0.1; done
+    c0=$(awk '{print $14 + $15}' "/proc/$pc_pid/stat")
+    out=$("$bin/pkraft-bench" put --data "$work/putcost.bin" --version 0 \
+      --url "http://127.0.0.1:$pc_http/pkarr" --concurrency 64) || fail "putcost PUTs"
+    c1=$(awk '{print $14 + $15}' "/proc/$pc_pid/stat")
+    kill_all "$pc_pid"
+    python3 - "$out" "$c0" "$c1" "$(getconf CLK_TCK)" "$mode" "$r" >>"$results" <<'PY'
+import json, sys
+put = json.loads(sys.argv[1]); c0, c1, hz = map(float, sys.argv[2:5])
+print(json.dumps({"case": "putcost", "mode": sys.argv[5], "round": int(sys.argv[6]),
+                  "rps": round(put["rps"], 1), "p99_ms": round(put["p99_ms"], 2),
+                  "cpu_ms_per_put": round((c1 - c0) / hz * 1000 / put["requests"], 4)}))
+PY
+    log "putcost $mode round $r: $(tail -n 1 "$results")"
+  done
+done
+kill_all "${pids[@]}"; pids=()
+fi
 
 # --- republish rate at BENCH_DHT_REPUBLISH_KEYS stored packets ------------------------------
-if [ "$republish_keys" -gt 0 ]; then
+if [[ "$parts" == *,republish,* ]] && [ "$republish_keys" -gt 0 ]; then
 log "republish: loading $republish_keys packets"
 "$bin/pkraft-bench" gen --keys "$republish_keys" --versions 1 --out "$work/many.bin" >/dev/null
-rm -f "$work/bootstrap.txt"
-"$bin/pkraft-bench" dht-testnet --nodes "$dht_nodes" --data "$work/many.bin" \
-  --bootstrap-out "$work/bootstrap.txt" >/dev/null 2>"$work/testnet2.log" &
-testnet_pid=$!; pids+=("$testnet_pid")
-for _ in $(seq 1 3000); do [ -s "$work/bootstrap.txt" ] && break; sleep 0.1; done
-[ -s "$work/bootstrap.txt" ] || fail "the second testnet did not start"
-bootstrap=$(awk '{printf "%s\"%s\"", (NR > 1 ? ", " : ""), $0}' "$work/bootstrap.txt")
+start_testnet "$work/many.bin" 0 testnet-republish.log
 rp_http=$(loopback_port); rp_dns=$(loopback_port); rp_admin=$(loopback_port)
 # Republishing only, as fast as the DHT takes it: an interval far shorter than the store needs.
 single_node_config "$work/republish.toml" "$work/republish-data" "127.0.0.1:$rp_http" "127.0.0.1:$rp_dns" "" \
@@ -176,6 +220,12 @@ for case in ["found", "missing", "dht_down"]:
         a = sum(r["report"][field] for r in rows if r.get("system") == "pkraft" and r.get("case") == case)
         b = sum(r["report"][field] for r in rows if r.get("system") == "iroh" and r.get("case") == case)
         print(f"| {case} | {field} (sum) | {a} | {b} | |")
+for mode in ["on", "off"]:
+    pc = [r for r in rows if r.get("case") == "putcost" and r["mode"] == mode]
+    if pc:
+        print(f"\nPUT with [dht] publish {mode}: {statistics.median(r['rps'] for r in pc):.0f} PUT/s, "
+              f"{statistics.median(r['cpu_ms_per_put'] for r in pc):.4f} ms CPU per PUT, "
+              f"p99 {statistics.median(r['p99_ms'] for r in pc):.1f} ms (medians of {len(pc)})")
 for r in rows:
     if r.get("case") == "republish":
         print(f"\nrepublish at {r['stored_keys']} keys: {r['puts_per_second']} puts/s, "

@@ -6,14 +6,16 @@
 
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::ResponseCode;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::RecordType;
 use mainline::Testnet;
 use pkraft_testkit::pkarr::{Client, Keypair, ResolvePolicy, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
 use crate::cluster::{TestCluster, eventually, get_body, packet, put};
-use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
+use crate::dns_client::{Transport, iroh_txt, key_name, name, raw_query, txt_strings};
 use crate::harness::{TestServer, http_client};
 use crate::metrics::{scrape, value};
 
@@ -55,6 +57,21 @@ async fn on_dht(client: &Client, key: &Keypair) -> Option<SignedPacket> {
         .resolve(&key.public_key(), ResolvePolicy::NetworkOnly)
         .await
         .ok()
+}
+
+/// The TXT strings at `_iroh.<key>` over DNS-over-HTTPS (`GET /dns-query`, RFC 8484).
+async fn doh_txt(server: &TestServer, key: &Keypair) -> Vec<String> {
+    let mut query = Message::query();
+    query.add_query(Query::query(name(&key_name("_iroh", key)), RecordType::TXT));
+    let wire = query.to_vec().expect("encode");
+    let response = http_client()
+        .get(server.url(&format!("/dns-query?dns={}", URL_SAFE_NO_PAD.encode(&wire))))
+        .send()
+        .await
+        .expect("DoH GET");
+    assert_eq!(response.status(), 200);
+    let answer = Message::from_vec(&response.bytes().await.expect("body")).expect("DNS message");
+    txt_strings(&answer.answers)
 }
 
 /// Sum of `name{labels}` over the members' scrapes.
@@ -121,6 +138,12 @@ async fn the_cluster_publishes_to_the_dht_and_serves_what_only_the_dht_has() {
             txt,
             vec!["addr=192.0.2.7:7".to_string()],
             "DNS on node {}",
+            member.id
+        );
+        assert_eq!(
+            doh_txt(&member.server, &owner).await,
+            vec!["addr=192.0.2.7:7".to_string()],
+            "DoH on node {}",
             member.id
         );
     }
