@@ -238,6 +238,37 @@ async fn republishing_repeats_every_key_within_the_put_budget() {
     );
 }
 
+/// The owner published a newer packet straight to the DHT: the republish sweep does not
+/// overwrite it (DHT nodes refuse the older item), and the leader imports the newer packet into
+/// the cluster, so every node serves the owner's latest.
+#[tokio::test]
+async fn a_newer_packet_on_the_dht_is_imported_not_overwritten() {
+    let testnet = testnet();
+    let section = dht_section(&testnet, "republish_interval = \"2s\"\n");
+    let server = TestServer::start_with_config(&format!("[cluster]\nbootstrap = true\n{section}"));
+    let (key, older) = packet(770, 1_000);
+    assert_eq!(put(&server, &key, &older).await.status(), 204);
+    let client = pkarr_client(&testnet);
+    eventually("the stored packet on the DHT", || async {
+        on_dht(&client, &key).await
+    })
+    .await;
+    let newer = iroh_packet(&key, 5_000, &["192.0.2.77:77"]);
+    client.publish(&newer).await.expect("put to the testnet");
+
+    let body = eventually("the newer packet imported", || async {
+        let (status, body) = get_body(&server, &key, "").await;
+        (status == 200 && body == newer.to_relay_payload()).then_some(body)
+    })
+    .await;
+    assert_eq!(body, newer.to_relay_payload());
+    let scrape = scrape(&server).await;
+    assert_eq!(value(&scrape, "pkraft_dht_imported_total", ""), 1.0);
+    // The DHT still holds the newer packet.
+    let on = on_dht(&client, &key).await.expect("on the DHT");
+    assert_eq!(on.as_bytes(), newer.as_bytes());
+}
+
 /// With the DHT gone, misses still answer within the deadline (NXDOMAIN, 404), PUTs and
 /// stored keys work, the node stays healthy and ready, and a flood of unknown keys never has
 /// more lookups in flight than the bound.
