@@ -3,8 +3,9 @@
 //! - **Deadline**: a caller waits at most `dht.resolve_timeout` from when it asked, then gets
 //!   `None` (the answer a plain miss gets).
 //! - **One lookup per key**: concurrent callers for a key share its lookup.
-//! - **Bounded lookups**: at most `dht.resolve_in_flight_max` at once; a miss beyond that is
-//!   answered `None` at once (`shed`), so a flood of unknown keys costs neither memory nor waits.
+//! - **Bounded lookups**: at most `dht.resolve_in_flight_max` at once, and at most
+//!   [`WAITERS_PER_SLOT`] callers per lookup slot waiting; a miss beyond either is answered
+//!   `None` at once (`shed`), so a flood of unknown keys costs neither memory nor waits.
 //! - **First valid answer**: a lookup answers its callers with the first packet that verifies,
 //!   and goes on in the background until the DHT query ends, keeping the most recent packet it
 //!   sees (by the ordering rule) in the cache.
@@ -101,7 +102,8 @@ impl Resolver {
     }
 
     /// The most recent valid packet the DHT has for `key`, or `None` when it has none, does not
-    /// answer within `dht.resolve_timeout`, or too many lookups are under way.
+    /// answer within `dht.resolve_timeout`, or too many lookups (or callers waiting for them)
+    /// are under way.
     pub async fn resolve(self: &Arc<Self>, key: &KeyBytes) -> Option<Payload> {
         match self.cache.get(key) {
             Some((Cached::Found(payload), _)) => {
@@ -133,7 +135,7 @@ impl Resolver {
                 LookupState::Done(payload, result) => (payload.clone(), *result),
                 LookupState::Running => (None, ResolveResult::Timeout),
             },
-            // The lookup task ended without a word (it cannot, but a miss is the safe answer).
+            // The lookup task ended without an answer (it panicked): a miss is the safe answer.
             Ok(Err(_)) => (None, ResolveResult::NotFound),
             Err(_) => (None, ResolveResult::Timeout),
         };
