@@ -25,7 +25,6 @@ use mainline::async_dht::AsyncDht;
 use pkraft_raft::Node;
 use tokio::task::JoinHandle;
 
-pub use item::{from_item, to_item};
 pub use metrics::DhtMetrics;
 pub use resolver::Resolver;
 pub use settings::{DhtSettings, SettingsError};
@@ -35,7 +34,6 @@ const INFO_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The running bridge of one node. Stops its tasks when dropped or shut down.
 pub struct DhtBridge {
-    dht: AsyncDht,
     resolver: Option<Arc<Resolver>>,
     metrics: Arc<DhtMetrics>,
     tasks: Vec<JoinHandle<()>>,
@@ -105,7 +103,6 @@ impl DhtBridge {
         }
         tracing::info!(%local_addr, bootstrap = ?settings.bootstrap, "DHT node started");
         Ok(Some(DhtBridge {
-            dht,
             resolver: settings.resolve.then_some(resolver),
             metrics,
             tasks,
@@ -125,11 +122,6 @@ impl DhtBridge {
     /// The DHT node's UDP address.
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.local_addr
-    }
-
-    /// Whether the DHT node has joined the DHT (its routing table is not empty).
-    pub async fn bootstrapped(&self) -> bool {
-        self.dht.info().await.dht_size_estimate().0 > 0
     }
 
     /// Stops publishing; lookups under way end at their deadline.

@@ -224,13 +224,6 @@ impl DhtMetrics {
         }
     }
 
-    /// Puts so far of `kind` that ended with `result` (tests).
-    pub fn puts(&self, kind: PutKind, result: PutResult) -> u64 {
-        self.puts
-            .with_label_values(&[kind.label(), result.label()])
-            .get()
-    }
-
     /// Resolves so far that ended with `result` (tests).
     pub fn resolves(&self, result: ResolveResult) -> u64 {
         self.resolves.with_label_values(&[result.label()]).get()

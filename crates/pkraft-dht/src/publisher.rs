@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use governor::{Quota, RateLimiter};
 use mainline::async_dht::AsyncDht;
 use mainline::errors::{ConcurrencyError, PutMutableError};
+use pkraft_raft::write_path::too_far_ahead;
 use pkraft_raft::{Node, OutboxItem, Progress};
 use pkraft_types::{KeyBytes, Payload, PublishOutcome, VerifiedPacket};
 use tokio::sync::Semaphore;
@@ -376,9 +377,7 @@ impl Publisher {
         let Some(newer) = self.resolver.newest_after(key, payload).await else {
             return false;
         };
-        let max_micros = unix_micros_now()
-            .saturating_add(u64::try_from(self.max_future_skew.as_micros()).unwrap_or(u64::MAX));
-        if newer.timestamp_micros() > max_micros {
+        if too_far_ahead(newer.timestamp_micros(), self.max_future_skew).is_some() {
             tracing::debug!("newer DHT packet is too far in the future; not published");
             return true;
         }
@@ -398,13 +397,6 @@ impl Publisher {
         }
         true
     }
-}
-
-/// Microseconds since the Unix epoch (0 if the clock is before it).
-fn unix_micros_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl Sweep {

@@ -256,12 +256,6 @@ impl Resolver {
             self.settings.resolve_cache_ttl_max,
         )
     }
-
-    /// Packets and misses cached (approximate: moka counts lazily).
-    pub fn cached_entries(&self) -> u64 {
-        self.cache.run_pending_tasks();
-        self.cache.entry_count()
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pkarr::Timestamp;
+use pkraft_raft::write_path::too_far_ahead;
 use pkraft_raft::{Consistency, Published};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
 use pkraft_types::{PublishOutcome, VerifiedPacket, decode_z32_key, parse_z32_key};
@@ -62,19 +63,10 @@ fn check_not_from_the_future(
     timestamp_micros: u64,
     max_skew: std::time::Duration,
 ) -> Result<(), RelayError> {
-    let now_micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-        });
-    let limit = now_micros.saturating_add(u64::try_from(max_skew.as_micros()).unwrap_or(u64::MAX));
-    if timestamp_micros > limit {
-        return Err(RelayError::FutureTimestamp {
-            ahead: std::time::Duration::from_micros(timestamp_micros - now_micros),
-            max_skew,
-        });
+    match too_far_ahead(timestamp_micros, max_skew) {
+        Some(ahead) => Err(RelayError::FutureTimestamp { ahead, max_skew }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// `GET /pkarr/{z32}` and `GET /{z32}`: the stored payload from the local replica, or 304 when

@@ -164,7 +164,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut applied = self.applied.clone();
         let since_durable = self.since_durable.plus(&entries);
         let durable = since_durable.is_due();
-        let outbox = self.dht_outbox.clone().filter(|outbox| outbox.is_enabled());
+        // Off (no `[dht]`): one flag read per apply call, nothing noted.
+        let outbox = self
+            .dht_outbox
+            .as_ref()
+            .filter(|outbox| outbox.is_enabled())
+            .cloned();
         let noting = outbox.is_some();
         let (applied, results, noted) =
             blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {

@@ -25,8 +25,18 @@ use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket, decide};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
-pub(crate) use batcher::unix_micros_now;
+pub use batcher::unix_micros_now;
 use batcher::{Batcher, Origin, Outcome, stopping};
+
+/// How far `timestamp_micros` is ahead of this node's clock, if that is more than `max_skew`: a
+/// packet signed that far in the future is refused (`http.max_future_skew`), whether a client
+/// PUTs it or the DHT publisher finds it on the DHT, so a client with a broken clock cannot make
+/// every later update of its key lose to it.
+pub fn too_far_ahead(timestamp_micros: u64, max_skew: Duration) -> Option<Duration> {
+    let now_micros = unix_micros_now();
+    let limit = now_micros.saturating_add(u64::try_from(max_skew.as_micros()).unwrap_or(u64::MAX));
+    (timestamp_micros > limit).then(|| Duration::from_micros(timestamp_micros - now_micros))
+}
 
 use crate::node::Node;
 use crate::peer::PeerError;

@@ -407,7 +407,7 @@ fn answer(reply: Reply, result: Result<Published, PublishError>) {
 
 /// Wall clock in µs since the Unix epoch, read on the leader when it proposes the batch. A clock
 /// before 1970 reads as 0.
-pub(crate) fn unix_micros_now() -> u64 {
+pub fn unix_micros_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
