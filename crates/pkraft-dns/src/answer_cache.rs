@@ -1,4 +1,4 @@
-//! [`AnswerCache`]: ready UDP answers, byte for byte as hickory-server encoded them, so that a
+//! [`AnswerCache`]: ready UDP answers, byte for byte as hickory-server encodes them, so that a
 //! query asked before is answered without parsing it, without a task, and without the `Catalog`.
 //!
 //! # What an entry is keyed by, and why that is exact
@@ -10,23 +10,24 @@
 //! cached answer with its own ID, which is the answer hickory would have encoded for it.
 //!
 //! # How an entry stays current
-//! While hickory answers a query, [`record_reads`] notes every key the zones read from the store
-//! with the [`KeyVersion`] read before it (the [`crate::record_cache::RecordCache`] reports them).
-//! The entry is served only while every one of those keys is still at its version, so a packet
-//! applied to the local replica retires the answers that used it at once. Answers that read no
-//! key (the apex, names that are no key) depend on the config alone.
+//! Only answers built by [`crate::direct::DirectAnswers`] are kept: they report the key they
+//! read from the store with the [`KeyVersion`](pkraft_store::KeyVersion) read before it. The entry is served only while
+//! that key is still at its version, so a packet applied to the local replica retires the
+//! answers that used it at once. Answers that read no key (the apex, names that are no key)
+//! depend on the config alone. What hickory's chain answers is not kept: it may have asked the
+//! DHT, which no version covers.
 //!
 //! Answers that stand for a passing failure are never cached: SERVFAIL (the node was too stale,
 //! or the answer could not be encoded) and REFUSED (the replica could not be read, or the name is
 //! in no zone, which is cheap to answer anyway). The staleness bound is checked again on every
 //! hit by the caller.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
-use pkraft_store::{KeyVersion, Store};
-use pkraft_types::KeyBytes;
+use pkraft_store::Store;
+
+use crate::zone::Read;
 
 /// A DNS header is 12 bytes; the ID is its first 2.
 const HEADER_LEN: usize = 12;
@@ -34,58 +35,15 @@ const ID_LEN: usize = 2;
 /// Queries longer than this are answered but not cached: real queries are well under 100 bytes,
 /// and long keys would only make room for junk.
 const MAX_KEY_LEN: usize = 512;
-/// An answer that read more keys than this is not cached (hickory reads one key per query; CNAME
-/// chains inside the zone could make it more).
-const MAX_READS: usize = 8;
-/// Fixed cost of an entry beyond its key, answer and reads: the `Arc`, the boxes and moka's own
-/// bookkeeping (an estimate, so that a flood of distinct queries stays within the bound).
+/// Fixed cost of an entry beyond its key and answer: the `Arc`, the boxes and the map's own slot
+/// (an estimate, so that a flood of distinct queries stays within the bound).
 const ENTRY_OVERHEAD: usize = 256;
-
-/// A key the zones read, and its version before the read.
-type Read = (KeyBytes, KeyVersion);
-
-tokio::task_local! {
-    /// The keys read while answering the query of the current task; `None` once more than
-    /// [`MAX_READS`] were read.
-    static READS: RefCell<Option<Vec<Read>>>;
-}
-
-/// Notes that the packet of `key` was read at `version` (read before the packet). Does nothing
-/// outside [`record_reads`], so TCP and DoH answers pay one failed thread-local lookup.
-pub(crate) fn note_read(key: &KeyBytes, version: KeyVersion) {
-    let _ = READS.try_with(|reads| {
-        let mut reads = reads.borrow_mut();
-        if let Some(list) = reads.as_mut() {
-            if list.len() < MAX_READS {
-                list.push((*key, version));
-            } else {
-                *reads = None;
-            }
-        }
-    });
-}
-
-/// Notes that the answer of the current task depends on more than the local replica (the DHT),
-/// so it must not be cached. Does nothing outside [`record_reads`].
-pub(crate) fn note_uncacheable() {
-    let _ = READS.try_with(|reads| *reads.borrow_mut() = None);
-}
-
-/// Runs `answer` and returns its output with the keys it read (`None`: too many to cache).
-/// `answer` must do its reads in this task: reads of a task it spawns go unnoticed.
-pub(crate) async fn record_reads<T>(answer: impl Future<Output = T>) -> (T, Option<Vec<Read>>) {
-    READS
-        .scope(RefCell::new(Some(Vec::new())), async {
-            let output = answer.await;
-            let reads = READS.with(|reads| reads.borrow_mut().take());
-            (output, reads)
-        })
-        .await
-}
+/// The size of an entry for an iroh `_iroh` TXT answer, to size the map up front.
+const TYPICAL_ENTRY_BYTES: u64 = 512;
 
 /// One cached answer.
 struct Entry {
-    reads: Box<[Read]>,
+    read: Option<Read>,
     /// The answer as encoded for the query that filled the entry (its ID included).
     wire: Box<[u8]>,
 }
@@ -93,16 +51,16 @@ struct Entry {
 /// Ready answers; see the module docs.
 pub(crate) struct AnswerCache {
     store: Store,
-    entries: moka::sync::Cache<Box<[u8]>, Arc<Entry>>,
+    entries: quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>, Weight>,
 }
 
 impl AnswerCache {
     /// A cache over `store` holding about `max_bytes` of entries.
     pub(crate) fn new(store: Store, max_bytes: u64) -> Self {
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(weight)
-            .build();
+        let estimated_entries = usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES)
+            .unwrap_or(usize::MAX)
+            .max(16);
+        let entries = quick_cache::sync::Cache::with_weighter(estimated_entries, max_bytes, Weight);
         AnswerCache { store, entries }
     }
 
@@ -112,13 +70,15 @@ impl AnswerCache {
         let Some(key) = cache_key(query) else {
             return false;
         };
+        // A hit marks the entry as used (one atomic store) and clones its `Arc`: no queue of
+        // reads to replay, unlike an LRU or TinyLFU cache.
         let Some(entry) = self.entries.get(key) else {
             return false;
         };
         let current = entry
-            .reads
-            .iter()
-            .all(|(read_key, version)| self.store.key_version(read_key) == *version);
+            .read
+            .as_ref()
+            .is_none_or(|(read_key, version)| self.store.key_version(read_key) == *version);
         if !current {
             return false;
         }
@@ -128,10 +88,10 @@ impl AnswerCache {
         true
     }
 
-    /// Keeps `wire`, hickory's answer to `query`, which read `reads` (`None`: too many), unless
-    /// it must not be cached (module docs).
-    pub(crate) fn insert(&self, query: &[u8], wire: &[u8], reads: Option<Vec<Read>>) {
-        let (Some(key), Some(reads)) = (cache_key(query), reads) else {
+    /// Keeps `wire`, the answer to `query`, which read `read`, unless it must not be cached
+    /// (module docs).
+    pub(crate) fn insert(&self, query: &[u8], wire: &[u8], read: Option<Read>) {
+        let Some(key) = cache_key(query) else {
             return;
         };
         if wire.len() < HEADER_LEN {
@@ -142,7 +102,7 @@ impl AnswerCache {
             return;
         }
         let entry = Entry {
-            reads: reads.into_boxed_slice(),
+            read,
             wire: wire.into(),
         };
         self.entries.insert(key.into(), Arc::new(entry));
@@ -150,19 +110,23 @@ impl AnswerCache {
 }
 
 impl AnswerCache {
-    /// Entries held and their estimated bytes (moka counts lazily: approximate).
+    /// Entries held and their estimated bytes.
     pub(crate) fn size(&self) -> (u64, u64) {
-        self.entries.run_pending_tasks();
-        (self.entries.entry_count(), self.entries.weighted_size())
+        (
+            u64::try_from(self.entries.len()).unwrap_or(u64::MAX),
+            self.entries.weight(),
+        )
     }
 }
 
 /// An entry's weight against the bound: about the bytes it holds.
-#[expect(clippy::borrowed_box, reason = "moka's weigher is given &K")]
-fn weight(key: &Box<[u8]>, entry: &Arc<Entry>) -> u32 {
-    let bytes =
-        ENTRY_OVERHEAD + key.len() + entry.wire.len() + entry.reads.len() * size_of::<Read>();
-    u32::try_from(bytes).unwrap_or(u32::MAX)
+#[derive(Clone, Copy)]
+struct Weight;
+
+impl quick_cache::Weighter<Box<[u8]>, Arc<Entry>> for Weight {
+    fn weight(&self, key: &Box<[u8]>, entry: &Arc<Entry>) -> u64 {
+        u64::try_from(ENTRY_OVERHEAD + key.len() + entry.wire.len()).unwrap_or(u64::MAX)
+    }
 }
 
 /// The bytes after the ID, if `query` is long enough to be a query and short enough to cache.

@@ -3,8 +3,8 @@
 //! hickory's own response handle:
 //! - [`Answerer`]: DNS-over-HTTPS on the HTTP listener. Its answers are the TCP answers, byte for
 //!   byte.
-//! - [`answer_as_hickory`]: the UDP listener's misses (`crate::udp`), answered as hickory's own
-//!   UDP listener would answer them.
+//! - [`respond`]: what the UDP loops (`crate::udp`) leave to the chain, answered as hickory's own
+//!   UDP listener would answer it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,38 +13,76 @@ use std::time::Instant;
 use hickory_server::net::BufDnsStreamHandle;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::{Protocol, StreamReceiver};
-use hickory_server::proto::op::{Header, MessageType, ResponseCode};
-use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_server::proto::op::MessageType;
 use hickory_server::server::{
     Request, RequestHandler, ResponseHandle, ResponseHandler, ResponseInfo,
 };
-use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::{Catalog, MessageRequest};
 
-use crate::freshness::FreshnessGuard;
+use crate::direct::{DirectAnswers, Prepared};
+use crate::freshness::{FreshnessGuard, servfail_info};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
 
 /// The handler chain, shared by the hickory `Server`, the UDP loops of `crate::udp` and the
-/// [`Answerer`].
+/// [`Answerer`]: [`DirectAnswers`] first when on (`dns.direct_answers`), then hickory's `Catalog`
+/// behind the freshness guard for what they leave to it.
 #[derive(Clone)]
-pub(crate) struct SharedHandler(pub(crate) Arc<FreshnessGuard<Catalog>>);
+pub(crate) struct SharedHandler {
+    chain: Arc<FreshnessGuard<Catalog>>,
+    direct: Option<Arc<DirectAnswers>>,
+}
 
 #[async_trait::async_trait]
 impl RequestHandler for SharedHandler {
     async fn handle_request<R: ResponseHandler, T: hickory_server::net::runtime::Time>(
         &self,
         request: &Request,
-        response_handle: R,
+        mut response_handle: R,
     ) -> ResponseInfo {
-        self.0
+        if let Some(prepared) = self.prepare_direct(request) {
+            return match response_handle
+                .send_response(prepared.response(&request.queries))
+                .await
+            {
+                Ok(info) => info,
+                Err(error) => {
+                    tracing::debug!(%error, "could not send a DNS response");
+                    servfail_info(request)
+                }
+            };
+        }
+        self.chain
             .handle_request::<R, T>(request, response_handle)
             .await
     }
 }
 
 impl SharedHandler {
+    pub(crate) fn new(
+        chain: Arc<FreshnessGuard<Catalog>>,
+        direct: Option<Arc<DirectAnswers>>,
+    ) -> Self {
+        SharedHandler { chain, direct }
+    }
+
     /// Whether answers are SERVFAIL now (`dns.max_stale` exceeded).
     pub(crate) fn too_stale(&self) -> bool {
-        self.0.too_stale()
+        self.chain.too_stale()
+    }
+
+    /// The direct answers, when on.
+    pub(crate) fn direct(&self) -> Option<&DirectAnswers> {
+        self.direct.as_deref()
+    }
+
+    /// The answer [`DirectAnswers`] give `request`, unless they are off, the node is too stale
+    /// (the freshness guard answers), or the chain must answer.
+    pub(crate) fn prepare_direct(&self, request: &MessageRequest) -> Option<Prepared> {
+        let direct = self.direct.as_ref()?;
+        if self.too_stale() {
+            return None;
+        }
+        direct.prepare(request)
     }
 }
 
@@ -120,36 +158,9 @@ impl Answerer {
     }
 }
 
-/// The answer hickory-server's own listener for `protocol` gives to `query` from `src`: what
-/// `ServerContext::handle_request` (private to hickory) does, minus its per-query log lines.
-/// `None` where it sends nothing: fewer than 12 bytes, or a response (answering those would
-/// let anyone bounce traffic off this server).
-pub(crate) async fn answer_as_hickory(
-    handler: &SharedHandler,
-    query: Vec<u8>,
-    src: SocketAddr,
-    protocol: Protocol,
-) -> Option<Vec<u8>> {
-    let header = Header::read(&mut BinDecoder::new(&query)).ok()?;
-    match Request::from_bytes(query, src, protocol) {
-        Ok(request) if request.metadata.message_type == MessageType::Response => None,
-        Ok(request) => respond(handler, &request).await,
-        Err(error) => {
-            // The header parsed but the rest did not: FORMERR, with no question and no OPT.
-            tracing::debug!(%error, %src, "malformed DNS query");
-            let no_queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
-            let response = MessageResponseBuilder::new(&no_queries, None)
-                .error_msg(&header, ResponseCode::FormErr);
-            let (mut response_handle, mut encoded) = capture(src, protocol);
-            response_handle.send_response(response).await.ok()?;
-            take_captured(&mut encoded)
-        }
-    }
-}
-
 /// The handler chain's answer to `request`, encoded the way hickory encodes it for the
 /// request's protocol (UDP: truncated to the client's EDNS size, or 512 bytes without EDNS).
-async fn respond(handler: &SharedHandler, request: &Request) -> Option<Vec<u8>> {
+pub(crate) async fn respond(handler: &SharedHandler, request: &Request) -> Option<Vec<u8>> {
     let (response_handle, mut encoded) = capture(request.src(), request.protocol());
     handler
         .handle_request::<_, TokioTime>(request, response_handle)

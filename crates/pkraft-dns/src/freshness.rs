@@ -98,12 +98,18 @@ async fn serve_failure<R: ResponseHandler>(
         Ok(info) => info,
         Err(error) => {
             tracing::debug!(%error, "could not send a SERVFAIL response");
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
+            servfail_info(request)
         }
     }
+}
+
+/// What a handler reports for `request` when its response could not be sent: SERVFAIL, as
+/// hickory's own handlers report it.
+pub(crate) fn servfail_info(request: &Request) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = ResponseCode::ServFail;
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
 }

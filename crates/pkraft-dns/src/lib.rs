@@ -13,8 +13,11 @@
 //!   HTTP (DNS-over-HTTPS, served by `pkraft-http`).
 //! - [`record_cache`]: [`record_cache::RecordCache`], the parsed records of recently asked keys,
 //!   shared by the zones and never older than the local replica.
-//! - `answer_cache` and `udp`: the UDP listener's fast path: ready answers, byte-identical to
-//!   hickory's, served while every key they were read from is unchanged.
+//! - `direct`: the `Catalog`'s answers built in place from the zones' local lookups, for the UDP
+//!   loops (inline, no task), TCP and DNS-over-HTTPS; hickory's chain answers the rest.
+//! - `udp`, `udp_io` and `answer_cache`: the UDP loops: batched receive and send
+//!   (`recvmmsg`/`sendmmsg`), ready answers byte-identical to hickory's served while the key they
+//!   were read from is unchanged, then the direct answers.
 //! - [`rrl`]: response rate limiting of UDP answers per client network, with slip to TC.
 //!
 //! hickory's `Catalog` does the protocol work around the zones: EDNS (OPT echo, BADVERS), the AA
@@ -24,6 +27,7 @@
 
 mod answer_cache;
 pub mod answerer;
+mod direct;
 pub mod freshness;
 mod metrics;
 pub mod record_cache;
@@ -31,10 +35,11 @@ pub mod rrl;
 pub mod server;
 pub mod settings;
 mod udp;
+mod udp_io;
 pub mod zone;
 
 pub use answerer::{AnswerError, Answerer};
 pub use freshness::{Freshness, FreshnessProbe};
 pub use server::{DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};
-pub use udp::UdpAnswerStats;
+pub use metrics::UdpAnswerStats;

@@ -12,7 +12,33 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 
 use crate::record_cache::RecordCache;
-use crate::udp::{UdpAnswerStats, UdpFrontend};
+
+/// How UDP queries were answered since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpAnswerStats {
+    /// From the answer cache.
+    pub hits: u64,
+    /// Not from the answer cache: answered directly, handed to hickory's handler chain, or
+    /// dropped as not answerable.
+    pub misses: u64,
+    /// Of the misses, those handed to hickory's handler chain (module docs of `direct`).
+    pub chain: u64,
+    /// Over the rate limit, answered with an empty truncated answer (RRL slip).
+    pub rrl_slipped: u64,
+    /// Over the rate limit, not answered.
+    pub rrl_dropped: u64,
+    /// Queries for the chain dropped because `dns.udp_pending_max` were already being answered.
+    pub overload_dropped: u64,
+}
+
+/// What pkraft's UDP loops report when scraped.
+pub(crate) trait UdpReport: Send + Sync {
+    /// The answer cache's entries and estimated bytes (`None`: no answer cache).
+    fn answer_cache_size(&self) -> Option<(u64, u64)>;
+    /// Client networks with RRL state.
+    fn rrl_tracked_clients(&self) -> u64;
+    fn stats(&self) -> UdpAnswerStats;
+}
 
 /// How a query arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,12 +148,13 @@ impl DnsMetrics {
 pub(crate) struct DnsCollector {
     metrics: Arc<DnsMetrics>,
     records: Arc<RecordCache>,
-    /// With the UDP fast path: its cache and counters.
-    udp: Option<Arc<UdpFrontend>>,
+    /// With pkraft's UDP loops: their cache and counters.
+    udp: Option<Arc<dyn UdpReport>>,
     cache_entries: prometheus::IntGaugeVec,
     cache_bytes: prometheus::IntGaugeVec,
     answer_cache_hits: IntCounter,
     answer_cache_misses: IntCounter,
+    udp_chain: IntCounter,
     rrl_slipped: IntCounter,
     rrl_dropped: IntCounter,
     overload_dropped: IntCounter,
@@ -139,7 +166,7 @@ impl DnsCollector {
     pub(crate) fn new(
         metrics: Arc<DnsMetrics>,
         records: Arc<RecordCache>,
-        udp: Option<Arc<UdpFrontend>>,
+        udp: Option<Arc<dyn UdpReport>>,
     ) -> prometheus::Result<DnsCollector> {
         let mut collector = DnsCollector {
             metrics,
@@ -165,7 +192,11 @@ impl DnsCollector {
             )?,
             answer_cache_misses: IntCounter::new(
                 "pkraft_dns_answer_cache_misses_total",
-                "UDP queries answered by the handler chain (not in the cache, or no longer current).",
+                "UDP queries not answered from the answer cache (not in it, or no longer current).",
+            )?,
+            udp_chain: IntCounter::new(
+                "pkraft_dns_udp_chain_total",
+                "UDP queries answered by hickory's handler chain in a task of their own (the rest are answered inline).",
             )?,
             rrl_slipped: IntCounter::new(
                 "pkraft_dns_rrl_slipped_total",
@@ -193,9 +224,9 @@ impl DnsCollector {
         Ok(collector)
     }
 
-    /// Every part with a descriptor; the last five (the UDP loops' counters) only lend theirs
+    /// Every part with a descriptor; the last six (the UDP loops' counters) only lend theirs
     /// (see [`DnsCollector::cache_counters`]).
-    fn parts(&self) -> [&dyn Collector; 11] {
+    fn parts(&self) -> [&dyn Collector; 12] {
         [
             &self.metrics.queries,
             &self.metrics.durations,
@@ -205,6 +236,7 @@ impl DnsCollector {
             &self.rrl_tracked_clients,
             &self.answer_cache_hits,
             &self.answer_cache_misses,
+            &self.udp_chain,
             &self.rrl_slipped,
             &self.rrl_dropped,
             &self.overload_dropped,
@@ -234,6 +266,7 @@ impl DnsCollector {
         [
             (&self.answer_cache_hits, stats.hits),
             (&self.answer_cache_misses, stats.misses),
+            (&self.udp_chain, stats.chain),
             (&self.rrl_slipped, stats.rrl_slipped),
             (&self.rrl_dropped, stats.rrl_dropped),
             (&self.overload_dropped, stats.overload_dropped),

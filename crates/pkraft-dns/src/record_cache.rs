@@ -7,7 +7,8 @@
 //! too (a resolver asking again for a key that is not published yet is common).
 //!
 //! The bound is in bytes, estimated per entry from the stored payload and the records parsed from
-//! it; moka evicts by its TinyLFU policy once the bound is reached.
+//! it; quick_cache evicts by its S3-FIFO policy once the bound is reached (scan resistant: a
+//! stream of keys asked once does not push out the keys asked again and again).
 
 use std::mem::size_of;
 use std::sync::Arc;
@@ -42,21 +43,33 @@ pub enum LookupError {
 pub struct RecordCache {
     store: Store,
     /// `None` when the bound is 0: every query reads the store.
-    entries: Option<moka::sync::Cache<KeyBytes, Arc<Entry>>>,
+    entries: Option<quick_cache::sync::Cache<KeyBytes, Arc<Entry>, Weight>>,
 }
 
-/// Fixed cost of an entry beyond its records: the key, the `Arc`s and moka's own bookkeeping
-/// (an estimate; a cached miss costs about this much, so a flood of random keys stays bounded).
+/// Fixed cost of an entry beyond its records: the key, the `Arc`s and the map's own slot (an
+/// estimate; a cached miss costs about this much, so a flood of random keys stays bounded).
 const ENTRY_OVERHEAD: usize = 384;
+/// The weight of an iroh-sized packet's entry, to size the map up front.
+const TYPICAL_ENTRY_BYTES: u64 = 1_024;
+
+/// An entry's weight against the bound, computed once when it is made.
+#[derive(Clone, Copy)]
+struct Weight;
+
+impl quick_cache::Weighter<KeyBytes, Arc<Entry>> for Weight {
+    fn weight(&self, _key: &KeyBytes, entry: &Arc<Entry>) -> u64 {
+        u64::from(entry.weight)
+    }
+}
 
 impl RecordCache {
     /// A cache over `store` holding about `max_bytes` of entries (0: no cache).
     pub fn new(store: Store, max_bytes: u64) -> Self {
         let entries = (max_bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_key: &KeyBytes, entry: &Arc<Entry>| entry.weight)
-                .build()
+            let estimated_entries = usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES)
+                .unwrap_or(usize::MAX)
+                .max(16);
+            quick_cache::sync::Cache::with_weighter(estimated_entries, max_bytes, Weight)
         });
         RecordCache { store, entries }
     }
@@ -64,16 +77,21 @@ impl RecordCache {
     /// The records of the packet stored for `key` (`None`: no packet), as the local replica has
     /// them now.
     pub fn records(&self, key: &KeyBytes) -> Result<Option<Records>, LookupError> {
+        Ok(self.versioned(key)?.1)
+    }
+
+    /// [`RecordCache::records`], with the key's version read before them: an answer built from
+    /// these records stays current while the store reports that version.
+    pub fn versioned(&self, key: &KeyBytes) -> Result<(KeyVersion, Option<Records>), LookupError> {
         // Before the store read: a change committed after this point moves the version on.
         let version = self.store.key_version(key);
-        crate::answer_cache::note_read(key, version);
         let Some(entries) = &self.entries else {
-            return Ok(read(&self.store, key)?.0);
+            return Ok((version, read(&self.store, key)?.0));
         };
         if let Some(entry) = entries.get(key)
             && entry.version == version
         {
-            return Ok(entry.records.clone());
+            return Ok((version, entry.records.clone()));
         }
         let (records, payload_len) = read(&self.store, key)?;
         let weight = ENTRY_OVERHEAD
@@ -87,23 +105,22 @@ impl RecordCache {
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         };
         entries.insert(*key, Arc::new(entry));
-        Ok(records)
+        Ok((version, records))
     }
 
-    /// Entries held and their estimated bytes (moka counts lazily: approximate).
+    /// Entries held and their estimated bytes.
     pub fn size(&self) -> (u64, u64) {
         self.entries.as_ref().map_or((0, 0), |entries| {
-            entries.run_pending_tasks();
-            (entries.entry_count(), entries.weighted_size())
+            (
+                u64::try_from(entries.len()).unwrap_or(u64::MAX),
+                entries.weight(),
+            )
         })
     }
 
-    /// Entries held (approximate: moka counts lazily); for tests.
+    /// Entries held; for tests.
     pub fn entry_count(&self) -> u64 {
-        self.entries.as_ref().map_or(0, |entries| {
-            entries.run_pending_tasks();
-            entries.entry_count()
-        })
+        self.size().0
     }
 }
 

@@ -1,7 +1,8 @@
 //! [`DnsServer`]: UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP listener sharing a
-//! port. hickory-server serves TCP, and UDP too when the answer cache and RRL are both off;
-//! otherwise UDP goes through [`crate::udp`], which rate-limits answers per client network,
-//! answers repeated queries from the cache and the rest with hickory's handler chain.
+//! port. hickory-server serves TCP (its handler tries the direct answers first), and UDP too when
+//! the direct answers, the answer cache and RRL are all off; otherwise UDP goes through
+//! [`crate::udp`], which rate-limits answers per client network, answers repeated queries from
+//! the cache and the rest directly or with hickory's handler chain.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,11 +20,12 @@ use tokio::task::JoinSet;
 use crate::answer_cache::AnswerCache;
 use crate::answerer::{Answerer, CountedHandler, SharedHandler};
 use crate::freshness::{FreshnessGuard, FreshnessProbe};
-use crate::metrics::{DnsCollector, DnsMetrics};
+use crate::direct::DirectAnswers;
+use crate::metrics::{DnsCollector, DnsMetrics, UdpAnswerStats, UdpReport};
 use crate::record_cache::RecordCache;
 use crate::rrl::Rrl;
 use crate::settings::{Settings, SettingsError};
-use crate::udp::{self, UdpAnswerStats, UdpFrontend};
+use crate::udp::{self, UdpFrontend};
 use crate::zone::PkarrZone;
 
 /// Responses queued per TCP connection before the connection stops reading requests.
@@ -82,23 +84,31 @@ impl DnsServer {
             settings.record_cache_bytes(),
         ));
         let mut catalog = Catalog::new();
+        let mut pkarr_zones = Vec::new();
         for origin in &zones.origins {
-            let zone: Arc<dyn ZoneHandler> =
-                Arc::new(PkarrZone::new(origin, &zones, records.clone(), dht.clone()));
+            let zone = Arc::new(PkarrZone::new(origin, &zones, records.clone(), dht.clone()));
+            pkarr_zones.push(zone.clone());
+            let zone: Arc<dyn ZoneHandler> = zone;
             catalog.upsert(LowerName::new(origin), vec![zone]);
         }
+        let direct = settings
+            .direct_answers
+            .then(|| Arc::new(DirectAnswers::new(pkarr_zones)));
         let (udp, tcp) = bind_shared_port(settings.listen, settings.udp_socket_count()).await?;
         let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind {
             addr: settings.listen,
             source,
         })?;
         let metrics = Arc::new(DnsMetrics::new().map_err(|e| DnsError::Server(e.to_string()))?);
-        let handler = SharedHandler(Arc::new(FreshnessGuard::new(
-            catalog,
-            freshness,
-            settings.max_stale,
-            metrics.stale_refusals.clone(),
-        )));
+        let handler = SharedHandler::new(
+            Arc::new(FreshnessGuard::new(
+                catalog,
+                freshness,
+                settings.max_stale,
+                metrics.stale_refusals.clone(),
+            )),
+            direct,
+        );
         let answerer = Answerer::new(handler.clone(), metrics.clone());
         let (stop_udp, stop) = watch::channel(false);
         let mut udp_loops = JoinSet::new();
@@ -107,7 +117,10 @@ impl DnsServer {
             metrics: metrics.clone(),
         });
         let rrl = Rrl::new(&settings.rrl).map_err(SettingsError::from)?;
-        let udp_frontend = if settings.answer_cache_bytes() > 0 || rrl.is_some() {
+        let udp_frontend = if settings.direct_answers
+            || settings.answer_cache_bytes() > 0
+            || rrl.is_some()
+        {
             let answers = (settings.answer_cache_bytes() > 0)
                 .then(|| AnswerCache::new(store, settings.answer_cache_bytes()));
             let frontend = Arc::new(UdpFrontend::new(
@@ -115,6 +128,7 @@ impl DnsServer {
                 answers,
                 rrl,
                 settings.udp_pending_max,
+                settings.udp_batch,
                 udp.len(),
                 metrics.clone(),
             ));
@@ -149,10 +163,14 @@ impl DnsServer {
 
     /// Registers the DNS frontend's metrics (docs/METRICS.md: `pkraft_dns_*`).
     pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        let udp = self
+            .udp_frontend
+            .clone()
+            .map(|frontend| frontend as Arc<dyn UdpReport>);
         registry.register(Box::new(DnsCollector::new(
             self.metrics.clone(),
             self.records.clone(),
-            self.udp_frontend.clone(),
+            udp,
         )?))
     }
 

@@ -66,6 +66,14 @@ pub struct Settings {
     /// answers every query). Default 32 MiB, about
     /// 60,000 answers the size of an iroh `_iroh` TXT answer.
     pub answer_cache_mib: u32,
+    /// Build answers in place from the zones' local lookups, byte-identical to hickory-server's
+    /// `Catalog` (docs/ARCHITECTURE.md, "DNS flow"), instead of handing every query to the
+    /// `Catalog`: UDP answers them inline with no task per query, TCP and DNS-over-HTTPS skip the
+    /// `Catalog`. What they do not cover (a key only the DHT has, a stale node, UPDATE, AXFR)
+    /// still goes to the `Catalog`. Default true; false is for comparison and diagnosis (with
+    /// `answer_cache_mib = 0` and `[dns.rrl]` off too, hickory-server's own UDP listener
+    /// answers every query).
+    pub direct_answers: bool,
     /// UDP sockets bound to `listen` with `SO_REUSEPORT`; the kernel spreads queries over them
     /// by client address and each is served by its own task, so several cores receive in
     /// parallel. Default 0: two per CPU core, at least 4 and at most 16. On a 2-core machine 2 or
@@ -79,6 +87,10 @@ pub struct Settings {
     /// would drop it, so a flood of distinct queries cannot pile up tasks and memory. Applies
     /// when pkraft's own UDP loop runs (answer cache or RRL on). Default 1,024.
     pub udp_pending_max: usize,
+    /// Datagrams read and sent per system call by each UDP loop (`recvmmsg`/`sendmmsg` on Linux).
+    /// 1: one per call (`recvfrom`/`sendto`), the path other systems always use. Default 32, at
+    /// most 256.
+    pub udp_batch: usize,
     /// Response rate limiting of UDP answers per client network (`[dns.rrl]`).
     pub rrl: crate::rrl::RrlSettings,
 }
@@ -99,8 +111,10 @@ impl Default for Settings {
             max_stale: None,
             record_cache_mib: 64,
             answer_cache_mib: 32,
+            direct_answers: true,
             udp_sockets: 0,
             udp_pending_max: 1_024,
+            udp_batch: 32,
             rrl: crate::rrl::RrlSettings::default(),
         }
     }
@@ -195,6 +209,16 @@ impl Settings {
             return Err(SettingsError::new(
                 "udp_pending_max",
                 format!("must be 1 to {}, got {}", 1 << 20, self.udp_pending_max),
+            ));
+        }
+        if !(1..=crate::udp_io::BATCH_MAX).contains(&self.udp_batch) {
+            return Err(SettingsError::new(
+                "udp_batch",
+                format!(
+                    "must be 1 to {}, got {}",
+                    crate::udp_io::BATCH_MAX,
+                    self.udp_batch
+                ),
             ));
         }
         self.rrl.validate()?;

@@ -1,13 +1,18 @@
-//! The UDP listener when `dns.answer_cache_mib` or `[dns.rrl]` is set: a receive loop per socket
-//! that applies response rate limiting ([`Rrl`]), answers repeated queries from the
-//! [`AnswerCache`] on the spot, and hands every other query to hickory's handler chain in a task
-//! of its own, the way hickory's UDP listener does with all of them.
+//! The UDP listener (unless `dns.direct_answers`, `dns.answer_cache_mib` and `[dns.rrl]` are all
+//! off): a loop per socket that reads datagrams in batches ([`crate::udp_io`]), applies response
+//! rate limiting ([`Rrl`]), answers repeated queries from the [`AnswerCache`] and the rest with
+//! [`crate::direct::DirectAnswers`], all inline, and sends the batch's answers together. Only
+//! what the direct answers leave to hickory's handler chain (module docs of `crate::direct`)
+//! gets a task of its own, the way hickory's UDP listener handles every query.
 //!
-//! A hit costs a hash lookup, a version check per key the answer read, and a copy: no parse, no
-//! task, no channel. Measured against hickory's listener, that is what stood between pkraft and
-//! NSD (docs/BENCHMARKS.md). A miss gets exactly hickory's answer ([`answer_as_hickory`]), and
-//! a hit the bytes of an earlier miss with the query's ID, so every answer is byte-identical to
-//! hickory's (tested in `tests/udp_answers.rs`).
+//! A hit costs a hash lookup, a version check of the key the answer read, and a copy: no parse.
+//! A miss costs a parse, a zone lookup and an encode, with no task, no channel and no boxed
+//! future. Every answer is byte-identical to what hickory's own listener sends (tested in
+//! `tests/udp_answers.rs`): a miss is built and encoded by hickory's types as its `Catalog`
+//! builds it, a hit is the bytes of an earlier miss with the query's ID.
+//!
+//! A query that must go to the chain never holds up its batch: its task is spawned and the loop
+//! goes on with the next datagram.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -16,33 +21,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{Header, MessageType};
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
+use hickory_server::server::Request;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::answer_cache::{AnswerCache, record_reads};
-use crate::answerer::{SharedHandler, answer_as_hickory};
-use crate::metrics::{DnsMetrics, Transport, wire_rcode};
+use crate::answer_cache::AnswerCache;
+use crate::answerer::{SharedHandler, respond};
+use crate::direct::malformed_answer;
+use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
 use crate::rrl::{Rrl, SlipDice, Verdict, truncated_answer};
-
-/// Datagrams are read into a buffer this large, as hickory's UDP listener does
-/// (`hickory_net::udp::MAX_RECEIVE_BUFFER_SIZE`): a longer one is cut to it in both.
-const RECEIVE_BUFFER_LEN: usize = 4_096;
-
-/// How UDP queries were answered since the start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct UdpAnswerStats {
-    /// From the answer cache.
-    pub hits: u64,
-    /// By hickory's handler chain (including queries that got no answer).
-    pub misses: u64,
-    /// Over the rate limit, answered with an empty truncated answer (RRL slip).
-    pub rrl_slipped: u64,
-    /// Over the rate limit, not answered.
-    pub rrl_dropped: u64,
-    /// Cache misses dropped because `dns.udp_pending_max` were already being answered.
-    pub overload_dropped: u64,
-}
+use crate::udp_io::{Outgoing, Received};
 
 /// One socket loop's counters, on a cache line of its own so that loops on different cores do
 /// not contend for it.
@@ -51,6 +42,7 @@ pub struct UdpAnswerStats {
 struct LoopCounters {
     hits: AtomicU64,
     misses: AtomicU64,
+    chain: AtomicU64,
     rrl_slipped: AtomicU64,
     rrl_dropped: AtomicU64,
     overload_dropped: AtomicU64,
@@ -59,13 +51,25 @@ struct LoopCounters {
 /// What every socket's loop shares.
 pub(crate) struct UdpFrontend {
     handler: SharedHandler,
-    /// `None` when `dns.answer_cache_mib` is 0 (the loop runs for RRL alone).
+    /// `None` when `dns.answer_cache_mib` is 0.
     answers: Option<AnswerCache>,
     rrl: Option<Rrl>,
-    /// Most cache misses being answered at once per socket loop.
+    /// Most queries being answered by the chain at once per socket loop.
     pending_max: usize,
+    /// Datagrams per receive and send call (`dns.udp_batch`).
+    batch: usize,
     counters: Box<[LoopCounters]>,
     metrics: Arc<DnsMetrics>,
+}
+
+/// What the direct answers did with a query that missed the answer cache.
+enum Direct {
+    /// The answer is in the buffer.
+    Answered,
+    /// Nothing is sent (fewer than 12 bytes, or a response).
+    NoAnswer,
+    /// hickory's chain must answer it.
+    Chain(Box<Request>),
 }
 
 impl UdpFrontend {
@@ -75,6 +79,7 @@ impl UdpFrontend {
         answers: Option<AnswerCache>,
         rrl: Option<Rrl>,
         pending_max: usize,
+        batch: usize,
         loops: usize,
         metrics: Arc<DnsMetrics>,
     ) -> Self {
@@ -83,59 +88,181 @@ impl UdpFrontend {
             answers,
             rrl,
             pending_max,
+            batch,
             counters: (0..loops).map(|_| LoopCounters::default()).collect(),
             metrics,
         }
     }
 
-    /// The answer cache's entries and estimated bytes.
-    pub(crate) fn answer_cache_size(&self) -> Option<(u64, u64)> {
+    /// Answers one datagram: queues its answer in `outgoing` (which has room), or spawns the
+    /// chain's task into `chain_tasks`, or drops it.
+    #[expect(clippy::too_many_arguments, reason = "the loop's state, borrowed per datagram")]
+    fn handle(
+        self: &Arc<Self>,
+        query: &[u8],
+        src: SocketAddr,
+        counters: &LoopCounters,
+        dice: &mut SlipDice,
+        outgoing: &mut Outgoing,
+        chain_tasks: &mut JoinSet<()>,
+        socket: &Arc<UdpSocket>,
+        arrived: Instant,
+    ) {
+        if !can_answer(src) {
+            tracing::debug!(%src, "not answering a datagram from this address");
+            return;
+        }
+        let Some(out) = outgoing.next_buffer() else {
+            return;
+        };
+        if let Some(rrl) = &self.rrl {
+            match rrl.verdict(src.ip(), dice) {
+                Verdict::Answer => {}
+                Verdict::Slip => {
+                    // Not a query hickory can parse: nothing to truncate, so it is dropped.
+                    match truncated_answer(query) {
+                        Some(truncated) => {
+                            counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+                            out.extend_from_slice(&truncated);
+                            outgoing.queue(src);
+                        }
+                        None => {
+                            counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    return;
+                }
+                Verdict::Drop => {
+                    counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        // A node that is too stale answers SERVFAIL, which hickory's chain says.
+        let stale = self.handler.too_stale();
+        if !stale
+            && let Some(answers) = &self.answers
+            && answers.answer(query, out)
+        {
+            counters.hits.fetch_add(1, Ordering::Relaxed);
+            outgoing.queue(src);
+            return;
+        }
+        counters.misses.fetch_add(1, Ordering::Relaxed);
+        match self.answer_direct(query, src, stale, out) {
+            Direct::Answered => outgoing.queue(src),
+            Direct::NoAnswer => {}
+            Direct::Chain(request) => {
+                self.spawn_chain(request, counters, chain_tasks, socket, arrived);
+            }
+        }
+    }
+
+    /// The direct answer to `query`, written to `out` and kept in the answer cache.
+    fn answer_direct(&self, query: &[u8], src: SocketAddr, stale: bool, out: &mut Vec<u8>) -> Direct {
+        let request = match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%error, %src, "malformed DNS query");
+                let formerr = Header::read(&mut BinDecoder::new(query))
+                    .ok()
+                    .and_then(|header| malformed_answer(&header, Protocol::Udp));
+                return match formerr {
+                    Some(formerr) => {
+                        out.extend_from_slice(&formerr);
+                        Direct::Answered
+                    }
+                    None => Direct::NoAnswer,
+                };
+            }
+        };
+        // Answering a response would let anyone bounce traffic off this server.
+        if request.metadata.message_type == MessageType::Response {
+            return Direct::NoAnswer;
+        }
+        let Some(direct) = self.handler.direct().filter(|_| !stale) else {
+            return Direct::Chain(Box::new(request));
+        };
+        let Some(prepared) = direct.prepare(&request) else {
+            return Direct::Chain(Box::new(request));
+        };
+        if prepared.encode(&request.queries, Protocol::Udp, out).is_err() {
+            return Direct::Chain(Box::new(request));
+        }
+        if let Some(answers) = &self.answers {
+            answers.insert(query, out, prepared.read);
+        }
+        Direct::Answered
+    }
+
+    /// Hands `request` to hickory's chain in a task of its own, unless `dns.udp_pending_max`
+    /// are already being answered on this socket.
+    fn spawn_chain(
+        self: &Arc<Self>,
+        request: Box<Request>,
+        counters: &LoopCounters,
+        chain_tasks: &mut JoinSet<()>,
+        socket: &Arc<UdpSocket>,
+        arrived: Instant,
+    ) {
+        // Reap finished tasks, so the set holds only those still answering.
+        while chain_tasks.try_join_next().is_some() {}
+        if chain_tasks.len() >= self.pending_max {
+            counters.overload_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        counters.chain.fetch_add(1, Ordering::Relaxed);
+        let (socket, frontend) = (socket.clone(), self.clone());
+        chain_tasks.spawn(async move {
+            let src = request.src();
+            if let Some(answer) = respond(&frontend.handler, &request).await {
+                if let Err(error) = socket.send_to(&answer, src).await {
+                    tracing::debug!(%error, %src, "UDP send failed");
+                }
+                frontend
+                    .metrics
+                    .answered(Transport::Udp, wire_rcode(&answer), arrived.elapsed());
+            }
+        });
+    }
+
+    /// Counts the queued answers and sends them.
+    async fn flush(&self, socket: &UdpSocket, outgoing: &mut Outgoing, arrived: Instant) {
+        let took = arrived.elapsed();
+        for (answer, _) in outgoing.queued() {
+            self.metrics
+                .answered(Transport::Udp, wire_rcode(answer), took);
+        }
+        outgoing.flush(socket).await;
+    }
+}
+
+impl UdpReport for UdpFrontend {
+    fn answer_cache_size(&self) -> Option<(u64, u64)> {
         self.answers.as_ref().map(AnswerCache::size)
     }
 
-    /// Client networks with RRL state.
-    pub(crate) fn rrl_tracked_clients(&self) -> u64 {
+    fn rrl_tracked_clients(&self) -> u64 {
         self.rrl.as_ref().map_or(0, Rrl::tracked_clients)
     }
 
-    pub(crate) fn stats(&self) -> UdpAnswerStats {
+    fn stats(&self) -> UdpAnswerStats {
         self.counters
             .iter()
             .fold(UdpAnswerStats::default(), |sum, counters| UdpAnswerStats {
                 hits: sum.hits + counters.hits.load(Ordering::Relaxed),
                 misses: sum.misses + counters.misses.load(Ordering::Relaxed),
+                chain: sum.chain + counters.chain.load(Ordering::Relaxed),
                 rrl_slipped: sum.rrl_slipped + counters.rrl_slipped.load(Ordering::Relaxed),
                 rrl_dropped: sum.rrl_dropped + counters.rrl_dropped.load(Ordering::Relaxed),
                 overload_dropped: sum.overload_dropped
                     + counters.overload_dropped.load(Ordering::Relaxed),
             })
     }
-
-    /// The cached answer to `query`, written to `answer`; false if it must go to hickory.
-    fn answer_from_cache(&self, query: &[u8], answer: &mut Vec<u8>) -> bool {
-        // A node that is too stale answers SERVFAIL, which hickory's chain says.
-        let Some(answers) = &self.answers else {
-            return false;
-        };
-        !self.handler.too_stale() && answers.answer(query, answer)
-    }
-
-    /// hickory's answer to `query`, kept for the next query with the same bytes after the ID.
-    async fn answer_miss(&self, query: Vec<u8>, src: SocketAddr) -> Option<Vec<u8>> {
-        let Some(answers) = &self.answers else {
-            return answer_as_hickory(&self.handler, query, src, Protocol::Udp).await;
-        };
-        let key = query.clone();
-        let (answer, reads) =
-            record_reads(answer_as_hickory(&self.handler, query, src, Protocol::Udp)).await;
-        let answer = answer?;
-        answers.insert(&key, &answer, reads);
-        Some(answer)
-    }
 }
 
 /// Serves `socket` as loop number `index` until `stop` changes, then waits for the queries still
-/// being answered.
+/// with the chain.
 pub(crate) async fn serve(
     socket: Arc<UdpSocket>,
     frontend: Arc<UdpFrontend>,
@@ -146,16 +273,16 @@ pub(crate) async fn serve(
         tracing::error!(index, "no counters for this UDP loop; it does not serve");
         return;
     };
-    let mut query = vec![0; RECEIVE_BUFFER_LEN];
-    let mut answer = Vec::with_capacity(512);
-    let mut misses = JoinSet::new();
+    let mut received = Received::new(frontend.batch);
+    let mut outgoing = Outgoing::new(frontend.batch);
+    let mut chain_tasks = JoinSet::new();
     // Which of RRL's refusals on this socket are slipped.
     let mut dice = SlipDice::new(index);
     loop {
-        // Under load the socket always has a datagram: read until it has none, and only then
+        // Under load the socket always has datagrams: read until it has none, and only then
         // wait (for readiness or the stop), so that a busy loop costs no wake-ups.
-        let (len, src) = match socket.try_recv_from(&mut query) {
-            Ok(received) => received,
+        let count = match received.try_receive(&socket) {
+            Ok(count) => count,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tokio::select! {
                     ready = socket.readable() => match ready {
@@ -180,72 +307,30 @@ pub(crate) async fn serve(
         if stop.has_changed().unwrap_or(true) {
             break;
         }
+        let arrived = Instant::now();
+        for datagram in 0..count {
+            let Some((query, src)) = received.get(datagram) else {
+                continue;
+            };
+            frontend.handle(
+                query,
+                src,
+                counters,
+                &mut dice,
+                &mut outgoing,
+                &mut chain_tasks,
+                &socket,
+                arrived,
+            );
+            if outgoing.is_full() {
+                frontend.flush(&socket, &mut outgoing, arrived).await;
+            }
+        }
+        frontend.flush(&socket, &mut outgoing, arrived).await;
         // A loop that never waits must still let the worker's other tasks run.
         tokio::task::consume_budget().await;
-        if !can_answer(src) {
-            tracing::debug!(%src, "not answering a datagram from this address");
-            continue;
-        }
-        let received = Instant::now();
-        let query = &query[..len];
-        if let Some(rrl) = &frontend.rrl {
-            match rrl.verdict(src.ip(), &mut dice) {
-                Verdict::Answer => {}
-                Verdict::Slip => {
-                    // Not a query hickory can parse: nothing to truncate, so it is dropped.
-                    match truncated_answer(query) {
-                        Some(truncated) => {
-                            counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
-                            send_answer(&socket, &frontend, &truncated, src, received).await;
-                        }
-                        None => {
-                            counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    continue;
-                }
-                Verdict::Drop => {
-                    counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-            }
-        }
-        if frontend.answer_from_cache(query, &mut answer) {
-            counters.hits.fetch_add(1, Ordering::Relaxed);
-            send_answer(&socket, &frontend, &answer, src, received).await;
-            continue;
-        }
-        counters.misses.fetch_add(1, Ordering::Relaxed);
-        // Reap finished misses, so the set holds only those still being answered.
-        while misses.try_join_next().is_some() {}
-        if misses.len() >= frontend.pending_max {
-            counters.overload_dropped.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let (socket, frontend, query) = (socket.clone(), frontend.clone(), query.to_vec());
-        misses.spawn(async move {
-            if let Some(answer) = frontend.answer_miss(query, src).await {
-                send_answer(&socket, &frontend, &answer, src, received).await;
-            }
-        });
     }
-    while misses.join_next().await.is_some() {}
-}
-
-/// Sends `answer` to `src` and counts it, timed from when its query was `received`.
-async fn send_answer(
-    socket: &UdpSocket,
-    frontend: &UdpFrontend,
-    answer: &[u8],
-    src: SocketAddr,
-    received: Instant,
-) {
-    if let Err(error) = socket.send_to(answer, src).await {
-        tracing::debug!(%error, %src, "UDP send failed");
-    }
-    frontend
-        .metrics
-        .answered(Transport::Udp, wire_rcode(answer), received.elapsed());
+    while chain_tasks.join_next().await.is_some() {}
 }
 
 /// Whether an answer can be sent to `src`: not to port 0, an unspecified or a broadcast address

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use pkraft_dht::Resolver;
 use pkraft_types::packet::dns_records;
+use pkraft_store::KeyVersion;
 use pkraft_types::{KeyBytes, decode_z32_key};
 
 use crate::record_cache::{RecordCache, Records};
@@ -144,53 +145,116 @@ impl PkarrZone {
         }
     }
 
-    /// The records for `name` (under this origin, not the apex) and `rtype`; `owner` is the name
-    /// to put on the answers.
-    async fn lookup_key_name(&self, name: &LowerName, rtype: RecordType, owner: Name) -> Lookup {
-        let labels: Vec<&[u8]> = name.iter().collect();
-        let Some(key_index) = labels
-            .len()
-            .checked_sub(usize::from(self.origin.num_labels()) + 1)
-        else {
-            return Lookup::NxDomain;
+    /// This origin, lower-cased.
+    pub(crate) fn origin_name(&self) -> &LowerName {
+        &self.origin
+    }
+
+    /// The SOA for the authority section of negative answers (TTL min(TTL, MINIMUM)).
+    pub(crate) fn negative_soa(&self) -> &Record {
+        &self.apex.negative_soa
+    }
+
+    /// The NS records at the apex, which authoritative answers to SOA queries carry in their
+    /// authority section.
+    pub(crate) fn apex_ns(&self) -> &[Record] {
+        &self.apex.ns
+    }
+
+    /// The answer to `name` (under this origin) and `rtype` from the local replica alone, with
+    /// the key it read, if any, and that key's version before the read; `owner` is the name to
+    /// put on the answers. `None` when the DHT must be asked (the key is not stored here and
+    /// `[dht]` resolves).
+    pub(crate) fn lookup_local(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        owner: &Name,
+    ) -> Option<(Lookup, Option<Read>)> {
+        if *name == self.origin {
+            let records = self.apex.records(rtype);
+            let lookup = if records.is_empty() {
+                Lookup::NoData
+            } else {
+                Lookup::Answers(records)
+            };
+            return Some((lookup, None));
+        }
+        let Some(at) = self.key_name(name) else {
+            return Some((Lookup::NxDomain, None));
         };
-        let (sub, key_label) = (&labels[..key_index], labels[key_index]);
+        match self.records.versioned(&at.key) {
+            Ok((version, Some(records))) => Some((
+                select(&records, &at.sub, at.key_label, owner, rtype),
+                Some((at.key, version)),
+            )),
+            Ok((_, None)) if self.dht.is_some() => None,
+            Ok((version, None)) => Some((Lookup::NxDomain, Some((at.key, version)))),
+            Err(e) => {
+                let key = String::from_utf8_lossy(at.key_label);
+                Some((Lookup::Failed(format!("key {key}: {e}")), None))
+            }
+        }
+    }
+
+    /// `name` split at its key label; `None` when the label left of the origin is no key.
+    fn key_name<'n>(&self, name: &'n LowerName) -> Option<KeyName<'n>> {
+        let mut labels: Vec<&[u8]> = name.iter().collect();
+        let key_index = labels
+            .len()
+            .checked_sub(usize::from(self.origin.num_labels()) + 1)?;
+        let key_label = labels[key_index];
         // The key's bytes, not its curve point: a label that is no valid key was never stored,
         // and decompressing the point would cost about as much as the rest of the query.
-        let Some(key) = std::str::from_utf8(key_label)
+        let key = std::str::from_utf8(key_label)
             .ok()
-            .and_then(|k| decode_z32_key(k).ok())
-        else {
+            .and_then(|k| decode_z32_key(k).ok())?;
+        labels.truncate(key_index);
+        Some(KeyName {
+            sub: labels,
+            key_label,
+            key,
+        })
+    }
+
+    /// The records for `name` (under this origin, not the apex) and `rtype`; `owner` is the name
+    /// to put on the answers. Keys the local replica does not hold are asked of the DHT.
+    async fn lookup_key_name(&self, name: &LowerName, rtype: RecordType, owner: &Name) -> Lookup {
+        if let Some((lookup, _read)) = self.lookup_local(name, rtype, owner) {
+            return lookup;
+        }
+        let Some(at) = self.key_name(name) else {
             return Lookup::NxDomain;
         };
-        let records = match self.records.records(&key) {
-            Ok(Some(records)) => records,
-            Ok(None) => match self.records_from_dht(&key).await {
-                Some(records) => records,
-                None => return Lookup::NxDomain,
-            },
-            Err(e) => {
-                let key = String::from_utf8_lossy(key_label);
-                return Lookup::Failed(format!("key {key}: {e}"));
-            }
-        };
-        select(&records, sub, key_label, owner, rtype)
+        match self.records_from_dht(&at.key).await {
+            Some(records) => select(&records, &at.sub, at.key_label, owner, rtype),
+            None => Lookup::NxDomain,
+        }
     }
 
     /// The records of the packet the DHT has for `key`, within `dht.resolve_timeout` (`None`:
-    /// no DHT, not found, not in time). The answer depends on the DHT and its caches, not only
-    /// on the replica, so the UDP answer cache must not keep it.
+    /// no DHT, not found, not in time).
     async fn records_from_dht(&self, key: &KeyBytes) -> Option<Records> {
         let dht = self.dht.as_ref()?;
-        crate::answer_cache::note_uncacheable();
         let payload = dht.resolve(key).await?;
         dns_records(&payload).ok().map(Into::into)
     }
 }
 
+/// A query name under an origin, split at the key label: `<sub>.<key label>.<origin>`.
+struct KeyName<'n> {
+    /// The labels left of the key, a name inside the key's packet (none: the key itself).
+    sub: Vec<&'n [u8]>,
+    key_label: &'n [u8],
+    key: KeyBytes,
+}
+
+/// A key the zone read from the local replica, and its version before the read.
+pub(crate) type Read = (KeyBytes, KeyVersion);
+
 /// What a lookup found.
 #[derive(Debug, PartialEq)]
-enum Lookup {
+pub(crate) enum Lookup {
     Answers(Vec<Record>),
     /// The name exists, with no records of the type (NODATA).
     NoData,
@@ -206,7 +270,7 @@ fn select(
     records: &[Record],
     sub: &[&[u8]],
     key_label: &[u8],
-    owner: Name,
+    owner: &Name,
     rtype: RecordType,
 ) -> Lookup {
     let mut at_name = Vec::new();
@@ -343,27 +407,18 @@ impl ZoneHandler for PkarrZone {
         request_info: Option<&RequestInfo<'_>>,
         _lookup_options: LookupOptions,
     ) -> LookupControlFlow<AuthLookup> {
-        if *name == self.origin {
-            // hickory's Catalog fetches the SOA for the authority section of NXDOMAIN and NODATA
-            // answers with this call and no request info; a query always comes with it (see
-            // `search`). That copy carries the negative-caching TTL.
-            if rtype == RecordType::SOA && request_info.is_none() {
-                return Lookup::Answers(vec![self.apex.negative_soa.clone()]).into();
-            }
-            let records = self.apex.records(rtype);
-            return if records.is_empty() {
-                Lookup::NoData
-            } else {
-                Lookup::Answers(records)
-            }
-            .into();
+        // hickory's Catalog fetches the SOA for the authority section of NXDOMAIN and NODATA
+        // answers with this call and no request info; a query always comes with it (see
+        // `search`). That copy carries the negative-caching TTL.
+        if *name == self.origin && rtype == RecordType::SOA && request_info.is_none() {
+            return Lookup::Answers(vec![self.apex.negative_soa.clone()]).into();
         }
         // Answer with the name as the client spelled it (resolvers randomise letter case).
         let owner = match request_info {
             Some(info) => info.query.original().name().clone(),
             None => Name::from(name),
         };
-        let lookup = self.lookup_key_name(name, rtype, owner).await;
+        let lookup = self.lookup_key_name(name, rtype, &owner).await;
         if let Lookup::Failed(reason) = &lookup {
             self.failure_log.error(reason);
         }

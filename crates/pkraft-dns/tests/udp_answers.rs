@@ -1,10 +1,13 @@
-//! The UDP fast path (`dns.answer_cache_mib`) answers byte for byte as hickory-server's own UDP
-//! listener does (`dns.answer_cache_mib = 0`), on a cache miss and on a hit, before and after
-//! the key changes, and while the node is too stale.
+//! pkraft's UDP loops (direct answers, the answer cache, batched I/O) answer byte for byte as
+//! hickory-server's own UDP listener and `Catalog` do (`dns.direct_answers = false`,
+//! `dns.answer_cache_mib = 0`), on a cache miss and on a hit, before and after the key changes,
+//! and while the node is too stale.
 //!
-//! Method: two servers over one store, one with the answer cache and one without, each on a real
-//! UDP socket on 127.0.0.1. Every query of a set covering the shapes a DNS server sees goes to
-//! both; the cached server gets it three times (the miss, a hit, a hit under another ID).
+//! Method: servers over one store, each on a real UDP socket on 127.0.0.1: the reference
+//! (hickory alone), the defaults (direct answers, answer cache, `recvmmsg`/`sendmmsg`), direct
+//! answers without the cache, and the defaults with one datagram per system call (the portable
+//! path). Every query of a set covering the shapes a DNS server sees goes to each; each pkraft
+//! server gets it three times (the miss, a hit, a hit under another ID).
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -13,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::rdata::opt::{EdnsOption, NSIDPayload};
+use hickory_proto::rr::{DNSClass, Name, RecordType};
 use pkraft_dns::{DnsServer, Freshness, FreshnessProbe, Settings};
 use pkraft_store::Store;
 use pkraft_testkit::pkarr::Keypair;
@@ -39,15 +43,37 @@ fn publish(store: &Store, keypair: &Keypair, timestamp: u64, addrs: &[&str]) {
     txn.commit(b"state").expect("commit");
 }
 
-async fn start(store: &Store, answer_cache_mib: u32, freshness: FreshnessProbe) -> DnsServer {
+/// How a test server answers UDP.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// hickory-server's own UDP listener and `Catalog`, nothing of pkraft's.
+    Hickory,
+    /// The defaults: direct answers, the answer cache, batched I/O.
+    Defaults,
+    /// Direct answers with no answer cache.
+    DirectOnly,
+    /// The defaults with one datagram per system call.
+    Unbatched,
+}
+
+async fn start(store: &Store, mode: Mode, freshness: FreshnessProbe) -> DnsServer {
+    let (direct_answers, answer_cache_mib, udp_batch) = match mode {
+        Mode::Hickory => (false, 0, 32),
+        Mode::Defaults => (true, 1, 32),
+        Mode::DirectOnly => (true, 0, 32),
+        Mode::Unbatched => (true, 1, 1),
+    };
     let settings = Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        origins: vec!["pkarr.test".to_string(), "inner.pkarr.test".to_string()],
         nameservers: vec!["ns1.example.net".to_string()],
         apex_a: vec!["192.0.2.53".parse().expect("ip")],
         max_stale: Some(Duration::from_secs(5)),
         answer_cache_mib,
+        direct_answers,
+        udp_batch,
         udp_sockets: 1,
-        // With RRL on, pkraft's own loop would serve UDP even with the cache off; these tests
+        // With RRL on, pkraft's own loop would serve UDP even with the rest off; these tests
         // compare against hickory's listener and send more than any limit allows.
         rrl: pkraft_dns::rrl::RrlSettings {
             responses_per_second: 0,
@@ -75,6 +101,25 @@ async fn exchange(server: SocketAddr, query: &[u8], expect_answer: bool) -> Opti
         .ok()?
         .expect("receive");
     Some(buf[..len].to_vec())
+}
+
+/// The answer to `query` from `server` over TCP (RFC 1035 §4.2.2 framing).
+async fn exchange_tcp(server: SocketAddr, query: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(server).await.expect("connect");
+        let len = u16::try_from(query.len()).expect("short query");
+        stream.write_all(&len.to_be_bytes()).await.expect("send");
+        stream.write_all(query).await.expect("send");
+        let mut len = [0; 2];
+        stream.read_exact(&mut len).await.expect("length");
+        let mut answer = vec![0; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).await.expect("answer");
+        answer
+    };
+    tokio::time::timeout(ANSWER_TIMEOUT, exchange)
+        .await
+        .expect("a TCP answer in time")
 }
 
 fn message(id: u16, name: &str, rtype: RecordType, edns: Option<Edns>) -> Message {
@@ -194,6 +239,51 @@ fn queries(small: &Keypair, large: &Keypair, missing: &Keypair) -> Vec<(String, 
     ));
     add("two questions", two);
 
+    let inner = format!("_iroh.{small}.inner.pkarr.test.");
+    add(
+        "nested origin, most specific",
+        message(27, &inner, RecordType::TXT, Some(edns(1232))),
+    );
+    add(
+        "nested origin apex SOA",
+        message(28, "inner.pkarr.test.", RecordType::SOA, None),
+    );
+    add(
+        "SOA at a key name (NODATA)",
+        message(29, &key, RecordType::SOA, None),
+    );
+    let mut nsid = edns(1232);
+    nsid.options_mut().insert(EdnsOption::NSID(NSIDPayload::new(Vec::new()).expect("nsid")));
+    add("NSID asked", message(30, &iroh, RecordType::TXT, Some(nsid)));
+    add(
+        "EDNS size below 512",
+        message(31, &big, RecordType::TXT, Some(edns(100))),
+    );
+    let mut do_nx = edns(4096);
+    do_nx.set_dnssec_ok(true);
+    add(
+        "DO bit, NXDOMAIN",
+        message(32, &absent, RecordType::AAAA, Some(do_nx)),
+    );
+    let mut chaos = message(33, &iroh, RecordType::TXT, None);
+    chaos.queries[0].set_query_class(DNSClass::CH);
+    add("class CH", chaos);
+    add("IXFR", message(34, "pkarr.test.", RecordType::IXFR, None));
+    add(
+        "AXFR (the chain answers)",
+        message(35, "pkarr.test.", RecordType::AXFR, None),
+    );
+    let mut update = message(36, "pkarr.test.", RecordType::SOA, None);
+    update.metadata.op_code = OpCode::Update;
+    add("UPDATE (the chain answers)", update);
+    let mut none = message(37, &iroh, RecordType::TXT, None);
+    none.queries.clear();
+    add("no question (FORMERR)", none);
+    add(
+        "root (REFUSED)",
+        message(38, ".", RecordType::NS, Some(edns(1232))),
+    );
+
     // Messages hickory's listener handles before its handler: FORMERR, or no answer at all.
     let mut garbage = wire(&message(24, &iroh, RecordType::TXT, None));
     garbage.truncate(20);
@@ -214,10 +304,10 @@ fn with_id(mut wire: Vec<u8>, id: [u8; 2]) -> Vec<u8> {
     wire
 }
 
-/// Sends every query to both servers and checks the cached server's three answers against the
-/// reference's. Returns the reference answers.
+/// Sends every query to the reference and to each pkraft server, and checks each pkraft
+/// server's three answers against the reference's. Returns the reference answers.
 async fn compare(
-    cached: SocketAddr,
+    servers: &[(Mode, SocketAddr)],
     reference: SocketAddr,
     set: &[(String, Vec<u8>, bool)],
 ) -> Vec<Option<Vec<u8>>> {
@@ -225,15 +315,17 @@ async fn compare(
     for (what, query, answered) in set {
         let expected = exchange(reference, query, *answered).await;
         assert_eq!(expected.is_some(), *answered, "{what}: reference answered?");
-        for round in 0..2 {
-            let got = exchange(cached, query, *answered).await;
-            assert_eq!(got, expected, "{what}: round {round}");
-        }
-        if query.len() >= 2 {
-            let other_id = with_id(query.clone(), [0xbe, 0xef]);
-            let got = exchange(cached, &other_id, *answered).await;
-            let expected = expected.clone().map(|e| with_id(e, [0xbe, 0xef]));
-            assert_eq!(got, expected, "{what}: another ID");
+        for (mode, server) in servers {
+            for round in 0..2 {
+                let got = exchange(*server, query, *answered).await;
+                assert_eq!(got, expected, "{what}: {mode:?}, round {round}");
+            }
+            if query.len() >= 2 {
+                let other_id = with_id(query.clone(), [0xbe, 0xef]);
+                let got = exchange(*server, &other_id, *answered).await;
+                let expected = expected.clone().map(|e| with_id(e, [0xbe, 0xef]));
+                assert_eq!(got, expected, "{what}: {mode:?}, another ID");
+            }
         }
         references.push(expected);
     }
@@ -257,12 +349,19 @@ async fn cached_udp_answers_are_hickorys_answers() {
             Freshness::LastConfirmed((!stale.load(Ordering::Relaxed)).then_some(Duration::ZERO))
         })
     };
-    let cached = start(&store, 1, freshness.clone()).await;
-    let reference = start(&store, 0, freshness).await;
-    let (cached_addr, reference_addr) = (cached.local_addr(), reference.local_addr());
+    let reference = start(&store, Mode::Hickory, freshness.clone()).await;
+    let mut pkraft = Vec::new();
+    for mode in [Mode::Defaults, Mode::DirectOnly, Mode::Unbatched] {
+        pkraft.push((mode, start(&store, mode, freshness.clone()).await));
+    }
+    let servers: Vec<(Mode, SocketAddr)> = pkraft
+        .iter()
+        .map(|(mode, server)| (*mode, server.local_addr()))
+        .collect();
+    let reference_addr = reference.local_addr();
 
     let set = queries(&small, &large, &missing);
-    let before = compare(cached_addr, reference_addr, &set).await;
+    let before = compare(&servers, reference_addr, &set).await;
     let truncated = |index: usize| {
         let wire = before[index].as_deref().expect("answered");
         Message::from_vec(wire).expect("parse").metadata.truncation
@@ -271,21 +370,47 @@ async fn cached_udp_answers_are_hickorys_answers() {
         truncated(15) && truncated(16) && !truncated(17),
         "the TC cases are TC"
     );
-    let stats = cached.udp_answer_stats();
+    let answered = set.iter().filter(|(_, _, answered)| *answered).count() as u64;
+    let (_, defaults) = &pkraft[0];
+    let stats = defaults.udp_answer_stats();
+    // Every answered query is a hit on its second and third sending, but those never cached:
+    // REFUSED (out of zone, the root), the FORMERR of a question cut short, and what the chain
+    // answers.
+    let by_chain = set
+        .iter()
+        .filter(|(what, _, _)| what.contains("the chain answers"))
+        .count() as u64;
     assert!(
-        stats.hits >= 2 * 20,
+        stats.hits >= 2 * (answered - 3 - by_chain),
         "repeated queries are answered from the cache: {stats:?}"
+    );
+    // TCP: hickory's listener with the direct answers in front of the `Catalog`, against the
+    // `Catalog` alone (queries of at most 12 bytes and responses are left out: hickory's TCP
+    // listener handles those before any handler).
+    for (what, query, answered) in &set {
+        if !answered || query.len() <= 20 {
+            continue;
+        }
+        let expected = exchange_tcp(reference_addr, query).await;
+        let got = exchange_tcp(defaults.local_addr(), query).await;
+        assert_eq!(got, expected, "{what}: over TCP");
+    }
+    let (_, direct_only) = &pkraft[1];
+    assert_eq!(
+        direct_only.udp_answer_stats().chain,
+        3 * by_chain,
+        "every query of the set is answered directly but what only the chain answers"
     );
 
     // A new packet for the key retires every cached answer read from it, at once.
     publish(&store, &small, 2_000, &["192.0.2.2:2000"]);
-    let after = compare(cached_addr, reference_addr, &set).await;
+    let after = compare(&servers, reference_addr, &set).await;
     assert_ne!(before[0], after[0], "the new packet is served");
     assert_eq!(before[7], after[7], "the missing key's answer is unchanged");
 
-    // Too stale: SERVFAIL from both, although the answers are cached.
+    // Too stale: SERVFAIL from all, although the answers are cached.
     stale.store(true, Ordering::Relaxed);
-    let servfail = compare(cached_addr, reference_addr, &set[..1]).await;
+    let servfail = compare(&servers, reference_addr, &set[..1]).await;
     let servfail = Message::from_vec(servfail[0].as_deref().expect("answered")).expect("parse");
     assert_eq!(
         servfail.metadata.response_code,
@@ -293,11 +418,13 @@ async fn cached_udp_answers_are_hickorys_answers() {
     );
     stale.store(false, Ordering::Relaxed);
     assert_eq!(
-        compare(cached_addr, reference_addr, &set[..1]).await,
+        compare(&servers, reference_addr, &set[..1]).await,
         after[..1]
     );
 
-    cached.shutdown().await.expect("shutdown");
+    for (_, server) in pkraft {
+        server.shutdown().await.expect("shutdown");
+    }
     reference.shutdown().await.expect("shutdown");
 }
 
@@ -312,7 +439,7 @@ async fn a_miss_that_read_before_a_commit_never_hides_it() {
     let key = keypair(7);
     publish(&store, &key, 1, &["192.0.2.7:1"]);
     let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
-    let server = start(&store, 1, fresh).await;
+    let server = start(&store, Mode::Defaults, fresh).await;
     let addr = server.local_addr();
     let name = format!("_iroh.{}.pkarr.test.", key.public_key().to_z32());
     let query = message(1, &name, RecordType::TXT, None)
@@ -358,10 +485,11 @@ async fn a_miss_that_read_before_a_commit_never_hides_it() {
     server.shutdown().await.expect("shutdown");
 }
 
-/// Goal: answer-cache misses in flight are bounded per socket (`dns.udp_pending_max`): a burst
-/// of distinct queries beyond it is dropped and counted, not queued as tasks.
-/// Method: one socket with a bound of 1 on a single-threaded runtime, so a miss cannot finish
-/// while the loop reads the rest of the burst; 300 distinct names sent at once.
+/// Goal: queries handed to hickory's chain are bounded per socket (`dns.udp_pending_max`): a
+/// burst of them beyond it is dropped and counted, not queued as tasks.
+/// Method: one socket with a bound of 1 on a single-threaded runtime, so a task cannot finish
+/// while the loop reads the rest of the burst; 300 AXFR queries (which only the chain answers)
+/// sent at once.
 #[tokio::test(flavor = "current_thread")]
 async fn misses_beyond_udp_pending_max_are_dropped_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -383,7 +511,7 @@ async fn misses_beyond_udp_pending_max_are_dropped_and_counted() {
     let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
     const BURST: u16 = 300;
     for id in 0..BURST {
-        let query = message(id, &format!("n{id}.pkarr.test."), RecordType::A, None);
+        let query = message(id, &format!("n{id}.pkarr.test."), RecordType::AXFR, None);
         client
             .send_to(&query.to_vec().expect("encode"), server.local_addr())
             .await

@@ -60,7 +60,7 @@ fn query(f: &Fixture, sub: &str, rtype: RecordType) -> Lookup {
         &f.records,
         &labels[..key_index],
         labels[key_index],
-        Name::from(&name),
+        &Name::from(&name),
         rtype,
     )
 }

@@ -1,0 +1,219 @@
+//! [`DirectAnswers`]: the answer hickory-server's `Catalog` gives a query, built in place from the
+//! zones' local lookups, with no task, no boxed future and no capture channel. The UDP loops
+//! answer most queries this way, inline as they read them, and TCP and DNS-over-HTTPS use it in
+//! front of the `Catalog`.
+//!
+//! # What is answered here, and what goes to hickory's chain
+//! A query is answered here when the answer depends only on its header, its question, its OPT
+//! record and the local replica:
+//! - a standard query (opcode QUERY) with one question, in an origin: the zone's local lookup
+//!   ([`PkarrZone::lookup_local`]) wrapped exactly as `Catalog::lookup` and
+//!   `build_authoritative_response` wrap it (AA, the SOA in the authority section of NXDOMAIN and
+//!   NODATA, the apex NS with a SOA answer);
+//! - the `Catalog`'s error answers that need no zone: REFUSED for a name in no origin, FORMERR
+//!   for a question count other than one, NOTIMP for opcodes other than QUERY and UPDATE, and
+//!   BADVERS for EDNS versions above 0.
+//!
+//! Everything else goes to the chain ([`DirectAnswers::prepare`] returns `None`): responses
+//! sent as queries, UPDATE, AXFR, a node that is too stale (SERVFAIL, from the freshness guard),
+//! a key the local replica does not hold while `[dht]` resolves (the DHT is asked, which waits),
+//! and a replica that could not be read (REFUSED, logged by the zone).
+//!
+//! The response is encoded by hickory's own `MessageResponse`, the type the `Catalog` hands its
+//! response handle, so an answer built here is the `Catalog`'s byte for byte when its parts are.
+//! `tests/udp_answers.rs` and this module's tests check that against the `Catalog` on every
+//! query shape they know.
+
+use std::iter;
+use std::sync::Arc;
+
+use hickory_proto::ProtoError;
+use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecoder, BinEncoder};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::zone_handler::{MessageRequest, MessageResponse, MessageResponseBuilder, Queries};
+
+use crate::zone::{Lookup, PkarrZone, Read};
+
+/// The EDNS version hickory-server's `Catalog` speaks.
+const EDNS_VERSION: u8 = 0;
+
+/// Builds the `Catalog`'s answers from the zones; see the module docs.
+pub(crate) struct DirectAnswers {
+    /// Most specific origin first, so the first that contains a name is the one the `Catalog`
+    /// picks.
+    zones: Vec<Arc<PkarrZone>>,
+}
+
+/// A response ready to encode, and the key it was read from.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    metadata: Metadata,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    edns: Option<Edns>,
+    /// The key the answer was read from and its version before the read (`None`: it read no
+    /// key, so it depends on the config alone).
+    pub(crate) read: Option<Read>,
+}
+
+impl DirectAnswers {
+    pub(crate) fn new(mut zones: Vec<Arc<PkarrZone>>) -> Self {
+        zones.sort_by_key(|zone| std::cmp::Reverse(zone.origin_name().num_labels()));
+        DirectAnswers { zones }
+    }
+
+    /// The `Catalog`'s answer to `request`, or `None` if only the chain can give it (module
+    /// docs). The caller checks staleness first.
+    pub(crate) fn prepare(&self, request: &MessageRequest) -> Option<Prepared> {
+        if request.metadata.message_type != MessageType::Query {
+            return None;
+        }
+        let edns = request.edns.as_ref().map(response_edns);
+        if request
+            .edns
+            .as_ref()
+            .is_some_and(|edns| edns.version() > EDNS_VERSION)
+        {
+            let mut edns = edns?;
+            edns.set_rcode_high(ResponseCode::BADVERS.high());
+            return Some(Prepared::error(request, ResponseCode::BADVERS, Some(edns)));
+        }
+        match request.metadata.op_code {
+            OpCode::Query => {}
+            OpCode::Update => return None,
+            _ => return Some(Prepared::error(request, ResponseCode::NotImp, edns)),
+        }
+        let [query] = request.queries.queries() else {
+            return Some(Prepared::error(request, ResponseCode::FormErr, edns));
+        };
+        let name = query.name();
+        let Some(zone) = self.zones.iter().find(|zone| zone.origin_name().zone_of(name)) else {
+            return Some(Prepared::error(request, ResponseCode::Refused, edns));
+        };
+        let rtype = query.query_type();
+        if rtype == RecordType::AXFR {
+            return None;
+        }
+        let (lookup, read) = zone.lookup_local(name, rtype, query.original().name())?;
+        // `build_authoritative_response`, for what a `PkarrZone` returns.
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        let (answers, authorities) = match lookup {
+            Lookup::Answers(records) => {
+                // A SOA answer carries the apex NS records in the authority section.
+                let ns = if rtype == RecordType::SOA {
+                    zone.apex_ns().to_vec()
+                } else {
+                    Vec::new()
+                };
+                let is_referral = records.first().is_some_and(|record| {
+                    record.record_type() == RecordType::NS
+                        && rtype != RecordType::NS
+                        && rtype != RecordType::ANY
+                });
+                if is_referral {
+                    (Vec::new(), records.into_iter().chain(ns).collect())
+                } else {
+                    (records, ns)
+                }
+            }
+            Lookup::NoData => (Vec::new(), vec![zone.negative_soa().clone()]),
+            Lookup::NxDomain => {
+                metadata.response_code = ResponseCode::NXDomain;
+                (Vec::new(), vec![zone.negative_soa().clone()])
+            }
+            Lookup::Failed(_) => return None,
+        };
+        Some(Prepared {
+            metadata,
+            answers,
+            authorities,
+            edns,
+            read,
+        })
+    }
+}
+
+impl Prepared {
+    /// What `send_error_response` sends: the question, the rcode, and the response's OPT record.
+    fn error(request: &MessageRequest, code: ResponseCode, edns: Option<Edns>) -> Prepared {
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = code;
+        Prepared {
+            metadata,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            edns,
+            read: None,
+        }
+    }
+
+    /// The response as hickory's response handle takes it; `queries` are the request's.
+    pub(crate) fn response<'q>(
+        &'q self,
+        queries: &'q Queries,
+    ) -> MessageResponse<
+        'q,
+        'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+        impl Iterator<Item = &'q Record> + Send + 'q,
+    > {
+        MessageResponseBuilder::new(queries, self.edns.as_ref()).build(
+            self.metadata,
+            self.answers.iter(),
+            self.authorities.iter(),
+            iter::empty(),
+            iter::empty(),
+        )
+    }
+
+    /// Encodes the response into `out` as hickory's response handle does for `protocol`: over
+    /// UDP within the client's EDNS size (512 bytes without EDNS), records that do not fit
+    /// dropped and TC set. An error is returned where hickory would log it and send SERVFAIL;
+    /// the caller leaves that answer to the chain.
+    pub(crate) fn encode(
+        &self,
+        queries: &Queries,
+        protocol: Protocol,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ProtoError> {
+        out.clear();
+        let mut encoder = BinEncoder::new(out);
+        encoder.set_max_size(match protocol {
+            Protocol::Udp => self.edns.as_ref().map_or(512, Edns::max_payload),
+            _ => u16::MAX,
+        });
+        self.response(queries).destructive_emit(&mut encoder)?;
+        Ok(())
+    }
+}
+
+/// The OPT record the `Catalog` answers a query's OPT record with: its buffer size (at least
+/// 512), version 0, no options (no NSID is configured) and no DO bit (hickory-server is built
+/// without DNSSEC, so it does not echo it).
+fn response_edns(query: &Edns) -> Edns {
+    let mut edns = Edns::new();
+    edns.set_max_payload(query.max_payload().max(512));
+    edns.set_version(EDNS_VERSION);
+    edns
+}
+
+/// The FORMERR hickory-server's listeners send for a message whose `header` parses and whose
+/// rest does not: no question, no OPT record.
+pub(crate) fn malformed_answer(header: &Header, protocol: Protocol) -> Option<Vec<u8>> {
+    let no_queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
+    let response = MessageResponseBuilder::new(&no_queries, None)
+        .error_msg(&header.metadata, ResponseCode::FormErr);
+    let mut out = Vec::with_capacity(64);
+    let mut encoder = BinEncoder::new(&mut out);
+    encoder.set_max_size(match protocol {
+        Protocol::Udp => 512,
+        _ => u16::MAX,
+    });
+    response.destructive_emit(&mut encoder).ok()?;
+    Some(out)
+}

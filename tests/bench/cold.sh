@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# DNS names never asked before, pkraft against NSD and iroh-dns-server 1.4.1: `make bench-cold`
+# (also run by `make bench`).
+#
+# For each store size in BENCH_COLD_KEYS (default "200000 1000000"): the same signed packets go
+# to a fresh pkraft node and a fresh iroh-dns-server through their relays, and into NSD's zone
+# file. Then BENCH_ROUNDS (3) interleaved rounds, the order alternating: in round r every
+# server gets the same slice r of the names (`_iroh.<z32>` TXT, each name once in the whole
+# run, the same order for all), through `dnsperf -n 1 -c 20`. So no answer comes from a
+# cache of answers or records filled by an earlier query: every one is a cold lookup of a
+# stored key. Reported per server: q/s, and server CPU per query (utime + stime over the run).
+#
+# NSD runs at its best on this machine: `server-count` = cores with `reuseport: yes`.
+# iroh-dns-server answers from its store with its own caches, as pkraft does.
+#
+# Env: BENCH_BIN (dir with release pkraft and pkraft-bench), BENCH_BASE_BIN (optional: a dir
+# with another pkraft build, measured alongside as "base", for a before/after), BENCH_COLD_KEYS,
+# BENCH_ROUNDS,
+# PKRAFT_BENCH_CACHE (where `make bench` installed iroh-dns-server). Raw results:
+# target/bench-results-cold.jsonl; a summary table on stdout.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source tests/lib/nsd.sh
+source tests/lib/pkraft.sh
+PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+
+bin=${BENCH_BIN:-target/release}
+rounds=${BENCH_ROUNDS:-3}
+sizes=${BENCH_COLD_KEYS:-200000 1000000}
+clients=20
+cache=${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}
+iroh_bin="$cache/iroh-dns-server-1.4.1/bin/iroh-dns-server"
+origin=pkarr.test
+need_bins cold "$bin"
+[ -x "$iroh_bin" ] || { echo "cold: $iroh_bin is missing (make bench installs it)" >&2; exit 2; }
+for tool in dnsperf nsd dig; do
+  command -v "$tool" >/dev/null || { echo "cold: $tool is missing" >&2; exit 2; }
+done
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  sleep 0.5
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+log() { echo "cold: $*" >&2; }
+fail() { log "FAIL: $*"; print_log_tails "$work"; exit 1; }
+results=target/bench-results-cold.jsonl
+mkdir -p target
+: >"$results"
+
+declare -A pid_of dns_port
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# Up to $1 seconds until `dig` gets the apex SOA from port $2 (NSD compiles a big zone first).
+wait_dns() {
+  local seconds=$1 port=$2 pid=$3 name=$4
+  for _ in $(seq 1 $((seconds * 10))); do
+    kill -0 "$pid" 2>/dev/null || fail "$name exited during start"
+    dig +short +tries=1 +time=1 @127.0.0.1 -p "$port" "$origin" SOA | grep -q . && return 0
+    sleep 0.1
+  done
+  fail "$name did not answer within $seconds s"
+}
+
+start_pkraft() {  # $1 = system name, $2 = binary, $3 = keys: a fresh node loaded with data.bin
+  local name=$1 binary=$2 keys=$3 http dns
+  http=$(loopback_port); dns=$(loopback_port)
+  single_node_config "$work/$name.toml" "$work/$name-data-$keys" "127.0.0.1:$http" "127.0.0.1:$dns"
+  RUST_LOG=warn setsid "$binary" serve --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+  pid_of[$name]=$!; pids+=($!); dns_port[$name]=$dns
+  wait_dns 30 "$dns" "${pid_of[$name]}" "$name"
+  log "$keys keys: loading $name"
+  "$bin/pkraft-bench" put --data "$work/data.bin" --version 0 --url "http://127.0.0.1:$http/pkarr" \
+    --concurrency 64 >"$work/load-$name.json"
+}
+
+systems=(pkraft nsd iroh)
+[ -z "${BENCH_BASE_BIN:-}" ] || systems+=(base)
+start_servers() {  # $1 = keys: fresh pkraft, iroh-dns-server and NSD, loaded with data.bin
+  local keys=$1 http dns https
+  start_pkraft pkraft "$bin/pkraft" "$keys"
+  [ -z "${BENCH_BASE_BIN:-}" ] || start_pkraft base "$BENCH_BASE_BIN/pkraft" "$keys"
+
+  http=$(loopback_port); dns=$(loopback_port); https=$(loopback_port)
+  iroh_dns_server_config "$work/iroh.toml" "$work/iroh-data-$keys" "$http" "$dns" "$https" "$origin"
+  RUST_LOG=warn setsid "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
+  pid_of[iroh]=$!; pids+=($!); dns_port[iroh]=$dns
+  wait_dns 30 "$dns" "${pid_of[iroh]}" iroh-dns-server
+  log "$keys keys: loading iroh-dns-server"
+  "$bin/pkraft-bench" put --data "$work/data.bin" --version 0 --url "http://127.0.0.1:$http/pkarr" \
+    --concurrency 64 >"$work/load-iroh.json"
+
+  dns=$(loopback_port)
+  NSD_SERVER_COUNT=$(nproc) nsd_setup "$work/nsd-$keys" "$dns" "$origin" "$work/$origin.zone"
+  setsid nsd -d -c "$work/nsd-$keys/nsd.conf" >"$work/nsd.log" 2>&1 &
+  pid_of[nsd]=$!; pids+=($!); dns_port[nsd]=$dns
+  wait_dns 600 "$dns" "${pid_of[nsd]}" nsd
+}
+
+# CPU ticks of every process of system $1 (NSD forks its servers into its process group).
+system_ticks() {
+  local sum=0 pid
+  for pid in $(pgrep -g "${pid_of[$1]}" 2>/dev/null || echo "${pid_of[$1]}"); do
+    sum=$((sum + $(cpu_ticks "$pid")))
+  done
+  echo "$sum"
+}
+all_ticks() { local sum=0 s; for s in "${systems[@]}"; do sum=$((sum + $(system_ticks "$s"))); done; echo "$sum"; }
+reversed() { local i; for ((i = $# ; i > 0 ; i--)); do echo "${!i}"; done; }
+
+for keys in $sizes; do
+  log "$keys keys: signing packets"
+  "$bin/pkraft-bench" gen --keys "$keys" --versions 1 --out "$work/data.bin"
+  "$bin/pkraft-bench" queries --data "$work/data.bin" --origin "$origin" --version 0 \
+    --queries "$work/queries.txt" --zone "$work/$origin.zone"
+  slice=$((keys / rounds))
+  start_servers "$keys"
+  for r in $(seq 1 "$rounds"); do
+    sed -n "$(( (r - 1) * slice + 1 )),$(( r * slice ))p" "$work/queries.txt" >"$work/slice.txt"
+    if ((r % 2)); then order=("${systems[@]}"); else mapfile -t order < <(reversed "${systems[@]}"); fi
+    for s in "${order[@]}"; do
+      wait_idle all_ticks || log "servers still busy after 10 s; measuring anyway"
+      t0=$(system_ticks "$s")
+      dnsperf -s 127.0.0.1 -p "${dns_port[$s]}" -d "$work/slice.txt" -n 1 -c "$clients" \
+        >"$work/dnsperf.txt" 2>&1 || fail "dnsperf against $s: $(tail -3 "$work/dnsperf.txt")"
+      wait_idle all_ticks || true
+      t1=$(system_ticks "$s")
+      python3 - "$work/dnsperf.txt" "$t0" "$t1" "$(getconf CLK_TCK)" "$s" "$keys" "$r" >>"$results" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+def num(pattern):
+    m = re.search(pattern, text)
+    if not m:
+        sys.exit("dnsperf output not understood:\n" + text)
+    return float(m.group(1))
+t0, t1, hz = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+completed = num(r"Queries completed:\s+(\d+)")
+print(json.dumps({"system": sys.argv[5], "keys": int(sys.argv[6]), "round": int(sys.argv[7]),
+                  "qps": num(r"Queries per second:\s+([\d.]+)"),
+                  "completed": completed, "lost": num(r"Queries lost:\s+(\d+)"),
+                  "noerror": num(r"NOERROR (\d+)") if "NOERROR" in text else 0,
+                  "avg_ms": num(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
+                  "cpu_us_per_query": (t1 - t0) * 1e6 / hz / max(completed, 1)}))
+PY
+      log "$keys keys, round $r/$rounds: $(tail -n 1 "$results")"
+    done
+  done
+  for s in "${systems[@]}"; do kill -TERM -- "-${pid_of[$s]}" 2>/dev/null || true; done
+  sleep 1
+  for s in "${systems[@]}"; do kill -KILL -- "-${pid_of[$s]}" 2>/dev/null || true; done
+  rm -rf "$work"/*-data-* "$work"/nsd-*
+  pids=()
+done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+def med(system, keys, field):
+    v = [r[field] for r in rows if r["system"] == system and r["keys"] == keys]
+    return statistics.median(v) if v else float("nan")
+base = any(r["system"] == "base" for r in rows)
+print("| keys stored | measure | pkraft | NSD (cores, reuseport) | iroh-dns-server | pkraft / NSD | pkraft / iroh |"
+      + (" base | pkraft / base |" if base else ""))
+print("|---|---|---|---|---|---|---|" + ("---|---|" if base else ""))
+for keys in sorted({r["keys"] for r in rows}):
+    for field, fmt in [("qps", "{:,.0f}"), ("cpu_us_per_query", "{:.1f}"), ("lost", "{:.0f}")]:
+        p, n, i = (med(s, keys, field) for s in ("pkraft", "nsd", "iroh"))
+        ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
+        extra = f" {fmt.format(med('base', keys, field))} | {ratio(p, med('base', keys, field))} |" if base else ""
+        print(f"| {keys:,} | {field} | {fmt.format(p)} | {fmt.format(n)} | {fmt.format(i)} | {ratio(p, n)} | {ratio(p, i)} |" + extra)
+    per_round = {s: [round(r["qps"]) for r in rows if r["system"] == s and r["keys"] == keys] for s in ("pkraft", "nsd", "iroh", "base")}
+    print(f"\n{keys:,} keys, q/s per round: {per_round}\n")
+PY
