@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
@@ -58,11 +58,20 @@ deploy-check:
 	tests/e2e/deploy_check.sh $(PKRAFT_TEST_BIN)
 
 ## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
-## once into ~/.cache/pkraft-bench; about 15 minutes), then bench-dht. Updates docs/BENCHMARKS.md.
+## once into ~/.cache/pkraft-bench; about 15 minutes), then bench-cold and bench-dht. Updates
+## docs/BENCHMARKS.md (run.sh's part; the others print their tables).
 bench:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/run.sh full
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/cold.sh
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/dht.sh
+
+## DNS names never asked before (no cached answer or record can help), 200,000 and 1,000,000
+## keys stored (BENCH_COLD_KEYS), against NSD (server-count = cores) and iroh-dns-server: q/s
+## and server CPU per query (about 15 minutes; needs `make bench`'s iroh-dns-server).
+bench-cold:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/cold.sh
 
 ## The Mainline DHT bridge against iroh-dns-server's [mainline] fallback on one local DHT
 ## testnet: answer times for keys only the DHT has, for keys nobody published and with the DHT

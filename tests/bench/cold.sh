@@ -20,7 +20,9 @@
 # target/bench-results-cold.jsonl; a summary table on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/nsd.sh
 source tests/lib/nsd.sh
+# shellcheck source=tests/lib/pkraft.sh
 source tests/lib/pkraft.sh
 PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
 
@@ -33,7 +35,7 @@ iroh_bin="$cache/iroh-dns-server-1.4.1/bin/iroh-dns-server"
 origin=pkarr.test
 need_bins cold "$bin"
 [ -x "$iroh_bin" ] || { echo "cold: $iroh_bin is missing (make bench installs it)" >&2; exit 2; }
-for tool in dnsperf nsd dig; do
+for tool in dnsperf nsd dig pgrep; do
   command -v "$tool" >/dev/null || { echo "cold: $tool is missing" >&2; exit 2; }
 done
 
@@ -53,7 +55,9 @@ mkdir -p target
 : >"$results"
 
 declare -A pid_of dns_port
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# utime + stime of process $1. The fields are counted after the command name, which may hold
+# spaces ("nsd: server 1").
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
 # Up to $1 seconds until `dig` gets the apex SOA from port $2 (NSD compiles a big zone first).
 wait_dns() {
   local seconds=$1 port=$2 pid=$3 name=$4

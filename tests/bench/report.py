@@ -15,7 +15,8 @@ import statistics
 import sys
 
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
-NAMES = {"pkraft": "pkraft", "cluster": "pkraft 3-node", "iroh": "iroh-dns-server", "nsd": "NSD"}
+NAMES = {"pkraft": "pkraft", "cluster": "pkraft 3-node", "iroh": "iroh-dns-server",
+         "nsd": "NSD (server-count = cores)", "nsd1": "NSD (server-count 1)"}
 # Issue 19's targets: leader SIGKILL -> first 204 through a survivor, the longest run without a
 # 204 while a leader stops gracefully (SIGTERM: it hands its leadership over).
 FAILOVER_TARGET_MS = 1500
@@ -109,16 +110,19 @@ def report(results, versions, params):
           "round's runs saw the same machine); they can differ from the ratio of the medians.")
     w("")
 
-    dns_systems = [s for s in ("pkraft", "iroh", "nsd") if runs(results, s, "dns")]
+    dns_systems = [s for s in ("pkraft", "iroh", "nsd", "nsd1") if runs(results, s, "dns")]
     w("### DNS (dnsperf, and closed-loop clients over UDP)")
     w("")
     w("| | " + " | ".join(NAMES[s] for s in dns_systems) + " |")
     w("|---" * (len(dns_systems) + 1) + "|")
     rows = (("dns", "qps", "queries/s (dnsperf, UDP)", 0), ("dns", "avg_ms", "mean latency ms (dnsperf, UDP)", 3),
-            ("dns", "lost", "lost (dnsperf, UDP)", 0),
+            ("dns", "lost", "lost (dnsperf, UDP)", 0), ("dns", "server_cpu_us", "server CPU µs per query (UDP)", 2),
             ("dnstcp", "qps", "queries/s (dnsperf -m tcp)", 0), ("dnstcp", "avg_ms", "mean latency ms (dnsperf -m tcp)", 3),
+            ("dnstcp", "server_cpu_us", "server CPU µs per query (TCP)", 2),
             ("dohget", "qps", "queries/s (dnsperf -m doh, GET)", 0), ("dohget", "avg_ms", "mean latency ms (DoH GET)", 3),
+            ("dohget", "server_cpu_us", "server CPU µs per query (DoH GET)", 2),
             ("dohpost", "qps", "queries/s (dnsperf -m doh, POST)", 0), ("dohpost", "avg_ms", "mean latency ms (DoH POST)", 3),
+            ("dohpost", "server_cpu_us", "server CPU µs per query (DoH POST)", 2),
             ("dnslat", "rps", "queries/s (closed loop, 20 clients)", 0), ("dnslat", "p50_ms", "p50 ms (closed loop, 20 clients)", 3),
             ("dnslat", "p99_ms", "p99 ms (closed loop, 20 clients)", 3),
             ("dnslat1", "p50_ms", "p50 ms (1 client, one query outstanding)", 3),
@@ -129,6 +133,7 @@ def report(results, versions, params):
         w(f"| {label} | " + " | ".join(fmt(median(runs(results, s, kind), field), digits) for s in dns_systems) + " |")
     for kind, field, what in (("dns", "qps", "queries/s, dnsperf UDP"), ("dnstcp", "qps", "queries/s, dnsperf TCP"),
                               ("dohget", "qps", "queries/s, DoH GET"), ("dohpost", "qps", "queries/s, DoH POST"),
+                              ("dnslat", "p99_ms", "p99 latency, closed loop of 20 clients"),
                               ("dnslat1", "p50_ms", "p50 latency, 1 client")):
         ratios = [f"pkraft / {NAMES[s]}: {paired_ratio(results, 'pkraft', s, kind, field)}"
                   for s in dns_systems if s != "pkraft" and runs(results, s, kind)]
@@ -214,7 +219,7 @@ def report(results, versions, params):
     w("")
     w("| | RSS MiB | peak RSS MiB |")
     w("|---|---|---|")
-    for s in ("pkraft", "cluster", "iroh", "nsd"):
+    for s in ("pkraft", "cluster", "iroh", "nsd", "nsd1"):
         for r in runs(results, s, "memory"):
             name = NAMES[s] + (f' node {r["node"]}' if "node" in r else "")
             w(f'| {name} | {fmt(r["rss_kib"] / 1024, 1)} | {fmt(r["hwm_kib"] / 1024, 1)} |')
@@ -224,12 +229,13 @@ def report(results, versions, params):
     w("")
     w("| system | kind | run | result |")
     w("|---|---|---|---|")
-    for s in ("pkraft", "cluster", "iroh", "nsd"):
+    for s in ("pkraft", "cluster", "iroh", "nsd", "nsd1"):
         for kind in ("load", "put", "get") + DNSPERF_KINDS + ("dnslat", "dnslat1"):
             for i, r in enumerate(runs(results, s, kind), 1):
                 if kind in DNSPERF_KINDS:
                     node = f' (node {r["node"]})' if "node" in r else ""
-                    text = f'{fmt(r["qps"])} q/s{node}, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}'
+                    cpu = f', {fmt(r["server_cpu_us"], 2)} µs server CPU each' if "server_cpu_us" in r else ""
+                    text = f'{fmt(r["qps"])} q/s{node}, mean {fmt(r["avg_ms"], 3)} ms, lost {fmt(r["lost"])}{cpu}'
                 else:
                     cpu = (f', {fmt(r["server_cpu_us"])} µs server CPU each, machine {fmt(r["machine_idle_pct"])} % idle'
                            if "server_cpu_us" in r else "")

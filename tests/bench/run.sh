@@ -61,6 +61,7 @@ need dnsperf dnsperf
 need python3 python3
 need curl curl
 need setsid util-linux
+need pgrep procps
 if [ "$peers" = yes ]; then need nsd nsd; need dig bind9-dnsutils; fi
 
 # --- binaries ------------------------------------------------------------------------------
@@ -118,10 +119,13 @@ machine_ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/sta
 # doh_port: the HTTPS port of a system that serves DNS-over-HTTPS (dnsperf does not check the
 # certificate: pkraft's is the test certificate, iroh-dns-server makes a self-signed one).
 declare -A http_url dns_port doh_port pid_of
-cpu_ticks() {  # utime + stime of every process of system $1
-  local sum=0 pid
+cpu_ticks() {  # utime + stime of every process of system $1 (each leads its process group)
+  local sum=0 pid member
   for pid in ${pid_of[$1]}; do
-    sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    for member in $(pgrep -g "$pid" 2>/dev/null || echo "$pid"); do
+      # Fields counted after the command name, which may hold spaces ("nsd: server 1").
+      sum=$((sum + $(sed 's/.*) //' "/proc/$member/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0)))
+    done
   done
   echo "$sum"
 }
@@ -156,6 +160,23 @@ d["server_cpu_us"] = (after - before) * 1e6 / hz / max(d["requests"], 1)
 d["machine_idle_pct"] = 100.0 * (i1 - i0) / max(t1 - t0, 1)
 print(json.dumps(d))
 PY
+}
+
+# $1 = system, $2 = kind, $3 = port, $4 = udp|tcp|doh, then more dnsperf options: one dnsperf
+# run recorded with the server's CPU time per completed query.
+dns_measured() {
+  local system=$1 kind=$2 port=$3 mode=$4; shift 4
+  local before after
+  settle
+  before=$(cpu_ticks "$system")
+  dnsperf_json "$port" "$mode" "$@" >"$work/dns.json"
+  settle
+  after=$(cpu_ticks "$system")
+  python3 -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["server_cpu_us"] = (int(sys.argv[3]) - int(sys.argv[2])) * 1e6 / int(sys.argv[4]) / max(d["completed"], 1)
+print(json.dumps(d))' "$work/dns.json" "$before" "$after" "$ticks_per_s" | record "$system" "$kind"
 }
 
 # $1 = port, $2 = udp|tcp|doh, then more dnsperf options; prints qps, mean latency, lost,
@@ -206,13 +227,16 @@ start_iroh() {
   http_url[iroh]="http://127.0.0.1:$http/pkarr"; dns_port[iroh]=$dns; doh_port[iroh]=$https
   wait_until_up iroh-dns-server "${pid_of[iroh]}" curl -s -o /dev/null "http://127.0.0.1:$http/"
 }
-start_nsd() {
-  local dns; dns=$(free_port)
-  nsd_setup "$work/nsd" "$dns" "$origin" "$work/$origin.zone"
-  setsid nsd -d -c "$work/nsd/nsd.conf" >"$work/nsd.log" 2>&1 &
-  pid_of[nsd]=$!; pids+=($!)
-  dns_port[nsd]=$dns
-  wait_until_up nsd "${pid_of[nsd]}" dig +short +tries=1 +time=1 @127.0.0.1 -p "$dns" "$origin" SOA
+# NSD twice: "nsd" at its best for this machine (`server-count` = cores, `reuseport: yes`, as
+# NSD's documentation advises), and "nsd1" with one server process, as benchmarks before issue
+# 21 ran it, so that the change in the ratios is visible.
+start_nsd() {  # $1 = system name, $2 = server processes
+  local name=$1 dns; dns=$(free_port)
+  NSD_SERVER_COUNT=$2 nsd_setup "$work/$name" "$dns" "$origin" "$work/$origin.zone"
+  setsid nsd -d -c "$work/$name/nsd.conf" >"$work/$name.log" 2>&1 &
+  pid_of[$name]=$!; pids+=($!)
+  dns_port[$name]=$dns
+  wait_until_up "$name" "${pid_of[$name]}" dig +short +tries=1 +time=1 @127.0.0.1 -p "$dns" "$origin" SOA
 }
 
 # A 3-node pkraft cluster with the production Raft timing (config defaults): node 1 bootstraps,
@@ -270,8 +294,8 @@ dns_systems=(pkraft)
 start_pkraft
 start_cluster
 if [ "$peers" = yes ]; then
-  systems+=(iroh); dns_systems+=(iroh nsd)
-  start_iroh; start_nsd
+  systems+=(iroh); dns_systems+=(iroh nsd nsd1)
+  start_iroh; start_nsd nsd "$(nproc)"; start_nsd nsd1 1
 fi
 
 # --- load: version 0 everywhere, then interleaved measured rounds ---------------------------
@@ -300,15 +324,12 @@ for r in $(seq 1 "$runs"); do
   done
   for s in "${dns_order[@]}"; do
     log "round $r/$runs: $s DNS"
-    settle
-    dnsperf_json "${dns_port[$s]}" udp | record "$s" dns
-    settle
-    dnsperf_json "${dns_port[$s]}" tcp | record "$s" dnstcp
+    dns_measured "$s" dns "${dns_port[$s]}" udp
+    dns_measured "$s" dnstcp "${dns_port[$s]}" tcp
     [ -n "${doh_port[$s]:-}" ] || continue
     for method in GET POST; do
-      settle
-      dnsperf_json "${doh_port[$s]}" doh -O "doh-uri=https://localhost:${doh_port[$s]}/dns-query" \
-        -O "doh-method=$method" | record "$s" "doh${method,,}"
+      dns_measured "$s" "doh${method,,}" "${doh_port[$s]}" doh \
+        -O "doh-uri=https://localhost:${doh_port[$s]}/dns-query" -O "doh-method=$method"
     done
   done
   # Each cluster node answers DNS from its own replica: measured one node at a time.

@@ -32,7 +32,9 @@ use hickory_proto::op::{Edns, Header, MessageType, Metadata, OpCode, ResponseCod
 use hickory_proto::rr::{Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecoder, BinEncoder};
 use hickory_server::net::xfer::Protocol;
-use hickory_server::zone_handler::{MessageRequest, MessageResponse, MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::{
+    MessageRequest, MessageResponse, MessageResponseBuilder, Queries,
+};
 
 use crate::zone::{Lookup, PkarrZone, Read};
 
@@ -89,7 +91,11 @@ impl DirectAnswers {
             return Some(Prepared::error(request, ResponseCode::FormErr, edns));
         };
         let name = query.name();
-        let Some(zone) = self.zones.iter().find(|zone| zone.origin_name().zone_of(name)) else {
+        let Some(zone) = self
+            .zones
+            .iter()
+            .find(|zone| zone.origin_name().zone_of(name))
+        else {
             return Some(Prepared::error(request, ResponseCode::Refused, edns));
         };
         let rtype = query.query_type();

@@ -40,6 +40,6 @@ pub mod zone;
 
 pub use answerer::{AnswerError, Answerer};
 pub use freshness::{Freshness, FreshnessProbe};
+pub use metrics::UdpAnswerStats;
 pub use server::{DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};
-pub use metrics::UdpAnswerStats;

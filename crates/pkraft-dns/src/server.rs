@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 
 use crate::answer_cache::AnswerCache;
 use crate::answerer::{Answerer, CountedHandler, SharedHandler};
-use crate::freshness::{FreshnessGuard, FreshnessProbe};
 use crate::direct::DirectAnswers;
+use crate::freshness::{FreshnessGuard, FreshnessProbe};
 use crate::metrics::{DnsCollector, DnsMetrics, UdpAnswerStats, UdpReport};
 use crate::record_cache::RecordCache;
 use crate::rrl::Rrl;
@@ -117,32 +117,30 @@ impl DnsServer {
             metrics: metrics.clone(),
         });
         let rrl = Rrl::new(&settings.rrl).map_err(SettingsError::from)?;
-        let udp_frontend = if settings.direct_answers
-            || settings.answer_cache_bytes() > 0
-            || rrl.is_some()
-        {
-            let answers = (settings.answer_cache_bytes() > 0)
-                .then(|| AnswerCache::new(store, settings.answer_cache_bytes()));
-            let frontend = Arc::new(UdpFrontend::new(
-                handler,
-                answers,
-                rrl,
-                settings.udp_pending_max,
-                settings.udp_batch,
-                udp.len(),
-                metrics.clone(),
-            ));
-            for (index, socket) in udp.into_iter().enumerate() {
-                let socket = Arc::new(socket);
-                udp_loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
-            }
-            Some(frontend)
-        } else {
-            for socket in udp {
-                server.register_socket(socket);
-            }
-            None
-        };
+        let udp_frontend =
+            if settings.direct_answers || settings.answer_cache_bytes() > 0 || rrl.is_some() {
+                let answers = (settings.answer_cache_bytes() > 0)
+                    .then(|| AnswerCache::new(store, settings.answer_cache_bytes()));
+                let frontend = Arc::new(UdpFrontend::new(
+                    handler,
+                    answers,
+                    rrl,
+                    settings.udp_pending_max,
+                    settings.udp_batch,
+                    udp.len(),
+                    metrics.clone(),
+                ));
+                for (index, socket) in udp.into_iter().enumerate() {
+                    let socket = Arc::new(socket);
+                    udp_loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
+                }
+                Some(frontend)
+            } else {
+                for socket in udp {
+                    server.register_socket(socket);
+                }
+                None
+            };
         server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_QUEUE_LEN);
         Ok(DnsServer {
             server,

@@ -9,9 +9,7 @@ use serde::Deserialize;
 
 /// More UDP sockets than this is a typo, not a tuning.
 const UDP_SOCKETS_MAX: usize = 256;
-/// `udp_sockets = 0` binds two sockets per core, at least this many...
-pub const UDP_SOCKETS_AUTO_MIN: usize = 4;
-/// ...and at most this many.
+/// `udp_sockets = 0` binds one socket per core but one, at most this many.
 pub const UDP_SOCKETS_AUTO_MAX: usize = 16;
 
 /// How the DNS frontend listens and what it serves at each origin's apex.
@@ -75,12 +73,13 @@ pub struct Settings {
     /// answers every query).
     pub direct_answers: bool,
     /// UDP sockets bound to `listen` with `SO_REUSEPORT`; the kernel spreads queries over them
-    /// by client address and each is served by its own task, so several cores receive in
-    /// parallel. Default 0: two per CPU core, at least 4 and at most 16. On a 2-core machine 2 or
-    /// more sockets answered ≈ 30 % more queries than 1, and 4 or more avoided a 4 ms p99 tail
-    /// that 2 and 3 showed (docs/BENCHMARKS.md). 1: a single socket, without `SO_REUSEPORT`
-    /// (with it, another process of the same user could bind the port too and receive part of
-    /// the queries).
+    /// by client address and each is served by its own loop, so several cores receive in
+    /// parallel. Default 0: one per CPU core but one (at least 1, at most 16), so a UDP flood
+    /// always leaves a core to Raft and HTTP. With batched I/O one loop answered more than 200k
+    /// queries per second on a 2-core machine, and every socket beyond the cores the server has
+    /// to itself adds a tail: NSD with 2 processes showed it too (docs/BENCHMARKS.md, "The
+    /// tail"). 1: a single socket, without `SO_REUSEPORT` (with it, another process of the same
+    /// user could bind the port too and receive part of the queries).
     pub udp_sockets: usize,
     /// UDP queries being answered by the handler chain at once, per socket (answer-cache misses,
     /// each a task). Beyond it a query that misses the cache is dropped, as a full socket buffer
@@ -160,14 +159,14 @@ pub struct Zones {
 }
 
 impl Settings {
-    /// How many UDP sockets to bind: `udp_sockets`, or with 0 two per CPU core (between
-    /// [`UDP_SOCKETS_AUTO_MIN`] and [`UDP_SOCKETS_AUTO_MAX`]).
+    /// How many UDP sockets to bind: `udp_sockets`, or with 0 one per CPU core but one (at least
+    /// 1, at most [`UDP_SOCKETS_AUTO_MAX`]).
     pub fn udp_socket_count(&self) -> usize {
         match self.udp_sockets {
             0 => std::thread::available_parallelism()
                 .map_or(1, usize::from)
-                .saturating_mul(2)
-                .clamp(UDP_SOCKETS_AUTO_MIN, UDP_SOCKETS_AUTO_MAX),
+                .saturating_sub(1)
+                .clamp(1, UDP_SOCKETS_AUTO_MAX),
             n => n,
         }
     }
@@ -342,9 +341,13 @@ mod tests {
     }
 
     #[test]
-    fn udp_sockets_zero_means_two_per_core_within_bounds() {
+    fn udp_sockets_zero_means_one_per_core_but_one_within_bounds() {
         let auto = Settings::default();
-        assert!((UDP_SOCKETS_AUTO_MIN..=UDP_SOCKETS_AUTO_MAX).contains(&auto.udp_socket_count()));
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        assert_eq!(
+            auto.udp_socket_count(),
+            cores.saturating_sub(1).clamp(1, UDP_SOCKETS_AUTO_MAX)
+        );
         let one = Settings {
             udp_sockets: 1,
             ..Settings::default()

@@ -96,7 +96,10 @@ impl UdpFrontend {
 
     /// Answers one datagram: queues its answer in `outgoing` (which has room), or spawns the
     /// chain's task into `chain_tasks`, or drops it.
-    #[expect(clippy::too_many_arguments, reason = "the loop's state, borrowed per datagram")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the loop's state, borrowed per datagram"
+    )]
     fn handle(
         self: &Arc<Self>,
         query: &[u8],
@@ -159,7 +162,13 @@ impl UdpFrontend {
     }
 
     /// The direct answer to `query`, written to `out` and kept in the answer cache.
-    fn answer_direct(&self, query: &[u8], src: SocketAddr, stale: bool, out: &mut Vec<u8>) -> Direct {
+    fn answer_direct(
+        &self,
+        query: &[u8],
+        src: SocketAddr,
+        stale: bool,
+        out: &mut Vec<u8>,
+    ) -> Direct {
         let request = match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
             Ok(request) => request,
             Err(error) => {
@@ -186,7 +195,10 @@ impl UdpFrontend {
         let Some(prepared) = direct.prepare(&request) else {
             return Direct::Chain(Box::new(request));
         };
-        if prepared.encode(&request.queries, Protocol::Udp, out).is_err() {
+        if prepared
+            .encode(&request.queries, Protocol::Udp, out)
+            .is_err()
+        {
             return Direct::Chain(Box::new(request));
         }
         if let Some(answers) = &self.answers {

@@ -24,8 +24,8 @@ use hickory_server::zone_handler::{
 use std::sync::Arc;
 
 use pkraft_dht::Resolver;
-use pkraft_types::packet::dns_records;
 use pkraft_store::KeyVersion;
+use pkraft_types::packet::dns_records;
 use pkraft_types::{KeyBytes, decode_z32_key};
 
 use crate::record_cache::{RecordCache, Records};

@@ -107,7 +107,9 @@ async fn exchange(server: SocketAddr, query: &[u8], expect_answer: bool) -> Opti
 async fn exchange_tcp(server: SocketAddr, query: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(server).await.expect("connect");
+        let mut stream = tokio::net::TcpStream::connect(server)
+            .await
+            .expect("connect");
         let len = u16::try_from(query.len()).expect("short query");
         stream.write_all(&len.to_be_bytes()).await.expect("send");
         stream.write_all(query).await.expect("send");
@@ -253,8 +255,13 @@ fn queries(small: &Keypair, large: &Keypair, missing: &Keypair) -> Vec<(String, 
         message(29, &key, RecordType::SOA, None),
     );
     let mut nsid = edns(1232);
-    nsid.options_mut().insert(EdnsOption::NSID(NSIDPayload::new(Vec::new()).expect("nsid")));
-    add("NSID asked", message(30, &iroh, RecordType::TXT, Some(nsid)));
+    nsid.options_mut().insert(EdnsOption::NSID(
+        NSIDPayload::new(Vec::new()).expect("nsid"),
+    ));
+    add(
+        "NSID asked",
+        message(30, &iroh, RecordType::TXT, Some(nsid)),
+    );
     add(
         "EDNS size below 512",
         message(31, &big, RecordType::TXT, Some(edns(100))),
