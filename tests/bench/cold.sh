@@ -55,9 +55,6 @@ mkdir -p target
 : >"$results"
 
 declare -A pid_of dns_port
-# utime + stime of process $1. The fields are counted after the command name, which may hold
-# spaces ("nsd: server 1").
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
 # Up to $1 seconds until `dig` gets the apex SOA from port $2 (NSD compiles a big zone first).
 wait_dns() {
   local seconds=$1 port=$2 pid=$3 name=$4
@@ -105,13 +102,7 @@ start_servers() {  # $1 = keys: fresh pkraft, iroh-dns-server and NSD, loaded wi
 }
 
 # CPU ticks of every process of system $1 (NSD forks its servers into its process group).
-system_ticks() {
-  local sum=0 pid
-  for pid in $(pgrep -g "${pid_of[$1]}" 2>/dev/null || echo "${pid_of[$1]}"); do
-    sum=$((sum + $(cpu_ticks "$pid")))
-  done
-  echo "$sum"
-}
+system_ticks() { process_group_ticks "${pid_of[$1]}"; }
 all_ticks() { local sum=0 s; for s in "${systems[@]}"; do sum=$((sum + $(system_ticks "$s"))); done; echo "$sum"; }
 reversed() { local i; for ((i = $# ; i > 0 ; i--)); do echo "${!i}"; done; }
 

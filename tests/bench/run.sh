@@ -119,16 +119,8 @@ machine_ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/sta
 # doh_port: the HTTPS port of a system that serves DNS-over-HTTPS (dnsperf does not check the
 # certificate: pkraft's is the test certificate, iroh-dns-server makes a self-signed one).
 declare -A http_url dns_port doh_port pid_of
-cpu_ticks() {  # utime + stime of every process of system $1 (each leads its process group)
-  local sum=0 pid member
-  for pid in ${pid_of[$1]}; do
-    for member in $(pgrep -g "$pid" 2>/dev/null || echo "$pid"); do
-      # Fields counted after the command name, which may hold spaces ("nsd: server 1").
-      sum=$((sum + $(sed 's/.*) //' "/proc/$member/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0)))
-    done
-  done
-  echo "$sum"
-}
+# shellcheck disable=SC2086  # pid_of holds several PIDs for the cluster, split on purpose
+cpu_ticks() { process_group_ticks ${pid_of[$1]}; }  # every process of system $1
 servers_cpu() { local sum=0 s; for s in "${!pid_of[@]}"; do sum=$((sum + $(cpu_ticks "$s"))); done; echo "$sum"; }
 url_args() { local u; for u in ${http_url[$1]}; do echo "--url" "$u"; done; }  # --url per node
 settle() { wait_idle servers_cpu || log "servers still busy after 10 s; measuring anyway"; }

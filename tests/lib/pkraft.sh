@@ -179,6 +179,21 @@ leader_changes_total() {
   echo "$total"
 }
 
+# process_group_ticks PID...: utime + stime, in clock ticks, of every process in the process
+# groups these PIDs lead (a server started with setsid, and what it forked: NSD's servers). The
+# fields are counted after the command name, which may hold spaces ("nsd: server 1"); a process
+# that is gone counts 0.
+process_group_ticks() {
+  local sum=0 pid member stat
+  for pid in "$@"; do
+    for member in $(pgrep -g "$pid" 2>/dev/null || echo "$pid"); do
+      stat=$(cat "/proc/$member/stat" 2>/dev/null) || continue
+      sum=$((sum + $(echo "${stat##*) }" | awk '{print $12 + $13}')))
+    done
+  done
+  echo "$sum"
+}
+
 # print_log_tails DIR: the last 20 lines of every *.log in DIR, on stderr (for a failing script).
 print_log_tails() {
   local f

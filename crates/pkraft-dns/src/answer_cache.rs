@@ -17,10 +17,11 @@
 //! depend on the config alone. What hickory's chain answers is not kept: it may have asked the
 //! DHT, which no version covers.
 //!
-//! Answers that stand for a passing failure are never cached: SERVFAIL (the node was too stale,
-//! or the answer could not be encoded) and REFUSED (the replica could not be read, or the name is
-//! in no zone, which is cheap to answer anyway). The staleness bound is checked again on every
-//! hit by the caller.
+//! Answers that stand for a passing failure are never cached. The direct answers leave SERVFAIL
+//! (a stale node) and the REFUSED of a replica that could not be read to the chain, so they never
+//! reach the cache; the rcode check in [`AnswerCache::insert`] is a safety net for them and keeps
+//! out the REFUSED of names in no zone (cheap to answer anyway). The staleness bound is checked
+//! again on every hit by the caller.
 
 use std::sync::Arc;
 

@@ -70,6 +70,12 @@ impl SharedHandler {
         self.chain.too_stale()
     }
 
+    /// hickory's chain alone (the freshness guard and the `Catalog`), for what the direct answers
+    /// already left to it.
+    pub(crate) fn chain(&self) -> &FreshnessGuard<Catalog> {
+        &self.chain
+    }
+
     /// The direct answers, when on.
     pub(crate) fn direct(&self) -> Option<&DirectAnswers> {
         self.direct.as_deref()
@@ -160,7 +166,7 @@ impl Answerer {
 
 /// The handler chain's answer to `request`, encoded the way hickory encodes it for the
 /// request's protocol (UDP: truncated to the client's EDNS size, or 512 bytes without EDNS).
-pub(crate) async fn respond(handler: &SharedHandler, request: &Request) -> Option<Vec<u8>> {
+pub(crate) async fn respond(handler: &impl RequestHandler, request: &Request) -> Option<Vec<u8>> {
     let (response_handle, mut encoded) = capture(request.src(), request.protocol());
     handler
         .handle_request::<_, TokioTime>(request, response_handle)

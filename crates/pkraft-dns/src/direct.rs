@@ -21,8 +21,8 @@
 //!
 //! The response is encoded by hickory's own `MessageResponse`, the type the `Catalog` hands its
 //! response handle, so an answer built here is the `Catalog`'s byte for byte when its parts are.
-//! `tests/udp_answers.rs` and this module's tests check that against the `Catalog` on every
-//! query shape they know.
+//! `tests/udp_answers.rs` checks that against the `Catalog` on every query shape it knows, over
+//! UDP and TCP.
 
 use std::iter;
 use std::sync::Arc;
@@ -73,12 +73,11 @@ impl DirectAnswers {
             return None;
         }
         let edns = request.edns.as_ref().map(response_edns);
-        if request
-            .edns
-            .as_ref()
-            .is_some_and(|edns| edns.version() > EDNS_VERSION)
+        if let Some(query_edns) = &request.edns
+            && query_edns.version() > EDNS_VERSION
         {
-            let mut edns = edns?;
+            // `send_error_response` puts the rcode's high bits into the OPT record.
+            let mut edns = response_edns(query_edns);
             edns.set_rcode_high(ResponseCode::BADVERS.high());
             return Some(Prepared::error(request, ResponseCode::BADVERS, Some(edns)));
         }
@@ -189,10 +188,7 @@ impl Prepared {
     ) -> Result<(), ProtoError> {
         out.clear();
         let mut encoder = BinEncoder::new(out);
-        encoder.set_max_size(match protocol {
-            Protocol::Udp => self.edns.as_ref().map_or(512, Edns::max_payload),
-            _ => u16::MAX,
-        });
+        encoder.set_max_size(max_size(protocol, self.edns.as_ref()));
         self.response(queries).destructive_emit(&mut encoder)?;
         Ok(())
     }
@@ -211,15 +207,23 @@ fn response_edns(query: &Edns) -> Edns {
 /// The FORMERR hickory-server's listeners send for a message whose `header` parses and whose
 /// rest does not: no question, no OPT record.
 pub(crate) fn malformed_answer(header: &Header, protocol: Protocol) -> Option<Vec<u8>> {
+    // An empty question section (hickory's `Queries::empty` is private to it).
     let no_queries = Queries::read(&mut BinDecoder::new(&[]), 0).ok()?;
     let response = MessageResponseBuilder::new(&no_queries, None)
         .error_msg(&header.metadata, ResponseCode::FormErr);
     let mut out = Vec::with_capacity(64);
     let mut encoder = BinEncoder::new(&mut out);
-    encoder.set_max_size(match protocol {
-        Protocol::Udp => 512,
-        _ => u16::MAX,
-    });
+    encoder.set_max_size(max_size(protocol, None));
     response.destructive_emit(&mut encoder).ok()?;
     Some(out)
+}
+
+/// The largest answer hickory's response handle sends over `protocol` with the response's OPT
+/// record `edns`: over UDP its buffer size (512 bytes without EDNS, RFC 1035 §4.2.1), else
+/// unbounded.
+fn max_size(protocol: Protocol, edns: Option<&Edns>) -> u16 {
+    match protocol {
+        Protocol::Udp => edns.map_or(512, Edns::max_payload),
+        _ => u16::MAX,
+    }
 }

@@ -20,10 +20,10 @@
 //!   were read from is unchanged, then the direct answers.
 //! - [`rrl`]: response rate limiting of UDP answers per client network, with slip to TC.
 //!
-//! hickory's `Catalog` does the protocol work around the zones: EDNS (OPT echo, BADVERS), the AA
-//! flag, REFUSED for names under no origin, FORMERR for bad question counts, and the SOA in the
-//! authority section of negative answers. The server truncates UDP answers that exceed the
-//! client's EDNS size (512 bytes without EDNS) and sets TC.
+//! hickory's `Catalog`, and `direct` in its place for what it covers, does the protocol work around
+//! the zones: EDNS (OPT echo, BADVERS), the AA flag, REFUSED for names under no origin, FORMERR
+//! for bad question counts, and the SOA in the authority section of negative answers. UDP answers
+//! that exceed the client's EDNS size (512 bytes without EDNS) are truncated with TC set.
 
 mod answer_cache;
 pub mod answerer;

@@ -1,6 +1,6 @@
 //! [`DnsServer`]: UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP listener sharing a
 //! port. hickory-server serves TCP (its handler tries the direct answers first), and UDP too when
-//! the direct answers, the answer cache and RRL are all off; otherwise UDP goes through
+//! the direct answers and RRL are both off; otherwise UDP goes through
 //! [`crate::udp`], which rate-limits answers per client network, answers repeated queries from
 //! the cache and the rest directly or with hickory's handler chain.
 
@@ -117,30 +117,36 @@ impl DnsServer {
             metrics: metrics.clone(),
         });
         let rrl = Rrl::new(&settings.rrl).map_err(SettingsError::from)?;
-        let udp_frontend =
-            if settings.direct_answers || settings.answer_cache_bytes() > 0 || rrl.is_some() {
-                let answers = (settings.answer_cache_bytes() > 0)
-                    .then(|| AnswerCache::new(store, settings.answer_cache_bytes()));
-                let frontend = Arc::new(UdpFrontend::new(
-                    handler,
-                    answers,
-                    rrl,
-                    settings.udp_pending_max,
-                    settings.udp_batch,
-                    udp.len(),
-                    metrics.clone(),
-                ));
-                for (index, socket) in udp.into_iter().enumerate() {
-                    let socket = Arc::new(socket);
-                    udp_loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
-                }
-                Some(frontend)
-            } else {
-                for socket in udp {
-                    server.register_socket(socket);
-                }
-                None
-            };
+        // The answer cache keeps direct answers only (module docs of `answer_cache`), so it is
+        // on only with them; with both off and no RRL, hickory's own listener serves UDP.
+        let answer_cache_bytes = if settings.direct_answers {
+            settings.answer_cache_bytes()
+        } else {
+            0
+        };
+        let udp_frontend = if settings.direct_answers || rrl.is_some() {
+            let answers =
+                (answer_cache_bytes > 0).then(|| AnswerCache::new(store, answer_cache_bytes));
+            let frontend = Arc::new(UdpFrontend::new(
+                handler,
+                answers,
+                rrl,
+                settings.udp_pending_max,
+                settings.udp_batch,
+                udp.len(),
+                metrics.clone(),
+            ));
+            for (index, socket) in udp.into_iter().enumerate() {
+                let socket = Arc::new(socket);
+                udp_loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
+            }
+            Some(frontend)
+        } else {
+            for socket in udp {
+                server.register_socket(socket);
+            }
+            None
+        };
         server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_QUEUE_LEN);
         Ok(DnsServer {
             server,

@@ -58,19 +58,19 @@ pub struct Settings {
     /// iroh-sized packets.
     pub record_cache_mib: u32,
     /// Memory for ready UDP answers, in MiB. A query whose bytes (after the ID) were answered
-    /// before is answered with the same bytes, as long as no key the answer was read from has
-    /// changed on the local replica since: no parse, no task, byte-identical to hickory-server's
-    /// answer. 0: no answer cache (and with `[dns.rrl]` off too, hickory-server's own UDP listener
-    /// answers every query). Default 32 MiB, about
-    /// 60,000 answers the size of an iroh `_iroh` TXT answer.
+    /// before is answered with the same bytes, as long as the key the answer was read from has
+    /// not changed on the local replica since: no parse, byte-identical to hickory-server's
+    /// answer. Only direct answers are kept, so it is off with `direct_answers = false`. 0: no
+    /// answer cache. Default 32 MiB, about 60,000 answers the size of an iroh `_iroh` TXT
+    /// answer.
     pub answer_cache_mib: u32,
     /// Build answers in place from the zones' local lookups, byte-identical to hickory-server's
     /// `Catalog` (docs/ARCHITECTURE.md, "DNS flow"), instead of handing every query to the
     /// `Catalog`: UDP answers them inline with no task per query, TCP and DNS-over-HTTPS skip the
     /// `Catalog`. What they do not cover (a key only the DHT has, a stale node, UPDATE, AXFR)
-    /// still goes to the `Catalog`. Default true; false is for comparison and diagnosis (with
-    /// `answer_cache_mib = 0` and `[dns.rrl]` off too, hickory-server's own UDP listener
-    /// answers every query).
+    /// still goes to the `Catalog`. Default true; false is for comparison and diagnosis: the
+    /// answer cache is off too, and with `[dns.rrl]` off hickory-server's own UDP listener
+    /// answers every query.
     pub direct_answers: bool,
     /// UDP sockets bound to `listen` with `SO_REUSEPORT`; the kernel spreads queries over them
     /// by client address and each is served by its own loop, so several cores receive in
@@ -81,14 +81,16 @@ pub struct Settings {
     /// tail"). 1: a single socket, without `SO_REUSEPORT` (with it, another process of the same
     /// user could bind the port too and receive part of the queries).
     pub udp_sockets: usize,
-    /// UDP queries being answered by the handler chain at once, per socket (answer-cache misses,
-    /// each a task). Beyond it a query that misses the cache is dropped, as a full socket buffer
-    /// would drop it, so a flood of distinct queries cannot pile up tasks and memory. Applies
-    /// when pkraft's own UDP loop runs (answer cache or RRL on). Default 1,024.
+    /// UDP queries being answered by hickory's handler chain at once, per socket: what the
+    /// direct answers leave to it (keys only the DHT has, a stale node, UPDATE, AXFR), each in a
+    /// task. Beyond it such a query is dropped, as a full socket buffer would drop it, so a flood
+    /// of them cannot pile up tasks and memory. Applies when pkraft's own UDP loop runs (direct
+    /// answers or RRL on). Default 1,024.
     pub udp_pending_max: usize,
     /// Datagrams read and sent per system call by each UDP loop (`recvmmsg`/`sendmmsg` on Linux).
-    /// 1: one per call (`recvfrom`/`sendto`), the path other systems always use. Default 32, at
-    /// most 256.
+    /// The loop answers a batch's queries one after the other before it sends, so a batch that
+    /// reads many keys from a cold page cache delays the answers behind them. 1: one per call
+    /// (`recvfrom`/`sendto`), the path other systems always use. Default 32, at most 256.
     pub udp_batch: usize,
     /// Response rate limiting of UDP answers per client network (`[dns.rrl]`).
     pub rrl: crate::rrl::RrlSettings,
@@ -117,6 +119,12 @@ impl Default for Settings {
             rrl: crate::rrl::RrlSettings::default(),
         }
     }
+}
+
+/// `udp_sockets = 0` on a machine with `cores` CPU cores: one socket per core but one, so a UDP
+/// flood leaves a core to Raft and HTTP.
+fn auto_udp_sockets(cores: usize) -> usize {
+    cores.saturating_sub(1).clamp(1, UDP_SOCKETS_AUTO_MAX)
 }
 
 /// A `[dns]` value that cannot be served. The message names the field.
@@ -163,10 +171,7 @@ impl Settings {
     /// 1, at most [`UDP_SOCKETS_AUTO_MAX`]).
     pub fn udp_socket_count(&self) -> usize {
         match self.udp_sockets {
-            0 => std::thread::available_parallelism()
-                .map_or(1, usize::from)
-                .saturating_sub(1)
-                .clamp(1, UDP_SOCKETS_AUTO_MAX),
+            0 => auto_udp_sockets(std::thread::available_parallelism().map_or(1, usize::from)),
             n => n,
         }
     }
@@ -201,7 +206,7 @@ impl Settings {
         if self.udp_sockets > UDP_SOCKETS_MAX {
             return Err(SettingsError::new(
                 "udp_sockets",
-                format!("must be at most {UDP_SOCKETS_MAX} (0: two per CPU core)"),
+                format!("must be at most {UDP_SOCKETS_MAX} (0: one per CPU core but one)"),
             ));
         }
         if self.udp_pending_max == 0 || self.udp_pending_max > 1 << 20 {
@@ -342,12 +347,9 @@ mod tests {
 
     #[test]
     fn udp_sockets_zero_means_one_per_core_but_one_within_bounds() {
-        let auto = Settings::default();
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(
-            auto.udp_socket_count(),
-            cores.saturating_sub(1).clamp(1, UDP_SOCKETS_AUTO_MAX)
-        );
+        for (cores, sockets) in [(1, 1), (2, 1), (4, 3), (8, 7), (64, UDP_SOCKETS_AUTO_MAX)] {
+            assert_eq!(auto_udp_sockets(cores), sockets, "{cores} cores");
+        }
         let one = Settings {
             udp_sockets: 1,
             ..Settings::default()

@@ -94,32 +94,19 @@ impl UdpFrontend {
         }
     }
 
-    /// Answers one datagram: queues its answer in `outgoing` (which has room), or spawns the
-    /// chain's task into `chain_tasks`, or drops it.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the loop's state, borrowed per datagram"
-    )]
-    fn handle(
-        self: &Arc<Self>,
-        query: &[u8],
-        src: SocketAddr,
-        counters: &LoopCounters,
-        dice: &mut SlipDice,
-        outgoing: &mut Outgoing,
-        chain_tasks: &mut JoinSet<()>,
-        socket: &Arc<UdpSocket>,
-        arrived: Instant,
-    ) {
+    /// Answers one datagram: queues its answer in `state.outgoing` (which has room), or spawns
+    /// the chain's task, or drops it.
+    fn handle(self: &Arc<Self>, query: &[u8], src: SocketAddr, state: &mut LoopState<'_>) {
         if !can_answer(src) {
             tracing::debug!(%src, "not answering a datagram from this address");
             return;
         }
-        let Some(out) = outgoing.next_buffer() else {
+        let counters = state.counters;
+        let Some(out) = state.outgoing.next_buffer() else {
             return;
         };
         if let Some(rrl) = &self.rrl {
-            match rrl.verdict(src.ip(), dice) {
+            match rrl.verdict(src.ip(), &mut state.dice) {
                 Verdict::Answer => {}
                 Verdict::Slip => {
                     // Not a query hickory can parse: nothing to truncate, so it is dropped.
@@ -127,7 +114,7 @@ impl UdpFrontend {
                         Some(truncated) => {
                             counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
                             out.extend_from_slice(&truncated);
-                            outgoing.queue(src);
+                            state.outgoing.queue(src);
                         }
                         None => {
                             counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
@@ -148,16 +135,14 @@ impl UdpFrontend {
             && answers.answer(query, out)
         {
             counters.hits.fetch_add(1, Ordering::Relaxed);
-            outgoing.queue(src);
+            state.outgoing.queue(src);
             return;
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
         match self.answer_direct(query, src, stale, out) {
-            Direct::Answered => outgoing.queue(src),
+            Direct::Answered => state.outgoing.queue(src),
             Direct::NoAnswer => {}
-            Direct::Chain(request) => {
-                self.spawn_chain(request, counters, chain_tasks, socket, arrived);
-            }
+            Direct::Chain(request) => self.spawn_chain(request, state),
         }
     }
 
@@ -209,25 +194,22 @@ impl UdpFrontend {
 
     /// Hands `request` to hickory's chain in a task of its own, unless `dns.udp_pending_max`
     /// are already being answered on this socket.
-    fn spawn_chain(
-        self: &Arc<Self>,
-        request: Box<Request>,
-        counters: &LoopCounters,
-        chain_tasks: &mut JoinSet<()>,
-        socket: &Arc<UdpSocket>,
-        arrived: Instant,
-    ) {
+    fn spawn_chain(self: &Arc<Self>, request: Box<Request>, state: &mut LoopState<'_>) {
         // Reap finished tasks, so the set holds only those still answering.
-        while chain_tasks.try_join_next().is_some() {}
-        if chain_tasks.len() >= self.pending_max {
-            counters.overload_dropped.fetch_add(1, Ordering::Relaxed);
+        while state.chain_tasks.try_join_next().is_some() {}
+        if state.chain_tasks.len() >= self.pending_max {
+            state
+                .counters
+                .overload_dropped
+                .fetch_add(1, Ordering::Relaxed);
             return;
         }
-        counters.chain.fetch_add(1, Ordering::Relaxed);
-        let (socket, frontend) = (socket.clone(), self.clone());
-        chain_tasks.spawn(async move {
+        state.counters.chain.fetch_add(1, Ordering::Relaxed);
+        let (socket, frontend, arrived) = (state.socket.clone(), self.clone(), state.arrived);
+        state.chain_tasks.spawn(async move {
             let src = request.src();
-            if let Some(answer) = respond(&frontend.handler, &request).await {
+            // The direct answers already declined it: straight to the chain.
+            if let Some(answer) = respond(frontend.handler.chain(), &request).await {
                 if let Err(error) = socket.send_to(&answer, src).await {
                     tracing::debug!(%error, %src, "UDP send failed");
                 }
@@ -238,15 +220,28 @@ impl UdpFrontend {
         });
     }
 
-    /// Counts the queued answers and sends them.
-    async fn flush(&self, socket: &UdpSocket, outgoing: &mut Outgoing, arrived: Instant) {
-        let took = arrived.elapsed();
-        for (answer, _) in outgoing.queued() {
+    /// Sends the queued answers, then counts them.
+    async fn flush(&self, state: &mut LoopState<'_>) {
+        state.outgoing.flush(&state.socket).await;
+        let took = state.arrived.elapsed();
+        for (answer, _) in state.outgoing.queued() {
             self.metrics
                 .answered(Transport::Udp, wire_rcode(answer), took);
         }
-        outgoing.flush(socket).await;
+        state.outgoing.clear();
     }
+}
+
+/// What one socket's loop keeps from datagram to datagram.
+struct LoopState<'c> {
+    socket: Arc<UdpSocket>,
+    counters: &'c LoopCounters,
+    /// Which of RRL's refusals on this socket are slipped.
+    dice: SlipDice,
+    outgoing: Outgoing,
+    chain_tasks: JoinSet<()>,
+    /// When the current batch was read.
+    arrived: Instant,
 }
 
 impl UdpReport for UdpFrontend {
@@ -286,13 +281,19 @@ pub(crate) async fn serve(
         return;
     };
     let mut received = Received::new(frontend.batch);
-    let mut outgoing = Outgoing::new(frontend.batch);
-    let mut chain_tasks = JoinSet::new();
-    // Which of RRL's refusals on this socket are slipped.
-    let mut dice = SlipDice::new(index);
+    let mut state = LoopState {
+        socket: socket.clone(),
+        counters,
+        dice: SlipDice::new(index),
+        outgoing: Outgoing::new(frontend.batch),
+        chain_tasks: JoinSet::new(),
+        arrived: Instant::now(),
+    };
     loop {
         // Under load the socket always has datagrams: read until it has none, and only then
-        // wait (for readiness or the stop), so that a busy loop costs no wake-ups.
+        // wait (for readiness or the stop), so that a busy loop costs no wake-ups. A short
+        // batch costs one more call that finds the socket empty: tokio learns that a socket is
+        // drained only from a `WouldBlock`.
         let count = match received.try_receive(&socket) {
             Ok(count) => count,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -319,30 +320,21 @@ pub(crate) async fn serve(
         if stop.has_changed().unwrap_or(true) {
             break;
         }
-        let arrived = Instant::now();
+        state.arrived = Instant::now();
         for datagram in 0..count {
             let Some((query, src)) = received.get(datagram) else {
                 continue;
             };
-            frontend.handle(
-                query,
-                src,
-                counters,
-                &mut dice,
-                &mut outgoing,
-                &mut chain_tasks,
-                &socket,
-                arrived,
-            );
-            if outgoing.is_full() {
-                frontend.flush(&socket, &mut outgoing, arrived).await;
+            frontend.handle(query, src, &mut state);
+            if state.outgoing.is_full() {
+                frontend.flush(&mut state).await;
             }
         }
-        frontend.flush(&socket, &mut outgoing, arrived).await;
+        frontend.flush(&mut state).await;
         // A loop that never waits must still let the worker's other tasks run.
         tokio::task::consume_budget().await;
     }
-    while chain_tasks.join_next().await.is_some() {}
+    while state.chain_tasks.join_next().await.is_some() {}
 }
 
 /// Whether an answer can be sent to `src`: not to port 0, an unspecified or a broadcast address

@@ -70,8 +70,10 @@ impl Received {
     }
 }
 
-/// One `recvmmsg` into `buffers`. The headers are allocated per call: they hold raw pointers,
-/// so they cannot live in the loop's future across an await (a few kilobytes, once per batch).
+/// One `recvmmsg` into `buffers`. The headers are allocated per call (a few kilobytes, once per
+/// batch), for two reasons: they hold raw pointers, so they cannot live in the loop's future
+/// across an await; and the kernel shrinks each header's address length to the address it
+/// wrote, which nix 0.30 does not reset when headers are reused.
 #[cfg(target_os = "linux")]
 fn receive_many(
     socket: &UdpSocket,
@@ -167,7 +169,7 @@ impl Outgoing {
 
     /// Sends every queued answer, waiting while the socket's send buffer is full. An answer the
     /// kernel refuses (an unreachable destination) is dropped with a debug line, as a lost
-    /// datagram would be.
+    /// datagram would be. The answers stay queued (for counting) until [`Outgoing::clear`].
     pub(crate) async fn flush(&mut self, socket: &UdpSocket) {
         let mut next = 0;
         while next < self.len {
@@ -185,6 +187,10 @@ impl Outgoing {
                 }
             }
         }
+    }
+
+    /// Empties the queue.
+    pub(crate) fn clear(&mut self) {
         self.len = 0;
         self.destinations.clear();
     }

@@ -6,7 +6,7 @@
 //! the final key label, equals `<sub>`.
 //!
 //! Outcomes (DESIGN.md §2.3): unknown key or name → NXDOMAIN; known name, other type → NODATA;
-//! both with the origin's SOA, which hickory's `Catalog` adds. A name that exists only as the
+//! both with the origin's SOA, which hickory's `Catalog` (or `crate::direct` in its place) adds. A name that exists only as the
 //! parent of another (the key itself, when the packet holds `_iroh.<z32>`) is NODATA, not
 //! NXDOMAIN (RFC 8020: NXDOMAIN would deny the names below it).
 
