@@ -140,7 +140,7 @@ impl Outgoing {
     }
 
     /// A cleared buffer for the next answer; [`Outgoing::queue`] sends it, anything else drops
-    /// it. `None` when the batch is full: [`Outgoing::flush`] first.
+    /// it. `None` when the batch is full: [`Outgoing::flush`] and [`Outgoing::clear`] it first.
     pub(crate) fn next_buffer(&mut self) -> Option<&mut Vec<u8>> {
         let buffer = self.buffers.get_mut(self.len)?;
         buffer.clear();
