@@ -42,9 +42,7 @@ done
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  stop_process_groups "${pids[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -143,9 +141,7 @@ PY
       log "$keys keys, round $r/$rounds: $(tail -n 1 "$results")"
     done
   done
-  for s in "${systems[@]}"; do kill -TERM -- "-${pid_of[$s]}" 2>/dev/null || true; done
-  sleep 1
-  for s in "${systems[@]}"; do kill -KILL -- "-${pid_of[$s]}" 2>/dev/null || true; done
+  stop_process_groups "${pids[@]}"
   rm -rf "$work"/*-data-* "$work"/nsd-*
   pids=()
 done

@@ -44,9 +44,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   # Each server leads its own process group (setsid): stop the whole group, politely first.
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  sleep 0.5
-  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  stop_process_groups "${pids[@]}"
   rm -rf "$work"
 }
 trap cleanup EXIT

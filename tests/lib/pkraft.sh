@@ -179,6 +179,15 @@ leader_changes_total() {
   echo "$total"
 }
 
+# stop_process_groups PID...: SIGTERM the process groups these PIDs lead (servers started with
+# setsid), then after 0.5 s SIGKILL what is left of them.
+stop_process_groups() {
+  local pid
+  for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  sleep 0.5
+  for pid in "$@"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+}
+
 # process_group_ticks PID...: utime + stime, in clock ticks, of every process in the process
 # groups these PIDs lead (a server started with setsid, and what it forked: NSD's servers). The
 # fields are counted after the command name, which may hold spaces ("nsd: server 1"); a process
