@@ -141,6 +141,13 @@ PY
       log "$keys keys, round $r/$rounds: $(tail -n 1 "$results")"
     done
   done
+  # Memory after the rounds, of the single-process servers (NSD's forked servers share pages).
+  for s in "${systems[@]}"; do
+    [ "$s" = nsd ] && continue
+    awk -v s="$s" -v k="$keys" '/^VmRSS/ {rss = $2} /^VmHWM/ {hwm = $2}
+      END {printf "{\"system\": \"%s\", \"keys\": %d, \"rss_mib\": %.1f, \"hwm_mib\": %.1f}\n", s, k, rss / 1024, hwm / 1024}' \
+      "/proc/${pid_of[$s]}/status" >>"$results"
+  done
   stop_process_groups "${pids[@]}"
   rm -rf "$work"/*-data-* "$work"/nsd-*
   pids=()
@@ -148,7 +155,9 @@ done
 
 python3 - "$results" <<'PY'
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+lines = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [r for r in lines if "qps" in r]
+memory = {(r["system"], r["keys"]): r for r in lines if "rss_mib" in r}
 def med(system, keys, field):
     v = [r[field] for r in rows if r["system"] == system and r["keys"] == keys]
     return statistics.median(v) if v else float("nan")
@@ -162,6 +171,9 @@ for keys in sorted({r["keys"] for r in rows}):
         ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
         extra = f" {fmt.format(med('base', keys, field))} | {ratio(p, med('base', keys, field))} |" if base else ""
         print(f"| {keys:,} | {field} | {fmt.format(p)} | {fmt.format(n)} | {fmt.format(i)} | {ratio(p, n)} | {ratio(p, i)} |" + extra)
+    for field in ("rss_mib", "hwm_mib"):
+        p, i = (memory.get((s, keys), {}).get(field, float("nan")) for s in ("pkraft", "iroh"))
+        print(f"| {keys:,} | {field} after the rounds | {p:,.0f} | - | {i:,.0f} | - | {p / i:.2f}x |" + (" |" * 2 if base else ""))
     per_round = {s: [round(r["qps"]) for r in rows if r["system"] == s and r["keys"] == keys] for s in ("pkraft", "nsd", "iroh", "base")}
     print(f"\n{keys:,} keys, q/s per round: {per_round}\n")
 PY
