@@ -70,6 +70,7 @@ start_pkraft() {  # $1 = system name, $2 = binary, $3 = keys: a fresh node loade
   single_node_config "$work/$name.toml" "$work/$name-data-$keys" "127.0.0.1:$http" "127.0.0.1:$dns"
   RUST_LOG=warn setsid "$binary" serve --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   pid_of[$name]=$!; pids+=($!); dns_port[$name]=$dns
+  disown "$!"  # stopped with SIGKILL if slow to exit: no "Killed" job notice from bash
   wait_dns 30 "$dns" "${pid_of[$name]}" "$name"
   log "$keys keys: loading $name"
   "$bin/pkraft-bench" put --data "$work/data.bin" --version 0 --url "http://127.0.0.1:$http/pkarr" \
