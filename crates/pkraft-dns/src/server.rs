@@ -118,7 +118,8 @@ impl DnsServer {
         });
         let rrl = Rrl::new(&settings.rrl).map_err(SettingsError::from)?;
         // The answer cache keeps direct answers only (module docs of `answer_cache`), so it is
-        // on only with them; with both off and no RRL, hickory's own listener serves UDP.
+        // on only with them. With the direct answers off and no RRL, hickory's own listener
+        // serves UDP.
         let answer_cache_bytes = if settings.direct_answers {
             settings.answer_cache_bytes()
         } else {
