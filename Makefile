@@ -11,15 +11,17 @@ SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 .PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
-## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test.
+## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
+## a first try runs at the speed a deployment does; `make test` builds the debug variant.
 run:
-	$(CARGO) run --locked -p pkraft -- dev
+	$(CARGO) run --release --locked -p pkraft -- dev
 
 ## Start a local 3-node cluster (config/node{1,2,3}.toml: HTTP :8081-8083, DNS :5301-5303),
-## initialized and ready; prints how to use it. `make cluster-stop` stops it.
+## initialized and ready, from the release build; prints how to use it. `make cluster-stop`
+## stops it.
 cluster:
-	$(CARGO) build --locked -p pkraft
-	deploy/local-cluster.sh start $(TARGET_DIR)/debug/pkraft
+	$(CARGO) build --release --locked -p pkraft
+	deploy/local-cluster.sh start $(TARGET_DIR)/release/pkraft
 
 cluster-stop:
 	deploy/local-cluster.sh stop
