@@ -150,6 +150,29 @@ async fn backup_restore_and_verify() {
     assert_eq!(restored.terminate().code(), Some(0));
     assert_verifies(restored.data_dir(), 3);
 
+    // A damaged snapshot file (what a new member would install) is a problem `verify` names.
+    let snapshot_dir = restored.data_dir().join("snapshot");
+    let snapshot = std::fs::read_dir(&snapshot_dir)
+        .expect("snapshot dir")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "snap"))
+        .expect("a snapshot data file");
+    let intact = std::fs::read(&snapshot).expect("read snapshot");
+    let mut damaged = intact.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x40;
+    std::fs::write(&snapshot, &damaged).expect("damage snapshot");
+    let report = pkraft(&["verify", "--data-dir", &text(restored.data_dir())]);
+    assert!(!report.status.success());
+    let stdout = String::from_utf8_lossy(&report.stdout);
+    assert!(
+        stdout.contains(&format!("problem: snapshot {}", snapshot.display()))
+            && stdout.contains("checksum"),
+        "{stdout}"
+    );
+    std::fs::write(&snapshot, &intact).expect("repair snapshot");
+    assert_verifies(restored.data_dir(), 3);
+
     // Nodes that join a restored cluster get the restored data (as a snapshot: the log starts
     // after it).
     let cluster = TestCluster::restored(&backup_file, 3).await;

@@ -453,7 +453,7 @@ async fn t20_a_new_node_catches_up_by_snapshot_with_identical_state() {
         newcomer
             .data_dir()
             .join("snapshot")
-            .join("current")
+            .join("current.meta")
             .exists(),
         "node 4 installed a snapshot\n{}",
         newcomer.log()

@@ -102,13 +102,15 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
 
 /// A node whose storage fails must not limp on serving a frozen replica: it stops and exits
 /// non-zero for its supervisor. The failure is real: once the node runs, a regular file is put
-/// where the snapshot directory must go, so the first snapshot (after 3 entries) cannot be saved.
+/// where the snapshot directory was, so the first snapshot (after 3 entries) cannot be saved.
 #[tokio::test]
 async fn storage_failure_stops_the_node_with_exit_status_1() {
     let mut server = TestServer::start_with_config(
         "[raft]\nsnapshot_after_entries = 3\n[cluster]\nbootstrap = true\n",
     );
-    std::fs::write(server.data_dir().join("snapshot"), b"not a directory").expect("block dir");
+    let snapshot_dir = server.data_dir().join("snapshot");
+    std::fs::remove_dir_all(&snapshot_dir).expect("remove the snapshot dir");
+    std::fs::write(&snapshot_dir, b"not a directory").expect("block dir");
 
     // Publish until the node fails; a PUT during the failure may get 500 or no answer at all.
     for i in 0..10u64 {

@@ -32,6 +32,8 @@ pub struct TestServer {
     _config_dir: Option<tempfile::TempDir>,
     /// The subcommand and its arguments, before the listen and data dir overrides.
     command: Vec<String>,
+    /// The cgroup the process runs in, if not the test's own.
+    cgroup: Option<PathBuf>,
     pub http: SocketAddr,
     pub dns: SocketAddr,
     pub peer: SocketAddr,
@@ -82,6 +84,37 @@ impl TestServer {
         server
     }
 
+    /// [`TestServer::start_with_config_in`], the process placed in the cgroup at `cgroup`
+    /// (a directory of `/sys/fs/cgroup/<controller>`) before it runs anything of its own.
+    pub fn start_with_config_in_cgroup(
+        toml: &str,
+        data_dir: tempfile::TempDir,
+        cgroup: &Path,
+    ) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let command = vec!["serve".into(), "--config".into(), path_arg(&config)];
+        let (child, bound, log) = spawn(data_dir.path(), &command, Some(cgroup));
+        TestServer {
+            child: Some(child),
+            data_dir,
+            _config_dir: Some(dir),
+            command,
+            cgroup: Some(cgroup.to_path_buf()),
+            http: bound.http,
+            dns: bound.dns,
+            peer: bound.peer,
+            admin: bound.admin,
+            log,
+        }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn data_dir(&self) -> &Path {
         self.data_dir.path()
     }
@@ -91,12 +124,13 @@ impl TestServer {
     }
 
     fn start_in(command: Vec<String>, data_dir: tempfile::TempDir) -> TestServer {
-        let (child, bound, log) = spawn(data_dir.path(), &command);
+        let (child, bound, log) = spawn(data_dir.path(), &command, None);
         TestServer {
             child: Some(child),
             data_dir,
             _config_dir: None,
             command,
+            cgroup: None,
             http: bound.http,
             dns: bound.dns,
             peer: bound.peer,
@@ -156,9 +190,14 @@ impl TestServer {
     /// Waits (bounded) until the captured log contains `needle`. The log is copied from the
     /// process's stderr by a thread, so a line can arrive a moment after the event it reports.
     pub fn wait_for_log(&self, needle: &str) {
-        if wait_until(LOG_TIMEOUT, || self.log().contains(needle).then_some(())).is_none() {
+        self.wait_for_log_within(needle, LOG_TIMEOUT);
+    }
+
+    /// [`TestServer::wait_for_log`] for an event that takes up to `timeout`.
+    pub fn wait_for_log_within(&self, needle: &str, timeout: Duration) {
+        if wait_until(timeout, || self.log().contains(needle).then_some(())).is_none() {
             panic!(
-                "no {needle:?} in the log within {LOG_TIMEOUT:?}:\n{}",
+                "no {needle:?} in the log within {timeout:?}:\n{}",
                 self.log()
             );
         }
@@ -167,7 +206,8 @@ impl TestServer {
     /// Starts the binary again on the same data dir (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");
-        let (child, bound, log) = spawn(self.data_dir.path(), &self.command);
+        let (child, bound, log) =
+            spawn(self.data_dir.path(), &self.command, self.cgroup.as_deref());
         self.child = Some(child);
         self.http = bound.http;
         self.dns = bound.dns;
@@ -215,8 +255,12 @@ impl Drop for TestServer {
     }
 }
 
-fn spawn(data_dir: &Path, command: &[String]) -> (Child, Bound, Arc<Mutex<Vec<String>>>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
+fn spawn(
+    data_dir: &Path,
+    command: &[String],
+    cgroup: Option<&Path>,
+) -> (Child, Bound, Arc<Mutex<Vec<String>>>) {
+    let mut child = pkraft_command(cgroup)
         .args(command)
         .args(["--data-dir", &path_arg(data_dir)])
         .args(pkraft_testkit::LOOPBACK_PORT_0_ARGS)
@@ -259,6 +303,23 @@ fn spawn(data_dir: &Path, command: &[String]) -> (Child, Bound, Arc<Mutex<Vec<St
         admin: field(&line, "admin"),
     };
     (child, bound, log)
+}
+
+/// A command that runs the `pkraft` binary, inside `cgroup` when given: a shell joins the cgroup
+/// and then becomes `pkraft` (`exec`, same process), so nothing of pkraft's runs outside it.
+pub fn pkraft_command(cgroup: Option<&Path>) -> Command {
+    let binary = env!("CARGO_BIN_EXE_pkraft");
+    match cgroup {
+        None => Command::new(binary),
+        Some(cgroup) => {
+            let mut command = Command::new("sh");
+            command
+                .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+                .arg(cgroup)
+                .arg(binary);
+            command
+        }
+    }
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes.

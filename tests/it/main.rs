@@ -25,4 +25,5 @@ mod peer_proxy;
 mod peer_tls;
 mod pkarr_client;
 mod relay;
+mod snapshot_memory;
 mod write_bounds;

@@ -128,18 +128,91 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
     next.run(request).await
 }
 
+/// Chunks of a backup between the thread that reads the replica and the connection: it stays
+/// this far ahead of the client at most, so memory stays flat whatever the replica's size.
+const BACKUP_CHUNK_BYTES: usize = 256 * 1024;
+const BACKUP_CHUNKS_AHEAD: usize = 4;
+
+/// Streams a backup file as the replica is read. A failure before the first chunk is a 500 with
+/// the error; one after it ends the body with an error, so the client sees a torn transfer
+/// (and the file's checksum would refuse it anyway).
 async fn backup(State(state): State<AdminState>) -> Response {
-    match state.node.backup().await {
-        Ok((header, file)) => {
-            tracing::info!(
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
+    let node = state.node.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut out = ChannelWriter::new(sender.clone());
+        match node.write_backup(&mut out) {
+            Ok((header, bytes)) => tracing::info!(
                 records = header.records,
                 applied_index = ?header.applied_index,
-                bytes = file.len(),
-                "backup taken"
-            );
-            ([(header::CONTENT_TYPE, "application/octet-stream")], file).into_response()
+                bytes,
+                took_ms = started.elapsed().as_millis(),
+                "backup sent"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "backup failed");
+                // Nobody listens any more if the client went away; nothing else to do then.
+                let _ = sender.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    });
+    let first = match receiver.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        None => return error(StatusCode::INTERNAL_SERVER_ERROR, "the backup task ended"),
+    };
+    let rest = futures_lite::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    });
+    let body = futures_lite::StreamExt::chain(futures_lite::stream::once(Ok(first)), rest);
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// A blocking writer whose bytes go to a channel in chunks: the backup thread writes, the
+/// response body reads. A client that went away makes the next write fail (broken pipe), which
+/// stops the backup.
+struct ChannelWriter {
+    sender: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    chunk: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn new(sender: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>) -> Self {
+        ChannelWriter {
+            sender,
+            chunk: Vec::with_capacity(BACKUP_CHUNK_BYTES),
+        }
+    }
+
+    fn send_chunk(&mut self) -> std::io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(BACKUP_CHUNK_BYTES));
+        self.sender
+            .blocking_send(Ok(bytes::Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = BACKUP_CHUNK_BYTES - self.chunk.len();
+        let taken = buf.len().min(room);
+        self.chunk.extend_from_slice(&buf[..taken]);
+        if self.chunk.len() == BACKUP_CHUNK_BYTES {
+            self.send_chunk()?;
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_chunk()
     }
 }
 

@@ -1,22 +1,26 @@
 //! Backup, restore and verification of a node's data (docs/OPERATIONS.md).
 //!
-//! - [`Node::backup`]: a consistent copy of the replica (one read transaction) as a backup file.
+//! - [`Node::write_backup`]: a consistent copy of the replica (one read transaction) written as
+//!   a backup file to any writer, as it is read: the admin API streams it to `pkraft backup`.
 //! - [`restore`]: seeds a new data dir from a backup file as a single-node cluster (disaster
 //!   recovery). The data becomes the node's snapshot and the log starts after it, so nodes that
 //!   join later receive the data as a snapshot, never a log that lacks it.
 //! - [`verify`]: checks a stopped node's files: the log, the state and the snapshot agree, and
 //!   every stored packet verifies again.
+//! - [`check_backup_file`]: checks a backup file without restoring it.
 //!
 //! A backup file is `PKRBAK1\0` ‖ header length (u32 BE) ‖ postcard([`BackupHeader`]) ‖ the
-//! store's snapshot data ‖ CRC-32 of everything before it (u32 BE), so a truncated or damaged
-//! copy is refused before anything is written.
+//! store's snapshot stream ‖ CRC-32 of everything before it (u32 BE), so a truncated or damaged
+//! copy is refused before anything is written. None of these hold the data in memory.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, CommittedLeaderId, LogId, Membership, SnapshotMeta, StoredMembership};
-use pkraft_store::{Integrity, Store, StoreError};
+use pkraft_store::{Integrity, SnapshotSummary, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -27,7 +31,12 @@ use crate::snapshot_file::SnapshotFile;
 use crate::state_machine::{AppliedState, snapshot_id};
 
 const MAGIC: &[u8; 8] = b"PKRBAK1\0";
-const CRC_LEN: usize = 4;
+const CRC_LEN: u64 = 4;
+/// redb page cache of the offline commands (restore, verify): they read or write each page about
+/// once, so a large cache would only cost memory.
+const OFFLINE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// A header is a few dozen bytes; more means the file is not a backup.
+const HEADER_LEN_MAX: u32 = 4096;
 
 /// What a backup file says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,73 +66,157 @@ pub enum BackupError {
 }
 
 impl Node {
-    /// A backup file of this node's replica as it is now (one read transaction).
-    pub async fn backup(&self) -> Result<(BackupHeader, Vec<u8>), BackupError> {
-        let store = self.store().clone();
-        let source_node = self.id;
-        tokio::task::spawn_blocking(move || {
-            let export = store.export_snapshot()?;
-            let applied: AppliedState = match &export.applied_state {
-                Some(bytes) => decode(bytes).map_err(|e| BackupError::Format(e.to_string()))?,
-                None => AppliedState::default(),
-            };
-            let header = BackupHeader {
-                source_node,
-                applied_index: applied.last_applied.map(|log_id| log_id.index),
-                records: export.records,
-                created_unix_secs: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            };
-            let file = encode_backup(&header, &export.data)?;
-            Ok((header, file))
-        })
-        .await
-        .map_err(|e| BackupError::Io(format!("the backup task failed: {e}")))?
+    /// Writes a backup file of this node's replica as it is now (one read transaction) to
+    /// `out`, as it reads it. Blocking: run it off the async runtime. Returns the header and the
+    /// bytes written.
+    pub fn write_backup(&self, out: impl Write) -> Result<(BackupHeader, u64), BackupError> {
+        write_store_backup(self.store(), self.id, out)
     }
 }
 
-fn encode_backup(header: &BackupHeader, data: &[u8]) -> Result<Vec<u8>, BackupError> {
-    let header = encode(header).map_err(|e| BackupError::Format(e.to_string()))?;
+/// [`Node::write_backup`] of any store: a backup file as `source_node` would send it.
+pub fn write_store_backup(
+    store: &Store,
+    source_node: NodeId,
+    out: impl Write,
+) -> Result<(BackupHeader, u64), BackupError> {
+    let source = store.snapshot_source()?;
+    let applied: AppliedState = match source.applied_state()? {
+        Some(bytes) => decode(&bytes).map_err(|e| BackupError::Format(e.to_string()))?,
+        None => AppliedState::default(),
+    };
+    let header = BackupHeader {
+        source_node,
+        applied_index: applied.last_applied.map(|log_id| log_id.index),
+        records: source.packets()?,
+        created_unix_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let encoded = encode(&header).map_err(|e| BackupError::Format(e.to_string()))?;
     let header_len =
-        u32::try_from(header.len()).map_err(|_| BackupError::Format("header too long".into()))?;
-    let mut file = Vec::with_capacity(MAGIC.len() + 4 + header.len() + data.len() + CRC_LEN);
-    file.extend_from_slice(MAGIC);
-    file.extend_from_slice(&header_len.to_be_bytes());
-    file.extend_from_slice(&header);
-    file.extend_from_slice(data);
-    let crc = crc32fast::hash(&file);
-    file.extend_from_slice(&crc.to_be_bytes());
-    Ok(file)
+        u32::try_from(encoded.len()).map_err(|_| BackupError::Format("header too long".into()))?;
+    let write_error = |e: io::Error| BackupError::Io(format!("writing the backup: {e}"));
+    let mut out = CrcWriter::new(out);
+    out.write_all(MAGIC).map_err(write_error)?;
+    out.write_all(&header_len.to_be_bytes())
+        .map_err(write_error)?;
+    out.write_all(&encoded).map_err(write_error)?;
+    source.write_to(&mut out)?;
+    let (mut out, crc, written) = out.finish();
+    out.write_all(&crc.to_be_bytes()).map_err(write_error)?;
+    out.flush().map_err(write_error)?;
+    Ok((header, written + CRC_LEN))
 }
 
-/// The header and the snapshot data of a backup file, after checking its magic and checksum.
-pub fn decode_backup(file: &[u8]) -> Result<(BackupHeader, &[u8]), BackupError> {
-    let format = |what: &str| BackupError::Format(what.to_string());
-    let body_len = file
-        .len()
+/// Passes bytes through, keeping their CRC-32 and count.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn new(inner: W) -> Self {
+        CrcWriter {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        }
+    }
+
+    fn finish(self) -> (W, u32, u64) {
+        (self.inner, self.crc.finalize(), self.bytes)
+    }
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A backup file opened for reading its snapshot data, after its magic and header.
+struct BackupFile {
+    header: BackupHeader,
+    /// The snapshot data, up to the checksum.
+    data: io::Take<BufReader<File>>,
+}
+
+impl BackupFile {
+    fn open(path: &Path) -> Result<Self, BackupError> {
+        let format = |what: &str| BackupError::Format(format!("{}: {what}", path.display()));
+        let file = File::open(path)
+            .map_err(|e| BackupError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let len = file
+            .metadata()
+            .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?
+            .len();
+        let mut input = BufReader::with_capacity(256 * 1024, file);
+        let mut prefix = [0u8; 12];
+        input
+            .read_exact(&mut prefix)
+            .map_err(|_| format("too short"))?;
+        let (magic, header_len) = prefix.split_at(MAGIC.len());
+        if magic != MAGIC {
+            return Err(format("no PKRBAK1 magic"));
+        }
+        let mut be = [0u8; 4];
+        be.copy_from_slice(header_len);
+        let header_len = u32::from_be_bytes(be);
+        if header_len > HEADER_LEN_MAX {
+            return Err(format("the header length is implausible"));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        input
+            .read_exact(&mut header)
+            .map_err(|_| format("the header runs past the end"))?;
+        let header: BackupHeader = decode(&header).map_err(|e| format(&format!("header: {e}")))?;
+        let data_len = len
+            .checked_sub(12 + u64::from(header_len) + CRC_LEN)
+            .ok_or_else(|| format("too short"))?;
+        Ok(BackupFile {
+            header,
+            data: input.take(data_len),
+        })
+    }
+}
+
+/// Checks a backup file as a whole, reading it twice and never holding it: its checksum, then
+/// every frame of its snapshot data and the record count its header gives.
+pub fn check_backup_file(path: &Path) -> Result<(BackupHeader, SnapshotSummary), BackupError> {
+    let format = |what: &str| BackupError::Format(format!("{}: {what}", path.display()));
+    let io_error = |e: io::Error| BackupError::Io(format!("cannot read {}: {e}", path.display()));
+    let file = File::open(path).map_err(io_error)?;
+    let len = file.metadata().map_err(io_error)?.len();
+    let body_len = len
         .checked_sub(CRC_LEN)
         .ok_or_else(|| format("too short"))?;
-    let (body, crc) = file.split_at(body_len);
-    let rest = body
-        .strip_prefix(MAGIC)
-        .ok_or_else(|| format("no PKRBAK1 magic"))?;
-    let mut expected = [0u8; CRC_LEN];
-    expected.copy_from_slice(crc);
-    if crc32fast::hash(body) != u32::from_be_bytes(expected) {
+    let mut input = BufReader::with_capacity(256 * 1024, file);
+    let mut hasher = CrcWriter::new(io::sink());
+    io::copy(&mut Read::by_ref(&mut input).take(body_len), &mut hasher).map_err(io_error)?;
+    let mut expected = [0u8; CRC_LEN as usize];
+    input.read_exact(&mut expected).map_err(io_error)?;
+    if hasher.finish().1 != u32::from_be_bytes(expected) {
         return Err(format("checksum mismatch (truncated or damaged)"));
     }
-    let (len, rest) = rest
-        .split_at_checked(4)
-        .ok_or_else(|| format("no header"))?;
-    let mut len_be = [0u8; 4];
-    len_be.copy_from_slice(len);
-    let header_len = usize::try_from(u32::from_be_bytes(len_be)).map_err(|_| format("header"))?;
-    let (header, data) = rest
-        .split_at_checked(header_len)
-        .ok_or_else(|| format("header runs past the end"))?;
-    let header = decode(header).map_err(|e| BackupError::Format(format!("header: {e}")))?;
-    Ok((header, data))
+    let backup = BackupFile::open(path)?;
+    let summary = pkraft_store::check_snapshot(backup.data)
+        .map_err(|e| format(&format!("snapshot data: {e}")))?;
+    if summary.packets != backup.header.records {
+        return Err(format(&format!(
+            "the header says {} records, the data holds {}",
+            backup.header.records, summary.packets
+        )));
+    }
+    Ok((backup.header, summary))
 }
 
 /// What [`restore`] did.
@@ -133,26 +226,30 @@ pub struct Restored {
     pub records: u64,
 }
 
-/// Seeds `data_dir` (which must hold no pkraft data) from a backup file, as a new cluster whose
-/// only voter is `node_id` at peer address `advertise`. Every packet is verified before the
-/// node can serve it. Start the node afterwards with the same `node_id`, without
-/// `cluster.bootstrap` or `cluster.join` being needed.
+/// Seeds `data_dir` (which must hold no pkraft data) from the backup file at `backup`, as a new
+/// cluster whose only voter is `node_id` at peer address `advertise`. The file is checked whole
+/// before anything is written, and every packet is verified before the node can serve it. Start
+/// the node afterwards with the same `node_id`, without `cluster.bootstrap` or `cluster.join`
+/// being needed.
 pub async fn restore(
     data_dir: &Path,
     node_id: NodeId,
     advertise: &str,
-    file: &[u8],
+    backup: &Path,
 ) -> Result<Restored, BackupError> {
-    let (header, data) = decode_backup(file)?;
     let occupied = [LOG_DIR, STATE_FILE, SNAPSHOT_DIR]
         .iter()
         .any(|name| data_dir.join(name).exists());
     if occupied {
         return Err(BackupError::NotEmpty(data_dir.to_path_buf()));
     }
+    let path = backup.to_path_buf();
+    let (header, _) = tokio::task::spawn_blocking(move || check_backup_file(&path))
+        .await
+        .map_err(|e| BackupError::Io(format!("the check failed: {e}")))??;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| BackupError::Io(format!("{}: {e}", data_dir.display())))?;
-    let restored = seed(data_dir, node_id, advertise, data).await;
+    let restored = seed(data_dir, node_id, advertise, backup).await;
     if restored.is_err() {
         // Nothing half-restored is left behind: a start would misread it, and a second restore
         // would find the dir occupied. (None of these existed before: checked above.)
@@ -171,7 +268,7 @@ async fn seed(
     data_dir: &Path,
     node_id: NodeId,
     advertise: &str,
-    data: &[u8],
+    backup: &Path,
 ) -> Result<u64, BackupError> {
     // The position a fresh cluster's first entry has (`Raft::initialize` writes its membership
     // at index 0 under leader T0-N0): the data stands in for that entry, already snapshotted.
@@ -185,23 +282,34 @@ async fn seed(
         last_applied: Some(log_id),
         membership: membership.clone(),
     };
-
-    let store = Store::open(&data_dir.join(STATE_FILE))?;
-    let applied_bytes = encode(&applied).map_err(|e| BackupError::Format(e.to_string()))?;
-    store.import_snapshot(data, &applied_bytes)?;
-    let integrity = store.check_integrity()?;
-    drop(store);
-    if !integrity.problems.is_empty() {
-        return Err(BackupError::Invalid(integrity.problems.join("; ")));
-    }
     let meta = SnapshotMeta {
         last_log_id: Some(log_id),
         last_membership: membership,
         snapshot_id: snapshot_id(Some(log_id)),
     };
-    SnapshotFile::new(data_dir.join(SNAPSHOT_DIR))
-        .save(&meta, data)
-        .map_err(|e| BackupError::Io(format!("snapshot: {e}")))?;
+
+    let state_file = data_dir.join(STATE_FILE);
+    let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
+    let backup = backup.to_path_buf();
+    let packets = tokio::task::spawn_blocking(move || {
+        let store = Store::open_with_cache(&state_file, OFFLINE_CACHE_BYTES)?;
+        let applied_bytes = encode(&applied).map_err(|e| BackupError::Format(e.to_string()))?;
+        store.import_snapshot_from(BackupFile::open(&backup)?.data, &applied_bytes)?;
+        let integrity = store.check_integrity()?;
+        if !integrity.problems.is_empty() {
+            return Err(BackupError::Invalid(integrity.problems.join("; ")));
+        }
+        let snapshot_io = |e: io::Error| BackupError::Io(format!("snapshot: {e}"));
+        let snapshots = SnapshotFile::open(snapshot_dir).map_err(snapshot_io)?;
+        let path = snapshots.build_path();
+        let mut file = File::create(&path).map_err(snapshot_io)?;
+        store.snapshot_source()?.write_to(&mut file)?;
+        file.sync_all().map_err(snapshot_io)?;
+        snapshots.commit(&meta, &path).map_err(snapshot_io)?;
+        Ok(integrity.packets)
+    })
+    .await
+    .map_err(|e| BackupError::Io(format!("the restore task failed: {e}")))??;
     let mut log = LogStore::open(&data_dir.join(LOG_DIR))
         .map_err(|e| BackupError::Io(format!("raft log: {e}")))?;
     log.claim_node_id(node_id)
@@ -209,7 +317,7 @@ async fn seed(
     log.purge(log_id)
         .await
         .map_err(|e| BackupError::Io(format!("raft log: {e}")))?;
-    Ok(integrity.packets)
+    Ok(packets)
 }
 
 /// What [`verify`] found.
@@ -249,13 +357,15 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
         .purged()
         .map_err(|e| io("raft log", &e))?
         .map(|log_id| log_id.index);
-    let store = Store::open(&data_dir.join(STATE_FILE))?;
+    let store = Store::open_with_cache(&data_dir.join(STATE_FILE), OFFLINE_CACHE_BYTES)?;
     let applied: AppliedState = match store.applied_state()? {
         Some(bytes) => decode(&bytes).map_err(|e| io("applied state", &e))?,
         None => AppliedState::default(),
     };
     let applied_index = applied.last_applied.map(|log_id| log_id.index);
-    let snapshot_index = SnapshotFile::new(data_dir.join(SNAPSHOT_DIR))
+    let snapshots =
+        SnapshotFile::open(data_dir.join(SNAPSHOT_DIR)).map_err(|e| io("snapshot", &e))?;
+    let snapshot_index = snapshots
         .load_meta()
         .map_err(|e| io("snapshot", &e))?
         .and_then(|meta| meta.last_log_id.map(|log_id| log_id.index));
@@ -264,6 +374,15 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
         expiry_rows,
         mut problems,
     } = store.check_integrity()?;
+    // The snapshot's data is what a new member would install: read it whole, checksum included.
+    if let Some(path) = snapshots.data_path().map_err(|e| io("snapshot", &e))? {
+        let checked = File::open(&path)
+            .map_err(|e| StoreError::SnapshotIo(e.to_string()))
+            .and_then(pkraft_store::check_snapshot);
+        if let Err(e) = checked {
+            problems.push(format!("snapshot {}: {e}", path.display()));
+        }
+    }
 
     let log_end = last_log_index.or(purged_index);
     if applied_index > log_end {

@@ -186,7 +186,8 @@ impl Node {
         let log_store = LogStore::open(&data_dir.join(LOG_DIR))?;
         log_store.claim_node_id(id)?;
         let state_file = data_dir.join(STATE_FILE);
-        let store = Store::open(&state_file)?;
+        let cache_bytes = settings.state_cache_bytes()?;
+        let store = Store::open_with_cache(&state_file, cache_bytes)?;
         let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
         let dht_outbox = Arc::new(DhtOutbox::default());
         let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?

@@ -53,6 +53,11 @@ pub struct Settings {
     /// How often the leader looks for packets older than `record_max_age`. Default 1 minute.
     #[serde(with = "humantime_serde")]
     pub expiry_interval: Duration,
+    /// Memory for redb's page cache of `state.redb`, in MiB (at least 1). Default 256. Reads that
+    /// miss it go to the kernel's page cache, which needs no setting and is given back under
+    /// memory pressure; this one is the node's own and never shrinks. It is the largest part of a
+    /// node's memory: docs/OPERATIONS.md, "Memory".
+    pub state_cache_mib: u64,
 }
 
 impl Default for Settings {
@@ -68,6 +73,7 @@ impl Default for Settings {
             publish_queue_max: 4096,
             record_max_age: Duration::from_secs(7 * 24 * 3600),
             expiry_interval: Duration::from_secs(60),
+            state_cache_mib: 256,
         }
     }
 }
@@ -102,6 +108,20 @@ pub const PUBLISH_QUEUE_MAX_LIMIT: usize = 65_536;
 pub struct SettingsError(String);
 
 impl Settings {
+    /// `state_cache_mib` in bytes, checked.
+    pub fn state_cache_bytes(&self) -> Result<usize, SettingsError> {
+        self.state_cache_mib
+            .checked_mul(1024 * 1024)
+            .and_then(|bytes| usize::try_from(bytes).ok())
+            .filter(|_| self.state_cache_mib >= 1)
+            .ok_or_else(|| {
+                SettingsError(format!(
+                    "raft.state_cache_mib = {}: must be at least 1 and fit in memory",
+                    self.state_cache_mib
+                ))
+            })
+    }
+
     /// Largest request body the peer listener accepts: a full `append-entries` of the largest
     /// entries these settings allow, or a snapshot chunk, plus room for framing.
     pub fn peer_body_max(&self) -> usize {

@@ -15,7 +15,7 @@
 //! one every 128 entries, each stalled the commit pipeline long enough to double PUT p99:
 //! docs/BENCHMARKS.md.)
 
-use std::io::Cursor;
+use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -119,9 +119,11 @@ impl StateMachine {
     /// `snapshot_dir` must not be shared with another state machine.
     pub fn open(store: Store, snapshot_dir: PathBuf) -> Result<Self> {
         let applied = AppliedState::load(&store)?;
+        let snapshot_file = SnapshotFile::open(snapshot_dir)
+            .map_err(|e| storage_error(ErrorSubject::Snapshot(None), ErrorVerb::Read, &e))?;
         Ok(StateMachine {
             store,
-            snapshot_file: SnapshotFile::new(snapshot_dir),
+            snapshot_file,
             applied,
             since_durable: AppliedSince::default(),
             metrics: None,
@@ -234,14 +236,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>> {
+        let snapshot_file = self.snapshot_file.clone();
+        let file = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
+            Ok(snapshot_file.begin_incoming()?)
+        })
+        .await?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
+    /// Installs a snapshot received from the leader: read from its file in one store transaction
+    /// (the old state keeps serving until it commits, and stays if the snapshot is damaged), then
+    /// kept as the current snapshot.
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<()> {
         let applied = AppliedState {
             last_applied: meta.last_log_id,
@@ -253,11 +263,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         let state = applied.clone();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
-        blocking(subject, ErrorVerb::Write, move || {
-            let data = snapshot.into_inner();
-            store.import_snapshot(&data, &encode(&state)?)?;
-            snapshot_file.save(&meta, &data)?;
-            Ok(())
+        let mut file = snapshot.into_std().await;
+        let summary = blocking(subject, ErrorVerb::Write, move || {
+            if !snapshot_file.is_incoming(&file)? {
+                // Not streamed in from a leader (a snapshot handed over whole, as openraft's
+                // `install_full_snapshot` and its test suite do): copy it to be kept.
+                let mut incoming = snapshot_file.begin_incoming()?;
+                file.seek(SeekFrom::Start(0))?;
+                std::io::copy(&mut file, &mut incoming)?;
+                file = incoming;
+            }
+            file.sync_all()?;
+            file.seek(SeekFrom::Start(0))?;
+            let summary = store.import_snapshot_from(&file, &encode(&state)?)?;
+            snapshot_file.commit(&meta, &snapshot_file.incoming_path())?;
+            Ok(summary)
         })
         .await?;
         self.applied = applied;
@@ -270,6 +290,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         tracing::info!(
             last_log_index = ?self.applied.last_applied.map(|log_id| log_id.index),
+            packets = summary.packets,
+            bytes = summary.bytes,
             took_ms = started.elapsed().as_millis(),
             "installed a snapshot from the leader"
         );
@@ -284,7 +306,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await?;
         Ok(current.map(|(meta, data)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         }))
     }
 }
@@ -337,30 +359,46 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// Writes the state of one read transaction to a file, makes that state durable, and keeps
+    /// the file as the current snapshot. Memory stays flat whatever the state's size.
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
         let started = Instant::now();
         let store = self.store.clone();
         let snapshot_file = self.snapshot_file.clone();
-        let (meta, data) = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
-            // One read transaction: the packets and the applied state they correspond to.
-            let export = store.export_snapshot()?;
-            // Then make that state durable: openraft purges the log up to this snapshot, so the
-            // state it reflects must survive a crash without those entries. (Flushing first would
-            // let an apply slip in between and make the export newer than the durable state.)
-            store.flush()?;
-            let applied: AppliedState = match export.applied_state {
-                Some(bytes) => decode(&bytes)?,
-                None => AppliedState::default(),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership,
-                snapshot_id: snapshot_id(applied.last_applied),
-            };
-            snapshot_file.save(&meta, &export.data)?;
-            Ok((meta, export.data))
-        })
-        .await?;
+        let (meta, data, summary) =
+            blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
+                // One read transaction: the packets and the applied state they correspond to.
+                let source = store.snapshot_source()?;
+                let applied: AppliedState = match source.applied_state()? {
+                    Some(bytes) => decode(&bytes)?,
+                    None => AppliedState::default(),
+                };
+                let path = snapshot_file.build_path();
+                let mut file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?;
+                let summary = source.write_to(&mut file)?;
+                file.sync_all()?;
+                drop(source);
+                // Then make that state durable: openraft purges the log up to this snapshot, so
+                // the state it reflects must survive a crash without those entries. (Flushing
+                // first would let an apply slip in between and make the export newer than the
+                // durable state.)
+                store.flush()?;
+                let meta = SnapshotMeta {
+                    last_log_id: applied.last_applied,
+                    last_membership: applied.membership,
+                    snapshot_id: snapshot_id(applied.last_applied),
+                };
+                // The open handle keeps the data readable whether or not it becomes current.
+                snapshot_file.commit(&meta, &path)?;
+                file.seek(SeekFrom::Start(0))?;
+                Ok((meta, file, summary))
+            })
+            .await?;
         if let Some(metrics) = &self.metrics {
             metrics
                 .snapshot_build
@@ -368,13 +406,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         }
         tracing::info!(
             last_log_index = ?meta.last_log_id.map(|log_id| log_id.index),
-            bytes = data.len(),
+            packets = summary.packets,
+            bytes = summary.bytes,
             took_ms = started.elapsed().as_millis(),
             "built a snapshot"
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(data)),
         })
     }
 }

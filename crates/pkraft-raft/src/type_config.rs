@@ -1,7 +1,5 @@
 //! The openraft type configuration.
 
-use std::io::Cursor;
-
 use pkraft_types::{Command, PublishOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -16,7 +14,9 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        // A file: snapshots are built into, sent from, received into and installed from files,
+        // never held in memory (`snapshot_file`).
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

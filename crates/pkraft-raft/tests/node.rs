@@ -150,7 +150,7 @@ async fn snapshots_and_log_purge_keep_every_packet() {
         node.shutdown().await;
     }
     assert!(
-        dir.path().join("snapshot").join("current").exists(),
+        dir.path().join("snapshot").join("current.meta").exists(),
         "a snapshot was built"
     );
     let state = {

@@ -26,7 +26,9 @@ use pkraft_types::{Command, KeyBytes, Payload, PublishOutcome, decide};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use redb::{TableDefinition, WriteTransaction};
 
-pub use snapshot::SNAPSHOT_FORMAT_VERSION;
+pub use snapshot::{
+    Export, SNAPSHOT_FORMAT_VERSION, SnapshotSource, SnapshotSummary, check_snapshot,
+};
 pub use versions::KeyVersion;
 
 use versions::KeyVersions;
@@ -55,6 +57,10 @@ const META_APPLIED_STATE: &str = "applied_state";
 /// file rather than forget which node ids were removed).
 pub const SCHEMA_VERSION: u64 = 3;
 
+/// redb page cache of [`Store::open`]: the default of `raft.state_cache_mib`. (redb's own
+/// default is 1 GiB.)
+pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
+
 /// Bytes of the `applied_at_micros` prefix in a `packets` value.
 const APPLIED_AT_LEN: usize = 8;
 
@@ -70,6 +76,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid snapshot: {0}")]
     Snapshot(String),
+    /// The file or socket a snapshot is written to or read from failed.
+    #[error("snapshot I/O: {0}")]
+    SnapshotIo(String),
 }
 
 /// `?` on any redb error type goes through `redb::Error`.
@@ -136,10 +145,18 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the state database at `path`, creating the tables and checking the
-    /// schema version.
+    /// Opens (or creates) the state database at `path` with redb's page cache at
+    /// [`DEFAULT_CACHE_BYTES`], creating the tables and checking the schema version.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)?;
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Store::open`] with `cache_bytes` of redb page cache. redb keeps at most this much of
+    /// the file in memory, its write buffer (half of it at most) included.
+    pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(path)?;
         let store = Store {
             db: Arc::new(db),
             versions: Arc::new(KeyVersions::new()),

@@ -1,42 +1,67 @@
-//! Snapshots: the whole packets table and the removed node ids as one versioned byte string.
+//! Snapshots: the whole packets table and the removed node ids as one byte stream, written from
+//! one read transaction and read back in one write transaction, never held in memory whole.
 //!
-//! Format: `MAGIC (8) ‖ SNAPSHOT_FORMAT_VERSION (4, big-endian) ‖ postcard(SnapshotBody)`.
-//! Version 1 holds `postcard(Vec<SnapshotEntry>)` and no removed ids; it is still written while
-//! no node was ever removed, so that nodes of the previous build can install it.
+//! Format 3 (written by this build):
+//!
+//! ```text
+//! MAGIC (8) ‖ format version 3 (u32 BE)
+//! frames, each starting with a tag byte:
+//!   1 ‖ key (32) ‖ applied_at_micros (u64 BE) ‖ payload length (u32 BE) ‖ payload
+//!   2 ‖ removed node id (u64 BE)
+//!   0xFF ‖ packets (u64 BE) ‖ removed node ids (u64 BE) ‖ CRC-32 of every byte before it (u32 BE)
+//! end of stream
+//! ```
+//!
+//! Packets come in key order, so an import appends to the B-tree. The trailer makes a torn or
+//! damaged stream an error before anything is committed: an import reads to the end, checks the
+//! counts and the checksum, and only then commits. Formats 1 and 2 (one postcard value each, no
+//! checksum; the builds before streaming wrote them) are still read, in memory as before, so a
+//! node of this build installs a snapshot sent by a node of the previous one.
 //! The Raft position a snapshot stands for (its meta) is kept by the consensus layer, next to it.
 
-use pkraft_types::{KeyBytes, Payload};
-use redb::{ReadableDatabase, ReadableTable};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+
+use pkraft_types::{KeyBytes, Payload, payload::PAYLOAD_LEN_MAX};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, Store, StoreError, StoredPacket,
-    rebuild_expiry_index,
+    EXPIRY, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, Store, StoreError, StoredPacket,
+    expiry_key,
 };
 
 const MAGIC: &[u8; 8] = b"PKRSNAP\0";
-/// Version of the snapshot byte format this build writes once a node was removed. It reads this
-/// and version 1.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
-/// The first format: packets only.
+/// Version of the snapshot byte format this build writes. It reads this one and 1 and 2.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// Packets only, one postcard value.
 const SNAPSHOT_FORMAT_V1: u32 = 1;
-const HEADER_LEN: usize = MAGIC.len() + 4;
+/// Packets and removed node ids, one postcard value.
+const SNAPSHOT_FORMAT_V2: u32 = 2;
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotEntry {
-    key: KeyBytes,
-    applied_at_micros: u64,
-    payload: Payload,
+const TAG_PACKET: u8 = 1;
+const TAG_REMOVED_NODE: u8 = 2;
+const TAG_END: u8 = 0xFF;
+
+/// Buffer between the frames and the file or socket.
+const IO_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A consistent point of the state to write out as a snapshot: one read transaction, which the
+/// writer never waits for (redb's MVCC). Keep it only as long as the export takes: the pages it
+/// sees cannot be reused while it is open.
+pub struct SnapshotSource {
+    txn: ReadTransaction,
 }
 
-#[derive(Serialize, Deserialize)]
-struct SnapshotBody {
-    packets: Vec<SnapshotEntry>,
-    removed_nodes: Vec<u64>,
+/// What a snapshot held, as written or as read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotSummary {
+    pub packets: u64,
+    pub removed_nodes: u64,
+    /// Bytes of the whole stream.
+    pub bytes: u64,
 }
 
-/// A consistent export of the state: the packets and the `applied_state` they correspond to, read
-/// in one read transaction.
+/// A whole snapshot in memory: for tests and small states. Nodes stream ([`SnapshotSource`]).
 #[derive(Debug)]
 pub struct Export {
     pub applied_state: Option<Vec<u8>>,
@@ -46,102 +71,97 @@ pub struct Export {
 }
 
 impl Store {
-    /// Exports every packet from one read transaction (a consistent point in the log), together
-    /// with the `applied_state` of that same transaction.
-    pub fn export_snapshot(&self) -> Result<Export, StoreError> {
-        let txn = self.db.begin_read()?;
-        let applied_state = txn
-            .open_table(META)?
-            .get(META_APPLIED_STATE)?
-            .map(|v| v.value().to_vec());
-        let packets = txn.open_table(PACKETS)?;
-        let mut entries = Vec::new();
-        for row in packets.iter()? {
-            let (key, value) = row?;
-            let stored = StoredPacket::decode(value.value())?;
-            entries.push(SnapshotEntry {
-                key: *key.value(),
-                applied_at_micros: stored.applied_at_micros,
-                payload: stored.payload,
-            });
-        }
-        let records = u64::try_from(entries.len()).unwrap_or(u64::MAX);
-        let mut removed_nodes = Vec::new();
-        for row in txn.open_table(REMOVED_NODES)?.iter()? {
-            removed_nodes.push(row?.0.value());
-        }
-        let mut data = Vec::with_capacity(HEADER_LEN);
-        data.extend_from_slice(MAGIC);
-        // Format 1 as long as no node was ever removed: it says the same, and a node of the
-        // previous build (during a rolling upgrade) can still install it.
-        let encoded = if removed_nodes.is_empty() {
-            data.extend_from_slice(&SNAPSHOT_FORMAT_V1.to_be_bytes());
-            postcard::to_extend(&entries, data)
-        } else {
-            data.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_be_bytes());
-            let body = SnapshotBody {
-                packets: entries,
-                removed_nodes,
-            };
-            postcard::to_extend(&body, data)
-        };
-        let data = encoded.map_err(|e| StoreError::Snapshot(format!("encode: {e}")))?;
-        Ok(Export {
-            applied_state,
-            data,
-            records,
+    /// Opens the read transaction a snapshot (or a backup) is written from.
+    pub fn snapshot_source(&self) -> Result<SnapshotSource, StoreError> {
+        Ok(SnapshotSource {
+            txn: self.db.begin_read()?,
         })
     }
 
-    /// Replaces the whole state with the snapshot `data` and records `applied_state`, in one write
-    /// transaction. The snapshot is decoded and checked completely before anything is written, so a
-    /// bad snapshot leaves the state untouched.
-    pub fn import_snapshot(&self, data: &[u8], applied_state: &[u8]) -> Result<(), StoreError> {
-        let body = decode(data)?;
+    /// The whole snapshot in memory (see [`Export`]).
+    pub fn export_snapshot(&self) -> Result<Export, StoreError> {
+        let source = self.snapshot_source()?;
+        let mut data = Vec::new();
+        let summary = source.write_to(&mut data)?;
+        Ok(Export {
+            applied_state: source.applied_state()?,
+            data,
+            records: summary.packets,
+        })
+    }
+
+    /// [`Store::import_snapshot_from`] over bytes in memory.
+    pub fn import_snapshot(
+        &self,
+        data: &[u8],
+        applied_state: &[u8],
+    ) -> Result<SnapshotSummary, StoreError> {
+        self.import_snapshot_from(data, applied_state)
+    }
+
+    /// Replaces the whole state with the snapshot read from `input` and records `applied_state`,
+    /// in one write transaction that commits only once the whole stream has been read and its
+    /// counts and checksum match: a torn or damaged snapshot leaves the state as it was, and
+    /// readers keep seeing the old state until the commit.
+    pub fn import_snapshot_from(
+        &self,
+        input: impl Read,
+        applied_state: &[u8],
+    ) -> Result<SnapshotSummary, StoreError> {
+        let mut input = FrameReader::new(input);
+        let version = input.header()?;
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         txn.delete_table(PACKETS)?;
+        txn.delete_table(EXPIRY)?;
         txn.delete_table(REMOVED_NODES)?;
-        {
-            let mut removed = txn.open_table(REMOVED_NODES)?;
-            for node_id in body.removed_nodes {
-                removed.insert(node_id, ())?;
-            }
-            let mut packets = txn.open_table(PACKETS)?;
-            for entry in body.packets {
-                let value = StoredPacket {
-                    applied_at_micros: entry.applied_at_micros,
-                    payload: entry.payload,
+        let summary = {
+            let mut sink = ImportSink {
+                packets: txn.open_table(PACKETS)?,
+                expiry: txn.open_table(EXPIRY)?,
+                removed: txn.open_table(REMOVED_NODES)?,
+            };
+            let summary = match version {
+                SNAPSHOT_FORMAT_VERSION => input.frames(&mut sink)?,
+                SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V2 => {
+                    legacy::import(input, version, &mut sink)?
                 }
-                .encode();
-                packets.insert(&entry.key, value.as_slice())?;
-            }
-            let mut meta = txn.open_table(META)?;
-            meta.insert(META_APPLIED_STATE, applied_state)?;
-        }
-        rebuild_expiry_index(&txn)?;
+                version => {
+                    return Err(StoreError::Snapshot(format!(
+                        "format version {version}, this build reads {SNAPSHOT_FORMAT_V1} to \
+                         {SNAPSHOT_FORMAT_VERSION}"
+                    )));
+                }
+            };
+            txn.open_table(META)?
+                .insert(META_APPLIED_STATE, applied_state)?;
+            summary
+        };
+        // Dropping `txn` on any error above aborts it.
         txn.commit()?;
         self.versions.bump_all();
-        Ok(())
+        Ok(summary)
     }
 }
 
-fn decode(data: &[u8]) -> Result<SnapshotBody, StoreError> {
-    let (header, body) = data
-        .split_at_checked(HEADER_LEN)
-        .ok_or_else(|| StoreError::Snapshot(format!("{} bytes is too short", data.len())))?;
-    let (magic, version) = header.split_at(MAGIC.len());
-    if magic != MAGIC {
-        return Err(StoreError::Snapshot("not a pkraft snapshot".into()));
+/// Reads a whole snapshot stream and checks it (format, every frame, counts and checksum)
+/// without a store: for `pkraft verify` and for backup files.
+pub fn check_snapshot(input: impl Read) -> Result<SnapshotSummary, StoreError> {
+    struct Discard;
+    impl Sink for Discard {
+        fn packet(&mut self, _key: &KeyBytes, _stored: &StoredPacket) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn removed_node(&mut self, _node_id: u64) -> Result<(), StoreError> {
+            Ok(())
+        }
     }
-    let mut be = [0u8; 4];
-    be.copy_from_slice(version);
-    match u32::from_be_bytes(be) {
-        SNAPSHOT_FORMAT_VERSION => decode_all(body),
-        SNAPSHOT_FORMAT_V1 => decode_all(body).map(|packets| SnapshotBody {
-            packets,
-            removed_nodes: Vec::new(),
-        }),
+    let mut input = FrameReader::new(input);
+    match input.header()? {
+        SNAPSHOT_FORMAT_VERSION => input.frames(&mut Discard),
+        version @ (SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V2) => {
+            legacy::import(input, version, &mut Discard)
+        }
         version => Err(StoreError::Snapshot(format!(
             "format version {version}, this build reads {SNAPSHOT_FORMAT_V1} to \
              {SNAPSHOT_FORMAT_VERSION}"
@@ -149,38 +169,356 @@ fn decode(data: &[u8]) -> Result<SnapshotBody, StoreError> {
     }
 }
 
-/// Decodes `bytes` as one `T` that must use them all.
-fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    let (value, rest) = postcard::take_from_bytes(bytes)
-        .map_err(|e| StoreError::Snapshot(format!("decode: {e}")))?;
-    if !rest.is_empty() {
-        return Err(StoreError::Snapshot(format!(
-            "{} bytes after the end",
-            rest.len()
-        )));
+impl SnapshotSource {
+    /// The consensus layer's `applied_state` as of this read.
+    pub fn applied_state(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .txn
+            .open_table(META)?
+            .get(META_APPLIED_STATE)?
+            .map(|v| v.value().to_vec()))
     }
-    Ok(value)
+
+    /// Packets this snapshot will hold.
+    pub fn packets(&self) -> Result<u64, StoreError> {
+        Ok(self.txn.open_table(PACKETS)?.len()?)
+    }
+
+    /// Writes the snapshot (format 3) to `out`, through a buffer of its own.
+    pub fn write_to(&self, out: impl Write) -> Result<SnapshotSummary, StoreError> {
+        let mut out = FrameWriter::new(out);
+        out.put(MAGIC)?;
+        out.put(&SNAPSHOT_FORMAT_VERSION.to_be_bytes())?;
+        let mut summary = SnapshotSummary::default();
+        for row in self.txn.open_table(PACKETS)?.iter()? {
+            let (key, value) = row?;
+            let stored = StoredPacket::decode(value.value())?;
+            let payload = stored.payload.as_bytes();
+            let len = u32::try_from(payload.len())
+                .map_err(|_| StoreError::Corrupt(format!("a payload of {}", payload.len())))?;
+            out.put(&[TAG_PACKET])?;
+            out.put(key.value())?;
+            out.put(&stored.applied_at_micros.to_be_bytes())?;
+            out.put(&len.to_be_bytes())?;
+            out.put(payload)?;
+            summary.packets += 1;
+        }
+        for row in self.txn.open_table(REMOVED_NODES)?.iter()? {
+            out.put(&[TAG_REMOVED_NODE])?;
+            out.put(&row?.0.value().to_be_bytes())?;
+            summary.removed_nodes += 1;
+        }
+        out.put(&[TAG_END])?;
+        out.put(&summary.packets.to_be_bytes())?;
+        out.put(&summary.removed_nodes.to_be_bytes())?;
+        summary.bytes = out.finish()?;
+        Ok(summary)
+    }
+}
+
+/// Where the frames of a snapshot go.
+trait Sink {
+    fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError>;
+    fn removed_node(&mut self, node_id: u64) -> Result<(), StoreError>;
+}
+
+/// The tables of an import's write transaction.
+struct ImportSink<'txn> {
+    packets: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
+    expiry: redb::Table<'txn, &'static crate::ExpiryKey, ()>,
+    removed: redb::Table<'txn, u64, ()>,
+}
+
+impl Sink for ImportSink<'_> {
+    fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError> {
+        if self
+            .packets
+            .insert(key, stored.encode().as_slice())?
+            .is_some()
+        {
+            return Err(StoreError::Snapshot(format!(
+                "key {} appears twice",
+                crate::hex(key)
+            )));
+        }
+        self.expiry
+            .insert(&expiry_key(stored.payload.timestamp_micros(), key), ())?;
+        Ok(())
+    }
+
+    fn removed_node(&mut self, node_id: u64) -> Result<(), StoreError> {
+        self.removed.insert(node_id, ())?;
+        Ok(())
+    }
+}
+
+/// Writes bytes through a buffer, keeping the checksum and the count.
+struct FrameWriter<W: Write> {
+    out: BufWriter<W>,
+    crc: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<W: Write> FrameWriter<W> {
+    fn new(out: W) -> Self {
+        FrameWriter {
+            out: BufWriter::with_capacity(IO_BUFFER_BYTES, out),
+            crc: crc32fast::Hasher::new(),
+            bytes: 0,
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.out.write_all(bytes).map_err(write_error)?;
+        self.crc.update(bytes);
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the checksum of everything so far and flushes; returns the bytes written.
+    fn finish(mut self) -> Result<u64, StoreError> {
+        let crc = self.crc.clone().finalize();
+        self.put(&crc.to_be_bytes())?;
+        self.out.flush().map_err(write_error)?;
+        Ok(self.bytes)
+    }
+}
+
+fn write_error(e: io::Error) -> StoreError {
+    StoreError::SnapshotIo(format!("writing: {e}"))
+}
+
+/// Reads a snapshot through a buffer, keeping the checksum of what it read and its position for
+/// error messages.
+struct FrameReader<R: Read> {
+    input: BufReader<R>,
+    crc: crc32fast::Hasher,
+    offset: u64,
+}
+
+impl<R: Read> FrameReader<R> {
+    fn new(input: R) -> Self {
+        FrameReader {
+            input: BufReader::with_capacity(IO_BUFFER_BYTES, input),
+            crc: crc32fast::Hasher::new(),
+            offset: 0,
+        }
+    }
+
+    fn take(&mut self, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.input.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                StoreError::Snapshot(format!("truncated at byte {}", self.offset))
+            } else {
+                StoreError::SnapshotIo(format!("reading at byte {}: {e}", self.offset))
+            }
+        })?;
+        self.crc.update(buf);
+        self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], StoreError> {
+        let mut bytes = [0u8; N];
+        self.take(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// Checks the magic; returns the format version.
+    fn header(&mut self) -> Result<u32, StoreError> {
+        let magic: [u8; 8] = self.array().map_err(|e| match e {
+            StoreError::Snapshot(_) => StoreError::Snapshot("too short to be a snapshot".into()),
+            e => e,
+        })?;
+        if &magic != MAGIC {
+            return Err(StoreError::Snapshot("not a pkraft snapshot".into()));
+        }
+        self.u32()
+    }
+
+    /// Reads the frames of format 3 into `sink`, then checks the trailer and the end of stream.
+    fn frames(&mut self, sink: &mut impl Sink) -> Result<SnapshotSummary, StoreError> {
+        let mut seen = SnapshotSummary::default();
+        let mut payload = vec![0u8; PAYLOAD_LEN_MAX];
+        loop {
+            let frame_at = self.offset;
+            match self.array::<1>()?[0] {
+                TAG_PACKET => {
+                    let key: KeyBytes = self.array()?;
+                    let applied_at_micros = self.u64()?;
+                    let len = usize::try_from(self.u32()?).unwrap_or(usize::MAX);
+                    let Some(buf) = payload.get_mut(..len) else {
+                        return Err(StoreError::Snapshot(format!(
+                            "a payload of {len} bytes at byte {frame_at}"
+                        )));
+                    };
+                    self.take(buf)?;
+                    let payload =
+                        Payload::new(bytes::Bytes::copy_from_slice(buf)).map_err(|e| {
+                            StoreError::Snapshot(format!("the packet at byte {frame_at}: {e}"))
+                        })?;
+                    let stored = StoredPacket {
+                        applied_at_micros,
+                        payload,
+                    };
+                    sink.packet(&key, &stored)?;
+                    seen.packets += 1;
+                }
+                TAG_REMOVED_NODE => {
+                    let node_id = self.u64()?;
+                    sink.removed_node(node_id)?;
+                    seen.removed_nodes += 1;
+                }
+                TAG_END => break,
+                tag => {
+                    return Err(StoreError::Snapshot(format!(
+                        "unknown frame {tag:#04x} at byte {frame_at}"
+                    )));
+                }
+            }
+        }
+        let counted = (self.u64()?, self.u64()?);
+        let expected_crc = self.crc.clone().finalize();
+        let crc = self.u32()?;
+        if crc != expected_crc {
+            return Err(StoreError::Snapshot(
+                "checksum mismatch (damaged)".to_string(),
+            ));
+        }
+        if counted != (seen.packets, seen.removed_nodes) {
+            return Err(StoreError::Snapshot(format!(
+                "the trailer counts {} packets and {} removed ids, the stream holds {} and {}",
+                counted.0, counted.1, seen.packets, seen.removed_nodes
+            )));
+        }
+        let mut rest = [0u8; 1];
+        match self.input.read(&mut rest) {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(StoreError::Snapshot(format!(
+                    "bytes after the end at byte {}",
+                    self.offset
+                )));
+            }
+            Err(e) => return Err(StoreError::SnapshotIo(format!("reading: {e}"))),
+        }
+        seen.bytes = self.offset;
+        Ok(seen)
+    }
+}
+
+/// Formats 1 and 2: one postcard value, decoded in memory.
+mod legacy {
+    use super::*;
+
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct Entry {
+        pub(super) key: KeyBytes,
+        pub(super) applied_at_micros: u64,
+        pub(super) payload: Payload,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Body {
+        packets: Vec<Entry>,
+        removed_nodes: Vec<u64>,
+    }
+
+    pub(super) fn import<R: Read>(
+        mut input: FrameReader<R>,
+        version: u32,
+        sink: &mut impl Sink,
+    ) -> Result<SnapshotSummary, StoreError> {
+        let mut bytes = Vec::new();
+        input
+            .input
+            .read_to_end(&mut bytes)
+            .map_err(|e| StoreError::SnapshotIo(format!("reading: {e}")))?;
+        let body = if version == SNAPSHOT_FORMAT_V1 {
+            Body {
+                packets: decode_all(&bytes)?,
+                removed_nodes: Vec::new(),
+            }
+        } else {
+            decode_all(&bytes)?
+        };
+        let summary = SnapshotSummary {
+            packets: body.packets.len() as u64,
+            removed_nodes: body.removed_nodes.len() as u64,
+            bytes: input.offset + bytes.len() as u64,
+        };
+        for node_id in body.removed_nodes {
+            sink.removed_node(node_id)?;
+        }
+        for entry in body.packets {
+            let stored = StoredPacket {
+                applied_at_micros: entry.applied_at_micros,
+                payload: entry.payload,
+            };
+            sink.packet(&entry.key, &stored)?;
+        }
+        Ok(summary)
+    }
+
+    /// Decodes `bytes` as one `T` that must use them all.
+    fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+        let (value, rest) = postcard::take_from_bytes(bytes)
+            .map_err(|e| StoreError::Snapshot(format!("decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(StoreError::Snapshot(format!(
+                "{} bytes after the end",
+                rest.len()
+            )));
+        }
+        Ok(value)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Goal: a node of this build installs a snapshot that a node of the previous build sent
-    /// (format 1: packets only), so a cluster can be upgraded one node at a time.
-    #[test]
-    fn format_1_snapshots_are_still_read() {
-        let entry = SnapshotEntry {
-            key: [7u8; 32],
+    fn entry(key: u8) -> legacy::Entry {
+        legacy::Entry {
+            key: [key; 32],
             applied_at_micros: 5,
             payload: Payload::new(bytes::Bytes::from(vec![0u8; 80])).expect("payload"),
+        }
+    }
+
+    /// Goal: a node of this build installs a snapshot that a node of an earlier build sent
+    /// (format 1: packets only; format 2: packets and removed ids), so a cluster can be upgraded
+    /// one node at a time.
+    #[test]
+    fn formats_1_and_2_are_still_read() {
+        let mut v1 = MAGIC.to_vec();
+        v1.extend_from_slice(&SNAPSHOT_FORMAT_V1.to_be_bytes());
+        let v1 = postcard::to_extend(&vec![entry(7)], v1).expect("encode");
+        let summary = check_snapshot(v1.as_slice()).expect("format 1");
+        assert_eq!((summary.packets, summary.removed_nodes), (1, 0));
+
+        #[derive(Serialize)]
+        struct V2 {
+            packets: Vec<legacy::Entry>,
+            removed_nodes: Vec<u64>,
+        }
+        let mut v2 = MAGIC.to_vec();
+        v2.extend_from_slice(&SNAPSHOT_FORMAT_V2.to_be_bytes());
+        let body = V2 {
+            packets: vec![entry(1), entry(2)],
+            removed_nodes: vec![4],
         };
-        let mut data = MAGIC.to_vec();
-        data.extend_from_slice(&SNAPSHOT_FORMAT_V1.to_be_bytes());
-        let data = postcard::to_extend(&vec![entry], data).expect("encode");
-        let body = decode(&data).expect("decode");
-        assert_eq!(body.packets.len(), 1);
-        assert_eq!(body.packets[0].key, [7u8; 32]);
-        assert!(body.removed_nodes.is_empty());
+        let v2 = postcard::to_extend(&body, v2).expect("encode");
+        let summary = check_snapshot(v2.as_slice()).expect("format 2");
+        assert_eq!((summary.packets, summary.removed_nodes), (2, 1));
+        assert_eq!(summary.bytes, v2.len() as u64);
     }
 }

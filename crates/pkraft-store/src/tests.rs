@@ -270,11 +270,7 @@ fn removed_nodes_are_recorded_and_travel_in_snapshots() {
     assert!(target.is_removed_node(7).expect("read"));
     assert!(!target.is_removed_node(9).expect("read"), "replaced");
 
-    // Without removed ids the snapshot stays in format 1, which the previous build reads.
-    let (_dir3, plain) = open();
-    apply(&plain, &publish(5, vec![item(1, 10, "192.0.2.1:1")]), b"p");
-    let data = plain.export_snapshot().expect("export").data;
-    assert_eq!(data[8..12], 1u32.to_be_bytes());
+    assert_eq!(export.data[8..12], SNAPSHOT_FORMAT_VERSION.to_be_bytes());
 }
 
 #[test]
@@ -295,6 +291,61 @@ fn bad_snapshot_is_refused_and_leaves_state_alone() {
     }
     data[8..12].copy_from_slice(&99u32.to_be_bytes());
     assert!(store.import_snapshot(&data, b"x").is_err());
+    assert!(store.get(&a.key).expect("get").is_some());
+    assert_eq!(
+        store.applied_state().expect("read").as_deref(),
+        Some(&b"s"[..])
+    );
+}
+
+/// Goal: the checksum and the trailer catch any torn or damaged snapshot before the import
+/// commits: every truncation and every flipped byte is refused, and the state stays as it was.
+#[test]
+fn every_truncation_and_every_damaged_byte_is_refused() {
+    let (_dir, source) = open();
+    let mut txn = source.begin_apply(true).expect("begin");
+    txn.apply(&publish(
+        5,
+        vec![item(1, 10, "192.0.2.1:1"), item(2, 10, "192.0.2.1:2")],
+    ))
+    .expect("apply");
+    txn.record_removed_nodes(&[4]).expect("record");
+    txn.commit(b"source").expect("commit");
+    let data = source.export_snapshot().expect("export").data;
+    assert_eq!(
+        check_snapshot(data.as_slice()).expect("intact"),
+        SnapshotSummary {
+            packets: 2,
+            removed_nodes: 1,
+            bytes: data.len() as u64
+        }
+    );
+
+    let (_dir2, store) = open();
+    let a = item(9, 10, "192.0.2.1:9");
+    apply(&store, &publish(5, vec![a.clone()]), b"s");
+    let mut refused = 0;
+    for len in 0..data.len() {
+        assert!(
+            check_snapshot(&data[..len]).is_err(),
+            "{len} bytes accepted"
+        );
+        assert!(store.import_snapshot(&data[..len], b"x").is_err());
+        refused += 1;
+    }
+    for at in 0..data.len() {
+        let mut bad = data.clone();
+        bad[at] ^= 0x20;
+        assert!(
+            store.import_snapshot(&bad, b"x").is_err(),
+            "byte {at} flipped was accepted"
+        );
+        refused += 1;
+    }
+    let mut longer = data.clone();
+    longer.push(0);
+    assert!(store.import_snapshot(&longer, b"x").is_err());
+    assert_eq!(refused, 2 * data.len());
     assert!(store.get(&a.key).expect("get").is_some());
     assert_eq!(
         store.applied_state().expect("read").as_deref(),

@@ -4,17 +4,23 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request};
 use pkraft_raft::ClusterStatus;
 
-use crate::http_client::exchange;
+use crate::http_client::{exchange, exchange_streaming};
 
 /// A membership change can wait for a new node to catch up (up to 30 s) and for the leader.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// A backup reads and sends the whole replica (about a minute per GiB on a small machine).
-const BACKUP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// The node answers a backup request once the first chunk is read from its replica.
+const BACKUP_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// A backup that sends nothing for this long is given up: no bound on the whole transfer,
+/// which grows with the replica.
+const BACKUP_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Status and membership answers are small JSON; error bodies too.
+const ANSWER_MAX: usize = 4 * 1024 * 1024;
+const ERROR_BODY_MAX: usize = 64 * 1024;
 
 /// The admin endpoint of one node.
 pub struct AdminClient {
@@ -37,10 +43,71 @@ impl AdminClient {
             .unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&bytes) })))
     }
 
-    /// A backup file of the node's replica (`POST /backup`).
-    pub async fn backup(&self) -> anyhow::Result<Bytes> {
-        self.send(Method::POST, "/backup", None, BACKUP_TIMEOUT)
+    /// Streams a backup file of the node's replica (`POST /backup`) into `out`, calling
+    /// `progress` with the bytes received so far after each chunk. Returns the bytes written.
+    pub async fn backup_into(
+        &self,
+        out: &mut (impl std::io::Write + Send),
+        mut progress: impl FnMut(u64),
+    ) -> anyhow::Result<u64> {
+        let request = self
+            .request(Method::POST, "/backup")
+            .body(Full::new(Bytes::new()))?;
+        let response = exchange_streaming(request, BACKUP_HEAD_TIMEOUT)
             .await
+            .with_context(|| format!("the admin API at {}", self.admin))?;
+        let (parts, mut body) = response.into_parts();
+        if !parts.status.is_success() {
+            let answer = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                http_body_util::Limited::new(body, ERROR_BODY_MAX).collect(),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|collected| collected.to_bytes())
+            .unwrap_or_default();
+            anyhow::bail!(
+                "{} answered {}: {}",
+                self.admin,
+                parts.status,
+                error_message(&answer)
+            );
+        }
+        let mut received = 0u64;
+        loop {
+            let frame = tokio::time::timeout(BACKUP_STALL_TIMEOUT, body.frame())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "{}: no backup data for {BACKUP_STALL_TIMEOUT:?} after {received} bytes",
+                        self.admin
+                    )
+                })?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: the backup broke off after {received} bytes: {e}",
+                    self.admin
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data)?;
+                received += data.len() as u64;
+                progress(received);
+            }
+        }
+        Ok(received)
+    }
+
+    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.admin));
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        request
     }
 
     /// Sends a request and returns the body of a 2xx answer; anything else is an error carrying
@@ -52,12 +119,7 @@ impl AdminClient {
         body: Option<serde_json::Value>,
         timeout: Duration,
     ) -> anyhow::Result<Bytes> {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.admin));
-        if let Some(token) = &self.token {
-            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let mut request = self.request(method, path);
         let body = match body {
             Some(json) => {
                 request = request.header(CONTENT_TYPE, "application/json");
@@ -66,17 +128,16 @@ impl AdminClient {
             None => Bytes::new(),
         };
         let request = request.body(Full::new(body))?;
-        // No size bound: a backup is the whole replica.
-        let answer = exchange(request, timeout, usize::MAX)
+        let answer = exchange(request, timeout, ANSWER_MAX)
             .await
             .with_context(|| format!("the admin API at {}", self.admin))?;
         if !answer.status.is_success() {
-            let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-            let message = json.get("error").and_then(|e| e.as_str()).map_or_else(
-                || String::from_utf8_lossy(&answer.body).into_owned(),
-                str::to_string,
+            anyhow::bail!(
+                "{} answered {}: {}",
+                self.admin,
+                answer.status,
+                error_message(&answer.body)
             );
-            anyhow::bail!("{} answered {}: {message}", self.admin, answer.status);
         }
         Ok(answer.body)
     }
@@ -85,6 +146,15 @@ impl AdminClient {
         let json = self.call(Method::GET, "/cluster/status", None).await?;
         serde_json::from_value(json).context("unexpected status answer")
     }
+}
+
+/// The `error` of a JSON error body, or the body as text.
+fn error_message(body: &[u8]) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    json.get("error").and_then(|e| e.as_str()).map_or_else(
+        || String::from_utf8_lossy(body).into_owned(),
+        str::to_string,
+    )
 }
 
 /// The status as a table for people.

@@ -122,6 +122,7 @@ impl Config {
             tls.load()?;
         }
         self.raft.openraft_config()?;
+        self.raft.state_cache_bytes()?;
         if let Some(advertise) = &self.cluster.advertise {
             if !is_host_port(advertise) {
                 anyhow::bail!("cluster.advertise ({advertise:?}) must be host:port");

@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::{HeaderMap, Request, StatusCode};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -46,4 +47,18 @@ pub async fn exchange(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow::anyhow!("no answer from {uri} within {timeout:?}"))?
+}
+
+/// Sends `request` and returns the answer once its head arrived, within `timeout`, for a body
+/// the caller reads as it comes (a backup).
+pub async fn exchange_streaming(
+    request: Request<Full<Bytes>>,
+    timeout: Duration,
+) -> anyhow::Result<Response<Incoming>> {
+    let uri = request.uri().clone();
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {uri} within {timeout:?}"))?
+        .with_context(|| format!("cannot reach {uri}"))
 }

@@ -245,9 +245,7 @@ async fn main() -> anyhow::Result<()> {
             advertise,
             input,
         } => {
-            let file = std::fs::read(&input)
-                .with_context(|| format!("cannot read {}", input.display()))?;
-            let restored = pkraft_raft::backup::restore(&data_dir, node_id, &advertise, &file)
+            let restored = pkraft_raft::backup::restore(&data_dir, node_id, &advertise, &input)
                 .await
                 .with_context(|| format!("restore into {}", data_dir.display()))?;
             println!(
@@ -365,30 +363,54 @@ fn read_token(token_file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
     })
 }
 
+/// `pkraft backup`: streams the node's backup into `OUT.tmp`, checks the whole file (checksum,
+/// every record), fsyncs it and renames it to `OUT`. Memory stays flat whatever the size.
 async fn backup(
     admin: String,
     token_file: Option<PathBuf>,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
+    use std::io::Write;
     let token = read_token(token_file)?;
     let client = pkraft::admin_client::AdminClient { admin, token };
-    let file = client.backup().await?;
-    let (header, _) = pkraft_raft::backup::decode_backup(&file).context("the node's answer")?;
     let mut tmp = out.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    {
-        use std::io::Write;
-        let mut writer = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        writer.write_all(&file)?;
-        writer.sync_all()?;
-    }
+    let file =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut writer = std::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut progress = Progress::new("received");
+    let received = client
+        .backup_into(&mut writer, |bytes| progress.show(bytes))
+        .await;
+    progress.done();
+    let written = received.and_then(|bytes| {
+        writer.flush()?;
+        writer.get_ref().sync_all()?;
+        Ok(bytes)
+    });
+    let checked = written.and_then(|bytes| {
+        let (header, _) = pkraft_raft::backup::check_backup_file(&tmp)
+            .context("the node's answer does not check out")?;
+        Ok((bytes, header))
+    });
+    let (bytes, header) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            // Never leave a torn file under a name that looks like a backup.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    if let Some(dir) = out.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
     println!(
-        "wrote {} ({} bytes): {} records from node {} at index {}",
+        "wrote {} ({bytes} bytes): {} records from node {} at index {}",
         out.display(),
-        file.len(),
         header.records,
         header.source_node,
         header
@@ -396,6 +418,50 @@ async fn backup(
             .map_or_else(|| "none".to_string(), |index| index.to_string())
     );
     Ok(())
+}
+
+/// A progress line on stderr, rewritten in place at most a few times a second; silent when
+/// stderr is not a terminal (scripts, logs).
+struct Progress {
+    what: &'static str,
+    terminal: bool,
+    last: Option<std::time::Instant>,
+    shown: bool,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            what,
+            terminal: std::io::stderr().is_terminal(),
+            last: None,
+            shown: false,
+        }
+    }
+
+    fn show(&mut self, bytes: u64) {
+        if !self.terminal
+            || self
+                .last
+                .is_some_and(|last| last.elapsed().as_millis() < 250)
+        {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        self.shown = true;
+        eprint!(
+            "\r{} {:.1} MiB",
+            self.what,
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
+
+    fn done(&self) {
+        if self.shown {
+            eprintln!();
+        }
+    }
 }
 
 fn env_var(name: &str) -> Option<String> {

@@ -12,9 +12,10 @@
 //!   its own), and every HTTP/1.1 request head within `header_read_timeout` of its first byte or
 //!   of the previous request's end (hyper's own timer), in at most `max_headers` fields and
 //!   `max_header_bytes`;
-//! - a connection with no request in flight for `idle_timeout` is shut down gracefully (bytes
-//!   alone, such as HTTP/2 PINGs or a trickled header, do not count as activity), and one that
-//!   has not finished within [`SHUTDOWN_GRACE`] after that is dropped;
+//! - a connection with no request in flight (a request counts until its answer's body is sent)
+//!   for `idle_timeout` is shut down gracefully (bytes alone, such as HTTP/2 PINGs or a trickled
+//!   header, do not count as activity), and one that has not finished within [`SHUTDOWN_GRACE`]
+//!   after that is dropped;
 //! - TCP keepalive probes and `TCP_USER_TIMEOUT` find peers that vanished or stopped reading;
 //! - a TLS handshake gets `tls_handshake_timeout`, in the connection's own task.
 
@@ -233,13 +234,18 @@ impl Connection {
             hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
                 // axum's `ConnectInfo`, which the rate limits read, as `axum::serve` attaches it.
                 request.extensions_mut().insert(ConnectInfo(peer));
-                // Counted until the answer is ready, or the request is dropped (a reset stream).
+                // Counted until the answer's body is sent (a streamed backup may take minutes),
+                // or the request is dropped (a reset stream).
                 let in_flight = counted.start();
                 let app = app.clone();
                 async move {
                     let response = app.oneshot(request).await;
-                    drop(in_flight);
-                    response
+                    response.map(|response| {
+                        response.map(|body| CountedBody {
+                            body,
+                            _in_flight: in_flight,
+                        })
+                    })
                 }
             });
         let connection = self
@@ -294,6 +300,33 @@ struct Requests {
 
 /// A request in flight; uncounted when dropped.
 struct InFlight(Requests);
+
+/// An answer's body that keeps its request counted in flight until hyper has sent it and drops
+/// it.
+struct CountedBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for CountedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
