@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -109,6 +109,13 @@ bench-handover:
 bench-stalls:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/stalls.sh
+
+## One node at 20k, 1M, 3M and 10M stored packets (BENCH_SCALE_POINTS): DNS, GET and PUT rates,
+## restart after SIGKILL, a learner's catch-up by snapshot, backup, memory and disk per record;
+## writes docs/bench-scale.svg. Opt-in, not in CI: about 45 minutes and 15 GB of disk.
+bench-scale:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/scale.sh
 
 ## RSS of one node at 1M stored packets, with the DNS record cache at its bound (about 5 minutes).
 bench-memory:

@@ -9,7 +9,8 @@
 //! - `POST /cluster/promote` `{"node_id": 4}`
 //! - `POST /cluster/remove` `{"node_id": 4}`
 //! - `POST /backup`: a backup file of this node's replica (`application/octet-stream`; `pkraft
-//!   backup` writes it to a file). Behind the token: it reads the whole replica.
+//!   backup` writes it to a file), streamed as it is read. Behind the token: it reads the whole
+//!   replica. One at a time (429 while one runs).
 //!
 //! Mutating calls need `Authorization: Bearer <admin token>`: 401 without it or with a wrong one,
 //! 403 when the node has no token configured. Errors are JSON `{"error": "..."}`: 400/409 when
@@ -92,7 +93,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/cluster/add-learner", post(add_learner))
         .route("/cluster/promote", post(promote))
         .route("/cluster/remove", post(remove))
-        .route("/backup", post(backup))
+        .route("/backup", {
+            // One backup at a time: each holds a read transaction (pages freed after it cannot
+            // be reused until it ends) and a blocking thread.
+            let backups = Arc::new(tokio::sync::Semaphore::new(1));
+            post(move |state: State<AdminState>| backup(state, backups.clone()))
+        })
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/cluster/status", get(status))
@@ -132,16 +138,30 @@ async fn require_token(State(state): State<AdminState>, request: Request, next: 
 /// this far ahead of the client at most, so memory stays flat whatever the replica's size.
 const BACKUP_CHUNK_BYTES: usize = 256 * 1024;
 const BACKUP_CHUNKS_AHEAD: usize = 4;
+/// A client that takes no backup data for this long is given up, so that it cannot hold the
+/// read transaction and the thread for good (`pkraft backup` gives up after the same time).
+const BACKUP_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+type Chunk = std::io::Result<bytes::Bytes>;
 
 /// Streams a backup file as the replica is read. A failure before the first chunk is a 500 with
-/// the error; one after it ends the body with an error, so the client sees a torn transfer
-/// (and the file's checksum would refuse it anyway).
-async fn backup(State(state): State<AdminState>) -> Response {
-    let (sender, mut receiver) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD);
+/// the error; one after it (a panic included) ends the body with an error, so the client sees a
+/// torn transfer (and the file's checksum would refuse it anyway). 429 while another backup
+/// runs.
+async fn backup(State(state): State<AdminState>, backups: Arc<tokio::sync::Semaphore>) -> Response {
+    let Ok(running) = backups.try_acquire_owned() else {
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "a backup of this node is already running",
+        );
+    };
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Chunk>(BACKUP_CHUNKS_AHEAD);
     let node = state.node.clone();
-    tokio::task::spawn_blocking(move || {
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || {
+        let _running = running;
         let started = std::time::Instant::now();
-        let mut out = ChannelWriter::new(sender.clone());
+        let mut out = ChannelWriter::new(sender.clone(), runtime.clone());
         match node.write_backup(&mut out) {
             Ok((header, bytes)) => tracing::info!(
                 records = header.records,
@@ -152,8 +172,10 @@ async fn backup(State(state): State<AdminState>) -> Response {
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "backup failed");
-                // Nobody listens any more if the client went away; nothing else to do then.
-                let _ = sender.blocking_send(Err(std::io::Error::other(e.to_string())));
+                // Nobody listens any more if the client went away or stalled; nothing else to
+                // do then.
+                let failed = sender.send(Err(std::io::Error::other(e.to_string())));
+                let _ = runtime.block_on(tokio::time::timeout(BACKUP_STALL_TIMEOUT, failed));
             }
         }
     });
@@ -162,9 +184,22 @@ async fn backup(State(state): State<AdminState>) -> Response {
         Some(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
         None => return error(StatusCode::INTERNAL_SERVER_ERROR, "the backup task ended"),
     };
-    let rest = futures_lite::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|chunk| (chunk, receiver))
-    });
+    // After the last chunk, the task's end: a panic must not look like a complete file.
+    let rest =
+        futures_lite::stream::unfold((receiver, Some(task)), |(mut receiver, task)| async move {
+            if let Some(chunk) = receiver.recv().await {
+                return Some((chunk, (receiver, task)));
+            }
+            match task?.await {
+                Ok(()) => None,
+                Err(e) => Some((
+                    Err(std::io::Error::other(format!(
+                        "the backup task failed: {e}"
+                    ))),
+                    (receiver, None),
+                )),
+            }
+        });
     let body = futures_lite::StreamExt::chain(futures_lite::stream::once(Ok(first)), rest);
     (
         [(header::CONTENT_TYPE, "application/octet-stream")],
@@ -174,17 +209,19 @@ async fn backup(State(state): State<AdminState>) -> Response {
 }
 
 /// A blocking writer whose bytes go to a channel in chunks: the backup thread writes, the
-/// response body reads. A client that went away makes the next write fail (broken pipe), which
-/// stops the backup.
+/// response body reads. A client that went away makes the next write fail (broken pipe), and one
+/// that takes nothing for [`BACKUP_STALL_TIMEOUT`] too (timed out); either stops the backup.
 struct ChannelWriter {
-    sender: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+    sender: tokio::sync::mpsc::Sender<Chunk>,
+    runtime: tokio::runtime::Handle,
     chunk: Vec<u8>,
 }
 
 impl ChannelWriter {
-    fn new(sender: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>) -> Self {
+    fn new(sender: tokio::sync::mpsc::Sender<Chunk>, runtime: tokio::runtime::Handle) -> Self {
         ChannelWriter {
             sender,
+            runtime,
             chunk: Vec::with_capacity(BACKUP_CHUNK_BYTES),
         }
     }
@@ -194,9 +231,18 @@ impl ChannelWriter {
             return Ok(());
         }
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(BACKUP_CHUNK_BYTES));
-        self.sender
-            .blocking_send(Ok(bytes::Bytes::from(chunk)))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+        let sent = self.runtime.block_on(tokio::time::timeout(
+            BACKUP_STALL_TIMEOUT,
+            self.sender.send(Ok(bytes::Bytes::from(chunk))),
+        ));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no backup data for {BACKUP_STALL_TIMEOUT:?}"),
+            )),
+        }
     }
 }
 

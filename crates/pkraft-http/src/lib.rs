@@ -7,6 +7,8 @@
 //! - [`admin`]: the admin listener (cluster status and membership changes).
 //! - [`error`]: [`error::RelayError`], the one place where failures become status codes.
 //! - [`rate_limit`]: per-client and global rate limits of the relay and DoH routes (429).
+//! - [`serve`]: the connection loop of every HTTP listener (public, `[https]`, admin, peer) with
+//!   its limits on connections, request heads, idle time and TLS handshakes.
 //! - [`Settings`]: the `[http]` config section.
 //!
 //! Reads (GET) come from the local replica; writes (PUT) go through [`pkraft_raft::Node::publish`]
@@ -18,6 +20,7 @@ pub mod error;
 pub mod metrics;
 pub mod rate_limit;
 pub mod relay;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -41,6 +41,7 @@ const DATA_SUFFIX: &str = ".snap";
 /// The single file of builds before streaming.
 const LEGACY_FILE: &str = "current";
 const LEGACY_MAGIC: &[u8; 8] = b"PKRSMETA";
+const LEGACY_META_MAX: u64 = 1024 * 1024;
 
 pub(crate) type Meta = SnapshotMeta<NodeId, BasicNode>;
 
@@ -72,7 +73,20 @@ impl SnapshotFile {
         for name in [POINTER_TMP, BUILD_TMP, INCOMING_TMP] {
             remove_if_present(&file.dir.join(name))?;
         }
-        let current = file.read_pointer()?.map(|pointer| pointer.data_file);
+        let mut current = file.read_pointer()?.map(|pointer| pointer.data_file);
+        if let Some(name) = &current
+            && !file.dir.join(name).exists()
+        {
+            // Only possible if the file system lost the data file's rename but kept the
+            // pointer's. Without a snapshot openraft builds a new one when it needs one.
+            tracing::warn!(
+                data_file = %file.dir.join(name).display(),
+                "the current snapshot's data file is missing; dropping the snapshot"
+            );
+            fs::remove_file(file.dir.join(POINTER))?;
+            File::open(&file.dir)?.sync_all()?;
+            current = None;
+        }
         file.remove_data_files_except(current.as_deref())?;
         Ok(file)
     }
@@ -111,7 +125,7 @@ impl SnapshotFile {
 
     /// Makes the data at `data` (a complete, fsynced file in this directory: the build or the
     /// incoming file) the current snapshot, unless the current one covers more of the log.
-    /// Returns whether it did; either way `data` is gone afterwards.
+    /// Returns whether it did; either way `data` is gone afterwards, unless it fails.
     pub(crate) fn commit(&self, meta: &Meta, data: &Path) -> io::Result<bool> {
         let _serialized = self
             .lock
@@ -125,12 +139,18 @@ impl SnapshotFile {
         }
         let data_file = data_file_name(&meta.snapshot_id);
         fs::rename(data, self.dir.join(&data_file))?;
+        // The data file's name must be on disk before a pointer names it.
+        File::open(&self.dir)?.sync_all()?;
         let pointer = Pointer {
             meta: meta.clone(),
             data_file,
         };
         self.write_pointer(&pointer)?;
-        self.remove_data_files_except(Some(&pointer.data_file))?;
+        // The new snapshot is current; an old file left behind is removed at the next commit or
+        // start.
+        if let Err(e) = self.remove_data_files_except(Some(&pointer.data_file)) {
+            tracing::warn!(error = %e, "cannot remove an old snapshot file");
+        }
         Ok(true)
     }
 
@@ -251,7 +271,8 @@ fn read_legacy_meta(file: &mut File) -> io::Result<Meta> {
     let mut be = [0u8; 4];
     be.copy_from_slice(len);
     let meta_len = u64::from(u32::from_be_bytes(be));
-    if meta_len > file.metadata()?.len() {
+    // A meta (log id, membership, id) is a few hundred bytes.
+    if meta_len > LEGACY_META_MAX || meta_len > file.metadata()?.len() {
         return Err(corrupt("truncated meta"));
     }
     let mut meta = Vec::new();
@@ -391,6 +412,22 @@ mod tests {
         for name in [BUILD_TMP, INCOMING_TMP, POINTER_TMP] {
             assert!(!snapshot_dir.join(name).exists(), "{name}");
         }
+    }
+
+    /// Goal: a pointer whose data file the file system lost does not stop the node from
+    /// starting: the snapshot is dropped (openraft builds a new one when it needs one).
+    #[test]
+    fn a_pointer_without_its_data_file_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = SnapshotFile::open(dir.path().to_path_buf()).expect("open");
+        assert!(
+            file.commit(&meta(3), &build(&file, b"three"))
+                .expect("commit")
+        );
+        let data = file.data_path().expect("read").expect("present");
+        fs::remove_file(data).expect("lose the data file");
+        let file = SnapshotFile::open(dir.path().to_path_buf()).expect("reopen");
+        assert!(file.load().expect("load").is_none());
     }
 
     #[test]

@@ -265,19 +265,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         let mut file = snapshot.into_std().await;
         let summary = blocking(subject, ErrorVerb::Write, move || {
-            if !snapshot_file.is_incoming(&file)? {
-                // Not streamed in from a leader (a snapshot handed over whole, as openraft's
-                // `install_full_snapshot` and its test suite do): copy it to be kept.
-                let mut incoming = snapshot_file.begin_incoming()?;
-                file.seek(SeekFrom::Start(0))?;
-                std::io::copy(&mut file, &mut incoming)?;
-                file = incoming;
+            let installed = install_from(&store, &snapshot_file, &meta, &state, &mut file);
+            if installed.is_err() {
+                // A snapshot-sized file must not stay behind (the next receipt replaces it).
+                let _ = std::fs::remove_file(snapshot_file.incoming_path());
             }
-            file.sync_all()?;
-            file.seek(SeekFrom::Start(0))?;
-            let summary = store.import_snapshot_from(&file, &encode(&state)?)?;
-            snapshot_file.commit(&meta, &snapshot_file.incoming_path())?;
-            Ok(summary)
+            installed
         })
         .await?;
         self.applied = applied;
@@ -309,6 +302,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(tokio::fs::File::from_std(data)),
         }))
     }
+}
+
+/// Imports the received snapshot in `file` into `store` and keeps it as the current snapshot.
+fn install_from(
+    store: &Store,
+    snapshot_file: &SnapshotFile,
+    meta: &SnapshotMeta<NodeId, BasicNode>,
+    state: &AppliedState,
+    file: &mut std::fs::File,
+) -> std::result::Result<pkraft_store::SnapshotSummary, crate::codec::BoxError> {
+    if !snapshot_file.is_incoming(file)? {
+        // Not streamed in from a leader (a snapshot handed over whole, as openraft's
+        // `install_full_snapshot` and its test suite do): copy it to be kept.
+        let mut incoming = snapshot_file.begin_incoming()?;
+        file.seek(SeekFrom::Start(0))?;
+        std::io::copy(file, &mut incoming)?;
+        *file = incoming;
+    }
+    file.sync_all()?;
+    file.seek(SeekFrom::Start(0))?;
+    let summary = store.import_snapshot_from(&*file, &encode(state)?)?;
+    snapshot_file.commit(meta, &snapshot_file.incoming_path())?;
+    Ok(summary)
 }
 
 /// What was applied since the state's last durable commit.
@@ -365,40 +381,48 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let started = Instant::now();
         let store = self.store.clone();
         let snapshot_file = self.snapshot_file.clone();
-        let (meta, data, summary) =
-            blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
-                // One read transaction: the packets and the applied state they correspond to.
-                let source = store.snapshot_source()?;
-                let applied: AppliedState = match source.applied_state()? {
-                    Some(bytes) => decode(&bytes)?,
-                    None => AppliedState::default(),
-                };
-                let path = snapshot_file.build_path();
-                let mut file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)?;
-                let summary = source.write_to(&mut file)?;
-                file.sync_all()?;
-                drop(source);
-                // Then make that state durable: openraft purges the log up to this snapshot, so
-                // the state it reflects must survive a crash without those entries. (Flushing
-                // first would let an apply slip in between and make the export newer than the
-                // durable state.)
-                store.flush()?;
-                let meta = SnapshotMeta {
-                    last_log_id: applied.last_applied,
-                    last_membership: applied.membership,
-                    snapshot_id: snapshot_id(applied.last_applied),
-                };
-                // The open handle keeps the data readable whether or not it becomes current.
-                snapshot_file.commit(&meta, &path)?;
-                file.seek(SeekFrom::Start(0))?;
-                Ok((meta, file, summary))
-            })
-            .await?;
+        let build_path = self.snapshot_file.build_path();
+        let built = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
+            // One read transaction: the packets and the applied state they correspond to.
+            let source = store.snapshot_source()?;
+            let applied: AppliedState = match source.applied_state()? {
+                Some(bytes) => decode(&bytes)?,
+                None => AppliedState::default(),
+            };
+            let path = snapshot_file.build_path();
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            let summary = source.write_to(&mut file)?;
+            file.sync_all()?;
+            drop(source);
+            // Then make that state durable: openraft purges the log up to this snapshot, so
+            // the state it reflects must survive a crash without those entries. (Flushing
+            // first would let an apply slip in between and make the export newer than the
+            // durable state.)
+            store.flush()?;
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+                snapshot_id: snapshot_id(applied.last_applied),
+            };
+            // The open handle keeps the data readable whether or not it becomes current.
+            snapshot_file.commit(&meta, &path)?;
+            file.seek(SeekFrom::Start(0))?;
+            Ok((meta, file, summary))
+        })
+        .await;
+        let (meta, data, summary) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                // A snapshot-sized file must not stay behind (the next build replaces it).
+                let _ = std::fs::remove_file(build_path);
+                return Err(e);
+            }
+        };
         if let Some(metrics) = &self.metrics {
             metrics
                 .snapshot_build

@@ -1,22 +1,24 @@
 //! pkraft: a Raft-replicated pkarr relay and DNS server.
 //!
 //! # Layout
+//! The daemon:
 //! - [`config`]: the TOML config and command-line overrides.
 //! - [`Server`]: binds every listener for one node and shuts them down in order.
-//! - [`admin_client`]: the client behind `pkraft cluster …`.
-//! - [`client`]: the pkarr client behind `pkraft keygen`, `publish` and `resolve`.
-//! - [`http_client`]: the one HTTP exchange both clients make.
-//! - `main.rs`: the `pkraft` command line (`serve`, `dev`, `check-config`, `cluster`, …).
+//! - [`daemon`]: `pkraft serve` and `pkraft dev`: run a [`Server`] until a signal or a fatal error.
+//! - [`https`]: the `[https]` listener's TLS config.
+//!
+//! The command-line clients, [`cli`]: `keygen`, `publish`, `resolve`, `cluster …`, `backup`,
+//! `restore`, `verify`. [`logging`] serves both; `main.rs` holds the clap definitions and the
+//! dispatch. The HTTP connection loop every listener uses is `pkraft_http::serve`.
 //!
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
 //! `pkraft-dht` (Mainline DHT bridge), `pkraft-raft` (consensus), `pkraft-store` (redb state), `pkraft-types` (domain types).
 
-pub mod admin_client;
-pub mod client;
+pub mod cli;
 pub mod config;
-pub mod http_client;
+pub mod daemon;
 pub mod https;
-pub mod serve;
+pub mod logging;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,12 +65,14 @@ impl Listener {
         listener: tokio::net::TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
         app: axum::Router,
-        limits: serve::ConnectionLimits,
+        limits: pkraft_http::serve::ConnectionLimits,
         proxies: pkraft_limits::TrustedProxies,
     ) -> Listener {
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-        let task = tokio::spawn(serve::serve(listener, tls, app, limits, proxies, stopped));
+        let task = tokio::spawn(pkraft_http::serve::serve(
+            listener, tls, app, limits, proxies, stopped,
+        ));
         Listener { stop, task }
     }
 
@@ -136,7 +140,7 @@ impl Server {
             peer_listener,
             peer_tls.map(|tls| tls.server),
             pkraft_raft::peer::server::router(node.clone()),
-            serve::ConnectionLimits::internal(),
+            pkraft_http::serve::ConnectionLimits::internal(),
             pkraft_limits::TrustedProxies::default(),
         );
 
@@ -151,7 +155,7 @@ impl Server {
                 registry: registry.clone(),
                 ready_max_stale: config.http.ready_max_stale,
             }),
-            serve::ConnectionLimits::internal(),
+            pkraft_http::serve::ConnectionLimits::internal(),
             pkraft_limits::TrustedProxies::default(),
         );
 
@@ -195,7 +199,7 @@ impl Server {
             rate_limits,
             dht: dht_resolver,
         });
-        let limits = serve::ConnectionLimits::public(&config.http);
+        let limits = pkraft_http::serve::ConnectionLimits::public(&config.http);
         let proxies = config.rate_limit.trusted_proxies.clone();
         let https = match &config.https {
             Some(settings) => {

@@ -38,7 +38,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const IDLE_CONNECTIONS_PER_PEER: usize = 4;
 /// How long an idle connection stays open. Heartbeats (every `raft.heartbeat_interval`) keep the
 /// replication connection busy well within it. Well under the peer listener's own idle limits
-/// (90 s between requests, `pkraft::serve::ConnectionLimits::internal`), so the client never
+/// (90 s between requests, `pkraft_http::serve::ConnectionLimits::internal`), so the client never
 /// sends on a connection the listener is closing.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest response body accepted from a peer. Responses are small (votes, acknowledgements,

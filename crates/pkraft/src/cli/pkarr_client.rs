@@ -26,7 +26,7 @@ use pkarr::{Keypair, PublicKey, SignedPacket, Timestamp};
 use pkraft_types::VerifiedPacket;
 use pkraft_types::packet::dns_records;
 
-use crate::http_client::{Answer, exchange};
+use super::http::{Answer, exchange};
 
 /// Most bytes read of an answer's body: a relay payload is at most 1,104 bytes and error
 /// messages are short; anything longer is not a pkarr relay.
@@ -408,6 +408,48 @@ pub async fn dns_lookup(
             Ok(DnsAnswer::Empty(none.response_code))
         }
         Err(e) => bail!("{qname} {qtype} @{server}: {e}"),
+    }
+}
+
+/// What `pkraft resolve` asks, and where.
+#[derive(Debug)]
+pub struct ResolveQuery<'a> {
+    /// The public key, z-base-32.
+    pub key: &'a str,
+    /// The relay URL for an HTTP fetch.
+    pub relay: &'a str,
+    /// A DNS server to ask instead, with the transport, origin, name and type.
+    pub dns: Option<(SocketAddr, DnsTransport)>,
+    pub origin: &'a str,
+    pub name: &'a str,
+    pub record_type: &'a str,
+}
+
+/// `pkraft resolve`: prints what it found, or fails (exit status 1) when nothing is there.
+pub async fn resolve(query: &ResolveQuery<'_>) -> anyhow::Result<()> {
+    let key =
+        pkraft_types::parse_z32_key(query.key).with_context(|| format!("key {:?}", query.key))?;
+    let Some((server, transport)) = query.dns else {
+        return match fetch(query.relay, &key).await? {
+            Some(packet) => {
+                print!("{}", format_packet(&packet)?);
+                Ok(())
+            }
+            None => bail!("{}: no packet for {}", query.relay, key.to_z32()),
+        };
+    };
+    let qtype: RecordType = query
+        .record_type
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--type {:?}: unknown record type", query.record_type))?;
+    let qname = query_name(query.name, &key, query.origin)?;
+    match dns_lookup(server, transport, qname.clone(), qtype).await? {
+        DnsAnswer::Records(records) => {
+            print!("{}", format_records(&records));
+            Ok(())
+        }
+        DnsAnswer::Empty(rcode) => bail!("{qname} {qtype} @{server}: no records ({rcode})"),
     }
 }
 

@@ -12,10 +12,10 @@
 //!   its own), and every HTTP/1.1 request head within `header_read_timeout` of its first byte or
 //!   of the previous request's end (hyper's own timer), in at most `max_headers` fields and
 //!   `max_header_bytes`;
-//! - a connection with no request in flight (a request counts until its answer's body is sent)
-//!   for `idle_timeout` is shut down gracefully (bytes alone, such as HTTP/2 PINGs or a trickled
-//!   header, do not count as activity), and one that has not finished within [`SHUTDOWN_GRACE`]
-//!   after that is dropped;
+//! - a connection with no request in flight (a request counts until its answer is ready; on the
+//!   admin and peer listeners until its body is sent) for `idle_timeout` is shut down gracefully
+//!   (bytes alone, such as HTTP/2 PINGs or a trickled header, do not count as activity), and one
+//!   that has not finished within [`SHUTDOWN_GRACE`] after that is dropped;
 //! - TCP keepalive probes and `TCP_USER_TIMEOUT` find peers that vanished or stopped reading;
 //! - a TLS handshake gets `tls_handshake_timeout`, in the connection's own task.
 
@@ -60,11 +60,16 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
     pub http2_max_concurrent_streams: u32,
     pub tls_handshake_timeout: Duration,
+    /// Whether a request counts as in flight until its answer's body is sent (a streamed backup
+    /// may take minutes), rather than until the answer is ready. Only for listeners whose
+    /// clients are trusted: an HTTP/2 client that opens no flow-control window would otherwise
+    /// hold its connection open for good.
+    pub body_counts_as_activity: bool,
 }
 
 impl ConnectionLimits {
     /// The public listeners' limits, from `[http]`.
-    pub fn public(http: &pkraft_http::Settings) -> ConnectionLimits {
+    pub fn public(http: &crate::Settings) -> ConnectionLimits {
         ConnectionLimits {
             max_connections: http.max_connections,
             max_connections_per_client: http.max_connections_per_client,
@@ -75,6 +80,7 @@ impl ConnectionLimits {
             max_header_bytes: http.max_header_bytes,
             http2_max_concurrent_streams: http.http2_max_concurrent_streams,
             tls_handshake_timeout: http.tls_handshake_timeout,
+            body_counts_as_activity: false,
         }
     }
 
@@ -88,7 +94,8 @@ impl ConnectionLimits {
             max_connections_per_client: 0,
             header_read_timeout: Duration::from_secs(90),
             idle_timeout: Duration::from_secs(300),
-            ..ConnectionLimits::public(&pkraft_http::Settings::default())
+            body_counts_as_activity: true,
+            ..ConnectionLimits::public(&crate::Settings::default())
         }
     }
 }
@@ -145,6 +152,7 @@ pub async fn serve(
             builder: builder.clone(),
             first_request_timeout: limits.header_read_timeout,
             idle_timeout: limits.idle_timeout,
+            body_counts_as_activity: limits.body_counts_as_activity,
             stopping: stopping.clone(),
             _slots: (slot, client_slot),
         };
@@ -179,7 +187,7 @@ fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
         .max_buf_size(limits.max_header_bytes.max(8_192));
     // hyper parses up to its default number of headers into a stack buffer; any other maximum
     // moves that buffer to the heap for every request (hyper's docs: about 5 % slower).
-    if limits.max_headers != pkraft_http::HYPER_MAX_HEADERS {
+    if limits.max_headers != crate::HYPER_MAX_HEADERS {
         http1.max_headers(limits.max_headers);
     }
     builder
@@ -213,6 +221,7 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     first_request_timeout: Duration,
     idle_timeout: Duration,
+    body_counts_as_activity: bool,
     stopping: watch::Receiver<bool>,
     _slots: (OwnedSemaphorePermit, ClientSlot),
 }
@@ -228,18 +237,20 @@ impl Connection {
         let peer = self.peer;
         let app = self.app.clone();
         let counted = requests.clone();
+        let body_counts = self.body_counts_as_activity;
         // hyper's `service_fn` borrows the closure for each request; a tower service adapted with
         // `TowerToHyperService` would be cloned for each one.
         let service =
             hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
                 // axum's `ConnectInfo`, which the rate limits read, as `axum::serve` attaches it.
                 request.extensions_mut().insert(ConnectInfo(peer));
-                // Counted until the answer's body is sent (a streamed backup may take minutes),
-                // or the request is dropped (a reset stream).
+                // Counted until the answer is ready (or, with `body_counts_as_activity`, until
+                // its body is sent), or the request is dropped (a reset stream).
                 let in_flight = counted.start();
                 let app = app.clone();
                 async move {
                     let response = app.oneshot(request).await;
+                    let in_flight = body_counts.then_some(in_flight);
                     response.map(|response| {
                         response.map(|body| CountedBody {
                             body,
@@ -301,11 +312,11 @@ struct Requests {
 /// A request in flight; uncounted when dropped.
 struct InFlight(Requests);
 
-/// An answer's body that keeps its request counted in flight until hyper has sent it and drops
-/// it.
+/// An answer's body that, holding its request's [`InFlight`], keeps the request counted until
+/// hyper has sent the body and drops it.
 struct CountedBody {
     body: axum::body::Body,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
 }
 
 impl hyper::body::Body for CountedBody {

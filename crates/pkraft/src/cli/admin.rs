@@ -1,4 +1,5 @@
-//! `pkraft cluster …`: the command-line client of a node's admin API.
+//! `pkraft cluster …` and the transfer of `pkraft backup`: the command-line client of a node's
+//! admin API.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request};
 use pkraft_raft::ClusterStatus;
 
-use crate::http_client::{exchange, exchange_streaming};
+use super::http::{exchange, exchange_streaming};
 
 /// A membership change can wait for a new node to catch up (up to 30 s) and for the leader.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -215,4 +216,41 @@ pub fn format_status(status: &ClusterStatus) -> String {
 
 fn opt(value: Option<u64>) -> String {
     value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// A change `pkraft cluster` asks a node's admin API for.
+#[derive(Debug)]
+pub enum ClusterChange {
+    Init,
+    AddLearner { node_id: u64, addr: String },
+    Promote { node_id: u64 },
+    Remove { node_id: u64 },
+}
+
+/// `pkraft cluster status`: a table, or JSON.
+pub async fn print_status(client: &AdminClient, json: bool) -> anyhow::Result<()> {
+    let status = client.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", format_status(&status));
+    }
+    Ok(())
+}
+
+/// `pkraft cluster init|add-learner|promote|remove`: prints `ok` once the node did it.
+pub async fn change(client: &AdminClient, change: ClusterChange) -> anyhow::Result<()> {
+    use serde_json::json;
+    let (path, body) = match change {
+        ClusterChange::Init => ("/cluster/init", json!({})),
+        ClusterChange::AddLearner { node_id, addr } => (
+            "/cluster/add-learner",
+            json!({ "node_id": node_id, "addr": addr }),
+        ),
+        ClusterChange::Promote { node_id } => ("/cluster/promote", json!({ "node_id": node_id })),
+        ClusterChange::Remove { node_id } => ("/cluster/remove", json!({ "node_id": node_id })),
+    };
+    client.call(Method::POST, path, Some(body)).await?;
+    println!("ok");
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! One HTTP/1.1 request to a node, for the command-line clients (`pkraft cluster`, `backup`,
-//! `publish`, `resolve`): plain HTTP, a bound on the whole exchange and on the answer's size.
+//! `publish`, `resolve`): plain HTTP, a bound on the whole exchange and on the answer's size (or,
+//! for a backup, on the answer's head, the body read as it comes).
 
 use std::time::Duration;
 

@@ -1,0 +1,54 @@
+//! Running a node: `pkraft serve` and `pkraft dev` start a [`Server`], log where it listens,
+//! and stop it on SIGINT or SIGTERM, or when Raft stops (exit status 1, for the supervisor).
+
+use anyhow::Context;
+
+use crate::{Config, Server};
+
+/// Runs the node `config` describes until a signal or a fatal error.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let secrets = config.secrets(|name| std::env::var(name).ok())?;
+    let server = Server::bind(&config, secrets).await?;
+    // Tests and scripts read the bound addresses from this line (ports may be 0 in the config).
+    tracing::info!(
+        node_id = config.node_id,
+        data_dir = %config.data_dir.display(),
+        http = %server.http_addr(),
+        https = ?server.https_addr(),
+        dns = %server.dns_addr(),
+        peer = %server.peer_addr(),
+        admin = %server.admin_addr(),
+        dht = ?server.dht_addr(),
+        origins = ?config.dns.origins,
+        "pkraft listening"
+    );
+    let fatal = tokio::select! {
+        signal = shutdown_signal() => {
+            signal?;
+            None
+        }
+        reason = server.wait_fatal() => Some(reason),
+    };
+    match &fatal {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(%reason, "raft stopped; shutting down"),
+    }
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    match fatal {
+        // A non-zero exit lets the supervisor (systemd, Kubernetes) restart the node.
+        Some(reason) => Err(anyhow::anyhow!("raft stopped: {reason}")),
+        None => Ok(()),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("SIGINT handler")?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
