@@ -39,7 +39,7 @@ impl AdminClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        let bytes = self.send(method, path, body, REQUEST_TIMEOUT).await?;
+        let bytes = self.send(method, path, body).await?;
         Ok(serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| serde_json::json!({ "text": String::from_utf8_lossy(&bytes) })))
     }
@@ -118,7 +118,6 @@ impl AdminClient {
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
-        timeout: Duration,
     ) -> anyhow::Result<Bytes> {
         let mut request = self.request(method, path);
         let body = match body {
@@ -129,7 +128,7 @@ impl AdminClient {
             None => Bytes::new(),
         };
         let request = request.body(Full::new(body))?;
-        let answer = exchange(request, timeout, ANSWER_MAX)
+        let answer = exchange(request, REQUEST_TIMEOUT, ANSWER_MAX)
             .await
             .with_context(|| format!("the admin API at {}", self.admin))?;
         if !answer.status.is_success() {
