@@ -17,6 +17,7 @@ use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient, PeerNetwork};
 use crate::reads::Freshness;
 use crate::settings::{Settings, SettingsError};
+use crate::snapshot_schedule::BuildTimes;
 use crate::state_machine::StateMachine;
 use crate::write_path::WritePath;
 use crate::{NodeId, TypeConfig};
@@ -145,6 +146,8 @@ pub struct Node {
     state_file: PathBuf,
     /// What the Mainline DHT publisher has still to put (`dht_outbox`).
     pub(crate) dht_outbox: Arc<DhtOutbox>,
+    /// When the last snapshot build ended, for the snapshot schedule.
+    build_times: Arc<BuildTimes>,
 }
 
 impl std::ops::Deref for Node {
@@ -190,8 +193,10 @@ impl Node {
         let store = Store::open_with_cache(&state_file, cache_bytes)?;
         let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
         let dht_outbox = Arc::new(DhtOutbox::default());
+        let build_times = Arc::new(BuildTimes::default());
         let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
             .with_metrics(metrics.clone())
+            .with_build_times(build_times.clone())
             .with_dht_outbox(dht_outbox.clone());
 
         let pristine = log_store.is_pristine()?;
@@ -242,6 +247,7 @@ impl Node {
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
             dht_outbox,
+            build_times,
         };
         let node = Arc::new(node);
         node.spawn_tasks(settings);
@@ -252,7 +258,14 @@ impl Node {
     /// through the node's peer client), joining and expiry.
     fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
         self.writes.start(self.clone(), settings);
-        let mut tasks = vec![tokio::spawn(watch_cluster_state(self.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(watch_cluster_state(self.clone())),
+            tokio::spawn(crate::snapshot_schedule::run(
+                self.raft.clone(),
+                self.build_times.clone(),
+                settings.snapshot_after_entries,
+            )),
+        ];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
         }

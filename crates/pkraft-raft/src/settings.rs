@@ -29,7 +29,8 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub election_timeout_max: Duration,
     /// Build a snapshot after this many log entries since the last one, so the log stays bounded.
-    /// Default 10 000.
+    /// Default 10 000. A build also waits until nine times the last build's duration has passed
+    /// since it ended, so that a large state is not rebuilt back to back (`snapshot_schedule`).
     pub snapshot_after_entries: u64,
     /// Entries kept in the log after a snapshot, so a briefly lagging follower catches up from the
     /// log instead of a full snapshot. Default 1 000.
@@ -163,7 +164,8 @@ impl Settings {
             heartbeat_interval: millis(self.heartbeat_interval),
             election_timeout_min: millis(self.election_timeout_min),
             election_timeout_max: millis(self.election_timeout_max),
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            // The node triggers builds itself (`snapshot_schedule`).
+            snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
             max_payload_entries: self.entries_per_append(),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,

@@ -33,6 +33,7 @@ use crate::codec::{Message, blocking, decode, encode, storage_error};
 use crate::dht_outbox::{DhtOutbox, Progress};
 use crate::metrics::NodeMetrics;
 use crate::snapshot_file::SnapshotFile;
+use crate::snapshot_schedule::BuildTimes;
 use crate::type_config::ApplyResult;
 use crate::{NodeId, TypeConfig};
 
@@ -112,6 +113,8 @@ pub struct StateMachine {
     metrics: Option<Arc<NodeMetrics>>,
     /// Told which keys each apply stored, for the DHT publisher (none in storage tests).
     dht_outbox: Option<Arc<DhtOutbox>>,
+    /// Told when a build ends and how long it took, for the snapshot schedule.
+    build_times: Option<Arc<BuildTimes>>,
 }
 
 impl StateMachine {
@@ -128,12 +131,19 @@ impl StateMachine {
             since_durable: AppliedSince::default(),
             metrics: None,
             dht_outbox: None,
+            build_times: None,
         })
     }
 
     /// Counts snapshots and expiry in `metrics`.
     pub(crate) fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
         self.metrics = Some(metrics);
+        self
+    }
+
+    /// Tells `times` when each snapshot build ends (`snapshot_schedule`).
+    pub(crate) fn with_build_times(mut self, times: Arc<BuildTimes>) -> Self {
+        self.build_times = Some(times);
         self
     }
 
@@ -233,6 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             snapshot_file: self.snapshot_file.clone(),
             metrics: self.metrics.clone(),
+            build_times: self.build_times.clone(),
         }
     }
 
@@ -372,6 +383,7 @@ pub struct SnapshotBuilder {
     store: Store,
     snapshot_file: SnapshotFile,
     metrics: Option<Arc<NodeMetrics>>,
+    build_times: Option<Arc<BuildTimes>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -427,6 +439,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             metrics
                 .snapshot_build
                 .observe(started.elapsed().as_secs_f64());
+        }
+        if let Some(times) = &self.build_times {
+            times.ended(started.elapsed());
         }
         tracing::info!(
             last_log_index = ?meta.last_log_id.map(|log_id| log_id.index),

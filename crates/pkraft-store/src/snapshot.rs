@@ -110,8 +110,7 @@ impl Store {
     ) -> Result<SnapshotSummary, StoreError> {
         let mut input = FrameReader::new(input);
         let version = input.header()?;
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
+        let txn = self.begin_durable_write()?;
         txn.delete_table(PACKETS)?;
         txn.delete_table(EXPIRY)?;
         txn.delete_table(REMOVED_NODES)?;
