@@ -4,6 +4,8 @@
 # of every fault kind, against $CHAOS_BIN_DIR/pkraft. Every run prints its seed and summary; a
 # failing run keeps its history, schedule and node logs in $CHAOS_OUT/seed-N (default
 # target/chaos). Exits non-zero if any run failed.
+# POWER=1 puts every node's data dir on a lossy disk (pkraft-lossyfs; root and /dev/fuse) and
+# adds the power cuts to every round; POWER=only runs rounds of power cuts alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -13,6 +15,12 @@ runs=${RUNS:-3}
 nodes=${NODES:-3}
 rounds=${ROUNDS:-3}
 out_root=${CHAOS_OUT:-target/chaos}
+case "${POWER:-}" in
+  "" | 0) power_args=() ;;
+  1) power_args=(--lossy-disk) ;;
+  only) power_args=(--power-cuts-only) ;;
+  *) echo "chaos: POWER must be 1 or only, not ${POWER}" >&2; exit 2 ;;
+esac
 
 failed=()
 for ((i = 0; i < runs; i++)); do
@@ -20,13 +28,13 @@ for ((i = 0; i < runs; i++)); do
   out="$out_root/seed-$run_seed"
   rm -rf "$out"
   if ! "$bin_dir/pkraft-chaos" run --bin "$bin_dir/pkraft" --out "$out" \
-    --seed "$run_seed" --nodes "$nodes" --rounds "$rounds"; then
+    --seed "$run_seed" --nodes "$nodes" --rounds "$rounds" ${power_args[@]+"${power_args[@]}"}; then
     failed+=("$run_seed")
   fi
 done
 if ((${#failed[@]})); then
   echo "chaos: FAILED seeds: ${failed[*]}; replay one with" \
-    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds"
+    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}"
   exit 1
 fi
-echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each)"
+echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER})"

@@ -119,19 +119,25 @@ async fn storage_failure_stops_the_node_with_exit_status_1() {
     std::fs::remove_dir_all(&snapshot_dir).expect("remove the snapshot dir");
     std::fs::write(&snapshot_dir, b"not a directory").expect("block dir");
 
-    // Publish until the node fails; a PUT during the failure may get 500 or no answer at all.
+    // Publish until the node fails. A PUT during the failure gets 503 (retry on another node)
+    // or no answer at all, never a 500 outside the relay's contract.
     for i in 0..10u64 {
         let key = keypair(90 + i);
         let packet = iroh_packet(&key, 1_000, &["192.0.2.1:1"]);
-        if crate::harness::http_client()
+        let Ok(response) = crate::harness::http_client()
             .put(server.relay_url(&key))
             .body(packet.to_relay_payload())
             .send()
             .await
-            .is_err()
-        {
+        else {
             break;
-        }
+        };
+        let status = response.status().as_u16();
+        assert!(
+            [204, 503].contains(&status),
+            "PUT {i} answered {status}\n{}",
+            server.log()
+        );
     }
     let status = server.wait_exit();
     assert_eq!(status.code(), Some(1), "{}", server.log());

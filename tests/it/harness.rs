@@ -27,7 +27,9 @@ pub const ORIGIN: &str = "pkarr.test";
 /// A running `pkraft dev` process with its own data dir.
 pub struct TestServer {
     child: Option<Child>,
-    data_dir: tempfile::TempDir,
+    /// Holds the data dir (`data_path`): it is this directory, or one inside it.
+    _holder: tempfile::TempDir,
+    data_path: PathBuf,
     /// Holds the config file of [`TestServer::start_with_config`] for restarts.
     _config_dir: Option<tempfile::TempDir>,
     /// The subcommand and its arguments, before the listen and data dir overrides.
@@ -95,19 +97,10 @@ impl TestServer {
         let config = dir.path().join("node.toml");
         std::fs::write(&config, toml).expect("write config");
         let command = vec!["serve".into(), "--config".into(), path_arg(&config)];
-        let (child, bound, log) = spawn(data_dir.path(), &command, Some(cgroup));
-        TestServer {
-            child: Some(child),
-            data_dir,
-            _config_dir: Some(dir),
-            command,
-            cgroup: Some(cgroup.to_path_buf()),
-            http: bound.http,
-            dns: bound.dns,
-            peer: bound.peer,
-            admin: bound.admin,
-            log,
-        }
+        let path = data_dir.path().to_path_buf();
+        let mut server = TestServer::spawn_at(command, data_dir, path, Some(cgroup));
+        server._config_dir = Some(dir);
+        server
     }
 
     /// The process id while it runs.
@@ -116,7 +109,13 @@ impl TestServer {
     }
 
     pub fn data_dir(&self) -> &Path {
-        self.data_dir.path()
+        &self.data_path
+    }
+
+    /// `pkraft dev` on the data dir `data_path`, a directory inside `holder` (e.g. the mount of
+    /// a lossy disk).
+    pub fn start_dev_at(holder: tempfile::TempDir, data_path: PathBuf) -> TestServer {
+        TestServer::spawn_at(vec!["dev".to_string()], holder, data_path, None)
     }
 
     fn start_with(command: Vec<String>) -> TestServer {
@@ -124,13 +123,24 @@ impl TestServer {
     }
 
     fn start_in(command: Vec<String>, data_dir: tempfile::TempDir) -> TestServer {
-        let (child, bound, log) = spawn(data_dir.path(), &command, None);
+        let path = data_dir.path().to_path_buf();
+        TestServer::spawn_at(command, data_dir, path, None)
+    }
+
+    fn spawn_at(
+        command: Vec<String>,
+        holder: tempfile::TempDir,
+        data_path: PathBuf,
+        cgroup: Option<&Path>,
+    ) -> TestServer {
+        let (child, bound, log) = spawn(&data_path, &command, cgroup);
         TestServer {
             child: Some(child),
-            data_dir,
+            _holder: holder,
+            data_path,
             _config_dir: None,
             command,
-            cgroup: None,
+            cgroup: cgroup.map(Path::to_path_buf),
             http: bound.http,
             dns: bound.dns,
             peer: bound.peer,
@@ -206,8 +216,7 @@ impl TestServer {
     /// Starts the binary again on the same data dir (new ports).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");
-        let (child, bound, log) =
-            spawn(self.data_dir.path(), &self.command, self.cgroup.as_deref());
+        let (child, bound, log) = spawn(&self.data_path, &self.command, self.cgroup.as_deref());
         self.child = Some(child);
         self.http = bound.http;
         self.dns = bound.dns;

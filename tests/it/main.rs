@@ -24,6 +24,7 @@ mod metrics;
 mod peer_proxy;
 mod peer_tls;
 mod pkarr_client;
+mod power_loss;
 mod relay;
 mod snapshot_memory;
 mod write_bounds;

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
+use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
+
 use crate::proxy::{Network, PeerProxy};
 
 pub const SECRET: &str = "chaos-cluster-secret-0123456789";
@@ -22,6 +24,9 @@ pub const ORIGIN: &str = "pkarr.test";
 /// replaying its log).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(50);
+/// How long a power cut waits for an fsync to happen at (see `Cluster::power_cut`); without
+/// one (no writes), it happens after this.
+const ARMED_CUT_WAIT: Duration = Duration::from_secs(1);
 /// Bound on one admin request; a paused node never answers.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,6 +82,9 @@ pub struct Node {
     addrs: Option<Addrs>,
     /// Snapshot builds and installs counted by this node's earlier processes.
     snapshots: (u64, u64),
+    /// The lossy disk the data dir is mounted on (`--lossy-disk`); dropped (unmounted) after
+    /// the process is killed, as fields drop after `Cluster::drop` ran.
+    disk: Option<LossyDisk>,
 }
 
 impl Node {
@@ -96,17 +104,25 @@ pub struct Cluster {
     pub network: Arc<Network>,
     pub targets: Targets,
     admin: reqwest::Client,
+    /// Every node's data dir is on its own lossy disk, so power cuts can be injected.
+    lossy_disks: bool,
 }
 
 impl Cluster {
     /// Starts node 1 (bootstrapping), then nodes 2..=size joining through it, and waits until
-    /// all are voters.
+    /// all are voters. With `lossy_disks`, each node's data dir is a lossy disk of its own
+    /// (root and FUSE needed: `pkraft_lossyfs::available`).
     pub async fn start(
         bin: &Path,
         dir: &Path,
         size: u64,
         network: Arc<Network>,
+        lossy_disks: bool,
     ) -> anyhow::Result<Cluster> {
+        if lossy_disks {
+            pkraft_lossyfs::available()
+                .map_err(|why| anyhow::anyhow!("lossy disks need FUSE: {why}"))?;
+        }
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -114,6 +130,7 @@ impl Cluster {
             network,
             targets: Arc::new(RwLock::new(Vec::new())),
             admin: reqwest::Client::builder().timeout(ADMIN_TIMEOUT).build()?,
+            lossy_disks,
         };
         for id in 1..=size {
             cluster.add_node(id, true).await?;
@@ -149,6 +166,15 @@ impl Cluster {
         std::fs::write(&config, config_text).context("write node config")?;
         let data_dir = self.dir.join(format!("data{id}"));
         std::fs::create_dir_all(&data_dir)?;
+        let disk = if self.lossy_disks {
+            let backing = self.dir.join(format!("disk{id}"));
+            std::fs::create_dir_all(&backing)?;
+            let disk = LossyDisk::mount(&data_dir, &backing)
+                .with_context(|| format!("mount a lossy disk on {}", data_dir.display()))?;
+            Some(disk)
+        } else {
+            None
+        };
         self.nodes.push(Node {
             id,
             proxy,
@@ -160,6 +186,7 @@ impl Cluster {
             incarnation: 0,
             addrs: None,
             snapshots: (0, 0),
+            disk,
         });
         self.spawn(id).await
     }
@@ -241,6 +268,50 @@ impl Cluster {
         }
         node.paused = false;
         node.proxy.set_upstream(None);
+        Ok(())
+    }
+
+    /// A power cut of `targets` at one instant, at the worst moment: the cut is armed on every
+    /// target's disk, and the first fsync on any of them (within [`ARMED_CUT_WAIT`]) does not
+    /// happen: the cut does, there and at once on the others. Every disk drops what was not
+    /// fsynced (and fails everything until [`Cluster::power_on`]), then the processes are
+    /// killed. Returns what the disks dropped, summed.
+    pub async fn power_cut(&mut self, targets: &[u64], cut: Cut) -> anyhow::Result<CutReport> {
+        for &id in targets {
+            self.harvest_snapshot_counts(id).await;
+        }
+        let mut disks = Vec::with_capacity(targets.len());
+        for &id in targets {
+            let disk = self.node(id)?.disk.as_ref().with_context(|| {
+                format!("node {id} has no lossy disk (power cuts need --lossy-disk)")
+            })?;
+            disks.push(disk);
+        }
+        for disk in &disks {
+            disk.arm_cut(cut);
+        }
+        let deadline = Instant::now() + ARMED_CUT_WAIT;
+        while Instant::now() < deadline && !disks.iter().any(|d| d.armed_cut_happened()) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut total = CutReport::default();
+        for disk in disks {
+            let report = disk.cut_armed_or_now();
+            total.dropped_bytes += report.dropped_bytes;
+            total.dropped_entries += report.dropped_entries;
+            total.torn_bytes += report.torn_bytes;
+        }
+        for &id in targets {
+            self.kill(id).await?;
+        }
+        Ok(total)
+    }
+
+    /// Ends node `id`'s power cut: its disk serves what was durable at the cut.
+    pub fn power_on(&mut self, id: u64) -> anyhow::Result<()> {
+        let disk = self.node(id)?.disk.as_ref();
+        disk.with_context(|| format!("node {id} has no lossy disk"))?
+            .power_on();
         Ok(())
     }
 

@@ -5,6 +5,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::json;
 
+use pkraft_lossyfs::Cut;
+
 use crate::cluster::Cluster;
 use crate::rng::SplitMix64;
 use crate::schedule::{Fault, FaultKind};
@@ -104,6 +106,26 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             let leaving = follower(&mut rng)?;
             replace(cluster, leaving).await?
         }
+        FaultKind::PowerCutFollower => {
+            let target = follower(&mut rng)?;
+            power_cut_hold_restart(cluster, &[target], fault).await?
+        }
+        FaultKind::PowerCutLeader => {
+            let target = any_leader()?;
+            power_cut_hold_restart(cluster, &[target], fault).await?
+        }
+        FaultKind::PowerCutMinority => {
+            let first = any_leader()?;
+            let mut rest = others(first);
+            rng.shuffle(&mut rest);
+            let mut targets = vec![first];
+            targets.extend(
+                rest.into_iter()
+                    .take((ids.len().saturating_sub(1) / 2).saturating_sub(1)),
+            );
+            power_cut_hold_restart(cluster, &targets, fault).await?
+        }
+        FaultKind::PowerCutAll => power_cut_hold_restart(cluster, &ids, fault).await?,
     };
     Ok(match leader {
         Some(_) => done,
@@ -127,6 +149,38 @@ async fn kill_hold_restart(
             .with_context(|| format!("restart of node {id} after SIGKILL"))?;
     }
     Ok(format!("SIGKILLed and restarted {targets:?}"))
+}
+
+/// Cuts the power of `targets` at one instant (each disk drops what was not fsynced; the
+/// torn write, if the fault has one, hits each of them), kills their processes, and after the
+/// hold powers them on and restarts them.
+async fn power_cut_hold_restart(
+    cluster: &mut Cluster,
+    targets: &[u64],
+    fault: &Fault,
+) -> anyhow::Result<String> {
+    let cut = match fault.torn {
+        Some(keep) => Cut::TornLastWrite { keep },
+        None => Cut::Clean,
+    };
+    let dropped = cluster.power_cut(targets, cut).await?;
+    tokio::time::sleep(fault.hold).await;
+    for &id in targets {
+        cluster.power_on(id)?;
+        cluster
+            .spawn(id)
+            .await
+            .with_context(|| format!("restart of node {id} after a power cut"))?;
+    }
+    Ok(format!(
+        "cut the power of {targets:?} ({} unsynced bytes dropped, {} directory entries lost{})",
+        dropped.dropped_bytes,
+        dropped.dropped_entries,
+        match fault.torn {
+            Some(_) => format!(", {} bytes of a torn write kept", dropped.torn_bytes),
+            None => String::new(),
+        }
+    ))
 }
 
 async fn pause_hold_resume(

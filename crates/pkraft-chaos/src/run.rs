@@ -14,7 +14,7 @@ use crate::check::{self, Checked, FinalPacket, FinalState, Violation};
 use crate::cluster::{Cluster, ELECTION_TIMEOUT_MAX, ORIGIN};
 use crate::history::{self, Op, OpKind, PutOutcome, ReadOutcome};
 use crate::proxy::Network;
-use crate::schedule::{self, Fault};
+use crate::schedule::{self, Fault, FaultKind};
 use crate::workload::{self, Keys, Recorder, Role};
 
 /// How long the cluster may take to elect a leader and catch every node up after a fault is
@@ -55,6 +55,35 @@ pub struct RunConfig {
     pub linearizable_readers: usize,
     #[arg(long, default_value_t = 4)]
     pub replica_readers: usize,
+    /// Put every node's data dir on a lossy disk (pkraft-lossyfs, a FUSE file system that
+    /// drops what was not fsynced at a power cut; needs root and /dev/fuse) and add the power
+    /// cuts to every round.
+    #[arg(long)]
+    pub lossy_disk: bool,
+    /// Rounds of power cuts only (implies --lossy-disk): the way to count many of them.
+    #[arg(long)]
+    pub power_cuts_only: bool,
+}
+
+impl RunConfig {
+    fn lossy_disks(&self) -> bool {
+        self.lossy_disk || self.power_cuts_only
+    }
+
+    /// The fault kinds of each round.
+    fn fault_kinds(&self) -> Vec<FaultKind> {
+        if self.power_cuts_only {
+            FaultKind::POWER_CUTS.to_vec()
+        } else if self.lossy_disk {
+            FaultKind::ALL
+                .iter()
+                .chain(&FaultKind::POWER_CUTS)
+                .copied()
+                .collect()
+        } else {
+            FaultKind::ALL.to_vec()
+        }
+    }
 }
 
 /// A seed from the clock: only the schedule depends on it, and it is printed.
@@ -78,7 +107,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(&config.out)
         .with_context(|| format!("create {}", config.out.display()))?;
     let pause_min = ELECTION_TIMEOUT_MAX * 2;
-    let faults = schedule::generate(config.seed, config.rounds, pause_min);
+    let faults = schedule::generate(config.seed, config.rounds, pause_min, &config.fault_kinds());
     let mut plan = String::new();
     for (i, fault) in faults.iter().enumerate() {
         let _ = writeln!(plan, "{:3} {fault}", i + 1);
@@ -86,18 +115,31 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
     std::fs::write(config.out.join("schedule.txt"), &plan)?;
     println!(
         "chaos: seed={seed} nodes={nodes} faults={} (replay: make chaos SEED={seed} RUNS=1 \
-         NODES={nodes} ROUNDS={}); output in {}",
+         NODES={nodes} ROUNDS={}{}); output in {}",
         faults.len(),
         config.rounds,
+        if config.power_cuts_only {
+            " POWER=only"
+        } else if config.lossy_disk {
+            " POWER=1"
+        } else {
+            ""
+        },
         config.out.display(),
         seed = config.seed,
         nodes = config.nodes,
     );
 
     let network = Network::new(config.seed);
-    let mut cluster = Cluster::start(&config.bin, &config.out, config.nodes, network.clone())
-        .await
-        .context("starting the cluster")?;
+    let mut cluster = Cluster::start(
+        &config.bin,
+        &config.out,
+        config.nodes,
+        network.clone(),
+        config.lossy_disks(),
+    )
+    .await
+    .context("starting the cluster")?;
     let start = Instant::now();
     let recorder = Arc::new(Recorder::new(start));
     let keys = Arc::new(Keys::new(config.keys));
@@ -355,9 +397,14 @@ fn summarize(
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "seed {} · {} nodes · {:.0} s · {} operations · {} violations",
+        "seed {} · {} nodes{} · {:.0} s · {} operations · {} violations",
         config.seed,
         config.nodes,
+        if config.lossy_disks() {
+            " on lossy disks"
+        } else {
+            ""
+        },
         elapsed.as_secs_f64(),
         ops.len(),
         violations.len()

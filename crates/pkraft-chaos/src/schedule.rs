@@ -38,6 +38,15 @@ pub enum FaultKind {
     LossyNetwork,
     /// A new node joins as a learner, is promoted, and a follower is removed, during traffic.
     ReplaceFollower,
+    /// A power cut of a follower: its lossy disk drops everything not fsynced, then the
+    /// process is killed; power and process come back after the hold.
+    PowerCutFollower,
+    /// A power cut of the leader.
+    PowerCutLeader,
+    /// A power cut of a minority (the leader among them): 1 of 3, 2 of 5.
+    PowerCutMinority,
+    /// A power cut of every node at once.
+    PowerCutAll,
 }
 
 impl FaultKind {
@@ -58,6 +67,14 @@ impl FaultKind {
         FaultKind::ReplaceFollower,
     ];
 
+    /// The power cuts: they need every node's data dir on a lossy disk (`--lossy-disk`).
+    pub const POWER_CUTS: [FaultKind; 4] = [
+        FaultKind::PowerCutFollower,
+        FaultKind::PowerCutLeader,
+        FaultKind::PowerCutMinority,
+        FaultKind::PowerCutAll,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillFollower => "kill-follower",
@@ -74,6 +91,10 @@ impl FaultKind {
             FaultKind::SlowNetwork => "slow-network",
             FaultKind::LossyNetwork => "lossy-network",
             FaultKind::ReplaceFollower => "replace-follower",
+            FaultKind::PowerCutFollower => "power-cut-follower",
+            FaultKind::PowerCutLeader => "power-cut-leader",
+            FaultKind::PowerCutMinority => "power-cut-minority",
+            FaultKind::PowerCutAll => "power-cut-all",
         }
     }
 }
@@ -94,6 +115,9 @@ pub struct Fault {
     pub loss_percent: u64,
     /// Quiet time after healing, before the next fault.
     pub settle: Duration,
+    /// Power cuts: the bytes of the last unsynced write that reach the disk (a torn write), or
+    /// none (every unsynced byte is lost).
+    pub torn: Option<usize>,
 }
 
 impl fmt::Display for Fault {
@@ -106,17 +130,23 @@ impl fmt::Display for Fault {
             FaultKind::LossyNetwork => write!(f, " loss={}%", self.loss_percent)?,
             _ => write!(f, " pick={}", self.pick)?,
         }
+        if let Some(keep) = self
+            .torn
+            .filter(|_| FaultKind::POWER_CUTS.contains(&self.kind))
+        {
+            write!(f, " torn={keep}")?;
+        }
         write!(f, " settle={:?}", self.settle)
     }
 }
 
-/// `rounds` rounds, each every fault kind once in a seeded order, so every run covers every
+/// `rounds` rounds, each every one of `kinds` once in a seeded order, so every run covers every
 /// kind. `pause_min` is the shortest pause (it must exceed the election timeout).
-pub fn generate(seed: u64, rounds: usize, pause_min: Duration) -> Vec<Fault> {
+pub fn generate(seed: u64, rounds: usize, pause_min: Duration, kinds: &[FaultKind]) -> Vec<Fault> {
     let mut rng = SplitMix64::new(seed);
     let mut faults = Vec::new();
     for _ in 0..rounds {
-        let mut kinds = FaultKind::ALL;
+        let mut kinds = kinds.to_vec();
         rng.shuffle(&mut kinds);
         for kind in kinds {
             let hold_ms = match kind {
@@ -136,6 +166,13 @@ pub fn generate(seed: u64, rounds: usize, pause_min: Duration) -> Vec<Fault> {
                 jitter: Duration::from_millis(rng.between(0, 100)),
                 loss_percent: rng.between(10, 40),
                 settle: Duration::from_millis(rng.between(500, 2_000)),
+                // Half the power cuts tear the last write, anywhere in its first 8 KiB. (Drawn
+                // for power cuts only, so the other kinds' schedules stay as they were.)
+                torn: if FaultKind::POWER_CUTS.contains(&kind) && rng.between(0, 1) == 1 {
+                    Some(rng.between(1, 8_192) as usize)
+                } else {
+                    None
+                },
             });
         }
     }
@@ -148,14 +185,20 @@ mod tests {
 
     #[test]
     fn a_seed_replays_the_same_schedule_and_covers_every_kind() {
-        let a = generate(42, 2, Duration::from_secs(2));
-        let b = generate(42, 2, Duration::from_secs(2));
+        let pause = Duration::from_secs(2);
+        let a = generate(42, 2, pause, &FaultKind::ALL);
+        let b = generate(42, 2, pause, &FaultKind::ALL);
         let text = |s: &[Fault]| s.iter().map(|f| f.to_string()).collect::<Vec<_>>();
         assert_eq!(text(&a), text(&b));
-        assert_ne!(text(&a), text(&generate(43, 2, Duration::from_secs(2))));
+        assert_ne!(text(&a), text(&generate(43, 2, pause, &FaultKind::ALL)));
         let mut kinds: Vec<FaultKind> = a[..FaultKind::ALL.len()].iter().map(|f| f.kind).collect();
         kinds.sort();
         assert_eq!(kinds, FaultKind::ALL);
+        let cuts = generate(42, 25, pause, &FaultKind::POWER_CUTS);
+        assert_eq!(cuts.len(), 100);
+        assert!(cuts.iter().all(|f| FaultKind::POWER_CUTS.contains(&f.kind)));
+        let torn = cuts.iter().filter(|f| f.torn.is_some()).count();
+        assert!((20..80).contains(&torn), "{torn} of 100 cuts torn");
         for fault in &a {
             if matches!(
                 fault.kind,

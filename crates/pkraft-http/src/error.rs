@@ -40,14 +40,23 @@ pub enum RelayError {
         reason: String,
         retry_after: Duration,
     },
-    /// 500: this node failed. The reason is logged, not sent.
+    /// 503: this node's storage or consensus failed (an I/O error, a full disk); the node stops
+    /// or refuses until it recovers, and another node can answer. Not acknowledged: a PUT may
+    /// still have committed, and retrying it is safe. The reason is logged, not sent.
+    #[error("this node's storage failed; retry on another node")]
+    StorageFailed(String),
+    /// 500: a bug on this node. The reason is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// Retry-After of [`RelayError::StorageFailed`]: another node answers at once; this one may
+/// come back after a restart.
+const STORAGE_FAILED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl From<StoreError> for RelayError {
     fn from(e: StoreError) -> Self {
-        RelayError::Internal(e.to_string())
+        RelayError::StorageFailed(e.to_string())
     }
 }
 
@@ -58,8 +67,8 @@ impl RelayError {
                 reason,
                 retry_after,
             },
-            PublishError::Fatal(reason) => RelayError::Internal(reason),
-            e @ PublishError::Replica(_) => RelayError::Internal(e.to_string()),
+            PublishError::Fatal(reason) => RelayError::StorageFailed(reason),
+            e @ PublishError::Replica(_) => RelayError::StorageFailed(e.to_string()),
         }
     }
 
@@ -87,7 +96,9 @@ impl RelayError {
             }
             RelayError::NotFound => StatusCode::NOT_FOUND,
             RelayError::Conflict => StatusCode::CONFLICT,
-            RelayError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RelayError::Unavailable { .. } | RelayError::StorageFailed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -101,10 +112,19 @@ impl IntoResponse for RelayError {
                 tracing::error!(%reason, "relay request failed");
                 "internal error".to_string()
             }
+            RelayError::StorageFailed(reason) => {
+                tracing::error!(%reason, "relay request failed: storage");
+                self.to_string()
+            }
             other => other.to_string(),
         };
         let mut response = (status, body).into_response();
-        if let RelayError::Unavailable { retry_after, .. } = self {
+        let retry_after = match self {
+            RelayError::Unavailable { retry_after, .. } => Some(retry_after),
+            RelayError::StorageFailed(_) => Some(STORAGE_FAILED_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             // Whole seconds, at least 1 (RFC 9110 delay-seconds).
             let secs = retry_after.as_secs().max(1);
             response
@@ -143,16 +163,30 @@ mod tests {
 
     #[tokio::test]
     async fn internal_errors_do_not_leak_details() {
-        let error = RelayError::from_publish(
-            PublishError::Fatal("disk /dev/sda1 failed".into()),
-            Duration::ZERO,
-        );
-        let response = error.into_response();
+        let response = RelayError::Internal("invariant broken at /src/x.rs".into()).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = axum::body::to_bytes(response.into_body(), 1024)
             .await
             .expect("body");
         assert_eq!(&body[..], b"internal error");
+    }
+
+    /// A storage failure (the chaos harness's power cuts: the disk fails before the process
+    /// dies) is 503 + Retry-After, as for any node that cannot commit: the client retries on
+    /// another node. The detail is logged, not sent.
+    #[tokio::test]
+    async fn storage_failures_are_503_without_details() {
+        let error = RelayError::from_publish(
+            PublishError::Fatal("disk /dev/sda1 failed".into()),
+            Duration::ZERO,
+        );
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .expect("body");
+        assert!(!String::from_utf8_lossy(&body).contains("sda1"));
     }
 
     #[test]

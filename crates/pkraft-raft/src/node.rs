@@ -198,6 +198,10 @@ impl Node {
             .with_metrics(metrics.clone())
             .with_build_times(build_times.clone())
             .with_dht_outbox(dht_outbox.clone());
+        sync_layout(data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
 
         let pristine = log_store.is_pristine()?;
         if pristine && store.applied_state()?.is_some() {
@@ -432,6 +436,22 @@ fn write_clean_stop_marker(data_dir: &Path) -> std::io::Result<()> {
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// Makes the names of the data dir, its subdirectories and the files the stores created durable.
+/// Neither `create_dir_all` nor redb fsyncs a directory, so after a power cut a new node's
+/// `state.redb`, `raft-log/` or `snapshot/` (and with them entries it had acknowledged) could be
+/// gone, on a file system that keeps only what was fsynced (the lossy-disk test found it).
+/// Later files (log segments, snapshots, the clean-stop marker) fsync their directory themselves.
+fn sync_layout(data_dir: &Path) -> std::io::Result<()> {
+    sync_dir(&data_dir.join(LOG_DIR))?;
+    sync_dir(&data_dir.join(SNAPSHOT_DIR))?;
+    sync_dir(data_dir)?;
+    // The data dir's own name, if this start created it.
+    match data_dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
+        _ => sync_dir(Path::new(".")),
+    }
 }
 
 /// After a restart, waits until the entries this node's log already holds are applied, so that

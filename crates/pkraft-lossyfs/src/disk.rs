@@ -1,0 +1,953 @@
+//! The disk model: what the programs on the mount see, and what a power cut leaves.
+//!
+//! Two layers, as in LazyFS:
+//! - **durable**: each file's content as of its last fsync, kept in a backing file named by its
+//!   inode number; each directory's entries as of its last fsync, kept in memory;
+//! - **volatile**: each file's writes since then ([`Extents`], in memory, with its current length
+//!   and how far a truncation reached into the durable content), and each directory's current
+//!   entries.
+//!
+//! Reads see the volatile layer over the durable one. `fsync` of a file moves its volatile bytes
+//! to its backing file; `fsync` of a directory makes its current entries durable (nothing else
+//! does: a file created, renamed or unlinked without a directory fsync is undone by a cut, like
+//! on a file system that promises only what POSIX does). A cut drops the volatile layer
+//! everywhere: every file goes back to its durable content and every directory to its durable
+//! entries, and files and directories no durable entry reaches are gone.
+//!
+//! This model has no FUSE in it (`fs.rs` adapts it), so it is tested without a mount.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use fuser::{Errno, FileAttr, FileType, INodeNo};
+
+use crate::extents::Extents;
+
+/// How a power cut treats the last write that was not synced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Every unsynced byte is lost.
+    Clean,
+    /// A torn write: the first `keep` bytes of the last unsynced write (if its file still holds
+    /// them unsynced) reach the disk; everything else unsynced is lost.
+    TornLastWrite { keep: usize },
+}
+
+/// What a cut dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CutReport {
+    /// Unsynced file bytes dropped.
+    pub dropped_bytes: u64,
+    /// Files and directories gone because no durable directory entry reached them.
+    pub dropped_entries: usize,
+    /// Bytes of the torn write that were kept.
+    pub torn_bytes: usize,
+}
+
+/// Faults the disk answers with, on command.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Faults {
+    /// Every fsync fails with EIO, and the unsynced data of its file is lost (as Linux marks the
+    /// pages clean after a failed writeback: a later fsync succeeds without writing them).
+    pub(crate) fsync_fails: bool,
+    /// Writes that would grow a file, and creating entries, fail with ENOSPC.
+    pub(crate) full: bool,
+}
+
+#[derive(Debug)]
+struct Node {
+    kind: Kind,
+    perm: u16,
+    uid: u32,
+    gid: u32,
+    mtime: SystemTime,
+    ctime: SystemTime,
+    /// Open handles: a file unlinked while open stays readable until its last release.
+    open: u32,
+}
+
+#[derive(Debug)]
+enum Kind {
+    File(FileData),
+    Dir(DirEntries),
+}
+
+#[derive(Debug)]
+struct FileData {
+    /// The backing file's length (the content as of the last fsync).
+    durable_len: u64,
+    /// Durable bytes at or beyond this offset are hidden (a truncation since the last fsync).
+    durable_visible: u64,
+    /// The length programs see.
+    len: u64,
+    unsynced: Extents,
+    /// The durable content: `backing_dir/<inode number>`.
+    backing: File,
+}
+
+#[derive(Debug, Default)]
+struct DirEntries {
+    current: BTreeMap<OsString, u64>,
+    durable: BTreeMap<OsString, u64>,
+    parent: u64,
+}
+
+/// The last write, for a torn cut.
+#[derive(Debug, Clone, Copy)]
+struct LastWrite {
+    ino: u64,
+    offset: u64,
+    len: usize,
+}
+
+/// Attributes set by `setattr` (`None` leaves one as it is).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct SetAttr {
+    pub(crate) mode: Option<u32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) size: Option<u64>,
+    pub(crate) mtime: Option<SystemTime>,
+}
+
+pub(crate) const ROOT: u64 = 1;
+
+#[derive(Debug)]
+pub(crate) struct Disk {
+    nodes: HashMap<u64, Node>,
+    next_ino: u64,
+    backing_dir: PathBuf,
+    /// Between a cut and the next power-on every operation fails with EIO, so nothing a dying
+    /// process still sends lands after the cut.
+    powered: bool,
+    pub(crate) faults: Faults,
+    last_write: Option<LastWrite>,
+    /// A cut that happens at the next fsync, in place of it (see [`Disk::arm_cut`]).
+    armed: Option<Cut>,
+    /// What the last armed cut dropped, once it has happened.
+    pub(crate) armed_report: Option<CutReport>,
+}
+
+type Result<T> = std::result::Result<T, Errno>;
+
+impl Disk {
+    /// An empty disk whose durable file content lives in `backing_dir` (an empty directory).
+    pub(crate) fn new(backing_dir: PathBuf) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node::new(
+                Kind::Dir(DirEntries {
+                    parent: ROOT,
+                    ..DirEntries::default()
+                }),
+                0o755,
+                0,
+                0,
+            ),
+        );
+        Disk {
+            nodes,
+            next_ino: ROOT + 1,
+            backing_dir,
+            powered: true,
+            faults: Faults::default(),
+            last_write: None,
+            armed: None,
+            armed_report: None,
+        }
+    }
+
+    fn powered(&self) -> Result<()> {
+        if self.powered {
+            Ok(())
+        } else {
+            Err(Errno::EIO)
+        }
+    }
+
+    fn node(&self, ino: u64) -> Result<&Node> {
+        self.nodes.get(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn node_mut(&mut self, ino: u64) -> Result<&mut Node> {
+        self.nodes.get_mut(&ino).ok_or(Errno::ENOENT)
+    }
+
+    fn dir(&self, ino: u64) -> Result<&DirEntries> {
+        match &self.node(ino)?.kind {
+            Kind::Dir(dir) => Ok(dir),
+            Kind::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn dir_mut(&mut self, ino: u64) -> Result<&mut DirEntries> {
+        match &mut self.node_mut(ino)?.kind {
+            Kind::Dir(dir) => Ok(dir),
+            Kind::File(_) => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn file_mut(&mut self, ino: u64) -> Result<&mut FileData> {
+        match &mut self.node_mut(ino)?.kind {
+            Kind::File(file) => Ok(file),
+            Kind::Dir(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    pub(crate) fn attr(&self, ino: u64) -> Result<FileAttr> {
+        self.powered()?;
+        let node = self.node(ino)?;
+        let (kind, size, nlink) = match &node.kind {
+            Kind::File(file) => (FileType::RegularFile, file.len, 1),
+            Kind::Dir(dir) => (FileType::Directory, 0, 2 + dir.subdirs(self)),
+        };
+        Ok(FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: node.mtime,
+            mtime: node.mtime,
+            ctime: node.ctime,
+            crtime: SystemTime::UNIX_EPOCH,
+            kind,
+            perm: node.perm,
+            nlink,
+            uid: node.uid,
+            gid: node.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        })
+    }
+
+    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
+        self.powered()?;
+        let ino = *self.dir(parent)?.current.get(name).ok_or(Errno::ENOENT)?;
+        self.attr(ino)
+    }
+
+    /// A new file or directory named `name` in `parent` (not durable until `parent` is synced).
+    pub(crate) fn create(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        directory: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    ) -> Result<FileAttr> {
+        self.powered()?;
+        if self.faults.full {
+            return Err(Errno::ENOSPC);
+        }
+        if self.dir(parent)?.current.contains_key(name) {
+            return Err(Errno::EEXIST);
+        }
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let kind = if directory {
+            Kind::Dir(DirEntries {
+                parent,
+                ..DirEntries::default()
+            })
+        } else {
+            let backing = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(self.backing_dir.join(ino.to_string()))
+                .map_err(Errno::from)?;
+            Kind::File(FileData {
+                durable_len: 0,
+                durable_visible: 0,
+                len: 0,
+                unsynced: Extents::default(),
+                backing,
+            })
+        };
+        self.nodes
+            .insert(ino, Node::new(kind, (mode & 0o7777) as u16, uid, gid));
+        self.dir_mut(parent)?.current.insert(name.to_owned(), ino);
+        self.touch(parent);
+        self.attr(ino)
+    }
+
+    /// Removes `name` from `parent`: a file (`directory` false) or an empty directory.
+    pub(crate) fn remove(&mut self, parent: u64, name: &OsStr, directory: bool) -> Result<()> {
+        self.powered()?;
+        let ino = *self.dir(parent)?.current.get(name).ok_or(Errno::ENOENT)?;
+        match (&self.node(ino)?.kind, directory) {
+            (Kind::Dir(dir), true) if !dir.current.is_empty() => return Err(Errno::ENOTEMPTY),
+            (Kind::Dir(_), false) => return Err(Errno::EISDIR),
+            (Kind::File(_), true) => return Err(Errno::ENOTDIR),
+            _ => {}
+        }
+        self.dir_mut(parent)?.current.remove(name);
+        self.touch(parent);
+        Ok(())
+    }
+
+    /// `rename(2)`; with `no_replace`, an existing target is EEXIST (`RENAME_NOREPLACE`).
+    pub(crate) fn rename(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        no_replace: bool,
+    ) -> Result<()> {
+        self.powered()?;
+        let ino = *self.dir(parent)?.current.get(name).ok_or(Errno::ENOENT)?;
+        self.dir(new_parent)?;
+        let moving_dir = matches!(self.node(ino)?.kind, Kind::Dir(_));
+        if moving_dir && self.is_ancestor(ino, new_parent) {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(&target) = self.dir(new_parent)?.current.get(new_name) {
+            if target == ino {
+                return Ok(());
+            }
+            if no_replace {
+                return Err(Errno::EEXIST);
+            }
+            match (&self.node(target)?.kind, moving_dir) {
+                (Kind::Dir(dir), true) if !dir.current.is_empty() => {
+                    return Err(Errno::ENOTEMPTY);
+                }
+                (Kind::Dir(_), false) => return Err(Errno::EISDIR),
+                (Kind::File(_), true) => return Err(Errno::ENOTDIR),
+                _ => {}
+            }
+        }
+        self.dir_mut(parent)?.current.remove(name);
+        self.dir_mut(new_parent)?
+            .current
+            .insert(new_name.to_owned(), ino);
+        if moving_dir {
+            self.dir_mut(ino)?.parent = new_parent;
+        }
+        self.touch(parent);
+        self.touch(new_parent);
+        Ok(())
+    }
+
+    /// Whether `ancestor` is `ino` or above it in the current tree.
+    fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match self.dir(ino) {
+                Ok(dir) if dir.parent != ino => ino = dir.parent,
+                _ => return false,
+            }
+        }
+    }
+
+    pub(crate) fn entries(&self, dir_ino: u64) -> Result<Vec<(u64, FileType, OsString)>> {
+        self.powered()?;
+        let dir = self.dir(dir_ino)?;
+        let mut entries = vec![
+            (dir_ino, FileType::Directory, OsString::from(".")),
+            (dir.parent, FileType::Directory, OsString::from("..")),
+        ];
+        for (name, ino) in &dir.current {
+            let kind = match self.node(*ino)?.kind {
+                Kind::Dir(_) => FileType::Directory,
+                Kind::File(_) => FileType::RegularFile,
+            };
+            entries.push((*ino, kind, name.clone()));
+        }
+        Ok(entries)
+    }
+
+    pub(crate) fn open(&mut self, ino: u64) -> Result<()> {
+        self.powered()?;
+        self.node_mut(ino)?.open += 1;
+        Ok(())
+    }
+
+    /// Always succeeds, powered or not: the kernel releases handles of a killed process.
+    pub(crate) fn release(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.open = node.open.saturating_sub(1);
+        }
+    }
+
+    pub(crate) fn read(&mut self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        self.powered()?;
+        let file = self.file_mut(ino)?;
+        let end = file.len.min(offset.saturating_add(u64::from(size)));
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        let durable_end = file.durable_len.min(file.durable_visible).min(end);
+        if offset < durable_end {
+            let backing = &file.backing;
+            let part = &mut buf[..(durable_end - offset) as usize];
+            backing.read_exact_at(part, offset).map_err(Errno::from)?;
+        }
+        file.unsynced.overlay(offset, &mut buf);
+        Ok(buf)
+    }
+
+    pub(crate) fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.powered()?;
+        let full = self.faults.full;
+        let file = self.file_mut(ino)?;
+        let end = offset.saturating_add(data.len() as u64);
+        if full && end > file.len {
+            return Err(Errno::ENOSPC);
+        }
+        file.unsynced.write(offset, data);
+        file.len = file.len.max(end);
+        self.last_write = Some(LastWrite {
+            ino,
+            offset,
+            len: data.len(),
+        });
+        self.touch(ino);
+        u32::try_from(data.len()).map_err(|_| Errno::EINVAL)
+    }
+
+    pub(crate) fn setattr(&mut self, ino: u64, set: SetAttr) -> Result<FileAttr> {
+        self.powered()?;
+        if let Some(size) = set.size {
+            let full = self.faults.full;
+            let file = self.file_mut(ino)?;
+            if full && size > file.len {
+                return Err(Errno::ENOSPC);
+            }
+            file.truncate(size);
+        }
+        let node = self.node_mut(ino)?;
+        if let Some(mode) = set.mode {
+            node.perm = (mode & 0o7777) as u16;
+        }
+        if let Some(uid) = set.uid {
+            node.uid = uid;
+        }
+        if let Some(gid) = set.gid {
+            node.gid = gid;
+        }
+        if let Some(mtime) = set.mtime {
+            node.mtime = mtime;
+        }
+        node.ctime = SystemTime::now();
+        self.attr(ino)
+    }
+
+    /// `fallocate` mode 0: the file is at least `offset + len` long.
+    pub(crate) fn allocate(&mut self, ino: u64, offset: u64, len: u64) -> Result<()> {
+        self.powered()?;
+        let full = self.faults.full;
+        let file = self.file_mut(ino)?;
+        let end = offset.saturating_add(len);
+        if end > file.len {
+            if full {
+                return Err(Errno::ENOSPC);
+            }
+            file.len = end;
+        }
+        Ok(())
+    }
+
+    /// Makes the file's content durable; a directory's entries (`fsync` of a directory).
+    pub(crate) fn sync(&mut self, ino: u64) -> Result<()> {
+        self.powered()?;
+        if let Some(cut) = self.armed.take() {
+            self.armed_report = Some(self.cut(cut));
+            return Err(Errno::EIO);
+        }
+        let fails = self.faults.fsync_fails;
+        match &mut self.node_mut(ino)?.kind {
+            Kind::File(file) if fails => {
+                file.drop_unsynced();
+                Err(Errno::EIO)
+            }
+            Kind::File(file) => file.sync(),
+            Kind::Dir(_) if fails => Err(Errno::EIO),
+            Kind::Dir(dir) => {
+                dir.durable = dir.current.clone();
+                self.collect_garbage();
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes written and not yet synced, on every file.
+    pub(crate) fn unsynced_bytes(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|node| match &node.kind {
+                Kind::File(file) => file.unsynced.bytes(),
+                Kind::Dir(_) => 0,
+            })
+            .sum()
+    }
+
+    /// A power cut: everything not synced is dropped (see [`Cut`]), and every operation fails
+    /// with EIO until [`Disk::power_on`].
+    pub(crate) fn cut(&mut self, cut: Cut) -> CutReport {
+        let mut report = CutReport::default();
+        if let (Cut::TornLastWrite { keep }, Some(last)) = (cut, self.last_write)
+            && let Some(Node {
+                kind: Kind::File(file),
+                ..
+            }) = self.nodes.get_mut(&last.ino)
+        {
+            report.torn_bytes = file.keep_torn(last, keep).unwrap_or(0);
+        }
+        self.last_write = None;
+        for node in self.nodes.values_mut() {
+            match &mut node.kind {
+                Kind::File(file) => report.dropped_bytes += file.drop_unsynced(),
+                Kind::Dir(dir) => dir.current = dir.durable.clone(),
+            }
+            node.open = 0;
+        }
+        // Parents as the durable tree has them.
+        let links: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter_map(|(ino, node)| match &node.kind {
+                Kind::Dir(dir) => Some(dir.current.values().map(move |child| (*child, *ino))),
+                Kind::File(_) => None,
+            })
+            .flatten()
+            .collect();
+        for (child, parent) in links {
+            if let Ok(dir) = self.dir_mut(child) {
+                dir.parent = parent;
+            }
+        }
+        report.dropped_entries = self.collect_garbage();
+        self.powered = false;
+        report
+    }
+
+    pub(crate) fn power_on(&mut self) {
+        self.powered = true;
+    }
+
+    /// Arms a cut for the worst moment: the next fsync (of any file or directory) does not
+    /// happen, and the cut does instead, so the data that fsync was for is lost unless the cut
+    /// tears it. A program that writes and then fsyncs always has something unsynced then.
+    pub(crate) fn arm_cut(&mut self, cut: Cut) {
+        self.armed = Some(cut);
+        self.armed_report = None;
+    }
+
+    /// Cuts now unless the armed cut already happened; either way the power is off after it.
+    /// Returns what the cut dropped.
+    pub(crate) fn cut_armed_or_now(&mut self) -> CutReport {
+        match (self.armed.take(), self.armed_report.take()) {
+            (_, Some(report)) => report,
+            (Some(cut), None) => self.cut(cut),
+            (None, None) => self.cut(Cut::Clean),
+        }
+    }
+
+    /// Removes the nodes that no directory entry, durable or current, reaches and that no
+    /// handle holds open, with their backing files. Returns how many.
+    fn collect_garbage(&mut self) -> usize {
+        let mut reached = HashSet::from([ROOT]);
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            if let Some(Node {
+                kind: Kind::Dir(dir),
+                ..
+            }) = self.nodes.get(&ino)
+            {
+                for child in dir.current.values().chain(dir.durable.values()) {
+                    if reached.insert(*child) {
+                        stack.push(*child);
+                    }
+                }
+            }
+        }
+        let gone: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|(ino, node)| !reached.contains(ino) && node.open == 0)
+            .map(|(ino, _)| *ino)
+            .collect();
+        for ino in &gone {
+            if let Some(Node {
+                kind: Kind::File(_),
+                ..
+            }) = self.nodes.remove(ino)
+            {
+                // Its content is gone with it (nothing reaches it); a failure only leaves a
+                // file behind in the backing dir.
+                let _ = std::fs::remove_file(self.backing_dir.join(ino.to_string()));
+            }
+        }
+        gone.len()
+    }
+
+    fn touch(&mut self, ino: u64) {
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            let now = SystemTime::now();
+            node.mtime = now;
+            node.ctime = now;
+        }
+    }
+}
+
+impl Node {
+    fn new(kind: Kind, perm: u16, uid: u32, gid: u32) -> Self {
+        let now = SystemTime::now();
+        Node {
+            kind,
+            perm,
+            uid,
+            gid,
+            mtime: now,
+            ctime: now,
+            open: 0,
+        }
+    }
+}
+
+impl DirEntries {
+    fn subdirs(&self, disk: &Disk) -> u32 {
+        let count = self
+            .current
+            .values()
+            .filter(|ino| matches!(disk.nodes.get(ino).map(|n| &n.kind), Some(Kind::Dir(_))))
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+}
+
+impl FileData {
+    fn truncate(&mut self, len: u64) {
+        self.unsynced.truncate(len);
+        self.durable_visible = self.durable_visible.min(len);
+        self.len = len;
+    }
+
+    /// Writes the unsynced bytes to the backing file.
+    fn sync(&mut self) -> Result<()> {
+        let backing = &self.backing;
+        let visible = self.durable_visible.min(self.durable_len);
+        if visible < self.durable_len {
+            backing.set_len(visible).map_err(Errno::from)?;
+        }
+        for (offset, bytes) in self.unsynced.iter() {
+            backing.write_all_at(bytes, offset).map_err(Errno::from)?;
+        }
+        backing.set_len(self.len).map_err(Errno::from)?;
+        self.unsynced.clear();
+        self.durable_len = self.len;
+        self.durable_visible = self.len;
+        Ok(())
+    }
+
+    /// Back to the durable content; returns the bytes dropped.
+    fn drop_unsynced(&mut self) -> u64 {
+        let dropped = self.unsynced.bytes();
+        self.unsynced.clear();
+        self.len = self.durable_len;
+        self.durable_visible = self.durable_len;
+        dropped
+    }
+
+    /// Writes the first `keep` bytes of `last` to the backing file if they are still unsynced.
+    fn keep_torn(&mut self, last: LastWrite, keep: usize) -> Option<usize> {
+        let keep = keep.min(last.len);
+        let prefix = self.unsynced.get(last.offset, keep)?.to_vec();
+        self.backing.write_all_at(&prefix, last.offset).ok()?;
+        let end = last.offset + keep as u64;
+        if end > self.durable_len {
+            self.durable_len = end;
+        }
+        Some(keep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        disk: Disk,
+        _dir: tempfile::TempDir,
+    }
+
+    fn disk() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Fixture {
+            disk: Disk::new(dir.path().to_path_buf()),
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        fn create(&mut self, parent: u64, name: &str) -> u64 {
+            let attr = self
+                .disk
+                .create(parent, OsStr::new(name), false, 0o644, 0, 0)
+                .expect("create");
+            attr.ino.0
+        }
+
+        fn mkdir(&mut self, parent: u64, name: &str) -> u64 {
+            let attr = self
+                .disk
+                .create(parent, OsStr::new(name), true, 0o755, 0, 0)
+                .expect("mkdir");
+            attr.ino.0
+        }
+
+        fn read_all(&mut self, ino: u64) -> Vec<u8> {
+            self.disk.read(ino, 0, 1 << 20).expect("read")
+        }
+
+        fn find(&self, parent: u64, name: &str) -> Option<u64> {
+            self.disk
+                .lookup(parent, OsStr::new(name))
+                .ok()
+                .map(|a| a.ino.0)
+        }
+
+        fn cut(&mut self, cut: Cut) -> CutReport {
+            let report = self.disk.cut(cut);
+            self.disk.power_on();
+            report
+        }
+    }
+
+    #[test]
+    fn unsynced_writes_are_gone_after_a_cut_and_synced_ones_stay() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "a");
+        f.disk.sync(ROOT).expect("dir sync");
+        f.disk.write(ino, 0, b"durable").expect("write");
+        f.disk.sync(ino).expect("sync");
+        f.disk.write(ino, 7, b" and lost").expect("write");
+        f.disk.write(ino, 0, b"D").expect("write");
+        assert_eq!(f.read_all(ino), b"Durable and lost");
+        let report = f.cut(Cut::Clean);
+        assert_eq!(report.dropped_bytes, 10);
+        assert_eq!(f.read_all(ino), b"durable");
+        assert_eq!(f.disk.attr(ino).expect("attr").size, 7);
+    }
+
+    #[test]
+    fn a_new_file_needs_its_directory_synced() {
+        let mut f = disk();
+        let synced = f.create(ROOT, "synced");
+        f.disk.write(synced, 0, b"x").expect("write");
+        f.disk.sync(synced).expect("sync");
+        f.disk.sync(ROOT).expect("dir sync");
+        let unlinked = f.create(ROOT, "file-only");
+        f.disk.write(unlinked, 0, b"y").expect("write");
+        f.disk.sync(unlinked).expect("file sync, not the directory");
+        let report = f.cut(Cut::Clean);
+        assert_eq!(f.find(ROOT, "synced"), Some(synced));
+        assert_eq!(f.find(ROOT, "file-only"), None);
+        assert_eq!(report.dropped_entries, 1);
+        assert!(f.disk.attr(unlinked).is_err(), "the inode is gone too");
+    }
+
+    #[test]
+    fn a_rename_without_a_directory_sync_is_undone() {
+        let mut f = disk();
+        let old = f.create(ROOT, "current");
+        f.disk.write(old, 0, b"old").expect("write");
+        f.disk.sync(old).expect("sync");
+        f.disk.sync(ROOT).expect("dir sync");
+        // The atomic-replace pattern without its last step (the directory fsync).
+        let new = f.create(ROOT, "current.tmp");
+        f.disk.write(new, 0, b"new").expect("write");
+        f.disk.sync(new).expect("sync");
+        f.disk
+            .rename(
+                ROOT,
+                OsStr::new("current.tmp"),
+                ROOT,
+                OsStr::new("current"),
+                false,
+            )
+            .expect("rename");
+        let found = f.find(ROOT, "current").expect("current");
+        assert_eq!(f.read_all(found), b"new");
+        f.cut(Cut::Clean);
+        let found = f.find(ROOT, "current").expect("current");
+        assert_eq!(f.read_all(found), b"old");
+        assert_eq!(f.find(ROOT, "current.tmp"), None);
+
+        // With the directory fsync it survives.
+        let new = f.create(ROOT, "current.tmp");
+        f.disk.write(new, 0, b"new").expect("write");
+        f.disk.sync(new).expect("sync");
+        f.disk
+            .rename(
+                ROOT,
+                OsStr::new("current.tmp"),
+                ROOT,
+                OsStr::new("current"),
+                false,
+            )
+            .expect("rename");
+        f.disk.sync(ROOT).expect("dir sync");
+        f.cut(Cut::Clean);
+        let found = f.find(ROOT, "current").expect("current");
+        assert_eq!(f.read_all(found), b"new");
+    }
+
+    #[test]
+    fn an_unlink_without_a_directory_sync_is_undone() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "segment");
+        f.disk.write(ino, 0, b"entries").expect("write");
+        f.disk.sync(ino).expect("sync");
+        f.disk.sync(ROOT).expect("dir sync");
+        f.disk
+            .remove(ROOT, OsStr::new("segment"), false)
+            .expect("unlink");
+        assert_eq!(f.find(ROOT, "segment"), None);
+        f.cut(Cut::Clean);
+        let back = f.find(ROOT, "segment").expect("back after the cut");
+        assert_eq!(f.read_all(back), b"entries");
+    }
+
+    #[test]
+    fn a_directory_created_without_syncing_its_parent_is_gone_with_its_files() {
+        let mut f = disk();
+        let dir = f.mkdir(ROOT, "raft-log");
+        let file = f.create(dir, "meta");
+        f.disk.write(file, 0, b"m").expect("write");
+        f.disk.sync(file).expect("sync");
+        f.disk.sync(dir).expect("sync the new dir, not its parent");
+        let report = f.cut(Cut::Clean);
+        assert_eq!(f.find(ROOT, "raft-log"), None);
+        assert_eq!(report.dropped_entries, 2);
+    }
+
+    #[test]
+    fn a_torn_cut_keeps_a_prefix_of_the_last_write() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "log");
+        f.disk.sync(ROOT).expect("dir sync");
+        f.disk.write(ino, 0, b"head").expect("write");
+        f.disk.sync(ino).expect("sync");
+        f.disk.write(ino, 4, b"-record-one").expect("write");
+        let report = f.cut(Cut::TornLastWrite { keep: 4 });
+        assert_eq!(report.torn_bytes, 4);
+        assert_eq!(f.read_all(ino), b"head-rec");
+    }
+
+    #[test]
+    fn truncation_hides_durable_bytes_until_a_cut_brings_them_back() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "f");
+        f.disk.sync(ROOT).expect("dir sync");
+        f.disk.write(ino, 0, b"0123456789").expect("write");
+        f.disk.sync(ino).expect("sync");
+        let shrink = SetAttr {
+            size: Some(2),
+            ..SetAttr::default()
+        };
+        f.disk.setattr(ino, shrink).expect("truncate");
+        let grow = SetAttr {
+            size: Some(6),
+            ..SetAttr::default()
+        };
+        f.disk.setattr(ino, grow).expect("extend");
+        assert_eq!(f.read_all(ino), b"01\0\0\0\0");
+        f.cut(Cut::Clean);
+        assert_eq!(f.read_all(ino), b"0123456789");
+        // Synced, the truncation is what the backing file holds.
+        f.disk.setattr(ino, shrink).expect("truncate");
+        f.disk.write(ino, 4, b"xy").expect("write");
+        f.disk.sync(ino).expect("sync");
+        f.cut(Cut::Clean);
+        assert_eq!(f.read_all(ino), b"01\0\0xy");
+    }
+
+    #[test]
+    fn a_failed_fsync_reports_eio_and_loses_the_data() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "f");
+        f.disk.write(ino, 0, b"abc").expect("write");
+        f.disk.faults.fsync_fails = true;
+        assert_eq!(f.disk.sync(ino), Err(Errno::EIO));
+        f.disk.faults.fsync_fails = false;
+        // The next fsync succeeds and the data it would have kept is gone.
+        f.disk.sync(ino).expect("sync");
+        assert_eq!(f.read_all(ino), b"");
+    }
+
+    #[test]
+    fn a_full_disk_refuses_growth_but_not_overwrites() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "f");
+        f.disk.write(ino, 0, b"abcd").expect("write");
+        f.disk.faults.full = true;
+        assert_eq!(f.disk.write(ino, 2, b"XYZ"), Err(Errno::ENOSPC));
+        assert_eq!(f.disk.write(ino, 1, b"XY"), Ok(2));
+        assert!(
+            f.disk
+                .create(ROOT, OsStr::new("g"), false, 0o644, 0, 0)
+                .is_err()
+        );
+        f.disk.faults.full = false;
+        assert_eq!(f.disk.write(ino, 2, b"XYZ"), Ok(3));
+        assert_eq!(f.read_all(ino), b"aXXYZ");
+    }
+
+    #[test]
+    fn between_a_cut_and_power_on_everything_fails() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "f");
+        f.disk.cut(Cut::Clean);
+        assert_eq!(f.disk.lookup(ROOT, OsStr::new("f")), Err(Errno::EIO));
+        assert_eq!(f.disk.write(ino, 0, b"late"), Err(Errno::EIO));
+        f.disk.power_on();
+        assert_eq!(f.find(ROOT, "f"), None);
+    }
+
+    #[test]
+    fn an_armed_cut_happens_at_the_next_fsync_instead_of_it() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "log");
+        f.disk.sync(ROOT).expect("dir sync");
+        f.disk.write(ino, 0, b"entry-1").expect("write");
+        f.disk.sync(ino).expect("sync");
+        f.disk.arm_cut(Cut::TornLastWrite { keep: 3 });
+        f.disk.write(ino, 7, b"entry-2").expect("writes still land");
+        assert_eq!(f.disk.sync(ino), Err(Errno::EIO));
+        assert_eq!(
+            f.disk.write(ino, 14, b"late"),
+            Err(Errno::EIO),
+            "powered off"
+        );
+        let report = f.disk.cut_armed_or_now();
+        assert_eq!((report.dropped_bytes, report.torn_bytes), (7, 3));
+        f.disk.power_on();
+        assert_eq!(f.read_all(ino), b"entry-1ent");
+    }
+
+    #[test]
+    fn renaming_a_directory_into_itself_is_refused() {
+        let mut f = disk();
+        let a = f.mkdir(ROOT, "a");
+        f.mkdir(a, "b");
+        let b = f.find(a, "b").expect("b");
+        assert_eq!(
+            f.disk
+                .rename(ROOT, OsStr::new("a"), b, OsStr::new("a"), false),
+            Err(Errno::EINVAL)
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! Goal: a node that loses power comes back with everything it acknowledged. A SIGKILL keeps
+//! the kernel's page cache, so `durability.rs` cannot tell a missing fsync; these tests can.
+//! Method: the real binary with its data dir on a lossy disk (pkraft-lossyfs, a FUSE file
+//! system that drops every write and directory entry not fsynced at a power cut, and can tear
+//! the last write). PUT → 204, cut the power (drop, then SIGKILL), power on, restart: every
+//! acknowledged packet is served, over and over, with new PUTs between cuts.
+//! Needs root and /dev/fuse (CI has both): without them each test prints SKIPPED and passes,
+//! unless PKRAFT_TEST_REQUIRE_FUSE is set, as `.ci/run` sets it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pkraft_lossyfs::{Cut, LossyDisk};
+use pkraft_testkit::pkarr::{Keypair, SignedPacket};
+use pkraft_testkit::{iroh_packet, keypair};
+
+use crate::dns_client::iroh_txt;
+use crate::harness::TestServer;
+
+/// A node on a lossy disk. The server is declared first so that it is dropped (killed) first:
+/// the disk can only be unmounted once nothing uses it.
+struct LossyNode {
+    server: TestServer,
+    disk: LossyDisk,
+}
+
+fn lossy_node(test: &str) -> Option<LossyNode> {
+    if let Err(why) = pkraft_lossyfs::available() {
+        assert!(
+            std::env::var_os("PKRAFT_TEST_REQUIRE_FUSE").is_none(),
+            "{test}: PKRAFT_TEST_REQUIRE_FUSE is set but FUSE is not available: {why}"
+        );
+        eprintln!("SKIPPED {test}: {why}");
+        return None;
+    }
+    let holder = tempfile::tempdir().expect("tempdir");
+    let mountpoint: PathBuf = holder.path().join("data");
+    let backing = holder.path().join("backing");
+    std::fs::create_dir(&mountpoint).expect("mountpoint");
+    std::fs::create_dir(&backing).expect("backing");
+    let disk = LossyDisk::mount(&mountpoint, &backing).expect("mount the lossy disk");
+    let server = TestServer::start_dev_at(holder, mountpoint);
+    Some(LossyNode { server, disk })
+}
+
+impl LossyNode {
+    /// Cuts the power (the disk drops what was not fsynced), kills the process, powers on and
+    /// restarts it.
+    fn power_cycle(&mut self, cut: Cut) {
+        self.disk.cut_power(cut);
+        self.server.kill();
+        self.disk.power_on();
+        self.server.restart();
+    }
+}
+
+fn addr(round: usize, i: usize) -> String {
+    format!("192.0.2.{}:{}", round + 1, 1000 + i)
+}
+
+/// Publishes `count` packets (keys from `first_seed`), `parallel` at a time so that some share a
+/// log entry; returns them with their address.
+async fn publish(
+    server: &TestServer,
+    round: usize,
+    first_seed: u64,
+    count: usize,
+    parallel: usize,
+) -> Vec<(Keypair, SignedPacket, String)> {
+    let mut published = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(parallel) {
+        let mut puts = tokio::task::JoinSet::new();
+        for &i in chunk {
+            let key = keypair(first_seed + i as u64);
+            let address = addr(round, i);
+            let packet = iroh_packet(&key, 1_000 * (round as u64 + 1) + i as u64, &[&address]);
+            let url = server.relay_url(&key);
+            let body = packet.to_relay_payload();
+            puts.spawn(async move {
+                let status = crate::harness::http_client()
+                    .put(url)
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16());
+                (key, packet, address, status)
+            });
+        }
+        for (key, packet, address, status) in puts.join_all().await {
+            assert_eq!(status.ok(), Some(204), "publish failed\n{}", server.log());
+            published.push((key, packet, address));
+        }
+    }
+    published
+}
+
+async fn assert_served(server: &TestServer, published: &[(Keypair, SignedPacket, String)]) {
+    for (i, (key, packet, address)) in published.iter().enumerate() {
+        let get = server.get(&server.relay_url(key)).await;
+        assert_eq!(
+            get.status(),
+            200,
+            "acknowledged packet {i} lost at a power cut\n{}",
+            server.log()
+        );
+        assert_eq!(get.bytes().await.expect("body"), packet.to_relay_payload());
+        assert_eq!(
+            iroh_txt(server.dns, key).await,
+            vec![format!("addr={address}")]
+        );
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_puts_survive_power_cuts_between_writes() {
+    let Some(mut node) = lossy_node("power cuts between writes") else {
+        return;
+    };
+    let cuts = [
+        Cut::Clean,
+        Cut::TornLastWrite { keep: 1 },
+        Cut::TornLastWrite { keep: 700 },
+    ];
+    // Each round overwrites the keys of the round before (a newer packet per key) and adds new
+    // ones; what must survive is every key's newest acknowledged packet.
+    let mut newest: Vec<(Keypair, SignedPacket, String)> = Vec::new();
+    for (round, cut) in cuts.into_iter().enumerate() {
+        let count = 20 + 10 * round;
+        let published = publish(&node.server, round, 500, count, 1 + round * 3).await;
+        for entry in published {
+            match newest
+                .iter_mut()
+                .find(|(k, ..)| k.public_key() == entry.0.public_key())
+            {
+                Some(slot) => *slot = entry,
+                None => newest.push(entry),
+            }
+        }
+        node.power_cycle(cut);
+        assert_served(&node.server, &newest).await;
+    }
+}
+
+/// Writers PUT newer and newer packets of their own keys until the power goes; every packet
+/// answered 204 must be served after the restart, or a newer one (a PUT whose answer the cut
+/// swallowed may have committed).
+#[tokio::test]
+async fn acknowledged_puts_survive_power_cuts_during_writes() {
+    let Some(mut node) = lossy_node("power cuts during writes") else {
+        return;
+    };
+    const WRITERS: u64 = 8;
+    const KEYS_PER_WRITER: u64 = 4;
+    // (the cut, ms after the round's first acknowledgement, whether it waits for the next
+    // fsync: the worst moment, with a write made and not yet synced)
+    let cuts = [
+        (Cut::Clean, 150, false),
+        (Cut::TornLastWrite { keep: 3 }, 400, true),
+        (Cut::Clean, 700, true),
+        (Cut::TornLastWrite { keep: 2_000 }, 250, false),
+        (Cut::TornLastWrite { keep: 40 }, 50, true),
+    ];
+    // key seed → newest acknowledged timestamp
+    let acknowledged = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut next_timestamp = 1_000u64;
+    let mut dropped_bytes = 0;
+    for (round, (cut, after_ms, at_fsync)) in cuts.into_iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..WRITERS {
+            let base = node.server.url("/pkarr/");
+            let (acknowledged, acks, stop) = (acknowledged.clone(), acks.clone(), stop.clone());
+            let first_timestamp = next_timestamp + writer * 1_000_000;
+            writers.spawn(async move {
+                let http = crate::harness::http_client();
+                let mut timestamp = first_timestamp;
+                while !stop.load(Ordering::Relaxed) && timestamp < first_timestamp + 1_000_000 {
+                    let seed = 900 + writer * KEYS_PER_WRITER + timestamp % KEYS_PER_WRITER;
+                    let key = keypair(seed);
+                    let packet = iroh_packet(&key, timestamp, &[&addr(round, seed as usize)]);
+                    let url = format!("{base}{}", key.public_key().to_z32());
+                    let sent = http.put(url).body(packet.to_relay_payload()).send().await;
+                    if sent.is_ok_and(|r| r.status() == 204) {
+                        acks.fetch_add(1, Ordering::Relaxed);
+                        let mut acked = acknowledged.lock().expect("lock");
+                        let newest = acked.entry(seed).or_default();
+                        *newest = (*newest).max(timestamp);
+                    }
+                    timestamp += 1;
+                }
+            });
+        }
+        // The cut comes `after_ms` after this round's first acknowledgement (waited for at
+        // most 10 s).
+        let acks_before = acks.load(Ordering::Relaxed);
+        for _ in 0..1_000 {
+            if acks.load(Ordering::Relaxed) > acks_before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        let report = if at_fsync {
+            node.disk.arm_cut(cut);
+            for _ in 0..500 {
+                if node.disk.armed_cut_happened() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            node.disk.cut_armed_or_now()
+        } else {
+            node.disk.cut_power(cut)
+        };
+        dropped_bytes += report.dropped_bytes;
+        node.server.kill();
+        stop.store(true, Ordering::Relaxed);
+        writers.join_all().await;
+        next_timestamp += WRITERS * 1_000_000;
+        node.disk.power_on();
+        node.server.restart();
+
+        let acked = acknowledged.lock().expect("lock").clone();
+        assert!(!acked.is_empty(), "round {round}: no PUT was acknowledged");
+        for (seed, timestamp) in acked {
+            let key = keypair(seed);
+            let get = node.server.get(&node.server.relay_url(&key)).await;
+            assert_eq!(
+                get.status(),
+                200,
+                "round {round}: key {seed} (acknowledged at {timestamp}) lost\n{}",
+                node.server.log()
+            );
+            let body = get.bytes().await.expect("body");
+            let served = relay_payload_timestamp(&body);
+            assert!(
+                served >= timestamp,
+                "round {round}: key {seed} went back from {timestamp} to {served}\n{}",
+                node.server.log()
+            );
+        }
+    }
+    eprintln!(
+        "power cuts during writes: {} PUTs acknowledged, {dropped_bytes} unsynced bytes dropped",
+        acks.load(Ordering::Relaxed)
+    );
+}
+
+/// The signed timestamp of a relay payload (`signature (64) ‖ timestamp (8, big-endian) ‖ …`).
+fn relay_payload_timestamp(payload: &[u8]) -> u64 {
+    let bytes: [u8; 8] = payload
+        .get(64..72)
+        .and_then(|b| b.try_into().ok())
+        .expect("a relay payload has a timestamp");
+    u64::from_be_bytes(bytes)
+}
