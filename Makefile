@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -138,7 +138,9 @@ fuzz-smoke:
 ## fault schedule (SIGKILL, SIGSTOP, partitions, lossy and slow links, membership changes,
 ## snapshots) and concurrent traffic; the history is checked for linearizability, durability,
 ## monotonic stale reads and convergence. SEED=n replays a schedule; RUNS (3), NODES (3 or 5) and
-## ROUNDS (3 rounds of every fault kind, about 4 minutes a run) size it.
+## ROUNDS (3 rounds of every fault kind, about 4 minutes a run) size it. POWER=1 puts the nodes'
+## data dirs on lossy disks and adds power cuts (root and /dev/fuse); POWER=only runs power cuts
+## alone.
 chaos:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-chaos
 	CHAOS_BIN_DIR=$(TARGET_DIR)/release tests/chaos/run.sh
@@ -149,14 +151,20 @@ chaos-smoke:
 	$(CARGO) test --workspace --locked --no-run
 	CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=1 ROUNDS=1 tests/chaos/run.sh
 
+## Power cuts on lossy disks (pkraft-lossyfs; root and /dev/fuse): two seeds of two rounds of
+## every power-cut kind on a 3-node cluster of the test build's binary (CI; about 2 minutes).
+chaos-power-smoke:
+	$(CARGO) test --workspace --locked --no-run
+	CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=2 ROUNDS=2 POWER=only tests/chaos/run.sh
+
 ## The benchmark harness with tiny counts, pkraft only, on the test build's binaries (CI).
 bench-smoke:
 	$(CARGO) test --workspace --locked --no-run
 	BENCH_BIN_DIR=$(TARGET_DIR)/debug tests/bench/run.sh smoke
 
 ## The CI gate (.ci/run): read-only checks, tests, the end-to-end checks, the deployment-file
-## checks, the benchmark smoke, the fuzz smoke, the chaos smoke.
-ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke
+## checks, the benchmark smoke, the fuzz smoke, the chaos smoke and the power-cut smoke.
+ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke
 
 release:
 	$(CARGO) build --release --locked -p pkraft

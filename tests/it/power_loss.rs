@@ -258,3 +258,42 @@ fn relay_payload_timestamp(payload: &[u8]) -> u64 {
         .expect("a relay payload has a timestamp");
     u64::from_be_bytes(bytes)
 }
+
+/// An fsync that fails (EIO) must stop the node: the data may be gone (Linux drops the pages'
+/// dirty state after a failed writeback, and the lossy disk drops the data), so going on would
+/// acknowledge what is not on disk. No PUT is acknowledged meanwhile; after a restart on a
+/// healthy disk every earlier acknowledged packet is served.
+#[tokio::test]
+async fn a_failed_fsync_stops_the_node_and_loses_nothing_acknowledged() {
+    let Some(mut node) = lossy_node("fsync eio") else {
+        return;
+    };
+    let published = publish(&node.server, 0, 700, 10, 2).await;
+    node.disk.fail_fsyncs(true);
+    for i in 0..10u64 {
+        let key = keypair(800 + i);
+        let packet = iroh_packet(&key, 5_000, &["192.0.2.9:1"]);
+        let Ok(response) = crate::harness::http_client()
+            .put(node.server.relay_url(&key))
+            .body(packet.to_relay_payload())
+            .send()
+            .await
+        else {
+            break;
+        };
+        assert_eq!(
+            response.status(),
+            503,
+            "PUT {i} while every fsync fails\n{}",
+            node.server.log()
+        );
+    }
+    let status = node.server.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", node.server.log());
+    node.disk.fail_fsyncs(false);
+    node.disk.cut_power(Cut::Clean);
+    node.disk.power_on();
+    node.server.restart();
+    assert_served(&node.server, &published).await;
+}
+
