@@ -296,4 +296,3 @@ async fn a_failed_fsync_stops_the_node_and_loses_nothing_acknowledged() {
     node.server.restart();
     assert_served(&node.server, &published).await;
 }
-
