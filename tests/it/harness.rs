@@ -112,10 +112,11 @@ impl TestServer {
         &self.data_path
     }
 
-    /// `pkraft dev` on the data dir `data_path`, a directory inside `holder` (e.g. the mount of
-    /// a lossy disk).
-    pub fn start_dev_at(holder: tempfile::TempDir, data_path: PathBuf) -> TestServer {
-        TestServer::spawn_at(vec!["dev".to_string()], holder, data_path, None)
+    /// `pkraft dev` on the data dir `data_path` (e.g. the mount of a lossy disk), which the
+    /// caller keeps and removes.
+    pub fn start_dev_at(data_path: PathBuf) -> TestServer {
+        let unused = tempfile::tempdir().expect("tempdir");
+        TestServer::spawn_at(vec!["dev".to_string()], unused, data_path, None)
     }
 
     fn start_with(command: Vec<String>) -> TestServer {

@@ -20,11 +20,13 @@ use pkraft_testkit::{iroh_packet, keypair};
 use crate::dns_client::iroh_txt;
 use crate::harness::TestServer;
 
-/// A node on a lossy disk. The server is declared first so that it is dropped (killed) first:
-/// the disk can only be unmounted once nothing uses it.
+/// A node on a lossy disk. Fields drop in order: the server is killed first, then the disk is
+/// unmounted (only possible once nothing uses it), then the directory holding the mount point
+/// and the backing files is removed.
 struct LossyNode {
     server: TestServer,
     disk: LossyDisk,
+    _dirs: tempfile::TempDir,
 }
 
 fn lossy_node(test: &str) -> Option<LossyNode> {
@@ -36,14 +38,18 @@ fn lossy_node(test: &str) -> Option<LossyNode> {
         eprintln!("SKIPPED {test}: {why}");
         return None;
     }
-    let holder = tempfile::tempdir().expect("tempdir");
-    let mountpoint: PathBuf = holder.path().join("data");
-    let backing = holder.path().join("backing");
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let mountpoint: PathBuf = dirs.path().join("data");
+    let backing = dirs.path().join("backing");
     std::fs::create_dir(&mountpoint).expect("mountpoint");
     std::fs::create_dir(&backing).expect("backing");
     let disk = LossyDisk::mount(&mountpoint, &backing).expect("mount the lossy disk");
-    let server = TestServer::start_dev_at(holder, mountpoint);
-    Some(LossyNode { server, disk })
+    let server = TestServer::start_dev_at(mountpoint);
+    Some(LossyNode {
+        server,
+        disk,
+        _dirs: dirs,
+    })
 }
 
 impl LossyNode {
@@ -167,7 +173,7 @@ async fn acknowledged_puts_survive_power_cuts_during_writes() {
     let acknowledged = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
     let acks = Arc::new(AtomicU64::new(0));
     let mut next_timestamp = 1_000u64;
-    let mut dropped_bytes = 0;
+    let mut dropped_at_fsync = 0;
     for (round, (cut, after_ms, at_fsync)) in cuts.into_iter().enumerate() {
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = tokio::task::JoinSet::new();
@@ -204,7 +210,8 @@ async fn acknowledged_puts_survive_power_cuts_during_writes() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
-        let report = if at_fsync {
+        let acks_at_cut = acks.load(Ordering::Relaxed);
+        if at_fsync {
             node.disk.arm_cut(cut);
             for _ in 0..500 {
                 if node.disk.armed_cut_happened() {
@@ -212,11 +219,14 @@ async fn acknowledged_puts_survive_power_cuts_during_writes() {
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
-            node.disk.cut_armed_or_now()
+            assert!(
+                node.disk.armed_cut_happened(),
+                "round {round}: no fsync within 1 s of arming the cut, under writes"
+            );
+            dropped_at_fsync += node.disk.cut_armed_or_now().dropped_bytes;
         } else {
-            node.disk.cut_power(cut)
-        };
-        dropped_bytes += report.dropped_bytes;
+            node.disk.cut_power(cut);
+        }
         node.server.kill();
         stop.store(true, Ordering::Relaxed);
         writers.join_all().await;
@@ -224,8 +234,11 @@ async fn acknowledged_puts_survive_power_cuts_during_writes() {
         node.disk.power_on();
         node.server.restart();
 
+        assert!(
+            acks_at_cut > acks_before,
+            "round {round}: no PUT was acknowledged before the cut"
+        );
         let acked = acknowledged.lock().expect("lock").clone();
-        assert!(!acked.is_empty(), "round {round}: no PUT was acknowledged");
         for (seed, timestamp) in acked {
             let key = keypair(seed);
             let get = node.server.get(&node.server.relay_url(&key)).await;
@@ -244,10 +257,9 @@ async fn acknowledged_puts_survive_power_cuts_during_writes() {
             );
         }
     }
-    eprintln!(
-        "power cuts during writes: {} PUTs acknowledged, {dropped_bytes} unsynced bytes dropped",
-        acks.load(Ordering::Relaxed)
-    );
+    // The cuts at an fsync hit data written and not yet synced (a log entry): the test
+    // exercises the loss it is about, not a SIGKILL in disguise.
+    assert!(dropped_at_fsync > 0, "the cuts at an fsync dropped nothing");
 }
 
 /// The signed timestamp of a relay payload (`signature (64) ‖ timestamp (8, big-endian) ‖ …`).

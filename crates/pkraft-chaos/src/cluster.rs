@@ -261,6 +261,11 @@ impl Cluster {
     /// (and get refused connections) until it restarts (see `spawn` for a reused port).
     pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
         self.harvest_snapshot_counts(id).await;
+        self.kill_process(id)
+    }
+
+    /// SIGKILL without first reading the snapshot counters (the caller did).
+    fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
         if let Some(mut child) = node.child.take() {
             child.kill().context("SIGKILL")?;
@@ -301,8 +306,9 @@ impl Cluster {
             total.dropped_entries += report.dropped_entries;
             total.torn_bytes += report.torn_bytes;
         }
+        // Counted before the cut (above): with its disk off, the node's metrics may fail.
         for &id in targets {
-            self.kill(id).await?;
+            self.kill_process(id)?;
         }
         Ok(total)
     }

@@ -66,8 +66,10 @@ struct Node {
     gid: u32,
     mtime: SystemTime,
     ctime: SystemTime,
-    /// Open handles: a file unlinked while open stays readable until its last release.
-    open: u32,
+    /// Open handles (their ids): a file unlinked while open stays readable until its last
+    /// release. Ids, not a count: the kernel releases a killed process's handles whenever it
+    /// gets to it, possibly after a cut and after the next process opened the same file.
+    handles: HashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -130,6 +132,8 @@ pub(crate) struct Disk {
     armed: Option<Cut>,
     /// What the last armed cut dropped, once it has happened.
     pub(crate) armed_report: Option<CutReport>,
+    /// The next open handle's id.
+    next_handle: u64,
 }
 
 type Result<T> = std::result::Result<T, Errno>;
@@ -159,6 +163,7 @@ impl Disk {
             last_write: None,
             armed: None,
             armed_report: None,
+            next_handle: 1,
         }
     }
 
@@ -337,9 +342,10 @@ impl Disk {
         Ok(())
     }
 
-    /// Whether `ancestor` is `ino` or above it in the current tree.
+    /// Whether `ancestor` is `ino` or above it in the current tree (bounded by the number of
+    /// nodes, should the parents ever form a loop).
     fn is_ancestor(&self, ancestor: u64, mut ino: u64) -> bool {
-        loop {
+        for _ in 0..=self.nodes.len() {
             if ino == ancestor {
                 return true;
             }
@@ -348,6 +354,7 @@ impl Disk {
                 _ => return false,
             }
         }
+        false
     }
 
     pub(crate) fn entries(&self, dir_ino: u64) -> Result<Vec<(u64, FileType, OsString)>> {
@@ -367,16 +374,20 @@ impl Disk {
         Ok(entries)
     }
 
-    pub(crate) fn open(&mut self, ino: u64) -> Result<()> {
+    /// Opens `ino`; returns the handle's id (unique for the life of the disk).
+    pub(crate) fn open(&mut self, ino: u64) -> Result<u64> {
         self.powered()?;
-        self.node_mut(ino)?.open += 1;
-        Ok(())
+        let handle = self.next_handle;
+        self.node_mut(ino)?.handles.insert(handle);
+        self.next_handle += 1;
+        Ok(handle)
     }
 
-    /// Always succeeds, powered or not: the kernel releases handles of a killed process.
-    pub(crate) fn release(&mut self, ino: u64) {
+    /// Always succeeds, powered or not: the kernel releases handles of a killed process. A
+    /// handle from before a cut is no longer held (the cut closed it) and changes nothing.
+    pub(crate) fn release(&mut self, ino: u64, handle: u64) {
         if let Some(node) = self.nodes.get_mut(&ino) {
-            node.open = node.open.saturating_sub(1);
+            node.handles.remove(&handle);
         }
     }
 
@@ -506,29 +517,17 @@ impl Disk {
             report.torn_bytes = file.keep_torn(last, keep).unwrap_or(0);
         }
         self.last_write = None;
+        // A cut ends any armed one: it must not fire in the next process's first fsync.
+        self.armed = None;
         for node in self.nodes.values_mut() {
             match &mut node.kind {
                 Kind::File(file) => report.dropped_bytes += file.drop_unsynced(),
                 Kind::Dir(dir) => dir.current = dir.durable.clone(),
             }
-            node.open = 0;
-        }
-        // Parents as the durable tree has them.
-        let links: Vec<(u64, u64)> = self
-            .nodes
-            .iter()
-            .filter_map(|(ino, node)| match &node.kind {
-                Kind::Dir(dir) => Some(dir.current.values().map(move |child| (*child, *ino))),
-                Kind::File(_) => None,
-            })
-            .flatten()
-            .collect();
-        for (child, parent) in links {
-            if let Ok(dir) = self.dir_mut(child) {
-                dir.parent = parent;
-            }
+            node.handles.clear();
         }
         report.dropped_entries = self.collect_garbage();
+        self.reparent();
         self.powered = false;
         report
     }
@@ -576,7 +575,7 @@ impl Disk {
         let gone: Vec<u64> = self
             .nodes
             .iter()
-            .filter(|(ino, node)| !reached.contains(ino) && node.open == 0)
+            .filter(|(ino, node)| !reached.contains(ino) && node.handles.is_empty())
             .map(|(ino, _)| *ino)
             .collect();
         for ino in &gone {
@@ -591,6 +590,31 @@ impl Disk {
             }
         }
         gone.len()
+    }
+
+    /// Sets every directory's parent from a walk of the current tree from the root (the first
+    /// entry that reaches a directory wins: after a cut a directory moved without syncing both
+    /// sides may be listed twice).
+    fn reparent(&mut self) {
+        let mut parents = HashMap::from([(ROOT, ROOT)]);
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            if let Ok(dir) = self.dir(ino) {
+                for child in dir.current.values() {
+                    if matches!(self.nodes.get(child).map(|n| &n.kind), Some(Kind::Dir(_)))
+                        && !parents.contains_key(child)
+                    {
+                        parents.insert(*child, ino);
+                        stack.push(*child);
+                    }
+                }
+            }
+        }
+        for (child, parent) in parents {
+            if let Ok(dir) = self.dir_mut(child) {
+                dir.parent = parent;
+            }
+        }
     }
 
     fn touch(&mut self, ino: u64) {
@@ -612,7 +636,7 @@ impl Node {
             gid,
             mtime: now,
             ctime: now,
-            open: 0,
+            handles: HashSet::new(),
         }
     }
 }
@@ -664,6 +688,9 @@ impl FileData {
     /// Writes the first `keep` bytes of `last` to the backing file if they are still unsynced.
     fn keep_torn(&mut self, last: LastWrite, keep: usize) -> Option<usize> {
         let keep = keep.min(last.len);
+        if keep == 0 {
+            return None;
+        }
         let prefix = self.unsynced.get(last.offset, keep)?.to_vec();
         self.backing.write_all_at(&prefix, last.offset).ok()?;
         let end = last.offset + keep as u64;
@@ -936,6 +963,52 @@ mod tests {
         assert_eq!((report.dropped_bytes, report.torn_bytes), (7, 3));
         f.disk.power_on();
         assert_eq!(f.read_all(ino), b"entry-1ent");
+    }
+
+    #[test]
+    fn a_release_from_before_a_cut_does_not_close_a_newer_handle() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "snap");
+        f.disk.sync(ROOT).expect("dir sync");
+        let old_handle = f.disk.open(ino).expect("open");
+        f.cut(Cut::Clean);
+        let new_handle = f.disk.open(ino).expect("open after the cut");
+        f.disk
+            .remove(ROOT, OsStr::new("snap"), false)
+            .expect("unlink");
+        // The killed process's close arrives late.
+        f.disk.release(ino, old_handle);
+        f.disk
+            .sync(ROOT)
+            .expect("dir sync collects unreachable nodes");
+        assert!(f.disk.read(ino, 0, 10).is_ok(), "still open: must stay");
+        f.disk.release(ino, new_handle);
+        f.disk.sync(ROOT).expect("dir sync");
+        assert_eq!(f.disk.read(ino, 0, 10), Err(Errno::ENOENT));
+    }
+
+    #[test]
+    fn a_torn_cut_keeping_nothing_is_a_clean_one() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "log");
+        f.disk.sync(ROOT).expect("dir sync");
+        f.disk.write(ino, 0, b"synced").expect("write");
+        f.disk.sync(ino).expect("sync");
+        f.disk.write(ino, 6, b"-one").expect("write");
+        f.disk.write(ino, 10, b"-two").expect("write");
+        let report = f.cut(Cut::TornLastWrite { keep: 0 });
+        assert_eq!(report.torn_bytes, 0);
+        assert_eq!(f.read_all(ino), b"synced");
+    }
+
+    #[test]
+    fn a_cut_leaves_no_armed_cut_behind() {
+        let mut f = disk();
+        let ino = f.create(ROOT, "f");
+        f.disk.arm_cut(Cut::Clean);
+        f.cut(Cut::Clean);
+        f.disk.sync(ROOT).expect("the next fsync is an fsync");
+        assert!(f.disk.attr(ino).is_err());
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl Filesystem for LossyFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.0.disk().open(ino.0) {
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
+            Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::FOPEN_DIRECT_IO),
             Err(e) => reply.error(e),
         }
     }
@@ -253,13 +253,13 @@ impl Filesystem for LossyFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.0.disk().release(ino.0);
+        self.0.disk().release(ino.0, fh.0);
         reply.ok();
     }
 
@@ -331,6 +331,8 @@ impl Filesystem for LossyFs {
         reply.statfs(1 << 30, free, free, 1 << 20, 1 << 20, 4096, 255, 4096);
     }
 
+    /// No permission checks (and no `default_permissions`): the disk is a test fixture that
+    /// every user of the machine may use as it likes.
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         match self.0.disk().attr(ino.0) {
             Ok(_) => reply.ok(),
@@ -351,13 +353,13 @@ impl Filesystem for LossyFs {
         let mut disk = self.0.disk();
         let created = disk
             .create(parent.0, name, false, mode, req.uid(), req.gid())
-            .and_then(|attr| disk.open(attr.ino.0).map(|()| attr));
+            .and_then(|attr| disk.open(attr.ino.0).map(|handle| (attr, handle)));
         match created {
-            Ok(attr) => reply.created(
+            Ok((attr, handle)) => reply.created(
                 &TTL,
                 &attr,
                 Generation(0),
-                FileHandle(0),
+                FileHandle(handle),
                 FopenFlags::FOPEN_DIRECT_IO,
             ),
             Err(e) => reply.error(e),

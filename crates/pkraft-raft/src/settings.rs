@@ -29,8 +29,9 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub election_timeout_max: Duration,
     /// Build a snapshot after this many log entries since the last one, so the log stays bounded.
-    /// Default 10 000. A build also waits until nine times the last build's duration has passed
-    /// since it ended, so that a large state is not rebuilt back to back (`snapshot_schedule`).
+    /// Default 10 000. A build also waits until nine times the last build's duration (at most
+    /// 10 minutes) has passed since it ended, so that a large state is not rebuilt back to back
+    /// (`snapshot_schedule`).
     pub snapshot_after_entries: u64,
     /// Entries kept in the log after a snapshot, so a briefly lagging follower catches up from the
     /// log instead of a full snapshot. Default 1 000.

@@ -23,9 +23,12 @@ use crate::type_config::{NodeId, TypeConfig};
 /// The pause after a build, as a multiple of its duration: builds take at most
 /// 1 / (1 + `BUILD_PAUSE_FACTOR`) of the time.
 pub const BUILD_PAUSE_FACTOR: u32 = 9;
-/// A trigger is taken as lost (openraft drops one that arrives while it installs a snapshot)
-/// if no build has ended and the snapshot has not moved this long after it; it is sent again.
-/// Sending one during a build is harmless: openraft ignores it.
+/// The longest pause, whatever the last build took: one build slowed down by a busy disk must
+/// not let the log grow for hours.
+const BUILD_PAUSE_MAX: Duration = Duration::from_secs(600);
+/// A trigger is sent again if no build has ended and the snapshot has not moved this long
+/// after it (a build that fails stops Raft, so this only guards against a trigger openraft
+/// did not act on). Sending one during a build is harmless: openraft ignores it.
 const TRIGGER_RETRY: Duration = Duration::from_secs(60);
 
 /// The last build's timing, written by the state machine when a build ends.
@@ -75,7 +78,11 @@ fn next(since_snapshot: u64, after_entries: u64, last: Option<Build>, now: Insta
         return Next::WaitForEntries;
     }
     if let Some(build) = last {
-        let ready = build.ended + build.took.saturating_mul(BUILD_PAUSE_FACTOR);
+        let pause = build
+            .took
+            .saturating_mul(BUILD_PAUSE_FACTOR)
+            .min(BUILD_PAUSE_MAX);
+        let ready = build.ended + pause;
         if now < ready {
             return Next::WaitUntil(ready);
         }
@@ -188,6 +195,17 @@ mod tests {
             next(3, 10, last, ended + Duration::from_secs(1)),
             Next::WaitForEntries
         );
+    }
+
+    #[test]
+    fn the_pause_is_at_most_ten_minutes() {
+        let ended = Instant::now();
+        let slow = build(ended, 3_600_000);
+        assert_eq!(
+            next(10, 10, slow, ended),
+            Next::WaitUntil(ended + BUILD_PAUSE_MAX)
+        );
+        assert_eq!(next(10, 10, slow, ended + BUILD_PAUSE_MAX), Next::Build);
     }
 
     #[test]
