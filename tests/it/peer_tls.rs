@@ -1,10 +1,10 @@
-//! Goal: with `[cluster.tls]`, nodes join, replicate and forward publishes over mutual TLS, and
-//! the peer listener serves nothing to a client without a certificate from the cluster CA (nor
-//! to plain HTTP).
-//! Method: two real nodes on loopback with the test peer certificate (tests/fixtures/tls,
-//! `127.0.0.1` in its names), the second joining through the first; no proxy in between (the
-//! fault-injecting one speaks plain HTTP). A publish through the follower is forwarded to the
-//! leader and read back from both.
+//! Goal: with `[cluster.tls]`, nodes join, replicate and forward publishes over mutual TLS, the
+//! peer listener serves nothing to a client without a certificate from the cluster CA (nor to
+//! plain HTTP), and one node's certificate cannot speak for another node.
+//! Method: real nodes on loopback, each with its own test peer certificate (tests/fixtures/tls:
+//! `127.0.0.1` in its names, `pkraft:node:<id>` as a URI), the second joining through the
+//! first; no proxy in between (the fault-injecting one speaks plain HTTP). A publish through the
+//! follower is forwarded to the leader and read back from both.
 
 use std::sync::Arc;
 
@@ -29,8 +29,8 @@ fn node_config(id: u64, membership: &str) -> String {
     format!(
         "node_id = {id}\n[cluster]\nsecret = \"{SECRET}\"\n{membership}\n[cluster.tls]\n\
          cert = \"{cert}\"\nkey = \"{key}\"\nca = \"{ca}\"\n",
-        cert = fixture("peer.crt"),
-        key = fixture("peer.key"),
+        cert = fixture(&format!("peer-node{id}.crt")),
+        key = fixture(&format!("peer-node{id}.key")),
         ca = fixture("peer-ca.crt"),
     )
 }
@@ -111,4 +111,80 @@ async fn nodes_replicate_over_mutual_tls_and_refuse_clients_without_a_certificat
             String::from_utf8_lossy(&answer)
         );
     }
+}
+
+/// A TLS client of the peer listener at `addr` presenting node `cert_of`'s certificate, sending
+/// a status request that says it comes from node `claims`; the HTTP status line it gets back.
+async fn status_as(addr: std::net::SocketAddr, cert_of: u64, claims: u64) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(fixture("peer-ca.crt")).expect("ca") {
+        roots.add(ca.expect("ca cert")).expect("add ca");
+    }
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(fixture(&format!("peer-node{cert_of}.crt")))
+            .expect("cert")
+            .map(|c| c.expect("cert"))
+            .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(fixture(&format!(
+        "peer-node{cert_of}.key"
+    )))
+    .expect("key");
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let server_name = ServerName::try_from("127.0.0.1").expect("name");
+    let mut tls = connector
+        .connect(server_name, tcp)
+        .await
+        .expect("handshake");
+    let request = format!(
+        "POST /peer/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\n\
+         pkraft-source-node: {claims}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_string() + "\n" + &answer
+}
+
+#[tokio::test]
+async fn a_peer_presenting_another_nodes_certificate_is_refused() {
+    install_crypto_provider();
+    let node = TestServer::start_with_config(&node_config(1, "bootstrap = true"));
+    // Node 2's certificate, claiming to be node 3: refused before any handler runs.
+    let refused = status_as(node.peer, 2, 3).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(
+        refused.contains("the certificate is for node 2, not node 3"),
+        "{refused}"
+    );
+    // The same certificate as the node it names passes this check (and reaches the route).
+    let accepted = status_as(node.peer, 2, 2).await;
+    assert!(!accepted.starts_with("HTTP/1.1 403"), "{accepted}");
+    assert!(!accepted.starts_with("HTTP/1.1 401"), "{accepted}");
+}
+
+#[test]
+fn a_node_whose_certificate_names_another_node_does_not_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    // Node 3 with node 2's certificate.
+    let text = node_config(3, "bootstrap = true")
+        .replace("peer-node3.crt", "peer-node2.crt")
+        .replace("peer-node3.key", "peer-node2.key");
+    std::fs::write(&config, text).expect("write");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .args(["check-config", &config.display().to_string()])
+        .output()
+        .expect("run pkraft");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cluster.tls.cert") && stderr.contains("not node 3"),
+        "{stderr}"
+    );
 }

@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pkraft_limits::{ClientPrefix, TrustedProxies};
+use pkraft_raft::peer::tls::PeerCertificates;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
@@ -154,6 +155,7 @@ pub async fn serve(
             idle_timeout: limits.idle_timeout,
             body_counts_as_activity: limits.body_counts_as_activity,
             stopping: stopping.clone(),
+            peer_certificates: None,
             _slots: (slot, client_slot),
         };
         let tls = tls.clone();
@@ -164,7 +166,21 @@ pub async fn serve(
                 Some(acceptor) => {
                     let stream = QuickAckStream(tcp);
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => connection.run(tls).await,
+                        Ok(Ok(tls)) => {
+                            // A peer listener's client certificate, for the node-id check
+                            // (`pkraft_raft::peer::server`); public listeners ask for none.
+                            let certificates = tls.get_ref().1.peer_certificates().map(|chain| {
+                                PeerCertificates(
+                                    chain.iter().map(|cert| cert.clone().into_owned()).collect(),
+                                )
+                            });
+                            Connection {
+                                peer_certificates: certificates,
+                                ..connection
+                            }
+                            .run(tls)
+                            .await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -223,6 +239,8 @@ struct Connection {
     idle_timeout: Duration,
     body_counts_as_activity: bool,
     stopping: watch::Receiver<bool>,
+    /// The client's certificate chain (TLS with client certificates), added to every request.
+    peer_certificates: Option<PeerCertificates>,
     _slots: (OwnedSemaphorePermit, ClientSlot),
 }
 
@@ -238,12 +256,16 @@ impl Connection {
         let app = self.app.clone();
         let counted = requests.clone();
         let body_counts = self.body_counts_as_activity;
+        let certificates = self.peer_certificates.take();
         // hyper's `service_fn` borrows the closure for each request; a tower service adapted with
         // `TowerToHyperService` would be cloned for each one.
         let service =
             hyper::service::service_fn(move |mut request: axum::http::Request<Incoming>| {
                 // axum's `ConnectInfo`, which the rate limits read, as `axum::serve` attaches it.
                 request.extensions_mut().insert(ConnectInfo(peer));
+                if let Some(certificates) = &certificates {
+                    request.extensions_mut().insert(certificates.clone());
+                }
                 // Counted until the answer is ready (or, with `body_counts_as_activity`, until
                 // its body is sent), or the request is dropped (a reset stream).
                 let in_flight = counted.start();

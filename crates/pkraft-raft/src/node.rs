@@ -88,8 +88,8 @@ pub struct Cluster {
     pub join: Vec<String>,
     /// Join as a voter (promoted once caught up) rather than as a learner (a read replica).
     pub voter: bool,
-    /// The peer client's TLS (`[cluster.tls]`); `None`: plain HTTP.
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The peer network's TLS (`[cluster.tls]`); `None`: plain HTTP.
+    pub tls: Option<Arc<crate::peer::tls::PeerTls>>,
 }
 
 impl Cluster {

@@ -118,8 +118,9 @@ impl Config {
         }
         self.dns.zones()?;
         if let Some(tls) = &self.cluster.tls {
-            // Reads the files, so `check-config` catches a wrong path or a key of another cert.
-            tls.load()?;
+            // Reads the files, so `check-config` catches a wrong path, a key of another cert,
+            // or a certificate for another node.
+            tls.load(self.node_id)?;
         }
         self.raft.openraft_config()?;
         self.raft.state_cache_bytes()?;

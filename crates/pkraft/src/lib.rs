@@ -109,8 +109,9 @@ impl Server {
             .cluster
             .tls
             .as_ref()
-            .map(pkraft_raft::peer::tls::PeerTlsSettings::load)
-            .transpose()?;
+            .map(|tls| tls.load(config.node_id))
+            .transpose()?
+            .map(Arc::new);
         let peer_listener = bind_tcp(config.cluster.peer_listen, "cluster.peer_listen").await?;
         let peer_addr = peer_listener.local_addr()?;
         let cluster = pkraft_raft::Cluster {
@@ -123,7 +124,7 @@ impl Server {
             bootstrap: config.cluster.bootstrap,
             join: config.cluster.join.clone(),
             voter: config.cluster.voter,
-            tls: peer_tls.as_ref().map(|tls| tls.client.clone()),
+            tls: peer_tls.clone(),
         };
         let node = Node::start(config.node_id, &config.data_dir, &config.raft, cluster)
             .await
@@ -138,7 +139,7 @@ impl Server {
         node.register_metrics(&registry).context("raft metrics")?;
         let peer = Listener::serve(
             peer_listener,
-            peer_tls.map(|tls| tls.server),
+            peer_tls.map(|tls| tls.server.clone()),
             pkraft_raft::peer::server::router(node.clone()),
             pkraft_http::serve::ConnectionLimits::internal(),
             pkraft_limits::TrustedProxies::default(),

@@ -1,7 +1,8 @@
 //! The client side of the peer network: [`PeerClient`] for pkraft's own peer calls, and
 //! [`PeerNetwork`], openraft's network factory over it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +25,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::tls::PeerTls;
 use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
 use crate::handover::Silenced;
@@ -47,17 +49,32 @@ const RESPONSE_LEN_MAX: usize = 16 * 1024 * 1024;
 /// Bytes of an unexpected response body quoted in an error.
 const ERROR_BODY_QUOTE_MAX: usize = 200;
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// With TLS, the client per node id called (see [`PeerClient`]).
+type ClientsById = Arc<Mutex<HashMap<Option<NodeId>, HttpClient>>>;
+
 /// Keep-alive HTTP/1.1 client for peer requests, with `TCP_NODELAY` (small RPCs must not wait
-/// for Nagle's algorithm), over TLS when the cluster has it. Cheap to clone; clones share one
-/// connection pool, in which each peer address has its own long-lived connections.
+/// for Nagle's algorithm), over TLS when the cluster has it. Cheap to clone; clones share the
+/// connection pools, in which each peer address has its own long-lived connections.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Without TLS: the one client for every peer.
+    plain: Option<HttpClient>,
+    /// With TLS: one client per node id called (its verifier checks that the listener's
+    /// certificate names that id; `None` for a peer not known yet), made on first use.
+    tls: Option<(Arc<PeerTls>, ClientsById)>,
     /// `https` with `[cluster.tls]`, else `http`.
     scheme: &'static str,
     /// This node's id, sent with every request (logs, and fault-injecting test proxies).
     source: NodeId,
     secret: Option<ClusterSecret>,
+}
+
+impl PeerClient {
+    /// Whether peer calls go over TLS (and listeners check the caller's certificate).
+    pub(crate) fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
 }
 
 impl std::fmt::Debug for PeerClient {
@@ -129,45 +146,53 @@ impl CallError {
 }
 
 impl PeerClient {
-    /// A client sending `secret` as node `source`; over TLS with `tls` (the client side of
-    /// [`super::tls::PeerTls`]), else plain HTTP.
+    /// A client sending `secret` as node `source`; over TLS with `tls` (`[cluster.tls]`), else
+    /// plain HTTP.
     pub fn new(
         source: NodeId,
         secret: Option<ClusterSecret>,
-        tls: Option<Arc<rustls::ClientConfig>>,
+        tls: Option<Arc<PeerTls>>,
     ) -> Result<PeerClient, rustls::Error> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        // The TLS connector wrapping it hands `https` URLs down too.
-        connector.enforce_http(false);
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        // Without TLS the URLs say `http`, which the connector passes through untouched; the
-        // configuration it is built with (trusting nothing) then serves no connection.
-        let tls = match tls {
-            Some(tls) => (*tls).clone(),
-            None => rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
+        let (plain, tls, scheme) = match tls {
+            Some(tls) => (None, Some((tls, Arc::default())), "https"),
+            None => {
+                // The URLs say `http`, which the connector passes through untouched; the
+                // configuration it is built with (trusting nothing) serves no connection.
+                let none = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth();
+                (Some(http_client(none)), None, "http")
+            }
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(connector);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER)
-            .build(connector);
         Ok(PeerClient {
-            http,
+            plain,
+            tls,
             scheme,
             source,
             secret,
         })
+    }
+
+    /// The client for calling node `target` (see the `tls` field).
+    fn client_for(&self, target: Option<NodeId>) -> Result<HttpClient, rustls::Error> {
+        if let Some(plain) = &self.plain {
+            return Ok(plain.clone());
+        }
+        let Some((tls, clients)) = &self.tls else {
+            return Err(rustls::Error::General("no peer client".to_string()));
+        };
+        let mut clients = clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(&target) {
+            return Ok(client.clone());
+        }
+        let client = http_client((*tls.client_config(target)?).clone());
+        clients.insert(target, client.clone());
+        Ok(client)
     }
 
     /// POSTs `request` to `path` on the peer at `addr` (`host:port`) and decodes its answer,
@@ -196,8 +221,11 @@ impl PeerClient {
         let request = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| protocol(format!("building the request: {e}")))?;
+        let http = self
+            .client_for(target)
+            .map_err(|e| protocol(format!("TLS configuration: {e}")))?;
         let exchange = async {
-            let response = self.http.request(request).await.map_err(|source| {
+            let response = http.request(request).await.map_err(|source| {
                 let addr = addr.to_string();
                 if source.is_connect() {
                     CallError::Connect { addr, source }
@@ -228,6 +256,24 @@ impl PeerClient {
                 timeout,
             })?
     }
+}
+
+/// A keep-alive client whose connections use `tls` for `https` URLs (see [`PeerClient`]).
+fn http_client(tls: rustls::ClientConfig) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    // The TLS connector wrapping it hands `https` URLs down too.
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(IDLE_TIMEOUT)
+        .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER)
+        .build(connector)
 }
 
 /// openraft's network factory: a connection object per target over the shared [`PeerClient`].

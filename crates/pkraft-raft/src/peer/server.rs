@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::timeout::TimeoutLayer;
 
+use super::tls::{PeerCertificates, check_names_node};
 use super::{ForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
 use crate::membership::MembershipRequest;
@@ -53,7 +54,25 @@ pub fn router(node: Arc<Node>) -> Router {
         ))
 }
 
-/// 401 without the right secret, 421 when the caller meant another node, 403 when the caller is a
+/// With `[cluster.tls]`: whether the client certificate of the request's connection names the
+/// node the request says it comes from (`SOURCE_NODE_HEADER`), so that no node's certificate can
+/// speak for another node.
+fn certificate_names_source(request: &Request) -> Result<(), String> {
+    let source = request
+        .headers()
+        .get(SOURCE_NODE_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<NodeId>().ok())
+        .ok_or("the request names no source node")?;
+    let certificates = request
+        .extensions()
+        .get::<PeerCertificates>()
+        .ok_or("no client certificate")?;
+    check_names_node(&certificates.0, source)
+}
+
+/// 401 without the right secret, 403 when the client certificate is not the calling node's
+/// (with `[cluster.tls]`), 421 when the caller meant another node, 403 when the caller is a
 /// node that was removed from the cluster (a removed node that still runs must not disturb it,
 /// for example with elections). Runs before the body is read.
 async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
@@ -70,6 +89,15 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
         .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "));
     if !presented.is_some_and(|presented| secret.matches(presented)) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
+    }
+    if node.peers.uses_tls()
+        && let Err(reason) = certificate_names_source(&request)
+    {
+        return (
+            StatusCode::FORBIDDEN,
+            format!("client certificate refused: {reason}"),
+        )
+            .into_response();
     }
     if let Some(target) = request.headers().get(TARGET_NODE_HEADER) {
         let target = target.to_str().ok().and_then(|t| t.parse::<NodeId>().ok());

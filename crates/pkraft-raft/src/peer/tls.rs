@@ -1,20 +1,32 @@
 //! Optional mutual TLS on the peer network (`[cluster.tls]`).
 //!
 //! Every node has a certificate (for the host in its `cluster.advertise` address, with both the
-//! serverAuth and clientAuth key usages) signed by one cluster CA. The peer listener then speaks
-//! only TLS and accepts only clients with a certificate from that CA; the peer client verifies
-//! the listener's certificate against the CA and the host it dials, and presents its own. The
-//! cluster secret is still required on every request: TLS keeps it and the Raft traffic off the
-//! wire, the secret keeps one stolen certificate from being enough.
+//! serverAuth and clientAuth key usages) signed by one cluster CA, that names its node id as a
+//! subjectAltName URI `pkraft:node:<id>`. The peer listener then speaks only TLS, accepts only
+//! clients with a certificate from that CA, and answers a request only if the client's
+//! certificate names the node id the request comes from (`server::authenticate`). The peer
+//! client verifies the listener's certificate against the CA, the host it dials and, when it
+//! knows which node it calls, that node's id; and presents its own. So one node's certificate
+//! cannot speak for another node, in either direction. The cluster secret is still required on
+//! every request: TLS keeps it and the Raft traffic off the wire, the secret keeps one stolen
+//! certificate from being enough.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Deserialize;
+
+use crate::NodeId;
+
+/// How a peer certificate names its node: the subjectAltName URI `pkraft:node:<id>`.
+pub const NODE_ID_URI_PREFIX: &str = "pkraft:node:";
 
 /// `[cluster.tls]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -40,17 +52,160 @@ pub struct PeerTlsError {
 /// Both sides of the peer network's TLS.
 #[derive(Debug, Clone)]
 pub struct PeerTls {
-    /// The peer listener's: requires a client certificate from the CA.
+    /// The peer listener's: requires a client certificate from the CA (the node id it names is
+    /// checked per request, `server::authenticate`).
     pub server: Arc<ServerConfig>,
-    /// The peer client's: trusts only the CA, presents this node's certificate.
-    pub client: Arc<ClientConfig>,
+    /// The peer client's side: trusts only the CA, presents this node's certificate.
+    client: ClientSide,
 }
 
+#[derive(Debug, Clone)]
+struct ClientSide {
+    certs: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl PeerTls {
+    /// The peer client's configuration for calling node `target` (or, with `None`, a listener
+    /// whose node is not known yet: a seed address to join through): the listener's
+    /// certificate must come from the CA, be for the host dialled, and name `target`.
+    pub fn client_config(
+        &self,
+        target: Option<NodeId>,
+    ) -> Result<Arc<ClientConfig>, rustls::Error> {
+        let side = &self.client;
+        let webpki =
+            WebPkiServerVerifier::builder_with_provider(side.roots.clone(), side.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = Arc::new(NodeIdVerifier {
+            webpki,
+            expected: target,
+        });
+        let config = ClientConfig::builder_with_provider(side.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(side.certs.clone(), side.key.clone_key())?;
+        Ok(Arc::new(config))
+    }
+}
+
+/// The node ids `cert` names (its subjectAltName URIs `pkraft:node:<id>`); an error if it does
+/// not parse.
+pub fn certificate_node_ids(cert: &CertificateDer<'_>) -> Result<Vec<NodeId>, String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let names = parsed
+        .subject_alternative_name()
+        .map_err(|e| format!("unreadable subjectAltName: {e}"))?;
+    let mut ids = Vec::new();
+    for name in names.iter().flat_map(|ext| ext.value.general_names.iter()) {
+        if let x509_parser::extensions::GeneralName::URI(uri) = name
+            && let Some(id) = uri.strip_prefix(NODE_ID_URI_PREFIX)
+        {
+            ids.push(
+                id.parse()
+                    .map_err(|_| format!("subjectAltName URI {uri:?}: not a node id"))?,
+            );
+        }
+    }
+    Ok(ids)
+}
+
+/// Whether `certs` (a peer's chain, leaf first) names node `id`; the reason if not.
+pub fn check_names_node(certs: &[CertificateDer<'_>], id: NodeId) -> Result<(), String> {
+    let leaf = certs.first().ok_or("no certificate")?;
+    let ids = certificate_node_ids(leaf)?;
+    if ids.contains(&id) {
+        Ok(())
+    } else if ids.is_empty() {
+        Err(format!(
+            "the certificate names no node id (a subjectAltName URI {NODE_ID_URI_PREFIX}{id})"
+        ))
+    } else {
+        Err(format!(
+            "the certificate is for node {}, not node {id}",
+            ids.iter()
+                .map(NodeId::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+/// The peer client's verifier: webpki's (the CA, the host), then the node id.
+#[derive(Debug)]
+struct NodeIdVerifier {
+    webpki: Arc<WebPkiServerVerifier>,
+    expected: Option<NodeId>,
+}
+
+impl ServerCertVerifier for NodeIdVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if let Some(expected) = self.expected {
+            check_names_node(std::slice::from_ref(end_entity), expected)
+                .map_err(|reason| rustls::Error::General(format!("peer listener: {reason}")))?;
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+/// The client certificate chain of a peer connection, put into each request's extensions by
+/// the listener (`pkraft_http::serve`) for `server::authenticate`.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<[CertificateDer<'static>]>);
+
 impl PeerTlsSettings {
-    /// Reads the files and builds both configurations.
-    pub fn load(&self) -> Result<PeerTls, PeerTlsError> {
+    /// Reads the files and builds both configurations for node `node_id`, whose id the
+    /// certificate must name.
+    pub fn load(&self, node_id: NodeId) -> Result<PeerTls, PeerTlsError> {
         let fail = |field, reason: String| PeerTlsError { field, reason };
         let certs = read_certs(&self.cert).map_err(|reason| fail("cert", reason))?;
+        check_names_node(&certs, node_id).map_err(|reason| {
+            fail(
+                "cert",
+                format!("{}: {reason} (node_id is {node_id})", self.cert.display()),
+            )
+        })?;
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .map_err(|e| fail("key", format!("cannot read {}: {e}", self.key.display())))?;
         let mut roots = RootCertStore::empty();
@@ -72,16 +227,19 @@ impl PeerTlsSettings {
             .with_client_cert_verifier(client_verifier)
             .with_single_cert(certs.clone(), key.clone_key())
             .map_err(|e| fail("key", format!("does not match cluster.tls.cert: {e}")))?;
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail("cert", e.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| fail("key", format!("does not match cluster.tls.cert: {e}")))?;
-        Ok(PeerTls {
+        let tls = PeerTls {
             server: Arc::new(server),
-            client: Arc::new(client),
-        })
+            client: ClientSide {
+                certs,
+                key: Arc::new(key),
+                roots,
+                provider,
+            },
+        };
+        // Build one client configuration now, so a problem is a config error at start.
+        tls.client_config(None)
+            .map_err(|e| fail("key", format!("does not match cluster.tls.cert: {e}")))?;
+        Ok(tls)
     }
 }
 
@@ -93,4 +251,78 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
         return Err(format!("{} holds no certificate", path.display()));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tls")
+            .join(name)
+    }
+
+    fn settings(node: u64) -> PeerTlsSettings {
+        PeerTlsSettings {
+            cert: fixture(&format!("peer-node{node}.crt")),
+            key: fixture(&format!("peer-node{node}.key")),
+            ca: fixture("peer-ca.crt"),
+        }
+    }
+
+    #[test]
+    fn a_certificate_names_its_node_id() {
+        let certs = read_certs(&fixture("peer-node2.crt")).expect("cert");
+        assert_eq!(certificate_node_ids(&certs[0]), Ok(vec![2]));
+        assert!(check_names_node(&certs, 2).is_ok());
+        assert_eq!(
+            check_names_node(&certs, 3),
+            Err("the certificate is for node 2, not node 3".to_string())
+        );
+        // The [https] test certificate names no node.
+        let https = read_certs(&fixture("localhost.crt")).expect("cert");
+        assert!(
+            check_names_node(&https, 1)
+                .expect_err("no id")
+                .contains("names no node id")
+        );
+    }
+
+    #[test]
+    fn a_node_cannot_load_another_nodes_certificate() {
+        assert!(settings(2).load(2).is_ok());
+        let error = settings(2)
+            .load(3)
+            .expect_err("node 3 with node 2's certificate");
+        assert_eq!(error.field, "cert");
+        assert!(error.reason.contains("not node 3"), "{}", error.reason);
+    }
+
+    /// The client side: a listener presenting node 2's certificate is refused when node 1 was
+    /// called, and accepted when node 2 was or when the node is not known (a seed to join).
+    #[test]
+    fn the_client_checks_the_listeners_node_id() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for ca in read_certs(&fixture("peer-ca.crt")).expect("ca") {
+            roots.add(ca).expect("add ca");
+        }
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .expect("verifier");
+        let node2 = read_certs(&fixture("peer-node2.crt")).expect("cert");
+        let name = ServerName::try_from("127.0.0.1").expect("name");
+        let verify = |expected| {
+            NodeIdVerifier {
+                webpki: webpki.clone(),
+                expected,
+            }
+            .verify_server_cert(&node2[0], &[], &name, &[], UnixTime::now())
+        };
+        assert!(verify(Some(2)).is_ok());
+        assert!(verify(None).is_ok());
+        let error = verify(Some(1)).expect_err("node 2's certificate for node 1");
+        assert!(error.to_string().contains("not node 1"), "{error}");
+    }
 }
