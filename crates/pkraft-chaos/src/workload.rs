@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::op::{Message, MessageType, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use pkarr::{Keypair, SignedPacket, Timestamp};
 use pkraft_testkit::{keypair, txt};
@@ -303,10 +303,20 @@ async fn dns_txt(server: SocketAddr, qname: &str) -> anyhow::Result<ReadOutcome>
     query.add_query(Query::query(Name::from_str(qname)?, RecordType::TXT));
     let bytes = query.to_vec()?;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
-    socket.send_to(&bytes, server).await?;
+    // Connected: only the server's datagrams are taken. And a query can come back as itself:
+    // while a node is down, the socket may be given the node's free port as its own, and then
+    // sends to itself (seen in a power-cut run: "NOERROR with 0 version records", the query).
+    socket.connect(server).await?;
+    if socket.local_addr()? == server {
+        anyhow::bail!("{server} is down (its port was given to this client)");
+    }
+    socket.send(&bytes).await?;
     let mut buf = vec![0u8; 4096];
     let len = socket.recv(&mut buf).await?;
     let answer = Message::from_vec(&buf[..len])?;
+    if answer.metadata.message_type != MessageType::Response {
+        anyhow::bail!("{server} sent a query, not an answer");
+    }
     if answer.metadata.id != query.metadata.id {
         return Ok(ReadOutcome::Unexpected(
             "DNS answer to another query id".into(),
@@ -364,5 +374,30 @@ pub async fn final_dns_version(server: SocketAddr, qname: &str) -> anyhow::Resul
         ReadOutcome::Found { version, .. } => Ok(version),
         ReadOutcome::NotFound => Ok(0),
         other => anyhow::bail!("DNS answer from {server}: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query that comes back as itself (a down node's port given to the client: the client
+    /// sends to itself) is no answer, not a NOERROR without records (a false `contract`
+    /// violation in a power-cut run).
+    #[tokio::test]
+    async fn a_query_that_comes_back_is_no_answer() {
+        let echo = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let server = echo.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            if let Ok((len, from)) = echo.recv_from(&mut buf).await {
+                let _ = echo.send_to(&buf[..len], from).await;
+            }
+        });
+        let outcome = dns_txt(server, "_chaos.example.pkarr.test.").await;
+        let error = outcome.expect_err("an echoed query is not an answer");
+        assert!(error.to_string().contains("sent a query"), "{error}");
     }
 }
