@@ -6,7 +6,7 @@
 //! served by GET and DNS, and the node accepts new writes.
 //! Limit: SIGKILL leaves the OS page cache intact, so this catches commits that are not durable
 //! at the database level (redb `Durability::None` is lost on reopen) but not a missing fsync.
-//! That needs a power-cut test (a VM or a fault-injecting block device).
+//! The power-cut tests on a lossy disk catch that (`power_loss.rs`).
 
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
