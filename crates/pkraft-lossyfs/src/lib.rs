@@ -51,6 +51,23 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
+/// For tests: whether a lossy disk can be mounted here. If not, prints "SKIPPED `test`: why" and
+/// returns false, unless the environment variable `PKRAFT_TEST_REQUIRE_FUSE` is set (CI sets
+/// it), when it panics: a test that must run never passes by skipping.
+pub fn usable_in_test(test: &str) -> bool {
+    match available() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("PKRAFT_TEST_REQUIRE_FUSE").is_none(),
+                "{test}: PKRAFT_TEST_REQUIRE_FUSE is set but FUSE is not available: {why}"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
 /// A mounted lossy disk. Dropping it unmounts it (the programs using it must have exited).
 #[derive(Debug)]
 pub struct LossyDisk {
