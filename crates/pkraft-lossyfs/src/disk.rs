@@ -727,6 +727,15 @@ mod tests {
             attr.ino.0
         }
 
+        /// A file in the root with `content`, both durable (the file and the root synced).
+        fn synced_file(&mut self, name: &str, content: &[u8]) -> u64 {
+            let ino = self.create(ROOT, name);
+            self.disk.sync(ROOT).expect("dir sync");
+            self.disk.write(ino, 0, content).expect("write");
+            self.disk.sync(ino).expect("sync");
+            ino
+        }
+
         fn mkdir(&mut self, parent: u64, name: &str) -> u64 {
             let attr = self
                 .disk
@@ -756,10 +765,7 @@ mod tests {
     #[test]
     fn unsynced_writes_are_gone_after_a_cut_and_synced_ones_stay() {
         let mut f = disk();
-        let ino = f.create(ROOT, "a");
-        f.disk.sync(ROOT).expect("dir sync");
-        f.disk.write(ino, 0, b"durable").expect("write");
-        f.disk.sync(ino).expect("sync");
+        let ino = f.synced_file("a", b"durable");
         f.disk.write(ino, 7, b" and lost").expect("write");
         f.disk.write(ino, 0, b"D").expect("write");
         assert_eq!(f.read_all(ino), b"Durable and lost");
@@ -864,10 +870,7 @@ mod tests {
     #[test]
     fn a_torn_cut_keeps_a_prefix_of_the_last_write() {
         let mut f = disk();
-        let ino = f.create(ROOT, "log");
-        f.disk.sync(ROOT).expect("dir sync");
-        f.disk.write(ino, 0, b"head").expect("write");
-        f.disk.sync(ino).expect("sync");
+        let ino = f.synced_file("log", b"head");
         f.disk.write(ino, 4, b"-record-one").expect("write");
         let report = f.cut(Cut::TornLastWrite { keep: 4 });
         assert_eq!(report.torn_bytes, 4);
@@ -877,10 +880,7 @@ mod tests {
     #[test]
     fn truncation_hides_durable_bytes_until_a_cut_brings_them_back() {
         let mut f = disk();
-        let ino = f.create(ROOT, "f");
-        f.disk.sync(ROOT).expect("dir sync");
-        f.disk.write(ino, 0, b"0123456789").expect("write");
-        f.disk.sync(ino).expect("sync");
+        let ino = f.synced_file("f", b"0123456789");
         let shrink = SetAttr {
             size: Some(2),
             ..SetAttr::default()
@@ -947,10 +947,7 @@ mod tests {
     #[test]
     fn an_armed_cut_happens_at_the_next_fsync_instead_of_it() {
         let mut f = disk();
-        let ino = f.create(ROOT, "log");
-        f.disk.sync(ROOT).expect("dir sync");
-        f.disk.write(ino, 0, b"entry-1").expect("write");
-        f.disk.sync(ino).expect("sync");
+        let ino = f.synced_file("log", b"entry-1");
         f.disk.arm_cut(Cut::TornLastWrite { keep: 3 });
         f.disk.write(ino, 7, b"entry-2").expect("writes still land");
         assert_eq!(f.disk.sync(ino), Err(Errno::EIO));
@@ -990,10 +987,7 @@ mod tests {
     #[test]
     fn a_torn_cut_keeping_nothing_is_a_clean_one() {
         let mut f = disk();
-        let ino = f.create(ROOT, "log");
-        f.disk.sync(ROOT).expect("dir sync");
-        f.disk.write(ino, 0, b"synced").expect("write");
-        f.disk.sync(ino).expect("sync");
+        let ino = f.synced_file("log", b"synced");
         f.disk.write(ino, 6, b"-one").expect("write");
         f.disk.write(ino, 10, b"-two").expect("write");
         let report = f.cut(Cut::TornLastWrite { keep: 0 });

@@ -58,6 +58,8 @@ impl LossyFs {
     fn sync(&self, ino: INodeNo, reply: ReplyEmpty) {
         let delay = self.0.fsync_delay();
         if !delay.is_zero() {
+            // The slow-fsync fault itself: fuser calls handlers on its own threads (four, so
+            // reads and writes go on meanwhile), and a blocked thread is what a slow disk is.
             std::thread::sleep(delay);
         }
         match self.0.disk().sync(ino.0) {
