@@ -16,9 +16,10 @@ use serde_json::Value;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use pkraft_lossyfs::LossyDisk;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
-use crate::harness::{TestServer, http_client};
+use crate::harness::{TestServer, http_client, mount_lossy_disk};
 use crate::peer_proxy::{Faults, PeerProxy};
 
 const SECRET: &str = "test-cluster-secret-0123456789";
@@ -30,15 +31,19 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Raft timing for tests: shorter than production (DESIGN.md §4) so elections take about a
 /// second, long enough that a loaded CI machine does not cause spurious ones.
-const TEST_RAFT: &str = "heartbeat_interval = \"100ms\"\n\
+pub(crate) const TEST_RAFT: &str = "heartbeat_interval = \"100ms\"\n\
                          election_timeout_min = \"800ms\"\n\
                          election_timeout_max = \"1600ms\"\n\
                          publish_timeout = \"3s\"\n";
 
+/// A node of the cluster. Fields drop in order: the server is killed before its lossy disk (if
+/// any) is unmounted.
 pub struct Member {
     pub id: u64,
     pub server: TestServer,
     pub proxy: PeerProxy,
+    /// The node's data dir is this lossy disk's mount ([`TestCluster::on_lossy_disks`]).
+    pub disk: Option<LossyDisk>,
 }
 
 pub struct TestCluster {
@@ -51,6 +56,9 @@ pub struct TestCluster {
     raft_extra: String,
     /// Extra sections at the end of every node's config.
     sections_extra: String,
+    /// With lossy disks: the directory holding each node's mount point and backing files.
+    /// Last, so it is removed after every member's disk is unmounted.
+    lossy_dirs: Option<tempfile::TempDir>,
 }
 
 impl TestCluster {
@@ -72,6 +80,32 @@ impl TestCluster {
         raft_extra: &str,
         sections: &str,
     ) -> TestCluster {
+        TestCluster::start_as(size, timing, raft_extra, sections, None).await
+    }
+
+    /// `start_with_timing` with every node's data dir on its own lossy disk (pkraft-lossyfs),
+    /// for disk faults; `None` where the disk cannot be mounted (see
+    /// `pkraft_lossyfs::usable_in_test`).
+    pub async fn on_lossy_disks(
+        test: &str,
+        size: u64,
+        timing: &str,
+        raft_extra: &str,
+    ) -> Option<TestCluster> {
+        if !pkraft_lossyfs::usable_in_test(test) {
+            return None;
+        }
+        let dirs = tempfile::tempdir().expect("lossy disk dirs");
+        Some(TestCluster::start_as(size, timing, raft_extra, "", Some(dirs)).await)
+    }
+
+    async fn start_as(
+        size: u64,
+        timing: &str,
+        raft_extra: &str,
+        sections: &str,
+        lossy_dirs: Option<tempfile::TempDir>,
+    ) -> TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
             faults: Arc::new(Faults::default()),
@@ -79,6 +113,7 @@ impl TestCluster {
             raft_timing: timing.to_string(),
             raft_extra: raft_extra.to_string(),
             sections_extra: sections.to_string(),
+            lossy_dirs,
         };
         for id in 1..=size {
             cluster.add(id).await;
@@ -107,6 +142,7 @@ impl TestCluster {
             raft_timing: TEST_RAFT.to_string(),
             raft_extra: String::new(),
             sections_extra: String::new(),
+            lossy_dirs: None,
         };
         cluster.add_member(1, true, Some(backup)).await;
         for id in 2..=size {
@@ -134,7 +170,11 @@ impl TestCluster {
             advertise = proxy.addr,
             sections = self.sections_extra,
         );
+        let mut disk = None;
         let server = match restore_from {
+            Some(_) if self.lossy_dirs.is_some() => {
+                panic!("a restored cluster on lossy disks is not supported")
+            }
             Some(backup) => {
                 let data_dir = tempfile::tempdir().expect("data dir");
                 let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
@@ -155,11 +195,24 @@ impl TestCluster {
             None => {
                 let path = self.config_dir.path().join(format!("node{id}.toml"));
                 std::fs::write(&path, config).expect("write config");
-                TestServer::start_serve(&path)
+                match &self.lossy_dirs {
+                    Some(dirs) => {
+                        let (lossy, mountpoint) =
+                            mount_lossy_disk(&dirs.path().join(format!("node{id}")));
+                        disk = Some(lossy);
+                        TestServer::start_serve_at(&path, mountpoint)
+                    }
+                    None => TestServer::start_serve(&path),
+                }
             }
         };
         proxy.set_upstream(server.peer);
-        self.members.push(Member { id, server, proxy });
+        self.members.push(Member {
+            id,
+            server,
+            proxy,
+            disk,
+        });
     }
 
     pub fn member(&self, id: u64) -> &Member {
@@ -303,7 +356,7 @@ pub(crate) async fn put(
 }
 
 /// PUTs until a 204, retrying 503s (no leader yet) within the bound.
-async fn put_until_accepted(server: &TestServer, key: &Keypair, packet: &SignedPacket) {
+pub(crate) async fn put_until_accepted(server: &TestServer, key: &Keypair, packet: &SignedPacket) {
     eventually("a PUT accepted", || async {
         let response = put(server, key, packet).await;
         match response.status().as_u16() {
@@ -323,7 +376,7 @@ pub(crate) async fn get_body(server: &TestServer, key: &Keypair, query: &str) ->
 }
 
 /// Waits until `server` serves exactly `packet` for `key` over HTTP and DNS.
-async fn wait_served(server: &TestServer, key: &Keypair, packet: &SignedPacket) {
+pub(crate) async fn wait_served(server: &TestServer, key: &Keypair, packet: &SignedPacket) {
     let payload = packet.to_relay_payload();
     eventually("the packet served over GET", || async {
         let (status, body) = get_body(server, key, "").await;

@@ -119,6 +119,14 @@ impl TestServer {
         TestServer::spawn_at(vec!["dev".to_string()], unused, data_path, None)
     }
 
+    /// `pkraft serve --config FILE` on the data dir `data_path`, which the caller keeps and
+    /// removes.
+    pub fn start_serve_at(config: &Path, data_path: PathBuf) -> TestServer {
+        let command = vec!["serve".into(), "--config".into(), path_arg(config)];
+        let unused = tempfile::tempdir().expect("tempdir");
+        TestServer::spawn_at(command, unused, data_path, None)
+    }
+
     fn start_with(command: Vec<String>) -> TestServer {
         TestServer::start_in(command, tempfile::tempdir().expect("temp data dir"))
     }
@@ -371,4 +379,16 @@ pub fn install_crypto_provider() {
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
+}
+
+/// Mounts a new lossy disk (pkraft-lossyfs) on `dir/data`, its durable content in
+/// `dir/backing`; returns it and the mount point, for a node's data dir. `dir` must outlive the
+/// disk.
+pub fn mount_lossy_disk(dir: &Path) -> (pkraft_lossyfs::LossyDisk, PathBuf) {
+    let mountpoint = dir.join("data");
+    let backing = dir.join("backing");
+    std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+    std::fs::create_dir_all(&backing).expect("backing dir");
+    let disk = pkraft_lossyfs::LossyDisk::mount(&mountpoint, &backing).expect("mount a lossy disk");
+    (disk, mountpoint)
 }

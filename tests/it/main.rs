@@ -12,6 +12,7 @@ mod cli;
 mod client_cli;
 mod cluster;
 mod dht;
+mod disk_faults;
 mod dns;
 mod dns_client;
 mod doh;

@@ -8,7 +8,6 @@
 //! unless PKRAFT_TEST_REQUIRE_FUSE is set, as `.ci/run` sets it.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
 use crate::dns_client::iroh_txt;
-use crate::harness::TestServer;
+use crate::harness::{TestServer, mount_lossy_disk};
 
 /// A node on a lossy disk. Fields drop in order: the server is killed first, then the disk is
 /// unmounted (only possible once nothing uses it), then the directory holding the mount point
@@ -34,11 +33,7 @@ fn lossy_node(test: &str) -> Option<LossyNode> {
         return None;
     }
     let dirs = tempfile::tempdir().expect("tempdir");
-    let mountpoint: PathBuf = dirs.path().join("data");
-    let backing = dirs.path().join("backing");
-    std::fs::create_dir(&mountpoint).expect("mountpoint");
-    std::fs::create_dir(&backing).expect("backing");
-    let disk = LossyDisk::mount(&mountpoint, &backing).expect("mount the lossy disk");
+    let (disk, mountpoint) = mount_lossy_disk(dirs.path());
     let server = TestServer::start_dev_at(mountpoint);
     Some(LossyNode {
         server,
@@ -301,5 +296,94 @@ async fn a_failed_fsync_stops_the_node_and_loses_nothing_acknowledged() {
     node.disk.cut_power(Cut::Clean);
     node.disk.power_on();
     node.server.restart();
+    assert_served(&node.server, &published).await;
+}
+
+/// Sends one PUT of a new packet for `seed`; its status, or `None` if the node did not answer.
+async fn put_new(server: &TestServer, seed: u64, timestamp: u64) -> Option<reqwest::Response> {
+    let key = keypair(seed);
+    let packet = iroh_packet(&key, timestamp, &[&addr(9, seed as usize)]);
+    crate::harness::http_client()
+        .put(server.relay_url(&key))
+        .body(packet.to_relay_payload())
+        .send()
+        .await
+        .ok()
+}
+
+/// A disk that fills up to below `raft.min_free_disk_mib` (1 GiB by default) makes the node
+/// refuse PUTs with 503, not stop: it serves everything acknowledged meanwhile, and takes PUTs
+/// again once space is freed, without a restart. What it acknowledged survives a power cut.
+#[tokio::test]
+async fn a_disk_below_the_reserve_refuses_puts_and_takes_them_again_when_space_returns() {
+    let Some(mut node) = lossy_node("disk full") else {
+        return;
+    };
+    let mut published = publish(&node.server, 0, 900, 10, 2).await;
+    // 64 MiB left: under the reserve, and far more than the PUTs below write, so the node has
+    // to notice the reserve, not ENOSPC.
+    node.disk.limit_free_space(Some(64 << 20));
+    // The node measures the free space at most 100 ms apart: within a bounded number of PUTs
+    // one is refused. A PUT acknowledged before that must survive like any other.
+    let mut refused = None;
+    for i in 0..100u64 {
+        let response = put_new(&node.server, 1_000 + i, 7_000)
+            .await
+            .expect("the node answers");
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 204, "{}", node.server.log());
+        let key = keypair(1_000 + i);
+        let packet = iroh_packet(&key, 7_000, &[&addr(9, (1_000 + i) as usize)]);
+        published.push((key, packet, addr(9, (1_000 + i) as usize)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a PUT refused once the disk is below the reserve");
+    assert!(refused.headers().contains_key("retry-after"));
+    let reason = refused.text().await.expect("body");
+    assert!(reason.contains("raft.min_free_disk_mib"), "{reason}");
+    for i in 0..5u64 {
+        let response = put_new(&node.server, 1_200 + i, 7_000).await;
+        assert_eq!(response.map(|r| r.status().as_u16()), Some(503));
+    }
+    // Still up, serving reads; the metrics say why.
+    assert_served(&node.server, &published).await;
+    let metrics = node
+        .server
+        .get(&format!("http://{}/metrics", node.server.admin))
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    let available: f64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("pkraft_disk_available_bytes "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("pkraft_disk_available_bytes");
+    assert!(available <= (64 << 20) as f64, "{available}");
+    assert!(
+        metrics.contains("pkraft_raft_publish_refused_total{reason=\"disk_full\"}"),
+        "{metrics}"
+    );
+
+    node.disk.limit_free_space(None);
+    let mut taken = false;
+    for _ in 0..100 {
+        let response = put_new(&node.server, 1_300, 7_000).await;
+        if response.map(|r| r.status().as_u16()) == Some(204) {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        taken,
+        "no PUT taken after space returned\n{}",
+        node.server.log()
+    );
+    published.extend(publish(&node.server, 1, 1_400, 10, 2).await);
+    node.power_cycle(Cut::Clean);
     assert_served(&node.server, &published).await;
 }

@@ -54,8 +54,9 @@ pub(crate) struct Faults {
     /// Every fsync fails with EIO, and the unsynced data of its file is lost (as Linux marks the
     /// pages clean after a failed writeback: a later fsync succeeds without writing them).
     pub(crate) fsync_fails: bool,
-    /// Writes that would grow a file, and creating entries, fail with ENOSPC.
-    pub(crate) full: bool,
+    /// The disk's size in bytes, if limited: a write that would make the files' lengths add up
+    /// to more fails with ENOSPC, and so does creating an entry on a disk with nothing free.
+    pub(crate) capacity: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -247,7 +248,7 @@ impl Disk {
         gid: u32,
     ) -> Result<FileAttr> {
         self.powered()?;
-        if self.faults.full {
+        if self.free_bytes() == Some(0) {
             return Err(Errno::ENOSPC);
         }
         if self.dir(parent)?.current.contains_key(name) {
@@ -411,12 +412,9 @@ impl Disk {
 
     pub(crate) fn write(&mut self, ino: u64, offset: u64, data: &[u8]) -> Result<u32> {
         self.powered()?;
-        let full = self.faults.full;
-        let file = self.file_mut(ino)?;
         let end = offset.saturating_add(data.len() as u64);
-        if full && end > file.len {
-            return Err(Errno::ENOSPC);
-        }
+        self.check_growth(ino, end)?;
+        let file = self.file_mut(ino)?;
         file.unsynced.write(offset, data);
         file.len = file.len.max(end);
         self.last_write = Some(LastWrite {
@@ -431,12 +429,8 @@ impl Disk {
     pub(crate) fn setattr(&mut self, ino: u64, set: SetAttr) -> Result<FileAttr> {
         self.powered()?;
         if let Some(size) = set.size {
-            let full = self.faults.full;
-            let file = self.file_mut(ino)?;
-            if full && size > file.len {
-                return Err(Errno::ENOSPC);
-            }
-            file.truncate(size);
+            self.check_growth(ino, size)?;
+            self.file_mut(ino)?.truncate(size);
         }
         let node = self.node_mut(ino)?;
         if let Some(mode) = set.mode {
@@ -458,16 +452,41 @@ impl Disk {
     /// `fallocate` mode 0: the file is at least `offset + len` long.
     pub(crate) fn allocate(&mut self, ino: u64, offset: u64, len: u64) -> Result<()> {
         self.powered()?;
-        let full = self.faults.full;
-        let file = self.file_mut(ino)?;
         let end = offset.saturating_add(len);
-        if end > file.len {
-            if full {
-                return Err(Errno::ENOSPC);
-            }
-            file.len = end;
-        }
+        self.check_growth(ino, end)?;
+        let file = self.file_mut(ino)?;
+        file.len = file.len.max(end);
         Ok(())
+    }
+
+    /// The files' lengths added up: what the disk holds (unlinked files still open included).
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|node| match &node.kind {
+                Kind::File(file) => file.len,
+                Kind::Dir(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Bytes free, if the disk's size is limited.
+    pub(crate) fn free_bytes(&self) -> Option<u64> {
+        let capacity = self.faults.capacity?;
+        Some(capacity.saturating_sub(self.used_bytes()))
+    }
+
+    /// Whether file `ino` may grow to `new_len`: ENOSPC if that needs more than the disk has
+    /// free. Shrinking and overwriting always succeed.
+    fn check_growth(&self, ino: u64, new_len: u64) -> Result<()> {
+        let len = match &self.node(ino)?.kind {
+            Kind::File(file) => file.len,
+            Kind::Dir(_) => return Err(Errno::EISDIR),
+        };
+        match self.free_bytes() {
+            Some(free) if new_len.saturating_sub(len) > free => Err(Errno::ENOSPC),
+            _ => Ok(()),
+        }
     }
 
     /// Makes the file's content durable; a directory's entries (`fsync` of a directory).
@@ -920,7 +939,8 @@ mod tests {
         let mut f = disk();
         let ino = f.create(ROOT, "f");
         f.disk.write(ino, 0, b"abcd").expect("write");
-        f.disk.faults.full = true;
+        f.disk.faults.capacity = Some(4);
+        assert_eq!(f.disk.free_bytes(), Some(0));
         assert_eq!(f.disk.write(ino, 2, b"XYZ"), Err(Errno::ENOSPC));
         assert_eq!(f.disk.write(ino, 1, b"XY"), Ok(2));
         assert!(
@@ -928,9 +948,34 @@ mod tests {
                 .create(ROOT, OsStr::new("g"), false, 0o644, 0, 0)
                 .is_err()
         );
-        f.disk.faults.full = false;
+        f.disk.faults.capacity = None;
         assert_eq!(f.disk.write(ino, 2, b"XYZ"), Ok(3));
         assert_eq!(f.read_all(ino), b"aXXYZ");
+    }
+
+    #[test]
+    fn a_limited_disk_takes_writes_up_to_its_size() {
+        let mut f = disk();
+        let a = f.create(ROOT, "a");
+        let b = f.create(ROOT, "b");
+        f.disk.write(a, 0, b"abcd").expect("write");
+        f.disk.faults.capacity = Some(10);
+        assert_eq!(f.disk.free_bytes(), Some(6));
+        assert_eq!(f.disk.write(b, 0, b"123456"), Ok(6));
+        assert_eq!(f.disk.write(b, 6, b"7"), Err(Errno::ENOSPC));
+        // Space freed by a truncation can be written again, in another file.
+        f.disk
+            .setattr(
+                a,
+                SetAttr {
+                    size: Some(1),
+                    ..SetAttr::default()
+                },
+            )
+            .expect("truncate");
+        assert_eq!(f.disk.allocate(b, 0, 9), Ok(()));
+        assert_eq!(f.disk.allocate(b, 0, 10), Err(Errno::ENOSPC));
+        assert_eq!(f.disk.used_bytes(), 10);
     }
 
     #[test]

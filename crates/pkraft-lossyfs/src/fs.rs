@@ -328,9 +328,24 @@ impl Filesystem for LossyFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let full = self.0.disk().faults.full;
-        let free = if full { 0 } else { 1 << 30 };
-        reply.statfs(1 << 30, free, free, 1 << 20, 1 << 20, 4096, 255, 4096);
+        // Blocks of 4 KiB: the disk's size if limited, else 4 TiB.
+        const BLOCK: u64 = 4096;
+        let disk = self.0.disk();
+        let used = disk.used_bytes().div_ceil(BLOCK);
+        let (blocks, free) = match disk.free_bytes() {
+            Some(free) => (used + free / BLOCK, free / BLOCK),
+            None => (1 << 30, (1u64 << 30).saturating_sub(used)),
+        };
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            1 << 20,
+            1 << 20,
+            BLOCK as u32,
+            255,
+            BLOCK as u32,
+        );
     }
 
     /// No permission checks (and no `default_permissions`): the disk is a test fixture that

@@ -13,7 +13,8 @@
 //!   [`LossyDisk::power_on`], every operation on the mount fails with EIO, so nothing a dying
 //!   process still sends lands after the cut: cut, kill the process, then power on.
 //! - Faults on command: [`LossyDisk::fail_fsyncs`] (EIO, and the data is lost, as on Linux),
-//!   [`LossyDisk::fill`] (ENOSPC for any write that grows a file), [`LossyDisk::slow_fsyncs`].
+//!   [`LossyDisk::limit_free_space`] (ENOSPC once the files fill it, and `statfs` tells),
+//!   [`LossyDisk::slow_fsyncs`].
 //!
 //! Durable file content lives in a backing directory (one file per inode); unsynced bytes in
 //! memory. Not modelled: hard and symbolic links, special files, xattrs, `RENAME_EXCHANGE`,
@@ -142,9 +143,12 @@ impl LossyDisk {
         self.shared.disk().faults.fsync_fails = on;
     }
 
-    /// While `on`, the disk is full: writes that grow a file, and new entries, fail with ENOSPC.
-    pub fn fill(&self, on: bool) {
-        self.shared.disk().faults.full = on;
+    /// Limits the disk to what it holds now plus `free` bytes (`statfs` says so too); `None`
+    /// lifts the limit. Once the files' lengths reach the limit, a write that grows a file, and
+    /// creating an entry, fail with ENOSPC. `Some(0)` is a full disk.
+    pub fn limit_free_space(&self, free: Option<u64>) {
+        let mut disk = self.shared.disk();
+        disk.faults.capacity = free.map(|free| disk.used_bytes().saturating_add(free));
     }
 
     /// Every fsync takes `delay` longer.

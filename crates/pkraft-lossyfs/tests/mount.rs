@@ -165,13 +165,17 @@ fn a_full_disk_refuses_growth_with_enospc_and_recovers() {
         .open(&path)
         .expect("create");
     file.write_all(b"0123").expect("write");
-    m.disk.fill(true);
+    m.disk.limit_free_space(Some(0));
+    let stat = nix::sys::statvfs::statvfs(m.disk.path()).expect("statvfs");
+    assert_eq!(stat.blocks_available(), 0, "a full disk says so");
     let error = file.write_all(b"more").expect_err("ENOSPC");
     assert_eq!(error.raw_os_error(), Some(28), "{error}");
     file.write_all_at(b"ab", 0)
         .expect("an overwrite needs no space");
     assert!(File::create(m.path("g")).is_err());
-    m.disk.fill(false);
+    m.disk.limit_free_space(Some(1 << 20));
+    let stat = nix::sys::statvfs::statvfs(m.disk.path()).expect("statvfs");
+    assert_eq!(stat.blocks_available() * stat.fragment_size(), 1 << 20);
     file.seek(SeekFrom::End(0)).expect("seek");
     file.write_all(b"more").expect("write after space returns");
     let mut content = String::new();

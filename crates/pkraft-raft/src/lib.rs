@@ -36,6 +36,7 @@
 pub mod backup;
 mod codec;
 pub mod dht_outbox;
+mod disk_space;
 mod expiry;
 pub mod handover;
 mod leadership;

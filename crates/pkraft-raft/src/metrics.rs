@@ -33,7 +33,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) handovers: IntCounterVec,
     /// `pkraft_raft_publish_refused_total{reason}`: publishes answered "unavailable" (503) by
     /// this node's batcher, by why: `no_leader`, `no_quorum` (this leader is cut off),
-    /// `timeout` (not committed in time), `forward_failed`, `handover`.
+    /// `timeout` (not committed in time), `forward_failed`, `handover`, `disk_full`.
     pub(crate) publish_refused_total: IntCounterVec,
     /// `pkraft_raft_snapshot_build_seconds`: snapshot builds and their duration.
     pub(crate) snapshot_build: Histogram,
@@ -42,6 +42,9 @@ pub(crate) struct NodeMetrics {
     pub(crate) snapshot_install: Histogram,
     /// `pkraft_store_expired_records_total`: packets removed by expiry on this replica.
     pub(crate) expired_records: IntCounter,
+    /// `pkraft_disk_available_bytes`: bytes available on the data dir's file system, measured
+    /// once a second (`disk_space`).
+    pub(crate) disk_available_bytes: IntGauge,
 }
 
 impl NodeMetrics {
@@ -94,6 +97,10 @@ impl NodeMetrics {
                 "pkraft_store_expired_records_total",
                 "Packets removed from this replica by expiry.",
             )?,
+            disk_available_bytes: IntGauge::new(
+                "pkraft_disk_available_bytes",
+                "Bytes available on the file system of the data dir (below raft.min_free_disk_mib the node takes no writes).",
+            )?,
         })
     }
 
@@ -109,6 +116,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.forwarded_packets.clone()))?;
         registry.register(Box::new(self.leader_changes.clone()))?;
         registry.register(Box::new(self.handovers.clone()))?;
+        registry.register(Box::new(self.disk_available_bytes.clone()))?;
         registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;

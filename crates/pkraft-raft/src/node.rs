@@ -11,6 +11,7 @@ use prometheus::Registry;
 use tokio::task::JoinHandle;
 
 use crate::dht_outbox::DhtOutbox;
+use crate::disk_space::DiskSpace;
 use crate::leadership::{Leadership, watch_cluster_state};
 use crate::log_store::LogStore;
 use crate::metrics::{NodeMetrics, StateCollector};
@@ -128,6 +129,8 @@ pub struct Core {
     pub(crate) election_timeout_max: Duration,
     /// Largest peer request body: a full `append-entries` of the biggest entries.
     pub(crate) peer_body_max: usize,
+    /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
+    pub(crate) disk_space: Arc<DiskSpace>,
 }
 
 /// One pkraft node: the Raft instance and the local replica it applies to.
@@ -230,6 +233,11 @@ impl Node {
         } else if let Some(log_end) = log_end {
             replay_log(&raft, id, log_end).await?;
         }
+        let disk_space = Arc::new(DiskSpace::new(
+            data_dir,
+            settings.min_free_disk_bytes(),
+            metrics.disk_available_bytes.clone(),
+        ));
         let node = Node {
             core: Core {
                 id,
@@ -242,6 +250,7 @@ impl Node {
                 publish_timeout: settings.publish_timeout,
                 election_timeout_max: settings.election_timeout_max,
                 peer_body_max: settings.peer_body_max(),
+                disk_space,
             },
             writes: WritePath::new(),
             leadership,
@@ -268,7 +277,10 @@ impl Node {
                 self.raft.clone(),
                 self.build_times.clone(),
                 settings.snapshot_after_entries,
+                self.disk_space.clone(),
+                self.data_dir.join(SNAPSHOT_DIR),
             )),
+            tokio::spawn(crate::disk_space::run(self.disk_space.clone())),
         ];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));

@@ -60,6 +60,11 @@ pub struct Settings {
     /// memory pressure; this one is the node's own and never shrinks. It is the largest part of a
     /// node's memory: docs/OPERATIONS.md, "Memory".
     pub state_cache_mib: u64,
+    /// Space to keep free on the data dir's file system, in MiB. Default 1024. Below it the node
+    /// takes no writes (PUT 503, replication to it waits) until space is freed, instead of
+    /// running into "no space left", which stops the node; no snapshot build starts unless the
+    /// last snapshot's size fits above it. 0 turns the check off. docs/OPERATIONS.md, "Disk full".
+    pub min_free_disk_mib: u64,
 }
 
 impl Default for Settings {
@@ -76,6 +81,7 @@ impl Default for Settings {
             record_max_age: Duration::from_secs(7 * 24 * 3600),
             expiry_interval: Duration::from_secs(60),
             state_cache_mib: 256,
+            min_free_disk_mib: 1024,
         }
     }
 }
@@ -122,6 +128,11 @@ impl Settings {
                     self.state_cache_mib
                 ))
             })
+    }
+
+    /// `min_free_disk_mib` in bytes.
+    pub fn min_free_disk_bytes(&self) -> u64 {
+        self.min_free_disk_mib.saturating_mul(1024 * 1024)
     }
 
     /// Largest request body the peer listener accepts: a full `append-entries` of the largest

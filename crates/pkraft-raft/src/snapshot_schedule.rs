@@ -12,12 +12,14 @@
 //! what the snapshot is for bounding; a small state builds in milliseconds, so there the count
 //! alone decides, as before.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use openraft::{Raft, RaftMetrics};
 use tokio::time::Instant;
 
+use crate::disk_space::DiskSpace;
 use crate::type_config::{NodeId, TypeConfig};
 
 /// The pause after a build, as a multiple of its duration: builds take at most
@@ -30,6 +32,8 @@ const BUILD_PAUSE_MAX: Duration = Duration::from_secs(600);
 /// after it (a build that fails stops Raft, so this only guards against a trigger openraft
 /// did not act on). Sending one during a build is harmless: openraft ignores it.
 const TRIGGER_RETRY: Duration = Duration::from_secs(60);
+/// How often a build that is due but has no room on the disk (`disk_space`) looks again.
+const NO_ROOM_RETRY: Duration = Duration::from_secs(5);
 
 /// The last build's timing, written by the state machine when a build ends.
 #[derive(Debug, Default)]
@@ -107,8 +111,27 @@ struct Pending {
     sent: Instant,
 }
 
+/// Bytes of the snapshot files in `dir`: about what the next build writes, before the last
+/// snapshot is removed.
+fn snapshot_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .filter(|metadata| metadata.is_file())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
 /// Runs until Raft stops.
-pub(crate) async fn run(raft: Raft<TypeConfig>, builds: Arc<BuildTimes>, after_entries: u64) {
+pub(crate) async fn run(
+    raft: Raft<TypeConfig>,
+    builds: Arc<BuildTimes>,
+    after_entries: u64,
+    disk: Arc<DiskSpace>,
+    snapshot_dir: PathBuf,
+) {
     let mut metrics = raft.metrics();
     let mut pending: Option<Pending> = None;
     loop {
@@ -131,6 +154,15 @@ pub(crate) async fn run(raft: Raft<TypeConfig>, builds: Arc<BuildTimes>, after_e
                 Some(p.sent + TRIGGER_RETRY)
             }
             _ => match next(since, after_entries, last, now) {
+                // A build that fails for lack of space stops Raft; the log grows meanwhile,
+                // and the writes that grow it are refused below the same reserve.
+                Next::Build if !disk.has_room_for(snapshot_bytes(&snapshot_dir)) => {
+                    tracing::warn!(
+                        "a snapshot build is due, but the disk has no room for it above \
+                         raft.min_free_disk_mib; waiting"
+                    );
+                    Some(now + NO_ROOM_RETRY)
+                }
                 Next::Build => {
                     if raft.trigger().snapshot().await.is_err() {
                         return;

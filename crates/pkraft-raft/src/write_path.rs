@@ -177,6 +177,12 @@ impl Node {
             .map_err(|e| PublishError::Replica(e.to_string()))?;
         match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
             PublishOutcome::Stored => {
+                // Refused here too, not only by the leader: this node could not take the entry
+                // from the leader, so the client would not read its write back from it.
+                if let Some(reason) = self.disk_space.refusal() {
+                    self.metrics.publish_refused("disk_full", 1);
+                    return Err(PublishError::Unavailable(reason));
+                }
                 let outcome = self.writes().enqueue(packet.into(), Origin::Local)?;
                 let deadline = tokio::time::Instant::now() + self.publish_timeout;
                 self.await_outcome_until(outcome, deadline).await

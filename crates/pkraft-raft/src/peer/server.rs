@@ -13,7 +13,10 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::timeout::TimeoutLayer;
@@ -144,13 +147,30 @@ where
     F: FnOnce(Q) -> Fut,
     Fut: Future<Output = R>,
 {
+    exchange_unless_refused(body, |request| async { Ok(handle(request).await) }).await
+}
+
+/// A request this node will not handle now (503 with the reason): the caller retries later.
+struct Refusal(String);
+
+/// [`exchange`] for a handler that may refuse the request (503) instead of answering it.
+async fn exchange_unless_refused<Q, R, F, Fut>(body: Bytes, handle: F) -> Response
+where
+    Q: DeserializeOwned,
+    R: Serialize,
+    F: FnOnce(Q) -> Fut,
+    Fut: Future<Output = Result<R, Refusal>>,
+{
     let request: Q = match decode(&body) {
         Ok(request) => request,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("undecodable request: {e}")).into_response();
         }
     };
-    let answer = handle(request).await;
+    let answer = match handle(request).await {
+        Ok(answer) => answer,
+        Err(Refusal(reason)) => return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
+    };
     match encode(&answer) {
         Ok(bytes) => (StatusCode::OK, [(CONTENT_TYPE, POSTCARD)], bytes).into_response(),
         Err(e) => {
@@ -161,14 +181,30 @@ where
 }
 
 async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |rpc: AppendEntriesRequest<TypeConfig>| async move {
+    exchange_unless_refused(body, |mut rpc: AppendEntriesRequest<TypeConfig>| async move {
+        // Low on disk (`disk_space`), entries wait: they are answered 503, which the leader
+        // retries after a back-off. The rest of the request is still taken, as a heartbeat:
+        // a leader backing off sends nothing else, and without it this follower would stand
+        // for election and, with its higher term, depose the leader.
+        let refusal = if rpc.entries.is_empty() {
+            None
+        } else {
+            node.disk_space.refusal()
+        };
+        if refusal.is_some() {
+            rpc.entries.clear();
+        }
         let answer = node.raft.append_entries(rpc).await;
         // Any answer but "your vote is stale" means a current leader reached this node.
-        if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
-        {
+        let from_leader = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
+        if from_leader {
             node.heard_from_leader();
         }
-        answer
+        match refusal {
+            // A stale leader hears so, as always; only a current one is refused.
+            Some(reason) if from_leader => Err(Refusal(reason)),
+            _ => Ok(answer),
+        }
     })
     .await
 }
@@ -181,12 +217,33 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |rpc| async move {
+    exchange_unless_refused(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
+        if let Some(reason) = node.disk_space.refusal() {
+            // As for entries (see `append_entries`): the snapshot waits, the vote is taken as
+            // a heartbeat. Its previous entry is the snapshot's last, which a follower that
+            // needs the snapshot lacks, so openraft changes nothing but the leader's lease.
+            let heartbeat = AppendEntriesRequest {
+                vote: rpc.vote,
+                prev_log_id: rpc.meta.last_log_id,
+                entries: Vec::new(),
+                leader_commit: None,
+            };
+            return match node.raft.append_entries(heartbeat).await {
+                Ok(AppendEntriesResponse::HigherVote(vote)) => {
+                    Ok(Ok(InstallSnapshotResponse { vote }))
+                }
+                Ok(_) => {
+                    node.heard_from_leader();
+                    Err(Refusal(reason))
+                }
+                Err(fatal) => Err(Refusal(fatal.to_string())),
+            };
+        }
         let answer = node.raft.install_snapshot(rpc).await;
         if answer.is_ok() {
             node.heard_from_leader();
         }
-        answer
+        Ok(answer)
     })
     .await
 }

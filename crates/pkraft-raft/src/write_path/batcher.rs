@@ -154,6 +154,10 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     node.metrics.publish_refused("no_quorum", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
+                if let Some(reason) = node.disk_space.refusal() {
+                    node.metrics.publish_refused("disk_full", batch.len());
+                    return answer_all(batch, PublishError::Unavailable(reason));
+                }
                 // The handover began since the check above: go round and wait for the next leader.
                 let Some(_proposal) = node.begin_proposal() else {
                     continue;

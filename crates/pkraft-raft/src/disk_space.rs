@@ -1,0 +1,175 @@
+//! Disk-full protection: while the file system of the data dir has less than
+//! `raft.min_free_disk_mib` available, this node takes no writes, instead of running into ENOSPC.
+//!
+//! Why a reserve and not ENOSPC itself: a log append or a redb commit that fails stops Raft
+//! (openraft treats every storage error as fatal) and the daemon exits, and a failed redb commit
+//! leaves the file to be reopened. Refusing early keeps the node up, serving reads, and it takes
+//! writes again by itself once space is freed. etcd does the same with its space quota.
+//!
+//! While space is low:
+//! - a PUT on this node is answered 503 (`PublishError::Unavailable`), before anything is queued;
+//! - as leader, the batcher refuses every batch, forwarded ones too (`disk_full`);
+//! - as follower, `append-entries` carrying entries and `install-snapshot` are answered 503, which
+//!   the leader takes as "unreachable" and retries after its back-off; heartbeats (no entries)
+//!   are still taken, so the follower does not stand for election;
+//! - no snapshot build starts unless the last snapshot's size fits above the reserve.
+//!
+//! What was admitted before still lands (the reserve is there for it): entries already in the
+//! log are applied, and an expiry or DHT entry the leader proposes is small.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use prometheus::IntGauge;
+
+/// How long a measurement is taken as current: a `statvfs` per request would cost a system call
+/// each (a round trip on FUSE), and at 10,000 PUT/s a tenth of a second is ~1,000 PUTs, a few
+/// hundred KiB of log.
+const FRESH_FOR: Duration = Duration::from_millis(100);
+/// How often the background check runs, so the metric and the log are current without traffic.
+pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(crate) struct DiskSpace {
+    data_dir: PathBuf,
+    reserve_bytes: u64,
+    started: Instant,
+    /// Milliseconds since `started` of the last measurement, plus one (0: never measured).
+    measured_at: AtomicU64,
+    /// Bytes available to this process at the last measurement.
+    available: AtomicU64,
+    /// Whether writes are refused; kept to log the changes once.
+    refusing: AtomicBool,
+    /// `pkraft_disk_available_bytes`.
+    gauge: IntGauge,
+}
+
+impl DiskSpace {
+    pub(crate) fn new(data_dir: &Path, reserve_bytes: u64, gauge: IntGauge) -> DiskSpace {
+        DiskSpace {
+            data_dir: data_dir.to_path_buf(),
+            reserve_bytes,
+            started: Instant::now(),
+            measured_at: AtomicU64::new(0),
+            available: AtomicU64::new(u64::MAX),
+            refusing: AtomicBool::new(false),
+            gauge,
+        }
+    }
+
+    /// Why this node must take no writes now, if it must: the data dir's file system has less
+    /// than the reserve available.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        let now = self.millis_now();
+        let last = self.measured_at.load(Ordering::Acquire);
+        let stale = last == 0 || now.saturating_sub(last - 1) >= FRESH_FOR.as_millis() as u64;
+        // One caller measures; the others use the last measurement meanwhile.
+        if stale
+            && self
+                .measured_at
+                .compare_exchange(last, now + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.measure();
+        }
+        self.refusal_for(self.available.load(Ordering::Acquire))
+    }
+
+    /// Whether `bytes` more can be written without going below the reserve (for a snapshot
+    /// build, which writes about the last snapshot's size).
+    pub(crate) fn has_room_for(&self, bytes: u64) -> bool {
+        self.refusal().is_none()
+            && self.available.load(Ordering::Acquire) >= self.reserve_bytes.saturating_add(bytes)
+    }
+
+    /// Measures now (the background check).
+    pub(crate) fn measure(&self) {
+        self.measured_at
+            .store(self.millis_now() + 1, Ordering::Release);
+        let available = match available_bytes(&self.data_dir) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Not knowing is not "full": a failing disk shows up as failing writes.
+                tracing::warn!(data_dir = %self.data_dir.display(), error = %e, "cannot read the free disk space");
+                return;
+            }
+        };
+        self.available.store(available, Ordering::Release);
+        self.gauge.set(i64::try_from(available).unwrap_or(i64::MAX));
+        let refusing = self.refusal_for(available);
+        if refusing.is_some() != self.refusing.swap(refusing.is_some(), Ordering::AcqRel) {
+            match refusing {
+                Some(reason) => tracing::error!("{reason}"),
+                None => tracing::warn!(
+                    data_dir = %self.data_dir.display(),
+                    available_mib = available / MIB,
+                    "disk space is back above raft.min_free_disk_mib: this node takes writes again"
+                ),
+            }
+        }
+    }
+
+    fn refusal_for(&self, available: u64) -> Option<String> {
+        (available < self.reserve_bytes).then(|| {
+            format!(
+                "the disk of {} has {} MiB free, less than raft.min_free_disk_mib ({} MiB): this \
+                 node takes no writes until space is freed",
+                self.data_dir.display(),
+                available / MIB,
+                self.reserve_bytes / MIB
+            )
+        })
+    }
+
+    fn millis_now(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Bytes an unprivileged process may still write on the file system holding `path` (the blocks
+/// reserved for root are not counted: a node running as root must not eat them either).
+fn available_bytes(path: &Path) -> nix::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path)?;
+    Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+}
+
+/// Runs the background check until the node stops (the task is aborted).
+pub(crate) async fn run(disk: std::sync::Arc<DiskSpace>) {
+    let mut interval = tokio::time::interval(CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        disk.measure();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauge() -> IntGauge {
+        IntGauge::new("test_disk_available_bytes", "test").expect("gauge")
+    }
+
+    #[test]
+    fn a_reserve_above_what_is_free_refuses_writes_and_names_the_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let free = available_bytes(dir.path()).expect("statvfs");
+        let disk = DiskSpace::new(dir.path(), free.saturating_add(1 << 40), gauge());
+        let reason = disk.refusal().expect("refused");
+        assert!(reason.contains("raft.min_free_disk_mib"), "{reason}");
+        assert!(!disk.has_room_for(0));
+        assert!(disk.gauge.get() > 0);
+    }
+
+    #[test]
+    fn a_reserve_below_what_is_free_takes_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = DiskSpace::new(dir.path(), 0, gauge());
+        assert_eq!(disk.refusal(), None);
+        assert!(disk.has_room_for(0));
+        assert!(!disk.has_room_for(u64::MAX));
+    }
+}

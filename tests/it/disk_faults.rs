@@ -1,0 +1,156 @@
+//! Goal: disk faults short of a power cut (a full disk, slow fsyncs) on some nodes of a cluster
+//! cost no acknowledged write, stop no node and cause no election nobody wanted.
+//! Method: a 3-node `TestCluster` with every data dir on its own lossy disk (pkraft-lossyfs),
+//! whose free space and fsync delay the test sets. The single-node cases (a full disk, a failed
+//! fsync) are in `power_loss.rs`. Needs root and /dev/fuse, as there.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cluster::{
+    TEST_RAFT, TestCluster, admin_status, eventually, packet, put, put_until_accepted, wait_served,
+};
+
+/// Every member's (term, leader) as it reports them.
+async fn terms_and_leaders(cluster: &TestCluster) -> Vec<(u64, Option<u64>)> {
+    let mut seen = Vec::new();
+    for member in &cluster.members {
+        let status: Value = admin_status(&member.server)
+            .await
+            .expect("the node answers its status");
+        seen.push((
+            status["node"]["term"].as_u64().expect("term"),
+            status["node"]["leader"].as_u64(),
+        ));
+    }
+    seen
+}
+
+/// A follower whose disk falls below `raft.min_free_disk_mib` refuses PUTs (503) and the
+/// entries and snapshots its leader sends (the leader retries them), but takes heartbeats: it stays a quiet
+/// follower, the other two keep committing, and once space returns it catches up by itself.
+#[tokio::test]
+async fn a_follower_low_on_disk_lets_the_cluster_write_and_catches_up() {
+    // Snapshots after every 5 entries, and no log kept after them: the follower left behind
+    // needs a snapshot, so both the entries and the snapshot are refused and retried.
+    let raft = "snapshot_after_entries = 5\nentries_kept_after_snapshot = 0\n";
+    let Some(cluster) = TestCluster::on_lossy_disks("follower disk full", 3, TEST_RAFT, raft).await
+    else {
+        return;
+    };
+    let leader = cluster.leader().await;
+    let follower = cluster.follower().await;
+    let (key, first) = packet(1, 1_000);
+    put_until_accepted(&cluster.member(leader).server, &key, &first).await;
+    for member in &cluster.members {
+        wait_served(&member.server, &key, &first).await;
+    }
+    let before = terms_and_leaders(&cluster).await;
+
+    let low = &cluster.member(follower);
+    low.disk
+        .as_ref()
+        .expect("a lossy disk")
+        .limit_free_space(Some(64 << 20));
+    // It refuses PUTs of its own (measured at most 100 ms apart, so within a few tries).
+    let mut seed = 100;
+    eventually("the follower refusing a PUT", || {
+        seed += 1;
+        let (key, packet) = packet(seed, 1_000);
+        let server = &low.server;
+        async move { (put(server, &key, &packet).await.status() == 503).then_some(()) }
+    })
+    .await;
+    // The leader and the third node go on committing without it.
+    let mut written = Vec::new();
+    for seed in 200..220 {
+        let (key, packet) = packet(seed, 2_000);
+        put_until_accepted(&cluster.member(leader).server, &key, &packet).await;
+        written.push((key, packet));
+    }
+    let (last_key, last) = written.last().expect("written").clone();
+    // A few heartbeat back-offs' time, in which the follower must neither take the entries
+    // nor stand for election.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = low
+        .server
+        .get(&low.server.relay_url(&last_key))
+        .await
+        .status();
+    assert_eq!(status, 404, "the follower took entries below its reserve");
+    assert_eq!(
+        terms_and_leaders(&cluster).await,
+        before,
+        "an election while a follower was low on disk"
+    );
+
+    low.disk
+        .as_ref()
+        .expect("a lossy disk")
+        .limit_free_space(None);
+    wait_served(&low.server, &last_key, &last).await;
+    for (key, packet) in &written {
+        wait_served(&low.server, key, packet).await;
+    }
+    assert_eq!(terms_and_leaders(&cluster).await, before);
+}
+
+/// Raft timing as shipped (`raft.*` defaults: heartbeat 100 ms, election timeout 300–500 ms).
+const DEFAULT_RAFT: &str = "heartbeat_interval = \"100ms\"\n\
+                            election_timeout_min = \"300ms\"\n\
+                            election_timeout_max = \"500ms\"\n\
+                            publish_timeout = \"5s\"\n";
+
+/// docs/OPERATIONS.md ("Raft timing") says a heartbeat of at least 3 × the fsync time keeps
+/// elections away. At the defaults (100 ms) every fsync on every node, leader included, made
+/// 30 ms slower under a steady write load: no election, no leader change, every PUT taken.
+#[tokio::test]
+async fn fsyncs_slower_by_a_third_of_the_heartbeat_cause_no_election() {
+    let Some(cluster) = TestCluster::on_lossy_disks("slow fsync", 3, DEFAULT_RAFT, "").await else {
+        return;
+    };
+    let leader = cluster.leader().await;
+    let before = terms_and_leaders(&cluster).await;
+    for member in &cluster.members {
+        member
+            .disk
+            .as_ref()
+            .expect("a lossy disk")
+            .slow_fsyncs(Duration::from_millis(30));
+    }
+    // About 6 s of PUTs, 4 at a time, through every node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut seed = 1_000;
+    let mut written = 0;
+    while tokio::time::Instant::now() < deadline {
+        let mut puts = tokio::task::JoinSet::new();
+        for member in &cluster.members {
+            for _ in 0..2 {
+                seed += 1;
+                let (key, packet) = packet(seed, 3_000);
+                let url = member.server.relay_url(&key);
+                let body = packet.to_relay_payload();
+                puts.spawn(async move {
+                    crate::harness::http_client()
+                        .put(url)
+                        .body(body)
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16())
+                        .ok()
+                });
+            }
+        }
+        for status in puts.join_all().await {
+            assert_eq!(status, Some(204), "a PUT while fsyncs are slow");
+            written += 1;
+        }
+    }
+    assert!(written > 20, "only {written} PUTs in 6 s");
+    assert_eq!(
+        terms_and_leaders(&cluster).await,
+        before,
+        "an election with fsyncs 30 ms slower (leader was node {leader})"
+    );
+}
