@@ -50,18 +50,11 @@ start_single() {  # $1 = system name, $2 = bin dir
   wait_up "$!" "http://127.0.0.1:$http/healthz"
 }
 start_cluster() {  # $1 = system name, $2 = bin dir
-  local n http dns peer admin join="" node1_peer="" urls="" ps="" admin1=""
-  for n in 1 2 3; do
-    http=$(loopback_port); dns=$(loopback_port); peer=$(loopback_port); admin=$(loopback_port)
-    if [ "$n" = 1 ]; then node1_peer=$peer; admin1=127.0.0.1:$admin; else join="127.0.0.1:$node1_peer"; fi
-    cluster_node_config "$work/$1-$n.toml" "$n" "$work/$1-$n-data" "127.0.0.1:$http" \
-      "127.0.0.1:$dns" "127.0.0.1:$peer" "127.0.0.1:$admin" ab-cluster-secret-not-for-production "$join"
-    RUST_LOG=warn setsid "$2/pkraft" serve --config "$work/$1-$n.toml" >"$work/$1-$n.log" 2>&1 &
-    pids+=($!); ps="$ps $!"; urls="$urls http://127.0.0.1:$http/pkarr"
-    wait_up "$!" "http://127.0.0.1:$http/healthz"
-  done
-  wait_for_voters "$2/pkraft" "$admin1" 3 60 || fail "cluster $1 did not reach 3 voters"
-  pid_of[$1]=$ps; url_of[$1]=$urls
+  # shellcheck disable=SC2034  # filled by cluster_up
+  local -A node_pid node_http node_dns node_admin
+  RUST_LOG=warn cluster_up "$2" "$work/$1" 3 ab-cluster-secret-not-for-production ||
+    fail "cluster $1 did not start"
+  pids+=("${node_pid[@]}"); pid_of[$1]="${node_pid[*]}"; url_of[$1]="${node_http[*]}"
 }
 start_iroh() {
   local http dns https

@@ -21,16 +21,15 @@ case "$nodes" in 3 | 5) ;; *) echo "handover: BENCH_NODES must be 3 or 5" >&2; e
 need_bins handover "$bin"
 
 work=$(mktemp -d)
-declare -A node_pid node_http node_admin
-cluster_bin=$bin cluster_work=$work
+# shellcheck disable=SC2034  # filled by cluster_up
+declare -A node_pid node_http node_dns node_admin
 cleanup() { kill_all "${node_pid[@]}"; rm -rf "$work"; }
 trap cleanup EXIT
 log() { echo "handover: $*" >&2; }
 fail() { log "$*"; print_log_tails "$work"; exit 1; }
 
-cluster_configs "$nodes" handover-bench-secret-not-for-production
-for n in $(seq 1 "$nodes"); do cluster_start_node "$n" || fail "node $n did not start"; done
-wait_for_voters "$bin/pkraft" "${node_admin[1]}" "$nodes" 120 || fail "the cluster did not reach $nodes voters"
+cluster_up "$bin" "$work/cluster" "$nodes" handover-bench-secret-not-for-production ||
+  fail "the cluster of $nodes nodes did not start"
 "$bin/pkraft-bench" gen --keys 100000 --versions 1 --out "$work/data.bin" >/dev/null
 
 : >"$work/results.jsonl"

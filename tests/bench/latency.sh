@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 source tests/lib/pkraft.sh
 
 bin_dir=${1:-target/release}
-pkraft=$bin_dir/pkraft bench=$bin_dir/pkraft-bench
+bench=$bin_dir/pkraft-bench
 delay_ms=${LATENCY_DELAY_MS:-40} jitter_ms=${LATENCY_JITTER_MS:-10}
 keys=${LATENCY_KEYS:-2000} runs=${LATENCY_RUNS:-3} trials=${LATENCY_FAILOVER_TRIALS:-10}
 PKRAFT_EXTRA_TOML="$LIMITS_OFF_TOML
@@ -21,9 +21,8 @@ ${LATENCY_RAFT_TOML:-}"
 secret=latency-bench-secret-not-for-production
 
 work=$(mktemp -d)
-pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  cluster_down "$work/cluster"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,37 +33,14 @@ fail() {
   exit 1
 }
 
-declare -A node_pid node_http node_admin
-start_node() {  # $1 = node id; (re)starts it on its config and data dir
-  RUST_LOG=warn "$pkraft" serve --config "$work/node$1.toml" >>"$work/node$1.log" 2>&1 &
-  node_pid[$1]=$!; pids+=($!)
-  disown "$!"
-  for _ in $(seq 1 300); do
-    curl -sf "${node_http[$1]%/pkarr}/healthz" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  fail "node $1 did not answer within 30 s"
-}
-for n in 1 2 3; do
-  http=$(loopback_port) dns=$(loopback_port) peer=$(loopback_port) admin=$(loopback_port)
-  proxy=$(loopback_port)
-  [ "$n" = 1 ] && { join=""; node1_proxy=$proxy; } || join="127.0.0.1:$node1_proxy"
-  cluster_node_config "$work/node$n.toml" "$n" "$work/node$n-data" "127.0.0.1:$http" \
-    "127.0.0.1:$dns" "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" "$join"
-  # The other nodes reach this one through its proxy.
-  sed -i "s|^peer_listen = .*|&\nadvertise = \"127.0.0.1:$proxy\"|" "$work/node$n.toml"
-  "$bench" delay-proxy --listen "127.0.0.1:$proxy" --upstream "127.0.0.1:$peer" \
-    --delay-ms "$delay_ms" --jitter-ms "$jitter_ms" >"$work/proxy$n.log" 2>&1 &
-  pids+=($!)
-  disown "$!"  # killed at the end: no "Killed" job notice from bash
-  node_http[$n]="http://127.0.0.1:$http/pkarr"; node_admin[$n]="127.0.0.1:$admin"
-  start_node "$n"
-done
-wait_for_voters "$pkraft" "${node_admin[1]}" 3 60 || fail "the cluster did not form within 60 s"
-
-leader_of() {  # the leader node $1 knows of
-  "$pkraft" cluster --admin "${node_admin[$1]}" status --json 2>/dev/null |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")'
+# Every node's peer listener behind a `pkraft-bench delay-proxy`: the nodes advertise their
+# proxy and join through node 1's, so every peer request and answer is delayed.
+# shellcheck disable=SC2034  # filled by cluster_up
+declare -A node_pid node_http node_dns node_admin
+RUST_LOG=warn cluster_up "$bin_dir" "$work/cluster" 3 "$secret" \
+  --peer-delay-ms "$delay_ms" --peer-jitter-ms "$jitter_ms" || fail "the cluster did not form"
+start_node() {  # $1 = node id; restarts it on its config and data dir
+  RUST_LOG=warn cluster_start_node "$1" || fail "node $1 did not restart"
 }
 leader_changes() { leader_changes_total "${node_admin[@]}"; }
 
@@ -79,13 +55,8 @@ done
 echo "{\"kind\": \"leader_changes\", \"during_puts\": $(( $(leader_changes) - before ))}"
 
 for t in $(seq 1 "$trials"); do
-  leader=""
-  for _ in $(seq 1 300); do
-    leader=$(leader_of 1 || true)
-    [ -n "$leader" ] && wait_for_voters "$pkraft" "${node_admin[$leader]}" 3 1 && break
-    sleep 0.1
-  done
-  [ -n "$leader" ] || fail "no leader before failover trial $t"
+  leader=$(pkraft_bench cluster settled --admin "${node_admin[1]}" --voters 3 --timeout-secs 30) ||
+    fail "no settled cluster before failover trial $t"
   survivor=$(( leader % 3 + 1 ))
   kill -KILL "${node_pid[$leader]}"
   killed_at=$(date +%s%3N)

@@ -73,29 +73,6 @@ if [ "$peers" = yes ] && [ ! -x "$iroh_bin" ]; then
 fi
 
 # --- helpers -------------------------------------------------------------------------------
-taken_ports=" "
-free_port() {  # a port free on 127.0.0.1 for TCP and UDP, never handed out twice in this run
-  local port
-  while :; do
-    port=$(python3 - <<'PY'
-import socket
-t = socket.socket(); t.bind(("127.0.0.1", 0)); port = t.getsockname()[1]
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-try:
-    u.bind(("127.0.0.1", port)); print(port)
-except OSError:
-    print(0)
-t.close(); u.close()
-PY
-)
-    if [ "$port" != 0 ] && [[ "$taken_ports" != *" $port "* ]]; then
-      taken_ports+="$port "
-      echo "$port"
-      return
-    fi
-  done
-}
-
 alive() { kill -0 "$1" 2>/dev/null; }
 wait_until_up() {  # $1 = name, $2 = pid, rest = probe command; up to 30 s
   local name=$1 pid=$2; shift 2
@@ -198,7 +175,7 @@ versions=$((runs + 3))  # 0: initial load, 1..runs: measured PUTs, runs+1: lag, 
 
 # --- systems -------------------------------------------------------------------------------
 start_pkraft() {
-  local http dns https; http=$(free_port); dns=$(free_port); https=$(free_port)
+  local http dns https; http=$(loopback_port); dns=$(loopback_port); https=$(loopback_port)
   single_node_config "$work/pkraft.toml" "$work/pkraft-data" "127.0.0.1:$http" "127.0.0.1:$dns" \
     "origins = [\"$origin\"]" "[https]
 listen = \"127.0.0.1:$https\"
@@ -210,7 +187,7 @@ key = \"$PWD/tests/fixtures/tls/localhost.key\""
   wait_until_up pkraft "${pid_of[pkraft]}" curl -sf "http://127.0.0.1:$http/healthz"
 }
 start_iroh() {
-  local http dns https; http=$(free_port); dns=$(free_port); https=$(free_port)
+  local http dns https; http=$(loopback_port); dns=$(loopback_port); https=$(loopback_port)
   iroh_dns_server_config "$work/iroh.toml" "$work/iroh-data" "$http" "$dns" "$https" "$origin"
   RUST_LOG=warn setsid "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
   pid_of[iroh]=$!; pids+=($!)
@@ -221,7 +198,7 @@ start_iroh() {
 # NSD's documentation advises), and "nsd1" with one server process, as benchmarks before issue
 # 21 ran it, so that the change in the ratios is visible.
 start_nsd() {  # $1 = system name, $2 = server processes
-  local name=$1 dns; dns=$(free_port)
+  local name=$1 dns; dns=$(loopback_port)
   NSD_SERVER_COUNT=$2 nsd_setup "$work/$name" "$dns" "$origin" "$work/$origin.zone"
   setsid nsd -d -c "$work/$name/nsd.conf" >"$work/$name.log" 2>&1 &
   pid_of[$name]=$!; pids+=($!)
@@ -230,52 +207,28 @@ start_nsd() {  # $1 = system name, $2 = server processes
 }
 
 # A 3-node pkraft cluster with the production Raft timing (config defaults): node 1 bootstraps,
-# nodes 2 and 3 join through it. Ports are fixed per node, so a killed node restarts on the same
-# addresses the others know.
+# nodes 2 and 3 join through it (`pkraft-bench cluster`). Ports are fixed per node, so a killed
+# node restarts on the same addresses the others know.
 cluster_secret=bench-cluster-secret-not-for-production
 declare -A node_pid node_admin node_http node_dns
-start_cluster_node() {  # $1 = node id; (re)starts it from its config, keeping its data dir
-  local n=$1
-  if [ ! -f "$work/cluster$n.toml" ]; then
-    local http dns peer admin
-    http=$(free_port); dns=$(free_port); peer=$(free_port); admin=$(free_port)
-    local join=""
-    if [ "$n" = 1 ]; then node1_peer=$peer; else join="127.0.0.1:$node1_peer"; fi
-    cluster_node_config "$work/cluster$n.toml" "$n" "$work/cluster$n-data" "127.0.0.1:$http" \
-      "127.0.0.1:$dns" "127.0.0.1:$peer" "127.0.0.1:$admin" "$cluster_secret" "$join" "$origin"
-    node_http[$n]="http://127.0.0.1:$http/pkarr"; node_dns[$n]=$dns; node_admin[$n]="127.0.0.1:$admin"
-  fi
-  RUST_LOG=warn setsid "$pkraft" serve --config "$work/cluster$n.toml" >>"$work/cluster$n.log" 2>&1 &
-  node_pid[$n]=$!; pids+=($!)
-  disown "$!"  # the failover trials SIGKILL it: no "Killed" job notice from bash
-  pid_of[cluster]="${node_pid[*]}"
-  wait_until_up "cluster node $n" "${node_pid[$n]}" curl -sf "${node_http[$n]%/pkarr}/healthz"
+# After a node (re)started: the cleanup stops its process group, the measurements read its pid.
+cluster_started() {
+  pids+=("$@"); pid_of[cluster]="${node_pid[*]}"
 }
-# Prints the leader's id once node $1 sees 3 voters, no voter change under way, and every voter
-# applied that membership; fails after 60 s.
+start_cluster_node() {  # $1 = node id; restarts it from its config, keeping its data dir
+  RUST_LOG=warn cluster_start_node "$1" || fail "cluster node $1 did not restart"
+  cluster_started "${node_pid[$1]}"
+}
+# Prints the leader's id once node $1 sees 3 voters, no voter change under way, every voter
+# applied that membership, and the leader confirms it leads; fails after 60 s.
 cluster_settled() {
-  local leader
-  for _ in $(seq 1 600); do
-    leader=$("$pkraft" cluster --admin "${node_admin[$1]}" status --json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-m = s["membership"]
-settled = [x for x in s["members"] if x["voter"] and x["status"] and m["log_index"] is not None
-           and (x["status"]["applied_index"] or 0) >= m["log_index"]]
-leader = s["node"]["leader"]
-# The leader must say so itself (its own probe), not only in the view of the node asked.
-confirmed = any(x["id"] == leader and x["status"] and x["status"]["role"] == "leader"
-                for x in s["members"])
-print(leader if not m["joint"] and len(settled) == 3 and confirmed else "")' 2>/dev/null || true)
-    [ -n "$leader" ] && { echo "$leader"; return 0; }
-    sleep 0.1
-  done
-  fail "the cluster did not settle within 60 s"
+  pkraft_bench cluster settled --admin "${node_admin[$1]}" --voters 3 --timeout-secs 60 ||
+    fail "the cluster did not settle within 60 s"
 }
 start_cluster() {
-  local n
-  for n in 1 2 3; do start_cluster_node "$n"; done
-  cluster_settled 1 >/dev/null
+  RUST_LOG=warn cluster_up "$bin_dir" "$work/cluster" 3 "$cluster_secret" --origin "$origin" ||
+    fail "the cluster did not start"
+  cluster_started "${node_pid[@]}"
   http_url[cluster]="${node_http[*]}"; dns_port[cluster]="${node_dns[*]}"
 }
 

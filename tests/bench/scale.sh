@@ -47,22 +47,6 @@ origin=pkarr.test
 # Data files hold at most this many keys (pkraft-bench keeps one in memory).
 chunk=1000000
 
-# A free port below the kernel's ephemeral range (32768 and up): a port in that range may be
-# taken as the local port of a client connection while the node is down, and the restart after
-# SIGKILL then fails with "Address already in use" (seen once here).
-stable_port() {
-  python3 -c '
-import random, socket
-while True:
-    port = random.randrange(20000, 32000)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", port))
-    except OSError:
-        continue
-    print(port)
-    break'
-}
 # The node: fixed ports, so a restart keeps its addresses. BENCH_SCALE_RESUME_LOADED=N (with
 # BENCH_SCALE_WORK, and BENCH_SCALE_RESUME_LEARNER, the next learner's id) carries on with the
 # node and data of an interrupted run that had loaded N keys: its config, ports and results are
@@ -75,7 +59,10 @@ port = lambda a: a.rsplit(":", 1)[1]
 print(port(c["http"]["listen"]), port(c["dns"]["listen"]), port(c["cluster"]["peer_listen"]),
       port(c["admin"]["listen"]))' "$work/node.toml")
 else
-  http=$(stable_port) dns=$(stable_port) peer=$(stable_port) admin=$(stable_port)
+  # loopback_port picks below the kernel's ephemeral range: a port in it may be taken as the
+  # local port of a client connection while the node is down, and the restart after SIGKILL
+  # then fails with "Address already in use" (seen once here).
+  http=$(loopback_port) dns=$(loopback_port) peer=$(loopback_port) admin=$(loopback_port)
   cluster_node_config "$work/node.toml" 1 "$work/data" "127.0.0.1:$http" "127.0.0.1:$dns" \
     "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" ""
 fi

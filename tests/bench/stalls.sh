@@ -24,8 +24,8 @@ writers=16
 need_bins stalls "$bin"
 
 work=$(mktemp -d)
-declare -A node_pid node_http node_admin
-cluster_bin=$bin cluster_work=$work
+# shellcheck disable=SC2034  # filled by cluster_up
+declare -A node_pid node_http node_dns node_admin
 hogs=()
 stop_hogs() {
   local p
@@ -62,9 +62,8 @@ PY
   hogs+=($!)
 }
 
-cluster_configs 3 stalls-bench-secret-not-for-production
-for n in 1 2 3; do cluster_start_node "$n" || fail "node $n did not start"; done
-wait_for_voters "$bin/pkraft" "${node_admin[1]}" 3 120 || fail "the cluster did not reach 3 voters"
+cluster_up "$bin" "$work/cluster" 3 stalls-bench-secret-not-for-production ||
+  fail "the cluster did not start"
 keys=$((4 * seconds * 8000))
 log "generating $keys keys"
 "$bin/pkraft-bench" gen --keys "$keys" --versions 1 --out "$work/data.bin" >/dev/null

@@ -19,13 +19,13 @@ origin=pkarr.test
 work=$(mktemp -d)
 declare -a pid http https dns admin
 cleanup() {
-  kill_all "${pid[@]}"
+  cluster_down "$work/cluster"
   rm -rf "$work"
 }
 trap cleanup EXIT
 fail() {
   echo "cluster-clients: FAIL: $*" >&2
-  for f in "$work"/node*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 15 "$f" >&2; }; done
+  print_log_tails "$work"
   exit 1
 }
 for tool in dig kdig python3; do
@@ -34,22 +34,13 @@ done
 
 # --- three nodes, each with plain HTTP, HTTPS (DoH) and DNS on its own loopback ports ---------
 secret=cluster-clients-e2e-secret-0123456789
-node1_peer=
+declare -A node_pid node_http node_dns node_admin node_https
+RUST_LOG=info cluster_up "$(dirname "$bin")" "$work/cluster" 3 "$secret" --origin "$origin" \
+  --https-cert "$tls/localhost.crt" --https-key "$tls/localhost.key" || fail "the cluster did not start"
 for n in 1 2 3; do
-  http[n]=$(loopback_port) https[n]=$(loopback_port) dns[n]=$(loopback_port) admin[n]=$(loopback_port)
-  peer=$(loopback_port)
-  join=""
-  if [ "$n" = 1 ]; then node1_peer=$peer; else join="127.0.0.1:$node1_peer"; fi
-  PKRAFT_EXTRA_TOML="[https]
-listen = \"127.0.0.1:${https[n]}\"
-cert = \"$tls/localhost.crt\"
-key = \"$tls/localhost.key\"" \
-    cluster_node_config "$work/node$n.toml" "$n" "$work/node$n" "127.0.0.1:${http[n]}" \
-    "127.0.0.1:${dns[n]}" "127.0.0.1:$peer" "127.0.0.1:${admin[n]}" "$secret" "$join" "$origin"
-  "$bin" serve --config "$work/node$n.toml" >"$work/node$n.log" 2>&1 &
-  pid[n]=$!
+  http[n]=${node_http[$n]#http://127.0.0.1:} http[n]=${http[n]%/pkarr}
+  pid[n]=${node_pid[$n]} dns[n]=${node_dns[$n]} https[n]=${node_https[$n]} admin[n]=${node_admin[$n]#127.0.0.1:}
 done
-wait_for_voters "$bin" "127.0.0.1:${admin[1]}" 3 60 || fail "the cluster did not reach 3 voters within 60 s"
 
 # leader: the id of the node that reports itself leader, among the given ones.
 leader() {
@@ -132,7 +123,6 @@ echo "cluster-clients: published through node $through (leader $first); nodes 1-
 
 # --- SIGKILL the leader, publish through a survivor at once -------------------------------------
 kill -KILL "${pid[first]}"
-{ wait "${pid[first]}"; } 2>/dev/null || true   # no "Killed" job notice
 survivors=()
 for n in 1 2 3; do [ "$n" = "$first" ] || survivors+=("$n"); done
 publish "${survivors[0]}" 192.0.2.11

@@ -23,7 +23,7 @@ cleanup() {
 trap cleanup EXIT
 fail() {
   echo "prometheus: FAIL: $*" >&2
-  for f in "$work"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  print_log_tails "$work"
   exit 1
 }
 for tool in prometheus promtool curl python3; do
@@ -42,19 +42,9 @@ enabled = true
 listen = "127.0.0.1:0"
 bootstrap = ["127.0.0.1:9"]'
 secret=prometheus-e2e-cluster-secret-0123456789
-declare -a http admin
-node1_peer=
-for n in 1 2 3; do
-  h=$(loopback_port) p=$(loopback_port) a=$(loopback_port)
-  http[n]=$h admin[n]=$a
-  join=""
-  if [ "$n" = 1 ]; then node1_peer=$p; else join="127.0.0.1:$node1_peer"; fi
-  cluster_node_config "$work/node$n.toml" "$n" "$work/node$n" "127.0.0.1:$h" 127.0.0.1:0 \
-    "127.0.0.1:$p" "127.0.0.1:$a" "$secret" "$join"
-  "$bin" serve --config "$work/node$n.toml" >"$work/node$n.log" 2>&1 &
-  pids+=($!)
-done
-wait_for_voters "$bin" "127.0.0.1:${admin[1]}" 3 60 || fail "the cluster did not reach 3 voters within 60 s"
+declare -A node_pid node_http node_dns node_admin
+RUST_LOG=info cluster_up "$(dirname "$bin")" "$work/cluster" 3 "$secret" || fail "the cluster did not start"
+pids+=("${node_pid[@]}")
 
 sign_packet() {
   if [ -n "${SIGN_PACKET:-}" ]; then "$SIGN_PACKET" "$@"
@@ -63,7 +53,7 @@ sign_packet() {
 for seed in 1 2; do
   key=$(sign_packet "$work/p$seed.bin" "$seed" "192.0.2.$seed:4433") || fail "signing a packet failed"
   code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT --data-binary "@$work/p$seed.bin" \
-    "http://127.0.0.1:${http[2]}/pkarr/$key")
+    "${node_http[2]}/$key")
   [ "$code" = 204 ] || fail "PUT through node 2 answered $code"
 done
 
@@ -71,7 +61,7 @@ done
 # All three nodes together: some series exist only where something happened (a labelled
 # counter appears with its first request; replication lag only on the leader).
 for n in 1 2 3; do
-  curl -sf "http://127.0.0.1:${admin[n]}/metrics" >>"$work/scrape.txt" || fail "scrape of node $n"
+  curl -sf "http://${node_admin[$n]}/metrics" >>"$work/scrape.txt" || fail "scrape of node $n"
 done
 python3 - "$work/scrape.txt" deploy/alerts.yml deploy/grafana-dashboard.json <<'PY' || fail "deploy files name metrics pkraft does not export"
 import json, re, sys
@@ -100,7 +90,7 @@ rule_files:
 scrape_configs:
   - job_name: pkraft
     static_configs:
-      - targets: ["127.0.0.1:${admin[1]}", "127.0.0.1:${admin[2]}", "127.0.0.1:${admin[3]}"]
+      - targets: ["${node_admin[1]}", "${node_admin[2]}", "${node_admin[3]}"]
 YAML
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
   --web.listen-address="127.0.0.1:$prom_port" >"$work/prometheus.log" 2>&1 &

@@ -3,7 +3,7 @@
 //! brings restarted and new nodes to the same state.
 //! Method: nodes on port 0 with their own data dirs, started from config files the way operators
 //! start them (`pkraft serve`), joined through the first node; their peer traffic passes through a
-//! fault-injecting proxy (`peer_proxy`). No fixed sleeps: every wait polls a condition with a bound.
+//! fault-injecting proxy (`pkraft_testkit::proxy`). No fixed sleeps: every wait polls a condition with a bound.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,8 +19,9 @@ use hickory_proto::rr::RecordType;
 use pkraft_lossyfs::LossyDisk;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
-use crate::harness::{TestServer, http_client, mount_lossy_disk};
-use crate::peer_proxy::{Faults, PeerProxy};
+use crate::harness::{TestServer, http_client};
+use pkraft_testkit::node::{Membership, NodeConfig};
+use pkraft_testkit::proxy::{Network, PeerProxy};
 
 const SECRET: &str = "test-cluster-secret-0123456789";
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -48,7 +49,8 @@ pub struct Member {
 
 pub struct TestCluster {
     pub members: Vec<Member>,
-    pub faults: Arc<Faults>,
+    /// The peer network's faults (every node's peer traffic passes a proxy).
+    pub faults: Arc<Network>,
     config_dir: tempfile::TempDir,
     /// The `[raft]` timing lines every node gets (`TEST_RAFT` unless a test needs others).
     raft_timing: String,
@@ -108,7 +110,7 @@ impl TestCluster {
     ) -> TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
-            faults: Arc::new(Faults::default()),
+            faults: Network::new(0),
             config_dir: tempfile::tempdir().expect("config dir"),
             raft_timing: timing.to_string(),
             raft_extra: raft_extra.to_string(),
@@ -137,7 +139,7 @@ impl TestCluster {
     pub async fn restored(backup: &std::path::Path, size: u64) -> TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
-            faults: Arc::new(Faults::default()),
+            faults: Network::new(0),
             config_dir: tempfile::tempdir().expect("config dir"),
             raft_timing: TEST_RAFT.to_string(),
             raft_extra: String::new(),
@@ -155,21 +157,24 @@ impl TestCluster {
     /// Starts node `id`: the first bootstraps a cluster (or, with `restore_from`, is restored
     /// from that backup file), every other joins through the first.
     async fn add_member(&mut self, id: u64, voter: bool, restore_from: Option<&std::path::Path>) {
-        let proxy = PeerProxy::start(self.faults.clone()).await;
+        let proxy = PeerProxy::start(id, self.faults.clone(), http_client())
+            .await
+            .expect("start a peer proxy");
         let membership = match (self.members.first(), restore_from) {
-            (None, Some(_)) => String::new(),
-            (None, None) => "bootstrap = true\n".to_string(),
-            (Some(first), _) => format!("join = [\"{}\"]\nvoter = {voter}\n", first.proxy.addr),
+            (None, Some(_)) => Membership::Existing,
+            (None, None) => Membership::Bootstrap,
+            (Some(first), _) => Membership::Join {
+                seeds: vec![first.proxy.addr.to_string()],
+                voter,
+            },
         };
-        let config = format!(
-            "node_id = {id}\n[raft]\n{timing}{raft}[http]\nrequest_timeout = \"10s\"\n\
-             [cluster]\nadvertise = \"{advertise}\"\nsecret = \"{SECRET}\"\n{membership}\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n{sections}",
-            timing = self.raft_timing,
-            raft = self.raft_extra,
-            advertise = proxy.addr,
-            sections = self.sections_extra,
-        );
+        let mut node_config = NodeConfig::new(id, membership, SECRET);
+        node_config.advertise = Some(proxy.addr.to_string());
+        node_config.admin_token = Some(ADMIN_TOKEN.to_string());
+        node_config.http_request_timeout = Some("10s".to_string());
+        node_config.raft = format!("{}{}", self.raft_timing, self.raft_extra);
+        node_config.sections = self.sections_extra.clone();
+        let config = node_config.to_toml();
         let mut disk = None;
         let server = match restore_from {
             Some(_) if self.lossy_dirs.is_some() => {
@@ -197,8 +202,10 @@ impl TestCluster {
                 std::fs::write(&path, config).expect("write config");
                 match &self.lossy_dirs {
                     Some(dirs) => {
-                        let (lossy, mountpoint) =
-                            mount_lossy_disk(&dirs.path().join(format!("node{id}")));
+                        let (lossy, mountpoint) = pkraft_testkit::lossy::mount_lossy_disk(
+                            &dirs.path().join(format!("node{id}")),
+                        )
+                        .expect("mount a lossy disk");
                         disk = Some(lossy);
                         TestServer::start_serve_at(&path, mountpoint)
                     }
@@ -206,7 +213,7 @@ impl TestCluster {
                 }
             }
         };
-        proxy.set_upstream(server.peer);
+        proxy.set_upstream(Some(server.peer));
         self.members.push(Member {
             id,
             server,
@@ -233,7 +240,7 @@ impl TestCluster {
     pub fn restart(&mut self, id: u64) {
         let member = self.member_mut(id);
         member.server.restart();
-        member.proxy.set_upstream(member.server.peer);
+        member.proxy.set_upstream(Some(member.server.peer));
     }
 
     /// Waits until node 1's view has `count` voters and no voter change under way, and every

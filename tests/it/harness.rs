@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pkraft_testkit::node::{LISTENING, Listening};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 
 /// How long a server may take to start listening (a debug build on a loaded 2-core machine).
@@ -41,14 +42,6 @@ pub struct TestServer {
     pub peer: SocketAddr,
     pub admin: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-}
-
-/// The addresses a started server logged.
-struct Bound {
-    http: SocketAddr,
-    dns: SocketAddr,
-    peer: SocketAddr,
-    admin: SocketAddr,
 }
 
 impl TestServer {
@@ -277,7 +270,7 @@ fn spawn(
     data_dir: &Path,
     command: &[String],
     cgroup: Option<&Path>,
-) -> (Child, Bound, Arc<Mutex<Vec<String>>>) {
+) -> (Child, Listening, Arc<Mutex<Vec<String>>>) {
     let mut child = pkraft_command(cgroup)
         .args(command)
         .args(["--data-dir", &path_arg(data_dir)])
@@ -296,7 +289,7 @@ fn spawn(
     // Drains stderr for the life of the process so the pipe never fills and blocks the server.
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let ready = line.contains("pkraft listening").then(|| line.clone());
+            let ready = line.contains(LISTENING).then(|| line.clone());
             // Kept before readiness is reported, so `log()` has the line once `start` returns.
             if let Ok(mut lines) = thread_log.lock() {
                 lines.push(line);
@@ -314,12 +307,8 @@ fn spawn(
             panic!("pkraft did not start within {START_TIMEOUT:?}:\n{lines}");
         }
     };
-    let bound = Bound {
-        http: field(&line, "http"),
-        dns: field(&line, "dns"),
-        peer: field(&line, "peer"),
-        admin: field(&line, "admin"),
-    };
+    let bound =
+        Listening::parse(&line).unwrap_or_else(|| panic!("no listen addresses in {line:?}"));
     (child, bound, log)
 }
 
@@ -354,15 +343,6 @@ fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Opt
     }
 }
 
-/// Reads `name=ADDR` from a log line.
-fn field(line: &str, name: &str) -> SocketAddr {
-    let prefix = format!("{name}=");
-    line.split_whitespace()
-        .find_map(|token| token.strip_prefix(&prefix))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {name}= address in {line:?}"))
-}
-
 fn path_arg(path: &Path) -> String {
     PathBuf::from(path).display().to_string()
 }
@@ -379,16 +359,4 @@ pub fn install_crypto_provider() {
     INSTALL.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-}
-
-/// Mounts a new lossy disk (pkraft-lossyfs) on `dir/data`, its durable content in
-/// `dir/backing`; returns it and the mount point, for a node's data dir. `dir` must outlive the
-/// disk.
-pub fn mount_lossy_disk(dir: &Path) -> (pkraft_lossyfs::LossyDisk, PathBuf) {
-    let mountpoint = dir.join("data");
-    let backing = dir.join("backing");
-    std::fs::create_dir_all(&mountpoint).expect("mountpoint");
-    std::fs::create_dir_all(&backing).expect("backing dir");
-    let disk = pkraft_lossyfs::LossyDisk::mount(&mountpoint, &backing).expect("mount a lossy disk");
-    (disk, mountpoint)
 }

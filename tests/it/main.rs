@@ -22,7 +22,6 @@ mod https;
 mod iroh_client;
 mod lifecycle;
 mod metrics;
-mod peer_proxy;
 mod peer_tls;
 mod pkarr_client;
 mod power_loss;

@@ -17,7 +17,7 @@ use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
 use crate::dns_client::iroh_txt;
-use crate::harness::{TestServer, mount_lossy_disk};
+use crate::harness::TestServer;
 
 /// A node on a lossy disk. Fields drop in order: the server is killed first, then the disk is
 /// unmounted (only possible once nothing uses it), then the directory holding the mount point
@@ -33,7 +33,8 @@ fn lossy_node(test: &str) -> Option<LossyNode> {
         return None;
     }
     let dirs = tempfile::tempdir().expect("tempdir");
-    let (disk, mountpoint) = mount_lossy_disk(dirs.path());
+    let (disk, mountpoint) =
+        pkraft_testkit::lossy::mount_lossy_disk(dirs.path()).expect("mount a lossy disk");
     let server = TestServer::start_dev_at(mountpoint);
     Some(LossyNode {
         server,

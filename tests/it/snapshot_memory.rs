@@ -8,7 +8,6 @@
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use pkraft_raft::state_machine::AppliedState;
@@ -17,8 +16,8 @@ use pkraft_testkit::pkarr::Keypair;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem};
 
-use crate::harness::{TestServer, pkraft_command};
-use crate::peer_proxy::{Faults, PeerProxy};
+use crate::harness::{TestServer, http_client, pkraft_command};
+use pkraft_testkit::proxy::{Network, PeerProxy};
 
 /// Packets of about 1 KB: a snapshot of about 300 MB.
 const PACKETS: u64 = 290_000;
@@ -57,7 +56,10 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
 
     // Node 1: restored from the backup and started, both under the cap.
     let cgroup1 = MemoryCgroup::create(&root, "node1", CAP_BYTES);
-    let proxy1 = PeerProxy::start(Arc::new(Faults::default())).await;
+    let network = Network::new(0);
+    let proxy1 = PeerProxy::start(1, network.clone(), http_client())
+        .await
+        .expect("proxy");
     let data_dir = tempfile::tempdir().expect("data dir");
     let restore = pkraft_command(Some(cgroup1.path()))
         .args(["restore", "--node-id", "1", "--advertise"])
@@ -80,7 +82,7 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
         data_dir,
         cgroup1.path(),
     );
-    proxy1.set_upstream(node1.peer);
+    proxy1.set_upstream(Some(node1.peer));
 
     // Node 1 builds a snapshot of its own once the log has grown past `snapshot_after_entries`.
     for seed in 0..EXTRA_PUTS {
@@ -94,7 +96,9 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
 
     // Node 2 joins under its own cap: node 1 sends it that snapshot, and node 2 installs it.
     let cgroup2 = MemoryCgroup::create(&root, "node2", CAP_BYTES);
-    let proxy2 = PeerProxy::start(Arc::new(Faults::default())).await;
+    let proxy2 = PeerProxy::start(2, network.clone(), http_client())
+        .await
+        .expect("proxy");
     let node2 = TestServer::start_with_config_in_cgroup(
         &config(
             2,
@@ -104,7 +108,7 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
         tempfile::tempdir().expect("data dir"),
         cgroup2.path(),
     );
-    proxy2.set_upstream(node2.peer);
+    proxy2.set_upstream(Some(node2.peer));
     node2.wait_for_log_within("installed a snapshot from the leader", SLOW_STEP);
     let log = node2.log();
     let installed = log

@@ -1,9 +1,29 @@
 # shellcheck shell=bash
 # Shared by the scripts under tests/ that start pkraft nodes from config files.
 
-# loopback_port: a TCP port free on 127.0.0.1 right now.
+# pkraft_bench ARGS...: runs pkraft-bench, which picks ports and runs local clusters for every
+# script: $PKRAFT_BENCH, else the newest build under target/ (any build does for that).
+pkraft_bench() {
+  local bin=${PKRAFT_BENCH:-}
+  [ -n "$bin" ] || bin=$(ls -t target/release/pkraft-bench target/debug/pkraft-bench 2>/dev/null | head -n 1)
+  if [ -z "$bin" ]; then
+    echo "pkraft-bench is not built (cargo build -p pkraft-bench)" >&2
+    return 2
+  fi
+  "$bin" "$@"
+}
+
+# ports_taken: the file of the ports handed out in this run, so that none is handed out twice:
+# PKRAFT_PORTS_TAKEN, else `ports-taken` in the script's work dir ($work), removed with it.
+ports_taken() {
+  echo "${PKRAFT_PORTS_TAKEN:-${work:?set work, the temp dir of the script, before picking ports}/ports-taken}"
+}
+
+# loopback_port: a port free on 127.0.0.1 for TCP and UDP, below the kernel's ephemeral range
+# (a process restarted on it finds it free), never handed out twice in this run
+# (pkraft-testkit's `free_loopback_ports`, the one port picker of the tests and benchmarks).
 loopback_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  pkraft_bench free-ports --taken "$(ports_taken)"
 }
 
 # The abuse limits off: HTTP rate limits and DNS response rate limiting. For load from one
@@ -67,66 +87,68 @@ ${PKRAFT_EXTRA_TOML:-}
 TOML
 }
 
-# wait_for_voters BIN ADMIN_ADDR COUNT SECONDS: waits until the node whose admin listener is
-# ADMIN_ADDR reports COUNT voters that have applied a settled (not joint) membership; status 1
-# after SECONDS.
+# wait_for_voters BIN ADMIN_ADDR COUNT SECONDS: waits until the cluster of the node whose admin
+# listener is ADMIN_ADDR has a leader that confirms it leads and COUNT voters that have applied
+# a settled (not joint) membership; status 1 after SECONDS. (BIN is not used any more.)
 wait_for_voters() {
-  local bin=$1 admin=$2 count=$3 deadline=$((SECONDS + $4)) voters
-  while [ "$SECONDS" -lt "$deadline" ]; do
-    voters=$("$bin" cluster --admin "$admin" status --json 2>/dev/null | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-m = s["membership"]
-print(0 if m["joint"] else sum(1 for x in s["members"] if x["voter"] and x["status"]
-      and (x["status"]["applied_index"] or 0) >= (m["log_index"] or 0)))' 2>/dev/null || echo 0)
-    [ "$voters" = "$count" ] && return 0
-    sleep 0.1
-  done
-  return 1
+  pkraft_bench cluster settled --admin "$2" --voters "$3" --timeout-secs "$4" >/dev/null
 }
 
-# A local cluster for the benchmarks that stop and start its nodes: the caller declares
-# `declare -A node_pid node_http node_admin` and sets `cluster_bin` (dir with `pkraft`) and
-# `cluster_work` (dir for configs, data and logs).
+# A local cluster (`pkraft-bench cluster`): the caller declares `declare -A node_pid node_http
+# node_dns node_admin` (and node_https with --https-cert).
 #
-# cluster_configs COUNT SECRET: writes the configs of nodes 1..COUNT (node 1 bootstraps, the
-# others join through it) on free loopback ports; fills node_http (relay URL) and node_admin.
-cluster_configs() {
-  local count=$1 secret=$2 n http dns peer admin join node1_peer=""
-  for n in $(seq 1 "$count"); do
-    http=$(loopback_port); dns=$(loopback_port); peer=$(loopback_port); admin=$(loopback_port)
-    join=""
-    if [ "$n" = 1 ]; then node1_peer=$peer; else join="127.0.0.1:$node1_peer"; fi
-    cluster_node_config "$cluster_work/$n.toml" "$n" "$cluster_work/$n-data" "127.0.0.1:$http" \
-      "127.0.0.1:$dns" "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" "$join"
-    node_http[$n]="http://127.0.0.1:$http/pkarr"; node_admin[$n]="127.0.0.1:$admin"
+# cluster_up BIN_DIR WORK COUNT SECRET [pkraft-bench cluster up flags: --origin O, --https-cert C
+# --https-key K, --peer-delay-ms D --peer-jitter-ms J]: writes the configs of nodes 1..COUNT in
+# WORK (node 1 bootstraps, the others join through it; fixed loopback ports; PKRAFT_EXTRA_TOML
+# appended), starts each in its own process group and waits until the cluster has settled.
+# Fills node_pid, node_http (relay URL), node_dns (port), node_admin (host:port) and node_https
+# (port); remembers BIN_DIR and WORK for cluster_start_node. cluster_down WORK stops it all.
+cluster_up() {
+  cluster_bin=$1 cluster_work=$2
+  # The pkraft-bench of the same build, if there is one.
+  [ -n "${PKRAFT_BENCH:-}" ] || [ ! -x "$cluster_bin/pkraft-bench" ] || PKRAFT_BENCH=$cluster_bin/pkraft-bench
+  local count=$3 secret=$4 lines extra=()
+  shift 4
+  mkdir -p "$cluster_work"
+  if [ -n "${PKRAFT_EXTRA_TOML:-}" ]; then
+    printf '%s\n' "$PKRAFT_EXTRA_TOML" >"$cluster_work/extra.toml"
+    extra=(--extra-toml "$cluster_work/extra.toml")
+  fi
+  lines=$(pkraft_bench cluster up --pkraft "$cluster_bin/pkraft" --work "$cluster_work" \
+    --nodes "$count" --secret "$secret" --taken "$(ports_taken)" "${extra[@]}" "$@") || return 1
+  cluster_read_nodes <<<"$lines"
+}
+
+# cluster_start_node N: (re)starts node N from its config, on its ports, keeping its data dir;
+# updates node_pid; status 1 if it exits or does not answer /healthz within 60 s.
+cluster_start_node() {
+  local line
+  line=$(pkraft_bench cluster start --pkraft "$cluster_bin/pkraft" --work "$cluster_work" "$1") || return 1
+  cluster_read_nodes <<<"$line"
+}
+
+# Reads `id pid http_url dns_port admin peer https_port|- log` lines into the caller's node
+# arrays (node_https only with --https-cert).
+cluster_read_nodes() {
+  local id pid http dns admin _peer https _log
+  while read -r id pid http dns admin _peer https _log; do
+    # shellcheck disable=SC2034,SC2004  # the caller's arrays, associative or indexed: $id
+    node_pid[$id]=$pid node_http[$id]=$http node_dns[$id]=$dns node_admin[$id]=$admin
+    # shellcheck disable=SC2034,SC2004
+    [ "$https" = - ] || node_https[$id]=$https
   done
 }
 
-# cluster_start_node N: (re)starts node N from its config, keeping its data dir; records its pid
-# in node_pid; status 1 if it exits or does not answer /healthz within 30 s.
-cluster_start_node() {
-  local n=$1
-  RUST_LOG=${RUST_LOG:-warn} setsid "$cluster_bin/pkraft" serve --config "$cluster_work/$n.toml" \
-    >>"$cluster_work/$n.log" 2>&1 &
-  node_pid[$n]=$!
-  for _ in $(seq 1 300); do
-    curl -sf -o /dev/null "${node_http[$n]%/pkarr}/healthz" && return 0
-    kill -0 "${node_pid[$n]}" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
+# cluster_down WORK: stops every process started for the cluster in WORK (its nodes, their
+# restarts, delay proxies): SIGTERM to each process group, SIGKILL half a second later.
+cluster_down() {
+  [ -d "$1" ] && pkraft_bench cluster down --work "$1"
+  return 0
 }
 
 # cluster_leader N: the leader node N knows of, as the leader itself confirms; empty if none.
 cluster_leader() {
-  local leader
-  leader=$("$cluster_bin/pkraft" cluster --admin "${node_admin[$1]}" status --json 2>/dev/null |
-    python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")' 2>/dev/null || true)
-  [ -n "$leader" ] && [ "$leader" != "$1" ] &&
-    leader=$("$cluster_bin/pkraft" cluster --admin "${node_admin[$leader]}" status --json 2>/dev/null |
-      python3 -c 'import json,sys; print(json.load(sys.stdin)["node"]["leader"] or "")' 2>/dev/null || true)
-  echo "$leader"
+  pkraft_bench cluster leader --admin "${node_admin[$1]}" 2>/dev/null || true
 }
 
 # wait_exited PID: until the process is gone (or a zombie); status 1 after 30 s.
@@ -203,10 +225,11 @@ process_group_ticks() {
   echo "$sum"
 }
 
-# print_log_tails DIR: the last 20 lines of every *.log in DIR, on stderr (for a failing script).
+# print_log_tails DIR: the last 20 lines of every *.log in DIR and its subdirectories (a local
+# cluster's, `cluster_up`), on stderr (for a failing script).
 print_log_tails() {
   local f
-  for f in "$1"/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  for f in "$1"/*.log "$1"/*/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
   return 0
 }
 

@@ -14,6 +14,12 @@
 //! pkraft-bench udp-flood --data data.bin --server 127.0.0.1:5300 --seconds 10
 //! pkraft-bench dht-testnet --nodes 10 --data data.bin --first-key 0 --count 100 --bootstrap-out b.txt
 //! pkraft-bench dht-resolve --data data.bin --first-key 0 --count 100 --server 127.0.0.1:5300
+//! pkraft-bench free-ports --count 4 --taken ports.txt
+//! pkraft-bench cluster up --pkraft target/release/pkraft --work /tmp/c --nodes 3 --secret S
+//! pkraft-bench cluster start --pkraft target/release/pkraft --work /tmp/c 2
+//! pkraft-bench cluster settled --admin 127.0.0.1:9001 --voters 3
+//! pkraft-bench cluster leader --admin 127.0.0.1:9001
+//! pkraft-bench cluster down --work /tmp/c
 //! ```
 //! `put`, `get` and `dns` take `--source IP` to send from another loopback address (another
 //! client to the server's limits); `get --distinct-forwarded-for` claims a new client address in
@@ -21,6 +27,7 @@
 //! Every measuring command prints one JSON object on stdout.
 
 mod accept;
+mod cluster;
 mod dataset;
 mod delay_proxy;
 mod dht;
@@ -280,11 +287,97 @@ enum Command {
         #[arg(long)]
         seconds: f64,
     },
+    /// Print COUNT ports free on 127.0.0.1 for TCP and UDP (space-separated, one line), below
+    /// the kernel's ephemeral range; with --taken FILE none listed there, and they are added.
+    FreePorts {
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long)]
+        taken: Option<PathBuf>,
+    },
+    /// A local cluster of `pkraft serve` processes for the scripts (tests/lib/pkraft.sh).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Write configs for nodes 1..=NODES in WORK (node 1 bootstraps, the others join as
+    /// voters), start them and wait until settled; print `id pid http_url dns_port admin peer
+    /// https_port|- log` per node.
+    Up {
+        #[arg(long)]
+        pkraft: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long)]
+        secret: String,
+        /// `dns.origins` (default: pkraft's default).
+        #[arg(long)]
+        origin: Option<String>,
+        /// A file of whole TOML sections appended to every config (repeatable).
+        #[arg(long)]
+        extra_toml: Vec<PathBuf>,
+        /// Rate limits and DNS response rate limiting off (load from one address).
+        #[arg(long)]
+        limits_off: bool,
+        /// An HTTPS (DoH) listener on every node with this certificate (needs --https-key).
+        #[arg(long, requires = "https_key")]
+        https_cert: Option<PathBuf>,
+        #[arg(long, requires = "https_cert")]
+        https_key: Option<PathBuf>,
+        /// Every node's peer traffic through a `delay-proxy` adding this many ms each way.
+        #[arg(long)]
+        peer_delay_ms: Option<u64>,
+        #[arg(long, default_value_t = 0, requires = "peer_delay_ms")]
+        peer_jitter_ms: u64,
+        /// Ports handed out earlier in the run (see `free-ports`).
+        #[arg(long)]
+        taken: Option<PathBuf>,
+    },
+    /// Stop every process started for the cluster in WORK (SIGTERM to each process group,
+    /// SIGKILL half a second later).
+    Down {
+        #[arg(long)]
+        work: PathBuf,
+    },
+    /// (Re)start node ID from its config in WORK, on its ports; print its line.
+    Start {
+        #[arg(long)]
+        pkraft: PathBuf,
+        #[arg(long)]
+        work: PathBuf,
+        id: u64,
+    },
+    /// Wait until the cluster the node with admin listener ADMIN is in has a leader that
+    /// confirms it, VOTERS voters and a settled membership they all applied; print the leader.
+    Settled {
+        #[arg(long)]
+        admin: SocketAddr,
+        #[arg(long)]
+        voters: u64,
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+    /// Print the leader the node with admin listener ADMIN knows of, if it confirms it leads
+    /// (exit status 1 if none).
+    Leader {
+        #[arg(long)]
+        admin: SocketAddr,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::FreePorts { count, taken } => {
+            let ports = cluster::free_ports_avoiding(count, taken.as_deref())?;
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            println!("{}", ports.join(" "));
+        }
+        Command::Cluster(command) => run_cluster(command).await?,
         Command::Gen {
             keys,
             versions,
@@ -551,4 +644,67 @@ fn print(report: &impl serde::Serialize) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{}", serde_json::to_string(report)?).context("write to stdout")?;
     Ok(())
+}
+
+async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Up {
+            pkraft,
+            work,
+            nodes,
+            secret,
+            origin,
+            extra_toml,
+            limits_off,
+            https_cert,
+            https_key,
+            peer_delay_ms,
+            peer_jitter_ms,
+            taken,
+        } => {
+            anyhow::ensure!(
+                peer_jitter_ms <= peer_delay_ms.unwrap_or(0),
+                "--peer-jitter-ms must not exceed --peer-delay-ms"
+            );
+            let mut extra = String::new();
+            for path in &extra_toml {
+                extra.push_str(
+                    &std::fs::read_to_string(path)
+                        .with_context(|| format!("read {}", path.display()))?,
+                );
+                extra.push('\n');
+            }
+            let spec = cluster::ClusterSpec {
+                pkraft: &pkraft,
+                work: &work,
+                nodes,
+                secret: &secret,
+                origin: origin.as_deref(),
+                extra_toml: extra,
+                limits_off,
+                https: https_cert.as_deref().zip(https_key.as_deref()),
+                peer_delay: peer_delay_ms.map(|delay| (delay, peer_jitter_ms)),
+                taken: taken.as_deref(),
+            };
+            cluster::up(&spec).await
+        }
+        ClusterCommand::Down { work } => {
+            cluster::down(&work);
+            Ok(())
+        }
+        ClusterCommand::Start { pkraft, work, id } => cluster::start(&pkraft, &work, id).await,
+        ClusterCommand::Settled {
+            admin,
+            voters,
+            timeout_secs,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout_secs);
+            println!("{}", cluster::settled(admin, voters, timeout).await?);
+            Ok(())
+        }
+        ClusterCommand::Leader { admin } => {
+            println!("{}", cluster::leader(admin).await?);
+            Ok(())
+        }
+    }
 }

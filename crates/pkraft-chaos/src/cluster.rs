@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
-
-use crate::proxy::{Network, PeerProxy};
+use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
+use pkraft_testkit::proxy::{Network, PeerProxy};
 
 pub const SECRET: &str = "chaos-cluster-secret-0123456789";
 pub const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789";
@@ -42,15 +42,6 @@ pub const RAFT_TOML: &str = "heartbeat_interval = \"100ms\"\n\
 /// The longest election timeout above: a pause must outlast it to cause an election.
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1600);
 
-/// Rate limits and RRL off: the harness is one client address sending far more than any one
-/// client should, on purpose.
-const LIMITS_OFF_TOML: &str = "[rate_limit]\n\
-    publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
-    resolve = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
-    doh = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
-    [dns.rrl]\n\
-    responses_per_second = 0\n";
-
 /// Where clients send requests: the current process of every node that is a member.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -62,14 +53,6 @@ pub struct Target {
 
 pub type Targets = Arc<RwLock<Vec<Target>>>;
 
-#[derive(Clone, Copy, Debug)]
-struct Addrs {
-    http: SocketAddr,
-    dns: SocketAddr,
-    admin: SocketAddr,
-    peer: SocketAddr,
-}
-
 pub struct Node {
     pub id: u64,
     proxy: PeerProxy,
@@ -79,7 +62,7 @@ pub struct Node {
     child: Option<Child>,
     pub paused: bool,
     pub incarnation: u32,
-    addrs: Option<Addrs>,
+    addrs: Option<Listening>,
     /// Snapshot builds and installs counted by this node's earlier processes.
     snapshots: (u64, u64),
     /// The lossy disk the data dir is mounted on (`--lossy-disk`); dropped (unmounted) after
@@ -104,6 +87,8 @@ pub struct Cluster {
     pub network: Arc<Network>,
     pub targets: Targets,
     admin: reqwest::Client,
+    /// Relays the peer proxies' requests.
+    proxy_client: reqwest::Client,
     /// Every node's data dir is on its own lossy disk, so power cuts can be injected.
     lossy_disks: bool,
 }
@@ -130,6 +115,9 @@ impl Cluster {
             network,
             targets: Arc::new(RwLock::new(Vec::new())),
             admin: reqwest::Client::builder().timeout(ADMIN_TIMEOUT).build()?,
+            proxy_client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(10))
+                .build()?,
             lossy_disks,
         };
         for id in 1..=size {
@@ -144,36 +132,36 @@ impl Cluster {
     /// Starts a new node `id` that joins through the current members (as a learner unless
     /// `voter`); node 1 of an empty cluster bootstraps instead.
     pub async fn add_node(&mut self, id: u64, voter: bool) -> anyhow::Result<()> {
-        let proxy = PeerProxy::start(id, self.network.clone()).await?;
+        let proxy = PeerProxy::start(id, self.network.clone(), self.proxy_client.clone()).await?;
         let membership = if self.nodes.is_empty() {
-            "bootstrap = true\n".to_string()
+            Membership::Bootstrap
         } else {
-            let seeds: Vec<String> = self
-                .nodes
-                .iter()
-                .map(|n| format!("\"{}\"", n.proxy.addr))
-                .collect();
-            format!("join = [{}]\nvoter = {voter}\n", seeds.join(", "))
+            Membership::Join {
+                seeds: self
+                    .nodes
+                    .iter()
+                    .map(|n| n.proxy.addr.to_string())
+                    .collect(),
+                voter,
+            }
         };
-        let config_text = format!(
-            "node_id = {id}\n[raft]\n{RAFT_TOML}[http]\nrequest_timeout = \"10s\"\n\
-             [dns]\norigins = [\"{ORIGIN}\"]\n\
-             [cluster]\nadvertise = \"{}\"\nsecret = \"{SECRET}\"\n{membership}\
-             [admin]\ntoken = \"{ADMIN_TOKEN}\"\n{LIMITS_OFF_TOML}",
-            proxy.addr
-        );
+        let mut node_config = NodeConfig::new(id, membership, SECRET);
+        node_config.advertise = Some(proxy.addr.to_string());
+        node_config.admin_token = Some(ADMIN_TOKEN.to_string());
+        node_config.http_request_timeout = Some("10s".to_string());
+        node_config.raft = RAFT_TOML.to_string();
+        node_config.origins = vec![ORIGIN.to_string()];
+        node_config.sections = LIMITS_OFF_TOML.to_string();
         let config = self.dir.join(format!("node{id}.toml"));
-        std::fs::write(&config, config_text).context("write node config")?;
-        let data_dir = self.dir.join(format!("data{id}"));
-        std::fs::create_dir_all(&data_dir)?;
-        let disk = if self.lossy_disks {
-            let backing = self.dir.join(format!("disk{id}"));
-            std::fs::create_dir_all(&backing)?;
-            let disk = LossyDisk::mount(&data_dir, &backing)
-                .with_context(|| format!("mount a lossy disk on {}", data_dir.display()))?;
-            Some(disk)
+        std::fs::write(&config, node_config.to_toml()).context("write node config")?;
+        let (data_dir, disk) = if self.lossy_disks {
+            let (disk, mountpoint) =
+                pkraft_testkit::lossy::mount_lossy_disk(&self.dir.join(format!("disk{id}")))?;
+            (mountpoint, Some(disk))
         } else {
-            None
+            let data_dir = self.dir.join(format!("data{id}"));
+            std::fs::create_dir_all(&data_dir)?;
+            (data_dir, None)
         };
         self.nodes.push(Node {
             id,
@@ -569,27 +557,18 @@ impl Drop for Cluster {
 
 /// Polls the node's log from `offset` for the "pkraft listening" line and reads the addresses
 /// from it; fails if the process exits first or the line does not come within the bound.
-async fn wait_listening(node: &mut Node, log: &Path, offset: u64) -> anyhow::Result<Addrs> {
+async fn wait_listening(node: &mut Node, log: &Path, offset: u64) -> anyhow::Result<Listening> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let mut file = File::open(log)?;
         file.seek(SeekFrom::Start(offset))?;
         let mut text = String::new();
         file.read_to_string(&mut text)?;
-        if let Some(line) = text.lines().find(|l| l.contains("pkraft listening")) {
-            let field = |name: &str| -> anyhow::Result<SocketAddr> {
-                let prefix = format!("{name}=");
-                line.split_whitespace()
-                    .find_map(|t| t.strip_prefix(&prefix))
-                    .and_then(|v| v.parse().ok())
-                    .with_context(|| format!("no {name}= address in {line:?}"))
-            };
-            return Ok(Addrs {
-                http: field("http")?,
-                dns: field("dns")?,
-                admin: field("admin")?,
-                peer: field("peer")?,
-            });
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains(pkraft_testkit::node::LISTENING))
+        {
+            return Listening::parse(line).with_context(|| format!("no addresses in {line:?}"));
         }
         if let Some(child) = node.child.as_mut()
             && let Some(status) = child.try_wait()?

@@ -7,8 +7,10 @@ pub mod check;
 pub mod cluster;
 pub mod faults;
 pub mod history;
-pub mod proxy;
-pub mod rng;
 pub mod run;
 pub mod schedule;
 pub mod workload;
+
+/// The fault proxy and the seeded generator live in pkraft-testkit, shared with the integration
+/// tests.
+pub use pkraft_testkit::{proxy, rng};

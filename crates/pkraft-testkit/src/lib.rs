@@ -1,7 +1,19 @@
-//! Test helpers shared by pkraft's test suites (dev-dependency only).
+//! Test helpers shared by pkraft's test suites, the chaos harness and the benchmarks
+//! (dev-only).
 //!
 //! Keys come from a seed so that a failing test reproduces with the same keys; packets are shaped
-//! like the ones iroh publishes (`_iroh` TXT records `relay=` / `addr=`).
+//! like the ones iroh publishes (`_iroh` TXT records `relay=` / `addr=`). The harness pieces:
+//! [`node`] (starting nodes, their config files), [`proxy`] (the fault-injecting peer proxy),
+//! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`rng`] (a seeded
+//! generator that never changes).
+
+pub mod lossy;
+pub mod node;
+pub mod ports;
+pub mod proxy;
+pub mod rng;
+
+pub use node::LOOPBACK_PORT_0_ARGS;
 
 use bytes::Bytes;
 use pkarr::dns::rdata::TXT;
@@ -9,19 +21,6 @@ use pkarr::{Keypair, SignedPacket, Timestamp};
 
 /// TTL iroh puts on its records, in seconds.
 pub const IROH_TTL_SECS: u32 = 30;
-
-/// `pkraft serve|dev` flags that put every listener on a free loopback port; the node logs the
-/// bound addresses in its "pkraft listening" line.
-pub const LOOPBACK_PORT_0_ARGS: [&str; 8] = [
-    "--http-listen",
-    "127.0.0.1:0",
-    "--dns-listen",
-    "127.0.0.1:0",
-    "--peer-listen",
-    "127.0.0.1:0",
-    "--admin-listen",
-    "127.0.0.1:0",
-];
 
 /// A keypair derived from `seed`: the same seed gives the same key in every run.
 pub fn keypair(seed: u64) -> Keypair {

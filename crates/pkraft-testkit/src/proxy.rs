@@ -1,10 +1,11 @@
-//! A fault-injecting proxy in front of every node's peer listener, in the spirit of toxiproxy.
-//! Nodes advertise their proxy's address, so all Raft traffic and forwarded publishes pass
-//! through the proxies. Peer requests name their sender and receiver (`Pkraft-Source-Node`, and
-//! the proxy knows its node), so the rules can cut one direction of a link, which a TCP-level
-//! proxy could not tell apart: an asymmetric partition is "A's requests to B fail, B's to A go
-//! through". A cut request is answered 503 at once, as a refused connection would be. A lossy
-//! network loses requests (never delivered) and answers (delivered, then failed).
+//! A fault-injecting proxy in front of every node's peer listener, in the spirit of toxiproxy,
+//! used by the integration tests and the chaos harness. Nodes advertise their proxy's address,
+//! so all Raft traffic and forwarded publishes pass through the proxies. Peer requests name their
+//! sender (`Pkraft-Source-Node`) and the proxy knows its node, so the rules can cut one direction
+//! of a link, which a TCP-level proxy could not tell apart: an asymmetric partition is "A's
+//! requests to B fail, B's to A go through". A cut request is answered 503 at once, as a refused
+//! connection would be. A lossy network loses requests (never delivered) and answers (delivered,
+//! then failed).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ use crate::rng::SplitMix64;
 /// Largest request the proxy relays (a snapshot install is sent in chunks far smaller).
 const BODY_MAX: usize = 256 * 1024 * 1024;
 const SOURCE_HEADER: &str = "pkraft-source-node";
+/// The peer route of publishes a follower forwards to its leader.
+const PUBLISH_PATH: &str = "/peer/v1/publish";
 
 /// The current faults of the peer network, shared by every proxy of a cluster.
 pub struct Network {
@@ -35,10 +38,28 @@ pub struct Network {
 struct Rules {
     /// (from, to): requests from `from` to `to` fail.
     cut: HashSet<(u64, u64)>,
+    /// Nodes cut off from every other, both ways.
+    isolated: HashSet<u64>,
     /// Added delay per request: base and jitter.
     delay: Option<(Duration, Duration)>,
     loss_percent: u64,
     rng: SplitMix64,
+    lost_publish_answer: Option<LostAnswer>,
+}
+
+/// An armed "lose the answer" fault: the next publish `from` forwards is delivered, then the
+/// proxy reports it on `delivered`, waits for `release`, and answers 502 instead of the leader's
+/// answer (as a connection cut after the request was sent would).
+struct LostAnswer {
+    from: u64,
+    delivered: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// The test's side of [`Network::lose_next_publish_answer`].
+pub struct LostAnswerControl {
+    pub delivered: tokio::sync::oneshot::Receiver<()>,
+    pub release: tokio::sync::oneshot::Sender<()>,
 }
 
 /// What to do with one request.
@@ -53,13 +74,17 @@ enum Verdict {
 }
 
 impl Network {
+    /// A network without faults; `seed` drives which requests a lossy network loses and the
+    /// delay jitter, so a seeded run replays them.
     pub fn new(seed: u64) -> Arc<Network> {
         Arc::new(Network {
             rules: Mutex::new(Rules {
                 cut: HashSet::new(),
+                isolated: HashSet::new(),
                 delay: None,
                 loss_percent: 0,
                 rng: SplitMix64::new(seed),
+                lost_publish_answer: None,
             }),
             cut_requests: AtomicU64::new(0),
             lost_requests: AtomicU64::new(0),
@@ -68,11 +93,11 @@ impl Network {
         })
     }
 
-    fn with_rules(&self, change: impl FnOnce(&mut Rules)) {
+    fn with_rules<T>(&self, change: impl FnOnce(&mut Rules) -> T) -> T {
         // A poisoned lock means a proxy task panicked holding it; the rules are plain data, so
         // carrying on with them is still correct.
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut rules);
+        change(&mut rules)
     }
 
     /// Requests from `from` to `to` fail (one direction).
@@ -92,6 +117,13 @@ impl Network {
         }
     }
 
+    /// Cuts `node` off from every other node, both ways, including nodes added later.
+    pub fn isolate(&self, node: u64) {
+        self.with_rules(|r| {
+            r.isolated.insert(node);
+        });
+    }
+
     pub fn set_delay(&self, base: Duration, jitter: Duration) {
         self.with_rules(|r| r.delay = Some((base, jitter)));
     }
@@ -100,24 +132,53 @@ impl Network {
         self.with_rules(|r| r.loss_percent = percent.min(100));
     }
 
-    /// Removes every fault.
+    /// Arms the lost-answer fault for the next publish forwarded by node `from`.
+    pub fn lose_next_publish_answer(&self, from: u64) -> LostAnswerControl {
+        let (delivered_tx, delivered) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = tokio::sync::oneshot::channel();
+        self.with_rules(|r| {
+            r.lost_publish_answer = Some(LostAnswer {
+                from,
+                delivered: delivered_tx,
+                release: release_rx,
+            });
+        });
+        LostAnswerControl { delivered, release }
+    }
+
+    /// Removes every fault (an armed lost answer stays armed).
     pub fn heal(&self) {
         self.with_rules(|r| {
             r.cut.clear();
+            r.isolated.clear();
             r.delay = None;
             r.loss_percent = 0;
         });
     }
 
-    fn verdict(&self, from: Option<u64>, to: u64) -> Verdict {
-        let mut verdict = Verdict::Pass(Duration::ZERO);
+    fn take_lost_answer(&self, from: Option<u64>, path: &str) -> Option<LostAnswer> {
         self.with_rules(|r| {
-            let cut = match from {
-                Some(from) => r.cut.contains(&(from, to)),
-                // A request that does not name its sender is cut if anything towards `to` is.
-                None => r.cut.iter().any(|&(_, t)| t == to),
-            };
-            verdict = if cut {
+            let armed = path == PUBLISH_PATH
+                && r.lost_publish_answer
+                    .as_ref()
+                    .is_some_and(|lost| Some(lost.from) == from);
+            if armed {
+                r.lost_publish_answer.take()
+            } else {
+                None
+            }
+        })
+    }
+
+    fn verdict(&self, from: Option<u64>, to: u64) -> Verdict {
+        self.with_rules(|r| {
+            let cut = r.isolated.contains(&to)
+                || match from {
+                    Some(from) => r.isolated.contains(&from) || r.cut.contains(&(from, to)),
+                    // A request that does not name its sender is cut if anything towards `to` is.
+                    None => r.cut.iter().any(|&(_, t)| t == to),
+                };
+            if cut {
                 Verdict::Cut
             } else if r.loss_percent > 0 && r.rng.below(100) < r.loss_percent {
                 if r.rng.chance(0.5) {
@@ -130,13 +191,13 @@ impl Network {
                 Verdict::Pass(base + Duration::from_millis(extra))
             } else {
                 Verdict::Pass(Duration::ZERO)
-            };
-        });
-        verdict
+            }
+        })
     }
 }
 
-/// One node's proxy: listens on its own port, relays to the node's current peer address.
+/// One node's proxy: listens on its own loopback port, relays to the node's current peer
+/// address.
 pub struct PeerProxy {
     pub addr: SocketAddr,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
@@ -151,7 +212,13 @@ struct ProxyState {
 }
 
 impl PeerProxy {
-    pub async fn start(node: u64, network: Arc<Network>) -> anyhow::Result<PeerProxy> {
+    /// A proxy for node `node` under `network`'s faults, relaying with `client` (plain HTTP; the
+    /// caller builds it, having chosen the process's TLS crypto provider if it must).
+    pub async fn start(
+        node: u64,
+        network: Arc<Network>,
+        client: reqwest::Client,
+    ) -> std::io::Result<PeerProxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let upstream = Arc::new(Mutex::new(None));
@@ -159,9 +226,7 @@ impl PeerProxy {
             node,
             upstream: upstream.clone(),
             network,
-            client: reqwest::Client::builder()
-                .pool_idle_timeout(Duration::from_secs(10))
-                .build()?,
+            client,
         };
         let app = axum::Router::new().fallback(relay).with_state(state);
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -187,13 +252,13 @@ async fn relay(State(state): State<ProxyState>, request: Request) -> Response {
             state.network.cut_requests.fetch_add(1, Ordering::Relaxed);
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "partitioned by the chaos harness",
+                "partitioned by the harness",
             )
                 .into_response();
         }
         Verdict::LoseRequest => {
             state.network.lost_requests.fetch_add(1, Ordering::Relaxed);
-            return (StatusCode::SERVICE_UNAVAILABLE, "lost by the chaos harness").into_response();
+            return (StatusCode::SERVICE_UNAVAILABLE, "lost by the harness").into_response();
         }
         Verdict::LoseAnswer => lose_answer = true,
         Verdict::Pass(delay) if !delay.is_zero() => {
@@ -223,10 +288,17 @@ async fn relay(State(state): State<ProxyState>, request: Request) -> Response {
             forward = forward.header(name, value);
         }
     }
+    let lost = state.network.take_lost_answer(from, parts.uri.path());
     let answer = forward.send().await;
+    if let Some(lost) = lost {
+        // Delivered (the leader has answered); the caller never learns how.
+        let _ = lost.delivered.send(());
+        let _ = lost.release.await;
+        return (StatusCode::BAD_GATEWAY, "answer lost by the test").into_response();
+    }
     if lose_answer {
         state.network.lost_answers.fetch_add(1, Ordering::Relaxed);
-        return (StatusCode::BAD_GATEWAY, "answer lost by the chaos harness").into_response();
+        return (StatusCode::BAD_GATEWAY, "answer lost by the harness").into_response();
     }
     match answer {
         Ok(answer) => {
