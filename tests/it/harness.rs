@@ -1,16 +1,14 @@
 //! Starts the `pkraft` binary on port 0 and reads the addresses it bound from its log.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, Once};
+use std::process::{Command, ExitStatus};
+use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pkraft_testkit::node::{LISTENING, Listening};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
+use pkraft_testkit::process::{LogTo, NodeLog, NodeProcess};
 
 /// How long a server may take to start listening (a debug build on a loaded 2-core machine).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,7 +25,7 @@ pub const ORIGIN: &str = "pkarr.test";
 
 /// A running `pkraft dev` process with its own data dir.
 pub struct TestServer {
-    child: Option<Child>,
+    process: Option<NodeProcess>,
     /// Holds the data dir (`data_path`): it is this directory, or one inside it.
     _holder: tempfile::TempDir,
     data_path: PathBuf,
@@ -41,7 +39,8 @@ pub struct TestServer {
     pub dns: SocketAddr,
     pub peer: SocketAddr,
     pub admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+    /// The current (or last) process's log.
+    log: NodeLog,
 }
 
 impl TestServer {
@@ -98,7 +97,7 @@ impl TestServer {
 
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.as_ref().map(NodeProcess::pid)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -135,9 +134,11 @@ impl TestServer {
         data_path: PathBuf,
         cgroup: Option<&Path>,
     ) -> TestServer {
-        let (child, bound, log) = spawn(&data_path, &command, cgroup);
+        let process = spawn(&data_path, &command, cgroup);
+        let bound = process.listening();
         TestServer {
-            child: Some(child),
+            log: process.log(),
+            process: Some(process),
             _holder: holder,
             data_path,
             _config_dir: None,
@@ -147,15 +148,13 @@ impl TestServer {
             dns: bound.dns,
             peer: bound.peer,
             admin: bound.admin,
-            log,
         }
     }
 
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap");
+        if let Some(mut process) = self.process.take() {
+            process.kill().expect("SIGKILL");
         }
     }
 
@@ -170,30 +169,22 @@ impl TestServer {
     }
 
     fn stop_with(&mut self, signal: &str) -> ExitStatus {
-        let mut child = self.child.take().expect("server is running");
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {signal} failed");
-        let exited = wait_until(STOP_TIMEOUT, || child.try_wait().ok().flatten());
-        exited.unwrap_or_else(|| {
-            let _ = child.kill();
-            panic!(
-                "server did not exit within {STOP_TIMEOUT:?} of {signal}\n{}",
-                self.log()
-            );
-        })
+        let process = self.process.as_ref().expect("server is running");
+        process.signal(signal).expect("signal the server");
+        self.wait_exit_after(signal)
     }
 
     /// Waits (bounded) for the process to exit on its own.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("server is running");
-        let exited = wait_until(STOP_TIMEOUT, || child.try_wait().ok().flatten());
-        exited.unwrap_or_else(|| {
-            let _ = child.kill();
+        self.wait_exit_after("its own end")
+    }
+
+    fn wait_exit_after(&mut self, what: &str) -> ExitStatus {
+        let mut process = self.process.take().expect("server is running");
+        process.wait_timeout(STOP_TIMEOUT).unwrap_or_else(|| {
+            let _ = process.kill();
             panic!(
-                "server did not exit within {STOP_TIMEOUT:?}\n{}",
+                "server did not exit within {STOP_TIMEOUT:?} of {what}\n{}",
                 self.log()
             );
         })
@@ -217,22 +208,23 @@ impl TestServer {
 
     /// Starts the binary again on the same data dir (new ports).
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop the server before restarting it");
-        let (child, bound, log) = spawn(&self.data_path, &self.command, self.cgroup.as_deref());
-        self.child = Some(child);
+        assert!(
+            self.process.is_none(),
+            "stop the server before restarting it"
+        );
+        let process = spawn(&self.data_path, &self.command, self.cgroup.as_deref());
+        let bound = process.listening();
         self.http = bound.http;
         self.dns = bound.dns;
         self.peer = bound.peer;
         self.admin = bound.admin;
-        self.log = log;
+        self.log = process.log();
+        self.process = Some(process);
     }
 
     /// Everything the process logged so far, for failure messages.
     pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .map(|lines| lines.join("\n"))
-            .unwrap_or_default()
+        self.log.text()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -266,50 +258,12 @@ impl Drop for TestServer {
     }
 }
 
-fn spawn(
-    data_dir: &Path,
-    command: &[String],
-    cgroup: Option<&Path>,
-) -> (Child, Listening, Arc<Mutex<Vec<String>>>) {
-    let mut child = pkraft_command(cgroup)
-        .args(command)
-        .args(["--data-dir", &path_arg(data_dir)])
-        .args(pkraft_testkit::LOOPBACK_PORT_0_ARGS)
-        // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn pkraft");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let thread_log = log.clone();
-    // Drains stderr for the life of the process so the pipe never fills and blocks the server.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let ready = line.contains(LISTENING).then(|| line.clone());
-            // Kept before readiness is reported, so `log()` has the line once `start` returns.
-            if let Ok(mut lines) = thread_log.lock() {
-                lines.push(line);
-            }
-            if let Some(ready) = ready {
-                let _ = ready_tx.send(ready);
-            }
-        }
-    });
-    let line = match ready_rx.recv_timeout(START_TIMEOUT) {
-        Ok(line) => line,
-        Err(_) => {
-            let _ = child.kill();
-            let lines = log.lock().map(|l| l.join("\n")).unwrap_or_default();
-            panic!("pkraft did not start within {START_TIMEOUT:?}:\n{lines}");
-        }
-    };
-    let bound =
-        Listening::parse(&line).unwrap_or_else(|| panic!("no listen addresses in {line:?}"));
-    (child, bound, log)
+fn spawn(data_dir: &Path, command: &[String], cgroup: Option<&Path>) -> NodeProcess {
+    let mut pkraft = pkraft_command(cgroup);
+    // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
+    pkraft.args(command).env("RUST_LOG", "info");
+    NodeProcess::start(pkraft, data_dir, LogTo::Memory, START_TIMEOUT)
+        .unwrap_or_else(|e| panic!("pkraft did not start: {e}"))
 }
 
 /// A command that runs the `pkraft` binary, inside `cgroup` when given: a shell joins the cgroup

@@ -1,11 +1,10 @@
 //! The cluster under test: real `pkraft serve` processes, each with its own data dir, config file
 //! and log, on loopback port 0, their peer traffic routed through the fault proxies.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use serde_json::Value;
 
 use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
+use pkraft_testkit::process::{LogTo, NodeProcess};
 use pkraft_testkit::proxy::{Network, PeerProxy};
 
 pub const SECRET: &str = "chaos-cluster-secret-0123456789";
@@ -59,7 +59,7 @@ pub struct Node {
     data_dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    process: Option<NodeProcess>,
     pub paused: bool,
     pub incarnation: u32,
     addrs: Option<Listening>,
@@ -72,7 +72,7 @@ pub struct Node {
 
 impl Node {
     pub fn running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     pub fn log_path(&self) -> &Path {
@@ -169,7 +169,7 @@ impl Cluster {
             data_dir,
             config,
             log: self.dir.join(format!("node{id}.log")),
-            child: None,
+            process: None,
             paused: false,
             incarnation: 0,
             addrs: None,
@@ -197,7 +197,7 @@ impl Cluster {
     pub async fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let bin = self.bin.clone();
         let node = self.node_mut(id)?;
-        if node.child.is_some() {
+        if node.process.is_some() {
             bail!("node {id} is already running");
         }
         node.incarnation += 1;
@@ -210,23 +210,22 @@ impl Cluster {
             "==== chaos: node {id} process {} ====",
             node.incarnation
         )?;
-        let offset = log.metadata()?.len();
-        let child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args(["serve", "--config"])
             .arg(&node.config)
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(pkraft_testkit::LOOPBACK_PORT_0_ARGS)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        node.child = Some(child);
+            .env("RUST_LOG", "info");
+        let data_dir = node.data_dir.clone();
+        // The start blocks (reading the node's log until it listens): off the async workers.
+        let started = tokio::task::spawn_blocking(move || {
+            NodeProcess::start(command, &data_dir, LogTo::File(log), START_TIMEOUT)
+        })
+        .await?;
+        let process =
+            started.map_err(|e| anyhow::anyhow!("node {id}: {e}; log: {}", node.log.display()))?;
+        let addrs = process.listening();
+        node.process = Some(process);
         node.paused = false;
-        let log_path = node.log.clone();
-        let addrs = wait_listening(node, &log_path, offset).await?;
         node.addrs = Some(addrs);
         node.proxy.set_upstream(Some(addrs.peer));
         let target = Target {
@@ -255,9 +254,8 @@ impl Cluster {
     /// SIGKILL without first reading the snapshot counters (the caller did).
     fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        if let Some(mut child) = node.child.take() {
-            child.kill().context("SIGKILL")?;
-            child.wait().context("reap")?;
+        if let Some(mut process) = node.process.take() {
+            process.kill().context("SIGKILL")?;
         }
         node.paused = false;
         node.proxy.set_upstream(None);
@@ -311,15 +309,12 @@ impl Cluster {
 
     pub fn signal(&mut self, id: u64, signal: &str) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
-        let Some(child) = &node.child else {
+        let Some(process) = &node.process else {
             bail!("node {id} is not running");
         };
-        let status = Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill {signal} node {id} failed");
-        }
+        process
+            .signal(signal)
+            .with_context(|| format!("signal node {id}"))?;
         node.paused = signal == "-STOP";
         Ok(())
     }
@@ -541,9 +536,8 @@ impl Cluster {
     /// Kills every process (used on the way out, also after a failure).
     pub fn kill_all_now(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
+            if let Some(mut process) = node.process.take() {
+                let _ = process.kill();
             }
         }
     }
@@ -552,41 +546,5 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_all_now();
-    }
-}
-
-/// Polls the node's log from `offset` for the "pkraft listening" line and reads the addresses
-/// from it; fails if the process exits first or the line does not come within the bound.
-async fn wait_listening(node: &mut Node, log: &Path, offset: u64) -> anyhow::Result<Listening> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let mut file = File::open(log)?;
-        file.seek(SeekFrom::Start(offset))?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains(pkraft_testkit::node::LISTENING))
-        {
-            return Listening::parse(line).with_context(|| format!("no addresses in {line:?}"));
-        }
-        if let Some(child) = node.child.as_mut()
-            && let Some(status) = child.try_wait()?
-        {
-            node.child = None;
-            bail!(
-                "node {} exited ({status}) before listening; log: {}",
-                node.id,
-                log.display()
-            );
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "node {} did not listen within {START_TIMEOUT:?}; log: {}",
-                node.id,
-                log.display()
-            );
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
