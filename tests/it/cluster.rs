@@ -20,8 +20,9 @@ use pkraft_lossyfs::LossyDisk;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
 use crate::harness::{TestServer, http_client};
+use pkraft_testkit::cluster::NodeSlot;
 use pkraft_testkit::node::{Membership, NodeConfig};
-use pkraft_testkit::proxy::{Network, PeerProxy};
+use pkraft_testkit::proxy::Network;
 
 const SECRET: &str = "test-cluster-secret-0123456789";
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -42,25 +43,33 @@ pub(crate) const TEST_RAFT: &str = "heartbeat_interval = \"100ms\"\n\
 pub struct Member {
     pub id: u64,
     pub server: TestServer,
-    pub proxy: PeerProxy,
-    /// The node's data dir is this lossy disk's mount ([`TestCluster::on_lossy_disks`]).
-    pub disk: Option<LossyDisk>,
+    /// Its peer proxy, config file and data dir, on a lossy disk with
+    /// [`TestCluster::on_lossy_disks`].
+    pub slot: NodeSlot,
+}
+
+impl Member {
+    /// The lossy disk of its data dir ([`TestCluster::on_lossy_disks`]).
+    pub fn disk(&self) -> &LossyDisk {
+        self.slot.disk.as_ref().expect("a cluster on lossy disks")
+    }
 }
 
 pub struct TestCluster {
     pub members: Vec<Member>,
     /// The peer network's faults (every node's peer traffic passes a proxy).
     pub faults: Arc<Network>,
-    config_dir: tempfile::TempDir,
+    /// Every node's config file and data dir (`node<id>/`). After `members`, so it is removed
+    /// once their servers are gone and their disks unmounted.
+    dir: tempfile::TempDir,
     /// The `[raft]` timing lines every node gets (`TEST_RAFT` unless a test needs others).
     raft_timing: String,
     /// Extra `[raft]` lines every node gets.
     raft_extra: String,
     /// Extra sections at the end of every node's config.
     sections_extra: String,
-    /// With lossy disks: the directory holding each node's mount point and backing files.
-    /// Last, so it is removed after every member's disk is unmounted.
-    lossy_dirs: Option<tempfile::TempDir>,
+    /// Every node's data dir is a lossy disk of its own.
+    lossy_disks: bool,
 }
 
 impl TestCluster {
@@ -82,7 +91,7 @@ impl TestCluster {
         raft_extra: &str,
         sections: &str,
     ) -> TestCluster {
-        TestCluster::start_as(size, timing, raft_extra, sections, None).await
+        TestCluster::start_as(size, timing, raft_extra, sections, false).await
     }
 
     /// `start_with_timing` with every node's data dir on its own lossy disk (pkraft-lossyfs),
@@ -97,8 +106,7 @@ impl TestCluster {
         if !pkraft_lossyfs::usable_in_test(test) {
             return None;
         }
-        let dirs = tempfile::tempdir().expect("lossy disk dirs");
-        Some(TestCluster::start_as(size, timing, raft_extra, "", Some(dirs)).await)
+        Some(TestCluster::start_as(size, timing, raft_extra, "", true).await)
     }
 
     async fn start_as(
@@ -106,16 +114,16 @@ impl TestCluster {
         timing: &str,
         raft_extra: &str,
         sections: &str,
-        lossy_dirs: Option<tempfile::TempDir>,
+        lossy_disks: bool,
     ) -> TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
             faults: Network::new(0),
-            config_dir: tempfile::tempdir().expect("config dir"),
+            dir: tempfile::tempdir().expect("cluster dir"),
             raft_timing: timing.to_string(),
             raft_extra: raft_extra.to_string(),
             sections_extra: sections.to_string(),
-            lossy_dirs,
+            lossy_disks,
         };
         for id in 1..=size {
             cluster.add(id).await;
@@ -140,11 +148,11 @@ impl TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
             faults: Network::new(0),
-            config_dir: tempfile::tempdir().expect("config dir"),
+            dir: tempfile::tempdir().expect("cluster dir"),
             raft_timing: TEST_RAFT.to_string(),
             raft_extra: String::new(),
             sections_extra: String::new(),
-            lossy_dirs: None,
+            lossy_disks: false,
         };
         cluster.add_member(1, true, Some(backup)).await;
         for id in 2..=size {
@@ -157,69 +165,46 @@ impl TestCluster {
     /// Starts node `id`: the first bootstraps a cluster (or, with `restore_from`, is restored
     /// from that backup file), every other joins through the first.
     async fn add_member(&mut self, id: u64, voter: bool, restore_from: Option<&std::path::Path>) {
-        let proxy = PeerProxy::start(id, self.faults.clone(), http_client())
-            .await
-            .expect("start a peer proxy");
         let membership = match (self.members.first(), restore_from) {
             (None, Some(_)) => Membership::Existing,
             (None, None) => Membership::Bootstrap,
             (Some(first), _) => Membership::Join {
-                seeds: vec![first.proxy.addr.to_string()],
+                seeds: vec![first.slot.proxy.addr.to_string()],
                 voter,
             },
         };
-        let mut node_config = NodeConfig::new(id, membership, SECRET);
-        node_config.advertise = Some(proxy.addr.to_string());
-        node_config.admin_token = Some(ADMIN_TOKEN.to_string());
-        node_config.http_request_timeout = Some("10s".to_string());
-        node_config.raft = format!("{}{}", self.raft_timing, self.raft_extra);
-        node_config.sections = self.sections_extra.clone();
-        let config = node_config.to_toml();
-        let mut disk = None;
-        let server = match restore_from {
-            Some(_) if self.lossy_dirs.is_some() => {
-                panic!("a restored cluster on lossy disks is not supported")
-            }
-            Some(backup) => {
-                let data_dir = tempfile::tempdir().expect("data dir");
-                let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
-                    .args(["restore", "--node-id", &id.to_string(), "--advertise"])
-                    .arg(proxy.addr.to_string())
-                    .arg("--data-dir")
-                    .arg(data_dir.path())
-                    .arg(backup)
-                    .output()
-                    .expect("run pkraft restore");
-                assert!(
-                    output.status.success(),
-                    "restore: {}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-                TestServer::start_with_config_in(&config, data_dir)
-            }
-            None => {
-                let path = self.config_dir.path().join(format!("node{id}.toml"));
-                std::fs::write(&path, config).expect("write config");
-                match &self.lossy_dirs {
-                    Some(dirs) => {
-                        let (lossy, mountpoint) = pkraft_testkit::lossy::mount_lossy_disk(
-                            &dirs.path().join(format!("node{id}")),
-                        )
-                        .expect("mount a lossy disk");
-                        disk = Some(lossy);
-                        TestServer::start_serve_at(&path, mountpoint)
-                    }
-                    None => TestServer::start_serve(&path),
-                }
-            }
-        };
-        proxy.set_upstream(Some(server.peer));
-        self.members.push(Member {
-            id,
-            server,
-            proxy,
-            disk,
-        });
+        let mut config = NodeConfig::new(id, membership, SECRET);
+        config.admin_token = Some(ADMIN_TOKEN.to_string());
+        config.http_request_timeout = Some("10s".to_string());
+        config.raft = format!("{}{}", self.raft_timing, self.raft_extra);
+        config.sections = self.sections_extra.clone();
+        let slot = NodeSlot::prepare(
+            &self.dir.path().join(format!("node{id}")),
+            config,
+            self.faults.clone(),
+            http_client(),
+            self.lossy_disks,
+        )
+        .await
+        .expect("prepare a node");
+        if let Some(backup) = restore_from {
+            let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
+                .args(["restore", "--node-id", &id.to_string(), "--advertise"])
+                .arg(slot.proxy.addr.to_string())
+                .arg("--data-dir")
+                .arg(&slot.data_dir)
+                .arg(backup)
+                .output()
+                .expect("run pkraft restore");
+            assert!(
+                output.status.success(),
+                "restore: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let server = TestServer::start_serve_at(&slot.config, slot.data_dir.clone());
+        slot.proxy.set_upstream(Some(server.peer));
+        self.members.push(Member { id, server, slot });
     }
 
     pub fn member(&self, id: u64) -> &Member {
@@ -240,7 +225,7 @@ impl TestCluster {
     pub fn restart(&mut self, id: u64) {
         let member = self.member_mut(id);
         member.server.restart();
-        member.proxy.set_upstream(Some(member.server.peer));
+        member.slot.proxy.set_upstream(Some(member.server.peer));
     }
 
     /// Waits until node 1's view has `count` voters and no voter change under way, and every

@@ -49,10 +49,7 @@ async fn a_follower_low_on_disk_lets_the_cluster_write_and_catches_up() {
     let before = terms_and_leaders(&cluster).await;
 
     let low = &cluster.member(follower);
-    low.disk
-        .as_ref()
-        .expect("a lossy disk")
-        .limit_free_space(Some(64 << 20));
+    low.disk().limit_free_space(Some(64 << 20));
     // It refuses PUTs of its own (measured at most 100 ms apart, so within a few tries).
     let mut seed = 100;
     eventually("the follower refusing a PUT", || {
@@ -85,10 +82,7 @@ async fn a_follower_low_on_disk_lets_the_cluster_write_and_catches_up() {
         "an election while a follower was low on disk"
     );
 
-    low.disk
-        .as_ref()
-        .expect("a lossy disk")
-        .limit_free_space(None);
+    low.disk().limit_free_space(None);
     wait_served(&low.server, &last_key, &last).await;
     for (key, packet) in &written {
         wait_served(&low.server, key, packet).await;
@@ -113,11 +107,7 @@ async fn fsyncs_slower_by_a_third_of_the_heartbeat_cause_no_election() {
     let leader = cluster.leader().await;
     let before = terms_and_leaders(&cluster).await;
     for member in &cluster.members {
-        member
-            .disk
-            .as_ref()
-            .expect("a lossy disk")
-            .slow_fsyncs(Duration::from_millis(30));
+        member.disk().slow_fsyncs(Duration::from_millis(30));
     }
     // About 6 s of PUTs, 4 at a time, through every node.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);

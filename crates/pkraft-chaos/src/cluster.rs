@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
+use pkraft_lossyfs::{Cut, CutReport};
+use pkraft_testkit::cluster::NodeSlot;
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
 use pkraft_testkit::process::{LogTo, NodeProcess};
-use pkraft_testkit::proxy::{Network, PeerProxy};
+use pkraft_testkit::proxy::Network;
 
 pub const SECRET: &str = "chaos-cluster-secret-0123456789";
 pub const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789";
@@ -55,9 +56,6 @@ pub type Targets = Arc<RwLock<Vec<Target>>>;
 
 pub struct Node {
     pub id: u64,
-    proxy: PeerProxy,
-    data_dir: PathBuf,
-    config: PathBuf,
     log: PathBuf,
     process: Option<NodeProcess>,
     pub paused: bool,
@@ -65,9 +63,9 @@ pub struct Node {
     addrs: Option<Listening>,
     /// Snapshot builds and installs counted by this node's earlier processes.
     snapshots: (u64, u64),
-    /// The lossy disk the data dir is mounted on (`--lossy-disk`); dropped (unmounted) after
-    /// the process is killed, as fields drop after `Cluster::drop` ran.
-    disk: Option<LossyDisk>,
+    /// Its proxy, config file and data dir (on a lossy disk with `--lossy-disk`); after the
+    /// process, so the disk is unmounted once the process is gone (also after `Cluster::drop`).
+    slot: NodeSlot,
 }
 
 impl Node {
@@ -132,7 +130,6 @@ impl Cluster {
     /// Starts a new node `id` that joins through the current members (as a learner unless
     /// `voter`); node 1 of an empty cluster bootstraps instead.
     pub async fn add_node(&mut self, id: u64, voter: bool) -> anyhow::Result<()> {
-        let proxy = PeerProxy::start(id, self.network.clone(), self.proxy_client.clone()).await?;
         let membership = if self.nodes.is_empty() {
             Membership::Bootstrap
         } else {
@@ -140,41 +137,35 @@ impl Cluster {
                 seeds: self
                     .nodes
                     .iter()
-                    .map(|n| n.proxy.addr.to_string())
+                    .map(|n| n.slot.proxy.addr.to_string())
                     .collect(),
                 voter,
             }
         };
-        let mut node_config = NodeConfig::new(id, membership, SECRET);
-        node_config.advertise = Some(proxy.addr.to_string());
-        node_config.admin_token = Some(ADMIN_TOKEN.to_string());
-        node_config.http_request_timeout = Some("10s".to_string());
-        node_config.raft = RAFT_TOML.to_string();
-        node_config.origins = vec![ORIGIN.to_string()];
-        node_config.sections = LIMITS_OFF_TOML.to_string();
-        let config = self.dir.join(format!("node{id}.toml"));
-        std::fs::write(&config, node_config.to_toml()).context("write node config")?;
-        let (data_dir, disk) = if self.lossy_disks {
-            let (disk, mountpoint) =
-                pkraft_testkit::lossy::mount_lossy_disk(&self.dir.join(format!("disk{id}")))?;
-            (mountpoint, Some(disk))
-        } else {
-            let data_dir = self.dir.join(format!("data{id}"));
-            std::fs::create_dir_all(&data_dir)?;
-            (data_dir, None)
-        };
+        let mut config = NodeConfig::new(id, membership, SECRET);
+        config.admin_token = Some(ADMIN_TOKEN.to_string());
+        config.http_request_timeout = Some("10s".to_string());
+        config.raft = RAFT_TOML.to_string();
+        config.origins = vec![ORIGIN.to_string()];
+        config.sections = LIMITS_OFF_TOML.to_string();
+        let slot = NodeSlot::prepare(
+            &self.dir.join(format!("node{id}")),
+            config,
+            self.network.clone(),
+            self.proxy_client.clone(),
+            self.lossy_disks,
+        )
+        .await
+        .with_context(|| format!("prepare node {id}"))?;
         self.nodes.push(Node {
             id,
-            proxy,
-            data_dir,
-            config,
             log: self.dir.join(format!("node{id}.log")),
             process: None,
             paused: false,
             incarnation: 0,
             addrs: None,
             snapshots: (0, 0),
-            disk,
+            slot,
         });
         self.spawn(id).await
     }
@@ -213,9 +204,9 @@ impl Cluster {
         let mut command = Command::new(&bin);
         command
             .args(["serve", "--config"])
-            .arg(&node.config)
+            .arg(&node.slot.config)
             .env("RUST_LOG", "info");
-        let data_dir = node.data_dir.clone();
+        let data_dir = node.slot.data_dir.clone();
         // The start blocks (reading the node's log until it listens): off the async workers.
         let started = tokio::task::spawn_blocking(move || {
             NodeProcess::start(command, &data_dir, LogTo::File(log), START_TIMEOUT)
@@ -227,7 +218,7 @@ impl Cluster {
         node.process = Some(process);
         node.paused = false;
         node.addrs = Some(addrs);
-        node.proxy.set_upstream(Some(addrs.peer));
+        node.slot.proxy.set_upstream(Some(addrs.peer));
         let target = Target {
             id,
             incarnation: node.incarnation,
@@ -258,7 +249,7 @@ impl Cluster {
             process.kill().context("SIGKILL")?;
         }
         node.paused = false;
-        node.proxy.set_upstream(None);
+        node.slot.proxy.set_upstream(None);
         Ok(())
     }
 
@@ -273,7 +264,7 @@ impl Cluster {
         }
         let mut disks = Vec::with_capacity(targets.len());
         for &id in targets {
-            let disk = self.node(id)?.disk.as_ref().with_context(|| {
+            let disk = self.node(id)?.slot.disk.as_ref().with_context(|| {
                 format!("node {id} has no lossy disk (power cuts need --lossy-disk)")
             })?;
             disks.push(disk);
@@ -301,7 +292,7 @@ impl Cluster {
 
     /// Ends node `id`'s power cut: its disk serves what was durable at the cut.
     pub fn power_on(&mut self, id: u64) -> anyhow::Result<()> {
-        let disk = self.node(id)?.disk.as_ref();
+        let disk = self.node(id)?.slot.disk.as_ref();
         disk.with_context(|| format!("node {id} has no lossy disk"))?
             .power_on();
         Ok(())

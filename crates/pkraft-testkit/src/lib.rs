@@ -4,10 +4,11 @@
 //! Keys come from a seed so that a failing test reproduces with the same keys; packets are shaped
 //! like the ones iroh publishes (`_iroh` TXT records `relay=` / `addr=`). The harness pieces:
 //! [`node`] (listen flags and lines, config files), [`process`] (a running node on port 0),
-//! [`proxy`] (the fault-injecting peer proxy),
+//! [`cluster`] (a node's proxy, config and data dir), [`proxy`] (the fault-injecting peer proxy),
 //! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`rng`] (a seeded
 //! generator that never changes).
 
+pub mod cluster;
 pub mod lossy;
 pub mod node;
 pub mod ports;
