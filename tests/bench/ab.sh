@@ -26,7 +26,12 @@ iroh_bin="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-1.4.1
 
 work=$(mktemp -d)
 pids=()
-cleanup() { kill_all "${pids[@]}"; rm -rf "$work"; }
+cleanup() {
+  kill_all "${pids[@]}"
+  local dir
+  for dir in "$work"/*-cluster; do cluster_down "$dir"; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 log() { echo "ab: $*" >&2; }
 fail() { log "$*"; print_log_tails "$work"; exit 1; }

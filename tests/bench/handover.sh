@@ -23,7 +23,7 @@ need_bins handover "$bin"
 work=$(mktemp -d)
 # shellcheck disable=SC2034  # filled by cluster_up
 declare -A node_pid node_http node_dns node_admin
-cleanup() { kill_all "${node_pid[@]}"; rm -rf "$work"; }
+cleanup() { cluster_down "$work/cluster"; rm -rf "$work"; }
 trap cleanup EXIT
 log() { echo "handover: $*" >&2; }
 fail() { log "$*"; print_log_tails "$work"; exit 1; }

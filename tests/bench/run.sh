@@ -45,6 +45,7 @@ pids=()
 cleanup() {
   # Each server leads its own process group (setsid): stop the whole group, politely first.
   stop_process_groups "${pids[@]}"
+  cluster_down "$work/cluster"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -36,7 +36,7 @@ stop_hogs() {
   hogs=()
   rm -f "$work/disk-hog"
 }
-cleanup() { stop_hogs; kill_all "${node_pid[@]}"; rm -rf "$work"; }
+cleanup() { stop_hogs; cluster_down "$work/cluster"; rm -rf "$work"; }
 trap cleanup EXIT
 log() { echo "stalls: $*" >&2; }
 fail() { log "$*"; print_log_tails "$work"; exit 1; }

@@ -18,6 +18,7 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   kill_all "${pids[@]}"
+  cluster_down "$work/cluster"
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -2,10 +2,12 @@
 # Shared by the scripts under tests/ that start pkraft nodes from config files.
 
 # pkraft_bench ARGS...: runs pkraft-bench, which picks ports and runs local clusters for every
-# script: $PKRAFT_BENCH, else the newest build under target/ (any build does for that).
+# script: $PKRAFT_BENCH, else the newest build of this checkout (under CARGO_TARGET_DIR or
+# target/; any profile does). Not the build under test: an older build A of `make bench-ab` may
+# not have these subcommands.
 pkraft_bench() {
-  local bin=${PKRAFT_BENCH:-}
-  [ -n "$bin" ] || bin=$(ls -t target/release/pkraft-bench target/debug/pkraft-bench 2>/dev/null | head -n 1)
+  local bin=${PKRAFT_BENCH:-} target=${CARGO_TARGET_DIR:-target}
+  [ -n "$bin" ] || bin=$(ls -t "$target/release/pkraft-bench" "$target/debug/pkraft-bench" 2>/dev/null | head -n 1)
   if [ -z "$bin" ]; then
     echo "pkraft-bench is not built (cargo build -p pkraft-bench)" >&2
     return 2
@@ -105,8 +107,6 @@ wait_for_voters() {
 # (port); remembers BIN_DIR and WORK for cluster_start_node. cluster_down WORK stops it all.
 cluster_up() {
   cluster_bin=$1 cluster_work=$2
-  # The pkraft-bench of the same build, if there is one.
-  [ -n "${PKRAFT_BENCH:-}" ] || [ ! -x "$cluster_bin/pkraft-bench" ] || PKRAFT_BENCH=$cluster_bin/pkraft-bench
   local count=$3 secret=$4 lines extra=()
   shift 4
   mkdir -p "$cluster_work"

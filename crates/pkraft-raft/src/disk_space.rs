@@ -12,7 +12,8 @@
 //! - as follower, `append-entries` carrying entries and `install-snapshot` are answered 503, which
 //!   the leader takes as "unreachable" and retries after its back-off; heartbeats (no entries)
 //!   are still taken, so the follower does not stand for election;
-//! - no snapshot build starts unless the last snapshot's size fits above the reserve.
+//! - a snapshot build starts only with room for the last snapshot's size plus a quarter of the
+//!   reserve (`has_room_for_build`).
 //!
 //! What was admitted before still lands (the reserve is there for it): entries already in the
 //! log are applied, and an expiry or DHT entry the leader proposes is small.
@@ -75,11 +76,13 @@ impl DiskSpace {
         self.refusal_for(self.available.load(Ordering::Acquire))
     }
 
-    /// Whether `bytes` more can be written without going below the reserve (for a snapshot
-    /// build, which writes about the last snapshot's size).
-    pub(crate) fn has_room_for(&self, bytes: u64) -> bool {
-        self.refusal().is_none()
-            && self.available.load(Ordering::Acquire) >= self.reserve_bytes.saturating_add(bytes)
+    /// Whether a snapshot build that writes about `bytes` (the last snapshot's size) has room:
+    /// `bytes` plus a quarter of the reserve. It may use the rest of the reserve, which exists
+    /// for it too: a build followed by a log purge is what frees space, and writes are refused
+    /// below the reserve, so the log does not grow meanwhile.
+    pub(crate) fn has_room_for_build(&self, bytes: u64) -> bool {
+        self.refusal();
+        self.available.load(Ordering::Acquire) >= bytes.saturating_add(self.reserve_bytes / 4)
     }
 
     /// Measures now (the background check).
@@ -91,11 +94,13 @@ impl DiskSpace {
             Err(e) => {
                 // Not knowing is not "full": a failing disk shows up as failing writes.
                 tracing::warn!(data_dir = %self.data_dir.display(), error = %e, "cannot read the free disk space");
-                return;
+                u64::MAX
             }
         };
         self.available.store(available, Ordering::Release);
-        self.gauge.set(i64::try_from(available).unwrap_or(i64::MAX));
+        if available != u64::MAX {
+            self.gauge.set(i64::try_from(available).unwrap_or(i64::MAX));
+        }
         let refusing = self.refusal_for(available);
         if refusing.is_some() != self.refusing.swap(refusing.is_some(), Ordering::AcqRel) {
             match refusing {
@@ -157,10 +162,15 @@ mod tests {
     fn a_reserve_above_what_is_free_refuses_writes_and_names_the_setting() {
         let dir = tempfile::tempdir().expect("tempdir");
         let free = available_bytes(dir.path()).expect("statvfs");
-        let disk = DiskSpace::new(dir.path(), free.saturating_add(1 << 40), gauge());
+        // Above what is free by more than other writers on the machine change it meanwhile.
+        let disk = DiskSpace::new(dir.path(), free.saturating_add(256 << 20), gauge());
         let reason = disk.refusal().expect("refused");
         assert!(reason.contains("raft.min_free_disk_mib"), "{reason}");
-        assert!(!disk.has_room_for(0));
+        assert!(
+            disk.has_room_for_build(0),
+            "a build may use part of the reserve"
+        );
+        assert!(!disk.has_room_for_build(free.saturating_add(1 << 30)));
         assert!(disk.gauge.get() > 0);
     }
 
@@ -169,7 +179,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = DiskSpace::new(dir.path(), 0, gauge());
         assert_eq!(disk.refusal(), None);
-        assert!(disk.has_room_for(0));
-        assert!(!disk.has_room_for(u64::MAX));
+        assert!(disk.has_room_for_build(0));
+        assert!(!disk.has_room_for_build(u64::MAX));
     }
 }

@@ -134,6 +134,9 @@ pub(crate) async fn run(
 ) {
     let mut metrics = raft.metrics();
     let mut pending: Option<Pending> = None;
+    // While a due build has no room on the disk: when to look again. The metrics change about
+    // every heartbeat; the disk is not measured, nor the refusal logged, that often.
+    let mut no_room_until: Option<Instant> = None;
     loop {
         let (since, snapshot, stopped) = {
             let current = metrics.borrow_and_update();
@@ -154,16 +157,23 @@ pub(crate) async fn run(
                 Some(p.sent + TRIGGER_RETRY)
             }
             _ => match next(since, after_entries, last, now) {
+                Next::Build if no_room_until.is_some_and(|until| now < until) => no_room_until,
                 // A build that fails for lack of space stops Raft; the log grows meanwhile,
-                // and the writes that grow it are refused below the same reserve.
-                Next::Build if !disk.has_room_for(snapshot_bytes(&snapshot_dir)) => {
-                    tracing::warn!(
-                        "a snapshot build is due, but the disk has no room for it above \
-                         raft.min_free_disk_mib; waiting"
-                    );
-                    Some(now + NO_ROOM_RETRY)
+                // until the writes that grow it are refused below the reserve.
+                Next::Build if !disk.has_room_for_build(snapshot_bytes(&snapshot_dir)) => {
+                    if no_room_until.is_none() {
+                        tracing::warn!(
+                            "a snapshot build is due, but the disk has no room for it \
+                             (raft.min_free_disk_mib); waiting for space"
+                        );
+                    }
+                    no_room_until = Some(now + NO_ROOM_RETRY);
+                    no_room_until
                 }
                 Next::Build => {
+                    if no_room_until.take().is_some() {
+                        tracing::info!("the disk has room for the due snapshot build again");
+                    }
                     if raft.trigger().snapshot().await.is_err() {
                         return;
                     }

@@ -96,8 +96,8 @@ impl NodeProcess {
         let line = match ready_rx.recv_timeout(timeout) {
             Ok(line) => line,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                // stderr closed: the process is gone (or going).
-                let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                // stderr closed: the process is gone, or going (bounded: killed if it lingers).
+                let status = wait_or_kill(&mut child, Duration::from_secs(5));
                 return Err(format!(
                     "exited ({status}) before listening:\n{}",
                     log.text()
@@ -112,8 +112,11 @@ impl NodeProcess {
                 ));
             }
         };
-        let listening =
-            Listening::parse(&line).ok_or_else(|| format!("no listen addresses in {line:?}"))?;
+        let Some(listening) = Listening::parse(&line) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("no listen addresses in {line:?}"));
+        };
         Ok(NodeProcess {
             child,
             listening,
@@ -175,4 +178,17 @@ impl NodeProcess {
 
 fn joined(log: &Mutex<Vec<String>>) -> String {
     log.lock().map(|lines| lines.join("\n")).unwrap_or_default()
+}
+
+/// The exit status of `child` within `timeout`, else of its SIGKILL.
+fn wait_or_kill(child: &mut Child, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.to_string();
+        }
+        std::thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    child.wait().map(|s| s.to_string()).unwrap_or_default()
 }

@@ -197,13 +197,17 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
         let answer = node.raft.append_entries(rpc).await;
         // Any answer but "your vote is stale" means a current leader reached this node.
         let from_leader = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
-        if from_leader {
-            node.heard_from_leader();
-        }
         match refusal {
-            // A stale leader hears so, as always; only a current one is refused.
+            // A stale leader hears so, as always; only a current one is refused. Not counted as
+            // leader contact: the replica falls behind, so it turns stale (`/readyz`,
+            // `dns.max_stale`) as a cut-off follower's does.
             Some(reason) if from_leader => Err(Refusal(reason)),
-            _ => Ok(answer),
+            _ => {
+                if from_leader {
+                    node.heard_from_leader();
+                }
+                Ok(answer)
+            }
         }
     })
     .await
@@ -232,10 +236,8 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
                 Ok(AppendEntriesResponse::HigherVote(vote)) => {
                     Ok(Ok(InstallSnapshotResponse { vote }))
                 }
-                Ok(_) => {
-                    node.heard_from_leader();
-                    Err(Refusal(reason))
-                }
+                // Not leader contact either (see `append_entries`).
+                Ok(_) => Err(Refusal(reason)),
                 Err(fatal) => Err(Refusal(fatal.to_string())),
             };
         }
