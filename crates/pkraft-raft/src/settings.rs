@@ -62,8 +62,9 @@ pub struct Settings {
     pub state_cache_mib: u64,
     /// Space to keep free on the data dir's file system, in MiB. Default 1024. Below it the node
     /// takes no writes (PUT 503, replication to it waits) until space is freed, instead of
-    /// running into "no space left", which stops the node; a snapshot build needs room for the
-    /// last snapshot's size plus a quarter of it. 0 turns the check off. docs/OPERATIONS.md, "Disk full".
+    /// running into "no space left", which stops the node. A snapshot build needs room for the
+    /// last snapshot's size plus a quarter of this reserve. 0 turns the check off.
+    /// docs/OPERATIONS.md, "Disk full".
     pub min_free_disk_mib: u64,
 }
 
