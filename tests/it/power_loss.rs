@@ -363,7 +363,9 @@ async fn a_disk_below_the_reserve_refuses_puts_and_takes_them_again_when_space_r
         .find_map(|line| line.strip_prefix("pkraft_disk_available_bytes "))
         .and_then(|value| value.trim().parse().ok())
         .expect("pkraft_disk_available_bytes");
-    assert!(available <= (64 << 20) as f64, "{available}");
+    // Below the reserve (1 GiB); not necessarily at most the 64 MiB left at the limit: files
+    // the node deletes or shrinks since (log segments, old snapshots) free space again.
+    assert!(available < (1u64 << 30) as f64, "{available}");
     assert!(
         metrics.contains("pkraft_raft_publish_refused_total{reason=\"disk_full\"}"),
         "{metrics}"
