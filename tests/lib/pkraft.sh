@@ -6,8 +6,16 @@
 # target/; any profile does). Not the build under test: an older build A of `make bench-ab` may
 # not have these subcommands.
 pkraft_bench() {
-  local bin=${PKRAFT_BENCH:-} target=${CARGO_TARGET_DIR:-target}
-  [ -n "$bin" ] || bin=$(ls -t "$target/release/pkraft-bench" "$target/debug/pkraft-bench" 2>/dev/null | head -n 1)
+  local bin=${PKRAFT_BENCH:-} target=${CARGO_TARGET_DIR:-target} candidate
+  # A plain test, not `ls -t`: ls fails when one profile was never built (a clean clone has
+  # no release build), which under `set -e -o pipefail` would end the calling script.
+  if [ -z "$bin" ]; then
+    for candidate in "$target/release/pkraft-bench" "$target/debug/pkraft-bench"; do
+      if [ -x "$candidate" ] && { [ -z "$bin" ] || [ "$candidate" -nt "$bin" ]; }; then
+        bin=$candidate
+      fi
+    done
+  fi
   if [ -z "$bin" ]; then
     echo "pkraft-bench is not built (cargo build -p pkraft-bench)" >&2
     return 2
