@@ -148,7 +148,9 @@ async fn chaos_bug2_replica_went_backwards_after_crash() {
         (response.status() == 200 && response.bytes().await.ok()? == payload).then_some(())
     })
     .await;
-    server.wait_for_log("caught up after the unclean stop");
+    server
+        .wait_for_log("caught up after the unclean stop")
+        .await;
 }
 
 /// Asserts that `server` answers GET and DNS for `key` with `payload` (the last packet) or

@@ -95,7 +95,8 @@ async fn a_follower_low_on_disk_lets_the_cluster_write_and_catches_up() {
     }
     // The leader had purged the entries it lacked: it caught up by a snapshot it had refused.
     low.server
-        .wait_for_log("installed a snapshot from the leader");
+        .wait_for_log("installed a snapshot from the leader")
+        .await;
     assert_eq!(terms_and_leaders(&cluster).await, before);
 }
 
@@ -148,5 +149,85 @@ async fn fsyncs_slower_by_a_third_of_the_heartbeat_cause_no_election() {
         terms_and_leaders(&cluster).await,
         before,
         "an election with fsyncs 30 ms slower (leader was node {leader})"
+    );
+}
+
+/// A leader whose disk falls below the reserve hands its leadership to a voter with room, so
+/// the cluster goes on taking writes; but never to a voter low on disk too (with every disk low,
+/// leadership stays put). The old leader goes on as a follower and catches up once space
+/// returns.
+#[tokio::test]
+async fn a_leader_low_on_disk_hands_leadership_to_a_voter_with_room() {
+    let Some(cluster) = TestCluster::on_lossy_disks("leader disk full", 3, TEST_RAFT, "").await
+    else {
+        return;
+    };
+    let old_leader = cluster.leader().await;
+    let (key, first) = packet(1, 1_000);
+    put_until_accepted(&cluster.member(old_leader).server, &key, &first).await;
+    for member in &cluster.members {
+        wait_served(&member.server, &key, &first).await;
+    }
+
+    // Every disk low: no voter could take writes either, so leadership stays where it is.
+    for member in &cluster.members {
+        member.disk().limit_free_space(Some(64 << 20));
+    }
+    let low = &cluster.member(old_leader).server;
+    low.wait_for_log("this leader is low on disk and keeps leading")
+        .await;
+    let before = terms_and_leaders(&cluster).await;
+    let status = admin_status(low)
+        .await
+        .expect("the leader answers its status");
+    let members = status["members"].as_array().expect("members");
+    assert!(
+        members
+            .iter()
+            .all(|m| m["status"]["low_on_disk"] == Value::Bool(true)),
+        "every member reports its disk low: {members:?}"
+    );
+    // Two more looks at the disks (`LOW_DISK_RETRY`, 5 s) change nothing.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(
+        terms_and_leaders(&cluster).await,
+        before,
+        "leadership moved to a voter that is low on disk too"
+    );
+
+    // Room on the followers: the leader hands over to one of them, and writes go on.
+    for id in cluster.ids_except(old_leader) {
+        cluster.member(id).disk().limit_free_space(None);
+    }
+    let new_leader = eventually("another leader", || async {
+        let seen = terms_and_leaders(&cluster).await;
+        let leader = seen[0].1?;
+        let agreed = seen.iter().all(|(_, l)| *l == Some(leader));
+        (agreed && leader != old_leader).then_some(leader)
+    })
+    .await;
+    low.wait_for_log("handed leadership over").await;
+    let mut written = Vec::new();
+    for seed in 200..210 {
+        let (key, packet) = packet(seed, 2_000);
+        put_until_accepted(&cluster.member(new_leader).server, &key, &packet).await;
+        written.push((key, packet));
+    }
+    // The old leader, a follower now, still refuses entries: it does not serve them yet.
+    let last_key = written.last().expect("written").0.clone();
+    let status = low.get(&low.relay_url(&last_key)).await.status();
+    assert_eq!(status, 404, "the old leader took entries below its reserve");
+
+    // Space returns on the old leader: it catches up, and takes PUTs again (forwarded).
+    cluster.member(old_leader).disk().limit_free_space(None);
+    for (key, packet) in &written {
+        wait_served(low, key, packet).await;
+    }
+    let (key, packet) = packet(300, 3_000);
+    put_until_accepted(low, &key, &packet).await;
+    let seen = terms_and_leaders(&cluster).await;
+    assert!(
+        seen.iter().all(|(_, leader)| *leader == Some(new_leader)),
+        "leadership moved again once space returned: {seen:?}"
     );
 }

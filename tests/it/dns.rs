@@ -388,7 +388,7 @@ async fn queries_are_not_logged_at_info() {
     // hickory logs after sending the answer; stopping the server and waiting for its last line
     // ensures every line it could write is in the captured log.
     assert!(server.terminate().success());
-    server.wait_for_log("stopped");
+    server.wait_for_log("stopped").await;
     let log = server.log();
     assert!(
         !log.contains("request:") && !log.contains("query:"),

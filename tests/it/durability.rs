@@ -88,7 +88,7 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
         "SIGTERM exit status {status:?}\n{}",
         server.log()
     );
-    server.wait_for_log("stopped");
+    server.wait_for_log("stopped").await;
 
     server.restart();
     assert_eq!(server.get(&server.relay_url(&key)).await.status(), 200);
@@ -98,7 +98,7 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
         "SIGINT exit status {status:?}\n{}",
         server.log()
     );
-    server.wait_for_log("stopped");
+    server.wait_for_log("stopped").await;
 
     server.restart();
     assert_eq!(
@@ -141,7 +141,7 @@ async fn storage_failure_stops_the_node_with_exit_status_1() {
     }
     let status = server.wait_exit();
     assert_eq!(status.code(), Some(1), "{}", server.log());
-    server.wait_for_log("raft stopped");
+    server.wait_for_log("raft stopped").await;
 }
 
 /// The state store commits most applies without fsync and relies on the Raft log to redo them

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
@@ -192,17 +192,23 @@ impl TestServer {
 
     /// Waits (bounded) until the captured log contains `needle`. The log is copied from the
     /// process's stderr by a thread, so a line can arrive a moment after the event it reports.
-    pub fn wait_for_log(&self, needle: &str) {
-        self.wait_for_log_within(needle, LOG_TIMEOUT);
+    /// Async: the peer proxies of a `TestCluster` run on the test's runtime, and a blocking wait
+    /// would stall every peer request meanwhile (heartbeats time out, elections follow).
+    pub async fn wait_for_log(&self, needle: &str) {
+        self.wait_for_log_within(needle, LOG_TIMEOUT).await;
     }
 
     /// [`TestServer::wait_for_log`] for an event that takes up to `timeout`.
-    pub fn wait_for_log_within(&self, needle: &str, timeout: Duration) {
-        if wait_until(timeout, || self.log().contains(needle).then_some(())).is_none() {
-            panic!(
-                "no {needle:?} in the log within {timeout:?}:\n{}",
-                self.log()
-            );
+    pub async fn wait_for_log_within(&self, needle: &str, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "no {needle:?} in the log within {timeout:?}:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 
@@ -280,20 +286,6 @@ pub fn pkraft_command(cgroup: Option<&Path>) -> Command {
                 .arg(binary);
             command
         }
-    }
-}
-
-/// Polls `check` until it returns `Some` or `timeout` passes.
-fn wait_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(POLL);
     }
 }
 

@@ -91,7 +91,9 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
             .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.1:1"]))
             .await;
     }
-    node1.wait_for_log_within("built a snapshot", SLOW_STEP);
+    node1
+        .wait_for_log_within("built a snapshot", SLOW_STEP)
+        .await;
     eprintln!("{:?} node 1 built a snapshot", started.elapsed());
 
     // Node 2 joins under its own cap: node 1 sends it that snapshot, and node 2 installs it.
@@ -109,7 +111,9 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
         cgroup2.path(),
     );
     proxy2.set_upstream(Some(node2.peer));
-    node2.wait_for_log_within("installed a snapshot from the leader", SLOW_STEP);
+    node2
+        .wait_for_log_within("installed a snapshot from the leader", SLOW_STEP)
+        .await;
     let log = node2.log();
     let installed = log
         .lines()

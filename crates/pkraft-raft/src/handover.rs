@@ -1,5 +1,8 @@
-//! Leader handover on a clean stop: a leader told to stop makes a caught-up voter the leader
-//! before it exits, so a rolling restart costs an election round trip instead of a failover.
+//! Leader handover: a leader told to stop makes a caught-up voter the leader before it exits, so
+//! a rolling restart costs an election round trip instead of a failover. A leader whose disk is
+//! below `raft.min_free_disk_mib` (`disk_space`) does the same while it runs, to a caught-up voter
+//! that has room, and goes on as a follower: otherwise the cluster would refuse every write until
+//! space is freed on this one node, though a quorum of others has room.
 //!
 //! openraft 0.9 has no leader transfer, and every voter refuses votes for
 //! `election_timeout_max` after its leader's last `append-entries` (the leader lease). A
@@ -32,6 +35,13 @@
 //! timeout after which it would stand itself. Every wait is bounded; a handover that does not
 //! complete leaves a normal failover behind it. Leaving out replication to a voter never risks
 //! safety: to Raft it looks like a slow network.
+//!
+//! A low-disk handover differs in three ways. Only a voter that reports room on its disk (peer
+//! route `status`) and already holds this node's whole log may be the target, so that leadership
+//! never moves to a node that would refuse writes too (when every disk is low, as on replicas of
+//! one size, leadership stays put). If there is none, nothing is stopped, and the leader looks
+//! again after `LOW_DISK_RETRY`. And when the handover ends, done or not, this node takes up
+//! heartbeats, elections and (if it still leads) proposals again.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -40,6 +50,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 
 use crate::NodeId;
+use crate::membership::NodeStatus;
 use crate::node::Node;
 use crate::peer::{PeerError, path};
 
@@ -48,6 +59,9 @@ use crate::peer::{PeerError, path};
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Margin past the leader lease before this node's vote is asked for, for timer granularity.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
+/// How long a leader low on disk waits after a handover that did not happen (no voter with room
+/// held its log, or none took over) before it tries again.
+const LOW_DISK_RETRY: Duration = Duration::from_secs(5);
 
 /// The voters a handing-over leader sends no `append-entries` (heartbeats included) to, shared
 /// with the peer network.
@@ -66,15 +80,28 @@ impl Silenced {
     }
 }
 
+/// Why leadership is handed over: it decides who may take it, and what this node does after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    /// This node stops: any caught-up voter may lead, and this node proposes and stands no more.
+    Stopping,
+    /// This node's disk is below the reserve: a caught-up voter with room may lead, and this
+    /// node goes on.
+    LowOnDisk,
+}
+
 /// What a handover achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handover {
     /// This node was not the leader, or the only voter: nothing to hand over.
     NotNeeded,
+    /// No voter could take over (a low-disk handover found none with room holding the log), so
+    /// nothing was changed; the reason says why.
+    NoTarget(String),
     /// `to` leads now, `took` after this node stopped taking writes.
     Done { to: NodeId, took: Duration },
-    /// No other leader emerged within the bound; the cluster fails over the usual way once this
-    /// node has stopped.
+    /// No other leader emerged within the bound: a stopping node leaves the usual failover
+    /// behind it; a node low on disk goes on (leading, if no one else does).
     Failed(String),
 }
 
@@ -83,22 +110,32 @@ impl Node {
     /// serving; afterwards this node neither proposes nor stands for election, so call it only on
     /// the way out. Bounded by about 2 × `CATCH_UP_TIMEOUT` + 4 × `election_timeout_max`.
     pub async fn hand_over_leadership(&self) -> Handover {
-        let result = self.try_hand_over().await;
-        match &result {
-            Handover::NotNeeded => {}
-            Handover::Done { to, took } => {
-                self.metrics.handovers.with_label_values(&["done"]).inc();
-                tracing::info!(to, took = ?took, "handed leadership over");
-            }
-            Handover::Failed(reason) => {
-                self.metrics.handovers.with_label_values(&["failed"]).inc();
-                tracing::warn!(%reason, "leadership handover failed; the cluster fails over instead");
-            }
-        }
+        // A low-disk handover under way finishes first; this node then most likely leads no more.
+        let _one_at_a_time = self.leadership().handover_lock().lock().await;
+        let result = self.try_hand_over(Reason::Stopping).await;
+        self.record_handover(&result, Reason::Stopping);
         result
     }
 
-    async fn try_hand_over(&self) -> Handover {
+    fn record_handover(&self, result: &Handover, reason: Reason) {
+        match result {
+            Handover::NotNeeded | Handover::NoTarget(_) => {}
+            Handover::Done { to, took } => {
+                self.metrics.handovers.with_label_values(&["done"]).inc();
+                tracing::info!(to, took = ?took, ?reason, "handed leadership over");
+            }
+            Handover::Failed(why) if reason == Reason::Stopping => {
+                self.metrics.handovers.with_label_values(&["failed"]).inc();
+                tracing::warn!(reason = %why, "leadership handover failed; the cluster fails over instead");
+            }
+            Handover::Failed(why) => {
+                self.metrics.handovers.with_label_values(&["failed"]).inc();
+                tracing::warn!(reason = %why, "leadership handover failed; this node goes on as before");
+            }
+        }
+    }
+
+    async fn try_hand_over(&self, reason: Reason) -> Handover {
         let metrics = self.raft.metrics().borrow().clone();
         // A node whose Raft stopped on a fatal error leads nobody, whatever its last metrics say.
         if metrics.state != ServerState::Leader || metrics.running_state.is_err() {
@@ -113,8 +150,45 @@ impl Node {
         if others.is_empty() {
             return Handover::NotNeeded;
         }
+        let eligible = match reason {
+            Reason::Stopping => others.clone(),
+            Reason::LowOnDisk => {
+                // Heartbeats stop only once a target is certain: while writes are refused the
+                // log barely grows, so a voter with room has it all already.
+                let with_room = self.voters_with_room(&others, &metrics).await;
+                let holds_log =
+                    |id: &NodeId| matched_index(&metrics, *id) >= metrics.last_log_index;
+                let eligible: Vec<NodeId> = with_room.into_iter().filter(holds_log).collect();
+                if eligible.is_empty() {
+                    return Handover::NoTarget(
+                        "no other voter has room on its disk and holds this leader's log".into(),
+                    );
+                }
+                eligible
+            }
+        };
+        let result = self.hand_over_to_one_of(reason, &others, &eligible).await;
+        if reason == Reason::LowOnDisk {
+            self.resume_leading();
+        }
+        result
+    }
+
+    /// Steps 1 to 4 of the handover (see the module docs), to one of `eligible`.
+    async fn hand_over_to_one_of(
+        &self,
+        reason: Reason,
+        others: &[NodeId],
+        eligible: &[NodeId],
+    ) -> Handover {
+        let metrics = self.raft.metrics().borrow().clone();
         let lease = self.election_timeout_max;
-        let silenced = least_caught_up(&metrics, &others, silenced_needed(others.len() + 1));
+        let silenced = least_caught_up(
+            &metrics,
+            others,
+            eligible,
+            silenced_needed(others.len() + 1),
+        );
         let silenced_since = Instant::now();
         self.leadership().silenced().set(&silenced);
         // Still leading and serving meanwhile: this node's own vote is granted only once its
@@ -132,21 +206,67 @@ impl Node {
                 self.leadership().silenced().set(&[]);
                 return Handover::NotNeeded;
             }
+            if reason == Reason::LowOnDisk && self.disk_space.refusal().is_none() {
+                // Space was freed here meanwhile.
+                self.leadership().silenced().set(&[]);
+                return Handover::NotNeeded;
+            }
         }
         self.stop_leading();
         let heartbeats_stopped = Instant::now();
-        let result = self
-            .elect_successor(&others, &silenced, heartbeats_stopped)
-            .await;
+        let candidates: Vec<NodeId> = eligible
+            .iter()
+            .copied()
+            .filter(|id| !silenced.contains(id))
+            .collect();
+        let result = self.elect_successor(&candidates, heartbeats_stopped).await;
         self.leadership().silenced().set(&[]);
         result
     }
 
-    /// Steps 3 and 4 of the handover (see the module docs).
+    /// Which of `voters` report room on their disks (peer route `status`, asked in parallel;
+    /// one that does not answer within the lease counts as without).
+    async fn voters_with_room(
+        &self,
+        voters: &[NodeId],
+        metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+    ) -> Vec<NodeId> {
+        let mut probes = tokio::task::JoinSet::new();
+        let membership = metrics.membership_config.membership();
+        for &id in voters {
+            let Some(node) = membership.get_node(&id) else {
+                continue;
+            };
+            let (peers, addr, timeout) = (
+                self.peers.clone(),
+                node.addr.clone(),
+                self.election_timeout_max,
+            );
+            probes.spawn(async move {
+                let status: Result<NodeStatus, _> = peers
+                    .call(&addr, Some(id), path::STATUS, &(), timeout)
+                    .await;
+                (id, status)
+            });
+        }
+        let mut with_room = Vec::new();
+        while let Some(joined) = probes.join_next().await {
+            match joined {
+                Ok((id, Ok(status))) if !status.low_on_disk => with_room.push(id),
+                Ok((id, Err(e))) => {
+                    tracing::debug!(node = id, error = %e, "a voter did not report its disk space");
+                }
+                _ => {}
+            }
+        }
+        with_room.sort_unstable();
+        with_room
+    }
+
+    /// Steps 3 and 4 of the handover (see the module docs): the target is one of `candidates`.
     async fn elect_successor(
         &self,
-        others: &[NodeId],
-        silenced: &[NodeId],
+        candidates: &[NodeId],
         heartbeats_stopped: Instant,
     ) -> Handover {
         let lease = self.election_timeout_max;
@@ -157,12 +277,7 @@ impl Node {
                 "proposals under way did not return within {CATCH_UP_TIMEOUT:?}"
             ));
         }
-        let candidates: Vec<NodeId> = others
-            .iter()
-            .copied()
-            .filter(|id| !silenced.contains(id))
-            .collect();
-        let Some(target) = self.caught_up_voter(&candidates).await else {
+        let Some(target) = self.caught_up_voter(candidates).await else {
             return Handover::Failed(format!(
                 "no voter caught up with this node's log within {CATCH_UP_TIMEOUT:?}"
             ));
@@ -200,6 +315,14 @@ impl Node {
         let runtime = self.raft.runtime_config();
         runtime.heartbeat(false);
         runtime.elect(false);
+    }
+
+    /// Undoes `stop_leading`, for a node that goes on after a handover.
+    fn resume_leading(&self) {
+        let runtime = self.raft.runtime_config();
+        runtime.heartbeat(true);
+        runtime.elect(true);
+        self.leadership().end_handover();
     }
 
     /// The voter among `others` whose log first reaches this node's last entry.
@@ -277,24 +400,77 @@ fn silenced_needed(voters: usize) -> usize {
     (voters / 2 + 1).saturating_sub(2)
 }
 
-/// The `count` voters among `others` whose replicated log is shortest (unknown counts as
-/// shortest): the least useful targets, and silencing them holds back the fewest writes.
+/// The `count` voters among `others` least useful as targets: those not `eligible` first, then
+/// those whose replicated log is shortest (unknown counts as shortest), which also holds back the
+/// fewest writes. `count` is below `others.len()`, so an eligible voter is always left.
 fn least_caught_up(
     metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
     others: &[NodeId],
+    eligible: &[NodeId],
     count: usize,
 ) -> Vec<NodeId> {
-    let matched = |id: &NodeId| {
-        metrics
-            .replication
-            .as_ref()
-            .and_then(|replication| replication.get(id).copied().flatten())
-            .map(|log_id| log_id.index)
-    };
-    let mut by_progress = others.to_vec();
-    by_progress.sort_by_key(|id| (matched(id), *id));
-    by_progress.truncate(count);
-    by_progress
+    let mut by_usefulness = others.to_vec();
+    by_usefulness.sort_by_key(|id| (eligible.contains(id), matched_index(metrics, *id), *id));
+    by_usefulness.truncate(count);
+    by_usefulness
+}
+
+/// The index of the last entry the leader knows `voter` holds (`None`: not known, or not leader).
+fn matched_index(
+    metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+    voter: NodeId,
+) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|replication| replication.get(&voter).copied().flatten())
+        .map(|log_id| log_id.index)
+}
+
+/// While this node leads with its disk below the reserve (`disk_space`), hands leadership to a
+/// voter with room (see the module docs). Looks every `disk_space::CHECK_INTERVAL`, and after a
+/// handover that did not happen waits `LOW_DISK_RETRY`. Runs until the node stops.
+pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
+    let mut interval = tokio::time::interval(crate::disk_space::CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_try = Instant::now();
+    // The last reason nothing was handed over, logged once for as long as it stays the same.
+    let mut told: Option<String> = None;
+    loop {
+        interval.tick().await;
+        if !node.is_leader() || node.disk_space.refusal().is_none() {
+            told = None;
+            continue;
+        }
+        if Instant::now() < next_try {
+            continue;
+        }
+        // A stop's handover holds the lock, or has taken leadership off this node for good.
+        let Ok(_one_at_a_time) = node.leadership().handover_lock().try_lock() else {
+            continue;
+        };
+        if node.leadership().handing_over() {
+            continue;
+        }
+        let result = node.try_hand_over(Reason::LowOnDisk).await;
+        node.record_handover(&result, Reason::LowOnDisk);
+        match result {
+            Handover::Done { .. } | Handover::NotNeeded => told = None,
+            Handover::NoTarget(why) => {
+                if told.as_ref() != Some(&why) {
+                    tracing::warn!(
+                        reason = %why,
+                        "this leader is low on disk and keeps leading: the cluster takes no \
+                         writes until space is freed here or a voter with room holds the log"
+                    );
+                    told = Some(why);
+                }
+                next_try = Instant::now() + LOW_DISK_RETRY;
+            }
+            // Logged as it happened (`record_handover`).
+            Handover::Failed(_) => next_try = Instant::now() + LOW_DISK_RETRY,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,11 @@ pub(crate) struct Leadership {
     since: std::sync::Mutex<Option<Instant>>,
     /// When the followers last accepted this node as leader; the peer network records it.
     quorum_contact: QuorumContact,
-    /// Set when this node hands its leadership over before it stops (see `handover`).
+    /// Set while this node hands its leadership over (see `handover`): for good when it stops,
+    /// for the handover's length when it is low on disk.
     handing_over: AtomicBool,
+    /// Held for a handover's length: one at a time (a stop waits for a low-disk one).
+    handover_lock: tokio::sync::Mutex<()>,
     /// Voters this leader stops replicating to while it hands over (see `handover`); the peer
     /// network reads it.
     silenced: Silenced,
@@ -44,9 +47,19 @@ impl Leadership {
         self.handing_over.load(Ordering::SeqCst)
     }
 
-    /// From now on this node takes no more publishes as leader; for good (it is stopping).
+    /// From now on this node takes no more publishes as leader, until `end_handover`.
     pub(crate) fn start_handover(&self) {
         self.handing_over.store(true, Ordering::SeqCst);
+    }
+
+    /// This node may take publishes as leader again (a handover that leaves it running ended).
+    pub(crate) fn end_handover(&self) {
+        self.handing_over.store(false, Ordering::SeqCst);
+    }
+
+    /// Held by whoever hands leadership over (see `handover`).
+    pub(crate) fn handover_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.handover_lock
     }
 
     fn since(&self) -> Option<Instant> {

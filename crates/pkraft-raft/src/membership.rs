@@ -57,6 +57,10 @@ pub struct NodeStatus {
     /// node). Replicas at the same applied index hold the same number.
     #[serde(default)]
     pub packets: Option<u64>,
+    /// The node's disk has less free than `raft.min_free_disk_mib`: it takes no writes, and a
+    /// leader hands its leadership to a voter that has room (`handover`).
+    #[serde(default)]
+    pub low_on_disk: bool,
 }
 
 /// One member as the cluster status shows it.
@@ -343,6 +347,7 @@ impl Node {
                 .staleness()
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             packets: self.store().packet_count().ok(),
+            low_on_disk: self.disk_space.refusal().is_some(),
         }
     }
 
@@ -629,6 +634,7 @@ mod tests {
                 applied_index: Some(index),
                 millis_since_leader_contact: Some(0),
                 packets: Some(0),
+                low_on_disk: false,
             }),
             error: None,
             lag_entries: None,

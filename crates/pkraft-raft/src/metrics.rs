@@ -29,7 +29,7 @@ pub(crate) struct NodeMetrics {
     /// (including to "none"), as seen by this node.
     pub(crate) leader_changes: IntCounter,
     /// `pkraft_raft_handovers_total{result}`: leadership handovers this node started when told
-    /// to stop, by result (`done`, `failed`).
+    /// to stop or while low on disk (`handover`), by result (`done`, `failed`).
     pub(crate) handovers: IntCounterVec,
     /// `pkraft_raft_publish_refused_total{reason}`: publishes answered "unavailable" (503) by
     /// this node's batcher, by why: `no_leader`, `no_quorum` (this leader is cut off),
@@ -74,7 +74,7 @@ impl NodeMetrics {
             handovers: IntCounterVec::new(
                 Opts::new(
                     "pkraft_raft_handovers_total",
-                    "Leadership handovers this node started when told to stop, by result.",
+                    "Leadership handovers this node started when told to stop or while low on disk, by result.",
                 ),
                 &["result"],
             )?,

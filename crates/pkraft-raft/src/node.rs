@@ -281,6 +281,7 @@ impl Node {
                 self.data_dir.join(SNAPSHOT_DIR),
             )),
             tokio::spawn(crate::disk_space::run(self.disk_space.clone())),
+            tokio::spawn(crate::handover::hand_over_while_low_on_disk(self.clone())),
         ];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
