@@ -140,7 +140,7 @@ fuzz-smoke:
 ## monotonic stale reads and convergence. SEED=n replays a schedule; RUNS (3), NODES (3 or 5) and
 ## ROUNDS (3 rounds of every fault kind, about 4 minutes a run) size it. POWER=1 puts the nodes'
 ## data dirs on lossy disks and adds power cuts (root and /dev/fuse); POWER=only runs power cuts
-## alone.
+## alone. DISK=1 adds disks low on space (below raft.min_free_disk_mib), on lossy disks too.
 chaos:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-chaos
 	CHAOS_BIN_DIR=$(TARGET_DIR)/release tests/chaos/run.sh

@@ -5,7 +5,8 @@
 # failing run keeps its history, schedule and node logs in $CHAOS_OUT/seed-N (default
 # target/chaos). Exits non-zero if any run failed.
 # POWER=1 puts every node's data dir on a lossy disk (pkraft-lossyfs; root and /dev/fuse) and
-# adds the power cuts to every round; POWER=only runs rounds of power cuts alone.
+# adds the power cuts to every round; POWER=only runs rounds of power cuts alone. DISK=1 adds
+# disks low on space (the leader's, a follower's, every node's) to every round, on lossy disks.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -21,6 +22,11 @@ case "${POWER:-}" in
   only) power_args=(--power-cuts-only) ;;
   *) echo "chaos: POWER must be 1 or only, not ${POWER}" >&2; exit 2 ;;
 esac
+case "${DISK:-}" in
+  "" | 0) ;;
+  1) power_args+=(--disk-faults) ;;
+  *) echo "chaos: DISK must be 1, not ${DISK}" >&2; exit 2 ;;
+esac
 
 failed=()
 for ((i = 0; i < runs; i++)); do
@@ -34,7 +40,7 @@ for ((i = 0; i < runs; i++)); do
 done
 if ((${#failed[@]})); then
   echo "chaos: FAILED seeds: ${failed[*]}; replay one with" \
-    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}"
+    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}"
   exit 1
 fi
-echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER})"
+echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK})"

@@ -298,6 +298,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Limits node `id`'s lossy disk to what it holds now plus `free` bytes; `None` lifts the
+    /// limit.
+    pub fn limit_free_space(&self, id: u64, free: Option<u64>) -> anyhow::Result<()> {
+        let disk = self.node(id)?.slot.disk.as_ref();
+        disk.with_context(|| format!("node {id} has no lossy disk (disk faults need one)"))?
+            .limit_free_space(free);
+        Ok(())
+    }
+
     pub fn signal(&mut self, id: u64, signal: &str) -> anyhow::Result<()> {
         let node = self.node_mut(id)?;
         let Some(process) = &node.process else {

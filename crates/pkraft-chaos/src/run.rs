@@ -63,16 +63,20 @@ pub struct RunConfig {
     /// Rounds of power cuts only (implies --lossy-disk): the way to count many of them.
     #[arg(long)]
     pub power_cuts_only: bool,
+    /// Add disks low on space (below `raft.min_free_disk_mib`: the leader's, a follower's,
+    /// every node's) to every round; implies lossy disks.
+    #[arg(long)]
+    pub disk_faults: bool,
 }
 
 impl RunConfig {
     fn lossy_disks(&self) -> bool {
-        self.lossy_disk || self.power_cuts_only
+        self.lossy_disk || self.power_cuts_only || self.disk_faults
     }
 
     /// The fault kinds of each round.
     fn fault_kinds(&self) -> Vec<FaultKind> {
-        if self.power_cuts_only {
+        let mut kinds = if self.power_cuts_only {
             FaultKind::POWER_CUTS.to_vec()
         } else if self.lossy_disk {
             FaultKind::ALL
@@ -82,7 +86,24 @@ impl RunConfig {
                 .collect()
         } else {
             FaultKind::ALL.to_vec()
+        };
+        if self.disk_faults {
+            kinds.extend(FaultKind::DISK_LOW);
         }
+        kinds
+    }
+
+    /// The `make chaos` variables that replay this run's kinds.
+    fn replay_vars(&self) -> String {
+        let power = if self.power_cuts_only {
+            " POWER=only"
+        } else if self.lossy_disk {
+            " POWER=1"
+        } else {
+            ""
+        };
+        let disk = if self.disk_faults { " DISK=1" } else { "" };
+        format!("{power}{disk}")
     }
 }
 
@@ -118,13 +139,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
          NODES={nodes} ROUNDS={}{}); output in {}",
         faults.len(),
         config.rounds,
-        if config.power_cuts_only {
-            " POWER=only"
-        } else if config.lossy_disk {
-            " POWER=1"
-        } else {
-            ""
-        },
+        config.replay_vars(),
         config.out.display(),
         seed = config.seed,
         nodes = config.nodes,

@@ -47,6 +47,13 @@ pub enum FaultKind {
     PowerCutMinority,
     /// A power cut of every node at once.
     PowerCutAll,
+    /// The leader's disk below `raft.min_free_disk_mib` for the hold: it refuses writes and
+    /// hands its leadership to a voter with room; then the space returns.
+    DiskLowLeader,
+    /// A follower's disk below the reserve: it refuses entries and catches up afterwards.
+    DiskLowFollower,
+    /// Every disk below the reserve: the cluster refuses writes (503) for the hold.
+    DiskLowAll,
 }
 
 impl FaultKind {
@@ -75,6 +82,13 @@ impl FaultKind {
         FaultKind::PowerCutAll,
     ];
 
+    /// The disks low on space: they need lossy disks too (`--disk-faults`).
+    pub const DISK_LOW: [FaultKind; 3] = [
+        FaultKind::DiskLowLeader,
+        FaultKind::DiskLowFollower,
+        FaultKind::DiskLowAll,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillFollower => "kill-follower",
@@ -95,6 +109,9 @@ impl FaultKind {
             FaultKind::PowerCutLeader => "power-cut-leader",
             FaultKind::PowerCutMinority => "power-cut-minority",
             FaultKind::PowerCutAll => "power-cut-all",
+            FaultKind::DiskLowLeader => "disk-low-leader",
+            FaultKind::DiskLowFollower => "disk-low-follower",
+            FaultKind::DiskLowAll => "disk-low-all",
         }
     }
 }
@@ -155,6 +172,11 @@ pub fn generate(seed: u64, rounds: usize, pause_min: Duration, kinds: &[FaultKin
                     rng.between(min, min * 2)
                 }
                 FaultKind::IsolateFollower => rng.between(4_000, 7_000),
+                // Long enough, mostly, for a leader low on disk to hand over (it looks once a
+                // second, then waits out its lease).
+                FaultKind::DiskLowLeader | FaultKind::DiskLowFollower | FaultKind::DiskLowAll => {
+                    rng.between(3_000, 8_000)
+                }
                 FaultKind::ReplaceFollower => 0,
                 _ => rng.between(1_000, 5_000),
             };
@@ -198,6 +220,11 @@ mod tests {
         let cuts = generate(42, 25, pause, &FaultKind::POWER_CUTS);
         assert_eq!(cuts.len(), 100);
         assert!(cuts.iter().all(|f| FaultKind::POWER_CUTS.contains(&f.kind)));
+        let disk = generate(42, 2, pause, &FaultKind::DISK_LOW);
+        assert!(
+            disk.iter()
+                .all(|f| f.hold >= Duration::from_secs(3) && f.torn.is_none())
+        );
         let torn = cuts.iter().filter(|f| f.torn.is_some()).count();
         assert!((20..80).contains(&torn), "{torn} of 100 cuts torn");
         for fault in &a {
