@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/pkraft.sh
 source tests/lib/pkraft.sh
-PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
 
 a_dir=${BENCH_A:?BENCH_A: bin dir of build A}
 b_dir=${BENCH_B:?BENCH_B: bin dir of build B}

@@ -20,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/lib/pkraft.sh
-PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
 
 bin=${BENCH_BIN:-target/release}
 rounds=${BENCH_ROUNDS:-3}

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/lib/pkraft.sh
 # The writers all come from 127.0.0.1: the per-client PUT limit would refuse them (429).
-PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
 
 nodes=${BENCH_NODES:-5} rounds=${BENCH_ROUNDS:-5} bin=${BENCH_BIN:-target/release}
 writers=4 seconds=3

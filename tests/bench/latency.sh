@@ -16,7 +16,7 @@ bin_dir=${1:-target/release}
 bench=$bin_dir/pkraft-bench
 delay_ms=${LATENCY_DELAY_MS:-40} jitter_ms=${LATENCY_JITTER_MS:-10}
 keys=${LATENCY_KEYS:-2000} runs=${LATENCY_RUNS:-3} trials=${LATENCY_FAILOVER_TRIALS:-10}
-PKRAFT_EXTRA_TOML="$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML="$(limits_off_toml)
 ${LATENCY_RAFT_TOML:-}"
 secret=latency-bench-secret-not-for-production
 

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/pkraft.sh
 source tests/lib/pkraft.sh
 # The load comes from one loopback address: abuse limits off.
-PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
 bin_dir=${1:-target/release}
 keys=${BENCH_MEMORY_KEYS:-1000000}
 pkraft="$bin_dir/pkraft" bench="$bin_dir/pkraft-bench"

@@ -17,7 +17,7 @@ source tests/lib/nsd.sh
 source tests/lib/pkraft.sh
 # All load comes from one loopback address: pkraft runs with its abuse limits off, as
 # iroh-dns-server runs with its rate limit disabled (docs/BENCHMARKS.md, "Method").
-PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
 
 mode=${1:-full}
 case "$mode" in

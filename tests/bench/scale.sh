@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/pkraft.sh
 source tests/lib/pkraft.sh
-PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
 
 bin=${BENCH_BIN:-target/release}
 points=${BENCH_SCALE_POINTS:-20000 1000000 3000000 10000000}
@@ -64,7 +64,7 @@ else
   # then fails with "Address already in use" (seen once here).
   http=$(loopback_port) dns=$(loopback_port) peer=$(loopback_port) admin=$(loopback_port)
   cluster_node_config "$work/node.toml" 1 "$work/data" "127.0.0.1:$http" "127.0.0.1:$dns" \
-    "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" ""
+    "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" "" --origin "$origin"
 fi
 relay="http://127.0.0.1:$http/pkarr"
 node_pid=
@@ -183,8 +183,8 @@ for point in $points; do
   # A new learner catches up by snapshot.
   lhttp=$(loopback_port) ldns=$(loopback_port) lpeer=$(loopback_port) ladmin=$(loopback_port)
   cluster_node_config "$work/learner.toml" "$learner_id" "$work/learner-data" "127.0.0.1:$lhttp" \
-    "127.0.0.1:$ldns" "127.0.0.1:$lpeer" "127.0.0.1:$ladmin" "$secret" "127.0.0.1:$peer"
-  sed -i "s/^join = .*/&\nvoter = false/" "$work/learner.toml"
+    "127.0.0.1:$ldns" "127.0.0.1:$lpeer" "127.0.0.1:$ladmin" "$secret" "127.0.0.1:$peer" \
+    --origin "$origin" --learner
   # Caught up: it holds every record the node held when it started (readiness alone may come
   # before the snapshot: the learner's own commit index starts at nothing).
   target=$(records) learner_start=$(date +%s.%N) learner_records=0

@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/lib/pkraft.sh
 # The writers all come from 127.0.0.1: the per-client PUT limit would refuse them (429).
-PKRAFT_EXTRA_TOML=$LIMITS_OFF_TOML
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
 
 seconds=${BENCH_PHASE_SECONDS:-20} bin=${BENCH_BIN:-target/release}
 writers=16

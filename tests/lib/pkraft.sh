@@ -36,16 +36,13 @@ loopback_port() {
   pkraft_bench free-ports --taken "$(ports_taken)"
 }
 
-# The abuse limits off: HTTP rate limits and DNS response rate limiting. For load from one
-# loopback address (benchmarks, memory runs), which the limits would otherwise cap by design.
-# Set PKRAFT_EXTRA_TOML to it (or to any whole sections): both config writers append it.
-# shellcheck disable=SC2034  # used by the scripts that source this file
-LIMITS_OFF_TOML='[rate_limit]
-publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
-resolve = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
-doh = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
-[dns.rrl]
-responses_per_second = 0'
+# limits_off_toml: prints the TOML that turns the abuse limits off (HTTP rate limits and DNS
+# response rate limiting; pkraft-testkit's LIMITS_OFF_TOML). For load from one loopback address
+# (benchmarks, memory runs), which the limits would otherwise cap by design. Set
+# PKRAFT_EXTRA_TOML to it (or to any whole sections): both config writers append it.
+limits_off_toml() {
+  pkraft_bench limits-off-toml
+}
 
 # single_node_config FILE DATA_DIR HTTP_ADDR DNS_ADDR [DNS_LINES] [MORE_TOML]: writes the config of
 # a node that bootstraps its own one-node cluster, with peer and admin listeners on any loopback
@@ -73,28 +70,20 @@ TOML
 }
 
 # cluster_node_config FILE NODE_ID DATA_DIR HTTP_ADDR DNS_ADDR PEER_ADDR ADMIN_ADDR SECRET JOIN_PEER
-# [ORIGIN]: writes the config of a cluster node; JOIN_PEER empty bootstraps a new cluster,
-# otherwise the node joins through that peer address. Origin pkarr.test unless given.
+# [pkraft-bench cluster config flags: --origin O, --learner]: writes the config of a cluster node
+# on fixed ports (`pkraft-bench cluster config`, the writer of cluster_up); JOIN_PEER empty
+# bootstraps a new cluster, otherwise the node joins through that peer address.
+# PKRAFT_EXTRA_TOML is appended.
 cluster_node_config() {
-  local file=$1 id=$2 data_dir=$3 http=$4 dns=$5 peer=$6 admin=$7 secret=$8 join=$9
-  local origin=${10:-pkarr.test} membership="bootstrap = true"
-  [ -z "$join" ] || membership="join = [\"$join\"]"
-  cat >"$file" <<TOML
-node_id = $id
-data_dir = "$data_dir"
-[http]
-listen = "$http"
-[dns]
-listen = "$dns"
-origins = ["$origin"]
-[cluster]
-peer_listen = "$peer"
-secret = "$secret"
-$membership
-[admin]
-listen = "$admin"
-${PKRAFT_EXTRA_TOML:-}
-TOML
+  local file=$1 id=$2 data_dir=$3 http=$4 dns=$5 peer=$6 admin=$7 secret=$8 join=$9 extra=()
+  shift 9
+  [ -z "$join" ] || extra+=(--join "$join")
+  if [ -n "${PKRAFT_EXTRA_TOML:-}" ]; then
+    printf '%s\n' "$PKRAFT_EXTRA_TOML" >"$file.extra"
+    extra+=(--extra-toml "$file.extra")
+  fi
+  pkraft_bench cluster config --out "$file" --id "$id" --data-dir "$data_dir" --http "$http" \
+    --dns "$dns" --peer "$peer" --admin "$admin" --secret "$secret" "${extra[@]}" "$@"
 }
 
 # wait_for_voters BIN ADMIN_ADDR COUNT SECONDS: waits until the cluster of the node whose admin

@@ -48,6 +48,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hyper::Method;
+use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
 
 use crate::dataset::DataSet;
 use crate::http_load::Job;
@@ -295,6 +296,9 @@ enum Command {
         #[arg(long)]
         taken: Option<PathBuf>,
     },
+    /// Print the TOML that turns pkraft's abuse limits off (HTTP rate limits, DNS response rate
+    /// limiting), for load from one loopback address; the scripts append it to their configs.
+    LimitsOffToml,
     /// A local cluster of `pkraft serve` processes for the scripts (tests/lib/pkraft.sh).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -337,6 +341,41 @@ enum ClusterCommand {
         #[arg(long)]
         taken: Option<PathBuf>,
     },
+    /// Write the config of one node on fixed loopback ports to OUT, with the writer `up` uses,
+    /// for a script that starts its node itself (tests/bench/scale.sh): it bootstraps a new
+    /// cluster, or joins through --join as a voter (as a learner with --learner).
+    Config {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        id: u64,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        http: SocketAddr,
+        #[arg(long)]
+        dns: SocketAddr,
+        #[arg(long)]
+        peer: SocketAddr,
+        #[arg(long)]
+        admin: SocketAddr,
+        #[arg(long)]
+        secret: String,
+        /// The peer address of a member to join through (default: bootstrap a new cluster).
+        #[arg(long)]
+        join: Option<String>,
+        #[arg(long, requires = "join")]
+        learner: bool,
+        /// `dns.origins` (default: pkraft's default).
+        #[arg(long)]
+        origin: Option<String>,
+        /// A file of whole TOML sections appended (repeatable).
+        #[arg(long)]
+        extra_toml: Vec<PathBuf>,
+        /// Rate limits and DNS response rate limiting off (load from one address).
+        #[arg(long)]
+        limits_off: bool,
+    },
     /// Stop every process started for the cluster in WORK (SIGTERM to each process group,
     /// SIGKILL half a second later).
     Down {
@@ -377,6 +416,7 @@ async fn main() -> anyhow::Result<()> {
             let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
             println!("{}", ports.join(" "));
         }
+        Command::LimitsOffToml => print!("{LIMITS_OFF_TOML}"),
         Command::Cluster(command) => run_cluster(command).await?,
         Command::Gen {
             keys,
@@ -646,6 +686,18 @@ fn print(report: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The contents of `paths`, one after the other, each ending in a newline.
+fn read_toml_files(paths: &[PathBuf]) -> anyhow::Result<String> {
+    let mut toml = String::new();
+    for path in paths {
+        toml.push_str(
+            &std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
+        );
+        toml.push('\n');
+    }
+    Ok(toml)
+}
+
 async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
     match command {
         ClusterCommand::Up {
@@ -666,14 +718,7 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 peer_jitter_ms <= peer_delay_ms.unwrap_or(0),
                 "--peer-jitter-ms must not exceed --peer-delay-ms"
             );
-            let mut extra = String::new();
-            for path in &extra_toml {
-                extra.push_str(
-                    &std::fs::read_to_string(path)
-                        .with_context(|| format!("read {}", path.display()))?,
-                );
-                extra.push('\n');
-            }
+            let extra = read_toml_files(&extra_toml)?;
             let spec = cluster::ClusterSpec {
                 pkraft: &pkraft,
                 work: &work,
@@ -687,6 +732,44 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 taken: taken.as_deref(),
             };
             cluster::up(&spec).await
+        }
+        ClusterCommand::Config {
+            out,
+            id,
+            data_dir,
+            http,
+            dns,
+            peer,
+            admin,
+            secret,
+            join,
+            learner,
+            origin,
+            extra_toml,
+            limits_off,
+        } => {
+            let membership = match join {
+                None => Membership::Bootstrap,
+                Some(seed) => Membership::Join {
+                    seeds: vec![seed],
+                    voter: !learner,
+                },
+            };
+            let mut config = NodeConfig::new(id, membership, &secret);
+            let listen = Listening {
+                http,
+                dns,
+                peer,
+                admin,
+            };
+            config.fixed = Some((listen, data_dir));
+            config.origins = origin.into_iter().collect();
+            config.sections = read_toml_files(&extra_toml)?;
+            if limits_off {
+                config.sections.push_str(LIMITS_OFF_TOML);
+            }
+            std::fs::write(&out, config.to_toml())
+                .with_context(|| format!("write {}", out.display()))
         }
         ClusterCommand::Down { work } => {
             cluster::down(&work);
