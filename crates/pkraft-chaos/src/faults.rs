@@ -126,12 +126,14 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             power_cut_hold_restart(cluster, &targets, fault).await?
         }
         FaultKind::PowerCutAll => power_cut_hold_restart(cluster, &ids, fault).await?,
-        FaultKind::DiskLowLeader => disk_low_hold_restore(cluster, &[any_leader()?], fault).await?,
+        FaultKind::DiskLowLeader => {
+            disk_low_hold_restore(cluster, &[any_leader()?], leader, fault).await?
+        }
         FaultKind::DiskLowFollower => {
             let target = follower(&mut rng)?;
-            disk_low_hold_restore(cluster, &[target], fault).await?
+            disk_low_hold_restore(cluster, &[target], leader, fault).await?
         }
-        FaultKind::DiskLowAll => disk_low_hold_restore(cluster, &ids, fault).await?,
+        FaultKind::DiskLowAll => disk_low_hold_restore(cluster, &ids, leader, fault).await?,
     };
     Ok(match leader {
         Some(_) => done,
@@ -195,25 +197,28 @@ async fn power_cut_hold_restart(
 const LOW_DISK_FREE: u64 = 64 << 20;
 
 /// Leaves `targets` [`LOW_DISK_FREE`] of disk for the hold, then lifts the limit. Says which
-/// node led at the end of the hold: a leader low on disk hands its leadership to a voter with
-/// room, if there is one.
+/// node led before and at the end of the hold: a leader low on disk hands its leadership to a
+/// voter with room, if there is one.
 async fn disk_low_hold_restore(
     cluster: &mut Cluster,
     targets: &[u64],
+    leader_before: Option<u64>,
     fault: &Fault,
 ) -> anyhow::Result<String> {
     for &id in targets {
         cluster.limit_free_space(id, Some(LOW_DISK_FREE))?;
     }
     tokio::time::sleep(fault.hold).await;
-    let leader = cluster.leader().await;
+    let leader_after = cluster.leader().await;
     for &id in targets {
         cluster.limit_free_space(id, None)?;
     }
-    let leader = leader.map_or("none".to_string(), |id| id.to_string());
+    let name = |leader: Option<u64>| leader.map_or("none".to_string(), |id| id.to_string());
     Ok(format!(
-        "left {targets:?} {} MiB of disk (leader at the end: {leader})",
-        LOW_DISK_FREE >> 20
+        "left {targets:?} {} MiB of disk (leader {} -> {})",
+        LOW_DISK_FREE >> 20,
+        name(leader_before),
+        name(leader_after)
     ))
 }
 
