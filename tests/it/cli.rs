@@ -197,6 +197,14 @@ async fn cluster_init_and_status_from_the_command_line() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(table.contains("leader: 1"), "{table}");
+    // Its disk has room (above raft.min_free_disk_mib): the DISK column says so.
+    assert!(
+        table.contains("DISK")
+            && table
+                .lines()
+                .any(|line| line.starts_with("1 ") && line.trim_end().ends_with(" ok")),
+        "{table}"
+    );
 }
 
 /// `--log-format json`: every line is one JSON object (for log shippers), and the events an

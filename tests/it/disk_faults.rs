@@ -153,9 +153,9 @@ async fn fsyncs_slower_by_a_third_of_the_heartbeat_cause_no_election() {
 }
 
 /// A leader whose disk falls below the reserve hands its leadership to a voter with room, so
-/// the cluster goes on taking writes; but never to a voter low on disk too (with every disk low,
-/// leadership stays put). The old leader goes on as a follower and catches up once space
-/// returns.
+/// the cluster goes on taking writes; but only once a quorum of voters has room (a leader
+/// elsewhere could commit nothing otherwise), and never to a voter low on disk too. The old
+/// leader goes on as a follower and catches up once space returns.
 #[tokio::test]
 async fn a_leader_low_on_disk_hands_leadership_to_a_voter_with_room() {
     let Some(cluster) = TestCluster::on_lossy_disks("leader disk full", 3, TEST_RAFT, "").await
@@ -169,36 +169,63 @@ async fn a_leader_low_on_disk_hands_leadership_to_a_voter_with_room() {
         wait_served(&member.server, &key, &first).await;
     }
 
-    // Every disk low: no voter could take writes either, so leadership stays where it is.
-    for member in &cluster.members {
-        member.disk().limit_free_space(Some(64 << 20));
-    }
+    // The leader and one follower low on disk: only one voter has room, not a quorum, so
+    // leadership stays where it is. The follower first, and known to be low, so that the
+    // leader's first look cannot find it with room.
+    let followers = cluster.ids_except(old_leader);
+    let (low_follower, roomy_follower) = (followers[0], followers[1]);
+    let reports_low_disk = |id: u64| {
+        let server = &cluster.member(id).server;
+        async move {
+            let status = admin_status(server).await?;
+            (status["node"]["low_on_disk"] == Value::Bool(true)).then_some(())
+        }
+    };
+    cluster
+        .member(low_follower)
+        .disk()
+        .limit_free_space(Some(64 << 20));
+    eventually("the follower reporting its disk low", || {
+        reports_low_disk(low_follower)
+    })
+    .await;
+    cluster
+        .member(old_leader)
+        .disk()
+        .limit_free_space(Some(64 << 20));
     let low = &cluster.member(old_leader).server;
     low.wait_for_log("this leader is low on disk and keeps leading")
         .await;
+    assert!(low.log().contains("fewer than a quorum"), "{}", low.log());
     let before = terms_and_leaders(&cluster).await;
     let status = admin_status(low)
         .await
         .expect("the leader answers its status");
-    let members = status["members"].as_array().expect("members");
+    let low_on_disk: Vec<(u64, bool)> = status["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_u64().expect("id");
+            (id, m["status"]["low_on_disk"] == Value::Bool(true))
+        })
+        .collect();
     assert!(
-        members
-            .iter()
-            .all(|m| m["status"]["low_on_disk"] == Value::Bool(true)),
-        "every member reports its disk low: {members:?}"
+        low_on_disk.contains(&(old_leader, true))
+            && low_on_disk.contains(&(low_follower, true))
+            && low_on_disk.contains(&(roomy_follower, false)),
+        "members' disks as reported: {low_on_disk:?}"
     );
     // Two more looks at the disks (`LOW_DISK_RETRY`, 5 s) change nothing.
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(
         terms_and_leaders(&cluster).await,
         before,
-        "leadership moved to a voter that is low on disk too"
+        "leadership moved without a quorum of voters with room"
     );
 
-    // Room on the followers: the leader hands over to one of them, and writes go on.
-    for id in cluster.ids_except(old_leader) {
-        cluster.member(id).disk().limit_free_space(None);
-    }
+    // Room on both followers: the leader hands over to one of them, and writes go on.
+    cluster.member(low_follower).disk().limit_free_space(None);
     let new_leader = eventually("another leader", || async {
         let seen = terms_and_leaders(&cluster).await;
         let leader = seen[0].1?;

@@ -36,12 +36,14 @@
 //! complete leaves a normal failover behind it. Leaving out replication to a voter never risks
 //! safety: to Raft it looks like a slow network.
 //!
-//! A low-disk handover differs in three ways. Only a voter that reports room on its disk (peer
-//! route `status`) and already holds this node's whole log may be the target, so that leadership
+//! A low-disk handover differs in three ways. It starts only if a quorum of voters reports room
+//! on their disks (peer route `status`), since a leader elsewhere commits nothing otherwise, and
+//! only a voter with room that already holds this node's whole log may be the target: leadership
 //! never moves to a node that would refuse writes too (when every disk is low, as on replicas of
-//! one size, leadership stays put). If there is none, nothing is stopped, and the leader looks
-//! again after `LOW_DISK_RETRY`. And when the handover ends, done or not, this node takes up
-//! heartbeats, elections and (if it still leads) proposals again.
+//! one size, it stays put). If the conditions do not hold, nothing is stopped, and the leader
+//! looks again after `LOW_DISK_RETRY` (`LOW_DISK_RETRY_AFTER_FAILURE` after a handover that
+//! failed). And when the handover ends, done or not, this node takes up heartbeats, elections
+//! and (if it still leads) proposals again.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -59,9 +61,12 @@ use crate::peer::{PeerError, path};
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Margin past the leader lease before this node's vote is asked for, for timer granularity.
 const LEASE_MARGIN: Duration = Duration::from_millis(20);
-/// How long a leader low on disk waits after a handover that did not happen (no voter with room
-/// held its log, or none took over) before it tries again.
+/// How long a leader low on disk waits after a handover it did not start (too few voters with
+/// room, or none holding its log) before it looks again.
 const LOW_DISK_RETRY: Duration = Duration::from_secs(5);
+/// ... and after one that failed: each attempt stops heartbeats for a lease or more, which may
+/// cost an election, so a failing handover is not repeated every few seconds.
+const LOW_DISK_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
 /// The voters a handing-over leader sends no `append-entries` (heartbeats included) to, shared
 /// with the peer network.
@@ -108,7 +113,8 @@ pub enum Handover {
 impl Node {
     /// Hands leadership to a caught-up voter (see the module docs). Call it before the node stops
     /// serving; afterwards this node neither proposes nor stands for election, so call it only on
-    /// the way out. Bounded by about 2 × `CATCH_UP_TIMEOUT` + 4 × `election_timeout_max`.
+    /// the way out. Bounded by about 2 × `CATCH_UP_TIMEOUT` + 4 × `election_timeout_max`, twice
+    /// that if a low-disk handover is under way when it is called.
     pub async fn hand_over_leadership(&self) -> Handover {
         // A low-disk handover under way finishes first; this node then most likely leads no more.
         let _one_at_a_time = self.leadership().handover_lock().lock().await;
@@ -153,15 +159,26 @@ impl Node {
         let eligible = match reason {
             Reason::Stopping => others.clone(),
             Reason::LowOnDisk => {
+                // A leader elsewhere commits nothing unless a quorum takes its entries: with
+                // fewer voters with room, moving leadership gains no writes and stalls the reads
+                // and membership changes this leader still serves.
+                let with_room = self.voters_with_room(&others, &metrics).await;
+                let quorum = (others.len() + 1) / 2 + 1;
+                if with_room.len() < quorum {
+                    return Handover::NoTarget(format!(
+                        "{} of {} voters have room on their disks, fewer than a quorum ({quorum})",
+                        with_room.len(),
+                        others.len() + 1
+                    ));
+                }
                 // Heartbeats stop only once a target is certain: while writes are refused the
                 // log barely grows, so a voter with room has it all already.
-                let with_room = self.voters_with_room(&others, &metrics).await;
                 let holds_log =
                     |id: &NodeId| matched_index(&metrics, *id) >= metrics.last_log_index;
                 let eligible: Vec<NodeId> = with_room.into_iter().filter(holds_log).collect();
                 if eligible.is_empty() {
                     return Handover::NoTarget(
-                        "no other voter has room on its disk and holds this leader's log".into(),
+                        "no voter with room on its disk holds this leader's whole log yet".into(),
                     );
                 }
                 eligible
@@ -428,8 +445,9 @@ fn matched_index(
 }
 
 /// While this node leads with its disk below the reserve (`disk_space`), hands leadership to a
-/// voter with room (see the module docs). Looks every `disk_space::CHECK_INTERVAL`, and after a
-/// handover that did not happen waits `LOW_DISK_RETRY`. Runs until the node stops.
+/// voter with room (see the module docs). Looks every `disk_space::CHECK_INTERVAL`; after a
+/// handover that did not start waits `LOW_DISK_RETRY`, after one that failed
+/// `LOW_DISK_RETRY_AFTER_FAILURE`. Runs until the node stops.
 pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
     let mut interval = tokio::time::interval(crate::disk_space::CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -468,14 +486,42 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
                 next_try = Instant::now() + LOW_DISK_RETRY;
             }
             // Logged as it happened (`record_handover`).
-            Handover::Failed(_) => next_try = Instant::now() + LOW_DISK_RETRY,
+            Handover::Failed(_) => next_try = Instant::now() + LOW_DISK_RETRY_AFTER_FAILURE,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use openraft::{BasicNode, CommittedLeaderId, LogId, RaftMetrics};
+
     use super::*;
+
+    /// Goal: the voters a handover silences are the least useful targets: not eligible first
+    /// (a low-disk handover's voters without room), then the least caught up; so an eligible
+    /// voter is always left to stand.
+    #[test]
+    fn silences_voters_that_cannot_be_the_target_first() {
+        let mut metrics = RaftMetrics::<NodeId, BasicNode>::new_initial(1);
+        let matched = |index| Some(LogId::new(CommittedLeaderId::new(1, 1), index));
+        metrics.replication = Some(BTreeMap::from([
+            (2, matched(5)),
+            (3, matched(9)),
+            (4, None),
+            (5, matched(9)),
+        ]));
+        let others = [2, 3, 4, 5];
+        // All eligible (a stop): the least caught up, an unknown one before any known.
+        assert_eq!(least_caught_up(&metrics, &others, &others, 1), vec![4]);
+        assert_eq!(least_caught_up(&metrics, &others, &others, 2), vec![4, 2]);
+        // Only 4 eligible: the others go first, even though 4 lags most.
+        assert_eq!(least_caught_up(&metrics, &others, &[4], 1), vec![2]);
+        assert_eq!(least_caught_up(&metrics, &others, &[4], 3), vec![2, 3, 5]);
+        assert_eq!(matched_index(&metrics, 3), Some(9));
+        assert_eq!(matched_index(&metrics, 4), None);
+    }
 
     #[test]
     fn silences_enough_voters_for_a_quorum_and_never_the_quorum_itself() {

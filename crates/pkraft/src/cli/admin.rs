@@ -177,26 +177,29 @@ pub fn format_status(status: &ClusterStatus) -> String {
         opt(membership.log_index),
     );
     out.push_str(&format!(
-        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10}\n",
-        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG", "PACKETS"
+        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4}\n",
+        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG", "PACKETS", "DISK"
     ));
     for member in &status.members {
-        let (role, applied, last_log, packets) = match &member.status {
+        let (role, applied, last_log, packets, disk) = match &member.status {
             Some(s) => (
                 s.role.clone(),
                 opt(s.applied_index),
                 opt(s.last_log_index),
                 opt(s.packets),
+                // Below raft.min_free_disk_mib: it takes no writes.
+                if s.low_on_disk { "low" } else { "ok" },
             ),
             None => (
                 "unreachable".to_string(),
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-",
             ),
         };
         out.push_str(&format!(
-            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10}\n",
+            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4}\n",
             member.id,
             member.addr,
             role,
@@ -205,6 +208,7 @@ pub fn format_status(status: &ClusterStatus) -> String {
             last_log,
             opt(member.lag_entries),
             packets,
+            disk,
         ));
         if let Some(error) = &member.error {
             out.push_str(&format!("       {error}\n"));
