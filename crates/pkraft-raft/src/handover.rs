@@ -163,12 +163,13 @@ impl Node {
                 // fewer voters with room, moving leadership gains no writes and stalls the reads
                 // and membership changes this leader still serves.
                 let with_room = self.voters_with_room(&others, &metrics).await;
-                let quorum = (others.len() + 1) / 2 + 1;
+                let voters = others.len() + 1;
+                let quorum = voters / 2 + 1;
                 if with_room.len() < quorum {
                     return Handover::NoTarget(format!(
-                        "{} of {} voters have room on their disks, fewer than a quorum ({quorum})",
+                        "{} of {voters} voters have room on their disks, fewer than a quorum \
+                         ({quorum})",
                         with_room.len(),
-                        others.len() + 1
                     ));
                 }
                 // Heartbeats stop only once a target is certain: while writes are refused the
