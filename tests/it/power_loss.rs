@@ -29,13 +29,26 @@ struct LossyNode {
 }
 
 fn lossy_node(test: &str) -> Option<LossyNode> {
+    lossy_node_with_config(test, None)
+}
+
+/// A node on a lossy disk: `pkraft dev`, or `pkraft serve` with `config` (a single node's; the
+/// file lives beside the disk, not on it).
+fn lossy_node_with_config(test: &str, config: Option<&str>) -> Option<LossyNode> {
     if !pkraft_lossyfs::usable_in_test(test) {
         return None;
     }
     let dirs = tempfile::tempdir().expect("tempdir");
     let (disk, mountpoint) =
         pkraft_testkit::lossy::mount_lossy_disk(dirs.path()).expect("mount a lossy disk");
-    let server = TestServer::start_dev_at(mountpoint);
+    let server = match config {
+        None => TestServer::start_dev_at(mountpoint),
+        Some(toml) => {
+            let path = dirs.path().join("node.toml");
+            std::fs::write(&path, toml).expect("write the config");
+            TestServer::start_serve_at(&path, mountpoint)
+        }
+    };
     Some(LossyNode {
         server,
         disk,
@@ -388,5 +401,51 @@ async fn a_disk_below_the_reserve_refuses_puts_and_takes_them_again_when_space_r
     );
     published.extend(publish(&node.server, 1, 1_400, 10, 2).await);
     node.power_cycle(Cut::Clean);
+    assert_served(&node.server, &published).await;
+}
+
+/// With the reserve off (`raft.min_free_disk_mib = 0`), a full disk is a storage error like any
+/// other: the node stops (exit status 1) rather than acknowledge what it could not write, and
+/// after a restart with space every packet it acknowledged is served.
+#[tokio::test]
+async fn with_the_reserve_off_a_full_disk_stops_the_node_and_loses_nothing_acknowledged() {
+    let config = "[cluster]\nbootstrap = true\n[raft]\nmin_free_disk_mib = 0\n";
+    let Some(mut node) = lossy_node_with_config("disk full, reserve off", Some(config)) else {
+        return;
+    };
+    let mut published = publish(&node.server, 0, 2_000, 10, 2).await;
+    node.disk.limit_free_space(Some(0));
+    // The first log append after the limit fails (segments grow as they are written): some PUT
+    // gets no 204, and every 204 before it must survive.
+    let mut refused = false;
+    for i in 0..100u64 {
+        let seed = 2_100 + i;
+        match put_new(&node.server, seed, 8_000).await {
+            Some(response) if response.status() == 204 => {
+                let key = keypair(seed);
+                let packet = iroh_packet(&key, 8_000, &[&addr(9, seed as usize)]);
+                published.push((key, packet, addr(9, seed as usize)));
+            }
+            _ => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        refused,
+        "100 PUTs acknowledged on a full disk\n{}",
+        node.server.log()
+    );
+    let status = node.server.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", node.server.log());
+    // Stopped for the full disk, named as such.
+    assert!(
+        node.server.log().contains("No space left on device"),
+        "{}",
+        node.server.log()
+    );
+    node.disk.limit_free_space(None);
+    node.server.restart();
     assert_served(&node.server, &published).await;
 }
