@@ -304,6 +304,20 @@ enum Command {
     Cluster(ClusterCommand),
 }
 
+/// What `cluster up` and `cluster config` add to a node's config.
+#[derive(Debug, clap::Args)]
+struct ConfigExtras {
+    /// `dns.origins` (default: pkraft's default).
+    #[arg(long)]
+    origin: Option<String>,
+    /// A file of whole TOML sections appended to the config (repeatable).
+    #[arg(long)]
+    extra_toml: Vec<PathBuf>,
+    /// Rate limits and DNS response rate limiting off (load from one address).
+    #[arg(long)]
+    limits_off: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum ClusterCommand {
     /// Write configs for nodes 1..=NODES in WORK (node 1 bootstraps, the others join as
@@ -318,15 +332,8 @@ enum ClusterCommand {
         nodes: u64,
         #[arg(long)]
         secret: String,
-        /// `dns.origins` (default: pkraft's default).
-        #[arg(long)]
-        origin: Option<String>,
-        /// A file of whole TOML sections appended to every config (repeatable).
-        #[arg(long)]
-        extra_toml: Vec<PathBuf>,
-        /// Rate limits and DNS response rate limiting off (load from one address).
-        #[arg(long)]
-        limits_off: bool,
+        #[command(flatten)]
+        extras: ConfigExtras,
         /// An HTTPS (DoH) listener on every node with this certificate (needs --https-key).
         #[arg(long, requires = "https_key")]
         https_cert: Option<PathBuf>,
@@ -366,15 +373,8 @@ enum ClusterCommand {
         join: Option<String>,
         #[arg(long, requires = "join")]
         learner: bool,
-        /// `dns.origins` (default: pkraft's default).
-        #[arg(long)]
-        origin: Option<String>,
-        /// A file of whole TOML sections appended (repeatable).
-        #[arg(long)]
-        extra_toml: Vec<PathBuf>,
-        /// Rate limits and DNS response rate limiting off (load from one address).
-        #[arg(long)]
-        limits_off: bool,
+        #[command(flatten)]
+        extras: ConfigExtras,
     },
     /// Stop every process started for the cluster in WORK (SIGTERM to each process group,
     /// SIGKILL half a second later).
@@ -705,9 +705,7 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
             work,
             nodes,
             secret,
-            origin,
-            extra_toml,
-            limits_off,
+            extras,
             https_cert,
             https_key,
             peer_delay_ms,
@@ -718,15 +716,15 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 peer_jitter_ms <= peer_delay_ms.unwrap_or(0),
                 "--peer-jitter-ms must not exceed --peer-delay-ms"
             );
-            let extra = read_toml_files(&extra_toml)?;
+            let extra = read_toml_files(&extras.extra_toml)?;
             let spec = cluster::ClusterSpec {
                 pkraft: &pkraft,
                 work: &work,
                 nodes,
                 secret: &secret,
-                origin: origin.as_deref(),
+                origin: extras.origin.as_deref(),
                 extra_toml: extra,
-                limits_off,
+                limits_off: extras.limits_off,
                 https: https_cert.as_deref().zip(https_key.as_deref()),
                 peer_delay: peer_delay_ms.map(|delay| (delay, peer_jitter_ms)),
                 taken: taken.as_deref(),
@@ -744,9 +742,7 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
             secret,
             join,
             learner,
-            origin,
-            extra_toml,
-            limits_off,
+            extras,
         } => {
             let membership = match join {
                 None => Membership::Bootstrap,
@@ -763,9 +759,9 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 admin,
             };
             config.fixed = Some((listen, data_dir));
-            config.origins = origin.into_iter().collect();
-            config.sections = read_toml_files(&extra_toml)?;
-            if limits_off {
+            config.origins = extras.origin.into_iter().collect();
+            config.sections = read_toml_files(&extras.extra_toml)?;
+            if extras.limits_off {
                 config.sections.push_str(LIMITS_OFF_TOML);
             }
             std::fs::write(&out, config.to_toml())
