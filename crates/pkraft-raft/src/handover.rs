@@ -480,7 +480,7 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
                     tracing::warn!(
                         reason = %why,
                         "this leader is low on disk and keeps leading: the cluster takes no \
-                         writes until space is freed here or a voter with room holds the log"
+                         writes until space is freed here, or on enough voters for a quorum"
                     );
                     told = Some(why);
                 }
