@@ -20,7 +20,7 @@ use pkraft_lossyfs::LossyDisk;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
 use crate::harness::{TestServer, http_client};
-use pkraft_testkit::cluster::NodeSlot;
+use pkraft_testkit::cluster::{NodeSlot, voters_applied_membership};
 use pkraft_testkit::node::{Membership, NodeConfig};
 use pkraft_testkit::proxy::Network;
 
@@ -237,20 +237,7 @@ impl TestCluster {
         let what = format!("{count} voters with the same settled membership");
         eventually(&what, || async {
             let status = admin_status(first).await?;
-            let membership_index = status["membership"]["log_index"].as_u64()?;
-            if status["membership"]["joint"] != false {
-                return None;
-            }
-            let members = status["members"].as_array()?;
-            let settled = members
-                .iter()
-                .filter(|m| m["voter"] == true)
-                .filter(|m| {
-                    m["status"]["applied_index"]
-                        .as_u64()
-                        .is_some_and(|applied| applied >= membership_index)
-                })
-                .count() as u64;
+            let settled = voters_applied_membership(&status).ok()?;
             (settled == count).then_some(())
         })
         .await;

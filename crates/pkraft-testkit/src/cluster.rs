@@ -55,3 +55,27 @@ impl NodeSlot {
         })
     }
 }
+
+/// From a node's `/cluster/status` answer: the number of voters that have applied its
+/// membership configuration, or why the cluster is not settled yet (a voter change under way).
+/// Only once every voter has applied a settled configuration does losing any one node leave a
+/// majority that can elect a leader: while a change is joint, the old voter set needs its own.
+pub fn voters_applied_membership(status: &serde_json::Value) -> Result<u64, String> {
+    if status["membership"]["joint"] != false {
+        return Err("a membership change is under way".to_string());
+    }
+    let membership_index = status["membership"]["log_index"]
+        .as_u64()
+        .ok_or("no membership log index")?;
+    let members = status["members"].as_array().ok_or("no members")?;
+    let applied = members
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .filter(|m| {
+            m["status"]["applied_index"]
+                .as_u64()
+                .is_some_and(|index| index >= membership_index)
+        })
+        .count();
+    Ok(applied as u64)
+}

@@ -163,16 +163,21 @@ impl NodeProcess {
 
     /// Waits up to `timeout` for it to exit; `None` if it still runs.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(POLL);
+        wait_child(&mut self.child, timeout)
+    }
+}
+
+/// Polls `child` until it exits, at most `timeout`; `None` if it still runs.
+fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
     }
 }
 
@@ -182,12 +187,8 @@ fn joined(log: &Mutex<Vec<String>>) -> String {
 
 /// The exit status of `child` within `timeout`, else of its SIGKILL.
 fn wait_or_kill(child: &mut Child, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status.to_string();
-        }
-        std::thread::sleep(POLL);
+    if let Some(status) = wait_child(child, timeout) {
+        return status.to_string();
     }
     let _ = child.kill();
     child.wait().map(|s| s.to_string()).unwrap_or_default()
