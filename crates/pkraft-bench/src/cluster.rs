@@ -31,17 +31,45 @@ const POLL: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const STATE_FILE: &str = "cluster.tsv";
 
+/// What the scripts add to a node's config (`cluster up`, `cluster config`).
+pub struct Additions<'a> {
+    /// `dns.origins`; none: pkraft's default.
+    pub origin: Option<&'a str>,
+    /// Whole sections appended.
+    pub extra_toml: String,
+    /// Rate limits and DNS RRL off (load from one address).
+    pub limits_off: bool,
+}
+
+impl Additions<'_> {
+    /// The config of node `id` on the fixed addresses `listen` and data dir `data_dir`, with
+    /// these additions.
+    pub fn node_config(
+        &self,
+        id: u64,
+        membership: Membership,
+        secret: &str,
+        listen: Listening,
+        data_dir: PathBuf,
+    ) -> NodeConfig {
+        let mut config = NodeConfig::new(id, membership, secret);
+        config.fixed = Some((listen, data_dir));
+        config.origins = self.origin.map(str::to_string).into_iter().collect();
+        config.sections = self.extra_toml.clone();
+        if self.limits_off {
+            config.sections.push_str(LIMITS_OFF_TOML);
+        }
+        config
+    }
+}
+
 /// What `cluster up` builds.
 pub struct ClusterSpec<'a> {
     pub pkraft: &'a Path,
     pub work: &'a Path,
     pub nodes: u64,
     pub secret: &'a str,
-    pub origin: Option<&'a str>,
-    /// Appended to every node's config (whole sections).
-    pub extra_toml: String,
-    /// Rate limits and DNS RRL off (load from one address).
-    pub limits_off: bool,
+    pub additions: Additions<'a>,
     /// An HTTPS listener (DoH) on every node with this certificate and key.
     pub https: Option<(&'a Path, &'a Path)>,
     /// Every node's peer traffic through a `delay-proxy` adding this delay and jitter (ms) each
@@ -121,14 +149,11 @@ pub async fn up(spec: &ClusterSpec<'_>) -> anyhow::Result<()> {
             },
         };
         seed.get_or_insert(reached_at);
-        let mut config = NodeConfig::new(id, membership, spec.secret);
-        config.fixed = Some((listen, spec.work.join(format!("{id}-data"))));
+        let data_dir = spec.work.join(format!("{id}-data"));
+        let mut config = spec
+            .additions
+            .node_config(id, membership, spec.secret, listen, data_dir);
         config.advertise = proxy.map(|addr| addr.to_string());
-        config.origins = spec.origin.map(str::to_string).into_iter().collect();
-        config.sections = spec.extra_toml.clone();
-        if spec.limits_off {
-            config.sections.push_str(LIMITS_OFF_TOML);
-        }
         if let (Some((cert, key)), Some(addr)) = (spec.https, https) {
             config.sections.push_str(&format!(
                 "[https]\nlisten = \"{addr}\"\ncert = {:?}\nkey = {:?}\n",

@@ -48,7 +48,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use hyper::Method;
-use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
+use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership};
 
 use crate::dataset::DataSet;
 use crate::http_load::Job;
@@ -686,16 +686,24 @@ fn print(report: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The contents of `paths`, one after the other, each ending in a newline.
-fn read_toml_files(paths: &[PathBuf]) -> anyhow::Result<String> {
-    let mut toml = String::new();
-    for path in paths {
-        toml.push_str(
-            &std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?,
-        );
-        toml.push('\n');
+impl ConfigExtras {
+    /// The additions these flags ask for, with the `--extra-toml` files read (each ends in a
+    /// newline).
+    fn additions(&self) -> anyhow::Result<cluster::Additions<'_>> {
+        let mut extra_toml = String::new();
+        for path in &self.extra_toml {
+            extra_toml.push_str(
+                &std::fs::read_to_string(path)
+                    .with_context(|| format!("read {}", path.display()))?,
+            );
+            extra_toml.push('\n');
+        }
+        Ok(cluster::Additions {
+            origin: self.origin.as_deref(),
+            extra_toml,
+            limits_off: self.limits_off,
+        })
     }
-    Ok(toml)
 }
 
 async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
@@ -716,15 +724,12 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
                 peer_jitter_ms <= peer_delay_ms.unwrap_or(0),
                 "--peer-jitter-ms must not exceed --peer-delay-ms"
             );
-            let extra = read_toml_files(&extras.extra_toml)?;
             let spec = cluster::ClusterSpec {
                 pkraft: &pkraft,
                 work: &work,
                 nodes,
                 secret: &secret,
-                origin: extras.origin.as_deref(),
-                extra_toml: extra,
-                limits_off: extras.limits_off,
+                additions: extras.additions()?,
                 https: https_cert.as_deref().zip(https_key.as_deref()),
                 peer_delay: peer_delay_ms.map(|delay| (delay, peer_jitter_ms)),
                 taken: taken.as_deref(),
@@ -751,19 +756,15 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
                     voter: !learner,
                 },
             };
-            let mut config = NodeConfig::new(id, membership, &secret);
             let listen = Listening {
                 http,
                 dns,
                 peer,
                 admin,
             };
-            config.fixed = Some((listen, data_dir));
-            config.origins = extras.origin.into_iter().collect();
-            config.sections = read_toml_files(&extras.extra_toml)?;
-            if extras.limits_off {
-                config.sections.push_str(LIMITS_OFF_TOML);
-            }
+            let config = extras
+                .additions()?
+                .node_config(id, membership, &secret, listen, data_dir);
             std::fs::write(&out, config.to_toml())
                 .with_context(|| format!("write {}", out.display()))
         }

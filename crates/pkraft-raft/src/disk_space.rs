@@ -61,6 +61,11 @@ impl DiskSpace {
     /// Why this node must take no writes now, if it must: the data dir's file system has less
     /// than the reserve available.
     pub(crate) fn refusal(&self) -> Option<String> {
+        self.refusal_for(self.available())
+    }
+
+    /// Bytes available, measured again if the last measurement is older than `FRESH_FOR`.
+    fn available(&self) -> u64 {
         let now = self.millis_now();
         let last = self.measured_at.load(Ordering::Acquire);
         let stale = last == 0 || now.saturating_sub(last - 1) >= FRESH_FOR.as_millis() as u64;
@@ -73,7 +78,7 @@ impl DiskSpace {
         {
             self.measure();
         }
-        self.refusal_for(self.available.load(Ordering::Acquire))
+        self.available.load(Ordering::Acquire)
     }
 
     /// Whether a snapshot build that writes about `bytes` (the last snapshot's size) has room:
@@ -81,8 +86,7 @@ impl DiskSpace {
     /// for it too: a build followed by a log purge is what frees space, and writes are refused
     /// below the reserve, so the log does not grow meanwhile.
     pub(crate) fn has_room_for_build(&self, bytes: u64) -> bool {
-        self.refusal();
-        self.available.load(Ordering::Acquire) >= bytes.saturating_add(self.reserve_bytes / 4)
+        self.available() >= bytes.saturating_add(self.reserve_bytes / 4)
     }
 
     /// Measures now (the background check).
@@ -92,15 +96,16 @@ impl DiskSpace {
         let available = match available_bytes(&self.data_dir) {
             Ok(bytes) => bytes,
             Err(e) => {
-                // Not knowing is not "full": a failing disk shows up as failing writes.
+                // Not knowing is not "full": a failing disk shows up as failing writes. Nor is
+                // it "space is back": no change is logged, the next good reading decides.
                 tracing::warn!(data_dir = %self.data_dir.display(), error = %e, "cannot read the free disk space");
-                u64::MAX
+                self.available.store(u64::MAX, Ordering::Release);
+                self.refusing.store(false, Ordering::Release);
+                return;
             }
         };
         self.available.store(available, Ordering::Release);
-        if available != u64::MAX {
-            self.gauge.set(i64::try_from(available).unwrap_or(i64::MAX));
-        }
+        self.gauge.set(i64::try_from(available).unwrap_or(i64::MAX));
         let refusing = self.refusal_for(available);
         if refusing.is_some() != self.refusing.swap(refusing.is_some(), Ordering::AcqRel) {
             match refusing {

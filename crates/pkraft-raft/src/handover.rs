@@ -52,7 +52,6 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 
 use crate::NodeId;
-use crate::membership::NodeStatus;
 use crate::node::Node;
 use crate::peer::{PeerError, path};
 
@@ -130,13 +129,13 @@ impl Node {
                 self.metrics.handovers.with_label_values(&["done"]).inc();
                 tracing::info!(to, took = ?took, ?reason, "handed leadership over");
             }
-            Handover::Failed(why) if reason == Reason::Stopping => {
-                self.metrics.handovers.with_label_values(&["failed"]).inc();
-                tracing::warn!(reason = %why, "leadership handover failed; the cluster fails over instead");
-            }
             Handover::Failed(why) => {
                 self.metrics.handovers.with_label_values(&["failed"]).inc();
-                tracing::warn!(reason = %why, "leadership handover failed; this node goes on as before");
+                let after = match reason {
+                    Reason::Stopping => "the cluster fails over instead",
+                    Reason::LowOnDisk => "this node goes on as before",
+                };
+                tracing::warn!(reason = %why, "leadership handover failed; {after}");
             }
         }
     }
@@ -249,32 +248,18 @@ impl Node {
         voters: &[NodeId],
         metrics: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
     ) -> Vec<NodeId> {
-        let mut probes = tokio::task::JoinSet::new();
         let membership = metrics.membership_config.membership();
-        for &id in voters {
-            let Some(node) = membership.get_node(&id) else {
-                continue;
-            };
-            let (peers, addr, timeout) = (
-                self.peers.clone(),
-                node.addr.clone(),
-                self.election_timeout_max,
-            );
-            probes.spawn(async move {
-                let status: Result<NodeStatus, _> = peers
-                    .call(&addr, Some(id), path::STATUS, &(), timeout)
-                    .await;
-                (id, status)
-            });
-        }
+        let addrs = voters
+            .iter()
+            .filter_map(|id| Some((*id, membership.get_node(id)?.addr.clone())));
         let mut with_room = Vec::new();
-        while let Some(joined) = probes.join_next().await {
-            match joined {
-                Ok((id, Ok(status))) if !status.low_on_disk => with_room.push(id),
-                Ok((id, Err(e))) => {
+        for (id, _, status) in self.probe_statuses(addrs, self.election_timeout_max).await {
+            match status {
+                Ok(status) if !status.low_on_disk => with_room.push(id),
+                Ok(_) => {}
+                Err(e) => {
                     tracing::debug!(node = id, error = %e, "a voter did not report its disk space");
                 }
-                _ => {}
             }
         }
         with_room.sort_unstable();

@@ -351,6 +351,33 @@ impl Node {
         }
     }
 
+    /// Asks each of `members` (id, peer address) for its status over the peer network, in
+    /// parallel, each within `timeout`.
+    pub(crate) async fn probe_statuses(
+        &self,
+        members: impl Iterator<Item = (NodeId, String)>,
+        timeout: Duration,
+    ) -> Vec<(NodeId, String, Result<NodeStatus, String>)> {
+        let mut probes = tokio::task::JoinSet::new();
+        for (id, addr) in members {
+            let peers = self.peers.clone();
+            probes.spawn(async move {
+                let status = peers
+                    .call::<(), NodeStatus>(&addr, Some(id), path::STATUS, &(), timeout)
+                    .await
+                    .map_err(|e| e.to_string());
+                (id, addr, status)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(joined) = probes.join_next().await {
+            if let Ok(answer) = joined {
+                answers.push(answer);
+            }
+        }
+        answers
+    }
+
     /// Every member, each asked for its own status over the peer network (in parallel, bounded).
     pub async fn cluster_status(self: &Arc<Self>) -> ClusterStatus {
         let metrics = self.raft.metrics().borrow().clone();
@@ -362,33 +389,16 @@ impl Node {
                 .map(|log_id| log_id.index),
             joint: membership.get_joint_config().len() > 1,
         };
-        let mut probes = tokio::task::JoinSet::new();
-        for (id, node) in membership.nodes() {
-            let (id, addr) = (*id, node.addr.clone());
-            let this = self.clone();
-            probes.spawn(async move {
-                let probe = if id == this.id {
-                    Ok(this.local_status())
-                } else {
-                    this.peers
-                        .call::<(), NodeStatus>(
-                            &addr,
-                            Some(id),
-                            path::STATUS,
-                            &(),
-                            STATUS_PROBE_TIMEOUT,
-                        )
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                (id, addr, probe)
-            });
+        let others = membership
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, node)| (*id, node.addr.clone()));
+        let mut probes = self.probe_statuses(others, STATUS_PROBE_TIMEOUT).await;
+        if let Some(node) = membership.get_node(&self.id) {
+            probes.push((self.id, node.addr.clone(), Ok(self.local_status())));
         }
         let mut members = Vec::new();
-        while let Some(joined) = probes.join_next().await {
-            let Ok((id, addr, probe)) = joined else {
-                continue;
-            };
+        for (id, addr, probe) in probes {
             let lag_entries = leader_view_of_lag(&metrics, id);
             let (status, error) = match probe {
                 Ok(status) => (Some(status), None),
