@@ -13,15 +13,17 @@ use std::time::Instant;
 use hickory_server::net::BufDnsStreamHandle;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::{Protocol, StreamReceiver};
-use hickory_server::proto::op::MessageType;
+use hickory_server::proto::op::{Header, MessageType};
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::{
     Request, RequestHandler, ResponseHandle, ResponseHandler, ResponseInfo,
 };
 use hickory_server::zone_handler::{Catalog, MessageRequest};
 
-use crate::direct::{DirectAnswers, Prepared};
+use crate::direct::{DirectAnswers, Prepared, malformed_answer};
 use crate::freshness::{FreshnessGuard, servfail_info};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
+use crate::zone::Read;
 
 /// The handler chain, shared by the hickory `Server`, the UDP loops of `crate::udp` and the
 /// [`Answerer`]: [`DirectAnswers`] first when on (`dns.direct_answers`), then hickory's `Catalog`
@@ -89,6 +91,73 @@ impl SharedHandler {
             return None;
         }
         direct.prepare(request)
+    }
+}
+
+/// What the direct answers made of a wire query (the UDP loops, the TCP connections).
+pub(crate) enum Direct {
+    /// The answer is in the buffer; with [`Cacheable`] it may be kept in the answer cache.
+    Answered(Option<Cacheable>),
+    /// Nothing is sent (fewer than 12 bytes, or a response).
+    NoAnswer,
+    /// hickory's chain must answer it.
+    Chain(Box<Request>),
+}
+
+/// An answer the answer cache may keep: it is current while the key it read (if any) is
+/// unchanged.
+pub(crate) struct Cacheable(pub(crate) Option<Read>);
+
+impl SharedHandler {
+    /// Answers the wire message `query` from `src` over `protocol` with the direct answers, into
+    /// `out`, the way hickory's listeners and `Catalog` would: no answer to fewer than 12 bytes
+    /// or to a response, FORMERR to a message whose header parses and whose rest does not, and
+    /// what [`DirectAnswers`] cover (UDP answers within the client's EDNS size and
+    /// `udp_payload_max`). The rest is left to the chain. `stale`: the node is too stale for
+    /// `dns.max_stale` (the chain answers SERVFAIL).
+    pub(crate) fn answer_direct(
+        &self,
+        query: &[u8],
+        src: SocketAddr,
+        protocol: Protocol,
+        stale: bool,
+        udp_payload_max: u16,
+        out: &mut Vec<u8>,
+    ) -> Direct {
+        let request = match Request::from_bytes(query.to_vec(), src, protocol) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%error, %src, "malformed DNS query");
+                let formerr = Header::read(&mut BinDecoder::new(query))
+                    .ok()
+                    .and_then(|header| malformed_answer(&header, protocol));
+                return match formerr {
+                    Some(formerr) => {
+                        out.clear();
+                        out.extend_from_slice(&formerr);
+                        Direct::Answered(None)
+                    }
+                    None => Direct::NoAnswer,
+                };
+            }
+        };
+        // Answering a response would let anyone bounce traffic off this server.
+        if request.metadata.message_type == MessageType::Response {
+            return Direct::NoAnswer;
+        }
+        let Some(direct) = self.direct().filter(|_| !stale) else {
+            return Direct::Chain(Box::new(request));
+        };
+        let Some(prepared) = direct.prepare(&request) else {
+            return Direct::Chain(Box::new(request));
+        };
+        if prepared
+            .encode(&request.queries, protocol, udp_payload_max, out)
+            .is_err()
+        {
+            return Direct::Chain(Box::new(request));
+        }
+        Direct::Answered(Some(Cacheable(prepared.read)))
     }
 }
 

@@ -177,18 +177,22 @@ impl Prepared {
     }
 
     /// Encodes the response into `out` as hickory's response handle does for `protocol`: over
-    /// UDP within the client's EDNS size (512 bytes without EDNS), records that do not fit
-    /// dropped and TC set. An error is returned where hickory would log it and send SERVFAIL;
-    /// the caller leaves that answer to the chain.
+    /// UDP within the client's EDNS size (512 bytes without EDNS) and `udp_payload_max`, records
+    /// that do not fit dropped and TC set. An error is returned where hickory would log it and
+    /// send SERVFAIL; the caller leaves that answer to the chain.
     pub(crate) fn encode(
         &self,
         queries: &Queries,
         protocol: Protocol,
+        udp_payload_max: u16,
         out: &mut Vec<u8>,
     ) -> Result<(), ProtoError> {
         out.clear();
         let mut encoder = BinEncoder::new(out);
-        encoder.set_max_size(max_size(protocol, self.edns.as_ref()));
+        encoder.set_max_size(max_size(protocol, self.edns.as_ref()).min(match protocol {
+            Protocol::Udp => udp_payload_max,
+            _ => u16::MAX,
+        }));
         self.response(queries).destructive_emit(&mut encoder)?;
         Ok(())
     }

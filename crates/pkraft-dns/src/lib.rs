@@ -5,8 +5,9 @@
 //! - [`settings`]: the `[dns]` config section and its validation into [`settings::Zones`].
 //! - [`zone`]: [`zone::PkarrZone`], one hickory `ZoneHandler` per origin: apex SOA/NS/A/AAAA, and
 //!   `<name>.<z32>.<origin>` answered from the packet stored for `<z32>`.
-//! - [`server`]: [`server::DnsServer`]: binds UDP and TCP on one port and runs hickory's `Server`
-//!   with a `Catalog` of the zones.
+//! - [`server`]: [`server::DnsServer`]: binds UDP and TCP on one port; a `Catalog` of the zones
+//!   behind the direct answers.
+//! - `tcp`: DNS over TCP with connection caps, idle limits, pipelining and a query bound.
 //! - [`freshness`]: [`freshness::FreshnessGuard`] in front of the `Catalog`: SERVFAIL while the
 //!   node is staler than `dns.max_stale`.
 //! - [`answerer`]: [`answerer::Answerer`], the same handler chain for DNS messages that arrive over
@@ -34,6 +35,7 @@ pub mod record_cache;
 pub mod rrl;
 pub mod server;
 pub mod settings;
+mod tcp;
 mod udp;
 mod udp_io;
 pub mod zone;

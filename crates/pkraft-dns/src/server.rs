@@ -1,8 +1,9 @@
 //! [`DnsServer`]: UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP listener sharing a
-//! port. hickory-server serves TCP (its handler tries the direct answers first), and UDP too when
-//! the direct answers and RRL are both off; otherwise UDP goes through
-//! [`crate::udp`], which rate-limits answers per client network, answers repeated queries from
-//! the cache and the rest directly or with hickory's handler chain.
+//! port. TCP goes through [`crate::tcp`] (the direct answers, then hickory's handler chain, within
+//! connection limits). UDP goes through [`crate::udp`], which rate-limits answers per client
+//! network, answers repeated queries from the cache and the rest directly or with hickory's
+//! handler chain; with the direct answers and RRL both off, hickory-server's own UDP listener
+//! serves it instead.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use hickory_proto::rr::LowerName;
 use hickory_server::Server;
 use hickory_server::zone_handler::{Catalog, ZoneHandler};
+use pkraft_limits::connections::Admission;
 use pkraft_store::Store;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
@@ -25,11 +27,10 @@ use crate::metrics::{DnsCollector, DnsMetrics, UdpAnswerStats, UdpReport};
 use crate::record_cache::RecordCache;
 use crate::rrl::Rrl;
 use crate::settings::{Settings, SettingsError};
+use crate::tcp::{self, TcpFrontend};
 use crate::udp::{self, UdpFrontend};
 use crate::zone::PkarrZone;
 
-/// Responses queued per TCP connection before the connection stops reading requests.
-const TCP_RESPONSE_QUEUE_LEN: usize = 32;
 /// Attempts to find a port free for both UDP and TCP when the configured port is 0.
 const SHARED_PORT_ATTEMPTS: usize = 16;
 /// How long `shutdown` waits for queries in flight (a TCP client that never reads its answer
@@ -48,11 +49,15 @@ pub enum DnsError {
 
 /// A running DNS frontend. Answers until [`DnsServer::shutdown`].
 pub struct DnsServer {
+    /// hickory's server: UDP when the direct answers and RRL are both off, else idle.
     server: Server<CountedHandler>,
-    /// The UDP loops of [`crate::udp`] (none when hickory serves UDP itself), and their stop.
-    udp_loops: JoinSet<()>,
-    stop_udp: watch::Sender<bool>,
+    /// The TCP listener of [`crate::tcp`] and the UDP loops of [`crate::udp`] (none when hickory
+    /// serves UDP itself), and their stop.
+    loops: JoinSet<()>,
+    stop_loops: watch::Sender<bool>,
     udp_frontend: Option<Arc<UdpFrontend>>,
+    /// The TCP listener's connection admission (caps, counts).
+    tcp_admission: Arc<Admission>,
     records: Arc<RecordCache>,
     metrics: Arc<DnsMetrics>,
     local_addr: SocketAddr,
@@ -110,8 +115,22 @@ impl DnsServer {
             direct,
         );
         let answerer = Answerer::new(handler.clone(), metrics.clone());
-        let (stop_udp, stop) = watch::channel(false);
-        let mut udp_loops = JoinSet::new();
+        let (stop_loops, stop) = watch::channel(false);
+        let mut loops = JoinSet::new();
+        let tcp_admission = Admission::new("dns_tcp", settings.tcp_connection_caps());
+        let tcp_frontend = Arc::new(TcpFrontend {
+            handler: handler.clone(),
+            metrics: metrics.clone(),
+            idle_timeout: settings.tcp_idle_timeout,
+            max_queries: settings.tcp_max_queries_per_connection,
+            pipeline_max: settings.tcp_pipeline_max,
+        });
+        loops.spawn(tcp::serve(
+            tcp,
+            tcp_frontend,
+            tcp_admission.clone(),
+            stop.clone(),
+        ));
         let mut server = Server::new(CountedHandler {
             handler: handler.clone(),
             metrics: metrics.clone(),
@@ -134,12 +153,13 @@ impl DnsServer {
                 rrl,
                 settings.udp_pending_max,
                 settings.udp_batch,
+                settings.udp_payload_max,
                 udp.len(),
                 metrics.clone(),
             ));
             for (index, socket) in udp.into_iter().enumerate() {
                 let socket = Arc::new(socket);
-                udp_loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
+                loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
             }
             Some(frontend)
         } else {
@@ -148,12 +168,12 @@ impl DnsServer {
             }
             None
         };
-        server.register_listener(tcp, settings.tcp_idle_timeout, TCP_RESPONSE_QUEUE_LEN);
         Ok(DnsServer {
             server,
-            udp_loops,
-            stop_udp,
+            loops,
+            stop_loops,
             udp_frontend,
+            tcp_admission,
             records,
             metrics,
             local_addr,
@@ -186,6 +206,11 @@ impl DnsServer {
             .map_or_else(UdpAnswerStats::default, |frontend| frontend.stats())
     }
 
+    /// The DNS-over-TCP listener's connection admission (for the listener metrics).
+    pub fn tcp_admission(&self) -> Arc<Admission> {
+        self.tcp_admission.clone()
+    }
+
     /// The address answering on UDP and TCP.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -195,9 +220,9 @@ impl DnsServer {
     /// finish; past it they are dropped, so a stuck connection cannot hold the daemon up.
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
         // The loops see the stop even if every receiver of it is gone (`has_changed` errs).
-        let _ = self.stop_udp.send(true);
+        let _ = self.stop_loops.send(true);
         let drain = async {
-            while self.udp_loops.join_next().await.is_some() {}
+            while self.loops.join_next().await.is_some() {}
             self.server
                 .shutdown_gracefully()
                 .await

@@ -7,6 +7,8 @@ use std::time::Duration;
 use hickory_proto::rr::Name;
 use serde::Deserialize;
 
+/// More pipelined queries per TCP connection than this is a typo: each may hold a task.
+const TCP_PIPELINE_MAX: usize = 1_024;
 /// More UDP sockets than this is a typo, not a tuning.
 const UDP_SOCKETS_MAX: usize = 256;
 /// `udp_sockets = 0` binds one socket per core but one, at most this many.
@@ -42,9 +44,31 @@ pub struct Settings {
     pub apex_a: Vec<Ipv4Addr>,
     /// AAAA records at every origin's apex. Default: none.
     pub apex_aaaa: Vec<Ipv6Addr>,
-    /// A DNS-over-TCP connection with no request for this long is closed. Default 10 s.
+    /// A DNS-over-TCP connection with no query for this long (and none being answered) is
+    /// closed, and so is one whose query or answer has not moved for this long (a client that
+    /// sends or reads nothing). Default 10 s (Knot's; RFC 7766 §6.2.3 asks for seconds).
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
+    /// DNS-over-TCP connections open at once; beyond it new ones wait in the kernel's backlog.
+    /// Each is a file descriptor (docs/OPERATIONS.md, "Limits and abuse"). Default 1,024.
+    pub tcp_max_connections: usize,
+    /// DNS-over-TCP connections open at once from one client: an IPv4 address, or an IPv6
+    /// network of `tcp_client_ipv6_prefix_len` bits. More are closed at once. 0: no limit.
+    /// Default 64: resolvers open a few to retry truncated answers.
+    pub tcp_max_connections_per_client: usize,
+    /// The IPv6 network one client owns for `tcp_max_connections_per_client`. Default 56.
+    pub tcp_client_ipv6_prefix_len: u8,
+    /// Queries one DNS-over-TCP connection may send; after the last is answered the connection
+    /// is closed (the client opens another). 0: no limit. Default 10,000.
+    pub tcp_max_queries_per_connection: u32,
+    /// Queries of one DNS-over-TCP connection answered at once (pipelining, RFC 7766 §6.2.1.1;
+    /// answers may go out of order). Beyond it the connection is not read until one is
+    /// answered. Default 16.
+    pub tcp_pipeline_max: usize,
+    /// The largest UDP answer, in bytes, whatever buffer size a client's EDNS record names (512
+    /// to 65,535): larger answers are truncated (TC=1) and the client retries over TCP. Default
+    /// 1,232, DNS Flag Day 2020's size, which avoids IP fragmentation (as NSD and Knot).
+    pub udp_payload_max: u16,
     /// Answer SERVFAIL, so that resolvers ask another node, once this node has not heard from a
     /// leader for longer than this (or has not since it started). A leader counts from its last
     /// quorum acknowledgement; a single-node cluster is never stale. Default: unset, always
@@ -109,6 +133,12 @@ impl Default for Settings {
             apex_a: Vec::new(),
             apex_aaaa: Vec::new(),
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_connections: 1_024,
+            tcp_max_connections_per_client: 64,
+            tcp_client_ipv6_prefix_len: 56,
+            tcp_max_queries_per_connection: 10_000,
+            tcp_pipeline_max: 16,
+            udp_payload_max: 1_232,
             max_stale: None,
             record_cache_mib: 64,
             answer_cache_mib: 32,
@@ -176,6 +206,19 @@ impl Settings {
         }
     }
 
+    /// The caps of the DNS-over-TCP listener's connections.
+    pub fn tcp_connection_caps(&self) -> pkraft_limits::connections::ConnectionCaps {
+        pkraft_limits::connections::ConnectionCaps {
+            max_connections: self.tcp_max_connections,
+            max_per_client: self.tcp_max_connections_per_client,
+            client_prefix: pkraft_limits::ClientPrefix {
+                ipv4: 32,
+                ipv6: self.tcp_client_ipv6_prefix_len,
+            },
+            exempt: pkraft_limits::TrustedProxies::default(),
+        }
+    }
+
     /// `record_cache_mib` in bytes.
     pub fn record_cache_bytes(&self) -> u64 {
         mib(self.record_cache_mib)
@@ -222,6 +265,37 @@ impl Settings {
                     "must be 1 to {}, got {}",
                     crate::udp_io::BATCH_MAX,
                     self.udp_batch
+                ),
+            ));
+        }
+        self.tcp_connection_caps()
+            .validate([
+                "tcp_max_connections",
+                "tcp_max_connections_per_client",
+                "tcp_client_ipv6_prefix_len",
+            ])
+            .map_err(|(field, reason)| SettingsError::new(field, reason))?;
+        if self.tcp_pipeline_max == 0 || self.tcp_pipeline_max > TCP_PIPELINE_MAX {
+            return Err(SettingsError::new(
+                "tcp_pipeline_max",
+                format!(
+                    "must be 1 to {TCP_PIPELINE_MAX}, got {}",
+                    self.tcp_pipeline_max
+                ),
+            ));
+        }
+        if self.tcp_idle_timeout.is_zero() {
+            return Err(SettingsError::new(
+                "tcp_idle_timeout",
+                "must be longer than 0s",
+            ));
+        }
+        if self.udp_payload_max < 512 {
+            return Err(SettingsError::new(
+                "udp_payload_max",
+                format!(
+                    "must be at least 512 (RFC 1035's size), got {}",
+                    self.udp_payload_max
                 ),
             ));
         }

@@ -21,16 +21,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Header, MessageType};
-use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::Request;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::answer_cache::AnswerCache;
-use crate::answerer::{SharedHandler, respond};
-use crate::direct::malformed_answer;
+use crate::answerer::{Cacheable, Direct, SharedHandler, respond};
 use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
 use crate::rrl::{Rrl, SlipDice, Verdict, truncated_answer};
 use crate::udp_io::{Outgoing, Received};
@@ -58,18 +55,10 @@ pub(crate) struct UdpFrontend {
     pending_max: usize,
     /// Datagrams per receive and send call (`dns.udp_batch`).
     batch: usize,
+    /// The largest answer (`dns.udp_payload_max`).
+    payload_max: u16,
     counters: Box<[LoopCounters]>,
     metrics: Arc<DnsMetrics>,
-}
-
-/// What the direct answers did with a query that missed the answer cache.
-enum Direct {
-    /// The answer is in the buffer.
-    Answered,
-    /// Nothing is sent (fewer than 12 bytes, or a response).
-    NoAnswer,
-    /// hickory's chain must answer it.
-    Chain(Box<Request>),
 }
 
 impl UdpFrontend {
@@ -80,6 +69,7 @@ impl UdpFrontend {
         rrl: Option<Rrl>,
         pending_max: usize,
         batch: usize,
+        payload_max: u16,
         loops: usize,
         metrics: Arc<DnsMetrics>,
     ) -> Self {
@@ -89,6 +79,7 @@ impl UdpFrontend {
             rrl,
             pending_max,
             batch,
+            payload_max,
             counters: (0..loops).map(|_| LoopCounters::default()).collect(),
             metrics,
         }
@@ -140,7 +131,7 @@ impl UdpFrontend {
         }
         counters.misses.fetch_add(1, Ordering::Relaxed);
         match self.answer_direct(query, src, stale, out) {
-            Direct::Answered => state.outgoing.queue(src),
+            Direct::Answered(_) => state.outgoing.queue(src),
             Direct::NoAnswer => {}
             Direct::Chain(request) => self.spawn_chain(request, state),
         }
@@ -154,42 +145,13 @@ impl UdpFrontend {
         stale: bool,
         out: &mut Vec<u8>,
     ) -> Direct {
-        let request = match Request::from_bytes(query.to_vec(), src, Protocol::Udp) {
-            Ok(request) => request,
-            Err(error) => {
-                tracing::debug!(%error, %src, "malformed DNS query");
-                let formerr = Header::read(&mut BinDecoder::new(query))
-                    .ok()
-                    .and_then(|header| malformed_answer(&header, Protocol::Udp));
-                return match formerr {
-                    Some(formerr) => {
-                        out.extend_from_slice(&formerr);
-                        Direct::Answered
-                    }
-                    None => Direct::NoAnswer,
-                };
-            }
-        };
-        // Answering a response would let anyone bounce traffic off this server.
-        if request.metadata.message_type == MessageType::Response {
-            return Direct::NoAnswer;
+        let direct =
+            self.handler
+                .answer_direct(query, src, Protocol::Udp, stale, self.payload_max, out);
+        if let (Direct::Answered(Some(Cacheable(read))), Some(answers)) = (&direct, &self.answers) {
+            answers.insert(query, out, *read);
         }
-        let Some(direct) = self.handler.direct().filter(|_| !stale) else {
-            return Direct::Chain(Box::new(request));
-        };
-        let Some(prepared) = direct.prepare(&request) else {
-            return Direct::Chain(Box::new(request));
-        };
-        if prepared
-            .encode(&request.queries, Protocol::Udp, out)
-            .is_err()
-        {
-            return Direct::Chain(Box::new(request));
-        }
-        if let Some(answers) = &self.answers {
-            answers.insert(query, out, prepared.read);
-        }
-        Direct::Answered
+        direct
     }
 
     /// Hands `request` to hickory's chain in a task of its own, unless `dns.udp_pending_max`
@@ -210,6 +172,16 @@ impl UdpFrontend {
             let src = request.src();
             // The direct answers already declined it: straight to the chain.
             if let Some(answer) = respond(frontend.handler.chain(), &request).await {
+                // hickory keeps within the client's EDNS size only; past `udp_payload_max` the
+                // client gets the empty truncated answer and asks again over TCP.
+                let answer = if answer.len() > usize::from(frontend.payload_max) {
+                    let Some(truncated) = truncated_answer(request.as_slice()) else {
+                        return;
+                    };
+                    truncated
+                } else {
+                    answer
+                };
                 if let Err(error) = socket.send_to(&answer, src).await {
                     tracing::debug!(%error, %src, "UDP send failed");
                 }
@@ -339,7 +311,7 @@ pub(crate) async fn serve(
 
 /// Whether an answer can be sent to `src`: not to port 0, an unspecified or a broadcast address
 /// (hickory's listener drops those datagrams too).
-fn can_answer(src: SocketAddr) -> bool {
+pub(crate) fn can_answer(src: SocketAddr) -> bool {
     src.port() != 0
         && !src.ip().is_unspecified()
         && !matches!(src.ip(), IpAddr::V4(ip) if ip.is_broadcast())

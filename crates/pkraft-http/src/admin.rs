@@ -42,6 +42,44 @@ pub struct AdminSettings {
     pub token: Option<String>,
     /// File holding the admin token (surrounding whitespace is ignored).
     pub token_file: Option<PathBuf>,
+    /// Connections open at once (operators, Prometheus, `pkraft cluster`); beyond it new ones
+    /// wait in the kernel's backlog. Each is a file descriptor. Default 64.
+    pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 /56); more are closed at once. On
+    /// loopback every local client is the same address. Default 16.
+    pub max_connections_per_client: usize,
+}
+
+impl AdminSettings {
+    /// The caps of the admin listener's connections.
+    pub fn connection_caps(&self) -> pkraft_limits::connections::ConnectionCaps {
+        private_caps(self.max_connections, self.max_connections_per_client)
+    }
+
+    /// Checks the connection caps; the error names the field.
+    pub fn validate(&self) -> Result<(), pkraft_limits::LimitError> {
+        self.connection_caps()
+            .validate([
+                "max_connections",
+                "max_connections_per_client",
+                "max_connections_per_client",
+            ])
+            .map_err(|(field, reason)| pkraft_limits::LimitError {
+                field: format!("admin.{field}"),
+                reason,
+            })
+    }
+}
+
+/// The caps of a private listener (admin, peer): `max` in all, `per_client` from one IPv4
+/// address or IPv6 /56, nobody exempt.
+pub fn private_caps(max: usize, per_client: usize) -> pkraft_limits::connections::ConnectionCaps {
+    pkraft_limits::connections::ConnectionCaps {
+        max_connections: max,
+        max_per_client: per_client,
+        client_prefix: pkraft_limits::ClientPrefix { ipv4: 32, ipv6: 56 },
+        exempt: pkraft_limits::TrustedProxies::default(),
+    }
 }
 
 impl Default for AdminSettings {
@@ -50,6 +88,8 @@ impl Default for AdminSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             token: None,
             token_file: None,
+            max_connections: 64,
+            max_connections_per_client: 16,
         }
     }
 }

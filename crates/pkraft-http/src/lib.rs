@@ -77,10 +77,15 @@ pub struct Settings {
     /// connections wait in the kernel's backlog. Default 4,096. Each is a file descriptor:
     /// raise the process's open-file limit (`LimitNOFILE`) above the sum of all listeners'.
     pub max_connections: usize,
-    /// Connections open at once from one client address (an IPv6 /64 counts as one); more are
-    /// closed at once. Trusted proxies (`rate_limit.trusted_proxies`) are exempt. 0: no limit. Default 256, room for a
-    /// NAT with a few hundred iroh endpoints publishing at the same moment.
+    /// Connections open at once from one client: an IPv4 address, or an IPv6 network of
+    /// `client_ipv6_prefix_len` bits. More are closed at once. Trusted proxies
+    /// (`rate_limit.trusted_proxies`) are exempt. 0: no limit. Default 256, room for a NAT with a
+    /// few hundred iroh endpoints publishing at the same moment.
     pub max_connections_per_client: usize,
+    /// The IPv6 network one client owns for `max_connections_per_client`. Default 56: a site
+    /// is usually given a /56 (RIPE-690), so counting /64s would let one site hold 256 times
+    /// the cap.
+    pub client_ipv6_prefix_len: u8,
     /// A connection whose first request has not started this long after the accept is closed
     /// (HTTP/1.1 and HTTP/2 alike); an HTTP/1.1 request head must also arrive within it, and an
     /// HTTP/1.1 connection waits at most this long for its next request: the slowloris defence.
@@ -127,8 +132,31 @@ pub const CONNECTIONS_MAX: usize = 1 << 20;
 pub const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
 
 impl Settings {
+    /// The caps of each public listener's connections.
+    pub fn connection_caps(
+        &self,
+        trusted_proxies: &pkraft_limits::TrustedProxies,
+    ) -> pkraft_limits::connections::ConnectionCaps {
+        pkraft_limits::connections::ConnectionCaps {
+            max_connections: self.max_connections,
+            max_per_client: self.max_connections_per_client,
+            client_prefix: pkraft_limits::ClientPrefix {
+                ipv4: 32,
+                ipv6: self.client_ipv6_prefix_len,
+            },
+            exempt: trusted_proxies.clone(),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
         let fail = |field, reason: String| Err(SettingsError { field, reason });
+        if let Err((field, reason)) = self.connection_caps(&Default::default()).validate([
+            "max_connections",
+            "max_connections_per_client",
+            "client_ipv6_prefix_len",
+        ]) {
+            return fail(field, reason);
+        }
         if self.cache_max_age_min > self.cache_max_age_max {
             return fail(
                 "cache_max_age_min",
@@ -148,7 +176,6 @@ impl Settings {
             );
         }
         for (field, value) in [
-            ("max_connections", self.max_connections),
             ("max_headers", self.max_headers),
             (
                 "http2_max_concurrent_streams",
@@ -185,6 +212,7 @@ impl Default for Settings {
             max_future_skew: Duration::from_secs(300),
             max_connections: 4_096,
             max_connections_per_client: 256,
+            client_ipv6_prefix_len: 56,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             tcp_keepalive: Duration::from_secs(60),

@@ -3,25 +3,31 @@
 //!
 //! `axum::serve` has none of these limits, and iroh-dns-server, which uses it, leaked connections
 //! that clients abandoned. Here:
-//! - at most `max_connections` are open; the loop stops accepting while that many are (the
-//!   kernel's backlog holds new ones), and frees a slot as each closes;
-//! - at most `max_connections_per_client` from one address (trusted proxies exempt); more are
-//!   closed at once, so one host cannot take every slot;
-//! - the first request must start within `header_read_timeout` of the accept (whatever the
+//! - connections are admitted by the listener's [`Admission`]: at most `max_connections` open
+//!   (the loop stops accepting while that many are; the kernel's backlog holds new ones), at most
+//!   `max_per_client` from one client (an IPv4 address or an IPv6 prefix), accept errors backed
+//!   off (`pkraft_limits::connections`);
+//! - the first request must start within `first_request_timeout` of the accept (whatever the
 //!   protocol: hyper-util reads the HTTP/2 preface, and HTTP/2 headers, without a deadline of
-//!   its own), and every HTTP/1.1 request head within `header_read_timeout` of its first byte or
-//!   of the previous request's end (hyper's own timer), in at most `max_headers` fields and
-//!   `max_header_bytes`;
+//!   its own), and every later HTTP/1.1 request head within `header_read_timeout` of its first
+//!   byte or of the previous request's end (hyper's own timer), in at most `max_headers` fields
+//!   and `max_header_bytes`;
 //! - a connection with no request in flight (a request counts until its answer is ready; on the
 //!   admin and peer listeners until its body is sent) for `idle_timeout` is shut down gracefully
 //!   (bytes alone, such as HTTP/2 PINGs or a trickled header, do not count as activity), and one
 //!   that has not finished within [`SHUTDOWN_GRACE`] after that is dropped;
+//! - while the listener is under pressure (most slots taken), both limits above are at most
+//!   [`PRESSURE_IDLE_TIMEOUT`], so idle connections make room for new clients;
+//! - on the peer listener (`unauthenticated_max`), a connection is on probation until one of its
+//!   requests passes authentication: one whose request does not is closed after the answer, and
+//!   at most `unauthenticated_max` are on probation at once, the oldest dropped for a new one, so
+//!   strangers cannot hold the slots the cluster's own connections need;
 //! - TCP keepalive probes and `TCP_USER_TIMEOUT` find peers that vanished or stopped reading;
 //! - a TLS handshake gets `tls_handshake_timeout`, in the connection's own task.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,27 +38,27 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use pkraft_limits::{ClientPrefix, TrustedProxies};
+use pkraft_limits::connections::{Admission, PRESSURE_IDLE_TIMEOUT, Ticket};
+use pkraft_raft::peer::server::Authenticated;
 use pkraft_raft::peer::tls::PeerCertificates;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
-/// After an accept error (out of file descriptors, say), wait this long before the next accept.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// How long a connection asked to shut down (idle, or the server stopping) may take to finish
 /// its requests before it is dropped: a client that stops reading would hold it forever.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// What one listener's connections may hold.
+/// What one listener's connections may hold (the caps on connections are its [`Admission`]'s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    pub max_connections: usize,
-    /// 0: no per-client limit.
-    pub max_connections_per_client: usize,
+    /// The first request must start within this of the accept (a TLS handshake included).
+    pub first_request_timeout: Duration,
+    /// hyper's HTTP/1.1 limit: a request head must arrive within this of its first byte, and
+    /// the next request within this of the previous one's end.
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub tcp_keepalive: Duration,
@@ -66,14 +72,25 @@ pub struct ConnectionLimits {
     /// clients are trusted: an HTTP/2 client that opens no flow-control window would otherwise
     /// hold its connection open for good.
     pub body_counts_as_activity: bool,
+    /// Connections whose requests must be authenticated (the router marks the answers of those
+    /// that are with [`Authenticated`]): at most this many on probation at once (module docs).
+    /// `None`: no probation (the public and admin listeners).
+    pub unauthenticated_max: Option<usize>,
 }
+
+/// How long a private listener (admin, peer) waits for a connection's first request: its
+/// clients are programs that send at once, so a connection silent this long is a stranger's.
+const PRIVATE_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections on probation at once on the peer listener. A node's connections leave probation
+/// with their first request, within milliseconds of the accept; this many strangers' connections
+/// arriving in that time would be needed to push one out.
+pub const PEER_UNAUTHENTICATED_MAX: usize = 32;
 
 impl ConnectionLimits {
     /// The public listeners' limits, from `[http]`.
     pub fn public(http: &crate::Settings) -> ConnectionLimits {
         ConnectionLimits {
-            max_connections: http.max_connections,
-            max_connections_per_client: http.max_connections_per_client,
+            first_request_timeout: http.header_read_timeout,
             header_read_timeout: http.header_read_timeout,
             idle_timeout: http.idle_timeout,
             tcp_keepalive: http.tcp_keepalive,
@@ -82,81 +99,78 @@ impl ConnectionLimits {
             http2_max_concurrent_streams: http.http2_max_concurrent_streams,
             tls_handshake_timeout: http.tls_handshake_timeout,
             body_counts_as_activity: false,
+            unauthenticated_max: None,
         }
     }
 
-    /// The admin and peer listeners: few, known clients (operators, other nodes). The same
-    /// protections against abandoned connections, no per-client limit, and idle limits well
-    /// above the peer client's pool (30 s), so that a pooled connection is never closed by the
-    /// listener just as the client sends on it.
-    pub fn internal() -> ConnectionLimits {
+    /// The admin listener: few, known clients (operators, Prometheus, `pkraft cluster`). The same
+    /// protections against abandoned connections, a first request within 5 s, and idle limits
+    /// well above a scrape interval.
+    pub fn admin() -> ConnectionLimits {
         ConnectionLimits {
-            max_connections: 1_024,
-            max_connections_per_client: 0,
+            first_request_timeout: PRIVATE_FIRST_REQUEST_TIMEOUT,
             header_read_timeout: Duration::from_secs(90),
             idle_timeout: Duration::from_secs(300),
+            tls_handshake_timeout: PRIVATE_FIRST_REQUEST_TIMEOUT,
             body_counts_as_activity: true,
             ..ConnectionLimits::public(&crate::Settings::default())
         }
     }
+
+    /// The peer listener: the admin listener's limits, and probation until authenticated (module
+    /// docs). Its idle limits are well above the peer client's pool (30 s), so that a pooled
+    /// connection is never closed by the listener just as the client sends on it.
+    pub fn peer() -> ConnectionLimits {
+        ConnectionLimits {
+            unauthenticated_max: Some(PEER_UNAUTHENTICATED_MAX),
+            ..ConnectionLimits::admin()
+        }
+    }
 }
 
-/// Serves `app` on `listener` (over TLS when `tls` is set) until `stopped` resolves; then stops
-/// accepting, asks every connection to finish its requests and close, and waits for them.
+/// Serves `app` on `listener` (over TLS when `tls` is set), admitting connections through
+/// `admission`, until `stopped` resolves; then stops accepting, asks every connection to finish
+/// its requests and close, and waits for them.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: axum::Router,
     limits: ConnectionLimits,
-    proxies: TrustedProxies,
+    admission: Arc<Admission>,
     stopped: oneshot::Receiver<()>,
 ) -> io::Result<()> {
     let builder = Arc::new(http_builder(&limits));
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_client = Arc::new(PerClient::new(limits.max_connections_per_client, proxies));
+    let probation = limits
+        .unauthenticated_max
+        .map(|max| Arc::new(Probation::new(max)));
     let (stop_connections, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(stopped);
     loop {
-        // A free slot first: while every slot is taken, new connections wait in the backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
-            _ = &mut stopped => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
+        let (tcp, peer, ticket) = tokio::select! {
+            accepted = admission.accept(&listener) => accepted,
             _ = &mut stopped => break,
         };
         // Reap finished connection tasks so the set does not grow.
         while connections.try_join_next().is_some() {}
-        let Some(client_slot) = per_client.enter(peer.ip()) else {
-            tracing::debug!(%peer, "too many connections from this client; closing");
-            continue;
-        };
         if let Err(e) = tune_socket(&tcp, limits.tcp_keepalive) {
             tracing::debug!(%peer, error = %e, "cannot set socket options");
         }
+        let probation = probation
+            .as_ref()
+            .map(|probation| probation.admit(&admission));
         let connection = Connection {
             peer,
             accepted: Instant::now(),
             app: app.clone(),
             builder: builder.clone(),
-            first_request_timeout: limits.header_read_timeout,
-            idle_timeout: limits.idle_timeout,
-            body_counts_as_activity: limits.body_counts_as_activity,
+            limits: limits.clone(),
             stopping: stopping.clone(),
+            pressure: admission.pressure(),
+            admission: admission.clone(),
             peer_certificates: None,
-            _slots: (slot, client_slot),
+            probation,
+            _ticket: ticket,
         };
         let tls = tls.clone();
         let handshake_timeout = limits.tls_handshake_timeout;
@@ -229,24 +243,27 @@ fn tune_socket(tcp: &TcpStream, keepalive: Duration) -> io::Result<()> {
     socket.set_tcp_user_timeout(Some(keepalive * 2))
 }
 
-/// One accepted connection, holding its slots until it ends.
+/// One accepted connection, holding its slot until it ends.
 struct Connection {
     peer: SocketAddr,
     accepted: Instant,
     app: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    first_request_timeout: Duration,
-    idle_timeout: Duration,
-    body_counts_as_activity: bool,
+    limits: ConnectionLimits,
     stopping: watch::Receiver<bool>,
+    /// Whether the listener is short of slots (module docs).
+    pressure: watch::Receiver<bool>,
+    admission: Arc<Admission>,
     /// The client's certificate chain (TLS with client certificates), added to every request.
     peer_certificates: Option<PeerCertificates>,
-    _slots: (OwnedSemaphorePermit, ClientSlot),
+    /// On the peer listener: the connection's place on probation until it authenticates.
+    probation: Option<OnProbation>,
+    _ticket: Ticket,
 }
 
 impl Connection {
     /// Serves requests until the client closes, no request comes in time, the connection is
-    /// idle too long, or the server stops.
+    /// idle too long, it fails or is pushed out of probation, or the server stops.
     async fn run<S>(mut self, stream: S)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -255,8 +272,16 @@ impl Connection {
         let peer = self.peer;
         let app = self.app.clone();
         let counted = requests.clone();
-        let body_counts = self.body_counts_as_activity;
+        let body_counts = self.limits.body_counts_as_activity;
         let certificates = self.peer_certificates.take();
+        let (mut evicted, verdicts) = match self.probation.take() {
+            Some(on_probation) => (
+                Some(on_probation.evicted),
+                Some(Arc::new(AuthVerdicts::new(on_probation.place))),
+            ),
+            None => (None, None),
+        };
+        let service_verdicts = verdicts.clone();
         // hyper's `service_fn` borrows the closure for each request; a tower service adapted with
         // `TowerToHyperService` would be cloned for each one.
         let service =
@@ -270,8 +295,12 @@ impl Connection {
                 // its body is sent), or the request is dropped (a reset stream).
                 let in_flight = counted.start();
                 let app = app.clone();
+                let verdicts = service_verdicts.clone();
                 async move {
                     let response = app.oneshot(request).await;
+                    if let (Some(verdicts), Ok(response)) = (&verdicts, &response) {
+                        verdicts.record(response.extensions().get::<Authenticated>().is_some());
+                    }
                     let in_flight = body_counts.then_some(in_flight);
                     response.map(|response| {
                         response.map(|body| CountedBody {
@@ -286,10 +315,17 @@ impl Connection {
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let mut shutdown_since: Option<Instant> = None;
+        // Never notified off probation.
+        let refused = verdicts.as_ref().map_or_else(
+            || Arc::new(Notify::new()),
+            |verdicts| verdicts.refused.clone(),
+        );
         loop {
+            let under_pressure = *self.pressure.borrow_and_update();
+            let (first_request, idle) = self.timeouts(under_pressure);
             let deadline = match shutdown_since {
                 Some(since) => since + SHUTDOWN_GRACE,
-                None => requests.deadline(self.first_request_timeout, self.idle_timeout),
+                None => requests.deadline(first_request, idle),
             };
             tokio::select! {
                 result = connection.as_mut() => {
@@ -303,13 +339,30 @@ impl Connection {
                         tracing::debug!(%peer, "connection did not finish after shutdown; dropping it");
                         return;
                     }
-                    if let Some(reason) =
-                        requests.expired(self.first_request_timeout, self.idle_timeout)
-                    {
-                        tracing::debug!(%peer, reason, "closing connection");
+                    if let Some(reason) = requests.expired(first_request, idle) {
+                        if under_pressure && requests.expired(
+                            self.limits.first_request_timeout, self.limits.idle_timeout,
+                        ).is_none() {
+                            self.admission.count_closed_under_pressure();
+                        }
+                        tracing::debug!(%peer, reason, under_pressure, "closing connection");
                         connection.as_mut().graceful_shutdown();
                         shutdown_since = Some(Instant::now());
                     }
+                }
+                _ = self.pressure.changed(), if shutdown_since.is_none() => {}
+                _ = refused.notified(), if shutdown_since.is_none() => {
+                    tracing::debug!(%peer, "request not authenticated; closing connection");
+                    connection.as_mut().graceful_shutdown();
+                    shutdown_since = Some(Instant::now());
+                }
+                was_evicted = pushed_out(&mut evicted) => {
+                    if was_evicted {
+                        tracing::debug!(%peer, "unauthenticated connection pushed out by a newer one");
+                        return;
+                    }
+                    // Left probation (authenticated): nothing more to wait for here.
+                    evicted = None;
                 }
                 _ = self.stopping.wait_for(|stop| *stop), if shutdown_since.is_none() => {
                     connection.as_mut().graceful_shutdown();
@@ -318,6 +371,127 @@ impl Connection {
             }
         }
     }
+
+    /// The first-request and idle timeouts now: the configured ones, or at most
+    /// [`PRESSURE_IDLE_TIMEOUT`] under pressure.
+    fn timeouts(&self, under_pressure: bool) -> (Duration, Duration) {
+        let (first, idle) = (self.limits.first_request_timeout, self.limits.idle_timeout);
+        if under_pressure {
+            (
+                first.min(PRESSURE_IDLE_TIMEOUT),
+                idle.min(PRESSURE_IDLE_TIMEOUT),
+            )
+        } else {
+            (first, idle)
+        }
+    }
+}
+
+/// Whether the connection was pushed out of probation (`false`: it left probation, its place
+/// given up); pending forever off probation.
+async fn pushed_out(evicted: &mut Option<oneshot::Receiver<()>>) -> bool {
+    match evicted {
+        Some(receiver) => receiver.await.is_ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// The connections of a listener that are on probation (not yet authenticated), oldest first.
+struct Probation {
+    max: usize,
+    next_id: AtomicU64,
+    /// Each with the sender that pushes it out.
+    waiting: Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+}
+
+/// One connection's place on probation, and the signal that it was pushed out.
+struct OnProbation {
+    place: ProbationPlace,
+    evicted: oneshot::Receiver<()>,
+}
+
+/// A connection's place on probation; leaving it (authenticated, or closed) frees it.
+struct ProbationPlace {
+    id: u64,
+    probation: Arc<Probation>,
+}
+
+impl Probation {
+    fn new(max: usize) -> Probation {
+        Probation {
+            max: max.max(1),
+            next_id: AtomicU64::new(0),
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// Puts a new connection on probation, pushing out the oldest if `max` are already on it.
+    fn admit(self: &Arc<Self>, admission: &Admission) -> OnProbation {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (push_out, evicted) = oneshot::channel();
+        let mut waiting = lock(&self.waiting);
+        while waiting.len() >= self.max {
+            if let Some((_, oldest)) = waiting.pop_front() {
+                // A connection that already ended has dropped its receiver; nothing to count.
+                if oldest.send(()).is_ok() {
+                    admission.count_evicted_unauthenticated();
+                }
+            }
+        }
+        waiting.push_back((id, push_out));
+        OnProbation {
+            place: ProbationPlace {
+                id,
+                probation: self.clone(),
+            },
+            evicted,
+        }
+    }
+}
+
+impl Drop for ProbationPlace {
+    fn drop(&mut self) {
+        let mut waiting = lock(&self.probation.waiting);
+        if let Some(index) = waiting.iter().position(|(id, _)| *id == self.id) {
+            waiting.remove(index);
+        }
+    }
+}
+
+/// What the requests of a connection on probation showed: authenticated (the place is given
+/// up, the connection stays) or not (the connection loop is told to close it).
+struct AuthVerdicts {
+    place: Mutex<Option<ProbationPlace>>,
+    refused: Arc<Notify>,
+}
+
+impl AuthVerdicts {
+    fn new(place: ProbationPlace) -> AuthVerdicts {
+        AuthVerdicts {
+            place: Mutex::new(Some(place)),
+            refused: Arc::new(Notify::new()),
+        }
+    }
+
+    fn record(&self, authenticated: bool) {
+        let mut place = lock(&self.place);
+        if place.is_none() {
+            // Already authenticated once: the connection is the cluster's.
+            return;
+        }
+        if authenticated {
+            *place = None;
+        } else {
+            self.refused.notify_one();
+        }
+    }
+}
+
+/// The data behind `mutex`, also if a thread panicked while holding it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What one connection's requests are doing: how many are in flight and when one last started
@@ -421,67 +595,6 @@ impl Requests {
     }
 }
 
-/// Open connections per client address; holds only addresses with open connections.
-type OpenConnections = Arc<Mutex<HashMap<IpAddr, usize>>>;
-
-/// Open connections per client address, so one address cannot take every slot.
-struct PerClient {
-    max: usize,
-    exempt: TrustedProxies,
-    open: OpenConnections,
-}
-
-/// One connection counted against its client; uncounted when dropped.
-struct ClientSlot {
-    client: Option<(IpAddr, OpenConnections)>,
-}
-
-impl PerClient {
-    fn new(max: usize, exempt: TrustedProxies) -> PerClient {
-        PerClient {
-            max,
-            exempt,
-            open: Arc::default(),
-        }
-    }
-
-    /// A slot for one more connection from `ip`, or `None` if it has `max` open. The map holds
-    /// only addresses with open connections, so it is bounded by the listener's slots.
-    fn enter(&self, ip: IpAddr) -> Option<ClientSlot> {
-        if self.max == 0 || self.exempt.contains(ip) {
-            return Some(ClientSlot { client: None });
-        }
-        // As for the rate limits: an IPv6 host owns a whole /64.
-        let ip = ClientPrefix::HOSTS.key(ip);
-        let mut open = self
-            .open
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = open.entry(ip).or_insert(0);
-        if *count >= self.max {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            client: Some((ip, self.open.clone())),
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        if let Some((ip, open)) = self.client.take() {
-            let mut open = open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(count) = open.get_mut(&ip) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    open.remove(&ip);
-                }
-            }
-        }
-    }
-}
-
 /// A TLS listener's TCP stream, which acknowledges what it reads at once (`TCP_QUICKACK` after
 /// every read; Linux clears it again by itself).
 ///
@@ -537,38 +650,5 @@ impl AsyncWrite for QuickAckStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_client_slots_are_counted_and_given_back() {
-        let proxies = TrustedProxies::new(vec!["10.0.0.1/32".parse().expect("net")]);
-        let limits = PerClient::new(2, proxies);
-        let a: IpAddr = "192.0.2.1".parse().expect("ip");
-        let first = limits.enter(a).expect("first");
-        let second = limits.enter(a).expect("second");
-        assert!(limits.enter(a).is_none(), "a third connection");
-        assert!(limits.enter("192.0.2.2".parse().expect("ip")).is_some());
-        // A trusted proxy carries many clients.
-        let proxy: IpAddr = "10.0.0.1".parse().expect("ip");
-        let through_proxy: Vec<_> = (0..10).filter_map(|_| limits.enter(proxy)).collect();
-        assert_eq!(through_proxy.len(), 10);
-        drop(first);
-        let third = limits.enter(a).expect("a slot came back");
-        drop((second, third));
-        // Two addresses of one IPv6 /64 are one client.
-        let v6 = |text: &str| text.parse::<IpAddr>().expect("ip");
-        let one = limits.enter(v6("2001:db8::1")).expect("first");
-        let two = limits.enter(v6("2001:db8::2")).expect("second");
-        assert!(limits.enter(v6("2001:db8::3")).is_none(), "same /64");
-        drop((one, two));
-        assert!(
-            limits.open.lock().expect("lock").is_empty(),
-            "closed clients are forgotten"
-        );
     }
 }

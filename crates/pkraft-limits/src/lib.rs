@@ -1,6 +1,6 @@
 //! Abuse limits shared by the HTTP and DNS frontends: token-bucket rate limits (governor's GCRA)
 //! per client and overall, with per-client state that stays bounded however many addresses
-//! appear.
+//! appear, and the admission of TCP connections.
 //!
 //! # Layout
 //! - [`Rate`]: one limit as configured (`per_second` sustained, `burst` at once; 0 = off).
@@ -8,6 +8,8 @@
 //!   (PUT, GET, DoH, DNS answers).
 //! - [`ClientPrefix`]: which addresses count as one client (an IPv6 host owns a whole /64).
 //! - [`TrustedProxies`]: the networks whose `X-Forwarded-For` is believed.
+//! - [`connections`]: [`connections::Admission`], the connection caps of every TCP listener
+//!   (total and per client), accept errors backed off, and the pressure signal.
 //!
 //! # Bounded state
 //! governor's own keyed stores (a `DashMap`) keep one entry per address until `retain_recent`
@@ -31,6 +33,8 @@ use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
 use serde::Deserialize;
+
+pub mod connections;
 
 /// One rate limit: `burst` requests at once, refilled at `per_second`. `per_second = 0` turns
 /// the limit off.

@@ -237,8 +237,21 @@ pub struct ClusterSettings {
     /// File holding the cluster secret (surrounding whitespace is ignored).
     pub secret_file: Option<PathBuf>,
     /// Mutual TLS on the peer network (`[cluster.tls]`: `cert`, `key`, `ca`). Unset: plain
-    /// HTTP, for a private network or a tunnel.
+    /// HTTP, allowed on loopback only unless `plaintext_peers` is set.
     pub tls: Option<crate::peer::tls::PeerTlsSettings>,
+    /// Without `[cluster.tls]`, peer traffic (the cluster secret included) travels in clear
+    /// text, so a peer listener or a peer address (`advertise`, `join`) that is not on loopback
+    /// is a start-up error unless this is set: for a private network or a tunnel (WireGuard,
+    /// IPsec) that already encrypts. Default false (etcd and Consul refuse plain peer traffic
+    /// between hosts unless told otherwise, too).
+    pub plaintext_peers: bool,
+    /// Connections open at once on the peer listener; beyond it new ones wait in the kernel's
+    /// backlog. Each is a file descriptor (docs/OPERATIONS.md, "Limits and abuse"). Default 512.
+    pub peer_max_connections: usize,
+    /// Peer connections open at once from one address (an IPv6 /56); more are closed at once.
+    /// A node keeps a few to each peer; on one host every node's count is one address's.
+    /// Default 128.
+    pub peer_max_connections_per_client: usize,
 }
 
 impl Default for ClusterSettings {
@@ -252,6 +265,9 @@ impl Default for ClusterSettings {
             secret: None,
             secret_file: None,
             tls: None,
+            plaintext_peers: false,
+            peer_max_connections: 512,
+            peer_max_connections_per_client: 128,
         }
     }
 }

@@ -29,6 +29,8 @@ pub struct Config {
     pub https: Option<crate::https::HttpsSettings>,
     /// The Mainline DHT bridge (`[dht]`); off by default.
     pub dht: pkraft_dht::DhtSettings,
+    /// Limits of the process as a whole (`[limits]`): the file descriptors kept for the node.
+    pub limits: crate::descriptors::LimitsSettings,
 }
 
 /// Environment variable holding the cluster secret; wins over `cluster.secret_file` and
@@ -57,6 +59,7 @@ impl Default for Config {
             rate_limit: pkraft_http::rate_limit::RateLimitSettings::default(),
             https: None,
             dht: pkraft_dht::DhtSettings::default(),
+            limits: crate::descriptors::LimitsSettings::default(),
         }
     }
 }
@@ -124,6 +127,19 @@ impl Config {
         }
         self.raft.openraft_config()?;
         self.raft.state_cache_bytes()?;
+        self.admin.validate()?;
+        self.limits.validate()?;
+        pkraft_http::admin::private_caps(
+            self.cluster.peer_max_connections,
+            self.cluster.peer_max_connections_per_client,
+        )
+        .validate([
+            "peer_max_connections",
+            "peer_max_connections_per_client",
+            "peer_max_connections_per_client",
+        ])
+        .map_err(|(field, reason)| anyhow::anyhow!("cluster.{field}: {reason}"))?;
+        self.check_peer_plaintext()?;
         if let Some(advertise) = &self.cluster.advertise {
             if !is_host_port(advertise) {
                 anyhow::bail!("cluster.advertise ({advertise:?}) must be host:port");
@@ -153,6 +169,35 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Without `[cluster.tls]`, peer traffic (the cluster secret in every request) is clear
+    /// text: allowed on loopback, and beyond it only with `cluster.plaintext_peers`.
+    fn check_peer_plaintext(&self) -> anyhow::Result<()> {
+        if self.cluster.tls.is_some() || self.cluster.plaintext_peers {
+            return Ok(());
+        }
+        let listen = self.cluster.peer_listen;
+        let off_loopback = if !listen.ip().is_loopback() {
+            Some(("cluster.peer_listen", listen.to_string()))
+        } else {
+            self.cluster
+                .advertise
+                .iter()
+                .map(|addr| ("cluster.advertise", addr))
+                .chain(self.cluster.join.iter().map(|addr| ("cluster.join", addr)))
+                .find(|(_, addr)| !is_loopback_host_port(addr))
+                .map(|(field, addr)| (field, addr.clone()))
+        };
+        match off_loopback {
+            None => Ok(()),
+            Some((field, addr)) => anyhow::bail!(
+                "{field} ({addr}) is not on loopback, and without [cluster.tls] the cluster \
+                 secret and all peer traffic would cross the network in clear text: set \
+                 [cluster.tls] (docs/OPERATIONS.md, \"Peer and admin security\"), or, on a \
+                 private network or a tunnel that encrypts, cluster.plaintext_peers = true"
+            ),
+        }
     }
 
     /// This config with inline secrets replaced by `<redacted>`, for printing.
@@ -250,6 +295,19 @@ fn resolve_secret(
         .filter(|v| !v.is_empty()))
 }
 
+/// Whether `host:port` names this machine over loopback (`127.0.0.0/8`, `[::1]`,
+/// `localhost`).
+fn is_loopback_host_port(addr: &str) -> bool {
+    let Some((host, _)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn is_host_port(addr: &str) -> bool {
     addr.rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
@@ -323,5 +381,58 @@ mod tests {
         let err = Config::parse("[raft]\nheartbeat_interval = \"soon\"\n", "t")
             .expect_err("bad duration");
         assert!(format!("{err:#}").contains("heartbeat_interval"), "{err:#}");
+        for (toml, field) in [
+            ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
+            (
+                "[cluster]\npeer_max_connections = 10\npeer_max_connections_per_client = 11\n",
+                "cluster.peer_max_connections_per_client",
+            ),
+            (
+                "[dns]\ntcp_max_connections = 0\n",
+                "dns.tcp_max_connections",
+            ),
+            ("[dns]\nudp_payload_max = 100\n", "dns.udp_payload_max"),
+            (
+                "[http]\nclient_ipv6_prefix_len = 0\n",
+                "http.client_ipv6_prefix_len",
+            ),
+            (
+                "[limits]\nreserved_descriptors = 1\n",
+                "limits.reserved_descriptors",
+            ),
+        ] {
+            let err = Config::parse(toml, "t").expect_err(field);
+            assert!(format!("{err:#}").contains(field), "{field}: {err:#}");
+        }
+    }
+
+    /// Without TLS, peer addresses off loopback are refused unless plain text is chosen by name.
+    #[test]
+    fn plain_peer_traffic_off_loopback_needs_an_explicit_choice() {
+        for (toml, field) in [
+            (
+                "[cluster]\npeer_listen = \"0.0.0.0:7400\"\nadvertise = \"10.0.0.1:7400\"\n",
+                "cluster.peer_listen",
+            ),
+            (
+                "[cluster]\nadvertise = \"node1:7400\"\n",
+                "cluster.advertise",
+            ),
+            (
+                "[cluster]\njoin = [\"127.0.0.1:7401\", \"10.0.0.2:7400\"]\n",
+                "cluster.join",
+            ),
+        ] {
+            let err = Config::parse(toml, "t").expect_err(field);
+            let text = format!("{err:#}");
+            assert!(
+                text.contains(field) && text.contains("plaintext_peers"),
+                "{text}"
+            );
+            let allowed = format!("{toml}plaintext_peers = true\n");
+            Config::parse(&allowed, "t").unwrap_or_else(|e| panic!("{field}: {e:#}"));
+        }
+        let local = "[cluster]\nadvertise = \"localhost:7400\"\njoin = [\"[::1]:7401\", \"127.0.0.2:7402\"]\n";
+        Config::parse(local, "t").expect("loopback is fine");
     }
 }

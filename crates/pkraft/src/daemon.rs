@@ -3,11 +3,20 @@
 
 use anyhow::Context;
 
-use crate::{Config, Server};
+use crate::{Config, Server, descriptors};
 
 /// Runs the node `config` describes until a signal or a fatal error.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let secrets = config.secrets(|name| std::env::var(name).ok())?;
+    // Before anything opens a descriptor: the budget the listeners' caps come out of.
+    let limit = descriptors::raise_open_file_limit()?;
+    let budget = descriptors::Budget::check(&config, limit)?;
+    tracing::info!(
+        limit = budget.limit,
+        spare = budget.spare(),
+        reserved = config.limits.reserved_descriptors,
+        "file descriptors"
+    );
     let server = Server::bind(&config, secrets).await?;
     // Tests and scripts read the bound addresses from this line (ports may be 0 in the config).
     tracing::info!(

@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML config and command-line overrides.
 //! - [`Server`]: binds every listener for one node and shuts them down in order.
 //! - [`daemon`]: `pkraft serve` and `pkraft dev`: run a [`Server`] until a signal or a fatal error.
+//! - [`descriptors`]: the file-descriptor budget every listener's connection cap comes out of.
 //! - [`https`]: the `[https]` listener's TLS config.
 //!
 //! The command-line clients, [`cli`]: `keygen`, `publish`, `resolve`, `cluster …`, `backup`,
@@ -17,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod descriptors;
 pub mod https;
 pub mod logging;
 
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pkraft_dns::{DnsServer, Freshness, FreshnessProbe};
+use pkraft_limits::connections::Admission;
 use pkraft_raft::Node;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -60,18 +63,19 @@ struct Listener {
 }
 
 impl Listener {
-    /// Serves `app` on `listener`, over TLS when `tls` is set, within `limits` (see [`serve`]).
+    /// Serves `app` on `listener`, over TLS when `tls` is set, within `limits`, admitting
+    /// connections through `admission` (see `pkraft_http::serve`).
     fn serve(
         listener: tokio::net::TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
         app: axum::Router,
         limits: pkraft_http::serve::ConnectionLimits,
-        proxies: pkraft_limits::TrustedProxies,
+        admission: Arc<Admission>,
     ) -> Listener {
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
         let task = tokio::spawn(pkraft_http::serve::serve(
-            listener, tls, app, limits, proxies, stopped,
+            listener, tls, app, limits, admission, stopped,
         ));
         Listener { stop, task }
     }
@@ -137,12 +141,26 @@ impl Server {
             ))
             .context("process metrics")?;
         node.register_metrics(&registry).context("raft metrics")?;
+        // Every TCP listener's connection caps (their shares of the descriptor budget, see
+        // `descriptors`), exported together as `pkraft_listener_*`.
+        let mut admissions = Vec::new();
+        let mut admission = |name, caps| {
+            let admission = Admission::new(name, caps);
+            admissions.push(admission.clone());
+            admission
+        };
         let peer = Listener::serve(
             peer_listener,
             peer_tls.map(|tls| tls.server.clone()),
             pkraft_raft::peer::server::router(node.clone()),
-            pkraft_http::serve::ConnectionLimits::internal(),
-            pkraft_limits::TrustedProxies::default(),
+            pkraft_http::serve::ConnectionLimits::peer(),
+            admission(
+                "peer",
+                pkraft_http::admin::private_caps(
+                    config.cluster.peer_max_connections,
+                    config.cluster.peer_max_connections_per_client,
+                ),
+            ),
         );
 
         let admin_listener = bind_tcp(config.admin.listen, "admin.listen").await?;
@@ -156,8 +174,8 @@ impl Server {
                 registry: registry.clone(),
                 ready_max_stale: config.http.ready_max_stale,
             }),
-            pkraft_http::serve::ConnectionLimits::internal(),
-            pkraft_limits::TrustedProxies::default(),
+            pkraft_http::serve::ConnectionLimits::admin(),
+            admission("admin", config.admin.connection_caps()),
         );
 
         let freshness_of = node.clone();
@@ -201,7 +219,9 @@ impl Server {
             dht: dht_resolver,
         });
         let limits = pkraft_http::serve::ConnectionLimits::public(&config.http);
-        let proxies = config.rate_limit.trusted_proxies.clone();
+        let caps = config
+            .http
+            .connection_caps(&config.rate_limit.trusted_proxies);
         let https = match &config.https {
             Some(settings) => {
                 let tls = settings.server_config()?;
@@ -212,7 +232,7 @@ impl Server {
                     Some(tls),
                     public.clone(),
                     limits.clone(),
-                    proxies.clone(),
+                    admission("https", caps.clone()),
                 );
                 Some((https, addr))
             }
@@ -220,7 +240,13 @@ impl Server {
         };
         let http_listener = bind_tcp(config.http.listen, "http.listen").await?;
         let http_addr = http_listener.local_addr()?;
-        let http = Listener::serve(http_listener, None, public, limits, proxies);
+        let http = Listener::serve(http_listener, None, public, limits, admission("http", caps));
+        admissions.push(dns.tcp_admission());
+        registry
+            .register(Box::new(pkraft_http::metrics::ListenerCollector::new(
+                admissions,
+            )?))
+            .context("listener metrics")?;
         Ok(Server {
             node,
             http_addr,

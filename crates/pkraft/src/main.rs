@@ -211,6 +211,17 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::load(&path)?;
             config.secrets(|name| std::env::var(name).ok())?;
             println!("{}: ok\n{:#?}", path.display(), config.redacted());
+            // The descriptor budget depends on the machine's limit, not on the file alone: say
+            // what a node started here would find.
+            let hard = pkraft::descriptors::hard_open_file_limit()?;
+            match pkraft::descriptors::Budget::check(&config, hard) {
+                Ok(budget) => println!(
+                    "file descriptors: the connection caps and the reserve fit this shell's \
+                     hard RLIMIT_NOFILE ({hard}), {} spare",
+                    budget.spare()
+                ),
+                Err(e) => println!("file descriptors: a node started here would not start: {e:#}"),
+            }
             Ok(())
         }
         Command::Cluster {

@@ -35,6 +35,12 @@ const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard")
 /// one makes sure no handler holds a connection forever. The caller sees 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
+/// Marks the answer to a request that passed [`authenticate`], so that the connection loop
+/// (`pkraft_http::serve`) can take the connection off probation; an answer without it closes
+/// the connection (a stranger's connection holds no slot longer than one answer).
+#[derive(Debug, Clone, Copy)]
+pub struct Authenticated;
+
 /// The router of the peer listener. Serve it on its own socket: it must never share the public
 /// listener.
 pub fn router(node: Arc<Node>) -> Router {
@@ -136,7 +142,9 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
             }
         }
     }
-    next.run(request).await
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(Authenticated);
+    response
 }
 
 /// Decodes the request, runs `handle`, encodes its answer. A body that does not decode is 400.
