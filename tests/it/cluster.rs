@@ -19,7 +19,7 @@ use hickory_proto::rr::RecordType;
 use pkraft_lossyfs::LossyDisk;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
-use crate::harness::{TestServer, http_client};
+use crate::harness::{Launch, TestServer, http_client};
 use pkraft_testkit::cluster::{NodeSlot, voters_applied_membership};
 use pkraft_testkit::node::{Membership, NodeConfig};
 use pkraft_testkit::proxy::Network;
@@ -70,6 +70,39 @@ pub struct TestCluster {
     sections_extra: String,
     /// Every node's data dir is a lossy disk of its own.
     lossy_disks: bool,
+    /// Single settings every node gets (`NodeConfig::settings`).
+    settings: Vec<(String, String)>,
+    /// How every node's process is started.
+    launch: Launch,
+}
+
+/// What a [`TestCluster`] is made of besides its size.
+pub struct ClusterOptions {
+    /// `[raft]` timing lines (`TEST_RAFT` unless a test needs others).
+    pub timing: String,
+    /// Extra `[raft]` lines.
+    pub raft_extra: String,
+    /// Whole sections at the end of every config.
+    pub sections: String,
+    /// Every node's data dir on a lossy disk of its own.
+    pub lossy_disks: bool,
+    /// Single settings, `(section, "key = value")`, in every config.
+    pub settings: Vec<(String, String)>,
+    /// How every node's process is started (its descriptor limit, say).
+    pub launch: Launch,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            timing: TEST_RAFT.to_string(),
+            raft_extra: String::new(),
+            sections: String::new(),
+            lossy_disks: false,
+            settings: Vec::new(),
+            launch: Launch::default(),
+        }
+    }
 }
 
 impl TestCluster {
@@ -91,7 +124,16 @@ impl TestCluster {
         raft_extra: &str,
         sections: &str,
     ) -> TestCluster {
-        TestCluster::start_as(size, timing, raft_extra, sections, false).await
+        TestCluster::start_as(
+            size,
+            ClusterOptions {
+                timing: timing.to_string(),
+                raft_extra: raft_extra.to_string(),
+                sections: sections.to_string(),
+                ..ClusterOptions::default()
+            },
+        )
+        .await
     }
 
     /// `start_with_timing` with every node's data dir on its own lossy disk (pkraft-lossyfs),
@@ -106,24 +148,28 @@ impl TestCluster {
         if !pkraft_lossyfs::usable_in_test(test) {
             return None;
         }
-        Some(TestCluster::start_as(size, timing, raft_extra, "", true).await)
+        let options = ClusterOptions {
+            timing: timing.to_string(),
+            raft_extra: raft_extra.to_string(),
+            lossy_disks: true,
+            ..ClusterOptions::default()
+        };
+        Some(TestCluster::start_as(size, options).await)
     }
 
-    async fn start_as(
-        size: u64,
-        timing: &str,
-        raft_extra: &str,
-        sections: &str,
-        lossy_disks: bool,
-    ) -> TestCluster {
+    /// Starts node 1 (bootstrapping a new cluster), then nodes 2..=size joining through it, all
+    /// as `options` say, and waits until all are voters.
+    pub async fn start_as(size: u64, options: ClusterOptions) -> TestCluster {
         let mut cluster = TestCluster {
             members: Vec::new(),
             faults: Network::new(0),
             dir: tempfile::tempdir().expect("cluster dir"),
-            raft_timing: timing.to_string(),
-            raft_extra: raft_extra.to_string(),
-            sections_extra: sections.to_string(),
-            lossy_disks,
+            raft_timing: options.timing,
+            raft_extra: options.raft_extra,
+            sections_extra: options.sections,
+            lossy_disks: options.lossy_disks,
+            settings: options.settings,
+            launch: options.launch,
         };
         for id in 1..=size {
             cluster.add(id).await;
@@ -153,6 +199,8 @@ impl TestCluster {
             raft_extra: String::new(),
             sections_extra: String::new(),
             lossy_disks: false,
+            settings: Vec::new(),
+            launch: Launch::default(),
         };
         cluster.add_member(1, true, Some(backup)).await;
         for id in 2..=size {
@@ -178,6 +226,7 @@ impl TestCluster {
         config.http_request_timeout = Some("10s".to_string());
         config.raft = format!("{}{}", self.raft_timing, self.raft_extra);
         config.sections = self.sections_extra.clone();
+        config.settings = self.settings.clone();
         let slot = NodeSlot::prepare(
             &self.dir.path().join(format!("node{id}")),
             config,
@@ -202,7 +251,8 @@ impl TestCluster {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let server = TestServer::start_serve_at(&slot.config, slot.data_dir.clone());
+        let server =
+            TestServer::start_serve_at(&slot.config, slot.data_dir.clone(), self.launch.clone());
         slot.proxy.set_upstream(Some(server.peer));
         self.members.push(Member { id, server, slot });
     }

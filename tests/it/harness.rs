@@ -33,8 +33,8 @@ pub struct TestServer {
     _config_dir: Option<tempfile::TempDir>,
     /// The subcommand and its arguments, before the listen and data dir overrides.
     command: Vec<String>,
-    /// The cgroup the process runs in, if not the test's own.
-    cgroup: Option<PathBuf>,
+    /// How the process is started (its cgroup, its descriptor limit).
+    launch: Launch,
     pub http: SocketAddr,
     pub dns: SocketAddr,
     pub peer: SocketAddr,
@@ -90,7 +90,11 @@ impl TestServer {
         std::fs::write(&config, toml).expect("write config");
         let command = vec!["serve".into(), "--config".into(), path_arg(&config)];
         let path = data_dir.path().to_path_buf();
-        let mut server = TestServer::spawn_at(command, data_dir, path, Some(cgroup));
+        let launch = Launch {
+            cgroup: Some(cgroup.to_path_buf()),
+            ..Launch::default()
+        };
+        let mut server = TestServer::spawn_at(command, data_dir, path, launch);
         server._config_dir = Some(dir);
         server
     }
@@ -108,15 +112,20 @@ impl TestServer {
     /// caller keeps and removes.
     pub fn start_dev_at(data_path: PathBuf) -> TestServer {
         let unused = tempfile::tempdir().expect("tempdir");
-        TestServer::spawn_at(vec!["dev".to_string()], unused, data_path, None)
+        TestServer::spawn_at(
+            vec!["dev".to_string()],
+            unused,
+            data_path,
+            Launch::default(),
+        )
     }
 
     /// `pkraft serve --config FILE` on the data dir `data_path`, which the caller keeps and
-    /// removes.
-    pub fn start_serve_at(config: &Path, data_path: PathBuf) -> TestServer {
+    /// removes, started as `launch` says.
+    pub fn start_serve_at(config: &Path, data_path: PathBuf, launch: Launch) -> TestServer {
         let command = vec!["serve".into(), "--config".into(), path_arg(config)];
         let unused = tempfile::tempdir().expect("tempdir");
-        TestServer::spawn_at(command, unused, data_path, None)
+        TestServer::spawn_at(command, unused, data_path, launch)
     }
 
     fn start_with(command: Vec<String>) -> TestServer {
@@ -125,16 +134,16 @@ impl TestServer {
 
     fn start_in(command: Vec<String>, data_dir: tempfile::TempDir) -> TestServer {
         let path = data_dir.path().to_path_buf();
-        TestServer::spawn_at(command, data_dir, path, None)
+        TestServer::spawn_at(command, data_dir, path, Launch::default())
     }
 
     fn spawn_at(
         command: Vec<String>,
         holder: tempfile::TempDir,
         data_path: PathBuf,
-        cgroup: Option<&Path>,
+        launch: Launch,
     ) -> TestServer {
-        let process = spawn(&data_path, &command, cgroup);
+        let process = spawn(&data_path, &command, &launch);
         let bound = process.listening();
         TestServer {
             log: process.log(),
@@ -143,7 +152,7 @@ impl TestServer {
             data_path,
             _config_dir: None,
             command,
-            cgroup: cgroup.map(Path::to_path_buf),
+            launch,
             http: bound.http,
             dns: bound.dns,
             peer: bound.peer,
@@ -218,7 +227,7 @@ impl TestServer {
             self.process.is_none(),
             "stop the server before restarting it"
         );
-        let process = spawn(&self.data_path, &self.command, self.cgroup.as_deref());
+        let process = spawn(&self.data_path, &self.command, &self.launch);
         let bound = process.listening();
         self.http = bound.http;
         self.dns = bound.dns;
@@ -264,29 +273,58 @@ impl Drop for TestServer {
     }
 }
 
-fn spawn(data_dir: &Path, command: &[String], cgroup: Option<&Path>) -> NodeProcess {
-    let mut pkraft = pkraft_command(cgroup);
+fn spawn(data_dir: &Path, command: &[String], launch: &Launch) -> NodeProcess {
+    let mut pkraft = launch.command();
     // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
     pkraft.args(command).env("RUST_LOG", "info");
     NodeProcess::start(pkraft, data_dir, LogTo::Memory, START_TIMEOUT)
         .unwrap_or_else(|e| panic!("pkraft did not start: {e}"))
 }
 
-/// A command that runs the `pkraft` binary, inside `cgroup` when given: a shell joins the cgroup
-/// and then becomes `pkraft` (`exec`, same process), so nothing of pkraft's runs outside it.
-pub fn pkraft_command(cgroup: Option<&Path>) -> Command {
-    let binary = env!("CARGO_BIN_EXE_pkraft");
-    match cgroup {
-        None => Command::new(binary),
-        Some(cgroup) => {
-            let mut command = Command::new("sh");
-            command
-                .args(["-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
-                .arg(cgroup)
-                .arg(binary);
-            command
+/// How a node process is started: in the test's cgroup and with its descriptor limit, unless
+/// told otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// A cgroup directory (of `/sys/fs/cgroup/<controller>`) the process runs in.
+    pub cgroup: Option<PathBuf>,
+    /// The soft and hard `RLIMIT_NOFILE` the process starts with (as `ulimit -Sn`, `-Hn`).
+    pub nofile: Option<(u64, u64)>,
+}
+
+impl Launch {
+    /// A command that runs the `pkraft` binary as this launch says: a shell joins the cgroup,
+    /// sets the limits and then becomes `pkraft` (`exec`, same process), so nothing of
+    /// pkraft's runs outside them.
+    pub fn command(&self) -> Command {
+        let binary = env!("CARGO_BIN_EXE_pkraft");
+        if self.cgroup.is_none() && self.nofile.is_none() {
+            return Command::new(binary);
         }
+        let mut script = String::new();
+        if self.cgroup.is_some() {
+            script.push_str("echo $$ > \"$PKRAFT_TEST_CGROUP/cgroup.procs\" && ");
+        }
+        if let Some((soft, hard)) = self.nofile {
+            // The soft limit first: a hard limit below the current soft one is refused.
+            script.push_str(&format!("ulimit -Sn {soft} && ulimit -Hn {hard} && "));
+        }
+        script.push_str("exec \"$0\" \"$@\"");
+        let mut command = Command::new("sh");
+        command.args(["-c", &script]).arg(binary);
+        if let Some(cgroup) = &self.cgroup {
+            command.env("PKRAFT_TEST_CGROUP", cgroup);
+        }
+        command
     }
+}
+
+/// A command that runs the `pkraft` binary, inside `cgroup` when given (see [`Launch`]).
+pub fn pkraft_command(cgroup: Option<&Path>) -> Command {
+    Launch {
+        cgroup: cgroup.map(Path::to_path_buf),
+        nofile: None,
+    }
+    .command()
 }
 
 fn path_arg(path: &Path) -> String {

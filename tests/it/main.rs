@@ -5,6 +5,7 @@
 //! One test binary with one module per area; `harness` starts and stops servers.
 
 mod abuse;
+mod attacks;
 mod backup;
 mod bad_input;
 mod chaos_regressions;

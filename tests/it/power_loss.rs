@@ -17,7 +17,7 @@ use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
 use crate::dns_client::iroh_txt;
-use crate::harness::TestServer;
+use crate::harness::{Launch, TestServer};
 
 /// A node on a lossy disk. Fields drop in order: the server is killed first, then the disk is
 /// unmounted (only possible once nothing uses it), then the directory holding the mount point
@@ -46,7 +46,7 @@ fn lossy_node_with_config(test: &str, config: Option<&str>) -> Option<LossyNode>
         Some(toml) => {
             let path = dirs.path().join("node.toml");
             std::fs::write(&path, toml).expect("write the config");
-            TestServer::start_serve_at(&path, mountpoint)
+            TestServer::start_serve_at(&path, mountpoint, Launch::default())
         }
     };
     Some(LossyNode {

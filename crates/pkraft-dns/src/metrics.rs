@@ -27,8 +27,13 @@ pub struct UdpAnswerStats {
     pub rrl_slipped: u64,
     /// Over the rate limit, not answered.
     pub rrl_dropped: u64,
+    /// Of the RRL refusals (slipped or dropped), those the global budget refused
+    /// (`[dns.rrl]` `global_*`): answers from networks within their own limit.
+    pub rrl_global_limited: u64,
     /// Queries for the chain dropped because `dns.udp_pending_max` were already being answered.
     pub overload_dropped: u64,
+    /// Bytes of UDP answers sent (slips included).
+    pub answer_bytes: u64,
 }
 
 /// What pkraft's UDP loops report when scraped.
@@ -157,7 +162,9 @@ pub(crate) struct DnsCollector {
     udp_chain: IntCounter,
     rrl_slipped: IntCounter,
     rrl_dropped: IntCounter,
+    rrl_global_limited: IntCounter,
     overload_dropped: IntCounter,
+    answer_bytes: IntCounter,
     rrl_tracked_clients: prometheus::IntGauge,
     descs: Vec<Desc>,
 }
@@ -206,9 +213,17 @@ impl DnsCollector {
                 "pkraft_dns_rrl_dropped_total",
                 "UDP queries over the response rate limit left unanswered.",
             )?,
+            rrl_global_limited: IntCounter::new(
+                "pkraft_dns_rrl_global_limited_total",
+                "UDP answers refused (slipped or dropped) by the global budget of [dns.rrl] (global_responses_per_second, global_bytes_per_second).",
+            )?,
             overload_dropped: IntCounter::new(
                 "pkraft_dns_udp_overload_dropped_total",
                 "UDP queries dropped because dns.udp_pending_max cache misses were already being answered on their socket.",
+            )?,
+            answer_bytes: IntCounter::new(
+                "pkraft_dns_udp_answer_bytes_total",
+                "Bytes of UDP answers sent, slips included.",
             )?,
             rrl_tracked_clients: prometheus::IntGauge::new(
                 "pkraft_dns_rrl_tracked_clients",
@@ -224,9 +239,9 @@ impl DnsCollector {
         Ok(collector)
     }
 
-    /// Every part with a descriptor; the last six (the UDP loops' counters) only lend theirs
+    /// Every part with a descriptor; the last eight (the UDP loops' counters) only lend theirs
     /// (see [`DnsCollector::cache_counters`]).
-    fn parts(&self) -> [&dyn Collector; 12] {
+    fn parts(&self) -> [&dyn Collector; 14] {
         [
             &self.metrics.queries,
             &self.metrics.durations,
@@ -239,7 +254,9 @@ impl DnsCollector {
             &self.udp_chain,
             &self.rrl_slipped,
             &self.rrl_dropped,
+            &self.rrl_global_limited,
             &self.overload_dropped,
+            &self.answer_bytes,
         ]
     }
 
@@ -269,7 +286,9 @@ impl DnsCollector {
             (&self.udp_chain, stats.chain),
             (&self.rrl_slipped, stats.rrl_slipped),
             (&self.rrl_dropped, stats.rrl_dropped),
+            (&self.rrl_global_limited, stats.rrl_global_limited),
             (&self.overload_dropped, stats.overload_dropped),
+            (&self.answer_bytes, stats.answer_bytes),
         ]
         .into_iter()
         .filter_map(|(template, total)| {

@@ -16,11 +16,23 @@
 //!
 //! Unlike BIND, which counts per (network, name, type), the bucket is per network: pkraft's
 //! names are all alike (one per key) and a flood spreads over random keys.
+//!
+//! # The global budget
+//! A flood forged from many networks passes every per-network limit (10,000 networks at 1,000
+//! answers/s each is more than any node sends). So all UDP answers together also have a budget:
+//! `global_responses_per_second` answers and `global_bytes_per_second` bytes (slips included),
+//! whichever runs out first. An answer the per-network limit lets through still needs both;
+//! refused, it meets the same fate as a per-network refusal: one in `slip` (at random) is sent
+//! as the empty truncated answer, if the byte budget has room for it, and the rest are dropped.
+//! So a node never sends more than the budget however many networks ask, and a real client
+//! among them still gets a TC answer often enough to retry over TCP, which this budget does not
+//! limit. The per-network limit is asked first, so one network over its own limit does not use
+//! up everyone's budget.
 
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType};
-use pkraft_limits::{ClassLimiter, ClassLimits, ClientPrefix, LimitError, Rate};
+use pkraft_limits::{Allowance, ClassLimiter, ClassLimits, ClientPrefix, LimitError, Rate, Scope};
 use serde::Deserialize;
 
 /// `[dns.rrl]`.
@@ -42,6 +54,18 @@ pub struct RrlSettings {
     /// Client networks whose state is kept; beyond it the least active are forgotten.
     /// Default 65,536.
     pub max_tracked_clients: u64,
+    /// UDP answers per second to all clients together (module docs, "The global budget").
+    /// 0: no limit. Default 50,000: about 40 % of what one 2-core node answers at most
+    /// (docs/BENCHMARKS.md); raise it on larger machines.
+    pub global_responses_per_second: u32,
+    /// Answers all clients together may get at once. Default 100,000.
+    pub global_responses_burst: u32,
+    /// Bytes of UDP answers per second to all clients together, slips included. 0: no limit.
+    /// Default 12,500,000 (100 Mbit/s): what the node may send to addresses nobody can vouch for.
+    pub global_bytes_per_second: u32,
+    /// Bytes all clients together may get at once; at least 65,535 (the largest answer).
+    /// Default 25,000,000.
+    pub global_bytes_burst: u32,
 }
 
 impl Default for RrlSettings {
@@ -53,16 +77,41 @@ impl Default for RrlSettings {
             ipv4_prefix_len: 24,
             ipv6_prefix_len: 56,
             max_tracked_clients: 65_536,
+            global_responses_per_second: 50_000,
+            global_responses_burst: 100_000,
+            global_bytes_per_second: 12_500_000,
+            global_bytes_burst: 25_000_000,
         }
     }
 }
 
+/// The byte budget's burst must hold the largest UDP answer, or that answer could never be sent.
+const GLOBAL_BYTES_BURST_MIN: u32 = 65_535;
+
 impl RrlSettings {
+    /// No limit at all: neither per network nor global (tests and benchmarks that send from one
+    /// address far more than any limit allows).
+    pub fn off() -> RrlSettings {
+        RrlSettings {
+            responses_per_second: 0,
+            global_responses_per_second: 0,
+            global_bytes_per_second: 0,
+            ..RrlSettings::default()
+        }
+    }
+
     fn limits(&self) -> ClassLimits {
         ClassLimits {
             per_client: Rate::new(self.responses_per_second, self.burst),
-            global: Rate::OFF,
+            global: Rate::new(
+                self.global_responses_per_second,
+                self.global_responses_burst,
+            ),
         }
+    }
+
+    fn global_bytes(&self) -> Rate {
+        Rate::new(self.global_bytes_per_second, self.global_bytes_burst)
     }
 
     fn prefix(&self) -> ClientPrefix {
@@ -81,18 +130,43 @@ impl RrlSettings {
             });
         }
         // Named as the config names them, not as `ClassLimits` does.
-        self.limits().validate("dns.rrl").map_err(|_| LimitError {
-            field: "dns.rrl.burst".into(),
-            reason: format!(
-                "must be at least 1 when responses_per_second is {}",
-                self.responses_per_second
+        for (field, rate, burst_field) in [
+            ("responses_per_second", self.limits().per_client, "burst"),
+            (
+                "global_responses_per_second",
+                self.limits().global,
+                "global_responses_burst",
             ),
-        })
+            (
+                "global_bytes_per_second",
+                self.global_bytes(),
+                "global_bytes_burst",
+            ),
+        ] {
+            if rate.per_second > 0 && rate.burst == 0 {
+                return Err(LimitError {
+                    field: format!("dns.rrl.{burst_field}"),
+                    reason: format!("must be at least 1 when {field} is {}", rate.per_second),
+                });
+            }
+        }
+        if self.global_bytes_per_second > 0 && self.global_bytes_burst < GLOBAL_BYTES_BURST_MIN {
+            return Err(LimitError {
+                field: "dns.rrl.global_bytes_burst".into(),
+                reason: format!(
+                    "must be at least {GLOBAL_BYTES_BURST_MIN} (the largest answer), got {}",
+                    self.global_bytes_burst
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Whether any limit applies.
     pub fn is_on(&self) -> bool {
         self.responses_per_second > 0
+            || self.global_responses_per_second > 0
+            || self.global_bytes_per_second > 0
     }
 }
 
@@ -101,13 +175,16 @@ impl RrlSettings {
 pub(crate) enum Verdict {
     Answer,
     /// Send an empty truncated answer instead.
-    Slip,
-    Drop,
+    Slip(Scope),
+    Drop(Scope),
 }
 
 /// The limiter of one DNS server's UDP sockets.
 pub(crate) struct Rrl {
+    /// Per client network, then all answers together.
     limiter: ClassLimiter,
+    /// Bytes of all answers together.
+    bytes: Option<Allowance>,
     prefix: ClientPrefix,
     slip: u32,
 }
@@ -125,20 +202,34 @@ impl Rrl {
                 settings.max_tracked_clients,
                 "dns.rrl",
             )?,
+            bytes: Allowance::new(settings.global_bytes(), "dns.rrl.global_bytes_burst")?,
             prefix: settings.prefix(),
             slip: settings.slip,
         }))
     }
 
-    /// The verdict for one answer to `client`; `dice` is the calling socket loop's.
+    /// The verdict for one answer to `client` by the answer counts (its network's and
+    /// everyone's); `dice` is the calling socket loop's.
     pub(crate) fn verdict(&self, client: IpAddr, dice: &mut SlipDice) -> Verdict {
-        if self.limiter.check(self.prefix.key(client)).is_ok() {
-            return Verdict::Answer;
+        match self.limiter.check(self.prefix.key(client)) {
+            Ok(()) => Verdict::Answer,
+            Err(denied) => self.refusal(denied.scope, dice),
         }
+    }
+
+    /// Takes `len` bytes of the global byte budget for an answer; `false` if it has not got them.
+    pub(crate) fn take_bytes(&self, len: usize) -> bool {
+        self.bytes
+            .as_ref()
+            .is_none_or(|bytes| bytes.take(u32::try_from(len).unwrap_or(u32::MAX)))
+    }
+
+    /// What becomes of an answer a limit of `scope` refused: slipped one time in `slip`.
+    pub(crate) fn refusal(&self, scope: Scope, dice: &mut SlipDice) -> Verdict {
         if self.slip > 0 && dice.roll().is_multiple_of(u64::from(self.slip)) {
-            Verdict::Slip
+            Verdict::Slip(scope)
         } else {
-            Verdict::Drop
+            Verdict::Drop(scope)
         }
     }
 
@@ -199,6 +290,8 @@ mod tests {
             responses_per_second: 1,
             burst,
             slip,
+            global_responses_per_second: 0,
+            global_bytes_per_second: 0,
             ..RrlSettings::default()
         })
         .expect("valid")
@@ -214,8 +307,14 @@ mod tests {
         let mut dice = SlipDice::new(0);
         let verdicts: Vec<Verdict> = (0..3_003).map(|_| rrl.verdict(client, &mut dice)).collect();
         assert_eq!(verdicts[..3], [Verdict::Answer; 3]);
-        let slips = verdicts.iter().filter(|v| **v == Verdict::Slip).count();
-        let drops = verdicts.iter().filter(|v| **v == Verdict::Drop).count();
+        let slips = verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Slip(Scope::Client))
+            .count();
+        let drops = verdicts
+            .iter()
+            .filter(|v| **v == Verdict::Drop(Scope::Client))
+            .count();
         assert_eq!(slips + drops, 3_000, "a token came back within the test?");
         assert!(
             (900..=1_100).contains(&slips),
@@ -236,8 +335,8 @@ mod tests {
         let mut dice = SlipDice::new(1);
         let (mut slips_a, mut slips_b) = (0, 0);
         for _ in 0..2_000 {
-            slips_a += usize::from(rrl.verdict(a, &mut dice) == Verdict::Slip);
-            slips_b += usize::from(rrl.verdict(b, &mut dice) == Verdict::Slip);
+            slips_a += usize::from(matches!(rrl.verdict(a, &mut dice), Verdict::Slip(_)));
+            slips_b += usize::from(matches!(rrl.verdict(b, &mut dice), Verdict::Slip(_)));
         }
         assert!((800..=1_200).contains(&slips_a), "a: {slips_a}");
         assert!((800..=1_200).contains(&slips_b), "b: {slips_b}");
@@ -245,17 +344,51 @@ mod tests {
         let all = limiter(1, 1);
         let none = limiter(1, 0);
         let _ = (all.verdict(a, &mut dice), none.verdict(a, &mut dice));
-        assert_eq!(all.verdict(a, &mut dice), Verdict::Slip);
-        assert_eq!(none.verdict(a, &mut dice), Verdict::Drop);
+        assert_eq!(all.verdict(a, &mut dice), Verdict::Slip(Scope::Client));
+        assert_eq!(none.verdict(a, &mut dice), Verdict::Drop(Scope::Client));
+    }
+
+    /// Answers from networks each under its own limit still meet the global budgets: the
+    /// answer count first, then the bytes.
+    #[test]
+    fn the_global_budgets_bound_every_network_together() {
+        let rrl = Rrl::new(&RrlSettings {
+            responses_per_second: 1_000,
+            burst: 1_000,
+            slip: 0,
+            global_responses_per_second: 1,
+            global_responses_burst: 10,
+            global_bytes_per_second: 1,
+            global_bytes_burst: 100_000,
+            ..RrlSettings::default()
+        })
+        .expect("valid")
+        .expect("on");
+        let mut dice = SlipDice::new(0);
+        let verdicts: Vec<Verdict> = (0..20_u8)
+            .map(|n| rrl.verdict(IpAddr::from([10, n, 0, 1]), &mut dice))
+            .collect();
+        assert_eq!(verdicts[..10], [Verdict::Answer; 10], "the global burst");
+        assert!(
+            verdicts[10..]
+                .iter()
+                .all(|v| *v == Verdict::Drop(Scope::Global)),
+            "{verdicts:?}"
+        );
+        assert!(rrl.take_bytes(60_000));
+        assert!(!rrl.take_bytes(60_000), "40,000 bytes left");
+        assert!(rrl.take_bytes(40_000));
     }
 
     #[test]
     fn off_and_invalid_settings() {
-        let off = RrlSettings {
-            responses_per_second: 0,
+        assert!(Rrl::new(&RrlSettings::off()).expect("valid").is_none());
+        let small_bytes_burst = RrlSettings {
+            global_bytes_burst: 1_000,
             ..RrlSettings::default()
         };
-        assert!(Rrl::new(&off).expect("valid").is_none());
+        let err = Rrl::new(&small_bytes_burst).err().expect("too small");
+        assert_eq!(err.field, "dns.rrl.global_bytes_burst");
         let err = Rrl::new(&RrlSettings {
             burst: 0,
             ..RrlSettings::default()

@@ -269,11 +269,7 @@ impl Settings {
             ));
         }
         self.tcp_connection_caps()
-            .validate([
-                "tcp_max_connections",
-                "tcp_max_connections_per_client",
-                "tcp_client_ipv6_prefix_len",
-            ])
+            .validate(["tcp_max_connections", "tcp_client_ipv6_prefix_len"])
             .map_err(|(field, reason)| SettingsError::new(field, reason))?;
         if self.tcp_pipeline_max == 0 || self.tcp_pipeline_max > TCP_PIPELINE_MAX {
             return Err(SettingsError::new(

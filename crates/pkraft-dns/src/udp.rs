@@ -31,6 +31,7 @@ use crate::answerer::{Cacheable, Direct, SharedHandler, respond};
 use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
 use crate::rrl::{Rrl, SlipDice, Verdict, truncated_answer};
 use crate::udp_io::{Outgoing, Received};
+use pkraft_limits::Scope;
 
 /// One socket loop's counters, on a cache line of its own so that loops on different cores do
 /// not contend for it.
@@ -42,7 +43,10 @@ struct LoopCounters {
     chain: AtomicU64,
     rrl_slipped: AtomicU64,
     rrl_dropped: AtomicU64,
+    rrl_global_limited: AtomicU64,
     overload_dropped: AtomicU64,
+    /// Bytes of the answers sent.
+    answer_bytes: AtomicU64,
 }
 
 /// What every socket's loop shares.
@@ -58,6 +62,10 @@ pub(crate) struct UdpFrontend {
     /// The largest answer (`dns.udp_payload_max`).
     payload_max: u16,
     counters: Box<[LoopCounters]>,
+    /// Bytes of the chain's answers sent (their tasks have no loop's counters).
+    chain_answer_bytes: AtomicU64,
+    /// Chain answers dropped for the byte budget.
+    chain_over_budget: AtomicU64,
     metrics: Arc<DnsMetrics>,
 }
 
@@ -81,6 +89,8 @@ impl UdpFrontend {
             batch,
             payload_max,
             counters: (0..loops).map(|_| LoopCounters::default()).collect(),
+            chain_answer_bytes: AtomicU64::new(0),
+            chain_over_budget: AtomicU64::new(0),
             metrics,
         }
     }
@@ -97,26 +107,12 @@ impl UdpFrontend {
             return;
         };
         if let Some(rrl) = &self.rrl {
-            match rrl.verdict(src.ip(), &mut state.dice) {
-                Verdict::Answer => {}
-                Verdict::Slip => {
-                    // Not a query hickory can parse: nothing to truncate, so it is dropped.
-                    match truncated_answer(query) {
-                        Some(truncated) => {
-                            counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
-                            out.extend_from_slice(&truncated);
-                            state.outgoing.queue(src);
-                        }
-                        None => {
-                            counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    return;
+            let verdict = rrl.verdict(src.ip(), &mut state.dice);
+            if verdict != Verdict::Answer {
+                if refuse(rrl, verdict, query, out, counters) {
+                    state.outgoing.queue(src);
                 }
-                Verdict::Drop => {
-                    counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+                return;
             }
         }
         // A node that is too stale answers SERVFAIL, which hickory's chain says.
@@ -126,15 +122,27 @@ impl UdpFrontend {
             && answers.answer(query, out)
         {
             counters.hits.fetch_add(1, Ordering::Relaxed);
-            state.outgoing.queue(src);
-            return;
+        } else {
+            counters.misses.fetch_add(1, Ordering::Relaxed);
+            match self.answer_direct(query, src, stale, out) {
+                Direct::Answered(_) => {}
+                Direct::NoAnswer => return,
+                Direct::Chain(request) => {
+                    self.spawn_chain(request, state);
+                    return;
+                }
+            }
         }
-        counters.misses.fetch_add(1, Ordering::Relaxed);
-        match self.answer_direct(query, src, stale, out) {
-            Direct::Answered(_) => state.outgoing.queue(src),
-            Direct::NoAnswer => {}
-            Direct::Chain(request) => self.spawn_chain(request, state),
+        // The answer count passed; the answer's bytes must fit the byte budget too.
+        if let Some(rrl) = &self.rrl
+            && !rrl.take_bytes(out.len())
+        {
+            let verdict = rrl.refusal(Scope::Global, &mut state.dice);
+            if !refuse(rrl, verdict, query, out, counters) {
+                return;
+            }
         }
+        state.outgoing.queue(src);
     }
 
     /// The direct answer to `query`, written to `out` and kept in the answer cache.
@@ -182,6 +190,19 @@ impl UdpFrontend {
                 } else {
                     answer
                 };
+                // Over the byte budget a chain answer is dropped: it has no dice to slip with,
+                // and such answers are rare (module docs of `crate::direct`).
+                if frontend
+                    .rrl
+                    .as_ref()
+                    .is_some_and(|rrl| !rrl.take_bytes(answer.len()))
+                {
+                    frontend.chain_over_budget.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                frontend
+                    .chain_answer_bytes
+                    .fetch_add(answer.len() as u64, Ordering::Relaxed);
                 if let Err(error) = socket.send_to(&answer, src).await {
                     tracing::debug!(%error, %src, "UDP send failed");
                 }
@@ -196,12 +217,48 @@ impl UdpFrontend {
     async fn flush(&self, state: &mut LoopState<'_>) {
         state.outgoing.flush(&state.socket).await;
         let took = state.arrived.elapsed();
+        let mut bytes = 0;
         for (answer, _) in state.outgoing.queued() {
+            bytes += answer.len() as u64;
             self.metrics
                 .answered(Transport::Udp, wire_rcode(answer), took);
         }
+        state
+            .counters
+            .answer_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
         state.outgoing.clear();
     }
+}
+
+/// Writes what an answer refused with `verdict` becomes into `out`, and counts it: the empty
+/// truncated answer when it is a slip and the byte budget has room for it; otherwise nothing.
+/// Whether there is something to send.
+fn refuse(
+    rrl: &Rrl,
+    verdict: Verdict,
+    query: &[u8],
+    out: &mut Vec<u8>,
+    counters: &LoopCounters,
+) -> bool {
+    let (Verdict::Slip(scope) | Verdict::Drop(scope)) = verdict else {
+        return true;
+    };
+    if scope == Scope::Global {
+        counters.rrl_global_limited.fetch_add(1, Ordering::Relaxed);
+    }
+    out.clear();
+    if matches!(verdict, Verdict::Slip(_))
+        // Not a query hickory can parse: nothing to truncate, so it is dropped.
+        && let Some(truncated) = truncated_answer(query)
+        && rrl.take_bytes(truncated.len())
+    {
+        out.extend_from_slice(&truncated);
+        counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    counters.rrl_dropped.fetch_add(1, Ordering::Relaxed);
+    false
 }
 
 /// What one socket's loop keeps from datagram to datagram.
@@ -226,17 +283,25 @@ impl UdpReport for UdpFrontend {
     }
 
     fn stats(&self) -> UdpAnswerStats {
-        self.counters
-            .iter()
-            .fold(UdpAnswerStats::default(), |sum, counters| UdpAnswerStats {
-                hits: sum.hits + counters.hits.load(Ordering::Relaxed),
-                misses: sum.misses + counters.misses.load(Ordering::Relaxed),
-                chain: sum.chain + counters.chain.load(Ordering::Relaxed),
-                rrl_slipped: sum.rrl_slipped + counters.rrl_slipped.load(Ordering::Relaxed),
-                rrl_dropped: sum.rrl_dropped + counters.rrl_dropped.load(Ordering::Relaxed),
-                overload_dropped: sum.overload_dropped
-                    + counters.overload_dropped.load(Ordering::Relaxed),
-            })
+        let chain = UdpAnswerStats {
+            answer_bytes: self.chain_answer_bytes.load(Ordering::Relaxed),
+            rrl_dropped: self.chain_over_budget.load(Ordering::Relaxed),
+            rrl_global_limited: self.chain_over_budget.load(Ordering::Relaxed),
+            ..UdpAnswerStats::default()
+        };
+        self.counters.iter().fold(chain, |sum, counters| {
+            let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+            UdpAnswerStats {
+                hits: sum.hits + load(&counters.hits),
+                misses: sum.misses + load(&counters.misses),
+                chain: sum.chain + load(&counters.chain),
+                rrl_slipped: sum.rrl_slipped + load(&counters.rrl_slipped),
+                rrl_dropped: sum.rrl_dropped + load(&counters.rrl_dropped),
+                rrl_global_limited: sum.rrl_global_limited + load(&counters.rrl_global_limited),
+                overload_dropped: sum.overload_dropped + load(&counters.overload_dropped),
+                answer_bytes: sum.answer_bytes + load(&counters.answer_bytes),
+            }
+        })
     }
 }
 

@@ -75,10 +75,7 @@ async fn start(store: &Store, mode: Mode, freshness: FreshnessProbe) -> DnsServe
         udp_sockets: 1,
         // With RRL on, pkraft's own loop would serve UDP even with the rest off; these tests
         // compare against hickory's listener and send more than any limit allows.
-        rrl: pkraft_dns::rrl::RrlSettings {
-            responses_per_second: 0,
-            ..Default::default()
-        },
+        rrl: pkraft_dns::rrl::RrlSettings::off(),
         ..Settings::default()
     };
     DnsServer::bind(&settings, store.clone(), freshness)
@@ -520,10 +517,7 @@ async fn chain_queries_beyond_udp_pending_max_are_dropped_and_counted() {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         udp_sockets: 1,
         udp_pending_max: 1,
-        rrl: pkraft_dns::rrl::RrlSettings {
-            responses_per_second: 0,
-            ..Default::default()
-        },
+        rrl: pkraft_dns::rrl::RrlSettings::off(),
         ..Settings::default()
     };
     let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));

@@ -59,11 +59,7 @@ impl AdminSettings {
     /// Checks the connection caps; the error names the field.
     pub fn validate(&self) -> Result<(), pkraft_limits::LimitError> {
         self.connection_caps()
-            .validate([
-                "max_connections",
-                "max_connections_per_client",
-                "max_connections_per_client",
-            ])
+            .validate(["max_connections", "max_connections"])
             .map_err(|(field, reason)| pkraft_limits::LimitError {
                 field: format!("admin.{field}"),
                 reason,

@@ -150,11 +150,10 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), SettingsError> {
         let fail = |field, reason: String| Err(SettingsError { field, reason });
-        if let Err((field, reason)) = self.connection_caps(&Default::default()).validate([
-            "max_connections",
-            "max_connections_per_client",
-            "client_ipv6_prefix_len",
-        ]) {
+        if let Err((field, reason)) = self
+            .connection_caps(&Default::default())
+            .validate(["max_connections", "client_ipv6_prefix_len"])
+        {
             return fail(field, reason);
         }
         if self.cache_max_age_min > self.cache_max_age_max {
@@ -246,13 +245,16 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::PUT, Method::POST, Method::OPTIONS])
         .allow_headers(Any)
         .expose_headers([STORED_NODES_HEADER]);
-    // Rate limits run before a body is read; health checks are never limited.
+    // Rate limits run before a body is read. Health checks have a class of their own, with no
+    // global limit (a flood must not fail the load balancer's probes).
     let relay = get(relay::get_packet).put(relay::put_packet).route_layer(
         axum::middleware::from_fn_with_state(state.rate_limits.clone(), rate_limit::limit_relay),
     );
+    let health_limit =
+        axum::middleware::from_fn_with_state(state.rate_limits.clone(), rate_limit::limit_health);
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/healthz", get(healthz).route_layer(health_limit.clone()))
+        .route("/readyz", get(readyz).route_layer(health_limit))
         .route(
             "/dns-query",
             get(doh::get_query)

@@ -43,6 +43,12 @@ pub struct RateLimitSettings {
     /// `/dns-query` (DoH). Default per client 500/s, burst 5,000; global 20,000/s, burst
     /// 40,000.
     pub doh: ClassLimits,
+    /// `/healthz` and `/readyz` of the public listeners: a request like any other, so a client
+    /// cannot use them as free keep-alives (the admin listener's are not limited). Default per
+    /// client 10/s, burst 100 (load balancers and kubelets probe once a second or less); no
+    /// global limit, so that a flood from many addresses cannot fail the probes of the load
+    /// balancer in front.
+    pub health: ClassLimits,
 }
 
 /// Which forwarding header trusted proxies set.
@@ -75,6 +81,10 @@ impl Default for RateLimitSettings {
                 per_client: Rate::new(500, 5_000),
                 global: Rate::new(20_000, 40_000),
             },
+            health: ClassLimits {
+                per_client: Rate::new(10, 100),
+                global: Rate::OFF,
+            },
         }
     }
 }
@@ -89,7 +99,8 @@ impl RateLimitSettings {
         }
         self.publish.validate("rate_limit.publish")?;
         self.resolve.validate("rate_limit.resolve")?;
-        self.doh.validate("rate_limit.doh")
+        self.doh.validate("rate_limit.doh")?;
+        self.health.validate("rate_limit.health")
     }
 }
 
@@ -99,16 +110,23 @@ pub enum RouteClass {
     Publish,
     Resolve,
     Doh,
+    Health,
 }
 
 impl RouteClass {
-    const ALL: [RouteClass; 3] = [RouteClass::Publish, RouteClass::Resolve, RouteClass::Doh];
+    const ALL: [RouteClass; 4] = [
+        RouteClass::Publish,
+        RouteClass::Resolve,
+        RouteClass::Doh,
+        RouteClass::Health,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             RouteClass::Publish => "publish",
             RouteClass::Resolve => "resolve",
             RouteClass::Doh => "doh",
+            RouteClass::Health => "health",
         }
     }
 }
@@ -118,6 +136,7 @@ pub struct RateLimits {
     publish: ClassLimiter,
     resolve: ClassLimiter,
     doh: ClassLimiter,
+    health: ClassLimiter,
     proxies: TrustedProxies,
     client_ip_header: ClientIpHeader,
     /// `pkraft_http_rate_limited_total{class, scope}`.
@@ -140,6 +159,7 @@ impl RateLimits {
             publish: limiter(&settings.publish, "rate_limit.publish")?,
             resolve: limiter(&settings.resolve, "rate_limit.resolve")?,
             doh: limiter(&settings.doh, "rate_limit.doh")?,
+            health: limiter(&settings.health, "rate_limit.health")?,
             proxies: settings.trusted_proxies.clone(),
             client_ip_header: settings.client_ip_header,
             refused: IntCounterVec::new(
@@ -186,6 +206,7 @@ impl RateLimits {
             RouteClass::Publish => &self.publish,
             RouteClass::Resolve => &self.resolve,
             RouteClass::Doh => &self.doh,
+            RouteClass::Health => &self.health,
         }
     }
 
@@ -304,6 +325,15 @@ pub async fn limit_doh(
     next: Next,
 ) -> Response {
     limits.enforce(RouteClass::Doh, request, next).await
+}
+
+/// Middleware of the public listeners' `/healthz` and `/readyz`.
+pub async fn limit_health(
+    State(limits): State<Arc<RateLimits>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    limits.enforce(RouteClass::Health, request, next).await
 }
 
 /// The addresses in `X-Forwarded-For` (every such header, in order), oldest first. Parsing

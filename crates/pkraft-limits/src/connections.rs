@@ -53,21 +53,13 @@ pub struct ConnectionCaps {
 }
 
 impl ConnectionCaps {
-    /// Checks the caps. `fields` are the config names of the total cap, the per-client cap and
-    /// the IPv6 prefix length; the error is the name of the one at fault and why.
-    pub fn validate(&self, fields: [&'static str; 3]) -> Result<(), (&'static str, String)> {
-        let [max, per_client, ipv6_prefix] = fields;
+    /// Checks the caps (a per-client cap above the total is the total: nothing to refuse).
+    /// `fields` are the config names of the total cap and the IPv6 prefix length; the error is
+    /// the name of the one at fault and why.
+    pub fn validate(&self, fields: [&'static str; 2]) -> Result<(), (&'static str, String)> {
+        let [max, ipv6_prefix] = fields;
         if self.max_connections == 0 {
             return Err((max, "must be at least 1".into()));
-        }
-        if self.max_per_client > self.max_connections {
-            return Err((
-                per_client,
-                format!(
-                    "{} is more than {max} ({})",
-                    self.max_per_client, self.max_connections
-                ),
-            ));
         }
         let prefix = self.client_prefix.ipv6;
         if prefix == 0 || prefix > 128 {
@@ -409,11 +401,10 @@ mod tests {
 
     #[test]
     fn caps_are_validated_with_their_field_names() {
-        let fields = ["max", "per_client", "ipv6_prefix"];
+        let fields = ["max", "ipv6_prefix"];
         assert!(caps(10, 5).validate(fields).is_ok());
         assert_eq!(caps(0, 0).validate(fields).expect_err("0").0, "max");
-        let err = caps(10, 11).validate(fields).expect_err("per client > max");
-        assert_eq!(err.0, "per_client");
+        assert!(caps(10, 11).validate(fields).is_ok(), "per client > max");
         let mut bad_prefix = caps(10, 5);
         bad_prefix.client_prefix.ipv6 = 0;
         assert_eq!(

@@ -6,6 +6,8 @@
 //! - [`Rate`]: one limit as configured (`per_second` sustained, `burst` at once; 0 = off).
 //! - [`ClassLimits`] / [`ClassLimiter`]: a per-client and a global rate for one class of traffic
 //!   (PUT, GET, DoH, DNS answers).
+//! - [`Allowance`]: a global allowance of units per second taken several at a time (the bytes
+//!   of DNS answers).
 //! - [`ClientPrefix`]: which addresses count as one client (an IPv6 host owns a whole /64).
 //! - [`TrustedProxies`]: the networks whose `X-Forwarded-For` is believed.
 //! - [`connections`]: [`connections::Admission`], the connection caps of every TCP listener
@@ -220,6 +222,48 @@ impl ClassLimiter {
         if let Some((_, _, store)) = &self.per_client {
             store.states.run_pending_tasks();
         }
+    }
+}
+
+/// A global allowance of units per second (bytes, say), taken several at a time: governor's GCRA
+/// over units instead of requests.
+pub struct Allowance {
+    limiter: DirectLimiter,
+    rate: Rate,
+}
+
+impl std::fmt::Debug for Allowance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allowance")
+            .field("rate", &self.rate)
+            .finish()
+    }
+}
+
+impl Allowance {
+    /// `rate.per_second` units per second, `rate.burst` at most at once; `None` when the rate
+    /// is off. `field` names the setting in errors.
+    pub fn new(rate: Rate, field: &str) -> Result<Option<Allowance>, LimitError> {
+        let quota = rate.quota().map_err(|reason| LimitError {
+            field: field.to_string(),
+            reason,
+        })?;
+        Ok(quota.map(|quota| Allowance {
+            limiter: RateLimiter::direct(quota),
+            rate,
+        }))
+    }
+
+    /// Takes `units` if the allowance has them now. More than the burst is never granted.
+    pub fn take(&self, units: u32) -> bool {
+        match NonZeroU32::new(units) {
+            None => true,
+            Some(units) => matches!(self.limiter.check_n(units), Ok(Ok(()))),
+        }
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
     }
 }
 

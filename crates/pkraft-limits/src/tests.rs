@@ -214,3 +214,26 @@ fn trusted_proxies_are_networks_or_single_addresses() {
     let err = parse(r#"{"proxies": ["proxy.example"]}"#).expect_err("a name");
     assert!(err.to_string().contains("proxy.example"), "{err}");
 }
+
+#[test]
+fn an_allowance_grants_units_up_to_its_burst() {
+    assert!(
+        Allowance::new(Rate::OFF, "x").expect("valid").is_none(),
+        "off"
+    );
+    let err = Allowance::new(Rate::new(10, 0), "dns.rrl.global_bytes_burst").expect_err("no burst");
+    assert_eq!(err.field, "dns.rrl.global_bytes_burst");
+    // 1 unit per second: only the burst of 1,000 is there within the test.
+    let allowance = Allowance::new(Rate::new(1, 1_000), "x")
+        .expect("valid")
+        .expect("on");
+    assert!(allowance.take(600));
+    assert!(!allowance.take(600), "400 left");
+    assert!(allowance.take(400));
+    assert!(allowance.take(0), "nothing is always there");
+    assert!(!allowance.take(1), "used up");
+    let big = Allowance::new(Rate::new(1_000_000, 1_000), "x")
+        .expect("valid")
+        .expect("on");
+    assert!(!big.take(1_001), "more than the burst is never granted");
+}

@@ -45,6 +45,11 @@ pub(crate) struct NodeMetrics {
     /// `pkraft_disk_available_bytes`: bytes available on the data dir's file system, measured
     /// once a second (`disk_space`).
     pub(crate) disk_available_bytes: IntGauge,
+    /// `pkraft_raft_leader_contact_gap_seconds`: on a follower, the time between two
+    /// consecutive requests it accepted from its leader (heartbeats, entries, snapshot chunks).
+    /// About `raft.heartbeat_interval` or less while all is well; longer ones are heartbeats
+    /// delayed (a slow or flooded network, a busy node).
+    pub(crate) leader_contact_gap: Histogram,
 }
 
 impl NodeMetrics {
@@ -101,6 +106,17 @@ impl NodeMetrics {
                 "pkraft_disk_available_bytes",
                 "Bytes available on the file system of the data dir (below raft.min_free_disk_mib the node takes no writes).",
             )?,
+            leader_contact_gap: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pkraft_raft_leader_contact_gap_seconds",
+                    "On a follower, the time between consecutive requests accepted from the leader (heartbeats, entries).",
+                )
+                // Fine around the default heartbeat (100 ms) and its +50 ms bound, then coarse
+                // up to an election's worth.
+                .buckets(vec![
+                    0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+                ]),
+            )?,
         })
     }
 
@@ -117,6 +133,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.leader_changes.clone()))?;
         registry.register(Box::new(self.handovers.clone()))?;
         registry.register(Box::new(self.disk_available_bytes.clone()))?;
+        registry.register(Box::new(self.leader_contact_gap.clone()))?;
         registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;

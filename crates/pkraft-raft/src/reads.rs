@@ -141,9 +141,13 @@ impl LeaderContact {
         }
     }
 
-    fn record(&self) {
+    /// Records a contact now; the time since the one before (`None` for the first).
+    fn record(&self) -> Option<Duration> {
         let millis = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        self.last_millis.store(millis, Ordering::Relaxed);
+        match self.last_millis.swap(millis, Ordering::Relaxed) {
+            u64::MAX => None,
+            last => Some(Duration::from_millis(millis.saturating_sub(last))),
+        }
     }
 
     fn elapsed(&self) -> Option<Duration> {
@@ -192,7 +196,9 @@ impl Node {
 
     /// This node accepted an `append-entries` (or snapshot) from its leader just now.
     pub(crate) fn heard_from_leader(&self) {
-        self.freshness().leader_contact.record();
+        if let Some(gap) = self.freshness().leader_contact.record() {
+            self.metrics.leader_contact_gap.observe(gap.as_secs_f64());
+        }
     }
 
     /// Whether local reads must wait: this node restarted after a crash and its replica may

@@ -60,8 +60,11 @@ pub const LIMITS_OFF_TOML: &str = "[rate_limit]\n\
     publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
     resolve = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
     doh = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+    health = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
     [dns.rrl]\n\
-    responses_per_second = 0\n";
+    responses_per_second = 0\n\
+    global_responses_per_second = 0\n\
+    global_bytes_per_second = 0\n";
 
 /// How a cluster node comes to its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +100,9 @@ pub struct NodeConfig {
     pub fixed: Option<(Listening, PathBuf)>,
     /// Whole sections appended at the end (`[dht]`, [`LIMITS_OFF_TOML`], ...).
     pub sections: String,
+    /// Single settings, `(section, "key = value")`, written into that section (also one this
+    /// config writes itself, such as `http` or `cluster`, where `sections` cannot add to).
+    pub settings: Vec<(String, String)>,
 }
 
 impl NodeConfig {
@@ -113,7 +119,17 @@ impl NodeConfig {
             origins: Vec::new(),
             fixed: None,
             sections: String::new(),
+            settings: Vec::new(),
         }
+    }
+
+    /// The lines of `settings` for `section`, each ending in a newline.
+    fn settings_of(&self, section: &str) -> String {
+        self.settings
+            .iter()
+            .filter(|(name, _)| name == section)
+            .map(|(_, line)| format!("{line}\n"))
+            .collect()
     }
 
     /// The TOML text of the config file.
@@ -124,10 +140,11 @@ impl NodeConfig {
             let _ = writeln!(toml, "data_dir = {:?}", data_dir.display().to_string());
         }
         // A section only with something in it: `sections` may bring its own.
-        if !self.raft.is_empty() {
-            let _ = write!(toml, "[raft]\n{}", self.raft);
+        let raft = format!("{}{}", self.raft, self.settings_of("raft"));
+        if !raft.is_empty() {
+            let _ = write!(toml, "[raft]\n{raft}");
         }
-        let mut http = String::new();
+        let mut http = self.settings_of("http");
         if let Some(timeout) = &self.http_request_timeout {
             let _ = writeln!(http, "request_timeout = {timeout:?}");
         }
@@ -137,7 +154,7 @@ impl NodeConfig {
         if !http.is_empty() {
             let _ = write!(toml, "[http]\n{http}");
         }
-        let mut dns = String::new();
+        let mut dns = self.settings_of("dns");
         if let Some((listen, _)) = &self.fixed {
             let _ = writeln!(dns, "listen = \"{}\"", listen.dns);
         }
@@ -149,6 +166,7 @@ impl NodeConfig {
             let _ = write!(toml, "[dns]\n{dns}");
         }
         let _ = writeln!(toml, "[cluster]\nsecret = {:?}", self.secret);
+        toml.push_str(&self.settings_of("cluster"));
         if let Some(advertise) = &self.advertise {
             let _ = writeln!(toml, "advertise = {advertise:?}");
         }
@@ -163,7 +181,7 @@ impl NodeConfig {
             }
             Membership::Existing => {}
         }
-        let mut admin = String::new();
+        let mut admin = self.settings_of("admin");
         if let Some(token) = &self.admin_token {
             let _ = writeln!(admin, "token = {token:?}");
         }
@@ -172,6 +190,16 @@ impl NodeConfig {
         }
         if !admin.is_empty() {
             let _ = write!(toml, "[admin]\n{admin}");
+        }
+        let mut others: Vec<&str> = Vec::new();
+        for (section, _) in &self.settings {
+            let written = ["raft", "http", "dns", "cluster", "admin"].contains(&section.as_str());
+            if !written && !others.contains(&section.as_str()) {
+                others.push(section);
+            }
+        }
+        for section in others {
+            let _ = write!(toml, "[{section}]\n{}", self.settings_of(section));
         }
         toml.push_str(&self.sections);
         toml

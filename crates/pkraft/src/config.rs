@@ -133,11 +133,7 @@ impl Config {
             self.cluster.peer_max_connections,
             self.cluster.peer_max_connections_per_client,
         )
-        .validate([
-            "peer_max_connections",
-            "peer_max_connections_per_client",
-            "peer_max_connections_per_client",
-        ])
+        .validate(["peer_max_connections", "peer_max_connections"])
         .map_err(|(field, reason)| anyhow::anyhow!("cluster.{field}: {reason}"))?;
         self.check_peer_plaintext()?;
         if let Some(advertise) = &self.cluster.advertise {
@@ -384,8 +380,8 @@ mod tests {
         for (toml, field) in [
             ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
             (
-                "[cluster]\npeer_max_connections = 10\npeer_max_connections_per_client = 11\n",
-                "cluster.peer_max_connections_per_client",
+                "[cluster]\npeer_max_connections = 0\n",
+                "cluster.peer_max_connections",
             ),
             (
                 "[dns]\ntcp_max_connections = 0\n",
