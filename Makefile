@@ -124,10 +124,15 @@ bench-memory:
 
 ## Abuse scenarios against one release node with the default limits (PUT flood, a million
 ## client addresses through a trusted proxy, UDP flood, slowloris): memory, CPU, and what a
-## legitimate client gets meanwhile (about 2 minutes; docs/TESTING.md).
+## legitimate client gets meanwhile; then hostile clients against a 3-node release cluster
+## whose nodes may open 4,096 descriptors: connection floods past that on every listener, idle,
+## slow and keep-alive connections, strangers on the peer and admin listeners, 100,000 requests
+## with made-up methods and paths, a UDP flood from 10,000 networks (PHASE_SECONDS, default 20,
+## per attack; FLOOD_CONNECTIONS, default 5,000; about 8 minutes in all; docs/TESTING.md).
 bench-abuse:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	tests/bench/abuse.sh $(TARGET_DIR)/release
+	tests/bench/hostile.sh $(TARGET_DIR)/release
 
 ## Each cargo-fuzz target (relay payload, DNS request, config) for FUZZ_SECONDS (default 30)
 ## from its seeds; needs cargo-fuzz (`cargo install cargo-fuzz --locked`). CI runs it.

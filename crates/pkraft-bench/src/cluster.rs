@@ -39,6 +39,8 @@ pub struct Additions<'a> {
     pub extra_toml: String,
     /// Rate limits and DNS RRL off (load from one address).
     pub limits_off: bool,
+    /// Single settings, `(section, "key = value")`.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Additions<'_> {
@@ -56,6 +58,7 @@ impl Additions<'_> {
         config.fixed = Some((listen, data_dir));
         config.origins = self.origin.map(str::to_string).into_iter().collect();
         config.sections = self.extra_toml.clone();
+        config.settings = self.settings.clone();
         if self.limits_off {
             config.sections.push_str(LIMITS_OFF_TOML);
         }

@@ -11,7 +11,11 @@
 //! pkraft-bench gaps --data data.bin --version 3 --first-key 100 --url http://127.0.0.1:8082/pkarr --seconds 4
 //! pkraft-bench delay-proxy --listen 127.0.0.1:7001 --upstream 127.0.0.1:7000 --delay-ms 40 --jitter-ms 10
 //! pkraft-bench slowloris --target 127.0.0.1:8080 --connections 2000 --sources 8 --seconds 15
-//! pkraft-bench udp-flood --data data.bin --server 127.0.0.1:5300 --seconds 10
+//! pkraft-bench udp-flood --data data.bin --server 127.0.0.1:5300 --seconds 10 [--networks 10000 --edns 4096]
+//! pkraft-bench steady --data data.bin --put-url http://127.0.0.1:8081/pkarr --get-url http://127.0.0.1:8082/pkarr --dns 127.0.0.1:5303 --stored-keys 1000 --first-key 1000
+//! pkraft-bench conn-flood --target 127.0.0.1:5300 --connections 5000 --block 11 --mode dns
+//! pkraft-bench label-flood --target 127.0.0.1:8080 --requests 100000 --block 20
+//! pkraft-bench verify --data data.bin --rounds 5
 //! pkraft-bench dht-testnet --nodes 10 --data data.bin --first-key 0 --count 100 --bootstrap-out b.txt
 //! pkraft-bench dht-resolve --data data.bin --first-key 0 --count 100 --server 127.0.0.1:5300
 //! pkraft-bench free-ports --count 4 --taken ports.txt
@@ -28,6 +32,7 @@
 
 mod accept;
 mod cluster;
+mod conn_flood;
 mod dataset;
 mod delay_proxy;
 mod dht;
@@ -36,9 +41,11 @@ mod dns_files;
 mod dns_load;
 mod gaps;
 mod http_load;
+mod label_flood;
 mod lag;
 mod slowloris;
 mod stats;
+mod steady;
 mod udp_flood;
 
 use std::net::{IpAddr, SocketAddr};
@@ -148,8 +155,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
     },
-    /// Send `_iroh.<z32>.<origin> TXT` queries from SOURCE as fast as the socket takes them for
-    /// SECONDS, without waiting for answers; count what comes back.
+    /// Send `_iroh.<z32>.<origin> TXT` queries from SOURCE (or from NETWORKS networks) as fast
+    /// as the sockets take them for SECONDS, without waiting for answers; count what comes back.
     UdpFlood {
         #[arg(long)]
         data: PathBuf,
@@ -159,8 +166,87 @@ enum Command {
         origin: String,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        #[arg(long, default_value = "127.0.0.1", conflicts_with = "networks")]
+        source: IpAddr,
+        /// Send from this many networks, one socket each (127.<BLOCK + n/256>.<n%256>.2: a /24
+        /// each).
+        #[arg(long)]
+        networks: Option<usize>,
+        #[arg(long, default_value_t = 100)]
+        block: u8,
+        /// An EDNS record with this buffer size in every query.
+        #[arg(long)]
+        edns: Option<u16>,
+    },
+    /// Time pkraft's packet check (`VerifiedPacket::verify_stored`: signature, timestamp, DNS
+    /// parse, from the key's bytes as a forwarded packet carries them) over every packet of
+    /// DATA, ROUNDS times; prints the microseconds per packet of each round.
+    Verify {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// A well-behaved client: RATE paced operations per second of each kind from SOURCE for
+    /// SECONDS (PUT new keys from FIRST_KEY on through PUT_URL, GET the first STORED_KEYS from
+    /// GET_URL, ask DNS over UDP for them); prints what was answered and how fast.
+    Steady {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        put_url: String,
+        #[arg(long)]
+        get_url: String,
+        #[arg(long)]
+        dns: SocketAddr,
+        #[arg(long, default_value = "pkarr.test")]
+        origin: String,
+        #[arg(long)]
+        stored_keys: usize,
+        #[arg(long)]
+        first_key: usize,
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
         #[arg(long, default_value = "127.0.0.1")]
         source: IpAddr,
+    },
+    /// Hold CONNECTIONS connections to TARGET from SOURCES addresses 127.BLOCK.x.y for SECONDS,
+    /// each behaving as MODE says and opened again when the server closes it.
+    ConnFlood {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long, default_value_t = 50)]
+        sources: usize,
+        #[arg(long)]
+        block: u8,
+        #[arg(long, value_enum)]
+        mode: conn_flood::Mode,
+        /// The pause between a connection's keep-alive sends (slowloris bytes, DNS queries,
+        /// health checks).
+        #[arg(long, default_value_t = 5_000)]
+        every_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// REQUESTS HTTP requests to TARGET with made-up methods, paths and headers, each on its own
+    /// connection from one of SOURCES addresses 127.BLOCK.x.y, CONCURRENCY at a time.
+    LabelFlood {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1_000)]
+        sources: usize,
+        #[arg(long)]
+        block: u8,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
     /// Hold CONNECTIONS half-sent HTTP requests (from SOURCES addresses 127.0.10.x), adding one
     /// header byte every TRICKLE_MS, for at most SECONDS; reports how the server closed them.
@@ -316,6 +402,10 @@ struct ConfigExtras {
     /// Rate limits and DNS response rate limiting off (load from one address).
     #[arg(long)]
     limits_off: bool,
+    /// One setting, `SECTION.KEY=VALUE` (`http.max_connections=2048`,
+    /// `dns.rrl.global_bytes_per_second=1000000`), written into its section (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    settings: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -523,10 +613,83 @@ async fn main() -> anyhow::Result<()> {
             origin,
             seconds,
             source,
+            networks,
+            block,
+            edns,
         } => {
             let names = iroh_names(&DataSet::read(&data)?, &origin)?;
             let duration = std::time::Duration::from_secs(seconds);
-            print(&udp_flood::run(server, names, duration, source).await?)?;
+            let sources = match networks {
+                Some(count) => udp_flood::Sources::Networks { count, block },
+                None => udp_flood::Sources::One(source),
+            };
+            print(&udp_flood::run(server, names, duration, sources, edns).await?)?;
+        }
+        Command::Verify { data, rounds } => print(&verify_cost(&DataSet::read(&data)?, rounds)?)?,
+        Command::Steady {
+            data,
+            put_url,
+            get_url,
+            dns,
+            origin,
+            stored_keys,
+            first_key,
+            rate,
+            seconds,
+            source,
+        } => {
+            let data = DataSet::read(&data)?;
+            let spec = steady::Spec {
+                data: &data,
+                put_url: &put_url,
+                get_url: &get_url,
+                dns,
+                origin: &origin,
+                stored_keys,
+                first_key,
+                rate,
+                duration: std::time::Duration::from_secs(seconds),
+                source,
+            };
+            print(&steady::run(spec).await?)?;
+        }
+        Command::ConnFlood {
+            target,
+            connections,
+            sources,
+            block,
+            mode,
+            every_ms,
+            seconds,
+        } => {
+            let spec = conn_flood::Spec {
+                target,
+                connections,
+                sources,
+                block,
+                mode,
+                every: std::time::Duration::from_millis(every_ms),
+                duration: std::time::Duration::from_secs(seconds),
+            };
+            print(&conn_flood::run(spec).await?)?;
+        }
+        Command::LabelFlood {
+            target,
+            requests,
+            concurrency,
+            sources,
+            block,
+            seed,
+        } => {
+            let spec = label_flood::Spec {
+                target,
+                requests,
+                concurrency,
+                sources,
+                block,
+                seed,
+            };
+            print(&label_flood::run(spec).await?)?;
         }
         Command::DnsDiff {
             data,
@@ -698,12 +861,57 @@ impl ConfigExtras {
             );
             extra_toml.push('\n');
         }
+        let settings = self
+            .settings
+            .iter()
+            .map(|setting| parse_setting(setting))
+            .collect::<anyhow::Result<_>>()?;
         Ok(cluster::Additions {
             origin: self.origin.as_deref(),
             extra_toml,
             limits_off: self.limits_off,
+            settings,
         })
     }
+}
+
+/// Microseconds per packet of `VerifiedPacket::verify_stored` over `data`, per round.
+fn verify_cost(data: &DataSet, rounds: usize) -> anyhow::Result<serde_json::Value> {
+    let packets: Vec<([u8; 32], Bytes)> = data
+        .keys
+        .iter()
+        .flat_map(|key| {
+            key.versions.iter().map(|version| {
+                let public: pkarr::PublicKey = key.z32.as_str().try_into()?;
+                Ok((public.to_bytes(), Bytes::from(version.payload.clone())))
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    anyhow::ensure!(!packets.is_empty(), "no packets in the data set");
+    let mut per_packet_us = Vec::new();
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        for (key, payload) in &packets {
+            pkraft_types::VerifiedPacket::verify_stored(key, payload.clone())?;
+        }
+        per_packet_us.push(started.elapsed().as_secs_f64() * 1e6 / packets.len() as f64);
+    }
+    Ok(serde_json::json!({
+        "op": "verify",
+        "packets": packets.len(),
+        "per_packet_us": per_packet_us,
+    }))
+}
+
+/// `SECTION.KEY=VALUE` as `(SECTION, "KEY = VALUE")`; VALUE is TOML as written.
+fn parse_setting(setting: &str) -> anyhow::Result<(String, String)> {
+    let (path, value) = setting
+        .split_once('=')
+        .with_context(|| format!("--set {setting:?}: no '='"))?;
+    let (section, key) = path
+        .rsplit_once('.')
+        .with_context(|| format!("--set {setting:?}: no SECTION. before the key"))?;
+    Ok((section.to_string(), format!("{key} = {value}")))
 }
 
 async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {

@@ -1,13 +1,15 @@
-//! A UDP query flood from one address: sends `_iroh.<z32>.<origin> TXT` queries as fast as the
-//! socket takes them for `duration`, without waiting for answers, and counts what comes back
-//! (full answers, and empty truncated ones: response rate limiting's slips).
+//! A UDP query flood: sends `_iroh.<z32>.<origin> TXT` queries as fast as the sockets take them
+//! for `duration`, without waiting for answers, and counts what comes back (full answers, empty
+//! truncated ones, which are response rate limiting's slips, and their bytes). From one address,
+//! or from many networks at once, one socket each (`127.<block + n / 256>.<n % 256>.2`: every
+//! one a /24 of its own), as a flood forged from many networks looks to the server.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_proto::op::{Message, Query};
+use hickory_proto::op::{Edns, Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 use serde::Serialize;
 use tokio::net::UdpSocket;
@@ -19,72 +21,151 @@ const DRAIN: Duration = Duration::from_millis(500);
 pub struct Report {
     pub op: &'static str,
     pub seconds: f64,
+    /// Sending sockets (client networks).
+    pub networks: usize,
     pub sent: u64,
     pub sent_per_second: f64,
+    pub sent_bytes: u64,
     /// Answers with records.
     pub answered: u64,
     pub answered_per_second: f64,
     /// Empty answers with TC set.
     pub truncated: u64,
+    /// Bytes of every answer received, and per second of the run.
+    pub received_bytes: u64,
+    pub received_bytes_per_second: f64,
+    /// Received bytes over sent bytes.
+    pub amplification: f64,
+    pub largest_answer: u64,
+}
+
+/// Where the queries come from.
+pub enum Sources {
+    One(IpAddr),
+    /// This many networks, from `127.<block>.0.2` on.
+    Networks {
+        count: usize,
+        block: u8,
+    },
+}
+
+impl Sources {
+    fn addresses(&self) -> Vec<IpAddr> {
+        match *self {
+            Sources::One(ip) => vec![ip],
+            Sources::Networks { count, block } => (0..count)
+                .map(|n| {
+                    let second = block.saturating_add(u8::try_from(n / 256).unwrap_or(u8::MAX));
+                    IpAddr::V4(Ipv4Addr::new(127, second, (n % 256) as u8, 2))
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Received {
+    answered: AtomicU64,
+    truncated: AtomicU64,
+    bytes: AtomicU64,
+    largest: AtomicU64,
 }
 
 pub async fn run(
     server: SocketAddr,
     names: Vec<Name>,
     duration: Duration,
-    source: IpAddr,
+    sources: Sources,
+    edns: Option<u16>,
 ) -> anyhow::Result<Report> {
     anyhow::ensure!(!names.is_empty(), "no query names");
-    let socket = Arc::new(UdpSocket::bind(SocketAddr::new(source, 0)).await?);
-    socket.connect(server).await?;
     let queries: Vec<Vec<u8>> = names
         .iter()
         .map(|name| {
             let mut query = Message::query();
             query.add_query(Query::query(name.clone(), RecordType::TXT));
+            if let Some(size) = edns {
+                let mut opt = Edns::new();
+                opt.set_max_payload(size);
+                query.set_edns(opt);
+            }
             query.to_vec()
         })
         .collect::<Result<_, _>>()?;
-    let answered = Arc::new(AtomicU64::new(0));
-    let truncated = Arc::new(AtomicU64::new(0));
-    let receiver = {
-        let (socket, answered, truncated) = (socket.clone(), answered.clone(), truncated.clone());
-        tokio::spawn(async move {
-            let mut buf = [0_u8; 4096];
-            while let Ok(Ok(len)) = tokio::time::timeout(DRAIN, socket.recv(&mut buf)).await {
-                match Message::from_vec(&buf[..len]) {
-                    Ok(answer) if answer.metadata.truncation => {
-                        truncated.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
+    let mut sockets = Vec::new();
+    for address in sources.addresses() {
+        let socket = UdpSocket::bind(SocketAddr::new(address, 0)).await?;
+        socket.connect(server).await?;
+        sockets.push(Arc::new(socket));
+    }
+    let received = Arc::new(Received::default());
+    let mut readers = tokio::task::JoinSet::new();
+    for socket in &sockets {
+        let (socket, received) = (socket.clone(), received.clone());
+        readers.spawn(async move {
+            let mut buf = vec![0_u8; 65_535];
+            let started = Instant::now();
+            // Until the flood has ended and no answer came for `DRAIN`.
+            loop {
+                match tokio::time::timeout(DRAIN, socket.recv(&mut buf)).await {
+                    Ok(Ok(len)) => count(&received, &buf[..len]),
+                    Ok(Err(_)) => {}
+                    Err(_) if started.elapsed() > duration => break,
                     Err(_) => {}
                 }
             }
-        })
-    };
+        });
+    }
     let started = Instant::now();
-    let mut sent = 0_u64;
+    let (mut sent, mut sent_bytes) = (0_u64, 0_u64);
+    let mut turn = 0_usize;
     while started.elapsed() < duration {
-        let query = &queries[usize::try_from(sent).unwrap_or(0) % queries.len()];
+        let socket = &sockets[turn % sockets.len()];
+        let query = &queries[turn % queries.len()];
+        turn = turn.wrapping_add(1);
         if socket.send(query).await.is_ok() {
             sent += 1;
+            sent_bytes += query.len() as u64;
         }
         if sent.is_multiple_of(64) {
             tokio::task::yield_now().await;
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    receiver.await?;
-    let answered = answered.load(Ordering::Relaxed);
+    while readers.join_next().await.is_some() {}
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let (answered, received_bytes) = (load(&received.answered), load(&received.bytes));
     Ok(Report {
         op: "udp-flood",
         seconds,
+        networks: sockets.len(),
         sent,
         sent_per_second: sent as f64 / seconds,
+        sent_bytes,
         answered,
         answered_per_second: answered as f64 / seconds,
-        truncated: truncated.load(Ordering::Relaxed),
+        truncated: load(&received.truncated),
+        received_bytes,
+        received_bytes_per_second: received_bytes as f64 / seconds,
+        amplification: received_bytes as f64 / sent_bytes.max(1) as f64,
+        largest_answer: load(&received.largest),
     })
+}
+
+fn count(received: &Received, answer: &[u8]) {
+    received
+        .bytes
+        .fetch_add(answer.len() as u64, Ordering::Relaxed);
+    received
+        .largest
+        .fetch_max(answer.len() as u64, Ordering::Relaxed);
+    match Message::from_vec(answer) {
+        Ok(message) if message.metadata.truncation => {
+            received.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(_) => {
+            received.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {}
+    }
 }

@@ -84,7 +84,7 @@ const PRIVATE_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections on probation at once on the peer listener. A node's connections leave probation
 /// with their first request, within milliseconds of the accept; this many strangers' connections
 /// arriving in that time would be needed to push one out.
-pub const PEER_UNAUTHENTICATED_MAX: usize = 32;
+pub const PEER_UNAUTHENTICATED_MAX: usize = 64;
 
 impl ConnectionLimits {
     /// The public listeners' limits, from `[http]`.
