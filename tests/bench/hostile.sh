@@ -90,32 +90,36 @@ run_phase() {
   fds=$(metric "$leader" process_open_fds)
   listeners=$(curl -sf "http://${node_admin[$leader]}/metrics" |
     awk '/^pkraft_listener_connections\{/ {gsub(/.*listener="/, "", $1); gsub(/".*/, "", $1); printf "%s\"%s\": %s", sep, $1, $2; sep=", "}')
+  # The attacker's own CPU (it shares the 2 cores with the nodes and the client).
+  local attacker_ticks
+  attacker_ticks=$(awk '{print $14 + $15}' "/proc/$attack_pid/stat" 2>/dev/null || echo 0)
   wait "$attack_pid" || true
   for id in 1 2 3; do kill -0 "${node_pid[$id]}" 2>/dev/null || alive=false; done
   local heartbeats cpu attack
   heartbeats=$(paste -d' ' <(echo "$gaps_before") <(gaps) | awk '{printf "{\"gaps\": %d, \"over_150ms\": %d, \"over_200ms\": %d, \"over_300ms\": %d, \"over_500ms\": %d}", $6 - $1, $7 - $2, $8 - $3, $9 - $4, $10 - $5}')
   cpu=$(awk -v t="$(( $(cpu_ticks) - ticks ))" -v hz="$(getconf CLK_TCK)" -v s="$started" -v e="$(date +%s.%N)" 'BEGIN { printf "%.0f", t / hz / (e - s) * 100 }')
   attack=$(cat "$work/attack.json" 2>/dev/null)
-  echo "{\"phase\": \"$name\", \"nodes_alive\": $alive, \"leader_changes\": $(( $(leader_changes_total "${node_admin[@]}") - changes )), \"follower_heartbeat_gaps\": $heartbeats, \"nodes_cpu_percent\": $cpu, \"target_open_fds\": ${fds:-null}, \"listeners\": {$listeners}, \"client\": $client, \"attack\": ${attack:-null}}"
+  echo "{\"phase\": \"$name\", \"nodes_alive\": $alive, \"leader_changes\": $(( $(leader_changes_total "${node_admin[@]}") - changes )), \"follower_heartbeat_gaps\": $heartbeats, \"nodes_cpu_percent\": $cpu, \"attacker_cpu_percent\": $(awk -v t="$attacker_ticks" -v hz="$(getconf CLK_TCK)" -v s="$phase_seconds" 'BEGIN { printf "%.0f", t / hz / (s + 2) * 100 }'), \"target_open_fds\": ${fds:-null}, \"listeners\": {$listeners}, \"client\": $client, \"attack\": ${attack:-null}}"
   phase=$((phase + 1))
   sleep 2
 }
 
 flood_for=$((phase_seconds + 4))
-cf() { "$bin/pkraft-bench" conn-flood --seconds "$flood_for" "$@"; }
+# The attack command itself (not a shell function), so that its pid is the attacker's.
+cf=("$bin/pkraft-bench" conn-flood --seconds "$flood_for")
 
 run_phase baseline true
 # The issue's first run: one query every 5 s on each connection.
-run_phase dns-tcp cf --target "$(addr "${node_dns[$leader]}")" --connections "$flood" --sources 50 --block 11 --mode dns --every-ms 5000
-run_phase http-slowloris cf --target "$(http_addr "$leader")" --connections "$flood" --sources 50 --block 12 --mode slowloris --every-ms 500
-run_phase http-silent cf --target "$(http_addr "$leader")" --connections "$flood" --sources 50 --block 13 --mode silent
+run_phase dns-tcp "${cf[@]}" --target "$(addr "${node_dns[$leader]}")" --connections "$flood" --sources 50 --block 11 --mode dns --every-ms 5000
+run_phase http-slowloris "${cf[@]}" --target "$(http_addr "$leader")" --connections "$flood" --sources 50 --block 12 --mode slowloris --every-ms 500
+run_phase http-silent "${cf[@]}" --target "$(http_addr "$leader")" --connections "$flood" --sources 50 --block 13 --mode silent
 # A /healthz every 59 s keeps a connection from idling out (the issue's /56 case, as 20 addresses).
-run_phase http-healthz cf --target "$(http_addr "$leader")" --connections "$flood" --sources 20 --block 14 --mode healthz --every-ms 59000
-run_phase https-silent cf --target "$(addr "${node_https[$leader]}")" --connections "$flood" --sources 50 --block 15 --mode silent
-run_phase admin-silent cf --target "${node_admin[$leader]}" --connections "$flood" --sources 50 --block 16 --mode silent
-run_phase peer-strangers-follower cf --target "$(peer_addr "${followers[0]}")" --connections "$flood" --sources 50 --block 17 --mode stranger
-run_phase peer-silent-follower cf --target "$(peer_addr "${followers[1]}")" --connections "$flood" --sources 50 --block 18 --mode silent
-run_phase peer-strangers-leader cf --target "$(peer_addr "$leader")" --connections "$flood" --sources 50 --block 19 --mode stranger
+run_phase http-healthz "${cf[@]}" --target "$(http_addr "$leader")" --connections "$flood" --sources 20 --block 14 --mode healthz --every-ms 59000
+run_phase https-silent "${cf[@]}" --target "$(addr "${node_https[$leader]}")" --connections "$flood" --sources 50 --block 15 --mode silent
+run_phase admin-silent "${cf[@]}" --target "${node_admin[$leader]}" --connections "$flood" --sources 50 --block 16 --mode silent
+run_phase peer-strangers-follower "${cf[@]}" --target "$(peer_addr "${followers[0]}")" --connections "$flood" --sources 50 --block 17 --mode stranger
+run_phase peer-silent-follower "${cf[@]}" --target "$(peer_addr "${followers[1]}")" --connections "$flood" --sources 50 --block 18 --mode silent
+run_phase peer-strangers-leader "${cf[@]}" --target "$(peer_addr "$leader")" --connections "$flood" --sources 50 --block 19 --mode stranger
 
 # Labels: a first flood makes every series a made-up request can make; the second (100,000
 # requests) must add none: /metrics and RSS grow by at most 1 %.

@@ -179,8 +179,21 @@ pub async fn serve(
                 None => connection.run(tcp).await,
                 Some(acceptor) => {
                     let stream = QuickAckStream(tcp);
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                    let handshake = acceptor.accept(stream);
+                    let limit = handshake_limit(handshake_timeout, connection.pressure.clone());
+                    match tokio::time::timeout(handshake_timeout, async {
+                        tokio::select! {
+                            done = handshake => Some(done),
+                            () = limit => None,
+                        }
+                    })
+                    .await
+                    {
+                        Ok(None) => {
+                            connection.admission.count_closed_under_pressure();
+                            tracing::debug!(%peer, "TLS handshake not done in time under pressure");
+                        }
+                        Ok(Some(Ok(tls))) => {
                             // A peer listener's client certificate, for the node-id check
                             // (`pkraft_raft::peer::server`); public listeners ask for none.
                             let certificates = tls.get_ref().1.peer_certificates().map(|chain| {
@@ -195,7 +208,9 @@ pub async fn serve(
                             .run(tls)
                             .await
                         }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Ok(Some(Err(e))) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
@@ -205,6 +220,25 @@ pub async fn serve(
     let _ = stop_connections.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Resolves once a TLS handshake that started now has taken `PRESSURE_IDLE_TIMEOUT` while the
+/// listener is under pressure (a handshake is a connection's first request's prelude, so it gets
+/// no more time than the first request); pending otherwise (`timeout`, the handshake's own
+/// limit, ends it then).
+async fn handshake_limit(timeout: Duration, mut pressure: watch::Receiver<bool>) {
+    let deadline = tokio::time::Instant::now() + PRESSURE_IDLE_TIMEOUT.min(timeout);
+    loop {
+        if *pressure.borrow_and_update() {
+            tokio::time::sleep_until(deadline).await;
+            if *pressure.borrow() {
+                return;
+            }
+        }
+        if pressure.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// The hyper connection builder with the HTTP/1 and HTTP/2 limits.
@@ -346,6 +380,11 @@ impl Connection {
                             self.admission.count_closed_under_pressure();
                         }
                         tracing::debug!(%peer, reason, under_pressure, "closing connection");
+                        if requests.last().is_none() {
+                            // No request ever started: nothing to finish, and hyper would wait
+                            // for a trickled head to complete (up to `SHUTDOWN_GRACE`).
+                            return;
+                        }
                         connection.as_mut().graceful_shutdown();
                         shutdown_since = Some(Instant::now());
                     }
