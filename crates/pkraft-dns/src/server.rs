@@ -151,9 +151,7 @@ impl DnsServer {
                 handler,
                 answers,
                 rrl,
-                settings.udp_pending_max,
-                settings.udp_batch,
-                settings.udp_payload_max,
+                settings,
                 udp.len(),
                 metrics.clone(),
             ));

@@ -30,6 +30,7 @@ use crate::answer_cache::AnswerCache;
 use crate::answerer::{Cacheable, Direct, SharedHandler, respond};
 use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
 use crate::rrl::{Rrl, SlipDice, Verdict, truncated_answer};
+use crate::settings::Settings;
 use crate::udp_io::{Outgoing, Received};
 use pkraft_limits::Scope;
 
@@ -75,9 +76,7 @@ impl UdpFrontend {
         handler: SharedHandler,
         answers: Option<AnswerCache>,
         rrl: Option<Rrl>,
-        pending_max: usize,
-        batch: usize,
-        payload_max: u16,
+        settings: &Settings,
         loops: usize,
         metrics: Arc<DnsMetrics>,
     ) -> Self {
@@ -85,9 +84,9 @@ impl UdpFrontend {
             handler,
             answers,
             rrl,
-            pending_max,
-            batch,
-            payload_max,
+            pending_max: settings.udp_pending_max,
+            batch: settings.udp_batch,
+            payload_max: settings.udp_payload_max,
             counters: (0..loops).map(|_| LoopCounters::default()).collect(),
             chain_answer_bytes: AtomicU64::new(0),
             chain_over_budget: AtomicU64::new(0),

@@ -193,12 +193,14 @@ mod tests {
 
     #[test]
     fn caps_that_do_not_fit_are_refused_naming_every_field() {
-        let mut config = Config::default();
-        config.https = Some(crate::https::HttpsSettings {
-            listen: "127.0.0.1:8443".parse().expect("addr"),
-            cert: "cert.pem".into(),
-            key: "key.pem".into(),
-        });
+        let config = Config {
+            https: Some(crate::https::HttpsSettings {
+                listen: "127.0.0.1:8443".parse().expect("addr"),
+                cert: "cert.pem".into(),
+                key: "key.pem".into(),
+            }),
+            ..Config::default()
+        };
         let err = Budget::check(&config, 4_096).expect_err("does not fit");
         let text = format!("{err:#}");
         for field in [
