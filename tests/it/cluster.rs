@@ -717,7 +717,15 @@ async fn t10_peer_and_admin_requests_are_authenticated() {
         if let Some(auth) = auth {
             request = request.header("authorization", auth);
         }
-        assert_eq!(request.send().await.expect("send").status(), 401);
+        let refused = request.send().await.expect("send");
+        assert_eq!(refused.status(), 401);
+        // The connection closes after a refusal; the answer says so, or the client would reuse
+        // it for its next request (below) and race the close.
+        assert_eq!(
+            refused.headers().get("connection").map(|v| v.as_bytes()),
+            Some(&b"close"[..]),
+            "refused peer answer announces the close"
+        );
     }
     // The right secret, but the address of another node than the caller meant.
     let misdirected = client

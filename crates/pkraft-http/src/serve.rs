@@ -330,10 +330,22 @@ impl Connection {
                 let in_flight = counted.start();
                 let app = app.clone();
                 let verdicts = service_verdicts.clone();
+                let http1 = request.version() < axum::http::Version::HTTP_2;
                 async move {
-                    let response = app.oneshot(request).await;
-                    if let (Some(verdicts), Ok(response)) = (&verdicts, &response) {
-                        verdicts.record(response.extensions().get::<Authenticated>().is_some());
+                    let mut response = app.oneshot(request).await;
+                    if let (Some(verdicts), Ok(response)) = (&verdicts, &mut response) {
+                        let refused = !verdicts
+                            .record(response.extensions().get::<Authenticated>().is_some());
+                        if refused && http1 {
+                            // The connection closes after this answer: say so (RFC 9112 9.6), or
+                            // a client puts it back in its pool and sends its next request into
+                            // the closing connection (hyper: `IncompleteMessage`). HTTP/2 has
+                            // GOAWAY for this, sent by the graceful shutdown.
+                            response.headers_mut().insert(
+                                axum::http::header::CONNECTION,
+                                axum::http::HeaderValue::from_static("close"),
+                            );
+                        }
                     }
                     let in_flight = body_counts.then_some(in_flight);
                     response.map(|response| {
@@ -512,17 +524,20 @@ impl AuthVerdicts {
         }
     }
 
-    fn record(&self, authenticated: bool) {
+    /// Records one answer's verdict; whether the connection stays open (`false`: it is closed
+    /// after this answer).
+    fn record(&self, authenticated: bool) -> bool {
         let mut place = lock(&self.place);
         if place.is_none() {
             // Already authenticated once: the connection is the cluster's.
-            return;
+            return true;
         }
         if authenticated {
             *place = None;
         } else {
             self.refused.notify_one();
         }
+        authenticated
     }
 }
 
