@@ -27,5 +27,6 @@ mod peer_tls;
 mod pkarr_client;
 mod power_loss;
 mod relay;
+mod silent_partitions;
 mod snapshot_memory;
 mod write_bounds;

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use pkraft_lossyfs::Cut;
+use pkraft_testkit::proxy::CutKind;
 
 use crate::cluster::Cluster;
 use crate::rng::SplitMix64;
@@ -88,6 +89,38 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             }
             hold_heal(cluster, fault.hold).await;
             format!("requests to leader {target} cut")
+        }
+        FaultKind::BlackholeLeader => {
+            let target = any_leader()?;
+            cluster
+                .network
+                .partition_as(&[target], &others(target), CutKind::Silent);
+            hold_heal(cluster, fault.hold).await;
+            format!("black-holed leader {target}")
+        }
+        FaultKind::BlackholeFollower => {
+            let target = follower(&mut rng)?;
+            cluster
+                .network
+                .partition_as(&[target], &others(target), CutKind::Silent);
+            hold_heal(cluster, fault.hold).await;
+            format!("black-holed follower {target}")
+        }
+        FaultKind::BlackholeLeaderSend => {
+            let target = any_leader()?;
+            for other in others(target) {
+                cluster.network.cut_as(target, other, CutKind::Silent);
+            }
+            hold_heal(cluster, fault.hold).await;
+            format!("leader {target}'s requests black-holed")
+        }
+        FaultKind::BlackholeLeaderReceive => {
+            let target = any_leader()?;
+            for other in others(target) {
+                cluster.network.cut_as(other, target, CutKind::Silent);
+            }
+            hold_heal(cluster, fault.hold).await;
+            format!("requests to leader {target} black-holed")
         }
         FaultKind::SlowNetwork => {
             cluster.network.set_delay(fault.delay, fault.jitter);

@@ -32,6 +32,15 @@ pub enum FaultKind {
     LeaderCannotSend,
     /// The others' requests to the leader fail; the leader's to them go through.
     LeaderCannotReceive,
+    /// Every peer request to and from the leader vanishes (held unanswered until the heal),
+    /// as on a network that drops the leader's packets.
+    BlackholeLeader,
+    /// A follower's peer requests, both ways, vanish.
+    BlackholeFollower,
+    /// The leader's requests to the others vanish; theirs to it go through.
+    BlackholeLeaderSend,
+    /// The others' requests to the leader vanish; the leader's to them go through.
+    BlackholeLeaderReceive,
     /// Every peer request is delayed.
     SlowNetwork,
     /// A share of all peer requests fail: half before delivery, half after (the answer is lost).
@@ -57,7 +66,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 14] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::KillFollower,
         FaultKind::KillLeader,
         FaultKind::KillMajority,
@@ -69,6 +78,10 @@ impl FaultKind {
         FaultKind::SplitMajority,
         FaultKind::LeaderCannotSend,
         FaultKind::LeaderCannotReceive,
+        FaultKind::BlackholeLeader,
+        FaultKind::BlackholeFollower,
+        FaultKind::BlackholeLeaderSend,
+        FaultKind::BlackholeLeaderReceive,
         FaultKind::SlowNetwork,
         FaultKind::LossyNetwork,
         FaultKind::ReplaceFollower,
@@ -102,6 +115,10 @@ impl FaultKind {
             FaultKind::SplitMajority => "split-majority",
             FaultKind::LeaderCannotSend => "leader-cannot-send",
             FaultKind::LeaderCannotReceive => "leader-cannot-receive",
+            FaultKind::BlackholeLeader => "blackhole-leader",
+            FaultKind::BlackholeFollower => "blackhole-follower",
+            FaultKind::BlackholeLeaderSend => "blackhole-leader-send",
+            FaultKind::BlackholeLeaderReceive => "blackhole-leader-receive",
             FaultKind::SlowNetwork => "slow-network",
             FaultKind::LossyNetwork => "lossy-network",
             FaultKind::ReplaceFollower => "replace-follower",

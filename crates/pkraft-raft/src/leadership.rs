@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
@@ -12,6 +12,13 @@ use crate::NodeId;
 use crate::handover::Silenced;
 use crate::node::Node;
 use crate::quorum::QuorumContact;
+
+/// How often a caller waiting on another node's answer checks that it still leads and is heard
+/// from ([`Node::until_leader_gone`]): a fraction of the default heartbeat interval.
+const LEADER_WATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// After a failed call to the leader (it moved or is down), how long to wait for news of a leader
+/// before trying again.
+const REROUTE_PAUSE: Duration = Duration::from_millis(100);
 
 /// The leadership state a node keeps beside openraft's.
 #[derive(Debug, Default)]
@@ -86,6 +93,53 @@ impl Node {
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?;
         Some((leader, node.addr.clone()))
+    }
+
+    /// Why this node must stop waiting on `leader`, another node, for an answer (a forwarded
+    /// publish, a read index): this node knows another leader or none, or `leader` has not
+    /// reached it for longer than the leader lease (`election_timeout_max`), after which the
+    /// followers may be electing a successor. A leader behind a silent partition (packets
+    /// dropped) never answers, and a caller that waited for its deadline would refuse writes
+    /// long after a new leader exists. `None` while `leader` leads and is heard from.
+    pub(crate) fn leader_gone(&self, leader: NodeId) -> Option<String> {
+        let current = self.raft.metrics().borrow().current_leader;
+        if current != Some(leader) {
+            return Some(match current {
+                Some(current) => format!("leadership moved from node {leader} to node {current}"),
+                None => format!("node {leader} is no longer known to lead"),
+            });
+        }
+        let silent = self.since_leader_reached();
+        (silent > self.election_timeout_max).then(|| {
+            format!(
+                "leader {leader} has not been heard from for {} ms",
+                silent.as_millis()
+            )
+        })
+    }
+
+    /// Resolves once [`Node::leader_gone`] says why; for racing a call to `leader`.
+    pub(crate) async fn until_leader_gone(&self, leader: NodeId) -> String {
+        loop {
+            if let Some(reason) = self.leader_gone(leader) {
+                return reason;
+            }
+            tokio::time::sleep(LEADER_WATCH_INTERVAL).await;
+        }
+    }
+
+    /// Waits (bounded by `deadline` and [`REROUTE_PAUSE`]) until this node knows of a leader
+    /// other than `previous`.
+    pub(crate) async fn wait_for_leader_news(&self, previous: Option<NodeId>, deadline: Instant) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let _ = self
+            .raft
+            .wait(Some(remaining.min(REROUTE_PAUSE)))
+            .metrics(
+                |m| m.current_leader.is_some() && m.current_leader != previous,
+                "learn of a leader",
+            )
+            .await;
     }
 
     /// When this node last became the leader, if it leads.

@@ -2,7 +2,7 @@
 //! the replica may be, and the linearizable read barrier (ReadIndex) for reads that ask for one.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, RaftError};
@@ -71,11 +71,41 @@ pub enum ReadError {
     Replica(#[from] StoreError),
 }
 
+/// A replication request being handled ([`Node::leader_request`]).
+pub(crate) struct LeaderRequest<'a>(&'a Node);
+
+impl Drop for LeaderRequest<'_> {
+    fn drop(&mut self) {
+        self.0
+            .freshness()
+            .leader_requests_in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a read index could not be had from the leader.
+enum ReadIndexFailed {
+    /// The leader moved, went silent or could not confirm its leadership yet: ask the leader
+    /// again (the next one) until the deadline. A read index changes nothing, so asking twice
+    /// is harmless.
+    Reroute(String),
+    /// An answer that asking again will not change.
+    Final(String),
+}
+
 /// What a node knows about the freshness of its replica, beside openraft's metrics.
 #[derive(Debug)]
 pub(crate) struct Freshness {
-    /// When this node last heard from a leader it accepted; written by the peer listener.
+    /// When this node last heard from a leader it accepted and took its entries from; written
+    /// by the peer listener.
     leader_contact: LeaderContact,
+    /// When a current leader last reached this node, also with entries it refused for lack of
+    /// disk space: whether the leader is alive (see [`Node::leader_gone`]), not whether this
+    /// replica is fresh.
+    leader_reached: LeaderContact,
+    /// `append-entries` and `install-snapshot` requests being handled now: a leader whose last
+    /// snapshot chunk takes seconds to install is busy with this node, not silent.
+    leader_requests_in_flight: AtomicUsize,
     /// Set after a crash: local reads wait until the replica is at least as new as before it.
     catch_up: Option<CatchUp>,
     /// The last entry the log held at start: the floor of the read indexes this node gives while
@@ -89,6 +119,8 @@ impl Freshness {
     pub(crate) fn at_start(log_end: Option<LogId<NodeId>>, clean_stop: bool) -> Freshness {
         Freshness {
             leader_contact: LeaderContact::new(),
+            leader_reached: LeaderContact::new(),
+            leader_requests_in_flight: AtomicUsize::new(0),
             catch_up: match log_end {
                 Some(log_end) if !clean_stop => {
                     tracing::info!(
@@ -196,9 +228,35 @@ impl Node {
 
     /// This node accepted an `append-entries` (or snapshot) from its leader just now.
     pub(crate) fn heard_from_leader(&self) {
+        self.reached_by_leader();
         if let Some(gap) = self.freshness().leader_contact.record() {
             self.metrics.leader_contact_gap.observe(gap.as_secs_f64());
         }
+    }
+
+    /// A current leader's request reached this node just now, whether or not its entries were
+    /// taken (see `heard_from_leader`).
+    pub(crate) fn reached_by_leader(&self) {
+        self.freshness().leader_reached.record();
+    }
+
+    /// How long since a current leader last reached this node (zero while one of its requests
+    /// is being handled); since start if none has.
+    pub(crate) fn since_leader_reached(&self) -> Duration {
+        let freshness = self.freshness();
+        if freshness.leader_requests_in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let reached = &freshness.leader_reached;
+        reached.elapsed().unwrap_or_else(|| reached.epoch.elapsed())
+    }
+
+    /// Counts a replication request from a leader as contact while it is handled.
+    pub(crate) fn leader_request(&self) -> LeaderRequest<'_> {
+        self.freshness()
+            .leader_requests_in_flight
+            .fetch_add(1, Ordering::Relaxed);
+        LeaderRequest(self)
     }
 
     /// Whether local reads must wait: this node restarted after a crash and its replica may
@@ -297,26 +355,41 @@ impl Node {
     /// the leader confirms it still leads with a quorum round and names its commit index; this
     /// node waits until it has applied that far. Bounded by `raft.publish_timeout`.
     pub async fn read_barrier(&self) -> Result<(), ReadError> {
-        let index = if self.is_leader() {
-            self.read_index_as_leader()
-                .await
-                .map_err(|e| ReadError::Unavailable(e.to_string()))?
-        } else {
-            let (leader, addr) = self
-                .known_leader()
-                .ok_or_else(|| ReadError::Unavailable("no leader is elected".to_string()))?;
-            let answer: Result<Option<u64>, PeerError> = self
-                .peers
-                .call(
-                    &addr,
-                    Some(leader),
-                    path::READ_INDEX,
-                    &(),
-                    self.publish_timeout,
-                )
-                .await
-                .map_err(|e| ReadError::Unavailable(e.to_string()))?;
-            answer.map_err(|e| ReadError::Unavailable(e.to_string()))?
+        let deadline = Instant::now() + self.publish_timeout;
+        let index = loop {
+            if self.is_leader() {
+                break self
+                    .read_index_as_leader()
+                    .await
+                    .map_err(|e| ReadError::Unavailable(e.to_string()))?;
+            }
+            let expired = Instant::now() >= deadline;
+            let leader = match self.known_leader() {
+                None if expired => {
+                    return Err(ReadError::Unavailable("no leader is elected".to_string()));
+                }
+                Some((leader, _)) if expired => {
+                    return Err(ReadError::Unavailable(
+                        self.leader_gone(leader).unwrap_or_else(|| {
+                            format!("no read index from leader {leader} in time")
+                        }),
+                    ));
+                }
+                None => {
+                    self.wait_for_leader_news(None, deadline).await;
+                    continue;
+                }
+                Some(leader) => leader,
+            };
+            let leader_id = leader.0;
+            match self.read_index_from(leader, deadline).await {
+                Ok(index) => break index,
+                Err(ReadIndexFailed::Final(reason)) => return Err(ReadError::Unavailable(reason)),
+                Err(ReadIndexFailed::Reroute(reason)) => {
+                    tracing::debug!(%reason, leader = leader_id, "read index failed; rerouting");
+                    self.wait_for_leader_news(Some(leader_id), deadline).await;
+                }
+            }
         };
         if index.is_some() {
             self.raft
@@ -328,6 +401,32 @@ impl Node {
                 })?;
         }
         Ok(())
+    }
+
+    /// Asks `leader` (id, peer address) for its read index, giving up as soon as it goes
+    /// silent or loses its leadership ([`Node::leader_gone`]) instead of at `deadline`.
+    async fn read_index_from(
+        &self,
+        (leader, addr): (NodeId, String),
+        deadline: Instant,
+    ) -> Result<Option<u64>, ReadIndexFailed> {
+        if let Some(reason) = self.leader_gone(leader) {
+            return Err(ReadIndexFailed::Reroute(reason));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let call = self
+            .peers
+            .call(&addr, Some(leader), path::READ_INDEX, &(), remaining);
+        let answer: Result<Option<u64>, PeerError> = tokio::select! {
+            answer = call => answer.map_err(|e| ReadIndexFailed::Reroute(e.to_string()))?,
+            reason = self.until_leader_gone(leader) => return Err(ReadIndexFailed::Reroute(reason)),
+        };
+        answer.map_err(|e| match e {
+            PeerError::NotLeader { .. } | PeerError::Unavailable(_) => {
+                ReadIndexFailed::Reroute(e.to_string())
+            }
+            PeerError::Refused(_) | PeerError::Fatal(_) => ReadIndexFailed::Final(e.to_string()),
+        })
     }
 
     /// The leader's half of ReadIndex: confirm leadership with a quorum and return the index up
@@ -344,6 +443,11 @@ impl Node {
     /// its whole log. (Found by the chaos harness: docs/TESTING.md, "a linearizable GET
     /// returned an older packet after the leader restarted".)
     pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
+        // A leader no quorum has heard from within the lease cannot confirm its leadership
+        // before the partition heals; say so now rather than at the deadline.
+        if let Some(reason) = self.cut_off_from_quorum() {
+            return Err(PeerError::Unavailable(reason));
+        }
         let ensured = tokio::time::timeout(self.publish_timeout, self.raft.ensure_linearizable())
             .await
             .map_err(|_| {

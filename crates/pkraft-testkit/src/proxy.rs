@@ -3,11 +3,13 @@
 //! so all Raft traffic and forwarded publishes pass through the proxies. Peer requests name their
 //! sender (`Pkraft-Source-Node`) and the proxy knows its node, so the rules can cut one direction
 //! of a link, which a TCP-level proxy could not tell apart: an asymmetric partition is "A's
-//! requests to B fail, B's to A go through". A cut request is answered 503 at once, as a refused
-//! connection would be. A lossy network loses requests (never delivered) and answers (delivered,
-//! then failed).
+//! requests to B fail, B's to A go through". A cut is refused or silent: a refused cut answers
+//! 503 at once, as a refused connection would; a silent one (a black hole, like a real network
+//! dropping packets) holds the request unanswered until the cut heals, then delivers it, as TCP
+//! retransmission would, unless the caller gave up first. A lossy network loses requests (never
+//! delivered) and answers (delivered, then failed).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,8 @@ const PUBLISH_PATH: &str = "/peer/v1/publish";
 pub struct Network {
     rules: Mutex<Rules>,
     pub cut_requests: AtomicU64,
+    /// Requests a silent cut held (then delivered after the heal, if the caller still waited).
+    pub held_requests: AtomicU64,
     pub lost_requests: AtomicU64,
     pub lost_answers: AtomicU64,
     pub delayed_requests: AtomicU64,
@@ -37,9 +41,9 @@ pub struct Network {
 
 struct Rules {
     /// (from, to): requests from `from` to `to` fail.
-    cut: HashSet<(u64, u64)>,
+    cut: HashMap<(u64, u64), CutKind>,
     /// Nodes cut off from every other, both ways.
-    isolated: HashSet<u64>,
+    isolated: HashMap<u64, CutKind>,
     /// Added delay per request: base and jitter.
     delay: Option<(Duration, Duration)>,
     loss_percent: u64,
@@ -62,9 +66,19 @@ pub struct LostAnswerControl {
     pub release: tokio::sync::oneshot::Sender<()>,
 }
 
+/// How a cut link fails a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutKind {
+    /// Answered 503 at once, as a refused connection (a crashed process) would be.
+    Refused,
+    /// Held unanswered until the cut heals (packets dropped): the caller only learns from its
+    /// own timeout.
+    Silent,
+}
+
 /// What to do with one request.
 enum Verdict {
-    Cut,
+    Cut(CutKind),
     /// Fail it without delivering it.
     LoseRequest,
     /// Deliver it, then fail it as if the answer were lost: the sender cannot tell whether it
@@ -79,14 +93,15 @@ impl Network {
     pub fn new(seed: u64) -> Arc<Network> {
         Arc::new(Network {
             rules: Mutex::new(Rules {
-                cut: HashSet::new(),
-                isolated: HashSet::new(),
+                cut: HashMap::new(),
+                isolated: HashMap::new(),
                 delay: None,
                 loss_percent: 0,
                 rng: SplitMix64::new(seed),
                 lost_publish_answer: None,
             }),
             cut_requests: AtomicU64::new(0),
+            held_requests: AtomicU64::new(0),
             lost_requests: AtomicU64::new(0),
             lost_answers: AtomicU64::new(0),
             delayed_requests: AtomicU64::new(0),
@@ -100,27 +115,42 @@ impl Network {
         change(&mut rules)
     }
 
-    /// Requests from `from` to `to` fail (one direction).
+    /// Requests from `from` to `to` are refused (one direction).
     pub fn cut(&self, from: u64, to: u64) {
+        self.cut_as(from, to, CutKind::Refused);
+    }
+
+    /// Requests from `from` to `to` fail as `kind` says (one direction).
+    pub fn cut_as(&self, from: u64, to: u64, kind: CutKind) {
         self.with_rules(|r| {
-            r.cut.insert((from, to));
+            r.cut.insert((from, to), kind);
         });
     }
 
-    /// Both directions between every node of `a` and every node of `b`.
+    /// Both directions between every node of `a` and every node of `b`, refused.
     pub fn partition(&self, a: &[u64], b: &[u64]) {
+        self.partition_as(a, b, CutKind::Refused);
+    }
+
+    /// Both directions between every node of `a` and every node of `b`, failing as `kind`.
+    pub fn partition_as(&self, a: &[u64], b: &[u64], kind: CutKind) {
         for &x in a {
             for &y in b {
-                self.cut(x, y);
-                self.cut(y, x);
+                self.cut_as(x, y, kind);
+                self.cut_as(y, x, kind);
             }
         }
     }
 
     /// Cuts `node` off from every other node, both ways, including nodes added later.
     pub fn isolate(&self, node: u64) {
+        self.isolate_as(node, CutKind::Refused);
+    }
+
+    /// [`Network::isolate`], failing requests as `kind`.
+    pub fn isolate_as(&self, node: u64, kind: CutKind) {
         self.with_rules(|r| {
-            r.isolated.insert(node);
+            r.isolated.insert(node, kind);
         });
     }
 
@@ -170,16 +200,15 @@ impl Network {
         })
     }
 
+    /// How requests from `from` to `to` are cut now, if they are.
+    fn cut_kind(&self, from: Option<u64>, to: u64) -> Option<CutKind> {
+        self.with_rules(|r| r.cut_kind(from, to))
+    }
+
     fn verdict(&self, from: Option<u64>, to: u64) -> Verdict {
         self.with_rules(|r| {
-            let cut = r.isolated.contains(&to)
-                || match from {
-                    Some(from) => r.isolated.contains(&from) || r.cut.contains(&(from, to)),
-                    // A request that does not name its sender is cut if anything towards `to` is.
-                    None => r.cut.iter().any(|&(_, t)| t == to),
-                };
-            if cut {
-                Verdict::Cut
+            if let Some(kind) = r.cut_kind(from, to) {
+                Verdict::Cut(kind)
             } else if r.loss_percent > 0 && r.rng.below(100) < r.loss_percent {
                 if r.rng.chance(0.5) {
                     Verdict::LoseRequest
@@ -195,6 +224,35 @@ impl Network {
         })
     }
 }
+
+impl Rules {
+    /// How requests from `from` to `to` are cut, if they are; a refusal wins over silence.
+    fn cut_kind(&self, from: Option<u64>, to: u64) -> Option<CutKind> {
+        let mut kinds = Vec::new();
+        kinds.extend(self.isolated.get(&to));
+        match from {
+            Some(from) => {
+                kinds.extend(self.isolated.get(&from));
+                kinds.extend(self.cut.get(&(from, to)));
+            }
+            // A request that does not name its sender is cut if anything towards `to` is.
+            None => kinds.extend(
+                self.cut
+                    .iter()
+                    .filter(|((_, t), _)| *t == to)
+                    .map(|(_, kind)| kind),
+            ),
+        }
+        kinds
+            .iter()
+            .copied()
+            .copied()
+            .min_by_key(|kind| *kind != CutKind::Refused)
+    }
+}
+
+/// How often a request held by a silent cut looks whether the cut has healed.
+const HELD_RECHECK: Duration = Duration::from_millis(20);
 
 /// One node's proxy: listens on its own loopback port, relays to the node's current peer
 /// address.
@@ -248,13 +306,30 @@ async fn relay(State(state): State<ProxyState>, request: Request) -> Response {
         .and_then(|v| v.parse::<u64>().ok());
     let mut lose_answer = false;
     match state.network.verdict(from, state.node) {
-        Verdict::Cut => {
+        Verdict::Cut(CutKind::Refused) => {
             state.network.cut_requests.fetch_add(1, Ordering::Relaxed);
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "partitioned by the harness",
             )
                 .into_response();
+        }
+        Verdict::Cut(CutKind::Silent) => {
+            state.network.held_requests.fetch_add(1, Ordering::Relaxed);
+            // Until the cut heals or turns into a refusal. hyper does not notice a caller that
+            // gave up and closed its connection meanwhile, so the held request is still
+            // delivered after the heal, late, as a retransmitted one may be on a real network.
+            while state.network.cut_kind(from, state.node) == Some(CutKind::Silent) {
+                tokio::time::sleep(HELD_RECHECK).await;
+            }
+            if state.network.cut_kind(from, state.node).is_some() {
+                state.network.cut_requests.fetch_add(1, Ordering::Relaxed);
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "partitioned by the harness",
+                )
+                    .into_response();
+            }
         }
         Verdict::LoseRequest => {
             state.network.lost_requests.fetch_add(1, Ordering::Relaxed);

@@ -190,6 +190,7 @@ where
 
 async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange_unless_refused(body, |mut rpc: AppendEntriesRequest<TypeConfig>| async move {
+        let _in_flight = node.leader_request();
         // Low on disk (`disk_space`), entries wait: they are answered 503, which the leader
         // retries after a back-off. The rest of the request is still taken, as a heartbeat:
         // a leader backing off sends nothing else, and without it this follower would stand
@@ -208,8 +209,11 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
         match refusal {
             // A stale leader hears so, as always; only a current one is refused. Not counted as
             // leader contact: the replica falls behind, so it turns stale (`/readyz`,
-            // `dns.max_stale`) as a cut-off follower's does.
-            Some(reason) if from_leader => Err(Refusal(reason)),
+            // `dns.max_stale`) as a cut-off follower's does. The leader is alive, though.
+            Some(reason) if from_leader => {
+                node.reached_by_leader();
+                Err(Refusal(reason))
+            }
             _ => {
                 if from_leader {
                     node.heard_from_leader();
@@ -230,6 +234,7 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange_unless_refused(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
+        let _in_flight = node.leader_request();
         if let Some(reason) = node.disk_space.refusal() {
             // As for entries (see `append_entries`): the snapshot waits, the vote is taken as
             // a heartbeat. Its previous entry is the snapshot's last, which a follower that
@@ -244,8 +249,11 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
                 Ok(AppendEntriesResponse::HigherVote(vote)) => {
                     Ok(Ok(InstallSnapshotResponse { vote }))
                 }
-                // Not leader contact either (see `append_entries`).
-                Ok(_) => Err(Refusal(reason)),
+                // Not leader contact either, but a live leader (see `append_entries`).
+                Ok(_) => {
+                    node.reached_by_leader();
+                    Err(Refusal(reason))
+                }
                 Err(fatal) => Err(Refusal(fatal.to_string())),
             };
         }

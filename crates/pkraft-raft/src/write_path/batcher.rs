@@ -26,9 +26,6 @@ use crate::peer::{ForwardedPublish, PeerError, path};
 /// Batches proposed and not yet committed. Two keep the log append of one batch overlapping the
 /// apply of the one before it; more only make batches smaller.
 const BATCHES_IN_FLIGHT: usize = 2;
-/// After a failed forward (the leader moved or is down), how long to wait for news of a leader
-/// before trying again.
-const REROUTE_PAUSE: Duration = Duration::from_millis(100);
 /// How long a follower waits for its own replica to apply a publish the leader committed, before
 /// answering anyway (the publish is committed either way; this only gives read-your-writes on the
 /// node written to).
@@ -166,7 +163,7 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
             }
             // This leader is handing over (see `handover`): wait for the next one.
             Some((leader, _)) if leader == node.id && Instant::now() < deadline => {
-                wait_for_leader_news(node, Some(leader), deadline).await;
+                node.wait_for_leader_news(Some(leader), deadline).await;
             }
             Some((leader, _)) if leader == node.id => {
                 node.metrics.publish_refused("handover", batch.len());
@@ -174,6 +171,13 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     batch,
                     PublishError::Unavailable("leadership is being handed over".to_string()),
                 );
+            }
+            // A leader that has gone silent is not sent more; the followers elect its
+            // successor within an election timeout.
+            Some((leader, _))
+                if Instant::now() < deadline && node.leader_gone(leader).is_some() =>
+            {
+                node.wait_for_leader_news(Some(leader), deadline).await;
             }
             Some((leader, addr)) => {
                 // Publishes forwarded to this node while it led must not travel on.
@@ -206,7 +210,7 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     }) if Instant::now() < deadline => {
                         tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
                         earlier_attempt_unknown |= maybe_delivered;
-                        wait_for_leader_news(node, Some(leader), deadline).await;
+                        node.wait_for_leader_news(Some(leader), deadline).await;
                     }
                     Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
                         node.metrics.publish_refused("forward_failed", batch.len());
@@ -214,7 +218,7 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     }
                 }
             }
-            None if Instant::now() < deadline => wait_for_leader_news(node, None, deadline).await,
+            None if Instant::now() < deadline => node.wait_for_leader_news(None, deadline).await,
             None => {
                 node.metrics.publish_refused("no_leader", batch.len());
                 return answer_all(
@@ -329,14 +333,21 @@ async fn forward(
         packets: batch.iter().map(|p| p.item.clone()).collect(),
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let answer: Result<Vec<Result<Published, PublishError>>, PeerError> = node
+    let call = node
         .peers
-        .call(addr, Some(leader), path::PUBLISH, &request, remaining)
-        .await
-        .map_err(|e| Reroute::Retry {
+        .call(addr, Some(leader), path::PUBLISH, &request, remaining);
+    // The answer is waited for while the leader is heard from (it is committing, however long
+    // that takes under load), and no longer once it has gone silent or lost its leadership:
+    // dropped packets are never answered.
+    let answer: Result<Vec<Result<Published, PublishError>>, PeerError> = tokio::select! {
+        answer = call => answer.map_err(|e| Reroute::Retry {
             reason: e.to_string(),
             maybe_delivered: true,
-        })?;
+        })?,
+        reason = node.until_leader_gone(leader) => {
+            return Err(Reroute::Retry { reason, maybe_delivered: true });
+        }
+    };
     match answer {
         Ok(answers) if answers.len() == batch.len() => Ok(answers),
         Ok(answers) => Err(Reroute::Fail(format!(
@@ -382,20 +393,6 @@ async fn answer_forwarded(
     for (pending, result) in batch.into_iter().zip(answers) {
         answer(pending.reply, result);
     }
-}
-
-/// Waits (bounded by `deadline` and `REROUTE_PAUSE`) until this node knows of a leader other than
-/// `previous`.
-async fn wait_for_leader_news(node: &Node, previous: Option<u64>, deadline: Instant) {
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let _ = node
-        .raft
-        .wait(Some(remaining.min(REROUTE_PAUSE)))
-        .metrics(
-            |m| m.current_leader.is_some() && m.current_leader != previous,
-            "learn of a leader",
-        )
-        .await;
 }
 
 fn answer_all(batch: Vec<Pending>, error: PublishError) {
