@@ -7,14 +7,33 @@
 //! `raft.publish_timeout` (5 s). Before followers stopped waiting on a silent leader, the
 //! forward waited out that deadline and the PUT got 503. After the heal every node serves the
 //! new version.
+//!
+//! Goal: a follower cut off for a while does not depose a healthy leader when it is back
+//! (PreVote, docs/CONSISTENCY.md). Method: a follower is black-holed for several election
+//! timeouts while the others take a write, then healed: the leader and its term are unchanged,
+//! the follower's pre-vote rounds were lost (it never stood), and it catches up. With
+//! `raft.pre_vote = false` (openraft's own elections) the same run deposes the leader.
+//!
+//! Goal: the same with a real network fault. Method: three nodes, each in a network namespace
+//! of its own (`pkraft_testkit::netns`), the test's client in another; the leader is isolated
+//! by iptables rules that drop its packets to and from the other nodes (TCP retransmits into
+//! nothing, connects time out). A PUT through a follower must be answered 204, and after the
+//! heal every node serves it. Needs root, `ip` and `iptables`: skipped with a message without
+//! them, unless `PKRAFT_TEST_REQUIRE_NETNS` is set (CI sets it).
 
-use std::time::Instant;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
+use pkraft_testkit::netns::NetnsLab;
+use pkraft_testkit::node::{Listening, Membership, NodeConfig};
 use pkraft_testkit::pkarr::Timestamp;
+use pkraft_testkit::process::{LogTo, NodeProcess};
 use pkraft_testkit::proxy::CutKind;
 use pkraft_testkit::{iroh_packet, keypair};
 
-use crate::cluster::{TestCluster, eventually};
+use crate::cluster::{TEST_RAFT, TestCluster, eventually};
+use crate::harness::http_client;
+use crate::metrics::{scrape, value};
 
 /// The shipped Raft timing (`[raft]` defaults): failover in about a second, and the deadline a
 /// PUT waited out before, 5 s.
@@ -99,5 +118,217 @@ async fn a_silently_isolated_leader_is_routed_around() {
             },
         )
         .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_from_isolation_does_not_depose_the_leader() {
+    let cluster = TestCluster::start(3, "").await;
+    let leader = cluster.leader().await;
+    let follower = cluster.ids_except(leader)[0];
+    let leader_server = &cluster.member(leader).server;
+    let term = |scrape: &str| value(scrape, "pkraft_raft_term", "");
+    let before = scrape(leader_server).await;
+
+    cluster.faults.isolate_as(follower, CutKind::Silent);
+    // Several of `TEST_RAFT`'s election timeouts (at most 1.6 s plus a 1.6 s lease): without
+    // PreVote the follower stands again and again, each time in a higher term.
+    assert!(TEST_RAFT.contains("election_timeout_max = \"1600ms\""));
+    let key = keypair(9_302);
+    let packet = iroh_packet(&key, Timestamp::now().as_u64(), &["192.0.2.93:3"]);
+    leader_server.publish(&key, &packet).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    cluster.faults.heal();
+
+    let back = &cluster.member(follower).server;
+    let url = back.relay_url(&key);
+    let payload = packet.to_relay_payload();
+    eventually("the healed follower catches up", || async {
+        let response = back.get(&url).await;
+        (response.status() == 200 && response.bytes().await.ok()? == payload).then_some(())
+    })
+    .await;
+    // Long enough for a higher term to reach the leader in an answer to its heartbeats.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = scrape(leader_server).await;
+    assert_eq!(cluster.leader().await, leader, "the leader changed");
+    assert_eq!(term(&after), term(&before), "the term changed");
+    let changes = "pkraft_raft_leader_changes_total";
+    assert_eq!(
+        value(&after, changes, ""),
+        value(&before, changes, ""),
+        "the leader saw leadership change"
+    );
+    let rounds = scrape(back).await;
+    let lost = value(
+        &rounds,
+        "pkraft_raft_pre_vote_rounds_total",
+        "outcome=\"lost\"",
+    );
+    assert!(
+        lost >= 1.0,
+        "the isolated follower asked and was refused: {lost}"
+    );
+    assert_eq!(
+        term(&rounds),
+        term(&before),
+        "the isolated follower never raised its term"
+    );
+}
+
+const NETNS_SECRET: &str = "netns-cluster-secret-0123456789";
+
+#[test]
+fn a_leader_isolated_by_dropped_packets_is_routed_around() {
+    let lab = match NetnsLab::create(3) {
+        Ok(lab) => lab,
+        Err(reason) if std::env::var_os("PKRAFT_TEST_REQUIRE_NETNS").is_none() => {
+            eprintln!("skipped: no network namespaces here ({reason})");
+            return;
+        }
+        Err(reason) => panic!("PKRAFT_TEST_REQUIRE_NETNS is set, but: {reason}"),
+    };
+    // The client's sockets must be opened in the client namespace: a thread of its own enters
+    // it and runs the test on a runtime of its own.
+    std::thread::scope(|scope| {
+        let test = scope.spawn(|| {
+            lab.enter_client().expect("enter the client namespace");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(isolate_the_leader_by_dropping_packets(&lab));
+        });
+        if let Err(panic) = test.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
+/// A node of the namespace cluster: its process and where it listens.
+struct NetnsNode {
+    id: u8,
+    process: NodeProcess,
+}
+
+impl NetnsNode {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.process.listening().http)
+    }
+
+    async fn status(&self) -> Option<serde_json::Value> {
+        let url = format!("http://{}/cluster/status", self.process.listening().admin);
+        let response = http_client().get(url).send().await.ok()?;
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
+    }
+}
+
+fn start_in_namespace(lab: &NetnsLab, dir: &std::path::Path, id: u8) -> NetnsNode {
+    let ip = lab.node_ip(id);
+    let at = |port: u16| std::net::SocketAddr::from((ip, port));
+    let listen = Listening {
+        http: at(8080),
+        dns: at(5300),
+        peer: at(7000),
+        admin: at(9000),
+    };
+    let membership = if id == 1 {
+        Membership::Bootstrap
+    } else {
+        Membership::Join {
+            seeds: vec![std::net::SocketAddr::from((lab.node_ip(1), 7000)).to_string()],
+            voter: true,
+        }
+    };
+    let mut config = NodeConfig::new(u64::from(id), membership, NETNS_SECRET);
+    config.raft = DEFAULT_TIMING.to_string();
+    config.http_request_timeout = Some("10s".to_string());
+    config.advertise = Some(listen.peer.to_string());
+    config.fixed = Some((listen, dir.join(format!("node{id}"))));
+    // Peer traffic off loopback, in a network nobody else is on.
+    config.settings = vec![("cluster".to_string(), "plaintext_peers = true".to_string())];
+    let path = dir.join(format!("node{id}.toml"));
+    std::fs::write(&path, config.to_toml()).expect("write config");
+    let mut command = lab.command_in_node(id, env!("CARGO_BIN_EXE_pkraft"));
+    command
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info");
+    let process = NodeProcess::start_configured(command, LogTo::Memory, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("node {id} in its namespace: {e}"));
+    NetnsNode { id, process }
+}
+
+async fn isolate_the_leader_by_dropping_packets(lab: &NetnsLab) {
+    let dir = tempfile::tempdir().expect("cluster dir");
+    let mut nodes = vec![start_in_namespace(lab, dir.path(), 1)];
+    for id in 2..=3 {
+        nodes.push(start_in_namespace(lab, dir.path(), id));
+    }
+    let logs = |nodes: &[NetnsNode]| -> String {
+        nodes
+            .iter()
+            .map(|n| format!("==== node {} ====\n{}", n.id, n.process.log().text()))
+            .collect()
+    };
+    eventually("three voters", || async {
+        let status = nodes[0].status().await?;
+        (pkraft_testkit::cluster::voters_applied_membership(&status).ok()? == 3).then_some(())
+    })
+    .await;
+    let leader = eventually("a leader", || async {
+        for node in &nodes {
+            if node.status().await?["node"]["role"] == "leader" {
+                return Some(node.id);
+            }
+        }
+        None
+    })
+    .await;
+    let followers: Vec<&NetnsNode> = nodes.iter().filter(|n| n.id != leader).collect();
+    let key = keypair(9_303);
+    let now = Timestamp::now().as_u64();
+    let relay = |node: &NetnsNode| node.url(&format!("/pkarr/{}", key.public_key().to_z32()));
+    let put = |node: &NetnsNode, version: u64| {
+        let body = iroh_packet(&key, now + version, &["192.0.2.93:4"]).to_relay_payload();
+        let url = relay(node);
+        async move { http_client().put(url).body(body).send().await }
+    };
+    let warm = put(followers[0], 0).await.expect("PUT");
+    assert_eq!(warm.status(), 204, "{}", logs(&nodes));
+
+    lab.isolate(leader).expect("iptables");
+    let isolated = Instant::now();
+    let answer = put(followers[0], 1).await.expect("PUT");
+    let took = isolated.elapsed();
+    eprintln!(
+        "leader {leader} isolated by dropped packets: PUT through node {} {} after {took:?}",
+        followers[0].id,
+        answer.status()
+    );
+    assert_eq!(
+        answer.status(),
+        204,
+        "a PUT through the majority waited on the unreachable leader ({took:?})\n{}",
+        logs(&nodes)
+    );
+
+    lab.heal().expect("iptables");
+    let expected = iroh_packet(&key, now + 1, &["192.0.2.93:4"]).to_relay_payload();
+    for node in &nodes {
+        eventually(&format!("node {} serves the version", node.id), || async {
+            let response = http_client().get(relay(node)).send().await.ok()?;
+            (response.status() == 200 && response.bytes().await.ok()? == expected).then_some(())
+        })
+        .await;
+    }
+    // Not a leftover of the lab: `iptables` ran in the node namespaces only.
+    let host_rules = Command::new("iptables").arg("-S").output();
+    if let Ok(output) = host_rules {
+        let rules = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !rules.contains("10.77.0."),
+            "the lab wrote rules into the host's namespace:\n{rules}"
+        );
     }
 }

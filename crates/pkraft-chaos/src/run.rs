@@ -439,10 +439,11 @@ fn summarize(
     );
     let _ = writeln!(
         s,
-        "peer network: {} requests cut, {} lost, {} answers lost, {} delayed; snapshots: \
-         {builds} built, {installs} installed (processes that were killed are counted up to \
-         their last scrape)",
+        "peer network: {} requests cut, {} held by black holes, {} lost, {} answers lost, {} \
+         delayed; snapshots: {builds} built, {installs} installed (processes that were killed \
+         are counted up to their last scrape)",
         network.cut_requests.load(Ordering::Relaxed),
+        network.held_requests.load(Ordering::Relaxed),
         network.lost_requests.load(Ordering::Relaxed),
         network.lost_answers.load(Ordering::Relaxed),
         network.delayed_requests.load(Ordering::Relaxed),

@@ -315,16 +315,14 @@ impl Node {
     /// Stops proposing and forwarding (see `batcher`), heartbeats and elections on this node.
     fn stop_leading(&self) {
         self.leadership().start_handover();
-        let runtime = self.raft.runtime_config();
-        runtime.heartbeat(false);
-        runtime.elect(false);
+        self.raft.runtime_config().heartbeat(false);
+        self.allow_elections(false);
     }
 
     /// Undoes `stop_leading`, for a node that goes on after a handover.
     fn resume_leading(&self) {
-        let runtime = self.raft.runtime_config();
-        runtime.heartbeat(true);
-        runtime.elect(true);
+        self.raft.runtime_config().heartbeat(true);
+        self.allow_elections(true);
         self.leadership().end_handover();
     }
 

@@ -31,6 +31,9 @@ pub(crate) struct Leadership {
     /// Set while this node hands its leadership over (see `handover`): for good when it stops,
     /// for the handover's length when it is low on disk.
     handing_over: AtomicBool,
+    /// Set while a handover holds this node's elections (see `handover`); PreVote's election
+    /// timer (`pre_vote`) stands for nothing meanwhile.
+    elections_paused: AtomicBool,
     /// Held for a handover's length: one at a time (a stop waits for a low-disk one).
     handover_lock: tokio::sync::Mutex<()>,
     /// Voters this leader stops replicating to while it hands over (see `handover`); the peer
@@ -64,6 +67,11 @@ impl Leadership {
         self.handing_over.store(false, Ordering::SeqCst);
     }
 
+    /// Whether this node's elections are held (see `elections_paused`).
+    pub(crate) fn elections_paused(&self) -> bool {
+        self.elections_paused.load(Ordering::SeqCst)
+    }
+
     /// Held by whoever hands leadership over (see `handover`).
     pub(crate) fn handover_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.handover_lock
@@ -81,6 +89,17 @@ impl Leadership {
 }
 
 impl Node {
+    /// Lets this node stand for election again (`true`), or stops it (a handover): openraft's
+    /// own timer, or with PreVote the node's (`pre_vote`), which keeps openraft's off.
+    pub(crate) fn allow_elections(&self, allowed: bool) {
+        self.leadership()
+            .elections_paused
+            .store(!allowed, Ordering::SeqCst);
+        if !self.pre_vote {
+            self.raft.runtime_config().elect(allowed);
+        }
+    }
+
     /// Whether this node believes it is the leader (it may have been deposed a moment ago).
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader

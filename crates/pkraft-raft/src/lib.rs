@@ -45,6 +45,7 @@ pub mod membership;
 mod metrics;
 pub mod node;
 pub mod peer;
+mod pre_vote;
 mod quorum;
 pub mod reads;
 pub mod settings;

@@ -50,6 +50,10 @@ pub(crate) struct NodeMetrics {
     /// About `raft.heartbeat_interval` or less while all is well; longer ones are heartbeats
     /// delayed (a slow or flooded network, a busy node).
     pub(crate) leader_contact_gap: Histogram,
+    /// `pkraft_raft_pre_vote_rounds_total{outcome}`: pre-vote rounds this voter started after
+    /// hearing nothing from a leader (`pre_vote`), by outcome: `won` (it then stood for
+    /// election) or `lost` (a quorum would not vote for it; it did not stand).
+    pub(crate) pre_vote_rounds: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -117,6 +121,13 @@ impl NodeMetrics {
                     0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
                 ]),
             )?,
+            pre_vote_rounds: IntCounterVec::new(
+                Opts::new(
+                    "pkraft_raft_pre_vote_rounds_total",
+                    "Pre-vote rounds this voter started after hearing nothing from a leader, by outcome (won: it stood for election; lost: it did not).",
+                ),
+                &["outcome"],
+            )?,
         })
     }
 
@@ -134,6 +145,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.handovers.clone()))?;
         registry.register(Box::new(self.disk_available_bytes.clone()))?;
         registry.register(Box::new(self.leader_contact_gap.clone()))?;
+        registry.register(Box::new(self.pre_vote_rounds.clone()))?;
         registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;

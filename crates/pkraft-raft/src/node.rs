@@ -127,6 +127,9 @@ pub struct Core {
     pub(crate) publish_timeout: Duration,
     /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
     pub(crate) election_timeout_max: Duration,
+    /// Whether this node's election timer runs PreVote (`raft.pre_vote`, `pre_vote`) instead of
+    /// openraft's own.
+    pub(crate) pre_vote: bool,
     /// Largest peer request body: a full `append-entries` of the biggest entries.
     pub(crate) peer_body_max: usize,
     /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
@@ -249,6 +252,7 @@ impl Node {
                 metrics,
                 publish_timeout: settings.publish_timeout,
                 election_timeout_max: settings.election_timeout_max,
+                pre_vote: settings.pre_vote,
                 peer_body_max: settings.peer_body_max(),
                 disk_space,
             },
@@ -285,6 +289,15 @@ impl Node {
         ];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
+        }
+        if settings.pre_vote {
+            tasks.push(tokio::spawn(crate::pre_vote::run(
+                self.clone(),
+                crate::pre_vote::ElectionTiming {
+                    timeout_min: settings.election_timeout_min,
+                    timeout_max: settings.election_timeout_max,
+                },
+            )));
         }
         if !settings.record_max_age.is_zero() {
             tasks.push(tokio::spawn(crate::expiry::run(

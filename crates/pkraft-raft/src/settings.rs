@@ -28,6 +28,13 @@ pub struct Settings {
     /// BENCHMARKS.md); slow disks or long links need more (docs/OPERATIONS.md, "Raft timing").
     #[serde(with = "humantime_serde")]
     pub election_timeout_max: Duration,
+    /// PreVote: a voter that hears nothing from its leader stands for election only once a
+    /// quorum of voters says it could win (none of them has heard from a leader within the
+    /// lease, and its log is as up to date as theirs). A node cut off for a while then does not
+    /// raise its term, and does not depose a healthy leader when it is back. Default true. Turn
+    /// it off only while upgrading from a version without it, once more than half the voters
+    /// run it (docs/OPERATIONS.md, "Upgrading"); docs/CONSISTENCY.md, "PreVote".
+    pub pre_vote: bool,
     /// Build a snapshot after this many log entries since the last one, so the log stays bounded.
     /// Default 10 000. A build also waits until nine times the last build's duration (at most
     /// 10 minutes) has passed since it ended, so that a large state is not rebuilt back to back
@@ -74,6 +81,7 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(500),
+            pre_vote: true,
             snapshot_after_entries: 10_000,
             entries_kept_after_snapshot: 1_000,
             publish_timeout: Duration::from_secs(5),
@@ -177,6 +185,8 @@ impl Settings {
             heartbeat_interval: millis(self.heartbeat_interval),
             election_timeout_min: millis(self.election_timeout_min),
             election_timeout_max: millis(self.election_timeout_max),
+            // With PreVote the node keeps the election timer itself (`pre_vote`).
+            enable_elect: !self.pre_vote,
             // The node triggers builds itself (`snapshot_schedule`).
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,

@@ -10,6 +10,7 @@
 
 pub mod cluster;
 pub mod lossy;
+pub mod netns;
 pub mod node;
 pub mod ports;
 pub mod process;

@@ -53,10 +53,22 @@ impl NodeProcess {
         log_to: LogTo,
         timeout: Duration,
     ) -> Result<NodeProcess, String> {
-        let mut child = command
+        command
             .arg("--data-dir")
             .arg(data_dir)
-            .args(LOOPBACK_PORT_0_ARGS)
+            .args(LOOPBACK_PORT_0_ARGS);
+        NodeProcess::start_configured(command, log_to, timeout)
+    }
+
+    /// Starts `command` as it is (its config names the data dir and listen addresses, as for a
+    /// node in a network namespace of its own) and waits up to `timeout` until it logs the
+    /// addresses it bound.
+    pub fn start_configured(
+        mut command: Command,
+        log_to: LogTo,
+        timeout: Duration,
+    ) -> Result<NodeProcess, String> {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -89,6 +89,7 @@ pub(crate) mod path {
     pub const MEMBERSHIP: &str = "/peer/v1/membership";
     pub const STATUS: &str = "/peer/v1/status";
     pub const ELECT: &str = "/peer/v1/elect";
+    pub const PRE_VOTE: &str = "/peer/v1/pre-vote";
 }
 
 /// Header naming the node id a peer request is meant for.

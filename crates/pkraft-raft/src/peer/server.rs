@@ -26,6 +26,7 @@ use super::{ForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
 use crate::membership::MembershipRequest;
 use crate::node::Node;
+use crate::pre_vote::PreVoteRequest;
 use crate::{NodeId, TypeConfig};
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
@@ -54,6 +55,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::MEMBERSHIP, post(membership))
         .route(path::STATUS, post(status))
         .route(path::ELECT, post(elect))
+        .route(path::PRE_VOTE, post(pre_vote))
         .layer(DefaultBodyLimit::max(body_max))
         .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
@@ -290,6 +292,14 @@ async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn status(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |(): ()| async move { node.local_status() }).await
+}
+
+/// A voter about to stand asks whether this node would vote for it (see `pre_vote`).
+async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |request: PreVoteRequest| async move {
+        node.answer_pre_vote(request).await
+    })
+    .await
 }
 
 /// The leader handing over before it stops asks this node to stand (see `handover`).

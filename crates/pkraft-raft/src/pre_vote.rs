@@ -1,0 +1,297 @@
+//! PreVote for openraft 0.9: a voter stands for election only after a quorum of voters said it
+//! could win, so a node cut off from the cluster does not raise its term, and once it can talk
+//! again it does not depose a healthy leader.
+//!
+//! openraft 0.9 has no PreVote (0.10 has). A voter that hears nothing from its leader for an
+//! election timeout stands at once, in a new term, and stands again after every timeout; an
+//! isolated follower's term therefore climbs for as long as it is cut off. When it is healed,
+//! its answers carry the higher term, the leader steps down on seeing it, and the cluster holds
+//! an election it did not need (every time a flaky link heals).
+//!
+//! So openraft's own election timer is off (`enable_elect = false`), and [`run`] keeps one
+//! instead. When this voter has heard nothing from a leader for the leader lease plus a random
+//! election timeout (the same wait as openraft's timer), it asks every other voter
+//! (`pre-vote` peer route): "would you vote for me in the next term, with my log?". A voter says
+//! yes ([`Node::answer_pre_vote`]) only if all of these hold:
+//! - the proposed term is above its own (a real vote for it could be granted);
+//! - the candidate's last log id is at least its own (Raft's up-to-date rule, as in a real vote);
+//! - no leader has reached it within the lease (`election_timeout_max`), which is also when
+//!   openraft would refuse the real vote; and it is not itself a leader that a quorum still
+//!   accepts.
+//!
+//! With a quorum of yes (its own included) the node calls openraft's election
+//! (`trigger().elect()`); otherwise it waits another timeout and asks again. Answering changes
+//! nothing on the voter: no term, no vote, no timer.
+//!
+//! Why this is safe: Raft's safety (one leader per term, a leader holds every committed entry)
+//! rests on the vote itself, which openraft still runs unchanged: the term, the vote persisted
+//! before it is granted, the log comparison, the lease. PreVote only decides *when* a node calls
+//! that vote, and Raft is safe whatever the timing of elections. The argument and its liveness
+//! half are in docs/CONSISTENCY.md, "PreVote".
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::storage::RaftLogStorage;
+use openraft::{LogId, ServerState};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+use crate::node::Node;
+use crate::peer::path;
+
+/// How often the timer looks whether an election is due. Well under the election timeouts, so
+/// it adds little to a failover.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A would-be candidate's question to one voter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PreVoteRequest {
+    pub candidate: NodeId,
+    /// The term it would stand in: its own term plus one.
+    pub term: u64,
+    /// Its last log id, for the up-to-date rule.
+    pub last_log_id: Option<LogId<NodeId>>,
+}
+
+/// A voter's answer: whether it would vote for the candidate now, and if not, why (for logs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PreVoteAnswer {
+    pub granted: bool,
+    pub reason: Option<String>,
+}
+
+/// The election timer's timing: `raft.election_timeout_min` and `_max`; the max is also the
+/// leader lease.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ElectionTiming {
+    pub timeout_min: Duration,
+    pub timeout_max: Duration,
+}
+
+impl ElectionTiming {
+    fn random_timeout(&self) -> Duration {
+        let (min, max) = (self.timeout_min, self.timeout_max.max(self.timeout_min));
+        rand::thread_rng().gen_range(min..=max)
+    }
+}
+
+/// What this node's Raft state says about standing for election.
+struct Standing {
+    state: ServerState,
+    term: u64,
+    voters: Vec<NodeId>,
+}
+
+/// The election timer of a node with PreVote; runs as long as the node.
+pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
+    let lease = timing.timeout_max;
+    let mut timeout = timing.random_timeout();
+    // The last pre-vote round this node started; a failed round is retried after a timeout,
+    // not a lease plus a timeout.
+    let mut last_round: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(TICK).await;
+        if node.leadership().elections_paused() {
+            continue;
+        }
+        let Some(standing) = node.standing().await else {
+            // openraft has stopped; the node is going down.
+            return;
+        };
+        if !standing.voters.contains(&node.id) || standing.state == ServerState::Leader {
+            continue;
+        }
+        if standing.voters.len() == 1 {
+            // The only voter needs nobody's word, and openraft ends its own election at once.
+            if standing.state != ServerState::Candidate {
+                node.stand("the only voter").await;
+            }
+            continue;
+        }
+        let silent = node.since_leader_reached();
+        let due = match last_round {
+            // Rounds since the leader was last heard from: one timeout apart.
+            Some(round) if round.elapsed() < silent => round.elapsed() >= timeout,
+            // The first round after a leader: its lease must have lapsed too.
+            _ => silent >= lease + timeout,
+        };
+        if !due {
+            continue;
+        }
+        last_round = Some(Instant::now());
+        timeout = timing.random_timeout();
+        match node.pre_vote_round(&standing, timing.timeout_min).await {
+            Ok(granted) => {
+                node.metrics
+                    .pre_vote_rounds
+                    .with_label_values(&["won"])
+                    .inc();
+                tracing::info!(
+                    term = standing.term + 1,
+                    ?granted,
+                    silent_ms = silent.as_millis(),
+                    "pre-vote won; standing for election"
+                );
+                node.stand("pre-vote won").await;
+            }
+            Err(refusals) => {
+                node.metrics
+                    .pre_vote_rounds
+                    .with_label_values(&["lost"])
+                    .inc();
+                tracing::info!(
+                    term = standing.term + 1,
+                    silent_ms = silent.as_millis(),
+                    %refusals,
+                    "pre-vote lost; not standing"
+                );
+            }
+        }
+    }
+}
+
+impl Node {
+    async fn standing(&self) -> Option<Standing> {
+        self.raft
+            .with_raft_state(|state| Standing {
+                state: state.server_state,
+                term: state.vote_ref().leader_id().term,
+                voters: state
+                    .membership_state
+                    .effective()
+                    .membership()
+                    .voter_ids()
+                    .collect(),
+            })
+            .await
+            .ok()
+    }
+
+    /// The id of the last entry of this node's log, or of the last one purged with everything
+    /// before it (a snapshot's): what Raft's up-to-date rule compares.
+    async fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, String> {
+        let mut log = self.log_store.clone();
+        log.get_log_state()
+            .await
+            .map(|state| state.last_log_id)
+            .map_err(|e| format!("reading the log: {e}"))
+    }
+
+    async fn stand(&self, why: &str) {
+        if let Err(e) = self.raft.trigger().elect().await {
+            tracing::warn!(error = %e, why, "could not start an election");
+        }
+    }
+
+    /// Asks every other voter whether it would vote for this node in the next term; `Ok` with
+    /// the voters that said yes once they (and this node) are a quorum, else `Err` with the
+    /// refusals. Each answer may take up to `timeout` (an unreachable voter says nothing).
+    async fn pre_vote_round(
+        &self,
+        standing: &Standing,
+        timeout: Duration,
+    ) -> Result<Vec<NodeId>, String> {
+        let request = PreVoteRequest {
+            candidate: self.id,
+            term: standing.term + 1,
+            last_log_id: self.last_log_id().await?,
+        };
+        let quorum = standing.voters.len() / 2 + 1;
+        let addrs: Vec<(NodeId, String)> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            standing
+                .voters
+                .iter()
+                .filter(|id| **id != self.id)
+                .filter_map(|id| membership.get_node(id).map(|n| (*id, n.addr.clone())))
+                .collect()
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, addr) in addrs {
+            let peers = self.peers.clone();
+            let request = request.clone();
+            asks.spawn(async move {
+                let answer = peers
+                    .call::<_, PreVoteAnswer>(&addr, Some(id), path::PRE_VOTE, &request, timeout)
+                    .await
+                    .unwrap_or_else(|e| PreVoteAnswer {
+                        granted: false,
+                        reason: Some(e.to_string()),
+                    });
+                (id, answer)
+            });
+        }
+        let mut granted = vec![self.id];
+        let mut refusals = Vec::new();
+        while let Some(done) = asks.join_next().await {
+            let Ok((id, answer)) = done else { continue };
+            if answer.granted {
+                granted.push(id);
+                if granted.len() >= quorum {
+                    // The rest need not be waited for (dropping the set aborts them).
+                    return Ok(granted);
+                }
+            } else {
+                refusals.push(format!(
+                    "node {id}: {}",
+                    answer.reason.as_deref().unwrap_or("refused")
+                ));
+            }
+        }
+        Err(refusals.join("; "))
+    }
+
+    /// A voter's answer to a pre-vote (module docs). Changes nothing here.
+    pub(crate) async fn answer_pre_vote(&self, request: PreVoteRequest) -> PreVoteAnswer {
+        let refuse = |reason: String| PreVoteAnswer {
+            granted: false,
+            reason: Some(reason),
+        };
+        let Some(standing) = self.standing().await else {
+            return refuse("this node is stopping".to_string());
+        };
+        if !standing.voters.contains(&request.candidate) {
+            return refuse(format!("node {} is not a voter", request.candidate));
+        }
+        if request.term <= standing.term {
+            return refuse(format!(
+                "term {} is not above this node's term {}",
+                request.term, standing.term
+            ));
+        }
+        let last_log_id = match self.last_log_id().await {
+            Ok(last_log_id) => last_log_id,
+            Err(e) => return refuse(e),
+        };
+        if request.last_log_id < last_log_id {
+            return refuse(format!(
+                "the candidate's log ends at {:?}, before this node's {last_log_id:?}",
+                request.last_log_id
+            ));
+        }
+        if standing.state == ServerState::Leader {
+            return match self.cut_off_from_quorum() {
+                Some(reason) => PreVoteAnswer {
+                    granted: true,
+                    reason: Some(reason),
+                },
+                None => refuse("this node leads and a quorum accepts it".to_string()),
+            };
+        }
+        let reached = self.since_leader_reached();
+        if reached <= self.election_timeout_max {
+            return refuse(format!(
+                "a leader reached this node {} ms ago",
+                reached.as_millis()
+            ));
+        }
+        PreVoteAnswer {
+            granted: true,
+            reason: None,
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! A private network of Linux network namespaces for one test or benchmark, where partitions
+//! are real packet drops (iptables `DROP`, nothing refused, TCP retransmitting) instead of the
+//! peer proxy's answers: a "switch" namespace with a bridge, one namespace per node and one for
+//! the test's client, each attached to the bridge by a veth pair, all on [`SUBNET`]. Nothing of
+//! it is in the host's own namespace, so its addresses and rules cannot touch the host's
+//! network. Removed when dropped.
+//!
+//! Needs root, `ip` (iproute2) and `iptables`; [`NetnsLab::create`] says what is missing.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+
+/// The lab's addresses: node `i` is `10.77.0.i`, the client [`CLIENT_HOST`].
+const SUBNET: [u8; 3] = [10, 77, 0];
+const CLIENT_HOST: u8 = 200;
+
+/// The namespaces of one lab (see the module docs).
+pub struct NetnsLab {
+    /// Prefix of every namespace name: unique per process and lab.
+    prefix: String,
+    nodes: u8,
+    /// Namespaces created so far, removed on drop.
+    created: Vec<String>,
+}
+
+/// Runs `ip` or `iptables` with `args`; the error quotes the command and its stderr.
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+impl NetnsLab {
+    /// A lab of `nodes` node namespaces (1 to 99) and a client namespace; `Err` says why it
+    /// cannot be built here (not root, no `ip` or `iptables`, no namespaces).
+    pub fn create(nodes: u8) -> Result<NetnsLab, String> {
+        if !(1..100).contains(&nodes) {
+            return Err(format!("{nodes} nodes: 1 to 99"));
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err("network namespaces need root".to_string());
+        }
+        run("iptables", &["--version"])?;
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let lab = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut built = NetnsLab {
+            prefix: format!("pkt{}-{lab}", std::process::id()),
+            nodes,
+            created: Vec::new(),
+        };
+        let switch = built.namespace("sw");
+        built.add_namespace(&switch)?;
+        run(
+            "ip",
+            &["-n", &switch, "link", "add", "br0", "type", "bridge"],
+        )?;
+        run("ip", &["-n", &switch, "link", "set", "br0", "up"])?;
+        let members: Vec<(String, Ipv4Addr)> = (1..=nodes)
+            .map(|i| (built.node_namespace(i), built.node_ip(i)))
+            .chain([(built.namespace("client"), built.client_ip())])
+            .collect();
+        for (index, (namespace, ip)) in members.iter().enumerate() {
+            built.add_namespace(namespace)?;
+            let port = format!("v{index}");
+            run(
+                "ip",
+                &[
+                    "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                    "netns", namespace,
+                ],
+            )?;
+            run(
+                "ip",
+                &["-n", &switch, "link", "set", &port, "master", "br0", "up"],
+            )?;
+            let address = format!("{ip}/24");
+            run(
+                "ip",
+                &["-n", namespace, "addr", "add", &address, "dev", "eth0"],
+            )?;
+            run("ip", &["-n", namespace, "link", "set", "eth0", "up"])?;
+        }
+        Ok(built)
+    }
+
+    fn namespace(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn add_namespace(&mut self, name: &str) -> Result<(), String> {
+        run("ip", &["netns", "add", name])?;
+        self.created.push(name.to_string());
+        run("ip", &["-n", name, "link", "set", "lo", "up"])
+    }
+
+    /// The namespace of node `i` (1-based).
+    pub fn node_namespace(&self, i: u8) -> String {
+        self.namespace(&format!("n{i}"))
+    }
+
+    /// Node `i`'s address.
+    pub fn node_ip(&self, i: u8) -> Ipv4Addr {
+        Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], i)
+    }
+
+    /// The client namespace's address: never dropped by [`NetnsLab::isolate`].
+    pub fn client_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], CLIENT_HOST)
+    }
+
+    /// A command that runs `program` in node `i`'s namespace.
+    pub fn command_in_node(&self, i: u8, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.node_namespace(i)])
+            .arg(program);
+        command
+    }
+
+    /// Moves the calling thread into the client namespace: the sockets it opens from then on
+    /// (a current-thread runtime's, say) reach the nodes. Threads have namespaces of their own,
+    /// so the rest of the process stays where it was.
+    pub fn enter_client(&self) -> Result<(), String> {
+        let path = format!("/run/netns/{}", self.namespace("client"));
+        let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns {path}: {e}"))
+    }
+
+    /// Drops every packet between node `i` and every other node, both ways (iptables in `i`'s
+    /// namespace); the client still reaches every node.
+    pub fn isolate(&self, i: u8) -> Result<(), String> {
+        for other in (1..=self.nodes).filter(|other| *other != i) {
+            self.drop_from(i, other)?;
+            self.drop_to(i, other)?;
+        }
+        Ok(())
+    }
+
+    /// Node `i` receives no packet from node `from` (its own to `from` still leave).
+    pub fn drop_from(&self, i: u8, from: u8) -> Result<(), String> {
+        let source = self.node_ip(from).to_string();
+        let namespace = self.node_namespace(i);
+        run(
+            "ip",
+            &[
+                "netns", "exec", &namespace, "iptables", "-A", "INPUT", "-s", &source, "-j", "DROP",
+            ],
+        )
+    }
+
+    /// Node `i`'s packets to node `to` are dropped as they leave (`to`'s to `i` still arrive).
+    pub fn drop_to(&self, i: u8, to: u8) -> Result<(), String> {
+        let destination = self.node_ip(to).to_string();
+        let namespace = self.node_namespace(i);
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &namespace,
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-d",
+                &destination,
+                "-j",
+                "DROP",
+            ],
+        )
+    }
+
+    /// Removes every drop rule.
+    pub fn heal(&self) -> Result<(), String> {
+        for i in 1..=self.nodes {
+            let namespace = self.node_namespace(i);
+            run("ip", &["netns", "exec", &namespace, "iptables", "-F"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NetnsLab {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veth ends; processes still in one keep it alive
+        // until they exit.
+        for namespace in self.created.iter().rev() {
+            if let Err(e) = run("ip", &["netns", "del", namespace]) {
+                eprintln!("netns lab: {e}");
+            }
+        }
+    }
+}
