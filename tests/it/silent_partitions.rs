@@ -25,9 +25,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pkraft_testkit::netns::NetnsLab;
-use pkraft_testkit::node::{Listening, Membership, NodeConfig};
 use pkraft_testkit::pkarr::Timestamp;
-use pkraft_testkit::process::{LogTo, NodeProcess};
+use pkraft_testkit::process::NodeProcess;
 use pkraft_testkit::proxy::CutKind;
 use pkraft_testkit::{iroh_packet, keypair};
 
@@ -224,38 +223,15 @@ impl NetnsNode {
 }
 
 fn start_in_namespace(lab: &NetnsLab, dir: &std::path::Path, id: u8) -> NetnsNode {
-    let ip = lab.node_ip(id);
-    let at = |port: u16| std::net::SocketAddr::from((ip, port));
-    let listen = Listening {
-        http: at(8080),
-        dns: at(5300),
-        peer: at(7000),
-        admin: at(9000),
-    };
-    let membership = if id == 1 {
-        Membership::Bootstrap
-    } else {
-        Membership::Join {
-            seeds: vec![std::net::SocketAddr::from((lab.node_ip(1), 7000)).to_string()],
-            voter: true,
-        }
-    };
-    let mut config = NodeConfig::new(u64::from(id), membership, NETNS_SECRET);
+    let mut config = lab.node_config(id, NETNS_SECRET, dir.join(format!("node{id}")));
     config.raft = DEFAULT_TIMING.to_string();
     config.http_request_timeout = Some("10s".to_string());
-    config.advertise = Some(listen.peer.to_string());
-    config.fixed = Some((listen, dir.join(format!("node{id}"))));
-    // Peer traffic off loopback, in a network nobody else is on.
-    config.settings = vec![("cluster".to_string(), "plaintext_peers = true".to_string())];
     let path = dir.join(format!("node{id}.toml"));
     std::fs::write(&path, config.to_toml()).expect("write config");
-    let mut command = lab.command_in_node(id, env!("CARGO_BIN_EXE_pkraft"));
-    command
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info");
-    let process = NodeProcess::start_configured(command, LogTo::Memory, Duration::from_secs(60))
-        .unwrap_or_else(|e| panic!("node {id} in its namespace: {e}"));
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_pkraft"));
+    let process = lab
+        .start_node(id, binary, &path)
+        .unwrap_or_else(|e| panic!("{e}"));
     NetnsNode { id, process }
 }
 

@@ -7,12 +7,24 @@
 //!
 //! Needs root, `ip` (iproute2) and `iptables`; [`NetnsLab::create`] says what is missing.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
+
+use crate::node::{Listening, Membership, NodeConfig};
+use crate::process::{LogTo, NodeProcess};
 
 /// The lab's addresses: node `i` is `10.77.0.i`, the client [`CLIENT_HOST`].
 const SUBNET: [u8; 3] = [10, 77, 0];
 const CLIENT_HOST: u8 = 200;
+/// Every node listens on its own address, so the ports can be fixed.
+const HTTP_PORT: u16 = 8080;
+const DNS_PORT: u16 = 5300;
+const PEER_PORT: u16 = 7000;
+const ADMIN_PORT: u16 = 9000;
+/// How long a node may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The namespaces of one lab (see the module docs).
 pub struct NetnsLab {
@@ -118,8 +130,53 @@ impl NetnsLab {
         Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], CLIENT_HOST)
     }
 
+    /// Where node `i` listens.
+    pub fn node_listening(&self, i: u8) -> Listening {
+        let at = |port: u16| SocketAddr::from((self.node_ip(i), port));
+        Listening {
+            http: at(HTTP_PORT),
+            dns: at(DNS_PORT),
+            peer: at(PEER_PORT),
+            admin: at(ADMIN_PORT),
+        }
+    }
+
+    /// The config of node `i` of a cluster in the lab, on `data_dir`: its listeners on its own
+    /// address, node 1 bootstraps and the others join it as voters, peer traffic in plain HTTP
+    /// (the lab's network is the test's alone). The caller adds timing and sections.
+    pub fn node_config(&self, i: u8, secret: &str, data_dir: PathBuf) -> NodeConfig {
+        let listening = self.node_listening(i);
+        let membership = if i == 1 {
+            Membership::Bootstrap
+        } else {
+            Membership::Join {
+                seeds: vec![self.node_listening(1).peer.to_string()],
+                voter: true,
+            }
+        };
+        let mut config = NodeConfig::new(u64::from(i), membership, secret);
+        config.advertise = Some(listening.peer.to_string());
+        config.fixed = Some((listening, data_dir));
+        config
+            .settings
+            .push(("cluster".to_string(), "plaintext_peers = true".to_string()));
+        config
+    }
+
+    /// Starts `binary serve --config CONFIG` in node `i`'s namespace (logging at `info`, kept
+    /// in memory) and waits until it listens.
+    pub fn start_node(&self, i: u8, binary: &Path, config: &Path) -> Result<NodeProcess, String> {
+        let mut command = self.command_in_node(i, binary);
+        command
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info");
+        NodeProcess::start_configured(command, LogTo::Memory, START_TIMEOUT)
+            .map_err(|e| format!("node {i} in its namespace: {e}"))
+    }
+
     /// A command that runs `program` in node `i`'s namespace.
-    pub fn command_in_node(&self, i: u8, program: &str) -> Command {
+    pub fn command_in_node(&self, i: u8, program: &Path) -> Command {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", &self.node_namespace(i)])
