@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-memory bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-partitions bench-memory bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -60,13 +60,14 @@ deploy-check:
 	tests/e2e/deploy_check.sh $(PKRAFT_TEST_BIN)
 
 ## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
-## once into ~/.cache/pkraft-bench; about 15 minutes), then bench-cold and bench-dht. Updates
-## docs/BENCHMARKS.md (run.sh's part; the others print their tables).
+## once into ~/.cache/pkraft-bench; about 15 minutes), then bench-cold, bench-dht and
+## bench-partitions. Updates docs/BENCHMARKS.md (run.sh's part; the others print their tables).
 bench:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/run.sh full
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/cold.sh
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/dht.sh
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/partitions.sh
 
 ## DNS names never asked before (no cached answer or record can help), 200,000 and 1,000,000
 ## keys stored (BENCH_COLD_KEYS), against NSD (server-count = cores) and iroh-dns-server: q/s
@@ -129,6 +130,13 @@ bench-memory:
 ## slow and keep-alive connections, strangers on the peer and admin listeners, 100,000 requests
 ## with made-up methods and paths, a UDP flood from 10,000 networks (PHASE_SECONDS, default 20,
 ## per attack; FLOOD_CONNECTIONS, default 5,000; about 8 minutes in all; docs/TESTING.md).
+## Silent and one-way partitions beside kills: 3 release nodes in network namespaces, the leader
+## SIGKILLed or cut off by iptables drops (20 trials each, 5 of each one-way cut), then followers
+## cut off for 30 s and healed, with and without PreVote (root, ip, iptables; about 8 minutes).
+bench-partitions:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/partitions.sh
+
 bench-abuse:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	tests/bench/abuse.sh $(TARGET_DIR)/release

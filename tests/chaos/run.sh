@@ -7,6 +7,8 @@
 # POWER=1 puts every node's data dir on a lossy disk (pkraft-lossyfs; root and /dev/fuse) and
 # adds the power cuts to every round; POWER=only runs rounds of power cuts alone. DISK=1 adds
 # disks low on space (the leader's, a follower's, every node's) to every round, on lossy disks.
+# PARTITIONS=only runs rounds of the peer network's partitions alone (refused, black-holed and
+# one-way cuts).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -21,6 +23,11 @@ case "${POWER:-}" in
   1) power_args=(--lossy-disk) ;;
   only) power_args=(--power-cuts-only) ;;
   *) echo "chaos: POWER must be 1 or only, not ${POWER}" >&2; exit 2 ;;
+esac
+case "${PARTITIONS:-}" in
+  "" | 0) ;;
+  only) power_args+=(--partitions-only) ;;
+  *) echo "chaos: PARTITIONS must be only, not ${PARTITIONS}" >&2; exit 2 ;;
 esac
 case "${DISK:-}" in
   "" | 0) ;;
@@ -40,7 +47,7 @@ for ((i = 0; i < runs; i++)); do
 done
 if ((${#failed[@]})); then
   echo "chaos: FAILED seeds: ${failed[*]}; replay one with" \
-    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}"
+    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}${PARTITIONS:+ PARTITIONS=$PARTITIONS}"
   exit 1
 fi
-echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK})"
+echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK}${PARTITIONS:+, PARTITIONS=$PARTITIONS})"

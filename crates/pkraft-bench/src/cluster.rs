@@ -407,6 +407,14 @@ async fn status(client: &HttpClient, admin: SocketAddr) -> Option<Value> {
     (code == 200).then(|| serde_json::from_slice(&body).ok())?
 }
 
+/// The body of a 200 answer to GET `url` (a metrics scrape), as text.
+pub(crate) async fn get_text(url: &str) -> Option<String> {
+    match get(&client(), url).await? {
+        (200, body) => Some(String::from_utf8_lossy(&body).into_owned()),
+        _ => None,
+    }
+}
+
 async fn get(client: &HttpClient, url: &str) -> Option<(u16, Bytes)> {
     let uri: hyper::Uri = url.parse().ok()?;
     let request = async {

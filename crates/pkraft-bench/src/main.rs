@@ -16,6 +16,7 @@
 //! pkraft-bench conn-flood --target 127.0.0.1:5300 --connections 5000 --block 11 --mode dns
 //! pkraft-bench label-flood --target 127.0.0.1:8080 --requests 100000 --block 20
 //! pkraft-bench verify --data data.bin --rounds 5
+//! pkraft-bench partitions --pkraft target/release/pkraft --data data.bin --work /tmp/p --trials 20
 //! pkraft-bench dht-testnet --nodes 10 --data data.bin --first-key 0 --count 100 --bootstrap-out b.txt
 //! pkraft-bench dht-resolve --data data.bin --first-key 0 --count 100 --server 127.0.0.1:5300
 //! pkraft-bench free-ports --count 4 --taken ports.txt
@@ -43,6 +44,7 @@ mod gaps;
 mod http_load;
 mod label_flood;
 mod lag;
+mod partitions;
 mod slowloris;
 mod stats;
 mod steady;
@@ -186,6 +188,31 @@ enum Command {
         data: PathBuf,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Silent and one-way partitions beside kills, on 3 nodes of PKRAFT in network namespaces
+    /// (needs root, ip, iptables): TRIALS kills and black-holed leaders, ONE_WAY_TRIALS of each
+    /// one-way cut, then REJOIN_RUNS followers cut off for REJOIN_SECONDS; each trial times the
+    /// first PUT accepted through a survivor. DATA needs 2 versions and enough keys (every
+    /// trial and every write of the rejoin load takes a new one). Prints a JSON report.
+    Partitions {
+        #[arg(long)]
+        pkraft: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// Directory for the nodes' configs and data dirs.
+        #[arg(long)]
+        work: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        #[arg(long, default_value_t = 5)]
+        one_way_trials: usize,
+        #[arg(long, default_value_t = 3)]
+        rejoin_runs: usize,
+        #[arg(long, default_value_t = 30.0)]
+        rejoin_seconds: f64,
+        /// Lines for every node's `[raft]` section (`pre_vote = false`).
+        #[arg(long, default_value = "")]
+        raft: String,
     },
     /// A well-behaved client: RATE paced operations per second of each kind from SOURCE for
     /// SECONDS (PUT new keys from FIRST_KEY on through PUT_URL, GET the first STORED_KEYS from
@@ -624,6 +651,46 @@ async fn main() -> anyhow::Result<()> {
                 None => udp_flood::Sources::One(source),
             };
             print(&udp_flood::run(server, names, duration, sources, edns).await?)?;
+        }
+        Command::Partitions {
+            pkraft,
+            data,
+            work,
+            trials,
+            one_way_trials,
+            rejoin_runs,
+            rejoin_seconds,
+            raft,
+        } => {
+            let data = DataSet::read(&data)?;
+            let rejoin_isolation = std::time::Duration::try_from_secs_f64(rejoin_seconds)
+                .map_err(|e| anyhow::anyhow!("--rejoin-seconds {rejoin_seconds}: {e}"))?;
+            let spec = partitions::PartitionSpec {
+                pkraft: &pkraft,
+                data: &data,
+                work: &work,
+                trials,
+                one_way_trials,
+                rejoin_runs,
+                rejoin_isolation,
+                raft_extra: &raft,
+            };
+            let lab = pkraft_testkit::netns::NetnsLab::create(3).map_err(anyhow::Error::msg)?;
+            // This process's sockets must be in the lab's client namespace: a thread of its
+            // own enters it and runs the trials on a runtime of its own.
+            let report = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| -> anyhow::Result<_> {
+                        lab.enter_client().map_err(anyhow::Error::msg)?;
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?
+                            .block_on(partitions::run(&lab, spec))
+                    })
+                    .join()
+            })
+            .map_err(|_| anyhow::anyhow!("the partition trials panicked"))??;
+            print(&report)?;
         }
         Command::Verify { data, rounds } => print(&verify_cost(&DataSet::read(&data)?, rounds)?)?,
         Command::Steady {

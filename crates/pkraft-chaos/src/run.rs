@@ -67,6 +67,10 @@ pub struct RunConfig {
     /// every node's) to every round; implies lossy disks.
     #[arg(long)]
     pub disk_faults: bool,
+    /// Rounds of the peer network's partitions only (refused, black-holed and one-way cuts):
+    /// the way to count many of them.
+    #[arg(long, conflicts_with = "power_cuts_only")]
+    pub partitions_only: bool,
 }
 
 impl RunConfig {
@@ -78,6 +82,8 @@ impl RunConfig {
     fn fault_kinds(&self) -> Vec<FaultKind> {
         let mut kinds = if self.power_cuts_only {
             FaultKind::POWER_CUTS.to_vec()
+        } else if self.partitions_only {
+            FaultKind::PARTITIONS.to_vec()
         } else if self.lossy_disk {
             FaultKind::ALL
                 .iter()
@@ -103,7 +109,12 @@ impl RunConfig {
             ""
         };
         let disk = if self.disk_faults { " DISK=1" } else { "" };
-        format!("{power}{disk}")
+        let partitions = if self.partitions_only {
+            " PARTITIONS=only"
+        } else {
+            ""
+        };
+        format!("{power}{disk}{partitions}")
     }
 }
 

@@ -95,6 +95,20 @@ impl FaultKind {
         FaultKind::PowerCutAll,
     ];
 
+    /// The partitions of the peer network, refused, silent (black holes) and one-way: the kinds
+    /// of `--partitions-only`.
+    pub const PARTITIONS: [FaultKind; 9] = [
+        FaultKind::IsolateLeader,
+        FaultKind::IsolateFollower,
+        FaultKind::SplitMajority,
+        FaultKind::LeaderCannotSend,
+        FaultKind::LeaderCannotReceive,
+        FaultKind::BlackholeLeader,
+        FaultKind::BlackholeFollower,
+        FaultKind::BlackholeLeaderSend,
+        FaultKind::BlackholeLeaderReceive,
+    ];
+
     /// The disks low on space: they need lossy disks too (`--disk-faults`).
     pub const DISK_LOW: [FaultKind; 3] = [
         FaultKind::DiskLowLeader,
@@ -234,6 +248,12 @@ mod tests {
         let mut kinds: Vec<FaultKind> = a[..FaultKind::ALL.len()].iter().map(|f| f.kind).collect();
         kinds.sort();
         assert_eq!(kinds, FaultKind::ALL);
+        // The partition rounds draw from the kinds every round has.
+        assert!(
+            FaultKind::PARTITIONS
+                .iter()
+                .all(|k| FaultKind::ALL.contains(k))
+        );
         let cuts = generate(42, 25, pause, &FaultKind::POWER_CUTS);
         assert_eq!(cuts.len(), 100);
         assert!(cuts.iter().all(|f| FaultKind::POWER_CUTS.contains(&f.kind)));

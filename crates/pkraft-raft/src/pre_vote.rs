@@ -96,7 +96,7 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
         if node.leadership().elections_paused() {
             continue;
         }
-        let Some(standing) = node.standing().await else {
+        let Some(standing) = node.standing() else {
             // openraft has stopped; the node is going down.
             return;
         };
@@ -153,20 +153,16 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
 }
 
 impl Node {
-    async fn standing(&self) -> Option<Standing> {
-        self.raft
-            .with_raft_state(|state| Standing {
-                state: state.server_state,
-                term: state.vote_ref().leader_id().term,
-                voters: state
-                    .membership_state
-                    .effective()
-                    .membership()
-                    .voter_ids()
-                    .collect(),
-            })
-            .await
-            .ok()
+    /// This node's state, term and voters, from openraft's metrics (read every tick, so not
+    /// through the Raft core's queue); `None` once Raft has stopped.
+    fn standing(&self) -> Option<Standing> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        (metrics.state != ServerState::Shutdown).then(|| Standing {
+            state: metrics.state,
+            term: metrics.current_term,
+            voters: metrics.membership_config.membership().voter_ids().collect(),
+        })
     }
 
     /// The id of the last entry of this node's log, or of the last one purged with everything
@@ -251,7 +247,7 @@ impl Node {
             granted: false,
             reason: Some(reason),
         };
-        let Some(standing) = self.standing().await else {
+        let Some(standing) = self.standing() else {
             return refuse("this node is stopping".to_string());
         };
         if !standing.voters.contains(&request.candidate) {
