@@ -210,6 +210,14 @@ struct NetnsNode {
     process: NodeProcess,
 }
 
+impl Drop for NetnsNode {
+    /// A node process is not killed by dropping it; a failed assertion must not leave the
+    /// cluster running.
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+    }
+}
+
 impl NetnsNode {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.process.listening().http)

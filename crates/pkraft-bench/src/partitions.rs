@@ -190,6 +190,15 @@ impl LabCluster<'_> {
     }
 }
 
+impl Drop for LabCluster<'_> {
+    /// Node processes are not killed by dropping them: a failed trial must not leave them.
+    fn drop(&mut self) {
+        for process in self.nodes.iter_mut().flatten() {
+            let _ = process.kill();
+        }
+    }
+}
+
 pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<PartitionReport> {
     std::fs::create_dir_all(spec.work)?;
     let mut cluster = LabCluster {
@@ -299,9 +308,7 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
             writes_refused: refused,
         });
     }
-    for id in 1..=NODES {
-        cluster.kill(id)?;
-    }
+    drop(cluster);
     let summary = summarize(&trials);
     Ok(PartitionReport {
         op: "partitions",

@@ -11,17 +11,21 @@
 //! So openraft's own election timer is off (`enable_elect = false`), and [`run`] keeps one
 //! instead. When this voter has heard nothing from a leader for the leader lease plus a random
 //! election timeout (the same wait as openraft's timer), it asks every other voter
-//! (`pre-vote` peer route): "would you vote for me in the next term, with my log?". A voter says
-//! yes ([`Node::answer_pre_vote`]) only if all of these hold:
-//! - the proposed term is above its own (a real vote for it could be granted);
+//! (`pre-vote` peer route): "would you vote for me, with my log?". A voter says yes
+//! ([`Node::answer_pre_vote`]) only if both hold:
 //! - the candidate's last log id is at least its own (Raft's up-to-date rule, as in a real vote);
-//! - no leader has reached it within the lease (`election_timeout_max`), which is also when
-//!   openraft would refuse the real vote; and it is not itself a leader that a quorum still
-//!   accepts.
+//! - no leader has reached it within the lease (`election_timeout_max`; openraft refuses a real
+//!   vote within it too, when its vote is committed), and it is not itself a leader that a
+//!   quorum still accepts.
 //!
-//! With a quorum of yes (its own included) the node calls openraft's election
-//! (`trigger().elect()`); otherwise it waits another timeout and asks again. Answering changes
-//! nothing on the voter: no term, no vote, no timer.
+//! Terms are not compared (as in Ongaro's thesis, 9.6): a voter with a higher term would only
+//! refuse the real vote of that round, and the candidate stands again one term higher; refusing
+//! the pre-vote instead could leave the only candidate with the longest log unable to stand.
+//!
+//! With a yes from a majority of every configuration (both while a membership change is joint;
+//! its own included) the node calls openraft's election (`trigger().elect()`); otherwise it
+//! waits another timeout and asks again. Answering changes nothing on the voter: no term, no
+//! vote, no timer.
 //!
 //! Why this is safe: Raft's safety (one leader per term, a leader holds every committed entry)
 //! rests on the vote itself, which openraft still runs unchanged: the term, the vote persisted
@@ -29,6 +33,7 @@
 //! that vote, and Raft is safe whatever the timing of elections. The argument and its liveness
 //! half are in docs/CONSISTENCY.md, "PreVote".
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,7 +44,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
 use crate::node::Node;
+use crate::peer::client::CallError;
 use crate::peer::path;
+use hyper::StatusCode;
 
 /// How often the timer looks whether an election is due. Well under the election timeouts, so
 /// it adds little to a failover.
@@ -49,7 +56,8 @@ const TICK: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct PreVoteRequest {
     pub candidate: NodeId,
-    /// The term it would stand in: its own term plus one.
+    /// The term it would stand in, its own term plus one: for the voter's logs only (see the
+    /// module docs on terms).
     pub term: u64,
     /// Its last log id, for the up-to-date rule.
     pub last_log_id: Option<LogId<NodeId>>,
@@ -81,8 +89,24 @@ impl ElectionTiming {
 struct Standing {
     state: ServerState,
     term: u64,
+    /// Every voter: of the one configuration, or of both while a change is joint.
     voters: Vec<NodeId>,
+    /// The configurations whose majorities a vote needs: one, or two while a change is joint.
+    configs: Vec<BTreeSet<NodeId>>,
 }
+
+impl Standing {
+    /// Whether `granted` holds a majority of every configuration (Raft's joint quorum).
+    fn is_quorum(&self, granted: &BTreeSet<NodeId>) -> bool {
+        self.configs
+            .iter()
+            .all(|config| config.intersection(granted).count() > config.len() / 2)
+    }
+}
+
+/// Pre-vote rounds lost in a row logged at `info`: the first, then one in this many (a node cut
+/// off for hours would otherwise log every election timeout). All are counted.
+const LOST_ROUNDS_PER_LOG: u64 = 100;
 
 /// The election timer of a node with PreVote; runs as long as the node.
 pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
@@ -91,6 +115,10 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
     // The last pre-vote round this node started; a failed round is retried after a timeout,
     // not a lease plus a timeout.
     let mut last_round: Option<Instant> = None;
+    // When this node last saw itself lead: a leader that just stepped down heard from no leader
+    // meanwhile, but was not silent either.
+    let mut led_at: Option<Instant> = None;
+    let mut lost_in_a_row: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
         if node.leadership().elections_paused() {
@@ -100,7 +128,11 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
             // openraft has stopped; the node is going down.
             return;
         };
-        if !standing.voters.contains(&node.id) || standing.state == ServerState::Leader {
+        if standing.state == ServerState::Leader {
+            led_at = Some(Instant::now());
+            continue;
+        }
+        if !standing.voters.contains(&node.id) {
             continue;
         }
         if standing.voters.len() == 1 {
@@ -110,7 +142,9 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
             }
             continue;
         }
-        let silent = node.since_leader_reached();
+        let silent = led_at.map_or(node.since_leader_reached(), |led| {
+            node.since_leader_reached().min(led.elapsed())
+        });
         let due = match last_round {
             // Rounds since the leader was last heard from: one timeout apart.
             Some(round) if round.elapsed() < silent => round.elapsed() >= timeout,
@@ -124,6 +158,7 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
         timeout = timing.random_timeout();
         match node.pre_vote_round(&standing, timing.timeout_min).await {
             Ok(granted) => {
+                lost_in_a_row = 0;
                 node.metrics
                     .pre_vote_rounds
                     .with_label_values(&["won"])
@@ -141,12 +176,18 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
                     .pre_vote_rounds
                     .with_label_values(&["lost"])
                     .inc();
-                tracing::info!(
-                    term = standing.term + 1,
-                    silent_ms = silent.as_millis(),
-                    %refusals,
-                    "pre-vote lost; not standing"
-                );
+                lost_in_a_row += 1;
+                if lost_in_a_row % LOST_ROUNDS_PER_LOG == 1 {
+                    tracing::info!(
+                        term = standing.term + 1,
+                        silent_ms = silent.as_millis(),
+                        lost_in_a_row,
+                        %refusals,
+                        "pre-vote lost; not standing (logged once per {LOST_ROUNDS_PER_LOG} in a row)"
+                    );
+                } else {
+                    tracing::debug!(%refusals, lost_in_a_row, "pre-vote lost; not standing");
+                }
             }
         }
     }
@@ -158,10 +199,12 @@ impl Node {
     fn standing(&self) -> Option<Standing> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
         (metrics.state != ServerState::Shutdown).then(|| Standing {
             state: metrics.state,
             term: metrics.current_term,
-            voters: metrics.membership_config.membership().voter_ids().collect(),
+            voters: membership.voter_ids().collect(),
+            configs: membership.get_joint_config().clone(),
         })
     }
 
@@ -182,19 +225,20 @@ impl Node {
     }
 
     /// Asks every other voter whether it would vote for this node in the next term; `Ok` with
-    /// the voters that said yes once they (and this node) are a quorum, else `Err` with the
-    /// refusals. Each answer may take up to `timeout` (an unreachable voter says nothing).
+    /// the voters that said yes once they (and this node) are a quorum of every configuration,
+    /// else `Err` with the refusals. Each answer may take up to `timeout` (an unreachable voter
+    /// says nothing). A node of an older build, which has no `pre-vote` route (404), counts as
+    /// a yes: it would take part in the election by openraft's own rules, as before PreVote.
     async fn pre_vote_round(
         &self,
         standing: &Standing,
         timeout: Duration,
-    ) -> Result<Vec<NodeId>, String> {
+    ) -> Result<BTreeSet<NodeId>, String> {
         let request = PreVoteRequest {
             candidate: self.id,
             term: standing.term + 1,
             last_log_id: self.last_log_id().await?,
         };
-        let quorum = standing.voters.len() / 2 + 1;
         let addrs: Vec<(NodeId, String)> = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -214,20 +258,26 @@ impl Node {
                 let answer = peers
                     .call::<_, PreVoteAnswer>(&addr, Some(id), path::PRE_VOTE, &request, timeout)
                     .await
-                    .unwrap_or_else(|e| PreVoteAnswer {
-                        granted: false,
-                        reason: Some(e.to_string()),
+                    .unwrap_or_else(|e| {
+                        let older_build = matches!(
+                            &e,
+                            CallError::Status { status, .. } if *status == StatusCode::NOT_FOUND
+                        );
+                        PreVoteAnswer {
+                            granted: older_build,
+                            reason: Some(e.to_string()),
+                        }
                     });
                 (id, answer)
             });
         }
-        let mut granted = vec![self.id];
+        let mut granted = BTreeSet::from([self.id]);
         let mut refusals = Vec::new();
         while let Some(done) = asks.join_next().await {
             let Ok((id, answer)) = done else { continue };
             if answer.granted {
-                granted.push(id);
-                if granted.len() >= quorum {
+                granted.insert(id);
+                if standing.is_quorum(&granted) {
                     // The rest need not be waited for (dropping the set aborts them).
                     return Ok(granted);
                 }
@@ -252,12 +302,6 @@ impl Node {
         };
         if !standing.voters.contains(&request.candidate) {
             return refuse(format!("node {} is not a voter", request.candidate));
-        }
-        if request.term <= standing.term {
-            return refuse(format!(
-                "term {} is not above this node's term {}",
-                request.term, standing.term
-            ));
         }
         let last_log_id = match self.last_log_id().await {
             Ok(last_log_id) => last_log_id,
@@ -289,5 +333,37 @@ impl Node {
             granted: true,
             reason: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standing(configs: &[&[NodeId]]) -> Standing {
+        let configs: Vec<BTreeSet<NodeId>> = configs
+            .iter()
+            .map(|c| c.iter().copied().collect())
+            .collect();
+        Standing {
+            state: ServerState::Follower,
+            term: 1,
+            voters: configs.iter().flatten().copied().collect(),
+            configs,
+        }
+    }
+
+    #[test]
+    fn a_quorum_is_a_majority_of_every_configuration() {
+        let one = standing(&[&[1, 2, 3]]);
+        assert!(!one.is_quorum(&BTreeSet::from([1])));
+        assert!(one.is_quorum(&BTreeSet::from([1, 3])));
+        // Joint {1,2,3} and {1,2,4}: {1,2} is a majority of both, though 2 of the 4 voters.
+        let joint = standing(&[&[1, 2, 3], &[1, 2, 4]]);
+        assert!(joint.is_quorum(&BTreeSet::from([1, 2])));
+        assert!(joint.is_quorum(&BTreeSet::from([1, 3, 4])));
+        // A majority of the first configuration only, and of neither.
+        assert!(!joint.is_quorum(&BTreeSet::from([1, 3])));
+        assert!(!joint.is_quorum(&BTreeSet::from([3, 4])));
     }
 }

@@ -159,7 +159,7 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                 let Some(_proposal) = node.begin_proposal() else {
                     continue;
                 };
-                return propose(node, batch, deadline).await;
+                return propose(node, batch, deadline, earlier_attempt_unknown).await;
             }
             // This leader is handing over (see `handover`): wait for the next one.
             Some((leader, _)) if leader == node.id && Instant::now() < deadline => {
@@ -174,9 +174,14 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
             }
             // A leader that has gone silent is not sent more; the followers elect its
             // successor within an election timeout.
-            Some((leader, _))
-                if Instant::now() < deadline && node.leader_gone(leader).is_some() =>
-            {
+            Some((leader, _)) if node.leader_gone(leader).is_some() => {
+                if Instant::now() >= deadline {
+                    let reason = node
+                        .leader_gone(leader)
+                        .unwrap_or_else(|| format!("leader {leader} did not answer in time"));
+                    node.metrics.publish_refused("forward_failed", batch.len());
+                    return answer_all(batch, PublishError::Unavailable(reason));
+                }
                 node.wait_for_leader_news(Some(leader), deadline).await;
             }
             Some((leader, addr)) => {
@@ -232,8 +237,15 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
 
 /// Proposes the batch as one log entry on this node (the leader), waiting for the commit until
 /// `deadline`: an entry a cut-off leader appended may commit only when the partition heals, and
-/// its slot must not stay taken (nor its publishers wait) until then.
-async fn propose(node: &Node, batch: Vec<Pending>, deadline: Instant) {
+/// its slot must not stay taken (nor its publishers wait) until then. `earlier_attempt_unknown`:
+/// this node forwarded the batch before it led, and that attempt may have committed (see
+/// `unknown_if_stale`).
+async fn propose(
+    node: &Node,
+    batch: Vec<Pending>,
+    deadline: Instant,
+    earlier_attempt_unknown: bool,
+) {
     let (packets, replies): (Vec<PublishItem>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     tracing::debug!(packets = packets.len(), "proposing a publish batch");
@@ -288,6 +300,11 @@ async fn propose(node: &Node, batch: Vec<Pending>, deadline: Instant) {
         Err(e) => vec![Err(publish_error(e)); replies.len()],
     };
     for (reply, result) in replies.into_iter().zip(answers) {
+        let result = if earlier_attempt_unknown {
+            unknown_if_stale(result)
+        } else {
+            result
+        };
         answer(reply, result);
     }
 }
