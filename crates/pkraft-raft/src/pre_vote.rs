@@ -31,12 +31,13 @@
 //! rests on the vote itself, which openraft still runs unchanged: the term, the vote persisted
 //! before it is granted, the log comparison, the lease. PreVote only decides *when* a node calls
 //! that vote, and Raft is safe whatever the timing of elections. The argument and its liveness
-//! half are in docs/CONSISTENCY.md, "PreVote".
+//! half are in docs/CONSISTENCY.md, "Silent partitions and PreVote".
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hyper::StatusCode;
 use openraft::storage::RaftLogStorage;
 use openraft::{LogId, ServerState};
 use rand::Rng;
@@ -46,7 +47,6 @@ use crate::NodeId;
 use crate::node::Node;
 use crate::peer::client::CallError;
 use crate::peer::path;
-use hyper::StatusCode;
 
 /// How often the timer looks whether an election is due. Well under the election timeouts, so
 /// it adds little to a failover.
