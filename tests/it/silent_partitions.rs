@@ -30,7 +30,7 @@ use pkraft_testkit::process::NodeProcess;
 use pkraft_testkit::proxy::CutKind;
 use pkraft_testkit::{iroh_packet, keypair};
 
-use crate::cluster::{TEST_RAFT, TestCluster, eventually};
+use crate::cluster::{TEST_RAFT, TestCluster, eventually, wait_served};
 use crate::harness::http_client;
 use crate::metrics::{scrape, value};
 
@@ -105,18 +105,8 @@ async fn a_silently_isolated_leader_is_routed_around() {
     );
 
     cluster.faults.heal();
-    let payload = second.to_relay_payload();
     for member in &cluster.members {
-        let server = &member.server;
-        let url = server.relay_url(&key);
-        eventually(
-            &format!("node {} serves the acknowledged version", member.id),
-            || async {
-                let response = server.get(&url).await;
-                (response.status() == 200 && response.bytes().await.ok()? == payload).then_some(())
-            },
-        )
-        .await;
+        wait_served(&member.server, &key, &second).await;
     }
 }
 

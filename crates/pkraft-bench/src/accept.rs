@@ -86,7 +86,7 @@ pub async fn run(spec: AcceptSpec<'_>) -> anyhow::Result<AcceptReport> {
     }
 }
 
-fn unix_ms_now() -> anyhow::Result<u64> {
+pub(crate) fn unix_ms_now() -> anyhow::Result<u64> {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     Ok(u64::try_from(since_epoch.as_millis())?)
 }

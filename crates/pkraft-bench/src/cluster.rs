@@ -402,6 +402,11 @@ fn client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// The `/cluster/status` of the node with admin listener `admin`.
+pub(crate) async fn node_status(admin: SocketAddr) -> Option<Value> {
+    status(&client(), admin).await
+}
+
 async fn status(client: &HttpClient, admin: SocketAddr) -> Option<Value> {
     let (code, body) = get(client, &format!("http://{admin}/cluster/status")).await?;
     (code == 200).then(|| serde_json::from_slice(&body).ok())?

@@ -156,10 +156,8 @@ impl LabCluster<'_> {
     /// it leads until the new leader's first heartbeat reaches it.
     async fn all_follow(&self, leader: u64) -> bool {
         for id in 1..=NODES {
-            let url = format!("http://{}/cluster/status", self.admin(id));
-            let named = crate::cluster::get_text(&url)
+            let named = crate::cluster::node_status(self.admin(id))
                 .await
-                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
                 .and_then(|status| status["node"]["leader"].as_u64());
             if named != Some(leader) {
                 return false;
@@ -245,7 +243,7 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
                     }
                 }
             }
-            let since = unix_ms_now()?;
+            let since = crate::accept::unix_ms_now()?;
             let url = cluster.relay(through);
             let accepted = crate::accept::run(AcceptSpec {
                 data: spec.data,
@@ -381,9 +379,4 @@ fn summarize(trials: &[Trial]) -> Value {
         );
     }
     Value::Object(by_kind)
-}
-
-fn unix_ms_now() -> anyhow::Result<u64> {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-    Ok(u64::try_from(since_epoch.as_millis())?)
 }

@@ -54,17 +54,23 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             let target = follower(&mut rng)?;
             pause_hold_resume(cluster, target, fault.hold).await?
         }
-        FaultKind::IsolateLeader => {
+        FaultKind::IsolateLeader | FaultKind::BlackholeLeader => {
             let target = any_leader()?;
-            cluster.network.partition(&[target], &others(target));
+            let (how, done) = cut_of(fault.kind);
+            cluster
+                .network
+                .partition_as(&[target], &others(target), how);
             hold_heal(cluster, fault.hold).await;
-            format!("isolated leader {target}")
+            format!("{done} leader {target}")
         }
-        FaultKind::IsolateFollower => {
+        FaultKind::IsolateFollower | FaultKind::BlackholeFollower => {
             let target = follower(&mut rng)?;
-            cluster.network.partition(&[target], &others(target));
+            let (how, done) = cut_of(fault.kind);
+            cluster
+                .network
+                .partition_as(&[target], &others(target), how);
             hold_heal(cluster, fault.hold).await;
-            format!("isolated follower {target}")
+            format!("{done} follower {target}")
         }
         FaultKind::SplitMajority => {
             let mut shuffled = ids.clone();
@@ -74,53 +80,23 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             hold_heal(cluster, fault.hold).await;
             format!("split {minority:?} | {majority:?}")
         }
-        FaultKind::LeaderCannotSend => {
+        FaultKind::LeaderCannotSend | FaultKind::BlackholeLeaderSend => {
             let target = any_leader()?;
+            let (how, done) = cut_of(fault.kind);
             for other in others(target) {
-                cluster.network.cut(target, other);
+                cluster.network.cut_as(target, other, how);
             }
             hold_heal(cluster, fault.hold).await;
-            format!("leader {target}'s requests cut")
+            format!("leader {target}'s requests {done}")
         }
-        FaultKind::LeaderCannotReceive => {
+        FaultKind::LeaderCannotReceive | FaultKind::BlackholeLeaderReceive => {
             let target = any_leader()?;
+            let (how, done) = cut_of(fault.kind);
             for other in others(target) {
-                cluster.network.cut(other, target);
+                cluster.network.cut_as(other, target, how);
             }
             hold_heal(cluster, fault.hold).await;
-            format!("requests to leader {target} cut")
-        }
-        FaultKind::BlackholeLeader => {
-            let target = any_leader()?;
-            cluster
-                .network
-                .partition_as(&[target], &others(target), CutKind::Silent);
-            hold_heal(cluster, fault.hold).await;
-            format!("black-holed leader {target}")
-        }
-        FaultKind::BlackholeFollower => {
-            let target = follower(&mut rng)?;
-            cluster
-                .network
-                .partition_as(&[target], &others(target), CutKind::Silent);
-            hold_heal(cluster, fault.hold).await;
-            format!("black-holed follower {target}")
-        }
-        FaultKind::BlackholeLeaderSend => {
-            let target = any_leader()?;
-            for other in others(target) {
-                cluster.network.cut_as(target, other, CutKind::Silent);
-            }
-            hold_heal(cluster, fault.hold).await;
-            format!("leader {target}'s requests black-holed")
-        }
-        FaultKind::BlackholeLeaderReceive => {
-            let target = any_leader()?;
-            for other in others(target) {
-                cluster.network.cut_as(other, target, CutKind::Silent);
-            }
-            hold_heal(cluster, fault.hold).await;
-            format!("requests to leader {target} black-holed")
+            format!("requests to leader {target} {done}")
         }
         FaultKind::SlowNetwork => {
             cluster.network.set_delay(fault.delay, fault.jitter);
@@ -172,6 +148,19 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
         Some(_) => done,
         None => format!("{done} (no leader was known)"),
     })
+}
+
+/// How a partition kind cuts the links it cuts (the black holes are silent, the others
+/// refused), and the word for it in the event line.
+fn cut_of(kind: FaultKind) -> (CutKind, &'static str) {
+    match kind {
+        FaultKind::BlackholeLeader
+        | FaultKind::BlackholeFollower
+        | FaultKind::BlackholeLeaderSend
+        | FaultKind::BlackholeLeaderReceive => (CutKind::Silent, "black-holed"),
+        FaultKind::IsolateLeader | FaultKind::IsolateFollower => (CutKind::Refused, "isolated"),
+        _ => (CutKind::Refused, "cut"),
+    }
 }
 
 async fn kill_hold_restart(
