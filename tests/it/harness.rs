@@ -237,6 +237,25 @@ impl TestServer {
         self.process = Some(process);
     }
 
+    /// Starts the binary again on the same data dir, expecting it to refuse to start: returns
+    /// its exit status and everything it logged. Panics if it starts.
+    pub fn restart_refused(&mut self) -> String {
+        assert!(
+            self.process.is_none(),
+            "stop the server before restarting it"
+        );
+        let mut pkraft = self.launch.command();
+        pkraft.args(&self.command).env("RUST_LOG", "info");
+        match NodeProcess::start(pkraft, &self.data_path, LogTo::Memory, START_TIMEOUT) {
+            Ok(mut process) => {
+                let log = process.log().text();
+                let _ = process.kill();
+                panic!("the node started, though it should have refused:\n{log}");
+            }
+            Err(refusal) => refusal,
+        }
+    }
+
     /// Everything the process logged so far, for failure messages.
     pub fn log(&self) -> String {
         self.log.text()

@@ -12,6 +12,7 @@ mod chaos_regressions;
 mod cli;
 mod client_cli;
 mod cluster;
+mod damaged_disks;
 mod dht;
 mod disk_faults;
 mod dns;

@@ -404,6 +404,45 @@ async fn a_disk_below_the_reserve_refuses_puts_and_takes_them_again_when_space_r
     assert_served(&node.server, &published).await;
 }
 
+/// A file system that answers `statfs` with a size of zero blocks (LazyFS, several FUSE and
+/// network file systems) does not tell its free space: unknown is not full, so the node takes
+/// PUTs with the default reserve (1 GiB), says once in its log that it cannot enforce it, and
+/// enforces it again once the size is known.
+#[tokio::test]
+async fn a_disk_of_unknown_size_is_not_taken_for_a_full_one() {
+    let Some(node) = lossy_node("disk of unknown size") else {
+        return;
+    };
+    node.disk.report_unknown_size(true);
+    // The node measures at least once a second; give it two measurements of the unknown size.
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let published = publish(&node.server, 0, 2_000, 10, 2).await;
+    assert_served(&node.server, &published).await;
+    let log = node.server.log();
+    assert_eq!(
+        log.matches("cannot tell the free disk space").count(),
+        1,
+        "logged once, not every second\n{log}"
+    );
+    assert!(!log.contains("less than raft.min_free_disk_mib"), "{log}");
+
+    // Known again, and below the reserve: refused as before.
+    node.disk.report_unknown_size(false);
+    node.disk.limit_free_space(Some(64 << 20));
+    let mut refused = false;
+    for i in 0..100u64 {
+        let status = put_new(&node.server, 2_100 + i, 7_000)
+            .await
+            .map(|r| r.status().as_u16());
+        if status == Some(503) {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the reserve applies once the size is known\n{}", node.server.log());
+}
+
 /// With the reserve off (`raft.min_free_disk_mib = 0`), a full disk is a storage error like any
 /// other: the node stops (exit status 1) rather than acknowledge what it could not write, and
 /// after a restart with space every packet it acknowledged is served.

@@ -57,6 +57,9 @@ pub(crate) struct Faults {
     /// The disk's size in bytes, if limited: a write that would make the files' lengths add up
     /// to more fails with ENOSPC, and so does creating an entry on a disk with nothing free.
     pub(crate) capacity: Option<u64>,
+    /// `statfs` answers a size of zero blocks, as Jepsen's LazyFS and several FUSE and network
+    /// file systems do: the free space is unknown.
+    pub(crate) size_unknown: bool,
 }
 
 #[derive(Debug)]

@@ -331,6 +331,10 @@ impl Filesystem for LossyFs {
         // Blocks of 4 KiB: the disk's size if limited, else 4 TiB.
         const BLOCK: u64 = 4096;
         let disk = self.0.disk();
+        if disk.faults.size_unknown {
+            reply.statfs(0, 0, 0, 0, 0, BLOCK as u32, 255, BLOCK as u32);
+            return;
+        }
         let used = disk.used_bytes().div_ceil(BLOCK);
         let (blocks, free) = match disk.free_bytes() {
             Some(free) => (used + free / BLOCK, free / BLOCK),

@@ -14,7 +14,7 @@
 //!   process still sends lands after the cut: cut, kill the process, then power on.
 //! - Faults on command: [`LossyDisk::fail_fsyncs`] (EIO, and the data is lost, as on Linux),
 //!   [`LossyDisk::limit_free_space`] (ENOSPC once the files fill it, and `statfs` tells),
-//!   [`LossyDisk::slow_fsyncs`].
+//!   [`LossyDisk::slow_fsyncs`], [`LossyDisk::report_unknown_size`] (`statfs` says 0 blocks).
 //!
 //! Durable file content lives in a backing directory (one file per inode); unsynced bytes in
 //! memory. Not modelled: hard and symbolic links, special files, xattrs, `RENAME_EXCHANGE`,
@@ -149,6 +149,12 @@ impl LossyDisk {
     pub fn limit_free_space(&self, free: Option<u64>) {
         let mut disk = self.shared.disk();
         disk.faults.capacity = free.map(|free| disk.used_bytes().saturating_add(free));
+    }
+
+    /// While `on`, `statfs` answers a size of zero blocks (free space unknown), as LazyFS and
+    /// several FUSE and network file systems do.
+    pub fn report_unknown_size(&self, on: bool) {
+        self.shared.disk().faults.size_unknown = on;
     }
 
     /// Every fsync takes `delay` longer.

@@ -41,6 +41,8 @@ pub(crate) struct DiskSpace {
     available: AtomicU64,
     /// Whether writes are refused; kept to log the changes once.
     refusing: AtomicBool,
+    /// Whether the last measurement failed; kept to log it once, not every second.
+    unknown: AtomicBool,
     /// `pkraft_disk_available_bytes`.
     gauge: IntGauge,
 }
@@ -54,6 +56,7 @@ impl DiskSpace {
             measured_at: AtomicU64::new(0),
             available: AtomicU64::new(u64::MAX),
             refusing: AtomicBool::new(false),
+            unknown: AtomicBool::new(false),
             gauge,
         }
     }
@@ -98,12 +101,15 @@ impl DiskSpace {
             Err(e) => {
                 // Not knowing is not "full": a failing disk shows up as failing writes. Nor is
                 // it "space is back": no change is logged, the next good reading decides.
-                tracing::warn!(data_dir = %self.data_dir.display(), error = %e, "cannot read the free disk space");
+                if !self.unknown.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(data_dir = %self.data_dir.display(), error = %e, "cannot tell the free disk space: raft.min_free_disk_mib is not enforced until it can");
+                }
                 self.available.store(u64::MAX, Ordering::Release);
                 self.refusing.store(false, Ordering::Release);
                 return;
             }
         };
+        self.unknown.store(false, Ordering::Release);
         self.available.store(available, Ordering::Release);
         self.gauge.set(i64::try_from(available).unwrap_or(i64::MAX));
         let refusing = self.refusal_for(available);
@@ -140,8 +146,20 @@ const MIB: u64 = 1024 * 1024;
 
 /// Bytes an unprivileged process may still write on the file system holding `path` (the blocks
 /// reserved for root are not counted: a node running as root must not eat them either).
-fn available_bytes(path: &Path) -> nix::Result<u64> {
-    let stat = nix::sys::statvfs::statvfs(path)?;
+fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    free_bytes(&stat)
+}
+
+/// What a `statvfs` answer says is free. A file system of zero blocks does not know its size
+/// (Jepsen's LazyFS, several FUSE and network file systems answer so): its space is unknown,
+/// not full.
+fn free_bytes(stat: &nix::sys::statvfs::Statvfs) -> std::io::Result<u64> {
+    if stat.blocks() == 0 {
+        return Err(std::io::Error::other(
+            "the file system reports a size of 0 blocks (it does not tell its free space)",
+        ));
+    }
     Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
 }
 

@@ -472,7 +472,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         self.with_log(move |inner| {
             let mut encoded = Vec::new();
-            let lengths = encode_records(payloads.iter().map(Vec::as_slice), &mut encoded)?;
+            let lengths = encode_records(first_index, &payloads, &mut encoded)?;
             let target = lock(inner)?.segments.prepare_append(first_index)?;
             // The write and its sync hold no lock, so readers (replication, apply) go on.
             target.write_and_sync(&encoded)?;

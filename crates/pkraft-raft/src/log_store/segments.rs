@@ -4,43 +4,132 @@
 //! commit, an append copied B-tree pages and took ≈ 1.6 ms under load; as a write at the end of a
 //! file and one `fdatasync` it takes ≈ 0.2 ms on the same disk (docs/BENCHMARKS.md).
 //!
-//! A segment is `<first index, 20 digits>.seg` in the log directory: [`MAGIC`], then records of
-//! `payload length (u32 LE) ‖ CRC-32 of length and payload (u32 LE) ‖ payload` (never empty, so
-//! zeroed bytes are no record); record `i` holds log index
-//! `first + i`. Payloads are opaque here (the log store puts postcard-encoded entries in them).
-//! The segments together hold one contiguous run of indexes. A new segment starts when the last
-//! one reaches the target size or the next index does not follow it (after the log was purged
-//! past its end).
+//! A segment is `<first index, 20 digits>.seg` in the log directory: a magic naming the format
+//! and its version, then one record per log index, record `i` holding index `first + i`.
+//! Payloads are opaque here (the log store puts postcard-encoded entries in them). The segments
+//! together hold one contiguous run of indexes. A new segment starts when the last one reaches
+//! the target size, the next index does not follow it (after the log was purged past its end),
+//! or it is in the old format.
 //!
-//! Crash safety:
-//! - An append is reported done only after `fdatasync`; a new segment's header and directory
-//!   entry are synced before anything is appended to it.
-//! - A crash mid-append leaves a torn record at the end of the last segment. It was never
-//!   acknowledged, so opening cuts the segment back to its last whole record: when the bad record
-//!   runs past the end of the file, is the file's last record, or is followed only by zeros (as
-//!   etcd's WAL repair does, for the same shapes). A bad record anywhere else is corruption and
-//!   fails the open: it was synced before what follows it, which may have been acknowledged.
+//! Record format 2 (`PKRLOG2`), a 36-byte header and the payload (never empty):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | payload length (u32 LE) |
+//! | 4..12 | the log index the record holds (u64 LE) |
+//! | 12..20, 20..28 | the first and last index of the append that wrote it (u64 LE) |
+//! | 28..32 | CRC-32 of the payload |
+//! | 32..36 | CRC-32 of bytes 0..32 |
+//!
+//! Format 1 (`PKRLOG1`, before 2026-11) is still read: `length (u32) ‖ CRC-32 of length and
+//! payload (u32) ‖ payload`. Nothing is appended to a format 1 segment.
+//!
+//! Crash safety, and telling a crash from damage:
+//! - An append is one write and one `fdatasync`, reported done only after both; appends never
+//!   overlap, and a new segment's header and directory entry are synced before anything is
+//!   appended to it. So a crash can only leave the *last append* of the *last segment* short.
+//! - Opening reads every record. At the first one that does not read back (a header or payload
+//!   checksum, or an index other than its place), it looks for any whole record after it
+//!   (scanning byte by byte, since the bad header's length is not to be trusted).
+//!   - No whole record follows, in the last segment: a torn tail. It was never acknowledged, so
+//!     the segment is cut back to the last whole record (as etcd's WAL repair does).
+//!   - Only records of the append that also wrote the bad one follow (format 2 says which): an
+//!     append torn out of order (the disk wrote a later sector and not an earlier one). Also
+//!     never acknowledged; also cut.
+//!   - Anything else (a whole record of a later append follows, or the bad record is in an
+//!     earlier segment) is damage to synced data, which may have been acknowledged: the open
+//!     fails with [`Damage`], naming the file, the byte, the first damaged index and the last
+//!     index held after it. It is never cut silently.
 //! - Truncation removes whole segments from the last one backwards, syncing the directory after
 //!   each, and then cuts the one holding the new end, so a crash in between leaves a prefix of
 //!   the old log (as if it had not run).
 //!   Purging removes whole segments from the first one forwards, after the caller has recorded
 //!   the purge point, so leftovers of an interrupted purge are removed at the next open.
 
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The first bytes of every segment: the format name and its version.
-const MAGIC: &[u8; 8] = b"PKRLOG1\0";
-const RECORD_HEADER: usize = 8;
+/// The first bytes of every segment written now: the format name and its version.
+const MAGIC: &[u8; 8] = b"PKRLOG2\0";
+/// The first bytes of a segment in the old format, still read.
+const MAGIC_V1: &[u8; 8] = b"PKRLOG1\0";
+const MAGIC_LEN: usize = 8;
+const RECORD_HEADER: usize = 36;
+const RECORD_HEADER_V1: usize = 8;
 /// Size at which the next append starts a new segment. Purging frees disk a whole segment at a
 /// time, so this is also roughly how much purged log a node keeps on disk.
 pub(crate) const SEGMENT_TARGET_BYTES: u64 = 64 * 1024 * 1024;
 /// No record is larger (a log entry holds at most one publish batch, a few MiB); a larger length
 /// field is garbage, not a record.
 const RECORD_MAX: u32 = 256 * 1024 * 1024;
+/// No append writes more records (openraft sends at most a few thousand entries at once); a
+/// header claiming a larger append is garbage.
+const APPEND_MAX: u64 = 1 << 24;
+
+/// A segment's record format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// `PKRLOG1`: length, CRC of length and payload; no index, no header checksum.
+    V1,
+    /// `PKRLOG2`: see the module docs.
+    V2,
+}
+
+/// Damage to synced records of the log: what the open found instead of a torn tail. Carried
+/// inside the `io::Error` (kind `InvalidData`) that [`Segments::open`] returns; the log store
+/// takes it out with [`Damage::of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The segment file.
+    pub segment: PathBuf,
+    /// Where in it the first bad record starts.
+    pub offset: u64,
+    /// The index that record should hold: the first index the log lost.
+    pub first_index: u64,
+    /// The last index a whole record holds after the damage (in this segment or a later one),
+    /// if any: the log held entries up to it, synced after the damaged one.
+    pub last_index_after: Option<u64>,
+    /// What is wrong with the record.
+    pub reason: &'static str,
+}
+
+impl Damage {
+    /// The damage an error from [`Segments::open`] reports, if it is one.
+    pub fn of(error: &io::Error) -> Option<&Damage> {
+        error.get_ref()?.downcast_ref::<Damage>()
+    }
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the Raft log is damaged: segment {} at byte {}: {} (index {})",
+            self.segment.display(),
+            self.offset,
+            self.reason,
+            self.first_index
+        )?;
+        match self.last_index_after {
+            Some(last) => write!(
+                f,
+                "; whole records up to index {last} follow it, synced after it, so this is \
+                 damage, not a torn write: entries {}..={last} may have been acknowledged",
+                self.first_index
+            ),
+            None => write!(
+                f,
+                "; it is not the end of the log, so this is damage, not a torn write"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Damage {}
 
 /// The segments of one log directory, with the offset of every record.
 pub(crate) struct Segments {
@@ -54,6 +143,7 @@ struct Segment {
     first_index: u64,
     path: PathBuf,
     file: Arc<File>,
+    format: Format,
     /// Start of each record; record `i` holds index `first_index + i`.
     offsets: Vec<u64>,
     /// End of the last record, where the next one goes.
@@ -93,7 +183,7 @@ impl AppendTarget {
             .write_all_at(encoded, self.offset)
             .and_then(|()| self.file.sync_data());
         if written.is_err() {
-            // Leave no partial record behind the last good one: once a later segment exists,
+            // Leave no partial record behind the last good one: once a later append exists,
             // the open would take it for damage rather than a torn tail.
             let _ = self.file.set_len(self.offset);
         }
@@ -105,37 +195,59 @@ impl AppendTarget {
 pub(crate) struct Span {
     file: Arc<File>,
     path: PathBuf,
+    format: Format,
+    first_index: u64,
     start: u64,
     end: u64,
     count: usize,
 }
 
 impl Span {
-    /// Reads the span and calls `each` with every record's payload, checking each checksum.
+    /// Reads the span and calls `each` with every record's payload, checking each checksum and
+    /// index: damage that came after the open is named, never served.
     pub(crate) fn read(&self, mut each: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let len = usize::try_from(self.end - self.start)
             .map_err(|_| corrupt(&self.path, self.start, "span larger than memory"))?;
         let mut buffer = vec![0; len];
         self.file.read_exact_at(&mut buffer, self.start)?;
-        let mut rest = buffer.as_slice();
-        for _ in 0..self.count {
-            let (payload, after) = parse_record(rest)
-                .map_err(|why| corrupt(&self.path, self.end - rest.len() as u64, why))?;
-            each(payload)?;
-            rest = after;
+        let mut at = 0;
+        for index in (self.first_index..).take(self.count) {
+            let record = parse_record(self.format, &buffer[at..], index).map_err(|reason| {
+                io::Error::new(
+                    ErrorKind::InvalidData,
+                    Damage {
+                        segment: self.path.clone(),
+                        offset: self.start + at as u64,
+                        first_index: index,
+                        last_index_after: None,
+                        reason,
+                    },
+                )
+            })?;
+            each(record.payload)?;
+            at += record.size;
         }
         Ok(())
     }
 }
 
-/// Appends the framing of each payload and the payload to `out`, for
-/// [`AppendTarget::write_and_sync`]; returns each record's length.
-pub(crate) fn encode_records<'a>(
-    payloads: impl IntoIterator<Item = &'a [u8]>,
+/// Appends the records of one append, holding `payloads` at indexes `first_index..`, to `out`
+/// for [`AppendTarget::write_and_sync`]; returns each record's length.
+pub(crate) fn encode_records<P: AsRef<[u8]>>(
+    first_index: u64,
+    payloads: &[P],
     out: &mut Vec<u8>,
 ) -> io::Result<Vec<u64>> {
-    let mut lengths = Vec::new();
-    for payload in payloads {
+    let count = u64::try_from(payloads.len())
+        .ok()
+        .filter(|count| (1..=APPEND_MAX).contains(count))
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "append of no or too many records"))?;
+    let append_last = first_index
+        .checked_add(count - 1)
+        .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "log index overflow"))?;
+    let mut lengths = Vec::with_capacity(payloads.len());
+    for (index, payload) in (first_index..).zip(payloads) {
+        let payload = payload.as_ref();
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|len| *len <= RECORD_MAX)
@@ -143,8 +255,14 @@ pub(crate) fn encode_records<'a>(
         if len == 0 {
             return Err(io::Error::new(ErrorKind::InvalidInput, "empty log record"));
         }
+        let start = out.len();
         out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&record_checksum(len, payload).to_le_bytes());
+        out.extend_from_slice(&index.to_le_bytes());
+        out.extend_from_slice(&first_index.to_le_bytes());
+        out.extend_from_slice(&append_last.to_le_bytes());
+        out.extend_from_slice(&crc(payload).to_le_bytes());
+        let header_crc = crc(&out[start..]);
+        out.extend_from_slice(&header_crc.to_le_bytes());
         out.extend_from_slice(payload);
         lengths.push((RECORD_HEADER + payload.len()) as u64);
     }
@@ -154,8 +272,9 @@ pub(crate) fn encode_records<'a>(
 impl Segments {
     /// Opens the segments in `dir` (creating it), with a new segment started whenever the last
     /// one reaches `target_bytes`. Segments that only hold indexes up to `purged` are removed
-    /// (the rest of an interrupted purge), a torn record at the end of the last segment is cut
-    /// off, and any other damage is an error naming the file.
+    /// (the rest of an interrupted purge), a torn append at the end of the last segment is cut
+    /// off, and damage is an error naming the file (carrying a [`Damage`] where records are
+    /// damaged).
     pub(crate) fn open(dir: &Path, purged: Option<u64>, target_bytes: u64) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut found = Vec::new();
@@ -174,8 +293,19 @@ impl Segments {
         let count = found.len();
         for (position, (first_index, path)) in found.into_iter().enumerate() {
             let is_last = position + 1 == count;
-            let segment = scan(first_index, path, is_last)?;
-            segments.segments.push(segment);
+            match scan(first_index, path, is_last) {
+                Ok(segment) => segments.segments.push(segment),
+                Err(ScanError::Io(e)) => return Err(e),
+                Err(ScanError::Damaged(mut damage)) => {
+                    // The log held more after the damaged segment: those entries too were
+                    // synced after the damaged one.
+                    let later = segments_after(dir, &damage.segment)?;
+                    if later.is_some() {
+                        damage.last_index_after = later.max(damage.last_index_after);
+                    }
+                    return Err(io::Error::new(ErrorKind::InvalidData, damage));
+                }
+            }
         }
         // Empty segments (a crash right after one was created) hold nothing.
         let (empty, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut segments.segments)
@@ -190,13 +320,15 @@ impl Segments {
         }
         for pair in segments.segments.windows(2) {
             if pair[0].next_index() != pair[1].first_index {
-                return Err(corrupt(
-                    &pair[1].path,
-                    0,
-                    &format!(
-                        "the previous segment ends before index {}: entries are missing",
-                        pair[0].next_index()
-                    ),
+                return Err(io::Error::new(
+                    ErrorKind::InvalidData,
+                    Damage {
+                        segment: pair[1].path.clone(),
+                        offset: 0,
+                        first_index: pair[0].next_index(),
+                        last_index_after: segments.last_index(),
+                        reason: "the previous segment ends before this one starts: entries are missing",
+                    },
                 ));
             }
         }
@@ -215,7 +347,8 @@ impl Segments {
     }
 
     /// Picks where records starting at `first_index` go, starting a new segment (synced, with
-    /// its directory entry) when the last one is full or empty or the index does not follow it.
+    /// its directory entry) when the last one is full, empty or in the old format, or the index
+    /// does not follow it.
     pub(crate) fn prepare_append(&mut self, first_index: u64) -> io::Result<AppendTarget> {
         let follows = self
             .segments
@@ -230,11 +363,11 @@ impl Segments {
                 ),
             ));
         }
-        let full = self
+        let closed = self
             .segments
             .last()
-            .is_some_and(|last| last.end >= self.target_bytes);
-        if !follows || full {
+            .is_some_and(|last| last.end >= self.target_bytes || last.format != Format::V2);
+        if !follows || closed {
             let path = self.dir.join(segment_file_name(first_index));
             let mut file = OpenOptions::new()
                 .read(true)
@@ -249,8 +382,9 @@ impl Segments {
                 first_index,
                 path,
                 file: Arc::new(file),
+                format: Format::V2,
                 offsets: Vec::new(),
-                end: MAGIC.len() as u64,
+                end: MAGIC_LEN as u64,
             });
         }
         let last = self
@@ -339,6 +473,8 @@ impl Segments {
             spans.push(Span {
                 file: segment.file.clone(),
                 path: segment.path.clone(),
+                format: segment.format,
+                first_index: from,
                 start: segment.offsets[first],
                 end: segment.record_end(last),
                 count: last - first + 1,
@@ -348,74 +484,227 @@ impl Segments {
     }
 }
 
-/// Reads a segment, checking every record, and cuts a torn tail off the last segment.
-fn scan(first_index: u64, path: PathBuf, is_last: bool) -> io::Result<Segment> {
+enum ScanError {
+    Io(io::Error),
+    Damaged(Damage),
+}
+
+impl From<io::Error> for ScanError {
+    fn from(e: io::Error) -> Self {
+        ScanError::Io(e)
+    }
+}
+
+/// Reads a segment, checking every record, and cuts a torn append off the last segment.
+fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanError> {
     let file = OpenOptions::new().read(true).write(true).open(&path)?;
     let bytes = fs::read(&path)?;
-    if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
-        // Cut inside the header, or never written: the crash came while the segment was being
-        // created, before anything was appended to it.
-        let unwritten = MAGIC.starts_with(&bytes) || bytes.iter().all(|b| *b == 0);
-        if is_last && unwritten {
-            return Ok(Segment {
+    let format = match bytes.get(..MAGIC_LEN) {
+        Some(magic) if magic == MAGIC => Format::V2,
+        Some(magic) if magic == MAGIC_V1 => Format::V1,
+        _ => {
+            // Cut inside the header, or never written: the crash came while the segment was
+            // being created, before anything was appended to it.
+            let unwritten = MAGIC.starts_with(&bytes) || bytes.iter().all(|b| *b == 0);
+            if is_last && unwritten {
+                return Ok(Segment {
+                    first_index,
+                    path,
+                    file: Arc::new(file),
+                    format: Format::V2,
+                    offsets: Vec::new(),
+                    end: 0,
+                });
+            }
+            return Err(ScanError::Damaged(Damage {
+                segment: path,
+                offset: 0,
                 first_index,
-                path,
-                file: Arc::new(file),
-                offsets: Vec::new(),
-                end: 0,
-            });
+                last_index_after: None,
+                reason: "not a pkraft log segment",
+            }));
         }
-        return Err(corrupt(&path, 0, "not a pkraft log segment"));
-    }
+    };
     let mut offsets = Vec::new();
-    let mut position = MAGIC.len();
+    let mut position = MAGIC_LEN;
+    // The append range of the last whole record, to tell whether a bad record is in it.
+    let mut last_append = None;
     while position < bytes.len() {
-        let rest = &bytes[position..];
-        match parse_record(rest) {
-            Ok((payload, _)) => {
+        let index = first_index + offsets.len() as u64;
+        let reason = match parse_record(format, &bytes[position..], index) {
+            Ok(record) => {
                 offsets.push(position as u64);
-                position += RECORD_HEADER + payload.len();
+                position += record.size;
+                last_append = record.append;
+                continue;
             }
-            Err(why) if is_last && is_torn_tail(rest) => {
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset = position,
-                    bytes = rest.len(),
-                    reason = why,
-                    "cutting off a torn record at the end of the Raft log (an append interrupted by a crash; it was never acknowledged)"
-                );
-                file.set_len(position as u64)?;
-                file.sync_all()?;
-                break;
-            }
-            Err(why) => return Err(corrupt(&path, position as u64, why)),
+            Err(reason) => reason,
+        };
+        let after = records_after(format, &bytes, position, index);
+        // The append that wrote (or was writing) `index`: the last whole record's, if it goes
+        // on past that record; else one that starts at `index` (an append never spans
+        // segments, so a segment's first record starts one).
+        let bad_append_first = match last_append {
+            Some((first, last)) if last >= index => first,
+            _ => index,
+        };
+        let torn_append = |(first, last): (u64, u64)| first == bad_append_first && last >= index;
+        let torn = is_last
+            && match (format, &after) {
+                (_, None) => true,
+                (Format::V2, Some(after)) => after.appends.iter().copied().all(torn_append),
+                (Format::V1, Some(_)) => false,
+            };
+        if !torn {
+            return Err(ScanError::Damaged(Damage {
+                segment: path,
+                offset: position as u64,
+                first_index: index,
+                last_index_after: after.map(|after| after.last_index),
+                reason,
+            }));
         }
+        tracing::warn!(
+            segment = %path.display(),
+            offset = position,
+            bytes = bytes.len() - position,
+            index,
+            reason,
+            "cutting off a torn append at the end of the Raft log (interrupted by a crash; it was never acknowledged)"
+        );
+        file.set_len(position as u64)?;
+        file.sync_all()?;
+        break;
     }
     Ok(Segment {
         first_index,
         path,
         file: Arc::new(file),
+        format,
         offsets,
         end: position as u64,
     })
 }
 
-/// Whether `rest`, which starts with a bad record, looks like an append a crash interrupted
-/// rather than damage to synced data: the record runs past the end of the file, or it is the
-/// file's last record, or only zeros follow its start.
-fn is_torn_tail(rest: &[u8]) -> bool {
-    let Some(header) = rest.get(..RECORD_HEADER) else {
-        return true;
-    };
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let runs_to_the_end = RECORD_HEADER.saturating_add(len) >= rest.len();
-    runs_to_the_end || rest.iter().all(|b| *b == 0)
+/// The whole records found after a bad one.
+struct RecordsAfter {
+    /// The highest index they hold (format 1, which records no index: counted from the bad
+    /// record's place, a lower bound).
+    last_index: u64,
+    /// The append ranges they belong to (format 2).
+    appends: Vec<(u64, u64)>,
 }
 
-/// Splits one record off the front of `bytes`: its payload and what follows.
-fn parse_record(bytes: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
+/// Looks for whole records in `bytes` after the bad record at `bad` (which should hold
+/// `bad_index`), byte by byte: its length field may be what is damaged. A record counts only if
+/// its checksums match (format 2: header and payload, a 2⁻⁶⁴ chance for garbage) and, in
+/// format 2, it holds a later index than the bad one.
+fn records_after(
+    format: Format,
+    bytes: &[u8],
+    bad: usize,
+    bad_index: u64,
+) -> Option<RecordsAfter> {
+    let mut found: Option<RecordsAfter> = None;
+    let mut at = bad + 1;
+    let mut count = 0;
+    while at < bytes.len() {
+        let record = find_record(format, &bytes[at..])
+            .filter(|record| format == Format::V1 || record.index > bad_index);
+        let Some(record) = record else {
+            at += 1;
+            continue;
+        };
+        count += 1;
+        let index = match format {
+            Format::V2 => record.index,
+            Format::V1 => bad_index + count,
+        };
+        let entry = found.get_or_insert(RecordsAfter {
+            last_index: index,
+            appends: Vec::new(),
+        });
+        entry.last_index = entry.last_index.max(index);
+        entry.appends.extend(record.append);
+        at += record.size;
+    }
+    found
+}
+
+/// A record parsed off the front of some bytes.
+struct Record<'a> {
+    payload: &'a [u8],
+    /// Header and payload.
+    size: usize,
+    /// The index it says it holds (format 2).
+    index: u64,
+    /// The first and last index of the append that wrote it (format 2).
+    append: Option<(u64, u64)>,
+}
+
+/// Parses one record off the front of `bytes`, which must hold index `index`.
+fn parse_record(format: Format, bytes: &[u8], index: u64) -> Result<Record<'_>, &'static str> {
+    let record = find_record_checked(format, bytes)?;
+    if format == Format::V2 && record.index != index {
+        // A write that landed at the wrong offset, or a record of another log.
+        return Err("record holds another index than its place (a misdirected write)");
+    }
+    Ok(record)
+}
+
+fn find_record(format: Format, bytes: &[u8]) -> Option<Record<'_>> {
+    find_record_checked(format, bytes).ok()
+}
+
+/// Parses one record off the front of `bytes`, checking its checksums, whatever index it holds.
+fn find_record_checked(format: Format, bytes: &[u8]) -> Result<Record<'_>, &'static str> {
+    match format {
+        Format::V2 => parse_v2(bytes),
+        Format::V1 => parse_v1(bytes),
+    }
+}
+
+fn parse_v2(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
     let header: &[u8; RECORD_HEADER] = bytes
         .get(..RECORD_HEADER)
+        .and_then(|h| h.try_into().ok())
+        .ok_or("record header cut short")?;
+    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let u64_at = |at: usize| {
+        let mut word = [0; 8];
+        word.copy_from_slice(&header[at..at + 8]);
+        u64::from_le_bytes(word)
+    };
+    if crc(&header[..32]) != u32_at(32) {
+        return Err("record header checksum mismatch");
+    }
+    let len = u32_at(0);
+    let index = u64_at(4);
+    let append = (u64_at(12), u64_at(20));
+    if len == 0 || len > RECORD_MAX {
+        return Err("record length out of range");
+    }
+    if !(append.0 <= index && index <= append.1 && append.1 - append.0 < APPEND_MAX) {
+        return Err("record append range does not hold its index");
+    }
+    let end = RECORD_HEADER + len as usize;
+    let payload = bytes
+        .get(RECORD_HEADER..end)
+        .ok_or("record payload cut short")?;
+    if crc(payload) != u32_at(28) {
+        return Err("record payload checksum mismatch");
+    }
+    Ok(Record {
+        payload,
+        size: end,
+        index,
+        append: Some(append),
+    })
+}
+
+fn parse_v1(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
+    let header: &[u8; RECORD_HEADER_V1] = bytes
+        .get(..RECORD_HEADER_V1)
         .and_then(|h| h.try_into().ok())
         .ok_or("record header cut short")?;
     let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
@@ -424,23 +713,54 @@ fn parse_record(bytes: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
     if len == 0 || len > RECORD_MAX {
         return Err("record length out of range");
     }
-    let end = RECORD_HEADER + len as usize;
+    let end = RECORD_HEADER_V1 + len as usize;
     let payload = bytes
-        .get(RECORD_HEADER..end)
+        .get(RECORD_HEADER_V1..end)
         .ok_or("record payload cut short")?;
-    if record_checksum(len, payload) != crc {
-        return Err("record checksum mismatch");
-    }
-    Ok((payload, &bytes[end..]))
-}
-
-/// CRC-32 of a record's length field and payload: a length damaged into another plausible value
-/// does not pass.
-fn record_checksum(len: u32, payload: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(&len.to_le_bytes());
     hasher.update(payload);
-    hasher.finalize()
+    if hasher.finalize() != crc {
+        return Err("record checksum mismatch");
+    }
+    Ok(Record {
+        payload,
+        size: end,
+        index: 0,
+        append: None,
+    })
+}
+
+/// The last index held by the segments after `damaged` in `dir`, by their names and a count of
+/// their whole records (for the damage report; they are not opened for use).
+fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<u64>> {
+    let damaged_first = segment_first_index(damaged);
+    let mut last = None;
+    for dir_entry in fs::read_dir(dir)? {
+        let path = dir_entry?.path();
+        let Some(first) = segment_first_index(&path) else {
+            continue;
+        };
+        if Some(first) <= damaged_first {
+            continue;
+        }
+        let bytes = fs::read(&path)?;
+        let format = match bytes.get(..MAGIC_LEN) {
+            Some(magic) if magic == MAGIC => Format::V2,
+            Some(magic) if magic == MAGIC_V1 => Format::V1,
+            _ => continue,
+        };
+        let mut at = MAGIC_LEN;
+        let mut count = 0u64;
+        while let Some(record) = bytes.get(at..).and_then(|rest| find_record(format, rest)) {
+            at += record.size;
+            count += 1;
+        }
+        if count > 0 {
+            last = last.max(Some(first + count - 1));
+        }
+    }
+    Ok(last)
 }
 
 fn segment_file_name(first_index: u64) -> String {
@@ -453,6 +773,10 @@ fn segment_first_index(path: &Path) -> Option<u64> {
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
+}
+
+fn crc(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
 }
 
 /// Makes file creations and removals in `dir` durable.
@@ -477,7 +801,7 @@ mod tests {
     fn append(segments: &mut Segments, first_index: u64, payloads: &[&[u8]]) {
         let target = segments.prepare_append(first_index).expect("prepare");
         let mut encoded = Vec::new();
-        let lengths = encode_records(payloads.iter().copied(), &mut encoded).expect("encode");
+        let lengths = encode_records(first_index, payloads, &mut encoded).expect("encode");
         target.write_and_sync(&encoded).expect("write");
         segments.finish_append(&target, &lengths);
     }
@@ -543,7 +867,7 @@ mod tests {
         // A crash mid-append: half of a record's header and payload reached the disk.
         let path = dir.path().join(segment_file_name(1));
         let mut torn = Vec::new();
-        encode_records([payload(4).as_slice()], &mut torn).expect("encode");
+        encode_records(4, &[payload(4)], &mut torn).expect("encode");
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
         file.write_all(&torn[..torn.len() / 2]).expect("write");
         drop(file);
@@ -582,8 +906,9 @@ mod tests {
         let bytes = fs::read(path).expect("read");
         let mut at = MAGIC.len();
         for _ in 0..position {
-            let (payload, _) = parse_record(&bytes[at..]).expect("record");
-            at += RECORD_HEADER + payload.len();
+            at += find_record_checked(Format::V2, &bytes[at..])
+                .expect("record")
+                .size;
         }
         at
     }
@@ -632,6 +957,175 @@ mod tests {
         let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
         assert_eq!(segments.last_index(), Some(4));
         assert_eq!(read(&segments, 0, 100), expected(1, 5));
+    }
+
+    fn damage_of(err: &io::Error) -> Damage {
+        Damage::of(err)
+            .unwrap_or_else(|| panic!("not a damage report: {err}"))
+            .clone()
+    }
+
+    /// The issue's case: one bit that enlarges a length field in the middle of the last segment
+    /// made the old format cut every later record of it as a "torn tail".
+    #[test]
+    fn an_enlarged_length_field_in_the_last_segment_is_damage_naming_the_range() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 101);
+        drop(segments);
+        let path = dir.path().join(segment_file_name(1));
+        let at = record_offset(&path, 49);
+        let mut bytes = fs::read(&path).expect("read");
+        let length = bytes.len();
+        // The length's third byte: the record now claims to run far past the end of the file.
+        bytes[at + 2] |= 0x10;
+        fs::write(&path, bytes).expect("write");
+
+        let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .err()
+            .expect("damage followed by whole records must fail the open");
+        assert_eq!(err.kind(), ErrorKind::InvalidData);
+        let damage = damage_of(&err);
+        assert_eq!(damage.first_index, 50);
+        assert_eq!(damage.last_index_after, Some(100));
+        assert_eq!(damage.offset, at as u64);
+        assert!(err.to_string().contains("50..=100"), "{err}");
+        // Nothing was cut.
+        assert_eq!(fs::read(&path).expect("read").len(), length);
+    }
+
+    #[test]
+    fn a_multi_record_append_torn_out_of_order_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 6);
+        let last = [payload(6), payload(7), payload(8)];
+        append(&mut segments, 6, &[&last[0], &last[1], &last[2]]);
+        drop(segments);
+        // The disk wrote the append's later sectors and not its first: record 6 is zeros,
+        // 7 and 8 are whole. Nothing of that append was acknowledged (one fdatasync for all).
+        let path = dir.path().join(segment_file_name(1));
+        let from = record_offset(&path, 5);
+        let to = record_offset(&path, 6);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[from..to].fill(0);
+        fs::write(&path, bytes).expect("write");
+
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .expect("a torn append is cut, not reported as damage");
+        assert_eq!(segments.last_index(), Some(5));
+        fill(&mut segments, 6, 8);
+        assert_eq!(read(&segments, 0, 100), expected(1, 8));
+    }
+
+    #[test]
+    fn a_lost_record_followed_by_a_later_append_is_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 8);
+        drop(segments);
+        // Record 5's bytes never reached the disk (a lost write), though later appends did:
+        // they were synced after it, so it was synced too, and may have been acknowledged.
+        let path = dir.path().join(segment_file_name(1));
+        let from = record_offset(&path, 4);
+        let to = record_offset(&path, 5);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[from..to].fill(0);
+        fs::write(&path, bytes).expect("write");
+
+        let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .err()
+            .expect("a lost record before later appends is damage");
+        let damage = damage_of(&err);
+        assert_eq!((damage.first_index, damage.last_index_after), (5, Some(7)));
+    }
+
+    #[test]
+    fn a_misdirected_write_is_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 8);
+        drop(segments);
+        // Record 3's bytes written over record 2's place (same size): both checksums pass.
+        let path = dir.path().join(segment_file_name(1));
+        let (two, three, four) = (
+            record_offset(&path, 1),
+            record_offset(&path, 2),
+            record_offset(&path, 3),
+        );
+        let mut bytes = fs::read(&path).expect("read");
+        let copy = bytes[three..four].to_vec();
+        bytes[two..three].copy_from_slice(&copy);
+        fs::write(&path, bytes).expect("write");
+
+        let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .err()
+            .expect("a record at another index's place is damage");
+        let damage = damage_of(&err);
+        assert_eq!(damage.first_index, 2);
+        assert!(damage.reason.contains("misdirected"), "{damage}");
+    }
+
+    #[test]
+    fn damage_after_the_open_is_reported_on_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 8);
+        let path = dir.path().join(segment_file_name(1));
+        let at = record_offset(&path, 3) + RECORD_HEADER;
+        let file = OpenOptions::new().write(true).open(&path).expect("open");
+        file.write_all_at(b"X", at as u64).expect("write");
+        let span = segments.locate(1, 8).pop().expect("span");
+        let err = span.read(|_| Ok(())).expect_err("a bad record is not served");
+        assert_eq!(damage_of(&err).first_index, 4);
+    }
+
+    /// Format 1 segments, written before the format carried indexes and header checksums.
+    fn write_v1_segment(dir: &Path, first_index: u64, payloads: &[Vec<u8>]) -> PathBuf {
+        let mut bytes = MAGIC_V1.to_vec();
+        for payload in payloads {
+            let len = payload.len() as u32;
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(&len.to_le_bytes());
+            hasher.update(payload);
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(&hasher.finalize().to_le_bytes());
+            bytes.extend_from_slice(payload);
+        }
+        let path = dir.join(segment_file_name(first_index));
+        fs::write(&path, bytes).expect("write");
+        path
+    }
+
+    #[test]
+    fn format_1_segments_are_read_and_appends_go_to_a_new_segment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_v1_segment(dir.path(), 1, &expected(1, 6));
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        assert_eq!(read(&segments, 0, 100), expected(1, 6));
+        fill(&mut segments, 6, 9);
+        assert_eq!(segment_files(dir.path()), [segment_file_name(1), segment_file_name(6)]);
+        drop(segments);
+        let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+        assert_eq!(read(&segments, 0, 100), expected(1, 9));
+    }
+
+    #[test]
+    fn an_enlarged_length_in_a_format_1_segment_is_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_v1_segment(dir.path(), 1, &expected(1, 21));
+        let mut bytes = fs::read(&path).expect("read");
+        // Record 10 (0-based 9): every record before it is 8 bytes of header and 7 or 8 of
+        // payload ("entry N").
+        let at = MAGIC_LEN + (0..9).map(|i| RECORD_HEADER_V1 + payload(i + 1).len()).sum::<usize>();
+        bytes[at + 2] |= 0x10;
+        fs::write(&path, bytes).expect("write");
+        let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .err()
+            .expect("whole records follow: damage, not a tear");
+        let damage = damage_of(&err);
+        assert_eq!(damage.first_index, 10);
+        assert!(damage.last_index_after.is_some_and(|last| last > 10), "{damage}");
     }
 
     #[test]
