@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
+use crate::cluster::{
+    TestCluster, admin_status, eventually, packet, put_until_accepted, wait_served,
+};
 use crate::harness::{TestServer, http_client};
 
 /// Publishes `count` packets, `parallel` PUTs at a time (so that log entries hold several).
@@ -110,4 +113,95 @@ async fn an_enlarged_length_field_stops_a_single_node_naming_the_range() {
     std::fs::write(&segment, &original).expect("restore the byte");
     server.restart();
     assert_eq!(count_served(&server, &published).await, published.len());
+}
+
+/// The current snapshot's data file in a node's data dir, if there is one.
+fn snapshot_data_file(data_dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(data_dir.join("snapshot"))
+        .ok()?
+        .map(|entry| entry.ok().map(|entry| entry.path()))
+        .find(|path| {
+            path.as_ref()
+                .is_some_and(|p| p.extension().is_some_and(|e| e == "snap"))
+        })
+        .flatten()
+}
+
+async fn metric(server: &TestServer, line_start: &str) -> Option<f64> {
+    let text = server
+        .get(&format!("http://{}/metrics", server.admin))
+        .await
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(line_start))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// A leader whose snapshot file was damaged on disk must not send it: every follower that needs
+/// it would refuse it (before this change, each would exit, at every retry). The leader checks
+/// its snapshot before sending, builds a new one, and the follower catches up; no node exits.
+#[tokio::test]
+async fn a_damaged_snapshot_is_rebuilt_by_the_leader_and_the_follower_catches_up() {
+    let mut cluster = TestCluster::start(
+        3,
+        "snapshot_after_entries = 10\nentries_kept_after_snapshot = 0\n",
+    )
+    .await;
+    let leader = cluster.leader().await;
+    let behind = cluster.ids_except(leader)[0];
+    cluster.member_mut(behind).server.kill();
+    let mut published = Vec::new();
+    for seed in 0..30u64 {
+        let (key, packet) = packet(36_000 + seed, 1_000);
+        // One at a time: 30 log entries, snapshotted and purged behind the stopped follower.
+        put_until_accepted(&cluster.member(leader).server, &key, &packet).await;
+        published.push((key, packet));
+    }
+    // The leader's last build has ended once its snapshot file stops changing.
+    let data_dir = cluster.member(leader).server.data_dir().to_path_buf();
+    let mut last = None;
+    let settled = eventually("the leader's snapshot to settle", || {
+        let now = snapshot_data_file(&data_dir);
+        let same = now.is_some() && now == last;
+        last = now.clone();
+        async move {
+            if !same {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            same.then_some(now).flatten()
+        }
+    })
+    .await;
+    let mut bytes = std::fs::read(&settled).expect("read the snapshot");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&settled, &bytes).expect("damage the snapshot");
+
+    cluster.restart(behind);
+    let follower = &cluster.member(behind).server;
+    for (key, packet) in &published {
+        wait_served(follower, key, packet).await;
+    }
+    let leader_server = &cluster.member(leader).server;
+    leader_server
+        .wait_for_log("the current snapshot is damaged")
+        .await;
+    assert_eq!(
+        metric(
+            leader_server,
+            "pkraft_storage_damage_total{what=\"snapshot\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    for member in &cluster.members {
+        assert!(
+            admin_status(&member.server).await.is_some(),
+            "node {} is down\n{}",
+            member.id,
+            member.server.log()
+        );
+    }
 }

@@ -440,7 +440,11 @@ async fn a_disk_of_unknown_size_is_not_taken_for_a_full_one() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(refused, "the reserve applies once the size is known\n{}", node.server.log());
+    assert!(
+        refused,
+        "the reserve applies once the size is known\n{}",
+        node.server.log()
+    );
 }
 
 /// With the reserve off (`raft.min_free_disk_mib = 0`), a full disk is a storage error like any

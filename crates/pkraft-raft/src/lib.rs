@@ -50,6 +50,7 @@ mod quorum;
 pub mod reads;
 pub mod settings;
 mod snapshot_file;
+mod snapshot_receipt;
 mod snapshot_schedule;
 pub mod state_machine;
 pub mod type_config;

@@ -19,6 +19,24 @@ use prometheus::{
 use crate::log_store::LogStore;
 use crate::type_config::TypeConfig;
 
+/// What damaged data was found in (the label of `pkraft_storage_damage_total`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Damaged {
+    Log,
+    Snapshot,
+    SnapshotTransfer,
+}
+
+impl Damaged {
+    fn label(self) -> &'static str {
+        match self {
+            Damaged::Log => "log",
+            Damaged::Snapshot => "snapshot",
+            Damaged::SnapshotTransfer => "snapshot_transfer",
+        }
+    }
+}
+
 /// Events counted as they happen.
 pub(crate) struct NodeMetrics {
     /// `pkraft_raft_batch_packets`: packets per publish batch this node proposed or forwarded.
@@ -54,6 +72,11 @@ pub(crate) struct NodeMetrics {
     /// hearing nothing from a leader (`pre_vote`), by outcome: `won` (it then stood for
     /// election) or `lost` (a quorum would not vote for it; it did not stand).
     pub(crate) pre_vote_rounds: IntCounterVec,
+    /// `pkraft_storage_damage_total{what}`: damaged data this node found and did not use, by
+    /// what: `log` (Raft log records, at the open), `snapshot` (its own current snapshot, before
+    /// sending it; it builds a new one), `snapshot_transfer` (a snapshot received from the
+    /// leader that failed its checksum; refused).
+    pub(crate) storage_damage: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -128,7 +151,19 @@ impl NodeMetrics {
                 ),
                 &["outcome"],
             )?,
+            storage_damage: IntCounterVec::new(
+                Opts::new(
+                    "pkraft_storage_damage_total",
+                    "Damaged data this node found and did not use, by what (log, snapshot, snapshot_transfer).",
+                ),
+                &["what"],
+            )?,
         })
+    }
+
+    /// Counts damage found in `what` (see `storage_damage`).
+    pub(crate) fn damage_found(&self, what: Damaged) {
+        self.storage_damage.with_label_values(&[what.label()]).inc();
     }
 
     /// Counts `packets` publishes refused for `reason` (see `publish_refused_total`).
@@ -146,6 +181,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.disk_available_bytes.clone()))?;
         registry.register(Box::new(self.leader_contact_gap.clone()))?;
         registry.register(Box::new(self.pre_vote_rounds.clone()))?;
+        registry.register(Box::new(self.storage_damage.clone()))?;
         registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;

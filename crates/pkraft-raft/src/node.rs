@@ -154,6 +154,8 @@ pub struct Node {
     pub(crate) dht_outbox: Arc<DhtOutbox>,
     /// When the last snapshot build ended, for the snapshot schedule.
     build_times: Arc<BuildTimes>,
+    /// The snapshot being received from the leader, checked chunk by chunk.
+    pub(crate) snapshot_receipt: crate::snapshot_receipt::SnapshotReceipt,
 }
 
 impl std::ops::Deref for Node {
@@ -265,6 +267,7 @@ impl Node {
             state_file,
             dht_outbox,
             build_times,
+            snapshot_receipt: Default::default(),
         };
         let node = Arc::new(node);
         node.spawn_tasks(settings);

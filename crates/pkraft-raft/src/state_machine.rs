@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{Message, blocking, decode, encode, storage_error};
 use crate::dht_outbox::{DhtOutbox, Progress};
-use crate::metrics::NodeMetrics;
+use crate::metrics::{Damaged, NodeMetrics};
 use crate::snapshot_file::SnapshotFile;
 use crate::snapshot_schedule::BuildTimes;
 use crate::type_config::ApplyResult;
@@ -302,16 +302,46 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The current snapshot, checked first: openraft sends it to a follower that needs it, and
+    /// a damaged one would be refused by every follower, each time. A damaged one is dropped
+    /// and a new one built in its place, from the state (which is at least as far along).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
         let snapshot_file = self.snapshot_file.clone();
         let current = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Read, move || {
-            Ok(snapshot_file.load()?)
+            let Some((meta, mut data)) = snapshot_file.load()? else {
+                return Ok(None);
+            };
+            if let Err(damage) = pkraft_store::check_snapshot(std::io::BufReader::new(&data)) {
+                let path = snapshot_file.data_path()?.unwrap_or_default();
+                return Ok(Some(Err((meta, path, damage.to_string()))));
+            }
+            data.seek(SeekFrom::Start(0))?;
+            Ok(Some(Ok((meta, data))))
         })
         .await?;
-        Ok(current.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(data)),
-        }))
+        match current {
+            None => Ok(None),
+            Some(Ok((meta, data))) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(tokio::fs::File::from_std(data)),
+            })),
+            Some(Err((meta, path, damage))) => {
+                tracing::error!(
+                    snapshot = %path.display(),
+                    last_log_index = ?meta.last_log_id.map(|log_id| log_id.index),
+                    %damage,
+                    "the current snapshot is damaged: it is not sent; building a new one in its place"
+                );
+                if let Some(metrics) = &self.metrics {
+                    metrics.damage_found(Damaged::Snapshot);
+                }
+                self.get_snapshot_builder()
+                    .await
+                    .build_snapshot()
+                    .await
+                    .map(Some)
+            }
+        }
     }
 }
 

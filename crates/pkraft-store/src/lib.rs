@@ -27,7 +27,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 use redb::{TableDefinition, WriteTransaction};
 
 pub use snapshot::{
-    Export, SNAPSHOT_FORMAT_VERSION, SnapshotSource, SnapshotSummary, check_snapshot,
+    Export, SNAPSHOT_FORMAT_VERSION, SnapshotSource, SnapshotSummary, StreamCheck, StreamVerdict,
+    check_snapshot,
 };
 pub use versions::KeyVersion;
 

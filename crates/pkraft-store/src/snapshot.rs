@@ -168,6 +168,69 @@ pub fn check_snapshot(input: impl Read) -> Result<SnapshotSummary, StoreError> {
     }
 }
 
+/// Checks a snapshot stream that arrives in pieces (a follower receiving it from the leader,
+/// chunk by chunk), without holding it: the checksum in a format 3 trailer against every byte
+/// before it. Only the checksum: an install reads every frame anyway.
+#[derive(Debug, Default, Clone)]
+pub struct StreamCheck {
+    crc: crc32fast::Hasher,
+    /// The first 12 bytes (magic and format version).
+    head: Vec<u8>,
+    /// The last 4 bytes seen, not yet hashed: the checksum, if the stream ends here.
+    held: Vec<u8>,
+}
+
+/// What [`StreamCheck::verdict`] says of a whole stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamVerdict {
+    /// Format 3, and the checksum matches.
+    Intact,
+    /// Format 1 or 2: no checksum to check.
+    Unchecked,
+    /// Not a snapshot, or the checksum does not match.
+    Damaged(String),
+}
+
+impl StreamCheck {
+    /// Takes the next bytes of the stream.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let head_missing = 12usize.saturating_sub(self.head.len());
+        self.head
+            .extend_from_slice(&bytes[..head_missing.min(bytes.len())]);
+        self.held.extend_from_slice(bytes);
+        if let Some(ready) = self.held.len().checked_sub(4) {
+            self.crc.update(&self.held[..ready]);
+            self.held.drain(..ready);
+        }
+    }
+
+    /// The verdict on the stream taken so far, as a whole snapshot.
+    pub fn verdict(&self) -> StreamVerdict {
+        let (Some(magic), Some(version)) = (self.head.get(..8), self.head.get(8..12)) else {
+            return StreamVerdict::Damaged("too short to be a snapshot".to_string());
+        };
+        if magic != MAGIC {
+            return StreamVerdict::Damaged("not a pkraft snapshot".to_string());
+        }
+        let version = u32::from_be_bytes([version[0], version[1], version[2], version[3]]);
+        match version {
+            SNAPSHOT_FORMAT_VERSION => {}
+            SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V2 => return StreamVerdict::Unchecked,
+            version => {
+                return StreamVerdict::Damaged(format!("unknown format version {version}"));
+            }
+        }
+        let Ok(trailer) = <[u8; 4]>::try_from(self.held.as_slice()) else {
+            return StreamVerdict::Damaged("too short to be a snapshot".to_string());
+        };
+        if u32::from_be_bytes(trailer) == self.crc.clone().finalize() {
+            StreamVerdict::Intact
+        } else {
+            StreamVerdict::Damaged("checksum mismatch (damaged)".to_string())
+        }
+    }
+}
+
 impl SnapshotSource {
     /// The consensus layer's `applied_state` as of this read.
     pub fn applied_state(&self) -> Result<Option<Vec<u8>>, StoreError> {

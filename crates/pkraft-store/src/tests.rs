@@ -397,3 +397,37 @@ fn non_durable_applies_are_visible_and_flush_keeps_them() {
         Some(&b"after-a"[..])
     );
 }
+
+/// A follower checks a snapshot as it arrives in chunks: any chunking of an intact stream
+/// passes, and one flipped bit anywhere (frames, counts, or the checksum itself) is damage.
+#[test]
+fn a_snapshot_checked_chunk_by_chunk_tells_damage() {
+    let (_dir, store) = open();
+    let items: Vec<_> = (1..40).map(|i| item(i, 10, "192.0.2.1:1")).collect();
+    apply(&store, &publish(5, items), b"s");
+    let data = store.export_snapshot().expect("export").data;
+    let check = |bytes: &[u8], chunk: usize| {
+        let mut check = StreamCheck::default();
+        for piece in bytes.chunks(chunk) {
+            check.update(piece);
+        }
+        check.verdict()
+    };
+    for chunk in [1, 3, 4, 5, 100, data.len()] {
+        assert_eq!(
+            check(&data, chunk),
+            StreamVerdict::Intact,
+            "chunks of {chunk}"
+        );
+    }
+    for at in [0, 9, 12, 200, data.len() - 20, data.len() - 1] {
+        let mut damaged = data.clone();
+        damaged[at] ^= 0x04;
+        assert!(
+            matches!(check(&damaged, 7), StreamVerdict::Damaged(_)),
+            "a bit flipped at byte {at}"
+        );
+    }
+    assert!(matches!(check(&data[..10], 3), StreamVerdict::Damaged(_)));
+    assert!(matches!(check(&[], 3), StreamVerdict::Damaged(_)));
+}

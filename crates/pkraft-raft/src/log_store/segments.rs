@@ -241,7 +241,9 @@ pub(crate) fn encode_records<P: AsRef<[u8]>>(
     let count = u64::try_from(payloads.len())
         .ok()
         .filter(|count| (1..=APPEND_MAX).contains(count))
-        .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "append of no or too many records"))?;
+        .ok_or_else(|| {
+            io::Error::new(ErrorKind::InvalidInput, "append of no or too many records")
+        })?;
     let append_last = first_index
         .checked_add(count - 1)
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "log index overflow"))?;
@@ -599,12 +601,7 @@ struct RecordsAfter {
 /// `bad_index`), byte by byte: its length field may be what is damaged. A record counts only if
 /// its checksums match (format 2: header and payload, a 2⁻⁶⁴ chance for garbage) and, in
 /// format 2, it holds a later index than the bad one.
-fn records_after(
-    format: Format,
-    bytes: &[u8],
-    bad: usize,
-    bad_index: u64,
-) -> Option<RecordsAfter> {
+fn records_after(format: Format, bytes: &[u8], bad: usize, bad_index: u64) -> Option<RecordsAfter> {
     let mut found: Option<RecordsAfter> = None;
     let mut at = bad + 1;
     let mut count = 0;
@@ -669,7 +666,9 @@ fn parse_v2(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
         .get(..RECORD_HEADER)
         .and_then(|h| h.try_into().ok())
         .ok_or("record header cut short")?;
-    let u32_at = |at: usize| u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let u32_at = |at: usize| {
+        u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let u64_at = |at: usize| {
         let mut word = [0; 8];
         word.copy_from_slice(&header[at..at + 8]);
@@ -1076,7 +1075,9 @@ mod tests {
         let file = OpenOptions::new().write(true).open(&path).expect("open");
         file.write_all_at(b"X", at as u64).expect("write");
         let span = segments.locate(1, 8).pop().expect("span");
-        let err = span.read(|_| Ok(())).expect_err("a bad record is not served");
+        let err = span
+            .read(|_| Ok(()))
+            .expect_err("a bad record is not served");
         assert_eq!(damage_of(&err).first_index, 4);
     }
 
@@ -1104,7 +1105,10 @@ mod tests {
         let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
         assert_eq!(read(&segments, 0, 100), expected(1, 6));
         fill(&mut segments, 6, 9);
-        assert_eq!(segment_files(dir.path()), [segment_file_name(1), segment_file_name(6)]);
+        assert_eq!(
+            segment_files(dir.path()),
+            [segment_file_name(1), segment_file_name(6)]
+        );
         drop(segments);
         let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
         assert_eq!(read(&segments, 0, 100), expected(1, 9));
@@ -1117,7 +1121,10 @@ mod tests {
         let mut bytes = fs::read(&path).expect("read");
         // Record 10 (0-based 9): every record before it is 8 bytes of header and 7 or 8 of
         // payload ("entry N").
-        let at = MAGIC_LEN + (0..9).map(|i| RECORD_HEADER_V1 + payload(i + 1).len()).sum::<usize>();
+        let at = MAGIC_LEN
+            + (0..9)
+                .map(|i| RECORD_HEADER_V1 + payload(i + 1).len())
+                .sum::<usize>();
         bytes[at + 2] |= 0x10;
         fs::write(&path, bytes).expect("write");
         let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
@@ -1125,7 +1132,10 @@ mod tests {
             .expect("whole records follow: damage, not a tear");
         let damage = damage_of(&err);
         assert_eq!(damage.first_index, 10);
-        assert!(damage.last_index_after.is_some_and(|last| last > 10), "{damage}");
+        assert!(
+            damage.last_index_after.is_some_and(|last| last > 10),
+            "{damage}"
+        );
     }
 
     #[test]

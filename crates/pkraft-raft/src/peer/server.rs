@@ -25,6 +25,7 @@ use super::tls::{PeerCertificates, check_names_node};
 use super::{ForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
 use crate::membership::MembershipRequest;
+use crate::metrics::Damaged;
 use crate::node::Node;
 use crate::pre_vote::PreVoteRequest;
 use crate::{NodeId, TypeConfig};
@@ -258,6 +259,19 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
                 }
                 Err(fatal) => Err(Refusal(fatal.to_string())),
             };
+        }
+        let checked = node.snapshot_receipt.chunk(
+            &rpc.meta.snapshot_id,
+            rpc.offset,
+            &rpc.data,
+            rpc.done,
+        );
+        if let Err(reason) = checked {
+            // Never handed to openraft: its install would fail as a storage error, and stop
+            // this node (`snapshot_receipt`).
+            tracing::error!(leader = ?rpc.vote.leader_id().voted_for(), %reason, "refused a snapshot from the leader");
+            node.metrics.damage_found(Damaged::SnapshotTransfer);
+            return Err(Refusal(reason));
         }
         let answer = node.raft.install_snapshot(rpc).await;
         if answer.is_ok() {
