@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
+use std::time::{Duration, Instant};
+
 use crate::cluster::{
     TestCluster, admin_status, eventually, packet, put_until_accepted, wait_served,
 };
@@ -62,6 +64,36 @@ fn last_segment(data_dir: &Path) -> PathBuf {
         .collect();
     segments.sort();
     segments.pop().expect("a log segment")
+}
+
+/// The segment and offset of the record holding log index `index` (format 2 records say which
+/// index they hold, in header bytes 4..12).
+fn record_holding(data_dir: &Path, index: u64) -> (PathBuf, usize) {
+    let dir = data_dir.join("raft-log");
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("list the log")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
+        .collect();
+    segments.sort();
+    for segment in segments {
+        let bytes = std::fs::read(&segment).expect("read a segment");
+        for at in record_offsets(&bytes) {
+            let held = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8 bytes"));
+            if held == index {
+                return (segment, at);
+            }
+        }
+    }
+    panic!("no record holds index {index} in {}", dir.display());
+}
+
+/// Enlarges the length field of the record holding `index`, as one flipped bit does.
+fn enlarge_length_of(data_dir: &Path, index: u64) {
+    let (segment, at) = record_holding(data_dir, index);
+    let mut bytes = std::fs::read(&segment).expect("read the segment");
+    bytes[at + 2] |= 0x10;
+    std::fs::write(&segment, &bytes).expect("damage the segment");
 }
 
 /// The offset of every record of a segment in format 2 (docs/ARCHITECTURE.md, "Durability":
@@ -168,7 +200,7 @@ async fn a_damaged_snapshot_is_rebuilt_by_the_leader_and_the_follower_catches_up
         last = now.clone();
         async move {
             if !same {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             same.then_some(now).flatten()
         }
@@ -203,5 +235,132 @@ async fn a_damaged_snapshot_is_rebuilt_by_the_leader_and_the_follower_catches_up
             member.id,
             member.server.log()
         );
+    }
+}
+
+async fn status_of(server: &TestServer) -> serde_json::Value {
+    admin_status(server)
+        .await
+        .expect("the node answers its status")
+}
+
+/// A follower whose log was damaged in the middle (one flipped bit in a length field, whole
+/// records after it) is a cluster member: it does not refuse to start, it sets the damaged
+/// records aside (`raft-log/damaged/`), says so (log, `cluster status`, metrics), and takes
+/// the lost entries from the leader again. Then it is whole: the repair ends by itself.
+#[tokio::test]
+async fn a_follower_with_a_damaged_log_repairs_itself_from_the_leader() {
+    let mut cluster = TestCluster::start(3, "").await;
+    let leader = cluster.leader().await;
+    let damaged = cluster.ids_except(leader)[0];
+    let mut published = Vec::new();
+    for seed in 0..30u64 {
+        let (key, packet) = packet(37_000 + seed, 1_000);
+        put_until_accepted(&cluster.member(leader).server, &key, &packet).await;
+        published.push((key, packet));
+    }
+    let last = status_of(&cluster.member(leader).server).await["node"]["last_log_index"]
+        .as_u64()
+        .expect("the leader's last log index");
+    cluster.member_mut(damaged).server.kill();
+    let data_dir = cluster.member(damaged).server.data_dir().to_path_buf();
+    enlarge_length_of(&data_dir, last - 10);
+
+    cluster.restart(damaged);
+    let server = &cluster.member(damaged).server;
+    server.wait_for_log("the Raft log is damaged").await;
+    server.wait_for_log("the Raft log is whole again").await;
+    assert!(data_dir.join("raft-log").join("damaged").is_dir());
+    assert_eq!(
+        metric(server, "pkraft_storage_damage_total{what=\"log\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(server, "pkraft_raft_log_repair_pending").await,
+        Some(0.0)
+    );
+    eventually("the repaired follower level with the leader", || async {
+        let mine = status_of(server).await["node"]["last_log_index"].as_u64();
+        let leader =
+            status_of(&cluster.member(leader).server).await["node"]["last_log_index"].as_u64();
+        (mine.is_some()
+            && mine >= leader
+            && status_of(server).await["node"]["log_repair"].is_null())
+        .then_some(())
+    })
+    .await;
+    // Whole again: it serves everything, and a new write reaches it.
+    let (key, fresh) = packet(37_100, 1_000);
+    put_until_accepted(&cluster.member(leader).server, &key, &fresh).await;
+    published.push((key, fresh));
+    for (key, packet) in &published {
+        wait_served(server, key, packet).await;
+    }
+}
+
+/// The safety rule of a repair (docs/CONSISTENCY.md, "Damaged disks"). Entries committed by the
+/// leader and one follower F while the third node G was cut off are then lost by F to damage,
+/// and the leader dies. F must not help G (whose log lacks them) become leader: that would lose
+/// acknowledged writes. So F refuses G's (pre-)votes and does not stand itself, and the two stay
+/// without a leader until the old leader is back; then F repairs and every write is served.
+#[tokio::test]
+async fn a_repairing_follower_does_not_elect_a_node_that_lacks_what_it_lost() {
+    let mut cluster = TestCluster::start(3, "").await;
+    cluster.wait_for_voters(3).await;
+    let leader = cluster.leader().await;
+    let others = cluster.ids_except(leader);
+    let (damaged, behind) = (others[0], others[1]);
+    cluster.faults.isolate(behind);
+    let mut published = Vec::new();
+    for seed in 0..20u64 {
+        let (key, packet) = packet(38_000 + seed, 1_000);
+        put_until_accepted(&cluster.member(leader).server, &key, &packet).await;
+        published.push((key, packet));
+    }
+    let behind_last = status_of(&cluster.member(behind).server).await["node"]["last_log_index"]
+        .as_u64()
+        .expect("a last log index");
+    cluster.member_mut(damaged).server.kill();
+    cluster.member_mut(leader).server.kill();
+    cluster.faults.heal();
+    // The first record the cut-off node never got, with whole records after it: what is left
+    // of the damaged log ends where the cut-off node's does, so by the log alone (Raft's vote
+    // rule) it would vote for it.
+    enlarge_length_of(cluster.member(damaged).server.data_dir(), behind_last + 1);
+    cluster.restart(damaged);
+    let repairing = &cluster.member(damaged).server;
+    repairing.wait_for_log("the Raft log is damaged").await;
+
+    // Several election timeouts (at most 1.6 s each here) without a leader.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        for id in [damaged, behind] {
+            let status = status_of(&cluster.member(id).server).await;
+            assert_ne!(
+                status["node"]["role"],
+                "leader",
+                "node {id} was elected though a voter lost committed entries\n{}\n{}",
+                cluster.member(damaged).server.log(),
+                cluster.member(behind).server.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!status_of(repairing).await["node"]["log_repair"].is_null());
+    assert_eq!(
+        metric(repairing, "pkraft_raft_log_repair_pending").await,
+        Some(1.0)
+    );
+
+    cluster.restart(leader);
+    cluster
+        .member(damaged)
+        .server
+        .wait_for_log("the Raft log is whole again")
+        .await;
+    for member in &cluster.members {
+        for (key, packet) in &published {
+            wait_served(&member.server, key, packet).await;
+        }
     }
 }

@@ -387,6 +387,13 @@ impl Node {
 
     /// Starts an election on this node, when the leader handing over asks (peer route `elect`).
     pub(crate) async fn stand_for_election(&self) -> Result<(), PeerError> {
+        if let Some(repair) = self.log_store.repair() {
+            return Err(PeerError::Unavailable(format!(
+                "this node's Raft log is being repaired (entries {}..={} lost to damage): it \
+                 does not stand",
+                repair.lost_from, repair.lost_through
+            )));
+        }
         self.raft
             .trigger()
             .elect()

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    Entry, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader, StorageError,
-    Vote,
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader,
+    StorageError, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use redb::{Error as DbError, WriteTransaction};
@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec::{blocking, decode, encode, storage_error};
 use crate::{NodeId, TypeConfig};
+pub use segments::Damage;
 use segments::{SEGMENT_TARGET_BYTES, Segments, encode_records};
 
 const META_FILE: &str = "meta.redb";
@@ -37,6 +38,51 @@ const META_COMMITTED: &str = "committed";
 const META_LAST_PURGED: &str = "last_purged";
 const META_SCHEMA_VERSION: &str = "schema_version";
 const META_NODE_ID: &str = "node_id";
+const META_REPAIR: &str = "repair";
+/// Set once the log held a membership of more than one node: this node has had peers, so a
+/// damaged log can be repaired from them.
+const META_HAD_PEERS: &str = "had_peers";
+
+/// At most this many damaged places are set aside in one open; more is a disk to replace.
+const SET_ASIDE_MAX: usize = 16;
+
+/// Entries this node's log lost to damage, set aside at an open (`LogStore::open_repairing`),
+/// and what it takes to be whole again. Kept in `meta.redb` until the log holds them again
+/// (from a leader): until then this node stands for no election, and votes only for a
+/// candidate whose log reaches as far as the damaged log did (docs/CONSISTENCY.md, "Damaged
+/// disks").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct LogRepair {
+    /// The first index lost.
+    pub lost_from: u64,
+    /// The last index the log held before the damage (at least `lost_from`).
+    pub lost_through: u64,
+    /// The id of that last entry, if it could be read. Unknown, the node votes for no one until
+    /// its log holds index `lost_through` again.
+    pub held_through: Option<LogId<NodeId>>,
+}
+
+impl LogRepair {
+    /// Whether a log ending at `last` holds, again, what the damaged log held.
+    fn repaired_by(&self, last: Option<LogId<NodeId>>) -> bool {
+        match self.held_through {
+            Some(held) => last >= Some(held),
+            None => last.is_some_and(|last| last.index >= self.lost_through),
+        }
+    }
+
+    /// This repair and `other` as one (two damaged places found).
+    fn merge(self, other: LogRepair) -> LogRepair {
+        LogRepair {
+            lost_from: self.lost_from.min(other.lost_from),
+            lost_through: self.lost_through.max(other.lost_through),
+            held_through: match (self.held_through, other.held_through) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                _ => None,
+            },
+        }
+    }
+}
 
 /// On-disk format version of the log directory. (Version 1 was a single redb file,
 /// `raft-log.redb`, with the entries in a table.)
@@ -59,6 +105,10 @@ struct Inner {
     log: RwLock<Log>,
     /// The committed id openraft last saved, and when it was last written to disk.
     committed: Mutex<Committed>,
+    /// Entries lost to damage and not yet received again (a copy of `META_REPAIR`).
+    repair: Mutex<Option<LogRepair>>,
+    /// Whether `META_HAD_PEERS` is set.
+    had_peers: std::sync::atomic::AtomicBool,
 }
 
 /// How stale the committed id on disk may get: it is written (and fsynced) at most once per
@@ -89,6 +139,26 @@ impl LogStore {
     /// [`LogStore::open`] with segments of about `segment_bytes` (tests use tiny ones so that
     /// truncation and purging cross segment boundaries).
     pub fn open_with_segment_size(dir: &Path, segment_bytes: u64) -> Result<Self> {
+        Self::open_inner(dir, segment_bytes, None).map(|(log, _)| log)
+    }
+
+    /// Opens the log, and if its records are damaged and this node has peers to repair from
+    /// (`has_peers`, or a membership of several nodes in this log before), sets them aside
+    /// instead of failing:
+    /// each damaged place is moved to `raft-log/damaged/` (with every record after it) and the
+    /// loss recorded as a [`LogRepair`] before, durably; the leader sends the entries again.
+    /// Returns the damage found. (A single node has no one to repair from: it opens with
+    /// [`LogStore::open`], which fails naming the damage.)
+    pub fn open_repairing(dir: &Path, has_peers: bool) -> Result<(Self, Vec<Damage>)> {
+        Self::open_inner(dir, SEGMENT_TARGET_BYTES, Some(has_peers))
+    }
+
+    /// `repair`: `None` never sets damage aside; `Some(has_peers)` does if this node has peers.
+    fn open_inner(
+        dir: &Path,
+        segment_bytes: u64,
+        repair: Option<bool>,
+    ) -> Result<(Self, Vec<Damage>)> {
         let open_meta = || -> std::result::Result<Database, DbError> {
             std::fs::create_dir_all(dir)?;
             let db = Database::create(dir.join(META_FILE))?;
@@ -109,19 +179,124 @@ impl LogStore {
         let meta =
             open_meta().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         let purged = read_meta::<LogId<NodeId>>(&meta, META_LAST_PURGED)?;
-        let segments = Segments::open(dir, purged.map(|p| p.index), segment_bytes)
-            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
-        Ok(LogStore {
-            inner: Arc::new(Inner {
-                meta,
-                log: RwLock::new(Log { segments, purged }),
-                committed: Mutex::new(Committed {
-                    latest: None,
-                    last_write: Instant::now(),
-                    writing: false,
+        let repair = match repair {
+            Some(has_peers) => has_peers || read_meta::<bool>(&meta, META_HAD_PEERS)?.is_some(),
+            None => false,
+        };
+        let logs_error = |e: &io::Error| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let mut damages = Vec::new();
+        let segments = loop {
+            let opened = Segments::open(dir, purged.map(|p| p.index), segment_bytes);
+            let error = match opened {
+                Ok(segments) => break segments,
+                Err(error) => error,
+            };
+            let damage = match Damage::of(&error) {
+                Some(damage) if repair && damages.len() < SET_ASIDE_MAX => damage.clone(),
+                _ => return Err(logs_error(&error)),
+            };
+            tracing::error!(
+                "{damage}. This node has peers: the damaged records are set aside and the \
+                 leader sends them again"
+            );
+            // The loss first, durably: a crash while setting aside must not forget it.
+            let lost = LogRepair {
+                lost_from: damage.first_index,
+                lost_through: damage
+                    .last_index_after
+                    .unwrap_or(damage.first_index)
+                    .max(damage.first_index),
+                held_through: damage
+                    .last_record_after
+                    .as_deref()
+                    .and_then(|payload| decode_entry(payload).ok())
+                    .map(|entry| entry.log_id),
+            };
+            record_repair(&meta, lost)
+                .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+            let aside = segments::set_aside(dir, &damage).map_err(|e| logs_error(&e))?;
+            tracing::warn!(kept_in = %aside.display(), "set the damaged records aside");
+            damages.push(damage);
+        };
+        if !damages.is_empty() {
+            // The committed id may point past what is left: openraft re-applies the log up to
+            // it at the start, and the lost entries are not there to apply. Brought back to the
+            // last entry left; the leader tells the commit index again.
+            let kept_last = match segments.last_index() {
+                Some(last) => {
+                    let mut kept_last = None;
+                    for span in segments.locate(last, last + 1) {
+                        span.read(|payload| {
+                            kept_last = Some(decode_entry(payload)?.log_id);
+                            Ok(())
+                        })
+                        .map_err(|e| logs_error(&e))?;
+                    }
+                    kept_last
+                }
+                None => None,
+            };
+            let clamp = || -> std::result::Result<(), DbError> {
+                let txn = meta.begin_write()?;
+                let committed =
+                    get_meta::<Option<LogId<NodeId>>>(&txn.open_table(META)?, META_COMMITTED)?
+                        .flatten();
+                let kept_floor = kept_last.max(purged);
+                if committed > kept_floor {
+                    put_meta(&txn, META_COMMITTED, &kept_floor)?;
+                }
+                txn.commit()?;
+                Ok(())
+            };
+            clamp().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        }
+        let pending = read_meta::<LogRepair>(&meta, META_REPAIR)?;
+        let had_peers = read_meta::<bool>(&meta, META_HAD_PEERS)?.is_some();
+        Ok((
+            LogStore {
+                inner: Arc::new(Inner {
+                    meta,
+                    log: RwLock::new(Log { segments, purged }),
+                    committed: Mutex::new(Committed {
+                        latest: None,
+                        last_write: Instant::now(),
+                        writing: false,
+                    }),
+                    repair: Mutex::new(pending),
+                    had_peers: std::sync::atomic::AtomicBool::new(had_peers),
                 }),
-            }),
-        })
+            },
+            damages,
+        ))
+    }
+
+    /// Entries this log lost to damage and has not received again, if any.
+    pub fn repair(&self) -> Option<LogRepair> {
+        self.inner
+            .repair
+            .lock()
+            .ok()
+            .and_then(|repair| repair.clone())
+    }
+
+    /// Why this node must not vote for a candidate whose log ends at `candidate_last`, if it
+    /// must not: its own log lost entries to damage, and the candidate's log does not reach
+    /// where this log reached before (Raft's vote rule, against the log as it was).
+    pub(crate) fn vote_refusal(&self, candidate_last: Option<LogId<NodeId>>) -> Option<String> {
+        let repair = self.repair()?;
+        match repair.held_through {
+            Some(held) if candidate_last >= Some(held) => None,
+            Some(held) => Some(format!(
+                "this node's Raft log lost entries {}..={} to damage; until a leader sends them \
+                 again it votes only for a log reaching {held}, and the candidate's ends at {:?}",
+                repair.lost_from, repair.lost_through, candidate_last
+            )),
+            None => Some(format!(
+                "this node's Raft log lost entries {}..={} to damage; it votes again once a \
+                 leader has sent them",
+                repair.lost_from, repair.lost_through
+            )),
+        }
     }
 
     /// True for a log that has never held a vote or an entry: a data dir that was never part of
@@ -307,6 +482,43 @@ fn schedule_committed_write(inner: &Arc<Inner>, delay: Duration) {
     });
 }
 
+/// Records `lost` (merged with a repair already under way), durably.
+fn record_repair(meta: &Database, lost: LogRepair) -> std::result::Result<(), DbError> {
+    let txn = meta.begin_write()?;
+    let earlier = get_meta::<LogRepair>(&txn.open_table(META)?, META_REPAIR)?;
+    let repair = earlier.map_or(lost.clone(), |earlier| earlier.merge(lost));
+    put_meta(&txn, META_REPAIR, &repair)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Ends the repair once the log reaches `last` (appended or purged to it), if that makes it
+/// whole; durably, before the caller reports the append or purge done.
+fn end_repair_if_whole(inner: &Inner, last: Option<LogId<NodeId>>) -> io::Result<()> {
+    let mut repair = inner.repair.lock().map_err(|_| poisoned())?;
+    let Some(pending) = repair.as_ref() else {
+        return Ok(());
+    };
+    if !pending.repaired_by(last) {
+        return Ok(());
+    }
+    let end = || -> std::result::Result<(), DbError> {
+        let txn = inner.meta.begin_write()?;
+        txn.open_table(META)?.remove(META_REPAIR)?;
+        txn.commit()?;
+        Ok(())
+    };
+    end().map_err(io::Error::other)?;
+    tracing::warn!(
+        lost_from = pending.lost_from,
+        lost_through = pending.lost_through,
+        last_log_id = ?last,
+        "the Raft log is whole again: the entries lost to damage came back from the leader; this node votes and stands for election again"
+    );
+    *repair = None;
+    Ok(())
+}
+
 fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>> {
     let read = || -> std::result::Result<Option<T>, DbError> {
         let txn = db.begin_read()?;
@@ -465,6 +677,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Ok(()));
             return Ok(());
         };
+        let last_log_id = entries.last().map(|entry| entry.log_id);
+        // Rare (membership changes): written once, with the append.
+        let first_peers = entries.iter().any(|entry| {
+            matches!(&entry.payload, EntryPayload::Membership(membership) if membership.nodes().count() > 1)
+        }) && !self.inner.had_peers.load(std::sync::atomic::Ordering::Acquire);
         let payloads = entries
             .iter()
             .map(encode)
@@ -477,7 +694,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // The write and its sync hold no lock, so readers (replication, apply) go on.
             target.write_and_sync(&encoded)?;
             lock(inner)?.segments.finish_append(&target, &lengths);
-            Ok(())
+            if first_peers {
+                let mark = || -> std::result::Result<(), DbError> {
+                    let txn = inner.meta.begin_write()?;
+                    put_meta(&txn, META_HAD_PEERS, &true)?;
+                    txn.commit()?;
+                    Ok(())
+                };
+                mark().map_err(io::Error::other)?;
+                inner
+                    .had_peers
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            end_repair_if_whole(inner, last_log_id)
         })
         .await?;
         // `write_and_sync` returned: the entries are on disk.
@@ -501,7 +730,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.with_log(move |inner| {
             let mut log = lock(inner)?;
             log.purged = Some(log_id);
-            log.segments.remove_through(log_id.index)
+            log.segments.remove_through(log_id.index)?;
+            end_repair_if_whole(inner, Some(log_id))
         })
         .await
     }

@@ -61,6 +61,10 @@ pub struct NodeStatus {
     /// leader hands its leadership to a voter that has room (`handover`).
     #[serde(default)]
     pub low_on_disk: bool,
+    /// Entries the node's log lost to damage and has not received again from a leader
+    /// (docs/OPERATIONS.md, "Repair"); absent when whole.
+    #[serde(default)]
+    pub log_repair: Option<crate::log_store::LogRepair>,
 }
 
 /// One member as the cluster status shows it.
@@ -348,6 +352,7 @@ impl Node {
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             packets: self.store().packet_count().ok(),
             low_on_disk: self.disk_space.refusal().is_some(),
+            log_repair: self.log_store.repair(),
         }
     }
 
@@ -645,6 +650,7 @@ mod tests {
                 millis_since_leader_contact: Some(0),
                 packets: Some(0),
                 low_on_disk: false,
+                log_repair: None,
             }),
             error: None,
             lag_entries: None,

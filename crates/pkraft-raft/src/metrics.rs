@@ -210,6 +210,8 @@ pub(crate) struct StateCollector {
     leader_contact_age: prometheus::Gauge,
     records: IntGauge,
     state_file_bytes: IntGauge,
+    /// 1 while the log lacks entries it lost to damage (`LogRepair`).
+    log_repair_pending: IntGauge,
     descs: Vec<Desc>,
 }
 
@@ -270,6 +272,10 @@ impl StateCollector {
                 "pkraft_store_file_bytes",
                 "Size of this node's state.redb file.",
             )?,
+            log_repair_pending: gauge(
+                "pkraft_raft_log_repair_pending",
+                "1 while this node's Raft log lacks entries it lost to damage and has not received again from a leader.",
+            )?,
             descs: Vec::new(),
         };
         collector.descs = collector
@@ -282,7 +288,7 @@ impl StateCollector {
         Ok(collector)
     }
 
-    fn gauges(&self) -> [&IntGauge; 9] {
+    fn gauges(&self) -> [&IntGauge; 10] {
         [
             &self.term,
             &self.leader_id,
@@ -293,6 +299,7 @@ impl StateCollector {
             &self.snapshot_index,
             &self.records,
             &self.state_file_bytes,
+            &self.log_repair_pending,
         ]
     }
 
@@ -312,6 +319,8 @@ impl StateCollector {
         self.snapshot_index
             .set(index(metrics.snapshot.map(|log_id| log_id.index)));
 
+        self.log_repair_pending
+            .set(i64::from(self.log_store.repair().is_some()));
         self.leader_contact_age
             .set((self.staleness)().map_or(-1.0, |age| age.as_secs_f64()));
         match self.store.packet_count() {

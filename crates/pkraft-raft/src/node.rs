@@ -14,7 +14,7 @@ use crate::dht_outbox::DhtOutbox;
 use crate::disk_space::DiskSpace;
 use crate::leadership::{Leadership, watch_cluster_state};
 use crate::log_store::LogStore;
-use crate::metrics::{NodeMetrics, StateCollector};
+use crate::metrics::{Damaged, NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient, PeerNetwork};
 use crate::reads::Freshness;
 use crate::settings::{Settings, SettingsError};
@@ -194,12 +194,23 @@ impl Node {
         if data_dir.join(LOG_FILE_V1).exists() {
             return Err(StartError::LogFormatV1(data_dir.to_path_buf()));
         }
-        let log_store = LogStore::open(&data_dir.join(LOG_DIR))?;
-        log_store.claim_node_id(id)?;
         let state_file = data_dir.join(STATE_FILE);
         let cache_bytes = settings.state_cache_bytes()?;
         let store = Store::open_with_cache(&state_file, cache_bytes)?;
+        // A node with peers repairs a damaged log from them; a single node has no one to
+        // repair from, so it refuses to start, naming what was damaged (docs/CONSISTENCY.md,
+        // "Damaged disks"). Peers: in the applied membership, or to join, or (the log knows)
+        // in a membership the log held.
+        let has_peers = !cluster.join.is_empty()
+            || crate::state_machine::applied_members(&store)?
+                .iter()
+                .any(|member| *member != id);
+        let (log_store, log_damage) = LogStore::open_repairing(&data_dir.join(LOG_DIR), has_peers)?;
+        log_store.claim_node_id(id)?;
         let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
+        for _ in &log_damage {
+            metrics.damage_found(Damaged::Log);
+        }
         let dht_outbox = Arc::new(DhtOutbox::default());
         let build_times = Arc::new(BuildTimes::default());
         let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
@@ -293,6 +304,9 @@ impl Node {
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
         }
+        if !settings.pre_vote && self.log_store.repair().is_some() {
+            tasks.push(tokio::spawn(hold_elections_while_repairing(self.clone())));
+        }
         if settings.pre_vote {
             tasks.push(tokio::spawn(crate::pre_vote::run(
                 self.clone(),
@@ -312,6 +326,21 @@ impl Node {
         if let Ok(mut background) = self.background.lock() {
             background.extend(tasks);
         }
+    }
+
+    /// Whether this node may stand for election: not while its log is being repaired (it lacks
+    /// entries it had, which a leader must hold), nor while a handover holds its elections.
+    pub(crate) fn may_stand(&self) -> Result<(), String> {
+        if let Some(repair) = self.log_store.repair() {
+            return Err(format!(
+                "this node's Raft log is being repaired (entries {}..={} lost to damage)",
+                repair.lost_from, repair.lost_through
+            ));
+        }
+        if self.leadership().elections_paused() {
+            return Err("a handover holds this node's elections".to_string());
+        }
+        Ok(())
     }
 
     /// Registers this node's metrics (docs/METRICS.md: `pkraft_raft_*`, `pkraft_store_*`).
@@ -436,6 +465,19 @@ impl Node {
         {
             tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");
         }
+    }
+}
+
+/// Without PreVote, openraft's own election timer runs: it is held off while the log is being
+/// repaired (with PreVote, the node's timer asks `Node::may_stand`). Started at once, well
+/// within the first election timeout.
+async fn hold_elections_while_repairing(node: Arc<Node>) {
+    node.raft.runtime_config().elect(false);
+    while node.log_store.repair().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !node.leadership().elections_paused() {
+        node.raft.runtime_config().elect(true);
     }
 }
 

@@ -121,7 +121,7 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
     let mut lost_in_a_row: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
-        if node.leadership().elections_paused() {
+        if node.may_stand().is_err() {
             continue;
         }
         let Some(standing) = node.standing() else {
@@ -302,6 +302,9 @@ impl Node {
         };
         if !standing.voters.contains(&request.candidate) {
             return refuse(format!("node {} is not a voter", request.candidate));
+        }
+        if let Some(reason) = self.log_store.vote_refusal(request.last_log_id) {
+            return refuse(reason);
         }
         let last_log_id = match self.last_log_id().await {
             Ok(last_log_id) => last_log_id,

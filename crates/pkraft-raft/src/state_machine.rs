@@ -72,6 +72,18 @@ impl AppliedState {
     }
 }
 
+/// The nodes of the membership the state in `store` was applied with (empty for a state never
+/// applied to).
+pub(crate) fn applied_members(store: &Store) -> Result<Vec<NodeId>> {
+    let applied = AppliedState::load(store)?;
+    Ok(applied
+        .membership
+        .membership()
+        .nodes()
+        .map(|(id, _)| *id)
+        .collect())
+}
+
 /// What an apply call tells the [`DhtOutbox`].
 #[derive(Default)]
 struct OutboxNotes {

@@ -58,6 +58,8 @@ const MAGIC: &[u8; 8] = b"PKRLOG2\0";
 /// The first bytes of a segment in the old format, still read.
 const MAGIC_V1: &[u8; 8] = b"PKRLOG1\0";
 const MAGIC_LEN: usize = 8;
+/// Where damaged records are kept once set aside ([`set_aside`]), inside the log directory.
+pub(crate) const DAMAGED_DIR: &str = "damaged";
 const RECORD_HEADER: usize = 36;
 const RECORD_HEADER_V1: usize = 8;
 /// Size at which the next append starts a new segment. Purging frees disk a whole segment at a
@@ -82,7 +84,7 @@ enum Format {
 /// Damage to synced records of the log: what the open found instead of a torn tail. Carried
 /// inside the `io::Error` (kind `InvalidData`) that [`Segments::open`] returns; the log store
 /// takes it out with [`Damage::of`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Damage {
     /// The segment file.
     pub segment: PathBuf,
@@ -95,6 +97,8 @@ pub struct Damage {
     pub last_index_after: Option<u64>,
     /// What is wrong with the record.
     pub reason: &'static str,
+    /// The payload of the record holding `last_index_after`: the last entry the log held.
+    pub last_record_after: Option<Vec<u8>>,
 }
 
 impl Damage {
@@ -126,6 +130,12 @@ impl fmt::Display for Damage {
                 "; it is not the end of the log, so this is damage, not a torn write"
             ),
         }
+    }
+}
+
+impl fmt::Debug for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -221,6 +231,7 @@ impl Span {
                         first_index: index,
                         last_index_after: None,
                         reason,
+                        last_record_after: None,
                     },
                 )
             })?;
@@ -301,9 +312,9 @@ impl Segments {
                 Err(ScanError::Damaged(mut damage)) => {
                     // The log held more after the damaged segment: those entries too were
                     // synced after the damaged one.
-                    let later = segments_after(dir, &damage.segment)?;
-                    if later.is_some() {
-                        damage.last_index_after = later.max(damage.last_index_after);
+                    if let Some((last, payload)) = segments_after(dir, &damage.segment)? {
+                        damage.last_index_after = Some(last);
+                        damage.last_record_after = Some(payload);
                     }
                     return Err(io::Error::new(ErrorKind::InvalidData, damage));
                 }
@@ -330,6 +341,16 @@ impl Segments {
                         first_index: pair[0].next_index(),
                         last_index_after: segments.last_index(),
                         reason: "the previous segment ends before this one starts: entries are missing",
+                        last_record_after: segments.last_index().and_then(|last| {
+                            let mut payload = None;
+                            for span in segments.locate(last, last + 1) {
+                                let _ = span.read(|bytes| {
+                                    payload = Some(bytes.to_vec());
+                                    Ok(())
+                                });
+                            }
+                            payload
+                        }),
                     },
                 ));
             }
@@ -524,6 +545,7 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanE
                 first_index,
                 last_index_after: None,
                 reason: "not a pkraft log segment",
+                last_record_after: None,
             }));
         }
     };
@@ -558,12 +580,17 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanE
                 (Format::V1, Some(_)) => false,
             };
         if !torn {
+            let (last_index_after, last_record_after) = match after {
+                Some(after) => (Some(after.last_index), Some(after.last_payload)),
+                None => (None, None),
+            };
             return Err(ScanError::Damaged(Damage {
                 segment: path,
                 offset: position as u64,
                 first_index: index,
-                last_index_after: after.map(|after| after.last_index),
+                last_index_after,
                 reason,
+                last_record_after,
             }));
         }
         tracing::warn!(
@@ -593,6 +620,8 @@ struct RecordsAfter {
     /// The highest index they hold (format 1, which records no index: counted from the bad
     /// record's place, a lower bound).
     last_index: u64,
+    /// The payload of the record holding `last_index`.
+    last_payload: Vec<u8>,
     /// The append ranges they belong to (format 2).
     appends: Vec<(u64, u64)>,
 }
@@ -619,9 +648,13 @@ fn records_after(format: Format, bytes: &[u8], bad: usize, bad_index: u64) -> Op
         };
         let entry = found.get_or_insert(RecordsAfter {
             last_index: index,
+            last_payload: Vec::new(),
             appends: Vec::new(),
         });
-        entry.last_index = entry.last_index.max(index);
+        if index >= entry.last_index {
+            entry.last_index = index;
+            entry.last_payload = record.payload.to_vec();
+        }
         entry.appends.extend(record.append);
         at += record.size;
     }
@@ -731,18 +764,18 @@ fn parse_v1(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
 }
 
 /// The last index held by the segments after `damaged` in `dir`, by their names and a count of
-/// their whole records (for the damage report; they are not opened for use).
-fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<u64>> {
+/// their whole records, with that record's payload (for the damage report; they are not opened
+/// for use).
+fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<(u64, Vec<u8>)>> {
     let damaged_first = segment_first_index(damaged);
-    let mut last = None;
-    for dir_entry in fs::read_dir(dir)? {
-        let path = dir_entry?.path();
-        let Some(first) = segment_first_index(&path) else {
-            continue;
-        };
-        if Some(first) <= damaged_first {
-            continue;
-        }
+    let mut later: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter_map(|path| Some((segment_first_index(&path)?, path)))
+        .filter(|(first, _)| Some(*first) > damaged_first)
+        .collect();
+    later.sort();
+    // The last segment with a whole record holds the log's last entry.
+    for (first, path) in later.into_iter().rev() {
         let bytes = fs::read(&path)?;
         let format = match bytes.get(..MAGIC_LEN) {
             Some(magic) if magic == MAGIC => Format::V2,
@@ -750,16 +783,54 @@ fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<u64>> {
             _ => continue,
         };
         let mut at = MAGIC_LEN;
-        let mut count = 0u64;
+        let mut last = None;
         while let Some(record) = bytes.get(at..).and_then(|rest| find_record(format, rest)) {
             at += record.size;
-            count += 1;
+            last = Some((
+                last.map_or(first, |(index, _)| index + 1),
+                record.payload.to_vec(),
+            ));
         }
-        if count > 0 {
-            last = last.max(Some(first + count - 1));
+        if last.is_some() {
+            return Ok(last);
         }
     }
-    Ok(last)
+    Ok(None)
+}
+
+/// Moves damaged records out of the log, keeping them for a post-mortem in `damaged/` beside
+/// the segments: the damaged segment is copied there and cut back to its last whole record
+/// before the damage, and every later segment is moved there. What remains opens cleanly (or
+/// shows the next damage). The caller has recorded what was lost, durably, before.
+pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
+    let aside = dir.join(DAMAGED_DIR);
+    fs::create_dir_all(&aside)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or_default();
+    let kept_name = |path: &Path| {
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        aside.join(format!("{name}.{stamp}"))
+    };
+    let damaged_first = segment_first_index(&damage.segment);
+    fs::copy(&damage.segment, kept_name(&damage.segment))?;
+    File::open(kept_name(&damage.segment))?.sync_all()?;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if segment_first_index(&path).is_some_and(|first| Some(first) > damaged_first) {
+            fs::rename(&path, kept_name(&path))?;
+        }
+    }
+    sync_dir(&aside)?;
+    let file = OpenOptions::new().write(true).open(&damage.segment)?;
+    file.set_len(damage.offset)?;
+    file.sync_all()?;
+    sync_dir(dir)?;
+    Ok(aside)
 }
 
 fn segment_file_name(first_index: u64) -> String {

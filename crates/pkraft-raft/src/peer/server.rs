@@ -229,8 +229,13 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
 }
 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |rpc: VoteRequest<NodeId>| async move {
-        node.raft.vote(rpc).await
+    exchange_unless_refused(body, |rpc: VoteRequest<NodeId>| async move {
+        // A log that lost entries to damage still votes as the log it was (`LogRepair`).
+        if let Some(reason) = node.log_store.vote_refusal(rpc.last_log_id) {
+            tracing::warn!(candidate = rpc.vote.leader_id().voted_for(), %reason, "refused a vote");
+            return Err(Refusal(reason));
+        }
+        Ok(node.raft.vote(rpc).await)
     })
     .await
 }
