@@ -364,3 +364,27 @@ async fn a_repairing_follower_does_not_elect_a_node_that_lacks_what_it_lost() {
         }
     }
 }
+
+/// redb 4.5 could open a `state.redb` whose commit slots both failed their checksums as an empty
+/// database (redb 4.6.0's changelog). With the log purged behind a snapshot, pkraft would then
+/// have started with less than it acknowledged. With 4.6 the open fails, and pkraft refuses to
+/// start naming the file.
+#[tokio::test]
+async fn a_damaged_state_file_is_reported_never_opened_empty() {
+    let mut server = TestServer::start_with_config(
+        "[raft]\nsnapshot_after_entries = 5\nentries_kept_after_snapshot = 0\n\
+         [cluster]\nbootstrap = true\n",
+    );
+    publish(&server, 39_000, 20, 1).await;
+    server.kill();
+    let state = server.data_dir().join("state.redb");
+    let mut bytes = std::fs::read(&state).expect("read state.redb");
+    // redb's super-header: a 64-byte header, then two 128-byte commit slots, each ending in its
+    // checksum (redb docs/design.md). One byte of each slot's root page number.
+    for slot in [64, 192] {
+        bytes[slot + 8] ^= 0x5a;
+    }
+    std::fs::write(&state, &bytes).expect("damage state.redb");
+    let refusal = server.restart_refused();
+    assert!(refusal.contains("state.redb"), "{refusal}");
+}

@@ -55,6 +55,11 @@ pub enum StartError {
     },
     #[error("state store: {0}")]
     Store(#[from] StoreError),
+    #[error(
+        "state store {path}: {source} (a damaged file is never opened as an empty one; see \
+         docs/OPERATIONS.md, \"Repair\")"
+    )]
+    StateFile { path: PathBuf, source: StoreError },
     #[error("raft log: {0}")]
     Log(#[from] StorageError<NodeId>),
     #[error(transparent)]
@@ -196,7 +201,12 @@ impl Node {
         }
         let state_file = data_dir.join(STATE_FILE);
         let cache_bytes = settings.state_cache_bytes()?;
-        let store = Store::open_with_cache(&state_file, cache_bytes)?;
+        let store = Store::open_with_cache(&state_file, cache_bytes).map_err(|source| {
+            StartError::StateFile {
+                path: state_file.clone(),
+                source,
+            }
+        })?;
         // A node with peers repairs a damaged log from them; a single node has no one to
         // repair from, so it refuses to start, naming what was damaged (docs/CONSISTENCY.md,
         // "Damaged disks"). Peers: in the applied membership, or to join, or (the log knows)
