@@ -8,7 +8,8 @@
 # adds the power cuts to every round; POWER=only runs rounds of power cuts alone. DISK=1 adds
 # disks low on space (the leader's, a follower's, every node's) to every round, on lossy disks.
 # PARTITIONS=only runs rounds of the peer network's partitions alone (refused, black-holed and
-# one-way cuts).
+# one-way cuts). CORRUPT=1 adds damage to one node's data on disk (its log, its snapshot) to
+# every round; CORRUPT=only runs rounds of that damage alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -29,6 +30,12 @@ case "${PARTITIONS:-}" in
   only) power_args+=(--partitions-only) ;;
   *) echo "chaos: PARTITIONS must be only, not ${PARTITIONS}" >&2; exit 2 ;;
 esac
+case "${CORRUPT:-}" in
+  "" | 0) ;;
+  1) power_args+=(--corruption) ;;
+  only) power_args+=(--corruption-only) ;;
+  *) echo "chaos: CORRUPT must be 1 or only, not ${CORRUPT}" >&2; exit 2 ;;
+esac
 case "${DISK:-}" in
   "" | 0) ;;
   1) power_args+=(--disk-faults) ;;
@@ -47,7 +54,7 @@ for ((i = 0; i < runs; i++)); do
 done
 if ((${#failed[@]})); then
   echo "chaos: FAILED seeds: ${failed[*]}; replay one with" \
-    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}${PARTITIONS:+ PARTITIONS=$PARTITIONS}"
+    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}${PARTITIONS:+ PARTITIONS=$PARTITIONS}${CORRUPT:+ CORRUPT=$CORRUPT}"
   exit 1
 fi
-echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK}${PARTITIONS:+, PARTITIONS=$PARTITIONS})"
+echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK}${PARTITIONS:+, PARTITIONS=$PARTITIONS}${CORRUPT:+, CORRUPT=$CORRUPT})"

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use pkraft_testkit::damage::{LogRecord, RecordDamage, damage_record, log_records};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
+use pkraft_testkit::rng::SplitMix64;
 use pkraft_testkit::{iroh_packet, keypair};
 
 use std::time::{Duration, Instant};
@@ -55,60 +57,26 @@ async fn count_served(server: &TestServer, published: &[(Keypair, SignedPacket)]
     served
 }
 
-/// The last segment of the node's Raft log.
-fn last_segment(data_dir: &Path) -> PathBuf {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(data_dir.join("raft-log"))
-        .expect("list the log")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
-        .collect();
-    segments.sort();
-    segments.pop().expect("a log segment")
-}
-
-/// The segment and offset of the record holding log index `index` (format 2 records say which
-/// index they hold, in header bytes 4..12).
-fn record_holding(data_dir: &Path, index: u64) -> (PathBuf, usize) {
-    let dir = data_dir.join("raft-log");
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("list the log")
-        .map(|entry| entry.expect("entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "seg"))
-        .collect();
-    segments.sort();
-    for segment in segments {
-        let bytes = std::fs::read(&segment).expect("read a segment");
-        for at in record_offsets(&bytes) {
-            let held = u64::from_le_bytes(bytes[at + 4..at + 12].try_into().expect("8 bytes"));
-            if held == index {
-                return (segment, at);
-            }
-        }
-    }
-    panic!("no record holds index {index} in {}", dir.display());
+/// The record holding log index `index` in the node's log.
+fn record_holding(data_dir: &Path, index: u64) -> LogRecord {
+    log_records(data_dir)
+        .expect("read the log")
+        .into_iter()
+        .find(|record| record.index == index)
+        .unwrap_or_else(|| panic!("no record holds index {index}"))
 }
 
 /// Enlarges the length field of the record holding `index`, as one flipped bit does.
 fn enlarge_length_of(data_dir: &Path, index: u64) {
-    let (segment, at) = record_holding(data_dir, index);
-    let mut bytes = std::fs::read(&segment).expect("read the segment");
-    bytes[at + 2] |= 0x10;
-    std::fs::write(&segment, &bytes).expect("damage the segment");
-}
-
-/// The offset of every record of a segment in format 2 (docs/ARCHITECTURE.md, "Durability":
-/// an 8-byte magic, then records of a 36-byte header, whose first 4 bytes are the payload's
-/// length, and the payload).
-fn record_offsets(segment: &[u8]) -> Vec<usize> {
-    assert_eq!(&segment[..8], b"PKRLOG2\0", "a format 2 segment");
-    let mut offsets = Vec::new();
-    let mut at = 8;
-    while at + 36 <= segment.len() {
-        offsets.push(at);
-        let len = u32::from_le_bytes(segment[at..at + 4].try_into().expect("4 bytes"));
-        at += 36 + len as usize;
-    }
-    offsets
+    let records = log_records(data_dir).expect("read the log");
+    let record = record_holding(data_dir, index);
+    damage_record(
+        &records,
+        &record,
+        RecordDamage::EnlargedLength,
+        &mut SplitMix64::new(0),
+    )
+    .expect("damage the segment");
 }
 
 /// The case: a single node took its PUTs; one bit enlarged the length field of the
@@ -123,14 +91,19 @@ async fn an_enlarged_length_field_stops_a_single_node_naming_the_range() {
     let published = publish(&server, 30_000, 600, 50).await;
     server.kill();
 
-    let segment = last_segment(server.data_dir());
+    let records = log_records(server.data_dir()).expect("read the log");
+    let last_segment = &records.last().expect("records").segment;
+    let in_last: Vec<&LogRecord> = records
+        .iter()
+        .filter(|record| &record.segment == last_segment)
+        .collect();
+    assert!(in_last.len() > 10, "{} records", in_last.len());
+    let middle = in_last[in_last.len() / 2];
+    let segment = middle.segment.clone();
     let original = std::fs::read(&segment).expect("read the segment");
-    let offsets = record_offsets(&original);
-    assert!(offsets.len() > 10, "{} records", offsets.len());
-    let middle = offsets[offsets.len() / 2];
-    let mut damaged = original.clone();
-    damaged[middle + 2] |= 0x10;
-    std::fs::write(&segment, &damaged).expect("damage the segment");
+    enlarge_length_of(server.data_dir(), middle.index);
+    let damaged = std::fs::read(&segment).expect("read the segment");
+    let middle = middle.offset;
 
     let refusal = server.restart_refused();
     assert!(refusal.contains("the Raft log is damaged"), "{refusal}");
@@ -387,4 +360,108 @@ async fn a_damaged_state_file_is_reported_never_opened_empty() {
     std::fs::write(&state, &bytes).expect("damage state.redb");
     let refusal = server.restart_refused();
     assert!(refusal.contains("state.redb"), "{refusal}");
+}
+
+/// Polls `server` for each of `published` until it serves it, failing at the first answer
+/// other than the packet or 503 ("catching up"): a node must never answer from a state older
+/// than what it served before (a 404 for a packet it served).
+async fn assert_never_older(server: &TestServer, published: &[(Keypair, SignedPacket)]) {
+    for (i, (key, packet)) in published.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = server.get(&server.relay_url(key)).await;
+            match response.status().as_u16() {
+                200 => {
+                    let body = response.bytes().await.expect("body");
+                    assert_eq!(body, packet.to_relay_payload(), "packet {i}");
+                    break;
+                }
+                503 => {}
+                status => panic!(
+                    "packet {i}, served before, answered {status} after the repair\n{}",
+                    server.log()
+                ),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "packet {i} not served\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Publishes `count` packets through `leader` one at a time and waits until `follower` serves
+/// them all.
+async fn publish_served_by(
+    cluster: &TestCluster,
+    leader: u64,
+    follower: u64,
+    first_seed: u64,
+    count: u64,
+) -> Vec<(Keypair, SignedPacket)> {
+    let mut published = Vec::new();
+    for seed in first_seed..first_seed + count {
+        let (key, packet) = packet(seed, 1_000);
+        put_until_accepted(&cluster.member(leader).server, &key, &packet).await;
+        published.push((key, packet));
+    }
+    for (key, packet) in &published {
+        wait_served(&cluster.member(follower).server, key, packet).await;
+    }
+    published
+}
+
+/// Found by the chaos harness's corruption kinds: a repair can leave the log ending below what
+/// the state has applied (here: a clean stop flushed the state; in chaos, a snapshot build's
+/// flush). openraft then purged the log up to the applied entry, past the last snapshot, and
+/// stopped on its own invariant (`purge_upto <= snapshot_last_log_id`). Now the start builds a
+/// snapshot of the state first.
+#[tokio::test]
+async fn a_log_repaired_below_the_applied_state_restarts_with_a_snapshot_of_it() {
+    let mut cluster = TestCluster::start(
+        3,
+        "snapshot_after_entries = 10\nentries_kept_after_snapshot = 30\n",
+    )
+    .await;
+    let leader = cluster.leader().await;
+    let damaged = cluster.ids_except(leader)[0];
+    let published = publish_served_by(&cluster, leader, damaged, 40_000, 65).await;
+    cluster.member_mut(damaged).server.terminate();
+    let data_dir = cluster.member(damaged).server.data_dir().to_path_buf();
+    let first = log_records(&data_dir).expect("read the log")[0].index;
+    // Near the start of what the log keeps: far below the applied state.
+    enlarge_length_of(&data_dir, first + 2);
+
+    cluster.restart(damaged);
+    let server = &cluster.member(damaged).server;
+    server
+        .wait_for_log("building a snapshot of the state to restart the log after it")
+        .await;
+    assert_never_older(server, &published).await;
+    server.wait_for_log("the Raft log is whole again").await;
+}
+
+/// Also found by the chaos harness: after a kill, the state on disk is older than what the node
+/// served (applies are not fsynced one by one), and the repaired log no longer reaches where it
+/// did, so "caught up with the log it had at start" came too early: the node served packets
+/// it had served before as missing. Now local reads wait until it is back where its log reached
+/// before the damage.
+#[tokio::test]
+async fn a_repaired_node_serves_nothing_older_than_before_the_damage() {
+    let mut cluster = TestCluster::start(3, "").await;
+    let leader = cluster.leader().await;
+    let damaged = cluster.ids_except(leader)[0];
+    let published = publish_served_by(&cluster, leader, damaged, 41_000, 40).await;
+    cluster.member_mut(damaged).server.kill();
+    let data_dir = cluster.member(damaged).server.data_dir().to_path_buf();
+    let records = log_records(&data_dir).expect("read the log");
+    let middle = records[records.len() / 2].index;
+    enlarge_length_of(&data_dir, middle);
+
+    // The newest first: right after the start, before the leader has sent anything again.
+    let newest_first: Vec<_> = published.into_iter().rev().collect();
+    cluster.restart(damaged);
+    assert_never_older(&cluster.member(damaged).server, &newest_first).await;
 }

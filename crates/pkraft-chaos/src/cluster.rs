@@ -170,6 +170,11 @@ impl Cluster {
         self.spawn(id).await
     }
 
+    /// Node `id`'s data dir.
+    pub fn data_dir(&self, id: u64) -> anyhow::Result<PathBuf> {
+        Ok(self.node(id)?.slot.data_dir.clone())
+    }
+
     fn node(&self, id: u64) -> anyhow::Result<&Node> {
         self.nodes
             .iter()

@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use pkraft_lossyfs::Cut;
+use pkraft_testkit::damage::{RecordDamage, damage_log, damage_snapshot};
 use pkraft_testkit::proxy::CutKind;
 
 use crate::cluster::Cluster;
@@ -143,6 +144,28 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             disk_low_hold_restore(cluster, &[target], leader, fault).await?
         }
         FaultKind::DiskLowAll => disk_low_hold_restore(cluster, &ids, leader, fault).await?,
+        FaultKind::CorruptLogFollower => {
+            let target = follower(&mut rng)?;
+            corrupt_log_hold_restart(cluster, target, fault, &mut rng).await?
+        }
+        FaultKind::CorruptLogLeader => {
+            let target = any_leader()?;
+            corrupt_log_hold_restart(cluster, target, fault, &mut rng).await?
+        }
+        FaultKind::CorruptSnapshot => {
+            let target = *rng.pick(&ids).context("no nodes")?;
+            let data_dir = cluster.data_dir(target)?;
+            let damaged = damage_snapshot(&data_dir, &mut rng)
+                .with_context(|| format!("damaging node {target}'s snapshot"))?;
+            tokio::time::sleep(fault.hold).await;
+            match damaged {
+                Some(file) => format!(
+                    "flipped a bit of node {target}'s snapshot {}",
+                    file.display()
+                ),
+                None => format!("node {target} has no snapshot to damage"),
+            }
+        }
     };
     Ok(match leader {
         Some(_) => done,
@@ -190,6 +213,7 @@ async fn power_cut_hold_restart(
     fault: &Fault,
 ) -> anyhow::Result<String> {
     let cut = match fault.torn {
+        Some(skip) if skip % 2 == 1 => Cut::TornOutOfOrder { skip },
         Some(keep) => Cut::TornLastWrite { keep },
         None => Cut::Clean,
     };
@@ -211,6 +235,48 @@ async fn power_cut_hold_restart(
             None => String::new(),
         }
     ))
+}
+
+/// How long a node whose log was damaged may take to be whole again after its restart.
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Kills `target`, damages one record of its log that has a later append after it (how, drawn
+/// from `rng`), and after the hold restarts it: it must start (it has peers to repair from) and
+/// be whole again, its `log_repair` gone from its status, within [`REPAIR_TIMEOUT`].
+async fn corrupt_log_hold_restart(
+    cluster: &mut Cluster,
+    target: u64,
+    fault: &Fault,
+    rng: &mut SplitMix64,
+) -> anyhow::Result<String> {
+    cluster.kill(target).await?;
+    let how = *rng.pick(&RecordDamage::ALL).context("no damage kinds")?;
+    let data_dir = cluster.data_dir(target)?;
+    let damaged =
+        damage_log(&data_dir, how, rng).with_context(|| format!("damaging node {target}'s log"))?;
+    tokio::time::sleep(fault.hold).await;
+    cluster
+        .spawn(target)
+        .await
+        .with_context(|| format!("restart of node {target} after damage to its log"))?;
+    let deadline = tokio::time::Instant::now() + REPAIR_TIMEOUT;
+    loop {
+        let status = cluster.status(target).await;
+        if status
+            .as_ref()
+            .is_some_and(|status| status["node"]["log_repair"].is_null())
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("node {target} did not repair its log within {REPAIR_TIMEOUT:?}: {status:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(match damaged {
+        Some(what) => format!("node {target}: {what}; it repaired from the leader"),
+        None => format!("node {target}'s log had no record with a later append to damage"),
+    })
 }
 
 /// Free space a disk-low fault leaves: far below `raft.min_free_disk_mib` (1 GiB by default),

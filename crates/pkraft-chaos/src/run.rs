@@ -71,6 +71,12 @@ pub struct RunConfig {
     /// the way to count many of them.
     #[arg(long, conflicts_with = "power_cuts_only")]
     pub partitions_only: bool,
+    /// Add damage to one node's data on disk (its log, its snapshot) to every round.
+    #[arg(long)]
+    pub corruption: bool,
+    /// Rounds of damage to one node's data only: the way to count many of them.
+    #[arg(long, conflicts_with_all = ["power_cuts_only", "partitions_only", "corruption"])]
+    pub corruption_only: bool,
 }
 
 impl RunConfig {
@@ -80,7 +86,9 @@ impl RunConfig {
 
     /// The fault kinds of each round.
     fn fault_kinds(&self) -> Vec<FaultKind> {
-        let mut kinds = if self.power_cuts_only {
+        let mut kinds = if self.corruption_only {
+            FaultKind::CORRUPTION.to_vec()
+        } else if self.power_cuts_only {
             FaultKind::POWER_CUTS.to_vec()
         } else if self.partitions_only {
             FaultKind::PARTITIONS.to_vec()
@@ -95,6 +103,9 @@ impl RunConfig {
         };
         if self.disk_faults {
             kinds.extend(FaultKind::DISK_LOW);
+        }
+        if self.corruption {
+            kinds.extend(FaultKind::CORRUPTION);
         }
         kinds
     }
@@ -114,7 +125,14 @@ impl RunConfig {
         } else {
             ""
         };
-        format!("{power}{disk}{partitions}")
+        let corruption = if self.corruption_only {
+            " CORRUPT=only"
+        } else if self.corruption {
+            " CORRUPT=1"
+        } else {
+            ""
+        };
+        format!("{power}{disk}{partitions}{corruption}")
     }
 }
 

@@ -63,6 +63,15 @@ pub enum FaultKind {
     DiskLowFollower,
     /// Every disk below the reserve: the cluster refuses writes (503) for the hold.
     DiskLowAll,
+    /// A follower is killed, one record of its log with a later append after it is damaged
+    /// (a bit flip, an enlarged length field, a lost write or a misdirected one), and it is
+    /// restarted after the hold: it must repair from the leader and be back in service.
+    CorruptLogFollower,
+    /// The same to the leader (a minority: another node leads meanwhile).
+    CorruptLogLeader,
+    /// One bit of a running node's snapshot file flipped: a leader must not send it, a
+    /// follower must not install it.
+    CorruptSnapshot,
 }
 
 impl FaultKind {
@@ -116,6 +125,13 @@ impl FaultKind {
         FaultKind::DiskLowAll,
     ];
 
+    /// Damage to the data on one node's disk (a minority): the kinds of `--corruption`.
+    pub const CORRUPTION: [FaultKind; 3] = [
+        FaultKind::CorruptLogFollower,
+        FaultKind::CorruptLogLeader,
+        FaultKind::CorruptSnapshot,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillFollower => "kill-follower",
@@ -143,6 +159,9 @@ impl FaultKind {
             FaultKind::DiskLowLeader => "disk-low-leader",
             FaultKind::DiskLowFollower => "disk-low-follower",
             FaultKind::DiskLowAll => "disk-low-all",
+            FaultKind::CorruptLogFollower => "corrupt-log-follower",
+            FaultKind::CorruptLogLeader => "corrupt-log-leader",
+            FaultKind::CorruptSnapshot => "corrupt-snapshot",
         }
     }
 }
@@ -164,7 +183,8 @@ pub struct Fault {
     /// Quiet time after healing, before the next fault.
     pub settle: Duration,
     /// Power cuts: the bytes of the last unsynced write that reach the disk (a torn write), or
-    /// none (every unsynced byte is lost).
+    /// none (every unsynced byte is lost). Even: its first bytes (a prefix); odd: all but its
+    /// first bytes (torn out of order: a later sector reached the disk and an earlier one not).
     pub torn: Option<usize>,
 }
 
@@ -182,7 +202,8 @@ impl fmt::Display for Fault {
             .torn
             .filter(|_| FaultKind::POWER_CUTS.contains(&self.kind))
         {
-            write!(f, " torn={keep}")?;
+            let order = if keep % 2 == 1 { " out-of-order" } else { "" };
+            write!(f, " torn={keep}{order}")?;
         }
         write!(f, " settle={:?}", self.settle)
     }
@@ -261,6 +282,13 @@ mod tests {
         assert!(
             disk.iter()
                 .all(|f| f.hold >= Duration::from_secs(3) && f.torn.is_none())
+        );
+        let corruption = generate(42, 2, pause, &FaultKind::CORRUPTION);
+        assert_eq!(corruption.len(), 6);
+        assert!(
+            FaultKind::CORRUPTION
+                .iter()
+                .all(|k| !FaultKind::ALL.contains(k) && !FaultKind::POWER_CUTS.contains(k))
         );
         let torn = cuts.iter().filter(|f| f.torn.is_some()).count();
         assert!((20..80).contains(&torn), "{torn} of 100 cuts torn");

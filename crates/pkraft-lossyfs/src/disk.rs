@@ -35,6 +35,10 @@ pub enum Cut {
     /// A torn write: the first `keep` bytes of the last unsynced write (if its file still holds
     /// them unsynced) reach the disk; everything else unsynced is lost.
     TornLastWrite { keep: usize },
+    /// A write torn out of order: the last unsynced write's bytes from `skip` on reach the
+    /// disk and its first `skip` do not (a disk that wrote a later sector and not an earlier
+    /// one); those read back as what the file durably held there, zeros past its end.
+    TornOutOfOrder { skip: usize },
 }
 
 /// What a cut dropped.
@@ -530,13 +534,17 @@ impl Disk {
     /// with EIO until [`Disk::power_on`].
     pub(crate) fn cut(&mut self, cut: Cut) -> CutReport {
         let mut report = CutReport::default();
-        if let (Cut::TornLastWrite { keep }, Some(last)) = (cut, self.last_write)
+        if let Some(last) = self.last_write
             && let Some(Node {
                 kind: Kind::File(file),
                 ..
             }) = self.nodes.get_mut(&last.ino)
         {
-            report.torn_bytes = file.keep_torn(last, keep).unwrap_or(0);
+            report.torn_bytes = match cut {
+                Cut::Clean => 0,
+                Cut::TornLastWrite { keep } => file.keep_torn(last, 0, keep).unwrap_or(0),
+                Cut::TornOutOfOrder { skip } => file.keep_torn(last, skip, last.len).unwrap_or(0),
+            };
         }
         self.last_write = None;
         // A cut ends any armed one: it must not fire in the next process's first fsync.
@@ -707,19 +715,21 @@ impl FileData {
         dropped
     }
 
-    /// Writes the first `keep` bytes of `last` to the backing file if they are still unsynced.
-    fn keep_torn(&mut self, last: LastWrite, keep: usize) -> Option<usize> {
-        let keep = keep.min(last.len);
-        if keep == 0 {
+    /// Writes bytes `from..to` of `last` to the backing file if they are still unsynced;
+    /// returns how many.
+    fn keep_torn(&mut self, last: LastWrite, from: usize, to: usize) -> Option<usize> {
+        let to = to.min(last.len);
+        if from >= to {
             return None;
         }
-        let prefix = self.unsynced.get(last.offset, keep)?.to_vec();
-        self.backing.write_all_at(&prefix, last.offset).ok()?;
-        let end = last.offset + keep as u64;
+        let start = last.offset + from as u64;
+        let kept = self.unsynced.get(start, to - from)?.to_vec();
+        self.backing.write_all_at(&kept, start).ok()?;
+        let end = last.offset + to as u64;
         if end > self.durable_len {
             self.durable_len = end;
         }
-        Some(keep)
+        Some(to - from)
     }
 }
 
@@ -897,6 +907,16 @@ mod tests {
         let report = f.cut(Cut::TornLastWrite { keep: 4 });
         assert_eq!(report.torn_bytes, 4);
         assert_eq!(f.read_all(ino), b"head-rec");
+    }
+
+    #[test]
+    fn a_write_torn_out_of_order_keeps_its_end_and_not_its_start() {
+        let mut f = disk();
+        let ino = f.synced_file("log", b"head");
+        f.disk.write(ino, 4, b"-record-one").expect("write");
+        let report = f.cut(Cut::TornOutOfOrder { skip: 8 });
+        assert_eq!(report.torn_bytes, 3);
+        assert_eq!(f.read_all(ino), b"head\0\0\0\0\0\0\0\0one");
     }
 
     #[test]

@@ -223,10 +223,14 @@ impl Node {
         }
         let dht_outbox = Arc::new(DhtOutbox::default());
         let build_times = Arc::new(BuildTimes::default());
-        let state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
+        let mut state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
             .with_metrics(metrics.clone())
             .with_build_times(build_times.clone())
             .with_dht_outbox(dht_outbox.clone());
+        if !log_damage.is_empty() {
+            let log_end = log_store.last_log_id()?.max(log_store.purged()?);
+            state_machine.cover_applied_with_snapshot(log_end).await?;
+        }
         sync_layout(data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.to_path_buf(),
             source,
@@ -259,6 +263,11 @@ impl Node {
         } else if let Some(log_end) = log_end {
             replay_log(&raft, id, log_end).await?;
         }
+        // A repaired log held more than it holds now, and the state may be older than what was
+        // served before: local reads wait until the node has caught up to where the log reached
+        // before the damage.
+        let catch_up_to =
+            last_log_id.max(log_store.repair().and_then(|repair| repair.held_through));
         let disk_space = Arc::new(DiskSpace::new(
             data_dir,
             settings.min_free_disk_bytes(),
@@ -281,7 +290,7 @@ impl Node {
             },
             writes: WritePath::new(),
             leadership,
-            freshness: Freshness::at_start(last_log_id, clean_stop),
+            freshness: Freshness::at_start(catch_up_to, clean_stop),
             membership_lock: tokio::sync::Mutex::new(()),
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),

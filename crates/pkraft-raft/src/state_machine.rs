@@ -166,6 +166,38 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// After a log repair set entries aside, the log may end (or have been purged) below what
+    /// the state has applied. openraft then purges the log up to the applied entry at start,
+    /// which needs a snapshot at least that far along; if the current one is older, one is
+    /// built now, from the state. Returns whether it built one.
+    pub(crate) async fn cover_applied_with_snapshot(
+        &mut self,
+        log_end: Option<LogId<NodeId>>,
+    ) -> Result<bool> {
+        let applied = self.applied.last_applied;
+        if applied <= log_end {
+            return Ok(false);
+        }
+        let snapshot_file = self.snapshot_file.clone();
+        let snapshot_end = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Read, move || {
+            Ok(snapshot_file.load_meta()?.and_then(|meta| meta.last_log_id))
+        })
+        .await?;
+        if snapshot_end >= applied {
+            return Ok(false);
+        }
+        tracing::warn!(
+            log_end = ?log_end,
+            applied = ?applied,
+            snapshot = ?snapshot_end,
+            "the repaired log ends before the applied state: building a snapshot of the state to restart the log after it"
+        );
+        self.get_snapshot_builder().await.build_snapshot().await?;
+        Ok(true)
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 

@@ -9,6 +9,7 @@
 //! generator that never changes).
 
 pub mod cluster;
+pub mod damage;
 pub mod lossy;
 pub mod netns;
 pub mod node;
