@@ -465,3 +465,40 @@ async fn a_repaired_node_serves_nothing_older_than_before_the_damage() {
     cluster.restart(damaged);
     assert_never_older(&cluster.member(damaged).server, &newest_first).await;
 }
+
+/// Found by review: a leader saves its vote as committed, and openraft resumes leading at start
+/// on such a vote, without an election. A leader killed, damaged and restarted before the
+/// others stand would lead with a log shorter than it had, and give new entries the log ids of
+/// the lost ones, which the followers still hold: the replicas would diverge. Now a node whose
+/// log is being repaired starts as a follower; every node ends with every packet.
+#[tokio::test]
+async fn a_damaged_leader_restarted_at_once_does_not_lead_with_the_shorter_log() {
+    let mut cluster = TestCluster::start(3, "").await;
+    let leader = cluster.leader().await;
+    let follower = cluster.ids_except(leader)[0];
+    let mut published = publish_served_by(&cluster, leader, follower, 42_000, 30).await;
+    cluster.member_mut(leader).server.kill();
+    let data_dir = cluster.member(leader).server.data_dir().to_path_buf();
+    let records = log_records(&data_dir).expect("read the log");
+    enlarge_length_of(&data_dir, records[records.len() - 10].index);
+    // At once: well within the others' election timeout and PreVote lease.
+    cluster.restart(leader);
+    let restarted = &cluster.member(leader).server;
+    restarted.wait_for_log("the Raft log is damaged").await;
+    assert_ne!(
+        status_of(restarted).await["node"]["role"],
+        "leader",
+        "{}",
+        restarted.log()
+    );
+    for seed in 0..10u64 {
+        let (key, packet) = packet(42_100 + seed, 1_000);
+        put_until_accepted(&cluster.member(follower).server, &key, &packet).await;
+        published.push((key, packet));
+    }
+    for member in &cluster.members {
+        for (key, packet) in &published {
+            wait_served(&member.server, key, packet).await;
+        }
+    }
+}

@@ -387,12 +387,10 @@ impl Node {
 
     /// Starts an election on this node, when the leader handing over asks (peer route `elect`).
     pub(crate) async fn stand_for_election(&self) -> Result<(), PeerError> {
-        if let Some(repair) = self.log_store.repair() {
-            return Err(PeerError::Unavailable(format!(
-                "this node's Raft log is being repaired (entries {}..={} lost to damage): it \
-                 does not stand",
-                repair.lost_from, repair.lost_through
-            )));
+        if self.log_store.repair().is_some() {
+            return Err(PeerError::Unavailable(
+                self.may_stand().err().unwrap_or_default(),
+            ));
         }
         self.raft
             .trigger()

@@ -96,7 +96,10 @@ impl Node {
             .elections_paused
             .store(!allowed, Ordering::SeqCst);
         if !self.pre_vote {
-            self.raft.runtime_config().elect(allowed);
+            // Not while the log is being repaired (`hold_elections_while_repairing` turns it on).
+            self.raft
+                .runtime_config()
+                .elect(allowed && self.log_store.repair().is_none());
         }
     }
 

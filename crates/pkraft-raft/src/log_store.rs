@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::{blocking, decode, encode, storage_error};
 use crate::{NodeId, TypeConfig};
 pub use segments::Damage;
-use segments::{SEGMENT_TARGET_BYTES, Segments, encode_records};
+use segments::{SEGMENT_TARGET_BYTES, Segments};
 
 const META_FILE: &str = "meta.redb";
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -39,8 +39,8 @@ const META_LAST_PURGED: &str = "last_purged";
 const META_SCHEMA_VERSION: &str = "schema_version";
 const META_NODE_ID: &str = "node_id";
 const META_REPAIR: &str = "repair";
-/// Set once the log held a membership of more than one node: this node has had peers, so a
-/// damaged log can be repaired from them.
+/// Whether the last membership the log held had other voters: then a damaged log can be
+/// repaired from them.
 const META_HAD_PEERS: &str = "had_peers";
 
 /// At most this many damaged places are set aside in one open; more is a disk to replace.
@@ -57,9 +57,12 @@ pub struct LogRepair {
     pub lost_from: u64,
     /// The last index the log held before the damage (at least `lost_from`).
     pub lost_through: u64,
-    /// The id of that last entry, if it could be read. Unknown, the node votes for no one until
-    /// its log holds index `lost_through` again.
+    /// The id of that last entry, if it could be read.
     pub held_through: Option<LogId<NodeId>>,
+    /// The term of the node's vote when the damage was found. With `held_through` unknown,
+    /// only a log ending in an entry of a later term is sure to hold every entry this log held
+    /// (a leader of a later term holds every entry committed before it).
+    pub vote_term: u64,
 }
 
 impl LogRepair {
@@ -67,7 +70,7 @@ impl LogRepair {
     fn repaired_by(&self, last: Option<LogId<NodeId>>) -> bool {
         match self.held_through {
             Some(held) => last >= Some(held),
-            None => last.is_some_and(|last| last.index >= self.lost_through),
+            None => last.is_some_and(|last| last.leader_id.term > self.vote_term),
         }
     }
 
@@ -80,6 +83,7 @@ impl LogRepair {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 _ => None,
             },
+            vote_term: self.vote_term.max(other.vote_term),
         }
     }
 }
@@ -149,15 +153,20 @@ impl LogStore {
     /// loss recorded as a [`LogRepair`] before, durably; the leader sends the entries again.
     /// Returns the damage found. (A single node has no one to repair from: it opens with
     /// [`LogStore::open`], which fails naming the damage.)
-    pub fn open_repairing(dir: &Path, has_peers: bool) -> Result<(Self, Vec<Damage>)> {
-        Self::open_inner(dir, SEGMENT_TARGET_BYTES, Some(has_peers))
+    pub fn open_repairing(
+        dir: &Path,
+        node_id: NodeId,
+        has_peers: bool,
+    ) -> Result<(Self, Vec<Damage>)> {
+        Self::open_inner(dir, SEGMENT_TARGET_BYTES, Some((node_id, has_peers)))
     }
 
-    /// `repair`: `None` never sets damage aside; `Some(has_peers)` does if this node has peers.
+    /// `repair`: `None` never sets damage aside; `Some((node id, has peers))` does if this node
+    /// has peers.
     fn open_inner(
         dir: &Path,
         segment_bytes: u64,
-        repair: Option<bool>,
+        repair: Option<(NodeId, bool)>,
     ) -> Result<(Self, Vec<Damage>)> {
         let open_meta = || -> std::result::Result<Database, DbError> {
             std::fs::create_dir_all(dir)?;
@@ -179,8 +188,21 @@ impl LogStore {
         let meta =
             open_meta().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
         let purged = read_meta::<LogId<NodeId>>(&meta, META_LAST_PURGED)?;
+        let node_id = repair.map(|(node_id, _)| node_id);
+        if let Some(node_id) = node_id
+            && let Some(owner) = read_meta::<NodeId>(&meta, META_NODE_ID)?
+            && owner != node_id
+        {
+            // Before anything is set aside: this is another node's data dir.
+            let wrong = DbError::Corrupted(format!(
+                "this data dir belongs to node {owner}, not node {node_id}"
+            ));
+            return Err(storage_error(ErrorSubject::Store, ErrorVerb::Read, &wrong));
+        }
         let repair = match repair {
-            Some(has_peers) => has_peers || read_meta::<bool>(&meta, META_HAD_PEERS)?.is_some(),
+            Some((_, has_peers)) => {
+                has_peers || read_meta::<bool>(&meta, META_HAD_PEERS)? == Some(true)
+            }
             None => false,
         };
         let logs_error = |e: &io::Error| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
@@ -211,6 +233,8 @@ impl LogStore {
                     .as_deref()
                     .and_then(|payload| decode_entry(payload).ok())
                     .map(|entry| entry.log_id),
+                vote_term: read_meta::<Vote<NodeId>>(&meta, META_VOTE)?
+                    .map_or(0, |vote| vote.leader_id.term),
             };
             record_repair(&meta, lost)
                 .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
@@ -218,24 +242,14 @@ impl LogStore {
             tracing::warn!(kept_in = %aside.display(), "set the damaged records aside");
             damages.push(damage);
         };
-        if !damages.is_empty() {
+        let pending = read_meta::<LogRepair>(&meta, META_REPAIR)?;
+        if pending.is_some() {
+            // (On every start while the repair is pending: a crash may have come between the
+            // set-aside and this.)
             // The committed id may point past what is left: openraft re-applies the log up to
             // it at the start, and the lost entries are not there to apply. Brought back to the
             // last entry left; the leader tells the commit index again.
-            let kept_last = match segments.last_index() {
-                Some(last) => {
-                    let mut kept_last = None;
-                    for span in segments.locate(last, last + 1) {
-                        span.read(|payload| {
-                            kept_last = Some(decode_entry(payload)?.log_id);
-                            Ok(())
-                        })
-                        .map_err(|e| logs_error(&e))?;
-                    }
-                    kept_last
-                }
-                None => None,
-            };
+            let kept_last = last_entry_id(&segments).map_err(|e| logs_error(&e))?;
             let clamp = || -> std::result::Result<(), DbError> {
                 let txn = meta.begin_write()?;
                 let committed =
@@ -249,9 +263,12 @@ impl LogStore {
                 Ok(())
             };
             clamp().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+            if let Some(node_id) = node_id {
+                demote_own_leadership(&meta, node_id)
+                    .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
+            }
         }
-        let pending = read_meta::<LogRepair>(&meta, META_REPAIR)?;
-        let had_peers = read_meta::<bool>(&meta, META_HAD_PEERS)?.is_some();
+        let had_peers = read_meta::<bool>(&meta, META_HAD_PEERS)? == Some(true);
         Ok((
             LogStore {
                 inner: Arc::new(Inner {
@@ -284,19 +301,21 @@ impl LogStore {
     /// where this log reached before (Raft's vote rule, against the log as it was).
     pub(crate) fn vote_refusal(&self, candidate_last: Option<LogId<NodeId>>) -> Option<String> {
         let repair = self.repair()?;
-        match repair.held_through {
-            Some(held) if candidate_last >= Some(held) => None,
-            Some(held) => Some(format!(
-                "this node's Raft log lost entries {}..={} to damage; until a leader sends them \
-                 again it votes only for a log reaching {held}, and the candidate's ends at {:?}",
-                repair.lost_from, repair.lost_through, candidate_last
-            )),
-            None => Some(format!(
-                "this node's Raft log lost entries {}..={} to damage; it votes again once a \
-                 leader has sent them",
-                repair.lost_from, repair.lost_through
-            )),
+        if repair.repaired_by(candidate_last) {
+            return None;
         }
+        let needed = match repair.held_through {
+            Some(held) => format!("a log reaching {held}"),
+            None => format!(
+                "a log ending in an entry of a term after {}",
+                repair.vote_term
+            ),
+        };
+        Some(format!(
+            "this node's Raft log lost entries {}..={} to damage; until a leader sends them again \
+             it votes only for {needed}, and the candidate's ends at {candidate_last:?}",
+            repair.lost_from, repair.lost_through
+        ))
     }
 
     /// True for a log that has never held a vote or an entry: a data dir that was never part of
@@ -327,21 +346,7 @@ impl LogStore {
 
     /// The id of the last entry in the log, if it holds any.
     pub(crate) fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
-        let read = || -> io::Result<Option<LogId<NodeId>>> {
-            let log = self.log()?;
-            let spans = match log.segments.last_index() {
-                Some(last) => log.segments.locate(last, last + 1),
-                None => return Ok(None),
-            };
-            let mut last = None;
-            for span in spans {
-                span.read(|payload| {
-                    last = Some(decode_entry(payload)?.log_id);
-                    Ok(())
-                })?;
-            }
-            Ok(last)
-        };
+        let read = || last_entry_id(&self.log()?.segments);
         read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
 
@@ -419,6 +424,21 @@ impl LogStore {
     }
 }
 
+/// The id of the last entry in `segments`, if any.
+fn last_entry_id(segments: &Segments) -> io::Result<Option<LogId<NodeId>>> {
+    let Some(last) = segments.last_index() else {
+        return Ok(None);
+    };
+    let mut id = None;
+    for span in segments.locate(last, last + 1) {
+        span.read(|payload| {
+            id = Some(decode_entry(payload)?.log_id);
+            Ok(())
+        })?;
+    }
+    Ok(id)
+}
+
 /// The log for changing it.
 fn lock(inner: &Inner) -> io::Result<RwLockWriteGuard<'_, Log>> {
     inner.log.write().map_err(|_| poisoned())
@@ -488,6 +508,24 @@ fn record_repair(meta: &Database, lost: LogRepair) -> std::result::Result<(), Db
     let earlier = get_meta::<LogRepair>(&txn.open_table(META)?, META_REPAIR)?;
     let repair = earlier.map_or(lost.clone(), |earlier| earlier.merge(lost));
     put_meta(&txn, META_REPAIR, &repair)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// A leader's vote is saved as committed, and openraft resumes leading at start with a committed
+/// vote of its own, without an election. A node whose log lost entries must not lead (it lacks
+/// them), so its own committed vote is saved back as a vote for itself in the same term: it
+/// starts as a follower and still votes for no one else in that term.
+fn demote_own_leadership(meta: &Database, node_id: NodeId) -> std::result::Result<(), DbError> {
+    let txn = meta.begin_write()?;
+    let vote = get_meta::<Vote<NodeId>>(&txn.open_table(META)?, META_VOTE)?;
+    if let Some(vote) = vote
+        && vote.committed
+        && vote.leader_id.node_id == node_id
+    {
+        tracing::warn!(%vote, "this node led with the damaged log: it starts as a follower");
+        put_meta(&txn, META_VOTE, &Vote::new(vote.leader_id.term, node_id))?;
+    }
     txn.commit()?;
     Ok(())
 }
@@ -678,33 +716,45 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let last_log_id = entries.last().map(|entry| entry.log_id);
-        // Rare (membership changes): written once, with the append.
-        let first_peers = entries.iter().any(|entry| {
-            matches!(&entry.payload, EntryPayload::Membership(membership) if membership.nodes().count() > 1)
-        }) && !self.inner.had_peers.load(std::sync::atomic::Ordering::Acquire);
+        // Whether the last membership in this append has other voters; written when it changes
+        // (rare: membership changes).
+        let peers_now = entries
+            .iter()
+            .rev()
+            .find_map(|entry| match &entry.payload {
+                EntryPayload::Membership(membership) => Some(membership.voter_ids().count() > 1),
+                _ => None,
+            })
+            .filter(|peers| {
+                *peers
+                    != self
+                        .inner
+                        .had_peers
+                        .load(std::sync::atomic::Ordering::Acquire)
+            });
         let payloads = entries
             .iter()
             .map(encode)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
         self.with_log(move |inner| {
-            let mut encoded = Vec::new();
-            let lengths = encode_records(first_index, &payloads, &mut encoded)?;
             let target = lock(inner)?.segments.prepare_append(first_index)?;
+            let mut encoded = Vec::new();
+            let lengths = target.encode(&payloads, &mut encoded)?;
             // The write and its sync hold no lock, so readers (replication, apply) go on.
             target.write_and_sync(&encoded)?;
             lock(inner)?.segments.finish_append(&target, &lengths);
-            if first_peers {
+            if let Some(peers) = peers_now {
                 let mark = || -> std::result::Result<(), DbError> {
                     let txn = inner.meta.begin_write()?;
-                    put_meta(&txn, META_HAD_PEERS, &true)?;
+                    put_meta(&txn, META_HAD_PEERS, &peers)?;
                     txn.commit()?;
                     Ok(())
                 };
                 mark().map_err(io::Error::other)?;
                 inner
                     .had_peers
-                    .store(true, std::sync::atomic::Ordering::Release);
+                    .store(peers, std::sync::atomic::Ordering::Release);
             }
             end_repair_if_whole(inner, last_log_id)
         })

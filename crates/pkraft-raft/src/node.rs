@@ -195,7 +195,7 @@ impl Node {
             path: data_dir.to_path_buf(),
             source,
         })?;
-        let config = Arc::new(settings.openraft_config()?);
+        let mut config = settings.openraft_config()?;
         if data_dir.join(LOG_FILE_V1).exists() {
             return Err(StartError::LogFormatV1(data_dir.to_path_buf()));
         }
@@ -207,15 +207,21 @@ impl Node {
                 source,
             }
         })?;
-        // A node with peers repairs a damaged log from them; a single node has no one to
-        // repair from, so it refuses to start, naming what was damaged (docs/CONSISTENCY.md,
-        // "Damaged disks"). Peers: in the applied membership, or to join, or (the log knows)
-        // in a membership the log held.
-        let has_peers = !cluster.join.is_empty()
-            || crate::state_machine::applied_members(&store)?
-                .iter()
-                .any(|member| *member != id);
-        let (log_store, log_damage) = LogStore::open_repairing(&data_dir.join(LOG_DIR), has_peers)?;
+        // A node with other voters repairs a damaged log from them; the only voter has no one
+        // to repair from, so it refuses to start, naming what was damaged (docs/CONSISTENCY.md,
+        // "Damaged disks"). Other voters: in the applied membership, or (the log knows) in the
+        // last membership the log held.
+        let has_peers = crate::state_machine::applied_voters(&store)?
+            .iter()
+            .any(|voter| *voter != id);
+        let (log_store, log_damage) =
+            LogStore::open_repairing(&data_dir.join(LOG_DIR), id, has_peers)?;
+        if log_store.repair().is_some() {
+            // Held until the log is whole again (`hold_elections_while_repairing`), from the
+            // first tick on. (With PreVote openraft's timer is off anyway.)
+            config.enable_elect = false;
+        }
+        let config = Arc::new(config);
         log_store.claim_node_id(id)?;
         let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
         for _ in &log_damage {
@@ -227,7 +233,8 @@ impl Node {
             .with_metrics(metrics.clone())
             .with_build_times(build_times.clone())
             .with_dht_outbox(dht_outbox.clone());
-        if !log_damage.is_empty() {
+        if log_store.repair().is_some() {
+            // On every start while a repair is pending: a crash may have come before it was built.
             let log_end = log_store.last_log_id()?.max(log_store.purged()?);
             state_machine.cover_applied_with_snapshot(log_end).await?;
         }
@@ -487,11 +494,10 @@ impl Node {
     }
 }
 
-/// Without PreVote, openraft's own election timer runs: it is held off while the log is being
-/// repaired (with PreVote, the node's timer asks `Node::may_stand`). Started at once, well
-/// within the first election timeout.
+/// Without PreVote, openraft's own election timer runs: it starts off while the log is being
+/// repaired (`Node::start`), and this turns it on once the log is whole (with PreVote, the
+/// node's timer asks `Node::may_stand`).
 async fn hold_elections_while_repairing(node: Arc<Node>) {
-    node.raft.runtime_config().elect(false);
     while node.log_store.repair().is_some() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

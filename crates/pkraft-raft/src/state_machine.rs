@@ -72,16 +72,11 @@ impl AppliedState {
     }
 }
 
-/// The nodes of the membership the state in `store` was applied with (empty for a state never
-/// applied to).
-pub(crate) fn applied_members(store: &Store) -> Result<Vec<NodeId>> {
+/// The voters of the membership the state in `store` was applied with (every configuration of
+/// a joint one; empty for a state never applied to).
+pub(crate) fn applied_voters(store: &Store) -> Result<Vec<NodeId>> {
     let applied = AppliedState::load(store)?;
-    Ok(applied
-        .membership
-        .membership()
-        .nodes()
-        .map(|(id, _)| *id)
-        .collect())
+    Ok(applied.membership.membership().voter_ids().collect())
 }
 
 /// What an apply call tells the [`DhtOutbox`].

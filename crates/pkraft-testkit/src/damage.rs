@@ -1,7 +1,7 @@
 //! Damage to a stopped node's files, the way a disk damages them (bit rot, a lost write, a
 //! misdirected write), for the damaged-disk tests and the chaos harness's corruption kinds. It
-//! reads the log's on-disk format 2 (docs/ARCHITECTURE.md, "Files on disk"): an 8-byte magic,
-//! then records of a 36-byte header (payload length u32 LE, index u64 LE, first and last index
+//! reads the log's on-disk format 2 (docs/ARCHITECTURE.md, "Files on disk"): an 8-byte magic and
+//! an 8-byte salt, then records of a 36-byte header (payload length u32 LE, index u64 LE, first and last index
 //! of the append u64 LE each, two CRCs) and the payload.
 
 use std::io;
@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use crate::rng::SplitMix64;
 
 const MAGIC: &[u8; 8] = b"PKRLOG2\0";
+/// The segment's header: the magic and the salt.
+const SEGMENT_HEADER: usize = 16;
 const HEADER: usize = 36;
 
 /// One record of a log segment.
@@ -40,7 +42,7 @@ pub fn log_records(data_dir: &Path) -> io::Result<Vec<LogRecord>> {
         if bytes.get(..8) != Some(MAGIC.as_slice()) {
             continue;
         }
-        let mut at = 8;
+        let mut at = SEGMENT_HEADER;
         while let Some(header) = bytes.get(at..at + HEADER) {
             let u64_at = |from: usize| {
                 let mut word = [0; 8];

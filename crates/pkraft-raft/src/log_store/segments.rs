@@ -58,6 +58,10 @@ const MAGIC: &[u8; 8] = b"PKRLOG2\0";
 /// The first bytes of a segment in the old format, still read.
 const MAGIC_V1: &[u8; 8] = b"PKRLOG1\0";
 const MAGIC_LEN: usize = 8;
+/// A format 2 segment's header: the magic and a random salt (u64 LE), which every record
+/// header's checksum covers. A record is a whole record of this segment only with it: bytes a
+/// client chose (a packet inside a payload) cannot pass for one.
+const SEGMENT_HEADER: usize = 16;
 /// Where damaged records are kept once set aside ([`set_aside`]), inside the log directory.
 pub(crate) const DAMAGED_DIR: &str = "damaged";
 const RECORD_HEADER: usize = 36;
@@ -77,8 +81,33 @@ const APPEND_MAX: u64 = 1 << 24;
 enum Format {
     /// `PKRLOG1`: length, CRC of length and payload; no index, no header checksum.
     V1,
-    /// `PKRLOG2`: see the module docs.
-    V2,
+    /// `PKRLOG2`, with the segment's salt: see the module docs.
+    V2 { salt: u64 },
+}
+
+impl Format {
+    /// Reads the format (and salt) from a segment's first bytes, if they are a whole header.
+    fn of(bytes: &[u8]) -> Option<(Format, usize)> {
+        match bytes.get(..MAGIC_LEN)? {
+            magic if magic == MAGIC => {
+                let salt = bytes.get(MAGIC_LEN..SEGMENT_HEADER)?;
+                let mut word = [0; 8];
+                word.copy_from_slice(salt);
+                Some((
+                    Format::V2 {
+                        salt: u64::from_le_bytes(word),
+                    },
+                    SEGMENT_HEADER,
+                ))
+            }
+            magic if magic == MAGIC_V1 => Some((Format::V1, MAGIC_LEN)),
+            _ => None,
+        }
+    }
+
+    fn is_current(self) -> bool {
+        matches!(self, Format::V2 { .. })
+    }
 }
 
 /// Damage to synced records of the log: what the open found instead of a torn tail. Carried
@@ -183,10 +212,21 @@ pub(crate) struct AppendTarget {
     file: Arc<File>,
     offset: u64,
     first_index: u64,
+    salt: u64,
 }
 
 impl AppendTarget {
-    /// Writes `encoded` (from [`encode_records`]) at the end of the segment and syncs it.
+    /// Appends the records of one append, holding `payloads` at indexes from the target's first
+    /// on, to `out` for [`AppendTarget::write_and_sync`]; returns each record's length.
+    pub(crate) fn encode<P: AsRef<[u8]>>(
+        &self,
+        payloads: &[P],
+        out: &mut Vec<u8>,
+    ) -> io::Result<Vec<u64>> {
+        encode_records(self.salt, self.first_index, payloads, out)
+    }
+
+    /// Writes `encoded` (from [`AppendTarget::encode`]) at the end of the segment and syncs it.
     pub(crate) fn write_and_sync(&self, encoded: &[u8]) -> io::Result<()> {
         let written = self
             .file
@@ -242,9 +282,10 @@ impl Span {
     }
 }
 
-/// Appends the records of one append, holding `payloads` at indexes `first_index..`, to `out`
-/// for [`AppendTarget::write_and_sync`]; returns each record's length.
-pub(crate) fn encode_records<P: AsRef<[u8]>>(
+/// Appends the records of one append to a segment of salt `salt`, holding `payloads` at indexes
+/// `first_index..`, to `out`; returns each record's length.
+fn encode_records<P: AsRef<[u8]>>(
+    salt: u64,
     first_index: u64,
     payloads: &[P],
     out: &mut Vec<u8>,
@@ -274,7 +315,7 @@ pub(crate) fn encode_records<P: AsRef<[u8]>>(
         out.extend_from_slice(&first_index.to_le_bytes());
         out.extend_from_slice(&append_last.to_le_bytes());
         out.extend_from_slice(&crc(payload).to_le_bytes());
-        let header_crc = crc(&out[start..]);
+        let header_crc = header_crc(salt, &out[start..]);
         out.extend_from_slice(&header_crc.to_le_bytes());
         out.extend_from_slice(payload);
         lengths.push((RECORD_HEADER + payload.len()) as u64);
@@ -389,7 +430,7 @@ impl Segments {
         let closed = self
             .segments
             .last()
-            .is_some_and(|last| last.end >= self.target_bytes || last.format != Format::V2);
+            .is_some_and(|last| last.end >= self.target_bytes || !last.format.is_current());
         if !follows || closed {
             let path = self.dir.join(segment_file_name(first_index));
             let mut file = OpenOptions::new()
@@ -398,31 +439,37 @@ impl Segments {
                 .create(true)
                 .truncate(true)
                 .open(&path)?;
+            let salt: u64 = rand::random();
             file.write_all(MAGIC)?;
+            file.write_all(&salt.to_le_bytes())?;
             file.sync_all()?;
             sync_dir(&self.dir)?;
             self.segments.push(Segment {
                 first_index,
                 path,
                 file: Arc::new(file),
-                format: Format::V2,
+                format: Format::V2 { salt },
                 offsets: Vec::new(),
-                end: MAGIC_LEN as u64,
+                end: SEGMENT_HEADER as u64,
             });
         }
         let last = self
             .segments
             .last()
             .ok_or_else(|| io::Error::other("no segment to append to"))?;
+        let Format::V2 { salt } = last.format else {
+            return Err(io::Error::other("appending to a segment in the old format"));
+        };
         Ok(AppendTarget {
             file: last.file.clone(),
             offset: last.end,
             first_index,
+            salt,
         })
     }
 
     /// Publishes records written through `target`, of the given lengths (from
-    /// [`encode_records`]), once they are synced.
+    /// [`AppendTarget::encode`]), once they are synced.
     pub(crate) fn finish_append(&mut self, target: &AppendTarget, lengths: &[u64]) {
         let Some(last) = self.segments.last_mut() else {
             return;
@@ -522,35 +569,33 @@ impl From<io::Error> for ScanError {
 fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanError> {
     let file = OpenOptions::new().read(true).write(true).open(&path)?;
     let bytes = fs::read(&path)?;
-    let format = match bytes.get(..MAGIC_LEN) {
-        Some(magic) if magic == MAGIC => Format::V2,
-        Some(magic) if magic == MAGIC_V1 => Format::V1,
-        _ => {
-            // Cut inside the header, or never written: the crash came while the segment was
-            // being created, before anything was appended to it.
-            let unwritten = MAGIC.starts_with(&bytes) || bytes.iter().all(|b| *b == 0);
-            if is_last && unwritten {
-                return Ok(Segment {
-                    first_index,
-                    path,
-                    file: Arc::new(file),
-                    format: Format::V2,
-                    offsets: Vec::new(),
-                    end: 0,
-                });
-            }
-            return Err(ScanError::Damaged(Damage {
-                segment: path,
-                offset: 0,
+    let Some((format, header_len)) = Format::of(&bytes) else {
+        // Cut inside the header, or never written: the crash came while the segment was being
+        // created, before anything was appended to it.
+        let unwritten = bytes.len() < SEGMENT_HEADER
+            && MAGIC.starts_with(&bytes[..bytes.len().min(MAGIC_LEN)])
+            || bytes.iter().all(|b| *b == 0);
+        if is_last && unwritten {
+            return Ok(Segment {
                 first_index,
-                last_index_after: None,
-                reason: "not a pkraft log segment",
-                last_record_after: None,
-            }));
+                path,
+                file: Arc::new(file),
+                format: Format::V2 { salt: 0 },
+                offsets: Vec::new(),
+                end: 0,
+            });
         }
+        return Err(ScanError::Damaged(Damage {
+            segment: path,
+            offset: 0,
+            first_index,
+            last_index_after: None,
+            reason: "not a pkraft log segment",
+            last_record_after: None,
+        }));
     };
     let mut offsets = Vec::new();
-    let mut position = MAGIC_LEN;
+    let mut position = header_len;
     // The append range of the last whole record, to tell whether a bad record is in it.
     let mut last_append = None;
     while position < bytes.len() {
@@ -572,11 +617,15 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanE
             Some((first, last)) if last >= index => first,
             _ => index,
         };
-        let torn_append = |(first, last): (u64, u64)| first == bad_append_first && last >= index;
+        // Also one that starts at `index`: a truncation keeps the append range of the records
+        // before the cut, and the next append starts right at it.
+        let torn_append = |(first, last): (u64, u64)| {
+            (first == bad_append_first || first == index) && last >= index
+        };
         let torn = is_last
             && match (format, &after) {
                 (_, None) => true,
-                (Format::V2, Some(after)) => after.appends.iter().copied().all(torn_append),
+                (Format::V2 { .. }, Some(after)) => after.appends.iter().copied().all(torn_append),
                 (Format::V1, Some(_)) => false,
             };
         if !torn {
@@ -635,16 +684,22 @@ fn records_after(format: Format, bytes: &[u8], bad: usize, bad_index: u64) -> Op
     let mut at = bad + 1;
     let mut count = 0;
     while at < bytes.len() {
-        let record = find_record(format, &bytes[at..])
-            .filter(|record| format == Format::V1 || record.index > bad_index);
+        let record = find_record(format, &bytes[at..]).filter(|record| {
+            // Format 2: a later index than the bad one, and no more later than the bytes
+            // between them can hold (a record is at least a header and one byte).
+            let most = bad_index
+                .saturating_add(((at - bad) / (RECORD_HEADER + 1)) as u64)
+                .saturating_add(1);
+            !format.is_current() || (record.index > bad_index && record.index <= most)
+        });
         let Some(record) = record else {
             at += 1;
             continue;
         };
         count += 1;
         let index = match format {
-            Format::V2 => record.index,
-            Format::V1 => bad_index + count,
+            Format::V2 { .. } => record.index,
+            Format::V1 => bad_index.saturating_add(count),
         };
         let entry = found.get_or_insert(RecordsAfter {
             last_index: index,
@@ -675,7 +730,7 @@ struct Record<'a> {
 /// Parses one record off the front of `bytes`, which must hold index `index`.
 fn parse_record(format: Format, bytes: &[u8], index: u64) -> Result<Record<'_>, &'static str> {
     let record = find_record_checked(format, bytes)?;
-    if format == Format::V2 && record.index != index {
+    if format.is_current() && record.index != index {
         // A write that landed at the wrong offset, or a record of another log.
         return Err("record holds another index than its place (a misdirected write)");
     }
@@ -689,12 +744,12 @@ fn find_record(format: Format, bytes: &[u8]) -> Option<Record<'_>> {
 /// Parses one record off the front of `bytes`, checking its checksums, whatever index it holds.
 fn find_record_checked(format: Format, bytes: &[u8]) -> Result<Record<'_>, &'static str> {
     match format {
-        Format::V2 => parse_v2(bytes),
+        Format::V2 { salt } => parse_v2(salt, bytes),
         Format::V1 => parse_v1(bytes),
     }
 }
 
-fn parse_v2(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
+fn parse_v2(salt: u64, bytes: &[u8]) -> Result<Record<'_>, &'static str> {
     let header: &[u8; RECORD_HEADER] = bytes
         .get(..RECORD_HEADER)
         .and_then(|h| h.try_into().ok())
@@ -707,7 +762,7 @@ fn parse_v2(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
         word.copy_from_slice(&header[at..at + 8]);
         u64::from_le_bytes(word)
     };
-    if crc(&header[..32]) != u32_at(32) {
+    if header_crc(salt, &header[..32]) != u32_at(32) {
         return Err("record header checksum mismatch");
     }
     let len = u32_at(0);
@@ -768,34 +823,35 @@ fn parse_v1(bytes: &[u8]) -> Result<Record<'_>, &'static str> {
 /// for use).
 fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<(u64, Vec<u8>)>> {
     let damaged_first = segment_first_index(damaged);
-    let mut later: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter_map(|path| Some((segment_first_index(&path)?, path)))
-        .filter(|(first, _)| Some(*first) > damaged_first)
-        .collect();
-    later.sort();
-    // The last segment with a whole record holds the log's last entry.
-    for (first, path) in later.into_iter().rev() {
-        let bytes = fs::read(&path)?;
-        let format = match bytes.get(..MAGIC_LEN) {
-            Some(magic) if magic == MAGIC => Format::V2,
-            Some(magic) if magic == MAGIC_V1 => Format::V1,
-            _ => continue,
+    let mut last: Option<(u64, Vec<u8>)> = None;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(first) = segment_first_index(&path).filter(|first| Some(*first) > damaged_first)
+        else {
+            continue;
         };
-        let mut at = MAGIC_LEN;
-        let mut last = None;
-        while let Some(record) = bytes.get(at..).and_then(|rest| find_record(format, rest)) {
-            at += record.size;
-            last = Some((
-                last.map_or(first, |(index, _)| index + 1),
-                record.payload.to_vec(),
-            ));
-        }
-        if last.is_some() {
-            return Ok(last);
+        let bytes = fs::read(&path)?;
+        let Some((format, header_len)) = Format::of(&bytes) else {
+            continue;
+        };
+        // Every whole record, past any damage in this segment too (`records_after` resyncs
+        // byte by byte).
+        let Some(found) = records_after(
+            format,
+            &bytes,
+            header_len.saturating_sub(1),
+            first.saturating_sub(1),
+        ) else {
+            continue;
+        };
+        if last
+            .as_ref()
+            .is_none_or(|(index, _)| found.last_index > *index)
+        {
+            last = Some((found.last_index, found.last_payload));
         }
     }
-    Ok(None)
+    Ok(last)
 }
 
 /// Moves damaged records out of the log, keeping them for a post-mortem in `damaged/` beside
@@ -805,9 +861,10 @@ fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<(u64, Vec<u8>
 pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
     let aside = dir.join(DAMAGED_DIR);
     fs::create_dir_all(&aside)?;
+    // Nanoseconds: a set-aside again soon after (a crash loop) must not overwrite this one.
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
+        .map(|elapsed| elapsed.as_nanos())
         .unwrap_or_default();
     let kept_name = |path: &Path| {
         let name = path
@@ -849,6 +906,14 @@ fn crc(bytes: &[u8]) -> u32 {
     crc32fast::hash(bytes)
 }
 
+/// CRC-32 of the segment's salt and a record header's first 32 bytes.
+fn header_crc(salt: u64, header: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&salt.to_le_bytes());
+    hasher.update(header);
+    hasher.finalize()
+}
+
 /// Makes file creations and removals in `dir` durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -871,7 +936,7 @@ mod tests {
     fn append(segments: &mut Segments, first_index: u64, payloads: &[&[u8]]) {
         let target = segments.prepare_append(first_index).expect("prepare");
         let mut encoded = Vec::new();
-        let lengths = encode_records(first_index, payloads, &mut encoded).expect("encode");
+        let lengths = target.encode(payloads, &mut encoded).expect("encode");
         target.write_and_sync(&encoded).expect("write");
         segments.finish_append(&target, &lengths);
     }
@@ -886,6 +951,14 @@ mod tests {
             .expect("read");
         }
         out
+    }
+
+    /// The salt of the segment at `path`.
+    fn salt_of(path: &Path) -> u64 {
+        match Format::of(&fs::read(path).expect("read")) {
+            Some((Format::V2 { salt }, _)) => salt,
+            _ => panic!("not a format 2 segment"),
+        }
     }
 
     fn payload(index: u64) -> Vec<u8> {
@@ -937,7 +1010,7 @@ mod tests {
         // A crash mid-append: half of a record's header and payload reached the disk.
         let path = dir.path().join(segment_file_name(1));
         let mut torn = Vec::new();
-        encode_records(4, &[payload(4)], &mut torn).expect("encode");
+        encode_records(salt_of(&path), 4, &[payload(4)], &mut torn).expect("encode");
         let mut file = OpenOptions::new().append(true).open(&path).expect("open");
         file.write_all(&torn[..torn.len() / 2]).expect("write");
         drop(file);
@@ -959,7 +1032,7 @@ mod tests {
         // Flip a payload byte of the first record of the first segment.
         let path = dir.path().join(segment_file_name(1));
         let mut bytes = fs::read(&path).expect("read");
-        let at = MAGIC.len() + RECORD_HEADER;
+        let at = SEGMENT_HEADER + RECORD_HEADER;
         bytes[at] ^= 0xff;
         fs::write(&path, bytes).expect("write");
 
@@ -974,9 +1047,9 @@ mod tests {
     /// Offset of record `position` (0-based) in a segment written by `fill`.
     fn record_offset(path: &Path, position: usize) -> usize {
         let bytes = fs::read(path).expect("read");
-        let mut at = MAGIC.len();
+        let (format, mut at) = Format::of(&bytes).expect("a segment header");
         for _ in 0..position {
-            at += find_record_checked(Format::V2, &bytes[at..])
+            at += find_record_checked(format, &bytes[at..])
                 .expect("record")
                 .size;
         }
@@ -1150,6 +1223,61 @@ mod tests {
             .read(|_| Ok(()))
             .expect_err("a bad record is not served");
         assert_eq!(damage_of(&err).first_index, 4);
+    }
+
+    #[test]
+    fn an_append_after_a_truncation_torn_out_of_order_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 4);
+        let five = [payload(4), payload(5), payload(6), payload(7), payload(8)];
+        append(
+            &mut segments,
+            4,
+            &[&five[0], &five[1], &five[2], &five[3], &five[4]],
+        );
+        // A new leader replaces 6..: records 4 and 5 keep the append range 4..=8.
+        segments.truncate(6).expect("truncate");
+        let three = [payload(6), payload(7), payload(8)];
+        append(&mut segments, 6, &[&three[0], &three[1], &three[2]]);
+        drop(segments);
+        // That append torn out of order: 6 never written, 7 and 8 whole.
+        let path = dir.path().join(segment_file_name(1));
+        let (from, to) = (record_offset(&path, 5), record_offset(&path, 6));
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[from..to].fill(0);
+        fs::write(&path, bytes).expect("write");
+
+        let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .expect("an unacknowledged append torn out of order is cut");
+        assert_eq!(segments.last_index(), Some(5));
+    }
+
+    /// A payload is bytes a client chose (a signed packet): one that holds a record, header
+    /// checksum and all, must not pass for a whole record after a torn tail. The segment's
+    /// random salt, in every header checksum, is what a client cannot know.
+    #[test]
+    fn a_record_inside_a_payload_does_not_count_as_a_whole_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 4);
+        // A record of a later append as a client would forge it, with another salt.
+        let mut forged = Vec::new();
+        encode_records(12345, 1_000, &[b"forged".as_slice()], &mut forged).expect("encode");
+        let mut carrier = b"packet:".to_vec();
+        carrier.extend_from_slice(&forged);
+        append(&mut segments, 4, &[&carrier]);
+        drop(segments);
+        // The carrier's own header is torn (a crash during that append).
+        let path = dir.path().join(segment_file_name(1));
+        let at = record_offset(&path, 3);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[at..at + 8].fill(0);
+        fs::write(&path, bytes).expect("write");
+
+        let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .expect("a torn tail, whatever its payload holds");
+        assert_eq!(segments.last_index(), Some(3));
     }
 
     /// Format 1 segments, written before the format carried indexes and header checksums.
