@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use pkraft_testkit::damage::{LogRecord, RecordDamage, damage_record, log_records};
+use pkraft_testkit::damage::{
+    LogRecord, RecordDamage, StateDamage, damage_record, damage_state, log_records,
+};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::rng::SplitMix64;
 use pkraft_testkit::{iroh_packet, keypair};
@@ -338,28 +340,101 @@ async fn a_repairing_follower_does_not_elect_a_node_that_lacks_what_it_lost() {
     }
 }
 
+/// Flips one byte in the middle of the node's current snapshot data file (in the frames, which
+/// the snapshot's checksum covers).
+fn damage_snapshot_middle(data_dir: &Path) {
+    let file = snapshot_data_file(data_dir).expect("the node has a snapshot");
+    let mut bytes = std::fs::read(&file).expect("read the snapshot");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&file, bytes).expect("damage the snapshot");
+}
+
+const PURGING_SINGLE_NODE: &str = "[raft]\nsnapshot_after_entries = 5\nentries_kept_after_snapshot = 0\n\
+                                   [cluster]\nbootstrap = true\n";
+
 /// redb 4.5 could open a `state.redb` whose commit slots both failed their checksums as an empty
-/// database (redb 4.6.0's changelog). With the log purged behind a snapshot, pkraft would then
-/// have started with less than it acknowledged. With 4.6 the open fails, and pkraft refuses to
-/// start naming the file.
+/// database (redb 4.6.0's changelog); with the log purged behind a snapshot, pkraft would then
+/// have started with less than it acknowledged. Now a damaged state (redb refuses it, or it
+/// opens empty while the log was purged) is set aside and rebuilt from the node's own snapshot
+/// and the log after it: a single node loses nothing and serves everything again.
 #[tokio::test]
-async fn a_damaged_state_file_is_reported_never_opened_empty() {
-    let mut server = TestServer::start_with_config(
-        "[raft]\nsnapshot_after_entries = 5\nentries_kept_after_snapshot = 0\n\
-         [cluster]\nbootstrap = true\n",
-    );
-    publish(&server, 39_000, 20, 1).await;
-    server.kill();
-    let state = server.data_dir().join("state.redb");
-    let mut bytes = std::fs::read(&state).expect("read state.redb");
-    // redb's super-header: a 64-byte header, then two 128-byte commit slots, each ending in its
-    // checksum (redb docs/design.md). One byte of each slot's root page number.
-    for slot in [64, 192] {
-        bytes[slot + 8] ^= 0x5a;
+async fn a_single_node_rebuilds_a_damaged_state_from_its_snapshot_and_log() {
+    let mut server = TestServer::start_with_config(PURGING_SINGLE_NODE);
+    let published = publish(&server, 39_000, 20, 1).await;
+    for damage in StateDamage::ALL {
+        server.kill();
+        damage_state(server.data_dir(), damage).expect("damage state.redb");
+        server.restart();
+        server
+            .wait_for_log("the damaged state store was set aside")
+            .await;
+        assert_eq!(
+            count_served(&server, &published).await,
+            published.len(),
+            "after {}",
+            damage.name()
+        );
+        assert_eq!(
+            metric(&server, "pkraft_storage_damage_total{what=\"state\"}").await,
+            Some(1.0),
+            "after {}",
+            damage.name()
+        );
     }
-    std::fs::write(&state, &bytes).expect("damage state.redb");
+    let kept = std::fs::read_dir(server.data_dir().join("damaged"))
+        .expect("damaged/ in the data dir")
+        .count();
+    assert_eq!(kept, StateDamage::ALL.len(), "one damaged state file kept per repair");
+}
+
+/// With its snapshot damaged too and the log purged, a single node has nothing to rebuild its
+/// state from: it refuses to start, naming the file, and never starts with less.
+#[tokio::test]
+async fn a_single_node_without_a_whole_snapshot_refuses_a_damaged_state() {
+    let mut server = TestServer::start_with_config(PURGING_SINGLE_NODE);
+    publish(&server, 39_100, 20, 1).await;
+    server.kill();
+    damage_snapshot_middle(server.data_dir());
+    let state = damage_state(server.data_dir(), StateDamage::CommitSlots).expect("damage");
     let refusal = server.restart_refused();
     assert!(refusal.contains("state.redb"), "{refusal}");
+    assert!(refusal.contains("no other voter"), "{refusal}");
+    assert!(state.exists(), "the damaged file stays where it was");
+}
+
+/// A follower whose state and snapshot are both damaged, with its log purged, cannot rebuild
+/// its state itself: it sets the log aside as well, serves no local read and grants no vote
+/// for less than its log held, takes a snapshot and the entries from the leader, and is back in
+/// service with every packet.
+#[tokio::test]
+async fn a_follower_rebuilds_a_damaged_state_from_the_cluster() {
+    let mut cluster = TestCluster::start(
+        3,
+        "snapshot_after_entries = 10\nentries_kept_after_snapshot = 0\n",
+    )
+    .await;
+    let leader = cluster.leader().await;
+    let damaged = cluster.ids_except(leader)[0];
+    let published = publish_served_by(&cluster, leader, damaged, 43_000, 30).await;
+    cluster.member_mut(damaged).server.kill();
+    let data_dir = cluster.member(damaged).server.data_dir().to_path_buf();
+    damage_snapshot_middle(&data_dir);
+    damage_state(&data_dir, StateDamage::CommitSlots).expect("damage state.redb");
+
+    let newest_first: Vec<_> = published.iter().rev().cloned().collect();
+    cluster.restart(damaged);
+    let server = &cluster.member(damaged).server;
+    server.wait_for_log("set the whole Raft log aside").await;
+    assert_never_older(server, &newest_first).await;
+    server.wait_for_log("the Raft log is whole again").await;
+    assert_eq!(
+        metric(server, "pkraft_storage_damage_total{what=\"state\"}").await,
+        Some(1.0)
+    );
+    let (key, fresh) = packet(43_100, 1_000);
+    put_until_accepted(&cluster.member(leader).server, &key, &fresh).await;
+    wait_served(server, &key, &fresh).await;
 }
 
 /// Polls `server` for each of `published` until it serves it, failing at the first answer

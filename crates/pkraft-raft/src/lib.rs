@@ -25,6 +25,8 @@
 //! - [`reads`]: [`Node::read`] at a [`Consistency`], staleness of the local replica and the
 //!   linearizable read barrier.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
+//! - `state_repair`: a damaged `state.redb` is set aside and rebuilt (from the node's snapshot
+//!   and log, or from the cluster).
 //! - `codec`: postcard encoding and the blocking-pool helper for storage work.
 //! - [`settings`]: the `[raft]` config section.
 
@@ -52,6 +54,7 @@ pub mod settings;
 mod snapshot_file;
 mod snapshot_receipt;
 mod snapshot_schedule;
+mod state_repair;
 pub mod state_machine;
 pub mod type_config;
 pub mod write_path;

@@ -296,6 +296,65 @@ impl LogStore {
             .and_then(|repair| repair.clone())
     }
 
+    /// Whether the last membership this log held had voters other than this node.
+    pub(crate) fn had_peers(&self) -> bool {
+        self.inner
+            .had_peers
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the whole log aside because the state it was applied to is lost and cannot be
+    /// rebuilt on this node (`state_repair`): the state needs entries this log purged, so a
+    /// leader must send a snapshot and the entries again. Recorded first, durably, as a repair
+    /// of every entry the log held (until a leader has sent them, this node stands for no
+    /// election and votes only for a log that reaches as far); then the segments go to
+    /// `raft-log/damaged/`, and the purge point and the committed id are cleared, so that the
+    /// log is empty. Before Raft starts.
+    pub(crate) fn set_aside_for_state_repair(&self, node_id: NodeId) -> Result<LogRepair> {
+        let set_aside = || -> std::result::Result<LogRepair, DbError> {
+            let mut log = lock(&self.inner)?;
+            let held_through = last_entry_id(&log.segments)?.max(log.purged);
+            let vote = get_meta::<Vote<NodeId>>(
+                &self.inner.meta.begin_read()?.open_table(META)?,
+                META_VOTE,
+            )?;
+            let lost = LogRepair {
+                lost_from: 0,
+                lost_through: held_through.map_or(0, |log_id| log_id.index),
+                held_through,
+                vote_term: vote.map_or(0, |vote| vote.leader_id.term),
+            };
+            record_repair(&self.inner.meta, lost)?;
+            let dir = log.segments.dir().to_path_buf();
+            let aside = segments::set_aside_all(&dir)?;
+            log.segments = Segments::open(&dir, None, log.segments.target_bytes())?;
+            log.purged = None;
+            let txn = self.inner.meta.begin_write()?;
+            {
+                let mut table = txn.open_table(META)?;
+                table.remove(META_LAST_PURGED)?;
+            }
+            put_meta(&txn, META_COMMITTED, &None::<LogId<NodeId>>)?;
+            txn.commit()?;
+            demote_own_leadership(&self.inner.meta, node_id)?;
+            let repair = get_meta::<LogRepair>(
+                &self.inner.meta.begin_read()?.open_table(META)?,
+                META_REPAIR,
+            )?;
+            let repair = repair.ok_or_else(|| {
+                DbError::Corrupted("the repair just recorded is not in meta.redb".to_string())
+            })?;
+            *self.inner.repair.lock().map_err(|_| DbError::Io(poisoned()))? = Some(repair.clone());
+            tracing::warn!(
+                kept_in = %aside.display(),
+                held_through = ?held_through,
+                "set the whole Raft log aside: the leader sends a snapshot and the entries again"
+            );
+            Ok(repair)
+        };
+        set_aside().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
+    }
+
     /// Why this node must not vote for a candidate whose log ends at `candidate_last`, if it
     /// must not: its own log lost entries to damage, and the candidate's log does not reach
     /// where this log reached before (Raft's vote rule, against the log as it was).

@@ -25,6 +25,7 @@ pub(crate) enum Damaged {
     Log,
     Snapshot,
     SnapshotTransfer,
+    State,
 }
 
 impl Damaged {
@@ -33,6 +34,7 @@ impl Damaged {
             Damaged::Log => "log",
             Damaged::Snapshot => "snapshot",
             Damaged::SnapshotTransfer => "snapshot_transfer",
+            Damaged::State => "state",
         }
     }
 }
@@ -154,7 +156,7 @@ impl NodeMetrics {
             storage_damage: IntCounterVec::new(
                 Opts::new(
                     "pkraft_storage_damage_total",
-                    "Damaged data this node found and did not use, by what (log, snapshot, snapshot_transfer).",
+                    "Damaged data this node found and did not use, by what (log, snapshot, snapshot_transfer, state).",
                 ),
                 &["what"],
             )?,

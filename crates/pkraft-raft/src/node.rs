@@ -20,6 +20,7 @@ use crate::reads::Freshness;
 use crate::settings::{Settings, SettingsError};
 use crate::snapshot_schedule::BuildTimes;
 use crate::state_machine::StateMachine;
+use crate::state_repair;
 use crate::write_path::WritePath;
 use crate::{NodeId, TypeConfig};
 
@@ -60,6 +61,15 @@ pub enum StartError {
          docs/OPERATIONS.md, \"Repair\")"
     )]
     StateFile { path: PathBuf, source: StoreError },
+    #[error(
+        "state store {path} is damaged: {damage}; it cannot be rebuilt here: {why} (see \
+         docs/OPERATIONS.md, \"Repair\")"
+    )]
+    StateDamaged {
+        path: PathBuf,
+        damage: String,
+        why: String,
+    },
     #[error("raft log: {0}")]
     Log(#[from] StorageError<NodeId>),
     #[error(transparent)]
@@ -201,21 +211,24 @@ impl Node {
         }
         let state_file = data_dir.join(STATE_FILE);
         let cache_bytes = settings.state_cache_bytes()?;
-        let store = Store::open_with_cache(&state_file, cache_bytes).map_err(|source| {
-            StartError::StateFile {
-                path: state_file.clone(),
-                source,
-            }
-        })?;
-        // A node with other voters repairs a damaged log from them; the only voter has no one
-        // to repair from, so it refuses to start, naming what was damaged (docs/CONSISTENCY.md,
-        // "Damaged disks"). Other voters: in the applied membership, or (the log knows) in the
-        // last membership the log held.
-        let has_peers = crate::state_machine::applied_voters(&store)?
-            .iter()
-            .any(|voter| *voter != id);
+        let opened = Store::open_with_cache(&state_file, cache_bytes);
+        // A node with other voters repairs a damaged log or state from them; the only voter has
+        // no one to repair from, so it refuses to start, naming what was damaged (unless its
+        // own snapshot and log cover it; docs/CONSISTENCY.md, "Damaged disks"). Other voters:
+        // in the applied membership (or the snapshot's, if the state cannot be read), or (the
+        // log knows) in the last membership the log held.
+        let applied_voters = match &opened {
+            Ok(store) => crate::state_machine::applied_voters(store).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let has_peers = applied_voters
+            .into_iter()
+            .chain(state_repair::snapshot_voters(data_dir))
+            .any(|voter| voter != id);
         let (log_store, log_damage) =
             LogStore::open_repairing(&data_dir.join(LOG_DIR), id, has_peers)?;
+        let (store, state_rebuilt) =
+            state_repair::open_whole(data_dir, opened, cache_bytes, &log_store, id, has_peers)?;
         if log_store.repair().is_some() {
             // Held until the log is whole again (`hold_elections_while_repairing`), from the
             // first tick on. (With PreVote openraft's timer is off anyway.)
@@ -226,6 +239,9 @@ impl Node {
         let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
         for _ in &log_damage {
             metrics.damage_found(Damaged::Log);
+        }
+        if state_rebuilt.is_some() {
+            metrics.damage_found(Damaged::State);
         }
         let dht_outbox = Arc::new(DhtOutbox::default());
         let build_times = Arc::new(BuildTimes::default());
@@ -249,7 +265,9 @@ impl Node {
         }
         let last_log_id = log_store.last_log_id()?;
         let log_end = last_log_id.map(|log_id| log_id.index);
-        let clean_stop = take_clean_stop_marker(data_dir)?;
+        // A rebuilt state may be older than what was served before (the log after its snapshot
+        // is applied again), so reads wait as after a crash.
+        let clean_stop = take_clean_stop_marker(data_dir)? && state_rebuilt.is_none();
         let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
             .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
         let leadership = Leadership::default();

@@ -57,7 +57,7 @@ pub struct AppliedState {
 }
 
 impl AppliedState {
-    fn load(store: &Store) -> Result<Self> {
+    pub(crate) fn load(store: &Store) -> Result<Self> {
         let read_err = |e: &dyn std::fmt::Display| {
             storage_error(
                 ErrorSubject::StateMachine,

@@ -82,6 +82,15 @@ pub enum StoreError {
     SnapshotIo(String),
 }
 
+impl StoreError {
+    /// Whether this says the file's bytes are damaged (redb found a checksum, a page or a
+    /// header wrong, or a stored record does not decode), as opposed to an error of the
+    /// environment (I/O, a lock, a file of a newer schema) that a restart may not see again.
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Corrupt(_) | StoreError::Db(redb::Error::Corrupted(_)))
+    }
+}
+
 /// `?` on any redb error type goes through `redb::Error`.
 macro_rules! from_redb {
     ($($t:ty),*) => {$(

@@ -185,3 +185,44 @@ pub fn damage_snapshot(data_dir: &Path, rng: &mut SplitMix64) -> io::Result<Opti
     std::fs::write(&file, bytes)?;
     Ok(Some(file))
 }
+
+/// How [`damage_state`] damages a stopped node's `state.redb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateDamage {
+    /// One byte of the root page number in each of redb's two commit slots (its super-header:
+    /// a 64-byte header, then two 128-byte slots): redb finds both checksums wrong.
+    CommitSlots,
+    /// The file cut to nothing, as a lost file-system metadata update can leave it: redb opens
+    /// it as a new, empty database.
+    Emptied,
+}
+
+impl StateDamage {
+    pub const ALL: [StateDamage; 2] = [StateDamage::CommitSlots, StateDamage::Emptied];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StateDamage::CommitSlots => "commit-slots",
+            StateDamage::Emptied => "emptied",
+        }
+    }
+}
+
+/// Damages the `state.redb` of a stopped node's data dir; returns the file.
+pub fn damage_state(data_dir: &Path, damage: StateDamage) -> io::Result<PathBuf> {
+    let file = data_dir.join("state.redb");
+    match damage {
+        StateDamage::CommitSlots => {
+            let mut bytes = std::fs::read(&file)?;
+            for slot in [64, 192] {
+                let byte = bytes.get_mut(slot + 8).ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "state.redb is too short")
+                })?;
+                *byte ^= 0x5a;
+            }
+            std::fs::write(&file, bytes)?;
+        }
+        StateDamage::Emptied => std::fs::File::create(&file)?.sync_all()?,
+    }
+    Ok(file)
+}

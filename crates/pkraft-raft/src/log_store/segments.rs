@@ -400,6 +400,16 @@ impl Segments {
         Ok(segments)
     }
 
+    /// The directory the segments are in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The size a segment grows to before the next one is started.
+    pub(crate) fn target_bytes(&self) -> u64 {
+        self.target_bytes
+    }
+
     #[cfg(test)]
     pub(crate) fn first_index(&self) -> Option<u64> {
         self.segments.first().map(|segment| segment.first_index)
@@ -859,20 +869,7 @@ fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<(u64, Vec<u8>
 /// before the damage, and every later segment is moved there. What remains opens cleanly (or
 /// shows the next damage). The caller has recorded what was lost, durably, before.
 pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
-    let aside = dir.join(DAMAGED_DIR);
-    fs::create_dir_all(&aside)?;
-    // Nanoseconds: a set-aside again soon after (a crash loop) must not overwrite this one.
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
-    let kept_name = |path: &Path| {
-        let name = path
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        aside.join(format!("{name}.{stamp}"))
-    };
+    let (aside, kept_name) = aside_dir(dir)?;
     let damaged_first = segment_first_index(&damage.segment);
     fs::copy(&damage.segment, kept_name(&damage.segment))?;
     File::open(kept_name(&damage.segment))?.sync_all()?;
@@ -888,6 +885,41 @@ pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
     file.sync_all()?;
     sync_dir(dir)?;
     Ok(aside)
+}
+
+/// Moves every segment out of the log into `damaged/` (when the state they were applied to is
+/// lost and the log must come again from a leader, with a snapshot); the log is then empty.
+pub(crate) fn set_aside_all(dir: &Path) -> io::Result<PathBuf> {
+    let (aside, kept_name) = aside_dir(dir)?;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if segment_first_index(&path).is_some() {
+            fs::rename(&path, kept_name(&path))?;
+        }
+    }
+    sync_dir(&aside)?;
+    sync_dir(dir)?;
+    Ok(aside)
+}
+
+/// `damaged/` in `dir`, created, and the name a file set aside there gets.
+fn aside_dir(dir: &Path) -> io::Result<(PathBuf, impl Fn(&Path) -> PathBuf)> {
+    let aside = dir.join(DAMAGED_DIR);
+    fs::create_dir_all(&aside)?;
+    // Nanoseconds: a set-aside again soon after (a crash loop) must not overwrite this one.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    let kept_in = aside.clone();
+    let kept_name = move |path: &Path| {
+        let name = path
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        kept_in.join(format!("{name}.{stamp}"))
+    };
+    Ok((aside, kept_name))
 }
 
 fn segment_file_name(first_index: u64) -> String {

@@ -1,0 +1,248 @@
+//! A damaged `state.redb` is set aside and rebuilt; it is never served, and never opened as
+//! less than it held (docs/CONSISTENCY.md, "Damaged disks"). The state is damaged when:
+//! - redb cannot open it (a header, commit slot or checksum is wrong);
+//! - its applied state does not decode;
+//! - it has applied less than the log has purged (opened empty, or replaced by an old copy: the
+//!   entries it lacks are gone from this log);
+//! - a check of the running node found it damaged and left `state-damaged` in the data dir.
+//!
+//! It is rebuilt, in this order of preference:
+//! 1. from this node's own current snapshot, if that is whole and the log holds every entry
+//!    after it: nothing is lost (a single node repairs itself this way too);
+//! 2. from the log alone, if the log was never purged;
+//! 3. from the cluster, if this node has other voters: the log is set aside too, as a repair of
+//!    everything it held ([`LogStore::set_aside_for_state_repair`]); a leader sends a snapshot
+//!    and the entries again, and until then the node stands for no election, votes only for a
+//!    log reaching as far as its own did, and serves no local read.
+//!
+//! Otherwise the node refuses to start, naming the file. The damaged file is kept in
+//! `damaged/` for a post-mortem.
+
+use std::fs::File;
+use std::io::{BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use pkraft_store::{Store, StoreError};
+
+use crate::NodeId;
+use crate::codec::encode;
+use crate::log_store::LogStore;
+use crate::node::{SNAPSHOT_DIR, STATE_FILE, StartError};
+use crate::snapshot_file::{Meta, SnapshotFile};
+use crate::state_machine::AppliedState;
+
+/// Left in the data dir by a check that found the running node's state damaged; the next start
+/// rebuilds the state. Holds what was found.
+pub(crate) const STATE_DAMAGED_FILE: &str = "state-damaged";
+/// Where damaged files of the data dir are kept (the log keeps its own in `raft-log/damaged/`).
+const DAMAGED_DIR: &str = "damaged";
+
+/// How a damaged state store was rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rebuilt {
+    /// From the node's own snapshot (through this index) and the log after it.
+    FromSnapshot { through: Option<u64> },
+    /// From the whole log, which was never purged.
+    FromLog,
+    /// Empty, with the log set aside: a leader sends a snapshot and the entries again.
+    FromCluster,
+}
+
+/// Opens the state store `opened` came from, or rebuilds it if it is damaged (see the module
+/// docs). `has_peers`: this node has other voters (as far as the snapshot and the log know).
+pub(crate) fn open_whole(
+    data_dir: &Path,
+    opened: Result<Store, StoreError>,
+    cache_bytes: usize,
+    log: &LogStore,
+    node_id: NodeId,
+    has_peers: bool,
+) -> Result<(Store, Option<Rebuilt>), StartError> {
+    let path = data_dir.join(STATE_FILE);
+    let damage = match opened {
+        Ok(store) => match damage_in(&store, data_dir, log)? {
+            None => return Ok((store, None)),
+            Some(damage) => {
+                // Closes the file before it is moved.
+                drop(store);
+                damage
+            }
+        },
+        Err(source) if source.is_damage() => source.to_string(),
+        Err(source) => return Err(StartError::StateFile { path, source }),
+    };
+    tracing::error!(state = %path.display(), %damage, "the state store is damaged");
+    let snapshot = whole_snapshot(&data_dir.join(SNAPSHOT_DIR));
+    let purged = log.purged()?;
+    let covering = match snapshot {
+        Ok(Some((meta, data))) if purged <= meta.last_log_id => Some((meta, data)),
+        Ok(Some((meta, _))) => {
+            tracing::warn!(
+                snapshot_through = ?meta.last_log_id,
+                log_purged_through = ?purged,
+                "this node's snapshot is older than the log's purge point: it cannot rebuild the state"
+            );
+            None
+        }
+        Ok(None) => None,
+        Err(why) => {
+            tracing::warn!(%why, "this node's snapshot cannot rebuild the state");
+            None
+        }
+    };
+    let rebuilt = if let Some((meta, _)) = &covering {
+        Rebuilt::FromSnapshot {
+            through: meta.last_log_id.map(|log_id| log_id.index),
+        }
+    } else if purged.is_none() {
+        Rebuilt::FromLog
+    } else if has_peers || log.had_peers() {
+        // Recorded before the state file moves: a crash in between finds the log empty and
+        // never purged, and rebuilds from it (as empty), with the repair still pending.
+        log.set_aside_for_state_repair(node_id)?;
+        Rebuilt::FromCluster
+    } else {
+        return Err(StartError::StateDamaged {
+            path,
+            damage,
+            why: format!(
+                "this node has no other voter to repair it from, no whole snapshot covering the \
+                 log (purged through {purged:?}), and the log alone does not hold it"
+            ),
+        });
+    };
+    let aside = set_aside(data_dir, &path).map_err(|source| StartError::DataDir {
+        path: path.clone(),
+        source,
+    })?;
+    let store = Store::open_with_cache(&path, cache_bytes).map_err(|source| {
+        StartError::StateFile {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    if let Some((meta, mut data)) = covering {
+        import(&store, &meta, &mut data).map_err(|source| StartError::StateFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    clear_mark(data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.join(STATE_DAMAGED_FILE),
+        source,
+    })?;
+    tracing::warn!(
+        kept_in = %aside.display(),
+        rebuilt = ?rebuilt,
+        "the damaged state store was set aside and a new one built"
+    );
+    Ok((store, Some(rebuilt)))
+}
+
+/// What is wrong with a state store that opened, if anything.
+fn damage_in(store: &Store, data_dir: &Path, log: &LogStore) -> Result<Option<String>, StartError> {
+    let mark = data_dir.join(STATE_DAMAGED_FILE);
+    match std::fs::read_to_string(&mark) {
+        Ok(found) => return Ok(Some(format!("found by a check while running: {}", found.trim()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(StartError::DataDir { path: mark, source }),
+    }
+    let applied = match AppliedState::load(store) {
+        Ok(applied) => applied,
+        Err(e) => return Ok(Some(format!("its applied state: {e}"))),
+    };
+    let purged = log.purged()?;
+    if applied.last_applied < purged {
+        return Ok(Some(format!(
+            "it has applied the log through {:?}, but the log was purged through {purged:?} \
+             (the state was made durable before that purge: it is not the file it was)",
+            applied.last_applied
+        )));
+    }
+    Ok(None)
+}
+
+/// The current snapshot in `dir` with its data, if it checks whole.
+fn whole_snapshot(dir: &Path) -> Result<Option<(Meta, File)>, String> {
+    let snapshot_file = SnapshotFile::open(dir.to_path_buf()).map_err(|e| e.to_string())?;
+    let Some((meta, mut data)) = snapshot_file.load().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    pkraft_store::check_snapshot(BufReader::new(&data)).map_err(|e| {
+        format!(
+            "snapshot {} is damaged: {e}",
+            snapshot_file.data_path().ok().flatten().unwrap_or_default().display()
+        )
+    })?;
+    data.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    Ok(Some((meta, data)))
+}
+
+/// Replaces the (new, empty) state with the snapshot's.
+fn import(store: &Store, meta: &Meta, data: &mut File) -> Result<(), StoreError> {
+    let applied = AppliedState {
+        last_applied: meta.last_log_id,
+        membership: meta.last_membership.clone(),
+    };
+    let applied = encode(&applied).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+    let summary = store.import_snapshot_from(BufReader::new(data), &applied)?;
+    tracing::info!(
+        packets = summary.packets,
+        through = ?meta.last_log_id,
+        "rebuilt the state from this node's snapshot; the log after it is applied next"
+    );
+    Ok(())
+}
+
+/// The voters of the membership this node's current snapshot holds (none if it has no
+/// snapshot, or its pointer cannot be read): what the node knows of its cluster when its state
+/// cannot be read.
+pub(crate) fn snapshot_voters(data_dir: &Path) -> Vec<NodeId> {
+    SnapshotFile::open(data_dir.join(SNAPSHOT_DIR))
+        .and_then(|snapshot_file| snapshot_file.load_meta())
+        .ok()
+        .flatten()
+        .map(|meta| meta.last_membership.membership().voter_ids().collect())
+        .unwrap_or_default()
+}
+
+/// Moves the damaged `state` file to `damaged/` in the data dir, durably.
+fn set_aside(data_dir: &Path, state: &Path) -> std::io::Result<PathBuf> {
+    let aside = data_dir.join(DAMAGED_DIR);
+    std::fs::create_dir_all(&aside)?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_nanos())
+        .unwrap_or_default();
+    let kept = aside.join(format!("{STATE_FILE}.{stamp}"));
+    match std::fs::rename(state, &kept) {
+        Ok(()) => {}
+        // Already moved by a start that crashed after it.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    sync_dir(&aside)?;
+    sync_dir(data_dir)?;
+    Ok(kept)
+}
+
+/// Records, durably, that the running node found its state damaged: the next start rebuilds it.
+pub(crate) fn mark_damaged(data_dir: &Path, what: &str) -> std::io::Result<()> {
+    let mark = data_dir.join(STATE_DAMAGED_FILE);
+    let file = File::create(&mark)?;
+    std::io::Write::write_all(&mut &file, what.as_bytes())?;
+    file.sync_all()?;
+    sync_dir(data_dir)
+}
+
+fn clear_mark(data_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(data_dir.join(STATE_DAMAGED_FILE)) {
+        Ok(()) => sync_dir(data_dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
