@@ -154,7 +154,7 @@ fuzz-smoke:
 ## ROUNDS (3 rounds of every fault kind, about 4 minutes a run) size it. POWER=1 puts the nodes'
 ## data dirs on lossy disks and adds power cuts (root and /dev/fuse); POWER=only runs power cuts
 ## alone. DISK=1 adds disks low on space (below raft.min_free_disk_mib), on lossy disks too.
-## CORRUPT=1 adds damage to one node's data on disk (its log, its snapshot); CORRUPT=only runs
+## CORRUPT=1 adds damage to one node's data on disk (its log, its state, its snapshot); CORRUPT=only runs
 ## that damage alone. PARTITIONS=only runs the peer network's partitions alone.
 chaos:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-chaos

@@ -8,7 +8,7 @@
 # adds the power cuts to every round; POWER=only runs rounds of power cuts alone. DISK=1 adds
 # disks low on space (the leader's, a follower's, every node's) to every round, on lossy disks.
 # PARTITIONS=only runs rounds of the peer network's partitions alone (refused, black-holed and
-# one-way cuts). CORRUPT=1 adds damage to one node's data on disk (its log, its snapshot) to
+# one-way cuts). CORRUPT=1 adds damage to one node's data on disk (its log, state, snapshot) to
 # every round; CORRUPT=only runs rounds of that damage alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

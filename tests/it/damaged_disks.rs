@@ -385,7 +385,11 @@ async fn a_single_node_rebuilds_a_damaged_state_from_its_snapshot_and_log() {
     let kept = std::fs::read_dir(server.data_dir().join("damaged"))
         .expect("damaged/ in the data dir")
         .count();
-    assert_eq!(kept, StateDamage::ALL.len(), "one damaged state file kept per repair");
+    assert_eq!(
+        kept,
+        StateDamage::ALL.len(),
+        "one damaged state file kept per repair"
+    );
 }
 
 /// With its snapshot damaged too and the log purged, a single node has nothing to rebuild its

@@ -6,7 +6,9 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 use pkraft_lossyfs::Cut;
-use pkraft_testkit::damage::{RecordDamage, damage_log, damage_snapshot};
+use pkraft_testkit::damage::{
+    RecordDamage, StateDamage, damage_log, damage_snapshot, damage_state,
+};
 use pkraft_testkit::proxy::CutKind;
 
 use crate::cluster::Cluster;
@@ -166,6 +168,10 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
                 None => format!("node {target} has no snapshot to damage"),
             }
         }
+        FaultKind::CorruptState => {
+            let target = *rng.pick(&ids).context("no nodes")?;
+            corrupt_state_hold_restart(cluster, target, fault, &mut rng).await?
+        }
     };
     Ok(match leader {
         Some(_) => done,
@@ -259,6 +265,52 @@ async fn corrupt_log_hold_restart(
         .spawn(target)
         .await
         .with_context(|| format!("restart of node {target} after damage to its log"))?;
+    wait_repaired(cluster, target).await?;
+    Ok(match damaged {
+        Some(what) => format!("node {target}: {what}; it repaired from the leader"),
+        None => format!("node {target}'s log had no record with a later append to damage"),
+    })
+}
+
+/// Kills `target`, damages its `state.redb` (and, for an even `fault.pick`, its snapshot, so
+/// that only the cluster can rebuild its state), restarts it after the hold and waits until it
+/// has repaired.
+async fn corrupt_state_hold_restart(
+    cluster: &mut Cluster,
+    target: u64,
+    fault: &Fault,
+    rng: &mut SplitMix64,
+) -> anyhow::Result<String> {
+    cluster.kill(target).await?;
+    let how = *rng.pick(&StateDamage::ALL).context("no damage kinds")?;
+    let data_dir = cluster.data_dir(target)?;
+    damage_state(&data_dir, how).with_context(|| format!("damaging node {target}'s state"))?;
+    let snapshot_too = if fault.pick % 2 == 0 {
+        damage_snapshot(&data_dir, rng)
+            .with_context(|| format!("damaging node {target}'s snapshot"))?
+            .is_some()
+    } else {
+        false
+    };
+    tokio::time::sleep(fault.hold).await;
+    cluster
+        .spawn(target)
+        .await
+        .with_context(|| format!("restart of node {target} after damage to its state"))?;
+    wait_repaired(cluster, target).await?;
+    Ok(format!(
+        "node {target}: state.redb {}{}; it is back in service",
+        how.name(),
+        if snapshot_too {
+            ", and a bit of its snapshot flipped"
+        } else {
+            ""
+        }
+    ))
+}
+
+/// Waits until `target` answers its status with no log repair pending.
+async fn wait_repaired(cluster: &Cluster, target: u64) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + REPAIR_TIMEOUT;
     loop {
         let status = cluster.status(target).await;
@@ -266,17 +318,13 @@ async fn corrupt_log_hold_restart(
             .as_ref()
             .is_some_and(|status| status["node"]["log_repair"].is_null())
         {
-            break;
+            return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("node {target} did not repair its log within {REPAIR_TIMEOUT:?}: {status:?}");
+            bail!("node {target} did not repair within {REPAIR_TIMEOUT:?}: {status:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(match damaged {
-        Some(what) => format!("node {target}: {what}; it repaired from the leader"),
-        None => format!("node {target}'s log had no record with a later append to damage"),
-    })
 }
 
 /// Free space a disk-low fault leaves: far below `raft.min_free_disk_mib` (1 GiB by default),

@@ -72,6 +72,10 @@ pub enum FaultKind {
     /// One bit of a running node's snapshot file flipped: a leader must not send it, a
     /// follower must not install it.
     CorruptSnapshot,
+    /// A node (the leader or a follower) is killed and its `state.redb` damaged (both commit
+    /// slots, or the file emptied), half the time with its snapshot damaged too (so that it
+    /// cannot rebuild the state itself); restarted after the hold, it must be back in service.
+    CorruptState,
 }
 
 impl FaultKind {
@@ -126,10 +130,11 @@ impl FaultKind {
     ];
 
     /// Damage to the data on one node's disk (a minority): the kinds of `--corruption`.
-    pub const CORRUPTION: [FaultKind; 3] = [
+    pub const CORRUPTION: [FaultKind; 4] = [
         FaultKind::CorruptLogFollower,
         FaultKind::CorruptLogLeader,
         FaultKind::CorruptSnapshot,
+        FaultKind::CorruptState,
     ];
 
     pub fn name(self) -> &'static str {
@@ -162,6 +167,7 @@ impl FaultKind {
             FaultKind::CorruptLogFollower => "corrupt-log-follower",
             FaultKind::CorruptLogLeader => "corrupt-log-leader",
             FaultKind::CorruptSnapshot => "corrupt-snapshot",
+            FaultKind::CorruptState => "corrupt-state",
         }
     }
 }
@@ -284,7 +290,7 @@ mod tests {
                 .all(|f| f.hold >= Duration::from_secs(3) && f.torn.is_none())
         );
         let corruption = generate(42, 2, pause, &FaultKind::CORRUPTION);
-        assert_eq!(corruption.len(), 6);
+        assert_eq!(corruption.len(), 2 * FaultKind::CORRUPTION.len());
         assert!(
             FaultKind::CORRUPTION
                 .iter()

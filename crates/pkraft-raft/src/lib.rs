@@ -54,8 +54,8 @@ pub mod settings;
 mod snapshot_file;
 mod snapshot_receipt;
 mod snapshot_schedule;
-mod state_repair;
 pub mod state_machine;
+mod state_repair;
 pub mod type_config;
 pub mod write_path;
 

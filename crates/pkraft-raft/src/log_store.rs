@@ -344,7 +344,11 @@ impl LogStore {
             let repair = repair.ok_or_else(|| {
                 DbError::Corrupted("the repair just recorded is not in meta.redb".to_string())
             })?;
-            *self.inner.repair.lock().map_err(|_| DbError::Io(poisoned()))? = Some(repair.clone());
+            *self
+                .inner
+                .repair
+                .lock()
+                .map_err(|_| DbError::Io(poisoned()))? = Some(repair.clone());
             tracing::warn!(
                 kept_in = %aside.display(),
                 held_through = ?held_through,

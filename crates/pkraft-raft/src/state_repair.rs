@@ -115,12 +115,11 @@ pub(crate) fn open_whole(
         path: path.clone(),
         source,
     })?;
-    let store = Store::open_with_cache(&path, cache_bytes).map_err(|source| {
-        StartError::StateFile {
+    let store =
+        Store::open_with_cache(&path, cache_bytes).map_err(|source| StartError::StateFile {
             path: path.clone(),
             source,
-        }
-    })?;
+        })?;
     if let Some((meta, mut data)) = covering {
         import(&store, &meta, &mut data).map_err(|source| StartError::StateFile {
             path: path.clone(),
@@ -143,7 +142,12 @@ pub(crate) fn open_whole(
 fn damage_in(store: &Store, data_dir: &Path, log: &LogStore) -> Result<Option<String>, StartError> {
     let mark = data_dir.join(STATE_DAMAGED_FILE);
     match std::fs::read_to_string(&mark) {
-        Ok(found) => return Ok(Some(format!("found by a check while running: {}", found.trim()))),
+        Ok(found) => {
+            return Ok(Some(format!(
+                "found by a check while running: {}",
+                found.trim()
+            )));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(StartError::DataDir { path: mark, source }),
     }
@@ -171,7 +175,12 @@ fn whole_snapshot(dir: &Path) -> Result<Option<(Meta, File)>, String> {
     pkraft_store::check_snapshot(BufReader::new(&data)).map_err(|e| {
         format!(
             "snapshot {} is damaged: {e}",
-            snapshot_file.data_path().ok().flatten().unwrap_or_default().display()
+            snapshot_file
+                .data_path()
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .display()
         )
     })?;
     data.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;

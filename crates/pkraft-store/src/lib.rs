@@ -87,7 +87,10 @@ impl StoreError {
     /// header wrong, or a stored record does not decode), as opposed to an error of the
     /// environment (I/O, a lock, a file of a newer schema) that a restart may not see again.
     pub fn is_damage(&self) -> bool {
-        matches!(self, StoreError::Corrupt(_) | StoreError::Db(redb::Error::Corrupted(_)))
+        matches!(
+            self,
+            StoreError::Corrupt(_) | StoreError::Db(redb::Error::Corrupted(_))
+        )
     }
 }
 
