@@ -25,6 +25,8 @@
 //! - [`reads`]: [`Node::read`] at a [`Consistency`], staleness of the local replica and the
 //!   linearizable read barrier.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
+//! - `scrub`: the background scrub, which reads the log back and re-verifies every stored
+//!   packet at a bounded rate.
 //! - `state_repair`: a damaged `state.redb` is set aside and rebuilt (from the node's snapshot
 //!   and log, or from the cluster).
 //! - `codec`: postcard encoding and the blocking-pool helper for storage work.
@@ -50,6 +52,7 @@ pub mod peer;
 mod pre_vote;
 mod quorum;
 pub mod reads;
+mod scrub;
 pub mod settings;
 mod snapshot_file;
 mod snapshot_receipt;

@@ -381,6 +381,33 @@ impl LogStore {
         ))
     }
 
+    /// One step of the background scrub: reads back the records from index `from` on (from
+    /// the first one not purged, if that is later) up to `max_entries` of them, checking every
+    /// record's checksums and index. Returns the index to go on from and the bytes read, or
+    /// `None` once past the last entry. Damage comes back as the error, with [`Damage`] in it.
+    /// On the caller's thread: run it on the blocking pool.
+    pub(crate) fn scrub(&self, from: u64, max_entries: u64) -> io::Result<Option<(u64, u64)>> {
+        // Held while reading (see `Inner::log`).
+        let log = self.log()?;
+        let unpurged = log.purged.map_or(0, |p| p.index.saturating_add(1));
+        let start = from.max(unpurged);
+        match log.segments.last_index() {
+            Some(last) if start <= last => {}
+            _ => return Ok(None),
+        }
+        let mut next = start;
+        let mut bytes = 0;
+        for span in log
+            .segments
+            .locate(start, start.saturating_add(max_entries))
+        {
+            span.read(|_| Ok(()))?;
+            bytes += span.byte_len();
+            next = span.end_index();
+        }
+        Ok(Some((next.max(start.saturating_add(1)), bytes)))
+    }
+
     /// True for a log that has never held a vote or an entry: a data dir that was never part of
     /// a cluster.
     pub fn is_pristine(&self) -> Result<bool> {

@@ -79,6 +79,9 @@ pub(crate) struct NodeMetrics {
     /// sending it; it builds a new one), `snapshot_transfer` (a snapshot received from the
     /// leader that failed its checksum; refused).
     pub(crate) storage_damage: IntCounterVec,
+    /// `pkraft_scrub_passes_total{what}`: passes of the background scrub completed over the
+    /// log (`log`) and over every stored packet (`state`).
+    pub(crate) scrub_passes: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -160,6 +163,13 @@ impl NodeMetrics {
                 ),
                 &["what"],
             )?,
+            scrub_passes: IntCounterVec::new(
+                Opts::new(
+                    "pkraft_scrub_passes_total",
+                    "Passes of the background scrub completed, over the Raft log (log) and over every stored packet (state).",
+                ),
+                &["what"],
+            )?,
         })
     }
 
@@ -184,6 +194,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.leader_contact_gap.clone()))?;
         registry.register(Box::new(self.pre_vote_rounds.clone()))?;
         registry.register(Box::new(self.storage_damage.clone()))?;
+        registry.register(Box::new(self.scrub_passes.clone()))?;
         registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;

@@ -171,6 +171,11 @@ pub struct Node {
     build_times: Arc<BuildTimes>,
     /// The snapshot being received from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipt: crate::snapshot_receipt::SnapshotReceipt,
+    /// Set when the node must stop although Raft runs on (the scrub found damage that a
+    /// restart repairs); [`Node::wait_fatal`] reports it.
+    stop_reason: tokio::sync::watch::Sender<Option<String>>,
+    /// The `[raft]` scrub rates.
+    scrub_rates: crate::scrub::ScrubRates,
 }
 
 impl std::ops::Deref for Node {
@@ -323,6 +328,8 @@ impl Node {
             dht_outbox,
             build_times,
             snapshot_receipt: Default::default(),
+            stop_reason: tokio::sync::watch::channel(None).0,
+            scrub_rates: crate::scrub::ScrubRates::of(settings),
         };
         let node = Arc::new(node);
         node.spawn_tasks(settings);
@@ -344,6 +351,7 @@ impl Node {
             )),
             tokio::spawn(crate::disk_space::run(self.disk_space.clone())),
             tokio::spawn(crate::handover::hand_over_while_low_on_disk(self.clone())),
+            tokio::spawn(crate::scrub::run(self.clone(), self.scrub_rates)),
         ];
         if !self.cluster.join.is_empty() {
             tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
@@ -451,16 +459,52 @@ impl Node {
     /// Resolves when Raft stops on its own because of a fatal error (a storage failure), with the
     /// reason. A node in that state cannot take writes and would serve a frozen replica, so the
     /// daemon exits instead of limping on.
+    /// Also when the node must stop for a restart to repair it ([`Node::stop_for`]).
     pub async fn wait_fatal(&self) -> String {
         let mut metrics = self.raft.metrics();
+        let mut stop = self.stop_reason.subscribe();
         loop {
             if let Err(fatal) = &metrics.borrow_and_update().running_state {
                 return fatal.to_string();
             }
-            if metrics.changed().await.is_err() {
-                return "raft stopped".to_string();
+            if let Some(reason) = stop.borrow_and_update().clone() {
+                return reason;
+            }
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        return "raft stopped".to_string();
+                    }
+                }
+                // The sender lives as long as the node.
+                _ = stop.changed() => {}
             }
         }
+    }
+
+    /// Asks the daemon to stop this node (through [`Node::wait_fatal`]) for `reason`: damage
+    /// that the next start repairs was found while running. It exits non-zero, and its
+    /// supervisor restarts it.
+    pub(crate) fn stop_for(&self, reason: String) {
+        self.stop_reason.send_replace(Some(reason));
+    }
+
+    /// The data dir.
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Whether the membership this node knows has a voter other than itself: a copy of the
+    /// log and the state to repair from.
+    pub(crate) fn has_other_voters(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let id = self.id;
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter != id)
     }
 
     /// Stops Raft, waits (bounded) until its background tasks have released the data files, so

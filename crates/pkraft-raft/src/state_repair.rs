@@ -36,6 +36,9 @@ use crate::state_machine::AppliedState;
 pub(crate) const STATE_DAMAGED_FILE: &str = "state-damaged";
 /// Where damaged files of the data dir are kept (the log keeps its own in `raft-log/damaged/`).
 const DAMAGED_DIR: &str = "damaged";
+/// In `damaged/`: the scrub's finding the last rebuild of the state was for. The same finding
+/// after that rebuild is the cluster's copy, not damage on this disk (`scrub`).
+const SCRUB_REBUILT_FILE: &str = "scrub-rebuilt";
 
 /// How a damaged state store was rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,20 +62,26 @@ pub(crate) fn open_whole(
     has_peers: bool,
 ) -> Result<(Store, Option<Rebuilt>), StartError> {
     let path = data_dir.join(STATE_FILE);
-    let damage = match opened {
+    let (damage, scrub_finding) = match opened {
         Ok(store) => match damage_in(&store, data_dir, log)? {
             None => return Ok((store, None)),
-            Some(damage) => {
+            Some(found) => {
                 // Closes the file before it is moved.
                 drop(store);
-                damage
+                found
             }
         },
-        Err(source) if source.is_damage() => source.to_string(),
+        Err(source) if source.is_damage() => (source.to_string(), None),
         Err(source) => return Err(StartError::StateFile { path, source }),
     };
     tracing::error!(state = %path.display(), %damage, "the state store is damaged");
-    let snapshot = whole_snapshot(&data_dir.join(SNAPSHOT_DIR));
+    let has_peers = has_peers || log.had_peers();
+    // Damage the scrub found in a packet may be in this node's snapshot too (built from the
+    // damaged state, with a checksum over the damaged bytes): with peers, the cluster's copy.
+    let snapshot = match &scrub_finding {
+        Some(_) if has_peers => Ok(None),
+        _ => whole_snapshot(&data_dir.join(SNAPSHOT_DIR)),
+    };
     let purged = log.purged()?;
     let covering = match snapshot {
         Ok(Some((meta, data))) if purged <= meta.last_log_id => Some((meta, data)),
@@ -94,9 +103,9 @@ pub(crate) fn open_whole(
         Rebuilt::FromSnapshot {
             through: meta.last_log_id.map(|log_id| log_id.index),
         }
-    } else if purged.is_none() {
+    } else if purged.is_none() && !(scrub_finding.is_some() && has_peers) {
         Rebuilt::FromLog
-    } else if has_peers || log.had_peers() {
+    } else if has_peers {
         // Recorded before the state file moves: a crash in between finds the log empty and
         // never purged, and rebuilds from it (as empty), with the repair still pending.
         log.set_aside_for_state_repair(node_id)?;
@@ -126,6 +135,12 @@ pub(crate) fn open_whole(
             source,
         })?;
     }
+    if let Some(finding) = &scrub_finding {
+        remember_rebuilt_for(data_dir, finding).map_err(|source| StartError::DataDir {
+            path: data_dir.join(DAMAGED_DIR).join(SCRUB_REBUILT_FILE),
+            source,
+        })?;
+    }
     clear_mark(data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.join(STATE_DAMAGED_FILE),
         source,
@@ -138,30 +153,34 @@ pub(crate) fn open_whole(
     Ok((store, Some(rebuilt)))
 }
 
-/// What is wrong with a state store that opened, if anything.
-fn damage_in(store: &Store, data_dir: &Path, log: &LogStore) -> Result<Option<String>, StartError> {
+/// What is wrong with a state store that opened, if anything, and the scrub's finding if it
+/// was the scrub that found it.
+fn damage_in(
+    store: &Store,
+    data_dir: &Path,
+    log: &LogStore,
+) -> Result<Option<(String, Option<String>)>, StartError> {
     let mark = data_dir.join(STATE_DAMAGED_FILE);
     match std::fs::read_to_string(&mark) {
         Ok(found) => {
-            return Ok(Some(format!(
-                "found by a check while running: {}",
-                found.trim()
-            )));
+            let finding = found.trim().to_string();
+            return Ok(Some((format!("the scrub found {finding}"), Some(finding))));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(StartError::DataDir { path: mark, source }),
     }
     let applied = match AppliedState::load(store) {
         Ok(applied) => applied,
-        Err(e) => return Ok(Some(format!("its applied state: {e}"))),
+        Err(e) => return Ok(Some((format!("its applied state: {e}"), None))),
     };
     let purged = log.purged()?;
     if applied.last_applied < purged {
-        return Ok(Some(format!(
+        let damage = format!(
             "it has applied the log through {:?}, but the log was purged through {purged:?} \
              (the state was made durable before that purge: it is not the file it was)",
             applied.last_applied
-        )));
+        );
+        return Ok(Some((damage, None)));
     }
     Ok(None)
 }
@@ -235,13 +254,31 @@ fn set_aside(data_dir: &Path, state: &Path) -> std::io::Result<PathBuf> {
     Ok(kept)
 }
 
-/// Records, durably, that the running node found its state damaged: the next start rebuilds it.
-pub(crate) fn mark_damaged(data_dir: &Path, what: &str) -> std::io::Result<()> {
-    let mark = data_dir.join(STATE_DAMAGED_FILE);
-    let file = File::create(&mark)?;
-    std::io::Write::write_all(&mut &file, what.as_bytes())?;
+/// Records, durably, that the running node's scrub found its state damaged (`finding`, one
+/// line): the next start rebuilds it.
+pub(crate) fn mark_damaged(data_dir: &Path, finding: &str) -> std::io::Result<()> {
+    write_synced(data_dir, STATE_DAMAGED_FILE, finding)
+}
+
+/// What the last rebuild of the state that the scrub asked for was for, if any.
+pub(crate) fn last_rebuilt_for(data_dir: &Path) -> Option<String> {
+    let path = data_dir.join(DAMAGED_DIR).join(SCRUB_REBUILT_FILE);
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|found| found.trim().to_string())
+}
+
+fn remember_rebuilt_for(data_dir: &Path, finding: &str) -> std::io::Result<()> {
+    write_synced(&data_dir.join(DAMAGED_DIR), SCRUB_REBUILT_FILE, finding)
+}
+
+/// Writes `text` to `name` in `dir` and makes it durable.
+fn write_synced(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let file = File::create(dir.join(name))?;
+    std::io::Write::write_all(&mut &file, text.as_bytes())?;
     file.sync_all()?;
-    sync_dir(data_dir)
+    sync_dir(dir)
 }
 
 fn clear_mark(data_dir: &Path) -> std::io::Result<()> {

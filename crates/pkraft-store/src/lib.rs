@@ -291,6 +291,48 @@ impl Store {
         Ok(page)
     }
 
+    /// One page of the background scrub: re-verifies up to `limit` stored packets in key order
+    /// after `after` (from the first key when `None`), as a PUT verifies them (signature,
+    /// length, DNS parse), and stops at the first that fails. Each page is its own read
+    /// transaction.
+    pub fn scrub_packets(
+        &self,
+        after: Option<&KeyBytes>,
+        limit: usize,
+    ) -> Result<ScrubPage, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PACKETS)?;
+        let rows = match after {
+            Some(after) => table.range::<&KeyBytes>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Unbounded,
+            ))?,
+            None => table.range::<&KeyBytes>(..)?,
+        };
+        let mut page = ScrubPage::default();
+        for row in rows.take(limit) {
+            let (key, value) = row?;
+            let key = *key.value();
+            let value = value.value();
+            page.last_key = Some(key);
+            page.packets += 1;
+            let checked = StoredPacket::decode(value).and_then(|stored| {
+                let body = stored.payload.as_bytes().clone();
+                pkraft_types::VerifiedPacket::verify_stored(&key, body)
+                    .map_err(|e| StoreError::Corrupt(format!("does not verify: {e}")))
+            });
+            if let Err(e) = checked {
+                page.damaged = Some(DamagedPacket {
+                    key,
+                    value_crc: crc32fast::hash(value),
+                    reason: e.to_string(),
+                });
+                break;
+            }
+        }
+        Ok(page)
+    }
+
     /// Number of stored packets.
     pub fn packet_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
@@ -477,6 +519,39 @@ fn timestamp_of(row: &ExpiryKey) -> u64 {
     let mut be = [0u8; 8];
     be.copy_from_slice(&row[..8]);
     u64::from_be_bytes(be)
+}
+
+/// What one page of the scrub read ([`Store::scrub_packets`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubPage {
+    /// The last key read: the next page starts after it. `None`: the sweep has passed the last
+    /// key.
+    pub last_key: Option<KeyBytes>,
+    /// Packets read.
+    pub packets: usize,
+    /// The packet that failed its check, if one did (the page ends at it).
+    pub damaged: Option<DamagedPacket>,
+}
+
+/// A stored packet that does not verify.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedPacket {
+    pub key: KeyBytes,
+    /// CRC-32 of the stored value: the same bytes found again have the same one.
+    pub value_crc: u32,
+    pub reason: String,
+}
+
+impl std::fmt::Display for DamagedPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "packet {} (stored value crc {:08x}): {}",
+            hex(&self.key),
+            self.value_crc,
+            self.reason
+        )
+    }
 }
 
 /// What [`Store::check_integrity`] found.
