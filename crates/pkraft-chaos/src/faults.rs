@@ -285,7 +285,7 @@ async fn corrupt_state_hold_restart(
     let how = *rng.pick(&StateDamage::ALL).context("no damage kinds")?;
     let data_dir = cluster.data_dir(target)?;
     damage_state(&data_dir, how).with_context(|| format!("damaging node {target}'s state"))?;
-    let snapshot_too = if fault.pick % 2 == 0 {
+    let snapshot_too = if fault.pick.is_multiple_of(2) {
         damage_snapshot(&data_dir, rng)
             .with_context(|| format!("damaging node {target}'s snapshot"))?
             .is_some()

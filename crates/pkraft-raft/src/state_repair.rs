@@ -44,11 +44,11 @@ const SCRUB_REBUILT_FILE: &str = "scrub-rebuilt";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rebuilt {
     /// From the node's own snapshot (through this index) and the log after it.
-    FromSnapshot { through: Option<u64> },
+    OwnSnapshot { through: Option<u64> },
     /// From the whole log, which was never purged.
-    FromLog,
+    OwnLog,
     /// Empty, with the log set aside: a leader sends a snapshot and the entries again.
-    FromCluster,
+    Cluster,
 }
 
 /// Opens the state store `opened` came from, or rebuilds it if it is damaged (see the module
@@ -100,16 +100,16 @@ pub(crate) fn open_whole(
         }
     };
     let rebuilt = if let Some((meta, _)) = &covering {
-        Rebuilt::FromSnapshot {
+        Rebuilt::OwnSnapshot {
             through: meta.last_log_id.map(|log_id| log_id.index),
         }
     } else if purged.is_none() && !(scrub_finding.is_some() && has_peers) {
-        Rebuilt::FromLog
+        Rebuilt::OwnLog
     } else if has_peers {
         // Recorded before the state file moves: a crash in between finds the log empty and
         // never purged, and rebuilds from it (as empty), with the repair still pending.
         log.set_aside_for_state_repair(node_id)?;
-        Rebuilt::FromCluster
+        Rebuilt::Cluster
     } else {
         return Err(StartError::StateDamaged {
             path,
