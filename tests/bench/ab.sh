@@ -9,7 +9,10 @@
 # (64 connections, spread over all nodes of a cluster), in an order that alternates per round.
 # Per run it records PUT/s, p50/p99, server CPU per PUT (utime + stime until the servers are idle
 # again) and the machine's idle share; at the end it prints medians and the ratios to
-# iroh-dns-server of the same rounds. Env: BENCH_RUNS (3), BENCH_KEYS (20000).
+# iroh-dns-server of the same rounds. Env: BENCH_RUNS (3), BENCH_KEYS (20000); BENCH_A_TOML and
+# BENCH_B_TOML, config lines added to A's or B's nodes (the same build with a setting on and off:
+# BENCH_A=target/release BENCH_B=target/release BENCH_B_TOML=$'[raft]\nscrub_packets_per_second = 0');
+# BENCH_AB_IROH=0 leaves iroh-dns-server out (the ratio column is then B to A of the same round).
 # Method and results: docs/BENCHMARKS.md ("openraft 0.10").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +25,17 @@ b_dir=${BENCH_B:?BENCH_B: bin dir of build B}
 runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} concurrency=64
 bench="$a_dir/pkraft-bench"
 iroh_bin="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-1.4.1/bin/iroh-dns-server"
-[ -x "$iroh_bin" ] || { echo "ab: $iroh_bin missing (make bench installs it)" >&2; exit 1; }
+with_iroh=${BENCH_AB_IROH:-1}
+[ "$with_iroh" = 0 ] || [ -x "$iroh_bin" ] ||
+  { echo "ab: $iroh_bin missing (make bench installs it; BENCH_AB_IROH=0 runs without it)" >&2; exit 1; }
+base_toml=$PKRAFT_EXTRA_TOML
+# The extra config of system $1 (a-… or b-…).
+toml_of() {
+  case "$1" in
+    a-*) printf '%s\n%s' "$base_toml" "${BENCH_A_TOML:-}" ;;
+    b-*) printf '%s\n%s' "$base_toml" "${BENCH_B_TOML:-}" ;;
+  esac
+}
 
 work=$(mktemp -d)
 pids=()
@@ -49,7 +62,8 @@ declare -A pid_of url_of
 start_single() {  # $1 = system name, $2 = bin dir
   local http dns
   http=$(loopback_port); dns=$(loopback_port)
-  single_node_config "$work/$1.toml" "$work/$1-data" "127.0.0.1:$http" "127.0.0.1:$dns"
+  PKRAFT_EXTRA_TOML=$(toml_of "$1") \
+    single_node_config "$work/$1.toml" "$work/$1-data" "127.0.0.1:$http" "127.0.0.1:$dns"
   RUST_LOG=warn setsid "$2/pkraft" serve --config "$work/$1.toml" >"$work/$1.log" 2>&1 &
   pids+=($!); pid_of[$1]=$!; url_of[$1]="http://127.0.0.1:$http/pkarr"
   wait_up "$!" "http://127.0.0.1:$http/healthz"
@@ -57,7 +71,8 @@ start_single() {  # $1 = system name, $2 = bin dir
 start_cluster() {  # $1 = system name, $2 = bin dir
   # shellcheck disable=SC2034  # filled by cluster_up
   local -A node_pid node_http node_dns node_admin
-  RUST_LOG=warn cluster_up "$2" "$work/$1" 3 ab-cluster-secret-not-for-production ||
+  PKRAFT_EXTRA_TOML=$(toml_of "$1") RUST_LOG=warn \
+    cluster_up "$2" "$work/$1" 3 ab-cluster-secret-not-for-production ||
     fail "cluster $1 did not start"
   pids+=("${node_pid[@]}"); pid_of[$1]="${node_pid[*]}"; url_of[$1]="${node_http[*]}"
 }
@@ -99,13 +114,15 @@ PY
 "$bench" gen --keys "$keys" --versions $((runs + 1)) --out "$work/data.bin"
 start_single a-single "$a_dir"; start_single b-single "$b_dir"
 start_cluster a-cluster "$a_dir"; start_cluster b-cluster "$b_dir"
-start_iroh
-systems=(a-single b-single a-cluster b-cluster iroh)
+systems=(a-single b-single a-cluster b-cluster)
+if [ "$with_iroh" != 0 ]; then start_iroh; systems+=(iroh); fi
 for s in "${systems[@]}"; do put "$s" 0; done
 : >"$work/results.jsonl"  # version 0 only loads the keys
 for r in $(seq 1 "$runs"); do
   order=("${systems[@]}")
-  ((r % 2)) || order=(iroh b-cluster a-cluster b-single a-single)
+  if ! ((r % 2)); then
+    order=(); for ((i = ${#systems[@]} - 1; i >= 0; i--)); do order+=("${systems[$i]}"); done
+  fi
   for s in "${order[@]}"; do log "round $r/$runs: $s"; put "$s" "$r"; done
 done
 python3 - "$work/results.jsonl" <<'PY'
@@ -115,12 +132,15 @@ by = {}
 for d in runs:
     by.setdefault(d["system"], []).append(d)
 def med(s, k): return statistics.median(d[k] for d in by[s])
-iroh = by["iroh"]
-print(f"{'system':10} {'PUT/s med':>10} {'per run':>24} {'vs iroh':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs':>7} {'idle %':>7}")
+with_iroh = "iroh" in by
+print(f"{'system':10} {'PUT/s med':>10} {'per run':>24} {'vs iroh' if with_iroh else 'vs A':>8} {'p50 ms':>7} {'p99 ms':>7} {'CPU µs':>7} {'idle %':>7}")
 for s in ("a-single", "b-single", "a-cluster", "b-cluster", "iroh"):
+    if s not in by:
+        continue
     per = [d["rps"] for d in by[s]]
     # Per round: the runs of one round saw the same machine.
-    ratios = [d["rps"] / i["rps"] for d, i in zip(by[s], iroh)]
+    base = by["iroh"] if with_iroh else by["a-" + s.split("-", 1)[1]]
+    ratios = [d["rps"] / i["rps"] for d, i in zip(by[s], base)]
     print(f"{s:10} {med(s, 'rps'):10.0f} {' '.join(f'{x:.0f}' for x in per):>24} "
           f"{statistics.median(ratios):8.2f} {med(s, 'p50_ms'):7.2f} {med(s, 'p99_ms'):7.2f} "
           f"{med(s, 'server_cpu_us'):7.0f} {med(s, 'machine_idle_pct'):7.1f}")

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use governor::{Quota, RateLimiter};
 use mainline::async_dht::AsyncDht;
 use mainline::errors::{ConcurrencyError, PutMutableError};
-use pkraft_raft::write_path::too_far_ahead;
 use pkraft_raft::{Node, OutboxItem, Progress};
+use pkraft_types::too_far_ahead;
 use pkraft_types::{KeyBytes, Payload, PublishOutcome, VerifiedPacket};
 use tokio::sync::Semaphore;
 

@@ -5,9 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pkarr::Timestamp;
-use pkraft_raft::write_path::too_far_ahead;
 use pkraft_raft::{Consistency, Published};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
+use pkraft_types::too_far_ahead;
 use pkraft_types::{PublishOutcome, VerifiedPacket, decode_z32_key, parse_z32_key};
 
 use crate::error::RelayError;

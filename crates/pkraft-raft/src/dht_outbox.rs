@@ -2,7 +2,7 @@
 //! `[dht]`) has not put yet, and how far the publisher has got.
 //!
 //! Every replica keeps the outbox, not only the leader: each notes the keys its applies store,
-//! and drops them again when it applies the leader's [`Command::DhtProgress`]. So when the
+//! and drops them again when it applies the leader's [`pkraft_types::Command::DhtProgress`]. So when the
 //! leader changes, the new one already holds exactly the keys stored after the last progress
 //! its predecessor committed and carries on from there; what it puts again is at most what the
 //! old leader put after its last progress entry (about `dht.progress_interval` of work), never
@@ -22,9 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use pkraft_types::{Command, KeyBytes};
-
-use crate::node::Node;
+use pkraft_types::KeyBytes;
 
 /// Failed puts of one key before it is left to the republish sweep.
 pub const PUT_ATTEMPTS_MAX: u8 = 5;
@@ -70,12 +68,7 @@ struct Pending {
     failures: u8,
 }
 
-/// The publisher's position as committed through Raft ([`Command::DhtProgress`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Progress {
-    pub published_through: u64,
-    pub republished_through: Option<KeyBytes>,
-}
+pub use crate::storage::state_machine::Progress;
 
 /// A key the publisher should put now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +206,7 @@ impl DhtOutbox {
     }
 
     /// The log index below which every stored key has been put: what the next
-    /// [`Command::DhtProgress`] may say.
+    /// [`pkraft_types::Command::DhtProgress`] may say.
     pub fn published_through(&self) -> u64 {
         let Ok(state) = self.state.lock() else {
             return 0;
@@ -304,29 +297,6 @@ pub enum ProgressError {
     Timeout,
     #[error("raft: {0}")]
     Raft(String),
-}
-
-impl Node {
-    /// The DHT outbox of this replica (see [`DhtOutbox`]).
-    pub fn dht_outbox(&self) -> &DhtOutbox {
-        &self.dht_outbox
-    }
-
-    /// Commits the DHT publisher's progress (leader only), bounded by `raft.publish_timeout`.
-    pub async fn commit_dht_progress(&self, progress: Progress) -> Result<(), ProgressError> {
-        let Some(_proposal) = self.begin_proposal() else {
-            return Err(ProgressError::NotLeader);
-        };
-        let command = Command::DhtProgress {
-            published_through: progress.published_through,
-            republished_through: progress.republished_through,
-        };
-        match tokio::time::timeout(self.publish_timeout, self.raft.client_write(command)).await {
-            Err(_) => Err(ProgressError::Timeout),
-            Ok(Err(e)) => Err(ProgressError::Raft(e.to_string())),
-            Ok(Ok(_)) => Ok(()),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use pkraft_types::Command;
 
 use crate::node::Node;
-use crate::write_path::unix_micros_now;
+use pkraft_types::unix_micros_now;
 
 /// Most packets one expiry entry deletes: bounds the entry's apply time (one redb transaction)
 /// and keeps publishes flowing in between. The leader proposes more entries right away while

@@ -45,8 +45,7 @@
 //! failed). And when the handover ends, done or not, this node takes up heartbeats, elections
 //! and (if it still leads) proposals again.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::ServerState;
@@ -66,23 +65,6 @@ const LOW_DISK_RETRY: Duration = Duration::from_secs(5);
 /// ... and after one that failed: each attempt stops heartbeats for a lease or more, which may
 /// cost an election, so a failing handover is not repeated every few seconds.
 const LOW_DISK_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
-
-/// The voters a handing-over leader sends no `append-entries` (heartbeats included) to, shared
-/// with the peer network.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Silenced(Arc<Mutex<BTreeSet<NodeId>>>);
-
-impl Silenced {
-    pub(crate) fn contains(&self, node: NodeId) -> bool {
-        self.0.lock().is_ok_and(|silenced| silenced.contains(&node))
-    }
-
-    fn set(&self, nodes: &[NodeId]) {
-        if let Ok(mut silenced) = self.0.lock() {
-            *silenced = nodes.iter().copied().collect();
-        }
-    }
-}
 
 /// Why leadership is handed over: it decides who may take it, and what this node does after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

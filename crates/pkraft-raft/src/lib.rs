@@ -3,33 +3,36 @@
 //! [`PublishError`].
 //!
 //! # Layout
-//! - [`type_config`]: the openraft `TypeConfig` (log payload = [`pkraft_types::Command`]).
-//! - [`log_store`]: the Raft log (append-only segment files) and its vote and purge point, in
-//!   `raft-log/`.
-//! - [`state_machine`]: applies committed entries to [`pkraft_store::Store`] (`state.redb`);
-//!   builds and installs snapshots, keeping the current one in `snapshot/`.
+//! Two sides: [`storage`], what openraft's storage traits need, which never imports the node
+//! service; and the node service built on it.
+//!
+//! - [`storage`]: the type config, the Raft log ([`log_store`], `raft-log/`), the state machine
+//!   ([`state_machine`], applying entries to `state.redb` and keeping snapshots in
+//!   `snapshot/`), snapshot files and their checks on receipt, the repair of a damaged
+//!   `state.redb`, and the codec.
+//! - [`node`]: [`Node`]: the node's state and the small core of handles every other module
+//!   shares, shutdown, a watch for fatal errors. `start`: [`Node::start`] (bootstrapping or
+//!   joining), where the parts are put together; the only module that imports them all.
 //! - [`peer`]: the peer network: openraft RPCs, forwarded publishes, read barriers and membership
 //!   requests over authenticated HTTP (client and the peer listener's router).
-//! - [`node`]: [`Node`]: start (bootstrapping or joining), shutdown, a watch for fatal errors,
-//!   and the small core of handles every other module shares.
 //! - [`write_path`]: [`Node::publish`], the one way into the store: the fast answer from the
 //!   local replica, group commit (concurrent publishes share one log entry), and forwarding of
 //!   followers' batches to the leader.
 //! - [`dht_outbox`]: the keys stored and not yet put to the Mainline DHT, and the publisher's
 //!   committed progress, kept by every replica so a new leader carries on (`pkraft-dht`).
-//! - `leadership`: who leads, since when, and whether this leader may still propose.
+//! - `leadership`: the leadership state a node keeps beside openraft's (since when it leads,
+//!   quorum contact, a handover under way); `leading`: who leads, and whether this leader may
+//!   still propose.
 //! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
 //! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age`.
 //! - `quorum`: when a quorum last accepted this leader (a cut-off leader refuses publishes).
 //! - [`membership`]: init, join, add/promote/remove, cluster status.
 //! - [`reads`]: [`Node::read`] at a [`Consistency`], staleness of the local replica and the
-//!   linearizable read barrier.
-//! - `snapshot_file`: the current snapshot on disk, replaced atomically.
+//!   linearizable read barrier; `freshness`: what it knows of the replica's freshness.
 //! - `scrub`: the background scrub, which reads the log back and re-verifies every stored
 //!   packet at a bounded rate.
-//! - `state_repair`: a damaged `state.redb` is set aside and rebuilt (from the node's snapshot
-//!   and log, or from the cluster).
-//! - `codec`: postcard encoding and the blocking-pool helper for storage work.
+//! - `snapshot_schedule`, `disk_space`, `pre_vote`, `metrics`: when to build snapshots, the
+//!   free-space reserve, PreVote, the node's metrics.
 //! - [`settings`]: the `[raft]` config section.
 
 // openraft's `StorageError` (224 bytes) is the error type of the storage traits implemented here;
@@ -38,13 +41,14 @@
 #![allow(clippy::result_large_err)]
 
 pub mod backup;
-mod codec;
 pub mod dht_outbox;
+mod dht_publishing;
 mod disk_space;
 mod expiry;
+mod freshness;
 pub mod handover;
 mod leadership;
-pub mod log_store;
+mod leading;
 pub mod membership;
 mod metrics;
 pub mod node;
@@ -54,13 +58,14 @@ mod quorum;
 pub mod reads;
 mod scrub;
 pub mod settings;
-mod snapshot_file;
-mod snapshot_receipt;
 mod snapshot_schedule;
-pub mod state_machine;
-mod state_repair;
-pub mod type_config;
+mod start;
+pub mod storage;
 pub mod write_path;
+
+// The storage modules keep their paths from before the split (`crate::log_store`, ...).
+pub(crate) use storage::{codec, snapshot_file, snapshot_receipt, state_repair};
+pub use storage::{log_store, state_machine, type_config};
 
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use handover::Handover;

@@ -17,27 +17,8 @@ use prometheus::{
 };
 
 use crate::log_store::LogStore;
+pub(crate) use crate::storage::Damaged;
 use crate::type_config::TypeConfig;
-
-/// What damaged data was found in (the label of `pkraft_storage_damage_total`).
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Damaged {
-    Log,
-    Snapshot,
-    SnapshotTransfer,
-    State,
-}
-
-impl Damaged {
-    fn label(self) -> &'static str {
-        match self {
-            Damaged::Log => "log",
-            Damaged::Snapshot => "snapshot",
-            Damaged::SnapshotTransfer => "snapshot_transfer",
-            Damaged::State => "state",
-        }
-    }
-}
 
 /// Events counted as they happen.
 pub(crate) struct NodeMetrics {

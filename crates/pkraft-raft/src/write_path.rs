@@ -14,146 +14,34 @@
 //! [`PublishError::Unavailable`] (503 + Retry-After over HTTP).
 
 mod batcher;
+pub(crate) mod queue;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket, decide};
-use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 
-pub use batcher::unix_micros_now;
-use batcher::{Batcher, Origin, Outcome, stopping};
-
-/// How far `timestamp_micros` is ahead of this node's clock, if that is more than `max_skew`: a
-/// packet signed that far in the future is refused (`http.max_future_skew`), whether a client
-/// PUTs it or the DHT publisher finds it on the DHT, so a client with a broken clock cannot make
-/// every later update of its key lose to it.
-pub fn too_far_ahead(timestamp_micros: u64, max_skew: Duration) -> Option<Duration> {
-    let now_micros = unix_micros_now();
-    let limit = now_micros.saturating_add(u64::try_from(max_skew.as_micros()).unwrap_or(u64::MAX));
-    (timestamp_micros > limit).then(|| Duration::from_micros(timestamp_micros - now_micros))
-}
+use queue::{Origin, Outcome, Proposal, stopping};
+pub use queue::{PublishError, Published};
 
 use crate::node::Node;
 use crate::peer::PeerError;
 use crate::settings::Settings;
 use crate::{NodeId, TypeConfig};
 
-/// The result of a publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Published {
-    pub outcome: PublishOutcome,
-    /// Replicas known to hold the entry the outcome rests on (the leader counts itself).
-    pub replicas: usize,
-    /// Index of the log entry the packet was committed in; for a packet answered from the local
-    /// replica (not `Stored`), the last entry applied there, which holds the packet it lost to.
-    pub log_index: u64,
-}
-
-/// Why a publish has no outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-pub enum PublishError {
-    /// No leader, or the entry did not commit in time. The packet may still commit later;
-    /// retrying is safe, since re-publishing the same packet changes nothing.
-    #[error("{0}")]
-    Unavailable(String),
-    /// Consensus or storage failed on this node; Raft has stopped and the daemon exits (see
-    /// [`Node::wait_fatal`]). Retry on another node.
-    #[error("{0}")]
-    Fatal(String),
-    /// This node could not read its own replica for the fast answer. Never sent between nodes
-    /// (the variant is last, so older peers decode every answer they can be sent).
-    #[error("reading this node's replica: {0}")]
-    Replica(String),
-}
-
-/// How often a handover checks whether the proposals under way have returned.
-const PROPOSALS_POLL: Duration = Duration::from_millis(1);
-
-/// The publish queue in front of Raft, owned by the node; see the module docs.
-pub(crate) struct WritePath {
-    /// Taken on shutdown to close the queue.
-    batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
-    /// Proposals this node has handed to Raft that have not returned (see [`Proposal`]).
-    proposing: AtomicUsize,
-}
-
-/// A proposal to Raft under way on this leader. A handover waits until none is, so that the log
-/// it asks a successor to match no longer grows (see `handover`).
-pub(crate) struct Proposal<'a>(&'a AtomicUsize);
-
-impl Drop for Proposal<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl WritePath {
-    /// A write path that takes nothing until [`WritePath::start`].
-    pub(crate) fn new() -> WritePath {
-        WritePath {
-            batcher: std::sync::Mutex::new(None),
-            proposing: AtomicUsize::new(0),
-        }
-    }
-
-    /// Waits until no proposal is under way, for at most `timeout`; whether none is.
-    pub(crate) async fn proposals_settled(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.proposing.load(Ordering::SeqCst) > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(PROPOSALS_POLL).await;
-        }
-        true
-    }
-
-    /// Starts the batching task. It needs the node shared: it forwards to the leader through the
-    /// node's peer client.
-    pub(crate) fn start(&self, node: Arc<Node>, settings: &Settings) {
-        let batcher = Batcher::spawn(node, settings.publish_queue_max, settings.publish_batch_max);
-        if let Ok(mut slot) = self.batcher.lock() {
-            *slot = Some(batcher);
-        }
-    }
-
-    fn enqueue(&self, item: PublishItem, origin: Origin) -> Result<Outcome, PublishError> {
-        let batcher = self
-            .batcher
-            .lock()
-            .map_err(|_| PublishError::Fatal("the publish queue lock is poisoned".to_string()))?;
-        match batcher.as_ref() {
-            Some((batcher, _)) => batcher.enqueue(item, origin),
-            None => Err(stopping()),
-        }
-    }
-
-    /// Closes the queue and lets the batches in flight answer their publishers, but not for
-    /// longer than `timeout` (what a publisher would wait): a commit that never returns (a hung
-    /// disk) must not hang the shutdown.
-    pub(crate) async fn close(&self, timeout: Duration) {
-        let batcher = self.batcher.lock().ok().and_then(|mut b| b.take());
-        let Some((queue, mut task)) = batcher else {
-            return;
-        };
-        drop(queue);
-        match tokio::time::timeout(timeout, &mut task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the publish batcher ended abnormally"),
-            Err(_) => {
-                tracing::warn!(?timeout, "publish batches still in flight; stopping anyway");
-                task.abort();
-            }
-        }
-    }
-}
-
 impl Node {
+    /// Starts the batching task of this node's publish queue. It needs the node shared: it
+    /// forwards to the leader through the node's peer client.
+    pub(crate) fn start_write_path(self: &Arc<Self>, settings: &Settings) {
+        self.writes().install(batcher::spawn(
+            self.clone(),
+            settings.publish_queue_max,
+            settings.publish_batch_max,
+        ));
+    }
+
     /// Marks a proposal to Raft as under way, or `None` if this leader is handing over and must
     /// propose nothing more. The count goes up before the check, and the handover sets its flag
     /// before it reads the count (both sequentially consistent), so a proposal either sees the

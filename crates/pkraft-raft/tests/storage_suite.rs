@@ -55,3 +55,38 @@ fn openraft_storage_conformance_suite_with_tiny_log_segments() {
     })
     .expect("storage passes the openraft conformance suite with tiny segments");
 }
+
+/// The invariant the store relies on, asserted as etcd does: the applied index never goes back.
+/// An entry applied a second time could store an older packet over a newer one. Debug builds
+/// (every test run) refuse it; the apply fails instead of committing.
+#[cfg(debug_assertions)]
+#[test]
+fn an_entry_at_or_below_the_applied_index_is_never_applied_again() {
+    use openraft::storage::RaftStateMachine;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open the store");
+        let mut state_machine =
+            StateMachine::open(store, dir.path().join("snapshot")).expect("open");
+        let entry = |index| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        state_machine
+            .apply([entry(1), entry(2)])
+            .await
+            .expect("entries in order apply");
+        let again = state_machine.apply([entry(2)]).await;
+        let error = again.expect_err("an entry applied again must be refused");
+        assert!(error.to_string().contains("panic"), "{error}");
+        let (applied, _) = state_machine.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|log_id| log_id.index), Some(2));
+    });
+}

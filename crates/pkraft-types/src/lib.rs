@@ -7,12 +7,14 @@
 //! - [`ordering`]: the pkarr ordering rule that decides which of two packets for a key wins.
 //! - [`command`]: what a Raft log entry carries and what applying it returns.
 
+pub mod clock;
 pub mod command;
 pub mod key;
 pub mod ordering;
 pub mod packet;
 pub mod payload;
 
+pub use clock::{too_far_ahead, unix_micros_now};
 pub use command::{Command, PublishItem};
 pub use key::{KeyError, decode_z32_key, parse_z32_key};
 pub use ordering::{PublishOutcome, decide};

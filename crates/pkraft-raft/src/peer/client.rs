@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use super::tls::PeerTls;
 use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
-use crate::handover::Silenced;
+use crate::leadership::Silenced;
 use crate::quorum::QuorumContact;
 use crate::{NodeId, TypeConfig};
 

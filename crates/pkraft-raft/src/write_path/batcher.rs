@@ -13,13 +13,14 @@
 //! the node it wrote to.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use pkraft_types::{Command, PublishItem, PublishOutcome};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
-use super::{PublishError, Published, publish_error, replicas_holding};
+use super::queue::{Batcher, Origin, Pending, PublishError, Published, Reply};
+use super::{publish_error, replicas_holding};
 use crate::node::Node;
 use crate::peer::{ForwardedPublish, PeerError, path};
 
@@ -31,69 +32,16 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// node written to).
 const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(1);
 
-type Reply = oneshot::Sender<Result<Published, PublishError>>;
-/// Where a queued publish learns its outcome.
-pub(crate) type Outcome = oneshot::Receiver<Result<Published, PublishError>>;
-
-pub(crate) fn stopping() -> PublishError {
-    PublishError::Unavailable("the node is stopping".to_string())
-}
-
-/// Where a publish entered the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
-    /// A client of this node.
-    Local,
-    /// Forwarded by a follower. Never forwarded again: if this node is no longer the leader, the
-    /// follower learns so and reroutes, which keeps publishes from circling.
-    Forwarded,
-}
-
-struct Pending {
-    item: PublishItem,
-    origin: Origin,
-    reply: Reply,
-}
-
-/// The queue in front of the batching task.
-pub(crate) struct Batcher {
-    queue: mpsc::Sender<Pending>,
-}
-
-impl Batcher {
-    /// Starts the batching task. It ends when the `Batcher` is dropped and the queue is drained.
-    pub(crate) fn spawn(
-        node: Arc<Node>,
-        queue_max: usize,
-        batch_max: usize,
-    ) -> (Batcher, JoinHandle<()>) {
-        let (queue, pending) = mpsc::channel(queue_max.max(1));
-        let task = tokio::spawn(run(node, pending, batch_max.max(1)));
-        (Batcher { queue }, task)
-    }
-
-    /// Queues `item` without waiting; the receiver yields the outcome of the entry it is
-    /// committed in. A full queue is an immediate error (back-pressure), not a wait.
-    pub(crate) fn enqueue(
-        &self,
-        item: PublishItem,
-        origin: Origin,
-    ) -> Result<Outcome, PublishError> {
-        let (reply, outcome) = oneshot::channel();
-        self.queue
-            .try_send(Pending {
-                item,
-                origin,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    PublishError::Unavailable("too many publishes waiting to commit".to_string())
-                }
-                mpsc::error::TrySendError::Closed(_) => stopping(),
-            })?;
-        Ok(outcome)
-    }
+/// Starts the batching task for a queue of at most `queue_max` publishes. It ends when the
+/// `Batcher` is dropped and the queue is drained.
+pub(crate) fn spawn(
+    node: Arc<Node>,
+    queue_max: usize,
+    batch_max: usize,
+) -> (Batcher, JoinHandle<()>) {
+    let (batcher, pending) = Batcher::new(queue_max);
+    let task = tokio::spawn(run(node, pending, batch_max.max(1)));
+    (batcher, task)
 }
 
 async fn run(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>, batch_max: usize) {
@@ -250,7 +198,8 @@ async fn propose(
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     tracing::debug!(packets = packets.len(), "proposing a publish batch");
     let command = Command::Publish {
-        leader_time_micros: unix_micros_now(),
+        // Read on the leader when it proposes the batch.
+        leader_time_micros: pkraft_types::unix_micros_now(),
         packets,
     };
     let raft = &node.raft;
@@ -421,13 +370,4 @@ fn answer_all(batch: Vec<Pending>, error: PublishError) {
 fn answer(reply: Reply, result: Result<Published, PublishError>) {
     // A publisher that timed out has dropped its receiver; nothing to tell it.
     let _ = reply.send(result);
-}
-
-/// Wall clock in µs since the Unix epoch, read on the leader when it proposes the batch. A clock
-/// before 1970 reads as 0.
-pub fn unix_micros_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

@@ -18,7 +18,7 @@
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -29,15 +29,40 @@ use pkraft_store::Store;
 use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{Message, blocking, decode, encode, storage_error};
-use crate::dht_outbox::{DhtOutbox, Progress};
-use crate::metrics::{Damaged, NodeMetrics};
-use crate::snapshot_file::SnapshotFile;
-use crate::snapshot_schedule::BuildTimes;
-use crate::type_config::ApplyResult;
-use crate::{NodeId, TypeConfig};
+use super::Damaged;
+use super::codec::{Message, blocking, decode, encode, storage_error};
+use super::snapshot_file::SnapshotFile;
+use super::type_config::{ApplyResult, NodeId, TypeConfig};
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+
+/// The DHT publisher's position as committed through Raft ([`Command::DhtProgress`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub published_through: u64,
+    pub republished_through: Option<KeyBytes>,
+}
+
+/// What the state machine tells the node as it works: its metrics, the DHT outbox and the
+/// snapshot schedule. The node implements it (storage tests run without), so that the storage
+/// side never reaches into the node.
+pub(crate) trait StateEvents: Send + Sync + 'static {
+    /// Whether applies should note the keys they store (the DHT outbox is on); asked once per
+    /// apply call.
+    fn wants_stored_keys(&self) -> bool;
+    /// An apply call through index `through` has committed: the packets it stored (key, index of
+    /// the entry) and the DHT progress it committed. Only when
+    /// [`StateEvents::wants_stored_keys`] said so for that call.
+    fn applied(&self, stored: &[(KeyBytes, u64)], progress: &[Progress], through: u64);
+    /// Entries applied removed `records` expired packets.
+    fn expired(&self, records: u64);
+    /// A snapshot build ended after `took`.
+    fn snapshot_built(&self, took: Duration);
+    /// A snapshot from the leader was installed in `took`.
+    fn snapshot_installed(&self, took: Duration);
+    /// Damaged data was found (and not used).
+    fn damage_found(&self, what: Damaged);
+}
 
 /// An apply that brings the count of entries applied since the last durable commit to this
 /// number commits durably. Counts, not a timer, so that `apply` reads no clock.
@@ -116,12 +141,8 @@ pub struct StateMachine {
     applied: AppliedState,
     /// Applied since the last durable commit of the state.
     since_durable: AppliedSince,
-    /// Where snapshot durations and expiry are counted (none in storage tests).
-    metrics: Option<Arc<NodeMetrics>>,
-    /// Told which keys each apply stored, for the DHT publisher (none in storage tests).
-    dht_outbox: Option<Arc<DhtOutbox>>,
-    /// Told when a build ends and how long it took, for the snapshot schedule.
-    build_times: Option<Arc<BuildTimes>>,
+    /// Told what happens (none in storage tests).
+    events: Option<Arc<dyn StateEvents>>,
 }
 
 impl StateMachine {
@@ -136,27 +157,13 @@ impl StateMachine {
             snapshot_file,
             applied,
             since_durable: AppliedSince::default(),
-            metrics: None,
-            dht_outbox: None,
-            build_times: None,
+            events: None,
         })
     }
 
-    /// Counts snapshots and expiry in `metrics`.
-    pub(crate) fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Tells `times` when each snapshot build ends (`snapshot_schedule`).
-    pub(crate) fn with_build_times(mut self, times: Arc<BuildTimes>) -> Self {
-        self.build_times = Some(times);
-        self
-    }
-
-    /// Tells `outbox` what each apply stores (it notes nothing until it is enabled).
-    pub(crate) fn with_dht_outbox(mut self, outbox: Arc<DhtOutbox>) -> Self {
-        self.dht_outbox = Some(outbox);
+    /// Tells `events` what happens.
+    pub(crate) fn with_events(mut self, events: Arc<dyn StateEvents>) -> Self {
+        self.events = Some(events);
         self
     }
 }
@@ -216,18 +223,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let since_durable = self.since_durable.plus(&entries);
         let durable = since_durable.is_due();
         // Off (no `[dht]`): one flag read per apply call, nothing noted.
-        let outbox = self
-            .dht_outbox
+        let noting = self
+            .events
             .as_ref()
-            .filter(|outbox| outbox.is_enabled())
-            .cloned();
-        let noting = outbox.is_some();
+            .is_some_and(|events| events.wants_stored_keys());
         let (applied, results, noted) =
             blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
                 let mut txn = store.begin_apply(durable)?;
                 let mut results = Vec::with_capacity(entries.len());
                 let mut noted = OutboxNotes::default();
                 for entry in entries {
+                    // The applied index never goes back (etcd asserts the same): an entry
+                    // applied twice would, for one, store an older packet over a newer one.
+                    debug_assert!(
+                        Some(entry.log_id) > applied.last_applied,
+                        "apply of {} after {:?}",
+                        entry.log_id,
+                        applied.last_applied
+                    );
                     applied.last_applied = Some(entry.log_id);
                     let result = match entry.payload {
                         EntryPayload::Blank => ApplyResult::default(),
@@ -260,9 +273,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 Ok((applied, results, noted))
             })
             .await?;
-        if let (Some(outbox), Some(last)) = (outbox, applied.last_applied) {
+        if noting && let (Some(events), Some(last)) = (&self.events, applied.last_applied) {
             // After the commit: the publisher reads the store when it puts a key.
-            outbox.applied(&noted.stored, &noted.progress, last.index);
+            events.applied(&noted.stored, &noted.progress, last.index);
         }
         self.applied = applied;
         self.since_durable = if durable {
@@ -270,9 +283,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         } else {
             since_durable
         };
-        if let Some(metrics) = &self.metrics {
-            let expired: u64 = results.iter().map(|result| result.expired).sum();
-            metrics.expired_records.inc_by(expired);
+        if let Some(events) = &self.events {
+            events.expired(results.iter().map(|result| result.expired).sum());
         }
         Ok(results)
     }
@@ -281,8 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             store: self.store.clone(),
             snapshot_file: self.snapshot_file.clone(),
-            metrics: self.metrics.clone(),
-            build_times: self.build_times.clone(),
+            events: self.events.clone(),
         }
     }
 
@@ -326,10 +337,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = applied;
         // The import committed durably.
         self.since_durable = AppliedSince::default();
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .snapshot_install
-                .observe(started.elapsed().as_secs_f64());
+        if let Some(events) = &self.events {
+            events.snapshot_installed(started.elapsed());
         }
         tracing::info!(
             last_log_index = ?self.applied.last_applied.map(|log_id| log_id.index),
@@ -371,8 +380,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     %damage,
                     "the current snapshot is damaged: it is not sent; building a new one in its place"
                 );
-                if let Some(metrics) = &self.metrics {
-                    metrics.damage_found(Damaged::Snapshot);
+                if let Some(events) = &self.events {
+                    events.damage_found(Damaged::Snapshot);
                 }
                 self.get_snapshot_builder()
                     .await
@@ -391,7 +400,7 @@ fn install_from(
     meta: &SnapshotMeta<NodeId, BasicNode>,
     state: &AppliedState,
     file: &mut std::fs::File,
-) -> std::result::Result<pkraft_store::SnapshotSummary, crate::codec::BoxError> {
+) -> std::result::Result<pkraft_store::SnapshotSummary, super::codec::BoxError> {
     if !snapshot_file.is_incoming(file)? {
         // Not streamed in from a leader (a snapshot handed over whole, as openraft's
         // `install_full_snapshot` and its test suite do): copy it to be kept.
@@ -451,8 +460,7 @@ fn dropped_nodes(
 pub struct SnapshotBuilder {
     store: Store,
     snapshot_file: SnapshotFile,
-    metrics: Option<Arc<NodeMetrics>>,
-    build_times: Option<Arc<BuildTimes>>,
+    events: Option<Arc<dyn StateEvents>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -504,13 +512,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 return Err(e);
             }
         };
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .snapshot_build
-                .observe(started.elapsed().as_secs_f64());
-        }
-        if let Some(times) = &self.build_times {
-            times.ended(started.elapsed());
+        if let Some(events) = &self.events {
+            events.snapshot_built(started.elapsed());
         }
         tracing::info!(
             last_log_index = ?meta.last_log_id.map(|log_id| log_id.index),

@@ -29,8 +29,8 @@ use std::sync::{Arc, Mutex};
 use openraft::{BasicNode, SnapshotMeta};
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
-use crate::codec::{decode, encode};
+use super::codec::{decode, encode};
+use super::type_config::NodeId;
 
 const MAGIC: &[u8; 8] = b"PKRSPTR1";
 const POINTER: &str = "current.meta";

@@ -25,8 +25,8 @@ use redb::{Error as DbError, WriteTransaction};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::codec::{blocking, decode, encode, storage_error};
-use crate::{NodeId, TypeConfig};
+use super::codec::{blocking, decode, encode, storage_error};
+use super::type_config::{NodeId, TypeConfig};
 pub use segments::Damage;
 use segments::{SEGMENT_TARGET_BYTES, Segments};
 

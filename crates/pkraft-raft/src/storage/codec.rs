@@ -6,7 +6,7 @@ use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::NodeId;
+use super::type_config::NodeId;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

@@ -22,14 +22,41 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use openraft::StorageError;
 use pkraft_store::{Store, StoreError};
 
-use crate::NodeId;
-use crate::codec::encode;
-use crate::log_store::LogStore;
-use crate::node::{SNAPSHOT_DIR, STATE_FILE, StartError};
-use crate::snapshot_file::{Meta, SnapshotFile};
-use crate::state_machine::AppliedState;
+use super::codec::encode;
+use super::log_store::LogStore;
+use super::snapshot_file::{Meta, SnapshotFile};
+use super::state_machine::AppliedState;
+use super::type_config::NodeId;
+use super::{SNAPSHOT_DIR, STATE_FILE};
+
+/// Why the state store could not be opened whole. Each variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateOpenError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state store {path}: {source} (a damaged file is never opened as an empty one; see \
+         docs/OPERATIONS.md, \"Repair\")"
+    )]
+    StateFile { path: PathBuf, source: StoreError },
+    #[error(
+        "state store {path} is damaged: {damage}; it cannot be rebuilt here: {why} (see \
+         docs/OPERATIONS.md, \"Repair\")"
+    )]
+    StateDamaged {
+        path: PathBuf,
+        damage: String,
+        why: String,
+    },
+    #[error("raft log: {0}")]
+    Log(#[from] StorageError<NodeId>),
+}
 
 /// Left in the data dir by a check that found the running node's state damaged; the next start
 /// rebuilds the state. Holds what was found.
@@ -60,7 +87,7 @@ pub(crate) fn open_whole(
     log: &LogStore,
     node_id: NodeId,
     has_peers: bool,
-) -> Result<(Store, Option<Rebuilt>), StartError> {
+) -> Result<(Store, Option<Rebuilt>), StateOpenError> {
     let path = data_dir.join(STATE_FILE);
     let (damage, scrub_finding) = match opened {
         Ok(store) => match damage_in(&store, data_dir, log)? {
@@ -72,7 +99,7 @@ pub(crate) fn open_whole(
             }
         },
         Err(source) if source.is_damage() => (source.to_string(), None),
-        Err(source) => return Err(StartError::StateFile { path, source }),
+        Err(source) => return Err(StateOpenError::StateFile { path, source }),
     };
     tracing::error!(state = %path.display(), %damage, "the state store is damaged");
     let has_peers = has_peers || log.had_peers();
@@ -111,7 +138,7 @@ pub(crate) fn open_whole(
         log.set_aside_for_state_repair(node_id)?;
         Rebuilt::Cluster
     } else {
-        return Err(StartError::StateDamaged {
+        return Err(StateOpenError::StateDamaged {
             path,
             damage,
             why: format!(
@@ -120,28 +147,28 @@ pub(crate) fn open_whole(
             ),
         });
     };
-    let aside = set_aside(data_dir, &path).map_err(|source| StartError::DataDir {
+    let aside = set_aside(data_dir, &path).map_err(|source| StateOpenError::DataDir {
         path: path.clone(),
         source,
     })?;
     let store =
-        Store::open_with_cache(&path, cache_bytes).map_err(|source| StartError::StateFile {
+        Store::open_with_cache(&path, cache_bytes).map_err(|source| StateOpenError::StateFile {
             path: path.clone(),
             source,
         })?;
     if let Some((meta, mut data)) = covering {
-        import(&store, &meta, &mut data).map_err(|source| StartError::StateFile {
+        import(&store, &meta, &mut data).map_err(|source| StateOpenError::StateFile {
             path: path.clone(),
             source,
         })?;
     }
     if let Some(finding) = &scrub_finding {
-        remember_rebuilt_for(data_dir, finding).map_err(|source| StartError::DataDir {
+        remember_rebuilt_for(data_dir, finding).map_err(|source| StateOpenError::DataDir {
             path: data_dir.join(DAMAGED_DIR).join(SCRUB_REBUILT_FILE),
             source,
         })?;
     }
-    clear_mark(data_dir).map_err(|source| StartError::DataDir {
+    clear_mark(data_dir).map_err(|source| StateOpenError::DataDir {
         path: data_dir.join(STATE_DAMAGED_FILE),
         source,
     })?;
@@ -159,7 +186,7 @@ fn damage_in(
     store: &Store,
     data_dir: &Path,
     log: &LogStore,
-) -> Result<Option<(String, Option<String>)>, StartError> {
+) -> Result<Option<(String, Option<String>)>, StateOpenError> {
     let mark = data_dir.join(STATE_DAMAGED_FILE);
     match std::fs::read_to_string(&mark) {
         Ok(found) => {
@@ -167,7 +194,7 @@ fn damage_in(
             return Ok(Some((format!("the scrub found {finding}"), Some(finding))));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => return Err(StartError::DataDir { path: mark, source }),
+        Err(source) => return Err(StateOpenError::DataDir { path: mark, source }),
     }
     let applied = match AppliedState::load(store) {
         Ok(applied) => applied,

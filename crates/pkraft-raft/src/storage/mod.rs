@@ -1,0 +1,50 @@
+//! The storage side of a node: what openraft's storage traits need and nothing of the node
+//! service. It never imports `crate::node` or any module of the service (the write path,
+//! leadership, reads, membership, the peer network); the node builds on it, as openraft's
+//! examples and databend-meta split their store from their node. What the state machine has to
+//! tell the node as it works (metrics, the DHT outbox, the snapshot schedule) goes through
+//! [`state_machine::StateEvents`], which the node implements.
+//!
+//! - [`type_config`]: the openraft `TypeConfig` (log payload = [`pkraft_types::Command`]).
+//! - [`log_store`]: the Raft log (append-only segment files) and its vote and purge point, in
+//!   `raft-log/`.
+//! - [`state_machine`]: applies committed entries to [`pkraft_store::Store`] (`state.redb`);
+//!   builds and installs snapshots, keeping the current one in `snapshot/`.
+//! - `snapshot_file`: the current snapshot on disk, replaced atomically.
+//! - `snapshot_receipt`: a snapshot received from the leader, checked chunk by chunk.
+//! - `state_repair`: a damaged `state.redb` is set aside and rebuilt (from the node's snapshot
+//!   and log, or from the cluster).
+//! - `codec`: postcard encoding and the blocking-pool helper for storage work.
+
+pub(crate) mod codec;
+pub mod log_store;
+pub(crate) mod snapshot_file;
+pub(crate) mod snapshot_receipt;
+pub mod state_machine;
+pub(crate) mod state_repair;
+pub mod type_config;
+
+/// File names inside the data dir.
+pub(crate) const LOG_DIR: &str = "raft-log";
+pub(crate) const STATE_FILE: &str = "state.redb";
+pub(crate) const SNAPSHOT_DIR: &str = "snapshot";
+
+/// What damaged data was found in (the label of `pkraft_storage_damage_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Damaged {
+    Log,
+    Snapshot,
+    SnapshotTransfer,
+    State,
+}
+
+impl Damaged {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Damaged::Log => "log",
+            Damaged::Snapshot => "snapshot",
+            Damaged::SnapshotTransfer => "snapshot_transfer",
+            Damaged::State => "state",
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The publish queue's state, owned by the node: the queue in front of the batching task
+//! (`batcher`), the proposals under way, and the types of a publish's answer. Nothing here knows
+//! the node, so the node can hold it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pkraft_types::{PublishItem, PublishOutcome};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// The result of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    pub outcome: PublishOutcome,
+    /// Replicas known to hold the entry the outcome rests on (the leader counts itself).
+    pub replicas: usize,
+    /// Index of the log entry the packet was committed in; for a packet answered from the local
+    /// replica (not `Stored`), the last entry applied there, which holds the packet it lost to.
+    pub log_index: u64,
+}
+
+/// Why a publish has no outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PublishError {
+    /// No leader, or the entry did not commit in time. The packet may still commit later;
+    /// retrying is safe, since re-publishing the same packet changes nothing.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Consensus or storage failed on this node; Raft has stopped and the daemon exits (see
+    /// [`Node::wait_fatal`]). Retry on another node.
+    #[error("{0}")]
+    Fatal(String),
+    /// This node could not read its own replica for the fast answer. Never sent between nodes
+    /// (the variant is last, so older peers decode every answer they can be sent).
+    #[error("reading this node's replica: {0}")]
+    Replica(String),
+}
+
+/// How often a handover checks whether the proposals under way have returned.
+const PROPOSALS_POLL: Duration = Duration::from_millis(1);
+
+/// The publish queue in front of Raft, owned by the node; see the module docs.
+pub(crate) struct WritePath {
+    /// Taken on shutdown to close the queue.
+    batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
+    /// Proposals this node has handed to Raft that have not returned (see [`Proposal`]).
+    pub(super) proposing: AtomicUsize,
+}
+
+/// A proposal to Raft under way on this leader. A handover waits until none is, so that the log
+/// it asks a successor to match no longer grows (see `handover`).
+pub(crate) struct Proposal<'a>(pub(super) &'a AtomicUsize);
+
+impl Drop for Proposal<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl WritePath {
+    /// A write path that takes nothing until [`WritePath::start`].
+    pub(crate) fn new() -> WritePath {
+        WritePath {
+            batcher: std::sync::Mutex::new(None),
+            proposing: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits until no proposal is under way, for at most `timeout`; whether none is.
+    pub(crate) async fn proposals_settled(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.proposing.load(Ordering::SeqCst) > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(PROPOSALS_POLL).await;
+        }
+        true
+    }
+
+    /// Takes publishes from now on, into `batcher` (its task: `batcher::spawn`).
+    pub(crate) fn install(&self, batcher: (Batcher, JoinHandle<()>)) {
+        if let Ok(mut slot) = self.batcher.lock() {
+            *slot = Some(batcher);
+        }
+    }
+
+    pub(crate) fn enqueue(
+        &self,
+        item: PublishItem,
+        origin: Origin,
+    ) -> Result<Outcome, PublishError> {
+        let batcher = self
+            .batcher
+            .lock()
+            .map_err(|_| PublishError::Fatal("the publish queue lock is poisoned".to_string()))?;
+        match batcher.as_ref() {
+            Some((batcher, _)) => batcher.enqueue(item, origin),
+            None => Err(stopping()),
+        }
+    }
+
+    /// Closes the queue and lets the batches in flight answer their publishers, but not for
+    /// longer than `timeout` (what a publisher would wait): a commit that never returns (a hung
+    /// disk) must not hang the shutdown.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        let batcher = self.batcher.lock().ok().and_then(|mut b| b.take());
+        let Some((queue, mut task)) = batcher else {
+            return;
+        };
+        drop(queue);
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the publish batcher ended abnormally"),
+            Err(_) => {
+                tracing::warn!(?timeout, "publish batches still in flight; stopping anyway");
+                task.abort();
+            }
+        }
+    }
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Published, PublishError>>;
+/// Where a queued publish learns its outcome.
+pub(crate) type Outcome = oneshot::Receiver<Result<Published, PublishError>>;
+
+pub(crate) fn stopping() -> PublishError {
+    PublishError::Unavailable("the node is stopping".to_string())
+}
+
+/// Where a publish entered the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A client of this node.
+    Local,
+    /// Forwarded by a follower. Never forwarded again: if this node is no longer the leader, the
+    /// follower learns so and reroutes, which keeps publishes from circling.
+    Forwarded,
+}
+
+pub(super) struct Pending {
+    pub(super) item: PublishItem,
+    pub(super) origin: Origin,
+    pub(super) reply: Reply,
+}
+
+/// The queue in front of the batching task.
+pub(crate) struct Batcher {
+    queue: mpsc::Sender<Pending>,
+}
+
+impl Batcher {
+    /// A queue of at most `queue_max` publishes, and the end the batching task reads.
+    pub(super) fn new(queue_max: usize) -> (Batcher, mpsc::Receiver<Pending>) {
+        let (queue, pending) = mpsc::channel(queue_max.max(1));
+        (Batcher { queue }, pending)
+    }
+
+    /// Queues `item` without waiting; the receiver yields the outcome of the entry it is
+    /// committed in. A full queue is an immediate error (back-pressure), not a wait.
+    pub(crate) fn enqueue(
+        &self,
+        item: PublishItem,
+        origin: Origin,
+    ) -> Result<Outcome, PublishError> {
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .try_send(Pending {
+                item,
+                origin,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    PublishError::Unavailable("too many publishes waiting to commit".to_string())
+                }
+                mpsc::error::TrySendError::Closed(_) => stopping(),
+            })?;
+        Ok(outcome)
+    }
+}

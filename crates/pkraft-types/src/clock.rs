@@ -1,0 +1,39 @@
+//! The rules about time that every part applies the same way: the wall clock in µs since the
+//! Unix epoch (what a leader stamps on a batch, what expiry compares against), and how far in the
+//! future a packet may be signed.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Wall clock in µs since the Unix epoch. A clock before 1970 reads as 0.
+pub fn unix_micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// How far `timestamp_micros` is ahead of this node's clock, if that is more than `max_skew`: a
+/// packet signed that far in the future is refused (`http.max_future_skew`), whether a client
+/// PUTs it or the DHT publisher finds it on the DHT, so a client with a broken clock cannot make
+/// every later update of its key lose to it.
+pub fn too_far_ahead(timestamp_micros: u64, max_skew: Duration) -> Option<Duration> {
+    let now_micros = unix_micros_now();
+    let limit = now_micros.saturating_add(u64::try_from(max_skew.as_micros()).unwrap_or(u64::MAX));
+    (timestamp_micros > limit).then(|| Duration::from_micros(timestamp_micros - now_micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timestamp_is_too_far_ahead_only_past_the_skew() {
+        let now = unix_micros_now();
+        let skew = Duration::from_secs(60);
+        assert_eq!(too_far_ahead(now, skew), None);
+        assert_eq!(too_far_ahead(now + 30_000_000, skew), None);
+        let ahead = too_far_ahead(now + 3_600_000_000, skew).expect("an hour ahead");
+        assert!(ahead > Duration::from_secs(3_500), "{ahead:?}");
+        assert_eq!(too_far_ahead(u64::MAX, Duration::MAX).map(|_| ()), None);
+    }
+}
