@@ -380,6 +380,19 @@ impl Cluster {
         serde_json::from_slice(&response.bytes().await.ok()?).ok()
     }
 
+    /// Whether node `id` answers `/readyz` with 200: it serves local reads (caught up, a leader
+    /// known, applying what is committed).
+    pub async fn ready(&self, id: u64) -> bool {
+        let Some(addrs) = self.node(id).ok().and_then(|node| node.addrs) else {
+            return false;
+        };
+        self.admin
+            .get(format!("http://{}/readyz", addrs.http))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success())
+    }
+
     /// The node that considers itself leader with the highest term, among the live nodes.
     pub async fn leader(&self) -> Option<u64> {
         let mut best: Option<(u64, u64)> = None;

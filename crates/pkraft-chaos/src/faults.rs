@@ -309,7 +309,8 @@ async fn corrupt_state_hold_restart(
     ))
 }
 
-/// Waits until `target` answers its status with no log repair pending.
+/// Waits until `target` is back in service: no log repair pending in its status, and `/readyz`
+/// 200.
 async fn wait_repaired(cluster: &Cluster, target: u64) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + REPAIR_TIMEOUT;
     loop {
@@ -317,6 +318,7 @@ async fn wait_repaired(cluster: &Cluster, target: u64) -> anyhow::Result<()> {
         if status
             .as_ref()
             .is_some_and(|status| status["node"]["log_repair"].is_null())
+            && cluster.ready(target).await
         {
             return Ok(());
         }

@@ -56,9 +56,10 @@ pub(crate) struct NodeMetrics {
     /// election) or `lost` (a quorum would not vote for it; it did not stand).
     pub(crate) pre_vote_rounds: IntCounterVec,
     /// `pkraft_storage_damage_total{what}`: damaged data this node found and did not use, by
-    /// what: `log` (Raft log records, at the open), `snapshot` (its own current snapshot, before
-    /// sending it; it builds a new one), `snapshot_transfer` (a snapshot received from the
-    /// leader that failed its checksum; refused).
+    /// what: `log` (Raft log records, at the open or by the scrub), `snapshot` (its own current
+    /// snapshot, before sending it; it builds a new one), `snapshot_transfer` (a snapshot
+    /// received from the leader that failed its checksum; refused), `state` (`state.redb` at the
+    /// start, set aside and rebuilt, or a stored packet the scrub found damaged).
     pub(crate) storage_damage: IntCounterVec,
     /// `pkraft_scrub_passes_total{what}`: passes of the background scrub completed over the
     /// log (`log`) and over every stored packet (`state`).

@@ -4,18 +4,22 @@
 //! a read or a follower needs the bytes (docs/CONSISTENCY.md, "Damaged disks").
 //!
 //! What it does with damage:
-//! - a node with another voter stops (the daemon exits non-zero, its supervisor restarts it) and
-//!   its next start repairs from the cluster: the log's damage is found by the open, the state's
-//!   is left in `state-damaged` (`state_repair`);
+//! - a node with another voter records it and stops (the daemon exits non-zero, its supervisor
+//!   restarts it), and its next start repairs from the cluster. For the log, the loss is recorded
+//!   as a repair in `meta.redb` first (damage in the last append would otherwise be cut at the
+//!   open as a torn write); for the state, `state-damaged` is left in the data dir
+//!   (`state_repair`). The leader records damage in its state and goes on: a packet every node
+//!   stores so must not stop them all, and the followers that stop repair from it;
 //! - the only voter has no other copy: it reports the damage (log at ERROR, metric) and goes on
 //!   serving what it has, since stopping would only add an outage. Its operator takes a backup
 //!   while the state is readable (docs/OPERATIONS.md, "Repair").
 //!
 //! A packet that does not verify may also be one the whole cluster stores so (a verification
 //! rule that changed between builds), not damage on this disk: if the same bytes come back after
-//! a rebuild from the cluster (`scrub-rebuilt` says what the last rebuild was for), the scrub
-//! says so and goes on, instead of stopping every node in turn.
+//! a rebuild from the cluster (`scrub-rebuilt` lists what such rebuilds were for), the scrub says
+//! so and goes on, instead of stopping the node again.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,10 +32,13 @@ use crate::node::Node;
 use crate::settings::Settings;
 use crate::state_repair;
 
-/// Entries read back in one step of the log sweep (each step holds the log's read lock).
-const LOG_STEP_ENTRIES: u64 = 256;
+/// Bytes read back in one step of the log sweep (each step holds the log's read lock, which a
+/// truncation waits for), and at least one record.
+const LOG_STEP_BYTES: u64 = 1024 * 1024;
 /// Packets verified in one step of the state sweep (one read transaction).
 const STATE_STEP_PACKETS: usize = 64;
+/// Findings a running node remembers having reported (more are reported again at each pass).
+const REPORTED_MAX: usize = 1024;
 /// Pause between two passes, so that a small store is not swept back to back.
 const PASS_PAUSE: Duration = Duration::from_secs(10);
 /// Wait after an error that is not damage (I/O, a panic in the blocking pool) before trying
@@ -72,7 +79,7 @@ async fn sweep_log(node: &Arc<Node>, bytes_per_second: u64) {
     loop {
         let started = Instant::now();
         let log = node.log_store.clone();
-        let step = tokio::task::spawn_blocking(move || log.scrub(next, LOG_STEP_ENTRIES)).await;
+        let step = tokio::task::spawn_blocking(move || log.scrub(next, LOG_STEP_BYTES)).await;
         match step {
             Ok(Ok(Some((after, bytes)))) => {
                 next = after;
@@ -104,6 +111,16 @@ async fn sweep_log(node: &Arc<Node>, bytes_per_second: u64) {
 fn log_damaged(node: &Node, damage: &Damage) {
     node.metrics.damage_found(Damaged::Log);
     if node.has_other_voters() {
+        // Before it stops: damage in the last append would otherwise be cut at the next open as
+        // a torn write, and the node would vote with the shorter log.
+        if let Err(error) = node.log_store.record_found_damage(damage) {
+            tracing::error!(
+                %error,
+                "the scrub found: {damage}, and could not record it; this node goes on (its \
+                 next start reads the log and finds the damage, unless it is in the last append)"
+            );
+            return;
+        }
         tracing::error!(
             "the scrub found: {damage}. This node stops; its next start sets the damaged records \
              aside and takes them from the leader again"
@@ -126,8 +143,9 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
         return;
     }
     let mut after: Option<KeyBytes> = None;
-    // What was found and reported already (the only voter goes on after a finding).
-    let mut reported: Option<String> = None;
+    // What was found and reported already: a node that goes on after a finding (the only voter,
+    // the leader) says it once.
+    let mut reported: BTreeSet<String> = BTreeSet::new();
     loop {
         let started = Instant::now();
         let store = node.store.clone();
@@ -156,19 +174,18 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
         };
         if let Some(damaged) = &page.damaged {
             let finding = finding_of(damaged);
-            if reported.as_deref() != Some(finding.as_str()) {
-                reported = Some(finding.clone());
-                if rebuilt_for(node, &finding) {
+            if !reported.contains(&finding) {
+                if reported.len() < REPORTED_MAX {
+                    reported.insert(finding.clone());
+                }
+                if state_repair::rebuilt_for(node.data_dir(), &finding) {
                     tracing::warn!(
-                        "the scrub found {damaged}, the same bytes as before the last rebuild \
-                         from the cluster: the cluster stores this packet so; not damage on this \
-                         disk"
+                        "the scrub found {damaged}, the same bytes as before a rebuild of the \
+                         state from the cluster: the cluster stores this packet so; not damage \
+                         on this disk"
                     );
-                } else {
-                    state_damaged(node, &finding);
-                    if node.has_other_voters() {
-                        return;
-                    }
+                } else if state_damaged(node, &finding) == Stopping::Yes {
+                    return;
                 }
             }
         }
@@ -191,32 +208,52 @@ fn finding_of(damaged: &DamagedPacket) -> String {
     damaged.to_string()
 }
 
-/// Whether the last rebuild of the state from the cluster was for `finding`.
-fn rebuilt_for(node: &Node, finding: &str) -> bool {
-    state_repair::last_rebuilt_for(node.data_dir()).as_deref() == Some(finding)
+/// Whether a finding stops the node.
+#[derive(Debug, PartialEq, Eq)]
+enum Stopping {
+    Yes,
+    No,
 }
 
-fn state_damaged(node: &Node, finding: &str) {
+/// Reports damage the scrub found in the state; a follower with other voters records it and
+/// stops (its restart rebuilds the state from the cluster). The leader records it for its next
+/// start and goes on: a finding shared by every node (a packet the cluster stores so) must not
+/// stop them all, and the followers that stop come back from the leader.
+fn state_damaged(node: &Node, finding: &str) -> Stopping {
     node.metrics.damage_found(Damaged::State);
     if node.has_other_voters() {
+        if let Err(error) = state_repair::mark_damaged(node.data_dir(), finding) {
+            // Without the mark the next start would not know: stopping would only be an outage.
+            tracing::error!(
+                %error,
+                "the scrub found the state damaged: {finding}, and could not record it; this \
+                 node goes on"
+            );
+            return Stopping::No;
+        }
+        if node.is_leader() {
+            tracing::error!(
+                "the scrub found the state damaged: {finding}. This node leads: it goes on, and \
+                 its next start rebuilds the state from the cluster (restart it once another \
+                 node leads, or hand its leadership over with a restart)"
+            );
+            return Stopping::No;
+        }
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node stops; its next start \
              rebuilds the state from the cluster"
         );
-        if let Err(error) = state_repair::mark_damaged(node.data_dir(), finding) {
-            // Without the mark the next start would not know: stopping would only be an outage.
-            tracing::error!(%error, "could not record the damage; this node goes on");
-            return;
-        }
         node.stop_for(format!(
             "the scrub found the state damaged ({finding}); a restart rebuilds it from the cluster"
         ));
+        Stopping::Yes
     } else {
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node is the only voter: it has \
              no other copy to rebuild it from. Restore that key's packet from a backup, or have \
              its owner publish it again (docs/OPERATIONS.md, \"Repair\")"
         );
+        Stopping::No
     }
 }
 

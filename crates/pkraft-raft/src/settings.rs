@@ -75,12 +75,13 @@ pub struct Settings {
     pub min_free_disk_mib: u64,
     /// The background scrub re-verifies every stored packet (its signature, as a PUT checks it)
     /// at this many packets a second, over and over, so that damage on disk is found before a
-    /// read, a snapshot or a follower takes it. Default 1 000 (about 4 % of one core here; a
-    /// pass over a million packets takes 17 minutes). 0 turns it off. docs/OPERATIONS.md,
-    /// "Repair".
+    /// read, a snapshot or a follower takes it. Default 250: a pass over a million packets in
+    /// 67 minutes, ten million in 11 hours, for about 1 % of one core here (at 1 000 a second
+    /// it cost 7-10 % of the write throughput of a 2-core machine: docs/BENCHMARKS.md, "The
+    /// scrub on the write path"). 0 turns it off. docs/OPERATIONS.md, "Repair".
     pub scrub_packets_per_second: u64,
     /// The scrub reads the Raft log back (every record's checksums) at this many MiB a second.
-    /// Default 8. 0 turns it off.
+    /// Default 4. 0 turns it off.
     pub scrub_log_mib_per_second: u64,
 }
 
@@ -100,8 +101,8 @@ impl Default for Settings {
             expiry_interval: Duration::from_secs(60),
             state_cache_mib: 256,
             min_free_disk_mib: 1024,
-            scrub_packets_per_second: 1_000,
-            scrub_log_mib_per_second: 8,
+            scrub_packets_per_second: 250,
+            scrub_log_mib_per_second: 4,
         }
     }
 }

@@ -64,20 +64,29 @@ impl Node {
         // A node with other voters repairs a damaged log or state from them; the only voter has
         // no one to repair from, so it refuses to start, naming what was damaged (unless its
         // own snapshot and log cover it; docs/CONSISTENCY.md, "Damaged disks"). Other voters:
-        // in the applied membership (or the snapshot's, if the state cannot be read), or (the
-        // log knows) in the last membership the log held.
-        let applied_voters = match &opened {
-            Ok(store) => crate::state_machine::applied_voters(store).unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        let has_peers = applied_voters
+        // in the applied membership or the snapshot's, or (the log knows) in the last
+        // membership the log held. For a damaged state, not the applied membership: it may be
+        // what is damaged (an old copy of the file).
+        let snapshot_peers = state_repair::snapshot_voters(data_dir)
             .into_iter()
-            .chain(state_repair::snapshot_voters(data_dir))
             .any(|voter| voter != id);
+        let applied_peers = match &opened {
+            Ok(store) => crate::state_machine::applied_voters(store)
+                .unwrap_or_default()
+                .into_iter()
+                .any(|voter| voter != id),
+            Err(_) => false,
+        };
         let (log_store, log_damage) =
-            LogStore::open_repairing(&data_dir.join(LOG_DIR), id, has_peers)?;
-        let (store, state_rebuilt) =
-            state_repair::open_whole(data_dir, opened, cache_bytes, &log_store, id, has_peers)?;
+            LogStore::open_repairing(&data_dir.join(LOG_DIR), id, applied_peers || snapshot_peers)?;
+        let (store, state_rebuilt) = state_repair::open_whole(
+            data_dir,
+            opened,
+            cache_bytes,
+            &log_store,
+            id,
+            snapshot_peers,
+        )?;
         if log_store.repair().is_some() {
             // Held until the log is whole again (`hold_elections_while_repairing`), from the
             // first tick on. (With PreVote openraft's timer is off anyway.)
@@ -118,7 +127,11 @@ impl Node {
         let log_end = last_log_id.map(|log_id| log_id.index);
         // A rebuilt state may be older than what was served before (the log after its snapshot
         // is applied again), so reads wait as after a crash.
-        let clean_stop = take_clean_stop_marker(data_dir)? && state_rebuilt.is_none();
+        // So may a state whose log is being repaired (a start that crashed while rebuilding it
+        // from the cluster finds the state new and empty).
+        let clean_stop = take_clean_stop_marker(data_dir)?
+            && state_rebuilt.is_none()
+            && log_store.repair().is_none();
         let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
             .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
         let leadership = Leadership::default();

@@ -309,11 +309,16 @@ impl LogStore {
     /// of every entry the log held (until a leader has sent them, this node stands for no
     /// election and votes only for a log that reaches as far); then the segments go to
     /// `raft-log/damaged/`, and the purge point and the committed id are cleared, so that the
-    /// log is empty. Before Raft starts.
-    pub(crate) fn set_aside_for_state_repair(&self, node_id: NodeId) -> Result<LogRepair> {
-        let set_aside = || -> std::result::Result<LogRepair, DbError> {
+    /// log is empty. Before Raft starts. A log already empty and never purged (a start that
+    /// crashed after this) has nothing to set aside: the repair recorded then stays as it is.
+    /// Returns the repair pending.
+    pub(crate) fn set_aside_for_state_repair(&self, node_id: NodeId) -> Result<Option<LogRepair>> {
+        let set_aside = || -> std::result::Result<Option<LogRepair>, DbError> {
             let mut log = lock(&self.inner)?;
             let held_through = last_entry_id(&log.segments)?.max(log.purged);
+            if held_through.is_none() {
+                return Ok(self.repair());
+            }
             let vote = get_meta::<Vote<NodeId>>(
                 &self.inner.meta.begin_read()?.open_table(META)?,
                 META_VOTE,
@@ -354,7 +359,7 @@ impl LogStore {
                 held_through = ?held_through,
                 "set the whole Raft log aside: the leader sends a snapshot and the entries again"
             );
-            Ok(repair)
+            Ok(Some(repair))
         };
         set_aside().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
@@ -382,30 +387,59 @@ impl LogStore {
     }
 
     /// One step of the background scrub: reads back the records from index `from` on (from
-    /// the first one not purged, if that is later) up to `max_entries` of them, checking every
-    /// record's checksums and index. Returns the index to go on from and the bytes read, or
-    /// `None` once past the last entry. Damage comes back as the error, with [`Damage`] in it.
-    /// On the caller's thread: run it on the blocking pool.
-    pub(crate) fn scrub(&self, from: u64, max_entries: u64) -> io::Result<Option<(u64, u64)>> {
-        // Held while reading (see `Inner::log`).
+    /// the first one not purged, if that is later), one at a time, until `max_bytes` are read
+    /// (at least one record), checking every record's checksums and index. Returns the index to
+    /// go on from and the bytes read, or `None` once past the last entry. Damage comes back as
+    /// the error, with [`Damage`] in it. Holds the log's read lock while it reads (a truncation
+    /// waits): keep `max_bytes` small. On the caller's thread: run it on the blocking pool.
+    pub(crate) fn scrub(&self, from: u64, max_bytes: u64) -> io::Result<Option<(u64, u64)>> {
         let log = self.log()?;
         let unpurged = log.purged.map_or(0, |p| p.index.saturating_add(1));
-        let start = from.max(unpurged);
-        match log.segments.last_index() {
-            Some(last) if start <= last => {}
-            _ => return Ok(None),
+        let mut next = from.max(unpurged);
+        let Some(last) = log.segments.last_index() else {
+            return Ok(None);
+        };
+        if next > last {
+            return Ok(None);
         }
-        let mut next = start;
         let mut bytes = 0;
-        for span in log
-            .segments
-            .locate(start, start.saturating_add(max_entries))
-        {
-            span.read(|_| Ok(()))?;
-            bytes += span.byte_len();
-            next = span.end_index();
+        while next <= last && bytes < max_bytes {
+            for span in log.segments.locate(next, next + 1) {
+                span.read(|_| Ok(()))?;
+                bytes += span.byte_len();
+            }
+            next += 1;
         }
-        Ok(Some((next.max(start.saturating_add(1)), bytes)))
+        Ok(Some((next, bytes)))
+    }
+
+    /// Records, durably, that the entries from `damage.first_index` on may be lost: the scrub
+    /// found them damaged while the node ran, and the node stops so that its next open repairs
+    /// them. Without this, damage in the last append would be cut at that open as a torn write,
+    /// and the node would vote with the shorter log. Only on disk: the running node's repair
+    /// state is left alone, so that an append before it stops cannot end the repair.
+    pub(crate) fn record_found_damage(&self, damage: &Damage) -> Result<()> {
+        let record = || -> std::result::Result<(), DbError> {
+            // The last entry's id, if it still reads (the damage may be in it).
+            let last = last_entry_id(&self.log()?.segments).ok().flatten();
+            let vote = get_meta::<Vote<NodeId>>(
+                &self.inner.meta.begin_read()?.open_table(META)?,
+                META_VOTE,
+            )?;
+            let lost_through = last
+                .map_or(damage.first_index, |last| last.index)
+                .max(damage.first_index);
+            record_repair(
+                &self.inner.meta,
+                LogRepair {
+                    lost_from: damage.first_index,
+                    lost_through,
+                    held_through: last,
+                    vote_term: vote.map_or(0, |vote| vote.leader_id.term),
+                },
+            )
+        };
+        record().map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
     /// True for a log that has never held a vote or an entry: a data dir that was never part of

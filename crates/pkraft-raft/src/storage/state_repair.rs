@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use openraft::StorageError;
 use pkraft_store::{Store, StoreError};
 
-use super::codec::encode;
+use super::codec::{decode, encode};
 use super::log_store::LogStore;
 use super::snapshot_file::{Meta, SnapshotFile};
 use super::state_machine::AppliedState;
@@ -63,9 +63,12 @@ pub enum StateOpenError {
 pub(crate) const STATE_DAMAGED_FILE: &str = "state-damaged";
 /// Where damaged files of the data dir are kept (the log keeps its own in `raft-log/damaged/`).
 const DAMAGED_DIR: &str = "damaged";
-/// In `damaged/`: the scrub's finding the last rebuild of the state was for. The same finding
-/// after that rebuild is the cluster's copy, not damage on this disk (`scrub`).
+/// In the data dir: the scrub's findings that a rebuild of the state from the cluster was for,
+/// one per line. The same finding after such a rebuild is the cluster's copy, not damage on this
+/// disk (`scrub`).
 const SCRUB_REBUILT_FILE: &str = "scrub-rebuilt";
+/// Findings kept in `SCRUB_REBUILT_FILE` (the newest).
+const SCRUB_REBUILT_MAX: usize = 64;
 
 /// How a damaged state store was rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +82,8 @@ pub(crate) enum Rebuilt {
 }
 
 /// Opens the state store `opened` came from, or rebuilds it if it is damaged (see the module
-/// docs). `has_peers`: this node has other voters (as far as the snapshot and the log know).
+/// docs). `has_peers`: this node's snapshot has other voters (the applied membership is not
+/// asked: it may be what is damaged; the log's last membership is asked here).
 pub(crate) fn open_whole(
     data_dir: &Path,
     opened: Result<Store, StoreError>,
@@ -133,9 +137,6 @@ pub(crate) fn open_whole(
     } else if purged.is_none() && !(scrub_finding.is_some() && has_peers) {
         Rebuilt::OwnLog
     } else if has_peers {
-        // Recorded before the state file moves: a crash in between finds the log empty and
-        // never purged, and rebuilds from it (as empty), with the repair still pending.
-        log.set_aside_for_state_repair(node_id)?;
         Rebuilt::Cluster
     } else {
         return Err(StateOpenError::StateDamaged {
@@ -147,10 +148,19 @@ pub(crate) fn open_whole(
             ),
         });
     };
+    // The state file first: a crash after it finds no state file (a new, empty one has applied
+    // nothing, below the log's purge point, or the scrub's mark is still there) and takes the
+    // same way again.
     let aside = set_aside(data_dir, &path).map_err(|source| StateOpenError::DataDir {
         path: path.clone(),
         source,
     })?;
+    if rebuilt == Rebuilt::Cluster {
+        // Recorded (durably) before the segments move. A start after a crash here finds the log
+        // empty and never purged: it sets nothing aside again, and the repair recorded now
+        // holds local reads and votes until a leader has sent it all.
+        log.set_aside_for_state_repair(node_id)?;
+    }
     let store =
         Store::open_with_cache(&path, cache_bytes).map_err(|source| StateOpenError::StateFile {
             path: path.clone(),
@@ -162,9 +172,11 @@ pub(crate) fn open_whole(
             source,
         })?;
     }
-    if let Some(finding) = &scrub_finding {
+    if let (Some(finding), Rebuilt::Cluster) = (&scrub_finding, &rebuilt) {
+        // Only a rebuild from the cluster says what the cluster holds (this node's snapshot may
+        // carry the damage it was built from).
         remember_rebuilt_for(data_dir, finding).map_err(|source| StateOpenError::DataDir {
-            path: data_dir.join(DAMAGED_DIR).join(SCRUB_REBUILT_FILE),
+            path: data_dir.join(SCRUB_REBUILT_FILE),
             source,
         })?;
     }
@@ -196,9 +208,28 @@ fn damage_in(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(StateOpenError::DataDir { path: mark, source }),
     }
-    let applied = match AppliedState::load(store) {
-        Ok(applied) => applied,
-        Err(e) => return Ok(Some((format!("its applied state: {e}"), None))),
+    // An I/O error is not damage: the start fails, and the file stays as it is.
+    let applied = match store.applied_state() {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_damage() => return Ok(Some((format!("its applied state: {e}"), None))),
+        Err(source) => {
+            return Err(StateOpenError::StateFile {
+                path: data_dir.join(STATE_FILE),
+                source,
+            });
+        }
+    };
+    let applied = match applied
+        .map(|bytes| decode::<AppliedState>(&bytes))
+        .transpose()
+    {
+        Ok(applied) => applied.unwrap_or_default(),
+        Err(e) => {
+            return Ok(Some((
+                format!("its applied state does not decode: {e}"),
+                None,
+            )));
+        }
     };
     let purged = log.purged()?;
     if applied.last_applied < purged {
@@ -287,16 +318,28 @@ pub(crate) fn mark_damaged(data_dir: &Path, finding: &str) -> std::io::Result<()
     write_synced(data_dir, STATE_DAMAGED_FILE, finding)
 }
 
-/// What the last rebuild of the state that the scrub asked for was for, if any.
-pub(crate) fn last_rebuilt_for(data_dir: &Path) -> Option<String> {
-    let path = data_dir.join(DAMAGED_DIR).join(SCRUB_REBUILT_FILE);
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|found| found.trim().to_string())
+/// Whether a rebuild of the state from the cluster was for `finding` (the scrub's).
+pub(crate) fn rebuilt_for(data_dir: &Path, finding: &str) -> bool {
+    rebuilt_findings(data_dir)
+        .iter()
+        .any(|rebuilt| rebuilt == finding)
+}
+
+fn rebuilt_findings(data_dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(data_dir.join(SCRUB_REBUILT_FILE))
+        .map(|text| text.lines().map(str::to_string).collect())
+        .unwrap_or_default()
 }
 
 fn remember_rebuilt_for(data_dir: &Path, finding: &str) -> std::io::Result<()> {
-    write_synced(&data_dir.join(DAMAGED_DIR), SCRUB_REBUILT_FILE, finding)
+    let mut findings = rebuilt_findings(data_dir);
+    if !findings.iter().any(|rebuilt| rebuilt == finding) {
+        findings.push(finding.to_string());
+    }
+    let keep_from = findings.len().saturating_sub(SCRUB_REBUILT_MAX);
+    let mut text = findings[keep_from..].join("\n");
+    text.push('\n');
+    write_synced(data_dir, SCRUB_REBUILT_FILE, &text)
 }
 
 /// Writes `text` to `name` in `dir` and makes it durable.

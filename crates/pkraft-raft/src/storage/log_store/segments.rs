@@ -258,11 +258,6 @@ impl Span {
         self.end - self.start
     }
 
-    /// The index after the span's last record.
-    pub(crate) fn end_index(&self) -> u64 {
-        self.first_index + self.count as u64
-    }
-
     /// Reads the span and calls `each` with every record's payload, checking each checksum and
     /// index: damage that came after the open is named, never served.
     pub(crate) fn read(&self, mut each: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
