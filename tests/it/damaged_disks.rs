@@ -681,7 +681,9 @@ async fn the_scrub_finds_a_damaged_log_record_of_a_running_node() {
 }
 
 /// The only voter has no other copy: its scrub reports a damaged packet (log, metric) and the
-/// node goes on serving, since stopping would only add an outage.
+/// node goes on serving the rest, since stopping would only add an outage. The damaged packet
+/// itself is not served (503, so that a client asks another relay), until its owner publishes
+/// it again.
 #[tokio::test]
 async fn a_single_node_reports_what_its_scrub_finds_and_goes_on() {
     let config = format!("[raft]\n{FAST_SCRUB}[cluster]\nbootstrap = true\n");
@@ -697,6 +699,19 @@ async fn a_single_node_reports_what_its_scrub_finds_and_goes_on() {
     );
     let (key, packet) = &published[0];
     wait_served_single(&server, key, packet).await;
+    let (damaged_key, _) = &published[3];
+    let get = server.get(&server.relay_url(damaged_key)).await;
+    assert_eq!(get.status(), 503, "a damaged packet must not be served");
+    // Published again (a newer packet), it is stored whole and served.
+    let newer = iroh_packet(damaged_key, 5_000_000, &["192.0.2.9:9"]);
+    let put = http_client()
+        .put(server.relay_url(damaged_key))
+        .body(newer.to_relay_payload())
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(put.status(), 204);
+    wait_served_single(&server, damaged_key, &newer).await;
 }
 
 async fn wait_served_single(server: &TestServer, key: &Keypair, packet: &SignedPacket) {

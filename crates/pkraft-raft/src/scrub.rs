@@ -11,8 +11,11 @@
 //!   (`state_repair`). The leader records damage in its state and goes on: a packet every node
 //!   stores so must not stop them all, and the followers that stop repair from it;
 //! - the only voter has no other copy: it reports the damage (log at ERROR, metric) and goes on
-//!   serving what it has, since stopping would only add an outage. Its operator takes a backup
+//!   serving the rest, since stopping would only add an outage. Its operator takes a backup
 //!   while the state is readable (docs/OPERATIONS.md, "Repair").
+//!
+//! A damaged packet is not served from the moment it is found (`Store::quarantine`: GET 503,
+//! DNS SERVFAIL for that key), until the key is written again or the node restarts.
 //!
 //! A packet that does not verify may also be one the whole cluster stores so (a verification
 //! rule that changed between builds), not damage on this disk: if the same bytes come back after
@@ -184,8 +187,17 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
                          state from the cluster: the cluster stores this packet so; not damage \
                          on this disk"
                     );
-                } else if state_damaged(node, &finding) == Stopping::Yes {
-                    return;
+                } else {
+                    // Not served from here on, whatever this node does next.
+                    if !node.store.quarantine(&damaged.key) {
+                        tracing::warn!(
+                            max = pkraft_store::QUARANTINE_MAX,
+                            "too many damaged packets to refuse each; this one is still served"
+                        );
+                    }
+                    if state_damaged(node, &finding) == Stopping::Yes {
+                        return;
+                    }
                 }
             }
         }

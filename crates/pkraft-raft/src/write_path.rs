@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
+use pkraft_store::StoreError;
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket, decide};
 
 use queue::{Origin, Outcome, Proposal, stopping};
@@ -59,10 +60,13 @@ impl Node {
     pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
         // The read is synchronous on the async worker: one key, MVCC, from the page cache; it
         // never waits for the writer and costs less than a hop to the blocking pool.
-        let stored = self
-            .store
-            .get(&packet.key_bytes())
-            .map_err(|e| PublishError::Replica(e.to_string()))?;
+        let stored = match self.store.get(&packet.key_bytes()) {
+            Ok(stored) => stored,
+            // This node's copy is damaged (the scrub found it): the log decides, as for a key
+            // this node does not hold.
+            Err(StoreError::Quarantined(_)) => None,
+            Err(e) => return Err(PublishError::Replica(e.to_string())),
+        };
         match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
             PublishOutcome::Stored => {
                 // Refused here too, not only by the leader: this node could not take the entry

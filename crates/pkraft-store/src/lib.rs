@@ -15,6 +15,7 @@
 //! and the position in the log it corresponds to are always committed in one transaction.
 //! Reads ([`Store::get`]) use redb's MVCC read transactions and never wait for the writer.
 
+mod quarantine;
 mod snapshot;
 mod versions;
 
@@ -26,12 +27,14 @@ use pkraft_types::{Command, KeyBytes, Payload, PublishOutcome, decide};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use redb::{TableDefinition, WriteTransaction};
 
+pub use quarantine::QUARANTINE_MAX;
 pub use snapshot::{
     Export, SNAPSHOT_FORMAT_VERSION, SnapshotSource, SnapshotSummary, StreamCheck, StreamVerdict,
     check_snapshot,
 };
 pub use versions::KeyVersion;
 
+use quarantine::Quarantine;
 use versions::KeyVersions;
 
 const PACKETS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("packets");
@@ -80,6 +83,10 @@ pub enum StoreError {
     /// The file or socket a snapshot is written to or read from failed.
     #[error("snapshot I/O: {0}")]
     SnapshotIo(String),
+    /// The key's stored packet was found damaged on this node's disk and is not served
+    /// ([`Store::quarantine`]); other nodes hold it whole.
+    #[error("the packet of key {0} is damaged on this node's disk and not served")]
+    Quarantined(String),
 }
 
 impl StoreError {
@@ -149,6 +156,8 @@ impl StoredPacket {
 pub struct Store {
     db: Arc<Database>,
     versions: Arc<KeyVersions>,
+    /// Keys found damaged, refused by `get` (see `quarantine`).
+    quarantine: Arc<Quarantine>,
 }
 
 impl std::fmt::Debug for Store {
@@ -198,6 +207,7 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             versions: Arc::new(KeyVersions::new()),
+            quarantine: Arc::new(Quarantine::default()),
         };
         store.init_schema()?;
         Ok(store)
@@ -245,8 +255,12 @@ impl Store {
         self.versions.of(key)
     }
 
-    /// The packet stored for `key`, read from the latest committed state.
+    /// The packet stored for `key`, read from the latest committed state. A key this node found
+    /// damaged ([`Store::quarantine`]) is [`StoreError::Quarantined`].
     pub fn get(&self, key: &KeyBytes) -> Result<Option<StoredPacket>, StoreError> {
+        if self.quarantine.contains(key) {
+            return Err(StoreError::Quarantined(hex(key)));
+        }
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PACKETS)?;
         let value = table.get(key)?;
@@ -289,6 +303,16 @@ impl Store {
             page.push((*key.value(), StoredPacket::decode(value.value())?));
         }
         Ok(page)
+    }
+
+    /// Refuses reads of `key` ([`Store::get`]) from now on: its stored packet was found damaged.
+    /// Until an applied entry stores or deletes the key, a snapshot is imported or the node
+    /// restarts; at most [`QUARANTINE_MAX`] keys (false when the bound is reached). Caches of
+    /// `get` see the key's version move on.
+    pub fn quarantine(&self, key: &KeyBytes) -> bool {
+        let held = self.quarantine.add(key);
+        self.versions.bump(key);
+        held
     }
 
     /// One page of the background scrub: re-verifies up to `limit` stored packets in key order
@@ -371,6 +395,7 @@ impl Store {
         Ok(ApplyTxn {
             txn,
             versions: self.versions.clone(),
+            quarantine: self.quarantine.clone(),
             changed: Vec::new(),
         })
     }
@@ -397,6 +422,7 @@ impl Store {
 pub struct ApplyTxn {
     txn: WriteTransaction,
     versions: Arc<KeyVersions>,
+    quarantine: Arc<Quarantine>,
     /// Keys whose packet this transaction stores or deletes; their versions move on after the
     /// commit.
     changed: Vec<KeyBytes>,
@@ -500,6 +526,8 @@ impl ApplyTxn {
         }
         self.txn.commit()?;
         for key in &self.changed {
+            // A row written again is no longer the damaged one.
+            self.quarantine.release(key);
             self.versions.bump(key);
         }
         Ok(())
