@@ -15,7 +15,7 @@
 //!   while the state is readable (docs/OPERATIONS.md, "Repair").
 //!
 //! A damaged packet is not served from the moment it is found (`Store::quarantine`: GET 503,
-//! DNS SERVFAIL for that key), until the key is written again or the node restarts.
+//! DNS REFUSED for that key), until the key is written again or the node restarts.
 //!
 //! A packet that does not verify may also be one the whole cluster stores so (a verification
 //! rule that changed between builds), not damage on this disk: if the same bytes come back after
