@@ -74,7 +74,7 @@ impl NodeMetrics {
                 HistogramOpts::new(name, help).buckets(exponential_buckets(0.01, 2.0, 14)?),
             )
         };
-        Ok(NodeMetrics {
+        let metrics = NodeMetrics {
             batch_packets: Histogram::with_opts(
                 HistogramOpts::new(
                     "pkraft_raft_batch_packets",
@@ -152,7 +152,22 @@ impl NodeMetrics {
                 ),
                 &["what"],
             )?,
-        })
+        };
+        // Every label value from the start, at 0: an alert on `increase()` sees the first
+        // damage (a series that appears at 1 has not increased), and the series exist for
+        // dashboards before anything happened.
+        for what in [
+            Damaged::Log,
+            Damaged::Snapshot,
+            Damaged::SnapshotTransfer,
+            Damaged::State,
+        ] {
+            metrics.storage_damage.with_label_values(&[what.label()]);
+        }
+        for what in ["log", "state"] {
+            metrics.scrub_passes.with_label_values(&[what]);
+        }
+        Ok(metrics)
     }
 
     /// Counts damage found in `what` (see `storage_damage`).
