@@ -174,7 +174,9 @@ chaos-smoke:
 	CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=1 ROUNDS=1 CORRUPT=1 tests/chaos/run.sh
 
 ## Power cuts on lossy disks (pkraft-lossyfs; root and /dev/fuse): two seeds of two rounds of
-## every power-cut kind on a 3-node cluster of the test build's binary (CI; about 2 minutes).
+## every power-cut kind and of a bad write (a log append the disk acknowledged and lost or
+## misdirected, shown by a power cut) on a 3-node cluster of the test build's binary (CI; about
+## 2 minutes).
 chaos-power-smoke:
 	$(CARGO) test --workspace --locked --no-run
 	CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=2 ROUNDS=2 POWER=only tests/chaos/run.sh

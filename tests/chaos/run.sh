@@ -5,7 +5,9 @@
 # failing run keeps its history, schedule and node logs in $CHAOS_OUT/seed-N (default
 # target/chaos). Exits non-zero if any run failed.
 # POWER=1 puts every node's data dir on a lossy disk (pkraft-lossyfs; root and /dev/fuse) and
-# adds the power cuts to every round; POWER=only runs rounds of power cuts alone. DISK=1 adds
+# adds the power cuts to every round; POWER=only runs rounds of power cuts alone. Every run on
+# lossy disks also has a bad write in every round (a log append the disk acknowledged and lost
+# or misdirected, shown by a power cut). DISK=1 adds
 # disks low on space (the leader's, a follower's, every node's) to every round, on lossy disks.
 # PARTITIONS=only runs rounds of the peer network's partitions alone (refused, black-holed and
 # one-way cuts). CORRUPT=1 adds damage to one node's data on disk (its log, state, snapshot) to

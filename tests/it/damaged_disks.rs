@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use pkraft_lossyfs::BadWrite;
 use pkraft_testkit::damage::{
     LogRecord, RecordDamage, StateDamage, damage_record, damage_state, log_records,
 };
@@ -15,7 +16,7 @@ use pkraft_testkit::{iroh_packet, keypair};
 use std::time::{Duration, Instant};
 
 use crate::cluster::{
-    TestCluster, admin_status, eventually, packet, put_until_accepted, wait_served,
+    TEST_RAFT, TestCluster, admin_status, eventually, packet, put_until_accepted, wait_served,
 };
 use crate::harness::{TestServer, http_client};
 
@@ -763,4 +764,59 @@ async fn damage_the_scrub_finds_in_the_last_append_is_not_forgotten_at_the_resta
     for (key, packet) in &published {
         wait_served(server, key, packet).await;
     }
+}
+
+/// A running follower's disk acknowledges one append of its log (the fsync succeeds) and does not
+/// store it as asked, with later appends after it; the disk's cache hides it until it is
+/// dropped (`reveal_bad_write`). Then its scrub finds the damage while it runs, the node stops,
+/// and its restart takes the entries from the leader again: the disk's fault costs no packet.
+async fn a_bad_write_on_a_running_follower_is_found_and_repaired(bad: BadWrite, first_seed: u64) {
+    let Some(mut cluster) =
+        TestCluster::on_lossy_disks(&format!("{bad:?} on a follower"), 3, TEST_RAFT, "").await
+    else {
+        return;
+    };
+    let leader = cluster.leader().await;
+    let damaged = cluster.ids_except(leader)[0];
+    let mut published = publish_served_by(&cluster, leader, damaged, first_seed, 8).await;
+    let disk = cluster.member(damaged).disk();
+    disk.arm_bad_write(bad, ".seg");
+    published.extend(publish_served_by(&cluster, leader, damaged, first_seed + 8, 8).await);
+    let taken = disk
+        .bad_write()
+        .expect("an append of the follower's log took it");
+    assert!(taken.later_syncs >= 1, "{taken:?}: no later append");
+    assert!(disk.reveal_bad_write());
+
+    let server = &mut cluster.member_mut(damaged).server;
+    server
+        .wait_for_log_within(
+            "the scrub found: the Raft log is damaged",
+            Duration::from_secs(40),
+        )
+        .await;
+    let status = server.wait_exit();
+    assert!(!status.success(), "{status:?}\n{}", server.log());
+
+    cluster.restart(damaged);
+    let server = &cluster.member(damaged).server;
+    server.wait_for_log("the Raft log is whole again").await;
+    for (key, packet) in &published {
+        wait_served(server, key, packet).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_write_on_a_running_follower_is_found_and_repaired() {
+    a_bad_write_on_a_running_follower_is_found_and_repaired(BadWrite::Lost, 49_000).await;
+}
+
+#[tokio::test]
+async fn a_misdirected_write_on_a_running_follower_is_found_and_repaired() {
+    // 300 bytes back: into the records before it, at an offset that is no record's start.
+    a_bad_write_on_a_running_follower_is_found_and_repaired(
+        BadWrite::Misdirected { back: 300 },
+        49_100,
+    )
+    .await;
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pkraft_lossyfs::{Cut, LossyDisk};
+use pkraft_lossyfs::{BadWrite, Cut, LossyDisk};
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
@@ -151,6 +151,42 @@ async fn acknowledged_puts_survive_power_cuts_between_writes() {
         }
         node.power_cycle(cut);
         assert_served(&node.server, &newest).await;
+    }
+}
+
+/// A disk that acknowledged an append of the log and did not store it as asked (lost, or
+/// written at another offset), with later appends after it, shows it after a power cut. A
+/// single node has no copy to take the entries from: it refuses to start and names the damage,
+/// rather than start without packets it answered 204 (the bad append is no torn tail: whole
+/// records of later appends follow it).
+#[tokio::test]
+async fn a_bad_write_the_disk_acknowledged_stops_a_single_node_after_a_power_cut() {
+    for (i, bad) in [BadWrite::Lost, BadWrite::Misdirected { back: 300 }]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(mut node) = lossy_node(&format!("{bad:?} then a power cut")) else {
+            return;
+        };
+        publish(&node.server, i, 700, 8, 1).await;
+        node.disk.arm_bad_write(bad, ".seg");
+        publish(&node.server, i, 708, 8, 1).await;
+        let taken = node.disk.bad_write().expect("an append of the log took it");
+        assert!(taken.later_syncs >= 1, "{taken:?}: no later append");
+
+        let cut = node.disk.cut_power(Cut::Clean);
+        assert_eq!(cut.bad_writes, 1);
+        node.server.kill();
+        node.disk.power_on();
+        let refusal = node.server.restart_refused();
+        assert!(
+            refusal.contains("the Raft log is damaged"),
+            "{bad:?}: {refusal}"
+        );
+        assert!(
+            refusal.contains("may have been acknowledged"),
+            "{bad:?}: {refusal}"
+        );
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-use pkraft_lossyfs::{Cut, CutReport};
+use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
 use pkraft_testkit::cluster::NodeSlot;
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
 use pkraft_testkit::process::{LogTo, NodeProcess};
@@ -287,6 +287,7 @@ impl Cluster {
             total.dropped_bytes += report.dropped_bytes;
             total.dropped_entries += report.dropped_entries;
             total.torn_bytes += report.torn_bytes;
+            total.bad_writes += report.bad_writes;
         }
         // Counted before the cut (above): with its disk off, the node's metrics may fail.
         for &id in targets {
@@ -301,6 +302,15 @@ impl Cluster {
         disk.with_context(|| format!("node {id} has no lossy disk"))?
             .power_on();
         Ok(())
+    }
+
+    /// Node `id`'s lossy disk.
+    pub fn disk(&self, id: u64) -> anyhow::Result<&LossyDisk> {
+        self.node(id)?
+            .slot
+            .disk
+            .as_ref()
+            .with_context(|| format!("node {id} has no lossy disk (bad writes need one)"))
     }
 
     /// Limits node `id`'s lossy disk to what it holds now plus `free` bytes; `None` lifts the

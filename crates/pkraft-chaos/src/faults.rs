@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde_json::json;
 
-use pkraft_lossyfs::Cut;
+use pkraft_lossyfs::{BadWrite, Cut};
 use pkraft_testkit::damage::{
     RecordDamage, StateDamage, damage_log, damage_snapshot, damage_state,
 };
@@ -172,6 +172,10 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             let target = *rng.pick(&ids).context("no nodes")?;
             corrupt_state_hold_restart(cluster, target, fault, &mut rng).await?
         }
+        FaultKind::BadWriteLog => {
+            let target = *rng.pick(&ids).context("no nodes")?;
+            bad_write_cut_restart(cluster, target, fault, &mut rng).await?
+        }
     };
     Ok(match leader {
         Some(_) => done,
@@ -306,6 +310,60 @@ async fn corrupt_state_hold_restart(
         } else {
             ""
         }
+    ))
+}
+
+/// How long a bad write may wait for an append to take it and a later one to follow.
+const BAD_WRITE_WAIT: Duration = Duration::from_secs(10);
+
+/// Arms a bad write (lost, or misdirected up to 4 KiB back: drawn from `rng`) on `target`'s
+/// disk for its log's next append, waits until a later append follows it (so that it is no
+/// torn tail: a lost last append looks exactly like one, and docs/CONSISTENCY.md says what
+/// that costs), cuts the node's power, which shows the damage, and restarts it after the hold:
+/// it must repair from the others and be back in service. With no such append within
+/// [`BAD_WRITE_WAIT`] the fault is disarmed and nothing is cut.
+async fn bad_write_cut_restart(
+    cluster: &mut Cluster,
+    target: u64,
+    fault: &Fault,
+    rng: &mut SplitMix64,
+) -> anyhow::Result<String> {
+    let bad = if rng.between(0, 1) == 0 {
+        BadWrite::Lost
+    } else {
+        BadWrite::Misdirected {
+            back: rng.between(1, 4096),
+        }
+    };
+    let disk = cluster.disk(target)?;
+    disk.arm_bad_write(bad, ".seg");
+    let deadline = tokio::time::Instant::now() + BAD_WRITE_WAIT;
+    let taken = loop {
+        match disk.bad_write() {
+            Some(taken) if taken.later_syncs >= 1 => break Some(taken),
+            _ if tokio::time::Instant::now() > deadline => break None,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    };
+    let Some(taken) = taken else {
+        disk.disarm_bad_write();
+        return Ok(format!(
+            "node {target}: no append of its log followed a {bad:?} within {BAD_WRITE_WAIT:?}; \
+             disarmed"
+        ));
+    };
+    let cut = cluster.power_cut(&[target], Cut::Clean).await?;
+    tokio::time::sleep(fault.hold).await;
+    cluster.power_on(target)?;
+    cluster
+        .spawn(target)
+        .await
+        .with_context(|| format!("restart of node {target} after a bad write"))?;
+    wait_repaired(cluster, target).await?;
+    Ok(format!(
+        "node {target}: {bad:?} of {} bytes at {} of {:?} (shown by the power cut: {}); it is \
+         back in service",
+        taken.len, taken.offset, taken.file, cut.bad_writes
     ))
 }
 

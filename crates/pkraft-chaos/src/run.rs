@@ -57,7 +57,8 @@ pub struct RunConfig {
     pub replica_readers: usize,
     /// Put every node's data dir on a lossy disk (pkraft-lossyfs, a FUSE file system that
     /// drops what was not fsynced at a power cut; needs root and /dev/fuse) and add the power
-    /// cuts to every round.
+    /// cuts to every round. Every run on lossy disks also has the bad writes (a log append the
+    /// disk acknowledged and lost or misdirected, shown by a power cut) in every round.
     #[arg(long)]
     pub lossy_disk: bool,
     /// Rounds of power cuts only (implies --lossy-disk): the way to count many of them.
@@ -106,6 +107,9 @@ impl RunConfig {
         }
         if self.corruption {
             kinds.extend(FaultKind::CORRUPTION);
+        }
+        if self.lossy_disks() {
+            kinds.extend(FaultKind::BAD_WRITES);
         }
         kinds
     }

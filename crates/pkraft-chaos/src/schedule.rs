@@ -76,6 +76,11 @@ pub enum FaultKind {
     /// slots, or the file emptied), half the time with its snapshot damaged too (so that it
     /// cannot rebuild the state itself); restarted after the hold, it must be back in service.
     CorruptState,
+    /// A node's lossy disk (the leader's or a follower's) acknowledges an append of its log and
+    /// loses it or writes it at another offset, and later appends follow; a power cut of that
+    /// node shows the damage (the disk's cache is gone), and restarted after the hold it must
+    /// repair from the others and be back in service.
+    BadWriteLog,
 }
 
 impl FaultKind {
@@ -137,6 +142,10 @@ impl FaultKind {
         FaultKind::CorruptState,
     ];
 
+    /// Damage only a lossy disk can do (a write it acknowledged and did not store as asked):
+    /// in every run on lossy disks.
+    pub const BAD_WRITES: [FaultKind; 1] = [FaultKind::BadWriteLog];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillFollower => "kill-follower",
@@ -168,6 +177,7 @@ impl FaultKind {
             FaultKind::CorruptLogLeader => "corrupt-log-leader",
             FaultKind::CorruptSnapshot => "corrupt-snapshot",
             FaultKind::CorruptState => "corrupt-state",
+            FaultKind::BadWriteLog => "bad-write-log",
         }
     }
 }

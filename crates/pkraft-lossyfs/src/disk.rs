@@ -50,6 +50,54 @@ pub struct CutReport {
     pub dropped_entries: usize,
     /// Bytes of the torn write that were kept.
     pub torn_bytes: usize,
+    /// Bad writes ([`BadWrite`]) that the cut revealed.
+    pub bad_writes: usize,
+}
+
+/// A write that the disk acknowledged (its fsync succeeded) and did not store as asked, as
+/// disks do ("Protocol-Aware Recovery for Consensus-Based Storage", FAST 2018; TigerBeetle's
+/// storage faults). The disk's cache keeps answering reads with what was written, so the
+/// damage shows only once the cache is gone: at the next cut, or at
+/// [`Disk::reveal_bad_write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadWrite {
+    /// The bytes never reached the platter: their range reads what the file durably held there
+    /// before (zeros past its former end; the file's length, metadata, did move on).
+    Lost,
+    /// The bytes landed `back` bytes earlier in the same file (offset 0 at the least), over
+    /// what was durable there; their own range reads what it held before, as for `Lost`.
+    Misdirected { back: u64 },
+}
+
+/// Where a bad write hit, once an fsync took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadWriteReport {
+    /// The file's name (its last path component).
+    pub file: OsString,
+    /// The first byte the bad write should have stored, and how many bytes it held.
+    pub offset: u64,
+    pub len: u64,
+    /// Fsyncs of that file since, none of which wrote over the bad write's bytes: with at
+    /// least one, a log's bad append is followed by a later one (damage, not a torn tail).
+    pub later_syncs: u32,
+}
+
+/// An armed bad write, and once an fsync took it, what the platter must show at the reveal.
+#[derive(Debug)]
+pub(crate) struct BadWriteFault {
+    kind: BadWrite,
+    /// The fault is taken by the next fsync of a file whose name ends so.
+    name_suffix: OsString,
+    taken: Option<TakenBadWrite>,
+}
+
+#[derive(Debug)]
+struct TakenBadWrite {
+    ino: u64,
+    report: BadWriteReport,
+    /// Each extent the fsync stored: its offset, what the file durably held there before, and
+    /// the bytes written.
+    extents: Vec<(u64, Vec<u8>, Vec<u8>)>,
 }
 
 /// Faults the disk answers with, on command.
@@ -140,6 +188,8 @@ pub(crate) struct Disk {
     armed: Option<Cut>,
     /// What the last armed cut dropped, once it has happened.
     pub(crate) armed_report: Option<CutReport>,
+    /// An armed or taken bad write (one at a time).
+    bad_write: Option<BadWriteFault>,
     /// The next open handle's id.
     next_handle: u64,
 }
@@ -171,6 +221,7 @@ impl Disk {
             last_write: None,
             armed: None,
             armed_report: None,
+            bad_write: None,
             next_handle: 1,
         }
     }
@@ -504,6 +555,9 @@ impl Disk {
             return Err(Errno::EIO);
         }
         let fails = self.faults.fsync_fails;
+        if !fails {
+            self.bad_write_at_sync(ino)?;
+        }
         match &mut self.node_mut(ino)?.kind {
             Kind::File(file) if fails => {
                 file.drop_unsynced();
@@ -517,6 +571,136 @@ impl Disk {
                 Ok(())
             }
         }
+    }
+
+    /// Arms a bad write: the next fsync of a file whose name ends with `name_suffix` succeeds,
+    /// and every byte it stores goes wrong as `kind` says, shown at the next cut or
+    /// [`Disk::reveal_bad_write`]. Replaces a bad write armed or taken before.
+    pub(crate) fn arm_bad_write(&mut self, kind: BadWrite, name_suffix: &OsStr) {
+        self.bad_write = Some(BadWriteFault {
+            kind,
+            name_suffix: name_suffix.to_owned(),
+            taken: None,
+        });
+    }
+
+    /// Disarms the bad write, armed or taken: a taken one's bytes stay as written (they
+    /// reached the platter after all).
+    pub(crate) fn disarm_bad_write(&mut self) {
+        self.bad_write = None;
+    }
+
+    /// The armed bad write, once an fsync took it.
+    pub(crate) fn bad_write_report(&self) -> Option<BadWriteReport> {
+        let taken = self.bad_write.as_ref()?.taken.as_ref()?;
+        Some(taken.report.clone())
+    }
+
+    /// At an fsync of `ino` (before its bytes are stored): takes the armed bad write if the
+    /// file's name matches and it has bytes to store, and keeps a taken one's count of later
+    /// fsyncs. A later fsync that stores over the bad write's bytes (or where a misdirected
+    /// write landed) undoes the fault: those bytes reached the platter after all.
+    fn bad_write_at_sync(&mut self, ino: u64) -> Result<()> {
+        let Some(fault) = &self.bad_write else {
+            return Ok(());
+        };
+        let kind = fault.kind;
+        let Kind::File(file) = &self.node(ino)?.kind else {
+            return Ok(());
+        };
+        match &fault.taken {
+            Some(taken) if taken.ino == ino => {
+                let overlaps = file.unsynced.iter().any(|(offset, bytes)| {
+                    let end = offset + bytes.len() as u64;
+                    taken.extents.iter().any(|(at, _, new)| {
+                        let hit = |start: u64| start < end && offset < start + new.len() as u64;
+                        hit(*at) || hit(misdirected_to(kind, *at))
+                    })
+                });
+                if overlaps {
+                    self.bad_write = None;
+                } else if let Some(taken) = self.bad_write.as_mut().and_then(|f| f.taken.as_mut()) {
+                    taken.report.later_syncs += 1;
+                }
+            }
+            Some(_) => {}
+            None => {
+                let Some(name) = self.name_of(ino) else {
+                    return Ok(());
+                };
+                if file.unsynced.bytes() == 0
+                    || !name
+                        .as_encoded_bytes()
+                        .ends_with(fault.name_suffix.as_encoded_bytes())
+                {
+                    return Ok(());
+                }
+                let mut extents = Vec::new();
+                for (offset, bytes) in file.unsynced.iter() {
+                    let before = file.durable_bytes(offset, bytes.len())?;
+                    extents.push((offset, before, bytes.to_vec()));
+                }
+                let offset = extents.first().map_or(0, |(at, _, _)| *at);
+                let end = extents
+                    .last()
+                    .map_or(0, |(at, _, new)| at + new.len() as u64);
+                let taken = TakenBadWrite {
+                    ino,
+                    report: BadWriteReport {
+                        file: name,
+                        offset,
+                        len: end - offset,
+                        later_syncs: 0,
+                    },
+                    extents,
+                };
+                if let Some(fault) = self.bad_write.as_mut() {
+                    fault.taken = Some(taken);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The platter shows a taken bad write (the cache that hid it is gone): its extents read
+    /// what the file held before, and a misdirected write's bytes land where it went. Bytes
+    /// past the file's durable length are left out (the file does not grow). Returns whether
+    /// a bad write was shown; it is disarmed either way.
+    pub(crate) fn reveal_bad_write(&mut self) -> bool {
+        let Some(BadWriteFault {
+            kind,
+            taken: Some(taken),
+            ..
+        }) = self.bad_write.take()
+        else {
+            return false;
+        };
+        let Some(Node {
+            kind: Kind::File(file),
+            ..
+        }) = self.nodes.get_mut(&taken.ino)
+        else {
+            return false;
+        };
+        for (offset, before, new) in &taken.extents {
+            file.overwrite_durable(*offset, before);
+            if let BadWrite::Misdirected { .. } = kind {
+                file.overwrite_durable(misdirected_to(kind, *offset), new);
+            }
+        }
+        true
+    }
+
+    /// A current name of `ino` (the first directory entry found that holds it).
+    fn name_of(&self, ino: u64) -> Option<OsString> {
+        self.nodes.values().find_map(|node| match &node.kind {
+            Kind::Dir(dir) => dir
+                .current
+                .iter()
+                .find(|(_, child)| **child == ino)
+                .map(|(name, _)| name.clone()),
+            Kind::File(_) => None,
+        })
     }
 
     /// Bytes written and not yet synced, on every file.
@@ -556,6 +740,9 @@ impl Disk {
             }
             node.handles.clear();
         }
+        // The cache is gone with the power: a bad write shows. After the unsynced bytes went,
+        // so that its bytes land on the durable content.
+        report.bad_writes = usize::from(self.reveal_bad_write());
         report.dropped_entries = self.collect_garbage();
         self.reparent();
         self.powered = false;
@@ -656,6 +843,14 @@ impl Disk {
     }
 }
 
+/// Where a write to `offset` lands under `kind`.
+fn misdirected_to(kind: BadWrite, offset: u64) -> u64 {
+    match kind {
+        BadWrite::Lost => offset,
+        BadWrite::Misdirected { back } => offset.saturating_sub(back),
+    }
+}
+
 impl Node {
     fn new(kind: Kind, perm: u16, uid: u32, gid: u32) -> Self {
         let now = SystemTime::now();
@@ -704,6 +899,32 @@ impl FileData {
         self.durable_len = self.len;
         self.durable_visible = self.len;
         Ok(())
+    }
+
+    /// The `len` bytes at `offset` as the file durably holds them (zeros past the durable
+    /// content's visible end).
+    fn durable_bytes(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let visible = self.durable_len.min(self.durable_visible);
+        if offset < visible {
+            let part = (visible - offset).min(len as u64) as usize;
+            self.backing
+                .read_exact_at(&mut buf[..part], offset)
+                .map_err(Errno::from)?;
+        }
+        Ok(buf)
+    }
+
+    /// Writes `bytes` at `offset` into the durable content, leaving out what lies past its
+    /// end. Best effort, as a fault injected behind the program's back: a failure to write the
+    /// backing file leaves the durable content as it was.
+    fn overwrite_durable(&mut self, offset: u64, bytes: &[u8]) {
+        let end = self.durable_len.min(self.durable_visible);
+        if offset >= end {
+            return;
+        }
+        let part = (end - offset).min(bytes.len() as u64) as usize;
+        let _ = self.backing.write_all_at(&bytes[..part], offset);
     }
 
     /// Back to the durable content; returns the bytes dropped.
@@ -1084,5 +1305,65 @@ mod tests {
                 .rename(ROOT, OsStr::new("a"), b, OsStr::new("a"), false),
             Err(Errno::EINVAL)
         );
+    }
+
+    #[test]
+    fn a_lost_write_is_acknowledged_and_read_back_until_the_cut_shows_it() {
+        let mut f = disk();
+        let ino = f.synced_file("00001.seg", b"first ");
+        let other = f.synced_file("state.redb", b"state");
+        f.disk.arm_bad_write(BadWrite::Lost, OsStr::new(".seg"));
+        // A file whose name does not match does not take it.
+        f.disk.write(other, 5, b" more").expect("write");
+        f.disk.sync(other).expect("sync");
+        assert_eq!(f.disk.bad_write_report(), None);
+
+        f.disk.write(ino, 6, b"second ").expect("write");
+        f.disk.sync(ino).expect("the fsync succeeds");
+        f.disk.write(ino, 13, b"third").expect("write");
+        f.disk.sync(ino).expect("sync");
+        let report = f.disk.bad_write_report().expect("taken");
+        assert_eq!(
+            (report.file.as_os_str(), report.offset, report.len),
+            (OsStr::new("00001.seg"), 6, 7)
+        );
+        assert_eq!(report.later_syncs, 1);
+        assert_eq!(f.read_all(ino), b"first second third", "the cache hides it");
+
+        let cut = f.cut(Cut::Clean);
+        assert_eq!(cut.bad_writes, 1);
+        // The length moved on (metadata), the bytes did not: zeros where the file ended.
+        assert_eq!(f.read_all(ino), b"first \0\0\0\0\0\0\0third");
+        assert_eq!(f.read_all(other), b"state more");
+        assert_eq!(f.disk.bad_write_report(), None, "disarmed by the cut");
+    }
+
+    #[test]
+    fn a_misdirected_write_lands_earlier_and_its_own_range_keeps_the_old_bytes() {
+        let mut f = disk();
+        let ino = f.synced_file("log", b"aaaabbbbcccc");
+        f.disk
+            .arm_bad_write(BadWrite::Misdirected { back: 8 }, OsStr::new("log"));
+        f.disk.write(ino, 8, b"XXXX").expect("write");
+        f.disk.sync(ino).expect("sync");
+        assert_eq!(f.read_all(ino), b"aaaabbbbXXXX");
+        assert!(f.disk.reveal_bad_write(), "shown without a cut");
+        assert_eq!(f.read_all(ino), b"XXXXbbbbcccc");
+        assert!(!f.disk.reveal_bad_write(), "once");
+    }
+
+    #[test]
+    fn a_later_write_over_a_bad_write_undoes_it() {
+        let mut f = disk();
+        let ino = f.synced_file("state.redb", b"page0page1");
+        f.disk.arm_bad_write(BadWrite::Lost, OsStr::new(".redb"));
+        f.disk.write(ino, 5, b"PAGE1").expect("write");
+        f.disk.sync(ino).expect("sync");
+        f.disk.write(ino, 7, b"G").expect("write");
+        f.disk.sync(ino).expect("sync");
+        assert_eq!(f.disk.bad_write_report(), None);
+        let cut = f.cut(Cut::Clean);
+        assert_eq!(cut.bad_writes, 0);
+        assert_eq!(f.read_all(ino), b"page0PAGE1");
     }
 }

@@ -15,6 +15,9 @@
 //! - Faults on command: [`LossyDisk::fail_fsyncs`] (EIO, and the data is lost, as on Linux),
 //!   [`LossyDisk::limit_free_space`] (ENOSPC once the files fill it, and `statfs` tells),
 //!   [`LossyDisk::slow_fsyncs`], [`LossyDisk::report_unknown_size`] (`statfs` says 0 blocks).
+//! - Bad writes ([`BadWrite`]): [`LossyDisk::arm_bad_write`] makes the next fsync of a chosen
+//!   file succeed while its bytes are lost or land at another offset, shown once the cache is
+//!   gone (the next cut, or [`LossyDisk::reveal_bad_write`]).
 //!
 //! Durable file content lives in a backing directory (one file per inode); unsynced bytes in
 //! memory. Not modelled: hard and symbolic links, special files, xattrs, `RENAME_EXCHANGE`,
@@ -30,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use disk::{Cut, CutReport};
+pub use disk::{BadWrite, BadWriteReport, Cut, CutReport};
 
 use crate::disk::Disk;
 use crate::fs::{LossyFs, Shared};
@@ -155,6 +158,32 @@ impl LossyDisk {
     /// several FUSE and network file systems do.
     pub fn report_unknown_size(&self, on: bool) {
         self.shared.disk().faults.size_unknown = on;
+    }
+
+    /// Arms a bad write: the next fsync of a file whose name ends with `file_name_suffix`
+    /// succeeds, and the bytes it stores are lost or misdirected as `bad` says. Reads go on
+    /// seeing what was written until the next cut or [`LossyDisk::reveal_bad_write`] (the
+    /// disk's cache held it). Replaces any bad write armed or taken before.
+    pub fn arm_bad_write(&self, bad: BadWrite, file_name_suffix: &str) {
+        self.shared
+            .disk()
+            .arm_bad_write(bad, std::ffi::OsStr::new(file_name_suffix));
+    }
+
+    /// Where the armed bad write hit, once an fsync took it.
+    pub fn bad_write(&self) -> Option<BadWriteReport> {
+        self.shared.disk().bad_write_report()
+    }
+
+    /// Disarms the bad write, armed or taken: a taken one's bytes stay as written.
+    pub fn disarm_bad_write(&self) {
+        self.shared.disk().disarm_bad_write();
+    }
+
+    /// Shows a taken bad write now, as if the disk's cache had been dropped: reads of its file
+    /// see the damage while the programs run. Returns whether there was one to show.
+    pub fn reveal_bad_write(&self) -> bool {
+        self.shared.disk().reveal_bad_write()
     }
 
     /// Every fsync takes `delay` longer.
