@@ -183,6 +183,13 @@ impl TestServer {
         self.wait_exit_after(signal)
     }
 
+    /// Whether the process is still running (it has not exited on its own).
+    pub fn is_running(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_some_and(|process| matches!(process.try_wait(), Ok(None)))
+    }
+
     /// Waits (bounded) for the process to exit on its own.
     pub fn wait_exit(&mut self) -> ExitStatus {
         self.wait_exit_after("its own end")

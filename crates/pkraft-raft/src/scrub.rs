@@ -8,8 +8,14 @@
 //!   restarts it), and its next start repairs from the cluster. For the log, the loss is recorded
 //!   as a repair in `meta.redb` first (damage in the last append would otherwise be cut at the
 //!   open as a torn write); for the state, `state-damaged` is left in the data dir
-//!   (`state_repair`). The leader records damage in its state and goes on: a packet every node
-//!   stores so must not stop them all, and the followers that stop repair from it;
+//!   (`state_repair`);
+//! - for a damaged packet it first asks the other voters for their copy (peer route
+//!   `packet-check`). If every one stores the same bytes, the cluster stores the packet so (a
+//!   verification rule that changed between builds): not damage on this disk, and nothing stops.
+//!   If one holds other, whole bytes, the damage is this disk's, and a leader stops too, after
+//!   handing its leadership over (the daemon's stop does). Otherwise the leader records the
+//!   damage for its next start and goes on: with the others silent it is the one they would
+//!   repair from;
 //! - the only voter has no other copy: it reports the damage (log at ERROR, metric) and goes on
 //!   serving the rest, since stopping would only add an outage. Its operator takes a backup
 //!   while the state is readable (docs/OPERATIONS.md, "Repair").
@@ -17,21 +23,22 @@
 //! A damaged packet is not served from the moment it is found (`Store::quarantine`: GET 503,
 //! DNS REFUSED for that key), until the key is written again or the node restarts.
 //!
-//! A packet that does not verify may also be one the whole cluster stores so (a verification
-//! rule that changed between builds), not damage on this disk: if the same bytes come back after
-//! a rebuild from the cluster (`scrub-rebuilt` lists what such rebuilds were for), the scrub says
-//! so and goes on, instead of stopping the node again.
+//! A packet the other voters could not vouch for may still be one the whole cluster stores so:
+//! if the same bytes come back after a rebuild from the cluster (`scrub-rebuilt` lists what
+//! such rebuilds were for), the scrub says so and goes on, instead of stopping the node again.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pkraft_store::DamagedPacket;
+use pkraft_store::{DamagedPacket, PacketCheck};
 use pkraft_types::KeyBytes;
 
+use crate::NodeId;
 use crate::log_store::Damage;
 use crate::metrics::Damaged;
 use crate::node::Node;
+use crate::peer::{PacketCopy, path};
 use crate::settings::Settings;
 use crate::state_repair;
 
@@ -161,7 +168,11 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
             Ok(Ok(page)) => page,
             Ok(Err(error)) if error.is_damage() => {
                 // The table itself (a page redb cannot read): no key to skip past.
-                state_damaged(node, &format!("reading the packets: {error}"));
+                state_damaged(
+                    node,
+                    &format!("reading the packets: {error}"),
+                    OtherCopies::Unknown,
+                );
                 return;
             }
             Ok(Err(error)) => {
@@ -188,14 +199,21 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
                          on this disk"
                     );
                 } else {
-                    // Not served from here on, whatever this node does next.
+                    // Not served from here on, while the other voters are asked.
                     if !node.store.quarantine(&damaged.key) {
                         tracing::warn!(
                             max = pkraft_store::QUARANTINE_MAX,
                             "too many damaged packets to refuse each; this one is still served"
                         );
                     }
-                    if state_damaged(node, &finding) == Stopping::Yes {
+                    let copies = other_copies(node, damaged).await;
+                    if copies == OtherCopies::SameBytesEverywhere {
+                        node.store.release_quarantine(&damaged.key);
+                        tracing::warn!(
+                            "the scrub found {damaged}; every other voter stores the same bytes: \
+                             the cluster stores this packet so, not damage on this disk"
+                        );
+                    } else if state_damaged(node, &finding, copies) == Stopping::Yes {
                         return;
                     }
                 }
@@ -220,6 +238,80 @@ fn finding_of(damaged: &DamagedPacket) -> String {
     damaged.to_string()
 }
 
+/// What the other voters store for a packet this node's scrub found damaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtherCopies {
+    /// Some voter holds other bytes that verify: the damage is this disk's.
+    WholeElsewhere,
+    /// Every other voter answered, each with the same bytes as here: the cluster stores the
+    /// packet so (a verification rule that changed between builds), not damage on this disk.
+    SameBytesEverywhere,
+    /// Neither is known (a voter did not answer, holds no packet for the key, or holds other
+    /// bytes that do not verify either).
+    Unknown,
+}
+
+/// How long each other voter has to answer [`other_copies`].
+const COPY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks every other voter, in parallel, for its copy of the damaged packet (peer route
+/// `packet-check`) and sums up the answers.
+async fn other_copies(node: &Node, damaged: &DamagedPacket) -> OtherCopies {
+    let voters: Vec<(NodeId, String)> = {
+        let metrics = node.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter(|id| *id != node.id)
+            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+            .collect()
+    };
+    if voters.is_empty() {
+        return OtherCopies::Unknown;
+    }
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, addr) in &voters {
+        let (peers, id, addr, key) = (node.peers.clone(), *id, addr.clone(), damaged.key);
+        asks.spawn(async move {
+            peers
+                .call::<KeyBytes, PacketCopy>(
+                    &addr,
+                    Some(id),
+                    path::PACKET_CHECK,
+                    &key,
+                    COPY_CHECK_TIMEOUT,
+                )
+                .await
+                .map_err(|e| e.to_string())
+        });
+    }
+    let answers: Vec<Result<PacketCopy, String>> = asks.join_all().await.into_iter().collect();
+    sum_up(damaged.value_crc, &answers)
+}
+
+/// [`OtherCopies`] from the other voters' answers about a packet stored here as `value_crc`.
+fn sum_up(value_crc: u32, answers: &[Result<PacketCopy, String>]) -> OtherCopies {
+    let whole_elsewhere = answers.iter().any(|answer| {
+        matches!(answer, Ok(PacketCopy::Whole { value_crc: other }) if *other != value_crc)
+    });
+    if whole_elsewhere {
+        return OtherCopies::WholeElsewhere;
+    }
+    let same_everywhere = !answers.is_empty() && answers.iter().all(|answer| {
+        matches!(
+            answer,
+            Ok(PacketCopy::Whole { value_crc: other } | PacketCopy::Damaged { value_crc: other })
+                if *other == value_crc
+        )
+    });
+    if same_everywhere {
+        OtherCopies::SameBytesEverywhere
+    } else {
+        OtherCopies::Unknown
+    }
+}
+
 /// Whether a finding stops the node.
 #[derive(Debug, PartialEq, Eq)]
 enum Stopping {
@@ -227,45 +319,73 @@ enum Stopping {
     No,
 }
 
-/// Reports damage the scrub found in the state; a follower with other voters records it and
-/// stops (its restart rebuilds the state from the cluster). The leader records it for its next
-/// start and goes on: a finding shared by every node (a packet the cluster stores so) must not
-/// stop them all, and the followers that stop come back from the leader.
-fn state_damaged(node: &Node, finding: &str) -> Stopping {
+/// Reports damage the scrub found in the state (`copies`: what the other voters hold). A node
+/// with other voters records it for its next start, which rebuilds the state from the cluster,
+/// and stops, a leader after handing its leadership over (the daemon's stop does). The leader
+/// stops only when another voter holds whole bytes: a finding shared by every node (a packet
+/// the cluster stores so) must not stop them all, and with the others silent it is the one
+/// they would repair from. The only voter reports it and goes on.
+fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
     node.metrics.damage_found(Damaged::State);
-    if node.has_other_voters() {
-        if let Err(error) = state_repair::mark_damaged(node.data_dir(), finding) {
-            // Without the mark the next start would not know: stopping would only be an outage.
-            tracing::error!(
-                %error,
-                "the scrub found the state damaged: {finding}, and could not record it; this \
-                 node goes on"
-            );
-            return Stopping::No;
-        }
-        if node.is_leader() {
-            tracing::error!(
-                "the scrub found the state damaged: {finding}. This node leads: it goes on, and \
-                 its next start rebuilds the state from the cluster (restart it once another \
-                 node leads, or hand its leadership over with a restart)"
-            );
-            return Stopping::No;
-        }
-        tracing::error!(
-            "the scrub found the state damaged: {finding}. This node stops; its next start \
-             rebuilds the state from the cluster"
-        );
-        node.stop_for(format!(
-            "the scrub found the state damaged ({finding}); a restart rebuilds it from the cluster"
-        ));
-        Stopping::Yes
-    } else {
+    if !node.has_other_voters() {
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node is the only voter: it has \
              no other copy to rebuild it from. Restore that key's packet from a backup, or have \
              its owner publish it again (docs/OPERATIONS.md, \"Repair\")"
         );
-        Stopping::No
+        return Stopping::No;
+    }
+    if let Err(error) = state_repair::mark_damaged(node.data_dir(), finding) {
+        // Without the mark the next start would not know: stopping would only be an outage.
+        tracing::error!(
+            %error,
+            "the scrub found the state damaged: {finding}, and could not record it; this \
+             node goes on"
+        );
+        return Stopping::No;
+    }
+    if node.is_leader() && copies != OtherCopies::WholeElsewhere {
+        tracing::error!(
+            "the scrub found the state damaged: {finding}. This node leads and no other voter \
+             said it holds whole bytes: it goes on, and its next start rebuilds the state from \
+             the cluster (restart it once another node leads, or hand its leadership over with \
+             a restart)"
+        );
+        return Stopping::No;
+    }
+    let how = if node.is_leader() {
+        "Another voter holds whole bytes: this node hands its leadership over and stops"
+    } else {
+        "This node stops"
+    };
+    tracing::error!(
+        "the scrub found the state damaged: {finding}. {how}; its next start rebuilds the \
+         state from the cluster"
+    );
+    node.stop_for(format!(
+        "the scrub found the state damaged ({finding}); a restart rebuilds it from the cluster"
+    ));
+    Stopping::Yes
+}
+
+impl Node {
+    /// This node's copy of `key`'s packet, checked as the scrub checks it, for another node's
+    /// scrub (peer route `packet-check`).
+    pub(crate) async fn packet_copy(&self, key: KeyBytes) -> PacketCopy {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.check_packet(&key)).await {
+            Ok(Ok(PacketCheck::Absent)) => PacketCopy::Absent,
+            Ok(Ok(PacketCheck::Whole { value_crc })) => PacketCopy::Whole { value_crc },
+            Ok(Ok(PacketCheck::Damaged { value_crc })) => PacketCopy::Damaged { value_crc },
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "a peer asked for a packet this node cannot read");
+                PacketCopy::Unreadable
+            }
+            Err(error) => {
+                tracing::warn!(%error, "checking a packet for a peer failed");
+                PacketCopy::Unreadable
+            }
+        }
     }
 }
 
@@ -274,5 +394,47 @@ async fn pace(started: Instant, done: u64, per_second: u64) {
     let budget = Duration::from_secs_f64(done as f64 / per_second.max(1) as f64);
     if let Some(rest) = budget.checked_sub(started.elapsed()) {
         tokio::time::sleep(rest).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HERE: u32 = 0xdead_beef;
+
+    #[test]
+    fn other_whole_bytes_anywhere_make_the_damage_this_disks() {
+        let answers = [
+            Err("connection refused".to_string()),
+            Ok(PacketCopy::Damaged { value_crc: HERE }),
+            Ok(PacketCopy::Whole { value_crc: 7 }),
+        ];
+        assert_eq!(sum_up(HERE, &answers), OtherCopies::WholeElsewhere);
+    }
+
+    #[test]
+    fn the_same_bytes_on_every_other_voter_are_the_clusters_copy() {
+        let answers = [
+            Ok(PacketCopy::Damaged { value_crc: HERE }),
+            // A build that still accepts them: the same bytes, not a whole copy elsewhere.
+            Ok(PacketCopy::Whole { value_crc: HERE }),
+        ];
+        assert_eq!(sum_up(HERE, &answers), OtherCopies::SameBytesEverywhere);
+    }
+
+    #[test]
+    fn anything_less_is_unknown() {
+        let damaged_here = Ok(PacketCopy::Damaged { value_crc: HERE });
+        for other in [
+            Err("timed out".to_string()),
+            Ok(PacketCopy::Absent),
+            Ok(PacketCopy::Unreadable),
+            Ok(PacketCopy::Damaged { value_crc: 7 }),
+        ] {
+            let answers = [damaged_here.clone(), other.clone()];
+            assert_eq!(sum_up(HERE, &answers), OtherCopies::Unknown, "{other:?}");
+        }
+        assert_eq!(sum_up(HERE, &[]), OtherCopies::Unknown);
     }
 }

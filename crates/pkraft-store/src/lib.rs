@@ -340,12 +340,7 @@ impl Store {
             let value = value.value();
             page.last_key = Some(key);
             page.packets += 1;
-            let checked = StoredPacket::decode(value).and_then(|stored| {
-                let body = stored.payload.as_bytes().clone();
-                pkraft_types::VerifiedPacket::verify_stored(&key, body)
-                    .map_err(|e| StoreError::Corrupt(format!("does not verify: {e}")))
-            });
-            if let Err(e) = checked {
+            if let Err(e) = verify_row(&key, value) {
                 page.damaged = Some(DamagedPacket {
                     key,
                     value_crc: crc32fast::hash(value),
@@ -355,6 +350,29 @@ impl Store {
             }
         }
         Ok(page)
+    }
+
+    /// What this node stores for `key`, checked as the scrub checks it: for another node's
+    /// scrub, which asks whether a packet it found damaged is whole here.
+    pub fn check_packet(&self, key: &KeyBytes) -> Result<PacketCheck, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PACKETS)?;
+        let Some(value) = table.get(key)? else {
+            return Ok(PacketCheck::Absent);
+        };
+        let value = value.value();
+        let value_crc = crc32fast::hash(value);
+        Ok(match verify_row(key, value) {
+            Ok(()) => PacketCheck::Whole { value_crc },
+            Err(_) => PacketCheck::Damaged { value_crc },
+        })
+    }
+
+    /// Lets `key` be read again after [`Store::quarantine`]: what was taken for damage is the
+    /// cluster's copy (every other voter stores the same bytes).
+    pub fn release_quarantine(&self, key: &KeyBytes) {
+        self.quarantine.release(key);
+        self.versions.bump(key);
     }
 
     /// Number of stored packets.
@@ -580,6 +598,27 @@ impl std::fmt::Display for DamagedPacket {
             self.reason
         )
     }
+}
+
+/// A stored row checked as a PUT verifies a packet (decode, signature, length, DNS parse).
+fn verify_row(key: &KeyBytes, value: &[u8]) -> Result<(), StoreError> {
+    let stored = StoredPacket::decode(value)?;
+    let body = stored.payload.as_bytes().clone();
+    pkraft_types::VerifiedPacket::verify_stored(key, body)
+        .map(|_| ())
+        .map_err(|e| StoreError::Corrupt(format!("does not verify: {e}")))
+}
+
+/// What [`Store::check_packet`] found for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketCheck {
+    /// No packet is stored for the key.
+    Absent,
+    /// The stored packet verifies. `value_crc` is the CRC-32 of the stored value (the same bytes
+    /// give the same one, as in [`DamagedPacket::value_crc`]).
+    Whole { value_crc: u32 },
+    /// The stored packet does not verify.
+    Damaged { value_crc: u32 },
 }
 
 /// What [`Store::check_integrity`] found.

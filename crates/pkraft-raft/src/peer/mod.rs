@@ -90,6 +90,22 @@ pub(crate) mod path {
     pub const STATUS: &str = "/peer/v1/status";
     pub const ELECT: &str = "/peer/v1/elect";
     pub const PRE_VOTE: &str = "/peer/v1/pre-vote";
+    pub const PACKET_CHECK: &str = "/peer/v1/packet-check";
+}
+
+/// A voter's copy of one key's packet, checked as the scrub checks it (route `packet-check`):
+/// another node's scrub asks, to tell damage on its own disk (some voter holds other, whole
+/// bytes) from bytes the whole cluster stores so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PacketCopy {
+    /// No packet is stored for the key.
+    Absent,
+    /// The stored packet verifies; `value_crc` is the CRC-32 of the stored value.
+    Whole { value_crc: u32 },
+    /// The stored packet does not verify.
+    Damaged { value_crc: u32 },
+    /// The node could not read it (an I/O error, or a table redb cannot read).
+    Unreadable,
 }
 
 /// Header naming the node id a peer request is meant for.

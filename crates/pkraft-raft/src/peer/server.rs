@@ -17,6 +17,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest,
 };
+use pkraft_types::KeyBytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::timeout::TimeoutLayer;
@@ -57,6 +58,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::STATUS, post(status))
         .route(path::ELECT, post(elect))
         .route(path::PRE_VOTE, post(pre_vote))
+        .route(path::PACKET_CHECK, post(packet_check))
         .layer(DefaultBodyLimit::max(body_max))
         .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
@@ -318,6 +320,15 @@ async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |request: PreVoteRequest| async move {
         node.answer_pre_vote(request).await
     })
+    .await
+}
+
+/// Another node's scrub found a packet damaged and asks for this node's copy (see `scrub`).
+async fn packet_check(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(
+        body,
+        |key: KeyBytes| async move { node.packet_copy(key).await },
+    )
     .await
 }
 
