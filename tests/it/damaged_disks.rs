@@ -889,9 +889,10 @@ async fn a_leader_whose_scrub_finds_its_own_copy_damaged_hands_over_and_repairs(
 }
 
 /// Every voter stores the same bytes that no longer verify (here: the same bit flipped on each,
-/// as a verification rule that changed between builds would leave them). Each scrub asks the
-/// others, learns that the cluster stores the packet so, and no node stops: before, each
-/// follower stopped to rebuild, only to find the same bytes again.
+/// as a verification rule that changed between builds, or a snapshot built from one damaged
+/// disk, would leave them). Each scrub asks the others, learns that the cluster stores the
+/// packet so, and no node stops (before, each follower stopped to rebuild, only to find the
+/// same bytes again); none serves the bytes that do not verify.
 #[tokio::test]
 async fn bytes_every_voter_stores_stop_no_node() {
     let mut cluster = TestCluster::start(3, FAST_SCRUB).await;
@@ -928,9 +929,16 @@ async fn bytes_every_voter_stores_stop_no_node() {
     let leader = cluster.leader().await;
     let (key, packet) = packet(51_900, 1_000);
     put_until_accepted(&cluster.member(leader).server, &key, &packet).await;
+    let (damaged_key, _) = &published[5];
     for id in &ids {
         let server = &mut cluster.member_mut(*id).server;
         wait_served(server, &key, &packet).await;
+        let get = server.get(&server.relay_url(damaged_key)).await;
+        assert_eq!(
+            get.status(),
+            503,
+            "node {id} served bytes that do not verify"
+        );
         assert!(server.is_running(), "node {id} stopped\n{}", server.log());
     }
 }

@@ -313,15 +313,15 @@ async fn corrupt_state_hold_restart(
     ))
 }
 
-/// How long a bad write may wait for an append to take it and a later one to follow.
+/// How long a bad write may wait for an append of the log to take it.
 const BAD_WRITE_WAIT: Duration = Duration::from_secs(10);
 
 /// Arms a bad write (lost, or misdirected up to 4 KiB back: drawn from `rng`) on `target`'s
-/// disk for its log's next append, waits until a later append follows it (so that it is no
-/// torn tail: a lost last append looks exactly like one, and docs/CONSISTENCY.md says what
-/// that costs), cuts the node's power, which shows the damage, and restarts it after the hold:
-/// it must repair from the others and be back in service. With no such append within
-/// [`BAD_WRITE_WAIT`] the fault is disarmed and nothing is cut.
+/// disk for its log's next append, waits until an append took it (with later appends after it
+/// or none: as the last append, only the log's synced mark tells it from a torn write), cuts
+/// the node's power, which shows the damage, and restarts it after the hold: it must repair
+/// from the others and be back in service. With no append within [`BAD_WRITE_WAIT`] the fault
+/// is disarmed and nothing is cut.
 async fn bad_write_cut_restart(
     cluster: &mut Cluster,
     target: u64,
@@ -335,20 +335,22 @@ async fn bad_write_cut_restart(
             back: rng.between(1, 4096),
         }
     };
+    // Half the time the bad append is the last one at the cut; else others follow it.
+    let later_appends = u32::try_from(rng.between(0, 1)).unwrap_or(0);
     let disk = cluster.disk(target)?;
     disk.arm_bad_write(bad, ".seg");
     let deadline = tokio::time::Instant::now() + BAD_WRITE_WAIT;
     let taken = loop {
         match disk.bad_write() {
-            Some(taken) if taken.later_syncs >= 1 => break Some(taken),
+            Some(taken) if taken.later_syncs >= later_appends => break Some(taken),
             _ if tokio::time::Instant::now() > deadline => break None,
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     };
     let Some(taken) = taken else {
         disk.disarm_bad_write();
         return Ok(format!(
-            "node {target}: no append of its log followed a {bad:?} within {BAD_WRITE_WAIT:?}; \
+            "node {target}: no append of its log took a {bad:?} within {BAD_WRITE_WAIT:?}; \
              disarmed"
         ));
     };
@@ -361,9 +363,9 @@ async fn bad_write_cut_restart(
         .with_context(|| format!("restart of node {target} after a bad write"))?;
     wait_repaired(cluster, target).await?;
     Ok(format!(
-        "node {target}: {bad:?} of {} bytes at {} of {:?} (shown by the power cut: {}); it is \
-         back in service",
-        taken.len, taken.offset, taken.file, cut.bad_writes
+        "node {target}: {bad:?} of {} bytes at {} of {:?}, at least {} appends after it \
+         (shown by the power cut: {}); it is back in service",
+        taken.len, taken.offset, taken.file, taken.later_syncs, cut.bad_writes
     ))
 }
 

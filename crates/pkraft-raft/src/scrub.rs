@@ -11,7 +11,8 @@
 //!   (`state_repair`);
 //! - for a damaged packet it first asks the other voters for their copy (peer route
 //!   `packet-check`). If every one stores the same bytes, the cluster stores the packet so (a
-//!   verification rule that changed between builds): not damage on this disk, and nothing stops.
+//!   verification rule that changed between builds, or a snapshot that carried one disk's
+//!   damage to the others): not damage on this disk, and nothing stops.
 //!   If one holds other, whole bytes, the damage is this disk's, and a leader stops too, after
 //!   handing its leadership over (the daemon's stop does). Otherwise the leader records the
 //!   damage for its next start and goes on: with the others silent it is the one they would
@@ -20,8 +21,9 @@
 //!   serving the rest, since stopping would only add an outage. Its operator takes a backup
 //!   while the state is readable (docs/OPERATIONS.md, "Repair").
 //!
-//! A damaged packet is not served from the moment it is found (`Store::quarantine`: GET 503,
-//! DNS REFUSED for that key), until the key is written again or the node restarts.
+//! A packet that does not verify is not served from the moment it is found
+//! (`Store::quarantine`: GET 503, DNS REFUSED for that key), whatever the other copies hold,
+//! until the key is written again or the node restarts.
 //!
 //! A packet the other voters could not vouch for may still be one the whole cluster stores so:
 //! if the same bytes come back after a rebuild from the cluster (`scrub-rebuilt` lists what
@@ -192,26 +194,27 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
                 if reported.len() < REPORTED_MAX {
                     reported.insert(finding.clone());
                 }
+                // Never served from here on, whatever the cause: bytes that do not verify are
+                // not passed on, even when every copy holds them.
+                if !node.store.quarantine(&damaged.key) {
+                    tracing::warn!(
+                        max = pkraft_store::QUARANTINE_MAX,
+                        "too many damaged packets to refuse each; this one is still served"
+                    );
+                }
                 if state_repair::rebuilt_for(node.data_dir(), &finding) {
                     tracing::warn!(
                         "the scrub found {damaged}, the same bytes as before a rebuild of the \
-                         state from the cluster: the cluster stores this packet so; not damage \
-                         on this disk"
+                         state from the cluster: the cluster stores this packet so, not damage \
+                         on this disk; it is not served until its owner publishes it again"
                     );
                 } else {
-                    // Not served from here on, while the other voters are asked.
-                    if !node.store.quarantine(&damaged.key) {
-                        tracing::warn!(
-                            max = pkraft_store::QUARANTINE_MAX,
-                            "too many damaged packets to refuse each; this one is still served"
-                        );
-                    }
                     let copies = other_copies(node, damaged).await;
                     if copies == OtherCopies::SameBytesEverywhere {
-                        node.store.release_quarantine(&damaged.key);
                         tracing::warn!(
                             "the scrub found {damaged}; every other voter stores the same bytes: \
-                             the cluster stores this packet so, not damage on this disk"
+                             the cluster stores this packet so, not damage on this disk; it is \
+                             not served until its owner publishes it again"
                         );
                     } else if state_damaged(node, &finding, copies) == Stopping::Yes {
                         return;

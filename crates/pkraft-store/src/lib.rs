@@ -368,13 +368,6 @@ impl Store {
         })
     }
 
-    /// Lets `key` be read again after [`Store::quarantine`]: what was taken for damage is the
-    /// cluster's copy (every other voter stores the same bytes).
-    pub fn release_quarantine(&self, key: &KeyBytes) {
-        self.quarantine.release(key);
-        self.versions.bump(key);
-    }
-
     /// Number of stored packets.
     pub fn packet_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;

@@ -7,6 +7,7 @@
 //! `save_committed`.) Writes run on tokio's blocking pool.
 
 mod segments;
+mod synced_mark;
 
 use std::fmt::Debug;
 use std::io;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
-    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader,
-    StorageError, Vote,
+    CommittedLeaderId, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend,
+    RaftLogReader, StorageError, Vote,
 };
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use redb::{Error as DbError, WriteTransaction};
@@ -28,7 +29,7 @@ use serde::de::DeserializeOwned;
 use super::codec::{blocking, decode, encode, storage_error};
 use super::type_config::{NodeId, TypeConfig};
 pub use segments::Damage;
-use segments::{SEGMENT_TARGET_BYTES, Segments};
+use segments::{LastEntry, SEGMENT_TARGET_BYTES, Segments};
 
 const META_FILE: &str = "meta.redb";
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -232,7 +233,13 @@ impl LogStore {
                     .last_record_after
                     .as_deref()
                     .and_then(|payload| decode_entry(payload).ok())
-                    .map(|entry| entry.log_id),
+                    .map(|entry| entry.log_id)
+                    .or(damage.synced_last.map(|mark| {
+                        LogId::new(
+                            CommittedLeaderId::new(mark.last_term, mark.last_leader),
+                            mark.last_index,
+                        )
+                    })),
                 vote_term: read_meta::<Vote<NodeId>>(&meta, META_VOTE)?
                     .map_or(0, |vote| vote.leader_id.term),
             };
@@ -840,6 +847,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let last_log_id = entries.last().map(|entry| entry.log_id);
+        let last_entry = entries.last().map(|entry| LastEntry {
+            index: entry.log_id.index,
+            term: entry.log_id.leader_id.term,
+            leader: entry.log_id.leader_id.node_id,
+        });
         // Whether the last membership in this append has other voters; written when it changes
         // (rare: membership changes).
         let peers_now = entries
@@ -866,7 +878,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut encoded = Vec::new();
             let lengths = target.encode(&payloads, &mut encoded)?;
             // The write and its sync hold no lock, so readers (replication, apply) go on.
-            target.write_and_sync(&encoded)?;
+            let last_entry =
+                last_entry.ok_or_else(|| io::Error::other("an append without entries"))?;
+            target.write_and_sync(&encoded, last_entry)?;
             lock(inner)?.segments.finish_append(&target, &lengths);
             if let Some(peers) = peers_now {
                 let mark = || -> std::result::Result<(), DbError> {

@@ -32,7 +32,10 @@
 //!   checksum, or an index other than its place), it looks for any whole record after it
 //!   (scanning byte by byte, since the bad header's length is not to be trusted).
 //!   - No whole record follows, in the last segment: a torn tail. It was never acknowledged, so
-//!     the segment is cut back to the last whole record (as etcd's WAL repair does).
+//!     the segment is cut back to the last whole record (as etcd's WAL repair does). Unless
+//!     the synced mark (`synced_mark`, written after every append's sync and before it is
+//!     reported done) says the append was done: then a lost or damaged write, not a tear, and
+//!     damage as below. The same if the segment ends before the mark says it does.
 //!   - Only records of the append that also wrote the bad one follow (format 2 says which): an
 //!     append torn out of order (the disk wrote a later sector and not an earlier one). Also
 //!     never acknowledged; also cut.
@@ -52,6 +55,8 @@ use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use super::synced_mark::{self, MarkFile, SyncedMark};
 
 /// The first bytes of every segment written now: the format name and its version.
 const MAGIC: &[u8; 8] = b"PKRLOG2\0";
@@ -128,6 +133,9 @@ pub struct Damage {
     pub reason: &'static str,
     /// The payload of the record holding `last_index_after`: the last entry the log held.
     pub last_record_after: Option<Vec<u8>>,
+    /// The synced mark, when it is what shows that the damaged records were synced and
+    /// reported done (no whole record follows them): `last_index_after` is its last index.
+    pub synced_last: Option<SyncedMark>,
 }
 
 impl Damage {
@@ -147,14 +155,24 @@ impl fmt::Display for Damage {
             self.reason,
             self.first_index
         )?;
-        match self.last_index_after {
-            Some(last) => write!(
+        match (self.synced_last, self.last_index_after) {
+            (Some(mark), _) => write!(
+                f,
+                "; the log synced and reported done entries up to index {} (raft-log/{}), so \
+                 this is a lost or damaged write, not a torn one: entries {}..={} may have \
+                 been acknowledged",
+                mark.last_index,
+                synced_mark::FILE,
+                self.first_index,
+                mark.last_index
+            ),
+            (None, Some(last)) => write!(
                 f,
                 "; whole records up to index {last} follow it, synced after it, so this is \
                  damage, not a torn write: entries {}..={last} may have been acknowledged",
                 self.first_index
             ),
-            None => write!(
+            (None, None) => write!(
                 f,
                 "; it is not the end of the log, so this is damage, not a torn write"
             ),
@@ -176,6 +194,8 @@ pub(crate) struct Segments {
     target_bytes: u64,
     /// Ascending by first index, contiguous.
     segments: Vec<Segment>,
+    /// Where the last append reported done ended (`synced_mark`).
+    mark: Arc<MarkFile>,
 }
 
 struct Segment {
@@ -213,6 +233,17 @@ pub(crate) struct AppendTarget {
     offset: u64,
     first_index: u64,
     salt: u64,
+    /// The segment's first index, for the synced mark.
+    segment_first_index: u64,
+    mark: Arc<MarkFile>,
+}
+
+/// The last entry of an append, for the synced mark: index, term and the node that led it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LastEntry {
+    pub(crate) index: u64,
+    pub(crate) term: u64,
+    pub(crate) leader: u64,
 }
 
 impl AppendTarget {
@@ -226,8 +257,10 @@ impl AppendTarget {
         encode_records(self.salt, self.first_index, payloads, out)
     }
 
-    /// Writes `encoded` (from [`AppendTarget::encode`]) at the end of the segment and syncs it.
-    pub(crate) fn write_and_sync(&self, encoded: &[u8]) -> io::Result<()> {
+    /// Writes `encoded` (from [`AppendTarget::encode`]) at the end of the segment and syncs it,
+    /// then sets the synced mark to its end (`last`: the append's last entry), durably. Only
+    /// then may the append be reported done.
+    pub(crate) fn write_and_sync(&self, encoded: &[u8], last: LastEntry) -> io::Result<()> {
         let written = self
             .file
             .write_all_at(encoded, self.offset)
@@ -236,8 +269,15 @@ impl AppendTarget {
             // Leave no partial record behind the last good one: once a later append exists,
             // the open would take it for damage rather than a torn tail.
             let _ = self.file.set_len(self.offset);
+            return written;
         }
-        written
+        self.mark.write(Some(SyncedMark {
+            segment_first_index: self.segment_first_index,
+            end: self.offset + encoded.len() as u64,
+            last_index: last.index,
+            last_term: last.term,
+            last_leader: last.leader,
+        }))
     }
 }
 
@@ -277,6 +317,7 @@ impl Span {
                         last_index_after: None,
                         reason,
                         last_record_after: None,
+                        synced_last: None,
                     },
                 )
             })?;
@@ -344,15 +385,20 @@ impl Segments {
             }
         }
         found.sort();
+        let (mark_file, mark) = MarkFile::open(dir)?;
+        // Entries up to the purge point are gone anyway; a mark below it covers nothing.
+        let mark = mark.filter(|mark| purged.is_none_or(|purged| mark.last_index > purged));
         let mut segments = Segments {
             dir: dir.to_path_buf(),
             target_bytes,
             segments: Vec::with_capacity(found.len()),
+            mark: Arc::new(mark_file),
         };
         let count = found.len();
         for (position, (first_index, path)) in found.into_iter().enumerate() {
             let is_last = position + 1 == count;
-            match scan(first_index, path, is_last) {
+            let synced = mark.filter(|mark| mark.segment_first_index == first_index);
+            match scan(first_index, path, is_last, synced) {
                 Ok(segment) => segments.segments.push(segment),
                 Err(ScanError::Io(e)) => return Err(e),
                 Err(ScanError::Damaged(mut damage)) => {
@@ -365,6 +411,9 @@ impl Segments {
                     return Err(io::Error::new(ErrorKind::InvalidData, damage));
                 }
             }
+        }
+        if let Some(mark) = mark {
+            segments.check_mark(mark)?;
         }
         // Empty segments (a crash right after one was created) hold nothing.
         let (empty, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut segments.segments)
@@ -397,12 +446,61 @@ impl Segments {
                             }
                             payload
                         }),
+                        synced_last: None,
                     },
                 ));
             }
         }
         sync_dir(dir)?;
         Ok(segments)
+    }
+
+    /// Fails with [`Damage`] if the log ends before the synced mark says it does: a segment
+    /// shorter than the mark's end with no bad record in it (a lost write that took the file's
+    /// new length with it), or the mark's segment missing.
+    fn check_mark(&self, mark: SyncedMark) -> io::Result<()> {
+        let short = match self
+            .segments
+            .iter()
+            .find(|segment| segment.first_index == mark.segment_first_index)
+        {
+            Some(segment) if segment.end >= mark.end => return Ok(()),
+            Some(segment) => Some((segment.path.clone(), segment.end, segment.next_index())),
+            None if self
+                .last_index()
+                .is_some_and(|last| last >= mark.last_index) =>
+            {
+                return Ok(());
+            }
+            None => None,
+        };
+        let (segment, offset, first_index, reason) = match short {
+            Some((path, end, next)) => (
+                path,
+                end,
+                next,
+                "the segment ends before the last append reported done",
+            ),
+            None => (
+                self.dir.join(segment_file_name(mark.segment_first_index)),
+                0,
+                self.last_index()
+                    .map_or(mark.segment_first_index, |last| last + 1),
+                "the segment the last append reported done went to is missing",
+            ),
+        };
+        Err(io::Error::new(
+            ErrorKind::InvalidData,
+            Damage {
+                segment,
+                offset,
+                first_index,
+                last_index_after: Some(mark.last_index),
+                reason,
+                last_record_after: None,
+                synced_last: Some(mark),
+            },
+        ))
     }
 
     /// The directory the segments are in.
@@ -480,6 +578,8 @@ impl Segments {
             offset: last.end,
             first_index,
             salt,
+            segment_first_index: last.first_index,
+            mark: self.mark.clone(),
         })
     }
 
@@ -497,8 +597,12 @@ impl Segments {
         }
     }
 
-    /// Removes the records from `index` on, durably.
+    /// Removes the records from `index` on, durably. The synced mark is cleared first, so that
+    /// the next open does not take the removed records for lost ones; the next append sets it.
     pub(crate) fn truncate(&mut self, index: u64) -> io::Result<()> {
+        if self.last_index().is_some_and(|last| last >= index) {
+            self.mark.write(None)?;
+        }
         while let Some(last) = self.segments.last() {
             if last.first_index < index {
                 break;
@@ -581,7 +685,15 @@ impl From<io::Error> for ScanError {
 }
 
 /// Reads a segment, checking every record, and cuts a torn append off the last segment.
-fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanError> {
+/// Reads segment `path` (holding indexes from `first_index`), cutting a torn tail off the last
+/// one. `synced`: the synced mark, if it names this segment (an append it covers is no torn
+/// tail).
+fn scan(
+    first_index: u64,
+    path: PathBuf,
+    is_last: bool,
+    synced: Option<SyncedMark>,
+) -> Result<Segment, ScanError> {
     let file = OpenOptions::new().read(true).write(true).open(&path)?;
     let bytes = fs::read(&path)?;
     let Some((format, header_len)) = Format::of(&bytes) else {
@@ -607,6 +719,7 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanE
             last_index_after: None,
             reason: "not a pkraft log segment",
             last_record_after: None,
+            synced_last: None,
         }));
     };
     let mut offsets = Vec::new();
@@ -643,10 +756,16 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanE
                 (Format::V2 { .. }, Some(after)) => after.appends.iter().copied().all(torn_append),
                 (Format::V1, Some(_)) => false,
             };
-        if !torn {
+        // An append the mark covers was synced and reported done: never a tear.
+        let reported_done = synced.filter(|mark| mark.end > position as u64);
+        if !torn || reported_done.is_some() {
             let (last_index_after, last_record_after) = match after {
                 Some(after) => (Some(after.last_index), Some(after.last_payload)),
                 None => (None, None),
+            };
+            let last_index_after = match (last_index_after, reported_done) {
+                (Some(after), Some(mark)) => Some(after.max(mark.last_index)),
+                (after, mark) => after.or(mark.map(|mark| mark.last_index)),
             };
             return Err(ScanError::Damaged(Damage {
                 segment: path,
@@ -655,6 +774,7 @@ fn scan(first_index: u64, path: PathBuf, is_last: bool) -> Result<Segment, ScanE
                 last_index_after,
                 reason,
                 last_record_after,
+                synced_last: reported_done,
             }));
         }
         tracing::warn!(
@@ -874,10 +994,16 @@ fn segments_after(dir: &Path, damaged: &Path) -> io::Result<Option<(u64, Vec<u8>
 /// before the damage, and every later segment is moved there. What remains opens cleanly (or
 /// shows the next damage). The caller has recorded what was lost, durably, before.
 pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
+    // The caller recorded the loss; the mark, which may cover what is set aside, goes first.
+    synced_mark::clear(dir)?;
     let (aside, kept_name) = aside_dir(dir)?;
     let damaged_first = segment_first_index(&damage.segment);
-    fs::copy(&damage.segment, kept_name(&damage.segment))?;
-    File::open(kept_name(&damage.segment))?.sync_all()?;
+    // (Missing when the synced mark names a segment that is gone: nothing to keep or cut.)
+    let present = damage.segment.exists();
+    if present {
+        fs::copy(&damage.segment, kept_name(&damage.segment))?;
+        File::open(kept_name(&damage.segment))?.sync_all()?;
+    }
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         if segment_first_index(&path).is_some_and(|first| Some(first) > damaged_first) {
@@ -885,9 +1011,11 @@ pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
         }
     }
     sync_dir(&aside)?;
-    let file = OpenOptions::new().write(true).open(&damage.segment)?;
-    file.set_len(damage.offset)?;
-    file.sync_all()?;
+    if present {
+        let file = OpenOptions::new().write(true).open(&damage.segment)?;
+        file.set_len(damage.offset)?;
+        file.sync_all()?;
+    }
     sync_dir(dir)?;
     Ok(aside)
 }
@@ -895,6 +1023,7 @@ pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
 /// Moves every segment out of the log into `damaged/` (when the state they were applied to is
 /// lost and the log must come again from a leader, with a snapshot); the log is then empty.
 pub(crate) fn set_aside_all(dir: &Path) -> io::Result<PathBuf> {
+    synced_mark::clear(dir)?;
     let (aside, kept_name) = aside_dir(dir)?;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -974,7 +1103,26 @@ mod tests {
         let target = segments.prepare_append(first_index).expect("prepare");
         let mut encoded = Vec::new();
         let lengths = target.encode(payloads, &mut encoded).expect("encode");
-        target.write_and_sync(&encoded).expect("write");
+        let last = LastEntry {
+            index: first_index + payloads.len() as u64 - 1,
+            term: 1,
+            leader: 1,
+        };
+        target.write_and_sync(&encoded, last).expect("write");
+        segments.finish_append(&target, &lengths);
+    }
+
+    /// An append whose records were written and synced, and whose synced mark was not (the
+    /// crash came in between): it was never reported done, so a tear of it is a torn tail.
+    fn append_unreported(segments: &mut Segments, first_index: u64, payloads: &[&[u8]]) {
+        let target = segments.prepare_append(first_index).expect("prepare");
+        let mut encoded = Vec::new();
+        let lengths = target.encode(payloads, &mut encoded).expect("encode");
+        target
+            .file
+            .write_all_at(&encoded, target.offset)
+            .expect("write");
+        target.file.sync_data().expect("sync");
         segments.finish_append(&target, &lengths);
     }
 
@@ -1017,6 +1165,7 @@ mod tests {
         let mut names: Vec<String> = fs::read_dir(dir)
             .expect("list")
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".seg"))
             .collect();
         names.sort();
         names
@@ -1117,7 +1266,8 @@ mod tests {
     fn a_damaged_last_record_and_zeros_at_the_end_are_torn_tails() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
-        fill(&mut segments, 1, 6);
+        fill(&mut segments, 1, 5);
+        append_unreported(&mut segments, 5, &[&payload(5)]);
         drop(segments);
         let path = dir.path().join(segment_file_name(1));
 
@@ -1180,7 +1330,7 @@ mod tests {
         let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
         fill(&mut segments, 1, 6);
         let last = [payload(6), payload(7), payload(8)];
-        append(&mut segments, 6, &[&last[0], &last[1], &last[2]]);
+        append_unreported(&mut segments, 6, &[&last[0], &last[1], &last[2]]);
         drop(segments);
         // The disk wrote the append's later sectors and not its first: record 6 is zeros,
         // 7 and 8 are whole. Nothing of that append was acknowledged (one fdatasync for all).
@@ -1195,6 +1345,80 @@ mod tests {
             .expect("a torn append is cut, not reported as damage");
         assert_eq!(segments.last_index(), Some(5));
         fill(&mut segments, 6, 8);
+        assert_eq!(read(&segments, 0, 100), expected(1, 8));
+    }
+
+    /// The case a record's own bytes cannot tell: the last append's bytes lost (zeros, the
+    /// file's length kept) by a disk that acknowledged its fsync. The synced mark says it was
+    /// reported done, so it is damage, not a torn tail.
+    #[test]
+    fn a_lost_last_append_reported_done_is_damage_not_a_tear() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 6);
+        drop(segments);
+        let path = dir.path().join(segment_file_name(1));
+        let from = record_offset(&path, 4);
+        let mut bytes = fs::read(&path).expect("read");
+        let length = bytes.len();
+        bytes[from..].fill(0);
+        fs::write(&path, bytes).expect("write");
+
+        let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .err()
+            .expect("a lost append that was reported done is damage");
+        let damage = damage_of(&err);
+        assert_eq!((damage.first_index, damage.last_index_after), (5, Some(5)));
+        assert_eq!(damage.synced_last.map(|mark| mark.last_index), Some(5));
+        assert!(
+            err.to_string().contains("may have been acknowledged"),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).expect("read").len(), length, "nothing cut");
+    }
+
+    /// The same loss with the file's new length lost too: the segment reads whole, and ends
+    /// before the mark.
+    #[test]
+    fn a_segment_shorter_than_the_synced_mark_is_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+        fill(&mut segments, 1, 6);
+        drop(segments);
+        let path = dir.path().join(segment_file_name(1));
+        let cut = record_offset(&path, 3);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(cut as u64)
+            .expect("cut");
+
+        let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+            .err()
+            .expect("a segment shorter than the mark is damage");
+        let damage = damage_of(&err);
+        assert_eq!((damage.first_index, damage.last_index_after), (4, Some(5)));
+        assert_eq!(damage.offset, cut as u64);
+
+        // Set aside (as a repair does), the mark is cleared with it: the log opens, shorter.
+        set_aside(dir.path(), &damage).expect("set aside");
+        let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+        assert_eq!(segments.last_index(), Some(3));
+    }
+
+    #[test]
+    fn a_truncation_clears_the_mark_so_the_removed_entries_are_not_taken_for_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+        fill(&mut segments, 1, 12);
+        segments.truncate(6).expect("truncate");
+        drop(segments);
+        let mut segments = Segments::open(dir.path(), None, 64).expect("reopen");
+        assert_eq!(segments.last_index(), Some(5));
+        fill(&mut segments, 6, 8);
+        drop(segments);
+        let segments = Segments::open(dir.path(), None, 64).expect("reopen");
         assert_eq!(read(&segments, 0, 100), expected(1, 8));
     }
 
@@ -1276,7 +1500,7 @@ mod tests {
         // A new leader replaces 6..: records 4 and 5 keep the append range 4..=8.
         segments.truncate(6).expect("truncate");
         let three = [payload(6), payload(7), payload(8)];
-        append(&mut segments, 6, &[&three[0], &three[1], &three[2]]);
+        append_unreported(&mut segments, 6, &[&three[0], &three[1], &three[2]]);
         drop(segments);
         // That append torn out of order: 6 never written, 7 and 8 whole.
         let path = dir.path().join(segment_file_name(1));
@@ -1303,7 +1527,7 @@ mod tests {
         encode_records(12345, 1_000, &[b"forged".as_slice()], &mut forged).expect("encode");
         let mut carrier = b"packet:".to_vec();
         carrier.extend_from_slice(&forged);
-        append(&mut segments, 4, &[&carrier]);
+        append_unreported(&mut segments, 4, &[&carrier]);
         drop(segments);
         // The carrier's own header is torn (a crash during that append).
         let path = dir.path().join(segment_file_name(1));
