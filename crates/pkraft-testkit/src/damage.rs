@@ -168,22 +168,41 @@ pub fn damage_log(
 }
 
 /// Flips one bit of the current snapshot data file in `data_dir/snapshot` (chosen with `rng`);
-/// returns the file, or `None` if there is none.
+/// returns the file, or `None` if there is none. The node may be running: a snapshot it builds
+/// meanwhile replaces the file (found by the chaos harness: "No such file or directory"), so a
+/// file gone before it is opened is looked for again, a few times. The flip is written in
+/// place, into the file opened, never into a new one.
 pub fn damage_snapshot(data_dir: &Path, rng: &mut SplitMix64) -> io::Result<Option<PathBuf>> {
-    let Some(file) = std::fs::read_dir(data_dir.join("snapshot"))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .find(|path| path.extension().is_some_and(|ext| ext == "snap"))
-    else {
-        return Ok(None);
-    };
-    let mut bytes = std::fs::read(&file)?;
-    if bytes.is_empty() {
-        return Ok(None);
+    use std::os::unix::fs::FileExt;
+    const ATTEMPTS: usize = 5;
+    for attempt in 1..=ATTEMPTS {
+        let Some(path) = std::fs::read_dir(data_dir.join("snapshot"))?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .find(|path| path.extension().is_some_and(|ext| ext == "snap"))
+        else {
+            return Ok(None);
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < ATTEMPTS => continue,
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(None);
+        }
+        let at = rng.below(len);
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, at)?;
+        byte[0] ^= 1 << rng.below(8);
+        file.write_all_at(&byte, at)?;
+        return Ok(Some(path));
     }
-    let at = rng.below(bytes.len() as u64) as usize;
-    bytes[at] ^= 1 << rng.below(8);
-    std::fs::write(&file, bytes)?;
-    Ok(Some(file))
+    Ok(None)
 }
 
 /// How [`damage_state`] damages a stopped node's `state.redb`.
