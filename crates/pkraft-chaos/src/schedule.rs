@@ -77,7 +77,8 @@ pub enum FaultKind {
     /// cannot rebuild the state itself); restarted after the hold, it must be back in service.
     CorruptState,
     /// A node's lossy disk (the leader's or a follower's) acknowledges an append of its log and
-    /// loses it or writes it at another offset, and later appends follow; a power cut of that
+    /// loses it or writes it at another offset (half the time once later appends followed); a
+    /// power cut of that
     /// node shows the damage (the disk's cache is gone), and restarted after the hold it must
     /// repair from the others and be back in service.
     BadWriteLog,

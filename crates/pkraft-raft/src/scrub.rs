@@ -6,8 +6,8 @@
 //! What it does with damage:
 //! - a node with another voter records it and stops (the daemon exits non-zero, its supervisor
 //!   restarts it), and its next start repairs from the cluster. For the log, the loss is recorded
-//!   as a repair in `meta.redb` first (damage in the last append would otherwise be cut at the
-//!   open as a torn write); for the state, `state-damaged` is left in the data dir
+//!   as a repair in `meta.redb` first (with the exact range; the open would find it too); for
+//!   the state, `state-damaged` is left in the data dir
 //!   (`state_repair`);
 //! - for a damaged packet it first asks the other voters for their copy (peer route
 //!   `packet-check`). If every one stores the same bytes, the cluster stores the packet so (a
@@ -29,7 +29,7 @@
 //! if the same bytes come back after a rebuild from the cluster (`scrub-rebuilt` lists what
 //! such rebuilds were for), the scrub says so and goes on, instead of stopping the node again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,13 +123,13 @@ async fn sweep_log(node: &Arc<Node>, bytes_per_second: u64) {
 fn log_damaged(node: &Node, damage: &Damage) {
     node.metrics.damage_found(Damaged::Log);
     if node.has_other_voters() {
-        // Before it stops: damage in the last append would otherwise be cut at the next open as
-        // a torn write, and the node would vote with the shorter log.
+        // Before it stops, with the range it knows: the open finds the damage again (the synced
+        // mark covers the last append), but a record written now cannot be missed.
         if let Err(error) = node.log_store.record_found_damage(damage) {
             tracing::error!(
                 %error,
                 "the scrub found: {damage}, and could not record it; this node goes on (its \
-                 next start reads the log and finds the damage, unless it is in the last append)"
+                 next start reads the log and finds the damage)"
             );
             return;
         }
@@ -158,6 +158,8 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
     // What was found and reported already: a node that goes on after a finding (the only voter,
     // the leader) says it once.
     let mut reported: BTreeSet<String> = BTreeSet::new();
+    // Findings the other voters could not yet tell about, with the passes asked so far.
+    let mut undecided: BTreeMap<String, u32> = BTreeMap::new();
     loop {
         let started = Instant::now();
         let store = node.store.clone();
@@ -190,36 +192,14 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
         };
         if let Some(damaged) = &page.damaged {
             let finding = finding_of(damaged);
-            if !reported.contains(&finding) {
-                if reported.len() < REPORTED_MAX {
-                    reported.insert(finding.clone());
-                }
-                // Never served from here on, whatever the cause: bytes that do not verify are
-                // not passed on, even when every copy holds them.
-                if !node.store.quarantine(&damaged.key) {
-                    tracing::warn!(
-                        max = pkraft_store::QUARANTINE_MAX,
-                        "too many damaged packets to refuse each; this one is still served"
-                    );
-                }
-                if state_repair::rebuilt_for(node.data_dir(), &finding) {
-                    tracing::warn!(
-                        "the scrub found {damaged}, the same bytes as before a rebuild of the \
-                         state from the cluster: the cluster stores this packet so, not damage \
-                         on this disk; it is not served until its owner publishes it again"
-                    );
-                } else {
-                    let copies = other_copies(node, damaged).await;
-                    if copies == OtherCopies::SameBytesEverywhere {
-                        tracing::warn!(
-                            "the scrub found {damaged}; every other voter stores the same bytes: \
-                             the cluster stores this packet so, not damage on this disk; it is \
-                             not served until its owner publishes it again"
-                        );
-                    } else if state_damaged(node, &finding, copies) == Stopping::Yes {
-                        return;
-                    }
-                }
+            if !reported.contains(&finding)
+                && act_on_damaged_packet(node, damaged, &finding, &mut undecided).await
+                    == Finding::Decided(Stopping::Yes)
+            {
+                return;
+            }
+            if !undecided.contains_key(&finding) && reported.len() < REPORTED_MAX {
+                reported.insert(finding);
             }
         }
         after = page.last_key;
@@ -236,6 +216,87 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
     }
 }
 
+/// Passes over which a finding the other voters cannot tell about (a voter silent, or one of
+/// an older build without `packet-check`) is asked again before the node acts as it would
+/// without them.
+const UNDECIDED_PASSES: u32 = 3;
+
+/// What became of a finding: acted on, or left to ask the other voters again at the next pass.
+#[derive(Debug, PartialEq, Eq)]
+enum Finding {
+    Decided(Stopping),
+    AskAgain,
+}
+
+/// A packet the scrub found not to verify: not served from now on, then compared with the
+/// other voters' copies, and acted on (`state_damaged`) unless every voter stores the same
+/// bytes. While they cannot tell, it is asked again at the next passes (`undecided`).
+async fn act_on_damaged_packet(
+    node: &Node,
+    damaged: &DamagedPacket,
+    finding: &str,
+    undecided: &mut BTreeMap<String, u32>,
+) -> Finding {
+    // Never served from here on, whatever the cause: bytes that do not verify are not passed
+    // on, even when every copy holds them.
+    if !node.store.quarantine(&damaged.key) {
+        tracing::warn!(
+            max = pkraft_store::QUARANTINE_MAX,
+            "too many damaged packets to refuse each; this one is still served"
+        );
+    }
+    if state_repair::rebuilt_for(node.data_dir(), finding) {
+        tracing::warn!(
+            "the scrub found {damaged}, the same bytes as before a rebuild of the state from the \
+             cluster: the cluster stores this packet so, not damage on this disk; it is not \
+             served until its owner publishes it again"
+        );
+        return Finding::Decided(Stopping::No);
+    }
+    if !node.has_other_voters() {
+        return Finding::Decided(state_damaged(node, finding, OtherCopies::Unknown));
+    }
+    let copies = other_copies(node, damaged).await;
+    // Written again while the others were asked (a publish): the damaged row is gone.
+    let here = node.packet_copy(damaged.key).await;
+    if here
+        != (PacketCopy::Damaged {
+            value_crc: damaged.value_crc,
+        })
+    {
+        node.store.release_quarantine(&damaged.key);
+        undecided.remove(finding);
+        return Finding::Decided(Stopping::No);
+    }
+    if copies == OtherCopies::Unknown {
+        // Bounded like `reported`: past it, a finding is acted on at once.
+        let room = undecided.len() < REPORTED_MAX || undecided.contains_key(finding);
+        let passes = {
+            let passes = undecided.entry(finding.to_string()).or_insert(0);
+            *passes += 1;
+            *passes
+        };
+        if passes < UNDECIDED_PASSES && room {
+            tracing::warn!(
+                "the scrub found {damaged}; the other voters could not tell whether they hold \
+                 it whole (pass {passes} of {UNDECIDED_PASSES}): asking again at the next pass; \
+                 it is not served meanwhile"
+            );
+            return Finding::AskAgain;
+        }
+    }
+    undecided.remove(finding);
+    if copies == OtherCopies::SameBytesEverywhere {
+        tracing::warn!(
+            "the scrub found {damaged}; every other voter stores the same bytes: the cluster \
+             stores this packet so, not damage on this disk; it is not served until its owner \
+             publishes it again"
+        );
+        return Finding::Decided(Stopping::No);
+    }
+    Finding::Decided(state_damaged(node, finding, copies))
+}
+
 /// The line a finding is recorded and recognised by.
 fn finding_of(damaged: &DamagedPacket) -> String {
     damaged.to_string()
@@ -244,8 +305,10 @@ fn finding_of(damaged: &DamagedPacket) -> String {
 /// What the other voters store for a packet this node's scrub found damaged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OtherCopies {
-    /// Some voter holds other bytes that verify: the damage is this disk's.
-    WholeElsewhere,
+    /// Some voter holds other bytes that verify: the damage is this disk's. Whether every
+    /// other voter answered: only then does the leader stop (the cluster is whole to hand over
+    /// to and to repair from).
+    WholeElsewhere { every_voter_answered: bool },
     /// Every other voter answered, each with the same bytes as here: the cluster stores the
     /// packet so (a verification rule that changed between builds), not damage on this disk.
     SameBytesEverywhere,
@@ -299,7 +362,9 @@ fn sum_up(value_crc: u32, answers: &[Result<PacketCopy, String>]) -> OtherCopies
         matches!(answer, Ok(PacketCopy::Whole { value_crc: other }) if *other != value_crc)
     });
     if whole_elsewhere {
-        return OtherCopies::WholeElsewhere;
+        return OtherCopies::WholeElsewhere {
+            every_voter_answered: answers.iter().all(Result::is_ok),
+        };
     }
     let same_everywhere = !answers.is_empty() && answers.iter().all(|answer| {
         matches!(
@@ -347,12 +412,16 @@ fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
         );
         return Stopping::No;
     }
-    if node.is_leader() && copies != OtherCopies::WholeElsewhere {
+    let cluster_whole = copies
+        == OtherCopies::WholeElsewhere {
+            every_voter_answered: true,
+        };
+    if node.is_leader() && !cluster_whole {
         tracing::error!(
-            "the scrub found the state damaged: {finding}. This node leads and no other voter \
-             said it holds whole bytes: it goes on, and its next start rebuilds the state from \
-             the cluster (restart it once another node leads, or hand its leadership over with \
-             a restart)"
+            "the scrub found the state damaged: {finding}. This node leads, and not every other \
+             voter answered with whole bytes: it goes on, and its next start rebuilds the state \
+             from the cluster (restart it once another node leads, or hand its leadership over \
+             with a restart)"
         );
         return Stopping::No;
     }
@@ -413,7 +482,22 @@ mod tests {
             Ok(PacketCopy::Damaged { value_crc: HERE }),
             Ok(PacketCopy::Whole { value_crc: 7 }),
         ];
-        assert_eq!(sum_up(HERE, &answers), OtherCopies::WholeElsewhere);
+        assert_eq!(
+            sum_up(HERE, &answers),
+            OtherCopies::WholeElsewhere {
+                every_voter_answered: false
+            }
+        );
+        let all = [
+            Ok(PacketCopy::Whole { value_crc: 7 }),
+            Ok(PacketCopy::Absent),
+        ];
+        assert_eq!(
+            sum_up(HERE, &all),
+            OtherCopies::WholeElsewhere {
+                every_voter_answered: true
+            }
+        );
     }
 
     #[test]

@@ -368,6 +368,13 @@ impl Store {
         })
     }
 
+    /// Lets `key` be read again after [`Store::quarantine`]: its row was written again between
+    /// the scrub's read and the quarantine, so the damaged bytes are gone.
+    pub fn release_quarantine(&self, key: &KeyBytes) {
+        self.quarantine.release(key);
+        self.versions.bump(key);
+    }
+
     /// Number of stored packets.
     pub fn packet_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;

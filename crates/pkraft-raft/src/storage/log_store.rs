@@ -229,12 +229,13 @@ impl LogStore {
                     .last_index_after
                     .unwrap_or(damage.first_index)
                     .max(damage.first_index),
+                // The furthest of what the records after the damage and the synced mark show.
                 held_through: damage
                     .last_record_after
                     .as_deref()
                     .and_then(|payload| decode_entry(payload).ok())
                     .map(|entry| entry.log_id)
-                    .or(damage.synced_last.map(|mark| {
+                    .max(damage.synced_last.map(|mark| {
                         LogId::new(
                             CommittedLeaderId::new(mark.last_term, mark.last_leader),
                             mark.last_index,
@@ -557,11 +558,16 @@ impl LogStore {
 
 /// The id of the last entry in `segments`, if any.
 fn last_entry_id(segments: &Segments) -> io::Result<Option<LogId<NodeId>>> {
-    let Some(last) = segments.last_index() else {
-        return Ok(None);
-    };
+    match segments.last_index() {
+        Some(last) => entry_id(segments, last),
+        None => Ok(None),
+    }
+}
+
+/// The id of the entry at `index` in `segments`, if they hold it.
+fn entry_id(segments: &Segments, index: u64) -> io::Result<Option<LogId<NodeId>>> {
     let mut id = None;
-    for span in segments.locate(last, last + 1) {
+    for span in segments.locate(index, index + 1) {
         span.read(|payload| {
             id = Some(decode_entry(payload)?.log_id);
             Ok(())
@@ -903,8 +909,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.with_log(move |inner| lock(inner)?.segments.truncate(log_id.index))
-            .await
+        self.with_log(move |inner| {
+            let mut log = lock(inner)?;
+            // The entry that becomes the last: the synced mark is lowered to it.
+            let new_last = match log_id.index.checked_sub(1) {
+                Some(index) => entry_id(&log.segments, index)?.map(|id| LastEntry {
+                    index: id.index,
+                    term: id.leader_id.term,
+                    leader: id.leader_id.node_id,
+                }),
+                None => None,
+            };
+            log.segments.truncate(log_id.index, new_last)
+        })
+        .await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {

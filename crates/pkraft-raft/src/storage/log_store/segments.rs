@@ -143,6 +143,21 @@ impl Damage {
     pub fn of(error: &io::Error) -> Option<&Damage> {
         error.get_ref()?.downcast_ref::<Damage>()
     }
+
+    /// The damage, reaching at least as far as the synced mark: whatever is damaged, the log
+    /// held (and may have acknowledged) every entry up to the mark's, which the repair must
+    /// not vote below. (A partly lost append leaves whole records short of the mark.)
+    fn reaching(mut self, mark: Option<SyncedMark>) -> Damage {
+        if let Some(mark) = mark
+            && self
+                .last_index_after
+                .is_none_or(|after| after < mark.last_index)
+        {
+            self.last_index_after = Some(mark.last_index.max(self.first_index));
+            self.synced_last = Some(mark);
+        }
+        self
+    }
 }
 
 impl fmt::Display for Damage {
@@ -408,7 +423,10 @@ impl Segments {
                         damage.last_index_after = Some(last);
                         damage.last_record_after = Some(payload);
                     }
-                    return Err(io::Error::new(ErrorKind::InvalidData, damage));
+                    return Err(io::Error::new(
+                        ErrorKind::InvalidData,
+                        damage.reaching(mark),
+                    ));
                 }
             }
         }
@@ -447,12 +465,25 @@ impl Segments {
                             payload
                         }),
                         synced_last: None,
-                    },
+                    }
+                    .reaching(mark),
                 ));
             }
         }
         sync_dir(dir)?;
         Ok(segments)
+    }
+
+    /// The segment holding `index` (its first index) and the byte its record ends at.
+    fn end_of(&self, index: u64) -> Option<(u64, u64)> {
+        let segment = self
+            .segments
+            .iter()
+            .rev()
+            .find(|segment| segment.first_index <= index)?;
+        let position = usize::try_from(index - segment.first_index).ok()?;
+        (position < segment.offsets.len())
+            .then(|| (segment.first_index, segment.record_end(position)))
     }
 
     /// Fails with [`Damage`] if the log ends before the synced mark says it does: a segment
@@ -597,11 +628,25 @@ impl Segments {
         }
     }
 
-    /// Removes the records from `index` on, durably. The synced mark is cleared first, so that
-    /// the next open does not take the removed records for lost ones; the next append sets it.
-    pub(crate) fn truncate(&mut self, index: u64) -> io::Result<()> {
+    /// Removes the records from `index` on, durably. The synced mark is lowered first to the
+    /// new end (`new_last`: the entry at `index - 1`, if the log keeps it; else cleared), so
+    /// that the next open neither takes the removed records for lost ones nor leaves the
+    /// records kept unguarded. A mark below the data is safe whichever way a crash falls.
+    pub(crate) fn truncate(&mut self, index: u64, new_last: Option<LastEntry>) -> io::Result<()> {
         if self.last_index().is_some_and(|last| last >= index) {
-            self.mark.write(None)?;
+            let lowered = new_last
+                .filter(|last| last.index.checked_add(1) == Some(index))
+                .and_then(|last| {
+                    let (segment_first_index, end) = self.end_of(last.index)?;
+                    Some(SyncedMark {
+                        segment_first_index,
+                        end,
+                        last_index: last.index,
+                        last_term: last.term,
+                        last_leader: last.leader,
+                    })
+                });
+            self.mark.write(lowered)?;
         }
         while let Some(last) = self.segments.last() {
             if last.first_index < index {
@@ -1112,6 +1157,15 @@ mod tests {
         segments.finish_append(&target, &lengths);
     }
 
+    /// The mark's view of entry `index` (every test entry is of term 1, led by node 1).
+    fn entry(index: u64) -> LastEntry {
+        LastEntry {
+            index,
+            term: 1,
+            leader: 1,
+        }
+    }
+
     /// An append whose records were written and synced, and whose synced mark was not (the
     /// crash came in between): it was never reported done, so a tear of it is a torn tail.
     fn append_unreported(segments: &mut Segments, first_index: u64, payloads: &[&[u8]]) {
@@ -1412,7 +1466,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut segments = Segments::open(dir.path(), None, 64).expect("open");
         fill(&mut segments, 1, 12);
-        segments.truncate(6).expect("truncate");
+        segments.truncate(6, Some(entry(5))).expect("truncate");
         drop(segments);
         let mut segments = Segments::open(dir.path(), None, 64).expect("reopen");
         assert_eq!(segments.last_index(), Some(5));
@@ -1420,6 +1474,26 @@ mod tests {
         drop(segments);
         let segments = Segments::open(dir.path(), None, 64).expect("reopen");
         assert_eq!(read(&segments, 0, 100), expected(1, 8));
+        drop(segments);
+
+        // The mark was lowered to the new end, not dropped: the entry kept at the end, lost
+        // after the truncation, is still damage, not a tear.
+        let mut segments = Segments::open(dir.path(), None, 64).expect("reopen");
+        segments.truncate(7, Some(entry(6))).expect("truncate");
+        let (first, end) = segments.end_of(6).expect("entry 6 is held");
+        drop(segments);
+        let path = dir.path().join(segment_file_name(first));
+        let start = usize::try_from(end).expect("end") - payload(6).len();
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[start..].fill(0);
+        fs::write(&path, bytes).expect("write");
+        let err = Segments::open(dir.path(), None, 64)
+            .err()
+            .expect("the kept last entry, lost, is damage");
+        assert_eq!(
+            damage_of(&err).synced_last.map(|mark| mark.last_index),
+            Some(6)
+        );
     }
 
     #[test]
@@ -1498,7 +1572,7 @@ mod tests {
             &[&five[0], &five[1], &five[2], &five[3], &five[4]],
         );
         // A new leader replaces 6..: records 4 and 5 keep the append range 4..=8.
-        segments.truncate(6).expect("truncate");
+        segments.truncate(6, Some(entry(5))).expect("truncate");
         let three = [payload(6), payload(7), payload(8)];
         append_unreported(&mut segments, 6, &[&three[0], &three[1], &three[2]]);
         drop(segments);
@@ -1629,7 +1703,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut segments = Segments::open(dir.path(), None, 64).expect("open");
         fill(&mut segments, 1, 20);
-        segments.truncate(7).expect("truncate");
+        segments.truncate(7, Some(entry(6))).expect("truncate");
         assert_eq!(segments.last_index(), Some(6));
         assert_eq!(read(&segments, 0, 100), expected(1, 7));
         // The next append continues at the cut, in the segment that held index 6 or a new one.
@@ -1644,7 +1718,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut segments = Segments::open(dir.path(), None, 64).expect("open");
         fill(&mut segments, 5, 12);
-        segments.truncate(5).expect("truncate");
+        segments.truncate(5, Some(entry(4))).expect("truncate");
         assert_eq!(segments.last_index(), None);
         assert!(segment_files(dir.path()).is_empty());
         fill(&mut segments, 5, 7);

@@ -11,11 +11,14 @@
 //!
 //! The mark is one fixed-size record, overwritten in place: a write torn while the power goes
 //! fails its checksum and reads as no mark, which is safe, since the append before it is
-//! whole by then. Whatever takes entries out of the log other than a purge (a truncation, a
-//! repair that sets records aside) clears the mark first: otherwise the next open would take
-//! the entries it removed for lost ones.
+//! whole by then. Whatever takes entries out of the log other than a purge moves the mark
+//! first, or the next open would take the removed entries for lost ones: a truncation lowers it
+//! to the new last entry, a repair that sets records aside clears it (its `LogRepair` record
+//! carries what the mark knew). A build without the mark leaves the file as it was: going back
+//! to one and then forward again, remove `raft-log/synced` first (a truncation made meanwhile
+//! would read as a loss).
 //!
-//! Layout (45 bytes): `PKRSYNC1` ‖ 1 if a mark is set, else 0 ‖ the first index of the segment
+//! Layout (53 bytes): `PKRSYNC1` ‖ 1 if a mark is set, else 0 ‖ the first index of the segment
 //! the append went to ‖ the byte its records end at ‖ the last entry's index, term and leader
 //! node (u64 LE each, zeros when unset) ‖ CRC-32 of every byte before it (u32 LE).
 
