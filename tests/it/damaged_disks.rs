@@ -663,22 +663,7 @@ async fn the_scrub_finds_a_damaged_log_record_of_a_running_node() {
     )
     .expect("damage the running node's log");
 
-    let server = &mut cluster.member_mut(damaged).server;
-    server
-        .wait_for_log_within(
-            "the scrub found: the Raft log is damaged",
-            Duration::from_secs(40),
-        )
-        .await;
-    let status = server.wait_exit();
-    assert!(!status.success(), "{status:?}\n{}", server.log());
-
-    cluster.restart(damaged);
-    let server = &cluster.member(damaged).server;
-    server.wait_for_log("the Raft log is whole again").await;
-    for (key, packet) in &published {
-        wait_served(server, key, packet).await;
-    }
+    scrub_stops_and_restart_repairs_the_log(&mut cluster, damaged, &published).await;
 }
 
 /// The only voter has no other copy: its scrub reports a damaged packet (log, metric) and the
@@ -788,22 +773,7 @@ async fn a_bad_write_on_a_running_follower_is_found_and_repaired(bad: BadWrite, 
     assert!(taken.later_syncs >= 1, "{taken:?}: no later append");
     assert!(disk.reveal_bad_write());
 
-    let server = &mut cluster.member_mut(damaged).server;
-    server
-        .wait_for_log_within(
-            "the scrub found: the Raft log is damaged",
-            Duration::from_secs(40),
-        )
-        .await;
-    let status = server.wait_exit();
-    assert!(!status.success(), "{status:?}\n{}", server.log());
-
-    cluster.restart(damaged);
-    let server = &cluster.member(damaged).server;
-    server.wait_for_log("the Raft log is whole again").await;
-    for (key, packet) in &published {
-        wait_served(server, key, packet).await;
-    }
+    scrub_stops_and_restart_repairs_the_log(&mut cluster, damaged, &published).await;
 }
 
 #[tokio::test]
@@ -940,5 +910,30 @@ async fn bytes_every_voter_stores_stop_no_node() {
             "node {id} served bytes that do not verify"
         );
         assert!(server.is_running(), "node {id} stopped\n{}", server.log());
+    }
+}
+
+/// The running `damaged` node's scrub finds its log damaged within 40 s and the node stops
+/// (exit status not 0); restarted, it repairs the log from the leader and serves `published`.
+async fn scrub_stops_and_restart_repairs_the_log(
+    cluster: &mut TestCluster,
+    damaged: u64,
+    published: &[(Keypair, SignedPacket)],
+) {
+    let server = &mut cluster.member_mut(damaged).server;
+    server
+        .wait_for_log_within(
+            "the scrub found: the Raft log is damaged",
+            Duration::from_secs(40),
+        )
+        .await;
+    let status = server.wait_exit();
+    assert!(!status.success(), "{status:?}\n{}", server.log());
+
+    cluster.restart(damaged);
+    let server = &cluster.member(damaged).server;
+    server.wait_for_log("the Raft log is whole again").await;
+    for (key, packet) in published {
+        wait_served(server, key, packet).await;
     }
 }
