@@ -41,7 +41,7 @@ impl RequestHandler for SharedHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        if let Some(prepared) = self.prepare_direct(request) {
+        if let Some(prepared) = self.prepare_direct(request, self.too_stale()) {
             return match response_handle
                 .send_response(prepared.response(&request.queries))
                 .await
@@ -78,19 +78,15 @@ impl SharedHandler {
         &self.chain
     }
 
-    /// The direct answers, when on.
-    pub(crate) fn direct(&self) -> Option<&DirectAnswers> {
-        self.direct.as_deref()
-    }
-
     /// The answer [`DirectAnswers`] give `request`, unless they are off, the node is too stale
-    /// (the freshness guard answers), or the chain must answer.
-    pub(crate) fn prepare_direct(&self, request: &MessageRequest) -> Option<Prepared> {
-        let direct = self.direct.as_ref()?;
-        if self.too_stale() {
+    /// (`stale`, from [`SharedHandler::too_stale`]: the freshness guard answers SERVFAIL), or
+    /// the chain must answer. Every transport asks here, so that none answers directly what the
+    /// guard would refuse.
+    fn prepare_direct(&self, request: &MessageRequest, stale: bool) -> Option<Prepared> {
+        if stale {
             return None;
         }
-        direct.prepare(request)
+        self.direct.as_ref()?.prepare(request)
     }
 }
 
@@ -145,10 +141,7 @@ impl SharedHandler {
         if request.metadata.message_type == MessageType::Response {
             return Direct::NoAnswer;
         }
-        let Some(direct) = self.direct().filter(|_| !stale) else {
-            return Direct::Chain(Box::new(request));
-        };
-        let Some(prepared) = direct.prepare(&request) else {
+        let Some(prepared) = self.prepare_direct(&request, stale) else {
             return Direct::Chain(Box::new(request));
         };
         if prepared

@@ -12,6 +12,8 @@
 //!   node is staler than `dns.max_stale`.
 //! - [`answerer`]: [`answerer::Answerer`], the same handler chain for DNS messages that arrive over
 //!   HTTP (DNS-over-HTTPS, served by `pkraft-http`).
+//! - [`MissingKeys`]: where the zones ask for keys the local replica does not hold (the daemon
+//!   passes its DHT resolver).
 //! - [`record_cache`]: [`record_cache::RecordCache`], the parsed records of recently asked keys,
 //!   shared by the zones and never older than the local replica.
 //! - `direct`: the `Catalog`'s answers built in place from the zones' local lookups, for the UDP
@@ -31,6 +33,7 @@ pub mod answerer;
 mod direct;
 pub mod freshness;
 mod metrics;
+mod missing_keys;
 pub mod record_cache;
 pub mod rrl;
 pub mod server;
@@ -43,5 +46,6 @@ pub mod zone;
 pub use answerer::{AnswerError, Answerer};
 pub use freshness::{Freshness, FreshnessProbe};
 pub use metrics::UdpAnswerStats;
+pub use missing_keys::MissingKeys;
 pub use server::{DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};

@@ -24,6 +24,7 @@ use crate::answerer::{Answerer, CountedHandler, SharedHandler};
 use crate::direct::DirectAnswers;
 use crate::freshness::{FreshnessGuard, FreshnessProbe};
 use crate::metrics::{DnsCollector, DnsMetrics, UdpAnswerStats, UdpReport};
+use crate::missing_keys::MissingKeys;
 use crate::record_cache::RecordCache;
 use crate::rrl::Rrl;
 use crate::settings::{Settings, SettingsError};
@@ -81,7 +82,7 @@ impl DnsServer {
         settings: &Settings,
         store: Store,
         freshness: FreshnessProbe,
-        dht: Option<Arc<pkraft_dht::Resolver>>,
+        dht: Option<Arc<dyn MissingKeys>>,
     ) -> Result<DnsServer, DnsError> {
         let zones = settings.zones()?;
         let records = Arc::new(RecordCache::new(

@@ -23,11 +23,11 @@ use hickory_server::zone_handler::{
 };
 use std::sync::Arc;
 
-use pkraft_dht::Resolver;
 use pkraft_store::KeyVersion;
 use pkraft_types::packet::dns_records;
 use pkraft_types::{KeyBytes, decode_z32_key};
 
+use crate::missing_keys::MissingKeys;
 use crate::record_cache::{RecordCache, Records};
 use crate::settings::Zones;
 
@@ -124,7 +124,7 @@ pub struct PkarrZone {
     apex: Apex,
     records: Arc<RecordCache>,
     /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
-    dht: Option<Arc<Resolver>>,
+    dht: Option<Arc<dyn MissingKeys>>,
     failure_log: RateLimitedLog,
 }
 
@@ -134,7 +134,7 @@ impl PkarrZone {
         origin: &Name,
         zones: &Zones,
         records: Arc<RecordCache>,
-        dht: Option<Arc<Resolver>>,
+        dht: Option<Arc<dyn MissingKeys>>,
     ) -> PkarrZone {
         PkarrZone {
             origin: LowerName::new(origin),

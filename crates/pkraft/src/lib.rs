@@ -27,9 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pkraft_dns::{DnsServer, Freshness, FreshnessProbe};
+use pkraft_dns::{DnsServer, Freshness, FreshnessProbe, MissingKeys};
 use pkraft_limits::connections::Admission;
 use pkraft_raft::Node;
+use pkraft_types::{KeyBytes, Payload};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -197,7 +198,9 @@ impl Server {
             &config.dns,
             node.store().clone(),
             freshness,
-            dht_resolver.clone(),
+            dht_resolver
+                .clone()
+                .map(|resolver| Arc::new(DhtMissingKeys(resolver)) as Arc<dyn MissingKeys>),
         )
         .await?;
         dns.register_metrics(&registry).context("DNS metrics")?;
@@ -313,5 +316,16 @@ impl Server {
         self.node.shutdown().await;
         self.peer.stop("peer").await?;
         Ok(())
+    }
+}
+
+/// The DHT bridge's resolver as the DNS zones ask it for keys the local replica does not hold
+/// (pkraft-dns does not depend on the DHT bridge, which links the consensus layer).
+struct DhtMissingKeys(Arc<pkraft_dht::Resolver>);
+
+#[async_trait::async_trait]
+impl MissingKeys for DhtMissingKeys {
+    async fn resolve(&self, key: &KeyBytes) -> Option<Payload> {
+        self.0.resolve(key).await
     }
 }
