@@ -15,6 +15,7 @@
 //! and the position in the log it corresponds to are always committed in one transaction.
 //! Reads ([`Store::get`]) use redb's MVCC read transactions and never wait for the writer.
 
+mod latest;
 mod quarantine;
 mod snapshot;
 mod versions;
@@ -34,6 +35,7 @@ pub use snapshot::{
 };
 pub use versions::KeyVersion;
 
+use latest::LatestPackets;
 use quarantine::Quarantine;
 use versions::KeyVersions;
 
@@ -154,6 +156,9 @@ impl StoredPacket {
 /// Handle to the state database. Cheap to clone; all clones share one redb `Database`.
 #[derive(Clone)]
 pub struct Store {
+    /// Declared before `db`: the last handle lets go of the kept read transaction before it
+    /// closes the database.
+    latest: Arc<LatestPackets>,
     db: Arc<Database>,
     versions: Arc<KeyVersions>,
     /// Keys found damaged, refused by `get` (see `quarantine`).
@@ -205,6 +210,7 @@ impl Store {
             );
         }
         let store = Store {
+            latest: Arc::new(LatestPackets::new()),
             db: Arc::new(db),
             versions: Arc::new(KeyVersions::new()),
             quarantine: Arc::new(Quarantine::default()),
@@ -246,6 +252,7 @@ impl Store {
             }
         }
         txn.commit()?;
+        self.latest.refresh(&self.db);
         Ok(())
     }
 
@@ -261,9 +268,11 @@ impl Store {
         if self.quarantine.contains(key) {
             return Err(StoreError::Quarantined(hex(key)));
         }
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(PACKETS)?;
-        let value = table.get(key)?;
+        // After the caller's `key_version`: see `latest.rs` for why the order matters.
+        let value = match self.latest.load() {
+            Some(table) => table.get(key)?,
+            None => self.db.begin_read()?.open_table(PACKETS)?.get(key)?,
+        };
         value.map(|v| StoredPacket::decode(v.value())).transpose()
     }
 
@@ -412,6 +421,8 @@ impl Store {
         };
         Ok(ApplyTxn {
             txn,
+            db: self.db.clone(),
+            latest: self.latest.clone(),
             versions: self.versions.clone(),
             quarantine: self.quarantine.clone(),
             changed: Vec::new(),
@@ -431,6 +442,7 @@ impl Store {
             }
         }
         txn.commit()?;
+        self.latest.refresh(&self.db);
         Ok(())
     }
 }
@@ -439,6 +451,9 @@ impl Store {
 /// `applied_state` they lead to.
 pub struct ApplyTxn {
     txn: WriteTransaction,
+    /// For the reads after the commit (`latest`).
+    db: Arc<Database>,
+    latest: Arc<LatestPackets>,
     versions: Arc<KeyVersions>,
     quarantine: Arc<Quarantine>,
     /// Keys whose packet this transaction stores or deletes; their versions move on after the
@@ -543,6 +558,9 @@ impl ApplyTxn {
             meta.insert(META_APPLIED_STATE, applied_state)?;
         }
         self.txn.commit()?;
+        // Also when no packet changed: a kept transaction older than this commit would hold
+        // back the reuse of every page freed since.
+        self.latest.refresh(&self.db);
         for key in &self.changed {
             // A row written again is no longer the damaged one.
             self.quarantine.release(key);

@@ -138,6 +138,7 @@ impl Store {
         };
         // Dropping `txn` on any error above aborts it.
         txn.commit()?;
+        self.latest.refresh(&self.db);
         self.quarantine.clear();
         self.versions.bump_all();
         Ok(summary)

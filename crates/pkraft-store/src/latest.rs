@@ -1,0 +1,62 @@
+//! [`LatestPackets`]: the `packets` table as the latest commit left it, kept open between
+//! commits, so that a point read ([`crate::Store::get`]) neither begins a read transaction nor
+//! opens a table.
+//!
+//! Both cost more than the lookup they lead to: `begin_read` registers the transaction with
+//! redb's tracker (a mutex every reader and the writer share) and `open_table` looks the table
+//! up in the table tree; together about a third of the store's share of a DNS miss
+//! (docs/BENCHMARKS.md, "Where a miss goes"). The state changes only when a transaction commits,
+//! so the store opens one read transaction and its table after each commit, and every read
+//! until the next commit shares them.
+//!
+//! - **Order.** A commit swaps the new table in *before* it moves the key versions on
+//!   (`versions.rs`), and a reader loads the version before the table. A reader that sees a new
+//!   version therefore sees the new table; one that sees the old version with the new table
+//!   caches newer data under an older version, which costs it one more read later, never a
+//!   stale answer.
+//! - **Pages.** The kept transaction pins one commit's pages, as any reader does, and redb
+//!   reuses no page freed after it while it lives. Every commit replaces it (also one that
+//!   changed no packet: the applied state alone moves on at each), and it is let go as soon as
+//!   the reads that loaded it end, so it holds back page reuse for no longer than one commit.
+//! - **Failure.** If the table cannot be opened after a commit, reads fall back to a transaction
+//!   each, which report the error themselves.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use pkraft_types::KeyBytes;
+use redb::{Database, ReadOnlyTable, ReadableDatabase};
+
+use crate::PACKETS;
+
+/// The `packets` table in a read transaction of its own.
+pub(crate) type PacketsTable = ReadOnlyTable<&'static KeyBytes, &'static [u8]>;
+
+/// See the module docs.
+pub(crate) struct LatestPackets {
+    table: ArcSwapOption<PacketsTable>,
+}
+
+impl LatestPackets {
+    /// Nothing kept yet: reads begin their own transactions until [`LatestPackets::refresh`].
+    pub(crate) fn new() -> Self {
+        LatestPackets {
+            table: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Opens the table as `db`'s latest commit has it. Called after every commit (before the key
+    /// versions move on), whether or not it changed packets: see "Pages" in the module docs.
+    pub(crate) fn refresh(&self, db: &Database) {
+        let table = db
+            .begin_read()
+            .ok()
+            .and_then(|txn| txn.open_table(PACKETS).ok());
+        self.table.store(table.map(Arc::new));
+    }
+
+    /// The table of the latest commit, if it could be opened.
+    pub(crate) fn load(&self) -> Option<Arc<PacketsTable>> {
+        self.table.load_full()
+    }
+}
