@@ -59,9 +59,10 @@ deploy-check:
 	$(CARGO) test --workspace --locked --no-run
 	tests/e2e/deploy_check.sh $(PKRAFT_TEST_BIN)
 
-## Side-by-side benchmark against iroh-dns-server and NSD (release build; installs the peers
-## once into ~/.cache/pkraft-bench; about 15 minutes), then bench-cold, bench-dht and
-## bench-partitions. Updates docs/BENCHMARKS.md (run.sh's part; the others print their tables).
+## Side-by-side benchmark against iroh-dns-server, NSD and Knot DNS (release build; installs
+## iroh-dns-server once into ~/.cache/pkraft-bench; NSD and Knot from Debian's nsd and knot
+## packages; about 15 minutes), then bench-cold, bench-dht and bench-partitions. Updates
+## docs/BENCHMARKS.md (run.sh's part; the others print their tables).
 bench:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/run.sh full
@@ -70,8 +71,9 @@ bench:
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/partitions.sh
 
 ## DNS names never asked before (no cached answer or record can help), 200,000 and 1,000,000
-## keys stored (BENCH_COLD_KEYS), against NSD (server-count = cores) and iroh-dns-server: q/s
-## and server CPU per query (about 15 minutes; needs `make bench`'s iroh-dns-server).
+## keys stored (BENCH_COLD_KEYS), against NSD (server-count = cores), Knot DNS (udp-workers =
+## cores) and iroh-dns-server: q/s and server CPU per query (about 15 minutes; needs `make
+## bench`'s iroh-dns-server unless BENCH_COLD_IROH=0).
 bench-cold:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/cold.sh

@@ -16,7 +16,11 @@ import sys
 
 BEGIN, END = "<!-- bench:results:begin -->", "<!-- bench:results:end -->"
 NAMES = {"pkraft": "pkraft", "cluster": "pkraft 3-node", "iroh": "iroh-dns-server",
-         "nsd": "NSD (server-count = cores)", "nsd1": "NSD (server-count 1)"}
+         "nsd": "NSD (server-count = cores)", "nsd1": "NSD (server-count 1)",
+         "knot": "Knot DNS (udp-workers = cores)"}
+# The DNS servers that answer from a precompiled zone: pkraft is also set against the best of
+# them in each round (the highest q/s, the lowest latency), whichever it was.
+BEST_PEERS = ("nsd", "nsd1", "knot")
 # Issue 19's targets: leader SIGKILL -> first 204 through a survivor, the longest run without a
 # 204 while a leader stops gracefully (SIGTERM: it hands its leadership over).
 FAILOVER_TARGET_MS = 1500
@@ -45,6 +49,25 @@ def paired_ratio(results, a, b, kind, field):
     pairs = zip(runs(results, a, kind), runs(results, b, kind))
     ratios = [x[field] / y[field] for x, y in pairs if y[field]]
     return f"{statistics.median(ratios):.2f}×" if ratios else "–"
+
+
+def paired_best_ratio(results, a, peers, kind, field, higher_is_better):
+    """Median over rounds of a's run r / the best of the peers' runs r: the highest value of
+    field among them in that round if higher_is_better, else the lowest. Also names which peer
+    was the best in how many rounds."""
+    mine = runs(results, a, kind)
+    theirs = [runs(results, p, kind) for p in peers]
+    ratios, best_in = [], {}
+    for i in range(min([len(mine)] + [len(t) for t in theirs])):
+        values = [(t[i][field], p) for p, t in zip(peers, theirs)]
+        value, peer = max(values) if higher_is_better else min(values)
+        if value:
+            ratios.append(mine[i][field] / value)
+            best_in[peer] = best_in.get(peer, 0) + 1
+    if not ratios:
+        return "–"
+    rounds = ", ".join(f"{NAMES[p]} in {best_in[p]}" for p in peers if p in best_in)
+    return f"{statistics.median(ratios):.2f}× (best: {rounds} of {len(ratios)} rounds)"
 
 
 def check(results):
@@ -79,6 +102,7 @@ def report(results, versions, params):
       f'({versions.get("cores", "?")} cores, kernel {versions.get("kernel", "?")}); '
       f'pkraft {versions.get("pkraft", "?")} ({versions.get("build", "?")} build), iroh-dns-server '
       f'{versions.get("iroh-dns-server", "?")}, {versions.get("nsd", "NSD ?")}, '
+      f'{versions.get("knot", "Knot DNS ?")}, '
       f'{versions.get("dnsperf", "dnsperf ?")}, {versions.get("rustc", "?")}.')
     w("")
     w(f'Parameters: {params["keys"]:,} keys, {params["runs"]} interleaved runs (medians shown), '
@@ -110,7 +134,7 @@ def report(results, versions, params):
           "round's runs saw the same machine); they can differ from the ratio of the medians.")
     w("")
 
-    dns_systems = [s for s in ("pkraft", "iroh", "nsd", "nsd1") if runs(results, s, "dns")]
+    dns_systems = [s for s in ("pkraft", "iroh", "nsd", "nsd1", "knot") if runs(results, s, "dns")]
     w("### DNS (dnsperf, and closed-loop clients over UDP)")
     w("")
     w("| | " + " | ".join(NAMES[s] for s in dns_systems) + " |")
@@ -137,6 +161,11 @@ def report(results, versions, params):
                               ("dnslat1", "p50_ms", "p50 latency, 1 client")):
         ratios = [f"pkraft / {NAMES[s]}: {paired_ratio(results, 'pkraft', s, kind, field)}"
                   for s in dns_systems if s != "pkraft" and runs(results, s, kind)]
+        # Against the best of NSD and Knot in each round: the higher q/s, the lower latency.
+        peers = [s for s in BEST_PEERS if s in dns_systems and runs(results, s, kind)]
+        if runs(results, "pkraft", kind) and "knot" in peers and len(peers) > 1:
+            ratios.append("pkraft / best of NSD and Knot DNS: "
+                          + paired_best_ratio(results, "pkraft", peers, kind, field, field == "qps"))
         if ratios:
             w("")
             w(f"Ratios ({what}, median of the per-round ratios): " + "; ".join(ratios) + ".")
@@ -219,7 +248,7 @@ def report(results, versions, params):
     w("")
     w("| | RSS MiB | peak RSS MiB |")
     w("|---|---|---|")
-    for s in ("pkraft", "cluster", "iroh", "nsd", "nsd1"):
+    for s in ("pkraft", "cluster", "iroh", "nsd", "nsd1", "knot"):
         for r in runs(results, s, "memory"):
             name = NAMES[s] + (f' node {r["node"]}' if "node" in r else "")
             w(f'| {name} | {fmt(r["rss_kib"] / 1024, 1)} | {fmt(r["hwm_kib"] / 1024, 1)} |')
@@ -229,7 +258,7 @@ def report(results, versions, params):
     w("")
     w("| system | kind | run | result |")
     w("|---|---|---|---|")
-    for s in ("pkraft", "cluster", "iroh", "nsd", "nsd1"):
+    for s in ("pkraft", "cluster", "iroh", "nsd", "nsd1", "knot"):
         for kind in ("load", "put", "get") + DNSPERF_KINDS + ("dnslat", "dnslat1"):
             for i, r in enumerate(runs(results, s, kind), 1):
                 if kind in DNSPERF_KINDS:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of pkraft against iroh-dns-server and NSD on loopback: `make bench`.
+# Side-by-side benchmark of pkraft against iroh-dns-server, NSD and Knot DNS on loopback:
+# `make bench`.
 # Writes the results into docs/BENCHMARKS.md (between the bench:results markers).
 #
-#   tests/bench/run.sh full    # pkraft vs iroh-dns-server vs NSD, BENCH_RUNS (3) interleaved rounds
+#   tests/bench/run.sh full    # pkraft vs iroh-dns-server vs NSD vs Knot, BENCH_RUNS (3) interleaved rounds
 #   tests/bench/run.sh smoke   # pkraft only, tiny counts, report to stdout (CI)
 #
 # Every system gets the same signed packets (pkraft-bench gen) and the same query file. Rounds
@@ -13,6 +14,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/nsd.sh
 source tests/lib/nsd.sh
+# shellcheck source=tests/lib/knot.sh
+source tests/lib/knot.sh
 # shellcheck source=tests/lib/pkraft.sh
 source tests/lib/pkraft.sh
 # All load comes from one loopback address: pkraft runs with its abuse limits off, as
@@ -61,7 +64,8 @@ need python3 python3
 need curl curl
 need setsid util-linux
 need pgrep procps
-if [ "$peers" = yes ]; then need nsd nsd; need dig bind9-dnsutils; fi
+# The DNS peers only in full mode: the smoke (CI) runs pkraft alone and needs neither.
+if [ "$peers" = yes ]; then need nsd nsd; need knotd knot; need dig bind9-dnsutils; fi
 
 # --- binaries ------------------------------------------------------------------------------
 pkraft="$bin_dir/pkraft"
@@ -206,6 +210,20 @@ start_nsd() {  # $1 = system name, $2 = server processes
   dns_port[$name]=$dns
   wait_until_up "$name" "${pid_of[$name]}" dig +short +tries=1 +time=1 @127.0.0.1 -p "$dns" "$origin" SOA
 }
+# Knot DNS beside NSD, at its best for this machine: `udp-workers` = cores (one SO_REUSEPORT
+# socket each), as many TCP workers on their own sockets, the zone loaded whole with no journal,
+# DNSSEC or zone-file sync (tests/lib/knot.sh). One multi-threaded process: its pid's CPU ticks
+# count all its threads. The reports set pkraft against each peer and against the best of them.
+# Up when it answers the apex SOA with a record (knotd binds its port before its zone is loaded).
+knot_has_soa() { dig +short +tries=1 +time=1 @127.0.0.1 -p "$1" "$origin" SOA | grep -q .; }
+start_knot() {
+  local dns; dns=$(loopback_port)
+  KNOT_UDP_WORKERS=$(nproc) knot_setup "$work/knot" "$dns" "$origin" "$work/$origin.zone"
+  setsid knotd -c "$work/knot/knot.conf" >"$work/knot.log" 2>&1 &
+  pid_of[knot]=$!; pids+=($!)
+  dns_port[knot]=$dns
+  wait_until_up knot "${pid_of[knot]}" knot_has_soa "$dns"
+}
 
 # A 3-node pkraft cluster with the production Raft timing (config defaults): node 1 bootstraps,
 # nodes 2 and 3 join through it (`pkraft-bench cluster`). Ports are fixed per node, so a killed
@@ -238,8 +256,8 @@ dns_systems=(pkraft)
 start_pkraft
 start_cluster
 if [ "$peers" = yes ]; then
-  systems+=(iroh); dns_systems+=(iroh nsd nsd1)
-  start_iroh; start_nsd nsd "$(nproc)"; start_nsd nsd1 1
+  systems+=(iroh); dns_systems+=(iroh nsd nsd1 knot)
+  start_iroh; start_nsd nsd "$(nproc)"; start_nsd nsd1 1; start_knot
 fi
 
 # --- load: version 0 everywhere, then interleaved measured rounds ---------------------------
@@ -364,6 +382,7 @@ versions_json=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[
   pkraft "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
   iroh-dns-server "$iroh_version" \
   nsd "$( (command -v nsd >/dev/null && nsd -v 2>&1 || echo "NSD not run") | head -1)" \
+  knot "$( (command -v knotd >/dev/null && knotd -V 2>&1 || echo "Knot DNS not run") | head -1)" \
   dnsperf "$(dnsperf -h 2>&1 | grep -m1 Version | sed 's/^Version/dnsperf/' || true)" \
   rustc "$(rustc --version)" \
   cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" \
