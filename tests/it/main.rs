@@ -30,4 +30,5 @@ mod power_loss;
 mod relay;
 mod silent_partitions;
 mod snapshot_memory;
+mod upgrade;
 mod write_bounds;

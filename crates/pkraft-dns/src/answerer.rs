@@ -20,7 +20,7 @@ use hickory_server::server::{
 };
 use hickory_server::zone_handler::{Catalog, MessageRequest};
 
-use crate::direct::{DirectAnswers, Prepared, malformed_answer};
+use crate::direct::{DirectAnswers, Prepared, Source, malformed_answer};
 use crate::freshness::{FreshnessGuard, servfail_info};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
 use crate::zone::Read;
@@ -41,7 +41,8 @@ impl RequestHandler for SharedHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        if let Some(prepared) = self.prepare_direct(request, self.too_stale()) {
+        // hickory's response handle takes records: the parsed packet's.
+        if let Some(prepared) = self.prepare_direct(request, self.too_stale(), Source::Parsed) {
             return match response_handle
                 .send_response(prepared.response(&request.queries))
                 .await
@@ -82,11 +83,16 @@ impl SharedHandler {
     /// (`stale`, from [`SharedHandler::too_stale`]: the freshness guard answers SERVFAIL), or
     /// the chain must answer. Every transport asks here, so that none answers directly what the
     /// guard would refuse.
-    fn prepare_direct(&self, request: &MessageRequest, stale: bool) -> Option<Prepared> {
+    fn prepare_direct(
+        &self,
+        request: &MessageRequest,
+        stale: bool,
+        source: Source,
+    ) -> Option<Prepared> {
         if stale {
             return None;
         }
-        self.direct.as_ref()?.prepare(request)
+        self.direct.as_ref()?.prepare(request, source)
     }
 }
 
@@ -102,7 +108,11 @@ pub(crate) enum Direct {
 
 /// An answer the answer cache may keep: it is current while the key it read (if any) is
 /// unchanged.
-pub(crate) struct Cacheable(pub(crate) Option<Read>);
+pub(crate) struct Cacheable {
+    pub(crate) read: Option<Read>,
+    /// Built from the store's compiled answers.
+    pub(crate) compiled: bool,
+}
 
 impl SharedHandler {
     /// Answers the wire message `query` from `src` over `protocol` with the direct answers, into
@@ -141,16 +151,25 @@ impl SharedHandler {
         if request.metadata.message_type == MessageType::Response {
             return Direct::NoAnswer;
         }
-        let Some(prepared) = self.prepare_direct(&request, stale) else {
+        let Some(mut prepared) = self.prepare_direct(&request, stale, Source::Compiled) else {
             return Direct::Chain(Box::new(request));
         };
-        if prepared
-            .encode(&request.queries, protocol, udp_payload_max, out)
-            .is_err()
-        {
+        let mut encoded = prepared.encode(&request.queries, protocol, udp_payload_max, out);
+        if encoded.is_err() && prepared.is_compiled() {
+            // Too big for the client: hickory drops records until the answer fits.
+            let Some(parsed) = self.prepare_direct(&request, stale, Source::Parsed) else {
+                return Direct::Chain(Box::new(request));
+            };
+            prepared = parsed;
+            encoded = prepared.encode(&request.queries, protocol, udp_payload_max, out);
+        }
+        if encoded.is_err() {
             return Direct::Chain(Box::new(request));
         }
-        Direct::Answered(Some(Cacheable(prepared.read)))
+        Direct::Answered(Some(Cacheable {
+            read: prepared.read,
+            compiled: prepared.is_compiled(),
+        }))
     }
 }
 

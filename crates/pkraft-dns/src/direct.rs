@@ -36,7 +36,7 @@ use hickory_server::zone_handler::{
     MessageRequest, MessageResponse, MessageResponseBuilder, Queries,
 };
 
-use crate::zone::{Lookup, PkarrZone, Read};
+use crate::zone::{Compiled, CompiledAnswers, Lookup, PkarrZone, Read};
 
 /// The EDNS version hickory-server's `Catalog` speaks.
 const EDNS_VERSION: u8 = 0;
@@ -58,6 +58,20 @@ pub(crate) struct Prepared {
     /// The key the answer was read from and its version before the read (`None`: it read no
     /// key, so it depends on the config alone).
     pub(crate) read: Option<Read>,
+    /// A positive answer from the store's compiled answers (`answers` is then empty): encoded
+    /// by [`encode_compiled`], not by hickory.
+    compiled: Option<CompiledAnswers>,
+}
+
+/// Where a [`DirectAnswers::prepare`] may read a key's records from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The compiled answers where they answer, else the parsed packet. Only for callers that
+    /// encode with [`Prepared::encode`].
+    Compiled,
+    /// The parsed packet only: for hickory's response handle, which takes records
+    /// ([`Prepared::response`]), and when a compiled answer does not fit.
+    Parsed,
 }
 
 impl DirectAnswers {
@@ -68,7 +82,7 @@ impl DirectAnswers {
 
     /// The `Catalog`'s answer to `request`, or `None` if only the chain can give it (module
     /// docs). The caller checks staleness first.
-    pub(crate) fn prepare(&self, request: &MessageRequest) -> Option<Prepared> {
+    pub(crate) fn prepare(&self, request: &MessageRequest, source: Source) -> Option<Prepared> {
         if request.metadata.message_type != MessageType::Query {
             return None;
         }
@@ -101,10 +115,27 @@ impl DirectAnswers {
         if rtype == RecordType::AXFR {
             return None;
         }
-        let (lookup, read) = zone.lookup_local(name, rtype, query.original().name())?;
         // `build_authoritative_response`, for what a `PkarrZone` returns.
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
+        let compiled = match source {
+            Source::Compiled => zone.lookup_compiled(name, rtype),
+            Source::Parsed => None,
+        };
+        let (lookup, read) = match compiled {
+            Some((Compiled::Answers(compiled), read)) => {
+                return Some(Prepared {
+                    metadata,
+                    answers: Vec::new(),
+                    authorities: Vec::new(),
+                    edns,
+                    read: Some(read),
+                    compiled: Some(compiled),
+                });
+            }
+            Some((Compiled::Lookup(lookup), read)) => (lookup, Some(read)),
+            None => zone.lookup_local(name, rtype, query.original().name())?,
+        };
         let (answers, authorities) = match lookup {
             Lookup::Answers(records) => {
                 // A SOA answer carries the apex NS records in the authority section.
@@ -137,6 +168,7 @@ impl DirectAnswers {
             authorities,
             edns,
             read,
+            compiled: None,
         })
     }
 }
@@ -152,7 +184,15 @@ impl Prepared {
             authorities: Vec::new(),
             edns,
             read: None,
+            compiled: None,
         }
+    }
+
+    /// Whether this is a compiled answer, which [`Prepared::encode`] refuses when it does not
+    /// fit (the caller prepares it again from the parsed packet, whose records hickory drops to
+    /// fit).
+    pub(crate) fn is_compiled(&self) -> bool {
+        self.compiled.is_some()
     }
 
     /// The response as hickory's response handle takes it; `queries` are the request's.
@@ -188,14 +228,114 @@ impl Prepared {
         out: &mut Vec<u8>,
     ) -> Result<(), ProtoError> {
         out.clear();
-        let mut encoder = BinEncoder::new(out);
-        encoder.set_max_size(max_size(protocol, self.edns.as_ref()).min(match protocol {
+        let max_size = max_size(protocol, self.edns.as_ref()).min(match protocol {
             Protocol::Udp => udp_payload_max,
             _ => u16::MAX,
-        }));
+        });
+        if let Some(compiled) = &self.compiled {
+            return encode_compiled(
+                &self.metadata,
+                queries.as_bytes(),
+                compiled,
+                self.edns.as_ref(),
+                max_size,
+                out,
+            );
+        }
+        let mut encoder = BinEncoder::new(out);
+        encoder.set_max_size(max_size);
         self.response(queries).destructive_emit(&mut encoder)?;
         Ok(())
     }
+}
+
+/// A compiled positive answer in wire form, byte for byte what hickory's encoder writes for the
+/// same records (`tests/udp_answers.rs` compares them):
+/// - the header, and the question as the client sent it (hickory copies it too);
+/// - the first record with the question's name as its owner, written out: hickory keeps the
+///   question for compression as name, type and class together, which no owner name matches;
+/// - every further record with a pointer to that first owner, as hickory's compression finds;
+/// - the OPT record, when the query had one.
+///
+/// An error when the answer does not fit `max_size` (the caller answers from the parsed packet,
+/// whose records hickory drops until it fits, setting TC) or the question's name is not plain
+/// labels.
+fn encode_compiled(
+    metadata: &Metadata,
+    question: &[u8],
+    compiled: &CompiledAnswers,
+    edns: Option<&Edns>,
+    max_size: u16,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
+    const HEADER_LEN: usize = 12;
+    let name_len =
+        plain_name_len(question).ok_or(ProtoError::Message("question name is not plain labels"))?;
+    let header = Header {
+        metadata: *metadata,
+        counts: hickory_proto::op::HeaderCounts {
+            queries: 1,
+            answers: compiled.count,
+            authorities: 0,
+            additionals: u16::from(edns.is_some()),
+        },
+    };
+    hickory_proto::serialize::binary::BinEncodable::emit(&header, &mut BinEncoder::new(out))?;
+    out.extend_from_slice(question);
+    // A pointer to the first answer's owner name.
+    let owner_at = u16::try_from(HEADER_LEN + question.len())
+        .ok()
+        .filter(|at| *at < 0x4000)
+        .ok_or(ProtoError::Message("question too long to point at"))?;
+    let mut records = compiled.records();
+    for index in 0..compiled.count {
+        let record =
+            next_record(&mut records).ok_or(ProtoError::Message("compiled records end early"))?;
+        if index == 0 {
+            out.extend_from_slice(&question[..name_len]);
+        } else {
+            out.extend_from_slice(&(0xC000 | owner_at).to_be_bytes());
+        }
+        out.extend_from_slice(record);
+    }
+    if let Some(edns) = edns {
+        // Root owner, type OPT, the buffer size as class, extended rcode 0, version, no flags,
+        // no options (`response_edns`).
+        out.push(0);
+        out.extend_from_slice(&u16::from(RecordType::OPT).to_be_bytes());
+        out.extend_from_slice(&edns.max_payload().to_be_bytes());
+        out.extend_from_slice(&[0, edns.version(), 0, 0, 0, 0]);
+    }
+    if out.len() > usize::from(max_size) {
+        return Err(ProtoError::Message(
+            "compiled answer exceeds the size limit",
+        ));
+    }
+    Ok(())
+}
+
+/// The length of the name at the start of `question` (its labels and the root), if it is
+/// written as plain labels with no compression pointer.
+fn plain_name_len(question: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let len = usize::from(*question.get(at)?);
+        if len == 0 {
+            return Some(at + 1);
+        }
+        if len > 63 {
+            return None;
+        }
+        at += 1 + len;
+    }
+}
+
+/// The next record of compiled records (type, class, TTL, RDATA length, RDATA).
+fn next_record<'a>(records: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let rdata_len = usize::from(u16::from_be_bytes([*records.get(8)?, *records.get(9)?]));
+    let (record, rest) = records.split_at_checked(10 + rdata_len)?;
+    *records = rest;
+    Some(record)
 }
 
 /// The OPT record the `Catalog` answers a query's OPT record with: its buffer size (at least

@@ -23,6 +23,9 @@ pub struct UdpAnswerStats {
     pub misses: u64,
     /// Of the misses, those handed to hickory's handler chain (module docs of `direct`).
     pub chain: u64,
+    /// Of the misses, those answered from the answers the store compiled when it applied the
+    /// packet: no packet parsed, no record encoded.
+    pub compiled: u64,
     /// Over the rate limit, answered with an empty truncated answer (RRL slip).
     pub rrl_slipped: u64,
     /// Over the rate limit, not answered.
@@ -160,6 +163,7 @@ pub(crate) struct DnsCollector {
     answer_cache_hits: IntCounter,
     answer_cache_misses: IntCounter,
     udp_chain: IntCounter,
+    udp_compiled: IntCounter,
     rrl_slipped: IntCounter,
     rrl_dropped: IntCounter,
     rrl_global_limited: IntCounter,
@@ -205,6 +209,10 @@ impl DnsCollector {
                 "pkraft_dns_udp_chain_total",
                 "UDP queries answered by hickory's handler chain in a task of their own (the rest are answered inline).",
             )?,
+            udp_compiled: IntCounter::new(
+                "pkraft_dns_udp_compiled_answers_total",
+                "UDP queries not in the answer cache answered from the DNS answers compiled when their packet was applied (no packet parsed).",
+            )?,
             rrl_slipped: IntCounter::new(
                 "pkraft_dns_rrl_slipped_total",
                 "UDP queries over the response rate limit answered empty and truncated (TC=1).",
@@ -239,9 +247,9 @@ impl DnsCollector {
         Ok(collector)
     }
 
-    /// Every part with a descriptor; the last eight (the UDP loops' counters) only lend theirs
+    /// Every part with a descriptor; the last nine (the UDP loops' counters) only lend theirs
     /// (see [`DnsCollector::cache_counters`]).
-    fn parts(&self) -> [&dyn Collector; 14] {
+    fn parts(&self) -> [&dyn Collector; 15] {
         [
             &self.metrics.queries,
             &self.metrics.durations,
@@ -252,6 +260,7 @@ impl DnsCollector {
             &self.answer_cache_hits,
             &self.answer_cache_misses,
             &self.udp_chain,
+            &self.udp_compiled,
             &self.rrl_slipped,
             &self.rrl_dropped,
             &self.rrl_global_limited,
@@ -284,6 +293,7 @@ impl DnsCollector {
             (&self.answer_cache_hits, stats.hits),
             (&self.answer_cache_misses, stats.misses),
             (&self.udp_chain, stats.chain),
+            (&self.udp_compiled, stats.compiled),
             (&self.rrl_slipped, stats.rrl_slipped),
             (&self.rrl_dropped, stats.rrl_dropped),
             (&self.rrl_global_limited, stats.rrl_global_limited),

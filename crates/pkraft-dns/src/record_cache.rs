@@ -118,6 +118,11 @@ impl RecordCache {
         })
     }
 
+    /// The store the records are read from.
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Entries held; for tests.
     pub fn entry_count(&self) -> u64 {
         self.size().0

@@ -42,6 +42,7 @@ struct LoopCounters {
     hits: AtomicU64,
     misses: AtomicU64,
     chain: AtomicU64,
+    compiled: AtomicU64,
     rrl_slipped: AtomicU64,
     rrl_dropped: AtomicU64,
     rrl_global_limited: AtomicU64,
@@ -124,6 +125,9 @@ impl UdpFrontend {
         } else {
             counters.misses.fetch_add(1, Ordering::Relaxed);
             match self.answer_direct(query, src, stale, out) {
+                Direct::Answered(Some(Cacheable { compiled: true, .. })) => {
+                    counters.compiled.fetch_add(1, Ordering::Relaxed);
+                }
                 Direct::Answered(_) => {}
                 Direct::NoAnswer => return,
                 Direct::Chain(request) => {
@@ -155,7 +159,9 @@ impl UdpFrontend {
         let direct =
             self.handler
                 .answer_direct(query, src, Protocol::Udp, stale, self.payload_max, out);
-        if let (Direct::Answered(Some(Cacheable(read))), Some(answers)) = (&direct, &self.answers) {
+        if let (Direct::Answered(Some(Cacheable { read, .. })), Some(answers)) =
+            (&direct, &self.answers)
+        {
             answers.insert(query, out, *read);
         }
         direct
@@ -294,6 +300,7 @@ impl UdpReport for UdpFrontend {
                 hits: sum.hits + load(&counters.hits),
                 misses: sum.misses + load(&counters.misses),
                 chain: sum.chain + load(&counters.chain),
+                compiled: sum.compiled + load(&counters.compiled),
                 rrl_slipped: sum.rrl_slipped + load(&counters.rrl_slipped),
                 rrl_dropped: sum.rrl_dropped + load(&counters.rrl_dropped),
                 rrl_global_limited: sum.rrl_global_limited + load(&counters.rrl_global_limited),

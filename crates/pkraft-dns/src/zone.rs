@@ -23,7 +23,8 @@ use hickory_server::zone_handler::{
 };
 use std::sync::Arc;
 
-use pkraft_store::KeyVersion;
+use pkraft_store::{AnswersRow, KeyVersion, StoreError};
+use pkraft_types::compiled::{CompiledLookup, CompiledPacket};
 use pkraft_types::packet::dns_records;
 use pkraft_types::{KeyBytes, decode_z32_key};
 
@@ -126,7 +127,13 @@ pub struct PkarrZone {
     /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
     dht: Option<Arc<dyn MissingKeys>>,
     failure_log: RateLimitedLog,
+    /// Compiled answers that could not be read (damaged on disk).
+    damaged_log: RateLimitedLog,
 }
+
+/// What is logged when a key's compiled answers cannot be read.
+const COMPILED_FALLBACK: &str =
+    "the compiled DNS answers of a key are damaged; answering from its stored packet";
 
 impl PkarrZone {
     /// The zone for `origin`, answering from `records` (shared by all origins).
@@ -142,6 +149,7 @@ impl PkarrZone {
             records,
             dht,
             failure_log: RateLimitedLog::default(),
+            damaged_log: RateLimitedLog::default(),
         }
     }
 
@@ -197,6 +205,66 @@ impl PkarrZone {
         }
     }
 
+    /// The answer to `name` (under this origin) and `rtype` from the answers the store compiled
+    /// when it applied the key's packet ([`pkraft_types::compiled`]), with the key it read and
+    /// that key's version before the read. `None` when the compiled form cannot say: the apex,
+    /// no key label, no packet stored (the parsed path says NXDOMAIN or asks the DHT), a packet
+    /// with records that are not compiled, or a damaged row (logged, naming the key; the
+    /// packet itself is read instead).
+    pub(crate) fn lookup_compiled(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+    ) -> Option<(Compiled, Read)> {
+        if *name == self.origin {
+            return None;
+        }
+        let at = self.key_name(name)?;
+        let store = self.records.store();
+        // Before the read: a change committed after it moves the version on.
+        let version = store.key_version(&at.key);
+        let row = match store.answers(&at.key) {
+            Ok(row) => row?,
+            Err(StoreError::Corrupt(reason)) => {
+                self.damaged_log.log(&reason, COMPILED_FALLBACK);
+                return None;
+            }
+            // The parsed path reads the store again and reports what it finds (a quarantined
+            // key, a failing read).
+            Err(_) => return None,
+        };
+        let compiled = match CompiledPacket::read(row.form()) {
+            Ok(compiled) if compiled.is_complete() => compiled,
+            Ok(_) => return None,
+            Err(e) => {
+                let key = String::from_utf8_lossy(at.key_label);
+                self.damaged_log
+                    .log(&format!("key {key}: {e}"), COMPILED_FALLBACK);
+                return None;
+            }
+        };
+        let found = match compiled.lookup(&at.sub, rtype) {
+            Ok(CompiledLookup::Answers(records)) => {
+                let start = records.bytes.as_ptr() as usize - row.form().as_ptr() as usize;
+                let range = start..start + records.bytes.len();
+                Compiled::Answers(CompiledAnswers {
+                    count: records.count,
+                    range,
+                    row,
+                })
+            }
+            Ok(CompiledLookup::NoData) => Compiled::Lookup(Lookup::NoData),
+            Ok(CompiledLookup::NxDomain) => Compiled::Lookup(Lookup::NxDomain),
+            Err(e) => {
+                let key = String::from_utf8_lossy(at.key_label);
+                self.damaged_log
+                    .log(&format!("key {key}: {e}"), COMPILED_FALLBACK);
+                return None;
+            }
+        };
+        Some((found, (at.key, version)))
+    }
+
     /// `name` split at its key label; `None` when the label left of the origin is no key.
     fn key_name<'n>(&self, name: &'n LowerName) -> Option<KeyName<'n>> {
         let mut labels: Vec<&[u8]> = name.iter().collect();
@@ -247,6 +315,38 @@ struct KeyName<'n> {
     sub: Vec<&'n [u8]>,
     key_label: &'n [u8],
     key: KeyBytes,
+}
+
+/// What the compiled answers of a key say about a name and type.
+pub(crate) enum Compiled {
+    /// The records, in wire form.
+    Answers(CompiledAnswers),
+    /// NODATA or NXDOMAIN.
+    Lookup(Lookup),
+}
+
+/// The records of a positive answer as the store compiled them: each record's type, class, TTL,
+/// RDATA length and RDATA, without its owner name. Holds the store row they are in.
+pub(crate) struct CompiledAnswers {
+    pub(crate) count: u16,
+    range: std::ops::Range<usize>,
+    row: AnswersRow,
+}
+
+impl std::fmt::Debug for CompiledAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledAnswers")
+            .field("count", &self.count)
+            .field("bytes", &self.range.len())
+            .finish()
+    }
+}
+
+impl CompiledAnswers {
+    /// The records' bytes, one after the other.
+    pub(crate) fn records(&self) -> &[u8] {
+        self.row.form().get(self.range.clone()).unwrap_or_default()
+    }
 }
 
 /// A key the zone read from the local replica, and its version before the read.
@@ -342,6 +442,10 @@ impl RateLimitedLog {
     const INTERVAL: Duration = Duration::from_secs(10);
 
     fn error(&self, reason: &str) {
+        self.log(reason, "DNS lookup failed; answering REFUSED");
+    }
+
+    fn log(&self, reason: &str, outcome: &str) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -354,7 +458,7 @@ impl RateLimitedLog {
                 .is_ok()
         {
             let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-            tracing::error!(%reason, suppressed, "DNS lookup failed; answering REFUSED");
+            tracing::error!(%reason, suppressed, "{outcome}");
         } else {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }

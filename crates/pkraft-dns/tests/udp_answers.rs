@@ -413,6 +413,15 @@ async fn cached_udp_answers_are_hickorys_answers() {
         3 * by_chain,
         "every query of the set is answered directly but what only the chain answers"
     );
+    // The positive answers from stored packets come from the compiled answers (each sent three
+    // times with no answer cache), but those too big for the client, which hickory truncates
+    // from the parsed packet: 10 of the set (the three _iroh TXT queries, ANY, the nested
+    // origin, NSID, the DO bit, CD, class CH, and the large answer with EDNS 4096).
+    assert_eq!(
+        direct_only.udp_answer_stats().compiled,
+        3 * 10,
+        "positive answers come from the compiled answers"
+    );
 
     // A new packet for the key retires every cached answer read from it, at once.
     publish(&store, &small, 2_000, &["192.0.2.2:2000"]);
@@ -628,5 +637,50 @@ async fn a_burst_gets_every_client_its_own_answers() {
         }
         server.shutdown().await.expect("shutdown");
     }
+    reference.shutdown().await.expect("shutdown");
+}
+
+/// Compiled answers damaged on disk are not served: the key is answered from its stored packet
+/// (byte for byte what hickory answers), and the damage is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_compiled_answers_are_answered_from_the_packet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let key = keypair(11);
+    let compiled = {
+        let store = Store::open(&path).expect("open");
+        publish(&store, &key, 1_000, &["192.0.2.11:1"]);
+        let payload = iroh_packet(&key, 1_000, &["192.0.2.11:1"]).to_relay_payload();
+        pkraft_types::compiled::compile(
+            &key.public_key().to_bytes(),
+            &Payload::new(payload).expect("length"),
+        )
+    };
+    // One bit of the TXT string in the compiled row, in the file itself.
+    let mut file = std::fs::read(&path).expect("read");
+    let at = file
+        .windows(compiled.len())
+        .position(|window| window == compiled.as_slice())
+        .expect("the compiled row is in the file");
+    file[at + compiled.len() - 2] ^= 0x01;
+    std::fs::write(&path, file).expect("write");
+
+    let store = Store::open(&path).expect("reopen");
+    assert!(store.answers(&key.public_key().to_bytes()).is_err());
+    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
+    let reference = start(&store, Mode::Hickory, fresh.clone()).await;
+    let direct = start(&store, Mode::DirectOnly, fresh).await;
+    let iroh = format!("_iroh.{}.pkarr.test.", key.public_key().to_z32());
+    let query = message(1, &iroh, RecordType::TXT, Some(edns(1232)))
+        .to_vec()
+        .expect("encode");
+    let expected = exchange(reference.local_addr(), &query, true).await;
+    let got = exchange(direct.local_addr(), &query, true).await;
+    assert_eq!(got, expected);
+    let answer = Message::from_vec(got.as_deref().expect("answered")).expect("parse");
+    assert_eq!(answer.answers.len(), 1, "the packet's record is served");
+    let stats = direct.udp_answer_stats();
+    assert_eq!(stats.compiled, 0, "{stats:?}");
+    direct.shutdown().await.expect("shutdown");
     reference.shutdown().await.expect("shutdown");
 }

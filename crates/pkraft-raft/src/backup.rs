@@ -330,6 +330,8 @@ pub struct Verification {
     pub snapshot_index: Option<u64>,
     pub packets: u64,
     pub expiry_rows: u64,
+    /// Rows of the compiled DNS answers (one per packet).
+    pub answer_rows: u64,
     /// Empty when the data dir is consistent.
     pub problems: Vec<String>,
 }
@@ -372,6 +374,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
     let Integrity {
         packets,
         expiry_rows,
+        answer_rows,
         mut problems,
     } = store.check_integrity()?;
     // The snapshot's data is what a new member would install: read it whole, checksum included.
@@ -416,6 +419,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
         snapshot_index,
         packets,
         expiry_rows,
+        answer_rows,
         problems,
     })
 }

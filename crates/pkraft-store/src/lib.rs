@@ -5,6 +5,10 @@
 //! - `packets` table: 32-byte public key → `applied_at_micros (8, big-endian) ‖ relay payload`.
 //! - `expiry` table: `signed timestamp (8, big-endian) ‖ key (32)` → `()`, one row per stored
 //!   packet, so `Command::Expire` finds the oldest packets without a scan.
+//! - `answers` table: 32-byte public key → the packet's DNS records compiled into wire form
+//!   ([`pkraft_types::compiled`]) ‖ CRC-32 of key and form; one row per stored packet, written
+//!   in the same transaction as it, so the DNS frontend answers a name without parsing the
+//!   packet ([`Store::answers`]).
 //! - `removed_nodes` table: node id → `()` for every node ever removed from the cluster, so that
 //!   a removed id is never admitted again (the consensus layer fills it as it applies membership
 //!   changes).
@@ -35,11 +39,12 @@ pub use snapshot::{
 };
 pub use versions::KeyVersion;
 
-use latest::LatestPackets;
+use latest::LatestTables;
 use quarantine::Quarantine;
 use versions::KeyVersions;
 
 const PACKETS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("packets");
+const ANSWERS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("answers");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EXPIRY: TableDefinition<&ExpiryKey, ()> = TableDefinition::new("expiry");
 const REMOVED_NODES: TableDefinition<u64, ()> = TableDefinition::new("removed_nodes");
@@ -61,7 +66,8 @@ const META_APPLIED_STATE: &str = "applied_state";
 /// 2: the `expiry` index (built from `packets` when a version-1 file is opened).
 /// 3: the `removed_nodes` table (empty when an older file is opened; an older build refuses the
 /// file rather than forget which node ids were removed).
-pub const SCHEMA_VERSION: u64 = 3;
+/// 4: the `answers` table (compiled from `packets` when an older file is opened).
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// redb page cache of [`Store::open`]: the default of `raft.state_cache_mib`. (redb's own
 /// default is 1 GiB.)
@@ -153,12 +159,75 @@ impl StoredPacket {
     }
 }
 
+/// A row of the `answers` table, checked ([`Store::answers`]); holds the read transaction it
+/// came from until dropped.
+pub struct AnswersRow(redb::AccessGuard<'static, &'static [u8]>);
+
+impl AnswersRow {
+    /// The compiled form, for [`pkraft_types::compiled::CompiledPacket::read`].
+    pub fn form(&self) -> &[u8] {
+        let row = self.0.value();
+        // The checksum was checked when the row was read.
+        &row[..row.len().saturating_sub(ANSWERS_CRC_LEN)]
+    }
+}
+
+/// Bytes of the CRC-32 after a compiled form in the `answers` table.
+const ANSWERS_CRC_LEN: usize = 4;
+
+/// The `answers` row of `payload`, the packet stored for `key`: its compiled form, then the
+/// CRC-32 of key and form (so a row written under another key fails the check too).
+fn answers_row(key: &KeyBytes, payload: &Payload) -> Vec<u8> {
+    let mut row = pkraft_types::compiled::compile(key, payload);
+    let crc = answers_crc(key, &row);
+    row.extend_from_slice(&crc.to_be_bytes());
+    row
+}
+
+fn answers_crc(key: &KeyBytes, form: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(key);
+    crc.update(form);
+    crc.finalize()
+}
+
+/// The compiled form in an `answers` row, if its checksum holds.
+fn answers_form<'r>(key: &KeyBytes, row: &'r [u8]) -> Option<&'r [u8]> {
+    let (form, crc) = row.split_at_checked(row.len().checked_sub(ANSWERS_CRC_LEN)?)?;
+    let crc = u32::from_be_bytes(crc.try_into().ok()?);
+    (answers_crc(key, form) == crc).then_some(form)
+}
+
+/// Compiles the `answers` table from the `packets` table (schema 3 → 4).
+fn rebuild_answers(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let packets = txn.open_table(PACKETS)?;
+    let mut answers = txn.open_table(ANSWERS)?;
+    answers.retain(|_, _| false)?;
+    let started = std::time::Instant::now();
+    let mut compiled = 0u64;
+    for row in packets.iter()? {
+        let (key, value) = row?;
+        let stored = StoredPacket::decode(value.value())?;
+        answers.insert(
+            key.value(),
+            answers_row(key.value(), &stored.payload).as_slice(),
+        )?;
+        compiled += 1;
+    }
+    tracing::info!(
+        packets = compiled,
+        seconds = started.elapsed().as_secs_f64(),
+        "compiled the DNS answers of every stored packet (state schema {SCHEMA_VERSION})"
+    );
+    Ok(())
+}
+
 /// Handle to the state database. Cheap to clone; all clones share one redb `Database`.
 #[derive(Clone)]
 pub struct Store {
     /// Declared before `db`: the last handle lets go of the kept read transaction before it
     /// closes the database.
-    latest: Arc<LatestPackets>,
+    latest: Arc<LatestTables>,
     db: Arc<Database>,
     versions: Arc<KeyVersions>,
     /// Keys found damaged, refused by `get` (see `quarantine`).
@@ -210,7 +279,7 @@ impl Store {
             );
         }
         let store = Store {
-            latest: Arc::new(LatestPackets::new()),
+            latest: Arc::new(LatestTables::new()),
             db: Arc::new(db),
             versions: Arc::new(KeyVersions::new()),
             quarantine: Arc::new(Quarantine::default()),
@@ -234,6 +303,7 @@ impl Store {
         let txn = self.begin_durable_write()?;
         {
             txn.open_table(PACKETS)?;
+            txn.open_table(ANSWERS)?;
             txn.open_table(EXPIRY)?;
             txn.open_table(REMOVED_NODES)?;
             let mut meta = txn.open_table(META)?;
@@ -242,9 +312,12 @@ impl Store {
                 .map(|v| decode_u64(v.value()))
                 .transpose()?;
             match found {
-                None | Some(2) => {}
-                Some(SCHEMA_VERSION) => {}
-                Some(1) => rebuild_expiry_index(&txn)?,
+                None | Some(SCHEMA_VERSION) => {}
+                Some(2 | 3) => rebuild_answers(&txn)?,
+                Some(1) => {
+                    rebuild_expiry_index(&txn)?;
+                    rebuild_answers(&txn)?;
+                }
                 Some(found) => return Err(StoreError::SchemaVersion { found }),
             }
             if found != Some(SCHEMA_VERSION) {
@@ -270,10 +343,35 @@ impl Store {
         }
         // After the caller's `key_version`: see `latest.rs` for why the order matters.
         let value = match self.latest.load() {
-            Some(table) => table.get(key)?,
+            Some(tables) => tables.packets.get(key)?,
             None => self.db.begin_read()?.open_table(PACKETS)?.get(key)?,
         };
         value.map(|v| StoredPacket::decode(v.value())).transpose()
+    }
+
+    /// The DNS answers compiled from the packet stored for `key` ([`pkraft_types::compiled`]),
+    /// read from the latest committed state and checked against their checksum; `None` when no
+    /// packet is stored. A row whose checksum fails is [`StoreError::Corrupt`], naming the key;
+    /// a key this node found damaged is [`StoreError::Quarantined`], as in [`Store::get`].
+    pub fn answers(&self, key: &KeyBytes) -> Result<Option<AnswersRow>, StoreError> {
+        if self.quarantine.contains(key) {
+            return Err(StoreError::Quarantined(hex(key)));
+        }
+        // After the caller's `key_version`, as in `get`.
+        let row = match self.latest.load() {
+            Some(tables) => tables.answers.get(key)?,
+            None => self.db.begin_read()?.open_table(ANSWERS)?.get(key)?,
+        };
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        if answers_form(key, row.value()).is_none() {
+            return Err(StoreError::Corrupt(format!(
+                "compiled answers of key {}: checksum mismatch",
+                hex(key)
+            )));
+        }
+        Ok(Some(AnswersRow(row)))
     }
 
     /// The smallest signed timestamp of any stored packet (µs), if any packet is stored.
@@ -453,7 +551,7 @@ pub struct ApplyTxn {
     txn: WriteTransaction,
     /// For the reads after the commit (`latest`).
     db: Arc<Database>,
-    latest: Arc<LatestPackets>,
+    latest: Arc<LatestTables>,
     versions: Arc<KeyVersions>,
     quarantine: Arc<Quarantine>,
     /// Keys whose packet this transaction stores or deletes; their versions move on after the
@@ -502,6 +600,7 @@ impl ApplyTxn {
         packets: &[pkraft_types::PublishItem],
     ) -> Result<Vec<PublishOutcome>, StoreError> {
         let mut table = self.txn.open_table(PACKETS)?;
+        let mut answers = self.txn.open_table(ANSWERS)?;
         let mut index = self.txn.open_table(EXPIRY)?;
         let mut outcomes = Vec::with_capacity(packets.len());
         for item in packets {
@@ -520,6 +619,7 @@ impl ApplyTxn {
                 }
                 .encode();
                 table.insert(&item.key, value.as_slice())?;
+                answers.insert(&item.key, answers_row(&item.key, &item.payload).as_slice())?;
                 index.insert(&expiry_key(item.payload.timestamp_micros(), &item.key), ())?;
                 self.changed.push(item.key);
             }
@@ -532,6 +632,7 @@ impl ApplyTxn {
     /// many.
     fn expire(&mut self, before_micros: u64, limit: u32) -> Result<u64, StoreError> {
         let mut table = self.txn.open_table(PACKETS)?;
+        let mut answers = self.txn.open_table(ANSWERS)?;
         let mut index = self.txn.open_table(EXPIRY)?;
         let end = expiry_key(before_micros, &[0u8; 32]);
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -545,6 +646,7 @@ impl ApplyTxn {
             let mut key = [0u8; 32];
             key.copy_from_slice(&row[8..]);
             table.remove(&key)?;
+            answers.remove(&key)?;
             self.changed.push(key);
         }
         Ok(rows.len() as u64)
@@ -646,6 +748,8 @@ pub struct Integrity {
     pub packets: u64,
     /// Rows of the expiry index.
     pub expiry_rows: u64,
+    /// Rows of the compiled DNS answers.
+    pub answer_rows: u64,
     /// Every problem found, one line each (empty: none).
     pub problems: Vec<String>,
 }
@@ -656,12 +760,14 @@ const PROBLEMS_LISTED: usize = 20;
 
 impl Store {
     /// Re-verifies every stored packet (signature, length, DNS parse: what a PUT checks) and
-    /// checks that the expiry index has exactly one row per packet, at its timestamp. Reads the
+    /// checks that the expiry index has exactly one row per packet, at its timestamp, and the
+    /// compiled DNS answers one row per packet, equal to what the packet compiles to. Reads the
     /// whole table in one read transaction; meant for `pkraft verify` on a stopped node.
     pub fn check_integrity(&self) -> Result<Integrity, StoreError> {
         let txn = self.db.begin_read()?;
         let packets = txn.open_table(PACKETS)?;
         let index = txn.open_table(EXPIRY)?;
+        let answers = txn.open_table(ANSWERS)?;
         let mut report = Integrity::default();
         let mut unlisted = 0u64;
         let mut problem = |report: &mut Integrity, text: String| {
@@ -696,8 +802,28 @@ impl Store {
                     format!("packet {}: no expiry index row", hex(&key)),
                 );
             }
+            let compiled = answers.get(&key)?;
+            let compiled = compiled.as_ref().map(|row| row.value());
+            if compiled != Some(answers_row(&key, &stored.payload).as_slice()) {
+                let what = match compiled {
+                    None => "no compiled DNS answers",
+                    Some(row) if answers_form(&key, row).is_none() => {
+                        "compiled DNS answers damaged (checksum mismatch)"
+                    }
+                    Some(_) => "compiled DNS answers differ from the packet's",
+                };
+                problem(&mut report, format!("packet {}: {what}", hex(&key)));
+            }
         }
         report.expiry_rows = index.len()?;
+        report.answer_rows = answers.len()?;
+        if report.answer_rows != report.packets {
+            let text = format!(
+                "the compiled DNS answers have {} rows for {} packets",
+                report.answer_rows, report.packets
+            );
+            problem(&mut report, text);
+        }
         if report.expiry_rows != report.packets {
             let text = format!(
                 "the expiry index has {} rows for {} packets",

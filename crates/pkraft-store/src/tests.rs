@@ -500,3 +500,98 @@ fn the_kept_read_transaction_lets_freed_pages_be_reused() {
         size()
     );
 }
+
+/// The compiled form `key`'s `answers` row holds, checked.
+fn compiled_form(store: &Store, key: &KeyBytes) -> Option<Vec<u8>> {
+    store
+        .answers(key)
+        .expect("answers")
+        .map(|row| row.form().to_vec())
+}
+
+/// Every commit that stores, replaces or deletes a packet writes its compiled answers in the
+/// same transaction, so the two never disagree.
+#[test]
+fn compiled_answers_follow_their_packet() {
+    let (_dir, store) = open();
+    let first = item(1, 100, "192.0.2.1:1");
+    let key = first.key;
+    assert_eq!(compiled_form(&store, &key), None);
+    apply(&store, &publish(1, vec![first.clone()]), b"s");
+    let compiled = pkraft_types::compiled::compile(&key, &first.payload);
+    assert_eq!(compiled_form(&store, &key), Some(compiled));
+    let newer = item(1, 200, "192.0.2.9:9");
+    apply(&store, &publish(2, vec![newer.clone()]), b"s");
+    assert_eq!(
+        compiled_form(&store, &key),
+        Some(pkraft_types::compiled::compile(&key, &newer.payload))
+    );
+    assert_eq!(expire(&store, 300, 10), 1);
+    assert_eq!(compiled_form(&store, &key), None);
+    assert!(store.check_integrity().expect("check").problems.is_empty());
+}
+
+/// A schema-3 file (before compiled answers) gets them when it is opened, and a snapshot
+/// import compiles them for what it brings.
+#[test]
+fn schema_3_files_and_imported_snapshots_get_compiled_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let packet = item(1, 100, "192.0.2.1:1");
+    {
+        let store = Store::open(&path).expect("open");
+        apply(&store, &publish(1, vec![packet.clone()]), b"s");
+        // Turn it back into what version 3 wrote.
+        let txn = store.db.begin_write().expect("write");
+        txn.delete_table(ANSWERS).expect("drop answers");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(META_SCHEMA_VERSION, 3u64.to_be_bytes().as_slice())
+            .expect("version");
+        txn.commit().expect("commit");
+    }
+    let store = Store::open(&path).expect("reopen");
+    let expected = pkraft_types::compiled::compile(&packet.key, &packet.payload);
+    assert_eq!(compiled_form(&store, &packet.key), Some(expected.clone()));
+    assert!(store.check_integrity().expect("check").problems.is_empty());
+
+    let (_other_dir, other) = open();
+    other
+        .import_snapshot(&store.export_snapshot().expect("export").data, b"s")
+        .expect("import");
+    assert_eq!(compiled_form(&other, &packet.key), Some(expected));
+    assert_eq!(other.check_integrity().expect("check").answer_rows, 1);
+}
+
+/// A compiled row whose bytes changed on disk is an error naming the key, and `pkraft verify`
+/// (the integrity check) names it too; the packet itself is still read.
+#[test]
+fn a_damaged_compiled_row_is_named() {
+    let (_dir, store) = open();
+    let packet = item(1, 100, "192.0.2.1:1");
+    apply(&store, &publish(1, vec![packet.clone()]), b"s");
+    {
+        let txn = store.db.begin_write().expect("write");
+        {
+            let mut answers = txn.open_table(ANSWERS).expect("answers");
+            let mut row = answers
+                .get(&packet.key)
+                .expect("get")
+                .expect("row")
+                .value()
+                .to_vec();
+            row[5] ^= 0x20;
+            answers.insert(&packet.key, row.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+        store.latest.refresh(&store.db);
+    }
+    let Err(StoreError::Corrupt(reason)) = store.answers(&packet.key) else {
+        panic!("a damaged row must be an error");
+    };
+    assert!(reason.contains(&hex(&packet.key)), "{reason}");
+    assert!(store.get(&packet.key).expect("get").is_some());
+    let problems = store.check_integrity().expect("check").problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("checksum mismatch"), "{problems:?}");
+}

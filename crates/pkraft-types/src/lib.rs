@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod command;
+pub mod compiled;
 pub mod key;
 pub mod ordering;
 pub mod packet;
