@@ -245,8 +245,7 @@ impl PkarrZone {
         };
         let found = match compiled.lookup(&at.sub, rtype) {
             Ok(CompiledLookup::Answers(records)) => {
-                let start = records.bytes.as_ptr() as usize - row.form().as_ptr() as usize;
-                let range = start..start + records.bytes.len();
+                let range = records.start..records.start + records.bytes.len();
                 Compiled::Answers(CompiledAnswers {
                     count: records.count,
                     range,

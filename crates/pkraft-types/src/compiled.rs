@@ -172,6 +172,8 @@ pub struct CompiledPacket<'a> {
     complete: bool,
     names: u16,
     body: &'a [u8],
+    /// Bytes of the whole form, for the offsets of [`CompiledRecords::start`].
+    len: usize,
 }
 
 /// The records of one name and type, as [`compile`] wrote them.
@@ -179,6 +181,8 @@ pub struct CompiledPacket<'a> {
 pub struct CompiledRecords<'a> {
     /// How many records `bytes` holds.
     pub count: u16,
+    /// Where `bytes` starts in the form [`CompiledPacket::read`] was given.
+    pub start: usize,
     /// Each record's type, class, TTL, RDATA length and RDATA, one after the other.
     pub bytes: &'a [u8],
 }
@@ -209,6 +213,7 @@ impl<'a> CompiledPacket<'a> {
             complete,
             names: u16::from_be_bytes([*n0, *n1]),
             body,
+            len: bytes.len(),
         })
     }
 
@@ -244,13 +249,15 @@ impl<'a> CompiledPacket<'a> {
             }
             match relation(name, sub)? {
                 Relation::Same if at_name.is_none() => {
-                    at_name = Some((types, &types_start[..types_start.len() - body.0.len()]));
+                    // The name's types, and where they start in the form.
+                    let region = &types_start[..types_start.len() - body.0.len()];
+                    at_name = Some((types, region, self.len - types_start.len()));
                 }
                 Relation::Below => has_descendants = true,
                 _ => {}
             }
         }
-        let Some((types, mut at_name)) = at_name else {
+        let Some((types, region, region_start)) = at_name else {
             return Ok(if has_descendants {
                 CompiledLookup::NoData
             } else {
@@ -258,16 +265,19 @@ impl<'a> CompiledPacket<'a> {
             });
         };
         let wanted = u16::from(rtype);
+        let mut rest = region;
         for index in 0..types {
-            let mut reader = Reader(at_name);
+            let mut reader = Reader(rest);
             let found = reader.u16()?;
             let count = reader.u16()?;
             let bytes = usize::from(reader.u16()?);
+            let start = region_start + (region.len() - reader.0.len());
             let records = reader.take(bytes)?;
-            at_name = reader.0;
+            rest = reader.0;
             if found == wanted || (index == 0 && rtype == RecordType::ANY) {
                 return Ok(CompiledLookup::Answers(CompiledRecords {
                     count,
+                    start,
                     bytes: records,
                 }));
             }

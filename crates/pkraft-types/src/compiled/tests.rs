@@ -92,6 +92,10 @@ fn an_iroh_packet_compiles_and_answers_its_names() {
     };
     assert_eq!(iroh.count, 2);
     assert_eq!(iroh.bytes, expected(&packet, "_iroh", RecordType::TXT));
+    assert_eq!(
+        &bytes[iroh.start..iroh.start + iroh.bytes.len()],
+        iroh.bytes
+    );
     // Case does not matter, in the question or in the packet.
     assert_eq!(
         lookup("_IROH", RecordType::TXT),
@@ -101,6 +105,10 @@ fn an_iroh_packet_compiles_and_answers_its_names() {
         panic!("expected the A record at Mixed");
     };
     assert_eq!(mixed.bytes, expected(&packet, "mixed", RecordType::A));
+    assert_eq!(
+        &bytes[mixed.start..mixed.start + mixed.bytes.len()],
+        mixed.bytes
+    );
     // The key itself has an A record; ANY gets the first type at a name.
     assert!(matches!(lookup("", RecordType::A), CompiledLookup::Answers(a) if a.count == 1));
     assert_eq!(
