@@ -21,6 +21,10 @@
 //!
 //! The response is encoded by hickory's own `MessageResponse`, the type the `Catalog` hands its
 //! response handle, so an answer built here is the `Catalog`'s byte for byte when its parts are.
+//! A positive answer for a stored key is the exception: it is written from the answers the store
+//! compiled when it applied the packet ([`Source::Compiled`], `encode_compiled`), in the bytes
+//! hickory's encoder would write for the same records, with no parse of the packet and no
+//! encoder.
 //! `tests/udp_answers.rs` checks that against the `Catalog` on every query shape it knows, over
 //! UDP and TCP.
 
