@@ -24,7 +24,7 @@ use hickory_server::zone_handler::{
 use std::sync::Arc;
 
 use pkraft_store::{AnswersRow, KeyVersion, StoreError};
-use pkraft_types::compiled::{CompiledLookup, CompiledPacket};
+use pkraft_types::compiled::{CompiledLookup, CompiledPacket, labels_below_key};
 use pkraft_types::packet::dns_records;
 use pkraft_types::{KeyBytes, decode_z32_key};
 
@@ -375,16 +375,10 @@ fn select(
     let mut at_name = Vec::new();
     let mut has_descendants = false;
     for record in records {
-        let owner: Vec<&[u8]> = record.name.iter().collect();
-        let Some((last, relative)) = owner.split_last() else {
+        let Some(relative) = labels_below_key(&record.name, key_label) else {
             continue;
         };
-        if !last.eq_ignore_ascii_case(key_label) {
-            // Not under the key: pkarr normalizes owners, so only hand-made packets have these,
-            // and no query name can reach them.
-            continue;
-        }
-        if labels_eq(relative, sub) {
+        if labels_eq(&relative, sub) {
             at_name.push(record);
         } else if relative.len() > sub.len()
             && labels_eq(&relative[relative.len() - sub.len()..], sub)

@@ -338,15 +338,27 @@ impl Store {
     /// The packet stored for `key`, read from the latest committed state. A key this node found
     /// damaged ([`Store::quarantine`]) is [`StoreError::Quarantined`].
     pub fn get(&self, key: &KeyBytes) -> Result<Option<StoredPacket>, StoreError> {
+        let value = self.point_read(key, PACKETS, |tables| &tables.packets)?;
+        value.map(|v| StoredPacket::decode(v.value())).transpose()
+    }
+
+    /// `key`'s row of `table` in the latest committed state: through the transaction kept since
+    /// the last commit (`kept` picks its table), or one of its own when none is kept. Refused
+    /// for a key this node found damaged ([`Store::quarantine`]).
+    fn point_read(
+        &self,
+        key: &KeyBytes,
+        table: TableDefinition<&KeyBytes, &[u8]>,
+        kept: fn(&latest::Tables) -> &latest::KeyTable,
+    ) -> Result<Option<redb::AccessGuard<'static, &'static [u8]>>, StoreError> {
         if self.quarantine.contains(key) {
             return Err(StoreError::Quarantined(hex(key)));
         }
         // After the caller's `key_version`: see `latest.rs` for why the order matters.
-        let value = match self.latest.load() {
-            Some(tables) => tables.packets.get(key)?,
-            None => self.db.begin_read()?.open_table(PACKETS)?.get(key)?,
-        };
-        value.map(|v| StoredPacket::decode(v.value())).transpose()
+        Ok(match self.latest.load() {
+            Some(tables) => kept(&tables).get(key)?,
+            None => self.db.begin_read()?.open_table(table)?.get(key)?,
+        })
     }
 
     /// The DNS answers compiled from the packet stored for `key` ([`pkraft_types::compiled`]),
@@ -354,15 +366,7 @@ impl Store {
     /// packet is stored. A row whose checksum fails is [`StoreError::Corrupt`], naming the key;
     /// a key this node found damaged is [`StoreError::Quarantined`], as in [`Store::get`].
     pub fn answers(&self, key: &KeyBytes) -> Result<Option<AnswersRow>, StoreError> {
-        if self.quarantine.contains(key) {
-            return Err(StoreError::Quarantined(hex(key)));
-        }
-        // After the caller's `key_version`, as in `get`.
-        let row = match self.latest.load() {
-            Some(tables) => tables.answers.get(key)?,
-            None => self.db.begin_read()?.open_table(ANSWERS)?.get(key)?,
-        };
-        let Some(row) = row else {
+        let Some(row) = self.point_read(key, ANSWERS, |tables| &tables.answers)? else {
             return Ok(None);
         };
         if answers_form(key, row.value()).is_none() {

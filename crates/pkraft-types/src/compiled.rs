@@ -74,15 +74,10 @@ fn compile_records(key_label: &[u8], records: &[Record]) -> Vec<u8> {
     let mut names: Vec<CompiledName> = Vec::new();
     let mut complete = true;
     for record in records {
-        let labels: Vec<&[u8]> = record.name.iter().collect();
-        let Some((last, relative)) = labels.split_last() else {
+        let Some(relative) = labels_below_key(&record.name, key_label) else {
             continue;
         };
-        // Not under the key: no query name can reach it (the frontend's `select` skips it too).
-        if !last.eq_ignore_ascii_case(key_label) {
-            continue;
-        }
-        let (Some(sub), Some(encoded)) = (sub_wire(relative), encode_after_owner(record)) else {
+        let (Some(sub), Some(encoded)) = (sub_wire(&relative), encode_after_owner(record)) else {
             complete = false;
             break;
         };
@@ -136,6 +131,16 @@ fn compile_records(key_label: &[u8], records: &[Record]) -> Vec<u8> {
 /// Writes `value`, which the caller checked fits in 16 bits.
 fn push_u16(out: &mut Vec<u8>, value: usize) {
     out.extend_from_slice(&(value as u16).to_be_bytes());
+}
+
+/// The labels of a packet record's owner `name` left of its key label (none: the key itself),
+/// or `None` when its last label is not `key_label` (compared without regard to ASCII case):
+/// pkarr writes every owner under the key, so only hand-made packets hold such records, and no
+/// query name under the key reaches them. The DNS frontend picks records by the same rule.
+pub fn labels_below_key<'n>(name: &'n Name, key_label: &[u8]) -> Option<Vec<&'n [u8]>> {
+    let mut labels: Vec<&[u8]> = name.iter().collect();
+    let last = labels.pop()?;
+    last.eq_ignore_ascii_case(key_label).then_some(labels)
 }
 
 /// `labels` in wire form, lower-cased; `None` if they do not fit a name.
