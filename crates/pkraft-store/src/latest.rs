@@ -1,5 +1,5 @@
-//! [`LatestTables`]: the `packets` and `answers` tables as the latest commit left them, kept
-//! open between commits, so that a point read ([`crate::Store::get`], [`crate::Store::answers`])
+//! [`LatestPackets`]: the `packets` table as the latest commit left it, kept open between
+//! commits, so that a point read ([`crate::Store::get`], [`crate::Store::answers`])
 //! neither begins a read transaction nor opens a table.
 //!
 //! Both cost more than the lookup they lead to: `begin_read` registers the transaction with
@@ -27,44 +27,36 @@ use arc_swap::ArcSwapOption;
 use pkraft_types::KeyBytes;
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
-use crate::{ANSWERS, PACKETS};
+use crate::PACKETS;
 
-/// A table of key → bytes in a read transaction.
-pub(crate) type KeyTable = ReadOnlyTable<&'static KeyBytes, &'static [u8]>;
-
-/// Both tables, from one read transaction.
-pub(crate) struct Tables {
-    pub(crate) packets: KeyTable,
-    pub(crate) answers: KeyTable,
-}
+/// The `packets` table in a read transaction.
+pub(crate) type PacketsTable = ReadOnlyTable<&'static KeyBytes, &'static [u8]>;
 
 /// See the module docs.
-pub(crate) struct LatestTables {
-    tables: ArcSwapOption<Tables>,
+pub(crate) struct LatestPackets {
+    packets: ArcSwapOption<PacketsTable>,
 }
 
-impl LatestTables {
-    /// Nothing kept yet: reads begin their own transactions until [`LatestTables::refresh`].
+impl LatestPackets {
+    /// Nothing kept yet: reads begin their own transactions until [`LatestPackets::refresh`].
     pub(crate) fn new() -> Self {
-        LatestTables {
-            tables: ArcSwapOption::empty(),
+        LatestPackets {
+            packets: ArcSwapOption::empty(),
         }
     }
 
-    /// Opens the tables as `db`'s latest commit has them. Called after every commit (before the
+    /// Opens the table as `db`'s latest commit has it. Called after every commit (before the
     /// key versions move on), whether or not it changed packets: see "Pages" in the module docs.
     pub(crate) fn refresh(&self, db: &Database) {
-        let tables = db.begin_read().ok().and_then(|txn| {
-            Some(Tables {
-                packets: txn.open_table(PACKETS).ok()?,
-                answers: txn.open_table(ANSWERS).ok()?,
-            })
-        });
-        self.tables.store(tables.map(Arc::new));
+        let packets = db
+            .begin_read()
+            .ok()
+            .and_then(|txn| txn.open_table(PACKETS).ok());
+        self.packets.store(packets.map(Arc::new));
     }
 
-    /// The tables of the latest commit, if they could be opened.
-    pub(crate) fn load(&self) -> Option<Arc<Tables>> {
-        self.tables.load_full()
+    /// The table of the latest commit, if it could be opened.
+    pub(crate) fn load(&self) -> Option<Arc<PacketsTable>> {
+        self.packets.load_full()
     }
 }
