@@ -89,18 +89,17 @@ pub async fn get_packet(
         .read(&key_bytes, consistency)
         .await
         .map_err(|e| RelayError::from_read(e, state.settings.retry_after))?;
-    let (payload, smallest_ttl) = match stored {
-        Some(stored) => (stored.payload, stored.smallest_ttl),
+    let payload = match stored {
+        Some(stored) => stored.payload,
         None => {
             parse_z32_key(&key)?;
             // Not in the cluster: the DHT may have it (`[dht]`), within its deadline.
             let dht = state.dht.as_ref().ok_or(RelayError::NotFound)?;
-            let payload = dht.resolve(&key_bytes).await.ok_or(RelayError::NotFound)?;
-            (payload, None)
+            dht.resolve(&key_bytes).await.ok_or(RelayError::NotFound)?
         }
     };
     let timestamp_micros = payload.timestamp_micros();
-    let max_age = cache_max_age_secs(&state.settings, &payload, smallest_ttl)?;
+    let max_age = cache_max_age_secs(&state.settings, &payload)?;
     let validators = [
         (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
         (header::LAST_MODIFIED, http_date(timestamp_micros)?),
@@ -138,25 +137,20 @@ fn http_date(timestamp_micros: u64) -> Result<String, RelayError> {
     Ok(Timestamp::from(timestamp_micros).format_http_date())
 }
 
-/// The packet's smallest record TTL, clamped to the configured bounds: `known` when the store
-/// read it from the packet's compiled form, else parsed from the packet (one from the DHT, one
-/// without records, or one whose compiled form is damaged).
+/// The packet's smallest record TTL, clamped to the configured bounds.
 fn cache_max_age_secs(
     settings: &Settings,
     payload: &pkraft_types::Payload,
-    known: Option<u32>,
 ) -> Result<u64, RelayError> {
+    let records = pkraft_types::packet::dns_records(payload)
+        .map_err(|e| RelayError::Internal(format!("stored packet: {e}")))?;
     let min = settings.cache_max_age_min.as_secs();
     let max = settings.cache_max_age_max.as_secs();
-    let smallest = match known {
-        Some(ttl) => Some(ttl),
-        None => pkraft_types::packet::dns_records(payload)
-            .map_err(|e| RelayError::Internal(format!("stored packet: {e}")))?
-            .iter()
-            .map(|r| r.ttl)
-            .min(),
-    };
-    let ttl = smallest.map_or(min, u64::from);
+    let ttl = records
+        .iter()
+        .map(|r| u64::from(r.ttl))
+        .min()
+        .unwrap_or(min);
     // Not `clamp`: it panics when min > max, which Settings::validate rejects but a caller may skip.
     Ok(ttl.max(min).min(max))
 }

@@ -330,9 +330,8 @@ pub struct Verification {
     pub snapshot_index: Option<u64>,
     pub packets: u64,
     pub expiry_rows: u64,
-    /// Packets the DNS frontend answers from their compiled form (the others from the parsed
-    /// packet: records the form does not hold).
-    pub compiled_complete: u64,
+    /// Rows of the compiled DNS answers (one per packet).
+    pub answer_rows: u64,
     /// Empty when the data dir is consistent.
     pub problems: Vec<String>,
 }
@@ -375,7 +374,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
     let Integrity {
         packets,
         expiry_rows,
-        compiled_complete,
+        answer_rows,
         mut problems,
     } = store.check_integrity()?;
     // The snapshot's data is what a new member would install: read it whole, checksum included.
@@ -420,7 +419,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
         snapshot_index,
         packets,
         expiry_rows,
-        compiled_complete,
+        answer_rows,
         problems,
     })
 }

@@ -1,5 +1,5 @@
-//! [`LatestPackets`]: the `packets` table as the latest commit left it, kept open between
-//! commits, so that a point read ([`crate::Store::get`], [`crate::Store::answers`])
+//! [`LatestTables`]: the `packets` and `answers` tables as the latest commit left them, kept
+//! open between commits, so that a point read ([`crate::Store::get`], [`crate::Store::answers`])
 //! neither begins a read transaction nor opens a table.
 //!
 //! Both cost more than the lookup they lead to: `begin_read` registers the transaction with
@@ -27,36 +27,44 @@ use arc_swap::ArcSwapOption;
 use pkraft_types::KeyBytes;
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
-use crate::PACKETS;
+use crate::{ANSWERS, PACKETS};
 
-/// The `packets` table in a read transaction.
-pub(crate) type PacketsTable = ReadOnlyTable<&'static KeyBytes, &'static [u8]>;
+/// A table of key → bytes in a read transaction.
+pub(crate) type KeyTable = ReadOnlyTable<&'static KeyBytes, &'static [u8]>;
 
-/// See the module docs.
-pub(crate) struct LatestPackets {
-    packets: ArcSwapOption<PacketsTable>,
+/// Both tables, from one read transaction.
+pub(crate) struct Tables {
+    pub(crate) packets: KeyTable,
+    pub(crate) answers: KeyTable,
 }
 
-impl LatestPackets {
-    /// Nothing kept yet: reads begin their own transactions until [`LatestPackets::refresh`].
+/// See the module docs.
+pub(crate) struct LatestTables {
+    tables: ArcSwapOption<Tables>,
+}
+
+impl LatestTables {
+    /// Nothing kept yet: reads begin their own transactions until [`LatestTables::refresh`].
     pub(crate) fn new() -> Self {
-        LatestPackets {
-            packets: ArcSwapOption::empty(),
+        LatestTables {
+            tables: ArcSwapOption::empty(),
         }
     }
 
-    /// Opens the table as `db`'s latest commit has it. Called after every commit (before the
+    /// Opens the tables as `db`'s latest commit has them. Called after every commit (before the
     /// key versions move on), whether or not it changed packets: see "Pages" in the module docs.
     pub(crate) fn refresh(&self, db: &Database) {
-        let packets = db
-            .begin_read()
-            .ok()
-            .and_then(|txn| txn.open_table(PACKETS).ok());
-        self.packets.store(packets.map(Arc::new));
+        let tables = db.begin_read().ok().and_then(|txn| {
+            Some(Tables {
+                packets: txn.open_table(PACKETS).ok()?,
+                answers: txn.open_table(ANSWERS).ok()?,
+            })
+        });
+        self.tables.store(tables.map(Arc::new));
     }
 
-    /// The table of the latest commit, if it could be opened.
-    pub(crate) fn load(&self) -> Option<Arc<PacketsTable>> {
-        self.packets.load_full()
+    /// The tables of the latest commit, if they could be opened.
+    pub(crate) fn load(&self) -> Option<Arc<Tables>> {
+        self.tables.load_full()
     }
 }

@@ -2,15 +2,13 @@
 //! reflects.
 //!
 //! # Layout
-//! - `packets` table: 32-byte public key → `applied_at_micros (8, big-endian) ‖ payload length
-//!   (2, big-endian) ‖ relay payload ‖ its DNS records compiled into wire form
-//!   ([`pkraft_types::compiled`]) ‖ CRC-32 (4, big-endian) of key and compiled form`. The
-//!   compiled form is written with the packet, in the same row, so the two never disagree, and
-//!   the DNS frontend answers a name without parsing the packet ([`Store::answers`]). One row
-//!   rather than a table of its own: a second table costs each PUT another B-tree leaf written
-//!   per commit (docs/BENCHMARKS.md, "The read path in wire form").
+//! - `packets` table: 32-byte public key → `applied_at_micros (8, big-endian) ‖ relay payload`.
 //! - `expiry` table: `signed timestamp (8, big-endian) ‖ key (32)` → `()`, one row per stored
 //!   packet, so `Command::Expire` finds the oldest packets without a scan.
+//! - `answers` table: 32-byte public key → the packet's DNS records compiled into wire form
+//!   ([`pkraft_types::compiled`]) ‖ CRC-32 of key and form; one row per stored packet, written
+//!   in the same transaction as it, so the DNS frontend answers a name without parsing the
+//!   packet ([`Store::answers`]).
 //! - `removed_nodes` table: node id → `()` for every node ever removed from the cluster, so that
 //!   a removed id is never admitted again (the consensus layer fills it as it applies membership
 //!   changes).
@@ -41,11 +39,12 @@ pub use snapshot::{
 };
 pub use versions::KeyVersion;
 
-use latest::LatestPackets;
+use latest::LatestTables;
 use quarantine::Quarantine;
 use versions::KeyVersions;
 
 const PACKETS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("packets");
+const ANSWERS: TableDefinition<&KeyBytes, &[u8]> = TableDefinition::new("answers");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EXPIRY: TableDefinition<&ExpiryKey, ()> = TableDefinition::new("expiry");
 const REMOVED_NODES: TableDefinition<u64, ()> = TableDefinition::new("removed_nodes");
@@ -67,8 +66,7 @@ const META_APPLIED_STATE: &str = "applied_state";
 /// 2: the `expiry` index (built from `packets` when a version-1 file is opened).
 /// 3: the `removed_nodes` table (empty when an older file is opened; an older build refuses the
 /// file rather than forget which node ids were removed).
-/// 4: `packets` rows carry the packet's compiled DNS answers (rewritten when an older file is
-/// opened).
+/// 4: the `answers` table (compiled from `packets` when an older file is opened).
 pub const SCHEMA_VERSION: u64 = 4;
 
 /// redb page cache of [`Store::open`]: the default of `raft.state_cache_mib`. (redb's own
@@ -77,12 +75,6 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 
 /// Bytes of the `applied_at_micros` prefix in a `packets` value.
 const APPLIED_AT_LEN: usize = 8;
-
-/// Bytes of the payload length after it.
-const PAYLOAD_LEN_LEN: usize = 2;
-
-/// Bytes of the CRC-32 after the compiled form.
-const FORM_CRC_LEN: usize = 4;
 
 /// Errors of the state store. Every variant means the node cannot serve correct data; the caller
 /// should stop the node rather than limp on.
@@ -142,174 +134,85 @@ pub struct StoredPacket {
     /// Leader clock time of the log entry that stored the packet (µs since the Unix epoch).
     pub applied_at_micros: u64,
     pub payload: Payload,
-    /// The smallest TTL of the packet's records, as the compiled form in its row keeps it, so
-    /// that the relay's `max-age` needs no parse. Filled by [`Store::get`] only, and `None`
-    /// there when the packet has no records or the form's checksum fails; not part of what is
-    /// stored (a row's form is always compiled from the payload).
-    pub smallest_ttl: Option<u32>,
 }
 
 impl StoredPacket {
-    /// `key`'s `packets` row for this packet: see the module docs for the layout.
-    fn row(&self, key: &KeyBytes) -> Vec<u8> {
-        let payload = self.payload.as_bytes();
-        let form = pkraft_types::compiled::compile(key, &self.payload);
-        let payload_len = u16::try_from(payload.len())
-            .expect("a payload is at most PAYLOAD_LEN_MAX bytes, which fits in u16");
-        let mut row = Vec::with_capacity(
-            APPLIED_AT_LEN + PAYLOAD_LEN_LEN + payload.len() + form.len() + FORM_CRC_LEN,
-        );
-        row.extend_from_slice(&self.applied_at_micros.to_be_bytes());
-        row.extend_from_slice(&payload_len.to_be_bytes());
-        row.extend_from_slice(payload);
-        row.extend_from_slice(&form);
-        row.extend_from_slice(&form_crc(key, &form).to_be_bytes());
-        row
+    fn encode(&self) -> Vec<u8> {
+        let mut value = Vec::with_capacity(APPLIED_AT_LEN + self.payload.byte_len());
+        value.extend_from_slice(&self.applied_at_micros.to_be_bytes());
+        value.extend_from_slice(self.payload.as_bytes());
+        value
     }
 
     fn decode(value: &[u8]) -> Result<Self, StoreError> {
-        PacketRow::split(value)?.stored()
-    }
-
-    /// A `packets` value as schema 3 and before wrote it: `applied_at_micros ‖ payload`.
-    fn decode_schema_3(value: &[u8]) -> Result<Self, StoreError> {
-        let (applied_at, payload) = value
-            .split_first_chunk::<APPLIED_AT_LEN>()
+        let (time, payload) = value
+            .split_at_checked(APPLIED_AT_LEN)
             .ok_or_else(|| StoreError::Corrupt(format!("packet value of {} bytes", value.len())))?;
+        let mut be = [0u8; APPLIED_AT_LEN];
+        be.copy_from_slice(time);
+        let payload = Payload::new(Bytes::copy_from_slice(payload))
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(StoredPacket {
-            applied_at_micros: u64::from_be_bytes(*applied_at),
-            payload: Payload::new(Bytes::copy_from_slice(payload))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            smallest_ttl: None,
-        })
-    }
-}
-
-/// A `packets` value, split into its parts (see the module docs) without copying them.
-struct PacketRow<'v> {
-    applied_at: &'v [u8; APPLIED_AT_LEN],
-    payload: &'v [u8],
-    form: &'v [u8],
-    /// Where `form` starts in the value.
-    form_at: usize,
-    form_crc: u32,
-}
-
-impl<'v> PacketRow<'v> {
-    fn split(value: &'v [u8]) -> Result<Self, StoreError> {
-        let corrupt = || StoreError::Corrupt(format!("packet value of {} bytes", value.len()));
-        let (applied_at, rest) = value
-            .split_first_chunk::<APPLIED_AT_LEN>()
-            .ok_or_else(corrupt)?;
-        let (payload_len, rest) = rest
-            .split_first_chunk::<PAYLOAD_LEN_LEN>()
-            .ok_or_else(corrupt)?;
-        let (payload, rest) = rest
-            .split_at_checked(usize::from(u16::from_be_bytes(*payload_len)))
-            .ok_or_else(corrupt)?;
-        let (form, form_crc) = rest
-            .split_last_chunk::<FORM_CRC_LEN>()
-            .ok_or_else(corrupt)?;
-        Ok(PacketRow {
-            applied_at,
+            applied_at_micros: u64::from_be_bytes(be),
             payload,
-            form,
-            form_at: APPLIED_AT_LEN + PAYLOAD_LEN_LEN + payload.len(),
-            form_crc: u32::from_be_bytes(*form_crc),
         })
-    }
-
-    fn stored(&self) -> Result<StoredPacket, StoreError> {
-        Ok(StoredPacket {
-            applied_at_micros: u64::from_be_bytes(*self.applied_at),
-            payload: Payload::new(Bytes::copy_from_slice(self.payload))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            smallest_ttl: None,
-        })
-    }
-
-    /// [`PacketRow::stored`] with the smallest TTL its compiled form keeps, if the form's
-    /// checksum holds for `key`.
-    fn stored_with_ttl(&self, key: &KeyBytes) -> Result<StoredPacket, StoreError> {
-        let mut stored = self.stored()?;
-        if self.form_intact(key) {
-            stored.smallest_ttl = pkraft_types::compiled::CompiledPacket::read(self.form)
-                .ok()
-                .and_then(|form| form.smallest_ttl());
-        }
-        Ok(stored)
-    }
-
-    /// CRC-32 of what the cluster replicated (applied time and payload, the value schema 3
-    /// stored): what the scrubs of two nodes compare, whatever either compiled from it.
-    fn packet_crc(&self) -> u32 {
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(self.applied_at);
-        crc.update(self.payload);
-        crc.finalize()
-    }
-
-    /// Whether the compiled form's checksum holds (for `key`: a row moved under another key
-    /// fails it too).
-    fn form_intact(&self, key: &KeyBytes) -> bool {
-        form_crc(key, self.form) == self.form_crc
     }
 }
 
-fn form_crc(key: &KeyBytes, form: &[u8]) -> u32 {
+/// A row of the `answers` table, checked ([`Store::answers`]); holds the read transaction it
+/// came from until dropped.
+pub struct AnswersRow(redb::AccessGuard<'static, &'static [u8]>);
+
+impl AnswersRow {
+    /// The compiled form, for [`pkraft_types::compiled::CompiledPacket::read`].
+    pub fn form(&self) -> &[u8] {
+        let row = self.0.value();
+        // The checksum was checked when the row was read.
+        &row[..row.len().saturating_sub(ANSWERS_CRC_LEN)]
+    }
+}
+
+/// Bytes of the CRC-32 after a compiled form in the `answers` table.
+const ANSWERS_CRC_LEN: usize = 4;
+
+/// The `answers` row of `payload`, the packet stored for `key`: its compiled form, then the
+/// CRC-32 of key and form (so a row written under another key fails the check too).
+fn answers_row(key: &KeyBytes, payload: &Payload) -> Vec<u8> {
+    let mut row = pkraft_types::compiled::compile(key, payload);
+    let crc = answers_crc(key, &row);
+    row.extend_from_slice(&crc.to_be_bytes());
+    row
+}
+
+fn answers_crc(key: &KeyBytes, form: &[u8]) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(key);
     crc.update(form);
     crc.finalize()
 }
 
-/// A stored packet's compiled DNS answers, checked ([`Store::answers`]); holds the read
-/// transaction it came from until dropped.
-pub struct AnswersRow {
-    row: redb::AccessGuard<'static, &'static [u8]>,
-    form: std::ops::Range<usize>,
+/// The compiled form in an `answers` row, if its checksum holds.
+fn answers_form<'r>(key: &KeyBytes, row: &'r [u8]) -> Option<&'r [u8]> {
+    let (form, crc) = row.split_at_checked(row.len().checked_sub(ANSWERS_CRC_LEN)?)?;
+    let crc = u32::from_be_bytes(crc.try_into().ok()?);
+    (answers_crc(key, form) == crc).then_some(form)
 }
 
-impl AnswersRow {
-    /// The compiled form, for [`pkraft_types::compiled::CompiledPacket::read`].
-    pub fn form(&self) -> &[u8] {
-        // In bounds: the range was taken from this row when it was read.
-        &self.row.value()[self.form.clone()]
-    }
-}
-
-/// Rewrites every `packets` row of a schema-3 (or older) file with its compiled DNS answers.
-/// In pages: redb does not let a table be written while it is iterated.
-fn compile_schema_3_rows(txn: &WriteTransaction) -> Result<(), StoreError> {
-    const PAGE: usize = 4096;
-    let mut packets = txn.open_table(PACKETS)?;
+/// Compiles the `answers` table from the `packets` table (schema 3 → 4).
+fn rebuild_answers(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let packets = txn.open_table(PACKETS)?;
+    let mut answers = txn.open_table(ANSWERS)?;
+    answers.retain(|_, _| false)?;
     let started = std::time::Instant::now();
     let mut compiled = 0u64;
-    let mut after: Option<KeyBytes> = None;
-    loop {
-        let mut page = Vec::with_capacity(PAGE);
-        {
-            let rows = match &after {
-                Some(after) => packets.range::<&KeyBytes>((
-                    std::ops::Bound::Excluded(after),
-                    std::ops::Bound::Unbounded,
-                ))?,
-                None => packets.range::<&KeyBytes>(..)?,
-            };
-            for row in rows.take(PAGE) {
-                let (key, value) = row?;
-                let key = *key.value();
-                page.push((key, StoredPacket::decode_schema_3(value.value())?.row(&key)));
-            }
-        }
-        let Some((last, _)) = page.last() else {
-            break;
-        };
-        after = Some(*last);
-        for (key, row) in &page {
-            packets.insert(key, row.as_slice())?;
-        }
-        compiled += page.len() as u64;
+    for row in packets.iter()? {
+        let (key, value) = row?;
+        let stored = StoredPacket::decode(value.value())?;
+        answers.insert(
+            key.value(),
+            answers_row(key.value(), &stored.payload).as_slice(),
+        )?;
+        compiled += 1;
     }
     tracing::info!(
         packets = compiled,
@@ -324,7 +227,7 @@ fn compile_schema_3_rows(txn: &WriteTransaction) -> Result<(), StoreError> {
 pub struct Store {
     /// Declared before `db`: the last handle lets go of the kept read transaction before it
     /// closes the database.
-    latest: Arc<LatestPackets>,
+    latest: Arc<LatestTables>,
     db: Arc<Database>,
     versions: Arc<KeyVersions>,
     /// Keys found damaged, refused by `get` (see `quarantine`).
@@ -376,7 +279,7 @@ impl Store {
             );
         }
         let store = Store {
-            latest: Arc::new(LatestPackets::new()),
+            latest: Arc::new(LatestTables::new()),
             db: Arc::new(db),
             versions: Arc::new(KeyVersions::new()),
             quarantine: Arc::new(Quarantine::default()),
@@ -400,6 +303,7 @@ impl Store {
         let txn = self.begin_durable_write()?;
         {
             txn.open_table(PACKETS)?;
+            txn.open_table(ANSWERS)?;
             txn.open_table(EXPIRY)?;
             txn.open_table(REMOVED_NODES)?;
             let mut meta = txn.open_table(META)?;
@@ -409,10 +313,10 @@ impl Store {
                 .transpose()?;
             match found {
                 None | Some(SCHEMA_VERSION) => {}
-                Some(2 | 3) => compile_schema_3_rows(&txn)?,
+                Some(2 | 3) => rebuild_answers(&txn)?,
                 Some(1) => {
-                    compile_schema_3_rows(&txn)?;
                     rebuild_expiry_index(&txn)?;
+                    rebuild_answers(&txn)?;
                 }
                 Some(found) => return Err(StoreError::SchemaVersion { found }),
             }
@@ -434,26 +338,26 @@ impl Store {
     /// The packet stored for `key`, read from the latest committed state. A key this node found
     /// damaged ([`Store::quarantine`]) is [`StoreError::Quarantined`].
     pub fn get(&self, key: &KeyBytes) -> Result<Option<StoredPacket>, StoreError> {
-        let value = self.point_read(key)?;
-        value
-            .map(|v| PacketRow::split(v.value())?.stored_with_ttl(key))
-            .transpose()
+        let value = self.point_read(key, PACKETS, |tables| &tables.packets)?;
+        value.map(|v| StoredPacket::decode(v.value())).transpose()
     }
 
-    /// `key`'s `packets` row in the latest committed state: through the transaction kept since
-    /// the last commit, or one of its own when none is kept. Refused for a key this node found
-    /// damaged ([`Store::quarantine`]).
+    /// `key`'s row of `table` in the latest committed state: through the transaction kept since
+    /// the last commit (`kept` picks its table), or one of its own when none is kept. Refused
+    /// for a key this node found damaged ([`Store::quarantine`]).
     fn point_read(
         &self,
         key: &KeyBytes,
+        table: TableDefinition<&KeyBytes, &[u8]>,
+        kept: fn(&latest::Tables) -> &latest::KeyTable,
     ) -> Result<Option<redb::AccessGuard<'static, &'static [u8]>>, StoreError> {
         if self.quarantine.contains(key) {
             return Err(StoreError::Quarantined(hex(key)));
         }
         // After the caller's `key_version`: see `latest.rs` for why the order matters.
         Ok(match self.latest.load() {
-            Some(packets) => packets.get(key)?,
-            None => self.db.begin_read()?.open_table(PACKETS)?.get(key)?,
+            Some(tables) => kept(&tables).get(key)?,
+            None => self.db.begin_read()?.open_table(table)?.get(key)?,
         })
     }
 
@@ -462,19 +366,16 @@ impl Store {
     /// packet is stored. A row whose checksum fails is [`StoreError::Corrupt`], naming the key;
     /// a key this node found damaged is [`StoreError::Quarantined`], as in [`Store::get`].
     pub fn answers(&self, key: &KeyBytes) -> Result<Option<AnswersRow>, StoreError> {
-        let Some(row) = self.point_read(key)? else {
+        let Some(row) = self.point_read(key, ANSWERS, |tables| &tables.answers)? else {
             return Ok(None);
         };
-        let split = PacketRow::split(row.value())
-            .map_err(|e| StoreError::Corrupt(format!("packet {}: {e}", hex(key))))?;
-        if !split.form_intact(key) {
+        if answers_form(key, row.value()).is_none() {
             return Err(StoreError::Corrupt(format!(
                 "compiled answers of key {}: checksum mismatch",
                 hex(key)
             )));
         }
-        let form = split.form_at..split.form_at + split.form.len();
-        Ok(Some(AnswersRow { row, form }))
+        Ok(Some(AnswersRow(row)))
     }
 
     /// The smallest signed timestamp of any stored packet (µs), if any packet is stored.
@@ -547,12 +448,13 @@ impl Store {
         for row in rows.take(limit) {
             let (key, value) = row?;
             let key = *key.value();
+            let value = value.value();
             page.last_key = Some(key);
             page.packets += 1;
-            if let Err(e) = verify_row(&key, value.value()) {
+            if let Err(e) = verify_row(&key, value) {
                 page.damaged = Some(DamagedPacket {
                     key,
-                    value_crc: packet_crc(value.value()),
+                    value_crc: crc32fast::hash(value),
                     reason: e.to_string(),
                 });
                 break;
@@ -570,7 +472,7 @@ impl Store {
             return Ok(PacketCheck::Absent);
         };
         let value = value.value();
-        let value_crc = packet_crc(value);
+        let value_crc = crc32fast::hash(value);
         Ok(match verify_row(key, value) {
             Ok(()) => PacketCheck::Whole { value_crc },
             Err(_) => PacketCheck::Damaged { value_crc },
@@ -653,7 +555,7 @@ pub struct ApplyTxn {
     txn: WriteTransaction,
     /// For the reads after the commit (`latest`).
     db: Arc<Database>,
-    latest: Arc<LatestPackets>,
+    latest: Arc<LatestTables>,
     versions: Arc<KeyVersions>,
     quarantine: Arc<Quarantine>,
     /// Keys whose packet this transaction stores or deletes; their versions move on after the
@@ -702,6 +604,7 @@ impl ApplyTxn {
         packets: &[pkraft_types::PublishItem],
     ) -> Result<Vec<PublishOutcome>, StoreError> {
         let mut table = self.txn.open_table(PACKETS)?;
+        let mut answers = self.txn.open_table(ANSWERS)?;
         let mut index = self.txn.open_table(EXPIRY)?;
         let mut outcomes = Vec::with_capacity(packets.len());
         for item in packets {
@@ -714,13 +617,13 @@ impl ApplyTxn {
                 if let Some(old) = &stored {
                     index.remove(&expiry_key(old.payload.timestamp_micros(), &item.key))?;
                 }
-                let row = StoredPacket {
+                let value = StoredPacket {
                     applied_at_micros: leader_time_micros,
                     payload: item.payload.clone(),
-                    smallest_ttl: None,
                 }
-                .row(&item.key);
-                table.insert(&item.key, row.as_slice())?;
+                .encode();
+                table.insert(&item.key, value.as_slice())?;
+                answers.insert(&item.key, answers_row(&item.key, &item.payload).as_slice())?;
                 index.insert(&expiry_key(item.payload.timestamp_micros(), &item.key), ())?;
                 self.changed.push(item.key);
             }
@@ -733,6 +636,7 @@ impl ApplyTxn {
     /// many.
     fn expire(&mut self, before_micros: u64, limit: u32) -> Result<u64, StoreError> {
         let mut table = self.txn.open_table(PACKETS)?;
+        let mut answers = self.txn.open_table(ANSWERS)?;
         let mut index = self.txn.open_table(EXPIRY)?;
         let end = expiry_key(before_micros, &[0u8; 32]);
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -746,6 +650,7 @@ impl ApplyTxn {
             let mut key = [0u8; 32];
             key.copy_from_slice(&row[8..]);
             table.remove(&key)?;
+            answers.remove(&key)?;
             self.changed.push(key);
         }
         Ok(rows.len() as u64)
@@ -820,12 +725,6 @@ impl std::fmt::Display for DamagedPacket {
 }
 
 /// A stored row checked as a PUT verifies a packet (decode, signature, length, DNS parse).
-/// CRC-32 of the replicated part of a `packets` value ([`PacketRow::packet_crc`]), or of the
-/// whole value when it does not split (a damaged length).
-fn packet_crc(value: &[u8]) -> u32 {
-    PacketRow::split(value).map_or_else(|_| crc32fast::hash(value), |row| row.packet_crc())
-}
-
 fn verify_row(key: &KeyBytes, value: &[u8]) -> Result<(), StoreError> {
     let stored = StoredPacket::decode(value)?;
     let body = stored.payload.as_bytes().clone();
@@ -839,8 +738,8 @@ fn verify_row(key: &KeyBytes, value: &[u8]) -> Result<(), StoreError> {
 pub enum PacketCheck {
     /// No packet is stored for the key.
     Absent,
-    /// The stored packet verifies. `value_crc` is the CRC-32 of the stored packet and its
-    /// applied time (the same bytes give the same one, as in [`DamagedPacket::value_crc`]).
+    /// The stored packet verifies. `value_crc` is the CRC-32 of the stored value (the same bytes
+    /// give the same one, as in [`DamagedPacket::value_crc`]).
     Whole { value_crc: u32 },
     /// The stored packet does not verify.
     Damaged { value_crc: u32 },
@@ -853,9 +752,8 @@ pub struct Integrity {
     pub packets: u64,
     /// Rows of the expiry index.
     pub expiry_rows: u64,
-    /// Packets answered by DNS from their compiled form ([`pkraft_types::compiled`]); the
-    /// others have records the form does not hold and are answered from the parsed packet.
-    pub compiled_complete: u64,
+    /// Rows of the compiled DNS answers.
+    pub answer_rows: u64,
     /// Every problem found, one line each (empty: none).
     pub problems: Vec<String>,
 }
@@ -866,13 +764,14 @@ const PROBLEMS_LISTED: usize = 20;
 
 impl Store {
     /// Re-verifies every stored packet (signature, length, DNS parse: what a PUT checks) and
-    /// checks that the expiry index has exactly one row per packet, at its timestamp, and that
-    /// each packet's compiled DNS answers are what it compiles to. Reads the
+    /// checks that the expiry index has exactly one row per packet, at its timestamp, and the
+    /// compiled DNS answers one row per packet, equal to what the packet compiles to. Reads the
     /// whole table in one read transaction; meant for `pkraft verify` on a stopped node.
     pub fn check_integrity(&self) -> Result<Integrity, StoreError> {
         let txn = self.db.begin_read()?;
         let packets = txn.open_table(PACKETS)?;
         let index = txn.open_table(EXPIRY)?;
+        let answers = txn.open_table(ANSWERS)?;
         let mut report = Integrity::default();
         let mut unlisted = 0u64;
         let mut problem = |report: &mut Integrity, text: String| {
@@ -886,9 +785,8 @@ impl Store {
             let (key, value) = row?;
             let key = *key.value();
             report.packets += 1;
-            let split = PacketRow::split(value.value());
-            let (split, stored) = match split.and_then(|split| Ok((split.stored()?, split))) {
-                Ok((stored, split)) => (split, stored),
+            let stored = match StoredPacket::decode(value.value()) {
+                Ok(stored) => stored,
                 Err(e) => {
                     problem(&mut report, format!("packet {}: {e}", hex(&key)));
                     continue;
@@ -908,26 +806,28 @@ impl Store {
                     format!("packet {}: no expiry index row", hex(&key)),
                 );
             }
-            let expected = pkraft_types::compiled::compile(&key, &stored.payload);
-            if !split.form_intact(&key) {
-                let text = format!(
-                    "packet {}: compiled DNS answers damaged (checksum mismatch)",
-                    hex(&key)
-                );
-                problem(&mut report, text);
-            } else if split.form != expected.as_slice() {
-                let text = format!(
-                    "packet {}: compiled DNS answers differ from the packet's",
-                    hex(&key)
-                );
-                problem(&mut report, text);
-            } else if pkraft_types::compiled::CompiledPacket::read(split.form)
-                .is_ok_and(|form| form.is_complete())
-            {
-                report.compiled_complete += 1;
+            let compiled = answers.get(&key)?;
+            let compiled = compiled.as_ref().map(|row| row.value());
+            if compiled != Some(answers_row(&key, &stored.payload).as_slice()) {
+                let what = match compiled {
+                    None => "no compiled DNS answers",
+                    Some(row) if answers_form(&key, row).is_none() => {
+                        "compiled DNS answers damaged (checksum mismatch)"
+                    }
+                    Some(_) => "compiled DNS answers differ from the packet's",
+                };
+                problem(&mut report, format!("packet {}: {what}", hex(&key)));
             }
         }
         report.expiry_rows = index.len()?;
+        report.answer_rows = answers.len()?;
+        if report.answer_rows != report.packets {
+            let text = format!(
+                "the compiled DNS answers have {} rows for {} packets",
+                report.answer_rows, report.packets
+            );
+            problem(&mut report, text);
+        }
         if report.expiry_rows != report.packets {
             let text = format!(
                 "the expiry index has {} rows for {} packets",

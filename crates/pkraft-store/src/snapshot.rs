@@ -26,8 +26,8 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    EXPIRY, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, Store, StoreError, StoredPacket,
-    expiry_key,
+    ANSWERS, EXPIRY, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, Store, StoreError,
+    StoredPacket, expiry_key,
 };
 
 const MAGIC: &[u8; 8] = b"PKRSNAP\0";
@@ -112,11 +112,13 @@ impl Store {
         let version = input.header()?;
         let txn = self.begin_durable_write()?;
         txn.delete_table(PACKETS)?;
+        txn.delete_table(ANSWERS)?;
         txn.delete_table(EXPIRY)?;
         txn.delete_table(REMOVED_NODES)?;
         let summary = {
             let mut sink = ImportSink {
                 packets: txn.open_table(PACKETS)?,
+                answers: txn.open_table(ANSWERS)?,
                 expiry: txn.open_table(EXPIRY)?,
                 removed: txn.open_table(REMOVED_NODES)?,
             };
@@ -288,9 +290,9 @@ trait Sink {
 
 /// The tables of an import's write transaction.
 struct ImportSink<'txn> {
-    /// Each row with the packet's compiled DNS answers, made as it is imported: snapshots do
-    /// not carry them.
     packets: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
+    /// Compiled from each packet as it is imported: snapshots do not carry them.
+    answers: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
     expiry: redb::Table<'txn, &'static crate::ExpiryKey, ()>,
     removed: redb::Table<'txn, u64, ()>,
 }
@@ -299,7 +301,7 @@ impl Sink for ImportSink<'_> {
     fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError> {
         if self
             .packets
-            .insert(key, stored.row(key).as_slice())?
+            .insert(key, stored.encode().as_slice())?
             .is_some()
         {
             return Err(StoreError::Snapshot(format!(
@@ -307,6 +309,8 @@ impl Sink for ImportSink<'_> {
                 crate::hex(key)
             )));
         }
+        self.answers
+            .insert(key, crate::answers_row(key, &stored.payload).as_slice())?;
         self.expiry
             .insert(&expiry_key(stored.payload.timestamp_micros(), key), ())?;
         Ok(())
@@ -434,7 +438,6 @@ impl<R: Read> FrameReader<R> {
                     let stored = StoredPacket {
                         applied_at_micros,
                         payload,
-                        smallest_ttl: None,
                     };
                     sink.packet(&key, &stored)?;
                     seen.packets += 1;
@@ -529,7 +532,6 @@ mod legacy {
             let stored = StoredPacket {
                 applied_at_micros: entry.applied_at_micros,
                 payload: entry.payload,
-                smallest_ttl: None,
             };
             sink.packet(&entry.key, &stored)?;
         }

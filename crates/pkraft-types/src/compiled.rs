@@ -18,13 +18,9 @@
 //! compiled as [`CompiledPacket::is_complete`] false, and the frontend answers it from the
 //! parsed packet as before.
 //!
-//! The form also keeps what the relay's GET needs from the records, so that it does not parse
-//! the packet either: the smallest TTL of all its records (its `Cache-Control: max-age`).
-//!
 //! # Format (version 1, big-endian)
 //! ```text
-//! version u8 = 1 | complete u8 (0 or 1) | has smallest TTL u8 (0 or 1) | smallest TTL u32
-//! names u16
+//! version u8 = 1 | complete u8 (0 or 1) | names u16
 //! per name:  sub length u8 | sub (wire labels, lower case, without the key label) | types u8
 //! per type:  type u16 | records u16 | bytes u16 | records (type, class, ttl, rdlength, rdata)
 //! ```
@@ -53,29 +49,20 @@ pub enum CompiledError {
 }
 
 /// The compiled form of `payload`, the packet stored for `key`. A packet whose DNS message does
-/// not parse (never one that was verified) is compiled as incomplete, with no smallest TTL, so
-/// that the parsed paths, which report it, answer for it.
+/// not parse (never one that was verified) is compiled as incomplete, so that the parsed path,
+/// which reports it, answers for it.
 pub fn compile(key: &KeyBytes, payload: &Payload) -> Vec<u8> {
     match crate::packet::dns_records(payload) {
         Ok(records) => {
             let key_label = base32::encode(base32::Alphabet::Z, key);
             compile_records(key_label.as_bytes(), &records)
         }
-        Err(_) => header(false, None, 0),
+        Err(_) => NOT_COMPILED.to_vec(),
     }
 }
 
-/// A form's header; `names` of them follow.
-fn header(complete: bool, smallest_ttl: Option<u32>, names: u16) -> Vec<u8> {
-    let mut out = vec![
-        VERSION,
-        u8::from(complete),
-        u8::from(smallest_ttl.is_some()),
-    ];
-    out.extend_from_slice(&smallest_ttl.unwrap_or(0).to_be_bytes());
-    out.extend_from_slice(&names.to_be_bytes());
-    out
-}
+/// The form of a packet the frontend must answer from its parsed records.
+const NOT_COMPILED: [u8; 4] = [VERSION, 0, 0, 0];
 
 /// One name's records by type, in the order they first appear.
 struct CompiledName {
@@ -84,7 +71,6 @@ struct CompiledName {
 }
 
 fn compile_records(key_label: &[u8], records: &[Record]) -> Vec<u8> {
-    let smallest_ttl = records.iter().map(|record| record.ttl).min();
     let mut names: Vec<CompiledName> = Vec::new();
     let mut complete = true;
     for record in records {
@@ -122,11 +108,10 @@ fn compile_records(key_label: &[u8], records: &[Record]) -> Vec<u8> {
             })
     };
     if !complete || !fits(&names) {
-        // The frontend answers from the parsed records; the relay still reads the TTL here.
-        return header(false, smallest_ttl, 0);
+        return NOT_COMPILED.to_vec();
     }
-    // `fits` checked that the count fits in 16 bits.
-    let mut out = header(true, smallest_ttl, names.len() as u16);
+    let mut out = vec![VERSION, 1];
+    push_u16(&mut out, names.len());
     for name in &names {
         out.push(name.sub.len() as u8);
         out.extend_from_slice(&name.sub);
@@ -190,7 +175,6 @@ fn encode_after_owner(record: &Record) -> Option<Vec<u8>> {
 #[derive(Debug, Clone, Copy)]
 pub struct CompiledPacket<'a> {
     complete: bool,
-    smallest_ttl: Option<u32>,
     names: u16,
     body: &'a [u8],
     /// Bytes of the whole form, for the offsets of [`CompiledRecords::start`].
@@ -219,34 +203,19 @@ pub enum CompiledLookup<'a> {
 
 impl<'a> CompiledPacket<'a> {
     pub fn read(bytes: &'a [u8]) -> Result<Self, CompiledError> {
-        let [
-            version,
-            complete,
-            has_ttl,
-            t0,
-            t1,
-            t2,
-            t3,
-            n0,
-            n1,
-            body @ ..,
-        ] = bytes
-        else {
+        let [version, complete, n0, n1, body @ ..] = bytes else {
             return Err(CompiledError::Malformed("shorter than its header"));
         };
         if *version != VERSION {
             return Err(CompiledError::Malformed("unknown version"));
         }
-        let flag = |byte: &u8, what| match byte {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(CompiledError::Malformed(what)),
+        let complete = match complete {
+            0 => false,
+            1 => true,
+            _ => return Err(CompiledError::Malformed("bad completeness flag")),
         };
-        let complete = flag(complete, "bad completeness flag")?;
-        let has_ttl = flag(has_ttl, "bad smallest TTL flag")?;
         Ok(CompiledPacket {
             complete,
-            smallest_ttl: has_ttl.then_some(u32::from_be_bytes([*t0, *t1, *t2, *t3])),
             names: u16::from_be_bytes([*n0, *n1]),
             body,
             len: bytes.len(),
@@ -257,12 +226,6 @@ impl<'a> CompiledPacket<'a> {
     /// from its parsed records.
     pub fn is_complete(&self) -> bool {
         self.complete
-    }
-
-    /// The smallest TTL of the packet's records (of all of them, compiled or not); `None` when
-    /// it has none, or its DNS message does not parse.
-    pub fn smallest_ttl(&self) -> Option<u32> {
-        self.smallest_ttl
     }
 
     /// The records for `<sub>.<key>` and `rtype`, chosen as the DNS frontend chooses them from

@@ -2,7 +2,7 @@
 
 use pkraft_testkit::pkarr::dns::rdata::{A as PkarrA, CNAME, RData as PkarrRData};
 use pkraft_testkit::pkarr::dns::{CLASS, Name as PkarrName, ResourceRecord};
-use pkraft_testkit::pkarr::{Keypair, SignedPacket, SignedPacketBuilder, Timestamp};
+use pkraft_testkit::pkarr::{Keypair, SignedPacket, Timestamp};
 use pkraft_testkit::{iroh_packet, keypair, txt};
 
 use super::*;
@@ -131,48 +131,6 @@ fn a_packet_with_a_name_in_rdata_is_not_compiled() {
     let bytes = compiled_of(&keypair, &packet(&keypair, true));
     let compiled = CompiledPacket::read(&bytes).expect("reads");
     assert!(!compiled.is_complete());
-    // The relay's max-age still comes from the form: the CNAME's TTL (60) counts too.
-    assert_eq!(compiled.smallest_ttl(), Some(30));
-}
-
-/// The smallest TTL of all the packet's records, for the relay's `Cache-Control: max-age`;
-/// none for a packet without records.
-#[test]
-fn the_form_keeps_the_smallest_ttl_of_every_record() {
-    let keypair = keypair(6);
-    let ttl = |packet: &SignedPacket| {
-        let bytes = compiled_of(&keypair, packet);
-        CompiledPacket::read(&bytes).expect("reads").smallest_ttl()
-    };
-    assert_eq!(ttl(&packet(&keypair, false)), Some(30));
-    let a = |ttl| {
-        ResourceRecord::new(
-            name("x"),
-            CLASS::IN,
-            ttl,
-            PkarrRData::A(PkarrA { address: 1 }),
-        )
-    };
-    let sign = |builder: SignedPacketBuilder| {
-        builder
-            .timestamp(Timestamp::from(1))
-            .sign(&keypair)
-            .expect("sign")
-    };
-    let other_key = sign(
-        SignedPacket::builder()
-            .record(a(700))
-            .record(ResourceRecord::new(
-                name(Box::leak(format!("y.{}", keypair_z32(7)).into_boxed_str())),
-                CLASS::IN,
-                5,
-                PkarrRData::A(PkarrA { address: 2 }),
-            )),
-    );
-    // pkarr writes every owner under the key, so the record at "y.<other key>" is under ours
-    // too; either way every record of the packet counts.
-    assert_eq!(ttl(&other_key), Some(5));
-    assert_eq!(ttl(&sign(SignedPacket::builder())), None);
 }
 
 /// Records under another key are never reachable, so they are left out.

@@ -155,14 +155,14 @@ fn format_verification(report: &pkraft_raft::backup::Verification) -> String {
     let show = |index: Option<u64>| index.map_or_else(|| "none".to_string(), |i| i.to_string());
     let mut text = format!(
         "node id: {}\nlog: last index {}, purged up to {}\nstate: applied up to {}, \
-         {} packets ({} with compiled DNS answers), {} expiry rows\nsnapshot: up to {}\n",
+         {} packets, {} expiry rows, {} compiled answer rows\nsnapshot: up to {}\n",
         show(report.node_id),
         show(report.last_log_index),
         show(report.purged_index),
         show(report.applied_index),
         report.packets,
-        report.compiled_complete,
         report.expiry_rows,
+        report.answer_rows,
         show(report.snapshot_index),
     );
     if report.problems.is_empty() {
