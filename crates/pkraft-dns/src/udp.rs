@@ -8,9 +8,10 @@
 //! A hit costs a hash lookup, a version check of the key the answer read, and a copy: no parse.
 //! A miss costs a parse of the query and one point read of the key's compiled answers, then a
 //! copy of their bytes (or, for what they do not answer, a zone lookup and an encode), with no
-//! task, no channel and no boxed future. Every answer is byte-identical to what hickory's own listener sends (tested in
-//! `tests/udp_answers.rs`): a miss is built and encoded by hickory's types as its `Catalog`
-//! builds it, a hit is the bytes of an earlier miss with the query's ID.
+//! task, no channel and no boxed future. Every answer is byte-identical to what hickory's own
+//! listener sends (tested in `tests/udp_answers.rs`): a miss is built from the compiled bytes or
+//! by hickory's types as its `Catalog` builds it, a hit is the bytes of an earlier miss with the
+//! query's ID.
 //!
 //! A query that must go to the chain never holds up its batch: its task is spawned and the loop
 //! goes on with the next datagram.
