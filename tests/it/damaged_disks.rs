@@ -700,6 +700,109 @@ async fn a_single_node_reports_what_its_scrub_finds_and_goes_on() {
     wait_served_single(&server, damaged_key, &newer).await;
 }
 
+/// `key`'s row of the `answers` table as `packet` compiles to it (`pkraft_store`'s layout: the
+/// compiled form, then the CRC-32 of key and form).
+fn answers_row(key: &Keypair, packet: &SignedPacket) -> Vec<u8> {
+    let key = key.public_key().to_bytes();
+    let payload = pkraft_types::Payload::new(packet.to_relay_payload()).expect("payload");
+    let mut row = pkraft_types::compiled::compile(&key, &payload);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&key);
+    crc.update(&row);
+    row.extend_from_slice(&crc.finalize().to_be_bytes());
+    row
+}
+
+/// Writes `with` over every copy of `row` in the stopped node's `state.redb` (redb keeps values
+/// whole in its leaf pages). Returns how many copies were found.
+fn replace_in_state(data_dir: &Path, row: &[u8], with: &[u8]) -> usize {
+    assert_eq!(row.len(), with.len(), "a row is replaced in place");
+    let state = data_dir.join("state.redb");
+    let mut bytes = std::fs::read(&state).expect("read state.redb");
+    let mut found = 0;
+    let mut from = 0;
+    while let Some(at) = bytes[from..]
+        .windows(row.len())
+        .position(|window| window == row)
+    {
+        let at = from + at;
+        bytes[at..at + row.len()].copy_from_slice(with);
+        found += 1;
+        from = at + row.len();
+    }
+    std::fs::write(&state, bytes).expect("write state.redb");
+    found
+}
+
+/// The `_iroh` TXT strings DNS answers for `key` over UDP.
+async fn iroh_txt(server: &TestServer, key: &Keypair) -> Vec<String> {
+    let name = crate::dns_client::key_name("_iroh", key);
+    let answer = crate::dns_client::raw_query(
+        server.dns,
+        crate::dns_client::Transport::Udp,
+        &name,
+        hickory_proto::rr::RecordType::TXT,
+        Some(1232),
+    )
+    .await;
+    crate::dns_client::txt_strings(&answer.answers)
+}
+
+/// A lost write can leave an older packet's compiled answers under a key, whole (its checksum
+/// holds), and DNS would serve them as they are: shown first with the scrub off. With the scrub
+/// on, it finds the row, counts it (`what="answers"`), writes it again from the stored packet,
+/// and DNS answers the stored packet's address. Nothing stops: the packet itself is whole.
+#[tokio::test]
+async fn the_scrub_compiles_a_stale_answers_row_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    let data = dir.path().join("data");
+    let with_scrub = |rate: u64| {
+        let toml =
+            format!("[raft]\nscrub_packets_per_second = {rate}\n[cluster]\nbootstrap = true\n");
+        std::fs::write(&config, toml).expect("write config");
+    };
+    with_scrub(0);
+    let mut server = TestServer::start_serve_at(&config, data.clone(), Default::default());
+    let published = publish(&server, 48_000, 10, 1).await;
+    let (key, packet) = &published[4];
+    assert_eq!(iroh_txt(&server, key).await, ["addr=192.0.2.1:1"]);
+    assert!(server.terminate().success());
+    let lost = iroh_packet(key, 999, &["192.0.2.7:1"]);
+    let copies = replace_in_state(&data, &answers_row(key, packet), &answers_row(key, &lost));
+    assert!(copies >= 1);
+
+    server.restart();
+    assert_eq!(
+        iroh_txt(&server, key).await,
+        ["addr=192.0.2.7:1"],
+        "without the scrub, the stale row is served (the test's premise)"
+    );
+    assert!(server.terminate().success());
+
+    with_scrub(50_000);
+    server.restart();
+    server
+        .wait_for_log("not what the stored packet compiles to")
+        .await;
+    eventually("DNS answers the stored packet", || async {
+        (iroh_txt(&server, key).await == ["addr=192.0.2.1:1"]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(&server, "pkraft_storage_damage_total{what=\"answers\"}").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&server, "pkraft_storage_damage_total{what=\"state\"}").await,
+        Some(0.0)
+    );
+    assert!(server.is_running());
+    for (key, packet) in &published {
+        wait_served_single(&server, key, packet).await;
+    }
+}
+
 async fn wait_served_single(server: &TestServer, key: &Keypair, packet: &SignedPacket) {
     let get = server.get(&server.relay_url(key)).await;
     assert_eq!(get.status(), 200);

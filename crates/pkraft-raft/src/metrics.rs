@@ -141,7 +141,7 @@ impl NodeMetrics {
             storage_damage: IntCounterVec::new(
                 Opts::new(
                     "pkraft_storage_damage_total",
-                    "Damaged data this node found and did not use, by what (log, snapshot, snapshot_transfer, state).",
+                    "Damaged data this node found and did not use, by what (log, snapshot, snapshot_transfer, state, answers).",
                 ),
                 &["what"],
             )?,
@@ -161,6 +161,7 @@ impl NodeMetrics {
             Damaged::Snapshot,
             Damaged::SnapshotTransfer,
             Damaged::State,
+            Damaged::Answers,
         ] {
             metrics.storage_damage.with_label_values(&[what.label()]);
         }

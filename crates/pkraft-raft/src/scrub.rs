@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pkraft_store::{DamagedPacket, PacketCheck};
+use pkraft_store::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
 use pkraft_types::KeyBytes;
 
 use crate::NodeId;
@@ -190,6 +190,9 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
                 continue;
             }
         };
+        if !page.stale_answers.is_empty() {
+            recompile_stale_answers(node, &page.stale_answers).await;
+        }
         if let Some(damaged) = &page.damaged {
             let finding = finding_of(damaged);
             if !reported.contains(&finding)
@@ -213,6 +216,36 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
         } else {
             pace(started, packets, packets_per_second).await;
         }
+    }
+}
+
+/// Rows of the compiled DNS answers that do not match their packets: named, counted, and
+/// written again from the packets, which the same page verified (or removed, for a row with no
+/// packet). They are derived from this node's own packets, so no other copy is needed and
+/// nothing stops. Until then the DNS frontend answers a damaged row's key from its packet,
+/// but would serve a whole, stale row as it is.
+async fn recompile_stale_answers(node: &Node, stale: &[StaleAnswers]) {
+    for found in stale {
+        node.metrics.damage_found(Damaged::Answers);
+        let action = match found.problem {
+            AnswersProblem::WithoutPacket => "removing it",
+            _ => "compiling it again from the stored packet",
+        };
+        tracing::warn!("the scrub found {found}; {action}");
+    }
+    let keys: Vec<KeyBytes> = stale.iter().map(|found| found.key).collect();
+    let store = node.store.clone();
+    let rewritten = tokio::task::spawn_blocking(move || store.recompile_answers(&keys)).await;
+    match rewritten {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(
+            %error,
+            "the scrub could not write the compiled DNS answers again; the next pass tries again"
+        ),
+        Err(error) => tracing::warn!(
+            %error,
+            "writing the compiled DNS answers again failed; the next pass tries again"
+        ),
     }
 }
 

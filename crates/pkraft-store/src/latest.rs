@@ -18,10 +18,13 @@
 //!   reuses no page freed after it while it lives. Every commit replaces it (also one that
 //!   changed no packet: the applied state alone moves on at each), and it is let go as soon as
 //!   the reads that loaded it end, so it holds back page reuse for no longer than one commit.
+//! - **Writers.** Besides the apply, the scrub's rewrite of stale compiled rows and the flush
+//!   commit too. Refreshes take a lock around the read they open and the swap, so they swap in
+//!   the order they read: the table kept is never older than a commit whose refresh returned.
 //! - **Failure.** If the table cannot be opened after a commit, reads fall back to a transaction
 //!   each, which report the error themselves.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use pkraft_types::KeyBytes;
@@ -41,6 +44,8 @@ pub(crate) struct Tables {
 /// See the module docs.
 pub(crate) struct LatestTables {
     tables: ArcSwapOption<Tables>,
+    /// Held from `begin_read` to the swap (see "Writers" in the module docs).
+    refreshing: Mutex<()>,
 }
 
 impl LatestTables {
@@ -48,12 +53,18 @@ impl LatestTables {
     pub(crate) fn new() -> Self {
         LatestTables {
             tables: ArcSwapOption::empty(),
+            refreshing: Mutex::new(()),
         }
     }
 
     /// Opens the tables as `db`'s latest commit has them. Called after every commit (before the
     /// key versions move on), whether or not it changed packets: see "Pages" in the module docs.
     pub(crate) fn refresh(&self, db: &Database) {
+        // A poisoned lock guards no data: the swap below is whole or not done.
+        let _order = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let tables = db.begin_read().ok().and_then(|txn| {
             Some(Tables {
                 packets: txn.open_table(PACKETS).ok()?,

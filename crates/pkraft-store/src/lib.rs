@@ -16,7 +16,9 @@
 //!   layer (last applied log id and membership). Keeping it opaque keeps openraft out of this crate.
 //!
 //! Writes happen only through [`ApplyTxn`], whose commit takes the new `applied_state`: the data
-//! and the position in the log it corresponds to are always committed in one transaction.
+//! and the position in the log it corresponds to are always committed in one transaction. The
+//! one exception writes nothing the log decides: [`Store::recompile_answers`] rewrites `answers`
+//! rows the scrub found not to match their packets, from the packets.
 //! Reads ([`Store::get`]) use redb's MVCC read transactions and never wait for the writer.
 
 mod latest;
@@ -428,8 +430,9 @@ impl Store {
 
     /// One page of the background scrub: re-verifies up to `limit` stored packets in key order
     /// after `after` (from the first key when `None`), as a PUT verifies them (signature,
-    /// length, DNS parse), and stops at the first that fails. Each page is its own read
-    /// transaction.
+    /// length, DNS parse), and stops at the first that fails. It also compares the `answers`
+    /// rows of its key range with what its packets compile to ([`ScrubPage::stale_answers`]).
+    /// A sweep asks for pages until one holds no packet. Each page is its own read transaction.
     pub fn scrub_packets(
         &self,
         after: Option<&KeyBytes>,
@@ -445,22 +448,105 @@ impl Store {
             None => table.range::<&KeyBytes>(..)?,
         };
         let mut page = ScrubPage::default();
+        // The compiled answers each verified packet's row should hold, in key order.
+        let mut expected: Vec<(KeyBytes, Vec<u8>)> = Vec::with_capacity(limit.min(1024));
         for row in rows.take(limit) {
             let (key, value) = row?;
             let key = *key.value();
             let value = value.value();
             page.last_key = Some(key);
             page.packets += 1;
-            if let Err(e) = verify_row(&key, value) {
-                page.damaged = Some(DamagedPacket {
-                    key,
-                    value_crc: crc32fast::hash(value),
-                    reason: e.to_string(),
-                });
-                break;
+            match verify_row(&key, value) {
+                Ok(stored) => expected.push((key, answers_row(&key, &stored.payload))),
+                Err(e) => {
+                    page.damaged = Some(DamagedPacket {
+                        key,
+                        value_crc: crc32fast::hash(value),
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
             }
         }
+        // The `answers` rows of the same keys: up to the page's last packet. A sweep ends with
+        // a page that holds no packet (the caller asks again until it gets one), which checks
+        // the rows past the last packet: they have none.
+        let upper = match page.last_key {
+            Some(last) => std::ops::Bound::Included(last),
+            None => std::ops::Bound::Unbounded,
+        };
+        let lower = after.map_or(std::ops::Bound::Unbounded, |after| {
+            std::ops::Bound::Excluded(*after)
+        });
+        let answers = txn.open_table(ANSWERS)?;
+        let damaged_key = page.damaged.as_ref().map(|damaged| damaged.key);
+        let mut expected = expected.into_iter().peekable();
+        for row in answers.range::<&KeyBytes>((lower.as_ref(), upper.as_ref()))? {
+            // Rows without a packet are not bounded by the page's packets: the next pass finds
+            // the rest, once these are removed.
+            if page.stale_answers.len() >= limit {
+                return Ok(page);
+            }
+            let (key, value) = row?;
+            let key = *key.value();
+            // Packets before this key with no row at all.
+            while let Some((missing, _)) = expected.next_if(|(packet_key, _)| *packet_key < key) {
+                page.stale_answers.push(StaleAnswers {
+                    key: missing,
+                    problem: AnswersProblem::Missing,
+                });
+            }
+            let problem = match expected.next_if(|(packet_key, _)| *packet_key == key) {
+                Some((_, row)) if row.as_slice() == value.value() => continue,
+                Some(_) if answers_form(&key, value.value()).is_none() => AnswersProblem::Damaged,
+                Some(_) => AnswersProblem::Differs,
+                // The damaged packet's row is not judged: the packet is not served.
+                None if damaged_key == Some(key) => continue,
+                None => AnswersProblem::WithoutPacket,
+            };
+            page.stale_answers.push(StaleAnswers { key, problem });
+        }
+        page.stale_answers
+            .extend(expected.map(|(key, _)| StaleAnswers {
+                key,
+                problem: AnswersProblem::Missing,
+            }));
         Ok(page)
+    }
+
+    /// Writes `keys`' rows of the `answers` table again from their stored packets (removes the
+    /// row of a key with no packet): what the scrub does with the [`StaleAnswers`] it finds.
+    /// Each packet is read in the same transaction as its row is written, so a packet applied
+    /// since the scrub read it is compiled, not the older one.
+    pub fn recompile_answers(&self, keys: &[KeyBytes]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        // Rows derived from packets that are already durable: a crash before the next durable
+        // commit loses the rewrite, and the next scrub pass finds the row again.
+        txn.set_durability(Durability::None)?;
+        {
+            let packets = txn.open_table(PACKETS)?;
+            let mut answers = txn.open_table(ANSWERS)?;
+            for key in keys {
+                let stored = packets
+                    .get(key)?
+                    .map(|value| StoredPacket::decode(value.value()))
+                    .transpose()?;
+                match stored {
+                    Some(stored) => {
+                        answers.insert(key, answers_row(key, &stored.payload).as_slice())?;
+                    }
+                    None => {
+                        answers.remove(key)?;
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        self.latest.refresh(&self.db);
+        for key in keys {
+            self.versions.bump(key);
+        }
+        Ok(())
     }
 
     /// What this node stores for `key`, checked as the scrub checks it: for another node's
@@ -474,7 +560,7 @@ impl Store {
         let value = value.value();
         let value_crc = crc32fast::hash(value);
         Ok(match verify_row(key, value) {
-            Ok(()) => PacketCheck::Whole { value_crc },
+            Ok(_) => PacketCheck::Whole { value_crc },
             Err(_) => PacketCheck::Damaged { value_crc },
         })
     }
@@ -701,6 +787,43 @@ pub struct ScrubPage {
     pub packets: usize,
     /// The packet that failed its check, if one did (the page ends at it).
     pub damaged: Option<DamagedPacket>,
+    /// Rows of the `answers` table in the page's key range that are not what the page's
+    /// packets compile to ([`Store::recompile_answers`] writes them again).
+    pub stale_answers: Vec<StaleAnswers>,
+}
+
+/// A row of the `answers` table that does not match its packet, found by the scrub. The DNS
+/// frontend answers a key whose row fails its checksum from the packet itself, but a whole row
+/// that is stale (a write the disk lost) or has no packet would be served as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleAnswers {
+    pub key: KeyBytes,
+    pub problem: AnswersProblem,
+}
+
+/// What is wrong with a [`StaleAnswers`] row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswersProblem {
+    /// The packet has no row.
+    Missing,
+    /// The row fails its checksum.
+    Damaged,
+    /// The row is whole, but not what the stored packet compiles to.
+    Differs,
+    /// The row's key has no packet.
+    WithoutPacket,
+}
+
+impl std::fmt::Display for StaleAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.problem {
+            AnswersProblem::Missing => "missing",
+            AnswersProblem::Damaged => "damaged (checksum mismatch)",
+            AnswersProblem::Differs => "not what the stored packet compiles to",
+            AnswersProblem::WithoutPacket => "stored without a packet",
+        };
+        write!(f, "compiled DNS answers of key {}: {what}", hex(&self.key))
+    }
 }
 
 /// A stored packet that does not verify.
@@ -725,12 +848,12 @@ impl std::fmt::Display for DamagedPacket {
 }
 
 /// A stored row checked as a PUT verifies a packet (decode, signature, length, DNS parse).
-fn verify_row(key: &KeyBytes, value: &[u8]) -> Result<(), StoreError> {
+fn verify_row(key: &KeyBytes, value: &[u8]) -> Result<StoredPacket, StoreError> {
     let stored = StoredPacket::decode(value)?;
     let body = stored.payload.as_bytes().clone();
     pkraft_types::VerifiedPacket::verify_stored(key, body)
-        .map(|_| ())
-        .map_err(|e| StoreError::Corrupt(format!("does not verify: {e}")))
+        .map_err(|e| StoreError::Corrupt(format!("does not verify: {e}")))?;
+    Ok(stored)
 }
 
 /// What [`Store::check_packet`] found for a key.

@@ -595,3 +595,106 @@ fn a_damaged_compiled_row_is_named() {
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].contains("checksum mismatch"), "{problems:?}");
 }
+
+/// Every stale answers row a whole sweep of `store` finds, pages of `limit` packets as the
+/// scrub reads them; panics on a damaged packet.
+fn stale_answers_of_a_sweep(store: &Store, limit: usize) -> Vec<StaleAnswers> {
+    let mut found = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scrub_packets(after.as_ref(), limit).expect("scrub");
+        assert_eq!(page.damaged, None);
+        found.extend(page.stale_answers);
+        match page.last_key {
+            Some(last) => after = Some(last),
+            None => return found,
+        }
+    }
+}
+
+/// The scrub names every `answers` row that does not match its packet (none, damaged, whole
+/// but compiled from an older packet, a row whose key has no packet, before the first key and
+/// after the last), and `recompile_answers` writes them again from the packets: a sweep then
+/// finds nothing, the rows are what the packets compile to, and the keys' versions moved on
+/// (so no cached answer of the stale row outlives it).
+#[test]
+fn the_scrub_finds_stale_compiled_answers_and_they_are_compiled_again() {
+    let (_dir, store) = open();
+    let items: Vec<PublishItem> = (1..=6).map(|seed| item(seed, 100, "192.0.2.1:1")).collect();
+    apply(&store, &publish(1, items.clone()), b"s");
+    let older = item(2, 50, "192.0.2.7:7");
+    assert_eq!(older.key, items[1].key);
+    let (first_orphan, last_orphan) = ([0u8; 32], [0xffu8; 32]);
+    {
+        let txn = store.db.begin_write().expect("write");
+        {
+            let mut answers = txn.open_table(ANSWERS).expect("answers");
+            answers.remove(&items[0].key).expect("remove");
+            let stale = answers_row(&older.key, &older.payload);
+            answers
+                .insert(&items[1].key, stale.as_slice())
+                .expect("insert");
+            let mut damaged = answers_row(&items[2].key, &items[2].payload);
+            damaged[3] ^= 0x04;
+            answers
+                .insert(&items[2].key, damaged.as_slice())
+                .expect("insert");
+            for orphan in [&first_orphan, &last_orphan] {
+                let row = answers_row(orphan, &items[3].payload);
+                answers.insert(orphan, row.as_slice()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+        store.latest.refresh(&store.db);
+    }
+    let mut expected = vec![
+        StaleAnswers {
+            key: items[0].key,
+            problem: AnswersProblem::Missing,
+        },
+        StaleAnswers {
+            key: items[1].key,
+            problem: AnswersProblem::Differs,
+        },
+        StaleAnswers {
+            key: items[2].key,
+            problem: AnswersProblem::Damaged,
+        },
+        StaleAnswers {
+            key: first_orphan,
+            problem: AnswersProblem::WithoutPacket,
+        },
+        StaleAnswers {
+            key: last_orphan,
+            problem: AnswersProblem::WithoutPacket,
+        },
+    ];
+    expected.sort_by_key(|found| found.key);
+    // One page for all, and pages of 2 (each boundary between them).
+    for limit in [64, 2] {
+        assert_eq!(
+            stale_answers_of_a_sweep(&store, limit),
+            expected,
+            "pages of {limit}"
+        );
+    }
+    // A page never lists more rows than its limit: the next pass finds the rest.
+    let first_page = store.scrub_packets(None, 1).expect("scrub");
+    assert!(first_page.stale_answers.len() <= 1, "{first_page:?}");
+
+    let keys: Vec<KeyBytes> = expected.iter().map(|found| found.key).collect();
+    let versions: Vec<KeyVersion> = keys.iter().map(|key| store.key_version(key)).collect();
+    store.recompile_answers(&keys).expect("recompile");
+    assert_eq!(stale_answers_of_a_sweep(&store, 2), Vec::new());
+    for item in &items {
+        assert_eq!(
+            compiled_form(&store, &item.key),
+            Some(pkraft_types::compiled::compile(&item.key, &item.payload))
+        );
+    }
+    assert_eq!(compiled_form(&store, &first_orphan), None);
+    for (key, before) in keys.iter().zip(versions) {
+        assert_ne!(store.key_version(key), before);
+    }
+    assert!(store.check_integrity().expect("check").problems.is_empty());
+}

@@ -36,6 +36,8 @@ pub(crate) enum Damaged {
     Snapshot,
     SnapshotTransfer,
     State,
+    /// A row of compiled DNS answers that does not match its packet (written again from it).
+    Answers,
 }
 
 impl Damaged {
@@ -45,6 +47,7 @@ impl Damaged {
             Damaged::Snapshot => "snapshot",
             Damaged::SnapshotTransfer => "snapshot_transfer",
             Damaged::State => "state",
+            Damaged::Answers => "answers",
         }
     }
 }
