@@ -157,12 +157,21 @@ impl DnsServer {
                 metrics.clone(),
             ));
             for (index, socket) in udp.into_iter().enumerate() {
-                let socket = Arc::new(socket);
-                loops.spawn(udp::serve(socket, frontend.clone(), index, stop.clone()));
+                let served = udp::spawn(socket, frontend.clone(), index, stop.clone()).map_err(
+                    |source| DnsError::Bind {
+                        addr: settings.listen,
+                        source,
+                    },
+                )?;
+                loops.spawn(served);
             }
             Some(frontend)
         } else {
             for socket in udp {
+                let socket = UdpSocket::from_std(socket).map_err(|source| DnsError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
                 server.register_socket(socket);
             }
             None
@@ -237,8 +246,8 @@ impl DnsServer {
     }
 }
 
-/// Binds `udp_sockets` UDP sockets (with `SO_REUSEPORT` when more than one) and a TCP listener
-/// on the same port.
+/// Binds `udp_sockets` UDP sockets (with `SO_REUSEPORT` when more than one; non-blocking, as
+/// tokio takes them) and a TCP listener on the same port.
 ///
 /// With port 0, TCP picks the port and UDP follows; if UDP finds it taken, both are retried, a
 /// bounded number of times. Not the other way round: a UDP socket with `SO_REUSEPORT` that asks
@@ -248,10 +257,10 @@ impl DnsServer {
 async fn bind_shared_port(
     addr: SocketAddr,
     udp_sockets: usize,
-) -> Result<(Vec<UdpSocket>, TcpListener), DnsError> {
+) -> Result<(Vec<std::net::UdpSocket>, TcpListener), DnsError> {
     let bind_error = |source| DnsError::Bind { addr, source };
     let reuse_port = udp_sockets > 1;
-    let bind_udp = |port: u16| -> io::Result<Vec<UdpSocket>> {
+    let bind_udp = |port: u16| -> io::Result<Vec<std::net::UdpSocket>> {
         let shared = SocketAddr::new(addr.ip(), port);
         (0..udp_sockets)
             .map(|_| udp_socket(shared, reuse_port))
@@ -278,7 +287,7 @@ async fn bind_shared_port(
 }
 
 /// A non-blocking UDP socket bound to `addr`.
-fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::DGRAM,
@@ -289,5 +298,5 @@ fn udp_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<UdpSocket> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }

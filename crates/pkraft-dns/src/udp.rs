@@ -1,9 +1,10 @@
 //! The UDP listener (unless `dns.direct_answers`, `dns.answer_cache_mib` and `[dns.rrl]` are all
-//! off): a loop per socket that reads datagrams in batches ([`crate::udp_io`]), applies response
-//! rate limiting ([`Rrl`]), answers repeated queries from the [`AnswerCache`] and the rest with
+//! off): a loop per socket, each on a thread of its own with a blocking socket (why: module docs
+//! of [`crate::udp_io`]), that reads datagrams in batches, applies response rate limiting
+//! ([`Rrl`]), answers repeated queries from the [`AnswerCache`] and the rest with
 //! [`crate::direct::DirectAnswers`], all inline, and sends the batch's answers together. Only
 //! what the direct answers leave to hickory's handler chain (module docs of `crate::direct`)
-//! gets a task of its own, the way hickory's UDP listener handles every query.
+//! gets a task of its own on the runtime, the way hickory's UDP listener handles every query.
 //!
 //! A hit costs a hash lookup, a version check of the key the answer read, and a copy: no parse.
 //! A miss costs a parse of the query and one point read of the key's compiled answers, then a
@@ -14,26 +15,26 @@
 //! query's ID.
 //!
 //! A query that must go to the chain never holds up its batch: its task is spawned and the loop
-//! goes on with the next datagram.
+//! goes on with the next datagram. Its answer is sent only if the socket's send buffer has room
+//! at once ([`udp_io::send_now`]): a runtime worker never waits on the loop's blocking socket.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, watch};
 
 use crate::answer_cache::AnswerCache;
 use crate::answerer::{Cacheable, Direct, SharedHandler, respond};
 use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
 use crate::rrl::{Rrl, SlipDice, Verdict, truncated_answer};
 use crate::settings::Settings;
-use crate::udp_io::{Outgoing, Received};
+use crate::udp_io::{self, Outgoing, Received};
 use pkraft_limits::Scope;
 
 /// One socket loop's counters, on a cache line of its own so that loops on different cores do
@@ -169,21 +170,21 @@ impl UdpFrontend {
         direct
     }
 
-    /// Hands `request` to hickory's chain in a task of its own, unless `dns.udp_pending_max`
-    /// are already being answered on this socket.
+    /// Hands `request` to hickory's chain in a task of its own on the runtime, unless
+    /// `dns.udp_pending_max` are already being answered for this socket.
     fn spawn_chain(self: &Arc<Self>, request: Box<Request>, state: &mut LoopState<'_>) {
-        // Reap finished tasks, so the set holds only those still answering.
-        while state.chain_tasks.try_join_next().is_some() {}
-        if state.chain_tasks.len() >= self.pending_max {
+        let Ok(permit) = state.chain_permits.clone().try_acquire_owned() else {
             state
                 .counters
                 .overload_dropped
                 .fetch_add(1, Ordering::Relaxed);
             return;
-        }
+        };
         state.counters.chain.fetch_add(1, Ordering::Relaxed);
         let (socket, frontend, arrived) = (state.socket.clone(), self.clone(), state.arrived);
-        state.chain_tasks.spawn(async move {
+        state.runtime.spawn(async move {
+            // Held until the answer is sent: the loop's count of queries with the chain.
+            let _permit = permit;
             let src = request.src();
             // The direct answers already declined it: straight to the chain.
             if let Some(answer) = respond(frontend.handler.chain(), &request).await {
@@ -210,7 +211,7 @@ impl UdpFrontend {
                 frontend
                     .chain_answer_bytes
                     .fetch_add(answer.len() as u64, Ordering::Relaxed);
-                if let Err(error) = socket.send_to(&answer, src).await {
+                if let Err(error) = udp_io::send_now(&socket, &answer, src) {
                     tracing::debug!(%error, %src, "UDP send failed");
                 }
                 frontend
@@ -221,8 +222,8 @@ impl UdpFrontend {
     }
 
     /// Sends the queued answers, then counts them.
-    async fn flush(&self, state: &mut LoopState<'_>) {
-        state.outgoing.flush(&state.socket).await;
+    fn flush(&self, state: &mut LoopState<'_>) {
+        state.outgoing.flush(&state.socket);
         let took = state.arrived.elapsed();
         let mut bytes = 0;
         for (answer, _) in state.outgoing.queued() {
@@ -275,7 +276,11 @@ struct LoopState<'c> {
     /// Which of RRL's refusals on this socket are slipped.
     dice: SlipDice,
     outgoing: Outgoing,
-    chain_tasks: JoinSet<()>,
+    /// Where the chain's tasks run.
+    runtime: Handle,
+    /// One per query that may be with the chain at once (`dns.udp_pending_max`); a task holds
+    /// one until it has answered.
+    chain_permits: Arc<Semaphore>,
     /// When the current batch was read.
     arrived: Instant,
 }
@@ -313,46 +318,66 @@ impl UdpReport for UdpFrontend {
     }
 }
 
-/// Serves `socket` as loop number `index` until `stop` changes, then waits for the queries still
-/// with the chain.
-pub(crate) async fn serve(
-    socket: Arc<UdpSocket>,
+/// Starts loop number `index` on a thread of its own, serving `socket` (made blocking, with the
+/// timeouts of [`udp_io::configure`]) until `stop` changes. The returned task ends when the loop
+/// has stopped and the queries it gave the chain are answered.
+pub(crate) fn spawn(
+    socket: UdpSocket,
     frontend: Arc<UdpFrontend>,
     index: usize,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<impl Future<Output = ()> + Send + 'static> {
+    udp_io::configure(&socket)?;
+    let pending_max = frontend.pending_max;
+    let chain_permits = Arc::new(Semaphore::new(pending_max));
+    let (stopped, loop_stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = Handle::current();
+    let permits = chain_permits.clone();
+    std::thread::Builder::new()
+        .name(format!("pkraft-dns-udp-{index}"))
+        .spawn(move || {
+            serve(socket, &frontend, index, &stop, runtime, permits);
+            let _ = stopped.send(());
+        })?;
+    Ok(async move {
+        // An error: the thread ended without saying so (it panicked); nothing to wait for.
+        let _ = loop_stopped.await;
+        let all = u32::try_from(pending_max).unwrap_or(u32::MAX);
+        let _ = chain_permits.acquire_many(all).await;
+    })
+}
+
+/// The loop of [`spawn`]'s thread.
+fn serve(
+    socket: UdpSocket,
+    frontend: &Arc<UdpFrontend>,
+    index: usize,
+    stop: &watch::Receiver<bool>,
+    runtime: Handle,
+    chain_permits: Arc<Semaphore>,
 ) {
     let Some(counters) = frontend.counters.get(index) else {
         tracing::error!(index, "no counters for this UDP loop; it does not serve");
         return;
     };
+    let socket = Arc::new(socket);
     let mut received = Received::new(frontend.batch);
     let mut state = LoopState {
         socket: socket.clone(),
         counters,
         dice: SlipDice::new(index),
         outgoing: Outgoing::new(frontend.batch),
-        chain_tasks: JoinSet::new(),
+        runtime,
+        chain_permits,
         arrived: Instant::now(),
     };
-    loop {
-        // Under load the socket always has datagrams: read until it has none, and only then
-        // wait (for readiness or the stop), so that a busy loop costs no wake-ups. A short
-        // batch costs one more call that finds the socket empty: tokio learns that a socket is
-        // drained only from a `WouldBlock`.
-        let count = match received.try_receive(&socket) {
+    // The stop is looked for after every receive call, which returns at least every
+    // `udp_io::STOP_POLL` (a timeout when no datagram came).
+    while !stop.has_changed().unwrap_or(true) {
+        let count = match received.receive(&socket) {
             Ok(count) => count,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    ready = socket.readable() => match ready {
-                        Ok(()) => continue,
-                        Err(error) => {
-                            tracing::error!(%error, "UDP socket failed; it is no longer served");
-                            break;
-                        }
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
+            Err(error) if udp_io::is_timeout(&error) => continue,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) if is_unrecoverable(&error) => {
                 tracing::error!(%error, "UDP socket failed; it is no longer served");
                 break;
@@ -362,9 +387,6 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        if stop.has_changed().unwrap_or(true) {
-            break;
-        }
         state.arrived = Instant::now();
         for datagram in 0..count {
             let Some((query, src)) = received.get(datagram) else {
@@ -372,14 +394,11 @@ pub(crate) async fn serve(
             };
             frontend.handle(query, src, &mut state);
             if state.outgoing.is_full() {
-                frontend.flush(&mut state).await;
+                frontend.flush(&mut state);
             }
         }
-        frontend.flush(&mut state).await;
-        // A loop that never waits must still let the worker's other tasks run.
-        tokio::task::consume_budget().await;
+        frontend.flush(&mut state);
     }
-    while state.chain_tasks.join_next().await.is_some() {}
 }
 
 /// Whether an answer can be sent to `src`: not to port 0, an unspecified or a broadcast address

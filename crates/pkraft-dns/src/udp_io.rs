@@ -1,18 +1,45 @@
-//! Batched UDP I/O for the DNS loops: many datagrams per system call where the system has it
-//! (`recvmmsg`/`sendmmsg` on Linux, through nix's safe wrappers), one per call elsewhere or with
-//! `dns.udp_batch = 1`.
+//! Batched, blocking UDP I/O for the DNS loops, which run on threads of their own
+//! (`crate::udp`): many datagrams per system call where the system has it (`recvmmsg`/`sendmmsg`
+//! on Linux, through nix's safe wrappers), one per call elsewhere or with `dns.udp_batch = 1`.
 //!
-//! Why: with the answer cache, a query costs about a microsecond in pkraft and several in the
-//! kernel, and most of the kernel's share is the two system calls per query
+//! Why batches: with the answer cache, a query costs about a microsecond in pkraft and several
+//! in the kernel, and most of the kernel's share is the two system calls per query
 //! (docs/BENCHMARKS.md). NSD batches the same way; dnsdist measured about 15 % less CPU with it.
-//! The portable path is the same code as before batching: `recv_from` until the socket is
-//! empty or the batch is full, `send_to` per answer.
+//!
+//! Why blocking sockets on threads of their own, as NSD's and Knot's UDP workers are, rather
+//! than tokio's: a socket tokio registers is watched for writability too, and every datagram
+//! sent makes its send buffer writable again, which wakes whichever worker is waiting on tokio's
+//! I/O driver, to find nothing to do. With one UDP loop on a busy worker and the other parked on
+//! the driver, that is a context switch for most batches sent: 0.3 per query against NSD's 0.1,
+//! and about 13 % of a query's CPU (docs/BENCHMARKS.md). A blocking socket is watched by
+//! nothing: the loop sleeps in the receive call, and the kernel wakes it when a datagram comes.
+//! Its receive timeout ([`STOP_POLL`]) is how often an idle loop looks for the stop.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+/// How long a loop's receive call waits for a datagram before it returns to look for the
+/// stop: the longest a stop waits for an idle loop.
+pub(crate) const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long a send waits for room in the socket's send buffer before the answers still queued
+/// are dropped, as a full queue on the way would drop them.
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Makes `socket` what the loops expect: blocking, with [`STOP_POLL`] and [`SEND_TIMEOUT`].
+pub(crate) fn configure(socket: &UdpSocket) -> io::Result<()> {
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(STOP_POLL))?;
+    socket.set_write_timeout(Some(SEND_TIMEOUT))
+}
+
+/// Whether a receive or send error is its socket's timeout ([`configure`]).
+pub(crate) fn is_timeout(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
 
 /// Datagrams are read into buffers this large, as hickory's UDP listener does
 /// (`hickory_net::udp::MAX_RECEIVE_BUFFER_SIZE`): a longer one is cut to it in both.
@@ -39,28 +66,21 @@ impl Received {
         }
     }
 
-    /// Reads what `socket` has, up to the batch, without waiting: `WouldBlock` when it has
-    /// nothing (tokio's readiness is then cleared, so `socket.readable()` waits for more).
-    pub(crate) fn try_receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+    /// Waits for a datagram (at most [`STOP_POLL`]: then a timeout error, [`is_timeout`]), and
+    /// reads it with what else `socket` has, up to the batch.
+    pub(crate) fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.datagrams.clear();
         #[cfg(target_os = "linux")]
         if self.buffers.len() > 1 {
-            let datagrams = &mut self.datagrams;
-            let buffers = &mut self.buffers;
-            socket.try_io(Interest::READABLE, || {
-                receive_many(socket, buffers, datagrams)
-            })?;
+            receive_many(socket, &mut self.buffers, &mut self.datagrams)?;
             return Ok(self.datagrams.len());
         }
-        for buffer in &mut self.buffers {
-            match socket.try_recv_from(buffer) {
-                Ok(datagram) => self.datagrams.push(datagram),
-                // What was read is answered; a lasting error comes back on the next call.
-                Err(_) if !self.datagrams.is_empty() => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(self.datagrams.len())
+        // One per call: the portable path, and `dns.udp_batch = 1`.
+        let Some(buffer) = self.buffers.first_mut() else {
+            return Ok(0);
+        };
+        self.datagrams.push(socket.recv_from(buffer)?);
+        Ok(1)
     }
 
     /// Datagram `index` of the last call and its source.
@@ -70,10 +90,11 @@ impl Received {
     }
 }
 
-/// One `recvmmsg` into `buffers`. The headers are allocated per call (a few kilobytes, once per
-/// batch), for two reasons: they hold raw pointers, so they cannot live in the loop's future
-/// across an await; and the kernel shrinks each header's address length to the address it
-/// wrote, which nix 0.30 does not reset when headers are reused.
+/// One `recvmmsg` into `buffers`: it waits for the first datagram (up to the socket's receive
+/// timeout) and takes those already queued behind it (`MSG_WAITFORONE`). The headers are
+/// allocated per call (a few kilobytes, once per batch): the kernel shrinks each header's
+/// address length to the address it wrote, which nix 0.30 does not reset when headers are
+/// reused.
 #[cfg(target_os = "linux")]
 fn receive_many(
     socket: &UdpSocket,
@@ -93,7 +114,7 @@ fn receive_many(
         socket.as_raw_fd(),
         &mut headers,
         slices.iter_mut(),
-        MsgFlags::MSG_DONTWAIT,
+        MsgFlags::MSG_WAITFORONE,
         None,
     )
     .map_err(io::Error::from)?;
@@ -167,19 +188,22 @@ impl Outgoing {
             .zip(self.destinations.iter().copied())
     }
 
-    /// Sends every queued answer, waiting while the socket's send buffer is full. An answer the
-    /// kernel refuses (an unreachable destination) is dropped with a debug line, as a lost
-    /// datagram would be. The answers stay queued (for counting) until [`Outgoing::clear`].
-    pub(crate) async fn flush(&mut self, socket: &UdpSocket) {
+    /// Sends every queued answer, waiting while the socket's send buffer is full (up to
+    /// [`SEND_TIMEOUT`]; then the rest are dropped). An answer the kernel refuses (an unreachable
+    /// destination) is dropped with a debug line, as a lost datagram would be. The answers stay
+    /// queued (for counting) until [`Outgoing::clear`].
+    pub(crate) fn flush(&mut self, socket: &UdpSocket) {
         let mut next = 0;
         while next < self.len {
-            match self.try_send_from(socket, next) {
+            match self.send_from(socket, next) {
                 Ok(sent) => next += sent.max(1),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if let Err(error) = socket.writable().await {
-                        tracing::debug!(%error, "UDP socket not writable; answers dropped");
-                        break;
-                    }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if is_timeout(&error) => {
+                    tracing::debug!(
+                        dropped = self.len - next,
+                        "UDP send buffer full; answers dropped"
+                    );
+                    break;
                 }
                 Err(error) => {
                     tracing::debug!(%error, dst = %self.destinations[next], "UDP send failed");
@@ -196,22 +220,22 @@ impl Outgoing {
     }
 
     /// Sends queued answers from `first` on in one call; how many were sent.
-    fn try_send_from(&mut self, socket: &UdpSocket, first: usize) -> io::Result<usize> {
+    fn send_from(&self, socket: &UdpSocket, first: usize) -> io::Result<usize> {
         #[cfg(target_os = "linux")]
         if self.buffers.len() > 1 {
-            let buffers = &self.buffers[first..self.len];
-            let destinations = &self.destinations[first..self.len];
-            return socket.try_io(Interest::WRITABLE, || {
-                send_many(socket, buffers, destinations)
-            });
+            return send_many(
+                socket,
+                &self.buffers[first..self.len],
+                &self.destinations[first..self.len],
+            );
         }
-        socket.try_send_to(&self.buffers[first], self.destinations[first])?;
+        socket.send_to(&self.buffers[first], self.destinations[first])?;
         Ok(1)
     }
 }
 
-/// One `sendmmsg` of `buffers`, each to its destination; how many were sent. Headers as in
-/// [`receive_many`].
+/// One `sendmmsg` of `buffers`, each to its destination; how many were sent. It waits while
+/// the send buffer is full (up to the socket's send timeout). Headers as in [`receive_many`].
 #[cfg(target_os = "linux")]
 fn send_many(
     socket: &UdpSocket,
@@ -238,8 +262,29 @@ fn send_many(
         slices.iter(),
         addresses,
         no_control,
-        MsgFlags::MSG_DONTWAIT,
+        MsgFlags::empty(),
     )
     .map_err(io::Error::from)?;
     Ok(results.count())
+}
+
+/// Sends `answer` to `destination` if the socket's send buffer has room now, else drops it as a
+/// full queue on the way would: for the tasks of hickory's chain, which must not block the
+/// runtime's workers on the loops' blocking socket.
+pub(crate) fn send_now(
+    socket: &UdpSocket,
+    answer: &[u8],
+    destination: SocketAddr,
+) -> io::Result<()> {
+    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendto};
+    use std::os::fd::AsRawFd;
+
+    sendto(
+        socket.as_raw_fd(),
+        answer,
+        &SockaddrStorage::from(destination),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    Ok(())
 }
