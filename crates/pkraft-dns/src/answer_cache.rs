@@ -17,6 +17,14 @@
 //! depend on the config alone. What hickory's chain answers is not kept: it may have asked the
 //! DHT, which no version covers.
 //!
+//! # Which answers are kept
+//! An answer is kept the second time its query's bytes are seen, not the first (a doorkeeper,
+//! as TinyLFU's): an authoritative server mostly sees names it has not answered lately
+//! (resolvers cache each answer for its TTL), and keeping each of those cost a miss about 5 %
+//! of its CPU in allocation and eviction, for entries that are evicted again before anyone asks
+//! twice. A query seen before marks one bit in [`SeenOnce`], a fixed bitmap that is cleared
+//! after a bounded number of marks, so neither a flood of distinct names nor time grows it.
+//!
 //! Answers that stand for a passing failure are never cached. The direct answers leave SERVFAIL
 //! (a stale node) and the REFUSED of a replica that could not be read to the chain, so they never
 //! reach the cache; the rcode check in [`AnswerCache::insert`] is a safety net for them and keeps
@@ -24,6 +32,7 @@
 //! again on every hit by the caller.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hickory_proto::op::ResponseCode;
 use pkraft_store::Store;
@@ -53,6 +62,8 @@ struct Entry {
 pub(crate) struct AnswerCache {
     store: Store,
     entries: quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>, Weight>,
+    /// The queries seen once, whose next miss is kept.
+    seen: SeenOnce,
 }
 
 impl AnswerCache {
@@ -62,7 +73,11 @@ impl AnswerCache {
             .unwrap_or(usize::MAX)
             .max(16);
         let entries = quick_cache::sync::Cache::with_weighter(estimated_entries, max_bytes, Weight);
-        AnswerCache { store, entries }
+        AnswerCache {
+            store,
+            entries,
+            seen: SeenOnce::new(estimated_entries),
+        }
     }
 
     /// Writes the cached answer to `query` into `answer`, with the query's ID, if there is one
@@ -89,12 +104,15 @@ impl AnswerCache {
         true
     }
 
-    /// Keeps `wire`, the answer to `query`, which read `read`, unless it must not be cached
-    /// (module docs).
+    /// Keeps `wire`, the answer to `query`, which read `read`, unless it must not be cached or
+    /// `query` was not seen before (module docs).
     pub(crate) fn insert(&self, query: &[u8], wire: &[u8], read: Option<Read>) {
         let Some(key) = cache_key(query) else {
             return;
         };
+        if !self.seen.seen_before(key) {
+            return;
+        }
         if wire.len() < HEADER_LEN {
             return;
         }
@@ -120,6 +138,67 @@ impl AnswerCache {
     }
 }
 
+/// Which cache keys were seen since the bitmap was last cleared: one bit per key (by hash), so
+/// that a key seen once takes no memory of its own. A key whose bit another key set passes as
+/// seen; with at most an eighth of the bits set (the bitmap is cleared then), that is at most
+/// one key in eight.
+struct SeenOnce {
+    bits: Box<[AtomicU64]>,
+    /// Bits set since the last clear.
+    marked: AtomicUsize,
+    hasher: quick_cache::DefaultHashBuilder,
+}
+
+impl SeenOnce {
+    /// Bits per entry the cache is sized for, so that keys asked twice within about twice the
+    /// cache's entries are kept.
+    const BITS_PER_ENTRY: usize = 16;
+    const WORDS_MIN: usize = 1 << 10;
+    /// 2 MiB of bits at most, whatever the cache's bound.
+    const WORDS_MAX: usize = 1 << 18;
+
+    fn new(entries: usize) -> Self {
+        let words = (entries.saturating_mul(Self::BITS_PER_ENTRY) / 64)
+            .clamp(Self::WORDS_MIN, Self::WORDS_MAX)
+            .next_power_of_two();
+        SeenOnce {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            marked: AtomicUsize::new(0),
+            hasher: quick_cache::DefaultHashBuilder::default(),
+        }
+    }
+
+    /// Whether `key` was seen since the last clear; marks it seen.
+    fn seen_before(&self, key: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(key);
+        // The word count is a power of two: the low bits pick the word, the next six the bit.
+        let word = usize::try_from(hash).unwrap_or(usize::MAX) & (self.bits.len() - 1);
+        let bit = 1u64 << ((hash >> 58) & 63);
+        let Some(slot) = self.bits.get(word) else {
+            return false;
+        };
+        if slot.load(Ordering::Relaxed) & bit != 0 {
+            return true;
+        }
+        let before = slot.fetch_or(bit, Ordering::Relaxed);
+        if before & bit == 0
+            && self.marked.fetch_add(1, Ordering::Relaxed) + 1 >= self.bits.len() * 64 / 8
+        {
+            self.clear();
+        }
+        before & bit != 0
+    }
+
+    /// Forgets every key. Loops racing with it may mark a key a clear then drops: that key is
+    /// kept a miss later.
+    fn clear(&self) {
+        self.marked.store(0, Ordering::Relaxed);
+        for word in &*self.bits {
+            word.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// An entry's weight against the bound: about the bytes it holds.
 #[derive(Clone, Copy)]
 struct Weight;
@@ -135,4 +214,44 @@ fn cache_key(query: &[u8]) -> Option<&[u8]> {
     (HEADER_LEN..=MAX_KEY_LEN)
         .contains(&query.len())
         .then(|| &query[ID_LEN..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenOnce;
+
+    /// A key is seen before from its second sighting on, until the bitmap is cleared.
+    #[test]
+    fn a_key_is_seen_before_from_its_second_sighting() {
+        let seen = SeenOnce::new(1_000);
+        assert!(!seen.seen_before(b"one"));
+        assert!(seen.seen_before(b"one"));
+        assert!(seen.seen_before(b"one"));
+        assert!(!seen.seen_before(b"two"));
+    }
+
+    /// Distinct keys set at most an eighth of the bits before the bitmap is cleared, so the
+    /// bitmap never fills: most keys sighted once are new, and a key seen before the clear is
+    /// new again after it.
+    #[test]
+    fn distinct_keys_clear_the_bitmap_before_it_fills() {
+        let seen = SeenOnce::new(1_000);
+        let bits = seen.bits.len() * 64;
+        assert!(!seen.seen_before(b"early"));
+        let sightings = bits / 2;
+        let passed = (0..sightings)
+            .filter(|i| seen.seen_before(format!("key {i}").as_bytes()))
+            .count();
+        assert!(
+            passed < sightings / 8,
+            "{passed} of {sightings} distinct keys passed as seen"
+        );
+        let set: u32 = seen
+            .bits
+            .iter()
+            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed).count_ones())
+            .sum();
+        assert!(set as usize <= bits / 8, "{set} of {bits} bits set");
+        assert!(!seen.seen_before(b"early"), "cleared since");
+    }
 }
