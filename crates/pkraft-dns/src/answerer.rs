@@ -130,6 +130,16 @@ impl SharedHandler {
         udp_payload_max: u16,
         out: &mut Vec<u8>,
     ) -> Direct {
+        // Most queries: a plain query for a stored key's compiled answers, with no parse.
+        if !stale
+            && let Some(direct) = &self.direct
+            && let Some(read) = direct.answer_plain(query, protocol, udp_payload_max, out)
+        {
+            return Direct::Answered(Some(Cacheable {
+                read: Some(read),
+                compiled: true,
+            }));
+        }
         let request = match Request::from_bytes(query.to_vec(), src, protocol) {
             Ok(request) => request,
             Err(error) => {

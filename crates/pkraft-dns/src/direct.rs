@@ -40,6 +40,7 @@ use hickory_server::zone_handler::{
     MessageRequest, MessageResponse, MessageResponseBuilder, Queries,
 };
 
+use crate::plain_query::PlainQuery;
 use crate::zone::{Compiled, CompiledAnswers, Lookup, PkarrZone, Read};
 
 /// The EDNS version hickory-server's `Catalog` speaks.
@@ -174,6 +175,59 @@ impl DirectAnswers {
             read,
             compiled: None,
         })
+    }
+}
+
+impl DirectAnswers {
+    /// The `Catalog`'s answer to `query`, written to `out`, when it is a plain query
+    /// ([`PlainQuery`]) for a stored key's compiled answers that fit: what
+    /// [`DirectAnswers::prepare`] and [`Prepared::encode`] would write for it with
+    /// [`Source::Compiled`], without hickory's parse. The key read, with its version before the
+    /// read; `None` leaves `out` to be written by the caller's full path. The caller checks
+    /// staleness first.
+    pub(crate) fn answer_plain(
+        &self,
+        query: &[u8],
+        protocol: Protocol,
+        udp_payload_max: u16,
+        out: &mut Vec<u8>,
+    ) -> Option<Read> {
+        let plain = PlainQuery::parse(query)?;
+        // `prepare` leaves AXFR to the chain; the rest of it is what a plain query needs.
+        if plain.rtype == RecordType::AXFR {
+            return None;
+        }
+        let labels = plain.labels();
+        // The most specific origin the name is in, as `prepare` picks it.
+        let (zone, origin_at) = self
+            .zones
+            .iter()
+            .find_map(|zone| Some((zone, zone.origin_at(labels)?)))?;
+        let (compiled, read) = zone.lookup_compiled_labels(labels, origin_at, plain.rtype)?;
+        let Compiled::Answers(compiled) = compiled else {
+            return None;
+        };
+        let mut metadata = Metadata::response_from_request(&plain.header.metadata);
+        metadata.authoritative = true;
+        let edns = plain.edns_payload.map(|payload| {
+            let mut query_edns = Edns::new();
+            query_edns.set_max_payload(payload);
+            response_edns(&query_edns)
+        });
+        let max_size = max_size(protocol, edns.as_ref()).min(match protocol {
+            Protocol::Udp => udp_payload_max,
+            _ => u16::MAX,
+        });
+        encode_compiled(
+            &metadata,
+            plain.question,
+            &compiled,
+            edns.as_ref(),
+            max_size,
+            out,
+        )
+        .ok()?;
+        Some(read)
     }
 }
 
@@ -373,5 +427,114 @@ fn max_size(protocol: Protocol, edns: Option<&Edns>) -> u16 {
     match protocol {
         Protocol::Udp => edns.map_or(512, Edns::max_payload),
         _ => u16::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::Name;
+    use hickory_server::server::Request;
+    use pkraft_store::Store;
+    use pkraft_testkit::{iroh_packet, keypair};
+    use pkraft_types::{Command, Payload, PublishItem};
+
+    use super::*;
+    use crate::record_cache::RecordCache;
+    use crate::settings::Settings;
+
+    fn query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = 0x1234;
+        message.add_query(Query::query(Name::from_ascii(name).expect("name"), rtype));
+        if let Some(payload) = edns {
+            let mut edns = Edns::new();
+            edns.set_max_payload(payload);
+            message.set_edns(edns);
+        }
+        message.to_vec().expect("encode")
+    }
+
+    /// What the full path writes: hickory's parse, `prepare` and `encode`.
+    fn full_path(direct: &DirectAnswers, query: &[u8]) -> Option<Vec<u8>> {
+        let src = SocketAddr::from(([127, 0, 0, 1], 53));
+        let request = Request::from_bytes(query.to_vec(), src, Protocol::Udp).expect("parse");
+        let prepared = direct.prepare(&request, Source::Compiled)?;
+        let mut out = Vec::new();
+        prepared
+            .encode(&request.queries, Protocol::Udp, 1232, &mut out)
+            .ok()?;
+        Some(out)
+    }
+
+    /// A plain query for a stored key's compiled answers is answered without hickory's parse,
+    /// byte for byte as the full path answers it (in any letter case, with and without EDNS);
+    /// what the compiled answers do not answer is left to the full path.
+    #[test]
+    fn plain_queries_for_stored_keys_skip_the_parse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let (stored, missing) = (keypair(1), keypair(2));
+        let payload = iroh_packet(&stored, 1_000, &["192.0.2.1:1"]).to_relay_payload();
+        let mut txn = store.begin_apply(false).expect("begin");
+        txn.apply(&Command::Publish {
+            leader_time_micros: 1_000,
+            packets: vec![PublishItem {
+                key: stored.public_key().to_bytes(),
+                payload: Payload::new(payload).expect("length"),
+            }],
+        })
+        .expect("apply");
+        txn.commit(b"state").expect("commit");
+        let settings = Settings {
+            origins: vec!["pkarr.test".to_string(), "inner.pkarr.test".to_string()],
+            ..Settings::default()
+        };
+        let zones = settings.zones().expect("zones");
+        let records = Arc::new(RecordCache::new(store, 1 << 20));
+        let direct = DirectAnswers::new(
+            zones
+                .origins
+                .iter()
+                .map(|origin| Arc::new(PkarrZone::new(origin, &zones, records.clone(), None)))
+                .collect(),
+        );
+        let (key, missing) = (stored.public_key().to_z32(), missing.public_key().to_z32());
+
+        for (name, edns) in [
+            (format!("_iroh.{key}.pkarr.test."), None),
+            (format!("_iroh.{key}.pkarr.test."), Some(1232)),
+            (
+                format!("_IrOh.{}.PKARR.test.", key.to_uppercase()),
+                Some(4096),
+            ),
+            (format!("_iroh.{key}.inner.pkarr.test."), Some(1232)),
+        ] {
+            let query = query(&name, RecordType::TXT, edns);
+            let mut out = Vec::new();
+            let read = direct.answer_plain(&query, Protocol::Udp, 1232, &mut out);
+            assert_eq!(
+                read.map(|(key, _)| key),
+                Some(stored.public_key().to_bytes())
+            );
+            assert_eq!(Some(out), full_path(&direct, &query), "{name}");
+        }
+        for (name, rtype) in [
+            (format!("_iroh.{missing}.pkarr.test."), RecordType::TXT),
+            (format!("_iroh.{key}.pkarr.test."), RecordType::A),
+            (format!("nothing.{key}.pkarr.test."), RecordType::TXT),
+            ("pkarr.test.".to_string(), RecordType::SOA),
+            ("example.com.".to_string(), RecordType::A),
+        ] {
+            let query = query(&name, rtype, Some(1232));
+            let mut out = Vec::new();
+            assert_eq!(
+                direct.answer_plain(&query, Protocol::Udp, 1232, &mut out),
+                None,
+                "{name} {rtype}"
+            );
+        }
     }
 }

@@ -18,6 +18,8 @@
 //!   shared by the zones and never older than the local replica.
 //! - `direct`: the `Catalog`'s answers built in place from the zones' local lookups, for the UDP
 //!   loops (inline, no task), TCP and DNS-over-HTTPS; hickory's chain answers the rest.
+//!   `plain_query` reads the common query shape without hickory's parse, for the compiled
+//!   answers of stored keys.
 //! - `udp`, `udp_io` and `answer_cache`: the UDP loops: batched receive and send
 //!   (`recvmmsg`/`sendmmsg`), ready answers byte-identical to hickory's served while the key they
 //!   were read from is unchanged, then the direct answers.
@@ -34,6 +36,7 @@ mod direct;
 pub mod freshness;
 mod metrics;
 mod missing_keys;
+mod plain_query;
 pub mod record_cache;
 pub mod rrl;
 pub mod server;

@@ -220,10 +220,53 @@ impl PkarrZone {
             return None;
         }
         let at = self.key_name(name)?;
+        self.lookup_compiled_key(&at.key, at.key_label, &at.sub, rtype)
+    }
+
+    /// Whether the name written as `labels` (leftmost first, in any case, as a query has them)
+    /// is this origin or below it; where the origin's labels start if so.
+    pub(crate) fn origin_at(&self, labels: &[&[u8]]) -> Option<usize> {
+        let at = labels
+            .len()
+            .checked_sub(usize::from(self.origin.num_labels()))?;
+        labels[at..]
+            .iter()
+            .zip(self.origin.iter())
+            .all(|(label, origin)| label.eq_ignore_ascii_case(origin))
+            .then_some(at)
+    }
+
+    /// [`PkarrZone::lookup_compiled`] for a name written as `labels` whose origin's labels
+    /// start at `origin_at` ([`PkarrZone::origin_at`]), for [`crate::plain_query`]'s path.
+    pub(crate) fn lookup_compiled_labels(
+        &self,
+        labels: &[&[u8]],
+        origin_at: usize,
+        rtype: RecordType,
+    ) -> Option<(Compiled, Read)> {
+        // The apex (no label left of the origin) is not compiled.
+        let key_index = origin_at.checked_sub(1)?;
+        let (sub, rest) = labels.split_at(key_index);
+        let key_label = rest.first()?;
+        let key = std::str::from_utf8(key_label)
+            .ok()
+            .and_then(|k| decode_z32_key(k).ok())?;
+        self.lookup_compiled_key(&key, key_label, sub, rtype)
+    }
+
+    /// The compiled answers of `key` (written `key_label` in the query) for the name `sub` below
+    /// it; see [`PkarrZone::lookup_compiled`].
+    fn lookup_compiled_key(
+        &self,
+        key: &KeyBytes,
+        key_label: &[u8],
+        sub: &[&[u8]],
+        rtype: RecordType,
+    ) -> Option<(Compiled, Read)> {
         let store = self.records.store();
         // Before the read: a change committed after it moves the version on.
-        let version = store.key_version(&at.key);
-        let row = match store.answers(&at.key) {
+        let version = store.key_version(key);
+        let row = match store.answers(key) {
             Ok(row) => row?,
             Err(StoreError::Corrupt(reason)) => {
                 self.damaged_log.log(&reason, COMPILED_FALLBACK);
@@ -237,13 +280,13 @@ impl PkarrZone {
             Ok(compiled) if compiled.is_complete() => compiled,
             Ok(_) => return None,
             Err(e) => {
-                let key = String::from_utf8_lossy(at.key_label);
+                let key = String::from_utf8_lossy(key_label);
                 self.damaged_log
                     .log(&format!("key {key}: {e}"), COMPILED_FALLBACK);
                 return None;
             }
         };
-        let found = match compiled.lookup(&at.sub, rtype) {
+        let found = match compiled.lookup(sub, rtype) {
             Ok(CompiledLookup::Answers(records)) => {
                 let range = records.start..records.start + records.bytes.len();
                 Compiled::Answers(CompiledAnswers {
@@ -255,13 +298,13 @@ impl PkarrZone {
             Ok(CompiledLookup::NoData) => Compiled::Lookup(Lookup::NoData),
             Ok(CompiledLookup::NxDomain) => Compiled::Lookup(Lookup::NxDomain),
             Err(e) => {
-                let key = String::from_utf8_lossy(at.key_label);
+                let key = String::from_utf8_lossy(key_label);
                 self.damaged_log
                     .log(&format!("key {key}: {e}"), COMPILED_FALLBACK);
                 return None;
             }
         };
-        Some((found, (at.key, version)))
+        Some((found, (*key, version)))
     }
 
     /// `name` split at its key label; `None` when the label left of the origin is no key.
