@@ -106,7 +106,7 @@ async fn metrics_count_requests_queries_and_the_replica() {
             "pkraft_dns_answer_duration_seconds_count",
             r#"transport="udp""#
         ),
-        2.0
+        3.0
     );
 
     assert_eq!(value(&text, "pkraft_store_records", ""), 1.0);
