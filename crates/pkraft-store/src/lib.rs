@@ -163,7 +163,7 @@ impl StoredPacket {
 
 /// A row of the `answers` table, checked ([`Store::answers`]); holds the read transaction it
 /// came from until dropped.
-pub struct AnswersRow(redb::AccessGuard<'static, &'static [u8]>);
+pub struct AnswersRow(redb::OwnedAccessGuard<&'static [u8]>);
 
 impl AnswersRow {
     /// The compiled form, for [`pkraft_types::compiled::CompiledPacket::read`].
@@ -347,19 +347,24 @@ impl Store {
     /// `key`'s row of `table` in the latest committed state: through the transaction kept since
     /// the last commit (`kept` picks its table), or one of its own when none is kept. Refused
     /// for a key this node found damaged ([`Store::quarantine`]).
+    ///
+    /// The row keeps its read transaction alive (redb's `get_owned`) for as long as the caller
+    /// holds it. A plain `get` does not: with the kept transaction replaced by a commit
+    /// meanwhile, a later non-durable commit frees the row's page while the caller still holds
+    /// it, which redb's debug build asserts against (`a_held_row_outlives_the_commits_after_it`).
     fn point_read(
         &self,
         key: &KeyBytes,
         table: TableDefinition<&KeyBytes, &[u8]>,
         kept: fn(&latest::Tables) -> &latest::KeyTable,
-    ) -> Result<Option<redb::AccessGuard<'static, &'static [u8]>>, StoreError> {
+    ) -> Result<Option<redb::OwnedAccessGuard<&'static [u8]>>, StoreError> {
         if self.quarantine.contains(key) {
             return Err(StoreError::Quarantined(hex(key)));
         }
         // After the caller's `key_version`: see `latest.rs` for why the order matters.
         Ok(match self.latest.load() {
-            Some(tables) => kept(&tables).get(key)?,
-            None => self.db.begin_read()?.open_table(table)?.get(key)?,
+            Some(tables) => kept(&tables).get_owned(key)?,
+            None => self.db.begin_read()?.open_table(table)?.get_owned(key)?,
         })
     }
 

@@ -698,3 +698,38 @@ fn the_scrub_finds_stale_compiled_answers_and_they_are_compiled_again() {
     }
     assert!(store.check_integrity().expect("check").problems.is_empty());
 }
+
+/// Goal: a row a reader holds stays its own while later commits run: its read transaction
+/// lives as long as the row, although the store replaced the transaction it kept for reads at
+/// the first of them. Without that, the second non-durable commit frees the row's page while
+/// the reader holds it, which redb's debug build asserts against (a release build would let a
+/// later commit reuse the page; this run of 3 commits did not show what that does). A busy DNS
+/// loop holding a row while it encodes could hit it: found as a flaky `record_cache` test.
+/// Method: a packet applied non-durably, both of its rows held, then three more versions
+/// applied non-durably, each freeing the pages of the one before; the held rows still read as
+/// the first version.
+#[test]
+fn a_held_row_outlives_the_commits_after_it() {
+    let (_dir, store) = open();
+    // Version `timestamp` names itself in its address, so that each compiles differently.
+    let version = |timestamp: u64| item(1, timestamp, &format!("192.0.2.1:{timestamp}"));
+    let apply_fast = |timestamp: u64| {
+        let mut txn = store.begin_apply(false).expect("begin");
+        txn.apply(&publish(timestamp, vec![version(timestamp)]))
+            .expect("apply");
+        txn.commit(b"s").expect("commit");
+    };
+    apply_fast(100);
+    let key = version(100).key;
+    let answers = store.answers(&key).expect("answers").expect("stored");
+    let form = answers.form().to_vec();
+    for timestamp in [200, 300, 400] {
+        apply_fast(timestamp);
+    }
+    assert_eq!(answers.form(), form.as_slice());
+    assert_eq!(
+        compiled_form(&store, &key),
+        Some(pkraft_types::compiled::compile(&key, &version(400).payload)),
+        "the newest version is read now"
+    );
+}
