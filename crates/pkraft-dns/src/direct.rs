@@ -176,9 +176,7 @@ impl DirectAnswers {
             compiled: None,
         })
     }
-}
 
-impl DirectAnswers {
     /// The `Catalog`'s answer to `query`, written to `out`, when it is a plain query
     /// ([`PlainQuery`]) for a stored key's compiled answers that fit: what
     /// [`DirectAnswers::prepare`] and [`Prepared::encode`] would write for it with
@@ -214,16 +212,13 @@ impl DirectAnswers {
             query_edns.set_max_payload(payload);
             response_edns(&query_edns)
         });
-        let max_size = max_size(protocol, edns.as_ref()).min(match protocol {
-            Protocol::Udp => udp_payload_max,
-            _ => u16::MAX,
-        });
+        out.clear();
         encode_compiled(
             &metadata,
             plain.question,
             &compiled,
             edns.as_ref(),
-            max_size,
+            answer_size_max(protocol, edns.as_ref(), udp_payload_max),
             out,
         )
         .ok()?;
@@ -286,10 +281,7 @@ impl Prepared {
         out: &mut Vec<u8>,
     ) -> Result<(), ProtoError> {
         out.clear();
-        let max_size = max_size(protocol, self.edns.as_ref()).min(match protocol {
-            Protocol::Udp => udp_payload_max,
-            _ => u16::MAX,
-        });
+        let max_size = answer_size_max(protocol, self.edns.as_ref(), udp_payload_max);
         if let Some(compiled) = &self.compiled {
             return encode_compiled(
                 &self.metadata,
@@ -418,6 +410,15 @@ pub(crate) fn malformed_answer(header: &Header, protocol: Protocol) -> Option<Ve
     encoder.set_max_size(max_size(protocol, None));
     response.destructive_emit(&mut encoder).ok()?;
     Some(out)
+}
+
+/// The largest answer sent over `protocol` with the response's OPT record `edns`: hickory's
+/// bound ([`max_size`]), and over UDP `dns.udp_payload_max` too.
+fn answer_size_max(protocol: Protocol, edns: Option<&Edns>, udp_payload_max: u16) -> u16 {
+    max_size(protocol, edns).min(match protocol {
+        Protocol::Udp => udp_payload_max,
+        _ => u16::MAX,
+    })
 }
 
 /// The largest answer hickory's response handle sends over `protocol` with the response's OPT

@@ -7,9 +7,10 @@
 //! gets a task of its own on the runtime, the way hickory's UDP listener handles every query.
 //!
 //! A hit costs a hash lookup, a version check of the key the answer read, and a copy: no parse.
-//! A miss costs a parse of the query and one point read of the key's compiled answers, then a
-//! copy of their bytes (or, for what they do not answer, a zone lookup and an encode), with no
-//! task, no channel and no boxed future. Every answer is byte-identical to what hickory's own
+//! A miss costs a read of the query in place (`crate::plain_query`; hickory's parse for other
+//! shapes) and one point read of the key's compiled answers, then a copy of their bytes (or,
+//! for what they do not answer, a zone lookup and an encode), with no task, no channel and no
+//! boxed future. Every answer is byte-identical to what hickory's own
 //! listener sends (tested in `tests/udp_answers.rs`): a miss is built from the compiled bytes or
 //! by hickory's types as its `Catalog` builds it, a hit is the bytes of an earlier miss with the
 //! query's ID.

@@ -271,6 +271,7 @@ fn send_many(
 /// Sends `answer` to `destination` if the socket's send buffer has room now, else drops it as a
 /// full queue on the way would: for the tasks of hickory's chain, which must not block the
 /// runtime's workers on the loops' blocking socket.
+#[cfg(target_os = "linux")]
 pub(crate) fn send_now(
     socket: &UdpSocket,
     answer: &[u8],
@@ -287,4 +288,15 @@ pub(crate) fn send_now(
     )
     .map_err(io::Error::from)?;
     Ok(())
+}
+
+/// Elsewhere std has no per-call `MSG_DONTWAIT`: the send may wait for room, at most the
+/// socket's send timeout (`SEND_TIMEOUT`).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn send_now(
+    socket: &UdpSocket,
+    answer: &[u8],
+    destination: SocketAddr,
+) -> io::Result<()> {
+    socket.send_to(answer, destination).map(drop)
 }

@@ -536,9 +536,10 @@ async fn a_miss_that_read_before_a_commit_never_hides_it() {
 
 /// Goal: queries handed to hickory's chain are bounded per socket (`dns.udp_pending_max`): a
 /// burst of them beyond it is dropped and counted, not queued as tasks.
-/// Method: one socket with a bound of 1 on a single-threaded runtime, so a task cannot finish
-/// while the loop reads the rest of the burst; 300 AXFR queries (which only the chain answers)
-/// sent at once.
+/// Method: one socket with a bound of 1, its chain's tasks on the test's single-threaded
+/// runtime; 300 AXFR queries (which only the chain answers) sent in bursts of 50, the test
+/// awaiting nothing within a burst, so a task cannot finish while the loop reads the rest of
+/// its burst. Every query is answered or counted as dropped.
 #[tokio::test(flavor = "current_thread")]
 async fn chain_queries_beyond_udp_pending_max_are_dropped_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -562,9 +563,24 @@ async fn chain_queries_beyond_udp_pending_max_are_dropped_and_counted() {
             .send_to(&query.to_vec().expect("encode"), server.local_addr())
             .await
             .expect("send");
-        // Let the server read in bursts of 50, so no socket buffer overflows.
+        // Bursts of 50, each read by the server before the next is sent: the loop reads on a
+        // thread of its own, and a burst of 300 at once can overflow its socket's receive
+        // buffer (the kernel's drop, which no counter of pkraft sees).
         if id % 50 == 49 {
-            tokio::task::yield_now().await;
+            let sent = u64::from(id) + 1;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let stats = server.udp_answer_stats();
+                if stats.hits + stats.misses >= sent {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the server read {} of {sent} queries in 10 s",
+                    stats.hits + stats.misses
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
     let mut answered = 0_u64;
