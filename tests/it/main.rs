@@ -21,6 +21,7 @@ mod doh;
 mod durability;
 mod harness;
 mod https;
+mod huge_pages;
 mod iroh_client;
 mod lifecycle;
 mod metrics;

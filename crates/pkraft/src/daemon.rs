@@ -5,6 +5,19 @@ use anyhow::Context;
 
 use crate::{Config, Server, descriptors};
 
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`, what mimalloc's
+/// `MIMALLOC_ALLOW_THP=0` does), so that memory the allocator takes from the kernel comes in
+/// 4 KiB pages. redb reads every page its cache misses into a new buffer; with THP on (the
+/// kernel's `always` or `madvise` mode: mimalloc asks for huge pages), the kernel zeroed whole
+/// huge pages for those buffers, 16 % of the node's CPU on DNS misses at 10M records, and such
+/// a miss cost 15-17 µs against 11.6-12.6 µs with THP off (docs/BENCHMARKS.md, "Scale").
+#[cfg(target_os = "linux")]
+fn disable_transparent_huge_pages() {
+    if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
+        tracing::warn!(%error, "transparent huge pages could not be turned off for this process");
+    }
+}
+
 /// Runs the node `config` describes until a signal or a fatal error.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let secrets = config.secrets(|name| std::env::var(name).ok())?;
@@ -17,6 +30,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reserved = config.limits.reserved_descriptors,
         "file descriptors"
     );
+    #[cfg(target_os = "linux")]
+    disable_transparent_huge_pages();
     let server = Server::bind(&config, secrets).await?;
     // Tests and scripts read the bound addresses from this line (ports may be 0 in the config).
     tracing::info!(
