@@ -537,9 +537,10 @@ async fn a_miss_that_read_before_a_commit_never_hides_it() {
 /// Goal: queries handed to hickory's chain are bounded per socket (`dns.udp_pending_max`): a
 /// burst of them beyond it is dropped and counted, not queued as tasks.
 /// Method: one socket with a bound of 1, its chain's tasks on the test's single-threaded
-/// runtime; 300 AXFR queries (which only the chain answers) sent in bursts of 50, the test
-/// awaiting nothing within a burst, so a task cannot finish while the loop reads the rest of
-/// its burst. Every query is answered or counted as dropped.
+/// runtime; 300 AXFR queries (which only the chain answers) sent in bursts of 50. Within a
+/// burst the test yields to no other task (a send that has room does not), so a task cannot
+/// finish while the loop reads the rest of its burst. Every query is answered or counted as
+/// dropped.
 #[tokio::test(flavor = "current_thread")]
 async fn chain_queries_beyond_udp_pending_max_are_dropped_and_counted() {
     let dir = tempfile::tempdir().expect("tempdir");
