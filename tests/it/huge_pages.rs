@@ -1,7 +1,7 @@
 //! Goal: a node runs with transparent huge pages off for its process (`crates/pkraft/src/
-//! daemon.rs`; docs/BENCHMARKS.md, "Scale"): with them on, the kernel zeroed whole huge pages
-//! for the buffers redb reads pages into, a sixth of the node's CPU on DNS misses at 10M
-//! records.
+//! daemon.rs`; docs/BENCHMARKS.md, "The read path in wire form (issue 37, continued)"): with
+//! them on, zeroing fresh huge pages for the buffers redb reads pages into was a sixth of the
+//! node's CPU on DNS misses at 10M records.
 //! Method: `pkraft dev`, started as users start it; once it listens, the kernel's
 //! `THP_enabled` line of `/proc/<pid>/status` (Linux 5.0 and later) must say 0.
 

@@ -7,10 +7,11 @@ use crate::{Config, Server, descriptors};
 
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`, what mimalloc's
 /// `MIMALLOC_ALLOW_THP=0` does), so that memory the allocator takes from the kernel comes in
-/// 4 KiB pages. redb reads every page its cache misses into a new buffer; with THP on (the
-/// kernel's `always` or `madvise` mode: mimalloc asks for huge pages), the kernel zeroed whole
-/// huge pages for those buffers, 16 % of the node's CPU on DNS misses at 10M records, and such
-/// a miss cost 15-17 µs against 11.6-12.6 µs with THP off (docs/BENCHMARKS.md, "Scale").
+/// 4 KiB pages. redb reads every page its cache misses into a new buffer; with THP on (this
+/// machine's kernel runs them `always`), zeroing fresh huge pages for those buffers was 16 % of
+/// the node's CPU on DNS misses at 10M records, and such a miss cost 16.0 µs of CPU against
+/// 13.9 µs with THP off (medians of 3 rounds; docs/BENCHMARKS.md, "The read path in wire form
+/// (issue 37, continued)").
 #[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
