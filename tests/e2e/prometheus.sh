@@ -43,8 +43,11 @@ enabled = true
 listen = "127.0.0.1:0"
 bootstrap = ["127.0.0.1:9"]'
 secret=prometheus-e2e-cluster-secret-0123456789
-declare -A node_pid node_http node_dns node_admin
-RUST_LOG=info cluster_up "$(dirname "$bin")" "$work/cluster" 3 "$secret" || fail "the cluster did not start"
+declare -A node_pid node_http node_dns node_admin node_https
+# With [https] (the test certificate), so that the certificate metrics exist too.
+tls=tests/fixtures/tls
+RUST_LOG=info cluster_up "$(dirname "$bin")" "$work/cluster" 3 "$secret" \
+  --https-cert "$tls/localhost.crt" --https-key "$tls/localhost.key" || fail "the cluster did not start"
 pids+=("${node_pid[@]}")
 
 sign_packet() {

@@ -291,6 +291,12 @@ impl TestServer {
     pub async fn get(&self, url: &str) -> reqwest::Response {
         http_client().get(url).send().await.expect("GET")
     }
+
+    /// Sends `signal` (as `kill` takes it: `-HUP`) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let process = self.process.as_ref().expect("server is running");
+        process.signal(signal).expect("signal the server");
+    }
 }
 
 impl Drop for TestServer {

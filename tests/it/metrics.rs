@@ -13,7 +13,7 @@ use crate::harness::{TestServer, http_client};
 
 /// The value of the sample `name{labels}` (labels exactly as the text format prints them, in
 /// their sorted order; "" for none), if the scrape has it.
-fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
+pub(crate) fn sample(scrape: &str, name: &str, labels: &str) -> Option<f64> {
     let series = if labels.is_empty() {
         name.to_string()
     } else {

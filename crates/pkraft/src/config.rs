@@ -116,8 +116,7 @@ impl Config {
         self.rate_limit.validate()?;
         self.dht.validate()?;
         if let Some(https) = &self.https {
-            // Reads the certificate and key, so `check-config` catches a wrong path or format.
-            https.server_config()?;
+            https.validate()?;
         }
         self.dns.zones()?;
         if let Some(tls) = &self.cluster.tls {

@@ -1,7 +1,9 @@
 //! Running a node: `pkraft serve` and `pkraft dev` start a [`Server`], log where it listens,
-//! and stop it on SIGINT or SIGTERM, or when Raft stops (exit status 1, for the supervisor).
+//! reload its certificates on SIGHUP, and stop it on SIGINT or SIGTERM, or when Raft stops (exit
+//! status 1, for the supervisor).
 
 use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{Config, Server, descriptors};
 
@@ -33,6 +35,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     #[cfg(target_os = "linux")]
     disable_transparent_huge_pages();
+    // Before the listeners start: from here on SIGHUP reloads certificates instead of stopping
+    // the process (its default), whenever it comes.
+    let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
     let server = Server::bind(&config, secrets).await?;
     // Tests and scripts read the bound addresses from this line (ports may be 0 in the config).
     tracing::info!(
@@ -47,12 +52,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         origins = ?config.dns.origins,
         "pkraft listening"
     );
-    let fatal = tokio::select! {
-        signal = shutdown_signal() => {
-            signal?;
-            None
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let fatal = loop {
+        tokio::select! {
+            signal = &mut shutdown => {
+                signal?;
+                break None;
+            }
+            reason = server.wait_fatal() => break Some(reason),
+            _ = hangup.recv() => server.reload_certificates("SIGHUP").await,
         }
-        reason = server.wait_fatal() => Some(reason),
     };
     match &fatal {
         None => tracing::info!("shutting down"),
@@ -69,7 +79,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result.context("SIGINT handler")?,

@@ -198,6 +198,7 @@ mod tests {
                 listen: "127.0.0.1:8443".parse().expect("addr"),
                 cert: "cert.pem".into(),
                 key: "key.pem".into(),
+                reload_interval: std::time::Duration::from_secs(10),
             }),
             ..Config::default()
         };

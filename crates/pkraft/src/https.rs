@@ -1,14 +1,17 @@
 //! The optional `[https]` listener's settings: the public router (relay, DNS-over-HTTPS, health)
-//! over TLS, HTTP/1.1 and HTTP/2 (ALPN), from PEM certificate and key files. Connections are
-//! served by [`crate::serve`].
+//! over TLS, HTTP/1.1 and HTTP/2 (ALPN), from PEM certificate and key files, which are reloaded
+//! when they change ([`crate::certificates`]). Connections are served by [`crate::serve`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
 /// `[https]`: serve the public API over TLS too. Unset by default.
@@ -21,11 +24,34 @@ pub struct HttpsSettings {
     pub cert: PathBuf,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
+    /// How often the two files are checked for a change (a renewal). A change is loaded once
+    /// both files have stayed the same for one more interval, so that a pair written one file
+    /// at a time is not read half-way; SIGHUP loads them at once. Default 10 s.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Checking two files' metadata more often than this buys nothing and costs a thread wake-up.
+const RELOAD_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
 impl HttpsSettings {
-    /// The TLS configuration from the certificate and key files; errors name the field.
-    pub fn server_config(&self) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    /// Checks the interval and reads the files, so that `check-config` catches a wrong path or
+    /// format; errors name the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.reload_interval >= RELOAD_INTERVAL_MIN,
+            "https.reload_interval: {:?} is shorter than {RELOAD_INTERVAL_MIN:?}",
+            self.reload_interval
+        );
+        self.certified_key().map(drop)
+    }
+
+    /// The certificate chain and key from the files; errors name the field.
+    pub fn certified_key(&self) -> anyhow::Result<CertifiedKey> {
         let certs = CertificateDer::pem_file_iter(&self.cert)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
             .map_err(|e| pem_error("https.cert", &self.cert, e))?;
@@ -36,18 +62,53 @@ impl HttpsSettings {
         );
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .map_err(|e| pem_error("https.key", &self.key, e))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .context("https: TLS protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .context("https.key does not match https.cert")?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        CertifiedKey::from_der(certs, key, &crypto_provider())
+            .context("https.key does not match https.cert")
     }
+}
+
+/// The TLS configuration of the `[https]` listener, presenting what `certificate` holds at
+/// each handshake.
+pub fn server_config(
+    certificate: Arc<dyn ResolvesServerCert>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .context("https: TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// ring, as everywhere in the daemon (no aws-lc).
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 fn pem_error(field: &str, path: &Path, e: rustls::pki_types::pem::Error) -> anyhow::Error {
     anyhow::anyhow!("{field}: cannot read {}: {e}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HttpsSettings;
+
+    /// A reload interval too short to mean anything is refused, naming the field, before the
+    /// files are read.
+    #[test]
+    fn a_reload_interval_below_the_minimum_names_the_field() {
+        let settings: HttpsSettings = toml::from_str(
+            "listen = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\nreload_interval = \"1ms\"",
+        )
+        .expect("parses");
+        let error = format!("{:#}", settings.validate().expect_err("refused"));
+        assert!(error.contains("https.reload_interval"), "{error}");
+        let settings = HttpsSettings {
+            reload_interval: std::time::Duration::from_secs(10),
+            ..settings
+        };
+        let error = format!("{:#}", settings.validate().expect_err("no such file"));
+        assert!(error.contains("https.cert"), "{error}");
+    }
 }

@@ -15,6 +15,7 @@
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
 //! `pkraft-dht` (Mainline DHT bridge), `pkraft-raft` (consensus), `pkraft-store` (redb state), `pkraft-types` (domain types).
 
+pub mod certificates;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -48,13 +49,22 @@ pub struct Server {
     peer_addr: SocketAddr,
     admin_addr: SocketAddr,
     http: Listener,
-    /// The `[https]` listener and its address, when configured.
-    https: Option<(Listener, SocketAddr)>,
+    /// The `[https]` listener, when configured.
+    https: Option<HttpsListener>,
     admin: Listener,
     peer: Listener,
     dns: DnsServer,
     /// The Mainline DHT bridge (`[dht]`), when enabled.
     dht: Option<pkraft_dht::DhtBridge>,
+}
+
+/// The `[https]` listener and what reloads its certificate.
+struct HttpsListener {
+    listener: Listener,
+    addr: SocketAddr,
+    reloader: Arc<certificates::CertificateReloader>,
+    /// The periodic check of the certificate files.
+    checks: JoinHandle<()>,
 }
 
 /// An axum server on its own socket, with its graceful stop.
@@ -225,19 +235,33 @@ impl Server {
         let caps = config
             .http
             .connection_caps(&config.rate_limit.trusted_proxies);
+        let certificate_metrics = certificates::CertificateMetrics::new()?;
+        certificate_metrics
+            .register(&registry)
+            .context("certificate metrics")?;
         let https = match &config.https {
             Some(settings) => {
-                let tls = settings.server_config()?;
+                let reloader = Arc::new(certificates::CertificateReloader::new(
+                    "https",
+                    settings,
+                    certificate_metrics.clone(),
+                )?);
+                let tls = https::server_config(reloader.certificate())?;
                 let listener = bind_tcp(settings.listen, "https.listen").await?;
                 let addr = listener.local_addr()?;
-                let https = Listener::serve(
+                let listener = Listener::serve(
                     listener,
                     Some(tls),
                     public.clone(),
                     limits.clone(),
                     admission("https", caps.clone()),
                 );
-                Some((https, addr))
+                Some(HttpsListener {
+                    listener,
+                    addr,
+                    checks: certificates::spawn_checks(reloader.clone()),
+                    reloader,
+                })
             }
             None => None,
         };
@@ -283,7 +307,21 @@ impl Server {
 
     /// The `[https]` address, when configured.
     pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.https.as_ref().map(|(_, addr)| *addr)
+        self.https.as_ref().map(|https| https.addr)
+    }
+
+    /// Loads every listener's certificate files again, changed or not (SIGHUP). Files that
+    /// cannot be used are refused and the certificate loaded before keeps serving
+    /// ([`certificates`]).
+    pub async fn reload_certificates(&self, reason: &'static str) {
+        let Some(https) = &self.https else {
+            tracing::info!(reason, "no certificate files to reload");
+            return;
+        };
+        let reloader = https.reloader.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload_now(reason)).await {
+            tracing::error!(%error, "certificate reload failed");
+        }
     }
 
     /// The DNS address (UDP and TCP).
@@ -305,8 +343,9 @@ impl Server {
         // (its own clients' publishes are forwarded to the new leader meanwhile).
         self.node.hand_over_leadership().await;
         self.http.stop("http").await?;
-        if let Some((https, _)) = self.https {
-            https.stop("https").await?;
+        if let Some(https) = self.https {
+            https.checks.abort();
+            https.listener.stop("https").await?;
         }
         self.admin.stop("admin").await?;
         self.dns.shutdown().await?;
