@@ -167,18 +167,24 @@ async fn a_damaged_snapshot_is_rebuilt_by_the_leader_and_the_follower_catches_up
         put_until_accepted(&cluster.member(leader).server, &key, &packet).await;
         published.push((key, packet));
     }
-    // The leader's last build has ended once its snapshot file stops changing.
-    let data_dir = cluster.member(leader).server.data_dir().to_path_buf();
+    // The leader's last build has ended once its snapshot covers all but fewer than
+    // `snapshot_after_entries` of what it applied (so no build is due, however long the
+    // scheduler waits to start one) and its file has stopped changing.
+    let leader_server = &cluster.member(leader).server;
+    let data_dir = leader_server.data_dir().to_path_buf();
     let mut last = None;
-    let settled = eventually("the leader's snapshot to settle", || {
+    let settled = eventually("the leader's snapshot to cover its log and settle", || {
         let now = snapshot_data_file(&data_dir);
         let same = now.is_some() && now == last;
         last = now.clone();
         async move {
-            if !same {
+            let applied = metric(leader_server, "pkraft_raft_applied_index ").await;
+            let covered = metric(leader_server, "pkraft_raft_snapshot_index ").await;
+            let done = same && matches!((applied, covered), (Some(a), Some(c)) if a - c < 10.0);
+            if !done {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            same.then_some(now).flatten()
+            done.then_some(now).flatten()
         }
     })
     .await;
