@@ -353,3 +353,74 @@ async fn wait_for_metric(server: &TestServer, name: &str, labels: &str, value: f
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Goal: `pkraft publish`, `resolve` and `cluster` reach a node through `https://` URLs,
+/// checking its certificate against the system's CAs or the file `SSL_CERT_FILE` names.
+/// Method: the real binary as a client of a node with `[https]` (the test certificate): with
+/// `SSL_CERT_FILE` naming the test CA, a publish and a resolve over HTTPS; without it (the
+/// system's CAs do not know the test CA) the publish is refused at the handshake. The admin
+/// address as a URL (`http://host:port`) works as `host:port` does.
+#[tokio::test]
+async fn the_command_line_clients_speak_https() {
+    let server = TestServer::start_with_config(&format!(
+        "[https]\nlisten = \"127.0.0.1:0\"\ncert = \"{}\"\nkey = \"{}\"\n\
+         [cluster]\nbootstrap = true\n",
+        fixture("localhost.crt"),
+        fixture("localhost.key")
+    ));
+    let relay = format!("https://localhost:{}/pkarr", https_port(&server.log()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("key");
+    let key = key.to_str().expect("utf-8 path");
+    let client = |args: &[&str], ca: Option<String>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pkraft"));
+        command
+            .args(args)
+            .env_remove("PKRAFT_RELAY")
+            .env_remove("SSL_CERT_DIR");
+        match ca {
+            Some(ca) => command.env("SSL_CERT_FILE", ca),
+            None => command.env_remove("SSL_CERT_FILE"),
+        };
+        async move { command.output().await.expect("run pkraft") }
+    };
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+
+    let keygen = client(&["keygen", key], None).await;
+    assert!(keygen.status.success(), "{}", text(&keygen.stderr));
+    let z32 = text(&keygen.stdout).trim().to_string();
+
+    let publish = ["publish", "-k", key, "--relay", &relay, "@ A 192.0.2.44"];
+    let untrusted = client(&publish, None).await;
+    assert!(
+        !untrusted.status.success(),
+        "the test CA is not a system CA"
+    );
+    assert!(
+        text(&untrusted.stderr).contains("certificate"),
+        "{}",
+        text(&untrusted.stderr)
+    );
+    let published = client(&publish, Some(fixture("ca.crt"))).await;
+    assert!(published.status.success(), "{}", text(&published.stderr));
+    let resolved = client(
+        &["resolve", &z32, "--relay", &relay],
+        Some(fixture("ca.crt")),
+    )
+    .await;
+    assert!(resolved.status.success(), "{}", text(&resolved.stderr));
+    assert!(
+        text(&resolved.stdout).contains("192.0.2.44"),
+        "{}",
+        text(&resolved.stdout)
+    );
+
+    let admin_url = format!("http://{}", server.admin);
+    let status = client(&["cluster", "--admin", &admin_url, "status"], None).await;
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(
+        text(&status.stdout).contains("leader: 1"),
+        "{}",
+        text(&status.stdout)
+    );
+}

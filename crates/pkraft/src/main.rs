@@ -51,7 +51,8 @@ enum Command {
     },
     /// Write a consistent backup of a running node's replica to a file (through its admin API).
     Backup {
-        /// The node's admin address (`admin.listen`).
+        /// The node's admin address (`admin.listen`, host:port), or a URL such as
+        /// `https://host:port` for an admin API behind a TLS proxy.
         #[arg(long, env = "PKRAFT_ADMIN", default_value = "127.0.0.1:7401")]
         admin: String,
         /// File holding the admin token (or set PKRAFT_ADMIN_TOKEN).
@@ -97,7 +98,8 @@ enum Command {
         /// The secret-key file (`pkraft keygen`; pkarr's format: 64 hex characters).
         #[arg(long, short = 'k')]
         secret_key: PathBuf,
-        /// The node's relay URL; the packet goes to `{URL}/{z32}`.
+        /// The node's relay URL (`http://` or `https://`; the node's certificate is checked
+        /// against the system's CAs, or SSL_CERT_FILE's); the packet goes to `{URL}/{z32}`.
         #[arg(long, env = "PKRAFT_RELAY", default_value = pkarr_client::DEFAULT_RELAY_URL)]
         relay: String,
         /// TTL of every record, in seconds.
@@ -117,7 +119,8 @@ enum Command {
     Resolve(ResolveArgs),
     /// Inspect or change the cluster through a node's admin API.
     Cluster {
-        /// The node's admin address (`admin.listen`).
+        /// The node's admin address (`admin.listen`, host:port), or a URL such as
+        /// `https://host:port` for an admin API behind a TLS proxy.
         #[arg(long, env = "PKRAFT_ADMIN", default_value = "127.0.0.1:7401")]
         admin: String,
         /// File holding the admin token (or set PKRAFT_ADMIN_TOKEN). Needed for changes.
@@ -132,7 +135,8 @@ enum Command {
 struct ResolveArgs {
     /// The public key (z-base-32, 52 characters).
     key: String,
-    /// The node's relay URL; the packet comes from `{URL}/{z32}`.
+    /// The node's relay URL (`http://` or `https://`, as for `publish`); the packet comes
+    /// from `{URL}/{z32}`.
     #[arg(long, env = "PKRAFT_RELAY", default_value = pkarr_client::DEFAULT_RELAY_URL)]
     relay: String,
     /// Ask this DNS server (host:port) instead of fetching over HTTP.

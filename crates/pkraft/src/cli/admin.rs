@@ -23,9 +23,19 @@ const BACKUP_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 const ANSWER_MAX: usize = 4 * 1024 * 1024;
 const ERROR_BODY_MAX: usize = 64 * 1024;
 
+/// `path` on the admin API at `admin`: `host:port` (plain HTTP, as the admin listener speaks),
+/// or a base URL with its scheme, for an admin API behind a TLS proxy (`https://host:port`).
+fn admin_url(admin: &str, path: &str) -> String {
+    if admin.contains("://") {
+        format!("{}{path}", admin.trim_end_matches('/'))
+    } else {
+        format!("http://{admin}{path}")
+    }
+}
+
 /// The admin endpoint of one node.
 pub struct AdminClient {
-    /// `host:port` of the admin listener.
+    /// `host:port` of the admin listener, or a base URL (`https://host:port`).
     pub admin: String,
     pub token: Option<String>,
 }
@@ -104,7 +114,7 @@ impl AdminClient {
     fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{}{path}", self.admin));
+            .uri(admin_url(&self.admin, path));
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
         }

@@ -174,14 +174,8 @@ fn key_url(relay: &str, key: &PublicKey) -> anyhow::Result<Uri> {
     let uri: Uri = url
         .parse()
         .with_context(|| format!("invalid relay URL {relay:?}"))?;
-    match uri.scheme_str() {
-        Some("http") => Ok(uri),
-        Some(other) => bail!(
-            "relay URL {relay:?}: only http:// is supported by this client (got {other}://); \
-             use a node's http.listen address"
-        ),
-        None => bail!("relay URL {relay:?} needs a scheme, e.g. http://127.0.0.1:8080/pkarr"),
-    }
+    super::http::check_scheme(&uri, "relay URL", relay)?;
+    Ok(uri)
 }
 
 /// The node's explanation of an answer (its error bodies are short plain text).
