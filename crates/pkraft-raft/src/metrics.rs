@@ -46,6 +46,9 @@ pub(crate) struct NodeMetrics {
     /// `pkraft_disk_available_bytes`: bytes available on the data dir's file system, measured
     /// once a second (`disk_space`).
     pub(crate) disk_available_bytes: IntGauge,
+    /// `pkraft_disk_min_free_bytes`: `raft.min_free_disk_mib` in bytes, so that an alert can
+    /// compare the free space with the reserve each node was given.
+    pub(crate) disk_min_free_bytes: IntGauge,
     /// `pkraft_raft_leader_contact_gap_seconds`: on a follower, the time between two
     /// consecutive requests it accepted from its leader (heartbeats, entries, snapshot chunks).
     /// About `raft.heartbeat_interval` or less while all is well; longer ones are heartbeats
@@ -120,6 +123,10 @@ impl NodeMetrics {
                 "pkraft_disk_available_bytes",
                 "Bytes available on the file system of the data dir (below raft.min_free_disk_mib the node takes no writes).",
             )?,
+            disk_min_free_bytes: IntGauge::new(
+                "pkraft_disk_min_free_bytes",
+                "raft.min_free_disk_mib in bytes: below this much available space the node takes no writes.",
+            )?,
             leader_contact_gap: Histogram::with_opts(
                 HistogramOpts::new(
                     "pkraft_raft_leader_contact_gap_seconds",
@@ -189,6 +196,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.leader_changes.clone()))?;
         registry.register(Box::new(self.handovers.clone()))?;
         registry.register(Box::new(self.disk_available_bytes.clone()))?;
+        registry.register(Box::new(self.disk_min_free_bytes.clone()))?;
         registry.register(Box::new(self.leader_contact_gap.clone()))?;
         registry.register(Box::new(self.pre_vote_rounds.clone()))?;
         registry.register(Box::new(self.storage_damage.clone()))?;

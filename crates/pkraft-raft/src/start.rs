@@ -157,6 +157,9 @@ impl Node {
         // before the damage.
         let catch_up_to =
             last_log_id.max(log_store.repair().and_then(|repair| repair.held_through));
+        metrics
+            .disk_min_free_bytes
+            .set(i64::try_from(settings.min_free_disk_bytes()).unwrap_or(i64::MAX));
         let disk_space = Arc::new(DiskSpace::new(
             data_dir,
             settings.min_free_disk_bytes(),
