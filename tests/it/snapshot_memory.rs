@@ -1,10 +1,10 @@
-//! Snapshots and backups stream: nodes whose memory is capped (a cgroup v1 memory limit) well
+//! Snapshots and backups stream: nodes whose memory is capped (a cgroup memory limit) well
 //! below the size of their data restore a backup of it, build a snapshot of it, send it, install
 //! it, and send a backup of it to a `pkraft backup` capped lower still. Before snapshots streamed, each of these held the whole data set in memory (two
 //! copies while a snapshot was built) and the cap killed the node.
 //!
-//! Needs root and the cgroup v1 memory controller (CI has both). Without them the test says so
-//! and passes, unless `PKRAFT_TEST_REQUIRE_CGROUP` is set, as `.ci/run` sets it.
+//! Needs root and the memory controller, on cgroup v1 (CI's machines) or v2. Without them the
+//! test says so and passes, unless `PKRAFT_TEST_REQUIRE_CGROUP` is set, as `.ci/run` sets it.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -279,31 +279,84 @@ fn peak_resident_bytes(pid: u32) -> u64 {
         .expect("VmHWM in /proc/PID/status")
 }
 
-/// A cgroup v1 memory cgroup of its own, removed when dropped (after its processes are gone).
+/// A memory cgroup of its own, removed when dropped (after its processes are gone): on cgroup v1
+/// in the memory controller's hierarchy, on cgroup v2 (the unified hierarchy, today's default)
+/// beside this process's cgroup's root with the memory controller enabled. The two name the same
+/// things differently (Documentation/admin-guide/cgroup-v2.rst, "Memory").
 struct MemoryCgroup {
     path: PathBuf,
+    version: CgroupVersion,
 }
 
-impl MemoryCgroup {
-    const CONTROLLER: &str = "/sys/fs/cgroup/memory";
+#[derive(Clone, Copy, Debug)]
+enum CgroupVersion {
+    V1,
+    V2,
+}
 
-    /// The memory controller, if this process may create cgroups in it.
-    fn root() -> Option<PathBuf> {
-        let root = PathBuf::from(Self::CONTROLLER);
-        let probe = root.join(format!("pkraft-probe-{}", std::process::id()));
-        match std::fs::create_dir(&probe) {
-            Ok(()) => {
-                let _ = std::fs::remove_dir(&probe);
-                Some(root)
-            }
+impl CgroupVersion {
+    /// The file that caps the cgroup's memory.
+    fn limit_file(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "memory.limit_in_bytes",
+            CgroupVersion::V2 => "memory.max",
+        }
+    }
+
+    /// The file with the cgroup's peak usage (v2: since Linux 5.19).
+    fn peak_file(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "memory.max_usage_in_bytes",
+            CgroupVersion::V2 => "memory.peak",
+        }
+    }
+
+    /// The file whose `oom_kill N` line counts the processes killed for going over the cap.
+    fn oom_file(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "memory.oom_control",
+            CgroupVersion::V2 => "memory.events",
+        }
+    }
+}
+
+/// Where cgroup v1's memory controller and cgroup v2's unified hierarchy are mounted.
+const CGROUP_V1_MEMORY: &str = "/sys/fs/cgroup/memory";
+const CGROUP_V2: &str = "/sys/fs/cgroup";
+
+impl MemoryCgroup {
+    /// The hierarchy to make memory cgroups in, if this process may: v1's memory controller if
+    /// it is mounted, else v2's root with `+memory` enabled for its children.
+    fn root() -> Option<(PathBuf, CgroupVersion)> {
+        let (root, version) = if Path::new(CGROUP_V1_MEMORY).is_dir() {
+            (PathBuf::from(CGROUP_V1_MEMORY), CgroupVersion::V1)
+        } else {
+            (PathBuf::from(CGROUP_V2), CgroupVersion::V2)
+        };
+        let usable = match version {
+            CgroupVersion::V1 => Ok(()),
+            // The root's children get the memory controller only if the root hands it down.
+            CgroupVersion::V2 => std::fs::write(root.join("cgroup.subtree_control"), "+memory"),
+        }
+        .and_then(|()| {
+            let probe = root.join(format!("pkraft-probe-{}", std::process::id()));
+            std::fs::create_dir(&probe)?;
+            let limit = std::fs::write(probe.join(version.limit_file()), "1000000000");
+            let _ = std::fs::remove_dir(&probe);
+            limit
+        });
+        match usable {
+            Ok(()) => Some((root, version)),
             Err(e) => {
                 assert!(
                     std::env::var_os("PKRAFT_TEST_REQUIRE_CGROUP").is_none(),
-                    "PKRAFT_TEST_REQUIRE_CGROUP is set but no memory cgroup can be made in {}: {e}",
+                    "PKRAFT_TEST_REQUIRE_CGROUP is set but no memory cgroup can be made in {} \
+                     ({version:?}): {e}",
                     root.display()
                 );
                 eprintln!(
-                    "SKIPPED: the memory cap test needs root and {} ({e})",
+                    "SKIPPED: the memory cap test needs root and a memory cgroup in {} \
+                     ({version:?}): {e}",
                     root.display()
                 );
                 None
@@ -311,21 +364,33 @@ impl MemoryCgroup {
         }
     }
 
-    fn create(root: &Path, name: &str, limit_bytes: u64) -> MemoryCgroup {
+    fn create(
+        (root, version): &(PathBuf, CgroupVersion),
+        name: &str,
+        limit_bytes: u64,
+    ) -> MemoryCgroup {
         let path = root.join(format!("pkraft-test-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&path).expect("create cgroup");
-        std::fs::write(path.join("memory.limit_in_bytes"), limit_bytes.to_string())
+        std::fs::write(path.join(version.limit_file()), limit_bytes.to_string())
             .expect("set the limit");
-        MemoryCgroup { path }
+        if let CgroupVersion::V2 = version {
+            // v1's limit covers swap only with memsw; keep v2's cap as hard as v1's.
+            let _ = std::fs::write(path.join("memory.swap.max"), "0");
+        }
+        MemoryCgroup {
+            path,
+            version: *version,
+        }
     }
 
     fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The cgroup's peak usage so far (page cache included), in bytes.
+    /// The cgroup's peak usage so far (page cache included), in bytes; 0 where the kernel does
+    /// not report it (cgroup v2 before Linux 5.19).
     fn peak_bytes(&self) -> u64 {
-        std::fs::read_to_string(self.path.join("memory.max_usage_in_bytes"))
+        std::fs::read_to_string(self.path.join(self.version.peak_file()))
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or_default()
@@ -333,8 +398,8 @@ impl MemoryCgroup {
 
     /// Processes the kernel killed for going over the limit.
     fn oom_kills(&self) -> u64 {
-        let control =
-            std::fs::read_to_string(self.path.join("memory.oom_control")).expect("oom_control");
+        let file = self.version.oom_file();
+        let control = std::fs::read_to_string(self.path.join(file)).expect(file);
         control
             .lines()
             .find_map(|line| line.strip_prefix("oom_kill "))
