@@ -12,6 +12,7 @@
 #               the core kinds, the prometheus-operator schema and a tsc excess-property check
 #               for the ServiceMonitor
 #   configs     `pkraft check-config` on every pkraft config: deploy/systemd/pkraft.toml,
+#               deploy/systemd/pkraft-single.toml (with the test certificate for certbot's),
 #               deploy/docker/node*.toml and each file in the Kubernetes ConfigMap
 #   consistency tests/e2e/deploy_check/checks.py: ports, paths, names and node ids agree across
 #               the unit, the Dockerfile, the compose file, the manifests and the configs
@@ -262,6 +263,16 @@ run "systemd: pkraft serves under the unit's syscall filter and capabilities" sy
 run "systemd: check-config deploy/systemd/pkraft.toml" check_config deploy/systemd/pkraft.toml
 run "systemd: unit and config agree" "$PY" "$HERE/checks.py" systemd \
     deploy/systemd/pkraft.service deploy/systemd/pkraft.toml deploy/systemd/pkraft.sysusers
+# The single-node config names certbot's files: checked with the test certificate in their place.
+check_single_config() {
+  sed -e "s|/etc/pkraft/tls/fullchain.pem|$PWD/tests/fixtures/tls/localhost.crt|" \
+      -e "s|/etc/pkraft/tls/privkey.pem|$PWD/tests/fixtures/tls/localhost.key|" \
+      deploy/systemd/pkraft-single.toml >"$WORK/pkraft-single.toml"
+  check_config "$WORK/pkraft-single.toml"
+}
+run "systemd: check-config deploy/systemd/pkraft-single.toml" check_single_config
+run "systemd: unit and single-node config agree" "$PY" "$HERE/checks.py" systemd \
+    deploy/systemd/pkraft.service deploy/systemd/pkraft-single.toml deploy/systemd/pkraft.sysusers
 
 # --- Dockerfile ----------------------------------------------------------------------------------
 run "docker: hadolint" "$VENV/bin/hadolint" deploy/docker/Dockerfile
