@@ -39,6 +39,9 @@ stop() {
 
 start() {
     local bin=$1
+    # Before any node starts: without python3 the readiness check below could never pass.
+    command -v python3 >/dev/null ||
+        { echo "make cluster needs python3 (Debian/Ubuntu: apt install python3)" >&2; exit 1; }
     mkdir -p "$DIR"
     for n in 1 2 3; do
         if [ -f "$DIR/node$n.pid" ] && kill -0 "$(cat "$DIR/node$n.pid")" 2>/dev/null; then
@@ -65,6 +68,7 @@ start() {
     done
     if [ "$voters" != 3 ]; then
         echo "the cluster did not form within ${WAIT_SECS}s; see $DIR/node*.log" >&2
+        stop >&2
         exit 1
     fi
     "$bin" cluster --admin 127.0.0.1:7421 status
