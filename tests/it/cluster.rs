@@ -359,6 +359,55 @@ where
     }
 }
 
+/// Goal: `GET /cluster/status` has every field docs/API.md lists, at every level, so that the
+/// docs and the JSON cannot drift apart unnoticed.
+/// Method: a one-node cluster (`pkraft dev`); each documented field is looked up by name (a
+/// `null` value counts: optional fields are sent as `null`, never left out).
+#[tokio::test]
+async fn cluster_status_has_every_documented_field() {
+    let server = TestServer::start();
+    let status = eventually("a status naming the leader", || async {
+        admin_status(&server)
+            .await
+            .filter(|status| status["node"]["leader"].is_u64())
+    })
+    .await;
+    let has = |value: &Value, fields: &[&str], what: &str| {
+        let object = value
+            .as_object()
+            .unwrap_or_else(|| panic!("{what}: {value}"));
+        for field in fields {
+            assert!(
+                object.contains_key(*field),
+                "{what} has no {field:?}: {value}"
+            );
+        }
+    };
+    has(&status, &["node", "membership", "members"], "the status");
+    let report = [
+        "id",
+        "role",
+        "term",
+        "leader",
+        "last_log_index",
+        "applied_index",
+        "millis_since_leader_contact",
+        "packets",
+        "low_on_disk",
+        "log_repair",
+    ];
+    has(&status["node"], &report, "node");
+    has(&status["membership"], &["log_index", "joint"], "membership");
+    let members = status["members"].as_array().expect("members");
+    assert_eq!(members.len(), 1, "{status}");
+    has(
+        &members[0],
+        &["id", "addr", "voter", "status", "error", "lag_entries"],
+        "a member",
+    );
+    has(&members[0]["status"], &report, "a member's status");
+}
+
 pub async fn admin_status(server: &TestServer) -> Option<Value> {
     let response = http_client()
         .get(format!("http://{}/cluster/status", server.admin))
