@@ -61,7 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 break None;
             }
             reason = server.wait_fatal() => break Some(reason),
-            _ = hangup.recv() => server.reload_certificates("SIGHUP").await,
+            _ = hangup.recv() => server.reload_certificates("SIGHUP"),
         }
     };
     match &fatal {

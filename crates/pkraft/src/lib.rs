@@ -310,18 +310,17 @@ impl Server {
         self.https.as_ref().map(|https| https.addr)
     }
 
-    /// Loads every listener's certificate files again, changed or not (SIGHUP). Files that
-    /// cannot be used are refused and the certificate loaded before keeps serving
-    /// ([`certificates`]).
-    pub async fn reload_certificates(&self, reason: &'static str) {
+    /// Loads every listener's certificate files again, changed or not (SIGHUP), on a blocking
+    /// thread of its own: the caller does not wait, so a file on a hung mount cannot hold up a
+    /// stop. Files that cannot be used are refused and the certificate loaded before keeps
+    /// serving ([`certificates`]).
+    pub fn reload_certificates(&self, reason: &'static str) {
         let Some(https) = &self.https else {
             tracing::info!(reason, "no certificate files to reload");
             return;
         };
         let reloader = https.reloader.clone();
-        if let Err(error) = tokio::task::spawn_blocking(move || reloader.reload_now(reason)).await {
-            tracing::error!(%error, "certificate reload failed");
-        }
+        tokio::task::spawn_blocking(move || reloader.reload_now(reason));
     }
 
     /// The DNS address (UDP and TCP).
