@@ -267,3 +267,21 @@ pub async fn change(client: &AdminClient, change: ClusterChange) -> anyhow::Resu
     println!("ok");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::admin_url;
+
+    /// `--admin` is `host:port` (plain HTTP) or a base URL with its scheme.
+    #[test]
+    fn admin_addresses_and_urls() {
+        assert_eq!(
+            admin_url("127.0.0.1:7401", "/cluster/status"),
+            "http://127.0.0.1:7401/cluster/status"
+        );
+        assert_eq!(
+            admin_url("https://admin.example:8443/", "/backup"),
+            "https://admin.example:8443/backup"
+        );
+    }
+}

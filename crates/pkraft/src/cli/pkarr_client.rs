@@ -546,7 +546,13 @@ mod tests {
                 format!("http://127.0.0.1:8080/pkarr/{z32}")
             );
         }
-        assert!(key_url("https://relay.example/pkarr", &key).is_err());
+        assert_eq!(
+            key_url("https://relay.example/pkarr", &key)
+                .expect("https")
+                .to_string(),
+            format!("https://relay.example/pkarr/{z32}")
+        );
+        assert!(key_url("ftp://relay.example/pkarr", &key).is_err());
         assert!(key_url("127.0.0.1:8080", &key).is_err());
     }
 
