@@ -365,3 +365,115 @@ async fn a_dht_that_is_down_or_flooded_never_holds_a_query_past_the_deadline() {
     assert!(shed >= 30.0, "{shed} shed, {looked_up} looked up");
     assert_eq!(looked_up + shed, 40.0);
 }
+
+/// A pkarr 8.1 client whose only network is `server`'s relay (no DHT of its own).
+fn relay_only_client(server: &TestServer) -> Client {
+    crate::harness::install_crypto_provider();
+    let mut builder = Client::builder();
+    builder
+        .no_default_network()
+        .relays(&[server.url("/pkarr").as_str()])
+        .expect("relay URL");
+    builder.build().expect("pkarr client")
+}
+
+/// `GET /pkarr/<key>?policy=<policy>`: the status, the body and the `Memento-Datetime` header.
+async fn get_with_policy(
+    server: &TestServer,
+    key: &Keypair,
+    policy: &str,
+) -> (u16, bytes::Bytes, Option<String>) {
+    let response = server
+        .get(&format!("{}?policy={policy}", server.relay_url(key)))
+        .await;
+    let status = response.status().as_u16();
+    let memento = response
+        .headers()
+        .get("memento-datetime")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, response.bytes().await.unwrap_or_default(), memento)
+}
+
+/// Goal: the relay answers each `policy` of pkarr 8.1's relay client as docs/API.md says, with
+/// `[dht]` on: `CacheOnly` never asks the DHT, `CacheFirst` asks it only for a key the cluster
+/// does not hold, `NetworkOnly` asks it even for a stored key and answers the newer packet;
+/// a packet from the DHT carries `Memento-Datetime`; an unknown policy is 400.
+/// Method: a node whose bridge does not put (`publish = false`, so the DHT keeps what the test
+/// puts there); one key only on the DHT, one stored with a newer packet on the DHT; raw GETs and
+/// pkarr's own client with the node as its only relay.
+#[tokio::test]
+async fn each_resolve_policy_gets_its_answer_with_the_dht_on() {
+    let testnet = testnet();
+    let section = dht_section(&testnet, "publish = false\n");
+    let server = TestServer::start_with_config(&format!("[cluster]\nbootstrap = true\n{section}"));
+    let dht = pkarr_client(&testnet);
+
+    // Only on the DHT.
+    let only_dht = keypair(790);
+    let on_dht_only = iroh_packet(&only_dht, 2_000, &["192.0.2.90:90"]);
+    dht.publish(&on_dht_only).await.expect("put to the testnet");
+    let (status, _, _) = get_with_policy(&server, &only_dht, "CacheOnly").await;
+    assert_eq!(status, 404, "CacheOnly does not ask the DHT");
+    let (status, body, memento) = get_with_policy(&server, &only_dht, "CacheFirst").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, on_dht_only.to_relay_payload());
+    assert!(
+        memento.is_some(),
+        "a packet from the DHT carries Memento-Datetime"
+    );
+    // The same through pkarr's client.
+    let client = relay_only_client(&server);
+    let resolved = client
+        .resolve(&only_dht.public_key(), ResolvePolicy::CacheFirst)
+        .await
+        .expect("CacheFirst through the relay");
+    assert_eq!(resolved.as_bytes(), on_dht_only.as_bytes());
+    assert!(
+        relay_only_client(&server)
+            .resolve(&only_dht.public_key(), ResolvePolicy::CacheOnly)
+            .await
+            .is_err(),
+        "CacheOnly through the relay finds nothing"
+    );
+
+    // Stored, with a newer packet on the DHT.
+    let (key, older) = packet(791, 1_000);
+    assert_eq!(put(&server, &key, &older).await.status(), 204);
+    let newer = iroh_packet(&key, 5_000, &["192.0.2.91:91"]);
+    dht.publish(&newer).await.expect("put to the testnet");
+    for policy in ["CacheOnly", "CacheFirst"] {
+        let (status, body, memento) = get_with_policy(&server, &key, policy).await;
+        assert_eq!(
+            (status, &body),
+            (200, &older.to_relay_payload()),
+            "{policy}"
+        );
+        assert_eq!(memento, None, "{policy}: from the replica");
+    }
+    let (status, body, memento) = get_with_policy(&server, &key, "NetworkOnly").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        newer.to_relay_payload(),
+        "NetworkOnly: the DHT's newer packet"
+    );
+    assert!(memento.is_some());
+    let resolved = relay_only_client(&server)
+        .resolve(&key.public_key(), ResolvePolicy::NetworkOnly)
+        .await
+        .expect("NetworkOnly through the relay");
+    assert_eq!(resolved.as_bytes(), newer.as_bytes());
+    // What the replica holds is unchanged by a GET.
+    let (status, body, _) = get_with_policy(&server, &key, "CacheOnly").await;
+    assert_eq!((status, body), (200, older.to_relay_payload()));
+
+    // A stored key the DHT has no newer packet for: NetworkOnly answers the stored one.
+    let (kept, stored) = packet(792, 1_000);
+    assert_eq!(put(&server, &kept, &stored).await.status(), 204);
+    let (status, body, _) = get_with_policy(&server, &kept, "NetworkOnly").await;
+    assert_eq!((status, body), (200, stored.to_relay_payload()));
+
+    let (status, _, _) = get_with_policy(&server, &key, "cacheonly").await;
+    assert_eq!(status, 400, "policy names are pkarr's, exactly");
+}

@@ -86,3 +86,35 @@ async fn pkarr_client_publishes_through_one_node_and_resolves_through_another() 
         );
     }
 }
+
+/// Goal: with `[dht]` off, every `ResolvePolicy` of pkarr's relay client gets the stored packet
+/// (the cluster is the only network), and a key the cluster does not hold is not found.
+#[tokio::test]
+async fn every_resolve_policy_gets_the_stored_packet_without_the_dht() {
+    let server = TestServer::start();
+    let key = keypair(82);
+    let packet = iroh_style_packet(&key, "192.0.2.2:4433");
+    relay_client(&server.url("/pkarr"))
+        .publish(&packet)
+        .await
+        .expect("publish");
+    let unknown = keypair(83);
+    for policy in [
+        ResolvePolicy::CacheOnly,
+        ResolvePolicy::CacheFirst,
+        ResolvePolicy::NetworkOnly,
+    ] {
+        let resolved = relay_client(&server.url("/pkarr"))
+            .resolve(&key.public_key(), policy)
+            .await
+            .unwrap_or_else(|e| panic!("{policy:?}: {e}"));
+        assert_eq!(resolved.as_bytes(), packet.as_bytes(), "{policy:?}");
+        assert!(
+            relay_client(&server.url("/pkarr"))
+                .resolve(&unknown.public_key(), policy)
+                .await
+                .is_err(),
+            "{policy:?}: an unknown key"
+        );
+    }
+}

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_lite::StreamExt;
 use mainline::async_dht::AsyncDht;
@@ -26,10 +26,18 @@ use crate::item::from_item;
 use crate::metrics::{DhtMetrics, ResolveResult};
 use crate::settings::DhtSettings;
 
+/// A packet the DHT answered with, and when this node received it: what a relay reports as
+/// `Memento-Datetime`.
+#[derive(Clone, Debug)]
+pub struct FromDht {
+    pub payload: Payload,
+    pub seen: SystemTime,
+}
+
 /// What the caches hold for a key.
 #[derive(Clone, Debug)]
 enum Cached {
-    Found(Payload),
+    Found(FromDht),
     Missing,
 }
 
@@ -37,7 +45,7 @@ enum Cached {
 #[derive(Clone, Debug)]
 enum LookupState {
     Running,
-    Done(Option<Payload>, ResolveResult),
+    Done(Option<FromDht>, ResolveResult),
 }
 
 /// Per-entry lifetime: a found packet lives for its TTL, a miss for the negative TTL.
@@ -81,6 +89,16 @@ pub struct Resolver {
 /// Callers that may wait at once, per lookup slot.
 const WAITERS_PER_SLOT: usize = 4;
 
+/// Whether [`Resolver::resolve_from`] may answer from the caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A packet or a miss cached from an earlier lookup is the answer (DNS, and a relay's
+    /// `CacheFirst`).
+    CachedOrNew,
+    /// Ask the DHT now (a relay's `NetworkOnly`).
+    New,
+}
+
 impl Resolver {
     pub(crate) fn new(dht: AsyncDht, settings: &DhtSettings, metrics: Arc<DhtMetrics>) -> Self {
         Resolver {
@@ -105,16 +123,27 @@ impl Resolver {
     /// answer within `dht.resolve_timeout`, or too many lookups (or callers waiting for them)
     /// are under way.
     pub async fn resolve(self: &Arc<Self>, key: &KeyBytes) -> Option<Payload> {
-        match self.cache.get(key) {
-            Some((Cached::Found(payload), _)) => {
-                self.metrics.resolved(ResolveResult::CacheHit, None);
-                return Some(payload);
+        self.resolve_from(key, Lookup::CachedOrNew)
+            .await
+            .map(|found| found.payload)
+    }
+
+    /// [`Resolver::resolve`], with when the packet was received; with [`Lookup::New`] the
+    /// caches are not asked (a lookup already running for the key is joined, and the bounds on
+    /// lookups and waiters hold as for any other).
+    pub async fn resolve_from(self: &Arc<Self>, key: &KeyBytes, lookup: Lookup) -> Option<FromDht> {
+        if lookup == Lookup::CachedOrNew {
+            match self.cache.get(key) {
+                Some((Cached::Found(found), _)) => {
+                    self.metrics.resolved(ResolveResult::CacheHit, None);
+                    return Some(found);
+                }
+                Some((Cached::Missing, _)) => {
+                    self.metrics.resolved(ResolveResult::CacheMiss, None);
+                    return None;
+                }
+                None => {}
             }
-            Some((Cached::Missing, _)) => {
-                self.metrics.resolved(ResolveResult::CacheMiss, None);
-                return None;
-            }
-            None => {}
         }
         let asked = Instant::now();
         let Ok(_waiting) = self.waiters.try_acquire() else {
@@ -130,9 +159,9 @@ impl Resolver {
             state.wait_for(|state| matches!(state, LookupState::Done(..))),
         )
         .await;
-        let (payload, result) = match done {
+        let (found, result) = match done {
             Ok(Ok(state)) => match &*state {
-                LookupState::Done(payload, result) => (payload.clone(), *result),
+                LookupState::Done(found, result) => (found.clone(), *result),
                 LookupState::Running => (None, ResolveResult::Timeout),
             },
             // The lookup task ended without an answer (it panicked): a miss is the safe answer.
@@ -140,7 +169,7 @@ impl Resolver {
             Err(_) => (None, ResolveResult::Timeout),
         };
         self.metrics.resolved(result, Some(asked.elapsed()));
-        payload
+        found
     }
 
     /// The running lookup for `key`, or a new one if a slot is free (`None`: none is).
@@ -200,16 +229,16 @@ impl Resolver {
             if !newer {
                 continue;
             }
-            let payload = packet.payload().clone();
-            self.cache
-                .insert(key, (Cached::Found(payload.clone()), self.ttl_of(&payload)));
+            let found = FromDht {
+                payload: packet.payload().clone(),
+                seen: SystemTime::now(),
+            };
+            let ttl = self.ttl_of(&found.payload);
+            self.cache.insert(key, (Cached::Found(found.clone()), ttl));
             if best.is_none() {
-                report.send_replace(LookupState::Done(
-                    Some(payload.clone()),
-                    ResolveResult::Found,
-                ));
+                report.send_replace(LookupState::Done(Some(found.clone()), ResolveResult::Found));
             }
-            best = Some(payload);
+            best = Some(found.payload);
         }
         if best.is_none() {
             self.cache

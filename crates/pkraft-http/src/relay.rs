@@ -3,12 +3,13 @@
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::{AppendHeaders, IntoResponse, Response};
 use pkarr::Timestamp;
+use pkraft_dht::Lookup;
 use pkraft_raft::{Consistency, Published};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
 use pkraft_types::too_far_ahead;
-use pkraft_types::{PublishOutcome, VerifiedPacket, decode_z32_key, parse_z32_key};
+use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key, parse_z32_key};
 
 use crate::error::RelayError;
 use crate::{AppState, STORED_NODES_HEADER, Settings};
@@ -19,7 +20,29 @@ pub struct ReadParams {
     /// `local` (the default) or `linearizable` (see [`Consistency`]); 503 when a linearizable
     /// read cannot be served now.
     pub consistency: Option<String>,
+    /// Where the packet may come from, as pkarr 8.1's relay client asks on every GET; any other
+    /// value is refused with 400 (axum's query rejection), as pkarr-relay refuses it.
+    pub policy: Option<ResolvePolicy>,
 }
+
+/// pkarr's `ResolvePolicy` as a relay GET carries it (`?policy=`, the variant names exactly).
+/// With `[dht]` off there is no network beyond the cluster: every policy answers from the
+/// replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum ResolvePolicy {
+    /// The replica only: a key it does not hold is 404 without asking the DHT.
+    CacheOnly,
+    /// The replica, then (for a key it does not hold) the DHT through the resolver's caches.
+    /// The default, and what a GET without `policy` gets.
+    #[default]
+    CacheFirst,
+    /// The DHT now (its caches not asked), even for a key the replica holds; the newer of the
+    /// two packets by the ordering rule is the answer, the replica's when the DHT has none.
+    NetworkOnly,
+}
+
+/// RFC 7089's header, which pkarr relays use for when a packet was last seen on the DHT.
+const MEMENTO_DATETIME: header::HeaderName = header::HeaderName::from_static("memento-datetime");
 
 /// Media type of a relay payload (pkarr design/relays.md).
 pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
@@ -84,26 +107,59 @@ pub async fn get_packet(
         None => Consistency::default(),
         Some(name) => name.parse()?,
     };
+    let policy = read.policy.unwrap_or_default();
     let stored = state
         .node
         .read(&key_bytes, consistency)
         .await
-        .map_err(|e| RelayError::from_read(e, state.settings.retry_after))?;
-    let payload = match stored {
-        Some(stored) => stored.payload,
-        None => {
+        .map_err(|e| RelayError::from_read(e, state.settings.retry_after))?
+        .map(|stored| stored.payload);
+    // The packet, and when this node received it from the DHT if it came from there.
+    let (payload, seen_on_dht) = match (policy, state.dht.as_ref(), stored) {
+        (ResolvePolicy::NetworkOnly, Some(dht), stored) => {
+            let from_dht = dht.resolve_from(&key_bytes, Lookup::New).await;
+            match (stored, from_dht) {
+                (Some(stored), Some(found))
+                    if decide(Some(&stored), &found.payload) != PublishOutcome::Stored =>
+                {
+                    (stored, None)
+                }
+                (_, Some(found)) => (found.payload, Some(found.seen)),
+                (Some(stored), None) => (stored, None),
+                (None, None) => {
+                    parse_z32_key(&key)?;
+                    return Err(RelayError::NotFound);
+                }
+            }
+        }
+        (_, _, Some(stored)) => (stored, None),
+        (ResolvePolicy::CacheOnly, _, None) | (_, None, None) => {
             parse_z32_key(&key)?;
-            // Not in the cluster: the DHT may have it (`[dht]`), within its deadline.
-            let dht = state.dht.as_ref().ok_or(RelayError::NotFound)?;
-            dht.resolve(&key_bytes).await.ok_or(RelayError::NotFound)?
+            return Err(RelayError::NotFound);
+        }
+        (ResolvePolicy::CacheFirst, Some(dht), None) => {
+            parse_z32_key(&key)?;
+            // Not in the cluster: the DHT may have it, within its deadline.
+            let found = dht
+                .resolve_from(&key_bytes, Lookup::CachedOrNew)
+                .await
+                .ok_or(RelayError::NotFound)?;
+            (found.payload, Some(found.seen))
         }
     };
     let timestamp_micros = payload.timestamp_micros();
     let max_age = cache_max_age_secs(&state.settings, &payload)?;
-    let validators = [
+    let mut validators = vec![
         (header::CACHE_CONTROL, format!("public, max-age={max_age}")),
         (header::LAST_MODIFIED, http_date(timestamp_micros)?),
     ];
+    // When the packet was last seen on the DHT (pkarr 8.1's relay client takes it as the
+    // packet's `last_seen`, from which it counts the TTL). Left out for a packet from the
+    // replica: when the DHT last had it is not known here, and a client takes a packet without
+    // the header as seen now.
+    if let Some(seen) = seen_on_dht {
+        validators.push((MEMENTO_DATETIME, Timestamp::from(seen).format_http_date()));
+    }
 
     // Compared in microseconds, as pkarr-relay does: HTTP dates have whole seconds, so a client
     // holding a packet signed at 10.2 s that asks "modified since 10 s?" still gets the packet
@@ -114,12 +170,12 @@ pub async fn get_packet(
         .and_then(|v| Timestamp::parse_http_date(v).ok())
         .is_some_and(|since| timestamp_micros <= since.as_u64());
     if not_modified {
-        return Ok((StatusCode::NOT_MODIFIED, validators).into_response());
+        return Ok((StatusCode::NOT_MODIFIED, AppendHeaders(validators)).into_response());
     }
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, PAYLOAD_CONTENT_TYPE.to_string())],
-        validators,
+        AppendHeaders(validators),
         Bytes::from(payload),
     )
         .into_response())
