@@ -97,8 +97,8 @@ fn client_for(uri: &Uri) -> anyhow::Result<Client<HttpsConnector<HttpConnector>,
     Ok(Client::builder(TokioExecutor::new()).build(connector))
 }
 
-/// Whether `url` (as a relay URL or an admin address) names its scheme, and which: only
-/// `http` and `https` are spoken.
+/// Refuses a relay URL (`given`, parsed as `uri`) without a scheme or with one other than
+/// `http` and `https`, the two this client speaks; `what` names the argument in the error.
 pub fn check_scheme(uri: &Uri, what: &str, given: &str) -> anyhow::Result<()> {
     match uri.scheme_str() {
         Some("http" | "https") => Ok(()),
