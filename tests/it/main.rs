@@ -22,6 +22,7 @@ mod durability;
 mod harness;
 mod https;
 mod huge_pages;
+mod import;
 mod iroh_client;
 mod lifecycle;
 mod metrics;

@@ -92,6 +92,16 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Write version VERSION of every key to OUT, one line each: `<z32> <payload in hex>` (the
+    /// packets a fixture's store should hold, for tests to compare against).
+    Payloads {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        version: usize,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// PUT version VERSION of every key once; prints a JSON summary.
     Put {
         #[arg(long)]
@@ -553,6 +563,20 @@ async fn main() -> anyhow::Result<()> {
                 "wrote {keys} keys × {versions} versions to {}",
                 out.display()
             );
+        }
+        Command::Payloads { data, version, out } => {
+            let data = DataSet::read(&data)?;
+            data.check_version(version)?;
+            let mut lines = String::new();
+            for key in &data.keys {
+                let hex: String = key.versions[version]
+                    .payload
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect();
+                lines.push_str(&format!("{} {hex}\n", key.z32));
+            }
+            std::fs::write(&out, lines).with_context(|| format!("write {}", out.display()))?;
         }
         Command::Put {
             data,

@@ -11,6 +11,8 @@
 //! - `POST /backup`: a backup file of this node's replica (`application/octet-stream`; `pkraft
 //!   backup` writes it to a file), streamed as it is read. Behind the token: it reads the whole
 //!   replica. One at a time (429 while one runs).
+//! - `POST /import`: a batch of packets from another store, each checked and published through
+//!   the cluster (`pkraft import`; [`crate::import`]). Answers an `ImportReport`.
 //!
 //! Mutating calls need `Authorization: Bearer <admin token>`: 401 without it or with a wrong one,
 //! 403 when the node has no token configured. Errors are JSON `{"error": "..."}`: 400/409 when
@@ -20,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -100,6 +102,8 @@ pub struct AdminState {
     pub registry: prometheus::Registry,
     /// `http.ready_max_stale`, for `/readyz`.
     pub ready_max_stale: std::time::Duration,
+    /// What `/import` refuses besides what a PUT does.
+    pub import_rules: crate::import::ImportRules,
 }
 
 /// Body of the calls that name a node.
@@ -135,6 +139,12 @@ pub fn router(state: AdminState) -> Router {
             let backups = Arc::new(tokio::sync::Semaphore::new(1));
             post(move |state: State<AdminState>| backup(state, backups.clone()))
         })
+        .route(
+            "/import",
+            post(crate::import::import)
+                .with_state((state.node.clone(), state.import_rules))
+                .layer(DefaultBodyLimit::max(crate::import::IMPORT_BODY_MAX)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/cluster/status", get(status))

@@ -4,7 +4,8 @@
 //! - [`relay`]: `PUT|GET /pkarr/{z32}` and `PUT|GET /{z32}`.
 //! - [`doh`]: `GET|POST /dns-query` (RFC 8484 and the JSON form), answered by the DNS frontend's
 //!   handler chain.
-//! - [`admin`]: the admin listener (cluster status and membership changes).
+//! - [`admin`]: the admin listener (cluster status and membership changes, backups).
+//! - [`import`]: the admin API's `POST /import` (`pkraft import`).
 //! - [`error`]: [`error::RelayError`], the one place where failures become status codes.
 //! - [`rate_limit`]: per-client and global rate limits of the relay and DoH routes (429).
 //! - [`serve`]: the connection loop of every HTTP listener (public, `[https]`, admin, peer) with
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod doh;
 pub mod error;
+pub mod import;
 pub mod metrics;
 pub mod rate_limit;
 pub mod relay;

@@ -69,9 +69,23 @@ pub fn decode_z32_key(text: &str) -> Result<KeyBytes, KeyError> {
         .ok_or(KeyError::Length(text.len()))
 }
 
+/// The z-base-32 form of 32 key bytes, whether or not they are a point on the curve (reports
+/// name keys that failed verification this way).
+pub fn encode_z32_key(key: &KeyBytes) -> String {
+    base32::encode(base32::Alphabet::Z, key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoding_is_pkarrs_and_decodes_back() {
+        let key = pkraft_testkit::keypair(2).public_key();
+        let z32 = encode_z32_key(&key.to_bytes());
+        assert_eq!(z32, key.to_z32());
+        assert_eq!(decode_z32_key(&z32), Ok(key.to_bytes()));
+    }
 
     #[test]
     fn accepts_any_case_and_rejects_other_shapes() {

@@ -17,7 +17,7 @@ pub mod payload;
 
 pub use clock::{too_far_ahead, unix_micros_now};
 pub use command::{Command, PublishItem};
-pub use key::{KeyError, decode_z32_key, parse_z32_key};
+pub use key::{KeyError, decode_z32_key, encode_z32_key, parse_z32_key};
 pub use ordering::{PublishOutcome, decide};
 pub use packet::{PacketError, VerifiedPacket};
 pub use payload::Payload;

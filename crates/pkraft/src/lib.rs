@@ -184,6 +184,10 @@ impl Server {
                 token: secrets.admin_token,
                 registry: registry.clone(),
                 ready_max_stale: config.http.ready_max_stale,
+                import_rules: pkraft_http::import::ImportRules {
+                    record_max_age: config.raft.record_max_age,
+                    max_future_skew: config.http.max_future_skew,
+                },
             }),
             pkraft_http::serve::ConnectionLimits::admin(),
             admission("admin", config.admin.connection_caps()),

@@ -61,6 +61,26 @@ enum Command {
         /// Where to write the backup (written to OUT.tmp, then renamed).
         out: PathBuf,
     },
+    /// Copy every packet of an iroh-dns-server store into the cluster, through a node's admin
+    /// API: each is verified and published as a PUT is (a newer stored packet is kept). Safe to
+    /// run again. Prints how many were imported, already stored, older than the stored packet,
+    /// expired (raft.record_max_age) and invalid.
+    Import {
+        /// The node's admin address (`admin.listen`, host:port), or a URL such as
+        /// `https://host:port` for an admin API behind a TLS proxy.
+        #[arg(long, env = "PKRAFT_ADMIN", default_value = "127.0.0.1:7401")]
+        admin: String,
+        /// File holding the admin token (or set PKRAFT_ADMIN_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// iroh-dns-server's data dir (which holds signed-packets-1.db), or that file. Stop
+        /// iroh-dns-server first, or give a copy taken while it was stopped. The file is only
+        /// read (one not closed cleanly is repaired in a copy in $TMPDIR).
+        store: PathBuf,
+    },
     /// Seed an empty data dir from a backup as a new single-node cluster (disaster recovery);
     /// then start the node on it with the same node id, and add the other nodes as usual.
     Restore {
@@ -255,6 +275,12 @@ async fn main() -> anyhow::Result<()> {
             token_file,
             out,
         } => cli::data::backup(admin, token_file, &out).await,
+        Command::Import {
+            admin,
+            token_file,
+            json,
+            store,
+        } => cli::import::import(admin, token_file, &store, json).await,
         Command::Restore {
             data_dir,
             node_id,

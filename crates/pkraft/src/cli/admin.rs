@@ -13,7 +13,7 @@ use pkraft_raft::ClusterStatus;
 use super::http::{exchange, exchange_streaming};
 
 /// A membership change can wait for a new node to catch up (up to 30 s) and for the leader.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The node answers a backup request once the first chunk is read from its replica.
 const BACKUP_HEAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// A backup that sends nothing for this long is given up: no bound on the whole transfer,
@@ -111,7 +111,7 @@ impl AdminClient {
         Ok(received)
     }
 
-    fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+    pub(super) fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
         let mut request = Request::builder()
             .method(method)
             .uri(admin_url(&self.admin, path));
@@ -159,7 +159,7 @@ impl AdminClient {
 }
 
 /// The `error` of a JSON error body, or the body as text.
-fn error_message(body: &[u8]) -> String {
+pub(super) fn error_message(body: &[u8]) -> String {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     json.get("error").and_then(|e| e.as_str()).map_or_else(
         || String::from_utf8_lossy(body).into_owned(),

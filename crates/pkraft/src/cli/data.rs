@@ -19,9 +19,11 @@ pub async fn backup(admin: String, token_file: Option<PathBuf>, out: &Path) -> a
     let file =
         std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut writer = std::io::BufWriter::with_capacity(256 * 1024, file);
-    let mut progress = Progress::new("received");
+    let mut progress = Progress::new();
     let received = client
-        .backup_into(&mut writer, |bytes| progress.show(bytes))
+        .backup_into(&mut writer, |bytes| {
+            progress.show(|| format!("received {:.1} MiB", bytes as f64 / (1024.0 * 1024.0)))
+        })
         .await;
     progress.done();
     let written = received.and_then(|bytes| {
@@ -61,26 +63,25 @@ pub async fn backup(admin: String, token_file: Option<PathBuf>, out: &Path) -> a
 }
 
 /// A progress line on stderr, rewritten in place at most a few times a second; silent when
-/// stderr is not a terminal (scripts, logs).
-struct Progress {
-    what: &'static str,
+/// stderr is not a terminal (scripts, logs). `pkraft backup` and `pkraft import` show one.
+pub(super) struct Progress {
     terminal: bool,
     last: Option<std::time::Instant>,
     shown: bool,
 }
 
 impl Progress {
-    fn new(what: &'static str) -> Progress {
+    pub(super) fn new() -> Progress {
         use std::io::IsTerminal;
         Progress {
-            what,
             terminal: std::io::stderr().is_terminal(),
             last: None,
             shown: false,
         }
     }
 
-    fn show(&mut self, bytes: u64) {
+    /// Shows the line `text` makes, unless one was shown less than 250 ms ago.
+    pub(super) fn show(&mut self, text: impl FnOnce() -> String) {
         if !self.terminal
             || self
                 .last
@@ -90,14 +91,11 @@ impl Progress {
         }
         self.last = Some(std::time::Instant::now());
         self.shown = true;
-        eprint!(
-            "\r{} {:.1} MiB",
-            self.what,
-            bytes as f64 / (1024.0 * 1024.0)
-        );
+        eprint!("\r{}", text());
     }
 
-    fn done(&self) {
+    /// Ends the line, if one was shown.
+    pub(super) fn done(&self) {
         if self.shown {
             eprintln!();
         }

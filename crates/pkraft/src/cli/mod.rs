@@ -3,11 +3,13 @@
 //! - [`pkarr_client`]: `pkraft keygen`, `publish` and `resolve`, a small pkarr client.
 //! - [`admin`]: `pkraft cluster …` and `pkraft backup` through a node's admin API.
 //! - [`data`]: `pkraft backup`, `restore` and `verify`: files, progress and reports.
+//! - [`import`]: `pkraft import`, from an iroh-dns-server store into the cluster.
 //! - [`http`]: the one HTTP exchange the clients make.
 
 pub mod admin;
 pub mod data;
 pub mod http;
+pub mod import;
 pub mod pkarr_client;
 
 use std::path::PathBuf;

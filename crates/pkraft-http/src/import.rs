@@ -1,0 +1,290 @@
+//! `POST /import` on the admin API: packets taken from another pkarr store (`pkraft import`
+//! reads iroh-dns-server's), each checked as a relay PUT is and published through the cluster
+//! (`Node::publish`), so that every replica gets them and the ordering rule decides as for any
+//! PUT. Running an import twice changes nothing the second time.
+//!
+//! The body is a batch of records, each `key (32 bytes) ‖ payload length (u16, big-endian) ‖
+//! relay payload`, at most [`IMPORT_BATCH_MAX`] of them. The answer is an [`ImportReport`]: what
+//! became of each record, and the records to send again because the cluster could not take them
+//! in time (no leader, a full queue); sending those again is safe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, body::Bytes};
+use pkraft_raft::{Node, PublishError};
+use pkraft_types::payload::PAYLOAD_LEN_MAX;
+use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, encode_z32_key};
+use serde::{Deserialize, Serialize};
+
+/// Most records in one `POST /import`: the most the write path batches into one log entry
+/// (`raft.publish_batch_max`'s default), so that a batch fills entries without taking more than
+/// a small part of the publish queue (4096 by default) from the relay's PUTs.
+pub const IMPORT_BATCH_MAX: usize = 512;
+/// Bytes before each record's payload: the key and the payload's length.
+const RECORD_HEADER_LEN: usize = 32 + 2;
+/// Largest body of `POST /import`: a full batch of the largest payloads.
+pub const IMPORT_BODY_MAX: usize = IMPORT_BATCH_MAX * (RECORD_HEADER_LEN + PAYLOAD_LEN_MAX);
+
+/// The checks an import applies besides the packet's own (those of a PUT).
+#[derive(Debug, Clone, Copy)]
+pub struct ImportRules {
+    /// `raft.record_max_age`: an older packet would be deleted at the next expiry round, so it
+    /// is not imported (zero keeps everything).
+    pub record_max_age: Duration,
+    /// `http.max_future_skew`: a packet signed further ahead is refused, as a PUT is.
+    pub max_future_skew: Duration,
+}
+
+/// What became of one batch's records. The CLI adds them up over the whole import.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Published: no packet was stored for the key, or an older one.
+    pub imported: u64,
+    /// The same packet was stored already (an import run before, or the endpoint published it).
+    pub unchanged: u64,
+    /// A newer packet was stored already (the endpoint republished since): kept.
+    pub newer_stored: u64,
+    /// Signed longer than `raft.record_max_age` ago: not imported.
+    pub expired: u64,
+    /// Records that failed a check, with the reason.
+    pub invalid: Vec<InvalidRecord>,
+    /// Indices (in the batch) of records the cluster could not take now; send them again.
+    pub retry: Vec<u32>,
+    /// Why the first of them was not taken (no leader, not committed in time, queue full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_reason: Option<String>,
+}
+
+/// A record that was not imported because it failed a check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvalidRecord {
+    /// The key, z-base-32.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Appends one record to a batch body. Fails if the payload is longer than a relay payload can
+/// be (such a record would be refused anyway; the caller reports it as invalid).
+pub fn encode_record(body: &mut Vec<u8>, key: &KeyBytes, payload: &[u8]) -> Result<(), String> {
+    if payload.len() > PAYLOAD_LEN_MAX {
+        return Err(format!(
+            "the payload is {} bytes; a relay payload is at most {PAYLOAD_LEN_MAX}",
+            payload.len()
+        ));
+    }
+    let len = u16::try_from(payload.len()).map_err(|_| "payload length".to_string())?;
+    body.extend_from_slice(key);
+    body.extend_from_slice(&len.to_be_bytes());
+    body.extend_from_slice(payload);
+    Ok(())
+}
+
+/// Splits a batch body into its records (without checking them); an error names the first
+/// place where the framing is wrong.
+pub fn decode_batch(body: &Bytes) -> Result<Vec<(KeyBytes, Bytes)>, String> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at < body.len() {
+        if records.len() == IMPORT_BATCH_MAX {
+            return Err(format!("more than {IMPORT_BATCH_MAX} records in one batch"));
+        }
+        let header = body
+            .get(at..at + RECORD_HEADER_LEN)
+            .ok_or_else(|| format!("record {} is cut short at byte {at}", records.len()))?;
+        let (key, len) = header.split_at(32);
+        let key = KeyBytes::try_from(key).map_err(|_| "key length".to_string())?;
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        let start = at + RECORD_HEADER_LEN;
+        if start + len > body.len() {
+            return Err(format!(
+                "record {} claims {len} payload bytes; {} are left",
+                records.len(),
+                body.len() - start
+            ));
+        }
+        records.push((key, body.slice(start..start + len)));
+        at = start + len;
+    }
+    Ok(records)
+}
+
+/// The handler of `POST /import` (behind the admin token).
+pub async fn import(
+    State((node, rules)): State<(Arc<Node>, ImportRules)>,
+    body: Bytes,
+) -> Response {
+    let records = match decode_batch(&body) {
+        Ok(records) => records,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": format!("not an import batch: {e}") })),
+            )
+                .into_response();
+        }
+    };
+    // Checking signatures costs about 50 µs a packet: on the blocking pool, not the workers.
+    let checked = tokio::task::spawn_blocking(move || {
+        records
+            .into_iter()
+            .map(|(key, payload)| check_record(&key, payload, rules).map_err(|e| (key, e)))
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({ "error": format!("checking the batch failed: {e}") })),
+            )
+                .into_response();
+        }
+    };
+
+    let mut report = ImportReport::default();
+    let mut publishing = tokio::task::JoinSet::new();
+    for (index, record) in (0u32..).zip(checked) {
+        match record {
+            Ok(Checked::Publish(packet)) => {
+                let node = node.clone();
+                publishing.spawn(async move { (index, node.publish(*packet).await) });
+            }
+            Ok(Checked::Expired) => report.expired += 1,
+            Err((key, reason)) => report.invalid.push(InvalidRecord {
+                key: encode_z32_key(&key),
+                reason,
+            }),
+        }
+    }
+    while let Some(joined) = publishing.join_next().await {
+        let Ok((index, published)) = joined else {
+            // A publish task cannot panic short of a bug; its record is simply sent again.
+            continue;
+        };
+        match published {
+            Ok(published) => match published.outcome {
+                PublishOutcome::Stored => report.imported += 1,
+                PublishOutcome::Identical => report.unchanged += 1,
+                PublishOutcome::Stale => report.newer_stored += 1,
+            },
+            // Another try may find a leader, room in the queue, or (for a node whose storage
+            // failed) the caller on another node.
+            Err(
+                e @ (PublishError::Unavailable(_)
+                | PublishError::Fatal(_)
+                | PublishError::Replica(_)),
+            ) => {
+                report.retry.push(index);
+                report.retry_reason.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    report.retry.sort_unstable();
+    Json(report).into_response()
+}
+
+/// What an import does with a record that passed the checks.
+enum Checked {
+    Publish(Box<VerifiedPacket>),
+    Expired,
+}
+
+/// A PUT's checks (the packet's, then `http.max_future_skew`), then the age.
+fn check_record(key: &KeyBytes, payload: Bytes, rules: ImportRules) -> Result<Checked, String> {
+    let packet = VerifiedPacket::verify_stored(key, payload).map_err(|e| e.to_string())?;
+    let timestamp = packet.payload().timestamp_micros();
+    if let Some(ahead) = pkraft_types::too_far_ahead(timestamp, rules.max_future_skew) {
+        return Err(format!(
+            "signed {}s in the future (http.max_future_skew is {}s)",
+            ahead.as_secs(),
+            rules.max_future_skew.as_secs()
+        ));
+    }
+    if !rules.record_max_age.is_zero() {
+        let max_age_micros = u64::try_from(rules.record_max_age.as_micros()).unwrap_or(u64::MAX);
+        let oldest_kept = pkraft_types::unix_micros_now().saturating_sub(max_age_micros);
+        if timestamp < oldest_kept {
+            return Ok(Checked::Expired);
+        }
+    }
+    Ok(Checked::Publish(Box::new(packet)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_decodes_to_the_records_encoded() {
+        let mut body = Vec::new();
+        encode_record(&mut body, &[1; 32], b"first").expect("fits");
+        encode_record(&mut body, &[2; 32], b"").expect("fits");
+        encode_record(&mut body, &[3; 32], &[7; PAYLOAD_LEN_MAX]).expect("fits");
+        let records = decode_batch(&Bytes::from(body)).expect("well formed");
+        assert_eq!(records.len(), 3);
+        assert_eq!(records[0], ([1; 32], Bytes::from_static(b"first")));
+        assert_eq!(records[1], ([2; 32], Bytes::new()));
+        assert_eq!(records[2].1.len(), PAYLOAD_LEN_MAX);
+        assert!(encode_record(&mut Vec::new(), &[4; 32], &[0; PAYLOAD_LEN_MAX + 1]).is_err());
+    }
+
+    #[test]
+    fn a_torn_or_oversized_batch_is_refused() {
+        let mut body = Vec::new();
+        encode_record(&mut body, &[1; 32], b"payload").expect("fits");
+        for cut in [1, 33, body.len() - 1] {
+            let error = decode_batch(&Bytes::copy_from_slice(&body[..cut])).expect_err("torn");
+            assert!(error.contains("record 0"), "{error}");
+        }
+        let mut full = Vec::new();
+        for _ in 0..=IMPORT_BATCH_MAX {
+            encode_record(&mut full, &[1; 32], b"").expect("fits");
+        }
+        let error = decode_batch(&Bytes::from(full)).expect_err("too many");
+        assert!(error.contains("more than"), "{error}");
+    }
+
+    #[test]
+    fn old_and_future_packets_are_told_apart_from_good_ones() {
+        let keypair = pkraft_testkit::keypair(5);
+        let key = keypair.public_key().to_bytes();
+        let rules = ImportRules {
+            record_max_age: Duration::from_secs(3600),
+            max_future_skew: Duration::from_secs(60),
+        };
+        let now = pkraft_types::unix_micros_now();
+        let signed_at = |micros: u64| {
+            Bytes::from(
+                pkraft_testkit::iroh_packet(&keypair, micros, &["127.0.0.1:1"])
+                    .to_relay_payload()
+                    .to_vec(),
+            )
+        };
+        assert!(matches!(
+            check_record(&key, signed_at(now), rules),
+            Ok(Checked::Publish(_))
+        ));
+        assert!(matches!(
+            check_record(&key, signed_at(now - 7_200_000_000), rules),
+            Ok(Checked::Expired)
+        ));
+        let keep_all = ImportRules {
+            record_max_age: Duration::ZERO,
+            ..rules
+        };
+        assert!(matches!(
+            check_record(&key, signed_at(now - 7_200_000_000), keep_all),
+            Ok(Checked::Publish(_))
+        ));
+        let future = check_record(&key, signed_at(now + 3_600_000_000), rules);
+        assert!(matches!(&future, Err(reason) if reason.contains("future")));
+        let mut damaged = signed_at(now).to_vec();
+        damaged[0] ^= 1;
+        assert!(check_record(&key, Bytes::from(damaged), rules).is_err());
+    }
+}
