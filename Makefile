@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-partitions bench-memory bench-repair bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -119,6 +119,13 @@ bench-stalls:
 bench-scale:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/scale.sh
+
+## `pkraft import` at scale: 1M packets (BENCH_IMPORT_KEYS) in a store written by the real
+## iroh-dns-server 1.4.1 (installed as `make bench` installs it), imported into a fresh 3-node
+## release cluster, 3 rounds (BENCH_IMPORT_ROUNDS), and again. Opt-in, not in CI: about 15 minutes.
+bench-import:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/import.sh
 
 ## Repair at scale: a 3-node cluster with 1M packets (BENCH_REPAIR_KEYS); a new learner's
 ## catch-up against a follower whose state.redb is rebuilt from the cluster and from its own

@@ -246,6 +246,25 @@ async fn import_counts_expired_packets_and_explains_a_store_it_cannot_read() {
         String::from_utf8_lossy(&refused.stderr)
     );
 
+    // POST /import itself: a torn batch is 400, a body past a full batch of the largest
+    // payloads is 413 (docs/API.md), and neither changes anything.
+    let url = format!("http://{admin}/import");
+    let post = |body: Vec<u8>| {
+        http_client()
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+    };
+    let torn = post(vec![1; 40]).await.expect("POST /import");
+    assert_eq!(torn.status(), 400);
+    let error = torn.text().await.expect("body");
+    assert!(error.contains("not an import batch"), "{error}");
+    let oversized = post(vec![0; 512 * (34 + 1072) + 1])
+        .await
+        .expect("POST /import");
+    assert_eq!(oversized.status(), 413);
+
     // A store iroh-dns-server still has open: the error says what to do.
     let open = redb::Database::open(store.path().join("signed-packets-1.db")).expect("open");
     let locked = pkraft_import(&admin, &token_file, store.path()).await;

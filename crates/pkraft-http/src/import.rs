@@ -59,6 +59,26 @@ pub struct ImportReport {
     pub retry_reason: Option<String>,
 }
 
+impl ImportReport {
+    /// Records this report gives an outcome for (all but those to send again).
+    pub fn answered(&self) -> u64 {
+        self.imported
+            + self.unchanged
+            + self.newer_stored
+            + self.expired
+            + self.invalid.len() as u64
+    }
+
+    /// Adds `other`'s outcomes to these (not its records to send again: those are the caller's).
+    pub fn add(&mut self, other: ImportReport) {
+        self.imported += other.imported;
+        self.unchanged += other.unchanged;
+        self.newer_stored += other.newer_stored;
+        self.expired += other.expired;
+        self.invalid.extend(other.invalid);
+    }
+}
+
 /// A record that was not imported because it failed a check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvalidRecord {

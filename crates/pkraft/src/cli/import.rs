@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::Method;
 use hyper::header::CONTENT_TYPE;
 use pkraft_http::import::{IMPORT_BATCH_MAX, ImportReport, InvalidRecord, encode_record};
-use pkraft_types::payload::HEADER_LEN;
+use pkraft_types::payload::{HEADER_LEN, PAYLOAD_LEN_MAX};
 use pkraft_types::{KeyBytes, encode_z32_key};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::Serialize;
@@ -63,13 +63,10 @@ impl ImportSummary {
         self.unchanged += report.unchanged;
         self.newer_stored += report.newer_stored;
         self.expired += report.expired;
-        self.note_invalid(report.invalid);
-    }
-
-    fn note_invalid(&mut self, invalid: Vec<InvalidRecord>) {
-        self.invalid += invalid.len() as u64;
+        self.invalid += report.invalid.len() as u64;
         let room = INVALID_SHOWN.saturating_sub(self.invalid_rows.len());
-        self.invalid_rows.extend(invalid.into_iter().take(room));
+        self.invalid_rows
+            .extend(report.invalid.into_iter().take(room));
     }
 
     /// Rows accounted for so far.
@@ -116,9 +113,8 @@ pub async fn import(
         let Some(sent) = in_flight.join_next().await else {
             break;
         };
-        let (report, invalid_here) = sent.context("a batch's task failed")??;
+        let report = sent.context("a batch's task failed")??;
         summary.add(report);
-        summary.note_invalid(invalid_here);
         let (done, rows) = (summary.done(), summary.rows);
         let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
         progress.show(|| format!("{done} of {rows} rows ({rate:.0}/s)"));
@@ -299,88 +295,69 @@ fn payload_of_row<'a>(key: &KeyBytes, value: &'a [u8]) -> Result<&'a [u8], Strin
 }
 
 /// Sends one batch, and again the records the cluster could not take yet, until every record has
-/// an answer or [`RETRY_FOR`] passes without progress. Returns the node's report and the
-/// records refused before sending (too long for a relay payload).
-async fn send_batch(
-    client: &AdminClient,
-    batch: Batch,
-) -> anyhow::Result<(ImportReport, Vec<InvalidRecord>)> {
-    let Batch {
-        records,
-        mut invalid,
-    } = batch;
-    let mut body = Vec::with_capacity(records.len() * 300);
-    let mut pending = Vec::with_capacity(records.len());
-    for (key, payload) in records {
-        match encode_record(&mut body, &key, &payload) {
-            Ok(()) => pending.push((key, payload)),
-            Err(reason) => invalid.push(InvalidRecord {
-                key: encode_z32_key(&key),
-                reason,
-            }),
-        }
-    }
-    let mut total = ImportReport::default();
+/// an answer or [`RETRY_FOR`] passes without progress. Returns what became of the records.
+async fn send_batch(client: &AdminClient, batch: Batch) -> anyhow::Result<ImportReport> {
+    let mut total = ImportReport {
+        invalid: batch.invalid,
+        ..ImportReport::default()
+    };
+    // A payload longer than a relay payload can be is refused here: the batch's framing has no
+    // room for it.
+    let (mut pending, too_long): (Vec<_>, Vec<_>) = batch
+        .records
+        .into_iter()
+        .partition(|(_, payload)| payload.len() <= PAYLOAD_LEN_MAX);
+    total
+        .invalid
+        .extend(too_long.into_iter().map(|(key, payload)| InvalidRecord {
+            key: encode_z32_key(&key),
+            reason: format!(
+                "the payload is {} bytes; a relay payload is at most {PAYLOAD_LEN_MAX}",
+                payload.len()
+            ),
+        }));
     let mut last_progress = Instant::now();
     let mut pause = Duration::from_millis(100);
     while !pending.is_empty() {
-        let answer = client.post_bytes("/import", Bytes::from(body)).await;
-        let report = match answer {
-            Ok(bytes) => serde_json::from_slice::<ImportReport>(&bytes)
-                .context("the node's import answer is not a report")?,
-            Err(AdminCallError::Refused(e)) => return Err(e),
-            Err(AdminCallError::Unavailable(e)) => {
-                anyhow::ensure!(
-                    last_progress.elapsed() < RETRY_FOR,
-                    "the cluster took no packets for {RETRY_FOR:?}: {e:#}"
+        let mut body = Vec::with_capacity(pending.len() * 300);
+        for (key, payload) in &pending {
+            encode_record(&mut body, key, payload).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        let why_not = match client.post_bytes("/import", Bytes::from(body)).await {
+            Ok(bytes) => {
+                let mut report = serde_json::from_slice::<ImportReport>(&bytes)
+                    .context("the node's import answer is not a report")?;
+                let retry = std::mem::take(&mut report.retry);
+                let why_not = format!(
+                    "{} of {} records to send again: {}",
+                    retry.len(),
+                    pending.len(),
+                    report.retry_reason.take().unwrap_or_default()
                 );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-                body = encoded(&pending);
-                continue;
+                if report.answered() > 0 {
+                    last_progress = Instant::now();
+                    pause = Duration::from_millis(100);
+                }
+                total.add(report);
+                pending = retry
+                    .iter()
+                    .filter_map(|&index| pending.get(index as usize).cloned())
+                    .collect();
+                why_not
             }
+            Err(AdminCallError::Refused(e)) => return Err(e),
+            Err(AdminCallError::Unavailable(e)) => format!("{e:#}"),
         };
-        let answered = pending.len().saturating_sub(report.retry.len());
-        let retry_reason = format!(
-            "{} of {} records to send again: {}",
-            report.retry.len(),
-            pending.len(),
-            report.retry_reason.as_deref().unwrap_or("no reason given")
-        );
-        pending = report
-            .retry
-            .iter()
-            .filter_map(|&index| pending.get(index as usize).cloned())
-            .collect();
-        total.imported += report.imported;
-        total.unchanged += report.unchanged;
-        total.newer_stored += report.newer_stored;
-        total.expired += report.expired;
-        total.invalid.extend(report.invalid);
-        if answered > 0 {
-            last_progress = Instant::now();
-            pause = Duration::from_millis(100);
-        } else {
+        if !pending.is_empty() {
             anyhow::ensure!(
                 last_progress.elapsed() < RETRY_FOR,
-                "the cluster took no packets for {RETRY_FOR:?}: {retry_reason}"
+                "the cluster took no packets for {RETRY_FOR:?}: {why_not}"
             );
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
         }
-        body = encoded(&pending);
     }
-    Ok((total, invalid))
-}
-
-/// The batch body of `records`, every one of which was encoded once already.
-fn encoded(records: &[(KeyBytes, Bytes)]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(records.len() * 300);
-    for (key, payload) in records {
-        // Each fitted the first time.
-        let _ = encode_record(&mut body, key, payload);
-    }
-    body
+    Ok(total)
 }
 
 /// Why an admin call failed: whether sending it again may help.
