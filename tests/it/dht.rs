@@ -402,6 +402,75 @@ async fn get_with_policy(
 /// Method: a node whose bridge does not put (`publish = false`, so the DHT keeps what the test
 /// puts there); one key only on the DHT, one stored with a newer packet on the DHT; raw GETs and
 /// pkarr's own client with the node as its only relay.
+/// A key whose one item on the DHT is signed by it but is no packet (BEP 44 is satisfied, pkarr
+/// is not): a GET that asks the DHT gets 404 with the item's seq in
+/// `Pkarr-Invalid-Signed-Packet-Seq`, as pkarr's relay spec says, and pkarr's own client reports
+/// it as such.
+#[tokio::test]
+async fn a_key_with_only_an_invalid_item_on_the_dht_gets_its_seq() {
+    let testnet = testnet();
+    let section = dht_section(&testnet, "publish = false\n");
+    let server = TestServer::start_with_config(&format!("[cluster]\nbootstrap = true\n{section}"));
+    let keys = keypair(793);
+    let seq: i64 = 3_000;
+    let value = b"not a DNS packet";
+    let payload = pkraft_testkit::sign_raw(&keys, seq as u64, value);
+    let signature: [u8; 64] = payload[..64].try_into().expect("a signature");
+    let item = mainline::MutableItem::new_signed_unchecked(
+        keys.public_key().to_bytes(),
+        signature,
+        value,
+        seq,
+        None,
+    );
+    let putter = mainline::Dht::builder()
+        .bootstrap(&testnet.bootstrap)
+        .bind_address(std::net::Ipv4Addr::LOCALHOST)
+        .build()
+        .expect("a DHT node")
+        .as_async();
+    assert!(putter.bootstrapped().await);
+    putter
+        .put_mutable(item, None)
+        .await
+        .expect("put to the testnet");
+
+    let response = server
+        .get(&format!("{}?policy=CacheOnly", server.relay_url(&keys)))
+        .await;
+    assert_eq!(response.status(), 404);
+    assert!(
+        response
+            .headers()
+            .get("pkarr-invalid-signed-packet-seq")
+            .is_none(),
+        "CacheOnly never asks the DHT"
+    );
+    for policy in ["NetworkOnly", "CacheFirst"] {
+        let response = server
+            .get(&format!("{}?policy={policy}", server.relay_url(&keys)))
+            .await;
+        assert_eq!(response.status(), 404, "{policy}");
+        let header = response
+            .headers()
+            .get("pkarr-invalid-signed-packet-seq")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        assert_eq!(header.as_deref(), Some("3000"), "{policy}");
+    }
+    let error = relay_only_client(&server)
+        .resolve(&keys.public_key(), ResolvePolicy::NetworkOnly)
+        .await
+        .expect_err("no valid packet");
+    assert!(
+        matches!(
+            error,
+            pkarr::errors::ResolveError::InvalidSignedPacket { seq: 3_000 }
+        ),
+        "{error:?}"
+    );
+}
+
 #[tokio::test]
 async fn each_resolve_policy_gets_its_answer_with_the_dht_on() {
     let testnet = testnet();

@@ -334,12 +334,12 @@ async fn cors_allows_any_origin_and_exposes_stored_nodes() {
     assert_eq!(put.status(), 204);
     assert_eq!(header(&put, "access-control-allow-origin"), Some("*"));
     let exposed = header(&put, "access-control-expose-headers").unwrap_or_default();
-    assert!(
-        exposed
-            .to_ascii_lowercase()
-            .contains("pkarr-dht-stored-nodes"),
-        "{exposed}"
-    );
+    for name in ["pkarr-dht-stored-nodes", "pkarr-invalid-signed-packet-seq"] {
+        assert!(
+            exposed.to_ascii_lowercase().contains(name),
+            "{name}: {exposed}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use pkraft_raft::Node;
 use tokio::task::JoinHandle;
 
 pub use metrics::DhtMetrics;
-pub use resolver::{FromDht, Lookup, Resolver};
+pub use resolver::{DhtAnswer, FromDht, Lookup, Resolver};
 pub use settings::{DhtSettings, SettingsError};
 
 /// How often the DHT size estimate is read for its gauge.

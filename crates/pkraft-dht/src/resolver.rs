@@ -12,6 +12,9 @@
 //! - **Caches**: found packets for their smallest record TTL (clamped), and keys not found (or
 //!   not answered in time) for `dht.negative_cache_ttl`, both in memory only: anonymous DNS
 //!   traffic never writes to the Raft log.
+//! - **Invalid items**: items the key signed that are no valid packet are skipped; a lookup that
+//!   finds only such items says so with the newest one's `seq` ([`DhtAnswer::OnlyInvalid`]),
+//!   which a relay reports to pkarr clients (`Pkarr-Invalid-Signed-Packet-Seq`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,28 +37,43 @@ pub struct FromDht {
     pub seen: SystemTime,
 }
 
-/// What the caches hold for a key.
+/// What the DHT has for a key, as far as a lookup (or the caches) can tell.
 #[derive(Clone, Debug)]
-enum Cached {
+pub enum DhtAnswer {
+    /// The most recent valid packet the lookup had seen when it answered.
     Found(FromDht),
+    /// Items signed by the key were found, but none is a valid packet (a DNS packet that does
+    /// not parse, say): the newest one's `seq`.
+    OnlyInvalid { seq: i64 },
+    /// Nothing, nothing in time, or too many lookups under way.
     Missing,
+}
+
+impl DhtAnswer {
+    /// The packet, if one was found.
+    pub fn found(self) -> Option<FromDht> {
+        match self {
+            DhtAnswer::Found(found) => Some(found),
+            DhtAnswer::OnlyInvalid { .. } | DhtAnswer::Missing => None,
+        }
+    }
 }
 
 /// What a lookup reports to the callers waiting on it.
 #[derive(Clone, Debug)]
 enum LookupState {
     Running,
-    Done(Option<FromDht>, ResolveResult),
+    Done(DhtAnswer, ResolveResult),
 }
 
 /// Per-entry lifetime: a found packet lives for its TTL, a miss for the negative TTL.
 struct Lifetime;
 
-impl moka::Expiry<KeyBytes, (Cached, Duration)> for Lifetime {
+impl moka::Expiry<KeyBytes, (DhtAnswer, Duration)> for Lifetime {
     fn expire_after_create(
         &self,
         _key: &KeyBytes,
-        value: &(Cached, Duration),
+        value: &(DhtAnswer, Duration),
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(value.1)
@@ -64,7 +82,7 @@ impl moka::Expiry<KeyBytes, (Cached, Duration)> for Lifetime {
     fn expire_after_update(
         &self,
         _key: &KeyBytes,
-        value: &(Cached, Duration),
+        value: &(DhtAnswer, Duration),
         _updated_at: Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
@@ -76,7 +94,7 @@ impl moka::Expiry<KeyBytes, (Cached, Duration)> for Lifetime {
 pub struct Resolver {
     dht: AsyncDht,
     settings: DhtSettings,
-    cache: moka::sync::Cache<KeyBytes, (Cached, Duration)>,
+    cache: moka::sync::Cache<KeyBytes, (DhtAnswer, Duration)>,
     lookups: Mutex<HashMap<KeyBytes, watch::Receiver<LookupState>>>,
     slots: Arc<Semaphore>,
     /// Callers waiting for a lookup, at most [`WAITERS_PER_SLOT`] per lookup slot: each holds a
@@ -125,34 +143,32 @@ impl Resolver {
     pub async fn resolve(self: &Arc<Self>, key: &KeyBytes) -> Option<Payload> {
         self.resolve_from(key, Lookup::CachedOrNew)
             .await
+            .found()
             .map(|found| found.payload)
     }
 
     /// [`Resolver::resolve`], with when the packet was received; with [`Lookup::New`] the
     /// caches are not asked (a lookup already running for the key is joined, and the bounds on
     /// lookups and waiters hold as for any other).
-    pub async fn resolve_from(self: &Arc<Self>, key: &KeyBytes, lookup: Lookup) -> Option<FromDht> {
-        if lookup == Lookup::CachedOrNew {
-            match self.cache.get(key) {
-                Some((Cached::Found(found), _)) => {
-                    self.metrics.resolved(ResolveResult::CacheHit, None);
-                    return Some(found);
-                }
-                Some((Cached::Missing, _)) => {
-                    self.metrics.resolved(ResolveResult::CacheMiss, None);
-                    return None;
-                }
-                None => {}
-            }
+    pub async fn resolve_from(self: &Arc<Self>, key: &KeyBytes, lookup: Lookup) -> DhtAnswer {
+        if lookup == Lookup::CachedOrNew
+            && let Some((cached, _)) = self.cache.get(key)
+        {
+            let result = match cached {
+                DhtAnswer::Found(_) => ResolveResult::CacheHit,
+                DhtAnswer::OnlyInvalid { .. } | DhtAnswer::Missing => ResolveResult::CacheMiss,
+            };
+            self.metrics.resolved(result, None);
+            return cached;
         }
         let asked = Instant::now();
         let Ok(_waiting) = self.waiters.try_acquire() else {
             self.metrics.resolved(ResolveResult::Shed, None);
-            return None;
+            return DhtAnswer::Missing;
         };
         let Some(mut state) = self.join_or_start(key) else {
             self.metrics.resolved(ResolveResult::Shed, None);
-            return None;
+            return DhtAnswer::Missing;
         };
         let done = tokio::time::timeout(
             self.settings.resolve_timeout,
@@ -161,12 +177,12 @@ impl Resolver {
         .await;
         let (found, result) = match done {
             Ok(Ok(state)) => match &*state {
-                LookupState::Done(found, result) => (found.clone(), *result),
-                LookupState::Running => (None, ResolveResult::Timeout),
+                LookupState::Done(answer, result) => (answer.clone(), *result),
+                LookupState::Running => (DhtAnswer::Missing, ResolveResult::Timeout),
             },
             // The lookup task ended without an answer (it panicked): a miss is the safe answer.
-            Ok(Err(_)) => (None, ResolveResult::NotFound),
-            Err(_) => (None, ResolveResult::Timeout),
+            Ok(Err(_)) => (DhtAnswer::Missing, ResolveResult::NotFound),
+            Err(_) => (DhtAnswer::Missing, ResolveResult::Timeout),
         };
         self.metrics.resolved(result, Some(asked.elapsed()));
         found
@@ -206,6 +222,9 @@ impl Resolver {
         let deadline = tokio::time::Instant::now() + self.settings.resolve_timeout;
         let mut items = self.dht.get_mutable(&key, None, None);
         let mut best: Option<Payload> = None;
+        // The newest item that is no valid packet (mainline has checked its signature).
+        let mut newest_invalid: Option<i64> = None;
+        let mut result = ResolveResult::NotFound;
         loop {
             let next = tokio::time::timeout_at(deadline, items.next()).await;
             let item = match next {
@@ -213,16 +232,12 @@ impl Resolver {
                 // The query ended.
                 Ok(None) => break,
                 Err(_) => {
-                    if best.is_none() {
-                        self.cache
-                            .insert(key, (Cached::Missing, self.negative_ttl()));
-                        report.send_replace(LookupState::Done(None, ResolveResult::Timeout));
-                        return;
-                    }
+                    result = ResolveResult::Timeout;
                     break;
                 }
             };
             let Some(packet) = from_item(&item) else {
+                newest_invalid = newest_invalid.max(Some(item.seq()));
                 continue;
             };
             let newer = decide(best.as_ref(), packet.payload()) == PublishOutcome::Stored;
@@ -234,16 +249,24 @@ impl Resolver {
                 seen: SystemTime::now(),
             };
             let ttl = self.ttl_of(&found.payload);
-            self.cache.insert(key, (Cached::Found(found.clone()), ttl));
+            self.cache
+                .insert(key, (DhtAnswer::Found(found.clone()), ttl));
             if best.is_none() {
-                report.send_replace(LookupState::Done(Some(found.clone()), ResolveResult::Found));
+                report.send_replace(LookupState::Done(
+                    DhtAnswer::Found(found.clone()),
+                    ResolveResult::Found,
+                ));
             }
             best = Some(found.payload);
         }
         if best.is_none() {
+            let answer = match newest_invalid {
+                Some(seq) => DhtAnswer::OnlyInvalid { seq },
+                None => DhtAnswer::Missing,
+            };
             self.cache
-                .insert(key, (Cached::Missing, self.negative_ttl()));
-            report.send_replace(LookupState::Done(None, ResolveResult::NotFound));
+                .insert(key, (answer.clone(), self.negative_ttl()));
+            report.send_replace(LookupState::Done(answer, result));
         }
     }
 
@@ -318,14 +341,8 @@ mod tests {
         )
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_packet_on_the_dht_is_found_verified_and_cached() {
-        let testnet = Testnet::builder(5).build().expect("testnet");
-        let keys = keypair(31);
-        let signed = iroh_packet(&keys, 1_700_000_000_000_000, &["192.0.2.1:1"]);
-        let packet = VerifiedPacket::verify(&keys.public_key(), signed.to_relay_payload())
-            .expect("verifies");
-        let key = packet.key_bytes();
+    /// Puts `item` to the testnet from a node of its own.
+    async fn put_to(testnet: &Testnet, item: mainline::MutableItem) {
         let putter = Dht::builder()
             .bootstrap(&testnet.bootstrap)
             .bind_address(Ipv4Addr::LOCALHOST)
@@ -334,9 +351,50 @@ mod tests {
             .as_async();
         assert!(putter.bootstrapped().await);
         putter
-            .put_mutable(to_item(&key, packet.payload()).expect("item"), None)
+            .put_mutable(item, None)
             .await
             .expect("put to the testnet");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_with_only_invalid_items_is_reported_with_their_seq() {
+        let testnet = Testnet::builder(5).build().expect("testnet");
+        let keys = keypair(33);
+        let key = keys.public_key().to_bytes();
+        let seq: i64 = 1_700_000_000_000_000;
+        // Signed by the key, as BEP 44 asks, but no DNS packet: no valid pkarr packet.
+        let value = b"not a DNS packet";
+        let payload = pkraft_testkit::sign_raw(&keys, seq as u64, value);
+        let signature: [u8; 64] = payload[..64].try_into().expect("a signature");
+        let item = mainline::MutableItem::new_signed_unchecked(key, signature, value, seq, None);
+        assert!(from_item(&item).is_none(), "the item is not a valid packet");
+        put_to(&testnet, item).await;
+
+        let (resolver, metrics) = resolver(&testnet, 4);
+        let answer = resolver.resolve_from(&key, Lookup::New).await;
+        assert!(
+            matches!(answer, DhtAnswer::OnlyInvalid { seq: found } if found == seq),
+            "{answer:?}"
+        );
+        // Cached as a miss that knows the seq; DNS sees a miss.
+        let cached = resolver.resolve_from(&key, Lookup::CachedOrNew).await;
+        assert!(
+            matches!(cached, DhtAnswer::OnlyInvalid { .. }),
+            "{cached:?}"
+        );
+        assert_eq!(resolver.resolve(&key).await, None);
+        assert_eq!(metrics.resolves(ResolveResult::CacheMiss), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_packet_on_the_dht_is_found_verified_and_cached() {
+        let testnet = Testnet::builder(5).build().expect("testnet");
+        let keys = keypair(31);
+        let signed = iroh_packet(&keys, 1_700_000_000_000_000, &["192.0.2.1:1"]);
+        let packet = VerifiedPacket::verify(&keys.public_key(), signed.to_relay_payload())
+            .expect("verifies");
+        let key = packet.key_bytes();
+        put_to(&testnet, to_item(&key, packet.payload()).expect("item")).await;
 
         let (resolver, metrics) = resolver(&testnet, 4);
         assert_eq!(

@@ -9,6 +9,8 @@ use pkraft_raft::{PublishError, ReadError, UnknownConsistency};
 use pkraft_store::StoreError;
 use pkraft_types::{KeyError, PacketError};
 
+use crate::INVALID_SEQ_HEADER;
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// 400: the URL does not name a public key.
@@ -31,6 +33,12 @@ pub enum RelayError {
     /// 404: nothing is stored for the key.
     #[error("no packet is stored for this key")]
     NotFound,
+    /// 404 with [`INVALID_SEQ_HEADER`]: nothing is stored, and the DHT holds only items the key
+    /// signed that are no valid packet, the newest with this `seq` (pkarr's relay spec).
+    #[error(
+        "no valid packet for this key: the DHT's newest item (seq {seq}) is not a valid signed packet"
+    )]
+    InvalidOnDht { seq: i64 },
     /// 409: the stored packet is more recent.
     #[error("a more recent packet is already stored for this key")]
     Conflict,
@@ -94,7 +102,7 @@ impl RelayError {
             RelayError::Consistency(_) | RelayError::FutureTimestamp { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            RelayError::NotFound => StatusCode::NOT_FOUND,
+            RelayError::NotFound | RelayError::InvalidOnDht { .. } => StatusCode::NOT_FOUND,
             RelayError::Conflict => StatusCode::CONFLICT,
             RelayError::Unavailable { .. } | RelayError::StorageFailed(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -124,6 +132,11 @@ impl IntoResponse for RelayError {
             RelayError::StorageFailed(_) => Some(STORAGE_FAILED_RETRY_AFTER),
             _ => None,
         };
+        if let RelayError::InvalidOnDht { seq } = self {
+            response
+                .headers_mut()
+                .insert(INVALID_SEQ_HEADER, HeaderValue::from(seq));
+        }
         if let Some(retry_after) = retry_after {
             // Whole seconds, at least 1 (RFC 9110 delay-seconds).
             let secs = retry_after.as_secs().max(1);

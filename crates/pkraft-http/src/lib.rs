@@ -40,6 +40,10 @@ use tower_http::timeout::TimeoutLayer;
 
 /// Response header telling a publisher how many replicas hold its packet (pkarr relay spec).
 pub const STORED_NODES_HEADER: HeaderName = HeaderName::from_static("pkarr-dht-stored-nodes");
+/// Response header of a 404 whose key has only invalid items on the DHT: the newest one's
+/// `seq` (pkarr's `PKARR_INVALID_SIGNED_PACKET_SEQ`; pkarr 8.1 clients read it).
+pub const INVALID_SEQ_HEADER: HeaderName =
+    HeaderName::from_static("pkarr-invalid-signed-packet-seq");
 
 /// `[http]` config section: the public listener and how the relay answers.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -246,7 +250,7 @@ pub fn router(state: AppState) -> Router {
         .allow_origin(Any)
         .allow_methods([Method::GET, Method::PUT, Method::POST, Method::OPTIONS])
         .allow_headers(Any)
-        .expose_headers([STORED_NODES_HEADER]);
+        .expose_headers([STORED_NODES_HEADER, INVALID_SEQ_HEADER]);
     // Rate limits run before a body is read. Health checks have a class of their own, with no
     // global limit (a flood must not fail the load balancer's probes).
     let relay = get(relay::get_packet).put(relay::put_packet).route_layer(

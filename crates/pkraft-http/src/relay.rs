@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use pkarr::Timestamp;
-use pkraft_dht::Lookup;
+use pkraft_dht::{DhtAnswer, Lookup};
 use pkraft_raft::{Consistency, Published};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
 use pkraft_types::too_far_ahead;
@@ -117,19 +117,19 @@ pub async fn get_packet(
     // The packet, and when this node received it from the DHT if it came from there.
     let (payload, seen_on_dht) = match (policy, state.dht.as_ref(), stored) {
         (ResolvePolicy::NetworkOnly, Some(dht), stored) => {
-            let from_dht = dht.resolve_from(&key_bytes, Lookup::New).await;
-            match (stored, from_dht) {
-                (Some(stored), Some(found))
+            match (stored, dht.resolve_from(&key_bytes, Lookup::New).await) {
+                (Some(stored), DhtAnswer::Found(found))
                     if decide(Some(&stored), &found.payload) != PublishOutcome::Stored =>
                 {
                     (stored, None)
                 }
-                (_, Some(found)) => (found.payload, Some(found.seen)),
-                (Some(stored), None) => (stored, None),
-                (None, None) => {
-                    parse_z32_key(&key)?;
-                    return Err(RelayError::NotFound);
+                (_, DhtAnswer::Found(found)) => (found.payload, Some(found.seen)),
+                // A newer invalid item does not hide the stored packet: it is still the key's
+                // latest valid one (pkarr-relay would answer 404 with the seq here).
+                (Some(stored), DhtAnswer::OnlyInvalid { .. } | DhtAnswer::Missing) => {
+                    (stored, None)
                 }
+                (None, missing) => return Err(not_on_the_dht(&key, missing)),
             }
         }
         (_, _, Some(stored)) => (stored, None),
@@ -140,11 +140,10 @@ pub async fn get_packet(
         (ResolvePolicy::CacheFirst, Some(dht), None) => {
             parse_z32_key(&key)?;
             // Not in the cluster: the DHT may have it, within its deadline.
-            let found = dht
-                .resolve_from(&key_bytes, Lookup::CachedOrNew)
-                .await
-                .ok_or(RelayError::NotFound)?;
-            (found.payload, Some(found.seen))
+            match dht.resolve_from(&key_bytes, Lookup::CachedOrNew).await {
+                DhtAnswer::Found(found) => (found.payload, Some(found.seen)),
+                missing => return Err(not_on_the_dht(&key, missing)),
+            }
         }
     };
     let timestamp_micros = payload.timestamp_micros();
@@ -179,6 +178,19 @@ pub async fn get_packet(
         Bytes::from(payload),
     )
         .into_response())
+}
+
+/// The 404 for a key neither the replica nor the DHT has a valid packet for: with the seq of
+/// the DHT's newest invalid item if it had only such (pkarr's relay spec), or 400 for a key that
+/// is not one.
+fn not_on_the_dht(key: &str, answer: DhtAnswer) -> RelayError {
+    if let Err(e) = parse_z32_key(key) {
+        return e.into();
+    }
+    match answer {
+        DhtAnswer::OnlyInvalid { seq } => RelayError::InvalidOnDht { seq },
+        DhtAnswer::Found(_) | DhtAnswer::Missing => RelayError::NotFound,
+    }
 }
 
 /// An HTTP date for a packet timestamp. `VerifiedPacket` admits no timestamp after the year 9999,
