@@ -1,6 +1,7 @@
 //! Goal: with `[cluster.tls]`, nodes join, replicate and forward publishes over mutual TLS, the
 //! peer listener serves nothing to a client without a certificate from the cluster CA (nor to
-//! plain HTTP), and one node's certificate cannot speak for another node.
+//! plain HTTP), one node's certificate cannot speak for another node, and the cluster moves to
+//! a new CA without a restart.
 //! Method: real nodes on loopback, each with its own test peer certificate (tests/fixtures/tls:
 //! `127.0.0.1` in its names, `pkraft:node:<id>` as a URI), the second joining through the
 //! first; no proxy in between (the fault-injecting one speaks plain HTTP). A publish through the
@@ -116,19 +117,31 @@ async fn nodes_replicate_over_mutual_tls_and_refuse_clients_without_a_certificat
 /// A TLS client of the peer listener at `addr` presenting node `cert_of`'s certificate, sending
 /// a status request that says it comes from node `claims`; the HTTP status line it gets back.
 async fn status_as(addr: std::net::SocketAddr, cert_of: u64, claims: u64) -> String {
+    status_with(addr, "peer-ca.crt", &format!("peer-node{cert_of}"), claims)
+        .await
+        .expect("a TLS session")
+}
+
+/// [`status_as`] trusting the fixture CA file `ca` and presenting the fixture certificate and
+/// key `cert` (`<cert>.crt`, `<cert>.key`). `None` when the handshake fails on either side:
+/// with TLS 1.3 a refused client certificate shows on the first read, as no HTTP answer.
+async fn status_with(
+    addr: std::net::SocketAddr,
+    ca: &str,
+    cert: &str,
+    claims: u64,
+) -> Option<String> {
     let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(fixture("peer-ca.crt")).expect("ca") {
+    for ca in CertificateDer::pem_file_iter(fixture(ca)).expect("ca") {
         roots.add(ca.expect("ca cert")).expect("add ca");
     }
     let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(fixture(&format!("peer-node{cert_of}.crt")))
+        CertificateDer::pem_file_iter(fixture(&format!("{cert}.crt")))
             .expect("cert")
             .map(|c| c.expect("cert"))
             .collect();
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(fixture(&format!(
-        "peer-node{cert_of}.key"
-    )))
-    .expect("key");
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(fixture(&format!("{cert}.key")))
+        .expect("key");
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
@@ -136,19 +149,174 @@ async fn status_as(addr: std::net::SocketAddr, cert_of: u64, claims: u64) -> Str
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let server_name = ServerName::try_from("127.0.0.1").expect("name");
-    let mut tls = connector
-        .connect(server_name, tcp)
-        .await
-        .expect("handshake");
+    let mut tls = connector.connect(server_name, tcp).await.ok()?;
     let request = format!(
         "POST /peer/v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {SECRET}\r\n\
          pkraft-source-node: {claims}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    tls.write_all(request.as_bytes()).await.expect("write");
+    tls.write_all(request.as_bytes()).await.ok()?;
     let mut answer = Vec::new();
     let _ = tls.read_to_end(&mut answer).await;
     let answer = String::from_utf8_lossy(&answer).into_owned();
-    answer.lines().next().unwrap_or_default().to_string() + "\n" + &answer
+    answer
+        .starts_with("HTTP/")
+        .then(|| answer.lines().next().unwrap_or_default().to_string() + "\n" + &answer)
+}
+
+const PEER_RELOADS: &str = "pkraft_tls_certificate_reloads_total";
+
+/// `pkraft_tls_certificate_reloads_total{listener="peer",result}` on `node`.
+async fn peer_reloads(node: &TestServer, result: &str) -> f64 {
+    let labels = format!("listener=\"peer\",result=\"{result}\"");
+    crate::metrics::value(&crate::metrics::scrape(node).await, PEER_RELOADS, &labels)
+}
+
+/// Waits until `node` has loaded its peer files `count` times with `result`.
+async fn wait_for_peer_reloads(node: &TestServer, result: &str, count: f64) {
+    eventually(&format!("{count} peer reloads ({result})"), || async {
+        (peer_reloads(node, result).await >= count).then_some(())
+    })
+    .await;
+}
+
+/// A packet published through `through` (204) and served by every node of `nodes`.
+async fn publish_and_read(through: &TestServer, nodes: &[&TestServer], seed: u64) {
+    let key = keypair(seed);
+    let packet = iroh_packet(&key, 1_000, &["192.0.2.72:1"]);
+    let response = through
+        .put(&through.relay_url(&key), packet.to_relay_payload())
+        .await;
+    assert_eq!(response.status(), 204, "{}", through.log());
+    for node in nodes {
+        eventually("the packet on every node", || async {
+            (node.get(&node.relay_url(&key)).await.status() == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Goal: the cluster moves from one CA to another while it runs (docs/OPERATIONS.md,
+/// "Certificates"), taking writes throughout, and a file that cannot be used is refused.
+/// Method: every node's cert, key and CA are files of its own, checked every 50 ms. Both CAs are
+/// trusted (a bundle), every node gets its certificate from the new CA, the old CA is dropped;
+/// a write through the follower after each step. Then the listener takes only the new CA's
+/// certificates and presents its new one; and a third node that knows only the new CA joins:
+/// the others dial it, and it them, with the new files.
+#[tokio::test]
+async fn a_cluster_moves_to_a_new_ca_without_a_restart() {
+    install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node_dir = |id: u64| dir.path().join(format!("node{id}"));
+    let put = |id: u64, name: &str, fixtures: &[&str]| {
+        let text: String = fixtures
+            .iter()
+            .map(|f| std::fs::read_to_string(fixture(f)).expect("fixture"))
+            .collect();
+        std::fs::write(node_dir(id).join(name), text).expect("write");
+    };
+    let config = |id: u64, membership: &str| {
+        std::fs::create_dir_all(node_dir(id)).expect("node dir");
+        format!(
+            "node_id = {id}\n[cluster]\nsecret = \"{SECRET}\"\n{membership}\n[cluster.tls]\n\
+             cert = \"{cert}\"\nkey = \"{key}\"\nca = \"{ca}\"\nreload_interval = \"50ms\"\n",
+            cert = node_dir(id).join("cert.pem").display(),
+            key = node_dir(id).join("key.pem").display(),
+            ca = node_dir(id).join("ca.pem").display(),
+        )
+    };
+    for id in [1, 2] {
+        std::fs::create_dir_all(node_dir(id)).expect("node dir");
+        put(id, "cert.pem", &[&format!("peer-node{id}.crt")]);
+        put(id, "key.pem", &[&format!("peer-node{id}.key")]);
+        put(id, "ca.pem", &["peer-ca.crt"]);
+    }
+    let first = TestServer::start_with_config(&config(1, "bootstrap = true"));
+    let second = TestServer::start_with_config(&config(2, &format!("join = [\"{}\"]", first.peer)));
+    eventually("node 2 is a voter", || async {
+        let voters = admin_status(&first).await?["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .count();
+        (voters == 2).then_some(())
+    })
+    .await;
+    let nodes = [&first, &second];
+
+    // 1. Both CAs trusted.
+    for id in [1, 2] {
+        put(id, "ca.pem", &["peer-ca.crt", "peer2-ca.crt"]);
+    }
+    for node in nodes {
+        wait_for_peer_reloads(node, "ok", 1.0).await;
+    }
+    publish_and_read(&second, &nodes, 7_200).await;
+
+    // 2. Every node's certificate from the new CA (the key first: the watcher waits until both
+    // have stopped changing). A CA file that is no certificate is refused on node 2 meanwhile.
+    for id in [1, 2] {
+        put(id, "key.pem", &[&format!("peer2-node{id}.key")]);
+        put(id, "cert.pem", &[&format!("peer2-node{id}.crt")]);
+    }
+    for node in nodes {
+        wait_for_peer_reloads(node, "ok", 2.0).await;
+    }
+    std::fs::write(node_dir(2).join("ca.pem"), "not a certificate").expect("write");
+    wait_for_peer_reloads(&second, "error", 1.0).await;
+    assert!(
+        second
+            .log()
+            .contains("new certificate refused; the one loaded before keeps serving"),
+        "{}",
+        second.log()
+    );
+    publish_and_read(&second, &nodes, 7_201).await;
+
+    // 3. The old CA dropped.
+    for id in [1, 2] {
+        put(id, "ca.pem", &["peer2-ca.crt"]);
+    }
+    for node in nodes {
+        wait_for_peer_reloads(node, "ok", 3.0).await;
+    }
+    publish_and_read(&second, &nodes, 7_202).await;
+
+    // The listener presents the new certificate and takes only the new CA's.
+    let answer = status_with(first.peer, "peer2-ca.crt", "peer2-node2", 2).await;
+    assert!(
+        answer
+            .as_deref()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{answer:?}"
+    );
+    assert_eq!(
+        status_with(first.peer, "peer2-ca.crt", "peer-node2", 2).await,
+        None,
+        "a certificate of the old CA is refused"
+    );
+    assert_eq!(
+        status_with(first.peer, "peer-ca.crt", "peer-node2", 2).await,
+        None,
+        "the listener no longer presents the old CA's certificate"
+    );
+
+    // A node that knows only the new CA joins: every connection to and from it uses the new
+    // files.
+    std::fs::create_dir_all(node_dir(3)).expect("node dir");
+    put(3, "cert.pem", &["peer2-node3.crt"]);
+    put(3, "key.pem", &["peer2-node3.key"]);
+    put(3, "ca.pem", &["peer2-ca.crt"]);
+    let third = TestServer::start_with_config(&config(3, &format!("join = [\"{}\"]", second.peer)));
+    eventually("node 3 is a voter", || async {
+        let voters = admin_status(&first).await?["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .count();
+        (voters == 3).then_some(())
+    })
+    .await;
+    publish_and_read(&third, &[&first, &second, &third], 7_203).await;
 }
 
 #[tokio::test]

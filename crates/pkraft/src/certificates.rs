@@ -1,16 +1,17 @@
 //! Certificates reloaded from their files without a restart, for an operator whose certificates
-//! are renewed by certbot or another ACME client.
+//! are renewed by certbot or another ACME client: the `[https]` listener's, and the peer
+//! network's (`[cluster.tls]`: certificate, key and CA, `pkraft_raft::peer::tls::PeerTls`).
 //!
-//! A listener's TLS configuration asks a [`ReloadingCertificate`] for the certificate at each
-//! handshake; a reload swaps in the new certificate and key whole (one atomic pointer store), so
-//! the handshakes after it present the new certificate, connections already open keep theirs,
-//! and no handshake sees half of a pair. The [`CertificateReloader`] loads the files again when
+//! A listener's TLS configuration asks a [`ReloadingCertificate`] (or `PeerTls`) for the
+//! certificate at each handshake; a reload swaps in the new certificate and key whole (one atomic
+//! pointer store), so the handshakes after it present the new certificate, connections already
+//! open keep theirs, and no handshake sees half of a pair. The [`CertificateReloader`] loads the files again when
 //! they change (checked every `reload_interval`) and on SIGHUP, the signal certbot's deploy hooks
 //! usually send. New files that cannot be used (unreadable, not PEM, a key of another
 //! certificate) are refused with a warning and `pkraft_tls_certificate_reloads_total{result=
 //! "error"}`, and the certificate loaded before keeps serving.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -18,6 +19,8 @@ use arc_swap::ArcSwap;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use pkraft_raft::peer::tls::{PeerTls, PeerTlsSettings};
 
 use crate::https::HttpsSettings;
 
@@ -33,17 +36,84 @@ impl std::fmt::Debug for ReloadingCertificate {
     }
 }
 
+impl ReloadingCertificate {
+    /// The certificate presented now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+}
+
 impl ResolvesServerCert for ReloadingCertificate {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
 }
 
-/// What the metadata of the certificate and key files said when they were last looked at: a
-/// renewal changes the modification time, the size or (a file replaced by a rename, or a
-/// symlink moved to a new file as certbot does) the inode. `None` for a file that could not be
-/// read, so that its coming back counts as a change too.
-type FileStamps = [Option<FileStamp>; 2];
+/// Certificate files a [`CertificateReloader`] watches, and what loading them does.
+pub trait CertificateFiles: Send + Sync {
+    /// The files; the first is the certificate (named in logs).
+    fn paths(&self) -> Vec<PathBuf>;
+    /// Loads the files and, if they are usable, presents them from the next handshake on;
+    /// returns the certificate now presented. Unusable files change nothing. Blocking file I/O.
+    fn load(&self) -> anyhow::Result<Arc<CertifiedKey>>;
+}
+
+/// The `[https]` listener's certificate and key.
+pub struct HttpsFiles {
+    settings: HttpsSettings,
+    certificate: Arc<ReloadingCertificate>,
+}
+
+impl HttpsFiles {
+    /// Loads the files for the first time; errors name the field.
+    pub fn load_first(settings: &HttpsSettings) -> anyhow::Result<HttpsFiles> {
+        Ok(HttpsFiles {
+            settings: settings.clone(),
+            certificate: Arc::new(ReloadingCertificate {
+                current: ArcSwap::from_pointee(settings.certified_key()?),
+            }),
+        })
+    }
+
+    /// What the listener's TLS configuration asks for the certificate.
+    pub fn certificate(&self) -> Arc<ReloadingCertificate> {
+        self.certificate.clone()
+    }
+}
+
+impl CertificateFiles for HttpsFiles {
+    fn paths(&self) -> Vec<PathBuf> {
+        vec![self.settings.cert.clone(), self.settings.key.clone()]
+    }
+
+    fn load(&self) -> anyhow::Result<Arc<CertifiedKey>> {
+        let key = Arc::new(self.settings.certified_key()?);
+        self.certificate.current.store(key.clone());
+        Ok(key)
+    }
+}
+
+/// The peer network's certificate, key and CA (`[cluster.tls]`).
+pub struct PeerFiles {
+    pub settings: PeerTlsSettings,
+    pub tls: Arc<PeerTls>,
+}
+
+impl CertificateFiles for PeerFiles {
+    fn paths(&self) -> Vec<PathBuf> {
+        self.settings.files().map(Path::to_path_buf).to_vec()
+    }
+
+    fn load(&self) -> anyhow::Result<Arc<CertifiedKey>> {
+        Ok(self.tls.reload(&self.settings)?)
+    }
+}
+
+/// What the metadata of the watched files said when they were last looked at: a renewal
+/// changes the modification time, the size or (a file replaced by a rename, or a symlink moved
+/// to a new file as certbot does) the inode. `None` for a file that could not be read, so that
+/// its coming back counts as a change too.
+type FileStamps = Vec<Option<FileStamp>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
@@ -77,66 +147,56 @@ struct Watch {
 
 /// Loads a listener's certificate files again when they change or when asked (SIGHUP).
 pub struct CertificateReloader {
-    /// Which listener, for logs and metrics: `https`.
+    /// Which listener, for logs and metrics: `https` or `peer`.
     listener: &'static str,
-    settings: HttpsSettings,
-    certificate: Arc<ReloadingCertificate>,
+    files: Box<dyn CertificateFiles>,
+    reload_interval: Duration,
     metrics: CertificateMetrics,
     watch: Mutex<Watch>,
 }
 
 impl CertificateReloader {
-    /// Loads the files for the first time; errors name the field.
+    /// Watches `files`, whose certificate `current` was just loaded, every `reload_interval`.
     pub fn new(
         listener: &'static str,
-        settings: &HttpsSettings,
+        files: Box<dyn CertificateFiles>,
+        current: &CertifiedKey,
+        reload_interval: Duration,
         metrics: CertificateMetrics,
-    ) -> anyhow::Result<CertificateReloader> {
-        let stamps = Self::stamps(settings);
-        let key = settings.certified_key()?;
+    ) -> CertificateReloader {
+        let stamps = stamps(&files.paths());
         // Both series exist from the start, so that `increase()` sees the first error.
         for result in ["ok", "error"] {
             metrics.reloads.with_label_values(&[listener, result]);
         }
-        metrics.loaded(listener, &key);
-        Ok(CertificateReloader {
+        metrics.loaded(listener, current);
+        CertificateReloader {
             listener,
-            settings: settings.clone(),
-            certificate: Arc::new(ReloadingCertificate {
-                current: ArcSwap::from_pointee(key),
-            }),
+            files,
+            reload_interval,
             metrics,
             watch: Mutex::new(Watch {
                 tried: Some(stamps),
                 changed: None,
             }),
-        })
-    }
-
-    /// What the listener's TLS configuration asks for the certificate.
-    pub fn certificate(&self) -> Arc<ReloadingCertificate> {
-        self.certificate.clone()
+        }
     }
 
     pub fn reload_interval(&self) -> Duration {
-        self.settings.reload_interval
-    }
-
-    fn stamps(settings: &HttpsSettings) -> FileStamps {
-        [file_stamp(&settings.cert), file_stamp(&settings.key)]
+        self.reload_interval
     }
 
     /// One periodic check: loads the files if they changed since they were last tried and have
     /// stayed the same since the check before. Blocking file I/O.
     pub fn check(&self) {
-        let stamps = Self::stamps(&self.settings);
+        let stamps = stamps(&self.files.paths());
         {
             let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-            if watch.tried == Some(stamps) {
+            if watch.tried.as_ref() == Some(&stamps) {
                 watch.changed = None;
                 return;
             }
-            if watch.changed != Some(stamps) {
+            if watch.changed.as_ref() != Some(&stamps) {
                 watch.changed = Some(stamps);
                 return;
             }
@@ -150,7 +210,7 @@ impl CertificateReloader {
 
     /// Loads the files now, changed or not (SIGHUP). Blocking file I/O.
     pub fn reload_now(&self, reason: &str) {
-        let stamps = Self::stamps(&self.settings);
+        let stamps = stamps(&self.files.paths());
         *self.watch.lock().unwrap_or_else(|e| e.into_inner()) = Watch {
             tried: Some(stamps),
             changed: None,
@@ -159,14 +219,15 @@ impl CertificateReloader {
     }
 
     fn load(&self, reason: &str) {
-        match self.settings.certified_key() {
+        let paths = self.files.paths();
+        let cert = paths.first().map(|path| path.display().to_string());
+        match self.files.load() {
             Ok(key) => {
                 self.metrics.loaded(self.listener, &key);
-                self.certificate.current.store(Arc::new(key));
                 self.metrics.count(self.listener, "ok");
                 tracing::info!(
                     listener = self.listener,
-                    cert = %self.settings.cert.display(),
+                    cert,
                     reason,
                     "certificate reloaded"
                 );
@@ -175,7 +236,7 @@ impl CertificateReloader {
                 self.metrics.count(self.listener, "error");
                 tracing::warn!(
                     listener = self.listener,
-                    cert = %self.settings.cert.display(),
+                    cert,
                     reason,
                     error = format!("{error:#}"),
                     "new certificate refused; the one loaded before keeps serving"
@@ -183,6 +244,10 @@ impl CertificateReloader {
             }
         }
     }
+}
+
+fn stamps(paths: &[PathBuf]) -> FileStamps {
+    paths.iter().map(|path| file_stamp(path)).collect()
 }
 
 /// Checks the files every `reload_interval` until the returned task is aborted.

@@ -56,15 +56,15 @@ pub struct Server {
     dns: DnsServer,
     /// The Mainline DHT bridge (`[dht]`), when enabled.
     dht: Option<pkraft_dht::DhtBridge>,
+    /// What reloads the certificates of `[https]` and `[cluster.tls]`, with their periodic
+    /// checks of the files.
+    certificates: Vec<(Arc<certificates::CertificateReloader>, JoinHandle<()>)>,
 }
 
-/// The `[https]` listener and what reloads its certificate.
+/// The `[https]` listener.
 struct HttpsListener {
     listener: Listener,
     addr: SocketAddr,
-    reloader: Arc<certificates::CertificateReloader>,
-    /// The periodic check of the certificate files.
-    checks: JoinHandle<()>,
 }
 
 /// An axum server on its own socket, with its graceful stop.
@@ -124,9 +124,12 @@ impl Server {
             .cluster
             .tls
             .as_ref()
-            .map(|tls| tls.load(config.node_id))
-            .transpose()?
-            .map(Arc::new);
+            .map(|settings| {
+                settings
+                    .load(config.node_id)
+                    .map(|tls| (settings.clone(), Arc::new(tls)))
+            })
+            .transpose()?;
         let peer_listener = bind_tcp(config.cluster.peer_listen, "cluster.peer_listen").await?;
         let peer_addr = peer_listener.local_addr()?;
         let cluster = pkraft_raft::Cluster {
@@ -139,7 +142,7 @@ impl Server {
             bootstrap: config.cluster.bootstrap,
             join: config.cluster.join.clone(),
             voter: config.cluster.voter,
-            tls: peer_tls.clone(),
+            tls: peer_tls.as_ref().map(|(_, tls)| tls.clone()),
         };
         let node = Node::start(config.node_id, &config.data_dir, &config.raft, cluster)
             .await
@@ -162,7 +165,7 @@ impl Server {
         };
         let peer = Listener::serve(
             peer_listener,
-            peer_tls.map(|tls| tls.server.clone()),
+            peer_tls.as_ref().map(|(_, tls)| tls.server.clone()),
             pkraft_raft::peer::server::router(node.clone()),
             pkraft_http::serve::ConnectionLimits::peer(),
             admission(
@@ -243,14 +246,24 @@ impl Server {
         certificate_metrics
             .register(&registry)
             .context("certificate metrics")?;
+        let mut reloaders = Vec::new();
+        if let Some((settings, tls)) = peer_tls {
+            reloaders.push(certificates::CertificateReloader::new(
+                "peer",
+                Box::new(certificates::PeerFiles {
+                    settings: settings.clone(),
+                    tls: tls.clone(),
+                }),
+                &tls.certificate(),
+                settings.reload_interval,
+                certificate_metrics.clone(),
+            ));
+        }
         let https = match &config.https {
             Some(settings) => {
-                let reloader = Arc::new(certificates::CertificateReloader::new(
-                    "https",
-                    settings,
-                    certificate_metrics.clone(),
-                )?);
-                let tls = https::server_config(reloader.certificate())?;
+                let files = certificates::HttpsFiles::load_first(settings)?;
+                let tls = https::server_config(files.certificate())?;
+                let current = files.certificate().current();
                 let listener = bind_tcp(settings.listen, "https.listen").await?;
                 let addr = listener.local_addr()?;
                 let listener = Listener::serve(
@@ -260,12 +273,14 @@ impl Server {
                     limits.clone(),
                     admission("https", caps.clone()),
                 );
-                Some(HttpsListener {
-                    listener,
-                    addr,
-                    checks: certificates::spawn_checks(reloader.clone()),
-                    reloader,
-                })
+                reloaders.push(certificates::CertificateReloader::new(
+                    "https",
+                    Box::new(files),
+                    &current,
+                    settings.reload_interval,
+                    certificate_metrics.clone(),
+                ));
+                Some(HttpsListener { listener, addr })
             }
             None => None,
         };
@@ -289,6 +304,13 @@ impl Server {
             peer,
             dns,
             dht,
+            certificates: reloaders
+                .into_iter()
+                .map(|reloader| {
+                    let reloader = Arc::new(reloader);
+                    (reloader.clone(), certificates::spawn_checks(reloader))
+                })
+                .collect(),
         })
     }
 
@@ -319,12 +341,20 @@ impl Server {
     /// stop. Files that cannot be used are refused and the certificate loaded before keeps
     /// serving ([`certificates`]).
     pub fn reload_certificates(&self, reason: &'static str) {
-        let Some(https) = &self.https else {
+        if self.certificates.is_empty() {
             tracing::info!(reason, "no certificate files to reload");
             return;
-        };
-        let reloader = https.reloader.clone();
-        tokio::task::spawn_blocking(move || reloader.reload_now(reason));
+        }
+        let reloaders: Vec<_> = self
+            .certificates
+            .iter()
+            .map(|(reloader, _)| reloader.clone())
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            for reloader in reloaders {
+                reloader.reload_now(reason);
+            }
+        });
     }
 
     /// The DNS address (UDP and TCP).
@@ -346,8 +376,10 @@ impl Server {
         // (its own clients' publishes are forwarded to the new leader meanwhile).
         self.node.hand_over_leadership().await;
         self.http.stop("http").await?;
+        for (_, checks) in &self.certificates {
+            checks.abort();
+        }
         if let Some(https) = self.https {
-            https.checks.abort();
             https.listener.stop("https").await?;
         }
         self.admin.stop("admin").await?;

@@ -10,17 +10,31 @@
 //! cannot speak for another node, in either direction. The cluster secret is still required on
 //! every request: TLS keeps it and the Raft traffic off the wire, the secret keeps one stolen
 //! certificate from being enough.
+//!
+//! The certificate, its key and the CA can be replaced while the node runs ([`PeerTls::reload`],
+//! which the daemon calls when the files change and on SIGHUP): both sides ask the current ones
+//! at each handshake, so the next connection uses the new ones and open connections keep theirs.
+//! A CA is rotated in three reloads across the cluster: every node trusts both CAs, every node
+//! gets a certificate from the new one, every node drops the old one (docs/OPERATIONS.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::WebPkiServerVerifier;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use serde::Deserialize;
 
 use crate::NodeId;
@@ -37,9 +51,21 @@ pub struct PeerTlsSettings {
     pub cert: PathBuf,
     /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1).
     pub key: PathBuf,
-    /// PEM certificate(s) of the CA that signed every node's certificate.
+    /// PEM certificate(s) of the CA that signed every node's certificate (several while a CA
+    /// is rotated: every one of them is trusted).
     pub ca: PathBuf,
+    /// How often the three files are checked for changes; changed files are loaded once they
+    /// have stayed the same for one more interval. Default 10 s.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
+
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Checking three files' metadata more often than this buys nothing (as `https.reload_interval`).
+const RELOAD_INTERVAL_MIN: Duration = Duration::from_millis(10);
 
 /// A `[cluster.tls]` file that cannot be used; the message names the field.
 #[derive(Debug, thiserror::Error)]
@@ -50,21 +76,26 @@ pub struct PeerTlsError {
 }
 
 /// Both sides of the peer network's TLS.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct PeerTls {
     /// The peer listener's: requires a client certificate from the CA (the node id it names is
-    /// checked per request, `server::authenticate`).
+    /// checked per request, `server::authenticate`), presents this node's certificate.
     pub server: Arc<ServerConfig>,
-    /// The peer client's side: trusts only the CA, presents this node's certificate.
-    client: ClientSide,
+    /// What both sides use, swapped whole by [`PeerTls::reload`].
+    material: Arc<ArcSwap<Material>>,
+    provider: Arc<CryptoProvider>,
+    node_id: NodeId,
 }
 
-#[derive(Debug, Clone)]
-struct ClientSide {
-    certs: Vec<CertificateDer<'static>>,
-    key: Arc<PrivateKeyDer<'static>>,
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
+/// This node's certificate and key, and the verifiers of the CA: loaded together from the
+/// three files, so no handshake sees a certificate with another's key or CA.
+#[derive(Debug)]
+struct Material {
+    certified: Arc<CertifiedKey>,
+    /// The listener's check of a client certificate: from the CA.
+    clients: Arc<dyn ClientCertVerifier>,
+    /// The client's check of a listener's certificate: from the CA, for the host dialled.
+    listeners: Arc<WebPkiServerVerifier>,
 }
 
 impl PeerTls {
@@ -75,21 +106,111 @@ impl PeerTls {
         &self,
         target: Option<NodeId>,
     ) -> Result<Arc<ClientConfig>, rustls::Error> {
-        let side = &self.client;
-        let webpki =
-            WebPkiServerVerifier::builder_with_provider(side.roots.clone(), side.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verifier = Arc::new(NodeIdVerifier {
-            webpki,
+            material: self.material.clone(),
             expected: target,
         });
-        let config = ClientConfig::builder_with_provider(side.provider.clone())
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(side.certs.clone(), side.key.clone_key())?;
+            .with_client_cert_resolver(Arc::new(CurrentCertificate(self.material.clone())));
         Ok(Arc::new(config))
+    }
+
+    /// Loads the files of `settings` again and, if they are usable (the certificate names this
+    /// node, the key is its key, the CA parses), uses them for every handshake from now on;
+    /// otherwise nothing changes. Returns the certificate now presented. Blocking file I/O.
+    pub fn reload(&self, settings: &PeerTlsSettings) -> Result<Arc<CertifiedKey>, PeerTlsError> {
+        let material = settings.material(self.node_id, &self.provider)?;
+        let certified = material.certified.clone();
+        self.material.store(Arc::new(material));
+        Ok(certified)
+    }
+
+    /// The certificate presented now.
+    pub fn certificate(&self) -> Arc<CertifiedKey> {
+        self.material.load().certified.clone()
+    }
+}
+
+/// This node's current certificate, for both sides of a handshake.
+#[derive(Debug)]
+struct CurrentCertificate(Arc<ArcSwap<Material>>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified.clone())
+    }
+}
+
+impl ResolvesClientCert for CurrentCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The listener's check of client certificates against the current CA.
+#[derive(Debug)]
+struct CurrentClientVerifier(Arc<ArcSwap<Material>>);
+
+impl ClientCertVerifier for CurrentClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    /// No hints: they would have to outlive a reload. Every node has exactly one certificate,
+    /// so a client has nothing to choose from.
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0
+            .load()
+            .clients
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .load()
+            .clients
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .load()
+            .clients
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.load().clients.supported_verify_schemes()
     }
 }
 
@@ -136,10 +257,11 @@ pub fn check_names_node(certs: &[CertificateDer<'_>], id: NodeId) -> Result<(), 
     }
 }
 
-/// The peer client's verifier: webpki's (the CA, the host), then the node id.
+/// The peer client's verifier: webpki's with the current CA (the CA, the host), then the node
+/// id.
 #[derive(Debug)]
 struct NodeIdVerifier {
-    webpki: Arc<WebPkiServerVerifier>,
+    material: Arc<ArcSwap<Material>>,
     expected: Option<NodeId>,
 }
 
@@ -152,7 +274,7 @@ impl ServerCertVerifier for NodeIdVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let verified = self.webpki.verify_server_cert(
+        let verified = self.material.load().listeners.verify_server_cert(
             end_entity,
             intermediates,
             server_name,
@@ -172,7 +294,10 @@ impl ServerCertVerifier for NodeIdVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        self.material
+            .load()
+            .listeners
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -181,11 +306,14 @@ impl ServerCertVerifier for NodeIdVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        self.material
+            .load()
+            .listeners
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.material.load().listeners.supported_verify_schemes()
     }
 }
 
@@ -198,6 +326,45 @@ impl PeerTlsSettings {
     /// Reads the files and builds both configurations for node `node_id`, whose id the
     /// certificate must name.
     pub fn load(&self, node_id: NodeId) -> Result<PeerTls, PeerTlsError> {
+        if self.reload_interval < RELOAD_INTERVAL_MIN {
+            return Err(PeerTlsError {
+                field: "reload_interval",
+                reason: format!(
+                    "{:?} is shorter than {RELOAD_INTERVAL_MIN:?}",
+                    self.reload_interval
+                ),
+            });
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let material = Arc::new(ArcSwap::from_pointee(self.material(node_id, &provider)?));
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PeerTlsError {
+                field: "cert",
+                reason: e.to_string(),
+            })?
+            .with_client_cert_verifier(Arc::new(CurrentClientVerifier(material.clone())))
+            .with_cert_resolver(Arc::new(CurrentCertificate(material.clone())));
+        let tls = PeerTls {
+            server: Arc::new(server),
+            material,
+            provider,
+            node_id,
+        };
+        tls.client_config(None).map_err(|e| PeerTlsError {
+            field: "cert",
+            reason: e.to_string(),
+        })?;
+        Ok(tls)
+    }
+
+    /// The three files, checked: the certificate names `node_id` and its key matches it, the
+    /// CA file holds certificates webpki takes.
+    fn material(
+        &self,
+        node_id: NodeId,
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Material, PeerTlsError> {
         let fail = |field, reason: String| PeerTlsError { field, reason };
         let certs = read_certs(&self.cert).map_err(|reason| fail("cert", reason))?;
         check_names_node(&certs, node_id).map_err(|reason| {
@@ -208,6 +375,8 @@ impl PeerTlsSettings {
         })?;
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .map_err(|e| fail("key", format!("cannot read {}: {e}", self.key.display())))?;
+        let certified = CertifiedKey::from_der(certs, key, provider)
+            .map_err(|e| fail("key", format!("does not match cluster.tls.cert: {e}")))?;
         let mut roots = RootCertStore::empty();
         for ca in read_certs(&self.ca).map_err(|reason| fail("ca", reason))? {
             roots
@@ -215,31 +384,22 @@ impl PeerTlsSettings {
                 .map_err(|e| fail("ca", format!("{}: {e}", self.ca.display())))?;
         }
         let roots = Arc::new(roots);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| fail("ca", e.to_string()))?;
+        let listeners = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| fail("ca", e.to_string()))?;
+        Ok(Material {
+            certified: Arc::new(certified),
+            clients,
+            listeners,
+        })
+    }
 
-        let client_verifier =
-            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
-                .build()
-                .map_err(|e| fail("ca", e.to_string()))?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| fail("cert", e.to_string()))?
-            .with_client_cert_verifier(client_verifier)
-            .with_single_cert(certs.clone(), key.clone_key())
-            .map_err(|e| fail("key", format!("does not match cluster.tls.cert: {e}")))?;
-        let tls = PeerTls {
-            server: Arc::new(server),
-            client: ClientSide {
-                certs,
-                key: Arc::new(key),
-                roots,
-                provider,
-            },
-        };
-        // Build one client configuration now, so a problem is a config error at start.
-        tls.client_config(None)
-            .map_err(|e| fail("key", format!("does not match cluster.tls.cert: {e}")))?;
-        Ok(tls)
+    /// The files [`PeerTls::reload`] reads, for a watcher.
+    pub fn files(&self) -> [&Path; 3] {
+        [&self.cert, &self.key, &self.ca]
     }
 }
 
@@ -268,6 +428,7 @@ mod tests {
             cert: fixture(&format!("peer-node{node}.crt")),
             key: fixture(&format!("peer-node{node}.key")),
             ca: fixture("peer-ca.crt"),
+            reload_interval: default_reload_interval(),
         }
     }
 
@@ -299,23 +460,59 @@ mod tests {
         assert!(error.reason.contains("not node 3"), "{}", error.reason);
     }
 
+    /// A reload takes a new CA's files for the same node, and refuses files for another node,
+    /// keeping what it had; an interval of nothing is a config error.
+    #[test]
+    fn a_reload_takes_usable_files_only() {
+        let tls = settings(1).load(1).expect("node 1's files");
+        let before = tls.certificate();
+        let mut other_node = settings(2);
+        other_node.reload_interval = default_reload_interval();
+        let error = tls.reload(&other_node).expect_err("node 2's certificate");
+        assert_eq!(error.field, "cert");
+        assert!(Arc::ptr_eq(&before, &tls.certificate()), "unchanged");
+        let rotated = PeerTlsSettings {
+            cert: fixture("peer2-node1.crt"),
+            key: fixture("peer2-node1.key"),
+            ca: fixture("peer2-ca.crt"),
+            reload_interval: default_reload_interval(),
+        };
+        let after = tls.reload(&rotated).expect("the second CA's files");
+        assert_ne!(before.cert, after.cert);
+        assert!(Arc::ptr_eq(&after, &tls.certificate()));
+        let mismatched = PeerTlsSettings {
+            key: fixture("peer-node1.key"),
+            ..rotated.clone()
+        };
+        assert_eq!(
+            tls.reload(&mismatched)
+                .expect_err("a key of another certificate")
+                .field,
+            "key"
+        );
+        let too_often = PeerTlsSettings {
+            reload_interval: Duration::ZERO,
+            ..rotated
+        };
+        assert_eq!(
+            too_often.load(1).expect_err("no interval").field,
+            "reload_interval"
+        );
+    }
+
     /// The client side: a listener presenting node 2's certificate is refused when node 1 was
     /// called, and accepted when node 2 was or when the node is not known (a seed to join).
     #[test]
     fn the_client_checks_the_listeners_node_id() {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = RootCertStore::empty();
-        for ca in read_certs(&fixture("peer-ca.crt")).expect("ca") {
-            roots.add(ca).expect("add ca");
-        }
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .expect("verifier");
+        let material = Arc::new(ArcSwap::from_pointee(
+            settings(1).material(1, &provider).expect("node 1's files"),
+        ));
         let node2 = read_certs(&fixture("peer-node2.crt")).expect("cert");
         let name = ServerName::try_from("127.0.0.1").expect("name");
         let verify = |expected| {
             NodeIdVerifier {
-                webpki: webpki.clone(),
+                material: material.clone(),
                 expected,
             }
             .verify_server_cert(&node2[0], &[], &name, &[], UnixTime::now())
