@@ -5,6 +5,7 @@
 //! One test binary with one module per area; `harness` starts and stops servers.
 
 mod abuse;
+mod acme;
 mod attacks;
 mod backup;
 mod bad_input;

@@ -193,6 +193,13 @@ pub async fn serve(
                             connection.admission.count_closed_under_pressure();
                             tracing::debug!(%peer, "TLS handshake not done in time under pressure");
                         }
+                        Ok(Some(Ok(tls)))
+                            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) =>
+                        {
+                            // An ACME CA's TLS-ALPN-01 check: the handshake was the answer
+                            // (RFC 8737 §3); nothing is served on such a connection.
+                            tracing::debug!(%peer, "ACME challenge handshake answered");
+                        }
                         Ok(Some(Ok(tls))) => {
                             // A peer listener's client certificate, for the node-id check
                             // (`pkraft_raft::peer::server`); public listeners ask for none.
@@ -276,6 +283,10 @@ fn tune_socket(tcp: &TcpStream, keepalive: Duration) -> io::Result<()> {
     )?;
     socket.set_tcp_user_timeout(Some(keepalive * 2))
 }
+
+/// The ALPN protocol of TLS-ALPN-01 challenge handshakes (RFC 8737), which an `[https]`
+/// listener with `[https.acme]` answers with the challenge certificate and then closes.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// One accepted connection, holding its slot until it ends.
 struct Connection {

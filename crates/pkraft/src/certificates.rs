@@ -83,7 +83,10 @@ impl HttpsFiles {
 
 impl CertificateFiles for HttpsFiles {
     fn paths(&self) -> Vec<PathBuf> {
-        vec![self.settings.cert.clone(), self.settings.key.clone()]
+        self.settings
+            .files()
+            .map(|(cert, key)| vec![cert.to_path_buf(), key.to_path_buf()])
+            .unwrap_or_default()
     }
 
     fn load(&self) -> anyhow::Result<Arc<CertifiedKey>> {
@@ -309,18 +312,28 @@ impl CertificateMetrics {
 
     /// Exports the expiry of `key`, the certificate `listener` serves from now on.
     fn loaded(&self, listener: &str, key: &CertifiedKey) {
-        match key.end_entity_cert().ok().and_then(|der| not_after(der)) {
-            Some(expiry) => self.expiry.with_label_values(&[listener]).set(expiry),
-            None => {
-                // Not the expiry of the certificate served before.
-                let _ = self.expiry.remove_label_values(&[listener]);
-                tracing::warn!(
-                    listener,
-                    "the certificate's expiry could not be read; \
-                     pkraft_tls_certificate_expiry_timestamp_seconds is not exported"
-                );
-            }
+        match key.end_entity_cert() {
+            Ok(leaf) => self.served(listener, leaf),
+            Err(_) => self.unknown_expiry(listener),
         }
+    }
+
+    /// Exports the expiry of `leaf`, the certificate `listener` serves from now on.
+    pub fn served(&self, listener: &str, leaf: &[u8]) {
+        match not_after(leaf) {
+            Some(expiry) => self.expiry.with_label_values(&[listener]).set(expiry),
+            None => self.unknown_expiry(listener),
+        }
+    }
+
+    fn unknown_expiry(&self, listener: &str) {
+        // Not the expiry of the certificate served before.
+        let _ = self.expiry.remove_label_values(&[listener]);
+        tracing::warn!(
+            listener,
+            "the certificate's expiry could not be read; \
+             pkraft_tls_certificate_expiry_timestamp_seconds is not exported"
+        );
     }
 }
 

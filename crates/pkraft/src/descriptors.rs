@@ -196,8 +196,9 @@ mod tests {
         let config = Config {
             https: Some(crate::https::HttpsSettings {
                 listen: "127.0.0.1:8443".parse().expect("addr"),
-                cert: "cert.pem".into(),
-                key: "key.pem".into(),
+                cert: Some("cert.pem".into()),
+                key: Some("key.pem".into()),
+                acme: None,
                 reload_interval: std::time::Duration::from_secs(10),
             }),
             ..Config::default()

@@ -1,6 +1,7 @@
 //! The optional `[https]` listener's settings: the public router (relay, DNS-over-HTTPS, health)
 //! over TLS, HTTP/1.1 and HTTP/2 (ALPN), from PEM certificate and key files, which are reloaded
-//! when they change ([`crate::certificates`]). Connections are served by [`crate::serve`].
+//! when they change ([`crate::certificates`]), or from an ACME CA (`[https.acme]`,
+//! [`crate::acme`]). Connections are served by `pkraft_http::serve`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,10 +21,15 @@ use serde::Deserialize;
 pub struct HttpsSettings {
     /// Listen address, e.g. `0.0.0.0:443`.
     pub listen: SocketAddr,
-    /// PEM file with the certificate chain, leaf first.
-    pub cert: PathBuf,
+    /// PEM file with the certificate chain, leaf first (or `[https.acme]`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The certificate from an ACME CA instead of `cert` and `key`.
+    #[serde(default)]
+    pub acme: Option<crate::acme::AcmeSettings>,
     /// How often the two files are checked for a change (a renewal). A change is loaded once
     /// both files have stayed the same for one more interval, so that a pair written one file
     /// at a time is not read half-way; SIGHUP loads them at once. Default 10 s.
@@ -47,21 +53,39 @@ impl HttpsSettings {
             "https.reload_interval: {:?} is shorter than {RELOAD_INTERVAL_MIN:?}",
             self.reload_interval
         );
-        self.certified_key().map(drop)
+        match &self.acme {
+            Some(acme) => {
+                anyhow::ensure!(
+                    self.cert.is_none() && self.key.is_none(),
+                    "https: set cert and key, or [https.acme], not both"
+                );
+                acme.validate()
+            }
+            None => self.certified_key().map(drop),
+        }
+    }
+
+    /// The certificate and key files; an error names what is missing.
+    pub fn files(&self) -> anyhow::Result<(&Path, &Path)> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Ok((cert, key)),
+            (None, _) => anyhow::bail!("https.cert: missing (or set [https.acme])"),
+            (_, None) => anyhow::bail!("https.key: missing (or set [https.acme])"),
+        }
     }
 
     /// The certificate chain and key from the files; errors name the field.
     pub fn certified_key(&self) -> anyhow::Result<CertifiedKey> {
-        let certs = CertificateDer::pem_file_iter(&self.cert)
+        let (cert, key) = self.files()?;
+        let certs = CertificateDer::pem_file_iter(cert)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| pem_error("https.cert", &self.cert, e))?;
+            .map_err(|e| pem_error("https.cert", cert, e))?;
         anyhow::ensure!(
             !certs.is_empty(),
             "https.cert: {} holds no certificate",
-            self.cert.display()
+            cert.display()
         );
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| pem_error("https.key", &self.key, e))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_error("https.key", key, e))?;
         CertifiedKey::from_der(certs, key, &crypto_provider())
             .context("https.key does not match https.cert")
     }
@@ -77,7 +101,13 @@ pub fn server_config(
         .context("https: TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(certificate);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // `acme-tls/1` only for the ACME CA's challenge handshakes ([https.acme]); the listener
+    // closes such a connection after the handshake (pkraft_http::serve).
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        pkraft_http::serve::ACME_TLS_ALPN.to_vec(),
+    ];
     Ok(Arc::new(config))
 }
 
@@ -110,5 +140,20 @@ mod tests {
         };
         let error = format!("{:#}", settings.validate().expect_err("no such file"));
         assert!(error.contains("https.cert"), "{error}");
+    }
+
+    /// Certificate files or ACME, exactly one of them.
+    #[test]
+    fn files_or_acme_not_both_nor_neither() {
+        let both: HttpsSettings = toml::from_str(
+            "listen = \"127.0.0.1:0\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n\
+             [acme]\ndomains = [\"pkarr.example.org\"]",
+        )
+        .expect("parses");
+        let error = format!("{:#}", both.validate().expect_err("both"));
+        assert!(error.contains("not both"), "{error}");
+        let neither: HttpsSettings = toml::from_str("listen = \"127.0.0.1:0\"").expect("parses");
+        let error = format!("{:#}", neither.validate().expect_err("neither"));
+        assert!(error.contains("https.cert: missing"), "{error}");
     }
 }

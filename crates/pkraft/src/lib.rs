@@ -15,6 +15,7 @@
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
 //! `pkraft-dht` (Mainline DHT bridge), `pkraft-raft` (consensus), `pkraft-store` (redb state), `pkraft-types` (domain types).
 
+pub mod acme;
 pub mod certificates;
 pub mod cli;
 pub mod config;
@@ -65,6 +66,8 @@ pub struct Server {
 struct HttpsListener {
     listener: Listener,
     addr: SocketAddr,
+    /// The ACME client's task, with `[https.acme]`.
+    acme: Option<JoinHandle<()>>,
 }
 
 /// An axum server on its own socket, with its graceful stop.
@@ -260,6 +263,36 @@ impl Server {
             ));
         }
         let https = match &config.https {
+            Some(
+                settings @ https::HttpsSettings {
+                    acme: Some(acme), ..
+                },
+            ) => {
+                let acme_metrics = acme::AcmeMetrics::new()?;
+                acme_metrics.register(&registry).context("ACME metrics")?;
+                let client = acme::start(
+                    acme,
+                    &config.data_dir,
+                    certificate_metrics.clone(),
+                    acme_metrics,
+                )
+                .await?;
+                let tls = https::server_config(client.resolver)?;
+                let listener = bind_tcp(settings.listen, "https.listen").await?;
+                let addr = listener.local_addr()?;
+                let listener = Listener::serve(
+                    listener,
+                    Some(tls),
+                    public.clone(),
+                    limits.clone(),
+                    admission("https", caps.clone()),
+                );
+                Some(HttpsListener {
+                    listener,
+                    addr,
+                    acme: Some(client.task),
+                })
+            }
             Some(settings) => {
                 let files = certificates::HttpsFiles::load_first(settings)?;
                 let tls = https::server_config(files.certificate())?;
@@ -280,7 +313,11 @@ impl Server {
                     settings.reload_interval,
                     certificate_metrics.clone(),
                 ));
-                Some(HttpsListener { listener, addr })
+                Some(HttpsListener {
+                    listener,
+                    addr,
+                    acme: None,
+                })
             }
             None => None,
         };
@@ -380,6 +417,9 @@ impl Server {
             checks.abort();
         }
         if let Some(https) = self.https {
+            if let Some(acme) = https.acme {
+                acme.abort();
+            }
             https.listener.stop("https").await?;
         }
         self.admin.stop("admin").await?;
