@@ -229,3 +229,56 @@ async fn verify_reports_a_packet_that_does_not_verify() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("does not verify"), "{stdout}");
 }
+
+/// Goal: one backup of a node at a time (docs/API.md, `POST /backup`): a second request while
+/// one is being sent gets 429 and starts nothing; once the first ends, a backup can be taken
+/// again.
+/// Method: a node restored from a 20,000-packet backup (about 20 MB, well over what the socket
+/// buffers and the node's chunk queue hold), so a client that reads nothing keeps the first
+/// backup running.
+#[tokio::test]
+async fn a_second_backup_while_one_is_sent_gets_429() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let seed_file = work.path().join("seed.pkrbak");
+    let path = seed_file.clone();
+    tokio::task::spawn_blocking(move || crate::snapshot_memory::write_backup(&path, 20_000))
+        .await
+        .expect("backup writer");
+    let data_dir = tempfile::tempdir().expect("data dir");
+    assert_ok(
+        &pkraft(&[
+            "restore",
+            "--data-dir",
+            &text(data_dir.path()),
+            "--advertise",
+            "127.0.0.1:7400",
+            &text(&seed_file),
+        ]),
+        "restore",
+    );
+    let node =
+        TestServer::start_with_config_in(&format!("[admin]\ntoken = \"{TOKEN}\"\n"), data_dir);
+    let url = format!("http://{}/backup", node.admin);
+    let client = crate::harness::http_client();
+    let backup = || client.post(&url).bearer_auth(TOKEN).send();
+
+    let first = backup().await.expect("first backup");
+    assert_eq!(first.status(), 200);
+    // Its body is not read: the node's backup waits for the client.
+    let second = backup().await.expect("second backup");
+    assert_eq!(second.status(), 429);
+    let error = second.text().await.expect("body");
+    assert!(error.contains("already running"), "{error}");
+
+    // The first client goes away: its backup ends, and the next one runs to its end.
+    drop(first);
+    crate::cluster::eventually("a backup after the first ended", || async {
+        let response = backup().await.ok()?;
+        if response.status() != 200 {
+            return None;
+        }
+        let body = response.bytes().await.ok()?;
+        (body.len() > 10_000_000).then_some(())
+    })
+    .await;
+}

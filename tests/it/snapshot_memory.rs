@@ -217,7 +217,7 @@ fn big_key(seed: u64) -> Keypair {
 
 /// Writes a backup file of `packets` packets of about 1 KB each, signed on every core, through a
 /// store of its own (the format is the node's: `pkraft_raft::backup`).
-fn write_backup(path: &Path, packets: u64) {
+pub(crate) fn write_backup(path: &Path, packets: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open_with_cache(&dir.path().join("state.redb"), 32 << 20).expect("store");
     let applied = postcard::to_stdvec(&AppliedState::default()).expect("encode");
