@@ -395,13 +395,6 @@ async fn get_with_policy(
     (status, response.bytes().await.unwrap_or_default(), memento)
 }
 
-/// Goal: the relay answers each `policy` of pkarr 8.1's relay client as docs/API.md says, with
-/// `[dht]` on: `CacheOnly` never asks the DHT, `CacheFirst` asks it only for a key the cluster
-/// does not hold, `NetworkOnly` asks it even for a stored key and answers the newer packet;
-/// a packet from the DHT carries `Memento-Datetime`; an unknown policy is 400.
-/// Method: a node whose bridge does not put (`publish = false`, so the DHT keeps what the test
-/// puts there); one key only on the DHT, one stored with a newer packet on the DHT; raw GETs and
-/// pkarr's own client with the node as its only relay.
 /// A key whose one item on the DHT is signed by it but is no packet (BEP 44 is satisfied, pkarr
 /// is not): a GET that asks the DHT gets 404 with the item's seq in
 /// `Pkarr-Invalid-Signed-Packet-Seq`, as pkarr's relay spec says, and pkarr's own client reports
@@ -471,6 +464,13 @@ async fn a_key_with_only_an_invalid_item_on_the_dht_gets_its_seq() {
     );
 }
 
+/// Goal: the relay answers each `policy` of pkarr 8.1's relay client as docs/API.md says, with
+/// `[dht]` on: `CacheOnly` never asks the DHT, `CacheFirst` asks it only for a key the cluster
+/// does not hold, `NetworkOnly` asks it even for a stored key and answers the newer packet;
+/// a packet from the DHT carries `Memento-Datetime`; an unknown policy is 400.
+/// Method: a node whose bridge does not put (`publish = false`, so the DHT keeps what the test
+/// puts there); one key only on the DHT, one stored with a newer packet on the DHT; raw GETs and
+/// pkarr's own client with the node as its only relay.
 #[tokio::test]
 async fn each_resolve_policy_gets_its_answer_with_the_dht_on() {
     let testnet = testnet();

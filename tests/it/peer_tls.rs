@@ -42,16 +42,7 @@ async fn nodes_replicate_over_mutual_tls_and_refuse_clients_without_a_certificat
     let first = TestServer::start_with_config(&node_config(1, "bootstrap = true"));
     let second =
         TestServer::start_with_config(&node_config(2, &format!("join = [\"{}\"]", first.peer)));
-    eventually("node 2 is a voter", || async {
-        let status = admin_status(&first).await?;
-        let voters = status["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["voter"] == true)
-            .count();
-        (voters == 2).then_some(())
-    })
-    .await;
+    wait_for_voters(&first, 2).await;
 
     // Through the follower: forwarded to the leader over TLS, replicated back over TLS.
     let key = keypair(7_100);
@@ -179,6 +170,19 @@ async fn wait_for_peer_reloads(node: &TestServer, result: &str, count: f64) {
     .await;
 }
 
+/// Waits until `node` sees `count` voters.
+async fn wait_for_voters(node: &TestServer, count: usize) {
+    eventually(&format!("{count} voters"), || async {
+        let voters = admin_status(node).await?["members"]
+            .as_array()?
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .count();
+        (voters == count).then_some(())
+    })
+    .await;
+}
+
 /// A packet published through `through` (204) and served by every node of `nodes`.
 async fn publish_and_read(through: &TestServer, nodes: &[&TestServer], seed: u64) {
     let key = keypair(seed);
@@ -207,12 +211,19 @@ async fn a_cluster_moves_to_a_new_ca_without_a_restart() {
     install_crypto_provider();
     let dir = tempfile::tempdir().expect("tempdir");
     let node_dir = |id: u64| dir.path().join(format!("node{id}"));
+    // Each file replaced whole by a rename, as a deploy tool writes it: a check never reads
+    // half of one.
+    let replace = |id: u64, name: &str, text: &str| {
+        let temporary = node_dir(id).join(format!("{name}.new"));
+        std::fs::write(&temporary, text).expect("write");
+        std::fs::rename(&temporary, node_dir(id).join(name)).expect("rename");
+    };
     let put = |id: u64, name: &str, fixtures: &[&str]| {
         let text: String = fixtures
             .iter()
             .map(|f| std::fs::read_to_string(fixture(f)).expect("fixture"))
             .collect();
-        std::fs::write(node_dir(id).join(name), text).expect("write");
+        replace(id, name, &text);
     };
     let config = |id: u64, membership: &str| {
         std::fs::create_dir_all(node_dir(id)).expect("node dir");
@@ -232,15 +243,7 @@ async fn a_cluster_moves_to_a_new_ca_without_a_restart() {
     }
     let first = TestServer::start_with_config(&config(1, "bootstrap = true"));
     let second = TestServer::start_with_config(&config(2, &format!("join = [\"{}\"]", first.peer)));
-    eventually("node 2 is a voter", || async {
-        let voters = admin_status(&first).await?["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["voter"] == true)
-            .count();
-        (voters == 2).then_some(())
-    })
-    .await;
+    wait_for_voters(&first, 2).await;
     let nodes = [&first, &second];
 
     // 1. Both CAs trusted.
@@ -261,7 +264,14 @@ async fn a_cluster_moves_to_a_new_ca_without_a_restart() {
     for node in nodes {
         wait_for_peer_reloads(node, "ok", 2.0).await;
     }
-    std::fs::write(node_dir(2).join("ca.pem"), "not a certificate").expect("write");
+    for node in nodes {
+        assert_eq!(
+            peer_reloads(node, "error").await,
+            0.0,
+            "no file refused so far"
+        );
+    }
+    replace(2, "ca.pem", "not a certificate");
     wait_for_peer_reloads(&second, "error", 1.0).await;
     assert!(
         second
@@ -295,7 +305,7 @@ async fn a_cluster_moves_to_a_new_ca_without_a_restart() {
         "a certificate of the old CA is refused"
     );
     assert_eq!(
-        status_with(first.peer, "peer-ca.crt", "peer-node2", 2).await,
+        status_with(first.peer, "peer-ca.crt", "peer2-node2", 2).await,
         None,
         "the listener no longer presents the old CA's certificate"
     );
@@ -307,15 +317,7 @@ async fn a_cluster_moves_to_a_new_ca_without_a_restart() {
     put(3, "key.pem", &["peer2-node3.key"]);
     put(3, "ca.pem", &["peer2-ca.crt"]);
     let third = TestServer::start_with_config(&config(3, &format!("join = [\"{}\"]", second.peer)));
-    eventually("node 3 is a voter", || async {
-        let voters = admin_status(&first).await?["members"]
-            .as_array()?
-            .iter()
-            .filter(|m| m["voter"] == true)
-            .count();
-        (voters == 3).then_some(())
-    })
-    .await;
+    wait_for_voters(&first, 3).await;
     publish_and_read(&third, &[&first, &second, &third], 7_203).await;
 }
 

@@ -107,6 +107,10 @@ pub struct Resolver {
 /// Callers that may wait at once, per lookup slot.
 const WAITERS_PER_SLOT: usize = 4;
 
+/// How long before its first caller's deadline a lookup ends (at most a tenth of
+/// `dht.resolve_timeout`).
+const LOOKUP_MARGIN: Duration = Duration::from_millis(100);
+
 /// Whether [`Resolver::resolve_from`] may answer from the caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -162,16 +166,17 @@ impl Resolver {
             return cached;
         }
         let asked = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.settings.resolve_timeout;
         let Ok(_waiting) = self.waiters.try_acquire() else {
             self.metrics.resolved(ResolveResult::Shed, None);
             return DhtAnswer::Missing;
         };
-        let Some(mut state) = self.join_or_start(key) else {
+        let Some(mut state) = self.join_or_start(key, deadline) else {
             self.metrics.resolved(ResolveResult::Shed, None);
             return DhtAnswer::Missing;
         };
-        let done = tokio::time::timeout(
-            self.settings.resolve_timeout,
+        let done = tokio::time::timeout_at(
+            deadline,
             state.wait_for(|state| matches!(state, LookupState::Done(..))),
         )
         .await;
@@ -188,8 +193,13 @@ impl Resolver {
         found
     }
 
-    /// The running lookup for `key`, or a new one if a slot is free (`None`: none is).
-    fn join_or_start(self: &Arc<Self>, key: &KeyBytes) -> Option<watch::Receiver<LookupState>> {
+    /// The running lookup for `key`, or a new one if a slot is free (`None`: none is), which
+    /// answers before `caller_deadline`.
+    fn join_or_start(
+        self: &Arc<Self>,
+        key: &KeyBytes,
+        caller_deadline: tokio::time::Instant,
+    ) -> Option<watch::Receiver<LookupState>> {
         let mut lookups = self.lookups.lock().ok()?;
         if let Some(running) = lookups.get(key) {
             return Some(running.clone());
@@ -205,7 +215,8 @@ impl Resolver {
             // In a task of its own: mainline panics if its actor thread died, and the map entry
             // and the gauge must be cleaned up either way (the waiters see the sender dropped).
             let inner = resolver.clone();
-            let _ = tokio::spawn(async move { inner.look_up(key, report).await }).await;
+            let _ = tokio::spawn(async move { inner.look_up(key, report, caller_deadline).await })
+                .await;
             if let Ok(mut lookups) = resolver.lookups.lock() {
                 lookups.remove(&key);
             }
@@ -217,9 +228,17 @@ impl Resolver {
 
     /// Runs the DHT query for `key`: reports the first valid packet (or the end, or the
     /// deadline), then keeps reading until the query ends or the deadline passes, caching the
-    /// most recent packet seen.
-    async fn look_up(&self, key: KeyBytes, report: watch::Sender<LookupState>) {
-        let deadline = tokio::time::Instant::now() + self.settings.resolve_timeout;
+    /// most recent packet seen. The deadline is [`LOOKUP_MARGIN`] before the caller's that
+    /// started it, so that what the query found by then (a miss, or only invalid items and
+    /// their seq) reaches that caller rather than only the cache.
+    async fn look_up(
+        &self,
+        key: KeyBytes,
+        report: watch::Sender<LookupState>,
+        caller_deadline: tokio::time::Instant,
+    ) {
+        let margin = LOOKUP_MARGIN.min(self.settings.resolve_timeout / 10);
+        let deadline = caller_deadline - margin;
         let mut items = self.dht.get_mutable(&key, None, None);
         let mut best: Option<Payload> = None;
         // The newest item that is no valid packet (mainline has checked its signature).

@@ -142,7 +142,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/import",
             post(crate::import::import)
-                .with_state((state.node.clone(), state.import_rules))
+                .with_state(crate::import::ImportState::new(
+                    state.node.clone(),
+                    state.import_rules,
+                ))
                 .layer(DefaultBodyLimit::max(crate::import::IMPORT_BODY_MAX)),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

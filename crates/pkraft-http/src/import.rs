@@ -21,9 +21,12 @@ use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, encode_z32_key};
 use serde::{Deserialize, Serialize};
 
 /// Most records in one `POST /import`: the most the write path batches into one log entry
-/// (`raft.publish_batch_max`'s default), so that a batch fills entries without taking more than
-/// a small part of the publish queue (4096 by default) from the relay's PUTs.
+/// (`raft.publish_batch_max`'s default).
 pub const IMPORT_BATCH_MAX: usize = 512;
+/// `POST /import` requests a node works on at once; more are answered 429 (the CLI sends them
+/// again). With [`IMPORT_BATCH_MAX`], imports queue at most 2,048 packets: half of the default
+/// publish queue (`raft.publish_queue_max`, 4,096), so the relay's PUTs keep the other half.
+pub const IMPORTS_AT_ONCE: usize = 4;
 /// Bytes before each record's payload: the key and the payload's length.
 const RECORD_HEADER_LEN: usize = 32 + 2;
 /// Largest body of `POST /import`: a full batch of the largest payloads.
@@ -132,11 +135,38 @@ pub fn decode_batch(body: &Bytes) -> Result<Vec<(KeyBytes, Bytes)>, String> {
     Ok(records)
 }
 
+/// What `POST /import` works with.
+#[derive(Clone)]
+pub struct ImportState {
+    pub node: Arc<Node>,
+    pub rules: ImportRules,
+    /// [`IMPORTS_AT_ONCE`] permits.
+    pub running: Arc<tokio::sync::Semaphore>,
+}
+
+impl ImportState {
+    pub fn new(node: Arc<Node>, rules: ImportRules) -> ImportState {
+        ImportState {
+            node,
+            rules,
+            running: Arc::new(tokio::sync::Semaphore::new(IMPORTS_AT_ONCE)),
+        }
+    }
+}
+
 /// The handler of `POST /import` (behind the admin token).
-pub async fn import(
-    State((node, rules)): State<(Arc<Node>, ImportRules)>,
-    body: Bytes,
-) -> Response {
+pub async fn import(State(state): State<ImportState>, body: Bytes) -> Response {
+    let Ok(_running) = state.running.clone().try_acquire_owned() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            Json(serde_json::json!({
+                "error": format!("{IMPORTS_AT_ONCE} import batches are being worked on; send it again")
+            })),
+        )
+            .into_response();
+    };
+    let ImportState { node, rules, .. } = state;
     let records = match decode_batch(&body) {
         Ok(records) => records,
         Err(e) => {
@@ -168,11 +198,14 @@ pub async fn import(
 
     let mut report = ImportReport::default();
     let mut publishing = tokio::task::JoinSet::new();
+    // Which record each publish task is for, so that one that panics is sent again.
+    let mut record_of_task = std::collections::HashMap::new();
     for (index, record) in (0u32..).zip(checked) {
         match record {
             Ok(Checked::Publish(packet)) => {
                 let node = node.clone();
-                publishing.spawn(async move { (index, node.publish(*packet).await) });
+                let task = publishing.spawn(async move { (index, node.publish(*packet).await) });
+                record_of_task.insert(task.id(), index);
             }
             Ok(Checked::Expired) => report.expired += 1,
             Err((key, reason)) => report.invalid.push(InvalidRecord {
@@ -182,9 +215,18 @@ pub async fn import(
         }
     }
     while let Some(joined) = publishing.join_next().await {
-        let Ok((index, published)) = joined else {
-            // A publish task cannot panic short of a bug; its record is simply sent again.
-            continue;
+        let (index, published) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // A publish task cannot panic short of a bug; its record is sent again.
+                if let Some(&index) = record_of_task.get(&e.id()) {
+                    report.retry.push(index);
+                    report
+                        .retry_reason
+                        .get_or_insert_with(|| format!("publishing failed: {e}"));
+                }
+                continue;
+            }
         };
         match published {
             Ok(published) => match published.outcome {

@@ -160,9 +160,10 @@ pub struct Acme {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// How long the start waits for the certificate kept in the data dir: its first event comes from
-/// reading that file; without one it comes from an order over the network, which the start
-/// does not wait for.
+/// How long the start waits for the certificate kept in the data dir: the state machine's first
+/// event comes from reading that file (milliseconds). Without a kept certificate the first
+/// event is an order's, over the network; the start gives up on it after this long and the
+/// order goes on in the background.
 const KEPT_CERTIFICATE_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the ACME client for `settings`, keeping its state in `<data_dir>/acme/`; returns once

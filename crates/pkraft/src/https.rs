@@ -95,19 +95,21 @@ impl HttpsSettings {
 /// each handshake.
 pub fn server_config(
     certificate: Arc<dyn ResolvesServerCert>,
+    acme: bool,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_safe_default_protocol_versions()
         .context("https: TLS protocol versions")?
         .with_no_client_auth()
         .with_cert_resolver(certificate);
-    // `acme-tls/1` only for the ACME CA's challenge handshakes ([https.acme]); the listener
-    // closes such a connection after the handshake (pkraft_http::serve).
-    config.alpn_protocols = vec![
-        b"h2".to_vec(),
-        b"http/1.1".to_vec(),
-        pkraft_http::serve::ACME_TLS_ALPN.to_vec(),
-    ];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme {
+        // For the ACME CA's challenge handshakes ([https.acme]) only; the listener closes such
+        // a connection after the handshake (pkraft_http::serve).
+        config
+            .alpn_protocols
+            .push(pkraft_http::serve::ACME_TLS_ALPN.to_vec());
+    }
     Ok(Arc::new(config))
 }
 

@@ -263,40 +263,36 @@ impl Server {
             ));
         }
         let https = match &config.https {
-            Some(
-                settings @ https::HttpsSettings {
-                    acme: Some(acme), ..
-                },
-            ) => {
-                let acme_metrics = acme::AcmeMetrics::new()?;
-                acme_metrics.register(&registry).context("ACME metrics")?;
-                let client = acme::start(
-                    acme,
-                    &config.data_dir,
-                    certificate_metrics.clone(),
-                    acme_metrics,
-                )
-                .await?;
-                let tls = https::server_config(client.resolver)?;
-                let listener = bind_tcp(settings.listen, "https.listen").await?;
-                let addr = listener.local_addr()?;
-                let listener = Listener::serve(
-                    listener,
-                    Some(tls),
-                    public.clone(),
-                    limits.clone(),
-                    admission("https", caps.clone()),
-                );
-                Some(HttpsListener {
-                    listener,
-                    addr,
-                    acme: Some(client.task),
-                })
-            }
             Some(settings) => {
-                let files = certificates::HttpsFiles::load_first(settings)?;
-                let tls = https::server_config(files.certificate())?;
-                let current = files.certificate().current();
+                // Where the certificate comes from: an ACME CA, or files reloaded on change.
+                let (certificate, acme): (Arc<dyn rustls::server::ResolvesServerCert>, _) =
+                    match &settings.acme {
+                        Some(acme) => {
+                            let acme_metrics = acme::AcmeMetrics::new()?;
+                            acme_metrics.register(&registry).context("ACME metrics")?;
+                            let client = acme::start(
+                                acme,
+                                &config.data_dir,
+                                certificate_metrics.clone(),
+                                acme_metrics,
+                            )
+                            .await?;
+                            (client.resolver, Some(client.task))
+                        }
+                        None => {
+                            let files = certificates::HttpsFiles::load_first(settings)?;
+                            let certificate = files.certificate();
+                            reloaders.push(certificates::CertificateReloader::new(
+                                "https",
+                                Box::new(files),
+                                &certificate.current(),
+                                settings.reload_interval,
+                                certificate_metrics.clone(),
+                            ));
+                            (certificate, None)
+                        }
+                    };
+                let tls = https::server_config(certificate, settings.acme.is_some())?;
                 let listener = bind_tcp(settings.listen, "https.listen").await?;
                 let addr = listener.local_addr()?;
                 let listener = Listener::serve(
@@ -306,17 +302,10 @@ impl Server {
                     limits.clone(),
                     admission("https", caps.clone()),
                 );
-                reloaders.push(certificates::CertificateReloader::new(
-                    "https",
-                    Box::new(files),
-                    &current,
-                    settings.reload_interval,
-                    certificate_metrics.clone(),
-                ));
                 Some(HttpsListener {
                     listener,
                     addr,
-                    acme: None,
+                    acme,
                 })
             }
             None => None,

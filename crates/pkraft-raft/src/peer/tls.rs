@@ -110,11 +110,15 @@ impl PeerTls {
             material: self.material.clone(),
             expected: target,
         });
-        let config = ClientConfig::builder_with_provider(self.provider.clone())
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_client_cert_resolver(Arc::new(CurrentCertificate(self.material.clone())));
+        // No session resumption: a resumed handshake checks no certificate, so a session from
+        // before a reload would let a certificate of a CA since dropped back in. Peers keep
+        // their connections open, so full handshakes are rare.
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
 
@@ -337,7 +341,7 @@ impl PeerTlsSettings {
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let material = Arc::new(ArcSwap::from_pointee(self.material(node_id, &provider)?));
-        let server = ServerConfig::builder_with_provider(provider.clone())
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| PeerTlsError {
                 field: "cert",
@@ -345,6 +349,10 @@ impl PeerTlsSettings {
             })?
             .with_client_cert_verifier(Arc::new(CurrentClientVerifier(material.clone())))
             .with_cert_resolver(Arc::new(CurrentCertificate(material.clone())));
+        // No resumption (see `client_config`): every handshake checks the client's certificate
+        // against the CA loaded now.
+        server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        server.send_tls13_tickets = 0;
         let tls = PeerTls {
             server: Arc::new(server),
             material,

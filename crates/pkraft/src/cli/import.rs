@@ -341,8 +341,15 @@ async fn send_batch(client: &AdminClient, batch: Batch) -> anyhow::Result<Import
                 total.add(report);
                 pending = retry
                     .iter()
-                    .filter_map(|&index| pending.get(index as usize).cloned())
-                    .collect();
+                    .map(|&index| {
+                        pending.get(index as usize).cloned().ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "the node asked to send record {index} of {} again",
+                                pending.len()
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
                 why_not
             }
             Err(AdminCallError::Refused(e)) => return Err(e),
