@@ -76,7 +76,9 @@ dashboard = json.load(open(sys.argv[3]))
 for panel in dashboard["panels"]:
     for target in panel["targets"]:
         used |= set(re.findall(r"\b((?:pkraft|process)_[a-z_]+)", target["expr"]))
-missing = sorted(m for m in used if m not in families)
+# Exported only with a section this cluster does not set; another test scrapes each.
+only_with = {"pkraft_tls_acme_orders_total": "[https.acme]: tests/it/acme.rs"}
+missing = sorted(m for m in used if m not in families and m not in only_with)
 if missing:
     sys.exit(f"not exported: {missing}")
 print(f"prometheus: {len(used)} metric names in the alerts and the dashboard, all exported")
