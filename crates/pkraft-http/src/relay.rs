@@ -117,6 +117,11 @@ pub async fn get_packet(
     // The packet, and when this node received it from the DHT if it came from there.
     let (payload, seen_on_dht) = match (policy, state.dht.as_ref(), stored) {
         (ResolvePolicy::NetworkOnly, Some(dht), stored) => {
+            if stored.is_none() {
+                // A key that is no curve point was never stored, nor signed anything: 400,
+                // without asking the DHT.
+                parse_z32_key(&key)?;
+            }
             match (stored, dht.resolve_from(&key_bytes, Lookup::New).await) {
                 (Some(stored), DhtAnswer::Found(found))
                     if decide(Some(&stored), &found.payload) != PublishOutcome::Stored =>
@@ -129,7 +134,7 @@ pub async fn get_packet(
                 (Some(stored), DhtAnswer::OnlyInvalid { .. } | DhtAnswer::Missing) => {
                     (stored, None)
                 }
-                (None, missing) => return Err(not_on_the_dht(&key, missing)),
+                (None, missing) => return Err(not_on_the_dht(missing)),
             }
         }
         (_, _, Some(stored)) => (stored, None),
@@ -142,7 +147,7 @@ pub async fn get_packet(
             // Not in the cluster: the DHT may have it, within its deadline.
             match dht.resolve_from(&key_bytes, Lookup::CachedOrNew).await {
                 DhtAnswer::Found(found) => (found.payload, Some(found.seen)),
-                missing => return Err(not_on_the_dht(&key, missing)),
+                missing => return Err(not_on_the_dht(missing)),
             }
         }
     };
@@ -181,12 +186,8 @@ pub async fn get_packet(
 }
 
 /// The 404 for a key neither the replica nor the DHT has a valid packet for: with the seq of
-/// the DHT's newest invalid item if it had only such (pkarr's relay spec), or 400 for a key that
-/// is not one.
-fn not_on_the_dht(key: &str, answer: DhtAnswer) -> RelayError {
-    if let Err(e) = parse_z32_key(key) {
-        return e.into();
-    }
+/// the DHT's newest invalid item if it had only such (pkarr's relay spec).
+fn not_on_the_dht(answer: DhtAnswer) -> RelayError {
     match answer {
         DhtAnswer::OnlyInvalid { seq } => RelayError::InvalidOnDht { seq },
         DhtAnswer::Found(_) | DhtAnswer::Missing => RelayError::NotFound,
