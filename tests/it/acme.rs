@@ -24,6 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RecordType};
 
+use crate::cluster::{ClusterOptions, TestCluster};
 use crate::harness::{TestServer, install_crypto_provider};
 use crate::metrics::{sample, scrape};
 
@@ -66,8 +67,14 @@ impl Ports {
 }
 
 impl Pebble {
-    /// Starts Pebble, resolving names through `dns` (the node's DNS).
+    /// Starts Pebble, resolving names through `dns` (the node's DNS), issuing certificates
+    /// valid for 60 s.
     fn start(ports: &Ports, dns: SocketAddr) -> Pebble {
+        Pebble::start_issuing(ports, dns, 60)
+    }
+
+    /// [`Pebble::start`], issuing certificates valid for `validity_secs`.
+    fn start_issuing(ports: &Ports, dns: SocketAddr, validity_secs: u64) -> Pebble {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("pebble.json");
         std::fs::write(
@@ -77,7 +84,8 @@ impl Pebble {
                 "managementListenAddress": "127.0.0.1:{management}",
                 "certificate": "{cert}", "privateKey": "{key}",
                 "httpPort": {http}, "tlsPort": {https}, "ocspResponderURL": "",
-                "externalAccountBindingRequired": false, "certificateValidityPeriod": 60}}}}"#,
+                "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": {validity_secs}}}}}"#,
                 api = ports.api,
                 management = ports.management,
                 http = ports.http,
@@ -172,6 +180,15 @@ fn pebble_installed() -> bool {
 /// that trusts only `roots` and asks for `DOMAIN`: the certificate presented and the HTTP
 /// status line, or `None` if the handshake fails.
 async fn doh_over_https(port: u16, roots: &rustls::RootCertStore) -> Option<(Vec<u8>, String)> {
+    doh_over_https_as(port, roots, DOMAIN).await
+}
+
+/// [`doh_over_https`], asking for the name `server_name` (SNI and certificate check).
+async fn doh_over_https_as(
+    port: u16,
+    roots: &rustls::RootCertStore,
+    server_name: &str,
+) -> Option<(Vec<u8>, String)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots.clone())
@@ -180,7 +197,7 @@ async fn doh_over_https(port: u16, roots: &rustls::RootCertStore) -> Option<(Vec
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
-    let name = ServerName::try_from(DOMAIN).expect("name");
+    let name = ServerName::try_from(server_name.to_string()).expect("name");
     let mut tls = connector.connect(name, tcp).await.ok()?;
     let leaf = tls
         .get_ref()
@@ -196,7 +213,7 @@ async fn doh_over_https(port: u16, roots: &rustls::RootCertStore) -> Option<(Vec
     ));
     let query = URL_SAFE_NO_PAD.encode(query.to_vec().expect("query"));
     let request = format!(
-        "GET /dns-query?dns={query} HTTP/1.1\r\nHost: {DOMAIN}\r\nAccept: \
+        "GET /dns-query?dns={query} HTTP/1.1\r\nHost: {server_name}\r\nAccept: \
          application/dns-message\r\nConnection: close\r\n\r\n"
     );
     tls.write_all(request.as_bytes()).await.ok()?;
@@ -323,4 +340,143 @@ async fn a_certificate_from_an_acme_ca_is_served_kept_renewed_and_kept_when_rene
         "{}",
         node.log()
     );
+}
+
+/// The `[https]` port in a node's "pkraft listening" line (`https=Some(127.0.0.1:P)`).
+fn https_port(node: &TestServer) -> u16 {
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|line| line.contains("pkraft listening"))
+        .expect("the listening line");
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix("https=Some("))
+        .and_then(|addr| addr.trim_end_matches(')').parse::<SocketAddr>().ok())
+        .expect("an https address")
+        .port()
+}
+
+/// The TXT values `dns` answers at `name` over UDP (empty for NXDOMAIN or NODATA).
+async fn txt_values(dns: SocketAddr, name: &str) -> Vec<String> {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut query = Message::query();
+    query.add_query(Query::query(
+        Name::from_ascii(name).expect("name"),
+        RecordType::TXT,
+    ));
+    socket
+        .send_to(&query.to_vec().expect("query"), dns)
+        .await
+        .expect("send");
+    let mut buf = vec![0; 4096];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf))
+        .await
+        .expect("an answer in time")
+        .expect("receive");
+    let answer = Message::from_vec(&buf[..len]).expect("answer");
+    answer
+        .answers
+        .iter()
+        .map(|record| record.data.to_string())
+        .collect()
+}
+
+/// Goal: with `challenge = "dns-01"`, every node of a cluster orders its own certificate for
+/// one shared name and a wildcard under the origin, proving them through pkraft's own DNS
+/// (docs/OPERATIONS.md, "Certificates"). Method: three nodes with the same `[https.acme]`;
+/// Pebble asks node 2's DNS only, so the challenges of nodes 1 and 3 reach it through the Raft
+/// log. Each node then presents a certificate of its own that a client trusting Pebble accepts
+/// for the name and for a name under the wildcard, serves DoH with it, and the challenge values
+/// are withdrawn from every node's DNS once the orders are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_orders_its_own_certificate_for_a_shared_and_wildcard_name_with_dns01() {
+    if !pebble_installed() {
+        return;
+    }
+    install_crypto_provider();
+    let ports = Ports::pick();
+    let sections = format!(
+        "[https]\nlisten = \"127.0.0.1:0\"\n[https.acme]\nchallenge = \"dns-01\"\n\
+         domains = [\"{DOMAIN}\", \"*.{DOMAIN}\"]\ndirectory = \"https://127.0.0.1:{api}/dir\"\n\
+         directory_ca = \"{ca}\"\n",
+        api = ports.api,
+        ca = fixture("ca.crt"),
+    );
+    let cluster = TestCluster::start_as(
+        3,
+        ClusterOptions {
+            sections,
+            ..ClusterOptions::default()
+        },
+    )
+    .await;
+    let asked = cluster.member(2).server.dns;
+    // Certificates valid for an hour: no renewal comes during the test.
+    let pebble = Pebble::start_issuing(&ports, asked, 3600);
+    let pebble_roots = pebble.roots().await;
+    for member in &cluster.members {
+        wait_until(
+            &format!("node {}'s certificate", member.id),
+            Duration::from_secs(120),
+            || async { acme_orders(&member.server, "issued").await >= 1.0 },
+        )
+        .await;
+    }
+    let mut leaves = HashSet::new();
+    for member in &cluster.members {
+        let port = https_port(&member.server);
+        let (leaf, status) = doh_over_https_as(port, &pebble_roots, DOMAIN)
+            .await
+            .unwrap_or_else(|| panic!("node {}: a handshake for {DOMAIN}", member.id));
+        assert_eq!(status, "HTTP/1.1 200 OK", "node {}: DoH", member.id);
+        let wildcard = format!("doh.{DOMAIN}");
+        let (wildcard_leaf, _) = doh_over_https_as(port, &pebble_roots, &wildcard)
+            .await
+            .unwrap_or_else(|| panic!("node {}: a handshake for {wildcard}", member.id));
+        assert_eq!(wildcard_leaf, leaf, "one certificate for both names");
+        leaves.insert(leaf);
+        assert!(
+            member
+                .server
+                .log()
+                .contains("new certificate issued (DNS-01)"),
+            "{}",
+            member.server.log()
+        );
+    }
+    assert_eq!(leaves.len(), 3, "each node has a certificate of its own");
+    // A restart serves the certificate kept in the data dir at once, without an order.
+    let mut cluster = cluster;
+    let (before, _) =
+        doh_over_https_as(https_port(&cluster.member(3).server), &pebble_roots, DOMAIN)
+            .await
+            .expect("node 3: a handshake");
+    cluster.member_mut(3).server.terminate();
+    cluster.restart(3);
+    let restarted = cluster.member(3);
+    let (after, status) = doh_over_https_as(https_port(&restarted.server), &pebble_roots, DOMAIN)
+        .await
+        .expect("node 3: a handshake right after its restart");
+    assert_eq!(after, before, "the certificate from the data dir");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        restarted
+            .server
+            .log()
+            .contains("serving the certificate kept in the data dir"),
+        "{}",
+        restarted.server.log()
+    );
+    assert_eq!(acme_orders(&restarted.server, "issued").await, 0.0);
+    let challenge = format!("_acme-challenge.{DOMAIN}.");
+    for member in &cluster.members {
+        wait_until(
+            &format!("node {}: the challenge values withdrawn", member.id),
+            Duration::from_secs(10),
+            || async { txt_values(member.server.dns, &challenge).await.is_empty() },
+        )
+        .await;
+    }
 }

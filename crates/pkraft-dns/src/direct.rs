@@ -499,7 +499,7 @@ mod tests {
             zones
                 .origins
                 .iter()
-                .map(|origin| Arc::new(PkarrZone::new(origin, &zones, records.clone(), None)))
+                .map(|origin| Arc::new(PkarrZone::new(origin, &zones, records.clone(), None, None)))
                 .collect(),
         );
         let (key, missing) = (stored.public_key().to_z32(), missing.public_key().to_z32());

@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use pkraft_types::acme_challenge::ChallengeBoard;
+
 use crate::answer_cache::AnswerCache;
 use crate::answerer::{Answerer, CountedHandler, SharedHandler};
 use crate::direct::DirectAnswers;
@@ -65,6 +67,16 @@ pub struct DnsServer {
     answerer: Answerer,
 }
 
+/// What answers besides the local replica's packets ([`DnsServer::bind_with`]).
+#[derive(Default)]
+pub struct Sources {
+    /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
+    pub dht: Option<Arc<dyn MissingKeys>>,
+    /// The ACME DNS-01 challenges committed through the cluster, answered at
+    /// `_acme-challenge.<name>` under an origin.
+    pub acme_challenges: Option<Arc<ChallengeBoard>>,
+}
+
 impl DnsServer {
     /// Binds UDP and TCP on `settings.listen` and starts answering from `store`, or SERVFAIL
     /// while `freshness` says the replica is catching up after a crash or staler than
@@ -74,16 +86,20 @@ impl DnsServer {
         store: Store,
         freshness: FreshnessProbe,
     ) -> Result<DnsServer, DnsError> {
-        DnsServer::bind_with_dht(settings, store, freshness, None).await
+        DnsServer::bind_with(settings, store, freshness, Sources::default()).await
     }
 
-    /// [`DnsServer::bind`], asking `dht` for keys the local replica does not hold.
-    pub async fn bind_with_dht(
+    /// [`DnsServer::bind`], with what else answers besides the local replica.
+    pub async fn bind_with(
         settings: &Settings,
         store: Store,
         freshness: FreshnessProbe,
-        dht: Option<Arc<dyn MissingKeys>>,
+        sources: Sources,
     ) -> Result<DnsServer, DnsError> {
+        let Sources {
+            dht,
+            acme_challenges,
+        } = sources;
         let zones = settings.zones()?;
         let records = Arc::new(RecordCache::new(
             store.clone(),
@@ -92,7 +108,13 @@ impl DnsServer {
         let mut catalog = Catalog::new();
         let mut pkarr_zones = Vec::new();
         for origin in &zones.origins {
-            let zone = Arc::new(PkarrZone::new(origin, &zones, records.clone(), dht.clone()));
+            let zone = Arc::new(PkarrZone::new(
+                origin,
+                &zones,
+                records.clone(),
+                dht.clone(),
+                acme_challenges.clone(),
+            ));
             pkarr_zones.push(zone.clone());
             let zone: Arc<dyn ZoneHandler> = zone;
             catalog.upsert(LowerName::new(origin), vec![zone]);

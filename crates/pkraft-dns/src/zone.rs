@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType, TSigResponseContext};
 use hickory_server::server::{Request, RequestInfo};
 use hickory_server::zone_handler::{
@@ -24,9 +24,10 @@ use hickory_server::zone_handler::{
 use std::sync::Arc;
 
 use pkraft_store::{AnswersRow, KeyVersion, StoreError};
+use pkraft_types::acme_challenge::{ChallengeBoard, is_challenge_label};
 use pkraft_types::compiled::{CompiledLookup, CompiledPacket, labels_below_key};
 use pkraft_types::packet::dns_records;
-use pkraft_types::{KeyBytes, decode_z32_key};
+use pkraft_types::{KeyBytes, decode_z32_key, unix_micros_now};
 
 use crate::missing_keys::MissingKeys;
 use crate::record_cache::{RecordCache, Records};
@@ -37,6 +38,8 @@ use crate::settings::Zones;
 const SOA_REFRESH_SECS: i32 = 3_600;
 const SOA_RETRY_SECS: i32 = 600;
 const SOA_EXPIRE_SECS: i32 = 1_209_600;
+/// The TTL of an ACME challenge's TXT records: none, the value changes with every order.
+const CHALLENGE_TTL_SECS: u32 = 0;
 
 /// The records at an origin's apex, built once from the settings.
 #[derive(Debug)]
@@ -126,6 +129,11 @@ pub struct PkarrZone {
     records: Arc<RecordCache>,
     /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
     dht: Option<Arc<dyn MissingKeys>>,
+    /// ACME DNS-01 challenges committed through the cluster, answered at
+    /// `_acme-challenge.<name>` ([`pkraft_types::acme_challenge`]). Such names are answered by
+    /// hickory's chain only, never by the direct answers: those are cached with the version of
+    /// the key they read, and a challenge comes and goes with no key's version.
+    challenges: Option<Arc<ChallengeBoard>>,
     failure_log: RateLimitedLog,
     /// Compiled answers that could not be read (damaged on disk).
     damaged_log: RateLimitedLog,
@@ -142,12 +150,14 @@ impl PkarrZone {
         zones: &Zones,
         records: Arc<RecordCache>,
         dht: Option<Arc<dyn MissingKeys>>,
+        challenges: Option<Arc<ChallengeBoard>>,
     ) -> PkarrZone {
         PkarrZone {
             origin: LowerName::new(origin),
             apex: Apex::new(origin, zones),
             records,
             dht,
+            challenges,
             failure_log: RateLimitedLog::default(),
             damaged_log: RateLimitedLog::default(),
         }
@@ -171,9 +181,60 @@ impl PkarrZone {
 
     /// The answer to `name` (under this origin) and `rtype` from the local replica alone, with
     /// the key it read, if any, and that key's version before the read; `owner` is the name to
-    /// put on the answers. `None` when the DHT must be asked (the key is not stored here and
-    /// `[dht]` resolves).
+    /// put on the answers. `None` when hickory's chain must answer: the DHT must be asked (the
+    /// key is not stored here and `[dht]` resolves), or the name may be an ACME challenge's.
     pub(crate) fn lookup_local(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        owner: &Name,
+    ) -> Option<(Lookup, Option<Read>)> {
+        if self.may_be_challenge(name.iter().next()) {
+            return None;
+        }
+        self.lookup_stored(name, rtype, owner)
+    }
+
+    /// Whether a name whose leftmost label is `first_label` is left to the chain, which answers
+    /// ACME challenges (see [`PkarrZone::challenges`]).
+    fn may_be_challenge(&self, first_label: Option<&[u8]>) -> bool {
+        self.challenges.is_some() && first_label.is_some_and(is_challenge_label)
+    }
+
+    /// The TXT values of the ACME challenge at `name`, if there are any now.
+    fn lookup_challenge(
+        &self,
+        name: &LowerName,
+        rtype: RecordType,
+        owner: &Name,
+    ) -> Option<Lookup> {
+        let board = self.challenges.as_ref()?;
+        if !name.iter().next().is_some_and(is_challenge_label) {
+            return None;
+        }
+        let values = board.values(&name.to_string(), unix_micros_now());
+        if values.is_empty() {
+            return None;
+        }
+        Some(match rtype {
+            RecordType::TXT | RecordType::ANY => Lookup::Answers(
+                values
+                    .into_iter()
+                    .map(|value| {
+                        Record::from_rdata(
+                            owner.clone(),
+                            CHALLENGE_TTL_SECS,
+                            RData::TXT(TXT::new(vec![value])),
+                        )
+                    })
+                    .collect(),
+            ),
+            _ => Lookup::NoData,
+        })
+    }
+
+    /// [`PkarrZone::lookup_local`] for any name: the apex or a key's records.
+    fn lookup_stored(
         &self,
         name: &LowerName,
         rtype: RecordType,
@@ -216,7 +277,7 @@ impl PkarrZone {
         name: &LowerName,
         rtype: RecordType,
     ) -> Option<(Compiled, Read)> {
-        if *name == self.origin {
+        if *name == self.origin || self.may_be_challenge(name.iter().next()) {
             return None;
         }
         let at = self.key_name(name)?;
@@ -246,6 +307,9 @@ impl PkarrZone {
     ) -> Option<(Compiled, Read)> {
         // The apex (no label left of the origin) is not compiled.
         let key_index = origin_at.checked_sub(1)?;
+        if self.may_be_challenge(labels.first().copied()) {
+            return None;
+        }
         let (sub, rest) = labels.split_at(key_index);
         let key_label = rest.first()?;
         let key = std::str::from_utf8(key_label)
@@ -330,7 +394,10 @@ impl PkarrZone {
     /// The records for `name` (under this origin, not the apex) and `rtype`; `owner` is the name
     /// to put on the answers. Keys the local replica does not hold are asked of the DHT.
     async fn lookup_key_name(&self, name: &LowerName, rtype: RecordType, owner: &Name) -> Lookup {
-        if let Some((lookup, _read)) = self.lookup_local(name, rtype, owner) {
+        if let Some(lookup) = self.lookup_challenge(name, rtype, owner) {
+            return lookup;
+        }
+        if let Some((lookup, _read)) = self.lookup_stored(name, rtype, owner) {
             return lookup;
         }
         let Some(at) = self.key_name(name) else {

@@ -722,3 +722,111 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
     direct.shutdown().await.expect("shutdown");
     reference.shutdown().await.expect("shutdown");
 }
+
+/// ACME DNS-01 challenges (`[https.acme]`, `challenge = "dns-01"`) are answered at
+/// `_acme-challenge.<name>` from the challenge board, as they come and go: over UDP with the
+/// defaults (direct answers and the answer cache, which must not keep a "no such name" from
+/// before the value came, though the same query was asked often enough to be kept) and TCP.
+/// Method: each query asked three times before the value is set, once after, and three times
+/// after it is withdrawn; a key's own `_acme-challenge` name stays its packet's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_challenges_are_answered_as_they_come_and_go() {
+    use hickory_proto::op::ResponseCode;
+    use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&dir.path().join("state.redb")).expect("store");
+    let keypair = keypair(7);
+    publish(&store, &keypair, 1_000, &["192.0.2.1:1234"]);
+    let board = Arc::new(ChallengeBoard::default());
+    let settings = Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        udp_sockets: 1,
+        rrl: pkraft_dns::rrl::RrlSettings::off(),
+        ..Settings::default()
+    };
+    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
+    let server = DnsServer::bind_with(
+        &settings,
+        store,
+        fresh,
+        pkraft_dns::Sources {
+            dht: None,
+            acme_challenges: Some(board.clone()),
+        },
+    )
+    .await
+    .expect("bind");
+    let addr = server.local_addr();
+    let ask = |name: &str, rtype: RecordType| {
+        let query = message(9, name, rtype, Some(edns(1232)))
+            .to_vec()
+            .expect("encode");
+        async move {
+            let udp = exchange(addr, &query, true).await.expect("a UDP answer");
+            let tcp = exchange_tcp(addr, &query).await;
+            let udp = Message::from_vec(&udp).expect("answer");
+            let tcp = Message::from_vec(&tcp).expect("answer");
+            assert_eq!(udp.answers, tcp.answers, "UDP and TCP agree");
+            let texts: Vec<String> = udp
+                .answers
+                .iter()
+                .map(|record| record.data.to_string())
+                .collect();
+            (udp.metadata.response_code, texts)
+        }
+    };
+    let name = "_ACME-Challenge.Pkarr.Test.";
+    for _ in 0..3 {
+        assert_eq!(
+            ask(name, RecordType::TXT).await,
+            (ResponseCode::NXDomain, vec![])
+        );
+    }
+    let until_micros = pkraft_types::unix_micros_now() + 60_000_000;
+    for value in ["first-value", "second-value"] {
+        board.apply(&AcmeChallenge {
+            name: "_acme-challenge.pkarr.test".to_string(),
+            value: value.to_string(),
+            until_micros,
+        });
+    }
+    let (rcode, mut texts) = ask(name, RecordType::TXT).await;
+    texts.sort();
+    assert_eq!(
+        (rcode, texts),
+        (
+            ResponseCode::NoError,
+            vec!["first-value".to_string(), "second-value".to_string()]
+        )
+    );
+    assert_eq!(
+        ask(name, RecordType::A).await,
+        (ResponseCode::NoError, vec![]),
+        "another type at a challenge name is NODATA"
+    );
+    // A key's names are its packet's, challenge label or not.
+    let key = keypair.public_key().to_z32();
+    assert_eq!(
+        ask(
+            &format!("_acme-challenge.{key}.pkarr.test."),
+            RecordType::TXT
+        )
+        .await
+        .0,
+        ResponseCode::NXDomain
+    );
+    for value in ["first-value", "second-value"] {
+        board.apply(&AcmeChallenge {
+            name: "_acme-challenge.pkarr.test".to_string(),
+            value: value.to_string(),
+            until_micros: 0,
+        });
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            ask(name, RecordType::TXT).await,
+            (ResponseCode::NXDomain, vec![])
+        );
+    }
+}

@@ -40,6 +40,7 @@
 // paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
+mod acme_challenges;
 pub mod backup;
 pub mod dht_outbox;
 mod dht_publishing;

@@ -567,7 +567,7 @@ fn fill_lag_from_reports(members: &mut [MemberStatus], leader: Option<NodeId>) {
     }
 }
 
-fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PeerError {
+pub(crate) fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PeerError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {
             leader: forward.leader_id,

@@ -9,6 +9,8 @@ use pkraft_store::{Store, StoreError};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
+use pkraft_types::acme_challenge::ChallengeBoard;
+
 use crate::dht_outbox::DhtOutbox;
 use crate::disk_space::DiskSpace;
 use crate::freshness::Freshness;
@@ -143,6 +145,8 @@ pub struct Node {
     pub(crate) state_file: PathBuf,
     /// What the Mainline DHT publisher has still to put (`dht_outbox`).
     pub(crate) dht_outbox: Arc<DhtOutbox>,
+    /// The ACME DNS-01 challenges this replica's DNS answers (`acme_challenges`).
+    pub(crate) acme_challenges: Arc<ChallengeBoard>,
     /// When the last snapshot build ended, for the snapshot schedule.
     pub(crate) build_times: Arc<BuildTimes>,
     /// The snapshot being received from the leader, checked chunk by chunk.

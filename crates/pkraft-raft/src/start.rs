@@ -29,6 +29,7 @@ use crate::state_machine::{Progress, StateEvents, StateMachine};
 use crate::state_repair;
 use crate::write_path::queue::WritePath;
 use crate::{NodeId, TypeConfig};
+use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
 
 /// How long a restarted node may take to apply the log it holds; past it the start fails rather
 /// than serve older data than the node acknowledged. The state lags the log by at most
@@ -102,11 +103,13 @@ impl Node {
             metrics.damage_found(Damaged::State);
         }
         let dht_outbox = Arc::new(DhtOutbox::default());
+        let acme_challenges = Arc::new(ChallengeBoard::default());
         let build_times = Arc::new(BuildTimes::default());
         let mut state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
             .with_events(Arc::new(StateMachineEvents {
                 metrics: metrics.clone(),
                 dht_outbox: dht_outbox.clone(),
+                acme_challenges: acme_challenges.clone(),
                 build_times: build_times.clone(),
             }));
         if log_store.repair().is_some() {
@@ -188,6 +191,7 @@ impl Node {
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
             dht_outbox,
+            acme_challenges,
             build_times,
             snapshot_receipt: Default::default(),
             stop_reason: tokio::sync::watch::channel(None).0,
@@ -249,6 +253,7 @@ impl Node {
 struct StateMachineEvents {
     metrics: Arc<NodeMetrics>,
     dht_outbox: Arc<DhtOutbox>,
+    acme_challenges: Arc<ChallengeBoard>,
     build_times: Arc<BuildTimes>,
 }
 
@@ -276,6 +281,12 @@ impl StateEvents for StateMachineEvents {
 
     fn damage_found(&self, what: Damaged) {
         self.metrics.damage_found(what);
+    }
+
+    fn acme_challenges(&self, challenges: &[AcmeChallenge]) {
+        for challenge in challenges {
+            self.acme_challenges.apply(challenge);
+        }
     }
 }
 

@@ -675,6 +675,8 @@ impl ApplyTxn {
             }),
             // The consensus layer keeps the DHT publisher's progress; no stored data changes.
             Command::DhtProgress { .. } => Ok(Applied::default()),
+            // Each replica keeps ACME challenges in memory (`ChallengeBoard`); none is stored.
+            Command::AcmeChallenge(_) => Ok(Applied::default()),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::acme_challenge::AcmeChallenge;
 use crate::{KeyBytes, Payload};
 
 /// One state change, proposed by the leader and applied identically on every replica.
@@ -33,6 +34,11 @@ pub enum Command {
         /// `None`: a sweep starts from the first key.
         republished_through: Option<KeyBytes>,
     },
+    /// An ACME DNS-01 challenge value for every node's DNS to answer (`[https.acme]` with
+    /// `challenge = "dns-01"`). It changes no stored data: each replica keeps it in memory
+    /// ([`crate::acme_challenge::ChallengeBoard`]). Appended last, so the entries of the other
+    /// commands keep their encoding.
+    AcmeChallenge(AcmeChallenge),
 }
 
 /// One verified packet inside a [`Command::Publish`].

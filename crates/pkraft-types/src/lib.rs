@@ -7,6 +7,7 @@
 //! - [`ordering`]: the pkarr ordering rule that decides which of two packets for a key wins.
 //! - [`command`]: what a Raft log entry carries and what applying it returns.
 
+pub mod acme_challenge;
 pub mod clock;
 pub mod command;
 pub mod compiled;

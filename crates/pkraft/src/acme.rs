@@ -1,6 +1,10 @@
 //! `[https.acme]`: the `[https]` certificate obtained and renewed from an ACME CA (Let's Encrypt
 //! by default) by the node itself, as iroh-dns-server does, with `tokio-rustls-acme`.
 //!
+//! With `challenge = "dns-01"` the node proves its names through pkraft's own DNS instead
+//! ([`dns01`]): every node of a cluster can then order a certificate for one shared name, and
+//! wildcard names work. What follows is the default, `challenge = "tls-alpn-01"`.
+//!
 //! The CA checks that the node controls each name with TLS-ALPN-01 (RFC 8737): it connects to
 //! port 443 of the name and asks, by ALPN `acme-tls/1`, for a certificate that carries the
 //! challenge; the `[https]` listener answers that handshake and closes the connection
@@ -13,6 +17,8 @@
 //! serving. `pkraft_tls_acme_orders_total{result}` counts orders and failures, and
 //! `pkraft_tls_certificate_expiry_timestamp_seconds{listener="https"}` says when the served
 //! certificate expires, as for certificate files.
+
+mod dns01;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -30,18 +36,41 @@ use serde::Deserialize;
 use tokio_rustls_acme::caches::DirCache;
 use tokio_rustls_acme::{AccountCache, AcmeConfig, CertCache, EventOk};
 
+use hickory_proto::rr::Name;
+use pkraft_raft::node::Node;
+use pkraft_types::decode_z32_key;
+
 use crate::certificates::CertificateMetrics;
 
 /// Let's Encrypt's production directory.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
+/// How the CA checks that the node controls its names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Challenge {
+    /// RFC 8737: the CA connects to port 443 of each name; every name must resolve to this
+    /// node alone.
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 §8.4: the CA asks the names' DNS for `_acme-challenge.<name>` TXT, which
+    /// pkraft's DNS answers (through the cluster); every name must lie under a `dns.origins`
+    /// entry. Allows wildcards and one name shared by every node.
+    #[serde(rename = "dns-01")]
+    Dns01,
+}
+
 /// `[https.acme]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeSettings {
-    /// The names the certificate is for. Each must resolve to this node, whose `[https]`
-    /// listener the CA reaches on port 443 (TLS-ALPN-01); no wildcards.
+    /// The names the certificate is for. TLS-ALPN-01: each must resolve to this node, whose
+    /// `[https]` listener the CA reaches on port 443; no wildcards. DNS-01: each must be a
+    /// `dns.origins` entry or lie under one (wildcards such as `*.<origin>` allowed).
     pub domains: Vec<String>,
+    /// `tls-alpn-01` (default) or `dns-01`.
+    #[serde(default)]
+    pub challenge: Challenge,
     /// Contact addresses given to the CA, e.g. `["mailto:ops@example.org"]`. Optional.
     #[serde(default)]
     pub contact: Vec<String>,
@@ -65,12 +94,15 @@ impl AcmeSettings {
             "https.acme.domains: at least one name"
         );
         for domain in &self.domains {
+            let base = match (self.challenge, domain.strip_prefix("*.")) {
+                (Challenge::Dns01, Some(base)) => base,
+                _ => domain.as_str(),
+            };
             anyhow::ensure!(
-                domain.contains('.')
-                    && !domain.starts_with('*')
-                    && hickory_proto::rr::Name::from_ascii(domain).is_ok(),
+                base.contains('.') && !base.contains('*') && Name::from_ascii(base).is_ok(),
                 "https.acme.domains: {domain:?} is not a DNS name a certificate can be ordered \
-                 for here (no wildcards: TLS-ALPN-01 cannot prove them)"
+                 for here (wildcards only with challenge = \"dns-01\": TLS-ALPN-01 cannot \
+                 prove them)"
             );
         }
         anyhow::ensure!(
@@ -79,6 +111,42 @@ impl AcmeSettings {
             self.directory
         );
         self.client_config()?;
+        Ok(())
+    }
+
+    /// With DNS-01, that every name lies under one of `origins` (pkraft answers its challenge
+    /// there), and that its challenge name is not inside a key's names (which the key's packet
+    /// answers). Errors name the field.
+    pub fn validate_dns_names(&self, origins: &[Name]) -> anyhow::Result<()> {
+        if self.challenge != Challenge::Dns01 {
+            return Ok(());
+        }
+        for domain in &self.domains {
+            let base = domain.strip_prefix("*.").unwrap_or(domain);
+            let name = Name::from_ascii(base)
+                .with_context(|| format!("https.acme.domains: {domain:?}"))?;
+            let Some(origin) = origins
+                .iter()
+                .filter(|origin| origin.zone_of(&name))
+                .max_by_key(|origin| origin.num_labels())
+            else {
+                anyhow::bail!(
+                    "https.acme.domains: {domain:?} lies under none of dns.origins, so pkraft's \
+                     DNS cannot answer its DNS-01 challenge"
+                );
+            };
+            // The label just left of the origin in `_acme-challenge.<base>`.
+            let depth = usize::from(name.num_labels() - origin.num_labels());
+            let left_of_origin = depth.checked_sub(1).and_then(|at| name.iter().nth(at));
+            if let Some(label) = left_of_origin
+                && std::str::from_utf8(label).is_ok_and(|label| decode_z32_key(label).is_ok())
+            {
+                anyhow::bail!(
+                    "https.acme.domains: {domain:?} lies inside the names of a pkarr key, whose \
+                     packet answers them"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -168,10 +236,12 @@ const KEPT_CERTIFICATE_WAIT: Duration = Duration::from_secs(2);
 
 /// Starts the ACME client for `settings`, keeping its state in `<data_dir>/acme/`; returns once
 /// a certificate kept there is served, so that a restart fails no handshake. Until there is a
-/// certificate (from there, or a first order), TLS handshakes fail.
+/// certificate (from there, or a first order), TLS handshakes fail. DNS-01 challenges are
+/// committed through `node`.
 pub async fn start(
     settings: &AcmeSettings,
     data_dir: &Path,
+    node: Arc<Node>,
     certificates: CertificateMetrics,
     metrics: AcmeMetrics,
 ) -> anyhow::Result<Acme> {
@@ -189,6 +259,13 @@ pub async fn start(
         dir: DirCache::new(dir),
         certificates,
     };
+    if settings.challenge == Challenge::Dns01 {
+        let client = dns01::Dns01Client::new(settings, cache, node, metrics)?;
+        let resolver = client.resolver();
+        let renew_at = client.serve_kept().await;
+        let task = tokio::spawn(client.run(renew_at));
+        return Ok(Acme { resolver, task });
+    }
     let mut state = AcmeConfig::new_with_client_tls_config(
         settings.domains.iter().map(String::as_str),
         settings.client_config()?,
@@ -351,5 +428,58 @@ mod tests {
             let error = format!("{:#}", settings(bad).validate().expect_err(bad));
             assert!(error.contains(field), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn dns01_takes_wildcards_under_an_origin_and_no_key_names() {
+        let origins = [
+            Name::from_ascii("pkarr.example.org.").expect("origin"),
+            Name::from_ascii("inner.pkarr.example.org.").expect("origin"),
+        ];
+        let dns01 =
+            |domains: &str| settings(&format!("challenge = \"dns-01\"\ndomains = [{domains}]"));
+        let good = dns01(
+            "\"pkarr.example.org\", \"*.pkarr.example.org\", \"doh.inner.pkarr.example.org\"",
+        );
+        assert_eq!(good.challenge, Challenge::Dns01);
+        good.validate().expect("valid");
+        good.validate_dns_names(&origins)
+            .expect("under the origins");
+        // TLS-ALPN-01 (the default) checks no origins, and takes no wildcard.
+        let alpn = settings("domains = [\"elsewhere.example\"]");
+        assert_eq!(alpn.challenge, Challenge::TlsAlpn01);
+        alpn.validate_dns_names(&origins).expect("not checked");
+        let key = pkraft_types::encode_z32_key(&[7; 32]);
+        for (bad, reason) in [
+            ("\"elsewhere.example\"".to_string(), "none of dns.origins"),
+            ("\"*.example.org\"".to_string(), "none of dns.origins"),
+            (
+                format!("\"{key}.pkarr.example.org\""),
+                "names of a pkarr key",
+            ),
+            (
+                format!("\"www.{key}.pkarr.example.org\""),
+                "names of a pkarr key",
+            ),
+        ] {
+            let settings = dns01(&bad);
+            settings.validate().expect(&bad);
+            let error = format!(
+                "{:#}",
+                settings.validate_dns_names(&origins).expect_err(&bad)
+            );
+            assert!(
+                error.contains("https.acme.domains") && error.contains(reason),
+                "{bad}: {error}"
+            );
+        }
+        for bad in ["\"*.*.pkarr.example.org\"", "\"a.*.pkarr.example.org\""] {
+            let error = format!("{:#}", dns01(bad).validate().expect_err(bad));
+            assert!(error.contains("https.acme.domains"), "{bad}: {error}");
+        }
+        let unknown =
+            toml::from_str::<AcmeSettings>("challenge = \"http-01\"\ndomains = [\"a.example\"]")
+                .expect_err("http-01 is not offered");
+        assert!(unknown.to_string().contains("challenge"), "{unknown}");
     }
 }

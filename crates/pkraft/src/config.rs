@@ -115,10 +115,13 @@ impl Config {
         self.http.validate()?;
         self.rate_limit.validate()?;
         self.dht.validate()?;
+        let zones = self.dns.zones()?;
         if let Some(https) = &self.https {
             https.validate()?;
+            if let Some(acme) = &https.acme {
+                acme.validate_dns_names(&zones.origins)?;
+            }
         }
-        self.dns.zones()?;
         if let Some(tls) = &self.cluster.tls {
             // Reads the files, so `check-config` catches a wrong path, a key of another cert,
             // or a certificate for another node.
@@ -358,6 +361,16 @@ mod tests {
     fn invalid_values_name_the_field() {
         let err = Config::parse("[dns]\norigins = []\n", "t").expect_err("no origins");
         assert!(format!("{err:#}").contains("dns.origins"), "{err:#}");
+        // ACME DNS-01 names are checked against dns.origins.
+        let acme = |domain: &str| {
+            format!(
+                "[https]\nlisten = \"127.0.0.1:0\"\n[https.acme]\nchallenge = \"dns-01\"\n\
+                 domains = [\"{domain}\"]\n[dns]\norigins = [\"pkarr.example.org\"]\n"
+            )
+        };
+        Config::parse(&acme("*.pkarr.example.org"), "t").expect("under the origin");
+        let err = Config::parse(&acme("pkarr.example.net"), "t").expect_err("elsewhere");
+        assert!(format!("{err:#}").contains("https.acme.domains"), "{err:#}");
         let err =
             Config::parse("[http]\ncache_max_age_min = \"2days\"\n", "t").expect_err("min > max");
         assert!(

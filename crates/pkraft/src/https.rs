@@ -92,10 +92,10 @@ impl HttpsSettings {
 }
 
 /// The TLS configuration of the `[https]` listener, presenting what `certificate` holds at
-/// each handshake.
+/// each handshake; `tls_alpn_01`: offering the ACME CA's challenge protocol too.
 pub fn server_config(
     certificate: Arc<dyn ResolvesServerCert>,
-    acme: bool,
+    tls_alpn_01: bool,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(crypto_provider()))
         .with_safe_default_protocol_versions()
@@ -103,8 +103,8 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    if acme {
-        // For the ACME CA's challenge handshakes ([https.acme]) only; the listener closes such
+    if tls_alpn_01 {
+        // For the ACME CA's challenge handshakes ([https.acme], TLS-ALPN-01) only; the listener closes such
         // a connection after the handshake (pkraft_http::serve).
         config
             .alpn_protocols

@@ -214,13 +214,17 @@ impl Server {
             dht.metrics().register(&registry).context("DHT metrics")?;
         }
         let dht_resolver = dht.as_ref().and_then(pkraft_dht::DhtBridge::resolver);
-        let dns = DnsServer::bind_with_dht(
+        let dns = DnsServer::bind_with(
             &config.dns,
             node.store().clone(),
             freshness,
-            dht_resolver
-                .clone()
-                .map(|resolver| Arc::new(DhtMissingKeys(resolver)) as Arc<dyn MissingKeys>),
+            pkraft_dns::Sources {
+                dht: dht_resolver
+                    .clone()
+                    .map(|resolver| Arc::new(DhtMissingKeys(resolver)) as Arc<dyn MissingKeys>),
+                // Every node answers the challenges, whichever node orders (`acme`).
+                acme_challenges: Some(node.acme_challenges()),
+            },
         )
         .await?;
         dns.register_metrics(&registry).context("DNS metrics")?;
@@ -273,6 +277,7 @@ impl Server {
                             let client = acme::start(
                                 acme,
                                 &config.data_dir,
+                                node.clone(),
                                 certificate_metrics.clone(),
                                 acme_metrics,
                             )
@@ -292,7 +297,11 @@ impl Server {
                             (certificate, None)
                         }
                     };
-                let tls = https::server_config(certificate, settings.acme.is_some())?;
+                let tls_alpn_01 = settings
+                    .acme
+                    .as_ref()
+                    .is_some_and(|acme| acme.challenge == acme::Challenge::TlsAlpn01);
+                let tls = https::server_config(certificate, tls_alpn_01)?;
                 let listener = bind_tcp(settings.listen, "https.listen").await?;
                 let addr = listener.local_addr()?;
                 let listener = Listener::serve(

@@ -24,6 +24,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use super::tls::{PeerCertificates, check_names_node};
 use super::{ForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
+use crate::acme_challenges::ChallengeRequest;
 use crate::codec::{decode, encode};
 use crate::membership::MembershipRequest;
 use crate::metrics::Damaged;
@@ -59,6 +60,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::ELECT, post(elect))
         .route(path::PRE_VOTE, post(pre_vote))
         .route(path::PACKET_CHECK, post(packet_check))
+        .route(path::ACME_CHALLENGE, post(acme_challenge))
         .layer(DefaultBodyLimit::max(body_max))
         .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
@@ -329,6 +331,15 @@ async fn packet_check(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         body,
         |key: KeyBytes| async move { node.packet_copy(key).await },
     )
+    .await
+}
+
+/// A node ordering a certificate asks the leader to commit an ACME challenge (see
+/// `acme_challenges`).
+async fn acme_challenge(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |request: ChallengeRequest| async move {
+        node.handle_acme_challenge(request).await
+    })
     .await
 }
 

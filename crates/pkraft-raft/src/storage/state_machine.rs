@@ -26,6 +26,7 @@ use openraft::{
     RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
 use pkraft_store::Store;
+use pkraft_types::acme_challenge::AcmeChallenge;
 use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,8 @@ pub(crate) trait StateEvents: Send + Sync + 'static {
     fn snapshot_installed(&self, took: Duration);
     /// Damaged data was found (and not used).
     fn damage_found(&self, what: Damaged);
+    /// Entries applied carried these ACME challenges (in log order), for this replica's DNS.
+    fn acme_challenges(&self, challenges: &[AcmeChallenge]);
 }
 
 /// An apply that brings the count of entries applied since the last durable commit to this
@@ -129,7 +132,7 @@ impl OutboxNotes {
                 published_through: *published_through,
                 republished_through: *republished_through,
             }),
-            Command::Expire { .. } => {}
+            Command::Expire { .. } | Command::AcmeChallenge(_) => {}
         }
     }
 }
@@ -227,11 +230,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .events
             .as_ref()
             .is_some_and(|events| events.wants_stored_keys());
-        let (applied, results, noted) =
+        let (applied, results, noted, challenges) =
             blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
                 let mut txn = store.begin_apply(durable)?;
                 let mut results = Vec::with_capacity(entries.len());
                 let mut noted = OutboxNotes::default();
+                let mut challenges = Vec::new();
                 for entry in entries {
                     // The applied index never goes back (etcd asserts the same): an entry
                     // applied twice would, for one, store an older packet over a newer one.
@@ -248,6 +252,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             let applied = txn.apply(&command)?;
                             if noting {
                                 noted.record(entry.log_id.index, &command, &applied.outcomes);
+                            }
+                            if let Command::AcmeChallenge(challenge) = command {
+                                challenges.push(challenge);
                             }
                             ApplyResult {
                                 outcomes: applied.outcomes,
@@ -270,7 +277,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     results.push(result);
                 }
                 txn.commit(&encode(&applied)?)?;
-                Ok((applied, results, noted))
+                Ok((applied, results, noted, challenges))
             })
             .await?;
         if noting && let (Some(events), Some(last)) = (&self.events, applied.last_applied) {
@@ -285,6 +292,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         if let Some(events) = &self.events {
             events.expired(results.iter().map(|result| result.expired).sum());
+            if !challenges.is_empty() {
+                events.acme_challenges(&challenges);
+            }
         }
         Ok(results)
     }
