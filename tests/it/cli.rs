@@ -1,6 +1,6 @@
 //! Goal: the documented command line works: `check-config` accepts the shipped configs and
 //! rejects a bad one naming the field; `serve --config` runs from a file; `pkraft cluster` starts
-//! and inspects a cluster through the admin API.
+//! and inspects a cluster through the admin API; every flag and variable the docs write exists.
 //! Method: run the real binary.
 
 use std::process::Command;
@@ -282,4 +282,178 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
     let listening = listening.expect("listening");
     let http = listening["fields"]["http"].as_str().expect("http address");
     assert!(http.parse::<std::net::SocketAddr>().is_ok(), "{listening}");
+}
+
+/// The documents the operators read: every `pkraft` command line in them is checked.
+fn operator_docs() -> Vec<(String, String)> {
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![format!("{root}/README.md")];
+    for entry in std::fs::read_dir(format!("{root}/docs")).expect("docs/") {
+        let path = entry.expect("docs/ entry").path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            docs.push(path.display().to_string());
+        }
+    }
+    docs.into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("a doc");
+            (path, text)
+        })
+        .collect()
+}
+
+/// The `--flags` of each `pkraft <command> [<subcommand>]` written in `line`, with the command
+/// path (`["cluster", "status"]`). Flags end at the end of the code span, a comment or a shell
+/// operator.
+fn documented_flags(line: &str) -> Vec<(Vec<String>, String)> {
+    const COMMANDS: [&str; 11] = [
+        "serve",
+        "dev",
+        "check-config",
+        "backup",
+        "import",
+        "restore",
+        "verify",
+        "keygen",
+        "publish",
+        "resolve",
+        "cluster",
+    ];
+    const CLUSTER_COMMANDS: [&str; 5] = ["init", "status", "add-learner", "promote", "remove"];
+    let tokens: Vec<&str> = line.split_whitespace().collect();
+    let mut found = Vec::new();
+    for (at, token) in tokens.iter().enumerate() {
+        if token.trim_start_matches('`') != "pkraft" {
+            continue;
+        }
+        let Some(command) = tokens
+            .get(at + 1)
+            .map(|t| t.trim_end_matches('`'))
+            .filter(|t| COMMANDS.contains(t))
+        else {
+            continue;
+        };
+        let mut path = vec![command.to_string()];
+        for token in &tokens[at + 2..] {
+            if ["|", "&&", ";", "#", "||", ">"].contains(token) || token.starts_with('`') {
+                break;
+            }
+            let bare = token.trim_matches(|c| matches!(c, '[' | ']' | '(' | ')' | ',' | '`'));
+            if command == "cluster" && path.len() == 1 && CLUSTER_COMMANDS.contains(&bare) {
+                path.push(bare.to_string());
+            }
+            if let Some(flag) = bare.strip_prefix("--") {
+                let flag = flag.split('=').next().unwrap_or_default();
+                if !flag.is_empty() {
+                    found.push((path.clone(), format!("--{flag}")));
+                }
+            }
+            if token.ends_with('`') {
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// Goal: every flag a doc writes on a `pkraft` command line is one that command has, and every
+/// `PKRAFT_*` variable a doc names is read by the binary or by a script of the repository
+/// (issue 38: a doc that states a flag is tied to the code). Method: the flags of every
+/// `pkraft <command> ...` line of README.md and docs/*.md against the real binary's `--help`
+/// for that command (and its `cluster` subcommand); each variable against the binary's help
+/// texts and the sources, scripts and deploy files.
+#[test]
+fn the_docs_name_only_flags_and_variables_that_exist() {
+    let docs = operator_docs();
+    let mut helps = std::collections::HashMap::new();
+    let mut help = |path: &[String]| -> String {
+        helps
+            .entry(path.to_vec())
+            .or_insert_with(|| {
+                let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+                args.push("--help");
+                let output = pkraft(&args);
+                assert!(output.status.success(), "pkraft {args:?}");
+                String::from_utf8_lossy(&output.stdout).into_owned()
+            })
+            .clone()
+    };
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for (doc, text) in &docs {
+        for (number, line) in text.lines().enumerate() {
+            for (path, flag) in documented_flags(line) {
+                // A flag of `cluster` may come before or after its subcommand.
+                let known = help(&path).contains(&flag) || help(&path[..1]).contains(&flag);
+                checked += 1;
+                if !known {
+                    missing.push(format!(
+                        "{doc}:{}: pkraft {} {flag}",
+                        number + 1,
+                        path.join(" ")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "documented flags the binary does not have:\n{}",
+        missing.join("\n")
+    );
+    assert!(
+        checked > 40,
+        "only {checked} documented flags found: the scan is broken"
+    );
+
+    // The variables: in a help text (`[env: ...]`) or read somewhere in the repository.
+    let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
+    let mut sources = String::new();
+    let mut pending = vec![
+        std::path::PathBuf::from(format!("{root}/crates")),
+        std::path::PathBuf::from(format!("{root}/tests")),
+        std::path::PathBuf::from(format!("{root}/deploy")),
+        std::path::PathBuf::from(format!("{root}/.ci")),
+        std::path::PathBuf::from(format!("{root}/Makefile")),
+    ];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).expect("a directory") {
+                pending.push(entry.expect("an entry").path());
+            }
+        } else if path.extension().is_none_or(|ext| {
+            ["rs", "sh", "py", "toml", "yaml", "yml", "service"]
+                .iter()
+                .any(|e| ext == *e)
+        }) && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            sources.push_str(&text);
+        }
+    }
+    let mut variables = std::collections::BTreeSet::new();
+    for (_, text) in &docs {
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("PKRAFT_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            variables.insert(name.trim_end_matches('_').to_string());
+            rest = &rest[at + 7..];
+        }
+    }
+    assert!(variables.contains("PKRAFT_CONFIG"), "{variables:?}");
+    let unknown: Vec<_> = variables
+        .iter()
+        .filter(|variable| {
+            !sources.contains(&format!("\"{variable}\""))
+                && !sources.contains(&format!("{variable}="))
+                && !sources.contains(&format!("${{{variable}"))
+                && !sources.contains(&format!("${variable}"))
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "documented variables nothing reads: {unknown:?}"
+    );
 }

@@ -333,6 +333,83 @@ mod tests {
         );
     }
 
+    /// Goal: every config field a doc names (`raft.publish_timeout`, `https.acme.challenge`, in
+    /// backticks) is one the config takes (issue 38: a doc that states a field is tied to the
+    /// code). Method: each is parsed with a value of no field's type (`{}`); serde names an
+    /// unknown field as such, a known one gets another error (or none).
+    #[test]
+    fn every_config_field_the_docs_name_exists() {
+        const SECTIONS: [&str; 10] = [
+            "http",
+            "https",
+            "dns",
+            "raft",
+            "cluster",
+            "admin",
+            "rate_limit",
+            "dht",
+            "limits",
+            "node_id",
+        ];
+        // Source files and other paths that look like fields (`dht.rs`, `state.redb`).
+        const FILE_EXTENSIONS: [&str; 12] = [
+            "rs", "md", "toml", "sh", "redb", "py", "yml", "yaml", "json", "pem", "key", "crt",
+        ];
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut docs = vec![root.join("README.md")];
+        for entry in std::fs::read_dir(root.join("docs")).expect("docs") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "md") {
+                docs.push(path);
+            }
+        }
+        let mut fields = std::collections::BTreeMap::new();
+        for doc in &docs {
+            let text = std::fs::read_to_string(doc).expect("a doc");
+            for (number, line) in text.lines().enumerate() {
+                for span in line.split('`').skip(1).step_by(2) {
+                    let Some(token) = span.split([' ', '=']).next() else {
+                        continue;
+                    };
+                    let segments: Vec<&str> = token.split('.').collect();
+                    let is_field = segments.len() >= 2
+                        && SECTIONS.contains(&segments[0])
+                        && segments.iter().all(|segment| {
+                            !segment.is_empty()
+                                && segment.chars().all(|c| {
+                                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
+                                })
+                        })
+                        && !FILE_EXTENSIONS.contains(&segments[segments.len() - 1]);
+                    if is_field {
+                        fields
+                            .entry(token.to_string())
+                            .or_insert_with(|| format!("{}:{}", doc.display(), number + 1));
+                    }
+                }
+            }
+        }
+        assert!(
+            fields.contains_key("raft.publish_timeout") && fields.len() > 50,
+            "the scan found too few fields: {fields:?}"
+        );
+        let mut unknown = Vec::new();
+        for (field, at) in &fields {
+            let (table, key) = field.rsplit_once('.').expect("a dotted name");
+            let text = format!("[{table}]\n{key} = {{}}\n");
+            if let Err(e) = Config::parse(&text, "doc")
+                && format!("{e:#}").contains(&format!("unknown field `{key}`"))
+            {
+                unknown.push(format!("{at}: `{field}`"));
+            }
+        }
+        assert!(
+            unknown.is_empty(),
+            "config fields the docs name that the config does not take:\n{}",
+            unknown.join("\n")
+        );
+    }
+
     /// example.toml documents the defaults: parsing it must give exactly `Config::default()`.
     #[test]
     fn example_config_shows_the_defaults() {
