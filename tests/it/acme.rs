@@ -21,7 +21,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hickory_proto::op::{Message, Query};
+use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::cluster::{ClusterOptions, TestCluster};
@@ -356,8 +356,8 @@ fn https_port(node: &TestServer) -> u16 {
         .port()
 }
 
-/// The TXT values `dns` answers at `name` over UDP (empty for NXDOMAIN or NODATA).
-async fn txt_values(dns: SocketAddr, name: &str) -> Vec<String> {
+/// The rcode and the TXT values `dns` answers at `name` over UDP.
+async fn txt_values(dns: SocketAddr, name: &str) -> (ResponseCode, Vec<String>) {
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -376,11 +376,12 @@ async fn txt_values(dns: SocketAddr, name: &str) -> Vec<String> {
         .expect("an answer in time")
         .expect("receive");
     let answer = Message::from_vec(&buf[..len]).expect("answer");
-    answer
+    let values = answer
         .answers
         .iter()
         .map(|record| record.data.to_string())
-        .collect()
+        .collect();
+    (answer.metadata.response_code, values)
 }
 
 /// Goal: with `challenge = "dns-01"`, every node of a cluster orders its own certificate for
@@ -475,7 +476,9 @@ async fn every_node_orders_its_own_certificate_for_a_shared_and_wildcard_name_wi
         wait_until(
             &format!("node {}: the challenge values withdrawn", member.id),
             Duration::from_secs(10),
-            || async { txt_values(member.server.dns, &challenge).await.is_empty() },
+            || async {
+                txt_values(member.server.dns, &challenge).await == (ResponseCode::NXDomain, vec![])
+            },
         )
         .await;
     }

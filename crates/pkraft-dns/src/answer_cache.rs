@@ -14,8 +14,9 @@
 //! read from the store with the [`KeyVersion`](pkraft_store::KeyVersion) read before it. The entry is served only while
 //! that key is still at its version, so a packet applied to the local replica retires the
 //! answers that used it at once. Answers that read no key (the apex, names that are no key)
-//! depend on the config alone. What hickory's chain answers is not kept: it may have asked the
-//! DHT, which no version covers.
+//! depend on the config and on the ACME challenge board (a name above a challenge exists): they
+//! are served only while the board is at the generation read before the answer was built. What
+//! hickory's chain answers is not kept: it may have asked the DHT, which no version covers.
 //!
 //! # Which answers are kept
 //! An answer is kept the second time its query's bytes are seen, not the first (a doorkeeper,
@@ -36,6 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hickory_proto::op::ResponseCode;
 use pkraft_store::Store;
+use pkraft_types::acme_challenge::ChallengeBoard;
 
 use crate::zone::Read;
 
@@ -54,6 +56,8 @@ const TYPICAL_ENTRY_BYTES: u64 = 512;
 /// One cached answer.
 struct Entry {
     read: Option<Read>,
+    /// For an answer that read no key: the challenge board's generation before it was built.
+    board_generation: u64,
     /// The answer as encoded for the query that filled the entry (its ID included).
     wire: Box<[u8]>,
 }
@@ -61,6 +65,8 @@ struct Entry {
 /// Ready answers; see the module docs.
 pub(crate) struct AnswerCache {
     store: Store,
+    /// The ACME challenges the zones answer from, if any (module docs).
+    board: Option<Arc<ChallengeBoard>>,
     entries: quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>, Weight>,
     /// The queries seen once, whose next miss is kept.
     seen: SeenOnce,
@@ -68,13 +74,14 @@ pub(crate) struct AnswerCache {
 
 impl AnswerCache {
     /// A cache over `store` holding about `max_bytes` of entries.
-    pub(crate) fn new(store: Store, max_bytes: u64) -> Self {
+    pub(crate) fn new(store: Store, max_bytes: u64, board: Option<Arc<ChallengeBoard>>) -> Self {
         let estimated_entries = usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES)
             .unwrap_or(usize::MAX)
             .max(16);
         let entries = quick_cache::sync::Cache::with_weighter(estimated_entries, max_bytes, Weight);
         AnswerCache {
             store,
+            board,
             entries,
             seen: SeenOnce::new(estimated_entries),
         }
@@ -91,10 +98,10 @@ impl AnswerCache {
         let Some(entry) = self.entries.get(key) else {
             return false;
         };
-        let current = entry
-            .read
-            .as_ref()
-            .is_none_or(|(read_key, version)| self.store.key_version(read_key) == *version);
+        let current = match &entry.read {
+            Some((read_key, version)) => self.store.key_version(read_key) == *version,
+            None => self.board_generation() == entry.board_generation,
+        };
         if !current {
             return false;
         }
@@ -104,9 +111,22 @@ impl AnswerCache {
         true
     }
 
-    /// Keeps `wire`, the answer to `query`, which read `read`, unless it must not be cached or
-    /// `query` was not seen before (module docs).
-    pub(crate) fn insert(&self, query: &[u8], wire: &[u8], read: Option<Read>) {
+    /// The challenge board's generation (0 without a board); read it before building an answer
+    /// to [`AnswerCache::insert`].
+    pub(crate) fn board_generation(&self) -> u64 {
+        self.board.as_ref().map_or(0, |board| board.generation())
+    }
+
+    /// Keeps `wire`, the answer to `query`, which read `read` (and the challenge board at
+    /// `board_generation`), unless it must not be cached or `query` was not seen before (module
+    /// docs).
+    pub(crate) fn insert(
+        &self,
+        query: &[u8],
+        wire: &[u8],
+        read: Option<Read>,
+        board_generation: u64,
+    ) {
         let Some(key) = cache_key(query) else {
             return;
         };
@@ -122,6 +142,7 @@ impl AnswerCache {
         }
         let entry = Entry {
             read,
+            board_generation,
             wire: wire.into(),
         };
         self.entries.insert(key.into(), Arc::new(entry));

@@ -50,5 +50,5 @@ pub use answerer::{AnswerError, Answerer};
 pub use freshness::{Freshness, FreshnessProbe};
 pub use metrics::UdpAnswerStats;
 pub use missing_keys::MissingKeys;
-pub use server::{DnsError, DnsServer, Sources};
+pub use server::{AnswerSources, DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};

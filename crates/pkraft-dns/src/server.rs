@@ -69,7 +69,7 @@ pub struct DnsServer {
 
 /// What answers besides the local replica's packets ([`DnsServer::bind_with`]).
 #[derive(Default)]
-pub struct Sources {
+pub struct AnswerSources {
     /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
     pub dht: Option<Arc<dyn MissingKeys>>,
     /// The ACME DNS-01 challenges committed through the cluster, answered at
@@ -86,7 +86,7 @@ impl DnsServer {
         store: Store,
         freshness: FreshnessProbe,
     ) -> Result<DnsServer, DnsError> {
-        DnsServer::bind_with(settings, store, freshness, Sources::default()).await
+        DnsServer::bind_with(settings, store, freshness, AnswerSources::default()).await
     }
 
     /// [`DnsServer::bind`], with what else answers besides the local replica.
@@ -94,9 +94,9 @@ impl DnsServer {
         settings: &Settings,
         store: Store,
         freshness: FreshnessProbe,
-        sources: Sources,
+        sources: AnswerSources,
     ) -> Result<DnsServer, DnsError> {
-        let Sources {
+        let AnswerSources {
             dht,
             acme_challenges,
         } = sources;
@@ -168,8 +168,8 @@ impl DnsServer {
             0
         };
         let udp_frontend = if settings.direct_answers || rrl.is_some() {
-            let answers =
-                (answer_cache_bytes > 0).then(|| AnswerCache::new(store, answer_cache_bytes));
+            let answers = (answer_cache_bytes > 0)
+                .then(|| AnswerCache::new(store, answer_cache_bytes, acme_challenges.clone()));
             let frontend = Arc::new(UdpFrontend::new(
                 handler,
                 answers,

@@ -233,6 +233,21 @@ impl PkarrZone {
         })
     }
 
+    /// A name under the origin whose label left of the origin is no key: NXDOMAIN, unless an
+    /// ACME challenge is answered below it, which makes it exist (NODATA, RFC 8020). The answer
+    /// depends on the board, whose generation the answer cache checks for such answers.
+    fn lookup_without_key(&self, name: &LowerName) -> Lookup {
+        match &self.challenges {
+            Some(board)
+                if !board.is_empty()
+                    && board.has_names_below(&name.to_string(), unix_micros_now()) =>
+            {
+                Lookup::NoData
+            }
+            _ => Lookup::NxDomain,
+        }
+    }
+
     /// [`PkarrZone::lookup_local`] for any name: the apex or a key's records.
     fn lookup_stored(
         &self,
@@ -250,7 +265,7 @@ impl PkarrZone {
             return Some((lookup, None));
         }
         let Some(at) = self.key_name(name) else {
-            return Some((Lookup::NxDomain, None));
+            return Some((self.lookup_without_key(name), None));
         };
         match self.records.versioned(&at.key) {
             Ok((version, Some(records))) => Some((

@@ -726,9 +726,11 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
 /// ACME DNS-01 challenges (`[https.acme]`, `challenge = "dns-01"`) are answered at
 /// `_acme-challenge.<name>` from the challenge board, as they come and go: over UDP with the
 /// defaults (direct answers and the answer cache, which must not keep a "no such name" from
-/// before the value came, though the same query was asked often enough to be kept) and TCP.
+/// before the value came, though the same query was asked often enough to be kept) and TCP. A
+/// name above a challenge exists while it is answered (NODATA, RFC 8020), and a key's own
+/// `_acme-challenge` name is its packet's.
 /// Method: each query asked three times before the value is set, once after, and three times
-/// after it is withdrawn; a key's own `_acme-challenge` name stays its packet's.
+/// after it is withdrawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_challenges_are_answered_as_they_come_and_go() {
     use hickory_proto::op::ResponseCode;
@@ -736,8 +738,27 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("state.redb")).expect("store");
+    // A key whose packet has an `_acme-challenge` TXT record of its own.
     let keypair = keypair(7);
-    publish(&store, &keypair, 1_000, &["192.0.2.1:1234"]);
+    let packet = pkraft_testkit::pkarr::SignedPacket::builder()
+        .txt(
+            "_acme-challenge".try_into().expect("name"),
+            pkraft_testkit::txt("the-key-s-own"),
+            300,
+        )
+        .timestamp(pkraft_testkit::pkarr::Timestamp::from(1_000))
+        .sign(&keypair)
+        .expect("sign");
+    let mut txn = store.begin_apply(false).expect("begin");
+    txn.apply(&Command::Publish {
+        leader_time_micros: 1_000,
+        packets: vec![PublishItem {
+            key: keypair.public_key().to_bytes(),
+            payload: Payload::new(packet.to_relay_payload()).expect("length"),
+        }],
+    })
+    .expect("apply");
+    txn.commit(b"state").expect("commit");
     let board = Arc::new(ChallengeBoard::default());
     let settings = Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -750,7 +771,7 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
         &settings,
         store,
         fresh,
-        pkraft_dns::Sources {
+        pkraft_dns::AnswerSources {
             dht: None,
             acme_challenges: Some(board.clone()),
         },
@@ -768,65 +789,92 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
             let udp = Message::from_vec(&udp).expect("answer");
             let tcp = Message::from_vec(&tcp).expect("answer");
             assert_eq!(udp.answers, tcp.answers, "UDP and TCP agree");
-            let texts: Vec<String> = udp
+            assert_eq!(
+                udp.metadata.response_code, tcp.metadata.response_code,
+                "UDP and TCP agree"
+            );
+            let mut texts: Vec<String> = udp
                 .answers
                 .iter()
                 .map(|record| record.data.to_string())
                 .collect();
+            texts.sort();
             (udp.metadata.response_code, texts)
         }
     };
-    let name = "_ACME-Challenge.Pkarr.Test.";
+    let challenge = |name: &str, value: &str, until_micros: u64| AcmeChallenge {
+        name: name.to_string(),
+        value: value.to_string(),
+        until_micros,
+    };
+    let nothing = (ResponseCode::NXDomain, Vec::<String>::new());
+    let exists = (ResponseCode::NoError, Vec::<String>::new());
+    let apex_name = "_ACME-Challenge.Pkarr.Test.";
+    let node_name = "_acme-challenge.node1.pkarr.test.";
+    let above = "Node1.pkarr.test.";
     for _ in 0..3 {
-        assert_eq!(
-            ask(name, RecordType::TXT).await,
-            (ResponseCode::NXDomain, vec![])
-        );
+        assert_eq!(ask(apex_name, RecordType::TXT).await, nothing);
+        assert_eq!(ask(node_name, RecordType::TXT).await, nothing);
+        assert_eq!(ask(above, RecordType::A).await, nothing);
     }
     let until_micros = pkraft_types::unix_micros_now() + 60_000_000;
     for value in ["first-value", "second-value"] {
-        board.apply(&AcmeChallenge {
-            name: "_acme-challenge.pkarr.test".to_string(),
-            value: value.to_string(),
+        board.apply(&challenge(
+            "_acme-challenge.pkarr.test",
+            value,
             until_micros,
-        });
+        ));
     }
-    let (rcode, mut texts) = ask(name, RecordType::TXT).await;
-    texts.sort();
+    board.apply(&challenge(
+        "_acme-challenge.node1.pkarr.test",
+        "node-value",
+        until_micros,
+    ));
     assert_eq!(
-        (rcode, texts),
+        ask(apex_name, RecordType::TXT).await,
         (
             ResponseCode::NoError,
             vec!["first-value".to_string(), "second-value".to_string()]
         )
     );
     assert_eq!(
-        ask(name, RecordType::A).await,
-        (ResponseCode::NoError, vec![]),
+        ask(node_name, RecordType::TXT).await,
+        (ResponseCode::NoError, vec!["node-value".to_string()])
+    );
+    assert_eq!(
+        ask(apex_name, RecordType::A).await,
+        exists,
         "another type at a challenge name is NODATA"
     );
-    // A key's names are its packet's, challenge label or not.
+    for _ in 0..3 {
+        assert_eq!(
+            ask(above, RecordType::A).await,
+            exists,
+            "the name above a challenge exists (an empty non-terminal)"
+        );
+    }
+    assert_eq!(ask("node2.pkarr.test.", RecordType::A).await, nothing);
+    // A key's names are its packet's.
     let key = keypair.public_key().to_z32();
     assert_eq!(
         ask(
             &format!("_acme-challenge.{key}.pkarr.test."),
             RecordType::TXT
         )
-        .await
-        .0,
-        ResponseCode::NXDomain
+        .await,
+        (ResponseCode::NoError, vec!["the-key-s-own".to_string()])
     );
     for value in ["first-value", "second-value"] {
-        board.apply(&AcmeChallenge {
-            name: "_acme-challenge.pkarr.test".to_string(),
-            value: value.to_string(),
-            until_micros: 0,
-        });
+        board.apply(&challenge("_acme-challenge.pkarr.test", value, 0));
     }
+    board.apply(&challenge(
+        "_acme-challenge.node1.pkarr.test",
+        "node-value",
+        0,
+    ));
     for _ in 0..3 {
-        assert_eq!(
-            ask(name, RecordType::TXT).await,
-            (ResponseCode::NXDomain, vec![])
-        );
+        assert_eq!(ask(apex_name, RecordType::TXT).await, nothing);
+        assert_eq!(ask(node_name, RecordType::TXT).await, nothing);
+        assert_eq!(ask(above, RecordType::A).await, nothing);
     }
 }

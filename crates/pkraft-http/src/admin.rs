@@ -323,7 +323,10 @@ async fn init(State(state): State<AdminState>) -> Response {
     answer(state.node.initialize().await)
 }
 
-async fn add_learner(State(state): State<AdminState>, Json(body): Json<AddLearner>) -> Response {
+async fn add_learner(
+    State(state): State<AdminState>,
+    AdminJson(body): AdminJson<AddLearner>,
+) -> Response {
     if body.addr.parse::<SocketAddr>().is_err() && !looks_like_host_port(&body.addr) {
         return error(StatusCode::BAD_REQUEST, "addr must be host:port");
     }
@@ -335,14 +338,14 @@ async fn add_learner(State(state): State<AdminState>, Json(body): Json<AddLearne
     answer(state.node.change_membership(change).await)
 }
 
-async fn promote(State(state): State<AdminState>, Json(body): Json<NodeRef>) -> Response {
+async fn promote(State(state): State<AdminState>, AdminJson(body): AdminJson<NodeRef>) -> Response {
     let change = MembershipChange::Promote {
         node_id: body.node_id,
     };
     answer(state.node.change_membership(change).await)
 }
 
-async fn remove(State(state): State<AdminState>, Json(body): Json<NodeRef>) -> Response {
+async fn remove(State(state): State<AdminState>, AdminJson(body): AdminJson<NodeRef>) -> Response {
     let change = MembershipChange::Remove {
         node_id: body.node_id,
     };
@@ -371,6 +374,26 @@ fn answer(result: Result<(), MembershipError>) -> Response {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// A JSON request body, refused with the JSON error every admin answer carries (axum's own
+/// refusal is plain text): 415 without `Content-Type: application/json`, 400 for malformed
+/// JSON, 422 for a missing or unknown field.
+struct AdminJson<T>(T);
+
+impl<T, S> axum::extract::FromRequest<S> for AdminJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(body)) => Ok(AdminJson(body)),
+            Err(rejection) => Err(error(rejection.status(), &rejection.body_text())),
+        }
+    }
 }

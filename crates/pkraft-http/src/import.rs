@@ -155,7 +155,18 @@ impl ImportState {
 }
 
 /// The handler of `POST /import` (behind the admin token).
-pub async fn import(State(state): State<ImportState>, body: Bytes) -> Response {
+pub async fn import(
+    State(state): State<ImportState>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    // Beyond `IMPORT_BODY_MAX` (413), or a body that could not be read: the admin API's JSON
+    // error, not axum's plain text.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return crate::admin::error(rejection.status(), &rejection.body_text());
+        }
+    };
     let Ok(_running) = state.running.clone().try_acquire_owned() else {
         return (
             StatusCode::TOO_MANY_REQUESTS,

@@ -4,12 +4,10 @@
 //! asks, and waits until every member has applied it before it tells the CA to look.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pkraft_types::Command;
 use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use crate::NodeId;
 use crate::membership::change_error;
@@ -20,12 +18,24 @@ use crate::peer::{PeerError, path};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ChallengeRequest {
     pub challenge: AcmeChallenge,
-    /// Already forwarded once: a node that is not the leader either refuses it (no second hop).
+    /// Already forwarded once: a node that is not the leader refuses it (no second hop).
     pub forwarded: bool,
 }
 
-/// How often [`Node::wait_applied_by_all`] asks the members where they are.
-const APPLIED_POLL: Duration = Duration::from_millis(100);
+/// How much longer than the leader's commit bound a forwarded challenge is waited for.
+const FORWARD_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one member says of the ACME challenges ([`Node::acme_challenge_holders`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChallengeHolder {
+    /// The values its DNS answers now.
+    Answers(Vec<String>),
+    /// It runs a build that cannot read challenge entries: committing one would stall its
+    /// replication (OPERATIONS.md, "Upgrading").
+    OlderBuild,
+    /// It did not answer (why).
+    Unreachable(String),
+}
 
 impl Node {
     /// The ACME challenges this replica's DNS answers.
@@ -65,7 +75,8 @@ impl Node {
                         Some(leader),
                         path::ACME_CHALLENGE,
                         &forwarded,
-                        self.publish_timeout,
+                        // The leader's own bound, and time for its answer to come back.
+                        self.publish_timeout + FORWARD_ANSWER_MARGIN,
                     )
                     .await
                     .map_err(|e| PeerError::Unavailable(e.to_string()))?
@@ -96,36 +107,23 @@ impl Node {
         }
     }
 
-    /// Waits until every member of the cluster has applied the log through `index` (so their
-    /// DNS answers what it committed), for at most `wait`. `Err`: the members that had not (or
-    /// did not answer) by then.
-    pub async fn wait_applied_by_all(
-        self: &Arc<Self>,
-        index: u64,
-        wait: Duration,
-    ) -> Result<(), Vec<NodeId>> {
-        let deadline = Instant::now() + wait;
-        loop {
-            let status = self.cluster_status().await;
-            let behind: Vec<NodeId> = status
-                .members
-                .iter()
-                .filter(|member| {
-                    member
-                        .status
-                        .as_ref()
-                        .and_then(|status| status.applied_index)
-                        .is_none_or(|applied| applied < index)
-                })
-                .map(|member| member.id)
-                .collect();
-            if behind.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() + APPLIED_POLL > deadline {
-                return Err(behind);
-            }
-            tokio::time::sleep(APPLIED_POLL).await;
-        }
+    /// What each member of the cluster says of the ACME challenges, asked over the peer
+    /// network (as `cluster_status` asks).
+    pub async fn acme_challenge_holders(self: &Arc<Self>) -> Vec<(NodeId, ChallengeHolder)> {
+        self.cluster_status()
+            .await
+            .members
+            .into_iter()
+            .map(|member| {
+                let holder = match (member.status, member.error) {
+                    (Some(status), _) => match status.acme_challenges {
+                        Some(values) => ChallengeHolder::Answers(values),
+                        None => ChallengeHolder::OlderBuild,
+                    },
+                    (None, error) => ChallengeHolder::Unreachable(error.unwrap_or_default()),
+                };
+                (member.id, holder)
+            })
+            .collect()
     }
 }

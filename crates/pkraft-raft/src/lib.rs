@@ -68,6 +68,7 @@ pub mod write_path;
 pub(crate) use storage::{codec, snapshot_file, snapshot_receipt, state_repair};
 pub use storage::{log_store, state_machine, type_config};
 
+pub use acme_challenges::ChallengeHolder;
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use handover::Handover;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};

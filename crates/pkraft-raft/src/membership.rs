@@ -65,6 +65,11 @@ pub struct NodeStatus {
     /// (docs/OPERATIONS.md, "Repair"); absent when whole.
     #[serde(default)]
     pub log_repair: Option<crate::log_store::LogRepair>,
+    /// The ACME DNS-01 challenge values its DNS answers now (OPERATIONS.md, "Certificates");
+    /// absent (`None`) from a build that cannot read challenge entries, which an ordering node
+    /// checks before it commits one.
+    #[serde(default)]
+    pub acme_challenges: Option<Vec<String>>,
 }
 
 /// One member as the cluster status shows it.
@@ -353,6 +358,10 @@ impl Node {
             packets: self.store().packet_count().ok(),
             low_on_disk: self.disk_space.refusal().is_some(),
             log_repair: self.log_store.repair(),
+            acme_challenges: Some(
+                self.acme_challenges
+                    .live_values(pkraft_types::unix_micros_now()),
+            ),
         }
     }
 
@@ -651,6 +660,7 @@ mod tests {
                 packets: Some(0),
                 low_on_disk: false,
                 log_repair: None,
+                acme_challenges: None,
             }),
             error: None,
             lag_entries: None,

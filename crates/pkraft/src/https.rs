@@ -104,8 +104,8 @@ pub fn server_config(
         .with_cert_resolver(certificate);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if tls_alpn_01 {
-        // For the ACME CA's challenge handshakes ([https.acme], TLS-ALPN-01) only; the listener closes such
-        // a connection after the handshake (pkraft_http::serve).
+        // For the ACME CA's challenge handshakes ([https.acme], TLS-ALPN-01) only; the
+        // listener closes such a connection after the handshake (pkraft_http::serve).
         config
             .alpn_protocols
             .push(pkraft_http::serve::ACME_TLS_ALPN.to_vec());

@@ -218,7 +218,7 @@ impl Server {
             &config.dns,
             node.store().clone(),
             freshness,
-            pkraft_dns::Sources {
+            pkraft_dns::AnswerSources {
                 dht: dht_resolver
                     .clone()
                     .map(|resolver| Arc::new(DhtMissingKeys(resolver)) as Arc<dyn MissingKeys>),

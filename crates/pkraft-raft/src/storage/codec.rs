@@ -57,3 +57,31 @@ impl std::fmt::Display for Message {
 }
 
 impl std::error::Error for Message {}
+
+#[cfg(test)]
+mod tests {
+    use pkraft_types::Command;
+    use pkraft_types::acme_challenge::AcmeChallenge;
+
+    use super::*;
+
+    /// The log's commands keep their encoding: a variant's index is its first byte, so a
+    /// command added anywhere but last would make every replica read old entries as another
+    /// command. `AcmeChallenge` is the fourth.
+    #[test]
+    fn commands_keep_their_variant_index() {
+        let expire = Command::Expire {
+            before_micros: 1,
+            limit: 2,
+        };
+        assert_eq!(encode(&expire).expect("encodes"), [1, 1, 2]);
+        let challenge = Command::AcmeChallenge(AcmeChallenge {
+            name: "n".to_string(),
+            value: "v".to_string(),
+            until_micros: 3,
+        });
+        let bytes = encode(&challenge).expect("encodes");
+        assert_eq!(bytes, [3, 1, b'n', 1, b'v', 3]);
+        assert_eq!(decode::<Command>(&bytes).expect("decodes"), challenge);
+    }
+}

@@ -21,6 +21,7 @@ use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pkraft_raft::node::Node;
+use pkraft_raft::{ChallengeHolder, NodeId};
 use pkraft_types::acme_challenge::{AcmeChallenge, challenge_name};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use ring::signature::{EcdsaKeyPair, KeyPair as _};
@@ -39,9 +40,18 @@ use super::{AcmeMetrics, AcmeSettings, ExpiryCache, KEPT_CERTIFICATE_WAIT};
 /// failed anyway (each authorization is polled for about 30 s).
 const CHALLENGE_LIFETIME: Duration = Duration::from_secs(600);
 
-/// How long the node waits for every member to apply a challenge before it asks the CA to look
-/// anyway (a member that is down or far behind; the CA may ask the others).
+/// How long the node waits for every member's DNS to answer its challenges before it asks the
+/// CA to look anyway (a member that is down or far behind; the CA may ask the others). Halfway,
+/// the values a member lacks are committed again (a member restarted, or given a snapshot, after
+/// it applied them has lost them: the board lives in memory).
 const CHALLENGE_SPREAD_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the members are asked which challenges they answer.
+const CHALLENGE_SPREAD_POLL: Duration = Duration::from_millis(100);
+
+/// Longest an order may take, start to certificate: a CA (or a proxy before it) that never
+/// answers must not hold the renewals up for good.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The backoff after a failed order: 1 s doubling, up to 2^16 s (about 18 h), as the TLS-ALPN-01
 /// mode (tokio-rustls-acme) does.
@@ -215,7 +225,7 @@ impl Dns01Client {
                         domains = self.domains(),
                         error = format!("{e:#}"),
                         retry_in = ?backoff,
-                        "ACME: the DNS-01 order failed, retrying with backoff; the certificate \
+                        "ACME: failed (DNS-01 order), retrying with backoff; the certificate \
                          served before (if any) keeps serving"
                     );
                     tokio::time::sleep(backoff).await;
@@ -225,11 +235,21 @@ impl Dns01Client {
         }
     }
 
-    /// One order, start to certificate; the challenge values it published are withdrawn
-    /// whatever the outcome.
+    /// One order, start to certificate, within `ORDER_TIMEOUT`; the challenge values it
+    /// published are withdrawn whatever the outcome.
     async fn order(&self) -> anyhow::Result<Issued> {
         let mut published = Vec::new();
-        let result = self.order_publishing(&mut published).await;
+        let result = match tokio::time::timeout(
+            ORDER_TIMEOUT,
+            self.order_publishing(&mut published),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(anyhow::anyhow!(
+                "the order did not complete within {ORDER_TIMEOUT:?}"
+            )),
+        };
         for mut challenge in published {
             challenge.until_micros = 0;
             if let Err(e) = self.node.commit_acme_challenge(challenge.clone()).await {
@@ -261,12 +281,14 @@ impl Dns01Client {
             .context("new order")?;
         let certificate_key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("certificate key")?;
-        // Each status once at most, in order, plus the polls of `Processing`.
-        for _ in 0..20 {
+        // Bounded by `ORDER_TIMEOUT` (the caller's).
+        loop {
             match order.status {
                 OrderStatus::Pending => {
                     self.authorize(&account, &order.authorizations, published)
                         .await?;
+                    // The CA moves the order on once it has seen every authorization valid.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     order = account.order(client, &order_url).await?;
                 }
                 OrderStatus::Ready => {
@@ -282,7 +304,7 @@ impl Dns01Client {
                         .context("finalize")?;
                 }
                 OrderStatus::Processing => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                     order = account.order(client, &order_url).await?;
                 }
                 OrderStatus::Valid { certificate } => {
@@ -306,10 +328,79 @@ impl Dns01Client {
                 }
             }
         }
-        anyhow::bail!(
-            "the order did not complete (last status {:?})",
-            order.status
-        )
+    }
+
+    /// Refuses to commit a challenge while a member runs a build that cannot read the entry
+    /// (it would stall that member's replication; OPERATIONS.md, "Upgrading"). A member that
+    /// does not answer is not waited for: it may be down, and a renewal must not need it.
+    async fn check_every_member_reads_challenges(&self) -> anyhow::Result<()> {
+        let older: Vec<NodeId> = self
+            .node
+            .acme_challenge_holders()
+            .await
+            .into_iter()
+            .filter(|(_, holder)| *holder == ChallengeHolder::OlderBuild)
+            .map(|(id, _)| id)
+            .collect();
+        anyhow::ensure!(
+            older.is_empty(),
+            "nodes {older:?} run a build that cannot read ACME challenge entries; upgrade them \
+             before using challenge = \"dns-01\""
+        );
+        Ok(())
+    }
+
+    /// Waits (at most `CHALLENGE_SPREAD_WAIT`) until every member's DNS answers `values`;
+    /// commits again, once, the values a member lacks halfway through. Members still without
+    /// them are named in a warning: the CA may ask the others.
+    async fn wait_until_every_member_answers(&self, values: &[AcmeChallenge]) {
+        let started = tokio::time::Instant::now();
+        let mut committed_again = false;
+        loop {
+            let lacking: Vec<(NodeId, Vec<&AcmeChallenge>)> = self
+                .node
+                .acme_challenge_holders()
+                .await
+                .into_iter()
+                .filter_map(|(id, holder)| {
+                    let answered = match holder {
+                        ChallengeHolder::Answers(answered) => answered,
+                        _ => Vec::new(),
+                    };
+                    let lacks: Vec<&AcmeChallenge> = values
+                        .iter()
+                        .filter(|value| !answered.contains(&value.value))
+                        .collect();
+                    (!lacks.is_empty()).then_some((id, lacks))
+                })
+                .collect();
+            if lacking.is_empty() {
+                return;
+            }
+            let waited = started.elapsed();
+            if waited >= CHALLENGE_SPREAD_WAIT {
+                let members: Vec<NodeId> = lacking.iter().map(|(id, _)| *id).collect();
+                tracing::warn!(
+                    ?members,
+                    "ACME: these members' DNS does not answer the challenge; if the CA asks \
+                     them, the validation fails and the order is retried"
+                );
+                return;
+            }
+            if !committed_again && waited >= CHALLENGE_SPREAD_WAIT / 2 {
+                committed_again = true;
+                let mut again: Vec<&AcmeChallenge> =
+                    lacking.into_iter().flat_map(|(_, lacks)| lacks).collect();
+                again.sort_by(|a, b| a.value.cmp(&b.value));
+                again.dedup_by(|a, b| a.value == b.value);
+                for value in again {
+                    if let Err(e) = self.node.commit_acme_challenge(value.clone()).await {
+                        tracing::debug!(error = %e, "ACME: challenge not committed again");
+                    }
+                }
+            }
+            tokio::time::sleep(CHALLENGE_SPREAD_POLL).await;
+        }
     }
 
     /// The account key kept in the data dir (the one the TLS-ALPN-01 mode keeps too), or a new
@@ -341,8 +432,9 @@ impl Dns01Client {
         published: &mut Vec<AcmeChallenge>,
     ) -> anyhow::Result<()> {
         let client = &self.client_config;
+        self.check_every_member_reads_challenges().await?;
         let mut pending = Vec::new();
-        let mut committed_at = 0;
+        let mut values = Vec::new();
         for url in authorizations {
             let auth = account.auth(client, url).await.context("authorization")?;
             let Identifier::Dns(domain) = &auth.identifier;
@@ -362,29 +454,20 @@ impl Dns01Client {
                 until_micros: pkraft_types::unix_micros_now()
                     .saturating_add(u64::try_from(CHALLENGE_LIFETIME.as_micros()).unwrap_or(0)),
             };
-            let index = self
-                .node
+            // Before the commit: one that times out here may still commit on the leader, and
+            // must be withdrawn too.
+            published.push(value.clone());
+            self.node
                 .commit_acme_challenge(value.clone())
                 .await
                 .with_context(|| format!("committing the challenge for {domain}"))?;
-            committed_at = committed_at.max(index);
-            published.push(value);
+            values.push(value);
             pending.push((url, challenge.url.clone(), domain.clone()));
         }
         if pending.is_empty() {
             return Ok(());
         }
-        if let Err(behind) = self
-            .node
-            .wait_applied_by_all(committed_at, CHALLENGE_SPREAD_WAIT)
-            .await
-        {
-            tracing::warn!(
-                ?behind,
-                "ACME: these members have not applied the challenge; if the CA asks their DNS, \
-                 the validation fails and is retried"
-            );
-        }
+        self.wait_until_every_member_answers(&values).await;
         for (_, challenge_url, _) in &pending {
             account
                 .challenge(client, challenge_url)
