@@ -395,7 +395,6 @@ async fn cluster_status_has_every_documented_field() {
         "packets",
         "low_on_disk",
         "log_repair",
-        "acme_challenges",
     ];
     has(&status["node"], &report, "node");
     has(&status["membership"], &["log_index", "joint"], "membership");

@@ -10,9 +10,12 @@ use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
+use crate::membership::STATUS_PROBE_TIMEOUT;
 use crate::membership::change_error;
 use crate::node::Node;
+use crate::peer::client::CallError;
 use crate::peer::{PeerError, path};
+use hyper::StatusCode;
 
 /// A challenge to commit, from the node that orders the certificate (forwarded to the leader).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,8 +33,8 @@ const FORWARD_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_sec
 pub enum ChallengeHolder {
     /// The values its DNS answers now.
     Answers(Vec<String>),
-    /// It runs a build that cannot read challenge entries: committing one would stall its
-    /// replication (OPERATIONS.md, "Upgrading").
+    /// It runs a build that cannot read challenge entries (it has no route to ask, 404):
+    /// committing one would stall its replication (OPERATIONS.md, "Upgrading").
     OlderBuild,
     /// It did not answer (why).
     Unreachable(String),
@@ -107,23 +110,59 @@ impl Node {
         }
     }
 
-    /// What each member of the cluster says of the ACME challenges, asked over the peer
-    /// network (as `cluster_status` asks).
-    pub async fn acme_challenge_holders(self: &Arc<Self>) -> Vec<(NodeId, ChallengeHolder)> {
-        self.cluster_status()
-            .await
-            .members
-            .into_iter()
-            .map(|member| {
-                let holder = match (member.status, member.error) {
-                    (Some(status), _) => match status.acme_challenges {
-                        Some(values) => ChallengeHolder::Answers(values),
-                        None => ChallengeHolder::OlderBuild,
-                    },
-                    (None, error) => ChallengeHolder::Unreachable(error.unwrap_or_default()),
+    /// The challenge values this replica's DNS answers now.
+    pub fn acme_challenge_values(&self) -> Vec<String> {
+        self.acme_challenges
+            .live_values(pkraft_types::unix_micros_now())
+    }
+
+    /// What each member of the cluster (this node too) says of the ACME challenges, each asked
+    /// over the peer network within `STATUS_PROBE_TIMEOUT`, in parallel.
+    pub async fn acme_challenge_holders(&self) -> Vec<(NodeId, ChallengeHolder)> {
+        let members: Vec<(NodeId, String)> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id)
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect()
+        };
+        let mut asks = tokio::task::JoinSet::new();
+        for (id, addr) in members {
+            let peers = self.peers.clone();
+            asks.spawn(async move {
+                let answer = peers
+                    .call::<(), Vec<String>>(
+                        &addr,
+                        Some(id),
+                        path::ACME_CHALLENGE_VALUES,
+                        &(),
+                        STATUS_PROBE_TIMEOUT,
+                    )
+                    .await;
+                let holder = match answer {
+                    Ok(values) => ChallengeHolder::Answers(values),
+                    Err(CallError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
+                        ChallengeHolder::OlderBuild
+                    }
+                    Err(e) => ChallengeHolder::Unreachable(e.to_string()),
                 };
-                (member.id, holder)
-            })
-            .collect()
+                (id, holder)
+            });
+        }
+        let mut holders = vec![(
+            self.id,
+            ChallengeHolder::Answers(self.acme_challenge_values()),
+        )];
+        while let Some(joined) = asks.join_next().await {
+            if let Ok(answer) = joined {
+                holders.push(answer);
+            }
+        }
+        holders.sort_by_key(|(id, _)| *id);
+        holders
     }
 }

@@ -30,7 +30,7 @@ const JOIN_CALL_TIMEOUT: Duration = Duration::from_secs(45);
 /// included; shorter than `JOIN_CALL_TIMEOUT`, so the caller hears why.
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(40);
 /// Time a status probe of one member may take.
-const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const STATUS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A membership request as sent over the peer network.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,11 +65,6 @@ pub struct NodeStatus {
     /// (docs/OPERATIONS.md, "Repair"); absent when whole.
     #[serde(default)]
     pub log_repair: Option<crate::log_store::LogRepair>,
-    /// The ACME DNS-01 challenge values its DNS answers now (OPERATIONS.md, "Certificates");
-    /// absent (`None`) from a build that cannot read challenge entries, which an ordering node
-    /// checks before it commits one.
-    #[serde(default)]
-    pub acme_challenges: Option<Vec<String>>,
 }
 
 /// One member as the cluster status shows it.
@@ -358,10 +353,6 @@ impl Node {
             packets: self.store().packet_count().ok(),
             low_on_disk: self.disk_space.refusal().is_some(),
             log_repair: self.log_store.repair(),
-            acme_challenges: Some(
-                self.acme_challenges
-                    .live_values(pkraft_types::unix_micros_now()),
-            ),
         }
     }
 
@@ -660,7 +651,6 @@ mod tests {
                 packets: Some(0),
                 low_on_disk: false,
                 log_repair: None,
-                acme_challenges: None,
             }),
             error: None,
             lag_entries: None,

@@ -92,6 +92,7 @@ pub(crate) mod path {
     pub const PRE_VOTE: &str = "/peer/v1/pre-vote";
     pub const PACKET_CHECK: &str = "/peer/v1/packet-check";
     pub const ACME_CHALLENGE: &str = "/peer/v1/acme-challenge";
+    pub const ACME_CHALLENGE_VALUES: &str = "/peer/v1/acme-challenge-values";
 }
 
 /// A voter's copy of one key's packet, checked as the scrub checks it (route `packet-check`):

@@ -61,6 +61,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::PRE_VOTE, post(pre_vote))
         .route(path::PACKET_CHECK, post(packet_check))
         .route(path::ACME_CHALLENGE, post(acme_challenge))
+        .route(path::ACME_CHALLENGE_VALUES, post(acme_challenge_values))
         .layer(DefaultBodyLimit::max(body_max))
         .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
@@ -341,6 +342,12 @@ async fn acme_challenge(State(node): State<Arc<Node>>, body: Bytes) -> Response 
         node.handle_acme_challenge(request).await
     })
     .await
+}
+
+/// A node ordering a certificate asks which challenge values this node's DNS answers (see
+/// `acme_challenges`); a build without the route answers 404.
+async fn acme_challenge_values(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |(): ()| async move { node.acme_challenge_values() }).await
 }
 
 /// The leader handing over before it stops asks this node to stand (see `handover`).
