@@ -188,3 +188,190 @@ async fn bad_requests_get_4xx_with_a_reason() {
         .expect("POST");
     assert_eq!(wrong_type.status(), 415);
 }
+
+/// Goal: what docs/API.md states of the public listener's less travelled answers (issue 38: a
+/// doc that states a status code, a header or a field is tied to the code): the 429 of the
+/// `resolve`, `doh` and `health` rate-limit classes with `Retry-After` and `RateLimit-*`; CORS
+/// on `/dns-query`, allowing any request header; a DoH body over 65,535 bytes is 413; `dns=`
+/// with base64 padding; `type` defaulting to `A`; the JSON form's flags and its empty sections
+/// left out; a 304 carries `Cache-Control`; a request whose body does not come within
+/// `http.request_timeout` gets 408.
+/// Method: the real binary with small limits for these classes (`publish` off), raw requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_api_answers_what_the_docs_state() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let server = TestServer::start_with_config(
+        "[cluster]\nbootstrap = true\n[raft]\npublish_timeout = \"500ms\"\n[http]\nrequest_timeout = \"1s\"\n[rate_limit]\n\
+         publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+         resolve = { per_client = { per_second = 1, burst = 3 }, global = { per_second = 0, burst = 0 } }\n\
+         doh = { per_client = { per_second = 1, burst = 3 }, global = { per_second = 0, burst = 0 } }\n\
+         health = { per_client = { per_second = 1, burst = 3 }, global = { per_second = 0, burst = 0 } }\n",
+    );
+    let client = http_client();
+    let key = keypair(62);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000_000, &["192.0.2.7:7"]))
+        .await;
+
+    // DoH details, within the doh class's burst of 3.
+    // A query whose length is no multiple of 3, so that its base64 has padding.
+    let query = ["x.", "xy.", "xyz."]
+        .iter()
+        .map(|prefix| {
+            wire_query(
+                &format!("{prefix}{}", key_name("_iroh", &key)),
+                RecordType::TXT,
+            )
+        })
+        .find(|query| query.len() % 3 != 0)
+        .expect("one of three lengths in a row");
+    let padded = base64::engine::general_purpose::URL_SAFE.encode(&query);
+    assert!(padded.ends_with('='), "a query whose base64 is padded");
+    let answer = client
+        .get(server.url(&format!("/dns-query?dns={padded}")))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("DoH GET");
+    assert_eq!(answer.status(), 200, "padding is optional, and accepted");
+    assert_eq!(
+        answer
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("*"),
+        "CORS on /dns-query"
+    );
+    let json: Value = serde_json::from_slice(
+        &client
+            .get(server.url("/dns-query?name=pkarr.test"))
+            .header("accept", "application/dns-json")
+            .send()
+            .await
+            .expect("JSON GET")
+            .bytes()
+            .await
+            .expect("body"),
+    )
+    .expect("JSON");
+    assert_eq!(json["Question"][0]["type"], 1, "type defaults to A: {json}");
+    for flag in ["TC", "RD", "RA", "AD", "CD"] {
+        assert!(json[flag].is_boolean(), "{flag}: {json}");
+    }
+    assert!(
+        json.get("Answer").is_none(),
+        "an empty section is left out: {json}"
+    );
+    let too_large = client
+        .post(server.url("/dns-query"))
+        .header("content-type", "application/dns-message")
+        .body(vec![0_u8; 65_536])
+        .send()
+        .await
+        .expect("DoH POST");
+    assert_eq!(too_large.status(), 413);
+    let refused = client
+        .get(server.url(&format!("/dns-query?dns={padded}")))
+        .send()
+        .await
+        .expect("DoH GET");
+    assert_eq!(refused.status(), 429, "the doh class's burst is spent");
+    assert_rate_limited(&refused);
+
+    // CORS allows any request header (a preflight asking for one of its own).
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, server.url("/dns-query"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-anything-at-all")
+        .send()
+        .await
+        .expect("preflight");
+    let allowed = preflight
+        .headers()
+        .get("access-control-allow-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        allowed == "*" || allowed.contains("x-anything-at-all"),
+        "allowed headers: {allowed:?}"
+    );
+
+    // The resolve class: a 304 carries Cache-Control; the fourth GET is refused.
+    let url = server.relay_url(&key);
+    let first = client.get(&url).send().await.expect("GET");
+    assert_eq!(first.status(), 200);
+    let modified = first
+        .headers()
+        .get("last-modified")
+        .cloned()
+        .expect("Last-Modified");
+    let not_modified = client
+        .get(&url)
+        .header("if-modified-since", modified)
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(not_modified.status(), 304);
+    assert!(
+        not_modified.headers().get("cache-control").is_some(),
+        "a 304 carries Cache-Control"
+    );
+    client.get(&url).send().await.expect("GET");
+    let refused = client.get(&url).send().await.expect("GET");
+    assert_eq!(refused.status(), 429, "the resolve class's burst is spent");
+    assert_rate_limited(&refused);
+
+    // The health class: per client.
+    let mut last = None;
+    for _ in 0..4 {
+        last = Some(
+            client
+                .get(server.url("/healthz"))
+                .send()
+                .await
+                .expect("healthz"),
+        );
+    }
+    let refused = last.expect("an answer");
+    assert_eq!(refused.status(), 429, "the health class's burst is spent");
+    assert_rate_limited(&refused);
+
+    // A body that does not come within http.request_timeout (1 s): 408.
+    let mut stream = tokio::net::TcpStream::connect(server.http)
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT /pkarr/{} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial",
+        key.public_key().to_z32()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer or a close within 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
+
+/// A 429 as docs/API.md describes it: `Retry-After` and the `RateLimit-*` headers.
+fn assert_rate_limited(response: &reqwest::Response) {
+    for header in [
+        "retry-after",
+        "ratelimit-limit",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+        "ratelimit-policy",
+    ] {
+        assert!(
+            response.headers().get(header).is_some(),
+            "{header} missing: {:?}",
+            response.headers()
+        );
+    }
+}

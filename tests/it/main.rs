@@ -6,6 +6,7 @@
 
 mod abuse;
 mod acme;
+mod admin_api;
 mod attacks;
 mod backup;
 mod bad_input;
