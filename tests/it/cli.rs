@@ -207,8 +207,11 @@ async fn cluster_init_and_status_from_the_command_line() {
     );
 }
 
-/// `--log-format json`: every line is one JSON object (for log shippers), and the events an
-/// operator looks for are there: the config loaded, the leader elected, the listening addresses.
+/// `--log-format json` (here through its variable, `PKRAFT_LOG_FORMAT`): every line is one JSON
+/// object (for log shippers), and the events an operator looks for are there: the config
+/// loaded, the leader elected, the listening addresses. The data dir and listen addresses come
+/// from their variables too (`PKRAFT_DATA_DIR`, `PKRAFT_*_LISTEN`), and a flag wins over its
+/// variable (docs/OPERATIONS.md, "Running").
 #[test]
 fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
     use std::io::{BufRead, BufReader};
@@ -224,21 +227,17 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
         }
     }
 
+    let ports = pkraft_testkit::ports::free_loopback_ports(2, &std::collections::HashSet::new())
+        .expect("free ports");
+    let (from_variable, from_flag) = (ports[0], ports[1]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
-        .args(["--log-format", "json", "dev", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--http-listen",
-            "127.0.0.1:0",
-            "--dns-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--peer-listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["dev", "--http-listen", &format!("127.0.0.1:{from_flag}")])
+        .env("PKRAFT_LOG_FORMAT", "json")
+        .env("PKRAFT_DATA_DIR", dir.path())
+        .env("PKRAFT_HTTP_LISTEN", format!("127.0.0.1:{from_variable}"))
+        .env("PKRAFT_DNS_LISTEN", "127.0.0.1:0")
+        .env("PKRAFT_PEER_LISTEN", "127.0.0.1:0")
+        .env("PKRAFT_ADMIN_LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -280,8 +279,51 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
     }
     drop(child);
     let listening = listening.expect("listening");
-    let http = listening["fields"]["http"].as_str().expect("http address");
-    assert!(http.parse::<std::net::SocketAddr>().is_ok(), "{listening}");
+    let address = |field: &str| -> std::net::SocketAddr {
+        listening["fields"][field]
+            .as_str()
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("{field}: {listening}"))
+    };
+    assert_eq!(
+        address("http").port(),
+        from_flag,
+        "the flag wins over its variable"
+    );
+    // The dev config's DNS port is 5300: the variable's port 0 was taken instead.
+    assert_ne!(address("dns").port(), 5300, "PKRAFT_DNS_LISTEN is read");
+    assert_eq!(
+        listening["fields"]["data_dir"].as_str(),
+        Some(dir.path().display().to_string().as_str()),
+        "PKRAFT_DATA_DIR is read"
+    );
+}
+
+/// `PKRAFT_CONFIG` names the config file of `pkraft serve`; `check-config` never reads it (it
+/// checks the file it is given), and without a file it says so (docs/OPERATIONS.md, "Running").
+#[test]
+fn serve_reads_pkraft_config_and_check_config_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[dns]\norigins = [\"from-the-variable.test\"]\n").expect("write");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pkraft"));
+    command.arg("serve").env("PKRAFT_CONFIG", &config);
+    let mut node = pkraft_testkit::process::NodeProcess::start(
+        command,
+        &dir.path().join("data"),
+        pkraft_testkit::process::LogTo::Memory,
+        std::time::Duration::from_secs(30),
+    )
+    .expect("pkraft serve with PKRAFT_CONFIG starts");
+    let log = node.log().text();
+    node.kill().expect("stop the node");
+    assert!(log.contains("from-the-variable.test"), "{log}");
+    let checked = Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .arg("check-config")
+        .env("PKRAFT_CONFIG", &config)
+        .output()
+        .expect("run");
+    assert!(!checked.status.success(), "check-config needs its file");
 }
 
 /// The documents the operators read: every `pkraft` command line in them is checked.
@@ -456,4 +498,75 @@ fn the_docs_name_only_flags_and_variables_that_exist() {
         unknown.is_empty(),
         "documented variables nothing reads: {unknown:?}"
     );
+}
+
+/// The clients read the variables docs/OPERATIONS.md ("Running") gives them, and answer as it
+/// says: `PKRAFT_ADMIN` for `pkraft cluster` (whose `status` exits 0 without a leader),
+/// `--token-file` for the admin token, `PKRAFT_RELAY` for `publish` and `resolve`; `verify
+/// --json` prints its report as JSON; `restore` refuses to run without `--advertise`.
+#[test]
+fn the_clients_read_their_variables_and_flags() {
+    const TOKEN: &str = "client-variables-token-0123";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, format!("[admin]\ntoken = \"{TOKEN}\"\n")).expect("write");
+    let mut server = TestServer::start_serve(&config);
+    let (admin, relay) = (
+        server.admin.to_string(),
+        format!("http://{}/pkarr", server.http),
+    );
+    let client = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pkraft"));
+        command
+            .args(args)
+            .env_remove("PKRAFT_ADMIN_TOKEN")
+            .env("PKRAFT_ADMIN", &admin)
+            .env("PKRAFT_RELAY", &relay);
+        let output = command.output().expect("run pkraft");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = client(&["cluster", "status"]);
+    assert!(ok, "status exits 0 without a leader: {stderr}");
+    assert!(stdout.contains("leader: none"), "{stdout}");
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
+    let token_file = token_file.display().to_string();
+    let (ok, _, stderr) = client(&["cluster", "--token-file", &token_file, "init"]);
+    assert!(ok, "init with --token-file: {stderr}");
+
+    let key_file = dir.path().join("me.key").display().to_string();
+    let (ok, key, stderr) = client(&["keygen", &key_file]);
+    assert!(ok, "{stderr}");
+    let key = key.trim().to_string();
+    let (ok, _, stderr) = client(&["publish", "-k", &key_file, "_iroh TXT addr=192.0.2.9:9"]);
+    assert!(ok, "publish through PKRAFT_RELAY: {stderr}");
+    let (ok, stdout, stderr) = client(&["resolve", &key]);
+    assert!(ok, "resolve through PKRAFT_RELAY: {stderr}");
+    assert!(stdout.contains("addr=192.0.2.9:9"), "{stdout}");
+
+    server.terminate();
+    let (ok, stdout, stderr) = client(&[
+        "verify",
+        "--data-dir",
+        &server.data_dir().display().to_string(),
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON report");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(report["packets"], 1, "{report}");
+
+    let (ok, _, stderr) = client(&[
+        "restore",
+        "--data-dir",
+        &dir.path().join("restored").display().to_string(),
+        "--node-id",
+        "1",
+        &dir.path().join("no-such-backup").display().to_string(),
+    ]);
+    assert!(!ok && stderr.contains("--advertise"), "{stderr}");
 }
