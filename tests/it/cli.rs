@@ -570,3 +570,97 @@ fn the_clients_read_their_variables_and_flags() {
     ]);
     assert!(!ok && stderr.contains("--advertise"), "{stderr}");
 }
+
+/// `serve --join` joins through the address given, instead of `cluster.join`, and turns
+/// `bootstrap` off; `pkraft cluster add-learner`, `promote` and `remove` change the membership
+/// as docs/OPERATIONS.md ("Adding, promoting, removing") says.
+/// Method: node 1 bootstraps; node 2's config says `bootstrap = true` too, but it is started
+/// with `--join` node 1 (with bootstrap it would be a cluster of its own); node 3 has neither
+/// and is added, promoted and removed with the commands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_join_and_the_membership_commands() {
+    use pkraft_testkit::node::{Membership, NodeConfig};
+
+    const SECRET: &str = "join-test-cluster-secret-0123";
+    const TOKEN: &str = "join-test-admin-token-0123";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |id: u64, membership: Membership| {
+        let mut config = NodeConfig::new(id, membership, SECRET);
+        config.admin_token = Some(TOKEN.to_string());
+        let path = dir.path().join(format!("node{id}.toml"));
+        std::fs::write(&path, config.to_toml()).expect("write");
+        path
+    };
+    let first = TestServer::start_serve(&config(1, Membership::Bootstrap));
+    let peer = first.peer.to_string();
+    let second =
+        TestServer::start_serve_with_args(&config(2, Membership::Bootstrap), &["--join", &peer]);
+    let third = TestServer::start_serve(&config(3, Membership::Existing));
+    let members = |status: &serde_json::Value| -> Vec<(u64, bool)> {
+        status["members"]
+            .as_array()
+            .map(|members| {
+                members
+                    .iter()
+                    .filter_map(|m| Some((m["id"].as_u64()?, m["voter"].as_bool()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    crate::cluster::eventually("node 2 joined through --join as a voter", || async {
+        let status = crate::cluster::admin_status(&first).await?;
+        (members(&status) == [(1, true), (2, true)]).then_some(())
+    })
+    .await;
+    let second_status = crate::cluster::admin_status(&second).await.expect("status");
+    assert_eq!(
+        second_status["node"]["leader"], 1,
+        "node 2 did not bootstrap: {second_status}"
+    );
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).expect("write");
+    let admin = first.admin.to_string();
+    let token_file = token_file.display().to_string();
+    let cluster = |args: Vec<String>| {
+        let admin = admin.clone();
+        let token_file = token_file.clone();
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
+                .args(["cluster", "--admin", &admin, "--token-file", &token_file])
+                .args(&args)
+                .env_remove("PKRAFT_ADMIN_TOKEN")
+                .output()
+                .await
+                .expect("run pkraft cluster");
+            assert!(
+                output.status.success(),
+                "pkraft cluster {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
+    let third_peer = third.peer.to_string();
+    cluster(
+        ["add-learner", "--node-id", "3", "--addr", &third_peer]
+            .map(String::from)
+            .to_vec(),
+    )
+    .await;
+    let status = crate::cluster::admin_status(&first).await.expect("status");
+    assert_eq!(
+        members(&status),
+        [(1, true), (2, true), (3, false)],
+        "{status}"
+    );
+    cluster(["promote", "--node-id", "3"].map(String::from).to_vec()).await;
+    let status = crate::cluster::admin_status(&first).await.expect("status");
+    assert_eq!(
+        members(&status),
+        [(1, true), (2, true), (3, true)],
+        "{status}"
+    );
+    cluster(["remove", "--node-id", "3"].map(String::from).to_vec()).await;
+    let status = crate::cluster::admin_status(&first).await.expect("status");
+    assert_eq!(members(&status), [(1, true), (2, true)], "{status}");
+}

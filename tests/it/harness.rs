@@ -55,6 +55,13 @@ impl TestServer {
         TestServer::start_with(command)
     }
 
+    /// `pkraft serve --config FILE` followed by `args` (`--join ADDR`, say).
+    pub fn start_serve_with_args(config: &Path, args: &[&str]) -> TestServer {
+        let mut command = vec!["serve".into(), "--config".into(), path_arg(config)];
+        command.extend(args.iter().map(|arg| arg.to_string()));
+        TestServer::start_with(command)
+    }
+
     /// `pkraft serve` with `toml` as its config file (listen addresses and the data dir are
     /// still set by the harness).
     pub fn start_with_config(toml: &str) -> TestServer {
