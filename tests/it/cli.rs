@@ -42,7 +42,11 @@ fn check_config_rejects_a_bad_file_and_names_the_field() {
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[dns]\norigins = [\"ok.test\", \"bad..name\"]\n").expect("write");
     let output = pkraft(&["check-config", &path.display().to_string()]);
-    assert!(!output.status.success());
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "exit status 1 for an invalid file"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("dns.origins[1]"), "{stderr}");
 

@@ -204,6 +204,31 @@ async fn an_iroh_dns_server_store_is_imported_into_a_cluster_and_again_changes_n
     // Again: nothing changes, and the summary says so.
     let again = summary(&pkraft_import(&admin, &token_file, store.path()).await);
     assert_eq!(counts(&again), [124, 0, 121, 1, 0, 2], "{again:#}");
+
+    // The text summary (without --json) has the lines DEPLOY.md names, and names the invalid.
+    let text = tokio::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .args(["import", "--admin", &admin, "--token-file"])
+        .arg(&token_file)
+        .arg(store.path())
+        .env_remove("PKRAFT_ADMIN_TOKEN")
+        .output()
+        .await
+        .expect("run pkraft import");
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    for line in [
+        "imported:                   0",
+        "unchanged (already stored): 121",
+        "newer packet stored:        1",
+        "older than record_max_age:  0",
+        "invalid:                    2",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
+    assert!(
+        text.contains(&format!("invalid {}", keypair(901).public_key().to_z32())),
+        "{text}"
+    );
 }
 
 #[tokio::test]
