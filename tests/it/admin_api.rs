@@ -1,6 +1,6 @@
 //! Goal: the admin API answers each status docs/API.md ("Admin API") gives it, with the JSON
-//! error it promises, and the public PUT's 503 says what the docs say (issue 38: a doc that
-//! states a status code or a field is tied to the code).
+//! error it promises, and the public PUT's and linearizable GET's 503 say what the docs say
+//! (issue 38: a doc that states a status code or a field is tied to the code).
 //! Method: the real binary with an admin token, started without a cluster (no `bootstrap`), so
 //! that the no-leader answers come first; then `init`; raw HTTP requests with reqwest. A second
 //! node without a token for the 403.
@@ -65,6 +65,18 @@ async fn the_admin_api_answers_each_documented_status_with_a_json_error() {
         text.starts_with("cluster unavailable, retry later: "),
         "{text}"
     );
+    let linearizable = node
+        .get(&format!(
+            "{}?consistency=linearizable",
+            node.relay_url(&key)
+        ))
+        .await;
+    assert_eq!(
+        linearizable.status(),
+        503,
+        "a linearizable read that cannot be confirmed"
+    );
+    assert!(linearizable.headers().get("retry-after").is_some());
     let no_leader = post(
         &node,
         "/cluster/add-learner",
