@@ -142,8 +142,15 @@ async fn the_admin_api_answers_each_documented_status_with_a_json_error() {
     assert_eq!(json_error(untyped).await.0, 415, "no Content-Type");
     let (status, _) = json_error(post(&node, "/cluster/promote", Some("{")).await).await;
     assert_eq!(status, 400, "malformed JSON");
-    let (status, _) =
-        json_error(post(&node, "/cluster/remove", Some(r#"{"node": 9}"#)).await).await;
+    let (status, _) = json_error(
+        post(
+            &node,
+            "/cluster/remove",
+            Some(r#"{"node_id": 9, "extra": 1}"#),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 422, "an unknown field");
     let too_large = http_client()
         .post(format!("http://{}/import", node.admin))

@@ -231,17 +231,17 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
         }
     }
 
-    let ports = pkraft_testkit::ports::free_loopback_ports(2, &std::collections::HashSet::new())
+    let ports = pkraft_testkit::ports::free_loopback_ports(4, &std::collections::HashSet::new())
         .expect("free ports");
-    let (from_variable, from_flag) = (ports[0], ports[1]);
+    let (from_variable, from_flag, peer, admin) = (ports[0], ports[1], ports[2], ports[3]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_pkraft"))
         .args(["dev", "--http-listen", &format!("127.0.0.1:{from_flag}")])
         .env("PKRAFT_LOG_FORMAT", "json")
         .env("PKRAFT_DATA_DIR", dir.path())
         .env("PKRAFT_HTTP_LISTEN", format!("127.0.0.1:{from_variable}"))
         .env("PKRAFT_DNS_LISTEN", "127.0.0.1:0")
-        .env("PKRAFT_PEER_LISTEN", "127.0.0.1:0")
-        .env("PKRAFT_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("PKRAFT_PEER_LISTEN", format!("127.0.0.1:{peer}"))
+        .env("PKRAFT_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -296,6 +296,12 @@ fn json_logs_are_one_object_per_line_with_the_lifecycle_events() {
     );
     // The dev config's DNS port is 5300: the variable's port 0 was taken instead.
     assert_ne!(address("dns").port(), 5300, "PKRAFT_DNS_LISTEN is read");
+    assert_eq!(address("peer").port(), peer, "PKRAFT_PEER_LISTEN is read");
+    assert_eq!(
+        address("admin").port(),
+        admin,
+        "PKRAFT_ADMIN_LISTEN is read"
+    );
     assert_eq!(
         listening["fields"]["data_dir"].as_str(),
         Some(dir.path().display().to_string().as_str()),
@@ -328,6 +334,11 @@ fn serve_reads_pkraft_config_and_check_config_does_not() {
         .output()
         .expect("run");
     assert!(!checked.status.success(), "check-config needs its file");
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        stderr.contains("<CONFIG>"),
+        "names the missing file: {stderr}"
+    );
 }
 
 /// The documents the operators read: every `pkraft` command line in them is checked.
@@ -348,24 +359,26 @@ fn operator_docs() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The commands of `pkraft`, and of `pkraft cluster`.
+const COMMANDS: [&str; 11] = [
+    "serve",
+    "dev",
+    "check-config",
+    "backup",
+    "import",
+    "restore",
+    "verify",
+    "keygen",
+    "publish",
+    "resolve",
+    "cluster",
+];
+const CLUSTER_COMMANDS: [&str; 5] = ["init", "status", "add-learner", "promote", "remove"];
+
 /// The `--flags` of each `pkraft <command> [<subcommand>]` written in `line`, with the command
 /// path (`["cluster", "status"]`). Flags end at the end of the code span, a comment or a shell
 /// operator.
 fn documented_flags(line: &str) -> Vec<(Vec<String>, String)> {
-    const COMMANDS: [&str; 11] = [
-        "serve",
-        "dev",
-        "check-config",
-        "backup",
-        "import",
-        "restore",
-        "verify",
-        "keygen",
-        "publish",
-        "resolve",
-        "cluster",
-    ];
-    const CLUSTER_COMMANDS: [&str; 5] = ["init", "status", "add-learner", "promote", "remove"];
     let tokens: Vec<&str> = line.split_whitespace().collect();
     let mut found = Vec::new();
     for (at, token) in tokens.iter().enumerate() {
@@ -424,15 +437,25 @@ fn the_docs_name_only_flags_and_variables_that_exist() {
             })
             .clone()
     };
+    // The scan knows every command the binary has (a new one must be added to it).
+    for (path, known) in [
+        (Vec::new(), &COMMANDS[..]),
+        (vec!["cluster".to_string()], &CLUSTER_COMMANDS[..]),
+    ] {
+        let text = help(&path);
+        let mut listed = subcommands(&text);
+        listed.sort_unstable();
+        let mut known = known.to_vec();
+        known.sort_unstable();
+        assert_eq!(listed, known, "the commands of `pkraft {}`", path.join(" "));
+    }
     let mut checked = 0;
     let mut missing = Vec::new();
     for (doc, text) in &docs {
         for (number, line) in text.lines().enumerate() {
             for (path, flag) in documented_flags(line) {
-                // A flag of `cluster` may come before or after its subcommand.
-                let known = help(&path).contains(&flag) || help(&path[..1]).contains(&flag);
                 checked += 1;
-                if !known {
+                if !has_flag(&help(&path), &flag) {
                     missing.push(format!(
                         "{doc}:{}: pkraft {} {flag}",
                         number + 1,
@@ -452,9 +475,12 @@ fn the_docs_name_only_flags_and_variables_that_exist() {
         "only {checked} documented flags found: the scan is broken"
     );
 
-    // The variables: in a help text (`[env: ...]`) or read somewhere in the repository.
+    // The variables: each read by the binary or by a script, which name it whole: a string
+    // literal in Rust (clap's `env = "..."`, `std::env::var("...")`), `$NAME`/`${NAME}` in a
+    // script. This file, which names them all, does not count.
     let root = format!("{}/../..", env!("CARGO_MANIFEST_DIR"));
-    let mut sources = String::new();
+    let this_file = std::path::Path::new(&root).join("tests/it/cli.rs");
+    let (mut rust, mut scripts) = (String::new(), String::new());
     let mut pending = vec![
         std::path::PathBuf::from(format!("{root}/crates")),
         std::path::PathBuf::from(format!("{root}/tests")),
@@ -467,13 +493,15 @@ fn the_docs_name_only_flags_and_variables_that_exist() {
             for entry in std::fs::read_dir(&path).expect("a directory") {
                 pending.push(entry.expect("an entry").path());
             }
-        } else if path.extension().is_none_or(|ext| {
-            ["rs", "sh", "py", "toml", "yaml", "yml", "service"]
-                .iter()
-                .any(|e| ext == *e)
-        }) && let Ok(text) = std::fs::read_to_string(&path)
-        {
-            sources.push_str(&text);
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        match path.extension().and_then(|ext| ext.to_str()) {
+            Some("rs") if path != this_file => rust.push_str(&text),
+            Some("sh" | "py") | None => scripts.push_str(&text),
+            _ => {}
         }
     }
     let mut variables = std::collections::BTreeSet::new();
@@ -484,24 +512,64 @@ fn the_docs_name_only_flags_and_variables_that_exist() {
                 .chars()
                 .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
-            variables.insert(name.trim_end_matches('_').to_string());
-            rest = &rest[at + 7..];
+            // `PKRAFT_*_LISTEN` names a family, spelled out elsewhere.
+            let pattern = rest[at + name.len()..].starts_with('*');
+            if !pattern {
+                variables.insert(name.clone());
+            }
+            rest = &rest[at + name.len()..];
         }
     }
-    assert!(variables.contains("PKRAFT_CONFIG"), "{variables:?}");
+    assert!(
+        variables.contains("PKRAFT_CONFIG") && variables.len() > 10,
+        "{variables:?}"
+    );
+    let in_script = |name: &str| {
+        [
+            format!("${{{name}}}"),
+            format!("${{{name}:"),
+            format!("${{{name}-"),
+        ]
+        .iter()
+        .any(|form| scripts.contains(form.as_str()))
+            || scripts
+                .match_indices(&format!("${name}"))
+                .any(|(at, found)| {
+                    scripts[at + found.len()..]
+                        .chars()
+                        .next()
+                        .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+                })
+    };
     let unknown: Vec<_> = variables
         .iter()
-        .filter(|variable| {
-            !sources.contains(&format!("\"{variable}\""))
-                && !sources.contains(&format!("{variable}="))
-                && !sources.contains(&format!("${{{variable}"))
-                && !sources.contains(&format!("${variable}"))
-        })
+        .filter(|name| !rust.contains(&format!("\"{name}\"")) && !in_script(name))
         .collect();
     assert!(
         unknown.is_empty(),
         "documented variables nothing reads: {unknown:?}"
     );
+}
+
+/// The subcommands a `--help` text lists (clap's "Commands:" section), `help` aside.
+fn subcommands(help: &str) -> Vec<&str> {
+    help.lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|command| *command != "help")
+        .collect()
+}
+
+/// Whether a `--help` text has `flag` itself (not only a longer flag it begins).
+fn has_flag(help: &str, flag: &str) -> bool {
+    help.match_indices(flag).any(|(at, found)| {
+        help[at + found.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    })
 }
 
 /// The clients read the variables docs/OPERATIONS.md ("Running") gives them, and answer as it
@@ -651,20 +719,20 @@ async fn serve_join_and_the_membership_commands() {
             .to_vec(),
     )
     .await;
-    let status = crate::cluster::admin_status(&first).await.expect("status");
-    assert_eq!(
-        members(&status),
-        [(1, true), (2, true), (3, false)],
-        "{status}"
-    );
+    // Node 1's view (it may lag the leader's by a heartbeat, should leadership move).
+    let membership_is = |expected: Vec<(u64, bool)>| {
+        let first = &first;
+        async move {
+            crate::cluster::eventually(&format!("members {expected:?}"), || async {
+                let status = crate::cluster::admin_status(first).await?;
+                (members(&status) == expected).then_some(())
+            })
+            .await;
+        }
+    };
+    membership_is(vec![(1, true), (2, true), (3, false)]).await;
     cluster(["promote", "--node-id", "3"].map(String::from).to_vec()).await;
-    let status = crate::cluster::admin_status(&first).await.expect("status");
-    assert_eq!(
-        members(&status),
-        [(1, true), (2, true), (3, true)],
-        "{status}"
-    );
+    membership_is(vec![(1, true), (2, true), (3, true)]).await;
     cluster(["remove", "--node-id", "3"].map(String::from).to_vec()).await;
-    let status = crate::cluster::admin_status(&first).await.expect("status");
-    assert_eq!(members(&status), [(1, true), (2, true)], "{status}");
+    membership_is(vec![(1, true), (2, true)]).await;
 }

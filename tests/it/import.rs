@@ -223,7 +223,7 @@ async fn an_iroh_dns_server_store_is_imported_into_a_cluster_and_again_changes_n
         "older than record_max_age:  0",
         "invalid:                    2",
     ] {
-        assert!(text.contains(line), "{line:?} in {text}");
+        assert!(text.contains(&format!("{line}\n")), "{line:?} in {text}");
     }
     assert!(
         text.contains(&format!("invalid {}", keypair(901).public_key().to_z32())),

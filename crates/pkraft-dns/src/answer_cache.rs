@@ -15,7 +15,8 @@
 //! that key is still at its version, so a packet applied to the local replica retires the
 //! answers that used it at once. Answers that read no key (the apex, names that are no key)
 //! depend on the config and on the ACME challenge board (a name above a challenge exists): they
-//! are served only while the board is at the generation read before the answer was built. What
+//! are served only while the board is at the generation read before the answer was built, and
+//! not past the end of the first value it answered then (values end without a change). What
 //! hickory's chain answers is not kept: it may have asked the DHT, which no version covers.
 //!
 //! # Which answers are kept
@@ -38,6 +39,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use hickory_proto::op::ResponseCode;
 use pkraft_store::Store;
 use pkraft_types::acme_challenge::ChallengeBoard;
+use pkraft_types::unix_micros_now;
 
 use crate::zone::Read;
 
@@ -53,11 +55,28 @@ const ENTRY_OVERHEAD: usize = 256;
 /// The size of an entry for an iroh `_iroh` TXT answer, to size the map up front.
 const TYPICAL_ENTRY_BYTES: u64 = 512;
 
+/// What an answer that read no key depended on of the ACME challenge board.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BoardStamp {
+    generation: u64,
+    /// When the first value the board answered then ends (µs since the epoch; `u64::MAX`:
+    /// none).
+    ends_at: u64,
+}
+
+impl BoardStamp {
+    /// For a cache without a board.
+    const NO_BOARD: BoardStamp = BoardStamp {
+        generation: 0,
+        ends_at: u64::MAX,
+    };
+}
+
 /// One cached answer.
 struct Entry {
     read: Option<Read>,
-    /// For an answer that read no key: the challenge board's generation before it was built.
-    board_generation: u64,
+    /// For an answer that read no key: the challenge board before it was built.
+    board: BoardStamp,
     /// The answer as encoded for the query that filled the entry (its ID included).
     wire: Box<[u8]>,
 }
@@ -100,7 +119,7 @@ impl AnswerCache {
         };
         let current = match &entry.read {
             Some((read_key, version)) => self.store.key_version(read_key) == *version,
-            None => self.board_generation() == entry.board_generation,
+            None => self.board_unchanged_since(entry.board),
         };
         if !current {
             return false;
@@ -111,22 +130,29 @@ impl AnswerCache {
         true
     }
 
-    /// The challenge board's generation (0 without a board); read it before building an answer
-    /// to [`AnswerCache::insert`].
-    pub(crate) fn board_generation(&self) -> u64 {
-        self.board.as_ref().map_or(0, |board| board.generation())
+    /// The challenge board now; taken before building an answer to [`AnswerCache::insert`].
+    pub(crate) fn board_stamp(&self) -> BoardStamp {
+        match &self.board {
+            None => BoardStamp::NO_BOARD,
+            Some(board) => BoardStamp {
+                generation: board.generation(),
+                ends_at: board.next_end(unix_micros_now()).unwrap_or(u64::MAX),
+            },
+        }
     }
 
-    /// Keeps `wire`, the answer to `query`, which read `read` (and the challenge board at
-    /// `board_generation`), unless it must not be cached or `query` was not seen before (module
-    /// docs).
-    pub(crate) fn insert(
-        &self,
-        query: &[u8],
-        wire: &[u8],
-        read: Option<Read>,
-        board_generation: u64,
-    ) {
+    /// Whether what the board answers is still what it answered at `stamp`.
+    fn board_unchanged_since(&self, stamp: BoardStamp) -> bool {
+        let Some(board) = &self.board else {
+            return true;
+        };
+        board.generation() == stamp.generation
+            && (stamp.ends_at == u64::MAX || unix_micros_now() < stamp.ends_at)
+    }
+
+    /// Keeps `wire`, the answer to `query`, which read `read` (and the challenge board as
+    /// `board` says), unless it must not be cached or `query` was not seen before (module docs).
+    pub(crate) fn insert(&self, query: &[u8], wire: &[u8], read: Option<Read>, board: BoardStamp) {
         let Some(key) = cache_key(query) else {
             return;
         };
@@ -142,7 +168,7 @@ impl AnswerCache {
         }
         let entry = Entry {
             read,
-            board_generation,
+            board,
             wire: wire.into(),
         };
         self.entries.insert(key.into(), Arc::new(entry));

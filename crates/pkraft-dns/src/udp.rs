@@ -161,17 +161,14 @@ impl UdpFrontend {
         out: &mut Vec<u8>,
     ) -> Direct {
         // Before the answer is built: a change of the board after it retires the entry.
-        let board_generation = self
-            .answers
-            .as_ref()
-            .map_or(0, AnswerCache::board_generation);
+        let board = self.answers.as_ref().map(AnswerCache::board_stamp);
         let direct =
             self.handler
                 .answer_direct(query, src, Protocol::Udp, stale, self.payload_max, out);
-        if let (Direct::Answered(Some(Cacheable { read, .. })), Some(answers)) =
-            (&direct, &self.answers)
+        if let (Direct::Answered(Some(Cacheable { read, .. })), Some(answers), Some(board)) =
+            (&direct, &self.answers, board)
         {
-            answers.insert(query, out, *read, board_generation);
+            answers.insert(query, out, *read, board);
         }
         direct
     }

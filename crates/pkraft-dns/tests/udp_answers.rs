@@ -841,6 +841,16 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
         ask(node_name, RecordType::TXT).await,
         (ResponseCode::NoError, vec!["node-value".to_string()])
     );
+    let query = message(10, node_name, RecordType::TXT, None)
+        .to_vec()
+        .expect("encode");
+    let answer =
+        Message::from_vec(&exchange(addr, &query, true).await.expect("an answer")).expect("answer");
+    assert!(
+        !answer.answers.is_empty() && answer.answers.iter().all(|record| record.ttl == 0),
+        "challenge values have TTL 0: {:?}",
+        answer.answers
+    );
     assert_eq!(
         ask(apex_name, RecordType::A).await,
         exists,
@@ -877,4 +887,14 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
         assert_eq!(ask(node_name, RecordType::TXT).await, nothing);
         assert_eq!(ask(above, RecordType::A).await, nothing);
     }
+
+    // A value that ends by itself (its node stopped mid-order): the name above it is NXDOMAIN
+    // again from its end on, though the board did not change and the answer was cached.
+    let ends = pkraft_types::unix_micros_now() + 1_500_000;
+    board.apply(&challenge("_acme-challenge.node3.pkarr.test", "v", ends));
+    for _ in 0..3 {
+        assert_eq!(ask("node3.pkarr.test.", RecordType::A).await, exists);
+    }
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    assert_eq!(ask("node3.pkarr.test.", RecordType::A).await, nothing);
 }

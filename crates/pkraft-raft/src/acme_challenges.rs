@@ -130,6 +130,7 @@ impl Node {
                 .map(|(id, node)| (*id, node.addr.clone()))
                 .collect()
         };
+        let asked: Vec<NodeId> = members.iter().map(|(id, _)| *id).collect();
         let mut asks = tokio::task::JoinSet::new();
         for (id, addr) in members {
             let peers = self.peers.clone();
@@ -160,6 +161,15 @@ impl Node {
         while let Some(joined) = asks.join_next().await {
             if let Ok(answer) = joined {
                 holders.push(answer);
+            }
+        }
+        // A probe whose task failed says nothing of its member: unreachable, not left out.
+        for id in asked {
+            if !holders.iter().any(|(answered, _)| *answered == id) {
+                holders.push((
+                    id,
+                    ChallengeHolder::Unreachable("the probe failed".to_string()),
+                ));
             }
         }
         holders.sort_by_key(|(id, _)| *id);

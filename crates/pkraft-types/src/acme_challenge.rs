@@ -135,6 +135,19 @@ impl ChallengeBoard {
             .any(|entry| entry.until_micros > now_micros && entry.name.ends_with(&suffix))
     }
 
+    /// When the first value answered at `now_micros` ends (µs), if any: what the board answers
+    /// changes then without a change of its generation.
+    pub fn next_end(&self, now_micros: u64) -> Option<u64> {
+        if self.held.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.read()
+            .iter()
+            .map(|entry| entry.until_micros)
+            .filter(|until| *until > now_micros)
+            .min()
+    }
+
     /// Whether the board holds no entry (nearly always): then it answers nothing.
     pub fn is_empty(&self) -> bool {
         self.held.load(Ordering::Acquire) == 0
