@@ -53,6 +53,8 @@ async fn the_admin_api_answers_each_documented_status_with_a_json_error() {
     ));
 
     // No cluster yet: no leader answers.
+    let status = crate::cluster::admin_status(&node).await.expect("status");
+    assert_eq!(status["node"]["role"], "uninitialized", "{status}");
     let key = pkraft_testkit::keypair(5);
     let packet = pkraft_testkit::iroh_packet(&key, 1, &["192.0.2.1:1"]);
     let put = node

@@ -735,4 +735,71 @@ async fn serve_join_and_the_membership_commands() {
     membership_is(vec![(1, true), (2, true), (3, true)]).await;
     cluster(["remove", "--node-id", "3"].map(String::from).to_vec()).await;
     membership_is(vec![(1, true), (2, true)]).await;
+
+    // A member that does not answer: `status` null and `error` set (docs/API.md).
+    let second_status = crate::cluster::admin_status(&second).await.expect("status");
+    assert_eq!(second_status["node"]["role"], "follower", "{second_status}");
+    let mut second = second;
+    second.kill();
+    crate::cluster::eventually("node 2 shown as not answering", || async {
+        let status = crate::cluster::admin_status(&first).await?;
+        let member = status["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["id"] == 2)?
+            .clone();
+        (member["status"].is_null() && member["error"].is_string()).then_some(())
+    })
+    .await;
+}
+
+/// The overrides are checked as the file is (docs/OPERATIONS.md, "Running"): a `--peer-listen`
+/// off loopback without `[cluster.tls]` or `cluster.plaintext_peers` refuses to start, naming
+/// the field; `check-config` reads the secret files the config names.
+#[test]
+fn overrides_and_secret_files_are_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[cluster]\nbootstrap = true\n").expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--peer-listen", "0.0.0.0:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("PKRAFT_CLUSTER_SECRET")
+        .output()
+        .expect("run pkraft serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("plaintext_peers"),
+        "{stderr}"
+    );
+
+    let missing = dir.path().join("no-such-secret");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nbootstrap = true\nsecret_file = \"{}\"\n",
+            missing.display()
+        ),
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .arg("check-config")
+        .arg(&config)
+        .env_remove("PKRAFT_CLUSTER_SECRET")
+        .output()
+        .expect("run pkraft check-config");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("cluster.secret_file"),
+        "{stderr}"
+    );
 }

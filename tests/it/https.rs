@@ -68,10 +68,18 @@ async fn doh_and_the_relay_over_https_with_http1_and_http2() {
                 "https://localhost:{port}/dns-query?dns={}",
                 URL_SAFE_NO_PAD.encode(&query)
             ))
+            .header("origin", "https://app.example")
             .send()
             .await
             .expect("DoH over https");
         assert_eq!(doh.status(), 200, "http2 {http2}");
+        assert_eq!(
+            doh.headers()
+                .get("access-control-allow-origin")
+                .and_then(|v| v.to_str().ok()),
+            Some("*"),
+            "CORS on the [https] listener too"
+        );
         let expected = if http2 {
             reqwest::Version::HTTP_2
         } else {
