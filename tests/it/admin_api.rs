@@ -79,6 +79,29 @@ async fn the_admin_api_answers_each_documented_status_with_a_json_error() {
         "a linearizable read that cannot be confirmed"
     );
     assert!(linearizable.headers().get("retry-after").is_some());
+    // An import batch no leader can take: every record is to be sent again, with the reason.
+    let recent =
+        pkraft_testkit::iroh_packet(&key, pkraft_types::unix_micros_now(), &["192.0.2.1:2"]);
+    let mut batch = Vec::new();
+    pkraft_http::import::encode_record(
+        &mut batch,
+        &key.public_key().to_bytes(),
+        &recent.to_relay_payload(),
+    )
+    .expect("a record");
+    let import = http_client()
+        .post(format!("http://{}/import", node.admin))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/octet-stream")
+        .body(batch)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(import.status(), 200);
+    let report: Value = serde_json::from_slice(&import.bytes().await.expect("body")).expect("JSON");
+    assert_eq!(report["retry"], serde_json::json!([0]), "{report}");
+    assert!(report["retry_reason"].is_string(), "{report}");
+    assert_eq!(report["imported"], 0, "{report}");
     let no_leader = post(
         &node,
         "/cluster/add-learner",

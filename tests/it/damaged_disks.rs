@@ -328,7 +328,22 @@ async fn a_repairing_follower_does_not_elect_a_node_that_lacks_what_it_lost() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!status_of(repairing).await["node"]["log_repair"].is_null());
+    let repair = status_of(repairing).await["node"]["log_repair"].clone();
+    // The fields docs/API.md gives it.
+    assert!(
+        repair["lost_from"].is_u64()
+            && repair["lost_through"].is_u64()
+            && repair["vote_term"].is_u64(),
+        "{repair}"
+    );
+    let held = &repair["held_through"];
+    assert!(
+        held.is_null()
+            || (held["leader_id"]["term"].is_u64()
+                && held["leader_id"]["node_id"].is_u64()
+                && held["index"].is_u64()),
+        "{repair}"
+    );
     assert_eq!(
         metric(repairing, "pkraft_raft_log_repair_pending").await,
         Some(1.0)
