@@ -237,6 +237,7 @@ async fn the_admin_api_answers_each_documented_status_with_a_json_error() {
             "committed_index",
             "applied_index",
             "staleness_ms",
+            "clock",
         ] {
             assert!(
                 ready.get(field).is_some(),

@@ -20,6 +20,7 @@ use pkraft_lossyfs::LossyDisk;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
 use crate::harness::{Launch, TestServer, http_client};
+use pkraft_testkit::clock::FakedClock;
 use pkraft_testkit::cluster::{NodeSlot, voters_applied_membership};
 use pkraft_testkit::node::{Membership, NodeConfig};
 use pkraft_testkit::proxy::Network;
@@ -46,6 +47,8 @@ pub struct Member {
     /// Its peer proxy, config file and data dir, on a lossy disk with
     /// [`TestCluster::on_lossy_disks`].
     pub slot: NodeSlot,
+    /// Its wall clock, with [`ClusterOptions::faked_clocks`].
+    pub clock: Option<FakedClock>,
 }
 
 impl Member {
@@ -74,6 +77,8 @@ pub struct TestCluster {
     settings: Vec<(String, String)>,
     /// How every node's process is started.
     launch: Launch,
+    /// Every node's wall clock can be moved ([`TestCluster::set_clock`]).
+    faked_clocks: bool,
 }
 
 /// What a [`TestCluster`] is made of besides its size.
@@ -90,6 +95,9 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// How every node's process is started (its descriptor limit, say).
     pub launch: Launch,
+    /// Every node runs with a wall clock of its own that the test moves
+    /// ([`TestCluster::set_clock`]; needs libfaketime, see `pkraft_testkit::clock`).
+    pub faked_clocks: bool,
 }
 
 impl Default for ClusterOptions {
@@ -101,6 +109,7 @@ impl Default for ClusterOptions {
             lossy_disks: false,
             settings: Vec::new(),
             launch: Launch::default(),
+            faked_clocks: false,
         }
     }
 }
@@ -170,6 +179,7 @@ impl TestCluster {
             lossy_disks: options.lossy_disks,
             settings: options.settings,
             launch: options.launch,
+            faked_clocks: options.faked_clocks,
         };
         for id in 1..=size {
             cluster.add(id).await;
@@ -201,6 +211,7 @@ impl TestCluster {
             lossy_disks: false,
             settings: Vec::new(),
             launch: Launch::default(),
+            faked_clocks: false,
         };
         cluster.add_member(1, true, Some(backup)).await;
         for id in 2..=size {
@@ -251,10 +262,19 @@ impl TestCluster {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let server =
-            TestServer::start_serve_at(&slot.config, slot.data_dir.clone(), self.launch.clone());
+        let mut launch = self.launch.clone();
+        let clock = self.faked_clocks.then(|| {
+            FakedClock::new(&self.dir.path().join(format!("node{id}.clock"))).expect("clock file")
+        });
+        launch.clock = clock.clone();
+        let server = TestServer::start_serve_at(&slot.config, slot.data_dir.clone(), launch);
         slot.proxy.set_upstream(Some(server.peer));
-        self.members.push(Member { id, server, slot });
+        self.members.push(Member {
+            id,
+            server,
+            slot,
+            clock,
+        });
     }
 
     pub fn member(&self, id: u64) -> &Member {
@@ -269,6 +289,17 @@ impl TestCluster {
             .iter_mut()
             .find(|m| m.id == id)
             .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// Moves node `id`'s wall clock to `offset` from the real time (`+8d`, `-1d`, `+0`); the
+    /// node sees it within a second, running or at its next start.
+    pub fn set_clock(&self, id: u64, offset: &str) {
+        self.member(id)
+            .clock
+            .as_ref()
+            .expect("a cluster started with faked_clocks")
+            .set(offset)
+            .expect("write the clock file");
     }
 
     /// Restarts a stopped node on its data dir; its proxy follows the new peer port.
@@ -395,6 +426,7 @@ async fn cluster_status_has_every_documented_field() {
         "packets",
         "low_on_disk",
         "log_repair",
+        "clock",
     ];
     has(&status["node"], &report, "node");
     has(&status["membership"], &["log_index", "joint"], "membership");

@@ -7,6 +7,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use bytes::Bytes;
+use pkraft_testkit::clock::FakedClock;
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::process::{LogTo, NodeLog, NodeProcess};
 
@@ -81,6 +82,19 @@ impl TestServer {
         std::fs::write(&config, toml).expect("write config");
         let command = vec!["serve".into(), "--config".into(), path_arg(&config)];
         let mut server = TestServer::start_in(command, data_dir);
+        server._config_dir = Some(dir);
+        server
+    }
+
+    /// [`TestServer::start_with_config`], started as `launch` says (with a faked clock, say).
+    pub fn start_with_config_launched(toml: &str, launch: Launch) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let command = vec!["serve".into(), "--config".into(), path_arg(&config)];
+        let data_dir = tempfile::tempdir().expect("temp data dir");
+        let path = data_dir.path().to_path_buf();
+        let mut server = TestServer::spawn_at(command, data_dir, path, launch);
         server._config_dir = Some(dir);
         server
     }
@@ -328,6 +342,9 @@ pub struct Launch {
     pub cgroup: Option<PathBuf>,
     /// The soft and hard `RLIMIT_NOFILE` the process starts with (as `ulimit -Sn`, `-Hn`).
     pub nofile: Option<(u64, u64)>,
+    /// The process's wall clock, moved by the test (libfaketime; see
+    /// `pkraft_testkit::clock`).
+    pub clock: Option<FakedClock>,
 }
 
 impl Launch {
@@ -335,6 +352,15 @@ impl Launch {
     /// sets the limits and then becomes `pkraft` (`exec`, same process), so nothing of
     /// pkraft's runs outside them.
     pub fn command(&self) -> Command {
+        let mut command = self.command_unclocked();
+        if let Some(clock) = &self.clock {
+            let library = pkraft_testkit::clock::library().expect("libfaketime is installed");
+            clock.apply(&mut command, &library);
+        }
+        command
+    }
+
+    fn command_unclocked(&self) -> Command {
         let binary = env!("CARGO_BIN_EXE_pkraft");
         if self.cgroup.is_none() && self.nofile.is_none() {
             return Command::new(binary);
@@ -361,7 +387,7 @@ impl Launch {
 pub fn pkraft_command(cgroup: Option<&Path>) -> Command {
     Launch {
         cgroup: cgroup.map(Path::to_path_buf),
-        nofile: None,
+        ..Launch::default()
     }
     .command()
 }

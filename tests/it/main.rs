@@ -13,6 +13,7 @@ mod bad_input;
 mod chaos_regressions;
 mod cli;
 mod client_cli;
+mod clock;
 mod cluster;
 mod damaged_disks;
 mod dht;

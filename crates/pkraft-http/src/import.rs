@@ -42,6 +42,25 @@ pub struct ImportRules {
     pub max_future_skew: Duration,
 }
 
+/// Cluster time for an import's checks: `now_micros` judges `http.max_future_skew` as a PUT
+/// does, and `expiry_micros` (what expiry deletes by; the same when not known) the age.
+#[derive(Debug, Clone, Copy)]
+struct ImportTime {
+    now_micros: u64,
+    expiry_micros: u64,
+}
+
+impl ImportTime {
+    fn of(node: &Node) -> ImportTime {
+        let time = node.cluster_time();
+        let now_micros = time.skew_reference_micros();
+        ImportTime {
+            now_micros,
+            expiry_micros: time.expiry_micros().unwrap_or(now_micros),
+        }
+    }
+}
+
 /// What became of one batch's records. The CLI adds them up over the whole import.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportReport {
@@ -188,11 +207,12 @@ pub async fn import(
                 .into_response();
         }
     };
+    let time = ImportTime::of(&node);
     // Checking signatures costs about 50 µs a packet: on the blocking pool, not the workers.
     let checked = tokio::task::spawn_blocking(move || {
         records
             .into_iter()
-            .map(|(key, payload)| check_record(&key, payload, rules).map_err(|e| (key, e)))
+            .map(|(key, payload)| check_record(&key, payload, rules, time).map_err(|e| (key, e)))
             .collect::<Vec<_>>()
     })
     .await;
@@ -268,10 +288,18 @@ enum Checked {
 }
 
 /// A PUT's checks (the packet's, then `http.max_future_skew`), then the age.
-fn check_record(key: &KeyBytes, payload: Bytes, rules: ImportRules) -> Result<Checked, String> {
+/// `time`: cluster time ([`ImportTime`]).
+fn check_record(
+    key: &KeyBytes,
+    payload: Bytes,
+    rules: ImportRules,
+    time: ImportTime,
+) -> Result<Checked, String> {
     let packet = VerifiedPacket::verify_stored(key, payload).map_err(|e| e.to_string())?;
     let timestamp = packet.payload().timestamp_micros();
-    if let Some(ahead) = pkraft_types::too_far_ahead(timestamp, rules.max_future_skew) {
+    if let Some(ahead) =
+        pkraft_types::too_far_ahead(time.now_micros, timestamp, rules.max_future_skew)
+    {
         return Err(format!(
             "signed {}s in the future (http.max_future_skew is {}s)",
             ahead.as_secs(),
@@ -280,7 +308,7 @@ fn check_record(key: &KeyBytes, payload: Bytes, rules: ImportRules) -> Result<Ch
     }
     if !rules.record_max_age.is_zero() {
         let max_age_micros = u64::try_from(rules.record_max_age.as_micros()).unwrap_or(u64::MAX);
-        let oldest_kept = pkraft_types::unix_micros_now().saturating_sub(max_age_micros);
+        let oldest_kept = time.expiry_micros.saturating_sub(max_age_micros);
         if timestamp < oldest_kept {
             return Ok(Checked::Expired);
         }
@@ -331,6 +359,10 @@ mod tests {
             max_future_skew: Duration::from_secs(60),
         };
         let now = pkraft_types::unix_micros_now();
+        let time = ImportTime {
+            now_micros: now,
+            expiry_micros: now,
+        };
         let signed_at = |micros: u64| {
             Bytes::from(
                 pkraft_testkit::iroh_packet(&keypair, micros, &["127.0.0.1:1"])
@@ -339,11 +371,11 @@ mod tests {
             )
         };
         assert!(matches!(
-            check_record(&key, signed_at(now), rules),
+            check_record(&key, signed_at(now), rules, time),
             Ok(Checked::Publish(_))
         ));
         assert!(matches!(
-            check_record(&key, signed_at(now - 7_200_000_000), rules),
+            check_record(&key, signed_at(now - 7_200_000_000), rules, time),
             Ok(Checked::Expired)
         ));
         let keep_all = ImportRules {
@@ -351,13 +383,13 @@ mod tests {
             ..rules
         };
         assert!(matches!(
-            check_record(&key, signed_at(now - 7_200_000_000), keep_all),
+            check_record(&key, signed_at(now - 7_200_000_000), keep_all, time),
             Ok(Checked::Publish(_))
         ));
-        let future = check_record(&key, signed_at(now + 3_600_000_000), rules);
+        let future = check_record(&key, signed_at(now + 3_600_000_000), rules, time);
         assert!(matches!(&future, Err(reason) if reason.contains("future")));
         let mut damaged = signed_at(now).to_vec();
         damaged[0] ^= 1;
-        assert!(check_record(&key, Bytes::from(damaged), rules).is_err());
+        assert!(check_record(&key, Bytes::from(damaged), rules, time).is_err());
     }
 }

@@ -58,6 +58,7 @@ pub async fn put_packet(
     let key = parse_z32_key(&key)?;
     let packet = VerifiedPacket::verify(&key, body)?;
     check_not_from_the_future(
+        state.node.skew_reference_micros(),
         packet.payload().timestamp_micros(),
         state.settings.max_future_skew,
     )?;
@@ -80,13 +81,14 @@ pub async fn put_packet(
     }
 }
 
-/// Refuses a packet timestamped more than `max_skew` after this node's clock; see
+/// Refuses a packet timestamped more than `max_skew` after cluster time (`now_micros`); see
 /// [`Settings::max_future_skew`].
 fn check_not_from_the_future(
+    now_micros: u64,
     timestamp_micros: u64,
     max_skew: std::time::Duration,
 ) -> Result<(), RelayError> {
-    match too_far_ahead(timestamp_micros, max_skew) {
+    match too_far_ahead(now_micros, timestamp_micros, max_skew) {
         Some(ahead) => Err(RelayError::FutureTimestamp { ahead, max_skew }),
         None => Ok(()),
     }

@@ -24,7 +24,10 @@
 //!   quorum contact, a handover under way); `leading`: who leads, and whether this leader may
 //!   still propose.
 //! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
-//! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age`.
+//! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age` by
+//!   cluster time, fenced by a share of the store per hour.
+//! - [`cluster_clock`]: cluster time, from the voters' clocks and the log's stamps (no node's
+//!   wall clock alone changes replicated state).
 //! - `quorum`: when a quorum last accepted this leader (a cut-off leader refuses publishes).
 //! - [`membership`]: init, join, add/promote/remove, cluster status.
 //! - [`reads`]: [`Node::read`] at a [`Consistency`], staleness of the local replica and the
@@ -42,6 +45,7 @@
 
 mod acme_challenges;
 pub mod backup;
+pub mod cluster_clock;
 pub mod dht_outbox;
 mod dht_publishing;
 mod disk_space;
@@ -69,6 +73,7 @@ pub(crate) use storage::{codec, snapshot_file, snapshot_receipt, state_repair};
 pub use storage::{log_store, state_machine, type_config};
 
 pub use acme_challenges::ChallengeHolder;
+pub use cluster_clock::{ClockReport, ClockState, ClusterTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use handover::Handover;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};

@@ -65,6 +65,9 @@ pub struct NodeStatus {
     /// (docs/OPERATIONS.md, "Repair"); absent when whole.
     #[serde(default)]
     pub log_repair: Option<crate::log_store::LogRepair>,
+    /// The node's clock against the cluster's (`cluster_clock`); absent from older nodes.
+    #[serde(default)]
+    pub clock: Option<crate::cluster_clock::ClockReport>,
 }
 
 /// One member as the cluster status shows it.
@@ -353,6 +356,7 @@ impl Node {
             packets: self.store().packet_count().ok(),
             low_on_disk: self.disk_space.refusal().is_some(),
             log_repair: self.log_store.repair(),
+            clock: Some(self.clock_report()),
         }
     }
 
@@ -651,6 +655,7 @@ mod tests {
                 packets: Some(0),
                 low_on_disk: false,
                 log_repair: None,
+                clock: None,
             }),
             error: None,
             lag_entries: None,

@@ -12,8 +12,8 @@ use openraft::ServerState;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    exponential_buckets,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, exponential_buckets,
 };
 
 use crate::log_store::LogStore;
@@ -43,6 +43,16 @@ pub(crate) struct NodeMetrics {
     pub(crate) snapshot_install: Histogram,
     /// `pkraft_store_expired_records_total`: packets removed by expiry on this replica.
     pub(crate) expired_records: IntCounter,
+    /// `pkraft_clock_offset_seconds`: this node's wall clock minus the voters' median
+    /// (`cluster_clock`); 0 while the median is not known.
+    pub(crate) clock_offset_seconds: Gauge,
+    /// `pkraft_clock_state{state}`: 1 for this node's clock state (`synchronized`, `offset`,
+    /// `held_by_log`, `unknown`), 0 for the others.
+    pub(crate) clock_state: IntGaugeVec,
+    /// `pkraft_expiry_held{reason}`: 1 while this leader holds expiry back for `reason`:
+    /// `clock` (its clock is off the voters'), `time_unknown` (no majority of voters' clocks),
+    /// `rate` (the hour's share of the store is deleted: `raft.expiry_max_percent_per_hour`).
+    pub(crate) expiry_held: IntGaugeVec,
     /// `pkraft_disk_available_bytes`: bytes available on the data dir's file system, measured
     /// once a second (`disk_space`).
     pub(crate) disk_available_bytes: IntGauge,
@@ -119,6 +129,24 @@ impl NodeMetrics {
                 "pkraft_store_expired_records_total",
                 "Packets removed from this replica by expiry.",
             )?,
+            clock_offset_seconds: Gauge::new(
+                "pkraft_clock_offset_seconds",
+                "This node's wall clock minus the median of the voters' clocks (0 while unknown).",
+            )?,
+            clock_state: IntGaugeVec::new(
+                Opts::new(
+                    "pkraft_clock_state",
+                    "1 for this node's clock state against the cluster's time (synchronized, offset, held_by_log, unknown), 0 for the others.",
+                ),
+                &["state"],
+            )?,
+            expiry_held: IntGaugeVec::new(
+                Opts::new(
+                    "pkraft_expiry_held",
+                    "1 while this leader holds expiry back, by reason (clock, time_unknown, rate).",
+                ),
+                &["reason"],
+            )?,
             disk_available_bytes: IntGauge::new(
                 "pkraft_disk_available_bytes",
                 "Bytes available on the file system of the data dir (below raft.min_free_disk_mib the node takes no writes).",
@@ -175,6 +203,12 @@ impl NodeMetrics {
         for what in ["log", "state"] {
             metrics.scrub_passes.with_label_values(&[what]);
         }
+        for state in crate::cluster_clock::ClockState::ALL {
+            metrics.clock_state.with_label_values(&[state.label()]);
+        }
+        for reason in crate::expiry::HELD_REASONS {
+            metrics.expiry_held.with_label_values(&[reason]);
+        }
         Ok(metrics)
     }
 
@@ -204,6 +238,9 @@ impl NodeMetrics {
         registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;
+        registry.register(Box::new(self.clock_offset_seconds.clone()))?;
+        registry.register(Box::new(self.clock_state.clone()))?;
+        registry.register(Box::new(self.expiry_held.clone()))?;
         registry.register(Box::new(self.expired_records.clone()))
     }
 }
@@ -226,7 +263,7 @@ pub(crate) struct StateCollector {
     applied_index: IntGauge,
     snapshot_index: IntGauge,
     replication_lag: IntGaugeVec,
-    leader_contact_age: prometheus::Gauge,
+    leader_contact_age: Gauge,
     records: IntGauge,
     state_file_bytes: IntGauge,
     /// 1 while the log lacks entries it lost to damage (`LogRepair`).
@@ -278,7 +315,7 @@ impl StateCollector {
                 ),
                 &["follower"],
             )?,
-            leader_contact_age: prometheus::Gauge::new(
+            leader_contact_age: Gauge::new(
                 "pkraft_raft_leader_contact_age_seconds",
                 "Since this node last knew its replica current (a follower: its last append-entries \
                  from the leader; the leader: its last quorum acknowledgement); -1 if never.",

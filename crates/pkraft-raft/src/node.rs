@@ -149,6 +149,10 @@ pub struct Node {
     pub(crate) acme_challenges: Arc<ChallengeBoard>,
     /// When the last snapshot build ended, for the snapshot schedule.
     pub(crate) build_times: Arc<BuildTimes>,
+    /// The voters' clocks and the log's time: cluster time (`cluster_clock`).
+    pub(crate) cluster_clock: Arc<crate::cluster_clock::ClusterClock>,
+    /// What expiry deleted in the last hour, for its rate fence (`expiry`).
+    pub(crate) expiry_ledger: Arc<crate::expiry::ExpiryLedger>,
     /// The snapshot being received from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipt: crate::snapshot_receipt::SnapshotReceipt,
     /// Set when the node must stop although Raft runs on (the scrub found damage that a

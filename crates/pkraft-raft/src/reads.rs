@@ -109,6 +109,8 @@ pub struct Readiness {
     pub applied_index: Option<u64>,
     /// Since this node last knew its replica to be current (see [`Node::staleness`]).
     pub staleness_ms: Option<u64>,
+    /// This node's clock against the cluster's (`cluster_clock`).
+    pub clock: crate::cluster_clock::ClockReport,
 }
 
 impl Node {
@@ -234,6 +236,14 @@ impl Node {
                     .to_string(),
             );
         }
+        let clock = self.clock_report();
+        if clock.state == crate::cluster_clock::ClockState::Offset {
+            reasons.push(format!(
+                "this node's wall clock is {} ms off the voters' median (bound raft.max_clock_offset = {} ms); check NTP",
+                clock.offset_ms.unwrap_or_default(),
+                self.cluster_clock.bounds().max_offset.as_millis()
+            ));
+        }
         if backlog > READY_APPLY_LAG_MAX {
             reasons.push(format!(
                 "has applied up to index {} of the {} it knows to be committed",
@@ -249,6 +259,7 @@ impl Node {
             applied_index: applied,
             staleness_ms: staleness
                 .map(|stale| u64::try_from(stale.as_millis()).unwrap_or(u64::MAX)),
+            clock,
         }
     }
 

@@ -62,6 +62,26 @@ pub struct Settings {
     /// How often the leader looks for packets older than `record_max_age`. Default 1 minute.
     #[serde(with = "humantime_serde")]
     pub expiry_interval: Duration,
+    /// Most of the store expiry deletes in one hour, in percent of the packets stored, 1 to
+    /// 100 (but always 1,000 packets an hour). Default 10. A fence behind cluster time: should
+    /// the clocks of a majority step forward together, expiry still cannot empty the store
+    /// at once. Reaching it holds expiry back (`pkraft_expiry_held{reason="rate"}`, alert
+    /// `PkraftExpiryRateFenced`).
+    pub expiry_max_percent_per_hour: u32,
+    /// How far this node's wall clock may be from the median of the voters' clocks before it is
+    /// taken as wrong: it then leads no expiry, and says so (`/readyz`, `cluster status`,
+    /// `pkraft_clock_state`, alert `PkraftClockOffset`) until its clock is back. Default 1 s
+    /// (NTP keeps LAN clocks within milliseconds); docs/CONSISTENCY.md, "Time".
+    #[serde(with = "humantime_serde")]
+    pub max_clock_offset: Duration,
+    /// How far the voters' clocks may be ahead of the log's time (the last publish's stamp,
+    /// plus the monotonic time since and an eighth of it) before the node reports it
+    /// (`pkraft_clock_state{state="held_by_log"}`, alert `PkraftClockHeldByLog`). Default 1 h.
+    /// Expiry always goes by the earlier of the two, so a clock step cannot delete at once what
+    /// it skipped; a whole cluster back from a longer outage sees this until its stamps have
+    /// caught up (by an eighth of the time elapsed; expiry runs late meanwhile, losing nothing).
+    #[serde(with = "humantime_serde")]
+    pub max_clock_jump: Duration,
     /// Memory for redb's page cache of `state.redb`, in MiB (at least 1). Default 256. Reads that
     /// miss it go to the kernel's page cache, which needs no setting and is given back under
     /// memory pressure; this one is the node's own and never shrinks. It is the largest part of a
@@ -99,6 +119,9 @@ impl Default for Settings {
             publish_queue_max: 4096,
             record_max_age: Duration::from_secs(7 * 24 * 3600),
             expiry_interval: Duration::from_secs(60),
+            expiry_max_percent_per_hour: 10,
+            max_clock_offset: Duration::from_secs(1),
+            max_clock_jump: Duration::from_secs(3600),
             state_cache_mib: 256,
             min_free_disk_mib: 1024,
             scrub_packets_per_second: 250,
@@ -219,6 +242,17 @@ impl Settings {
             if self.expiry_interval.is_zero() {
                 return Err(SettingsError(
                     "expiry_interval must be longer than 0".to_string(),
+                ));
+            }
+            if !(1..=100).contains(&self.expiry_max_percent_per_hour) {
+                return Err(SettingsError(format!(
+                    "expiry_max_percent_per_hour must be 1 to 100, got {}",
+                    self.expiry_max_percent_per_hour
+                )));
+            }
+            if self.max_clock_offset.is_zero() {
+                return Err(SettingsError(
+                    "max_clock_offset must be longer than 0".to_string(),
                 ));
             }
             if !(1..=PUBLISH_QUEUE_MAX_LIMIT).contains(&self.publish_queue_max) {

@@ -12,8 +12,10 @@ use openraft::{BasicNode, Raft};
 use pkraft_store::Store;
 use pkraft_types::KeyBytes;
 
+use crate::cluster_clock::{ClockBounds, ClusterClock};
 use crate::dht_outbox::DhtOutbox;
 use crate::disk_space::DiskSpace;
+use crate::expiry::ExpiryLedger;
 use crate::freshness::Freshness;
 use crate::leadership::Leadership;
 use crate::log_store::LogStore;
@@ -105,12 +107,32 @@ impl Node {
         let dht_outbox = Arc::new(DhtOutbox::default());
         let acme_challenges = Arc::new(ChallengeBoard::default());
         let build_times = Arc::new(BuildTimes::default());
+        let log_time = match store.log_time_micros() {
+            Ok(log_time) => log_time,
+            Err(e) => {
+                // The next publish applied writes it whole again; until then cluster time has
+                // only the voters' clocks (and the rate fence) to go by.
+                tracing::warn!(error = %e, "the log's time in state.redb is damaged; ignored until the next publish");
+                metrics.damage_found(Damaged::State);
+                None
+            }
+        };
+        let cluster_clock = Arc::new(ClusterClock::new(
+            ClockBounds {
+                max_offset: settings.max_clock_offset,
+                max_jump: settings.max_clock_jump,
+            },
+            log_time,
+        ));
+        let expiry_ledger = Arc::new(ExpiryLedger::default());
         let mut state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
             .with_events(Arc::new(StateMachineEvents {
                 metrics: metrics.clone(),
                 dht_outbox: dht_outbox.clone(),
                 acme_challenges: acme_challenges.clone(),
                 build_times: build_times.clone(),
+                cluster_clock: cluster_clock.clone(),
+                expiry_ledger: expiry_ledger.clone(),
             }));
         if log_store.repair().is_some() {
             // On every start while a repair is pending: a crash may have come before it was built.
@@ -193,6 +215,8 @@ impl Node {
             dht_outbox,
             acme_challenges,
             build_times,
+            cluster_clock,
+            expiry_ledger,
             snapshot_receipt: Default::default(),
             stop_reason: tokio::sync::watch::channel(None).0,
         };
@@ -215,6 +239,7 @@ impl Node {
                 self.data_dir.join(SNAPSHOT_DIR),
             )),
             tokio::spawn(crate::disk_space::run(self.disk_space.clone())),
+            tokio::spawn(crate::cluster_clock::run(self.clone())),
             tokio::spawn(crate::handover::hand_over_while_low_on_disk(self.clone())),
             tokio::spawn(crate::scrub::run(
                 self.clone(),
@@ -239,8 +264,7 @@ impl Node {
         if !settings.record_max_age.is_zero() {
             tasks.push(tokio::spawn(crate::expiry::run(
                 self.clone(),
-                settings.record_max_age,
-                settings.expiry_interval,
+                crate::expiry::ExpiryRules::of(settings),
             )));
         }
         if let Ok(mut background) = self.background.lock() {
@@ -255,6 +279,8 @@ struct StateMachineEvents {
     dht_outbox: Arc<DhtOutbox>,
     acme_challenges: Arc<ChallengeBoard>,
     build_times: Arc<BuildTimes>,
+    cluster_clock: Arc<ClusterClock>,
+    expiry_ledger: Arc<ExpiryLedger>,
 }
 
 impl StateEvents for StateMachineEvents {
@@ -268,6 +294,11 @@ impl StateEvents for StateMachineEvents {
 
     fn expired(&self, records: u64) {
         self.metrics.expired_records.inc_by(records);
+        self.expiry_ledger.deleted(records);
+    }
+
+    fn stamped(&self, leader_time_micros: u64) {
+        self.cluster_clock.applied_stamp(leader_time_micros);
     }
 
     fn snapshot_built(&self, took: Duration) {

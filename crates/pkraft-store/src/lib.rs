@@ -63,6 +63,11 @@ fn expiry_key(timestamp_micros: u64, key: &KeyBytes) -> ExpiryKey {
 
 const META_SCHEMA_VERSION: &str = "schema_version";
 const META_APPLIED_STATE: &str = "applied_state";
+/// The largest leader stamp (`Command::Publish::leader_time_micros`) applied, u64 big-endian:
+/// the log's time, one of the fences of cluster time (pkraft-raft's `cluster_clock`). Absent
+/// before the first publish, and after a snapshot install until the next one; builds that do
+/// not know it ignore it.
+const META_LOG_TIME: &str = "log_time_micros";
 
 /// On-disk format version of this file. Bump it (and add a migration) when the layout changes.
 /// 2: the `expiry` index (built from `packets` when a version-1 file is opened).
@@ -596,6 +601,23 @@ impl Store {
         Ok(meta.get(META_APPLIED_STATE)?.map(|v| v.value().to_vec()))
     }
 
+    /// The largest leader stamp applied to this replica (see `META_LOG_TIME`), if any. A value
+    /// that is not 8 bytes is damage, named as such.
+    pub fn log_time_micros(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let Some(value) = meta.get(META_LOG_TIME)? else {
+            return Ok(None);
+        };
+        let bytes: [u8; 8] = value.value().try_into().map_err(|_| {
+            StoreError::Corrupt(format!(
+                "meta {META_LOG_TIME} holds {} bytes, not 8",
+                value.value().len()
+            ))
+        })?;
+        Ok(Some(u64::from_be_bytes(bytes)))
+    }
+
     /// Starts the write transaction that applies a run of log entries. Nothing is visible to
     /// readers until [`ApplyTxn::commit`].
     ///
@@ -619,6 +641,7 @@ impl Store {
             versions: self.versions.clone(),
             quarantine: self.quarantine.clone(),
             changed: Vec::new(),
+            log_time_micros: None,
         })
     }
 
@@ -652,6 +675,8 @@ pub struct ApplyTxn {
     /// Keys whose packet this transaction stores or deletes; their versions move on after the
     /// commit.
     changed: Vec<KeyBytes>,
+    /// The largest leader stamp of the publishes applied in this transaction.
+    log_time_micros: Option<u64>,
 }
 
 impl ApplyTxn {
@@ -696,6 +721,7 @@ impl ApplyTxn {
         leader_time_micros: u64,
         packets: &[pkraft_types::PublishItem],
     ) -> Result<Vec<PublishOutcome>, StoreError> {
+        self.log_time_micros = self.log_time_micros.max(Some(leader_time_micros));
         let mut table = self.txn.open_table(PACKETS)?;
         let mut answers = self.txn.open_table(ANSWERS)?;
         let mut index = self.txn.open_table(EXPIRY)?;
@@ -755,6 +781,17 @@ impl ApplyTxn {
         {
             let mut meta = self.txn.open_table(META)?;
             meta.insert(META_APPLIED_STATE, applied_state)?;
+            if let Some(stamp) = self.log_time_micros {
+                // Only forward: an older stamp (or a damaged value, which reads as none and is
+                // replaced) never lowers the log's time.
+                let stored = meta
+                    .get(META_LOG_TIME)?
+                    .and_then(|value| <[u8; 8]>::try_from(value.value()).ok())
+                    .map(u64::from_be_bytes);
+                if stored.is_none_or(|stored| stamp > stored) {
+                    meta.insert(META_LOG_TIME, stamp.to_be_bytes().as_slice())?;
+                }
+            }
         }
         self.txn.commit()?;
         // Also when no packet changed: a kept transaction older than this commit would hold

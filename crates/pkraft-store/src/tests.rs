@@ -733,3 +733,54 @@ fn a_held_row_outlives_the_commits_after_it() {
         "the newest version is read now"
     );
 }
+
+/// The log's time (the largest leader stamp applied) is kept with the data, survives a reopen,
+/// never goes back for an older stamp, and a damaged value is named as damage.
+#[test]
+fn the_log_time_is_the_largest_stamp_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path).expect("open");
+        assert_eq!(store.log_time_micros().expect("read"), None);
+        apply(
+            &store,
+            &publish(500, vec![item(1, 10, "192.0.2.1:1")]),
+            b"s",
+        );
+        // A stamp can only be older when the leader's projection lagged: it must not pull the
+        // log's time back. An expiry entry carries no stamp.
+        apply(
+            &store,
+            &publish(300, vec![item(2, 10, "192.0.2.1:1")]),
+            b"s",
+        );
+        expire(&store, 1, 10);
+        assert_eq!(store.log_time_micros().expect("read"), Some(500));
+        // Several publishes in one transaction: the largest.
+        let mut txn = store.begin_apply(true).expect("begin");
+        txn.apply(&publish(900, vec![item(3, 10, "192.0.2.1:1")]))
+            .expect("apply");
+        txn.apply(&publish(700, vec![item(4, 10, "192.0.2.1:1")]))
+            .expect("apply");
+        txn.commit(b"s").expect("commit");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(store.log_time_micros().expect("read"), Some(900));
+
+    let txn = store.db.begin_write().expect("write");
+    txn.open_table(META)
+        .expect("meta")
+        .insert(META_LOG_TIME, b"short".as_slice())
+        .expect("insert");
+    txn.commit().expect("commit");
+    let damaged = store.log_time_micros().expect_err("damage");
+    assert!(damaged.is_damage(), "{damaged}");
+    // The next publish writes it whole again.
+    apply(
+        &store,
+        &publish(950, vec![item(5, 10, "192.0.2.1:1")]),
+        b"s",
+    );
+    assert_eq!(store.log_time_micros().expect("read"), Some(950));
+}

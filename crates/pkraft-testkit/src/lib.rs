@@ -6,8 +6,9 @@
 //! [`node`] (listen flags and lines, config files), [`process`] (a running node on port 0),
 //! [`cluster`] (a node's proxy, config and data dir), [`proxy`] (the fault-injecting peer proxy),
 //! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`rng`] (a seeded
-//! generator that never changes).
+//! generator that never changes), [`clock`] (a node's wall clock stepped by the test).
 
+pub mod clock;
 pub mod cluster;
 pub mod damage;
 pub mod lossy;

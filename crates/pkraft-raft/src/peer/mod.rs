@@ -93,6 +93,9 @@ pub(crate) mod path {
     pub const PACKET_CHECK: &str = "/peer/v1/packet-check";
     pub const ACME_CHALLENGE: &str = "/peer/v1/acme-challenge";
     pub const ACME_CHALLENGE_VALUES: &str = "/peer/v1/acme-challenge-values";
+    /// The node's wall clock in µs since the Unix epoch (`cluster_clock`); 404 from builds
+    /// before it, whose clocks then count as unknown.
+    pub const CLOCK: &str = "/peer/v1/clock";
 }
 
 /// A voter's copy of one key's packet, checked as the scrub checks it (route `packet-check`):

@@ -62,6 +62,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::PACKET_CHECK, post(packet_check))
         .route(path::ACME_CHALLENGE, post(acme_challenge))
         .route(path::ACME_CHALLENGE_VALUES, post(acme_challenge_values))
+        .route(path::CLOCK, post(clock))
         .layer(DefaultBodyLimit::max(body_max))
         .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
         .with_state(node)
@@ -348,6 +349,11 @@ async fn acme_challenge(State(node): State<Arc<Node>>, body: Bytes) -> Response 
 /// `acme_challenges`); a build without the route answers 404.
 async fn acme_challenge_values(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |(): ()| async move { node.acme_challenge_values() }).await
+}
+
+/// Another node asks for this node's wall clock (`cluster_clock`).
+async fn clock(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |(): ()| async move { node.wall_clock_micros() }).await
 }
 
 /// The leader handing over before it stops asks this node to stand (see `handover`).

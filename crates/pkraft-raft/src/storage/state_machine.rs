@@ -57,6 +57,9 @@ pub(crate) trait StateEvents: Send + Sync + 'static {
     fn applied(&self, stored: &[(KeyBytes, u64)], progress: &[Progress], through: u64);
     /// Entries applied removed `records` expired packets.
     fn expired(&self, records: u64);
+    /// The publishes applied carried leader stamps up to `leader_time_micros` (the log's time,
+    /// a fence of cluster time).
+    fn stamped(&self, leader_time_micros: u64);
     /// A snapshot build ended after `took`.
     fn snapshot_built(&self, took: Duration);
     /// A snapshot from the leader was installed in `took`.
@@ -230,12 +233,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .events
             .as_ref()
             .is_some_and(|events| events.wants_stored_keys());
-        let (applied, results, noted, challenges) =
+        let (applied, results, noted, challenges, stamp) =
             blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
                 let mut txn = store.begin_apply(durable)?;
                 let mut results = Vec::with_capacity(entries.len());
                 let mut noted = OutboxNotes::default();
                 let mut challenges = Vec::new();
+                let mut stamp = None;
                 for entry in entries {
                     // The applied index never goes back (etcd asserts the same): an entry
                     // applied twice would, for one, store an older packet over a newer one.
@@ -253,8 +257,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             if noting {
                                 noted.record(entry.log_id.index, &command, &applied.outcomes);
                             }
-                            if let Command::AcmeChallenge(challenge) = command {
-                                challenges.push(challenge);
+                            match command {
+                                Command::AcmeChallenge(challenge) => challenges.push(challenge),
+                                Command::Publish {
+                                    leader_time_micros, ..
+                                } => stamp = stamp.max(Some(leader_time_micros)),
+                                _ => {}
                             }
                             ApplyResult {
                                 outcomes: applied.outcomes,
@@ -277,7 +285,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     results.push(result);
                 }
                 txn.commit(&encode(&applied)?)?;
-                Ok((applied, results, noted, challenges))
+                Ok((applied, results, noted, challenges, stamp))
             })
             .await?;
         if noting && let (Some(events), Some(last)) = (&self.events, applied.last_applied) {
@@ -294,6 +302,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             events.expired(results.iter().map(|result| result.expired).sum());
             if !challenges.is_empty() {
                 events.acme_challenges(&challenges);
+            }
+            if let Some(stamp) = stamp {
+                events.stamped(stamp);
             }
         }
         Ok(results)

@@ -198,8 +198,9 @@ async fn propose(
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     tracing::debug!(packets = packets.len(), "proposing a publish batch");
     let command = Command::Publish {
-        // Read on the leader when it proposes the batch.
-        leader_time_micros: pkraft_types::unix_micros_now(),
+        // Cluster time on the leader when it proposes the batch, never its wall clock alone: the
+        // stamps are the log's time, a fence of cluster time (`cluster_clock`).
+        leader_time_micros: node.cluster_time().stamp_micros(),
         packets,
     };
     let raft = &node.raft;

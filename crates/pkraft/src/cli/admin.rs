@@ -187,11 +187,11 @@ pub fn format_status(status: &ClusterStatus) -> String {
         opt(membership.log_index),
     );
     out.push_str(&format!(
-        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4}\n",
-        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG", "PACKETS", "DISK"
+        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4} {:<10}\n",
+        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG", "PACKETS", "DISK", "CLOCK"
     ));
     for member in &status.members {
-        let (role, applied, last_log, packets, disk) = match &member.status {
+        let (role, applied, last_log, packets, disk, clock) = match &member.status {
             Some(s) => (
                 s.role.clone(),
                 opt(s.applied_index),
@@ -199,6 +199,7 @@ pub fn format_status(status: &ClusterStatus) -> String {
                 opt(s.packets),
                 // Below raft.min_free_disk_mib: it takes no writes.
                 if s.low_on_disk { "low" } else { "ok" },
+                clock_cell(s.clock.as_ref()),
             ),
             None => (
                 "unreachable".to_string(),
@@ -206,10 +207,11 @@ pub fn format_status(status: &ClusterStatus) -> String {
                 "-".into(),
                 "-".into(),
                 "-",
+                "-".into(),
             ),
         };
         out.push_str(&format!(
-            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4}\n",
+            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4} {:<10}\n",
             member.id,
             member.addr,
             role,
@@ -219,12 +221,38 @@ pub fn format_status(status: &ClusterStatus) -> String {
             opt(member.lag_entries),
             packets,
             disk,
+            clock,
         ));
         if let Some(error) = &member.error {
             out.push_str(&format!("       {error}\n"));
         }
     }
     out
+}
+
+/// A member's clock for people: `ok`, `off +8d 0h` (its offset from the voters' median when
+/// beyond `raft.max_clock_offset`), `held` (the log holds cluster time back), `unknown` (no
+/// majority of voters' clocks), `-` (an older build).
+fn clock_cell(clock: Option<&pkraft_raft::ClockReport>) -> String {
+    use pkraft_raft::ClockState;
+    let Some(clock) = clock else {
+        return "-".to_string();
+    };
+    match clock.state {
+        ClockState::Synchronized => "ok".to_string(),
+        ClockState::HeldByLog => "held".to_string(),
+        ClockState::Unknown => "unknown".to_string(),
+        ClockState::Offset => {
+            let ms = clock.offset_ms.unwrap_or_default();
+            let sign = if ms < 0 { '-' } else { '+' };
+            let secs = ms.unsigned_abs() / 1000;
+            if secs >= 86_400 {
+                format!("off {sign}{}d{}h", secs / 86_400, secs % 86_400 / 3600)
+            } else {
+                format!("off {sign}{secs}s")
+            }
+        }
+    }
 }
 
 fn opt(value: Option<u64>) -> String {

@@ -1,0 +1,625 @@
+//! Cluster time: the wall-clock time that changes replicated state (expiry, the stamp on each
+//! publish batch) and that judges how far in the future a packet may be signed
+//! (`http.max_future_skew`). No node's wall clock alone decides it (docs/CONSISTENCY.md, "Time").
+//!
+//! Two fences, each from something a single bad clock cannot move:
+//! - **The voters' clocks.** Every node asks every voter for its wall clock once a second (peer
+//!   route `clock`) and keeps each answer with the monotonic instant it was taken at (the middle
+//!   of the round trip), so an answer stays right however this node's own wall clock steps
+//!   afterwards. Cluster time is the lower median of the voters' clocks (this node's own among
+//!   them when it votes), and only once a majority of voters have answered within
+//!   `READING_MAX_AGE`. One voter's clock, however wrong, cannot move the median of three (two
+//!   of five), and the lower median errs towards deleting later.
+//! - **The log.** Every publish batch carries its leader's stamp (cluster time when it was
+//!   proposed); every replica keeps the largest one applied, on disk with the state (it
+//!   survives restarts). Cluster time is never ahead of that stamp by more than the monotonic
+//!   time since, plus an eighth of it (`CATCH_UP_DIVISOR`), so a majority of clocks stepping
+//!   together (or a single node's clock, where the node is the whole cluster) cannot delete at
+//!   once what the step skipped over. The stamps are held the same way, so a stepped median
+//!   cannot raise the fence through them.
+//!
+//! A node whose own wall clock is more than `raft.max_clock_offset` from the voters' median is
+//! `Offset`: it does not lead expiry, and its `/readyz`, metrics, `cluster status` and log say
+//! so until its clock is back (nothing to reset). A median more than `raft.max_clock_jump` ahead
+//! of the log is `HeldByLog` (reported the same way). Timers, leases and timeouts use the
+//! monotonic clock only (tokio's `Instant`), never this.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::NodeId;
+use crate::node::Node;
+use crate::peer::path;
+
+/// How often every voter's clock is asked for.
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest a voter's answer counts for. Beyond it the voter is taken as unknown: a median of
+/// stale readings could hide a clock that stepped since.
+pub(crate) const READING_MAX_AGE: Duration = Duration::from_secs(5);
+/// How long one clock probe may take; an answer that took longer than `raft.max_clock_offset`
+/// is not used either (its uncertainty, half the round trip, is too large to judge by).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Cluster time may run this much faster than the monotonic clock beyond the log's last stamp
+/// (one eighth): after the cluster was down a while, with right clocks, the stamps catch up
+/// with them (an hour's downtime in eight hours; expiry runs that much late meanwhile, which
+/// loses nothing). A clock stepped by days takes eight times as long to be believed, and the
+/// rate fence (`expiry`) bounds what that deletes.
+pub(crate) const CATCH_UP_DIVISOR: u32 = 8;
+
+/// This node's clock as the cluster sees it. Gauge `pkraft_clock_state{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockState {
+    /// Within `raft.max_clock_offset` of the voters' median, and the median within the log's
+    /// bound.
+    Synchronized,
+    /// More than `raft.max_clock_offset` from the voters' median: this node leads no expiry.
+    Offset,
+    /// The voters' median is ahead of the log's time by more than `raft.max_clock_jump`:
+    /// expiry goes by the log's time, which catches up by an eighth of the time elapsed. After
+    /// a whole cluster was down longer than the jump, or when a majority of clocks (a single
+    /// node's, alone in its cluster) stepped forward together.
+    HeldByLog,
+    /// Fewer than a majority of voters' clocks are known (peers unreachable, or run a build
+    /// without the `clock` route): no expiry.
+    Unknown,
+}
+
+impl ClockState {
+    pub(crate) const ALL: [ClockState; 4] = [
+        ClockState::Synchronized,
+        ClockState::Offset,
+        ClockState::HeldByLog,
+        ClockState::Unknown,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            ClockState::Synchronized => "synchronized",
+            ClockState::Offset => "offset",
+            ClockState::HeldByLog => "held_by_log",
+            ClockState::Unknown => "unknown",
+        }
+    }
+}
+
+/// A wall-clock time and the monotonic instant it held at: it projects to any later instant
+/// without reading the wall clock again.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reading {
+    pub(crate) wall_micros: u64,
+    pub(crate) at: Instant,
+}
+
+impl Reading {
+    fn projected(&self, now: Instant) -> u64 {
+        self.wall_micros
+            .saturating_add(micros(now.saturating_duration_since(self.at)))
+    }
+
+    /// The log's projection: monotonic time since, plus `CATCH_UP_DIVISOR`'s share.
+    fn projected_with_catch_up(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.at);
+        self.wall_micros
+            .saturating_add(micros(since))
+            .saturating_add(micros(since / CATCH_UP_DIVISOR))
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The bounds the clock is judged by (`[raft]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClockBounds {
+    /// `raft.max_clock_offset`.
+    pub max_offset: Duration,
+    /// `raft.max_clock_jump`: how far ahead of the log the voters' median may be before it is
+    /// reported (`HeldByLog`).
+    pub max_jump: Duration,
+}
+
+/// What is known at one instant, for [`evaluate`].
+pub(crate) struct Inputs<'a> {
+    pub(crate) own_micros: u64,
+    pub(crate) now: Instant,
+    pub(crate) self_id: NodeId,
+    pub(crate) voters: &'a [NodeId],
+    pub(crate) readings: &'a HashMap<NodeId, Reading>,
+    pub(crate) log: Option<Reading>,
+    pub(crate) bounds: ClockBounds,
+}
+
+/// Cluster time at one instant, and this node's clock judged against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterTime {
+    /// This node's wall clock.
+    pub own_micros: u64,
+    /// The lower median of the voters' clocks; `None` without a majority of them.
+    pub voters_micros: Option<u64>,
+    /// The largest stamp the log holds, projected to now (see `CATCH_UP_DIVISOR`); `None`
+    /// before any publish was applied here.
+    pub log_micros: Option<u64>,
+    pub state: ClockState,
+}
+
+impl ClusterTime {
+    /// The time expiry deletes by: the voters' median, held to the log's time. `None` when the
+    /// voters' clocks are not known (then nothing is deleted).
+    pub fn expiry_micros(&self) -> Option<u64> {
+        let median = self.voters_micros?;
+        Some(self.log_micros.map_or(median, |log| median.min(log)))
+    }
+
+    /// The stamp a leader puts on a publish batch: the voters' median (this node's clock when
+    /// it is not known), held to the log's time, so stamps never carry a stepped clock into
+    /// the log.
+    pub fn stamp_micros(&self) -> u64 {
+        let time = self.voters_micros.unwrap_or(self.own_micros);
+        self.log_micros.map_or(time, |log| time.min(log))
+    }
+
+    /// The time a packet's signature time is compared with (`http.max_future_skew`): the voters'
+    /// median, else this node's clock. Not held by the log: a cluster back from a long outage
+    /// must not refuse packets signed now as "from the future".
+    pub fn skew_reference_micros(&self) -> u64 {
+        self.voters_micros.unwrap_or(self.own_micros)
+    }
+
+    /// This node's clock minus the voters' median, in µs.
+    pub fn offset_micros(&self) -> Option<i64> {
+        let median = self.voters_micros?;
+        let difference = i128::from(self.own_micros) - i128::from(median);
+        Some(i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX }))
+    }
+}
+
+/// Cluster time from what is known (pure: the rules of docs/CONSISTENCY.md, "Time").
+pub(crate) fn evaluate(inputs: &Inputs<'_>) -> ClusterTime {
+    let mut clocks: Vec<u64> = inputs
+        .voters
+        .iter()
+        .filter_map(|voter| {
+            if *voter == inputs.self_id {
+                return Some(inputs.own_micros);
+            }
+            let reading = inputs.readings.get(voter)?;
+            (inputs.now.saturating_duration_since(reading.at) <= READING_MAX_AGE)
+                .then(|| reading.projected(inputs.now))
+        })
+        .collect();
+    let majority = inputs.voters.len() / 2 + 1;
+    let voters_micros = (!inputs.voters.is_empty() && clocks.len() >= majority).then(|| {
+        clocks.sort_unstable();
+        clocks[(clocks.len() - 1) / 2]
+    });
+    let log_micros = inputs
+        .log
+        .map(|log| log.projected_with_catch_up(inputs.now));
+    let log_bound_micros = log_micros.map(|log| log.saturating_add(micros(inputs.bounds.max_jump)));
+    let state = match voters_micros {
+        None => ClockState::Unknown,
+        Some(median) if inputs.own_micros.abs_diff(median) > micros(inputs.bounds.max_offset) => {
+            ClockState::Offset
+        }
+        Some(median) if log_bound_micros.is_some_and(|bound| median > bound) => {
+            ClockState::HeldByLog
+        }
+        Some(_) => ClockState::Synchronized,
+    };
+    ClusterTime {
+        own_micros: inputs.own_micros,
+        voters_micros,
+        log_micros,
+        state,
+    }
+}
+
+/// What this node knows of the voters' clocks and of the log's time.
+pub struct ClusterClock {
+    bounds: ClockBounds,
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    readings: HashMap<NodeId, Reading>,
+    /// The largest stamp applied, as a reading at the instant it was applied (or, for the one
+    /// loaded from disk, at the start).
+    log: Option<Reading>,
+    /// The state last reported, to log changes once.
+    reported: Option<ClockState>,
+}
+
+impl ClusterClock {
+    /// `log_micros`: the largest stamp the replica holds (read from the store at start).
+    pub(crate) fn new(bounds: ClockBounds, log_micros: Option<u64>) -> ClusterClock {
+        let known = Known {
+            log: log_micros.map(|wall_micros| Reading {
+                wall_micros,
+                at: Instant::now(),
+            }),
+            ..Known::default()
+        };
+        ClusterClock {
+            bounds,
+            known: Mutex::new(known),
+        }
+    }
+
+    pub fn bounds(&self) -> ClockBounds {
+        self.bounds
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A publish stamped `stamp_micros` was applied just now. Keeps the larger projection: a
+    /// follower catching up applies old stamps late, which must not pull the bound back.
+    pub(crate) fn applied_stamp(&self, stamp_micros: u64) {
+        let now = Instant::now();
+        let mut known = self.known();
+        let newer = known
+            .log
+            .is_none_or(|log| stamp_micros > log.projected_with_catch_up(now));
+        if newer {
+            known.log = Some(Reading {
+                wall_micros: stamp_micros,
+                at: now,
+            });
+        }
+    }
+
+    /// Voter `id` said its clock read `wall_micros` at `at` (the middle of the round trip).
+    pub(crate) fn record_reading(&self, id: NodeId, wall_micros: u64, at: Instant) {
+        self.known()
+            .readings
+            .insert(id, Reading { wall_micros, at });
+    }
+
+    /// Drops the readings of nodes that are no longer voters (bounded by the membership).
+    pub(crate) fn retain_voters(&self, voters: &[NodeId]) {
+        self.known().readings.retain(|id, _| voters.contains(id));
+    }
+
+    /// Cluster time now, for a node `self_id` in a cluster with `voters`.
+    pub(crate) fn now(&self, self_id: NodeId, voters: &[NodeId]) -> ClusterTime {
+        let own_micros = pkraft_types::unix_micros_now();
+        let known = self.known();
+        evaluate(&Inputs {
+            own_micros,
+            now: Instant::now(),
+            self_id,
+            voters,
+            readings: &known.readings,
+            log: known.log,
+            bounds: self.bounds,
+        })
+    }
+
+    /// Remembers `state` as reported; whether it changed.
+    fn report(&self, state: ClockState) -> bool {
+        let mut known = self.known();
+        let changed = known.reported != Some(state);
+        known.reported = Some(state);
+        changed
+    }
+}
+
+/// What a node says of its own clock (in `cluster status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockReport {
+    pub state: ClockState,
+    /// This node's wall clock minus the voters' median, in milliseconds; absent when the
+    /// voters' clocks are not known.
+    pub offset_ms: Option<i64>,
+}
+
+impl Node {
+    /// Cluster time now, as this node knows it.
+    pub fn cluster_time(&self) -> ClusterTime {
+        self.cluster_clock.now(self.id, &self.voter_ids())
+    }
+
+    /// The time a packet's signature time is compared with (`http.max_future_skew`), in µs
+    /// since the Unix epoch; see [`ClusterTime::skew_reference_micros`].
+    pub fn skew_reference_micros(&self) -> u64 {
+        self.cluster_time().skew_reference_micros()
+    }
+
+    /// What this node says of its clock.
+    pub fn clock_report(&self) -> ClockReport {
+        let time = self.cluster_time();
+        ClockReport {
+            state: time.state,
+            offset_ms: time.offset_micros().map(|offset| offset / 1000),
+        }
+    }
+
+    /// The voters of the membership this node knows (every configuration of a joint one).
+    pub(crate) fn voter_ids(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().voter_ids().collect()
+    }
+
+    /// This node's wall clock, for a peer's probe (route `clock`).
+    pub(crate) fn wall_clock_micros(&self) -> u64 {
+        pkraft_types::unix_micros_now()
+    }
+}
+
+/// Asks every other voter for its clock once per `PROBE_INTERVAL`, and reports this node's
+/// clock state (log lines on change, gauges).
+pub(crate) async fn run(node: Arc<Node>) {
+    let mut ticker = tokio::time::interval(PROBE_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        probe_voters(&node).await;
+        report(&node);
+    }
+}
+
+async fn probe_voters(node: &Arc<Node>) {
+    let voters: Vec<(NodeId, String)> = {
+        let metrics = node.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter(|id| *id != node.id)
+            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
+            .collect()
+    };
+    let ids: Vec<NodeId> = node.voter_ids();
+    node.cluster_clock.retain_voters(&ids);
+    let max_round_trip = node.cluster_clock.bounds.max_offset.min(PROBE_TIMEOUT);
+    let mut asks = tokio::task::JoinSet::new();
+    for (id, addr) in voters {
+        let node = node.clone();
+        asks.spawn(async move {
+            let sent = Instant::now();
+            let answer = node
+                .peers
+                .call::<(), u64>(&addr, Some(id), path::CLOCK, &(), PROBE_TIMEOUT)
+                .await;
+            let received = Instant::now();
+            match answer {
+                Ok(wall_micros) => {
+                    let round_trip = received.saturating_duration_since(sent);
+                    if round_trip <= max_round_trip {
+                        node.cluster_clock
+                            .record_reading(id, wall_micros, sent + round_trip / 2);
+                    }
+                }
+                Err(e) => tracing::debug!(peer = id, error = %e, "clock probe failed"),
+            }
+        });
+    }
+    while asks.join_next().await.is_some() {}
+}
+
+fn report(node: &Node) {
+    let time = node.cluster_time();
+    let offset_seconds = time
+        .offset_micros()
+        .map_or(0.0, |offset| offset as f64 / 1e6);
+    node.metrics.clock_offset_seconds.set(offset_seconds);
+    for state in ClockState::ALL {
+        node.metrics
+            .clock_state
+            .with_label_values(&[state.label()])
+            .set(i64::from(state == time.state));
+    }
+    if !node.cluster_clock.report(time.state) {
+        return;
+    }
+    let bounds = node.cluster_clock.bounds;
+    match time.state {
+        ClockState::Synchronized => tracing::info!(
+            offset_ms = time.offset_micros().map(|o| o / 1000),
+            "this node's clock agrees with the cluster's"
+        ),
+        ClockState::Offset => tracing::warn!(
+            offset_ms = time.offset_micros().map(|o| o / 1000),
+            max_offset = ?bounds.max_offset,
+            "CLOCK: this node's wall clock is off the voters' median by more than raft.max_clock_offset; it leads no expiry until its clock is right (check NTP)"
+        ),
+        ClockState::HeldByLog => tracing::warn!(
+            ahead_ms = time
+                .voters_micros
+                .zip(time.log_micros)
+                .map(|(median, log)| median.saturating_sub(log) / 1000),
+            max_jump = ?bounds.max_jump,
+            "CLOCK: the voters' clocks are ahead of the log's time by more than raft.max_clock_jump; expiry goes by the log's time, which catches up by an eighth of the time elapsed (check the clocks; after a long outage of the whole cluster this is expected)"
+        ),
+        ClockState::Unknown => tracing::info!(
+            "fewer than a majority of voters' clocks are known; no expiry until they are"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: u64 = 24 * 3600 * 1_000_000;
+    const NOW: u64 = 1_800_000_000_000_000;
+
+    fn bounds() -> ClockBounds {
+        ClockBounds {
+            max_offset: Duration::from_secs(1),
+            max_jump: Duration::from_secs(3600),
+        }
+    }
+
+    fn readings(now: Instant, clocks: &[(NodeId, u64)]) -> HashMap<NodeId, Reading> {
+        clocks
+            .iter()
+            .map(|(id, wall_micros)| {
+                (
+                    *id,
+                    Reading {
+                        wall_micros: *wall_micros,
+                        at: now,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn time(own: u64, others: &[(NodeId, u64)], log: Option<u64>) -> ClusterTime {
+        let now = Instant::now();
+        let readings = readings(now, others);
+        evaluate(&Inputs {
+            own_micros: own,
+            now,
+            self_id: 1,
+            voters: &[1, 2, 3],
+            readings: &readings,
+            log: log.map(|wall_micros| Reading {
+                wall_micros,
+                at: now,
+            }),
+            bounds: bounds(),
+        })
+    }
+
+    #[test]
+    fn one_voter_ahead_by_days_moves_nothing() {
+        let ahead = time(NOW + 8 * DAY, &[(2, NOW), (3, NOW + 10)], None);
+        assert_eq!(ahead.voters_micros, Some(NOW + 10));
+        assert_eq!(ahead.expiry_micros(), Some(NOW + 10));
+        assert_eq!(ahead.state, ClockState::Offset);
+        assert_eq!(
+            ahead.offset_micros(),
+            Some(i64::try_from(8 * DAY - 10).expect("fits"))
+        );
+        // Its batches carry the cluster's time, not its own.
+        assert_eq!(ahead.stamp_micros(), NOW + 10);
+        assert_eq!(ahead.skew_reference_micros(), NOW + 10);
+
+        let behind = time(NOW - DAY, &[(2, NOW), (3, NOW + 10)], None);
+        assert_eq!(behind.voters_micros, Some(NOW));
+        assert_eq!(behind.state, ClockState::Offset);
+        // A packet signed now is not "from the future" for a node a day behind.
+        assert_eq!(behind.skew_reference_micros(), NOW);
+    }
+
+    #[test]
+    fn a_majority_is_needed_and_the_lower_median_errs_late() {
+        // One of the two others unknown: two clocks of three, the lower one counts.
+        let two = time(NOW + 8 * DAY, &[(2, NOW)], None);
+        assert_eq!(two.voters_micros, Some(NOW));
+        assert_eq!(two.state, ClockState::Offset);
+        // Only its own clock: no cluster time, no expiry.
+        let alone = time(NOW, &[], None);
+        assert_eq!(alone.voters_micros, None);
+        assert_eq!(alone.expiry_micros(), None);
+        assert_eq!(alone.state, ClockState::Unknown);
+        assert_eq!(alone.stamp_micros(), NOW);
+    }
+
+    #[test]
+    fn stale_readings_do_not_count() {
+        let now = Instant::now();
+        let old = now.checked_sub(READING_MAX_AGE + Duration::from_secs(1));
+        let Some(old) = old else {
+            return; // the monotonic clock started too recently to go back that far
+        };
+        let readings: HashMap<NodeId, Reading> = [(
+            2,
+            Reading {
+                wall_micros: NOW,
+                at: old,
+            },
+        )]
+        .into();
+        let time = evaluate(&Inputs {
+            own_micros: NOW,
+            now,
+            self_id: 1,
+            voters: &[1, 2, 3],
+            readings: &readings,
+            log: None,
+            bounds: bounds(),
+        });
+        assert_eq!(time.state, ClockState::Unknown);
+    }
+
+    #[test]
+    fn the_log_holds_a_jump_of_the_whole_cluster() {
+        // Every voter 8 days ahead of the last stamp: expiry takes the log's bound.
+        let jumped = time(
+            NOW + 8 * DAY,
+            &[(2, NOW + 8 * DAY), (3, NOW + 8 * DAY)],
+            Some(NOW),
+        );
+        assert_eq!(jumped.state, ClockState::HeldByLog);
+        assert_eq!(jumped.expiry_micros(), Some(NOW));
+        // The stamps are held to the log without the jump, so they cannot raise the bound.
+        assert_eq!(jumped.stamp_micros(), NOW);
+        // Packets signed by the (agreeing) clocks are not refused as from the future.
+        assert_eq!(jumped.skew_reference_micros(), NOW + 8 * DAY);
+
+        // Within the jump: synchronized, but expiry still goes by the log's time (the cluster
+        // was down a minute: expiry runs a minute late until the stamps catch up).
+        let fine = time(NOW + 60_000_000, &[(2, NOW + 60_000_000)], Some(NOW));
+        assert_eq!(fine.state, ClockState::Synchronized);
+        assert_eq!(fine.expiry_micros(), Some(NOW));
+        // Stamps ahead of the median (an idle cluster's log projects ahead): the median.
+        let idle = time(NOW, &[(2, NOW)], Some(NOW + 60_000_000));
+        assert_eq!(idle.expiry_micros(), Some(NOW));
+        assert_eq!(idle.stamp_micros(), NOW);
+    }
+
+    #[test]
+    fn a_single_node_stepped_ahead_is_held_by_its_log() {
+        let now = Instant::now();
+        let readings = HashMap::new();
+        let time = evaluate(&Inputs {
+            own_micros: NOW + 8 * DAY,
+            now,
+            self_id: 1,
+            voters: &[1],
+            readings: &readings,
+            log: Some(Reading {
+                wall_micros: NOW,
+                at: now,
+            }),
+            bounds: bounds(),
+        });
+        assert_eq!(time.state, ClockState::HeldByLog);
+        assert_eq!(time.expiry_micros(), Some(NOW));
+    }
+
+    #[test]
+    fn the_log_catches_up_by_an_eighth() {
+        let start = Instant::now();
+        let log = Reading {
+            wall_micros: NOW,
+            at: start,
+        };
+        let later = start + Duration::from_secs(800);
+        assert_eq!(log.projected(later), NOW + 800_000_000);
+        assert_eq!(log.projected_with_catch_up(later), NOW + 900_000_000);
+    }
+
+    #[test]
+    fn late_stamps_do_not_pull_the_log_back() {
+        let clock = ClusterClock::new(bounds(), Some(NOW));
+        clock.applied_stamp(NOW - DAY);
+        let log = clock.known().log.map(|log| log.wall_micros);
+        assert_eq!(log, Some(NOW));
+        clock.applied_stamp(NOW + 5_000_000);
+        let log = clock.known().log.map(|log| log.wall_micros);
+        assert_eq!(log, Some(NOW + 5_000_000));
+    }
+}
