@@ -327,3 +327,63 @@ async fn a_single_node_restarted_with_its_clock_8_days_ahead_keeps_every_packet(
     let (key, signed) = packet(7_950, now_micros());
     assert_eq!(put(&server, &key, &signed).await.status(), 204);
 }
+
+/// The rate fence: expiry deletes at most `raft.expiry_max_percent_per_hour` of the store in
+/// an hour, at least `FENCE_FLOOR` packets (`pkraft_raft::expiry`), then holds the rest back and
+/// says so. Whatever cluster time says, a mass deletion takes hours, not seconds.
+#[tokio::test]
+async fn expiry_stops_at_its_hourly_share_of_the_store() {
+    /// `expiry::FENCE_FLOOR_PER_HOUR`: with 1 % of a store of ~1,100 packets, the floor rules.
+    const FENCE_FLOOR: u64 = 1_000;
+    const OLD: u64 = FENCE_FLOOR + 100;
+    // The PUTs come from one client, faster than a client is allowed by default.
+    let config = format!(
+        "[cluster]\nbootstrap = true\n[raft]\n{EXPIRY}expiry_max_percent_per_hour = 1\n\
+         [rate_limit]\npublish = {{ per_client = {{ per_second = 100000, burst = 100000 }}, \
+         global = {{ per_second = 0, burst = 0 }} }}\n"
+    );
+    let server = TestServer::start_with_config(&config);
+    let fresh = fresh_packets(8_000);
+    for (key, signed) in &fresh {
+        put_until_accepted(&server, key, signed).await;
+    }
+    // Signed in 1970: expired by any clock.
+    let url = |key: &Keypair| server.relay_url(key);
+    let mut puts = tokio::task::JoinSet::new();
+    for chunk in (0..OLD).collect::<Vec<_>>().chunks(64) {
+        let requests: Vec<(String, bytes::Bytes)> = chunk
+            .iter()
+            .map(|i| {
+                let (key, signed) = packet(9_000 + i, 1_000 + i);
+                (url(&key), signed.to_relay_payload())
+            })
+            .collect();
+        puts.spawn(async move {
+            let client = http_client();
+            for (url, body) in requests {
+                let status = client
+                    .put(url)
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("PUT")
+                    .status();
+                assert_eq!(status, 204);
+            }
+        });
+    }
+    while let Some(done) = puts.join_next().await {
+        done.expect("PUT task");
+    }
+    eventually("expiry held at the fence", || async {
+        let held = metric(&server, "pkraft_expiry_held", "reason=\"rate\"").await;
+        (held == Some(1.0)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(expired_total(&server).await, FENCE_FLOOR as f64);
+    let stored = metric(&server, "pkraft_store_records", "").await;
+    assert_eq!(stored, Some((FRESH + OLD - FENCE_FLOOR) as f64));
+    all_served(&[&server], &fresh).await;
+    assert!(server.log().contains("EXPIRY FENCED"), "the node logs it");
+}
