@@ -171,16 +171,17 @@ fuzz-smoke:
 ## data dirs on lossy disks and adds power cuts (root and /dev/fuse); POWER=only runs power cuts
 ## alone. DISK=1 adds disks low on space (below raft.min_free_disk_mib), on lossy disks too.
 ## CORRUPT=1 adds damage to one node's data on disk (its log, its state, its snapshot); CORRUPT=only runs
-## that damage alone. PARTITIONS=only runs the peer network's partitions alone.
+## that damage alone. PARTITIONS=only runs the peer network's partitions alone. CLOCKS=1 adds wall
+## clocks stepped ahead, back and drifting (libfaketime); CLOCKS=only runs those alone.
 chaos:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-chaos
 	CHAOS_BIN_DIR=$(TARGET_DIR)/release tests/chaos/run.sh
 
-## One round of every fault kind, the damaged-disk kinds too, on a 3-node cluster of the test
-## build's binary, seed 1 unless SEED is given (CI; about 3 minutes).
+## One round of every fault kind, the damaged-disk and clock kinds too, on a 3-node cluster of
+## the test build's binary, seed 1 unless SEED is given (CI; about 3 minutes; libfaketime).
 chaos-smoke:
 	$(CARGO) test --workspace --locked --no-run
-	CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=1 ROUNDS=1 CORRUPT=1 tests/chaos/run.sh
+	CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=1 ROUNDS=1 CORRUPT=1 CLOCKS=1 tests/chaos/run.sh
 
 ## Power cuts on lossy disks (pkraft-lossyfs; root and /dev/fuse): two seeds of two rounds of
 ## every power-cut kind and of a bad write (a log append the disk acknowledged and lost or

@@ -11,7 +11,8 @@
 # disks low on space (the leader's, a follower's, every node's) to every round, on lossy disks.
 # PARTITIONS=only runs rounds of the peer network's partitions alone (refused, black-holed and
 # one-way cuts). CORRUPT=1 adds damage to one node's data on disk (its log, state, snapshot) to
-# every round; CORRUPT=only runs rounds of that damage alone.
+# every round; CORRUPT=only runs rounds of that damage alone. CLOCKS=1 adds wall clocks stepped
+# ahead, back and drifting (libfaketime) to every round; CLOCKS=only runs rounds of those alone.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -38,6 +39,12 @@ case "${CORRUPT:-}" in
   only) power_args+=(--corruption-only) ;;
   *) echo "chaos: CORRUPT must be 1 or only, not ${CORRUPT}" >&2; exit 2 ;;
 esac
+case "${CLOCKS:-}" in
+  "" | 0) ;;
+  1) power_args+=(--clocks) ;;
+  only) power_args+=(--clocks-only) ;;
+  *) echo "chaos: CLOCKS must be 1 or only, not ${CLOCKS}" >&2; exit 2 ;;
+esac
 case "${DISK:-}" in
   "" | 0) ;;
   1) power_args+=(--disk-faults) ;;
@@ -56,7 +63,7 @@ for ((i = 0; i < runs; i++)); do
 done
 if ((${#failed[@]})); then
   echo "chaos: FAILED seeds: ${failed[*]}; replay one with" \
-    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}${PARTITIONS:+ PARTITIONS=$PARTITIONS}${CORRUPT:+ CORRUPT=$CORRUPT}"
+    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}${PARTITIONS:+ PARTITIONS=$PARTITIONS}${CORRUPT:+ CORRUPT=$CORRUPT}${CLOCKS:+ CLOCKS=$CLOCKS}"
   exit 1
 fi
-echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK}${PARTITIONS:+, PARTITIONS=$PARTITIONS}${CORRUPT:+, CORRUPT=$CORRUPT})"
+echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK}${PARTITIONS:+, PARTITIONS=$PARTITIONS}${CORRUPT:+, CORRUPT=$CORRUPT}${CLOCKS:+, CLOCKS=$CLOCKS})"

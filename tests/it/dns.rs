@@ -296,6 +296,49 @@ async fn key_label_matches_in_any_case_and_answers_are_authoritative() {
     );
 }
 
+/// `dns.ttl_min`/`ttl_max`: a packet's records are served with TTLs held within them (over UDP
+/// and TCP, fresh and from the answer cache); a TTL of 0, or of 2^31 s or more (RFC 2181 §8
+/// reads it as 0), takes the floor. The relay GET still returns the packet as signed.
+#[tokio::test]
+async fn ttls_are_served_within_their_floor_and_ceiling() {
+    let server = TestServer::start_with_config(
+        "[cluster]\nbootstrap = true\n[dns]\nttl_min = \"45s\"\nttl_max = \"1h\"\n",
+    );
+    let key = keypair(36);
+    let pname = |n: &'static str| PkarrName::new(n).expect("name");
+    let packet = SignedPacket::builder()
+        .txt(pname("zero"), txt("ttl=0"), 0)
+        .txt(pname("top"), txt("ttl=2^31"), 1 << 31)
+        .txt(pname("long"), txt("ttl=2d"), 172_800)
+        .txt(pname("fine"), txt("ttl=300"), 300)
+        .timestamp(Timestamp::from(1_000))
+        .sign(&key)
+        .expect("sign");
+    server.publish(&key, &packet).await;
+    for transport in TRANSPORTS {
+        // Twice: the second UDP answer comes from the answer cache.
+        for _ in 0..2 {
+            for (sub, ttl) in [("zero", 45), ("top", 45), ("long", 3_600), ("fine", 300)] {
+                let qname = key_name(sub, &key);
+                let answer = raw_query(server.dns, transport, &qname, RecordType::TXT, None).await;
+                let ttls: Vec<u32> = answer.answers.iter().map(|r| r.ttl).collect();
+                assert_eq!(ttls, vec![ttl], "{sub} over {transport:?}");
+            }
+        }
+    }
+    let body = server
+        .get(&server.relay_url(&key))
+        .await
+        .bytes()
+        .await
+        .expect("body");
+    assert_eq!(
+        body,
+        packet.to_relay_payload(),
+        "the packet is kept as signed"
+    );
+}
+
 #[tokio::test]
 async fn edns_size_is_echoed() {
     let server = TestServer::start();

@@ -345,6 +345,8 @@ pub struct Launch {
     /// The process's wall clock, moved by the test (libfaketime; see
     /// `pkraft_testkit::clock`).
     pub clock: Option<FakedClock>,
+    /// Environment variables the process gets besides the harness's.
+    pub env: Vec<(String, String)>,
 }
 
 impl Launch {
@@ -353,6 +355,7 @@ impl Launch {
     /// pkraft's runs outside them.
     pub fn command(&self) -> Command {
         let mut command = self.command_unclocked();
+        command.envs(self.env.iter().map(|(name, value)| (name, value)));
         if let Some(clock) = &self.clock {
             let library = pkraft_testkit::clock::library().expect("libfaketime is installed");
             clock.apply(&mut command, &library);

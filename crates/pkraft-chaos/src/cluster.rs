@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
+use pkraft_testkit::clock::FakedClock;
 use pkraft_testkit::cluster::NodeSlot;
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
 use pkraft_testkit::process::{LogTo, NodeProcess};
@@ -39,7 +40,8 @@ pub const RAFT_TOML: &str = "heartbeat_interval = \"100ms\"\n\
     election_timeout_max = \"1600ms\"\n\
     publish_timeout = \"3s\"\n\
     snapshot_after_entries = 64\n\
-    entries_kept_after_snapshot = 16\n";
+    entries_kept_after_snapshot = 16\n\
+    expiry_interval = \"500ms\"\n";
 /// The longest election timeout above: a pause must outlast it to cause an election.
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1600);
 
@@ -63,6 +65,8 @@ pub struct Node {
     addrs: Option<Listening>,
     /// Snapshot builds and installs counted by this node's earlier processes.
     snapshots: (u64, u64),
+    /// Its wall clock, moved by the clock faults (`--clocks`).
+    clock: Option<FakedClock>,
     /// Its proxy, config file and data dir (on a lossy disk with `--lossy-disk`); after the
     /// process, so the disk is unmounted once the process is gone (also after `Cluster::drop`).
     slot: NodeSlot,
@@ -89,23 +93,35 @@ pub struct Cluster {
     proxy_client: reqwest::Client,
     /// Every node's data dir is on its own lossy disk, so power cuts can be injected.
     lossy_disks: bool,
+    /// libfaketime's library, when every node's wall clock can be moved (`--clocks`).
+    clock_library: Option<PathBuf>,
 }
 
 impl Cluster {
     /// Starts node 1 (bootstrapping), then nodes 2..=size joining through it, and waits until
     /// all are voters. With `lossy_disks`, each node's data dir is a lossy disk of its own
-    /// (root and FUSE needed: `pkraft_lossyfs::available`).
+    /// (root and FUSE needed: `pkraft_lossyfs::available`). With `clocks`, each node runs with
+    /// a wall clock of its own ([`Cluster::set_clock`]; libfaketime needed).
     pub async fn start(
         bin: &Path,
         dir: &Path,
         size: u64,
         network: Arc<Network>,
         lossy_disks: bool,
+        clocks: bool,
     ) -> anyhow::Result<Cluster> {
         if lossy_disks {
             pkraft_lossyfs::available()
                 .map_err(|why| anyhow::anyhow!("lossy disks need FUSE: {why}"))?;
         }
+        let clock_library = if clocks {
+            Some(
+                pkraft_testkit::clock::library()
+                    .context("clock faults need libfaketime (Debian package libfaketime)")?,
+            )
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
@@ -117,6 +133,7 @@ impl Cluster {
                 .pool_idle_timeout(Duration::from_secs(10))
                 .build()?,
             lossy_disks,
+            clock_library,
         };
         for id in 1..=size {
             cluster.add_node(id, true).await?;
@@ -157,6 +174,13 @@ impl Cluster {
         )
         .await
         .with_context(|| format!("prepare node {id}"))?;
+        let clock = match self.clock_library {
+            Some(_) => Some(
+                FakedClock::new(&self.dir.join(format!("node{id}.clock")))
+                    .with_context(|| format!("node {id}'s clock file"))?,
+            ),
+            None => None,
+        };
         self.nodes.push(Node {
             id,
             log: self.dir.join(format!("node{id}.log")),
@@ -165,6 +189,7 @@ impl Cluster {
             incarnation: 0,
             addrs: None,
             snapshots: (0, 0),
+            clock,
             slot,
         });
         self.spawn(id).await
@@ -189,9 +214,23 @@ impl Cluster {
             .with_context(|| format!("no node {id}"))
     }
 
+    /// Moves node `id`'s wall clock to `offset` from the real time (libfaketime's notation:
+    /// `+8d`, `-1d`, `+0`); the node sees it within a second, running or at its next start.
+    pub fn set_clock(&self, id: u64, offset: &str) -> anyhow::Result<()> {
+        let clock = self
+            .node(id)?
+            .clock
+            .as_ref()
+            .context("the cluster was started without --clocks")?;
+        clock
+            .set(offset)
+            .with_context(|| format!("node {id}'s clock file"))
+    }
+
     /// Starts node `id`'s next process on its data dir and waits until it listens.
     pub async fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let bin = self.bin.clone();
+        let clock_library = self.clock_library.clone();
         let node = self.node_mut(id)?;
         if node.process.is_some() {
             bail!("node {id} is already running");
@@ -211,6 +250,9 @@ impl Cluster {
             .args(["serve", "--config"])
             .arg(&node.slot.config)
             .env("RUST_LOG", "info");
+        if let (Some(clock), Some(library)) = (&node.clock, &clock_library) {
+            clock.apply(&mut command, library);
+        }
         let data_dir = node.slot.data_dir.clone();
         // The start blocks (reading the node's log until it listens): off the async workers.
         let started = tokio::task::spawn_blocking(move || {

@@ -176,6 +176,38 @@ pub async fn apply(cluster: &mut Cluster, fault: &Fault) -> anyhow::Result<Strin
             let target = *rng.pick(&ids).context("no nodes")?;
             bad_write_cut_restart(cluster, target, fault, &mut rng).await?
         }
+        FaultKind::ClockAheadLeader => {
+            clock_hold_reset(cluster, &[any_leader()?], "+8d", fault.hold).await?
+        }
+        FaultKind::ClockBehindLeader => {
+            clock_hold_reset(cluster, &[any_leader()?], "-1d", fault.hold).await?
+        }
+        FaultKind::ClockDriftLeader => {
+            clock_drift_reset(cluster, any_leader()?, fault.hold).await?
+        }
+        FaultKind::ClockAheadRestart => {
+            let target = any_leader()?;
+            cluster.kill(target).await?;
+            cluster.set_clock(target, "+8d")?;
+            cluster
+                .spawn(target)
+                .await
+                .with_context(|| format!("restart of node {target} with its clock 8 days ahead"))?;
+            tokio::time::sleep(fault.hold).await;
+            cluster.set_clock(target, "+0")?;
+            format!(
+                "restarted node {target} with its clock 8 days ahead, for {:?}",
+                fault.hold
+            )
+        }
+        FaultKind::ClockAheadMajority => {
+            let first = any_leader()?;
+            let mut rest = others(first);
+            rng.shuffle(&mut rest);
+            let mut targets = vec![first];
+            targets.extend(rest.into_iter().take(ids.len() / 2));
+            clock_hold_reset(cluster, &targets, "+8d", fault.hold).await?
+        }
     };
     Ok(match leader {
         Some(_) => done,
@@ -194,6 +226,49 @@ fn cut_of(kind: FaultKind) -> (CutKind, &'static str) {
         FaultKind::IsolateLeader | FaultKind::IsolateFollower => (CutKind::Refused, "isolated"),
         _ => (CutKind::Refused, "cut"),
     }
+}
+
+/// Moves the wall clocks of `targets` to `offset` (libfaketime's notation) for the hold, then
+/// back.
+async fn clock_hold_reset(
+    cluster: &mut Cluster,
+    targets: &[u64],
+    offset: &str,
+    hold: Duration,
+) -> anyhow::Result<String> {
+    for &id in targets {
+        cluster.set_clock(id, offset)?;
+    }
+    tokio::time::sleep(hold).await;
+    for &id in targets {
+        cluster.set_clock(id, "+0")?;
+    }
+    Ok(format!(
+        "stepped the clocks of {targets:?} {offset} for {hold:?}"
+    ))
+}
+
+/// How often a drifting clock is moved on, and by how much.
+const DRIFT_STEP: Duration = Duration::from_millis(100);
+const DRIFT_PER_STEP_SECS: u64 = 4 * 3600;
+
+/// Lets `target`'s wall clock run fast for the hold (see `FaultKind::ClockDriftLeader`), then
+/// sets it right.
+async fn clock_drift_reset(
+    cluster: &mut Cluster,
+    target: u64,
+    hold: Duration,
+) -> anyhow::Result<String> {
+    let steps = (hold.as_millis() / DRIFT_STEP.as_millis()).max(1) as u64;
+    for step in 1..=steps {
+        cluster.set_clock(target, &format!("+{}s", step * DRIFT_PER_STEP_SECS))?;
+        tokio::time::sleep(DRIFT_STEP).await;
+    }
+    cluster.set_clock(target, "+0")?;
+    Ok(format!(
+        "let node {target}'s clock drift {}h ahead over {hold:?}",
+        steps * DRIFT_PER_STEP_SECS / 3600
+    ))
 }
 
 async fn kill_hold_restart(

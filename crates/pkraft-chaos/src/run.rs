@@ -78,6 +78,13 @@ pub struct RunConfig {
     /// Rounds of damage to one node's data only: the way to count many of them.
     #[arg(long, conflicts_with_all = ["power_cuts_only", "partitions_only", "corruption"])]
     pub corruption_only: bool,
+    /// Add wall clocks stepped ahead, back and drifting (libfaketime, Debian's libfaketime) to
+    /// every round; every node runs with a clock of its own.
+    #[arg(long)]
+    pub clocks: bool,
+    /// Rounds of the clock faults only: the way to count many of them.
+    #[arg(long, conflicts_with_all = ["power_cuts_only", "partitions_only", "corruption_only", "clocks"])]
+    pub clocks_only: bool,
 }
 
 impl RunConfig {
@@ -85,8 +92,15 @@ impl RunConfig {
         self.lossy_disk || self.power_cuts_only || self.disk_faults
     }
 
+    fn faked_clocks(&self) -> bool {
+        self.clocks || self.clocks_only
+    }
+
     /// The fault kinds of each round.
     fn fault_kinds(&self) -> Vec<FaultKind> {
+        if self.clocks_only {
+            return FaultKind::CLOCKS.to_vec();
+        }
         let mut kinds = if self.corruption_only {
             FaultKind::CORRUPTION.to_vec()
         } else if self.power_cuts_only {
@@ -107,6 +121,9 @@ impl RunConfig {
         }
         if self.corruption {
             kinds.extend(FaultKind::CORRUPTION);
+        }
+        if self.clocks {
+            kinds.extend(FaultKind::CLOCKS);
         }
         if self.lossy_disks() {
             kinds.extend(FaultKind::BAD_WRITES);
@@ -136,7 +153,14 @@ impl RunConfig {
         } else {
             ""
         };
-        format!("{power}{disk}{partitions}{corruption}")
+        let clocks = if self.clocks_only {
+            " CLOCKS=only"
+        } else if self.clocks {
+            " CLOCKS=1"
+        } else {
+            ""
+        };
+        format!("{power}{disk}{partitions}{corruption}{clocks}")
     }
 }
 
@@ -185,6 +209,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
         config.nodes,
         network.clone(),
         config.lossy_disks(),
+        config.faked_clocks(),
     )
     .await
     .context("starting the cluster")?;

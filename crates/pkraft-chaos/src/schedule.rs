@@ -82,6 +82,19 @@ pub enum FaultKind {
     /// node shows the damage (the disk's cache is gone), and restarted after the hold it must
     /// repair from the others and be back in service.
     BadWriteLog,
+    /// The leader's wall clock steps 8 days ahead for the hold (libfaketime), then back.
+    ClockAheadLeader,
+    /// The leader's wall clock steps a day back for the hold.
+    ClockBehindLeader,
+    /// The leader's wall clock runs fast: 4 hours ahead more every 100 ms of the hold (8 days
+    /// by the end of a 5 s hold), then back.
+    ClockDriftLeader,
+    /// The leader is killed, its clock stepped 8 days ahead, and restarted; its clock is right
+    /// again after the hold.
+    ClockAheadRestart,
+    /// A majority of the voters (the leader among them) 8 days ahead for the hold: their
+    /// median is the stepped time, and only the log's time holds expiry back.
+    ClockAheadMajority,
 }
 
 impl FaultKind {
@@ -147,6 +160,15 @@ impl FaultKind {
     /// in every run on lossy disks.
     pub const BAD_WRITES: [FaultKind; 1] = [FaultKind::BadWriteLog];
 
+    /// Wall clocks stepped and drifting (libfaketime): the kinds of `--clocks`.
+    pub const CLOCKS: [FaultKind; 5] = [
+        FaultKind::ClockAheadLeader,
+        FaultKind::ClockBehindLeader,
+        FaultKind::ClockDriftLeader,
+        FaultKind::ClockAheadRestart,
+        FaultKind::ClockAheadMajority,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             FaultKind::KillFollower => "kill-follower",
@@ -179,6 +201,11 @@ impl FaultKind {
             FaultKind::CorruptSnapshot => "corrupt-snapshot",
             FaultKind::CorruptState => "corrupt-state",
             FaultKind::BadWriteLog => "bad-write-log",
+            FaultKind::ClockAheadLeader => "clock-ahead-leader",
+            FaultKind::ClockBehindLeader => "clock-behind-leader",
+            FaultKind::ClockDriftLeader => "clock-drift-leader",
+            FaultKind::ClockAheadRestart => "clock-ahead-restart",
+            FaultKind::ClockAheadMajority => "clock-ahead-majority",
         }
     }
 }
@@ -299,6 +326,13 @@ mod tests {
         assert!(
             disk.iter()
                 .all(|f| f.hold >= Duration::from_secs(3) && f.torn.is_none())
+        );
+        let clocks = generate(42, 2, pause, &FaultKind::CLOCKS);
+        assert_eq!(clocks.len(), 2 * FaultKind::CLOCKS.len());
+        assert!(
+            FaultKind::CLOCKS
+                .iter()
+                .all(|k| !FaultKind::ALL.contains(k))
         );
         let corruption = generate(42, 2, pause, &FaultKind::CORRUPTION);
         assert_eq!(corruption.len(), 2 * FaultKind::CORRUPTION.len());

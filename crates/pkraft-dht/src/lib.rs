@@ -32,6 +32,11 @@ pub use settings::{DhtSettings, SettingsError};
 /// How often the DHT size estimate is read for its gauge.
 const INFO_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The DHT bridge's supervised tasks (`pkraft_task_panics_total{task}`): the size gauge's.
+pub const TASK_SIZE: &str = "dht-size";
+/// ... and the publisher's.
+pub const TASK_PUBLISHER: &str = "dht-publisher";
+
 /// The running bridge of one node. Stops its tasks when dropped or shut down.
 pub struct DhtBridge {
     resolver: Option<Arc<Resolver>>,
@@ -87,7 +92,10 @@ impl DhtBridge {
         let local_addr = dht.info().await.local_addr();
         let metrics = Arc::new(DhtMetrics::new()?);
         let resolver = Arc::new(Resolver::new(dht.clone(), settings, metrics.clone()));
-        let mut tasks = vec![tokio::spawn(watch_size(dht.clone(), metrics.clone()))];
+        let watched = (dht.clone(), metrics.clone());
+        let mut tasks = vec![pkraft_tasks::spawn(TASK_SIZE, move || {
+            watch_size(watched.0.clone(), watched.1.clone())
+        })];
         if settings.publish || !settings.republish_interval.is_zero() {
             node.dht_outbox()
                 .enable(settings.publish_backlog_max, settings.publish);
@@ -99,7 +107,9 @@ impl DhtBridge {
                 metrics.clone(),
                 max_future_skew,
             ));
-            tasks.push(tokio::spawn(publisher.run()));
+            tasks.push(pkraft_tasks::spawn(TASK_PUBLISHER, move || {
+                publisher.clone().run()
+            }));
         }
         tracing::info!(%local_addr, bootstrap = ?settings.bootstrap, "DHT node started");
         Ok(Some(DhtBridge {

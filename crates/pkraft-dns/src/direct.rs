@@ -346,7 +346,16 @@ fn encode_compiled(
         } else {
             out.extend_from_slice(&(0xC000 | owner_at).to_be_bytes());
         }
+        // The record is compiled with the packet's TTL (bytes 4..8, after type and class); it
+        // is served held within `dns.ttl_min`/`ttl_max`, as the parsed path serves it.
+        let ttl_at = out.len() + 4;
         out.extend_from_slice(record);
+        let signed = out
+            .get(ttl_at..ttl_at + 4)
+            .and_then(|ttl| <[u8; 4]>::try_from(ttl).ok())
+            .map(u32::from_be_bytes)
+            .ok_or(ProtoError::Message("compiled record without a TTL"))?;
+        out[ttl_at..ttl_at + 4].copy_from_slice(&compiled.ttl.clamp(signed).to_be_bytes());
     }
     if let Some(edns) = edns {
         // Root owner, type OPT, the buffer size as class, extended rcode 0, version, no flags,

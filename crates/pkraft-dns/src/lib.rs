@@ -52,3 +52,4 @@ pub use metrics::UdpAnswerStats;
 pub use missing_keys::MissingKeys;
 pub use server::{AnswerSources, DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};
+pub use udp::UDP_TASK;

@@ -22,7 +22,7 @@ mod tests {
     /// ARCHITECTURE.md: the DNS frontend reads the local store and links neither the consensus
     /// layer nor the DHT bridge. A new pkraft dependency here must be a decision, not a slip.
     #[test]
-    fn the_dns_crate_depends_on_store_types_and_limits_only() {
+    fn the_dns_crate_depends_on_store_types_limits_and_tasks_only() {
         let manifest = include_str!("../Cargo.toml");
         let mut in_dependencies = false;
         let mut ours = Vec::new();
@@ -40,6 +40,14 @@ mod tests {
             }
         }
         ours.sort();
-        assert_eq!(ours, ["pkraft-limits", "pkraft-store", "pkraft-types"]);
+        assert_eq!(
+            ours,
+            [
+                "pkraft-limits",
+                "pkraft-store",
+                "pkraft-tasks",
+                "pkraft-types"
+            ]
+        );
     }
 }

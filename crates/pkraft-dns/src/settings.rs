@@ -40,6 +40,16 @@ pub struct Settings {
     /// TTL of the apex records (SOA, NS, A, AAAA). Default 5 min.
     #[serde(with = "humantime_serde")]
     pub apex_ttl: Duration,
+    /// Least TTL served for a packet's records. Default 30 s (iroh's own TTL), as
+    /// `http.cache_max_age_min`: a packet signed with TTL 0 (or with 2^31 s or more, which RFC
+    /// 2181 §8 reads as 0) would make every resolver ask this node for every lookup. The signed
+    /// packet is not changed (a relay GET returns it as signed); only DNS answers.
+    #[serde(with = "humantime_serde")]
+    pub ttl_min: Duration,
+    /// Largest TTL served for a packet's records. Default 1 day (as `http.cache_max_age_max`):
+    /// resolvers come back at least this often, so a republished packet reaches them.
+    #[serde(with = "humantime_serde")]
+    pub ttl_max: Duration,
     /// A records at every origin's apex. Default: none.
     pub apex_a: Vec<Ipv4Addr>,
     /// AAAA records at every origin's apex. Default: none.
@@ -130,6 +140,8 @@ impl Default for Settings {
             soa_serial: 1,
             negative_ttl: Duration::from_secs(30),
             apex_ttl: Duration::from_secs(300),
+            ttl_min: Duration::from_secs(30),
+            ttl_max: Duration::from_secs(86_400),
             apex_a: Vec::new(),
             apex_aaaa: Vec::new(),
             tcp_idle_timeout: Duration::from_secs(10),
@@ -192,6 +204,8 @@ pub struct Zones {
     pub soa_serial: u32,
     pub negative_ttl_secs: u32,
     pub apex_ttl_secs: u32,
+    /// `ttl_min` and `ttl_max`.
+    pub ttl: TtlBounds,
     pub apex_a: Vec<Ipv4Addr>,
     pub apex_aaaa: Vec<Ipv6Addr>,
 }
@@ -323,6 +337,19 @@ impl Settings {
             .as_deref()
             .map(|name| fqdn(name).map_err(|e| SettingsError::new("soa_rname", e)))
             .transpose()?;
+        let ttl = TtlBounds {
+            min: ttl_secs("ttl_min", self.ttl_min)?,
+            max: ttl_secs("ttl_max", self.ttl_max)?,
+        };
+        if ttl.min > ttl.max {
+            return Err(SettingsError::new(
+                "ttl_min",
+                format!(
+                    "{:?} is larger than dns.ttl_max ({:?})",
+                    self.ttl_min, self.ttl_max
+                ),
+            ));
+        }
         Ok(Zones {
             origins,
             nameservers,
@@ -330,6 +357,7 @@ impl Settings {
             soa_serial: self.soa_serial,
             negative_ttl_secs: ttl_secs("negative_ttl", self.negative_ttl)?,
             apex_ttl_secs: ttl_secs("apex_ttl", self.apex_ttl)?,
+            ttl,
             apex_a: self.apex_a.clone(),
             apex_aaaa: self.apex_aaaa.clone(),
         })
@@ -356,6 +384,22 @@ fn fqdn(text: &str) -> Result<Name, String> {
     Ok(name)
 }
 
+/// The TTLs a packet's records are served with (`dns.ttl_min`, `dns.ttl_max`), in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TtlBounds {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl TtlBounds {
+    /// The TTL served for a record signed with `ttl`: one with the top bit set counts as 0
+    /// (RFC 2181 §8), then it is held within the bounds.
+    pub fn clamp(self, ttl: u32) -> u32 {
+        let ttl = if ttl > i32::MAX as u32 { 0 } else { ttl };
+        ttl.clamp(self.min, self.max.max(self.min))
+    }
+}
+
 fn ttl_secs(field: &str, ttl: Duration) -> Result<u32, SettingsError> {
     // RFC 2181 §8: TTLs are at most 2^31 - 1 seconds.
     let secs = ttl.as_secs();
@@ -371,6 +415,28 @@ fn ttl_secs(field: &str, ttl: Duration) -> Result<u32, SettingsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttls_are_held_within_the_bounds_and_the_top_bit_reads_as_zero() {
+        let bounds = TtlBounds {
+            min: 30,
+            max: 86_400,
+        };
+        assert_eq!(bounds.clamp(0), 30);
+        assert_eq!(bounds.clamp(29), 30);
+        assert_eq!(bounds.clamp(300), 300);
+        assert_eq!(bounds.clamp(86_401), 86_400);
+        assert_eq!(bounds.clamp(u32::MAX), 30);
+        assert_eq!(bounds.clamp(1 << 31), 30);
+        assert_eq!(bounds.clamp((1 << 31) - 1), 86_400);
+        let settings = Settings {
+            ttl_min: Duration::from_secs(60),
+            ttl_max: Duration::from_secs(59),
+            ..Settings::default()
+        };
+        let error = settings.zones().expect_err("min above max");
+        assert_eq!(error.field, "ttl_min", "{error:?}");
+    }
 
     #[test]
     fn default_settings_are_valid() {

@@ -336,10 +336,22 @@ pub(crate) fn spawn(
     let (stopped, loop_stopped) = tokio::sync::oneshot::channel::<()>();
     let runtime = Handle::current();
     let permits = chain_permits.clone();
+    let socket = Arc::new(socket);
     std::thread::Builder::new()
         .name(format!("pkraft-dns-udp-{index}"))
         .spawn(move || {
-            serve(socket, &frontend, index, &stop, runtime, permits);
+            // Supervised: a panic would otherwise leave the socket bound, taking its share of
+            // the kernel's SO_REUSEPORT traffic with no one answering it.
+            pkraft_tasks::run_thread(UDP_TASK, || {
+                serve(
+                    &socket,
+                    &frontend,
+                    index,
+                    &stop,
+                    runtime.clone(),
+                    permits.clone(),
+                );
+            });
             let _ = stopped.send(());
         })?;
     Ok(async move {
@@ -350,9 +362,12 @@ pub(crate) fn spawn(
     })
 }
 
+/// The name of the UDP loops in `pkraft_task_panics_total{task}`.
+pub const UDP_TASK: &str = "dns-udp";
+
 /// The loop of [`spawn`]'s thread.
 fn serve(
-    socket: UdpSocket,
+    socket: &Arc<UdpSocket>,
     frontend: &Arc<UdpFrontend>,
     index: usize,
     stop: &watch::Receiver<bool>,
@@ -363,7 +378,7 @@ fn serve(
         tracing::error!(index, "no counters for this UDP loop; it does not serve");
         return;
     };
-    let socket = Arc::new(socket);
+    let socket = socket.clone();
     let mut received = Received::new(frontend.batch);
     let mut state = LoopState {
         socket: socket.clone(),
@@ -391,6 +406,7 @@ fn serve(
             }
         };
         state.arrived = Instant::now();
+        pkraft_tasks::injected_panic(UDP_TASK);
         for datagram in 0..count {
             let Some((query, src)) = received.get(datagram) else {
                 continue;

@@ -31,7 +31,7 @@ use pkraft_types::{KeyBytes, decode_z32_key, unix_micros_now};
 
 use crate::missing_keys::MissingKeys;
 use crate::record_cache::{RecordCache, Records};
-use crate::settings::Zones;
+use crate::settings::{TtlBounds, Zones};
 
 /// SOA timers. pkraft serves no zone transfers, so secondaries never use them; the values are the
 /// conventional ones (RFC 1912 §2.2) so that zone checkers do not complain.
@@ -137,6 +137,8 @@ pub struct PkarrZone {
     failure_log: RateLimitedLog,
     /// Compiled answers that could not be read (damaged on disk).
     damaged_log: RateLimitedLog,
+    /// The TTLs a packet's records are served with (`dns.ttl_min`, `dns.ttl_max`).
+    ttl: TtlBounds,
 }
 
 /// What is logged when a key's compiled answers cannot be read.
@@ -160,6 +162,7 @@ impl PkarrZone {
             challenges,
             failure_log: RateLimitedLog::default(),
             damaged_log: RateLimitedLog::default(),
+            ttl: zones.ttl,
         }
     }
 
@@ -269,7 +272,7 @@ impl PkarrZone {
         };
         match self.records.versioned(&at.key) {
             Ok((version, Some(records))) => Some((
-                select(&records, &at.sub, at.key_label, owner, rtype),
+                select(&records, &at.sub, at.key_label, owner, rtype, self.ttl),
                 Some((at.key, version)),
             )),
             Ok((_, None)) if self.dht.is_some() => None,
@@ -372,6 +375,7 @@ impl PkarrZone {
                     count: records.count,
                     range,
                     row,
+                    ttl: self.ttl,
                 })
             }
             Ok(CompiledLookup::NoData) => Compiled::Lookup(Lookup::NoData),
@@ -419,7 +423,7 @@ impl PkarrZone {
             return Lookup::NxDomain;
         };
         match self.records_from_dht(&at.key).await {
-            Some(records) => select(&records, &at.sub, at.key_label, owner, rtype),
+            Some(records) => select(&records, &at.sub, at.key_label, owner, rtype, self.ttl),
             None => Lookup::NxDomain,
         }
     }
@@ -455,6 +459,8 @@ pub(crate) struct CompiledAnswers {
     pub(crate) count: u16,
     range: std::ops::Range<usize>,
     row: AnswersRow,
+    /// The TTLs to serve the records with (they are compiled with the packet's own).
+    pub(crate) ttl: TtlBounds,
 }
 
 impl std::fmt::Debug for CompiledAnswers {
@@ -488,14 +494,15 @@ pub(crate) enum Lookup {
 }
 
 /// Picks the packet records for `<sub>.<key>` and `rtype`, with their owner rewritten to
-/// `owner` (the query name). A CNAME answers any type it does not itself match (RFC 1034 §3.6.2);
-/// the resolver follows it.
+/// `owner` (the query name) and their TTL held within `ttl`. A CNAME answers any type it does
+/// not itself match (RFC 1034 §3.6.2); the resolver follows it.
 fn select(
     records: &[Record],
     sub: &[&[u8]],
     key_label: &[u8],
     owner: &Name,
     rtype: RecordType,
+    ttl: TtlBounds,
 ) -> Lookup {
     let mut at_name = Vec::new();
     let mut has_descendants = false;
@@ -542,6 +549,7 @@ fn select(
     }
     for answer in &mut answers {
         answer.name = owner.clone();
+        answer.ttl = ttl.clamp(answer.ttl);
     }
     Lookup::Answers(answers)
 }

@@ -53,6 +53,12 @@ pub(crate) struct NodeMetrics {
     /// `clock` (its clock is off the voters'), `time_unknown` (no majority of voters' clocks),
     /// `rate` (the hour's share of the store is deleted: `raft.expiry_max_percent_per_hour`).
     pub(crate) expiry_held: IntGaugeVec,
+    /// `pkraft_raft_read_index_batch`: linearizable reads per read-index round (`read_index`):
+    /// each round is one leadership check (leader) or one request to the leader (follower).
+    pub(crate) read_index_batch: Histogram,
+    /// `pkraft_raft_read_index_refused_total`: linearizable reads refused at once because
+    /// `read_index::QUEUE_MAX` were already waiting.
+    pub(crate) read_index_refused: IntCounter,
     /// `pkraft_disk_available_bytes`: bytes available on the data dir's file system, measured
     /// once a second (`disk_space`).
     pub(crate) disk_available_bytes: IntGauge,
@@ -128,6 +134,17 @@ impl NodeMetrics {
             expired_records: IntCounter::new(
                 "pkraft_store_expired_records_total",
                 "Packets removed from this replica by expiry.",
+            )?,
+            read_index_batch: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pkraft_raft_read_index_batch",
+                    "Linearizable reads per read-index round (one leadership check, or one request to the leader, each).",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 13)?),
+            )?,
+            read_index_refused: IntCounter::new(
+                "pkraft_raft_read_index_refused_total",
+                "Linearizable reads refused at once because the read-index queue was full.",
             )?,
             clock_offset_seconds: Gauge::new(
                 "pkraft_clock_offset_seconds",
@@ -238,6 +255,8 @@ impl NodeMetrics {
         registry.register(Box::new(self.publish_refused_total.clone()))?;
         registry.register(Box::new(self.snapshot_build.clone()))?;
         registry.register(Box::new(self.snapshot_install.clone()))?;
+        registry.register(Box::new(self.read_index_batch.clone()))?;
+        registry.register(Box::new(self.read_index_refused.clone()))?;
         registry.register(Box::new(self.clock_offset_seconds.clone()))?;
         registry.register(Box::new(self.clock_state.clone()))?;
         registry.register(Box::new(self.expiry_held.clone()))?;

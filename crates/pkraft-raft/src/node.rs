@@ -153,6 +153,8 @@ pub struct Node {
     pub(crate) cluster_clock: Arc<crate::cluster_clock::ClusterClock>,
     /// What expiry deleted in the last hour, for its rate fence (`expiry`).
     pub(crate) expiry_ledger: Arc<crate::expiry::ExpiryLedger>,
+    /// Linearizable reads waiting for a shared read-index round (`read_index`).
+    pub(crate) read_index: crate::read_index::ReadIndexQueue,
     /// The snapshot being received from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipt: crate::snapshot_receipt::SnapshotReceipt,
     /// Set when the node must stop although Raft runs on (the scrub found damage that a

@@ -13,6 +13,7 @@ use pkraft_types::KeyBytes;
 use crate::NodeId;
 use crate::node::Node;
 use crate::peer::{PeerError, path};
+use crate::read_index::RoundAnswer;
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -84,7 +85,7 @@ impl Drop for LeaderRequest<'_> {
 }
 
 /// Why a read index could not be had from the leader.
-enum ReadIndexFailed {
+pub(crate) enum ReadIndexFailed {
     /// The leader moved, went silent or could not confirm its leadership yet: ask the leader
     /// again (the next one) until the deadline. A read index changes nothing, so asking twice
     /// is harmless.
@@ -268,38 +269,28 @@ impl Node {
     /// node waits until it has applied that far. Bounded by `raft.publish_timeout`.
     pub async fn read_barrier(&self) -> Result<(), ReadError> {
         let deadline = Instant::now() + self.publish_timeout;
+        // The read index comes from a round shared with the reads queued with this one
+        // (`read_index`): one leadership check, or one request to the leader, for all of them.
         let index = loop {
-            if self.is_leader() {
-                break self
-                    .read_index_as_leader()
-                    .await
-                    .map_err(|e| ReadError::Unavailable(e.to_string()))?;
-            }
-            let expired = Instant::now() >= deadline;
-            let leader = match self.known_leader() {
-                None if expired => {
-                    return Err(ReadError::Unavailable("no leader is elected".to_string()));
-                }
-                Some((leader, _)) if expired => {
-                    return Err(ReadError::Unavailable(
-                        self.leader_gone(leader).unwrap_or_else(|| {
-                            format!("no read index from leader {leader} in time")
-                        }),
-                    ));
-                }
-                None => {
-                    self.wait_for_leader_news(None, deadline).await;
-                    continue;
-                }
-                Some(leader) => leader,
+            let expired = || Instant::now() >= deadline;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let answer = tokio::time::timeout(remaining, self.shared_read_index()).await;
+            let Ok(answer) = answer else {
+                return Err(ReadError::Unavailable(
+                    "no read index from the leader in time".to_string(),
+                ));
             };
-            let leader_id = leader.0;
-            match self.read_index_from(leader, deadline).await {
-                Ok(index) => break index,
-                Err(ReadIndexFailed::Final(reason)) => return Err(ReadError::Unavailable(reason)),
-                Err(ReadIndexFailed::Reroute(reason)) => {
-                    tracing::debug!(%reason, leader = leader_id, "read index failed; rerouting");
-                    self.wait_for_leader_news(Some(leader_id), deadline).await;
+            match answer {
+                RoundAnswer::Index(index) => break index,
+                RoundAnswer::Failed(error) => {
+                    return Err(ReadError::Unavailable(error.to_string()));
+                }
+                RoundAnswer::Reroute { reason, .. } if expired() => {
+                    return Err(ReadError::Unavailable(reason));
+                }
+                RoundAnswer::Reroute { leader, reason } => {
+                    tracing::debug!(%reason, ?leader, "read index failed; rerouting");
+                    self.wait_for_leader_news(leader, deadline).await;
                 }
             }
         };
@@ -317,7 +308,7 @@ impl Node {
 
     /// Asks `leader` (id, peer address) for its read index, giving up as soon as it goes
     /// silent or loses its leadership ([`Node::leader_gone`]) instead of at `deadline`.
-    async fn read_index_from(
+    pub(crate) async fn read_index_from(
         &self,
         (leader, addr): (NodeId, String),
         deadline: Instant,

@@ -4,6 +4,7 @@
 //! node's state and handles) and each other's state types, never this.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -217,6 +218,7 @@ impl Node {
             build_times,
             cluster_clock,
             expiry_ledger,
+            read_index: Default::default(),
             snapshot_receipt: Default::default(),
             stop_reason: tokio::sync::watch::channel(None).0,
         };
@@ -229,48 +231,118 @@ impl Node {
     /// through the node's peer client), joining and expiry.
     fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
         self.start_write_path(settings);
+        // Each loop supervised (`pkraft_tasks`): a panic is logged, counted and the loop
+        // started again, never a silent end. Every one starts from what it reads (the node,
+        // openraft's metrics, the store), so a new run loses nothing a panic did not.
+        let node = self.clone();
+        let snapshot_dir = self.data_dir.join(SNAPSHOT_DIR);
+        let after_entries = settings.snapshot_after_entries;
+        let scrub_rates = crate::scrub::ScrubRates::of(settings);
         let mut tasks = vec![
-            tokio::spawn(crate::leading::watch_cluster_state(self.clone())),
-            tokio::spawn(crate::snapshot_schedule::run(
-                self.raft.clone(),
-                self.build_times.clone(),
-                settings.snapshot_after_entries,
-                self.disk_space.clone(),
-                self.data_dir.join(SNAPSHOT_DIR),
-            )),
-            tokio::spawn(crate::disk_space::run(self.disk_space.clone())),
-            tokio::spawn(crate::cluster_clock::run(self.clone())),
-            tokio::spawn(crate::handover::hand_over_while_low_on_disk(self.clone())),
-            tokio::spawn(crate::scrub::run(
-                self.clone(),
-                crate::scrub::ScrubRates::of(settings),
-            )),
+            supervise(
+                task::CLUSTER_STATE,
+                self,
+                crate::leading::watch_cluster_state,
+            ),
+            pkraft_tasks::spawn(task::SNAPSHOT_SCHEDULE, move || {
+                crate::snapshot_schedule::run(
+                    node.raft.clone(),
+                    node.build_times.clone(),
+                    after_entries,
+                    node.disk_space.clone(),
+                    snapshot_dir.clone(),
+                )
+            }),
+            supervise(task::DISK_SPACE, self, |node| {
+                crate::disk_space::run(node.disk_space.clone())
+            }),
+            supervise(task::CLUSTER_CLOCK, self, crate::cluster_clock::run),
+            supervise(task::READ_INDEX, self, crate::read_index::run),
+            supervise(
+                task::HANDOVER_LOW_DISK,
+                self,
+                crate::handover::hand_over_while_low_on_disk,
+            ),
+            supervise(task::SCRUB, self, move |node| {
+                crate::scrub::run(node, scrub_rates)
+            }),
         ];
         if !self.cluster.join.is_empty() {
-            tasks.push(tokio::spawn(crate::membership::keep_joining(self.clone())));
+            tasks.push(supervise(
+                task::KEEP_JOINING,
+                self,
+                crate::membership::keep_joining,
+            ));
         }
         if !settings.pre_vote && self.log_store.repair().is_some() {
-            tasks.push(tokio::spawn(hold_elections_while_repairing(self.clone())));
+            tasks.push(supervise(
+                task::HOLD_ELECTIONS,
+                self,
+                hold_elections_while_repairing,
+            ));
         }
         if settings.pre_vote {
-            tasks.push(tokio::spawn(crate::pre_vote::run(
-                self.clone(),
-                crate::pre_vote::ElectionTiming {
-                    timeout_min: settings.election_timeout_min,
-                    timeout_max: settings.election_timeout_max,
-                },
-            )));
+            let timing = crate::pre_vote::ElectionTiming {
+                timeout_min: settings.election_timeout_min,
+                timeout_max: settings.election_timeout_max,
+            };
+            tasks.push(supervise(task::PRE_VOTE, self, move |node| {
+                crate::pre_vote::run(node, timing)
+            }));
         }
         if !settings.record_max_age.is_zero() {
-            tasks.push(tokio::spawn(crate::expiry::run(
-                self.clone(),
-                crate::expiry::ExpiryRules::of(settings),
-            )));
+            let rules = crate::expiry::ExpiryRules::of(settings);
+            tasks.push(supervise(task::EXPIRY, self, move |node| {
+                crate::expiry::run(node, rules)
+            }));
         }
         if let Ok(mut background) = self.background.lock() {
             background.extend(tasks);
         }
     }
+}
+
+/// The names of the node's supervised tasks (`pkraft_task_panics_total{task}`).
+pub mod task {
+    pub const CLUSTER_STATE: &str = "raft-cluster-state";
+    pub const SNAPSHOT_SCHEDULE: &str = "snapshot-schedule";
+    pub const DISK_SPACE: &str = "disk-space";
+    pub const CLUSTER_CLOCK: &str = "cluster-clock";
+    pub const HANDOVER_LOW_DISK: &str = "handover-low-disk";
+    pub const SCRUB: &str = "scrub";
+    pub const KEEP_JOINING: &str = "keep-joining";
+    pub const HOLD_ELECTIONS: &str = "hold-elections";
+    pub const PRE_VOTE: &str = "pre-vote";
+    pub const EXPIRY: &str = "expiry";
+    pub const READ_INDEX: &str = "read-index";
+
+    /// Every name above.
+    pub const ALL: [&str; 11] = [
+        READ_INDEX,
+        CLUSTER_STATE,
+        SNAPSHOT_SCHEDULE,
+        DISK_SPACE,
+        CLUSTER_CLOCK,
+        HANDOVER_LOW_DISK,
+        SCRUB,
+        KEEP_JOINING,
+        HOLD_ELECTIONS,
+        PRE_VOTE,
+        EXPIRY,
+    ];
+}
+
+/// `pkraft_tasks::spawn` of the loop `run(node)`, for a node's task.
+fn supervise<Fut>(
+    name: &'static str,
+    node: &Arc<Node>,
+    run: impl Fn(Arc<Node>) -> Fut + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let node = node.clone();
+    pkraft_tasks::spawn(name, move || run(node.clone()))
 }
 
 /// What the state machine tells this node as it works.

@@ -253,9 +253,17 @@ fn stamps(paths: &[PathBuf]) -> FileStamps {
     paths.iter().map(|path| file_stamp(path)).collect()
 }
 
-/// Checks the files every `reload_interval` until the returned task is aborted.
+/// The certificate checks' name in `pkraft_task_panics_total{task}`.
+pub const RELOAD_TASK: &str = "certificate-reload";
+
+/// Checks the files every `reload_interval` until the returned task is aborted (supervised:
+/// a panic is logged and counted, and the checks start again).
 pub fn spawn_checks(reloader: Arc<CertificateReloader>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    pkraft_tasks::spawn(RELOAD_TASK, move || check_files(reloader.clone()))
+}
+
+async fn check_files(reloader: Arc<CertificateReloader>) {
+    {
         let mut ticks = tokio::time::interval(reloader.reload_interval());
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is now; the files were loaded a moment ago.
@@ -269,7 +277,7 @@ pub fn spawn_checks(reloader: Arc<CertificateReloader>) -> tokio::task::JoinHand
                 tracing::error!(%error, "certificate check failed");
             }
         }
-    })
+    }
 }
 
 /// `pkraft_tls_certificate_*`: reloads and the expiry of what is served, per listener.

@@ -158,6 +158,15 @@ impl Server {
             ))
             .context("process metrics")?;
         node.register_metrics(&registry).context("raft metrics")?;
+        // Panics of the supervised loops, every one's series from the start.
+        let mut supervised = pkraft_raft::task::ALL.to_vec();
+        supervised.extend([
+            pkraft_dns::UDP_TASK,
+            pkraft_dht::TASK_SIZE,
+            pkraft_dht::TASK_PUBLISHER,
+            certificates::RELOAD_TASK,
+        ]);
+        pkraft_tasks::register(&registry, &supervised).context("task metrics")?;
         // Every TCP listener's connection caps (their shares of the descriptor budget, see
         // `descriptors`), exported together as `pkraft_listener_*`.
         let mut admissions = Vec::new();

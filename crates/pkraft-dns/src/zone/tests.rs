@@ -62,7 +62,50 @@ fn query(f: &Fixture, sub: &str, rtype: RecordType) -> Lookup {
         labels[key_index],
         &Name::from(&name),
         rtype,
+        TtlBounds {
+            min: 0,
+            max: 86_400,
+        },
     )
+}
+
+/// The parsed path holds TTLs within `dns.ttl_min`/`ttl_max` (the compiled path's encoder does
+/// the same: `tests/it/dns.rs`).
+#[test]
+fn ttls_are_served_within_the_bounds() {
+    let f = fixture();
+    let z32 = f.keypair.public_key().to_z32();
+    let name = LowerName::new(&Name::from_str(&format!("alias.{z32}.pkarr.test.")).expect("name"));
+    let labels: Vec<&[u8]> = name.iter().collect();
+    let key_index = labels.len() - 3;
+    let bounds = TtlBounds { min: 45, max: 50 };
+    let Lookup::Answers(answers) = select(
+        &f.records,
+        &labels[..key_index],
+        labels[key_index],
+        &Name::from(&name),
+        RecordType::CNAME,
+        bounds,
+    ) else {
+        panic!("expected answers");
+    };
+    assert_eq!(answers[0].ttl, 50, "60 held to the ceiling");
+    let iroh = LowerName::new(&Name::from_str(&format!("_iroh.{z32}.pkarr.test.")).expect("name"));
+    let labels: Vec<&[u8]> = iroh.iter().collect();
+    let Lookup::Answers(answers) = select(
+        &f.records,
+        &labels[..key_index],
+        labels[key_index],
+        &Name::from(&iroh),
+        RecordType::TXT,
+        bounds,
+    ) else {
+        panic!("expected answers");
+    };
+    assert!(
+        answers.iter().all(|r| r.ttl == 45),
+        "30 raised to the floor"
+    );
 }
 
 #[test]

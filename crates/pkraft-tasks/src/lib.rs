@@ -1,0 +1,247 @@
+//! Supervised long-lived tasks and threads: no loop of the node dies silently.
+//!
+//! A tokio task or a thread that panics otherwise just ends: no log line through the node's
+//! logger, no metric, and the work it did stops (a UDP loop's socket keeps its share of the
+//! kernel's `SO_REUSEPORT` traffic and answers none of it). Every long-lived loop of the node is
+//! started through [`spawn`] (tasks) or [`run_thread`] (threads) instead: a panic is logged
+//! (`ERROR`, "a task panicked", with the task's name and the panic's message), counted in
+//! `pkraft_task_panics_total{task}`, and the loop is started again after a backoff (100 ms,
+//! doubling to 30 s, back to 100 ms once a run lasted a minute). What a restarted loop lost is
+//! its in-memory state; every supervised loop is written to start from what it reads (the
+//! store, openraft's metrics, the socket).
+//!
+//! Task names are `&'static str` given by the code: the metric's label set is bounded.
+//!
+//! Fault injection for tests: `PKRAFT_TEST_PANIC=<task>[,<task>…]` makes each named loop panic
+//! once, the first time it calls [`injected_panic`] (docs/TESTING.md).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_lite::FutureExt as _;
+use prometheus::{IntCounterVec, Opts, Registry};
+use tokio::task::JoinHandle;
+
+/// First wait before a panicked loop is started again.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between restarts of a loop that keeps panicking.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A run this long counts as healthy: the next panic waits `BACKOFF_FIRST` again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// `pkraft_task_panics_total{task}`: panics of supervised tasks and threads, process-wide.
+static PANICS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "pkraft_task_panics_total",
+            "Panics of the node's long-lived tasks and threads, each logged and the loop restarted, by task.",
+        ),
+        &["task"],
+    )
+    .ok()
+});
+
+/// Registers `pkraft_task_panics_total` with `registry`, with a series at 0 for each of
+/// `tasks` (so an alert on `increase()` sees the first panic).
+pub fn register(registry: &Registry, tasks: &[&'static str]) -> prometheus::Result<()> {
+    let Some(panics) = PANICS.as_ref() else {
+        return Ok(());
+    };
+    for task in tasks {
+        panics.with_label_values(&[task]);
+    }
+    registry.register(Box::new(panics.clone()))
+}
+
+/// The panics counted for `task` so far.
+pub fn panics(task: &str) -> u64 {
+    PANICS
+        .as_ref()
+        .map_or(0, |panics| panics.with_label_values(&[task]).get())
+}
+
+fn record_panic(task: &'static str, message: &str, backoff: Duration) {
+    if let Some(panics) = PANICS.as_ref() {
+        panics.with_label_values(&[task]).inc();
+    }
+    tracing::error!(
+        task,
+        panic = message,
+        restart_in = ?backoff,
+        "a task panicked; it is started again"
+    );
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_string()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "(a panic without a message)".to_string()
+    }
+}
+
+/// The restart backoff of one supervised loop.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            next: BACKOFF_FIRST,
+        }
+    }
+
+    /// The wait before the next start, after a run that lasted `ran`.
+    fn after(&mut self, ran: Duration) -> Duration {
+        if ran >= HEALTHY_RUN {
+            self.next = BACKOFF_FIRST;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
+}
+
+/// Spawns the task `make()` builds, supervised: when it panics, it is logged and counted, and
+/// `make` is called again for a new run after the backoff. The task ends when a run returns.
+/// Aborting the returned handle stops it (the run is polled inside this task, not spawned).
+pub fn spawn<F, Fut>(task: &'static str, mut make: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut backoff = Backoff::new();
+        loop {
+            let started = Instant::now();
+            let run = async {
+                injected_panic(task);
+                make().await;
+            };
+            match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(()) => return,
+                Err(payload) => {
+                    let wait = backoff.after(started.elapsed());
+                    record_panic(task, &panic_message(payload.as_ref()), wait);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    })
+}
+
+/// Runs `body` on the calling thread, supervised: when it panics, it is logged and counted,
+/// and `body` runs again after the backoff (the thread sleeps meanwhile). Returns when a run
+/// returns.
+pub fn run_thread(task: &'static str, mut body: impl FnMut()) {
+    let mut backoff = Backoff::new();
+    loop {
+        let started = Instant::now();
+        match std::panic::catch_unwind(AssertUnwindSafe(&mut body)) {
+            Ok(()) => return,
+            Err(payload) => {
+                let wait = backoff.after(started.elapsed());
+                record_panic(task, &panic_message(payload.as_ref()), wait);
+                std::thread::sleep(wait);
+            }
+        }
+    }
+}
+
+/// The loops `PKRAFT_TEST_PANIC` names, each with whether it has panicked yet.
+static INJECTED: LazyLock<Mutex<Vec<(String, bool)>>> = LazyLock::new(|| {
+    let names = std::env::var("PKRAFT_TEST_PANIC").unwrap_or_default();
+    Mutex::new(
+        names
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(|name| (name.to_string(), false))
+            .collect(),
+    )
+});
+/// Whether `PKRAFT_TEST_PANIC` names anything: the common case reads one atomic.
+static ANY_INJECTED: LazyLock<AtomicBool> = LazyLock::new(|| {
+    AtomicBool::new(
+        !INJECTED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty(),
+    )
+});
+
+/// Panics, once per process, if `PKRAFT_TEST_PANIC` names `task` (fault injection for tests).
+pub fn injected_panic(task: &str) {
+    if !ANY_INJECTED.load(Ordering::Relaxed) {
+        return;
+    }
+    let fire = {
+        let mut injected = INJECTED.lock().unwrap_or_else(PoisonError::into_inner);
+        injected
+            .iter_mut()
+            .find(|(name, fired)| name == task && !*fired)
+            .map(|(_, fired)| *fired = true)
+            .is_some()
+    };
+    if fire {
+        panic!("PKRAFT_TEST_PANIC: injected panic in {task}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+
+    #[tokio::test]
+    async fn a_panicking_task_is_counted_and_runs_again() {
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        let task = spawn("test-task", move || {
+            let runs = counted.clone();
+            async move {
+                if runs.fetch_add(1, Ordering::SeqCst) < 2 {
+                    panic!("run {}", runs.load(Ordering::SeqCst));
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("ends after its third run")
+            .expect("the supervisor itself does not panic");
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(panics("test-task"), 2);
+    }
+
+    #[test]
+    fn a_panicking_thread_body_runs_again() {
+        let mut runs = 0;
+        run_thread("test-thread", || {
+            runs += 1;
+            assert!(runs > 1, "first run panics");
+        });
+        assert_eq!(runs, 2);
+        assert_eq!(panics("test-thread"), 1);
+    }
+
+    #[test]
+    fn the_backoff_doubles_and_resets_after_a_healthy_run() {
+        let mut backoff = Backoff::new();
+        let short = Duration::from_millis(1);
+        assert_eq!(backoff.after(short), BACKOFF_FIRST);
+        assert_eq!(backoff.after(short), BACKOFF_FIRST * 2);
+        for _ in 0..20 {
+            backoff.after(short);
+        }
+        assert_eq!(backoff.after(short), BACKOFF_MAX);
+        assert_eq!(backoff.after(HEALTHY_RUN), BACKOFF_FIRST);
+    }
+}

@@ -1,0 +1,120 @@
+//! Goal: no long-lived loop of a node dies silently (`pkraft_tasks`). A UDP loop that panics is
+//! logged, counted and serves again on its socket (before, the socket stayed bound and the
+//! kernel kept sending it a share of the resolvers, unanswered); a background task that panics
+//! (expiry) is logged, counted and started again, and does its work.
+//! Method: the real binary with `PKRAFT_TEST_PANIC` naming the loop to panic once (fault
+//! injection read by `pkraft_tasks::injected_panic`); clients are real sockets on loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RecordType};
+
+use crate::cluster::{eventually, get_body, packet, put};
+use crate::harness::{Launch, ORIGIN, TestServer};
+use crate::metrics::{sample, scrape};
+
+/// Clients (each its own UDP socket, so SO_REUSEPORT spreads them over the node's sockets) and
+/// queries each sends, one after the other.
+const CLIENTS: usize = 16;
+const QUERIES: usize = 8;
+/// A client waits this long for an answer, then asks once more from the same socket (as a
+/// resolver does): only the query a loop was handling when it panicked is lost.
+const ANSWER_WAIT: Duration = Duration::from_secs(1);
+
+fn launch_panicking(task: &str) -> Launch {
+    Launch {
+        env: vec![("PKRAFT_TEST_PANIC".to_string(), task.to_string())],
+        ..Launch::default()
+    }
+}
+
+async fn panics(server: &TestServer, task: &str) -> Option<f64> {
+    sample(
+        &scrape(server).await,
+        "pkraft_task_panics_total",
+        &format!("task=\"{task}\""),
+    )
+}
+
+/// One client's queries for the origin's SOA; how many got no answer after a retry.
+async fn unanswered(dns: SocketAddr) -> usize {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut lost = 0;
+    for _ in 0..QUERIES {
+        let mut query = Message::query();
+        query.add_query(Query::query(
+            Name::from_ascii(format!("{ORIGIN}.")).expect("name"),
+            RecordType::SOA,
+        ));
+        let bytes = query.to_vec().expect("encode");
+        let mut answered = false;
+        for _try in 0..2 {
+            socket.send_to(&bytes, dns).await.expect("send");
+            let mut buf = vec![0u8; 4096];
+            if let Ok(Ok((len, _))) =
+                tokio::time::timeout(ANSWER_WAIT, socket.recv_from(&mut buf)).await
+            {
+                let answer = Message::from_vec(&buf[..len]).expect("decode");
+                assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+                answered = true;
+                break;
+            }
+        }
+        lost += usize::from(!answered);
+    }
+    lost
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_udp_loop_is_logged_counted_and_serves_again() {
+    let config = "[cluster]\nbootstrap = true\n[dns]\nudp_sockets = 2\n";
+    let server = TestServer::start_with_config_launched(config, launch_panicking("dns-udp"));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        clients.spawn(unanswered(server.dns));
+    }
+    let mut lost = 0;
+    while let Some(client) = clients.join_next().await {
+        lost += client.expect("client task");
+    }
+    assert_eq!(
+        lost,
+        0,
+        "queries unanswered after a retry\n{}",
+        server.log()
+    );
+    assert_eq!(panics(&server, "dns-udp").await, Some(1.0));
+    let log = server.log();
+    assert!(
+        log.contains("a task panicked") && log.contains("dns-udp"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_background_task_is_logged_counted_and_does_its_work() {
+    let config = "[cluster]\nbootstrap = true\n[raft]\nexpiry_interval = \"200ms\"\n";
+    let server = TestServer::start_with_config_launched(config, launch_panicking("expiry"));
+    eventually("the expiry task's panic counted", || async {
+        (panics(&server, "expiry").await == Some(1.0)).then_some(())
+    })
+    .await;
+    // Started again, it expires: a packet signed in 1970 goes.
+    let (key, signed) = packet(9_500, 1_000);
+    assert_eq!(put(&server, &key, &signed).await.status(), 204);
+    eventually("the old packet expired", || async {
+        (get_body(&server, &key, "").await.0 == 404).then_some(())
+    })
+    .await;
+    assert!(
+        server
+            .log()
+            .contains("PKRAFT_TEST_PANIC: injected panic in expiry")
+    );
+    // Every other supervised loop has its series, at 0.
+    assert_eq!(panics(&server, "scrub").await, Some(0.0));
+}
