@@ -43,20 +43,20 @@ pub struct ImportRules {
 }
 
 /// Cluster time for an import's checks: `now_micros` judges `http.max_future_skew` as a PUT
-/// does, and `expiry_micros` (what expiry deletes by; the same when not known) the age.
+/// does, and `expiry_micros` (what expiry deletes by) the age; while that is not known no
+/// packet is taken as expired (expiry itself waits then too).
 #[derive(Debug, Clone, Copy)]
 struct ImportTime {
     now_micros: u64,
-    expiry_micros: u64,
+    expiry_micros: Option<u64>,
 }
 
 impl ImportTime {
     fn of(node: &Node) -> ImportTime {
         let time = node.cluster_time();
-        let now_micros = time.skew_reference_micros();
         ImportTime {
-            now_micros,
-            expiry_micros: time.expiry_micros().unwrap_or(now_micros),
+            now_micros: time.skew_reference_micros(),
+            expiry_micros: time.expiry_micros(),
         }
     }
 }
@@ -306,9 +306,12 @@ fn check_record(
             rules.max_future_skew.as_secs()
         ));
     }
-    if !rules.record_max_age.is_zero() {
+    if let Some(expiry_micros) = time
+        .expiry_micros
+        .filter(|_| !rules.record_max_age.is_zero())
+    {
         let max_age_micros = u64::try_from(rules.record_max_age.as_micros()).unwrap_or(u64::MAX);
-        let oldest_kept = time.expiry_micros.saturating_sub(max_age_micros);
+        let oldest_kept = expiry_micros.saturating_sub(max_age_micros);
         if timestamp < oldest_kept {
             return Ok(Checked::Expired);
         }
@@ -361,7 +364,7 @@ mod tests {
         let now = pkraft_types::unix_micros_now();
         let time = ImportTime {
             now_micros: now,
-            expiry_micros: now,
+            expiry_micros: Some(now),
         };
         let signed_at = |micros: u64| {
             Bytes::from(
@@ -384,6 +387,15 @@ mod tests {
         };
         assert!(matches!(
             check_record(&key, signed_at(now - 7_200_000_000), keep_all, time),
+            Ok(Checked::Publish(_))
+        ));
+        // Cluster time not known: no packet is taken as expired.
+        let unknown = ImportTime {
+            now_micros: now,
+            expiry_micros: None,
+        };
+        assert!(matches!(
+            check_record(&key, signed_at(now - 7_200_000_000), rules, unknown),
             Ok(Checked::Publish(_))
         ));
         let future = check_record(&key, signed_at(now + 3_600_000_000), rules, time);

@@ -65,7 +65,8 @@ pub enum ClockState {
     /// node's, alone in its cluster) stepped forward together.
     HeldByLog,
     /// Fewer than a majority of voters' clocks are known (peers unreachable, or run a build
-    /// without the `clock` route): no expiry.
+    /// without the `clock` route), or those known do not agree (two clocks a day apart): no
+    /// expiry, and no node is called wrong.
     Unknown,
 }
 
@@ -140,8 +141,11 @@ pub(crate) struct Inputs<'a> {
 pub struct ClusterTime {
     /// This node's wall clock.
     pub own_micros: u64,
-    /// The lower median of the voters' clocks; `None` without a majority of them.
+    /// The lower median of the voters' clocks, when a majority of them are known and agree
+    /// on it (each within `raft.max_clock_offset`); `None` otherwise.
     pub voters_micros: Option<u64>,
+    /// The latest of the clocks known (this node's own among them).
+    pub latest_micros: u64,
     /// The largest stamp the log holds, projected to now (see `CATCH_UP_DIVISOR`); `None`
     /// before any publish was applied here.
     pub log_micros: Option<u64>,
@@ -159,16 +163,24 @@ impl ClusterTime {
     /// The stamp a leader puts on a publish batch: the voters' median (this node's clock when
     /// it is not known), held to the log's time, so stamps never carry a stepped clock into
     /// the log.
+    ///
+    /// With neither the voters' time nor the log's known (a new cluster, or the first leader of
+    /// this build before its first clock probes), 0: no agreed time, which the log's time
+    /// ignores, so a single clock never seeds the fence.
     pub fn stamp_micros(&self) -> u64 {
-        let time = self.voters_micros.unwrap_or(self.own_micros);
-        self.log_micros.map_or(time, |log| time.min(log))
+        match (self.voters_micros, self.log_micros) {
+            (Some(median), log) => log.map_or(median, |log| median.min(log)),
+            (None, Some(log)) => self.own_micros.min(log),
+            (None, None) => 0,
+        }
     }
 
     /// The time a packet's signature time is compared with (`http.max_future_skew`): the voters'
-    /// median, else this node's clock. Not held by the log: a cluster back from a long outage
-    /// must not refuse packets signed now as "from the future".
+    /// median, else the latest clock known (while the voters' clocks are unknown or disagree, a
+    /// node whose own clock is behind must not refuse packets signed now). Not held by the log:
+    /// a cluster back from a long outage must not refuse packets signed now either.
     pub fn skew_reference_micros(&self) -> u64 {
-        self.voters_micros.unwrap_or(self.own_micros)
+        self.voters_micros.unwrap_or(self.latest_micros)
     }
 
     /// This node's clock minus the voters' median, in µs.
@@ -194,19 +206,31 @@ pub(crate) fn evaluate(inputs: &Inputs<'_>) -> ClusterTime {
         })
         .collect();
     let majority = inputs.voters.len() / 2 + 1;
-    let voters_micros = (!inputs.voters.is_empty() && clocks.len() >= majority).then(|| {
-        clocks.sort_unstable();
-        clocks[(clocks.len() - 1) / 2]
-    });
+    clocks.sort_unstable();
+    let max_offset = micros(inputs.bounds.max_offset);
+    // The voters' time exists only when a majority of the voters' clocks agree on it (each
+    // within `max_offset` of their lower median): two clocks a day apart say nothing about which
+    // is right, and marking either as the odd one out would take a right node out of service.
+    let voters_micros = (!inputs.voters.is_empty() && clocks.len() >= majority)
+        .then(|| clocks[(clocks.len() - 1) / 2])
+        .filter(|median| {
+            let agreeing = clocks
+                .iter()
+                .filter(|clock| clock.abs_diff(*median) <= max_offset)
+                .count();
+            agreeing >= majority
+        });
+    // The latest clock known (this node's own among them): what a packet's signature time is
+    // compared with while the voters do not agree, so that no right clock refuses packets
+    // signed now.
+    let latest_micros = clocks.last().copied().unwrap_or(0).max(inputs.own_micros);
     let log_micros = inputs
         .log
         .map(|log| log.projected_with_catch_up(inputs.now));
     let log_bound_micros = log_micros.map(|log| log.saturating_add(micros(inputs.bounds.max_jump)));
     let state = match voters_micros {
         None => ClockState::Unknown,
-        Some(median) if inputs.own_micros.abs_diff(median) > micros(inputs.bounds.max_offset) => {
-            ClockState::Offset
-        }
+        Some(median) if inputs.own_micros.abs_diff(median) > max_offset => ClockState::Offset,
         Some(median) if log_bound_micros.is_some_and(|bound| median > bound) => {
             ClockState::HeldByLog
         }
@@ -215,6 +239,7 @@ pub(crate) fn evaluate(inputs: &Inputs<'_>) -> ClusterTime {
     ClusterTime {
         own_micros: inputs.own_micros,
         voters_micros,
+        latest_micros,
         log_micros,
         state,
     }
@@ -260,15 +285,22 @@ impl ClusterClock {
         self.known.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A publish stamped `stamp_micros` was applied just now. Keeps the larger projection: a
-    /// follower catching up applies old stamps late, which must not pull the bound back.
+    /// A publish stamped `stamp_micros` was applied just now.
     pub(crate) fn applied_stamp(&self, stamp_micros: u64) {
-        let now = Instant::now();
+        self.applied_stamp_at(stamp_micros, Instant::now());
+    }
+
+    /// A stamp larger than the one the log's time is anchored at becomes the new anchor, at the
+    /// instant it was applied: the projection then starts again from a stamp the cluster agreed
+    /// on, and its allowance (an eighth of the time since) never grows with uptime. A stamp
+    /// applied late (a follower catching up) may lower the projection, which only makes expiry
+    /// later; an older one changes nothing.
+    fn applied_stamp_at(&self, stamp_micros: u64, now: Instant) {
+        if stamp_micros == 0 {
+            return; // no agreed time (`ClusterTime::stamp_micros`)
+        }
         let mut known = self.known();
-        let newer = known
-            .log
-            .is_none_or(|log| stamp_micros > log.projected_with_catch_up(now));
-        if newer {
+        if known.log.is_none_or(|log| stamp_micros > log.wall_micros) {
             known.log = Some(Reading {
                 wall_micros: stamp_micros,
                 at: now,
@@ -441,7 +473,7 @@ fn report(node: &Node) {
             "CLOCK: the voters' clocks are ahead of the log's time by more than raft.max_clock_jump; expiry goes by the log's time, which catches up by an eighth of the time elapsed (check the clocks; after a long outage of the whole cluster this is expected)"
         ),
         ClockState::Unknown => tracing::info!(
-            "fewer than a majority of voters' clocks are known; no expiry until they are"
+            "no majority of the voters' clocks is known to agree; no expiry until one is"
         ),
     }
 }
@@ -515,16 +547,25 @@ mod tests {
 
     #[test]
     fn a_majority_is_needed_and_the_lower_median_errs_late() {
-        // One of the two others unknown: two clocks of three, the lower one counts.
-        let two = time(NOW + 8 * DAY, &[(2, NOW)], None);
+        // One of the two others unknown: two clocks of three that agree give their lower one;
+        // two that do not agree give nothing, and neither node is called wrong.
+        let two = time(NOW + 500_000, &[(2, NOW)], None);
         assert_eq!(two.voters_micros, Some(NOW));
-        assert_eq!(two.state, ClockState::Offset);
+        assert_eq!(two.state, ClockState::Synchronized);
+        let apart = time(NOW + 8 * DAY, &[(2, NOW)], None);
+        assert_eq!(apart.voters_micros, None);
+        assert_eq!(apart.state, ClockState::Unknown);
+        assert_eq!(apart.expiry_micros(), None);
         // Only its own clock: no cluster time, no expiry.
         let alone = time(NOW, &[], None);
         assert_eq!(alone.voters_micros, None);
         assert_eq!(alone.expiry_micros(), None);
         assert_eq!(alone.state, ClockState::Unknown);
-        assert_eq!(alone.stamp_micros(), NOW);
+        // No agreed time and no log: the stamp says so (0), and is not taken as the log's time.
+        assert_eq!(alone.stamp_micros(), 0);
+        let clock = ClusterClock::new(bounds(), None);
+        clock.applied_stamp(0);
+        assert!(clock.known().log.is_none());
     }
 
     #[test]
@@ -610,6 +651,68 @@ mod tests {
         let later = start + Duration::from_secs(800);
         assert_eq!(log.projected(later), NOW + 800_000_000);
         assert_eq!(log.projected_with_catch_up(later), NOW + 900_000_000);
+    }
+
+    /// After a month of uptime with stamps that follow the (right) median, the log's time is
+    /// that median, not the start plus 9/8 of a month: the allowance of the catch-up never
+    /// grows with uptime, so a clock step after a long uptime is held back as after a restart.
+    #[test]
+    fn the_log_follows_the_stamps_over_a_long_uptime() {
+        let clock = ClusterClock::new(bounds(), Some(NOW));
+        let start = clock.known().log.map(|log| log.at).expect("anchored");
+        let month = Duration::from_secs(30 * 24 * 3600);
+        let later = start + month;
+        clock.applied_stamp_at(NOW + micros(month), later);
+        let log = clock.known().log.expect("anchored");
+        assert_eq!(log.projected_with_catch_up(later), NOW + micros(month));
+        // A single node whose clock then steps 8 days ahead: expiry goes by the log's time.
+        let readings = HashMap::new();
+        let time = evaluate(&Inputs {
+            own_micros: NOW + micros(month) + 8 * DAY,
+            now: later,
+            self_id: 1,
+            voters: &[1],
+            readings: &readings,
+            log: Some(log),
+            bounds: bounds(),
+        });
+        assert_eq!(time.state, ClockState::HeldByLog);
+        assert_eq!(time.expiry_micros(), Some(NOW + micros(month)));
+    }
+
+    /// Two clocks known, a day apart: neither is called wrong, no expiry, and packets signed
+    /// by the later clock are not from the future.
+    #[test]
+    fn two_clocks_that_disagree_say_nothing() {
+        let right = time(NOW, &[(2, NOW - DAY)], None);
+        assert_eq!(right.state, ClockState::Unknown);
+        assert_eq!(right.expiry_micros(), None);
+        assert_eq!(right.skew_reference_micros(), NOW);
+        let behind = time(NOW - DAY, &[(2, NOW)], None);
+        assert_eq!(behind.state, ClockState::Unknown);
+        assert_eq!(behind.skew_reference_micros(), NOW);
+        // Five voters, two of them 8 days ahead and one a day behind: no majority agrees.
+        let now = Instant::now();
+        let readings = readings(
+            now,
+            &[
+                (2, NOW),
+                (3, NOW + 8 * DAY),
+                (4, NOW + 8 * DAY),
+                (5, NOW - DAY),
+            ],
+        );
+        let five = evaluate(&Inputs {
+            own_micros: NOW,
+            now,
+            self_id: 1,
+            voters: &[1, 2, 3, 4, 5],
+            readings: &readings,
+            log: None,
+            bounds: bounds(),
+        });
+        assert_eq!(five.state, ClockState::Unknown);
+        assert_eq!(five.expiry_micros(), None);
     }
 
     #[test]

@@ -172,6 +172,12 @@ async fn round(node: &Node, batch: &mut Vec<Request>) {
                 leader: None,
                 reason: "no leader is elected".to_string(),
             },
+            // openraft names this node leader while it is not (yet) one: asking itself would
+            // queue behind this very round.
+            Some((leader, _)) if leader == node.id => RoundAnswer::Reroute {
+                leader: Some(leader),
+                reason: "this node is named leader but does not lead yet".to_string(),
+            },
             Some(leader) if batch.iter().any(|request| request.forward) => {
                 let id = leader.0;
                 let deadline = Instant::now() + node.publish_timeout;

@@ -255,6 +255,12 @@ impl Settings {
                     "max_clock_offset must be longer than 0".to_string(),
                 ));
             }
+            if self.max_clock_jump < self.max_clock_offset {
+                return Err(SettingsError(format!(
+                    "max_clock_jump ({:?}) must be at least max_clock_offset ({:?})",
+                    self.max_clock_jump, self.max_clock_offset
+                )));
+            }
             if !(1..=PUBLISH_QUEUE_MAX_LIMIT).contains(&self.publish_queue_max) {
                 return Err(SettingsError(format!(
                     "publish_queue_max must be 1 to {PUBLISH_QUEUE_MAX_LIMIT}, got {}",

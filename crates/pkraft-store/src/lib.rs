@@ -65,8 +65,9 @@ const META_SCHEMA_VERSION: &str = "schema_version";
 const META_APPLIED_STATE: &str = "applied_state";
 /// The largest leader stamp (`Command::Publish::leader_time_micros`) applied, u64 big-endian:
 /// the log's time, one of the fences of cluster time (pkraft-raft's `cluster_clock`). Absent
-/// before the first publish, and after a snapshot install until the next one; builds that do
-/// not know it ignore it.
+/// before the first publish with a stamp (a stamp of 0 says the leader knew no agreed time, and
+/// is not recorded); a snapshot install leaves it as it was (the install does not replace
+/// `meta`'s other keys); builds that do not know it ignore it.
 const META_LOG_TIME: &str = "log_time_micros";
 
 /// On-disk format version of this file. Bump it (and add a migration) when the layout changes.
@@ -721,7 +722,9 @@ impl ApplyTxn {
         leader_time_micros: u64,
         packets: &[pkraft_types::PublishItem],
     ) -> Result<Vec<PublishOutcome>, StoreError> {
-        self.log_time_micros = self.log_time_micros.max(Some(leader_time_micros));
+        if leader_time_micros > 0 {
+            self.log_time_micros = self.log_time_micros.max(Some(leader_time_micros));
+        }
         let mut table = self.txn.open_table(PACKETS)?;
         let mut answers = self.txn.open_table(ANSWERS)?;
         let mut index = self.txn.open_table(EXPIRY)?;

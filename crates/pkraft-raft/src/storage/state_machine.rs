@@ -259,9 +259,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             }
                             match command {
                                 Command::AcmeChallenge(challenge) => challenges.push(challenge),
+                                // 0: the leader knew no agreed time (`cluster_clock`).
                                 Command::Publish {
                                     leader_time_micros, ..
-                                } => stamp = stamp.max(Some(leader_time_micros)),
+                                } if leader_time_micros > 0 => {
+                                    stamp = stamp.max(Some(leader_time_micros));
+                                }
                                 _ => {}
                             }
                             ApplyResult {
