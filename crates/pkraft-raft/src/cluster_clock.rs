@@ -374,13 +374,6 @@ impl Node {
         }
     }
 
-    /// The voters of the membership this node knows (every configuration of a joint one).
-    pub(crate) fn voter_ids(&self) -> Vec<NodeId> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.membership_config.membership().voter_ids().collect()
-    }
-
     /// This node's wall clock, for a peer's probe (route `clock`).
     pub(crate) fn wall_clock_micros(&self) -> u64 {
         pkraft_types::unix_micros_now()
@@ -400,16 +393,7 @@ pub(crate) async fn run(node: Arc<Node>) {
 }
 
 async fn probe_voters(node: &Arc<Node>) {
-    let voters: Vec<(NodeId, String)> = {
-        let metrics = node.raft.metrics();
-        let metrics = metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter(|id| *id != node.id)
-            .filter_map(|id| membership.get_node(&id).map(|n| (id, n.addr.clone())))
-            .collect()
-    };
+    let voters = node.other_voters();
     let ids: Vec<NodeId> = node.voter_ids();
     node.cluster_clock.retain_voters(&ids);
     let max_round_trip = node.cluster_clock.bounds.max_offset.min(PROBE_TIMEOUT);

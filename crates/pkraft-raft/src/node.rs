@@ -291,6 +291,25 @@ impl Node {
         &self.data_dir
     }
 
+    /// The voters of the membership this node knows (every configuration of a joint one).
+    pub(crate) fn voter_ids(&self) -> Vec<NodeId> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.membership_config.membership().voter_ids().collect()
+    }
+
+    /// The voters other than this node, with their peer addresses.
+    pub(crate) fn other_voters(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter(|id| *id != self.id)
+            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+            .collect()
+    }
+
     /// Whether the membership this node knows has a voter other than itself: a copy of the
     /// log and the state to repair from.
     pub(crate) fn has_other_voters(&self) -> bool {

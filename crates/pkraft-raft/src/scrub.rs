@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use pkraft_store::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
 use pkraft_types::KeyBytes;
 
-use crate::NodeId;
 use crate::log_store::Damage;
 use crate::metrics::Damaged;
 use crate::node::Node;
@@ -356,16 +355,7 @@ const COPY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Asks every other voter, in parallel, for its copy of the damaged packet (peer route
 /// `packet-check`) and sums up the answers.
 async fn other_copies(node: &Node, damaged: &DamagedPacket) -> OtherCopies {
-    let voters: Vec<(NodeId, String)> = {
-        let metrics = node.raft.metrics();
-        let metrics = metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter(|id| *id != node.id)
-            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
-            .collect()
-    };
+    let voters = node.other_voters();
     if voters.is_empty() {
         return OtherCopies::Unknown;
     }
