@@ -65,6 +65,7 @@ async fn concurrent_linearizable_reads_share_their_leadership_checks() {
     for (server, (rounds_before, reads_before)) in followers.iter().zip(before) {
         let (rounds, reads) = rounds_and_reads(server).await;
         let (rounds, reads) = (rounds - rounds_before, reads - reads_before);
+        eprintln!("linearizable reads: {reads} in {rounds} read-index rounds on a follower");
         // A round the leader could not confirm in time (its followers answered late: "not
         // enough for a quorum") is asked again, and its reads counted again.
         assert!(
