@@ -339,24 +339,30 @@ async fn ttls_are_served_within_their_floor_and_ceiling() {
     );
 }
 
+/// The OPT record names the server's UDP payload size (`dns.udp_payload_max`, 1,232 by
+/// default), whatever size the client asked with (RFC 6891 §6.2.5).
 #[tokio::test]
-async fn edns_size_is_echoed() {
+async fn the_opt_record_names_the_servers_size() {
     let server = TestServer::start();
     let key = keypair(36);
     server
         .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.1:7"]))
         .await;
     let qname = key_name("_iroh", &key);
-    let response = raw_query(
-        server.dns,
-        Transport::Udp,
-        &qname,
-        RecordType::TXT,
-        Some(1232),
-    )
-    .await;
-    let edns = response.edns.expect("OPT in the response to an EDNS query");
-    assert_eq!(edns.max_payload(), 1232);
+    for client_size in [512, 1232, 4096] {
+        for transport in [Transport::Udp, Transport::Tcp] {
+            let response = raw_query(
+                server.dns,
+                transport,
+                &qname,
+                RecordType::TXT,
+                Some(client_size),
+            )
+            .await;
+            let edns = response.edns.expect("OPT in the response to an EDNS query");
+            assert_eq!(edns.max_payload(), 1232, "{client_size} over {transport:?}");
+        }
+    }
     let plain = raw_query(server.dns, Transport::Udp, &qname, RecordType::TXT, None).await;
     assert!(plain.edns.is_none(), "no OPT for a query without one");
 }

@@ -20,9 +20,10 @@ use hickory_server::server::{
 };
 use hickory_server::zone_handler::{Catalog, MessageRequest};
 
-use crate::direct::{DirectAnswers, Prepared, Source, malformed_answer};
+use crate::direct::{DirectAnswers, Prepared, Source, advertise_payload, malformed_answer};
 use crate::freshness::{FreshnessGuard, servfail_info};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
+use crate::rrl::truncated_answer;
 use crate::zone::Read;
 
 /// The handler chain, shared by the hickory `Server`, the UDP loops of `crate::udp` and the
@@ -32,6 +33,8 @@ use crate::zone::Read;
 pub(crate) struct SharedHandler {
     chain: Arc<FreshnessGuard<Catalog>>,
     direct: Option<Arc<DirectAnswers>>,
+    /// The UDP payload size this server's OPT records advertise (`dns.udp_payload_max`).
+    advertised_payload: u16,
 }
 
 #[async_trait::async_trait]
@@ -41,8 +44,12 @@ impl RequestHandler for SharedHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        // hickory's response handle takes records: the parsed packet's.
-        if let Some(prepared) = self.prepare_direct(request, self.too_stale(), Source::Parsed) {
+        // hickory's response handle takes records: the parsed packet's. Over UDP it would bound
+        // them by the server's size in the OPT record, so UDP goes to the chain here (only
+        // hickory's own UDP listener asks this, and it runs only with the direct answers off).
+        if request.protocol() != Protocol::Udp
+            && let Some(prepared) = self.prepare_direct(request, self.too_stale(), Source::Parsed)
+        {
             return match response_handle
                 .send_response(prepared.response(&request.queries))
                 .await
@@ -64,8 +71,29 @@ impl SharedHandler {
     pub(crate) fn new(
         chain: Arc<FreshnessGuard<Catalog>>,
         direct: Option<Arc<DirectAnswers>>,
+        advertised_payload: u16,
     ) -> Self {
-        SharedHandler { chain, direct }
+        SharedHandler {
+            chain,
+            direct,
+            advertised_payload,
+        }
+    }
+
+    /// The chain's answer to `request` (see [`respond`]), its OPT record advertising the
+    /// server's size.
+    pub(crate) async fn respond_chain(&self, request: &Request) -> Option<Vec<u8>> {
+        let mut answer = respond(self.chain(), request).await?;
+        advertise_payload(&mut answer, self.advertised_payload);
+        Some(answer)
+    }
+
+    /// A truncated answer to `query` (no records, TC set: the client asks again over TCP), its
+    /// OPT record advertising the server's size.
+    pub(crate) fn truncated(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let mut answer = truncated_answer(query)?;
+        advertise_payload(&mut answer, self.advertised_payload);
+        Some(answer)
     }
 
     /// Whether answers are SERVFAIL now (`dns.max_stale` exceeded).
@@ -245,9 +273,10 @@ impl Answerer {
                 "a response, not a query".to_string(),
             ));
         }
-        let answer = respond(&self.handler, &request)
+        let mut answer = respond(&self.handler, &request)
             .await
             .ok_or_else(|| AnswerError::Encode("no answer was sent".to_string()))?;
+        advertise_payload(&mut answer, self.handler.advertised_payload);
         let rcode = wire_rcode(&answer);
         self.metrics
             .answered(Transport::Doh, rcode, started.elapsed());

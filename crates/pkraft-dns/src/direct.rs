@@ -51,6 +51,8 @@ pub(crate) struct DirectAnswers {
     /// Most specific origin first, so the first that contains a name is the one the `Catalog`
     /// picks.
     zones: Vec<Arc<PkarrZone>>,
+    /// The UDP payload size this server's OPT records advertise (`dns.udp_payload_max`).
+    advertised_payload: u16,
 }
 
 /// A response ready to encode, and the key it was read from.
@@ -60,6 +62,9 @@ pub(crate) struct Prepared {
     answers: Vec<Record>,
     authorities: Vec<Record>,
     edns: Option<Edns>,
+    /// The largest UDP answer the client takes: its OPT record's size, at least 512 bytes
+    /// (512 without EDNS, RFC 1035 §4.2.1). The response's OPT record advertises the server's.
+    client_udp_max: u16,
     /// The key the answer was read from and its version before the read (`None`: it read no
     /// key, so it depends on the config alone).
     pub(crate) read: Option<Read>,
@@ -80,9 +85,13 @@ pub(crate) enum Source {
 }
 
 impl DirectAnswers {
-    pub(crate) fn new(mut zones: Vec<Arc<PkarrZone>>) -> Self {
+    /// `advertised_payload`: the UDP payload size the answers' OPT records advertise.
+    pub(crate) fn new(mut zones: Vec<Arc<PkarrZone>>, advertised_payload: u16) -> Self {
         zones.sort_by_key(|zone| std::cmp::Reverse(zone.origin_name().num_labels()));
-        DirectAnswers { zones }
+        DirectAnswers {
+            zones,
+            advertised_payload,
+        }
     }
 
     /// The `Catalog`'s answer to `request`, or `None` if only the chain can give it (module
@@ -91,22 +100,43 @@ impl DirectAnswers {
         if request.metadata.message_type != MessageType::Query {
             return None;
         }
-        let edns = request.edns.as_ref().map(response_edns);
+        let edns = request
+            .edns
+            .as_ref()
+            .map(|_| response_edns(self.advertised_payload));
+        let client_udp_max = client_udp_max(request.edns.as_ref().map(Edns::max_payload));
         if let Some(query_edns) = &request.edns
             && query_edns.version() > EDNS_VERSION
         {
             // `send_error_response` puts the rcode's high bits into the OPT record.
-            let mut edns = response_edns(query_edns);
+            let mut edns = response_edns(self.advertised_payload);
             edns.set_rcode_high(ResponseCode::BADVERS.high());
-            return Some(Prepared::error(request, ResponseCode::BADVERS, Some(edns)));
+            return Some(Prepared::error(
+                request,
+                ResponseCode::BADVERS,
+                Some(edns),
+                client_udp_max,
+            ));
         }
         match request.metadata.op_code {
             OpCode::Query => {}
             OpCode::Update => return None,
-            _ => return Some(Prepared::error(request, ResponseCode::NotImp, edns)),
+            _ => {
+                return Some(Prepared::error(
+                    request,
+                    ResponseCode::NotImp,
+                    edns,
+                    client_udp_max,
+                ));
+            }
         }
         let [query] = request.queries.queries() else {
-            return Some(Prepared::error(request, ResponseCode::FormErr, edns));
+            return Some(Prepared::error(
+                request,
+                ResponseCode::FormErr,
+                edns,
+                client_udp_max,
+            ));
         };
         let name = query.name();
         let Some(zone) = self
@@ -114,7 +144,12 @@ impl DirectAnswers {
             .iter()
             .find(|zone| zone.origin_name().zone_of(name))
         else {
-            return Some(Prepared::error(request, ResponseCode::Refused, edns));
+            return Some(Prepared::error(
+                request,
+                ResponseCode::Refused,
+                edns,
+                client_udp_max,
+            ));
         };
         let rtype = query.query_type();
         if rtype == RecordType::AXFR {
@@ -134,6 +169,7 @@ impl DirectAnswers {
                     answers: Vec::new(),
                     authorities: Vec::new(),
                     edns,
+                    client_udp_max,
                     read: Some(read),
                     compiled: Some(compiled),
                 });
@@ -172,6 +208,7 @@ impl DirectAnswers {
             answers,
             authorities,
             edns,
+            client_udp_max,
             read,
             compiled: None,
         })
@@ -207,18 +244,20 @@ impl DirectAnswers {
         };
         let mut metadata = Metadata::response_from_request(&plain.header.metadata);
         metadata.authoritative = true;
-        let edns = plain.edns_payload.map(|payload| {
-            let mut query_edns = Edns::new();
-            query_edns.set_max_payload(payload);
-            response_edns(&query_edns)
-        });
+        let edns = plain
+            .edns_payload
+            .map(|_| response_edns(self.advertised_payload));
         out.clear();
         encode_compiled(
             &metadata,
             plain.question,
             &compiled,
             edns.as_ref(),
-            answer_size_max(protocol, edns.as_ref(), udp_payload_max),
+            answer_size_max(
+                protocol,
+                client_udp_max(plain.edns_payload),
+                udp_payload_max,
+            ),
             out,
         )
         .ok()?;
@@ -228,7 +267,12 @@ impl DirectAnswers {
 
 impl Prepared {
     /// What `send_error_response` sends: the question, the rcode, and the response's OPT record.
-    fn error(request: &MessageRequest, code: ResponseCode, edns: Option<Edns>) -> Prepared {
+    fn error(
+        request: &MessageRequest,
+        code: ResponseCode,
+        edns: Option<Edns>,
+        client_udp_max: u16,
+    ) -> Prepared {
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.response_code = code;
         Prepared {
@@ -236,6 +280,7 @@ impl Prepared {
             answers: Vec::new(),
             authorities: Vec::new(),
             edns,
+            client_udp_max,
             read: None,
             compiled: None,
         }
@@ -248,7 +293,8 @@ impl Prepared {
         self.compiled.is_some()
     }
 
-    /// The response as hickory's response handle takes it; `queries` are the request's.
+    /// The response as hickory's response handle takes it; `queries` are the request's. Not for
+    /// UDP: hickory would bound it by the OPT record's size, the server's, not the client's.
     pub(crate) fn response<'q>(
         &'q self,
         queries: &'q Queries,
@@ -281,7 +327,7 @@ impl Prepared {
         out: &mut Vec<u8>,
     ) -> Result<(), ProtoError> {
         out.clear();
-        let max_size = answer_size_max(protocol, self.edns.as_ref(), udp_payload_max);
+        let max_size = answer_size_max(protocol, self.client_udp_max, udp_payload_max);
         if let Some(compiled) = &self.compiled {
             return encode_compiled(
                 &self.metadata,
@@ -397,14 +443,72 @@ fn next_record<'a>(records: &mut &'a [u8]) -> Option<&'a [u8]> {
     Some(record)
 }
 
-/// The OPT record the `Catalog` answers a query's OPT record with: its buffer size (at least
-/// 512), version 0, no options (no NSID is configured) and no DO bit (hickory-server is built
-/// without DNSSEC, so it does not echo it).
-fn response_edns(query: &Edns) -> Edns {
+/// The OPT record a query's OPT record is answered with: the server's UDP payload size
+/// (`advertised_payload`, RFC 6891 §6.2.5: a responder's OPT carries its own size), version 0,
+/// no options (no NSID is configured) and no DO bit (hickory-server is built without DNSSEC, so
+/// it does not echo it). The `Catalog` echoes the client's size instead; the chain's answers
+/// are given the server's by [`advertise_payload`].
+fn response_edns(advertised_payload: u16) -> Edns {
     let mut edns = Edns::new();
-    edns.set_max_payload(query.max_payload().max(512));
+    edns.set_max_payload(advertised_payload);
     edns.set_version(EDNS_VERSION);
     edns
+}
+
+/// The largest UDP answer a client takes whose OPT record gave `query_payload` (`None`: no
+/// OPT record): at least 512 bytes (RFC 6891 §6.2.5), 512 without EDNS (RFC 1035 §4.2.1).
+fn client_udp_max(query_payload: Option<u16>) -> u16 {
+    query_payload.map_or(512, |payload| payload.max(512))
+}
+
+/// Sets the UDP payload size in the OPT record of the wire message `message`, if it has one,
+/// to `advertised_payload`: hickory's `Catalog` echoes the client's size (its answers are
+/// already bounded by that), a responder's OPT record carries its own (RFC 6891 §6.2.5).
+/// Nothing changes in a message that does not parse as far as its OPT record.
+pub(crate) fn advertise_payload(message: &mut [u8], advertised_payload: u16) {
+    if let Some(at) = opt_payload_at(message) {
+        message[at..at + 2].copy_from_slice(&advertised_payload.to_be_bytes());
+    }
+}
+
+/// Where the OPT record's payload size (its CLASS field) is in `message`: the header's counts
+/// walked through the questions and records, names skipped label by label or at a pointer.
+fn opt_payload_at(message: &[u8]) -> Option<usize> {
+    fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+        loop {
+            let len = *message.get(at)?;
+            match len {
+                0 => return Some(at + 1),
+                // A compression pointer ends the name.
+                0xC0..=0xFF => return Some(at + 2),
+                1..=63 => at += 1 + usize::from(len),
+                _ => return None,
+            }
+        }
+    }
+    let count = |at: usize| {
+        Some(u16::from_be_bytes([
+            *message.get(at)?,
+            *message.get(at + 1)?,
+        ]))
+    };
+    let (questions, answers, authorities, additionals) =
+        (count(4)?, count(6)?, count(8)?, count(10)?);
+    let mut at = 12;
+    for _ in 0..questions {
+        at = skip_name(message, at)? + 4;
+    }
+    let records = u32::from(answers) + u32::from(authorities) + u32::from(additionals);
+    for _ in 0..records {
+        let name_end = skip_name(message, at)?;
+        let rtype = count(name_end)?;
+        let rdata_len = usize::from(count(name_end + 8)?);
+        if rtype == u16::from(RecordType::OPT) {
+            return (name_end + 4 <= message.len()).then_some(name_end + 2);
+        }
+        at = name_end + 10 + rdata_len;
+    }
+    None
 }
 
 /// The FORMERR hickory-server's listeners send for a message whose `header` parses and whose
@@ -416,26 +520,16 @@ pub(crate) fn malformed_answer(header: &Header, protocol: Protocol) -> Option<Ve
         .error_msg(&header.metadata, ResponseCode::FormErr);
     let mut out = Vec::with_capacity(64);
     let mut encoder = BinEncoder::new(&mut out);
-    encoder.set_max_size(max_size(protocol, None));
+    encoder.set_max_size(answer_size_max(protocol, client_udp_max(None), u16::MAX));
     response.destructive_emit(&mut encoder).ok()?;
     Some(out)
 }
 
-/// The largest answer sent over `protocol` with the response's OPT record `edns`: hickory's
-/// bound ([`max_size`]), and over UDP `dns.udp_payload_max` too.
-fn answer_size_max(protocol: Protocol, edns: Option<&Edns>, udp_payload_max: u16) -> u16 {
-    max_size(protocol, edns).min(match protocol {
-        Protocol::Udp => udp_payload_max,
-        _ => u16::MAX,
-    })
-}
-
-/// The largest answer hickory's response handle sends over `protocol` with the response's OPT
-/// record `edns`: over UDP its buffer size (512 bytes without EDNS, RFC 1035 §4.2.1), else
-/// unbounded.
-fn max_size(protocol: Protocol, edns: Option<&Edns>) -> u16 {
+/// The largest answer sent over `protocol` to a client that takes `client_udp_max` over UDP:
+/// over UDP that and `dns.udp_payload_max`, else unbounded.
+fn answer_size_max(protocol: Protocol, client_udp_max: u16, udp_payload_max: u16) -> u16 {
     match protocol {
-        Protocol::Udp => edns.map_or(512, Edns::max_payload),
+        Protocol::Udp => client_udp_max.min(udp_payload_max),
         _ => u16::MAX,
     }
 }
@@ -510,6 +604,7 @@ mod tests {
                 .iter()
                 .map(|origin| Arc::new(PkarrZone::new(origin, &zones, records.clone(), None, None)))
                 .collect(),
+            1232,
         );
         let (key, missing) = (stored.public_key().to_z32(), missing.public_key().to_z32());
 
@@ -546,5 +641,54 @@ mod tests {
                 "{name} {rtype}"
             );
         }
+    }
+
+    /// The OPT record of a message hickory encoded (compressed names, records in every
+    /// section) is found and given the server's size; nothing else changes, and a message
+    /// without one, or cut short, is left as it is.
+    #[test]
+    fn the_opt_record_advertises_the_servers_size() {
+        use hickory_proto::rr::rdata::{SOA, TXT};
+        use hickory_proto::rr::{Name, RData};
+
+        let name = Name::from_ascii("_iroh.example.pkarr.test.").expect("name");
+        let mut message = Message::new(7, MessageType::Response, OpCode::Query);
+        message.add_query(Query::query(name.clone(), RecordType::TXT));
+        for text in ["one", "two"] {
+            message.add_answer(Record::from_rdata(
+                name.clone(),
+                300,
+                RData::TXT(TXT::new(vec![text.to_string()])),
+            ));
+        }
+        let apex = Name::from_ascii("pkarr.test.").expect("name");
+        message.add_authority(Record::from_rdata(
+            apex.clone(),
+            60,
+            RData::SOA(SOA::new(apex.clone(), apex, 1, 2, 3, 4, 5)),
+        ));
+        message.set_edns(Edns::new());
+        let mut bytes = message.to_vec().expect("encode");
+        let before = bytes.clone();
+
+        advertise_payload(&mut bytes, 1232);
+        let parsed = Message::from_vec(&bytes).expect("parse");
+        assert_eq!(parsed.edns.as_ref().map(Edns::max_payload), Some(1232));
+        let changed: Vec<usize> = (0..bytes.len())
+            .filter(|&i| bytes[i] != before[i])
+            .collect();
+        assert!(changed.len() <= 2, "only the size changes: {changed:?}");
+
+        for cut in [before.len() - 9, 12, 5] {
+            let mut short = before[..cut].to_vec();
+            let copy = short.clone();
+            advertise_payload(&mut short, 1232);
+            assert_eq!(short, copy, "cut at {cut}");
+        }
+        message.edns = None;
+        let mut plain = message.to_vec().expect("encode");
+        let copy = plain.clone();
+        advertise_payload(&mut plain, 1232);
+        assert_eq!(plain, copy);
     }
 }

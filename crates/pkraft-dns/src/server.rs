@@ -121,7 +121,7 @@ impl DnsServer {
         }
         let direct = settings
             .direct_answers
-            .then(|| Arc::new(DirectAnswers::new(pkarr_zones)));
+            .then(|| Arc::new(DirectAnswers::new(pkarr_zones, settings.udp_payload_max)));
         let (udp, tcp) = bind_shared_port(settings.listen, settings.udp_socket_count()).await?;
         let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind {
             addr: settings.listen,
@@ -136,6 +136,7 @@ impl DnsServer {
                 metrics.stale_refusals.clone(),
             )),
             direct,
+            settings.udp_payload_max,
         );
         let answerer = Answerer::new(handler.clone(), metrics.clone());
         let (stop_loops, stop) = watch::channel(false);

@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::answerer::{Direct, SharedHandler, respond};
+use crate::answerer::{Direct, SharedHandler};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
 use crate::udp::can_answer;
 
@@ -162,7 +162,7 @@ impl Connection {
                         let frontend = self.frontend.clone();
                         let arrived = last_query;
                         chain.spawn(async move {
-                            let answer = respond(frontend.handler.chain(), &request).await?;
+                            let answer = frontend.handler.respond_chain(&request).await?;
                             Some((answer, arrived))
                         });
                     } else if !out.is_empty() {

@@ -31,9 +31,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 
 use crate::answer_cache::AnswerCache;
-use crate::answerer::{Cacheable, Direct, SharedHandler, respond};
+use crate::answerer::{Cacheable, Direct, SharedHandler};
 use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
-use crate::rrl::{Rrl, SlipDice, Verdict, truncated_answer};
+use crate::rrl::{Rrl, SlipDice, Verdict};
 use crate::settings::Settings;
 use crate::udp_io::{self, Outgoing, Received};
 use pkraft_limits::Scope;
@@ -113,7 +113,7 @@ impl UdpFrontend {
         if let Some(rrl) = &self.rrl {
             let verdict = rrl.verdict(src.ip(), &mut state.dice);
             if verdict != Verdict::Answer {
-                if refuse(rrl, verdict, query, out, counters) {
+                if refuse(rrl, &self.handler, verdict, query, out, counters) {
                     state.outgoing.queue(src);
                 }
                 return;
@@ -145,7 +145,7 @@ impl UdpFrontend {
             && !rrl.take_bytes(out.len())
         {
             let verdict = rrl.refusal(Scope::Global, &mut state.dice);
-            if !refuse(rrl, verdict, query, out, counters) {
+            if !refuse(rrl, &self.handler, verdict, query, out, counters) {
                 return;
             }
         }
@@ -190,11 +190,11 @@ impl UdpFrontend {
             let _permit = permit;
             let src = request.src();
             // The direct answers already declined it: straight to the chain.
-            if let Some(answer) = respond(frontend.handler.chain(), &request).await {
+            if let Some(answer) = frontend.handler.respond_chain(&request).await {
                 // hickory keeps within the client's EDNS size only; past `udp_payload_max` the
                 // client gets the empty truncated answer and asks again over TCP.
                 let answer = if answer.len() > usize::from(frontend.payload_max) {
-                    let Some(truncated) = truncated_answer(request.as_slice()) else {
+                    let Some(truncated) = frontend.handler.truncated(request.as_slice()) else {
                         return;
                     };
                     truncated
@@ -247,6 +247,7 @@ impl UdpFrontend {
 /// Whether there is something to send.
 fn refuse(
     rrl: &Rrl,
+    handler: &SharedHandler,
     verdict: Verdict,
     query: &[u8],
     out: &mut Vec<u8>,
@@ -261,7 +262,7 @@ fn refuse(
     out.clear();
     if matches!(verdict, Verdict::Slip(_))
         // Not a query hickory can parse: nothing to truncate, so it is dropped.
-        && let Some(truncated) = truncated_answer(query)
+        && let Some(truncated) = handler.truncated(query)
         && rrl.take_bytes(truncated.len())
     {
         out.extend_from_slice(&truncated);

@@ -26,6 +26,10 @@ use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem};
 use tokio::net::UdpSocket;
 
+/// The test servers' `dns.udp_payload_max`, which their OPT records advertise; the queries ask
+/// with other sizes (512, 1232, 4096, 100).
+const SERVER_PAYLOAD: u16 = 1400;
+
 /// How long a server gets to answer; a query that must get no answer waits this long.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 const NO_ANSWER_WAIT: Duration = Duration::from_millis(300);
@@ -77,6 +81,7 @@ async fn start(store: &Store, mode: Mode, freshness: FreshnessProbe) -> DnsServe
         // With RRL on, pkraft's own loop would serve UDP even with the rest off; these tests
         // compare against hickory's listener and send more than any limit allows.
         rrl: pkraft_dns::rrl::RrlSettings::off(),
+        udp_payload_max: SERVER_PAYLOAD,
         ..Settings::default()
     };
     DnsServer::bind(&settings, store.clone(), freshness)
@@ -99,6 +104,27 @@ async fn exchange(server: SocketAddr, query: &[u8], expect_answer: bool) -> Opti
         .ok()?
         .expect("receive");
     Some(buf[..len].to_vec())
+}
+
+/// The reference's answer to `query` as pkraft answers it: hickory's `Catalog` echoes the
+/// client's buffer size in the OPT record, pkraft advertises its own (RFC 6891 §6.2.5); the
+/// rest must be the same bytes.
+async fn exchange_reference(
+    reference: SocketAddr,
+    query: &[u8],
+    expect_answer: bool,
+) -> Option<Vec<u8>> {
+    let mut answer = exchange(reference, query, expect_answer).await?;
+    let has_opt = Message::from_vec(&answer).is_ok_and(|message| message.edns.is_some());
+    if has_opt {
+        // hickory writes the OPT record last; with no options (no NSID is configured) it is
+        // the root, type 41, the size, the extended rcode, version and flags, and RDLENGTH 0.
+        let at = answer.len() - 11;
+        assert_eq!(answer[at..at + 3], [0, 0, 41], "the OPT record is last");
+        assert_eq!(answer[at + 9..], [0, 0], "the OPT record has no options");
+        answer[at + 3..at + 5].copy_from_slice(&SERVER_PAYLOAD.to_be_bytes());
+    }
+    Some(answer)
 }
 
 /// The answer to `query` from `server` over TCP (RFC 1035 §4.2.2 framing).
@@ -336,7 +362,7 @@ async fn compare(
 ) -> Vec<Option<Vec<u8>>> {
     let mut references = Vec::new();
     for (what, query, answered) in set {
-        let expected = exchange(reference, query, *answered).await;
+        let expected = exchange_reference(reference, query, *answered).await;
         assert_eq!(expected.is_some(), *answered, "{what}: reference answered?");
         for (mode, server) in servers {
             for round in 0..2 {
@@ -400,6 +426,24 @@ async fn cached_udp_answers_are_hickorys_answers() {
             && !truncated("large answer, EDNS 4096"),
         "the TC cases are TC"
     );
+    // The OPT record advertises the server's size whatever the client's (the answers above are
+    // the reference's with that one change), and the answer keeps within the client's.
+    for (what, client_size) in [
+        ("large answer, EDNS 512 (TC)", 512),
+        ("large answer, EDNS 4096", 4096),
+    ] {
+        let wire = before[index_of(what)].as_deref().expect("answered");
+        let answer = Message::from_vec(wire).expect("parse");
+        assert_eq!(
+            answer.edns.as_ref().map(Edns::max_payload),
+            Some(SERVER_PAYLOAD),
+            "{what}"
+        );
+        assert!(
+            wire.len() <= usize::from(client_size.min(SERVER_PAYLOAD)),
+            "{what}"
+        );
+    }
     let answered = set.iter().filter(|(_, _, answered)| *answered).count() as u64;
     let (_, defaults) = &pkraft[0];
     let stats = defaults.udp_answer_stats();
@@ -641,7 +685,7 @@ async fn a_burst_gets_every_client_its_own_answers() {
     for client in 0..CLIENTS {
         for n in 0..PER_CLIENT {
             let wire = query(client, n);
-            expected.push(exchange(reference.local_addr(), &wire, true).await);
+            expected.push(exchange_reference(reference.local_addr(), &wire, true).await);
         }
     }
     for mode in [Mode::Defaults, Mode::Unbatched] {
@@ -712,7 +756,7 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
     let query = message(1, &iroh, RecordType::TXT, Some(edns(1232)))
         .to_vec()
         .expect("encode");
-    let expected = exchange(reference.local_addr(), &query, true).await;
+    let expected = exchange_reference(reference.local_addr(), &query, true).await;
     let got = exchange(direct.local_addr(), &query, true).await;
     assert_eq!(got, expected);
     let answer = Message::from_vec(got.as_deref().expect("answered")).expect("parse");
