@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-cold-reads bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -112,6 +112,14 @@ bench-handover:
 bench-stalls:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/stalls.sh
+
+## Raft beside reads that wait on the disk: a 3-node release cluster with 1M packets
+## (BENCH_COLD_READS_KEYS) under GET and DNS-over-TCP load on every node and a steady PUT stream,
+## warm and then in a memory cgroup far below state.redb: leader changes and PUT p99 per phase;
+## BENCH_BASE_BIN runs another build alongside. Needs root. About 6 minutes per build.
+bench-cold-reads:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN=$(TARGET_DIR)/release tests/bench/cold_reads.sh
 
 ## One node at 20k, 1M, 3M and 10M stored packets (BENCH_SCALE_POINTS): DNS, GET and PUT rates,
 ## restart after SIGKILL, a learner's catch-up by snapshot, backup, memory and disk per record;

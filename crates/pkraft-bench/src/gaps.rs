@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::dataset::DataSet;
 use crate::http_load::{Job, client, send};
-use crate::stats::millis;
+use crate::stats::{millis, percentile};
 
 /// Pause between a worker's PUTs, so the stream is steady rather than a saturating load: gaps
 /// are then read against a regular beat of acknowledgements, not against queueing.
@@ -32,6 +32,9 @@ pub struct GapReport {
     /// what a client that always writes through that node sees.
     pub longest_gap_ms_by_url: BTreeMap<String, f64>,
     pub acknowledged: u64,
+    /// Latency of the acknowledged PUTs (from sending to the 204), median and 99th percentile.
+    pub put_p50_ms: f64,
+    pub put_p99_ms: f64,
     /// Status codes of the PUTs not acknowledged ("error": no HTTP answer).
     pub refused: BTreeMap<String, u64>,
     /// Keys used, from `first_key`: the next run starts after them.
@@ -77,6 +80,7 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
         workers.spawn(async move {
             let client = client(None);
             let mut acks = Vec::new();
+            let mut latencies = Vec::new();
             let mut refused = BTreeMap::<String, u64>::new();
             let mut job = None;
             while Instant::now() < end {
@@ -89,6 +93,7 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
                 match outcome.status {
                     Some(204) => {
                         acks.push(Instant::now());
+                        latencies.push(outcome.latency);
                         job = None;
                         tokio::time::sleep(PUT_PAUSE).await;
                     }
@@ -100,14 +105,16 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
                     }
                 }
             }
-            (base, acks, refused)
+            (base, acks, latencies, refused)
         });
     }
     let mut acks = Vec::new();
+    let mut latencies = Vec::new();
     let mut acks_by_url = BTreeMap::<String, Vec<Instant>>::new();
     let mut refused = BTreeMap::new();
     while let Some(joined) = workers.join_next().await {
-        let (base, worker_acks, worker_refused) = joined?;
+        let (base, worker_acks, worker_latencies, worker_refused) = joined?;
+        latencies.extend(worker_latencies);
         acks_by_url
             .entry(base)
             .or_default()
@@ -123,6 +130,7 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
         jobs.len()
     );
     let finished = Instant::now();
+    latencies.sort_unstable();
     let acknowledged = u64::try_from(acks.len())?;
     let longest = longest_gap(acks, started, finished);
     let longest_gap_ms_by_url = acks_by_url
@@ -134,6 +142,8 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
         longest_gap_ms: millis(longest),
         longest_gap_ms_by_url,
         acknowledged,
+        put_p50_ms: millis(percentile(&latencies, 50.0)),
+        put_p99_ms: millis(percentile(&latencies, 99.0)),
         refused,
         keys_used: next.load(Ordering::Relaxed).min(jobs.len()),
     })

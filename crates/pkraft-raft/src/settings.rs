@@ -103,6 +103,12 @@ pub struct Settings {
     /// The scrub reads the Raft log back (every record's checksums) at this many MiB a second.
     /// Default 4. 0 turns it off.
     pub scrub_log_mib_per_second: u64,
+    /// Threads of the node's own tokio runtime, which runs openraft (its core, heartbeats and
+    /// replication), the node's background tasks and the peer listener, apart from the runtime
+    /// that serves clients. Default 2. A client's storage read that waits on the disk (a GET or
+    /// a DNS-over-TCP answer for a key out of the page cache) holds a client thread, never one
+    /// of these, so it cannot hold up a heartbeat. docs/ARCHITECTURE.md, "Runtimes".
+    pub runtime_threads: usize,
 }
 
 impl Default for Settings {
@@ -126,6 +132,7 @@ impl Default for Settings {
             min_free_disk_mib: 1024,
             scrub_packets_per_second: 250,
             scrub_log_mib_per_second: 4,
+            runtime_threads: 2,
         }
     }
 }
@@ -153,6 +160,8 @@ const PUBLISH_ITEM_BYTES_MAX: usize = 1_200;
 pub const PUBLISH_BATCH_MAX_LIMIT: usize = 4096;
 /// Largest `publish_queue_max`: bounds the memory of waiting publishes.
 pub const PUBLISH_QUEUE_MAX_LIMIT: usize = 65_536;
+/// Largest `runtime_threads`.
+pub const RUNTIME_THREADS_MAX: usize = 64;
 
 /// A `[raft]` value openraft refuses.
 #[derive(Debug, thiserror::Error)]
@@ -259,6 +268,12 @@ impl Settings {
                 return Err(SettingsError(format!(
                     "max_clock_jump ({:?}) must be at least max_clock_offset ({:?})",
                     self.max_clock_jump, self.max_clock_offset
+                )));
+            }
+            if !(1..=RUNTIME_THREADS_MAX).contains(&self.runtime_threads) {
+                return Err(SettingsError(format!(
+                    "runtime_threads must be 1 to {RUNTIME_THREADS_MAX}, got {}",
+                    self.runtime_threads
                 )));
             }
             if !(1..=PUBLISH_QUEUE_MAX_LIMIT).contains(&self.publish_queue_max) {

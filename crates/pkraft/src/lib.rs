@@ -23,6 +23,7 @@ pub mod daemon;
 pub mod descriptors;
 pub mod https;
 pub mod logging;
+mod raft_runtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ use pkraft_dns::{DnsServer, Freshness, FreshnessProbe, MissingKeys};
 use pkraft_limits::connections::Admission;
 use pkraft_raft::Node;
 use pkraft_types::{KeyBytes, Payload};
+use raft_runtime::RaftRuntime;
+use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -60,6 +63,9 @@ pub struct Server {
     /// What reloads the certificates of `[https]` and `[cluster.tls]`, with their periodic
     /// checks of the files.
     certificates: Vec<(Arc<certificates::CertificateReloader>, JoinHandle<()>)>,
+    /// Where Raft, the node's tasks and the peer listener run (`raft_runtime`). Declared last:
+    /// dropped after everything that runs on it.
+    _raft_runtime: RaftRuntime,
 }
 
 /// The `[https]` listener.
@@ -78,8 +84,20 @@ struct Listener {
 
 impl Listener {
     /// Serves `app` on `listener`, over TLS when `tls` is set, within `limits`, admitting
-    /// connections through `admission` (see `pkraft_http::serve`).
+    /// connections through `admission` (see `pkraft_http::serve`), on the current runtime.
     fn serve(
+        listener: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        app: axum::Router,
+        limits: pkraft_http::serve::ConnectionLimits,
+        admission: Arc<Admission>,
+    ) -> Listener {
+        Listener::serve_on(&Handle::current(), listener, tls, app, limits, admission)
+    }
+
+    /// [`Listener::serve`] on `runtime`: its connections' tasks run there too.
+    fn serve_on(
+        runtime: &Handle,
         listener: tokio::net::TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
         app: axum::Router,
@@ -88,7 +106,7 @@ impl Listener {
     ) -> Listener {
         let (stop, stopped) = oneshot::channel::<()>();
         let tls = tls.map(tokio_rustls::TlsAcceptor::from);
-        let task = tokio::spawn(pkraft_http::serve::serve(
+        let task = runtime.spawn(pkraft_http::serve::serve(
             listener, tls, app, limits, admission, stopped,
         ));
         Listener { stop, task }
@@ -147,8 +165,15 @@ impl Server {
             voter: config.cluster.voter,
             tls: peer_tls.as_ref().map(|(_, tls)| tls.clone()),
         };
-        let node = Node::start(config.node_id, &config.data_dir, &config.raft, cluster)
+        // Raft and every task the node starts run on the node's own runtime (`raft_runtime`).
+        let raft_runtime = RaftRuntime::new(config.raft.runtime_threads)?;
+        let (node_id, data_dir, raft_settings) =
+            (config.node_id, config.data_dir.clone(), config.raft.clone());
+        let node = raft_runtime
+            .handle()
+            .spawn(async move { Node::start(node_id, &data_dir, &raft_settings, cluster).await })
             .await
+            .context("the raft node's start stopped")?
             .context("cannot start the raft node")?;
         // Everything the admin listener's /metrics exports (docs/METRICS.md).
         let registry = prometheus::Registry::new();
@@ -175,7 +200,8 @@ impl Server {
             admissions.push(admission.clone());
             admission
         };
-        let peer = Listener::serve(
+        let peer = Listener::serve_on(
+            raft_runtime.handle(),
             peer_listener,
             peer_tls.as_ref().map(|(_, tls)| tls.server.clone()),
             pkraft_raft::peer::server::router(node.clone()),
@@ -355,6 +381,7 @@ impl Server {
                     (reloader.clone(), certificates::spawn_checks(reloader))
                 })
                 .collect(),
+            _raft_runtime: raft_runtime,
         })
     }
 
