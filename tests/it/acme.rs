@@ -450,7 +450,9 @@ async fn every_node_orders_its_own_certificate_for_a_shared_and_wildcard_name_wi
             member
                 .server
                 .log()
-                .contains("new certificate issued (DNS-01)"),
+                .lines()
+                .any(|line| line.contains("new certificate issued")
+                    && line.contains("challenge=dns-01")),
             "{}",
             member.server.log()
         );

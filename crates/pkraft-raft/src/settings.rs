@@ -148,10 +148,17 @@ pub const ENTRIES_PER_APPEND_MAX: u64 = 64;
 const APPEND_BYTES_PER_HEARTBEAT_MS: usize = 40 * 1024;
 /// Bytes of snapshot sent in one `install-snapshot` request.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
-/// Time for one snapshot chunk, and for the last one also for the follower to install the whole
-/// snapshot (an import into redb and an fsync: seconds for millions of packets). openraft's
-/// 200 ms default restarts the transfer of a large snapshot over and over.
-const SNAPSHOT_RPC_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time for one snapshot chunk but the last (openraft's 200 ms default restarts the transfer of
+/// a large snapshot over and over). `PeerConnection::install_snapshot` holds every chunk but the
+/// last to it.
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time for the last snapshot chunk, which the follower answers once it has installed the whole
+/// snapshot: an import into redb of every packet, with their answers compiled, and an fsync.
+/// That took over a minute at 10M packets, and a timeout there started the transfer and the
+/// install over (three installs, 107 s, in docs/BENCHMARKS.md), so the transfer's timeout no
+/// longer covers the import: this bound is only there so that a follower that never answers is
+/// given up on. openraft applies it to every chunk (`install_snapshot_timeout`).
+pub const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Upper bound of the bytes one published packet takes in an encoded log entry: a relay payload
 /// of at most 1072 bytes, its 32-byte key and postcard framing.
 const PUBLISH_ITEM_BYTES_MAX: usize = 1_200;
@@ -236,7 +243,7 @@ impl Settings {
             max_in_snapshot_log_to_keep: self.entries_kept_after_snapshot,
             max_payload_entries: self.entries_per_append(),
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-            install_snapshot_timeout: millis(SNAPSHOT_RPC_TIMEOUT),
+            install_snapshot_timeout: millis(SNAPSHOT_INSTALL_TIMEOUT),
             ..Default::default()
         }
         .validate()
@@ -403,6 +410,8 @@ mod tests {
                 );
                 assert!(settings.peer_body_max() >= append_bytes, "batch {batch}");
                 assert!(config.install_snapshot_timeout >= 10_000);
+                assert!(SNAPSHOT_CHUNK_TIMEOUT >= Duration::from_secs(10));
+                assert!(SNAPSHOT_INSTALL_TIMEOUT > SNAPSHOT_CHUNK_TIMEOUT);
             }
         }
         let small_entries = Settings {

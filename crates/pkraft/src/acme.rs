@@ -1,9 +1,10 @@
 //! `[https.acme]`: the `[https]` certificate obtained and renewed from an ACME CA (Let's Encrypt
-//! by default) by the node itself, as iroh-dns-server does, with `tokio-rustls-acme`.
+//! by default) by the node itself, as iroh-dns-server does; the loop is [`client`], on
+//! tokio-rustls-acme's ACME messages and files.
 //!
-//! With `challenge = "dns-01"` the node proves its names through pkraft's own DNS instead
-//! ([`dns01`]): every node of a cluster can then order a certificate for one shared name, and
-//! wildcard names work. What follows is the default, `challenge = "tls-alpn-01"`.
+//! With `challenge = "dns-01"` the node proves its names through pkraft's own DNS instead:
+//! every node of a cluster can then order a certificate for one shared name, and wildcard names
+//! work. What follows is the default, `challenge = "tls-alpn-01"`.
 //!
 //! The CA checks that the node controls each name with TLS-ALPN-01 (RFC 8737): it connects to
 //! port 443 of the name and asks, by ALPN `acme-tls/1`, for a certificate that carries the
@@ -13,12 +14,13 @@
 //! `<data_dir>/acme/` (a directory only the node's user can read), so a restart serves the
 //! certificate it has and orders none. A certificate is renewed when two thirds of its validity
 //! have passed (30 days before expiry for Let's Encrypt's 90 days); a failed order is retried
-//! with exponential backoff (1 s, doubling, up to about 18 h) while the certificate it has keeps
-//! serving. `pkraft_tls_acme_orders_total{result}` counts orders and failures, and
+//! with exponential backoff (1 s, doubling, up to about 18 h, never past half the time the
+//! served certificate has left) while the certificate it has keeps serving. Every request to
+//! the CA has a timeout, and the waits read the wall clock again at least hourly. `pkraft_tls_acme_orders_total{result}` counts orders and failures, and
 //! `pkraft_tls_certificate_expiry_timestamp_seconds{listener="https"}` says when the served
 //! certificate expires, as for certificate files.
 
-mod dns01;
+mod client;
 
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
@@ -27,14 +29,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use futures_lite::StreamExt as _;
 use prometheus::{IntCounterVec, Opts, Registry};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::ResolvesServerCert;
 use serde::Deserialize;
 use tokio_rustls_acme::caches::DirCache;
-use tokio_rustls_acme::{AccountCache, AcmeConfig, CertCache, EventOk};
+use tokio_rustls_acme::{AccountCache, CertCache};
 
 use hickory_proto::rr::Name;
 use pkraft_raft::node::Node;
@@ -228,11 +229,12 @@ pub struct Acme {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// How long the start waits for the certificate kept in the data dir: the state machine's first
-/// event comes from reading that file (milliseconds). Without a kept certificate the first
-/// event is an order's, over the network; the start gives up on it after this long and the
-/// order goes on in the background.
+/// How long the start waits for the certificate kept in the data dir (reading a file:
+/// milliseconds); past it the start goes on, and the client orders one.
 const KEPT_CERTIFICATE_WAIT: Duration = Duration::from_secs(2);
+
+/// The ACME client's loop, as `pkraft_task_panics_total{task}` names it.
+pub const ACME_TASK: &str = "acme";
 
 /// Starts the ACME client for `settings`, keeping its state in `<data_dir>/acme/`; returns once
 /// a certificate kept there is served, so that a restart fails no handshake. Until there is a
@@ -259,68 +261,13 @@ pub async fn start(
         dir: DirCache::new(dir),
         certificates,
     };
-    if settings.challenge == Challenge::Dns01 {
-        let client = dns01::Dns01Client::new(settings, cache, node, metrics)?;
-        let resolver = client.resolver();
-        let renew_at = client.serve_kept().await;
-        let task = tokio::spawn(client.run(renew_at));
-        return Ok(Acme { resolver, task });
-    }
-    let mut state = AcmeConfig::new_with_client_tls_config(
-        settings.domains.iter().map(String::as_str),
-        settings.client_config()?,
-    )
-    .contact(settings.contact.iter().map(String::as_str))
-    .directory(&settings.directory)
-    .cache(cache)
-    .state();
-    let resolver = state.resolver();
-    let domains = settings.domains.join(", ");
-    // `next()` is cancel-safe here: the state machine keeps its work in itself, not in the
-    // future a timeout drops.
-    if let Ok(Some(event)) = tokio::time::timeout(KEPT_CERTIFICATE_WAIT, state.next()).await {
-        note(&event, &domains, &metrics);
-    }
-    let task = tokio::spawn(async move {
-        while let Some(event) = state.next().await {
-            note(&event, &domains, &metrics);
-        }
-    });
+    let client = Arc::new(client::AcmeClient::new(settings, cache, node, metrics)?);
+    let resolver = client.resolver();
+    client.serve_kept().await;
+    // Supervised: a panic is logged and counted, and the loop goes on from the served
+    // certificate.
+    let task = pkraft_tasks::spawn(ACME_TASK, move || client.clone().run());
     Ok(Acme { resolver, task })
-}
-
-/// Logs and counts what the ACME state machine did.
-fn note(
-    event: &Result<EventOk, tokio_rustls_acme::EventError<std::io::Error, std::io::Error>>,
-    domains: &str,
-    metrics: &AcmeMetrics,
-) {
-    match event {
-        Ok(EventOk::DeployedNewCert) => {
-            metrics.orders.with_label_values(&["issued"]).inc();
-            tracing::info!(domains, "ACME: new certificate issued and served");
-        }
-        Ok(EventOk::DeployedCachedCert) => {
-            tracing::info!(
-                domains,
-                "ACME: serving the certificate kept in the data dir"
-            );
-        }
-        Ok(event @ (EventOk::CertCacheStore | EventOk::AccountCacheStore)) => {
-            tracing::debug!(?event, "ACME: stored in the data dir");
-        }
-        Err(error) => {
-            if matches!(error, tokio_rustls_acme::EventError::Order(_)) {
-                metrics.orders.with_label_values(&["error"]).inc();
-            }
-            tracing::warn!(
-                domains,
-                error = %error,
-                "ACME: failed, retrying with backoff; the certificate served before (if any) \
-                 keeps serving"
-            );
-        }
-    }
 }
 
 /// tokio-rustls-acme's directory cache, exporting the expiry of every certificate it loads or

@@ -190,6 +190,7 @@ impl Server {
             pkraft_dht::TASK_SIZE,
             pkraft_dht::TASK_PUBLISHER,
             certificates::RELOAD_TASK,
+            acme::ACME_TASK,
         ]);
         pkraft_tasks::register(&registry, &supervised).context("task metrics")?;
         // Every TCP listener's connection caps (their shares of the descriptor budget, see

@@ -30,6 +30,7 @@ use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 use crate::codec::{decode, encode};
 use crate::leadership::Silenced;
 use crate::quorum::QuorumContact;
+use crate::settings::SNAPSHOT_CHUNK_TIMEOUT;
 use crate::{NodeId, TypeConfig};
 
 /// How long opening a TCP connection to a peer may take. A peer that does not accept within it
@@ -393,7 +394,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.refuse_if_silenced()?;
-        self.rpc(path::INSTALL_SNAPSHOT, &rpc, &option).await
+        // openraft gives every chunk `SNAPSHOT_INSTALL_TIMEOUT`, the last one's bound, which
+        // covers the follower's install; the others get `SNAPSHOT_CHUNK_TIMEOUT`, so that a
+        // transfer that stalls is retried soon.
+        let timeout = if rpc.done {
+            option.hard_ttl()
+        } else {
+            option.hard_ttl().min(SNAPSHOT_CHUNK_TIMEOUT)
+        };
+        self.rpc(path::INSTALL_SNAPSHOT, &rpc, &RPCOption::new(timeout))
+            .await
     }
 
     async fn vote(

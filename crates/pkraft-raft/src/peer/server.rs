@@ -30,14 +30,19 @@ use crate::membership::MembershipRequest;
 use crate::metrics::Damaged;
 use crate::node::Node;
 use crate::pre_vote::PreVoteRequest;
+use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
+use crate::storage::state_machine::snapshot_bytes_in_id;
 use crate::{NodeId, TypeConfig};
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
-/// Longest a peer request may take: the last chunk of a snapshot, which includes installing the
-/// whole snapshot (`SNAPSHOT_RPC_TIMEOUT`), and some margin. Every other route has shorter
-/// bounds of its own (openraft's RPC timeouts, `publish_timeout`, the membership timeouts); this
+/// Longest a peer request may take, but a snapshot chunk: the longest of the routes' own bounds
+/// (openraft's RPC timeouts, `publish_timeout`, the membership timeouts) and some margin; this
 /// one makes sure no handler holds a connection forever. The caller sees 503.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+/// Longest a snapshot chunk may take: the last one includes installing the whole snapshot
+/// (`SNAPSHOT_INSTALL_TIMEOUT`, the leader's bound), and some margin.
+const SNAPSHOT_REQUEST_TIMEOUT: Duration =
+    SNAPSHOT_INSTALL_TIMEOUT.saturating_add(Duration::from_secs(15));
 
 /// Marks the answer to a request that passed [`authenticate`], so that the connection loop
 /// (`pkraft_http::serve`) can take the connection off probation; an answer without it closes
@@ -49,10 +54,15 @@ pub struct Authenticated;
 /// listener.
 pub fn router(node: Arc<Node>) -> Router {
     let body_max = node.peer_body_max;
+    let snapshots = Router::new()
+        .route(path::INSTALL_SNAPSHOT, post(install_snapshot))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            SNAPSHOT_REQUEST_TIMEOUT,
+        ));
     Router::new()
         .route(path::APPEND_ENTRIES, post(append_entries))
         .route(path::VOTE, post(vote))
-        .route(path::INSTALL_SNAPSHOT, post(install_snapshot))
         .route(path::PUBLISH, post(publish))
         .route(path::READ_INDEX, post(read_index))
         .route(path::MEMBERSHIP, post(membership))
@@ -63,13 +73,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::ACME_CHALLENGE, post(acme_challenge))
         .route(path::ACME_CHALLENGE_VALUES, post(acme_challenge_values))
         .route(path::CLOCK, post(clock))
-        .layer(DefaultBodyLimit::max(body_max))
-        .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
-        .with_state(node)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        .merge(snapshots)
+        .layer(DefaultBodyLimit::max(body_max))
+        .route_layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        .with_state(node)
 }
 
 /// With `[cluster.tls]`: whether the client certificate of the request's connection names the
@@ -249,7 +260,20 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange_unless_refused(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
         let _in_flight = node.leader_request();
-        if let Some(reason) = node.disk_space.refusal() {
+        // Below the reserve nothing is taken; above it, a snapshot only with room for its
+        // install (the file, and the import beside the tables it replaces): checked on its
+        // first chunk when the leader names its size in the id, else on its last.
+        let size = snapshot_bytes_in_id(&rpc.meta.snapshot_id)
+            .or_else(|| rpc.done.then(|| rpc.offset.saturating_add(rpc.data.len() as u64)));
+        let received = if rpc.done { rpc.offset } else { 0 };
+        let refusal = node.disk_space.refusal().or_else(|| {
+            size.filter(|_| rpc.offset == 0 || rpc.done)
+                .and_then(|size| {
+                    node.disk_space
+                        .install_refusal(&rpc.meta.snapshot_id, size, received)
+                })
+        });
+        if let Some(reason) = refusal {
             // As for entries (see `append_entries`): the snapshot waits, the vote is taken as
             // a heartbeat. Its previous entry is the snapshot's last, which a follower that
             // needs the snapshot lacks, so openraft changes nothing but the leader's lease.

@@ -520,7 +520,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let meta = SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership,
-                snapshot_id: snapshot_id(applied.last_applied),
+                snapshot_id: sized_snapshot_id(applied.last_applied, summary.bytes),
             };
             // The open handle keeps the data readable whether or not it becomes current.
             snapshot_file.commit(&meta, &path)?;
@@ -553,6 +553,24 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// [`snapshot_id`] with the snapshot's size in bytes after it (`…-<bytes>b`), so that a follower
+/// can tell from the first chunk whether it has room to install it
+/// ([`snapshot_bytes_in_id`]).
+pub(crate) fn sized_snapshot_id(last_applied: Option<LogId<NodeId>>, bytes: u64) -> String {
+    format!("{}-{bytes}b", snapshot_id(last_applied))
+}
+
+/// The size a [`sized_snapshot_id`] names; `None` for ids without one (a leader of an older
+/// build, a restored backup's snapshot).
+pub(crate) fn snapshot_bytes_in_id(snapshot_id: &str) -> Option<u64> {
+    snapshot_id
+        .rsplit('-')
+        .next()?
+        .strip_suffix('b')?
+        .parse()
+        .ok()
+}
+
 /// Unique per build: two snapshots of the same log position may differ in bytes (openraft's
 /// `SnapshotMeta::snapshot_id` contract), so the build time is part of the id.
 pub(crate) fn snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
@@ -563,5 +581,24 @@ pub(crate) fn snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
     match last_applied {
         Some(log_id) => format!("{}-{}-{micros}", log_id.leader_id, log_id.index),
         None => format!("empty-{micros}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot's id names its size, which a follower reads back; ids without one (an older
+    /// leader's, a restored backup's, the empty state's) name none.
+    #[test]
+    fn a_snapshot_id_names_its_size() {
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
+        let id = sized_snapshot_id(Some(log_id), 123_456);
+        assert!(id.ends_with("-123456b"), "{id}");
+        assert_eq!(snapshot_bytes_in_id(&id), Some(123_456));
+        assert_eq!(snapshot_bytes_in_id(&snapshot_id(Some(log_id))), None);
+        assert_eq!(snapshot_bytes_in_id(&snapshot_id(None)), None);
+        assert_eq!(snapshot_bytes_in_id(&sized_snapshot_id(None, 7)), Some(7));
+        assert_eq!(snapshot_bytes_in_id("x-b"), None);
     }
 }

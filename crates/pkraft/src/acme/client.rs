@@ -1,20 +1,29 @@
-//! `[https.acme]` with `challenge = "dns-01"`: the node proves control of each name with a TXT
-//! record at `_acme-challenge.<name>` (RFC 8555 §8.4), answered by pkraft's own DNS, which is
-//! authoritative for the origins the names lie under. The value is committed through Raft
-//! (`Node::commit_acme_challenge`), so every node's DNS answers it whichever one the CA asks,
-//! and the CA is told to look only once every member has applied it (or a bound has passed).
-//! This is what lets every node of a cluster order its own certificate for one shared name
-//! (each publishes its own value; several TXT values at one name are fine), and what allows
-//! wildcard names, which TLS-ALPN-01 cannot prove.
+//! The ACME client of one node (`[https.acme]`): orders the `[https]` certificate, serves it,
+//! renews it at two thirds of its validity and backs off after a failure, for both challenge
+//! types:
 //!
-//! The ACME protocol itself is tokio-rustls-acme's (`tokio_rustls_acme::acme`: account,
-//! order, authorizations, finalize), the crate the TLS-ALPN-01 mode runs; this module adds the
-//! DNS-01 value and the loop around an order, which keeps the same files in `<data_dir>/acme/`
-//! (so a node moved from one challenge type to the other keeps its certificate and account),
-//! renews at two thirds of the validity and backs off the same way.
+//! - `tls-alpn-01` (RFC 8737, the default): for each name the CA connects to port 443 and asks,
+//!   by ALPN `acme-tls/1`, for a certificate that carries the challenge; [`OrderedCertificate`]
+//!   answers that handshake with the one made for it (and the listener closes the connection,
+//!   `pkraft_http::serve`). So every name must resolve to this node alone.
+//! - `dns-01` (RFC 8555 §8.4): a TXT record at `_acme-challenge.<name>`, answered by pkraft's
+//!   own DNS, which is authoritative for the origins the names lie under. The value is committed
+//!   through Raft (`Node::commit_acme_challenge`), so every node's DNS answers it whichever one
+//!   the CA asks, and the CA is told to look only once every member has applied it (or a bound
+//!   has passed). This is what lets every node of a cluster order its own certificate for one
+//!   shared name (each publishes its own value; several TXT values at one name are fine), and
+//!   what allows wildcard names, which TLS-ALPN-01 cannot prove.
+//!
+//! The ACME messages are tokio-rustls-acme's (`tokio_rustls_acme::acme`: account, order,
+//! authorizations, finalize) and so are the files in `<data_dir>/acme/` (its `DirCache`
+//! layout: a node moved from one challenge type to the other keeps its certificate and
+//! account). The loop around them is pkraft's, for two bounds the crate's own loop lacks: every
+//! request to the CA gets `STEP_TIMEOUT` (the crate's HTTP client has none), and every wait
+//! (for the renewal, or a backoff) reads the wall clock again at least every `RECHECK_EVERY`
+//! and never outlasts half the time the served certificate has left.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
@@ -34,7 +43,7 @@ use tokio_rustls_acme::acme::{
 };
 use tokio_rustls_acme::{AccountCache, CertCache};
 
-use super::{AcmeMetrics, AcmeSettings, ExpiryCache, KEPT_CERTIFICATE_WAIT};
+use super::{AcmeMetrics, AcmeSettings, Challenge, ExpiryCache, KEPT_CERTIFICATE_WAIT};
 
 /// How long a challenge value is answered at most: an order that has not ended by then has
 /// failed anyway (each authorization is polled for about 30 s).
@@ -54,26 +63,122 @@ const CHALLENGE_SPREAD_POLL: Duration = Duration::from_millis(100);
 const ORDER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The backoff after a failed order: 1 s doubling, up to 2^16 s (about 18 h), as the TLS-ALPN-01
-/// mode (tokio-rustls-acme) does.
+/// mode (tokio-rustls-acme) does; never past half the time the served certificate has left
+/// (`retry_at`).
 const BACKOFF_MAX_EXPONENT: u32 = 16;
 
+/// Longest one request to the CA may take (tokio-rustls-acme's HTTP client has no timeout: a CA
+/// that accepts the connection and never answers would hold the order until `ORDER_TIMEOUT`).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest a wait goes without reading the wall clock again: a tokio sleep counts monotonic
+/// time, which stops while the machine is suspended and ignores a stepped clock, so a renewal
+/// weeks ahead is re-checked against the wall clock (and the certificate's end) hourly.
+const RECHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// A request to the CA, `what` naming it in the error, bounded by `STEP_TIMEOUT`.
+async fn step<T, E>(what: &str, request: impl Future<Output = Result<T, E>>) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    step_within(STEP_TIMEOUT, what, request).await
+}
+
+/// [`step`] with the bound `timeout`.
+async fn step_within<T, E>(
+    timeout: Duration,
+    what: &str,
+    request: impl Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(timeout, request).await {
+        Ok(result) => result.with_context(|| what.to_string()),
+        Err(_) => Err(anyhow::anyhow!(
+            "{what}: the CA did not answer within {timeout:?}"
+        )),
+    }
+}
+
+/// Waits until the wall clock reads `at`, looking at it again at least every `RECHECK_EVERY`.
+async fn wait_until(at: SystemTime) {
+    while let Some(sleep) = next_sleep(at, SystemTime::now()) {
+        tokio::time::sleep(sleep).await;
+    }
+}
+
+/// How long [`wait_until`] sleeps before it reads the wall clock again, at `now`: the time
+/// left until `at`, at most `RECHECK_EVERY`; `None` once `at` has come.
+fn next_sleep(at: SystemTime, now: SystemTime) -> Option<Duration> {
+    let left = at.duration_since(now).ok()?;
+    (!left.is_zero()).then(|| left.min(RECHECK_EVERY))
+}
+
+/// When to try again after `failures` failed orders in a row, at `now`: the backoff, but never
+/// later than halfway to the end of the served certificate (`not_after`), and at least a minute
+/// on, so that a certificate about to run out is retried more and more often, never in a tight
+/// loop.
+fn retry_at(failures: u32, now: SystemTime, not_after: Option<SystemTime>) -> SystemTime {
+    let backoff = Duration::from_secs(1 << failures.min(BACKOFF_MAX_EXPONENT));
+    let half_left = not_after
+        .and_then(|end| end.duration_since(now).ok())
+        .map_or(backoff, |left| (left / 2).max(Duration::from_secs(60)));
+    now + backoff.min(half_left)
+}
+
 /// The certificate the `[https]` listener presents: the last one ordered or kept. None until
-/// there is one (handshakes fail meanwhile).
+/// there is one (handshakes fail meanwhile). A TLS-ALPN-01 handshake (ALPN `acme-tls/1` alone)
+/// gets the challenge certificate of the name it asks for (SNI) instead, while an order waits
+/// for the CA to check it.
 #[derive(Debug, Default)]
 pub(super) struct OrderedCertificate {
     current: ArcSwapOption<CertifiedKey>,
+    /// TLS-ALPN-01 challenge certificates by name, for the order under way.
+    challenges: std::sync::Mutex<std::collections::BTreeMap<String, Arc<CertifiedKey>>>,
 }
 
 impl ResolvesServerCert for OrderedCertificate {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme_challenge = client_hello.alpn().is_some_and(|mut protocols| {
+            protocols.next() == Some(pkraft_http::serve::ACME_TLS_ALPN)
+                && protocols.next().is_none()
+        });
+        if acme_challenge {
+            let name = client_hello.server_name()?.to_ascii_lowercase();
+            return self.challenges.lock().ok()?.get(&name).cloned();
+        }
         self.current.load_full()
     }
 }
 
-/// A certificate with its key, and when to renew it.
+impl OrderedCertificate {
+    /// Answers TLS-ALPN-01 handshakes for `name` with `key` until withdrawn.
+    fn offer_challenge(&self, name: &str, key: CertifiedKey) {
+        if let Ok(mut challenges) = self.challenges.lock() {
+            challenges.insert(name.to_ascii_lowercase(), Arc::new(key));
+        }
+    }
+
+    /// Withdraws every TLS-ALPN-01 challenge certificate (the order has ended).
+    fn withdraw_challenges(&self) {
+        if let Ok(mut challenges) = self.challenges.lock() {
+            challenges.clear();
+        }
+    }
+}
+
+/// A certificate with its key, when to renew it and when it ends.
 struct Issued {
     key: Arc<CertifiedKey>,
-    renew_at: std::time::SystemTime,
+    times: CertificateTimes,
+}
+
+/// When the served certificate is renewed, and when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CertificateTimes {
+    renew_at: SystemTime,
+    not_after: SystemTime,
 }
 
 /// The PEM tokio-rustls-acme keeps (the private key first, then the chain, leaf first) parsed,
@@ -90,13 +195,19 @@ fn parse_issued(pem: &[u8]) -> anyhow::Result<Issued> {
     let from = validity.not_before.timestamp();
     let until = validity.not_after.timestamp();
     let renew_at = from.saturating_add((until.saturating_sub(from)) * 2 / 3);
-    let renew_at = std::time::UNIX_EPOCH
-        + Duration::from_secs(u64::try_from(renew_at).context("validity before 1970")?);
+    let at = |secs: i64| -> anyhow::Result<SystemTime> {
+        Ok(std::time::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(secs).context("validity before 1970")?))
+    };
+    let times = CertificateTimes {
+        renew_at: at(renew_at)?,
+        not_after: at(until)?,
+    };
     let key = CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
         .context("the key does not match the certificate")?;
     Ok(Issued {
         key: Arc::new(key),
-        renew_at,
+        times,
     })
 }
 
@@ -126,30 +237,33 @@ fn key_authorization_digest(key: &EcdsaKeyPair, token: &str) -> ring::digest::Di
     )
 }
 
-/// The DNS-01 ACME client of one node.
-pub(super) struct Dns01Client {
+/// The ACME client of one node (module docs).
+pub(super) struct AcmeClient {
     settings: AcmeSettings,
     client_config: Arc<rustls::ClientConfig>,
     cache: ExpiryCache,
     node: Arc<Node>,
     metrics: AcmeMetrics,
     certificate: Arc<OrderedCertificate>,
+    /// The served certificate's times, read again by a `run` restarted after a panic.
+    served: std::sync::Mutex<Option<CertificateTimes>>,
 }
 
-impl Dns01Client {
+impl AcmeClient {
     pub(super) fn new(
         settings: &AcmeSettings,
         cache: ExpiryCache,
         node: Arc<Node>,
         metrics: AcmeMetrics,
-    ) -> anyhow::Result<Dns01Client> {
-        Ok(Dns01Client {
+    ) -> anyhow::Result<AcmeClient> {
+        Ok(AcmeClient {
             client_config: settings.client_config()?,
             settings: settings.clone(),
             cache,
             node,
             metrics,
             certificate: Arc::default(),
+            served: std::sync::Mutex::new(None),
         })
     }
 
@@ -161,75 +275,94 @@ impl Dns01Client {
         self.settings.domains.join(", ")
     }
 
+    fn challenge_name(&self) -> &'static str {
+        match self.settings.challenge {
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+            Challenge::Dns01 => "dns-01",
+        }
+    }
+
+    /// Serves `issued` and keeps its times for the renewal loop.
+    fn serve(&self, issued: Issued) -> CertificateTimes {
+        self.certificate.current.store(Some(issued.key));
+        if let Ok(mut served) = self.served.lock() {
+            *served = Some(issued.times);
+        }
+        issued.times
+    }
+
+    /// The served certificate's times, if one is served.
+    fn served(&self) -> Option<CertificateTimes> {
+        self.served.lock().ok().and_then(|served| *served)
+    }
+
     /// The certificate kept in the data dir, served if it parses (bounded by
-    /// `KEPT_CERTIFICATE_WAIT`); its renewal time.
-    pub(super) async fn serve_kept(&self) -> Option<std::time::SystemTime> {
+    /// `KEPT_CERTIFICATE_WAIT`).
+    pub(super) async fn serve_kept(&self) {
         let load = self
             .cache
             .load_cert(&self.settings.domains, &self.settings.directory);
         let pem = match tokio::time::timeout(KEPT_CERTIFICATE_WAIT, load).await {
             Ok(Ok(Some(pem))) => pem,
-            Ok(Ok(None)) => return None,
+            Ok(Ok(None)) | Err(_) => return,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "ACME: the kept certificate cannot be read; ordering one");
-                return None;
+                return;
             }
-            Err(_) => return None,
         };
         match parse_issued(&pem) {
             Ok(issued) => {
-                self.certificate.current.store(Some(issued.key));
+                self.serve(issued);
                 tracing::info!(
                     domains = self.domains(),
                     "ACME: serving the certificate kept in the data dir"
                 );
-                Some(issued.renew_at)
             }
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "ACME: the kept certificate is damaged; ordering one"
                 );
-                None
             }
         }
     }
 
-    /// Orders and renews for the life of the node: waits for the renewal time, orders, and
-    /// after a failure waits with backoff while the certificate it has keeps serving.
-    pub(super) async fn run(self, mut renew_at: Option<std::time::SystemTime>) {
+    /// Orders and renews for the life of the node: waits for the served certificate's renewal
+    /// time (none served: orders at once), orders, and after a failure waits with backoff
+    /// (`retry_at`) while the certificate it has keeps serving. Restarted after a panic, it
+    /// goes on from the served certificate.
+    pub(super) async fn run(self: Arc<Self>) {
         let mut failures: u32 = 0;
+        let mut next_try = self.served().map(|times| times.renew_at);
         loop {
-            if let Some(at) = renew_at {
-                let wait = at
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                tokio::time::sleep(wait).await;
+            if let Some(at) = next_try {
+                wait_until(at).await;
             }
             match self.order().await {
                 Ok(issued) => {
                     failures = 0;
-                    renew_at = Some(issued.renew_at);
-                    self.certificate.current.store(Some(issued.key));
+                    next_try = Some(self.serve(issued).renew_at);
                     self.metrics.orders.with_label_values(&["issued"]).inc();
                     tracing::info!(
                         domains = self.domains(),
-                        "ACME: new certificate issued (DNS-01) and served"
+                        challenge = %self.challenge_name(),
+                        "ACME: new certificate issued and served"
                     );
                 }
                 Err(e) => {
                     self.metrics.orders.with_label_values(&["error"]).inc();
-                    let backoff = Duration::from_secs(1 << failures.min(BACKOFF_MAX_EXPONENT));
+                    let now = SystemTime::now();
+                    let retry = retry_at(failures, now, self.served().map(|t| t.not_after));
                     failures = failures.saturating_add(1);
                     tracing::warn!(
                         domains = self.domains(),
                         error = format!("{e:#}"),
-                        retry_in = ?backoff,
-                        "ACME: failed (DNS-01 order), retrying with backoff; the certificate \
+                        retry_in = ?retry.duration_since(now).unwrap_or_default(),
+                        challenge = %self.challenge_name(),
+                        "ACME: failed, retrying with backoff; the certificate \
                          served before (if any) keeps serving"
                     );
-                    tokio::time::sleep(backoff).await;
-                    renew_at = None;
+                    next_try = Some(retry);
                 }
             }
         }
@@ -250,6 +383,7 @@ impl Dns01Client {
                 "the order did not complete within {ORDER_TIMEOUT:?}"
             )),
         };
+        self.certificate.withdraw_challenges();
         for mut challenge in published {
             challenge.until_micros = 0;
             if let Err(e) = self.node.commit_acme_challenge(challenge.clone()).await {
@@ -262,23 +396,28 @@ impl Dns01Client {
 
     async fn order_publishing(&self, published: &mut Vec<AcmeChallenge>) -> anyhow::Result<Issued> {
         let client = &self.client_config;
-        let directory = Directory::discover(client, &self.settings.directory)
-            .await
-            .context("the ACME directory")?;
-        let account_key = self.account_key().await?;
-        let account = Account::create_with_keypair(
-            client,
-            directory,
-            &self.settings.contact,
-            &account_key,
-            &None,
+        let directory = step(
+            "the ACME directory",
+            Directory::discover(client, &self.settings.directory),
         )
-        .await
-        .context("the ACME account")?;
-        let (order_url, mut order) = account
-            .new_order(client, self.settings.domains.clone())
-            .await
-            .context("new order")?;
+        .await?;
+        let account_key = self.account_key().await?;
+        let account = step(
+            "the ACME account",
+            Account::create_with_keypair(
+                client,
+                directory,
+                &self.settings.contact,
+                &account_key,
+                &None,
+            ),
+        )
+        .await?;
+        let (order_url, mut order) = step(
+            "new order",
+            account.new_order(client, self.settings.domains.clone()),
+        )
+        .await?;
         let certificate_key =
             KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).context("certificate key")?;
         // Bounded by `ORDER_TIMEOUT` (the caller's).
@@ -289,7 +428,7 @@ impl Dns01Client {
                         .await?;
                     // The CA moves the order on once it has seen every authorization valid.
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    order = account.order(client, &order_url).await?;
+                    order = step("the order", account.order(client, &order_url)).await?;
                 }
                 OrderStatus::Ready => {
                     let mut params = CertificateParams::new(self.settings.domains.clone())
@@ -298,20 +437,22 @@ impl Dns01Client {
                     let csr = params
                         .serialize_request(&certificate_key)
                         .context("certificate request")?;
-                    order = account
-                        .finalize(client, &order.finalize, csr.der().to_vec())
-                        .await
-                        .context("finalize")?;
+                    order = step(
+                        "finalize",
+                        account.finalize(client, &order.finalize, csr.der().to_vec()),
+                    )
+                    .await?;
                 }
                 OrderStatus::Processing => {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    order = account.order(client, &order_url).await?;
+                    order = step("the order", account.order(client, &order_url)).await?;
                 }
                 OrderStatus::Valid { certificate } => {
-                    let chain = account
-                        .certificate(client, &certificate)
-                        .await
-                        .context("download the certificate")?;
+                    let chain = step(
+                        "download the certificate",
+                        account.certificate(client, &certificate),
+                    )
+                    .await?;
                     let pem = format!("{}\n{chain}", certificate_key.serialize_pem()).into_bytes();
                     let issued = parse_issued(&pem).context("the issued certificate")?;
                     if let Err(e) = self
@@ -423,8 +564,9 @@ impl Dns01Client {
         Ok(key)
     }
 
-    /// Publishes the DNS-01 value of every pending authorization through the cluster, waits
-    /// for every member to have it, tells the CA to look, and polls until each is valid.
+    /// Puts up the challenge of every pending authorization (DNS-01: publishes its value
+    /// through the cluster and waits for every member to have it; TLS-ALPN-01: offers its
+    /// certificate to the CA's handshakes), tells the CA to look, and polls until each is valid.
     async fn authorize(
         &self,
         account: &Account,
@@ -432,16 +574,27 @@ impl Dns01Client {
         published: &mut Vec<AcmeChallenge>,
     ) -> anyhow::Result<()> {
         let client = &self.client_config;
-        self.check_every_member_reads_challenges().await?;
+        let dns01 = self.settings.challenge == Challenge::Dns01;
+        if dns01 {
+            self.check_every_member_reads_challenges().await?;
+        }
         let mut pending = Vec::new();
         let mut values = Vec::new();
         for url in authorizations {
-            let auth = account.auth(client, url).await.context("authorization")?;
+            let auth = step("authorization", account.auth(client, url)).await?;
             let Identifier::Dns(domain) = &auth.identifier;
             match auth.status {
                 AuthStatus::Valid => continue,
                 AuthStatus::Pending => {}
                 status => anyhow::bail!("authorization for {domain}: {status:?}"),
+            }
+            if !dns01 {
+                let (challenge, key) = account
+                    .tls_alpn_01(&auth.challenges, domain.clone())
+                    .with_context(|| format!("the tls-alpn-01 challenge for {domain}"))?;
+                self.certificate.offer_challenge(domain, key);
+                pending.push((url, challenge.url.clone(), domain.clone()));
+                continue;
             }
             let challenge = auth
                 .challenges
@@ -467,18 +620,21 @@ impl Dns01Client {
         if pending.is_empty() {
             return Ok(());
         }
-        self.wait_until_every_member_answers(&values).await;
+        if dns01 {
+            self.wait_until_every_member_answers(&values).await;
+        }
         for (_, challenge_url, _) in &pending {
-            account
-                .challenge(client, challenge_url)
-                .await
-                .context("asking the CA to check")?;
+            step(
+                "asking the CA to check",
+                account.challenge(client, challenge_url),
+            )
+            .await?;
         }
         for (url, _, domain) in &pending {
             let mut valid = false;
             for attempt in 0..6 {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                let auth = account.auth(client, url).await.context("authorization")?;
+                let auth = step("authorization", account.auth(client, url)).await?;
                 match auth.status {
                     AuthStatus::Pending => continue,
                     AuthStatus::Valid => {
@@ -563,13 +719,85 @@ mod tests {
         let from = 1_767_225_600; // 2026-01-01
         let until = 1_775_001_600; // 2026-04-01
         assert_eq!(
-            issued.renew_at,
+            issued.times.renew_at,
             std::time::UNIX_EPOCH + Duration::from_secs(from + (until - from) * 2 / 3)
+        );
+        assert_eq!(
+            issued.times.not_after,
+            std::time::UNIX_EPOCH + Duration::from_secs(until)
         );
         assert!(parse_issued(cert.pem().as_bytes()).is_err(), "no key");
         assert!(
             parse_issued(key.serialize_pem().as_bytes()).is_err(),
             "no certificate"
+        );
+    }
+
+    /// A retry waits the backoff while the served certificate has long to run, never past
+    /// half of what it has left as its end nears, and never less than a minute.
+    #[test]
+    fn a_retry_comes_before_the_served_certificate_runs_out() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let secs = |at: SystemTime| at.duration_since(now).expect("after now").as_secs();
+        assert_eq!(secs(retry_at(0, now, None)), 1);
+        assert_eq!(secs(retry_at(3, now, None)), 8);
+        assert_eq!(secs(retry_at(40, now, None)), 1 << BACKOFF_MAX_EXPONENT);
+        let in_90_days = now + Duration::from_secs(90 * 86_400);
+        assert_eq!(
+            secs(retry_at(40, now, Some(in_90_days))),
+            1 << BACKOFF_MAX_EXPONENT
+        );
+        let in_10_hours = now + Duration::from_secs(36_000);
+        assert_eq!(secs(retry_at(40, now, Some(in_10_hours))), 18_000);
+        assert_eq!(secs(retry_at(2, now, Some(in_10_hours))), 4);
+        let in_a_minute = now + Duration::from_secs(61);
+        assert_eq!(secs(retry_at(40, now, Some(in_a_minute))), 60);
+        let ended = now - Duration::from_secs(5);
+        assert_eq!(
+            secs(retry_at(40, now, Some(ended))),
+            1 << BACKOFF_MAX_EXPONENT
+        );
+    }
+
+    /// A CA that accepts a request and never answers fails the step at its bound, naming it;
+    /// one that answers, or refuses, is passed through.
+    #[tokio::test]
+    async fn a_request_the_ca_never_answers_fails_at_the_step_bound() {
+        let bound = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        let never = std::future::pending::<Result<(), std::io::Error>>();
+        let error = step_within(bound, "new order", never)
+            .await
+            .expect_err("times out");
+        assert!(started.elapsed() >= bound);
+        assert!(error.to_string().contains("new order"), "{error}");
+        let answered = step("finalize", async { Ok::<_, std::io::Error>(7) }).await;
+        assert_eq!(answered.expect("answered"), 7);
+        let refused = step("finalize", async {
+            Err::<(), _>(std::io::Error::other("refused"))
+        })
+        .await
+        .expect_err("the CA's error");
+        assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
+    }
+
+    /// The wait for a renewal reads the wall clock again at least every `RECHECK_EVERY`,
+    /// however far the renewal is, and ends once the wall clock has reached it (also when the
+    /// clock stepped past it).
+    #[test]
+    fn a_renewal_far_ahead_is_rechecked_hourly() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let in_60_days = now + Duration::from_secs(60 * 86_400);
+        assert_eq!(next_sleep(in_60_days, now), Some(RECHECK_EVERY));
+        let in_5_minutes = now + Duration::from_secs(300);
+        assert_eq!(
+            next_sleep(in_5_minutes, now),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(next_sleep(now, now), None);
+        assert_eq!(
+            next_sleep(in_60_days, in_60_days + Duration::from_secs(86_400)),
+            None
         );
     }
 }
