@@ -124,10 +124,13 @@ async fn a_follower_without_room_for_a_snapshot_install_refuses_it_and_catches_u
         .limit_free_space(Some(512 << 10));
     let leader_server = &cluster.member(leader).server;
     let mut written = Vec::new();
+    // Stamped now: packets from 1970 would be expired (up to the rate fence's 1,000 an hour)
+    // while the test runs, which a loaded machine makes long enough.
+    let stamp = pkraft_types::unix_micros_now();
     for batch in 0..100_u64 {
         let mut puts = tokio::task::JoinSet::new();
         for i in 0..30 {
-            let (key, packet) = packet(10_000 + batch * 30 + i, 5_000);
+            let (key, packet) = packet(10_000 + batch * 30 + i, stamp);
             let url = leader_server.relay_url(&key);
             let body = packet.to_relay_payload();
             written.push((key, packet));

@@ -472,7 +472,9 @@ pub(crate) fn advertise_payload(message: &mut [u8], advertised_payload: u16) {
 }
 
 /// Where the OPT record's payload size (its CLASS field) is in `message`: the header's counts
-/// walked through the questions and records, names skipped label by label or at a pointer.
+/// walked through the questions and records, names skipped label by label or at a pointer. Only
+/// a record of the additional section owned by the root is the OPT record: a type 41 record
+/// elsewhere (a packet's own) is never touched.
 fn opt_payload_at(message: &[u8]) -> Option<usize> {
     fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
         loop {
@@ -498,12 +500,13 @@ fn opt_payload_at(message: &[u8]) -> Option<usize> {
     for _ in 0..questions {
         at = skip_name(message, at)? + 4;
     }
-    let records = u32::from(answers) + u32::from(authorities) + u32::from(additionals);
-    for _ in 0..records {
+    let additionals_from = u32::from(answers) + u32::from(authorities);
+    for index in 0..additionals_from + u32::from(additionals) {
         let name_end = skip_name(message, at)?;
         let rtype = count(name_end)?;
         let rdata_len = usize::from(count(name_end + 8)?);
-        if rtype == u16::from(RecordType::OPT) {
+        let root_owner = name_end == at + 1;
+        if index >= additionals_from && root_owner && rtype == u16::from(RecordType::OPT) {
             return (name_end + 4 <= message.len()).then_some(name_end + 2);
         }
         at = name_end + 10 + rdata_len;
@@ -685,6 +688,18 @@ mod tests {
             advertise_payload(&mut short, 1232);
             assert_eq!(short, copy, "cut at {cut}");
         }
+        // A type 41 record of the packet's own in the answer section is not the OPT record.
+        let mut with_own = message.clone();
+        with_own.add_answer(Record::from_rdata(
+            name.clone(),
+            300,
+            RData::OPT(hickory_proto::rr::rdata::OPT::default()),
+        ));
+        let own = with_own.to_vec().expect("encode");
+        // The OPT record hickory writes last: root, type, then its size.
+        assert_eq!(opt_payload_at(&own), Some(own.len() - 8));
+        assert_eq!(opt_payload_at(&before), Some(before.len() - 8));
+
         message.edns = None;
         let mut plain = message.to_vec().expect("encode");
         let copy = plain.clone();

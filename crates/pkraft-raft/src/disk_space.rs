@@ -89,15 +89,19 @@ impl DiskSpace {
     }
 
     /// Why a snapshot of `snapshot_bytes` cannot be installed now, if it cannot: the bytes of it
-    /// still to be written (all but `received`) and its import
-    /// (`IMPORT_BYTES_PER_SNAPSHOT_BYTE` per byte) must leave the reserve free. Logged once per
-    /// snapshot; the leader retries it, and it is taken once space is freed.
+    /// still to be written (all but `received`, which are on disk already, or will overwrite a
+    /// file that is) and its import (`IMPORT_BYTES_PER_SNAPSHOT_BYTE` per byte) must leave the
+    /// reserve free. Logged once per snapshot; the leader retries it, and it is taken once space
+    /// is freed. A reserve of 0 turns this check off too.
     pub(crate) fn install_refusal(
         &self,
         snapshot_id: &str,
         snapshot_bytes: u64,
         received: u64,
     ) -> Option<String> {
+        if self.reserve_bytes == 0 {
+            return None;
+        }
         let needed = install_bytes(snapshot_bytes, received).saturating_add(self.reserve_bytes);
         let available = self.available();
         if available >= needed {

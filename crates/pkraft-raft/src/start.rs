@@ -158,11 +158,19 @@ impl Node {
         let clean_stop = take_clean_stop_marker(data_dir)?
             && state_rebuilt.is_none()
             && log_store.repair().is_none();
-        let peers = PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
-            .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))?;
+        let peer_client = || {
+            PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
+                .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))
+        };
+        let peers = peer_client()?;
         let leadership = Leadership::default();
+        // openraft's own client, with connections of its own: a connection belongs to the
+        // runtime that opened it, and the node's other peer calls (status probes, membership,
+        // ACME) are also made from the clients' runtime, whose threads may all be waiting on
+        // the disk (docs/ARCHITECTURE.md, "Runtimes"). Replication opens its connections here,
+        // on the node's runtime.
         let network = PeerNetwork::new(
-            peers.clone(),
+            peer_client()?,
             leadership.quorum_contact().clone(),
             leadership.silenced(),
         );

@@ -201,6 +201,13 @@ impl Server {
             admissions.push(admission.clone());
             admission
         };
+        // Its socket registered with the node's runtime too, whose I/O driver then wakes the
+        // accepts (the clients' may be held up by reads waiting on the disk).
+        let peer_listener = {
+            let listener = peer_listener.into_std().context("cluster.peer_listen")?;
+            let _on_raft_runtime = raft_runtime.handle().enter();
+            tokio::net::TcpListener::from_std(listener).context("cluster.peer_listen")?
+        };
         let peer = Listener::serve_on(
             raft_runtime.handle(),
             peer_listener,

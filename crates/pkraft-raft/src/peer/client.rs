@@ -36,6 +36,14 @@ use crate::{NodeId, TypeConfig};
 /// How long opening a TCP connection to a peer may take. A peer that does not accept within it
 /// is treated as down (openraft then backs off instead of piling up requests).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// TCP keepalive on peer connections: probes after this long without traffic, then every
+/// `KEEPALIVE_INTERVAL`, the connection dropped after `KEEPALIVE_RETRIES` unanswered. A request
+/// that waits long for its answer (the last snapshot chunk waits for the install, up to
+/// `SNAPSHOT_INSTALL_TIMEOUT`) fails within about 25 s of its peer losing power or being cut
+/// off, instead of at its timeout: a peer that is only busy answers the probes from its kernel.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
 /// Idle keep-alive connections kept per peer. openraft sends one replication stream per peer;
 /// forwarded publishes and status probes use a few more.
 const IDLE_CONNECTIONS_PER_PEER: usize = 4;
@@ -264,6 +272,9 @@ fn http_client(tls: rustls::ClientConfig) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_keepalive(Some(KEEPALIVE_IDLE));
+    connector.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
     // The TLS connector wrapping it hands `https` URLs down too.
     connector.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()

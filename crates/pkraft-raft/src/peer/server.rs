@@ -32,6 +32,7 @@ use crate::node::Node;
 use crate::pre_vote::PreVoteRequest;
 use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
 use crate::storage::state_machine::snapshot_bytes_in_id;
+use crate::storage::{INCOMING_SNAPSHOT, SNAPSHOT_DIR};
 use crate::{NodeId, TypeConfig};
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
@@ -265,7 +266,14 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
         // first chunk when the leader names its size in the id, else on its last.
         let size = snapshot_bytes_in_id(&rpc.meta.snapshot_id)
             .or_else(|| rpc.done.then(|| rpc.offset.saturating_add(rpc.data.len() as u64)));
-        let received = if rpc.done { rpc.offset } else { 0 };
+        // Written already: the chunks before the last; at the first, a file left by an earlier
+        // try, which this one overwrites (or replaces).
+        let received = if rpc.done {
+            rpc.offset
+        } else {
+            std::fs::metadata(node.data_dir.join(SNAPSHOT_DIR).join(INCOMING_SNAPSHOT))
+                .map_or(0, |file| file.len())
+        };
         let refusal = node.disk_space.refusal().or_else(|| {
             size.filter(|_| rpc.offset == 0 || rpc.done)
                 .and_then(|size| {

@@ -36,7 +36,7 @@ const MAGIC: &[u8; 8] = b"PKRSPTR1";
 const POINTER: &str = "current.meta";
 const POINTER_TMP: &str = "current.meta.tmp";
 const BUILD_TMP: &str = "build.tmp";
-const INCOMING_TMP: &str = "incoming.tmp";
+pub(crate) const INCOMING_TMP: &str = "incoming.tmp";
 const DATA_SUFFIX: &str = ".snap";
 /// The single file of builds before streaming.
 const LEGACY_FILE: &str = "current";

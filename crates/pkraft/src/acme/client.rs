@@ -18,9 +18,9 @@
 //! authorizations, finalize) and so are the files in `<data_dir>/acme/` (its `DirCache`
 //! layout: a node moved from one challenge type to the other keeps its certificate and
 //! account). The loop around them is pkraft's, for two bounds the crate's own loop lacks: every
-//! request to the CA gets `STEP_TIMEOUT` (the crate's HTTP client has none), and every wait
-//! (for the renewal, or a backoff) reads the wall clock again at least every `RECHECK_EVERY`
-//! and never outlasts half the time the served certificate has left.
+//! request to the CA gets `STEP_TIMEOUT` (the crate's HTTP client has none), every wait (for
+//! the renewal, or a backoff) reads the wall clock again at least every `RECHECK_EVERY`, and a
+//! backoff never outlasts half the time the served certificate has left.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -62,9 +62,9 @@ const CHALLENGE_SPREAD_POLL: Duration = Duration::from_millis(100);
 /// answers must not hold the renewals up for good.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// The backoff after a failed order: 1 s doubling, up to 2^16 s (about 18 h), as the TLS-ALPN-01
-/// mode (tokio-rustls-acme) does; never past half the time the served certificate has left
-/// (`retry_at`).
+/// The backoff after a failed order: 1 s doubling, up to 2^16 s (about 18 h), as
+/// tokio-rustls-acme's own loop backs off; never past half the time the served certificate has
+/// left (`retry_at`).
 const BACKOFF_MAX_EXPONENT: u32 = 16;
 
 /// Longest one request to the CA may take (tokio-rustls-acme's HTTP client has no timeout: a CA
@@ -174,6 +174,14 @@ struct Issued {
     times: CertificateTimes,
 }
 
+/// Failed orders in a row, and when the next try is due after the last (`None`: at the served
+/// certificate's renewal, or at once without one).
+#[derive(Debug, Clone, Copy, Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<SystemTime>,
+}
+
 /// When the served certificate is renewed, and when it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct CertificateTimes {
@@ -247,6 +255,9 @@ pub(super) struct AcmeClient {
     certificate: Arc<OrderedCertificate>,
     /// The served certificate's times, read again by a `run` restarted after a panic.
     served: std::sync::Mutex<Option<CertificateTimes>>,
+    /// The failed orders in a row and when to try again after the last one: a `run` restarted
+    /// after a panic keeps backing off instead of ordering at once.
+    backoff: std::sync::Mutex<Backoff>,
 }
 
 impl AcmeClient {
@@ -264,6 +275,7 @@ impl AcmeClient {
             metrics,
             certificate: Arc::default(),
             served: std::sync::Mutex::new(None),
+            backoff: std::sync::Mutex::new(Backoff::default()),
         })
     }
 
@@ -294,6 +306,19 @@ impl AcmeClient {
     /// The served certificate's times, if one is served.
     fn served(&self) -> Option<CertificateTimes> {
         self.served.lock().ok().and_then(|served| *served)
+    }
+
+    fn backoff(&self) -> Backoff {
+        self.backoff
+            .lock()
+            .map(|backoff| *backoff)
+            .unwrap_or_default()
+    }
+
+    fn set_backoff(&self, backoff: Backoff) {
+        if let Ok(mut current) = self.backoff.lock() {
+            *current = backoff;
+        }
     }
 
     /// The certificate kept in the data dir, served if it parses (bounded by
@@ -330,18 +355,20 @@ impl AcmeClient {
     /// Orders and renews for the life of the node: waits for the served certificate's renewal
     /// time (none served: orders at once), orders, and after a failure waits with backoff
     /// (`retry_at`) while the certificate it has keeps serving. Restarted after a panic, it
-    /// goes on from the served certificate.
+    /// goes on from the served certificate and the backoff it was in.
     pub(super) async fn run(self: Arc<Self>) {
-        let mut failures: u32 = 0;
-        let mut next_try = self.served().map(|times| times.renew_at);
         loop {
-            if let Some(at) = next_try {
+            let backoff = self.backoff();
+            if let Some(at) = backoff
+                .retry_at
+                .or_else(|| self.served().map(|times| times.renew_at))
+            {
                 wait_until(at).await;
             }
             match self.order().await {
                 Ok(issued) => {
-                    failures = 0;
-                    next_try = Some(self.serve(issued).renew_at);
+                    self.set_backoff(Backoff::default());
+                    self.serve(issued);
                     self.metrics.orders.with_label_values(&["issued"]).inc();
                     tracing::info!(
                         domains = self.domains(),
@@ -352,8 +379,11 @@ impl AcmeClient {
                 Err(e) => {
                     self.metrics.orders.with_label_values(&["error"]).inc();
                     let now = SystemTime::now();
-                    let retry = retry_at(failures, now, self.served().map(|t| t.not_after));
-                    failures = failures.saturating_add(1);
+                    let retry = retry_at(backoff.failures, now, self.served().map(|t| t.not_after));
+                    self.set_backoff(Backoff {
+                        failures: backoff.failures.saturating_add(1),
+                        retry_at: Some(retry),
+                    });
                     tracing::warn!(
                         domains = self.domains(),
                         error = format!("{e:#}"),
@@ -362,7 +392,6 @@ impl AcmeClient {
                         "ACME: failed, retrying with backoff; the certificate \
                          served before (if any) keeps serving"
                     );
-                    next_try = Some(retry);
                 }
             }
         }
