@@ -133,6 +133,9 @@ enum Command {
         /// Every request claims another client in `X-Forwarded-For` (2001:db8:<n>::1).
         #[arg(long)]
         distinct_forwarded_for: bool,
+        /// `?consistency=linearizable` on every GET (the read barrier through the leader).
+        #[arg(long)]
+        linearizable: bool,
     },
     /// Write a dnsperf query file and a zone file with the records of VERSION.
     Queries {
@@ -606,13 +609,19 @@ async fn main() -> anyhow::Result<()> {
             requests,
             source,
             distinct_forwarded_for,
+            linearizable,
         } => {
             let data = DataSet::read(&data)?;
             anyhow::ensure!(!data.keys.is_empty(), "the data set has no keys");
+            let query = if linearizable {
+                "?consistency=linearizable"
+            } else {
+                ""
+            };
             let jobs = (0..requests)
                 .map(|i| Job {
                     method: Method::GET,
-                    path: format!("/{}", data.keys[i % data.keys.len()].z32),
+                    path: format!("/{}{query}", data.keys[i % data.keys.len()].z32),
                     body: Bytes::new(),
                     forwarded_for: distinct_forwarded_for.then(|| {
                         let n = u128::try_from(i).unwrap_or(u128::MAX);

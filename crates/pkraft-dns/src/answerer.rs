@@ -91,9 +91,7 @@ impl SharedHandler {
     /// A truncated answer to `query` (no records, TC set: the client asks again over TCP), its
     /// OPT record advertising the server's size.
     pub(crate) fn truncated(&self, query: &[u8]) -> Option<Vec<u8>> {
-        let mut answer = truncated_answer(query)?;
-        advertise_payload(&mut answer, self.advertised_payload);
-        Some(answer)
+        truncated_answer(query, self.advertised_payload)
     }
 
     /// Whether answers are SERVFAIL now (`dns.max_stale` exceeded).

@@ -261,8 +261,9 @@ impl SlipDice {
 }
 
 /// The empty truncated answer to `query`: its ID, opcode, RD flag, question and (if it had one)
-/// a bare OPT record, TC=1, nothing else. Never longer than the query. `None` if `query` is not a query hickory can parse.
-pub fn truncated_answer(query: &[u8]) -> Option<Vec<u8>> {
+/// a bare OPT record advertising `advertised_payload` (the server's UDP size), TC=1, nothing
+/// else. Never longer than the query. `None` if `query` is not a query hickory can parse.
+pub fn truncated_answer(query: &[u8], advertised_payload: u16) -> Option<Vec<u8>> {
     let query = Message::from_vec(query).ok()?;
     if query.metadata.message_type != MessageType::Query {
         return None;
@@ -272,7 +273,11 @@ pub fn truncated_answer(query: &[u8]) -> Option<Vec<u8>> {
     answer.metadata.recursion_desired = query.metadata.recursion_desired;
     answer.add_queries(query.queries.iter().cloned());
     // RFC 6891: a query with OPT gets OPT back (a fresh one: nothing of the query's options).
-    answer.edns = query.edns.as_ref().map(|_| Edns::new());
+    answer.edns = query.edns.as_ref().map(|_| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(advertised_payload);
+        edns
+    });
     answer.to_vec().ok()
 }
 
@@ -414,7 +419,7 @@ mod tests {
             RecordType::TXT,
         ));
         let bytes = query.to_vec().expect("encode");
-        let answer = truncated_answer(&bytes).expect("answer");
+        let answer = truncated_answer(&bytes, 1232).expect("answer");
         assert!(answer.len() <= bytes.len());
         let answer = Message::from_vec(&answer).expect("decode");
         assert_eq!(answer.metadata.id, query.metadata.id);
@@ -423,8 +428,27 @@ mod tests {
         assert!(answer.metadata.recursion_desired);
         assert_eq!(answer.queries, query.queries);
         assert!(answer.answers.is_empty());
+        assert!(
+            answer.edns.is_none(),
+            "no OPT record to a query without one"
+        );
         // A response is not answered, and garbage is not either.
-        assert!(truncated_answer(&answer.to_vec().expect("encode")).is_none());
-        assert!(truncated_answer(&[1, 2]).is_none());
+        assert!(truncated_answer(&answer.to_vec().expect("encode"), 1232).is_none());
+        assert!(truncated_answer(&[1, 2], 1232).is_none());
+    }
+
+    #[test]
+    fn a_truncated_answer_advertises_the_servers_size() {
+        let mut query = Message::query();
+        query.add_query(Query::query(
+            Name::from_str("_iroh.example.pkarr.test.").expect("name"),
+            RecordType::TXT,
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        query.edns = Some(edns);
+        let answer = truncated_answer(&query.to_vec().expect("encode"), 1400).expect("answer");
+        let answer = Message::from_vec(&answer).expect("decode");
+        assert_eq!(answer.edns.map(|edns| edns.max_payload()), Some(1400));
     }
 }

@@ -28,7 +28,7 @@ use crate::codec::{decode, encode};
 use crate::log_store::LogStore;
 use crate::node::{LOG_DIR, Node, SNAPSHOT_DIR, STATE_FILE};
 use crate::snapshot_file::SnapshotFile;
-use crate::state_machine::{AppliedState, snapshot_id};
+use crate::state_machine::{AppliedState, sized_snapshot_id};
 
 const MAGIC: &[u8; 8] = b"PKRBAK1\0";
 const CRC_LEN: u64 = 4;
@@ -282,12 +282,6 @@ async fn seed(
         last_applied: Some(log_id),
         membership: membership.clone(),
     };
-    let meta = SnapshotMeta {
-        last_log_id: Some(log_id),
-        last_membership: membership,
-        snapshot_id: snapshot_id(Some(log_id)),
-    };
-
     let state_file = data_dir.join(STATE_FILE);
     let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
     let backup = backup.to_path_buf();
@@ -303,8 +297,15 @@ async fn seed(
         let snapshots = SnapshotFile::open(snapshot_dir).map_err(snapshot_io)?;
         let path = snapshots.build_path();
         let mut file = File::create(&path).map_err(snapshot_io)?;
-        store.snapshot_source()?.write_to(&mut file)?;
+        let summary = store.snapshot_source()?.write_to(&mut file)?;
         file.sync_all().map_err(snapshot_io)?;
+        // Its size in the id, as the leader's own snapshots have it: a node joining the
+        // restored cluster checks its room for the install on the first chunk.
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: membership,
+            snapshot_id: sized_snapshot_id(Some(log_id), summary.bytes),
+        };
         snapshots.commit(&meta, &path).map_err(snapshot_io)?;
         Ok(integrity.packets)
     })

@@ -12,6 +12,7 @@ use std::time::Duration;
 use openraft::{BasicNode, Raft};
 use pkraft_store::Store;
 use pkraft_types::KeyBytes;
+use tokio::runtime::Handle;
 
 use crate::cluster_clock::{ClockBounds, ClusterClock};
 use crate::dht_outbox::DhtOutbox;
@@ -158,17 +159,21 @@ impl Node {
         let clean_stop = take_clean_stop_marker(data_dir)?
             && state_rebuilt.is_none()
             && log_store.repair().is_none();
+        // `Node::start` runs on the node's runtime: every peer call is made there, whichever
+        // runtime asks for it (see `PeerClient`).
         let peer_client = || {
-            PeerClient::new(id, cluster.secret.clone(), cluster.tls.clone())
-                .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))
+            PeerClient::new(
+                id,
+                cluster.secret.clone(),
+                cluster.tls.clone(),
+                Handle::current(),
+            )
+            .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))
         };
         let peers = peer_client()?;
         let leadership = Leadership::default();
-        // openraft's own client, with connections of its own: a connection belongs to the
-        // runtime that opened it, and the node's other peer calls (status probes, membership,
-        // ACME) are also made from the clients' runtime, whose threads may all be waiting on
-        // the disk (docs/ARCHITECTURE.md, "Runtimes"). Replication opens its connections here,
-        // on the node's runtime.
+        // openraft's own client, with connections of its own: replication never waits for a
+        // pooled connection that a status probe, a forwarded publish or an admin call holds.
         let network = PeerNetwork::new(
             peer_client()?,
             leadership.quorum_contact().clone(),

@@ -24,6 +24,8 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::runtime::Handle;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::tls::PeerTls;
 use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
@@ -65,8 +67,17 @@ type ClientsById = Arc<Mutex<HashMap<Option<NodeId>, HttpClient>>>;
 /// Keep-alive HTTP/1.1 client for peer requests, with `TCP_NODELAY` (small RPCs must not wait
 /// for Nagle's algorithm), over TLS when the cluster has it. Cheap to clone; clones share the
 /// connection pools, in which each peer address has its own long-lived connections.
+///
+/// Every call runs on the node's runtime, whoever makes it. A connection belongs to the runtime
+/// that opened it (its socket is registered with that runtime's I/O driver, and its task runs
+/// there), and pooled connections are shared by every caller: a connection opened by an admin
+/// call on the clients' runtime, whose threads may all be waiting on the disk, would otherwise
+/// stall the clock probes or a forwarded publish that reuses it (docs/ARCHITECTURE.md,
+/// "Runtimes").
 #[derive(Clone)]
 pub struct PeerClient {
+    /// The node's runtime, where every call and so every connection runs.
+    runtime: Handle,
     /// Without TLS: the one client for every peer.
     plain: Option<HttpClient>,
     /// With TLS: one client per node id called (its verifier checks that the listener's
@@ -155,12 +166,13 @@ impl CallError {
 }
 
 impl PeerClient {
-    /// A client sending `secret` as node `source`; over TLS with `tls` (`[cluster.tls]`), else
-    /// plain HTTP.
+    /// A client sending `secret` as node `source`, its calls made on `runtime` (the node's);
+    /// over TLS with `tls` (`[cluster.tls]`), else plain HTTP.
     pub fn new(
         source: NodeId,
         secret: Option<ClusterSecret>,
         tls: Option<Arc<PeerTls>>,
+        runtime: Handle,
     ) -> Result<PeerClient, rustls::Error> {
         let (plain, tls, scheme) = match tls {
             Some(tls) => (None, Some((tls, Arc::default())), "https"),
@@ -177,6 +189,7 @@ impl PeerClient {
             }
         };
         Ok(PeerClient {
+            runtime,
             plain,
             tls,
             scheme,
@@ -233,38 +246,60 @@ impl PeerClient {
         let http = self
             .client_for(target)
             .map_err(|e| protocol(format!("TLS configuration: {e}")))?;
-        let exchange = async {
-            let response = http.request(request).await.map_err(|source| {
-                let addr = addr.to_string();
-                if source.is_connect() {
-                    CallError::Connect { addr, source }
-                } else {
-                    CallError::Http { addr, source }
-                }
-            })?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), RESPONSE_LEN_MAX)
-                .collect()
-                .await
-                .map_err(|e| protocol(format!("reading the response: {e}")))?
-                .to_bytes();
-            if status != StatusCode::OK {
-                let quoted = &body[..body.len().min(ERROR_BODY_QUOTE_MAX)];
-                return Err(CallError::Status {
-                    addr: addr.to_string(),
-                    status,
-                    body: String::from_utf8_lossy(quoted).into_owned(),
-                });
-            }
-            decode(&body).map_err(|e| protocol(format!("decoding the response: {e}")))
-        };
-        tokio::time::timeout(timeout, exchange)
+        // The exchange runs on the node's runtime (see [`PeerClient`]), and ends when its
+        // caller stops waiting for it.
+        let task = self
+            .runtime
+            .spawn(exchange(http, request, addr.to_string(), timeout));
+        let body = AbortOnDropHandle::new(task)
             .await
-            .map_err(|_| CallError::Timeout {
-                addr: addr.to_string(),
-                timeout,
-            })?
+            .map_err(|e| protocol(format!("the call's task ended: {e}")))??;
+        decode(&body).map_err(|e| protocol(format!("decoding the response: {e}")))
     }
+}
+
+/// Sends `request` to the peer at `addr` with `http` and reads its answer's body, within
+/// `timeout`: the body of a 200, or the status and the start of any other body as the error.
+async fn exchange(
+    http: HttpClient,
+    request: Request<Full<Bytes>>,
+    addr: String,
+    timeout: Duration,
+) -> Result<Bytes, CallError> {
+    let exchange = async {
+        let response = http.request(request).await.map_err(|source| {
+            let addr = addr.clone();
+            if source.is_connect() {
+                CallError::Connect { addr, source }
+            } else {
+                CallError::Http { addr, source }
+            }
+        })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), RESPONSE_LEN_MAX)
+            .collect()
+            .await
+            .map_err(|e| CallError::Protocol {
+                addr: addr.clone(),
+                reason: format!("reading the response: {e}"),
+            })?
+            .to_bytes();
+        if status != StatusCode::OK {
+            let quoted = &body[..body.len().min(ERROR_BODY_QUOTE_MAX)];
+            return Err(CallError::Status {
+                addr: addr.clone(),
+                status,
+                body: String::from_utf8_lossy(quoted).into_owned(),
+            });
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| CallError::Timeout {
+            addr: addr.clone(),
+            timeout,
+        })?
 }
 
 /// A keep-alive client whose connections use `tls` for `https` URLs (see [`PeerClient`]).
@@ -423,5 +458,60 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.rpc(path::VOTE, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::routing::post;
+    use tokio::runtime::Builder;
+
+    use super::*;
+
+    /// The time a peer at `addr` answers on `path::CLOCK`.
+    fn ask(client: &PeerClient, addr: &str) -> impl Future<Output = Result<u64, CallError>> {
+        client.call(addr, Some(2), path::CLOCK, &(), Duration::from_secs(2))
+    }
+
+    /// A connection opened for a call from the clients' runtime must not serve the node's
+    /// calls through that runtime: with its threads held (by disk reads), a clock probe or a
+    /// forwarded publish reusing the pooled connection would wait for them.
+    #[test]
+    fn a_call_from_another_runtime_leaves_no_connection_on_it() {
+        let node = Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the node's runtime");
+        // A current-thread runtime runs only inside `block_on`: between its calls it is as
+        // stuck as a runtime whose every thread waits on the disk.
+        let clients = Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("the clients' runtime");
+        let addr = node.block_on(async {
+            let peer = Router::new().route(
+                path::CLOCK,
+                post(|| async { encode(&7_u64).expect("encode") }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("address");
+            tokio::spawn(async move { axum::serve(listener, peer).await });
+            addr.to_string()
+        });
+        let secret = ClusterSecret::new("peer-client-test-secret-0123456789").expect("secret");
+        let client = PeerClient::new(1, Some(secret), None, node.handle().clone()).expect("client");
+
+        let first = clients.block_on(ask(&client, &addr));
+        assert_eq!(first.expect("the call from the clients' runtime"), 7);
+        // The clients' runtime is stuck now; the node's call reuses the pooled connection.
+        let second = node.block_on(ask(&client, &addr));
+        assert_eq!(
+            second.expect("the node's call while the clients' runtime is stuck"),
+            7
+        );
     }
 }

@@ -31,8 +31,8 @@ use crate::metrics::Damaged;
 use crate::node::Node;
 use crate::pre_vote::PreVoteRequest;
 use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
+use crate::storage::incoming_snapshot_path;
 use crate::storage::state_machine::snapshot_bytes_in_id;
-use crate::storage::{INCOMING_SNAPSHOT, SNAPSHOT_DIR};
 use crate::{NodeId, TypeConfig};
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
@@ -261,26 +261,10 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange_unless_refused(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
         let _in_flight = node.leader_request();
-        // Below the reserve nothing is taken; above it, a snapshot only with room for its
-        // install (the file, and the import beside the tables it replaces): checked on its
-        // first chunk when the leader names its size in the id, else on its last.
-        let size = snapshot_bytes_in_id(&rpc.meta.snapshot_id)
-            .or_else(|| rpc.done.then(|| rpc.offset.saturating_add(rpc.data.len() as u64)));
-        // Written already: the chunks before the last; at the first, a file left by an earlier
-        // try, which this one overwrites (or replaces).
-        let received = if rpc.done {
-            rpc.offset
-        } else {
-            std::fs::metadata(node.data_dir.join(SNAPSHOT_DIR).join(INCOMING_SNAPSHOT))
-                .map_or(0, |file| file.len())
-        };
-        let refusal = node.disk_space.refusal().or_else(|| {
-            size.filter(|_| rpc.offset == 0 || rpc.done)
-                .and_then(|size| {
-                    node.disk_space
-                        .install_refusal(&rpc.meta.snapshot_id, size, received)
-                })
-        });
+        let refusal = node
+            .disk_space
+            .refusal()
+            .or_else(|| install_room_refusal(&node, &rpc));
         if let Some(reason) = refusal {
             // As for entries (see `append_entries`): the snapshot waits, the vote is taken as
             // a heartbeat. Its previous entry is the snapshot's last, which a follower that
@@ -323,6 +307,30 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
         Ok(answer)
     })
     .await
+}
+
+/// Why this node has no room for the install of the snapshot `rpc` is a chunk of, if it has not:
+/// the part of its file not yet received, and the import beside the tables it replaces
+/// ([`crate::disk_space::DiskSpace::install_refusal`]). Checked on the first chunk when the
+/// leader names the snapshot's size in its id, and on the last (which always knows the size);
+/// the chunks between pass unchecked.
+fn install_room_refusal(node: &Node, rpc: &InstallSnapshotRequest<TypeConfig>) -> Option<String> {
+    if rpc.offset != 0 && !rpc.done {
+        return None;
+    }
+    let size = snapshot_bytes_in_id(&rpc.meta.snapshot_id).or_else(|| {
+        rpc.done
+            .then(|| rpc.offset.saturating_add(rpc.data.len() as u64))
+    })?;
+    // Written already: the chunks before the last; at the first, a file left by an earlier
+    // try, which this one overwrites (or replaces).
+    let received = if rpc.done {
+        rpc.offset
+    } else {
+        std::fs::metadata(incoming_snapshot_path(&node.data_dir)).map_or(0, |file| file.len())
+    };
+    node.disk_space
+        .install_refusal(&rpc.meta.snapshot_id, size, received)
 }
 
 async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {

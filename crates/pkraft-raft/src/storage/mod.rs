@@ -28,8 +28,13 @@ pub mod type_config;
 pub(crate) const LOG_DIR: &str = "raft-log";
 pub(crate) const STATE_FILE: &str = "state.redb";
 pub(crate) const SNAPSHOT_DIR: &str = "snapshot";
-/// The snapshot being received, in `SNAPSHOT_DIR`.
-pub(crate) const INCOMING_SNAPSHOT: &str = snapshot_file::INCOMING_TMP;
+
+/// The file a snapshot from the leader is received into, in the data dir `data_dir`.
+pub(crate) fn incoming_snapshot_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir
+        .join(SNAPSHOT_DIR)
+        .join(snapshot_file::INCOMING_TMP)
+}
 
 /// What damaged data was found in (the label of `pkraft_storage_damage_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -561,7 +561,7 @@ pub(crate) fn sized_snapshot_id(last_applied: Option<LogId<NodeId>>, bytes: u64)
 }
 
 /// The size a [`sized_snapshot_id`] names; `None` for ids without one (a leader of an older
-/// build, a restored backup's snapshot).
+/// build, a backup restored by one).
 pub(crate) fn snapshot_bytes_in_id(snapshot_id: &str) -> Option<u64> {
     snapshot_id
         .rsplit('-')
@@ -589,7 +589,7 @@ mod tests {
     use super::*;
 
     /// A snapshot's id names its size, which a follower reads back; ids without one (an older
-    /// leader's, a restored backup's, the empty state's) name none.
+    /// build's, the empty state's) name none.
     #[test]
     fn a_snapshot_id_names_its_size() {
         let log_id = LogId::new(openraft::CommittedLeaderId::new(3, 1), 42);
