@@ -29,6 +29,9 @@ trap cleanup EXIT
 caps=(--set http.max_connections=1024 --set dns.tcp_max_connections=1024
   --set cluster.peer_max_connections=512 --set admin.max_connections=64
   --set limits.reserved_descriptors=256)
+# The well-behaved client publishes 20 new keys a second from one address for every phase: more
+# than the shipped per-client new-key budget (10/s after a burst of 1,000) over the run.
+caps+=(--set 'rate_limit.publish_new_keys={ per_client = { per_second = 50, burst = 1000 }, global = { per_second = 200, burst = 2000 } }')
 tls=$PWD/tests/fixtures/tls
 # The nodes inherit the limits of the subshell that starts them; this script keeps its own.
 (

@@ -19,7 +19,7 @@ use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use crate::dns_client::{Transport, key_name, name, raw_query};
 use crate::harness::TestServer;
-use crate::metrics::{scrape, value};
+use crate::metrics::{sample, scrape, value};
 
 /// Small limits, so that abuse is cheap to produce.
 const LIMITED: &str = r#"
@@ -32,6 +32,7 @@ max_connections_per_client = 4
 [rate_limit]
 trusted_proxies = ["127.0.0.3"]
 publish = { per_client = { per_second = 1, burst = 5 }, global = { per_second = 0, burst = 0 } }
+publish_new_keys = { per_client = { per_second = 1, burst = 5 }, global = { per_second = 0, burst = 0 } }
 [dns.rrl]
 responses_per_second = 20
 burst = 20
@@ -108,7 +109,10 @@ async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes()
     assert_eq!(header("ratelimit-limit"), "5");
     assert_eq!(header("ratelimit-remaining"), "0");
     let body = refusal.text().await.expect("body");
-    assert!(body.contains("per-client publish limit"), "{body}");
+    assert!(
+        body.contains("per-client publish_new_keys limit is 1/s with bursts of 5"),
+        "{body}"
+    );
 
     // Another client is not affected.
     let other = client_from("127.0.0.1");
@@ -125,9 +129,135 @@ async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes()
         value(
             &metrics,
             "pkraft_http_rate_limited_total",
-            "class=\"publish\",scope=\"client\""
+            "class=\"publish_new_keys\",scope=\"client\""
         ),
         refused as f64
+    );
+}
+
+/// Goal (issue 50, item 1): republishes of stored keys have budgets of their own, which a flood
+/// of new keys does not take, and one key has a rate of its own whoever sends it. Method: one
+/// node whose global new-key budget is a burst of 10 (and 1/s); a flood of new keys from one
+/// address spends it; then another address republishes the keys stored before the flood, and
+/// one key again and again.
+#[tokio::test]
+async fn a_new_key_flood_leaves_republishes_their_budget_and_a_key_has_its_own_rate() {
+    let server = TestServer::start_with_config(
+        r#"
+[cluster]
+bootstrap = true
+[rate_limit]
+publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 1, burst = 20 } }
+publish_new_keys = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 1, burst = 10 } }
+publish_per_key = { per_minute = 1, burst = 3 }
+"#,
+    );
+    let now = micros_from_now(Duration::ZERO, false);
+    let put_at = |client: &reqwest::Client, seed: u64, at: u64| {
+        let key = keypair(seed);
+        let body = iroh_packet(&key, at, &["192.0.2.1:1"]).to_relay_payload();
+        client.put(server.relay_url(&key)).body(body).send()
+    };
+    let endpoint = client_from("127.0.0.5");
+    for seed in 0..5 {
+        let response = put_at(&endpoint, 6_000 + seed, now).await.expect("PUT");
+        assert_eq!(response.status(), 204, "stored before the flood");
+    }
+
+    let flooder = client_from("127.0.0.6");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for seed in 0..40 {
+        let response = put_at(&flooder, 6_100 + seed, now).await.expect("PUT");
+        statuses.push(response.status().as_u16());
+    }
+    let accepted = statuses.iter().filter(|s| **s == 204).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(accepted + refused, statuses.len(), "{statuses:?}");
+    assert!(
+        (1..=5 + within_rate(started.elapsed(), 1)).contains(&accepted),
+        "the flood got {accepted} of the 5 new keys left in the burst: {statuses:?}"
+    );
+    // Refused before the body is looked at: packets that would not verify get the 429 too
+    // (within the second these take, the budget refills by one at most: that one is a 400).
+    let mut garbage_statuses = Vec::new();
+    for seed in 0..5 {
+        let garbage = flooder
+            .put(server.relay_url(&keypair(6_200 + seed)))
+            .body(Bytes::from_static(b"not a signed packet"))
+            .send()
+            .await
+            .expect("PUT");
+        garbage_statuses.push(garbage.status().as_u16());
+        if garbage.status() == 429 {
+            let body = garbage.text().await.expect("body");
+            assert!(body.contains("global publish_new_keys limit"), "{body}");
+        }
+    }
+    let garbage_refused = garbage_statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        garbage_refused >= 4 && garbage_statuses.iter().all(|s| *s == 429 || *s == 400),
+        "{garbage_statuses:?}"
+    );
+
+    // The stored keys' republishes have their own budget: every one is taken.
+    for seed in 0..5 {
+        let response = put_at(&endpoint, 6_000 + seed, now + 1).await.expect("PUT");
+        assert_eq!(
+            response.status(),
+            204,
+            "republish of key {seed} during the flood"
+        );
+    }
+    // One key, whoever publishes it: its third PUT is the last of its burst.
+    let third = put_at(&flooder, 6_000, now + 2).await.expect("PUT");
+    assert_eq!(third.status(), 204);
+    let fourth = put_at(&endpoint, 6_000, now + 3).await.expect("PUT");
+    assert_eq!(fourth.status(), 429);
+    let retry_after: u64 = fourth.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("delay-seconds");
+    // A minute's rate: the next token is tens of seconds away, not one.
+    assert!(
+        (30..=60).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
+    let body = fourth.text().await.expect("body");
+    assert!(
+        body.contains("per-key publish limit is 1/min with bursts of 3"),
+        "{body}"
+    );
+    // Only the key's owner spends its rate: a replay of the stored packet is answered from the
+    // replica, and garbage under the key is a 400, not a 429.
+    let replay = put_at(&flooder, 6_000, now + 2).await.expect("PUT");
+    assert_eq!(replay.status(), 204, "a replay of the stored packet");
+    let garbage = flooder
+        .put(server.relay_url(&keypair(6_000)))
+        .body(Bytes::from_static(b"not a signed packet"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(garbage.status(), 400);
+    let stored = server.get(&server.relay_url(&keypair(6_000))).await;
+    assert_eq!(stored.status(), 200);
+
+    let metrics = scrape(&server).await;
+    let refusals = |labels: &str| value(&metrics, "pkraft_http_rate_limited_total", labels);
+    assert_eq!(
+        refusals("class=\"publish_new_keys\",scope=\"global\""),
+        (refused + garbage_refused) as f64
+    );
+    assert_eq!(refusals("class=\"publish\",scope=\"key\""), 1.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "pkraft_http_rate_limited_total",
+            "class=\"publish\",scope=\"global\""
+        ),
+        None,
+        "no republish was refused for the global budget"
     );
 }
 

@@ -362,6 +362,8 @@ async fn expiry_stops_at_its_hourly_share_of_the_store() {
     let config = format!(
         "[cluster]\nbootstrap = true\n[raft]\n{EXPIRY}expiry_max_percent_per_hour = 1\n\
          [rate_limit]\npublish = {{ per_client = {{ per_second = 100000, burst = 100000 }}, \
+         global = {{ per_second = 0, burst = 0 }} }}\n\
+         publish_new_keys = {{ per_client = {{ per_second = 100000, burst = 100000 }}, \
          global = {{ per_second = 0, burst = 0 }} }}\n"
     );
     let server = TestServer::start_with_config(&config);

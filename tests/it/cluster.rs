@@ -237,7 +237,7 @@ impl TestCluster {
         config.http_request_timeout = Some("10s".to_string());
         config.raft = format!("{}{}", self.raft_timing, self.raft_extra);
         config.sections = self.sections_extra.clone();
-        config.settings = self.settings.clone();
+        config.settings = with_test_rate_limits(&self.settings);
         let slot = NodeSlot::prepare(
             &self.dir.path().join(format!("node{id}")),
             config,
@@ -980,4 +980,37 @@ async fn t20_expiry_removes_the_same_rows_on_every_node() {
             .contains("expired packets older than the maximum age"),
         "the leader proposed the expiry"
     );
+}
+
+/// What every test cluster's nodes get in `[rate_limit]` unless the test sets the same key: its
+/// tests write many versions of one key and thousands of new keys from one address, which the
+/// shipped `publish_per_key` and `publish_new_keys` limits refuse. New keys get the republishes'
+/// budgets (as all PUTs had before they were two classes); `tests/it/abuse.rs` tests the
+/// shipped limits on servers of its own.
+const TEST_RATE_LIMITS: [&str; 2] = [
+    "publish_new_keys = { per_client = { per_second = 50, burst = 1000 }, \
+     global = { per_second = 5000, burst = 20000 } }",
+    "publish_per_key = { per_minute = 0, burst = 0 }",
+];
+
+/// `settings` with [`TEST_RATE_LIMITS`] before them, less those whose key they set.
+fn with_test_rate_limits(settings: &[(String, String)]) -> Vec<(String, String)> {
+    let key_of = |line: &str| {
+        line.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let set_by_test: Vec<String> = settings
+        .iter()
+        .filter(|(section, _)| section == "rate_limit")
+        .map(|(_, line)| key_of(line))
+        .collect();
+    TEST_RATE_LIMITS
+        .iter()
+        .filter(|line| !set_by_test.contains(&key_of(line)))
+        .map(|line| ("rate_limit".to_string(), (*line).to_string()))
+        .chain(settings.iter().cloned())
+        .collect()
 }

@@ -204,6 +204,7 @@ async fn the_public_api_answers_what_the_docs_state() {
     let server = TestServer::start_with_config(
         "[cluster]\nbootstrap = true\n[raft]\npublish_timeout = \"500ms\"\n[http]\nrequest_timeout = \"1s\"\n[rate_limit]\n\
          publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+         publish_new_keys = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
          resolve = { per_client = { per_second = 1, burst = 5 }, global = { per_second = 0, burst = 0 } }\n\
          doh = { per_client = { per_second = 1, burst = 5 }, global = { per_second = 0, burst = 0 } }\n\
          health = { per_client = { per_second = 1, burst = 5 }, global = { per_second = 0, burst = 0 } }\n",

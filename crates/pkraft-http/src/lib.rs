@@ -254,7 +254,7 @@ pub fn router(state: AppState) -> Router {
     // Rate limits run before a body is read. Health checks have a class of their own, with no
     // global limit (a flood must not fail the load balancer's probes).
     let relay = get(relay::get_packet).put(relay::put_packet).route_layer(
-        axum::middleware::from_fn_with_state(state.rate_limits.clone(), rate_limit::limit_relay),
+        axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_relay),
     );
     let health_limit =
         axum::middleware::from_fn_with_state(state.rate_limits.clone(), rate_limit::limit_health);

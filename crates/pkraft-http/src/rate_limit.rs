@@ -1,6 +1,15 @@
 //! Rate limits of the public listeners (`[rate_limit]`): per client and global, per class of
 //! route, answered `429 Too Many Requests` with `Retry-After` and `RateLimit-*` headers.
 //!
+//! A PUT is one of two classes: `publish` when this node stores its key already (a republish,
+//! what iroh endpoints send every few minutes) and `publish_new_keys` when not. Each has budgets
+//! of its own, so a flood of new keys, however large, never takes the republishes' budget; new
+//! keys get much less by default. The class is decided before the body is read. A PUT that
+//! would change what is stored also counts against its key's own rate (`publish_per_key`), so
+//! the keys a flood did get stored cannot be republished as the next flood: that one is taken
+//! after the signature is checked ([`RateLimits::limit_key`]), so that only the key's owner
+//! can spend it (anyone can send garbage or a replay of the stored packet under any key).
+//!
 //! The client is the socket's peer address, or, when that peer is a configured trusted proxy,
 //! the address the proxies name in `X-Forwarded-For` (or `Forwarded`). The limiter state is
 //! bounded ([`pkraft_limits`]).
@@ -9,15 +18,20 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use pkraft_limits::{
-    ClassLimiter, ClassLimits, ClientPrefix, Denied, LimitError, Rate, TrustedProxies,
+    ClassLimiter, ClassLimits, ClientPrefix, Denied, KeyLimiter, KeyRate, LimitError, Rate,
+    TrustedProxies,
 };
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use pkraft_store::Store;
+use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
+
+use crate::AppState;
 
 /// `[rate_limit]`: limits of the public HTTP listeners.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -34,9 +48,20 @@ pub struct RateLimitSettings {
     /// (RFC 7239). Only this one is read, so a client cannot slip the other one past a proxy
     /// that does not strip it.
     pub client_ip_header: ClientIpHeader,
-    /// `PUT` of a relay route. Default per client 50/s with a burst of 1,000; global 5,000/s
-    /// with a burst of 20,000.
+    /// `PUT` of a relay route for a key this node stores (a republish). Default per client 50/s
+    /// with a burst of 1,000; global 5,000/s with a burst of 20,000.
     pub publish: ClassLimits,
+    /// `PUT` of a relay route for a key this node does not store. Default per client 10/s with
+    /// a burst of 1,000 (a thousand endpoints starting at once behind one address are taken
+    /// at once); global 200/s with a burst of 2,000.
+    pub publish_new_keys: ClassLimits,
+    /// Every `PUT` of one public key that would change what the node stores, whichever client
+    /// sends it. Default 6 a minute with a burst of 10: an endpoint republishes every few
+    /// minutes and on every change of address.
+    pub publish_per_key: KeyRate,
+    /// Keys whose per-key state is kept; beyond it the least published are forgotten (and not
+    /// limited until they are published often again). Default 65,536.
+    pub max_tracked_keys: u64,
     /// `GET` of a relay route. Default per client 200/s, burst 2,000; global 20,000/s, burst
     /// 40,000.
     pub resolve: ClassLimits,
@@ -70,6 +95,12 @@ impl Default for RateLimitSettings {
                 per_client: Rate::new(50, 1_000),
                 global: Rate::new(5_000, 20_000),
             },
+            publish_new_keys: ClassLimits {
+                per_client: Rate::new(10, 1_000),
+                global: Rate::new(200, 2_000),
+            },
+            publish_per_key: KeyRate::new(6, 10),
+            max_tracked_keys: 65_536,
             // The global read limits keep a flood from rotating addresses (each a new client)
             // from taking every core: about 40 % of what one 2-core node serves
             // (docs/BENCHMARKS.md). Raise them on bigger machines.
@@ -91,13 +122,22 @@ impl Default for RateLimitSettings {
 
 impl RateLimitSettings {
     pub fn validate(&self) -> Result<(), LimitError> {
-        if self.max_tracked_clients == 0 {
-            return Err(LimitError {
-                field: "rate_limit.max_tracked_clients".into(),
-                reason: "must be at least 1".into(),
-            });
+        for (field, value) in [
+            ("max_tracked_clients", self.max_tracked_clients),
+            ("max_tracked_keys", self.max_tracked_keys),
+        ] {
+            if value == 0 {
+                return Err(LimitError {
+                    field: format!("rate_limit.{field}"),
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
         self.publish.validate("rate_limit.publish")?;
+        self.publish_new_keys
+            .validate("rate_limit.publish_new_keys")?;
+        self.publish_per_key
+            .validate("rate_limit.publish_per_key")?;
         self.resolve.validate("rate_limit.resolve")?;
         self.doh.validate("rate_limit.doh")?;
         self.health.validate("rate_limit.health")
@@ -107,15 +147,19 @@ impl RateLimitSettings {
 /// The class of a rate-limited route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteClass {
+    /// A PUT of a key this node stores.
     Publish,
+    /// A PUT of a key it does not.
+    PublishNewKeys,
     Resolve,
     Doh,
     Health,
 }
 
 impl RouteClass {
-    const ALL: [RouteClass; 4] = [
+    const ALL: [RouteClass; 5] = [
         RouteClass::Publish,
+        RouteClass::PublishNewKeys,
         RouteClass::Resolve,
         RouteClass::Doh,
         RouteClass::Health,
@@ -124,6 +168,7 @@ impl RouteClass {
     fn as_str(self) -> &'static str {
         match self {
             RouteClass::Publish => "publish",
+            RouteClass::PublishNewKeys => "publish_new_keys",
             RouteClass::Resolve => "resolve",
             RouteClass::Doh => "doh",
             RouteClass::Health => "health",
@@ -134,6 +179,9 @@ impl RouteClass {
 /// The limiters of the public listeners, shared by every request.
 pub struct RateLimits {
     publish: ClassLimiter,
+    publish_new_keys: ClassLimiter,
+    /// `None` when `publish_per_key` is off.
+    publish_per_key: Option<KeyLimiter>,
     resolve: ClassLimiter,
     doh: ClassLimiter,
     health: ClassLimiter,
@@ -143,6 +191,8 @@ pub struct RateLimits {
     refused: IntCounterVec,
     /// `pkraft_http_rate_limit_tracked_clients{class}`, set at scrape time.
     tracked: IntGaugeVec,
+    /// `pkraft_http_rate_limit_tracked_keys`, set at scrape time.
+    tracked_keys: IntGauge,
 }
 
 impl RateLimits {
@@ -157,6 +207,12 @@ impl RateLimits {
         };
         Ok(RateLimits {
             publish: limiter(&settings.publish, "rate_limit.publish")?,
+            publish_new_keys: limiter(&settings.publish_new_keys, "rate_limit.publish_new_keys")?,
+            publish_per_key: KeyLimiter::new(
+                settings.publish_per_key,
+                settings.max_tracked_keys,
+                "rate_limit.publish_per_key",
+            )?,
             resolve: limiter(&settings.resolve, "rate_limit.resolve")?,
             doh: limiter(&settings.doh, "rate_limit.doh")?,
             health: limiter(&settings.health, "rate_limit.health")?,
@@ -178,11 +234,17 @@ impl RateLimits {
                 &["class"],
             )
             .map_err(metric_error)?,
+            tracked_keys: IntGauge::new(
+                "pkraft_http_rate_limit_tracked_keys",
+                "Public keys with per-key publish limiter state.",
+            )
+            .map_err(metric_error)?,
         })
     }
 
-    /// Registers `pkraft_http_rate_limited_total` and `pkraft_http_rate_limit_tracked_clients`
-    /// (docs/METRICS.md); the gauge is read at scrape time.
+    /// Registers `pkraft_http_rate_limited_total`, `pkraft_http_rate_limit_tracked_clients` and
+    /// `pkraft_http_rate_limit_tracked_keys` (docs/METRICS.md); the gauges are read at scrape
+    /// time.
     pub fn register(self: &Arc<Self>, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(RateLimitCollector(self.clone())))
     }
@@ -194,6 +256,12 @@ impl RateLimits {
                 .with_label_values(&[class.as_str()])
                 .set(i64::try_from(self.limiter(class).tracked_clients()).unwrap_or(i64::MAX));
         }
+        let keys = self
+            .publish_per_key
+            .as_ref()
+            .map_or(0, KeyLimiter::tracked_keys);
+        self.tracked_keys
+            .set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     /// Whether `class` has any limit.
@@ -204,6 +272,7 @@ impl RateLimits {
     fn limiter(&self, class: RouteClass) -> &ClassLimiter {
         match class {
             RouteClass::Publish => &self.publish,
+            RouteClass::PublishNewKeys => &self.publish_new_keys,
             RouteClass::Resolve => &self.resolve,
             RouteClass::Doh => &self.doh,
             RouteClass::Health => &self.health,
@@ -237,13 +306,39 @@ impl RateLimits {
         let client = ClientPrefix::HOSTS.key(self.client_of(peer, request.headers()));
         match limiter.check(client) {
             Ok(()) => next.run(request).await,
-            Err(denied) => {
-                self.refused
-                    .with_label_values(&[class.as_str(), denied.scope.as_str()])
-                    .inc();
-                too_many_requests(class, denied)
-            }
+            Err(denied) => self.refuse(class, denied),
         }
+    }
+
+    /// Whether a PUT's class depends on its key (else the key is not looked up).
+    fn classes_publishes(&self) -> bool {
+        self.publish.is_active() || self.publish_new_keys.is_active()
+    }
+
+    /// Takes a token of the key's own rate (`publish_per_key`) for `packet`, verified, when that
+    /// limit is on and the packet would change what `store` holds for its key (newer by the
+    /// ordering rule, or the first): a replay of the stored packet or an older one costs the
+    /// key nothing. A key whose stored packet cannot be read counts as changed. Over the rate:
+    /// the 429 to answer.
+    pub fn limit_key(&self, store: &Store, packet: &VerifiedPacket) -> Option<Response> {
+        let limiter = self.publish_per_key.as_ref()?;
+        let key = packet.key_bytes();
+        let stored = store.get(&key).ok().flatten();
+        if stored.is_some_and(|stored| {
+            decide(Some(&stored.payload), packet.payload()) != PublishOutcome::Stored
+        }) {
+            return None;
+        }
+        let denied = limiter.check(&key).err()?;
+        Some(self.refuse(RouteClass::Publish, denied))
+    }
+
+    /// Counts a refusal of `class` and answers it 429.
+    fn refuse(&self, class: RouteClass, denied: Denied) -> Response {
+        self.refused
+            .with_label_values(&[class.as_str(), denied.scope.as_str()])
+            .inc();
+        too_many_requests(class, denied)
     }
 }
 
@@ -254,6 +349,7 @@ impl prometheus::core::Collector for RateLimitCollector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         let mut descs = self.0.refused.desc();
         descs.extend(self.0.tracked.desc());
+        descs.extend(self.0.tracked_keys.desc());
         descs
     }
 
@@ -261,6 +357,7 @@ impl prometheus::core::Collector for RateLimitCollector {
         self.0.update_gauges();
         let mut families = self.0.refused.collect();
         families.extend(self.0.tracked.collect());
+        families.extend(self.0.tracked_keys.collect());
         families
     }
 }
@@ -275,13 +372,13 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 fn too_many_requests(class: RouteClass, denied: Denied) -> Response {
     // Whole seconds, rounded up, at least 1 (RFC 9110 delay-seconds).
     let retry_secs = whole_seconds_up(denied.retry_after);
-    let Rate { per_second, burst } = denied.rate;
+    let (limit, burst) = (denied.limit, denied.limit.burst());
     let body = format!(
-        "rate limited: the {scope} {class} limit is {per_second}/s with bursts of {burst}; \
-         retry after {retry_secs} s\n",
+        "rate limited: the {scope} {class} limit is {limit}; retry after {retry_secs} s\n",
         scope = match denied.scope {
             pkraft_limits::Scope::Client => "per-client",
             pkraft_limits::Scope::Global => "global",
+            pkraft_limits::Scope::Key => "per-key",
         },
         class = class.as_str(),
     );
@@ -292,7 +389,7 @@ fn too_many_requests(class: RouteClass, denied: Denied) -> Response {
     headers.insert(RATELIMIT_REMAINING, HeaderValue::from(0));
     headers.insert(RATELIMIT_RESET, HeaderValue::from(retry_secs));
     // The window in which the whole burst comes back.
-    let window = (u64::from(burst)).div_ceil(u64::from(per_second.max(1)));
+    let window = limit.window_secs();
     if let Ok(policy) = HeaderValue::from_str(&format!("{burst};w={window}")) {
         headers.insert(RATELIMIT_POLICY, policy);
     }
@@ -304,16 +401,32 @@ fn whole_seconds_up(duration: Duration) -> u64 {
     secs.max(1)
 }
 
-/// Middleware of the relay routes: PUT is `publish`, anything else `resolve`.
+/// Middleware of the relay routes: a PUT is `publish` when this node stores its key and
+/// `publish_new_keys` when not (see the module docs); anything else is `resolve`. `key` is the
+/// route's, percent-decoded as the handler reads it.
 pub async fn limit_relay(
-    State(limits): State<Arc<RateLimits>>,
+    State(state): State<AppState>,
+    Path(key): Path<String>,
     request: Request,
     next: Next,
 ) -> Response {
-    let class = if request.method() == Method::PUT {
+    let limits = &state.rate_limits;
+    if request.method() != Method::PUT {
+        return limits.enforce(RouteClass::Resolve, request, next).await;
+    }
+    if !limits.classes_publishes() {
+        return next.run(request).await;
+    }
+    // A key that does not decode is the handler's 400; until then it counts as a new key. A
+    // key this node cannot read (found damaged: quarantined) counts as stored: its owner's
+    // republish is what repairs it.
+    let stored = decode_z32_key(&key)
+        .ok()
+        .is_some_and(|key| state.node.store().holds(&key).unwrap_or(true));
+    let class = if stored {
         RouteClass::Publish
     } else {
-        RouteClass::Resolve
+        RouteClass::PublishNewKeys
     };
     limits.enforce(class, request, next).await
 }
@@ -471,7 +584,7 @@ mod tests {
             RouteClass::Publish,
             Denied {
                 scope: pkraft_limits::Scope::Client,
-                rate: Rate::new(50, 1_000),
+                limit: pkraft_limits::Limit::PerSecond(Rate::new(50, 1_000)),
                 retry_after: Duration::from_millis(20),
             },
         );

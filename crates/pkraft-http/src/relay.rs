@@ -62,6 +62,9 @@ pub async fn put_packet(
         packet.payload().timestamp_micros(),
         state.settings.max_future_skew,
     )?;
+    if let Some(too_many) = state.rate_limits.limit_key(state.node.store(), &packet) {
+        return Ok(too_many);
+    }
 
     let Published {
         outcome, replicas, ..

@@ -5,7 +5,9 @@
 //! # Layout
 //! - [`Rate`]: one limit as configured (`per_second` sustained, `burst` at once; 0 = off).
 //! - [`ClassLimits`] / [`ClassLimiter`]: a per-client and a global rate for one class of traffic
-//!   (PUT, GET, DoH, DNS answers).
+//!   (PUT of a stored key, PUT of a new key, GET, DoH, DNS answers).
+//! - [`KeyRate`] / [`KeyLimiter`]: a rate per public key (how often one key may be published),
+//!   counted in minutes, with state bounded like the clients'.
 //! - [`Allowance`]: a global allowance of units per second taken several at a time (the bytes
 //!   of DNS answers).
 //! - [`ClientPrefix`]: which addresses count as one client (an IPv6 host owns a whole /64).
@@ -23,6 +25,7 @@
 //! state out; those one-off addresses are then not tracked per client at all, and only the
 //! global limit (where one is configured) applies to them.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -69,6 +72,49 @@ impl Rate {
     }
 }
 
+/// A limit on one public key: `burst` publishes at once, refilled at `per_minute`.
+/// `per_minute = 0` turns it off. In minutes, since an endpoint republishes every few minutes:
+/// a key's honest rate is far below one a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl KeyRate {
+    /// No limit.
+    pub const OFF: KeyRate = KeyRate {
+        per_minute: 0,
+        burst: 0,
+    };
+
+    pub const fn new(per_minute: u32, burst: u32) -> KeyRate {
+        KeyRate { per_minute, burst }
+    }
+
+    /// governor's quota, `None` when the limit is off.
+    fn quota(self) -> Result<Option<Quota>, String> {
+        let Some(per_minute) = NonZeroU32::new(self.per_minute) else {
+            return Ok(None);
+        };
+        let burst = NonZeroU32::new(self.burst)
+            .ok_or_else(|| format!("burst must be at least 1 when per_minute is {per_minute}"))?;
+        let period = Duration::from_secs(60) / per_minute.get();
+        let quota = Quota::with_period(period)
+            .ok_or_else(|| format!("per_minute {per_minute} is more than one a nanosecond"))?;
+        Ok(Some(quota.allow_burst(burst)))
+    }
+
+    /// Checks the rate; `field` is its config path, for the error.
+    pub fn validate(&self, field: &str) -> Result<(), LimitError> {
+        self.quota().map(|_| ()).map_err(|reason| LimitError {
+            field: field.to_string(),
+            reason,
+        })
+    }
+}
+
 /// A configured limit that cannot be used; the message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -105,6 +151,8 @@ pub enum Scope {
     Client,
     /// Everyone's rate together.
     Global,
+    /// The rate of the public key the request publishes.
+    Key,
 }
 
 impl Scope {
@@ -112,27 +160,71 @@ impl Scope {
         match self {
             Scope::Client => "client",
             Scope::Global => "global",
+            Scope::Key => "key",
         }
     }
 }
 
-/// A refused request: which limit, its rate, and when a retry can succeed.
+/// A limit as configured, for telling a refused client what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    PerSecond(Rate),
+    PerMinute(KeyRate),
+}
+
+impl Limit {
+    /// How many requests it lets through at once.
+    pub fn burst(self) -> u32 {
+        match self {
+            Limit::PerSecond(rate) => rate.burst,
+            Limit::PerMinute(rate) => rate.burst,
+        }
+    }
+
+    /// Whole seconds in which an emptied burst comes back.
+    pub fn window_secs(self) -> u64 {
+        match self {
+            Limit::PerSecond(rate) => {
+                u64::from(rate.burst).div_ceil(u64::from(rate.per_second.max(1)))
+            }
+            Limit::PerMinute(rate) => {
+                (u64::from(rate.burst) * 60).div_ceil(u64::from(rate.per_minute.max(1)))
+            }
+        }
+    }
+}
+
+/// `50/s with bursts of 1000`.
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::PerSecond(Rate { per_second, burst }) => {
+                write!(f, "{per_second}/s with bursts of {burst}")
+            }
+            Limit::PerMinute(KeyRate { per_minute, burst }) => {
+                write!(f, "{per_minute}/min with bursts of {burst}")
+            }
+        }
+    }
+}
+
+/// A refused request: which limit, and when a retry can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied {
     pub scope: Scope,
-    pub rate: Rate,
+    pub limit: Limit,
     pub retry_after: Duration,
 }
 
 /// A per-client rate whose state lives in a [`BoundedStore`].
-type KeyedLimiter = RateLimiter<IpAddr, BoundedStore, DefaultClock, NoOpMiddleware>;
+type KeyedLimiter<K> = RateLimiter<K, BoundedStore<K>, DefaultClock, NoOpMiddleware>;
 type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, NoOpMiddleware>;
 
 /// Enforces one [`ClassLimits`].
 pub struct ClassLimiter {
     /// The limiter, its rate, and a second handle on its store (governor lends it out only by
     /// value).
-    per_client: Option<(KeyedLimiter, Rate, BoundedStore)>,
+    per_client: Option<(KeyedLimiter<IpAddr>, Rate, BoundedStore<IpAddr>)>,
     global: Option<(DirectLimiter, Rate)>,
     clock: DefaultClock,
 }
@@ -189,14 +281,14 @@ impl ClassLimiter {
         if let Some((limiter, rate, _)) = &self.per_client {
             limiter.check_key(&client).map_err(|not_until| Denied {
                 scope: Scope::Client,
-                rate: *rate,
+                limit: Limit::PerSecond(*rate),
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })?;
         }
         if let Some((limiter, rate)) = &self.global {
             limiter.check().map_err(|not_until| Denied {
                 scope: Scope::Global,
-                rate: *rate,
+                limit: Limit::PerSecond(*rate),
                 retry_after: not_until.wait_time_from(self.clock.now()),
             })?;
         }
@@ -222,6 +314,65 @@ impl ClassLimiter {
         if let Some((_, _, store)) = &self.per_client {
             store.states.run_pending_tasks();
         }
+    }
+}
+
+/// The public key a publish is for, as the per-key limit counts it.
+pub type PublicKeyBytes = [u8; 32];
+
+/// Enforces one [`KeyRate`] for every public key, with state for at most `max_tracked_keys`
+/// keys (the keys published most often are kept: see the module docs).
+pub struct KeyLimiter {
+    limiter: KeyedLimiter<PublicKeyBytes>,
+    rate: KeyRate,
+    store: BoundedStore<PublicKeyBytes>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for KeyLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyLimiter")
+            .field("rate", &self.rate)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyLimiter {
+    /// A limiter for `rate` tracking at most `max_tracked_keys` keys; `None` when the rate is
+    /// off. `field` names the setting in errors.
+    pub fn new(
+        rate: KeyRate,
+        max_tracked_keys: u64,
+        field: &str,
+    ) -> Result<Option<KeyLimiter>, LimitError> {
+        let quota = rate.quota().map_err(|reason| LimitError {
+            field: field.to_string(),
+            reason,
+        })?;
+        Ok(quota.map(|quota| {
+            let clock = DefaultClock::default();
+            let store = BoundedStore::new(max_tracked_keys, quota);
+            KeyLimiter {
+                limiter: RateLimiter::new(quota, store.clone(), clock.clone()),
+                rate,
+                store,
+                clock,
+            }
+        }))
+    }
+
+    /// Takes one token of `key`'s.
+    pub fn check(&self, key: &PublicKeyBytes) -> Result<(), Denied> {
+        self.limiter.check_key(key).map_err(|not_until| Denied {
+            scope: Scope::Key,
+            limit: Limit::PerMinute(self.rate),
+            retry_after: not_until.wait_time_from(self.clock.now()),
+        })
+    }
+
+    /// How many keys have state right now (see [`ClassLimiter::tracked_clients`]).
+    pub fn tracked_keys(&self) -> u64 {
+        self.store.tracked()
     }
 }
 
@@ -267,16 +418,16 @@ impl Allowance {
     }
 }
 
-/// Per-client rate states in a bounded moka cache; see the module docs.
+/// Per-client (or per-key) rate states in a bounded moka cache; see the module docs.
 #[derive(Clone)]
-pub struct BoundedStore {
-    states: moka::sync::Cache<IpAddr, Arc<InMemoryState>>,
+pub struct BoundedStore<K = IpAddr> {
+    states: moka::sync::Cache<K, Arc<InMemoryState>>,
 }
 
-impl BoundedStore {
+impl<K: Hash + Eq + Send + Sync + 'static> BoundedStore<K> {
     /// At most `max_entries` states; one idle for as long as `quota`'s bucket takes to refill is
     /// dropped.
-    pub fn new(max_entries: u64, quota: Quota) -> BoundedStore {
+    pub fn new(max_entries: u64, quota: Quota) -> BoundedStore<K> {
         // A little slack so a state refilled to the brim is certainly full when dropped.
         let refill = quota.burst_size_replenished_in() + Duration::from_secs(1);
         BoundedStore {
@@ -294,14 +445,14 @@ impl BoundedStore {
     }
 }
 
-impl StateStore for BoundedStore {
-    type Key = IpAddr;
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> StateStore for BoundedStore<K> {
+    type Key = K;
 
-    fn measure_and_replace<T, F, E>(&self, key: &IpAddr, f: F) -> Result<T, E>
+    fn measure_and_replace<T, F, E>(&self, key: &K, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let state = self.states.get_with(*key, Arc::default);
+        let state = self.states.get_with(key.clone(), Arc::default);
         state.measure_and_replace(&NotKeyed::NonKey, f)
     }
 }

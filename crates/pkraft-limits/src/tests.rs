@@ -36,7 +36,7 @@ fn a_client_gets_its_burst_then_is_refused_while_others_are_served() {
     }
     let denied = limiter.check(ip("192.0.2.1")).expect_err("over the burst");
     assert_eq!(denied.scope, Scope::Client);
-    assert_eq!(denied.rate, Rate::new(10, 5));
+    assert_eq!(denied.limit, Limit::PerSecond(Rate::new(10, 5)));
     // One token comes back every 100 ms.
     assert!(
         denied.retry_after > Duration::ZERO && denied.retry_after <= Duration::from_millis(100),
@@ -63,7 +63,7 @@ fn the_global_limit_counts_every_client_but_not_refused_ones() {
     }
     let denied = limiter.check(ip("192.0.2.3")).expect_err("global limit");
     assert_eq!(denied.scope, Scope::Global);
-    assert_eq!(denied.rate, Rate::new(1, 4));
+    assert_eq!(denied.limit, Limit::PerSecond(Rate::new(1, 4)));
 }
 
 #[test]
@@ -236,4 +236,54 @@ fn an_allowance_grants_units_up_to_its_burst() {
         .expect("valid")
         .expect("on");
     assert!(!big.take(1_001), "more than the burst is never granted");
+}
+
+#[test]
+fn a_key_gets_its_burst_then_one_per_period_and_other_keys_are_not_counted() {
+    let limiter = KeyLimiter::new(KeyRate::new(6, 3), 100, "t")
+        .expect("valid")
+        .expect("on");
+    let (key, other) = ([1_u8; 32], [2_u8; 32]);
+    for _ in 0..3 {
+        assert_eq!(limiter.check(&key), Ok(()));
+    }
+    let denied = limiter.check(&key).expect_err("over the burst");
+    assert_eq!(denied.scope, Scope::Key);
+    assert_eq!(denied.limit, Limit::PerMinute(KeyRate::new(6, 3)));
+    // 6 a minute: one every 10 s.
+    assert!(
+        denied.retry_after > Duration::from_secs(9)
+            && denied.retry_after <= Duration::from_secs(10),
+        "{:?}",
+        denied.retry_after
+    );
+    assert_eq!(limiter.check(&other), Ok(()));
+    assert_eq!(denied.limit.to_string(), "6/min with bursts of 3");
+    assert_eq!(denied.limit.window_secs(), 30);
+}
+
+#[test]
+fn a_key_rate_off_has_no_limiter_and_a_burst_of_zero_names_its_field() {
+    assert!(
+        KeyLimiter::new(KeyRate::OFF, 100, "t")
+            .expect("valid")
+            .is_none()
+    );
+    let error = KeyLimiter::new(KeyRate::new(6, 0), 100, "rate_limit.publish_per_key")
+        .expect_err("burst 0");
+    assert_eq!(error.field, "rate_limit.publish_per_key");
+}
+
+#[test]
+fn tracked_keys_stay_within_their_bound() {
+    let limiter = KeyLimiter::new(KeyRate::new(1, 1), 64, "t")
+        .expect("valid")
+        .expect("on");
+    for n in 0..10_000_u32 {
+        let mut key = [0_u8; 32];
+        key[..4].copy_from_slice(&n.to_be_bytes());
+        let _ = limiter.check(&key);
+    }
+    limiter.store.states.run_pending_tasks();
+    assert!(limiter.tracked_keys() <= 64, "{}", limiter.tracked_keys());
 }

@@ -350,6 +350,14 @@ impl Store {
         value.map(|v| StoredPacket::decode(v.value())).transpose()
     }
 
+    /// Whether a packet is stored for `key` in the latest committed state, without reading it
+    /// out. A key this node found damaged is [`StoreError::Quarantined`], as in [`Store::get`].
+    pub fn holds(&self, key: &KeyBytes) -> Result<bool, StoreError> {
+        Ok(self
+            .point_read(key, PACKETS, |tables| &tables.packets)?
+            .is_some())
+    }
+
     /// `key`'s row of `table` in the latest committed state: through the transaction kept since
     /// the last commit (`kept` picks its table), or one of its own when none is kept. Refused
     /// for a key this node found damaged ([`Store::quarantine`]).

@@ -58,6 +58,8 @@ impl Listening {
 /// design.
 pub const LIMITS_OFF_TOML: &str = "[rate_limit]\n\
     publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+    publish_new_keys = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
+    publish_per_key = { per_minute = 0, burst = 0 }\n\
     resolve = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
     doh = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
     health = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\n\
