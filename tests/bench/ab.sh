@@ -28,12 +28,19 @@ iroh_bin="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-1.4.1
 with_iroh=${BENCH_AB_IROH:-1}
 [ "$with_iroh" = 0 ] || [ -x "$iroh_bin" ] ||
   { echo "ab: $iroh_bin missing (make bench installs it; BENCH_AB_IROH=0 runs without it)" >&2; exit 1; }
-base_toml=$PKRAFT_EXTRA_TOML
+# Each build gets the limits-off TOML of its own pkraft-bench (built from the same commit), when
+# its bin dir has one: an older build refuses the settings a newer one added (its config has
+# deny_unknown_fields), and a newer one may need its new limits turned off.
+limits_off_of() {  # $1 = bin dir
+  if [ -x "$1/pkraft-bench" ]; then "$1/pkraft-bench" limits-off-toml; else echo "$PKRAFT_EXTRA_TOML"; fi
+}
+a_limits_off=$(limits_off_of "$a_dir")
+b_limits_off=$(limits_off_of "$b_dir")
 # The extra config of system $1 (a-… or b-…).
 toml_of() {
   case "$1" in
-    a-*) printf '%s\n%s' "$base_toml" "${BENCH_A_TOML:-}" ;;
-    b-*) printf '%s\n%s' "$base_toml" "${BENCH_B_TOML:-}" ;;
+    a-*) printf '%s\n%s' "$a_limits_off" "${BENCH_A_TOML:-}" ;;
+    b-*) printf '%s\n%s' "$b_limits_off" "${BENCH_B_TOML:-}" ;;
   esac
 }
 

@@ -135,6 +135,64 @@ async fn a_put_flood_from_one_client_is_refused_while_another_client_publishes()
     );
 }
 
+/// Goal (issue 50, item 4): the operator's own publishers (`rate_limit.exempt_publishers`)
+/// meet no publish limit, per client or global, and spend none of the global budget; everyone
+/// else still does. Method: one node whose publish budgets are a burst of 3 at 1/s per client
+/// and globally; an exempt address PUTs 30 new keys and republishes them, then another
+/// address PUTs 10.
+#[tokio::test]
+async fn exempt_publishers_meet_no_publish_limit_and_others_still_do() {
+    let server = TestServer::start_with_config(
+        r#"
+[cluster]
+bootstrap = true
+[rate_limit]
+exempt_publishers = ["127.0.0.7/32", "10.0.0.0/8"]
+publish = { per_client = { per_second = 1, burst = 3 }, global = { per_second = 1, burst = 3 } }
+publish_new_keys = { per_client = { per_second = 1, burst = 3 }, global = { per_second = 1, burst = 3 } }
+"#,
+    );
+    let now = micros_from_now(Duration::ZERO, false);
+    let put_at = |client: &reqwest::Client, seed: u64, at: u64| {
+        let key = keypair(seed);
+        let body = iroh_packet(&key, at, &["192.0.2.1:1"]).to_relay_payload();
+        client.put(server.relay_url(&key)).body(body).send()
+    };
+    let operator = client_from("127.0.0.7");
+    for round in 0..2 {
+        for seed in 0..30 {
+            let response = put_at(&operator, 7_000 + seed, now + round)
+                .await
+                .expect("PUT");
+            assert_eq!(
+                response.status(),
+                204,
+                "the exempt publisher's PUT {seed} (round {round})"
+            );
+        }
+    }
+    // The global budget is untouched: another client gets its whole burst, then 429.
+    let other = client_from("127.0.0.8");
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for seed in 0..10 {
+        let response = put_at(&other, 7_100 + seed, now).await.expect("PUT");
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], &[204; 3], "{statuses:?}");
+    let accepted = statuses.iter().filter(|s| **s == 204).count();
+    assert!(
+        accepted <= 3 + within_rate(started.elapsed(), 1)
+            && (statuses.contains(&429) || started.elapsed() >= Duration::from_secs(6)),
+        "{statuses:?}"
+    );
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        value(&metrics, "pkraft_http_rate_limit_exempt_total", ""),
+        60.0
+    );
+}
+
 /// Goal (issue 50, item 1): republishes of stored keys have budgets of their own, which a flood
 /// of new keys does not take, and one key has a rate of its own whoever sends it. Method: one
 /// node whose global new-key budget is a burst of 10 (and 1/s); a flood of new keys from one

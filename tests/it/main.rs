@@ -36,6 +36,7 @@ mod power_loss;
 mod relay;
 mod silent_partitions;
 mod snapshot_memory;
+mod store_cap;
 mod supervision;
 mod upgrade;
 mod write_bounds;

@@ -450,6 +450,124 @@ async fn a_disk_below_the_reserve_refuses_puts_and_takes_them_again_when_space_r
     assert_served(&node.server, &published).await;
 }
 
+/// Between `raft.new_keys_min_free_disk_mib` and `raft.min_free_disk_mib` the node stores no
+/// new keys (507, before the body is read) while the keys it holds are republished (204): a
+/// flood of new keys cannot take the room stored endpoints need. Below the reserve every write
+/// gets the 503. Once space returns new keys are taken again, without a restart.
+#[tokio::test]
+async fn a_disk_between_its_reserves_refuses_new_keys_and_takes_republishes() {
+    let config = "[cluster]\nbootstrap = true\n[raft]\nmin_free_disk_mib = 64\n\
+                  new_keys_min_free_disk_mib = 512\n";
+    let Some(node) = lossy_node_with_config("disk between its reserves", Some(config)) else {
+        return;
+    };
+    let stored = publish(&node.server, 0, 3_000, 10, 2).await;
+    node.disk.limit_free_space(Some(256 << 20));
+    // The node measures the free space at most 100 ms apart: within a bounded number of PUTs
+    // a new key is refused.
+    let mut refused = None;
+    for i in 0..100u64 {
+        let response = put_new(&node.server, 3_100 + i, 9_000)
+            .await
+            .expect("the node answers");
+        if response.status() == 507 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 204, "{}", node.server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a new key refused between the reserves");
+    assert_eq!(refused.headers()["retry-after"], "60");
+    let reason = refused.text().await.expect("body");
+    assert!(
+        reason.contains("raft.new_keys_min_free_disk_mib"),
+        "{reason}"
+    );
+    // Refused before verification: a body that is no packet gets the 507 too.
+    let garbage = crate::harness::http_client()
+        .put(node.server.relay_url(&keypair(3_300)))
+        .body("not a signed packet")
+        .send()
+        .await
+        .expect("the node answers");
+    assert_eq!(garbage.status(), 507);
+    // Every stored key's republish is taken.
+    for (i, (key, _, address)) in stored.iter().enumerate() {
+        let packet = iroh_packet(key, 9_000 + i as u64, &[address]);
+        let response = crate::harness::http_client()
+            .put(node.server.relay_url(key))
+            .body(packet.to_relay_payload())
+            .send()
+            .await
+            .expect("the node answers");
+        assert_eq!(response.status(), 204, "republish {i} between the reserves");
+    }
+    let metrics = node
+        .server
+        .get(&format!("http://{}/metrics", node.server.admin))
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    assert!(
+        crate::metrics::sample(
+            &metrics,
+            "pkraft_raft_publish_refused_total",
+            "reason=\"new_keys_disk_low\""
+        )
+        .is_some_and(|refused| refused >= 2.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "pkraft_disk_new_keys_min_free_bytes {}",
+            512u64 << 20
+        )),
+        "{metrics}"
+    );
+
+    // Below the reserve a republish is refused too, with the reserve's 503.
+    node.disk.limit_free_space(Some(32 << 20));
+    let mut republish_refused = false;
+    for i in 0..100u64 {
+        // A key after another: the per-key rate (a burst of 10) is not what this is about.
+        let (key, _, address) = &stored[i as usize % stored.len()];
+        let packet = iroh_packet(key, 10_000 + i, &[address]);
+        let response = crate::harness::http_client()
+            .put(node.server.relay_url(key))
+            .body(packet.to_relay_payload())
+            .send()
+            .await
+            .expect("the node answers");
+        if response.status() == 503 {
+            let reason = response.text().await.expect("body");
+            assert!(reason.contains("raft.min_free_disk_mib"), "{reason}");
+            republish_refused = true;
+            break;
+        }
+        assert_eq!(response.status(), 204);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(republish_refused, "{}", node.server.log());
+
+    node.disk.limit_free_space(None);
+    let mut taken = false;
+    for _ in 0..100 {
+        let response = put_new(&node.server, 3_400, 9_000).await;
+        if response.map(|r| r.status().as_u16()) == Some(204) {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        taken,
+        "no new key taken after space returned\n{}",
+        node.server.log()
+    );
+}
+
 /// A file system that answers `statfs` with a size of zero blocks (LazyFS, several FUSE and
 /// network file systems) does not tell its free space: unknown is not full, so the node takes
 /// PUTs with the default reserve (1 GiB), says once in its log that it cannot enforce it, and

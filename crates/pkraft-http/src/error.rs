@@ -48,6 +48,10 @@ pub enum RelayError {
         reason: String,
         retry_after: Duration,
     },
+    /// 507: the cluster stores no new keys now (its cap on stored packets, or a disk below the
+    /// new-key reserve); republishes of stored keys are not refused so. docs/API.md.
+    #[error("no room for new keys: {0}")]
+    NoRoom(String),
     /// 503: this node's storage or consensus failed (an I/O error, a full disk); the node stops
     /// or refuses until it recovers, and another node can answer. Not acknowledged: a PUT may
     /// still have committed, and retrying it is safe. The reason is logged, not sent.
@@ -61,6 +65,10 @@ pub enum RelayError {
 /// Retry-After of [`RelayError::StorageFailed`]: another node answers at once; this one may
 /// come back after a restart.
 const STORAGE_FAILED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Retry-After of [`RelayError::NoRoom`]: room comes back as expiry runs (once a minute by
+/// default, `raft.expiry_interval`) or an operator frees space, not within seconds.
+pub const NO_ROOM_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl From<StoreError> for RelayError {
     fn from(e: StoreError) -> Self {
@@ -77,6 +85,7 @@ impl RelayError {
             },
             PublishError::Fatal(reason) => RelayError::StorageFailed(reason),
             e @ PublishError::Replica(_) => RelayError::StorageFailed(e.to_string()),
+            PublishError::NoRoom(reason) => RelayError::NoRoom(reason),
         }
     }
 
@@ -107,6 +116,7 @@ impl RelayError {
             RelayError::Unavailable { .. } | RelayError::StorageFailed(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            RelayError::NoRoom(_) => StatusCode::INSUFFICIENT_STORAGE,
             RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -130,6 +140,7 @@ impl IntoResponse for RelayError {
         let retry_after = match self {
             RelayError::Unavailable { retry_after, .. } => Some(retry_after),
             RelayError::StorageFailed(_) => Some(STORAGE_FAILED_RETRY_AFTER),
+            RelayError::NoRoom(_) => Some(NO_ROOM_RETRY_AFTER),
             _ => None,
         };
         if let RelayError::InvalidOnDht { seq } = self {

@@ -265,12 +265,13 @@ pub async fn import(
                 PublishOutcome::Identical => report.unchanged += 1,
                 PublishOutcome::Stale => report.newer_stored += 1,
             },
-            // Another try may find a leader, room in the queue, or (for a node whose storage
-            // failed) the caller on another node.
+            // Another try may find a leader, room in the queue or in the store (after expiry),
+            // or (for a node whose storage failed) the caller on another node.
             Err(
                 e @ (PublishError::Unavailable(_)
                 | PublishError::Fatal(_)
-                | PublishError::Replica(_)),
+                | PublishError::Replica(_)
+                | PublishError::NoRoom(_)),
             ) => {
                 report.retry.push(index);
                 report.retry_reason.get_or_insert_with(|| e.to_string());

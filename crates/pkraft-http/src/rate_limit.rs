@@ -27,11 +27,12 @@ use pkraft_limits::{
     TrustedProxies,
 };
 use pkraft_store::Store;
-use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key};
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, decide, decode_z32_key};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
 
 use crate::AppState;
+use crate::error::RelayError;
 
 /// `[rate_limit]`: limits of the public HTTP listeners.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -48,6 +49,13 @@ pub struct RateLimitSettings {
     /// (RFC 7239). Only this one is read, so a client cannot slip the other one past a proxy
     /// that does not strip it.
     pub client_ip_header: ClientIpHeader,
+    /// Addresses or networks of the operator's own publishers (a republishing service, a
+    /// federation's own nodes): their PUTs meet no `publish` or `publish_new_keys` limit, per
+    /// client or global, and spend none of the global budgets. The key's own rate
+    /// (`publish_per_key`), the cap on stored packets and the connection caps still apply. The
+    /// client is found as for every limit (behind `trusted_proxies`, the address they name).
+    /// Default: none.
+    pub exempt_publishers: TrustedProxies,
     /// `PUT` of a relay route for a key this node stores (a republish). Default per client 50/s
     /// with a burst of 1,000; global 5,000/s with a burst of 20,000.
     pub publish: ClassLimits,
@@ -91,6 +99,7 @@ impl Default for RateLimitSettings {
             max_tracked_clients: 65_536,
             trusted_proxies: TrustedProxies::default(),
             client_ip_header: ClientIpHeader::default(),
+            exempt_publishers: TrustedProxies::default(),
             publish: ClassLimits {
                 per_client: Rate::new(50, 1_000),
                 global: Rate::new(5_000, 20_000),
@@ -187,6 +196,9 @@ pub struct RateLimits {
     health: ClassLimiter,
     proxies: TrustedProxies,
     client_ip_header: ClientIpHeader,
+    exempt_publishers: TrustedProxies,
+    /// `pkraft_http_rate_limit_exempt_total`: PUTs of `exempt_publishers`, which met no limit.
+    exempt: IntCounter,
     /// `pkraft_http_rate_limited_total{class, scope}`.
     refused: IntCounterVec,
     /// `pkraft_http_rate_limit_tracked_clients{class}`, set at scrape time.
@@ -218,6 +230,12 @@ impl RateLimits {
             health: limiter(&settings.health, "rate_limit.health")?,
             proxies: settings.trusted_proxies.clone(),
             client_ip_header: settings.client_ip_header,
+            exempt_publishers: settings.exempt_publishers.clone(),
+            exempt: IntCounter::new(
+                "pkraft_http_rate_limit_exempt_total",
+                "PUTs from rate_limit.exempt_publishers, which met no publish limit.",
+            )
+            .map_err(metric_error)?,
             refused: IntCounterVec::new(
                 Opts::new(
                     "pkraft_http_rate_limited_total",
@@ -303,7 +321,15 @@ impl RateLimits {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-        let client = ClientPrefix::HOSTS.key(self.client_of(peer, request.headers()));
+        let client_ip = self.client_of(peer, request.headers());
+        if matches!(class, RouteClass::Publish | RouteClass::PublishNewKeys)
+            && !self.exempt_publishers.is_empty()
+            && self.exempt_publishers.contains(client_ip)
+        {
+            self.exempt.inc();
+            return next.run(request).await;
+        }
+        let client = ClientPrefix::HOSTS.key(client_ip);
         match limiter.check(client) {
             Ok(()) => next.run(request).await,
             Err(denied) => self.refuse(class, denied),
@@ -348,6 +374,7 @@ struct RateLimitCollector(Arc<RateLimits>);
 impl prometheus::core::Collector for RateLimitCollector {
     fn desc(&self) -> Vec<&prometheus::core::Desc> {
         let mut descs = self.0.refused.desc();
+        descs.extend(self.0.exempt.desc());
         descs.extend(self.0.tracked.desc());
         descs.extend(self.0.tracked_keys.desc());
         descs
@@ -356,6 +383,7 @@ impl prometheus::core::Collector for RateLimitCollector {
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         self.0.update_gauges();
         let mut families = self.0.refused.collect();
+        families.extend(self.0.exempt.collect());
         families.extend(self.0.tracked.collect());
         families.extend(self.0.tracked_keys.collect());
         families
@@ -414,16 +442,22 @@ pub async fn limit_relay(
     if request.method() != Method::PUT {
         return limits.enforce(RouteClass::Resolve, request, next).await;
     }
-    if !limits.classes_publishes() {
-        return next.run(request).await;
-    }
     // A key that does not decode is the handler's 400; until then it counts as a new key. A
     // key this node cannot read (found damaged: quarantined) counts as stored: its owner's
     // republish is what repairs it.
-    let stored = decode_z32_key(&key)
-        .ok()
-        .is_some_and(|key| state.node.store().holds(&key).unwrap_or(true));
-    let class = if stored {
+    let key = decode_z32_key(&key).ok();
+    let holds = |key: &KeyBytes| state.node.store().holds(key).unwrap_or(true);
+    // No room for new keys (the store's cap, a disk below the new-key reserve): refused before
+    // the body is read or verified, and before it takes any rate budget.
+    if let Some(key) = &key
+        && let Some(reason) = state.node.refuse_new_key(|| holds(key))
+    {
+        return RelayError::NoRoom(reason).into_response();
+    }
+    if !limits.classes_publishes() {
+        return next.run(request).await;
+    }
+    let class = if key.as_ref().is_some_and(holds) {
         RouteClass::Publish
     } else {
         RouteClass::PublishNewKeys

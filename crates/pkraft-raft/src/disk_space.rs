@@ -20,6 +20,11 @@
 //!   the snapshot is refused like the entries (a 503 the leader retries), instead of an ENOSPC
 //!   in the import, which stops the node, again at every restart and resend.
 //!
+//! Before that, below `raft.new_keys_min_free_disk_mib` (three times the reserve by default), the
+//! node stores no new keys (`new_keys_refusal`; PUT 507, and the leader refuses them in its
+//! batches), while republishes of keys it holds go on: a flood of new keys cannot take the room
+//! the endpoints already stored need to republish (`store_cap` has the cap on their number).
+//!
 //! What was admitted before still lands (the reserve is there for it): entries already in the
 //! log are applied, and an expiry or DHT entry the leader proposes is small.
 
@@ -45,6 +50,9 @@ pub(crate) const IMPORT_BYTES_PER_SNAPSHOT_BYTE: u64 = 4;
 pub(crate) struct DiskSpace {
     data_dir: PathBuf,
     reserve_bytes: u64,
+    /// Below this much available, no new keys (`raft.new_keys_min_free_disk_mib`); at least
+    /// `reserve_bytes`.
+    new_keys_reserve_bytes: u64,
     started: Instant,
     /// Milliseconds since `started` of the last measurement, plus one (0: never measured).
     measured_at: AtomicU64,
@@ -68,10 +76,16 @@ fn install_bytes(snapshot_bytes: u64, received: u64) -> u64 {
 }
 
 impl DiskSpace {
-    pub(crate) fn new(data_dir: &Path, reserve_bytes: u64, gauge: IntGauge) -> DiskSpace {
+    pub(crate) fn new(
+        data_dir: &Path,
+        reserve_bytes: u64,
+        new_keys_reserve_bytes: u64,
+        gauge: IntGauge,
+    ) -> DiskSpace {
         DiskSpace {
             data_dir: data_dir.to_path_buf(),
             reserve_bytes,
+            new_keys_reserve_bytes: new_keys_reserve_bytes.max(reserve_bytes),
             started: Instant::now(),
             measured_at: AtomicU64::new(0),
             available: AtomicU64::new(u64::MAX),
@@ -86,6 +100,24 @@ impl DiskSpace {
     /// than the reserve available.
     pub(crate) fn refusal(&self) -> Option<String> {
         self.refusal_for(self.available())
+    }
+
+    /// Why this node must store no new keys now, if it must: less than
+    /// `raft.new_keys_min_free_disk_mib` available. Republishes of stored keys go on until
+    /// [`DiskSpace::refusal`]; below the reserve that refusal (503) answers every write, new
+    /// keys too, and this one is `None`.
+    pub(crate) fn new_keys_refusal(&self) -> Option<String> {
+        let available = self.available();
+        (self.reserve_bytes <= available && available < self.new_keys_reserve_bytes).then(|| {
+            format!(
+                "the disk of {} has {} MiB free, less than raft.new_keys_min_free_disk_mib ({} \
+                 MiB): this node stores no new keys until space is freed; republishes of stored \
+                 keys go on",
+                self.data_dir.display(),
+                available / MIB,
+                self.new_keys_reserve_bytes / MIB
+            )
+        })
     }
 
     /// Why a snapshot of `snapshot_bytes` cannot be installed now, if it cannot: the bytes of it
@@ -210,6 +242,18 @@ fn available_bytes(path: &Path) -> std::io::Result<u64> {
     free_bytes(&stat)
 }
 
+/// The size of the file system holding `path`, in bytes: what the default cap on stored
+/// packets is derived from (`store_cap`).
+pub(crate) fn file_system_bytes(path: &Path) -> std::io::Result<u64> {
+    let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    if stat.blocks() == 0 {
+        return Err(std::io::Error::other(
+            "the file system reports a size of 0 blocks",
+        ));
+    }
+    Ok(stat.blocks().saturating_mul(stat.fragment_size()))
+}
+
 /// What a `statvfs` answer says is free. A file system of zero blocks does not know its size
 /// (Jepsen's LazyFS, several FUSE and network file systems answer so): its space is unknown,
 /// not full.
@@ -245,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let free = available_bytes(dir.path()).expect("statvfs");
         // Above what is free by more than other writers on the machine change it meanwhile.
-        let disk = DiskSpace::new(dir.path(), free.saturating_add(256 << 20), gauge());
+        let disk = DiskSpace::new(dir.path(), free.saturating_add(256 << 20), 0, gauge());
         let reason = disk.refusal().expect("refused");
         assert!(reason.contains("raft.min_free_disk_mib"), "{reason}");
         assert!(
@@ -256,11 +300,39 @@ mod tests {
         assert!(disk.gauge.get() > 0);
     }
 
+    /// Between the two reserves a node refuses new keys and takes republishes; below both,
+    /// the refusal of every write speaks for new keys too.
+    #[test]
+    fn new_keys_are_refused_before_republishes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let free = available_bytes(dir.path()).expect("statvfs");
+        let disk = DiskSpace::new(dir.path(), 0, free.saturating_add(256 << 20), gauge());
+        assert_eq!(disk.refusal(), None, "republishes go on");
+        let reason = disk.new_keys_refusal().expect("new keys refused");
+        assert!(
+            reason.contains("raft.new_keys_min_free_disk_mib"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("republishes of stored keys go on"),
+            "{reason}"
+        );
+
+        let disk = DiskSpace::new(dir.path(), free.saturating_add(256 << 20), 0, gauge());
+        assert!(disk.refusal().is_some());
+        assert_eq!(
+            disk.new_keys_refusal(),
+            None,
+            "below the reserve every write gets the 503"
+        );
+    }
+
     #[test]
     fn a_reserve_below_what_is_free_takes_writes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let disk = DiskSpace::new(dir.path(), 0, gauge());
+        let disk = DiskSpace::new(dir.path(), 0, 0, gauge());
         assert_eq!(disk.refusal(), None);
+        assert_eq!(disk.new_keys_refusal(), None);
         assert!(disk.has_room_for_build(0));
         assert!(!disk.has_room_for_build(u64::MAX));
     }
@@ -272,7 +344,7 @@ mod tests {
     fn a_snapshot_is_taken_only_with_room_for_its_install() {
         let dir = tempfile::tempdir().expect("tempdir");
         let free = available_bytes(dir.path()).expect("statvfs");
-        let disk = DiskSpace::new(dir.path(), 64 << 20, gauge());
+        let disk = DiskSpace::new(dir.path(), 64 << 20, 64 << 20, gauge());
         assert_eq!(disk.install_refusal("small-1b", 1 << 20, 0), None);
         // Its import alone is four times the free space.
         let huge = free.max(1 << 30);

@@ -67,6 +67,7 @@ pub mod settings;
 mod snapshot_schedule;
 mod start;
 pub mod storage;
+mod store_cap;
 pub mod write_path;
 
 // The storage modules keep their paths from before the split (`crate::log_store`, ...).

@@ -34,7 +34,9 @@ pub(crate) struct NodeMetrics {
     pub(crate) handovers: IntCounterVec,
     /// `pkraft_raft_publish_refused_total{reason}`: publishes answered "unavailable" (503) by
     /// this node's batcher, by why: `no_leader`, `no_quorum` (this leader is cut off),
-    /// `timeout` (not committed in time), `forward_failed`, `handover`, `disk_full`.
+    /// `timeout` (not committed in time), `forward_failed`, `handover`, `disk_full`; and new
+    /// keys refused for want of room (507, `store_cap`): `store_full`, `new_keys_disk_low`.
+    /// Those two exist from the start (at 0), so that an alert's `rate()` sees the first.
     pub(crate) publish_refused_total: IntCounterVec,
     /// `pkraft_raft_snapshot_build_seconds`: snapshot builds and their duration.
     pub(crate) snapshot_build: Histogram,
@@ -65,6 +67,12 @@ pub(crate) struct NodeMetrics {
     /// `pkraft_disk_min_free_bytes`: `raft.min_free_disk_mib` in bytes, so that an alert can
     /// compare the free space with the reserve each node was given.
     pub(crate) disk_min_free_bytes: IntGauge,
+    /// `pkraft_disk_new_keys_min_free_bytes`: `raft.new_keys_min_free_disk_mib` in bytes: below
+    /// this much available space the node stores no new keys.
+    pub(crate) disk_new_keys_min_free_bytes: IntGauge,
+    /// `pkraft_store_max_packets`: the cap on stored packets (`store_cap`; 0: none), so that an
+    /// alert can compare `pkraft_store_records` with it.
+    pub(crate) store_max_packets: IntGauge,
     /// `pkraft_raft_leader_contact_gap_seconds`: on a follower, the time between two
     /// consecutive requests it accepted from its leader (heartbeats, entries, snapshot chunks).
     /// About `raft.heartbeat_interval` or less while all is well; longer ones are heartbeats
@@ -119,7 +127,7 @@ impl NodeMetrics {
             publish_refused_total: IntCounterVec::new(
                 Opts::new(
                     "pkraft_raft_publish_refused_total",
-                    "Publishes this node's batcher answered unavailable (503), by reason.",
+                    "Publishes refused by this node, by reason: unavailable (503) from its batcher, or new keys without room (507: store_full, new_keys_disk_low).",
                 ),
                 &["reason"],
             )?,
@@ -171,6 +179,14 @@ impl NodeMetrics {
             disk_min_free_bytes: IntGauge::new(
                 "pkraft_disk_min_free_bytes",
                 "raft.min_free_disk_mib in bytes: below this much available space the node takes no writes.",
+            )?,
+            disk_new_keys_min_free_bytes: IntGauge::new(
+                "pkraft_disk_new_keys_min_free_bytes",
+                "raft.new_keys_min_free_disk_mib in bytes: below this much available space the node stores no new keys (republishes go on).",
+            )?,
+            store_max_packets: IntGauge::new(
+                "pkraft_store_max_packets",
+                "The cap on stored packets (raft.max_stored_packets or derived from the disk; 0: no cap): at the cap no new keys are stored.",
             )?,
             leader_contact_gap: Histogram::with_opts(
                 HistogramOpts::new(
@@ -242,12 +258,17 @@ impl NodeMetrics {
     }
 
     pub(crate) fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        for reason in ["store_full", "new_keys_disk_low"] {
+            self.publish_refused_total.with_label_values(&[reason]);
+        }
         registry.register(Box::new(self.batch_packets.clone()))?;
         registry.register(Box::new(self.forwarded_packets.clone()))?;
         registry.register(Box::new(self.leader_changes.clone()))?;
         registry.register(Box::new(self.handovers.clone()))?;
         registry.register(Box::new(self.disk_available_bytes.clone()))?;
         registry.register(Box::new(self.disk_min_free_bytes.clone()))?;
+        registry.register(Box::new(self.disk_new_keys_min_free_bytes.clone()))?;
+        registry.register(Box::new(self.store_max_packets.clone()))?;
         registry.register(Box::new(self.leader_contact_gap.clone()))?;
         registry.register(Box::new(self.pre_vote_rounds.clone()))?;
         registry.register(Box::new(self.storage_damage.clone()))?;

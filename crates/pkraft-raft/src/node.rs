@@ -127,6 +127,8 @@ pub struct Core {
     pub(crate) peer_body_max: usize,
     /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
     pub(crate) disk_space: Arc<DiskSpace>,
+    /// The cap on stored packets and the new keys counted against it (`store_cap`).
+    pub(crate) store_cap: crate::store_cap::StoreCap,
 }
 
 /// One pkraft node: the Raft instance and the local replica it applies to.

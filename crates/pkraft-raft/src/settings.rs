@@ -93,6 +93,17 @@ pub struct Settings {
     /// last snapshot's size plus a quarter of this reserve. 0 turns the check off.
     /// docs/OPERATIONS.md, "Disk full".
     pub min_free_disk_mib: u64,
+    /// Below this much free space on the data dir's file system, in MiB, the node stores no new
+    /// keys (PUT 507) while republishes of stored keys go on down to `min_free_disk_mib`: a flood
+    /// of new keys never takes the room the endpoints already stored need. Unset: three times
+    /// `min_free_disk_mib`. At least `min_free_disk_mib`. docs/OPERATIONS.md, "Bounded storage".
+    pub new_keys_min_free_disk_mib: Option<u64>,
+    /// Most packets the cluster stores. At the cap a PUT of a key not stored is refused (507)
+    /// while republishes of stored keys go on; expiry makes room again. Unset: derived from the
+    /// size of the data dir's file system at start (`store_cap::derived_max_packets`: what is
+    /// left beside `new_keys_min_free_disk_mib`, at 4 KiB per packet). 0: no cap.
+    /// docs/OPERATIONS.md, "Bounded storage".
+    pub max_stored_packets: Option<u64>,
     /// The background scrub re-verifies every stored packet (its signature, as a PUT checks it)
     /// at this many packets a second, over and over, so that damage on disk is found before a
     /// read, a snapshot or a follower takes it. Default 250: a pass over a million packets in
@@ -130,6 +141,8 @@ impl Default for Settings {
             max_clock_jump: Duration::from_secs(3600),
             state_cache_mib: 256,
             min_free_disk_mib: 1024,
+            new_keys_min_free_disk_mib: None,
+            max_stored_packets: None,
             scrub_packets_per_second: 250,
             scrub_log_mib_per_second: 4,
             runtime_threads: 2,
@@ -167,6 +180,8 @@ const PUBLISH_ITEM_BYTES_MAX: usize = 1_200;
 pub const PUBLISH_BATCH_MAX_LIMIT: usize = 4096;
 /// Largest `publish_queue_max`: bounds the memory of waiting publishes.
 pub const PUBLISH_QUEUE_MAX_LIMIT: usize = 65_536;
+/// `new_keys_min_free_disk_mib` when unset, in multiples of `min_free_disk_mib`.
+const NEW_KEYS_RESERVE_FACTOR: u64 = 3;
 /// Largest `runtime_threads`.
 pub const RUNTIME_THREADS_MAX: usize = 64;
 
@@ -193,6 +208,16 @@ impl Settings {
     /// `min_free_disk_mib` in bytes.
     pub fn min_free_disk_bytes(&self) -> u64 {
         self.min_free_disk_mib.saturating_mul(1024 * 1024)
+    }
+
+    /// `new_keys_min_free_disk_mib` in bytes (three times the reserve when unset).
+    pub fn new_keys_min_free_disk_bytes(&self) -> u64 {
+        self.new_keys_min_free_disk_mib
+            .unwrap_or(
+                self.min_free_disk_mib
+                    .saturating_mul(NEW_KEYS_RESERVE_FACTOR),
+            )
+            .saturating_mul(1024 * 1024)
     }
 
     /// Largest request body the peer listener accepts: a full `append-entries` of the largest
@@ -283,6 +308,15 @@ impl Settings {
                     self.runtime_threads
                 )));
             }
+            if let Some(new_keys) = self.new_keys_min_free_disk_mib
+                && new_keys < self.min_free_disk_mib
+            {
+                return Err(SettingsError(format!(
+                    "new_keys_min_free_disk_mib ({new_keys}) must be at least min_free_disk_mib \
+                     ({}): new keys are refused before republishes",
+                    self.min_free_disk_mib
+                )));
+            }
             if !(1..=PUBLISH_QUEUE_MAX_LIMIT).contains(&self.publish_queue_max) {
                 return Err(SettingsError(format!(
                     "publish_queue_max must be 1 to {PUBLISH_QUEUE_MAX_LIMIT}, got {}",
@@ -366,6 +400,33 @@ mod tests {
         assert_eq!(config.heartbeat_interval, 100);
         assert_eq!(config.election_timeout_min, 300);
         assert_eq!(config.election_timeout_max, 500);
+    }
+
+    /// New keys are refused before republishes: their reserve is three times the reserve by
+    /// default, and never set below it.
+    #[test]
+    fn the_new_key_reserve_is_at_least_the_reserve() {
+        let defaults = Settings::default();
+        assert_eq!(
+            defaults.new_keys_min_free_disk_bytes(),
+            3 * 1024 * 1024 * 1024
+        );
+        let below = Settings {
+            new_keys_min_free_disk_mib: Some(1023),
+            ..Settings::default()
+        };
+        let error = below.openraft_config().expect_err("refused").to_string();
+        assert!(error.contains("new_keys_min_free_disk_mib"), "{error}");
+        let equal = Settings {
+            new_keys_min_free_disk_mib: Some(1024),
+            ..Settings::default()
+        };
+        assert!(equal.openraft_config().is_ok());
+        let reserve_off = Settings {
+            min_free_disk_mib: 0,
+            ..Settings::default()
+        };
+        assert_eq!(reserve_off.new_keys_min_free_disk_bytes(), 0);
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::settings::Settings;
 use crate::snapshot_schedule::BuildTimes;
 use crate::state_machine::{Progress, StateEvents, StateMachine};
 use crate::state_repair;
+use crate::store_cap::{self, StoreCap};
 use crate::write_path::queue::WritePath;
 use crate::{NodeId, TypeConfig};
 use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
@@ -202,8 +203,16 @@ impl Node {
         let disk_space = Arc::new(DiskSpace::new(
             data_dir,
             settings.min_free_disk_bytes(),
+            settings.new_keys_min_free_disk_bytes(),
             metrics.disk_available_bytes.clone(),
         ));
+        metrics
+            .disk_new_keys_min_free_bytes
+            .set(i64::try_from(settings.new_keys_min_free_disk_bytes()).unwrap_or(i64::MAX));
+        let max_stored_packets = max_stored_packets(settings, data_dir);
+        metrics
+            .store_max_packets
+            .set(max_stored_packets.map_or(0, |max| i64::try_from(max).unwrap_or(i64::MAX)));
         let node = Node {
             core: Core {
                 id,
@@ -218,6 +227,7 @@ impl Node {
                 pre_vote: settings.pre_vote,
                 peer_body_max: settings.peer_body_max(),
                 disk_space,
+                store_cap: StoreCap::new(max_stored_packets),
             },
             writes: WritePath::new(),
             leadership,
@@ -420,6 +430,42 @@ async fn hold_elections_while_repairing(node: Arc<Node>) {
 
 /// Whether the last stop was clean; removes the marker durably, so that a crash later in this
 /// run is not mistaken for a clean stop at the next start.
+/// The cap on stored packets: `raft.max_stored_packets` (0: none), or derived from the size of
+/// the data dir's file system (`store_cap::derived_max_packets`). Logged, so that an operator
+/// sees what a derived cap came to.
+fn max_stored_packets(settings: &Settings, data_dir: &Path) -> Option<u64> {
+    let keep_free = settings.new_keys_min_free_disk_bytes();
+    let max = match settings.max_stored_packets {
+        Some(0) => {
+            tracing::info!("no cap on stored packets (raft.max_stored_packets = 0)");
+            return None;
+        }
+        Some(max) => max,
+        None => match crate::disk_space::file_system_bytes(data_dir) {
+            Ok(bytes) => {
+                let max = store_cap::derived_max_packets(bytes, keep_free);
+                tracing::info!(
+                    max_stored_packets = max,
+                    file_system_mib = bytes >> 20,
+                    "cap on stored packets derived from the data dir's disk (set raft.max_stored_packets to choose it)"
+                );
+                return Some(max);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    error = %e,
+                    max_stored_packets = store_cap::UNKNOWN_DISK_MAX_PACKETS,
+                    "cannot tell the size of the data dir's disk: the cap on stored packets is the default for an unknown disk (set raft.max_stored_packets to choose it)"
+                );
+                store_cap::UNKNOWN_DISK_MAX_PACKETS
+            }
+        },
+    };
+    tracing::info!(max_stored_packets = max, "cap on stored packets");
+    Some(max)
+}
+
 fn take_clean_stop_marker(data_dir: &Path) -> Result<bool, StartError> {
     let marker = data_dir.join(CLEAN_STOP_FILE);
     let io_error = |source| StartError::DataDir {

@@ -30,6 +30,7 @@ pub use queue::{PublishError, Published};
 use crate::node::Node;
 use crate::peer::PeerError;
 use crate::settings::Settings;
+use crate::store_cap::NewKeyRefusal;
 use crate::{NodeId, TypeConfig};
 
 impl Node {
@@ -60,11 +61,14 @@ impl Node {
     pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
         // The read is synchronous on the async worker: one key, MVCC, from the page cache; it
         // never waits for the writer and costs less than a hop to the blocking pool.
-        let stored = match self.store.get(&packet.key_bytes()) {
-            Ok(stored) => stored,
+        let (stored, held) = match self.store.get(&packet.key_bytes()) {
+            Ok(stored) => {
+                let held = stored.is_some();
+                (stored, held)
+            }
             // This node's copy is damaged (the scrub found it): the log decides, as for a key
-            // this node does not hold.
-            Err(StoreError::Quarantined(_)) => None,
+            // this node does not hold, but it is no new key (its owner's republish repairs it).
+            Err(StoreError::Quarantined(_)) => (None, true),
             Err(e) => return Err(PublishError::Replica(e.to_string())),
         };
         match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
@@ -74,6 +78,10 @@ impl Node {
                 if let Some(reason) = self.disk_space.refusal() {
                     self.metrics.publish_refused("disk_full", 1);
                     return Err(PublishError::Unavailable(reason));
+                }
+                // The quick check; the leader's is the one that holds (`store_cap`).
+                if let Some(reason) = self.refuse_new_key(|| held) {
+                    return Err(PublishError::NoRoom(reason));
                 }
                 let outcome = self.writes().enqueue(packet.into(), Origin::Local)?;
                 let deadline = tokio::time::Instant::now() + self.publish_timeout;
@@ -85,6 +93,25 @@ impl Node {
                 log_index: self.last_applied_index().unwrap_or_default(),
             }),
         }
+    }
+
+    /// Whether a publish is refused as a new key now, and why: the disk is below
+    /// `raft.new_keys_min_free_disk_mib` or the store at its cap (`store_cap`), by what this
+    /// node knows (its disk, a count of its replica at most 100 ms old), and `held` (asked only
+    /// then) says this replica does not hold the key. A refusal is counted in
+    /// `pkraft_raft_publish_refused_total`. Two atomic loads while there is room: cheap enough
+    /// to ask before a request's body is read.
+    pub fn refuse_new_key(&self, held: impl FnOnce() -> bool) -> Option<String> {
+        let refusal = self
+            .disk_space
+            .new_keys_refusal()
+            .map(NewKeyRefusal::disk)
+            .or_else(|| self.store_cap.refusal(&self.store))?;
+        if held() {
+            return None;
+        }
+        self.metrics.publish_refused(refusal.label, 1);
+        Some(refusal.reason)
     }
 
     /// Commits publishes a follower forwarded; only the leader takes them (the follower then

@@ -23,6 +23,7 @@ use super::queue::{Batcher, Origin, Pending, PublishError, Published, Reply};
 use super::{publish_error, replicas_holding};
 use crate::node::Node;
 use crate::peer::{ForwardedPublish, PeerError, path};
+use crate::store_cap::{NewKeyRefusal, Reservation};
 
 /// Batches proposed and not yet committed. Two keep the log append of one batch overlapping the
 /// apply of the one before it; more only make batches smaller.
@@ -107,6 +108,11 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                 let Some(_proposal) = node.begin_proposal() else {
                     continue;
                 };
+                // New keys count against the cap until the proposal has returned.
+                let (batch, _new_keys) = admit_new_keys(node, batch);
+                if batch.is_empty() {
+                    return;
+                }
                 return propose(node, batch, deadline, earlier_attempt_unknown).await;
             }
             // This leader is handing over (see `handover`): wait for the next one.
@@ -181,6 +187,33 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
             }
         }
     }
+}
+
+/// The publishes of `batch` this leader may propose: those of new keys short of room
+/// (`store_cap`) are answered `NoRoom` here. The reservation counts the admitted new keys
+/// against the cap until it is dropped.
+fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservation<'_>) {
+    let disk = node.disk_space.new_keys_refusal().map(NewKeyRefusal::disk);
+    let admission = node.store_cap.admit(
+        &node.store,
+        disk,
+        batch.iter().map(|pending| &pending.item.key),
+    );
+    if admission.refused.is_empty() {
+        return (batch, admission.reservation);
+    }
+    debug_assert_eq!(admission.refused.len(), batch.len());
+    let mut admitted = Vec::with_capacity(batch.len());
+    for (pending, refusal) in batch.into_iter().zip(admission.refused) {
+        match refusal {
+            None => admitted.push(pending),
+            Some(refusal) => {
+                node.metrics.publish_refused(refusal.label, 1);
+                answer(pending.reply, Err(PublishError::NoRoom(refusal.reason)));
+            }
+        }
+    }
+    (admitted, admission.reservation)
 }
 
 /// Proposes the batch as one log entry on this node (the leader), waiting for the commit until

@@ -36,6 +36,12 @@ pub enum PublishError {
     /// (the variant is last, so older peers decode every answer they can be sent).
     #[error("reading this node's replica: {0}")]
     Replica(String),
+    /// The cluster stores no new keys now: the store is at its cap, or the disk below the
+    /// new-key reserve (`store_cap`). A republish of a stored key is not refused so. Sent from
+    /// the leader to a follower; a follower of an older build cannot decode it and answers the
+    /// batch 503 instead (`forward`).
+    #[error("{0}")]
+    NoRoom(String),
 }
 
 /// How often a handover checks whether the proposals under way have returned.
