@@ -160,7 +160,9 @@ bench-memory:
 ## whose nodes may open 4,096 descriptors: connection floods past that on every listener, idle,
 ## slow and keep-alive connections, strangers on the peer and admin listeners, 100,000 requests
 ## with made-up methods and paths, a UDP flood from 10,000 networks (PHASE_SECONDS, default 20,
-## per attack; FLOOD_CONNECTIONS, default 5,000; about 8 minutes in all; docs/TESTING.md).
+## per attack; FLOOD_CONNECTIONS, default 5,000; about 8 minutes in all; docs/TESTING.md);
+## then admission against a 3-node release cluster: republishes during a new-key flood from 256
+## addresses, 1,000 endpoints behind one address, the flood against a cap (about 3 minutes).
 ## Silent and one-way partitions beside kills: 3 release nodes in network namespaces, the leader
 ## SIGKILLed or cut off by iptables drops (20 trials each, 5 of each one-way cut), then followers
 ## cut off for 30 s and healed, with and without PreVote (root, ip, iptables; about 8 minutes).
@@ -172,6 +174,7 @@ bench-abuse:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	tests/bench/abuse.sh $(TARGET_DIR)/release
 	tests/bench/hostile.sh $(TARGET_DIR)/release
+	tests/bench/admission.sh $(TARGET_DIR)/release
 
 ## Each cargo-fuzz target (relay payload, DNS request, config) for FUZZ_SECONDS (default 30)
 ## from its seeds; needs cargo-fuzz (`cargo install cargo-fuzz --locked`). CI runs it.

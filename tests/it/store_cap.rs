@@ -17,12 +17,17 @@ const RETRIES: usize = 50;
 async fn at_its_cap_a_cluster_stores_no_new_keys_and_takes_republishes() {
     let cluster = TestCluster::start(3, &format!("max_stored_packets = {CAP}\n")).await;
     cluster.leader().await;
+    // Signed now: a packet of 1970 would expire at the first expiry run, a minute in.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX))
+        .expect("the clock is after 1970");
 
     // Twice the cap at once, through every node: only the leader's count, which covers the
     // batches under way, can keep concurrent publishes from passing the cap together.
     let mut puts = tokio::task::JoinSet::new();
     for seed in 0..2 * CAP {
-        let (key, packet) = packet(9_000 + seed, 1_000);
+        let (key, packet) = packet(9_000 + seed, now);
         let url = cluster.members[(seed % 3) as usize].server.relay_url(&key);
         puts.spawn(async move { (seed, put_retrying(&url, packet.to_relay_payload()).await) });
     }
@@ -56,7 +61,7 @@ async fn at_its_cap_a_cluster_stores_no_new_keys_and_takes_republishes() {
     // One more new key, through each node: 507 before anything is verified (a body that is no
     // packet gets it too), with the setting named and a Retry-After.
     for (i, member) in cluster.members.iter().enumerate() {
-        let (key, packet) = packet(9_500 + i as u64, 1_000);
+        let (key, packet) = packet(9_500 + i as u64, now);
         let response = put(&member.server, &key, &packet).await;
         assert_eq!(response.status(), 507, "node {}", member.id);
         assert_eq!(response.headers()["retry-after"], "60");
@@ -77,7 +82,7 @@ async fn at_its_cap_a_cluster_stores_no_new_keys_and_takes_republishes() {
 
     // Every stored key republished, each through another node: all taken.
     for (i, seed) in stored.iter().enumerate() {
-        let (key, newer) = packet(9_000 + seed, 2_000);
+        let (key, newer) = packet(9_000 + seed, now + 1_000);
         let member = &cluster.members[i % 3];
         let (status, body) =
             put_retrying(&member.server.relay_url(&key), newer.to_relay_payload()).await;

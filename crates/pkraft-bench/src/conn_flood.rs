@@ -55,7 +55,7 @@ struct Counters {
 }
 
 /// Source address number `n` of `block`.
-fn source(block: u8, n: usize) -> IpAddr {
+pub(crate) fn source(block: u8, n: usize) -> IpAddr {
     let third = u8::try_from(n / 250).unwrap_or(u8::MAX);
     let fourth = u8::try_from(n % 250 + 2).unwrap_or(u8::MAX);
     IpAddr::V4(Ipv4Addr::new(127, block, third, fourth))

@@ -32,6 +32,7 @@
 //! Every measuring command prints one JSON object on stdout.
 
 mod accept;
+mod admission;
 mod cluster;
 mod conn_flood;
 mod dataset;
@@ -251,6 +252,33 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value = "127.0.0.1")]
         source: IpAddr,
+    },
+    /// Issue 50's admission scenario for SECONDS: REPUBLISHERS addresses 127.REPUBLISH_BLOCK.x.y
+    /// each PUT VERSION of its share of STORED's keys at one a second, while (with FLOOD)
+    /// FLOOD_SOURCES addresses 127.FLOOD_BLOCK.x.y PUT FLOOD's keys (version 0) as fast as
+    /// FLOOD_CONCURRENCY connections can; prints what each side got.
+    Admission {
+        #[arg(long)]
+        stored: PathBuf,
+        #[arg(long)]
+        version: usize,
+        #[arg(long)]
+        flood: Option<PathBuf>,
+        /// Relay base URL; repeat to spread the load.
+        #[arg(long = "url", required = true)]
+        urls: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        republishers: usize,
+        #[arg(long, default_value_t = 3)]
+        republish_block: u8,
+        #[arg(long, default_value_t = 256)]
+        flood_sources: usize,
+        #[arg(long, default_value_t = 2)]
+        flood_block: u8,
+        #[arg(long, default_value_t = 64)]
+        flood_concurrency: usize,
+        #[arg(long, default_value_t = 25)]
+        seconds: u64,
     },
     /// Hold CONNECTIONS connections to TARGET from SOURCES addresses 127.BLOCK.x.y for SECONDS,
     /// each behaving as MODE says and opened again when the server closes it.
@@ -752,6 +780,36 @@ async fn main() -> anyhow::Result<()> {
                 source,
             };
             print(&steady::run(spec).await?)?;
+        }
+        Command::Admission {
+            stored,
+            version,
+            flood,
+            urls,
+            republishers,
+            republish_block,
+            flood_sources,
+            flood_block,
+            flood_concurrency,
+            seconds,
+        } => {
+            let stored = DataSet::read(&stored)?;
+            let flood = flood.map(|path| DataSet::read(&path)).transpose()?;
+            let spec = admission::Spec {
+                stored: &stored,
+                version,
+                flood: flood.as_ref(),
+                urls: &urls,
+                flood_sources: (0..flood_sources)
+                    .map(|n| conn_flood::source(flood_block, n))
+                    .collect(),
+                flood_concurrency,
+                republishers: (0..republishers)
+                    .map(|n| conn_flood::source(republish_block, n))
+                    .collect(),
+                duration: std::time::Duration::from_secs(seconds),
+            };
+            print(&admission::run(spec).await?)?;
         }
         Command::ConnFlood {
             target,

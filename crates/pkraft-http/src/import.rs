@@ -72,7 +72,8 @@ pub struct ImportReport {
     pub newer_stored: u64,
     /// Signed longer than `raft.record_max_age` ago: not imported.
     pub expired: u64,
-    /// Records that failed a check, with the reason.
+    /// Records that failed a check, or that are new keys the cluster has no room for (at its
+    /// cap on stored packets, or a disk below the new-key reserve), with the reason.
     pub invalid: Vec<InvalidRecord>,
     /// Indices (in the batch) of records the cluster could not take now; send them again.
     pub retry: Vec<u32>,
@@ -235,7 +236,10 @@ pub async fn import(
         match record {
             Ok(Checked::Publish(packet)) => {
                 let node = node.clone();
-                let task = publishing.spawn(async move { (index, node.publish(*packet).await) });
+                let task = publishing.spawn(async move {
+                    let key = packet.key_bytes();
+                    (index, key, node.publish(*packet).await)
+                });
                 record_of_task.insert(task.id(), index);
             }
             Ok(Checked::Expired) => report.expired += 1,
@@ -246,7 +250,7 @@ pub async fn import(
         }
     }
     while let Some(joined) = publishing.join_next().await {
-        let (index, published) = match joined {
+        let (index, key, published) = match joined {
             Ok(done) => done,
             Err(e) => {
                 // A publish task cannot panic short of a bug; its record is sent again.
@@ -265,13 +269,18 @@ pub async fn import(
                 PublishOutcome::Identical => report.unchanged += 1,
                 PublishOutcome::Stale => report.newer_stored += 1,
             },
-            // Another try may find a leader, room in the queue or in the store (after expiry),
-            // or (for a node whose storage failed) the caller on another node.
+            // A new key the cluster has no room for (its cap, a disk below the new-key
+            // reserve): sending it again soon changes nothing, so it is reported, not retried.
+            Err(PublishError::NoRoom(reason)) => report.invalid.push(InvalidRecord {
+                key: encode_z32_key(&key),
+                reason: format!("no room for new keys: {reason}"),
+            }),
+            // Another try may find a leader, room in the queue, or (for a node whose storage
+            // failed) the caller on another node.
             Err(
                 e @ (PublishError::Unavailable(_)
                 | PublishError::Fatal(_)
-                | PublishError::Replica(_)
-                | PublishError::NoRoom(_)),
+                | PublishError::Replica(_)),
             ) => {
                 report.retry.push(index);
                 report.retry_reason.get_or_insert_with(|| e.to_string());

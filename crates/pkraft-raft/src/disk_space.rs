@@ -111,7 +111,7 @@ impl DiskSpace {
         (self.reserve_bytes <= available && available < self.new_keys_reserve_bytes).then(|| {
             format!(
                 "the disk of {} has {} MiB free, less than raft.new_keys_min_free_disk_mib ({} \
-                 MiB): this node stores no new keys until space is freed; republishes of stored \
+                 MiB): this node takes no new keys until space is freed; republishes of stored \
                  keys go on",
                 self.data_dir.display(),
                 available / MIB,

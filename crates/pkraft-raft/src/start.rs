@@ -210,6 +210,7 @@ impl Node {
             .disk_new_keys_min_free_bytes
             .set(i64::try_from(settings.new_keys_min_free_disk_bytes()).unwrap_or(i64::MAX));
         let max_stored_packets = max_stored_packets(settings, data_dir);
+        warn_if_no_room_for_new_keys(&store, &disk_space, max_stored_packets);
         metrics
             .store_max_packets
             .set(max_stored_packets.map_or(0, |max| i64::try_from(max).unwrap_or(i64::MAX)));
@@ -428,8 +429,6 @@ async fn hold_elections_while_repairing(node: Arc<Node>) {
     }
 }
 
-/// Whether the last stop was clean; removes the marker durably, so that a crash later in this
-/// run is not mistaken for a clean stop at the next start.
 /// The cap on stored packets: `raft.max_stored_packets` (0: none), or derived from the size of
 /// the data dir's file system (`store_cap::derived_max_packets`). Logged, so that an operator
 /// sees what a derived cap came to.
@@ -466,6 +465,29 @@ fn max_stored_packets(settings: &Settings, data_dir: &Path) -> Option<u64> {
     Some(max)
 }
 
+/// Says at start, loudly, when this node will refuse new keys from the first PUT on: its replica
+/// holds the cap already (a store that grew before the cap existed, or a cap set below it), or
+/// its disk is below the new-key reserve. Republishes go on either way.
+fn warn_if_no_room_for_new_keys(store: &Store, disk: &DiskSpace, max_stored_packets: Option<u64>) {
+    if let Some(max) = max_stored_packets
+        && let Ok(count) = store.packet_count()
+        && count >= max
+    {
+        tracing::warn!(
+            stored_packets = count,
+            max_stored_packets = max,
+            "this replica holds the cap on stored packets: new keys are refused (507) until \
+             expiry makes room; set raft.max_stored_packets to raise it (docs/OPERATIONS.md, \
+             \"Bounded storage\")"
+        );
+    }
+    if let Some(reason) = disk.new_keys_refusal() {
+        tracing::warn!("{reason}");
+    }
+}
+
+/// Whether the last stop was clean; removes the marker durably, so that a crash later in this
+/// run is not mistaken for a clean stop at the next start.
 fn take_clean_stop_marker(data_dir: &Path) -> Result<bool, StartError> {
     let marker = data_dir.join(CLEAN_STOP_FILE);
     let io_error = |source| StartError::DataDir {

@@ -20,8 +20,8 @@
 //! applied the last entries its predecessor committed, so at a leader change the store can pass
 //! the cap by the new keys of those entries (at most a few batches), once.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pkraft_store::Store;
@@ -54,6 +54,9 @@ pub(crate) fn derived_max_packets(file_system_bytes: u64, keep_free_bytes: u64) 
 pub(crate) struct NewKeyRefusal {
     pub(crate) label: &'static str,
     pub(crate) reason: String,
+    /// There may be room once the batches under way have been applied (or the store can be
+    /// counted again): a 503 to retry soon, not the 507 of a store without room.
+    pub(crate) transient: bool,
 }
 
 impl NewKeyRefusal {
@@ -61,6 +64,7 @@ impl NewKeyRefusal {
         NewKeyRefusal {
             label: "new_keys_disk_low",
             reason,
+            transient: false,
         }
     }
 
@@ -71,6 +75,26 @@ impl NewKeyRefusal {
                 "this cluster stores its cap of {max_packets} packets (raft.max_stored_packets): \
                  no new keys until expiry makes room; republishes of stored keys go on"
             ),
+            transient: false,
+        }
+    }
+
+    fn pending(max_packets: u64) -> NewKeyRefusal {
+        NewKeyRefusal {
+            label: "store_cap_pending",
+            reason: format!(
+                "the publishes under way may fill this cluster's cap of {max_packets} packets \
+                 (raft.max_stored_packets); retry"
+            ),
+            transient: true,
+        }
+    }
+
+    fn uncounted(error: &pkraft_store::StoreError) -> NewKeyRefusal {
+        NewKeyRefusal {
+            label: "store_cap_pending",
+            reason: format!("cannot count the stored packets for the cap: {error}"),
+            transient: true,
         }
     }
 }
@@ -85,34 +109,45 @@ pub(crate) struct StoreCap {
     /// Packets stored at the last count.
     count: AtomicU64,
     /// New keys (at most: a packet whose key was not looked up counts as new) in the batches
-    /// this node proposed as leader that have not returned. A returned batch is applied on the
-    /// leader, so the store's count holds its packets from then on.
-    in_flight: Mutex<u64>,
+    /// this node proposed as leader whose proposal has not returned. A returned proposal was
+    /// applied on the leader, so the store's count holds its packets from then on; one that
+    /// timed out keeps its reservation until it returns (`batcher::propose`).
+    in_flight: Arc<Mutex<u64>>,
 }
 
 /// New keys of a batch under way, counted against the cap until dropped (once the proposal has
 /// returned, applied or failed).
-pub(crate) struct Reservation<'a> {
-    cap: &'a StoreCap,
+pub(crate) struct Reservation {
+    in_flight: Arc<Mutex<u64>>,
     new_keys: u64,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
-        if self.new_keys > 0
-            && let Ok(mut in_flight) = self.cap.in_flight.lock()
-        {
+        if self.new_keys > 0 {
+            // Poisoned: a panic elsewhere while it was held; the count is still a number, and
+            // a reservation never given back would refuse new keys until a restart.
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             *in_flight = in_flight.saturating_sub(self.new_keys);
         }
     }
 }
 
 /// The leader's answer for one batch.
-pub(crate) struct Admission<'a> {
+pub(crate) struct Admission {
     /// Why each packet is refused (`None`: admitted), in the batch's order; empty when every
     /// packet is admitted.
     pub(crate) refused: Vec<Option<NewKeyRefusal>>,
-    pub(crate) reservation: Reservation<'a>,
+    pub(crate) reservation: Reservation,
+}
+
+/// Room under the cap for one batch: `left` new keys now, `short` why not more.
+struct Room {
+    left: u64,
+    short: Option<NewKeyRefusal>,
 }
 
 impl StoreCap {
@@ -122,7 +157,7 @@ impl StoreCap {
             started: Instant::now(),
             counted_at: AtomicU64::new(0),
             count: AtomicU64::new(0),
-            in_flight: Mutex::new(0),
+            in_flight: Arc::new(Mutex::new(0)),
         }
     }
 
@@ -135,7 +170,9 @@ impl StoreCap {
 
     /// The leader's check of a batch of `keys` about to be proposed: a key the store holds is
     /// admitted; a new one only with room under the cap (counting the batches under way) and
-    /// no `disk` refusal. The admitted new keys count against the cap until the reservation is
+    /// no `disk` refusal. A new key short of room is refused for good (507) only while the
+    /// store itself is at the cap; short only because of the batches under way, it is told to
+    /// retry (503). The admitted new keys count against the cap until the reservation is
     /// dropped. Looks keys up only when the batch might not fit, so a batch far from the cap
     /// costs one count.
     pub(crate) fn admit<'k>(
@@ -143,31 +180,21 @@ impl StoreCap {
         store: &Store,
         disk: Option<NewKeyRefusal>,
         keys: impl ExactSizeIterator<Item = &'k KeyBytes>,
-    ) -> Admission<'_> {
+    ) -> Admission {
         let batch = u64::try_from(keys.len()).unwrap_or(u64::MAX);
         if self.max_packets.is_none() && disk.is_none() {
-            return self.admit_all(0);
+            return self.admitting(0, Vec::new());
         }
-        // Poisoned: a panic elsewhere while it was held; the count is still a number.
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        let room = match self.max_packets {
-            None => u64::MAX,
-            Some(max_packets) => match store.packet_count() {
-                Ok(count) => {
-                    self.remember_count(count);
-                    max_packets.saturating_sub(count.saturating_add(*in_flight))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot count the stored packets for the cap; admitting the batch");
-                    u64::MAX
-                }
-            },
-        };
-        if disk.is_none() && batch <= room {
+        // Poisoned: see `Reservation::drop`.
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut room = self.room(store, *in_flight);
+        if disk.is_none() && batch <= room.left {
             *in_flight = in_flight.saturating_add(batch);
-            return self.admit_all(batch);
+            return self.admitting(batch, Vec::new());
         }
-        let mut room = room;
         let mut new_keys = 0u64;
         let refused = keys
             .map(|key| {
@@ -179,30 +206,56 @@ impl StoreCap {
                 if let Some(disk) = &disk {
                     return Some(disk.clone());
                 }
-                if room == 0 {
-                    return self.max_packets.map(NewKeyRefusal::cap);
+                if room.left == 0 {
+                    return room.short.clone();
                 }
-                room -= 1;
+                room.left -= 1;
                 new_keys += 1;
                 None
             })
             .collect();
         *in_flight = in_flight.saturating_add(new_keys);
-        Admission {
-            refused,
-            reservation: Reservation {
-                cap: self,
-                new_keys,
-            },
+        self.admitting(new_keys, refused)
+    }
+
+    /// The room under the cap with `in_flight` new keys under way.
+    fn room(&self, store: &Store, in_flight: u64) -> Room {
+        let Some(max_packets) = self.max_packets else {
+            return Room {
+                left: u64::MAX,
+                short: None,
+            };
+        };
+        match store.packet_count() {
+            Ok(count) => {
+                self.remember_count(count);
+                let free = max_packets.saturating_sub(count);
+                Room {
+                    left: free.saturating_sub(in_flight),
+                    short: Some(if free == 0 {
+                        NewKeyRefusal::cap(max_packets)
+                    } else {
+                        NewKeyRefusal::pending(max_packets)
+                    }),
+                }
+            }
+            // New keys wait (a 503) until the store can be counted: the cap holds.
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot count the stored packets for the cap");
+                Room {
+                    left: 0,
+                    short: Some(NewKeyRefusal::uncounted(&e)),
+                }
+            }
         }
     }
 
-    /// Every packet admitted; `new_keys` already counted in `in_flight`.
-    fn admit_all(&self, new_keys: u64) -> Admission<'_> {
+    /// `new_keys` (already counted in `in_flight`) reserved, the rest of the batch as `refused`.
+    fn admitting(&self, new_keys: u64, refused: Vec<Option<NewKeyRefusal>>) -> Admission {
         Admission {
-            refused: Vec::new(),
+            refused,
             reservation: Reservation {
-                cap: self,
+                in_flight: self.in_flight.clone(),
                 new_keys,
             },
         }
@@ -244,6 +297,94 @@ impl StoreCap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pkraft_testkit::{iroh_packet, keypair};
+    use pkraft_types::{Command, Payload, PublishItem};
+
+    fn item(seed: u64) -> PublishItem {
+        let key = keypair(seed);
+        let payload = iroh_packet(&key, 1_000, &["192.0.2.1:1"]).to_relay_payload();
+        PublishItem {
+            key: key.public_key().to_bytes(),
+            payload: Payload::new(payload).expect("valid length"),
+        }
+    }
+
+    /// A store holding the packets of `seeds`.
+    fn store_holding(dir: &std::path::Path, seeds: std::ops::Range<u64>) -> Store {
+        let store = Store::open(&dir.join("state.redb")).expect("open");
+        let mut txn = store.begin_apply(true).expect("begin");
+        txn.apply(&Command::Publish {
+            leader_time_micros: 0,
+            packets: seeds.map(item).collect(),
+        })
+        .expect("apply");
+        txn.commit(b"state").expect("commit");
+        store
+    }
+
+    fn keys(seeds: std::ops::Range<u64>) -> Vec<KeyBytes> {
+        seeds.map(|seed| item(seed).key).collect()
+    }
+
+    fn labels(admission: &Admission) -> Vec<Option<&'static str>> {
+        admission
+            .refused
+            .iter()
+            .map(|refusal| refusal.as_ref().map(|r| r.label))
+            .collect()
+    }
+
+    /// Goal: the cap holds across batches under way: a new key is admitted only with room
+    /// beside the store's count and the new keys reserved, refused for good (507) only when the
+    /// store itself is full and told to retry (503) when only the batches under way fill it;
+    /// republishes are never refused; a reservation gives its room back when dropped.
+    #[test]
+    fn admission_counts_the_batches_under_way_and_gives_room_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_holding(dir.path(), 0..8);
+        let cap = StoreCap::new(Some(10));
+
+        // Far from the cap: admitted whole, every packet reserved (none looked up).
+        let first = cap.admit(&store, None, keys(100..102).iter());
+        assert!(first.refused.is_empty());
+        assert_eq!(*cap.in_flight.lock().expect("lock"), 2);
+
+        // 8 stored + 2 under way: a stored key passes, new ones wait for the batch under way.
+        let second = cap.admit(&store, None, [keys(6..7), keys(200..202)].concat().iter());
+        assert_eq!(
+            labels(&second),
+            vec![None, Some("store_cap_pending"), Some("store_cap_pending")]
+        );
+        assert!(second.refused[1].as_ref().is_some_and(|r| r.transient));
+        drop(second);
+        drop(first);
+        assert_eq!(*cap.in_flight.lock().expect("lock"), 0, "room given back");
+
+        // Room for 2: the third new key of the batch waits.
+        let third = cap.admit(&store, None, keys(300..303).iter());
+        assert_eq!(labels(&third), vec![None, None, Some("store_cap_pending")]);
+        assert_eq!(third.reservation.new_keys, 2);
+        drop(third);
+
+        // A store at the cap: new keys refused for good, republishes taken.
+        let full = store_holding(tempfile::tempdir().expect("tempdir").path(), 0..10);
+        let at_cap = cap.admit(&full, None, [keys(9..10), keys(400..401)].concat().iter());
+        assert_eq!(labels(&at_cap), vec![None, Some("store_full")]);
+        assert!(at_cap.refused[1].as_ref().is_some_and(|r| !r.transient));
+        assert!(
+            cap.refusal(&full).is_some(),
+            "the quick check sees the cap too"
+        );
+
+        // Below the new-key reserve of the disk every new key is refused, stored ones are not.
+        let disk = NewKeyRefusal::disk("low".to_string());
+        let low = StoreCap::new(None).admit(
+            &store,
+            Some(disk),
+            [keys(0..1), keys(500..501)].concat().iter(),
+        );
+        assert_eq!(labels(&low), vec![None, Some("new_keys_disk_low")]);
+    }
 
     #[test]
     fn the_derived_cap_leaves_the_new_key_reserve_and_has_a_floor() {

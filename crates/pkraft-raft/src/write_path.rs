@@ -98,7 +98,7 @@ impl Node {
     /// Whether a publish is refused as a new key now, and why: the disk is below
     /// `raft.new_keys_min_free_disk_mib` or the store at its cap (`store_cap`), by what this
     /// node knows (its disk, a count of its replica at most 100 ms old), and `held` (asked only
-    /// then) says this replica does not hold the key. A refusal is counted in
+    /// then) says false: this replica does not hold the key. A refusal is counted in
     /// `pkraft_raft_publish_refused_total`. Two atomic loads while there is room: cheap enough
     /// to ask before a request's body is read.
     pub fn refuse_new_key(&self, held: impl FnOnce() -> bool) -> Option<String> {

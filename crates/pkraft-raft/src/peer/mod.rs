@@ -140,6 +140,17 @@ pub enum PeerError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ForwardedPublish {
     pub packets: Vec<PublishItem>,
+    /// The follower decodes `PublishError::NoRoom` in the answers. Last, so that a leader of
+    /// an older build decodes the request (postcard ignores trailing bytes); a request without
+    /// it comes from a follower of an older build ([`LegacyForwardedPublish`]), which is
+    /// answered `Unavailable` instead, an answer it can decode.
+    pub answers_no_room: bool,
+}
+
+/// [`ForwardedPublish`] as a follower of a build before `NoRoom` sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct LegacyForwardedPublish {
+    pub packets: Vec<PublishItem>,
 }
 
 /// A membership change, asked of the leader (by an operator through a node's admin API, or by a
@@ -157,4 +168,33 @@ pub enum MembershipChange {
     Promote { node_id: NodeId },
     /// Remove a voter or learner from the cluster.
     Remove { node_id: NodeId },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// Goal: forwarded publishes keep working across a rolling upgrade. A leader of an older
+    /// build decodes a new follower's request (the trailing flag is ignored); a new leader
+    /// tells an old follower's request (no flag) from a new one, which is what decides whether
+    /// its answers may carry `NoRoom`.
+    #[test]
+    fn forwarded_publishes_decode_across_builds() {
+        let packets = Vec::new();
+        let new = encode(&ForwardedPublish {
+            packets: packets.clone(),
+            answers_no_room: true,
+        })
+        .expect("encode");
+        let old_leader: LegacyForwardedPublish = decode(&new).expect("an old leader decodes it");
+        assert!(old_leader.packets.is_empty());
+        let old = encode(&LegacyForwardedPublish { packets }).expect("encode");
+        assert!(
+            decode::<ForwardedPublish>(&old).is_err(),
+            "an old follower's request is not taken for a new one"
+        );
+        let new_leader: ForwardedPublish = decode(&new).expect("decode");
+        assert!(new_leader.answers_no_room);
+    }
 }

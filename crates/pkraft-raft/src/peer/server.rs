@@ -23,7 +23,9 @@ use serde::de::DeserializeOwned;
 use tower_http::timeout::TimeoutLayer;
 
 use super::tls::{PeerCertificates, check_names_node};
-use super::{ForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
+use super::{
+    ForwardedPublish, LegacyForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path,
+};
 use crate::acme_challenges::ChallengeRequest;
 use crate::codec::{decode, encode};
 use crate::membership::MembershipRequest;
@@ -33,6 +35,7 @@ use crate::pre_vote::PreVoteRequest;
 use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
 use crate::storage::incoming_snapshot_path;
 use crate::storage::state_machine::snapshot_bytes_in_id;
+use crate::write_path::PublishError;
 use crate::{NodeId, TypeConfig};
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
@@ -200,7 +203,12 @@ where
         Ok(answer) => answer,
         Err(Refusal(reason)) => return (StatusCode::SERVICE_UNAVAILABLE, reason).into_response(),
     };
-    match encode(&answer) {
+    respond(&answer)
+}
+
+/// The 200 carrying `answer`, encoded.
+fn respond<R: Serialize>(answer: &R) -> Response {
+    match encode(answer) {
         Ok(bytes) => (StatusCode::OK, [(CONTENT_TYPE, POSTCARD)], bytes).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode a peer response");
@@ -334,10 +342,37 @@ fn install_room_refusal(node: &Node, rpc: &InstallSnapshotRequest<TypeConfig>) -
 }
 
 async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |request: ForwardedPublish| async move {
-        node.publish_forwarded(request.packets).await
-    })
-    .await
+    // A follower of an older build sends no `answers_no_room` (and could not decode `NoRoom`).
+    let request = match decode::<ForwardedPublish>(&body) {
+        Ok(request) => request,
+        Err(_) => match decode::<LegacyForwardedPublish>(&body) {
+            Ok(legacy) => ForwardedPublish {
+                packets: legacy.packets,
+                answers_no_room: false,
+            },
+            Err(e) => {
+                return (StatusCode::BAD_REQUEST, format!("undecodable request: {e}"))
+                    .into_response();
+            }
+        },
+    };
+    let answers_no_room = request.answers_no_room;
+    let answer = node
+        .publish_forwarded(request.packets)
+        .await
+        .map(|answers| {
+            if answers_no_room {
+                return answers;
+            }
+            answers
+                .into_iter()
+                .map(|answer| match answer {
+                    Err(PublishError::NoRoom(reason)) => Err(PublishError::Unavailable(reason)),
+                    other => other,
+                })
+                .collect()
+        });
+    respond(&answer)
 }
 
 async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {

@@ -109,11 +109,11 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     continue;
                 };
                 // New keys count against the cap until the proposal has returned.
-                let (batch, _new_keys) = admit_new_keys(node, batch);
+                let (batch, new_keys) = admit_new_keys(node, batch);
                 if batch.is_empty() {
                     return;
                 }
-                return propose(node, batch, deadline, earlier_attempt_unknown).await;
+                return propose(node, batch, new_keys, deadline, earlier_attempt_unknown).await;
             }
             // This leader is handing over (see `handover`): wait for the next one.
             Some((leader, _)) if leader == node.id && Instant::now() < deadline => {
@@ -190,9 +190,10 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
 }
 
 /// The publishes of `batch` this leader may propose: those of new keys short of room
-/// (`store_cap`) are answered `NoRoom` here. The reservation counts the admitted new keys
-/// against the cap until it is dropped.
-fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservation<'_>) {
+/// (`store_cap`) are answered here, `NoRoom` (or `Unavailable` when room may come with the
+/// batches under way). The reservation counts the admitted new keys against the cap until it
+/// is dropped.
+fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservation) {
     let disk = node.disk_space.new_keys_refusal().map(NewKeyRefusal::disk);
     let admission = node.store_cap.admit(
         &node.store,
@@ -209,7 +210,12 @@ fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservatio
             None => admitted.push(pending),
             Some(refusal) => {
                 node.metrics.publish_refused(refusal.label, 1);
-                answer(pending.reply, Err(PublishError::NoRoom(refusal.reason)));
+                let error = if refusal.transient {
+                    PublishError::Unavailable(refusal.reason)
+                } else {
+                    PublishError::NoRoom(refusal.reason)
+                };
+                answer(pending.reply, Err(error));
             }
         }
     }
@@ -224,6 +230,7 @@ fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservatio
 async fn propose(
     node: &Node,
     batch: Vec<Pending>,
+    new_keys: Reservation,
     deadline: Instant,
     earlier_attempt_unknown: bool,
 ) {
@@ -237,7 +244,29 @@ async fn propose(
         packets,
     };
     let raft = &node.raft;
-    let written = tokio::time::timeout_at(deadline.into(), raft.client_write(command)).await;
+    // The write runs on in a task of its own, which holds the batch's new keys against the cap
+    // until openraft answers: a proposal that outlives its publishers' deadline may still
+    // commit, and its keys must count until then.
+    let mut write = {
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let written = raft.client_write(command).await;
+            drop(new_keys);
+            written
+        })
+    };
+    let written = match tokio::time::timeout_at(deadline.into(), &mut write).await {
+        Ok(Ok(written)) => Ok(written),
+        // The task panicked or was aborted (the runtime is stopping): its outcome is unknown.
+        Ok(Err(e)) => {
+            let error = PublishError::Unavailable(format!("the proposal's task ended: {e}"));
+            for reply in replies {
+                answer(reply, Err(error.clone()));
+            }
+            return;
+        }
+        Err(elapsed) => Err(elapsed),
+    };
     let Ok(written) = written else {
         node.metrics.publish_refused("timeout", replies.len());
         let error = PublishError::Unavailable(format!(
@@ -331,6 +360,7 @@ async fn forward(
 ) -> Result<Vec<Result<Published, PublishError>>, Reroute> {
     let request = ForwardedPublish {
         packets: batch.iter().map(|p| p.item.clone()).collect(),
+        answers_no_room: true,
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
     let call = node

@@ -38,8 +38,8 @@ pub enum PublishError {
     Replica(String),
     /// The cluster stores no new keys now: the store is at its cap, or the disk below the
     /// new-key reserve (`store_cap`). A republish of a stored key is not refused so. Sent from
-    /// the leader to a follower; a follower of an older build cannot decode it and answers the
-    /// batch 503 instead (`forward`).
+    /// the leader only to a follower that says it decodes it (`ForwardedPublish`); one of an
+    /// older build gets `Unavailable` with the same reason.
     #[error("{0}")]
     NoRoom(String),
 }

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Issue 50's admission scenario against a 3-node release cluster with the shipped limits: well-
+# behaved endpoints (REPUBLISHERS addresses, one PUT a second each) republish the keys stored
+# before, first alone, then while a flood from FLOOD_SOURCES other addresses PUTs keys never
+# seen before as fast as it can; then 1,000 new keys at once from one address; then the same flood
+# against a store with a cap, until it is full and once it is. Prints one JSON line per round,
+# with the stored counts and the nodes' CPU seconds. Method and results: docs/TESTING.md,
+# "Admission".
+#
+# usage: tests/bench/admission.sh BIN_DIR   (BIN_DIR holds release pkraft and pkraft-bench)
+# Env: ADMISSION_SECONDS (25), ADMISSION_STORED (2000), ADMISSION_FLOOD_KEYS (150000),
+#      ADMISSION_CAP (room for 3000 of the flood's keys beside the stored ones).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
+
+bin=${1:?usage: admission.sh BIN_DIR}
+bench=$bin/pkraft-bench
+export PKRAFT_BENCH=$bin/pkraft-bench
+seconds=${ADMISSION_SECONDS:-25} stored=${ADMISSION_STORED:-2000}
+flood_keys=${ADMISSION_FLOOD_KEYS:-150000}
+cap=${ADMISSION_CAP:-$((stored + 3000))}
+work=$(mktemp -d)
+cleanup() { cluster_down "$work/cluster" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+log() { echo "admission: $*" >&2; }
+
+"$bench" gen --keys "$stored" --versions 3 --seed 50 --out "$work/stored.bin" 2>/dev/null
+"$bench" gen --keys "$flood_keys" --versions 1 --seed 51 --out "$work/flood.bin" 2>/dev/null
+
+declare -A node_pid node_http node_dns node_admin node_https
+# up CAP_LINE: a fresh 3-node cluster with the shipped limits; the stored keys go in from an
+# exempt publisher (the operator's own, `rate_limit.exempt_publishers`).
+up() {
+  cluster_down "$work/cluster" 2>/dev/null || true
+  rm -rf "$work/cluster"
+  PKRAFT_EXTRA_TOML="[rate_limit]
+exempt_publishers = [\"127.4.0.0/16\"]
+$1" RUST_LOG=warn cluster_up "$bin" "$work/cluster" 3 admission-bench-secret-0123456789 ||
+    { log "the cluster did not start"; exit 1; }
+  "$bench" put --data "$work/stored.bin" --version 0 --url "${node_http[1]}" \
+    --url "${node_http[2]}" --url "${node_http[3]}" --source 127.4.0.1 --concurrency 16 >"$work/seed.json"
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["status"]; sys.exit(0 if list(s)==["204"] else f"seeding: {s}")' "$work/seed.json"
+}
+records() {
+  local n out=
+  for n in 1 2 3; do
+    out+="$(curl -s "http://${node_admin[$n]}/metrics" | awk '$1 == "pkraft_store_records" {print $2}') "
+  done
+  echo "$out"
+}
+cpu_ticks() {  # utime + stime of the three nodes
+  local n total=0
+  for n in 1 2 3; do total=$((total + $(awk '{print $14 + $15}' "/proc/${node_pid[$n]}/stat"))); done
+  echo "$total"
+}
+round() {  # NAME VERSION [--flood FILE]
+  local name=$1 version=$2
+  shift 2
+  local report before
+  before=$(cpu_ticks)
+  report=$("$bench" admission --stored "$work/stored.bin" --version "$version" \
+    --url "${node_http[1]}" --url "${node_http[2]}" --url "${node_http[3]}" \
+    --seconds "$seconds" "$@")
+  # Until the nodes are idle again: a proposal may outlive the round by a commit.
+  sleep 1
+  local cpu
+  cpu=$(awk -v t="$(( $(cpu_ticks) - before ))" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.2f", t / hz}')
+  echo "{\"round\": \"$name\", \"records_after\": \"$(records)\", \"node_cpu_seconds\": $cpu, \"report\": $report}"
+}
+
+# 1,000 endpoints starting at once behind one address (a NAT; fedimint#7578): all stored, and
+# how soon.
+nat() {
+  local report
+  report=$("$bench" put --data "$work/nat.bin" --version 0 --url "${node_http[1]}" \
+    --url "${node_http[2]}" --url "${node_http[3]}" --source 127.5.0.1 --concurrency 64)
+  echo "{\"round\": \"1000-endpoints-behind-one-address\", \"records_after\": \"$(records)\", \"report\": $report}"
+}
+"$bench" gen --keys 1000 --versions 1 --seed 53 --out "$work/nat.bin" 2>/dev/null
+
+up ""
+round alone 1
+nat
+round new-key-flood 2 --flood "$work/flood.bin"
+up "[raft]
+max_stored_packets = $cap"
+round new-key-flood-until-the-cap-of-$cap 1 --flood "$work/flood.bin"
+# The store at its cap: every new key of the flood is refused (its first keys, stored in the
+# round before, are replays answered 204 without a round of consensus).
+round new-key-flood-at-the-cap 2 --flood "$work/flood.bin"
