@@ -162,7 +162,7 @@ bench-memory:
 ## with made-up methods and paths, a UDP flood from 10,000 networks (PHASE_SECONDS, default 20,
 ## per attack; FLOOD_CONNECTIONS, default 5,000; about 8 minutes in all; docs/TESTING.md);
 ## then admission against a 3-node release cluster: republishes during a new-key flood from 256
-## addresses, 1,000 endpoints behind one address, the flood against a cap (about 3 minutes).
+## addresses, 1,000 endpoints behind one address, the flood against a cap (about 6 minutes).
 ## Silent and one-way partitions beside kills: 3 release nodes in network namespaces, the leader
 ## SIGKILLed or cut off by iptables drops (20 trials each, 5 of each one-way cut), then followers
 ## cut off for 30 s and healed, with and without PreVote (root, ip, iptables; about 8 minutes).

@@ -43,15 +43,19 @@ pub struct Report {
     /// Republishes answered 204, of all sent.
     pub republish_ok_ratio: f64,
     pub flood: Option<Summary>,
-    /// The flood's PUTs answered 204, per second of the run.
+    /// The flood's PUTs answered 204, per second of the flood (until its last connection
+    /// stopped).
     pub flood_stored_per_second: f64,
+    /// The flood ran out of keys before the round's end: its load stopped early.
+    pub flood_ran_dry: bool,
 }
 
 pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
     anyhow::ensure!(!spec.urls.is_empty(), "at least one --url is needed");
     anyhow::ensure!(!spec.republishers.is_empty(), "at least one republisher");
     spec.stored.check_version(spec.version)?;
-    let deadline = Instant::now() + spec.duration;
+    let started = Instant::now();
+    let deadline = started + spec.duration;
     let urls: Vec<String> = spec
         .urls
         .iter()
@@ -117,22 +121,23 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
                     clients
                 };
                 let mut outcomes = Vec::new();
+                let mut ran_dry = false;
                 for turn in 0.. {
                     if Instant::now() >= deadline {
                         break;
                     }
                     let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                        ran_dry = true;
                         break;
                     };
                     outcomes.push(send(&clients[turn % clients.len()], &base, job).await);
                 }
-                outcomes
+                (outcomes, Instant::now(), ran_dry)
             });
         }
         workers
     });
 
-    let started = Instant::now();
     let (latencies, status, errors) = collect(&mut republishers).await?;
     let sent = latencies.len();
     let ok = status.get(&204).copied().unwrap_or(0);
@@ -144,10 +149,21 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
         status,
         errors,
     );
-    let (flood, flood_stored_per_second) = match flood {
+    let (flood, flood_stored_per_second, flood_ran_dry) = match flood {
         Some(mut workers) => {
-            let (latencies, status, errors) = collect(&mut workers).await?;
-            let elapsed = started.elapsed();
+            // The flood's own time: until its last worker stopped (at the deadline, or when
+            // the keys ran out).
+            let mut ended = started;
+            let mut ran_dry = false;
+            let mut outcomes = Vec::new();
+            while let Some(done) = workers.join_next().await {
+                let (worker_outcomes, worker_ended, worker_ran_dry) = done?;
+                outcomes.push(worker_outcomes);
+                ended = ended.max(worker_ended);
+                ran_dry |= worker_ran_dry;
+            }
+            let (latencies, status, errors) = tally(outcomes.into_iter().flatten());
+            let elapsed = ended - started;
             let stored = status.get(&204).copied().unwrap_or(0);
             let summary = Summary::new(
                 "flood",
@@ -157,9 +173,13 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
                 status,
                 errors,
             );
-            (Some(summary), stored as f64 / elapsed.as_secs_f64())
+            (
+                Some(summary),
+                stored as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+                ran_dry,
+            )
         }
-        None => (None, 0.0),
+        None => (None, 0.0, false),
     };
     Ok(Report {
         op: "admission",
@@ -171,6 +191,7 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
         republish,
         flood,
         flood_stored_per_second,
+        flood_ran_dry,
     })
 }
 
@@ -186,17 +207,23 @@ fn put(z32: &str, payload: &[u8]) -> Job {
 type Collected = (Vec<Duration>, BTreeMap<u16, u64>, u64);
 
 async fn collect(tasks: &mut tokio::task::JoinSet<Vec<Outcome>>) -> anyhow::Result<Collected> {
+    let mut outcomes = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        outcomes.push(done?);
+    }
+    Ok(tally(outcomes.into_iter().flatten()))
+}
+
+fn tally(outcomes: impl Iterator<Item = Outcome>) -> Collected {
     let mut latencies = Vec::new();
     let mut status = BTreeMap::new();
     let mut errors = 0;
-    while let Some(outcomes) = tasks.join_next().await {
-        for outcome in outcomes? {
-            latencies.push(outcome.latency);
-            match outcome.status {
-                Some(code) => *status.entry(code).or_insert(0) += 1,
-                None => errors += 1,
-            }
+    for outcome in outcomes {
+        latencies.push(outcome.latency);
+        match outcome.status {
+            Some(code) => *status.entry(code).or_insert(0) += 1,
+            None => errors += 1,
         }
     }
-    Ok((latencies, status, errors))
+    (latencies, status, errors)
 }

@@ -93,7 +93,7 @@ impl NewKeyRefusal {
     fn uncounted(error: &pkraft_store::StoreError) -> NewKeyRefusal {
         NewKeyRefusal {
             label: "store_cap_pending",
-            reason: format!("cannot count the stored packets for the cap: {error}"),
+            reason: format!("cannot read the store to hold its cap: {error}"),
             transient: true,
         }
     }
@@ -198,10 +198,12 @@ impl StoreCap {
         let mut new_keys = 0u64;
         let refused = keys
             .map(|key| {
-                // A key this node cannot read (found damaged) counts as held: its owner's
-                // republish is what repairs it.
-                if store.holds(key).unwrap_or(true) {
-                    return None;
+                // A key this node found damaged counts as held: its owner's republish is what
+                // repairs it. A lookup that fails otherwise admits nothing new.
+                match store.holds(key) {
+                    Ok(true) | Err(pkraft_store::StoreError::Quarantined(_)) => return None,
+                    Ok(false) => {}
+                    Err(e) => return Some(NewKeyRefusal::uncounted(&e)),
                 }
                 if let Some(disk) = &disk {
                     return Some(disk.clone());
@@ -367,7 +369,8 @@ mod tests {
         drop(third);
 
         // A store at the cap: new keys refused for good, republishes taken.
-        let full = store_holding(tempfile::tempdir().expect("tempdir").path(), 0..10);
+        let full_dir = tempfile::tempdir().expect("tempdir");
+        let full = store_holding(full_dir.path(), 0..10);
         let at_cap = cap.admit(&full, None, [keys(9..10), keys(400..401)].concat().iter());
         assert_eq!(labels(&at_cap), vec![None, Some("store_full")]);
         assert!(at_cap.refused[1].as_ref().is_some_and(|r| !r.transient));

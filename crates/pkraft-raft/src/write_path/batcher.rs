@@ -104,6 +104,19 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     node.metrics.publish_refused("disk_full", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
+                // This node became leader after its publishers' deadline (waiting for news of a
+                // leader): nobody waits for the answer, and a proposal begun now would be
+                // handed to Raft only after its guard below is gone.
+                if Instant::now() >= deadline {
+                    node.metrics.publish_refused("timeout", batch.len());
+                    return answer_all(
+                        batch,
+                        PublishError::Unavailable(format!(
+                            "no leader took it within {:?}",
+                            node.publish_timeout
+                        )),
+                    );
+                }
                 // The handover began since the check above: go round and wait for the next leader.
                 let Some(_proposal) = node.begin_proposal() else {
                     continue;
@@ -259,6 +272,8 @@ async fn propose(
         Ok(Ok(written)) => Ok(written),
         // The task panicked or was aborted (the runtime is stopping): its outcome is unknown.
         Ok(Err(e)) => {
+            tracing::error!(error = %e, "a proposal's task failed");
+            node.metrics.publish_refused("timeout", replies.len());
             let error = PublishError::Unavailable(format!("the proposal's task ended: {e}"));
             for reply in replies {
                 answer(reply, Err(error.clone()));
