@@ -64,6 +64,18 @@ fn micros_from_now(offset: Duration, ahead: bool) -> u64 {
     u64::try_from(at.as_micros()).expect("fits")
 }
 
+/// A PUT of key number `seed`'s packet signed for time `at` (µs), from `client`.
+fn put_signed(
+    server: &TestServer,
+    client: &reqwest::Client,
+    seed: u64,
+    at: u64,
+) -> impl Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    let key = keypair(seed);
+    let body = iroh_packet(&key, at, &["192.0.2.1:1"]).to_relay_payload();
+    client.put(server.relay_url(&key)).body(body).send()
+}
+
 /// PUTs a fresh packet for key number `seed` from `client`, with `headers`; the status.
 async fn put(
     server: &TestServer,
@@ -153,11 +165,8 @@ publish_new_keys = { per_client = { per_second = 1, burst = 3 }, global = { per_
 "#,
     );
     let now = micros_from_now(Duration::ZERO, false);
-    let put_at = |client: &reqwest::Client, seed: u64, at: u64| {
-        let key = keypair(seed);
-        let body = iroh_packet(&key, at, &["192.0.2.1:1"]).to_relay_payload();
-        client.put(server.relay_url(&key)).body(body).send()
-    };
+    let put_at =
+        |client: &reqwest::Client, seed: u64, at: u64| put_signed(&server, client, seed, at);
     let operator = client_from("127.0.0.7");
     for round in 0..2 {
         for seed in 0..30 {
@@ -211,11 +220,8 @@ publish_per_key = { per_minute = 1, burst = 3 }
 "#,
     );
     let now = micros_from_now(Duration::ZERO, false);
-    let put_at = |client: &reqwest::Client, seed: u64, at: u64| {
-        let key = keypair(seed);
-        let body = iroh_packet(&key, at, &["192.0.2.1:1"]).to_relay_payload();
-        client.put(server.relay_url(&key)).body(body).send()
-    };
+    let put_at =
+        |client: &reqwest::Client, seed: u64, at: u64| put_signed(&server, client, seed, at);
     let endpoint = client_from("127.0.0.5");
     for seed in 0..5 {
         let response = put_at(&endpoint, 6_000 + seed, now).await.expect("PUT");

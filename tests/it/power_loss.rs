@@ -371,6 +371,19 @@ async fn put_new(server: &TestServer, seed: u64, timestamp: u64) -> Option<reqwe
         .ok()
 }
 
+/// Whether a PUT of key `seed` is taken (204) within 100 tries 20 ms apart: the node measures
+/// its free space at most 100 ms apart, so space that returned is seen well within that.
+async fn taken_within_100_puts(server: &TestServer, seed: u64, timestamp: u64) -> bool {
+    for _ in 0..100 {
+        let response = put_new(server, seed, timestamp).await;
+        if response.map(|r| r.status().as_u16()) == Some(204) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// A disk that fills up to below `raft.min_free_disk_mib` (1 GiB by default) makes the node
 /// refuse PUTs with 503, not stop: it serves everything acknowledged meanwhile, and takes PUTs
 /// again once space is freed, without a restart. What it acknowledged survives a power cut.
@@ -431,17 +444,8 @@ async fn a_disk_below_the_reserve_refuses_puts_and_takes_them_again_when_space_r
     );
 
     node.disk.limit_free_space(None);
-    let mut taken = false;
-    for _ in 0..100 {
-        let response = put_new(&node.server, 1_300, 7_000).await;
-        if response.map(|r| r.status().as_u16()) == Some(204) {
-            taken = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        taken,
+        taken_within_100_puts(&node.server, 1_300, 7_000).await,
         "no PUT taken after space returned\n{}",
         node.server.log()
     );
@@ -552,17 +556,8 @@ async fn a_disk_between_its_reserves_refuses_new_keys_and_takes_republishes() {
     assert!(republish_refused, "{}", node.server.log());
 
     node.disk.limit_free_space(None);
-    let mut taken = false;
-    for _ in 0..100 {
-        let response = put_new(&node.server, 3_400, 9_000).await;
-        if response.map(|r| r.status().as_u16()) == Some(204) {
-            taken = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(
-        taken,
+        taken_within_100_puts(&node.server, 3_400, 9_000).await,
         "no new key taken after space returned\n{}",
         node.server.log()
     );
