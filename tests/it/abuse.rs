@@ -671,3 +671,257 @@ async fn publishes_beyond_the_queue_get_503_with_retry_after() {
         assert_eq!(stored.status(), expected, "key {seed} after {status}");
     }
 }
+
+/// Goal (issue 50, item 2): when a global budget runs short, the networks asking most are
+/// refused first and a network asking within its share never is; one network with many
+/// addresses gets one network's share. Method: one node whose global resolve budget is 40 GETs
+/// a second (burst 40) and whose per-client limit is far above it; for 4 s, 8 addresses of one
+/// /24 (127.0.0.0/24) GET as fast as they can while 4 clients on 4 other /24s GET 4 times a
+/// second each (a share is 40 / 5 networks = 8 a second).
+#[tokio::test]
+async fn a_short_global_budget_refuses_the_heaviest_network_and_never_one_within_its_share() {
+    let server = TestServer::start_with_config(
+        r#"
+[cluster]
+bootstrap = true
+[rate_limit]
+resolve = { per_client = { per_second = 10000, burst = 10000 }, global = { per_second = 40, burst = 40 } }
+"#,
+    );
+    let key = keypair(8_000);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.8:8"]))
+        .await;
+    let url = server.relay_url(&key);
+    const FOR: Duration = Duration::from_secs(4);
+    let started = Instant::now();
+    let heavy = (2..10).map(|host| {
+        let (client, url) = (client_from(&format!("127.0.0.{host}")), url.clone());
+        tokio::spawn(async move {
+            let (mut served, mut refused) = (0_u32, 0_u32);
+            while started.elapsed() < FOR {
+                match client.get(&url).send().await.map(|r| r.status().as_u16()) {
+                    Ok(200) => served += 1,
+                    Ok(429) => refused += 1,
+                    other => panic!("the flood's GET: {other:?}"),
+                }
+            }
+            (served, refused)
+        })
+    });
+    let heavy: Vec<_> = heavy.collect();
+    let light = (1..=4).map(|network| {
+        let (client, url) = (client_from(&format!("127.0.{network}.1")), url.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            while started.elapsed() < FOR {
+                tick.tick().await;
+                let status = client.get(&url).send().await.map(|r| r.status().as_u16());
+                statuses.push(status.expect("the light client's GET"));
+            }
+            statuses
+        })
+    });
+    let light: Vec<_> = light.collect();
+    let (mut served, mut refused) = (0, 0);
+    for task in heavy {
+        let (s, r) = task.await.expect("flood task");
+        (served, refused) = (served + s, refused + r);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for (network, task) in (1..=4).zip(light) {
+        let statuses = task.await.expect("light task");
+        assert!(statuses.len() >= 12, "network {network}: {statuses:?}");
+        assert!(
+            statuses.iter().all(|status| *status == 200),
+            "network {network} (within its share) was refused: {statuses:?}"
+        );
+    }
+    assert!(refused > 0, "the flood was never refused ({served} served)");
+    // The budget for the time, its burst and the debt the light networks may run up.
+    let budget = 40.0 * elapsed + 40.0 + 40.0;
+    assert!(
+        f64::from(served) <= budget,
+        "the flood got {served} GETs in {elapsed:.1} s (budget {budget:.0})"
+    );
+    let metrics = scrape(&server).await;
+    assert!(
+        value(
+            &metrics,
+            "pkraft_http_rate_limited_total",
+            r#"class="resolve",scope="global""#
+        ) >= f64::from(refused)
+    );
+}
+
+/// Goal (issue 50, item 2, DNS): a forged UDP flood from many networks that fills the global
+/// answer budget takes the answers of the networks it forges, not those of a resolver asking
+/// within its share. Method: one node whose global UDP budget is 300 answers a second (burst
+/// 300); for 4 s, 100 networks (127.41.<n>.2, a /24 each) send 15 queries a second each
+/// (1,500 a second, 5 times the budget) while a resolver on 127.0.0.1 asks 2 a second (a share
+/// is 300 / 101 networks, about 3 a second). Every one of the resolver's queries must be
+/// answered over UDP, with its records.
+#[tokio::test]
+async fn a_forged_udp_flood_filling_the_global_budget_leaves_a_resolver_its_answers() {
+    let server = TestServer::start_with_config(
+        r#"
+[cluster]
+bootstrap = true
+[dns.rrl]
+global_responses_per_second = 300
+global_responses_burst = 300
+"#,
+    );
+    let key = keypair(8_100);
+    server
+        .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.9:9"]))
+        .await;
+    const FOR: Duration = Duration::from_secs(4);
+    let started = Instant::now();
+    let target = server.dns;
+    let flood: Vec<_> = (0..100_u8)
+        .map(|n| {
+            let query = iroh_query(&key, u16::from(n));
+            tokio::spawn(async move {
+                let socket = UdpSocket::bind((std::net::Ipv4Addr::new(127, 41, n, 2), 0))
+                    .await
+                    .expect("bind a flood socket");
+                let mut tick = tokio::time::interval(Duration::from_millis(66));
+                while started.elapsed() < FOR {
+                    tick.tick().await;
+                    let _ = socket.send_to(&query, target).await;
+                }
+            })
+        })
+        .collect();
+    let resolver = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let mut buf = vec![0_u8; 4_096];
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut asked = 0_u16;
+    while started.elapsed() < FOR {
+        tick.tick().await;
+        asked += 1;
+        resolver
+            .send_to(&iroh_query(&key, asked), target)
+            .await
+            .expect("send");
+        let len = tokio::time::timeout(Duration::from_secs(2), resolver.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("query {asked} got no answer (dropped)"))
+            .expect("recv");
+        let answer = Message::from_vec(&buf[..len]).expect("decode");
+        assert!(
+            !answer.metadata.truncation && answer.answers.len() == 1,
+            "query {asked} was refused (slipped): {answer:?}"
+        );
+    }
+    for task in flood {
+        task.await.expect("flood task");
+    }
+    assert!(asked >= 7, "{asked} queries");
+    let metrics = scrape(&server).await;
+    assert!(
+        value(&metrics, "pkraft_dns_rrl_global_limited_total", "") > 0.0,
+        "the flood never filled the budget"
+    );
+}
+
+/// Goal (issue 50, item 5): a heavy but honest republisher (one address republishing many
+/// keys for its users) gets every key stored by following `Retry-After`, and the others
+/// publishing meanwhile are not refused. Method: one node; 100 keys stored first by an exempt
+/// address; then one address (127.0.0.20) republishes all 100, 10 at a time, waiting
+/// `Retry-After` on each 429, while 3 endpoints on 3 other /24s republish their own keys once a
+/// second. The global `publish` budget is 20/s (burst 20), below the heavy one's own limit
+/// (40/s): the heavy one alone keeps it short, and each light one is within its share (20 / 4).
+#[tokio::test]
+async fn a_heavy_republisher_following_retry_after_stores_every_key_and_leaves_others_served() {
+    let server = TestServer::start_with_config(
+        r#"
+[cluster]
+bootstrap = true
+[rate_limit]
+exempt_publishers = ["127.0.0.9"]
+publish = { per_client = { per_second = 40, burst = 40 }, global = { per_second = 20, burst = 20 } }
+"#,
+    );
+    let now = micros_from_now(Duration::ZERO, false);
+    let storer = client_from("127.0.0.9");
+    for seed in (9_000..9_100).chain(9_200..9_203) {
+        let status = put_signed(&server, &storer, seed, now)
+            .await
+            .expect("PUT")
+            .status();
+        assert_eq!(status, 204, "storing key {seed}");
+    }
+    let started = Instant::now();
+    let heavy_client = client_from("127.0.0.20");
+    // One of the heavy republisher's 10 workers: keys `first..first + 10`, each retried
+    // (at most 30 times) after the wait a 429 names. What it was refused, and the longest wait.
+    let heavy_worker = |first: u64| {
+        let (client, server) = (heavy_client.clone(), &server);
+        async move {
+            let (mut refused, mut longest_wait) = (0_u32, Duration::ZERO);
+            for seed in first..first + 10 {
+                let mut stored = false;
+                for _ in 0..30 {
+                    let response = put_signed(server, &client, seed, now + 1)
+                        .await
+                        .expect("PUT");
+                    if response.status() == 204 {
+                        stored = true;
+                        break;
+                    }
+                    assert_eq!(response.status(), 429, "key {seed}");
+                    refused += 1;
+                    let wait = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                        .expect("a 429 says when to retry");
+                    longest_wait = longest_wait.max(wait);
+                    tokio::time::sleep(wait).await;
+                }
+                assert!(stored, "key {seed} not stored after 30 tries");
+            }
+            (refused, longest_wait)
+        }
+    };
+    let heavy = n0_future::join_all((0..10).map(|w| heavy_worker(9_000 + w * 10)));
+    let light = |n: u64| {
+        let (client, server) = (client_from(&format!("127.0.{}.1", n + 1)), &server);
+        async move {
+            let mut statuses = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for round in 0..5 {
+                tick.tick().await;
+                let response = put_signed(server, &client, 9_200 + n, now + 1 + round)
+                    .await
+                    .expect("PUT");
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }
+    };
+    let (heavy, light_0, light_1, light_2) = tokio::join!(heavy, light(0), light(1), light(2));
+    let took = started.elapsed();
+    for (n, statuses) in [light_0, light_1, light_2].iter().enumerate() {
+        assert!(
+            statuses.iter().all(|status| *status == 204),
+            "endpoint {n} (within its share) was refused: {statuses:?}"
+        );
+    }
+    let refused: u32 = heavy.iter().map(|(refused, _)| refused).sum();
+    let longest_wait = heavy
+        .iter()
+        .map(|(_, wait)| *wait)
+        .max()
+        .unwrap_or_default();
+    assert!(refused > 0, "the heavy republisher never met its limit");
+    assert!(
+        longest_wait <= Duration::from_secs(2),
+        "told to wait {longest_wait:?}"
+    );
+    eprintln!("100 republishes in {took:?}, {refused} refusals followed");
+}

@@ -602,7 +602,9 @@ async fn a_udp_flood_from_many_networks_is_held_to_the_global_budget() {
         .fold((0, 0), |(sum, max), (received, largest)| {
             (sum + received, max.max(largest))
         });
-    let allowed = 100_000.0 + 100_000.0 * elapsed;
+    // The rate for the time, the burst, and the debt the networks within their share may run
+    // up past an empty bucket (another burst: `pkraft_limits::fair`).
+    let allowed = 2.0 * 100_000.0 + 100_000.0 * elapsed;
     assert!(
         (received as f64) <= allowed,
         "the flood got {received} bytes in {elapsed:.1} s; the budget allows {allowed:.0}"

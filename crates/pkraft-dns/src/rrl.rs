@@ -24,15 +24,28 @@
 //! whichever runs out first. An answer the per-network limit lets through still needs both;
 //! refused, it meets the same fate as a per-network refusal: one in `slip` (at random) is sent
 //! as the empty truncated answer, if the byte budget has room for it, and the rest are dropped.
-//! So a node never sends more than the budget however many networks ask, and a real client
-//! among them still gets a TC answer often enough to retry over TCP, which this budget does not
-//! limit. The per-network limit is asked first, so one network over its own limit does not use
-//! up everyone's budget.
+//! A real client among them still gets a TC answer often enough to retry over TCP, which this
+//! budget does not limit. The per-network limit is asked first, so one network over its own
+//! limit does not use up everyone's budget.
+//!
+//! Both budgets are shared fairly between networks (an IPv4 /24, an IPv6 /48:
+//! [`pkraft_limits::fair`]): once one runs short, the networks asking most lose their answers
+//! first, and a network asking no more than the budget divided by the networks asking keeps
+//! all of its own. So a forged flood that fills the budget takes the answers of the networks it
+//! forges, not those of a resolver that asks within its share. The node sends at most the
+//! budget plus twice its burst in any spell of shortage, however many networks ask.
+//!
+//! The defaults (150,000 answers and 50 MB a second) are what a node answers at most on the
+//! machines of docs/BENCHMARKS.md (122–130k iroh answers a second on 2 cores, about 380 bytes
+//! each), so the budget takes nothing a node could serve; they bound what a node on a bigger
+//! machine sends to addresses nobody vouches for (400 Mbit/s).
 
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType};
-use pkraft_limits::{Allowance, ClassLimiter, ClassLimits, ClientPrefix, LimitError, Rate, Scope};
+use pkraft_limits::{
+    ClassLimiter, ClassLimits, ClientPrefix, FairBudget, LimitError, Prefixes, Rate, Scope,
+};
 use serde::Deserialize;
 
 /// `[dns.rrl]`.
@@ -54,17 +67,24 @@ pub struct RrlSettings {
     /// Client networks whose state is kept; beyond it the least active are forgotten.
     /// Default 65,536.
     pub max_tracked_clients: u64,
-    /// UDP answers per second to all clients together (module docs, "The global budget").
-    /// 0: no limit. Default 50,000: about 40 % of what one 2-core node answers at most
-    /// (docs/BENCHMARKS.md); raise it on larger machines.
+    /// IPv4 clients in one network of this length share one share of the global budgets
+    /// (module docs, "The global budget"). Default 24.
+    pub network_ipv4_prefix_len: u8,
+    /// The same for IPv6. Default 48: one site's networks, however many /56s it holds, get one
+    /// share.
+    pub network_ipv6_prefix_len: u8,
+    /// UDP answers per second to all clients together, shared fairly between networks (module
+    /// docs, "The global budget"). 0: no limit. Default 150,000: a little above what one 2-core
+    /// node answers at most (docs/BENCHMARKS.md).
     pub global_responses_per_second: u32,
-    /// Answers all clients together may get at once. Default 100,000.
+    /// Answers all clients together may get at once. Default 300,000.
     pub global_responses_burst: u32,
-    /// Bytes of UDP answers per second to all clients together, slips included. 0: no limit.
-    /// Default 12,500,000 (100 Mbit/s): what the node may send to addresses nobody can vouch for.
+    /// Bytes of UDP answers per second to all clients together, slips included, shared like
+    /// the answers. 0: no limit. Default 50,000,000 (400 Mbit/s): what the node may send to
+    /// addresses nobody can vouch for.
     pub global_bytes_per_second: u32,
     /// Bytes all clients together may get at once; at least 65,535 (the largest answer).
-    /// Default 25,000,000.
+    /// Default 100,000,000.
     pub global_bytes_burst: u32,
 }
 
@@ -77,10 +97,12 @@ impl Default for RrlSettings {
             ipv4_prefix_len: 24,
             ipv6_prefix_len: 56,
             max_tracked_clients: 65_536,
-            global_responses_per_second: 50_000,
-            global_responses_burst: 100_000,
-            global_bytes_per_second: 12_500_000,
-            global_bytes_burst: 25_000_000,
+            network_ipv4_prefix_len: ClientPrefix::NETWORKS.ipv4,
+            network_ipv6_prefix_len: ClientPrefix::NETWORKS.ipv6,
+            global_responses_per_second: 150_000,
+            global_responses_burst: 300_000,
+            global_bytes_per_second: 50_000_000,
+            global_bytes_burst: 100_000_000,
         }
     }
 }
@@ -114,15 +136,25 @@ impl RrlSettings {
         Rate::new(self.global_bytes_per_second, self.global_bytes_burst)
     }
 
-    fn prefix(&self) -> ClientPrefix {
-        ClientPrefix {
-            ipv4: self.ipv4_prefix_len,
-            ipv6: self.ipv6_prefix_len,
+    fn prefixes(&self) -> Prefixes {
+        Prefixes {
+            client: ClientPrefix {
+                ipv4: self.ipv4_prefix_len,
+                ipv6: self.ipv6_prefix_len,
+            },
+            network: ClientPrefix {
+                ipv4: self.network_ipv4_prefix_len,
+                ipv6: self.network_ipv6_prefix_len,
+            },
         }
     }
 
     pub fn validate(&self) -> Result<(), LimitError> {
-        self.prefix().validate("dns.rrl")?;
+        self.prefixes().client.validate("dns.rrl")?;
+        self.prefixes().network.validate_fields(
+            "dns.rrl.network_ipv4_prefix_len",
+            "dns.rrl.network_ipv6_prefix_len",
+        )?;
         if self.max_tracked_clients == 0 {
             return Err(LimitError {
                 field: "dns.rrl.max_tracked_clients".into(),
@@ -184,8 +216,7 @@ pub(crate) struct Rrl {
     /// Per client network, then all answers together.
     limiter: ClassLimiter,
     /// Bytes of all answers together.
-    bytes: Option<Allowance>,
-    prefix: ClientPrefix,
+    bytes: Option<FairBudget>,
     slip: u32,
 }
 
@@ -199,11 +230,16 @@ impl Rrl {
         Ok(Some(Rrl {
             limiter: ClassLimiter::new(
                 &settings.limits(),
+                settings.prefixes(),
                 settings.max_tracked_clients,
                 "dns.rrl",
             )?,
-            bytes: Allowance::new(settings.global_bytes(), "dns.rrl.global_bytes_burst")?,
-            prefix: settings.prefix(),
+            bytes: FairBudget::new(
+                settings.global_bytes(),
+                settings.prefixes().network,
+                settings.max_tracked_clients,
+                "dns.rrl.global_bytes_burst",
+            )?,
             slip: settings.slip,
         }))
     }
@@ -211,17 +247,20 @@ impl Rrl {
     /// The verdict for one answer to `client` by the answer counts (its network's and
     /// everyone's); `dice` is the calling socket loop's.
     pub(crate) fn verdict(&self, client: IpAddr, dice: &mut SlipDice) -> Verdict {
-        match self.limiter.check(self.prefix.key(client)) {
+        match self.limiter.check(client) {
             Ok(()) => Verdict::Answer,
             Err(denied) => self.refusal(denied.scope, dice),
         }
     }
 
-    /// Takes `len` bytes of the global byte budget for an answer; `false` if it has not got them.
-    pub(crate) fn take_bytes(&self, len: usize) -> bool {
-        self.bytes
-            .as_ref()
-            .is_none_or(|bytes| bytes.take(u32::try_from(len).unwrap_or(u32::MAX)))
+    /// Takes `len` bytes of the global byte budget for an answer to `client`; `false` if its
+    /// network cannot have them.
+    pub(crate) fn take_bytes(&self, client: IpAddr, len: usize) -> bool {
+        self.bytes.as_ref().is_none_or(|bytes| {
+            bytes
+                .take(client, u32::try_from(len).unwrap_or(u32::MAX))
+                .is_ok()
+        })
     }
 
     /// What becomes of an answer a limit of `scope` refused: slipped one time in `slip`.
@@ -380,9 +419,12 @@ mod tests {
                 .all(|v| *v == Verdict::Drop(Scope::Global)),
             "{verdicts:?}"
         );
-        assert!(rrl.take_bytes(60_000));
-        assert!(!rrl.take_bytes(60_000), "40,000 bytes left");
-        assert!(rrl.take_bytes(40_000));
+        // One network asking far more than the rate (1 byte/s): over its share, so only the
+        // bucket decides.
+        let client = IpAddr::from([10, 20, 0, 1]);
+        assert!(rrl.take_bytes(client, 60_000));
+        assert!(!rrl.take_bytes(client, 60_000), "40,000 bytes left");
+        assert!(rrl.take_bytes(client, 40_000));
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl UdpFrontend {
         if let Some(rrl) = &self.rrl {
             let verdict = rrl.verdict(src.ip(), &mut state.dice);
             if verdict != Verdict::Answer {
-                if refuse(rrl, &self.handler, verdict, query, out, counters) {
+                if refuse(rrl, src.ip(), &self.handler, verdict, query, out, counters) {
                     state.outgoing.queue(src);
                 }
                 return;
@@ -142,10 +142,10 @@ impl UdpFrontend {
         }
         // The answer count passed; the answer's bytes must fit the byte budget too.
         if let Some(rrl) = &self.rrl
-            && !rrl.take_bytes(out.len())
+            && !rrl.take_bytes(src.ip(), out.len())
         {
             let verdict = rrl.refusal(Scope::Global, &mut state.dice);
-            if !refuse(rrl, &self.handler, verdict, query, out, counters) {
+            if !refuse(rrl, src.ip(), &self.handler, verdict, query, out, counters) {
                 return;
             }
         }
@@ -206,7 +206,7 @@ impl UdpFrontend {
                 if frontend
                     .rrl
                     .as_ref()
-                    .is_some_and(|rrl| !rrl.take_bytes(answer.len()))
+                    .is_some_and(|rrl| !rrl.take_bytes(src.ip(), answer.len()))
                 {
                     frontend.chain_over_budget.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -247,6 +247,7 @@ impl UdpFrontend {
 /// Whether there is something to send.
 fn refuse(
     rrl: &Rrl,
+    client: IpAddr,
     handler: &SharedHandler,
     verdict: Verdict,
     query: &[u8],
@@ -263,7 +264,7 @@ fn refuse(
     if matches!(verdict, Verdict::Slip(_))
         // Not a query hickory can parse: nothing to truncate, so it is dropped.
         && let Some(truncated) = handler.truncated(query)
-        && rrl.take_bytes(truncated.len())
+        && rrl.take_bytes(client, truncated.len())
     {
         out.extend_from_slice(&truncated);
         counters.rrl_slipped.fetch_add(1, Ordering::Relaxed);

@@ -23,8 +23,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header}
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use pkraft_limits::{
-    ClassLimiter, ClassLimits, ClientPrefix, Denied, KeyLimiter, KeyRate, LimitError, Rate,
-    TrustedProxies,
+    ClassLimiter, ClassLimits, ClientPrefix, Denied, KeyLimiter, KeyRate, LimitError, Prefixes,
+    Rate, TrustedProxies,
 };
 use pkraft_store::Store;
 use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, decide, decode_z32_key};
@@ -56,6 +56,14 @@ pub struct RateLimitSettings {
     /// client is found as for every limit (behind `trusted_proxies`, the address they name).
     /// Default: none.
     pub exempt_publishers: TrustedProxies,
+    /// IPv4 clients in one network of this length share one share of each global budget
+    /// (`pkraft_limits::fair`): when a global budget runs short, the networks asking most are
+    /// refused first and a network asking no more than `global.per_second / networks asking`
+    /// never is. Default 24.
+    pub network_ipv4_prefix_len: u8,
+    /// The same for IPv6. Default 48 (a site), so that one holder of a /48 (65,536 /64s,
+    /// each a client of its own) gets one network's share.
+    pub network_ipv6_prefix_len: u8,
     /// `PUT` of a relay route for a key this node stores (a republish). Default per client 50/s
     /// with a burst of 1,000; global 5,000/s with a burst of 20,000.
     pub publish: ClassLimits,
@@ -100,6 +108,8 @@ impl Default for RateLimitSettings {
             trusted_proxies: TrustedProxies::default(),
             client_ip_header: ClientIpHeader::default(),
             exempt_publishers: TrustedProxies::default(),
+            network_ipv4_prefix_len: ClientPrefix::NETWORKS.ipv4,
+            network_ipv6_prefix_len: ClientPrefix::NETWORKS.ipv6,
             publish: ClassLimits {
                 per_client: Rate::new(50, 1_000),
                 global: Rate::new(5_000, 20_000),
@@ -130,7 +140,23 @@ impl Default for RateLimitSettings {
 }
 
 impl RateLimitSettings {
+    /// Which addresses are one client (a host: an IPv4 address, an IPv6 /64) and which one
+    /// network.
+    fn prefixes(&self) -> Prefixes {
+        Prefixes {
+            client: ClientPrefix::HOSTS,
+            network: ClientPrefix {
+                ipv4: self.network_ipv4_prefix_len,
+                ipv6: self.network_ipv6_prefix_len,
+            },
+        }
+    }
+
     pub fn validate(&self) -> Result<(), LimitError> {
+        self.prefixes().network.validate_fields(
+            "rate_limit.network_ipv4_prefix_len",
+            "rate_limit.network_ipv6_prefix_len",
+        )?;
         for (field, value) in [
             ("max_tracked_clients", self.max_tracked_clients),
             ("max_tracked_keys", self.max_tracked_keys),
@@ -211,7 +237,12 @@ impl RateLimits {
     pub fn new(settings: &RateLimitSettings) -> Result<RateLimits, LimitError> {
         settings.validate()?;
         let limiter = |limits: &ClassLimits, field: &str| {
-            ClassLimiter::new(limits, settings.max_tracked_clients, field)
+            ClassLimiter::new(
+                limits,
+                settings.prefixes(),
+                settings.max_tracked_clients,
+                field,
+            )
         };
         let metric_error = |e: prometheus::Error| LimitError {
             field: "rate_limit".into(),
@@ -329,8 +360,7 @@ impl RateLimits {
             self.exempt.inc();
             return next.run(request).await;
         }
-        let client = ClientPrefix::HOSTS.key(client_ip);
-        match limiter.check(client) {
+        match limiter.check(client_ip) {
             Ok(()) => next.run(request).await,
             Err(denied) => self.refuse(class, denied),
         }

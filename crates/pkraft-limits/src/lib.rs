@@ -8,9 +8,11 @@
 //!   (PUT of a stored key, PUT of a new key, GET, DoH, DNS answers).
 //! - [`KeyRate`] / [`KeyLimiter`]: a rate per public key (how often one key may be published),
 //!   counted in minutes, with state bounded like the clients'.
-//! - [`Allowance`]: a global allowance of units per second taken several at a time (the bytes
-//!   of DNS answers).
-//! - [`ClientPrefix`]: which addresses count as one client (an IPv6 host owns a whole /64).
+//! - [`fair::FairBudget`]: a global rate shared fairly between client networks: when it runs
+//!   short the heaviest networks are refused first, and a network within its share never is.
+//!   Every class's global rate is one, and so is the byte budget of DNS answers.
+//! - [`ClientPrefix`]: which addresses count as one client (an IPv6 host owns a whole /64) and
+//!   which as one network (an IPv4 /24, an IPv6 /48).
 //! - [`TrustedProxies`]: the networks whose `X-Forwarded-For` is believed.
 //! - [`connections`]: [`connections::Admission`], the connection caps of every TCP listener
 //!   (total and per client), accept errors backed off, and the pressure signal.
@@ -40,6 +42,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub mod connections;
+pub mod fair;
+
+pub use fair::{FairBudget, OverBudget};
 
 /// One rate limit: `burst` requests at once, refilled at `per_second`. `per_second = 0` turns
 /// the limit off.
@@ -218,14 +223,15 @@ pub struct Denied {
 
 /// A per-client rate whose state lives in a [`BoundedStore`].
 type KeyedLimiter<K> = RateLimiter<K, BoundedStore<K>, DefaultClock, NoOpMiddleware>;
-type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, NoOpMiddleware>;
 
 /// Enforces one [`ClassLimits`].
 pub struct ClassLimiter {
     /// The limiter, its rate, and a second handle on its store (governor lends it out only by
     /// value).
     per_client: Option<(KeyedLimiter<IpAddr>, Rate, BoundedStore<IpAddr>)>,
-    global: Option<(DirectLimiter, Rate)>,
+    /// Which addresses are one client.
+    client: ClientPrefix,
+    global: Option<FairBudget>,
     clock: DefaultClock,
 }
 
@@ -236,16 +242,18 @@ impl std::fmt::Debug for ClassLimiter {
                 "per_client",
                 &self.per_client.as_ref().map(|(_, rate, _)| rate),
             )
-            .field("global", &self.global.as_ref().map(|(_, rate)| rate))
+            .field("global", &self.global.as_ref().map(FairBudget::rate))
             .finish()
     }
 }
 
 impl ClassLimiter {
-    /// A limiter for `limits`, tracking at most `max_tracked_clients` clients. `field` names the
-    /// class in errors.
+    /// A limiter for `limits` whose clients are addresses of `prefix.client`'s lengths and whose
+    /// global rate is shared between networks of `prefix.network`'s, tracking at most
+    /// `max_tracked_clients` clients (and as many networks). `field` names the class in errors.
     pub fn new(
         limits: &ClassLimits,
+        prefix: Prefixes,
         max_tracked_clients: u64,
         field: &str,
     ) -> Result<ClassLimiter, LimitError> {
@@ -259,37 +267,40 @@ impl ClassLimiter {
                 store,
             )
         });
-        let global = limits.global.quota().ok().flatten().map(|quota| {
-            (
-                RateLimiter::new(quota, InMemoryState::default(), clock.clone()),
-                limits.global,
-            )
-        });
+        let global = FairBudget::new(
+            limits.global,
+            prefix.network,
+            max_tracked_clients,
+            &format!("{field}.global"),
+        )?;
         Ok(ClassLimiter {
             per_client,
+            client: prefix.client,
             global,
             clock,
         })
     }
 
-    /// Takes one token for `client` (already reduced by [`ClientPrefix::key`]) and one from the
-    /// global bucket. The client's bucket is asked first, so a client over its own limit does not
-    /// use up everyone's; the price is that a request the global limit refuses has still used a
-    /// token of its client's (governor cannot give one back), so while the global limit refuses,
-    /// retrying clients also draw down their own buckets.
-    pub fn check(&self, client: IpAddr) -> Result<(), Denied> {
+    /// Takes one token for the client `ip` belongs to and one of the global budget (shared
+    /// fairly between networks: [`fair`]). The client's bucket is asked first, so a client over
+    /// its own limit does not use up everyone's; the price is that a request the global limit
+    /// refuses has still used a token of its client's (governor cannot give one back), so while
+    /// the global limit refuses, retrying clients also draw down their own buckets.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Denied> {
         if let Some((limiter, rate, _)) = &self.per_client {
-            limiter.check_key(&client).map_err(|not_until| Denied {
-                scope: Scope::Client,
-                limit: Limit::PerSecond(*rate),
-                retry_after: not_until.wait_time_from(self.clock.now()),
-            })?;
+            limiter
+                .check_key(&self.client.key(ip))
+                .map_err(|not_until| Denied {
+                    scope: Scope::Client,
+                    limit: Limit::PerSecond(*rate),
+                    retry_after: not_until.wait_time_from(self.clock.now()),
+                })?;
         }
-        if let Some((limiter, rate)) = &self.global {
-            limiter.check().map_err(|not_until| Denied {
+        if let Some(global) = &self.global {
+            global.take(ip, 1).map_err(|over| Denied {
                 scope: Scope::Global,
-                limit: Limit::PerSecond(*rate),
-                retry_after: not_until.wait_time_from(self.clock.now()),
+                limit: Limit::PerSecond(global.rate()),
+                retry_after: over.retry_after,
             })?;
         }
         Ok(())
@@ -376,48 +387,6 @@ impl KeyLimiter {
     }
 }
 
-/// A global allowance of units per second (bytes, say), taken several at a time: governor's GCRA
-/// over units instead of requests.
-pub struct Allowance {
-    limiter: DirectLimiter,
-    rate: Rate,
-}
-
-impl std::fmt::Debug for Allowance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Allowance")
-            .field("rate", &self.rate)
-            .finish()
-    }
-}
-
-impl Allowance {
-    /// `rate.per_second` units per second, `rate.burst` at most at once; `None` when the rate
-    /// is off. `field` names the setting in errors.
-    pub fn new(rate: Rate, field: &str) -> Result<Option<Allowance>, LimitError> {
-        let quota = rate.quota().map_err(|reason| LimitError {
-            field: field.to_string(),
-            reason,
-        })?;
-        Ok(quota.map(|quota| Allowance {
-            limiter: RateLimiter::direct(quota),
-            rate,
-        }))
-    }
-
-    /// Takes `units` if the allowance has them now. More than the burst is never granted.
-    pub fn take(&self, units: u32) -> bool {
-        match NonZeroU32::new(units) {
-            None => true,
-            Some(units) => matches!(self.limiter.check_n(units), Ok(Ok(()))),
-        }
-    }
-
-    pub fn rate(&self) -> Rate {
-        self.rate
-    }
-}
-
 /// Per-client (or per-key) rate states in a bounded moka cache; see the module docs.
 #[derive(Clone)]
 pub struct BoundedStore<K = IpAddr> {
@@ -469,18 +438,31 @@ impl ClientPrefix {
     /// Each IPv4 address and each IPv6 /64 is a client.
     pub const HOSTS: ClientPrefix = ClientPrefix { ipv4: 32, ipv6: 64 };
 
+    /// The networks global budgets are shared between: an IPv4 /24 (the smallest block routed
+    /// on the Internet) and an IPv6 /48 (a site: one customer's whole allocation).
+    pub const NETWORKS: ClientPrefix = ClientPrefix { ipv4: 24, ipv6: 48 };
+
+    /// Checks the lengths set as `{field}.ipv4_prefix_len` and `{field}.ipv6_prefix_len`.
     pub fn validate(&self, field: &str) -> Result<(), LimitError> {
-        let check = |name: &str, value: u8, max: u8| {
+        self.validate_fields(
+            &format!("{field}.ipv4_prefix_len"),
+            &format!("{field}.ipv6_prefix_len"),
+        )
+    }
+
+    /// Checks the lengths; the fields are the settings' full names, for the error.
+    pub fn validate_fields(&self, ipv4_field: &str, ipv6_field: &str) -> Result<(), LimitError> {
+        let check = |field: &str, value: u8, max: u8| {
             if value == 0 || value > max {
                 return Err(LimitError {
-                    field: format!("{field}.{name}"),
+                    field: field.to_string(),
                     reason: format!("must be 1 to {max}, got {value}"),
                 });
             }
             Ok(())
         };
-        check("ipv4_prefix_len", self.ipv4, 32)?;
-        check("ipv6_prefix_len", self.ipv6, 128)
+        check(ipv4_field, self.ipv4, 32)?;
+        check(ipv6_field, self.ipv6, 128)
     }
 
     /// The network `ip` belongs to, as the key of its client's state. IPv4-mapped IPv6
@@ -491,6 +473,22 @@ impl ClientPrefix {
             IpAddr::V6(v6) => IpAddr::V6(mask_v6(v6.to_bits(), self.ipv6).into()),
         }
     }
+}
+
+/// Which addresses are one client (its own rate) and which one network (one share of a global
+/// budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefixes {
+    pub client: ClientPrefix,
+    pub network: ClientPrefix,
+}
+
+impl Prefixes {
+    /// Hosts are clients ([`ClientPrefix::HOSTS`]); /24s and /48s networks.
+    pub const DEFAULT: Prefixes = Prefixes {
+        client: ClientPrefix::HOSTS,
+        network: ClientPrefix::NETWORKS,
+    };
 }
 
 /// `bits` with all but the first `prefix_len` bits kept (of 32).

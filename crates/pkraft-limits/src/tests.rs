@@ -8,7 +8,13 @@ fn ip(text: &str) -> IpAddr {
 }
 
 fn limiter(per_client: Rate, global: Rate, max_tracked: u64) -> ClassLimiter {
-    ClassLimiter::new(&ClassLimits { per_client, global }, max_tracked, "t").expect("valid limits")
+    ClassLimiter::new(
+        &ClassLimits { per_client, global },
+        Prefixes::DEFAULT,
+        max_tracked,
+        "t",
+    )
+    .expect("valid limits")
 }
 
 /// The `n`-th of many distinct synthetic client addresses (IPv6, so there are enough).
@@ -73,6 +79,7 @@ fn a_burst_of_zero_is_refused_with_the_field_name() {
             per_client: Rate::new(5, 0),
             global: Rate::OFF,
         },
+        Prefixes::DEFAULT,
         10,
         "rate_limit.publish",
     )
@@ -216,26 +223,26 @@ fn trusted_proxies_are_networks_or_single_addresses() {
 }
 
 #[test]
-fn an_allowance_grants_units_up_to_its_burst() {
-    assert!(
-        Allowance::new(Rate::OFF, "x").expect("valid").is_none(),
-        "off"
-    );
-    let err = Allowance::new(Rate::new(10, 0), "dns.rrl.global_bytes_burst").expect_err("no burst");
-    assert_eq!(err.field, "dns.rrl.global_bytes_burst");
+fn a_budget_grants_units_up_to_its_burst() {
+    let budget = |rate| FairBudget::new(rate, ClientPrefix::NETWORKS, 100, "dns.rrl.global_bytes");
+    assert!(budget(Rate::OFF).expect("valid").is_none(), "off");
+    let err = budget(Rate::new(10, 0)).expect_err("no burst");
+    assert_eq!(err.field, "dns.rrl.global_bytes");
     // 1 unit per second: only the burst of 1,000 is there within the test.
-    let allowance = Allowance::new(Rate::new(1, 1_000), "x")
+    let client = ip("192.0.2.1");
+    let one = budget(Rate::new(1, 1_000)).expect("valid").expect("on");
+    assert_eq!(one.take(client, 600), Ok(()));
+    assert!(one.take(client, 600).is_err(), "400 left");
+    assert_eq!(one.take(client, 400), Ok(()));
+    assert_eq!(one.take(client, 0), Ok(()), "nothing is always there");
+    assert!(one.take(client, 1).is_err(), "used up");
+    let big = budget(Rate::new(1_000_000, 1_000))
         .expect("valid")
         .expect("on");
-    assert!(allowance.take(600));
-    assert!(!allowance.take(600), "400 left");
-    assert!(allowance.take(400));
-    assert!(allowance.take(0), "nothing is always there");
-    assert!(!allowance.take(1), "used up");
-    let big = Allowance::new(Rate::new(1_000_000, 1_000), "x")
-        .expect("valid")
-        .expect("on");
-    assert!(!big.take(1_001), "more than the burst is never granted");
+    assert!(
+        big.take(client, 1_001).is_err(),
+        "more than the burst is never granted"
+    );
 }
 
 #[test]
