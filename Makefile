@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -99,6 +99,12 @@ bench-latency:
 ## 2 minutes.
 bench-ab:
 	tests/bench/ab.sh
+
+## The UDP answer path of two builds side by side with response rate limiting on, its limits
+## far above the load (BENCH_A, BENCH_B as for bench-ab): dnsperf q/s per round and the
+## medians' ratio, about 2 minutes a round pair (BENCH_RUNS, default 3).
+bench-ab-dns:
+	tests/bench/dns_ab.sh
 
 ## Leader handover on SIGTERM in a 5-node (BENCH_NODES=3|5) release cluster under writes: the
 ## longest run without a 204 per leader stop (BENCH_ROUNDS, default 5).

@@ -3,13 +3,15 @@
 # behaved endpoints (REPUBLISHERS addresses, one PUT a second each) republish the keys stored
 # before, first alone, then while a flood from FLOOD_SOURCES other addresses PUTs keys never
 # seen before as fast as it can; then 1,000 new keys at once from one address; then the same flood
-# against a store with a cap, until it is full and once it is. Prints one JSON line per round,
-# with the stored counts and the nodes' CPU seconds. Method and results: docs/TESTING.md,
-# "Admission".
+# against a store with a cap, until it is full and once it is; then the fair shares of the
+# global budgets: a resolve flood from 4,096 addresses and a UDP flood forged from 10,000
+# networks, each against well-behaved clients. Prints one JSON line per round, with the stored
+# counts and the nodes' CPU seconds. Method and results: docs/TESTING.md, "Admission".
 #
 # usage: tests/bench/admission.sh BIN_DIR   (BIN_DIR holds release pkraft and pkraft-bench)
 # Env: ADMISSION_SECONDS (25), ADMISSION_STORED (2000), ADMISSION_FLOOD_KEYS (50000 a second),
-#      ADMISSION_CAP (room for 3000 of the flood's keys beside the stored ones).
+#      ADMISSION_CAP (room for 3000 of the flood's keys beside the stored ones),
+#      ADMISSION_ROUNDS (all; "fair": only the fair-share rounds at the end).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/pkraft.sh
@@ -34,14 +36,16 @@ log() { echo "admission: $*" >&2; }
 "$bench" gen --keys "$flood_keys" --versions 1 --seed 52 --out "$work/flood2.bin" 2>/dev/null
 
 declare -A node_pid node_http node_dns node_admin node_https
-# up CAP_LINE: a fresh 3-node cluster with the shipped limits; the stored keys go in from an
-# exempt publisher (the operator's own, `rate_limit.exempt_publishers`).
+# up RATE_LIMIT_LINES OTHER_SECTIONS: a fresh 3-node cluster with the shipped limits and these
+# changes; the stored keys go in from an exempt publisher (the operator's own,
+# `rate_limit.exempt_publishers`).
 up() {
   cluster_down "$work/cluster" 2>/dev/null || true
   rm -rf "$work/cluster"
   PKRAFT_EXTRA_TOML="[rate_limit]
 exempt_publishers = [\"127.4.0.0/16\"]
-$1" RUST_LOG=warn cluster_up "$bin" "$work/cluster" 3 admission-bench-secret-0123456789 ||
+$1
+$2" RUST_LOG=warn cluster_up "$bin" "$work/cluster" 3 admission-bench-secret-0123456789 ||
     { log "the cluster did not start"; exit 1; }
   "$bench" put --data "$work/stored.bin" --version 0 --url "${node_http[1]}" \
     --url "${node_http[2]}" --url "${node_http[3]}" --source 127.4.0.1 --concurrency 16 >"$work/seed.json"
@@ -84,12 +88,46 @@ nat() {
 }
 "$bench" gen --keys 1000 --versions 1 --seed 53 --out "$work/nat.bin" 2>/dev/null
 
-up ""
-round alone 1
-nat
-round new-key-flood 2 --flood "$work/flood.bin"
-up "[raft]
+if [ "${ADMISSION_ROUNDS:-all}" = all ]; then
+  up "" ""
+  round alone 1
+  nat
+  round new-key-flood 2 --flood "$work/flood.bin"
+  up "" "[raft]
 max_stored_packets = $cap"
-round new-key-flood-until-the-cap-of-$cap 1 --flood "$work/flood.bin"
-# The store at its cap: every new key of the flood is refused.
-round new-key-flood-at-the-cap 2 --flood "$work/flood2.bin"
+  round new-key-flood-until-the-cap-of-$cap 1 --flood "$work/flood.bin"
+  # The store at its cap: every new key of the flood is refused.
+  round new-key-flood-at-the-cap 2 --flood "$work/flood2.bin"
+fi
+
+# Fair shares of the global budgets. Each case twice: with networks of /24 (the default) and
+# with every loopback address in one network (network_ipv4_prefix_len = 1), which is the plain
+# shared bucket of the builds before fair shares.
+#
+# A resolve flood from 4,096 addresses of 17 /24s (127.6.x.y) GETs the stored keys through the
+# three nodes as fast as 64 connections can, while the 64 well-behaved addresses (one /24) GET
+# theirs once a second. The global resolve budget is lowered to 2,000 a second (burst 4,000)
+# per node so that the flood fills it on this machine (the shipped 20,000 is more than the
+# 2 cores serve with the generator on them).
+for prefix in 24 1; do
+  up "network_ipv4_prefix_len = $prefix
+resolve = { per_client = { per_second = 200, burst = 2000 }, global = { per_second = 2000, burst = 4000 } }" ""
+  round "resolve-flood-4096-addresses-networks-of-/$prefix" 0 --resolve --flood-sources 4096 --flood-block 6
+done
+# A UDP flood forged from 10,000 networks (127.100.x.2 on, a /24 each) with EDNS 4096 at one
+# node, 40,000 queries a second (what the node takes in beside the generator without the
+# kernel dropping queries), while 20 resolvers (127.0.n.1, a /24 each) ask one query a second
+# each. The byte
+# budget is lowered to 5 MB/s (burst 10 MB) so that the flood's 11.4 MB/s of answers fill it
+# 2.3 times over (the shipped 50 MB/s is more than the node sends on this machine); a
+# resolver's share of it is 5 MB / 10,020 networks, 499 bytes a second, and it asks for 286.
+for prefix in 24 1; do
+  up "" "[dns.rrl]
+network_ipv4_prefix_len = $prefix
+global_bytes_per_second = 5000000
+global_bytes_burst = 10000000"
+  report=$("$bench" udp-flood --data "$work/stored.bin" --server "127.0.0.1:${node_dns[1]}" \
+    --seconds "$seconds" --networks 10000 --block 100 --edns 4096 --rate 40000 \
+    --resolver-every-ms 1000 --resolvers 20)
+  echo "{\"round\": \"udp-forged-flood-10000-networks-networks-of-/$prefix\", \"report\": $report}"
+done

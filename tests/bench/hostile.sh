@@ -32,6 +32,9 @@ caps=(--set http.max_connections=1024 --set dns.tcp_max_connections=1024
 # The well-behaved client publishes 20 new keys a second from one address for every phase: more
 # than the shipped per-client new-key budget (10/s after a burst of 1,000) over the run.
 caps+=(--set 'rate_limit.publish_new_keys={ per_client = { per_second = 50, burst = 1000 }, global = { per_second = 200, burst = 2000 } }')
+# The UDP byte budget shipped before it was sized from what a node answers (now 50 MB/s, more
+# than a node sends on this machine): 12.5 MB/s, which the UDP flood below fills.
+caps+=(--set dns.rrl.global_bytes_per_second=12500000 --set dns.rrl.global_bytes_burst=25000000)
 tls=$PWD/tests/fixtures/tls
 # The nodes inherit the limits of the subshell that starts them; this script keeps its own.
 (
@@ -133,13 +136,14 @@ size_before=$(metrics_size) rss_before=$(rss)
 run_phase labels "$bin/pkraft-bench" label-flood --target "$(http_addr "$leader")" --requests 100000 --block 21 --seed 2
 echo "{\"phase\": \"labels-growth\", \"metrics_bytes_before\": $size_before, \"metrics_bytes_after\": $(metrics_size), \"rss_kib_before\": $rss_before, \"rss_kib_after\": $(rss)}"
 
-# UDP from 10,000 networks with EDNS 4096 against the default global budget (12.5 MB/s).
+# UDP from 10,000 networks with EDNS 4096 against a global byte budget of 12.5 MB/s (above).
 bytes_before=$(metric "$leader" pkraft_dns_udp_answer_bytes_total)
 run_phase udp-networks "$bin/pkraft-bench" udp-flood --data "$work/stored.bin" \
   --server "$(addr "${node_dns[$leader]}")" --seconds "$flood_for" --networks 10000 --block 100 --edns 4096
 bytes_after=$(metric "$leader" pkraft_dns_udp_answer_bytes_total)
 # Over the flood's own duration: what the node sent against what the budget allows in that
-# time (the rate for the duration, plus the burst).
+# time (the rate for the duration, plus the burst, plus the debt of networks within their share:
+# another burst).
 awk -v b="${bytes_before:-0}" -v a="${bytes_after:-0}" -v s="$flood_for" 'BEGIN {
   printf "{\"phase\": \"udp-budget\", \"seconds\": %d, \"node_answer_bytes\": %.0f, \"allowed_bytes\": %.0f, \"node_answer_bytes_per_second\": %.0f, \"budget_bytes_per_second\": 12500000}\n",
-    s, a - b, 12500000 * s + 25000000, (a - b) / s }'
+    s, a - b, 12500000 * s + 2 * 25000000, (a - b) / s }'

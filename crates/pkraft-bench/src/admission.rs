@@ -3,6 +3,9 @@
 //! second, while (optionally) a flood from many other addresses PUTs keys never seen before as
 //! fast as it can. Reports what each side got: the republishes' statuses and latency, and how
 //! many of the flood's keys were stored per second.
+//!
+//! With `resolve`, the same shape for reads: each well-behaved address GETs its keys (one a
+//! second), and the flood GETs the stored keys, round and round, as fast as it can.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -34,17 +37,19 @@ pub struct Spec<'a> {
     pub flood_concurrency: usize,
     pub republishers: Vec<IpAddr>,
     pub duration: Duration,
+    /// GETs instead of PUTs (module docs).
+    pub resolve: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub op: &'static str,
     pub republish: Summary,
-    /// Republishes answered 204, of all sent.
+    /// Republishes answered 204 (with `resolve`: GETs answered 200), of all sent.
     pub republish_ok_ratio: f64,
     pub flood: Option<Summary>,
-    /// The flood's PUTs answered 204, per second of the flood (until its last connection
-    /// stopped).
+    /// The flood's PUTs answered 204 (GETs answered 200), per second of the flood (until its
+    /// last connection stopped).
     pub flood_stored_per_second: f64,
     /// The flood ran out of keys before the round's end: its load stopped early.
     pub flood_ran_dry: bool,
@@ -71,7 +76,13 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
             .iter()
             .skip(index)
             .step_by(count)
-            .map(|key| put(&key.z32, &key.versions[spec.version].payload))
+            .map(|key| {
+                if spec.resolve {
+                    get(&key.z32)
+                } else {
+                    put(&key.z32, &key.versions[spec.version].payload)
+                }
+            })
             .collect();
         let base = urls[index % urls.len()].clone();
         republishers.spawn(async move {
@@ -91,20 +102,34 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
         });
     }
 
-    let flood = spec.flood.map(|flood| {
+    // A resolve flood reads the stored keys (round and round: it never runs dry).
+    let flood_data = if spec.resolve {
+        Some(spec.stored)
+    } else {
+        spec.flood
+    };
+    let flood = flood_data.map(|flood| {
         let jobs: Arc<Vec<Job>> = Arc::new(
             flood
                 .keys
                 .iter()
-                .map(|key| put(&key.z32, &key.versions[0].payload))
+                .map(|key| {
+                    if spec.resolve {
+                        get(&key.z32)
+                    } else {
+                        put(&key.z32, &key.versions[0].payload)
+                    }
+                })
                 .collect(),
         );
+        let resolve = spec.resolve;
         let next = Arc::new(AtomicUsize::new(0));
         let mut workers = tokio::task::JoinSet::new();
         let sources = Arc::new(spec.flood_sources.clone());
         let concurrency = spec.flood_concurrency.max(1);
         for worker in 0..concurrency {
             let (jobs, next, sources) = (jobs.clone(), next.clone(), sources.clone());
+            let wrap = if resolve { jobs.len() } else { usize::MAX };
             let base = urls[worker % urls.len()].clone();
             workers.spawn(async move {
                 // This worker's share of the addresses, one keep-alive client each, taken in
@@ -126,7 +151,7 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
                     if Instant::now() >= deadline {
                         break;
                     }
-                    let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed) % wrap) else {
                         ran_dry = true;
                         break;
                     };
@@ -138,9 +163,11 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
         workers
     });
 
+    // What a served request is answered: 204 for a PUT, 200 for a GET.
+    let served = if spec.resolve { 200 } else { 204 };
     let (latencies, status, errors) = collect(&mut republishers).await?;
     let sent = latencies.len();
-    let ok = status.get(&204).copied().unwrap_or(0);
+    let ok = status.get(&served).copied().unwrap_or(0);
     let republish = Summary::new(
         "republish",
         count,
@@ -164,7 +191,7 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
             }
             let (latencies, status, errors) = tally(outcomes.into_iter().flatten());
             let elapsed = ended - started;
-            let stored = status.get(&204).copied().unwrap_or(0);
+            let stored = status.get(&served).copied().unwrap_or(0);
             let summary = Summary::new(
                 "flood",
                 spec.flood_concurrency,
@@ -193,6 +220,15 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
         flood_stored_per_second,
         flood_ran_dry,
     })
+}
+
+fn get(z32: &str) -> Job {
+    Job {
+        method: Method::GET,
+        path: format!("/{z32}"),
+        body: Bytes::new(),
+        forwarded_for: None,
+    }
 }
 
 fn put(z32: &str, payload: &[u8]) -> Job {

@@ -193,6 +193,17 @@ enum Command {
         /// An EDNS record with this buffer size in every query.
         #[arg(long)]
         edns: Option<u16>,
+        /// Well-behaved resolvers ask one query each every this many milliseconds meanwhile,
+        /// and their answers are reported.
+        #[arg(long)]
+        resolver_every_ms: Option<u64>,
+        /// How many resolvers: one on 127.0.0.1, or with more, one on 127.0.<n>.1 each (a /24
+        /// each).
+        #[arg(long, default_value_t = 1)]
+        resolvers: u8,
+        /// Send at most this many queries a second in all (default: as fast as they go).
+        #[arg(long)]
+        rate: Option<u64>,
     },
     /// Time pkraft's packet check (`VerifiedPacket::verify_stored`: signature, timestamp, DNS
     /// parse, from the key's bytes as a forwarded packet carries them) over every packet of
@@ -279,6 +290,10 @@ enum Command {
         flood_concurrency: usize,
         #[arg(long, default_value_t = 25)]
         seconds: u64,
+        /// Reads instead of writes: the well-behaved addresses GET their keys, the flood GETs
+        /// the stored keys (no --flood file).
+        #[arg(long, conflicts_with = "flood")]
+        resolve: bool,
     },
     /// Hold CONNECTIONS connections to TARGET from SOURCES addresses 127.BLOCK.x.y for SECONDS,
     /// each behaving as MODE says and opened again when the server closes it.
@@ -704,14 +719,24 @@ async fn main() -> anyhow::Result<()> {
             networks,
             block,
             edns,
+            resolver_every_ms,
+            resolvers,
+            rate,
         } => {
             let names = iroh_names(&DataSet::read(&data)?, &origin)?;
+            let resolver = resolver_every_ms.map(|ms| udp_flood::Resolver {
+                sources: match resolvers {
+                    0 | 1 => vec![IpAddr::from([127, 0, 0, 1])],
+                    n => (1..=n).map(|n| IpAddr::from([127, 0, n, 1])).collect(),
+                },
+                every: std::time::Duration::from_millis(ms.max(1)),
+            });
             let duration = std::time::Duration::from_secs(seconds);
             let sources = match networks {
                 Some(count) => udp_flood::Sources::Networks { count, block },
                 None => udp_flood::Sources::One(source),
             };
-            print(&udp_flood::run(server, names, duration, sources, edns).await?)?;
+            print(&udp_flood::run(server, names, duration, sources, edns, resolver, rate).await?)?;
         }
         Command::Partitions {
             pkraft,
@@ -792,6 +817,7 @@ async fn main() -> anyhow::Result<()> {
             flood_block,
             flood_concurrency,
             seconds,
+            resolve,
         } => {
             let stored = DataSet::read(&stored)?;
             let flood = flood.map(|path| DataSet::read(&path)).transpose()?;
@@ -808,6 +834,7 @@ async fn main() -> anyhow::Result<()> {
                     .map(|n| conn_flood::source(republish_block, n))
                     .collect(),
                 duration: std::time::Duration::from_secs(seconds),
+                resolve,
             };
             print(&admission::run(spec).await?)?;
         }

@@ -393,7 +393,8 @@ mod tests {
     }
 
     /// Answers from networks each under its own limit still meet the global budgets: the
-    /// answer count first, then the bytes.
+    /// answer count first, then the bytes. Networks asking once each are each within their
+    /// share: past the burst they borrow, up to one more burst, and no further.
     #[test]
     fn the_global_budgets_bound_every_network_together() {
         let rrl = Rrl::new(&RrlSettings {
@@ -409,19 +410,23 @@ mod tests {
         .expect("valid")
         .expect("on");
         let mut dice = SlipDice::new(0);
-        let verdicts: Vec<Verdict> = (0..20_u8)
+        let verdicts: Vec<Verdict> = (0..30_u8)
             .map(|n| rrl.verdict(IpAddr::from([10, n, 0, 1]), &mut dice))
             .collect();
-        assert_eq!(verdicts[..10], [Verdict::Answer; 10], "the global burst");
+        assert_eq!(
+            verdicts[..20],
+            [Verdict::Answer; 20],
+            "the global burst and the debt"
+        );
         assert!(
-            verdicts[10..]
+            verdicts[20..]
                 .iter()
                 .all(|v| *v == Verdict::Drop(Scope::Global)),
             "{verdicts:?}"
         );
         // One network asking far more than the rate (1 byte/s): over its share, so only the
         // bucket decides.
-        let client = IpAddr::from([10, 20, 0, 1]);
+        let client = IpAddr::from([10, 40, 0, 1]);
         assert!(rrl.take_bytes(client, 60_000));
         assert!(!rrl.take_bytes(client, 60_000), "40,000 bytes left");
         assert!(rrl.take_bytes(client, 40_000));

@@ -39,7 +39,8 @@ use crate::error::RelayError;
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitSettings {
     /// Clients whose limiter state is kept, per class; beyond it the least used are forgotten.
-    /// Default 65,536 (a few MiB per class).
+    /// The same bound holds the networks counted by each global budget while it is short.
+    /// Default 65,536 (a few MiB per class, as much again for the networks).
     pub max_tracked_clients: u64,
     /// Addresses or networks (`10.0.0.0/8`, `::1`) of reverse proxies in front of this node.
     /// Only connections from them may name the client in `client_ip_header`; from anyone else

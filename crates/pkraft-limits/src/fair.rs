@@ -5,33 +5,36 @@
 //! token and the clients that ask little are refused with it. A [`FairBudget`] is the same
 //! bucket (governor's GCRA) with a rule for when it runs short:
 //!
-//! - While the bucket is less than half spent, it grants its tokens as before and nothing else
-//!   is counted (the common case costs two atomic bucket updates).
-//! - Once half its burst is spent (a second bucket with half the burst, the *watch*, refuses),
-//!   the budget is *short* for the next [`SHORT_FOR`]. While short, what each client network
-//!   asks for is counted over a sliding second, and so are the networks that ask. Counting
-//!   starts before the bucket is empty so that the network that emptied it is known as heavy
-//!   by then.
+//! - While the bucket has at least half its burst left, it grants its tokens as before and
+//!   nothing else is counted: the common case costs the bucket's one atomic update and a load.
+//! - Once less than half is left (as governor's state snapshot of the request says), the
+//!   budget is *short*: what each client network asks for is counted over a sliding second,
+//!   and so are the networks that ask. Counting starts before the bucket is empty so that the
+//!   network that emptied it is known as heavy by then.
 //! - A network's *share* is the budget's rate divided by the networks asking. A request from a
 //!   network that has asked for no more than its share is granted even when the bucket is
 //!   empty: the units are owed to the bucket. The bucket's next tokens that go to networks over
 //!   their share pay that debt instead (those requests are refused). So the heaviest networks
-//!   are refused first, a network within its share never is, and the node still grants about
-//!   the budget in all: what the light networks take comes out of the heavy ones'.
-//! - The debt is capped at the bucket's burst, and forgotten when the budget is short again
-//!   after a spell with room. Networks within their shares cannot together ask more than the
-//!   rate, so only the inexactness of the counts (below) reaches the cap; a flood that does is
-//!   then held by the bucket alone: in a spell of shortage the node grants at most the rate for
-//!   its length and twice the burst.
+//!   are refused first, a network within its share is not (while the debt has room), and the
+//!   node still grants about the budget in all: what the light networks take comes out of the
+//!   heavy ones'.
+//! - The debt is capped at the bucket's burst, and once the budget has room again it is paid
+//!   from that room (a second token per request) before anything else. Networks within their
+//!   shares cannot together ask much more than the rate, so only the inexactness of the counts
+//!   (below) reaches the cap; a flood that does is then held by the bucket alone. Over any
+//!   time T the node grants at most `rate × T` and twice the burst: every unit borrowed beyond
+//!   the cap's worth was paid back with a token of the bucket that nobody was granted.
 //!
 //! A network is an IPv4 /24 or an IPv6 /48 by default ([`ClientPrefix::NETWORKS`]): one network
 //! holding many addresses (a /48 has 65,536 /64s) gets one network's share. The counts live in a
-//! moka cache of at most `max_tracked_networks` entries, dropped when idle for [`SHORT_FOR`];
+//! moka cache of at most `max_tracked_networks` entries, dropped when idle for [`COUNTS_KEPT`];
 //! a network beyond it starts each request with no count, and the debt cap bounds what such
-//! networks can take together.
+//! networks can take together. The networks asking are counted per window, at most
+//! `max_tracked_networks` (a network the full cache turned away would count with each request).
 //!
 //! The share is an estimate of max-min fairness, not its exact water level: a network sending
-//! at most `rate / networks asking` is never refused, and the heavy networks split what is left.
+//! at most `rate / networks asking` is not refused while the debt has room, and the heavy
+//! networks split what is left.
 //! Counting starts when the budget runs short, so a flood that empties the half-burst at once
 //! may borrow before it is known as heavy; the debt cap bounds what that lets through.
 
@@ -43,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use governor::RateLimiter;
 use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
+use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 
 use crate::{ClientPrefix, LimitError, Rate};
@@ -51,18 +54,17 @@ use crate::{ClientPrefix, LimitError, Rate};
 /// The window over which a network's asking is counted.
 const WINDOW: Duration = Duration::from_secs(1);
 
-/// How long a budget stays short after its watch (or its bucket) last refused.
-pub const SHORT_FOR: Duration = Duration::from_secs(2);
+/// How long a network's counts are kept once it stops asking: two windows, after which they
+/// would count nothing.
+pub const COUNTS_KEPT: Duration = Duration::from_secs(2);
 
-type DirectLimiter<C> =
-    RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// A bucket whose grants come with its state (how much of the burst is left).
+type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
 
 /// A global rate shared fairly between client networks; see the module docs. The clock is
 /// governor's (tests use a fake one).
 pub struct FairBudget<C: Clock = DefaultClock> {
-    bucket: DirectLimiter<C>,
-    /// The same rate with half the burst: refusing, it says the budget is running short.
-    watch: DirectLimiter<C>,
+    bucket: Bucket<C>,
     rate: Rate,
     clock: C,
     network: ClientPrefix,
@@ -70,10 +72,13 @@ pub struct FairBudget<C: Clock = DefaultClock> {
     asked: moka::sync::Cache<IpAddr, Arc<Mutex<Window>>>,
     /// How many networks asked, while the budget is short.
     askers: Mutex<Window>,
-    /// Units granted past an empty bucket to networks within their share; at most `rate.burst`.
+    /// Units granted past an empty bucket to networks within their share, not yet paid back by
+    /// tokens due to networks over theirs (or, once there is room again, by spare tokens); at
+    /// most `rate.burst`.
     owed: AtomicU64,
-    /// Until when (nanoseconds after `started`) the budget is short.
-    short_until: AtomicU64,
+    /// The most networks `asked` holds.
+    max_tracked_networks: u64,
+    /// When the budget was made: the windows count from it.
     started: Instant,
 }
 
@@ -112,7 +117,7 @@ impl FairBudget {
 
     /// Takes `units` for a request from `client` (its address: the network is derived here).
     pub fn take(&self, client: IpAddr, units: u32) -> Result<(), OverBudget> {
-        self.take_at(client, units, self.started.elapsed())
+        self.take_at(client, units, || self.started.elapsed())
     }
 }
 
@@ -131,20 +136,18 @@ impl<C: Clock + Clone> FairBudget<C> {
         let Some(quota) = quota else {
             return Ok(None);
         };
-        let half_burst = NonZeroU32::new(rate.burst / 2).unwrap_or(NonZeroU32::MIN);
         Ok(Some(FairBudget {
-            bucket: RateLimiter::direct_with_clock(quota, clock.clone()),
-            watch: RateLimiter::direct_with_clock(quota.allow_burst(half_burst), clock.clone()),
+            bucket: RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware(),
             rate,
             clock,
             network,
             asked: moka::sync::Cache::builder()
                 .max_capacity(max_tracked_networks)
-                .time_to_idle(SHORT_FOR)
+                .time_to_idle(COUNTS_KEPT)
                 .build(),
             askers: Mutex::new(Window::default()),
             owed: AtomicU64::new(0),
-            short_until: AtomicU64::new(0),
+            max_tracked_networks: max_tracked_networks.max(1),
             started: Instant::now(),
         }))
     }
@@ -153,35 +156,36 @@ impl<C: Clock + Clone> FairBudget<C> {
         self.rate
     }
 
-    /// [`FairBudget::take`] at `now` after the budget was made (the counts' clock: tests move
-    /// it with the bucket's).
-    fn take_at(&self, client: IpAddr, units: u32, now: Duration) -> Result<(), OverBudget> {
+    /// [`FairBudget::take`], with `now` the time since the budget was made (asked only when
+    /// the budget is short; tests move it with the bucket's clock).
+    fn take_at(
+        &self,
+        client: IpAddr,
+        units: u32,
+        now: impl FnOnce() -> Duration,
+    ) -> Result<(), OverBudget> {
         let Some(n) = NonZeroU32::new(units) else {
             return Ok(());
         };
-        let now_nanos = nanos(now);
         let bucket = match self.bucket.check_n(n) {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(snapshot)) => {
+                if snapshot.remaining_burst_capacity() >= self.rate.burst / 2 {
+                    // Room. A debt left from a spell of shortage is paid from it first, a
+                    // second token for each request, so that spells cannot add up debts.
+                    if self.owed.load(Ordering::Relaxed) > 0
+                        && matches!(self.bucket.check_n(n), Ok(Ok(_)))
+                    {
+                        self.settle(u64::from(units));
+                    }
+                    return Ok(());
+                }
+                Ok(())
+            }
             Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
             // More than the burst at once: never granted (the bucket cannot hold it).
             Err(_) => Err(WINDOW),
         };
-        let watch_ok = matches!(self.watch.check_n(n), Ok(Ok(())));
-        let short_until = self.short_until.load(Ordering::Relaxed);
-        if bucket.is_ok() && watch_ok && now_nanos >= short_until {
-            return Ok(());
-        }
-        if bucket.is_err() || !watch_ok {
-            if now_nanos >= short_until {
-                // Short again after a spell with room: that room settled the old debt.
-                self.owed.store(0, Ordering::Relaxed);
-            }
-            self.short_until.fetch_max(
-                now_nanos.saturating_add(nanos(SHORT_FOR)),
-                Ordering::Relaxed,
-            );
-        }
-        let within_share = self.asks_within_share(client, units, now);
+        let within_share = self.asks_within_share(client, units, now());
         let units = u64::from(units);
         match (bucket, within_share) {
             (Ok(()), true) => Ok(()),
@@ -197,19 +201,21 @@ impl<C: Clock + Clone> FairBudget<C> {
         }
     }
 
-    /// Counts `units` asked by `client`'s network; whether that network's asking over the last
-    /// second is within its share of the rate.
+    /// Counts `units` asked by `client`'s network; whether what that network asked over the
+    /// last second before this request is within its share of the rate (this request's own
+    /// units are not held against it: a network asking exactly its share evenly stays within).
     fn asks_within_share(&self, client: IpAddr, units: u32, now: Duration) -> bool {
         let window = now.as_nanos() / WINDOW.as_nanos();
         let window = u64::try_from(window).unwrap_or(u64::MAX);
         let into = (now.as_nanos() % WINDOW.as_nanos()) as f64 / WINDOW.as_nanos() as f64;
         let counts = self.asked.get_with(self.network.key(client), Arc::default);
-        let (asked, first_this_window) = {
+        let (asked_before, first_this_window) = {
             let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
             counts.roll(window);
+            let before = counts.per_second(into);
             let first = counts.current == 0;
             counts.current = counts.current.saturating_add(u64::from(units));
-            (counts.per_second(into), first)
+            (before, first)
         };
         let askers = {
             let mut askers = self.askers.lock().unwrap_or_else(PoisonError::into_inner);
@@ -217,10 +223,15 @@ impl<C: Clock + Clone> FairBudget<C> {
             if first_this_window {
                 askers.current += 1;
             }
-            // Every network that asked in either window is still asking, as far as we know.
-            askers.current.max(askers.previous).max(1)
+            // Every network that asked in either window is still asking, as far as we know;
+            // never more than the networks counted (a network the full cache did not keep
+            // comes back "first" with every request).
+            askers
+                .current
+                .max(askers.previous)
+                .clamp(1, self.max_tracked_networks)
         };
-        asked <= f64::from(self.rate.per_second) / askers as f64
+        asked_before <= f64::from(self.rate.per_second) / askers as f64
     }
 
     /// Adds `units` to the debt if it stays within the burst.
@@ -249,10 +260,6 @@ impl<C: Clock + Clone> FairBudget<C> {
     }
 }
 
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// A count over the current window and the one before it.
 #[derive(Debug, Default)]
 struct Window {
@@ -263,9 +270,11 @@ struct Window {
 
 impl Window {
     /// Moves to window `index`: the current count becomes the previous one if `index` is the
-    /// next window, and nothing is left of counts older than that.
+    /// next window, and nothing is left of counts older than that. A thread late with an
+    /// earlier window (it read the time before another moved on) counts in the current one: it
+    /// must not wipe the counts.
     fn roll(&mut self, index: u64) {
-        if index == self.index {
+        if index <= self.index {
             return;
         }
         self.previous = if index == self.index + 1 {
@@ -320,7 +329,7 @@ mod tests {
         }
 
         fn take(&self, client: IpAddr) -> Result<(), OverBudget> {
-            self.budget.take_at(client, 1, self.now)
+            self.budget.take_at(client, 1, || self.now)
         }
 
         fn advance(&mut self, by: Duration) {
@@ -336,7 +345,7 @@ mod tests {
     #[test]
     fn with_room_everyone_is_granted_and_nothing_is_counted() {
         let test = Test::new();
-        // Half the burst: the watch is not yet refusing.
+        // Half the burst: the bucket is not yet short.
         for host in 0..50 {
             assert_eq!(test.take(in_network(0, host)), Ok(()));
         }
@@ -382,22 +391,41 @@ mod tests {
         assert!(heavy_refused > 49_000, "{heavy_refused} refused");
     }
 
+    /// The `n`-th of many networks, a /24 each.
+    fn network(n: u32) -> IpAddr {
+        let [_, _, a, b] = n.to_be_bytes();
+        IpAddr::V4(Ipv4Addr::new(10, a, b, 1))
+    }
+
     #[test]
-    fn a_flood_spread_over_many_networks_gets_at_most_the_budget_and_its_debt() {
+    fn a_flood_spread_over_many_networks_gets_at_most_the_burst_and_the_debt() {
         let test = Test::new();
-        let granted = (0..10_000_u32)
-            .filter(|n| {
-                let [_, a, b, _] = n.to_be_bytes();
-                test.take(IpAddr::V4(Ipv4Addr::new(10, a, b, 1))).is_ok()
-            })
+        let granted = (0..10_000)
+            .filter(|n| test.take(network(*n)).is_ok())
             .count();
-        // The burst (100) and what the 51st to 100th networks borrowed, each within a share of
-        // 100 / (networks asking); never more than the burst and the debt cap (100).
-        assert!(
-            (140..=200).contains(&granted),
-            "{granted} granted of 10,000"
-        );
+        // Every network asks once, so each is within its share: the bucket's burst (100), then
+        // the debt up to its cap (100), then nothing (the clock does not move).
+        assert_eq!(granted, 200, "{granted} granted of 10,000");
         assert!(test.budget.tracked_networks() <= 1_000);
+    }
+
+    #[test]
+    fn a_debt_is_paid_back_before_the_next_spell_can_borrow() {
+        let mut test = Test::new();
+        let mut granted = 0;
+        // Five times: 300 networks ask once each at the same moment, then silence for 2.5 s
+        // (the spell of shortage ends, the bucket refills).
+        for round in 0..5_u32 {
+            granted += (0..300)
+                .filter(|n| test.take(network(round * 300 + n)).is_ok())
+                .count();
+            test.advance(Duration::from_millis(2_500));
+        }
+        // The first round: the burst and the debt (200). Each later one: the bucket's burst
+        // again (100), half of it paying the last debt and the debt borrowed anew: 100. A debt
+        // forgotten between spells would give 200 each time (1,000 in all).
+        assert!(granted <= 650, "{granted} granted in 5 spells");
+        assert!(granted >= 500, "{granted} granted in 5 spells");
     }
 
     #[test]
@@ -409,10 +437,27 @@ mod tests {
         }
         test.advance(Duration::from_millis(100));
         assert!(test.take(in_network(0, 1)).is_err(), "still heavy");
-        // Two windows later its old asking no longer counts: a single request is within its
-        // share again.
-        test.advance(Duration::from_millis(2_000));
+        // 1.5 s later (the budget still short): another network empties the bucket again. The
+        // first one's asking is more than a window old: a single request is within its share,
+        // granted past the empty bucket.
+        test.advance(Duration::from_millis(1_500));
+        for host in 0..250 {
+            let _ = test.take(in_network(1, host));
+        }
+        assert!(
+            test.take(in_network(1, 1)).is_err(),
+            "the other one is heavy now"
+        );
         assert_eq!(test.take(in_network(0, 1)), Ok(()));
+    }
+
+    #[test]
+    fn a_late_request_does_not_wipe_the_counts_of_a_later_window() {
+        let mut window = Window::default();
+        window.roll(7);
+        window.current = 50;
+        window.roll(6);
+        assert_eq!((window.index, window.current), (7, 50));
     }
 
     #[test]

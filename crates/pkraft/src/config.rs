@@ -485,6 +485,14 @@ mod tests {
                 "[limits]\nreserved_descriptors = 1\n",
                 "limits.reserved_descriptors",
             ),
+            (
+                "[rate_limit]\nnetwork_ipv4_prefix_len = 33\n",
+                "rate_limit.network_ipv4_prefix_len",
+            ),
+            (
+                "[dns.rrl]\nnetwork_ipv6_prefix_len = 0\n",
+                "dns.rrl.network_ipv6_prefix_len",
+            ),
         ] {
             let err = Config::parse(toml, "t").expect_err(field);
             assert!(format!("{err:#}").contains(field), "{field}: {err:#}");
