@@ -17,6 +17,8 @@ source tests/lib/pkraft.sh
 a_dir=${BENCH_A:?BENCH_A: bin dir of build A}
 b_dir=${BENCH_B:?BENCH_B: bin dir of build B}
 runs=${BENCH_RUNS:-3}
+# loopback_port and friends use it; this checkout may have no build of its own.
+export PKRAFT_BENCH=${PKRAFT_BENCH:-$a_dir/pkraft-bench}
 command -v dnsperf >/dev/null || { echo "dns_ab: dnsperf missing (apt install dnsperf)" >&2; exit 1; }
 work=$(mktemp -d)
 pid=
@@ -43,18 +45,27 @@ round() {  # NAME BIN_DIR: one node, the keys stored, one dnsperf run; prints NA
     "127.0.0.1:$http" "127.0.0.1:$dns"
   RUST_LOG=warn setsid "$dir/pkraft" serve --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   pid=$!
-  for _ in $(seq 150); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.2; done
+  local up=no
+  for _ in $(seq 150); do
+    curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && { up=yes; break; }
+    sleep 0.2
+  done
+  [ "$up" = yes ] || { echo "dns_ab: $name did not come up ($work/$name.log)" >&2; exit 1; }
   "$bench" put --data "$work/data.bin" --version 0 --url "http://127.0.0.1:$http/pkarr" \
-    --concurrency 32 >/dev/null
+    --concurrency 32 >"$work/seed.json"
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["status"]; sys.exit(0 if list(s)==["204"] else f"dns_ab: seeding {sys.argv[2]}: {s}")' \
+    "$work/seed.json" "$name"
   dnsperf -m udp -s 127.0.0.1 -p "$dns" -d "$work/queries.txt" -c 20 -l 15 2>&1 |
     awk -v name="$name" '/Queries per second/ {print name, $4}'
   kill "$pid"; wait "$pid" 2>/dev/null || true
   pid=
 }
+# Not in a pipe: `round` must run in this shell, whose cleanup stops the node it started.
 for _ in $(seq "$runs"); do
-  round A "$a_dir"
-  round B "$b_dir"
-done | tee "$work/rounds.txt"
+  round A "$a_dir" >>"$work/rounds.txt"
+  round B "$b_dir" >>"$work/rounds.txt"
+done
+cat "$work/rounds.txt"
 python3 - "$work/rounds.txt" <<'PY'
 import statistics, sys
 qps = {"A": [], "B": []}

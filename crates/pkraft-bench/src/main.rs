@@ -199,10 +199,10 @@ enum Command {
         resolver_every_ms: Option<u64>,
         /// How many resolvers: one on 127.0.0.1, or with more, one on 127.0.<n>.1 each (a /24
         /// each).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, requires = "resolver_every_ms")]
         resolvers: u8,
         /// Send at most this many queries a second in all (default: as fast as they go).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         rate: Option<u64>,
     },
     /// Time pkraft's packet check (`VerifiedPacket::verify_stored`: signature, timestamp, DNS

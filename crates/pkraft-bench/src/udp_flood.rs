@@ -63,6 +63,8 @@ pub struct ResolverReport {
     pub truncated: u64,
     /// No answer within `RESOLVER_WAIT`.
     pub lost: u64,
+    /// Answered with an error or no records (REFUSED, SERVFAIL, NXDOMAIN, ...).
+    pub other: u64,
     pub answered_ratio: f64,
 }
 
@@ -194,6 +196,7 @@ pub async fn run(
                 all.answered += report.answered;
                 all.truncated += report.truncated;
                 all.lost += report.lost;
+                all.other += report.other;
             }
             all.answered_ratio = all.answered as f64 / all.asked.max(1) as f64;
             Some(all)
@@ -237,8 +240,11 @@ async fn resolve(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
     let mut id = 0_u16;
-    while started.elapsed() < duration {
+    loop {
         tick.tick().await;
+        if started.elapsed() >= duration {
+            break;
+        }
         id = id.wrapping_add(1);
         let mut query = query.clone();
         query[..2].copy_from_slice(&id.to_be_bytes());
@@ -260,7 +266,8 @@ async fn resolve(
         match answer {
             Some(answer) if answer.metadata.truncation => report.truncated += 1,
             Some(answer) if !answer.answers.is_empty() => report.answered += 1,
-            _ => report.lost += 1,
+            Some(_) => report.other += 1,
+            None => report.lost += 1,
         }
     }
     report.answered_ratio = report.answered as f64 / report.asked.max(1) as f64;

@@ -31,9 +31,10 @@
 //! Both budgets are shared fairly between networks (an IPv4 /24, an IPv6 /48:
 //! [`pkraft_limits::fair`]): once one runs short, the networks asking most lose their answers
 //! first, and a network asking no more than the budget divided by the networks asking keeps
-//! all of its own. So a forged flood that fills the budget takes the answers of the networks it
-//! forges, not those of a resolver that asks within its share. The node sends at most the
-//! budget plus twice its burst in any spell of shortage, however many networks ask.
+//! all of its own (while the debt the fair share allows has room). So a forged flood that fills
+//! the budget takes the answers of the networks it forges, not those of a resolver that asks
+//! within its share. Over any time T the node sends at most the budget for T plus twice its
+//! burst, however many networks ask.
 //!
 //! The defaults (150,000 answers and 50 MB a second) are what a node answers at most on the
 //! machines of docs/BENCHMARKS.md (122–130k iroh answers a second on 2 cores, about 380 bytes

@@ -60,7 +60,7 @@ pub struct RateLimitSettings {
     /// IPv4 clients in one network of this length share one share of each global budget
     /// (`pkraft_limits::fair`): when a global budget runs short, the networks asking most are
     /// refused first and a network asking no more than `global.per_second / networks asking`
-    /// never is. Default 24.
+    /// is not (while the budget's debt has room). Default 24.
     pub network_ipv4_prefix_len: u8,
     /// The same for IPv6. Default 48 (a site), so that one holder of a /48 (65,536 /64s,
     /// each a client of its own) gets one network's share.

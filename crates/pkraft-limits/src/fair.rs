@@ -169,7 +169,10 @@ impl<C: Clock + Clone> FairBudget<C> {
         };
         let bucket = match self.bucket.check_n(n) {
             Ok(Ok(snapshot)) => {
-                if snapshot.remaining_burst_capacity() >= self.rate.burst / 2 {
+                // At least half the burst left (rounded up: a burst of 1 is short after
+                // every grant, so that its debt can be paid).
+                if u64::from(snapshot.remaining_burst_capacity()) * 2 >= u64::from(self.rate.burst)
+                {
                     // Room. A debt left from a spell of shortage is paid from it first, a
                     // second token for each request, so that spells cannot add up debts.
                     if self.owed.load(Ordering::Relaxed) > 0
@@ -212,6 +215,9 @@ impl<C: Clock + Clone> FairBudget<C> {
         let (asked_before, first_this_window) = {
             let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
             counts.roll(window);
+            // A request late for its window (another thread has moved the counts on) is
+            // judged at the new window's start: the previous count in full.
+            let into = if counts.index == window { into } else { 0.0 };
             let before = counts.per_second(into);
             let first = counts.current == 0;
             counts.current = counts.current.saturating_add(u64::from(units));
@@ -449,6 +455,36 @@ mod tests {
             "the other one is heavy now"
         );
         assert_eq!(test.take(in_network(0, 1)), Ok(()));
+    }
+
+    #[test]
+    fn a_burst_of_one_still_shares_and_pays_its_debt() {
+        let clock = FakeRelativeClock::default();
+        let budget = FairBudget::with_clock(
+            Rate::new(1, 1),
+            ClientPrefix::NETWORKS,
+            100,
+            "t",
+            clock.clone(),
+        )
+        .expect("valid")
+        .expect("on");
+        let at = || Duration::from_millis(500);
+        // The one token; then a second network within its share borrows the debt's one.
+        assert_eq!(budget.take_at(in_network(0, 1), 1, at), Ok(()));
+        assert_eq!(budget.take_at(in_network(1, 1), 1, at), Ok(()));
+        assert!(
+            budget.take_at(in_network(2, 1), 1, at).is_err(),
+            "debt full"
+        );
+        // A second later the first network (over its share: 1 / 3) gets the token, which
+        // pays the debt instead; then another light network can borrow again.
+        clock.advance(Duration::from_secs(1));
+        let later = || Duration::from_millis(1_500);
+        for _ in 0..3 {
+            let _ = budget.take_at(in_network(0, 1), 1, later);
+        }
+        assert_eq!(budget.take_at(in_network(3, 1), 1, later), Ok(()));
     }
 
     #[test]

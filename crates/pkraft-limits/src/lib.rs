@@ -9,7 +9,8 @@
 //! - [`KeyRate`] / [`KeyLimiter`]: a rate per public key (how often one key may be published),
 //!   counted in minutes, with state bounded like the clients'.
 //! - [`fair::FairBudget`]: a global rate shared fairly between client networks: when it runs
-//!   short the heaviest networks are refused first, and a network within its share never is.
+//!   short the heaviest networks are refused first, and a network within its share is not
+//!   (while the debt it may run up has room).
 //!   Every class's global rate is one, and so is the byte budget of DNS answers.
 //! - [`ClientPrefix`]: which addresses count as one client (an IPv6 host owns a whole /64) and
 //!   which as one network (an IPv4 /24, an IPv6 /48).
