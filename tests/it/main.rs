@@ -7,6 +7,7 @@
 mod abuse;
 mod acme;
 mod admin_api;
+mod admission;
 mod attacks;
 mod backup;
 mod bad_input;
