@@ -61,6 +61,21 @@ pub(crate) fn source(block: u8, n: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, block, third, fourth))
 }
 
+/// Address `n` with `per_network` addresses in each /24 of `127.<block>`: `.0` to `.255` when
+/// `per_network` is 256, else from `.2` on (as [`source`]).
+pub(crate) fn source_in(block: u8, n: usize, per_network: usize) -> anyhow::Result<IpAddr> {
+    anyhow::ensure!(
+        (1..=256).contains(&per_network),
+        "addresses per network: 1 to 256, not {per_network}"
+    );
+    let first_host = if per_network == 256 { 0 } else { 2 };
+    let (third, fourth) = (n / per_network, n % per_network + first_host);
+    let third = u8::try_from(third)
+        .map_err(|_| anyhow::anyhow!("address {n} is past 127.{block}.255.x"))?;
+    let fourth = u8::try_from(fourth).map_err(|_| anyhow::anyhow!("host {fourth} of a /24"))?;
+    Ok(IpAddr::V4(Ipv4Addr::new(127, block, third, fourth)))
+}
+
 pub struct Spec {
     pub target: SocketAddr,
     pub connections: usize,

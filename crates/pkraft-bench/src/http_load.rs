@@ -48,15 +48,24 @@ pub(crate) struct Outcome {
     pub latency: Duration,
     /// `None`: no HTTP answer (refused connection, reset, timeout).
     pub status: Option<u16>,
+    /// The delay a 429 named in `Retry-After` (delay-seconds).
+    pub retry_after: Option<Duration>,
 }
 
-/// Runs every job once and summarises the run under `op`.
+/// How often one job is sent again after a 429 when following `Retry-After`: a bound on the
+/// run, far above what a working limit asks for.
+const MAX_RETRIES: u32 = 1_000;
+
+/// Runs every job once and summarises the run under `op`. With `follow_retry_after`, a job
+/// answered 429 is sent again after the delay its `Retry-After` names (as an honest client
+/// does), at most [`MAX_RETRIES`] times; a 429 without one ends the job.
 pub async fn run(
     op: &str,
     base_urls: &[String],
     concurrency: usize,
     jobs: Vec<Job>,
     source: Option<IpAddr>,
+    follow_retry_after: bool,
 ) -> anyhow::Result<Summary> {
     anyhow::ensure!(!base_urls.is_empty(), "at least one --url is needed");
     anyhow::ensure!(concurrency > 0, "--concurrency must be at least 1");
@@ -72,19 +81,36 @@ pub async fn run(
         workers.spawn(async move {
             let client = client(source);
             let mut outcomes = Vec::new();
+            let (mut followed, mut longest) = (0_u64, Duration::ZERO);
             loop {
                 let index = next.fetch_add(1, Ordering::Relaxed);
                 let Some(job) = jobs.get(index) else { break };
-                outcomes.push(send(&client, &base, job).await);
+                let mut outcome = send(&client, &base, job).await;
+                for _ in 0..MAX_RETRIES {
+                    match outcome.retry_after {
+                        Some(wait) if follow_retry_after && outcome.status == Some(429) => {
+                            followed += 1;
+                            longest = longest.max(wait);
+                            tokio::time::sleep(wait).await;
+                            outcome = send(&client, &base, job).await;
+                        }
+                        _ => break,
+                    }
+                }
+                outcomes.push(outcome);
             }
-            outcomes
+            (outcomes, followed, longest)
         });
     }
     let mut latencies = Vec::with_capacity(jobs.len());
     let mut status = BTreeMap::new();
     let mut errors = 0;
-    while let Some(outcomes) = workers.join_next().await {
-        for outcome in outcomes? {
+    let (mut followed, mut longest) = (0, Duration::ZERO);
+    while let Some(done) = workers.join_next().await {
+        let (outcomes, worker_followed, worker_longest) = done?;
+        followed += worker_followed;
+        longest = longest.max(worker_longest);
+        for outcome in outcomes {
             latencies.push(outcome.latency);
             match outcome.status {
                 Some(code) => *status.entry(code).or_insert(0) += 1,
@@ -92,14 +118,19 @@ pub async fn run(
             }
         }
     }
-    Ok(Summary::new(
+    let mut summary = Summary::new(
         op,
         concurrency,
         started.elapsed(),
         latencies,
         status,
         errors,
-    ))
+    );
+    if follow_retry_after {
+        summary.refusals_followed = Some(followed);
+        summary.longest_retry_after_seconds = Some(longest.as_secs());
+    }
+    Ok(summary)
 }
 
 pub(crate) async fn send(client: &HttpClient, base: &str, job: &Job) -> Outcome {
@@ -116,9 +147,14 @@ pub(crate) async fn send(client: &HttpClient, base: &str, job: &Job) -> Outcome 
             let exchange = async {
                 let response = client.request(request).await.ok()?;
                 let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                    .map(Duration::from_secs);
                 // Read the whole body so the connection can be reused.
                 response.into_body().collect().await.ok()?;
-                Some(status)
+                Some((status, retry_after))
             };
             tokio::time::timeout(REQUEST_TIMEOUT, exchange)
                 .await
@@ -129,6 +165,7 @@ pub(crate) async fn send(client: &HttpClient, base: &str, job: &Job) -> Outcome 
     };
     Outcome {
         latency: start.elapsed(),
-        status,
+        status: status.map(|(status, _)| status),
+        retry_after: status.and_then(|(_, retry_after)| retry_after),
     }
 }

@@ -117,6 +117,10 @@ enum Command {
         /// Local address to send from.
         #[arg(long)]
         source: Option<IpAddr>,
+        /// A PUT answered 429 is sent again after the delay its Retry-After names, as an
+        /// honest client does (the summary counts the refusals followed and the longest wait).
+        #[arg(long)]
+        follow_retry_after: bool,
     },
     /// GET REQUESTS keys (cycling through the data set); prints a JSON summary.
     Get {
@@ -282,18 +286,37 @@ enum Command {
         republishers: usize,
         #[arg(long, default_value_t = 3)]
         republish_block: u8,
+        /// The flood PUTs versions FLOOD_FROM_VERSION.. of its keys, version after version
+        /// (changes of keys stored before); 0: version 0 only (new keys).
+        #[arg(long, default_value_t = 0)]
+        flood_from_version: usize,
         #[arg(long, default_value_t = 256)]
         flood_sources: usize,
         #[arg(long, default_value_t = 2)]
         flood_block: u8,
+        /// Flood sources per /24 (at most 256: 127.BLOCK.x.0 to .255; else from .2 on).
+        #[arg(long, default_value_t = 250)]
+        flood_per_network: usize,
+        /// The flood comes from its first source, a trusted proxy naming FLOOD_SOURCES clients
+        /// of one IPv6 /48 (a /56 each, 2001:db8:50:<n << 8>::1) in X-Forwarded-For.
+        #[arg(long)]
+        flood_forwarded_v6: bool,
         #[arg(long, default_value_t = 64)]
         flood_concurrency: usize,
         #[arg(long, default_value_t = 25)]
         seconds: u64,
-        /// Reads instead of writes: the well-behaved addresses GET their keys, the flood GETs
-        /// the stored keys (no --flood file).
+        /// Reads instead of writes: the well-behaved addresses GET their keys and ask for them
+        /// over DoH (and UDP with --dns), the flood GETs the stored keys and asks for them over
+        /// DoH (no --flood file).
         #[arg(long, conflicts_with = "flood")]
         resolve: bool,
+        /// With --resolve: the zone the `_iroh` names are in.
+        #[arg(long, default_value = "pkarr.test")]
+        origin: String,
+        /// With --resolve: a node's DNS address, for one UDP query a second from each
+        /// well-behaved address; repeat to spread them.
+        #[arg(long = "dns", requires = "resolve")]
+        dns: Vec<SocketAddr>,
     },
     /// Hold CONNECTIONS connections to TARGET from SOURCES addresses 127.BLOCK.x.y for SECONDS,
     /// each behaving as MODE says and opened again when the server closes it.
@@ -630,6 +653,7 @@ async fn main() -> anyhow::Result<()> {
             urls,
             concurrency,
             source,
+            follow_retry_after,
         } => {
             let data = DataSet::read(&data)?;
             data.check_version(version)?;
@@ -643,7 +667,10 @@ async fn main() -> anyhow::Result<()> {
                     forwarded_for: None,
                 })
                 .collect();
-            print(&http_load::run("put", &urls, concurrency, jobs, source).await?)?;
+            print(
+                &http_load::run("put", &urls, concurrency, jobs, source, follow_retry_after)
+                    .await?,
+            )?;
         }
         Command::Get {
             data,
@@ -674,7 +701,7 @@ async fn main() -> anyhow::Result<()> {
                     }),
                 })
                 .collect();
-            print(&http_load::run("get", &urls, concurrency, jobs, source).await?)?;
+            print(&http_load::run("get", &urls, concurrency, jobs, source, false).await?)?;
         }
         Command::Queries {
             data,
@@ -813,28 +840,42 @@ async fn main() -> anyhow::Result<()> {
             urls,
             republishers,
             republish_block,
+            flood_from_version,
             flood_sources,
             flood_block,
+            flood_per_network,
+            flood_forwarded_v6,
             flood_concurrency,
             seconds,
             resolve,
+            origin,
+            dns,
         } => {
             let stored = DataSet::read(&stored)?;
             let flood = flood.map(|path| DataSet::read(&path)).transpose()?;
+            let names = if resolve {
+                iroh_names(&stored, &origin)?
+            } else {
+                Vec::new()
+            };
             let spec = admission::Spec {
                 stored: &stored,
                 version,
                 flood: flood.as_ref(),
+                flood_from_version,
                 urls: &urls,
                 flood_sources: (0..flood_sources)
-                    .map(|n| conn_flood::source(flood_block, n))
-                    .collect(),
+                    .map(|n| conn_flood::source_in(flood_block, n, flood_per_network))
+                    .collect::<anyhow::Result<_>>()?,
+                flood_forwarded_v6,
                 flood_concurrency,
                 republishers: (0..republishers)
                     .map(|n| conn_flood::source(republish_block, n))
                     .collect(),
                 duration: std::time::Duration::from_secs(seconds),
                 resolve,
+                names,
+                dns,
             };
             print(&admission::run(spec).await?)?;
         }

@@ -22,6 +22,12 @@ pub struct Summary {
     pub status: BTreeMap<u16, u64>,
     /// Requests that got no response (connection error or timeout).
     pub errors: u64,
+    /// Following `Retry-After` (`put --follow-retry-after`): the 429s waited out, and the
+    /// longest wait one named, in seconds. `status` counts each job's last answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusals_followed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub longest_retry_after_seconds: Option<u64>,
 }
 
 impl Summary {
@@ -52,6 +58,8 @@ impl Summary {
             max_ms: millis(latencies.last().copied().unwrap_or_default()),
             status,
             errors,
+            refusals_followed: None,
+            longest_retry_after_seconds: None,
         }
     }
 }

@@ -225,7 +225,7 @@ pub async fn run(
 
 /// One well-behaved resolver on `source`: `query` (with a fresh ID each time) every `every` for
 /// `duration`, one at a time.
-async fn resolve(
+pub(crate) async fn resolve(
     source: IpAddr,
     every: Duration,
     server: SocketAddr,
