@@ -26,7 +26,7 @@ use tokio::net::UdpSocket;
 use crate::cluster::{ClusterOptions, TestCluster, eventually};
 use crate::dns_client::{key_name, name};
 use crate::harness::http_client;
-use crate::metrics::{scrape, value};
+use crate::metrics::{sample, scrape};
 
 /// Bound on one request.
 const WAIT: Duration = Duration::from_secs(10);
@@ -36,38 +36,51 @@ const FLOOD_FOR: Duration = Duration::from_secs(6);
 /// let through. Unpaced, the test process (debug reqwest) would take both cores and starve
 /// the peer proxies it runs, and the cluster would lose its leader to that, not to the floods.
 const FLOOD_PACE: Duration = Duration::from_millis(5);
-/// Each node's global new-key budget, per second and burst (small, so that the floods fill it).
+/// Each node's global new-key budget: per second and its burst (small, so that the floods
+/// fill it).
 const NEW_KEYS_PER_SECOND: u64 = 10;
-/// Each key's own burst of changes (`publish_per_key`).
+const NEW_KEYS_BURST: u64 = 10;
+/// Each key's own burst of changes (`publish_per_key`), and one more change every 10 s.
 const KEY_BURST: u64 = 10;
+const KEY_PER_MINUTE: u64 = 6;
+/// The attacker's stored keys: few, so that each gets far more changes than its burst.
+const ATTACKER_KEYS: u64 = 4;
 
-/// The attacks' budgets: new keys 2/s (burst 5) per client and 10/s (burst 10) per node;
-/// republishes 20/s per client and 30/s (burst 30) per node; 10 changes of one key at once.
-/// 127.0.0.3 is the trusted proxy, 127.0.0.9 the operator's own publisher that stores the keys
-/// of the well-behaved endpoints and the attacker's keys before the floods.
-const BUDGETS: [&str; 5] = [
-    r#"trusted_proxies = ["127.0.0.3"]"#,
-    r#"exempt_publishers = ["127.0.0.9"]"#,
-    "publish = { per_client = { per_second = 20, burst = 20 }, \
-     global = { per_second = 30, burst = 30 } }",
-    "publish_new_keys = { per_client = { per_second = 2, burst = 5 }, \
-     global = { per_second = 10, burst = 10 } }",
-    "publish_per_key = { per_minute = 6, burst = 10 }",
-];
+/// The attacks' budgets: new keys 2/s (burst 5) per client and the constants above per node;
+/// republishes 20/s per client and 30/s (burst 30) per node. 127.0.0.3 is the trusted proxy,
+/// 127.0.0.9 the operator's own publisher that stores the keys of the well-behaved endpoints and
+/// the attacker's keys before the floods.
+fn budgets() -> Vec<String> {
+    vec![
+        r#"trusted_proxies = ["127.0.0.3"]"#.to_string(),
+        r#"exempt_publishers = ["127.0.0.9"]"#.to_string(),
+        "publish = { per_client = { per_second = 20, burst = 20 }, \
+         global = { per_second = 30, burst = 30 } }"
+            .to_string(),
+        format!(
+            "publish_new_keys = {{ per_client = {{ per_second = 2, burst = 5 }}, \
+             global = {{ per_second = {NEW_KEYS_PER_SECOND}, burst = {NEW_KEYS_BURST} }} }}"
+        ),
+        format!("publish_per_key = {{ per_minute = {KEY_PER_MINUTE}, burst = {KEY_BURST} }}"),
+    ]
+}
 
-/// The shipped new-key and per-key limits (config/example.toml), which test clusters otherwise
-/// raise (`cluster::TEST_RATE_LIMITS`).
-const SHIPPED: [&str; 2] = [
-    "publish_new_keys = { per_client = { per_second = 10, burst = 1000 }, \
-     global = { per_second = 200, burst = 2000 } }",
-    "publish_per_key = { per_minute = 6, burst = 10 }",
-];
+/// A copy of the shipped new-key and per-key limits (as `config/example.toml` shows the
+/// defaults), which test clusters otherwise raise (`cluster::TEST_RATE_LIMITS`).
+fn shipped() -> Vec<String> {
+    vec![
+        "publish_new_keys = { per_client = { per_second = 10, burst = 1000 }, \
+         global = { per_second = 200, burst = 2000 } }"
+            .to_string(),
+        "publish_per_key = { per_minute = 6, burst = 10 }".to_string(),
+    ]
+}
 
 /// A 3-node cluster with these `[rate_limit]` lines.
-async fn cluster_with(rate_limits: &[&str]) -> TestCluster {
+async fn cluster_with(rate_limits: &[String]) -> TestCluster {
     let settings = rate_limits
         .iter()
-        .map(|line| ("rate_limit".to_string(), (*line).to_string()))
+        .map(|line| ("rate_limit".to_string(), line.clone()))
         .collect();
     TestCluster::start_as(
         3,
@@ -154,6 +167,7 @@ fn flood(
                 let mut statuses = Statuses::new();
                 let mut turn = worker;
                 let mut pace = tokio::time::interval(FLOOD_PACE);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while Instant::now() < until {
                     pace.tick().await;
                     let n = next.fetch_add(1, Ordering::Relaxed);
@@ -196,11 +210,20 @@ async fn resolves(socket: &UdpSocket, node: SocketAddr, key: &Keypair, id: u16) 
         return false;
     }
     let mut buf = vec![0_u8; 4_096];
-    let Ok(Ok(len)) = tokio::time::timeout(WAIT, socket.recv(&mut buf)).await else {
-        return false;
-    };
-    Message::from_vec(&buf[..len])
-        .is_ok_and(|answer| !answer.metadata.truncation && !answer.answers.is_empty())
+    let asked = Instant::now();
+    // This query's answer (a late one to an earlier query is skipped).
+    loop {
+        let left = WAIT.saturating_sub(asked.elapsed());
+        let Ok(Ok(len)) = tokio::time::timeout(left, socket.recv(&mut buf)).await else {
+            return false;
+        };
+        match Message::from_vec(&buf[..len]) {
+            Ok(answer) if answer.metadata.id == id => {
+                return !answer.metadata.truncation && !answer.answers.is_empty();
+            }
+            _ => continue,
+        }
+    }
 }
 
 /// A well-behaved endpoint on `127.0.<20 + n>.1` (a /24 of its own): once a second until
@@ -213,6 +236,7 @@ async fn endpoint(cluster: &TestCluster, n: u8, key: Keypair, until: Instant) ->
     let servers: Vec<_> = cluster.members.iter().map(|m| &m.server).collect();
     let mut failures = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for round in 0_u16.. {
         tick.tick().await;
         if Instant::now() >= until {
@@ -236,7 +260,7 @@ async fn endpoint(cluster: &TestCluster, n: u8, key: Keypair, until: Instant) ->
 }
 
 /// Goal: new-key floods from one IPv6 /48 (256 /56s) and from 16 IPv4 /24s (256 addresses), and
-/// a republish flood on 16 keys the attacker got stored, all at once for 6 s against a 3-node
+/// a republish flood on 4 keys the attacker got stored, all at once for 6 s against a 3-node
 /// cluster: 6 well-behaved endpoints (a /24 each) republishing and resolving once a second
 /// are never refused, 2 endpoints starting on /24s of their own publish a new key a second each
 /// and are never refused (within their share of the new-key budget), the floods get no more new
@@ -244,12 +268,12 @@ async fn endpoint(cluster: &TestCluster, n: u8, key: Keypair, until: Instant) ->
 /// rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_of_new_keys_and_of_stored_keys_leave_a_clusters_endpoints_served() {
-    let cluster = cluster_with(&BUDGETS).await;
+    let cluster = cluster_with(&budgets()).await;
     let operator = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)));
     let now = now_micros();
-    // The endpoints' keys and the 16 the attacker got stored, put in by the operator's publisher.
+    // The endpoints' keys and the attacker's, put in by the operator's publisher.
     let endpoints: Vec<Keypair> = (0..6).map(|n| keypair(50_000 + n)).collect();
-    let attackers: Vec<Keypair> = (0..16).map(|n| keypair(50_100 + n)).collect();
+    let attackers: Vec<Keypair> = (0..ATTACKER_KEYS).map(|n| keypair(50_100 + n)).collect();
     for key in endpoints.iter().chain(&attackers) {
         let (path, body) = signed(key, now);
         let response = operator
@@ -317,7 +341,7 @@ async fn floods_of_new_keys_and_of_stored_keys_leave_a_clusters_endpoints_served
             // than the nodes' republish budgets.
             8,
             move |n| {
-                let key = &attackers[usize::try_from(n % 16).expect("small")];
+                let key = &attackers[usize::try_from(n % ATTACKER_KEYS).expect("small")];
                 signed(key, now_micros())
             },
             until,
@@ -336,6 +360,8 @@ async fn floods_of_new_keys_and_of_stored_keys_leave_a_clusters_endpoints_served
         async move {
             let mut statuses = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for round in 0..u64::from(u8::MAX) {
                 tick.tick().await;
                 if Instant::now() >= until {
@@ -391,26 +417,30 @@ async fn floods_of_new_keys_and_of_stored_keys_leave_a_clusters_endpoints_served
     // their share (the starting endpoints' keys count against it too).
     let seconds = elapsed.as_secs() + 1;
     let new_keys = count(&ipv6, 204) + count(&ipv4, 204) + 2 * seconds;
-    let budget = 3 * (NEW_KEYS_PER_SECOND * seconds + 2 * NEW_KEYS_PER_SECOND);
+    let budget = 3 * (NEW_KEYS_PER_SECOND * seconds + 2 * NEW_KEYS_BURST);
     assert!(
         new_keys <= budget,
         "the floods got {new_keys} new keys stored in {elapsed:?} (budget {budget}): \
          IPv6 {ipv6:?}, IPv4 {ipv4:?}"
     );
-    // Each of the 16 keys: its burst of changes and a token a minute, on each node.
+    // Each of the attacker's keys: its burst of changes and what its rate adds over the time
+    // (and one in progress), on each node.
     let changed = count(&changes, 204);
+    let per_key = KEY_BURST + KEY_PER_MINUTE * seconds / 60 + 1;
     assert!(
-        changed <= 16 * 3 * (KEY_BURST + 1),
-        "the attacker's 16 keys changed {changed} times: {changes:?}"
+        changed <= ATTACKER_KEYS * 3 * per_key,
+        "the attacker's {ATTACKER_KEYS} keys changed {changed} times: {changes:?}"
     );
     let mut key_refusals = 0.0;
     for member in &cluster.members {
         let metrics = scrape(&member.server).await;
-        key_refusals += value(
+        // The series exists once the node refused one.
+        key_refusals += sample(
             &metrics,
             "pkraft_http_rate_limited_total",
             r#"class="publish",scope="key""#,
-        );
+        )
+        .unwrap_or(0.0);
     }
     assert!(
         key_refusals > 0.0,
@@ -424,17 +454,17 @@ async fn floods_of_new_keys_and_of_stored_keys_leave_a_clusters_endpoints_served
 
 /// Goal: 1,000 endpoints starting at once behind one address (a NAT; fedimint#7578) are all
 /// stored by a cluster with the shipped limits within 10 s, none told to wait. Method: a
-/// 3-node cluster with the shipped limits; one address PUTs 1,000 new keys through the three
-/// nodes, 32 at a time.
+/// 3-node cluster with the shipped limits; one address PUTs 1,000 new keys through one node
+/// (the relay URL its endpoints share), 32 at a time.
 #[tokio::test]
 async fn a_thousand_endpoints_behind_one_address_are_stored_at_once() {
-    let cluster = cluster_with(&SHIPPED).await;
+    let cluster = cluster_with(&shipped()).await;
     let client = client_from(IpAddr::V4(Ipv4Addr::new(127, 0, 40, 1)));
     let now = now_micros();
     let puts: Vec<_> = (0..1_000_u64)
         .map(|n| {
             let (path, body) = signed(&keypair(4_000_000 + n), now);
-            let node = &cluster.members[usize::try_from(n % 3).expect("small")].server;
+            let node = &cluster.members[1].server;
             client.put(node.url(&path)).body(body).send()
         })
         .collect();
@@ -469,9 +499,10 @@ fn count_all(statuses: &[u16]) -> Statuses {
 #[tokio::test]
 async fn a_heavy_republisher_following_retry_after_stores_every_key_and_leaves_others_served() {
     let cluster = cluster_with(&[
-        r#"exempt_publishers = ["127.0.0.9"]"#,
+        r#"exempt_publishers = ["127.0.0.9"]"#.to_string(),
         "publish = { per_client = { per_second = 40, burst = 40 }, \
-         global = { per_second = 20, burst = 20 } }",
+         global = { per_second = 20, burst = 20 } }"
+            .to_string(),
     ])
     .await;
     let servers: Vec<_> = cluster.members.iter().map(|m| &m.server).collect();
@@ -510,7 +541,11 @@ async fn a_heavy_republisher_following_retry_after_stores_every_key_and_leaves_o
                         stored = true;
                         break;
                     }
-                    assert_eq!(response.status(), 429, "key {seed}");
+                    // Refused for a limit (429) or a full queue (503): both name when to retry.
+                    assert!(
+                        [429, 503].contains(&response.status().as_u16()),
+                        "key {seed}"
+                    );
                     refused += 1;
                     let wait = response
                         .headers()
@@ -533,6 +568,8 @@ async fn a_heavy_republisher_following_retry_after_stores_every_key_and_leaves_o
         async move {
             let mut statuses = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for round in 0..5 {
                 tick.tick().await;
                 let (path, body) = signed(&keypair(seed), now + 1 + round);

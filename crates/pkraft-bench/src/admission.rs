@@ -13,6 +13,9 @@
 //! before (`flood_from_version`: each version of every key in turn, oldest first). Its
 //! addresses are its own, or (`flood_forwarded_v6`) one address acting as a trusted reverse
 //! proxy that names a /56 of one IPv6 /48 per client in `X-Forwarded-For`.
+//!
+//! A DoH answer counts as served when its status is 200 (an error answer is a 200 too: the
+//! UDP queries, which count only answers with records, check the names).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -48,9 +51,10 @@ pub struct Spec<'a> {
     /// Relay base URLs (`http://…/pkarr`); the load is spread over them.
     pub urls: &'a [String],
     pub flood_sources: Vec<IpAddr>,
-    /// Every flood request comes from the first flood source and names the n-th source's
-    /// client as `2001:db8:50:<n << 8>::1` in `X-Forwarded-For`.
-    pub flood_forwarded_v6: bool,
+    /// Every flood request comes from this address (a trusted proxy) and names the n-th
+    /// source's client as `2001:db8:50:<n << 8>::1` (at most 256: the /56s of one /48) in
+    /// `X-Forwarded-For`.
+    pub flood_forwarded_v6: Option<IpAddr>,
     pub flood_concurrency: usize,
     pub republishers: Vec<IpAddr>,
     pub duration: Duration,
@@ -91,6 +95,10 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
     anyhow::ensure!(
         !spec.resolve || spec.names.len() == spec.stored.keys.len(),
         "one name per stored key"
+    );
+    anyhow::ensure!(
+        spec.flood_forwarded_v6.is_none() || spec.flood_sources.len() <= 256,
+        "a /48 holds 256 /56s: at most 256 flood sources with a proxy"
     );
     let started = Instant::now();
     let deadline = started + spec.duration;
@@ -182,7 +190,7 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
                 // This worker's share of the addresses, one keep-alive client each (or one
                 // client from the proxy naming each in turn), taken in turn: every address
                 // sends, however few workers there are.
-                let proxy = forwarded_v6.then(|| client(sources.first().copied()));
+                let proxy = forwarded_v6.map(|proxy| client(Some(proxy)));
                 let senders: Vec<_> = (worker..sources.len())
                     .step_by(concurrency)
                     .map(|n| match &proxy {
@@ -251,19 +259,11 @@ pub async fn run(spec: Spec<'_>) -> anyhow::Result<Report> {
     } else {
         (None, None)
     };
-    let mut udp = None;
-    while let Some(done) = udp_resolvers.join_next().await {
-        let report = done??;
-        let total: &mut ResolverReport = udp.get_or_insert_with(ResolverReport::default);
-        total.asked += report.asked;
-        total.answered += report.answered;
-        total.truncated += report.truncated;
-        total.lost += report.lost;
-        total.other += report.other;
-    }
-    if let Some(total) = udp.as_mut() {
-        total.answered_ratio = total.answered as f64 / total.asked.max(1) as f64;
-    }
+    let udp = if udp_resolvers.is_empty() {
+        None
+    } else {
+        Some(ResolverReport::sum(&mut udp_resolvers).await?)
+    };
     let (flood, flood_stored_per_second, flood_ran_dry) = match flood {
         Some(mut workers) => {
             // The flood's own time: until its last worker stopped (at the deadline, or when

@@ -65,8 +65,8 @@ pub(crate) fn source(block: u8, n: usize) -> IpAddr {
 /// `per_network` is 256, else from `.2` on (as [`source`]).
 pub(crate) fn source_in(block: u8, n: usize, per_network: usize) -> anyhow::Result<IpAddr> {
     anyhow::ensure!(
-        (1..=256).contains(&per_network),
-        "addresses per network: 1 to 256, not {per_network}"
+        (1..=254).contains(&per_network) || per_network == 256,
+        "addresses per network: 256, or 1 to 254 (from .2 on), not {per_network}"
     );
     let first_host = if per_network == 256 { 0 } else { 2 };
     let (third, fourth) = (n / per_network, n % per_network + first_host);

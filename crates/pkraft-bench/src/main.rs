@@ -270,8 +270,9 @@ enum Command {
     },
     /// Issue 50's admission scenario for SECONDS: REPUBLISHERS addresses 127.REPUBLISH_BLOCK.x.y
     /// each PUT VERSION of its share of STORED's keys at one a second, while (with FLOOD)
-    /// FLOOD_SOURCES addresses 127.FLOOD_BLOCK.x.y PUT FLOOD's keys (version 0) as fast as
-    /// FLOOD_CONCURRENCY connections can; prints what each side got.
+    /// FLOOD_SOURCES addresses 127.FLOOD_BLOCK.x.y PUT FLOOD's keys (version 0, or versions
+    /// FLOOD_FROM_VERSION..) as fast as FLOOD_CONCURRENCY connections can; prints what each
+    /// side got.
     Admission {
         #[arg(long)]
         stored: PathBuf,
@@ -294,13 +295,14 @@ enum Command {
         flood_sources: usize,
         #[arg(long, default_value_t = 2)]
         flood_block: u8,
-        /// Flood sources per /24 (at most 256: 127.BLOCK.x.0 to .255; else from .2 on).
+        /// Flood sources per /24: 256 (127.BLOCK.x.0 to .255), or at most 254 (from .2 on).
         #[arg(long, default_value_t = 250)]
         flood_per_network: usize,
-        /// The flood comes from its first source, a trusted proxy naming FLOOD_SOURCES clients
-        /// of one IPv6 /48 (a /56 each, 2001:db8:50:<n << 8>::1) in X-Forwarded-For.
-        #[arg(long)]
-        flood_forwarded_v6: bool,
+        /// The flood comes from this address, a trusted proxy naming FLOOD_SOURCES (at most
+        /// 256) clients of one IPv6 /48 (a /56 each, 2001:db8:50:<n << 8>::1) in
+        /// X-Forwarded-For.
+        #[arg(long, value_name = "PROXY")]
+        flood_forwarded_v6: Option<IpAddr>,
         #[arg(long, default_value_t = 64)]
         flood_concurrency: usize,
         #[arg(long, default_value_t = 25)]

@@ -23,7 +23,8 @@ pub struct Summary {
     /// Requests that got no response (connection error or timeout).
     pub errors: u64,
     /// Following `Retry-After` (`put --follow-retry-after`): the 429s waited out, and the
-    /// longest wait one named, in seconds. `status` counts each job's last answer.
+    /// longest wait one named, in seconds. `status` counts each job's last answer, and the
+    /// latencies are those of the last attempts (the waits are not in them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusals_followed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

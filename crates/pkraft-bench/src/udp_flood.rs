@@ -68,6 +68,25 @@ pub struct ResolverReport {
     pub answered_ratio: f64,
 }
 
+impl ResolverReport {
+    /// The reports of `resolvers`, added up (with their ratio).
+    pub(crate) async fn sum(
+        resolvers: &mut tokio::task::JoinSet<anyhow::Result<ResolverReport>>,
+    ) -> anyhow::Result<ResolverReport> {
+        let mut all = ResolverReport::default();
+        while let Some(report) = resolvers.join_next().await {
+            let report = report??;
+            all.asked += report.asked;
+            all.answered += report.answered;
+            all.truncated += report.truncated;
+            all.lost += report.lost;
+            all.other += report.other;
+        }
+        all.answered_ratio = all.answered as f64 / all.asked.max(1) as f64;
+        Ok(all)
+    }
+}
+
 /// How long the resolver waits for each answer.
 const RESOLVER_WAIT: Duration = Duration::from_secs(1);
 
@@ -188,19 +207,7 @@ pub async fn run(
     let seconds = started.elapsed().as_secs_f64();
     while readers.join_next().await.is_some() {}
     let resolver = match resolver {
-        Some(mut tasks) => {
-            let mut all = ResolverReport::default();
-            while let Some(report) = tasks.join_next().await {
-                let report = report??;
-                all.asked += report.asked;
-                all.answered += report.answered;
-                all.truncated += report.truncated;
-                all.lost += report.lost;
-                all.other += report.other;
-            }
-            all.answered_ratio = all.answered as f64 / all.asked.max(1) as f64;
-            Some(all)
-        }
+        Some(mut tasks) => Some(ResolverReport::sum(&mut tasks).await?),
         None => None,
     };
     let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
