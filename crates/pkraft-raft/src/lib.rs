@@ -66,13 +66,13 @@ mod scrub;
 pub mod settings;
 mod snapshot_schedule;
 mod start;
-pub mod storage;
 mod store_cap;
 pub mod write_path;
 
-// The storage modules keep their paths from before the split (`crate::log_store`, ...).
-pub(crate) use storage::{codec, snapshot_file, snapshot_receipt, state_repair};
-pub use storage::{log_store, state_machine, type_config};
+// The storage crate's modules, at the paths they had inside this crate (`crate::log_store`).
+use pkraft_storage as storage;
+pub(crate) use pkraft_storage::{codec, snapshot_file, snapshot_receipt, state_repair};
+pub use pkraft_storage::{log_store, state_machine, type_config};
 
 pub use acme_challenges::ChallengeHolder;
 pub use cluster_clock::{ClockReport, ClockState, ClusterTime};

@@ -375,7 +375,7 @@ impl LogStore {
     /// Why this node must not vote for a candidate whose log ends at `candidate_last`, if it
     /// must not: its own log lost entries to damage, and the candidate's log does not reach
     /// where this log reached before (Raft's vote rule, against the log as it was).
-    pub(crate) fn vote_refusal(&self, candidate_last: Option<LogId<NodeId>>) -> Option<String> {
+    pub fn vote_refusal(&self, candidate_last: Option<LogId<NodeId>>) -> Option<String> {
         let repair = self.repair()?;
         if repair.repaired_by(candidate_last) {
             return None;
@@ -400,7 +400,7 @@ impl LogStore {
     /// go on from and the bytes read, or `None` once past the last entry. Damage comes back as
     /// the error, with [`Damage`] in it. Holds the log's read lock while it reads (a truncation
     /// waits): keep `max_bytes` small. On the caller's thread: run it on the blocking pool.
-    pub(crate) fn scrub(&self, from: u64, max_bytes: u64) -> io::Result<Option<(u64, u64)>> {
+    pub fn scrub(&self, from: u64, max_bytes: u64) -> io::Result<Option<(u64, u64)>> {
         let log = self.log()?;
         let unpurged = log.purged.map_or(0, |p| p.index.saturating_add(1));
         let mut next = from.max(unpurged);
@@ -426,7 +426,7 @@ impl LogStore {
     /// them. Without this, damage in the last append would be cut at that open as a torn write,
     /// and the node would vote with the shorter log. Only on disk: the running node's repair
     /// state is left alone, so that an append before it stops cannot end the repair.
-    pub(crate) fn record_found_damage(&self, damage: &Damage) -> Result<()> {
+    pub fn record_found_damage(&self, damage: &Damage) -> Result<()> {
         let record = || -> std::result::Result<(), DbError> {
             // The last entry's id, if it still reads (the damage may be in it).
             let last = last_entry_id(&self.log()?.segments).ok().flatten();
@@ -459,12 +459,12 @@ impl LogStore {
     }
 
     /// The node this log belongs to, once claimed.
-    pub(crate) fn node_id(&self) -> Result<Option<NodeId>> {
+    pub fn node_id(&self) -> Result<Option<NodeId>> {
         self.read_meta(META_NODE_ID)
     }
 
     /// The last purged log id: entries up to it are gone from the log.
-    pub(crate) fn purged(&self) -> Result<Option<LogId<NodeId>>> {
+    pub fn purged(&self) -> Result<Option<LogId<NodeId>>> {
         self.read_meta(META_LAST_PURGED)
     }
 
@@ -477,7 +477,7 @@ impl LogStore {
     }
 
     /// The id of the last entry in the log, if it holds any.
-    pub(crate) fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
+    pub fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
         let read = || last_entry_id(&self.log()?.segments);
         read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
@@ -506,21 +506,21 @@ impl LogStore {
 
     /// The index of the committed log id openraft last saved (it saves it as the commit index
     /// advances, on followers as on the leader), whether or not it is on disk yet.
-    pub(crate) fn committed_index(&self) -> Option<u64> {
+    pub fn committed_index(&self) -> Option<u64> {
         let committed = self.inner.committed.lock().ok()?;
         committed.latest.map(|log_id| log_id.index)
     }
 
     /// Writes the latest committed log id to disk (it is written at most once a second while
     /// running); for a clean stop.
-    pub(crate) fn flush(&self) -> Result<()> {
+    pub fn flush(&self) -> Result<()> {
         write_committed(&self.inner)
             .map(|_| ())
             .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))
     }
 
     /// Handles to the log that are still open (this one included).
-    pub(crate) fn open_handles(&self) -> usize {
+    pub fn open_handles(&self) -> usize {
         Arc::strong_count(&self.inner)
     }
 

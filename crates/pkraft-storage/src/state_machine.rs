@@ -47,7 +47,7 @@ pub struct Progress {
 /// What the state machine tells the node as it works: its metrics, the DHT outbox and the
 /// snapshot schedule. The node implements it (storage tests run without), so that the storage
 /// side never reaches into the node.
-pub(crate) trait StateEvents: Send + Sync + 'static {
+pub trait StateEvents: Send + Sync + 'static {
     /// Whether applies should note the keys they store (the DHT outbox is on); asked once per
     /// apply call.
     fn wants_stored_keys(&self) -> bool;
@@ -105,7 +105,7 @@ impl AppliedState {
 
 /// The voters of the membership the state in `store` was applied with (every configuration of
 /// a joint one; empty for a state never applied to).
-pub(crate) fn applied_voters(store: &Store) -> Result<Vec<NodeId>> {
+pub fn applied_voters(store: &Store) -> Result<Vec<NodeId>> {
     let applied = AppliedState::load(store)?;
     Ok(applied.membership.membership().voter_ids().collect())
 }
@@ -168,7 +168,7 @@ impl StateMachine {
     }
 
     /// Tells `events` what happens.
-    pub(crate) fn with_events(mut self, events: Arc<dyn StateEvents>) -> Self {
+    pub fn with_events(mut self, events: Arc<dyn StateEvents>) -> Self {
         self.events = Some(events);
         self
     }
@@ -179,7 +179,7 @@ impl StateMachine {
     /// the state has applied. openraft then purges the log up to the applied entry at start,
     /// which needs a snapshot at least that far along; if the current one is older, one is
     /// built now, from the state. Returns whether it built one.
-    pub(crate) async fn cover_applied_with_snapshot(
+    pub async fn cover_applied_with_snapshot(
         &mut self,
         log_end: Option<LogId<NodeId>>,
     ) -> Result<bool> {
@@ -556,13 +556,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 /// [`snapshot_id`] with the snapshot's size in bytes after it (`…-<bytes>b`), so that a follower
 /// can tell from the first chunk whether it has room to install it
 /// ([`snapshot_bytes_in_id`]).
-pub(crate) fn sized_snapshot_id(last_applied: Option<LogId<NodeId>>, bytes: u64) -> String {
+pub fn sized_snapshot_id(last_applied: Option<LogId<NodeId>>, bytes: u64) -> String {
     format!("{}-{bytes}b", snapshot_id(last_applied))
 }
 
 /// The size a [`sized_snapshot_id`] names; `None` for ids without one (a leader of an older
 /// build, a backup restored by one).
-pub(crate) fn snapshot_bytes_in_id(snapshot_id: &str) -> Option<u64> {
+pub fn snapshot_bytes_in_id(snapshot_id: &str) -> Option<u64> {
     snapshot_id
         .rsplit('-')
         .next()?

@@ -43,7 +43,7 @@ const LEGACY_FILE: &str = "current";
 const LEGACY_MAGIC: &[u8; 8] = b"PKRSMETA";
 const LEGACY_META_MAX: u64 = 1024 * 1024;
 
-pub(crate) type Meta = SnapshotMeta<NodeId, BasicNode>;
+pub type Meta = SnapshotMeta<NodeId, BasicNode>;
 
 /// What `current.meta` holds.
 #[derive(Serialize, Deserialize)]
@@ -54,7 +54,7 @@ struct Pointer {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct SnapshotFile {
+pub struct SnapshotFile {
     dir: PathBuf,
     /// Serializes commits, and loads against the removal of old data files.
     lock: Arc<Mutex<()>>,
@@ -63,7 +63,7 @@ pub(crate) struct SnapshotFile {
 impl SnapshotFile {
     /// Opens the snapshot directory, creating it, moving a snapshot of an earlier build to this
     /// layout, and removing what a crash left half-done (temp files, a data file no pointer names).
-    pub(crate) fn open(dir: PathBuf) -> io::Result<Self> {
+    pub fn open(dir: PathBuf) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
         let file = SnapshotFile {
             dir,
@@ -92,7 +92,7 @@ impl SnapshotFile {
     }
 
     /// Where a snapshot build writes its data before [`SnapshotFile::commit`].
-    pub(crate) fn build_path(&self) -> PathBuf {
+    pub fn build_path(&self) -> PathBuf {
         self.dir.join(BUILD_TMP)
     }
 
@@ -126,7 +126,7 @@ impl SnapshotFile {
     /// Makes the data at `data` (a complete, fsynced file in this directory: the build or the
     /// incoming file) the current snapshot, unless the current one covers more of the log.
     /// Returns whether it did; either way `data` is gone afterwards, unless it fails.
-    pub(crate) fn commit(&self, meta: &Meta, data: &Path) -> io::Result<bool> {
+    pub fn commit(&self, meta: &Meta, data: &Path) -> io::Result<bool> {
         let _serialized = self
             .lock
             .lock()
@@ -170,12 +170,12 @@ impl SnapshotFile {
     }
 
     /// The current snapshot's meta, without opening its data.
-    pub(crate) fn load_meta(&self) -> io::Result<Option<Meta>> {
+    pub fn load_meta(&self) -> io::Result<Option<Meta>> {
         Ok(self.read_pointer()?.map(|pointer| pointer.meta))
     }
 
     /// The current snapshot's data file, if there is one.
-    pub(crate) fn data_path(&self) -> io::Result<Option<PathBuf>> {
+    pub fn data_path(&self) -> io::Result<Option<PathBuf>> {
         Ok(self
             .read_pointer()?
             .map(|pointer| self.dir.join(pointer.data_file)))

@@ -10,7 +10,7 @@ use pkraft_store::{StreamCheck, StreamVerdict};
 
 /// The snapshot being received, if its chunks have come in order from the start.
 #[derive(Default)]
-pub(crate) struct SnapshotReceipt {
+pub struct SnapshotReceipt {
     current: Mutex<Option<Receiving>>,
 }
 
@@ -25,7 +25,7 @@ impl SnapshotReceipt {
     /// whether the whole snapshot may be installed: `Err` with the reason if it failed its check,
     /// or if its chunks did not all come in order (then the leader's next attempt, which starts
     /// over, is checked).
-    pub(crate) fn chunk(
+    pub fn chunk(
         &self,
         snapshot_id: &str,
         offset: u64,

@@ -72,7 +72,7 @@ const SCRUB_REBUILT_MAX: usize = 64;
 
 /// How a damaged state store was rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Rebuilt {
+pub enum Rebuilt {
     /// From the node's own snapshot (through this index) and the log after it.
     OwnSnapshot { through: Option<u64> },
     /// From the whole log, which was never purged.
@@ -84,7 +84,7 @@ pub(crate) enum Rebuilt {
 /// Opens the state store `opened` came from, or rebuilds it if it is damaged (see the module
 /// docs). `has_peers`: this node's snapshot has other voters (the applied membership is not
 /// asked: it may be what is damaged; the log's last membership is asked here).
-pub(crate) fn open_whole(
+pub fn open_whole(
     data_dir: &Path,
     opened: Result<Store, StoreError>,
     cache_bytes: usize,
@@ -283,7 +283,7 @@ fn import(store: &Store, meta: &Meta, data: &mut File) -> Result<(), StoreError>
 /// The voters of the membership this node's current snapshot holds (none if it has no
 /// snapshot, or its pointer cannot be read): what the node knows of its cluster when its state
 /// cannot be read.
-pub(crate) fn snapshot_voters(data_dir: &Path) -> Vec<NodeId> {
+pub fn snapshot_voters(data_dir: &Path) -> Vec<NodeId> {
     SnapshotFile::open(data_dir.join(SNAPSHOT_DIR))
         .and_then(|snapshot_file| snapshot_file.load_meta())
         .ok()
@@ -314,12 +314,12 @@ fn set_aside(data_dir: &Path, state: &Path) -> std::io::Result<PathBuf> {
 
 /// Records, durably, that the running node's scrub found its state damaged (`finding`, one
 /// line): the next start rebuilds it.
-pub(crate) fn mark_damaged(data_dir: &Path, finding: &str) -> std::io::Result<()> {
+pub fn mark_damaged(data_dir: &Path, finding: &str) -> std::io::Result<()> {
     write_synced(data_dir, STATE_DAMAGED_FILE, finding)
 }
 
 /// Whether a rebuild of the state from the cluster was for `finding` (the scrub's).
-pub(crate) fn rebuilt_for(data_dir: &Path, finding: &str) -> bool {
+pub fn rebuilt_for(data_dir: &Path, finding: &str) -> bool {
     rebuilt_findings(data_dir)
         .iter()
         .any(|rebuilt| rebuilt == finding)

@@ -1,6 +1,6 @@
 //! The storage side of a node: what openraft's storage traits need and nothing of the node
-//! service. It never imports `crate::node` or any module of the service (the write path,
-//! leadership, reads, membership, the peer network); the node builds on it, as openraft's
+//! service. It depends on neither `pkraft-raft` (the node: the write path, leadership, reads,
+//! membership, the peer network) nor any service crate; the node builds on it, as openraft's
 //! examples and databend-meta split their store from their node. What the state machine has to
 //! tell the node as it works (metrics, the DHT outbox, the snapshot schedule) goes through
 //! [`state_machine::StateEvents`], which the node implements.
@@ -16,21 +16,28 @@
 //!   and log, or from the cluster).
 //! - `codec`: postcard encoding and the blocking-pool helper for storage work.
 
-pub(crate) mod codec;
+// openraft's `StorageError` (224 bytes) is the error type of the storage traits implemented here;
+// the helpers that feed them return it too. Boxing it in between would only add conversions on
+// paths that run once per IO, not per packet.
+#![allow(clippy::result_large_err)]
+
+pub mod codec;
 pub mod log_store;
-pub(crate) mod snapshot_file;
-pub(crate) mod snapshot_receipt;
+pub mod snapshot_file;
+pub mod snapshot_receipt;
 pub mod state_machine;
-pub(crate) mod state_repair;
+pub mod state_repair;
 pub mod type_config;
 
+pub use type_config::{ApplyResult, NodeId, TypeConfig};
+
 /// File names inside the data dir.
-pub(crate) const LOG_DIR: &str = "raft-log";
-pub(crate) const STATE_FILE: &str = "state.redb";
-pub(crate) const SNAPSHOT_DIR: &str = "snapshot";
+pub const LOG_DIR: &str = "raft-log";
+pub const STATE_FILE: &str = "state.redb";
+pub const SNAPSHOT_DIR: &str = "snapshot";
 
 /// The file a snapshot from the leader is received into, in the data dir `data_dir`.
-pub(crate) fn incoming_snapshot_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+pub fn incoming_snapshot_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir
         .join(SNAPSHOT_DIR)
         .join(snapshot_file::INCOMING_TMP)
@@ -38,7 +45,7 @@ pub(crate) fn incoming_snapshot_path(data_dir: &std::path::Path) -> std::path::P
 
 /// What damaged data was found in (the label of `pkraft_storage_damage_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Damaged {
+pub enum Damaged {
     Log,
     Snapshot,
     SnapshotTransfer,
@@ -48,7 +55,7 @@ pub(crate) enum Damaged {
 }
 
 impl Damaged {
-    pub(crate) fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Damaged::Log => "log",
             Damaged::Snapshot => "snapshot",
