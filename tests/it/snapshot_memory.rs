@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pkraft_raft::state_machine::AppliedState;
+use pkraft_storage::state_machine::AppliedState;
 use pkraft_store::Store;
 use pkraft_testkit::pkarr::Keypair;
 use pkraft_testkit::{iroh_packet, keypair};

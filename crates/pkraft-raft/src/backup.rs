@@ -24,11 +24,11 @@ use pkraft_store::{Integrity, SnapshotSummary, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
-use crate::codec::{decode, encode};
-use crate::log_store::LogStore;
 use crate::node::{LOG_DIR, Node, SNAPSHOT_DIR, STATE_FILE};
-use crate::snapshot_file::SnapshotFile;
-use crate::state_machine::{AppliedState, sized_snapshot_id};
+use pkraft_storage::codec::{decode, encode};
+use pkraft_storage::log_store::LogStore;
+use pkraft_storage::snapshot_file::SnapshotFile;
+use pkraft_storage::state_machine::{AppliedState, sized_snapshot_id};
 
 const MAGIC: &[u8; 8] = b"PKRBAK1\0";
 const CRC_LEN: u64 = 4;

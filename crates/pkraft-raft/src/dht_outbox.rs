@@ -68,7 +68,7 @@ struct Pending {
     failures: u8,
 }
 
-pub use crate::storage::state_machine::Progress;
+pub use pkraft_storage::state_machine::Progress;
 
 /// A key the publisher should put now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

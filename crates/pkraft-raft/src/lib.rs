@@ -1,15 +1,12 @@
-//! Consensus for pkraft: openraft 0.9 over redb, and the [`Node`] handle the rest of the daemon
-//! uses. openraft types stop here: callers see [`Node::publish`], [`Published`] and
-//! [`PublishError`].
+//! Consensus for pkraft: openraft 0.9 over the storage of `pkraft-storage`, and the [`Node`]
+//! handle the rest of the daemon uses. openraft types stop here: callers see
+//! [`Node::publish`], [`Published`] and [`PublishError`].
 //!
 //! # Layout
-//! Two sides: [`storage`], what openraft's storage traits need, which never imports the node
-//! service; and the node service built on it.
+//! The node service, built on `pkraft-storage` (the type config, the Raft log, the state
+//! machine, snapshot files and the repair of a damaged `state.redb`), which never imports it:
+//! what the state machine tells the node goes through `StateEvents`, implemented in `start`.
 //!
-//! - [`storage`]: the type config, the Raft log ([`log_store`], `raft-log/`), the state machine
-//!   ([`state_machine`], applying entries to `state.redb` and keeping snapshots in
-//!   `snapshot/`), snapshot files and their checks on receipt, the repair of a damaged
-//!   `state.redb`, and the codec.
 //! - [`node`]: [`Node`]: the node's state and the small core of handles every other module
 //!   shares, shutdown, a watch for fatal errors. `start`: [`Node::start`] (bootstrapping or
 //!   joining), where the parts are put together; the only module that imports them all.
@@ -38,9 +35,9 @@
 //!   free-space reserve, PreVote, the node's metrics.
 //! - [`settings`]: the `[raft]` config section.
 
-// openraft's `StorageError` (224 bytes) is the error type of the storage traits implemented here;
-// the helpers that feed them return it too. Boxing it in between would only add conversions on
-// paths that run once per IO, not per packet.
+// openraft's `StorageError` (224 bytes) is the error type of the storage traits (pkraft-storage)
+// that the node's start-up and backup call, and they return it on. Boxing it in between would
+// only add conversions on paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
 mod acme_challenges;
@@ -69,11 +66,6 @@ mod start;
 mod store_cap;
 pub mod write_path;
 
-// The storage crate's modules, at the paths they had inside this crate (`crate::log_store`).
-use pkraft_storage as storage;
-pub(crate) use pkraft_storage::{codec, snapshot_file, snapshot_receipt, state_repair};
-pub use pkraft_storage::{log_store, state_machine, type_config};
-
 pub use acme_challenges::ChallengeHolder;
 pub use cluster_clock::{ClockReport, ClockState, ClusterTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
@@ -81,8 +73,10 @@ pub use handover::Handover;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
 pub use node::{Cluster, Node, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
+pub use pkraft_storage::log_store::LogRepair;
+pub use pkraft_storage::state_repair::StateOpenError;
+pub use pkraft_storage::{NodeId, TypeConfig};
 pub use reads::{Consistency, ReadError, Readiness, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
 pub use start::task;
-pub use type_config::{NodeId, TypeConfig};
 pub use write_path::{PublishError, Published};

@@ -64,7 +64,7 @@ pub struct NodeStatus {
     /// Entries the node's log lost to damage and has not received again from a leader
     /// (docs/OPERATIONS.md, "Repair"); absent when whole.
     #[serde(default)]
-    pub log_repair: Option<crate::log_store::LogRepair>,
+    pub log_repair: Option<pkraft_storage::log_store::LogRepair>,
     /// The node's clock against the cluster's (`cluster_clock`); absent from older nodes.
     #[serde(default)]
     pub clock: Option<crate::cluster_clock::ClockReport>,

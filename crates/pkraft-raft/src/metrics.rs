@@ -16,9 +16,9 @@ use prometheus::{
     Registry, exponential_buckets,
 };
 
-use crate::log_store::LogStore;
-pub(crate) use crate::storage::Damaged;
-use crate::type_config::TypeConfig;
+use crate::TypeConfig;
+pub(crate) use pkraft_storage::Damaged;
+use pkraft_storage::log_store::LogStore;
 
 /// Events counted as they happen.
 pub(crate) struct NodeMetrics {

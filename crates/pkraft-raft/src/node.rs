@@ -15,20 +15,20 @@ use crate::dht_outbox::DhtOutbox;
 use crate::disk_space::DiskSpace;
 use crate::freshness::Freshness;
 use crate::leadership::Leadership;
-use crate::log_store::LogStore;
 use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient};
 use crate::settings::SettingsError;
 use crate::snapshot_schedule::BuildTimes;
 use crate::write_path::queue::WritePath;
 use crate::{NodeId, TypeConfig};
+use pkraft_storage::log_store::LogStore;
 
 /// How long `shutdown` waits for openraft to stop, and then for its background tasks (the state
 /// machine worker, a snapshot build) to release the databases.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for that release.
 const RELEASE_POLL: Duration = Duration::from_millis(5);
-pub(crate) use crate::storage::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
+pub(crate) use pkraft_storage::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 /// Where pkraft before log schema 2 kept its Raft log (entries in a redb table).
 pub(crate) const LOG_FILE_V1: &str = "raft-log.redb";
 /// Written, fsynced, by a clean stop after the state is flushed; removed (durably) at start. Its
@@ -47,7 +47,7 @@ pub enum StartError {
     #[error("state store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
-    State(#[from] crate::state_repair::StateOpenError),
+    State(#[from] pkraft_storage::state_repair::StateOpenError),
     #[error("raft log: {0}")]
     Log(#[from] StorageError<NodeId>),
     #[error(transparent)]
@@ -158,7 +158,7 @@ pub struct Node {
     /// Linearizable reads waiting for a shared read-index round (`read_index`).
     pub(crate) read_index: crate::read_index::ReadIndexQueue,
     /// The snapshot being received from the leader, checked chunk by chunk.
-    pub(crate) snapshot_receipt: crate::snapshot_receipt::SnapshotReceipt,
+    pub(crate) snapshot_receipt: pkraft_storage::snapshot_receipt::SnapshotReceipt,
     /// Set when the node must stop although Raft runs on (the scrub found damage that a
     /// restart repairs); [`Node::wait_fatal`] reports it.
     pub(crate) stop_reason: tokio::sync::watch::Sender<Option<String>>,

@@ -36,12 +36,12 @@ use std::time::{Duration, Instant};
 use pkraft_store::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
 use pkraft_types::KeyBytes;
 
-use crate::log_store::Damage;
 use crate::metrics::Damaged;
 use crate::node::Node;
 use crate::peer::{PacketCopy, path};
 use crate::settings::Settings;
-use crate::state_repair;
+use pkraft_storage::log_store::Damage;
+use pkraft_storage::state_repair;
 
 /// Bytes read back in one step of the log sweep (each step holds the log's read lock, which a
 /// truncation waits for), and at least one record.

@@ -20,7 +20,7 @@ use openraft::{Raft, RaftMetrics};
 use tokio::time::Instant;
 
 use crate::disk_space::DiskSpace;
-use crate::type_config::{NodeId, TypeConfig};
+use crate::{NodeId, TypeConfig};
 
 /// The pause after a build, as a multiple of its duration: builds take at most
 /// 1 / (1 + `BUILD_PAUSE_FACTOR`) of the time.

@@ -20,7 +20,6 @@ use crate::disk_space::DiskSpace;
 use crate::expiry::ExpiryLedger;
 use crate::freshness::Freshness;
 use crate::leadership::Leadership;
-use crate::log_store::LogStore;
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::node::{
     CLEAN_STOP_FILE, Cluster, Core, LOG_DIR, LOG_FILE_V1, Node, SNAPSHOT_DIR, STATE_FILE,
@@ -29,11 +28,12 @@ use crate::node::{
 use crate::peer::{PeerClient, PeerNetwork};
 use crate::settings::Settings;
 use crate::snapshot_schedule::BuildTimes;
-use crate::state_machine::{Progress, StateEvents, StateMachine};
-use crate::state_repair;
 use crate::store_cap::{self, StoreCap};
 use crate::write_path::queue::WritePath;
 use crate::{NodeId, TypeConfig};
+use pkraft_storage::log_store::LogStore;
+use pkraft_storage::state_machine::{Progress, StateEvents, StateMachine};
+use pkraft_storage::state_repair;
 use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
 
 /// How long a restarted node may take to apply the log it holds; past it the start fails rather
@@ -77,7 +77,7 @@ impl Node {
             .into_iter()
             .any(|voter| voter != id);
         let applied_peers = match &opened {
-            Ok(store) => crate::state_machine::applied_voters(store)
+            Ok(store) => pkraft_storage::state_machine::applied_voters(store)
                 .unwrap_or_default()
                 .into_iter()
                 .any(|voter| voter != id),

@@ -29,11 +29,11 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::tls::PeerTls;
 use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
-use crate::codec::{decode, encode};
 use crate::leadership::Silenced;
 use crate::quorum::QuorumContact;
 use crate::settings::SNAPSHOT_CHUNK_TIMEOUT;
 use crate::{NodeId, TypeConfig};
+use pkraft_storage::codec::{decode, encode};
 
 /// How long opening a TCP connection to a peer may take. A peer that does not accept within it
 /// is treated as down (openraft then backs off instead of piling up requests).

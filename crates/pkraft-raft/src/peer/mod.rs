@@ -173,7 +173,7 @@ pub enum MembershipChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{decode, encode};
+    use pkraft_storage::codec::{decode, encode};
 
     /// Goal: forwarded publishes keep working across a rolling upgrade. A leader of an older
     /// build decodes a new follower's request (the trailing flag is ignored); a new leader

@@ -27,16 +27,16 @@ use super::{
     ForwardedPublish, LegacyForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path,
 };
 use crate::acme_challenges::ChallengeRequest;
-use crate::codec::{decode, encode};
 use crate::membership::MembershipRequest;
 use crate::metrics::Damaged;
 use crate::node::Node;
 use crate::pre_vote::PreVoteRequest;
 use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
-use crate::storage::incoming_snapshot_path;
-use crate::storage::state_machine::snapshot_bytes_in_id;
 use crate::write_path::PublishError;
 use crate::{NodeId, TypeConfig};
+use pkraft_storage::codec::{decode, encode};
+use pkraft_storage::incoming_snapshot_path;
+use pkraft_storage::state_machine::snapshot_bytes_in_id;
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
 /// Longest a peer request may take, but a snapshot chunk: the longest of the routes' own bounds

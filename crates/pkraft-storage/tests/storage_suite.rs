@@ -5,9 +5,9 @@
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{ErrorSubject, ErrorVerb, StorageError, StorageIOError};
-use pkraft_raft::log_store::LogStore;
-use pkraft_raft::state_machine::StateMachine;
-use pkraft_raft::{NodeId, TypeConfig};
+use pkraft_storage::log_store::LogStore;
+use pkraft_storage::state_machine::StateMachine;
+use pkraft_storage::{NodeId, TypeConfig};
 use pkraft_store::Store;
 
 /// Fresh storage whose log starts a new segment at `segment_bytes` (`None`: the default size).
