@@ -806,7 +806,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// openraft's path once a second showed as a PUT p99 tail), and a clean stop writes the last
     /// one ([`LogStore::flush`]). A stale value only makes a restart re-apply
     /// less on its own: a single voter then commits the rest of its log as soon as it leads
-    /// again, and `Node::start` waits for that before serving; a cluster member gets the commit
+    /// again, and pkraft-raft's `Node::start` waits for that before serving; a cluster member gets the commit
     /// index from its leader, and until then serves a replica up to about that interval older
     /// than before the crash.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {

@@ -110,7 +110,7 @@ pub fn applied_voters(store: &Store) -> Result<Vec<NodeId>> {
     Ok(applied.membership.membership().voter_ids().collect())
 }
 
-/// What an apply call tells the [`DhtOutbox`].
+/// What an apply call tells the DHT outbox (through [`StateEvents`]).
 #[derive(Default)]
 struct OutboxNotes {
     /// Keys whose packet changed, with the index of the entry that changed them.
