@@ -804,11 +804,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// memory; a task of its own writes the latest to disk at most once per
     /// [`COMMITTED_SYNC_INTERVAL`] and at most that long after it changed (an fsync on
     /// openraft's path once a second showed as a PUT p99 tail), and a clean stop writes the last
-    /// one ([`LogStore::flush`]). A stale value only makes a restart re-apply
-    /// less on its own: a single voter then commits the rest of its log as soon as it leads
-    /// again, and pkraft-raft's `Node::start` waits for that before serving; a cluster member gets the commit
-    /// index from its leader, and until then serves a replica up to about that interval older
-    /// than before the crash.
+    /// one ([`LogStore::flush`]). A stale value only makes a restart re-apply less on its own:
+    /// a single voter then commits the rest of its log as soon as it leads again, and
+    /// pkraft-raft's `Node::start` waits for that before serving; a cluster member gets the
+    /// commit index from its leader, and until then serves a replica up to about that interval
+    /// older than before the crash.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
         let delay = {
             let mut state =
