@@ -167,8 +167,11 @@ bench-memory:
 ## slow and keep-alive connections, strangers on the peer and admin listeners, 100,000 requests
 ## with made-up methods and paths, a UDP flood from 10,000 networks (PHASE_SECONDS, default 20,
 ## per attack; FLOOD_CONNECTIONS, default 5,000; about 8 minutes in all; docs/TESTING.md);
-## then admission against a 3-node release cluster: republishes during a new-key flood from 256
-## addresses, 1,000 endpoints behind one address, the flood against a cap (about 6 minutes).
+## then admission against a 3-node release cluster: republishes during new-key floods from 256
+## addresses, 256 /56s of one /48 and 4,096 addresses of 16 /24s, changes to 500 stored keys,
+## 1,000 endpoints behind one address, a flood refused whole, the flood against a cap, 100,000
+## keys republished from one address following Retry-After (about 11 minutes), and the fair
+## shares of the resolve, DoH and UDP budgets (about 23 minutes in all).
 ## Silent and one-way partitions beside kills: 3 release nodes in network namespaces, the leader
 ## SIGKILLed or cut off by iptables drops (20 trials each, 5 of each one-way cut), then followers
 ## cut off for 30 s and healed, with and without PreVote (root, ip, iptables; about 8 minutes).

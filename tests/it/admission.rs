@@ -361,7 +361,6 @@ async fn floods_of_new_keys_and_of_stored_keys_leave_a_clusters_endpoints_served
             let mut statuses = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for round in 0..u64::from(u8::MAX) {
                 tick.tick().await;
                 if Instant::now() >= until {
@@ -568,7 +567,6 @@ async fn a_heavy_republisher_following_retry_after_stores_every_key_and_leaves_o
         async move {
             let mut statuses = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             for round in 0..5 {
                 tick.tick().await;

@@ -1,6 +1,8 @@
 //! Helpers for everything the Raft layer writes to disk: the binary encoding (postcard: compact,
 //! and non-self-describing, so a type change shows up as a decode error instead of silent
-//! garbage), and running blocking storage work off the async workers.
+//! garbage), and running blocking storage work off the async workers. [`encode`] and [`decode`]
+//! are also the peer wire's encoding (pkraft-raft's RPC bodies) and the backup header's: a
+//! change here changes those too.
 
 use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
 use serde::Serialize;
@@ -10,10 +12,12 @@ use super::type_config::NodeId;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `value` in postcard: log entries, the vote, snapshot metadata, peer messages.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
     postcard::to_stdvec(value)
 }
 
+/// What [`encode`] wrote; bytes of another type or layout are an error, not a value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
 }

@@ -31,9 +31,11 @@ pub mod type_config;
 
 pub use type_config::{ApplyResult, NodeId, TypeConfig};
 
-/// File names inside the data dir.
+/// The Raft log's directory inside the data dir.
 pub const LOG_DIR: &str = "raft-log";
+/// The state store's file inside the data dir.
 pub const STATE_FILE: &str = "state.redb";
+/// The snapshot directory inside the data dir.
 pub const SNAPSHOT_DIR: &str = "snapshot";
 
 /// The file a snapshot from the leader is received into, in the data dir `data_dir`.
