@@ -23,23 +23,7 @@ mod tests {
     /// layer nor the DHT bridge. A new pkraft dependency here must be a decision, not a slip.
     #[test]
     fn the_dns_crate_depends_on_store_types_limits_and_tasks_only() {
-        let manifest = include_str!("../Cargo.toml");
-        let mut in_dependencies = false;
-        let mut ours = Vec::new();
-        for line in manifest.lines().map(str::trim) {
-            if line.starts_with('[') {
-                in_dependencies = line == "[dependencies]"
-                    || (line.starts_with("[target.") && line.ends_with(".dependencies]"));
-                continue;
-            }
-            if in_dependencies
-                && let Some((name, _)) = line.split_once(['.', ' ', '='])
-                && name.starts_with("pkraft")
-            {
-                ours.push(name.to_string());
-            }
-        }
-        ours.sort();
+        let ours = pkraft_testkit::manifest::pkraft_dependencies(include_str!("../Cargo.toml"));
         assert_eq!(
             ours,
             [

@@ -67,3 +67,15 @@ impl Damaged {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// ARCHITECTURE.md: storage depends on neither the node (pkraft-raft) nor a service crate,
+    /// only on the state store and the domain types. A new pkraft dependency here must be a
+    /// decision, not a slip.
+    #[test]
+    fn the_storage_crate_depends_on_store_and_types_only() {
+        let ours = pkraft_testkit::manifest::pkraft_dependencies(include_str!("../Cargo.toml"));
+        assert_eq!(ours, ["pkraft-store", "pkraft-types"]);
+    }
+}

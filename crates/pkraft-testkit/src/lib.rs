@@ -6,12 +6,14 @@
 //! [`node`] (listen flags and lines, config files), [`process`] (a running node on port 0),
 //! [`cluster`] (a node's proxy, config and data dir), [`proxy`] (the fault-injecting peer proxy),
 //! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`rng`] (a seeded
-//! generator that never changes), [`clock`] (a node's wall clock stepped by the test).
+//! generator that never changes), [`clock`] (a node's wall clock stepped by the test),
+//! [`manifest`] (which pkraft crates a manifest depends on, for the layering guards).
 
 pub mod clock;
 pub mod cluster;
 pub mod damage;
 pub mod lossy;
+pub mod manifest;
 pub mod netns;
 pub mod node;
 pub mod ports;
