@@ -14,9 +14,9 @@
 //! read from the store with the [`KeyVersion`](pkraft_store::KeyVersion) read before it. The entry is served only while
 //! that key is still at its version, so a packet applied to the local replica retires the
 //! answers that used it at once. Answers that read no key (the apex, names that are no key)
-//! depend on the config and on the ACME challenge board (a name above a challenge exists): they
-//! are served only while the board is at the generation read before the answer was built, and
-//! not past the end of the first value it answered then (values end without a change). What
+//! depend on the config and on the short-lived records (a name above one exists): they are
+//! served only while the records are at the generation read before the answer was built, and
+//! not past the end of the first record answered then (records end without a change). What
 //! hickory's chain answers is not kept: it may have asked the DHT, which no version covers.
 //!
 //! # Which answers are kept
@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hickory_proto::op::ResponseCode;
 use pkraft_store::Store;
-use pkraft_types::acme_challenge::ChallengeBoard;
+use pkraft_types::short_lived::ShortLivedRecords;
 use pkraft_types::unix_micros_now;
 
 use crate::zone::Read;
@@ -55,18 +55,18 @@ const ENTRY_OVERHEAD: usize = 256;
 /// The size of an entry for an iroh `_iroh` TXT answer, to size the map up front.
 const TYPICAL_ENTRY_BYTES: u64 = 512;
 
-/// What an answer that read no key depended on of the ACME challenge board.
+/// What an answer that read no key depended on of the short-lived records.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BoardStamp {
+pub(crate) struct ShortLivedStamp {
     generation: u64,
-    /// When the first value the board answered then ends (µs since the epoch; `u64::MAX`:
+    /// When the first record answered then ends (µs since the epoch; `u64::MAX`:
     /// none).
     ends_at: u64,
 }
 
-impl BoardStamp {
-    /// For a cache without a board.
-    const NO_BOARD: BoardStamp = BoardStamp {
+impl ShortLivedStamp {
+    /// For a cache without short-lived records.
+    const NONE: ShortLivedStamp = ShortLivedStamp {
         generation: 0,
         ends_at: u64::MAX,
     };
@@ -75,8 +75,8 @@ impl BoardStamp {
 /// One cached answer.
 struct Entry {
     read: Option<Read>,
-    /// For an answer that read no key: the challenge board before it was built.
-    board: BoardStamp,
+    /// For an answer that read no key: the short-lived records before it was built.
+    short_lived: ShortLivedStamp,
     /// The answer as encoded for the query that filled the entry (its ID included).
     wire: Box<[u8]>,
 }
@@ -84,8 +84,8 @@ struct Entry {
 /// Ready answers; see the module docs.
 pub(crate) struct AnswerCache {
     store: Store,
-    /// The ACME challenges the zones answer from, if any (module docs).
-    board: Option<Arc<ChallengeBoard>>,
+    /// The short-lived records the zones answer from, if any (module docs).
+    short_lived: Option<Arc<ShortLivedRecords>>,
     entries: quick_cache::sync::Cache<Box<[u8]>, Arc<Entry>, Weight>,
     /// The queries seen once, whose next miss is kept.
     seen: SeenOnce,
@@ -93,14 +93,18 @@ pub(crate) struct AnswerCache {
 
 impl AnswerCache {
     /// A cache over `store` holding about `max_bytes` of entries.
-    pub(crate) fn new(store: Store, max_bytes: u64, board: Option<Arc<ChallengeBoard>>) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        max_bytes: u64,
+        short_lived: Option<Arc<ShortLivedRecords>>,
+    ) -> Self {
         let estimated_entries = usize::try_from(max_bytes / TYPICAL_ENTRY_BYTES)
             .unwrap_or(usize::MAX)
             .max(16);
         let entries = quick_cache::sync::Cache::with_weighter(estimated_entries, max_bytes, Weight);
         AnswerCache {
             store,
-            board,
+            short_lived,
             entries,
             seen: SeenOnce::new(estimated_entries),
         }
@@ -119,7 +123,7 @@ impl AnswerCache {
         };
         let current = match &entry.read {
             Some((read_key, version)) => self.store.key_version(read_key) == *version,
-            None => self.board_unchanged_since(entry.board),
+            None => self.short_lived_unchanged_since(entry.short_lived),
         };
         if !current {
             return false;
@@ -130,29 +134,37 @@ impl AnswerCache {
         true
     }
 
-    /// The challenge board now; taken before building an answer to [`AnswerCache::insert`].
-    pub(crate) fn board_stamp(&self) -> BoardStamp {
-        match &self.board {
-            None => BoardStamp::NO_BOARD,
-            Some(board) => BoardStamp {
-                generation: board.generation(),
-                ends_at: board.next_end(unix_micros_now()).unwrap_or(u64::MAX),
+    /// The short-lived records now; taken before building an answer to
+    /// [`AnswerCache::insert`].
+    pub(crate) fn short_lived_stamp(&self) -> ShortLivedStamp {
+        match &self.short_lived {
+            None => ShortLivedStamp::NONE,
+            Some(records) => ShortLivedStamp {
+                generation: records.generation(),
+                ends_at: records.next_end(unix_micros_now()).unwrap_or(u64::MAX),
             },
         }
     }
 
-    /// Whether what the board answers is still what it answered at `stamp`.
-    fn board_unchanged_since(&self, stamp: BoardStamp) -> bool {
-        let Some(board) = &self.board else {
+    /// Whether the short-lived records answered are still those answered at `stamp`.
+    fn short_lived_unchanged_since(&self, stamp: ShortLivedStamp) -> bool {
+        let Some(records) = &self.short_lived else {
             return true;
         };
-        board.generation() == stamp.generation
+        records.generation() == stamp.generation
             && (stamp.ends_at == u64::MAX || unix_micros_now() < stamp.ends_at)
     }
 
-    /// Keeps `wire`, the answer to `query`, which read `read` (and the challenge board as
-    /// `board` says), unless it must not be cached or `query` was not seen before (module docs).
-    pub(crate) fn insert(&self, query: &[u8], wire: &[u8], read: Option<Read>, board: BoardStamp) {
+    /// Keeps `wire`, the answer to `query`, which read `read` (and the short-lived records as
+    /// `short_lived` says), unless it must not be cached or `query` was not seen before (module
+    /// docs).
+    pub(crate) fn insert(
+        &self,
+        query: &[u8],
+        wire: &[u8],
+        read: Option<Read>,
+        short_lived: ShortLivedStamp,
+    ) {
         let Some(key) = cache_key(query) else {
             return;
         };
@@ -168,7 +180,7 @@ impl AnswerCache {
         }
         let entry = Entry {
             read,
-            board,
+            short_lived,
             wire: wire.into(),
         };
         self.entries.insert(key.into(), Arc::new(entry));

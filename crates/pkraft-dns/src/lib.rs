@@ -53,3 +53,4 @@ pub use missing_keys::MissingKeys;
 pub use server::{AnswerSources, DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};
 pub use udp::UDP_TASK;
+pub use zone::ShortLivedNames;

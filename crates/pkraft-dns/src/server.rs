@@ -19,8 +19,6 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use pkraft_types::acme_challenge::ChallengeBoard;
-
 use crate::answer_cache::AnswerCache;
 use crate::answerer::{Answerer, CountedHandler, SharedHandler};
 use crate::direct::DirectAnswers;
@@ -32,7 +30,7 @@ use crate::rrl::Rrl;
 use crate::settings::{Settings, SettingsError};
 use crate::tcp::{self, TcpFrontend};
 use crate::udp::{self, UdpFrontend};
-use crate::zone::PkarrZone;
+use crate::zone::{PkarrZone, ShortLivedNames};
 
 /// Attempts to find a port free for both UDP and TCP when the configured port is 0.
 const SHARED_PORT_ATTEMPTS: usize = 16;
@@ -72,9 +70,9 @@ pub struct DnsServer {
 pub struct AnswerSources {
     /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
     pub dht: Option<Arc<dyn MissingKeys>>,
-    /// The ACME DNS-01 challenges committed through the cluster, answered at
-    /// `_acme-challenge.<name>` under an origin.
-    pub acme_challenges: Option<Arc<ChallengeBoard>>,
+    /// The short-lived records committed through the cluster, and the names they are answered
+    /// at.
+    pub short_lived: Option<ShortLivedNames>,
 }
 
 impl DnsServer {
@@ -96,10 +94,7 @@ impl DnsServer {
         freshness: FreshnessProbe,
         sources: AnswerSources,
     ) -> Result<DnsServer, DnsError> {
-        let AnswerSources {
-            dht,
-            acme_challenges,
-        } = sources;
+        let AnswerSources { dht, short_lived } = sources;
         let zones = settings.zones()?;
         let records = Arc::new(RecordCache::new(
             store.clone(),
@@ -113,7 +108,7 @@ impl DnsServer {
                 &zones,
                 records.clone(),
                 dht.clone(),
-                acme_challenges.clone(),
+                short_lived.clone(),
             ));
             pkarr_zones.push(zone.clone());
             let zone: Arc<dyn ZoneHandler> = zone;
@@ -169,8 +164,10 @@ impl DnsServer {
             0
         };
         let udp_frontend = if settings.direct_answers || rrl.is_some() {
-            let answers = (answer_cache_bytes > 0)
-                .then(|| AnswerCache::new(store, answer_cache_bytes, acme_challenges.clone()));
+            let answers = (answer_cache_bytes > 0).then(|| {
+                let records = short_lived.as_ref().map(|names| names.records.clone());
+                AnswerCache::new(store, answer_cache_bytes, records)
+            });
             let frontend = Arc::new(UdpFrontend::new(
                 handler,
                 answers,

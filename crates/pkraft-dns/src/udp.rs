@@ -160,15 +160,16 @@ impl UdpFrontend {
         stale: bool,
         out: &mut Vec<u8>,
     ) -> Direct {
-        // Before the answer is built: a change of the board after it retires the entry.
-        let board = self.answers.as_ref().map(AnswerCache::board_stamp);
+        // Before the answer is built: a change of the short-lived records after it retires the
+        // entry.
+        let short_lived = self.answers.as_ref().map(AnswerCache::short_lived_stamp);
         let direct =
             self.handler
                 .answer_direct(query, src, Protocol::Udp, stale, self.payload_max, out);
-        if let (Direct::Answered(Some(Cacheable { read, .. })), Some(answers), Some(board)) =
-            (&direct, &self.answers, board)
+        if let (Direct::Answered(Some(Cacheable { read, .. })), Some(answers), Some(short_lived)) =
+            (&direct, &self.answers, short_lived)
         {
-            answers.insert(query, out, *read, board);
+            answers.insert(query, out, *read, short_lived);
         }
         direct
     }

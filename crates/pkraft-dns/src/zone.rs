@@ -24,9 +24,9 @@ use hickory_server::zone_handler::{
 use std::sync::Arc;
 
 use pkraft_store::{AnswersRow, KeyVersion, StoreError};
-use pkraft_types::acme_challenge::{ChallengeBoard, is_challenge_label};
 use pkraft_types::compiled::{CompiledLookup, CompiledPacket, labels_below_key};
 use pkraft_types::packet::dns_records;
+use pkraft_types::short_lived::ShortLivedRecords;
 use pkraft_types::{KeyBytes, decode_z32_key, unix_micros_now};
 
 use crate::missing_keys::MissingKeys;
@@ -38,8 +38,9 @@ use crate::settings::{TtlBounds, Zones};
 const SOA_REFRESH_SECS: i32 = 3_600;
 const SOA_RETRY_SECS: i32 = 600;
 const SOA_EXPIRE_SECS: i32 = 1_209_600;
-/// The TTL of an ACME challenge's TXT records: none, the value changes with every order.
-const CHALLENGE_TTL_SECS: u32 = 0;
+/// The TTL of a short-lived record: none, its value may change at any time (an ACME DNS-01
+/// challenge's changes with every order).
+const SHORT_LIVED_TTL_SECS: u32 = 0;
 
 /// The records at an origin's apex, built once from the settings.
 #[derive(Debug)]
@@ -122,6 +123,28 @@ fn hostmaster(origin: &Name) -> Name {
         .unwrap_or_else(|_| origin.clone())
 }
 
+/// The short-lived records committed through the cluster ([`pkraft_types::short_lived`]) and
+/// the names a zone answers them at: those whose leftmost label is `first_label` (any case).
+/// Such a name is answered from the records while any is held at it (else as any other name: a
+/// key's packet may have records there), and by hickory's chain only, never by the direct
+/// answers: those are cached with the version of the key they read, and a record comes and goes
+/// with no key's version.
+#[derive(Debug, Clone)]
+pub struct ShortLivedNames {
+    /// The leftmost label of the names answered from `records` (the binary crate's ACME
+    /// DNS-01 client's `_acme-challenge`).
+    pub first_label: String,
+    pub records: Arc<ShortLivedRecords>,
+}
+
+impl ShortLivedNames {
+    /// Whether a name whose leftmost label is `first_label` (any case) is answered from the
+    /// records.
+    fn covers(&self, first_label: &[u8]) -> bool {
+        first_label.eq_ignore_ascii_case(self.first_label.as_bytes())
+    }
+}
+
 /// Answers one origin from the local replica.
 pub struct PkarrZone {
     origin: LowerName,
@@ -129,11 +152,8 @@ pub struct PkarrZone {
     records: Arc<RecordCache>,
     /// Asked for keys the local replica does not hold (`[dht]` with `resolve`).
     dht: Option<Arc<dyn MissingKeys>>,
-    /// ACME DNS-01 challenges committed through the cluster, answered at
-    /// `_acme-challenge.<name>` ([`pkraft_types::acme_challenge`]). Such names are answered by
-    /// hickory's chain only, never by the direct answers: those are cached with the version of
-    /// the key they read, and a challenge comes and goes with no key's version.
-    challenges: Option<Arc<ChallengeBoard>>,
+    /// The short-lived records and their names ([`ShortLivedNames`]).
+    short_lived: Option<ShortLivedNames>,
     failure_log: RateLimitedLog,
     /// Compiled answers that could not be read (damaged on disk).
     damaged_log: RateLimitedLog,
@@ -152,14 +172,14 @@ impl PkarrZone {
         zones: &Zones,
         records: Arc<RecordCache>,
         dht: Option<Arc<dyn MissingKeys>>,
-        challenges: Option<Arc<ChallengeBoard>>,
+        short_lived: Option<ShortLivedNames>,
     ) -> PkarrZone {
         PkarrZone {
             origin: LowerName::new(origin),
             apex: Apex::new(origin, zones),
             records,
             dht,
-            challenges,
+            short_lived,
             failure_log: RateLimitedLog::default(),
             damaged_log: RateLimitedLog::default(),
             ttl: zones.ttl,
@@ -185,37 +205,40 @@ impl PkarrZone {
     /// The answer to `name` (under this origin) and `rtype` from the local replica alone, with
     /// the key it read, if any, and that key's version before the read; `owner` is the name to
     /// put on the answers. `None` when hickory's chain must answer: the DHT must be asked (the
-    /// key is not stored here and `[dht]` resolves), or the name may be an ACME challenge's.
+    /// key is not stored here and `[dht]` resolves), or the name may be a short-lived record's.
     pub(crate) fn lookup_local(
         &self,
         name: &LowerName,
         rtype: RecordType,
         owner: &Name,
     ) -> Option<(Lookup, Option<Read>)> {
-        if self.may_be_challenge(name.iter().next()) {
+        if self.may_be_short_lived(name.iter().next()) {
             return None;
         }
         self.lookup_stored(name, rtype, owner)
     }
 
     /// Whether a name whose leftmost label is `first_label` is left to the chain, which answers
-    /// ACME challenges (see [`PkarrZone::challenges`]).
-    fn may_be_challenge(&self, first_label: Option<&[u8]>) -> bool {
-        self.challenges.is_some() && first_label.is_some_and(is_challenge_label)
+    /// short-lived records ([`ShortLivedNames`]).
+    fn may_be_short_lived(&self, first_label: Option<&[u8]>) -> bool {
+        self.short_lived
+            .as_ref()
+            .zip(first_label)
+            .is_some_and(|(names, label)| names.covers(label))
     }
 
-    /// The TXT values of the ACME challenge at `name`, if there are any now.
-    fn lookup_challenge(
+    /// The TXT values of the short-lived records at `name`, if there are any now.
+    fn lookup_short_lived(
         &self,
         name: &LowerName,
         rtype: RecordType,
         owner: &Name,
     ) -> Option<Lookup> {
-        let board = self.challenges.as_ref()?;
-        if !name.iter().next().is_some_and(is_challenge_label) {
+        let names = self.short_lived.as_ref()?;
+        if !name.iter().next().is_some_and(|label| names.covers(label)) {
             return None;
         }
-        let values = board.values(&name.to_string(), unix_micros_now());
+        let values = names.records.values(&name.to_string(), unix_micros_now());
         if values.is_empty() {
             return None;
         }
@@ -226,7 +249,7 @@ impl PkarrZone {
                     .map(|value| {
                         Record::from_rdata(
                             owner.clone(),
-                            CHALLENGE_TTL_SECS,
+                            SHORT_LIVED_TTL_SECS,
                             RData::TXT(TXT::new(vec![value])),
                         )
                     })
@@ -236,14 +259,14 @@ impl PkarrZone {
         })
     }
 
-    /// A name under the origin whose label left of the origin is no key: NXDOMAIN, unless an
-    /// ACME challenge is answered below it, which makes it exist (NODATA, RFC 8020). The answer
-    /// depends on the board, whose generation the answer cache checks for such answers.
+    /// A name under the origin whose label left of the origin is no key: NXDOMAIN, unless a
+    /// short-lived record is answered below it, which makes it exist (NODATA, RFC 8020). The
+    /// answer depends on the records, whose generation the answer cache checks for such answers.
     fn lookup_without_key(&self, name: &LowerName) -> Lookup {
-        match &self.challenges {
-            Some(board)
-                if !board.is_empty()
-                    && board.has_names_below(&name.to_string(), unix_micros_now()) =>
+        match self.short_lived.as_ref().map(|names| &names.records) {
+            Some(records)
+                if !records.is_empty()
+                    && records.has_names_below(&name.to_string(), unix_micros_now()) =>
             {
                 Lookup::NoData
             }
@@ -295,7 +318,7 @@ impl PkarrZone {
         name: &LowerName,
         rtype: RecordType,
     ) -> Option<(Compiled, Read)> {
-        if *name == self.origin || self.may_be_challenge(name.iter().next()) {
+        if *name == self.origin || self.may_be_short_lived(name.iter().next()) {
             return None;
         }
         let at = self.key_name(name)?;
@@ -325,7 +348,7 @@ impl PkarrZone {
     ) -> Option<(Compiled, Read)> {
         // The apex (no label left of the origin) is not compiled.
         let key_index = origin_at.checked_sub(1)?;
-        if self.may_be_challenge(labels.first().copied()) {
+        if self.may_be_short_lived(labels.first().copied()) {
             return None;
         }
         let (sub, rest) = labels.split_at(key_index);
@@ -413,7 +436,7 @@ impl PkarrZone {
     /// The records for `name` (under this origin, not the apex) and `rtype`; `owner` is the name
     /// to put on the answers. Keys the local replica does not hold are asked of the DHT.
     async fn lookup_key_name(&self, name: &LowerName, rtype: RecordType, owner: &Name) -> Lookup {
-        if let Some(lookup) = self.lookup_challenge(name, rtype, owner) {
+        if let Some(lookup) = self.lookup_short_lived(name, rtype, owner) {
             return lookup;
         }
         if let Some((lookup, _read)) = self.lookup_stored(name, rtype, owner) {

@@ -767,8 +767,9 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
     reference.shutdown().await.expect("shutdown");
 }
 
-/// ACME DNS-01 challenges (`[https.acme]`, `challenge = "dns-01"`) are answered at
-/// `_acme-challenge.<name>` from the challenge board, as they come and go: over UDP with the
+/// Short-lived records, at the names the binary crate's ACME DNS-01 challenges use
+/// (`[https.acme]`, `challenge = "dns-01"`), are answered at `_acme-challenge.<name>`, as they
+/// come and go: over UDP with the
 /// defaults (direct answers and the answer cache, which must not keep a "no such name" from
 /// before the value came, though the same query was asked often enough to be kept) and TCP. A
 /// name above a challenge exists while it is answered (NODATA, RFC 8020), and a key's own
@@ -776,9 +777,9 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
 /// Method: each query asked three times before the value is set, once after, and three times
 /// after it is withdrawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acme_challenges_are_answered_as_they_come_and_go() {
+async fn short_lived_records_are_answered_as_they_come_and_go() {
     use hickory_proto::op::ResponseCode;
-    use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
+    use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
 
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(&dir.path().join("state.redb")).expect("store");
@@ -803,7 +804,7 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
     })
     .expect("apply");
     txn.commit(b"state").expect("commit");
-    let board = Arc::new(ChallengeBoard::default());
+    let board = Arc::new(ShortLivedRecords::default());
     let settings = Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         udp_sockets: 1,
@@ -817,7 +818,10 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
         fresh,
         pkraft_dns::AnswerSources {
             dht: None,
-            acme_challenges: Some(board.clone()),
+            short_lived: Some(pkraft_dns::ShortLivedNames {
+                first_label: "_acme-challenge".to_string(),
+                records: board.clone(),
+            }),
         },
     )
     .await
@@ -846,7 +850,7 @@ async fn acme_challenges_are_answered_as_they_come_and_go() {
             (udp.metadata.response_code, texts)
         }
     };
-    let challenge = |name: &str, value: &str, until_micros: u64| AcmeChallenge {
+    let challenge = |name: &str, value: &str, until_micros: u64| ShortLivedRecord {
         name: name.to_string(),
         value: value.to_string(),
         until_micros,

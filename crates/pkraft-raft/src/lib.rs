@@ -40,7 +40,6 @@
 // only add conversions on paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
-mod acme_challenges;
 pub mod backup;
 pub mod cluster_clock;
 pub mod dht_outbox;
@@ -61,12 +60,12 @@ mod read_index;
 pub mod reads;
 mod scrub;
 pub mod settings;
+mod short_lived;
 mod snapshot_schedule;
 mod start;
 mod store_cap;
 pub mod write_path;
 
-pub use acme_challenges::ChallengeHolder;
 pub use cluster_clock::{ClockReport, ClockState, ClusterTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use handover::Handover;
@@ -78,5 +77,6 @@ pub use pkraft_storage::state_repair::StateOpenError;
 pub use pkraft_storage::{NodeId, TypeConfig};
 pub use reads::{Consistency, ReadError, Readiness, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
+pub use short_lived::RecordHolder;
 pub use start::task;
 pub use write_path::{PublishError, Published};

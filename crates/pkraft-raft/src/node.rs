@@ -9,7 +9,7 @@ use pkraft_store::{Store, StoreError};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
-use pkraft_types::acme_challenge::ChallengeBoard;
+use pkraft_types::short_lived::ShortLivedRecords;
 
 use crate::dht_outbox::DhtOutbox;
 use crate::disk_space::DiskSpace;
@@ -147,8 +147,8 @@ pub struct Node {
     pub(crate) state_file: PathBuf,
     /// What the Mainline DHT publisher has still to put (`dht_outbox`).
     pub(crate) dht_outbox: Arc<DhtOutbox>,
-    /// The ACME DNS-01 challenges this replica's DNS answers (`acme_challenges`).
-    pub(crate) acme_challenges: Arc<ChallengeBoard>,
+    /// The short-lived records this replica's DNS answers (`short_lived`).
+    pub(crate) short_lived: Arc<ShortLivedRecords>,
     /// When the last snapshot build ended, for the snapshot schedule.
     pub(crate) build_times: Arc<BuildTimes>,
     /// The voters' clocks and the log's time: cluster time (`cluster_clock`).

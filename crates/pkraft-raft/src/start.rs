@@ -34,7 +34,7 @@ use crate::{NodeId, TypeConfig};
 use pkraft_storage::log_store::LogStore;
 use pkraft_storage::state_machine::{Progress, StateEvents, StateMachine};
 use pkraft_storage::state_repair;
-use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
+use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
 
 /// How long a restarted node may take to apply the log it holds; past it the start fails rather
 /// than serve older data than the node acknowledged. The state lags the log by at most
@@ -108,7 +108,7 @@ impl Node {
             metrics.damage_found(Damaged::State);
         }
         let dht_outbox = Arc::new(DhtOutbox::default());
-        let acme_challenges = Arc::new(ChallengeBoard::default());
+        let short_lived = Arc::new(ShortLivedRecords::default());
         let build_times = Arc::new(BuildTimes::default());
         let log_time = match store.log_time_micros() {
             Ok(log_time) => log_time,
@@ -132,7 +132,7 @@ impl Node {
             .with_events(Arc::new(StateMachineEvents {
                 metrics: metrics.clone(),
                 dht_outbox: dht_outbox.clone(),
-                acme_challenges: acme_challenges.clone(),
+                short_lived: short_lived.clone(),
                 build_times: build_times.clone(),
                 cluster_clock: cluster_clock.clone(),
                 expiry_ledger: expiry_ledger.clone(),
@@ -238,7 +238,7 @@ impl Node {
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
             dht_outbox,
-            acme_challenges,
+            short_lived,
             build_times,
             cluster_clock,
             expiry_ledger,
@@ -373,7 +373,7 @@ where
 struct StateMachineEvents {
     metrics: Arc<NodeMetrics>,
     dht_outbox: Arc<DhtOutbox>,
-    acme_challenges: Arc<ChallengeBoard>,
+    short_lived: Arc<ShortLivedRecords>,
     build_times: Arc<BuildTimes>,
     cluster_clock: Arc<ClusterClock>,
     expiry_ledger: Arc<ExpiryLedger>,
@@ -410,9 +410,9 @@ impl StateEvents for StateMachineEvents {
         self.metrics.damage_found(what);
     }
 
-    fn acme_challenges(&self, challenges: &[AcmeChallenge]) {
-        for challenge in challenges {
-            self.acme_challenges.apply(challenge);
+    fn short_lived_records(&self, records: &[ShortLivedRecord]) {
+        for record in records {
+            self.short_lived.apply(record);
         }
     }
 }

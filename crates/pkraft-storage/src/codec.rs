@@ -65,13 +65,14 @@ impl std::error::Error for Message {}
 #[cfg(test)]
 mod tests {
     use pkraft_types::Command;
-    use pkraft_types::acme_challenge::AcmeChallenge;
+    use pkraft_types::short_lived::ShortLivedRecord;
 
     use super::*;
 
     /// The log's commands keep their encoding: a variant's index is its first byte, so a
     /// command added anywhere but last would make every replica read old entries as another
-    /// command. `AcmeChallenge` is the fourth.
+    /// command. `ShortLivedRecord` is the fourth (builds before issue 51 wrote the same bytes under
+    /// another name, which must keep reading as this).
     #[test]
     fn commands_keep_their_variant_index() {
         let expire = Command::Expire {
@@ -79,13 +80,13 @@ mod tests {
             limit: 2,
         };
         assert_eq!(encode(&expire).expect("encodes"), [1, 1, 2]);
-        let challenge = Command::AcmeChallenge(AcmeChallenge {
+        let record = Command::ShortLivedRecord(ShortLivedRecord {
             name: "n".to_string(),
             value: "v".to_string(),
             until_micros: 3,
         });
-        let bytes = encode(&challenge).expect("encodes");
+        let bytes = encode(&record).expect("encodes");
         assert_eq!(bytes, [3, 1, b'n', 1, b'v', 3]);
-        assert_eq!(decode::<Command>(&bytes).expect("decodes"), challenge);
+        assert_eq!(decode::<Command>(&bytes).expect("decodes"), record);
     }
 }

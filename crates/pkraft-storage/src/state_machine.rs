@@ -26,7 +26,7 @@ use openraft::{
     RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
 use pkraft_store::Store;
-use pkraft_types::acme_challenge::AcmeChallenge;
+use pkraft_types::short_lived::ShortLivedRecord;
 use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -66,8 +66,8 @@ pub trait StateEvents: Send + Sync + 'static {
     fn snapshot_installed(&self, took: Duration);
     /// Damaged data was found (and not used).
     fn damage_found(&self, what: Damaged);
-    /// Entries applied carried these ACME challenges (in log order), for this replica's DNS.
-    fn acme_challenges(&self, challenges: &[AcmeChallenge]);
+    /// Entries applied carried these short-lived records (in log order), for this replica's DNS.
+    fn short_lived_records(&self, records: &[ShortLivedRecord]);
 }
 
 /// An apply that brings the count of entries applied since the last durable commit to this
@@ -135,7 +135,7 @@ impl OutboxNotes {
                 published_through: *published_through,
                 republished_through: *republished_through,
             }),
-            Command::Expire { .. } | Command::AcmeChallenge(_) => {}
+            Command::Expire { .. } | Command::ShortLivedRecord(_) => {}
         }
     }
 }
@@ -233,12 +233,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .events
             .as_ref()
             .is_some_and(|events| events.wants_stored_keys());
-        let (applied, results, noted, challenges, stamp) =
+        let (applied, results, noted, short_lived, stamp) =
             blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
                 let mut txn = store.begin_apply(durable)?;
                 let mut results = Vec::with_capacity(entries.len());
                 let mut noted = OutboxNotes::default();
-                let mut challenges = Vec::new();
+                let mut short_lived = Vec::new();
                 let mut stamp = None;
                 for entry in entries {
                     // The applied index never goes back (etcd asserts the same): an entry
@@ -258,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 noted.record(entry.log_id.index, &command, &applied.outcomes);
                             }
                             match command {
-                                Command::AcmeChallenge(challenge) => challenges.push(challenge),
+                                Command::ShortLivedRecord(record) => short_lived.push(record),
                                 // 0: the leader knew no agreed time (`cluster_clock`).
                                 Command::Publish {
                                     leader_time_micros, ..
@@ -288,7 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     results.push(result);
                 }
                 txn.commit(&encode(&applied)?)?;
-                Ok((applied, results, noted, challenges, stamp))
+                Ok((applied, results, noted, short_lived, stamp))
             })
             .await?;
         if noting && let (Some(events), Some(last)) = (&self.events, applied.last_applied) {
@@ -303,8 +303,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         if let Some(events) = &self.events {
             events.expired(results.iter().map(|result| result.expired).sum());
-            if !challenges.is_empty() {
-                events.acme_challenges(&challenges);
+            if !short_lived.is_empty() {
+                events.short_lived_records(&short_lived);
             }
             if let Some(stamp) = stamp {
                 events.stamped(stamp);

@@ -709,8 +709,9 @@ impl ApplyTxn {
             }),
             // The consensus layer keeps the DHT publisher's progress; no stored data changes.
             Command::DhtProgress { .. } => Ok(Applied::default()),
-            // Each replica keeps ACME challenges in memory (`ChallengeBoard`); none is stored.
-            Command::AcmeChallenge(_) => Ok(Applied::default()),
+            // Each replica keeps short-lived records in memory (`ShortLivedRecords`); none is
+            // stored.
+            Command::ShortLivedRecord(_) => Ok(Applied::default()),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::acme_challenge::AcmeChallenge;
+use crate::short_lived::ShortLivedRecord;
 use crate::{KeyBytes, Payload};
 
 /// One state change, proposed by the leader and applied identically on every replica.
@@ -34,11 +34,12 @@ pub enum Command {
         /// `None`: a sweep starts from the first key.
         republished_through: Option<KeyBytes>,
     },
-    /// An ACME DNS-01 challenge value for every node's DNS to answer (`[https.acme]` with
-    /// `challenge = "dns-01"`). It changes no stored data: each replica keeps it in memory
-    /// ([`crate::acme_challenge::ChallengeBoard`]). Appended last, so the entries of the other
-    /// commands keep their encoding.
-    AcmeChallenge(AcmeChallenge),
+    /// A short-lived TXT record for every replica's DNS to answer (the binary crate's ACME
+    /// DNS-01 client is its user). It changes no stored data: each replica keeps it in memory
+    /// ([`crate::short_lived::ShortLivedRecords`]). Appended last, so the entries of the other
+    /// commands keep their encoding; builds before issue 51 wrote the same bytes as
+    /// `AcmeChallenge`, so their entries read as this.
+    ShortLivedRecord(ShortLivedRecord),
 }
 
 /// One verified packet inside a [`Command::Publish`].

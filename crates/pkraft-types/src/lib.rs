@@ -6,8 +6,9 @@
 //! - [`packet`]: [`VerifiedPacket`], the only way a packet enters the Raft log.
 //! - [`ordering`]: the pkarr ordering rule that decides which of two packets for a key wins.
 //! - [`command`]: what a Raft log entry carries and what applying it returns.
+//! - [`short_lived`]: TXT records at a name until an end, replicated through the log and kept in
+//!   each replica's memory.
 
-pub mod acme_challenge;
 pub mod clock;
 pub mod command;
 pub mod compiled;
@@ -15,6 +16,7 @@ pub mod key;
 pub mod ordering;
 pub mod packet;
 pub mod payload;
+pub mod short_lived;
 
 pub use clock::{too_far_ahead, unix_micros_now};
 pub use command::{Command, PublishItem};

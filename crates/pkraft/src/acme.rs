@@ -43,6 +43,20 @@ use pkraft_types::decode_z32_key;
 
 use crate::certificates::CertificateMetrics;
 
+/// The label a DNS-01 challenge's TXT record is published under (RFC 8555 §8.4): the cluster's
+/// short-lived records are answered at names that start with it (`pkraft_dns::ShortLivedNames`).
+pub const CHALLENGE_LABEL: &str = "_acme-challenge";
+
+/// The name a DNS-01 challenge for `domain` is published under: `_acme-challenge.` and the
+/// domain without a wildcard label, lower case, without the final dot (as replicas keep
+/// short-lived records' names). A wildcard's challenge is at its base name (RFC 8555 §8.4).
+fn challenge_name(domain: &str) -> String {
+    let domain = domain.strip_prefix("*.").unwrap_or(domain);
+    format!("{CHALLENGE_LABEL}.{domain}")
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
 /// Let's Encrypt's production directory.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
@@ -375,6 +389,18 @@ mod tests {
             let error = format!("{:#}", settings(bad).validate().expect_err(bad));
             assert!(error.contains(field), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn a_wildcard_and_its_base_share_one_challenge_name() {
+        assert_eq!(
+            challenge_name("*.Pkarr.Example.org."),
+            "_acme-challenge.pkarr.example.org"
+        );
+        assert_eq!(
+            challenge_name("pkarr.example.org"),
+            "_acme-challenge.pkarr.example.org"
+        );
     }
 
     #[test]

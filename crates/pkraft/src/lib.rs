@@ -266,8 +266,11 @@ impl Server {
                 dht: dht_resolver
                     .clone()
                     .map(|resolver| Arc::new(DhtMissingKeys(resolver)) as Arc<dyn MissingKeys>),
-                // Every node answers the challenges, whichever node orders (`acme`).
-                acme_challenges: Some(node.acme_challenges()),
+                // Every node answers the ACME DNS-01 challenges, whichever node orders (`acme`).
+                short_lived: Some(pkraft_dns::ShortLivedNames {
+                    first_label: acme::CHALLENGE_LABEL.to_string(),
+                    records: node.short_lived_records(),
+                }),
             },
         )
         .await?;

@@ -91,8 +91,10 @@ pub(crate) mod path {
     pub const ELECT: &str = "/peer/v1/elect";
     pub const PRE_VOTE: &str = "/peer/v1/pre-vote";
     pub const PACKET_CHECK: &str = "/peer/v1/packet-check";
-    pub const ACME_CHALLENGE: &str = "/peer/v1/acme-challenge";
-    pub const ACME_CHALLENGE_VALUES: &str = "/peer/v1/acme-challenge-values";
+    /// A short-lived record to commit, forwarded to the leader.
+    pub const SHORT_LIVED_RECORD: &str = "/peer/v1/short-lived-record";
+    /// The short-lived records a node answers; 404 from builds before issue 51.
+    pub const SHORT_LIVED_RECORDS: &str = "/peer/v1/short-lived-records";
     /// The node's wall clock in µs since the Unix epoch (`cluster_clock`); 404 from builds
     /// before it, whose clocks then count as unknown.
     pub const CLOCK: &str = "/peer/v1/clock";

@@ -26,12 +26,12 @@ use super::tls::{PeerCertificates, check_names_node};
 use super::{
     ForwardedPublish, LegacyForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path,
 };
-use crate::acme_challenges::ChallengeRequest;
 use crate::membership::MembershipRequest;
 use crate::metrics::Damaged;
 use crate::node::Node;
 use crate::pre_vote::PreVoteRequest;
 use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
+use crate::short_lived::RecordRequest;
 use crate::write_path::PublishError;
 use crate::{NodeId, TypeConfig};
 use pkraft_storage::codec::{decode, encode};
@@ -74,8 +74,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(path::ELECT, post(elect))
         .route(path::PRE_VOTE, post(pre_vote))
         .route(path::PACKET_CHECK, post(packet_check))
-        .route(path::ACME_CHALLENGE, post(acme_challenge))
-        .route(path::ACME_CHALLENGE_VALUES, post(acme_challenge_values))
+        .route(path::SHORT_LIVED_RECORD, post(short_lived_record))
+        .route(path::SHORT_LIVED_RECORDS, post(short_lived_records))
         .route(path::CLOCK, post(clock))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -410,19 +410,18 @@ async fn packet_check(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     .await
 }
 
-/// A node ordering a certificate asks the leader to commit an ACME challenge (see
-/// `acme_challenges`).
-async fn acme_challenge(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |request: ChallengeRequest| async move {
-        node.handle_acme_challenge(request).await
+/// Another node asks the leader to commit a short-lived record (`short_lived`).
+async fn short_lived_record(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |request: RecordRequest| async move {
+        node.handle_short_lived(request).await
     })
     .await
 }
 
-/// A node ordering a certificate asks which challenge values this node's DNS answers (see
-/// `acme_challenges`); a build without the route answers 404.
-async fn acme_challenge_values(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |(): ()| async move { node.acme_challenge_values() }).await
+/// Another node asks which short-lived records this node's DNS answers (`short_lived`); a
+/// build without the route answers 404.
+async fn short_lived_records(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    exchange(body, |(): ()| async move { node.live_short_lived() }).await
 }
 
 /// Another node asks for this node's wall clock (`cluster_clock`).

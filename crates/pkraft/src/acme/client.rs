@@ -8,7 +8,7 @@
 //!   `pkraft_http::serve`). So every name must resolve to this node alone.
 //! - `dns-01` (RFC 8555 §8.4): a TXT record at `_acme-challenge.<name>`, answered by pkraft's
 //!   own DNS, which is authoritative for the origins the names lie under. The value is committed
-//!   through Raft (`Node::commit_acme_challenge`), so every node's DNS answers it whichever one
+//!   through Raft (`Node::commit_short_lived`), so every node's DNS answers it whichever one
 //!   the CA asks, and the CA is told to look only once every member has applied it (or a bound
 //!   has passed). This is what lets every node of a cluster order its own certificate for one
 //!   shared name (each publishes its own value; several TXT values at one name are fine), and
@@ -30,8 +30,8 @@ use arc_swap::ArcSwapOption;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use pkraft_raft::node::Node;
-use pkraft_raft::{ChallengeHolder, NodeId};
-use pkraft_types::acme_challenge::{AcmeChallenge, challenge_name};
+use pkraft_raft::{NodeId, RecordHolder};
+use pkraft_types::short_lived::ShortLivedRecord;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256};
 use ring::signature::{EcdsaKeyPair, KeyPair as _};
 use rustls::pki_types::pem::PemObject;
@@ -43,7 +43,9 @@ use tokio_rustls_acme::acme::{
 };
 use tokio_rustls_acme::{AccountCache, CertCache};
 
-use super::{AcmeMetrics, AcmeSettings, Challenge, ExpiryCache, KEPT_CERTIFICATE_WAIT};
+use super::{
+    AcmeMetrics, AcmeSettings, Challenge, ExpiryCache, KEPT_CERTIFICATE_WAIT, challenge_name,
+};
 
 /// How long a challenge value is answered at most: an order that has not ended by then has
 /// failed anyway (each authorization is polled for about 30 s).
@@ -415,7 +417,7 @@ impl AcmeClient {
         self.certificate.withdraw_challenges();
         for mut challenge in published {
             challenge.until_micros = 0;
-            if let Err(e) = self.node.commit_acme_challenge(challenge.clone()).await {
+            if let Err(e) = self.node.commit_short_lived(challenge.clone()).await {
                 // It ends by itself at `until_micros`.
                 tracing::debug!(name = challenge.name, error = %e, "ACME: challenge not withdrawn");
             }
@@ -423,7 +425,10 @@ impl AcmeClient {
         result
     }
 
-    async fn order_publishing(&self, published: &mut Vec<AcmeChallenge>) -> anyhow::Result<Issued> {
+    async fn order_publishing(
+        &self,
+        published: &mut Vec<ShortLivedRecord>,
+    ) -> anyhow::Result<Issued> {
         let client = &self.client_config;
         let directory = step(
             "the ACME directory",
@@ -506,16 +511,16 @@ impl AcmeClient {
     async fn check_every_member_reads_challenges(&self) -> anyhow::Result<()> {
         let older: Vec<NodeId> = self
             .node
-            .acme_challenge_holders()
+            .short_lived_holders()
             .await
             .into_iter()
-            .filter(|(_, holder)| *holder == ChallengeHolder::OlderBuild)
+            .filter(|(_, holder)| *holder == RecordHolder::OlderBuild)
             .map(|(id, _)| id)
             .collect();
         anyhow::ensure!(
             older.is_empty(),
-            "nodes {older:?} run a build that cannot read ACME challenge entries; upgrade them \
-             before using challenge = \"dns-01\""
+            "nodes {older:?} run an older build, which cannot read challenge entries or asks for \
+             them under another name; upgrade them before using challenge = \"dns-01\""
         );
         Ok(())
     }
@@ -523,23 +528,27 @@ impl AcmeClient {
     /// Waits (at most `CHALLENGE_SPREAD_WAIT`) until every member's DNS answers `values`;
     /// commits again, once, the values a member lacks halfway through. Members still without
     /// them are named in a warning: the CA may ask the others.
-    async fn wait_until_every_member_answers(&self, values: &[AcmeChallenge]) {
+    async fn wait_until_every_member_answers(&self, values: &[ShortLivedRecord]) {
         let started = tokio::time::Instant::now();
         let mut committed_again = false;
         loop {
-            let lacking: Vec<(NodeId, Vec<&AcmeChallenge>)> = self
+            let lacking: Vec<(NodeId, Vec<&ShortLivedRecord>)> = self
                 .node
-                .acme_challenge_holders()
+                .short_lived_holders()
                 .await
                 .into_iter()
                 .filter_map(|(id, holder)| {
                     let answered = match holder {
-                        ChallengeHolder::Answers(answered) => answered,
+                        RecordHolder::Answers(answered) => answered,
                         _ => Vec::new(),
                     };
-                    let lacks: Vec<&AcmeChallenge> = values
+                    let lacks: Vec<&ShortLivedRecord> = values
                         .iter()
-                        .filter(|value| !answered.contains(&value.value))
+                        .filter(|value| {
+                            !answered.iter().any(|record| {
+                                record.name == value.name && record.value == value.value
+                            })
+                        })
                         .collect();
                     (!lacks.is_empty()).then_some((id, lacks))
                 })
@@ -559,12 +568,12 @@ impl AcmeClient {
             }
             if !committed_again && waited >= CHALLENGE_SPREAD_WAIT / 2 {
                 committed_again = true;
-                let mut again: Vec<&AcmeChallenge> =
+                let mut again: Vec<&ShortLivedRecord> =
                     lacking.into_iter().flat_map(|(_, lacks)| lacks).collect();
                 again.sort_by(|a, b| a.value.cmp(&b.value));
                 again.dedup_by(|a, b| a.value == b.value);
                 for value in again {
-                    if let Err(e) = self.node.commit_acme_challenge(value.clone()).await {
+                    if let Err(e) = self.node.commit_short_lived(value.clone()).await {
                         tracing::debug!(error = %e, "ACME: challenge not committed again");
                     }
                 }
@@ -600,7 +609,7 @@ impl AcmeClient {
         &self,
         account: &Account,
         authorizations: &[String],
-        published: &mut Vec<AcmeChallenge>,
+        published: &mut Vec<ShortLivedRecord>,
     ) -> anyhow::Result<()> {
         let client = &self.client_config;
         let dns01 = self.settings.challenge == Challenge::Dns01;
@@ -630,7 +639,7 @@ impl AcmeClient {
                 .iter()
                 .find(|challenge| challenge.typ == ChallengeType::Dns01)
                 .with_context(|| format!("the CA offers no dns-01 challenge for {domain}"))?;
-            let value = AcmeChallenge {
+            let value = ShortLivedRecord {
                 name: challenge_name(domain),
                 value: dns01_value(&account.key_pair, &challenge.token),
                 until_micros: pkraft_types::unix_micros_now()
@@ -640,7 +649,7 @@ impl AcmeClient {
             // must be withdrawn too.
             published.push(value.clone());
             self.node
-                .commit_acme_challenge(value.clone())
+                .commit_short_lived(value.clone())
                 .await
                 .with_context(|| format!("committing the challenge for {domain}"))?;
             values.push(value);

@@ -1,12 +1,12 @@
-//! ACME DNS-01 challenges through the cluster (`[https.acme]` with `challenge = "dns-01"`): the
-//! node that orders a certificate commits each challenge value through the leader
-//! ([`Command::AcmeChallenge`]), so that every replica's DNS answers it, whichever node the CA
-//! asks, and waits until every member has applied it before it tells the CA to look.
+//! Short-lived records through the cluster ([`pkraft_types::short_lived`]): a node commits each
+//! through the leader ([`Command::ShortLivedRecord`]), so that every replica's DNS answers it,
+//! whichever node is asked, and can ask every member which records it answers (so that their
+//! proposer knows when every replica answers them).
 
 use std::sync::Arc;
 
 use pkraft_types::Command;
-use pkraft_types::acme_challenge::{AcmeChallenge, ChallengeBoard};
+use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -17,66 +17,65 @@ use crate::peer::client::CallError;
 use crate::peer::{PeerError, path};
 use hyper::StatusCode;
 
-/// A challenge to commit, from the node that orders the certificate (forwarded to the leader).
+/// A record to commit, from the node that proposes it (forwarded to the leader).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ChallengeRequest {
-    pub challenge: AcmeChallenge,
+pub(crate) struct RecordRequest {
+    pub record: ShortLivedRecord,
     /// Already forwarded once: a node that is not the leader refuses it (no second hop).
     pub forwarded: bool,
 }
 
-/// How much longer than the leader's commit bound a forwarded challenge is waited for.
+/// How much longer than the leader's commit bound a forwarded record is waited for.
 const FORWARD_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// What one member says of the ACME challenges ([`Node::acme_challenge_holders`]).
+/// What one member says of the short-lived records ([`Node::short_lived_holders`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChallengeHolder {
-    /// The values its DNS answers now.
-    Answers(Vec<String>),
-    /// It runs a build that cannot read challenge entries (it has no route to ask, 404):
-    /// committing one would stall its replication (OPERATIONS.md, "Upgrading").
+pub enum RecordHolder {
+    /// The records its DNS answers now.
+    Answers(Vec<ShortLivedRecord>),
+    /// It has no route to ask (404): a build that cannot read these entries, whose replication
+    /// one would stall, or one from before issue 51, which asks under another name
+    /// (OPERATIONS.md, "Upgrading").
     OlderBuild,
     /// It did not answer (why).
     Unreachable(String),
 }
 
 impl Node {
-    /// The ACME challenges this replica's DNS answers.
-    pub fn acme_challenges(&self) -> Arc<ChallengeBoard> {
-        self.acme_challenges.clone()
+    /// The short-lived records this replica's DNS answers.
+    pub fn short_lived_records(&self) -> Arc<ShortLivedRecords> {
+        self.short_lived.clone()
     }
 
-    /// Commits `challenge` through the leader (here if this node leads, else forwarded to it),
+    /// Commits `record` through the leader (here if this node leads, else forwarded to it),
     /// within `raft.publish_timeout`; the log index it was committed at.
-    pub async fn commit_acme_challenge(&self, challenge: AcmeChallenge) -> Result<u64, PeerError> {
-        self.handle_acme_challenge(ChallengeRequest {
-            challenge,
+    pub async fn commit_short_lived(&self, record: ShortLivedRecord) -> Result<u64, PeerError> {
+        self.handle_short_lived(RecordRequest {
+            record,
             forwarded: false,
         })
         .await
     }
 
-    /// A challenge from this node's ACME client or, forwarded, from another node's.
-    pub(crate) async fn handle_acme_challenge(
+    /// A record from this node or, forwarded, from another.
+    pub(crate) async fn handle_short_lived(
         &self,
-        request: ChallengeRequest,
+        request: RecordRequest,
     ) -> Result<u64, PeerError> {
         if self.is_leader() {
-            return self
-                .commit_acme_challenge_as_leader(request.challenge)
-                .await;
+            return self.commit_short_lived_as_leader(request.record).await;
         }
         match self.known_leader() {
             Some((leader, addr)) if !request.forwarded => {
-                let forwarded = ChallengeRequest {
-                    challenge: request.challenge,
+                let forwarded = RecordRequest {
+                    record: request.record,
                     forwarded: true,
                 };
                 self.peers
                     .call(
                         &addr,
                         Some(leader),
-                        path::ACME_CHALLENGE,
+                        path::SHORT_LIVED_RECORD,
                         &forwarded,
                         // The leader's own bound, and time for its answer to come back.
                         self.publish_timeout + FORWARD_ANSWER_MARGIN,
@@ -90,19 +89,19 @@ impl Node {
         }
     }
 
-    async fn commit_acme_challenge_as_leader(
+    async fn commit_short_lived_as_leader(
         &self,
-        challenge: AcmeChallenge,
+        record: ShortLivedRecord,
     ) -> Result<u64, PeerError> {
         let Some(_proposal) = self.begin_proposal() else {
             return Err(PeerError::Unavailable(
                 "the leader is handing over its leadership".to_string(),
             ));
         };
-        let command = Command::AcmeChallenge(challenge);
+        let command = Command::ShortLivedRecord(record);
         match tokio::time::timeout(self.publish_timeout, self.raft.client_write(command)).await {
             Err(_) => Err(PeerError::Unavailable(format!(
-                "the challenge was not committed within raft.publish_timeout ({:?})",
+                "the record was not committed within raft.publish_timeout ({:?})",
                 self.publish_timeout
             ))),
             Ok(Err(e)) => Err(change_error(e)),
@@ -110,15 +109,14 @@ impl Node {
         }
     }
 
-    /// The challenge values this replica's DNS answers now.
-    pub fn acme_challenge_values(&self) -> Vec<String> {
-        self.acme_challenges
-            .live_values(pkraft_types::unix_micros_now())
+    /// The records this replica's DNS answers now.
+    pub fn live_short_lived(&self) -> Vec<ShortLivedRecord> {
+        self.short_lived.live(pkraft_types::unix_micros_now())
     }
 
-    /// What each member of the cluster (this node too) says of the ACME challenges, each asked
-    /// over the peer network within `STATUS_PROBE_TIMEOUT`, in parallel.
-    pub async fn acme_challenge_holders(&self) -> Vec<(NodeId, ChallengeHolder)> {
+    /// What each member of the cluster (this node too) says of the short-lived records, each
+    /// asked over the peer network within `STATUS_PROBE_TIMEOUT`, in parallel.
+    pub async fn short_lived_holders(&self) -> Vec<(NodeId, RecordHolder)> {
         let members: Vec<(NodeId, String)> = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -136,28 +134,25 @@ impl Node {
             let peers = self.peers.clone();
             asks.spawn(async move {
                 let answer = peers
-                    .call::<(), Vec<String>>(
+                    .call::<(), Vec<ShortLivedRecord>>(
                         &addr,
                         Some(id),
-                        path::ACME_CHALLENGE_VALUES,
+                        path::SHORT_LIVED_RECORDS,
                         &(),
                         STATUS_PROBE_TIMEOUT,
                     )
                     .await;
                 let holder = match answer {
-                    Ok(values) => ChallengeHolder::Answers(values),
+                    Ok(values) => RecordHolder::Answers(values),
                     Err(CallError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
-                        ChallengeHolder::OlderBuild
+                        RecordHolder::OlderBuild
                     }
-                    Err(e) => ChallengeHolder::Unreachable(e.to_string()),
+                    Err(e) => RecordHolder::Unreachable(e.to_string()),
                 };
                 (id, holder)
             });
         }
-        let mut holders = vec![(
-            self.id,
-            ChallengeHolder::Answers(self.acme_challenge_values()),
-        )];
+        let mut holders = vec![(self.id, RecordHolder::Answers(self.live_short_lived()))];
         while let Some(joined) = asks.join_next().await {
             if let Ok(answer) = joined {
                 holders.push(answer);
@@ -168,7 +163,7 @@ impl Node {
             if !holders.iter().any(|(answered, _)| *answered == id) {
                 holders.push((
                     id,
-                    ChallengeHolder::Unreachable("the probe failed".to_string()),
+                    RecordHolder::Unreachable("the probe failed".to_string()),
                 ));
             }
         }
