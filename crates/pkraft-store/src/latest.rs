@@ -30,7 +30,7 @@ use arc_swap::ArcSwapOption;
 use pkraft_types::KeyBytes;
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
 
-use crate::{ANSWERS, PACKETS};
+use crate::tables::{ANSWERS, PACKETS};
 
 /// A table of key → bytes in a read transaction.
 pub(crate) type KeyTable = ReadOnlyTable<&'static KeyBytes, &'static [u8]>;

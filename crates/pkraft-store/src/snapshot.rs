@@ -25,10 +25,11 @@ use pkraft_types::{KeyBytes, Payload, payload::PAYLOAD_LEN_MAX};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    ANSWERS, EXPIRY, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, Store, StoreError,
-    StoredPacket, expiry_key,
+use crate::rows::{StoredPacket, answers_row, hex};
+use crate::tables::{
+    ANSWERS, EXPIRY, ExpiryKey, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, expiry_key,
 };
+use crate::{Store, StoreError};
 
 const MAGIC: &[u8; 8] = b"PKRSNAP\0";
 /// Version of the snapshot byte format this build writes. It reads this one and 1 and 2.
@@ -293,7 +294,7 @@ struct ImportSink<'txn> {
     packets: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
     /// Compiled from each packet as it is imported: snapshots do not carry them.
     answers: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
-    expiry: redb::Table<'txn, &'static crate::ExpiryKey, ()>,
+    expiry: redb::Table<'txn, &'static ExpiryKey, ()>,
     removed: redb::Table<'txn, u64, ()>,
 }
 
@@ -306,11 +307,11 @@ impl Sink for ImportSink<'_> {
         {
             return Err(StoreError::Snapshot(format!(
                 "key {} appears twice",
-                crate::hex(key)
+                hex(key)
             )));
         }
         self.answers
-            .insert(key, crate::answers_row(key, &stored.payload).as_slice())?;
+            .insert(key, answers_row(key, &stored.payload).as_slice())?;
         self.expiry
             .insert(&expiry_key(stored.payload.timestamp_micros(), key), ())?;
         Ok(())

@@ -4,6 +4,10 @@ use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem, PublishOutcome};
 
 use super::*;
+use crate::rows::*;
+use crate::tables::*;
+use pkraft_types::KeyBytes;
+use redb::{Database, ReadableTable};
 
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");

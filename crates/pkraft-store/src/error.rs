@@ -1,0 +1,55 @@
+//! [`StoreError`]: what the store's reads and writes fail with.
+
+use crate::schema::SCHEMA_VERSION;
+
+/// Errors of the state store. Every variant means the node cannot serve correct data; the caller
+/// should stop the node rather than limp on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("database file has schema version {found}, this build reads version {SCHEMA_VERSION}")]
+    SchemaVersion { found: u64 },
+    #[error("corrupt state store: {0}")]
+    Corrupt(String),
+    #[error("invalid snapshot: {0}")]
+    Snapshot(String),
+    /// The file or socket a snapshot is written to or read from failed.
+    #[error("snapshot I/O: {0}")]
+    SnapshotIo(String),
+    /// The key's stored packet was found damaged on this node's disk and is not served
+    /// ([`crate::Store::quarantine`]); other nodes hold it whole.
+    #[error("the packet of key {0} is damaged on this node's disk and not served")]
+    Quarantined(String),
+}
+
+impl StoreError {
+    /// Whether this says the file's bytes are damaged (redb found a checksum, a page or a
+    /// header wrong, or a stored record does not decode), as opposed to an error of the
+    /// environment (I/O, a lock, a file of a newer schema) that a restart may not see again.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Corrupt(_) | StoreError::Db(redb::Error::Corrupted(_))
+        )
+    }
+}
+
+/// `?` on any redb error type goes through `redb::Error`.
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
