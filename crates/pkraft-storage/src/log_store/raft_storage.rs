@@ -1,0 +1,195 @@
+//! The log store as openraft's `RaftLogReader` and `RaftLogStorage`: reads, the vote, appends,
+//! truncations and purges.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, OptionalSend, RaftLogReader,
+    Vote,
+};
+use redb::{Durability, Error as DbError};
+
+use super::meta::{META_HAD_PEERS, META_LAST_PURGED, META_VOTE, put_meta};
+use super::repair::end_repair_if_whole;
+use super::segments::LastEntry;
+use super::{LogStore, Result, decode_entry, entry_id, lock};
+use crate::codec::{encode, storage_error};
+use crate::type_config::{NodeId, TypeConfig};
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>> {
+        let read = || -> io::Result<Vec<Entry<TypeConfig>>> {
+            // Held until the records are read (see `Inner::log`).
+            let log = self.log()?;
+            let spans = {
+                // Purged entries may still sit in the first segment; they are not served.
+                let unpurged = log.purged.map_or(0, |p| p.index.saturating_add(1));
+                let start = match range.start_bound() {
+                    Bound::Included(&i) => i,
+                    Bound::Excluded(&i) => i.saturating_add(1),
+                    Bound::Unbounded => 0,
+                };
+                let end = match range.end_bound() {
+                    Bound::Included(&i) => i.saturating_add(1),
+                    Bound::Excluded(&i) => i,
+                    Bound::Unbounded => u64::MAX,
+                };
+                log.segments.locate(start.max(unpurged), end)
+            };
+            let mut entries = Vec::new();
+            for span in spans {
+                span.read(|payload| {
+                    entries.push(decode_entry(payload)?);
+                    Ok(())
+                })?;
+            }
+            Ok(entries)
+        };
+        read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        let last_purged_log_id = self.read_meta::<LogId<NodeId>>(META_LAST_PURGED)?;
+        // With every entry purged, the last log id is the purge point.
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
+        let vote = *vote;
+        self.write_meta(ErrorSubject::Vote, Durability::Immediate, move |txn| {
+            put_meta(txn, META_VOTE, &vote)
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
+        self.read_meta(META_VOTE)
+    }
+
+    /// See [`LogStore::save_committed_id`].
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
+        self.save_committed_id(committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>> {
+        self.read_committed_id()
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        let Some(first_index) = entries.first().map(|entry| entry.log_id.index) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let last_log_id = entries.last().map(|entry| entry.log_id);
+        let last_entry = entries.last().map(|entry| LastEntry {
+            index: entry.log_id.index,
+            term: entry.log_id.leader_id.term,
+            leader: entry.log_id.leader_id.node_id,
+        });
+        // Whether the last membership in this append has other voters; written when it changes
+        // (rare: membership changes).
+        let peers_now = entries
+            .iter()
+            .rev()
+            .find_map(|entry| match &entry.payload {
+                EntryPayload::Membership(membership) => Some(membership.voter_ids().count() > 1),
+                _ => None,
+            })
+            .filter(|peers| {
+                *peers
+                    != self
+                        .inner
+                        .had_peers
+                        .load(std::sync::atomic::Ordering::Acquire)
+            });
+        let payloads = entries
+            .iter()
+            .map(encode)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
+        self.with_log(move |inner| {
+            let target = lock(inner)?.segments.prepare_append(first_index)?;
+            let mut encoded = Vec::new();
+            let lengths = target.encode(&payloads, &mut encoded)?;
+            // The write and its sync hold no lock, so readers (replication, apply) go on.
+            let last_entry =
+                last_entry.ok_or_else(|| io::Error::other("an append without entries"))?;
+            target.write_and_sync(&encoded, last_entry)?;
+            lock(inner)?.segments.finish_append(&target, &lengths);
+            if let Some(peers) = peers_now {
+                let mark = || -> std::result::Result<(), DbError> {
+                    let txn = inner.meta.begin_write()?;
+                    put_meta(&txn, META_HAD_PEERS, &peers)?;
+                    txn.commit()?;
+                    Ok(())
+                };
+                mark().map_err(io::Error::other)?;
+                inner
+                    .had_peers
+                    .store(peers, std::sync::atomic::Ordering::Release);
+            }
+            end_repair_if_whole(inner, last_log_id)
+        })
+        .await?;
+        // `write_and_sync` returned: the entries are on disk.
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        self.with_log(move |inner| {
+            let mut log = lock(inner)?;
+            // The entry that becomes the last: the synced mark is lowered to it.
+            let new_last = match log_id.index.checked_sub(1) {
+                Some(index) => entry_id(&log.segments, index)?.map(|id| LastEntry {
+                    index: id.index,
+                    term: id.leader_id.term,
+                    leader: id.leader_id.node_id,
+                }),
+                None => None,
+            };
+            log.segments.truncate(log_id.index, new_last)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
+        // The purge point first, durably: entries up to it are then never served again, and an
+        // open removes whatever segments a crash below left behind.
+        // (Recorded even when no entry has this id: openraft may purge past the last entry.)
+        self.write_meta(ErrorSubject::Logs, Durability::Immediate, move |txn| {
+            put_meta(txn, META_LAST_PURGED, &log_id)
+        })
+        .await?;
+        self.with_log(move |inner| {
+            let mut log = lock(inner)?;
+            log.purged = Some(log_id);
+            log.segments.remove_through(log_id.index)?;
+            end_repair_if_whole(inner, Some(log_id))
+        })
+        .await
+    }
+}
