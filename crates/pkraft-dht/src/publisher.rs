@@ -104,7 +104,7 @@ impl Publisher {
         let mut finished_at_commit = 0;
         loop {
             self.update_gauges();
-            if !self.node.is_leader() {
+            if !self.node.leadership().is_leader() {
                 if leading {
                     leading = false;
                     self.metrics.republish_lag_seconds.set(0.0);
@@ -185,7 +185,7 @@ impl Publisher {
             return false;
         }
         for item in ready {
-            if !self.node.is_leader() {
+            if !self.node.leadership().is_leader() {
                 self.node.dht_outbox().release(item);
                 continue;
             }

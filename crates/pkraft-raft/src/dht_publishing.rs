@@ -14,7 +14,7 @@ impl Node {
 
     /// Commits the DHT publisher's progress (leader only), bounded by `raft.publish_timeout`.
     pub async fn commit_dht_progress(&self, progress: Progress) -> Result<(), ProgressError> {
-        let Some(_proposal) = self.begin_proposal() else {
+        let Some(_proposal) = self.leadership().begin_proposal() else {
             return Err(ProgressError::NotLeader);
         };
         let command = Command::DhtProgress {

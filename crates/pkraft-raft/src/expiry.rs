@@ -109,7 +109,7 @@ pub(crate) async fn run(node: Arc<Node>, rules: ExpiryRules) {
     let mut held = Held::default();
     loop {
         ticker.tick().await;
-        let reason = if node.is_leader() {
+        let reason = if node.leadership().is_leader() {
             expire_now(&node, &rules).await
         } else {
             None
@@ -190,7 +190,7 @@ async fn expire_now(node: &Node, rules: &ExpiryRules) -> Option<&'static str> {
             limit,
         };
         // A leader handing over proposes nothing more (see `handover`).
-        let _proposal = node.begin_proposal()?;
+        let _proposal = node.leadership().begin_proposal()?;
         // Bounded like a publish: a leader cut off from its quorum must not wait here until the
         // partition heals (the next tick tries again).
         let written =

@@ -2,7 +2,7 @@
 //! heard from a leader, and whether it has caught up after a crash. Written by the peer listener
 //! and the start, read by `reads` on every local read.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::LogId;
@@ -12,16 +12,6 @@ use crate::NodeId;
 /// What a node knows about the freshness of its replica, beside openraft's metrics.
 #[derive(Debug)]
 pub(crate) struct Freshness {
-    /// When this node last heard from a leader it accepted and took its entries from; written
-    /// by the peer listener.
-    pub(crate) leader_contact: LeaderContact,
-    /// When a current leader last reached this node, also with entries it refused for lack of
-    /// disk space: whether the leader is alive (see [`Node::leader_gone`]), not whether this
-    /// replica is fresh.
-    pub(crate) leader_reached: LeaderContact,
-    /// `append-entries` and `install-snapshot` requests being handled now: a leader whose last
-    /// snapshot chunk takes seconds to install is busy with this node, not silent.
-    pub(crate) leader_requests_in_flight: AtomicUsize,
     /// Set after a crash: local reads wait until the replica is at least as new as before it.
     pub(crate) catch_up: Option<CatchUp>,
     /// The last entry the log held at start: the floor of the read indexes this node gives while
@@ -34,9 +24,6 @@ impl Freshness {
     /// cleanly before (else it catches up before serving local reads).
     pub(crate) fn at_start(log_end: Option<LogId<NodeId>>, clean_stop: bool) -> Freshness {
         Freshness {
-            leader_contact: LeaderContact::new(),
-            leader_reached: LeaderContact::new(),
-            leader_requests_in_flight: AtomicUsize::new(0),
             catch_up: match log_end {
                 Some(log_end) if !clean_stop => {
                     tracing::info!(
@@ -82,7 +69,7 @@ pub(crate) struct LeaderContact {
 }
 
 impl LeaderContact {
-    fn new() -> LeaderContact {
+    pub(crate) fn new() -> LeaderContact {
         LeaderContact {
             epoch: Instant::now(),
             last_millis: AtomicU64::new(u64::MAX),

@@ -194,6 +194,7 @@ impl Node {
         // lease has passed, and a silenced voter's once the lease since it last heard from this
         // node has.
         let mut votes_ready = self
+            .leadership()
             .leading_since()
             .map(|since| since + lease + LEASE_MARGIN);
         if !silenced.is_empty() {
@@ -201,7 +202,7 @@ impl Node {
         }
         if let Some(ready) = votes_ready {
             tokio::time::sleep_until(ready.into()).await;
-            if !self.is_leader() {
+            if !self.leadership().is_leader() {
                 self.leadership().silenced().set(&[]);
                 return Handover::NotNeeded;
             }
@@ -257,7 +258,7 @@ impl Node {
         let lease = self.election_timeout_max;
         // A batch proposed just before would still lengthen this node's log after the target
         // matched it, and this node would then refuse the target its vote.
-        if !self.writes().proposals_settled(CATCH_UP_TIMEOUT).await {
+        if !self.leadership().proposals_settled(CATCH_UP_TIMEOUT).await {
             return Handover::Failed(format!(
                 "proposals under way did not return within {CATCH_UP_TIMEOUT:?}"
             ));
@@ -298,13 +299,13 @@ impl Node {
     fn stop_leading(&self) {
         self.leadership().start_handover();
         self.raft.runtime_config().heartbeat(false);
-        self.allow_elections(false);
+        self.leadership().allow_elections(false);
     }
 
     /// Undoes `stop_leading`, for a node that goes on after a handover.
     fn resume_leading(&self) {
         self.raft.runtime_config().heartbeat(true);
-        self.allow_elections(true);
+        self.leadership().allow_elections(true);
         self.leadership().end_handover();
     }
 
@@ -371,7 +372,7 @@ impl Node {
     pub(crate) async fn stand_for_election(&self) -> Result<(), PeerError> {
         if self.log_store.repair().is_some() {
             return Err(PeerError::Unavailable(
-                self.may_stand().err().unwrap_or_default(),
+                self.leadership().may_stand().err().unwrap_or_default(),
             ));
         }
         self.raft
@@ -427,7 +428,7 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
     let mut told: Option<String> = None;
     loop {
         interval.tick().await;
-        if !node.is_leader() || node.disk_space.refusal().is_none() {
+        if !node.leadership().is_leader() || node.disk_space.refusal().is_none() {
             told = None;
             continue;
         }

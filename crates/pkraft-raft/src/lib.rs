@@ -17,9 +17,9 @@
 //!   followers' batches to the leader.
 //! - [`dht_outbox`]: the keys stored and not yet put to the Mainline DHT, and the publisher's
 //!   committed progress, kept by every replica so a new leader carries on (`pkraft-dht`).
-//! - `leadership`: the leadership state a node keeps beside openraft's (since when it leads,
-//!   quorum contact, a handover under way); `leading`: who leads, and whether this leader may
-//!   still propose.
+//! - [`leadership`]: [`Leadership`], who leads and whether this leader may still propose: since
+//!   when it leads, quorum contact, when a leader last reached this node, the proposals under
+//!   way and a handover holding them.
 //! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
 //! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age` by
 //!   cluster time, fenced by a share of the store per hour.
@@ -48,8 +48,7 @@ mod disk_space;
 mod expiry;
 mod freshness;
 pub mod handover;
-mod leadership;
-mod leading;
+pub mod leadership;
 pub mod membership;
 mod metrics;
 pub mod node;
@@ -69,6 +68,7 @@ pub mod write_path;
 pub use cluster_clock::{ClockReport, ClockState, ClusterTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use handover::Handover;
+pub use leadership::Leadership;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
 pub use node::{Cluster, Node, StartError};
 pub use peer::{ClusterSecret, MembershipChange};

@@ -172,10 +172,10 @@ impl Node {
         if let MembershipChange::Join { node_id, .. } = &request.change {
             self.refuse_removed(*node_id)?;
         }
-        if self.is_leader() {
+        if self.leadership().is_leader() {
             return self.change_as_leader(request.change).await;
         }
-        let leader = self.known_leader();
+        let leader = self.leadership().known_leader();
         match leader {
             Some((leader, addr)) if !request.forwarded => {
                 let forwarded = MembershipRequest {

@@ -120,9 +120,6 @@ pub struct Core {
     pub(crate) publish_timeout: Duration,
     /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
     pub(crate) election_timeout_max: Duration,
-    /// Whether this node's election timer runs PreVote (`raft.pre_vote`, `pre_vote`) instead of
-    /// openraft's own.
-    pub(crate) pre_vote: bool,
     /// Largest peer request body: a full `append-entries` of the biggest entries.
     pub(crate) peer_body_max: usize,
     /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
@@ -135,7 +132,7 @@ pub struct Core {
 pub struct Node {
     pub(crate) core: Core,
     pub(crate) writes: WritePath,
-    pub(crate) leadership: Leadership,
+    pub(crate) leadership: Arc<Leadership>,
     pub(crate) freshness: Freshness,
     /// Serializes the membership changes this node makes as leader: openraft refuses a change
     /// while another is in progress, and operators expect them queued, not refused.
@@ -179,21 +176,6 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Whether this node may stand for election: not while its log is being repaired (it lacks
-    /// entries it had, which a leader must hold), nor while a handover holds its elections.
-    pub(crate) fn may_stand(&self) -> Result<(), String> {
-        if let Some(repair) = self.log_store.repair() {
-            return Err(format!(
-                "this node's Raft log is being repaired (entries {}..={} lost to damage)",
-                repair.lost_from, repair.lost_through
-            ));
-        }
-        if self.leadership().elections_paused() {
-            return Err("a handover holds this node's elections".to_string());
-        }
-        Ok(())
-    }
-
     /// Registers this node's metrics (docs/METRICS.md: `pkraft_raft_*`, `pkraft_store_*`).
     pub fn register_metrics(self: &Arc<Self>, registry: &Registry) -> prometheus::Result<()> {
         self.metrics.register(registry)?;
@@ -225,8 +207,8 @@ impl Node {
         &self.writes
     }
 
-    /// Leadership beside openraft's (`leadership`).
-    pub(crate) fn leadership(&self) -> &Leadership {
+    /// Who leads, and whether this node may act as leader (`leadership`).
+    pub fn leadership(&self) -> &Leadership {
         &self.leadership
     }
 

@@ -121,7 +121,7 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
     let mut lost_in_a_row: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
-        if node.may_stand().is_err() {
+        if node.leadership().may_stand().is_err() {
             continue;
         }
         let Some(standing) = node.standing() else {
@@ -142,8 +142,8 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
             }
             continue;
         }
-        let silent = led_at.map_or(node.since_leader_reached(), |led| {
-            node.since_leader_reached().min(led.elapsed())
+        let silent = led_at.map_or(node.leadership().since_leader_reached(), |led| {
+            node.leadership().since_leader_reached().min(led.elapsed())
         });
         let due = match last_round {
             // Rounds since the leader was last heard from: one timeout apart.
@@ -317,7 +317,7 @@ impl Node {
             ));
         }
         if standing.state == ServerState::Leader {
-            return match self.cut_off_from_quorum() {
+            return match self.leadership().cut_off_from_quorum() {
                 Some(reason) => PreVoteAnswer {
                     granted: true,
                     reason: Some(reason),
@@ -325,7 +325,7 @@ impl Node {
                 None => refuse("this node leads and a quorum accepts it".to_string()),
             };
         }
-        let reached = self.since_leader_reached();
+        let reached = self.leadership().since_leader_reached();
         if reached <= self.election_timeout_max {
             return refuse(format!(
                 "a leader reached this node {} ms ago",

@@ -154,7 +154,7 @@ async fn round(node: &Node, batch: &mut Vec<Request>) {
     let started = Instant::now();
     let reads = batch.len();
     node.metrics.read_index_batch.observe(reads as f64);
-    if node.is_leader() {
+    if node.leadership().is_leader() {
         let answer = match node.read_index_as_leader().await {
             Ok(index) => RoundAnswer::Index(index),
             Err(error @ PeerError::NotLeader { .. }) => RoundAnswer::Reroute {
@@ -165,7 +165,7 @@ async fn round(node: &Node, batch: &mut Vec<Request>) {
         };
         answer_all(batch, |_| answer.clone());
     } else {
-        let leader = node.known_leader();
+        let leader = node.leadership().known_leader();
         let leader_id = leader.as_ref().map(|(id, _)| *id);
         let answer = match leader {
             None => RoundAnswer::Reroute {

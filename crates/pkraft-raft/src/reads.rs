@@ -72,18 +72,6 @@ pub enum ReadError {
     Replica(#[from] StoreError),
 }
 
-/// A replication request being handled ([`Node::leader_request`]).
-pub(crate) struct LeaderRequest<'a>(&'a Node);
-
-impl Drop for LeaderRequest<'_> {
-    fn drop(&mut self) {
-        self.0
-            .freshness()
-            .leader_requests_in_flight
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Why a read index could not be had from the leader.
 pub(crate) enum ReadIndexFailed {
     /// The leader moved, went silent or could not confirm its leadership yet: ask the leader
@@ -130,39 +118,6 @@ impl Node {
         Ok(self.store.get(key)?)
     }
 
-    /// This node accepted an `append-entries` (or snapshot) from its leader just now.
-    pub(crate) fn heard_from_leader(&self) {
-        self.reached_by_leader();
-        if let Some(gap) = self.freshness().leader_contact.record() {
-            self.metrics.leader_contact_gap.observe(gap.as_secs_f64());
-        }
-    }
-
-    /// A current leader's request reached this node just now, whether or not its entries were
-    /// taken (see `heard_from_leader`).
-    pub(crate) fn reached_by_leader(&self) {
-        self.freshness().leader_reached.record();
-    }
-
-    /// How long since a current leader last reached this node (zero while one of its requests
-    /// is being handled); since start if none has.
-    pub(crate) fn since_leader_reached(&self) -> Duration {
-        let freshness = self.freshness();
-        if freshness.leader_requests_in_flight.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        let reached = &freshness.leader_reached;
-        reached.elapsed_or_since_start()
-    }
-
-    /// Counts a replication request from a leader as contact while it is handled.
-    pub(crate) fn leader_request(&self) -> LeaderRequest<'_> {
-        self.freshness()
-            .leader_requests_in_flight
-            .fetch_add(1, Ordering::Relaxed);
-        LeaderRequest(self)
-    }
-
     /// Whether local reads must wait: this node restarted after a crash and its replica may
     /// still be older than what it served before (see [`CatchUp`]).
     pub fn catching_up(&self) -> bool {
@@ -200,7 +155,7 @@ impl Node {
             }
             return metrics.millis_since_quorum_ack.map(Duration::from_millis);
         }
-        self.freshness().leader_contact.elapsed()
+        self.leadership().since_leader_contact()
     }
 
     /// Whether this node should get traffic (`/readyz`): it knows a leader, has heard from it
@@ -290,7 +245,9 @@ impl Node {
                 }
                 RoundAnswer::Reroute { leader, reason } => {
                     tracing::debug!(%reason, ?leader, "read index failed; rerouting");
-                    self.wait_for_leader_news(leader, deadline).await;
+                    self.leadership()
+                        .wait_for_leader_news(leader, deadline)
+                        .await;
                 }
             }
         };
@@ -313,7 +270,7 @@ impl Node {
         (leader, addr): (NodeId, String),
         deadline: Instant,
     ) -> Result<Option<u64>, ReadIndexFailed> {
-        if let Some(reason) = self.leader_gone(leader) {
+        if let Some(reason) = self.leadership().leader_gone(leader) {
             return Err(ReadIndexFailed::Reroute(reason));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -322,7 +279,7 @@ impl Node {
             .call(&addr, Some(leader), path::READ_INDEX, &(), remaining);
         let answer: Result<Option<u64>, PeerError> = tokio::select! {
             answer = call => answer.map_err(|e| ReadIndexFailed::Reroute(e.to_string()))?,
-            reason = self.until_leader_gone(leader) => return Err(ReadIndexFailed::Reroute(reason)),
+            reason = self.leadership().until_leader_gone(leader) => return Err(ReadIndexFailed::Reroute(reason)),
         };
         answer.map_err(|e| match e {
             PeerError::NotLeader { .. } | PeerError::Unavailable(_) => {
@@ -348,7 +305,7 @@ impl Node {
     pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
         // A leader no quorum has heard from within the lease cannot confirm its leadership
         // before the partition heals; say so now rather than at the deadline.
-        if let Some(reason) = self.cut_off_from_quorum() {
+        if let Some(reason) = self.leadership().cut_off_from_quorum() {
             return Err(PeerError::Unavailable(reason));
         }
         let ensured = tokio::time::timeout(self.publish_timeout, self.raft.ensure_linearizable())

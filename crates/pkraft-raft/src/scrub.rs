@@ -439,7 +439,7 @@ fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
         == OtherCopies::WholeElsewhere {
             every_voter_answered: true,
         };
-    if node.is_leader() && !cluster_whole {
+    if node.leadership().is_leader() && !cluster_whole {
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node leads, and not every other \
              voter answered with whole bytes: it goes on, and its next start rebuilds the state \
@@ -448,7 +448,7 @@ fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
         );
         return Stopping::No;
     }
-    let how = if node.is_leader() {
+    let how = if node.leadership().is_leader() {
         "Another voter holds whole bytes: this node hands its leadership over and stops"
     } else {
         "This node stops"

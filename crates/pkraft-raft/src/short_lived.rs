@@ -62,10 +62,10 @@ impl Node {
         &self,
         request: RecordRequest,
     ) -> Result<u64, PeerError> {
-        if self.is_leader() {
+        if self.leadership().is_leader() {
             return self.commit_short_lived_as_leader(request.record).await;
         }
-        match self.known_leader() {
+        match self.leadership().known_leader() {
             Some((leader, addr)) if !request.forwarded => {
                 let forwarded = RecordRequest {
                     record: request.record,
@@ -93,7 +93,7 @@ impl Node {
         &self,
         record: ShortLivedRecord,
     ) -> Result<u64, PeerError> {
-        let Some(_proposal) = self.begin_proposal() else {
+        let Some(_proposal) = self.leadership().begin_proposal() else {
             return Err(PeerError::Unavailable(
                 "the leader is handing over its leadership".to_string(),
             ));

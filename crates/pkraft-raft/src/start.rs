@@ -19,13 +19,14 @@ use crate::dht_outbox::DhtOutbox;
 use crate::disk_space::DiskSpace;
 use crate::expiry::ExpiryLedger;
 use crate::freshness::Freshness;
-use crate::leadership::Leadership;
+use crate::leadership::{Leadership, LeadershipParts, Silenced};
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::node::{
     CLEAN_STOP_FILE, Cluster, Core, LOG_DIR, LOG_FILE_V1, Node, SNAPSHOT_DIR, STATE_FILE,
     StartError, sync_dir,
 };
 use crate::peer::{PeerClient, PeerNetwork};
+use crate::quorum::QuorumContact;
 use crate::settings::Settings;
 use crate::snapshot_schedule::BuildTimes;
 use crate::store_cap::{self, StoreCap};
@@ -172,14 +173,12 @@ impl Node {
             .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))
         };
         let peers = peer_client()?;
-        let leadership = Leadership::default();
+        // Shared by the peer network and the node's leadership.
+        let quorum_contact = QuorumContact::default();
+        let silenced = Silenced::default();
         // openraft's own client, with connections of its own: replication never waits for a
         // pooled connection that a status probe, a forwarded publish or an admin call holds.
-        let network = PeerNetwork::new(
-            peer_client()?,
-            leadership.quorum_contact().clone(),
-            leadership.silenced(),
-        );
+        let network = PeerNetwork::new(peer_client()?, quorum_contact.clone(), silenced.clone());
         let raft = Raft::new(id, config, network, log_store.clone(), state_machine)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -214,6 +213,16 @@ impl Node {
         metrics
             .store_max_packets
             .set(max_stored_packets.map_or(0, |max| i64::try_from(max).unwrap_or(i64::MAX)));
+        let leadership = Arc::new(Leadership::new(LeadershipParts {
+            id,
+            raft: raft.clone(),
+            log_store: log_store.clone(),
+            lease: settings.election_timeout_max,
+            pre_vote: settings.pre_vote,
+            metrics: metrics.clone(),
+            quorum_contact,
+            silenced,
+        }));
         let node = Node {
             core: Core {
                 id,
@@ -225,7 +234,6 @@ impl Node {
                 metrics,
                 publish_timeout: settings.publish_timeout,
                 election_timeout_max: settings.election_timeout_max,
-                pre_vote: settings.pre_vote,
                 peer_body_max: settings.peer_body_max(),
                 disk_space,
                 store_cap: StoreCap::new(max_stored_packets),
@@ -263,11 +271,9 @@ impl Node {
         let after_entries = settings.snapshot_after_entries;
         let scrub_rates = crate::scrub::ScrubRates::of(settings);
         let mut tasks = vec![
-            supervise(
-                task::CLUSTER_STATE,
-                self,
-                crate::leading::watch_cluster_state,
-            ),
+            supervise(task::CLUSTER_STATE, self, |node| {
+                crate::leadership::watch_cluster_state(node.leadership.clone())
+            }),
             pkraft_tasks::spawn(task::SNAPSHOT_SCHEDULE, move || {
                 crate::snapshot_schedule::run(
                     node.raft.clone(),

@@ -17,14 +17,13 @@ mod batcher;
 pub(crate) mod queue;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
 use pkraft_store::StoreError;
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket, decide};
 
-use queue::{Origin, Outcome, Proposal, stopping};
+use queue::{Origin, Outcome, stopping};
 pub use queue::{PublishError, Published};
 
 use crate::node::Node;
@@ -42,17 +41,6 @@ impl Node {
             settings.publish_queue_max,
             settings.publish_batch_max,
         ));
-    }
-
-    /// Marks a proposal to Raft as under way, or `None` if this leader is handing over and must
-    /// propose nothing more. The count goes up before the check, and the handover sets its flag
-    /// before it reads the count (both sequentially consistent), so a proposal either sees the
-    /// flag or is waited for.
-    pub(crate) fn begin_proposal(&self) -> Option<Proposal<'_>> {
-        let proposing = &self.writes().proposing;
-        proposing.fetch_add(1, Ordering::SeqCst);
-        let proposal = Proposal(proposing);
-        (!self.leadership().handing_over()).then_some(proposal)
     }
 
     /// Publishes `packet`: answered from the local replica when it would not change it, else
@@ -120,9 +108,9 @@ impl Node {
         &self,
         packets: Vec<PublishItem>,
     ) -> Result<Vec<Result<Published, PublishError>>, PeerError> {
-        if !self.is_leader() || self.leadership().handing_over() {
+        if !self.leadership().is_leader() || self.leadership().handing_over() {
             return Err(PeerError::NotLeader {
-                leader: self.known_leader().map(|(id, _)| id),
+                leader: self.leadership().known_leader().map(|(id, _)| id),
             });
         }
         // All are queued before any is awaited, so they share batches, and all wait until one

@@ -219,7 +219,7 @@ fn respond<R: Serialize>(answer: &R) -> Response {
 
 async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange_unless_refused(body, |mut rpc: AppendEntriesRequest<TypeConfig>| async move {
-        let _in_flight = node.leader_request();
+        let _in_flight = node.leadership().leader_request();
         // Low on disk (`disk_space`), entries wait: they are answered 503, which the leader
         // retries after a back-off. The rest of the request is still taken, as a heartbeat:
         // a leader backing off sends nothing else, and without it this follower would stand
@@ -240,12 +240,12 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
             // leader contact: the replica falls behind, so it turns stale (`/readyz`,
             // `dns.max_stale`) as a cut-off follower's does. The leader is alive, though.
             Some(reason) if from_leader => {
-                node.reached_by_leader();
+                node.leadership().reached_by_leader();
                 Err(Refusal(reason))
             }
             _ => {
                 if from_leader {
-                    node.heard_from_leader();
+                    node.leadership().heard_from_leader();
                 }
                 Ok(answer)
             }
@@ -268,7 +268,7 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange_unless_refused(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
-        let _in_flight = node.leader_request();
+        let _in_flight = node.leadership().leader_request();
         let refusal = node
             .disk_space
             .refusal()
@@ -289,7 +289,7 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
                 }
                 // Not leader contact either, but a live leader (see `append_entries`).
                 Ok(_) => {
-                    node.reached_by_leader();
+                    node.leadership().reached_by_leader();
                     Err(Refusal(reason))
                 }
                 Err(fatal) => Err(Refusal(fatal.to_string())),
@@ -310,7 +310,7 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
         }
         let answer = node.raft.install_snapshot(rpc).await;
         if answer.is_ok() {
-            node.heard_from_leader();
+            node.leadership().heard_from_leader();
         }
         Ok(answer)
     })

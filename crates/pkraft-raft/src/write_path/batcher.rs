@@ -94,9 +94,9 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
     // attempt and superseded since", so it must not answer 409.
     let mut earlier_attempt_unknown = false;
     loop {
-        match node.known_leader() {
+        match node.leadership().known_leader() {
             Some((leader, _)) if leader == node.id && !node.leadership().handing_over() => {
-                if let Some(reason) = node.cut_off_from_quorum() {
+                if let Some(reason) = node.leadership().cut_off_from_quorum() {
                     node.metrics.publish_refused("no_quorum", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
@@ -118,7 +118,7 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     );
                 }
                 // The handover began since the check above: go round and wait for the next leader.
-                let Some(_proposal) = node.begin_proposal() else {
+                let Some(_proposal) = node.leadership().begin_proposal() else {
                     continue;
                 };
                 // New keys count against the cap until the proposal has returned.
@@ -130,7 +130,9 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
             }
             // This leader is handing over (see `handover`): wait for the next one.
             Some((leader, _)) if leader == node.id && Instant::now() < deadline => {
-                node.wait_for_leader_news(Some(leader), deadline).await;
+                node.leadership()
+                    .wait_for_leader_news(Some(leader), deadline)
+                    .await;
             }
             Some((leader, _)) if leader == node.id => {
                 node.metrics.publish_refused("handover", batch.len());
@@ -141,15 +143,18 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
             }
             // A leader that has gone silent is not sent more; the followers elect its
             // successor within an election timeout.
-            Some((leader, _)) if node.leader_gone(leader).is_some() => {
+            Some((leader, _)) if node.leadership().leader_gone(leader).is_some() => {
                 if Instant::now() >= deadline {
                     let reason = node
+                        .leadership()
                         .leader_gone(leader)
                         .unwrap_or_else(|| format!("leader {leader} did not answer in time"));
                     node.metrics.publish_refused("forward_failed", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
-                node.wait_for_leader_news(Some(leader), deadline).await;
+                node.leadership()
+                    .wait_for_leader_news(Some(leader), deadline)
+                    .await;
             }
             Some((leader, addr)) => {
                 // Publishes forwarded to this node while it led must not travel on.
@@ -182,7 +187,9 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     }) if Instant::now() < deadline => {
                         tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
                         earlier_attempt_unknown |= maybe_delivered;
-                        node.wait_for_leader_news(Some(leader), deadline).await;
+                        node.leadership()
+                            .wait_for_leader_news(Some(leader), deadline)
+                            .await;
                     }
                     Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
                         node.metrics.publish_refused("forward_failed", batch.len());
@@ -190,7 +197,9 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     }
                 }
             }
-            None if Instant::now() < deadline => node.wait_for_leader_news(None, deadline).await,
+            None if Instant::now() < deadline => {
+                node.leadership().wait_for_leader_news(None, deadline).await
+            }
             None => {
                 node.metrics.publish_refused("no_leader", batch.len());
                 return answer_all(
@@ -389,7 +398,7 @@ async fn forward(
             reason: e.to_string(),
             maybe_delivered: true,
         })?,
-        reason = node.until_leader_gone(leader) => {
+        reason = node.leadership().until_leader_gone(leader) => {
             return Err(Reroute::Retry { reason, maybe_delivered: true });
         }
     };

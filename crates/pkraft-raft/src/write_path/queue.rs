@@ -2,8 +2,7 @@
 //! (`batcher`), the proposals under way, and the types of a publish's answer. Nothing here knows
 //! the node, so the node can hold it.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pkraft_types::{PublishItem, PublishOutcome};
 use serde::{Deserialize, Serialize};
@@ -44,25 +43,10 @@ pub enum PublishError {
     NoRoom(String),
 }
 
-/// How often a handover checks whether the proposals under way have returned.
-const PROPOSALS_POLL: Duration = Duration::from_millis(1);
-
 /// The publish queue in front of Raft, owned by the node; see the module docs.
 pub(crate) struct WritePath {
     /// Taken on shutdown to close the queue.
     batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
-    /// Proposals this node has handed to Raft that have not returned (see [`Proposal`]).
-    pub(super) proposing: AtomicUsize,
-}
-
-/// A proposal to Raft under way on this leader. A handover waits until none is, so that the log
-/// it asks a successor to match no longer grows (see `handover`).
-pub(crate) struct Proposal<'a>(pub(super) &'a AtomicUsize);
-
-impl Drop for Proposal<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 impl WritePath {
@@ -70,20 +54,7 @@ impl WritePath {
     pub(crate) fn new() -> WritePath {
         WritePath {
             batcher: std::sync::Mutex::new(None),
-            proposing: AtomicUsize::new(0),
         }
-    }
-
-    /// Waits until no proposal is under way, for at most `timeout`; whether none is.
-    pub(crate) async fn proposals_settled(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.proposing.load(Ordering::SeqCst) > 0 {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(PROPOSALS_POLL).await;
-        }
-        true
     }
 
     /// Takes publishes from now on, into `batcher` (its task: `batcher::spawn`).
