@@ -97,7 +97,8 @@ impl DhtBridge {
             watch_size(watched.0.clone(), watched.1.clone())
         })];
         if settings.publish || !settings.republish_interval.is_zero() {
-            node.dht_outbox()
+            node.dht()
+                .outbox()
                 .enable(settings.publish_backlog_max, settings.publish);
             let publisher = Arc::new(publisher::Publisher::new(
                 node,

@@ -112,7 +112,7 @@ impl Publisher {
                 tokio::time::sleep(TICK).await;
                 continue;
             }
-            let outbox = self.node.dht_outbox();
+            let outbox = self.node.dht().outbox();
             if !leading {
                 // Carry on from the last progress the cluster committed.
                 leading = true;
@@ -144,7 +144,7 @@ impl Publisher {
                         published_through: published_through.max(committed.published_through),
                         republished_through: sweep.after,
                     };
-                    match self.node.commit_dht_progress(progress).await {
+                    match self.node.dht().commit_progress(progress).await {
                         Ok(()) => {
                             committed = progress;
                             finished_at_commit = finished;
@@ -162,7 +162,7 @@ impl Publisher {
     }
 
     fn update_gauges(&self) {
-        let outbox = self.node.dht_outbox();
+        let outbox = self.node.dht().outbox();
         self.metrics
             .publish_backlog
             .set(i64::try_from(outbox.backlog()).unwrap_or(i64::MAX));
@@ -179,19 +179,20 @@ impl Publisher {
         }
         let ready = self
             .node
-            .dht_outbox()
+            .dht()
+            .outbox()
             .take_ready(self.settings.publish_delay, free);
         if ready.is_empty() {
             return false;
         }
         for item in ready {
             if !self.node.leadership().is_leader() {
-                self.node.dht_outbox().release(item);
+                self.node.dht().outbox().release(item);
                 continue;
             }
             self.budget.until_ready().await;
             let Ok(slot) = self.slots.clone().acquire_owned().await else {
-                self.node.dht_outbox().release(item);
+                self.node.dht().outbox().release(item);
                 continue;
             };
             let publisher = self.clone();
@@ -203,7 +204,7 @@ impl Publisher {
                     .await
                     .is_err()
                 {
-                    publisher.node.dht_outbox().retry(item, RETRY_AFTER);
+                    publisher.node.dht().outbox().retry(item, RETRY_AFTER);
                 }
                 drop(slot);
             });
@@ -212,7 +213,7 @@ impl Publisher {
     }
 
     async fn publish_one(&self, item: OutboxItem) {
-        let outbox = self.node.dht_outbox();
+        let outbox = self.node.dht().outbox();
         let stored = match self.node.store().get(&item.key) {
             Ok(stored) => stored,
             Err(e) => {
@@ -269,7 +270,7 @@ impl Publisher {
         let step = sweep.jitter.around(spacing);
         sweep.next_due = sweep.next_due.checked_add(step).unwrap_or(now);
         // A key waiting in the outbox is put by the publisher anyway.
-        if self.node.dht_outbox().is_pending(&key) {
+        if self.node.dht().outbox().is_pending(&key) {
             return true;
         }
         let Ok(slot) = self.slots.clone().acquire_owned().await else {

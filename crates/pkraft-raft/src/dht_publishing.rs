@@ -1,20 +1,49 @@
-//! The DHT publisher's way into the node (`pkraft-dht`): this replica's [`DhtOutbox`], and the
-//! commit of the publisher's progress through Raft.
+//! [`DhtPublishing`]: the DHT publisher's way into the node (`pkraft-dht`): this replica's
+//! [`DhtOutbox`], and the commit of the publisher's progress through Raft.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::Raft;
 use pkraft_types::Command;
 
+use crate::TypeConfig;
 use crate::dht_outbox::{DhtOutbox, Progress, ProgressError};
-use crate::node::Node;
+use crate::leadership::Leadership;
 
-impl Node {
+/// The node's side of the Mainline DHT bridge.
+pub struct DhtPublishing {
+    /// Filled by the state machine as it applies (also on followers).
+    outbox: Arc<DhtOutbox>,
+    raft: Raft<TypeConfig>,
+    leadership: Arc<Leadership>,
+    /// `raft.publish_timeout`: a commit's bound.
+    publish_timeout: Duration,
+}
+
+impl DhtPublishing {
+    pub(crate) fn new(
+        outbox: Arc<DhtOutbox>,
+        raft: Raft<TypeConfig>,
+        leadership: Arc<Leadership>,
+        publish_timeout: Duration,
+    ) -> DhtPublishing {
+        DhtPublishing {
+            outbox,
+            raft,
+            leadership,
+            publish_timeout,
+        }
+    }
+
     /// The DHT outbox of this replica (see [`DhtOutbox`]).
-    pub fn dht_outbox(&self) -> &DhtOutbox {
-        &self.dht_outbox
+    pub fn outbox(&self) -> &DhtOutbox {
+        &self.outbox
     }
 
     /// Commits the DHT publisher's progress (leader only), bounded by `raft.publish_timeout`.
-    pub async fn commit_dht_progress(&self, progress: Progress) -> Result<(), ProgressError> {
-        let Some(_proposal) = self.leadership().begin_proposal() else {
+    pub async fn commit_progress(&self, progress: Progress) -> Result<(), ProgressError> {
+        let Some(_proposal) = self.leadership.begin_proposal() else {
             return Err(ProgressError::NotLeader);
         };
         let command = Command::DhtProgress {

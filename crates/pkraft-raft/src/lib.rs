@@ -67,6 +67,7 @@ pub mod write_path;
 
 pub use cluster_clock::{ClockReport, ClockState, ClusterTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
+pub use dht_publishing::DhtPublishing;
 pub use handover::Handover;
 pub use leadership::Leadership;
 pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
@@ -77,6 +78,6 @@ pub use pkraft_storage::state_repair::StateOpenError;
 pub use pkraft_storage::{NodeId, TypeConfig};
 pub use reads::{Consistency, ReadError, Readiness, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
-pub use short_lived::RecordHolder;
+pub use short_lived::{RecordHolder, ShortLived};
 pub use start::task;
 pub use write_path::{PublishError, Published};

@@ -9,15 +9,14 @@ use pkraft_store::{Store, StoreError};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
-use pkraft_types::short_lived::ShortLivedRecords;
-
-use crate::dht_outbox::DhtOutbox;
+use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
 use crate::freshness::Freshness;
 use crate::leadership::Leadership;
 use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient};
 use crate::settings::SettingsError;
+use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
 use crate::write_path::queue::WritePath;
 use crate::{NodeId, TypeConfig};
@@ -142,10 +141,10 @@ pub struct Node {
     pub(crate) background: std::sync::Mutex<Vec<JoinHandle<()>>>,
     /// The replica's redb file, whose size is a metric.
     pub(crate) state_file: PathBuf,
-    /// What the Mainline DHT publisher has still to put (`dht_outbox`).
-    pub(crate) dht_outbox: Arc<DhtOutbox>,
-    /// The short-lived records this replica's DNS answers (`short_lived`).
-    pub(crate) short_lived: Arc<ShortLivedRecords>,
+    /// The DHT publisher's outbox and its progress (`dht_publishing`).
+    pub(crate) dht: DhtPublishing,
+    /// The short-lived records this replica's DNS answers, and their commit (`short_lived`).
+    pub(crate) short_lived: ShortLived,
     /// When the last snapshot build ended, for the snapshot schedule.
     pub(crate) build_times: Arc<BuildTimes>,
     /// The voters' clocks and the log's time: cluster time (`cluster_clock`).
@@ -210,6 +209,16 @@ impl Node {
     /// Who leads, and whether this node may act as leader (`leadership`).
     pub fn leadership(&self) -> &Leadership {
         &self.leadership
+    }
+
+    /// The DHT publisher's way into the node (`dht_publishing`).
+    pub fn dht(&self) -> &DhtPublishing {
+        &self.dht
+    }
+
+    /// The short-lived records (`short_lived`).
+    pub fn short_lived(&self) -> &ShortLived {
+        &self.short_lived
     }
 
     /// The replica's freshness (`reads`).

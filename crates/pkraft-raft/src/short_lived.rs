@@ -1,7 +1,7 @@
-//! Short-lived records through the cluster ([`pkraft_types::short_lived`]): a node commits each
-//! through the leader ([`Command::ShortLivedRecord`]), so that every replica's DNS answers it,
-//! whichever node is asked, and can ask every member which records it answers (so that their
-//! proposer knows when every replica answers them).
+//! [`ShortLived`]: short-lived records through the cluster ([`pkraft_types::short_lived`]): a
+//! node commits each through the leader ([`Command::ShortLivedRecord`]), so that every replica's
+//! DNS answers it, whichever node is asked, and can ask every member which records it answers
+//! (so that their proposer knows when every replica answers them).
 
 use std::sync::Arc;
 
@@ -9,13 +9,17 @@ use pkraft_types::Command;
 use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use openraft::Raft;
+
+use crate::leadership::Leadership;
 use crate::membership::STATUS_PROBE_TIMEOUT;
 use crate::membership::change_error;
-use crate::node::Node;
 use crate::peer::client::CallError;
-use crate::peer::{PeerError, path};
-use hyper::StatusCode;
+use crate::peer::{PeerClient, PeerError, path};
+use crate::{NodeId, TypeConfig};
 
 /// A record to commit, from the node that proposes it (forwarded to the leader).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,9 +30,9 @@ pub(crate) struct RecordRequest {
 }
 
 /// How much longer than the leader's commit bound a forwarded record is waited for.
-const FORWARD_ANSWER_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+const FORWARD_ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
-/// What one member says of the short-lived records ([`Node::short_lived_holders`]).
+/// What one member says of the short-lived records ([`ShortLived::holders`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordHolder {
     /// The records its DNS answers now.
@@ -41,16 +45,46 @@ pub enum RecordHolder {
     Unreachable(String),
 }
 
-impl Node {
+/// The node's short-lived records: this replica's, and the commit of new ones through the leader.
+pub struct ShortLived {
+    id: NodeId,
+    /// What this replica's DNS answers; the state machine applies the records into it.
+    records: Arc<ShortLivedRecords>,
+    raft: Raft<TypeConfig>,
+    peers: PeerClient,
+    leadership: Arc<Leadership>,
+    /// `raft.publish_timeout`: a commit's bound.
+    publish_timeout: Duration,
+}
+
+impl ShortLived {
+    pub(crate) fn new(
+        id: NodeId,
+        records: Arc<ShortLivedRecords>,
+        raft: Raft<TypeConfig>,
+        peers: PeerClient,
+        leadership: Arc<Leadership>,
+        publish_timeout: Duration,
+    ) -> ShortLived {
+        ShortLived {
+            id,
+            records,
+            raft,
+            peers,
+            leadership,
+            publish_timeout,
+        }
+    }
+
     /// The short-lived records this replica's DNS answers.
-    pub fn short_lived_records(&self) -> Arc<ShortLivedRecords> {
-        self.short_lived.clone()
+    pub fn records(&self) -> Arc<ShortLivedRecords> {
+        self.records.clone()
     }
 
     /// Commits `record` through the leader (here if this node leads, else forwarded to it),
     /// within `raft.publish_timeout`; the log index it was committed at.
-    pub async fn commit_short_lived(&self, record: ShortLivedRecord) -> Result<u64, PeerError> {
-        self.handle_short_lived(RecordRequest {
+    pub async fn commit(&self, record: ShortLivedRecord) -> Result<u64, PeerError> {
+        self.handle(RecordRequest {
             record,
             forwarded: false,
         })
@@ -58,14 +92,11 @@ impl Node {
     }
 
     /// A record from this node or, forwarded, from another.
-    pub(crate) async fn handle_short_lived(
-        &self,
-        request: RecordRequest,
-    ) -> Result<u64, PeerError> {
-        if self.leadership().is_leader() {
-            return self.commit_short_lived_as_leader(request.record).await;
+    pub(crate) async fn handle(&self, request: RecordRequest) -> Result<u64, PeerError> {
+        if self.leadership.is_leader() {
+            return self.commit_as_leader(request.record).await;
         }
-        match self.leadership().known_leader() {
+        match self.leadership.known_leader() {
             Some((leader, addr)) if !request.forwarded => {
                 let forwarded = RecordRequest {
                     record: request.record,
@@ -89,11 +120,8 @@ impl Node {
         }
     }
 
-    async fn commit_short_lived_as_leader(
-        &self,
-        record: ShortLivedRecord,
-    ) -> Result<u64, PeerError> {
-        let Some(_proposal) = self.leadership().begin_proposal() else {
+    async fn commit_as_leader(&self, record: ShortLivedRecord) -> Result<u64, PeerError> {
+        let Some(_proposal) = self.leadership.begin_proposal() else {
             return Err(PeerError::Unavailable(
                 "the leader is handing over its leadership".to_string(),
             ));
@@ -110,13 +138,13 @@ impl Node {
     }
 
     /// The records this replica's DNS answers now.
-    pub fn live_short_lived(&self) -> Vec<ShortLivedRecord> {
-        self.short_lived.live(pkraft_types::unix_micros_now())
+    pub fn live(&self) -> Vec<ShortLivedRecord> {
+        self.records.live(pkraft_types::unix_micros_now())
     }
 
     /// What each member of the cluster (this node too) says of the short-lived records, each
     /// asked over the peer network within `STATUS_PROBE_TIMEOUT`, in parallel.
-    pub async fn short_lived_holders(&self) -> Vec<(NodeId, RecordHolder)> {
+    pub async fn holders(&self) -> Vec<(NodeId, RecordHolder)> {
         let members: Vec<(NodeId, String)> = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
@@ -152,7 +180,7 @@ impl Node {
                 (id, holder)
             });
         }
-        let mut holders = vec![(self.id, RecordHolder::Answers(self.live_short_lived()))];
+        let mut holders = vec![(self.id, RecordHolder::Answers(self.live()))];
         while let Some(joined) = asks.join_next().await {
             if let Ok(answer) = joined {
                 holders.push(answer);

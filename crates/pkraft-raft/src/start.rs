@@ -16,6 +16,7 @@ use tokio::runtime::Handle;
 
 use crate::cluster_clock::{ClockBounds, ClusterClock};
 use crate::dht_outbox::DhtOutbox;
+use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
 use crate::expiry::ExpiryLedger;
 use crate::freshness::Freshness;
@@ -28,6 +29,7 @@ use crate::node::{
 use crate::peer::{PeerClient, PeerNetwork};
 use crate::quorum::QuorumContact;
 use crate::settings::Settings;
+use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
 use crate::store_cap::{self, StoreCap};
 use crate::write_path::queue::WritePath;
@@ -109,7 +111,7 @@ impl Node {
             metrics.damage_found(Damaged::State);
         }
         let dht_outbox = Arc::new(DhtOutbox::default());
-        let short_lived = Arc::new(ShortLivedRecords::default());
+        let short_lived_records = Arc::new(ShortLivedRecords::default());
         let build_times = Arc::new(BuildTimes::default());
         let log_time = match store.log_time_micros() {
             Ok(log_time) => log_time,
@@ -133,7 +135,7 @@ impl Node {
             .with_events(Arc::new(StateMachineEvents {
                 metrics: metrics.clone(),
                 dht_outbox: dht_outbox.clone(),
-                short_lived: short_lived.clone(),
+                short_lived: short_lived_records.clone(),
                 build_times: build_times.clone(),
                 cluster_clock: cluster_clock.clone(),
                 expiry_ledger: expiry_ledger.clone(),
@@ -223,6 +225,20 @@ impl Node {
             quorum_contact,
             silenced,
         }));
+        let dht = DhtPublishing::new(
+            dht_outbox,
+            raft.clone(),
+            leadership.clone(),
+            settings.publish_timeout,
+        );
+        let short_lived = ShortLived::new(
+            id,
+            short_lived_records,
+            raft.clone(),
+            peers.clone(),
+            leadership.clone(),
+            settings.publish_timeout,
+        );
         let node = Node {
             core: Core {
                 id,
@@ -245,7 +261,7 @@ impl Node {
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
-            dht_outbox,
+            dht,
             short_lived,
             build_times,
             cluster_clock,

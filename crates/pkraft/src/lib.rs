@@ -269,7 +269,7 @@ impl Server {
                 // Every node answers the ACME DNS-01 challenges, whichever node orders (`acme`).
                 short_lived: Some(pkraft_dns::ShortLivedNames {
                     first_label: acme::CHALLENGE_LABEL.to_string(),
-                    records: node.short_lived_records(),
+                    records: node.short_lived().records(),
                 }),
             },
         )

@@ -413,7 +413,7 @@ async fn packet_check(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 /// Another node asks the leader to commit a short-lived record (`short_lived`).
 async fn short_lived_record(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |request: RecordRequest| async move {
-        node.handle_short_lived(request).await
+        node.short_lived().handle(request).await
     })
     .await
 }
@@ -421,7 +421,7 @@ async fn short_lived_record(State(node): State<Arc<Node>>, body: Bytes) -> Respo
 /// Another node asks which short-lived records this node's DNS answers (`short_lived`); a
 /// build without the route answers 404.
 async fn short_lived_records(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |(): ()| async move { node.live_short_lived() }).await
+    exchange(body, |(): ()| async move { node.short_lived().live() }).await
 }
 
 /// Another node asks for this node's wall clock (`cluster_clock`).

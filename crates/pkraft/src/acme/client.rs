@@ -8,7 +8,7 @@
 //!   `pkraft_http::serve`). So every name must resolve to this node alone.
 //! - `dns-01` (RFC 8555 §8.4): a TXT record at `_acme-challenge.<name>`, answered by pkraft's
 //!   own DNS, which is authoritative for the origins the names lie under. The value is committed
-//!   through Raft (`Node::commit_short_lived`), so every node's DNS answers it whichever one
+//!   through Raft (`ShortLived::commit`), so every node's DNS answers it whichever one
 //!   the CA asks, and the CA is told to look only once every member has applied it (or a bound
 //!   has passed). This is what lets every node of a cluster order its own certificate for one
 //!   shared name (each publishes its own value; several TXT values at one name are fine), and
@@ -417,7 +417,7 @@ impl AcmeClient {
         self.certificate.withdraw_challenges();
         for mut challenge in published {
             challenge.until_micros = 0;
-            if let Err(e) = self.node.commit_short_lived(challenge.clone()).await {
+            if let Err(e) = self.node.short_lived().commit(challenge.clone()).await {
                 // It ends by itself at `until_micros`.
                 tracing::debug!(name = challenge.name, error = %e, "ACME: challenge not withdrawn");
             }
@@ -511,7 +511,8 @@ impl AcmeClient {
     async fn check_every_member_reads_challenges(&self) -> anyhow::Result<()> {
         let older: Vec<NodeId> = self
             .node
-            .short_lived_holders()
+            .short_lived()
+            .holders()
             .await
             .into_iter()
             .filter(|(_, holder)| *holder == RecordHolder::OlderBuild)
@@ -534,7 +535,8 @@ impl AcmeClient {
         loop {
             let lacking: Vec<(NodeId, Vec<&ShortLivedRecord>)> = self
                 .node
-                .short_lived_holders()
+                .short_lived()
+                .holders()
                 .await
                 .into_iter()
                 .filter_map(|(id, holder)| {
@@ -573,7 +575,7 @@ impl AcmeClient {
                 again.sort_by(|a, b| a.value.cmp(&b.value));
                 again.dedup_by(|a, b| a.value == b.value);
                 for value in again {
-                    if let Err(e) = self.node.commit_short_lived(value.clone()).await {
+                    if let Err(e) = self.node.short_lived().commit(value.clone()).await {
                         tracing::debug!(error = %e, "ACME: challenge not committed again");
                     }
                 }
@@ -649,7 +651,8 @@ impl AcmeClient {
             // must be withdrawn too.
             published.push(value.clone());
             self.node
-                .commit_short_lived(value.clone())
+                .short_lived()
+                .commit(value.clone())
                 .await
                 .with_context(|| format!("committing the challenge for {domain}"))?;
             values.push(value);
