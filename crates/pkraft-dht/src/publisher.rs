@@ -378,7 +378,7 @@ impl Publisher {
         let Some(newer) = self.resolver.newest_after(key, payload).await else {
             return false;
         };
-        let now_micros = self.node.skew_reference_micros();
+        let now_micros = self.node.clock().skew_reference_micros();
         if too_far_ahead(now_micros, newer.timestamp_micros(), self.max_future_skew).is_some() {
             tracing::debug!("newer DHT packet is too far in the future; not published");
             return true;

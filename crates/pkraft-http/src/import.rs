@@ -53,7 +53,7 @@ struct ImportTime {
 
 impl ImportTime {
     fn of(node: &Node) -> ImportTime {
-        let time = node.cluster_time();
+        let time = node.clock().now();
         ImportTime {
             now_micros: time.skew_reference_micros(),
             expiry_micros: time.expiry_micros(),

@@ -58,7 +58,7 @@ pub async fn put_packet(
     let key = parse_z32_key(&key)?;
     let packet = VerifiedPacket::verify(&key, body)?;
     check_not_from_the_future(
-        state.node.skew_reference_micros(),
+        state.node.clock().skew_reference_micros(),
         packet.payload().timestamp_micros(),
         state.settings.max_future_skew,
     )?;

@@ -31,9 +31,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::NodeId;
-use crate::node::Node;
-use crate::peer::path;
+use openraft::Raft;
+
+use crate::metrics::NodeMetrics;
+use crate::peer::{PeerClient, path};
+use crate::voters;
+use crate::{NodeId, TypeConfig};
 
 /// How often every voter's clock is asked for.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -246,7 +249,7 @@ pub(crate) fn evaluate(inputs: &Inputs<'_>) -> ClusterTime {
 }
 
 /// What this node knows of the voters' clocks and of the log's time.
-pub struct ClusterClock {
+pub(crate) struct ClockReadings {
     bounds: ClockBounds,
     known: Mutex<Known>,
 }
@@ -261,9 +264,9 @@ struct Known {
     reported: Option<ClockState>,
 }
 
-impl ClusterClock {
+impl ClockReadings {
     /// `log_micros`: the largest stamp the replica holds (read from the store at start).
-    pub(crate) fn new(bounds: ClockBounds, log_micros: Option<u64>) -> ClusterClock {
+    pub(crate) fn new(bounds: ClockBounds, log_micros: Option<u64>) -> ClockReadings {
         let known = Known {
             log: log_micros.map(|wall_micros| Reading {
                 wall_micros,
@@ -271,13 +274,13 @@ impl ClusterClock {
             }),
             ..Known::default()
         };
-        ClusterClock {
+        ClockReadings {
             bounds,
             known: Mutex::new(known),
         }
     }
 
-    pub fn bounds(&self) -> ClockBounds {
+    pub(crate) fn bounds(&self) -> ClockBounds {
         self.bounds
     }
 
@@ -353,57 +356,88 @@ pub struct ClockReport {
     pub offset_ms: Option<i64>,
 }
 
-impl Node {
+/// The node's cluster time: the voters' clocks it asks for and the log's stamps
+/// ([`ClockReadings`]), with what it needs to ask.
+pub struct ClusterClock {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    peers: PeerClient,
+    metrics: Arc<NodeMetrics>,
+    readings: Arc<ClockReadings>,
+}
+
+impl ClusterClock {
+    /// `readings`: shared with the state machine, which applies the log's stamps into it.
+    pub(crate) fn new(
+        id: NodeId,
+        raft: Raft<TypeConfig>,
+        peers: PeerClient,
+        metrics: Arc<NodeMetrics>,
+        readings: Arc<ClockReadings>,
+    ) -> ClusterClock {
+        ClusterClock {
+            id,
+            raft,
+            peers,
+            metrics,
+            readings,
+        }
+    }
+
     /// Cluster time now, as this node knows it.
-    pub fn cluster_time(&self) -> ClusterTime {
-        self.cluster_clock.now(self.id, &self.voter_ids())
+    pub fn now(&self) -> ClusterTime {
+        self.readings.now(self.id, &voters::ids(&self.raft))
     }
 
     /// The time a packet's signature time is compared with (`http.max_future_skew`), in µs
     /// since the Unix epoch; see [`ClusterTime::skew_reference_micros`].
     pub fn skew_reference_micros(&self) -> u64 {
-        self.cluster_time().skew_reference_micros()
+        self.now().skew_reference_micros()
     }
 
     /// What this node says of its clock.
-    pub fn clock_report(&self) -> ClockReport {
-        let time = self.cluster_time();
+    pub fn report(&self) -> ClockReport {
+        let time = self.now();
         ClockReport {
             state: time.state,
             offset_ms: time.offset_micros().map(|offset| offset / 1000),
         }
     }
 
-    /// This node's wall clock, for a peer's probe (route `clock`).
-    pub(crate) fn wall_clock_micros(&self) -> u64 {
-        pkraft_types::unix_micros_now()
+    /// `raft.max_clock_offset` and `raft.max_clock_jump`.
+    pub fn bounds(&self) -> ClockBounds {
+        self.readings.bounds()
     }
+}
+
+/// This node's wall clock, for a peer's probe (route `clock`).
+pub(crate) fn wall_clock_micros() -> u64 {
+    pkraft_types::unix_micros_now()
 }
 
 /// Asks every other voter for its clock once per `PROBE_INTERVAL`, and reports this node's
 /// clock state (log lines on change, gauges).
-pub(crate) async fn run(node: Arc<Node>) {
+pub(crate) async fn run(clock: Arc<ClusterClock>) {
     let mut ticker = tokio::time::interval(PROBE_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        probe_voters(&node).await;
-        report(&node);
+        probe_voters(&clock).await;
+        report_state(&clock);
     }
 }
 
-async fn probe_voters(node: &Arc<Node>) {
-    let voters = node.other_voters();
-    let ids: Vec<NodeId> = node.voter_ids();
-    node.cluster_clock.retain_voters(&ids);
-    let max_round_trip = node.cluster_clock.bounds.max_offset.min(PROBE_TIMEOUT);
+async fn probe_voters(clock: &ClusterClock) {
+    let voters = voters::others(&clock.raft, clock.id);
+    clock.readings.retain_voters(&voters::ids(&clock.raft));
+    let max_round_trip = clock.readings.bounds.max_offset.min(PROBE_TIMEOUT);
     let mut asks = tokio::task::JoinSet::new();
     for (id, addr) in voters {
-        let node = node.clone();
+        let peers = clock.peers.clone();
+        let readings = clock.readings.clone();
         asks.spawn(async move {
             let sent = Instant::now();
-            let answer = node
-                .peers
+            let answer = peers
                 .call::<(), u64>(&addr, Some(id), path::CLOCK, &(), PROBE_TIMEOUT)
                 .await;
             let received = Instant::now();
@@ -411,8 +445,7 @@ async fn probe_voters(node: &Arc<Node>) {
                 Ok(wall_micros) => {
                     let round_trip = received.saturating_duration_since(sent);
                     if round_trip <= max_round_trip {
-                        node.cluster_clock
-                            .record_reading(id, wall_micros, sent + round_trip / 2);
+                        readings.record_reading(id, wall_micros, sent + round_trip / 2);
                     }
                 }
                 Err(e) => tracing::debug!(peer = id, error = %e, "clock probe failed"),
@@ -422,22 +455,23 @@ async fn probe_voters(node: &Arc<Node>) {
     while asks.join_next().await.is_some() {}
 }
 
-fn report(node: &Node) {
-    let time = node.cluster_time();
+fn report_state(clock: &ClusterClock) {
+    let time = clock.now();
     let offset_seconds = time
         .offset_micros()
         .map_or(0.0, |offset| offset as f64 / 1e6);
-    node.metrics.clock_offset_seconds.set(offset_seconds);
+    clock.metrics.clock_offset_seconds.set(offset_seconds);
     for state in ClockState::ALL {
-        node.metrics
+        clock
+            .metrics
             .clock_state
             .with_label_values(&[state.label()])
             .set(i64::from(state == time.state));
     }
-    if !node.cluster_clock.report(time.state) {
+    if !clock.readings.report(time.state) {
         return;
     }
-    let bounds = node.cluster_clock.bounds;
+    let bounds = clock.readings.bounds;
     match time.state {
         ClockState::Synchronized => tracing::info!(
             offset_ms = time.offset_micros().map(|o| o / 1000),
@@ -547,7 +581,7 @@ mod tests {
         assert_eq!(alone.state, ClockState::Unknown);
         // No agreed time and no log: the stamp says so (0), and is not taken as the log's time.
         assert_eq!(alone.stamp_micros(), 0);
-        let clock = ClusterClock::new(bounds(), None);
+        let clock = ClockReadings::new(bounds(), None);
         clock.applied_stamp(0);
         assert!(clock.known().log.is_none());
     }
@@ -642,7 +676,7 @@ mod tests {
     /// grows with uptime, so a clock step after a long uptime is held back as after a restart.
     #[test]
     fn the_log_follows_the_stamps_over_a_long_uptime() {
-        let clock = ClusterClock::new(bounds(), Some(NOW));
+        let clock = ClockReadings::new(bounds(), Some(NOW));
         let start = clock.known().log.map(|log| log.at).expect("anchored");
         let month = Duration::from_secs(30 * 24 * 3600);
         let later = start + month;
@@ -701,7 +735,7 @@ mod tests {
 
     #[test]
     fn late_stamps_do_not_pull_the_log_back() {
-        let clock = ClusterClock::new(bounds(), Some(NOW));
+        let clock = ClockReadings::new(bounds(), Some(NOW));
         clock.applied_stamp(NOW - DAY);
         let log = clock.known().log.map(|log| log.wall_micros);
         assert_eq!(log, Some(NOW));

@@ -151,7 +151,7 @@ impl Held {
 /// fence is reached, or a proposal fails (the next tick tries again). Returns why it held back,
 /// if it did.
 async fn expire_now(node: &Node, rules: &ExpiryRules) -> Option<&'static str> {
-    let time = node.cluster_time();
+    let time = node.clock.now();
     let before_micros = match (time.state, time.expiry_micros()) {
         (ClockState::Offset, _) => return Some("clock"),
         (_, None) => return Some("time_unknown"),

@@ -63,9 +63,10 @@ mod short_lived;
 mod snapshot_schedule;
 mod start;
 mod store_cap;
+mod voters;
 pub mod write_path;
 
-pub use cluster_clock::{ClockReport, ClockState, ClusterTime};
+pub use cluster_clock::{ClockReport, ClockState, ClusterClock, ClusterTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use dht_publishing::DhtPublishing;
 pub use handover::Handover;

@@ -356,7 +356,7 @@ impl Node {
             packets: self.store().packet_count().ok(),
             low_on_disk: self.disk_space.refusal().is_some(),
             log_repair: self.log_store.repair(),
-            clock: Some(self.clock_report()),
+            clock: Some(self.clock.report()),
         }
     }
 

@@ -9,6 +9,7 @@ use pkraft_store::{Store, StoreError};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
+use crate::cluster_clock::ClusterClock;
 use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
 use crate::freshness::Freshness;
@@ -147,8 +148,8 @@ pub struct Node {
     pub(crate) short_lived: ShortLived,
     /// When the last snapshot build ended, for the snapshot schedule.
     pub(crate) build_times: Arc<BuildTimes>,
-    /// The voters' clocks and the log's time: cluster time (`cluster_clock`).
-    pub(crate) cluster_clock: Arc<crate::cluster_clock::ClusterClock>,
+    /// Cluster time, from the voters' clocks and the log's time (`cluster_clock`).
+    pub(crate) clock: Arc<ClusterClock>,
     /// What expiry deleted in the last hour, for its rate fence (`expiry`).
     pub(crate) expiry_ledger: Arc<crate::expiry::ExpiryLedger>,
     /// Linearizable reads waiting for a shared read-index round (`read_index`).
@@ -209,6 +210,11 @@ impl Node {
     /// Who leads, and whether this node may act as leader (`leadership`).
     pub fn leadership(&self) -> &Leadership {
         &self.leadership
+    }
+
+    /// Cluster time (`cluster_clock`).
+    pub fn clock(&self) -> &ClusterClock {
+        &self.clock
     }
 
     /// The DHT publisher's way into the node (`dht_publishing`).
@@ -282,38 +288,6 @@ impl Node {
     /// The data dir.
     pub(crate) fn data_dir(&self) -> &Path {
         &self.data_dir
-    }
-
-    /// The voters of the membership this node knows (every configuration of a joint one).
-    pub(crate) fn voter_ids(&self) -> Vec<NodeId> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        metrics.membership_config.membership().voter_ids().collect()
-    }
-
-    /// The voters other than this node, with their peer addresses.
-    pub(crate) fn other_voters(&self) -> Vec<(NodeId, String)> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let membership = metrics.membership_config.membership();
-        membership
-            .voter_ids()
-            .filter(|id| *id != self.id)
-            .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
-            .collect()
-    }
-
-    /// Whether the membership this node knows has a voter other than itself: a copy of the
-    /// log and the state to repair from.
-    pub(crate) fn has_other_voters(&self) -> bool {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        let id = self.id;
-        metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|voter| voter != id)
     }
 
     /// Stops Raft, waits (bounded) until its background tasks have released the data files, so

@@ -192,12 +192,12 @@ impl Node {
                     .to_string(),
             );
         }
-        let clock = self.clock_report();
+        let clock = self.clock.report();
         if clock.state == crate::cluster_clock::ClockState::Offset {
             reasons.push(format!(
                 "this node's wall clock is {} ms off the voters' median (bound raft.max_clock_offset = {} ms); check NTP",
                 clock.offset_ms.unwrap_or_default(),
-                self.cluster_clock.bounds().max_offset.as_millis()
+                self.clock.bounds().max_offset.as_millis()
             ));
         }
         if backlog > READY_APPLY_LAG_MAX {

@@ -121,7 +121,7 @@ async fn sweep_log(node: &Arc<Node>, bytes_per_second: u64) {
 
 fn log_damaged(node: &Node, damage: &Damage) {
     node.metrics.damage_found(Damaged::Log);
-    if node.has_other_voters() {
+    if crate::voters::has_others(&node.raft, node.id) {
         // Before it stops, with the range it knows: the open finds the damage again (the synced
         // mark covers the last append), but a record written now cannot be missed.
         if let Err(error) = node.log_store.record_found_damage(damage) {
@@ -285,7 +285,7 @@ async fn act_on_damaged_packet(
         );
         return Finding::Decided(Stopping::No);
     }
-    if !node.has_other_voters() {
+    if !crate::voters::has_others(&node.raft, node.id) {
         return Finding::Decided(state_damaged(node, finding, OtherCopies::Unknown));
     }
     let copies = other_copies(node, damaged).await;
@@ -355,7 +355,7 @@ const COPY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Asks every other voter, in parallel, for its copy of the damaged packet (peer route
 /// `packet-check`) and sums up the answers.
 async fn other_copies(node: &Node, damaged: &DamagedPacket) -> OtherCopies {
-    let voters = node.other_voters();
+    let voters = crate::voters::others(&node.raft, node.id);
     if voters.is_empty() {
         return OtherCopies::Unknown;
     }
@@ -418,7 +418,7 @@ enum Stopping {
 /// they would repair from. The only voter reports it and goes on.
 fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
     node.metrics.damage_found(Damaged::State);
-    if !node.has_other_voters() {
+    if !crate::voters::has_others(&node.raft, node.id) {
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node is the only voter: it has \
              no other copy to rebuild it from. Restore that key's packet from a backup, or have \

@@ -14,7 +14,7 @@ use pkraft_store::Store;
 use pkraft_types::KeyBytes;
 use tokio::runtime::Handle;
 
-use crate::cluster_clock::{ClockBounds, ClusterClock};
+use crate::cluster_clock::{ClockBounds, ClockReadings, ClusterClock};
 use crate::dht_outbox::DhtOutbox;
 use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
@@ -123,7 +123,7 @@ impl Node {
                 None
             }
         };
-        let cluster_clock = Arc::new(ClusterClock::new(
+        let clock_readings = Arc::new(ClockReadings::new(
             ClockBounds {
                 max_offset: settings.max_clock_offset,
                 max_jump: settings.max_clock_jump,
@@ -137,7 +137,7 @@ impl Node {
                 dht_outbox: dht_outbox.clone(),
                 short_lived: short_lived_records.clone(),
                 build_times: build_times.clone(),
-                cluster_clock: cluster_clock.clone(),
+                clock_readings: clock_readings.clone(),
                 expiry_ledger: expiry_ledger.clone(),
             }));
         if log_store.repair().is_some() {
@@ -231,6 +231,13 @@ impl Node {
             leadership.clone(),
             settings.publish_timeout,
         );
+        let clock = Arc::new(ClusterClock::new(
+            id,
+            raft.clone(),
+            peers.clone(),
+            metrics.clone(),
+            clock_readings,
+        ));
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -264,7 +271,7 @@ impl Node {
             dht,
             short_lived,
             build_times,
-            cluster_clock,
+            clock,
             expiry_ledger,
             read_index: Default::default(),
             snapshot_receipt: Default::default(),
@@ -302,7 +309,9 @@ impl Node {
             supervise(task::DISK_SPACE, self, |node| {
                 crate::disk_space::run(node.disk_space.clone())
             }),
-            supervise(task::CLUSTER_CLOCK, self, crate::cluster_clock::run),
+            supervise(task::CLUSTER_CLOCK, self, |node| {
+                crate::cluster_clock::run(node.clock.clone())
+            }),
             supervise(task::READ_INDEX, self, crate::read_index::run),
             supervise(
                 task::HANDOVER_LOW_DISK,
@@ -397,7 +406,7 @@ struct StateMachineEvents {
     dht_outbox: Arc<DhtOutbox>,
     short_lived: Arc<ShortLivedRecords>,
     build_times: Arc<BuildTimes>,
-    cluster_clock: Arc<ClusterClock>,
+    clock_readings: Arc<ClockReadings>,
     expiry_ledger: Arc<ExpiryLedger>,
 }
 
@@ -416,7 +425,7 @@ impl StateEvents for StateMachineEvents {
     }
 
     fn stamped(&self, leader_time_micros: u64) {
-        self.cluster_clock.applied_stamp(leader_time_micros);
+        self.clock_readings.applied_stamp(leader_time_micros);
     }
 
     fn snapshot_built(&self, took: Duration) {

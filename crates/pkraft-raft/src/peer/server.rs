@@ -425,8 +425,11 @@ async fn short_lived_records(State(node): State<Arc<Node>>, body: Bytes) -> Resp
 }
 
 /// Another node asks for this node's wall clock (`cluster_clock`).
-async fn clock(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |(): ()| async move { node.wall_clock_micros() }).await
+async fn clock(body: Bytes) -> Response {
+    exchange(body, |(): ()| async move {
+        crate::cluster_clock::wall_clock_micros()
+    })
+    .await
 }
 
 /// The leader handing over before it stops asks this node to stand (see `handover`).

@@ -262,7 +262,7 @@ async fn propose(
     let command = Command::Publish {
         // Cluster time on the leader when it proposes the batch, never its wall clock alone: the
         // stamps are the log's time, a fence of cluster time (`cluster_clock`).
-        leader_time_micros: node.cluster_time().stamp_micros(),
+        leader_time_micros: node.clock.now().stamp_micros(),
         packets,
     };
     let raft = &node.raft;
