@@ -390,7 +390,7 @@ impl Publisher {
                 return true;
             }
         };
-        match self.node.publish(packet).await {
+        match self.node.writes().publish(packet).await {
             Ok(published) if published.outcome == PublishOutcome::Stored => {
                 self.metrics.imported.inc();
             }

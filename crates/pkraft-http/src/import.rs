@@ -238,7 +238,7 @@ pub async fn import(
                 let node = node.clone();
                 let task = publishing.spawn(async move {
                     let key = packet.key_bytes();
-                    (index, key, node.publish(*packet).await)
+                    (index, key, node.writes().publish(*packet).await)
                 });
                 record_of_task.insert(task.id(), index);
             }

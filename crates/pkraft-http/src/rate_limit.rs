@@ -481,7 +481,7 @@ pub async fn limit_relay(
     // No room for new keys (the store's cap, a disk below the new-key reserve): refused before
     // the body is read or verified, and before it takes any rate budget.
     if let Some(key) = &key
-        && let Some(reason) = state.node.refuse_new_key(|| holds(key))
+        && let Some(reason) = state.node.writes().refuse_new_key(|| holds(key))
     {
         return RelayError::NoRoom(reason).into_response();
     }

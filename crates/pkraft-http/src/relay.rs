@@ -70,6 +70,7 @@ pub async fn put_packet(
         outcome, replicas, ..
     } = state
         .node
+        .writes()
         .publish(packet)
         .await
         .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?;

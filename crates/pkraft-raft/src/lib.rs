@@ -81,4 +81,4 @@ pub use reads::{Consistency, ReadError, Readiness, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
 pub use short_lived::{RecordHolder, ShortLived};
 pub use start::task;
-pub use write_path::{PublishError, Published};
+pub use write_path::{PublishError, Published, Writes};

@@ -19,7 +19,7 @@ use crate::peer::{ClusterSecret, PeerClient};
 use crate::settings::SettingsError;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
-use crate::write_path::queue::WritePath;
+use crate::write_path::Writes;
 use crate::{NodeId, TypeConfig};
 use pkraft_storage::log_store::LogStore;
 
@@ -124,14 +124,12 @@ pub struct Core {
     pub(crate) peer_body_max: usize,
     /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
     pub(crate) disk_space: Arc<DiskSpace>,
-    /// The cap on stored packets and the new keys counted against it (`store_cap`).
-    pub(crate) store_cap: crate::store_cap::StoreCap,
 }
 
 /// One pkraft node: the Raft instance and the local replica it applies to.
 pub struct Node {
     pub(crate) core: Core,
-    pub(crate) writes: WritePath,
+    pub(crate) writes: Arc<Writes>,
     pub(crate) leadership: Arc<Leadership>,
     pub(crate) freshness: Freshness,
     /// Serializes the membership changes this node makes as leader: openraft refuses a change
@@ -202,8 +200,8 @@ impl Node {
         self.cluster.secret.as_ref()
     }
 
-    /// The publish queue (`write_path`).
-    pub(crate) fn writes(&self) -> &WritePath {
+    /// The write path (`write_path`): publishes.
+    pub fn writes(&self) -> &Writes {
         &self.writes
     }
 
@@ -300,7 +298,7 @@ impl Node {
             }
         }
         // Close the publish queue first and let the batches in flight answer their publishers.
-        self.writes.close(self.publish_timeout).await;
+        self.writes.close().await;
         match tokio::time::timeout(RELEASE_TIMEOUT, self.raft.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "raft did not shut down cleanly"),

@@ -32,7 +32,7 @@ use crate::settings::Settings;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
 use crate::store_cap::{self, StoreCap};
-use crate::write_path::queue::WritePath;
+use crate::write_path::{Writes, WritesParts};
 use crate::{NodeId, TypeConfig};
 use pkraft_storage::log_store::LogStore;
 use pkraft_storage::state_machine::{Progress, StateEvents, StateMachine};
@@ -238,6 +238,18 @@ impl Node {
             metrics.clone(),
             clock_readings,
         ));
+        let writes = Arc::new(Writes::new(WritesParts {
+            id,
+            raft: raft.clone(),
+            store: store.clone(),
+            peers: peers.clone(),
+            metrics: metrics.clone(),
+            publish_timeout: settings.publish_timeout,
+            disk_space: disk_space.clone(),
+            store_cap: StoreCap::new(max_stored_packets),
+            leadership: leadership.clone(),
+            clock: clock.clone(),
+        }));
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -259,9 +271,8 @@ impl Node {
                 election_timeout_max: settings.election_timeout_max,
                 peer_body_max: settings.peer_body_max(),
                 disk_space,
-                store_cap: StoreCap::new(max_stored_packets),
             },
-            writes: WritePath::new(),
+            writes,
             leadership,
             freshness: Freshness::at_start(catch_up_to, clean_stop),
             membership_lock: tokio::sync::Mutex::new(()),
@@ -285,7 +296,7 @@ impl Node {
     /// Starts the tasks that need the node shared: the write path (it forwards to the leader
     /// through the node's peer client), joining and expiry.
     fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
-        self.start_write_path(settings);
+        self.writes.start(settings);
         // Each loop supervised (`pkraft_tasks`): a panic is logged, counted and the loop
         // started again, never a silent end. Every one starts from what it reads (the node,
         // openraft's metrics, the store), so a new run loses nothing a panic did not.

@@ -1,12 +1,12 @@
 //! The write path: the one way a packet gets into the store, on any node.
 //!
-//! [`Node::publish`] takes a verified packet and answers with its [`PublishOutcome`]:
+//! [`Writes::publish`] takes a verified packet and answers with its [`PublishOutcome`]:
 //! 1. **Fast answer** from the local replica: anything stored there was committed, so a packet
 //!    that loses to it (or equals it) under the ordering rule would lose in the log too. It is
 //!    answered without a round of consensus (409 or 204 over HTTP).
 //! 2. Otherwise it is queued for **group commit** (`batcher`): concurrent publishes share one
 //!    log entry. On the leader the batch is proposed; on a follower it is **forwarded** to the
-//!    leader in one peer request ([`Node::publish_forwarded`] on the other side), and answered once
+//!    leader in one peer request ([`Writes::publish_forwarded`] on the other side), and answered once
 //!    the leader committed it and (bounded) once this node applied it, so a client reads its write
 //!    back from the node it wrote to.
 //!
@@ -17,30 +17,103 @@ mod batcher;
 pub(crate) mod queue;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
-use pkraft_store::StoreError;
+use pkraft_store::{Store, StoreError};
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket, decide};
 
-use queue::{Origin, Outcome, stopping};
+use queue::{Origin, Outcome, PublishQueue, stopping};
 pub use queue::{PublishError, Published};
 
-use crate::node::Node;
-use crate::peer::PeerError;
+use crate::cluster_clock::ClusterClock;
+use crate::disk_space::DiskSpace;
+use crate::leadership::Leadership;
+use crate::metrics::NodeMetrics;
+use crate::peer::{PeerClient, PeerError};
 use crate::settings::Settings;
-use crate::store_cap::NewKeyRefusal;
+use crate::store_cap::{NewKeyRefusal, StoreCap};
 use crate::{NodeId, TypeConfig};
 
-impl Node {
-    /// Starts the batching task of this node's publish queue. It needs the node shared: it
-    /// forwards to the leader through the node's peer client.
-    pub(crate) fn start_write_path(self: &Arc<Self>, settings: &Settings) {
-        self.writes().install(batcher::spawn(
+/// The node's write path: the publish queue, its batching task, and the handles a publish
+/// needs on its way (see the module docs).
+pub struct Writes {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    /// The local replica, for the fast answer and the count against the cap.
+    store: Store,
+    /// To forward a follower's batches to the leader.
+    peers: PeerClient,
+    metrics: Arc<NodeMetrics>,
+    /// `raft.publish_timeout`: every wait on the way to a commit.
+    publish_timeout: Duration,
+    disk_space: Arc<DiskSpace>,
+    /// The cap on stored packets and the new keys counted against it (`store_cap`).
+    store_cap: StoreCap,
+    leadership: Arc<Leadership>,
+    /// Stamps each batch the leader proposes.
+    clock: Arc<ClusterClock>,
+    queue: PublishQueue,
+}
+
+/// What [`Writes`] is made of.
+pub(crate) struct WritesParts {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) store: Store,
+    pub(crate) peers: PeerClient,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) publish_timeout: Duration,
+    pub(crate) disk_space: Arc<DiskSpace>,
+    pub(crate) store_cap: StoreCap,
+    pub(crate) leadership: Arc<Leadership>,
+    pub(crate) clock: Arc<ClusterClock>,
+}
+
+impl Writes {
+    /// A write path that takes nothing until [`Writes::start`].
+    pub(crate) fn new(parts: WritesParts) -> Writes {
+        let WritesParts {
+            id,
+            raft,
+            store,
+            peers,
+            metrics,
+            publish_timeout,
+            disk_space,
+            store_cap,
+            leadership,
+            clock,
+        } = parts;
+        Writes {
+            id,
+            raft,
+            store,
+            peers,
+            metrics,
+            publish_timeout,
+            disk_space,
+            store_cap,
+            leadership,
+            clock,
+            queue: PublishQueue::new(),
+        }
+    }
+
+    /// Starts the batching task of the publish queue.
+    pub(crate) fn start(self: &Arc<Self>, settings: &Settings) {
+        self.queue.install(batcher::spawn(
             self.clone(),
             settings.publish_queue_max,
             settings.publish_batch_max,
         ));
+    }
+
+    /// Closes the queue and lets the batches in flight answer their publishers, for at most
+    /// `raft.publish_timeout`.
+    pub(crate) async fn close(&self) {
+        self.queue.close(self.publish_timeout).await;
     }
 
     /// Publishes `packet`: answered from the local replica when it would not change it, else
@@ -71,14 +144,19 @@ impl Node {
                 if let Some(reason) = self.refuse_new_key(|| held) {
                     return Err(PublishError::NoRoom(reason));
                 }
-                let outcome = self.writes().enqueue(packet.into(), Origin::Local)?;
+                let outcome = self.queue.enqueue(packet.into(), Origin::Local)?;
                 let deadline = tokio::time::Instant::now() + self.publish_timeout;
                 self.await_outcome_until(outcome, deadline).await
             }
             known => Ok(Published {
                 outcome: known,
                 replicas: self.replica_count(),
-                log_index: self.last_applied_index().unwrap_or_default(),
+                log_index: self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |log_id| log_id.index),
             }),
         }
     }
@@ -108,9 +186,9 @@ impl Node {
         &self,
         packets: Vec<PublishItem>,
     ) -> Result<Vec<Result<Published, PublishError>>, PeerError> {
-        if !self.leadership().is_leader() || self.leadership().handing_over() {
+        if !self.leadership.is_leader() || self.leadership.handing_over() {
             return Err(PeerError::NotLeader {
-                leader: self.leadership().known_leader().map(|(id, _)| id),
+                leader: self.leadership.known_leader().map(|(id, _)| id),
             });
         }
         // All are queued before any is awaited, so they share batches, and all wait until one
@@ -119,7 +197,7 @@ impl Node {
         let deadline = tokio::time::Instant::now() + self.publish_timeout;
         let queued: Vec<_> = packets
             .into_iter()
-            .map(|item| self.writes().enqueue(item, Origin::Forwarded))
+            .map(|item| self.queue.enqueue(item, Origin::Forwarded))
             .collect();
         let mut answers = Vec::with_capacity(queued.len());
         for outcome in queued {

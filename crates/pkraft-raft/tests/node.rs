@@ -38,14 +38,26 @@ async fn publish_commits_and_applies_the_ordering_rule() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path(), &fast_settings()).await;
 
-    let first = node.publish(packet(1, 100)).await.expect("publish");
+    let first = node
+        .writes()
+        .publish(packet(1, 100))
+        .await
+        .expect("publish");
     assert_eq!(first.outcome, PublishOutcome::Stored);
     assert_eq!(first.replicas, 1);
-    let again = node.publish(packet(1, 100)).await.expect("publish");
+    let again = node
+        .writes()
+        .publish(packet(1, 100))
+        .await
+        .expect("publish");
     assert_eq!(again.outcome, PublishOutcome::Identical);
-    let older = node.publish(packet(1, 50)).await.expect("publish");
+    let older = node.writes().publish(packet(1, 50)).await.expect("publish");
     assert_eq!(older.outcome, PublishOutcome::Stale);
-    let newer = node.publish(packet(1, 200)).await.expect("publish");
+    let newer = node
+        .writes()
+        .publish(packet(1, 200))
+        .await
+        .expect("publish");
     assert_eq!(newer.outcome, PublishOutcome::Stored);
 
     let key = keypair(1).public_key().to_bytes();
@@ -61,13 +73,21 @@ async fn publish_commits_and_applies_the_ordering_rule() {
 async fn publish_answers_from_the_replica_when_it_decides() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path(), &fast_settings()).await;
-    let stored = node.publish(packet(1, 100)).await.expect("publish");
+    let stored = node
+        .writes()
+        .publish(packet(1, 100))
+        .await
+        .expect("publish");
     assert_eq!(stored.outcome, PublishOutcome::Stored);
     let applied = node.last_applied_index();
     assert_eq!(applied, Some(stored.log_index));
 
-    let identical = node.publish(packet(1, 100)).await.expect("publish");
-    let stale = node.publish(packet(1, 50)).await.expect("publish");
+    let identical = node
+        .writes()
+        .publish(packet(1, 100))
+        .await
+        .expect("publish");
+    let stale = node.writes().publish(packet(1, 50)).await.expect("publish");
     assert_eq!(identical.outcome, PublishOutcome::Identical);
     assert_eq!(stale.outcome, PublishOutcome::Stale);
     // The index the answer rests on is the entry that stored the packet it lost to.
@@ -89,7 +109,10 @@ async fn publish_answers_from_the_replica_when_it_decides() {
 async fn read_returns_committed_packets_at_either_consistency() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path(), &fast_settings()).await;
-    node.publish(packet(1, 100)).await.expect("publish");
+    node.writes()
+        .publish(packet(1, 100))
+        .await
+        .expect("publish");
     let key = keypair(1).public_key().to_bytes();
     let unknown = keypair(2).public_key().to_bytes();
     for name in ["local", "linearizable"] {
@@ -115,7 +138,10 @@ async fn data_and_leadership_survive_a_restart() {
     let settings = fast_settings();
     {
         let node = start(dir.path(), &settings).await;
-        node.publish(packet(1, 100)).await.expect("publish");
+        node.writes()
+            .publish(packet(1, 100))
+            .await
+            .expect("publish");
         node.shutdown().await;
     }
     let node = start(dir.path(), &settings).await;
@@ -126,6 +152,7 @@ async fn data_and_leadership_survive_a_restart() {
     );
     // The restarted node must lead again (it is the only voter) and accept writes.
     let published = node
+        .writes()
         .publish(packet(2, 100))
         .await
         .expect("publish after restart");
@@ -145,7 +172,10 @@ async fn snapshots_and_log_purge_keep_every_packet() {
     {
         let node = start(dir.path(), &settings).await;
         for seed in 0..count {
-            node.publish(packet(seed, 100)).await.expect("publish");
+            node.writes()
+                .publish(packet(seed, 100))
+                .await
+                .expect("publish");
         }
         node.shutdown().await;
     }
@@ -172,7 +202,8 @@ async fn snapshots_and_log_purge_keep_every_packet() {
             "key {seed} survives"
         );
     }
-    node.publish(packet(count, 100))
+    node.writes()
+        .publish(packet(count, 100))
         .await
         .expect("publish after restart");
     node.shutdown().await;
@@ -201,7 +232,10 @@ async fn refuses_to_start_over_state_without_its_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
         let node = start(dir.path(), &fast_settings()).await;
-        node.publish(packet(1, 100)).await.expect("publish");
+        node.writes()
+            .publish(packet(1, 100))
+            .await
+            .expect("publish");
         node.shutdown().await;
     }
     std::fs::remove_dir_all(dir.path().join("raft-log")).expect("remove log");
@@ -232,7 +266,10 @@ async fn committed_index_is_persisted() {
     {
         let node = start(dir.path(), &fast_settings()).await;
         for seed in 0..3 {
-            node.publish(packet(seed, 100)).await.expect("publish");
+            node.writes()
+                .publish(packet(seed, 100))
+                .await
+                .expect("publish");
         }
         node.shutdown().await;
     }
@@ -250,17 +287,20 @@ async fn committed_index_is_persisted() {
 async fn concurrent_publishes_share_one_log_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = start(dir.path(), &fast_settings()).await;
-    node.publish(packet(0, 100)).await.expect("warm-up publish");
+    node.writes()
+        .publish(packet(0, 100))
+        .await
+        .expect("warm-up publish");
     let before = node.last_applied_index().expect("applied");
 
     let mut publishes = tokio::task::JoinSet::new();
     for seed in 1..=50 {
         let node = node.clone();
-        publishes.spawn(async move { node.publish(packet(seed, 100)).await });
+        publishes.spawn(async move { node.writes().publish(packet(seed, 100)).await });
     }
     // A second version of key 1 in the same batch: the ordering rule applies within the entry.
     let node_for_stale = node.clone();
-    publishes.spawn(async move { node_for_stale.publish(packet(1, 50)).await });
+    publishes.spawn(async move { node_for_stale.writes().publish(packet(1, 50)).await });
     let mut outcomes = Vec::new();
     while let Some(joined) = publishes.join_next().await {
         outcomes.push(joined.expect("task").expect("publish").outcome);
@@ -293,9 +333,9 @@ async fn a_full_publish_queue_is_unavailable_not_unbounded() {
     };
     let node = start(dir.path(), &settings).await;
     let (a, b, c) = tokio::join!(
-        node.publish(packet(1, 100)),
-        node.publish(packet(2, 100)),
-        node.publish(packet(3, 100)),
+        node.writes().publish(packet(1, 100)),
+        node.writes().publish(packet(2, 100)),
+        node.writes().publish(packet(3, 100)),
     );
     assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
     match c {

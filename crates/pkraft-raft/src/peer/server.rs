@@ -358,6 +358,7 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     };
     let answers_no_room = request.answers_no_room;
     let answer = node
+        .writes()
         .publish_forwarded(request.packets)
         .await
         .map(|answers| {

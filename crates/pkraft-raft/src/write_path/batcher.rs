@@ -19,9 +19,9 @@ use pkraft_types::{Command, PublishItem, PublishOutcome};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
+use super::Writes;
 use super::queue::{Batcher, Origin, Pending, PublishError, Published, Reply};
 use super::{publish_error, replicas_holding};
-use crate::node::Node;
 use crate::peer::{ForwardedPublish, PeerError, path};
 use crate::store_cap::{NewKeyRefusal, Reservation};
 
@@ -36,16 +36,16 @@ const LOCAL_APPLY_WAIT: Duration = Duration::from_secs(1);
 /// Starts the batching task for a queue of at most `queue_max` publishes. It ends when the
 /// `Batcher` is dropped and the queue is drained.
 pub(crate) fn spawn(
-    node: Arc<Node>,
+    writes: Arc<Writes>,
     queue_max: usize,
     batch_max: usize,
 ) -> (Batcher, JoinHandle<()>) {
     let (batcher, pending) = Batcher::new(queue_max);
-    let task = tokio::spawn(run(node, pending, batch_max.max(1)));
+    let task = tokio::spawn(run(writes, pending, batch_max.max(1)));
     (batcher, task)
 }
 
-async fn run(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>, batch_max: usize) {
+async fn run(writes: Arc<Writes>, mut pending: mpsc::Receiver<Pending>, batch_max: usize) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut commits = tokio::task::JoinSet::new();
     while let Some(first) = pending.recv().await {
@@ -60,9 +60,9 @@ async fn run(node: Arc<Node>, mut pending: mpsc::Receiver<Pending>, batch_max: u
                 Err(_) => break,
             }
         }
-        let node = node.clone();
+        let writes = writes.clone();
         commits.spawn(async move {
-            commit(&node, batch).await;
+            commit(&writes, batch).await;
             drop(slot);
         });
         // Reap finished commits so the set does not grow with the number of batches.
@@ -86,56 +86,57 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 
 /// Commits one batch where the leader is (here, or forwarded to it) and answers each publisher
 /// with its own outcome.
-async fn commit(node: &Node, mut batch: Vec<Pending>) {
-    let deadline = Instant::now() + node.publish_timeout;
-    node.metrics.batch_packets.observe(batch.len() as f64);
+async fn commit(writes: &Writes, mut batch: Vec<Pending>) {
+    let deadline = Instant::now() + writes.publish_timeout;
+    writes.metrics.batch_packets.observe(batch.len() as f64);
     // Whether an earlier forward of this batch may have reached the leader and committed (its
     // answer was lost). A retry then cannot tell "refused as stale" from "committed by the first
     // attempt and superseded since", so it must not answer 409.
     let mut earlier_attempt_unknown = false;
     loop {
-        match node.leadership().known_leader() {
-            Some((leader, _)) if leader == node.id && !node.leadership().handing_over() => {
-                if let Some(reason) = node.leadership().cut_off_from_quorum() {
-                    node.metrics.publish_refused("no_quorum", batch.len());
+        match writes.leadership.known_leader() {
+            Some((leader, _)) if leader == writes.id && !writes.leadership.handing_over() => {
+                if let Some(reason) = writes.leadership.cut_off_from_quorum() {
+                    writes.metrics.publish_refused("no_quorum", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
-                if let Some(reason) = node.disk_space.refusal() {
-                    node.metrics.publish_refused("disk_full", batch.len());
+                if let Some(reason) = writes.disk_space.refusal() {
+                    writes.metrics.publish_refused("disk_full", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
                 // This node became leader after its publishers' deadline (waiting for news of a
                 // leader): nobody waits for the answer, and a proposal begun now would be
                 // handed to Raft only after its guard below is gone.
                 if Instant::now() >= deadline {
-                    node.metrics.publish_refused("timeout", batch.len());
+                    writes.metrics.publish_refused("timeout", batch.len());
                     return answer_all(
                         batch,
                         PublishError::Unavailable(format!(
                             "no leader took it within {:?}",
-                            node.publish_timeout
+                            writes.publish_timeout
                         )),
                     );
                 }
                 // The handover began since the check above: go round and wait for the next leader.
-                let Some(_proposal) = node.leadership().begin_proposal() else {
+                let Some(_proposal) = writes.leadership.begin_proposal() else {
                     continue;
                 };
                 // New keys count against the cap until the proposal has returned.
-                let (batch, new_keys) = admit_new_keys(node, batch);
+                let (batch, new_keys) = admit_new_keys(writes, batch);
                 if batch.is_empty() {
                     return;
                 }
-                return propose(node, batch, new_keys, deadline, earlier_attempt_unknown).await;
+                return propose(writes, batch, new_keys, deadline, earlier_attempt_unknown).await;
             }
             // This leader is handing over (see `handover`): wait for the next one.
-            Some((leader, _)) if leader == node.id && Instant::now() < deadline => {
-                node.leadership()
+            Some((leader, _)) if leader == writes.id && Instant::now() < deadline => {
+                writes
+                    .leadership
                     .wait_for_leader_news(Some(leader), deadline)
                     .await;
             }
-            Some((leader, _)) if leader == node.id => {
-                node.metrics.publish_refused("handover", batch.len());
+            Some((leader, _)) if leader == writes.id => {
+                writes.metrics.publish_refused("handover", batch.len());
                 return answer_all(
                     batch,
                     PublishError::Unavailable("leadership is being handed over".to_string()),
@@ -143,16 +144,19 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
             }
             // A leader that has gone silent is not sent more; the followers elect its
             // successor within an election timeout.
-            Some((leader, _)) if node.leadership().leader_gone(leader).is_some() => {
+            Some((leader, _)) if writes.leadership.leader_gone(leader).is_some() => {
                 if Instant::now() >= deadline {
-                    let reason = node
-                        .leadership()
+                    let reason = writes
+                        .leadership
                         .leader_gone(leader)
                         .unwrap_or_else(|| format!("leader {leader} did not answer in time"));
-                    node.metrics.publish_refused("forward_failed", batch.len());
+                    writes
+                        .metrics
+                        .publish_refused("forward_failed", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
                 }
-                node.leadership()
+                writes
+                    .leadership
                     .wait_for_leader_news(Some(leader), deadline)
                     .await;
             }
@@ -169,9 +173,10 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                 if batch.is_empty() {
                     return;
                 }
-                match forward(node, leader, &addr, &batch, deadline).await {
+                match forward(writes, leader, &addr, &batch, deadline).await {
                     Ok(answers) => {
-                        node.metrics
+                        writes
+                            .metrics
                             .forwarded_packets
                             .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
                         let answers = if earlier_attempt_unknown {
@@ -179,7 +184,7 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                         } else {
                             answers
                         };
-                        return answer_forwarded(node, batch, answers).await;
+                        return answer_forwarded(writes, batch, answers).await;
                     }
                     Err(Reroute::Retry {
                         reason,
@@ -187,21 +192,24 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
                     }) if Instant::now() < deadline => {
                         tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
                         earlier_attempt_unknown |= maybe_delivered;
-                        node.leadership()
+                        writes
+                            .leadership
                             .wait_for_leader_news(Some(leader), deadline)
                             .await;
                     }
                     Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
-                        node.metrics.publish_refused("forward_failed", batch.len());
+                        writes
+                            .metrics
+                            .publish_refused("forward_failed", batch.len());
                         return answer_all(batch, PublishError::Unavailable(reason));
                     }
                 }
             }
             None if Instant::now() < deadline => {
-                node.leadership().wait_for_leader_news(None, deadline).await
+                writes.leadership.wait_for_leader_news(None, deadline).await
             }
             None => {
-                node.metrics.publish_refused("no_leader", batch.len());
+                writes.metrics.publish_refused("no_leader", batch.len());
                 return answer_all(
                     batch,
                     PublishError::Unavailable("no leader is elected".to_string()),
@@ -215,10 +223,13 @@ async fn commit(node: &Node, mut batch: Vec<Pending>) {
 /// (`store_cap`) are answered here, `NoRoom` (or `Unavailable` when room may come with the
 /// batches under way). The reservation counts the admitted new keys against the cap until it
 /// is dropped.
-fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservation) {
-    let disk = node.disk_space.new_keys_refusal().map(NewKeyRefusal::disk);
-    let admission = node.store_cap.admit(
-        &node.store,
+fn admit_new_keys(writes: &Writes, batch: Vec<Pending>) -> (Vec<Pending>, Reservation) {
+    let disk = writes
+        .disk_space
+        .new_keys_refusal()
+        .map(NewKeyRefusal::disk);
+    let admission = writes.store_cap.admit(
+        &writes.store,
         disk,
         batch.iter().map(|pending| &pending.item.key),
     );
@@ -231,7 +242,7 @@ fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservatio
         match refusal {
             None => admitted.push(pending),
             Some(refusal) => {
-                node.metrics.publish_refused(refusal.label, 1);
+                writes.metrics.publish_refused(refusal.label, 1);
                 let error = if refusal.transient {
                     PublishError::Unavailable(refusal.reason)
                 } else {
@@ -250,7 +261,7 @@ fn admit_new_keys(node: &Node, batch: Vec<Pending>) -> (Vec<Pending>, Reservatio
 /// this node forwarded the batch before it led, and that attempt may have committed (see
 /// `unknown_if_stale`).
 async fn propose(
-    node: &Node,
+    writes: &Writes,
     batch: Vec<Pending>,
     new_keys: Reservation,
     deadline: Instant,
@@ -262,10 +273,10 @@ async fn propose(
     let command = Command::Publish {
         // Cluster time on the leader when it proposes the batch, never its wall clock alone: the
         // stamps are the log's time, a fence of cluster time (`cluster_clock`).
-        leader_time_micros: node.clock.now().stamp_micros(),
+        leader_time_micros: writes.clock.now().stamp_micros(),
         packets,
     };
-    let raft = &node.raft;
+    let raft = &writes.raft;
     // The write runs on in a task of its own, which holds the batch's new keys against the cap
     // until openraft answers: a proposal that outlives its publishers' deadline may still
     // commit, and its keys must count until then.
@@ -282,7 +293,7 @@ async fn propose(
         // The task panicked or was aborted (the runtime is stopping): its outcome is unknown.
         Ok(Err(e)) => {
             tracing::error!(error = %e, "a proposal's task failed");
-            node.metrics.publish_refused("timeout", replies.len());
+            writes.metrics.publish_refused("timeout", replies.len());
             let error = PublishError::Unavailable(format!("the proposal's task ended: {e}"));
             for reply in replies {
                 answer(reply, Err(error.clone()));
@@ -292,10 +303,10 @@ async fn propose(
         Err(elapsed) => Err(elapsed),
     };
     let Ok(written) = written else {
-        node.metrics.publish_refused("timeout", replies.len());
+        writes.metrics.publish_refused("timeout", replies.len());
         let error = PublishError::Unavailable(format!(
             "not committed within {:?}; it may still commit",
-            node.publish_timeout
+            writes.publish_timeout
         ));
         for reply in replies {
             answer(reply, Err(error.clone()));
@@ -376,7 +387,7 @@ enum Reroute {
 }
 
 async fn forward(
-    node: &Node,
+    writes: &Writes,
     leader: u64,
     addr: &str,
     batch: &[Pending],
@@ -387,7 +398,7 @@ async fn forward(
         answers_no_room: true,
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let call = node
+    let call = writes
         .peers
         .call(addr, Some(leader), path::PUBLISH, &request, remaining);
     // The answer is waited for while the leader is heard from (it is committing, however long
@@ -398,7 +409,7 @@ async fn forward(
             reason: e.to_string(),
             maybe_delivered: true,
         })?,
-        reason = node.leadership().until_leader_gone(leader) => {
+        reason = writes.leadership.until_leader_gone(leader) => {
             return Err(Reroute::Retry { reason, maybe_delivered: true });
         }
     };
@@ -423,7 +434,7 @@ async fn forward(
 
 /// Answers forwarded publishes once this node's replica has applied them (bounded wait).
 async fn answer_forwarded(
-    node: &Node,
+    writes: &Writes,
     batch: Vec<Pending>,
     answers: Vec<Result<Published, PublishError>>,
 ) {
@@ -432,7 +443,7 @@ async fn answer_forwarded(
         .filter_map(|a| a.as_ref().ok().map(|p| p.log_index))
         .max();
     if let Some(index) = last_index {
-        let applied = node
+        let applied = writes
             .raft
             .wait(Some(LOCAL_APPLY_WAIT))
             .applied_index_at_least(Some(index), "apply a forwarded publish locally")

@@ -1,6 +1,5 @@
-//! The publish queue's state, owned by the node: the queue in front of the batching task
-//! (`batcher`), the proposals under way, and the types of a publish's answer. Nothing here knows
-//! the node, so the node can hold it.
+//! The publish queue in front of the batching task (`batcher`), and the types of a publish's
+//! answer.
 
 use std::time::Duration;
 
@@ -43,16 +42,16 @@ pub enum PublishError {
     NoRoom(String),
 }
 
-/// The publish queue in front of Raft, owned by the node; see the module docs.
-pub(crate) struct WritePath {
+/// The publish queue in front of Raft; see the module docs.
+pub(crate) struct PublishQueue {
     /// Taken on shutdown to close the queue.
     batcher: std::sync::Mutex<Option<(Batcher, JoinHandle<()>)>>,
 }
 
-impl WritePath {
-    /// A write path that takes nothing until [`WritePath::start`].
-    pub(crate) fn new() -> WritePath {
-        WritePath {
+impl PublishQueue {
+    /// A queue that takes nothing until [`PublishQueue::install`].
+    pub(crate) fn new() -> PublishQueue {
+        PublishQueue {
             batcher: std::sync::Mutex::new(None),
         }
     }
