@@ -230,7 +230,7 @@ pub async fn metrics(State(registry): State<Registry>) -> Response {
 /// `GET /readyz`: 200 when this node should get traffic, else 503; the JSON body says why
 /// ([`pkraft_raft::Readiness`]).
 pub fn readyz(node: &pkraft_raft::Node, max_stale: std::time::Duration) -> Response {
-    let readiness = node.readiness(max_stale);
+    let readiness = node.reads().readiness(max_stale);
     let status = if readiness.ready {
         StatusCode::OK
     } else {

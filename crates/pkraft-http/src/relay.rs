@@ -116,6 +116,7 @@ pub async fn get_packet(
     let policy = read.policy.unwrap_or_default();
     let stored = state
         .node
+        .reads()
         .read(&key_bytes, consistency)
         .await
         .map_err(|e| RelayError::from_read(e, state.settings.retry_after))?

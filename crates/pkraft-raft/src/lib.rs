@@ -77,7 +77,7 @@ pub use peer::{ClusterSecret, MembershipChange};
 pub use pkraft_storage::log_store::LogRepair;
 pub use pkraft_storage::state_repair::StateOpenError;
 pub use pkraft_storage::{NodeId, TypeConfig};
-pub use reads::{Consistency, ReadError, Readiness, UnknownConsistency};
+pub use reads::{Consistency, ReadError, Readiness, Reads, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
 pub use short_lived::{RecordHolder, ShortLived};
 pub use start::task;

@@ -351,6 +351,7 @@ impl Node {
             last_log_index: metrics.last_log_index,
             applied_index: metrics.last_applied.map(|log_id| log_id.index),
             millis_since_leader_contact: self
+                .reads
                 .staleness()
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             packets: self.store().packet_count().ok(),

@@ -12,10 +12,10 @@ use tokio::task::JoinHandle;
 use crate::cluster_clock::ClusterClock;
 use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
-use crate::freshness::Freshness;
 use crate::leadership::Leadership;
 use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient};
+use crate::reads::Reads;
 use crate::settings::SettingsError;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
@@ -131,7 +131,8 @@ pub struct Node {
     pub(crate) core: Core,
     pub(crate) writes: Arc<Writes>,
     pub(crate) leadership: Arc<Leadership>,
-    pub(crate) freshness: Freshness,
+    /// Reads of the replica, its freshness, the read-index rounds (`reads`).
+    pub(crate) reads: Arc<Reads>,
     /// Serializes the membership changes this node makes as leader: openraft refuses a change
     /// while another is in progress, and operators expect them queued, not refused.
     pub(crate) membership_lock: tokio::sync::Mutex<()>,
@@ -150,8 +151,6 @@ pub struct Node {
     pub(crate) clock: Arc<ClusterClock>,
     /// What expiry deleted in the last hour, for its rate fence (`expiry`).
     pub(crate) expiry_ledger: Arc<crate::expiry::ExpiryLedger>,
-    /// Linearizable reads waiting for a shared read-index round (`read_index`).
-    pub(crate) read_index: crate::read_index::ReadIndexQueue,
     /// The snapshot being received from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipt: pkraft_storage::snapshot_receipt::SnapshotReceipt,
     /// Set when the node must stop although Raft runs on (the scrub found damage that a
@@ -181,7 +180,7 @@ impl Node {
         // the node alive. (The collector's own store handles are released with the admin
         // listener, which stops before the node.)
         let node = Arc::downgrade(self);
-        let staleness = Box::new(move || node.upgrade().and_then(|node| node.staleness()));
+        let staleness = Box::new(move || node.upgrade().and_then(|node| node.reads.staleness()));
         registry.register(Box::new(StateCollector::new(
             self.raft.clone(),
             staleness,
@@ -225,9 +224,9 @@ impl Node {
         &self.short_lived
     }
 
-    /// The replica's freshness (`reads`).
-    pub(crate) fn freshness(&self) -> &Freshness {
-        &self.freshness
+    /// Reads of the replica (`reads`).
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Held while this node makes a membership change as leader (`membership`).
@@ -329,7 +328,7 @@ impl Node {
         // what the node served before that crash, and the next start must catch up too.
         if state_flushed.is_ok()
             && log_flushed.is_ok()
-            && !self.catching_up()
+            && !self.reads.catching_up()
             && let Err(e) = write_clean_stop_marker(&self.data_dir)
         {
             tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");

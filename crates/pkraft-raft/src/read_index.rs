@@ -18,8 +18,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeId;
-use crate::node::Node;
+use crate::metrics::NodeMetrics;
 use crate::peer::PeerError;
+use crate::reads::Reads;
 
 /// Most reads waiting for a read index on one node; more are refused at once.
 pub const QUEUE_MAX: usize = 4096;
@@ -63,32 +64,14 @@ impl Default for ReadIndexQueue {
     }
 }
 
-impl Node {
-    /// A read index for a read on this node (asked of the leader when this node does not lead),
-    /// from the next round.
-    pub(crate) async fn shared_read_index(&self) -> RoundAnswer {
-        self.join_round(true).await
-    }
-
-    /// The leader's read index for a follower's `read-index` request, from the next round;
-    /// `NotLeader` when this node does not lead by then.
-    pub(crate) async fn shared_read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
-        match self.join_round(false).await {
-            RoundAnswer::Index(index) => Ok(index),
-            RoundAnswer::Reroute { reason, .. } => Err(PeerError::Unavailable(reason)),
-            RoundAnswer::Failed(error) => Err(error),
-        }
-    }
-
-    async fn join_round(&self, forward: bool) -> RoundAnswer {
+impl ReadIndexQueue {
+    /// Queues a read for the next round and waits for its answer. `forward`: the round may ask
+    /// the leader for it (see [`Request::forward`]). A full queue is refused at once, counted
+    /// in `read_index_refused`.
+    pub(crate) async fn join(&self, forward: bool, metrics: &NodeMetrics) -> RoundAnswer {
         let (reply, answer) = oneshot::channel();
-        if self
-            .read_index
-            .sender
-            .try_send(Request { forward, reply })
-            .is_err()
-        {
-            self.metrics.read_index_refused.inc();
+        if self.sender.try_send(Request { forward, reply }).is_err() {
+            metrics.read_index_refused.inc();
             return RoundAnswer::Failed(PeerError::Unavailable(format!(
                 "{QUEUE_MAX} linearizable reads are already waiting for a read index on this node"
             )));
@@ -103,9 +86,9 @@ impl Node {
 
 /// The node's read-index task: rounds one after the other, each for every read queued when it
 /// starts. Supervised (`pkraft_tasks`): after a panic it takes the queue again.
-pub(crate) async fn run(node: Arc<Node>) {
-    let receiver = node
-        .read_index
+pub(crate) async fn run(reads: Arc<Reads>) {
+    let receiver = reads
+        .read_index()
         .receiver
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -116,7 +99,7 @@ pub(crate) async fn run(node: Arc<Node>) {
     };
     // Given back on every exit (a panic unwinds through it), so a new run takes it again.
     let mut held = Held {
-        queue: &node.read_index.receiver,
+        queue: &reads.read_index().receiver,
         receiver: Some(receiver),
     };
     let Some(queue) = held.receiver.as_mut() else {
@@ -131,7 +114,7 @@ pub(crate) async fn run(node: Arc<Node>) {
         while let Ok(next) = queue.try_recv() {
             batch.push(next);
         }
-        round(&node, &mut batch).await;
+        round(&reads, &mut batch).await;
     }
 }
 
@@ -150,12 +133,12 @@ impl Drop for Held<'_> {
 }
 
 /// One round for `batch` (emptied): one leadership check, or one request to the leader.
-async fn round(node: &Node, batch: &mut Vec<Request>) {
+async fn round(reads: &Reads, batch: &mut Vec<Request>) {
     let started = Instant::now();
-    let reads = batch.len();
-    node.metrics.read_index_batch.observe(reads as f64);
-    if node.leadership().is_leader() {
-        let answer = match node.read_index_as_leader().await {
+    let count = batch.len();
+    reads.metrics.read_index_batch.observe(count as f64);
+    if reads.leadership.is_leader() {
+        let answer = match reads.read_index_as_leader().await {
             Ok(index) => RoundAnswer::Index(index),
             Err(error @ PeerError::NotLeader { .. }) => RoundAnswer::Reroute {
                 leader: None,
@@ -165,7 +148,7 @@ async fn round(node: &Node, batch: &mut Vec<Request>) {
         };
         answer_all(batch, |_| answer.clone());
     } else {
-        let leader = node.leadership().known_leader();
+        let leader = reads.leadership.known_leader();
         let leader_id = leader.as_ref().map(|(id, _)| *id);
         let answer = match leader {
             None => RoundAnswer::Reroute {
@@ -174,14 +157,14 @@ async fn round(node: &Node, batch: &mut Vec<Request>) {
             },
             // openraft names this node leader while it is not (yet) one: asking itself would
             // queue behind this very round.
-            Some((leader, _)) if leader == node.id => RoundAnswer::Reroute {
+            Some((leader, _)) if leader == reads.id => RoundAnswer::Reroute {
                 leader: Some(leader),
                 reason: "this node is named leader but does not lead yet".to_string(),
             },
             Some(leader) if batch.iter().any(|request| request.forward) => {
                 let id = leader.0;
-                let deadline = Instant::now() + node.publish_timeout;
-                match node.read_index_from(leader, deadline).await {
+                let deadline = Instant::now() + reads.publish_timeout;
+                match reads.read_index_from(leader, deadline).await {
                     Ok(index) => RoundAnswer::Index(index),
                     Err(crate::reads::ReadIndexFailed::Reroute(reason)) => RoundAnswer::Reroute {
                         leader: Some(id),
@@ -207,7 +190,7 @@ async fn round(node: &Node, batch: &mut Vec<Request>) {
             }
         });
     }
-    tracing::trace!(reads, took = ?started.elapsed(), "read-index round");
+    tracing::trace!(reads = count, took = ?started.elapsed(), "read-index round");
 }
 
 fn answer_all(batch: &mut Vec<Request>, answer: impl Fn(&Request) -> RoundAnswer) {

@@ -1,4 +1,4 @@
-//! Reads from the local replica: [`Node::read`] at the consistency the caller asks for, how stale
+//! [`Reads`]: reads from the local replica at the consistency the caller asks for, how stale
 //! the replica may be, and the linearizable read barrier (ReadIndex) for reads that ask for one.
 
 use std::str::FromStr;
@@ -10,10 +10,19 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use pkraft_store::{StoreError, StoredPacket};
 use pkraft_types::KeyBytes;
 
-use crate::NodeId;
-use crate::node::Node;
-use crate::peer::{PeerError, path};
-use crate::read_index::RoundAnswer;
+use std::sync::Arc;
+
+use openraft::Raft;
+use pkraft_storage::log_store::LogStore;
+use pkraft_store::Store;
+
+use crate::cluster_clock::ClusterClock;
+use crate::freshness::Freshness;
+use crate::leadership::Leadership;
+use crate::metrics::NodeMetrics;
+use crate::peer::{PeerClient, PeerError, path};
+use crate::read_index::{ReadIndexQueue, RoundAnswer};
+use crate::{NodeId, TypeConfig};
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,7 +66,7 @@ impl FromStr for Consistency {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// This node restarted after a crash and its replica may still be older than what it served
-    /// before (see [`Node::catching_up`]). Retry later or elsewhere.
+    /// before (see [`Reads::catching_up`]). Retry later or elsewhere.
     #[error(
         "this node restarted after a crash and is catching up with the cluster; its replica may \
          be older than what it served before"
@@ -87,7 +96,7 @@ pub(crate) enum ReadIndexFailed {
 /// batch or two behind for a moment; a node catching up after a restart is thousands behind.
 pub const READY_APPLY_LAG_MAX: u64 = 256;
 
-/// What `/readyz` reports; see [`Node::readiness`].
+/// What `/readyz` reports; see [`Reads::readiness`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Readiness {
     pub ready: bool,
@@ -96,13 +105,96 @@ pub struct Readiness {
     pub leader: Option<NodeId>,
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
-    /// Since this node last knew its replica to be current (see [`Node::staleness`]).
+    /// Since this node last knew its replica to be current (see [`Reads::staleness`]).
     pub staleness_ms: Option<u64>,
     /// This node's clock against the cluster's (`cluster_clock`).
     pub clock: crate::cluster_clock::ClockReport,
 }
 
-impl Node {
+/// The node's reads: the replica, what it knows of the replica's freshness, and the read-index
+/// rounds of linearizable reads.
+pub struct Reads {
+    pub(crate) id: NodeId,
+    raft: Raft<TypeConfig>,
+    store: Store,
+    /// For the committed index (`readiness`).
+    log_store: LogStore,
+    /// To ask the leader for a read index.
+    peers: PeerClient,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// `raft.publish_timeout`: every wait of a read barrier.
+    pub(crate) publish_timeout: Duration,
+    pub(crate) leadership: Arc<Leadership>,
+    clock: Arc<ClusterClock>,
+    freshness: Freshness,
+    /// Linearizable reads waiting for a shared read-index round (`read_index`).
+    read_index: ReadIndexQueue,
+}
+
+/// What [`Reads`] is made of.
+pub(crate) struct ReadsParts {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) store: Store,
+    pub(crate) log_store: LogStore,
+    pub(crate) peers: PeerClient,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) publish_timeout: Duration,
+    pub(crate) leadership: Arc<Leadership>,
+    pub(crate) clock: Arc<ClusterClock>,
+    pub(crate) freshness: Freshness,
+}
+
+impl Reads {
+    pub(crate) fn new(parts: ReadsParts) -> Reads {
+        let ReadsParts {
+            id,
+            raft,
+            store,
+            log_store,
+            peers,
+            metrics,
+            publish_timeout,
+            leadership,
+            clock,
+            freshness,
+        } = parts;
+        Reads {
+            id,
+            raft,
+            store,
+            log_store,
+            peers,
+            metrics,
+            publish_timeout,
+            leadership,
+            clock,
+            freshness,
+            read_index: ReadIndexQueue::default(),
+        }
+    }
+
+    /// The queue of reads waiting for a read index, for its task (`read_index::run`).
+    pub(crate) fn read_index(&self) -> &ReadIndexQueue {
+        &self.read_index
+    }
+
+    /// A read index for a read on this node (asked of the leader when this node does not lead),
+    /// from the next round.
+    pub(crate) async fn shared_read_index(&self) -> RoundAnswer {
+        self.read_index.join(true, &self.metrics).await
+    }
+
+    /// The leader's read index for a follower's `read-index` request, from the next round;
+    /// `NotLeader` when this node does not lead by then.
+    pub(crate) async fn shared_read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
+        match self.read_index.join(false, &self.metrics).await {
+            RoundAnswer::Index(index) => Ok(index),
+            RoundAnswer::Reroute { reason, .. } => Err(PeerError::Unavailable(reason)),
+            RoundAnswer::Failed(error) => Err(error),
+        }
+    }
+
     /// The packet stored for `key` on this node's replica, read at `consistency`: the one read
     /// path of the HTTP relay.
     pub async fn read(
@@ -121,7 +213,7 @@ impl Node {
     /// Whether local reads must wait: this node restarted after a crash and its replica may
     /// still be older than what it served before (see [`CatchUp`]).
     pub fn catching_up(&self) -> bool {
-        let Some(catch_up) = &self.freshness().catch_up else {
+        let Some(catch_up) = &self.freshness.catch_up else {
             return false;
         };
         if catch_up.done.load(Ordering::Relaxed) {
@@ -155,12 +247,12 @@ impl Node {
             }
             return metrics.millis_since_quorum_ack.map(Duration::from_millis);
         }
-        self.leadership().since_leader_contact()
+        self.leadership.since_leader_contact()
     }
 
     /// Whether this node should get traffic (`/readyz`): it knows a leader, has heard from it
     /// (or, leading, from a quorum) within `max_stale`, is not catching up after a crash (see
-    /// [`Node::catching_up`]), and has applied the entries it knows to be committed, up to
+    /// [`Reads::catching_up`]), and has applied the entries it knows to be committed, up to
     /// [`READY_APPLY_LAG_MAX`]. The reasons say what is missing.
     pub fn readiness(&self, max_stale: Duration) -> Readiness {
         let metrics = self.raft.metrics().borrow().clone();
@@ -245,9 +337,7 @@ impl Node {
                 }
                 RoundAnswer::Reroute { leader, reason } => {
                     tracing::debug!(%reason, ?leader, "read index failed; rerouting");
-                    self.leadership()
-                        .wait_for_leader_news(leader, deadline)
-                        .await;
+                    self.leadership.wait_for_leader_news(leader, deadline).await;
                 }
             }
         };
@@ -264,13 +354,13 @@ impl Node {
     }
 
     /// Asks `leader` (id, peer address) for its read index, giving up as soon as it goes
-    /// silent or loses its leadership ([`Node::leader_gone`]) instead of at `deadline`.
+    /// silent or loses its leadership ([`Leadership::leader_gone`]) instead of at `deadline`.
     pub(crate) async fn read_index_from(
         &self,
         (leader, addr): (NodeId, String),
         deadline: Instant,
     ) -> Result<Option<u64>, ReadIndexFailed> {
-        if let Some(reason) = self.leadership().leader_gone(leader) {
+        if let Some(reason) = self.leadership.leader_gone(leader) {
             return Err(ReadIndexFailed::Reroute(reason));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -279,7 +369,7 @@ impl Node {
             .call(&addr, Some(leader), path::READ_INDEX, &(), remaining);
         let answer: Result<Option<u64>, PeerError> = tokio::select! {
             answer = call => answer.map_err(|e| ReadIndexFailed::Reroute(e.to_string()))?,
-            reason = self.leadership().until_leader_gone(leader) => return Err(ReadIndexFailed::Reroute(reason)),
+            reason = self.leadership.until_leader_gone(leader) => return Err(ReadIndexFailed::Reroute(reason)),
         };
         answer.map_err(|e| match e {
             PeerError::NotLeader { .. } | PeerError::Unavailable(_) => {
@@ -305,7 +395,7 @@ impl Node {
     pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
         // A leader no quorum has heard from within the lease cannot confirm its leadership
         // before the partition heals; say so now rather than at the deadline.
-        if let Some(reason) = self.leadership().cut_off_from_quorum() {
+        if let Some(reason) = self.leadership.cut_off_from_quorum() {
             return Err(PeerError::Unavailable(reason));
         }
         let ensured = tokio::time::timeout(self.publish_timeout, self.raft.ensure_linearizable())
@@ -320,7 +410,7 @@ impl Node {
             Ok(log_id) => {
                 let term = self.raft.metrics().borrow().current_term;
                 let floor = self
-                    .freshness()
+                    .freshness
                     .log_end_at_start
                     .filter(|log_end| log_end.leader_id.term == term)
                     .map(|log_end| log_end.index);

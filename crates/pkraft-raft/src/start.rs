@@ -28,6 +28,7 @@ use crate::node::{
 };
 use crate::peer::{PeerClient, PeerNetwork};
 use crate::quorum::QuorumContact;
+use crate::reads::{Reads, ReadsParts};
 use crate::settings::Settings;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
@@ -250,6 +251,18 @@ impl Node {
             leadership: leadership.clone(),
             clock: clock.clone(),
         }));
+        let reads = Arc::new(Reads::new(ReadsParts {
+            id,
+            raft: raft.clone(),
+            store: store.clone(),
+            log_store: log_store.clone(),
+            peers: peers.clone(),
+            metrics: metrics.clone(),
+            publish_timeout: settings.publish_timeout,
+            leadership: leadership.clone(),
+            clock: clock.clone(),
+            freshness: Freshness::at_start(catch_up_to, clean_stop),
+        }));
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -274,7 +287,7 @@ impl Node {
             },
             writes,
             leadership,
-            freshness: Freshness::at_start(catch_up_to, clean_stop),
+            reads,
             membership_lock: tokio::sync::Mutex::new(()),
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
@@ -284,7 +297,6 @@ impl Node {
             build_times,
             clock,
             expiry_ledger,
-            read_index: Default::default(),
             snapshot_receipt: Default::default(),
             stop_reason: tokio::sync::watch::channel(None).0,
         };
@@ -323,7 +335,9 @@ impl Node {
             supervise(task::CLUSTER_CLOCK, self, |node| {
                 crate::cluster_clock::run(node.clock.clone())
             }),
-            supervise(task::READ_INDEX, self, crate::read_index::run),
+            supervise(task::READ_INDEX, self, |node| {
+                crate::read_index::run(node.reads.clone())
+            }),
             supervise(
                 task::HANDOVER_LOW_DISK,
                 self,

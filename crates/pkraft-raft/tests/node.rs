@@ -118,10 +118,11 @@ async fn read_returns_committed_packets_at_either_consistency() {
     for name in ["local", "linearizable"] {
         let consistency: Consistency = name.parse().expect("known consistency");
         assert_eq!(consistency.as_str(), name);
-        let read = node.read(&key, consistency).await.expect("read");
+        let read = node.reads().read(&key, consistency).await.expect("read");
         assert_eq!(read.map(|p| p.payload.timestamp_micros()), Some(100));
         assert!(
-            node.read(&unknown, consistency)
+            node.reads()
+                .read(&unknown, consistency)
                 .await
                 .expect("read")
                 .is_none()

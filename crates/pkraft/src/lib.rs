@@ -245,10 +245,11 @@ impl Server {
 
         let freshness_of = node.clone();
         let freshness: FreshnessProbe = Arc::new(move || {
-            if freshness_of.catching_up() {
+            let reads = freshness_of.reads();
+            if reads.catching_up() {
                 Freshness::CatchingUp
             } else {
-                Freshness::LastConfirmed(freshness_of.staleness())
+                Freshness::LastConfirmed(reads.staleness())
             }
         });
         let dht =

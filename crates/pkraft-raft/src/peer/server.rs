@@ -378,7 +378,7 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |(): ()| async move {
-        node.shared_read_index_as_leader().await
+        node.reads().shared_read_index_as_leader().await
     })
     .await
 }
