@@ -316,11 +316,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn status(State(state): State<AdminState>) -> Json<ClusterStatus> {
-    Json(state.node.cluster_status().await)
+    Json(state.node.members().cluster_status().await)
 }
 
 async fn init(State(state): State<AdminState>) -> Response {
-    answer(state.node.initialize().await)
+    answer(state.node.members().initialize().await)
 }
 
 async fn add_learner(
@@ -335,21 +335,21 @@ async fn add_learner(
         addr: body.addr,
         voter: false,
     };
-    answer(state.node.change_membership(change).await)
+    answer(state.node.members().change_membership(change).await)
 }
 
 async fn promote(State(state): State<AdminState>, AdminJson(body): AdminJson<NodeRef>) -> Response {
     let change = MembershipChange::Promote {
         node_id: body.node_id,
     };
-    answer(state.node.change_membership(change).await)
+    answer(state.node.members().change_membership(change).await)
 }
 
 async fn remove(State(state): State<AdminState>, AdminJson(body): AdminJson<NodeRef>) -> Response {
     let change = MembershipChange::Remove {
         node_id: body.node_id,
     };
-    answer(state.node.change_membership(change).await)
+    answer(state.node.members().change_membership(change).await)
 }
 
 fn looks_like_host_port(addr: &str) -> bool {

@@ -236,7 +236,11 @@ impl Node {
             .iter()
             .filter_map(|id| Some((*id, membership.get_node(id)?.addr.clone())));
         let mut with_room = Vec::new();
-        for (id, _, status) in self.probe_statuses(addrs, self.election_timeout_max).await {
+        for (id, _, status) in self
+            .members()
+            .probe_statuses(addrs, self.election_timeout_max)
+            .await
+        {
             match status {
                 Ok(status) if !status.low_on_disk => with_room.push(id),
                 Ok(_) => {}

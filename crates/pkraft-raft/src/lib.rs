@@ -71,7 +71,9 @@ pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use dht_publishing::DhtPublishing;
 pub use handover::Handover;
 pub use leadership::Leadership;
-pub use membership::{ClusterStatus, MemberStatus, MembershipError, MembershipStatus, NodeStatus};
+pub use membership::{
+    ClusterStatus, MemberStatus, Members, MembershipError, MembershipStatus, NodeStatus,
+};
 pub use node::{Cluster, Node, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
 pub use pkraft_storage::log_store::LogRepair;

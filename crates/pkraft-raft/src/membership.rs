@@ -13,9 +13,17 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, 
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
-use crate::node::Node;
-use crate::peer::{CallError, MembershipChange, PeerError, path};
+use openraft::Raft;
+use pkraft_storage::log_store::LogStore;
+use pkraft_store::Store;
+
+use crate::cluster_clock::ClusterClock;
+use crate::disk_space::DiskSpace;
+use crate::leadership::Leadership;
+use crate::node::Cluster;
+use crate::peer::{CallError, MembershipChange, PeerClient, PeerError, path};
+use crate::reads::Reads;
+use crate::{NodeId, TypeConfig};
 
 /// How long the leader waits for a new node to catch up before making it a voter. The joining
 /// node asks again if this passes (a large snapshot on a slow link).
@@ -134,7 +142,70 @@ impl From<PeerError> for MembershipError {
     }
 }
 
-impl Node {
+/// The node's part in its cluster's membership: initializing it, joining it, the changes this
+/// node makes or forwards to the leader, and the status of every member.
+pub struct Members {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    /// The removed node ids, and the packet count of this node's status.
+    store: Store,
+    /// A pending repair, for this node's status.
+    log_store: LogStore,
+    peers: PeerClient,
+    /// This node's address, whom to ask to join, and in which role.
+    cluster: Cluster,
+    disk_space: Arc<DiskSpace>,
+    leadership: Arc<Leadership>,
+    reads: Arc<Reads>,
+    clock: Arc<ClusterClock>,
+    /// Serializes the membership changes this node makes as leader: openraft refuses a change
+    /// while another is in progress, and operators expect them queued, not refused.
+    change_lock: tokio::sync::Mutex<()>,
+}
+
+/// What [`Members`] is made of.
+pub(crate) struct MembersParts {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) store: Store,
+    pub(crate) log_store: LogStore,
+    pub(crate) peers: PeerClient,
+    pub(crate) cluster: Cluster,
+    pub(crate) disk_space: Arc<DiskSpace>,
+    pub(crate) leadership: Arc<Leadership>,
+    pub(crate) reads: Arc<Reads>,
+    pub(crate) clock: Arc<ClusterClock>,
+}
+
+impl Members {
+    pub(crate) fn new(parts: MembersParts) -> Members {
+        let MembersParts {
+            id,
+            raft,
+            store,
+            log_store,
+            peers,
+            cluster,
+            disk_space,
+            leadership,
+            reads,
+            clock,
+        } = parts;
+        Members {
+            id,
+            raft,
+            store,
+            log_store,
+            peers,
+            cluster,
+            disk_space,
+            leadership,
+            reads,
+            clock,
+            change_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// `pkraft cluster init`: makes this node the only voter of a new cluster.
     pub async fn initialize(&self) -> Result<(), MembershipError> {
         let members = BTreeMap::from([(self.id, BasicNode::new(&self.cluster.advertise))]);
@@ -172,10 +243,10 @@ impl Node {
         if let MembershipChange::Join { node_id, .. } = &request.change {
             self.refuse_removed(*node_id)?;
         }
-        if self.leadership().is_leader() {
+        if self.leadership.is_leader() {
             return self.change_as_leader(request.change).await;
         }
-        let leader = self.leadership().known_leader();
+        let leader = self.leadership.known_leader();
         match leader {
             Some((leader, addr)) if !request.forwarded => {
                 let forwarded = MembershipRequest {
@@ -203,7 +274,7 @@ impl Node {
     /// in all (a leader cut off from its quorum never commits one; the lock must not stay held).
     async fn change_as_leader(&self, change: MembershipChange) -> Result<(), PeerError> {
         tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, async {
-            let _serialized = self.membership_lock().lock().await;
+            let _serialized = self.change_lock.lock().await;
             self.change_serialized(change).await
         })
         .await
@@ -256,7 +327,7 @@ impl Node {
 
     /// Whether `node_id` left the cluster before (as of this node's applied log).
     pub(crate) fn was_removed(&self, node_id: NodeId) -> Result<bool, PeerError> {
-        self.store()
+        self.store
             .is_removed_node(node_id)
             .map_err(|e| PeerError::Fatal(format!("reading the removed node ids: {e}")))
     }
@@ -354,7 +425,7 @@ impl Node {
                 .reads
                 .staleness()
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            packets: self.store().packet_count().ok(),
+            packets: self.store.packet_count().ok(),
             low_on_disk: self.disk_space.refusal().is_some(),
             log_repair: self.log_store.repair(),
             clock: Some(self.clock.report()),
@@ -389,7 +460,7 @@ impl Node {
     }
 
     /// Every member, each asked for its own status over the peer network (in parallel, bounded).
-    pub async fn cluster_status(self: &Arc<Self>) -> ClusterStatus {
+    pub async fn cluster_status(&self) -> ClusterStatus {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let membership_status = MembershipStatus {
@@ -436,7 +507,7 @@ impl Node {
 /// Asks the `cluster.join` addresses to admit this node until it is a member in the role it
 /// wants. Runs for the life of the node: after a restart it checks again (a node added as a
 /// learner that stopped before its promotion asks for the promotion again).
-pub(crate) async fn keep_joining(node: Arc<Node>) {
+pub(crate) async fn keep_joining(node: Arc<Members>) {
     let want_voter = node.cluster.voter;
     let mut failures = 0u64;
     loop {
@@ -508,7 +579,7 @@ fn log_join_failure(failures: &mut u64, addr: &str, reason: &str) {
 /// Whether `node` is a member in the role it asks for. A voter counts only once it votes in every
 /// voter set: in a joint configuration whose leader died mid-change, asking again is what gets
 /// the change finished.
-fn is_member(node: &Node, as_voter: bool) -> bool {
+fn is_member(node: &Members, as_voter: bool) -> bool {
     let metrics = node.raft.metrics();
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();

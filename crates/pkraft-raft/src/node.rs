@@ -13,6 +13,7 @@ use crate::cluster_clock::ClusterClock;
 use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
 use crate::leadership::Leadership;
+use crate::membership::Members;
 use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient};
 use crate::reads::Reads;
@@ -133,9 +134,8 @@ pub struct Node {
     pub(crate) leadership: Arc<Leadership>,
     /// Reads of the replica, its freshness, the read-index rounds (`reads`).
     pub(crate) reads: Arc<Reads>,
-    /// Serializes the membership changes this node makes as leader: openraft refuses a change
-    /// while another is in progress, and operators expect them queued, not refused.
-    pub(crate) membership_lock: tokio::sync::Mutex<()>,
+    /// Membership changes and the cluster's status (`membership`).
+    pub(crate) members: Arc<Members>,
     pub(crate) data_dir: PathBuf,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     pub(crate) background: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -229,9 +229,9 @@ impl Node {
         &self.reads
     }
 
-    /// Held while this node makes a membership change as leader (`membership`).
-    pub(crate) fn membership_lock(&self) -> &tokio::sync::Mutex<()> {
-        &self.membership_lock
+    /// Membership changes and the cluster's status (`membership`).
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     /// The local replica. Reads from it are stale by at most the replication lag; the HTTP relay

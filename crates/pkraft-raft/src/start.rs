@@ -21,6 +21,7 @@ use crate::disk_space::DiskSpace;
 use crate::expiry::ExpiryLedger;
 use crate::freshness::Freshness;
 use crate::leadership::{Leadership, LeadershipParts, Silenced};
+use crate::membership::{Members, MembersParts};
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::node::{
     CLEAN_STOP_FILE, Cluster, Core, LOG_DIR, LOG_FILE_V1, Node, SNAPSHOT_DIR, STATE_FILE,
@@ -263,6 +264,18 @@ impl Node {
             clock: clock.clone(),
             freshness: Freshness::at_start(catch_up_to, clean_stop),
         }));
+        let members = Arc::new(Members::new(MembersParts {
+            id,
+            raft: raft.clone(),
+            store: store.clone(),
+            log_store: log_store.clone(),
+            peers: peers.clone(),
+            cluster: cluster.clone(),
+            disk_space: disk_space.clone(),
+            leadership: leadership.clone(),
+            reads: reads.clone(),
+            clock: clock.clone(),
+        }));
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -288,7 +301,7 @@ impl Node {
             writes,
             leadership,
             reads,
-            membership_lock: tokio::sync::Mutex::new(()),
+            members,
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
@@ -348,11 +361,9 @@ impl Node {
             }),
         ];
         if !self.cluster.join.is_empty() {
-            tasks.push(supervise(
-                task::KEEP_JOINING,
-                self,
-                crate::membership::keep_joining,
-            ));
+            tasks.push(supervise(task::KEEP_JOINING, self, |node| {
+                crate::membership::keep_joining(node.members.clone())
+            }));
         }
         if !settings.pre_vote && self.log_store.repair().is_some() {
             tasks.push(supervise(

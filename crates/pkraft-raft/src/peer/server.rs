@@ -148,7 +148,7 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
         .and_then(|source| source.to_str().ok())
         .and_then(|source| source.parse::<NodeId>().ok());
     if let Some(source) = source {
-        match node.was_removed(source) {
+        match node.members().was_removed(source) {
             Ok(false) => {}
             Ok(true) => {
                 return (
@@ -385,13 +385,13 @@ async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |request: MembershipRequest| async move {
-        node.handle_membership(request).await
+        node.members().handle_membership(request).await
     })
     .await
 }
 
 async fn status(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(body, |(): ()| async move { node.local_status() }).await
+    exchange(body, |(): ()| async move { node.members().local_status() }).await
 }
 
 /// A voter about to stand asks whether this node would vote for it (see `pre_vote`).
