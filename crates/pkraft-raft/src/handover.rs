@@ -50,9 +50,15 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
-use crate::NodeId;
-use crate::node::Node;
-use crate::peer::{PeerError, path};
+use openraft::Raft;
+use pkraft_storage::log_store::LogStore;
+
+use crate::disk_space::DiskSpace;
+use crate::leadership::Leadership;
+use crate::membership::Members;
+use crate::metrics::NodeMetrics;
+use crate::peer::{PeerClient, PeerError, path};
+use crate::{NodeId, TypeConfig};
 
 /// How long the outgoing leader waits for a voter to hold its whole log (the batches in flight
 /// when it stopped proposing commit in milliseconds).
@@ -78,7 +84,7 @@ enum Reason {
 
 /// What a handover achieved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Handover {
+pub enum HandoverOutcome {
     /// This node was not the leader, or the only voter: nothing to hand over.
     NotNeeded,
     /// No voter could take over (a low-disk handover found none with room holding the log), so
@@ -91,27 +97,82 @@ pub enum Handover {
     Failed(String),
 }
 
-impl Node {
+/// The node's leader handover (see the module docs), and its side of another's (`elect`).
+pub struct Handover {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    /// To ask the target to stand.
+    peers: PeerClient,
+    metrics: Arc<NodeMetrics>,
+    /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
+    lease: Duration,
+    disk_space: Arc<DiskSpace>,
+    /// A pending repair: then this node does not stand when asked.
+    log_store: LogStore,
+    leadership: Arc<Leadership>,
+    /// To ask the voters for their disk space.
+    members: Arc<Members>,
+}
+
+/// What [`Handover`] is made of.
+pub(crate) struct HandoverParts {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) peers: PeerClient,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) lease: Duration,
+    pub(crate) disk_space: Arc<DiskSpace>,
+    pub(crate) log_store: LogStore,
+    pub(crate) leadership: Arc<Leadership>,
+    pub(crate) members: Arc<Members>,
+}
+
+impl Handover {
+    pub(crate) fn new(parts: HandoverParts) -> Handover {
+        let HandoverParts {
+            id,
+            raft,
+            peers,
+            metrics,
+            lease,
+            disk_space,
+            log_store,
+            leadership,
+            members,
+        } = parts;
+        Handover {
+            id,
+            raft,
+            peers,
+            metrics,
+            lease,
+            disk_space,
+            log_store,
+            leadership,
+            members,
+        }
+    }
+
     /// Hands leadership to a caught-up voter (see the module docs). Call it before the node stops
     /// serving; afterwards this node neither proposes nor stands for election, so call it only on
     /// the way out. Bounded by about 2 × `CATCH_UP_TIMEOUT` + 4 × `election_timeout_max`, twice
     /// that if a low-disk handover is under way when it is called.
-    pub async fn hand_over_leadership(&self) -> Handover {
+    pub async fn hand_over(&self) -> HandoverOutcome {
         // A low-disk handover under way finishes first; this node then most likely leads no more.
-        let _one_at_a_time = self.leadership().handover_lock().lock().await;
+        let _one_at_a_time = self.leadership.handover_lock().lock().await;
         let result = self.try_hand_over(Reason::Stopping).await;
         self.record_handover(&result, Reason::Stopping);
         result
     }
 
-    fn record_handover(&self, result: &Handover, reason: Reason) {
+    fn record_handover(&self, result: &HandoverOutcome, reason: Reason) {
         match result {
-            Handover::NotNeeded | Handover::NoTarget(_) => {}
-            Handover::Done { to, took } => {
+            HandoverOutcome::NotNeeded | HandoverOutcome::NoTarget(_) => {}
+            HandoverOutcome::Done { to, took } => {
                 self.metrics.handovers.with_label_values(&["done"]).inc();
                 tracing::info!(to, took = ?took, ?reason, "handed leadership over");
             }
-            Handover::Failed(why) => {
+            HandoverOutcome::Failed(why) => {
                 self.metrics.handovers.with_label_values(&["failed"]).inc();
                 let after = match reason {
                     Reason::Stopping => "the cluster fails over instead",
@@ -122,11 +183,11 @@ impl Node {
         }
     }
 
-    async fn try_hand_over(&self, reason: Reason) -> Handover {
+    async fn try_hand_over(&self, reason: Reason) -> HandoverOutcome {
         let metrics = self.raft.metrics().borrow().clone();
         // A node whose Raft stopped on a fatal error leads nobody, whatever its last metrics say.
         if metrics.state != ServerState::Leader || metrics.running_state.is_err() {
-            return Handover::NotNeeded;
+            return HandoverOutcome::NotNeeded;
         }
         let others: Vec<NodeId> = metrics
             .membership_config
@@ -135,7 +196,7 @@ impl Node {
             .filter(|id| *id != self.id)
             .collect();
         if others.is_empty() {
-            return Handover::NotNeeded;
+            return HandoverOutcome::NotNeeded;
         }
         let eligible = match reason {
             Reason::Stopping => others.clone(),
@@ -147,7 +208,7 @@ impl Node {
                 let voters = others.len() + 1;
                 let quorum = voters / 2 + 1;
                 if with_room.len() < quorum {
-                    return Handover::NoTarget(format!(
+                    return HandoverOutcome::NoTarget(format!(
                         "{} of {voters} voters have room on their disks, fewer than a quorum \
                          ({quorum})",
                         with_room.len(),
@@ -159,7 +220,7 @@ impl Node {
                     |id: &NodeId| matched_index(&metrics, *id) >= metrics.last_log_index;
                 let eligible: Vec<NodeId> = with_room.into_iter().filter(holds_log).collect();
                 if eligible.is_empty() {
-                    return Handover::NoTarget(
+                    return HandoverOutcome::NoTarget(
                         "no voter with room on its disk holds this leader's whole log yet".into(),
                     );
                 }
@@ -179,9 +240,9 @@ impl Node {
         reason: Reason,
         others: &[NodeId],
         eligible: &[NodeId],
-    ) -> Handover {
+    ) -> HandoverOutcome {
         let metrics = self.raft.metrics().borrow().clone();
-        let lease = self.election_timeout_max;
+        let lease = self.lease;
         let silenced = least_caught_up(
             &metrics,
             others,
@@ -189,12 +250,12 @@ impl Node {
             silenced_needed(others.len() + 1),
         );
         let silenced_since = Instant::now();
-        self.leadership().silenced().set(&silenced);
+        self.leadership.silenced().set(&silenced);
         // Still leading and serving meanwhile: this node's own vote is granted only once its
         // lease has passed, and a silenced voter's once the lease since it last heard from this
         // node has.
         let mut votes_ready = self
-            .leadership()
+            .leadership
             .leading_since()
             .map(|since| since + lease + LEASE_MARGIN);
         if !silenced.is_empty() {
@@ -202,14 +263,14 @@ impl Node {
         }
         if let Some(ready) = votes_ready {
             tokio::time::sleep_until(ready.into()).await;
-            if !self.leadership().is_leader() {
-                self.leadership().silenced().set(&[]);
-                return Handover::NotNeeded;
+            if !self.leadership.is_leader() {
+                self.leadership.silenced().set(&[]);
+                return HandoverOutcome::NotNeeded;
             }
             if reason == Reason::LowOnDisk && self.disk_space.refusal().is_none() {
                 // Space was freed here meanwhile.
-                self.leadership().silenced().set(&[]);
-                return Handover::NotNeeded;
+                self.leadership.silenced().set(&[]);
+                return HandoverOutcome::NotNeeded;
             }
         }
         self.stop_leading();
@@ -220,7 +281,7 @@ impl Node {
             .filter(|id| !silenced.contains(id))
             .collect();
         let result = self.elect_successor(&candidates, heartbeats_stopped).await;
-        self.leadership().silenced().set(&[]);
+        self.leadership.silenced().set(&[]);
         result
     }
 
@@ -236,11 +297,7 @@ impl Node {
             .iter()
             .filter_map(|id| Some((*id, membership.get_node(id)?.addr.clone())));
         let mut with_room = Vec::new();
-        for (id, _, status) in self
-            .members()
-            .probe_statuses(addrs, self.election_timeout_max)
-            .await
-        {
+        for (id, _, status) in self.members.probe_statuses(addrs, self.lease).await {
             match status {
                 Ok(status) if !status.low_on_disk => with_room.push(id),
                 Ok(_) => {}
@@ -258,17 +315,17 @@ impl Node {
         &self,
         candidates: &[NodeId],
         heartbeats_stopped: Instant,
-    ) -> Handover {
-        let lease = self.election_timeout_max;
+    ) -> HandoverOutcome {
+        let lease = self.lease;
         // A batch proposed just before would still lengthen this node's log after the target
         // matched it, and this node would then refuse the target its vote.
-        if !self.leadership().proposals_settled(CATCH_UP_TIMEOUT).await {
-            return Handover::Failed(format!(
+        if !self.leadership.proposals_settled(CATCH_UP_TIMEOUT).await {
+            return HandoverOutcome::Failed(format!(
                 "proposals under way did not return within {CATCH_UP_TIMEOUT:?}"
             ));
         }
         let Some(target) = self.caught_up_voter(candidates).await else {
-            return Handover::Failed(format!(
+            return HandoverOutcome::Failed(format!(
                 "no voter caught up with this node's log within {CATCH_UP_TIMEOUT:?}"
             ));
         };
@@ -279,7 +336,7 @@ impl Node {
         // Failing that, it wins once the other voters' leases have passed.
         let first_try = (heartbeats_stopped + lease + LEASE_MARGIN).max(Instant::now() + lease);
         if let Some(to) = self.next_leader(first_try).await {
-            return Handover::Done {
+            return HandoverOutcome::Done {
                 to,
                 took: heartbeats_stopped.elapsed(),
             };
@@ -288,11 +345,11 @@ impl Node {
             tracing::debug!(target, error = %e, "asking a voter to stand again failed");
         }
         match self.next_leader(Instant::now() + 2 * lease).await {
-            Some(to) => Handover::Done {
+            Some(to) => HandoverOutcome::Done {
                 to,
                 took: heartbeats_stopped.elapsed(),
             },
-            None => Handover::Failed(format!(
+            None => HandoverOutcome::Failed(format!(
                 "node {target} was asked to stand but no other leader emerged within {:?}",
                 heartbeats_stopped.elapsed()
             )),
@@ -301,16 +358,16 @@ impl Node {
 
     /// Stops proposing and forwarding (see `batcher`), heartbeats and elections on this node.
     fn stop_leading(&self) {
-        self.leadership().start_handover();
+        self.leadership.start_handover();
         self.raft.runtime_config().heartbeat(false);
-        self.leadership().allow_elections(false);
+        self.leadership.allow_elections(false);
     }
 
     /// Undoes `stop_leading`, for a node that goes on after a handover.
     fn resume_leading(&self) {
         self.raft.runtime_config().heartbeat(true);
-        self.leadership().allow_elections(true);
-        self.leadership().end_handover();
+        self.leadership.allow_elections(true);
+        self.leadership.end_handover();
     }
 
     /// The voter among `others` whose log first reaches this node's last entry.
@@ -344,13 +401,7 @@ impl Node {
         };
         let answer: Result<(), PeerError> = self
             .peers
-            .call(
-                &addr,
-                Some(target),
-                path::ELECT,
-                &(),
-                self.election_timeout_max,
-            )
+            .call(&addr, Some(target), path::ELECT, &(), self.lease)
             .await
             .map_err(|e| e.to_string())?;
         answer.map_err(|e| e.to_string())
@@ -376,7 +427,7 @@ impl Node {
     pub(crate) async fn stand_for_election(&self) -> Result<(), PeerError> {
         if self.log_store.repair().is_some() {
             return Err(PeerError::Unavailable(
-                self.leadership().may_stand().err().unwrap_or_default(),
+                self.leadership.may_stand().err().unwrap_or_default(),
             ));
         }
         self.raft
@@ -424,7 +475,7 @@ fn matched_index(
 /// voter with room (see the module docs). Looks every `disk_space::CHECK_INTERVAL`; after a
 /// handover that did not start waits `LOW_DISK_RETRY`, after one that failed
 /// `LOW_DISK_RETRY_AFTER_FAILURE`. Runs until the node stops.
-pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
+pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Handover>) {
     let mut interval = tokio::time::interval(crate::disk_space::CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_try = Instant::now();
@@ -432,7 +483,7 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
     let mut told: Option<String> = None;
     loop {
         interval.tick().await;
-        if !node.leadership().is_leader() || node.disk_space.refusal().is_none() {
+        if !node.leadership.is_leader() || node.disk_space.refusal().is_none() {
             told = None;
             continue;
         }
@@ -440,17 +491,17 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
             continue;
         }
         // A stop's handover holds the lock, or has taken leadership off this node for good.
-        let Ok(_one_at_a_time) = node.leadership().handover_lock().try_lock() else {
+        let Ok(_one_at_a_time) = node.leadership.handover_lock().try_lock() else {
             continue;
         };
-        if node.leadership().handing_over() {
+        if node.leadership.handing_over() {
             continue;
         }
         let result = node.try_hand_over(Reason::LowOnDisk).await;
         node.record_handover(&result, Reason::LowOnDisk);
         match result {
-            Handover::Done { .. } | Handover::NotNeeded => told = None,
-            Handover::NoTarget(why) => {
+            HandoverOutcome::Done { .. } | HandoverOutcome::NotNeeded => told = None,
+            HandoverOutcome::NoTarget(why) => {
                 if told.as_ref() != Some(&why) {
                     tracing::warn!(
                         reason = %why,
@@ -462,7 +513,7 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Node>) {
                 next_try = Instant::now() + LOW_DISK_RETRY;
             }
             // Logged as it happened (`record_handover`).
-            Handover::Failed(_) => next_try = Instant::now() + LOW_DISK_RETRY_AFTER_FAILURE,
+            HandoverOutcome::Failed(_) => next_try = Instant::now() + LOW_DISK_RETRY_AFTER_FAILURE,
         }
     }
 }

@@ -69,7 +69,7 @@ pub mod write_path;
 pub use cluster_clock::{ClockReport, ClockState, ClusterClock, ClusterTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
 pub use dht_publishing::DhtPublishing;
-pub use handover::Handover;
+pub use handover::{Handover, HandoverOutcome};
 pub use leadership::Leadership;
 pub use membership::{
     ClusterStatus, MemberStatus, Members, MembershipError, MembershipStatus, NodeStatus,

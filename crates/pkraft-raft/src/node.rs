@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::cluster_clock::ClusterClock;
 use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
+use crate::handover::Handover;
 use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::metrics::{NodeMetrics, StateCollector};
@@ -136,6 +137,8 @@ pub struct Node {
     pub(crate) reads: Arc<Reads>,
     /// Membership changes and the cluster's status (`membership`).
     pub(crate) members: Arc<Members>,
+    /// The leader handover (`handover`).
+    pub(crate) handover: Arc<Handover>,
     pub(crate) data_dir: PathBuf,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     pub(crate) background: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -232,6 +235,11 @@ impl Node {
     /// Membership changes and the cluster's status (`membership`).
     pub fn members(&self) -> &Members {
         &self.members
+    }
+
+    /// The leader handover (`handover`).
+    pub fn handover(&self) -> &Handover {
+        &self.handover
     }
 
     /// The local replica. Reads from it are stale by at most the replication lag; the HTTP relay

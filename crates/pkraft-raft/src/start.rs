@@ -20,6 +20,7 @@ use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
 use crate::expiry::ExpiryLedger;
 use crate::freshness::Freshness;
+use crate::handover::{Handover, HandoverParts};
 use crate::leadership::{Leadership, LeadershipParts, Silenced};
 use crate::membership::{Members, MembersParts};
 use crate::metrics::{Damaged, NodeMetrics};
@@ -276,6 +277,17 @@ impl Node {
             reads: reads.clone(),
             clock: clock.clone(),
         }));
+        let handover = Arc::new(Handover::new(HandoverParts {
+            id,
+            raft: raft.clone(),
+            peers: peers.clone(),
+            metrics: metrics.clone(),
+            lease: settings.election_timeout_max,
+            disk_space: disk_space.clone(),
+            log_store: log_store.clone(),
+            leadership: leadership.clone(),
+            members: members.clone(),
+        }));
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -302,6 +314,7 @@ impl Node {
             leadership,
             reads,
             members,
+            handover,
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
@@ -351,11 +364,9 @@ impl Node {
             supervise(task::READ_INDEX, self, |node| {
                 crate::read_index::run(node.reads.clone())
             }),
-            supervise(
-                task::HANDOVER_LOW_DISK,
-                self,
-                crate::handover::hand_over_while_low_on_disk,
-            ),
+            supervise(task::HANDOVER_LOW_DISK, self, |node| {
+                crate::handover::hand_over_while_low_on_disk(node.handover.clone())
+            }),
             supervise(task::SCRUB, self, move |node| {
                 crate::scrub::run(node, scrub_rates)
             }),

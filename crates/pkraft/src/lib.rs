@@ -458,7 +458,7 @@ impl Server {
         // First, while every listener still serves: a leader hands its leadership to a
         // caught-up voter, so the cluster goes on taking writes without waiting out a failover
         // (its own clients' publishes are forwarded to the new leader meanwhile).
-        self.node.hand_over_leadership().await;
+        self.node.handover().hand_over().await;
         self.http.stop("http").await?;
         for (_, checks) in &self.certificates {
             checks.abort();

@@ -435,9 +435,8 @@ async fn clock(body: Bytes) -> Response {
 
 /// The leader handing over before it stops asks this node to stand (see `handover`).
 async fn elect(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(
-        body,
-        |(): ()| async move { node.stand_for_election().await },
-    )
+    exchange(body, |(): ()| async move {
+        node.handover().stand_for_election().await
+    })
     .await
 }
