@@ -17,6 +17,7 @@ use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient};
+use crate::pre_vote::PreVote;
 use crate::reads::Reads;
 use crate::settings::SettingsError;
 use crate::short_lived::ShortLived;
@@ -120,8 +121,6 @@ pub struct Core {
     pub(crate) metrics: Arc<NodeMetrics>,
     /// Bounds every wait on the way to a commit or a read barrier.
     pub(crate) publish_timeout: Duration,
-    /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
-    pub(crate) election_timeout_max: Duration,
     /// Largest peer request body: a full `append-entries` of the biggest entries.
     pub(crate) peer_body_max: usize,
     /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
@@ -139,6 +138,8 @@ pub struct Node {
     pub(crate) members: Arc<Members>,
     /// The leader handover (`handover`).
     pub(crate) handover: Arc<Handover>,
+    /// PreVote's rounds and answers (`pre_vote`).
+    pub(crate) pre_vote: Arc<PreVote>,
     pub(crate) data_dir: PathBuf,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     pub(crate) background: std::sync::Mutex<Vec<JoinHandle<()>>>,

@@ -43,10 +43,14 @@ use openraft::{LogId, ServerState};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
-use crate::node::Node;
+use openraft::Raft;
+use pkraft_storage::log_store::LogStore;
+
+use crate::leadership::Leadership;
+use crate::metrics::NodeMetrics;
 use crate::peer::client::CallError;
-use crate::peer::path;
+use crate::peer::{PeerClient, path};
+use crate::{NodeId, TypeConfig};
 
 /// How often the timer looks whether an election is due. Well under the election timeouts, so
 /// it adds little to a failover.
@@ -109,7 +113,7 @@ impl Standing {
 const LOST_ROUNDS_PER_LOG: u64 = 100;
 
 /// The election timer of a node with PreVote; runs as long as the node.
-pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
+pub(crate) async fn run(node: Arc<PreVote>, timing: ElectionTiming) {
     let lease = timing.timeout_max;
     let mut timeout = timing.random_timeout();
     // The last pre-vote round this node started; a failed round is retried after a timeout,
@@ -121,7 +125,7 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
     let mut lost_in_a_row: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
-        if node.leadership().may_stand().is_err() {
+        if node.leadership.may_stand().is_err() {
             continue;
         }
         let Some(standing) = node.standing() else {
@@ -142,8 +146,8 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
             }
             continue;
         }
-        let silent = led_at.map_or(node.leadership().since_leader_reached(), |led| {
-            node.leadership().since_leader_reached().min(led.elapsed())
+        let silent = led_at.map_or(node.leadership.since_leader_reached(), |led| {
+            node.leadership.since_leader_reached().min(led.elapsed())
         });
         let due = match last_round {
             // Rounds since the leader was last heard from: one timeout apart.
@@ -193,7 +197,42 @@ pub(crate) async fn run(node: Arc<Node>, timing: ElectionTiming) {
     }
 }
 
-impl Node {
+/// The node's PreVote: its election timer's rounds, and its answers to other nodes' pre-votes
+/// (which it gives whether or not its own timer runs PreVote).
+pub(crate) struct PreVote {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    /// The last log id, and whether a repair forbids a vote.
+    log_store: LogStore,
+    /// To ask the other voters.
+    peers: PeerClient,
+    metrics: Arc<NodeMetrics>,
+    /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
+    lease: Duration,
+    leadership: Arc<Leadership>,
+}
+
+impl PreVote {
+    pub(crate) fn new(
+        id: NodeId,
+        raft: Raft<TypeConfig>,
+        log_store: LogStore,
+        peers: PeerClient,
+        metrics: Arc<NodeMetrics>,
+        lease: Duration,
+        leadership: Arc<Leadership>,
+    ) -> PreVote {
+        PreVote {
+            id,
+            raft,
+            log_store,
+            peers,
+            metrics,
+            lease,
+            leadership,
+        }
+    }
+
     /// This node's state, term and voters, from openraft's metrics (read every tick, so not
     /// through the Raft core's queue); `None` once Raft has stopped.
     fn standing(&self) -> Option<Standing> {
@@ -317,7 +356,7 @@ impl Node {
             ));
         }
         if standing.state == ServerState::Leader {
-            return match self.leadership().cut_off_from_quorum() {
+            return match self.leadership.cut_off_from_quorum() {
                 Some(reason) => PreVoteAnswer {
                     granted: true,
                     reason: Some(reason),
@@ -325,8 +364,8 @@ impl Node {
                 None => refuse("this node leads and a quorum accepts it".to_string()),
             };
         }
-        let reached = self.leadership().since_leader_reached();
-        if reached <= self.election_timeout_max {
+        let reached = self.leadership.since_leader_reached();
+        if reached <= self.lease {
             return refuse(format!(
                 "a leader reached this node {} ms ago",
                 reached.as_millis()

@@ -29,6 +29,7 @@ use crate::node::{
     StartError, sync_dir,
 };
 use crate::peer::{PeerClient, PeerNetwork};
+use crate::pre_vote::PreVote;
 use crate::quorum::QuorumContact;
 use crate::reads::{Reads, ReadsParts};
 use crate::settings::Settings;
@@ -288,6 +289,15 @@ impl Node {
             leadership: leadership.clone(),
             members: members.clone(),
         }));
+        let pre_vote = Arc::new(PreVote::new(
+            id,
+            raft.clone(),
+            log_store.clone(),
+            peers.clone(),
+            metrics.clone(),
+            settings.election_timeout_max,
+            leadership.clone(),
+        ));
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -306,7 +316,6 @@ impl Node {
                 peers,
                 metrics,
                 publish_timeout: settings.publish_timeout,
-                election_timeout_max: settings.election_timeout_max,
                 peer_body_max: settings.peer_body_max(),
                 disk_space,
             },
@@ -315,6 +324,7 @@ impl Node {
             reads,
             members,
             handover,
+            pre_vote,
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
@@ -389,7 +399,7 @@ impl Node {
                 timeout_max: settings.election_timeout_max,
             };
             tasks.push(supervise(task::PRE_VOTE, self, move |node| {
-                crate::pre_vote::run(node, timing)
+                crate::pre_vote::run(node.pre_vote.clone(), timing)
             }));
         }
         if !settings.record_max_age.is_zero() {

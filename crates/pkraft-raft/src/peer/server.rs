@@ -397,7 +397,7 @@ async fn status(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 /// A voter about to stand asks whether this node would vote for it (see `pre_vote`).
 async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |request: PreVoteRequest| async move {
-        node.answer_pre_vote(request).await
+        node.pre_vote.answer_pre_vote(request).await
     })
     .await
 }
