@@ -19,6 +19,7 @@ use crate::metrics::{NodeMetrics, StateCollector};
 use crate::peer::{ClusterSecret, PeerClient};
 use crate::pre_vote::PreVote;
 use crate::reads::Reads;
+use crate::scrub::Scrub;
 use crate::settings::SettingsError;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
@@ -140,6 +141,8 @@ pub struct Node {
     pub(crate) handover: Arc<Handover>,
     /// PreVote's rounds and answers (`pre_vote`).
     pub(crate) pre_vote: Arc<PreVote>,
+    /// The background scrub (`scrub`).
+    pub(crate) scrub: Arc<Scrub>,
     pub(crate) data_dir: PathBuf,
     /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
     pub(crate) background: std::sync::Mutex<Vec<JoinHandle<()>>>,
@@ -159,7 +162,7 @@ pub struct Node {
     pub(crate) snapshot_receipt: pkraft_storage::snapshot_receipt::SnapshotReceipt,
     /// Set when the node must stop although Raft runs on (the scrub found damage that a
     /// restart repairs); [`Node::wait_fatal`] reports it.
-    pub(crate) stop_reason: tokio::sync::watch::Sender<Option<String>>,
+    pub(crate) stop_reason: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 impl std::ops::Deref for Node {
@@ -261,7 +264,7 @@ impl Node {
     /// Resolves when Raft stops on its own because of a fatal error (a storage failure), with the
     /// reason. A node in that state cannot take writes and would serve a frozen replica, so the
     /// daemon exits instead of limping on.
-    /// Also when the node must stop for a restart to repair it ([`Node::stop_for`]).
+    /// Also when the node must stop for a restart to repair it (the scrub found damage).
     pub async fn wait_fatal(&self) -> String {
         let mut metrics = self.raft.metrics();
         let mut stop = self.stop_reason.subscribe();
@@ -282,18 +285,6 @@ impl Node {
                 _ = stop.changed() => {}
             }
         }
-    }
-
-    /// Asks the daemon to stop this node (through [`Node::wait_fatal`]) for `reason`: damage
-    /// that the next start repairs was found while running. It exits non-zero, and its
-    /// supervisor restarts it.
-    pub(crate) fn stop_for(&self, reason: String) {
-        self.stop_reason.send_replace(Some(reason));
-    }
-
-    /// The data dir.
-    pub(crate) fn data_dir(&self) -> &Path {
-        &self.data_dir
     }
 
     /// Stops Raft, waits (bounded) until its background tasks have released the data files, so

@@ -36,12 +36,47 @@ use std::time::{Duration, Instant};
 use pkraft_store::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
 use pkraft_types::KeyBytes;
 
-use crate::metrics::Damaged;
-use crate::node::Node;
-use crate::peer::{PacketCopy, path};
-use crate::settings::Settings;
-use pkraft_storage::log_store::Damage;
+use std::path::PathBuf;
+
+use openraft::Raft;
+use pkraft_storage::log_store::{Damage, LogStore};
 use pkraft_storage::state_repair;
+use pkraft_store::Store;
+
+use crate::leadership::Leadership;
+use crate::metrics::{Damaged, NodeMetrics};
+use crate::peer::{PacketCopy, PeerClient, path};
+use crate::settings::Settings;
+use crate::{NodeId, TypeConfig};
+
+/// The node's background scrub: the two sweeps, and its side of another node's (`packet-check`).
+pub(crate) struct Scrub {
+    id: NodeId,
+    raft: Raft<TypeConfig>,
+    store: Store,
+    log_store: LogStore,
+    /// To ask the other voters for their copies.
+    peers: PeerClient,
+    metrics: Arc<NodeMetrics>,
+    /// Where a finding is recorded for the next start (`state_repair::mark_damaged`).
+    data_dir: PathBuf,
+    leadership: Arc<Leadership>,
+    /// Stops the node for a restart that repairs what was found (`Node::wait_fatal`).
+    stop: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+/// What [`Scrub`] is made of.
+pub(crate) struct ScrubParts {
+    pub(crate) id: NodeId,
+    pub(crate) raft: Raft<TypeConfig>,
+    pub(crate) store: Store,
+    pub(crate) log_store: LogStore,
+    pub(crate) peers: PeerClient,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) leadership: Arc<Leadership>,
+    pub(crate) stop: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
 
 /// Bytes read back in one step of the log sweep (each step holds the log's read lock, which a
 /// truncation waits for), and at least one record.
@@ -75,21 +110,21 @@ impl ScrubRates {
 }
 
 /// Runs both sweeps until the node stops (or one finds damage that stops it).
-pub(crate) async fn run(node: Arc<Node>, rates: ScrubRates) {
+pub(crate) async fn run(scrub: Arc<Scrub>, rates: ScrubRates) {
     tokio::join!(
-        sweep_log(&node, rates.log_bytes_per_second),
-        sweep_state(&node, rates.packets_per_second)
+        sweep_log(&scrub, rates.log_bytes_per_second),
+        sweep_state(&scrub, rates.packets_per_second)
     );
 }
 
-async fn sweep_log(node: &Arc<Node>, bytes_per_second: u64) {
+async fn sweep_log(scrub: &Scrub, bytes_per_second: u64) {
     if bytes_per_second == 0 {
         return;
     }
     let mut next = 0;
     loop {
         let started = Instant::now();
-        let log = node.log_store.clone();
+        let log = scrub.log_store.clone();
         let step = tokio::task::spawn_blocking(move || log.scrub(next, LOG_STEP_BYTES)).await;
         match step {
             Ok(Ok(Some((after, bytes)))) => {
@@ -98,12 +133,12 @@ async fn sweep_log(node: &Arc<Node>, bytes_per_second: u64) {
             }
             Ok(Ok(None)) => {
                 next = 0;
-                node.metrics.scrub_passes.with_label_values(&["log"]).inc();
+                scrub.metrics.scrub_passes.with_label_values(&["log"]).inc();
                 tokio::time::sleep(PASS_PAUSE).await;
             }
             Ok(Err(error)) => match Damage::of(&error) {
                 Some(damage) => {
-                    log_damaged(node, damage);
+                    log_damaged(scrub, damage);
                     return;
                 }
                 None => {
@@ -119,12 +154,12 @@ async fn sweep_log(node: &Arc<Node>, bytes_per_second: u64) {
     }
 }
 
-fn log_damaged(node: &Node, damage: &Damage) {
-    node.metrics.damage_found(Damaged::Log);
-    if crate::voters::has_others(&node.raft, node.id) {
+fn log_damaged(scrub: &Scrub, damage: &Damage) {
+    scrub.metrics.damage_found(Damaged::Log);
+    if crate::voters::has_others(&scrub.raft, scrub.id) {
         // Before it stops, with the range it knows: the open finds the damage again (the synced
         // mark covers the last append), but a record written now cannot be missed.
-        if let Err(error) = node.log_store.record_found_damage(damage) {
+        if let Err(error) = scrub.log_store.record_found_damage(damage) {
             tracing::error!(
                 %error,
                 "the scrub found: {damage}, and could not record it; this node goes on (its \
@@ -136,7 +171,7 @@ fn log_damaged(node: &Node, damage: &Damage) {
             "the scrub found: {damage}. This node stops; its next start sets the damaged records \
              aside and takes them from the leader again"
         );
-        node.stop_for(format!(
+        scrub.stop_for(format!(
             "the scrub found the Raft log damaged ({damage}); a restart repairs it from the cluster"
         ));
     } else {
@@ -149,7 +184,7 @@ fn log_damaged(node: &Node, damage: &Damage) {
     }
 }
 
-async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
+async fn sweep_state(scrub: &Scrub, packets_per_second: u64) {
     if packets_per_second == 0 {
         return;
     }
@@ -161,7 +196,7 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
     let mut undecided: BTreeMap<String, u32> = BTreeMap::new();
     loop {
         let started = Instant::now();
-        let store = node.store.clone();
+        let store = scrub.store.clone();
         let from = after;
         let step = tokio::task::spawn_blocking(move || {
             store.scrub_packets(from.as_ref(), STATE_STEP_PACKETS)
@@ -172,7 +207,7 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
             Ok(Err(error)) if error.is_damage() => {
                 // The table itself (a page redb cannot read): no key to skip past.
                 state_damaged(
-                    node,
+                    scrub,
                     &format!("reading the packets: {error}"),
                     OtherCopies::Unknown,
                 );
@@ -190,12 +225,12 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
             }
         };
         if !page.stale_answers.is_empty() {
-            recompile_stale_answers(node, &page.stale_answers).await;
+            recompile_stale_answers(scrub, &page.stale_answers).await;
         }
         if let Some(damaged) = &page.damaged {
             let finding = finding_of(damaged);
             if !reported.contains(&finding)
-                && act_on_damaged_packet(node, damaged, &finding, &mut undecided).await
+                && act_on_damaged_packet(scrub, damaged, &finding, &mut undecided).await
                     == Finding::Decided(Stopping::Yes)
             {
                 return;
@@ -207,7 +242,8 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
         after = page.last_key;
         let packets = page.packets as u64;
         if after.is_none() {
-            node.metrics
+            scrub
+                .metrics
                 .scrub_passes
                 .with_label_values(&["state"])
                 .inc();
@@ -223,9 +259,9 @@ async fn sweep_state(node: &Arc<Node>, packets_per_second: u64) {
 /// packet). They are derived from this node's own packets, so no other copy is needed and
 /// nothing stops. Until then the DNS frontend answers a damaged row's key from its packet,
 /// but would serve a whole, stale row as it is.
-async fn recompile_stale_answers(node: &Node, stale: &[StaleAnswers]) {
+async fn recompile_stale_answers(scrub: &Scrub, stale: &[StaleAnswers]) {
     for found in stale {
-        node.metrics.damage_found(Damaged::Answers);
+        scrub.metrics.damage_found(Damaged::Answers);
         let action = match found.problem {
             AnswersProblem::WithoutPacket => "removing it",
             _ => "compiling it again from the stored packet",
@@ -233,7 +269,7 @@ async fn recompile_stale_answers(node: &Node, stale: &[StaleAnswers]) {
         tracing::warn!("the scrub found {found}; {action}");
     }
     let keys: Vec<KeyBytes> = stale.iter().map(|found| found.key).collect();
-    let store = node.store.clone();
+    let store = scrub.store.clone();
     let rewritten = tokio::task::spawn_blocking(move || store.recompile_answers(&keys)).await;
     match rewritten {
         Ok(Ok(())) => {}
@@ -264,20 +300,20 @@ enum Finding {
 /// other voters' copies, and acted on (`state_damaged`) unless every voter stores the same
 /// bytes. While they cannot tell, it is asked again at the next passes (`undecided`).
 async fn act_on_damaged_packet(
-    node: &Node,
+    scrub: &Scrub,
     damaged: &DamagedPacket,
     finding: &str,
     undecided: &mut BTreeMap<String, u32>,
 ) -> Finding {
     // Never served from here on, whatever the cause: bytes that do not verify are not passed
     // on, even when every copy holds them.
-    if !node.store.quarantine(&damaged.key) {
+    if !scrub.store.quarantine(&damaged.key) {
         tracing::warn!(
             max = pkraft_store::QUARANTINE_MAX,
             "too many damaged packets to refuse each; this one is still served"
         );
     }
-    if state_repair::rebuilt_for(node.data_dir(), finding) {
+    if state_repair::rebuilt_for(&scrub.data_dir, finding) {
         tracing::warn!(
             "the scrub found {damaged}, the same bytes as before a rebuild of the state from the \
              cluster: the cluster stores this packet so, not damage on this disk; it is not \
@@ -285,18 +321,18 @@ async fn act_on_damaged_packet(
         );
         return Finding::Decided(Stopping::No);
     }
-    if !crate::voters::has_others(&node.raft, node.id) {
-        return Finding::Decided(state_damaged(node, finding, OtherCopies::Unknown));
+    if !crate::voters::has_others(&scrub.raft, scrub.id) {
+        return Finding::Decided(state_damaged(scrub, finding, OtherCopies::Unknown));
     }
-    let copies = other_copies(node, damaged).await;
+    let copies = other_copies(scrub, damaged).await;
     // Written again while the others were asked (a publish): the damaged row is gone.
-    let here = node.packet_copy(damaged.key).await;
+    let here = scrub.packet_copy(damaged.key).await;
     if here
         != (PacketCopy::Damaged {
             value_crc: damaged.value_crc,
         })
     {
-        node.store.release_quarantine(&damaged.key);
+        scrub.store.release_quarantine(&damaged.key);
         undecided.remove(finding);
         return Finding::Decided(Stopping::No);
     }
@@ -326,7 +362,7 @@ async fn act_on_damaged_packet(
         );
         return Finding::Decided(Stopping::No);
     }
-    Finding::Decided(state_damaged(node, finding, copies))
+    Finding::Decided(state_damaged(scrub, finding, copies))
 }
 
 /// The line a finding is recorded and recognised by.
@@ -354,14 +390,14 @@ const COPY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks every other voter, in parallel, for its copy of the damaged packet (peer route
 /// `packet-check`) and sums up the answers.
-async fn other_copies(node: &Node, damaged: &DamagedPacket) -> OtherCopies {
-    let voters = crate::voters::others(&node.raft, node.id);
+async fn other_copies(scrub: &Scrub, damaged: &DamagedPacket) -> OtherCopies {
+    let voters = crate::voters::others(&scrub.raft, scrub.id);
     if voters.is_empty() {
         return OtherCopies::Unknown;
     }
     let mut asks = tokio::task::JoinSet::new();
     for (id, addr) in &voters {
-        let (peers, id, addr, key) = (node.peers.clone(), *id, addr.clone(), damaged.key);
+        let (peers, id, addr, key) = (scrub.peers.clone(), *id, addr.clone(), damaged.key);
         asks.spawn(async move {
             peers
                 .call::<KeyBytes, PacketCopy>(
@@ -416,9 +452,9 @@ enum Stopping {
 /// stops only when another voter holds whole bytes: a finding shared by every node (a packet
 /// the cluster stores so) must not stop them all, and with the others silent it is the one
 /// they would repair from. The only voter reports it and goes on.
-fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
-    node.metrics.damage_found(Damaged::State);
-    if !crate::voters::has_others(&node.raft, node.id) {
+fn state_damaged(scrub: &Scrub, finding: &str, copies: OtherCopies) -> Stopping {
+    scrub.metrics.damage_found(Damaged::State);
+    if !crate::voters::has_others(&scrub.raft, scrub.id) {
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node is the only voter: it has \
              no other copy to rebuild it from. Restore that key's packet from a backup, or have \
@@ -426,7 +462,7 @@ fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
         );
         return Stopping::No;
     }
-    if let Err(error) = state_repair::mark_damaged(node.data_dir(), finding) {
+    if let Err(error) = state_repair::mark_damaged(&scrub.data_dir, finding) {
         // Without the mark the next start would not know: stopping would only be an outage.
         tracing::error!(
             %error,
@@ -439,7 +475,7 @@ fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
         == OtherCopies::WholeElsewhere {
             every_voter_answered: true,
         };
-    if node.leadership().is_leader() && !cluster_whole {
+    if scrub.leadership.is_leader() && !cluster_whole {
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node leads, and not every other \
              voter answered with whole bytes: it goes on, and its next start rebuilds the state \
@@ -448,7 +484,7 @@ fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
         );
         return Stopping::No;
     }
-    let how = if node.leadership().is_leader() {
+    let how = if scrub.leadership.is_leader() {
         "Another voter holds whole bytes: this node hands its leadership over and stops"
     } else {
         "This node stops"
@@ -457,13 +493,44 @@ fn state_damaged(node: &Node, finding: &str, copies: OtherCopies) -> Stopping {
         "the scrub found the state damaged: {finding}. {how}; its next start rebuilds the \
          state from the cluster"
     );
-    node.stop_for(format!(
+    scrub.stop_for(format!(
         "the scrub found the state damaged ({finding}); a restart rebuilds it from the cluster"
     ));
     Stopping::Yes
 }
 
-impl Node {
+impl Scrub {
+    pub(crate) fn new(parts: ScrubParts) -> Scrub {
+        let ScrubParts {
+            id,
+            raft,
+            store,
+            log_store,
+            peers,
+            metrics,
+            data_dir,
+            leadership,
+            stop,
+        } = parts;
+        Scrub {
+            id,
+            raft,
+            store,
+            log_store,
+            peers,
+            metrics,
+            data_dir,
+            leadership,
+            stop,
+        }
+    }
+
+    /// Asks the daemon to stop this node for `reason` (`Node::wait_fatal`): damage the next
+    /// start repairs.
+    fn stop_for(&self, reason: String) {
+        self.stop.send_replace(Some(reason));
+    }
+
     /// This node's copy of `key`'s packet, checked as the scrub checks it, for another node's
     /// scrub (peer route `packet-check`).
     pub(crate) async fn packet_copy(&self, key: KeyBytes) -> PacketCopy {

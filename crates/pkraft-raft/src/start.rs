@@ -32,6 +32,7 @@ use crate::peer::{PeerClient, PeerNetwork};
 use crate::pre_vote::PreVote;
 use crate::quorum::QuorumContact;
 use crate::reads::{Reads, ReadsParts};
+use crate::scrub::{Scrub, ScrubParts};
 use crate::settings::Settings;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
@@ -298,6 +299,18 @@ impl Node {
             settings.election_timeout_max,
             leadership.clone(),
         ));
+        let stop_reason = Arc::new(tokio::sync::watch::channel(None).0);
+        let scrub = Arc::new(Scrub::new(ScrubParts {
+            id,
+            raft: raft.clone(),
+            store: store.clone(),
+            log_store: log_store.clone(),
+            peers: peers.clone(),
+            metrics: metrics.clone(),
+            data_dir: data_dir.to_path_buf(),
+            leadership: leadership.clone(),
+            stop: stop_reason.clone(),
+        }));
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -325,6 +338,7 @@ impl Node {
             members,
             handover,
             pre_vote,
+            scrub,
             data_dir: data_dir.to_path_buf(),
             background: std::sync::Mutex::new(Vec::new()),
             state_file,
@@ -334,7 +348,7 @@ impl Node {
             clock,
             expiry_ledger,
             snapshot_receipt: Default::default(),
-            stop_reason: tokio::sync::watch::channel(None).0,
+            stop_reason,
         };
         let node = Arc::new(node);
         node.spawn_tasks(settings);
@@ -378,7 +392,7 @@ impl Node {
                 crate::handover::hand_over_while_low_on_disk(node.handover.clone())
             }),
             supervise(task::SCRUB, self, move |node| {
-                crate::scrub::run(node, scrub_rates)
+                crate::scrub::run(node.scrub.clone(), scrub_rates)
             }),
         ];
         if !self.cluster.join.is_empty() {

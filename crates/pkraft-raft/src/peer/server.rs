@@ -404,10 +404,9 @@ async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 
 /// Another node's scrub found a packet damaged and asks for this node's copy (see `scrub`).
 async fn packet_check(State(node): State<Arc<Node>>, body: Bytes) -> Response {
-    exchange(
-        body,
-        |key: KeyBytes| async move { node.packet_copy(key).await },
-    )
+    exchange(body, |key: KeyBytes| async move {
+        node.scrub.packet_copy(key).await
+    })
     .await
 }
 
