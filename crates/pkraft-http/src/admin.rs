@@ -211,7 +211,7 @@ async fn backup(State(state): State<AdminState>, backups: Arc<tokio::sync::Semap
         let _running = running;
         let started = std::time::Instant::now();
         let mut out = ChannelWriter::new(sender.clone(), runtime.clone());
-        match node.write_backup(&mut out) {
+        match pkraft_raft::backup::write_store_backup(node.store(), node.id(), &mut out) {
             Ok((header, bytes)) => tracing::info!(
                 records = header.records,
                 applied_index = ?header.applied_index,

@@ -1,6 +1,6 @@
 //! Backup, restore and verification of a node's data (docs/OPERATIONS.md).
 //!
-//! - [`Node::write_backup`]: a consistent copy of the replica (one read transaction) written as
+//! - [`write_store_backup`]: a consistent copy of the replica (one read transaction) written as
 //!   a backup file to any writer, as it is read: the admin API streams it to `pkraft backup`.
 //! - [`restore`]: seeds a new data dir from a backup file as a single-node cluster (disaster
 //!   recovery). The data becomes the node's snapshot and the log starts after it, so nodes that
@@ -24,7 +24,7 @@ use pkraft_store::{Integrity, SnapshotSummary, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
-use crate::node::{LOG_DIR, Node, SNAPSHOT_DIR, STATE_FILE};
+use crate::node::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 use pkraft_storage::codec::{decode, encode};
 use pkraft_storage::log_store::LogStore;
 use pkraft_storage::snapshot_file::SnapshotFile;
@@ -65,16 +65,9 @@ pub enum BackupError {
     Invalid(String),
 }
 
-impl Node {
-    /// Writes a backup file of this node's replica as it is now (one read transaction) to
-    /// `out`, as it reads it. Blocking: run it off the async runtime. Returns the header and the
-    /// bytes written.
-    pub fn write_backup(&self, out: impl Write) -> Result<(BackupHeader, u64), BackupError> {
-        write_store_backup(self.store(), self.id, out)
-    }
-}
-
-/// [`Node::write_backup`] of any store: a backup file as `source_node` would send it.
+/// Writes a backup file of `store` as it is now (one read transaction) to `out`, as it reads
+/// it, as node `source_node`'s: what the admin API streams to `pkraft backup`. Blocking: run it
+/// off the async runtime. Returns the header and the bytes written.
 pub fn write_store_backup(
     store: &Store,
     source_node: NodeId,
