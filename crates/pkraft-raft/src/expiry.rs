@@ -18,8 +18,13 @@ use std::time::Duration;
 use pkraft_types::Command;
 use tokio::time::Instant;
 
-use crate::cluster_clock::ClockState;
-use crate::node::Node;
+use openraft::Raft;
+use pkraft_store::Store;
+
+use crate::TypeConfig;
+use crate::cluster_clock::{ClockState, ClusterClock};
+use crate::leadership::Leadership;
+use crate::metrics::NodeMetrics;
 use crate::settings::Settings;
 
 /// Most packets one expiry entry deletes: bounds the entry's apply time (one redb transaction)
@@ -101,7 +106,24 @@ fn prune(deletions: &mut VecDeque<(Instant, u64)>, now: Instant) {
     }
 }
 
-pub(crate) async fn run(node: Arc<Node>, rules: ExpiryRules) {
+/// The leader's expiry: what it proposes and by which rules, and what it needs to.
+pub(crate) struct Expiry {
+    pub(crate) rules: ExpiryRules,
+    pub(crate) raft: Raft<TypeConfig>,
+    /// The oldest signed timestamp and the count of packets.
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// `raft.publish_timeout`: a proposal's bound.
+    pub(crate) publish_timeout: Duration,
+    pub(crate) leadership: Arc<Leadership>,
+    pub(crate) clock: Arc<ClusterClock>,
+    /// What this replica deleted in the last hour (the state machine fills it).
+    pub(crate) ledger: Arc<ExpiryLedger>,
+}
+
+/// Proposes expiry every `raft.expiry_interval` while this node leads.
+pub(crate) async fn run(expiry: Arc<Expiry>) {
+    let rules = expiry.rules;
     let mut ticker = tokio::time::interval(rules.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick completes at once; the first check is one interval after start.
@@ -109,12 +131,12 @@ pub(crate) async fn run(node: Arc<Node>, rules: ExpiryRules) {
     let mut held = Held::default();
     loop {
         ticker.tick().await;
-        let reason = if node.leadership().is_leader() {
-            expire_now(&node, &rules).await
+        let reason = if expiry.leadership.is_leader() {
+            expire_now(&expiry).await
         } else {
             None
         };
-        held.set(&node, reason);
+        held.set(&expiry.metrics, reason);
     }
 }
 
@@ -123,9 +145,9 @@ pub(crate) async fn run(node: Arc<Node>, rules: ExpiryRules) {
 struct Held(Option<&'static str>);
 
 impl Held {
-    fn set(&mut self, node: &Node, reason: Option<&'static str>) {
+    fn set(&mut self, metrics: &NodeMetrics, reason: Option<&'static str>) {
         for known in HELD_REASONS {
-            node.metrics
+            metrics
                 .expiry_held
                 .with_label_values(&[known])
                 .set(i64::from(reason == Some(known)));
@@ -150,8 +172,9 @@ impl Held {
 /// Proposes expiry entries until nothing older than `max_age` by cluster time is left, the rate
 /// fence is reached, or a proposal fails (the next tick tries again). Returns why it held back,
 /// if it did.
-async fn expire_now(node: &Node, rules: &ExpiryRules) -> Option<&'static str> {
-    let time = node.clock.now();
+async fn expire_now(expiry: &Expiry) -> Option<&'static str> {
+    let rules = &expiry.rules;
+    let time = expiry.clock.now();
     let before_micros = match (time.state, time.expiry_micros()) {
         (ClockState::Offset, _) => return Some("clock"),
         (_, None) => return Some("time_unknown"),
@@ -161,7 +184,7 @@ async fn expire_now(node: &Node, rules: &ExpiryRules) -> Option<&'static str> {
         }
     };
     loop {
-        match node.store().oldest_timestamp_micros() {
+        match expiry.store.oldest_timestamp_micros() {
             Ok(Some(oldest)) if oldest < before_micros => {}
             Ok(_) => return None,
             Err(e) => {
@@ -169,7 +192,7 @@ async fn expire_now(node: &Node, rules: &ExpiryRules) -> Option<&'static str> {
                 return None;
             }
         }
-        let stored = match node.store().packet_count() {
+        let stored = match expiry.store.packet_count() {
             Ok(stored) => stored,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot count the stored packets");
@@ -178,7 +201,7 @@ async fn expire_now(node: &Node, rules: &ExpiryRules) -> Option<&'static str> {
         };
         let allowed = rules
             .budget_per_hour(stored)
-            .saturating_sub(node.expiry_ledger.in_last_hour());
+            .saturating_sub(expiry.ledger.in_last_hour());
         if allowed == 0 {
             return Some("rate");
         }
@@ -190,11 +213,11 @@ async fn expire_now(node: &Node, rules: &ExpiryRules) -> Option<&'static str> {
             limit,
         };
         // A leader handing over proposes nothing more (see `handover`).
-        let _proposal = node.leadership().begin_proposal()?;
+        let _proposal = expiry.leadership.begin_proposal()?;
         // Bounded like a publish: a leader cut off from its quorum must not wait here until the
         // partition heals (the next tick tries again).
         let written =
-            tokio::time::timeout(node.publish_timeout, node.raft.client_write(command)).await;
+            tokio::time::timeout(expiry.publish_timeout, expiry.raft.client_write(command)).await;
         let Ok(written) = written else {
             tracing::debug!("expiry proposal not committed in time; retrying next interval");
             return None;

@@ -376,6 +376,18 @@ pub(crate) async fn watch_cluster_state(leadership: Arc<Leadership>) {
     }
 }
 
+/// Without PreVote, openraft's own election timer runs: it starts off while the log is being
+/// repaired (`Node::start`), and this turns it on once the log is whole (with PreVote, the
+/// node's timer asks [`Leadership::may_stand`]).
+pub(crate) async fn hold_elections_while_repairing(leadership: Arc<Leadership>) {
+    while leadership.log_store.repair().is_some() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !leadership.elections_paused() {
+        leadership.raft.runtime_config().elect(true);
+    }
+}
+
 /// The voters a handing-over leader sends no `append-entries` (heartbeats included) to, shared
 /// with the peer network.
 #[derive(Debug, Clone, Default)]

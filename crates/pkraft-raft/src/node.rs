@@ -120,8 +120,6 @@ pub struct Core {
     pub(crate) cluster: Cluster,
     pub(crate) peers: PeerClient,
     pub(crate) metrics: Arc<NodeMetrics>,
-    /// Bounds every wait on the way to a commit or a read barrier.
-    pub(crate) publish_timeout: Duration,
     /// Largest peer request body: a full `append-entries` of the biggest entries.
     pub(crate) peer_body_max: usize,
     /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
@@ -157,7 +155,7 @@ pub struct Node {
     /// Cluster time, from the voters' clocks and the log's time (`cluster_clock`).
     pub(crate) clock: Arc<ClusterClock>,
     /// What expiry deleted in the last hour, for its rate fence (`expiry`).
-    pub(crate) expiry_ledger: Arc<crate::expiry::ExpiryLedger>,
+    pub(crate) expiry: Arc<crate::expiry::Expiry>,
     /// The snapshot being received from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipt: pkraft_storage::snapshot_receipt::SnapshotReceipt,
     /// Set when the node must stop although Raft runs on (the scrub found damage that a

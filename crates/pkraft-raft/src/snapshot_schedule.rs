@@ -124,14 +124,27 @@ fn snapshot_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// What the schedule watches and asks.
+pub(crate) struct Schedule {
+    pub(crate) raft: Raft<TypeConfig>,
+    /// When the last builds ended (the state machine records them).
+    pub(crate) build_times: Arc<BuildTimes>,
+    /// `raft.snapshot_after_entries`.
+    pub(crate) after_entries: u64,
+    pub(crate) disk_space: Arc<DiskSpace>,
+    pub(crate) snapshot_dir: PathBuf,
+}
+
 /// Runs until Raft stops.
-pub(crate) async fn run(
-    raft: Raft<TypeConfig>,
-    builds: Arc<BuildTimes>,
-    after_entries: u64,
-    disk: Arc<DiskSpace>,
-    snapshot_dir: PathBuf,
-) {
+pub(crate) async fn run(schedule: Arc<Schedule>) {
+    let Schedule {
+        raft,
+        build_times: builds,
+        after_entries,
+        disk_space: disk,
+        snapshot_dir,
+    } = &*schedule;
+    let after_entries = *after_entries;
     let mut metrics = raft.metrics();
     let mut pending: Option<Pending> = None;
     // While a due build has no room on the disk: when to look again. The metrics change about
@@ -160,7 +173,7 @@ pub(crate) async fn run(
                 Next::Build if no_room_until.is_some_and(|until| now < until) => no_room_until,
                 // A build that fails for lack of space stops Raft; the log grows meanwhile,
                 // until the writes that grow it are refused below the reserve.
-                Next::Build if !disk.has_room_for_build(snapshot_bytes(&snapshot_dir)) => {
+                Next::Build if !disk.has_room_for_build(snapshot_bytes(snapshot_dir)) => {
                     if no_room_until.is_none() {
                         tracing::warn!(
                             "a snapshot build is due, but the disk has no room for it \

@@ -18,7 +18,7 @@ use crate::cluster_clock::{ClockBounds, ClockReadings, ClusterClock};
 use crate::dht_outbox::DhtOutbox;
 use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
-use crate::expiry::ExpiryLedger;
+use crate::expiry::{Expiry, ExpiryLedger, ExpiryRules};
 use crate::freshness::Freshness;
 use crate::handover::{Handover, HandoverParts};
 use crate::leadership::{Leadership, LeadershipParts, Silenced};
@@ -311,6 +311,16 @@ impl Node {
             leadership: leadership.clone(),
             stop: stop_reason.clone(),
         }));
+        let expiry = Arc::new(Expiry {
+            rules: ExpiryRules::of(settings),
+            raft: raft.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            publish_timeout: settings.publish_timeout,
+            leadership: leadership.clone(),
+            clock: clock.clone(),
+            ledger: expiry_ledger,
+        });
         let short_lived = ShortLived::new(
             id,
             short_lived_records,
@@ -328,7 +338,6 @@ impl Node {
                 cluster,
                 peers,
                 metrics,
-                publish_timeout: settings.publish_timeout,
                 peer_body_max: settings.peer_body_max(),
                 disk_space,
             },
@@ -346,7 +355,7 @@ impl Node {
             short_lived,
             build_times,
             clock,
-            expiry_ledger,
+            expiry,
             snapshot_receipt: Default::default(),
             stop_reason,
         };
@@ -360,51 +369,51 @@ impl Node {
     fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
         self.writes.start(settings);
         // Each loop supervised (`pkraft_tasks`): a panic is logged, counted and the loop
-        // started again, never a silent end. Every one starts from what it reads (the node,
+        // started again, never a silent end. Every one starts from what it reads (its part,
         // openraft's metrics, the store), so a new run loses nothing a panic did not.
-        let node = self.clone();
-        let snapshot_dir = self.data_dir.join(SNAPSHOT_DIR);
-        let after_entries = settings.snapshot_after_entries;
+        let snapshot_schedule = crate::snapshot_schedule::Schedule {
+            raft: self.raft.clone(),
+            build_times: self.build_times.clone(),
+            after_entries: settings.snapshot_after_entries,
+            disk_space: self.disk_space.clone(),
+            snapshot_dir: self.data_dir.join(SNAPSHOT_DIR),
+        };
         let scrub_rates = crate::scrub::ScrubRates::of(settings);
         let mut tasks = vec![
-            supervise(task::CLUSTER_STATE, self, |node| {
-                crate::leadership::watch_cluster_state(node.leadership.clone())
-            }),
-            pkraft_tasks::spawn(task::SNAPSHOT_SCHEDULE, move || {
-                crate::snapshot_schedule::run(
-                    node.raft.clone(),
-                    node.build_times.clone(),
-                    after_entries,
-                    node.disk_space.clone(),
-                    snapshot_dir.clone(),
-                )
-            }),
-            supervise(task::DISK_SPACE, self, |node| {
-                crate::disk_space::run(node.disk_space.clone())
-            }),
-            supervise(task::CLUSTER_CLOCK, self, |node| {
-                crate::cluster_clock::run(node.clock.clone())
-            }),
-            supervise(task::READ_INDEX, self, |node| {
-                crate::read_index::run(node.reads.clone())
-            }),
-            supervise(task::HANDOVER_LOW_DISK, self, |node| {
-                crate::handover::hand_over_while_low_on_disk(node.handover.clone())
-            }),
-            supervise(task::SCRUB, self, move |node| {
-                crate::scrub::run(node.scrub.clone(), scrub_rates)
+            supervise(
+                task::CLUSTER_STATE,
+                &self.leadership,
+                crate::leadership::watch_cluster_state,
+            ),
+            supervise(
+                task::SNAPSHOT_SCHEDULE,
+                &Arc::new(snapshot_schedule),
+                crate::snapshot_schedule::run,
+            ),
+            supervise(task::DISK_SPACE, &self.disk_space, crate::disk_space::run),
+            supervise(task::CLUSTER_CLOCK, &self.clock, crate::cluster_clock::run),
+            supervise(task::READ_INDEX, &self.reads, crate::read_index::run),
+            supervise(
+                task::HANDOVER_LOW_DISK,
+                &self.handover,
+                crate::handover::hand_over_while_low_on_disk,
+            ),
+            supervise(task::SCRUB, &self.scrub, move |scrub| {
+                crate::scrub::run(scrub, scrub_rates)
             }),
         ];
         if !self.cluster.join.is_empty() {
-            tasks.push(supervise(task::KEEP_JOINING, self, |node| {
-                crate::membership::keep_joining(node.members.clone())
-            }));
+            tasks.push(supervise(
+                task::KEEP_JOINING,
+                &self.members,
+                crate::membership::keep_joining,
+            ));
         }
         if !settings.pre_vote && self.log_store.repair().is_some() {
             tasks.push(supervise(
                 task::HOLD_ELECTIONS,
-                self,
-                hold_elections_while_repairing,
+                &self.leadership,
+                crate::leadership::hold_elections_while_repairing,
             ));
         }
         if settings.pre_vote {
@@ -412,15 +421,12 @@ impl Node {
                 timeout_min: settings.election_timeout_min,
                 timeout_max: settings.election_timeout_max,
             };
-            tasks.push(supervise(task::PRE_VOTE, self, move |node| {
-                crate::pre_vote::run(node.pre_vote.clone(), timing)
+            tasks.push(supervise(task::PRE_VOTE, &self.pre_vote, move |pre_vote| {
+                crate::pre_vote::run(pre_vote, timing)
             }));
         }
         if !settings.record_max_age.is_zero() {
-            let rules = crate::expiry::ExpiryRules::of(settings);
-            tasks.push(supervise(task::EXPIRY, self, move |node| {
-                crate::expiry::run(node, rules)
-            }));
+            tasks.push(supervise(task::EXPIRY, &self.expiry, crate::expiry::run));
         }
         if let Ok(mut background) = self.background.lock() {
             background.extend(tasks);
@@ -458,17 +464,18 @@ pub mod task {
     ];
 }
 
-/// `pkraft_tasks::spawn` of the loop `run(node)`, for a node's task.
-fn supervise<Fut>(
+/// `pkraft_tasks::spawn` of the loop `run(part)`, for a task of one of the node's parts.
+fn supervise<Part, Fut>(
     name: &'static str,
-    node: &Arc<Node>,
-    run: impl Fn(Arc<Node>) -> Fut + Send + 'static,
+    part: &Arc<Part>,
+    run: impl Fn(Arc<Part>) -> Fut + Send + 'static,
 ) -> tokio::task::JoinHandle<()>
 where
+    Part: Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let node = node.clone();
-    pkraft_tasks::spawn(name, move || run(node.clone()))
+    let part = part.clone();
+    pkraft_tasks::spawn(name, move || run(part.clone()))
 }
 
 /// What the state machine tells this node as it works.
@@ -516,18 +523,6 @@ impl StateEvents for StateMachineEvents {
         for record in records {
             self.short_lived.apply(record);
         }
-    }
-}
-
-/// Without PreVote, openraft's own election timer runs: it starts off while the log is being
-/// repaired (`Node::start`), and this turns it on once the log is whole (with PreVote, the
-/// node's timer asks `Node::may_stand`).
-async fn hold_elections_while_repairing(node: Arc<Node>) {
-    while node.log_store.repair().is_some() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !node.leadership().elections_paused() {
-        node.raft.runtime_config().elect(true);
     }
 }
 
