@@ -39,8 +39,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pkraft_limits::connections::{Admission, PRESSURE_IDLE_TIMEOUT, Ticket};
-use pkraft_raft::peer::server::Authenticated;
 use pkraft_raft::peer::tls::PeerCertificates;
+use pkraft_raft::routes::Authenticated;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot, watch};
@@ -202,7 +202,7 @@ pub async fn serve(
                         }
                         Ok(Some(Ok(tls))) => {
                             // A peer listener's client certificate, for the node-id check
-                            // (`pkraft_raft::peer::server`); public listeners ask for none.
+                            // (`pkraft_raft::routes`); public listeners ask for none.
                             let certificates = tls.get_ref().1.peer_certificates().map(|chain| {
                                 PeerCertificates(
                                     chain.iter().map(|cert| cert.clone().into_owned()).collect(),

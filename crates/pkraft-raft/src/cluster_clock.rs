@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use openraft::Raft;
 
+use crate::handles::Handles;
 use crate::metrics::NodeMetrics;
 use crate::peer::{PeerClient, path};
 use crate::voters;
@@ -368,18 +369,12 @@ pub struct ClusterClock {
 
 impl ClusterClock {
     /// `readings`: shared with the state machine, which applies the log's stamps into it.
-    pub(crate) fn new(
-        id: NodeId,
-        raft: Raft<TypeConfig>,
-        peers: PeerClient,
-        metrics: Arc<NodeMetrics>,
-        readings: Arc<ClockReadings>,
-    ) -> ClusterClock {
+    pub(crate) fn new(handles: &Handles, readings: Arc<ClockReadings>) -> ClusterClock {
         ClusterClock {
-            id,
-            raft,
-            peers,
-            metrics,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            peers: handles.peers.clone(),
+            metrics: handles.metrics.clone(),
             readings,
         }
     }

@@ -9,6 +9,7 @@ use pkraft_types::Command;
 
 use crate::TypeConfig;
 use crate::dht_outbox::{DhtOutbox, Progress, ProgressError};
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 
 /// The node's side of the Mainline DHT bridge.
@@ -22,17 +23,17 @@ pub struct DhtPublishing {
 }
 
 impl DhtPublishing {
+    /// `outbox`: this replica's, which the state machine fills.
     pub(crate) fn new(
+        handles: &Handles,
         outbox: Arc<DhtOutbox>,
-        raft: Raft<TypeConfig>,
         leadership: Arc<Leadership>,
-        publish_timeout: Duration,
     ) -> DhtPublishing {
         DhtPublishing {
             outbox,
-            raft,
+            raft: handles.raft.clone(),
             leadership,
-            publish_timeout,
+            publish_timeout: handles.publish_timeout,
         }
     }
 

@@ -23,6 +23,7 @@ use pkraft_store::Store;
 
 use crate::TypeConfig;
 use crate::cluster_clock::{ClockState, ClusterClock};
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::metrics::NodeMetrics;
 use crate::settings::Settings;
@@ -108,17 +109,39 @@ fn prune(deletions: &mut VecDeque<(Instant, u64)>, now: Instant) {
 
 /// The leader's expiry: what it proposes and by which rules, and what it needs to.
 pub(crate) struct Expiry {
-    pub(crate) rules: ExpiryRules,
-    pub(crate) raft: Raft<TypeConfig>,
+    rules: ExpiryRules,
+    raft: Raft<TypeConfig>,
     /// The oldest signed timestamp and the count of packets.
-    pub(crate) store: Store,
-    pub(crate) metrics: Arc<NodeMetrics>,
+    store: Store,
+    metrics: Arc<NodeMetrics>,
     /// `raft.publish_timeout`: a proposal's bound.
-    pub(crate) publish_timeout: Duration,
-    pub(crate) leadership: Arc<Leadership>,
-    pub(crate) clock: Arc<ClusterClock>,
+    publish_timeout: Duration,
+    leadership: Arc<Leadership>,
+    clock: Arc<ClusterClock>,
     /// What this replica deleted in the last hour (the state machine fills it).
-    pub(crate) ledger: Arc<ExpiryLedger>,
+    ledger: Arc<ExpiryLedger>,
+}
+
+impl Expiry {
+    /// `ledger`: this replica's deletions, which the state machine records.
+    pub(crate) fn new(
+        handles: &Handles,
+        rules: ExpiryRules,
+        leadership: Arc<Leadership>,
+        clock: Arc<ClusterClock>,
+        ledger: Arc<ExpiryLedger>,
+    ) -> Expiry {
+        Expiry {
+            rules,
+            raft: handles.raft.clone(),
+            store: handles.store.clone(),
+            metrics: handles.metrics.clone(),
+            publish_timeout: handles.publish_timeout,
+            leadership,
+            clock,
+            ledger,
+        }
+    }
 }
 
 /// Proposes expiry every `raft.expiry_interval` while this node leads.

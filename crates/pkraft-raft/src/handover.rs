@@ -54,6 +54,7 @@ use openraft::Raft;
 use pkraft_storage::log_store::LogStore;
 
 use crate::disk_space::DiskSpace;
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::metrics::NodeMetrics;
@@ -114,40 +115,20 @@ pub struct Handover {
     members: Arc<Members>,
 }
 
-/// What [`Handover`] is made of.
-pub(crate) struct HandoverParts {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) peers: PeerClient,
-    pub(crate) metrics: Arc<NodeMetrics>,
-    pub(crate) lease: Duration,
-    pub(crate) disk_space: Arc<DiskSpace>,
-    pub(crate) log_store: LogStore,
-    pub(crate) leadership: Arc<Leadership>,
-    pub(crate) members: Arc<Members>,
-}
-
 impl Handover {
-    pub(crate) fn new(parts: HandoverParts) -> Handover {
-        let HandoverParts {
-            id,
-            raft,
-            peers,
-            metrics,
-            lease,
-            disk_space,
-            log_store,
-            leadership,
-            members,
-        } = parts;
+    pub(crate) fn new(
+        handles: &Handles,
+        leadership: Arc<Leadership>,
+        members: Arc<Members>,
+    ) -> Handover {
         Handover {
-            id,
-            raft,
-            peers,
-            metrics,
-            lease,
-            disk_space,
-            log_store,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            peers: handles.peers.clone(),
+            metrics: handles.metrics.clone(),
+            lease: handles.lease,
+            disk_space: handles.disk_space.clone(),
+            log_store: handles.log_store.clone(),
             leadership,
             members,
         }

@@ -14,6 +14,7 @@ use openraft::{Raft, ServerState};
 use pkraft_storage::log_store::LogStore;
 
 use crate::freshness::LeaderContact;
+use crate::handles::Handles;
 use crate::metrics::NodeMetrics;
 use crate::quorum::QuorumContact;
 use crate::{NodeId, TypeConfig};
@@ -69,19 +70,6 @@ pub struct Leadership {
     leader_requests_in_flight: AtomicUsize,
 }
 
-/// What [`Leadership`] is made of: the handles it asks, and the two it shares with the peer
-/// network (made before Raft, which the network is given to).
-pub(crate) struct LeadershipParts {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) log_store: LogStore,
-    pub(crate) lease: Duration,
-    pub(crate) pre_vote: bool,
-    pub(crate) metrics: Arc<NodeMetrics>,
-    pub(crate) quorum_contact: QuorumContact,
-    pub(crate) silenced: Silenced,
-}
-
 /// A proposal to Raft under way on this leader. A handover waits until none is, so that the log
 /// it asks a successor to match no longer grows (see `handover`).
 pub(crate) struct Proposal<'a>(&'a AtomicUsize);
@@ -102,24 +90,21 @@ impl Drop for LeaderRequest<'_> {
 }
 
 impl Leadership {
-    pub(crate) fn new(parts: LeadershipParts) -> Leadership {
-        let LeadershipParts {
-            id,
-            raft,
-            log_store,
-            lease,
-            pre_vote,
-            metrics,
-            quorum_contact,
-            silenced,
-        } = parts;
+    /// `quorum_contact` and `silenced` are shared with the peer network, made before Raft;
+    /// `pre_vote`: `raft.pre_vote`.
+    pub(crate) fn new(
+        handles: &Handles,
+        pre_vote: bool,
+        quorum_contact: QuorumContact,
+        silenced: Silenced,
+    ) -> Leadership {
         Leadership {
-            id,
-            raft,
-            log_store,
-            lease,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            log_store: handles.log_store.clone(),
+            lease: handles.lease,
             pre_vote,
-            metrics,
+            metrics: handles.metrics.clone(),
             since: Mutex::new(None),
             quorum_contact,
             handing_over: AtomicBool::new(false),

@@ -1,39 +1,46 @@
 //! Consensus for pkraft: openraft 0.9 over the storage of `pkraft-storage`, and the [`Node`]
-//! handle the rest of the daemon uses. openraft types stop here: callers see
-//! [`Node::publish`], [`Published`] and [`PublishError`].
+//! the rest of the daemon uses. openraft types stop here: callers see [`Writes::publish`],
+//! [`Published`] and [`PublishError`].
 //!
 //! # Layout
 //! The node service, built on `pkraft-storage` (the type config, the Raft log, the state
 //! machine, snapshot files and the repair of a damaged `state.redb`), which never imports it:
 //! what the state machine tells the node goes through `StateEvents`, implemented in `start`.
 //!
-//! - [`node`]: [`Node`]: the node's state and the small core of handles every other module
-//!   shares, shutdown, a watch for fatal errors. `start`: [`Node::start`] (bootstrapping or
-//!   joining), where the parts are put together; the only module that imports them all.
-//! - [`peer`]: the peer network: openraft RPCs, forwarded publishes, read barriers and membership
-//!   requests over authenticated HTTP (client and the peer listener's router).
-//! - [`write_path`]: [`Node::publish`], the one way into the store: the fast answer from the
-//!   local replica, group commit (concurrent publishes share one log entry), and forwarding of
+//! The node and how it is put together:
+//! - [`node`]: [`Node`]: a small core (identity, the Raft handle, the replica and the log, the
+//!   peer client, the metrics, the stop signal) and its parts, each reached by an accessor;
+//!   shutdown. `start`: [`Node::start`] (bootstrapping or joining), where the parts are made and
+//!   their tasks started; the only module that imports them all. [`routes`]: the peer
+//!   listener's router, each route wired to the part that answers it.
+//!
+//! The parts, one type each, owning their state and the handles they use:
+//! - [`write_path`]: [`Writes`], the one way into the store: the fast answer from the local
+//!   replica, group commit (concurrent publishes share one log entry), and forwarding of
 //!   followers' batches to the leader.
-//! - [`dht_outbox`]: the keys stored and not yet put to the Mainline DHT, and the publisher's
-//!   committed progress, kept by every replica so a new leader carries on (`pkraft-dht`).
+//! - [`reads`]: [`Reads`], reads at a [`Consistency`], staleness of the local replica and the
+//!   linearizable read barrier; `freshness`: the catch-up after a crash; `read_index`: the
+//!   read-index rounds reads share.
 //! - [`leadership`]: [`Leadership`], who leads and whether this leader may still propose: since
-//!   when it leads, quorum contact, when a leader last reached this node, the proposals under
-//!   way and a handover holding them.
-//! - [`handover`]: a leader that stops hands its leadership to a caught-up voter first.
+//!   when it leads, quorum contact (`quorum`), when a leader last reached this node, the
+//!   proposals under way and a handover holding them.
+//! - [`membership`]: [`Members`], init, join, add/promote/remove, cluster status.
+//! - [`handover`]: [`Handover`], a leader that stops hands its leadership to a caught-up voter.
+//! - `pre_vote`: PreVote's election timer and its answers to other nodes.
+//! - [`cluster_clock`]: [`ClusterClock`], cluster time from the voters' clocks and the log's
+//!   stamps (no node's wall clock alone changes replicated state).
 //! - `expiry`: the leader proposes the deletion of packets older than `raft.record_max_age` by
 //!   cluster time, fenced by a share of the store per hour.
-//! - [`cluster_clock`]: cluster time, from the voters' clocks and the log's stamps (no node's
-//!   wall clock alone changes replicated state).
-//! - `quorum`: when a quorum last accepted this leader (a cut-off leader refuses publishes).
-//! - [`membership`]: init, join, add/promote/remove, cluster status.
-//! - [`reads`]: [`Node::read`] at a [`Consistency`], staleness of the local replica and the
-//!   linearizable read barrier; `freshness`: what it knows of the replica's freshness.
 //! - `scrub`: the background scrub, which reads the log back and re-verifies every stored
 //!   packet at a bounded rate.
-//! - `snapshot_schedule`, `disk_space`, `pre_vote`, `metrics`: when to build snapshots, the
-//!   free-space reserve, PreVote, the node's metrics.
-//! - [`settings`]: the `[raft]` config section.
+//! - [`dht_publishing`]: [`DhtPublishing`], the DHT publisher's way in: [`dht_outbox`] (the keys
+//!   stored and not yet put to the Mainline DHT, kept by every replica so a new leader carries
+//!   on) and the commit of its progress.
+//! - [`short_lived`]: [`ShortLived`], short-lived records committed through the leader.
+//!
+//! And what they use: [`peer`] (the peer network's client, TLS and message types), `voters`
+//! (the voters a node knows), `snapshot_schedule`, `disk_space`, `store_cap`, `metrics`,
+//! [`settings`] (the `[raft]` config section) and [`backup`] (backup, restore and verify).
 
 // openraft's `StorageError` (224 bytes) is the error type of the storage traits (pkraft-storage)
 // that the node's start-up and backup call, and they return it on. Boxing it in between would
@@ -43,10 +50,11 @@
 pub mod backup;
 pub mod cluster_clock;
 pub mod dht_outbox;
-mod dht_publishing;
+pub mod dht_publishing;
 mod disk_space;
 mod expiry;
 mod freshness;
+mod handles;
 pub mod handover;
 pub mod leadership;
 pub mod membership;
@@ -57,9 +65,10 @@ mod pre_vote;
 mod quorum;
 mod read_index;
 pub mod reads;
+pub mod routes;
 mod scrub;
 pub mod settings;
-mod short_lived;
+pub mod short_lived;
 mod snapshot_schedule;
 mod start;
 mod store_cap;

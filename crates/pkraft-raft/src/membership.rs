@@ -19,6 +19,7 @@ use pkraft_store::Store;
 
 use crate::cluster_clock::ClusterClock;
 use crate::disk_space::DiskSpace;
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::node::Cluster;
 use crate::peer::{CallError, MembershipChange, PeerClient, PeerError, path};
@@ -163,42 +164,23 @@ pub struct Members {
     change_lock: tokio::sync::Mutex<()>,
 }
 
-/// What [`Members`] is made of.
-pub(crate) struct MembersParts {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) store: Store,
-    pub(crate) log_store: LogStore,
-    pub(crate) peers: PeerClient,
-    pub(crate) cluster: Cluster,
-    pub(crate) disk_space: Arc<DiskSpace>,
-    pub(crate) leadership: Arc<Leadership>,
-    pub(crate) reads: Arc<Reads>,
-    pub(crate) clock: Arc<ClusterClock>,
-}
-
 impl Members {
-    pub(crate) fn new(parts: MembersParts) -> Members {
-        let MembersParts {
-            id,
-            raft,
-            store,
-            log_store,
-            peers,
-            cluster,
-            disk_space,
-            leadership,
-            reads,
-            clock,
-        } = parts;
+    /// `cluster`: this node's address, and whom to ask to join.
+    pub(crate) fn new(
+        handles: &Handles,
+        cluster: Cluster,
+        leadership: Arc<Leadership>,
+        reads: Arc<Reads>,
+        clock: Arc<ClusterClock>,
+    ) -> Members {
         Members {
-            id,
-            raft,
-            store,
-            log_store,
-            peers,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            store: handles.store.clone(),
+            log_store: handles.log_store.clone(),
+            peers: handles.peers.clone(),
             cluster,
-            disk_space,
+            disk_space: handles.disk_space.clone(),
             leadership,
             reads,
             clock,

@@ -104,32 +104,30 @@ impl Cluster {
     }
 }
 
-/// What every part of a node uses: fixed at start and reached through [`Node`] (which derefs to
-/// it). The state only one part keeps lives with that part instead, behind its own methods:
-/// the publish queue (`write_path`), leadership (`leadership`), the replica's freshness
-/// (`reads`) and the queue of membership changes (`membership`). Public only because `Node`
-/// derefs to it; nothing in it is visible outside this crate.
-pub struct Core {
+/// One pkraft node: a small core (its identity, the Raft handle, the replica and the log, the
+/// peer client, the metrics, the stop signal and the tasks to abort at shutdown) and its parts,
+/// each a type that owns its state and the handles it uses: the write path, reads, leadership,
+/// membership, the handover, PreVote, the scrub, cluster time, expiry, the DHT publishing and
+/// the short-lived records. Callers reach a part through its accessor (`node.writes()`); the
+/// peer routes (`routes`) and the tasks (`start`) are wired to the parts, not to the node.
+pub struct Node {
     pub(crate) id: NodeId,
+    /// This node's address, secret, TLS and how it joins.
+    pub(crate) cluster: Cluster,
     pub(crate) raft: Raft<TypeConfig>,
     /// The local replica.
     pub(crate) store: Store,
     /// Kept to know when openraft has released the log file (see `shutdown`), and for the
     /// commit index.
     pub(crate) log_store: LogStore,
-    pub(crate) cluster: Cluster,
     pub(crate) peers: PeerClient,
     pub(crate) metrics: Arc<NodeMetrics>,
     /// Largest peer request body: a full `append-entries` of the biggest entries.
     pub(crate) peer_body_max: usize,
     /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
     pub(crate) disk_space: Arc<DiskSpace>,
-}
-
-/// One pkraft node: the Raft instance and the local replica it applies to.
-pub struct Node {
-    pub(crate) core: Core,
     pub(crate) writes: Arc<Writes>,
+    /// Who leads, and whether this node may act as leader (`leadership`).
     pub(crate) leadership: Arc<Leadership>,
     /// Reads of the replica, its freshness, the read-index rounds (`reads`).
     pub(crate) reads: Arc<Reads>,
@@ -161,14 +159,6 @@ pub struct Node {
     /// Set when the node must stop although Raft runs on (the scrub found damage that a
     /// restart repairs); [`Node::wait_fatal`] reports it.
     pub(crate) stop_reason: Arc<tokio::sync::watch::Sender<Option<String>>>,
-}
-
-impl std::ops::Deref for Node {
-    type Target = Core;
-
-    fn deref(&self) -> &Core {
-        &self.core
-    }
 }
 
 impl std::fmt::Debug for Node {

@@ -46,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use openraft::Raft;
 use pkraft_storage::log_store::LogStore;
 
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::metrics::NodeMetrics;
 use crate::peer::client::CallError;
@@ -213,22 +214,14 @@ pub(crate) struct PreVote {
 }
 
 impl PreVote {
-    pub(crate) fn new(
-        id: NodeId,
-        raft: Raft<TypeConfig>,
-        log_store: LogStore,
-        peers: PeerClient,
-        metrics: Arc<NodeMetrics>,
-        lease: Duration,
-        leadership: Arc<Leadership>,
-    ) -> PreVote {
+    pub(crate) fn new(handles: &Handles, leadership: Arc<Leadership>) -> PreVote {
         PreVote {
-            id,
-            raft,
-            log_store,
-            peers,
-            metrics,
-            lease,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            log_store: handles.log_store.clone(),
+            peers: handles.peers.clone(),
+            metrics: handles.metrics.clone(),
+            lease: handles.lease,
             leadership,
         }
     }

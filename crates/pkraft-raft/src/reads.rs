@@ -18,6 +18,7 @@ use pkraft_store::Store;
 
 use crate::cluster_clock::ClusterClock;
 use crate::freshness::Freshness;
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::metrics::NodeMetrics;
 use crate::peer::{PeerClient, PeerError, path};
@@ -131,42 +132,22 @@ pub struct Reads {
     read_index: ReadIndexQueue,
 }
 
-/// What [`Reads`] is made of.
-pub(crate) struct ReadsParts {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) store: Store,
-    pub(crate) log_store: LogStore,
-    pub(crate) peers: PeerClient,
-    pub(crate) metrics: Arc<NodeMetrics>,
-    pub(crate) publish_timeout: Duration,
-    pub(crate) leadership: Arc<Leadership>,
-    pub(crate) clock: Arc<ClusterClock>,
-    pub(crate) freshness: Freshness,
-}
-
 impl Reads {
-    pub(crate) fn new(parts: ReadsParts) -> Reads {
-        let ReadsParts {
-            id,
-            raft,
-            store,
-            log_store,
-            peers,
-            metrics,
-            publish_timeout,
-            leadership,
-            clock,
-            freshness,
-        } = parts;
+    /// `freshness`: what the start found of the replica's freshness.
+    pub(crate) fn new(
+        handles: &Handles,
+        leadership: Arc<Leadership>,
+        clock: Arc<ClusterClock>,
+        freshness: Freshness,
+    ) -> Reads {
         Reads {
-            id,
-            raft,
-            store,
-            log_store,
-            peers,
-            metrics,
-            publish_timeout,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            store: handles.store.clone(),
+            log_store: handles.log_store.clone(),
+            peers: handles.peers.clone(),
+            metrics: handles.metrics.clone(),
+            publish_timeout: handles.publish_timeout,
             leadership,
             clock,
             freshness,

@@ -43,6 +43,7 @@ use pkraft_storage::log_store::{Damage, LogStore};
 use pkraft_storage::state_repair;
 use pkraft_store::Store;
 
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::peer::{PacketCopy, PeerClient, path};
@@ -63,19 +64,6 @@ pub(crate) struct Scrub {
     leadership: Arc<Leadership>,
     /// Stops the node for a restart that repairs what was found (`Node::wait_fatal`).
     stop: Arc<tokio::sync::watch::Sender<Option<String>>>,
-}
-
-/// What [`Scrub`] is made of.
-pub(crate) struct ScrubParts {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) store: Store,
-    pub(crate) log_store: LogStore,
-    pub(crate) peers: PeerClient,
-    pub(crate) metrics: Arc<NodeMetrics>,
-    pub(crate) data_dir: PathBuf,
-    pub(crate) leadership: Arc<Leadership>,
-    pub(crate) stop: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// Bytes read back in one step of the log sweep (each step holds the log's read lock, which a
@@ -500,25 +488,20 @@ fn state_damaged(scrub: &Scrub, finding: &str, copies: OtherCopies) -> Stopping 
 }
 
 impl Scrub {
-    pub(crate) fn new(parts: ScrubParts) -> Scrub {
-        let ScrubParts {
-            id,
-            raft,
-            store,
-            log_store,
-            peers,
-            metrics,
-            data_dir,
-            leadership,
-            stop,
-        } = parts;
+    /// `data_dir`: where a finding is recorded; `stop`: the node's stop signal.
+    pub(crate) fn new(
+        handles: &Handles,
+        data_dir: PathBuf,
+        leadership: Arc<Leadership>,
+        stop: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    ) -> Scrub {
         Scrub {
-            id,
-            raft,
-            store,
-            log_store,
-            peers,
-            metrics,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            store: handles.store.clone(),
+            log_store: handles.log_store.clone(),
+            peers: handles.peers.clone(),
+            metrics: handles.metrics.clone(),
             data_dir,
             leadership,
             stop,

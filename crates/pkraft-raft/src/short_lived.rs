@@ -14,6 +14,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 use openraft::Raft;
 
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::membership::STATUS_PROBE_TIMEOUT;
 use crate::membership::change_error;
@@ -58,21 +59,19 @@ pub struct ShortLived {
 }
 
 impl ShortLived {
+    /// `records`: this replica's, which the state machine applies into.
     pub(crate) fn new(
-        id: NodeId,
+        handles: &Handles,
         records: Arc<ShortLivedRecords>,
-        raft: Raft<TypeConfig>,
-        peers: PeerClient,
         leadership: Arc<Leadership>,
-        publish_timeout: Duration,
     ) -> ShortLived {
         ShortLived {
-            id,
+            id: handles.id,
             records,
-            raft,
-            peers,
+            raft: handles.raft.clone(),
+            peers: handles.peers.clone(),
             leadership,
-            publish_timeout,
+            publish_timeout: handles.publish_timeout,
         }
     }
 

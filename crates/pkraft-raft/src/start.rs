@@ -20,24 +20,25 @@ use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
 use crate::expiry::{Expiry, ExpiryLedger, ExpiryRules};
 use crate::freshness::Freshness;
-use crate::handover::{Handover, HandoverParts};
-use crate::leadership::{Leadership, LeadershipParts, Silenced};
-use crate::membership::{Members, MembersParts};
+use crate::handles::Handles;
+use crate::handover::Handover;
+use crate::leadership::{Leadership, Silenced};
+use crate::membership::Members;
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::node::{
-    CLEAN_STOP_FILE, Cluster, Core, LOG_DIR, LOG_FILE_V1, Node, SNAPSHOT_DIR, STATE_FILE,
-    StartError, sync_dir,
+    CLEAN_STOP_FILE, Cluster, LOG_DIR, LOG_FILE_V1, Node, SNAPSHOT_DIR, STATE_FILE, StartError,
+    sync_dir,
 };
 use crate::peer::{PeerClient, PeerNetwork};
 use crate::pre_vote::PreVote;
 use crate::quorum::QuorumContact;
-use crate::reads::{Reads, ReadsParts};
-use crate::scrub::{Scrub, ScrubParts};
+use crate::reads::Reads;
+use crate::scrub::Scrub;
 use crate::settings::Settings;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
 use crate::store_cap::{self, StoreCap};
-use crate::write_path::{Writes, WritesParts};
+use crate::write_path::Writes;
 use crate::{NodeId, TypeConfig};
 use pkraft_storage::log_store::LogStore;
 use pkraft_storage::state_machine::{Progress, StateEvents, StateMachine};
@@ -64,304 +65,134 @@ impl Node {
         settings: &Settings,
         cluster: Cluster,
     ) -> Result<Arc<Node>, StartError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
-        let mut config = settings.openraft_config()?;
-        if data_dir.join(LOG_FILE_V1).exists() {
-            return Err(StartError::LogFormatV1(data_dir.to_path_buf()));
-        }
-        let state_file = data_dir.join(STATE_FILE);
-        let cache_bytes = settings.state_cache_bytes()?;
-        let opened = Store::open_with_cache(&state_file, cache_bytes);
-        // A node with other voters repairs a damaged log or state from them; the only voter has
-        // no one to repair from, so it refuses to start, naming what was damaged (unless its
-        // own snapshot and log cover it; docs/CONSISTENCY.md, "Damaged disks"). Other voters:
-        // in the applied membership or the snapshot's, or (the log knows) in the last
-        // membership the log held. For a damaged state, not the applied membership: it may be
-        // what is damaged (an old copy of the file).
-        let snapshot_peers = state_repair::snapshot_voters(data_dir)
-            .into_iter()
-            .any(|voter| voter != id);
-        let applied_peers = match &opened {
-            Ok(store) => pkraft_storage::state_machine::applied_voters(store)
-                .unwrap_or_default()
-                .into_iter()
-                .any(|voter| voter != id),
-            Err(_) => false,
-        };
-        let (log_store, log_damage) =
-            LogStore::open_repairing(&data_dir.join(LOG_DIR), id, applied_peers || snapshot_peers)?;
-        let (store, state_rebuilt) = state_repair::open_whole(
-            data_dir,
-            opened,
-            cache_bytes,
-            &log_store,
-            id,
-            snapshot_peers,
-        )?;
-        if log_store.repair().is_some() {
-            // Held until the log is whole again (`hold_elections_while_repairing`), from the
-            // first tick on. (With PreVote openraft's timer is off anyway.)
-            config.enable_elect = false;
-        }
-        let config = Arc::new(config);
-        log_store.claim_node_id(id)?;
         let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
-        for _ in &log_damage {
-            metrics.damage_found(Damaged::Log);
-        }
-        if state_rebuilt.is_some() {
-            metrics.damage_found(Damaged::State);
-        }
-        let dht_outbox = Arc::new(DhtOutbox::default());
-        let short_lived_records = Arc::new(ShortLivedRecords::default());
-        let build_times = Arc::new(BuildTimes::default());
-        let log_time = match store.log_time_micros() {
-            Ok(log_time) => log_time,
-            Err(e) => {
-                // The next publish applied writes it whole again; until then cluster time has
-                // only the voters' clocks (and the rate fence) to go by.
-                tracing::warn!(error = %e, "the log's time in state.redb is damaged; ignored until the next publish");
-                metrics.damage_found(Damaged::State);
-                None
-            }
-        };
-        let clock_readings = Arc::new(ClockReadings::new(
-            ClockBounds {
-                max_offset: settings.max_clock_offset,
-                max_jump: settings.max_clock_jump,
-            },
-            log_time,
-        ));
-        let expiry_ledger = Arc::new(ExpiryLedger::default());
-        let mut state_machine = StateMachine::open(store.clone(), data_dir.join(SNAPSHOT_DIR))?
-            .with_events(Arc::new(StateMachineEvents {
-                metrics: metrics.clone(),
-                dht_outbox: dht_outbox.clone(),
-                short_lived: short_lived_records.clone(),
-                build_times: build_times.clone(),
-                clock_readings: clock_readings.clone(),
-                expiry_ledger: expiry_ledger.clone(),
-            }));
-        if log_store.repair().is_some() {
+        let opened = Opened::open(id, data_dir, settings, &metrics)?;
+        let applied = AppliedMemory::new(settings, &opened.store, &metrics);
+        let mut state_machine =
+            StateMachine::open(opened.store.clone(), data_dir.join(SNAPSHOT_DIR))?
+                .with_events(Arc::new(applied.events(&metrics)));
+        if opened.log_store.repair().is_some() {
             // On every start while a repair is pending: a crash may have come before it was built.
-            let log_end = log_store.last_log_id()?.max(log_store.purged()?);
+            let log_end = opened
+                .log_store
+                .last_log_id()?
+                .max(opened.log_store.purged()?);
             state_machine.cover_applied_with_snapshot(log_end).await?;
         }
         sync_layout(data_dir).map_err(|source| StartError::DataDir {
             path: data_dir.to_path_buf(),
             source,
         })?;
-
-        let pristine = log_store.is_pristine()?;
-        if pristine && store.applied_state()?.is_some() {
-            return Err(StartError::LogMissing(data_dir.to_path_buf()));
-        }
-        let last_log_id = log_store.last_log_id()?;
-        let log_end = last_log_id.map(|log_id| log_id.index);
-        // A rebuilt state may be older than what was served before (the log after its snapshot
-        // is applied again), so reads wait as after a crash.
-        // So may a state whose log is being repaired (a start that crashed while rebuilding it
-        // from the cluster finds the state new and empty).
-        let clean_stop = take_clean_stop_marker(data_dir)?
-            && state_rebuilt.is_none()
-            && log_store.repair().is_none();
-        // `Node::start` runs on the node's runtime: every peer call is made there, whichever
-        // runtime asks for it (see `PeerClient`).
-        let peer_client = || {
-            PeerClient::new(
-                id,
-                cluster.secret.clone(),
-                cluster.tls.clone(),
-                Handle::current(),
-            )
-            .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))
-        };
-        let peers = peer_client()?;
-        // Shared by the peer network and the node's leadership.
-        let quorum_contact = QuorumContact::default();
-        let silenced = Silenced::default();
-        // openraft's own client, with connections of its own: replication never waits for a
-        // pooled connection that a status probe, a forwarded publish or an admin call holds.
-        let network = PeerNetwork::new(peer_client()?, quorum_contact.clone(), silenced.clone());
-        let raft = Raft::new(id, config, network, log_store.clone(), state_machine)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        if pristine && cluster.bootstrap {
-            let members = BTreeMap::from([(id, BasicNode::new(&cluster.advertise))]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
-            tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
-        } else if let Some(log_end) = log_end {
-            replay_log(&raft, id, log_end).await?;
-        }
-        // A repaired log held more than it holds now, and the state may be older than what was
-        // served before: local reads wait until the node has caught up to where the log reached
-        // before the damage.
-        let catch_up_to =
-            last_log_id.max(log_store.repair().and_then(|repair| repair.held_through));
-        metrics
-            .disk_min_free_bytes
-            .set(i64::try_from(settings.min_free_disk_bytes()).unwrap_or(i64::MAX));
-        let disk_space = Arc::new(DiskSpace::new(
-            data_dir,
-            settings.min_free_disk_bytes(),
-            settings.new_keys_min_free_disk_bytes(),
-            metrics.disk_available_bytes.clone(),
-        ));
-        metrics
-            .disk_new_keys_min_free_bytes
-            .set(i64::try_from(settings.new_keys_min_free_disk_bytes()).unwrap_or(i64::MAX));
+        let raft =
+            RaftStarted::start(id, data_dir, settings, &cluster, &opened, state_machine).await?;
+        let disk_space = disk_space(data_dir, settings, &metrics);
         let max_stored_packets = max_stored_packets(settings, data_dir);
-        warn_if_no_room_for_new_keys(&store, &disk_space, max_stored_packets);
+        warn_if_no_room_for_new_keys(&opened.store, &disk_space, max_stored_packets);
         metrics
             .store_max_packets
             .set(max_stored_packets.map_or(0, |max| i64::try_from(max).unwrap_or(i64::MAX)));
-        let leadership = Arc::new(Leadership::new(LeadershipParts {
+        let handles = Handles {
             id,
-            raft: raft.clone(),
-            log_store: log_store.clone(),
+            raft: raft.raft.clone(),
+            store: opened.store.clone(),
+            log_store: opened.log_store.clone(),
+            peers: raft.peers.clone(),
+            metrics,
+            disk_space,
+            publish_timeout: settings.publish_timeout,
             lease: settings.election_timeout_max,
-            pre_vote: settings.pre_vote,
-            metrics: metrics.clone(),
-            quorum_contact,
-            silenced,
-        }));
-        let dht = DhtPublishing::new(
-            dht_outbox,
-            raft.clone(),
-            leadership.clone(),
-            settings.publish_timeout,
-        );
-        let clock = Arc::new(ClusterClock::new(
-            id,
-            raft.clone(),
-            peers.clone(),
-            metrics.clone(),
-            clock_readings,
-        ));
-        let writes = Arc::new(Writes::new(WritesParts {
-            id,
-            raft: raft.clone(),
-            store: store.clone(),
-            peers: peers.clone(),
-            metrics: metrics.clone(),
-            publish_timeout: settings.publish_timeout,
-            disk_space: disk_space.clone(),
-            store_cap: StoreCap::new(max_stored_packets),
-            leadership: leadership.clone(),
-            clock: clock.clone(),
-        }));
-        let reads = Arc::new(Reads::new(ReadsParts {
-            id,
-            raft: raft.clone(),
-            store: store.clone(),
-            log_store: log_store.clone(),
-            peers: peers.clone(),
-            metrics: metrics.clone(),
-            publish_timeout: settings.publish_timeout,
-            leadership: leadership.clone(),
-            clock: clock.clone(),
-            freshness: Freshness::at_start(catch_up_to, clean_stop),
-        }));
-        let members = Arc::new(Members::new(MembersParts {
-            id,
-            raft: raft.clone(),
-            store: store.clone(),
-            log_store: log_store.clone(),
-            peers: peers.clone(),
-            cluster: cluster.clone(),
-            disk_space: disk_space.clone(),
-            leadership: leadership.clone(),
-            reads: reads.clone(),
-            clock: clock.clone(),
-        }));
-        let handover = Arc::new(Handover::new(HandoverParts {
-            id,
-            raft: raft.clone(),
-            peers: peers.clone(),
-            metrics: metrics.clone(),
-            lease: settings.election_timeout_max,
-            disk_space: disk_space.clone(),
-            log_store: log_store.clone(),
-            leadership: leadership.clone(),
-            members: members.clone(),
-        }));
-        let pre_vote = Arc::new(PreVote::new(
-            id,
-            raft.clone(),
-            log_store.clone(),
-            peers.clone(),
-            metrics.clone(),
-            settings.election_timeout_max,
-            leadership.clone(),
-        ));
-        let stop_reason = Arc::new(tokio::sync::watch::channel(None).0);
-        let scrub = Arc::new(Scrub::new(ScrubParts {
-            id,
-            raft: raft.clone(),
-            store: store.clone(),
-            log_store: log_store.clone(),
-            peers: peers.clone(),
-            metrics: metrics.clone(),
-            data_dir: data_dir.to_path_buf(),
-            leadership: leadership.clone(),
-            stop: stop_reason.clone(),
-        }));
-        let expiry = Arc::new(Expiry {
-            rules: ExpiryRules::of(settings),
-            raft: raft.clone(),
-            store: store.clone(),
-            metrics: metrics.clone(),
-            publish_timeout: settings.publish_timeout,
-            leadership: leadership.clone(),
-            clock: clock.clone(),
-            ledger: expiry_ledger,
-        });
-        let short_lived = ShortLived::new(
-            id,
-            short_lived_records,
-            raft.clone(),
-            peers.clone(),
-            leadership.clone(),
-            settings.publish_timeout,
-        );
-        let node = Node {
-            core: Core {
-                id,
-                raft,
-                store,
-                log_store,
-                cluster,
-                peers,
-                metrics,
-                peer_body_max: settings.peer_body_max(),
-                disk_space,
-            },
-            writes,
-            leadership,
-            reads,
-            members,
-            handover,
-            pre_vote,
-            scrub,
-            data_dir: data_dir.to_path_buf(),
-            background: std::sync::Mutex::new(Vec::new()),
-            state_file,
-            dht,
-            short_lived,
-            build_times,
-            clock,
-            expiry,
-            snapshot_receipt: Default::default(),
-            stop_reason,
         };
+        let node = Node::assemble(
+            handles,
+            settings,
+            cluster,
+            data_dir,
+            applied,
+            raft,
+            StoreCap::new(max_stored_packets),
+        );
         let node = Arc::new(node);
         node.spawn_tasks(settings);
         Ok(node)
+    }
+
+    /// Makes the node's parts from its handles (see `node`), each given the parts it asks.
+    fn assemble(
+        handles: Handles,
+        settings: &Settings,
+        cluster: Cluster,
+        data_dir: &Path,
+        applied: AppliedMemory,
+        raft: RaftStarted,
+        store_cap: StoreCap,
+    ) -> Node {
+        let leadership = Arc::new(Leadership::new(
+            &handles,
+            settings.pre_vote,
+            raft.quorum_contact,
+            raft.silenced,
+        ));
+        let clock = Arc::new(ClusterClock::new(&handles, applied.clock_readings));
+        let writes = Arc::new(Writes::new(
+            &handles,
+            store_cap,
+            leadership.clone(),
+            clock.clone(),
+        ));
+        let reads = Arc::new(Reads::new(
+            &handles,
+            leadership.clone(),
+            clock.clone(),
+            raft.freshness,
+        ));
+        let members = Arc::new(Members::new(
+            &handles,
+            cluster.clone(),
+            leadership.clone(),
+            reads.clone(),
+            clock.clone(),
+        ));
+        let handover = Arc::new(Handover::new(&handles, leadership.clone(), members.clone()));
+        let stop_reason = Arc::new(tokio::sync::watch::channel(None).0);
+        Node {
+            id: handles.id,
+            cluster,
+            raft: handles.raft.clone(),
+            store: handles.store.clone(),
+            log_store: handles.log_store.clone(),
+            peers: handles.peers.clone(),
+            metrics: handles.metrics.clone(),
+            peer_body_max: settings.peer_body_max(),
+            disk_space: handles.disk_space.clone(),
+            pre_vote: Arc::new(PreVote::new(&handles, leadership.clone())),
+            scrub: Arc::new(Scrub::new(
+                &handles,
+                data_dir.to_path_buf(),
+                leadership.clone(),
+                stop_reason.clone(),
+            )),
+            expiry: Arc::new(Expiry::new(
+                &handles,
+                ExpiryRules::of(settings),
+                leadership.clone(),
+                clock.clone(),
+                applied.expiry_ledger,
+            )),
+            dht: DhtPublishing::new(&handles, applied.dht_outbox, leadership.clone()),
+            short_lived: ShortLived::new(&handles, applied.short_lived, leadership.clone()),
+            writes,
+            reads,
+            members,
+            handover,
+            leadership,
+            clock,
+            data_dir: data_dir.to_path_buf(),
+            background: std::sync::Mutex::new(Vec::new()),
+            state_file: data_dir.join(STATE_FILE),
+            build_times: applied.build_times,
+            snapshot_receipt: Default::default(),
+            stop_reason,
+        }
     }
 
     /// Starts the tasks that need the node shared: the write path (it forwards to the leader
@@ -432,6 +263,234 @@ impl Node {
             background.extend(tasks);
         }
     }
+}
+
+/// The data dir opened: the replica and the log, each repaired from the cluster where it was
+/// damaged and this node has other voters to repair from.
+struct Opened {
+    store: Store,
+    log_store: LogStore,
+    /// Why the state was rebuilt from the cluster, if it was.
+    state_rebuilt: Option<state_repair::Rebuilt>,
+}
+
+impl Opened {
+    /// Opens the log and the replica (`metrics` counts the damage found). A node with other
+    /// voters repairs a damaged log or state from them; the only voter has no one to repair
+    /// from, so it refuses to start, naming what was damaged (unless its own snapshot and log
+    /// cover it; docs/CONSISTENCY.md, "Damaged disks"). Other voters: in the applied membership
+    /// or the snapshot's, or (the log knows) in the last membership the log held. For a damaged
+    /// state, not the applied membership: it may be what is damaged (an old copy of the file).
+    fn open(
+        id: NodeId,
+        data_dir: &Path,
+        settings: &Settings,
+        metrics: &NodeMetrics,
+    ) -> Result<Opened, StartError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        if data_dir.join(LOG_FILE_V1).exists() {
+            return Err(StartError::LogFormatV1(data_dir.to_path_buf()));
+        }
+        let cache_bytes = settings.state_cache_bytes()?;
+        let opened = Store::open_with_cache(&data_dir.join(STATE_FILE), cache_bytes);
+        let snapshot_peers = state_repair::snapshot_voters(data_dir)
+            .into_iter()
+            .any(|voter| voter != id);
+        let applied_peers = match &opened {
+            Ok(store) => pkraft_storage::state_machine::applied_voters(store)
+                .unwrap_or_default()
+                .into_iter()
+                .any(|voter| voter != id),
+            Err(_) => false,
+        };
+        let (log_store, log_damage) =
+            LogStore::open_repairing(&data_dir.join(LOG_DIR), id, applied_peers || snapshot_peers)?;
+        let (store, state_rebuilt) = state_repair::open_whole(
+            data_dir,
+            opened,
+            cache_bytes,
+            &log_store,
+            id,
+            snapshot_peers,
+        )?;
+        log_store.claim_node_id(id)?;
+        for _ in &log_damage {
+            metrics.damage_found(Damaged::Log);
+        }
+        if state_rebuilt.is_some() {
+            metrics.damage_found(Damaged::State);
+        }
+        Ok(Opened {
+            store,
+            log_store,
+            state_rebuilt,
+        })
+    }
+}
+
+/// What the state machine keeps in memory besides the replica, on every replica: the DHT
+/// outbox, the short-lived records, the snapshot builds' times, the log's time and expiry's
+/// deletions. Each goes to the part that reads it.
+struct AppliedMemory {
+    dht_outbox: Arc<DhtOutbox>,
+    short_lived: Arc<ShortLivedRecords>,
+    build_times: Arc<BuildTimes>,
+    clock_readings: Arc<ClockReadings>,
+    expiry_ledger: Arc<ExpiryLedger>,
+}
+
+impl AppliedMemory {
+    /// Empty, but for the log's time, read from `store`.
+    fn new(settings: &Settings, store: &Store, metrics: &NodeMetrics) -> AppliedMemory {
+        let log_time = match store.log_time_micros() {
+            Ok(log_time) => log_time,
+            Err(e) => {
+                // The next publish applied writes it whole again; until then cluster time has
+                // only the voters' clocks (and the rate fence) to go by.
+                tracing::warn!(error = %e, "the log's time in state.redb is damaged; ignored until the next publish");
+                metrics.damage_found(Damaged::State);
+                None
+            }
+        };
+        let bounds = ClockBounds {
+            max_offset: settings.max_clock_offset,
+            max_jump: settings.max_clock_jump,
+        };
+        AppliedMemory {
+            dht_outbox: Arc::new(DhtOutbox::default()),
+            short_lived: Arc::new(ShortLivedRecords::default()),
+            build_times: Arc::new(BuildTimes::default()),
+            clock_readings: Arc::new(ClockReadings::new(bounds, log_time)),
+            expiry_ledger: Arc::new(ExpiryLedger::default()),
+        }
+    }
+
+    /// The state machine's events, filling these.
+    fn events(&self, metrics: &Arc<NodeMetrics>) -> StateMachineEvents {
+        StateMachineEvents {
+            metrics: metrics.clone(),
+            dht_outbox: self.dht_outbox.clone(),
+            short_lived: self.short_lived.clone(),
+            build_times: self.build_times.clone(),
+            clock_readings: self.clock_readings.clone(),
+            expiry_ledger: self.expiry_ledger.clone(),
+        }
+    }
+}
+
+/// Raft started on the opened data dir, with what the start learned on the way.
+struct RaftStarted {
+    raft: Raft<TypeConfig>,
+    /// The node's peer client (openraft's replication has its own).
+    peers: PeerClient,
+    /// Shared with the peer network, for the node's leadership.
+    quorum_contact: QuorumContact,
+    silenced: Silenced,
+    /// Whether local reads wait for the replica to catch up, and how far.
+    freshness: Freshness,
+}
+
+impl RaftStarted {
+    /// Starts Raft: initializes a pristine data dir as a one-voter cluster with
+    /// `cluster.bootstrap`, else replays the log it holds (the only voter), after taking the
+    /// clean-stop marker.
+    async fn start(
+        id: NodeId,
+        data_dir: &Path,
+        settings: &Settings,
+        cluster: &Cluster,
+        opened: &Opened,
+        state_machine: StateMachine,
+    ) -> Result<RaftStarted, StartError> {
+        let Opened {
+            store, log_store, ..
+        } = opened;
+        let mut config = settings.openraft_config()?;
+        if log_store.repair().is_some() {
+            // Held until the log is whole again (`hold_elections_while_repairing`), from the
+            // first tick on. (With PreVote openraft's timer is off anyway.)
+            config.enable_elect = false;
+        }
+        let pristine = log_store.is_pristine()?;
+        if pristine && store.applied_state()?.is_some() {
+            return Err(StartError::LogMissing(data_dir.to_path_buf()));
+        }
+        let last_log_id = log_store.last_log_id()?;
+        // A rebuilt state may be older than what was served before (the log after its snapshot
+        // is applied again), so reads wait as after a crash.
+        // So may a state whose log is being repaired (a start that crashed while rebuilding it
+        // from the cluster finds the state new and empty).
+        let clean_stop = take_clean_stop_marker(data_dir)?
+            && opened.state_rebuilt.is_none()
+            && log_store.repair().is_none();
+        // `Node::start` runs on the node's runtime: every peer call is made there, whichever
+        // runtime asks for it (see `PeerClient`).
+        let peer_client = || {
+            PeerClient::new(
+                id,
+                cluster.secret.clone(),
+                cluster.tls.clone(),
+                Handle::current(),
+            )
+            .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))
+        };
+        let peers = peer_client()?;
+        let quorum_contact = QuorumContact::default();
+        let silenced = Silenced::default();
+        // openraft's own client, with connections of its own: replication never waits for a
+        // pooled connection that a status probe, a forwarded publish or an admin call holds.
+        let network = PeerNetwork::new(peer_client()?, quorum_contact.clone(), silenced.clone());
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network,
+            log_store.clone(),
+            state_machine,
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        if pristine && cluster.bootstrap {
+            let members = BTreeMap::from([(id, BasicNode::new(&cluster.advertise))]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
+        } else if let Some(log_end) = last_log_id.map(|log_id| log_id.index) {
+            replay_log(&raft, id, log_end).await?;
+        }
+        // A repaired log held more than it holds now, and the state may be older than what was
+        // served before: local reads wait until the node has caught up to where the log reached
+        // before the damage.
+        let catch_up_to =
+            last_log_id.max(log_store.repair().and_then(|repair| repair.held_through));
+        Ok(RaftStarted {
+            raft,
+            peers,
+            quorum_contact,
+            silenced,
+            freshness: Freshness::at_start(catch_up_to, clean_stop),
+        })
+    }
+}
+
+/// The data dir's disk, watched for room (`raft.min_free_disk_mib`, and the new-key reserve),
+/// with its bounds as gauges.
+fn disk_space(data_dir: &Path, settings: &Settings, metrics: &NodeMetrics) -> Arc<DiskSpace> {
+    metrics
+        .disk_min_free_bytes
+        .set(i64::try_from(settings.min_free_disk_bytes()).unwrap_or(i64::MAX));
+    metrics
+        .disk_new_keys_min_free_bytes
+        .set(i64::try_from(settings.new_keys_min_free_disk_bytes()).unwrap_or(i64::MAX));
+    Arc::new(DiskSpace::new(
+        data_dir,
+        settings.min_free_disk_bytes(),
+        settings.new_keys_min_free_disk_bytes(),
+        metrics.disk_available_bytes.clone(),
+    ))
 }
 
 /// The names of the node's supervised tasks (`pkraft_task_panics_total{task}`).

@@ -29,6 +29,7 @@ pub use queue::{PublishError, Published};
 
 use crate::cluster_clock::ClusterClock;
 use crate::disk_space::DiskSpace;
+use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::metrics::NodeMetrics;
 use crate::peer::{PeerClient, PeerError};
@@ -57,43 +58,23 @@ pub struct Writes {
     queue: PublishQueue,
 }
 
-/// What [`Writes`] is made of.
-pub(crate) struct WritesParts {
-    pub(crate) id: NodeId,
-    pub(crate) raft: Raft<TypeConfig>,
-    pub(crate) store: Store,
-    pub(crate) peers: PeerClient,
-    pub(crate) metrics: Arc<NodeMetrics>,
-    pub(crate) publish_timeout: Duration,
-    pub(crate) disk_space: Arc<DiskSpace>,
-    pub(crate) store_cap: StoreCap,
-    pub(crate) leadership: Arc<Leadership>,
-    pub(crate) clock: Arc<ClusterClock>,
-}
-
 impl Writes {
-    /// A write path that takes nothing until [`Writes::start`].
-    pub(crate) fn new(parts: WritesParts) -> Writes {
-        let WritesParts {
-            id,
-            raft,
-            store,
-            peers,
-            metrics,
-            publish_timeout,
-            disk_space,
-            store_cap,
-            leadership,
-            clock,
-        } = parts;
+    /// A write path that takes nothing until [`Writes::start`]; `store_cap` counts the new keys
+    /// against the cap on stored packets.
+    pub(crate) fn new(
+        handles: &Handles,
+        store_cap: StoreCap,
+        leadership: Arc<Leadership>,
+        clock: Arc<ClusterClock>,
+    ) -> Writes {
         Writes {
-            id,
-            raft,
-            store,
-            peers,
-            metrics,
-            publish_timeout,
-            disk_space,
+            id: handles.id,
+            raft: handles.raft.clone(),
+            store: handles.store.clone(),
+            peers: handles.peers.clone(),
+            metrics: handles.metrics.clone(),
+            publish_timeout: handles.publish_timeout,
+            disk_space: handles.disk_space.clone(),
             store_cap,
             leadership,
             clock,

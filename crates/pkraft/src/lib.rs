@@ -213,7 +213,7 @@ impl Server {
             raft_runtime.handle(),
             peer_listener,
             peer_tls.as_ref().map(|(_, tls)| tls.server.clone()),
-            pkraft_raft::peer::server::router(node.clone()),
+            pkraft_raft::routes::router(node.clone()),
             pkraft_http::serve::ConnectionLimits::peer(),
             admission(
                 "peer",

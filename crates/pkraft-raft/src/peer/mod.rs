@@ -15,12 +15,13 @@
 //! # Layout
 //! - [`client`]: [`PeerClient`] (keep-alive HTTP client, one connection pool per peer) and the
 //!   openraft network factory over it.
-//! - [`server`]: the axum router of the peer listener.
 //! - [`tls`]: optional mutual TLS (`[cluster.tls]`).
 //! - [`ClusterSecret`] and the wire types below.
+//!
+//! The listener's router, which wires each route to the node's part that answers it, is
+//! `crate::routes`, beside the node's start-up.
 
 pub mod client;
-pub mod server;
 pub mod tls;
 
 use std::sync::Arc;

@@ -1,5 +1,8 @@
-//! The peer listener's router. Every route needs the cluster secret (checked before the body is
-//! read) and the right target node id.
+//! The peer listener's router: every peer route, wired to the node's part that answers it (the
+//! write path, reads, membership, the handover, PreVote, the scrub, the short-lived records,
+//! cluster time, and openraft's own RPCs). Every route needs the cluster secret (checked before
+//! the body is read) and the right target node id. The peer network's client, TLS and message
+//! types are `peer`'s.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,13 +25,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tower_http::timeout::TimeoutLayer;
 
-use super::tls::{PeerCertificates, check_names_node};
-use super::{
-    ForwardedPublish, LegacyForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path,
-};
 use crate::membership::MembershipRequest;
 use crate::metrics::Damaged;
 use crate::node::Node;
+use crate::peer::tls::{PeerCertificates, check_names_node};
+use crate::peer::{
+    ForwardedPublish, LegacyForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path,
+};
 use crate::pre_vote::PreVoteRequest;
 use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
 use crate::short_lived::RecordRequest;
