@@ -20,6 +20,16 @@ use crate::TypeConfig;
 pub(crate) use pkraft_storage::Damaged;
 use pkraft_storage::log_store::LogStore;
 
+/// A counter vector of one label.
+fn counter_vec(name: &str, help: &str, label: &str) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), &[label])
+}
+
+/// A gauge vector of one label.
+fn gauge_vec(name: &str, help: &str, label: &str) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), &[label])
+}
+
 /// Events counted as they happen.
 pub(crate) struct NodeMetrics {
     /// `pkraft_raft_batch_packets`: packets per publish batch this node proposed or forwarded.
@@ -109,28 +119,10 @@ impl NodeMetrics {
                 )
                 .buckets(exponential_buckets(1.0, 2.0, 11)?),
             )?,
-            forwarded_packets: IntCounter::new(
-                "pkraft_raft_forwarded_packets_total",
-                "Published packets this node forwarded to the leader.",
-            )?,
-            leader_changes: IntCounter::new(
-                "pkraft_raft_leader_changes_total",
-                "Changes of the leader this node knows of (including to none).",
-            )?,
-            handovers: IntCounterVec::new(
-                Opts::new(
-                    "pkraft_raft_handovers_total",
-                    "Leadership handovers this node started when told to stop or while low on disk, by result.",
-                ),
-                &["result"],
-            )?,
-            publish_refused_total: IntCounterVec::new(
-                Opts::new(
-                    "pkraft_raft_publish_refused_total",
-                    "Publishes refused by this node, by reason: unavailable (503) from its batcher, or new keys without room (507: store_full, new_keys_disk_low).",
-                ),
-                &["reason"],
-            )?,
+            forwarded_packets: IntCounter::new("pkraft_raft_forwarded_packets_total", "Published packets this node forwarded to the leader.")?,
+            leader_changes: IntCounter::new("pkraft_raft_leader_changes_total", "Changes of the leader this node knows of (including to none).")?,
+            handovers: counter_vec("pkraft_raft_handovers_total", "Leadership handovers this node started when told to stop or while low on disk, by result.", "result")?,
+            publish_refused_total: counter_vec("pkraft_raft_publish_refused_total", "Publishes refused by this node, by reason: unavailable (503) from its batcher, or new keys without room (507: store_full, new_keys_disk_low).", "reason")?,
             snapshot_build: seconds(
                 "pkraft_raft_snapshot_build_seconds",
                 "Snapshot builds and their duration.",
@@ -139,10 +131,7 @@ impl NodeMetrics {
                 "pkraft_raft_snapshot_install_seconds",
                 "Snapshots installed from the leader, and their duration.",
             )?,
-            expired_records: IntCounter::new(
-                "pkraft_store_expired_records_total",
-                "Packets removed from this replica by expiry.",
-            )?,
+            expired_records: IntCounter::new("pkraft_store_expired_records_total", "Packets removed from this replica by expiry.")?,
             read_index_batch: Histogram::with_opts(
                 HistogramOpts::new(
                     "pkraft_raft_read_index_batch",
@@ -150,28 +139,13 @@ impl NodeMetrics {
                 )
                 .buckets(exponential_buckets(1.0, 2.0, 13)?),
             )?,
-            read_index_refused: IntCounter::new(
-                "pkraft_raft_read_index_refused_total",
-                "Linearizable reads refused at once because the read-index queue was full.",
-            )?,
+            read_index_refused: IntCounter::new("pkraft_raft_read_index_refused_total", "Linearizable reads refused at once because the read-index queue was full.")?,
             clock_offset_seconds: Gauge::new(
                 "pkraft_clock_offset_seconds",
                 "This node's wall clock minus the median of the voters' clocks (0 while unknown).",
             )?,
-            clock_state: IntGaugeVec::new(
-                Opts::new(
-                    "pkraft_clock_state",
-                    "1 for this node's clock state against the cluster's time (synchronized, offset, held_by_log, unknown), 0 for the others.",
-                ),
-                &["state"],
-            )?,
-            expiry_held: IntGaugeVec::new(
-                Opts::new(
-                    "pkraft_expiry_held",
-                    "1 while this leader holds expiry back, by reason (clock, time_unknown, rate).",
-                ),
-                &["reason"],
-            )?,
+            clock_state: gauge_vec("pkraft_clock_state", "1 for this node's clock state against the cluster's time (synchronized, offset, held_by_log, unknown), 0 for the others.", "state")?,
+            expiry_held: gauge_vec("pkraft_expiry_held", "1 while this leader holds expiry back, by reason (clock, time_unknown, rate).", "reason")?,
             disk_available_bytes: IntGauge::new(
                 "pkraft_disk_available_bytes",
                 "Bytes available on the file system of the data dir (below raft.min_free_disk_mib the node takes no writes).",
@@ -199,31 +173,18 @@ impl NodeMetrics {
                     0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
                 ]),
             )?,
-            pre_vote_rounds: IntCounterVec::new(
-                Opts::new(
-                    "pkraft_raft_pre_vote_rounds_total",
-                    "Pre-vote rounds this voter started after hearing nothing from a leader, by outcome (won: it stood for election; lost: it did not).",
-                ),
-                &["outcome"],
-            )?,
-            storage_damage: IntCounterVec::new(
-                Opts::new(
-                    "pkraft_storage_damage_total",
-                    "Damaged data this node found and did not use, by what (log, snapshot, snapshot_transfer, state, answers).",
-                ),
-                &["what"],
-            )?,
-            scrub_passes: IntCounterVec::new(
-                Opts::new(
-                    "pkraft_scrub_passes_total",
-                    "Passes of the background scrub completed, over the Raft log (log) and over every stored packet (state).",
-                ),
-                &["what"],
-            )?,
+            pre_vote_rounds: counter_vec("pkraft_raft_pre_vote_rounds_total", "Pre-vote rounds this voter started after hearing nothing from a leader, by outcome (won: it stood for election; lost: it did not).", "outcome")?,
+            storage_damage: counter_vec("pkraft_storage_damage_total", "Damaged data this node found and did not use, by what (log, snapshot, snapshot_transfer, state, answers).", "what")?,
+            scrub_passes: counter_vec("pkraft_scrub_passes_total", "Passes of the background scrub completed, over the Raft log (log) and over every stored packet (state).", "what")?,
         };
-        // Every label value from the start, at 0: an alert on `increase()` sees the first
-        // damage (a series that appears at 1 has not increased), and the series exist for
-        // dashboards before anything happened.
+        metrics.label_every_series();
+        Ok(metrics)
+    }
+
+    /// Every label value from the start, at 0: an alert on `increase()` sees the first damage
+    /// (a series that appears at 1 has not increased), and the series exist for dashboards
+    /// before anything happened.
+    fn label_every_series(&self) {
         for what in [
             Damaged::Log,
             Damaged::Snapshot,
@@ -231,18 +192,17 @@ impl NodeMetrics {
             Damaged::State,
             Damaged::Answers,
         ] {
-            metrics.storage_damage.with_label_values(&[what.label()]);
+            self.storage_damage.with_label_values(&[what.label()]);
         }
         for what in ["log", "state"] {
-            metrics.scrub_passes.with_label_values(&[what]);
+            self.scrub_passes.with_label_values(&[what]);
         }
         for state in crate::cluster_clock::ClockState::ALL {
-            metrics.clock_state.with_label_values(&[state.label()]);
+            self.clock_state.with_label_values(&[state.label()]);
         }
         for reason in crate::expiry::HELD_REASONS {
-            metrics.expiry_held.with_label_values(&[reason]);
+            self.expiry_held.with_label_values(&[reason]);
         }
-        Ok(metrics)
     }
 
     /// Counts damage found in `what` (see `storage_damage`).

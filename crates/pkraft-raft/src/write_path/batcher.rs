@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use super::Writes;
 use super::queue::{Batcher, Origin, Pending, PublishError, Published, Reply};
 use super::{publish_error, replicas_holding};
+use crate::NodeId;
 use crate::peer::{ForwardedPublish, PeerError, path};
 use crate::store_cap::{NewKeyRefusal, Reservation};
 
@@ -86,47 +87,21 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 
 /// Commits one batch where the leader is (here, or forwarded to it) and answers each publisher
 /// with its own outcome.
-async fn commit(writes: &Writes, mut batch: Vec<Pending>) {
+async fn commit(writes: &Writes, batch: Vec<Pending>) {
     let deadline = Instant::now() + writes.publish_timeout;
     writes.metrics.batch_packets.observe(batch.len() as f64);
-    // Whether an earlier forward of this batch may have reached the leader and committed (its
-    // answer was lost). A retry then cannot tell "refused as stale" from "committed by the first
-    // attempt and superseded since", so it must not answer 409.
-    let mut earlier_attempt_unknown = false;
+    let mut attempt = Attempt {
+        batch,
+        deadline,
+        earlier_attempt_unknown: false,
+    };
     loop {
-        match writes.leadership.known_leader() {
+        attempt = match writes.leadership.known_leader() {
             Some((leader, _)) if leader == writes.id && !writes.leadership.handing_over() => {
-                if let Some(reason) = writes.leadership.cut_off_from_quorum() {
-                    writes.metrics.publish_refused("no_quorum", batch.len());
-                    return answer_all(batch, PublishError::Unavailable(reason));
+                match commit_here(writes, attempt).await {
+                    Some(again) => again,
+                    None => return,
                 }
-                if let Some(reason) = writes.disk_space.refusal() {
-                    writes.metrics.publish_refused("disk_full", batch.len());
-                    return answer_all(batch, PublishError::Unavailable(reason));
-                }
-                // This node became leader after its publishers' deadline (waiting for news of a
-                // leader): nobody waits for the answer, and a proposal begun now would be
-                // handed to Raft only after its guard below is gone.
-                if Instant::now() >= deadline {
-                    writes.metrics.publish_refused("timeout", batch.len());
-                    return answer_all(
-                        batch,
-                        PublishError::Unavailable(format!(
-                            "no leader took it within {:?}",
-                            writes.publish_timeout
-                        )),
-                    );
-                }
-                // The handover began since the check above: go round and wait for the next leader.
-                let Some(_proposal) = writes.leadership.begin_proposal() else {
-                    continue;
-                };
-                // New keys count against the cap until the proposal has returned.
-                let (batch, new_keys) = admit_new_keys(writes, batch);
-                if batch.is_empty() {
-                    return;
-                }
-                return propose(writes, batch, new_keys, deadline, earlier_attempt_unknown).await;
             }
             // This leader is handing over (see `handover`): wait for the next one.
             Some((leader, _)) if leader == writes.id && Instant::now() < deadline => {
@@ -134,8 +109,10 @@ async fn commit(writes: &Writes, mut batch: Vec<Pending>) {
                     .leadership
                     .wait_for_leader_news(Some(leader), deadline)
                     .await;
+                attempt
             }
             Some((leader, _)) if leader == writes.id => {
+                let batch = attempt.batch;
                 writes.metrics.publish_refused("handover", batch.len());
                 return answer_all(
                     batch,
@@ -150,6 +127,7 @@ async fn commit(writes: &Writes, mut batch: Vec<Pending>) {
                         .leadership
                         .leader_gone(leader)
                         .unwrap_or_else(|| format!("leader {leader} did not answer in time"));
+                    let batch = attempt.batch;
                     writes
                         .metrics
                         .publish_refused("forward_failed", batch.len());
@@ -159,62 +137,127 @@ async fn commit(writes: &Writes, mut batch: Vec<Pending>) {
                     .leadership
                     .wait_for_leader_news(Some(leader), deadline)
                     .await;
+                attempt
             }
-            Some((leader, addr)) => {
-                // Publishes forwarded to this node while it led must not travel on.
-                let (local, forwarded) = batch
-                    .into_iter()
-                    .partition(|pending| pending.origin == Origin::Local);
-                answer_all(
-                    forwarded,
-                    PublishError::Unavailable("leadership moved; retry".to_string()),
-                );
-                batch = local;
-                if batch.is_empty() {
-                    return;
-                }
-                match forward(writes, leader, &addr, &batch, deadline).await {
-                    Ok(answers) => {
-                        writes
-                            .metrics
-                            .forwarded_packets
-                            .inc_by(u64::try_from(batch.len()).unwrap_or(u64::MAX));
-                        let answers = if earlier_attempt_unknown {
-                            answers.into_iter().map(unknown_if_stale).collect()
-                        } else {
-                            answers
-                        };
-                        return answer_forwarded(writes, batch, answers).await;
-                    }
-                    Err(Reroute::Retry {
-                        reason,
-                        maybe_delivered,
-                    }) if Instant::now() < deadline => {
-                        tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
-                        earlier_attempt_unknown |= maybe_delivered;
-                        writes
-                            .leadership
-                            .wait_for_leader_news(Some(leader), deadline)
-                            .await;
-                    }
-                    Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
-                        writes
-                            .metrics
-                            .publish_refused("forward_failed", batch.len());
-                        return answer_all(batch, PublishError::Unavailable(reason));
-                    }
-                }
-            }
+            Some((leader, addr)) => match commit_forwarded(writes, leader, &addr, attempt).await {
+                Some(again) => again,
+                None => return,
+            },
             None if Instant::now() < deadline => {
-                writes.leadership.wait_for_leader_news(None, deadline).await
+                writes.leadership.wait_for_leader_news(None, deadline).await;
+                attempt
             }
             None => {
+                let batch = attempt.batch;
                 writes.metrics.publish_refused("no_leader", batch.len());
                 return answer_all(
                     batch,
                     PublishError::Unavailable("no leader is elected".to_string()),
                 );
             }
+        };
+    }
+}
+
+/// A batch on its way to a commit, and what its attempts so far leave unknown.
+struct Attempt {
+    batch: Vec<Pending>,
+    /// The publishers' deadline.
+    deadline: Instant,
+    /// Whether an earlier forward of this batch may have reached the leader and committed (its
+    /// answer was lost). A retry then cannot tell "refused as stale" from "committed by the
+    /// first attempt and superseded since", so it must not answer 409.
+    earlier_attempt_unknown: bool,
+}
+
+/// Proposes the batch on this node, the leader: answered here (`None`), or given back when a
+/// handover began meanwhile, to wait for the next leader.
+async fn commit_here(writes: &Writes, attempt: Attempt) -> Option<Attempt> {
+    let batch = &attempt.batch;
+    if let Some(reason) = writes.leadership.cut_off_from_quorum() {
+        writes.metrics.publish_refused("no_quorum", batch.len());
+        answer_all(attempt.batch, PublishError::Unavailable(reason));
+        return None;
+    }
+    if let Some(reason) = writes.disk_space.refusal() {
+        writes.metrics.publish_refused("disk_full", batch.len());
+        answer_all(attempt.batch, PublishError::Unavailable(reason));
+        return None;
+    }
+    // This node became leader after its publishers' deadline (waiting for news of a leader):
+    // nobody waits for the answer, and a proposal begun now would be handed to Raft only after
+    // its guard below is gone.
+    if Instant::now() >= attempt.deadline {
+        writes.metrics.publish_refused("timeout", batch.len());
+        let reason = format!("no leader took it within {:?}", writes.publish_timeout);
+        answer_all(attempt.batch, PublishError::Unavailable(reason));
+        return None;
+    }
+    // The handover began since the caller's check: go round and wait for the next leader.
+    let Some(_proposal) = writes.leadership.begin_proposal() else {
+        return Some(attempt);
+    };
+    // New keys count against the cap until the proposal has returned.
+    let (batch, new_keys) = admit_new_keys(writes, attempt.batch);
+    if !batch.is_empty() {
+        let unknown = attempt.earlier_attempt_unknown;
+        propose(writes, batch, new_keys, attempt.deadline, unknown).await;
+    }
+    None
+}
+
+/// Forwards the batch to `leader` at `addr`: answered (`None`), or given back to try again once
+/// the leader is known anew.
+async fn commit_forwarded(
+    writes: &Writes,
+    leader: NodeId,
+    addr: &str,
+    mut attempt: Attempt,
+) -> Option<Attempt> {
+    // Publishes forwarded to this node while it led must not travel on.
+    let (local, forwarded) = std::mem::take(&mut attempt.batch)
+        .into_iter()
+        .partition(|pending| pending.origin == Origin::Local);
+    answer_all(
+        forwarded,
+        PublishError::Unavailable("leadership moved; retry".to_string()),
+    );
+    attempt.batch = local;
+    if attempt.batch.is_empty() {
+        return None;
+    }
+    match forward(writes, leader, addr, &attempt.batch, attempt.deadline).await {
+        Ok(answers) => {
+            writes
+                .metrics
+                .forwarded_packets
+                .inc_by(u64::try_from(attempt.batch.len()).unwrap_or(u64::MAX));
+            let answers = if attempt.earlier_attempt_unknown {
+                answers.into_iter().map(unknown_if_stale).collect()
+            } else {
+                answers
+            };
+            answer_forwarded(writes, attempt.batch, answers).await;
+            None
+        }
+        Err(Reroute::Retry {
+            reason,
+            maybe_delivered,
+        }) if Instant::now() < attempt.deadline => {
+            tracing::debug!(%reason, leader, "forwarding a publish batch failed; rerouting");
+            attempt.earlier_attempt_unknown |= maybe_delivered;
+            writes
+                .leadership
+                .wait_for_leader_news(Some(leader), attempt.deadline)
+                .await;
+            Some(attempt)
+        }
+        Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
+            writes
+                .metrics
+                .publish_refused("forward_failed", attempt.batch.len());
+            answer_all(attempt.batch, PublishError::Unavailable(reason));
+            None
         }
     }
 }

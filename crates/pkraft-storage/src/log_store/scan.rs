@@ -93,45 +93,15 @@ pub(crate) fn scan(
             }
             Err(reason) => reason,
         };
-        let after = records_after(format, &bytes, position, index);
-        // The append that wrote (or was writing) `index`: the last whole record's, if it goes
-        // on past that record; else one that starts at `index` (an append never spans
-        // segments, so a segment's first record starts one).
-        let bad_append_first = match last_append {
-            Some((first, last)) if last >= index => first,
-            _ => index,
+        let bad = BadRecord {
+            format,
+            position,
+            index,
+            reason,
+            last_append,
         };
-        // Also one that starts at `index`: a truncation keeps the append range of the records
-        // before the cut, and the next append starts right at it.
-        let torn_append = |(first, last): (u64, u64)| {
-            (first == bad_append_first || first == index) && last >= index
-        };
-        let torn = is_last
-            && match (format, &after) {
-                (_, None) => true,
-                (Format::V2 { .. }, Some(after)) => after.appends.iter().copied().all(torn_append),
-                (Format::V1, Some(_)) => false,
-            };
-        // An append the mark covers was synced and reported done: never a tear.
-        let reported_done = synced.filter(|mark| mark.end > position as u64);
-        if !torn || reported_done.is_some() {
-            let (last_index_after, last_record_after) = match after {
-                Some(after) => (Some(after.last_index), Some(after.last_payload)),
-                None => (None, None),
-            };
-            let last_index_after = match (last_index_after, reported_done) {
-                (Some(after), Some(mark)) => Some(after.max(mark.last_index)),
-                (after, mark) => after.or(mark.map(|mark| mark.last_index)),
-            };
-            return Err(ScanError::Damaged(Damage {
-                segment: path,
-                offset: position as u64,
-                first_index: index,
-                last_index_after,
-                reason,
-                last_record_after,
-                synced_last: reported_done,
-            }));
+        if let Some(damage) = bad.damage(&path, &bytes, is_last, synced) {
+            return Err(ScanError::Damaged(damage));
         }
         tracing::warn!(
             segment = %path.display(),
@@ -153,6 +123,79 @@ pub(crate) fn scan(
         offsets,
         end: position as u64,
     })
+}
+
+/// A record that does not read back, found by [`scan`] at `position` of a segment.
+struct BadRecord {
+    format: Format,
+    position: usize,
+    /// The index it should hold.
+    index: u64,
+    reason: &'static str,
+    /// The append range of the last whole record before it (format 2).
+    last_append: Option<(u64, u64)>,
+}
+
+impl BadRecord {
+    /// The damage it is, or `None` if it is a torn tail to cut: the last segment's last append,
+    /// cut short or torn out of order by a crash, and never reported done (`synced`: the synced
+    /// mark, if it names this segment).
+    fn damage(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        is_last: bool,
+        synced: Option<SyncedMark>,
+    ) -> Option<Damage> {
+        let BadRecord {
+            format,
+            position,
+            index,
+            reason,
+            last_append,
+        } = *self;
+        let after = records_after(format, bytes, position, index);
+        // The append that wrote (or was writing) `index`: the last whole record's, if it goes
+        // on past that record; else one that starts at `index` (an append never spans
+        // segments, so a segment's first record starts one).
+        let bad_append_first = match last_append {
+            Some((first, last)) if last >= index => first,
+            _ => index,
+        };
+        // Also one that starts at `index`: a truncation keeps the append range of the records
+        // before the cut, and the next append starts right at it.
+        let torn_append = |(first, last): (u64, u64)| {
+            (first == bad_append_first || first == index) && last >= index
+        };
+        let torn = is_last
+            && match (format, &after) {
+                (_, None) => true,
+                (Format::V2 { .. }, Some(after)) => after.appends.iter().copied().all(torn_append),
+                (Format::V1, Some(_)) => false,
+            };
+        // An append the mark covers was synced and reported done: never a tear.
+        let reported_done = synced.filter(|mark| mark.end > position as u64);
+        if torn && reported_done.is_none() {
+            return None;
+        }
+        let (last_index_after, last_record_after) = match after {
+            Some(after) => (Some(after.last_index), Some(after.last_payload)),
+            None => (None, None),
+        };
+        let last_index_after = match (last_index_after, reported_done) {
+            (Some(after), Some(mark)) => Some(after.max(mark.last_index)),
+            (after, mark) => after.or(mark.map(|mark| mark.last_index)),
+        };
+        Some(Damage {
+            segment: path.to_path_buf(),
+            offset: position as u64,
+            first_index: index,
+            last_index_after,
+            reason,
+            last_record_after,
+            synced_last: reported_done,
+        })
+    }
 }
 
 /// The whole records found after a bad one.
