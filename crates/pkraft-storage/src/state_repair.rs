@@ -107,47 +107,15 @@ pub fn open_whole(
     };
     tracing::error!(state = %path.display(), %damage, "the state store is damaged");
     let has_peers = has_peers || log.had_peers();
-    // Damage the scrub found in a packet may be in this node's snapshot too (built from the
-    // damaged state, with a checksum over the damaged bytes): with peers, the cluster's copy.
-    let snapshot = match &scrub_finding {
-        Some(_) if has_peers => Ok(None),
-        _ => whole_snapshot(&data_dir.join(SNAPSHOT_DIR)),
-    };
-    let purged = log.purged()?;
-    let covering = match snapshot {
-        Ok(Some((meta, data))) if purged <= meta.last_log_id => Some((meta, data)),
-        Ok(Some((meta, _))) => {
-            tracing::warn!(
-                snapshot_through = ?meta.last_log_id,
-                log_purged_through = ?purged,
-                "this node's snapshot is older than the log's purge point: it cannot rebuild the state"
-            );
-            None
-        }
-        Ok(None) => None,
-        Err(why) => {
-            tracing::warn!(%why, "this node's snapshot cannot rebuild the state");
-            None
-        }
-    };
-    let rebuilt = if let Some((meta, _)) = &covering {
-        Rebuilt::OwnSnapshot {
-            through: meta.last_log_id.map(|log_id| log_id.index),
-        }
-    } else if purged.is_none() && !(scrub_finding.is_some() && has_peers) {
-        Rebuilt::OwnLog
-    } else if has_peers {
-        Rebuilt::Cluster
-    } else {
-        return Err(StateOpenError::StateDamaged {
-            path,
-            damage,
-            why: format!(
-                "this node has no other voter to repair it from, no whole snapshot covering the \
-                 log (purged through {purged:?}), and the log alone does not hold it"
-            ),
-        });
-    };
+    let (rebuilt, covering) = plan_rebuild(data_dir, log, scrub_finding.is_some(), has_peers)
+        .map_err(|why| match why {
+            NoRebuild::Log(e) => StateOpenError::from(e),
+            NoRebuild::Nothing(why) => StateOpenError::StateDamaged {
+                path: path.clone(),
+                damage: damage.clone(),
+                why,
+            },
+        })?;
     // The state file first: a crash after it finds no state file (a new, empty one has applied
     // nothing, below the log's purge point, or the scrub's mark is still there) and takes the
     // same way again.
@@ -190,6 +158,65 @@ pub fn open_whole(
         "the damaged state store was set aside and a new one built"
     );
     Ok((store, Some(rebuilt)))
+}
+
+/// Why a damaged state cannot be rebuilt on this node.
+enum NoRebuild {
+    /// The log's purge point could not be read.
+    Log(StorageError<NodeId>),
+    /// Nothing holds it: no other voter, no whole snapshot covering the log, and the log alone
+    /// does not hold it (why, for the error).
+    Nothing(String),
+}
+
+/// How a damaged state is rebuilt, and the snapshot it is rebuilt from, if any: this node's own
+/// snapshot if it is whole and covers the log's purge point, else its own log if nothing was
+/// ever purged, else the cluster (`has_peers`). Damage the scrub found in a packet
+/// (`scrub_finding`) may be in this node's snapshot and log too (built from the damaged state):
+/// with peers, the cluster's copy is taken.
+fn plan_rebuild(
+    data_dir: &Path,
+    log: &LogStore,
+    scrub_finding: bool,
+    has_peers: bool,
+) -> Result<(Rebuilt, Option<(Meta, File)>), NoRebuild> {
+    let snapshot = if scrub_finding && has_peers {
+        Ok(None)
+    } else {
+        whole_snapshot(&data_dir.join(SNAPSHOT_DIR))
+    };
+    let purged = log.purged().map_err(NoRebuild::Log)?;
+    let covering = match snapshot {
+        Ok(Some((meta, data))) if purged <= meta.last_log_id => Some((meta, data)),
+        Ok(Some((meta, _))) => {
+            tracing::warn!(
+                snapshot_through = ?meta.last_log_id,
+                log_purged_through = ?purged,
+                "this node's snapshot is older than the log's purge point: it cannot rebuild the state"
+            );
+            None
+        }
+        Ok(None) => None,
+        Err(why) => {
+            tracing::warn!(%why, "this node's snapshot cannot rebuild the state");
+            None
+        }
+    };
+    let rebuilt = if let Some((meta, _)) = &covering {
+        Rebuilt::OwnSnapshot {
+            through: meta.last_log_id.map(|log_id| log_id.index),
+        }
+    } else if purged.is_none() && !(scrub_finding && has_peers) {
+        Rebuilt::OwnLog
+    } else if has_peers {
+        Rebuilt::Cluster
+    } else {
+        return Err(NoRebuild::Nothing(format!(
+            "this node has no other voter to repair it from, no whole snapshot covering the \
+             log (purged through {purged:?}), and the log alone does not hold it"
+        )));
+    };
+    Ok((rebuilt, covering))
 }
 
 /// What is wrong with a state store that opened, if anything, and the scrub's finding if it

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pkraft_dns::{DnsServer, Freshness, FreshnessProbe, MissingKeys};
-use pkraft_limits::connections::Admission;
+use pkraft_limits::connections::{Admission, ConnectionCaps};
 use pkraft_raft::Node;
 use pkraft_types::{KeyBytes, Payload};
 use raft_runtime::RaftRuntime;
@@ -136,6 +136,315 @@ async fn bind_tcp(addr: SocketAddr, field: &str) -> anyhow::Result<tokio::net::T
         .with_context(|| format!("{field} {addr}"))
 }
 
+/// Every TCP listener's connection caps (their shares of the descriptor budget, see
+/// `descriptors`), exported together as `pkraft_listener_*`.
+#[derive(Default)]
+struct Admissions(Vec<Arc<Admission>>);
+
+impl Admissions {
+    /// The admission of listener `name`, kept for the metrics.
+    fn add(&mut self, name: &'static str, caps: ConnectionCaps) -> Arc<Admission> {
+        let admission = Admission::new(name, caps);
+        self.0.push(admission.clone());
+        admission
+    }
+}
+
+/// What the public listeners (HTTP, HTTPS) serve, and with which limits.
+struct PublicListeners {
+    app: axum::Router,
+    limits: pkraft_http::serve::ConnectionLimits,
+    caps: ConnectionCaps,
+}
+
+/// Starts the node (Raft on the data dir) on a runtime of its own (`raft_runtime`): Raft and
+/// every task the node starts run there. `peer_addr` is advertised unless
+/// `cluster.advertise` says otherwise.
+async fn start_node(
+    config: &Config,
+    secret: Option<pkraft_raft::ClusterSecret>,
+    peer_addr: SocketAddr,
+    peer_tls: Option<&(
+        pkraft_raft::peer::tls::PeerTlsSettings,
+        Arc<pkraft_raft::peer::tls::PeerTls>,
+    )>,
+) -> anyhow::Result<(Arc<Node>, RaftRuntime)> {
+    let cluster = pkraft_raft::Cluster {
+        advertise: config
+            .cluster
+            .advertise
+            .clone()
+            .unwrap_or_else(|| peer_addr.to_string()),
+        secret,
+        bootstrap: config.cluster.bootstrap,
+        join: config.cluster.join.clone(),
+        voter: config.cluster.voter,
+        tls: peer_tls.map(|(_, tls)| tls.clone()),
+    };
+    let raft_runtime = RaftRuntime::new(config.raft.runtime_threads)?;
+    let (node_id, data_dir, raft_settings) =
+        (config.node_id, config.data_dir.clone(), config.raft.clone());
+    let node = raft_runtime
+        .handle()
+        .spawn(async move { Node::start(node_id, &data_dir, &raft_settings, cluster).await })
+        .await
+        .context("the raft node's start stopped")?
+        .context("cannot start the raft node")?;
+    Ok((node, raft_runtime))
+}
+
+/// Everything the admin listener's /metrics exports (docs/METRICS.md), so far: the process,
+/// the node, and the panics of the supervised loops, every one's series from the start.
+fn registry_of(node: &Arc<Node>) -> anyhow::Result<prometheus::Registry> {
+    let registry = prometheus::Registry::new();
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .context("process metrics")?;
+    node.register_metrics(&registry).context("raft metrics")?;
+    let mut supervised = pkraft_raft::task::ALL.to_vec();
+    supervised.extend([
+        pkraft_dns::UDP_TASK,
+        pkraft_dht::TASK_SIZE,
+        pkraft_dht::TASK_PUBLISHER,
+        certificates::RELOAD_TASK,
+        acme::ACME_TASK,
+    ]);
+    pkraft_tasks::register(&registry, &supervised).context("task metrics")?;
+    Ok(registry)
+}
+
+/// Serves the peer routes on `listener`, on the node's runtime: its socket is registered with
+/// that runtime's I/O driver, which then wakes the accepts (the clients' may be held up by
+/// reads waiting on the disk).
+fn serve_peer(
+    config: &Config,
+    node: &Arc<Node>,
+    raft_runtime: &RaftRuntime,
+    listener: tokio::net::TcpListener,
+    peer_tls: Option<&(
+        pkraft_raft::peer::tls::PeerTlsSettings,
+        Arc<pkraft_raft::peer::tls::PeerTls>,
+    )>,
+    admissions: &mut Admissions,
+) -> anyhow::Result<Listener> {
+    let listener = {
+        let listener = listener.into_std().context("cluster.peer_listen")?;
+        let _on_raft_runtime = raft_runtime.handle().enter();
+        tokio::net::TcpListener::from_std(listener).context("cluster.peer_listen")?
+    };
+    Ok(Listener::serve_on(
+        raft_runtime.handle(),
+        listener,
+        peer_tls.map(|(_, tls)| tls.server.clone()),
+        pkraft_raft::routes::router(node.clone()),
+        pkraft_http::serve::ConnectionLimits::peer(),
+        admissions.add(
+            "peer",
+            pkraft_http::admin::private_caps(
+                config.cluster.peer_max_connections,
+                config.cluster.peer_max_connections_per_client,
+            ),
+        ),
+    ))
+}
+
+/// Binds the DNS listeners, answering from the node's replica (refused while it catches up
+/// or is staler than `dns.max_stale`), the DHT for keys it lacks, and the short-lived records.
+async fn start_dns(
+    config: &Config,
+    node: &Arc<Node>,
+    dht_resolver: Option<Arc<pkraft_dht::Resolver>>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<DnsServer> {
+    let freshness_of = node.clone();
+    let freshness: FreshnessProbe = Arc::new(move || {
+        let reads = freshness_of.reads();
+        if reads.catching_up() {
+            Freshness::CatchingUp
+        } else {
+            Freshness::LastConfirmed(reads.staleness())
+        }
+    });
+    let dns = DnsServer::bind_with(
+        &config.dns,
+        node.store().clone(),
+        freshness,
+        pkraft_dns::AnswerSources {
+            dht: dht_resolver
+                .map(|resolver| Arc::new(DhtMissingKeys(resolver)) as Arc<dyn MissingKeys>),
+            // Every node answers the ACME DNS-01 challenges, whichever node orders (`acme`).
+            short_lived: Some(pkraft_dns::ShortLivedNames {
+                first_label: acme::CHALLENGE_LABEL.to_string(),
+                records: node.short_lived().records(),
+            }),
+        },
+    )
+    .await?;
+    dns.register_metrics(registry).context("DNS metrics")?;
+    Ok(dns)
+}
+
+/// The public router (the relay, DoH, the probes), with its metrics and rate limits.
+fn public_router(
+    config: &Config,
+    node: &Arc<Node>,
+    dns: &DnsServer,
+    dht_resolver: Option<Arc<pkraft_dht::Resolver>>,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<axum::Router> {
+    let http_metrics = Arc::new(pkraft_http::metrics::HttpMetrics::new()?);
+    http_metrics.register(registry).context("HTTP metrics")?;
+    let rate_limits = Arc::new(pkraft_http::rate_limit::RateLimits::new(
+        &config.rate_limit,
+    )?);
+    rate_limits
+        .register(registry)
+        .context("rate limit metrics")?;
+    Ok(pkraft_http::router(pkraft_http::AppState {
+        node: node.clone(),
+        settings: Arc::new(config.http.clone()),
+        dns: dns.answerer(),
+        metrics: http_metrics,
+        rate_limits,
+        dht: dht_resolver,
+    }))
+}
+
+/// The public listeners serving, and the certificate reloaders of the peer and HTTPS files.
+struct ServedPublic {
+    https: Option<HttpsListener>,
+    http: Listener,
+    http_addr: SocketAddr,
+    reloaders: Vec<certificates::CertificateReloader>,
+}
+
+/// Binds `[https]` (when configured) and `http.listen` and serves the public router on them;
+/// with reloaders of the certificate files of the peer network (`peer_tls`) and of `[https]`.
+async fn serve_public(
+    config: &Config,
+    node: &Arc<Node>,
+    registry: &prometheus::Registry,
+    public: PublicListeners,
+    admissions: &mut Admissions,
+    peer_tls: Option<(
+        pkraft_raft::peer::tls::PeerTlsSettings,
+        Arc<pkraft_raft::peer::tls::PeerTls>,
+    )>,
+) -> anyhow::Result<ServedPublic> {
+    let certificate_metrics = certificates::CertificateMetrics::new()?;
+    certificate_metrics
+        .register(registry)
+        .context("certificate metrics")?;
+    let mut reloaders = Vec::new();
+    if let Some((settings, tls)) = peer_tls {
+        reloaders.push(certificates::CertificateReloader::new(
+            "peer",
+            Box::new(certificates::PeerFiles {
+                settings: settings.clone(),
+                tls: tls.clone(),
+            }),
+            &tls.certificate(),
+            settings.reload_interval,
+            certificate_metrics.clone(),
+        ));
+    }
+    let https = match &config.https {
+        Some(settings) => Some(
+            serve_https(
+                config,
+                settings,
+                node,
+                registry,
+                &public,
+                admissions,
+                (&certificate_metrics, &mut reloaders),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let http_listener = bind_tcp(config.http.listen, "http.listen").await?;
+    let http_addr = http_listener.local_addr()?;
+    let http = Listener::serve(
+        http_listener,
+        None,
+        public.app,
+        public.limits,
+        admissions.add("http", public.caps),
+    );
+    Ok(ServedPublic {
+        https,
+        http,
+        http_addr,
+        reloaders,
+    })
+}
+
+/// Binds `[https]` and serves the public router on it, with its certificate from an ACME CA
+/// (the client's task started) or from files reloaded on change (a reloader added).
+async fn serve_https(
+    config: &Config,
+    settings: &https::HttpsSettings,
+    node: &Arc<Node>,
+    registry: &prometheus::Registry,
+    public: &PublicListeners,
+    admissions: &mut Admissions,
+    (certificate_metrics, reloaders): (
+        &certificates::CertificateMetrics,
+        &mut Vec<certificates::CertificateReloader>,
+    ),
+) -> anyhow::Result<HttpsListener> {
+    let (certificate, acme): (Arc<dyn rustls::server::ResolvesServerCert>, _) = match &settings.acme
+    {
+        Some(acme) => {
+            let acme_metrics = acme::AcmeMetrics::new()?;
+            acme_metrics.register(registry).context("ACME metrics")?;
+            let client = acme::start(
+                acme,
+                &config.data_dir,
+                node.clone(),
+                certificate_metrics.clone(),
+                acme_metrics,
+            )
+            .await?;
+            (client.resolver, Some(client.task))
+        }
+        None => {
+            let files = certificates::HttpsFiles::load_first(settings)?;
+            let certificate = files.certificate();
+            reloaders.push(certificates::CertificateReloader::new(
+                "https",
+                Box::new(files),
+                &certificate.current(),
+                settings.reload_interval,
+                certificate_metrics.clone(),
+            ));
+            (certificate, None)
+        }
+    };
+    let tls_alpn_01 = settings
+        .acme
+        .as_ref()
+        .is_some_and(|acme| acme.challenge == acme::Challenge::TlsAlpn01);
+    let tls = https::server_config(certificate, tls_alpn_01)?;
+    let listener = bind_tcp(settings.listen, "https.listen").await?;
+    let addr = listener.local_addr()?;
+    let listener = Listener::serve(
+        listener,
+        Some(tls),
+        public.app.clone(),
+        public.limits.clone(),
+        admissions.add("https", public.caps.clone()),
+    );
+    Ok(HttpsListener {
+        listener,
+        addr,
+        acme,
+    })
+}
+
 impl Server {
     /// Binds the peer listener (its address goes into the membership), starts Raft on the data
     /// dir, then binds the admin, HTTP and DNS listeners. `secrets` come from
@@ -154,76 +463,18 @@ impl Server {
             .transpose()?;
         let peer_listener = bind_tcp(config.cluster.peer_listen, "cluster.peer_listen").await?;
         let peer_addr = peer_listener.local_addr()?;
-        let cluster = pkraft_raft::Cluster {
-            advertise: config
-                .cluster
-                .advertise
-                .clone()
-                .unwrap_or_else(|| peer_addr.to_string()),
-            secret: secrets.cluster,
-            bootstrap: config.cluster.bootstrap,
-            join: config.cluster.join.clone(),
-            voter: config.cluster.voter,
-            tls: peer_tls.as_ref().map(|(_, tls)| tls.clone()),
-        };
-        // Raft and every task the node starts run on the node's own runtime (`raft_runtime`).
-        let raft_runtime = RaftRuntime::new(config.raft.runtime_threads)?;
-        let (node_id, data_dir, raft_settings) =
-            (config.node_id, config.data_dir.clone(), config.raft.clone());
-        let node = raft_runtime
-            .handle()
-            .spawn(async move { Node::start(node_id, &data_dir, &raft_settings, cluster).await })
-            .await
-            .context("the raft node's start stopped")?
-            .context("cannot start the raft node")?;
-        // Everything the admin listener's /metrics exports (docs/METRICS.md).
-        let registry = prometheus::Registry::new();
-        registry
-            .register(Box::new(
-                prometheus::process_collector::ProcessCollector::for_self(),
-            ))
-            .context("process metrics")?;
-        node.register_metrics(&registry).context("raft metrics")?;
-        // Panics of the supervised loops, every one's series from the start.
-        let mut supervised = pkraft_raft::task::ALL.to_vec();
-        supervised.extend([
-            pkraft_dns::UDP_TASK,
-            pkraft_dht::TASK_SIZE,
-            pkraft_dht::TASK_PUBLISHER,
-            certificates::RELOAD_TASK,
-            acme::ACME_TASK,
-        ]);
-        pkraft_tasks::register(&registry, &supervised).context("task metrics")?;
-        // Every TCP listener's connection caps (their shares of the descriptor budget, see
-        // `descriptors`), exported together as `pkraft_listener_*`.
-        let mut admissions = Vec::new();
-        let mut admission = |name, caps| {
-            let admission = Admission::new(name, caps);
-            admissions.push(admission.clone());
-            admission
-        };
-        // Its socket registered with the node's runtime too, whose I/O driver then wakes the
-        // accepts (the clients' may be held up by reads waiting on the disk).
-        let peer_listener = {
-            let listener = peer_listener.into_std().context("cluster.peer_listen")?;
-            let _on_raft_runtime = raft_runtime.handle().enter();
-            tokio::net::TcpListener::from_std(listener).context("cluster.peer_listen")?
-        };
-        let peer = Listener::serve_on(
-            raft_runtime.handle(),
+        let (node, raft_runtime) =
+            start_node(config, secrets.cluster, peer_addr, peer_tls.as_ref()).await?;
+        let registry = registry_of(&node)?;
+        let mut admissions = Admissions::default();
+        let peer = serve_peer(
+            config,
+            &node,
+            &raft_runtime,
             peer_listener,
-            peer_tls.as_ref().map(|(_, tls)| tls.server.clone()),
-            pkraft_raft::routes::router(node.clone()),
-            pkraft_http::serve::ConnectionLimits::peer(),
-            admission(
-                "peer",
-                pkraft_http::admin::private_caps(
-                    config.cluster.peer_max_connections,
-                    config.cluster.peer_max_connections_per_client,
-                ),
-            ),
-        );
-
+            peer_tls.as_ref(),
+            &mut admissions,
+        )?;
         let admin_listener = bind_tcp(config.admin.listen, "admin.listen").await?;
         let admin_addr = admin_listener.local_addr()?;
         let admin = Listener::serve(
@@ -240,18 +491,8 @@ impl Server {
                 },
             }),
             pkraft_http::serve::ConnectionLimits::admin(),
-            admission("admin", config.admin.connection_caps()),
+            admissions.add("admin", config.admin.connection_caps()),
         );
-
-        let freshness_of = node.clone();
-        let freshness: FreshnessProbe = Arc::new(move || {
-            let reads = freshness_of.reads();
-            if reads.catching_up() {
-                Freshness::CatchingUp
-            } else {
-                Freshness::LastConfirmed(reads.staleness())
-            }
-        });
         let dht =
             pkraft_dht::DhtBridge::start(&config.dht, node.clone(), config.http.max_future_skew)
                 .await?;
@@ -259,135 +500,43 @@ impl Server {
             dht.metrics().register(&registry).context("DHT metrics")?;
         }
         let dht_resolver = dht.as_ref().and_then(pkraft_dht::DhtBridge::resolver);
-        let dns = DnsServer::bind_with(
-            &config.dns,
-            node.store().clone(),
-            freshness,
-            pkraft_dns::AnswerSources {
-                dht: dht_resolver
-                    .clone()
-                    .map(|resolver| Arc::new(DhtMissingKeys(resolver)) as Arc<dyn MissingKeys>),
-                // Every node answers the ACME DNS-01 challenges, whichever node orders (`acme`).
-                short_lived: Some(pkraft_dns::ShortLivedNames {
-                    first_label: acme::CHALLENGE_LABEL.to_string(),
-                    records: node.short_lived().records(),
-                }),
-            },
+        let dns = start_dns(config, &node, dht_resolver.clone(), &registry).await?;
+        let public = public_router(config, &node, &dns, dht_resolver, &registry)?;
+        let public_listeners = PublicListeners {
+            app: public,
+            limits: pkraft_http::serve::ConnectionLimits::public(&config.http),
+            caps: config
+                .http
+                .connection_caps(&config.rate_limit.trusted_proxies),
+        };
+        let served = serve_public(
+            config,
+            &node,
+            &registry,
+            public_listeners,
+            &mut admissions,
+            peer_tls,
         )
         .await?;
-        dns.register_metrics(&registry).context("DNS metrics")?;
-        let http_metrics = Arc::new(pkraft_http::metrics::HttpMetrics::new()?);
-        http_metrics.register(&registry).context("HTTP metrics")?;
-        let rate_limits = Arc::new(pkraft_http::rate_limit::RateLimits::new(
-            &config.rate_limit,
-        )?);
-        rate_limits
-            .register(&registry)
-            .context("rate limit metrics")?;
-
-        let public = pkraft_http::router(pkraft_http::AppState {
-            node: node.clone(),
-            settings: Arc::new(config.http.clone()),
-            dns: dns.answerer(),
-            metrics: http_metrics,
-            rate_limits,
-            dht: dht_resolver,
-        });
-        let limits = pkraft_http::serve::ConnectionLimits::public(&config.http);
-        let caps = config
-            .http
-            .connection_caps(&config.rate_limit.trusted_proxies);
-        let certificate_metrics = certificates::CertificateMetrics::new()?;
-        certificate_metrics
-            .register(&registry)
-            .context("certificate metrics")?;
-        let mut reloaders = Vec::new();
-        if let Some((settings, tls)) = peer_tls {
-            reloaders.push(certificates::CertificateReloader::new(
-                "peer",
-                Box::new(certificates::PeerFiles {
-                    settings: settings.clone(),
-                    tls: tls.clone(),
-                }),
-                &tls.certificate(),
-                settings.reload_interval,
-                certificate_metrics.clone(),
-            ));
-        }
-        let https = match &config.https {
-            Some(settings) => {
-                // Where the certificate comes from: an ACME CA, or files reloaded on change.
-                let (certificate, acme): (Arc<dyn rustls::server::ResolvesServerCert>, _) =
-                    match &settings.acme {
-                        Some(acme) => {
-                            let acme_metrics = acme::AcmeMetrics::new()?;
-                            acme_metrics.register(&registry).context("ACME metrics")?;
-                            let client = acme::start(
-                                acme,
-                                &config.data_dir,
-                                node.clone(),
-                                certificate_metrics.clone(),
-                                acme_metrics,
-                            )
-                            .await?;
-                            (client.resolver, Some(client.task))
-                        }
-                        None => {
-                            let files = certificates::HttpsFiles::load_first(settings)?;
-                            let certificate = files.certificate();
-                            reloaders.push(certificates::CertificateReloader::new(
-                                "https",
-                                Box::new(files),
-                                &certificate.current(),
-                                settings.reload_interval,
-                                certificate_metrics.clone(),
-                            ));
-                            (certificate, None)
-                        }
-                    };
-                let tls_alpn_01 = settings
-                    .acme
-                    .as_ref()
-                    .is_some_and(|acme| acme.challenge == acme::Challenge::TlsAlpn01);
-                let tls = https::server_config(certificate, tls_alpn_01)?;
-                let listener = bind_tcp(settings.listen, "https.listen").await?;
-                let addr = listener.local_addr()?;
-                let listener = Listener::serve(
-                    listener,
-                    Some(tls),
-                    public.clone(),
-                    limits.clone(),
-                    admission("https", caps.clone()),
-                );
-                Some(HttpsListener {
-                    listener,
-                    addr,
-                    acme,
-                })
-            }
-            None => None,
-        };
-        let http_listener = bind_tcp(config.http.listen, "http.listen").await?;
-        let http_addr = http_listener.local_addr()?;
-        let http = Listener::serve(http_listener, None, public, limits, admission("http", caps));
-        admissions.push(dns.tcp_admission());
+        admissions.0.push(dns.tcp_admission());
         registry
             .register(Box::new(pkraft_http::metrics::ListenerCollector::new(
-                admissions,
+                admissions.0,
             )?))
             .context("listener metrics")?;
         Ok(Server {
             node,
-            http_addr,
-            https,
+            http_addr: served.http_addr,
+            https: served.https,
             peer_addr,
             admin_addr,
-            http,
+            http: served.http,
             admin,
             peer,
             dns,
             dht,
-            certificates: reloaders
+            certificates: served
+                .reloaders
                 .into_iter()
                 .map(|reloader| {
                     let reloader = Arc::new(reloader);
