@@ -231,45 +231,12 @@ async fn main() -> anyhow::Result<()> {
             );
             pkraft::daemon::run(config).await
         }
-        Command::CheckConfig { config: path } => {
-            let config = Config::load(&path)?;
-            config.secrets(|name| std::env::var(name).ok())?;
-            println!("{}: ok\n{:#?}", path.display(), config.redacted());
-            // The descriptor budget depends on the machine's limit, not on the file alone: say
-            // what a node started here would find.
-            let hard = pkraft::descriptors::hard_open_file_limit()?;
-            match pkraft::descriptors::Budget::check(&config, hard) {
-                Ok(budget) => println!(
-                    "file descriptors: the connection caps and the reserve fit this shell's \
-                     hard RLIMIT_NOFILE ({hard}), {} spare",
-                    budget.spare()
-                ),
-                Err(e) => println!("file descriptors: a node started here would not start: {e:#}"),
-            }
-            Ok(())
-        }
+        Command::CheckConfig { config: path } => check_config(&path),
         Command::Cluster {
             admin,
             token_file,
             action,
-        } => {
-            let client = AdminClient {
-                admin,
-                token: cli::read_token(token_file)?,
-            };
-            let change = match action {
-                ClusterAction::Status { json } => {
-                    return cli::admin::print_status(&client, json).await;
-                }
-                ClusterAction::Init => ClusterChange::Init,
-                ClusterAction::AddLearner { node_id, addr } => {
-                    ClusterChange::AddLearner { node_id, addr }
-                }
-                ClusterAction::Promote { node_id } => ClusterChange::Promote { node_id },
-                ClusterAction::Remove { node_id } => ClusterChange::Remove { node_id },
-            };
-            cli::admin::change(&client, change).await
-        }
+        } => cluster(admin, token_file, action).await,
         Command::Backup {
             admin,
             token_file,
@@ -318,4 +285,47 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+/// `pkraft check-config`: loads the file and its secrets, prints the config with the secrets
+/// redacted, and whether a node started in this shell would fit its descriptor budget.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    config.secrets(|name| std::env::var(name).ok())?;
+    println!("{}: ok\n{:#?}", path.display(), config.redacted());
+    // The descriptor budget depends on the machine's limit, not on the file alone: say what a
+    // node started here would find.
+    let hard = pkraft::descriptors::hard_open_file_limit()?;
+    match pkraft::descriptors::Budget::check(&config, hard) {
+        Ok(budget) => println!(
+            "file descriptors: the connection caps and the reserve fit this shell's hard \
+             RLIMIT_NOFILE ({hard}), {} spare",
+            budget.spare()
+        ),
+        Err(e) => println!("file descriptors: a node started here would not start: {e:#}"),
+    }
+    Ok(())
+}
+
+/// `pkraft cluster ...`: the cluster's status, or a membership change, through a node's admin
+/// API.
+async fn cluster(
+    admin: String,
+    token_file: Option<PathBuf>,
+    action: ClusterAction,
+) -> anyhow::Result<()> {
+    let client = AdminClient {
+        admin,
+        token: cli::read_token(token_file)?,
+    };
+    let change = match action {
+        ClusterAction::Status { json } => {
+            return cli::admin::print_status(&client, json).await;
+        }
+        ClusterAction::Init => ClusterChange::Init,
+        ClusterAction::AddLearner { node_id, addr } => ClusterChange::AddLearner { node_id, addr },
+        ClusterAction::Promote { node_id } => ClusterChange::Promote { node_id },
+        ClusterAction::Remove { node_id } => ClusterChange::Remove { node_id },
+    };
+    cli::admin::change(&client, change).await
 }
