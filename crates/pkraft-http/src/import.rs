@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
-use pkraft_raft::{Node, PublishError};
+use pkraft_raft::{Node, PublishError, Published};
 use pkraft_types::payload::PAYLOAD_LEN_MAX;
 use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, encode_z32_key};
 use serde::{Deserialize, Serialize};
@@ -228,6 +228,15 @@ pub async fn import(
         }
     };
 
+    Json(publish_checked(&node, checked).await).into_response()
+}
+
+/// Publishes the records that passed the checks (all at once: they share the write path's
+/// batches) and reports what became of every record.
+async fn publish_checked(
+    node: &Arc<Node>,
+    checked: Vec<Result<Checked, (KeyBytes, String)>>,
+) -> ImportReport {
     let mut report = ImportReport::default();
     let mut publishing = tokio::task::JoinSet::new();
     // Which record each publish task is for, so that one that panics is sent again.
@@ -250,8 +259,8 @@ pub async fn import(
         }
     }
     while let Some(joined) = publishing.join_next().await {
-        let (index, key, published) = match joined {
-            Ok(done) => done,
+        match joined {
+            Ok((index, key, published)) => report.count(index, &key, published),
             Err(e) => {
                 // A publish task cannot panic short of a bug; its record is sent again.
                 if let Some(&index) = record_of_task.get(&e.id()) {
@@ -260,19 +269,26 @@ pub async fn import(
                         .retry_reason
                         .get_or_insert_with(|| format!("publishing failed: {e}"));
                 }
-                continue;
             }
-        };
+        }
+    }
+    report.retry.sort_unstable();
+    report
+}
+
+impl ImportReport {
+    /// Counts what became of record `index` (of `key`) once published.
+    fn count(&mut self, index: u32, key: &KeyBytes, published: Result<Published, PublishError>) {
         match published {
             Ok(published) => match published.outcome {
-                PublishOutcome::Stored => report.imported += 1,
-                PublishOutcome::Identical => report.unchanged += 1,
-                PublishOutcome::Stale => report.newer_stored += 1,
+                PublishOutcome::Stored => self.imported += 1,
+                PublishOutcome::Identical => self.unchanged += 1,
+                PublishOutcome::Stale => self.newer_stored += 1,
             },
             // A new key the cluster has no room for (its cap, a disk below the new-key
             // reserve): sending it again soon changes nothing, so it is reported, not retried.
-            Err(PublishError::NoRoom(reason)) => report.invalid.push(InvalidRecord {
-                key: encode_z32_key(&key),
+            Err(PublishError::NoRoom(reason)) => self.invalid.push(InvalidRecord {
+                key: encode_z32_key(key),
                 reason: format!("no room for new keys: {reason}"),
             }),
             // Another try may find a leader, room in the queue, or (for a node whose storage
@@ -282,13 +298,11 @@ pub async fn import(
                 | PublishError::Fatal(_)
                 | PublishError::Replica(_)),
             ) => {
-                report.retry.push(index);
-                report.retry_reason.get_or_insert_with(|| e.to_string());
+                self.retry.push(index);
+                self.retry_reason.get_or_insert_with(|| e.to_string());
             }
         }
     }
-    report.retry.sort_unstable();
-    Json(report).into_response()
 }
 
 /// What an import does with a record that passed the checks.

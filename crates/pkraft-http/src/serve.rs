@@ -306,6 +306,40 @@ struct Connection {
     _ticket: Ticket,
 }
 
+/// Answers one request with `app`. On probation (`verdicts`), records whether the answer
+/// authenticated the connection, and if not, says on HTTP/1 that the connection closes.
+/// `in_flight` counts the request until the answer is ready, or with `body_counts`
+/// (`body_counts_as_activity`) until its body is sent.
+async fn respond(
+    app: axum::Router,
+    request: axum::http::Request<Incoming>,
+    verdicts: Option<Arc<AuthVerdicts>>,
+    (in_flight, body_counts): (InFlight, bool),
+) -> Result<axum::http::Response<CountedBody>, std::convert::Infallible> {
+    let http1 = request.version() < axum::http::Version::HTTP_2;
+    let mut response = app.oneshot(request).await;
+    if let (Some(verdicts), Ok(response)) = (&verdicts, &mut response) {
+        let refused = !verdicts.record(response.extensions().get::<Authenticated>().is_some());
+        if refused && http1 {
+            // The connection closes after this answer: say so (RFC 9112 9.6), or a client puts
+            // it back in its pool and sends its next request into the closing connection
+            // (hyper: `IncompleteMessage`). HTTP/2 has GOAWAY for this, sent by the graceful
+            // shutdown.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+    let in_flight = body_counts.then_some(in_flight);
+    response.map(|response| {
+        response.map(|body| CountedBody {
+            body,
+            _in_flight: in_flight,
+        })
+    })
+}
+
 impl Connection {
     /// Serves requests until the client closes, no request comes in time, the connection is
     /// idle too long, it fails or is pushed out of probation, or the server stops.
@@ -319,13 +353,7 @@ impl Connection {
         let counted = requests.clone();
         let body_counts = self.limits.body_counts_as_activity;
         let certificates = self.peer_certificates.take();
-        let (mut evicted, verdicts) = match self.probation.take() {
-            Some(on_probation) => (
-                Some(on_probation.evicted),
-                Some(Arc::new(AuthVerdicts::new(on_probation.place))),
-            ),
-            None => (None, None),
-        };
+        let (mut evicted, verdicts) = OnProbation::split(self.probation.take());
         let service_verdicts = verdicts.clone();
         // hyper's `service_fn` borrows the closure for each request; a tower service adapted with
         // `TowerToHyperService` would be cloned for each one.
@@ -339,33 +367,12 @@ impl Connection {
                 // Counted until the answer is ready (or, with `body_counts_as_activity`, until
                 // its body is sent), or the request is dropped (a reset stream).
                 let in_flight = counted.start();
-                let app = app.clone();
-                let verdicts = service_verdicts.clone();
-                let http1 = request.version() < axum::http::Version::HTTP_2;
-                async move {
-                    let mut response = app.oneshot(request).await;
-                    if let (Some(verdicts), Ok(response)) = (&verdicts, &mut response) {
-                        let refused = !verdicts
-                            .record(response.extensions().get::<Authenticated>().is_some());
-                        if refused && http1 {
-                            // The connection closes after this answer: say so (RFC 9112 9.6), or
-                            // a client puts it back in its pool and sends its next request into
-                            // the closing connection (hyper: `IncompleteMessage`). HTTP/2 has
-                            // GOAWAY for this, sent by the graceful shutdown.
-                            response.headers_mut().insert(
-                                axum::http::header::CONNECTION,
-                                axum::http::HeaderValue::from_static("close"),
-                            );
-                        }
-                    }
-                    let in_flight = body_counts.then_some(in_flight);
-                    response.map(|response| {
-                        response.map(|body| CountedBody {
-                            body,
-                            _in_flight: in_flight,
-                        })
-                    })
-                }
+                respond(
+                    app.clone(),
+                    request,
+                    service_verdicts.clone(),
+                    (in_flight, body_counts),
+                )
             });
         let connection = self
             .builder
@@ -470,6 +477,22 @@ struct Probation {
 struct OnProbation {
     place: ProbationPlace,
     evicted: oneshot::Receiver<()>,
+}
+
+impl OnProbation {
+    /// For a connection on probation: the signal it was pushed out, and the verdicts of its
+    /// requests that decide whether it stays (neither off probation).
+    fn split(
+        probation: Option<OnProbation>,
+    ) -> (Option<oneshot::Receiver<()>>, Option<Arc<AuthVerdicts>>) {
+        match probation {
+            Some(on_probation) => (
+                Some(on_probation.evicted),
+                Some(Arc::new(AuthVerdicts::new(on_probation.place))),
+            ),
+            None => (None, None),
+        }
+    }
 }
 
 /// A connection's place on probation; leaving it (authenticated, or closed) frees it.
