@@ -243,23 +243,8 @@ impl Settings {
         mib(self.answer_cache_mib)
     }
 
-    /// Checks every name and TTL; the error names the offending field.
-    pub fn zones(&self) -> Result<Zones, SettingsError> {
-        if self.origins.is_empty() {
-            return Err(SettingsError::new(
-                "origins",
-                "at least one origin is needed",
-            ));
-        }
-        let origins = names("origins", &self.origins)?;
-        for (i, origin) in origins.iter().enumerate() {
-            if origins[..i].contains(origin) {
-                return Err(SettingsError::new(
-                    format!("origins[{i}]"),
-                    format!("{origin} is listed twice"),
-                ));
-            }
-        }
+    /// Checks the UDP and TCP listeners' sizes and limits; the error names the field.
+    fn check_listener_limits(&self) -> Result<(), SettingsError> {
         if self.udp_sockets > UDP_SOCKETS_MAX {
             return Err(SettingsError::new(
                 "udp_sockets",
@@ -309,6 +294,27 @@ impl Settings {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Checks every name and TTL; the error names the offending field.
+    pub fn zones(&self) -> Result<Zones, SettingsError> {
+        if self.origins.is_empty() {
+            return Err(SettingsError::new(
+                "origins",
+                "at least one origin is needed",
+            ));
+        }
+        let origins = names("origins", &self.origins)?;
+        for (i, origin) in origins.iter().enumerate() {
+            if origins[..i].contains(origin) {
+                return Err(SettingsError::new(
+                    format!("origins[{i}]"),
+                    format!("{origin} is listed twice"),
+                ));
+            }
+        }
+        self.check_listener_limits()?;
         self.rrl.validate()?;
         if self.max_stale.is_some_and(|max| max.is_zero()) {
             return Err(SettingsError::new(
