@@ -27,7 +27,7 @@ use crate::metrics::{DnsCollector, DnsMetrics, UdpAnswerStats, UdpReport};
 use crate::missing_keys::MissingKeys;
 use crate::record_cache::RecordCache;
 use crate::rrl::Rrl;
-use crate::settings::{Settings, SettingsError};
+use crate::settings::{Settings, SettingsError, Zones};
 use crate::tcp::{self, TcpFrontend};
 use crate::udp::{self, UdpFrontend};
 use crate::zone::{PkarrZone, ShortLivedNames};
@@ -75,6 +75,55 @@ pub struct AnswerSources {
     pub short_lived: Option<ShortLivedNames>,
 }
 
+/// hickory's catalog of one [`PkarrZone`] per origin, and the zones themselves (for the direct
+/// answers), all answering from `records` and the other `sources`.
+fn zone_catalog(
+    zones: &Zones,
+    records: &Arc<RecordCache>,
+    dht: &Option<Arc<dyn MissingKeys>>,
+    short_lived: &Option<ShortLivedNames>,
+) -> (Catalog, Vec<Arc<PkarrZone>>) {
+    let mut catalog = Catalog::new();
+    let mut pkarr_zones = Vec::new();
+    for origin in &zones.origins {
+        let zone = Arc::new(PkarrZone::new(
+            origin,
+            zones,
+            records.clone(),
+            dht.clone(),
+            short_lived.clone(),
+        ));
+        pkarr_zones.push(zone.clone());
+        let zone: Arc<dyn ZoneHandler> = zone;
+        catalog.upsert(LowerName::new(origin), vec![zone]);
+    }
+    (catalog, pkarr_zones)
+}
+
+/// The handler every listener answers with: the direct answers of `zones` (when
+/// `dns.direct_answers`), and hickory's chain over `catalog` behind the freshness guard.
+fn shared_handler(
+    settings: &Settings,
+    catalog: Catalog,
+    zones: Vec<Arc<PkarrZone>>,
+    freshness: FreshnessProbe,
+    metrics: &DnsMetrics,
+) -> SharedHandler {
+    let direct = settings
+        .direct_answers
+        .then(|| Arc::new(DirectAnswers::new(zones, settings.udp_payload_max)));
+    SharedHandler::new(
+        Arc::new(FreshnessGuard::new(
+            catalog,
+            freshness,
+            settings.max_stale,
+            metrics.stale_refusals.clone(),
+        )),
+        direct,
+        settings.udp_payload_max,
+    )
+}
+
 impl DnsServer {
     /// Binds UDP and TCP on `settings.listen` and starts answering from `store`, or SERVFAIL
     /// while `freshness` says the replica is catching up after a crash or staler than
@@ -100,39 +149,14 @@ impl DnsServer {
             store.clone(),
             settings.record_cache_bytes(),
         ));
-        let mut catalog = Catalog::new();
-        let mut pkarr_zones = Vec::new();
-        for origin in &zones.origins {
-            let zone = Arc::new(PkarrZone::new(
-                origin,
-                &zones,
-                records.clone(),
-                dht.clone(),
-                short_lived.clone(),
-            ));
-            pkarr_zones.push(zone.clone());
-            let zone: Arc<dyn ZoneHandler> = zone;
-            catalog.upsert(LowerName::new(origin), vec![zone]);
-        }
-        let direct = settings
-            .direct_answers
-            .then(|| Arc::new(DirectAnswers::new(pkarr_zones, settings.udp_payload_max)));
+        let (catalog, pkarr_zones) = zone_catalog(&zones, &records, &dht, &short_lived);
         let (udp, tcp) = bind_shared_port(settings.listen, settings.udp_socket_count()).await?;
         let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind {
             addr: settings.listen,
             source,
         })?;
         let metrics = Arc::new(DnsMetrics::new().map_err(|e| DnsError::Server(e.to_string()))?);
-        let handler = SharedHandler::new(
-            Arc::new(FreshnessGuard::new(
-                catalog,
-                freshness,
-                settings.max_stale,
-                metrics.stale_refusals.clone(),
-            )),
-            direct,
-            settings.udp_payload_max,
-        );
+        let handler = shared_handler(settings, catalog, pkarr_zones, freshness, &metrics);
         let answerer = Answerer::new(handler.clone(), metrics.clone());
         let (stop_loops, stop) = watch::channel(false);
         let mut loops = JoinSet::new();
