@@ -84,6 +84,43 @@ pub(crate) enum Source {
     Parsed,
 }
 
+/// The answer and authority sections of `zone`'s `lookup` for a query of `rtype`, as
+/// hickory's `build_authoritative_response` makes them (setting NXDOMAIN in `metadata`); `None`
+/// for a failed lookup, which the chain answers.
+fn sections(
+    zone: &PkarrZone,
+    lookup: Lookup,
+    rtype: RecordType,
+    metadata: &mut Metadata,
+) -> Option<(Vec<Record>, Vec<Record>)> {
+    Some(match lookup {
+        Lookup::Answers(records) => {
+            // A SOA answer carries the apex NS records in the authority section.
+            let ns = if rtype == RecordType::SOA {
+                zone.apex_ns().to_vec()
+            } else {
+                Vec::new()
+            };
+            let is_referral = records.first().is_some_and(|record| {
+                record.record_type() == RecordType::NS
+                    && rtype != RecordType::NS
+                    && rtype != RecordType::ANY
+            });
+            if is_referral {
+                (Vec::new(), records.into_iter().chain(ns).collect())
+            } else {
+                (records, ns)
+            }
+        }
+        Lookup::NoData => (Vec::new(), vec![zone.negative_soa().clone()]),
+        Lookup::NxDomain => {
+            metadata.response_code = ResponseCode::NXDomain;
+            (Vec::new(), vec![zone.negative_soa().clone()])
+        }
+        Lookup::Failed(_) => return None,
+    })
+}
+
 impl DirectAnswers {
     /// `advertised_payload`: the UDP payload size the answers' OPT records advertise.
     pub(crate) fn new(mut zones: Vec<Arc<PkarrZone>>, advertised_payload: u16) -> Self {
@@ -177,32 +214,7 @@ impl DirectAnswers {
             Some((Compiled::Lookup(lookup), read)) => (lookup, Some(read)),
             None => zone.lookup_local(name, rtype, query.original().name())?,
         };
-        let (answers, authorities) = match lookup {
-            Lookup::Answers(records) => {
-                // A SOA answer carries the apex NS records in the authority section.
-                let ns = if rtype == RecordType::SOA {
-                    zone.apex_ns().to_vec()
-                } else {
-                    Vec::new()
-                };
-                let is_referral = records.first().is_some_and(|record| {
-                    record.record_type() == RecordType::NS
-                        && rtype != RecordType::NS
-                        && rtype != RecordType::ANY
-                });
-                if is_referral {
-                    (Vec::new(), records.into_iter().chain(ns).collect())
-                } else {
-                    (records, ns)
-                }
-            }
-            Lookup::NoData => (Vec::new(), vec![zone.negative_soa().clone()]),
-            Lookup::NxDomain => {
-                metadata.response_code = ResponseCode::NXDomain;
-                (Vec::new(), vec![zone.negative_soa().clone()])
-            }
-            Lookup::Failed(_) => return None,
-        };
+        let (answers, authorities) = sections(zone, lookup, rtype, &mut metadata)?;
         Some(Prepared {
             metadata,
             answers,
