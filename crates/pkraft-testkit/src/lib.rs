@@ -7,10 +7,12 @@
 //! [`cluster`] (a node's proxy, config and data dir), [`proxy`] (the fault-injecting peer proxy),
 //! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`rng`] (a seeded
 //! generator that never changes), [`clock`] (a node's wall clock stepped by the test),
-//! [`manifest`] (which pkraft crates a manifest depends on, for the layering guards).
+//! [`manifest`] (which pkraft crates a manifest depends on, for the layering guards), and
+//! [`code_shape`] (function lengths and `impl` blocks, for the code-shape guards).
 
 pub mod clock;
 pub mod cluster;
+pub mod code_shape;
 pub mod damage;
 pub mod lossy;
 pub mod manifest;
