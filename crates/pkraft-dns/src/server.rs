@@ -44,8 +44,12 @@ pub enum DnsError {
     Settings(#[from] SettingsError),
     #[error("dns.listen {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    /// The DNS metrics could not be made.
+    #[error("dns metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// hickory's server did not stop cleanly.
     #[error("dns server: {0}")]
-    Server(String),
+    Server(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A running DNS frontend. Answers until [`DnsServer::shutdown`].
@@ -155,7 +159,7 @@ impl DnsServer {
             addr: settings.listen,
             source,
         })?;
-        let metrics = Arc::new(DnsMetrics::new().map_err(|e| DnsError::Server(e.to_string()))?);
+        let metrics = Arc::new(DnsMetrics::new()?);
         let handler = shared_handler(settings, catalog, pkarr_zones, freshness, &metrics);
         let answerer = Answerer::new(handler.clone(), metrics.clone());
         let (stop_loops, stop) = watch::channel(false);
@@ -278,7 +282,7 @@ impl DnsServer {
             self.server
                 .shutdown_gracefully()
                 .await
-                .map_err(|e| DnsError::Server(e.to_string()))
+                .map_err(|e| DnsError::Server(Box::new(e)))
         };
         match tokio::time::timeout(SHUTDOWN_TIMEOUT, drain).await {
             Ok(drained) => drained,

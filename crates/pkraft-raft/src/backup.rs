@@ -31,6 +31,17 @@ use pkraft_storage::snapshot_file::SnapshotFile;
 use pkraft_storage::state_machine::{AppliedState, sized_snapshot_id};
 
 const MAGIC: &[u8; 8] = b"PKRBAK1\0";
+
+/// [`BackupError::Io`]: `what` failed for `source`.
+fn io(
+    what: impl Into<String>,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> BackupError {
+    BackupError::Io {
+        what: what.into(),
+        source: source.into(),
+    }
+}
 const CRC_LEN: u64 = 4;
 /// redb page cache of the offline commands (restore, verify): they read or write each page about
 /// once, so a large cache would only cost memory.
@@ -55,8 +66,17 @@ pub struct BackupHeader {
 pub enum BackupError {
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Io(String),
+    /// Reading or writing a file, waiting for a task, or the Raft log failed (`what` it was
+    /// doing; the cause kept).
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The directory holds no `raft-log/` or no `state.redb` (the one named).
+    #[error("{0} has no {1}: not a pkraft data dir")]
+    NotDataDir(PathBuf, &'static str),
     #[error("not a pkraft backup file: {0}")]
     Format(String),
     #[error("{0} already holds pkraft data; restore only into an empty data dir")]
@@ -89,7 +109,7 @@ pub fn write_store_backup(
     let encoded = encode(&header).map_err(|e| BackupError::Format(e.to_string()))?;
     let header_len =
         u32::try_from(encoded.len()).map_err(|_| BackupError::Format("header too long".into()))?;
-    let write_error = |e: io::Error| BackupError::Io(format!("writing the backup: {e}"));
+    let write_error = |e: io::Error| io("writing the backup", e);
     let mut out = CrcWriter::new(out);
     out.write_all(MAGIC).map_err(write_error)?;
     out.write_all(&header_len.to_be_bytes())
@@ -146,11 +166,11 @@ struct BackupFile {
 impl BackupFile {
     fn open(path: &Path) -> Result<Self, BackupError> {
         let format = |what: &str| BackupError::Format(format!("{}: {what}", path.display()));
-        let file = File::open(path)
-            .map_err(|e| BackupError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let file =
+            File::open(path).map_err(|e| io(format!("cannot read {}", path.display()), e))?;
         let len = file
             .metadata()
-            .map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?
+            .map_err(|e| io(path.display().to_string(), e))?
             .len();
         let mut input = BufReader::with_capacity(256 * 1024, file);
         let mut prefix = [0u8; 12];
@@ -186,7 +206,7 @@ impl BackupFile {
 /// every frame of its snapshot data and the record count its header gives.
 pub fn check_backup_file(path: &Path) -> Result<(BackupHeader, SnapshotSummary), BackupError> {
     let format = |what: &str| BackupError::Format(format!("{}: {what}", path.display()));
-    let io_error = |e: io::Error| BackupError::Io(format!("cannot read {}: {e}", path.display()));
+    let io_error = |e: io::Error| io(format!("cannot read {}", path.display()), e);
     let file = File::open(path).map_err(io_error)?;
     let len = file.metadata().map_err(io_error)?.len();
     let body_len = len
@@ -239,9 +259,8 @@ pub async fn restore(
     let path = backup.to_path_buf();
     let (header, _) = tokio::task::spawn_blocking(move || check_backup_file(&path))
         .await
-        .map_err(|e| BackupError::Io(format!("the check failed: {e}")))??;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| BackupError::Io(format!("{}: {e}", data_dir.display())))?;
+        .map_err(|e| io("the check failed", e))??;
+    std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir.display().to_string(), e))?;
     let restored = seed(data_dir, node_id, advertise, backup).await;
     if restored.is_err() {
         // Nothing half-restored is left behind: a start would misread it, and a second restore
@@ -286,7 +305,7 @@ async fn seed(
         if !integrity.problems.is_empty() {
             return Err(BackupError::Invalid(integrity.problems.join("; ")));
         }
-        let snapshot_io = |e: io::Error| BackupError::Io(format!("snapshot: {e}"));
+        let snapshot_io = |e: io::Error| io("snapshot", e);
         let snapshots = SnapshotFile::open(snapshot_dir).map_err(snapshot_io)?;
         let path = snapshots.build_path();
         let mut file = File::create(&path).map_err(snapshot_io)?;
@@ -303,14 +322,10 @@ async fn seed(
         Ok(integrity.packets)
     })
     .await
-    .map_err(|e| BackupError::Io(format!("the restore task failed: {e}")))??;
-    let mut log = LogStore::open(&data_dir.join(LOG_DIR))
-        .map_err(|e| BackupError::Io(format!("raft log: {e}")))?;
-    log.claim_node_id(node_id)
-        .map_err(|e| BackupError::Io(format!("raft log: {e}")))?;
-    log.purge(log_id)
-        .await
-        .map_err(|e| BackupError::Io(format!("raft log: {e}")))?;
+    .map_err(|e| io("the restore task failed", e))??;
+    let mut log = LogStore::open(&data_dir.join(LOG_DIR)).map_err(|e| io("raft log", e))?;
+    log.claim_node_id(node_id).map_err(|e| io("raft log", e))?;
+    log.purge(log_id).await.map_err(|e| io("raft log", e))?;
     Ok(packets)
 }
 
@@ -334,36 +349,32 @@ pub struct Verification {
 /// The files are opened as a start opens them: a torn tail of the log is cut off, and an older
 /// state schema is migrated, as the node's next start would do anyway.
 pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
-    let io = |what: &str, e: &dyn std::fmt::Display| BackupError::Io(format!("{what}: {e}"));
     for name in [LOG_DIR, STATE_FILE] {
         if !data_dir.join(name).exists() {
-            return Err(BackupError::Io(format!(
-                "{} has no {name}: not a pkraft data dir",
-                data_dir.display()
-            )));
+            return Err(BackupError::NotDataDir(data_dir.to_path_buf(), name));
         }
     }
-    let log = LogStore::open(&data_dir.join(LOG_DIR)).map_err(|e| io("raft log", &e))?;
-    let node_id = log.node_id().map_err(|e| io("raft log", &e))?;
+    let log = LogStore::open(&data_dir.join(LOG_DIR)).map_err(|e| io("raft log", e))?;
+    let node_id = log.node_id().map_err(|e| io("raft log", e))?;
     let last_log_index = log
         .last_log_id()
-        .map_err(|e| io("raft log", &e))?
+        .map_err(|e| io("raft log", e))?
         .map(|log_id| log_id.index);
     let purged_index = log
         .purged()
-        .map_err(|e| io("raft log", &e))?
+        .map_err(|e| io("raft log", e))?
         .map(|log_id| log_id.index);
     let store = Store::open_with_cache(&data_dir.join(STATE_FILE), OFFLINE_CACHE_BYTES)?;
     let applied: AppliedState = match store.applied_state()? {
-        Some(bytes) => decode(&bytes).map_err(|e| io("applied state", &e))?,
+        Some(bytes) => decode(&bytes).map_err(|e| io("applied state", e))?,
         None => AppliedState::default(),
     };
     let applied_index = applied.last_applied.map(|log_id| log_id.index);
     let snapshots =
-        SnapshotFile::open(data_dir.join(SNAPSHOT_DIR)).map_err(|e| io("snapshot", &e))?;
+        SnapshotFile::open(data_dir.join(SNAPSHOT_DIR)).map_err(|e| io("snapshot", e))?;
     let snapshot_index = snapshots
         .load_meta()
-        .map_err(|e| io("snapshot", &e))?
+        .map_err(|e| io("snapshot", e))?
         .and_then(|meta| meta.last_log_id.map(|log_id| log_id.index));
     let Integrity {
         packets,
@@ -372,9 +383,12 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
         mut problems,
     } = store.check_integrity()?;
     // The snapshot's data is what a new member would install: read it whole, checksum included.
-    if let Some(path) = snapshots.data_path().map_err(|e| io("snapshot", &e))? {
+    if let Some(path) = snapshots.data_path().map_err(|e| io("snapshot", e))? {
         let checked = File::open(&path)
-            .map_err(|e| StoreError::SnapshotIo(e.to_string()))
+            .map_err(|e| StoreError::SnapshotIo {
+                what: "opening".to_string(),
+                source: e,
+            })
             .and_then(pkraft_store::check_snapshot);
         if let Err(e) = checked {
             problems.push(format!("snapshot {}: {e}", path.display()));

@@ -295,8 +295,10 @@ pub enum ProgressError {
     NotLeader,
     #[error("not committed within raft.publish_timeout")]
     Timeout,
+    /// openraft refused or failed the write (its error, boxed: openraft's types stop at this
+    /// crate).
     #[error("raft: {0}")]
-    Raft(String),
+    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ impl DhtPublishing {
         };
         match tokio::time::timeout(self.publish_timeout, self.raft.client_write(command)).await {
             Err(_) => Err(ProgressError::Timeout),
-            Ok(Err(e)) => Err(ProgressError::Raft(e.to_string())),
+            Ok(Err(e)) => Err(ProgressError::Raft(Box::new(e))),
             Ok(Ok(_)) => Ok(()),
         }
     }

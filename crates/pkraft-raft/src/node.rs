@@ -67,8 +67,33 @@ pub enum StartError {
          catches up from its leader; a single node starts empty)"
     )]
     LogFormatV1(PathBuf),
-    #[error("raft: {0}")]
-    Raft(String),
+    /// openraft did not start, initialize or replay the log (`what` it was doing; its error,
+    /// boxed: openraft's types stop at this crate).
+    #[error("raft: {what}: {source}")]
+    Raft {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The node's metrics could not be made.
+    #[error("raft metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The peer client's TLS (`[cluster.tls]`) could not be set up.
+    #[error("peer client TLS: {0}")]
+    PeerTls(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StartError {
+    /// [`StartError::Raft`]: `what` failed for `source`.
+    pub(crate) fn raft(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StartError {
+        StartError::Raft {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// How this node takes part in a cluster.

@@ -65,7 +65,7 @@ impl Node {
         settings: &Settings,
         cluster: Cluster,
     ) -> Result<Arc<Node>, StartError> {
-        let metrics = Arc::new(NodeMetrics::new().map_err(|e| StartError::Raft(e.to_string()))?);
+        let metrics = Arc::new(NodeMetrics::new()?);
         let opened = Opened::open(id, data_dir, settings, &metrics)?;
         let applied = AppliedMemory::new(settings, &opened.store, &metrics);
         let mut state_machine =
@@ -435,7 +435,7 @@ impl RaftStarted {
                 cluster.tls.clone(),
                 Handle::current(),
             )
-            .map_err(|e| StartError::Raft(format!("peer client TLS: {e}")))
+            .map_err(|e| StartError::PeerTls(e.into()))
         };
         let peers = peer_client()?;
         let quorum_contact = QuorumContact::default();
@@ -451,12 +451,12 @@ impl RaftStarted {
             state_machine,
         )
         .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
+        .map_err(|e| StartError::raft("starting", e))?;
         if pristine && cluster.bootstrap {
             let members = BTreeMap::from([(id, BasicNode::new(&cluster.advertise))]);
             raft.initialize(members)
                 .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+                .map_err(|e| StartError::raft("initializing a new cluster", e))?;
             tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
         } else if let Some(log_end) = last_log_id.map(|log_id| log_id.index) {
             replay_log(&raft, id, log_end).await?;
@@ -691,7 +691,7 @@ async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result
             "load the log held at start",
         )
         .await
-        .map_err(|e| StartError::Raft(format!("loading the log: {e}")))?;
+        .map_err(|e| StartError::raft("loading the log", e))?;
     let only_voter = loaded.membership_config.membership().voter_ids().eq([id]);
     if !only_voter {
         return Ok(());
@@ -700,9 +700,10 @@ async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result
         .applied_index_at_least(Some(log_end), "apply the log held at start")
         .await
         .map_err(|e| {
-            StartError::Raft(format!(
-                "applying the log held at start (up to {log_end}): {e}"
-            ))
+            StartError::raft(
+                format!("applying the log held at start (up to {log_end})"),
+                e,
+            )
         })?;
     Ok(())
 }

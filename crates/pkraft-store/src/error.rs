@@ -14,9 +14,13 @@ pub enum StoreError {
     Corrupt(String),
     #[error("invalid snapshot: {0}")]
     Snapshot(String),
-    /// The file or socket a snapshot is written to or read from failed.
-    #[error("snapshot I/O: {0}")]
-    SnapshotIo(String),
+    /// The file or socket a snapshot is written to or read from failed (`what` it was doing).
+    #[error("snapshot I/O: {what}: {source}")]
+    SnapshotIo {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The key's stored packet was found damaged on this node's disk and is not served
     /// ([`crate::Store::quarantine`]); other nodes hold it whole.
     #[error("the packet of key {0} is damaged on this node's disk and not served")]

@@ -356,7 +356,10 @@ impl<W: Write> FrameWriter<W> {
 }
 
 fn write_error(e: io::Error) -> StoreError {
-    StoreError::SnapshotIo(format!("writing: {e}"))
+    StoreError::SnapshotIo {
+        what: "writing".to_string(),
+        source: e,
+    }
 }
 
 /// Reads a snapshot through a buffer, keeping the checksum of what it read and its position for
@@ -381,7 +384,10 @@ impl<R: Read> FrameReader<R> {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 StoreError::Snapshot(format!("truncated at byte {}", self.offset))
             } else {
-                StoreError::SnapshotIo(format!("reading at byte {}: {e}", self.offset))
+                StoreError::SnapshotIo {
+                    what: format!("reading at byte {}", self.offset),
+                    source: e,
+                }
             }
         })?;
         self.crc.update(buf);
@@ -479,7 +485,12 @@ impl<R: Read> FrameReader<R> {
                     self.offset
                 )));
             }
-            Err(e) => return Err(StoreError::SnapshotIo(format!("reading: {e}"))),
+            Err(e) => {
+                return Err(StoreError::SnapshotIo {
+                    what: "reading".to_string(),
+                    source: e,
+                });
+            }
         }
         seen.bytes = self.offset;
         Ok(seen)
@@ -512,7 +523,10 @@ mod legacy {
         input
             .input
             .read_to_end(&mut bytes)
-            .map_err(|e| StoreError::SnapshotIo(format!("reading: {e}")))?;
+            .map_err(|e| StoreError::SnapshotIo {
+                what: "reading".to_string(),
+                source: e,
+            })?;
         let body = if version == SNAPSHOT_FORMAT_V1 {
             Body {
                 packets: decode_all(&bytes)?,

@@ -37,9 +37,8 @@ pub fn production_lines(source: &str) -> Vec<&str> {
         while end < lines.len() && !closes_at(lines[end], indent) {
             end += 1;
         }
-        for _ in i..=end.min(lines.len() - 1) {
-            kept.push("");
-        }
+        let blanked = end.min(lines.len() - 1) + 1 - i;
+        kept.extend(std::iter::repeat_n("", blanked));
         i = end + 1;
     }
     kept

@@ -122,7 +122,8 @@ pub const TARGET_NODE_HEADER: &str = "pkraft-target-node";
 pub const SOURCE_NODE_HEADER: &str = "pkraft-source-node";
 
 /// An error a peer answered with (inside a 200 response: the request reached the node and was
-/// understood).
+/// understood). It crosses the peer wire (postcard), so its variants carry their cause as text:
+/// the remote's error types do not travel, and an older build must decode what a newer sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum PeerError {
     /// The request needs the leader and this node is not it; `leader` is the one it knows of.

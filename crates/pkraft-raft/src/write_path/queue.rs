@@ -19,7 +19,8 @@ pub struct Published {
     pub log_index: u64,
 }
 
-/// Why a publish has no outcome.
+/// Why a publish has no outcome. It crosses the peer wire (a leader's answer to a forwarded
+/// publish, postcard), so its variants carry their cause as text, as [`crate::PeerError`]'s do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum PublishError {
     /// No leader, or the entry did not commit in time. The packet may still commit later;
