@@ -40,14 +40,14 @@
 //!
 //! And what they use: [`peer`] (the peer network's client, TLS and message types), `voters`
 //! (the voters a node knows), `snapshot_schedule`, `disk_space`, `store_cap`, `metrics`,
-//! [`settings`] (the `[raft]` config section) and [`backup`] (backup, restore and verify).
+//! [`settings`] (the `[raft]` config section); [`backup`] (backup, restore and verify) is
+//! `pkraft-storage`'s, re-exported.
 
 // openraft's `StorageError` (224 bytes) is the error type of the storage traits (pkraft-storage)
 // that the node's start-up and backup call, and they return it on. Boxing it in between would
 // only add conversions on paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
-pub mod backup;
 pub mod cluster_clock;
 pub mod dht_outbox;
 pub mod dht_publishing;
@@ -85,6 +85,7 @@ pub use membership::{
 };
 pub use node::{Cluster, Node, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
+pub use pkraft_storage::backup;
 pub use pkraft_storage::log_store::LogRepair;
 pub use pkraft_storage::state_repair::StateOpenError;
 pub use pkraft_storage::{NodeId, TypeConfig};

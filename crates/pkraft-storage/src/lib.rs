@@ -15,12 +15,15 @@
 //! - `state_repair`: a damaged `state.redb` is set aside and rebuilt (from the node's snapshot
 //!   and log, or from the cluster).
 //! - `codec`: postcard encoding and the blocking-pool helper for storage work.
+//! - [`backup`]: backup files of a store, restore into a new data dir, and the offline check of
+//!   a stopped node's data dir (`pkraft backup`, `restore`, `verify`).
 
 // openraft's `StorageError` (224 bytes) is the error type of the storage traits implemented here;
 // the helpers that feed them return it too. Boxing it in between would only add conversions on
 // paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
+pub mod backup;
 pub mod codec;
 pub mod log_store;
 pub mod snapshot_file;

@@ -23,12 +23,11 @@ use openraft::{BasicNode, CommittedLeaderId, LogId, Membership, SnapshotMeta, St
 use pkraft_store::{Integrity, SnapshotSummary, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
-use crate::node::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
-use pkraft_storage::codec::{decode, encode};
-use pkraft_storage::log_store::LogStore;
-use pkraft_storage::snapshot_file::SnapshotFile;
-use pkraft_storage::state_machine::{AppliedState, sized_snapshot_id};
+use crate::codec::{decode, encode};
+use crate::log_store::LogStore;
+use crate::snapshot_file::SnapshotFile;
+use crate::state_machine::{AppliedState, sized_snapshot_id};
+use crate::{LOG_DIR, NodeId, SNAPSHOT_DIR, STATE_FILE};
 
 const MAGIC: &[u8; 8] = b"PKRBAK1\0";
 
