@@ -134,7 +134,7 @@ impl Expiry {
         Expiry {
             rules,
             raft: handles.raft.clone(),
-            store: handles.store.clone(),
+            store: handles.store(),
             metrics: handles.metrics.clone(),
             publish_timeout: handles.publish_timeout,
             leadership,

@@ -128,7 +128,7 @@ impl Handover {
             metrics: handles.metrics.clone(),
             lease: handles.lease,
             disk_space: handles.disk_space.clone(),
-            log_store: handles.log_store.clone(),
+            log_store: handles.log_store(),
             leadership,
             members,
         }

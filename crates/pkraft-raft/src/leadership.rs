@@ -101,7 +101,7 @@ impl Leadership {
         Leadership {
             id: handles.id,
             raft: handles.raft.clone(),
-            log_store: handles.log_store.clone(),
+            log_store: handles.log_store(),
             lease: handles.lease,
             pre_vote,
             metrics: handles.metrics.clone(),

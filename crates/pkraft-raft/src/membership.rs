@@ -176,8 +176,8 @@ impl Members {
         Members {
             id: handles.id,
             raft: handles.raft.clone(),
-            store: handles.store.clone(),
-            log_store: handles.log_store.clone(),
+            store: handles.store(),
+            log_store: handles.log_store(),
             peers: handles.peers.clone(),
             cluster,
             disk_space: handles.disk_space.clone(),

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::cluster_clock::ClusterClock;
 use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
+use crate::handles::HeldHandles;
 use crate::handover::Handover;
 use crate::leadership::Leadership;
 use crate::membership::Members;
@@ -37,7 +38,7 @@ pub(crate) use pkraft_storage::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 pub(crate) const LOG_FILE_V1: &str = "raft-log.redb";
 /// Written, fsynced, by a clean stop after the state is flushed; removed (durably) at start. Its
 /// absence at start means the last stop was a crash, so the state may be older than what the
-/// node served before it (see [`Node::catching_up`]).
+/// node served before it (see [`crate::Reads::catching_up`]).
 pub(crate) const CLEAN_STOP_FILE: &str = "clean-stop";
 
 /// Why a node could not start. Each variant names what to look at.
@@ -184,6 +185,9 @@ pub struct Node {
     /// Set when the node must stop although Raft runs on (the scrub found damage that a
     /// restart repairs); [`Node::wait_fatal`] reports it.
     pub(crate) stop_reason: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    /// The replica's and the log's handles the node and its parts hold: at shutdown, openraft
+    /// has let go of the files once no more are open (`Handles::held`).
+    pub(crate) held_handles: HeldHandles,
 }
 
 impl std::fmt::Debug for Node {
@@ -260,7 +264,7 @@ impl Node {
     }
 
     /// The local replica. Reads from it are stale by at most the replication lag; the HTTP relay
-    /// reads through [`Node::read`] instead, which applies the read consistency.
+    /// reads through [`crate::Reads::read`] instead, which applies the read consistency.
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -316,9 +320,13 @@ impl Node {
             Ok(Err(e)) => tracing::warn!(error = %e, "raft did not shut down cleanly"),
             Err(_) => tracing::warn!(timeout = ?RELEASE_TIMEOUT, "raft did not stop in time"),
         }
-        // Node holds one handle to each file; openraft's state machine worker or a snapshot build
-        // on the blocking pool may still hold others for a moment.
-        let released = || self.store.open_handles() == 1 && self.log_store.open_handles() == 1;
+        // The node and its parts hold `held_handles` to each file; openraft's state machine
+        // worker or a snapshot build on the blocking pool may still hold others for a moment.
+        let held = self.held_handles;
+        let released = || {
+            self.store.open_handles() <= held.store
+                && self.log_store.open_handles() <= held.log_store
+        };
         let wait = async {
             while !released() {
                 tokio::time::sleep(RELEASE_POLL).await;

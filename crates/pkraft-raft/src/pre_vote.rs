@@ -12,7 +12,7 @@
 //! instead. When this voter has heard nothing from a leader for the leader lease plus a random
 //! election timeout (the same wait as openraft's timer), it asks every other voter
 //! (`pre-vote` peer route): "would you vote for me, with my log?". A voter says yes
-//! ([`Node::answer_pre_vote`]) only if both hold:
+//! (`PreVote::answer_pre_vote`) only if both hold:
 //! - the candidate's last log id is at least its own (Raft's up-to-date rule, as in a real vote);
 //! - no leader has reached it within the lease (`election_timeout_max`; openraft refuses a real
 //!   vote within it too, when its vote is committed), and it is not itself a leader that a
@@ -218,7 +218,7 @@ impl PreVote {
         PreVote {
             id: handles.id,
             raft: handles.raft.clone(),
-            log_store: handles.log_store.clone(),
+            log_store: handles.log_store(),
             peers: handles.peers.clone(),
             metrics: handles.metrics.clone(),
             lease: handles.lease,

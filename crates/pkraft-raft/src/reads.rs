@@ -143,8 +143,8 @@ impl Reads {
         Reads {
             id: handles.id,
             raft: handles.raft.clone(),
-            store: handles.store.clone(),
-            log_store: handles.log_store.clone(),
+            store: handles.store(),
+            log_store: handles.log_store(),
             peers: handles.peers.clone(),
             metrics: handles.metrics.clone(),
             publish_timeout: handles.publish_timeout,

@@ -498,8 +498,8 @@ impl Scrub {
         Scrub {
             id: handles.id,
             raft: handles.raft.clone(),
-            store: handles.store.clone(),
-            log_store: handles.log_store.clone(),
+            store: handles.store(),
+            log_store: handles.log_store(),
             peers: handles.peers.clone(),
             metrics: handles.metrics.clone(),
             data_dir,

@@ -1,7 +1,7 @@
-//! [`Node::start`]: opens the data dir (repairing a damaged log or state), starts Raft, and
-//! starts the tasks that live as long as the node. This is where the node service is put
-//! together, so it is the one module that imports every part; the parts import only `node` (the
-//! node's state and handles) and each other's state types, never this.
+//! [`Node::start`]: opens the data dir (repairing a damaged log or state), starts Raft, makes
+//! the node's parts and starts the tasks that live as long as the node, each on its part. This
+//! is where the node service is put together, so it is the one module that imports every part;
+//! the parts import `handles` (what they are made from) and the parts below them, never this.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -65,6 +65,8 @@ impl Node {
         settings: &Settings,
         cluster: Cluster,
     ) -> Result<Arc<Node>, StartError> {
+        // The settings first: a bad `[raft]` section changes nothing on disk.
+        let config = settings.openraft_config()?;
         let metrics = Arc::new(NodeMetrics::new()?);
         let opened = Opened::open(id, data_dir, settings, &metrics)?;
         let applied = AppliedMemory::new(settings, &opened.store, &metrics);
@@ -84,7 +86,7 @@ impl Node {
             source,
         })?;
         let raft =
-            RaftStarted::start(id, data_dir, settings, &cluster, &opened, state_machine).await?;
+            RaftStarted::start(id, data_dir, config, &cluster, &opened, state_machine).await?;
         let disk_space = disk_space(data_dir, settings, &metrics);
         let max_stored_packets = max_stored_packets(settings, data_dir);
         warn_if_no_room_for_new_keys(&opened.store, &disk_space, max_stored_packets);
@@ -101,6 +103,7 @@ impl Node {
             disk_space,
             publish_timeout: settings.publish_timeout,
             lease: settings.election_timeout_max,
+            cloned: Default::default(),
         };
         let node = Node::assemble(
             handles,
@@ -158,8 +161,8 @@ impl Node {
             id: handles.id,
             cluster,
             raft: handles.raft.clone(),
-            store: handles.store.clone(),
-            log_store: handles.log_store.clone(),
+            store: handles.store(),
+            log_store: handles.log_store(),
             peers: handles.peers.clone(),
             metrics: handles.metrics.clone(),
             peer_body_max: settings.peer_body_max(),
@@ -192,6 +195,8 @@ impl Node {
             build_times: applied.build_times,
             snapshot_receipt: Default::default(),
             stop_reason,
+            // Last: every clone above is counted by then.
+            held_handles: handles.held(),
         }
     }
 
@@ -400,7 +405,7 @@ impl RaftStarted {
     async fn start(
         id: NodeId,
         data_dir: &Path,
-        settings: &Settings,
+        mut config: openraft::Config,
         cluster: &Cluster,
         opened: &Opened,
         state_machine: StateMachine,
@@ -408,7 +413,6 @@ impl RaftStarted {
         let Opened {
             store, log_store, ..
         } = opened;
-        let mut config = settings.openraft_config()?;
         if log_store.repair().is_some() {
             // Held until the log is whole again (`hold_elections_while_repairing`), from the
             // first tick on. (With PreVote openraft's timer is off anyway.)

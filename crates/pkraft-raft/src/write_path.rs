@@ -70,7 +70,7 @@ impl Writes {
         Writes {
             id: handles.id,
             raft: handles.raft.clone(),
-            store: handles.store.clone(),
+            store: handles.store(),
             peers: handles.peers.clone(),
             metrics: handles.metrics.clone(),
             publish_timeout: handles.publish_timeout,
