@@ -1,6 +1,6 @@
 //! `POST /import` on the admin API: packets taken from another pkarr store (`pkraft import`
 //! reads iroh-dns-server's), each checked as a relay PUT is and published through the cluster
-//! (`Node::publish`), so that every replica gets them and the ordering rule decides as for any
+//! (`Writes::publish`), so that every replica gets them and the ordering rule decides as for any
 //! PUT. Running an import twice changes nothing the second time.
 //!
 //! The body is a batch of records, each `key (32 bytes) ‖ payload length (u16, big-endian) ‖

@@ -12,7 +12,7 @@
 //!   its limits on connections, request heads, idle time and TLS handshakes.
 //! - [`Settings`]: the `[http]` config section.
 //!
-//! Reads (GET) come from the local replica; writes (PUT) go through [`pkraft_raft::Node::publish`]
+//! Reads (GET) come from the local replica; writes (PUT) go through [`pkraft_raft::Writes::publish`]
 //! and are answered only after the packet is committed.
 
 pub mod admin;

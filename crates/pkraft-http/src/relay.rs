@@ -47,7 +47,7 @@ const MEMENTO_DATETIME: header::HeaderName = header::HeaderName::from_static("me
 /// Media type of a relay payload (pkarr design/relays.md).
 pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
 
-/// `PUT /pkarr/{z32}` and `PUT /{z32}`: verify, then publish (`Node::publish`: answered from the
+/// `PUT /pkarr/{z32}` and `PUT /{z32}`: verify, then publish (`Writes::publish`: answered from the
 /// local replica when that decides it, else committed through Raft). 204 once stored (or when the
 /// same packet is), 409 if a more recent packet is stored.
 pub async fn put_packet(

@@ -1,6 +1,6 @@
-//! What a node knows about the freshness of its replica, beside openraft's metrics: when it last
-//! heard from a leader, and whether it has caught up after a crash. Written by the peer listener
-//! and the start, read by `reads` on every local read.
+//! What a node knows about the freshness of its replica, beside openraft's metrics: whether it
+//! has caught up after a crash (read by `reads` on every local read), and the clock of leader
+//! contact (`LeaderContact`), which `leadership` keeps for the leader's requests.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};

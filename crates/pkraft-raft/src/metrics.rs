@@ -245,7 +245,7 @@ impl NodeMetrics {
     }
 }
 
-/// How long ago the node last knew its replica to be current ([`crate::Node::staleness`]).
+/// How long ago the node last knew its replica to be current ([`crate::Reads::staleness`]).
 pub(crate) type Staleness = Box<dyn Fn() -> Option<std::time::Duration> + Send + Sync>;
 
 /// Gauges read when scraped.

@@ -6,7 +6,7 @@
 //!
 //! Where it is enforced:
 //! - on the node a PUT reaches, before its body is read (pkraft-http asks
-//!   [`Node::refuse_new_key`]), and in `Node::publish` for a key its replica does not hold, from
+//!   [`crate::Writes::refuse_new_key`]), and in `Writes::publish` for a key its replica does not hold, from
 //!   a count at most `COUNT_FRESH_FOR` old: a refusal that costs the flood no verification, no
 //!   queue slot and no round of consensus;
 //! - on the leader, for every batch it proposes ([`StoreCap::admit`]), from the store's count

@@ -16,7 +16,7 @@ pub fn unix_micros_now() -> u64 {
 /// packet signed that far in the future is refused (`http.max_future_skew`), whether a client
 /// PUTs it or the DHT publisher finds it on the DHT, so a client with a broken clock cannot make
 /// every later update of its key lose to it. `now_micros` is cluster time (pkraft-raft's
-/// `Node::skew_reference_micros`), so a node whose own clock is a day behind does not refuse
+/// `ClusterClock::skew_reference_micros`), so a node whose own clock is a day behind does not refuse
 /// packets signed now.
 pub fn too_far_ahead(
     now_micros: u64,

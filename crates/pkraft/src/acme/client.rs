@@ -54,7 +54,7 @@ const CHALLENGE_LIFETIME: Duration = Duration::from_secs(600);
 /// How long the node waits for every member's DNS to answer its challenges before it asks the
 /// CA to look anyway (a member that is down or far behind; the CA may ask the others). Halfway,
 /// the values a member lacks are committed again (a member restarted, or given a snapshot, after
-/// it applied them has lost them: the board lives in memory).
+/// it applied them has lost them: short-lived records live in memory).
 const CHALLENGE_SPREAD_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the members are asked which challenges they answer.
