@@ -6,7 +6,7 @@ use pkraft_types::KeyBytes;
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
 use crate::rows::{StoredPacket, answers_form, answers_row, hex, verify_row};
-use crate::tables::{ANSWERS, PACKETS};
+use crate::tables::{ANSWERS, PACKETS, keys_after};
 use crate::{Store, StoreError};
 
 impl Store {
@@ -22,13 +22,7 @@ impl Store {
     ) -> Result<ScrubPage, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PACKETS)?;
-        let rows = match after {
-            Some(after) => table.range::<&KeyBytes>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            ))?,
-            None => table.range::<&KeyBytes>(..)?,
-        };
+        let rows = table.range::<&KeyBytes>(keys_after(after))?;
         let mut page = ScrubPage::default();
         // The compiled answers each verified packet's row should hold, in key order.
         let mut expected: Vec<(KeyBytes, Vec<u8>)> = Vec::with_capacity(limit.min(1024));

@@ -12,7 +12,8 @@ use crate::latest::{self, LatestTables};
 use crate::quarantine::Quarantine;
 use crate::rows::{AnswersRow, StoredPacket, answers_form, hex};
 use crate::tables::{
-    ANSWERS, EXPIRY, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES, timestamp_of,
+    ANSWERS, EXPIRY, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES, keys_after,
+    timestamp_of,
 };
 use crate::versions::{KeyVersion, KeyVersions};
 
@@ -182,13 +183,7 @@ impl Store {
     ) -> Result<Vec<(KeyBytes, StoredPacket)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PACKETS)?;
-        let rows = match after {
-            Some(after) => table.range::<&KeyBytes>((
-                std::ops::Bound::Excluded(after),
-                std::ops::Bound::Unbounded,
-            ))?,
-            None => table.range::<&KeyBytes>(..)?,
-        };
+        let rows = table.range::<&KeyBytes>(keys_after(after))?;
         let mut page = Vec::with_capacity(limit.min(1024));
         for row in rows.take(limit) {
             let (key, value) = row?;

@@ -34,3 +34,13 @@ pub(crate) fn timestamp_of(row: &ExpiryKey) -> u64 {
     be.copy_from_slice(&row[..8]);
     u64::from_be_bytes(be)
 }
+
+/// The keys after `after` in key order (every key when `None`): one page of a sweep.
+pub(crate) fn keys_after(
+    after: Option<&KeyBytes>,
+) -> (std::ops::Bound<&KeyBytes>, std::ops::Bound<&KeyBytes>) {
+    match after {
+        Some(after) => (std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded),
+        None => (std::ops::Bound::Unbounded, std::ops::Bound::Unbounded),
+    }
+}
