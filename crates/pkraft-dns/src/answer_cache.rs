@@ -10,7 +10,7 @@
 //! cached answer with its own ID, which is the answer hickory would have encoded for it.
 //!
 //! # How an entry stays current
-//! Only answers built by [`crate::direct::DirectAnswers`] are kept: they report the key they
+//! Only the local answers (`crate::local`) are kept: they report the key they
 //! read from the store with the [`KeyVersion`](pkraft_store::KeyVersion) read before it. The entry is served only while
 //! that key is still at its version, so a packet applied to the local replica retires the
 //! answers that used it at once. Answers that read no key (the apex, names that are no key)
@@ -27,11 +27,11 @@
 //! twice. A query seen before marks one bit in [`SeenOnce`], a fixed bitmap that is cleared
 //! after a bounded number of marks, so neither a flood of distinct names nor time grows it.
 //!
-//! Answers that stand for a passing failure are never cached. The direct answers leave SERVFAIL
-//! (a stale node) and the REFUSED of a replica that could not be read to the chain, so they never
-//! reach the cache; the rcode check in [`AnswerCache::insert`] is a safety net for them and keeps
-//! out the REFUSED of names in no zone (cheap to answer anyway). The staleness bound is checked
-//! again on every hit by the caller.
+//! Answers that stand for a passing failure are never cached. The SERVFAIL of a stale node is
+//! not a local answer, and the local answers leave the REFUSED of a replica that could not be
+//! read to the chain, so they never reach the cache; the rcode check in [`AnswerCache::insert`]
+//! is a safety net for them and keeps out the REFUSED of names in no zone (cheap to answer
+//! anyway). The staleness bound is asked before every hit by the caller.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

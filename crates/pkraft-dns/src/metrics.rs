@@ -1,7 +1,7 @@
 //! Prometheus metrics of the DNS frontend (names and meanings in docs/METRICS.md).
 //!
-//! Queries are counted where they enter: hickory's listener (TCP, and UDP when the answer cache
-//! is off), the UDP loops of `crate::udp` (hits and misses), and the DoH [`crate::Answerer`].
+//! Queries are counted where they are answered: the TCP connections of `crate::tcp`, the UDP
+//! loops of `crate::udp` (hits and misses), and the DoH [`crate::Answerer`].
 //! The label handles are resolved once, so counting a query is a few atomic adds.
 
 use std::sync::Arc;
@@ -156,8 +156,8 @@ impl DnsMetrics {
 pub(crate) struct DnsCollector {
     metrics: Arc<DnsMetrics>,
     records: Arc<RecordCache>,
-    /// With pkraft's UDP loops: their cache and counters.
-    udp: Option<Arc<dyn UdpReport>>,
+    /// The UDP loops' cache and counters.
+    udp: Arc<dyn UdpReport>,
     cache_entries: prometheus::IntGaugeVec,
     cache_bytes: prometheus::IntGaugeVec,
     answer_cache_hits: IntCounter,
@@ -177,7 +177,7 @@ impl DnsCollector {
     pub(crate) fn new(
         metrics: Arc<DnsMetrics>,
         records: Arc<RecordCache>,
-        udp: Option<Arc<dyn UdpReport>>,
+        udp: Arc<dyn UdpReport>,
     ) -> prometheus::Result<DnsCollector> {
         let mut collector = DnsCollector {
             metrics,
@@ -272,23 +272,18 @@ impl DnsCollector {
     fn refresh(&self) {
         let (entries, bytes) = self.records.size();
         self.set_cache("records", entries, bytes);
-        if let Some(frontend) = &self.udp {
-            if let Some((entries, bytes)) = frontend.answer_cache_size() {
-                self.set_cache("answers", entries, bytes);
-            }
-            self.rrl_tracked_clients
-                .set(i64::try_from(frontend.rrl_tracked_clients()).unwrap_or(i64::MAX));
+        if let Some((entries, bytes)) = self.udp.answer_cache_size() {
+            self.set_cache("answers", entries, bytes);
         }
+        self.rrl_tracked_clients
+            .set(i64::try_from(self.udp.rrl_tracked_clients()).unwrap_or(i64::MAX));
     }
 
     /// The answer cache's hits and misses. The loops count in counters of their own (no shared
     /// cache line on the hot path); each scrape exports their sums in counters made for it, so
     /// two scrapes at once never see each other's half-updated values.
     fn cache_counters(&self) -> Vec<MetricFamily> {
-        let stats = self
-            .udp
-            .as_ref()
-            .map_or_else(UdpAnswerStats::default, |frontend| frontend.stats());
+        let stats = self.udp.stats();
         [
             (&self.answer_cache_hits, stats.hits),
             (&self.answer_cache_misses, stats.misses),

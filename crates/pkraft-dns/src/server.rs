@@ -1,9 +1,7 @@
 //! [`DnsServer`]: UDP sockets (one, or several with `SO_REUSEPORT`) and one TCP listener sharing a
-//! port. TCP goes through [`crate::tcp`] (the direct answers, then hickory's handler chain, within
-//! connection limits). UDP goes through [`crate::udp`], which rate-limits answers per client
-//! network, answers repeated queries from the cache and the rest directly or with hickory's
-//! handler chain; with the direct answers and RRL both off, hickory-server's own UDP listener
-//! serves it instead.
+//! port. TCP goes through [`crate::tcp`] (within connection limits), UDP through [`crate::udp`]
+//! (which rate-limits answers per client network and answers repeated queries from the answer
+//! cache); both answer the one way of [`crate::answering`], as DNS-over-HTTPS does.
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,18 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::rr::LowerName;
-use hickory_server::Server;
 use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use pkraft_limits::connections::Admission;
 use pkraft_store::Store;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::answer_cache::AnswerCache;
-use crate::answerer::{Answerer, CountedHandler, SharedHandler};
-use crate::direct::DirectAnswers;
-use crate::freshness::{FreshnessGuard, FreshnessProbe};
+use crate::answering::{Answerer, Answering};
+use crate::freshness::{FreshnessBound, FreshnessProbe};
+use crate::local::LocalAnswers;
 use crate::metrics::{DnsCollector, DnsMetrics, UdpAnswerStats, UdpReport};
 use crate::missing_keys::MissingKeys;
 use crate::record_cache::RecordCache;
@@ -47,20 +44,14 @@ pub enum DnsError {
     /// The DNS metrics could not be made.
     #[error("dns metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// hickory's server did not stop cleanly.
-    #[error("dns server: {0}")]
-    Server(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A running DNS frontend. Answers until [`DnsServer::shutdown`].
 pub struct DnsServer {
-    /// hickory's server: UDP when the direct answers and RRL are both off, else idle.
-    server: Server<CountedHandler>,
-    /// The TCP listener of [`crate::tcp`] and the UDP loops of [`crate::udp`] (none when hickory
-    /// serves UDP itself), and their stop.
+    /// The TCP listener of [`crate::tcp`] and the UDP loops of [`crate::udp`], and their stop.
     loops: JoinSet<()>,
     stop_loops: watch::Sender<bool>,
-    udp_frontend: Option<Arc<UdpFrontend>>,
+    udp_frontend: Arc<UdpFrontend>,
     /// The TCP listener's connection admission (caps, counts).
     tcp_admission: Arc<Admission>,
     records: Arc<RecordCache>,
@@ -104,26 +95,24 @@ fn zone_catalog(
     (catalog, pkarr_zones)
 }
 
-/// The handler every listener answers with: the direct answers of `zones` (when
-/// `dns.direct_answers`), and hickory's chain over `catalog` behind the freshness guard.
-fn shared_handler(
+/// The one way every listener answers ([`crate::answering`]): the freshness bound, the local
+/// answers of `zones` (when `dns.direct_answers`), and hickory's chain over `catalog`.
+fn answering(
     settings: &Settings,
     catalog: Catalog,
     zones: Vec<Arc<PkarrZone>>,
     freshness: FreshnessProbe,
     metrics: &DnsMetrics,
-) -> SharedHandler {
-    let direct = settings
-        .direct_answers
-        .then(|| Arc::new(DirectAnswers::new(zones, settings.udp_payload_max)));
-    SharedHandler::new(
-        Arc::new(FreshnessGuard::new(
-            catalog,
+) -> Answering {
+    Answering::new(
+        FreshnessBound::new(
             freshness,
             settings.max_stale,
             metrics.stale_refusals.clone(),
-        )),
-        direct,
+        ),
+        LocalAnswers::new(zones, settings.udp_payload_max),
+        settings.direct_answers,
+        catalog,
         settings.udp_payload_max,
     )
 }
@@ -160,13 +149,19 @@ impl DnsServer {
             source,
         })?;
         let metrics = Arc::new(DnsMetrics::new()?);
-        let handler = shared_handler(settings, catalog, pkarr_zones, freshness, &metrics);
-        let answerer = Answerer::new(handler.clone(), metrics.clone());
+        let answering = Arc::new(answering(
+            settings,
+            catalog,
+            pkarr_zones,
+            freshness,
+            &metrics,
+        ));
+        let answerer = Answerer::new(answering.clone(), metrics.clone());
         let (stop_loops, stop) = watch::channel(false);
         let mut loops = JoinSet::new();
         let tcp_admission = Admission::new("dns_tcp", settings.tcp_connection_caps());
         let tcp_frontend = Arc::new(TcpFrontend {
-            handler: handler.clone(),
+            answering: answering.clone(),
             metrics: metrics.clone(),
             idle_timeout: settings.tcp_idle_timeout,
             max_queries: settings.tcp_max_queries_per_connection,
@@ -178,54 +173,36 @@ impl DnsServer {
             tcp_admission.clone(),
             stop.clone(),
         ));
-        let mut server = Server::new(CountedHandler {
-            handler: handler.clone(),
-            metrics: metrics.clone(),
-        });
         let rrl = Rrl::new(&settings.rrl).map_err(SettingsError::from)?;
-        // The answer cache keeps direct answers only (module docs of `answer_cache`), so it is
-        // on only with them. With the direct answers off and no RRL, hickory's own listener
-        // serves UDP.
+        // The answer cache keeps local answers only (module docs of `answer_cache`), so it is
+        // on only with them.
         let answer_cache_bytes = if settings.direct_answers {
             settings.answer_cache_bytes()
         } else {
             0
         };
-        let udp_frontend = if settings.direct_answers || rrl.is_some() {
-            let answers = (answer_cache_bytes > 0).then(|| {
-                let records = short_lived.as_ref().map(|names| names.records.clone());
-                AnswerCache::new(store, answer_cache_bytes, records)
-            });
-            let frontend = Arc::new(UdpFrontend::new(
-                handler,
-                answers,
-                rrl,
-                settings,
-                udp.len(),
-                metrics.clone(),
-            ));
-            for (index, socket) in udp.into_iter().enumerate() {
-                let served = udp::spawn(socket, frontend.clone(), index, stop.clone()).map_err(
-                    |source| DnsError::Bind {
-                        addr: settings.listen,
-                        source,
-                    },
-                )?;
-                loops.spawn(served);
-            }
-            Some(frontend)
-        } else {
-            for socket in udp {
-                let socket = UdpSocket::from_std(socket).map_err(|source| DnsError::Bind {
+        let answers = (answer_cache_bytes > 0).then(|| {
+            let records = short_lived.as_ref().map(|names| names.records.clone());
+            AnswerCache::new(store, answer_cache_bytes, records)
+        });
+        let udp_frontend = Arc::new(UdpFrontend::new(
+            answering,
+            answers,
+            rrl,
+            settings,
+            udp.len(),
+            metrics.clone(),
+        ));
+        for (index, socket) in udp.into_iter().enumerate() {
+            let served = udp::spawn(socket, udp_frontend.clone(), index, stop.clone()).map_err(
+                |source| DnsError::Bind {
                     addr: settings.listen,
                     source,
-                })?;
-                server.register_socket(socket);
-            }
-            None
-        };
+                },
+            )?;
+            loops.spawn(served);
+        }
         Ok(DnsServer {
-            server,
             loops,
             stop_loops,
             udp_frontend,
@@ -244,10 +221,7 @@ impl DnsServer {
 
     /// Registers the DNS frontend's metrics (docs/METRICS.md: `pkraft_dns_*`).
     pub fn register_metrics(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
-        let udp = self
-            .udp_frontend
-            .clone()
-            .map(|frontend| frontend as Arc<dyn UdpReport>);
+        let udp: Arc<dyn UdpReport> = self.udp_frontend.clone();
         registry.register(Box::new(DnsCollector::new(
             self.metrics.clone(),
             self.records.clone(),
@@ -255,11 +229,9 @@ impl DnsServer {
         )?))
     }
 
-    /// How UDP queries were answered (all zero when hickory serves UDP itself).
+    /// How UDP queries were answered.
     pub fn udp_answer_stats(&self) -> UdpAnswerStats {
-        self.udp_frontend
-            .as_ref()
-            .map_or_else(UdpAnswerStats::default, |frontend| frontend.stats())
+        self.udp_frontend.stats()
     }
 
     /// The DNS-over-TCP listener's connection admission (for the listener metrics).
@@ -277,15 +249,9 @@ impl DnsServer {
     pub async fn shutdown(mut self) -> Result<(), DnsError> {
         // The loops see the stop even if every receiver of it is gone (`has_changed` errs).
         let _ = self.stop_loops.send(true);
-        let drain = async {
-            while self.loops.join_next().await.is_some() {}
-            self.server
-                .shutdown_gracefully()
-                .await
-                .map_err(|e| DnsError::Server(Box::new(e)))
-        };
+        let drain = async { while self.loops.join_next().await.is_some() {} };
         match tokio::time::timeout(SHUTDOWN_TIMEOUT, drain).await {
-            Ok(drained) => drained,
+            Ok(()) => Ok(()),
             Err(_) => {
                 tracing::warn!(timeout = ?SHUTDOWN_TIMEOUT, "DNS queries still in flight; stopping anyway");
                 Ok(())

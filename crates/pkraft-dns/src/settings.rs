@@ -94,17 +94,18 @@ pub struct Settings {
     /// Memory for ready UDP answers, in MiB. A query whose bytes (after the ID) were answered
     /// before is answered with the same bytes, as long as the key the answer was read from has
     /// not changed on the local replica since: no parse, byte-identical to hickory-server's
-    /// answer. Only direct answers are kept, so it is off with `direct_answers = false`. 0: no
+    /// answer. Only local answers are kept, so it is off with `direct_answers = false`. 0: no
     /// answer cache. Default 32 MiB, about 60,000 answers the size of an iroh `_iroh` TXT
     /// answer.
     pub answer_cache_mib: u32,
-    /// Build answers in place from the zones' local lookups, byte-identical to hickory-server's
-    /// `Catalog` (docs/ARCHITECTURE.md, "DNS flow"), instead of handing every query to the
-    /// `Catalog`: UDP answers them inline with no task per query, TCP and DNS-over-HTTPS skip the
-    /// `Catalog`. What they do not cover (a key only the DHT has, a stale node, UPDATE, AXFR)
-    /// still goes to the `Catalog`. Default true; false is for comparison and diagnosis: the
-    /// answer cache is off too, and with `[dns.rrl]` off hickory-server's own UDP listener
-    /// answers every query.
+    /// Write answers in place from the local replica (for a stored key from the answers the
+    /// store compiled), byte-identical to hickory-server's `Catalog` (docs/ARCHITECTURE.md, "DNS
+    /// flow"), instead of handing every query to the `Catalog`: UDP answers them inline with no
+    /// task per query, TCP and DNS-over-HTTPS skip the `Catalog`. What they do not cover (a key
+    /// only the DHT has, a short-lived record, an answer too big for the client, UPDATE, AXFR)
+    /// still goes to the `Catalog`. Default true; false is for comparison and diagnosis: every
+    /// query goes to the `Catalog` (a stale node's SERVFAIL aside), and the answer cache is off.
+    /// The UDP loops serve UDP either way.
     pub direct_answers: bool,
     /// UDP sockets bound to `listen` with `SO_REUSEPORT`; the kernel spreads queries over them
     /// by client address and each is served by its own loop, so several cores receive in
@@ -116,10 +117,10 @@ pub struct Settings {
     /// user could bind the port too and receive part of the queries).
     pub udp_sockets: usize,
     /// UDP queries being answered by hickory's handler chain at once, per socket: what the
-    /// direct answers leave to it (keys only the DHT has, a stale node, UPDATE, AXFR), each in a
-    /// task. Beyond it such a query is dropped, as a full socket buffer would drop it, so a flood
-    /// of them cannot pile up tasks and memory. Applies when pkraft's own UDP loop runs (direct
-    /// answers or RRL on). Default 1,024.
+    /// local answers leave to it (keys only the DHT has, short-lived records, answers too big
+    /// for the client, UPDATE, AXFR), each in a task. Beyond it such a query is dropped, as a
+    /// full socket buffer would drop it, so a flood of them cannot pile up tasks and memory.
+    /// Default 1,024.
     pub udp_pending_max: usize,
     /// Datagrams read and sent per system call by each UDP loop (`recvmmsg`/`sendmmsg` on Linux).
     /// The loop answers a batch's queries one after the other before it sends, so a batch that

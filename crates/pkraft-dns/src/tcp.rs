@@ -1,5 +1,5 @@
-//! DNS over TCP (RFC 7766): pkraft's own listener, answering with the same direct answers and
-//! handler chain as the UDP loops, byte for byte what hickory-server's TCP listener sends
+//! DNS over TCP (RFC 7766): pkraft's own listener, answering the one way the UDP loops answer
+//! (`crate::answering`), byte for byte what hickory-server's TCP listener sends
 //! (`tests/udp_answers.rs` compares them), within limits hickory's listener does not have:
 //!
 //! - connections are admitted by the listener's [`Admission`]: at most `dns.tcp_max_connections`
@@ -15,8 +15,8 @@
 //! - after `dns.tcp_max_queries_per_connection` queries the connection is closed once their
 //!   answers are sent.
 //!
-//! Direct answers are written as soon as they are built; what goes to hickory's chain (a key
-//! only the DHT has, a stale node, UPDATE, AXFR) is answered in a task of its own.
+//! Local answers are written as soon as they are built; what goes to hickory's chain (a key only
+//! the DHT has, UPDATE, AXFR) is answered in a task of its own.
 
 use std::io;
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::answerer::{Direct, SharedHandler};
+use crate::answering::{Answered, Answering};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
 use crate::udp::can_answer;
 
@@ -43,7 +43,7 @@ const READ_CHUNK: usize = 4 * 1024;
 
 /// What every DNS-over-TCP connection shares.
 pub(crate) struct TcpFrontend {
-    pub(crate) handler: SharedHandler,
+    pub(crate) answering: Arc<Answering>,
     pub(crate) metrics: Arc<DnsMetrics>,
     /// `dns.tcp_idle_timeout`.
     pub(crate) idle_timeout: Duration,
@@ -162,7 +162,7 @@ impl Connection {
                         let frontend = self.frontend.clone();
                         let arrived = last_query;
                         chain.spawn(async move {
-                            let answer = frontend.handler.respond_chain(&request).await?;
+                            let answer = frontend.answering.chain(&request).await?;
                             Some((answer, arrived))
                         });
                     } else if !out.is_empty() {
@@ -196,23 +196,23 @@ impl Connection {
         }
     }
 
-    /// Answers `query` directly into `out` (left empty when nothing is sent), or returns the
-    /// request for the chain.
+    /// Answers `query` into `out` (left empty when nothing is sent), or returns the request for
+    /// the chain.
     fn answer(
         &self,
         query: &[u8],
         out: &mut Vec<u8>,
     ) -> Option<Box<hickory_server::server::Request>> {
-        out.clear();
-        let handler = &self.frontend.handler;
-        let stale = handler.too_stale();
-        match handler.answer_direct(query, self.peer, Protocol::Tcp, stale, u16::MAX, out) {
-            Direct::Answered(_) => None,
-            Direct::NoAnswer => {
+        let answering = &self.frontend.answering;
+        let refused = answering.refuses();
+        match answering.answer(query, self.peer, Protocol::Tcp, refused, out) {
+            // FORMERR, or nothing when not even the header parses.
+            Answered::Local(_) | Answered::Refused | Answered::Malformed(_) => None,
+            Answered::NotAQuery => {
                 out.clear();
                 None
             }
-            Direct::Chain(request) => Some(request),
+            Answered::Chain(request) => Some(request),
         }
     }
 

@@ -1,19 +1,18 @@
-//! The UDP listener (unless `dns.direct_answers`, `dns.answer_cache_mib` and `[dns.rrl]` are all
-//! off): a loop per socket, each on a thread of its own with a blocking socket (why: module docs
-//! of [`crate::udp_io`]), that reads datagrams in batches, applies response rate limiting
-//! ([`Rrl`]), answers repeated queries from the [`AnswerCache`] and the rest with
-//! [`crate::direct::DirectAnswers`], all inline, and sends the batch's answers together. Only
-//! what the direct answers leave to hickory's handler chain (module docs of `crate::direct`)
-//! gets a task of its own on the runtime, the way hickory's UDP listener handles every query.
+//! The UDP listener: a loop per socket, each on a thread of its own with a blocking socket (why:
+//! module docs of [`crate::udp_io`]), that reads datagrams in batches, applies response rate
+//! limiting ([`Rrl`]), answers repeated queries from the [`AnswerCache`] and the rest the one
+//! way of [`crate::answering`] (the local answers of `crate::local` inline), and sends the
+//! batch's answers together. Only what the local answers leave to hickory's handler chain gets
+//! a task of its own on the runtime, the way hickory's UDP listener handles every query.
 //!
 //! A hit costs a hash lookup, a version check of the key the answer read, and a copy: no parse.
 //! A miss costs a read of the query in place (`crate::plain_query`; hickory's parse for other
 //! shapes) and one point read of the key's compiled answers, then a copy of their bytes (or,
 //! for what they do not answer, a zone lookup and an encode), with no task, no channel and no
 //! boxed future. Every answer is byte-identical to what hickory's own
-//! listener sends (tested in `tests/udp_answers.rs`): a miss is built from the compiled bytes or
-//! by hickory's types as its `Catalog` builds it, a hit is the bytes of an earlier miss with the
-//! query's ID.
+//! listener sends (tested in `tests/udp_answers.rs`): a miss is written by hickory's encoder from
+//! the compiled bytes or the zone's records as its `Catalog` writes them, a hit is the bytes of
+//! an earlier miss with the query's ID.
 //!
 //! A query that must go to the chain never holds up its batch: its task is spawned and the loop
 //! goes on with the next datagram. Its answer is sent only if the socket's send buffer has room
@@ -31,7 +30,8 @@ use tokio::runtime::Handle;
 use tokio::sync::{Semaphore, watch};
 
 use crate::answer_cache::AnswerCache;
-use crate::answerer::{Cacheable, Direct, SharedHandler};
+use crate::answering::{Answered, Answering};
+use crate::local::Written;
 use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
 use crate::rrl::{Rrl, SlipDice, Verdict};
 use crate::settings::Settings;
@@ -57,7 +57,7 @@ struct LoopCounters {
 
 /// What every socket's loop shares.
 pub(crate) struct UdpFrontend {
-    handler: SharedHandler,
+    answering: Arc<Answering>,
     /// `None` when `dns.answer_cache_mib` is 0.
     answers: Option<AnswerCache>,
     rrl: Option<Rrl>,
@@ -78,7 +78,7 @@ pub(crate) struct UdpFrontend {
 impl UdpFrontend {
     /// The frontend for `loops` socket loops.
     pub(crate) fn new(
-        handler: SharedHandler,
+        answering: Arc<Answering>,
         answers: Option<AnswerCache>,
         rrl: Option<Rrl>,
         settings: &Settings,
@@ -86,7 +86,7 @@ impl UdpFrontend {
         metrics: Arc<DnsMetrics>,
     ) -> Self {
         UdpFrontend {
-            handler,
+            answering,
             answers,
             rrl,
             pending_max: settings.udp_pending_max,
@@ -113,28 +113,38 @@ impl UdpFrontend {
         if let Some(rrl) = &self.rrl {
             let verdict = rrl.verdict(src.ip(), &mut state.dice);
             if verdict != Verdict::Answer {
-                if refuse(rrl, src.ip(), &self.handler, verdict, query, out, counters) {
+                if refuse(
+                    rrl,
+                    src.ip(),
+                    &self.answering,
+                    verdict,
+                    query,
+                    out,
+                    counters,
+                ) {
                     state.outgoing.queue(src);
                 }
                 return;
             }
         }
-        // A node that is too stale answers SERVFAIL, which hickory's chain says.
-        let stale = self.handler.too_stale();
-        if !stale
+        // Asked once: a node that may not answer sends SERVFAIL, never a cached answer.
+        let refused = self.answering.refuses();
+        if !refused
             && let Some(answers) = &self.answers
             && answers.answer(query, out)
         {
             counters.hits.fetch_add(1, Ordering::Relaxed);
         } else {
             counters.misses.fetch_add(1, Ordering::Relaxed);
-            match self.answer_direct(query, src, stale, out) {
-                Direct::Answered(Some(Cacheable { compiled: true, .. })) => {
+            match self.answer(query, src, refused, out) {
+                Answered::Local(Written { compiled: true, .. }) => {
                     counters.compiled.fetch_add(1, Ordering::Relaxed);
                 }
-                Direct::Answered(_) => {}
-                Direct::NoAnswer => return,
-                Direct::Chain(request) => {
+                Answered::Local(_) | Answered::Refused => {}
+                // FORMERR, or nothing when not even the header parses.
+                Answered::Malformed(_) if !out.is_empty() => {}
+                Answered::Malformed(_) | Answered::NotAQuery => return,
+                Answered::Chain(request) => {
                     self.spawn_chain(request, state);
                     return;
                 }
@@ -145,33 +155,36 @@ impl UdpFrontend {
             && !rrl.take_bytes(src.ip(), out.len())
         {
             let verdict = rrl.refusal(Scope::Global, &mut state.dice);
-            if !refuse(rrl, src.ip(), &self.handler, verdict, query, out, counters) {
+            if !refuse(
+                rrl,
+                src.ip(),
+                &self.answering,
+                verdict,
+                query,
+                out,
+                counters,
+            ) {
                 return;
             }
         }
         state.outgoing.queue(src);
     }
 
-    /// The direct answer to `query`, written to `out` and kept in the answer cache.
-    fn answer_direct(
-        &self,
-        query: &[u8],
-        src: SocketAddr,
-        stale: bool,
-        out: &mut Vec<u8>,
-    ) -> Direct {
+    /// The answer to `query`, written to `out`, and kept in the answer cache when it is a local
+    /// answer.
+    fn answer(&self, query: &[u8], src: SocketAddr, refused: bool, out: &mut Vec<u8>) -> Answered {
         // Before the answer is built: a change of the short-lived records after it retires the
         // entry.
         let short_lived = self.answers.as_ref().map(AnswerCache::short_lived_stamp);
-        let direct =
-            self.handler
-                .answer_direct(query, src, Protocol::Udp, stale, self.payload_max, out);
-        if let (Direct::Answered(Some(Cacheable { read, .. })), Some(answers), Some(short_lived)) =
-            (&direct, &self.answers, short_lived)
+        let answered = self
+            .answering
+            .answer(query, src, Protocol::Udp, refused, out);
+        if let (Answered::Local(Written { read, .. }), Some(answers), Some(short_lived)) =
+            (&answered, &self.answers, short_lived)
         {
             answers.insert(query, out, *read, short_lived);
         }
-        direct
+        answered
     }
 
     /// Hands `request` to hickory's chain in a task of its own on the runtime, unless
@@ -190,12 +203,12 @@ impl UdpFrontend {
             // Held until the answer is sent: the loop's count of queries with the chain.
             let _permit = permit;
             let src = request.src();
-            // The direct answers already declined it: straight to the chain.
-            if let Some(answer) = frontend.handler.respond_chain(&request).await {
+            // The local answers already declined it: straight to the chain.
+            if let Some(answer) = frontend.answering.chain(&request).await {
                 // hickory keeps within the client's EDNS size only; past `udp_payload_max` the
                 // client gets the empty truncated answer and asks again over TCP.
                 let answer = if answer.len() > usize::from(frontend.payload_max) {
-                    let Some(truncated) = frontend.handler.truncated(request.as_slice()) else {
+                    let Some(truncated) = frontend.answering.truncated(request.as_slice()) else {
                         return;
                     };
                     truncated
@@ -249,7 +262,7 @@ impl UdpFrontend {
 fn refuse(
     rrl: &Rrl,
     client: IpAddr,
-    handler: &SharedHandler,
+    answering: &Answering,
     verdict: Verdict,
     query: &[u8],
     out: &mut Vec<u8>,
@@ -264,7 +277,7 @@ fn refuse(
     out.clear();
     if matches!(verdict, Verdict::Slip(_))
         // Not a query hickory can parse: nothing to truncate, so it is dropped.
-        && let Some(truncated) = handler.truncated(query)
+        && let Some(truncated) = answering.truncated(query)
         && rrl.take_bytes(client, truncated.len())
     {
         out.extend_from_slice(&truncated);

@@ -1,12 +1,11 @@
-//! pkraft's UDP loops (direct answers, the answer cache, batched I/O) answer byte for byte as
-//! hickory-server's own UDP listener and `Catalog` do (`dns.direct_answers = false`,
-//! `dns.answer_cache_mib = 0`), on a cache miss and on a hit, before and after the key changes,
-//! and while the node is too stale.
+//! pkraft's UDP loops (local answers, the answer cache, batched I/O) answer byte for byte as
+//! hickory-server's own UDP listener and `Catalog` do over the same zones, on a cache miss and
+//! on a hit, before and after the key changes, and while the node is too stale.
 //!
 //! Method: servers over one store, each on a real UDP socket on 127.0.0.1: the reference
-//! (hickory alone), the defaults (direct answers, answer cache, `recvmmsg`/`sendmmsg`), direct
-//! answers without the cache, and the defaults with one datagram per system call (the portable
-//! path). Every query of a set covering the shapes a DNS server sees goes to each; each pkraft
+//! (hickory-server's `Server` and `Catalog` over pkraft's zones, nothing else of pkraft's), the
+//! defaults (local answers, answer cache, `recvmmsg`/`sendmmsg`), local answers without the
+//! cache, and the defaults with one datagram per system call (the portable path). Every query of a set covering the shapes a DNS server sees goes to each; each pkraft
 //! server gets it three times (the miss, a second miss that the answer cache keeps, and a hit
 //! under another ID).
 
@@ -16,10 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use hickory_proto::op::ResponseCode;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::LowerName;
 use hickory_proto::rr::rdata::opt::{EdnsOption, NSIDPayload};
 use hickory_proto::rr::{DNSClass, Name, RecordType};
-use pkraft_dns::{DnsServer, Freshness, FreshnessProbe, Settings};
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, ZoneHandler};
+use pkraft_dns::record_cache::RecordCache;
+use pkraft_dns::zone::PkarrZone;
+use pkraft_dns::{DnsServer, FreshnessProbe, Settings};
 use pkraft_store::Store;
 use pkraft_testkit::pkarr::Keypair;
 use pkraft_testkit::{iroh_packet, keypair};
@@ -48,45 +54,137 @@ fn publish(store: &Store, keypair: &Keypair, timestamp: u64, addrs: &[&str]) {
     txn.commit(b"state").expect("commit");
 }
 
-/// How a test server answers UDP.
+/// How a pkraft test server answers UDP.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
-    /// hickory-server's own UDP listener and `Catalog`, nothing of pkraft's.
-    Hickory,
-    /// The defaults: direct answers, the answer cache, batched I/O.
+    /// The defaults: local answers, the answer cache, batched I/O.
     Defaults,
-    /// Direct answers with no answer cache.
+    /// Local answers with no answer cache.
     DirectOnly,
     /// The defaults with one datagram per system call.
     Unbatched,
 }
 
-async fn start(store: &Store, mode: Mode, freshness: FreshnessProbe) -> DnsServer {
-    let (direct_answers, answer_cache_mib, udp_batch) = match mode {
-        Mode::Hickory => (false, 0, 32),
-        Mode::Defaults => (true, 1, 32),
-        Mode::DirectOnly => (true, 0, 32),
-        Mode::Unbatched => (true, 1, 1),
-    };
-    let settings = Settings {
+/// The settings every test server shares.
+fn settings() -> Settings {
+    Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         origins: vec!["pkarr.test".to_string(), "inner.pkarr.test".to_string()],
         nameservers: vec!["ns1.example.net".to_string()],
         apex_a: vec!["192.0.2.53".parse().expect("ip")],
-        max_stale: Some(Duration::from_secs(5)),
-        answer_cache_mib,
-        direct_answers,
-        udp_batch,
+        max_stale: Some(MAX_STALE),
         udp_sockets: 1,
-        // With RRL on, pkraft's own loop would serve UDP even with the rest off; these tests
-        // compare against hickory's listener and send more than any limit allows.
+        // These tests send more than any limit allows.
         rrl: pkraft_dns::rrl::RrlSettings::off(),
         udp_payload_max: SERVER_PAYLOAD,
         ..Settings::default()
+    }
+}
+
+/// The test servers' `dns.max_stale`.
+const MAX_STALE: Duration = Duration::from_secs(5);
+
+async fn start(store: &Store, mode: Mode, freshness: FreshnessProbe) -> DnsServer {
+    let (answer_cache_mib, udp_batch) = match mode {
+        Mode::Defaults => (1, 32),
+        Mode::DirectOnly => (0, 32),
+        Mode::Unbatched => (1, 1),
+    };
+    let settings = Settings {
+        answer_cache_mib,
+        udp_batch,
+        ..settings()
     };
     DnsServer::bind(&settings, store.clone(), freshness)
         .await
         .expect("bind")
+}
+
+/// hickory-server's own UDP and TCP listeners and `Catalog` over pkraft's zones, with nothing
+/// else of pkraft's: what every answer is compared with.
+struct Reference {
+    server: hickory_server::Server<StaleGuard>,
+    addr: SocketAddr,
+}
+
+impl Reference {
+    async fn start(store: &Store, freshness: FreshnessProbe) -> Reference {
+        let settings = settings();
+        let zones = settings.zones().expect("zones");
+        let records = Arc::new(RecordCache::new(
+            store.clone(),
+            settings.record_cache_bytes(),
+        ));
+        let mut catalog = Catalog::new();
+        for origin in &zones.origins {
+            let zone: Arc<dyn ZoneHandler> =
+                Arc::new(PkarrZone::new(origin, &zones, records.clone(), None, None));
+            catalog.upsert(LowerName::new(origin), vec![zone]);
+        }
+        let mut server = hickory_server::Server::new(StaleGuard { catalog, freshness });
+        // UDP and TCP on one port: TCP picks it, UDP follows (a few tries if it is taken).
+        for _ in 0..16 {
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind TCP");
+            let addr = tcp.local_addr().expect("address");
+            let Ok(udp) = UdpSocket::bind(addr).await else {
+                continue;
+            };
+            server.register_socket(udp);
+            server.register_listener(tcp, ANSWER_TIMEOUT, 65_535);
+            return Reference { server, addr };
+        }
+        panic!("no port free for both UDP and TCP");
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    async fn shutdown(mut self) -> Result<(), hickory_server::net::NetError> {
+        self.server.shutdown_gracefully().await
+    }
+}
+
+/// The reference's `dns.max_stale`: SERVFAIL with the question echoed and an OPT record if the
+/// query had one (RFC 6891 §7), as hickory's handlers send an error, while `freshness` says the
+/// node is staler than [`MAX_STALE`].
+struct StaleGuard {
+    catalog: Catalog,
+    freshness: FreshnessProbe,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for StaleGuard {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let stale = self.freshness.catching_up()
+            || self
+                .freshness
+                .last_confirmed()
+                .is_none_or(|age| age > MAX_STALE);
+        if !stale {
+            return self
+                .catalog
+                .handle_request::<R, T>(request, response_handle)
+                .await;
+        }
+        let edns = request.edns.as_ref().map(|query_edns| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(query_edns.max_payload().max(512));
+            edns
+        });
+        let response = MessageResponseBuilder::new(&request.queries, edns.as_ref())
+            .error_msg(&request.metadata, ResponseCode::ServFail);
+        response_handle
+            .send_response(response)
+            .await
+            .expect("send SERVFAIL")
+    }
 }
 
 /// The answer to `query` from `server`, `None` if it sends none within [`NO_ANSWER_WAIT`].
@@ -106,15 +204,19 @@ async fn exchange(server: SocketAddr, query: &[u8], expect_answer: bool) -> Opti
     Some(buf[..len].to_vec())
 }
 
-/// The reference's answer to `query` as pkraft answers it: hickory's `Catalog` echoes the
-/// client's buffer size in the OPT record, pkraft advertises its own (RFC 6891 §6.2.5); the
-/// rest must be the same bytes.
+/// The reference's answer to `query` as pkraft answers it ([`advertised`]).
 async fn exchange_reference(
     reference: SocketAddr,
     query: &[u8],
     expect_answer: bool,
 ) -> Option<Vec<u8>> {
-    let mut answer = exchange(reference, query, expect_answer).await?;
+    Some(advertised(exchange(reference, query, expect_answer).await?))
+}
+
+/// A reference answer as pkraft answers it: hickory's `Catalog` echoes the client's buffer
+/// size in the OPT record, pkraft advertises its own (RFC 6891 §6.2.5); the rest must be the
+/// same bytes.
+fn advertised(mut answer: Vec<u8>) -> Vec<u8> {
     let has_opt = Message::from_vec(&answer).is_ok_and(|message| message.edns.is_some());
     if has_opt {
         // hickory writes the OPT record last; with no options (no NSID is configured) it is
@@ -124,7 +226,7 @@ async fn exchange_reference(
         assert_eq!(answer[at + 9..], [0, 0], "the OPT record has no options");
         answer[at + 3..at + 5].copy_from_slice(&SERVER_PAYLOAD.to_be_bytes());
     }
-    Some(answer)
+    answer
 }
 
 /// The answer to `query` from `server` over TCP (RFC 1035 §4.2.2 framing).
@@ -232,11 +334,11 @@ fn queries(small: &Keypair, large: &Keypair, missing: &Keypair) -> Vec<(String, 
     );
     let big = format!("_iroh.{large}.pkarr.test.");
     add(
-        "large answer, no EDNS (TC)",
+        "large answer, no EDNS (TC: the chain answers)",
         message(16, &big, RecordType::TXT, None),
     );
     add(
-        "large answer, EDNS 512 (TC)",
+        "large answer, EDNS 512 (TC: the chain answers)",
         message(17, &big, RecordType::TXT, Some(edns(512))),
     );
     add(
@@ -288,7 +390,7 @@ fn queries(small: &Keypair, large: &Keypair, missing: &Keypair) -> Vec<(String, 
         message(30, &iroh, RecordType::TXT, Some(nsid)),
     );
     add(
-        "EDNS size below 512",
+        "EDNS size below 512 (TC: the chain answers)",
         message(31, &big, RecordType::TXT, Some(edns(100))),
     );
     let mut do_nx = edns(4096);
@@ -394,11 +496,9 @@ async fn cached_udp_answers_are_hickorys_answers() {
     let stale = Arc::new(AtomicBool::new(false));
     let freshness: FreshnessProbe = {
         let stale = stale.clone();
-        Arc::new(move || {
-            Freshness::LastConfirmed((!stale.load(Ordering::Relaxed)).then_some(Duration::ZERO))
-        })
+        Arc::new(move || (!stale.load(Ordering::Relaxed)).then_some(Duration::ZERO))
     };
-    let reference = start(&store, Mode::Hickory, freshness.clone()).await;
+    let reference = Reference::start(&store, freshness.clone()).await;
     let mut pkraft = Vec::new();
     for mode in [Mode::Defaults, Mode::DirectOnly, Mode::Unbatched] {
         pkraft.push((mode, start(&store, mode, freshness.clone()).await));
@@ -421,15 +521,15 @@ async fn cached_udp_answers_are_hickorys_answers() {
         Message::from_vec(wire).expect("parse").metadata.truncation
     };
     assert!(
-        truncated("large answer, no EDNS (TC)")
-            && truncated("large answer, EDNS 512 (TC)")
+        truncated("large answer, no EDNS (TC: the chain answers)")
+            && truncated("large answer, EDNS 512 (TC: the chain answers)")
             && !truncated("large answer, EDNS 4096"),
         "the TC cases are TC"
     );
     // The OPT record advertises the server's size whatever the client's (the answers above are
     // the reference's with that one change), and the answer keeps within the client's.
     for (what, client_size) in [
-        ("large answer, EDNS 512 (TC)", 512),
+        ("large answer, EDNS 512 (TC: the chain answers)", 512),
         ("large answer, EDNS 4096", 4096),
     ] {
         let wire = before[index_of(what)].as_deref().expect("answered");
@@ -459,15 +559,14 @@ async fn cached_udp_answers_are_hickorys_answers() {
         stats.hits >= answered - 3 - by_chain,
         "repeated queries are answered from the cache: {stats:?}"
     );
-    // TCP: hickory's listener with the direct answers in front of the `Catalog`, against the
-    // `Catalog` alone (messages of at most 20 bytes, the ones cut short, are left out: hickory's
-    // TCP
-    // listener handles those before any handler).
+    // TCP: pkraft's listener with the local answers in front of the `Catalog`, against hickory's
+    // listener and `Catalog` alone (messages of at most 20 bytes, the ones cut short, are left
+    // out: hickory's TCP listener handles those before any handler).
     for (what, query, answered) in &set {
         if !answered || query.len() <= 20 {
             continue;
         }
-        let expected = exchange_tcp(reference_addr, query).await;
+        let expected = advertised(exchange_tcp(reference_addr, query).await);
         let got = exchange_tcp(defaults.local_addr(), query).await;
         assert_eq!(got, expected, "{what}: over TCP");
     }
@@ -475,7 +574,7 @@ async fn cached_udp_answers_are_hickorys_answers() {
     assert_eq!(
         direct_only.udp_answer_stats().chain,
         3 * by_chain,
-        "every query of the set is answered directly but what only the chain answers"
+        "every query of the set gets a local answer but what only the chain answers"
     );
     // The positive answers from stored packets come from the compiled answers (each sent three
     // times with no answer cache), but those too big for the client, which hickory truncates
@@ -505,10 +604,7 @@ async fn cached_udp_answers_are_hickorys_answers() {
     stale.store(true, Ordering::Relaxed);
     let servfail = compare(&servers, reference_addr, &set[..1]).await;
     let servfail = Message::from_vec(servfail[0].as_deref().expect("answered")).expect("parse");
-    assert_eq!(
-        servfail.metadata.response_code,
-        hickory_proto::op::ResponseCode::ServFail
-    );
+    assert_eq!(servfail.metadata.response_code, ResponseCode::ServFail);
     stale.store(false, Ordering::Relaxed);
     assert_eq!(
         compare(&servers, reference_addr, &set[..1]).await,
@@ -531,7 +627,7 @@ async fn a_miss_that_read_before_a_commit_never_hides_it() {
     let store = Store::open(&dir.path().join("state.redb")).expect("open");
     let key = keypair(7);
     publish(&store, &key, 1, &["192.0.2.7:1"]);
-    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
+    let fresh: FreshnessProbe = Arc::new(|| Some(Duration::ZERO));
     let server = start(&store, Mode::Defaults, fresh).await;
     let addr = server.local_addr();
     let name = format!("_iroh.{}.pkarr.test.", key.public_key().to_z32());
@@ -596,7 +692,7 @@ async fn chain_queries_beyond_udp_pending_max_are_dropped_and_counted() {
         rrl: pkraft_dns::rrl::RrlSettings::off(),
         ..Settings::default()
     };
-    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
+    let fresh: FreshnessProbe = Arc::new(|| Some(Duration::ZERO));
     let server = DnsServer::bind(&settings, store, fresh)
         .await
         .expect("bind");
@@ -664,8 +760,8 @@ async fn a_burst_gets_every_client_its_own_answers() {
         let addr = format!("192.0.2.{i}:{i}");
         publish(&store, key, 1_000, &[addr.as_str()]);
     }
-    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
-    let reference = start(&store, Mode::Hickory, fresh.clone()).await;
+    let fresh: FreshnessProbe = Arc::new(|| Some(Duration::ZERO));
+    let reference = Reference::start(&store, fresh.clone()).await;
     const CLIENTS: usize = 64;
     const PER_CLIENT: usize = 4;
     let query = |client: usize, n: usize| {
@@ -749,8 +845,8 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
 
     let store = Store::open(&path).expect("reopen");
     assert!(store.answers(&key.public_key().to_bytes()).is_err());
-    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
-    let reference = start(&store, Mode::Hickory, fresh.clone()).await;
+    let fresh: FreshnessProbe = Arc::new(|| Some(Duration::ZERO));
+    let reference = Reference::start(&store, fresh.clone()).await;
     let direct = start(&store, Mode::DirectOnly, fresh).await;
     let iroh = format!("_iroh.{}.pkarr.test.", key.public_key().to_z32());
     let query = message(1, &iroh, RecordType::TXT, Some(edns(1232)))
@@ -770,7 +866,7 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
 /// Short-lived records, at the names the binary crate's ACME DNS-01 challenges use
 /// (`[https.acme]`, `challenge = "dns-01"`), are answered at `_acme-challenge.<name>`, as they
 /// come and go: over UDP with the
-/// defaults (direct answers and the answer cache, which must not keep a "no such name" from
+/// defaults (local answers and the answer cache, which must not keep a "no such name" from
 /// before the value came, though the same query was asked often enough to be kept) and TCP. A
 /// name above a challenge exists while it is answered (NODATA, RFC 8020), and a key's own
 /// `_acme-challenge` name is its packet's.
@@ -778,7 +874,6 @@ async fn damaged_compiled_answers_are_answered_from_the_packet() {
 /// after it is withdrawn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_records_are_answered_as_they_come_and_go() {
-    use hickory_proto::op::ResponseCode;
     use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -811,7 +906,7 @@ async fn short_lived_records_are_answered_as_they_come_and_go() {
         rrl: pkraft_dns::rrl::RrlSettings::off(),
         ..Settings::default()
     };
-    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(Some(Duration::ZERO)));
+    let fresh: FreshnessProbe = Arc::new(|| Some(Duration::ZERO));
     let server = DnsServer::bind_with(
         &settings,
         store,

@@ -5,7 +5,7 @@
 //! - `GET /dns-query?name=<name>&type=<type>`: the answer as `application/dns-json`, in the
 //!   schema of Google's and Cloudflare's JSON APIs (`Status`, `Question`, `Answer`, ...).
 //!
-//! Answers come from [`pkraft_dns::Answerer`], the handler chain of the UDP and TCP listeners,
+//! Answers come from [`pkraft_dns::Answerer`], the one way the UDP and TCP listeners answer,
 //! so they are the same answers. `Accept` is not needed: a missing one and `*/*` both get the
 //! form the request asked for. `Cache-Control: max-age` is the smallest TTL in the answer and
 //! authority sections (RFC 8484 §5.1; an SOA counts with the smaller of its TTL and MINIMUM, as
@@ -87,8 +87,10 @@ impl IntoResponse for DohError {
 impl From<AnswerError> for DohError {
     fn from(e: AnswerError) -> Self {
         match e {
-            AnswerError::Malformed(_) => DohError::BadRequest(e.to_string()),
-            AnswerError::Encode(_) => DohError::Internal(e.to_string()),
+            AnswerError::Malformed(_) | AnswerError::NotAQuery => {
+                DohError::BadRequest(e.to_string())
+            }
+            AnswerError::NoAnswer => DohError::Internal(e.to_string()),
         }
     }
 }

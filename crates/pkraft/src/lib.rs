@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pkraft_dns::{DnsServer, Freshness, FreshnessProbe, MissingKeys};
+use pkraft_dns::{DnsServer, FreshnessProbe, MissingKeys, ReplicaFreshness};
 use pkraft_limits::connections::{Admission, ConnectionCaps};
 use pkraft_raft::Node;
 use pkraft_types::{KeyBytes, Payload};
@@ -250,6 +250,19 @@ fn serve_peer(
     ))
 }
 
+/// How current the node's replica is, for the DNS frontend's `dns.max_stale`.
+struct NodeFreshness(Arc<Node>);
+
+impl ReplicaFreshness for NodeFreshness {
+    fn catching_up(&self) -> bool {
+        self.0.reads().catching_up()
+    }
+
+    fn last_confirmed(&self) -> Option<Duration> {
+        self.0.reads().staleness()
+    }
+}
+
 /// Binds the DNS listeners, answering from the node's replica (refused while it catches up
 /// or is staler than `dns.max_stale`), the DHT for keys it lacks, and the short-lived records.
 async fn start_dns(
@@ -258,15 +271,7 @@ async fn start_dns(
     dht_resolver: Option<Arc<pkraft_dht::Resolver>>,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<DnsServer> {
-    let freshness_of = node.clone();
-    let freshness: FreshnessProbe = Arc::new(move || {
-        let reads = freshness_of.reads();
-        if reads.catching_up() {
-            Freshness::CatchingUp
-        } else {
-            Freshness::LastConfirmed(reads.staleness())
-        }
-    });
+    let freshness: FreshnessProbe = Arc::new(NodeFreshness(node.clone()));
     let dns = DnsServer::bind_with(
         &config.dns,
         node.store().clone(),

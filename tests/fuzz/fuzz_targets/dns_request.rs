@@ -1,5 +1,5 @@
 //! The DNS request path: any bytes as a query to a real `DnsServer`'s handler chain (hickory's
-//! request parsing, the freshness guard, the pkarr zones over a redb store holding packets), as
+//! request parsing, the freshness bound, the pkarr zones over a redb store holding packets), as
 //! DNS-over-HTTPS and the UDP answer cache's misses use it, and the RRL's truncated answer.
 //! Bytes in, an answer or an error out, never a panic.
 #![no_main]
@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
-use pkraft_dns::{Answerer, DnsServer, Freshness, FreshnessProbe, Settings};
+use pkraft_dns::{Answerer, DnsServer, FreshnessProbe, Settings};
 use pkraft_store::Store;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem};
@@ -49,7 +49,7 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
         udp_sockets: 1,
         ..Settings::default()
     };
-    let fresh: FreshnessProbe = Arc::new(|| Freshness::LastConfirmed(None));
+    let fresh: FreshnessProbe = Arc::new(|| None::<std::time::Duration>);
     let server = runtime
         .block_on(DnsServer::bind(&settings, store, fresh))
         .expect("bind");
