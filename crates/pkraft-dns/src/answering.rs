@@ -25,7 +25,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandle};
 use hickory_server::zone_handler::Catalog;
 
 use crate::freshness::FreshnessBound;
-use crate::local::{LocalAnswers, Plain, Written, advertise_payload, malformed_answer};
+use crate::local::{LocalAnswers, Plain, Source, Written, advertise_payload};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
 use crate::rrl::truncated_answer;
 
@@ -52,6 +52,9 @@ pub(crate) enum Answered {
     /// A response, not a query: nothing is sent (answering responses would let anyone bounce
     /// traffic off this server).
     NotAQuery,
+    /// The answer could not be encoded (hickory's encoder failed on the SERVFAIL of a stale
+    /// node): nothing is sent, as hickory sends nothing when its encoder fails.
+    Unanswerable(ProtoError),
     /// hickory's chain must answer it ([`Answering::chain`]).
     Chain(Box<Request>),
 }
@@ -106,7 +109,7 @@ impl Answering {
                 tracing::debug!(%error, %src, "malformed DNS query");
                 let formerr = Header::read(&mut BinDecoder::new(query))
                     .ok()
-                    .and_then(|header| malformed_answer(&header, protocol));
+                    .and_then(|header| self.local.malformed(&header, protocol));
                 if let Some(formerr) = formerr {
                     out.extend_from_slice(&formerr);
                 }
@@ -123,13 +126,16 @@ impl Answering {
                 Err(error) => {
                     tracing::debug!(%error, "could not write a SERVFAIL answer");
                     out.clear();
-                    Answered::Malformed(error)
+                    Answered::Unanswerable(error)
                 }
             };
         }
+        let source = match plain {
+            Plain::TooBig => Source::Records,
+            Plain::Answered(_) | Plain::Declined => Source::Compiled,
+        };
         if self.local_on
-            && matches!(plain, Plain::Declined)
-            && let Some(written) = self.local.answer_request(&request, protocol, out)
+            && let Some(written) = self.local.answer_request(&request, protocol, source, out)
         {
             return Answered::Local(written);
         }
@@ -177,9 +183,12 @@ pub enum AnswerError {
     Malformed(#[source] ProtoError),
     #[error("not a DNS query: a response")]
     NotAQuery,
-    /// hickory's chain sent nothing (it could not encode its answer; it logs why).
+    /// hickory's chain sent no answer (it could not encode one; it logs why).
     #[error("no answer was sent")]
     NoAnswer,
+    /// The answer could not be encoded.
+    #[error("the answer could not be encoded: {0}")]
+    Encode(#[source] ProtoError),
 }
 
 /// Answers DNS messages that arrive over HTTP (DNS-over-HTTPS, served by `pkraft-http`) the way
@@ -206,6 +215,7 @@ impl Answerer {
             Answered::Local(_) | Answered::Refused => {}
             Answered::Malformed(error) => return Err(AnswerError::Malformed(error)),
             Answered::NotAQuery => return Err(AnswerError::NotAQuery),
+            Answered::Unanswerable(error) => return Err(AnswerError::Encode(error)),
             Answered::Chain(request) => {
                 answer = answering
                     .chain(&request)

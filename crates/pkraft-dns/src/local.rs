@@ -57,8 +57,8 @@ pub(crate) struct LocalAnswers {
     /// Most specific origin first, so the first that contains a name is the one the `Catalog`
     /// picks.
     zones: Vec<Arc<PkarrZone>>,
-    /// The UDP payload size this server's OPT records advertise (`dns.udp_payload_max`).
-    advertised_payload: u16,
+    /// The OPT record of the answers, advertising `dns.udp_payload_max`.
+    server_opt: ServerOpt,
     /// The largest UDP answer (`dns.udp_payload_max`).
     udp_payload_max: u16,
 }
@@ -67,10 +67,20 @@ pub(crate) struct LocalAnswers {
 pub(crate) enum Plain {
     /// The answer is written.
     Answered(Written),
-    /// A stored key's compiled answer, too big for the client: the chain answers it.
+    /// A stored key's compiled answer, too big for the client: hickory's parse, then the zone's
+    /// records ([`Source::Records`]), which hickory's encoder drops until the answer fits.
     TooBig,
     /// Not a plain query for a stored key's compiled lookup: hickory's parse reads it.
     Declined,
+}
+
+/// Where [`LocalAnswers::answer_request`] reads a stored key's records from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The compiled answers where they answer and fit whole, else the zone's records.
+    Compiled,
+    /// The zone's records (the parsed packet): for an answer whose compiled form does not fit.
+    Records,
 }
 
 /// What a local answer was written from, for the answer cache and the counters.
@@ -90,8 +100,10 @@ struct Questions<'q> {
 }
 
 impl EmitAndCount for Questions<'_> {
-    /// What hickory's `QueriesEmitAndCount` does: the bytes as they came, kept for compression
-    /// as one piece (name, type and class together, which no later name matches).
+    /// What hickory's `QueriesEmitAndCount` does: the bytes as they came, kept as a compression
+    /// candidate in one piece (name, type and class together, which no later name matches). It
+    /// is kept all the same: it takes one of the encoder's bounded number of candidates, so an
+    /// answer with many names compresses exactly as hickory's does.
     fn emit(&mut self, encoder: &mut BinEncoder<'_>) -> Result<usize, ProtoError> {
         let start = encoder.offset();
         encoder.emit_vec(self.bytes)?;
@@ -100,6 +112,14 @@ impl EmitAndCount for Questions<'_> {
         }
         Ok(usize::from(self.count))
     }
+}
+
+/// The OPT record of this server's answers (module docs of [`response_edns`]), made once.
+struct ServerOpt {
+    edns: Edns,
+    /// `edns` as the record hickory's `emit_message_parts` makes of it for an rcode without
+    /// high bits (all but BADVERS).
+    record: Record,
 }
 
 /// The answer section of a local answer.
@@ -119,8 +139,8 @@ enum Section<'a> {
 /// Why a [`Response`] was not written.
 #[derive(Debug, thiserror::Error)]
 enum WriteError {
-    /// Its compiled records do not all fit the client's size ([`compiled_fits`]): the chain
-    /// answers it, with the records hickory's encoder keeps and TC.
+    /// Its compiled records do not all fit the client's size ([`compiled_fits`]): it is written
+    /// again from the zone's records, which hickory's encoder drops until it fits (TC).
     #[error("the compiled answer is too big for the client")]
     TooBig,
     /// hickory's encoder failed (hickory logs such an error and sends SERVFAIL).
@@ -134,7 +154,8 @@ struct Response<'a> {
     questions: Questions<'a>,
     answers: Section<'a>,
     authorities: Vec<Record>,
-    edns: Option<Edns>,
+    /// The query had an OPT record, so the answer has one ([`ServerOpt`]).
+    opt: bool,
     /// The largest answer the transport takes ([`answer_size_max`]).
     max_size: u16,
 }
@@ -143,8 +164,9 @@ impl Response<'_> {
     /// Writes the response into `out` with hickory's `emit_message_parts`, within `max_size`:
     /// records that do not fit are dropped and TC set, as hickory's response handle does,
     /// except a stored key's compiled records, which are written whole or not at all
-    /// ([`compiled_fits`]).
-    fn write(self, out: &mut Vec<u8>) -> Result<(), WriteError> {
+    /// ([`compiled_fits`]: hickory also leaves the bytes of the record that did not fit after
+    /// the message, which only its own encoding of the records reproduces).
+    fn write(self, server_opt: &ServerOpt, out: &mut Vec<u8>) -> Result<(), WriteError> {
         const HEADER_LEN: usize = 12;
         out.clear();
         let Response {
@@ -152,13 +174,19 @@ impl Response<'_> {
             mut questions,
             answers,
             authorities,
-            edns,
+            opt,
             max_size,
         } = self;
         let mut encoder = BinEncoder::new(out);
         encoder.set_max_size(max_size);
         let mut authorities = authorities.iter();
-        let mut additionals = std::iter::empty::<&Record>();
+        // The OPT record made once, as the additional record `emit_message_parts` would write
+        // from `edns`; an rcode with high bits (BADVERS) has it write them into its own.
+        let high_rcode = metadata.response_code.high() > 0;
+        let edns = (opt && high_rcode).then_some(&server_opt.edns);
+        let mut additionals = (opt && !high_rcode)
+            .then_some(&server_opt.record)
+            .into_iter();
         match answers {
             Section::Records(records) => emit_message_parts(
                 &metadata,
@@ -166,13 +194,13 @@ impl Response<'_> {
                 &mut records.iter(),
                 &mut authorities,
                 &mut additionals,
-                edns.as_ref(),
+                edns,
                 None,
                 &mut encoder,
             )?,
             Section::Compiled { owner, answers } => {
                 let room = usize::from(max_size).saturating_sub(HEADER_LEN + questions.bytes.len());
-                if compiled_fits(owner, &answers, edns.is_some(), room) != Some(true) {
+                if compiled_fits(owner, &answers, opt, room) != Some(true) {
                     return Err(WriteError::TooBig);
                 }
                 emit_message_parts(
@@ -184,7 +212,7 @@ impl Response<'_> {
                     },
                     &mut authorities,
                     &mut additionals,
-                    edns.as_ref(),
+                    edns,
                     None,
                     &mut encoder,
                 )?
@@ -205,7 +233,7 @@ const OPT_LEN: usize = 11;
 
 /// Whether hickory's encoder writes all of `answers` with `owner` and, if `edns`, the OPT record
 /// after them, in `room` bytes: when it does not, it drops records and sets TC, and that answer
-/// is the chain's (the local answers write whole answers only). hickory writes each owner name
+/// is written from the zone's records ([`Source::Records`]). hickory writes each owner name
 /// out before it looks for a pointer to it, so every record needs room for the whole owner
 /// first. `None` when the records cannot be read.
 fn compiled_fits(owner: &[u8], answers: &CompiledAnswers, edns: bool, room: usize) -> Option<bool> {
@@ -324,7 +352,7 @@ impl LocalAnswers {
         zones.sort_by_key(|zone| std::cmp::Reverse(zone.origin_name().num_labels()));
         LocalAnswers {
             zones,
-            advertised_payload: udp_payload_max,
+            server_opt: ServerOpt::new(udp_payload_max),
             udp_payload_max,
         }
     }
@@ -376,29 +404,37 @@ impl LocalAnswers {
             },
             answers,
             authorities,
-            edns: plain
-                .edns_payload
-                .map(|_| response_edns(self.advertised_payload)),
+            opt: plain.edns_payload.is_some(),
             max_size: self.max_size(protocol, plain.edns_payload),
         };
-        Some(response.write(out).map(|()| Written {
+        Some(response.write(&self.server_opt, out).map(|()| Written {
             read: Some(read),
             compiled: is_compiled,
         }))
     }
 
     /// Writes the `Catalog`'s answer to `request` into `out`, or `None` if only the chain can
-    /// give it (module docs, and a compiled answer too big for the client). The caller has
-    /// checked that the node may answer ([`crate::freshness::FreshnessBound`]).
+    /// give it (module docs). The caller has checked that the node may answer
+    /// ([`crate::freshness::FreshnessBound`]). `source`: [`Source::Records`] when the plain path
+    /// found the compiled answer too big ([`Plain::TooBig`]).
     pub(crate) fn answer_request(
         &self,
         request: &MessageRequest,
         protocol: Protocol,
+        source: Source,
         out: &mut Vec<u8>,
     ) -> Option<Written> {
-        let (response, written) = self.respond(request, protocol)?;
-        response.write(out).ok()?;
-        Some(written)
+        let (response, written) = self.respond(request, protocol, source)?;
+        match response.write(&self.server_opt, out) {
+            Ok(()) => Some(written),
+            // hickory drops what does not fit and sets TC: the zone's records, written by it.
+            Err(WriteError::TooBig) => {
+                let (response, written) = self.respond(request, protocol, Source::Records)?;
+                response.write(&self.server_opt, out).ok()?;
+                Some(written)
+            }
+            Err(WriteError::Encode(_)) => None,
+        }
     }
 
     /// The response [`LocalAnswers::answer_request`] writes.
@@ -406,6 +442,7 @@ impl LocalAnswers {
         &self,
         request: &'r MessageRequest,
         protocol: Protocol,
+        source: Source,
     ) -> Option<(Response<'r>, Written)> {
         if request.metadata.message_type != MessageType::Query {
             return None;
@@ -443,7 +480,9 @@ impl LocalAnswers {
         let owner = plain_name_len(question).and_then(|len| question.get(..len));
         // The compiled answers need the owner in plain labels; a question written with a
         // compression pointer takes the zone's records, whose names hickory writes.
-        let compiled = owner.and_then(|owner| Some((zone.lookup_compiled(name, rtype)?, owner)));
+        let compiled = owner
+            .filter(|_| source == Source::Compiled)
+            .and_then(|owner| Some((zone.lookup_compiled(name, rtype)?, owner)));
         let (answers, authorities, read, is_compiled) = match compiled {
             Some(((compiled, read), owner)) => {
                 let is_compiled = matches!(compiled, Compiled::Answers(_));
@@ -465,10 +504,7 @@ impl LocalAnswers {
             },
             answers,
             authorities,
-            edns: request
-                .edns
-                .as_ref()
-                .map(|_| response_edns(self.advertised_payload)),
+            opt: request.edns.is_some(),
             max_size: self.max_size(protocol, client_payload),
         };
         Some((
@@ -490,11 +526,13 @@ impl LocalAnswers {
         out: &mut Vec<u8>,
     ) -> Result<(), ProtoError> {
         let (response, _) = self.error(request, ResponseCode::ServFail, protocol);
-        response.write(out).map_err(|error| match error {
-            WriteError::Encode(error) => error,
-            // An error answer has no compiled records.
-            WriteError::TooBig => ProtoError::Message("an error answer is too big"),
-        })
+        response
+            .write(&self.server_opt, out)
+            .map_err(|error| match error {
+                WriteError::Encode(error) => error,
+                // An error answer has no compiled records.
+                WriteError::TooBig => ProtoError::Message("an error answer is too big"),
+            })
     }
 
     /// What `send_error_response` sends: the question, the rcode, and the response's OPT record
@@ -516,10 +554,7 @@ impl LocalAnswers {
             },
             answers: Section::Records(Vec::new()),
             authorities: Vec::new(),
-            edns: request
-                .edns
-                .as_ref()
-                .map(|_| response_edns(self.advertised_payload)),
+            opt: request.edns.is_some(),
             max_size: self.max_size(protocol, request.edns.as_ref().map(Edns::max_payload)),
         };
         let written = Written {
@@ -527,6 +562,28 @@ impl LocalAnswers {
             compiled: false,
         };
         (response, written)
+    }
+
+    /// The FORMERR hickory-server's listeners send for a message whose `header` parses and
+    /// whose rest does not: no question, no OPT record.
+    pub(crate) fn malformed(&self, header: &Header, protocol: Protocol) -> Option<Vec<u8>> {
+        let mut metadata = Metadata::response_from_request(&header.metadata);
+        metadata.response_code = ResponseCode::FormErr;
+        let mut out = Vec::with_capacity(64);
+        Response {
+            metadata,
+            questions: Questions {
+                bytes: &[],
+                count: 0,
+            },
+            answers: Section::Records(Vec::new()),
+            authorities: Vec::new(),
+            opt: false,
+            max_size: answer_size_max(protocol, client_udp_max(None), u16::MAX),
+        }
+        .write(&self.server_opt, &mut out)
+        .ok()?;
+        Some(out)
     }
 
     /// The largest answer over `protocol` to a client whose OPT record gave `client_payload`
@@ -574,6 +631,14 @@ fn response_edns(advertised_payload: u16) -> Edns {
     edns.set_max_payload(advertised_payload);
     edns.set_version(EDNS_VERSION);
     edns
+}
+
+impl ServerOpt {
+    fn new(advertised_payload: u16) -> ServerOpt {
+        let edns = response_edns(advertised_payload);
+        let record = Record::from(&edns);
+        ServerOpt { edns, record }
+    }
 }
 
 /// The largest UDP answer a client takes whose OPT record gave `query_payload` (`None`: no
@@ -635,28 +700,6 @@ fn opt_payload_at(message: &[u8]) -> Option<usize> {
     None
 }
 
-/// The FORMERR hickory-server's listeners send for a message whose `header` parses and whose
-/// rest does not: no question, no OPT record.
-pub(crate) fn malformed_answer(header: &Header, protocol: Protocol) -> Option<Vec<u8>> {
-    let mut metadata = Metadata::response_from_request(&header.metadata);
-    metadata.response_code = ResponseCode::FormErr;
-    let mut out = Vec::with_capacity(64);
-    Response {
-        metadata,
-        questions: Questions {
-            bytes: &[],
-            count: 0,
-        },
-        answers: Section::Records(Vec::new()),
-        authorities: Vec::new(),
-        edns: None,
-        max_size: answer_size_max(protocol, client_udp_max(None), u16::MAX),
-    }
-    .write(&mut out)
-    .ok()?;
-    Some(out)
-}
-
 /// The largest answer sent over `protocol` to a client that takes `client_udp_max` over UDP:
 /// over UDP that and `dns.udp_payload_max`, else unbounded.
 fn answer_size_max(protocol: Protocol, client_udp_max: u16, udp_payload_max: u16) -> u16 {
@@ -705,7 +748,7 @@ mod tests {
         let src = SocketAddr::from(([127, 0, 0, 1], 53));
         let request = Request::from_bytes(query.to_vec(), src, Protocol::Udp).expect("parse");
         let mut out = Vec::new();
-        local.answer_request(&request, Protocol::Udp, &mut out)?;
+        local.answer_request(&request, Protocol::Udp, Source::Compiled, &mut out)?;
         Some(out)
     }
 

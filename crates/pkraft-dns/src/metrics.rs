@@ -18,10 +18,10 @@ use crate::record_cache::RecordCache;
 pub struct UdpAnswerStats {
     /// From the answer cache.
     pub hits: u64,
-    /// Not from the answer cache: answered directly, handed to hickory's handler chain, or
+    /// Not from the answer cache: a local answer, handed to hickory's handler chain, or
     /// dropped as not answerable.
     pub misses: u64,
-    /// Of the misses, those handed to hickory's handler chain (module docs of `direct`).
+    /// Of the misses, those handed to hickory's handler chain (module docs of `local`).
     pub chain: u64,
     /// Of the misses, those answered from the answers the store compiled when it applied the
     /// packet: no packet parsed, no record encoded.

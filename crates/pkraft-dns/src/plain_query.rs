@@ -1,6 +1,6 @@
 //! [`PlainQuery`]: the shape nearly every query to an authoritative server has, read straight
 //! from its bytes with no allocation, so that a query for a stored key's compiled answers
-//! (`crate::direct`) needs neither hickory's parse nor its owned names.
+//! (`crate::local`) needs neither hickory's parse nor its owned names.
 //!
 //! Why: hickory's `Request::from_bytes` copies the message, builds an owned and a lower-cased
 //! name, a vector of queries and one of labels, about 5 % of a never-asked query's CPU

@@ -70,7 +70,7 @@ pub struct AnswerSources {
     pub short_lived: Option<ShortLivedNames>,
 }
 
-/// hickory's catalog of one [`PkarrZone`] per origin, and the zones themselves (for the direct
+/// hickory's catalog of one [`PkarrZone`] per origin, and the zones themselves (for the local
 /// answers), all answering from `records` and the other `sources`.
 fn zone_catalog(
     zones: &Zones,

@@ -102,7 +102,7 @@ pub struct Settings {
     /// store compiled), byte-identical to hickory-server's `Catalog` (docs/ARCHITECTURE.md, "DNS
     /// flow"), instead of handing every query to the `Catalog`: UDP answers them inline with no
     /// task per query, TCP and DNS-over-HTTPS skip the `Catalog`. What they do not cover (a key
-    /// only the DHT has, a short-lived record, an answer too big for the client, UPDATE, AXFR)
+    /// only the DHT has, a short-lived record, UPDATE, AXFR)
     /// still goes to the `Catalog`. Default true; false is for comparison and diagnosis: every
     /// query goes to the `Catalog` (a stale node's SERVFAIL aside), and the answer cache is off.
     /// The UDP loops serve UDP either way.
@@ -117,10 +117,9 @@ pub struct Settings {
     /// user could bind the port too and receive part of the queries).
     pub udp_sockets: usize,
     /// UDP queries being answered by hickory's handler chain at once, per socket: what the
-    /// local answers leave to it (keys only the DHT has, short-lived records, answers too big
-    /// for the client, UPDATE, AXFR), each in a task. Beyond it such a query is dropped, as a
-    /// full socket buffer would drop it, so a flood of them cannot pile up tasks and memory.
-    /// Default 1,024.
+    /// local answers leave to it (keys only the DHT has, short-lived records, UPDATE, AXFR),
+    /// each in a task. Beyond it such a query is dropped, as a full socket buffer would drop
+    /// it, so a flood of them cannot pile up tasks and memory. Default 1,024.
     pub udp_pending_max: usize,
     /// Datagrams read and sent per system call by each UDP loop (`recvmmsg`/`sendmmsg` on Linux).
     /// The loop answers a batch's queries one after the other before it sends, so a batch that

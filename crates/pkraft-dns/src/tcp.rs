@@ -16,7 +16,7 @@
 //!   answers are sent.
 //!
 //! Local answers are written as soon as they are built; what goes to hickory's chain (a key only
-//! the DHT has, UPDATE, AXFR) is answered in a task of its own.
+//! the DHT has, short-lived records, UPDATE, AXFR) is answered in a task of its own.
 
 use std::io;
 use std::net::SocketAddr;
@@ -208,7 +208,7 @@ impl Connection {
         match answering.answer(query, self.peer, Protocol::Tcp, refused, out) {
             // FORMERR, or nothing when not even the header parses.
             Answered::Local(_) | Answered::Refused | Answered::Malformed(_) => None,
-            Answered::NotAQuery => {
+            Answered::NotAQuery | Answered::Unanswerable(_) => {
                 out.clear();
                 None
             }

@@ -143,7 +143,7 @@ impl UdpFrontend {
                 Answered::Local(_) | Answered::Refused => {}
                 // FORMERR, or nothing when not even the header parses.
                 Answered::Malformed(_) if !out.is_empty() => {}
-                Answered::Malformed(_) | Answered::NotAQuery => return,
+                Answered::Malformed(_) | Answered::NotAQuery | Answered::Unanswerable(_) => return,
                 Answered::Chain(request) => {
                     self.spawn_chain(request, state);
                     return;
@@ -216,7 +216,7 @@ impl UdpFrontend {
                     answer
                 };
                 // Over the byte budget a chain answer is dropped: it has no dice to slip with,
-                // and such answers are rare (module docs of `crate::direct`).
+                // and such answers are rare (module docs of `crate::local`).
                 if frontend
                     .rrl
                     .as_ref()

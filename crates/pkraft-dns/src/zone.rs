@@ -6,7 +6,7 @@
 //! the final key label, equals `<sub>`.
 //!
 //! Outcomes (DESIGN.md §2.3): unknown key or name → NXDOMAIN; known name, other type → NODATA;
-//! both with the origin's SOA, which hickory's `Catalog` (or `crate::direct` in its place) adds. A name that exists only as the
+//! both with the origin's SOA, which hickory's `Catalog` (or `crate::local` in its place) adds. A name that exists only as the
 //! parent of another (the key itself, when the packet holds `_iroh.<z32>`) is NODATA, not
 //! NXDOMAIN (RFC 8020: NXDOMAIN would deny the names below it).
 
@@ -126,7 +126,7 @@ fn hostmaster(origin: &Name) -> Name {
 /// The short-lived records committed through the cluster ([`pkraft_types::short_lived`]) and
 /// the names a zone answers them at: those whose leftmost label is `first_label` (any case).
 /// Such a name is answered from the records while any is held at it (else as any other name: a
-/// key's packet may have records there), and by hickory's chain only, never by the direct
+/// key's packet may have records there), and by hickory's chain only, never by the local
 /// answers: those are cached with the version of the key they read, and a record comes and goes
 /// with no key's version.
 #[derive(Debug, Clone)]

@@ -334,11 +334,11 @@ fn queries(small: &Keypair, large: &Keypair, missing: &Keypair) -> Vec<(String, 
     );
     let big = format!("_iroh.{large}.pkarr.test.");
     add(
-        "large answer, no EDNS (TC: the chain answers)",
+        "large answer, no EDNS (TC)",
         message(16, &big, RecordType::TXT, None),
     );
     add(
-        "large answer, EDNS 512 (TC: the chain answers)",
+        "large answer, EDNS 512 (TC)",
         message(17, &big, RecordType::TXT, Some(edns(512))),
     );
     add(
@@ -390,7 +390,7 @@ fn queries(small: &Keypair, large: &Keypair, missing: &Keypair) -> Vec<(String, 
         message(30, &iroh, RecordType::TXT, Some(nsid)),
     );
     add(
-        "EDNS size below 512 (TC: the chain answers)",
+        "EDNS size below 512",
         message(31, &big, RecordType::TXT, Some(edns(100))),
     );
     let mut do_nx = edns(4096);
@@ -521,15 +521,15 @@ async fn cached_udp_answers_are_hickorys_answers() {
         Message::from_vec(wire).expect("parse").metadata.truncation
     };
     assert!(
-        truncated("large answer, no EDNS (TC: the chain answers)")
-            && truncated("large answer, EDNS 512 (TC: the chain answers)")
+        truncated("large answer, no EDNS (TC)")
+            && truncated("large answer, EDNS 512 (TC)")
             && !truncated("large answer, EDNS 4096"),
         "the TC cases are TC"
     );
     // The OPT record advertises the server's size whatever the client's (the answers above are
     // the reference's with that one change), and the answer keeps within the client's.
     for (what, client_size) in [
-        ("large answer, EDNS 512 (TC: the chain answers)", 512),
+        ("large answer, EDNS 512 (TC)", 512),
         ("large answer, EDNS 4096", 4096),
     ] {
         let wire = before[index_of(what)].as_deref().expect("answered");

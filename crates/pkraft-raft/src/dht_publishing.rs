@@ -8,7 +8,7 @@ use openraft::Raft;
 use pkraft_types::Command;
 
 use crate::TypeConfig;
-use crate::dht_outbox::{DhtOutbox, Progress, ProgressError};
+use crate::dht_outbox::{DhtOutbox, Progress};
 use crate::handles::Handles;
 use crate::leadership::Leadership;
 
@@ -57,4 +57,17 @@ impl DhtPublishing {
             Ok(Ok(_)) => Ok(()),
         }
     }
+}
+
+/// Why a progress entry was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgressError {
+    #[error("not the leader, or handing over")]
+    NotLeader,
+    #[error("not committed within raft.publish_timeout")]
+    Timeout,
+    /// openraft refused or failed the write (its error, boxed: openraft's types stop at this
+    /// crate).
+    #[error("raft: {0}")]
+    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -5,7 +5,6 @@
 //! whether this node may stand for election. Also the task that logs leader and membership
 //! changes. The write path asks before every batch it proposes.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,8 @@ use pkraft_storage::log_store::LogStore;
 use crate::freshness::LeaderContact;
 use crate::handles::Handles;
 use crate::metrics::NodeMetrics;
-use crate::quorum::QuorumContact;
+use crate::peer::Silenced;
+use crate::peer::quorum::QuorumContact;
 use crate::{NodeId, TypeConfig};
 
 /// How often a caller waiting on another node's answer checks that it still leads and is heard
@@ -370,22 +370,5 @@ pub(crate) async fn hold_elections_while_repairing(leadership: Arc<Leadership>) 
     }
     if !leadership.elections_paused() {
         leadership.raft.runtime_config().elect(true);
-    }
-}
-
-/// The voters a handing-over leader sends no `append-entries` (heartbeats included) to, shared
-/// with the peer network.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Silenced(Arc<Mutex<BTreeSet<NodeId>>>);
-
-impl Silenced {
-    pub(crate) fn contains(&self, node: NodeId) -> bool {
-        self.0.lock().is_ok_and(|silenced| silenced.contains(&node))
-    }
-
-    pub(crate) fn set(&self, nodes: &[NodeId]) {
-        if let Ok(mut silenced) = self.0.lock() {
-            *silenced = nodes.iter().copied().collect();
-        }
     }
 }

@@ -22,7 +22,7 @@
 //!   linearizable read barrier; `freshness`: the catch-up after a crash; `read_index`: the
 //!   read-index rounds reads share.
 //! - [`leadership`]: [`Leadership`], who leads and whether this leader may still propose: since
-//!   when it leads, quorum contact (`quorum`), when a leader last reached this node, the
+//!   when it leads, quorum contact (`peer::quorum`), when a leader last reached this node, the
 //!   proposals under way and a handover holding them.
 //! - [`membership`]: [`Members`], init, join, add/promote/remove, cluster status.
 //! - [`handover`]: [`Handover`], a leader that stops hands its leadership to a caught-up voter.
@@ -35,13 +35,14 @@
 //!   packet at a bounded rate.
 //! - [`dht_publishing`]: [`DhtPublishing`], the DHT publisher's way in: [`dht_outbox`] (the keys
 //!   stored and not yet put to the Mainline DHT, kept by every replica so a new leader carries
-//!   on) and the commit of its progress.
+//!   on; `pkraft-storage`'s, re-exported) and the commit of its progress.
 //! - [`short_lived`]: [`ShortLived`], short-lived records committed through the leader.
 //!
-//! And what they use: [`peer`] (the peer network's client, TLS and message types), `voters`
-//! (the voters a node knows), `snapshot_schedule`, `disk_space`, `store_cap`, `metrics`,
-//! [`settings`] (the `[raft]` config section); [`backup`] (backup, restore and verify) is
-//! `pkraft-storage`'s, re-exported.
+//! And what they use: [`peer`] (the peer wire: the client, openraft's network over it, TLS,
+//! quorum contact and the message types; the crate `pkraft-peer`, re-exported), `voters` (the
+//! voters a node knows), `snapshot_schedule`, `metrics`, [`settings`] (the `[raft]` config
+//! section); from `pkraft-storage`: `disk_space` and `store_cap` (the room for writes) and
+//! [`backup`] (backup, restore and verify).
 
 // openraft's `StorageError` (224 bytes) is the error type of the storage traits (pkraft-storage)
 // that the node's start-up and backup call, and they return it on. Boxing it in between would
@@ -49,9 +50,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod cluster_clock;
-pub mod dht_outbox;
 pub mod dht_publishing;
-mod disk_space;
 mod expiry;
 mod freshness;
 mod handles;
@@ -60,9 +59,7 @@ pub mod leadership;
 pub mod membership;
 mod metrics;
 pub mod node;
-pub mod peer;
 mod pre_vote;
-mod quorum;
 mod read_index;
 pub mod reads;
 pub mod routes;
@@ -71,13 +68,12 @@ pub mod settings;
 pub mod short_lived;
 mod snapshot_schedule;
 mod start;
-mod store_cap;
 mod voters;
 pub mod write_path;
 
 pub use cluster_clock::{ClockReport, ClockState, ClusterClock, ClusterTime};
-pub use dht_outbox::{DhtOutbox, OutboxItem, Progress, ProgressError};
-pub use dht_publishing::DhtPublishing;
+pub use dht_outbox::{DhtOutbox, OutboxItem, Progress};
+pub use dht_publishing::{DhtPublishing, ProgressError};
 pub use handover::{Handover, HandoverOutcome};
 pub use leadership::Leadership;
 pub use membership::{
@@ -85,10 +81,13 @@ pub use membership::{
 };
 pub use node::{Cluster, Node, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
-pub use pkraft_storage::backup;
+/// The peer wire (crates/pkraft-peer), which the node's settings and API name.
+pub use pkraft_peer as peer;
 pub use pkraft_storage::log_store::LogRepair;
 pub use pkraft_storage::state_repair::StateOpenError;
 pub use pkraft_storage::{NodeId, TypeConfig};
+pub use pkraft_storage::{backup, dht_outbox};
+use pkraft_storage::{disk_space, store_cap};
 pub use reads::{Consistency, ReadError, Readiness, Reads, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
 pub use short_lived::{RecordHolder, ShortLived};

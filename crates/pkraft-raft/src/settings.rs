@@ -161,10 +161,9 @@ pub const ENTRIES_PER_APPEND_MAX: u64 = 64;
 const APPEND_BYTES_PER_HEARTBEAT_MS: usize = 40 * 1024;
 /// Bytes of snapshot sent in one `install-snapshot` request.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
-/// Time for one snapshot chunk but the last (openraft's 200 ms default restarts the transfer of
-/// a large snapshot over and over). `PeerConnection::install_snapshot` holds every chunk but the
-/// last to it.
-pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time for one snapshot chunk but the last; the peer network holds every chunk but the last
+/// to it.
+pub use pkraft_peer::client::SNAPSHOT_CHUNK_TIMEOUT;
 /// Time for the last snapshot chunk, which the follower answers once it has installed the whole
 /// snapshot: an import into redb of every packet, with their answers compiled, and an fsync.
 /// That took over a minute at 10M packets, and a timeout there started the transfer and the

@@ -22,16 +22,17 @@ use crate::expiry::{Expiry, ExpiryLedger, ExpiryRules};
 use crate::freshness::Freshness;
 use crate::handles::Handles;
 use crate::handover::Handover;
-use crate::leadership::{Leadership, Silenced};
+use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::node::{
     CLEAN_STOP_FILE, Cluster, LOG_DIR, LOG_FILE_V1, Node, SNAPSHOT_DIR, STATE_FILE, StartError,
     sync_dir,
 };
+use crate::peer::Silenced;
+use crate::peer::quorum::QuorumContact;
 use crate::peer::{PeerClient, PeerNetwork};
 use crate::pre_vote::PreVote;
-use crate::quorum::QuorumContact;
 use crate::reads::Reads;
 use crate::scrub::Scrub;
 use crate::settings::Settings;

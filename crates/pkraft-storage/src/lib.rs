@@ -17,6 +17,15 @@
 //! - `codec`: postcard encoding and the blocking-pool helper for storage work.
 //! - [`backup`]: backup files of a store, restore into a new data dir, and the offline check of
 //!   a stopped node's data dir (`pkraft backup`, `restore`, `verify`).
+//!
+//! What the node asks of its disk and store before it writes, and what the replicas keep for the
+//! DHT publisher:
+//! - [`disk_space`]: the free space of the data dir's file system, measured once a second, and
+//!   the refusals that follow from it (`raft.min_free_disk_mib`, the new-key reserve, a
+//!   snapshot's install).
+//! - [`store_cap`]: the cap on stored packets and the new keys under way against it.
+//! - [`dht_outbox`]: the keys stored and not yet put to the Mainline DHT, fed by the state
+//!   machine as it applies (every replica keeps it, so a new leader carries on).
 
 // openraft's `StorageError` (224 bytes) is the error type of the storage traits implemented here;
 // the helpers that feed them return it too. Boxing it in between would only add conversions on
@@ -25,11 +34,14 @@
 
 pub mod backup;
 pub mod codec;
+pub mod dht_outbox;
+pub mod disk_space;
 pub mod log_store;
 pub mod snapshot_file;
 pub mod snapshot_receipt;
 pub mod state_machine;
 pub mod state_repair;
+pub mod store_cap;
 pub mod type_config;
 
 pub use type_config::{ApplyResult, NodeId, TypeConfig};

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use pkraft_testkit::code_shape::{function_lengths, has_impl_of, rust_files};
 
 /// The crates that ship in the binary; the others (bench, chaos, lossyfs, testkit) are tools.
-const PRODUCTION_CRATES: [&str; 10] = [
+const PRODUCTION_CRATES: [&str; 11] = [
     "pkraft",
     "pkraft-dht",
     "pkraft-dns",
     "pkraft-http",
     "pkraft-limits",
+    "pkraft-peer",
     "pkraft-raft",
     "pkraft-storage",
     "pkraft-store",

@@ -13,8 +13,9 @@
 //! dispatch. The HTTP connection loop every listener uses is `pkraft_http::serve`.
 //!
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
-//! `pkraft-dht` (Mainline DHT bridge), `pkraft-raft` (consensus), `pkraft-storage` (the Raft log
-//! and state machine under it), `pkraft-store` (redb state), `pkraft-types` (domain types).
+//! `pkraft-dht` (Mainline DHT bridge), `pkraft-raft` (consensus), `pkraft-peer` (the peer wire
+//! under it), `pkraft-storage` (the Raft log and state machine under it), `pkraft-store` (redb
+//! state), `pkraft-types` (domain types).
 
 pub mod acme;
 pub mod certificates;

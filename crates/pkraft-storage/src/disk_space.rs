@@ -39,15 +39,15 @@ use prometheus::IntGauge;
 /// hundred KiB of log.
 const FRESH_FOR: Duration = Duration::from_millis(100);
 /// How often the background check runs, so the metric and the log are current without traffic.
-pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// What an install's import writes, per byte of snapshot: `make bench-scale` measured 868 bytes
 /// per record in `state.redb` against 277 in the snapshot at 10M records (3.1 times), and up to
 /// 2,247 bytes per record in a `state.redb` written by PUTs at 1M; an import writes its tables
 /// in key order, as the 10M store was. A third more than measured, for the answers compiled in
 /// the import and redb's own pages.
-pub(crate) const IMPORT_BYTES_PER_SNAPSHOT_BYTE: u64 = 4;
+pub const IMPORT_BYTES_PER_SNAPSHOT_BYTE: u64 = 4;
 
-pub(crate) struct DiskSpace {
+pub struct DiskSpace {
     data_dir: PathBuf,
     reserve_bytes: u64,
     /// Below this much available, no new keys (`raft.new_keys_min_free_disk_mib`); at least
@@ -76,7 +76,7 @@ fn install_bytes(snapshot_bytes: u64, received: u64) -> u64 {
 }
 
 impl DiskSpace {
-    pub(crate) fn new(
+    pub fn new(
         data_dir: &Path,
         reserve_bytes: u64,
         new_keys_reserve_bytes: u64,
@@ -98,7 +98,7 @@ impl DiskSpace {
 
     /// Why this node must take no writes now, if it must: the data dir's file system has less
     /// than the reserve available.
-    pub(crate) fn refusal(&self) -> Option<String> {
+    pub fn refusal(&self) -> Option<String> {
         self.refusal_for(self.available())
     }
 
@@ -106,7 +106,7 @@ impl DiskSpace {
     /// `raft.new_keys_min_free_disk_mib` available. Republishes of stored keys go on until
     /// [`DiskSpace::refusal`]; below the reserve that refusal (503) answers every write, new
     /// keys too, and this one is `None`.
-    pub(crate) fn new_keys_refusal(&self) -> Option<String> {
+    pub fn new_keys_refusal(&self) -> Option<String> {
         let available = self.available();
         (self.reserve_bytes <= available && available < self.new_keys_reserve_bytes).then(|| {
             format!(
@@ -125,7 +125,7 @@ impl DiskSpace {
     /// file that is) and its import (`IMPORT_BYTES_PER_SNAPSHOT_BYTE` per byte) must leave the
     /// reserve free. Logged once per snapshot; the leader retries it, and it is taken once space
     /// is freed. A reserve of 0 turns this check off too.
-    pub(crate) fn install_refusal(
+    pub fn install_refusal(
         &self,
         snapshot_id: &str,
         snapshot_bytes: u64,
@@ -179,12 +179,12 @@ impl DiskSpace {
     /// `bytes` plus a quarter of the reserve. It may use the rest of the reserve, which exists
     /// for it too: a build followed by a log purge is what frees space, and writes are refused
     /// below the reserve, so the log does not grow meanwhile.
-    pub(crate) fn has_room_for_build(&self, bytes: u64) -> bool {
+    pub fn has_room_for_build(&self, bytes: u64) -> bool {
         self.available() >= bytes.saturating_add(self.reserve_bytes / 4)
     }
 
     /// Measures now (the background check).
-    pub(crate) fn measure(&self) {
+    pub fn measure(&self) {
         self.measured_at
             .store(self.millis_now() + 1, Ordering::Release);
         let available = match available_bytes(&self.data_dir) {
@@ -244,7 +244,7 @@ fn available_bytes(path: &Path) -> std::io::Result<u64> {
 
 /// The size of the file system holding `path`, in bytes: what the default cap on stored
 /// packets is derived from (`store_cap`).
-pub(crate) fn file_system_bytes(path: &Path) -> std::io::Result<u64> {
+pub fn file_system_bytes(path: &Path) -> std::io::Result<u64> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
     if stat.blocks() == 0 {
         return Err(std::io::Error::other(
@@ -267,7 +267,7 @@ fn free_bytes(stat: &nix::sys::statvfs::Statvfs) -> std::io::Result<u64> {
 }
 
 /// Runs the background check until the node stops (the task is aborted).
-pub(crate) async fn run(disk: std::sync::Arc<DiskSpace>) {
+pub async fn run(disk: std::sync::Arc<DiskSpace>) {
     let mut interval = tokio::time::interval(CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

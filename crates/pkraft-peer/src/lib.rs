@@ -18,10 +18,21 @@
 //! - [`tls`]: optional mutual TLS (`[cluster.tls]`).
 //! - [`ClusterSecret`] and the wire types below.
 //!
-//! The listener's router, which wires each route to the node's part that answers it, is
-//! `crate::routes`, beside the node's start-up.
+//! - [`quorum`]: when each peer last accepted this node's `append-entries`.
+//! - [`Silenced`]: the voters a handing-over leader sends nothing to.
+//!
+//! The crate sits between the node and its storage: it knows openraft's network traits and
+//! pkraft-storage's type config and codec, nothing of the node. The listener's router, which
+//! wires each route to the node's part that answers it, is `pkraft_raft::routes`, beside the
+//! node's start-up.
+
+// openraft's network traits return its `RPCError` (128 bytes and more), and the client's helpers
+// that feed them return it too: boxing it in between would only add conversions.
+#![allow(clippy::result_large_err)]
 
 pub mod client;
+pub mod quorum;
+mod silenced;
 pub mod tls;
 
 use std::sync::Arc;
@@ -30,9 +41,10 @@ use pkraft_types::PublishItem;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::NodeId;
+use pkraft_storage::NodeId;
 
 pub use client::{CallError, PeerClient, PeerNetwork};
+pub use silenced::Silenced;
 
 /// Shortest accepted cluster secret, in bytes.
 pub const SECRET_LEN_MIN: usize = 16;
@@ -81,7 +93,7 @@ impl ClusterSecret {
 }
 
 /// Request paths on the peer listener.
-pub(crate) mod path {
+pub mod path {
     pub const APPEND_ENTRIES: &str = "/peer/v1/append-entries";
     pub const VOTE: &str = "/peer/v1/vote";
     pub const INSTALL_SNAPSHOT: &str = "/peer/v1/install-snapshot";
@@ -142,7 +154,7 @@ pub enum PeerError {
 
 /// Publishes forwarded by a follower to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ForwardedPublish {
+pub struct ForwardedPublish {
     pub packets: Vec<PublishItem>,
     /// The follower decodes `PublishError::NoRoom` in the answers. Last, so that a leader of
     /// an older build decodes the request (postcard ignores trailing bytes); a request without
@@ -153,7 +165,7 @@ pub(crate) struct ForwardedPublish {
 
 /// [`ForwardedPublish`] as a follower of a build before `NoRoom` sends it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct LegacyForwardedPublish {
+pub struct LegacyForwardedPublish {
     pub packets: Vec<PublishItem>,
 }
 
@@ -178,6 +190,14 @@ pub enum MembershipChange {
 mod tests {
     use super::*;
     use pkraft_storage::codec::{decode, encode};
+
+    /// ARCHITECTURE.md: the peer wire sits below the node (pkraft-raft) and above its storage:
+    /// it knows the type config and the codec, nothing of the node or a service crate.
+    #[test]
+    fn the_peer_crate_depends_on_storage_and_types_only() {
+        let ours = pkraft_testkit::manifest::pkraft_dependencies(include_str!("../Cargo.toml"));
+        assert_eq!(ours, ["pkraft-storage", "pkraft-types"]);
+    }
 
     /// Goal: forwarded publishes keep working across a rolling upgrade. A leader of an older
     /// build decodes a new follower's request (the trailing flag is ignored); a new leader

@@ -14,17 +14,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::NodeId;
+use pkraft_storage::NodeId;
 
 /// Last accepted `append-entries` per peer, shared by the peer network and the node.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct QuorumContact {
+pub struct QuorumContact {
     last_accepted: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl QuorumContact {
     /// `peer` accepted this node as its leader just now.
-    pub(crate) fn record(&self, peer: NodeId) {
+    pub fn record(&self, peer: NodeId) {
         if let Ok(mut last) = self.last_accepted.lock() {
             last.insert(peer, Instant::now());
         }
@@ -32,7 +32,7 @@ impl QuorumContact {
 
     /// How long ago a quorum of `voters` (this node, `me`, counting as always in touch) last
     /// accepted this node; `None` if a quorum never did.
-    pub(crate) fn age(&self, me: NodeId, voters: &[NodeId]) -> Option<Duration> {
+    pub fn age(&self, me: NodeId, voters: &[NodeId]) -> Option<Duration> {
         let quorum = voters.len() / 2 + 1;
         let others_needed = quorum.saturating_sub(usize::from(voters.contains(&me)));
         if others_needed == 0 {

@@ -6,7 +6,7 @@
 //!
 //! Where it is enforced:
 //! - on the node a PUT reaches, before its body is read (pkraft-http asks
-//!   [`crate::Writes::refuse_new_key`]), and in `Writes::publish` for a key its replica does not hold, from
+//!   `pkraft_raft::Writes::refuse_new_key`), and in `Writes::publish` for a key its replica does not hold, from
 //!   a count at most `COUNT_FRESH_FOR` old: a refusal that costs the flood no verification, no
 //!   queue slot and no round of consensus;
 //! - on the leader, for every batch it proposes ([`StoreCap::admit`]), from the store's count
@@ -31,10 +31,10 @@ use pkraft_types::KeyBytes;
 /// by PUTs measured up to 2,247 bytes per record (docs/OPERATIONS.md, "Sizing the data disk"),
 /// the snapshot 277 and a second one while it is rebuilt, and a follower's install imports 4 ×
 /// the snapshot beside the old tables: 3.9 KB, rounded up.
-pub(crate) const BYTES_PER_STORED_PACKET: u64 = 4096;
+pub const BYTES_PER_STORED_PACKET: u64 = 4096;
 /// The default cap when the file system does not tell its size (some FUSE and network file
 /// systems): the largest store `make bench-scale` measured.
-pub(crate) const UNKNOWN_DISK_MAX_PACKETS: u64 = 10_000_000;
+pub const UNKNOWN_DISK_MAX_PACKETS: u64 = 10_000_000;
 /// The least a cap derived from a small disk is: below it the new-key reserve of the disk
 /// refuses new keys first anyway.
 const DERIVED_MAX_PACKETS_MIN: u64 = 10_000;
@@ -44,23 +44,23 @@ const COUNT_FRESH_FOR: Duration = Duration::from_millis(100);
 
 /// The default cap for a data dir on a file system of `file_system_bytes`: what is left beside
 /// the new-key reserve (`keep_free_bytes`), at `BYTES_PER_STORED_PACKET` per packet.
-pub(crate) fn derived_max_packets(file_system_bytes: u64, keep_free_bytes: u64) -> u64 {
+pub fn derived_max_packets(file_system_bytes: u64, keep_free_bytes: u64) -> u64 {
     (file_system_bytes.saturating_sub(keep_free_bytes) / BYTES_PER_STORED_PACKET)
         .max(DERIVED_MAX_PACKETS_MIN)
 }
 
 /// Why a new key is refused, and the label of `pkraft_raft_publish_refused_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NewKeyRefusal {
-    pub(crate) label: &'static str,
-    pub(crate) reason: String,
+pub struct NewKeyRefusal {
+    pub label: &'static str,
+    pub reason: String,
     /// There may be room once the batches under way have been applied (or the store can be
     /// counted again): a 503 to retry soon, not the 507 of a store without room.
-    pub(crate) transient: bool,
+    pub transient: bool,
 }
 
 impl NewKeyRefusal {
-    pub(crate) fn disk(reason: String) -> NewKeyRefusal {
+    pub fn disk(reason: String) -> NewKeyRefusal {
         NewKeyRefusal {
             label: "new_keys_disk_low",
             reason,
@@ -100,7 +100,7 @@ impl NewKeyRefusal {
 }
 
 /// The cap and what counts against it; see the module docs.
-pub(crate) struct StoreCap {
+pub struct StoreCap {
     /// `None`: no cap.
     max_packets: Option<u64>,
     started: Instant,
@@ -117,7 +117,7 @@ pub(crate) struct StoreCap {
 
 /// New keys of a batch under way, counted against the cap until dropped (once the proposal has
 /// returned, applied or failed).
-pub(crate) struct Reservation {
+pub struct Reservation {
     in_flight: Arc<Mutex<u64>>,
     new_keys: u64,
 }
@@ -137,11 +137,11 @@ impl Drop for Reservation {
 }
 
 /// The leader's answer for one batch.
-pub(crate) struct Admission {
+pub struct Admission {
     /// Why each packet is refused (`None`: admitted), in the batch's order; empty when every
     /// packet is admitted.
-    pub(crate) refused: Vec<Option<NewKeyRefusal>>,
-    pub(crate) reservation: Reservation,
+    pub refused: Vec<Option<NewKeyRefusal>>,
+    pub reservation: Reservation,
 }
 
 /// Room under the cap for one batch: `left` new keys now, `short` why not more.
@@ -151,7 +151,7 @@ struct Room {
 }
 
 impl StoreCap {
-    pub(crate) fn new(max_packets: Option<u64>) -> StoreCap {
+    pub fn new(max_packets: Option<u64>) -> StoreCap {
         StoreCap {
             max_packets,
             started: Instant::now(),
@@ -163,7 +163,7 @@ impl StoreCap {
 
     /// The quick check of the node a PUT reaches: whether the store is at the cap, by a count
     /// at most `COUNT_FRESH_FOR` old. A count that fails admits (the leader counts again).
-    pub(crate) fn refusal(&self, store: &Store) -> Option<NewKeyRefusal> {
+    pub fn refusal(&self, store: &Store) -> Option<NewKeyRefusal> {
         let max_packets = self.max_packets?;
         (self.recent_count(store) >= max_packets).then(|| NewKeyRefusal::cap(max_packets))
     }
@@ -175,7 +175,7 @@ impl StoreCap {
     /// retry (503). The admitted new keys count against the cap until the reservation is
     /// dropped. Looks keys up only when the batch might not fit, so a batch far from the cap
     /// costs one count.
-    pub(crate) fn admit<'k>(
+    pub fn admit<'k>(
         &self,
         store: &Store,
         disk: Option<NewKeyRefusal>,

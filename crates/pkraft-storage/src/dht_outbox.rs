@@ -68,7 +68,7 @@ struct Pending {
     failures: u8,
 }
 
-pub use pkraft_storage::state_machine::Progress;
+pub use crate::state_machine::Progress;
 
 /// A key the publisher should put now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,14 +89,14 @@ impl DhtOutbox {
         self.enabled.store(true, Ordering::Release);
     }
 
-    pub(crate) fn is_enabled(&self) -> bool {
+    pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Acquire)
     }
 
     /// Records what one apply call did: `stored` are the keys whose packet changed, with the
     /// index of the entry that changed them; `progress` the progress entries applied, in order;
     /// `through` the last index applied.
-    pub(crate) fn applied(&self, stored: &[(KeyBytes, u64)], progress: &[Progress], through: u64) {
+    pub fn applied(&self, stored: &[(KeyBytes, u64)], progress: &[Progress], through: u64) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -286,19 +286,6 @@ impl OutboxState {
             self.pending.remove(&key);
         }
     }
-}
-
-/// Why a progress entry was not committed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProgressError {
-    #[error("not the leader, or handing over")]
-    NotLeader,
-    #[error("not committed within raft.publish_timeout")]
-    Timeout,
-    /// openraft refused or failed the write (its error, boxed: openraft's types stop at this
-    /// crate).
-    #[error("raft: {0}")]
-    Raft(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 #[cfg(test)]

@@ -27,13 +27,18 @@ use serde::de::DeserializeOwned;
 use tokio::runtime::Handle;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::tls::PeerTls;
-use super::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
-use crate::leadership::Silenced;
-use crate::quorum::QuorumContact;
-use crate::settings::SNAPSHOT_CHUNK_TIMEOUT;
-use crate::{NodeId, TypeConfig};
 use pkraft_storage::codec::{decode, encode};
+use pkraft_storage::{NodeId, TypeConfig};
+
+use crate::quorum::QuorumContact;
+use crate::silenced::Silenced;
+use crate::tls::PeerTls;
+use crate::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
+
+/// Time for one snapshot chunk but the last (openraft's 200 ms default restarts the transfer of
+/// a large snapshot over and over). `PeerConnection::install_snapshot` holds every chunk but the
+/// last to it; the node's settings check it against the install's own timeout.
+pub const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long opening a TCP connection to a peer may take. A peer that does not accept within it
 /// is treated as down (openraft then backs off instead of piling up requests).
@@ -92,7 +97,7 @@ pub struct PeerClient {
 
 impl PeerClient {
     /// Whether peer calls go over TLS (and listeners check the caller's certificate).
-    pub(crate) fn uses_tls(&self) -> bool {
+    pub fn uses_tls(&self) -> bool {
         self.tls.is_some()
     }
 }
@@ -334,11 +339,7 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    pub(crate) fn new(
-        client: PeerClient,
-        contact: QuorumContact,
-        silenced: Silenced,
-    ) -> PeerNetwork {
+    pub fn new(client: PeerClient, contact: QuorumContact, silenced: Silenced) -> PeerNetwork {
         PeerNetwork {
             client,
             contact,
