@@ -52,9 +52,6 @@ pub(crate) enum Answered {
     /// A response, not a query: nothing is sent (answering responses would let anyone bounce
     /// traffic off this server).
     NotAQuery,
-    /// The answer could not be encoded (hickory's encoder failed on the SERVFAIL of a stale
-    /// node): nothing is sent, as hickory sends nothing when its encoder fails.
-    Unanswerable(ProtoError),
     /// hickory's chain must answer it ([`Answering::chain`]).
     Chain(Box<Request>),
 }
@@ -121,14 +118,8 @@ impl Answering {
         }
         if refused {
             self.freshness.count_refusal();
-            return match self.local.refuse(&request, protocol, out) {
-                Ok(()) => Answered::Refused,
-                Err(error) => {
-                    tracing::debug!(%error, "could not write a SERVFAIL answer");
-                    out.clear();
-                    Answered::Unanswerable(error)
-                }
-            };
+            self.local.refuse(&request, protocol, out);
+            return Answered::Refused;
         }
         let source = match plain {
             Plain::TooBig => Source::Records,
@@ -183,12 +174,9 @@ pub enum AnswerError {
     Malformed(#[source] ProtoError),
     #[error("not a DNS query: a response")]
     NotAQuery,
-    /// hickory's chain sent no answer (it could not encode one; it logs why).
+    /// hickory's chain sent no answer (its response handle was not written to).
     #[error("no answer was sent")]
     NoAnswer,
-    /// The answer could not be encoded.
-    #[error("the answer could not be encoded: {0}")]
-    Encode(#[source] ProtoError),
 }
 
 /// Answers DNS messages that arrive over HTTP (DNS-over-HTTPS, served by `pkraft-http`) the way
@@ -215,7 +203,6 @@ impl Answerer {
             Answered::Local(_) | Answered::Refused => {}
             Answered::Malformed(error) => return Err(AnswerError::Malformed(error)),
             Answered::NotAQuery => return Err(AnswerError::NotAQuery),
-            Answered::Unanswerable(error) => return Err(AnswerError::Encode(error)),
             Answered::Chain(request) => {
                 answer = answering
                     .chain(&request)

@@ -8,9 +8,10 @@
 //! record and the local replica:
 //! - a standard query (opcode QUERY) with one question, in an origin: for a stored key, the
 //!   answers the store compiled when it applied the packet ([`Section::Compiled`]), positive or
-//!   NODATA/NXDOMAIN; for the apex, a name that is no key, a key not stored (with no `[dht]`)
-//!   and a packet whose records are not all compiled, the zone's local lookup
-//!   ([`PkarrZone::lookup_local`], hickory `Record`s). Both are wrapped exactly as
+//!   NODATA/NXDOMAIN; for the apex, a name that is no key, a key not stored (with no `[dht]`),
+//!   a packet whose records are not all compiled and a compiled answer too big for the client
+//!   ([`Source::Records`]), the zone's local lookup ([`PkarrZone::lookup_local`], hickory
+//!   `Record`s). Both are wrapped exactly as
 //!   `Catalog::lookup` and `build_authoritative_response` wrap them (AA, the SOA in the authority
 //!   section of NXDOMAIN and NODATA, the apex NS with a SOA answer);
 //! - the `Catalog`'s error answers that need no zone: REFUSED for a name in no origin, FORMERR
@@ -39,10 +40,11 @@ use std::sync::Arc;
 
 use hickory_proto::ProtoError;
 use hickory_proto::op::{
-    Edns, EmitAndCount, Header, MessageType, Metadata, OpCode, ResponseCode, emit_message_parts,
+    Edns, EmitAndCount, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+    emit_message_parts,
 };
 use hickory_proto::rr::{Record, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
 use hickory_server::zone_handler::MessageRequest;
 
@@ -114,7 +116,7 @@ impl EmitAndCount for Questions<'_> {
     }
 }
 
-/// The OPT record of this server's answers (module docs of [`response_edns`]), made once.
+/// The OPT record of this server's answers (see [`response_edns`]), made once.
 struct ServerOpt {
     edns: Edns,
     /// `edns` as the record hickory's `emit_message_parts` makes of it for an rcode without
@@ -518,21 +520,27 @@ impl LocalAnswers {
 
     /// The SERVFAIL of a node too stale to answer (`dns.max_stale`, or catching up after a
     /// crash), written into `out`: the question, and an OPT record if the query had one
-    /// (RFC 6891 §7).
-    pub(crate) fn refuse(
-        &self,
-        request: &MessageRequest,
-        protocol: Protocol,
-        out: &mut Vec<u8>,
-    ) -> Result<(), ProtoError> {
+    /// (RFC 6891 §7). When that does not fit (the question section alone exceeds the client's
+    /// size), what hickory's response handle sends when its encoder fails: the header alone,
+    /// opcode QUERY, SERVFAIL.
+    pub(crate) fn refuse(&self, request: &MessageRequest, protocol: Protocol, out: &mut Vec<u8>) {
         let (response, _) = self.error(request, ResponseCode::ServFail, protocol);
-        response
-            .write(&self.server_opt, out)
-            .map_err(|error| match error {
-                WriteError::Encode(error) => error,
-                // An error answer has no compiled records.
-                WriteError::TooBig => ProtoError::Message("an error answer is too big"),
-            })
+        if let Err(error) = response.write(&self.server_opt, out) {
+            tracing::debug!(%error, "could not encode a SERVFAIL answer; sending its header");
+            out.clear();
+            let mut metadata =
+                Metadata::new(request.metadata.id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            // Twelve bytes into a vector with no size bound: nothing to fail on, but a partial
+            // header is never sent.
+            if BinEncodable::emit(&header, &mut BinEncoder::new(out)).is_err() {
+                out.clear();
+            }
+        }
     }
 
     /// What `send_error_response` sends: the question, the rcode, and the response's OPT record
@@ -847,6 +855,59 @@ mod tests {
                 "{name} {rtype}"
             );
         }
+    }
+
+    /// A stale node's SERVFAIL whose questions alone exceed the client's size is the header
+    /// alone, opcode QUERY, as hickory's response handle sends when its encoder fails; one that
+    /// fits echoes the question and has the server's OPT record.
+    #[test]
+    fn a_servfail_too_big_for_the_client_is_its_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let settings = Settings {
+            origins: vec!["pkarr.test".to_string()],
+            ..Settings::default()
+        };
+        let zones = settings.zones().expect("zones");
+        let records = Arc::new(RecordCache::new(store, 1 << 20));
+        let origin = &zones.origins[0];
+        let local = LocalAnswers::new(
+            vec![Arc::new(PkarrZone::new(
+                origin, &zones, records, None, None,
+            ))],
+            1232,
+        );
+        let src = SocketAddr::from(([127, 0, 0, 1], 53));
+        let one = query("_iroh.example.pkarr.test.", RecordType::TXT, Some(512));
+        let request = Request::from_bytes(one, src, Protocol::Udp).expect("parse");
+        let mut out = Vec::new();
+        local.refuse(&request, Protocol::Udp, &mut out);
+        let answer = Message::from_vec(&out).expect("parse");
+        assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(answer.queries.len(), 1);
+        assert_eq!(answer.edns.as_ref().map(Edns::max_payload), Some(1232));
+
+        let mut many = Message::query();
+        many.metadata.id = 0x4321;
+        for n in 0..40 {
+            let name = format!("_iroh.a-long-label-number-{n:02}.pkarr.test.");
+            many.add_query(Query::query(
+                Name::from_ascii(&name).expect("name"),
+                RecordType::TXT,
+            ));
+        }
+        let mut edns = Edns::new();
+        edns.set_max_payload(512);
+        many.set_edns(edns);
+        let wire = many.to_vec().expect("encode");
+        assert!(wire.len() > 512);
+        let request = Request::from_bytes(wire, src, Protocol::Udp).expect("parse");
+        local.refuse(&request, Protocol::Udp, &mut out);
+        assert_eq!(out.len(), 12, "the header alone");
+        let answer = Message::from_vec(&out).expect("parse");
+        assert_eq!(answer.metadata.id, 0x4321);
+        assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+        assert_eq!(answer.metadata.op_code, OpCode::Query);
     }
 
     /// The OPT record of a message hickory encoded (compressed names, records in every

@@ -208,7 +208,7 @@ impl Connection {
         match answering.answer(query, self.peer, Protocol::Tcp, refused, out) {
             // FORMERR, or nothing when not even the header parses.
             Answered::Local(_) | Answered::Refused | Answered::Malformed(_) => None,
-            Answered::NotAQuery | Answered::Unanswerable(_) => {
+            Answered::NotAQuery => {
                 out.clear();
                 None
             }

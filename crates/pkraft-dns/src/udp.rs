@@ -143,7 +143,7 @@ impl UdpFrontend {
                 Answered::Local(_) | Answered::Refused => {}
                 // FORMERR, or nothing when not even the header parses.
                 Answered::Malformed(_) if !out.is_empty() => {}
-                Answered::Malformed(_) | Answered::NotAQuery | Answered::Unanswerable(_) => return,
+                Answered::Malformed(_) | Answered::NotAQuery => return,
                 Answered::Chain(request) => {
                     self.spawn_chain(request, state);
                     return;

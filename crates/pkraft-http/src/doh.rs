@@ -90,7 +90,7 @@ impl From<AnswerError> for DohError {
             AnswerError::Malformed(_) | AnswerError::NotAQuery => {
                 DohError::BadRequest(e.to_string())
             }
-            AnswerError::NoAnswer | AnswerError::Encode(_) => DohError::Internal(e.to_string()),
+            AnswerError::NoAnswer => DohError::Internal(e.to_string()),
         }
     }
 }
