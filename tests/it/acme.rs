@@ -41,7 +41,7 @@ fn fixture(name: &str) -> String {
 struct Pebble {
     process: Option<Child>,
     management: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The ports Pebble listens on (`api`, `management`, `http` for HTTP-01, which is not used)
@@ -112,7 +112,7 @@ impl Pebble {
         Pebble {
             process: Some(process),
             management: ports.management,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -154,8 +154,13 @@ impl Pebble {
 }
 
 impl Drop for Pebble {
+    /// A failed test shows what Pebble logged (why an order or a validation failed).
     fn drop(&mut self) {
         self.stop();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.path().join("pebble.log"));
+            eprintln!("==== Pebble's log ====\n{}", log.unwrap_or_else(|e| e.to_string()));
+        }
     }
 }
 
@@ -237,14 +242,28 @@ async fn acme_orders(node: &TestServer, result: &str) -> f64 {
 }
 
 /// Polls `check` every 200 ms until it holds, for at most `limit`.
-async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+async fn wait_until<F, Fut>(what: &str, limit: Duration, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_on(what, limit, None, check).await;
+}
+
+/// [`wait_until`] on one node, whose log a timeout shows (the orders it made and why they
+/// failed; a cluster's members show theirs when the cluster is dropped).
+async fn wait_on<F, Fut>(what: &str, limit: Duration, node: Option<&TestServer>, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}; the node's log:\n{}",
+            node.map(TestServer::log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -280,7 +299,7 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     // Nothing to serve yet: the first order fails (the CA is not up) and is retried.
     let pebble = Pebble::start(&ports, node.dns);
     let roots = pebble.roots().await;
-    wait_until("a first certificate", Duration::from_secs(60), || async {
+    wait_on("a first certificate", Duration::from_secs(60), Some(&node), || async {
         acme_orders(&node, "issued").await >= 1.0
     })
     .await;
@@ -324,7 +343,7 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     assert_eq!(acme_orders(&node, "issued").await, 0.0);
 
     // Renewed at two thirds of its 60 s, without a restart.
-    wait_until("a renewal", Duration::from_secs(90), || async {
+    wait_on("a renewal", Duration::from_secs(90), Some(&node), || async {
         acme_orders(&node, "issued").await >= 1.0
     })
     .await;
@@ -338,7 +357,7 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     let failed_before = acme_orders(&node, "error").await;
     let mut pebble = pebble;
     pebble.stop();
-    wait_until("a failed renewal", Duration::from_secs(90), || async {
+    wait_on("a failed renewal", Duration::from_secs(90), Some(&node), || async {
         acme_orders(&node, "error").await > failed_before
     })
     .await;
