@@ -159,7 +159,10 @@ impl Drop for Pebble {
         self.stop();
         if std::thread::panicking() {
             let log = std::fs::read_to_string(self.dir.path().join("pebble.log"));
-            eprintln!("==== Pebble's log ====\n{}", log.unwrap_or_else(|e| e.to_string()));
+            eprintln!(
+                "==== Pebble's log ====\n{}",
+                log.unwrap_or_else(|e| e.to_string())
+            );
         }
     }
 }
@@ -299,9 +302,12 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     // Nothing to serve yet: the first order fails (the CA is not up) and is retried.
     let pebble = Pebble::start(&ports, node.dns);
     let roots = pebble.roots().await;
-    wait_on("a first certificate", Duration::from_secs(60), Some(&node), || async {
-        acme_orders(&node, "issued").await >= 1.0
-    })
+    wait_on(
+        "a first certificate",
+        Duration::from_secs(60),
+        Some(&node),
+        || async { acme_orders(&node, "issued").await >= 1.0 },
+    )
     .await;
     assert!(
         acme_orders(&node, "error").await >= 1.0,
@@ -343,9 +349,12 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     assert_eq!(acme_orders(&node, "issued").await, 0.0);
 
     // Renewed at two thirds of its 60 s, without a restart.
-    wait_on("a renewal", Duration::from_secs(90), Some(&node), || async {
-        acme_orders(&node, "issued").await >= 1.0
-    })
+    wait_on(
+        "a renewal",
+        Duration::from_secs(90),
+        Some(&node),
+        || async { acme_orders(&node, "issued").await >= 1.0 },
+    )
     .await;
     let (renewed, status) = doh_over_https(ports.https, &roots)
         .await
@@ -357,9 +366,12 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     let failed_before = acme_orders(&node, "error").await;
     let mut pebble = pebble;
     pebble.stop();
-    wait_on("a failed renewal", Duration::from_secs(90), Some(&node), || async {
-        acme_orders(&node, "error").await > failed_before
-    })
+    wait_on(
+        "a failed renewal",
+        Duration::from_secs(90),
+        Some(&node),
+        || async { acme_orders(&node, "error").await > failed_before },
+    )
     .await;
     let (still, status) = doh_over_https(ports.https, &roots)
         .await

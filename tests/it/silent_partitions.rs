@@ -24,9 +24,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pkraft_testkit::netns::NetnsLab;
+use pkraft_testkit::netns::{LabCluster, NetnsLab};
 use pkraft_testkit::pkarr::Timestamp;
-use pkraft_testkit::process::NodeProcess;
 use pkraft_testkit::proxy::CutKind;
 use pkraft_testkit::{iroh_packet, keypair};
 
@@ -194,82 +193,36 @@ fn a_leader_isolated_by_dropped_packets_is_routed_around() {
     });
 }
 
-/// A node of the namespace cluster: its process and where it listens.
-struct NetnsNode {
-    id: u8,
-    process: NodeProcess,
-}
-
-impl Drop for NetnsNode {
-    /// A node process is not killed by dropping it; a failed assertion must not leave the
-    /// cluster running.
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-    }
-}
-
-impl NetnsNode {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.process.listening().http)
-    }
-
-    async fn status(&self) -> Option<serde_json::Value> {
-        let url = format!("http://{}/cluster/status", self.process.listening().admin);
-        let response = http_client().get(url).send().await.ok()?;
-        serde_json::from_slice(&response.bytes().await.ok()?).ok()
-    }
-}
-
-fn start_in_namespace(lab: &NetnsLab, dir: &std::path::Path, id: u8) -> NetnsNode {
-    let mut config = lab.node_config(id, NETNS_SECRET, dir.join(format!("node{id}")));
-    config.raft = DEFAULT_TIMING.to_string();
-    config.http_request_timeout = Some("10s".to_string());
-    let path = dir.join(format!("node{id}.toml"));
-    std::fs::write(&path, config.to_toml()).expect("write config");
-    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_pkraft"));
-    let process = lab
-        .start_node(id, binary, &path)
-        .unwrap_or_else(|e| panic!("{e}"));
-    NetnsNode { id, process }
-}
-
 async fn isolate_the_leader_by_dropping_packets(lab: &NetnsLab) {
     let dir = tempfile::tempdir().expect("cluster dir");
-    let mut nodes = vec![start_in_namespace(lab, dir.path(), 1)];
-    for id in 2..=3 {
-        nodes.push(start_in_namespace(lab, dir.path(), id));
-    }
-    let logs = |nodes: &[NetnsNode]| -> String {
-        nodes
-            .iter()
-            .map(|n| format!("==== node {} ====\n{}", n.id, n.process.log().text()))
-            .collect()
-    };
+    let cluster = LabCluster::start(
+        lab,
+        std::path::Path::new(env!("CARGO_BIN_EXE_pkraft")),
+        dir.path(),
+        NETNS_SECRET,
+        |config| {
+            config.raft = DEFAULT_TIMING.to_string();
+            config.http_request_timeout = Some("10s".to_string());
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     eventually("three voters", || async {
-        let status = nodes[0].status().await?;
+        let status = cluster.status(1).await?;
         (pkraft_testkit::cluster::voters_applied_membership(&status).ok()? == 3).then_some(())
     })
     .await;
-    let leader = eventually("a leader", || async {
-        for node in &nodes {
-            if node.status().await?["node"]["role"] == "leader" {
-                return Some(node.id);
-            }
-        }
-        None
-    })
-    .await;
-    let followers: Vec<&NetnsNode> = nodes.iter().filter(|n| n.id != leader).collect();
+    let leader = eventually("a leader", || cluster.leader()).await;
+    let followers: Vec<u8> = cluster.ids().filter(|id| *id != leader).collect();
     let key = keypair(9_303);
     let now = Timestamp::now().as_u64();
-    let relay = |node: &NetnsNode| node.url(&format!("/pkarr/{}", key.public_key().to_z32()));
-    let put = |node: &NetnsNode, version: u64| {
+    let relay = |node: u8| cluster.url(node, &format!("/pkarr/{}", key.public_key().to_z32()));
+    let put = |node: u8, version: u64| {
         let body = iroh_packet(&key, now + version, &["192.0.2.93:4"]).to_relay_payload();
         let url = relay(node);
         async move { http_client().put(url).body(body).send().await }
     };
     let warm = put(followers[0], 0).await.expect("PUT");
-    assert_eq!(warm.status(), 204, "{}", logs(&nodes));
+    assert_eq!(warm.status(), 204, "{}", cluster.logs());
 
     lab.isolate(leader).expect("iptables");
     let isolated = Instant::now();
@@ -277,20 +230,20 @@ async fn isolate_the_leader_by_dropping_packets(lab: &NetnsLab) {
     let took = isolated.elapsed();
     eprintln!(
         "leader {leader} isolated by dropped packets: PUT through node {} {} after {took:?}",
-        followers[0].id,
+        followers[0],
         answer.status()
     );
     assert_eq!(
         answer.status(),
         204,
         "a PUT through the majority waited on the unreachable leader ({took:?})\n{}",
-        logs(&nodes)
+        cluster.logs()
     );
 
     lab.heal().expect("iptables");
     let expected = iroh_packet(&key, now + 1, &["192.0.2.93:4"]).to_relay_payload();
-    for node in &nodes {
-        eventually(&format!("node {} serves the version", node.id), || async {
+    for node in cluster.ids() {
+        eventually(&format!("node {node} serves the version"), || async {
             let response = http_client().get(relay(node)).send().await.ok()?;
             (response.status() == 200 && response.bytes().await.ok()? == expected).then_some(())
         })

@@ -17,16 +17,15 @@
 //! the two one-way kinds differ in which side's packets vanish, not in what gets through.)
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 use serde_json::Value;
 
-use pkraft_testkit::netns::NetnsLab;
+use pkraft_testkit::netns::{LabCluster, NetnsLab};
 use pkraft_testkit::node::LIMITS_OFF_TOML;
-use pkraft_testkit::process::NodeProcess;
 
 use crate::accept::{AcceptReport, AcceptSpec};
 use crate::dataset::DataSet;
@@ -94,128 +93,77 @@ pub struct PartitionReport {
     summary: Value,
 }
 
-struct LabCluster<'a> {
-    lab: &'a NetnsLab,
-    pkraft: &'a Path,
-    work: &'a Path,
-    nodes: Vec<Option<NodeProcess>>,
+/// Waits until a confirmed leader has every node applying the membership; its id.
+async fn settle(cluster: &LabCluster<'_>) -> anyhow::Result<u8> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    loop {
+        // Seen from any node: the one asked first may be the one that just restarted.
+        for id in cluster.ids() {
+            let seen =
+                crate::cluster::settled(admin(cluster, id), u64::from(NODES), SETTLE_PAUSE).await;
+            if let Ok(leader) = seen
+                && all_follow(cluster, leader).await
+            {
+                tokio::time::sleep(SETTLE_PAUSE).await;
+                return u8::try_from(leader).context("leader id");
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the cluster did not settle within {SETTLE_TIMEOUT:?}"
+        );
+    }
 }
 
-impl LabCluster<'_> {
-    fn config_path(&self, id: u8) -> PathBuf {
-        self.work.join(format!("node{id}.toml"))
-    }
+fn admin(cluster: &LabCluster<'_>, id: u8) -> SocketAddr {
+    cluster.listening(id).admin
+}
 
-    fn start(&mut self, id: u8) -> anyhow::Result<()> {
-        let process = self
-            .lab
-            .start_node(id, self.pkraft, &self.config_path(id))
-            .map_err(anyhow::Error::msg)?;
-        self.nodes[usize::from(id - 1)] = Some(process);
-        Ok(())
-    }
-
-    fn kill(&mut self, id: u8) -> anyhow::Result<()> {
-        if let Some(mut process) = self.nodes[usize::from(id - 1)].take() {
-            process.kill().context("SIGKILL")?;
-        }
-        Ok(())
-    }
-
-    fn admin(&self, id: u8) -> SocketAddr {
-        self.lab.node_listening(id).admin
-    }
-
-    fn relay(&self, id: u8) -> String {
-        format!("http://{}/pkarr", self.lab.node_listening(id).http)
-    }
-
-    /// Waits until a confirmed leader has every node applying the membership; its id.
-    async fn settle(&self) -> anyhow::Result<u8> {
-        let deadline = Instant::now() + SETTLE_TIMEOUT;
-        loop {
-            // Seen from any node: the one asked first may be the one that just restarted.
-            for id in 1..=NODES {
-                let seen =
-                    crate::cluster::settled(self.admin(id), u64::from(NODES), SETTLE_PAUSE).await;
-                if let Ok(leader) = seen
-                    && self.all_follow(leader).await
-                {
-                    tokio::time::sleep(SETTLE_PAUSE).await;
-                    return u8::try_from(leader).context("leader id");
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the cluster did not settle within {SETTLE_TIMEOUT:?}"
-            );
-        }
-    }
-
-    /// Whether every node names `leader` as its leader: a healed old leader may still believe
-    /// it leads until the new leader's first heartbeat reaches it.
-    async fn all_follow(&self, leader: u64) -> bool {
-        for id in 1..=NODES {
-            let named = crate::cluster::node_status(self.admin(id))
-                .await
-                .and_then(|status| status["node"]["leader"].as_u64());
-            if named != Some(leader) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// `pkraft_raft_leader_changes_total` summed over the nodes.
-    async fn leader_changes(&self) -> anyhow::Result<u64> {
-        let mut sum = 0;
-        for id in 1..=NODES {
-            sum += self.metric(id, "pkraft_raft_leader_changes_total").await?;
-        }
-        Ok(sum)
-    }
-
-    async fn metric(&self, id: u8, name: &str) -> anyhow::Result<u64> {
-        let url = format!("http://{}/metrics", self.admin(id));
-        let text = crate::cluster::get_text(&url)
+/// Whether every node names `leader` as its leader: a healed old leader may still believe
+/// it leads until the new leader's first heartbeat reaches it.
+async fn all_follow(cluster: &LabCluster<'_>, leader: u64) -> bool {
+    for id in cluster.ids() {
+        let named = crate::cluster::node_status(admin(cluster, id))
             .await
-            .with_context(|| format!("scraping node {id}"))?;
-        let value = text
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .with_context(|| format!("{name} on node {id}"))?;
-        Ok(value.trim().parse::<f64>()? as u64)
-    }
-}
-
-impl Drop for LabCluster<'_> {
-    /// Node processes are not killed by dropping them: a failed trial must not leave them.
-    fn drop(&mut self) {
-        for process in self.nodes.iter_mut().flatten() {
-            let _ = process.kill();
+            .and_then(|status| status["node"]["leader"].as_u64());
+        if named != Some(leader) {
+            return false;
         }
     }
+    true
+}
+
+/// `pkraft_raft_leader_changes_total` summed over the nodes.
+async fn leader_changes(cluster: &LabCluster<'_>) -> anyhow::Result<u64> {
+    let mut sum = 0;
+    for id in cluster.ids() {
+        sum += metric(cluster, id, "pkraft_raft_leader_changes_total").await?;
+    }
+    Ok(sum)
+}
+
+async fn metric(cluster: &LabCluster<'_>, id: u8, name: &str) -> anyhow::Result<u64> {
+    let url = format!("http://{}/metrics", admin(cluster, id));
+    let text = crate::cluster::get_text(&url)
+        .await
+        .with_context(|| format!("scraping node {id}"))?;
+    let value = text
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .with_context(|| format!("{name} on node {id}"))?;
+    Ok(value.trim().parse::<f64>()? as u64)
 }
 
 pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<PartitionReport> {
-    std::fs::create_dir_all(spec.work)?;
-    let mut cluster = LabCluster {
-        lab,
-        pkraft: spec.pkraft,
-        work: spec.work,
-        nodes: (0..NODES).map(|_| None).collect(),
-    };
-    for id in 1..=NODES {
-        let mut config = lab.node_config(id, SECRET, spec.work.join(format!("data{id}")));
+    let mut cluster = LabCluster::start(lab, spec.pkraft, spec.work, SECRET, |config| {
         config.raft = spec.raft_extra.trim_end().to_string();
         if !config.raft.is_empty() {
             config.raft.push('\n');
         }
         config.http_request_timeout = Some("10s".to_string());
         config.sections = LIMITS_OFF_TOML.to_string();
-        std::fs::write(cluster.config_path(id), config.to_toml())?;
-        cluster.start(id)?;
-    }
+    })
+    .map_err(anyhow::Error::msg)?;
     let mut next_key = 0usize;
     let mut trials = Vec::new();
     let kinds: [(&'static str, usize); 4] = [
@@ -226,11 +174,11 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
     ];
     for (kind, count) in kinds {
         for trial in 1..=count {
-            let leader = cluster.settle().await?;
+            let leader = settle(&cluster).await?;
             let through = leader % NODES + 1;
             eprintln!("partitions: {kind} {trial}/{count}: leader {leader}, PUT through {through}");
             match kind {
-                "kill" => cluster.kill(leader)?,
+                "kill" => cluster.kill(leader).map_err(anyhow::Error::msg)?,
                 "blackhole" => lab.isolate(leader).map_err(anyhow::Error::msg)?,
                 "leader-cannot-receive" => {
                     for other in (1..=NODES).filter(|o| *o != leader) {
@@ -244,7 +192,7 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
                 }
             }
             let since = crate::accept::unix_ms_now()?;
-            let url = cluster.relay(through);
+            let url = cluster.url(through, "/pkarr");
             let accepted = crate::accept::run(AcceptSpec {
                 data: spec.data,
                 version: 1,
@@ -257,7 +205,7 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
             next_key += 1;
             lab.heal().map_err(anyhow::Error::msg)?;
             if kind == "kill" {
-                cluster.start(leader)?;
+                cluster.start_node(leader).map_err(anyhow::Error::msg)?;
             }
             trials.push(Trial {
                 kind,
@@ -269,18 +217,18 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
     }
     let mut rejoins = Vec::new();
     for run in 1..=spec.rejoin_runs {
-        let leader = cluster.settle().await?;
+        let leader = settle(&cluster).await?;
         let follower = leader % NODES + 1;
         eprintln!(
             "partitions: rejoin {run}/{}: follower {follower} cut off for {:?}",
             spec.rejoin_runs, spec.rejoin_isolation
         );
-        let changes_before = cluster.leader_changes().await?;
-        let term_before = cluster.metric(leader, "pkraft_raft_term").await?;
+        let changes_before = leader_changes(&cluster).await?;
+        let term_before = metric(&cluster, leader, "pkraft_raft_term").await?;
         lab.isolate(follower).map_err(anyhow::Error::msg)?;
         let cut = Instant::now();
         let (accepted, refused, used) = write_load(
-            &cluster.relay(leader),
+            &cluster.url(leader, "/pkarr"),
             spec.data,
             next_key,
             spec.rejoin_isolation,
@@ -290,16 +238,15 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
         lab.heal().map_err(anyhow::Error::msg)?;
         let isolated = cut.elapsed();
         tokio::time::sleep(REJOIN_AFTERMATH).await;
-        let leader_after = cluster.settle().await?;
+        let leader_after = settle(&cluster).await?;
         rejoins.push(Rejoin {
             follower,
             isolated_s: isolated.as_secs_f64(),
-            leader_changes: cluster
-                .leader_changes()
+            leader_changes: leader_changes(&cluster)
                 .await?
                 .saturating_sub(changes_before),
             term_before,
-            term_after: cluster.metric(leader_after, "pkraft_raft_term").await?,
+            term_after: metric(&cluster, leader_after, "pkraft_raft_term").await?,
             leader_before: leader,
             leader_after,
             writes_accepted: accepted,

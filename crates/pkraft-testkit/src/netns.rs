@@ -258,3 +258,137 @@ impl Drop for NetnsLab {
         }
     }
 }
+
+/// A cluster of a lab's nodes, the one the silent-partition test and `make bench-partitions`
+/// share: node `i` runs in namespace `i` from `<dir>/node<i>.toml`, its data in
+/// `<dir>/data<i>`, logging to memory. Every process is killed when the cluster is dropped (a
+/// failed assertion or trial must not leave one running in a namespace).
+pub struct LabCluster<'a> {
+    lab: &'a NetnsLab,
+    binary: PathBuf,
+    dir: PathBuf,
+    /// Node `i`'s process at `i - 1`, `None` while it is stopped.
+    nodes: Vec<Option<NodeProcess>>,
+    /// For [`LabCluster::status`], made at its first use: reqwest needs a rustls crypto
+    /// provider installed by then, which a caller asking the nodes its own way never does.
+    client: std::sync::OnceLock<reqwest::Client>,
+}
+
+impl<'a> LabCluster<'a> {
+    /// Writes every node's config (the lab's [`NetnsLab::node_config`] with `secret`, then
+    /// `configure`: timing, sections) to `dir` and starts `binary serve` for nodes 1, 2, …
+    /// in order (node 1 bootstraps, the others join it).
+    pub fn start(
+        lab: &'a NetnsLab,
+        binary: &Path,
+        dir: &Path,
+        secret: &str,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> Result<LabCluster<'a>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut cluster = LabCluster {
+            lab,
+            binary: binary.to_path_buf(),
+            dir: dir.to_path_buf(),
+            nodes: (0..lab.nodes).map(|_| None).collect(),
+            client: std::sync::OnceLock::new(),
+        };
+        for i in cluster.ids() {
+            let mut config = lab.node_config(i, secret, dir.join(format!("data{i}")));
+            configure(&mut config);
+            let path = cluster.config_path(i);
+            std::fs::write(&path, config.to_toml())
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            cluster.start_node(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes' ids, 1 to the lab's size.
+    pub fn ids(&self) -> std::ops::RangeInclusive<u8> {
+        1..=self.lab.nodes
+    }
+
+    fn config_path(&self, i: u8) -> PathBuf {
+        self.dir.join(format!("node{i}.toml"))
+    }
+
+    fn slot(&mut self, i: u8) -> Result<&mut Option<NodeProcess>, String> {
+        usize::from(i)
+            .checked_sub(1)
+            .and_then(|index| self.nodes.get_mut(index))
+            .ok_or_else(|| format!("no node {i} in a lab of {}", self.lab.nodes))
+    }
+
+    /// Starts node `i` (again) on its config and data, and waits until it listens.
+    pub fn start_node(&mut self, i: u8) -> Result<(), String> {
+        if self.slot(i)?.is_some() {
+            return Err(format!("node {i} is running already"));
+        }
+        let process = self.lab.start_node(i, &self.binary, &self.config_path(i))?;
+        *self.slot(i)? = Some(process);
+        Ok(())
+    }
+
+    /// SIGKILLs node `i`, if it runs.
+    pub fn kill(&mut self, i: u8) -> Result<(), String> {
+        if let Some(mut process) = self.slot(i)?.take() {
+            process
+                .kill()
+                .map_err(|e| format!("SIGKILL node {i}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Where node `i` listens (fixed by the lab, whether it runs or not).
+    pub fn listening(&self, i: u8) -> Listening {
+        self.lab.node_listening(i)
+    }
+
+    /// `http://<node i's public listener><path>`.
+    pub fn url(&self, i: u8, path: &str) -> String {
+        format!("http://{}{path}", self.listening(i).http)
+    }
+
+    /// Node `i`'s `/cluster/status` (admin listener), if it answers within 5 s.
+    pub async fn status(&self, i: u8) -> Option<serde_json::Value> {
+        let url = format!("http://{}/cluster/status", self.listening(i).admin);
+        let client = self.client.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default()
+        });
+        let response = client.get(url).send().await.ok()?;
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
+    }
+
+    /// A node that says it leads, asked in order; `None` when none does (yet).
+    pub async fn leader(&self) -> Option<u8> {
+        for i in self.ids() {
+            if let Some(status) = self.status(i).await
+                && status["node"]["role"] == "leader"
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// What every running node logged, each under a heading, for failure messages.
+    pub fn logs(&self) -> String {
+        self.ids()
+            .zip(&self.nodes)
+            .filter_map(|(i, process)| Some((i, process.as_ref()?)))
+            .map(|(i, process)| format!("==== node {i} ====\n{}", process.log().text()))
+            .collect()
+    }
+}
+
+impl Drop for LabCluster<'_> {
+    fn drop(&mut self) {
+        for process in self.nodes.iter_mut().flatten() {
+            let _ = process.kill();
+        }
+    }
+}
