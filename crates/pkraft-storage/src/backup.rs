@@ -78,6 +78,13 @@ pub enum BackupError {
     NotDataDir(PathBuf, &'static str),
     #[error("not a pkraft backup file: {0}")]
     Format(String),
+    /// The backup's header, or the applied state it records, that does not encode or decode.
+    #[error("not a pkraft backup file: {what}: {source}")]
+    Encoding {
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
     #[error("{0} already holds pkraft data; restore only into an empty data dir")]
     NotEmpty(PathBuf),
     #[error("the backup's packets do not all verify: {0}")]
@@ -94,7 +101,10 @@ pub fn write_store_backup(
 ) -> Result<(BackupHeader, u64), BackupError> {
     let source = store.snapshot_source()?;
     let applied: AppliedState = match source.applied_state()? {
-        Some(bytes) => decode(&bytes).map_err(|e| BackupError::Format(e.to_string()))?,
+        Some(bytes) => decode(&bytes).map_err(|source| BackupError::Encoding {
+            what: "the store's applied state",
+            source,
+        })?,
         None => AppliedState::default(),
     };
     let header = BackupHeader {
@@ -105,7 +115,10 @@ pub fn write_store_backup(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
     };
-    let encoded = encode(&header).map_err(|e| BackupError::Format(e.to_string()))?;
+    let encoded = encode(&header).map_err(|source| BackupError::Encoding {
+        what: "the header",
+        source,
+    })?;
     let header_len =
         u32::try_from(encoded.len()).map_err(|_| BackupError::Format("header too long".into()))?;
     let write_error = |e: io::Error| io("writing the backup", e);
@@ -298,7 +311,10 @@ async fn seed(
     let backup = backup.to_path_buf();
     let packets = tokio::task::spawn_blocking(move || {
         let store = Store::open_with_cache(&state_file, OFFLINE_CACHE_BYTES)?;
-        let applied_bytes = encode(&applied).map_err(|e| BackupError::Format(e.to_string()))?;
+        let applied_bytes = encode(&applied).map_err(|source| BackupError::Encoding {
+            what: "the applied state",
+            source,
+        })?;
         store.import_snapshot_from(BackupFile::open(&backup)?.data, &applied_bytes)?;
         let integrity = store.check_integrity()?;
         if !integrity.problems.is_empty() {

@@ -1,5 +1,7 @@
 //! [`StoreError`]: what the store's reads and writes fail with.
 
+use pkraft_types::PacketError;
+
 use crate::schema::SCHEMA_VERSION;
 
 /// Errors of the state store. Every variant means the node cannot serve correct data; the caller
@@ -12,8 +14,26 @@ pub enum StoreError {
     SchemaVersion { found: u64 },
     #[error("corrupt state store: {0}")]
     Corrupt(String),
+    /// A stored packet that does not decode or verify: `what` was read, and the packet's own
+    /// error.
+    #[error("corrupt state store: {what}: {source}")]
+    CorruptPacket {
+        what: String,
+        #[source]
+        source: PacketError,
+    },
     #[error("invalid snapshot: {0}")]
     Snapshot(String),
+    /// A snapshot's packet frame (starting at byte `at`) that does not decode.
+    #[error("invalid snapshot: the packet at byte {at}: {source}")]
+    SnapshotPacket {
+        at: u64,
+        #[source]
+        source: PacketError,
+    },
+    /// A snapshot's header or summary that does not decode.
+    #[error("invalid snapshot: decode: {0}")]
+    SnapshotDecode(#[source] postcard::Error),
     /// The file or socket a snapshot is written to or read from failed (`what` it was doing).
     #[error("snapshot I/O: {what}: {source}")]
     SnapshotIo {
@@ -34,7 +54,9 @@ impl StoreError {
     pub fn is_damage(&self) -> bool {
         matches!(
             self,
-            StoreError::Corrupt(_) | StoreError::Db(redb::Error::Corrupted(_))
+            StoreError::Corrupt(_)
+                | StoreError::CorruptPacket { .. }
+                | StoreError::Db(redb::Error::Corrupted(_))
         )
     }
 }

@@ -31,8 +31,12 @@ impl StoredPacket {
             .ok_or_else(|| StoreError::Corrupt(format!("packet value of {} bytes", value.len())))?;
         let mut be = [0u8; APPLIED_AT_LEN];
         be.copy_from_slice(time);
-        let payload = Payload::new(Bytes::copy_from_slice(payload))
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let payload = Payload::new(Bytes::copy_from_slice(payload)).map_err(|source| {
+            StoreError::CorruptPacket {
+                what: format!("a packet value of {} bytes", value.len()),
+                source: pkraft_types::PacketError::Length(source),
+            }
+        })?;
         Ok(StoredPacket {
             applied_at_micros: u64::from_be_bytes(be),
             payload,
@@ -83,8 +87,12 @@ pub(crate) fn answers_form<'r>(key: &KeyBytes, row: &'r [u8]) -> Option<&'r [u8]
 pub(crate) fn verify_row(key: &KeyBytes, value: &[u8]) -> Result<StoredPacket, StoreError> {
     let stored = StoredPacket::decode(value)?;
     let body = stored.payload.as_bytes().clone();
-    pkraft_types::VerifiedPacket::verify_stored(key, body)
-        .map_err(|e| StoreError::Corrupt(format!("does not verify: {e}")))?;
+    pkraft_types::VerifiedPacket::verify_stored(key, body).map_err(|source| {
+        StoreError::CorruptPacket {
+            what: "a packet that does not verify".to_string(),
+            source,
+        }
+    })?;
     Ok(stored)
 }
 

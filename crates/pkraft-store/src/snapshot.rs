@@ -439,8 +439,11 @@ impl<R: Read> FrameReader<R> {
                     };
                     self.take(buf)?;
                     let payload =
-                        Payload::new(bytes::Bytes::copy_from_slice(buf)).map_err(|e| {
-                            StoreError::Snapshot(format!("the packet at byte {frame_at}: {e}"))
+                        Payload::new(bytes::Bytes::copy_from_slice(buf)).map_err(|source| {
+                            StoreError::SnapshotPacket {
+                                at: frame_at,
+                                source: pkraft_types::PacketError::Length(source),
+                            }
                         })?;
                     let stored = StoredPacket {
                         applied_at_micros,
@@ -555,8 +558,7 @@ mod legacy {
 
     /// Decodes `bytes` as one `T` that must use them all.
     fn decode_all<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-        let (value, rest) = postcard::take_from_bytes(bytes)
-            .map_err(|e| StoreError::Snapshot(format!("decode: {e}")))?;
+        let (value, rest) = postcard::take_from_bytes(bytes).map_err(StoreError::SnapshotDecode)?;
         if !rest.is_empty() {
             return Err(StoreError::Snapshot(format!(
                 "{} bytes after the end",
