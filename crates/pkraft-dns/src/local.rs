@@ -336,7 +336,7 @@ fn compiled_sections<'a>(
     match compiled {
         Compiled::Answers(answers) => (Section::Compiled { owner, answers }, Vec::new()),
         Compiled::Lookup(lookup) => {
-            if lookup == Lookup::NxDomain {
+            if matches!(lookup, Lookup::NxDomain) {
                 metadata.response_code = ResponseCode::NXDomain;
             }
             (

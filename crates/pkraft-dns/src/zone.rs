@@ -300,9 +300,9 @@ impl PkarrZone {
             )),
             Ok((_, None)) if self.dht.is_some() => None,
             Ok((version, None)) => Some((Lookup::NxDomain, Some((at.key, version)))),
-            Err(e) => {
-                let key = String::from_utf8_lossy(at.key_label);
-                Some((Lookup::Failed(format!("key {key}: {e}")), None))
+            Err(source) => {
+                let key = String::from_utf8_lossy(at.key_label).into_owned();
+                Some((Lookup::Failed(ReplicaUnreadable { key, source }), None))
             }
         }
     }
@@ -506,14 +506,24 @@ impl CompiledAnswers {
 pub(crate) type Read = (KeyBytes, KeyVersion);
 
 /// What a lookup found.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub(crate) enum Lookup {
     Answers(Vec<Record>),
     /// The name exists, with no records of the type (NODATA).
     NoData,
     NxDomain,
     /// The local replica could not be read: not the client's fault, and not an answer.
-    Failed(String),
+    Failed(ReplicaUnreadable),
+}
+
+/// The local replica's read of a key's records failed.
+#[derive(Debug, thiserror::Error)]
+#[error("key {key}: {source}")]
+pub(crate) struct ReplicaUnreadable {
+    /// The key's label, as asked.
+    key: String,
+    #[source]
+    source: crate::record_cache::LookupError,
 }
 
 /// Picks the packet records for `<sub>.<key>` and `rtype`, with their owner rewritten to
@@ -672,8 +682,8 @@ impl ZoneHandler for PkarrZone {
             None => Name::from(name),
         };
         let lookup = self.lookup_key_name(name, rtype, &owner).await;
-        if let Lookup::Failed(reason) = &lookup {
-            self.failure_log.error(reason);
+        if let Lookup::Failed(failure) = &lookup {
+            self.failure_log.error(&failure.to_string());
         }
         lookup.into()
     }

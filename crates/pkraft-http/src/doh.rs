@@ -66,8 +66,14 @@ pub enum DohError {
     BadRequest(String),
     #[error("POST /dns-query needs Content-Type: {DNS_MESSAGE}")]
     UnsupportedMediaType,
-    #[error("DNS answer: {0}")]
-    Internal(String),
+    /// This node's own answer could not be had or written out (`what`, and why); logged, the
+    /// client gets a bare 500.
+    #[error("DNS answer: {what}: {source}")]
+    Internal {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl IntoResponse for DohError {
@@ -75,8 +81,8 @@ impl IntoResponse for DohError {
         let status = match self {
             DohError::BadRequest(_) => StatusCode::BAD_REQUEST,
             DohError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            DohError::Internal(ref reason) => {
-                tracing::error!(%reason, "DNS-over-HTTPS answer failed");
+            DohError::Internal { .. } => {
+                tracing::error!(reason = %self, "DNS-over-HTTPS answer failed");
                 return (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response();
             }
         };
@@ -90,7 +96,10 @@ impl From<AnswerError> for DohError {
             AnswerError::Malformed(_) | AnswerError::NotAQuery => {
                 DohError::BadRequest(e.to_string())
             }
-            AnswerError::NoAnswer => DohError::Internal(e.to_string()),
+            AnswerError::NoAnswer => DohError::Internal {
+                what: "the query",
+                source: Box::new(e),
+            },
         }
     }
 }
@@ -171,10 +180,15 @@ async fn json_answer(
         .to_vec()
         .map_err(|e| DohError::BadRequest(format!("query does not encode: {e}")))?;
     let answer = state.dns.answer(wire, UNKNOWN_SOURCE).await?;
-    let message = Message::from_vec(&answer)
-        .map_err(|e| DohError::Internal(format!("own answer does not parse: {e}")))?;
-    let body = serde_json::to_vec(&JsonMessage::from(&message))
-        .map_err(|e| DohError::Internal(e.to_string()))?;
+    let message = Message::from_vec(&answer).map_err(|e| DohError::Internal {
+        what: "its own answer does not parse",
+        source: Box::new(e),
+    })?;
+    let body =
+        serde_json::to_vec(&JsonMessage::from(&message)).map_err(|e| DohError::Internal {
+            what: "the JSON form",
+            source: Box::new(e),
+        })?;
     Ok((
         StatusCode::OK,
         [

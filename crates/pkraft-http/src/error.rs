@@ -56,11 +56,18 @@ pub enum RelayError {
     /// or refuses until it recovers, and another node can answer. Not acknowledged: a PUT may
     /// still have committed, and retrying it is safe. The reason is logged, not sent.
     #[error("this node's storage failed; retry on another node")]
-    StorageFailed(String),
+    StorageFailed(#[source] BoxError),
     /// 500: a bug on this node. The reason is logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
+    /// 500: a packet this node stored does not parse (`VerifiedPacket` admitted it, so the
+    /// replica is damaged). Logged, not sent.
+    #[error("internal error: a stored packet does not parse: {0}")]
+    StoredPacket(#[source] PacketError),
 }
+
+/// A cause of any type, kept for the log ([`RelayError::StorageFailed`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Retry-After of [`RelayError::StorageFailed`]: another node answers at once; this one may
 /// come back after a restart.
@@ -72,7 +79,7 @@ pub const NO_ROOM_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl From<StoreError> for RelayError {
     fn from(e: StoreError) -> Self {
-        RelayError::StorageFailed(e.to_string())
+        RelayError::StorageFailed(Box::new(e))
     }
 }
 
@@ -83,8 +90,8 @@ impl RelayError {
                 reason,
                 retry_after,
             },
-            PublishError::Fatal(reason) => RelayError::StorageFailed(reason),
-            e @ PublishError::Replica(_) => RelayError::StorageFailed(e.to_string()),
+            PublishError::Fatal(reason) => RelayError::StorageFailed(reason.into()),
+            e @ PublishError::Replica(_) => RelayError::StorageFailed(Box::new(e)),
             PublishError::NoRoom(reason) => RelayError::NoRoom(reason),
         }
     }
@@ -117,7 +124,9 @@ impl RelayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             RelayError::NoRoom(_) => StatusCode::INSUFFICIENT_STORAGE,
-            RelayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RelayError::Internal(_) | RelayError::StoredPacket(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -126,8 +135,8 @@ impl IntoResponse for RelayError {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = match &self {
-            RelayError::Internal(reason) => {
-                tracing::error!(%reason, "relay request failed");
+            RelayError::Internal(_) | RelayError::StoredPacket(_) => {
+                tracing::error!(reason = %self, "relay request failed");
                 "internal error".to_string()
             }
             RelayError::StorageFailed(reason) => {

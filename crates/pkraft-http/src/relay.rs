@@ -218,8 +218,7 @@ fn cache_max_age_secs(
     settings: &Settings,
     payload: &pkraft_types::Payload,
 ) -> Result<u64, RelayError> {
-    let records = pkraft_types::packet::dns_records(payload)
-        .map_err(|e| RelayError::Internal(format!("stored packet: {e}")))?;
+    let records = pkraft_types::packet::dns_records(payload).map_err(RelayError::StoredPacket)?;
     let min = settings.cache_max_age_min.as_secs();
     let max = settings.cache_max_age_max.as_secs();
     let ttl = records

@@ -120,7 +120,9 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
-/// Why an operator's membership request failed.
+/// Why an operator's membership request failed. A request is made by the leader, so its
+/// reasons mostly come back over the peer wire as [`PeerError`]'s text; the variants hold text
+/// for that reason, and the admin API sends it on as its JSON error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MembershipError {
     /// Already initialized (a second `init` would start a second cluster).

@@ -74,7 +74,8 @@ pub enum ReadError {
     )]
     CatchingUp,
     /// The linearizable read barrier could not be passed (no leader, no quorum, or not applied
-    /// in time). Retry later.
+    /// in time). Retry later. Text: the reason is mostly the leader's, over the peer wire
+    /// ([`PeerError`]), shared by every read of the round that asked.
     #[error("linearizable read unavailable: {0}")]
     Unavailable(String),
     /// The replica could not be read: this node is failing.

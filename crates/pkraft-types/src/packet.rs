@@ -11,6 +11,9 @@ use crate::payload::{Payload, PayloadLengthError, TIMESTAMP_MICROS_MAX};
 use crate::{KeyBytes, PublishItem};
 
 /// Why a relay payload was rejected. The messages are shown to HTTP clients (status 400 or 413).
+/// `Dns` and `Invalid` keep the parser's message as text: it is what the client is told, and
+/// the type is cloned and compared (a batch's packets, the tests) where the parsers' errors
+/// are neither.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PacketError {
     #[error(transparent)]

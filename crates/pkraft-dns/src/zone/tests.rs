@@ -128,27 +128,33 @@ fn sub_labels_match_in_any_case() {
 
 #[test]
 fn other_type_at_a_known_name_is_nodata() {
-    assert_eq!(query(&fixture(), "_iroh", RecordType::AAAA), Lookup::NoData);
+    assert!(matches!(
+        query(&fixture(), "_iroh", RecordType::AAAA),
+        Lookup::NoData
+    ));
 }
 
 #[test]
 fn unknown_name_under_a_known_key_is_nxdomain() {
-    assert_eq!(
+    assert!(matches!(
         query(&fixture(), "nothing", RecordType::TXT),
         Lookup::NxDomain
-    );
+    ));
 }
 
 #[test]
 fn parent_of_a_name_is_nodata_not_nxdomain() {
-    assert_eq!(query(&fixture(), "branch", RecordType::TXT), Lookup::NoData);
+    assert!(matches!(
+        query(&fixture(), "branch", RecordType::TXT),
+        Lookup::NoData
+    ));
 }
 
 #[test]
 fn key_apex_records() {
     let f = fixture();
     assert!(matches!(query(&f, "", RecordType::A), Lookup::Answers(a) if a.len() == 1));
-    assert_eq!(query(&f, "", RecordType::TXT), Lookup::NoData);
+    assert!(matches!(query(&f, "", RecordType::TXT), Lookup::NoData));
 }
 
 #[test]
