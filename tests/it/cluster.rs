@@ -16,12 +16,10 @@ use serde_json::Value;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use pkraft_lossyfs::LossyDisk;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
 use crate::harness::{Launch, TestServer, http_client};
-use pkraft_testkit::clock::FakedClock;
-use pkraft_testkit::cluster::{NodeSlot, voters_applied_membership};
+use pkraft_testkit::cluster::{Cluster, Layout, NodeSlot, Seeds, voters_applied_membership};
 use pkraft_testkit::node::{Membership, NodeConfig};
 use pkraft_testkit::proxy::Network;
 
@@ -39,46 +37,45 @@ pub(crate) const TEST_RAFT: &str = "heartbeat_interval = \"100ms\"\n\
                          election_timeout_max = \"1600ms\"\n\
                          publish_timeout = \"3s\"\n";
 
-/// A node of the cluster. Fields drop in order: the server is killed before its lossy disk (if
-/// any) is unmounted.
-pub struct Member {
-    pub id: u64,
-    pub server: TestServer,
-    /// Its peer proxy, config file and data dir, on a lossy disk with
-    /// [`TestCluster::on_lossy_disks`].
-    pub slot: NodeSlot,
-    /// Its wall clock, with [`ClusterOptions::faked_clocks`].
-    pub clock: Option<FakedClock>,
-}
+/// A node of the cluster: its `server`, its slot (peer proxy, config file and data dir, on a
+/// lossy disk with [`TestCluster::on_lossy_disks`]) and its clock (with
+/// [`ClusterOptions::faked_clocks`]).
+pub type Member = pkraft_testkit::cluster::Member<TestServer>;
 
-impl Member {
-    /// The lossy disk of its data dir ([`TestCluster::on_lossy_disks`]).
-    pub fn disk(&self) -> &LossyDisk {
-        self.slot.disk.as_ref().expect("a cluster on lossy disks")
-    }
-}
-
+/// The tests' preset of `pkraft_testkit::cluster::Cluster` (which it derefs to, for its
+/// `members`): nodes joining through node 1, the test secret and admin token, the test rate
+/// limits, and waits that fail the test.
 pub struct TestCluster {
-    pub members: Vec<Member>,
+    core: Cluster<TestServer>,
     /// The peer network's faults (every node's peer traffic passes a proxy).
     pub faults: Arc<Network>,
-    /// Every node's config file and data dir (`node<id>/`). After `members`, so it is removed
-    /// once their servers are gone and their disks unmounted.
-    dir: tempfile::TempDir,
+    /// Every node's config file and data dir (`node<id>/`). After `core`, so it is removed
+    /// once the servers are gone and their disks unmounted.
+    _dir: tempfile::TempDir,
     /// The `[raft]` timing lines every node gets (`TEST_RAFT` unless a test needs others).
     raft_timing: String,
     /// Extra `[raft]` lines every node gets.
     raft_extra: String,
     /// Extra sections at the end of every node's config.
     sections_extra: String,
-    /// Every node's data dir is a lossy disk of its own.
-    lossy_disks: bool,
     /// Single settings every node gets (`NodeConfig::settings`).
     settings: Vec<(String, String)>,
     /// How every node's process is started.
     launch: Launch,
-    /// Every node's wall clock can be moved ([`TestCluster::set_clock`]).
-    faked_clocks: bool,
+}
+
+impl std::ops::Deref for TestCluster {
+    type Target = Cluster<TestServer>;
+
+    fn deref(&self) -> &Cluster<TestServer> {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut Cluster<TestServer> {
+        &mut self.core
+    }
 }
 
 /// What a [`TestCluster`] is made of besides its size.
@@ -169,23 +166,36 @@ impl TestCluster {
     /// Starts node 1 (bootstrapping a new cluster), then nodes 2..=size joining through it, all
     /// as `options` say, and waits until all are voters.
     pub async fn start_as(size: u64, options: ClusterOptions) -> TestCluster {
-        let mut cluster = TestCluster {
-            members: Vec::new(),
-            faults: Network::new(0),
-            dir: tempfile::tempdir().expect("cluster dir"),
-            raft_timing: options.timing,
-            raft_extra: options.raft_extra,
-            sections_extra: options.sections,
-            lossy_disks: options.lossy_disks,
-            settings: options.settings,
-            launch: options.launch,
-            faked_clocks: options.faked_clocks,
-        };
+        let mut cluster = TestCluster::laid_out(options);
         for id in 1..=size {
             cluster.add(id).await;
         }
         cluster.wait_for_voters(size).await;
         cluster
+    }
+
+    /// A cluster of no nodes yet, laid out as `options` say.
+    fn laid_out(options: ClusterOptions) -> TestCluster {
+        let dir = tempfile::tempdir().expect("cluster dir");
+        let faults = Network::new(0);
+        let layout = Layout {
+            dir: dir.path().to_path_buf(),
+            network: faults.clone(),
+            proxy_client: http_client(),
+            lossy_disks: options.lossy_disks,
+            faked_clocks: options.faked_clocks,
+            seeds: Seeds::First,
+        };
+        TestCluster {
+            core: Cluster::new(layout),
+            faults,
+            _dir: dir,
+            raft_timing: options.timing,
+            raft_extra: options.raft_extra,
+            sections_extra: options.sections,
+            settings: options.settings,
+            launch: options.launch,
+        }
     }
 
     /// Starts node `id`: node 1 bootstraps, every other joins through node 1 as a voter.
@@ -201,18 +211,7 @@ impl TestCluster {
     /// Starts node 1 on a data dir that `pkraft restore` seeds from `backup` (a new cluster of
     /// that one node), then nodes 2..=size joining it, and waits until all are voters.
     pub async fn restored(backup: &std::path::Path, size: u64) -> TestCluster {
-        let mut cluster = TestCluster {
-            members: Vec::new(),
-            faults: Network::new(0),
-            dir: tempfile::tempdir().expect("cluster dir"),
-            raft_timing: TEST_RAFT.to_string(),
-            raft_extra: String::new(),
-            sections_extra: String::new(),
-            lossy_disks: false,
-            settings: Vec::new(),
-            launch: Launch::default(),
-            faked_clocks: false,
-        };
+        let mut cluster = TestCluster::laid_out(ClusterOptions::default());
         cluster.add_member(1, true, Some(backup)).await;
         for id in 2..=size {
             cluster.add(id).await;
@@ -224,13 +223,9 @@ impl TestCluster {
     /// Starts node `id`: the first bootstraps a cluster (or, with `restore_from`, is restored
     /// from that backup file), every other joins through the first.
     async fn add_member(&mut self, id: u64, voter: bool, restore_from: Option<&std::path::Path>) {
-        let membership = match (self.members.first(), restore_from) {
-            (None, Some(_)) => Membership::Existing,
-            (None, None) => Membership::Bootstrap,
-            (Some(first), _) => Membership::Join {
-                seeds: vec![first.slot.proxy.addr.to_string()],
-                voter,
-            },
+        let membership = match restore_from {
+            Some(_) if self.members.is_empty() => Membership::Existing,
+            _ => self.core.joining(voter),
         };
         let mut config = NodeConfig::new(id, membership, SECRET);
         config.admin_token = Some(ADMIN_TOKEN.to_string());
@@ -238,75 +233,53 @@ impl TestCluster {
         config.raft = format!("{}{}", self.raft_timing, self.raft_extra);
         config.sections = self.sections_extra.clone();
         config.settings = with_test_rate_limits(&self.settings);
-        let slot = NodeSlot::prepare(
-            &self.dir.path().join(format!("node{id}")),
-            config,
-            self.faults.clone(),
-            http_client(),
-            self.lossy_disks,
-        )
-        .await
-        .expect("prepare a node");
-        if let Some(backup) = restore_from {
-            let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
-                .args(["restore", "--node-id", &id.to_string(), "--advertise"])
-                .arg(slot.proxy.addr.to_string())
-                .arg("--data-dir")
-                .arg(&slot.data_dir)
-                .arg(backup)
-                .output()
-                .expect("run pkraft restore");
-            assert!(
-                output.status.success(),
-                "restore: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let mut launch = self.launch.clone();
-        let clock = self.faked_clocks.then(|| {
-            FakedClock::new(&self.dir.path().join(format!("node{id}.clock"))).expect("clock file")
-        });
-        launch.clock = clock.clone();
-        let server = TestServer::start_serve_at(&slot.config, slot.data_dir.clone(), launch);
-        slot.proxy.set_upstream(Some(server.peer));
-        self.members.push(Member {
-            id,
-            server,
-            slot,
-            clock,
-        });
+        let launch = self.launch.clone();
+        let member = self
+            .core
+            .add(id, config, |slot, clock| {
+                if let Some(backup) = restore_from {
+                    restore(id, slot, backup);
+                }
+                let launch = Launch {
+                    clock: clock.cloned(),
+                    ..launch
+                };
+                Ok::<_, std::convert::Infallible>(TestServer::start_serve_at(
+                    &slot.config,
+                    slot.data_dir.clone(),
+                    launch,
+                ))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        member.slot.route_to(Some(member.server.peer));
     }
 
     pub fn member(&self, id: u64) -> &Member {
-        self.members
-            .iter()
-            .find(|m| m.id == id)
+        self.core
+            .member(id)
             .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     pub fn member_mut(&mut self, id: u64) -> &mut Member {
-        self.members
-            .iter_mut()
-            .find(|m| m.id == id)
+        self.core
+            .member_mut(id)
             .unwrap_or_else(|| panic!("no node {id}"))
     }
 
     /// Moves node `id`'s wall clock to `offset` from the real time (`+8d`, `-1d`, `+0`); the
     /// node sees it within a second, running or at its next start.
     pub fn set_clock(&self, id: u64, offset: &str) {
-        self.member(id)
-            .clock
-            .as_ref()
-            .expect("a cluster started with faked_clocks")
-            .set(offset)
-            .expect("write the clock file");
+        self.core
+            .set_clock(id, offset)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Restarts a stopped node on its data dir; its proxy follows the new peer port.
     pub fn restart(&mut self, id: u64) {
         let member = self.member_mut(id);
         member.server.restart();
-        member.slot.proxy.set_upstream(Some(member.server.peer));
+        member.slot.route_to(Some(member.server.peer));
     }
 
     /// Waits until node 1's view has `count` voters and no voter change under way, and every
@@ -357,6 +330,23 @@ impl TestCluster {
         let ids: Vec<u64> = self.members.iter().map(|m| m.id).collect();
         self.leader_among(&ids).await
     }
+}
+
+/// Seeds node `id`'s data dir with `pkraft restore` from `backup`.
+fn restore(id: u64, slot: &NodeSlot, backup: &std::path::Path) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
+        .args(["restore", "--node-id", &id.to_string(), "--advertise"])
+        .arg(slot.proxy.addr.to_string())
+        .arg("--data-dir")
+        .arg(&slot.data_dir)
+        .arg(backup)
+        .output()
+        .expect("run pkraft restore");
+    assert!(
+        output.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl Drop for TestCluster {

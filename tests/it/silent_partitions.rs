@@ -206,12 +206,13 @@ async fn isolate_the_leader_by_dropping_packets(lab: &NetnsLab) {
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    let client = http_client();
     eventually("three voters", || async {
-        let status = cluster.status(1).await?;
+        let status = cluster.status(&client, 1).await?;
         (pkraft_testkit::cluster::voters_applied_membership(&status).ok()? == 3).then_some(())
     })
     .await;
-    let leader = eventually("a leader", || cluster.leader()).await;
+    let leader = eventually("a leader", || cluster.leader(&client)).await;
     let followers: Vec<u8> = cluster.ids().filter(|id| *id != leader).collect();
     let key = keypair(9_303);
     let now = Timestamp::now().as_u64();

@@ -1,5 +1,8 @@
 //! The cluster under test: real `pkraft serve` processes, each with its own data dir, config file
-//! and log, on loopback port 0, their peer traffic routed through the fault proxies.
+//! and log, on loopback port 0, their peer traffic routed through the fault proxies. Its members
+//! are laid out by `pkraft_testkit::cluster` (the integration tests' cluster too); what is the
+//! harness's own is a node's process across restarts ([`Node`]: its log file, incarnations,
+//! pauses, snapshot counts), the targets the clients send to, power cuts and the waits.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -12,9 +15,8 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
-use pkraft_testkit::clock::FakedClock;
-use pkraft_testkit::cluster::NodeSlot;
-use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
+use pkraft_testkit::cluster::{Layout, Member, Seeds};
+use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, NodeConfig};
 use pkraft_testkit::process::{LogTo, NodeProcess};
 use pkraft_testkit::proxy::Network;
 
@@ -56,8 +58,10 @@ pub struct Target {
 
 pub type Targets = Arc<RwLock<Vec<Target>>>;
 
+/// A member's process across its restarts (the `server` of its [`Member`], whose slot holds
+/// its proxy, config file and data dir, on a lossy disk with `--lossy-disk`, and whose clock
+/// the clock faults move with `--clocks`).
 pub struct Node {
-    pub id: u64,
     log: PathBuf,
     process: Option<NodeProcess>,
     pub paused: bool,
@@ -65,11 +69,6 @@ pub struct Node {
     addrs: Option<Listening>,
     /// Snapshot builds and installs counted by this node's earlier processes.
     snapshots: (u64, u64),
-    /// Its wall clock, moved by the clock faults (`--clocks`).
-    clock: Option<FakedClock>,
-    /// Its proxy, config file and data dir (on a lossy disk with `--lossy-disk`); after the
-    /// process, so the disk is unmounted once the process is gone (also after `Cluster::drop`).
-    slot: NodeSlot,
 }
 
 impl Node {
@@ -85,14 +84,12 @@ impl Node {
 pub struct Cluster {
     bin: PathBuf,
     dir: PathBuf,
-    pub nodes: Vec<Node>,
+    /// The members, joining through every member so far; on their own lossy disks with
+    /// `--lossy-disk` (so power cuts can be injected), with clocks of their own with `--clocks`.
+    core: pkraft_testkit::cluster::Cluster<Node>,
     pub network: Arc<Network>,
     pub targets: Targets,
     admin: reqwest::Client,
-    /// Relays the peer proxies' requests.
-    proxy_client: reqwest::Client,
-    /// Every node's data dir is on its own lossy disk, so power cuts can be injected.
-    lossy_disks: bool,
     /// libfaketime's library, when every node's wall clock can be moved (`--clocks`).
     clock_library: Option<PathBuf>,
 }
@@ -122,17 +119,23 @@ impl Cluster {
         } else {
             None
         };
-        let mut cluster = Cluster {
-            bin: bin.to_path_buf(),
+        let layout = Layout {
             dir: dir.to_path_buf(),
-            nodes: Vec::new(),
-            network,
-            targets: Arc::new(RwLock::new(Vec::new())),
-            admin: reqwest::Client::builder().timeout(ADMIN_TIMEOUT).build()?,
+            network: network.clone(),
             proxy_client: reqwest::Client::builder()
                 .pool_idle_timeout(Duration::from_secs(10))
                 .build()?,
             lossy_disks,
+            faked_clocks: clock_library.is_some(),
+            seeds: Seeds::All,
+        };
+        let mut cluster = Cluster {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            core: pkraft_testkit::cluster::Cluster::new(layout),
+            network,
+            targets: Arc::new(RwLock::new(Vec::new())),
+            admin: reqwest::Client::builder().timeout(ADMIN_TIMEOUT).build()?,
             clock_library,
         };
         for id in 1..=size {
@@ -147,51 +150,26 @@ impl Cluster {
     /// Starts a new node `id` that joins through the current members (as a learner unless
     /// `voter`); node 1 of an empty cluster bootstraps instead.
     pub async fn add_node(&mut self, id: u64, voter: bool) -> anyhow::Result<()> {
-        let membership = if self.nodes.is_empty() {
-            Membership::Bootstrap
-        } else {
-            Membership::Join {
-                seeds: self
-                    .nodes
-                    .iter()
-                    .map(|n| n.slot.proxy.addr.to_string())
-                    .collect(),
-                voter,
-            }
-        };
-        let mut config = NodeConfig::new(id, membership, SECRET);
+        let mut config = NodeConfig::new(id, self.core.joining(voter), SECRET);
         config.admin_token = Some(ADMIN_TOKEN.to_string());
         config.http_request_timeout = Some("10s".to_string());
         config.raft = RAFT_TOML.to_string();
         config.origins = vec![ORIGIN.to_string()];
         config.sections = LIMITS_OFF_TOML.to_string();
-        let slot = NodeSlot::prepare(
-            &self.dir.join(format!("node{id}")),
-            config,
-            self.network.clone(),
-            self.proxy_client.clone(),
-            self.lossy_disks,
-        )
-        .await
-        .with_context(|| format!("prepare node {id}"))?;
-        let clock = match self.clock_library {
-            Some(_) => Some(
-                FakedClock::new(&self.dir.join(format!("node{id}.clock")))
-                    .with_context(|| format!("node {id}'s clock file"))?,
-            ),
-            None => None,
-        };
-        self.nodes.push(Node {
-            id,
-            log: self.dir.join(format!("node{id}.log")),
-            process: None,
-            paused: false,
-            incarnation: 0,
-            addrs: None,
-            snapshots: (0, 0),
-            clock,
-            slot,
-        });
+        let log = self.dir.join(format!("node{id}.log"));
+        self.core
+            .add(id, config, |_, _| {
+                Ok::<_, std::convert::Infallible>(Node {
+                    log,
+                    process: None,
+                    paused: false,
+                    incarnation: 0,
+                    addrs: None,
+                    snapshots: (0, 0),
+                })
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.spawn(id).await
     }
 
@@ -200,38 +178,32 @@ impl Cluster {
         Ok(self.node(id)?.slot.data_dir.clone())
     }
 
-    fn node(&self, id: u64) -> anyhow::Result<&Node> {
-        self.nodes
-            .iter()
-            .find(|n| n.id == id)
+    fn node(&self, id: u64) -> anyhow::Result<&Member<Node>> {
+        self.core
+            .member(id)
             .with_context(|| format!("no node {id}"))
     }
 
-    fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut Node> {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
+    fn node_mut(&mut self, id: u64) -> anyhow::Result<&mut Member<Node>> {
+        self.core
+            .member_mut(id)
             .with_context(|| format!("no node {id}"))
     }
 
     /// Moves node `id`'s wall clock to `offset` from the real time (libfaketime's notation:
     /// `+8d`, `-1d`, `+0`); the node sees it within a second, running or at its next start.
     pub fn set_clock(&self, id: u64, offset: &str) -> anyhow::Result<()> {
-        let clock = self
-            .node(id)?
-            .clock
-            .as_ref()
-            .context("the cluster was started without --clocks")?;
-        clock
-            .set(offset)
-            .with_context(|| format!("node {id}'s clock file"))
+        self.core
+            .set_clock(id, offset)
+            .map_err(|why| anyhow::anyhow!("{why} (--clocks)"))
     }
 
     /// Starts node `id`'s next process on its data dir and waits until it listens.
     pub async fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         let bin = self.bin.clone();
         let clock_library = self.clock_library.clone();
-        let node = self.node_mut(id)?;
+        let member = self.node_mut(id)?;
+        let node = &mut member.server;
         if node.process.is_some() {
             bail!("node {id} is already running");
         }
@@ -248,24 +220,26 @@ impl Cluster {
         let mut command = Command::new(&bin);
         command
             .args(["serve", "--config"])
-            .arg(&node.slot.config)
+            .arg(&member.slot.config)
             .env("RUST_LOG", "info");
-        if let (Some(clock), Some(library)) = (&node.clock, &clock_library) {
+        if let (Some(clock), Some(library)) = (&member.clock, &clock_library) {
             clock.apply(&mut command, library);
         }
-        let data_dir = node.slot.data_dir.clone();
+        let data_dir = member.slot.data_dir.clone();
         // The start blocks (reading the node's log until it listens): off the async workers.
         let started = tokio::task::spawn_blocking(move || {
             NodeProcess::start(command, &data_dir, LogTo::File(log), START_TIMEOUT)
         })
         .await?;
+        let node = &mut member.server;
         let process =
             started.map_err(|e| anyhow::anyhow!("node {id}: {e}; log: {}", node.log.display()))?;
         let addrs = process.listening();
         node.process = Some(process);
         node.paused = false;
         node.addrs = Some(addrs);
-        node.slot.proxy.set_upstream(Some(addrs.peer));
+        member.slot.route_to(Some(addrs.peer));
+        let node = &member.server;
         let target = Target {
             id,
             incarnation: node.incarnation,
@@ -291,12 +265,12 @@ impl Cluster {
 
     /// SIGKILL without first reading the snapshot counters (the caller did).
     fn kill_process(&mut self, id: u64) -> anyhow::Result<()> {
-        let node = self.node_mut(id)?;
-        if let Some(mut process) = node.process.take() {
+        let member = self.node_mut(id)?;
+        if let Some(mut process) = member.server.process.take() {
             process.kill().context("SIGKILL")?;
         }
-        node.paused = false;
-        node.slot.proxy.set_upstream(None);
+        member.server.paused = false;
+        member.slot.route_to(None);
         Ok(())
     }
 
@@ -365,7 +339,7 @@ impl Cluster {
     }
 
     pub fn signal(&mut self, id: u64, signal: &str) -> anyhow::Result<()> {
-        let node = self.node_mut(id)?;
+        let node = &mut self.node_mut(id)?.server;
         let Some(process) = &node.process else {
             bail!("node {id} is not running");
         };
@@ -383,46 +357,43 @@ impl Cluster {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|t| t.id != id);
-        self.nodes.retain(|n| n.id != id);
+        self.core.remove(id);
         Ok(())
     }
 
     /// Members whose process is running and not paused.
     pub fn live(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| n.running() && !n.paused)
-            .map(|n| n.id)
-            .collect()
+        self.ids_where(|n| n.running() && !n.paused)
     }
 
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.core.ids()
     }
 
     pub fn stopped(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| !n.running())
-            .map(|n| n.id)
-            .collect()
+        self.ids_where(|n| !n.running())
     }
 
     pub fn paused(&self) -> Vec<u64> {
-        self.nodes
+        self.ids_where(|n| n.paused)
+    }
+
+    fn ids_where(&self, keep: impl Fn(&Node) -> bool) -> Vec<u64> {
+        self.core
+            .members
             .iter()
-            .filter(|n| n.paused)
-            .map(|n| n.id)
+            .filter(|member| keep(&member.server))
+            .map(|member| member.id)
             .collect()
     }
 
     pub fn next_id(&self) -> u64 {
-        self.nodes.iter().map(|n| n.id).max().unwrap_or(0) + 1
+        self.core.ids().into_iter().max().unwrap_or(0) + 1
     }
 
     /// `GET /cluster/status` of node `id`, or None if it does not answer.
     pub async fn status(&self, id: u64) -> Option<Value> {
-        let addrs = self.node(id).ok()?.addrs?;
+        let addrs = self.node(id).ok()?.server.addrs?;
         let response = self
             .admin
             .get(format!("http://{}/cluster/status", addrs.admin))
@@ -435,7 +406,7 @@ impl Cluster {
     /// Whether node `id` answers `/readyz` with 200: it serves local reads (caught up, a leader
     /// known, applying what is committed).
     pub async fn ready(&self, id: u64) -> bool {
-        let Some(addrs) = self.node(id).ok().and_then(|node| node.addrs) else {
+        let Some(addrs) = self.node(id).ok().and_then(|member| member.server.addrs) else {
             return false;
         };
         self.admin
@@ -548,7 +519,7 @@ impl Cluster {
         path: &str,
         body: Value,
     ) -> anyhow::Result<(u16, String)> {
-        let addrs = self.node(id)?.addrs.context("node never started")?;
+        let addrs = self.node(id)?.server.addrs.context("node never started")?;
         let response = self
             .admin
             .post(format!("http://{}{path}", addrs.admin))
@@ -565,7 +536,8 @@ impl Cluster {
     /// Adds node `id`'s current snapshot counters (builds, installs) to its running totals;
     /// called before its process is killed, and at the end.
     pub async fn harvest_snapshot_counts(&mut self, id: u64) {
-        let Ok(node) = self.node(id) else { return };
+        let Ok(member) = self.node(id) else { return };
+        let node = &member.server;
         let Some(addrs) = node.addrs.filter(|_| node.running() && !node.paused) else {
             return;
         };
@@ -586,27 +558,28 @@ impl Cluster {
         };
         let builds = count("pkraft_raft_snapshot_build_seconds_count");
         let installs = count("pkraft_raft_snapshot_install_seconds_count");
-        if let Ok(node) = self.node_mut(id) {
-            node.snapshots.0 += builds;
-            node.snapshots.1 += installs;
+        if let Ok(member) = self.node_mut(id) {
+            member.server.snapshots.0 += builds;
+            member.server.snapshots.1 += installs;
         }
     }
 
     /// Snapshot builds and installs over every process so far (harvested ones only).
     pub fn snapshot_totals(&self) -> (u64, u64) {
-        self.nodes
-            .iter()
-            .fold((0, 0), |(b, i), n| (b + n.snapshots.0, i + n.snapshots.1))
+        self.core.members.iter().fold((0, 0), |(b, i), member| {
+            let (builds, installs) = member.server.snapshots;
+            (b + builds, i + installs)
+        })
     }
 
     pub fn http_addr(&self, id: u64) -> Option<SocketAddr> {
-        self.node(id).ok()?.addrs.map(|a| a.http)
+        self.node(id).ok()?.server.addrs.map(|a| a.http)
     }
 
     /// Kills every process (used on the way out, also after a failure).
     pub fn kill_all_now(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut process) = node.process.take() {
+        for member in &mut self.core.members {
+            if let Some(mut process) = member.server.process.take() {
                 let _ = process.kill();
             }
         }

@@ -4,10 +4,11 @@
 //! Keys come from a seed so that a failing test reproduces with the same keys; packets are shaped
 //! like the ones iroh publishes (`_iroh` TXT records `relay=` / `addr=`). The harness pieces:
 //! [`node`] (listen flags and lines, config files), [`process`] (a running node on port 0),
-//! [`cluster`] (a node's proxy, config and data dir), [`proxy`] (the fault-injecting peer proxy),
+//! [`cluster`] (the cluster of the integration tests and the chaos harness: its members'
+//! proxies, configs, data dirs and clocks), [`proxy`] (the fault-injecting peer proxy),
 //! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`netns`] (a network
-//! namespace lab and the cluster of its nodes), [`rng`] (a seeded
-//! generator that never changes), [`clock`] (a node's wall clock stepped by the test),
+//! namespace lab and the cluster of its nodes), [`rng`] (a seeded generator that never
+//! changes), [`clock`] (a node's wall clock stepped by the test),
 //! [`manifest`] (which pkraft crates a manifest depends on, for the layering guards), and
 //! [`code_shape`] (function lengths and `impl` blocks, for the code-shape guards).
 

@@ -269,9 +269,6 @@ pub struct LabCluster<'a> {
     dir: PathBuf,
     /// Node `i`'s process at `i - 1`, `None` while it is stopped.
     nodes: Vec<Option<NodeProcess>>,
-    /// For [`LabCluster::status`], made at its first use: reqwest needs a rustls crypto
-    /// provider installed by then, which a caller asking the nodes its own way never does.
-    client: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl<'a> LabCluster<'a> {
@@ -291,7 +288,6 @@ impl<'a> LabCluster<'a> {
             binary: binary.to_path_buf(),
             dir: dir.to_path_buf(),
             nodes: (0..lab.nodes).map(|_| None).collect(),
-            client: std::sync::OnceLock::new(),
         };
         for i in cluster.ids() {
             let mut config = lab.node_config(i, secret, dir.join(format!("data{i}")));
@@ -350,23 +346,19 @@ impl<'a> LabCluster<'a> {
         format!("http://{}{path}", self.listening(i).http)
     }
 
-    /// Node `i`'s `/cluster/status` (admin listener), if it answers within 5 s.
-    pub async fn status(&self, i: u8) -> Option<serde_json::Value> {
+    /// Node `i`'s `/cluster/status` (admin listener) asked with `client`, if it answers within
+    /// 5 s. (The caller's client: reqwest needs the caller's choice of rustls crypto provider.)
+    pub async fn status(&self, client: &reqwest::Client, i: u8) -> Option<serde_json::Value> {
         let url = format!("http://{}/cluster/status", self.listening(i).admin);
-        let client = self.client.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default()
-        });
-        let response = client.get(url).send().await.ok()?;
+        let asked = client.get(url).timeout(Duration::from_secs(5)).send();
+        let response = asked.await.ok()?;
         serde_json::from_slice(&response.bytes().await.ok()?).ok()
     }
 
-    /// A node that says it leads, asked in order; `None` when none does (yet).
-    pub async fn leader(&self) -> Option<u8> {
+    /// A node that says it leads, asked in order with `client`; `None` when none does (yet).
+    pub async fn leader(&self, client: &reqwest::Client) -> Option<u8> {
         for i in self.ids() {
-            if let Some(status) = self.status(i).await
+            if let Some(status) = self.status(client, i).await
                 && status["node"]["role"] == "leader"
             {
                 return Some(i);
