@@ -19,7 +19,7 @@ use hickory_proto::rr::RecordType;
 
 use crate::dns_client::{Transport, iroh_txt, key_name, raw_query};
 use crate::harness::{Launch, TestServer, http_client};
-use pkraft_testkit::cluster::{Cluster, Layout, NodeSlot, Seeds, voters_applied_membership};
+use pkraft_testkit::cluster::{Cluster, Layout, NodeSlot, Peers, Seeds, voters_applied_membership};
 use pkraft_testkit::node::{Membership, NodeConfig};
 use pkraft_testkit::proxy::Network;
 
@@ -180,8 +180,10 @@ impl TestCluster {
         let faults = Network::new(0);
         let layout = Layout {
             dir: dir.path().to_path_buf(),
-            network: faults.clone(),
-            proxy_client: http_client(),
+            peers: Peers::Proxied {
+                network: faults.clone(),
+                client: http_client(),
+            },
             lossy_disks: options.lossy_disks,
             faked_clocks: options.faked_clocks,
             seeds: Seeds::First,
@@ -336,7 +338,7 @@ impl TestCluster {
 fn restore(id: u64, slot: &NodeSlot, backup: &std::path::Path) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
         .args(["restore", "--node-id", &id.to_string(), "--advertise"])
-        .arg(slot.proxy.addr.to_string())
+        .arg(&slot.advertised)
         .arg("--data-dir")
         .arg(&slot.data_dir)
         .arg(backup)

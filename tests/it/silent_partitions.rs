@@ -205,6 +205,7 @@ async fn isolate_the_leader_by_dropping_packets(lab: &NetnsLab) {
             config.http_request_timeout = Some("10s".to_string());
         },
     )
+    .await
     .unwrap_or_else(|e| panic!("{e}"));
     let client = http_client();
     eventually("three voters", || async {

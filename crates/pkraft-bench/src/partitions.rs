@@ -163,6 +163,7 @@ pub async fn run(lab: &NetnsLab, spec: PartitionSpec<'_>) -> anyhow::Result<Part
         config.http_request_timeout = Some("10s".to_string());
         config.sections = LIMITS_OFF_TOML.to_string();
     })
+    .await
     .map_err(anyhow::Error::msg)?;
     let mut next_key = 0usize;
     let mut trials = Vec::new();

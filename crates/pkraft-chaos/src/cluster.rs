@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
-use pkraft_testkit::cluster::{Layout, Member, Seeds};
+use pkraft_testkit::cluster::{Layout, Member, Peers, Seeds};
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, NodeConfig};
 use pkraft_testkit::process::{LogTo, NodeProcess};
 use pkraft_testkit::proxy::Network;
@@ -121,10 +121,12 @@ impl Cluster {
         };
         let layout = Layout {
             dir: dir.to_path_buf(),
-            network: network.clone(),
-            proxy_client: reqwest::Client::builder()
-                .pool_idle_timeout(Duration::from_secs(10))
-                .build()?,
+            peers: Peers::Proxied {
+                network: network.clone(),
+                client: reqwest::Client::builder()
+                    .pool_idle_timeout(Duration::from_secs(10))
+                    .build()?,
+            },
             lossy_disks,
             faked_clocks: clock_library.is_some(),
             seeds: Seeds::All,

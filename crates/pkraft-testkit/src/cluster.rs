@@ -26,15 +26,26 @@ pub enum Seeds {
     All,
 }
 
+/// How members reach each other.
+pub enum Peers {
+    /// Through a peer proxy each (the address a member advertises) under `network`'s faults,
+    /// relaying with `client`: members on loopback port 0.
+    Proxied {
+        network: Arc<Network>,
+        client: reqwest::Client,
+    },
+    /// Directly, at the address each member's config advertises and listens at (members in a
+    /// lab's network namespaces, [`crate::netns`], whose partitions are the lab's iptables
+    /// rules); the data dir is the one the config fixes.
+    Direct,
+}
+
 /// How a cluster's members are laid out.
 pub struct Layout {
-    /// Member `id` lives in `<dir>/node<id>/` (its config and data dir), its clock file at
-    /// `<dir>/node<id>.clock`.
+    /// Member `id` lives in `<dir>/node<id>/` (its config, and its data dir unless the config
+    /// fixes one), its clock file at `<dir>/node<id>.clock`.
     pub dir: PathBuf,
-    /// The peer network's faults: every member's peer traffic passes its proxy.
-    pub network: Arc<Network>,
-    /// The client the peer proxies relay with.
-    pub proxy_client: reqwest::Client,
+    pub peers: Peers,
     /// Every data dir on a lossy disk of its own (root and FUSE needed).
     pub lossy_disks: bool,
     /// Every member gets a wall clock of its own ([`Cluster::set_clock`]; libfaketime needed
@@ -75,11 +86,6 @@ impl<S> Cluster<S> {
         }
     }
 
-    /// The peer network every member's traffic passes.
-    pub fn network(&self) -> &Arc<Network> {
-        &self.layout.network
-    }
-
     /// The membership a new member starts with: the first bootstraps, every other joins
     /// through the [`Seeds`] as a voter or a learner.
     pub fn joining(&self, voter: bool) -> Membership {
@@ -91,7 +97,7 @@ impl<S> Cluster<S> {
             .members
             .iter()
             .take(asked)
-            .map(|member| member.slot.proxy.addr.to_string())
+            .map(|member| member.slot.advertised.clone())
             .collect();
         if seeds.is_empty() {
             Membership::Bootstrap
@@ -100,9 +106,9 @@ impl<S> Cluster<S> {
         }
     }
 
-    /// Adds member `id`: prepares its slot with the config `config` makes (its proxy is
-    /// advertised) and its clock, then makes its server with `server` (which starts it, or
-    /// not: the caller's choice). The proxy forwards nowhere until the caller routes it
+    /// Adds member `id`: prepares its slot with `config` (advertising its proxy, if proxied)
+    /// and its clock, then makes its server with `server` (which starts it, or not: the
+    /// caller's choice). A proxy forwards nowhere until the caller routes it
     /// ([`NodeSlot::route_to`]). An error of `server` leaves no member behind.
     pub async fn add<E>(
         &mut self,
@@ -117,8 +123,7 @@ impl<S> Cluster<S> {
         let slot = NodeSlot::prepare(
             &layout.dir.join(format!("node{id}")),
             config,
-            layout.network.clone(),
-            layout.proxy_client.clone(),
+            &layout.peers,
             layout.lossy_disks,
         )
         .await
@@ -206,50 +211,72 @@ impl<E: std::error::Error + 'static> std::error::Error for AddError<E> {
 /// A prepared node. Fields drop in order: a caller keeps its process before the slot, so the
 /// process is gone before the disk is unmounted.
 pub struct NodeSlot {
-    pub proxy: PeerProxy,
+    /// Its peer proxy ([`Peers::Proxied`]).
+    pub proxy: Option<PeerProxy>,
+    /// The peer address the other nodes reach it at (its proxy's, or its own).
+    pub advertised: String,
     /// `<dir>/node.toml`.
     pub config: PathBuf,
-    /// `<dir>/data`, the lossy disk's mount point if there is one.
+    /// `<dir>/data` (or the one its config fixes), the lossy disk's mount point if there is one.
     pub data_dir: PathBuf,
     pub disk: Option<LossyDisk>,
 }
 
 impl NodeSlot {
-    /// Starts the node's peer proxy under `network` (relaying with `client`), writes `config`
-    /// advertising the proxy to `dir/node.toml`, and creates the data dir `dir/data`, mounting a
-    /// new lossy disk there with `lossy` (its durable content in `dir/backing`).
+    /// With [`Peers::Proxied`], starts the node's peer proxy and advertises it in `config`;
+    /// writes `config` to `dir/node.toml` and creates the data dir: `dir/data`, or the one
+    /// `config` fixes, mounting a new lossy disk there with `lossy` (its durable content in
+    /// `dir/backing`).
     pub async fn prepare(
         dir: &Path,
         mut config: NodeConfig,
-        network: Arc<Network>,
-        client: reqwest::Client,
+        peers: &Peers,
         lossy: bool,
     ) -> std::io::Result<NodeSlot> {
-        let proxy = PeerProxy::start(config.node_id, network, client).await?;
-        config.advertise = Some(proxy.addr.to_string());
+        let proxy = match peers {
+            Peers::Proxied { network, client } => {
+                let proxy =
+                    PeerProxy::start(config.node_id, network.clone(), client.clone()).await?;
+                config.advertise = Some(proxy.addr.to_string());
+                Some(proxy)
+            }
+            Peers::Direct => None,
+        };
+        let advertised = config.advertise.clone().ok_or_else(|| {
+            std::io::Error::other("a node reached directly needs `advertise` in its config")
+        })?;
         std::fs::create_dir_all(dir)?;
         let config_path = dir.join("node.toml");
+        let fixed_data_dir = config.fixed.as_ref().map(|(_, data_dir)| data_dir.clone());
+        if lossy && fixed_data_dir.is_some() {
+            return Err(std::io::Error::other(
+                "a lossy disk is mounted at <dir>/data: not with a data dir the config fixes",
+            ));
+        }
         std::fs::write(&config_path, config.to_toml())?;
         let (data_dir, disk) = if lossy {
             let (disk, mountpoint) = mount_lossy_disk(dir)?;
             (mountpoint, Some(disk))
         } else {
-            let data_dir = dir.join("data");
+            let data_dir = fixed_data_dir.unwrap_or_else(|| dir.join("data"));
             std::fs::create_dir_all(&data_dir)?;
             (data_dir, None)
         };
         Ok(NodeSlot {
             proxy,
+            advertised,
             config: config_path,
             data_dir,
             disk,
         })
     }
 
-    /// Routes the peer proxy to the node's peer listener (`None`: nowhere, as for a node that
-    /// is down).
+    /// Routes the peer proxy, if there is one, to the node's peer listener (`None`: nowhere,
+    /// as for a node that is down).
     pub fn route_to(&self, peer: Option<std::net::SocketAddr>) {
-        self.proxy.set_upstream(peer);
+        if let Some(proxy) = &self.proxy {
+            proxy.set_upstream(peer);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::cluster::{Cluster, Layout, Peers, Seeds};
 use crate::node::{Listening, Membership, NodeConfig};
 use crate::process::{LogTo, NodeProcess};
 
@@ -259,42 +260,51 @@ impl Drop for NetnsLab {
     }
 }
 
-/// A cluster of a lab's nodes, the one the silent-partition test and `make bench-partitions`
-/// share: node `i` runs in namespace `i` from `<dir>/node<i>.toml`, its data in
-/// `<dir>/data<i>`, logging to memory. Every process is killed when the cluster is dropped (a
-/// failed assertion or trial must not leave one running in a namespace).
+/// The cluster of a lab's nodes ([`crate::cluster::Cluster`] with direct peers), for the
+/// silent-partition test and `make bench-partitions`: node `i` runs in namespace `i` from its
+/// config (`<dir>/node<i>/node.toml`), its data in `<dir>/data<i>`, logging to memory. Every
+/// process is killed when the cluster is dropped (a failed assertion or trial must not leave
+/// one running in a namespace).
 pub struct LabCluster<'a> {
     lab: &'a NetnsLab,
     binary: PathBuf,
-    dir: PathBuf,
-    /// Node `i`'s process at `i - 1`, `None` while it is stopped.
-    nodes: Vec<Option<NodeProcess>>,
+    /// Each member's server is its process while it runs.
+    core: Cluster<Option<NodeProcess>>,
 }
 
 impl<'a> LabCluster<'a> {
-    /// Writes every node's config (the lab's [`NetnsLab::node_config`] with `secret`, then
-    /// `configure`: timing, sections) to `dir` and starts `binary serve` for nodes 1, 2, …
+    /// Lays out every node (the lab's [`NetnsLab::node_config`] with `secret`, then
+    /// `configure`: timing, sections) in `dir` and starts `binary serve` for nodes 1, 2, …
     /// in order (node 1 bootstraps, the others join it).
-    pub fn start(
+    pub async fn start(
         lab: &'a NetnsLab,
         binary: &Path,
         dir: &Path,
         secret: &str,
         configure: impl Fn(&mut NodeConfig),
     ) -> Result<LabCluster<'a>, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+            peers: Peers::Direct,
+            lossy_disks: false,
+            faked_clocks: false,
+            seeds: Seeds::First,
+        };
         let mut cluster = LabCluster {
             lab,
             binary: binary.to_path_buf(),
-            dir: dir.to_path_buf(),
-            nodes: (0..lab.nodes).map(|_| None).collect(),
+            core: Cluster::new(layout),
         };
         for i in cluster.ids() {
             let mut config = lab.node_config(i, secret, dir.join(format!("data{i}")));
             configure(&mut config);
-            let path = cluster.config_path(i);
-            std::fs::write(&path, config.to_toml())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+            cluster
+                .core
+                .add(u64::from(i), config, |_, _| {
+                    Ok::<_, std::convert::Infallible>(None)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
             cluster.start_node(i)?;
         }
         Ok(cluster)
@@ -305,30 +315,27 @@ impl<'a> LabCluster<'a> {
         1..=self.lab.nodes
     }
 
-    fn config_path(&self, i: u8) -> PathBuf {
-        self.dir.join(format!("node{i}.toml"))
-    }
-
-    fn slot(&mut self, i: u8) -> Result<&mut Option<NodeProcess>, String> {
-        usize::from(i)
-            .checked_sub(1)
-            .and_then(|index| self.nodes.get_mut(index))
-            .ok_or_else(|| format!("no node {i} in a lab of {}", self.lab.nodes))
-    }
-
     /// Starts node `i` (again) on its config and data, and waits until it listens.
     pub fn start_node(&mut self, i: u8) -> Result<(), String> {
-        if self.slot(i)?.is_some() {
+        let (lab, binary) = (self.lab, &self.binary);
+        let member = self
+            .core
+            .member_mut(u64::from(i))
+            .ok_or_else(|| format!("no node {i} in a lab of {}", lab.nodes))?;
+        if member.server.is_some() {
             return Err(format!("node {i} is running already"));
         }
-        let process = self.lab.start_node(i, &self.binary, &self.config_path(i))?;
-        *self.slot(i)? = Some(process);
+        member.server = Some(lab.start_node(i, binary, &member.slot.config)?);
         Ok(())
     }
 
     /// SIGKILLs node `i`, if it runs.
     pub fn kill(&mut self, i: u8) -> Result<(), String> {
-        if let Some(mut process) = self.slot(i)?.take() {
+        let process = self
+            .core
+            .member_mut(u64::from(i))
+            .and_then(|member| member.server.take());
+        if let Some(mut process) = process {
             process
                 .kill()
                 .map_err(|e| format!("SIGKILL node {i}: {e}"))?;
@@ -369,18 +376,21 @@ impl<'a> LabCluster<'a> {
 
     /// What every running node logged, each under a heading, for failure messages.
     pub fn logs(&self) -> String {
-        self.ids()
-            .zip(&self.nodes)
-            .filter_map(|(i, process)| Some((i, process.as_ref()?)))
-            .map(|(i, process)| format!("==== node {i} ====\n{}", process.log().text()))
+        self.core
+            .members
+            .iter()
+            .filter_map(|member| Some((member.id, member.server.as_ref()?)))
+            .map(|(id, process)| format!("==== node {id} ====\n{}", process.log().text()))
             .collect()
     }
 }
 
 impl Drop for LabCluster<'_> {
     fn drop(&mut self) {
-        for process in self.nodes.iter_mut().flatten() {
-            let _ = process.kill();
+        for member in &mut self.core.members {
+            if let Some(mut process) = member.server.take() {
+                let _ = process.kill();
+            }
         }
     }
 }
