@@ -64,8 +64,8 @@ pub type Targets = Arc<RwLock<Vec<Target>>>;
 pub struct Node {
     log: PathBuf,
     process: Option<NodeProcess>,
-    pub paused: bool,
-    pub incarnation: u32,
+    paused: bool,
+    incarnation: u32,
     addrs: Option<Listening>,
     /// Snapshot builds and installs counted by this node's earlier processes.
     snapshots: (u64, u64),
@@ -74,10 +74,6 @@ pub struct Node {
 impl Node {
     pub fn running(&self) -> bool {
         self.process.is_some()
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log
     }
 }
 
@@ -171,7 +167,7 @@ impl Cluster {
                 })
             })
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .with_context(|| format!("adding node {id}"))?;
         self.spawn(id).await
     }
 
@@ -195,9 +191,7 @@ impl Cluster {
     /// Moves node `id`'s wall clock to `offset` from the real time (libfaketime's notation:
     /// `+8d`, `-1d`, `+0`); the node sees it within a second, running or at its next start.
     pub fn set_clock(&self, id: u64, offset: &str) -> anyhow::Result<()> {
-        self.core
-            .set_clock(id, offset)
-            .map_err(|why| anyhow::anyhow!("{why} (--clocks)"))
+        self.core.set_clock(id, offset).map_err(anyhow::Error::msg)
     }
 
     /// Starts node `id`'s next process on its data dir and waits until it listens.

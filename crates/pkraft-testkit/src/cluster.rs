@@ -1,11 +1,13 @@
-//! The cluster of the integration tests (`TestCluster`) and of the chaos harness: one
-//! [`Cluster`] of members, laid out one way ([`Layout`]). Each member has its place before its
-//! process starts ([`NodeSlot`]: its peer proxy, the address the other nodes reach it at; its
-//! config file; its data dir, on a lossy disk if asked) and its wall clock if the layout fakes
-//! clocks. The first member bootstraps, the others join through the first or through every
-//! member ([`Seeds`]). What runs the node (its `server`) is the caller's: the tests' panicking
-//! `TestServer`, the chaos harness's restartable process with a log file; each starts the
-//! process its own way ([`crate::process`]) and adds its own waits.
+//! The one cluster of the integration tests (`TestCluster`), the chaos harness and the network
+//! namespace lab ([`crate::netns::LabCluster`]): a [`Cluster`] of members, laid out one way
+//! ([`Layout`]). Each member has its place before its process starts ([`NodeSlot`]: the peer
+//! address the other nodes reach it at, its proxy's when [`Peers::Proxied`]; its config file;
+//! its data dir, on a lossy disk if asked) and its wall clock if the layout fakes clocks.
+//! [`Cluster::joining`] gives the first member a bootstrap and the others a join through the
+//! first or through every member ([`Seeds`]); the lab writes its nodes' memberships itself.
+//! What runs the node (its `server`) is the caller's: the tests' panicking `TestServer`, the
+//! chaos harness's restartable process with a log file, the lab's process in its namespace;
+//! each starts the process its own way ([`crate::process`]) and adds its own waits.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +38,7 @@ pub enum Peers {
     },
     /// Directly, at the address each member's config advertises and listens at (members in a
     /// lab's network namespaces, [`crate::netns`], whose partitions are the lab's iptables
-    /// rules); the data dir is the one the config fixes.
+    /// rules); the data dir is the one the config fixes (`<dir>/data` if it fixes none).
     Direct,
 }
 

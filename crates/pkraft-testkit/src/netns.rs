@@ -288,6 +288,7 @@ impl<'a> LabCluster<'a> {
             peers: Peers::Direct,
             lossy_disks: false,
             faked_clocks: false,
+            // What `joining` would give; the lab's configs name node 1 as the seed themselves.
             seeds: Seeds::First,
         };
         let mut cluster = LabCluster {
@@ -331,11 +332,12 @@ impl<'a> LabCluster<'a> {
 
     /// SIGKILLs node `i`, if it runs.
     pub fn kill(&mut self, i: u8) -> Result<(), String> {
-        let process = self
+        let nodes = self.lab.nodes;
+        let member = self
             .core
             .member_mut(u64::from(i))
-            .and_then(|member| member.server.take());
-        if let Some(mut process) = process {
+            .ok_or_else(|| format!("no node {i} in a lab of {nodes}"))?;
+        if let Some(mut process) = member.server.take() {
             process
                 .kill()
                 .map_err(|e| format!("SIGKILL node {i}: {e}"))?;
