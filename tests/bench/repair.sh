@@ -92,7 +92,7 @@ measure_learner() {
   local lhttp ldns lpeer ladmin peer start
   lhttp=$(loopback_port) ldns=$(loopback_port) lpeer=$(loopback_port) ladmin=$(loopback_port)
   peer=$(python3 -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["cluster"]["peer_listen"])' \
-    "$work/cluster/$leader.toml")
+    "$work/cluster/node$leader/node.toml")
   cluster_node_config "$work/learner.toml" "$learner_id" "$work/learner-data" "127.0.0.1:$lhttp" \
     "127.0.0.1:$ldns" "127.0.0.1:$lpeer" "127.0.0.1:$ladmin" "$secret" "$peer" --learner
   start=$(now)
@@ -110,7 +110,7 @@ measure_learner() {
 # the whole log aside (a rebuild from the cluster).
 measure_state_repair() {
   local id=$1 from=$2 data start
-  data="$work/cluster/$id-data"
+  data="$work/cluster/node$id/data"
   kill -KILL "${node_pid[$id]}"; wait_exited "${node_pid[$id]}" || fail "node $id did not die"
   python3 - "$data" "$from" <<'PY'
 import pathlib, sys
@@ -130,7 +130,7 @@ PY
   cluster_start_node "$id" || fail "node $id did not restart"
   local http=${node_http[$id]}
   wait_in_service "${node_pid[$id]}" "$start" "${node_admin[$id]}" "${http%/pkarr}/readyz"
-  from_cluster=$(grep -c "set the whole Raft log aside" "$work/cluster/$id.log" || true)
+  from_cluster=$(grep -c "set the whole Raft log aside" "$work/cluster/node$id/node.log" || true)
 }
 
 follower=$(( leader % 3 + 1 ))

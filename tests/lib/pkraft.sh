@@ -222,11 +222,11 @@ process_group_ticks() {
   echo "$sum"
 }
 
-# print_log_tails DIR: the last 20 lines of every *.log in DIR and its subdirectories (a local
+# print_log_tails DIR: the last 20 lines of every *.log in DIR and two levels below it (a local
 # cluster's, `cluster_up`), on stderr (for a failing script).
 print_log_tails() {
   local f
-  for f in "$1"/*.log "$1"/*/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
+  for f in "$1"/*.log "$1"/*/*.log "$1"/*/*/*.log; do [ -f "$f" ] && { echo "--- $f" >&2; tail -n 20 "$f" >&2; }; done
   return 0
 }
 

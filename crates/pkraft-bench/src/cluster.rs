@@ -3,12 +3,16 @@
 //! wraps these). The nodes are real `pkraft serve` processes from config files, each in its own
 //! process group (a script kills a node's whole group and counts its CPU), with fixed loopback
 //! ports below the kernel's ephemeral range so that a node restarts on the same ports (an
-//! ephemeral port may meanwhile be the local end of some connection). The integration tests and
-//! the chaos harness start nodes on port 0 instead (pkraft-testkit); the config files come from
-//! the same writer (`pkraft_testkit::node::NodeConfig`).
+//! ephemeral port may meanwhile be the local end of some connection). `cluster up` lays the
+//! cluster out with the one cluster of the tests, the chaos harness and the namespace lab
+//! ([`pkraft_testkit::cluster::Cluster`], peers reached directly or through a `delay-proxy`,
+//! node 1 the seed): it writes each node's slot, and its processes outlive the command, which is
+//! what sets this preset apart (the integration tests and the chaos harness own their nodes'
+//! processes, on port 0).
 //!
-//! A cluster's state is its work dir: `N.toml`, `N-data/`, `N.log` per node and `cluster.tsv`
-//! (`id http dns peer admin` per node).
+//! A cluster's state is its work dir: `node<N>/node.toml`, `node<N>/data/`, `node<N>/node.log`
+//! per node, `cluster.tsv` (`id http dns peer admin https|-` per node) and `pids` (every
+//! process started for it).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,7 +24,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pkraft_testkit::cluster::voters_applied_membership;
+use pkraft_testkit::cluster::{Cluster, Layout, Peers, Seeds, voters_applied_membership};
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
 use serde_json::Value;
 
@@ -88,6 +92,20 @@ struct NodeAddrs {
     https: Option<SocketAddr>,
 }
 
+impl NodeAddrs {
+    /// Node `id`'s line of `cluster.tsv`, read back by [`node_addrs`].
+    fn state_line(&self, id: u64) -> String {
+        let Listening {
+            http,
+            dns,
+            peer,
+            admin,
+        } = self.listen;
+        let https = self.https.map_or("-".to_string(), |addr| addr.to_string());
+        format!("{id} {http} {dns} {peer} {admin} {https}\n")
+    }
+}
+
 /// One node as the scripts read it: `id pid http_url dns_port admin peer https_port|- log`.
 struct NodeLine {
     id: u64,
@@ -130,8 +148,15 @@ pub async fn up(spec: &ClusterSpec<'_>) -> anyhow::Result<()> {
         let port = ports.next().context("fewer ports than asked for")?;
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     };
-    let mut state = String::new();
-    let mut seed = None;
+    // The members' processes are started below and outlive this command: a member's server is
+    // only its addresses.
+    let mut cluster: Cluster<NodeAddrs> = Cluster::new(Layout {
+        dir: spec.work.to_path_buf(),
+        peers: Peers::Direct,
+        lossy_disks: false,
+        faked_clocks: false,
+        seeds: Seeds::First,
+    });
     let mut proxies = Vec::new();
     for id in 1..=spec.nodes {
         let listen = Listening {
@@ -142,21 +167,15 @@ pub async fn up(spec: &ClusterSpec<'_>) -> anyhow::Result<()> {
         };
         let https = spec.https.map(|_| next()).transpose()?;
         let proxy = spec.peer_delay.map(|_| next()).transpose()?;
+        let mut config = spec.additions.node_config(
+            id,
+            cluster.joining(true),
+            spec.secret,
+            listen,
+            node_dir(spec.work, id).join("data"),
+        );
         // Other nodes reach this one at its proxy, if it has one.
-        let reached_at = proxy.unwrap_or(listen.peer);
-        let membership = match seed {
-            None => Membership::Bootstrap,
-            Some(seed) => Membership::Join {
-                seeds: vec![format!("{seed}")],
-                voter: true,
-            },
-        };
-        seed.get_or_insert(reached_at);
-        let data_dir = spec.work.join(format!("{id}-data"));
-        let mut config = spec
-            .additions
-            .node_config(id, membership, spec.secret, listen, data_dir);
-        config.advertise = proxy.map(|addr| addr.to_string());
+        config.advertise = Some(proxy.unwrap_or(listen.peer).to_string());
         if let (Some((cert, key)), Some(addr)) = (spec.https, https) {
             config.sections.push_str(&format!(
                 "[https]\nlisten = \"{addr}\"\ncert = {:?}\nkey = {:?}\n",
@@ -164,18 +183,21 @@ pub async fn up(spec: &ClusterSpec<'_>) -> anyhow::Result<()> {
                 key.display().to_string()
             ));
         }
-        let path = spec.work.join(format!("{id}.toml"));
-        std::fs::write(&path, config.to_toml())
-            .with_context(|| format!("write {}", path.display()))?;
-        let https_field = https.map_or("-".to_string(), |addr| addr.to_string());
-        state.push_str(&format!(
-            "{id} {} {} {} {} {https_field}\n",
-            listen.http, listen.dns, listen.peer, listen.admin
-        ));
+        cluster
+            .add(id, config, |_, _| {
+                Ok::<_, std::convert::Infallible>(NodeAddrs { listen, https })
+            })
+            .await
+            .with_context(|| format!("lay out node {id} in {}", spec.work.display()))?;
         if let (Some((delay, jitter)), Some(proxy)) = (spec.peer_delay, proxy) {
             proxies.push((id, proxy, listen.peer, delay, jitter));
         }
     }
+    let state: String = cluster
+        .members
+        .iter()
+        .map(|member| member.server.state_line(member.id))
+        .collect();
     std::fs::write(spec.work.join(STATE_FILE), &state)?;
     for (id, listen, upstream, delay, jitter) in proxies {
         let mut command = Command::new(std::env::current_exe()?);
@@ -188,12 +210,12 @@ pub async fn up(spec: &ClusterSpec<'_>) -> anyhow::Result<()> {
         spawn_detached(
             command,
             spec.work,
-            &spec.work.join(format!("{id}-proxy.log")),
+            &node_dir(spec.work, id).join("proxy.log"),
         )?;
     }
     let mut lines = Vec::with_capacity(count);
     let started = async {
-        for id in 1..=spec.nodes {
+        for id in cluster.ids() {
             lines.push(start_node(spec.pkraft, spec.work, id).await?);
         }
         let admin = lines.first().context("no nodes")?.addrs.listen.admin;
@@ -209,6 +231,11 @@ pub async fn up(spec: &ClusterSpec<'_>) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// Node `id`'s dir in the work dir: its config, data dir and log (the one cluster's layout).
+fn node_dir(work: &Path, id: u64) -> PathBuf {
+    work.join(format!("node{id}"))
 }
 
 /// Every process `cluster` started for the cluster in `work` (nodes, each restart, proxies),
@@ -276,11 +303,12 @@ pub async fn start(pkraft: &Path, work: &Path, id: u64) -> anyhow::Result<()> {
 
 async fn start_node(pkraft: &Path, work: &Path, id: u64) -> anyhow::Result<NodeLine> {
     let addrs = node_addrs(work, id)?;
-    let log_path = work.join(format!("{id}.log"));
+    let dir = node_dir(work, id);
+    let log_path = dir.join("node.log");
     let mut command = Command::new(pkraft);
     command
         .args(["serve", "--config"])
-        .arg(work.join(format!("{id}.toml")));
+        .arg(dir.join("node.toml"));
     if std::env::var_os("RUST_LOG").is_none() {
         command.env("RUST_LOG", "warn");
     }

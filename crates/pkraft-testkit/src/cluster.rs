@@ -1,13 +1,15 @@
-//! The one cluster of the integration tests (`TestCluster`), the chaos harness and the network
-//! namespace lab ([`crate::netns::LabCluster`]): a [`Cluster`] of members, laid out one way
+//! The one cluster of the integration tests (`TestCluster`), the chaos harness, the network
+//! namespace lab ([`crate::netns::LabCluster`]) and the scripts' local clusters
+//! (`pkraft-bench cluster up`): a [`Cluster`] of members, laid out one way
 //! ([`Layout`]). Each member has its place before its process starts ([`NodeSlot`]: the peer
 //! address the other nodes reach it at, its proxy's when [`Peers::Proxied`]; its config file;
 //! its data dir, on a lossy disk if asked) and its wall clock if the layout fakes clocks.
 //! [`Cluster::joining`] gives the first member a bootstrap and the others a join through the
 //! first or through every member ([`Seeds`]); the lab writes its nodes' memberships itself.
 //! What runs the node (its `server`) is the caller's: the tests' panicking `TestServer`, the
-//! chaos harness's restartable process with a log file, the lab's process in its namespace;
-//! each starts the process its own way ([`crate::process`]) and adds its own waits.
+//! chaos harness's restartable process with a log file, the lab's process in its namespace,
+//! the scripts' detached process (only its addresses: it outlives `pkraft-bench`); each
+//! starts the process its own way ([`crate::process`]) and adds its own waits.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

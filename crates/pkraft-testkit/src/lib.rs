@@ -4,8 +4,8 @@
 //! Keys come from a seed so that a failing test reproduces with the same keys; packets are shaped
 //! like the ones iroh publishes (`_iroh` TXT records `relay=` / `addr=`). The harness pieces:
 //! [`node`] (listen flags and lines, config files), [`process`] (a running node on port 0),
-//! [`cluster`] (the one cluster of the integration tests, the chaos harness and the namespace
-//! lab: its members' proxies, configs, data dirs and clocks), [`proxy`] (the fault-injecting
+//! [`cluster`] (the one cluster of the integration tests, the chaos harness, the namespace
+//! lab and `pkraft-bench cluster`: its members' proxies, configs, data dirs and clocks), [`proxy`] (the fault-injecting
 //! peer proxy),
 //! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`netns`] (a network
 //! namespace lab and the cluster of its nodes), [`rng`] (a seeded generator that never
