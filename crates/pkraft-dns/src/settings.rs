@@ -169,12 +169,15 @@ fn auto_udp_sockets(cores: usize) -> usize {
     cores.saturating_sub(1).clamp(1, UDP_SOCKETS_AUTO_MAX)
 }
 
-/// A `[dns]` value that cannot be served. The message names the field.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("dns.{field}: {reason}")]
+/// A `[dns]` value that cannot be served. The message names the field, and keeps the parse
+/// error beneath it if there is one.
+#[derive(Debug, thiserror::Error)]
+#[error("dns.{field}: {reason}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
 pub struct SettingsError {
     pub field: String,
     pub reason: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl SettingsError {
@@ -182,6 +185,7 @@ impl SettingsError {
         SettingsError {
             field: field.into(),
             reason: reason.to_string(),
+            source: None,
         }
     }
 }
@@ -341,7 +345,7 @@ impl Settings {
         let soa_rname = self
             .soa_rname
             .as_deref()
-            .map(|name| fqdn(name).map_err(|e| SettingsError::new("soa_rname", e)))
+            .map(|name| fqdn("soa_rname", name))
             .transpose()?;
         let ttl = TtlBounds {
             min: ttl_secs("ttl_min", self.ttl_min)?,
@@ -378,14 +382,18 @@ fn names(field: &str, values: &[String]) -> Result<Vec<Name>, SettingsError> {
     values
         .iter()
         .enumerate()
-        .map(|(i, value)| fqdn(value).map_err(|e| SettingsError::new(format!("{field}[{i}]"), e)))
+        .map(|(i, value)| fqdn(format!("{field}[{i}]"), value))
         .collect()
 }
 
-/// Parses a domain name and makes it fully qualified (`pkarr.test` and `pkarr.test.` are the same).
-fn fqdn(text: &str) -> Result<Name, String> {
-    let mut name =
-        Name::from_str(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
+/// Parses a domain name, the value of `field`, and makes it fully qualified (`pkarr.test` and
+/// `pkarr.test.` are the same).
+fn fqdn(field: impl Into<String>, text: &str) -> Result<Name, SettingsError> {
+    let mut name = Name::from_str(text).map_err(|e| SettingsError {
+        field: field.into(),
+        reason: format!("{text:?} is not a domain name"),
+        source: Some(Box::new(e)),
+    })?;
     name.set_fqdn(true);
     Ok(name)
 }

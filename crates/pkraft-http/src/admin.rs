@@ -223,7 +223,7 @@ async fn backup(State(state): State<AdminState>, backups: Arc<tokio::sync::Semap
                 tracing::warn!(error = %e, "backup failed");
                 // Nobody listens any more if the client went away or stalled; nothing else to
                 // do then.
-                let failed = sender.send(Err(std::io::Error::other(e.to_string())));
+                let failed = sender.send(Err(std::io::Error::other(e)));
                 let _ = runtime.block_on(tokio::time::timeout(BACKUP_STALL_TIMEOUT, failed));
             }
         }

@@ -62,8 +62,18 @@ pub struct DohParams {
 /// Why a DoH request got no DNS answer. Every variant is the client's fault but `Internal`.
 #[derive(Debug, thiserror::Error)]
 pub enum DohError {
+    /// A parameter that does not make a DNS query (`what`, and why).
+    #[error("{what}: {source}")]
+    BadParameter {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The query itself: malformed, or no query.
     #[error("{0}")]
-    BadRequest(String),
+    BadQuery(#[source] AnswerError),
+    #[error("GET /dns-query needs a dns parameter (RFC 8484) or a name parameter (JSON)")]
+    NoQueryParameter,
     #[error("POST /dns-query needs Content-Type: {DNS_MESSAGE}")]
     UnsupportedMediaType,
     /// This node's own answer could not be had or written out (`what`, and why); logged, the
@@ -79,7 +89,9 @@ pub enum DohError {
 impl IntoResponse for DohError {
     fn into_response(self) -> Response {
         let status = match self {
-            DohError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DohError::BadParameter { .. } | DohError::BadQuery(_) | DohError::NoQueryParameter => {
+                StatusCode::BAD_REQUEST
+            }
             DohError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             DohError::Internal { .. } => {
                 tracing::error!(reason = %self, "DNS-over-HTTPS answer failed");
@@ -90,12 +102,20 @@ impl IntoResponse for DohError {
     }
 }
 
+fn bad_parameter(
+    what: &'static str,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> DohError {
+    DohError::BadParameter {
+        what,
+        source: Box::new(source),
+    }
+}
+
 impl From<AnswerError> for DohError {
     fn from(e: AnswerError) -> Self {
         match e {
-            AnswerError::Malformed(_) | AnswerError::NotAQuery => {
-                DohError::BadRequest(e.to_string())
-            }
+            AnswerError::Malformed(_) | AnswerError::NotAQuery => DohError::BadQuery(e),
             AnswerError::NoAnswer => DohError::Internal {
                 what: "the query",
                 source: Box::new(e),
@@ -112,13 +132,11 @@ pub async fn get_query(
     if let Some(dns) = params.dns {
         let query = BASE64URL
             .decode(dns.as_bytes())
-            .map_err(|e| DohError::BadRequest(format!("dns parameter is not base64url: {e}")))?;
+            .map_err(|e| bad_parameter("dns parameter is not base64url", e))?;
         return wire_answer(&state, query).await;
     }
     let Some(name) = params.name else {
-        return Err(DohError::BadRequest(
-            "GET /dns-query needs a dns parameter (RFC 8484) or a name parameter (JSON)".into(),
-        ));
+        return Err(DohError::NoQueryParameter);
     };
     json_answer(&state, &name, params.rtype.as_deref()).await
 }
@@ -163,14 +181,13 @@ async fn json_answer(
     name: &str,
     rtype: Option<&str>,
 ) -> Result<Response, DohError> {
-    let name =
-        Name::from_str(name).map_err(|e| DohError::BadRequest(format!("name parameter: {e}")))?;
+    let name = Name::from_str(name).map_err(|e| bad_parameter("name parameter", e))?;
     let rtype = match rtype {
         None => RecordType::A,
         Some(text) => match text.parse::<u16>() {
             Ok(number) => RecordType::from(number),
             Err(_) => RecordType::from_str(&text.to_ascii_uppercase())
-                .map_err(|e| DohError::BadRequest(format!("type parameter: {e}")))?,
+                .map_err(|e| bad_parameter("type parameter", e))?,
         },
     };
     let mut query = Message::query();
@@ -178,7 +195,7 @@ async fn json_answer(
     query.add_query(DnsQuery::query(name, rtype));
     let wire = query
         .to_vec()
-        .map_err(|e| DohError::BadRequest(format!("query does not encode: {e}")))?;
+        .map_err(|e| bad_parameter("query does not encode", e))?;
     let answer = state.dns.answer(wire, UNKNOWN_SOURCE).await?;
     let message = Message::from_vec(&answer).map_err(|e| DohError::Internal {
         what: "its own answer does not parse",

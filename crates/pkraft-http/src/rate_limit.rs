@@ -234,8 +234,19 @@ pub struct RateLimits {
     tracked_keys: IntGauge,
 }
 
+/// Why the HTTP rate limits could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitsError {
+    /// A `[rate_limit]` value that cannot be used (the message names the field).
+    #[error(transparent)]
+    Setting(#[from] LimitError),
+    /// Their metrics could not be made.
+    #[error("rate limit metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
 impl RateLimits {
-    pub fn new(settings: &RateLimitSettings) -> Result<RateLimits, LimitError> {
+    pub fn new(settings: &RateLimitSettings) -> Result<RateLimits, RateLimitsError> {
         settings.validate()?;
         let limiter = |limits: &ClassLimits, field: &str| {
             ClassLimiter::new(
@@ -244,10 +255,6 @@ impl RateLimits {
                 settings.max_tracked_clients,
                 field,
             )
-        };
-        let metric_error = |e: prometheus::Error| LimitError {
-            field: "rate_limit".into(),
-            reason: format!("metrics: {e}"),
         };
         Ok(RateLimits {
             publish: limiter(&settings.publish, "rate_limit.publish")?,
@@ -266,29 +273,25 @@ impl RateLimits {
             exempt: IntCounter::new(
                 "pkraft_http_rate_limit_exempt_total",
                 "PUTs from rate_limit.exempt_publishers, which met no publish limit.",
-            )
-            .map_err(metric_error)?,
+            )?,
             refused: IntCounterVec::new(
                 Opts::new(
                     "pkraft_http_rate_limited_total",
                     "Requests refused with 429, by route class and the limit that refused them.",
                 ),
                 &["class", "scope"],
-            )
-            .map_err(metric_error)?,
+            )?,
             tracked: IntGaugeVec::new(
                 Opts::new(
                     "pkraft_http_rate_limit_tracked_clients",
                     "Clients with per-client limiter state, by route class.",
                 ),
                 &["class"],
-            )
-            .map_err(metric_error)?,
+            )?,
             tracked_keys: IntGauge::new(
                 "pkraft_http_rate_limit_tracked_keys",
                 "Public keys with per-key publish limiter state.",
-            )
-            .map_err(metric_error)?,
+            )?,
         })
     }
 

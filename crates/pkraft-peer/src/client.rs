@@ -131,8 +131,14 @@ pub enum CallError {
         status: StatusCode,
         body: String,
     },
-    #[error("peer {addr}: {reason}")]
-    Protocol { addr: String, reason: String },
+    /// The call could not be made or its answer not read (`what` failed, for `source`): a
+    /// request or answer that does not encode or decode, the TLS setup, the call's task.
+    #[error("peer {addr}: {what}: {}", error_chain(source.as_ref()))]
+    Protocol {
+        addr: String,
+        what: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// `error` and its causes, `: `-separated: hyper's own message ("client error (Connect)") hides
@@ -233,11 +239,14 @@ impl PeerClient {
         timeout: Duration,
     ) -> Result<R, CallError> {
         let secret = self.secret.as_ref().ok_or(CallError::NoSecret)?;
-        let protocol = |reason: String| CallError::Protocol {
-            addr: addr.to_string(),
-            reason,
+        let protocol = |what: &'static str, source: Box<dyn std::error::Error + Send + Sync>| {
+            CallError::Protocol {
+                addr: addr.to_string(),
+                what,
+                source,
+            }
         };
-        let body = encode(request).map_err(|e| protocol(format!("encoding the request: {e}")))?;
+        let body = encode(request).map_err(|e| protocol("encoding the request", e.into()))?;
         let mut builder = Request::post(format!("{}://{addr}{path}", self.scheme))
             .header(AUTHORIZATION, secret.bearer())
             .header(CONTENT_TYPE, "application/x-postcard")
@@ -247,10 +256,10 @@ impl PeerClient {
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| protocol(format!("building the request: {e}")))?;
+            .map_err(|e| protocol("building the request", e.into()))?;
         let http = self
             .client_for(target)
-            .map_err(|e| protocol(format!("TLS configuration: {e}")))?;
+            .map_err(|e| protocol("TLS configuration", e.into()))?;
         // The exchange runs on the node's runtime (see [`PeerClient`]), and ends when its
         // caller stops waiting for it.
         let task = self
@@ -258,8 +267,8 @@ impl PeerClient {
             .spawn(exchange(http, request, addr.to_string(), timeout));
         let body = AbortOnDropHandle::new(task)
             .await
-            .map_err(|e| protocol(format!("the call's task ended: {e}")))??;
-        decode(&body).map_err(|e| protocol(format!("decoding the response: {e}")))
+            .map_err(|e| protocol("the call's task ended", e.into()))??;
+        decode(&body).map_err(|e| protocol("decoding the response", e.into()))
     }
 }
 
@@ -284,9 +293,10 @@ async fn exchange(
         let body = Limited::new(response.into_body(), RESPONSE_LEN_MAX)
             .collect()
             .await
-            .map_err(|e| CallError::Protocol {
+            .map_err(|source| CallError::Protocol {
                 addr: addr.clone(),
-                reason: format!("reading the response: {e}"),
+                what: "reading the response",
+                source,
             })?
             .to_bytes();
         if status != StatusCode::OK {

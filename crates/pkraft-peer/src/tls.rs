@@ -67,12 +67,37 @@ fn default_reload_interval() -> Duration {
 /// Checking three files' metadata more often than this buys nothing (as `https.reload_interval`).
 const RELOAD_INTERVAL_MIN: Duration = Duration::from_millis(10);
 
-/// A `[cluster.tls]` file that cannot be used; the message names the field.
+/// A `[cluster.tls]` file that cannot be used; the message names the field, and keeps the
+/// error beneath it (a file that does not read or parse, rustls or webpki refusing what it holds).
 #[derive(Debug, thiserror::Error)]
-#[error("cluster.tls.{field}: {reason}")]
+#[error("cluster.tls.{field}: {reason}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
 pub struct PeerTlsError {
     pub field: &'static str,
     pub reason: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PeerTlsError {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        PeerTlsError {
+            field,
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    fn caused(
+        field: &'static str,
+        reason: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        PeerTlsError {
+            field,
+            reason: reason.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// Both sides of the peer network's TLS.
@@ -331,22 +356,19 @@ impl PeerTlsSettings {
     /// certificate must name.
     pub fn load(&self, node_id: NodeId) -> Result<PeerTls, PeerTlsError> {
         if self.reload_interval < RELOAD_INTERVAL_MIN {
-            return Err(PeerTlsError {
-                field: "reload_interval",
-                reason: format!(
+            return Err(PeerTlsError::new(
+                "reload_interval",
+                format!(
                     "{:?} is shorter than {RELOAD_INTERVAL_MIN:?}",
                     self.reload_interval
                 ),
-            });
+            ));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let material = Arc::new(ArcSwap::from_pointee(self.material(node_id, &provider)?));
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| PeerTlsError {
-                field: "cert",
-                reason: e.to_string(),
-            })?
+            .map_err(|e| PeerTlsError::caused("cert", "the server configuration", e))?
             .with_client_cert_verifier(Arc::new(CurrentClientVerifier(material.clone())))
             .with_cert_resolver(Arc::new(CurrentCertificate(material.clone())));
         // No resumption (see `client_config`): every handshake checks the client's certificate
@@ -359,10 +381,8 @@ impl PeerTlsSettings {
             provider,
             node_id,
         };
-        tls.client_config(None).map_err(|e| PeerTlsError {
-            field: "cert",
-            reason: e.to_string(),
-        })?;
+        tls.client_config(None)
+            .map_err(|e| PeerTlsError::caused("cert", "the client configuration", e))?;
         Ok(tls)
     }
 
@@ -373,31 +393,32 @@ impl PeerTlsSettings {
         node_id: NodeId,
         provider: &Arc<CryptoProvider>,
     ) -> Result<Material, PeerTlsError> {
-        let fail = |field, reason: String| PeerTlsError { field, reason };
-        let certs = read_certs(&self.cert).map_err(|reason| fail("cert", reason))?;
+        let certs = read_certs("cert", &self.cert)?;
+        // The reason is text: the verifiers hand it to rustls as text too.
         check_names_node(&certs, node_id).map_err(|reason| {
-            fail(
+            PeerTlsError::new(
                 "cert",
                 format!("{}: {reason} (node_id is {node_id})", self.cert.display()),
             )
         })?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| fail("key", format!("cannot read {}: {e}", self.key.display())))?;
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            PeerTlsError::caused("key", format!("cannot read {}", self.key.display()), e)
+        })?;
         let certified = CertifiedKey::from_der(certs, key, provider)
-            .map_err(|e| fail("key", format!("does not match cluster.tls.cert: {e}")))?;
+            .map_err(|e| PeerTlsError::caused("key", "does not match cluster.tls.cert", e))?;
         let mut roots = RootCertStore::empty();
-        for ca in read_certs(&self.ca).map_err(|reason| fail("ca", reason))? {
+        for ca in read_certs("ca", &self.ca)? {
             roots
                 .add(ca)
-                .map_err(|e| fail("ca", format!("{}: {e}", self.ca.display())))?;
+                .map_err(|e| PeerTlsError::caused("ca", self.ca.display().to_string(), e))?;
         }
         let roots = Arc::new(roots);
         let clients = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
-            .map_err(|e| fail("ca", e.to_string()))?;
+            .map_err(|e| PeerTlsError::caused("ca", "the client verifier", e))?;
         let listeners = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
-            .map_err(|e| fail("ca", e.to_string()))?;
+            .map_err(|e| PeerTlsError::caused("ca", "the server verifier", e))?;
         Ok(Material {
             certified: Arc::new(certified),
             clients,
@@ -411,12 +432,19 @@ impl PeerTlsSettings {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates in the PEM file `path`, the value of `field`.
+fn read_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, PeerTlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| PeerTlsError::caused(field, format!("cannot read {}", path.display()), e))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
+        return Err(PeerTlsError::new(
+            field,
+            format!("{} holds no certificate", path.display()),
+        ));
     }
     Ok(certs)
 }
@@ -442,7 +470,7 @@ mod tests {
 
     #[test]
     fn a_certificate_names_its_node_id() {
-        let certs = read_certs(&fixture("peer-node2.crt")).expect("cert");
+        let certs = read_certs("cert", &fixture("peer-node2.crt")).expect("cert");
         assert_eq!(certificate_node_ids(&certs[0]), Ok(vec![2]));
         assert!(check_names_node(&certs, 2).is_ok());
         assert_eq!(
@@ -450,7 +478,7 @@ mod tests {
             Err("the certificate is for node 2, not node 3".to_string())
         );
         // The [https] test certificate names no node.
-        let https = read_certs(&fixture("localhost.crt")).expect("cert");
+        let https = read_certs("cert", &fixture("localhost.crt")).expect("cert");
         assert!(
             check_names_node(&https, 1)
                 .expect_err("no id")
@@ -516,7 +544,7 @@ mod tests {
         let material = Arc::new(ArcSwap::from_pointee(
             settings(1).material(1, &provider).expect("node 1's files"),
         ));
-        let node2 = read_certs(&fixture("peer-node2.crt")).expect("cert");
+        let node2 = read_certs("cert", &fixture("peer-node2.crt")).expect("cert");
         let name = ServerName::try_from("127.0.0.1").expect("name");
         let verify = |expected| {
             NodeIdVerifier {

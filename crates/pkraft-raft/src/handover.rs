@@ -58,7 +58,7 @@ use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::metrics::NodeMetrics;
-use crate::peer::{PeerClient, PeerError, path};
+use crate::peer::{CallError, PeerClient, PeerError, path};
 use crate::{NodeId, TypeConfig};
 
 /// How long the outgoing leader waits for a voter to hold its whole log (the batches in flight
@@ -83,7 +83,8 @@ enum Reason {
     LowOnDisk,
 }
 
-/// What a handover achieved.
+/// What a handover achieved. The reasons of `NoTarget` and `Failed` are composed by the
+/// handover from what it counted and waited for: no error lies beneath them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandoverOutcome {
     /// This node was not the leader, or the only voter: nothing to hand over.
@@ -96,6 +97,18 @@ pub enum HandoverOutcome {
     /// No other leader emerged within the bound: a stopping node leaves the usual failover
     /// behind it; a node low on disk goes on (leading, if no one else does).
     Failed(String),
+}
+
+/// Why a voter could not be asked to stand for election. Logged only: the handover waits for
+/// a new leader either way (an election timeout elects one without the ask).
+#[derive(Debug, thiserror::Error)]
+enum AskToStandError {
+    #[error("node {0} is not in the membership")]
+    NotMember(NodeId),
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("it refused: {0}")]
+    Refused(#[from] PeerError),
 }
 
 /// The node's leader handover (see the module docs), and its side of another's (`elect`).
@@ -372,20 +385,19 @@ impl Handover {
         caught_up(&reached)
     }
 
-    async fn ask_to_elect(&self, target: NodeId) -> Result<(), String> {
+    async fn ask_to_elect(&self, target: NodeId) -> Result<(), AskToStandError> {
         let addr = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let node = metrics.membership_config.membership().get_node(&target);
             node.map(|n| n.addr.clone())
-                .ok_or_else(|| format!("node {target} is not in the membership"))?
+                .ok_or(AskToStandError::NotMember(target))?
         };
         let answer: Result<(), PeerError> = self
             .peers
             .call(&addr, Some(target), path::ELECT, &(), self.lease)
-            .await
-            .map_err(|e| e.to_string())?;
-        answer.map_err(|e| e.to_string())
+            .await?;
+        Ok(answer?)
     }
 
     /// Waits until `deadline` for a leader other than this node.

@@ -184,10 +184,16 @@ const NEW_KEYS_RESERVE_FACTOR: u64 = 3;
 /// Largest `runtime_threads`.
 pub const RUNTIME_THREADS_MAX: usize = 64;
 
-/// A `[raft]` value openraft refuses.
+/// A `[raft]` value that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("raft settings: {0}")]
-pub struct SettingsError(String);
+pub enum SettingsError {
+    /// A value checked here (the reason names the field).
+    #[error("raft settings: {0}")]
+    Invalid(String),
+    /// openraft refuses the timing made of the values.
+    #[error("raft settings: {0}")]
+    Refused(#[from] openraft::ConfigError),
+}
 
 impl Settings {
     /// `state_cache_mib` in bytes, checked.
@@ -197,7 +203,7 @@ impl Settings {
             .and_then(|bytes| usize::try_from(bytes).ok())
             .filter(|_| self.state_cache_mib >= 1)
             .ok_or_else(|| {
-                SettingsError(format!(
+                SettingsError::Invalid(format!(
                     "raft.state_cache_mib = {}: must be at least 1 and fit in memory",
                     self.state_cache_mib
                 ))
@@ -271,38 +277,38 @@ impl Settings {
             ..Default::default()
         }
         .validate()
-        .map_err(|e| SettingsError(e.to_string()))
+        .map_err(SettingsError::Refused)
         .and_then(|config| {
             if !(1..=PUBLISH_BATCH_MAX_LIMIT).contains(&self.publish_batch_max) {
-                return Err(SettingsError(format!(
+                return Err(SettingsError::Invalid(format!(
                     "publish_batch_max must be 1 to {PUBLISH_BATCH_MAX_LIMIT}, got {}",
                     self.publish_batch_max
                 )));
             }
             if self.expiry_interval.is_zero() {
-                return Err(SettingsError(
+                return Err(SettingsError::Invalid(
                     "expiry_interval must be longer than 0".to_string(),
                 ));
             }
             if !(1..=100).contains(&self.expiry_max_percent_per_hour) {
-                return Err(SettingsError(format!(
+                return Err(SettingsError::Invalid(format!(
                     "expiry_max_percent_per_hour must be 1 to 100, got {}",
                     self.expiry_max_percent_per_hour
                 )));
             }
             if self.max_clock_offset.is_zero() {
-                return Err(SettingsError(
+                return Err(SettingsError::Invalid(
                     "max_clock_offset must be longer than 0".to_string(),
                 ));
             }
             if self.max_clock_jump < self.max_clock_offset {
-                return Err(SettingsError(format!(
+                return Err(SettingsError::Invalid(format!(
                     "max_clock_jump ({:?}) must be at least max_clock_offset ({:?})",
                     self.max_clock_jump, self.max_clock_offset
                 )));
             }
             if !(1..=RUNTIME_THREADS_MAX).contains(&self.runtime_threads) {
-                return Err(SettingsError(format!(
+                return Err(SettingsError::Invalid(format!(
                     "runtime_threads must be 1 to {RUNTIME_THREADS_MAX}, got {}",
                     self.runtime_threads
                 )));
@@ -310,14 +316,14 @@ impl Settings {
             if let Some(new_keys) = self.new_keys_min_free_disk_mib
                 && new_keys < self.min_free_disk_mib
             {
-                return Err(SettingsError(format!(
+                return Err(SettingsError::Invalid(format!(
                     "new_keys_min_free_disk_mib ({new_keys}) must be at least min_free_disk_mib \
                      ({}): new keys are refused before republishes",
                     self.min_free_disk_mib
                 )));
             }
             if !(1..=PUBLISH_QUEUE_MAX_LIMIT).contains(&self.publish_queue_max) {
-                return Err(SettingsError(format!(
+                return Err(SettingsError::Invalid(format!(
                     "publish_queue_max must be 1 to {PUBLISH_QUEUE_MAX_LIMIT}, got {}",
                     self.publish_queue_max
                 )));

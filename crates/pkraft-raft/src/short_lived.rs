@@ -34,7 +34,7 @@ pub(crate) struct RecordRequest {
 const FORWARD_ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 /// What one member says of the short-lived records ([`ShortLived::holders`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RecordHolder {
     /// The records its DNS answers now.
     Answers(Vec<ShortLivedRecord>),
@@ -42,8 +42,8 @@ pub enum RecordHolder {
     /// one would stall, or one from before issue 51, which asks under another name
     /// (OPERATIONS.md, "Upgrading").
     OlderBuild,
-    /// It did not answer (why).
-    Unreachable(String),
+    /// It did not answer: the call's error, or none when the probe's own task failed.
+    Unreachable(Option<CallError>),
 }
 
 /// The node's short-lived records: this replica's, and the commit of new ones through the leader.
@@ -174,7 +174,7 @@ impl ShortLived {
                     Err(CallError::Status { status, .. }) if status == StatusCode::NOT_FOUND => {
                         RecordHolder::OlderBuild
                     }
-                    Err(e) => RecordHolder::Unreachable(e.to_string()),
+                    Err(e) => RecordHolder::Unreachable(Some(e)),
                 };
                 (id, holder)
             });
@@ -188,10 +188,7 @@ impl ShortLived {
         // A probe whose task failed says nothing of its member: unreachable, not left out.
         for id in asked {
             if !holders.iter().any(|(answered, _)| *answered == id) {
-                holders.push((
-                    id,
-                    RecordHolder::Unreachable("the probe failed".to_string()),
-                ));
+                holders.push((id, RecordHolder::Unreachable(None)));
             }
         }
         holders.sort_by_key(|(id, _)| *id);

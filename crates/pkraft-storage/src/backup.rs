@@ -76,8 +76,23 @@ pub enum BackupError {
     /// The directory holds no `raft-log/` or no `state.redb` (the one named).
     #[error("{0} has no {1}: not a pkraft data dir")]
     NotDataDir(PathBuf, &'static str),
+    /// The file is not laid out as a backup (composed here: the path and what is wrong).
     #[error("not a pkraft backup file: {0}")]
     Format(String),
+    /// The file's header does not decode.
+    #[error("not a pkraft backup file: {}: header: {source}", path.display())]
+    Header {
+        path: PathBuf,
+        #[source]
+        source: postcard::Error,
+    },
+    /// The file's snapshot data does not check.
+    #[error("not a pkraft backup file: {}: snapshot data: {source}", path.display())]
+    SnapshotData {
+        path: PathBuf,
+        #[source]
+        source: StoreError,
+    },
     /// The backup's header, or the applied state it records, that does not encode or decode.
     #[error("not a pkraft backup file: {what}: {source}")]
     Encoding {
@@ -178,8 +193,16 @@ struct BackupFile {
 impl BackupFile {
     fn open(path: &Path) -> Result<Self, BackupError> {
         let format = |what: &str| BackupError::Format(format!("{}: {what}", path.display()));
-        let file =
-            File::open(path).map_err(|e| io(format!("cannot read {}", path.display()), e))?;
+        let cannot_read = |e| io(format!("cannot read {}", path.display()), e);
+        // The file ends before `what`: a layout error; any other read error is I/O.
+        let read_error = |e: io::Error, what: &str| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                format(what)
+            } else {
+                cannot_read(e)
+            }
+        };
+        let file = File::open(path).map_err(cannot_read)?;
         let len = file
             .metadata()
             .map_err(|e| io(path.display().to_string(), e))?
@@ -188,7 +211,7 @@ impl BackupFile {
         let mut prefix = [0u8; 12];
         input
             .read_exact(&mut prefix)
-            .map_err(|_| format("too short"))?;
+            .map_err(|e| read_error(e, "too short"))?;
         let (magic, header_len) = prefix.split_at(MAGIC.len());
         if magic != MAGIC {
             return Err(format("no PKRBAK1 magic"));
@@ -202,8 +225,11 @@ impl BackupFile {
         let mut header = vec![0u8; header_len as usize];
         input
             .read_exact(&mut header)
-            .map_err(|_| format("the header runs past the end"))?;
-        let header: BackupHeader = decode(&header).map_err(|e| format(&format!("header: {e}")))?;
+            .map_err(|e| read_error(e, "the header runs past the end"))?;
+        let header: BackupHeader = decode(&header).map_err(|source| BackupError::Header {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let data_len = len
             .checked_sub(12 + u64::from(header_len) + CRC_LEN)
             .ok_or_else(|| format("too short"))?;
@@ -233,8 +259,11 @@ pub fn check_backup_file(path: &Path) -> Result<(BackupHeader, SnapshotSummary),
         return Err(format("checksum mismatch (truncated or damaged)"));
     }
     let backup = BackupFile::open(path)?;
-    let summary = pkraft_store::check_snapshot(backup.data)
-        .map_err(|e| format(&format!("snapshot data: {e}")))?;
+    let summary =
+        pkraft_store::check_snapshot(backup.data).map_err(|source| BackupError::SnapshotData {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if summary.packets != backup.header.records {
         return Err(format(&format!(
             "the header says {} records, the data holds {}",

@@ -44,23 +44,12 @@ where
 {
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(storage_error(subject, verb, &Message(e.to_string()))),
+        // The cause's chain is kept (its type name is not: it is boxed).
+        Ok(Err(e)) => Err(StorageIOError::new(subject, verb, AnyError::from_dyn(&*e, None)).into()),
         // The task panicked or the runtime is shutting down.
         Err(join) => Err(storage_error(subject, verb, &join)),
     }
 }
-
-/// A plain message as an error source, for errors that are boxed or borrowed.
-#[derive(Debug)]
-pub(crate) struct Message(pub String);
-
-impl std::fmt::Display for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Message {}
 
 #[cfg(test)]
 mod tests {

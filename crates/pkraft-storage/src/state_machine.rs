@@ -31,7 +31,7 @@ use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
 
 use super::Damaged;
-use super::codec::{Message, blocking, decode, encode, storage_error};
+use super::codec::{blocking, decode, encode, storage_error};
 use super::snapshot_file::SnapshotFile;
 use super::type_config::{ApplyResult, NodeId, TypeConfig};
 
@@ -89,15 +89,12 @@ pub struct AppliedState {
 
 impl AppliedState {
     pub(crate) fn load(store: &Store) -> Result<Self> {
-        let read_err = |e: &dyn std::fmt::Display| {
-            storage_error(
-                ErrorSubject::StateMachine,
-                ErrorVerb::Read,
-                &Message(e.to_string()),
-            )
-        };
-        match store.applied_state().map_err(|e| read_err(&e))? {
-            Some(bytes) => decode(&bytes).map_err(|e| read_err(&e)),
+        let bytes = store
+            .applied_state()
+            .map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))?;
+        match bytes {
+            Some(bytes) => decode(&bytes)
+                .map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e)),
             None => Ok(AppliedState::default()),
         }
     }

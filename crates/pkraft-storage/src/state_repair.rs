@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use openraft::StorageError;
+use openraft::{LogId, StorageError};
 use pkraft_store::{Store, StoreError};
 
 use super::codec::{decode, encode};
@@ -51,11 +51,51 @@ pub enum StateOpenError {
     )]
     StateDamaged {
         path: PathBuf,
-        damage: String,
+        #[source]
+        damage: StateDamage,
+        /// Why nothing on this node holds the state (composed here: no cause of its own).
         why: String,
     },
     #[error("raft log: {0}")]
     Log(#[from] StorageError<NodeId>),
+}
+
+/// What is wrong with a damaged state store ([`StateOpenError::StateDamaged`], and the log).
+#[derive(Debug, thiserror::Error)]
+pub enum StateDamage {
+    /// It does not open: damage redb or the store's own checks name.
+    #[error("{0}")]
+    Unopenable(#[source] StoreError),
+    /// It opens, but its applied state (the last applied log id and membership) does not read.
+    #[error("its applied state: {0}")]
+    AppliedStateUnreadable(#[source] StoreError),
+    /// Its applied state reads but does not decode.
+    #[error("its applied state does not decode: {0}")]
+    AppliedStateUndecodable(#[source] postcard::Error),
+    /// It is older than the log's purge point: made durable before that purge, it is not the
+    /// file it was.
+    #[error(
+        "it has applied the log through {applied:?}, but the log was purged through {purged:?} \
+         (the state was made durable before that purge: it is not the file it was)"
+    )]
+    BehindPurgedLog {
+        applied: Option<LogId<NodeId>>,
+        purged: Option<LogId<NodeId>>,
+    },
+    /// The running node's scrub found it damaged and left its finding in the data dir
+    /// ([`mark_damaged`]): text as the scrub wrote it, read back from the file.
+    #[error("the scrub found {0}")]
+    ScrubFinding(String),
+}
+
+impl StateDamage {
+    /// The scrub's finding, if the scrub found this damage.
+    fn scrub_finding(&self) -> Option<&str> {
+        match self {
+            StateDamage::ScrubFinding(finding) => Some(finding),
+            _ => None,
+        }
+    }
 }
 
 /// Left in the data dir by a check that found the running node's state damaged; the next start
@@ -93,7 +133,7 @@ pub fn open_whole(
     has_peers: bool,
 ) -> Result<(Store, Option<Rebuilt>), StateOpenError> {
     let path = data_dir.join(STATE_FILE);
-    let (damage, scrub_finding) = match opened {
+    let damage = match opened {
         Ok(store) => match damage_in(&store, data_dir, log)? {
             None => return Ok((store, None)),
             Some(found) => {
@@ -102,9 +142,10 @@ pub fn open_whole(
                 found
             }
         },
-        Err(source) if source.is_damage() => (source.to_string(), None),
+        Err(source) if source.is_damage() => StateDamage::Unopenable(source),
         Err(source) => return Err(StateOpenError::StateFile { path, source }),
     };
+    let scrub_finding = damage.scrub_finding().map(str::to_string);
     tracing::error!(state = %path.display(), %damage, "the state store is damaged");
     let has_peers = has_peers || log.had_peers();
     let (rebuilt, covering) = plan_rebuild(data_dir, log, scrub_finding.is_some(), has_peers)
@@ -112,7 +153,7 @@ pub fn open_whole(
             NoRebuild::Log(e) => StateOpenError::from(e),
             NoRebuild::Nothing(why) => StateOpenError::StateDamaged {
                 path: path.clone(),
-                damage: damage.clone(),
+                damage,
                 why,
             },
         })?;
@@ -225,20 +266,17 @@ fn damage_in(
     store: &Store,
     data_dir: &Path,
     log: &LogStore,
-) -> Result<Option<(String, Option<String>)>, StateOpenError> {
+) -> Result<Option<StateDamage>, StateOpenError> {
     let mark = data_dir.join(STATE_DAMAGED_FILE);
     match std::fs::read_to_string(&mark) {
-        Ok(found) => {
-            let finding = found.trim().to_string();
-            return Ok(Some((format!("the scrub found {finding}"), Some(finding))));
-        }
+        Ok(found) => return Ok(Some(StateDamage::ScrubFinding(found.trim().to_string()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => return Err(StateOpenError::DataDir { path: mark, source }),
     }
     // An I/O error is not damage: the start fails, and the file stays as it is.
     let applied = match store.applied_state() {
         Ok(bytes) => bytes,
-        Err(e) if e.is_damage() => return Ok(Some((format!("its applied state: {e}"), None))),
+        Err(e) if e.is_damage() => return Ok(Some(StateDamage::AppliedStateUnreadable(e))),
         Err(source) => {
             return Err(StateOpenError::StateFile {
                 path: data_dir.join(STATE_FILE),
@@ -251,21 +289,14 @@ fn damage_in(
         .transpose()
     {
         Ok(applied) => applied.unwrap_or_default(),
-        Err(e) => {
-            return Ok(Some((
-                format!("its applied state does not decode: {e}"),
-                None,
-            )));
-        }
+        Err(e) => return Ok(Some(StateDamage::AppliedStateUndecodable(e))),
     };
     let purged = log.purged()?;
     if applied.last_applied < purged {
-        let damage = format!(
-            "it has applied the log through {:?}, but the log was purged through {purged:?} \
-             (the state was made durable before that purge: it is not the file it was)",
-            applied.last_applied
-        );
-        return Ok(Some((damage, None)));
+        return Ok(Some(StateDamage::BehindPurgedLog {
+            applied: applied.last_applied,
+            purged,
+        }));
     }
     Ok(None)
 }
@@ -297,7 +328,10 @@ fn import(store: &Store, meta: &Meta, data: &mut File) -> Result<(), StoreError>
         last_applied: meta.last_log_id,
         membership: meta.last_membership.clone(),
     };
-    let applied = encode(&applied).map_err(|e| StoreError::Snapshot(e.to_string()))?;
+    let applied = encode(&applied).map_err(|source| StoreError::SnapshotEncode {
+        what: "the applied state",
+        source,
+    })?;
     let summary = store.import_snapshot_from(BufReader::new(data), &applied)?;
     tracing::info!(
         packets = summary.packets,

@@ -31,6 +31,13 @@ pub enum StoreError {
         #[source]
         source: PacketError,
     },
+    /// A value written with a snapshot (`what`) that does not encode.
+    #[error("snapshot: encoding {what}: {source}")]
+    SnapshotEncode {
+        what: &'static str,
+        #[source]
+        source: postcard::Error,
+    },
     /// A snapshot's header or summary that does not decode.
     #[error("invalid snapshot: decode: {0}")]
     SnapshotDecode(#[source] postcard::Error),

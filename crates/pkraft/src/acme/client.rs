@@ -515,7 +515,7 @@ impl AcmeClient {
             .holders()
             .await
             .into_iter()
-            .filter(|(_, holder)| *holder == RecordHolder::OlderBuild)
+            .filter(|(_, holder)| matches!(holder, RecordHolder::OlderBuild))
             .map(|(id, _)| id)
             .collect();
         anyhow::ensure!(
