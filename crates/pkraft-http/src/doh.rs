@@ -70,8 +70,8 @@ pub enum DohError {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The query itself: malformed, or no query.
-    #[error("{0}")]
-    BadQuery(#[source] AnswerError),
+    #[error(transparent)]
+    BadQuery(AnswerError),
     #[error("GET /dns-query needs a dns parameter (RFC 8484) or a name parameter (JSON)")]
     NoQueryParameter,
     #[error("POST /dns-query needs Content-Type: {DNS_MESSAGE}")]

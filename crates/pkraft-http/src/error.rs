@@ -1,5 +1,7 @@
 //! Relay errors and their HTTP status codes. Bodies are plain text meant for the publisher;
-//! internal errors are logged and answered without detail.
+//! internal errors are logged and answered without detail. The reasons of `Unavailable` and
+//! `NoRoom` are text because they come as text: from [`PublishError`] and [`ReadError`], whose
+//! reasons cross the peer wire.
 
 use std::time::Duration;
 

@@ -125,6 +125,8 @@ pub enum CallError {
     },
     #[error("peer {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
+    /// The peer answered with an error status; `body` quotes the start of its answer (text
+    /// from the wire: there is no error value beneath it).
     #[error("peer {addr} answered {status}: {body}")]
     Status {
         addr: String,

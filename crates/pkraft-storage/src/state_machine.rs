@@ -382,7 +382,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             if let Err(damage) = pkraft_store::check_snapshot(std::io::BufReader::new(&data)) {
                 let path = snapshot_file.data_path()?.unwrap_or_default();
-                return Ok(Some(Err((meta, path, damage.to_string()))));
+                return Ok(Some(Err((meta, path, damage))));
             }
             data.seek(SeekFrom::Start(0))?;
             Ok(Some(Ok((meta, data))))

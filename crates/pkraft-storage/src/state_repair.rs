@@ -64,8 +64,8 @@ pub enum StateOpenError {
 #[derive(Debug, thiserror::Error)]
 pub enum StateDamage {
     /// It does not open: damage redb or the store's own checks name.
-    #[error("{0}")]
-    Unopenable(#[source] StoreError),
+    #[error(transparent)]
+    Unopenable(StoreError),
     /// It opens, but its applied state (the last applied log id and membership) does not read.
     #[error("its applied state: {0}")]
     AppliedStateUnreadable(#[source] StoreError),

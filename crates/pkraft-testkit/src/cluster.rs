@@ -38,9 +38,10 @@ pub enum Peers {
         network: Arc<Network>,
         client: reqwest::Client,
     },
-    /// Directly, at the address each member's config advertises and listens at (members in a
-    /// lab's network namespaces, [`crate::netns`], whose partitions are the lab's iptables
-    /// rules); the data dir is the one the config fixes (`<dir>/data` if it fixes none).
+    /// Directly, at the address each member's config advertises: its own listener, or a proxy
+    /// the caller runs (members in a lab's network namespaces, [`crate::netns`], whose
+    /// partitions are the lab's iptables rules; `pkraft-bench cluster up`'s delay proxies); the
+    /// data dir is the one the config fixes (`<dir>/data` if it fixes none).
     Direct,
 }
 

@@ -5,9 +5,8 @@
 //! like the ones iroh publishes (`_iroh` TXT records `relay=` / `addr=`). The harness pieces:
 //! [`node`] (listen flags and lines, config files), [`process`] (a running node on port 0),
 //! [`cluster`] (the one cluster of the integration tests, the chaos harness, the namespace
-//! lab and `pkraft-bench cluster`: its members' proxies, configs, data dirs and clocks), [`proxy`] (the fault-injecting
-//! peer proxy),
-//! [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`netns`] (a network
+//! lab and `pkraft-bench cluster`: its members' proxies, configs, data dirs and clocks),
+//! [`proxy`] (the fault-injecting peer proxy), [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`netns`] (a network
 //! namespace lab and the cluster of its nodes), [`rng`] (a seeded generator that never
 //! changes), [`clock`] (a node's wall clock stepped by the test),
 //! [`manifest`] (which pkraft crates a manifest depends on, for the layering guards), and

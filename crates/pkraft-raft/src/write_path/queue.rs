@@ -32,7 +32,8 @@ pub enum PublishError {
     #[error("{0}")]
     Fatal(String),
     /// This node could not read its own replica for the fast answer. Never sent between nodes
-    /// (the variant is last, so older peers decode every answer they can be sent).
+    /// (the variant is last, so older peers decode every answer they can be sent); text like
+    /// the others, since the enum is the wire's (the relay logs it as a storage failure).
     #[error("reading this node's replica: {0}")]
     Replica(String),
     /// The cluster stores no new keys now: the store is at its cap, or the disk below the
