@@ -227,8 +227,11 @@ bench-smoke:
 ## checks, the benchmark smoke, the fuzz smoke, the chaos smoke and the power-cut smoke.
 ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke
 
+## What an operator installs, from one git revision (REV, default HEAD): a tarball with the
+## binary, configs, systemd files and docs, its SHA256SUMS, and the container image when docker
+## is there; reproducible (deploy/release.sh). Output in target/release-dist/.
 release:
-	$(CARGO) build --release --locked -p pkraft
+	deploy/release.sh $(or $(REV),HEAD)
 
 ## Remove the dev server's data (./data).
 clean-data:

@@ -201,13 +201,21 @@ async fn cluster_init_and_status_from_the_command_line() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(table.contains("leader: 1"), "{table}");
-    // Its disk has room (above raft.min_free_disk_mib): the DISK column says so.
-    assert!(
-        table.contains("DISK")
-            && table
-                .lines()
-                .any(|line| line.starts_with("1 ") && line.trim_end().ends_with(" ok")),
-        "{table}"
+    // Node 1's row: ID ADDR ROLE VOTER APPLIED LAST-LOG LAG PACKETS DISK CLOCK BUILD. Its disk
+    // has room (above raft.min_free_disk_mib): the DISK column says so; BUILD names this
+    // release (and its commit).
+    assert!(table.contains("DISK") && table.contains("BUILD"), "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|line| line.starts_with("1 "))
+        .unwrap_or_else(|| panic!("no row for node 1: {table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(8), Some(&"ok"), "DISK: {table}");
+    assert_eq!(
+        row.get(10),
+        Some(&env!("CARGO_PKG_VERSION")),
+        "BUILD: {table}"
     );
 }
 

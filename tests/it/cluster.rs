@@ -419,6 +419,7 @@ async fn cluster_status_has_every_documented_field() {
         "low_on_disk",
         "log_repair",
         "clock",
+        "build",
     ];
     has(&status["node"], &report, "node");
     has(&status["membership"], &["log_index", "joint"], "membership");

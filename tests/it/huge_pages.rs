@@ -1,5 +1,5 @@
 //! Goal: a node runs with transparent huge pages off for its process (`crates/pkraft/src/
-//! daemon.rs`; docs/BENCHMARKS.md, "The read path in wire form (issue 37, continued)"): with
+//! daemon.rs`; docs/BENCHMARKS.md, "The read path in wire form, continued"): with
 //! them on, zeroing fresh huge pages for the buffers redb reads pages into was a sixth of the
 //! node's CPU on DNS misses at 10M records.
 //! Method: `pkraft dev`, started as users start it; once it listens, the kernel's

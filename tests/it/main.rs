@@ -11,6 +11,7 @@ mod admission;
 mod attacks;
 mod backup;
 mod bad_input;
+mod builds;
 mod chaos_regressions;
 mod cli;
 mod client_cli;

@@ -46,6 +46,14 @@ async fn a_schema_3_data_dir_gets_compiled_answers() {
     server
         .wait_for_log("compiled the DNS answers of every stored packet")
         .await;
+    // The older build kept no record of its builds: the data dir's creator is unknown, and
+    // this build is the last started on it.
+    let record = std::fs::read_to_string(data.join("build")).expect("the build record");
+    let this_build = format!("last_started_by {} ", env!("CARGO_PKG_VERSION"));
+    assert!(
+        record.starts_with(&format!("created_by unknown unknown\n{this_build}")),
+        "{record}"
+    );
 
     let (key1, key2, key3) = (fixture_key(1), fixture_key(2), fixture_key(3));
     let ask = |sub: &str, key: &Keypair, rtype| {

@@ -11,7 +11,8 @@
 //! - [`node`]: [`Node`]: a small core (identity, the Raft handle, the replica and the log, the
 //!   peer client, the metrics, the stop signal) and its parts, each reached by an accessor;
 //!   shutdown. `start`: [`Node::start`] (bootstrapping or joining), where the parts are made and
-//!   their tasks started; the only module that imports them all. [`routes`]: the peer
+//!   their tasks started; the only module that imports them all. `build_record`: the builds
+//!   that wrote the data dir. [`routes`]: the peer
 //!   listener's router, each route wired to the part that answers it.
 //!
 //! The parts, one type each, owning their state and the handles they use:
@@ -24,7 +25,8 @@
 //! - [`leadership`]: [`Leadership`], who leads and whether this leader may still propose: since
 //!   when it leads, quorum contact (`peer::quorum`), when a leader last reached this node, the
 //!   proposals under way and a handover holding them.
-//! - [`membership`]: [`Members`], init, join, add/promote/remove, cluster status.
+//! - [`membership`]: [`Members`], init, join, add/promote/remove, cluster status;
+//!   `status_wire`: a member's status read from a peer of another release.
 //! - [`handover`]: [`Handover`], a leader that stops hands its leadership to a caught-up voter.
 //! - `pre_vote`: PreVote's election timer and its answers to other nodes.
 //! - [`cluster_clock`]: [`ClusterClock`], cluster time from the voters' clocks and the log's
@@ -49,6 +51,7 @@
 // only add conversions on paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
 
+mod build_record;
 pub mod cluster_clock;
 pub mod dht_publishing;
 mod expiry;
@@ -68,6 +71,7 @@ pub mod settings;
 pub mod short_lived;
 mod snapshot_schedule;
 mod start;
+mod status_wire;
 mod voters;
 pub mod write_path;
 

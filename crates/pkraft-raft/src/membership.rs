@@ -24,6 +24,7 @@ use crate::leadership::Leadership;
 use crate::node::Cluster;
 use crate::peer::{CallError, MembershipChange, PeerClient, PeerError, path};
 use crate::reads::Reads;
+use crate::status_wire::PeerNodeStatus;
 use crate::{NodeId, TypeConfig};
 
 /// How long the leader waits for a new node to catch up before making it a voter. The joining
@@ -77,6 +78,10 @@ pub struct NodeStatus {
     /// The node's clock against the cluster's (`cluster_clock`); absent from older nodes.
     #[serde(default)]
     pub clock: Option<crate::cluster_clock::ClockReport>,
+    /// The build the node runs; absent from development builds before 0.2.0. A field added
+    /// after this one goes at the end, with a default, and into `status_wire`.
+    #[serde(default)]
+    pub build: Option<pkraft_types::BuildInfo>,
 }
 
 /// One member as the cluster status shows it.
@@ -413,6 +418,7 @@ impl Members {
             low_on_disk: self.disk_space.refusal().is_some(),
             log_repair: self.log_store.repair(),
             clock: Some(self.clock.report()),
+            build: Some(self.cluster.build.clone()),
         }
     }
 
@@ -427,9 +433,11 @@ impl Members {
         for (id, addr) in members {
             let peers = self.peers.clone();
             probes.spawn(async move {
+                // Read as a peer of an earlier or later release sends it (`status_wire`).
                 let status = peers
-                    .call::<(), NodeStatus>(&addr, Some(id), path::STATUS, &(), timeout)
+                    .call::<(), PeerNodeStatus>(&addr, Some(id), path::STATUS, &(), timeout)
                     .await
+                    .map(|status| status.0)
                     .map_err(|e| e.to_string());
                 (id, addr, status)
             });
@@ -712,6 +720,7 @@ mod tests {
                 low_on_disk: false,
                 log_repair: None,
                 clock: None,
+                build: None,
             }),
             error: None,
             lag_entries: None,

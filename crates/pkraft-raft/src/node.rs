@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use openraft::{Raft, StorageError};
 use pkraft_store::{Store, StoreError};
+use pkraft_types::BuildInfo;
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
@@ -114,6 +115,9 @@ pub struct Cluster {
     pub voter: bool,
     /// The peer network's TLS (`[cluster.tls]`); `None`: plain HTTP.
     pub tls: Option<Arc<crate::peer::tls::PeerTls>>,
+    /// The build this node runs: in its status, and recorded in its data dir
+    /// (`build_record`).
+    pub build: BuildInfo,
 }
 
 impl Cluster {
@@ -126,6 +130,10 @@ impl Cluster {
             join: Vec::new(),
             voter: true,
             tls: None,
+            build: BuildInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                commit: BuildInfo::UNKNOWN_COMMIT.to_string(),
+            },
         }
     }
 }

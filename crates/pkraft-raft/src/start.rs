@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
 use pkraft_store::Store;
-use pkraft_types::KeyBytes;
+use pkraft_types::{BuildInfo, KeyBytes};
 use tokio::runtime::Handle;
 
+use crate::build_record::{self, Before};
 use crate::cluster_clock::{ClockBounds, ClockReadings, ClusterClock};
 use crate::dht_outbox::DhtOutbox;
 use crate::dht_publishing::DhtPublishing;
@@ -70,6 +71,7 @@ impl Node {
         let config = settings.openraft_config()?;
         let metrics = Arc::new(NodeMetrics::new()?);
         let opened = Opened::open(id, data_dir, settings, &metrics)?;
+        note_build(data_dir, &cluster.build, &opened.log_store)?;
         let applied = AppliedMemory::new(settings, &opened.store, &metrics);
         let mut state_machine =
             StateMachine::open(opened.store.clone(), data_dir.join(SNAPSHOT_DIR))?
@@ -710,5 +712,33 @@ async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result
                 e,
             )
         })?;
+    Ok(())
+}
+
+/// Records this build in the data dir (`build_record`) and says when another one ran on it
+/// before. The record is a report: failing to write it is a warning, not a failed start.
+fn note_build(data_dir: &Path, build: &BuildInfo, log_store: &LogStore) -> Result<(), StartError> {
+    let held_a_log = log_store.last_log_id()?.is_some() || log_store.purged()?.is_some();
+    match build_record::record_start(data_dir, build, held_a_log) {
+        Ok(Before::Record(before)) if before.last_started_by != *build => tracing::info!(
+            before = %before.last_started_by,
+            now = %build,
+            created_by = %before.created_by,
+            "another build ran on this data dir before this one"
+        ),
+        Ok(Before::Record(_)) => {}
+        Ok(Before::None) if held_a_log => tracing::info!(
+            now = %build,
+            "this data dir has no record of its builds (a development build before 0.2.0 made \
+             it); recording them from now on"
+        ),
+        Ok(Before::None) => {}
+        Ok(Before::Unreadable(why)) => tracing::warn!(
+            file = %data_dir.join(build_record::BUILD_RECORD_FILE).display(),
+            %why,
+            "the data dir's record of its builds does not parse; written anew"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot record this build in the data dir"),
+    }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Domain types shared by every pkraft crate. No IO happens here.
 //!
 //! # Layout
+//! - [`build`]: which build a node runs (version and commit).
 //! - [`key`]: strict z-base-32 public key parsing, for URL path segments and DNS labels.
 //! - [`payload`]: the pkarr relay payload (`signature ‖ timestamp ‖ DNS packet`) and its limits.
 //! - [`packet`]: [`VerifiedPacket`], the only way a packet enters the Raft log.
@@ -9,6 +10,7 @@
 //! - [`short_lived`]: TXT records at a name until an end, replicated through the log and kept in
 //!   each replica's memory.
 
+pub mod build;
 pub mod clock;
 pub mod command;
 pub mod compiled;
@@ -18,6 +20,7 @@ pub mod packet;
 pub mod payload;
 pub mod short_lived;
 
+pub use build::BuildInfo;
 pub use clock::{too_far_ahead, unix_micros_now};
 pub use command::{Command, PublishItem};
 pub use key::{KeyError, decode_z32_key, encode_z32_key, parse_z32_key};

@@ -334,8 +334,7 @@ mod tests {
     }
 
     /// Goal: every config field a doc names (`raft.publish_timeout`, `https.acme.challenge`, in
-    /// backticks) is one the config takes (issue 38: a doc that states a field is tied to the
-    /// code). Method: each is parsed with a value of no field's type (`{}`); serde names an
+    /// backticks) is one the config takes (a doc that states a field is tied to the code). Method: each is parsed with a value of no field's type (`{}`); serde names an
     /// unknown field as such, a known one gets another error (or none).
     #[test]
     fn every_config_field_the_docs_name_exists() {

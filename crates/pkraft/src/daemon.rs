@@ -12,8 +12,8 @@ use crate::{Config, Server, descriptors};
 /// 4 KiB pages. redb reads every page its cache misses into a new buffer; with THP on (this
 /// machine's kernel runs them `always`), zeroing fresh huge pages for those buffers was 16 % of
 /// the node's CPU on DNS misses at 10M records, and such a miss cost 16.0 µs of CPU against
-/// 13.9 µs with THP off (medians of 3 rounds; docs/BENCHMARKS.md, "The read path in wire form
-/// (issue 37, continued)").
+/// 13.9 µs with THP off (medians of 3 rounds; docs/BENCHMARKS.md, "The read path in wire form,
+/// continued").
 #[cfg(target_os = "linux")]
 fn disable_transparent_huge_pages() {
     if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
@@ -23,6 +23,11 @@ fn disable_transparent_huge_pages() {
 
 /// Runs the node `config` describes until a signal or a fatal error.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(
+        version = crate::VERSION,
+        commit = crate::COMMIT,
+        "pkraft starting"
+    );
     let secrets = config.secrets(|name| std::env::var(name).ok())?;
     // Before anything opens a descriptor: the budget the listeners' caps come out of.
     let limit = descriptors::raise_open_file_limit()?;

@@ -43,6 +43,18 @@ use tokio::task::JoinHandle;
 
 pub use config::Config;
 
+/// This build's version (the workspace's) and commit (`build.rs`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("PKRAFT_COMMIT");
+
+/// This build, as a node reports it and records it in its data dir.
+pub fn build_info() -> pkraft_types::BuildInfo {
+    pkraft_types::BuildInfo {
+        version: VERSION.to_string(),
+        commit: COMMIT.to_string(),
+    }
+}
+
 /// How long shutdown waits for in-flight requests on each listener (a PUT may be waiting for its
 /// commit).
 const HTTP_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -181,6 +193,7 @@ async fn start_node(
         join: config.cluster.join.clone(),
         voter: config.cluster.voter,
         tls: peer_tls.map(|(_, tls)| tls.clone()),
+        build: build_info(),
     };
     let raft_runtime = RaftRuntime::new(config.raft.runtime_threads)?;
     let (node_id, data_dir, raft_settings) =

@@ -16,7 +16,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(
     name = "pkraft",
-    version,
+    // `pkraft 0.2.0 (0123456789ab)`: the release and the commit it was built from.
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PKRAFT_COMMIT"), ")"),
     about = "Raft-replicated pkarr relay and DNS server"
 )]
 struct Cli {

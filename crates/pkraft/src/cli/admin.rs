@@ -187,10 +187,24 @@ pub fn format_status(status: &ClusterStatus) -> String {
         opt(membership.log_index),
     );
     out.push_str(&format!(
-        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4} {:<10}\n",
-        "ID", "ADDR", "ROLE", "VOTER", "APPLIED", "LAST LOG", "LAG", "PACKETS", "DISK", "CLOCK"
+        "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4} {:<10} {}\n",
+        "ID",
+        "ADDR",
+        "ROLE",
+        "VOTER",
+        "APPLIED",
+        "LAST LOG",
+        "LAG",
+        "PACKETS",
+        "DISK",
+        "CLOCK",
+        "BUILD"
     ));
     for member in &status.members {
+        let build = member
+            .status
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |s| build_cell(s.build.as_ref()));
         let (role, applied, last_log, packets, disk, clock) = match &member.status {
             Some(s) => (
                 s.role.clone(),
@@ -211,7 +225,7 @@ pub fn format_status(status: &ClusterStatus) -> String {
             ),
         };
         out.push_str(&format!(
-            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4} {:<10}\n",
+            "{:<6} {:<24} {:<13} {:<6} {:>10} {:>10} {:>8} {:>10} {:<4} {:<10} {}\n",
             member.id,
             member.addr,
             role,
@@ -222,6 +236,7 @@ pub fn format_status(status: &ClusterStatus) -> String {
             packets,
             disk,
             clock,
+            build,
         ));
         if let Some(error) = &member.error {
             out.push_str(&format!("       {error}\n"));
@@ -253,6 +268,12 @@ fn clock_cell(clock: Option<&pkraft_raft::ClockReport>) -> String {
             }
         }
     }
+}
+
+/// A member's build for people: `0.2.0 (0123456789ab)`, or `before 0.2.0` (a development
+/// build that does not report it).
+fn build_cell(build: Option<&pkraft_types::BuildInfo>) -> String {
+    build.map_or_else(|| "before 0.2.0".to_string(), ToString::to_string)
 }
 
 fn opt(value: Option<u64>) -> String {

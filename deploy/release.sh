@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds what an operator installs, from one git revision (`make release`; docs/DEPLOY.md,
+# "Releases"):
+#   deploy/release.sh [REV] [OUT_DIR]      REV default HEAD, OUT_DIR default target/release-dist
+# writes to OUT_DIR
+#   pkraft-VERSION-ARCH-linux.tar.gz   pkraft-VERSION/ with bin/pkraft, the example and dev
+#                                      configs, the systemd unit, sysusers file and configs,
+#                                      README.md, CHANGELOG.md and the operator docs
+#   SHA256SUMS                         sha256sum of the tarball (`sha256sum -c SHA256SUMS`)
+# and, when `docker` is there, the container image pkraft:VERSION from deploy/docker.
+#
+# Reproducible: the sources are REV's tree exported with `git archive` (nothing of the working
+# tree), the build is `cargo build --release --locked` in a fresh target dir with the build
+# paths mapped to fixed ones (`--remap-path-prefix`), `PKRAFT_BUILD_COMMIT` set to REV's commit,
+# and the tarball is made with REV's commit time as every file's time, sorted names, owner 0 and
+# no gzip timestamp. Two runs for one revision on one toolchain give the same SHA256SUMS
+# (docs/TESTING.md, "Releases", has the check).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rev=${1:-HEAD}
+out=$(realpath -m "${2:-target/release-dist}")
+commit=$(git rev-parse --verify "$rev^{commit}")
+short=$(git rev-parse --short=12 "$commit")
+epoch=$(git show -s --format=%ct "$commit")
+version=$(git show "$commit:Cargo.toml" |
+  python3 -c 'import sys, tomllib; print(tomllib.load(sys.stdin.buffer)["workspace"]["package"]["version"])')
+arch=$(uname -m)
+name=pkraft-$version
+log() { echo "release: $*" >&2; }
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+src=$work/src
+mkdir -p "$src" "$out"
+git archive "$commit" | tar -x -C "$src"
+log "building $name ($short) in $src"
+# A fixed target dir and fixed path prefixes: the binary does not name the temporary directory
+# or this machine's cargo home, so a rebuild anywhere makes the same bytes.
+(
+  cd "$src"
+  PKRAFT_BUILD_COMMIT=$short \
+    SOURCE_DATE_EPOCH=$epoch \
+    CARGO_TARGET_DIR=$src/target \
+    RUSTFLAGS="--remap-path-prefix=$src=/build/pkraft --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/build/cargo" \
+    cargo build --release --locked -p pkraft
+)
+"$src/target/release/pkraft" --version | grep -qx "pkraft $version ($short)" ||
+  { log "the binary does not say pkraft $version ($short)"; exit 1; }
+
+stage=$work/stage/$name
+install -D -m 0755 "$src/target/release/pkraft" "$stage/bin/pkraft"
+install -D -m 0644 -t "$stage/config" "$src/config/example.toml" "$src/config/dev.toml"
+install -D -m 0644 -t "$stage/systemd" "$src"/deploy/systemd/*
+install -D -m 0644 -t "$stage" "$src/README.md" "$src/CHANGELOG.md"
+install -D -m 0644 -t "$stage/docs" "$src"/docs/*.md
+tarball=$name-$arch-linux.tar.gz
+tar -C "$work/stage" --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
+  --mode=go-w -cf - "$name" | gzip -n -9 >"$out/$tarball"
+(cd "$out" && sha256sum "$tarball" >SHA256SUMS)
+log "wrote $out/$tarball"
+cat "$out/SHA256SUMS"
+
+if command -v docker >/dev/null; then
+  log "building the container image pkraft:$version"
+  docker build -f "$src/deploy/docker/Dockerfile" -t "pkraft:$version" \
+    --build-arg "PKRAFT_BUILD_COMMIT=$short" "$src"
+else
+  log "no docker here: the container image is not built (docs/DEPLOY.md, \"Docker\")"
+fi
