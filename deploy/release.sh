@@ -17,6 +17,8 @@
 # (docs/TESTING.md, "Releases", has the check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The tarball's directory modes come from the umask: the same for every run.
+umask 022
 
 rev=${1:-HEAD}
 out=$(realpath -m "${2:-target/release-dist}")
@@ -24,7 +26,8 @@ commit=$(git rev-parse --verify "$rev^{commit}")
 short=$(git rev-parse --short=12 "$commit")
 epoch=$(git show -s --format=%ct "$commit")
 version=$(git show "$commit:Cargo.toml" |
-  python3 -c 'import sys, tomllib; print(tomllib.load(sys.stdin.buffer)["workspace"]["package"]["version"])')
+  sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"$/\1/p')
+[ -n "$version" ] || { echo "release: no [workspace.package] version in $rev's Cargo.toml" >&2; exit 1; }
 arch=$(uname -m)
 name=pkraft-$version
 log() { echo "release: $*" >&2; }
@@ -35,17 +38,21 @@ src=$work/src
 mkdir -p "$src" "$out"
 git archive "$commit" | tar -x -C "$src"
 log "building $name ($short) in $src"
-# A fixed target dir and fixed path prefixes: the binary does not name the temporary directory
-# or this machine's cargo home, so a rebuild anywhere makes the same bytes.
+# Fixed path prefixes, for rustc and for the C compiler (ring and aws-lc build C with debug
+# info): the binary names neither the temporary directory nor this machine's cargo home, so a
+# rebuild in another directory, with the same Rust toolchain, C compiler and linker, makes the
+# same bytes.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
 (
   cd "$src"
   PKRAFT_BUILD_COMMIT=$short \
     SOURCE_DATE_EPOCH=$epoch \
     CARGO_TARGET_DIR=$src/target \
-    RUSTFLAGS="--remap-path-prefix=$src=/build/pkraft --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/build/cargo" \
+    RUSTFLAGS="--remap-path-prefix=$src=/build/pkraft --remap-path-prefix=$cargo_home=/build/cargo" \
+    CFLAGS="-ffile-prefix-map=$src=/build/pkraft -ffile-prefix-map=$cargo_home=/build/cargo" \
     cargo build --release --locked -p pkraft
 )
-"$src/target/release/pkraft" --version | grep -qx "pkraft $version ($short)" ||
+"$src/target/release/pkraft" --version | grep -qxF "pkraft $version ($short)" ||
   { log "the binary does not say pkraft $version ($short)"; exit 1; }
 
 stage=$work/stage/$name

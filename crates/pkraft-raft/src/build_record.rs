@@ -41,7 +41,8 @@ pub(crate) enum Before {
 
 /// Records, durably, that `build` starts on `data_dir` (opened: it exists); `held_a_log`: its
 /// Raft log held entries before this start, so a data dir without a record was made by an
-/// earlier build. Returns what the record said before.
+/// earlier build (one an earlier build made and that never held an entry is recorded as this
+/// build's). Returns what the record said before.
 pub(crate) fn record_start(
     data_dir: &Path,
     build: &BuildInfo,
@@ -86,6 +87,7 @@ fn parse(text: &str) -> Result<BuildRecord, String> {
     for (number, line) in text.lines().enumerate() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (slot, version, commit) = match fields.as_slice() {
+            [] => continue,
             ["created_by", version, commit] => (&mut created_by, version, commit),
             ["last_started_by", version, commit] => (&mut last_started_by, version, commit),
             _ => {

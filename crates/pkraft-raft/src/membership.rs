@@ -79,7 +79,9 @@ pub struct NodeStatus {
     #[serde(default)]
     pub clock: Option<crate::cluster_clock::ClockReport>,
     /// The build the node runs; absent from development builds before 0.2.0. A field added
-    /// after this one goes at the end, with a default, and into `status_wire`.
+    /// after this one goes at the end, with a default, and into `status_wire`. The types of
+    /// the fields from `packets` on are frozen (`LogRepair`, `ClockReport`, `BuildInfo`): a
+    /// peer of an earlier build would read a changed one as absent, and every field after it.
     #[serde(default)]
     pub build: Option<pkraft_types::BuildInfo>,
 }

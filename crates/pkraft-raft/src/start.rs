@@ -71,7 +71,7 @@ impl Node {
         let config = settings.openraft_config()?;
         let metrics = Arc::new(NodeMetrics::new()?);
         let opened = Opened::open(id, data_dir, settings, &metrics)?;
-        note_build(data_dir, &cluster.build, &opened.log_store)?;
+        let held_a_log = held_a_log(&opened.log_store);
         let applied = AppliedMemory::new(settings, &opened.store, &metrics);
         let mut state_machine =
             StateMachine::open(opened.store.clone(), data_dir.join(SNAPSHOT_DIR))?
@@ -90,6 +90,8 @@ impl Node {
         })?;
         let raft =
             RaftStarted::start(id, data_dir, config, &cluster, &opened, state_machine).await?;
+        // Once this build has taken the data dir (a build that refuses it is not recorded).
+        note_build(data_dir, &cluster.build, held_a_log);
         let disk_space = disk_space(data_dir, settings, &metrics);
         let max_stored_packets = max_stored_packets(settings, data_dir);
         warn_if_no_room_for_new_keys(&opened.store, &disk_space, max_stored_packets);
@@ -715,10 +717,22 @@ async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result
     Ok(())
 }
 
+/// Whether the log held entries when the node started (an earlier build made the data dir
+/// then, if it keeps no record of its builds). A log that cannot be asked counts as used: the
+/// record then names no creator rather than a wrong one.
+fn held_a_log(log_store: &LogStore) -> bool {
+    match (log_store.last_log_id(), log_store.purged()) {
+        (Ok(last), Ok(purged)) => last.is_some() || purged.is_some(),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "cannot tell whether the log held entries");
+            true
+        }
+    }
+}
+
 /// Records this build in the data dir (`build_record`) and says when another one ran on it
 /// before. The record is a report: failing to write it is a warning, not a failed start.
-fn note_build(data_dir: &Path, build: &BuildInfo, log_store: &LogStore) -> Result<(), StartError> {
-    let held_a_log = log_store.last_log_id()?.is_some() || log_store.purged()?.is_some();
+fn note_build(data_dir: &Path, build: &BuildInfo, held_a_log: bool) {
     match build_record::record_start(data_dir, build, held_a_log) {
         Ok(Before::Record(before)) if before.last_started_by != *build => tracing::info!(
             before = %before.last_started_by,
@@ -740,5 +754,4 @@ fn note_build(data_dir: &Path, build: &BuildInfo, log_store: &LogStore) -> Resul
         ),
         Err(e) => tracing::warn!(error = %e, "cannot record this build in the data dir"),
     }
-    Ok(())
 }

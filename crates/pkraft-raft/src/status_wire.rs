@@ -83,10 +83,12 @@ fn required<'de, A: SeqAccess<'de>, T: Deserialize<'de>>(
         .ok_or_else(|| de::Error::missing_field(field))
 }
 
-/// A field an earlier build does not send: its default once the message has ended. postcard's
-/// error does not say whether the input ended or a field's bytes were wrong, so either ends the
-/// reading, and every field after it takes its default too (the status is a report, read by
-/// operators and the settle checks; a required field that is wrong still fails the read).
+/// A field an earlier build does not send: its default once the message has ended. The error
+/// reaches this generic reader as the deserializer's own type, so the end of the input and
+/// wrong bytes are not told apart: either ends the reading, and every field after it takes its
+/// default too (the status is a report, read by operators and the settle checks; a required
+/// field that is wrong still fails the read). That is why the types inside these fields are
+/// frozen (see [`NodeStatus`]).
 fn added<'de, A: SeqAccess<'de>, T: Deserialize<'de> + Default>(
     seq: &mut A,
     ended: &mut bool,
@@ -191,6 +193,37 @@ mod tests {
         };
         let read: PeerNodeStatus = decode(&encode(&later).expect("encode")).expect("decode");
         assert_eq!(read.0, status());
+    }
+
+    /// What a development build before 0.2.0 reads of this build's status: the fields it
+    /// knows, the new ones after them ignored.
+    #[test]
+    fn an_earlier_build_reads_this_builds_status() {
+        #[derive(serde::Deserialize)]
+        struct Earlier {
+            id: u64,
+            role: String,
+            term: u64,
+            leader: Option<u64>,
+            last_log_index: Option<u64>,
+            applied_index: Option<u64>,
+            millis_since_leader_contact: Option<u64>,
+            packets: Option<u64>,
+            low_on_disk: bool,
+            log_repair: Option<pkraft_storage::log_store::LogRepair>,
+        }
+        let read: Earlier = decode(&encode(&status()).expect("encode")).expect("decode");
+        let expected = status();
+        assert_eq!((read.id, read.role, read.term), (2, expected.role, 7));
+        assert_eq!(
+            (read.leader, read.last_log_index, read.applied_index),
+            (Some(1), Some(40), Some(39))
+        );
+        assert_eq!(read.millis_since_leader_contact, Some(12));
+        assert_eq!(
+            (read.packets, read.low_on_disk, read.log_repair),
+            (Some(1000), true, None)
+        );
     }
 
     #[test]
