@@ -228,8 +228,8 @@ bench-smoke:
 ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke
 
 ## What an operator installs, from one git revision (REV, default HEAD): a tarball with the
-## binary, configs, systemd files and docs, its SHA256SUMS, and the container image when docker
-## is there; reproducible (deploy/release.sh). Output in target/release-dist/.
+## binary, configs, systemd files and docs, its SHA256SUMS, and the container image when a docker
+## daemon answers; reproducible (deploy/release.sh). Output in target/release-dist/.
 release:
 	deploy/release.sh $(or $(REV),HEAD)
 

@@ -7,7 +7,7 @@
 #                                      configs, the systemd unit, sysusers file and configs,
 #                                      README.md, CHANGELOG.md and the operator docs
 #   SHA256SUMS                         sha256sum of the tarball (`sha256sum -c SHA256SUMS`)
-# and, when `docker` is there, the container image pkraft:VERSION from deploy/docker.
+# and, when a docker daemon answers, the container image pkraft:VERSION from deploy/docker.
 #
 # Reproducible: the sources are REV's tree exported with `git archive` (nothing of the working
 # tree), the build is `cargo build --release --locked` in a fresh target dir with the build
@@ -68,10 +68,11 @@ tar -C "$work/stage" --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric
 log "wrote $out/$tarball"
 cat "$out/SHA256SUMS"
 
-if command -v docker >/dev/null; then
+# A docker client without a daemon it can reach (a CI container) builds no image either.
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
   log "building the container image pkraft:$version"
   docker build -f "$src/deploy/docker/Dockerfile" -t "pkraft:$version" \
     --build-arg "PKRAFT_BUILD_COMMIT=$short" "$src"
 else
-  log "no docker here: the container image is not built (docs/DEPLOY.md, \"Docker\")"
+  log "no docker daemon here: the container image is not built (docs/DEPLOY.md, \"Docker\")"
 fi

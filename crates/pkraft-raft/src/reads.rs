@@ -83,7 +83,9 @@ pub enum ReadError {
     Replica(#[from] StoreError),
 }
 
-/// Why a read index could not be had from the leader.
+/// Why a read index could not be had from the leader. Text: the round hands the reason to
+/// every read waiting on it (`RoundAnswer`, cloned), and a follower asked for a read index
+/// sends it on as [`PeerError`]'s text.
 pub(crate) enum ReadIndexFailed {
     /// The leader moved, went silent or could not confirm its leadership yet: ask the leader
     /// again (the next one) until the deadline. A read index changes nothing, so asking twice
