@@ -49,6 +49,9 @@ pub struct GapSpec<'a> {
     pub urls: &'a [String],
     pub concurrency: usize,
     pub duration: Duration,
+    /// Where to write the z32 key of every acknowledged PUT, one per line (a check that each
+    /// is stored afterwards: tests/upgrade/rolling.sh).
+    pub acked_out: Option<&'a std::path::Path>,
 }
 
 pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
@@ -80,6 +83,7 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
         workers.spawn(async move {
             let client = client(None);
             let mut acks = Vec::new();
+            let mut acked_keys = Vec::new();
             let mut latencies = Vec::new();
             let mut refused = BTreeMap::<String, u64>::new();
             let mut job = None;
@@ -93,6 +97,7 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
                 match outcome.status {
                     Some(204) => {
                         acks.push(Instant::now());
+                        acked_keys.push(index);
                         latencies.push(outcome.latency);
                         job = None;
                         tokio::time::sleep(PUT_PAUSE).await;
@@ -105,15 +110,17 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
                     }
                 }
             }
-            (base, acks, latencies, refused)
+            (base, acks, acked_keys, latencies, refused)
         });
     }
     let mut acks = Vec::new();
     let mut latencies = Vec::new();
     let mut acks_by_url = BTreeMap::<String, Vec<Instant>>::new();
     let mut refused = BTreeMap::new();
+    let mut acked_keys = Vec::new();
     while let Some(joined) = workers.join_next().await {
-        let (base, worker_acks, worker_latencies, worker_refused) = joined?;
+        let (base, worker_acks, worker_acked_keys, worker_latencies, worker_refused) = joined?;
+        acked_keys.extend(worker_acked_keys);
         latencies.extend(worker_latencies);
         acks_by_url
             .entry(base)
@@ -130,6 +137,15 @@ pub async fn run(spec: GapSpec<'_>) -> anyhow::Result<GapReport> {
         jobs.len()
     );
     let finished = Instant::now();
+    if let Some(path) = spec.acked_out {
+        let mut lines = String::new();
+        for index in acked_keys {
+            lines.push_str(&spec.data.keys[spec.first_key + index].z32);
+            lines.push('\n');
+        }
+        std::fs::write(path, lines)
+            .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
+    }
     latencies.sort_unstable();
     let acknowledged = u64::try_from(acks.len())?;
     let longest = longest_gap(acks, started, finished);

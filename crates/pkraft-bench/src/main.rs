@@ -481,6 +481,9 @@ enum Command {
         concurrency: usize,
         #[arg(long)]
         seconds: f64,
+        /// Write the z32 key of every acknowledged PUT to this file, one per line.
+        #[arg(long)]
+        acked_out: Option<PathBuf>,
     },
     /// Print COUNT ports free on 127.0.0.1 for TCP and UDP (space-separated, one line), below
     /// the kernel's ephemeral range; with --taken FILE none listed there, and they are added.
@@ -1041,6 +1044,7 @@ async fn main() -> anyhow::Result<()> {
             urls,
             concurrency,
             seconds,
+            acked_out,
         } => {
             let data = DataSet::read(&data)?;
             let duration = std::time::Duration::try_from_secs_f64(seconds)
@@ -1052,6 +1056,7 @@ async fn main() -> anyhow::Result<()> {
                 urls: &urls,
                 concurrency,
                 duration,
+                acked_out: acked_out.as_deref(),
             };
             print(&gaps::run(spec).await?)?;
         }
