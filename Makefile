@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release upgrade-test clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release upgrade-test upgrade-smoke clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -199,7 +199,9 @@ fuzz-smoke:
 ## alone. DISK=1 adds disks low on space (below raft.min_free_disk_mib), on lossy disks too.
 ## CORRUPT=1 adds damage to one node's data on disk (its log, its state, its snapshot); CORRUPT=only runs
 ## that damage alone. PARTITIONS=only runs the peer network's partitions alone. CLOCKS=1 adds wall
-## clocks stepped ahead, back and drifting (libfaketime); CLOCKS=only runs those alone.
+## clocks stepped ahead, back and drifting (libfaketime); CLOCKS=only runs those alone. MIXED=1
+## runs 1 to NODES-1 members (the seed picks them) on the previous release
+## (tests/upgrade/previous.sh builds it), the others on this build; not with CLOCKS.
 chaos:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-chaos
 	CHAOS_BIN_DIR=$(TARGET_DIR)/release tests/chaos/run.sh
@@ -224,16 +226,26 @@ bench-smoke:
 	BENCH_BIN_DIR=$(TARGET_DIR)/debug tests/bench/run.sh smoke
 
 ## The CI gate (.ci/run): read-only checks, tests, the end-to-end checks, the deployment-file
-## checks, the benchmark smoke, the fuzz smoke, the chaos smoke and the power-cut smoke.
-ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke
+## checks, the benchmark smoke, the fuzz smoke, the chaos smoke, the power-cut smoke and the
+## upgrade smoke.
+ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke upgrade-smoke
 
 ## A rolling upgrade of a 3-node cluster from the previous release (tests/upgrade/PREVIOUS, built
-## once into target/upgrade/) to this build, under writes: every acknowledged write on every
-## node, each step's gap without a 204 at most 0.5 s. Not in CI: the previous release's build
-## takes about 5 minutes the first time (docs/TESTING.md, "Rolling upgrades").
+## once into target/upgrade/) to this build and the downgrade back, under writes: every
+## acknowledged write on every node, each step's gap without a 204 at most 0.5 s, each build's
+## backup restored by the other. Not in CI: the previous release's build takes about 5 minutes
+## the first time (docs/TESTING.md, "Rolling upgrades").
 upgrade-test:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	UPGRADE_BIN=$(TARGET_DIR)/release tests/upgrade/rolling.sh
+
+## The same rolling upgrade and downgrade with debug builds of both (the previous release's
+## built into target/upgrade/<rev>-debug/, about 2 minutes), and one seed of mixed-version chaos
+## (MIXED=1, seed 1 unless SEED is given) on the test build's binaries (CI).
+upgrade-smoke:
+	$(CARGO) test --workspace --locked --no-run
+	UPGRADE_PROFILE=debug UPGRADE_BIN=$(TARGET_DIR)/debug tests/upgrade/rolling.sh
+	UPGRADE_PROFILE=debug CHAOS_BIN_DIR=$(TARGET_DIR)/debug SEED=$${SEED:-1} RUNS=1 ROUNDS=1 CORRUPT=1 MIXED=1 tests/chaos/run.sh
 
 ## What an operator installs, from one git revision (REV, default HEAD): a tarball with the
 ## binary, configs, systemd files and docs, its SHA256SUMS, and the container image when a docker

@@ -13,6 +13,8 @@
 # one-way cuts). CORRUPT=1 adds damage to one node's data on disk (its log, state, snapshot) to
 # every round; CORRUPT=only runs rounds of that damage alone. CLOCKS=1 adds wall clocks stepped
 # ahead, back and drifting (libfaketime) to every round; CLOCKS=only runs rounds of those alone.
+# MIXED=1 runs a mixed-version cluster: the seed picks 1 to NODES-1 members that run the
+# previous release (tests/upgrade/previous.sh builds it), the others this build; not with CLOCKS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -50,6 +52,11 @@ case "${DISK:-}" in
   1) power_args+=(--disk-faults) ;;
   *) echo "chaos: DISK must be 1, not ${DISK}" >&2; exit 2 ;;
 esac
+case "${MIXED:-}" in
+  "" | 0) ;;
+  1) power_args+=(--previous-bin "$(tests/upgrade/previous.sh)") ;;
+  *) echo "chaos: MIXED must be 1, not ${MIXED}" >&2; exit 2 ;;
+esac
 
 failed=()
 for ((i = 0; i < runs; i++)); do
@@ -63,7 +70,7 @@ for ((i = 0; i < runs; i++)); do
 done
 if ((${#failed[@]})); then
   echo "chaos: FAILED seeds: ${failed[*]}; replay one with" \
-    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}${PARTITIONS:+ PARTITIONS=$PARTITIONS}${CORRUPT:+ CORRUPT=$CORRUPT}${CLOCKS:+ CLOCKS=$CLOCKS}"
+    "make chaos SEED=<seed> RUNS=1 NODES=$nodes ROUNDS=$rounds${POWER:+ POWER=$POWER}${DISK:+ DISK=$DISK}${PARTITIONS:+ PARTITIONS=$PARTITIONS}${CORRUPT:+ CORRUPT=$CORRUPT}${CLOCKS:+ CLOCKS=$CLOCKS}${MIXED:+ MIXED=$MIXED}"
   exit 1
 fi
-echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK}${PARTITIONS:+, PARTITIONS=$PARTITIONS}${CORRUPT:+, CORRUPT=$CORRUPT}${CLOCKS:+, CLOCKS=$CLOCKS})"
+echo "chaos: $runs runs passed (seeds $seed..$((seed + runs - 1)), $nodes nodes, $rounds rounds each${POWER:+, POWER=$POWER}${DISK:+, DISK=$DISK}${PARTITIONS:+, PARTITIONS=$PARTITIONS}${CORRUPT:+, CORRUPT=$CORRUPT}${CLOCKS:+, CLOCKS=$CLOCKS}${MIXED:+, MIXED=$MIXED})"

@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# A rolling upgrade from the previous release to this build, with the real binaries
-# (`make upgrade-test`; docs/TESTING.md, "Rolling upgrades"). The previous release is the
-# revision in tests/upgrade/PREVIOUS (until a second release exists: main before the consensus
-# crate was split into the node's parts), built here from `git archive` into
-# target/upgrade/<rev>/ (kept: a second run builds nothing).
+# A rolling upgrade from the previous release to this build, and the downgrade back, with the
+# real binaries (`make upgrade-test`; docs/TESTING.md, "Rolling upgrades"). The previous
+# release is the revision in tests/upgrade/PREVIOUS, which tests/upgrade/previous.sh builds from
+# `git archive` into target/upgrade/<rev>/ (kept: a second run builds nothing).
 #
 # A 3-node cluster of the previous build takes 3,000 packets; then each node in turn is stopped
 # with SIGTERM (a leader hands over) while new PUTs stream through the other two
-# (`pkraft-bench gaps`), and is started as this build on its data dir. Fails unless:
+# (`pkraft-bench gaps`), and is started as this build on its data dir, its config given the
+# settings added since (as an operator adds them). Then the same back down: each node stopped
+# and started as the previous build on the data dir this build ran on, those settings taken out
+# again (docs/OPERATIONS.md, "Upgrading": the downgrade 0.2.0 allows). Fails unless:
 #   - every step's longest run without a 204 is at most UPGRADE_GAP_MAX_MS (default 500, the
 #     handover's bound);
-#   - at the end every node answers 200 for every packet acknowledged: the 3,000 loaded before
-#     and each one the stream got a 204 for (`gaps --acked-out`);
-#   - every member reports this build in /cluster/status and in its data dir's build record.
+#   - after the upgrade and after the downgrade, every node answers 200 for every packet
+#     acknowledged: the 3,000 loaded before and each one the streams got a 204 for
+#     (`gaps --acked-out`);
+#   - after the upgrade every member reports this build in /cluster/status and in its data
+#     dir's build record; after the downgrade every member reports none (the previous release
+#     has no build report);
+#   - a backup made by each build restores and verifies with the other (`pkraft backup`,
+#     `restore`, `verify`), with every packet in it.
 # Results: a line per step and a summary on stderr.
 #
 # Env: UPGRADE_BIN (dir with this build's release pkraft and pkraft-bench, default
@@ -30,23 +37,13 @@ export PKRAFT_BENCH=$bin/pkraft-bench
 bench=$PKRAFT_BENCH
 log() { echo "upgrade: $*" >&2; }
 
-# The previous build, from its revision alone.
-old_dir=$PWD/target/upgrade/$previous
-if [ ! -x "$old_dir/pkraft" ]; then
-  log "building the previous release ($previous)"
-  src=$PWD/target/upgrade/src-$previous
-  rm -rf "$src"
-  mkdir -p "$src"
-  git archive "$previous" | tar -x -C "$src"
-  (cd "$src" && CARGO_TARGET_DIR=$PWD/../target cargo build --release --locked -p pkraft)
-  install -D -m 0755 "$PWD/target/upgrade/target/release/pkraft" "$old_dir/pkraft"
-  rm -rf "$src"
-fi
-log "from $("$old_dir/pkraft" --version) ($previous) to $("$bin/pkraft" --version)"
+old_dir=$(dirname "$(tests/upgrade/previous.sh)")
+log "from $("$old_dir/pkraft" --version) ($previous) to $("$bin/pkraft" --version) and back"
 
 # The previous release's own limits-off section: it refuses fields added since
-# (`publish_new_keys`, `publish_per_key`), as any build refuses a config field it does not
-# know. Each node's config gets them as it is upgraded, as an operator adds new settings then.
+# (`publish_new_keys`, `publish_per_key`; pkraft_testkit's ADDED_SINCE_PREVIOUS_RELEASE), as any
+# build refuses a config field it does not know. Each node's config gets them as it is
+# upgraded, as an operator adds new settings then, and loses them as it is downgraded.
 PKRAFT_EXTRA_TOML='[rate_limit]
 publish = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
 resolve = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }
@@ -77,40 +74,59 @@ loaded=$("$bench" put --data "$work/preload.bin" --version 0 --url "${node_http[
 [ "$loaded" = "$preload" ] || fail "the previous build acknowledged $loaded of $preload packets"
 
 : >"$work/steps.jsonl"
+: >"$work/acked.txt"
 first_key=$preload
-for id in 1 2 3; do
-  other=$((id % 3 + 1))
-  leader=$("$bench" cluster settled --admin "${node_admin[$other]}" --voters 3 --timeout-secs 60) ||
-    fail "step $id: the cluster did not settle"
-  urls=(); for m in 1 2 3; do [ "$m" = "$id" ] || urls+=(--url "${node_http[$m]}"); done
-  "$bench" gaps --data "$work/data.bin" --version 0 --first-key "$first_key" "${urls[@]}" \
-    --concurrency 4 --seconds 4 --acked-out "$work/acked-$id.txt" >"$work/gaps.json" &
-  gaps_pid=$!
-  sleep 1
-  kill -TERM "${node_pid[$id]}"
-  wait_exited "${node_pid[$id]}" || fail "step $id: node $id did not exit within 30 s of SIGTERM"
-  sed -i '/^\[rate_limit\]$/a publish_new_keys = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\npublish_per_key = { per_minute = 0, burst = 0 }' \
-    "$work/cluster/node$id/node.toml"
-  lines=$(RUST_LOG=info "$bench" cluster start --pkraft "$bin/pkraft" --work "$work/cluster" "$id") ||
-    fail "step $id: node $id did not start as this build"
-  cluster_read_nodes <<<"$lines"
-  wait "$gaps_pid" || fail "step $id: the write stream failed"
-  python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d["node"] = int(sys.argv[2]); d["leader_before"] = int(sys.argv[3]); print(json.dumps(d))' \
-    "$work/gaps.json" "$id" "$leader" >>"$work/steps.jsonl"
-  first_key=$((first_key + $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["keys_used"])' "$work/gaps.json")))
-  log "step $id: $(tail -n 1 "$work/steps.jsonl")"
-done
-"$bench" cluster settled --admin "${node_admin[1]}" --voters 3 --timeout-secs 60 >/dev/null ||
-  fail "the upgraded cluster did not settle"
+admin_token=upgrade-test-admin-token-0123456789
+echo "$admin_token" >"$work/admin-token"
+added_settings='publish_new_keys = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\npublish_per_key = { per_minute = 0, burst = 0 }'
 
-# Every acknowledged packet on every node, and the build each records.
-cat "$work"/acked-*.txt >"$work/acked.txt"
-acknowledged=$(wc -l <"$work/acked.txt")
-for n in 1 2 3; do
-  found=$("$bench" get --data "$work/preload.bin" --url "${node_http[$n]}" --concurrency 8 \
-    --requests "$preload" | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"].get("200", 0))')
-  [ "$found" = "$preload" ] || fail "node $n answers $found of the $preload packets loaded before"
-  python3 - "${node_http[$n]}" "$work/acked.txt" <<'PY' || fail "node $n lost acknowledged packets"
+# roll DIRECTION BIN_DIR: each node in turn SIGTERM'd under writes through the other two and
+# started from BIN_DIR/pkraft on its data dir, its config given ("up") or rid of ("down") the
+# settings the previous release does not know.
+roll() {
+  local direction=$1 to=$2 id other leader gaps_pid lines
+  for id in 1 2 3; do
+    other=$((id % 3 + 1))
+    leader=$("$bench" cluster settled --admin "${node_admin[$other]}" --voters 3 --timeout-secs 60) ||
+      fail "$direction, step $id: the cluster did not settle"
+    local urls=(); for m in 1 2 3; do [ "$m" = "$id" ] || urls+=(--url "${node_http[$m]}"); done
+    "$bench" gaps --data "$work/data.bin" --version 0 --first-key "$first_key" "${urls[@]}" \
+      --concurrency 4 --seconds 4 --acked-out "$work/acked-$direction-$id.txt" >"$work/gaps.json" &
+    gaps_pid=$!
+    sleep 1
+    kill -TERM "${node_pid[$id]}"
+    wait_exited "${node_pid[$id]}" || fail "$direction, step $id: node $id did not exit within 30 s of SIGTERM"
+    if [ "$direction" = up ]; then
+      sed -i "/^\[rate_limit\]\$/a $added_settings" "$work/cluster/node$id/node.toml"
+      # A token for the backups below (the bench cluster's nodes have none).
+      sed -i "/^\[admin\]\$/a token = \"$admin_token\"" "$work/cluster/node$id/node.toml"
+    else
+      sed -i -E '/^(publish_new_keys|publish_per_key) = /d' "$work/cluster/node$id/node.toml"
+    fi
+    lines=$(RUST_LOG=info "$bench" cluster start --pkraft "$to/pkraft" --work "$work/cluster" "$id") ||
+      fail "$direction, step $id: node $id did not start as $("$to/pkraft" --version)"
+    cluster_read_nodes <<<"$lines"
+    wait "$gaps_pid" || fail "$direction, step $id: the write stream failed"
+    cat "$work/acked-$direction-$id.txt" >>"$work/acked.txt"
+    python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); d["node"] = int(sys.argv[2]); d["leader_before"] = int(sys.argv[3]); d["direction"] = sys.argv[4]; print(json.dumps(d))' \
+      "$work/gaps.json" "$id" "$leader" "$direction" >>"$work/steps.jsonl"
+    first_key=$((first_key + $(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["keys_used"])' "$work/gaps.json")))
+    log "$direction, step $id: $(tail -n 1 "$work/steps.jsonl")"
+  done
+  "$bench" cluster settled --admin "${node_admin[1]}" --voters 3 --timeout-secs 60 >/dev/null ||
+    fail "the cluster did not settle after the $direction steps"
+}
+
+# every_node_serves_what_was_acknowledged WHEN: the packets loaded before and every one
+# acknowledged so far, answered 200 by every node.
+every_node_serves_what_was_acknowledged() {
+  local when=$1 n found acknowledged
+  acknowledged=$(wc -l <"$work/acked.txt")
+  for n in 1 2 3; do
+    found=$("$bench" get --data "$work/preload.bin" --url "${node_http[$n]}" --concurrency 8 \
+      --requests "$preload" | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"].get("200", 0))')
+    [ "$found" = "$preload" ] || fail "$when: node $n answers $found of the $preload packets loaded before"
+    python3 - "${node_http[$n]}" "$work/acked.txt" <<'PY' || fail "$when: node $n lost acknowledged packets"
 import sys, urllib.error, urllib.request
 base, keys = sys.argv[1], [k.strip() for k in open(sys.argv[2]) if k.strip()]
 missing = []
@@ -125,25 +141,72 @@ for key in keys:
 if missing:
     sys.exit(f"{len(missing)} of {len(keys)} acknowledged packets not served: {missing[:5]}")
 PY
-  log "node $n: all $preload packets loaded before and all $acknowledged acknowledged during the steps"
-  want="last_started_by $("$bin/pkraft" --version | sed -E 's/^pkraft ([^ ]+) \((.*)\)$/\1 \2/')"
-  grep -qxF "$want" "$work/cluster/node$n/data/build" || fail "node $n's build record: $(cat "$work/cluster/node$n/data/build")"
-done
-version=$("$bin/pkraft" --version | sed -E 's/^pkraft ([^ ]+) .*/\1/')
-"$bin/pkraft" cluster --admin "${node_admin[1]}" status --json |
-  python3 -c 'import json, sys
+    log "$when: node $n serves all $preload packets loaded before and all $acknowledged acknowledged since"
+  done
+}
+
+# members_report BUILD: every member's build in /cluster/status, asked of node 1 ("none": no
+# build report, as from the previous release).
+members_report() {
+  "$bin/pkraft" cluster --admin "${node_admin[1]}" status --json |
+    python3 -c 'import json, sys
 s = json.load(sys.stdin)
 builds = {m["id"]: (m["status"] or {}).get("build") for m in s["members"]}
-assert all(b and b["version"] == sys.argv[1] for b in builds.values()), builds' "$version" ||
-  fail "not every member reports this build"
+want = sys.argv[1]
+ok = all(b is None for b in builds.values()) if want == "none" else \
+    all(b and b["version"] == want for b in builds.values())
+assert ok, builds' "$1"
+}
+
+roll up "$bin"
+every_node_serves_what_was_acknowledged "after the upgrade"
+version=$("$bin/pkraft" --version | sed -E 's/^pkraft ([^ ]+) .*/\1/')
+want="last_started_by $("$bin/pkraft" --version | sed -E 's/^pkraft ([^ ]+) \((.*)\)$/\1 \2/')"
+for n in 1 2 3; do
+  grep -qxF "$want" "$work/cluster/node$n/data/build" ||
+    fail "node $n's build record: $(cat "$work/cluster/node$n/data/build")"
+done
+members_report "$version" || fail "after the upgrade, not every member reports this build"
+"$bin/pkraft" backup --admin "${node_admin[1]}" --token-file "$work/admin-token" \
+  "$work/this-build.pkrbak" >/dev/null || fail "this build's backup failed"
+# What a backup holds: every packet acknowledged so far, and at most every key used so far
+# (a PUT that got no answer may have been stored).
+this_build_holds="$((preload + $(wc -l <"$work/acked.txt"))) $first_key"
+
+roll down "$old_dir"
+every_node_serves_what_was_acknowledged "after the downgrade"
+members_report none || fail "after the downgrade, a member still reports a build"
+"$old_dir/pkraft" backup --admin "${node_admin[1]}" --token-file "$work/admin-token" \
+  "$work/previous.pkrbak" >/dev/null || fail "the previous release's backup failed"
+previous_holds="$((preload + $(wc -l <"$work/acked.txt"))) $first_key"
+
+# restored_by BIN BACKUP: BIN restores BACKUP into a new data dir and verifies it; prints the
+# packets it holds.
+restored_by() {
+  local dir
+  dir=$(mktemp -d -p "$work")
+  "$1" restore --data-dir "$dir/data" --advertise 127.0.0.1:1 "$2" >"$dir/restore.txt" 2>&1 ||
+    fail "$("$1" --version) could not restore $2: $(tail -n 3 "$dir/restore.txt")"
+  "$1" verify --data-dir "$dir/data" --json >"$dir/verify.json" 2>"$dir/verify.err" ||
+    fail "$("$1" --version) found problems in what it restored from $2: $(cat "$dir/verify.json" "$dir/verify.err")"
+  python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["packets"])' "$dir/verify.json"
+}
+for case in "$old_dir/pkraft $work/this-build.pkrbak $this_build_holds" \
+  "$bin/pkraft $work/previous.pkrbak $previous_holds"; do
+  read -r restorer backup least most <<<"$case"
+  packets=$(restored_by "$restorer" "$backup")
+  [ "$packets" -ge "$least" ] && [ "$packets" -le "$most" ] ||
+    fail "$("$restorer" --version) restored $packets packets from $backup (expected $least to $most)"
+  log "$("$restorer" --version) restored and verified $(basename "$backup"): $packets packets"
+done
 
 python3 - "$work/steps.jsonl" "$gap_max_ms" <<'PY'
 import json, sys
 steps = [json.loads(l) for l in open(sys.argv[1])]
 limit = float(sys.argv[2])
-print("rolling upgrade, 3 nodes, each SIGTERM'd and started as this build under writes through the other two:", file=sys.stderr)
+print("rolling upgrade and downgrade, 3 nodes, each SIGTERM'd and started as the other build under writes through the other two:", file=sys.stderr)
 for s in steps:
-    print(f"  node {s['node']} (leader before: {s['leader_before']}): longest run without a 204 "
+    print(f"  {s['direction']:>4}, node {s['node']} (leader before: {s['leader_before']}): longest run without a 204 "
           f"{s['longest_gap_ms']:.0f} ms, {s['acknowledged']} PUTs acknowledged, refused {s['refused'] or 'none'}, "
           f"p99 {s['put_p99_ms']:.0f} ms", file=sys.stderr)
 worst = max(s["longest_gap_ms"] for s in steps)

@@ -4,6 +4,7 @@
 //! harness's own is a node's process across restarts ([`Node`]: its log file, incarnations,
 //! pauses, snapshot counts), the targets the clients send to, power cuts and the waits.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use serde_json::Value;
 
 use pkraft_lossyfs::{Cut, CutReport, LossyDisk};
 use pkraft_testkit::cluster::{Layout, Member, Peers, Seeds};
-use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, NodeConfig};
+use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, NodeConfig, for_previous_release};
 use pkraft_testkit::process::{LogTo, NodeProcess};
 use pkraft_testkit::proxy::Network;
 
@@ -77,8 +78,40 @@ impl Node {
     }
 }
 
+/// The binaries the members run: this build, and for the members `previous` names (across all
+/// their restarts) the previous release, which makes the cluster a mixed-version one.
+#[derive(Clone, Debug)]
+pub struct Builds {
+    pub current: PathBuf,
+    pub previous: Option<(PathBuf, BTreeSet<u64>)>,
+}
+
+impl Builds {
+    /// This build for every member.
+    pub fn current_only(bin: &Path) -> Builds {
+        Builds {
+            current: bin.to_path_buf(),
+            previous: None,
+        }
+    }
+
+    /// Whether node `id` runs the previous release.
+    pub fn runs_previous(&self, id: u64) -> bool {
+        self.previous
+            .as_ref()
+            .is_some_and(|(_, nodes)| nodes.contains(&id))
+    }
+
+    fn bin(&self, id: u64) -> &Path {
+        match &self.previous {
+            Some((bin, nodes)) if nodes.contains(&id) => bin,
+            _ => &self.current,
+        }
+    }
+}
+
 pub struct Cluster {
-    bin: PathBuf,
+    builds: Builds,
     dir: PathBuf,
     /// The members, joining through every member so far; on their own lossy disks with
     /// `--lossy-disk` (so power cuts can be injected), with clocks of their own with `--clocks`.
@@ -96,7 +129,7 @@ impl Cluster {
     /// (root and FUSE needed: `pkraft_lossyfs::available`). With `clocks`, each node runs with
     /// a wall clock of its own ([`Cluster::set_clock`]; libfaketime needed).
     pub async fn start(
-        bin: &Path,
+        builds: Builds,
         dir: &Path,
         size: u64,
         network: Arc<Network>,
@@ -128,7 +161,7 @@ impl Cluster {
             seeds: Seeds::All,
         };
         let mut cluster = Cluster {
-            bin: bin.to_path_buf(),
+            builds,
             dir: dir.to_path_buf(),
             core: pkraft_testkit::cluster::Cluster::new(layout),
             network,
@@ -153,7 +186,13 @@ impl Cluster {
         config.http_request_timeout = Some("10s".to_string());
         config.raft = RAFT_TOML.to_string();
         config.origins = vec![ORIGIN.to_string()];
-        config.sections = LIMITS_OFF_TOML.to_string();
+        // The previous release refuses the settings added since, as any build refuses a field
+        // it does not know.
+        config.sections = if self.builds.runs_previous(id) {
+            for_previous_release(LIMITS_OFF_TOML)
+        } else {
+            LIMITS_OFF_TOML.to_string()
+        };
         let log = self.dir.join(format!("node{id}.log"));
         self.core
             .add(id, config, |_, _| {
@@ -169,6 +208,11 @@ impl Cluster {
             .await
             .with_context(|| format!("adding node {id}"))?;
         self.spawn(id).await
+    }
+
+    /// Which binary each member runs.
+    pub fn builds(&self) -> &Builds {
+        &self.builds
     }
 
     /// Node `id`'s data dir.
@@ -196,7 +240,7 @@ impl Cluster {
 
     /// Starts node `id`'s next process on its data dir and waits until it listens.
     pub async fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
-        let bin = self.bin.clone();
+        let bin = self.builds.bin(id).to_path_buf();
         let clock_library = self.clock_library.clone();
         let member = self.node_mut(id)?;
         let node = &mut member.server;

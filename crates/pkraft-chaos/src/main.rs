@@ -33,6 +33,10 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Built beside pkraft (`make chaos`), reqwest has rustls without a provider (pkraft's ACME
+    // client asks for that) and would panic at its first client: ring, as pkraft's own. Err
+    // means one is installed already, which serves as well.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Cli::parse().command {
         Command::Run { config, keep } => {
             let seed = config.seed;

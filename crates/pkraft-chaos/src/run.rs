@@ -1,7 +1,7 @@
 //! One chaos run: start the cluster, start the clients, carry out the schedule, heal, read the
 //! final state from every node, check the history, and save what a failure needs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::check::{self, Checked, FinalPacket, FinalState, Violation};
-use crate::cluster::{Cluster, ELECTION_TIMEOUT_MAX, ORIGIN};
+use crate::cluster::{Builds, Cluster, ELECTION_TIMEOUT_MAX, ORIGIN};
 use crate::history::{self, Op, OpKind, PutOutcome, ReadOutcome};
 use crate::proxy::Network;
 use crate::schedule::{self, Fault, FaultKind};
@@ -85,6 +85,16 @@ pub struct RunConfig {
     /// Rounds of the clock faults only: the way to count many of them.
     #[arg(long, conflicts_with_all = ["power_cuts_only", "partitions_only", "corruption_only", "clocks"])]
     pub clocks_only: bool,
+    /// A mixed-version cluster: some members run this binary, the previous release
+    /// (`tests/upgrade/previous.sh` builds it), across all their restarts; the others and every
+    /// node added later run `--bin`. Not with the clock faults: a leader of a release before
+    /// 0.2.0 expires by its own clock.
+    #[arg(long, conflicts_with_all = ["clocks", "clocks_only"])]
+    pub previous_bin: Option<PathBuf>,
+    /// The members that run `--previous-bin` (comma-separated ids); without it the seed picks
+    /// 1 to NODES-1 of them.
+    #[arg(long, value_delimiter = ',', requires = "previous_bin")]
+    pub previous_nodes: Vec<u64>,
 }
 
 impl RunConfig {
@@ -94,6 +104,23 @@ impl RunConfig {
 
     fn faked_clocks(&self) -> bool {
         self.clocks || self.clocks_only
+    }
+
+    /// Which binary each member runs.
+    fn builds(&self) -> anyhow::Result<Builds> {
+        let mut builds = Builds::current_only(&self.bin);
+        if let Some(previous) = &self.previous_bin {
+            let nodes: BTreeSet<u64> = if self.previous_nodes.is_empty() {
+                previous_nodes_for(self.seed, self.nodes)
+            } else {
+                self.previous_nodes.iter().copied().collect()
+            };
+            if let Some(id) = nodes.iter().find(|id| !(1..=self.nodes).contains(*id)) {
+                anyhow::bail!("--previous-nodes: there is no node {id} of {}", self.nodes);
+            }
+            builds.previous = Some((previous.clone(), nodes));
+        }
+        Ok(builds)
     }
 
     /// The fault kinds of each round.
@@ -160,8 +187,24 @@ impl RunConfig {
         } else {
             ""
         };
-        format!("{power}{disk}{partitions}{corruption}{clocks}")
+        // The members the seed picks; those given by hand are not replayed by this.
+        let mixed = if self.previous_bin.is_some() {
+            " MIXED=1"
+        } else {
+            ""
+        };
+        format!("{power}{disk}{partitions}{corruption}{clocks}{mixed}")
     }
+}
+
+/// The members of a cluster of `nodes` that run the previous release in a mixed run of `seed`:
+/// 1 to `nodes - 1` of them, the leader at the start (node 1) among them or not, so that a few
+/// seeds cover a majority and a minority of each build.
+fn previous_nodes_for(seed: u64, nodes: u64) -> BTreeSet<u64> {
+    debug_assert!(nodes >= 2, "a mixed cluster has two members at least");
+    let count = 1 + seed % (nodes - 1);
+    let first = (seed / (nodes - 1)) % nodes;
+    (0..count).map(|i| 1 + (first + i) % nodes).collect()
 }
 
 /// A seed from the clock: only the schedule depends on it, and it is printed.
@@ -202,9 +245,17 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Outcome> {
         nodes = config.nodes,
     );
 
+    let builds = config.builds()?;
+    if let Some((bin, nodes)) = &builds.previous {
+        println!(
+            "chaos: mixed versions: nodes {nodes:?} run {}, the others {}",
+            bin.display(),
+            config.bin.display()
+        );
+    }
     let network = Network::new(config.seed);
     let mut cluster = Cluster::start(
-        &config.bin,
+        builds.clone(),
         &config.out,
         config.nodes,
         network.clone(),
@@ -483,6 +534,12 @@ fn summarize(
         violations.len()
     );
     let faults: Vec<String> = survived.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    if let Some((_, nodes)) = &cluster.builds().previous {
+        let _ = writeln!(
+            s,
+            "mixed versions: nodes {nodes:?} ran the previous release"
+        );
+    }
     let _ = writeln!(s, "faults survived: {}", faults.join(", "));
     let counts: Vec<String> = outcomes.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let _ = writeln!(s, "operations: {}", counts.join(", "));
@@ -507,4 +564,34 @@ fn summarize(
         network.delayed_requests.load(Ordering::Relaxed),
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seeds_mix_both_builds_in_every_proportion() {
+        let mut seen = BTreeSet::new();
+        for nodes in 3..=5 {
+            for seed in 0..100 {
+                let previous = previous_nodes_for(seed, nodes);
+                assert!(
+                    !previous.is_empty() && previous.len() < nodes as usize,
+                    "{previous:?}"
+                );
+                assert!(
+                    previous.iter().all(|id| (1..=nodes).contains(id)),
+                    "{previous:?}"
+                );
+                seen.insert((nodes, previous));
+            }
+        }
+        // Ten seeds of 3 nodes: the bootstrapping node on either build, either build the majority.
+        let ten: BTreeSet<_> = (1..=10).map(|seed| previous_nodes_for(seed, 3)).collect();
+        assert!(ten.iter().any(|p| p.contains(&1)) && ten.iter().any(|p| !p.contains(&1)));
+        assert!(ten.iter().any(|p| p.len() == 1) && ten.iter().any(|p| p.len() == 2));
+        // Every member set of one or two of three appears.
+        assert_eq!(seen.iter().filter(|(nodes, _)| *nodes == 3).count(), 6);
+    }
 }

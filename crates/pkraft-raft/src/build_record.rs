@@ -11,7 +11,9 @@
 //! A data dir without the file was made by a development build before 0.2.0 (or is new). The
 //! record is a report: no format decision is taken from it (each file carries its own
 //! version). A record that does not parse is named in a warning and written anew, its creator
-//! then unknown, never read as something it is not.
+//! then unknown, never read as something it is not. A line of a key this build does not know
+//! (`word FIELDS...`) is a later release's: kept as it is, so that a downgrade loses nothing
+//! of the record.
 
 use std::io::Write;
 use std::path::Path;
@@ -27,6 +29,8 @@ pub(crate) const BUILD_RECORD_FILE: &str = "build";
 pub(crate) struct BuildRecord {
     pub created_by: BuildInfo,
     pub last_started_by: BuildInfo,
+    /// The lines of keys a later release added, in their order, kept as they were.
+    pub later_lines: Vec<String>,
 }
 
 /// What a data dir said of its builds before this start.
@@ -57,16 +61,17 @@ pub(crate) fn record_start(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::None,
         Err(e) => return Err(e),
     };
-    let created_by = match &before {
-        Before::Record(record) => record.created_by.clone(),
+    let (created_by, later_lines) = match &before {
+        Before::Record(record) => (record.created_by.clone(), record.later_lines.clone()),
         // A data dir of an earlier build holds a log already: its creator is not this build.
-        Before::None if held_a_log => unknown_build(),
-        Before::None => build.clone(),
-        Before::Unreadable(_) => unknown_build(),
+        Before::None if held_a_log => (unknown_build(), Vec::new()),
+        Before::None => (build.clone(), Vec::new()),
+        Before::Unreadable(_) => (unknown_build(), Vec::new()),
     };
     let record = BuildRecord {
         created_by,
         last_started_by: build.clone(),
+        later_lines,
     };
     if before != Before::Record(record.clone()) {
         write(data_dir, &record)?;
@@ -84,12 +89,17 @@ fn unknown_build() -> BuildInfo {
 fn parse(text: &str) -> Result<BuildRecord, String> {
     let mut created_by = None;
     let mut last_started_by = None;
+    let mut later_lines = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let (slot, version, commit) = match fields.as_slice() {
             [] => continue,
             ["created_by", version, commit] => (&mut created_by, version, commit),
             ["last_started_by", version, commit] => (&mut last_started_by, version, commit),
+            [key, _, ..] if is_later_key(key) => {
+                later_lines.push(line.trim().to_string());
+                continue;
+            }
             _ => {
                 return Err(format!(
                     "line {} is not `created_by|last_started_by VERSION COMMIT`",
@@ -106,9 +116,18 @@ fn parse(text: &str) -> Result<BuildRecord, String> {
         (Some(created_by), Some(last_started_by)) => Ok(BuildRecord {
             created_by,
             last_started_by,
+            later_lines,
         }),
         _ => Err("it lacks a created_by or a last_started_by line".to_string()),
     }
+}
+
+/// A key this build does not know, shaped as its own are (lower case and `_`): a later
+/// release's. Anything else on a line of its own is damage.
+fn is_later_key(key: &str) -> bool {
+    !matches!(key, "created_by" | "last_started_by")
+        && !key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
 }
 
 /// Writes the record to a temporary file, syncs it and renames it into place: a crash leaves
@@ -126,6 +145,9 @@ fn write(data_dir: &Path, record: &BuildRecord) -> std::io::Result<()> {
         "last_started_by {} {}",
         record.last_started_by.version, record.last_started_by.commit
     )?;
+    for line in &record.later_lines {
+        writeln!(file, "{line}")?;
+    }
     file.sync_all()?;
     std::fs::rename(&tmp, data_dir.join(BUILD_RECORD_FILE))?;
     sync_dir(data_dir)
@@ -156,6 +178,7 @@ mod tests {
             Before::Record(BuildRecord {
                 created_by: first.clone(),
                 last_started_by: first.clone(),
+                later_lines: Vec::new(),
             })
         );
         let text = std::fs::read_to_string(dir.path().join(BUILD_RECORD_FILE)).expect("read");
@@ -173,6 +196,29 @@ mod tests {
         assert_eq!(
             text,
             "created_by unknown unknown\nlast_started_by 0.2.0 aaaaaaaaaaaa\n"
+        );
+    }
+
+    #[test]
+    fn the_lines_of_a_later_release_are_kept_through_a_downgrade() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join(BUILD_RECORD_FILE),
+            "created_by 0.2.0 aaaaaaaaaaaa\nlast_started_by 0.4.0 cccccccccccc\n\
+             downgraded_from 0.4.0 cccccccccccc 2027-01-01\n",
+        )
+        .expect("write");
+        let before =
+            record_start(dir.path(), &build("0.3.0", "bbbbbbbbbbbb"), true).expect("record");
+        assert!(
+            matches!(&before, Before::Record(record) if record.later_lines.len() == 1),
+            "{before:?}"
+        );
+        let text = std::fs::read_to_string(dir.path().join(BUILD_RECORD_FILE)).expect("read");
+        assert_eq!(
+            text,
+            "created_by 0.2.0 aaaaaaaaaaaa\nlast_started_by 0.3.0 bbbbbbbbbbbb\n\
+             downgraded_from 0.4.0 cccccccccccc 2027-01-01\n"
         );
     }
 

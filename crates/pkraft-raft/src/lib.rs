@@ -73,6 +73,8 @@ mod snapshot_schedule;
 mod start;
 mod status_wire;
 mod voters;
+#[cfg(test)]
+mod wire_freeze;
 pub mod write_path;
 
 pub use cluster_clock::{ClockReport, ClockState, ClusterClock, ClusterTime};

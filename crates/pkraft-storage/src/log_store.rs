@@ -45,7 +45,9 @@ pub use repair::LogRepair;
 use segments::{SEGMENT_TARGET_BYTES, Segments};
 
 /// On-disk format version of the log directory. (Version 1 was a single redb file,
-/// `raft-log.redb`, with the entries in a table.)
+/// `raft-log.redb`, with the entries in a table.) A change an older build cannot read (a new
+/// segment format, a meta value of another type) raises it: an older build then refuses the
+/// whole log at open, naming both versions, before it reads anything it could take for damage.
 pub const LOG_SCHEMA_VERSION: u64 = 2;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;

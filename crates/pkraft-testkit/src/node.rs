@@ -68,6 +68,24 @@ pub const LIMITS_OFF_TOML: &str = "[rate_limit]\n\
     global_responses_per_second = 0\n\
     global_bytes_per_second = 0\n";
 
+/// The settings this harness writes that were added since the previous release
+/// (`tests/upgrade/PREVIOUS`). That release refuses them, as every build refuses a config field
+/// it does not know. Update with PREVIOUS.
+pub const ADDED_SINCE_PREVIOUS_RELEASE: &[&str] = &["publish_new_keys", "publish_per_key"];
+
+/// `toml` as a node of the previous release takes it: without the lines that set
+/// [`ADDED_SINCE_PREVIOUS_RELEASE`]. (Their defaults then hold on that node, as on a node an
+/// operator has not yet given the new settings.)
+pub fn for_previous_release(toml: &str) -> String {
+    toml.lines()
+        .filter(|line| {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            !ADDED_SINCE_PREVIOUS_RELEASE.contains(&key)
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
 /// How a cluster node comes to its cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Membership {
@@ -255,5 +273,17 @@ mod tests {
         ] {
             assert!(toml.contains(expected), "{expected:?} not in\n{toml}");
         }
+    }
+
+    #[test]
+    fn the_previous_release_gets_the_limits_off_without_the_settings_added_since() {
+        let previous = for_previous_release(LIMITS_OFF_TOML);
+        for added in ADDED_SINCE_PREVIOUS_RELEASE {
+            assert!(LIMITS_OFF_TOML.contains(&format!("{added} = ")), "{added}");
+            assert!(!previous.contains(added), "{added} in\n{previous}");
+        }
+        let kept = LIMITS_OFF_TOML.lines().count() - ADDED_SINCE_PREVIOUS_RELEASE.len();
+        assert_eq!(previous.lines().count(), kept, "{previous}");
+        assert!(previous.contains("[rate_limit]\npublish = {"), "{previous}");
     }
 }

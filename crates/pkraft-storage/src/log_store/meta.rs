@@ -83,3 +83,30 @@ pub(super) fn decode_db<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Resul
 pub(super) fn encode_db<T: Serialize>(value: &T) -> std::result::Result<Vec<u8>, DbError> {
     encode(value).map_err(|e| DbError::Io(io::Error::other(e)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A downgrade onto a log of a later schema: refused at open, naming both versions, the
+    /// file left as it was.
+    #[test]
+    fn a_log_of_a_later_schema_is_refused_naming_both_versions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(open(dir.path()).expect("a new log"));
+        let later = LOG_SCHEMA_VERSION + 1;
+        {
+            let db = Database::create(dir.path().join(META_FILE)).expect("meta.redb");
+            let txn = db.begin_write().expect("txn");
+            put_meta(&txn, META_SCHEMA_VERSION, &later).expect("put");
+            txn.commit().expect("commit");
+        }
+        let err = open(dir.path()).expect_err("refused");
+        let want = format!("log schema version {later}, this build reads {LOG_SCHEMA_VERSION}");
+        assert!(err.to_string().contains(&want), "{err}");
+        let db = Database::create(dir.path().join(META_FILE)).expect("meta.redb");
+        let txn = db.begin_read().expect("txn");
+        let version = get_meta::<u64>(&txn.open_table(META).expect("table"), META_SCHEMA_VERSION);
+        assert_eq!(version.expect("read"), Some(later));
+    }
+}
