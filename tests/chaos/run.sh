@@ -54,7 +54,9 @@ case "${DISK:-}" in
 esac
 case "${MIXED:-}" in
   "" | 0) ;;
-  1) power_args+=(--previous-bin "$(tests/upgrade/previous.sh)") ;;
+  1)
+    case "${CLOCKS:-0}" in 0) ;; *) echo "chaos: MIXED=1 does not go with CLOCKS" >&2; exit 2 ;; esac
+    power_args+=(--previous-bin "$(tests/upgrade/previous.sh)") ;;
   *) echo "chaos: MIXED must be 1, not ${MIXED}" >&2; exit 2 ;;
 esac
 

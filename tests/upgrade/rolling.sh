@@ -15,15 +15,17 @@
 #   - after the upgrade and after the downgrade, every node answers 200 for every packet
 #     acknowledged: the 3,000 loaded before and each one the streams got a 204 for
 #     (`gaps --acked-out`);
-#   - after the upgrade every member reports this build in /cluster/status and in its data
-#     dir's build record; after the downgrade every member reports none (the previous release
-#     has no build report);
+#   - after the upgrade every node runs this build's binary, reports it in its own
+#     /cluster/status and every member reports it to node 1, and every data dir's build record
+#     names it; after the downgrade every node runs the previous release's binary and reports
+#     no build of its own (that release has no build report);
 #   - a backup made by each build restores and verifies with the other (`pkraft backup`,
-#     `restore`, `verify`), with every packet in it.
+#     `restore`, `verify`), holding every packet acknowledged before it and no key never sent.
 # Results: a line per step and a summary on stderr.
 #
-# Env: UPGRADE_BIN (dir with this build's release pkraft and pkraft-bench, default
-# target/release), UPGRADE_GAP_MAX_MS.
+# Env: UPGRADE_BIN (dir with this build's pkraft and pkraft-bench, default target/release),
+# UPGRADE_PROFILE (the previous release's build: release, the default, or debug; previous.sh),
+# UPGRADE_GAP_MAX_MS.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/pkraft.sh
@@ -37,7 +39,9 @@ export PKRAFT_BENCH=$bin/pkraft-bench
 bench=$PKRAFT_BENCH
 log() { echo "upgrade: $*" >&2; }
 
-old_dir=$(dirname "$(tests/upgrade/previous.sh)")
+# (Two steps: in `$(dirname "$(…)")` a failing build would pass as dirname's success.)
+old_bin=$(tests/upgrade/previous.sh)
+old_dir=$(dirname "$old_bin")
 log "from $("$old_dir/pkraft" --version) ($previous) to $("$bin/pkraft" --version) and back"
 
 # The previous release's own limits-off section: it refuses fields added since
@@ -145,17 +149,37 @@ PY
   done
 }
 
-# members_report BUILD: every member's build in /cluster/status, asked of node 1 ("none": no
-# build report, as from the previous release).
+# runs_binary BIN: every node's process runs BIN.
+runs_binary() {
+  local n want
+  want=$(readlink -f "$1")
+  for n in 1 2 3; do
+    [ "$(readlink -f "/proc/${node_pid[$n]}/exe")" = "$want" ] ||
+      fail "node $n runs $(readlink -f "/proc/${node_pid[$n]}/exe"), not $want"
+  done
+}
+
+# reports_itself BUILD: every node's own report in its /cluster/status names BUILD's version
+# ("none": no build, as the previous release reports).
+reports_itself() {
+  local n
+  for n in 1 2 3; do
+    python3 -c 'import json, sys, urllib.request
+with urllib.request.urlopen(f"http://{sys.argv[1]}/cluster/status", timeout=5) as answer:
+    build = json.load(answer)["node"].get("build")
+want = sys.argv[2]
+assert (build is None) if want == "none" else (build and build["version"] == want), build' \
+      "${node_admin[$n]}" "$1" || fail "node $n does not report build $1 of its own"
+  done
+}
+
+# members_report VERSION: every member reports VERSION in node 1's /cluster/status (node 1
+# reads its peers' statuses with the types of its own build: this build's, here).
 members_report() {
   "$bin/pkraft" cluster --admin "${node_admin[1]}" status --json |
     python3 -c 'import json, sys
-s = json.load(sys.stdin)
-builds = {m["id"]: (m["status"] or {}).get("build") for m in s["members"]}
-want = sys.argv[1]
-ok = all(b is None for b in builds.values()) if want == "none" else \
-    all(b and b["version"] == want for b in builds.values())
-assert ok, builds' "$1"
+builds = {m["id"]: (m["status"] or {}).get("build") for m in json.load(sys.stdin)["members"]}
+assert all(b and b["version"] == sys.argv[1] for b in builds.values()), builds' "$1"
 }
 
 roll up "$bin"
@@ -167,6 +191,8 @@ for n in 1 2 3; do
     fail "node $n's build record: $(cat "$work/cluster/node$n/data/build")"
 done
 members_report "$version" || fail "after the upgrade, not every member reports this build"
+runs_binary "$bin/pkraft"
+reports_itself "$version"
 "$bin/pkraft" backup --admin "${node_admin[1]}" --token-file "$work/admin-token" \
   "$work/this-build.pkrbak" >/dev/null || fail "this build's backup failed"
 # What a backup holds: every packet acknowledged so far, and at most every key used so far
@@ -175,7 +201,8 @@ this_build_holds="$((preload + $(wc -l <"$work/acked.txt"))) $first_key"
 
 roll down "$old_dir"
 every_node_serves_what_was_acknowledged "after the downgrade"
-members_report none || fail "after the downgrade, a member still reports a build"
+runs_binary "$old_bin"
+reports_itself none
 "$old_dir/pkraft" backup --admin "${node_admin[1]}" --token-file "$work/admin-token" \
   "$work/previous.pkrbak" >/dev/null || fail "the previous release's backup failed"
 previous_holds="$((preload + $(wc -l <"$work/acked.txt"))) $first_key"

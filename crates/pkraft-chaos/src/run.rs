@@ -85,10 +85,10 @@ pub struct RunConfig {
     /// Rounds of the clock faults only: the way to count many of them.
     #[arg(long, conflicts_with_all = ["power_cuts_only", "partitions_only", "corruption_only", "clocks"])]
     pub clocks_only: bool,
-    /// A mixed-version cluster: some members run this binary, the previous release
-    /// (`tests/upgrade/previous.sh` builds it), across all their restarts; the others and every
-    /// node added later run `--bin`. Not with the clock faults: a leader of a release before
-    /// 0.2.0 expires by its own clock.
+    /// The previous release's binary (`tests/upgrade/previous.sh` builds it), for a
+    /// mixed-version cluster: the members `--previous-nodes` names run it across all their
+    /// restarts; the others and every node added later run `--bin`. Not with the clock faults:
+    /// a leader of a release before 0.2.0 expires by its own clock.
     #[arg(long, conflicts_with_all = ["clocks", "clocks_only"])]
     pub previous_bin: Option<PathBuf>,
     /// The members that run `--previous-bin` (comma-separated ids); without it the seed picks
@@ -187,8 +187,8 @@ impl RunConfig {
         } else {
             ""
         };
-        // The members the seed picks; those given by hand are not replayed by this.
-        let mixed = if self.previous_bin.is_some() {
+        // The members the seed picks (`make chaos` cannot name them by hand).
+        let mixed = if self.previous_bin.is_some() && self.previous_nodes.is_empty() {
             " MIXED=1"
         } else {
             ""

@@ -12,8 +12,8 @@
 //! record is a report: no format decision is taken from it (each file carries its own
 //! version). A record that does not parse is named in a warning and written anew, its creator
 //! then unknown, never read as something it is not. A line of a key this build does not know
-//! (`word FIELDS...`) is a later release's: kept as it is, so that a downgrade loses nothing
-//! of the record.
+//! (`word`, `word FIELDS...`) is a later release's: kept as it is, so that a downgrade loses
+//! nothing of the record. (0.2.0 took such a line for damage.)
 
 use std::io::Write;
 use std::path::Path;
@@ -96,7 +96,7 @@ fn parse(text: &str) -> Result<BuildRecord, String> {
             [] => continue,
             ["created_by", version, commit] => (&mut created_by, version, commit),
             ["last_started_by", version, commit] => (&mut last_started_by, version, commit),
-            [key, _, ..] if is_later_key(key) => {
+            [key, ..] if is_later_key(key) => {
                 later_lines.push(line.trim().to_string());
                 continue;
             }
@@ -205,20 +205,20 @@ mod tests {
         std::fs::write(
             dir.path().join(BUILD_RECORD_FILE),
             "created_by 0.2.0 aaaaaaaaaaaa\nlast_started_by 0.4.0 cccccccccccc\n\
-             downgraded_from 0.4.0 cccccccccccc 2027-01-01\n",
+             downgraded_from 0.4.0 cccccccccccc 2027-01-01\nsealed\n",
         )
         .expect("write");
         let before =
             record_start(dir.path(), &build("0.3.0", "bbbbbbbbbbbb"), true).expect("record");
         assert!(
-            matches!(&before, Before::Record(record) if record.later_lines.len() == 1),
+            matches!(&before, Before::Record(record) if record.later_lines.len() == 2),
             "{before:?}"
         );
         let text = std::fs::read_to_string(dir.path().join(BUILD_RECORD_FILE)).expect("read");
         assert_eq!(
             text,
             "created_by 0.2.0 aaaaaaaaaaaa\nlast_started_by 0.3.0 bbbbbbbbbbbb\n\
-             downgraded_from 0.4.0 cccccccccccc 2027-01-01\n"
+             downgraded_from 0.4.0 cccccccccccc 2027-01-01\nsealed\n"
         );
     }
 

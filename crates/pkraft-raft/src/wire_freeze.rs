@@ -38,7 +38,7 @@ fn log_id() -> Option<LogId<u64>> {
     Some(LogId::new(CommittedLeaderId::new(3, 1), 7))
 }
 
-/// `pre-vote` and `membership` (`elect` answers `Result<(), PeerError>`: the peer errors).
+/// `pre-vote`, `membership` and `elect` (both answer `Result<(), PeerError>`).
 fn election_and_membership() -> Vec<Pinned> {
     vec![
         (
@@ -80,6 +80,11 @@ fn election_and_membership() -> Vec<Pinned> {
             ]),
             "000403613a310101010400020500".to_string(),
         ),
+        (
+            "membership and elect answers",
+            hex(&[Ok(()), Err(PeerError::Refused("r".to_string()))]),
+            "0001020172".to_string(),
+        ),
     ]
 }
 
@@ -99,6 +104,12 @@ fn records_scrub_and_errors() -> Vec<Pinned> {
             }),
             "016e01760901".to_string(),
         ),
+        (
+            "short-lived record answer",
+            hex(&Ok::<u64, PeerError>(7)),
+            "0007".to_string(),
+        ),
+        ("packet-check request", hex(&[0xab_u8; 32]), "ab".repeat(32)),
         (
             "short-lived records",
             hex(&vec![record]),

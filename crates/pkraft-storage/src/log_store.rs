@@ -48,6 +48,7 @@ use segments::{SEGMENT_TARGET_BYTES, Segments};
 /// `raft-log.redb`, with the entries in a table.) A change an older build cannot read (a new
 /// segment format, a meta value of another type) raises it: an older build then refuses the
 /// whole log at open, naming both versions, before it reads anything it could take for damage.
+/// The segment format's number is this one (`the_segment_format_is_the_log_schema_version`).
 pub const LOG_SCHEMA_VERSION: u64 = 2;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;

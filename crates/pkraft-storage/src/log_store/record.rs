@@ -37,17 +37,6 @@ pub(crate) const RECORD_MAX: u32 = 256 * 1024 * 1024;
 /// header claiming a larger append is garbage.
 pub(crate) const APPEND_MAX: u64 = 1 << 24;
 
-/// The format version in a segment header of a later release (`PKRLOG3\0` and on), which this
-/// build cannot read. (A later segment format also raises `LOG_SCHEMA_VERSION`, which refuses
-/// the log before any segment is read; this is the second line of that refusal, so that such a
-/// segment is never taken for damage and repaired away.)
-pub(crate) fn later_format(bytes: &[u8]) -> Option<u8> {
-    match bytes.get(..MAGIC_LEN)? {
-        [b'P', b'K', b'R', b'L', b'O', b'G', digit @ b'3'..=b'9', 0] => Some(digit - b'0'),
-        _ => None,
-    }
-}
-
 /// A segment's record format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {

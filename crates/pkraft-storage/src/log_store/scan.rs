@@ -23,8 +23,7 @@ use std::sync::Arc;
 
 use super::damage::Damage;
 use super::record::{
-    Format, MAGIC, MAGIC_LEN, RECORD_HEADER, SEGMENT_HEADER, find_record, later_format,
-    parse_record,
+    Format, MAGIC, MAGIC_LEN, RECORD_HEADER, SEGMENT_HEADER, find_record, parse_record,
 };
 use super::segments::{Segment, segment_first_index};
 use super::synced_mark::SyncedMark;
@@ -54,16 +53,6 @@ pub(crate) fn scan(
     let file = OpenOptions::new().read(true).write(true).open(&path)?;
     let bytes = fs::read(&path)?;
     let Some((format, header_len)) = Format::of(&bytes) else {
-        if let Some(version) = later_format(&bytes) {
-            return Err(ScanError::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} is a log segment of format {version}, which a later release writes; \
-                     this build reads formats 1 and 2 (docs/OPERATIONS.md, \"Upgrading\")",
-                    path.display()
-                ),
-            )));
-        }
         // Cut inside the header, or never written: the crash came while the segment was being
         // created, before anything was appended to it.
         let unwritten = bytes.len() < SEGMENT_HEADER

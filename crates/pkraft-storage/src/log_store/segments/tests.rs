@@ -508,25 +508,13 @@ fn format_1_segments_are_read_and_appends_go_to_a_new_segment() {
     assert_eq!(read(&segments, 0, 100), expected(1, 9));
 }
 
-/// A downgrade onto a log a later release wrote: refused with a message, never repaired away.
+/// The segment format's number is the log schema's: a later segment format raises
+/// `LOG_SCHEMA_VERSION` with it, so that an older build refuses the whole log at open (naming
+/// both versions) instead of taking the new segments for damage and setting them aside.
 #[test]
-fn a_segment_of_a_later_format_is_refused_and_left_as_it_is() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_v1_segment(dir.path(), 1, &expected(1, 6));
-    let mut bytes = fs::read(&path).expect("read");
-    bytes[..MAGIC_LEN].copy_from_slice(b"PKRLOG3\0");
-    fs::write(&path, &bytes).expect("write");
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
-        .err()
-        .expect("a later format is refused");
-    assert!(Damage::of(&err).is_none(), "taken for damage: {err}");
-    assert!(
-        err.to_string()
-            .contains("is a log segment of format 3, which a later release writes"),
-        "{err}"
-    );
-    assert_eq!(fs::read(&path).expect("read"), bytes);
-    assert_eq!(segment_files(dir.path()), [segment_file_name(1)]);
+fn the_segment_format_is_the_log_schema_version() {
+    let magic = format!("PKRLOG{}\0", crate::log_store::LOG_SCHEMA_VERSION);
+    assert_eq!(MAGIC, magic.as_bytes());
 }
 
 #[test]

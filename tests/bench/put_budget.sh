@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Where a PUT's CPU goes, stage by stage (`make bench-put-budget`; docs/BENCHMARKS.md, "The
+# budget of a PUT"). The release binary under `make bench`'s PUT load (pkraft-bench put, 64
+# connections, 20,000 keys of one new version a round):
+#   - single node: BUDGET_ROUNDS rounds (default 3), each one measured round (the server's
+#     utime + stime over the PUTs acknowledged: CPU per PUT, as `make bench` counts it) and one
+#     under `perf record --call-graph dwarf` (the samples' shares by stage:
+#     tests/bench/put_budget.py). A stage's µs per PUT is its share times the measured CPU per
+#     PUT, so that perf's own cost is not counted.
+#   - the 3-node cluster (BUDGET_CLUSTER=1, the default): the same with PUTs through every node,
+#     the leader and a follower profiled at once.
+# Prints one table per process (the median of the rounds) and writes the rounds' JSON to
+# BUDGET_OUT (default target/bench-put-budget.jsonl).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
+
+bin=${BENCH_BIN_DIR:-target/release}
+rounds=${BUDGET_ROUNDS:-3}
+keys=${BUDGET_KEYS:-20000}
+hz=${BUDGET_PERF_HZ:-199}
+with_cluster=${BUDGET_CLUSTER:-1}
+out=${BUDGET_OUT:-target/bench-put-budget.jsonl}
+concurrency=64
+need_bins put-budget "$bin"
+command -v perf >/dev/null || { echo "put-budget: perf is needed (Debian's linux-perf)" >&2; exit 2; }
+export PKRAFT_BENCH=$bin/pkraft-bench
+bench=$PKRAFT_BENCH
+PKRAFT_EXTRA_TOML=$(limits_off_toml)
+export PKRAFT_EXTRA_TOML
+ticks_per_s=$(getconf CLK_TCK)
+log() { echo "put-budget: $*" >&2; }
+
+work=$(mktemp -d)
+single_pid=
+# shellcheck disable=SC2034  # filled by cluster_up
+declare -A node_pid node_http node_dns node_admin
+cleanup() {
+  [ -z "$single_pid" ] || stop_process_groups "$single_pid"
+  cluster_down "$work/cluster"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { log "FAIL: $*"; print_log_tails "$work"; exit 1; }
+
+# Two PUT runs a round (measured, profiled), each a new version of every key.
+"$bench" gen --keys "$keys" --versions $((2 * rounds + 1)) --out "$work/data.bin" >/dev/null
+
+# put_round VERSION URL...: every key's VERSION through the URLs; prints the JSON report.
+put_round() {
+  local version=$1; shift
+  local urls=() u
+  for u in "$@"; do urls+=(--url "$u"); done
+  "$bench" put --data "$work/data.bin" --version "$version" "${urls[@]}" --concurrency "$concurrency"
+}
+
+# The processes measured now, for wait_idle.
+busy_pids=""
+busy_ticks() {
+  # shellcheck disable=SC2086  # one pid per word
+  process_group_ticks $busy_pids
+}
+
+# measure SYSTEM VERSION ROLES URLS: one un-profiled run of VERSION through URLS; ROLES are
+# role=pid words (node=123, or leader=… follower=…). Appends {system, version, put_s, acked,
+# cpu_us_per_put by role} to measured.jsonl.
+measure() {
+  local system=$1 version=$2 roles=$3 urls=$4 role
+  local -A before
+  busy_pids=$(for role in $roles; do echo "${role#*=}"; done)
+  wait_idle busy_ticks || log "the servers are still busy after 10 s; measuring anyway"
+  for role in $roles; do before[$role]=$(process_group_ticks "${role#*=}"); done
+  # shellcheck disable=SC2086  # one URL per word
+  put_round "$version" $urls >"$work/run.json"
+  wait_idle busy_ticks || true
+  local ticks=()
+  for role in $roles; do
+    ticks+=("${role%%=*}=$(($(process_group_ticks "${role#*=}") - before[$role]))")
+  done
+  python3 - "$work/run.json" "$ticks_per_s" "$system" "$version" "${ticks[@]}" <<'PY' >>"$work/measured.jsonl"
+import json, sys
+run, hz, system, version = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+acked = run["status"].get("204", 0)
+cpu = {t.split("=")[0]: int(t.split("=")[1]) * 1e6 / hz / max(acked, 1) for t in sys.argv[5:]}
+print(json.dumps({"system": system, "version": version, "put_s": run["rps"], "acked": acked,
+                  "cpu_us_per_put": cpu}))
+PY
+}
+
+# profile SYSTEM VERSION ROLES URLS: the same run with each role's process under perf; appends
+# each role's samples by stage to profiled.jsonl.
+profile() {
+  local system=$1 version=$2 roles=$3 urls=$4 role perf_pids=() pid
+  busy_pids=$(for role in $roles; do echo "${role#*=}"; done)
+  wait_idle busy_ticks || log "the servers are still busy after 10 s; profiling anyway"
+  for role in $roles; do
+    perf record -q -F "$hz" --call-graph dwarf,16384 -p "${role#*=}" \
+      -o "$work/perf-${role%%=*}.data" >/dev/null 2>&1 &
+    perf_pids+=($!)
+  done
+  sleep 1
+  # shellcheck disable=SC2086  # one URL per word
+  put_round "$version" $urls >"$work/run-profiled.json"
+  kill -INT "${perf_pids[@]}"
+  for pid in "${perf_pids[@]}"; do wait "$pid" || true; done
+  for role in $roles; do
+    perf script -i "$work/perf-${role%%=*}.data" 2>/dev/null |
+      python3 tests/bench/put_budget.py --system "$system" --role "${role%%=*}" \
+        --version "$version" >>"$work/profiled.jsonl"
+  done
+}
+
+# --- single node ---------------------------------------------------------------------------
+http=$(loopback_port); dns=$(loopback_port)
+single_node_config "$work/pkraft.toml" "$work/pkraft-data" "127.0.0.1:$http" "127.0.0.1:$dns"
+RUST_LOG=warn setsid "$bin/pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
+single_pid=$!
+for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$http/healthz" >/dev/null || fail "the single node did not start"
+single_url="http://127.0.0.1:$http/pkarr"
+put_round 0 "$single_url" >/dev/null
+for r in $(seq 1 "$rounds"); do
+  log "single node, round $r/$rounds"
+  measure single $((2 * r - 1)) "node=$single_pid" "$single_url"
+  profile single $((2 * r)) "node=$single_pid" "$single_url"
+done
+stop_process_groups "$single_pid"; single_pid=
+
+# --- 3-node cluster ------------------------------------------------------------------------
+if [ "$with_cluster" = 1 ]; then
+  RUST_LOG=warn cluster_up "$bin" "$work/cluster" 3 bench-cluster-secret-not-for-production ||
+    fail "the cluster did not start"
+  urls="${node_http[1]} ${node_http[2]} ${node_http[3]}"
+  # shellcheck disable=SC2086
+  put_round 0 $urls >/dev/null
+  for r in $(seq 1 "$rounds"); do
+    leader=$("$bench" cluster settled --admin "${node_admin[1]}" --voters 3 --timeout-secs 60) ||
+      fail "the cluster did not settle"
+    follower=$((leader % 3 + 1))
+    log "cluster, round $r/$rounds (leader: node $leader)"
+    measure cluster $((2 * r - 1)) "leader=${node_pid[$leader]} follower=${node_pid[$follower]}" "$urls"
+    profile cluster $((2 * r)) "leader=${node_pid[$leader]} follower=${node_pid[$follower]}" "$urls"
+  done
+fi
+
+mkdir -p "$(dirname "$out")"
+cat "$work/measured.jsonl" "$work/profiled.jsonl" >"$out"
+python3 tests/bench/put_budget.py --report "$work/measured.jsonl" "$work/profiled.jsonl"
