@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release upgrade-test upgrade-smoke clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release upgrade-test upgrade-smoke bench-put-budget clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -238,6 +238,13 @@ ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chao
 upgrade-test:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	UPGRADE_BIN=$(TARGET_DIR)/release tests/upgrade/rolling.sh
+
+## Where a PUT's CPU goes, stage by stage: perf on the release build under make bench's PUT load,
+## one node and the leader and a follower of a 3-node cluster (docs/BENCHMARKS.md, "The budget
+## of a PUT"; about 5 minutes; perf from Debian's linux-perf).
+bench-put-budget:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/put_budget.sh
 
 ## The same rolling upgrade and downgrade with debug builds of both (the previous release's
 ## built into target/upgrade/<rev>-debug/, about 2 minutes), and one seed of mixed-version chaos

@@ -23,10 +23,13 @@ import sys
 # (stage, pattern): a sample is the first stage whose pattern matches any frame of its stack. A
 # frame is "symbol+offset (dso)" as perf script prints it.
 STAGES = [
-    ("signature check", r"ed25519|curve25519|VerifiedPacket|PublicKey::verify"),
-    ("compile (DNS answers)", r"compiled::|compile_answers|CompiledAnswer"),
-    ("apply (state machine)", r"state_machine::|RaftStateMachine"),
-    ("log append + sync", r"log_store|segments::|synced_mark|fdatasync|fsync"),
+    # Not a PUT's: the scrub's sweep re-verifies stored packets in the background.
+    ("background scrub", r"scrub::|scrub_packets|sweep_state"),
+    ("key and signature check", r"ed25519|curve25519|VerifiedPacket::verify|parse_z32_key"),
+    ("compile (DNS answers)", r"compiled::|answers_row"),
+    ("apply: redb commit", r"ApplyTxn::commit"),
+    ("apply: rows (packets, answers, expiry)", r"ApplyTxn|state_machine::|RaftStateMachine"),
+    ("log append + sync", r"log_store|segments::|synced_mark|fdatasync|sync_data"),
     ("replicate", r"openraft::replication|pkraft_peer::|append_entries|install_snapshot"),
     ("log encode", r"postcard::|codec::encode"),
     ("queue + batch", r"write_path::|batcher"),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Where a PUT's CPU goes, stage by stage (`make bench-put-budget`; docs/BENCHMARKS.md, "The
 # budget of a PUT"). The release binary under `make bench`'s PUT load (pkraft-bench put, 64
-# connections, 20,000 keys of one new version a round):
+# connections), 60,000 keys (BUDGET_KEYS) of one new version a run, so that a profiled run
+# lasts seconds; perf at 499 Hz (BUDGET_PERF_HZ):
 #   - single node: BUDGET_ROUNDS rounds (default 3), each one measured round (the server's
 #     utime + stime over the PUTs acknowledged: CPU per PUT, as `make bench` counts it) and one
 #     under `perf record --call-graph dwarf` (the samples' shares by stage:
@@ -18,8 +19,8 @@ source tests/lib/pkraft.sh
 
 bin=${BENCH_BIN_DIR:-target/release}
 rounds=${BUDGET_ROUNDS:-3}
-keys=${BUDGET_KEYS:-20000}
-hz=${BUDGET_PERF_HZ:-199}
+keys=${BUDGET_KEYS:-60000}
+hz=${BUDGET_PERF_HZ:-499}
 with_cluster=${BUDGET_CLUSTER:-1}
 out=${BUDGET_OUT:-target/bench-put-budget.jsonl}
 concurrency=64
