@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release upgrade-test upgrade-smoke bench-put-budget clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release upgrade-test upgrade-smoke bench-put-budget bench-guard clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -99,6 +99,15 @@ bench-latency:
 ## 2 minutes.
 bench-ab:
 	tests/bench/ab.sh
+
+## The write path's guard: this tree's release build against a base commit's (BENCH_BASE, default
+## HEAD when the crates differ from it, else HEAD~1; built from git archive into
+## target/bench-base/<commit>/, about 5 minutes the first time), through bench-ab. Its last line,
+## B/A of PUT/s and CPU per PUT, goes into the message of every commit that touches the PUT path
+## (docs/BENCHMARKS.md, "The write path's history"); about 10 minutes with iroh-dns-server.
+bench-guard:
+	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
+	BENCH_B=$(TARGET_DIR)/release tests/bench/guard.sh
 
 ## The UDP answer path of two builds side by side with response rate limiting on, its limits
 ## far above the load (BENCH_A, BENCH_B as for bench-ab): dnsperf q/s per round and the

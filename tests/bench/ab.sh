@@ -151,4 +151,17 @@ for s in ("a-single", "b-single", "a-cluster", "b-cluster", "iroh"):
     print(f"{s:10} {med(s, 'rps'):10.0f} {' '.join(f'{x:.0f}' for x in per):>24} "
           f"{statistics.median(ratios):8.2f} {med(s, 'p50_ms'):7.2f} {med(s, 'p99_ms'):7.2f} "
           f"{med(s, 'server_cpu_us'):7.0f} {med(s, 'machine_idle_pct'):7.1f}")
+# The line a commit that touches the PUT path carries (tests/bench/guard.sh): B to A of the same
+# round, PUT/s and CPU per PUT, median over the rounds.
+parts = []
+for kind in ("single", "cluster"):
+    a, b = by.get("a-" + kind), by.get("b-" + kind)
+    if not a or not b:
+        continue
+    rps = [y["rps"] / x["rps"] for x, y in zip(a, b)]
+    cpu = [y["server_cpu_us"] / max(x["server_cpu_us"], 1e-9) for x, y in zip(a, b)]
+    parts.append(f"{kind} PUT/s {statistics.median(rps):.2f} (rounds "
+                 f"{' '.join(f'{r:.2f}' for r in rps)}), CPU per PUT {statistics.median(cpu):.2f} "
+                 f"({med('a-' + kind, 'server_cpu_us'):.0f} -> {med('b-' + kind, 'server_cpu_us'):.0f} us)")
+print(f"B/A over {len(runs) // max(len(by), 1)} rounds: " + "; ".join(parts))
 PY

@@ -259,3 +259,36 @@ disabled = true
 enabled = false
 TOML
 }
+
+# build_revision REV PROFILE OUT_DIR PACKAGE...: the binaries of PACKAGE... as commit REV builds
+# them (PROFILE release or debug), from `git archive` alone (never the work tree), installed into
+# OUT_DIR; nothing is built when OUT_DIR already holds them all. REV's own Cargo.lock is used
+# (--locked). The target dir beside OUT_DIR (its parent's target/) keeps later builds of
+# nearby revisions incremental. Fails naming REV when this clone lacks it (a shallow clone
+# needs `git fetch --unshallow`). Progress goes to stderr.
+build_revision() {
+  local rev=$1 profile=$2 out=$3 package missing=() src flags=()
+  shift 3
+  for package in "$@"; do [ -x "$out/$package" ] || missing+=("$package"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  git cat-file -e "$rev^{commit}" 2>/dev/null || {
+    echo "build_revision: this clone lacks revision $rev (a shallow clone needs" \
+      "'git fetch --unshallow')" >&2
+    return 2
+  }
+  [ "$profile" = release ] && flags=(--release)
+  local parent
+  mkdir -p "$(dirname "$out")"
+  parent=$(cd "$(dirname "$out")" && pwd)
+  src=$(mktemp -d "$parent/src.XXXXXX")
+  git archive "$rev" | tar -x -C "$src"
+  local args=() p
+  for p in "${missing[@]}"; do args+=(-p "$p"); done
+  echo "build_revision: building ${missing[*]} of $rev ($profile)" >&2
+  if ! (cd "$src" && CARGO_TARGET_DIR=$parent/target cargo build "${flags[@]}" --locked "${args[@]}" >&2); then
+    rm -rf "$src"
+    return 1
+  fi
+  rm -rf "$src"
+  for p in "${missing[@]}"; do install -D -m 0755 "$parent/target/$profile/$p" "$out/$p"; done
+}

@@ -8,27 +8,16 @@
 # (tests/chaos/run.sh, MIXED=1). Progress goes to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=tests/lib/pkraft.sh
+source tests/lib/pkraft.sh
 
 previous=$(tr -d '[:space:]' <tests/upgrade/PREVIOUS)
 profile=${UPGRADE_PROFILE:-release}
 case "$profile" in
-  release) old_dir=$PWD/target/upgrade/$previous flags=(--release) ;;
-  debug) old_dir=$PWD/target/upgrade/$previous-debug flags=() ;;
+  release) old_dir=$PWD/target/upgrade/$previous ;;
+  debug) old_dir=$PWD/target/upgrade/$previous-debug ;;
   *) echo "upgrade: UPGRADE_PROFILE must be release or debug, not $profile" >&2; exit 2 ;;
 esac
-if [ ! -x "$old_dir/pkraft" ]; then
-  git cat-file -e "$previous^{commit}" 2>/dev/null || {
-    echo "upgrade: this clone lacks the previous release's revision $previous" \
-      "(tests/upgrade/PREVIOUS); a shallow clone needs 'git fetch --unshallow'" >&2
-    exit 2
-  }
-  echo "upgrade: building the previous release ($previous, $profile)" >&2
-  src=$PWD/target/upgrade/src-$previous
-  rm -rf "$src"
-  mkdir -p "$src"
-  git archive "$previous" | tar -x -C "$src"
-  (cd "$src" && CARGO_TARGET_DIR=$PWD/../target cargo build "${flags[@]}" --locked -p pkraft >&2)
-  install -D -m 0755 "$PWD/target/upgrade/target/$profile/pkraft" "$old_dir/pkraft"
-  rm -rf "$src"
-fi
+echo "upgrade: the previous release is $previous ($profile)" >&2
+build_revision "$previous" "$profile" "$old_dir" pkraft
 echo "$old_dir/pkraft"

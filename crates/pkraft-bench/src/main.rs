@@ -211,12 +211,18 @@ enum Command {
     },
     /// Time pkraft's packet check (`VerifiedPacket::verify_stored`: signature, timestamp, DNS
     /// parse, from the key's bytes as a forwarded packet carries them) over every packet of
-    /// DATA, ROUNDS times; prints the microseconds per packet of each round.
+    /// DATA, ROUNDS times; then the ed25519 check alone (keys decompressed beforehand), one
+    /// signature at a time as pkarr checks it and in batches of each BATCH
+    /// (`ed25519_dalek::verify_batch`). Prints the microseconds per packet of each round.
     Verify {
         #[arg(long)]
         data: PathBuf,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Batch sizes of the batch check.
+        #[arg(long, value_delimiter = ',', default_values_t = [8, 16, 32, 64],
+              value_parser = clap::value_parser!(u16).range(1..))]
+        batch: Vec<u16>,
     },
     /// Silent and one-way partitions beside kills, on 3 nodes of PKRAFT in network namespaces
     /// (needs root, ip, iptables): TRIALS kills and black-holed leaders, ONE_WAY_TRIALS of each
@@ -810,7 +816,11 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|_| anyhow::anyhow!("the partition trials panicked"))??;
             print(&report)?;
         }
-        Command::Verify { data, rounds } => print(&verify_cost(&DataSet::read(&data)?, rounds)?)?,
+        Command::Verify {
+            data,
+            rounds,
+            batch,
+        } => print(&verify_cost(&DataSet::read(&data)?, rounds, &batch)?)?,
         Command::Steady {
             data,
             put_url,
@@ -1109,7 +1119,11 @@ impl ConfigExtras {
 }
 
 /// Microseconds per packet of `VerifiedPacket::verify_stored` over `data`, per round.
-fn verify_cost(data: &DataSet, rounds: usize) -> anyhow::Result<serde_json::Value> {
+fn verify_cost(
+    data: &DataSet,
+    rounds: usize,
+    batches: &[u16],
+) -> anyhow::Result<serde_json::Value> {
     let packets: Vec<([u8; 32], Bytes)> = data
         .keys
         .iter()
@@ -1121,19 +1135,91 @@ fn verify_cost(data: &DataSet, rounds: usize) -> anyhow::Result<serde_json::Valu
         })
         .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!packets.is_empty(), "no packets in the data set");
+    verify_cost_of(&packets, rounds, batches)
+}
+
+/// [`verify_cost`] over `packets` (each key's bytes and a payload).
+fn verify_cost_of(
+    packets: &[([u8; 32], Bytes)],
+    rounds: usize,
+    batches: &[u16],
+) -> anyhow::Result<serde_json::Value> {
     let mut per_packet_us = Vec::new();
     for _ in 0..rounds {
         let started = std::time::Instant::now();
-        for (key, payload) in &packets {
+        for (key, payload) in packets {
             pkraft_types::VerifiedPacket::verify_stored(key, payload.clone())?;
         }
         per_packet_us.push(started.elapsed().as_secs_f64() * 1e6 / packets.len() as f64);
+    }
+    // pkarr's `PublicKey::verify` is this trait's `verify` (not `verify_strict`).
+    use ed25519_dalek::Verifier as _;
+    let signatures = signature_checks(packets)?;
+    let mut single_us = Vec::new();
+    for _ in 0..rounds {
+        let started = std::time::Instant::now();
+        for check in &signatures {
+            check.key.verify(&check.message, &check.signature)?;
+        }
+        single_us.push(started.elapsed().as_secs_f64() * 1e6 / signatures.len() as f64);
+    }
+    let mut batch_us = serde_json::Map::new();
+    for &size in batches {
+        let mut per_signature = Vec::new();
+        for _ in 0..rounds {
+            let started = std::time::Instant::now();
+            for chunk in signatures.chunks(usize::from(size)) {
+                check_batch(chunk)?;
+            }
+            per_signature.push(started.elapsed().as_secs_f64() * 1e6 / signatures.len() as f64);
+        }
+        batch_us.insert(size.to_string(), serde_json::json!(per_signature));
     }
     Ok(serde_json::json!({
         "op": "verify",
         "packets": packets.len(),
         "per_packet_us": per_packet_us,
+        "signature_us": single_us,
+        "batch_signature_us": batch_us,
     }))
+}
+
+/// One packet's ed25519 check: what pkarr's `PublicKey::verify` is given.
+struct SignatureCheck {
+    key: ed25519_dalek::VerifyingKey,
+    message: Vec<u8>,
+    signature: ed25519_dalek::Signature,
+}
+
+/// `checks` in one `ed25519_dalek::verify_batch`: fails if any signature in it is bad.
+fn check_batch(checks: &[SignatureCheck]) -> Result<(), ed25519_dalek::SignatureError> {
+    let messages: Vec<&[u8]> = checks.iter().map(|c| c.message.as_slice()).collect();
+    let signatures: Vec<_> = checks.iter().map(|c| c.signature).collect();
+    let keys: Vec<_> = checks.iter().map(|c| c.key).collect();
+    ed25519_dalek::verify_batch(&messages, &signatures, &keys)
+}
+
+/// The signature checks of `packets`, their keys decompressed (the relay decompresses a key
+/// once, when it parses the URL, so the check alone does not pay for it).
+fn signature_checks(packets: &[([u8; 32], Bytes)]) -> anyhow::Result<Vec<SignatureCheck>> {
+    use pkraft_types::payload::SIGNATURE_LEN;
+    packets
+        .iter()
+        .map(|(key, body)| {
+            let payload = pkraft_types::Payload::new(body.clone())?;
+            let signature = body
+                .get(..SIGNATURE_LEN)
+                .context("a payload shorter than its signature")?;
+            Ok(SignatureCheck {
+                key: ed25519_dalek::VerifyingKey::from_bytes(key)?,
+                message: pkraft_types::packet::bep44_signable(
+                    payload.timestamp_micros(),
+                    payload.dns_packet(),
+                ),
+                signature: ed25519_dalek::Signature::from_slice(signature)?,
+            })
+        })
+        .collect()
 }
 
 /// `SECTION.KEY=VALUE` as `(SECTION, "KEY = VALUE")`; VALUE is TOML as written.
@@ -1227,5 +1313,64 @@ async fn run_cluster(command: ClusterCommand) -> anyhow::Result<()> {
             println!("{}", cluster::leader(admin).await?);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packets of a small data set, as `verify_cost` reads them.
+    fn packets() -> Vec<([u8; 32], Bytes)> {
+        let data = DataSet::generate(12, 1, 7, 1_700_000_000_000_000, 0).expect("data set");
+        data.keys
+            .iter()
+            .map(|key| {
+                let public: pkarr::PublicKey = key.z32.as_str().try_into().expect("a key");
+                (
+                    public.to_bytes(),
+                    Bytes::from(key.versions[0].payload.clone()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_batch_check_passes_good_signatures_and_fails_a_batch_with_a_bad_one() {
+        let mut checks = signature_checks(&packets()).expect("checks");
+        use ed25519_dalek::Verifier as _;
+        for check in &checks {
+            check
+                .key
+                .verify(&check.message, &check.signature)
+                .expect("each signature alone");
+        }
+        check_batch(&checks).expect("all in one batch");
+        // One packet's signed bytes changed: its batch fails, the batch without it passes.
+        checks[5].message.push(b'x');
+        assert!(check_batch(&checks[..8]).is_err(), "a batch holding it");
+        assert!(check_batch(&checks[6..]).is_ok(), "a batch without it");
+        assert!(check_batch(&checks[5..6]).is_err(), "a batch of it alone");
+    }
+
+    #[test]
+    fn verify_reports_every_batch_size_and_fails_on_a_bad_packet() {
+        let mut packets = packets();
+        let data = DataSet {
+            seed: 7,
+            keys: Vec::new(),
+        };
+        assert!(verify_cost(&data, 1, &[4]).is_err(), "no packets");
+        let report = verify_cost_of(&packets, 1, &[1, 4, 32]).expect("good packets");
+        let batches = report["batch_signature_us"].as_object().expect("batches");
+        let mut sizes: Vec<&str> = batches.keys().map(String::as_str).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, ["1", "32", "4"]);
+        assert_eq!(report["packets"], 12);
+        // A flipped bit in the signature fails pkraft's own check first.
+        let mut bad = packets[3].1.to_vec();
+        bad[10] ^= 1;
+        packets[3].1 = Bytes::from(bad);
+        assert!(verify_cost_of(&packets, 1, &[4]).is_err());
     }
 }

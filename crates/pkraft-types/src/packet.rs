@@ -110,8 +110,9 @@ fn pkarr_verify(key: &PublicKey, payload: &Payload) -> Result<(), PacketError> {
 }
 
 /// The string a pkarr packet's signature covers (BEP44's mutable item: `seq` is the timestamp,
-/// `v` the DNS packet), as pkarr builds it.
-fn bep44_signable(timestamp_micros: u64, dns: &[u8]) -> Vec<u8> {
+/// `v` the DNS packet), as pkarr builds it. Public for the benchmark of signature checks alone
+/// (`pkraft-bench verify`).
+pub fn bep44_signable(timestamp_micros: u64, dns: &[u8]) -> Vec<u8> {
     let mut signable = format!("3:seqi{timestamp_micros}e1:v{}:", dns.len()).into_bytes();
     signable.extend_from_slice(dns);
     signable
