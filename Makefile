@@ -96,7 +96,7 @@ bench-latency:
 ## The write path of two builds side by side (BENCH_A, BENCH_B: dirs with a release `pkraft` and
 ## `pkraft-bench` each, e.g. copies of target/release from two commits): single node and 3-node
 ## cluster PUT/s, p50/p99, CPU per PUT against iroh-dns-server (installed by `make bench`), about
-## 2 minutes.
+## 7 minutes (3 rounds; each run waits for the servers to go idle before and after).
 bench-ab:
 	tests/bench/ab.sh
 
@@ -104,7 +104,7 @@ bench-ab:
 ## HEAD when the crates differ from it, else HEAD~1; built from git archive into
 ## target/bench-base/<commit>/, about 5 minutes the first time), through bench-ab. Its last line,
 ## B/A of PUT/s and CPU per PUT, goes into the message of every commit that touches the PUT path
-## (docs/BENCHMARKS.md, "The write path's history"); about 10 minutes with iroh-dns-server.
+## (docs/BENCHMARKS.md, "The write path's history"); about 7 minutes once the base is built.
 bench-guard:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_B=$(TARGET_DIR)/release tests/bench/guard.sh

@@ -163,5 +163,7 @@ for kind in ("single", "cluster"):
     parts.append(f"{kind} PUT/s {statistics.median(rps):.2f} (rounds "
                  f"{' '.join(f'{r:.2f}' for r in rps)}), CPU per PUT {statistics.median(cpu):.2f} "
                  f"({med('a-' + kind, 'server_cpu_us'):.0f} -> {med('b-' + kind, 'server_cpu_us'):.0f} us)")
-print(f"B/A over {len(runs) // max(len(by), 1)} rounds: " + "; ".join(parts))
+if not parts:
+    sys.exit("ab: no round of A and B to compare")
+print(f"B/A over {len(runs) // len(by)} rounds: " + "; ".join(parts))
 PY

@@ -277,15 +277,24 @@ build_revision() {
     return 2
   }
   [ "$profile" = release ] && flags=(--release)
-  local parent
+  local parent commit
+  # For the binary's build record: the exported sources are no clone of their own.
+  commit=$(git rev-parse --short=12 "$rev^{commit}")
   mkdir -p "$(dirname "$out")"
   parent=$(cd "$(dirname "$out")" && pwd)
-  src=$(mktemp -d "$parent/src.XXXXXX")
-  git archive "$rev" | tar -x -C "$src"
+  # A fixed place, emptied first: what an interrupted build left there goes with the next one.
+  src=$parent/src-$commit
+  rm -rf "$src"
+  mkdir -p "$src"
+  # -m: the files get the time of extraction, not the commit's. With the commit's, cargo would
+  # take a shared target dir's crates, built from a later commit, for newer than an earlier
+  # commit's sources and reuse them (it compares times).
+  git archive "$rev" | tar -x -m -C "$src"
   local args=() p
   for p in "${missing[@]}"; do args+=(-p "$p"); done
   echo "build_revision: building ${missing[*]} of $rev ($profile)" >&2
-  if ! (cd "$src" && CARGO_TARGET_DIR=$parent/target cargo build "${flags[@]}" --locked "${args[@]}" >&2); then
+  if ! (cd "$src" && PKRAFT_BUILD_COMMIT=$commit CARGO_TARGET_DIR=$parent/target \
+    cargo build "${flags[@]}" --locked "${args[@]}" >&2); then
     rm -rf "$src"
     return 1
   fi
