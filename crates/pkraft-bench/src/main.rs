@@ -1144,36 +1144,49 @@ fn verify_cost_of(
     rounds: usize,
     batches: &[u16],
 ) -> anyhow::Result<serde_json::Value> {
-    let mut per_packet_us = Vec::new();
-    for _ in 0..rounds {
-        let started = std::time::Instant::now();
+    let per_packet_us = time_rounds(rounds, packets.len(), || {
         for (key, payload) in packets {
             pkraft_types::VerifiedPacket::verify_stored(key, payload.clone())?;
         }
-        per_packet_us.push(started.elapsed().as_secs_f64() * 1e6 / packets.len() as f64);
-    }
+        Ok(())
+    })?;
     // pkarr's `PublicKey::verify` is this trait's `verify` (not `verify_strict`).
     use ed25519_dalek::Verifier as _;
     let signatures = signature_checks(packets)?;
-    let mut single_us = Vec::new();
-    for _ in 0..rounds {
-        let started = std::time::Instant::now();
+    let single_us = time_rounds(rounds, signatures.len(), || {
         for check in &signatures {
             check.key.verify(&check.message, &check.signature)?;
         }
-        single_us.push(started.elapsed().as_secs_f64() * 1e6 / signatures.len() as f64);
-    }
+        Ok(())
+    })?;
+    // The same checks under ZIP 215's cofactored rule (docs/BENCHMARKS.md, "Batch signature
+    // checks"), where a batch accepts exactly what single checks accept.
+    let cofactored = cofactored_checks(packets)?;
+    let cofactored_single_us = time_rounds(rounds, cofactored.len(), || {
+        for check in &cofactored {
+            check.key.verify(&check.signature, &check.message)?;
+        }
+        Ok(())
+    })?;
     let mut batch_us = serde_json::Map::new();
+    let mut cofactored_batch_us = serde_json::Map::new();
     for &size in batches {
-        let mut per_signature = Vec::new();
-        for _ in 0..rounds {
-            let started = std::time::Instant::now();
-            for chunk in signatures.chunks(usize::from(size)) {
+        let size_key = size.to_string();
+        let size = usize::from(size);
+        let dalek = time_rounds(rounds, signatures.len(), || {
+            for chunk in signatures.chunks(size) {
                 check_batch(chunk)?;
             }
-            per_signature.push(started.elapsed().as_secs_f64() * 1e6 / signatures.len() as f64);
-        }
-        batch_us.insert(size.to_string(), serde_json::json!(per_signature));
+            Ok(())
+        })?;
+        batch_us.insert(size_key.clone(), serde_json::json!(dalek));
+        let zebra = time_rounds(rounds, cofactored.len(), || {
+            for chunk in cofactored.chunks(size) {
+                check_cofactored_batch(chunk)?;
+            }
+            Ok(())
+        })?;
+        cofactored_batch_us.insert(size_key, serde_json::json!(zebra));
     }
     Ok(serde_json::json!({
         "op": "verify",
@@ -1181,7 +1194,60 @@ fn verify_cost_of(
         "per_packet_us": per_packet_us,
         "signature_us": single_us,
         "batch_signature_us": batch_us,
+        "cofactored_signature_us": cofactored_single_us,
+        "cofactored_batch_signature_us": cofactored_batch_us,
     }))
+}
+
+/// Runs `run` (which checks `items` things) `rounds` times; the microseconds per item of each.
+fn time_rounds(
+    rounds: usize,
+    items: usize,
+    mut run: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<f64>> {
+    (0..rounds)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            run()?;
+            Ok(started.elapsed().as_secs_f64() * 1e6 / items.max(1) as f64)
+        })
+        .collect()
+}
+
+/// One packet's ed25519 check under ZIP 215's rule (`ed25519-zebra`).
+struct CofactoredCheck {
+    key: ed25519_zebra::VerificationKey,
+    message: Vec<u8>,
+    signature: ed25519_zebra::Signature,
+}
+
+/// [`signature_checks`] for `ed25519-zebra`: the keys parsed beforehand.
+fn cofactored_checks(packets: &[([u8; 32], Bytes)]) -> anyhow::Result<Vec<CofactoredCheck>> {
+    signature_checks(packets)?
+        .into_iter()
+        .map(|check| {
+            Ok(CofactoredCheck {
+                key: ed25519_zebra::VerificationKey::try_from(check.key.to_bytes())?,
+                signature: ed25519_zebra::Signature::from_bytes(&check.signature.to_bytes()),
+                message: check.message,
+            })
+        })
+        .collect()
+}
+
+/// `checks` in one `ed25519-zebra` batch, its weights from the OS's randomness.
+fn check_cofactored_batch(checks: &[CofactoredCheck]) -> Result<(), ed25519_zebra::Error> {
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for check in checks {
+        batch.queue((
+            ed25519_zebra::VerificationKeyBytes::from(check.key),
+            check.signature,
+            &check.message,
+        ));
+    }
+    batch.verify(getrandom_sys_rng::rand_core::UnwrapErr(
+        getrandom_sys_rng::SysRng,
+    ))
 }
 
 /// One packet's ed25519 check: what pkarr's `PublicKey::verify` is given.
@@ -1354,6 +1420,33 @@ mod tests {
     }
 
     #[test]
+    fn the_cofactored_checks_pass_good_signatures_and_fail_a_bad_one() {
+        let mut checks = cofactored_checks(&packets()).expect("checks");
+        for check in &checks {
+            check
+                .key
+                .verify(&check.signature, &check.message)
+                .expect("each signature alone");
+        }
+        check_cofactored_batch(&checks).expect("all in one batch");
+        checks[5].message.push(b'x');
+        assert!(
+            checks[5]
+                .key
+                .verify(&checks[5].signature, &checks[5].message)
+                .is_err()
+        );
+        assert!(
+            check_cofactored_batch(&checks[..8]).is_err(),
+            "a batch holding it"
+        );
+        assert!(
+            check_cofactored_batch(&checks[6..]).is_ok(),
+            "a batch without it"
+        );
+    }
+
+    #[test]
     fn verify_reports_every_batch_size_and_fails_on_a_bad_packet() {
         let mut packets = packets();
         let data = DataSet {
@@ -1366,6 +1459,10 @@ mod tests {
         let mut sizes: Vec<&str> = batches.keys().map(String::as_str).collect();
         sizes.sort_unstable();
         assert_eq!(sizes, ["1", "32", "4"]);
+        let cofactored = report["cofactored_batch_signature_us"]
+            .as_object()
+            .expect("cofactored batches");
+        assert_eq!(cofactored.len(), 3);
         assert_eq!(report["packets"], 12);
         // A flipped bit in the signature fails pkraft's own check first.
         let mut bad = packets[3].1.to_vec();
