@@ -104,6 +104,17 @@ def report(measured_path, profiled_path):
         print("|---|---|---|")
         for stage in sorted(stages, key=lambda s: -shares[s]):
             print(f"| {stage} | {100 * shares[stage]:.1f} % | {cpu * shares[stage]:.1f} |")
+        # Wall time: where a PUT and its batch wait, from the node's own histograms.
+        walls = [m["wall_ms"][role] for m in measured
+                 if m["system"] == system and m.get("wall_ms", {}).get(role)]
+        if walls:
+            print(f"\n{system}, {role}: wall time, means over each run (median of {len(walls)} runs)")
+            print("| stage | mean |")
+            print("|---|---|")
+            for label in walls[0]:
+                values = [w[label] for w in walls if label in w]
+                unit = "" if label == "packets per batch" else " ms"
+                print(f"| {label} | {statistics.median(values):.2f}{unit} |")
 
 
 def main():

@@ -10,7 +10,9 @@
 #     PUT, so that perf's own cost is not counted.
 #   - the 3-node cluster (BUDGET_CLUSTER=1, the default): the same with PUTs through every node,
 #     the leader and a follower profiled at once.
-# Prints one table per process (the median of the rounds) and writes the rounds' JSON to
+# Prints one table per process (the median of the rounds), then the mean wall time of each
+# write-path stage over the measured runs (the node's histograms: the PUT, a batch's wait for a
+# commit slot, the batch, its log append and its apply), and writes the rounds' JSON to
 # BUDGET_OUT (default target/bench-put-budget.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -63,14 +65,31 @@ busy_ticks() {
   process_group_ticks $busy_pids
 }
 
+# The admin listener of each process measured (pid -> address), for its write-path timings.
+declare -A admin_of
+
+# scrape_timings ROLES DIR: each role's /metrics into DIR/<role>.
+scrape_timings() {
+  local roles=$1 dir=$2 role
+  mkdir -p "$dir"
+  for role in $roles; do
+    curl -sf "http://${admin_of[${role#*=}]}/metrics" >"$dir/${role%%=*}" || {
+      log "no metrics from ${role%%=*} (${admin_of[${role#*=}]}): its wall times are left out"
+      : >"$dir/${role%%=*}"
+    }
+  done
+}
+
 # measure SYSTEM VERSION ROLES URLS: one un-profiled run of VERSION through URLS; ROLES are
 # role=pid words (node=123, or leader=… follower=…). Appends {system, version, put_s, acked,
-# cpu_us_per_put by role} to measured.jsonl.
+# cpu_us_per_put by role, wall_ms by role} to measured.jsonl: wall_ms holds the mean wall time
+# of each write-path stage over the run, from the node's histograms (docs/METRICS.md).
 measure() {
   local system=$1 version=$2 roles=$3 urls=$4 role
   local -A before
   busy_pids=$(for role in $roles; do echo "${role#*=}"; done)
   wait_idle busy_ticks || log "the servers are still busy after 10 s; measuring anyway"
+  scrape_timings "$roles" "$work/metrics-before"
   for role in $roles; do before[$role]=$(process_group_ticks "${role#*=}"); done
   # shellcheck disable=SC2086  # one URL per word
   put_round "$version" $urls >"$work/run.json"
@@ -79,13 +98,41 @@ measure() {
   for role in $roles; do
     ticks+=("${role%%=*}=$(($(process_group_ticks "${role#*=}") - before[$role]))")
   done
-  python3 - "$work/run.json" "$ticks_per_s" "$system" "$version" "${ticks[@]}" <<'PY' >>"$work/measured.jsonl"
+  scrape_timings "$roles" "$work/metrics-after"
+  python3 - "$work/run.json" "$ticks_per_s" "$system" "$version" "$work" "${ticks[@]}" <<'PY' >>"$work/measured.jsonl"
 import json, sys
-run, hz, system, version = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+run, hz, system, version, work = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 acked = run["status"].get("204", 0)
-cpu = {t.split("=")[0]: int(t.split("=")[1]) * 1e6 / hz / max(acked, 1) for t in sys.argv[5:]}
+cpu = {t.split("=")[0]: int(t.split("=")[1]) * 1e6 / hz / max(acked, 1) for t in sys.argv[6:]}
+STAGES = {  # histogram -> what the report calls it (ms, but for the batch size)
+    "pkraft_http_put_duration_seconds": "PUT, arrival to answer",
+    "pkraft_raft_publish_batch_wait_seconds": "batch: wait for a commit slot",
+    "pkraft_raft_publish_batch_seconds": "batch: formed to answered",
+    "pkraft_raft_log_append_seconds": "log append (write + fdatasync)",
+    "pkraft_raft_apply_seconds": "apply (one state transaction)",
+    "pkraft_raft_batch_packets": "packets per batch",
+}
+def sums(path):
+    found = {}
+    for line in open(path):
+        name, _, value = line.partition(" ")
+        for suffix in ("_sum", "_count"):
+            base = name[: -len(suffix)]
+            if name.endswith(suffix) and base in STAGES:
+                found[(base, suffix)] = float(value)
+    return found
+wall = {}
+for role in cpu:
+    before, after = sums(f"{work}/metrics-before/{role}"), sums(f"{work}/metrics-after/{role}")
+    means = {}
+    for base, label in STAGES.items():
+        count = after.get((base, "_count"), 0) - before.get((base, "_count"), 0)
+        total = after.get((base, "_sum"), 0) - before.get((base, "_sum"), 0)
+        if count > 0:
+            means[label] = total / count * (1 if base.endswith("packets") else 1e3)
+    wall[role] = means
 print(json.dumps({"system": system, "version": version, "put_s": run["rps"], "acked": acked,
-                  "cpu_us_per_put": cpu}))
+                  "cpu_us_per_put": cpu, "wall_ms": wall}))
 PY
 }
 
@@ -113,10 +160,14 @@ profile() {
 }
 
 # --- single node ---------------------------------------------------------------------------
-http=$(loopback_port); dns=$(loopback_port)
+http=$(loopback_port); dns=$(loopback_port); admin=$(loopback_port)
 single_node_config "$work/pkraft.toml" "$work/pkraft-data" "127.0.0.1:$http" "127.0.0.1:$dns"
+# The admin listener on a known port, for the timings.
+sed -i "/^\[admin\]/,/^\[/s/^listen = \"127.0.0.1:0\"$/listen = \"127.0.0.1:$admin\"/" "$work/pkraft.toml"
+grep -q "^listen = \"127.0.0.1:$admin\"" "$work/pkraft.toml" || fail "the admin listener's port was not set"
 RUST_LOG=warn setsid "$bin/pkraft" serve --config "$work/pkraft.toml" >"$work/pkraft.log" 2>&1 &
 single_pid=$!
+admin_of[$single_pid]=127.0.0.1:$admin
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf "http://127.0.0.1:$http/healthz" >/dev/null || fail "the single node did not start"
 single_url="http://127.0.0.1:$http/pkarr"
@@ -133,6 +184,7 @@ if [ "$with_cluster" = 1 ]; then
   RUST_LOG=warn cluster_up "$bin" "$work/cluster" 3 bench-cluster-secret-not-for-production ||
     fail "the cluster did not start"
   urls="${node_http[1]} ${node_http[2]} ${node_http[3]}"
+  for id in 1 2 3; do admin_of[${node_pid[$id]}]=${node_admin[$id]}; done
   # shellcheck disable=SC2086
   put_round 0 $urls >/dev/null
   for r in $(seq 1 "$rounds"); do

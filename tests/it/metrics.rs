@@ -44,6 +44,7 @@ pub(crate) async fn scrape(server: &TestServer) -> String {
 #[tokio::test]
 async fn metrics_count_requests_queries_and_the_replica() {
     let server = TestServer::start();
+    let before_the_put = scrape(&server).await;
     let key = keypair(70);
     server
         .publish(&key, &iroh_packet(&key, 1_000, &["192.0.2.70:1"]))
@@ -120,6 +121,21 @@ async fn metrics_count_requests_queries_and_the_replica() {
     );
     assert_eq!(value(&text, "pkraft_raft_applied_index", ""), committed);
     assert_eq!(value(&text, "pkraft_raft_batch_packets_count", ""), 1.0);
+    // The PUT's batch, timed at each stage of the write path (the single node leads): its wait
+    // for a commit slot, the batch from forming to answered, and the log append and the apply
+    // of its entry.
+    let grew = |name: &str| value(&text, name, "") - value(&before_the_put, name, "");
+    assert_eq!(grew("pkraft_raft_publish_batch_wait_seconds_count"), 1.0);
+    assert_eq!(grew("pkraft_raft_publish_batch_seconds_count"), 1.0);
+    assert!(grew("pkraft_raft_publish_batch_seconds_sum") > 0.0);
+    for stage in [
+        "pkraft_raft_log_append_seconds",
+        "pkraft_raft_apply_seconds",
+    ] {
+        let count = grew(&format!("{stage}_count"));
+        assert!(count >= 1.0, "{stage}: {count}");
+        assert!(grew(&format!("{stage}_sum")) > 0.0, "{stage}");
+    }
     assert_eq!(
         value(&text, "pkraft_raft_leader_contact_age_seconds", ""),
         0.0,

@@ -34,6 +34,16 @@ fn gauge_vec(name: &str, help: &str, label: &str) -> prometheus::Result<IntGauge
 pub(crate) struct NodeMetrics {
     /// `pkraft_raft_batch_packets`: packets per publish batch this node proposed or forwarded.
     pub(crate) batch_packets: Histogram,
+    /// `pkraft_raft_publish_batch_wait_seconds`: how long the first publish of each batch waited
+    /// for a commit slot (`batcher`).
+    pub(crate) publish_batch_wait: Histogram,
+    /// `pkraft_raft_publish_batch_seconds`: each batch from its forming to its publishers'
+    /// answers: proposed and applied here, or forwarded to the leader.
+    pub(crate) publish_batch: Histogram,
+    /// `pkraft_raft_log_append_seconds`: each log append, until its entries are on disk.
+    pub(crate) log_append: Histogram,
+    /// `pkraft_raft_apply_seconds`: each apply of committed entries to the replica.
+    pub(crate) apply: Histogram,
     /// `pkraft_raft_forwarded_packets_total`: packets this follower forwarded to the leader.
     pub(crate) forwarded_packets: IntCounter,
     /// `pkraft_raft_leader_changes_total`: times the leader this node knows of changed
@@ -111,7 +121,30 @@ impl NodeMetrics {
                 HistogramOpts::new(name, help).buckets(exponential_buckets(0.01, 2.0, 14)?),
             )
         };
+        let write_path_seconds = |name: &str, help: &str| {
+            // 100 µs .. ≈ 6.6 s: an append or apply on a fast disk, to a batch that waits out
+            // `raft.publish_timeout` (5 s by default).
+            Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(exponential_buckets(0.0001, 2.0, 17)?),
+            )
+        };
         let metrics = NodeMetrics {
+            publish_batch_wait: write_path_seconds(
+                "pkraft_raft_publish_batch_wait_seconds",
+                "How long each publish batch waited for a commit slot, from the batcher taking its first publish.",
+            )?,
+            publish_batch: write_path_seconds(
+                "pkraft_raft_publish_batch_seconds",
+                "Publish batches from forming to answered (refused ones too): committed and applied here, or forwarded to the leader.",
+            )?,
+            log_append: write_path_seconds(
+                "pkraft_raft_log_append_seconds",
+                "Log appends, from the call until the entries are on disk (write and fdatasync).",
+            )?,
+            apply: write_path_seconds(
+                "pkraft_raft_apply_seconds",
+                "Applies of committed entries to this replica (one state transaction each).",
+            )?,
             batch_packets: Histogram::with_opts(
                 HistogramOpts::new(
                     "pkraft_raft_batch_packets",
@@ -222,6 +255,10 @@ impl NodeMetrics {
             self.publish_refused_total.with_label_values(&[reason]);
         }
         registry.register(Box::new(self.batch_packets.clone()))?;
+        registry.register(Box::new(self.publish_batch_wait.clone()))?;
+        registry.register(Box::new(self.publish_batch.clone()))?;
+        registry.register(Box::new(self.log_append.clone()))?;
+        registry.register(Box::new(self.apply.clone()))?;
         registry.register(Box::new(self.forwarded_packets.clone()))?;
         registry.register(Box::new(self.leader_changes.clone()))?;
         registry.register(Box::new(self.handovers.clone()))?;

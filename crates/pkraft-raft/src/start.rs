@@ -318,6 +318,7 @@ impl Opened {
         };
         let (log_store, log_damage) =
             LogStore::open_repairing(&data_dir.join(LOG_DIR), id, applied_peers || snapshot_peers)?;
+        let log_store = log_store.timing_appends(metrics.log_append.clone());
         let (store, state_rebuilt) = state_repair::open_whole(
             data_dir,
             opened,
@@ -572,6 +573,10 @@ impl StateEvents for StateMachineEvents {
 
     fn stamped(&self, leader_time_micros: u64) {
         self.clock_readings.applied_stamp(leader_time_micros);
+    }
+
+    fn applied_in(&self, took: Duration) {
+        self.metrics.apply.observe(took.as_secs_f64());
     }
 
     fn snapshot_built(&self, took: Duration) {

@@ -30,6 +30,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::{Entry, ErrorSubject, ErrorVerb, LogId, StorageError, Vote};
+use prometheus::Histogram;
 use redb::{Database, Durability};
 use redb::{Error as DbError, WriteTransaction};
 use serde::de::DeserializeOwned;
@@ -58,6 +59,9 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
+    /// Observes each append's wall time (`LogStore::timing_appends`: the node's log; none in
+    /// storage tests, backup or restore).
+    append_seconds: Option<Histogram>,
 }
 
 struct Inner {
@@ -84,6 +88,15 @@ impl LogStore {
     /// Opens (or creates) the log in directory `dir`, checking its schema version.
     pub fn open(dir: &Path) -> Result<Self> {
         Self::open_with_segment_size(dir, SEGMENT_TARGET_BYTES)
+    }
+
+    /// Observes in `histogram` the wall time of each append, from openraft's call until its
+    /// entries are on disk: the hand-off to the blocking pool, the write and the syncs of the
+    /// segment and the synced mark (the node's `pkraft_raft_log_append_seconds`, etcd's
+    /// `etcd_disk_wal_fsync_duration_seconds`).
+    pub fn timing_appends(mut self, histogram: Histogram) -> Self {
+        self.append_seconds = Some(histogram);
+        self
     }
 
     /// [`LogStore::open`] with segments of about `segment_bytes` (tests use tiny ones so that
@@ -147,6 +160,7 @@ impl LogStore {
                     repair: Mutex::new(pending),
                     had_peers: std::sync::atomic::AtomicBool::new(had_peers),
                 }),
+                append_seconds: None,
             },
             damages,
         ))

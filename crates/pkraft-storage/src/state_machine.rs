@@ -60,6 +60,9 @@ pub trait StateEvents: Send + Sync + 'static {
     /// The publishes applied carried leader stamps up to `leader_time_micros` (the log's time,
     /// a fence of cluster time).
     fn stamped(&self, leader_time_micros: u64);
+    /// An apply call with entries ended after `took` (wall time: the hand-off to the blocking
+    /// pool and back, the state transaction and its commit).
+    fn applied_in(&self, took: Duration);
     /// A snapshot build ended after `took`.
     fn snapshot_built(&self, took: Duration);
     /// A snapshot from the leader was installed in `took`.
@@ -217,6 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
+        let started = Instant::now();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         if entries.is_empty() {
             return Ok(Vec::new());
@@ -299,6 +303,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             since_durable
         };
         if let Some(events) = &self.events {
+            events.applied_in(started.elapsed());
             events.expired(results.iter().map(|result| result.expired).sum());
             if !short_lived.is_empty() {
                 events.short_lived_records(&short_lived);

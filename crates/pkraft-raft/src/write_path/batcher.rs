@@ -51,9 +51,14 @@ async fn run(writes: Arc<Writes>, mut pending: mpsc::Receiver<Pending>, batch_ma
     let mut commits = tokio::task::JoinSet::new();
     while let Some(first) = pending.recv().await {
         // While this waits for a slot, more publishes queue up and join the batch.
+        let waiting = Instant::now();
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
+        writes
+            .metrics
+            .publish_batch_wait
+            .observe(waiting.elapsed().as_secs_f64());
         let mut batch = vec![first];
         while batch.len() < batch_max {
             match pending.try_recv() {
@@ -88,6 +93,16 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 /// Commits one batch where the leader is (here, or forwarded to it) and answers each publisher
 /// with its own outcome.
 async fn commit(writes: &Writes, batch: Vec<Pending>) {
+    let formed = Instant::now();
+    commit_until_answered(writes, batch).await;
+    writes
+        .metrics
+        .publish_batch
+        .observe(formed.elapsed().as_secs_f64());
+}
+
+/// [`commit`]'s work: every way a batch is answered returns from here.
+async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>) {
     let deadline = Instant::now() + writes.publish_timeout;
     writes.metrics.batch_packets.observe(batch.len() as f64);
     let mut attempt = Attempt {

@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{
@@ -98,6 +99,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = Instant::now();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         let Some(first_index) = entries.first().map(|entry| entry.log_id.index) else {
             callback.log_io_completed(Ok(()));
@@ -156,6 +158,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await?;
         // `write_and_sync` returned: the entries are on disk.
         callback.log_io_completed(Ok(()));
+        if let Some(histogram) = &self.append_seconds {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
