@@ -8,9 +8,10 @@
 //! - While the bucket has at least half its burst left, it grants its tokens as before and
 //!   nothing else is counted: the common case costs the bucket's one atomic update and a load.
 //! - Once less than half is left (as governor's state snapshot of the request says), the
-//!   budget is *short*: what each client network asks for is counted over a sliding second,
-//!   and so are the networks that ask. Counting starts before the bucket is empty so that the
-//!   network that emptied it is known as heavy by then.
+//!   budget is *short*: what each client network asks for is counted over a sliding second
+//!   and a sliding ten seconds ([`SPANS`]: the longer span keeps networks that take turns in
+//!   bursts heavy between their turns), and so are the networks that ask. Counting starts
+//!   before the bucket is empty so that the network that emptied it is known as heavy by then.
 //! - A network's *share* is the budget's rate divided by the networks asking. A request from a
 //!   network that has asked for no more than its share is granted even when the bucket is
 //!   empty: the units are owed to the bucket. The bucket's next tokens that go to networks over
@@ -51,12 +52,31 @@ use governor::state::{InMemoryState, NotKeyed};
 
 use crate::{ClientPrefix, LimitError, Rate};
 
-/// The window over which a network's asking is counted.
-const WINDOW: Duration = Duration::from_secs(1);
+/// The spans over which a network's asking is counted; a request is within its network's share
+/// only if what the network asked is within it over each span, a second's worth of the span.
+/// - One second: a network that floods is known as heavy after a second's worth of its share.
+/// - Ten seconds: networks that take turns, each asking in a burst and then pausing while the
+///   others ask, would each look new at the start of every turn if their counts slid out
+///   within a second. Each turn's first request would then be within its share and borrow, and
+///   enough such networks keep the debt full, so that a light network is refused
+///   (`networks_that_take_turns_in_bursts_stay_heavy_between_their_bursts`). Over ten seconds
+///   such a network is as heavy between its turns as its average says. A flood rotating slower
+///   than that borrows once per network every 10–20 s (a turn's count fades out of the sliding
+///   span within one to two windows), so it needs about `per_second × 10` to `× 20` networks
+///   to keep the debt full.
+///
+/// The networks asking are counted per span too, so the ten-second share divides the rate
+/// between every network that asked in the last 10–20 s.
+const SPANS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(10)];
 
-/// How long a network's counts are kept once it stops asking: two windows, after which they
-/// would count nothing.
-pub const COUNTS_KEPT: Duration = Duration::from_secs(2);
+/// How long a network's counts are kept once it stops asking: two of the longest span, after
+/// which they would count nothing.
+pub const COUNTS_KEPT: Duration = Duration::from_secs(2 * SPANS[1].as_secs());
+
+/// When a request refused for its network's share may ask again: the bucket's next tokens come
+/// within a second, whatever the network's count. Also the hint for a request of more units
+/// than the burst, which is never granted (the bucket cannot hold it).
+const RETRY_OVER_SHARE: Duration = Duration::from_secs(1);
 
 /// A bucket whose grants come with its state (how much of the burst is left).
 type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
@@ -68,10 +88,10 @@ pub struct FairBudget<C: Clock = DefaultClock> {
     rate: Rate,
     clock: C,
     network: ClientPrefix,
-    /// What each network asked for, while the budget is short.
-    asked: moka::sync::Cache<IpAddr, Arc<Mutex<Window>>>,
-    /// How many networks asked, while the budget is short.
-    askers: Mutex<Window>,
+    /// What each network asked for, while the budget is short, over each of [`SPANS`].
+    asked: moka::sync::Cache<IpAddr, Arc<Mutex<[Window; SPANS.len()]>>>,
+    /// How many networks asked, while the budget is short, over each of [`SPANS`].
+    askers: Mutex<[Window; SPANS.len()]>,
     /// Units granted past an empty bucket to networks within their share, not yet paid back by
     /// tokens due to networks over theirs (or, once there is room again, by spare tokens); at
     /// most `rate.burst`.
@@ -145,7 +165,7 @@ impl<C: Clock + Clone> FairBudget<C> {
                 .max_capacity(max_tracked_networks)
                 .time_to_idle(COUNTS_KEPT)
                 .build(),
-            askers: Mutex::new(Window::default()),
+            askers: Mutex::new(Default::default()),
             owed: AtomicU64::new(0),
             max_tracked_networks: max_tracked_networks.max(1),
             started: Instant::now(),
@@ -186,7 +206,7 @@ impl<C: Clock + Clone> FairBudget<C> {
             }
             Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
             // More than the burst at once: never granted (the bucket cannot hold it).
-            Err(_) => Err(WINDOW),
+            Err(_) => Err(RETRY_OVER_SHARE),
         };
         let within_share = self.asks_within_share(client, units, now());
         let units = u64::from(units);
@@ -194,7 +214,7 @@ impl<C: Clock + Clone> FairBudget<C> {
             (Ok(()), true) => Ok(()),
             // The token pays what light networks owe; this heavy one waits.
             (Ok(()), false) if self.settle(units) => Err(OverBudget {
-                retry_after: WINDOW,
+                retry_after: RETRY_OVER_SHARE,
             }),
             (Ok(()), false) => Ok(()),
             (Err(_), true) if self.borrow(units) => Ok(()),
@@ -204,40 +224,46 @@ impl<C: Clock + Clone> FairBudget<C> {
         }
     }
 
-    /// Counts `units` asked by `client`'s network; whether what that network asked over the
-    /// last second before this request is within its share of the rate (this request's own
-    /// units are not held against it: a network asking exactly its share evenly stays within).
+    /// Counts `units` asked by `client`'s network; whether what that network asked before this
+    /// request is within its share of the rate over each of [`SPANS`] (this request's own units
+    /// are not held against it: a network asking exactly its share evenly stays within).
     fn asks_within_share(&self, client: IpAddr, units: u32, now: Duration) -> bool {
-        let window = now.as_nanos() / WINDOW.as_nanos();
-        let window = u64::try_from(window).unwrap_or(u64::MAX);
-        let into = (now.as_nanos() % WINDOW.as_nanos()) as f64 / WINDOW.as_nanos() as f64;
+        let windows = SPANS.map(|span| window_at(now, span));
         let counts = self.asked.get_with(self.network.key(client), Arc::default);
-        let (asked_before, first_this_window) = {
+        let mut asked_before = [0.0; SPANS.len()];
+        let mut first_this_window = [false; SPANS.len()];
+        {
             let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
-            counts.roll(window);
-            // A request late for its window (another thread has moved the counts on) is
-            // judged at the new window's start: the previous count in full.
-            let into = if counts.index == window { into } else { 0.0 };
-            let before = counts.per_second(into);
-            let first = counts.current == 0;
-            counts.current = counts.current.saturating_add(u64::from(units));
-            (before, first)
-        };
-        let askers = {
-            let mut askers = self.askers.lock().unwrap_or_else(PoisonError::into_inner);
-            askers.roll(window);
-            if first_this_window {
+            for (i, span) in SPANS.iter().enumerate() {
+                let (window, into) = windows[i];
+                let counts = &mut counts[i];
+                counts.roll(window);
+                // A request late for its window (another thread has moved the counts on) is
+                // judged at the new window's start: the previous count in full.
+                let into = if counts.index == window { into } else { 0.0 };
+                asked_before[i] = counts.over_last_window(into) / span.as_secs_f64();
+                first_this_window[i] = counts.current == 0;
+                counts.current = counts.current.saturating_add(u64::from(units));
+            }
+        }
+        let mut askers = self.askers.lock().unwrap_or_else(PoisonError::into_inner);
+        // Every span's askers are counted, whatever the other span says (no short cut).
+        let within: [bool; SPANS.len()] = std::array::from_fn(|i| {
+            let askers = &mut askers[i];
+            askers.roll(windows[i].0);
+            if first_this_window[i] {
                 askers.current += 1;
             }
             // Every network that asked in either window is still asking, as far as we know;
             // never more than the networks counted (a network the full cache did not keep
             // comes back "first" with every request).
-            askers
+            let asking = askers
                 .current
                 .max(askers.previous)
-                .clamp(1, self.max_tracked_networks)
-        };
-        asked_before <= f64::from(self.rate.per_second) / askers as f64
+                .clamp(1, self.max_tracked_networks);
+            asked_before[i] <= f64::from(self.rate.per_second) / asking as f64
+        });
+        within.iter().all(|within| *within)
     }
 
     /// Adds `units` to the debt if it stays within the burst.
@@ -264,6 +290,13 @@ impl<C: Clock + Clone> FairBudget<C> {
         self.asked.run_pending_tasks();
         self.asked.entry_count()
     }
+}
+
+/// The window of `span`'s length that `now` falls in, and how far into it (0..1).
+fn window_at(now: Duration, span: Duration) -> (u64, f64) {
+    let index = u64::try_from(now.as_nanos() / span.as_nanos()).unwrap_or(u64::MAX);
+    let into = (now.as_nanos() % span.as_nanos()) as f64 / span.as_nanos() as f64;
+    (index, into)
 }
 
 /// A count over the current window and the one before it.
@@ -294,7 +327,7 @@ impl Window {
 
     /// The count over the last window's length, `into` (0..1) of the way through the current
     /// window: the part of the previous window still inside it, by proportion, plus the current.
-    fn per_second(&self, into: f64) -> f64 {
+    fn over_last_window(&self, into: f64) -> f64 {
         self.previous as f64 * (1.0 - into) + self.current as f64
     }
 }
@@ -307,6 +340,17 @@ mod tests {
 
     use super::*;
 
+    /// A budget of `rate` between /24s, tracking up to `tracked` of them, on `clock`.
+    fn budget_on(
+        rate: Rate,
+        tracked: u64,
+        clock: &FakeRelativeClock,
+    ) -> FairBudget<FakeRelativeClock> {
+        FairBudget::with_clock(rate, ClientPrefix::NETWORKS, tracked, "t", clock.clone())
+            .expect("valid")
+            .expect("on")
+    }
+
     /// A budget of 100 a second with bursts of 100 between /24s, on a clock the test moves.
     struct Test {
         budget: FairBudget<FakeRelativeClock>,
@@ -317,15 +361,7 @@ mod tests {
     impl Test {
         fn new() -> Test {
             let clock = FakeRelativeClock::default();
-            let budget = FairBudget::with_clock(
-                Rate::new(100, 100),
-                ClientPrefix::NETWORKS,
-                1_000,
-                "t",
-                clock.clone(),
-            )
-            .expect("valid")
-            .expect("on");
+            let budget = budget_on(Rate::new(100, 100), 1_000, &clock);
             Test {
                 budget,
                 clock,
@@ -444,8 +480,9 @@ mod tests {
         test.advance(Duration::from_millis(100));
         assert!(test.take(in_network(0, 1)).is_err(), "still heavy");
         // 1.5 s later (the budget still short): another network empties the bucket again. The
-        // first one's asking is more than a window old: a single request is within its share,
-        // granted past the empty bucket.
+        // first one's asking is more than a second old, and over ten seconds its 250 requests
+        // are 25 a second, within its share (50): a single request is granted past the empty
+        // bucket.
         test.advance(Duration::from_millis(1_500));
         for host in 0..250 {
             let _ = test.take(in_network(1, host));
@@ -460,15 +497,7 @@ mod tests {
     #[test]
     fn a_burst_of_one_still_shares_and_pays_its_debt() {
         let clock = FakeRelativeClock::default();
-        let budget = FairBudget::with_clock(
-            Rate::new(1, 1),
-            ClientPrefix::NETWORKS,
-            100,
-            "t",
-            clock.clone(),
-        )
-        .expect("valid")
-        .expect("on");
+        let budget = budget_on(Rate::new(1, 1), 100, &clock);
         let at = || Duration::from_millis(500);
         // The one token; then a second network within its share borrows the debt's one.
         assert_eq!(budget.take_at(in_network(0, 1), 1, at), Ok(()));
@@ -488,6 +517,45 @@ mod tests {
     }
 
     #[test]
+    fn networks_that_take_turns_in_bursts_stay_heavy_between_their_bursts() {
+        // For 120 s: 32 networks take turns, each asking 25 times in 25 ms, then silent while
+        // the 31 others ask (a pass takes 3.2 s). Each network asks about 26 times its share
+        // on average, but its count over one second has slid out by its next turn. A light
+        // network asks once every 6.6 s (half its share) from 10 s on. At four offsets of the
+        // windows, so that no one alignment of turns and windows decides the outcome.
+        for start_ms in [0, 250, 500, 750] {
+            // The budget of new keys in the cluster's flood test: 10 a second, bursts of 10.
+            let clock = FakeRelativeClock::default();
+            let budget = budget_on(Rate::new(10, 10), 1_000, &clock);
+            let mut now = Duration::from_millis(start_ms);
+            let light = in_network(200, 1);
+            let (mut light_asked, mut light_refused) = (0, 0);
+            for step in 0..120_000_u32 {
+                let turn = step / 100 % 32;
+                let into_turn = step % 100;
+                if into_turn < 25 {
+                    let network = u8::try_from(turn).expect("small");
+                    let host = u8::try_from(into_turn).expect("small");
+                    let _ = budget.take_at(in_network(network, host), 1, || now);
+                }
+                if step >= 10_000 && step % 6_600 == 0 {
+                    light_asked += 1;
+                    if budget.take_at(light, 1, || now).is_err() {
+                        light_refused += 1;
+                    }
+                }
+                clock.advance(Duration::from_millis(1));
+                now += Duration::from_millis(1);
+            }
+            assert_eq!(
+                light_refused, 0,
+                "windows offset {start_ms} ms: the light network was refused {light_refused} \
+                 times of {light_asked}"
+            );
+        }
+    }
+
+    #[test]
     fn a_late_request_does_not_wipe_the_counts_of_a_later_window() {
         let mut window = Window::default();
         window.roll(7);
@@ -503,7 +571,7 @@ mod tests {
         window.current = 100;
         window.roll(6);
         window.current = 10;
-        assert!((window.per_second(0.25) - 85.0).abs() < 1e-9);
+        assert!((window.over_last_window(0.25) - 85.0).abs() < 1e-9);
         window.roll(8);
         assert_eq!((window.previous, window.current), (0, 0));
     }
