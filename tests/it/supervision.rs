@@ -1,7 +1,9 @@
 //! Goal: no long-lived loop of a node dies silently (`pkraft_tasks`). A UDP loop that panics is
 //! logged, counted and serves again on its socket (before, the socket stayed bound and the
 //! kernel kept sending it a share of the resolvers, unanswered); a background task that panics
-//! (expiry) is logged, counted and started again, and does its work.
+//! (expiry) is logged, counted and started again, and does its work; an accept loop that panics
+//! (HTTP, DNS over TCP) is logged, counted and accepts again on its listener (before, the
+//! listener stayed bound and its connections waited in the kernel's backlog, unanswered).
 //! Method: the real binary with `PKRAFT_TEST_PANIC` naming the loop to panic once (fault
 //! injection read by `pkraft_tasks::injected_panic`); clients are real sockets on loopback.
 
@@ -11,7 +13,8 @@ use std::time::Duration;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
-use crate::cluster::{eventually, get_body, packet, put};
+use crate::cluster::{eventually, get_body, packet, put, put_until_accepted};
+use crate::dns_client::{Transport, raw_query};
 use crate::harness::{Launch, ORIGIN, TestServer};
 use crate::metrics::{sample, scrape};
 
@@ -117,4 +120,41 @@ async fn a_panicking_background_task_is_logged_counted_and_does_its_work() {
     );
     // Every other supervised loop has its series, at 0.
     assert_eq!(panics(&server, "scrub").await, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_panicking_accept_loop_is_logged_counted_and_accepts_again() {
+    // The HTTP and the DNS-over-TCP accept loops each panic on their first round, before
+    // their first connection.
+    let server = TestServer::start_with_config_launched(
+        "[cluster]\nbootstrap = true\n",
+        launch_panicking("http,dns_tcp"),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    let (key, signed) = packet(9_600, u64::try_from(now.as_micros()).expect("fits"));
+    put_until_accepted(&server, &key, &signed).await;
+    assert_eq!(get_body(&server, &key, "").await.0, 200);
+    let answer = raw_query(
+        server.dns,
+        Transport::Tcp,
+        &format!("{ORIGIN}."),
+        RecordType::SOA,
+        None,
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(!answer.answers.is_empty(), "no SOA over TCP");
+    for task in ["http", "dns_tcp"] {
+        assert_eq!(panics(&server, task).await, Some(1.0), "{task}");
+    }
+    let log = server.log();
+    assert!(
+        log.contains("PKRAFT_TEST_PANIC: injected panic in http")
+            && log.contains("PKRAFT_TEST_PANIC: injected panic in dns_tcp"),
+        "{log}"
+    );
+    // The other listeners' accept loops have their series, at 0.
+    assert_eq!(panics(&server, "peer").await, Some(0.0));
 }

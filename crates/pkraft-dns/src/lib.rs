@@ -54,5 +54,6 @@ pub use metrics::UdpAnswerStats;
 pub use missing_keys::MissingKeys;
 pub use server::{AnswerSources, DnsError, DnsServer};
 pub use settings::{Settings, SettingsError};
+pub use tcp::TCP_LISTENER;
 pub use udp::UDP_TASK;
 pub use zone::ShortLivedNames;

@@ -159,7 +159,7 @@ impl DnsServer {
         let answerer = Answerer::new(answering.clone(), metrics.clone());
         let (stop_loops, stop) = watch::channel(false);
         let mut loops = JoinSet::new();
-        let tcp_admission = Admission::new("dns_tcp", settings.tcp_connection_caps());
+        let tcp_admission = Admission::new(tcp::TCP_LISTENER, settings.tcp_connection_caps());
         let tcp_frontend = Arc::new(TcpFrontend {
             answering: answering.clone(),
             metrics: metrics.clone(),

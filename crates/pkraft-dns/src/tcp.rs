@@ -41,6 +41,10 @@ const LENGTH_PREFIX: usize = 2;
 /// one message and one read).
 const READ_CHUNK: usize = 4 * 1024;
 
+/// The DNS-over-TCP listener's name: the `listener` label of its connection metrics, and the
+/// `task` of its accept loop in `pkraft_task_panics_total`.
+pub const TCP_LISTENER: &str = "dns_tcp";
+
 /// What every DNS-over-TCP connection shares.
 pub(crate) struct TcpFrontend {
     pub(crate) answering: Arc<Answering>,
@@ -59,32 +63,40 @@ pub(crate) async fn serve(
     listener: TcpListener,
     frontend: Arc<TcpFrontend>,
     admission: Arc<Admission>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let mut connections = JoinSet::new();
+    // A panic while accepting or starting a connection is logged and counted with the
+    // listener's name for its task, and the loop goes on: the listener and the connections it
+    // started stay (`pkraft_tasks::Rounds`).
+    let mut rounds = pkraft_tasks::Rounds::new(admission.name());
+    let mut stopped = stop.clone();
     loop {
-        let (stream, peer, ticket) = tokio::select! {
-            accepted = admission.accept(&listener) => accepted,
-            _ = stop.changed() => break,
-        };
-        // Reap finished connections so the set holds only open ones.
-        while connections.try_join_next().is_some() {}
-        // hickory's listener drops connections it could not answer, too.
-        if !can_answer(peer) {
-            continue;
+        let round = rounds.run(async {
+            let (stream, peer, ticket) = admission.accept(&listener).await;
+            // Reap finished connections so the set holds only open ones.
+            while connections.try_join_next().is_some() {}
+            // hickory's listener drops connections it could not answer, too.
+            if !can_answer(peer) {
+                return;
+            }
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+            }
+            let connection = Connection {
+                peer,
+                frontend: frontend.clone(),
+                admission: admission.clone(),
+                pressure: admission.pressure(),
+                stop: stop.clone(),
+                _ticket: ticket,
+            };
+            connections.spawn(connection.run(stream));
+        });
+        tokio::select! {
+            _ = round => {}
+            _ = stopped.changed() => break,
         }
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-        }
-        let connection = Connection {
-            peer,
-            frontend: frontend.clone(),
-            admission: admission.clone(),
-            pressure: admission.pressure(),
-            stop: stop.clone(),
-            _ticket: ticket,
-        };
-        connections.spawn(connection.run(stream));
     }
     while connections.join_next().await.is_some() {}
 }

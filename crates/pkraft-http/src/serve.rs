@@ -145,88 +145,106 @@ pub async fn serve(
         .map(|max| Arc::new(Probation::new(max)));
     let (stop_connections, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
+    // A panic while accepting or starting a connection is logged and counted with the
+    // listener's name for its task, and the loop goes on: the listener and the connections it
+    // started stay (`pkraft_tasks::Rounds`).
+    let mut rounds = pkraft_tasks::Rounds::new(admission.name());
     tokio::pin!(stopped);
     loop {
-        let (tcp, peer, ticket) = tokio::select! {
-            accepted = admission.accept(&listener) => accepted,
-            _ = &mut stopped => break,
-        };
-        // Reap finished connection tasks so the set does not grow.
-        while connections.try_join_next().is_some() {}
-        if let Err(e) = tune_socket(&tcp, limits.tcp_keepalive) {
-            tracing::debug!(%peer, error = %e, "cannot set socket options");
-        }
-        let probation = probation
-            .as_ref()
-            .map(|probation| probation.admit(&admission));
-        let connection = Connection {
-            peer,
-            accepted: Instant::now(),
-            app: app.clone(),
-            builder: builder.clone(),
-            limits: limits.clone(),
-            stopping: stopping.clone(),
-            pressure: admission.pressure(),
-            admission: admission.clone(),
-            peer_certificates: None,
-            probation,
-            _ticket: ticket,
-        };
-        let tls = tls.clone();
-        let handshake_timeout = limits.tls_handshake_timeout;
-        connections.spawn(async move {
-            match tls {
-                None => connection.run(tcp).await,
-                Some(acceptor) => {
-                    let stream = QuickAckStream(tcp);
-                    let handshake = acceptor.accept(stream);
-                    let limit = handshake_limit(handshake_timeout, connection.pressure.clone());
-                    match tokio::time::timeout(handshake_timeout, async {
-                        tokio::select! {
-                            done = handshake => Some(done),
-                            () = limit => None,
-                        }
-                    })
-                    .await
-                    {
-                        Ok(None) => {
-                            connection.admission.count_closed_under_pressure();
-                            tracing::debug!(%peer, "TLS handshake not done in time under pressure");
-                        }
-                        Ok(Some(Ok(tls)))
-                            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) =>
-                        {
-                            // An ACME CA's TLS-ALPN-01 check: the handshake was the answer
-                            // (RFC 8737 §3); nothing is served on such a connection.
-                            tracing::debug!(%peer, "ACME challenge handshake answered");
-                        }
-                        Ok(Some(Ok(tls))) => {
-                            // A peer listener's client certificate, for the node-id check
-                            // (`pkraft_raft::routes`); public listeners ask for none.
-                            let certificates = tls.get_ref().1.peer_certificates().map(|chain| {
-                                PeerCertificates(
-                                    chain.iter().map(|cert| cert.clone().into_owned()).collect(),
-                                )
-                            });
-                            Connection {
-                                peer_certificates: certificates,
-                                ..connection
-                            }
-                            .run(tls)
-                            .await
-                        }
-                        Ok(Some(Err(e))) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+        let round = rounds.run(async {
+            let (tcp, peer, ticket) = admission.accept(&listener).await;
+            // Reap finished connection tasks so the set does not grow.
+            while connections.try_join_next().is_some() {}
+            if let Err(e) = tune_socket(&tcp, limits.tcp_keepalive) {
+                tracing::debug!(%peer, error = %e, "cannot set socket options");
             }
+            let probation = probation
+                .as_ref()
+                .map(|probation| probation.admit(&admission));
+            let connection = Connection {
+                peer,
+                accepted: Instant::now(),
+                app: app.clone(),
+                builder: builder.clone(),
+                limits: limits.clone(),
+                stopping: stopping.clone(),
+                pressure: admission.pressure(),
+                admission: admission.clone(),
+                peer_certificates: None,
+                probation,
+                _ticket: ticket,
+            };
+            connections.spawn(run_accepted(
+                connection,
+                tcp,
+                tls.clone(),
+                limits.tls_handshake_timeout,
+            ));
         });
+        tokio::select! {
+            _ = round => {}
+            _ = &mut stopped => break,
+        }
     }
     let _ = stop_connections.send(true);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serves one accepted connection: over TLS when `tls` is set, after its handshake (within
+/// `handshake_timeout`, less under pressure), else as it is.
+async fn run_accepted(
+    connection: Connection,
+    tcp: TcpStream,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+) {
+    let peer = connection.peer;
+    match tls {
+        None => connection.run(tcp).await,
+        Some(acceptor) => {
+            let stream = QuickAckStream(tcp);
+            let handshake = acceptor.accept(stream);
+            let limit = handshake_limit(handshake_timeout, connection.pressure.clone());
+            match tokio::time::timeout(handshake_timeout, async {
+                tokio::select! {
+                    done = handshake => Some(done),
+                    () = limit => None,
+                }
+            })
+            .await
+            {
+                Ok(None) => {
+                    connection.admission.count_closed_under_pressure();
+                    tracing::debug!(%peer, "TLS handshake not done in time under pressure");
+                }
+                Ok(Some(Ok(tls))) if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) => {
+                    // An ACME CA's TLS-ALPN-01 check: the handshake was the answer
+                    // (RFC 8737 §3); nothing is served on such a connection.
+                    tracing::debug!(%peer, "ACME challenge handshake answered");
+                }
+                Ok(Some(Ok(tls))) => {
+                    // A peer listener's client certificate, for the node-id check
+                    // (`pkraft_raft::routes`); public listeners ask for none.
+                    let certificates = tls.get_ref().1.peer_certificates().map(|chain| {
+                        PeerCertificates(
+                            chain.iter().map(|cert| cert.clone().into_owned()).collect(),
+                        )
+                    });
+                    Connection {
+                        peer_certificates: certificates,
+                        ..connection
+                    }
+                    .run(tls)
+                    .await
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
 }
 
 /// Resolves once a TLS handshake that started now has taken `PRESSURE_IDLE_TIMEOUT` while the

@@ -1,12 +1,13 @@
-//! Supervised long-lived tasks and threads: no loop of the node dies silently.
+//! Supervised long-lived tasks, threads and loops: no loop of the node dies silently.
 //!
 //! A tokio task or a thread that panics otherwise just ends: no log line through the node's
 //! logger, no metric, and the work it did stops (a UDP loop's socket keeps its share of the
 //! kernel's `SO_REUSEPORT` traffic and answers none of it). Every long-lived loop of the node is
-//! started through [`spawn`] (tasks) or [`run_thread`] (threads) instead: a panic is logged
-//! (`ERROR`, "a task panicked", with the task's name and the panic's message), counted in
-//! `pkraft_task_panics_total{task}`, and the loop is started again after a backoff (100 ms,
-//! doubling to 30 s, back to 100 ms once a run lasted a minute). What a restarted loop lost is
+//! started through [`spawn`] (tasks) or [`run_thread`] (threads), or guarded round by round
+//! ([`Rounds`]: the accept loops) instead: a panic is logged (`ERROR`, "a task panicked", with
+//! the task's name and the panic's message), counted in `pkraft_task_panics_total{task}`, and
+//! the loop is started again (or goes on with its next round) after a backoff (100 ms, doubling
+//! to 30 s, back to 100 ms once a run lasted a minute). What a restarted loop lost is
 //! its in-memory state; every supervised loop is written to start from what it reads (the
 //! store, openraft's metrics, the socket).
 //!
@@ -137,6 +138,48 @@ where
     })
 }
 
+/// A loop supervised round by round, for loops whose state must outlive a panic: an accept
+/// loop keeps its listener and the connections it has started, which [`spawn`]'s restart of
+/// the whole loop would drop. A round that panics is logged and counted as [`spawn`]'s are,
+/// and [`Rounds::run`] returns after the backoff; the loop then goes on with its next round.
+/// The backoff starts again at its first wait once a minute has passed without a panic.
+pub struct Rounds {
+    task: &'static str,
+    backoff: Backoff,
+    /// Since when no round has panicked (the loop's start, or the last panic's backoff end).
+    calm_since: Instant,
+}
+
+impl Rounds {
+    pub fn new(task: &'static str) -> Rounds {
+        Rounds {
+            task,
+            backoff: Backoff::new(),
+            calm_since: Instant::now(),
+        }
+    }
+
+    /// Runs one round: its value, or `None` when it panicked (logged, counted, and the backoff
+    /// waited out; a caller that drops this future meanwhile skips the rest of the wait).
+    pub async fn run<T>(&mut self, round: impl Future<Output = T>) -> Option<T> {
+        let task = self.task;
+        let guarded = async {
+            injected_panic(task);
+            round.await
+        };
+        match AssertUnwindSafe(guarded).catch_unwind().await {
+            Ok(value) => Some(value),
+            Err(payload) => {
+                let wait = self.backoff.after(self.calm_since.elapsed());
+                record_panic(task, &panic_message(payload.as_ref()), wait);
+                tokio::time::sleep(wait).await;
+                self.calm_since = Instant::now();
+                None
+            }
+        }
+    }
+}
+
 /// Runs `body` on the calling thread, supervised: when it panics, it is logged and counted,
 /// and `body` runs again after the backoff (the thread sleeps meanwhile). Returns when a run
 /// returns.
@@ -219,6 +262,28 @@ mod tests {
             .expect("the supervisor itself does not panic");
         assert_eq!(runs.load(Ordering::SeqCst), 3);
         assert_eq!(panics("test-task"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_round_is_counted_and_the_loop_goes_on_with_its_state() {
+        let mut rounds = Rounds::new("test-rounds");
+        // The loop's state, which a restart of the whole loop would lose.
+        let mut done = Vec::new();
+        for round in 0..4_u32 {
+            let done = &mut done;
+            let outcome = rounds
+                .run(async move {
+                    assert!(round % 2 == 0, "round {round} panics");
+                    done.push(round);
+                    round
+                })
+                .await;
+            assert_eq!(outcome, (round % 2 == 0).then_some(round));
+        }
+        assert_eq!(done, [0, 2]);
+        assert_eq!(panics("test-rounds"), 2);
+        // Two panics in quick succession: the second waited twice the first backoff.
+        assert_eq!(rounds.backoff.next, BACKOFF_FIRST * 4);
     }
 
     #[test]

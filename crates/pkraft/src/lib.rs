@@ -207,8 +207,16 @@ async fn start_node(
     Ok((node, raft_runtime))
 }
 
+/// The listeners' names: the `listener` label of their connection metrics, and the `task` of
+/// their accept loop in `pkraft_task_panics_total`.
+const PEER_LISTENER: &str = "peer";
+const HTTP_LISTENER: &str = "http";
+const HTTPS_LISTENER: &str = "https";
+const ADMIN_LISTENER: &str = "admin";
+
 /// Everything the admin listener's /metrics exports (docs/METRICS.md), so far: the process,
-/// the node, and the panics of the supervised loops, every one's series from the start.
+/// the node, and the panics of the supervised loops (the listeners' accept loops among them),
+/// every one's series from the start.
 fn registry_of(node: &Arc<Node>) -> anyhow::Result<prometheus::Registry> {
     let registry = prometheus::Registry::new();
     registry
@@ -224,6 +232,11 @@ fn registry_of(node: &Arc<Node>) -> anyhow::Result<prometheus::Registry> {
         pkraft_dht::TASK_PUBLISHER,
         certificates::RELOAD_TASK,
         acme::ACME_TASK,
+        PEER_LISTENER,
+        HTTP_LISTENER,
+        HTTPS_LISTENER,
+        ADMIN_LISTENER,
+        pkraft_dns::TCP_LISTENER,
     ]);
     pkraft_tasks::register(&registry, &supervised).context("task metrics")?;
     Ok(registry)
@@ -255,7 +268,7 @@ fn serve_peer(
         pkraft_raft::routes::router(node.clone()),
         pkraft_http::serve::ConnectionLimits::peer(),
         admissions.add(
-            "peer",
+            PEER_LISTENER,
             pkraft_http::admin::private_caps(
                 config.cluster.peer_max_connections,
                 config.cluster.peer_max_connections_per_client,
@@ -391,7 +404,7 @@ async fn serve_public(
         None,
         public.app,
         public.limits,
-        admissions.add("http", public.caps),
+        admissions.add(HTTP_LISTENER, public.caps),
     );
     Ok(ServedPublic {
         https,
@@ -455,7 +468,7 @@ async fn serve_https(
         Some(tls),
         public.app.clone(),
         public.limits.clone(),
-        admissions.add("https", public.caps.clone()),
+        admissions.add(HTTPS_LISTENER, public.caps.clone()),
     );
     Ok(HttpsListener {
         listener,
@@ -510,7 +523,7 @@ impl Server {
                 },
             }),
             pkraft_http::serve::ConnectionLimits::admin(),
-            admissions.add("admin", config.admin.connection_caps()),
+            admissions.add(ADMIN_LISTENER, config.admin.connection_caps()),
         );
         let dht =
             pkraft_dht::DhtBridge::start(&config.dht, node.clone(), config.http.max_future_skew)
