@@ -5,7 +5,8 @@
 # writes to OUT_DIR
 #   pkraft-VERSION-ARCH-linux.tar.gz   pkraft-VERSION/ with bin/pkraft, the example and dev
 #                                      configs, the systemd unit, sysusers file and configs,
-#                                      README.md, CHANGELOG.md and the operator docs
+#                                      README.md, CHANGELOG.md, the two licence texts
+#                                      and the operator docs
 #   SHA256SUMS                         sha256sum of the tarball (`sha256sum -c SHA256SUMS`)
 # and, when a docker daemon answers, the container image pkraft:VERSION from deploy/docker.
 #
@@ -59,7 +60,8 @@ stage=$work/stage/$name
 install -D -m 0755 "$src/target/release/pkraft" "$stage/bin/pkraft"
 install -D -m 0644 -t "$stage/config" "$src/config/example.toml" "$src/config/dev.toml"
 install -D -m 0644 -t "$stage/systemd" "$src"/deploy/systemd/*
-install -D -m 0644 -t "$stage" "$src/README.md" "$src/CHANGELOG.md"
+install -D -m 0644 -t "$stage" "$src/README.md" "$src/CHANGELOG.md" \
+  "$src/LICENSE-MIT" "$src/LICENSE-APACHE"
 install -D -m 0644 -t "$stage/docs" "$src"/docs/*.md
 tarball=$name-$arch-linux.tar.gz
 tar -C "$work/stage" --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \

@@ -371,6 +371,4 @@ fn write_clean_stop_marker(data_dir: &Path) -> std::io::Result<()> {
     sync_dir(data_dir)
 }
 
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
+pub(crate) use pkraft_storage::sync_dir;

@@ -53,6 +53,11 @@ pub const STATE_FILE: &str = "state.redb";
 /// The snapshot directory inside the data dir.
 pub const SNAPSHOT_DIR: &str = "snapshot";
 
+/// Makes file creations, renames and removals in `dir` durable (an `fsync` of the directory).
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// The file a snapshot from the leader is received into, in the data dir `data_dir`.
 pub fn incoming_snapshot_path(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir

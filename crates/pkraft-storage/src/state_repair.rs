@@ -31,6 +31,7 @@ use super::snapshot_file::{Meta, SnapshotFile};
 use super::state_machine::AppliedState;
 use super::type_config::NodeId;
 use super::{SNAPSHOT_DIR, STATE_FILE};
+use crate::sync_dir;
 
 /// Why the state store could not be opened whole. Each variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -301,24 +302,30 @@ fn damage_in(
     Ok(None)
 }
 
+/// Why this node's snapshot cannot rebuild the state.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotUnusable {
+    #[error("the snapshot cannot be read: {0}")]
+    Unreadable(#[source] std::io::Error),
+    #[error("snapshot {} is damaged: {source}", path.display())]
+    Damaged { path: PathBuf, source: StoreError },
+}
+
 /// The current snapshot in `dir` with its data, if it checks whole.
-fn whole_snapshot(dir: &Path) -> Result<Option<(Meta, File)>, String> {
-    let snapshot_file = SnapshotFile::open(dir.to_path_buf()).map_err(|e| e.to_string())?;
-    let Some((meta, mut data)) = snapshot_file.load().map_err(|e| e.to_string())? else {
+fn whole_snapshot(dir: &Path) -> Result<Option<(Meta, File)>, SnapshotUnusable> {
+    let snapshot_file =
+        SnapshotFile::open(dir.to_path_buf()).map_err(SnapshotUnusable::Unreadable)?;
+    let Some((meta, mut data)) = snapshot_file.load().map_err(SnapshotUnusable::Unreadable)? else {
         return Ok(None);
     };
-    pkraft_store::check_snapshot(BufReader::new(&data)).map_err(|e| {
-        format!(
-            "snapshot {} is damaged: {e}",
-            snapshot_file
-                .data_path()
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-                .display()
-        )
+    pkraft_store::check_snapshot(BufReader::new(&data)).map_err(|source| {
+        SnapshotUnusable::Damaged {
+            path: snapshot_file.data_path().ok().flatten().unwrap_or_default(),
+            source,
+        }
     })?;
-    data.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
+    data.seek(SeekFrom::Start(0))
+        .map_err(SnapshotUnusable::Unreadable)?;
     Ok(Some((meta, data)))
 }
 
@@ -418,8 +425,4 @@ fn clear_mark(data_dir: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }

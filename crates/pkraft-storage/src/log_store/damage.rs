@@ -6,8 +6,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
-use super::segments::{segment_first_index, sync_dir};
+use super::segments::segment_first_index;
 use super::synced_mark::{self, SyncedMark};
+use crate::sync_dir;
 
 /// Where damaged records are kept once set aside ([`set_aside`]), inside the log directory.
 pub(crate) const DAMAGED_DIR: &str = "damaged";

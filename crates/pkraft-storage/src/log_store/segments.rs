@@ -34,6 +34,7 @@ use super::damage::{Damage, corrupt};
 use super::record::{Format, MAGIC, SEGMENT_HEADER, encode_records, parse_record};
 use super::scan::{ScanError, scan, segments_after};
 use super::synced_mark::{MarkFile, SyncedMark};
+use crate::sync_dir;
 
 /// Size at which the next append starts a new segment. Purging frees disk a whole segment at a
 /// time, so this is also roughly how much purged log a node keeps on disk.
@@ -523,11 +524,6 @@ pub(crate) fn segment_first_index(path: &Path) -> Option<u64> {
     (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
         .then(|| digits.parse().ok())
         .flatten()
-}
-
-/// Makes file creations and removals in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
