@@ -2,8 +2,8 @@
 //! logged, counted and serves again on its socket (before, the socket stayed bound and the
 //! kernel kept sending it a share of the resolvers, unanswered); a background task that panics
 //! (expiry) is logged, counted and started again, and does its work; an accept loop that panics
-//! (HTTP, DNS over TCP) is logged, counted and accepts again on its listener (before, the
-//! listener stayed bound and its connections waited in the kernel's backlog, unanswered).
+//! (HTTP, DNS over TCP) is logged, counted and accepts again on its listener (before, the loop's
+//! task ended: the listener closed and its open connections were cut).
 //! Method: the real binary with `PKRAFT_TEST_PANIC` naming the loop to panic once (fault
 //! injection read by `pkraft_tasks::injected_panic`); clients are real sockets on loopback.
 

@@ -38,7 +38,7 @@ static PANICS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     IntCounterVec::new(
         Opts::new(
             "pkraft_task_panics_total",
-            "Panics of the node's long-lived tasks and threads, each logged and the loop restarted, by task.",
+            "Panics of the node's long-lived tasks, threads and accept loops, each logged and the loop restarted or continued, by task.",
         ),
         &["task"],
     )
@@ -143,10 +143,12 @@ where
 /// the whole loop would drop. A round that panics is logged and counted as [`spawn`]'s are,
 /// and [`Rounds::run`] returns after the backoff; the loop then goes on with its next round.
 /// The backoff starts again at its first wait once a minute has passed without a panic.
+/// Panics inside the tasks such a loop spawns (its connections) are not counted: Rust's
+/// default panic hook prints them to stderr, and that task alone ends.
 pub struct Rounds {
     task: &'static str,
     backoff: Backoff,
-    /// Since when no round has panicked (the loop's start, or the last panic's backoff end).
+    /// Since when no round has panicked (the loop's start, or the last panic).
     calm_since: Instant,
 }
 
@@ -171,9 +173,9 @@ impl Rounds {
             Ok(value) => Some(value),
             Err(payload) => {
                 let wait = self.backoff.after(self.calm_since.elapsed());
+                self.calm_since = Instant::now();
                 record_panic(task, &panic_message(payload.as_ref()), wait);
                 tokio::time::sleep(wait).await;
-                self.calm_since = Instant::now();
                 None
             }
         }
