@@ -324,3 +324,48 @@ async fn a_leader_of_five_voters_hands_over_without_waiting_out_the_lease() {
         }
     }
 }
+
+/// A follower that stops is logged by the leader once (WARN), and once when it takes calls again
+/// (INFO); none of openraft's lines for each retry (`RPCError` at ERROR, `backoff mode`, several
+/// every half second, `Unreachable node: ...`) reach the log (`pkraft_peer::reachability`,
+/// `pkraft::logging`). A follower that is stopping answers 503, never openraft's fatal error
+/// (`RPCError` with a remote `Stopped`, which is not filtered).
+#[tokio::test]
+async fn a_stopped_peer_is_logged_once_and_its_return_once() {
+    let mut cluster = TestCluster::start(3, "").await;
+    cluster.wait_for_voters(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.ids_except(leader)[0];
+    // Only what the leader logs from the stop on (its peers may have been late at the start).
+    let logged_before = cluster.member(leader).server.log().len();
+    let log_of_leader = |cluster: &TestCluster| {
+        let log = cluster.member(leader).server.log();
+        log.get(logged_before..).unwrap_or(&log).to_string()
+    };
+    cluster.member_mut(follower).server.terminate();
+    let lost = format!(
+        "a peer cannot be reached; the cluster goes on without it while a quorum answers peer={follower}"
+    );
+    let back = format!("a peer takes this node's calls again peer={follower}");
+    eventually("the leader says the follower cannot be reached", || async {
+        log_of_leader(&cluster).contains(&lost).then_some(())
+    })
+    .await;
+    // openraft retries a peer it cannot reach every half second: some retries, all quiet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.restart(follower);
+    eventually("the leader says the follower takes calls again", || async {
+        log_of_leader(&cluster).contains(&back).then_some(())
+    })
+    .await;
+    let log = log_of_leader(&cluster);
+    assert_eq!(log.matches("a peer cannot be reached").count(), 1, "{log}");
+    for openraft_says in [
+        "Unreachable node",
+        "RPCError",
+        "backoff mode",
+        "error replication",
+    ] {
+        assert!(!log.contains(openraft_says), "{openraft_says}:\n{log}");
+    }
+}

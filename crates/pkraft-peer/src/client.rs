@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -31,6 +31,7 @@ use pkraft_storage::codec::{decode, encode};
 use pkraft_storage::{NodeId, TypeConfig};
 
 use crate::quorum::QuorumContact;
+use crate::reachability::{Heard, Miss, Reachability};
 use crate::silenced::Silenced;
 use crate::tls::PeerTls;
 use crate::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
@@ -167,6 +168,26 @@ impl CallError {
             self,
             CallError::Connect { .. } | CallError::NoSecret | CallError::Status { .. }
         )
+    }
+
+    /// What this failed call says of its peer, for the log ([`Reachability`]): it answered,
+    /// refusing for now (503: low on disk, or stopping); it was missed (not connected, a
+    /// gateway in front of it that says so, or refused for good: a wrong secret, the wrong
+    /// node); or neither (timed out, cut off mid-call, a body that does not decode).
+    fn miss(&self) -> Heard {
+        match self {
+            CallError::Status { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE => {
+                Heard::Answered
+            }
+            CallError::Status { status, .. }
+                if *status == StatusCode::BAD_GATEWAY || *status == StatusCode::GATEWAY_TIMEOUT =>
+            {
+                Heard::Missed(Miss::Unreachable)
+            }
+            CallError::Status { .. } | CallError::NoSecret => Heard::Missed(Miss::Refused),
+            CallError::Connect { .. } => Heard::Missed(Miss::Unreachable),
+            _ => Heard::Unknown,
+        }
     }
 
     fn into_rpc<E: std::error::Error>(self) -> RPCError<NodeId, BasicNode, E> {
@@ -348,6 +369,8 @@ pub struct PeerNetwork {
     contact: QuorumContact,
     /// Peers a handing-over leader sends no `append-entries` to (see `handover`).
     silenced: Silenced,
+    /// Which peers do not answer, for the log.
+    reachability: Reachability,
 }
 
 impl PeerNetwork {
@@ -356,6 +379,7 @@ impl PeerNetwork {
             client,
             contact,
             silenced,
+            reachability: Reachability::default(),
         }
     }
 }
@@ -368,6 +392,7 @@ pub struct PeerConnection {
     addr: String,
     contact: QuorumContact,
     silenced: Silenced,
+    reachability: Reachability,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -380,13 +405,15 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             addr: node.addr.clone(),
             contact: self.contact.clone(),
             silenced: self.silenced.clone(),
+            reachability: self.reachability.clone(),
         }
     }
 }
 
 impl PeerConnection {
     /// One openraft RPC: the remote answers `Result<R, RaftError<E>>`, and its error reaches
-    /// openraft as the remote's own.
+    /// openraft as the remote's own. Whether the peer answered is logged when that changes
+    /// ([`Reachability`]; openraft's own lines about an unreachable peer are dropped).
     async fn rpc<Q, R, E>(
         &self,
         path: &str,
@@ -398,7 +425,7 @@ impl PeerConnection {
         R: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let answer: Result<R, RaftError<NodeId, E>> = self
+        let outcome: Result<Result<R, RaftError<NodeId, E>>, CallError> = self
             .client
             .call(
                 &self.addr,
@@ -407,8 +434,32 @@ impl PeerConnection {
                 request,
                 option.hard_ttl(),
             )
-            .await
-            .map_err(CallError::into_rpc)?;
+            .await;
+        let now = Instant::now();
+        match &outcome {
+            Ok(_) => Reachability::log(
+                self.reachability.reached(self.target, now),
+                self.target,
+                &self.addr,
+                None,
+            ),
+            Err(error) => match error.miss() {
+                Heard::Answered => Reachability::log(
+                    self.reachability.reached(self.target, now),
+                    self.target,
+                    &self.addr,
+                    None,
+                ),
+                Heard::Missed(miss) => Reachability::log(
+                    self.reachability.failed(self.target, now),
+                    self.target,
+                    &self.addr,
+                    Some((miss, error as &dyn std::fmt::Display)),
+                ),
+                Heard::Unknown => {}
+            },
+        }
+        let answer = outcome.map_err(CallError::into_rpc)?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 

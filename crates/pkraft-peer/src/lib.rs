@@ -20,6 +20,7 @@
 //!
 //! - [`quorum`]: when each peer last accepted this node's `append-entries`.
 //! - [`Silenced`]: the voters a handing-over leader sends nothing to.
+//! - [`reachability`]: which peers do not answer openraft's RPCs, logged when that changes.
 //!
 //! The crate sits between the node and its storage: it knows openraft's network traits and
 //! pkraft-storage's type config and codec, nothing of the node. The listener's router, which
@@ -32,6 +33,7 @@
 
 pub mod client;
 pub mod quorum;
+pub mod reachability;
 mod silenced;
 pub mod tls;
 

@@ -16,6 +16,7 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use openraft::error::RaftError;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest,
@@ -209,6 +210,19 @@ where
     respond(&answer)
 }
 
+/// A 503 in place of openraft's fatal error (its Raft has stopped: this node is shutting down,
+/// or stopped on a storage error), which the caller would otherwise get in a 200 as the
+/// remote's own error: openraft then logs it at ERROR and retries at once. A 503 is a peer that
+/// cannot take RPCs for now, which openraft backs off from (`pkraft_peer::client::CallError`).
+fn refuse_if_stopped<R, E>(answer: &Result<R, RaftError<NodeId, E>>) -> Result<(), Refusal> {
+    match answer {
+        Err(RaftError::Fatal(fatal)) => {
+            Err(Refusal(format!("this node's Raft has stopped: {fatal}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The 200 carrying `answer`, encoded.
 fn respond<R: Serialize>(answer: &R) -> Response {
     match encode(answer) {
@@ -236,6 +250,7 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
             rpc.entries.clear();
         }
         let answer = node.raft.append_entries(rpc).await;
+        refuse_if_stopped(&answer)?;
         // Any answer but "your vote is stale" means a current leader reached this node.
         let from_leader = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
         match refusal {
@@ -264,7 +279,9 @@ async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
             tracing::warn!(candidate = rpc.vote.leader_id().voted_for(), %reason, "refused a vote");
             return Err(Refusal(reason));
         }
-        Ok(node.raft.vote(rpc).await)
+        let answer = node.raft.vote(rpc).await;
+        refuse_if_stopped(&answer)?;
+        Ok(answer)
     })
     .await
 }
@@ -312,6 +329,7 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
             return Err(Refusal(reason));
         }
         let answer = node.raft.install_snapshot(rpc).await;
+        refuse_if_stopped(&answer)?;
         if answer.is_ok() {
             node.leadership().heard_from_leader();
         }

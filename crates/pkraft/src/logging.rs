@@ -2,7 +2,12 @@
 
 use std::io::IsTerminal;
 
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 /// Log filter when `RUST_LOG` is unset.
 const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
@@ -36,11 +41,144 @@ pub fn init(format: LogFormat) {
             filter = filter.add_directive(directive);
         }
     }
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => subscriber.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => subscriber.json().init(),
+    // An operator whose RUST_LOG names openraft is debugging it and gets every line of it.
+    let quiet = QuietUnreachablePeers {
+        on: !from_env
+            .as_deref()
+            .is_some_and(|value| value.contains("openraft")),
+    };
+    let lines = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .log_internal_errors(true);
+    let lines = match format {
+        LogFormat::Text => lines
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_filter(quiet)
+            .boxed(),
+        LogFormat::Json => lines.json().with_filter(quiet).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .init();
+}
+
+/// How openraft 0.9 says that a peer could not be reached: `RPCError::Unreachable`'s `Display`,
+/// in every line about such an RPC, and the line of each backoff that follows one (openraft
+/// backs off only from an unreachable peer).
+const OPENRAFT_UNREACHABLE: [&str; 2] = ["Unreachable node: ", "backoff mode: drain events"];
+
+/// Drops openraft's `WARN` and `ERROR` lines about a peer it could not reach (`RPCError`,
+/// `error replication to target`, `heartbeat error`, `while requesting vote`, `backoff mode`,
+/// ...: several lines every half second per peer down). The peer network says it once instead,
+/// and again every minute while it lasts (`pkraft_peer::reachability`). Every other line
+/// passes, and every line when `RUST_LOG` names openraft (`on` false).
+#[derive(Clone, Copy)]
+struct QuietUnreachablePeers {
+    on: bool,
+}
+
+impl<S> Filter<S> for QuietUnreachablePeers {
+    fn enabled(&self, _: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, _: &Context<'_, S>) -> bool {
+        let metadata = event.metadata();
+        let warns = *metadata.level() == Level::WARN || *metadata.level() == Level::ERROR;
+        if !self.on || !warns || !metadata.target().starts_with("openraft") {
+            return true;
+        }
+        let mut mention = MentionsUnreachable(false);
+        event.record(&mut mention);
+        !mention.0
+    }
+}
+
+/// Whether any field of an event says one of [`OPENRAFT_UNREACHABLE`].
+struct MentionsUnreachable(bool);
+
+impl Visit for MentionsUnreachable {
+    fn record_debug(&mut self, _: &Field, value: &dyn std::fmt::Debug) {
+        if !self.0 {
+            let text = format!("{value:?}");
+            self.0 = OPENRAFT_UNREACHABLE.iter().any(|says| text.contains(says));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// What openraft 0.9 logs for an RPC to a peer that is down (two lines), one for an RPC
+    /// that timed out, and the peer network's own line, through the filter `on` or off.
+    fn logged(on: bool) -> String {
+        let captured = Captured::default();
+        let lines = tracing_subscriber::fmt::layer()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .with_filter(QuietUnreachablePeers { on });
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(lines), || {
+            let down = "Unreachable node: cannot connect to peer 127.0.0.1:7411";
+            tracing::warn!(target: "openraft::replication", error = %down, "error replication to target=2");
+            tracing::error!(target: "openraft::replication", err = %down, "RPCError");
+            tracing::error!(target: "openraft::replication", err = %"timeout after 1s", "RPCError");
+            tracing::warn!(target: "openraft::replication", interval = ?Duration::from_millis(500), "{} backoff mode: drain events without processing them", "backoff_drain_events");
+            tracing::info!(target: "openraft::replication", err = %down, "an INFO line passes");
+            tracing::warn!(target: "pkraft_peer::reachability", error = %down, "a peer does not answer");
+        });
+        let bytes = captured
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        String::from_utf8(bytes).expect("UTF-8 log lines")
+    }
+
+    #[test]
+    fn openraft_lines_about_an_unreachable_peer_are_dropped_and_nothing_else() {
+        let quiet = logged(true);
+        assert!(!quiet.contains("error replication"), "{quiet}");
+        assert!(!quiet.contains("backoff mode"), "{quiet}");
+        assert!(quiet.contains("an INFO line passes"), "{quiet}");
+        assert_eq!(quiet.matches("RPCError").count(), 1, "{quiet}");
+        assert!(quiet.contains("timeout after 1s"), "{quiet}");
+        assert!(quiet.contains("a peer does not answer"), "{quiet}");
+        let all = logged(false);
+        assert_eq!(all.matches("RPCError").count(), 2, "{all}");
+        assert!(all.contains("error replication"), "{all}");
+        assert!(all.contains("backoff mode"), "{all}");
     }
 }
