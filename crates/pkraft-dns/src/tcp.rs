@@ -91,7 +91,11 @@ pub(crate) async fn serve(
                 stop: stop.clone(),
                 _ticket: ticket,
             };
-            connections.spawn(connection.run(stream));
+            // A panic while serving it ends this connection alone, logged and counted.
+            connections.spawn(pkraft_tasks::guard_connection(
+                admission.name(),
+                connection.run(stream),
+            ));
         });
         tokio::select! {
             _ = round => {}
@@ -185,10 +189,18 @@ impl Connection {
                     }
                 }
                 done = chain.join_next(), if !chain.is_empty() => {
-                    if let Some(Ok(Some((answer, arrived)))) = done
-                        && let Err(closed) = self.send(&mut writer, &answer, arrived, idle).await
-                    {
-                        return closed;
+                    match done {
+                        Some(Ok(Some((answer, arrived)))) => {
+                            if let Err(closed) = self.send(&mut writer, &answer, arrived, idle).await {
+                                return closed;
+                            }
+                        }
+                        // That query goes unanswered (the client asks again); the rest go on.
+                        Some(Err(error)) if error.is_panic() => pkraft_tasks::request_panicked(
+                            self.admission.name(),
+                            error.into_panic().as_ref(),
+                        ),
+                        _ => {}
                     }
                 }
                 _ = tokio::time::sleep_until((last_query + idle).into()),

@@ -298,5 +298,7 @@ async fn readyz(
 
 /// Liveness: the process is up and serving HTTP.
 pub(crate) async fn healthz() -> axum::Json<serde_json::Value> {
+    // Fault injection for tests: a handler that panics (`PKRAFT_TEST_PANIC=healthz`).
+    pkraft_tasks::injected_panic("healthz");
     axum::Json(serde_json::json!({ "status": "ok" }))
 }

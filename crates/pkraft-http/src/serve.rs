@@ -23,9 +23,13 @@
 //!   at most `unauthenticated_max` are on probation at once, the oldest dropped for a new one, so
 //!   strangers cannot hold the slots the cluster's own connections need;
 //! - TCP keepalive probes and `TCP_USER_TIMEOUT` find peers that vanished or stopped reading;
-//! - a TLS handshake gets `tls_handshake_timeout`, in the connection's own task.
+//! - a TLS handshake gets `tls_handshake_timeout`, in the connection's own task;
+//! - a request whose handler panics is answered 500 and its connection goes on, and a panic
+//!   elsewhere in a connection's task ends that connection alone: both logged and counted in
+//!   `pkraft_connection_panics_total{listener}` (`pkraft_tasks`).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,8 +39,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
+use axum::response::IntoResponse as _;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use pkraft_limits::connections::{Admission, PRESSURE_IDLE_TIMEOUT, Ticket};
 use pkraft_raft::peer::tls::PeerCertificates;
@@ -47,6 +53,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
+use tower_http::catch_panic::CatchPanicLayer;
 
 /// How long a connection asked to shut down (idle, or the server stopping) may take to finish
 /// its requests before it is dropped: a client that stops reading would hold it forever.
@@ -139,16 +146,26 @@ pub async fn serve(
     admission: Arc<Admission>,
     stopped: oneshot::Receiver<()>,
 ) -> io::Result<()> {
-    let builder = Arc::new(http_builder(&limits));
+    let builder = Arc::new(http_builder(&limits, admission.name()));
     let probation = limits
         .unauthenticated_max
         .map(|max| Arc::new(Probation::new(max)));
     let (stop_connections, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let listener_name = admission.name();
+    // A request whose handler panics is answered 500, logged and counted, and its connection
+    // goes on; a panic elsewhere in a connection's task ends that connection alone
+    // (`pkraft_tasks::guard_connection`). Either is a bug.
+    let app = app.layer(CatchPanicLayer::custom(
+        move |payload: Box<dyn std::any::Any + Send>| {
+            pkraft_tasks::request_panicked(listener_name, payload.as_ref());
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n").into_response()
+        },
+    ));
     // A panic while accepting or starting a connection is logged and counted with the
     // listener's name for its task, and the loop goes on: the listener and the connections it
     // started stay (`pkraft_tasks::Rounds`).
-    let mut rounds = pkraft_tasks::Rounds::new(admission.name());
+    let mut rounds = pkraft_tasks::Rounds::new(listener_name);
     tokio::pin!(stopped);
     loop {
         let round = rounds.run(async {
@@ -174,11 +191,9 @@ pub async fn serve(
                 probation,
                 _ticket: ticket,
             };
-            connections.spawn(run_accepted(
-                connection,
-                tcp,
-                tls.clone(),
-                limits.tls_handshake_timeout,
+            connections.spawn(pkraft_tasks::guard_connection(
+                listener_name,
+                run_accepted(connection, tcp, tls.clone(), limits.tls_handshake_timeout),
             ));
         });
         tokio::select! {
@@ -266,9 +281,29 @@ async fn handshake_limit(timeout: Duration, mut pressure: watch::Receiver<bool>)
     }
 }
 
-/// The hyper connection builder with the HTTP/1 and HTTP/2 limits.
-fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+/// hyper's executor for the tasks it spawns: each HTTP/2 stream (its handler and its body) runs
+/// as a task of its own, outside its connection's. Guarded like a request: a panic in one is
+/// logged and counted as the listener's, and the connection's other streams go on.
+#[derive(Clone, Copy)]
+struct GuardedExecutor {
+    listener: &'static str,
+}
+
+impl<F> hyper::rt::Executor<F> for GuardedExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        tokio::spawn(pkraft_tasks::guard_request(self.listener, stream));
+    }
+}
+
+/// The hyper connection builder with the HTTP/1 and HTTP/2 limits, for the listener `listener`.
+fn http_builder(
+    limits: &ConnectionLimits,
+    listener: &'static str,
+) -> auto::Builder<GuardedExecutor> {
+    let mut builder = auto::Builder::new(GuardedExecutor { listener });
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
@@ -311,7 +346,7 @@ struct Connection {
     peer: SocketAddr,
     accepted: Instant,
     app: axum::Router,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<GuardedExecutor>>,
     limits: ConnectionLimits,
     stopping: watch::Receiver<bool>,
     /// Whether the listener is short of slots (module docs).

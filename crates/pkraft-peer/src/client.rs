@@ -171,12 +171,17 @@ impl CallError {
     }
 
     /// What this failed call says of its peer, for the log ([`Reachability`]): it answered,
-    /// refusing for now (503: low on disk, or stopping); it was missed (not connected, a
+    /// refusing for now (503: low on disk, or stopping) or failing (500); it was missed (not connected, a
     /// gateway in front of it that says so, or refused for good: a wrong secret, the wrong
     /// node); or neither (timed out, cut off mid-call, a body that does not decode).
-    fn miss(&self) -> Heard {
+    fn heard(&self) -> Heard {
         match self {
-            CallError::Status { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE => {
+            // 503: refusing for now; 500: its handler failed (a panic, answered by the
+            // listener's guard). Neither says anything of the network or the configuration.
+            CallError::Status { status, .. }
+                if *status == StatusCode::SERVICE_UNAVAILABLE
+                    || *status == StatusCode::INTERNAL_SERVER_ERROR =>
+            {
                 Heard::Answered
             }
             CallError::Status { status, .. }
@@ -443,7 +448,7 @@ impl PeerConnection {
                 &self.addr,
                 None,
             ),
-            Err(error) => match error.miss() {
+            Err(error) => match error.heard() {
                 Heard::Answered => Reachability::log(
                     self.reachability.reached(self.target, now),
                     self.target,

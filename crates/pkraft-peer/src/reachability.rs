@@ -32,10 +32,10 @@ struct Unreached {
     failed_calls: u64,
 }
 
-/// What a failed call says of its peer (`CallError::miss`).
+/// What a failed call says of its peer (`CallError::heard`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heard {
-    /// It answered, if only to refuse for now (503: low on disk, or stopping).
+    /// It answered, if only to refuse for now (503: low on disk, or stopping) or to fail (500).
     Answered,
     /// It was missed.
     Missed(Miss),
@@ -118,6 +118,11 @@ impl Reachability {
         addr: &str,
         missed: Option<(Miss, &dyn std::fmt::Display)>,
     ) {
+        if change == Change::None {
+            // The common case while a peer stays down (a call every half second): no line, so
+            // no error text either.
+            return;
+        }
         let (miss, error) = match missed {
             Some((miss, error)) => (Some(miss), error.to_string()),
             None => (None, String::new()),

@@ -13,8 +13,15 @@
 //!
 //! Task names are `&'static str` given by the code: the metric's label set is bounded.
 //!
+//! The connections an accept loop starts are guarded one by one ([`guard_connection`]): a panic
+//! while serving one is logged and counted in `pkraft_connection_panics_total{listener}` and
+//! ends that connection alone. A request whose handler panicked is counted there too
+//! ([`request_panicked`]) and ends alone: the HTTP listeners answer it 500, and its connection
+//! goes on.
+//!
 //! Fault injection for tests: `PKRAFT_TEST_PANIC=<task>[,<task>…]` makes each named loop panic
-//! once, the first time it calls [`injected_panic`] (docs/TESTING.md).
+//! once, the first time it calls [`injected_panic`] (docs/TESTING.md); `<task>/<place>` names a
+//! place within a task ([`injected_panic_at`]).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -45,16 +52,37 @@ static PANICS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
     .ok()
 });
 
-/// Registers `pkraft_task_panics_total` with `registry`, with a series at 0 for each of
-/// `tasks` (so an alert on `increase()` sees the first panic).
-pub fn register(registry: &Registry, tasks: &[&'static str]) -> prometheus::Result<()> {
-    let Some(panics) = PANICS.as_ref() else {
-        return Ok(());
-    };
-    for task in tasks {
-        panics.with_label_values(&[task]);
+/// `pkraft_connection_panics_total{listener}`: panics while serving one connection of a
+/// listener, process-wide.
+static CONNECTION_PANICS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "pkraft_connection_panics_total",
+            "Panics while serving one connection of a listener or one of its requests (a request's panic ends that request alone, answered 500 over HTTP; any other ends that connection alone), each logged, by listener.",
+        ),
+        &["listener"],
+    )
+    .ok()
+});
+
+/// Registers `pkraft_task_panics_total` and `pkraft_connection_panics_total` with `registry`,
+/// with a series at 0 for each of `tasks` and of `listeners` (so an alert on `increase()` sees
+/// the first panic).
+pub fn register(
+    registry: &Registry,
+    tasks: &[&'static str],
+    listeners: &[&'static str],
+) -> prometheus::Result<()> {
+    for (counter, labels) in [(&PANICS, tasks), (&CONNECTION_PANICS, listeners)] {
+        let Some(counter) = counter.as_ref() else {
+            continue;
+        };
+        for label in labels {
+            counter.with_label_values(&[label]);
+        }
+        registry.register(Box::new(counter.clone()))?;
     }
-    registry.register(Box::new(panics.clone()))
+    Ok(())
 }
 
 /// The panics counted for `task` so far.
@@ -62,6 +90,58 @@ pub fn panics(task: &str) -> u64 {
     PANICS
         .as_ref()
         .map_or(0, |panics| panics.with_label_values(&[task]).get())
+}
+
+/// The panics counted for connections of `listener` so far.
+pub fn connection_panics(listener: &str) -> u64 {
+    CONNECTION_PANICS
+        .as_ref()
+        .map_or(0, |panics| panics.with_label_values(&[listener]).get())
+}
+
+/// Serves one connection of `listener`, guarded: a panic while serving it is logged and counted
+/// (`pkraft_connection_panics_total`), and ends this connection alone. Without the guard the
+/// task would just end, its panic message on stderr, beside the node's log and uncounted.
+pub async fn guard_connection(listener: &'static str, connection: impl Future<Output = ()>) {
+    let run = async {
+        injected_panic_at(listener, "connection");
+        connection.await;
+    };
+    if let Err(payload) = AssertUnwindSafe(run).catch_unwind().await {
+        count_connection_panic(listener);
+        tracing::error!(
+            listener,
+            panic = panic_message(payload.as_ref()),
+            "a connection's task panicked; that connection is closed"
+        );
+    }
+}
+
+/// Runs one request's task of `listener` (an HTTP/2 stream, which hyper runs as a task of its
+/// own), guarded: a panic is logged and counted as [`request_panicked`] says, and ends this
+/// request alone.
+pub async fn guard_request(listener: &'static str, request: impl Future<Output = ()>) {
+    if let Err(payload) = AssertUnwindSafe(request).catch_unwind().await {
+        request_panicked(listener, payload.as_ref());
+    }
+}
+
+/// A request's handler on `listener` panicked, and its connection goes on (the HTTP listeners
+/// answer that request 500 or reset its HTTP/2 stream; a DNS-over-TCP query answered through
+/// hickory's chain goes unanswered): logged and counted.
+pub fn request_panicked(listener: &'static str, payload: &(dyn std::any::Any + Send)) {
+    count_connection_panic(listener);
+    tracing::error!(
+        listener,
+        panic = panic_message(payload),
+        "a request's handler panicked; its connection goes on"
+    );
+}
+
+fn count_connection_panic(listener: &'static str) {
+    if let Some(panics) = CONNECTION_PANICS.as_ref() {
+        panics.with_label_values(&[listener]).inc();
+    }
 }
 
 fn record_panic(task: &'static str, message: &str, backoff: Duration) {
@@ -143,8 +223,8 @@ where
 /// the whole loop would drop. A round that panics is logged and counted as [`spawn`]'s are,
 /// and [`Rounds::run`] returns after the backoff; the loop then goes on with its next round.
 /// The backoff starts again at its first wait once a minute has passed without a panic.
-/// Panics inside the tasks such a loop spawns (its connections) are not counted: Rust's
-/// default panic hook prints them to stderr, and that task alone ends.
+/// The tasks such a loop spawns (its connections) are guarded one by one instead
+/// ([`guard_connection`]).
 pub struct Rounds {
     task: &'static str,
     backoff: Backoff,
@@ -227,6 +307,19 @@ pub fn injected_panic(task: &str) {
     if !ANY_INJECTED.load(Ordering::Relaxed) {
         return;
     }
+    fire_injected(task);
+}
+
+/// Panics, once per process, if `PKRAFT_TEST_PANIC` names `<task>/<at>`: a place within a task,
+/// such as `http/connection` (a connection of the `http` listener).
+pub fn injected_panic_at(task: &str, at: &str) {
+    if !ANY_INJECTED.load(Ordering::Relaxed) {
+        return;
+    }
+    fire_injected(&format!("{task}/{at}"));
+}
+
+fn fire_injected(task: &str) {
     let fire = {
         let mut injected = INJECTED.lock().unwrap_or_else(PoisonError::into_inner);
         injected
@@ -245,6 +338,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicU32;
+
+    #[tokio::test]
+    async fn a_panicking_connection_or_request_is_counted_for_its_listener() {
+        let listener = "test-listener";
+        let before = connection_panics(listener);
+        guard_connection(listener, async { panic!("a connection") }).await;
+        guard_request(listener, async { panic!("a request") }).await;
+        guard_connection(listener, async {}).await;
+        guard_request(listener, async {}).await;
+        assert_eq!(connection_panics(listener), before + 2);
+    }
 
     #[tokio::test]
     async fn a_panicking_task_is_counted_and_runs_again() {

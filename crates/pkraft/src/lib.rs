@@ -232,13 +232,17 @@ fn registry_of(node: &Arc<Node>) -> anyhow::Result<prometheus::Registry> {
         pkraft_dht::TASK_PUBLISHER,
         certificates::RELOAD_TASK,
         acme::ACME_TASK,
+    ]);
+    // Each listener's accept loop is supervised too, and its connections are guarded.
+    let listeners = [
         PEER_LISTENER,
         HTTP_LISTENER,
         HTTPS_LISTENER,
         ADMIN_LISTENER,
         pkraft_dns::TCP_LISTENER,
-    ]);
-    pkraft_tasks::register(&registry, &supervised).context("task metrics")?;
+    ];
+    supervised.extend(listeners);
+    pkraft_tasks::register(&registry, &supervised, &listeners).context("task metrics")?;
     Ok(registry)
 }
 
