@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # A/B benchmark of the write path: two pkraft builds side by side (a single node and a 3-node
-# cluster each), with iroh-dns-server as the common yardstick, in interleaved rounds.
+# cluster each, unless BENCH_AB_CLUSTER=0), with iroh-dns-server as the common yardstick, in
+# interleaved rounds.
 #
 #   BENCH_A=/path/to/bin-dir-a BENCH_B=/path/to/bin-dir-b tests/bench/ab.sh
 #
 # Each bin dir holds a release `pkraft` (and A's `pkraft-bench` drives the load). Every system
 # gets the same signed packets; each round PUTs the next version of every key through each system
-# (64 connections, spread over all nodes of a cluster), in an order that alternates per round.
+# (BENCH_CONCURRENCY connections, 64 by default, spread over all nodes of a cluster), in an order
+# that alternates per round.
 # Per run it records PUT/s, p50/p99, server CPU per PUT (utime + stime until the servers are idle
 # again) and the machine's idle share; at the end it prints medians and the ratios to
 # iroh-dns-server of the same rounds. Env: BENCH_RUNS (3), BENCH_KEYS (20000); BENCH_A_TOML and
 # BENCH_B_TOML, config lines added to A's or B's nodes (the same build with a setting on and off:
 # BENCH_A=target/release BENCH_B=target/release BENCH_B_TOML=$'[raft]\nscrub_packets_per_second = 0');
-# BENCH_AB_IROH=0 leaves iroh-dns-server out (the ratio column is then B to A of the same round).
+# BENCH_AB_IROH=0 leaves iroh-dns-server out (the ratio column is then B to A of the same round);
+# BENCH_AB_CLUSTER=0 leaves the clusters out; BENCH_CONCURRENCY (64) sets the load's connections
+# (all from 127.0.0.1: the node closes any beyond its http.max_connections_per_client, 256 by
+# default, so the script refuses more).
 # Method and results: docs/BENCHMARKS.md ("openraft 0.10").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +27,10 @@ PKRAFT_EXTRA_TOML=$(limits_off_toml)
 
 a_dir=${BENCH_A:?BENCH_A: bin dir of build A}
 b_dir=${BENCH_B:?BENCH_B: bin dir of build B}
-runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} concurrency=64
+runs=${BENCH_RUNS:-3} keys=${BENCH_KEYS:-20000} concurrency=${BENCH_CONCURRENCY:-64}
+with_clusters=${BENCH_AB_CLUSTER:-1}
+[ "$concurrency" -ge 1 ] && [ "$concurrency" -le 256 ] ||
+  { echo "ab: BENCH_CONCURRENCY=$concurrency: 1 to 256 (the node's connection cap per client)" >&2; exit 2; }
 bench="$a_dir/pkraft-bench"
 iroh_bin="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-1.4.1/bin/iroh-dns-server"
 with_iroh=${BENCH_AB_IROH:-1}
@@ -120,8 +128,11 @@ PY
 
 "$bench" gen --keys "$keys" --versions $((runs + 1)) --out "$work/data.bin"
 start_single a-single "$a_dir"; start_single b-single "$b_dir"
-start_cluster a-cluster "$a_dir"; start_cluster b-cluster "$b_dir"
-systems=(a-single b-single a-cluster b-cluster)
+systems=(a-single b-single)
+if [ "$with_clusters" != 0 ]; then
+  start_cluster a-cluster "$a_dir"; start_cluster b-cluster "$b_dir"
+  systems+=(a-cluster b-cluster)
+fi
 if [ "$with_iroh" != 0 ]; then start_iroh; systems+=(iroh); fi
 for s in "${systems[@]}"; do put "$s" 0; done
 : >"$work/results.jsonl"  # version 0 only loads the keys
@@ -160,9 +171,12 @@ for kind in ("single", "cluster"):
         continue
     rps = [y["rps"] / x["rps"] for x, y in zip(a, b)]
     cpu = [y["server_cpu_us"] / max(x["server_cpu_us"], 1e-9) for x, y in zip(a, b)]
+    # Both ratios are medians of the per-round ratios; the µs are each build's own median, which
+    # need not divide to that ratio.
     parts.append(f"{kind} PUT/s {statistics.median(rps):.2f} (rounds "
                  f"{' '.join(f'{r:.2f}' for r in rps)}), CPU per PUT {statistics.median(cpu):.2f} "
-                 f"({med('a-' + kind, 'server_cpu_us'):.0f} -> {med('b-' + kind, 'server_cpu_us'):.0f} us)")
+                 f"(rounds {' '.join(f'{r:.2f}' for r in cpu)}; medians "
+                 f"{med('a-' + kind, 'server_cpu_us'):.0f} -> {med('b-' + kind, 'server_cpu_us'):.0f} us)")
 if not parts:
     sys.exit("ab: no round of A and B to compare")
 print(f"B/A over {len(runs) // len(by)} rounds: " + "; ".join(parts))

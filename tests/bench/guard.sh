@@ -39,7 +39,10 @@ with_iroh=${BENCH_AB_IROH:-$([ -x "$iroh_bin" ] && echo 1 || echo 0)}
 echo "guard: A = $short ($base), B = $b_dir" >&2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-BENCH_A=$a_dir BENCH_B=$b_dir BENCH_AB_IROH=$with_iroh tests/bench/ab.sh | tee "$out"
+# The guard's load is always `make bench`'s, single node and cluster, whatever the caller's
+# environment holds for ab.sh's other options.
+BENCH_A=$a_dir BENCH_B=$b_dir BENCH_AB_IROH=$with_iroh BENCH_AB_CLUSTER=1 BENCH_CONCURRENCY=64 \
+  tests/bench/ab.sh | tee "$out"
 # ab.sh's last line is the B/A summary; the commit message names the base with it.
 summary=$(tail -n 1 "$out")
 case "$summary" in
