@@ -35,7 +35,7 @@ pub(crate) struct NodeMetrics {
     /// `pkraft_raft_batch_packets`: packets per publish batch this node proposed or forwarded.
     pub(crate) batch_packets: Histogram,
     /// `pkraft_raft_publish_batch_wait_seconds`: how long the first publish of each batch waited
-    /// for a commit slot (`batcher`).
+    /// for a place in flight and the append slot (`batcher`).
     pub(crate) publish_batch_wait: Histogram,
     /// `pkraft_raft_publish_batch_seconds`: each batch from its forming to its publishers'
     /// answers: proposed and applied here, or forwarded to the leader.
@@ -131,7 +131,7 @@ impl NodeMetrics {
         let metrics = NodeMetrics {
             publish_batch_wait: write_path_seconds(
                 "pkraft_raft_publish_batch_wait_seconds",
-                "How long each publish batch waited for a commit slot, from the batcher taking its first publish.",
+                "How long each publish batch waited for a place in flight and the append slot, from the batcher taking its first publish.",
             )?,
             publish_batch: write_path_seconds(
                 "pkraft_raft_publish_batch_seconds",

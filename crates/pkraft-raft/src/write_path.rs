@@ -55,6 +55,9 @@ pub struct Writes {
     leadership: Arc<Leadership>,
     /// Stamps each batch the leader proposes.
     clock: Arc<ClusterClock>,
+    /// The count of this node's durable log appends (`LogStore::appends`): a proposed batch
+    /// gives up its append slot once the count has moved (`batcher`).
+    appends: tokio::sync::watch::Receiver<u64>,
     queue: PublishQueue,
 }
 
@@ -78,6 +81,7 @@ impl Writes {
             store_cap,
             leadership,
             clock,
+            appends: handles.log_store.appends(),
             queue: PublishQueue::new(),
         }
     }

@@ -76,6 +76,9 @@ struct Inner {
     repair: Mutex<Option<LogRepair>>,
     /// Whether `META_HAD_PEERS` is set.
     had_peers: std::sync::atomic::AtomicBool,
+    /// How many appends have reached the disk since the log was opened (see
+    /// [`LogStore::appends`]).
+    appends: tokio::sync::watch::Sender<u64>,
 }
 
 /// The entries, and the purge point below which they are no longer served.
@@ -97,6 +100,14 @@ impl LogStore {
     pub fn timing_appends(mut self, histogram: Histogram) -> Self {
         self.append_seconds = Some(histogram);
         self
+    }
+
+    /// The number of appends this log has made durable since it was opened, raised after each
+    /// append's sync and before openraft hears of it. The write path uses it to learn that the
+    /// entry it proposed has been appended (openraft 0.9 says so only with the commit), so that
+    /// the next batch can be formed while this one waits for its quorum and apply.
+    pub fn appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.appends.subscribe()
     }
 
     /// [`LogStore::open`] with segments of about `segment_bytes` (tests use tiny ones so that
@@ -159,6 +170,7 @@ impl LogStore {
                     committed: Mutex::new(Committed::new()),
                     repair: Mutex::new(pending),
                     had_peers: std::sync::atomic::AtomicBool::new(had_peers),
+                    appends: tokio::sync::watch::Sender::new(0),
                 }),
                 append_seconds: None,
             },

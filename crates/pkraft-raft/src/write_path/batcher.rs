@@ -1,33 +1,46 @@
 //! Group commit: concurrent publishes share one log entry.
 //!
 //! Each log entry costs a fsynced log append and a state commit, so one entry per PUT capped a
-//! node at a few hundred PUT/s. Publishes instead wait in a bounded queue; whenever a commit slot is free,
-//! everything queued (up to `publish_batch_max`) becomes one `Command::Publish`. There is no
-//! artificial wait: a lone publish commits at once, and under load the batches grow by
-//! themselves while earlier ones are committing. Two batches may be in flight, so one can be
-//! appended to the log while the previous one is applied.
+//! node at a few hundred PUT/s. Publishes instead wait in a bounded queue; whenever the append
+//! slot is free, everything queued (up to `publish_batch_max`) becomes one `Command::Publish`.
+//! There is no artificial wait: a lone publish commits at once, and under load the batches grow
+//! by themselves while the one before is appended.
+//!
+//! A batch holds the append slot until its entry is in this node's log (openraft 0.9's core
+//! makes one append at a time, so a batch proposed earlier would only wait in its queue,
+//! smaller), then gives it up and waits for its quorum and apply: the next batch is appended
+//! meanwhile. At most two batches are in flight, so a leader cut off from its quorum with one
+//! batch waiting still answers the next `no_quorum` at once, and a follower has two forwards
+//! under way.
 //!
 //! On a follower the same batches are forwarded to the leader in one peer request, where they
 //! join the leader's own batches; the follower answers once the leader has committed them and
 //! (briefly, bounded) once its own replica has applied them, so a client reads its write back from
 //! the node it wrote to.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openraft::BasicNode;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use pkraft_types::{Command, PublishItem, PublishOutcome};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Writes;
 use super::queue::{Batcher, Origin, Pending, PublishError, Published, Reply};
 use super::{publish_error, replicas_holding};
-use crate::NodeId;
 use crate::peer::{ForwardedPublish, PeerError, path};
 use crate::store_cap::{NewKeyRefusal, Reservation};
+use crate::{NodeId, TypeConfig};
 
-/// Batches proposed and not yet committed. Two keep the log append of one batch overlapping the
-/// apply of the one before it; more only make batches smaller.
+/// Batches formed and not yet answered. The second lets a batch be appended while the one
+/// before waits for its quorum and apply, and lets a leader cut off from its quorum answer the
+/// next batch 503 at once (CONSISTENCY.md) while the first waits for a commit that does not
+/// come. (When both were proposed before the leader knew, publishes wait until the first one's
+/// deadline, as with two slots before.) Three were no faster (docs/BENCHMARKS.md).
 const BATCHES_IN_FLIGHT: usize = 2;
 /// How long a follower waits for its own replica to apply a publish the leader committed, before
 /// answering anyway (the publish is committed either way; this only gives read-your-writes on the
@@ -47,12 +60,16 @@ pub(crate) fn spawn(
 }
 
 async fn run(writes: Arc<Writes>, mut pending: mpsc::Receiver<Pending>, batch_max: usize) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let in_flight_places = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let append_slots = Arc::new(Semaphore::new(1));
     let mut commits = tokio::task::JoinSet::new();
     while let Some(first) = pending.recv().await {
-        // While this waits for a slot, more publishes queue up and join the batch.
+        // While this waits for its slots, more publishes queue up and join the batch.
         let waiting = Instant::now();
-        let Ok(slot) = slots.clone().acquire_owned().await else {
+        let Ok(in_flight) = in_flight_places.clone().acquire_owned().await else {
+            break;
+        };
+        let Ok(append) = append_slots.clone().acquire_owned().await else {
             break;
         };
         writes
@@ -67,9 +84,10 @@ async fn run(writes: Arc<Writes>, mut pending: mpsc::Receiver<Pending>, batch_ma
             }
         }
         let writes = writes.clone();
+        let slot = AppendSlot::new(append, writes.appends.clone());
         commits.spawn(async move {
-            commit(&writes, batch).await;
-            drop(slot);
+            commit(&writes, batch, slot).await;
+            drop(in_flight);
         });
         // Reap finished commits so the set does not grow with the number of batches.
         while let Some(done) = commits.try_join_next() {
@@ -79,6 +97,47 @@ async fn run(writes: Arc<Writes>, mut pending: mpsc::Receiver<Pending>, batch_ma
     // The queue is closed: let the batches in flight answer their publishers.
     while let Some(done) = commits.join_next().await {
         log_join(done);
+    }
+}
+
+/// The batcher's one append slot, held by a batch until its entry is in this node's log (or it
+/// is forwarded, or answered), so that the next batch forms meanwhile and is proposed only when
+/// openraft can append it.
+struct AppendSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    /// The log's count of durable appends (`LogStore::appends`).
+    appends: watch::Receiver<u64>,
+}
+
+impl AppendSlot {
+    fn new(permit: OwnedSemaphorePermit, appends: watch::Receiver<u64>) -> AppendSlot {
+        AppendSlot {
+            permit: Some(permit),
+            appends,
+        }
+    }
+
+    fn give_up(&mut self) {
+        self.permit = None;
+    }
+
+    /// The log's append count now, read before a proposal. Any append counted after it frees
+    /// the slot; one that is not the proposal's own (an election's blank entry, a membership
+    /// change, an append left by a batch that timed out) only lets the next batch wait in
+    /// openraft's queue, still bounded by `BATCHES_IN_FLIGHT`.
+    fn appends_before_proposal(&mut self) -> u64 {
+        *self.appends.borrow_and_update()
+    }
+
+    /// Gives the slot up once the log has counted an append past `before`, then never returns
+    /// (it is raced against the proposal's answer). A log that closed ends the wait too.
+    async fn give_up_once_appended(&mut self, before: u64) -> Infallible {
+        if self.permit.is_some() {
+            // An error means the log was dropped (the node stops): nothing left to wait for.
+            let _ = self.appends.wait_for(|appends| *appends != before).await;
+            self.give_up();
+        }
+        std::future::pending().await
     }
 }
 
@@ -92,9 +151,9 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 
 /// Commits one batch where the leader is (here, or forwarded to it) and answers each publisher
 /// with its own outcome.
-async fn commit(writes: &Writes, batch: Vec<Pending>) {
+async fn commit(writes: &Writes, batch: Vec<Pending>, slot: AppendSlot) {
     let formed = Instant::now();
-    commit_until_answered(writes, batch).await;
+    commit_until_answered(writes, batch, slot).await;
     writes
         .metrics
         .publish_batch
@@ -102,13 +161,14 @@ async fn commit(writes: &Writes, batch: Vec<Pending>) {
 }
 
 /// [`commit`]'s work: every way a batch is answered returns from here.
-async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>) {
+async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: AppendSlot) {
     let deadline = Instant::now() + writes.publish_timeout;
     writes.metrics.batch_packets.observe(batch.len() as f64);
     let mut attempt = Attempt {
         batch,
         deadline,
         earlier_attempt_unknown: false,
+        slot,
     };
     loop {
         attempt = match writes.leadership.known_leader() {
@@ -183,6 +243,8 @@ struct Attempt {
     /// answer was lost). A retry then cannot tell "refused as stale" from "committed by the
     /// first attempt and superseded since", so it must not answer 409.
     earlier_attempt_unknown: bool,
+    /// Held while the batch waits for a leader, given up once it is appended or forwarded.
+    slot: AppendSlot,
 }
 
 /// Proposes the batch on this node, the leader: answered here (`None`), or given back when a
@@ -216,7 +278,15 @@ async fn commit_here(writes: &Writes, attempt: Attempt) -> Option<Attempt> {
     let (batch, new_keys) = admit_new_keys(writes, attempt.batch);
     if !batch.is_empty() {
         let unknown = attempt.earlier_attempt_unknown;
-        propose(writes, batch, new_keys, attempt.deadline, unknown).await;
+        propose(
+            writes,
+            batch,
+            new_keys,
+            attempt.deadline,
+            unknown,
+            attempt.slot,
+        )
+        .await;
     }
     None
 }
@@ -241,6 +311,8 @@ async fn commit_forwarded(
     if attempt.batch.is_empty() {
         return None;
     }
+    // This node appends nothing for a forwarded batch: the next batch may form.
+    attempt.slot.give_up();
     match forward(writes, leader, addr, &attempt.batch, attempt.deadline).await {
         Ok(answers) => {
             writes
@@ -315,38 +387,31 @@ fn admit_new_keys(writes: &Writes, batch: Vec<Pending>) -> (Vec<Pending>, Reserv
 
 /// Proposes the batch as one log entry on this node (the leader), waiting for the commit until
 /// `deadline`: an entry a cut-off leader appended may commit only when the partition heals, and
-/// its slot must not stay taken (nor its publishers wait) until then. `earlier_attempt_unknown`:
-/// this node forwarded the batch before it led, and that attempt may have committed (see
-/// `unknown_if_stale`).
+/// its slots must not stay taken (nor its publishers wait) until then. The append slot is given
+/// up as soon as the entry is in the log. `earlier_attempt_unknown`: this node forwarded the
+/// batch before it led, and that attempt may have committed (see `unknown_if_stale`).
 async fn propose(
     writes: &Writes,
     batch: Vec<Pending>,
     new_keys: Reservation,
     deadline: Instant,
     earlier_attempt_unknown: bool,
+    mut slot: AppendSlot,
 ) {
     let (packets, replies): (Vec<PublishItem>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     tracing::debug!(packets = packets.len(), "proposing a publish batch");
-    let command = Command::Publish {
-        // Cluster time on the leader when it proposes the batch, never its wall clock alone: the
-        // stamps are the log's time, a fence of cluster time (`cluster_clock`).
-        leader_time_micros: writes.clock.now().stamp_micros(),
-        packets,
-    };
     let raft = &writes.raft;
-    // The write runs on in a task of its own, which holds the batch's new keys against the cap
-    // until openraft answers: a proposal that outlives its publishers' deadline may still
-    // commit, and its keys must count until then.
-    let mut write = {
-        let raft = raft.clone();
-        tokio::spawn(async move {
-            let written = raft.client_write(command).await;
-            drop(new_keys);
-            written
-        })
+    let appends_before = slot.appends_before_proposal();
+    let mut write = spawn_write(writes, packets, new_keys);
+    // The second branch never ends: it gives the slot up when the entry is appended, while
+    // the first waits for the answer or the deadline.
+    let written = tokio::select! {
+        written = tokio::time::timeout_at(deadline.into(), &mut write) => written,
+        never = slot.give_up_once_appended(appends_before) => match never {},
     };
-    let written = match tokio::time::timeout_at(deadline.into(), &mut write).await {
+    drop(slot);
+    let written = match written {
         Ok(Ok(written)) => Ok(written),
         // The task panicked or was aborted (the runtime is stopping): its outcome is unknown.
         Ok(Err(e)) => {
@@ -412,6 +477,32 @@ async fn propose(
         };
         answer(reply, result);
     }
+}
+
+/// What openraft answers a proposal.
+type Written =
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>;
+
+/// Proposes `packets` as one entry in a task of its own, which holds the batch's new keys
+/// against the cap until openraft answers: a proposal that outlives its publishers' deadline
+/// may still commit, and its keys must count until then.
+fn spawn_write(
+    writes: &Writes,
+    packets: Vec<PublishItem>,
+    new_keys: Reservation,
+) -> JoinHandle<Written> {
+    let command = Command::Publish {
+        // Cluster time on the leader when it proposes the batch, never its wall clock alone: the
+        // stamps are the log's time, a fence of cluster time (`cluster_clock`).
+        leader_time_micros: writes.clock.now().stamp_micros(),
+        packets,
+    };
+    let raft = writes.raft.clone();
+    tokio::spawn(async move {
+        let written = raft.client_write(command).await;
+        drop(new_keys);
+        written
+    })
 }
 
 /// A retried packet found stale may have been committed by the lost first attempt and

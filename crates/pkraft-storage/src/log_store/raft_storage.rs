@@ -157,6 +157,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await?;
         // `write_and_sync` returned: the entries are on disk.
+        self.inner
+            .appends
+            .send_modify(|appends| *appends = appends.wrapping_add(1));
         callback.log_io_completed(Ok(()));
         if let Some(histogram) = &self.append_seconds {
             histogram.observe(started.elapsed().as_secs_f64());
