@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
+use pkraft_testkit::proxy::CutKind;
 use pkraft_testkit::{iroh_packet, keypair};
 
 use crate::cluster::{TestCluster, eventually};
@@ -333,33 +334,16 @@ async fn a_leader_of_five_voters_hands_over_without_waiting_out_the_lease() {
 #[tokio::test]
 async fn a_stopped_peer_is_logged_once_and_its_return_once() {
     let mut cluster = TestCluster::start(3, "").await;
-    cluster.wait_for_voters(3).await;
-    let leader = cluster.leader().await;
-    let follower = cluster.ids_except(leader)[0];
-    // Only what the leader logs from the stop on (its peers may have been late at the start).
-    let logged_before = cluster.member(leader).server.log().len();
-    let log_of_leader = |cluster: &TestCluster| {
-        let log = cluster.member(leader).server.log();
-        log.get(logged_before..).unwrap_or(&log).to_string()
-    };
-    cluster.member_mut(follower).server.terminate();
-    let lost = format!(
-        "a peer cannot be reached; the cluster goes on without it while a quorum answers peer={follower}"
-    );
-    let back = format!("a peer takes this node's calls again peer={follower}");
-    eventually("the leader says the follower cannot be reached", || async {
-        log_of_leader(&cluster).contains(&lost).then_some(())
-    })
+    let log = leader_logs_a_loss_and_return_once(
+        &mut cluster,
+        "a peer cannot be reached; the cluster goes on without it while a quorum answers",
+        Duration::ZERO,
+        |cluster, _, follower| {
+            cluster.member_mut(follower).server.terminate();
+        },
+        |cluster, _, follower| cluster.restart(follower),
+    )
     .await;
-    // openraft retries a peer it cannot reach every half second: some retries, all quiet.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.restart(follower);
-    eventually("the leader says the follower takes calls again", || async {
-        log_of_leader(&cluster).contains(&back).then_some(())
-    })
-    .await;
-    let log = log_of_leader(&cluster);
-    assert_eq!(log.matches("a peer cannot be reached").count(), 1, "{log}");
     for openraft_says in [
         "Unreachable node",
         "RPCError",
@@ -368,4 +352,86 @@ async fn a_stopped_peer_is_logged_once_and_its_return_once() {
     ] {
         assert!(!log.contains(openraft_says), "{openraft_says}:\n{log}");
     }
+}
+
+/// A follower whose packets the network drops (a silent cut: the leader's calls to it are held
+/// unanswered) is logged once by the leader as not answering in time, after a second of missed
+/// calls (`SILENT_BEFORE_LOST`), and its return once, after it. openraft's own two lines for
+/// every append-entries that timed out (ten a second at the default heartbeat of 100 ms) are
+/// dropped (`pkraft::logging`).
+#[tokio::test]
+async fn a_silent_peer_is_logged_once_and_its_return_once() {
+    let mut cluster = TestCluster::start(3, "").await;
+    let log = leader_logs_a_loss_and_return_once(
+        &mut cluster,
+        "a peer does not answer in time; the cluster goes on without it while a quorum answers",
+        // `SILENT_BEFORE_LOST` of missed calls, each ending 95 ms after it began.
+        pkraft_raft::peer::reachability::SILENT_BEFORE_LOST - Duration::from_millis(100),
+        |cluster, leader, follower| cluster.faults.cut_as(leader, follower, CutKind::Silent),
+        |cluster, _, _| cluster.faults.heal(),
+    )
+    .await;
+    // The deadline's text only in the peer network's own line.
+    assert_eq!(
+        log.matches(pkraft_raft::peer::client::TIMED_OUT_SAYS)
+            .count(),
+        1,
+        "{log}"
+    );
+    for openraft_says in ["RPCError", "error replication"] {
+        assert!(!log.contains(openraft_says), "{openraft_says}:\n{log}");
+    }
+}
+
+/// Takes a follower of the 3-node `cluster` away (`fault`, given the leader and the follower)
+/// and back (`mend`), about 3 s apart, and checks that its leader said the loss (`lost_says`)
+/// once about it, not before `lost_not_before` from the fault, and its return once, after the
+/// loss. Returns the leader's log from the fault on.
+async fn leader_logs_a_loss_and_return_once(
+    cluster: &mut TestCluster,
+    lost_says: &str,
+    lost_not_before: Duration,
+    fault: impl FnOnce(&mut TestCluster, u64, u64),
+    mend: impl FnOnce(&mut TestCluster, u64, u64),
+) -> String {
+    cluster.wait_for_voters(3).await;
+    let leader = cluster.leader().await;
+    let follower = cluster.ids_except(leader)[0];
+    // Only what the leader logs from the fault on (its peers may have been late at the start).
+    let logged_before = cluster.member(leader).server.log().len();
+    let log_of_leader = |cluster: &TestCluster| {
+        let log = cluster.member(leader).server.log();
+        log.get(logged_before..).unwrap_or(&log).to_string()
+    };
+    fault(cluster, leader, follower);
+    let fault_at = Instant::now();
+    let lost = format!("{lost_says} peer={follower} ");
+    let back = format!("a peer takes this node's calls again peer={follower} ");
+    eventually("the leader says it lost the follower", || async {
+        log_of_leader(cluster).contains(&lost).then_some(())
+    })
+    .await;
+    let lost_after = fault_at.elapsed();
+    assert!(
+        lost_after >= lost_not_before,
+        "the loss was said {lost_after:?} after the fault, before {lost_not_before:?}"
+    );
+    // openraft retries every half second (a peer it cannot reach) or at every heartbeat (one
+    // that does not answer): some retries, all quiet.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    mend(cluster, leader, follower);
+    eventually("the leader says the follower takes calls again", || async {
+        log_of_leader(cluster).contains(&back).then_some(())
+    })
+    .await;
+    let log = log_of_leader(cluster);
+    assert_eq!(log.matches(lost_says).count(), 1, "{log}");
+    assert_eq!(log.matches(&back).count(), 1, "{log}");
+    let lost_at = log.find(&lost).expect("the loss is logged");
+    let back_at = log.find(&back).expect("the return is logged");
+    assert!(
+        lost_at < back_at,
+        "the return is logged after the loss:\n{log}"
+    );
+    log
 }

@@ -109,6 +109,31 @@ impl std::fmt::Debug for PeerClient {
     }
 }
 
+/// What [`CallError::Silent`] says in its text, by which the node's logging knows openraft's
+/// lines about such a call (`pkraft::logging`).
+pub const TIMED_OUT_SAYS: &str = "did not answer an RPC in time";
+
+/// openraft gives each RPC a timeout of its own, `hard_ttl` (for an `append-entries`,
+/// `raft.heartbeat_interval`, 100 ms by default), and on expiry drops the call and logs an
+/// ERROR line: each retry while a peer is silent. The call's own deadline ends this much
+/// before, so that a silent peer is seen by [`Reachability`] (and logged once) rather than by
+/// openraft alone.
+fn ahead_of_openraft(hard_ttl: Duration) -> Duration {
+    hard_ttl.saturating_sub((hard_ttl / 20).max(Duration::from_millis(1)))
+}
+
+/// How long an openraft RPC waits for its answer.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    /// Just ahead of openraft's `hard_ttl` ([`ahead_of_openraft`]): a call that reaches it is
+    /// [`CallError::Silent`], a miss that [`Reachability`] logs (append-entries, votes).
+    AheadOfOpenraft(Duration),
+    /// The call's own, which openraft's may end first: a call that reaches it is neither
+    /// answered nor missed, and openraft's lines about it are kept (snapshot chunks: the last
+    /// one waits for the follower's install, up to openraft's own bound).
+    Own(Duration),
+}
+
 /// Why a peer call has no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -126,6 +151,12 @@ pub enum CallError {
     },
     #[error("peer {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
+    /// An openraft RPC that reached its [`Deadline::AheadOfOpenraft`]. (The text holds
+    /// [`TIMED_OUT_SAYS`].)
+    #[error(
+        "peer {addr} did not answer an RPC in time ({timeout:?}, just ahead of openraft's timeout)"
+    )]
+    Silent { addr: String, timeout: Duration },
     /// The peer answered with an error status; `body` quotes the start of its answer (text
     /// from the wire: there is no error value beneath it).
     #[error("peer {addr} answered {status}: {body}")]
@@ -171,9 +202,10 @@ impl CallError {
     }
 
     /// What this failed call says of its peer, for the log ([`Reachability`]): it answered,
-    /// refusing for now (503: low on disk, or stopping) or failing (500); it was missed (not connected, a
-    /// gateway in front of it that says so, or refused for good: a wrong secret, the wrong
-    /// node); or neither (timed out, cut off mid-call, a body that does not decode).
+    /// refusing for now (503: low on disk, or stopping) or failing (500); it was missed (not
+    /// connected, a gateway in front of it that says so, refused for good: a wrong secret, the
+    /// wrong node, or no answer to an RPC in time); or neither (cut off mid-call, its own
+    /// timeout, a body that does not decode).
     fn heard(&self) -> Heard {
         match self {
             // 503: refusing for now; 500: its handler failed (a panic, answered by the
@@ -191,6 +223,7 @@ impl CallError {
             }
             CallError::Status { .. } | CallError::NoSecret => Heard::Missed(Miss::Refused),
             CallError::Connect { .. } => Heard::Missed(Miss::Unreachable),
+            CallError::Silent { .. } => Heard::Missed(Miss::Silent),
             _ => Heard::Unknown,
         }
     }
@@ -423,46 +456,52 @@ impl PeerConnection {
         &self,
         path: &str,
         request: &Q,
-        option: &RPCOption,
+        deadline: Deadline,
     ) -> Result<R, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
         Q: Serialize,
         R: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let outcome: Result<Result<R, RaftError<NodeId, E>>, CallError> = self
-            .client
-            .call(
-                &self.addr,
-                Some(self.target),
-                path,
-                request,
-                option.hard_ttl(),
-            )
-            .await;
+        let outcome: Result<Result<R, RaftError<NodeId, E>>, CallError> = match deadline {
+            Deadline::AheadOfOpenraft(hard_ttl) => {
+                // Timed from here, as openraft's own timeout is: before the request is encoded
+                // and the exchange's task started, which take a few milliseconds for a large
+                // append-entries. (The call's own timeout, openraft's, is never reached.)
+                let timeout = ahead_of_openraft(hard_ttl);
+                let call = self
+                    .client
+                    .call(&self.addr, Some(self.target), path, request, hard_ttl);
+                tokio::time::timeout(timeout, call)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(CallError::Silent {
+                            addr: self.addr.clone(),
+                            timeout,
+                        })
+                    })
+            }
+            Deadline::Own(timeout) => {
+                self.client
+                    .call(&self.addr, Some(self.target), path, request, timeout)
+                    .await
+            }
+        };
         let now = Instant::now();
-        match &outcome {
-            Ok(_) => Reachability::log(
-                self.reachability.reached(self.target, now),
-                self.target,
-                &self.addr,
-                None,
-            ),
-            Err(error) => match error.heard() {
-                Heard::Answered => Reachability::log(
-                    self.reachability.reached(self.target, now),
-                    self.target,
-                    &self.addr,
-                    None,
-                ),
-                Heard::Missed(miss) => Reachability::log(
-                    self.reachability.failed(self.target, now),
-                    self.target,
-                    &self.addr,
-                    Some((miss, error as &dyn std::fmt::Display)),
-                ),
-                Heard::Unknown => {}
-            },
+        let heard = match &outcome {
+            Ok(_) => Heard::Answered,
+            Err(error) => error.heard(),
+        };
+        match (heard, &outcome) {
+            (Heard::Answered, _) => {
+                self.reachability.reached(self.target, &self.addr, now);
+            }
+            (Heard::Missed(miss), Err(error)) => {
+                self.reachability
+                    .failed(self.target, &self.addr, now, miss, error);
+            }
+            // (`Missed` comes only with an error.)
+            (Heard::Missed(_), Ok(_)) | (Heard::Unknown, _) => {}
         }
         let answer = outcome.map_err(CallError::into_rpc)?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -491,7 +530,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.refuse_if_silenced()?;
-        let answer = self.rpc(path::APPEND_ENTRIES, &rpc, &option).await;
+        let deadline = Deadline::AheadOfOpenraft(option.hard_ttl());
+        let answer = self.rpc(path::APPEND_ENTRIES, &rpc, deadline).await;
         // Any answer but "your vote is stale" means the peer accepts this node as its leader.
         if matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)))
         {
@@ -517,7 +557,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         } else {
             option.hard_ttl().min(SNAPSHOT_CHUNK_TIMEOUT)
         };
-        self.rpc(path::INSTALL_SNAPSHOT, &rpc, &RPCOption::new(timeout))
+        self.rpc(path::INSTALL_SNAPSHOT, &rpc, Deadline::Own(timeout))
             .await
     }
 
@@ -526,7 +566,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(path::VOTE, &rpc, &option).await
+        self.rpc(
+            path::VOTE,
+            &rpc,
+            Deadline::AheadOfOpenraft(option.hard_ttl()),
+        )
+        .await
     }
 }
 
@@ -537,6 +582,31 @@ mod tests {
     use tokio::runtime::Builder;
 
     use super::*;
+
+    #[test]
+    fn a_timed_out_call_says_what_the_logging_looks_for_and_ends_before_openraft() {
+        let silent = CallError::Silent {
+            addr: "127.0.0.1:7411".to_string(),
+            timeout: Duration::from_millis(95),
+        };
+        assert!(silent.to_string().contains(TIMED_OUT_SAYS), "{silent}");
+        assert_eq!(silent.heard(), Heard::Missed(Miss::Silent));
+        // A call's own timeout (a snapshot chunk's) is neither, and openraft's lines about it
+        // are kept.
+        let own = CallError::Timeout {
+            addr: "127.0.0.1:7411".to_string(),
+            timeout: Duration::from_secs(60),
+        };
+        assert!(!own.to_string().contains(TIMED_OUT_SAYS), "{own}");
+        assert_eq!(own.heard(), Heard::Unknown);
+        // openraft's own timeout for an append-entries at the default heartbeat, and a long one.
+        for (hard, ours) in [(100, 95), (10, 9), (1_000, 950)] {
+            assert_eq!(
+                ahead_of_openraft(Duration::from_millis(hard)),
+                Duration::from_millis(ours)
+            );
+        }
+    }
 
     /// The time a peer at `addr` answers on `path::CLOCK`.
     fn ask(client: &PeerClient, addr: &str) -> impl Future<Output = Result<u64, CallError>> {

@@ -63,16 +63,26 @@ pub fn init(format: LogFormat) {
         .init();
 }
 
-/// How openraft 0.9 says that a peer could not be reached: `RPCError::Unreachable`'s `Display`,
-/// in every line about such an RPC, and the line of each backoff that follows one (openraft
-/// backs off only from an unreachable peer).
-const OPENRAFT_UNREACHABLE: [&str; 2] = ["Unreachable node: ", "backoff mode: drain events"];
+/// How openraft 0.9 says that a peer missed a call: `RPCError::Unreachable`'s `Display`, in
+/// every line about such an RPC, the line of each backoff that follows one (openraft backs off
+/// only from an unreachable peer), and the peer network's deadline for append-entries and votes
+/// (`pkraft_peer::client::TIMED_OUT_SAYS`, in the `RPCError` it hands openraft). openraft's
+/// own timeouts (`timeout after ...`) and a snapshot chunk's are not among them: the peer
+/// network's deadline ends first, so one of openraft's is rare and passes, and a snapshot's
+/// trouble is openraft's to say.
+const OPENRAFT_PEER_MISSED: [&str; 3] = [
+    "Unreachable node: ",
+    "backoff mode: drain events",
+    pkraft_raft::peer::client::TIMED_OUT_SAYS,
+];
 
-/// Drops openraft's `WARN` and `ERROR` lines about a peer it could not reach (`RPCError`,
-/// `error replication to target`, `heartbeat error`, `while requesting vote`, `backoff mode`,
-/// ...: several lines every half second per peer down). The peer network says it once instead,
-/// and again every minute while it lasts (`pkraft_peer::reachability`). Every other line
-/// passes, and every line when `RUST_LOG` names openraft (`on` false).
+/// Drops openraft's `WARN` and `ERROR` lines about a peer it could not reach or that did not
+/// answer in time (`RPCError`, `error replication to target`, `heartbeat error`, `while
+/// requesting vote`, `backoff mode`, ...: several lines every half second per peer down, and
+/// two for every append-entries that timed out, ten a second at the default heartbeat). The
+/// peer network says it once instead, and again every minute while it lasts
+/// (`pkraft_peer::reachability`). Every other line passes, and every line when `RUST_LOG`
+/// names openraft (`on` false).
 #[derive(Clone, Copy)]
 struct QuietUnreachablePeers {
     on: bool,
@@ -95,14 +105,14 @@ impl<S> Filter<S> for QuietUnreachablePeers {
     }
 }
 
-/// Whether any field of an event says one of [`OPENRAFT_UNREACHABLE`].
+/// Whether any field of an event says one of [`OPENRAFT_PEER_MISSED`].
 struct MentionsUnreachable(bool);
 
 impl Visit for MentionsUnreachable {
     fn record_debug(&mut self, _: &Field, value: &dyn std::fmt::Debug) {
         if !self.0 {
             let text = format!("{value:?}");
-            self.0 = OPENRAFT_UNREACHABLE.iter().any(|says| text.contains(says));
+            self.0 = OPENRAFT_PEER_MISSED.iter().any(|says| text.contains(says));
         }
     }
 }
@@ -111,6 +121,8 @@ impl Visit for MentionsUnreachable {
 mod tests {
     use std::sync::{Arc, Mutex, PoisonError};
     use std::time::Duration;
+
+    use pkraft_raft::peer::client::{CallError, TIMED_OUT_SAYS};
 
     use tracing_subscriber::fmt::MakeWriter;
 
@@ -143,7 +155,9 @@ mod tests {
     }
 
     /// What openraft 0.9 logs for an RPC to a peer that is down (two lines), one for an RPC
-    /// that timed out, and the peer network's own line, through the filter `on` or off.
+    /// that openraft's own timeout ended, two for one the peer network's deadline ended, one
+    /// for a snapshot chunk's own timeout, and the peer network's own line, through the filter
+    /// `on` or off.
     fn logged(on: bool) -> String {
         let captured = Captured::default();
         let lines = tracing_subscriber::fmt::layer()
@@ -155,6 +169,18 @@ mod tests {
             tracing::warn!(target: "openraft::replication", error = %down, "error replication to target=2");
             tracing::error!(target: "openraft::replication", err = %down, "RPCError");
             tracing::error!(target: "openraft::replication", err = %"timeout after 1s", "RPCError");
+            let silent = CallError::Silent {
+                addr: "127.0.0.1:7411".to_string(),
+                timeout: Duration::from_millis(95),
+            };
+            let silent = format!("Network error: {silent}");
+            tracing::error!(target: "openraft::replication", err = %silent, "RPCError");
+            tracing::warn!(target: "openraft::replication", error = %silent, "error replication to target=3");
+            let chunk = CallError::Timeout {
+                addr: "127.0.0.1:7411".to_string(),
+                timeout: Duration::from_secs(60),
+            };
+            tracing::error!(target: "openraft::replication", err = %format!("Network error: {chunk}"), "snapshot RPCError");
             tracing::warn!(target: "openraft::replication", interval = ?Duration::from_millis(500), "{} backoff mode: drain events without processing them", "backoff_drain_events");
             tracing::info!(target: "openraft::replication", err = %down, "an INFO line passes");
             tracing::warn!(target: "pkraft_peer::reachability", error = %down, "a peer does not answer");
@@ -173,11 +199,14 @@ mod tests {
         assert!(!quiet.contains("error replication"), "{quiet}");
         assert!(!quiet.contains("backoff mode"), "{quiet}");
         assert!(quiet.contains("an INFO line passes"), "{quiet}");
-        assert_eq!(quiet.matches("RPCError").count(), 1, "{quiet}");
+        assert_eq!(quiet.matches("RPCError").count(), 2, "{quiet}");
         assert!(quiet.contains("timeout after 1s"), "{quiet}");
+        assert!(!quiet.contains(TIMED_OUT_SAYS), "{quiet}");
+        assert!(quiet.contains("snapshot RPCError"), "{quiet}");
         assert!(quiet.contains("a peer does not answer"), "{quiet}");
         let all = logged(false);
-        assert_eq!(all.matches("RPCError").count(), 2, "{all}");
+        assert_eq!(all.matches("RPCError").count(), 4, "{all}");
+        assert!(all.contains(TIMED_OUT_SAYS), "{all}");
         assert!(all.contains("error replication"), "{all}");
         assert!(all.contains("backoff mode"), "{all}");
     }
