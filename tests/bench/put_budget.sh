@@ -12,8 +12,8 @@
 #     the leader and a follower profiled at once.
 # Prints one table per process (the median of the rounds), then the mean wall time of each
 # write-path stage over the measured runs (the node's histograms: the PUT, a batch's wait for a
-# commit slot, the batch, its log append and its apply), and writes the rounds' JSON to
-# BUDGET_OUT (default target/bench-put-budget.jsonl).
+# place in flight and the append slot, the batch, its log append and its apply), and writes the
+# rounds' JSON to BUDGET_OUT (default target/bench-put-budget.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/pkraft.sh
@@ -106,7 +106,7 @@ acked = run["status"].get("204", 0)
 cpu = {t.split("=")[0]: int(t.split("=")[1]) * 1e6 / hz / max(acked, 1) for t in sys.argv[6:]}
 STAGES = {  # histogram -> what the report calls it (ms, but for the batch size)
     "pkraft_http_put_duration_seconds": "PUT, arrival to answer",
-    "pkraft_raft_publish_batch_wait_seconds": "batch: wait for a commit slot",
+    "pkraft_raft_publish_batch_wait_seconds": "batch: wait to be formed (a place in flight, the append slot)",
     "pkraft_raft_publish_batch_seconds": "batch: formed to answered",
     "pkraft_raft_log_append_seconds": "log append (write + fdatasync)",
     "pkraft_raft_apply_seconds": "apply (one state transaction)",

@@ -122,7 +122,7 @@ async fn metrics_count_requests_queries_and_the_replica() {
     assert_eq!(value(&text, "pkraft_raft_applied_index", ""), committed);
     assert_eq!(value(&text, "pkraft_raft_batch_packets_count", ""), 1.0);
     // The PUT's batch, timed at each stage of the write path (the single node leads): its wait
-    // for a commit slot, the batch from forming to answered, and the log append and the apply
+    // to be formed, the batch from forming to answered, and the log append and the apply
     // of its entry.
     let grew = |name: &str| value(&text, name, "") - value(&before_the_put, name, "");
     assert_eq!(grew("pkraft_raft_publish_batch_wait_seconds_count"), 1.0);
