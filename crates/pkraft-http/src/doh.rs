@@ -28,7 +28,7 @@ use hickory_proto::rr::{Name, Record, RecordType};
 use pkraft_dns::AnswerError;
 use serde::{Deserialize, Serialize};
 
-use crate::AppState;
+use crate::{AppState, SharedState};
 
 /// Media type of a DNS wire message (RFC 8484 §6).
 pub const DNS_MESSAGE: &str = "application/dns-message";
@@ -126,7 +126,7 @@ impl From<AnswerError> for DohError {
 
 /// `GET /dns-query`: the wire form with `?dns=`, the JSON form with `?name=`.
 pub async fn get_query(
-    State(state): State<AppState>,
+    State(state): State<SharedState>,
     Query(params): Query<DohParams>,
 ) -> Result<Response, DohError> {
     if let Some(dns) = params.dns {
@@ -143,7 +143,7 @@ pub async fn get_query(
 
 /// `POST /dns-query`: a wire query in the body.
 pub async fn post_query(
-    State(state): State<AppState>,
+    State(state): State<SharedState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, DohError> {

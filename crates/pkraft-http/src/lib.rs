@@ -229,8 +229,10 @@ impl Default for Settings {
     }
 }
 
-/// Shared state of every handler.
-#[derive(Clone)]
+/// Shared state of every handler. The router holds it in one `Arc` ([`SharedState`]): axum
+/// clones the state for each extractor and middleware of every request, and one reference count
+/// costs less than one for each `Arc` inside (six with `[dht]` off; `perf` under PUT load: dropping
+/// those clones took 1.3 % of the single node's CPU, the one `Arc`'s 0.4 %).
 pub struct AppState {
     pub node: Arc<Node>,
     pub settings: Arc<Settings>,
@@ -242,8 +244,12 @@ pub struct AppState {
     pub dht: Option<Arc<pkraft_dht::Resolver>>,
 }
 
+/// [`AppState`] as the handlers and middleware receive it.
+pub type SharedState = Arc<AppState>;
+
 /// The public router: relay routes, health, CORS, rate limits and the body limit.
 pub fn router(state: AppState) -> Router {
+    let state = SharedState::new(state);
     // Any origin may read and publish (pkarr relays are public); browsers may read the
     // stored-nodes header.
     let cors = CorsLayer::new()
@@ -291,7 +297,7 @@ pub fn router(state: AppState) -> Router {
 
 /// Readiness of this node; see [`metrics::readyz`].
 async fn readyz(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::State(state): axum::extract::State<SharedState>,
 ) -> axum::response::Response {
     metrics::readyz(&state.node, state.settings.ready_max_stale)
 }

@@ -31,7 +31,7 @@ use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, decide, decode_z32_
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
 
-use crate::AppState;
+use crate::SharedState;
 use crate::error::RelayError;
 
 /// `[rate_limit]`: limits of the public HTTP listeners.
@@ -467,7 +467,7 @@ fn whole_seconds_up(duration: Duration) -> u64 {
 /// `publish_new_keys` when not (see the module docs); anything else is `resolve`. `key` is the
 /// route's, percent-decoded as the handler reads it.
 pub async fn limit_relay(
-    State(state): State<AppState>,
+    State(state): State<SharedState>,
     Path(key): Path<String>,
     request: Request,
     next: Next,

@@ -12,7 +12,7 @@ use pkraft_types::too_far_ahead;
 use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key, parse_z32_key};
 
 use crate::error::RelayError;
-use crate::{AppState, STORED_NODES_HEADER, Settings};
+use crate::{STORED_NODES_HEADER, Settings, SharedState};
 
 /// Query parameters of GET.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -51,7 +51,7 @@ pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
 /// local replica when that decides it, else committed through Raft). 204 once stored (or when the
 /// same packet is), 409 if a more recent packet is stored.
 pub async fn put_packet(
-    State(state): State<AppState>,
+    State(state): State<SharedState>,
     Path(key): Path<String>,
     body: Bytes,
 ) -> Result<Response, RelayError> {
@@ -101,7 +101,7 @@ fn check_not_from_the_future(
 /// `GET /pkarr/{z32}` and `GET /{z32}`: the stored payload from the local replica, or 304 when
 /// the client's `If-Modified-Since` is not older than the packet.
 pub async fn get_packet(
-    State(state): State<AppState>,
+    State(state): State<SharedState>,
     Path(key): Path<String>,
     Query(read): Query<ReadParams>,
     headers: HeaderMap,
