@@ -44,12 +44,20 @@ log "building $name ($short) in $src"
 # rebuild in another directory, with the same Rust toolchain, C compiler and linker, makes the
 # same bytes.
 cargo_home=${CARGO_HOME:-$HOME/.cargo}
+# RUSTFLAGS replaces .cargo/config.toml's flags, so its one flag is passed here too: the AVX-512
+# IFMA ed25519 arithmetic on x86_64 (chosen at start, so the binary still runs on any x86_64).
+# Only for a revision whose config asks for it, so that an older tag still builds the same bytes.
+dalek_flags=
+if [ "$arch" = x86_64 ] &&
+  grep -qsF 'curve25519_dalek_backend="avx512"' "$src/.cargo/config.toml"; then
+  dalek_flags='--cfg curve25519_dalek_backend="avx512" '
+fi
 (
   cd "$src"
   PKRAFT_BUILD_COMMIT=$short \
     SOURCE_DATE_EPOCH=$epoch \
     CARGO_TARGET_DIR=$src/target \
-    RUSTFLAGS="--remap-path-prefix=$src=/build/pkraft --remap-path-prefix=$cargo_home=/build/cargo" \
+    RUSTFLAGS="$dalek_flags--remap-path-prefix=$src=/build/pkraft --remap-path-prefix=$cargo_home=/build/cargo" \
     CFLAGS="-ffile-prefix-map=$src=/build/pkraft -ffile-prefix-map=$cargo_home=/build/cargo" \
     cargo build --release --locked -p pkraft
 )

@@ -261,8 +261,9 @@ TOML
 }
 
 # build_revision REV PROFILE OUT_DIR PACKAGE...: the binaries of PACKAGE... as commit REV builds
-# them (PROFILE release or debug), from `git archive` alone (never the work tree), installed into
-# OUT_DIR; nothing is built when OUT_DIR already holds them all. REV's own Cargo.lock is used
+# them (PROFILE release or debug), from `git archive` alone (never the work tree, nor its
+# .cargo/config.toml: the sources are extracted outside it), installed into OUT_DIR; nothing is
+# built when OUT_DIR already holds them all. REV's own Cargo.lock is used
 # (--locked). The target dir beside OUT_DIR (its parent's target/) keeps later builds of
 # nearby revisions incremental. Fails naming REV when this clone lacks it (a shallow clone
 # needs `git fetch --unshallow`). Progress goes to stderr.
@@ -283,7 +284,10 @@ build_revision() {
   mkdir -p "$(dirname "$out")"
   parent=$(cd "$(dirname "$out")" && pwd)
   # A fixed place, emptied first: what an interrupted build left there goes with the next one.
-  src=$parent/src-$commit
+  # Outside this repository: cargo reads .cargo/config.toml in every directory above the one it
+  # runs in, so sources extracted under the work tree would build with the work tree's flags
+  # (its ed25519 arithmetic), not REV's own.
+  src=${XDG_CACHE_HOME:-$HOME/.cache}/pkraft-build/src-$commit
   rm -rf "$src"
   mkdir -p "$src"
   # -m: the files get the time of extraction, not the commit's. With the commit's, cargo would

@@ -213,7 +213,8 @@ enum Command {
     /// parse, from the key's bytes as a forwarded packet carries them) over every packet of
     /// DATA, ROUNDS times; then the ed25519 check alone (keys decompressed beforehand), one
     /// signature at a time as pkarr checks it and in batches of each BATCH
-    /// (`ed25519_dalek::verify_batch`). Prints the microseconds per packet of each round.
+    /// (`ed25519_dalek::verify_batch`). Prints the microseconds per packet of each round, and the
+    /// ed25519 arithmetic in use (`ed25519_arithmetic`: AVX-512 IFMA, AVX2 or portable).
     Verify {
         #[arg(long)]
         data: PathBuf,
@@ -1190,6 +1191,7 @@ fn verify_cost_of(
     }
     Ok(serde_json::json!({
         "op": "verify",
+        "ed25519_arithmetic": pkraft_types::ed25519::arithmetic(),
         "packets": packets.len(),
         "per_packet_us": per_packet_us,
         "signature_us": single_us,

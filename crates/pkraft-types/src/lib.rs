@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`build`]: which build a node runs (version and commit).
+//! - [`ed25519`]: which arithmetic the signature checks run on (AVX-512 IFMA, AVX2, portable).
 //! - [`key`]: strict z-base-32 public key parsing, for URL path segments and DNS labels.
 //! - [`payload`]: the pkarr relay payload (`signature ‖ timestamp ‖ DNS packet`) and its limits.
 //! - [`packet`]: [`VerifiedPacket`], the only way a packet enters the Raft log.
@@ -14,6 +15,7 @@ pub mod build;
 pub mod clock;
 pub mod command;
 pub mod compiled;
+pub mod ed25519;
 pub mod key;
 pub mod ordering;
 pub mod packet;

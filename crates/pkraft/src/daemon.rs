@@ -26,6 +26,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         version = crate::VERSION,
         commit = crate::COMMIT,
+        ed25519 = pkraft_types::ed25519::arithmetic(),
         "pkraft starting"
     );
     let secrets = config.secrets(|name| std::env::var(name).ok())?;

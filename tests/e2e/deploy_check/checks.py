@@ -177,7 +177,7 @@ def check_docker(repo, dockerfile):
                 check(os.path.exists(os.path.join(repo, src)), f"COPY source {src} does not exist")
                 check(any(p == src or p.startswith(src.rstrip("/") + "/") for p in context),
                       f"COPY source {src} is excluded by .dockerignore")
-    needed = ["Cargo.toml", "Cargo.lock", "config/dev.toml", "tests/it/main.rs"]
+    needed = ["Cargo.toml", "Cargo.lock", ".cargo/config.toml", "config/dev.toml", "tests/it/main.rs"]
     needed += [f"crates/{c}/Cargo.toml" for c in os.listdir(os.path.join(repo, "crates"))]
     for path in needed:
         check(path in context, f".dockerignore leaves {path} out of the build context")
