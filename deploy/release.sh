@@ -49,7 +49,8 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 # Only for a revision whose config asks for it, so that an older tag still builds the same bytes.
 dalek_flags=
 if [ "$arch" = x86_64 ] &&
-  grep -qsF 'curve25519_dalek_backend="avx512"' "$src/.cargo/config.toml"; then
+  grep -qsE '^[[:space:]]*rustflags.*curve25519_dalek_backend="avx512"' \
+    "$src/.cargo/config.toml"; then
   dalek_flags='--cfg curve25519_dalek_backend="avx512" '
 fi
 (
@@ -57,7 +58,7 @@ fi
   PKRAFT_BUILD_COMMIT=$short \
     SOURCE_DATE_EPOCH=$epoch \
     CARGO_TARGET_DIR=$src/target \
-    RUSTFLAGS="$dalek_flags--remap-path-prefix=$src=/build/pkraft --remap-path-prefix=$cargo_home=/build/cargo" \
+    RUSTFLAGS="${dalek_flags}--remap-path-prefix=$src=/build/pkraft --remap-path-prefix=$cargo_home=/build/cargo" \
     CFLAGS="-ffile-prefix-map=$src=/build/pkraft -ffile-prefix-map=$cargo_home=/build/cargo" \
     cargo build --release --locked -p pkraft
 )

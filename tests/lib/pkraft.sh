@@ -283,13 +283,11 @@ build_revision() {
   commit=$(git rev-parse --short=12 "$rev^{commit}")
   mkdir -p "$(dirname "$out")"
   parent=$(cd "$(dirname "$out")" && pwd)
-  # A fixed place, emptied first: what an interrupted build left there goes with the next one.
-  # Outside this repository: cargo reads .cargo/config.toml in every directory above the one it
-  # runs in, so sources extracted under the work tree would build with the work tree's flags
-  # (its ed25519 arithmetic), not REV's own.
-  src=${XDG_CACHE_HOME:-$HOME/.cache}/pkraft-build/src-$commit
-  rm -rf "$src"
-  mkdir -p "$src"
+  # A directory of this call's own (two builds of one commit, from two clones, must not share
+  # it), outside this repository: cargo reads .cargo/config.toml in every directory above the
+  # one it runs in, so sources extracted under the work tree would build with the work tree's
+  # flags (its ed25519 arithmetic), not REV's own. Removed when the build ends either way.
+  src=$(mktemp -d "${TMPDIR:-/tmp}/pkraft-build-$commit.XXXXXX")
   # -m: the files get the time of extraction, not the commit's. With the commit's, cargo would
   # take a shared target dir's crates, built from a later commit, for newer than an earlier
   # commit's sources and reuse them (it compares times).

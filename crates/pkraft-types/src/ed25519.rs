@@ -8,7 +8,8 @@
 /// The name of the arithmetic dalek runs this process's signature checks on: `avx512ifma`,
 /// `avx2`, or the portable `serial` (or `fiat`, when a build asks for it).
 pub fn arithmetic() -> &'static str {
-    if cfg!(curve25519_dalek_backend = "serial") {
+    // 32-bit limbs have no vector code.
+    if cfg!(curve25519_dalek_bits = "32") || cfg!(curve25519_dalek_backend = "serial") {
         return "serial";
     }
     if cfg!(curve25519_dalek_backend = "fiat") {
@@ -31,8 +32,7 @@ pub fn arithmetic() -> &'static str {
 
 /// Whether dalek compiled its IFMA code: asked for by the cfg, or chosen by dalek's build script
 /// when no backend is named and the build targets a CPU with IFMA (`-C target-cpu=znver4`,
-/// `native` on such a CPU). Not covered: `--cfg curve25519_dalek_bits="32"` on x86_64, where
-/// dalek runs its portable code and this says `avx2`.
+/// `native` on such a CPU).
 fn ifma_compiled() -> bool {
     cfg!(curve25519_dalek_backend = "avx512")
         || (cfg!(all(
