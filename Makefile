@@ -249,8 +249,9 @@ upgrade-test:
 	UPGRADE_BIN=$(TARGET_DIR)/release tests/upgrade/rolling.sh
 
 ## Where a PUT's CPU goes, stage by stage: perf on the release build under make bench's PUT load,
-## one node and the leader and a follower of a 3-node cluster (docs/BENCHMARKS.md, "The budget
-## of a PUT"; about 5 minutes; perf from Debian's linux-perf).
+## one node, iroh-dns-server under the same load when `make bench` has installed it
+## (BUDGET_IROH=0 leaves it out), and the leader and a follower of a 3-node cluster
+## (docs/BENCHMARKS.md, "The budget of a PUT"; about 13 minutes; perf from Debian's linux-perf).
 bench-put-budget:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN_DIR=$(TARGET_DIR)/release tests/bench/put_budget.sh

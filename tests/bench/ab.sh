@@ -32,7 +32,7 @@ with_clusters=${BENCH_AB_CLUSTER:-1}
 [ "$concurrency" -ge 1 ] && [ "$concurrency" -le 256 ] ||
   { echo "ab: BENCH_CONCURRENCY=$concurrency: 1 to 256 (the node's connection cap per client)" >&2; exit 2; }
 bench="$a_dir/pkraft-bench"
-iroh_bin="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-1.4.1/bin/iroh-dns-server"
+iroh_bin=$(iroh_dns_server_bin)
 with_iroh=${BENCH_AB_IROH:-1}
 [ "$with_iroh" = 0 ] || [ -x "$iroh_bin" ] ||
   { echo "ab: $iroh_bin missing (make bench installs it; BENCH_AB_IROH=0 runs without it)" >&2; exit 1; }

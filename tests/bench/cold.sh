@@ -37,8 +37,7 @@ bin=${BENCH_BIN:-target/release}
 rounds=${BENCH_ROUNDS:-3}
 sizes=${BENCH_COLD_KEYS:-200000 1000000}
 clients=20
-cache=${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}
-iroh_bin="$cache/iroh-dns-server-1.4.1/bin/iroh-dns-server"
+iroh_bin=$(iroh_dns_server_bin)
 origin=pkarr.test
 iroh=${BENCH_COLD_IROH:-1}
 need_bins cold "$bin"

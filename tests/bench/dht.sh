@@ -28,8 +28,7 @@ dht_nodes=${BENCH_DHT_NODES:-10}
 found=${BENCH_DHT_FOUND:-30} missing=${BENCH_DHT_MISSING:-20} down=${BENCH_DHT_DOWN:-10}
 republish_keys=${BENCH_DHT_REPUBLISH_KEYS:-1000000}
 republish_seconds=${BENCH_DHT_REPUBLISH_SECONDS:-30}
-cache=${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}
-iroh_bin="$cache/iroh-dns-server-1.4.1/bin/iroh-dns-server"
+iroh_bin=$(iroh_dns_server_bin)
 origin=pkarr.test
 need_bins dht "$bin"
 [ -x "$iroh_bin" ] || { echo "dht: $iroh_bin is missing (make bench installs it)" >&2; exit 2; }

@@ -34,8 +34,10 @@ short=$(git rev-parse --short=7 "$base_commit")
 a_dir=$PWD/target/bench-base/$base_commit
 build_revision "$base_commit" release "$a_dir" pkraft pkraft-bench
 
-iroh_bin="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-1.4.1/bin/iroh-dns-server"
+iroh_bin=$(iroh_dns_server_bin)
 with_iroh=${BENCH_AB_IROH:-$([ -x "$iroh_bin" ] && echo 1 || echo 0)}
+[ -n "${BENCH_AB_IROH:-}" ] || [ "$with_iroh" = 1 ] ||
+  echo "guard: no iroh-dns-server at $iroh_bin (make bench installs it): running without it" >&2
 echo "guard: A = $short ($base), B = $b_dir" >&2
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT

@@ -21,9 +21,7 @@ keys=${BENCH_IMPORT_KEYS:-1000000}
 rounds=${BENCH_IMPORT_ROUNDS:-3}
 need_bins import "$bin"
 export PKRAFT_BENCH="$bin/pkraft-bench"
-cache=${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}
-iroh_version=1.4.1
-iroh_bin="$cache/iroh-dns-server-$iroh_version/bin/iroh-dns-server"
+iroh_bin=$(iroh_dns_server_bin)
 work=$(mktemp -d)
 # shellcheck disable=SC2034  # filled by cluster_up
 declare -A node_pid node_http node_dns node_admin
@@ -43,11 +41,7 @@ export PKRAFT_ADMIN_TOKEN=import-bench-admin-token
 secret=import-bench-cluster-secret
 metric() { curl -sf "http://$1/metrics" | awk -v m="$2" '$1 == m {print int($2)}'; }
 
-if [ ! -x "$iroh_bin" ]; then
-  log "installing iroh-dns-server $iroh_version into $cache (one time, several minutes)"
-  CARGO_TARGET_DIR="$cache/target" cargo install iroh-dns-server --version "$iroh_version" \
-    --locked --root "$cache/iroh-dns-server-$iroh_version" >&2
-fi
+install_iroh_dns_server
 
 log "signing $keys packets"
 "$bin/pkraft-bench" gen --keys "$keys" --versions 1 --seed 38 --out "$work/keys.bin" >/dev/null

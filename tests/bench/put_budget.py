@@ -26,7 +26,9 @@ STAGES = [
     # Not a PUT's: the scrub's sweep re-verifies stored packets in the background.
     ("background scrub", r"scrub::|scrub_packets|sweep_state"),
     ("key and signature check", r"ed25519|curve25519|VerifiedPacket::verify|parse_z32_key"),
-    ("compile (DNS answers)", r"compiled::|answers_row"),
+    ("compile (DNS answers)", r"compiled::|answers_row|CachedZone::from_signed_packet"),
+    # iroh-dns-server's store task: its redb inserts and the commit it makes once a second.
+    ("store writes and commits (iroh-dns-server)", r"iroh_dns_server::store"),
     ("apply: redb commit", r"ApplyTxn::commit"),
     ("apply: rows (packets, answers, expiry)", r"ApplyTxn|state_machine::|RaftStateMachine"),
     ("log append + sync", r"log_store|segments::|synced_mark|fdatasync|sync_data"),

@@ -10,6 +10,9 @@
 #     PUT, so that perf's own cost is not counted.
 #   - the 3-node cluster (BUDGET_CLUSTER=1, the default): the same with PUTs through every node,
 #     the leader and a follower profiled at once.
+# With iroh-dns-server installed (`make bench` installs it; BUDGET_IROH=0 leaves it out), the same
+# single-node load and classifier run on it too, after the single node's rounds: the stages both servers have
+# (the check, HTTP) side by side, and what its store costs, which commits once a second.
 # Prints one table per process (the median of the rounds), then the mean wall time of each
 # write-path stage over the measured runs (the node's histograms: the PUT, a batch's wait for a
 # place in flight and the append slot, the batch, its log append and its apply), and writes the
@@ -24,6 +27,10 @@ rounds=${BUDGET_ROUNDS:-3}
 keys=${BUDGET_KEYS:-60000}
 hz=${BUDGET_PERF_HZ:-499}
 with_cluster=${BUDGET_CLUSTER:-1}
+iroh_bin=$(iroh_dns_server_bin)
+with_iroh=${BUDGET_IROH:-$([ -x "$iroh_bin" ] && echo 1 || echo 0)}
+[ -n "${BUDGET_IROH:-}" ] || [ "$with_iroh" = 1 ] ||
+  echo "put-budget: no iroh-dns-server at $iroh_bin (make bench installs it): running without it" >&2
 out=${BUDGET_OUT:-target/bench-put-budget.jsonl}
 concurrency=64
 need_bins put-budget "$bin"
@@ -37,10 +44,12 @@ log() { echo "put-budget: $*" >&2; }
 
 work=$(mktemp -d)
 single_pid=
+iroh_pid=
 # shellcheck disable=SC2034  # filled by cluster_up
 declare -A node_pid node_http node_dns node_admin
 cleanup() {
   [ -z "$single_pid" ] || stop_process_groups "$single_pid"
+  [ -z "$iroh_pid" ] || stop_process_groups "$iroh_pid"
   cluster_down "$work/cluster"
   rm -rf "$work"
 }
@@ -58,6 +67,11 @@ put_round() {
   "$bench" put --data "$work/data.bin" --version "$version" "${urls[@]}" --concurrency "$concurrency"
 }
 
+# Seconds to wait after a run's last PUT before its CPU is counted: iroh-dns-server commits the
+# run's last writes up to 1 s after them (its store's open transaction), and that commit is the
+# run's. pkraft has nothing pending once its PUTs are answered (wait_idle covers the rest).
+after_put=0
+
 # The processes measured now, for wait_idle.
 busy_pids=""
 busy_ticks() {
@@ -68,11 +82,13 @@ busy_ticks() {
 # The admin listener of each process measured (pid -> address), for its write-path timings.
 declare -A admin_of
 
-# scrape_timings ROLES DIR: each role's /metrics into DIR/<role>.
+# scrape_timings ROLES DIR: each role's /metrics into DIR/<role> (empty for a process with no
+# admin listener: iroh-dns-server).
 scrape_timings() {
   local roles=$1 dir=$2 role
   mkdir -p "$dir"
   for role in $roles; do
+    [ -n "${admin_of[${role#*=}]:-}" ] || { : >"$dir/${role%%=*}"; continue; }
     curl -sf "http://${admin_of[${role#*=}]}/metrics" >"$dir/${role%%=*}" || {
       log "no metrics from ${role%%=*} (${admin_of[${role#*=}]}): its wall times are left out"
       : >"$dir/${role%%=*}"
@@ -93,6 +109,7 @@ measure() {
   for role in $roles; do before[$role]=$(process_group_ticks "${role#*=}"); done
   # shellcheck disable=SC2086  # one URL per word
   put_round "$version" $urls >"$work/run.json"
+  sleep "$after_put"
   wait_idle busy_ticks || true
   local ticks=()
   for role in $roles; do
@@ -150,6 +167,7 @@ profile() {
   sleep 1
   # shellcheck disable=SC2086  # one URL per word
   put_round "$version" $urls >"$work/run-profiled.json"
+  sleep "$after_put"
   kill -INT "${perf_pids[@]}"
   for pid in "${perf_pids[@]}"; do wait "$pid" || true; done
   for role in $roles; do
@@ -178,6 +196,26 @@ for r in $(seq 1 "$rounds"); do
   profile single $((2 * r)) "node=$single_pid" "$single_url"
 done
 stop_process_groups "$single_pid"; single_pid=
+
+# --- iroh-dns-server -----------------------------------------------------------------------
+if [ "$with_iroh" = 1 ]; then
+  http=$(loopback_port); dns=$(loopback_port); https=$(loopback_port)
+  iroh_dns_server_config "$work/iroh.toml" "$work/iroh-data" "$http" "$dns" "$https" pkarr.test
+  RUST_LOG=warn setsid "$iroh_bin" --config "$work/iroh.toml" >"$work/iroh.log" 2>&1 &
+  iroh_pid=$!
+  for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$http/" 2>/dev/null && break; sleep 0.1; done
+  curl -s -o /dev/null "http://127.0.0.1:$http/" || fail "iroh-dns-server did not start"
+  iroh_url="http://127.0.0.1:$http/pkarr"
+  put_round 0 "$iroh_url" >/dev/null
+  after_put=1.2
+  for r in $(seq 1 "$rounds"); do
+    log "iroh-dns-server, round $r/$rounds"
+    measure iroh-dns-server $((2 * r - 1)) "node=$iroh_pid" "$iroh_url"
+    profile iroh-dns-server $((2 * r)) "node=$iroh_pid" "$iroh_url"
+  done
+  stop_process_groups "$iroh_pid"; iroh_pid=
+  after_put=0
+fi
 
 # --- 3-node cluster ------------------------------------------------------------------------
 if [ "$with_cluster" = 1 ]; then

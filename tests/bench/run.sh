@@ -39,9 +39,8 @@ esac
 concurrency=64
 dns_clients=20
 origin=pkarr.test
-cache=${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}
-iroh_version=1.4.1
-iroh_bin="$cache/iroh-dns-server-$iroh_version/bin/iroh-dns-server"
+iroh_version=$iroh_dns_server_version
+iroh_bin=$(iroh_dns_server_bin)
 
 work=$(mktemp -d)
 pids=()
@@ -71,11 +70,7 @@ if [ "$peers" = yes ]; then need nsd nsd; need knotd knot; need dig bind9-dnsuti
 pkraft="$bin_dir/pkraft"
 bench="$bin_dir/pkraft-bench"
 [ -x "$pkraft" ] && [ -x "$bench" ] || fail "$pkraft or $bench not built"
-if [ "$peers" = yes ] && [ ! -x "$iroh_bin" ]; then
-  log "installing iroh-dns-server $iroh_version into $cache (one time, several minutes)"
-  CARGO_TARGET_DIR="$cache/target" cargo install iroh-dns-server --version "$iroh_version" \
-    --locked --root "$cache/iroh-dns-server-$iroh_version" >&2
-fi
+if [ "$peers" = yes ]; then install_iroh_dns_server; fi
 
 # --- helpers -------------------------------------------------------------------------------
 alive() { kill -0 "$1" 2>/dev/null; }
@@ -380,7 +375,7 @@ mkdir -p target
 cp "$results" "target/bench-results-$mode.jsonl"
 versions_json=$(python3 -c 'import json,sys; print(json.dumps(dict(zip(sys.argv[1::2], sys.argv[2::2]))))' \
   pkraft "$(git describe --always --dirty 2>/dev/null || echo unknown)" \
-  iroh-dns-server "$iroh_version" \
+  iroh-dns-server "$iroh_version ($(iroh_dns_server_build))" \
   nsd "$( (command -v nsd >/dev/null && nsd -v 2>&1 || echo "NSD not run") | head -1)" \
   knot "$( (command -v knotd >/dev/null && knotd -V 2>&1 || echo "Knot DNS not run") | head -1)" \
   dnsperf "$(dnsperf -h 2>&1 | grep -m1 Version | sed 's/^Version/dnsperf/' || true)" \

@@ -230,6 +230,35 @@ print_log_tails() {
   return 0
 }
 
+# The iroh-dns-server the benchmarks compare with: 1.4.1, built once into PKRAFT_BENCH_CACHE
+# (~/.cache/pkraft-bench by default). On x86_64 it is built with the curve25519-dalek backend cfg
+# that .cargo/config.toml gives pkraft (AVX-512 IFMA, picked at start when the CPU has it), so both
+# run their ed25519 checks on the machine's fastest code: each peer at its best. `cargo install`
+# reads no repository's config, hence RUSTFLAGS (and CARGO_ENCODED_RUSTFLAGS, which cargo would
+# take over RUSTFLAGS, is unset for it). The directory name says how it was built, so an install
+# from before this rule (plain AVX2) is never taken for this one.
+iroh_dns_server_version=1.4.1
+iroh_dns_server_build() {
+  if [ "$(uname -m)" = x86_64 ]; then echo dalek-avx512; else echo default; fi
+}
+iroh_dns_server_root() {
+  echo "${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/iroh-dns-server-$iroh_dns_server_version-$(iroh_dns_server_build)"
+}
+iroh_dns_server_bin() { echo "$(iroh_dns_server_root)/bin/iroh-dns-server"; }
+# install_iroh_dns_server: builds it unless it is there (one time, several minutes).
+install_iroh_dns_server() {
+  local root rustflags=${RUSTFLAGS:-}
+  root=$(iroh_dns_server_root)
+  [ -x "$root/bin/iroh-dns-server" ] && return 0
+  if [ "$(iroh_dns_server_build)" = dalek-avx512 ]; then
+    rustflags="$rustflags --cfg curve25519_dalek_backend=\"avx512\""
+  fi
+  echo "installing iroh-dns-server $iroh_dns_server_version into $root (one time, several minutes)" >&2
+  env -u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS="$rustflags" \
+    CARGO_TARGET_DIR="${PKRAFT_BENCH_CACHE:-$HOME/.cache/pkraft-bench}/target" \
+    cargo install iroh-dns-server --version "$iroh_dns_server_version" --locked --root "$root" >&2
+}
+
 # iroh_dns_server_config FILE DATA_DIR HTTP_PORT DNS_PORT HTTPS_PORT ORIGIN: the config the
 # benchmarks run iroh-dns-server 1.4.1 with, on 127.0.0.1: rate limit off (it would cap PUTs), no
 # mainline DHT (no traffic off loopback), no metrics, a self-signed certificate.
