@@ -27,7 +27,8 @@ STAGES = [
     ("background scrub", r"scrub::|scrub_packets|sweep_state"),
     ("key and signature check", r"ed25519|curve25519|VerifiedPacket::verify|parse_z32_key"),
     ("compile (DNS answers)", r"compiled::|answers_row|CachedZone::from_signed_packet"),
-    # iroh-dns-server's store task: its redb inserts and the commit it makes once a second.
+    # iroh-dns-server's store: the handler's calls into it, and its task's redb inserts and the
+    # commit it makes once a second.
     ("store writes and commits (iroh-dns-server)", r"iroh_dns_server::store"),
     ("apply: redb commit", r"ApplyTxn::commit"),
     ("apply: rows (packets, answers, expiry)", r"ApplyTxn|state_machine::|RaftStateMachine"),

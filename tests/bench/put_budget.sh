@@ -31,6 +31,8 @@ iroh_bin=$(iroh_dns_server_bin)
 with_iroh=${BUDGET_IROH:-$([ -x "$iroh_bin" ] && echo 1 || echo 0)}
 [ -n "${BUDGET_IROH:-}" ] || [ "$with_iroh" = 1 ] ||
   echo "put-budget: no iroh-dns-server at $iroh_bin (make bench installs it): running without it" >&2
+[ "$with_iroh" = 0 ] || [ -x "$iroh_bin" ] ||
+  { echo "put-budget: BUDGET_IROH=1 but no iroh-dns-server at $iroh_bin (make bench installs it)" >&2; exit 2; }
 out=${BUDGET_OUT:-target/bench-put-budget.jsonl}
 concurrency=64
 need_bins put-budget "$bin"
@@ -206,8 +208,9 @@ if [ "$with_iroh" = 1 ]; then
   for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$http/" 2>/dev/null && break; sleep 0.1; done
   curl -s -o /dev/null "http://127.0.0.1:$http/" || fail "iroh-dns-server did not start"
   iroh_url="http://127.0.0.1:$http/pkarr"
-  put_round 0 "$iroh_url" >/dev/null
   after_put=1.2
+  put_round 0 "$iroh_url" >/dev/null
+  sleep "$after_put"  # the warm-up's last commit, before round 1 counts
   for r in $(seq 1 "$rounds"); do
     log "iroh-dns-server, round $r/$rounds"
     measure iroh-dns-server $((2 * r - 1)) "node=$iroh_pid" "$iroh_url"
