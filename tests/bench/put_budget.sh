@@ -11,8 +11,9 @@
 #   - the 3-node cluster (BUDGET_CLUSTER=1, the default): the same with PUTs through every node,
 #     the leader and a follower profiled at once.
 # With iroh-dns-server installed (`make bench` installs it; BUDGET_IROH=0 leaves it out), the same
-# single-node load and classifier run on it too, after the single node's rounds: the stages both servers have
-# (the check, HTTP) side by side, and what its store costs, which commits once a second.
+# single-node load and classifier run on it too, after the single node's rounds: the stages both
+# servers have (the check, HTTP) side by side, and what its store costs, which commits once a
+# second.
 # Prints one table per process (the median of the rounds), then the mean wall time of each
 # write-path stage over the measured runs (the node's histograms: the PUT, a batch's wait for a
 # place in flight and the append slot, the batch, its log append and its apply), and writes the
