@@ -799,7 +799,8 @@ async fn the_scrub_compiles_a_stale_answers_row_again() {
         ["addr=192.0.2.7:1"],
         "without the scrub, the stale row is served (the test's premise)"
     );
-    assert!(server.terminate().success());
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.log());
 
     with_scrub(50_000);
     server.restart();

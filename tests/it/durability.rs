@@ -107,6 +107,80 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
     );
 }
 
+/// Found by CI: the SIGINT and SIGTERM handlers were made on the first poll of the shutdown
+/// future, after the listeners served, so a SIGTERM in that window (a test's, or a supervisor's
+/// on a node just started) ended the process without its shutdown: killed by signal 15. Now
+/// they are made before anything is opened, so a SIGTERM that comes while the node starts stops
+/// it cleanly once it has started. The test holds the window open: the node is stopped
+/// (SIGSTOP) right after its first log line, gets SIGTERM, and goes on (SIGCONT).
+#[tokio::test]
+async fn sigterm_while_the_node_starts_stops_it_cleanly() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut server = TestServer::start_dev_at(data.clone());
+    let published = publish_keys(&server, 80, 2).await;
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+
+    let log_path = dir.path().join("starting.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let mut pkraft = crate::harness::Launch::default().command();
+    pkraft
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(pkraft_testkit::node::LOOPBACK_PORT_0_ARGS)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file);
+    let mut child = pkraft.spawn().expect("start pkraft");
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let signal = |name: &str| {
+        std::process::Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read_log().contains("pkraft starting") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let held = signal("-STOP");
+    // The stopped process writes nothing more: what it logged by now is all there is before the
+    // SIGTERM.
+    std::thread::sleep(Duration::from_millis(100));
+    let before_listening = !read_log().contains(pkraft_testkit::node::LISTENING);
+    let sent = signal("-TERM") && signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for pkraft") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pkraft did not stop within 60 s of SIGTERM\n{}", read_log());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let log = read_log();
+    assert!(held && sent && log.contains("pkraft starting"), "{log}");
+    assert!(
+        before_listening,
+        "the test's premise: the SIGTERM came before the node listened\n{log}"
+    );
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
+
+    server.restart();
+    assert_served(&server, &published).await;
+}
+
 /// A node whose storage fails must not limp on serving a frozen replica: it stops and exits
 /// non-zero for its supervisor. The failure is real: once the node runs, a regular file is put
 /// where the snapshot directory was, so the first snapshot (after 3 entries) cannot be saved.
