@@ -5,7 +5,9 @@
 //! loopback, issuing certificates valid for 60 s (so a renewal, at two thirds of the validity,
 //! comes 40 s after an order). Pebble checks TLS-ALPN-01 on the node's `[https]` port and
 //! resolves the name through the node's own DNS (`apex_a = 127.0.0.1`); its ACME API's
-//! certificate is the test one (`tests/fixtures/tls/localhost.crt`). Without `pebble` on the
+//! certificate is the test one (`tests/fixtures/tls/localhost.crt`). Pebble validates every
+//! order (it reuses no authorization) and the node keeps its DNS port across its restart, so
+//! the renewal after the restart proves the name to Pebble again. Without `pebble` on the
 //! PATH the test says so and passes, unless `PKRAFT_TEST_REQUIRE_PEBBLE` is set (`.ci/run` sets
 //! it and installs Pebble).
 
@@ -25,7 +27,7 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 
 use crate::cluster::{ClusterOptions, TestCluster};
-use crate::harness::{TestServer, install_crypto_provider};
+use crate::harness::{Launch, TestServer, install_crypto_provider};
 use crate::metrics::{sample, scrape};
 
 const DOMAIN: &str = "pkarr.test";
@@ -44,24 +46,27 @@ struct Pebble {
     dir: tempfile::TempDir,
 }
 
-/// The ports Pebble listens on (`api`, `management`, `http` for HTTP-01, which is not used)
-/// and the node's `[https]` port, where Pebble checks TLS-ALPN-01.
+/// The ports Pebble listens on (`api`, `management`, `http` for HTTP-01, which is not used),
+/// the node's `[https]` port, where Pebble checks TLS-ALPN-01, and the node's DNS port, where
+/// Pebble resolves names and checks DNS-01: both kept across the node's restart.
 struct Ports {
     https: u16,
     api: u16,
     management: u16,
     http: u16,
+    dns: u16,
 }
 
 impl Ports {
     fn pick() -> Ports {
         let ports =
-            pkraft_testkit::ports::free_loopback_ports(4, &HashSet::new()).expect("free ports");
+            pkraft_testkit::ports::free_loopback_ports(5, &HashSet::new()).expect("free ports");
         Ports {
             https: ports[0],
             api: ports[1],
             management: ports[2],
             http: ports[3],
+            dns: ports[4],
         }
     }
 }
@@ -104,6 +109,10 @@ impl Pebble {
             // No random waits before a validation, no nonces refused at random.
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
+            // Every order validated: a renewal proves the name again (with Pebble's default, half
+            // the orders reused the authorization, and a renewal after the node's restart, when
+            // its DNS was on a new port, passed only when one did).
+            .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .stdin(Stdio::null())
@@ -289,16 +298,24 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     }
     install_crypto_provider();
     let ports = Ports::pick();
-    let mut node = TestServer::start_with_config(&format!(
-        "[https]\nlisten = \"127.0.0.1:{https}\"\n[https.acme]\nchallenge = \"{challenge}\"\n\
+    // The node's DNS on a port of its own, the one Pebble is told, before and after its restart.
+    let launch = Launch {
+        dns: Some(SocketAddr::from(([127, 0, 0, 1], ports.dns))),
+        ..Launch::default()
+    };
+    let mut node = TestServer::start_with_config_launched(
+        &format!(
+            "[https]\nlisten = \"127.0.0.1:{https}\"\n[https.acme]\nchallenge = \"{challenge}\"\n\
          domains = [\"{DOMAIN}\"]\n\
          contact = [\"mailto:ops@{DOMAIN}\"]\ndirectory = \"https://127.0.0.1:{api}/dir\"\n\
          directory_ca = \"{ca}\"\n[dns]\norigins = [\"{DOMAIN}\"]\napex_a = [\"127.0.0.1\"]\n\
          [cluster]\nbootstrap = true\n",
-        https = ports.https,
-        api = ports.api,
-        ca = fixture("ca.crt"),
-    ));
+            https = ports.https,
+            api = ports.api,
+            ca = fixture("ca.crt"),
+        ),
+        launch,
+    );
     // Nothing to serve yet: the first order fails (the CA is not up) and is retried.
     let pebble = Pebble::start(&ports, node.dns);
     let roots = pebble.roots().await;

@@ -330,8 +330,26 @@ fn spawn(data_dir: &Path, command: &[String], launch: &Launch) -> NodeProcess {
     let mut pkraft = launch.command();
     // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
     pkraft.args(command).env("RUST_LOG", "info");
-    NodeProcess::start(pkraft, data_dir, LogTo::Memory, START_TIMEOUT)
-        .unwrap_or_else(|e| panic!("pkraft did not start: {e}"))
+    let started = match launch.dns {
+        None => NodeProcess::start(pkraft, data_dir, LogTo::Memory, START_TIMEOUT),
+        Some(dns) => {
+            // The harness's port-0 flags, with the DNS listener's in place of its port 0.
+            let dns = dns.to_string();
+            let mut flags = pkraft_testkit::node::LOOPBACK_PORT_0_ARGS;
+            for pair in flags.chunks_exact_mut(2) {
+                if pair[0] == "--dns-listen" {
+                    pair[1] = &dns;
+                }
+            }
+            assert!(
+                flags.contains(&dns.as_str()),
+                "no --dns-listen among {flags:?}"
+            );
+            pkraft.arg("--data-dir").arg(data_dir).args(flags);
+            NodeProcess::start_configured(pkraft, LogTo::Memory, START_TIMEOUT)
+        }
+    };
+    started.unwrap_or_else(|e| panic!("pkraft did not start: {e}"))
 }
 
 /// How a node process is started: in the test's cgroup and with its descriptor limit, unless
@@ -347,6 +365,9 @@ pub struct Launch {
     pub clock: Option<FakedClock>,
     /// Environment variables the process gets besides the harness's.
     pub env: Vec<(String, String)>,
+    /// The DNS listener's address, kept across restarts (a client told it once, such as a CA
+    /// resolving names through the node, reaches the restarted node); a free port otherwise.
+    pub dns: Option<SocketAddr>,
 }
 
 impl Launch {
