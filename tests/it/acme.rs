@@ -351,8 +351,14 @@ async fn served_kept_renewed_and_kept_when_renewal_fails(challenge: &str) {
     );
 
     // A restart serves the certificate kept in the data dir at once, without an order.
-    node.terminate();
+    let status = node.terminate();
+    assert!(status.success(), "{status:?}\n{}", node.log());
     node.restart();
+    assert_eq!(
+        node.dns.port(),
+        ports.dns,
+        "Pebble asks the DNS port it was told"
+    );
     let (kept, _) = doh_over_https(ports.https, &roots)
         .await
         .expect("a handshake right after the restart");

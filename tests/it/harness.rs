@@ -249,7 +249,8 @@ impl TestServer {
         }
     }
 
-    /// Starts the binary again on the same data dir (new ports).
+    /// Starts the binary again on the same data dir (new ports, but the DNS port its launch
+    /// fixes).
     pub fn restart(&mut self) {
         assert!(
             self.process.is_none(),
@@ -330,26 +331,19 @@ fn spawn(data_dir: &Path, command: &[String], launch: &Launch) -> NodeProcess {
     let mut pkraft = launch.command();
     // Plain `info`, as an operator would set it: pkraft must still keep per-query logs off.
     pkraft.args(command).env("RUST_LOG", "info");
-    let started = match launch.dns {
-        None => NodeProcess::start(pkraft, data_dir, LogTo::Memory, START_TIMEOUT),
-        Some(dns) => {
-            // The harness's port-0 flags, with the DNS listener's in place of its port 0.
-            let dns = dns.to_string();
-            let mut flags = pkraft_testkit::node::LOOPBACK_PORT_0_ARGS;
-            for pair in flags.chunks_exact_mut(2) {
-                if pair[0] == "--dns-listen" {
-                    pair[1] = &dns;
-                }
-            }
-            assert!(
-                flags.contains(&dns.as_str()),
-                "no --dns-listen among {flags:?}"
-            );
-            pkraft.arg("--data-dir").arg(data_dir).args(flags);
-            NodeProcess::start_configured(pkraft, LogTo::Memory, START_TIMEOUT)
-        }
-    };
-    started.unwrap_or_else(|e| panic!("pkraft did not start: {e}"))
+    // Every listener on a free loopback port, but DNS where the launch fixes it.
+    let dns = launch.dns.map(|dns| dns.to_string());
+    let mut flags = pkraft_testkit::node::LOOPBACK_PORT_0_ARGS;
+    if let Some(dns) = &dns {
+        let flag = flags.iter().position(|flag| *flag == "--dns-listen");
+        let value = flag
+            .map(|at| at + 1)
+            .expect("the port-0 flags set --dns-listen");
+        flags[value] = dns;
+    }
+    pkraft.arg("--data-dir").arg(data_dir).args(flags);
+    NodeProcess::start_configured(pkraft, LogTo::Memory, START_TIMEOUT)
+        .unwrap_or_else(|e| panic!("pkraft did not start: {e}"))
 }
 
 /// How a node process is started: in the test's cgroup and with its descriptor limit, unless
@@ -367,6 +361,7 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The DNS listener's address, kept across restarts (a client told it once, such as a CA
     /// resolving names through the node, reaches the restarted node); a free port otherwise.
+    /// For one node: a cluster gives every member the same launch.
     pub dns: Option<SocketAddr>,
 }
 

@@ -26,7 +26,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // First, before anything is opened or bound: from here on SIGHUP reloads certificates, and
     // SIGINT and SIGTERM stop the node cleanly, instead of ending the process (their default)
     // whenever they come. One that comes while the node starts is kept, and stops it once it
-    // has started (a restart after SIGKILL at 10M records opens in about 2 s). Handlers made
+    // has started: after the rest of its start (opening the stores, replaying the log; a
+    // supervisor's SIGKILL after its timeout loses nothing acknowledged either). Handlers made
     // later, on the first poll of the shutdown future, left a window after the listeners served
     // in which a supervisor's SIGTERM killed the node without its shutdown (found by CI).
     let mut hangup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
