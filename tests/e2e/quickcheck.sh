@@ -22,6 +22,9 @@ fail() { echo "quickcheck: FAIL: $*" >&2; [ -f "$work/log" ] && tail -n 30 "$wor
 
 # Starts pkraft on port 0 and reads the bound addresses from its "pkraft listening" log line.
 start() {
+  # Emptied here, not only by the background child's redirection: after a restart the loop below
+  # could otherwise read the killed process's listening line (its old ports) before the child ran.
+  : >"$work/log"
   "$bin" dev --data-dir "$work/data" --http-listen 127.0.0.1:0 --dns-listen 127.0.0.1:0 \
     --peer-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 >"$work/log" 2>&1 &
   pid=$!
