@@ -184,6 +184,8 @@ fn sigterm_while_starting(data: &std::path::Path, log_path: &std::path::Path) ->
             .is_ok_and(|status| status.success());
         assert!(sent, "kill {name} {pid}");
     };
+    // Polled every millisecond (a file has no event to await), bounded: the sooner the node is
+    // held after its first line, the likelier it has not listened yet.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !read_log().contains("pkraft starting") {
         assert!(Instant::now() < deadline, "no start line:\n{}", read_log());
@@ -191,7 +193,8 @@ fn sigterm_while_starting(data: &std::path::Path, log_path: &std::path::Path) ->
     }
     signal("-STOP");
     // Once every thread is stopped, the process writes nothing more: what it logged by now is
-    // all it logged before the SIGTERM. (A thread in the kernel stops when it comes out.)
+    // all it logged before the SIGTERM. (A thread in the kernel stops when it comes out.) Polled,
+    // bounded: /proc has no event to await either.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !all_threads_stopped(&pid) {
         assert!(Instant::now() < deadline, "pkraft {pid} did not stop");
@@ -200,18 +203,8 @@ fn sigterm_while_starting(data: &std::path::Path, log_path: &std::path::Path) ->
     let before_listening = !read_log().contains(pkraft_testkit::node::LISTENING);
     signal("-TERM");
     signal("-CONT");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait for pkraft") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pkraft did not stop within 60 s of SIGTERM\n{}",
-            read_log()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = pkraft_testkit::process::wait_child(&mut child.0, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("pkraft did not stop within 60 s of SIGTERM\n{}", read_log()));
     StopWhileStarting {
         status,
         before_listening,

@@ -180,7 +180,7 @@ impl NodeProcess {
 }
 
 /// Polls `child` until it exits, at most `timeout`; `None` if it still runs.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
