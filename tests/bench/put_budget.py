@@ -30,12 +30,15 @@ STAGES = [
     # iroh-dns-server's store: the handler's calls into it, and its task's redb inserts and the
     # commit it makes once a second.
     ("store writes and commits (iroh-dns-server)", r"iroh_dns_server::store"),
-    ("apply: redb commit", r"ApplyTxn::commit"),
+    # The open transaction's commit (`ApplyTxn::commit_open`, `finish`), by the writer thread.
+    ("apply: redb commit", r"ApplyTxn::commit|ApplyTxn::finish|Owner::commit"),
     ("apply: rows (packets, answers, expiry)", r"ApplyTxn|state_machine::|RaftStateMachine"),
     ("log append + sync", r"log_store|segments::|synced_mark|fdatasync|sync_data"),
     ("replicate", r"openraft::replication|pkraft_peer::|append_entries|install_snapshot"),
     ("log encode", r"postcard::|codec::encode"),
-    ("queue + batch", r"write_path::|batcher"),
+    # Anchored: the relay handler's frames name `write_path::admission::Admission` among their
+    # generic parameters, which are the handler's (HTTP), not the write path's own work.
+    ("queue + batch", r"^<?pkraft_raft::write_path::|batcher"),
     ("raft core", r"openraft::"),
     ("store reads (redb)", r"redb::|pkraft_store::"),
     ("HTTP", r"hyper::|axum::|tower::|tower_http::|pkraft_http::|httparse|http_body"),

@@ -198,6 +198,47 @@ async fn older_packet_is_409_and_identical_repeat_is_204() {
     assert_eq!(stored, newer.to_relay_payload(), "the newer packet stays");
 }
 
+/// Goal: a PUT reads the store once on the node that takes it, whatever it comes to, with the
+/// default rate limits on: the republish-or-new-key class, the new-key refusal at the cap, the
+/// key's own rate and the fast answer all come from that one read (`Admission`), and the apply
+/// reads the stored row by writing the new one. Method: the dev node (default limits);
+/// `pkraft_store_packet_reads_total` scraped around each of a new key, a newer version, a
+/// repeat and an older one (nothing else reads packets by key here: no GET, no DNS, no DHT).
+#[tokio::test]
+async fn a_put_reads_the_store_once_whatever_it_comes_to() {
+    let server = TestServer::start();
+    let key = keypair(44);
+    let reads = || async {
+        crate::metrics::value(
+            &crate::metrics::scrape(&server).await,
+            "pkraft_store_packet_reads_total",
+            "",
+        )
+    };
+    let put = |timestamp: u64| {
+        let packet = iroh_packet(&key, timestamp, &["192.0.2.1:1"]);
+        let url = server.relay_url(&key);
+        let server = &server;
+        async move {
+            server
+                .put(&url, packet.to_relay_payload())
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    for (what, timestamp, status) in [
+        ("a new key", 1_000, 204),
+        ("a newer version", 2_000, 204),
+        ("the same packet again", 2_000, 204),
+        ("an older version", 1_500, 409),
+    ] {
+        let before = reads().await;
+        assert_eq!(put(timestamp).await, status, "{what}");
+        assert_eq!(reads().await - before, 1.0, "store reads of {what}");
+    }
+}
+
 #[tokio::test]
 async fn equal_timestamps_the_larger_dns_packet_wins() {
     let server = TestServer::start();

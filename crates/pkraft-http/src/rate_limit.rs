@@ -4,7 +4,8 @@
 //! A PUT is one of two classes: `publish` when this node stores its key already (a republish,
 //! what iroh endpoints send every few minutes) and `publish_new_keys` when not. Each has budgets
 //! of its own, so a flood of new keys, however large, never takes the republishes' budget; new
-//! keys get much less by default. The class is decided before the body is read. A PUT that
+//! keys get much less by default. The class is decided before the body is read, from the one
+//! read of the replica a PUT makes (`pkraft_raft::Admission`, which the handler uses too). A PUT that
 //! would change what is stored also counts against its key's own rate (`publish_per_key`), so
 //! the keys a flood did get stored cannot be republished as the next flood: that one is taken
 //! after the signature is checked ([`RateLimits::limit_key`]), so that only the key's owner
@@ -26,8 +27,8 @@ use pkraft_limits::{
     ClassLimiter, ClassLimits, ClientPrefix, Denied, KeyLimiter, KeyRate, LimitError, Prefixes,
     Rate, TrustedProxies,
 };
-use pkraft_store::Store;
-use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, decide, decode_z32_key};
+use pkraft_raft::Admission;
+use pkraft_types::{VerifiedPacket, decode_z32_key};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Deserialize;
 
@@ -370,26 +371,17 @@ impl RateLimits {
         }
     }
 
-    /// Whether a PUT's class depends on its key (else the key is not looked up).
-    fn classes_publishes(&self) -> bool {
-        self.publish.is_active() || self.publish_new_keys.is_active()
-    }
-
     /// Takes a token of the key's own rate (`publish_per_key`) for `packet`, verified, when that
-    /// limit is on and the packet would change what `store` holds for its key (newer by the
-    /// ordering rule, or the first): a replay of the stored packet or an older one costs the
-    /// key nothing. A key whose stored packet cannot be read counts as changed. Over the rate:
-    /// the 429 to answer.
-    pub fn limit_key(&self, store: &Store, packet: &VerifiedPacket) -> Option<Response> {
+    /// limit is on and the packet would change what the replica holds for its key (newer by the
+    /// ordering rule, or the first: [`Admission::changes_store`]): a replay of the stored
+    /// packet or an older one costs the key nothing. A key whose stored packet cannot be read
+    /// counts as changed. Over the rate: the 429 to answer.
+    pub fn limit_key(&self, admission: &Admission, packet: &VerifiedPacket) -> Option<Response> {
         let limiter = self.publish_per_key.as_ref()?;
-        let key = packet.key_bytes();
-        let stored = store.get(&key).ok().flatten();
-        if stored.is_some_and(|stored| {
-            decide(Some(&stored.payload), packet.payload()) != PublishOutcome::Stored
-        }) {
+        if !admission.changes_store(packet) {
             return None;
         }
-        let denied = limiter.check(&key).err()?;
+        let denied = limiter.check(&packet.key_bytes()).err()?;
         Some(self.refuse(RouteClass::Publish, denied))
     }
 
@@ -465,37 +457,40 @@ fn whole_seconds_up(duration: Duration) -> u64 {
 
 /// Middleware of the relay routes: a PUT is `publish` when this node stores its key and
 /// `publish_new_keys` when not (see the module docs); anything else is `resolve`. `key` is the
-/// route's, percent-decoded as the handler reads it.
+/// route's, percent-decoded as the handler reads it. The replica is read for the key once
+/// ([`pkraft_raft::Writes::admit`]), and the answer goes on with the request for the handler.
 pub async fn limit_relay(
     State(state): State<SharedState>,
     Path(key): Path<String>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let limits = &state.rate_limits;
     if request.method() != Method::PUT {
         return limits.enforce(RouteClass::Resolve, request, next).await;
     }
-    // A key that does not decode is the handler's 400; until then it counts as a new key. A
-    // key this node cannot read (found damaged: quarantined) counts as stored: its owner's
-    // republish is what repairs it.
-    let key = decode_z32_key(&key).ok();
-    let holds = |key: &KeyBytes| state.node.store().holds(key).unwrap_or(true);
+    // A key that does not decode is the handler's 400; until then it counts as a new key.
+    let Ok(key) = decode_z32_key(&key) else {
+        return limits
+            .enforce(RouteClass::PublishNewKeys, request, next)
+            .await;
+    };
+    let admission = state.node.writes().admit(&key);
     // No room for new keys (the store's cap, a disk below the new-key reserve): refused before
     // the body is read or verified, and before it takes any rate budget.
-    if let Some(key) = &key
-        && let Some(reason) = state.node.writes().refuse_new_key(|| holds(key))
+    if let Some(reason) = state
+        .node
+        .writes()
+        .refuse_new_key(|| admission.is_republish())
     {
         return RelayError::NoRoom(reason).into_response();
     }
-    if !limits.classes_publishes() {
-        return next.run(request).await;
-    }
-    let class = if key.as_ref().is_some_and(holds) {
+    let class = if admission.is_republish() {
         RouteClass::Publish
     } else {
         RouteClass::PublishNewKeys
     };
+    request.extensions_mut().insert(admission);
     limits.enforce(class, request, next).await
 }
 

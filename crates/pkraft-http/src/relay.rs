@@ -1,12 +1,13 @@
 //! The pkarr relay routes (DESIGN.md §2.1).
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use pkarr::Timestamp;
 use pkraft_dht::{DhtAnswer, Lookup};
-use pkraft_raft::{Consistency, Published};
+use pkraft_raft::{Admission, Consistency, Published};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
 use pkraft_types::too_far_ahead;
 use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key, parse_z32_key};
@@ -53,6 +54,7 @@ pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
 pub async fn put_packet(
     State(state): State<SharedState>,
     Path(key): Path<String>,
+    admission: Option<Extension<Admission>>,
     body: Bytes,
 ) -> Result<Response, RelayError> {
     let key = parse_z32_key(&key)?;
@@ -62,7 +64,13 @@ pub async fn put_packet(
         packet.payload().timestamp_micros(),
         state.settings.max_future_skew,
     )?;
-    if let Some(too_many) = state.rate_limits.limit_key(state.node.store(), &packet) {
+    // The rate-limit middleware read the replica for this key (the one read of a PUT); a
+    // router without it reads here.
+    let admission = match admission {
+        Some(Extension(admission)) if admission.key() == &packet.key_bytes() => admission,
+        _ => state.node.writes().admit(&packet.key_bytes()),
+    };
+    if let Some(too_many) = state.rate_limits.limit_key(&admission, &packet) {
         return Ok(too_many);
     }
 
@@ -71,7 +79,7 @@ pub async fn put_packet(
     } = state
         .node
         .writes()
-        .publish(packet)
+        .publish_admitted(packet, admission)
         .await
         .map_err(|e| RelayError::from_publish(e, state.settings.retry_after))?;
     // The same answers whether the node answered from its replica or after consensus.

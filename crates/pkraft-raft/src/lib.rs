@@ -98,4 +98,4 @@ pub use reads::{Consistency, ReadError, Readiness, Reads, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
 pub use short_lived::{RecordHolder, ShortLived};
 pub use start::task;
-pub use write_path::{PublishError, Published, Writes};
+pub use write_path::{Admission, PublishError, Published, Writes};

@@ -302,11 +302,20 @@ pub(crate) struct StateCollector {
     replication_lag: IntGaugeVec,
     leader_contact_age: Gauge,
     records: IntGauge,
+    /// Rows applied and not yet committed (the store's read buffer).
+    uncommitted_rows: IntGauge,
     state_file_bytes: IntGauge,
     /// 1 while the log lacks entries it lost to damage (`LogRepair`).
     log_repair_pending: IntGauge,
+    /// `pkraft_store_packet_reads_total`, made anew at each scrape from the store's count.
+    packet_reads: IntCounter,
     descs: Vec<Desc>,
 }
+
+const PACKET_READS: (&str, &str) = (
+    "pkraft_store_packet_reads_total",
+    "Stored packets read by key (the write path's admission, GETs, DNS answers from parsed packets).",
+);
 
 impl StateCollector {
     pub(crate) fn new(
@@ -361,6 +370,10 @@ impl StateCollector {
                 "pkraft_store_records",
                 "Packets stored in this node's replica.",
             )?,
+            uncommitted_rows: gauge(
+                "pkraft_store_uncommitted_rows",
+                "Rows of this node's replica applied in its open state transaction and not committed yet (answered from the read buffer).",
+            )?,
             state_file_bytes: gauge(
                 "pkraft_store_file_bytes",
                 "Size of this node's state.redb file.",
@@ -369,6 +382,7 @@ impl StateCollector {
                 "pkraft_raft_log_repair_pending",
                 "1 while this node's Raft log lacks entries it lost to damage and has not received again from a leader.",
             )?,
+            packet_reads: IntCounter::new(PACKET_READS.0, PACKET_READS.1)?,
             descs: Vec::new(),
         };
         collector.descs = collector
@@ -377,11 +391,12 @@ impl StateCollector {
             .flat_map(|gauge| gauge.desc().into_iter().cloned())
             .chain(collector.replication_lag.desc().into_iter().cloned())
             .chain(collector.leader_contact_age.desc().into_iter().cloned())
+            .chain(collector.packet_reads.desc().into_iter().cloned())
             .collect();
         Ok(collector)
     }
 
-    fn gauges(&self) -> [&IntGauge; 10] {
+    fn gauges(&self) -> [&IntGauge; 11] {
         [
             &self.term,
             &self.leader_id,
@@ -391,6 +406,7 @@ impl StateCollector {
             &self.applied_index,
             &self.snapshot_index,
             &self.records,
+            &self.uncommitted_rows,
             &self.state_file_bytes,
             &self.log_repair_pending,
         ]
@@ -416,6 +432,8 @@ impl StateCollector {
             .set(i64::from(self.log_store.repair().is_some()));
         self.leader_contact_age
             .set((self.staleness)().map_or(-1.0, |age| age.as_secs_f64()));
+        self.uncommitted_rows
+            .set(saturating_i64(self.store.uncommitted_rows() as u64));
         match self.store.packet_count() {
             Ok(records) => self.records.set(saturating_i64(records)),
             Err(error) => tracing::debug!(%error, "could not count the stored records"),
@@ -439,11 +457,22 @@ impl Collector for StateCollector {
             .flat_map(|gauge| gauge.collect())
             .chain(self.replication_lag())
             .chain(self.leader_contact_age.collect())
+            .chain(self.packet_reads())
             .collect()
     }
 }
 
 impl StateCollector {
+    /// The store's count of packet reads, in a counter made for this scrape (two scrapes at
+    /// once must not add it twice).
+    fn packet_reads(&self) -> Vec<MetricFamily> {
+        let Ok(reads) = IntCounter::new(PACKET_READS.0, PACKET_READS.1) else {
+            return Vec::new();
+        };
+        reads.inc_by(self.store.packet_reads());
+        reads.collect()
+    }
+
     /// On the leader, each follower's lag, in a vector made for this scrape: followers that left
     /// the membership do not linger as series, and two scrapes at once do not clear each
     /// other's.

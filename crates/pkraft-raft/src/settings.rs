@@ -82,6 +82,18 @@ pub struct Settings {
     /// caught up (by an eighth of the time elapsed; expiry runs late meanwhile, losing nothing).
     #[serde(with = "humantime_serde")]
     pub max_clock_jump: Duration,
+    /// The state's open transaction is committed at most this long after its first apply
+    /// (applies go into one redb write transaction kept open across many of them, as etcd's
+    /// backend does; what they wrote is visible at once on this node through a read buffer).
+    /// Default 100 ms (etcd's `--backend-batch-interval`). It bounds how far the committed
+    /// tables, which the DHT republish sweep, the scrub and expiry's look for old packets read,
+    /// lag what GET and DNS answer; never durability, which is the log's. "0s" commits after
+    /// every apply. docs/ARCHITECTURE.md, "Durability".
+    #[serde(with = "humantime_serde")]
+    pub apply_batch_interval: Duration,
+    /// ... or once it holds this many packets, 1 to 65,536. Default 8192: the read buffer
+    /// then holds at most about 18 MB (a packet of the largest size and its compiled answers).
+    pub apply_batch_packets: u64,
     /// Memory for redb's page cache of `state.redb`, in MiB (at least 1). Default 256. Reads that
     /// miss it go to the kernel's page cache, which needs no setting and is given back under
     /// memory pressure; this one is the node's own and never shrinks. It is the largest part of a
@@ -139,6 +151,8 @@ impl Default for Settings {
             expiry_max_percent_per_hour: 10,
             max_clock_offset: Duration::from_secs(1),
             max_clock_jump: Duration::from_secs(3600),
+            apply_batch_interval: pkraft_store::ApplyBatching::DEFAULT.interval,
+            apply_batch_packets: pkraft_store::ApplyBatching::DEFAULT.packets,
             state_cache_mib: 256,
             min_free_disk_mib: 1024,
             new_keys_min_free_disk_mib: None,
@@ -183,6 +197,11 @@ pub const PUBLISH_QUEUE_MAX_LIMIT: usize = 65_536;
 const NEW_KEYS_RESERVE_FACTOR: u64 = 3;
 /// Largest `runtime_threads`.
 pub const RUNTIME_THREADS_MAX: usize = 64;
+/// Largest `apply_batch_packets`: the read buffer's bound (about 140 MB of the largest rows).
+pub const APPLY_BATCH_PACKETS_MAX: u64 = 65_536;
+/// Largest `apply_batch_interval`: the committed tables then lag GET and DNS by up to an hour
+/// (the read buffer's size is bounded by `apply_batch_packets`, not by time).
+pub const APPLY_BATCH_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 
 /// A `[raft]` value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +215,14 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// When the state's open apply transaction commits.
+    pub fn apply_batching(&self) -> pkraft_store::ApplyBatching {
+        pkraft_store::ApplyBatching {
+            interval: self.apply_batch_interval,
+            packets: self.apply_batch_packets,
+        }
+    }
+
     /// `state_cache_mib` in bytes, checked.
     pub fn state_cache_bytes(&self) -> Result<usize, SettingsError> {
         self.state_cache_mib
@@ -311,6 +338,18 @@ impl Settings {
                 return Err(SettingsError::Invalid(format!(
                     "runtime_threads must be 1 to {RUNTIME_THREADS_MAX}, got {}",
                     self.runtime_threads
+                )));
+            }
+            if !(1..=APPLY_BATCH_PACKETS_MAX).contains(&self.apply_batch_packets) {
+                return Err(SettingsError::Invalid(format!(
+                    "apply_batch_packets must be 1 to {APPLY_BATCH_PACKETS_MAX}, got {}",
+                    self.apply_batch_packets
+                )));
+            }
+            if self.apply_batch_interval > APPLY_BATCH_INTERVAL_MAX {
+                return Err(SettingsError::Invalid(format!(
+                    "apply_batch_interval must be at most {APPLY_BATCH_INTERVAL_MAX:?}, got {:?}",
+                    self.apply_batch_interval
                 )));
             }
             if let Some(new_keys) = self.new_keys_min_free_disk_mib

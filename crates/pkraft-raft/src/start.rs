@@ -49,8 +49,8 @@ use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
 
 /// How long a restarted node may take to apply the log it holds; past it the start fails rather
 /// than serve older data than the node acknowledged. The state lags the log by at most
-/// `DURABLE_APPLY_EVERY_ENTRIES` entries (or `DURABLE_APPLY_EVERY_PACKETS` packets) plus what was
-/// not yet known committed, which applies in about a second.
+/// `pkraft_store::DURABLE_EVERY_ENTRIES` entries (or `DURABLE_EVERY_PACKETS` packets) plus what
+/// was not yet known committed, which applies in about a second.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Node {
@@ -328,6 +328,7 @@ impl Opened {
             snapshot_peers,
         )?;
         log_store.claim_node_id(id)?;
+        store.set_apply_batching(settings.apply_batching())?;
         for _ in &log_damage {
             metrics.damage_found(Damaged::Log);
         }

@@ -1,9 +1,10 @@
 //! The write path: the one way a packet gets into the store, on any node.
 //!
 //! [`Writes::publish`] takes a verified packet and answers with its [`PublishOutcome`]:
-//! 1. **Fast answer** from the local replica: anything stored there was committed, so a packet
-//!    that loses to it (or equals it) under the ordering rule would lose in the log too. It is
-//!    answered without a round of consensus (409 or 204 over HTTP).
+//! 1. **Fast answer** from the local replica, read once ([`Admission`], which the relay's rate
+//!    limits use too): anything stored there was committed, so a packet that loses to it (or
+//!    equals it) under the ordering rule would lose in the log too. It is answered without a
+//!    round of consensus (409 or 204 over HTTP).
 //! 2. Otherwise it is queued for **group commit** (`batcher`): concurrent publishes share one
 //!    log entry. On the leader the batch is proposed; on a follower it is **forwarded** to the
 //!    leader in one peer request ([`Writes::publish_forwarded`] on the other side), and answered once
@@ -13,6 +14,7 @@
 //! Every wait is bounded by `raft.publish_timeout`; the answer after it is
 //! [`PublishError::Unavailable`] (503 + Retry-After over HTTP).
 
+mod admission;
 mod batcher;
 pub(crate) mod queue;
 
@@ -21,9 +23,10 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
-use pkraft_store::{Store, StoreError};
-use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket, decide};
+use pkraft_store::Store;
+use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket};
 
+pub use admission::Admission;
 use queue::{Origin, Outcome, PublishQueue, stopping};
 pub use queue::{PublishError, Published};
 
@@ -105,19 +108,21 @@ impl Writes {
     /// committed through Raft and returned once applied on this node. Concurrent publishes are
     /// committed together (see the module docs).
     pub async fn publish(&self, packet: VerifiedPacket) -> Result<Published, PublishError> {
-        // The read is synchronous on the async worker: one key, MVCC, from the page cache; it
-        // never waits for the writer and costs less than a hop to the blocking pool.
-        let (stored, held) = match self.store.get(&packet.key_bytes()) {
-            Ok(stored) => {
-                let held = stored.is_some();
-                (stored, held)
-            }
-            // This node's copy is damaged (the scrub found it): the log decides, as for a key
-            // this node does not hold, but it is no new key (its owner's republish repairs it).
-            Err(StoreError::Quarantined(_)) => (None, true),
-            Err(e) => return Err(PublishError::Replica(e.to_string())),
-        };
-        match decide(stored.as_ref().map(|s| &s.payload), packet.payload()) {
+        let admission = self.admit(&packet.key_bytes());
+        self.publish_admitted(packet, admission).await
+    }
+
+    /// [`Writes::publish`] with the replica already read for the packet's key
+    /// ([`Writes::admit`]: the relay reads it once, for its rate limits and for this).
+    pub async fn publish_admitted(
+        &self,
+        packet: VerifiedPacket,
+        admission: Admission,
+    ) -> Result<Published, PublishError> {
+        if let Some(e) = admission.unreadable() {
+            return Err(PublishError::Replica(e.to_string()));
+        }
+        match admission.outcome(&packet) {
             PublishOutcome::Stored => {
                 // Refused here too, not only by the leader: this node could not take the entry
                 // from the leader, so the client would not read its write back from it.
@@ -126,7 +131,7 @@ impl Writes {
                     return Err(PublishError::Unavailable(reason));
                 }
                 // The quick check; the leader's is the one that holds (`store_cap`).
-                if let Some(reason) = self.refuse_new_key(|| held) {
+                if let Some(reason) = self.refuse_new_key(|| admission.is_republish()) {
                     return Err(PublishError::NoRoom(reason));
                 }
                 let outcome = self.queue.enqueue(packet.into(), Origin::Local)?;

@@ -4,7 +4,9 @@
 //!
 //! Entries, votes, truncations and purges are on disk before they are reported done, so anything
 //! openraft was told about survives a crash. (The committed index is the exception; see
-//! `committed.rs`.) Writes run on tokio's blocking pool.
+//! `committed.rs`.) Every change runs on the log's own writer thread (`writer.rs`), one after
+//! the other; the entries appended last are also kept in memory (`recent.rs`), where the apply
+//! and the replication to followers that keep up read them.
 //!
 //! # Modules
 //! - this file: [`LogStore`], its open and its reads.
@@ -14,16 +16,21 @@
 //!   ended; `damage.rs`: [`Damage`], and setting damaged records aside.
 //! - `repair.rs`: [`LogRepair`], entries lost to damage until a leader sends them again.
 //! - `meta.rs`: `meta.redb`; `committed.rs`: the committed id, written once a second.
+//! - `writer.rs`: [`LogWriter`], the thread that makes the changes; `recent.rs`: the entries
+//!   appended last.
 
 mod committed;
 mod damage;
 mod meta;
 mod raft_storage;
+mod recent;
 mod record;
 mod repair;
 mod scan;
 mod segments;
+mod spare;
 mod synced_mark;
+mod writer;
 
 use std::io;
 use std::path::Path;
@@ -35,15 +42,17 @@ use redb::{Database, Durability};
 use redb::{Error as DbError, WriteTransaction};
 use serde::de::DeserializeOwned;
 
-use super::codec::{blocking, decode, storage_error};
+use super::codec::{decode, storage_error};
 use super::type_config::{NodeId, TypeConfig};
 use committed::Committed;
 pub use damage::Damage;
 use meta::{
     META, META_HAD_PEERS, META_LAST_PURGED, META_NODE_ID, META_VOTE, get_meta, put_meta, read_meta,
 };
+use recent::RecentEntries;
 pub use repair::LogRepair;
-use segments::{SEGMENT_TARGET_BYTES, Segments};
+use segments::{Layout, SEGMENT_TARGET_BYTES, Segments};
+use writer::LogWriter;
 
 /// On-disk format version of the log directory. (Version 1 was a single redb file,
 /// `raft-log.redb`, with the entries in a table.) A change an older build cannot read (a new
@@ -59,6 +68,8 @@ type Result<T> = std::result::Result<T, StorageError<NodeId>>;
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
+    /// Makes every change to the files (see `writer.rs`).
+    writer: Arc<LogWriter>,
     /// Observes each append's wall time (`LogStore::timing_appends`: the node's log; none in
     /// storage tests, backup or restore).
     append_seconds: Option<Histogram>,
@@ -79,6 +90,8 @@ struct Inner {
     /// How many appends have reached the disk since the log was opened (see
     /// [`LogStore::appends`]).
     appends: tokio::sync::watch::Sender<u64>,
+    /// The entries appended last (see `recent.rs`).
+    recent: Mutex<RecentEntries>,
 }
 
 /// The entries, and the purge point below which they are no longer served.
@@ -90,7 +103,7 @@ struct Log {
 impl LogStore {
     /// Opens (or creates) the log in directory `dir`, checking its schema version.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with_segment_size(dir, SEGMENT_TARGET_BYTES)
+        Self::open_inner(dir, Layout::preallocated(SEGMENT_TARGET_BYTES), None).map(|(log, _)| log)
     }
 
     /// Observes in `histogram` the wall time of each append, from openraft's call until its
@@ -111,9 +124,10 @@ impl LogStore {
     }
 
     /// [`LogStore::open`] with segments of about `segment_bytes` (tests use tiny ones so that
-    /// truncation and purging cross segment boundaries).
+    /// truncation and purging cross segment boundaries), made as the appends come rather than
+    /// zero-filled ahead of time, so that their files are laid out the same in every run.
     pub fn open_with_segment_size(dir: &Path, segment_bytes: u64) -> Result<Self> {
-        Self::open_inner(dir, segment_bytes, None).map(|(log, _)| log)
+        Self::open_inner(dir, Layout::new(segment_bytes), None).map(|(log, _)| log)
     }
 
     /// Opens the log, and if its records are damaged and this node has peers to repair from
@@ -128,14 +142,18 @@ impl LogStore {
         node_id: NodeId,
         has_peers: bool,
     ) -> Result<(Self, Vec<Damage>)> {
-        Self::open_inner(dir, SEGMENT_TARGET_BYTES, Some((node_id, has_peers)))
+        Self::open_inner(
+            dir,
+            Layout::preallocated(SEGMENT_TARGET_BYTES),
+            Some((node_id, has_peers)),
+        )
     }
 
     /// `repair`: `None` never sets damage aside; `Some((node id, has peers))` does if this node
     /// has peers.
     fn open_inner(
         dir: &Path,
-        segment_bytes: u64,
+        layout: Layout,
         repair: Option<(NodeId, bool)>,
     ) -> Result<(Self, Vec<Damage>)> {
         let meta = meta::open(dir)
@@ -158,8 +176,7 @@ impl LogStore {
             }
             None => false,
         };
-        let (segments, damages) =
-            repair::open_segments(dir, &meta, purged, segment_bytes, sets_aside)?;
+        let (segments, damages) = repair::open_segments(dir, &meta, purged, layout, sets_aside)?;
         let pending = repair::pending_repair(&meta, &segments, purged, node_id)?;
         let had_peers = read_meta::<bool>(&meta, META_HAD_PEERS)? == Some(true);
         Ok((
@@ -171,7 +188,12 @@ impl LogStore {
                     repair: Mutex::new(pending),
                     had_peers: std::sync::atomic::AtomicBool::new(had_peers),
                     appends: tokio::sync::watch::Sender::new(0),
+                    recent: Mutex::new(RecentEntries::default()),
                 }),
+                writer: Arc::new(
+                    LogWriter::start()
+                        .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?,
+                ),
                 append_seconds: None,
             },
             damages,
@@ -271,7 +293,7 @@ impl LogStore {
         Arc::strong_count(&self.inner)
     }
 
-    /// Runs `f` in one write transaction of the meta database on the blocking pool and commits
+    /// Runs `f` in one write transaction of the meta database on the writer thread and commits
     /// it with `durability`.
     async fn write_meta<F>(
         &self,
@@ -283,23 +305,29 @@ impl LogStore {
         F: FnOnce(&WriteTransaction) -> std::result::Result<(), DbError> + Send + 'static,
     {
         let inner = self.inner.clone();
-        blocking(subject, ErrorVerb::Write, move || {
+        let write = move || -> std::result::Result<(), DbError> {
             let mut txn = inner.meta.begin_write()?;
             txn.set_durability(durability)?;
             f(&txn)?;
             txn.commit()?;
             Ok(())
-        })
-        .await
+        };
+        self.writer
+            .run(move || write().map_err(io::Error::other))
+            .await
+            .map_err(|e| storage_error(subject, ErrorVerb::Write, &e))
     }
 
-    /// Runs `f` on the entries on the blocking pool (it syncs files).
+    /// Runs `f` on the entries on the writer thread (it syncs files).
     async fn with_log<F>(&self, f: F) -> Result<()>
     where
         F: FnOnce(&Inner) -> io::Result<()> + Send + 'static,
     {
         let inner = self.inner.clone();
-        blocking(ErrorSubject::Logs, ErrorVerb::Write, move || Ok(f(&inner)?)).await
+        self.writer
+            .run(move || f(&inner))
+            .await
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
 }
 
@@ -326,6 +354,11 @@ fn entry_id(segments: &Segments, index: u64) -> io::Result<Option<LogId<NodeId>>
 /// The log for changing it.
 fn lock(inner: &Inner) -> io::Result<RwLockWriteGuard<'_, Log>> {
     inner.log.write().map_err(|_| poisoned())
+}
+
+/// The entries appended last.
+fn lock_recent(inner: &Inner) -> io::Result<std::sync::MutexGuard<'_, RecentEntries>> {
+    inner.recent.lock().map_err(|_| poisoned())
 }
 
 fn poisoned() -> io::Error {

@@ -1,19 +1,22 @@
 //! The Raft state machine over [`pkraft_store::Store`].
 //!
-//! `apply` runs every entry of a call in one store transaction and commits it together with the
-//! new [`AppliedState`] (last applied log id + membership), so the data on disk and the position
-//! in the log it reflects can never disagree. Snapshots are exports of one read transaction; the
-//! current snapshot is kept in a file so that it survives restarts with its exact meta.
+//! `apply` runs every entry of a call in the store's open apply transaction, on the store's
+//! writer thread, and records the new [`AppliedState`] (last applied log id + membership) in the
+//! same transaction, so the data on disk and the position in the log it reflects can never
+//! disagree. What it applied is visible to this node's readers when it returns; the store
+//! commits it with the applies around it (`pkraft_store::ApplyBatching`). Snapshots are exports
+//! of one read transaction; the current snapshot is kept in a file so that it survives restarts
+//! with its exact meta.
 //!
 //! Durability: the Raft log is fsynced before an entry is acknowledged, so the state is a
-//! projection that can be rebuilt from it. Applies therefore commit without fsync, except when
-//! the entries or packets applied since the last durable commit reach
-//! [`DURABLE_APPLY_EVERY_ENTRIES`] or [`DURABLE_APPLY_EVERY_PACKETS`], which bounds what a restart
-//! must apply again. Before a snapshot is handed to openraft (which then purges the log up to it)
-//! the state it was read from is made durable, so the log never loses entries the durable state
-//! lacks. (With an fsync per apply, pkraft used about 20 % more CPU per PUT than without; with
-//! one every 128 entries, each stalled the commit pipeline long enough to double PUT p99:
-//! docs/BENCHMARKS.md.)
+//! projection that can be rebuilt from it. The store's commits are not fsynced, except when the
+//! entries or packets applied since the last durable commit reach
+//! [`pkraft_store::DURABLE_EVERY_ENTRIES`] or [`pkraft_store::DURABLE_EVERY_PACKETS`], which
+//! bounds what a restart must apply again. Before a snapshot is handed to openraft (which then
+//! purges the log up to it) the state it was read from is made durable, so the log never loses
+//! entries the durable state lacks. (With an fsync per apply, pkraft used about 20 % more CPU
+//! per PUT than without; with one every 128 entries, each stalled the commit pipeline long
+//! enough to double PUT p99: docs/BENCHMARKS.md.)
 
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
@@ -22,16 +25,16 @@ use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership,
-    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use pkraft_store::Store;
+use pkraft_store::{ApplyTxn, Store};
 use pkraft_types::short_lived::ShortLivedRecord;
 use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
 
 use super::Damaged;
-use super::codec::{blocking, decode, encode, storage_error};
+use super::codec::{BoxError, blocking, decode, encode, storage_error};
 use super::snapshot_file::SnapshotFile;
 use super::type_config::{ApplyResult, NodeId, TypeConfig};
 
@@ -72,16 +75,6 @@ pub trait StateEvents: Send + Sync + 'static {
     /// Entries applied carried these short-lived records (in log order), for this replica's DNS.
     fn short_lived_records(&self, records: &[ShortLivedRecord]);
 }
-
-/// An apply that brings the count of entries applied since the last durable commit to this
-/// number commits durably. Counts, not a timer, so that `apply` reads no clock.
-///
-/// A durable commit writes out every page the unsynced applies before it left dirty, and the
-/// commit pipeline waits for it, so these are large: the stall comes seldom, and a restart
-/// applies again at most this much (about a second's work on these machines).
-pub const DURABLE_APPLY_EVERY_ENTRIES: u64 = 4096;
-/// The same bound in packets, for entries that carry large publish batches.
-pub const DURABLE_APPLY_EVERY_PACKETS: u64 = 65_536;
 
 /// The Raft position the stored data reflects; committed in the same transaction as the data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,10 +136,8 @@ impl OutboxNotes {
 pub struct StateMachine {
     store: Store,
     snapshot_file: SnapshotFile,
-    /// Mirror of what is committed in the store, kept to answer `applied_state` without IO.
+    /// Mirror of what is applied to the store, kept to answer `applied_state` without IO.
     applied: AppliedState,
-    /// Applied since the last durable commit of the state.
-    since_durable: AppliedSince,
     /// Told what happens (none in storage tests).
     events: Option<Arc<dyn StateEvents>>,
 }
@@ -162,7 +153,6 @@ impl StateMachine {
             store,
             snapshot_file,
             applied,
-            since_durable: AppliedSince::default(),
             events: None,
         })
     }
@@ -225,83 +215,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let store = self.store.clone();
-        let mut applied = self.applied.clone();
-        let since_durable = self.since_durable.plus(&entries);
-        let durable = since_durable.is_due();
+        let applied = self.applied.clone();
         // Off (no `[dht]`): one flag read per apply call, nothing noted.
         let noting = self
             .events
             .as_ref()
             .is_some_and(|events| events.wants_stored_keys());
-        let (applied, results, noted, short_lived, stamp) =
-            blocking(ErrorSubject::StateMachine, ErrorVerb::Write, move || {
-                let mut txn = store.begin_apply(durable)?;
-                let mut results = Vec::with_capacity(entries.len());
-                let mut noted = OutboxNotes::default();
-                let mut short_lived = Vec::new();
-                let mut stamp = None;
-                for entry in entries {
-                    // The applied index never goes back (etcd asserts the same): an entry
-                    // applied twice would, for one, store an older packet over a newer one.
-                    debug_assert!(
-                        Some(entry.log_id) > applied.last_applied,
-                        "apply of {} after {:?}",
-                        entry.log_id,
-                        applied.last_applied
-                    );
-                    applied.last_applied = Some(entry.log_id);
-                    let result = match entry.payload {
-                        EntryPayload::Blank => ApplyResult::default(),
-                        EntryPayload::Normal(command) => {
-                            let applied = txn.apply(&command)?;
-                            if noting {
-                                noted.record(entry.log_id.index, &command, &applied.outcomes);
-                            }
-                            match command {
-                                Command::ShortLivedRecord(record) => short_lived.push(record),
-                                // 0: the leader knew no agreed time (`cluster_clock`).
-                                Command::Publish {
-                                    leader_time_micros, ..
-                                } if leader_time_micros > 0 => {
-                                    stamp = stamp.max(Some(leader_time_micros));
-                                }
-                                _ => {}
-                            }
-                            ApplyResult {
-                                outcomes: applied.outcomes,
-                                expired: applied.expired,
-                            }
-                        }
-                        EntryPayload::Membership(membership) => {
-                            // Every replica applies the same membership entries in the same
-                            // order, so all record the same removed ids.
-                            let dropped =
-                                dropped_nodes(applied.membership.membership(), &membership);
-                            if !dropped.is_empty() {
-                                txn.record_removed_nodes(&dropped)?;
-                            }
-                            applied.membership =
-                                StoredMembership::new(Some(entry.log_id), membership);
-                            ApplyResult::default()
-                        }
-                    };
-                    results.push(result);
-                }
-                txn.commit(&encode(&applied)?)?;
-                Ok((applied, results, noted, short_lived, stamp))
-            })
-            .await?;
+        let done: std::result::Result<ApplyDone, BoxError> = self
+            .store
+            .apply(move |txn| apply_entries(txn, applied, entries, noting))
+            .await;
+        let ApplyDone {
+            applied,
+            results,
+            noted,
+            short_lived,
+            stamp,
+        } = done.map_err(|e| {
+            StorageIOError::new(
+                ErrorSubject::StateMachine,
+                ErrorVerb::Write,
+                AnyError::from_dyn(&*e, None),
+            )
+        })?;
         if noting && let (Some(events), Some(last)) = (&self.events, applied.last_applied) {
-            // After the commit: the publisher reads the store when it puts a key.
+            // After the apply: the publisher reads the store when it puts a key, and sees what
+            // is applied (the read buffer) whether or not it is committed yet.
             events.applied(&noted.stored, &noted.progress, last.index);
         }
         self.applied = applied;
-        self.since_durable = if durable {
-            AppliedSince::default()
-        } else {
-            since_durable
-        };
         if let Some(events) = &self.events {
             events.applied_in(started.elapsed());
             events.expired(results.iter().map(|result| result.expired).sum());
@@ -361,8 +303,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         self.applied = applied;
-        // The import committed durably.
-        self.since_durable = AppliedSince::default();
         if let Some(events) = &self.events {
             events.snapshot_installed(started.elapsed());
         }
@@ -419,6 +359,85 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// What one apply call did, for the node.
+struct ApplyDone {
+    applied: AppliedState,
+    results: Vec<ApplyResult>,
+    noted: OutboxNotes,
+    short_lived: Vec<ShortLivedRecord>,
+    /// The largest leader stamp of the publishes applied.
+    stamp: Option<u64>,
+}
+
+/// Applies `entries`, in order, on top of `applied`, in the store's open transaction (on its
+/// writer thread), and records the applied state they lead to with them.
+fn apply_entries(
+    txn: &mut ApplyTxn,
+    mut applied: AppliedState,
+    entries: Vec<Entry<TypeConfig>>,
+    noting: bool,
+) -> std::result::Result<ApplyDone, BoxError> {
+    let count = entries.len() as u64;
+    let mut results = Vec::with_capacity(entries.len());
+    let mut noted = OutboxNotes::default();
+    let mut short_lived = Vec::new();
+    let mut stamp = None;
+    for entry in entries {
+        // The applied index never goes back (etcd asserts the same): an entry applied twice
+        // would, for one, store an older packet over a newer one, and an expiry applied twice
+        // would delete more on this replica than on the others.
+        assert!(
+            Some(entry.log_id) > applied.last_applied,
+            "apply of {} after {:?}",
+            entry.log_id,
+            applied.last_applied
+        );
+        applied.last_applied = Some(entry.log_id);
+        let result = match entry.payload {
+            EntryPayload::Blank => ApplyResult::default(),
+            EntryPayload::Normal(command) => {
+                let outcome = txn.apply(&command)?;
+                if noting {
+                    noted.record(entry.log_id.index, &command, &outcome.outcomes);
+                }
+                match command {
+                    Command::ShortLivedRecord(record) => short_lived.push(record),
+                    // 0: the leader knew no agreed time (`cluster_clock`).
+                    Command::Publish {
+                        leader_time_micros, ..
+                    } if leader_time_micros > 0 => {
+                        stamp = stamp.max(Some(leader_time_micros));
+                    }
+                    _ => {}
+                }
+                ApplyResult {
+                    outcomes: outcome.outcomes,
+                    expired: outcome.expired,
+                }
+            }
+            EntryPayload::Membership(membership) => {
+                // Every replica applies the same membership entries in the same order, so all
+                // record the same removed ids.
+                let dropped = dropped_nodes(applied.membership.membership(), &membership);
+                if !dropped.is_empty() {
+                    txn.record_removed_nodes(&dropped)?;
+                }
+                applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                ApplyResult::default()
+            }
+        };
+        results.push(result);
+    }
+    txn.set_applied_state(&encode(&applied)?, count)?;
+    Ok(ApplyDone {
+        applied,
+        results,
+        noted,
+        short_lived,
+        stamp,
+    })
+}
+
 /// Imports the received snapshot in `file` into `store` and keeps it as the current snapshot.
 fn install_from(
     store: &Store,
@@ -426,7 +445,7 @@ fn install_from(
     meta: &SnapshotMeta<NodeId, BasicNode>,
     state: &AppliedState,
     file: &mut std::fs::File,
-) -> std::result::Result<pkraft_store::SnapshotSummary, super::codec::BoxError> {
+) -> std::result::Result<pkraft_store::SnapshotSummary, BoxError> {
     if !snapshot_file.is_incoming(file)? {
         // Not streamed in from a leader (a snapshot handed over whole, as openraft's
         // `install_full_snapshot` and its test suite do): copy it to be kept.
@@ -440,33 +459,6 @@ fn install_from(
     let summary = store.import_snapshot_from(&*file, &encode(state)?)?;
     snapshot_file.commit(meta, &snapshot_file.incoming_path())?;
     Ok(summary)
-}
-
-/// What was applied since the state's last durable commit.
-#[derive(Debug, Clone, Copy, Default)]
-struct AppliedSince {
-    entries: u64,
-    packets: u64,
-}
-
-impl AppliedSince {
-    fn plus(self, entries: &[Entry<TypeConfig>]) -> Self {
-        let packets = entries
-            .iter()
-            .map(|entry| match &entry.payload {
-                EntryPayload::Normal(Command::Publish { packets, .. }) => packets.len() as u64,
-                _ => 0,
-            })
-            .sum::<u64>();
-        AppliedSince {
-            entries: self.entries + entries.len() as u64,
-            packets: self.packets + packets,
-        }
-    }
-
-    fn is_due(&self) -> bool {
-        self.entries >= DURABLE_APPLY_EVERY_ENTRIES || self.packets >= DURABLE_APPLY_EVERY_PACKETS
-    }
 }
 
 /// Nodes that `before` has and `after` does not: removed from the cluster by that change (node ids

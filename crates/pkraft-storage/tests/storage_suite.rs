@@ -57,9 +57,9 @@ fn openraft_storage_conformance_suite_with_tiny_log_segments() {
 }
 
 /// The invariant the store relies on, asserted as etcd does: the applied index never goes back.
-/// An entry applied a second time could store an older packet over a newer one. Debug builds
-/// (every test run) refuse it; the apply fails instead of committing.
-#[cfg(debug_assertions)]
+/// An entry applied a second time could store an older packet over a newer one. Every build
+/// refuses it (an assertion in the apply): the apply fails, the open transaction it was in is
+/// aborted, never committed, and the store refuses every apply after it.
 #[test]
 fn an_entry_at_or_below_the_applied_index_is_never_applied_again() {
     use openraft::storage::RaftStateMachine;
@@ -85,7 +85,10 @@ fn an_entry_at_or_below_the_applied_index_is_never_applied_again() {
             .expect("entries in order apply");
         let again = state_machine.apply([entry(2)]).await;
         let error = again.expect_err("an entry applied again must be refused");
-        assert!(error.to_string().contains("panic"), "{error}");
+        assert!(error.to_string().contains("panicked"), "{error}");
+        let next = state_machine.apply([entry(3)]).await;
+        let error = next.expect_err("no apply after a failed one");
+        assert!(error.to_string().contains("panicked"), "{error}");
         let (applied, _) = state_machine.applied_state().await.expect("applied state");
         assert_eq!(applied.map(|log_id| log_id.index), Some(2));
     });

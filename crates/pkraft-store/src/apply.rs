@@ -1,68 +1,95 @@
 //! [`ApplyTxn`]: the one way the log's commands change the state, committed with the position in
 //! the log they lead to.
+//!
+//! Two kinds, one code: the writer's open transaction (`writer.rs`), which `Store::apply` runs
+//! applies in and whose rows readers see at once through the read buffer, and a transaction of
+//! its own (`Store::begin_apply`, for tools and tests), which pauses the writer and whose rows
+//! readers see when it commits (`writes.rs`).
 
-use std::sync::Arc;
+use bytes::Bytes;
+use pkraft_types::{Command, KeyBytes, PublishItem, PublishOutcome, decide};
+use redb::{Durability, ReadableTable, WriteTransaction};
 
-use pkraft_types::{Command, KeyBytes, PublishOutcome, decide};
-use redb::WriteTransaction;
-use redb::{Database, Durability, ReadableTable};
-
-use crate::latest::LatestTables;
-use crate::quarantine::Quarantine;
+use crate::StoreError;
+use crate::read_buffer::Buffered;
 use crate::rows::{StoredPacket, answers_row};
+use crate::shared::{AppliedCounts, Paused, Shared, packets_in};
 use crate::tables::{
     ANSWERS, EXPIRY, ExpiryKey, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES,
     expiry_key,
 };
-use crate::versions::KeyVersions;
-use crate::{Store, StoreError};
 
-impl Store {
-    /// Starts the write transaction that applies a run of log entries. Nothing is visible to
-    /// readers until [`ApplyTxn::commit`].
-    ///
-    /// With `durable` false the commit does not wait for fsync. That is safe because the state
-    /// is a projection of the Raft log, which is fsynced before an entry is acknowledged: after a
-    /// crash, redb rolls back to the last durable commit and the consensus layer applies the
-    /// missing entries again from the log. It must make the state durable (a durable apply, or
-    /// [`Store::flush`]) before it purges the log entries that state reflects.
-    pub fn begin_apply(&self, durable: bool) -> Result<ApplyTxn, StoreError> {
-        let txn = if durable {
-            self.begin_durable_write()?
-        } else {
-            let mut txn = self.db.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            txn
-        };
-        Ok(ApplyTxn {
-            txn,
-            db: self.db.clone(),
-            latest: self.latest.clone(),
-            versions: self.versions.clone(),
-            quarantine: self.quarantine.clone(),
-            changed: Vec::new(),
-            log_time_micros: None,
-        })
-    }
+/// Where an [`ApplyTxn`]'s rows become visible.
+enum Mode {
+    /// The writer's open transaction: each row goes to the read buffer as it is written, and
+    /// the key's version moves on at once.
+    Open {
+        /// Packets the `packets` table holds as this transaction has it.
+        packets_stored: u64,
+        /// A membership change asks for a commit at the end of its apply, so that
+        /// `Store::is_removed_node` (committed tables only) knows of it at once.
+        commit_asked: bool,
+    },
+    /// A transaction of its own: the keys whose packet changed, whose versions move on after
+    /// the commit.
+    Own {
+        changed: Vec<KeyBytes>,
+        _paused: Paused,
+    },
 }
 
-/// One write transaction over the state: apply commands, then commit them together with the
-/// `applied_state` they lead to.
+/// A write transaction over the state: apply commands, then commit them together with the
+/// `applied_state` they lead to. See the module docs for its two kinds.
 pub struct ApplyTxn {
     txn: WriteTransaction,
-    /// For the reads after the commit (`latest`).
-    db: Arc<Database>,
-    latest: Arc<LatestTables>,
-    versions: Arc<KeyVersions>,
-    quarantine: Arc<Quarantine>,
-    /// Keys whose packet this transaction stores or deletes; their versions move on after the
-    /// commit.
-    changed: Vec<KeyBytes>,
+    shared: Shared,
+    mode: Mode,
     /// The largest leader stamp of the publishes applied in this transaction.
     log_time_micros: Option<u64>,
+    /// Entries and packets applied in it.
+    applied: AppliedCounts,
 }
 
 impl ApplyTxn {
+    /// A transaction of its own (`Store::begin_apply`): `paused` holds the writer until it is
+    /// committed or dropped.
+    pub(crate) fn own(txn: WriteTransaction, shared: Shared, paused: Paused) -> ApplyTxn {
+        ApplyTxn::new(
+            txn,
+            shared,
+            Mode::Own {
+                changed: Vec::new(),
+                _paused: paused,
+            },
+        )
+    }
+
+    fn new(txn: WriteTransaction, shared: Shared, mode: Mode) -> ApplyTxn {
+        ApplyTxn {
+            txn,
+            shared,
+            mode,
+            log_time_micros: None,
+            applied: AppliedCounts::default(),
+        }
+    }
+
+    /// The writer's open transaction (see `writer.rs`), committed without fsync unless the writer
+    /// asks for one.
+    pub(crate) fn begin_open(shared: Shared) -> Result<ApplyTxn, StoreError> {
+        let mut txn = shared.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        let packets_stored = packets_in(&txn)?;
+        Ok(ApplyTxn::new(
+            txn,
+            shared,
+            Mode::Open {
+                packets_stored,
+                commit_asked: false,
+            },
+        ))
+    }
+
     /// Applies one command. Deterministic: the result depends only on the stored state and the
     /// command (no clock, no randomness).
     pub fn apply(&mut self, command: &Command) -> Result<Applied, StoreError> {
@@ -96,14 +123,34 @@ impl ApplyTxn {
         for node_id in node_ids {
             removed.insert(*node_id, ())?;
         }
+        if let Mode::Open { commit_asked, .. } = &mut self.mode {
+            *commit_asked = true;
+        }
         Ok(())
     }
 
-    /// One outcome per packet, in order.
+    /// Records the `applied_state` that the `entries` log entries applied since the last call
+    /// lead to, in this transaction: the data and its position in the log commit together,
+    /// whenever the writer commits. (A transaction of its own takes it at its commit.)
+    pub fn set_applied_state(
+        &mut self,
+        applied_state: &[u8],
+        entries: u64,
+    ) -> Result<(), StoreError> {
+        self.txn
+            .open_table(META)?
+            .insert(META_APPLIED_STATE, applied_state)?;
+        self.applied.entries += entries;
+        Ok(())
+    }
+
+    /// One outcome per packet, in order. The stored row is read by the insert of the new one
+    /// (redb returns the value it replaced), so a packet costs one B-tree walk of `packets`,
+    /// not two; a packet that does not win puts the stored row back.
     fn publish(
         &mut self,
         leader_time_micros: u64,
-        packets: &[pkraft_types::PublishItem],
+        packets: &[PublishItem],
     ) -> Result<Vec<PublishOutcome>, StoreError> {
         if leader_time_micros > 0 {
             self.log_time_micros = self.log_time_micros.max(Some(leader_time_micros));
@@ -113,25 +160,36 @@ impl ApplyTxn {
         let mut index = self.txn.open_table(EXPIRY)?;
         let mut outcomes = Vec::with_capacity(packets.len());
         for item in packets {
+            let value = StoredPacket::encode_parts(leader_time_micros, &item.payload);
             let stored = table
-                .get(&item.key)?
+                .insert(&item.key, value.as_slice())?
                 .map(|v| StoredPacket::decode(v.value()))
                 .transpose()?;
             let outcome = decide(stored.as_ref().map(|s| &s.payload), &item.payload);
-            if outcome == PublishOutcome::Stored {
-                if let Some(old) = &stored {
-                    index.remove(&expiry_key(old.payload.timestamp_micros(), &item.key))?;
+            if outcome != PublishOutcome::Stored {
+                if let Some(stored) = &stored {
+                    table.insert(&item.key, stored.encode().as_slice())?;
                 }
-                let value = StoredPacket {
-                    applied_at_micros: leader_time_micros,
-                    payload: item.payload.clone(),
-                }
-                .encode();
-                table.insert(&item.key, value.as_slice())?;
-                answers.insert(&item.key, answers_row(&item.key, &item.payload).as_slice())?;
-                index.insert(&expiry_key(item.payload.timestamp_micros(), &item.key), ())?;
-                self.changed.push(item.key);
+                outcomes.push(outcome);
+                continue;
             }
+            if let Some(old) = &stored {
+                index.remove(&expiry_key(old.payload.timestamp_micros(), &item.key))?;
+            }
+            let answers_row = answers_row(&item.key, &item.payload);
+            answers.insert(&item.key, answers_row.as_slice())?;
+            index.insert(&expiry_key(item.payload.timestamp_micros(), &item.key), ())?;
+            self.applied.packets += 1;
+            changed(
+                &self.shared,
+                &mut self.mode,
+                item.key,
+                Buffered::Stored {
+                    packet: Bytes::from(value),
+                    answers: Bytes::from(answers_row),
+                },
+                i64::from(stored.is_none()),
+            );
             outcomes.push(outcome);
         }
         Ok(outcomes)
@@ -154,41 +212,100 @@ impl ApplyTxn {
             index.remove(row)?;
             let mut key = [0u8; 32];
             key.copy_from_slice(&row[8..]);
-            table.remove(&key)?;
+            let held = table.remove(&key)?.is_some();
             answers.remove(&key)?;
-            self.changed.push(key);
+            // A deletion is a row of the read buffer too: counted for `apply_batch_packets`.
+            self.applied.packets += 1;
+            changed(
+                &self.shared,
+                &mut self.mode,
+                key,
+                Buffered::Deleted,
+                -i64::from(held),
+            );
         }
         Ok(rows.len() as u64)
     }
 
+    /// Entries and packets applied in this transaction.
+    pub(crate) fn applied(&self) -> AppliedCounts {
+        self.applied
+    }
+
+    /// Whether an apply asked the writer to commit at once (see `Mode::Open`).
+    pub(crate) fn commit_asked(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Open {
+                commit_asked: true,
+                ..
+            }
+        )
+    }
+
     /// Commits the applied commands and `applied_state` atomically (durably if the transaction
-    /// was begun durable).
+    /// was begun durable). A transaction of its own only: the writer commits its open one.
     pub fn commit(self, applied_state: &[u8]) -> Result<(), StoreError> {
-        {
+        self.txn
+            .open_table(META)?
+            .insert(META_APPLIED_STATE, applied_state)?;
+        self.finish()
+    }
+
+    /// The writer's commit of its open transaction: durably when `durable` (and then with
+    /// redb's allocator state saved, see [`Store::open_with_cache`]).
+    pub(crate) fn commit_open(mut self, durable: bool) -> Result<(), StoreError> {
+        debug_assert!(matches!(self.mode, Mode::Open { .. }));
+        if durable {
+            self.txn.set_durability(Durability::Immediate)?;
+            self.txn.set_quick_repair(true);
+        }
+        self.finish()
+    }
+
+    /// Writes the log's time, commits, and lets readers see the commit.
+    fn finish(self) -> Result<(), StoreError> {
+        if let Some(stamp) = self.log_time_micros {
             let mut meta = self.txn.open_table(META)?;
-            meta.insert(META_APPLIED_STATE, applied_state)?;
-            if let Some(stamp) = self.log_time_micros {
-                // Only forward: an older stamp (or a damaged value, which reads as none and is
-                // replaced) never lowers the log's time.
-                let stored = meta
-                    .get(META_LOG_TIME)?
-                    .and_then(|value| <[u8; 8]>::try_from(value.value()).ok())
-                    .map(u64::from_be_bytes);
-                if stored.is_none_or(|stored| stamp > stored) {
-                    meta.insert(META_LOG_TIME, stamp.to_be_bytes().as_slice())?;
-                }
+            // Only forward: an older stamp (or a damaged value, which reads as none and is
+            // replaced) never lowers the log's time.
+            let stored = meta
+                .get(META_LOG_TIME)?
+                .and_then(|value| <[u8; 8]>::try_from(value.value()).ok())
+                .map(u64::from_be_bytes);
+            if stored.is_none_or(|stored| stamp > stored) {
+                meta.insert(META_LOG_TIME, stamp.to_be_bytes().as_slice())?;
             }
         }
         self.txn.commit()?;
         // Also when no packet changed: a kept transaction older than this commit would hold
         // back the reuse of every page freed since.
-        self.latest.refresh(&self.db);
-        for key in &self.changed {
-            // A row written again is no longer the damaged one.
-            self.quarantine.release(key);
-            self.versions.bump(key);
+        self.shared.committed();
+        if let Mode::Own { changed, .. } = &self.mode {
+            for key in changed {
+                // A row written again is no longer the damaged one.
+                self.shared.quarantine.release(key);
+                self.shared.versions.bump(key);
+            }
         }
         Ok(())
+    }
+}
+
+/// `key`'s packet changed to `row` (its count of stored packets by `count_change`): at once
+/// for readers in the open transaction (buffer first, then the key's version, see
+/// `read_buffer.rs`), at the commit in one of its own.
+fn changed(shared: &Shared, mode: &mut Mode, key: KeyBytes, row: Buffered, count_change: i64) {
+    match mode {
+        Mode::Open { packets_stored, .. } => {
+            *packets_stored = packets_stored.saturating_add_signed(count_change);
+            shared.buffer.put(&key, row);
+            shared.buffer.set_packet_count(*packets_stored);
+            // A row written again is no longer the damaged one.
+            shared.quarantine.release(&key);
+            shared.versions.bump(&key);
+        }
+        Mode::Own { changed, .. } => changed.push(key),
     }
 }
 

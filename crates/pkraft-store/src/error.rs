@@ -52,6 +52,21 @@ pub enum StoreError {
     /// ([`crate::Store::quarantine`]); other nodes hold it whole.
     #[error("the packet of key {0} is damaged on this node's disk and not served")]
     Quarantined(String),
+    /// The writer thread could not be started.
+    #[error("starting the state writer thread: {0}")]
+    WriterThread(#[source] std::io::Error),
+    /// The writer thread has stopped (the store is being closed, or the thread panicked).
+    #[error("the state writer has stopped")]
+    WriterStopped,
+    /// An apply panicked: an invariant it asserts did not hold (the message says which). Its
+    /// transaction was aborted, and the writer refuses every apply after it.
+    #[error("an apply panicked: {0}")]
+    ApplyPanicked(String),
+    /// An earlier apply or commit failed, and the open transaction was aborted with what it held
+    /// (the error went to the apply that failed, or was logged). Nothing is applied after it:
+    /// the node stops, and its next start applies the log again.
+    #[error("an earlier write of the state failed: {0}")]
+    WriterFailed(String),
 }
 
 impl StoreError {

@@ -15,17 +15,24 @@
 //! - `meta` table: the schema version and `applied_state`, an opaque blob owned by the consensus
 //!   layer (last applied log id and membership). Keeping it opaque keeps openraft out of this crate.
 //!
-//! Writes happen only through [`ApplyTxn`], whose commit takes the new `applied_state`: the data
-//! and the position in the log it corresponds to are always committed in one transaction. The
-//! one exception writes nothing the log decides: [`Store::recompile_answers`] rewrites `answers`
-//! rows the scrub found not to match their packets, from the packets.
-//! Reads ([`Store::get`]) use redb's MVCC read transactions and never wait for the writer.
+//! Writes happen only through [`ApplyTxn`], which records the new `applied_state` with the data:
+//! the data and the position in the log it corresponds to are always committed in one
+//! transaction. One thread owns every write transaction (`writer.rs`): applies go into a
+//! transaction it keeps open across many of them and commits every
+//! [`ApplyBatching::interval`] or [`ApplyBatching::packets`], and what they wrote is visible at
+//! once through a read buffer. The one write the log does not decide is
+//! [`Store::recompile_answers`], which rewrites `answers` rows the scrub found not to match
+//! their packets, from the packets. Reads ([`Store::get`]) look in the read buffer, then in
+//! redb's MVCC read transactions; they never wait for the writer.
 //!
 //! # Modules
 //! - [`Store`] (`store.rs`): the handle, opening the file, the reads.
 //! - `schema.rs`: the schema version and the migrations run at open.
 //! - `tables.rs`, `rows.rs`: the tables and the byte form of their rows.
 //! - [`ApplyTxn`] (`apply.rs`): the log's commands applied and committed with `applied_state`.
+//! - `writer.rs`: the thread that owns the write transactions, and when it commits
+//!   ([`ApplyBatching`]); `writes.rs`: the store's writes through it; `shared.rs`: what it and
+//!   its transactions share; `read_buffer.rs`: what its open transaction holds, for readers.
 //! - `scrub.rs`: the background scrub's pages, the rewrite of stale answers, a key's check.
 //! - [`Integrity`] (`integrity.rs`): the whole file checked offline.
 //! - `snapshot.rs`: the snapshot stream, written and imported.
@@ -37,13 +44,17 @@ mod error;
 mod integrity;
 mod latest;
 mod quarantine;
+mod read_buffer;
 mod rows;
 mod schema;
 mod scrub;
+mod shared;
 mod snapshot;
 mod store;
 mod tables;
 mod versions;
+mod writer;
+mod writes;
 
 pub use apply::{Applied, ApplyTxn};
 pub use error::StoreError;
@@ -58,6 +69,7 @@ pub use snapshot::{
 };
 pub use store::{DEFAULT_CACHE_BYTES, Store};
 pub use versions::KeyVersion;
+pub use writer::{ApplyBatching, DURABLE_EVERY_ENTRIES, DURABLE_EVERY_PACKETS};
 
 #[cfg(test)]
 mod tests;

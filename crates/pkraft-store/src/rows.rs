@@ -19,10 +19,34 @@ pub struct StoredPacket {
 
 impl StoredPacket {
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut value = Vec::with_capacity(APPLIED_AT_LEN + self.payload.byte_len());
-        value.extend_from_slice(&self.applied_at_micros.to_be_bytes());
-        value.extend_from_slice(self.payload.as_bytes());
+        Self::encode_parts(self.applied_at_micros, &self.payload)
+    }
+
+    /// The `packets` value of `payload` applied at `applied_at_micros`.
+    pub(crate) fn encode_parts(applied_at_micros: u64, payload: &Payload) -> Vec<u8> {
+        let mut value = Vec::with_capacity(APPLIED_AT_LEN + payload.byte_len());
+        value.extend_from_slice(&applied_at_micros.to_be_bytes());
+        value.extend_from_slice(payload.as_bytes());
         value
+    }
+
+    /// [`StoredPacket::decode`] of a value held in memory, sharing its bytes.
+    pub(crate) fn decode_shared(value: &Bytes) -> Result<Self, StoreError> {
+        if value.len() < APPLIED_AT_LEN {
+            return Self::decode(value);
+        }
+        let mut be = [0u8; APPLIED_AT_LEN];
+        be.copy_from_slice(&value[..APPLIED_AT_LEN]);
+        let payload = Payload::new(value.slice(APPLIED_AT_LEN..)).map_err(|source| {
+            StoreError::CorruptPacket {
+                what: format!("a packet value of {} bytes", value.len()),
+                source: pkraft_types::PacketError::Length(source),
+            }
+        })?;
+        Ok(StoredPacket {
+            applied_at_micros: u64::from_be_bytes(be),
+            payload,
+        })
     }
 
     pub(crate) fn decode(value: &[u8]) -> Result<Self, StoreError> {
@@ -44,15 +68,24 @@ impl StoredPacket {
     }
 }
 
-/// A row of the `answers` table, checked ([`crate::Store::answers`]); holds the read transaction it
-/// came from until dropped.
-pub struct AnswersRow(pub(crate) redb::OwnedAccessGuard<&'static [u8]>);
+/// A row of the `answers` table, checked ([`crate::Store::answers`]): committed, holding the read
+/// transaction it came from until dropped, or one the open apply transaction holds.
+pub struct AnswersRow(pub(crate) AnswersBytes);
+
+pub(crate) enum AnswersBytes {
+    Committed(redb::OwnedAccessGuard<&'static [u8]>),
+    /// From the read buffer: written by this process, never read from the disk.
+    Buffered(Bytes),
+}
 
 impl AnswersRow {
     /// The compiled form, for [`pkraft_types::compiled::CompiledPacket::read`].
     pub fn form(&self) -> &[u8] {
-        let row = self.0.value();
-        // The checksum was checked when the row was read.
+        let row = match &self.0 {
+            AnswersBytes::Committed(row) => row.value(),
+            AnswersBytes::Buffered(row) => row,
+        };
+        // The checksum was checked when the row was read (or the row was never on disk).
         &row[..row.len().saturating_sub(ANSWERS_CRC_LEN)]
     }
 }

@@ -1,12 +1,14 @@
 //! The state file's schema version and the migrations from older ones, run as the file opens.
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{Database, ReadableTable, WriteTransaction};
 
+use crate::StoreError;
+use crate::latest::LatestTables;
 use crate::rows::{StoredPacket, answers_row};
+use crate::shared::begin_durable_write;
 use crate::tables::{
     ANSWERS, EXPIRY, META, META_SCHEMA_VERSION, PACKETS, REMOVED_NODES, expiry_key,
 };
-use crate::{Store, StoreError};
 
 /// On-disk format version of this file. Bump it (and add a migration) when the layout changes.
 /// 2: the `expiry` index (built from `packets` when a version-1 file is opened).
@@ -15,9 +17,11 @@ use crate::{Store, StoreError};
 /// 4: the `answers` table (compiled from `packets` when an older file is opened).
 pub const SCHEMA_VERSION: u64 = 4;
 
-impl Store {
-    pub(crate) fn init_schema(&self) -> Result<(), StoreError> {
-        let txn = self.begin_durable_write()?;
+/// Creates the tables, checks the schema version and migrates an older file, before the
+/// writer starts (it owns every write transaction after).
+pub(crate) fn init(db: &Database, latest: &LatestTables) -> Result<(), StoreError> {
+    {
+        let txn = begin_durable_write(db)?;
         {
             txn.open_table(PACKETS)?;
             txn.open_table(ANSWERS)?;
@@ -42,9 +46,9 @@ impl Store {
             }
         }
         txn.commit()?;
-        self.latest.refresh(&self.db);
-        Ok(())
     }
+    latest.refresh(db);
+    Ok(())
 }
 
 /// Compiles the `answers` table from the `packets` table (schema 3 → 4).

@@ -94,7 +94,11 @@ impl Store {
     /// row of a key with no packet): what the scrub does with the [`StaleAnswers`] it finds.
     /// Each packet is read in the same transaction as its row is written, so a packet applied
     /// since the scrub read it is compiled, not the older one.
+    ///
+    /// The writer commits what it holds first and waits meanwhile (its open transaction holds
+    /// redb's one write lock), so the packets read here are every one applied.
     pub fn recompile_answers(&self, keys: &[KeyBytes]) -> Result<(), StoreError> {
+        let _paused = self.writer.pause()?;
         let mut txn = self.db.begin_write()?;
         // Rows derived from packets that are already durable: a crash before the next durable
         // commit loses the rewrite, and the next scrub pass finds the row again.

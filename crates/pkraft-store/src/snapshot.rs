@@ -26,6 +26,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 use serde::{Deserialize, Serialize};
 
 use crate::rows::{StoredPacket, answers_row, hex};
+use crate::shared::begin_durable_write;
 use crate::tables::{
     ANSWERS, EXPIRY, ExpiryKey, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, expiry_key,
 };
@@ -72,8 +73,11 @@ pub struct Export {
 }
 
 impl Store {
-    /// Opens the read transaction a snapshot (or a backup) is written from.
+    /// Opens the read transaction a snapshot (or a backup) is written from, once the writer has
+    /// committed everything applied before: it holds the applied state and the data of the
+    /// same commit.
     pub fn snapshot_source(&self) -> Result<SnapshotSource, StoreError> {
+        self.commit_applied()?;
         Ok(SnapshotSource {
             txn: self.db.begin_read()?,
         })
@@ -111,7 +115,9 @@ impl Store {
     ) -> Result<SnapshotSummary, StoreError> {
         let mut input = FrameReader::new(input);
         let version = input.header()?;
-        let txn = self.begin_durable_write()?;
+        // The writer commits what it holds, then waits until this import is done.
+        let _paused = self.writer.pause()?;
+        let txn = begin_durable_write(&self.db)?;
         txn.delete_table(PACKETS)?;
         txn.delete_table(ANSWERS)?;
         txn.delete_table(EXPIRY)?;

@@ -2,20 +2,24 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pkraft_types::KeyBytes;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use redb::{TableDefinition, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::StoreError;
 use crate::latest::{self, LatestTables};
 use crate::quarantine::Quarantine;
-use crate::rows::{AnswersRow, StoredPacket, answers_form, hex};
+use crate::read_buffer::{Buffered, ReadBuffer};
+use crate::rows::{AnswersBytes, AnswersRow, StoredPacket, answers_form, hex};
+use crate::schema;
+use crate::shared::Shared;
 use crate::tables::{
     ANSWERS, EXPIRY, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES, keys_after,
     timestamp_of,
 };
 use crate::versions::{KeyVersion, KeyVersions};
+use crate::writer::Writer;
 
 /// redb page cache of [`Store::open`]: the default of `raft.state_cache_mib`. (redb's own
 /// default is 1 GiB.)
@@ -24,6 +28,9 @@ pub const DEFAULT_CACHE_BYTES: usize = 256 * 1024 * 1024;
 /// Handle to the state database. Cheap to clone; all clones share one redb `Database`.
 #[derive(Clone)]
 pub struct Store {
+    /// The owner of every write transaction (`writer.rs`). Declared first: the last handle
+    /// stops the writer (which commits what it holds) before anything else goes.
+    pub(crate) writer: Arc<Writer>,
     /// Declared before `db`: the last handle lets go of the kept read transaction before it
     /// closes the database.
     pub(crate) latest: Arc<LatestTables>,
@@ -31,6 +38,10 @@ pub struct Store {
     pub(crate) versions: Arc<KeyVersions>,
     /// Keys found damaged, refused by `get` (see `quarantine`).
     pub(crate) quarantine: Arc<Quarantine>,
+    /// What the writer's open transaction holds and has not committed (`read_buffer.rs`).
+    pub(crate) buffer: Arc<ReadBuffer>,
+    /// Reads of the `packets` table by key (`get`, `holds`), for `packet_reads`.
+    pub(crate) packet_reads: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -62,7 +73,7 @@ impl Store {
             Database::builder()
                 .set_cache_size(cache_bytes)
                 .set_repair_callback(move |session| {
-                    repaired.store(true, std::sync::atomic::Ordering::Relaxed);
+                    repaired.store(true, Ordering::Relaxed);
                     tracing::warn!(
                         "{shown} was not closed cleanly: redb is repairing it ({:.0} % done)",
                         session.progress() * 100.0
@@ -70,32 +81,46 @@ impl Store {
                 })
                 .create(path)?
         };
-        if repaired.load(std::sync::atomic::Ordering::Relaxed) {
+        if repaired.load(Ordering::Relaxed) {
             tracing::warn!(
                 "{} repaired in {:.1} s",
                 path.display(),
                 started.elapsed().as_secs_f64()
             );
         }
-        let store = Store {
-            latest: Arc::new(LatestTables::new()),
-            db: Arc::new(db),
+        let db = Arc::new(db);
+        let latest = Arc::new(LatestTables::new());
+        // Before the writer starts: it is the only writer from then on.
+        schema::init(&db, &latest)?;
+        let shared = Shared {
+            db,
+            latest,
             versions: Arc::new(KeyVersions::new()),
             quarantine: Arc::new(Quarantine::default()),
+            buffer: Arc::new(ReadBuffer::new()),
         };
-        store.init_schema()?;
-        Ok(store)
+        Ok(Store {
+            writer: Arc::new(Writer::start(shared.clone())?),
+            latest: shared.latest,
+            db: shared.db,
+            versions: shared.versions,
+            quarantine: shared.quarantine,
+            buffer: shared.buffer,
+            packet_reads: Arc::new(AtomicU64::new(0)),
+        })
     }
 
-    /// A write transaction that commits with fsync and saves redb's allocator state, so that
-    /// opening the file after a crash needs no full repair (see [`Store::open_with_cache`]).
-    /// The cost is a second fsync per durable commit; they are rare (every 4,096 applied
-    /// entries, snapshot installs, clean stops).
-    pub(crate) fn begin_durable_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.set_quick_repair(true);
-        Ok(txn)
+    /// Rows the writer's open transaction holds and has not committed: what readers find in the
+    /// read buffer (`pkraft_store_uncommitted_rows`).
+    pub fn uncommitted_rows(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Reads of stored packets by key ([`Store::get`], [`Store::holds`]) since the store was
+    /// opened, by every handle: how many times the write path reads the store per PUT
+    /// (`pkraft_store_packet_reads_total`).
+    pub fn packet_reads(&self) -> u64 {
+        self.packet_reads.load(Ordering::Relaxed)
     }
 
     /// The version of `key`'s packet, for caches of [`Store::get`]: read it before the packet,
@@ -104,24 +129,46 @@ impl Store {
         self.versions.of(key)
     }
 
-    /// The packet stored for `key`, read from the latest committed state. A key this node found
+    /// The packet stored for `key` as applied on this node: what the open apply transaction
+    /// holds for it, else the latest commit's (see `read_buffer.rs`). A key this node found
     /// damaged ([`Store::quarantine`]) is [`StoreError::Quarantined`].
     pub fn get(&self, key: &KeyBytes) -> Result<Option<StoredPacket>, StoreError> {
-        let value = self.point_read(key, PACKETS, |tables| &tables.packets)?;
-        value.map(|v| StoredPacket::decode(v.value())).transpose()
+        self.packet_reads.fetch_add(1, Ordering::Relaxed);
+        match self.buffered(key)? {
+            Some(Buffered::Stored { packet, .. }) => StoredPacket::decode_shared(&packet).map(Some),
+            Some(Buffered::Deleted) => Ok(None),
+            None => {
+                let value = self.point_read(key, PACKETS, |tables| &tables.packets)?;
+                value.map(|v| StoredPacket::decode(v.value())).transpose()
+            }
+        }
     }
 
-    /// Whether a packet is stored for `key` in the latest committed state, without reading it
-    /// out. A key this node found damaged is [`StoreError::Quarantined`], as in [`Store::get`].
+    /// Whether a packet is stored for `key`, without reading it out. A key this node found
+    /// damaged is [`StoreError::Quarantined`], as in [`Store::get`].
     pub fn holds(&self, key: &KeyBytes) -> Result<bool, StoreError> {
-        Ok(self
-            .point_read(key, PACKETS, |tables| &tables.packets)?
-            .is_some())
+        self.packet_reads.fetch_add(1, Ordering::Relaxed);
+        match self.buffered(key)? {
+            Some(Buffered::Stored { .. }) => Ok(true),
+            Some(Buffered::Deleted) => Ok(false),
+            None => Ok(self
+                .point_read(key, PACKETS, |tables| &tables.packets)?
+                .is_some()),
+        }
+    }
+
+    /// What the open apply transaction holds for `key`, if it wrote it: read before the
+    /// committed tables (see `read_buffer.rs`). Refused for a key this node found damaged.
+    fn buffered(&self, key: &KeyBytes) -> Result<Option<Buffered>, StoreError> {
+        if self.quarantine.contains(key) {
+            return Err(StoreError::Quarantined(hex(key)));
+        }
+        Ok(self.buffer.get(key))
     }
 
     /// `key`'s row of `table` in the latest committed state: through the transaction kept since
-    /// the last commit (`kept` picks its table), or one of its own when none is kept. Refused
-    /// for a key this node found damaged ([`Store::quarantine`]).
+    /// the last commit (`kept` picks its table), or one of its own when none is kept. Only after
+    /// [`Store::buffered`] missed: it refuses a damaged key and holds what is newer.
     ///
     /// The row keeps its read transaction alive (redb's `get_owned`) for as long as the caller
     /// holds it. A plain `get` does not: with the kept transaction replaced by a commit
@@ -133,9 +180,6 @@ impl Store {
         table: TableDefinition<&KeyBytes, &[u8]>,
         kept: fn(&latest::Tables) -> &latest::KeyTable,
     ) -> Result<Option<redb::OwnedAccessGuard<&'static [u8]>>, StoreError> {
-        if self.quarantine.contains(key) {
-            return Err(StoreError::Quarantined(hex(key)));
-        }
         // After the caller's `key_version`: see `latest.rs` for why the order matters.
         Ok(match self.latest.load() {
             Some(tables) => kept(&tables).get_owned(key)?,
@@ -144,10 +188,17 @@ impl Store {
     }
 
     /// The DNS answers compiled from the packet stored for `key` ([`pkraft_types::compiled`]),
-    /// read from the latest committed state and checked against their checksum; `None` when no
+    /// as applied (see [`Store::get`]), a committed row checked against its checksum; `None` when no
     /// packet is stored. A row whose checksum fails is [`StoreError::Corrupt`], naming the key;
     /// a key this node found damaged is [`StoreError::Quarantined`], as in [`Store::get`].
     pub fn answers(&self, key: &KeyBytes) -> Result<Option<AnswersRow>, StoreError> {
+        match self.buffered(key)? {
+            Some(Buffered::Stored { answers, .. }) => {
+                return Ok(Some(AnswersRow(AnswersBytes::Buffered(answers))));
+            }
+            Some(Buffered::Deleted) => return Ok(None),
+            None => {}
+        }
         let Some(row) = self.point_read(key, ANSWERS, |tables| &tables.answers)? else {
             return Ok(None);
         };
@@ -157,7 +208,7 @@ impl Store {
                 hex(key)
             )));
         }
-        Ok(Some(AnswersRow(row)))
+        Ok(Some(AnswersRow(AnswersBytes::Committed(row))))
     }
 
     /// The smallest signed timestamp of any stored packet (µs), if any packet is stored.
@@ -209,8 +260,12 @@ impl Store {
         self.versions.bump(key);
     }
 
-    /// Number of stored packets.
+    /// Number of stored packets, as applied (the open apply transaction's count while it holds
+    /// any row).
     pub fn packet_count(&self) -> Result<u64, StoreError> {
+        if let Some(count) = self.buffer.packet_count() {
+            return Ok(count);
+        }
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(PACKETS)?.len()?)
     }
@@ -218,7 +273,7 @@ impl Store {
     /// Handles to this database that are still open (this one included). redb locks its file, so
     /// the same file can be opened again only after every handle is dropped.
     pub fn open_handles(&self) -> usize {
-        Arc::strong_count(&self.db)
+        Arc::strong_count(&self.writer)
     }
 
     /// The consensus layer's blob committed with the last applied transaction, if any.
@@ -245,20 +300,14 @@ impl Store {
         Ok(Some(u64::from_be_bytes(bytes)))
     }
 
-    /// Makes every commit so far durable: one fsynced transaction, which in redb also persists
-    /// all the non-durable commits before it.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        let txn = self.begin_durable_write()?;
-        {
-            // Rewrite the applied state, so the transaction has something to commit.
-            let mut meta = txn.open_table(META)?;
-            let applied = meta.get(META_APPLIED_STATE)?.map(|v| v.value().to_vec());
-            if let Some(applied) = applied {
-                meta.insert(META_APPLIED_STATE, applied.as_slice())?;
-            }
+    /// The handles the writer and its transactions share with this store.
+    pub(crate) fn shared(&self) -> Shared {
+        Shared {
+            db: self.db.clone(),
+            latest: self.latest.clone(),
+            versions: self.versions.clone(),
+            quarantine: self.quarantine.clone(),
+            buffer: self.buffer.clone(),
         }
-        txn.commit()?;
-        self.latest.refresh(&self.db);
-        Ok(())
     }
 }

@@ -7,7 +7,7 @@ use super::*;
 use crate::rows::*;
 use crate::tables::*;
 use pkraft_types::KeyBytes;
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -787,4 +787,249 @@ fn the_log_time_is_the_largest_stamp_applied() {
         b"s",
     );
     assert_eq!(store.log_time_micros().expect("read"), Some(950));
+}
+
+/// Applies through the writer's open transaction (`Store::apply`), as a node applies.
+async fn apply_open(store: &Store, command: Command, state: &'static [u8]) -> Vec<PublishOutcome> {
+    store
+        .apply(move |txn| -> Result<_, StoreError> {
+            let applied = txn.apply(&command)?;
+            txn.set_applied_state(state, 1)?;
+            Ok(applied.outcomes)
+        })
+        .await
+        .expect("apply")
+}
+
+/// The packet committed for `key`, read past the read buffer: what a reader would see without
+/// it.
+fn committed(store: &Store, key: &KeyBytes) -> Option<StoredPacket> {
+    let txn = store.db.begin_read().expect("read");
+    let table = txn.open_table(PACKETS).expect("table");
+    let value = table.get(key).expect("get");
+    value.map(|value| StoredPacket::decode(value.value()).expect("decode"))
+}
+
+const NEVER: ApplyBatching = ApplyBatching {
+    interval: std::time::Duration::from_secs(3600),
+    packets: 65_536,
+};
+
+/// What an apply in the open transaction wrote is read at once (the packet, its compiled
+/// answers, the count, the key's version), before anything is committed; a commit then moves it
+/// into the tables and empties the read buffer, and every read stays the same. An expiry's
+/// deletion hides the committed row the same way.
+#[tokio::test]
+async fn the_open_transaction_is_read_through_the_buffer_until_it_commits() {
+    let (_dir, store) = open();
+    store.set_apply_batching(NEVER).expect("batching");
+    let a = item(1, 10, "192.0.2.1:1");
+    let b = item(2, 20, "192.0.2.1:2");
+    let version = store.key_version(&a.key);
+    let outcomes = apply_open(&store, publish(5, vec![a.clone(), b.clone()]), b"ab").await;
+    assert_eq!(outcomes, [PublishOutcome::Stored, PublishOutcome::Stored]);
+    // Nothing is committed yet ...
+    assert_eq!(committed(&store, &a.key), None);
+    assert_eq!(store.applied_state().expect("state"), None);
+    assert_eq!(store.buffer.len(), 2);
+    // ... and everything is read.
+    let read = |store: &Store| {
+        (
+            store.get(&a.key).expect("get").map(|s| s.payload),
+            store.holds(&b.key).expect("holds"),
+            store
+                .answers(&a.key)
+                .expect("answers")
+                .map(|row| row.form().to_vec()),
+            store.packet_count().expect("count"),
+        )
+    };
+    let before_commit = read(&store);
+    assert_eq!(before_commit.0.as_ref(), Some(&a.payload));
+    assert!(before_commit.1);
+    assert_eq!(
+        before_commit.2,
+        Some(pkraft_types::compiled::compile(&a.key, &a.payload))
+    );
+    assert_eq!(before_commit.3, 2);
+    assert_ne!(
+        store.key_version(&a.key),
+        version,
+        "the version moves at the apply"
+    );
+
+    store.commit_applied().expect("commit");
+    assert_eq!(store.buffer.len(), 0);
+    assert_eq!(
+        committed(&store, &a.key).map(|s| s.payload),
+        Some(a.payload)
+    );
+    assert_eq!(
+        store.applied_state().expect("state").as_deref(),
+        Some(&b"ab"[..])
+    );
+    assert_eq!(read(&store), before_commit);
+
+    // Everything signed before 15 µs: key a goes, in the open transaction first.
+    let expired = store
+        .apply(|txn| -> Result<_, StoreError> {
+            let applied = txn.apply(&Command::Expire {
+                before_micros: 15,
+                limit: 10,
+            })?;
+            txn.set_applied_state(b"expired", 1)?;
+            Ok(applied.expired)
+        })
+        .await
+        .expect("expire");
+    assert_eq!(expired, 1);
+    assert!(committed(&store, &a.key).is_some());
+    assert_eq!(store.get(&a.key).expect("get"), None);
+    assert!(store.answers(&a.key).expect("answers").is_none());
+    assert!(!store.holds(&a.key).expect("holds"));
+    assert_eq!(store.packet_count().expect("count"), 1);
+    store.commit_applied().expect("commit");
+    assert_eq!(committed(&store, &a.key), None);
+    assert_eq!(store.get(&a.key).expect("get"), None);
+}
+
+/// The writer commits the open transaction once it holds `packets` packets, or `interval`
+/// after its first apply, whichever comes first; and a membership change at once.
+#[tokio::test]
+async fn the_open_transaction_commits_by_size_by_time_and_for_a_membership_change() {
+    let committed_within = |store: &Store, what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.buffer.len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not committed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let (_dir, store) = open();
+    store
+        .set_apply_batching(ApplyBatching {
+            packets: 3,
+            ..NEVER
+        })
+        .expect("batching");
+    apply_open(&store, publish(1, vec![item(1, 10, "192.0.2.1:1")]), b"1").await;
+    apply_open(&store, publish(2, vec![item(2, 10, "192.0.2.1:1")]), b"2").await;
+    assert_eq!(store.buffer.len(), 2, "two packets stay open");
+    apply_open(&store, publish(3, vec![item(3, 10, "192.0.2.1:1")]), b"3").await;
+    committed_within(&store, "the third packet");
+    assert_eq!(
+        store.applied_state().expect("state").as_deref(),
+        Some(&b"3"[..])
+    );
+
+    store
+        .set_apply_batching(ApplyBatching {
+            interval: std::time::Duration::from_millis(50),
+            ..NEVER
+        })
+        .expect("batching");
+    apply_open(&store, publish(4, vec![item(4, 10, "192.0.2.1:1")]), b"4").await;
+    committed_within(&store, "50 ms after");
+    assert_eq!(
+        store.applied_state().expect("state").as_deref(),
+        Some(&b"4"[..])
+    );
+
+    store.set_apply_batching(NEVER).expect("batching");
+    apply_open(&store, publish(5, vec![item(5, 10, "192.0.2.1:1")]), b"5").await;
+    store
+        .apply(|txn| -> Result<_, StoreError> {
+            txn.record_removed_nodes(&[7])?;
+            txn.set_applied_state(b"removed", 1)
+        })
+        .await
+        .expect("membership");
+    committed_within(&store, "a membership change");
+    assert!(store.is_removed_node(7).expect("removed"));
+}
+
+/// An apply that fails aborts the open transaction: nothing after it is applied, readers keep
+/// what they saw (a node's answers never go back while it stops), and the state on disk stays
+/// the last commit's, which the log is applied again on top of at the next start.
+#[tokio::test]
+async fn a_failed_apply_aborts_the_open_transaction_and_refuses_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    let a = item(1, 10, "192.0.2.1:1");
+    let b = item(2, 10, "192.0.2.1:1");
+    {
+        let store = Store::open(&path).expect("open");
+        apply_open(
+            &store,
+            publish(1, vec![item(3, 10, "192.0.2.1:1")]),
+            b"first",
+        )
+        .await;
+        store.flush().expect("flush");
+        store.set_apply_batching(NEVER).expect("batching");
+        apply_open(&store, publish(2, vec![a.clone()]), b"a").await;
+        let failed = store
+            .apply({
+                let b = b.clone();
+                move |txn| -> Result<(), StoreError> {
+                    txn.apply(&publish(3, vec![b]))?;
+                    Err(StoreError::Corrupt("a failure half way".to_string()))
+                }
+            })
+            .await;
+        assert!(matches!(failed, Err(StoreError::Corrupt(_))), "{failed:?}");
+        let next = store.apply(|txn| txn.set_applied_state(b"next", 1)).await;
+        assert!(matches!(next, Err(StoreError::WriterFailed(_))), "{next:?}");
+        assert!(store.get(&a.key).expect("get").is_some());
+        assert!(store.get(&b.key).expect("get").is_some());
+        // A stop's flush makes the last commit durable, and only that.
+        store.flush().expect("flush");
+    }
+    let store = Store::open(&path).expect("reopen");
+    assert_eq!(
+        store.applied_state().expect("state").as_deref(),
+        Some(&b"first"[..])
+    );
+    assert_eq!(store.get(&a.key).expect("get"), None);
+    assert_eq!(store.get(&b.key).expect("get"), None);
+}
+
+/// A transaction of its own (and so an import, or the scrub's rewrite) pauses the writer, which
+/// commits what it holds first: the other transaction sees it, and the open transaction's
+/// applies go on after.
+#[tokio::test]
+async fn a_transaction_of_its_own_waits_for_the_writer_to_commit() {
+    let (_dir, store) = open();
+    store.set_apply_batching(NEVER).expect("batching");
+    let a = item(1, 10, "192.0.2.1:1");
+    apply_open(&store, publish(1, vec![a.clone()]), b"open").await;
+    let mut own = store.begin_apply(true).expect("begin");
+    assert_eq!(store.buffer.len(), 0, "the writer committed before pausing");
+    assert_eq!(
+        store.applied_state().expect("state").as_deref(),
+        Some(&b"open"[..])
+    );
+    let newer = item(1, 20, "192.0.2.1:2");
+    assert_eq!(
+        own.apply(&publish(2, vec![newer.clone()]))
+            .expect("apply")
+            .outcomes,
+        [PublishOutcome::Stored]
+    );
+    own.commit(b"own").expect("commit");
+    assert_eq!(
+        apply_open(
+            &store,
+            publish(3, vec![item(1, 15, "192.0.2.1:3")]),
+            b"after"
+        )
+        .await,
+        [PublishOutcome::Stale]
+    );
+    assert_eq!(
+        store.get(&a.key).expect("get").map(|s| s.payload),
+        Some(newer.payload)
+    );
 }

@@ -14,10 +14,11 @@ use openraft::{
 use redb::{Durability, Error as DbError};
 
 use super::meta::{META_HAD_PEERS, META_LAST_PURGED, META_VOTE, put_meta};
+use super::recent::RecentEntries;
 use super::repair::end_repair_if_whole;
 use super::segments::LastEntry;
-use super::{LogStore, Result, decode_entry, entry_id, lock};
-use crate::codec::{encode, storage_error};
+use super::{LogStore, Result, decode_entry, entry_id, lock, lock_recent};
+use crate::codec::storage_error;
 use crate::type_config::{NodeId, TypeConfig};
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -25,22 +26,27 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
         let read = || -> io::Result<Vec<Entry<TypeConfig>>> {
+            // The entries appended last, from memory: what the apply and the replication to
+            // followers that keep up ask for (see `recent.rs`).
+            if let Some(entries) = self.recent()?.get(start, end) {
+                return Ok(entries);
+            }
             // Held until the records are read (see `Inner::log`).
             let log = self.log()?;
             let spans = {
                 // Purged entries may still sit in the first segment; they are not served.
                 let unpurged = log.purged.map_or(0, |p| p.index.saturating_add(1));
-                let start = match range.start_bound() {
-                    Bound::Included(&i) => i,
-                    Bound::Excluded(&i) => i.saturating_add(1),
-                    Bound::Unbounded => 0,
-                };
-                let end = match range.end_bound() {
-                    Bound::Included(&i) => i.saturating_add(1),
-                    Bound::Excluded(&i) => i,
-                    Bound::Unbounded => u64::MAX,
-                };
                 log.segments.locate(start.max(unpurged), end)
             };
             let mut entries = Vec::new();
@@ -94,6 +100,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.read_committed_id()
     }
 
+    /// Queues the append to the log's writer thread and returns; the thread writes and syncs
+    /// the entries and only then reports them flushed to openraft (which waits for that before
+    /// it counts them, or hands the log anything else).
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
@@ -101,70 +110,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let started = Instant::now();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let Some(first_index) = entries.first().map(|entry| entry.log_id.index) else {
+        if entries.is_empty() {
             callback.log_io_completed(Ok(()));
             return Ok(());
-        };
-        let last_log_id = entries.last().map(|entry| entry.log_id);
-        let last_entry = entries.last().map(|entry| LastEntry {
-            index: entry.log_id.index,
-            term: entry.log_id.leader_id.term,
-            leader: entry.log_id.leader_id.node_id,
-        });
-        // Whether the last membership in this append has other voters; written when it changes
-        // (rare: membership changes).
-        let peers_now = entries
-            .iter()
-            .rev()
-            .find_map(|entry| match &entry.payload {
-                EntryPayload::Membership(membership) => Some(membership.voter_ids().count() > 1),
-                _ => None,
-            })
-            .filter(|peers| {
-                *peers
-                    != self
-                        .inner
-                        .had_peers
-                        .load(std::sync::atomic::Ordering::Acquire)
-            });
-        let payloads = entries
-            .iter()
-            .map(encode)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        self.with_log(move |inner| {
-            let target = lock(inner)?.segments.prepare_append(first_index)?;
-            let mut encoded = Vec::new();
-            let lengths = target.encode(&payloads, &mut encoded)?;
-            // The write and its sync hold no lock, so readers (replication, apply) go on.
-            let last_entry =
-                last_entry.ok_or_else(|| io::Error::other("an append without entries"))?;
-            target.write_and_sync(&encoded, last_entry)?;
-            lock(inner)?.segments.finish_append(&target, &lengths);
-            if let Some(peers) = peers_now {
-                let mark = || -> std::result::Result<(), DbError> {
-                    let txn = inner.meta.begin_write()?;
-                    put_meta(&txn, META_HAD_PEERS, &peers)?;
-                    txn.commit()?;
-                    Ok(())
-                };
-                mark().map_err(io::Error::other)?;
-                inner
-                    .had_peers
-                    .store(peers, std::sync::atomic::Ordering::Release);
-            }
-            end_repair_if_whole(inner, last_log_id)
-        })
-        .await?;
-        // `write_and_sync` returned: the entries are on disk.
-        self.inner
-            .appends
-            .send_modify(|appends| *appends = appends.wrapping_add(1));
-        callback.log_io_completed(Ok(()));
-        if let Some(histogram) = &self.append_seconds {
-            histogram.observe(started.elapsed().as_secs_f64());
         }
-        Ok(())
+        let store = self.clone();
+        self.writer
+            .submit(move || {
+                let written = store.write_append(entries);
+                let ok = written.is_ok();
+                callback.log_io_completed(written);
+                if ok && let Some(histogram) = &store.append_seconds {
+                    histogram.observe(started.elapsed().as_secs_f64());
+                }
+            })
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<()> {
@@ -179,7 +139,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }),
                 None => None,
             };
-            log.segments.truncate(log_id.index, new_last)
+            log.segments.truncate(log_id.index, new_last)?;
+            lock_recent(inner)?.truncated(log_id.index);
+            Ok(())
         })
         .await
     }
@@ -196,8 +158,74 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut log = lock(inner)?;
             log.purged = Some(log_id);
             log.segments.remove_through(log_id.index)?;
+            lock_recent(inner)?.purged(log_id.index);
             end_repair_if_whole(inner, Some(log_id))
         })
         .await
+    }
+}
+
+impl LogStore {
+    /// One append, on the writer thread: the entries encoded straight into their records, written
+    /// at the end of the segment and synced, the synced mark after them; then published to
+    /// readers (the segment's offsets and the recent entries) and counted
+    /// ([`LogStore::appends`]). Done only once all of it is on disk.
+    fn write_append(&self, entries: Vec<Entry<TypeConfig>>) -> io::Result<()> {
+        let inner = &*self.inner;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let first_index = first.log_id.index;
+        let last_log_id = last.log_id;
+        let last_entry = LastEntry {
+            index: last_log_id.index,
+            term: last_log_id.leader_id.term,
+            leader: last_log_id.leader_id.node_id,
+        };
+        // Whether the last membership in this append has other voters; written when it changes
+        // (rare: membership changes).
+        let peers_now = entries
+            .iter()
+            .rev()
+            .find_map(|entry| match &entry.payload {
+                EntryPayload::Membership(membership) => Some(membership.voter_ids().count() > 1),
+                _ => None,
+            })
+            .filter(|peers| *peers != inner.had_peers.load(std::sync::atomic::Ordering::Acquire));
+        let target = lock(inner)?.segments.prepare_append(first_index)?;
+        let mut encoded = Vec::new();
+        let lengths = target.encode_with(entries.len(), &mut encoded, |position, out| {
+            postcard::to_io(&entries[position], &mut *out)
+                .map(|_| ())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        })?;
+        // The write and its sync hold no lock, so readers (replication, apply) go on.
+        target.write_and_sync(&encoded, last_entry)?;
+        lock(inner)?.segments.finish_append(&target, &lengths);
+        if let Some(peers) = peers_now {
+            let mark = || -> std::result::Result<(), DbError> {
+                let txn = inner.meta.begin_write()?;
+                put_meta(&txn, META_HAD_PEERS, &peers)?;
+                txn.commit()?;
+                Ok(())
+            };
+            mark().map_err(io::Error::other)?;
+            inner
+                .had_peers
+                .store(peers, std::sync::atomic::Ordering::Release);
+        }
+        end_repair_if_whole(inner, Some(last_log_id))?;
+        let record_bytes = lengths.iter().map(|length| *length as usize);
+        lock_recent(inner)?.appended(entries.into_iter().zip(record_bytes));
+        // `write_and_sync` returned: the entries are on disk.
+        inner
+            .appends
+            .send_modify(|appends| *appends = appends.wrapping_add(1));
+        Ok(())
+    }
+
+    /// The entries appended last.
+    fn recent(&self) -> io::Result<std::sync::MutexGuard<'_, RecentEntries>> {
+        lock_recent(&self.inner)
     }
 }

@@ -72,42 +72,62 @@ impl Format {
 }
 
 /// Appends the records of one append to a segment of salt `salt`, holding `payloads` at indexes
-/// `first_index..`, to `out`; returns each record's length.
+/// `first_index..`, to `out`; returns each record's length. (Tests write records from bytes.)
+#[cfg(test)]
 pub(crate) fn encode_records<P: AsRef<[u8]>>(
     salt: u64,
     first_index: u64,
     payloads: &[P],
     out: &mut Vec<u8>,
 ) -> io::Result<Vec<u64>> {
-    let count = u64::try_from(payloads.len())
+    encode_records_with(salt, first_index, payloads.len(), out, |position, out| {
+        out.extend_from_slice(payloads[position].as_ref());
+        Ok(())
+    })
+}
+
+/// [`encode_records`] of `count` records whose payloads `write_payload` appends to `out` in
+/// place (given the record's position in the append): each payload is written once, straight
+/// into the bytes that go to the disk.
+pub(crate) fn encode_records_with(
+    salt: u64,
+    first_index: u64,
+    count: usize,
+    out: &mut Vec<u8>,
+    mut write_payload: impl FnMut(usize, &mut Vec<u8>) -> io::Result<()>,
+) -> io::Result<Vec<u64>> {
+    let records = u64::try_from(count)
         .ok()
         .filter(|count| (1..=APPEND_MAX).contains(count))
         .ok_or_else(|| {
             io::Error::new(ErrorKind::InvalidInput, "append of no or too many records")
         })?;
     let append_last = first_index
-        .checked_add(count - 1)
+        .checked_add(records - 1)
         .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "log index overflow"))?;
-    let mut lengths = Vec::with_capacity(payloads.len());
-    for (index, payload) in (first_index..).zip(payloads) {
-        let payload = payload.as_ref();
-        let len = u32::try_from(payload.len())
+    let mut lengths = Vec::with_capacity(count);
+    for (position, index) in (first_index..).take(count).enumerate() {
+        let start = out.len();
+        out.resize(start + RECORD_HEADER, 0);
+        write_payload(position, out)?;
+        let payload_len = out.len() - start - RECORD_HEADER;
+        let len = u32::try_from(payload_len)
             .ok()
             .filter(|len| *len <= RECORD_MAX)
             .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "log record too large"))?;
         if len == 0 {
             return Err(io::Error::new(ErrorKind::InvalidInput, "empty log record"));
         }
-        let start = out.len();
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&index.to_le_bytes());
-        out.extend_from_slice(&first_index.to_le_bytes());
-        out.extend_from_slice(&append_last.to_le_bytes());
-        out.extend_from_slice(&crc(payload).to_le_bytes());
-        let header_crc = header_crc(salt, &out[start..]);
-        out.extend_from_slice(&header_crc.to_le_bytes());
-        out.extend_from_slice(payload);
-        lengths.push((RECORD_HEADER + payload.len()) as u64);
+        let payload_crc = crc(&out[start + RECORD_HEADER..]);
+        let header = &mut out[start..start + RECORD_HEADER];
+        header[0..4].copy_from_slice(&len.to_le_bytes());
+        header[4..12].copy_from_slice(&index.to_le_bytes());
+        header[12..20].copy_from_slice(&first_index.to_le_bytes());
+        header[20..28].copy_from_slice(&append_last.to_le_bytes());
+        header[28..32].copy_from_slice(&payload_crc.to_le_bytes());
+        let header_crc = header_crc(salt, &header[..32]);
+        header[32..36].copy_from_slice(&header_crc.to_le_bytes());
+        lengths.push((RECORD_HEADER + payload_len) as u64);
     }
     Ok(lengths)
 }

@@ -13,7 +13,7 @@ use super::damage::{self, Damage};
 use super::meta::{
     META, META_COMMITTED, META_LAST_PURGED, META_REPAIR, META_VOTE, get_meta, put_meta, read_meta,
 };
-use super::segments::Segments;
+use super::segments::{Layout, Segments};
 use super::{Inner, LogStore, Result, decode_entry, last_entry_id, lock, poisoned};
 use crate::codec::storage_error;
 use crate::type_config::NodeId;
@@ -96,13 +96,13 @@ pub(super) fn open_segments(
     dir: &Path,
     meta: &Database,
     purged: Option<LogId<NodeId>>,
-    segment_bytes: u64,
+    layout: Layout,
     sets_aside: bool,
 ) -> Result<(Segments, Vec<Damage>)> {
     let logs_error = |e: &io::Error| storage_error(ErrorSubject::Logs, ErrorVerb::Read, e);
     let mut damages = Vec::new();
     loop {
-        let error = match Segments::open(dir, purged.map(|p| p.index), segment_bytes) {
+        let error = match Segments::open(dir, purged.map(|p| p.index), layout) {
             Ok(segments) => return Ok((segments, damages)),
             Err(error) => error,
         };
@@ -200,7 +200,7 @@ impl LogStore {
             record_repair(&self.inner.meta, lost)?;
             let dir = log.segments.dir().to_path_buf();
             let aside = damage::set_aside_all(&dir)?;
-            log.segments = Segments::open(&dir, None, log.segments.target_bytes())?;
+            log.segments = Segments::open(&dir, None, log.segments.layout())?;
             log.purged = None;
             let txn = self.inner.meta.begin_write()?;
             {

@@ -11,6 +11,9 @@
 //!   - Only records of the append that also wrote the bad one follow (format 2 says which): an
 //!     append torn out of order (the disk wrote a later sector and not an earlier one). Also
 //!     never acknowledged; also cut.
+//!   - Only zeros follow, to the end of the last segment, and the synced mark does not reach
+//!     past the bad record: the rest of a segment zero-filled ahead of time (`spare.rs`), never
+//!     written. The log ends there, and the zeros stay for the appends to come.
 //!   - Anything else (a whole record of a later append follows, or the bad record is in an
 //!     earlier segment) is damage to synced data, which may have been acknowledged: the open
 //!     fails with [`Damage`], naming the file, the byte, the first damaged index and the last
@@ -93,6 +96,15 @@ pub(crate) fn scan(
             }
             Err(reason) => reason,
         };
+        // The rest of a segment zero-filled ahead of time (`spare.rs`), never written: the log
+        // ends here, unless the synced mark says an append reported done reached past it (a
+        // lost write, which `BadRecord::damage` names).
+        let never_written = is_last
+            && bytes[position..].iter().all(|byte| *byte == 0)
+            && synced.is_none_or(|mark| mark.end <= position as u64);
+        if never_written {
+            break;
+        }
         let bad = BadRecord {
             format,
             position,

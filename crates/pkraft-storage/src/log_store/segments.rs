@@ -12,7 +12,10 @@
 //! or it is in the old format.
 //!
 //! The record format is `record.rs`'s; the open's reading of every record, which tells a crash
-//! from damage, is `scan.rs`'s; damage and setting it aside are `damage.rs`'s.
+//! from damage, is `scan.rs`'s; damage and setting it aside are `damage.rs`'s. A new segment
+//! takes a file zero-filled ahead of time when one is ready (`spare.rs`), so that an append's
+//! `fdatasync` does not also write a new file size; the last segment's zeros after its records
+//! are space never written, and a segment is cut to its records before the next one starts.
 //!
 //! Crash safety:
 //! - An append is one write and one `fdatasync`, reported done only after both; appends never
@@ -25,14 +28,17 @@
 //!   the purge point, so leftovers of an interrupted purge are removed at the next open.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, ErrorKind, Write};
+use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::damage::{Damage, corrupt};
-use super::record::{Format, MAGIC, SEGMENT_HEADER, encode_records, parse_record};
+#[cfg(test)]
+use super::record::encode_records;
+use super::record::{Format, MAGIC, SEGMENT_HEADER, encode_records_with, parse_record};
 use super::scan::{ScanError, scan, segments_after};
+use super::spare::Spare;
 use super::synced_mark::{MarkFile, SyncedMark};
 use crate::sync_dir;
 
@@ -40,14 +46,45 @@ use crate::sync_dir;
 /// time, so this is also roughly how much purged log a node keeps on disk.
 pub(crate) const SEGMENT_TARGET_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How a log directory's segments are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    /// The size at which the next append starts a new segment.
+    pub(crate) target_bytes: u64,
+    /// Whether a new segment takes a file zero-filled ahead of time (`spare.rs`). Off where a
+    /// test lays files out byte by byte: when a spare is ready depends on a thread's timing.
+    pub(crate) preallocate: bool,
+}
+
+impl Layout {
+    /// Segments of `target_bytes`, made as the appends come.
+    pub(crate) fn new(target_bytes: u64) -> Layout {
+        Layout {
+            target_bytes,
+            preallocate: false,
+        }
+    }
+
+    /// Segments of `target_bytes`, each zero-filled ahead of time (the log's own).
+    pub(crate) fn preallocated(target_bytes: u64) -> Layout {
+        Layout {
+            target_bytes,
+            preallocate: true,
+        }
+    }
+}
+
 /// The segments of one log directory, with the offset of every record.
 pub(crate) struct Segments {
     dir: PathBuf,
-    target_bytes: u64,
+    layout: Layout,
     /// Ascending by first index, contiguous.
     segments: Vec<Segment>,
     /// Where the last append reported done ended (`synced_mark`).
     mark: Arc<MarkFile>,
+    /// The next segment's file, zero-filled ahead of time (`spare.rs`), with
+    /// `Layout::preallocate`.
+    spare: Option<Spare>,
 }
 
 pub(crate) struct Segment {
@@ -101,12 +138,24 @@ pub(crate) struct LastEntry {
 impl AppendTarget {
     /// Appends the records of one append, holding `payloads` at indexes from the target's first
     /// on, to `out` for [`AppendTarget::write_and_sync`]; returns each record's length.
+    #[cfg(test)]
     pub(crate) fn encode<P: AsRef<[u8]>>(
         &self,
         payloads: &[P],
         out: &mut Vec<u8>,
     ) -> io::Result<Vec<u64>> {
         encode_records(self.salt, self.first_index, payloads, out)
+    }
+
+    /// [`AppendTarget::encode`] of `count` records whose payloads `write_payload` writes in
+    /// place (see [`encode_records_with`]).
+    pub(crate) fn encode_with(
+        &self,
+        count: usize,
+        out: &mut Vec<u8>,
+        write_payload: impl FnMut(usize, &mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<Vec<u64>> {
+        encode_records_with(self.salt, self.first_index, count, out, write_payload)
     }
 
     /// Writes `encoded` (from [`AppendTarget::encode`]) at the end of the segment and syncs it,
@@ -186,7 +235,7 @@ impl Segments {
     /// (the rest of an interrupted purge), a torn append at the end of the last segment is cut
     /// off, and damage is an error naming the file (carrying a [`Damage`] where records are
     /// damaged).
-    pub(crate) fn open(dir: &Path, purged: Option<u64>, target_bytes: u64) -> io::Result<Self> {
+    pub(crate) fn open(dir: &Path, purged: Option<u64>, layout: Layout) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let mut found = Vec::new();
         for dir_entry in fs::read_dir(dir)? {
@@ -199,11 +248,16 @@ impl Segments {
         let (mark_file, mark) = MarkFile::open(dir)?;
         // Entries up to the purge point are gone anyway; a mark below it covers nothing.
         let mark = mark.filter(|mark| purged.is_none_or(|purged| mark.last_index > purged));
+        let spare = match layout.preallocate {
+            true => Some(Spare::new(dir, layout.target_bytes)?),
+            false => None,
+        };
         let mut segments = Segments {
             dir: dir.to_path_buf(),
-            target_bytes,
+            layout,
             segments: Vec::with_capacity(found.len()),
             mark: Arc::new(mark_file),
+            spare,
         };
         let count = found.len();
         for (position, (first_index, path)) in found.into_iter().enumerate() {
@@ -335,9 +389,9 @@ impl Segments {
         &self.dir
     }
 
-    /// The size a segment grows to before the next one is started.
-    pub(crate) fn target_bytes(&self) -> u64 {
-        self.target_bytes
+    /// How the segments are laid out.
+    pub(crate) fn layout(&self) -> Layout {
+        self.layout
     }
 
     #[cfg(test)]
@@ -370,18 +424,30 @@ impl Segments {
         let closed = self
             .segments
             .last()
-            .is_some_and(|last| last.end >= self.target_bytes || !last.format.is_current());
+            .is_some_and(|last| last.end >= self.layout.target_bytes || !last.format.is_current());
         if !follows || closed {
+            if let Some(last) = self.segments.last() {
+                cut_to_records(last)?;
+            }
             let path = self.dir.join(segment_file_name(first_index));
-            let mut file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)?;
+            let file = match self.spare.as_ref().and_then(Spare::take) {
+                // Zero-filled ahead of time (`spare.rs`): the appends write into its bytes.
+                Some((file, spare)) => {
+                    fs::rename(&spare, &path)?;
+                    file
+                }
+                None => OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?,
+            };
             let salt: u64 = rand::random();
-            file.write_all(MAGIC)?;
-            file.write_all(&salt.to_le_bytes())?;
+            let mut header = [0u8; SEGMENT_HEADER];
+            header[..MAGIC.len()].copy_from_slice(MAGIC);
+            header[MAGIC.len()..].copy_from_slice(&salt.to_le_bytes());
+            file.write_all_at(&header, 0)?;
             file.sync_all()?;
             sync_dir(&self.dir)?;
             self.segments.push(Segment {
@@ -400,6 +466,7 @@ impl Segments {
         let Format::V2 { salt } = last.format else {
             return Err(io::Error::other("appending to a segment in the old format"));
         };
+
         Ok(AppendTarget {
             file: last.file.clone(),
             offset: last.end,
@@ -421,6 +488,11 @@ impl Segments {
         for length in lengths {
             last.offsets.push(last.end);
             last.end += length;
+        }
+        if let Some(spare) = &self.spare
+            && last.end >= self.layout.target_bytes / 2
+        {
+            spare.prepare();
         }
     }
 
@@ -512,6 +584,16 @@ impl Segments {
         }
         spans
     }
+}
+
+/// Cuts `segment` to its records before the next segment starts: a segment made from a spare
+/// has zeros after them, and only the last segment may (`spare.rs`).
+fn cut_to_records(segment: &Segment) -> io::Result<()> {
+    if segment.file.metadata()?.len() > segment.end {
+        segment.file.set_len(segment.end)?;
+        segment.file.sync_all()?;
+    }
+    Ok(())
 }
 
 pub(crate) fn segment_file_name(first_index: u64) -> String {

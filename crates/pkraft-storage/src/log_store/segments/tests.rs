@@ -1,5 +1,7 @@
 //! Segments on real files in a temp dir: appends, reopening, torn tails and damage.
 
+use std::io::Write;
+
 use super::*;
 use crate::log_store::damage::{Damage, set_aside};
 use crate::log_store::record::*;
@@ -89,13 +91,13 @@ fn segment_files(dir: &Path) -> Vec<String> {
 fn records_survive_reopening_across_segments() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Tiny segments: every few records start a new one.
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 20);
     assert!(segment_files(dir.path()).len() > 3);
     assert_eq!(read(&segments, 3, 17), expected(3, 17));
     drop(segments);
 
-    let segments = Segments::open(dir.path(), None, 64).expect("reopen");
+    let segments = Segments::open(dir.path(), None, Layout::new(64)).expect("reopen");
     assert_eq!(segments.first_index(), Some(1));
     assert_eq!(segments.last_index(), Some(19));
     assert_eq!(read(&segments, 0, 100), expected(1, 20));
@@ -104,7 +106,8 @@ fn records_survive_reopening_across_segments() {
 #[test]
 fn a_torn_tail_is_cut_off_and_appending_continues() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 4);
     drop(segments);
     // A crash mid-append: half of a record's header and payload reached the disk.
@@ -115,18 +118,20 @@ fn a_torn_tail_is_cut_off_and_appending_continues() {
     file.write_all(&torn[..torn.len() / 2]).expect("write");
     drop(file);
 
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("reopen");
     assert_eq!(segments.last_index(), Some(3));
     fill(&mut segments, 4, 6);
     drop(segments);
-    let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+    let segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("reopen");
     assert_eq!(read(&segments, 1, 6), expected(1, 6));
 }
 
 #[test]
 fn damage_before_the_end_is_an_error_naming_the_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 20);
     drop(segments);
     // Flip a payload byte of the first record of the first segment.
@@ -136,7 +141,7 @@ fn damage_before_the_end_is_an_error_naming_the_segment() {
     bytes[at] ^= 0xff;
     fs::write(&path, bytes).expect("write");
 
-    let err = Segments::open(dir.path(), None, 64)
+    let err = Segments::open(dir.path(), None, Layout::new(64))
         .err()
         .expect("a damaged record before the end must fail the open");
     assert_eq!(err.kind(), ErrorKind::InvalidData);
@@ -159,7 +164,8 @@ fn record_offset(path: &Path, position: usize) -> usize {
 #[test]
 fn damage_inside_the_last_segment_is_an_error_not_a_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 20);
     drop(segments);
     // Records after the damaged one were synced (and maybe acknowledged): cutting them off
@@ -170,7 +176,7 @@ fn damage_inside_the_last_segment_is_an_error_not_a_cut() {
     bytes[at] ^= 0xff;
     fs::write(&path, bytes).expect("write");
 
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let err = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .err()
         .expect("damage followed by whole records must fail the open");
     assert!(err.to_string().contains("checksum"), "{err}");
@@ -179,7 +185,8 @@ fn damage_inside_the_last_segment_is_an_error_not_a_cut() {
 #[test]
 fn a_damaged_last_record_and_zeros_at_the_end_are_torn_tails() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 5);
     append_unreported(&mut segments, 5, &[&payload(5)]);
     drop(segments);
@@ -190,7 +197,8 @@ fn a_damaged_last_record_and_zeros_at_the_end_are_torn_tails() {
     let mut bytes = fs::read(&path).expect("read");
     bytes[at] ^= 0xff;
     fs::write(&path, bytes).expect("write");
-    let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+    let segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("reopen");
     assert_eq!(segments.last_index(), Some(4));
     drop(segments);
 
@@ -198,7 +206,8 @@ fn a_damaged_last_record_and_zeros_at_the_end_are_torn_tails() {
     let mut file = OpenOptions::new().append(true).open(&path).expect("open");
     file.write_all(&[0; 64]).expect("write");
     drop(file);
-    let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+    let segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("reopen");
     assert_eq!(segments.last_index(), Some(4));
     assert_eq!(read(&segments, 0, 100), expected(1, 5));
 }
@@ -214,7 +223,8 @@ fn damage_of(err: &io::Error) -> Damage {
 #[test]
 fn an_enlarged_length_field_in_the_last_segment_is_damage_naming_the_range() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 101);
     drop(segments);
     let path = dir.path().join(segment_file_name(1));
@@ -225,7 +235,7 @@ fn an_enlarged_length_field_in_the_last_segment_is_damage_naming_the_range() {
     bytes[at + 2] |= 0x10;
     fs::write(&path, bytes).expect("write");
 
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let err = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .err()
         .expect("damage followed by whole records must fail the open");
     assert_eq!(err.kind(), ErrorKind::InvalidData);
@@ -241,7 +251,8 @@ fn an_enlarged_length_field_in_the_last_segment_is_damage_naming_the_range() {
 #[test]
 fn a_multi_record_append_torn_out_of_order_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 6);
     let last = [payload(6), payload(7), payload(8)];
     append_unreported(&mut segments, 6, &[&last[0], &last[1], &last[2]]);
@@ -255,7 +266,7 @@ fn a_multi_record_append_torn_out_of_order_is_cut() {
     bytes[from..to].fill(0);
     fs::write(&path, bytes).expect("write");
 
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let mut segments = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .expect("a torn append is cut, not reported as damage");
     assert_eq!(segments.last_index(), Some(5));
     fill(&mut segments, 6, 8);
@@ -268,7 +279,8 @@ fn a_multi_record_append_torn_out_of_order_is_cut() {
 #[test]
 fn a_lost_last_append_reported_done_is_damage_not_a_tear() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 6);
     drop(segments);
     let path = dir.path().join(segment_file_name(1));
@@ -278,7 +290,7 @@ fn a_lost_last_append_reported_done_is_damage_not_a_tear() {
     bytes[from..].fill(0);
     fs::write(&path, bytes).expect("write");
 
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let err = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .err()
         .expect("a lost append that was reported done is damage");
     let damage = damage_of(&err);
@@ -296,7 +308,8 @@ fn a_lost_last_append_reported_done_is_damage_not_a_tear() {
 #[test]
 fn a_segment_shorter_than_the_synced_mark_is_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 6);
     drop(segments);
     let path = dir.path().join(segment_file_name(1));
@@ -308,7 +321,7 @@ fn a_segment_shorter_than_the_synced_mark_is_damage() {
         .set_len(cut as u64)
         .expect("cut");
 
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let err = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .err()
         .expect("a segment shorter than the mark is damage");
     let damage = damage_of(&err);
@@ -317,28 +330,29 @@ fn a_segment_shorter_than_the_synced_mark_is_damage() {
 
     // Set aside (as a repair does), the mark is cleared with it: the log opens, shorter.
     set_aside(dir.path(), &damage).expect("set aside");
-    let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+    let segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("reopen");
     assert_eq!(segments.last_index(), Some(3));
 }
 
 #[test]
 fn a_truncation_clears_the_mark_so_the_removed_entries_are_not_taken_for_lost() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 12);
     segments.truncate(6, Some(entry(5))).expect("truncate");
     drop(segments);
-    let mut segments = Segments::open(dir.path(), None, 64).expect("reopen");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("reopen");
     assert_eq!(segments.last_index(), Some(5));
     fill(&mut segments, 6, 8);
     drop(segments);
-    let segments = Segments::open(dir.path(), None, 64).expect("reopen");
+    let segments = Segments::open(dir.path(), None, Layout::new(64)).expect("reopen");
     assert_eq!(read(&segments, 0, 100), expected(1, 8));
     drop(segments);
 
     // The mark was lowered to the new end, not dropped: the entry kept at the end, lost
     // after the truncation, is still damage, not a tear.
-    let mut segments = Segments::open(dir.path(), None, 64).expect("reopen");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("reopen");
     segments.truncate(7, Some(entry(6))).expect("truncate");
     let (first, end) = segments.end_of(6).expect("entry 6 is held");
     drop(segments);
@@ -347,7 +361,7 @@ fn a_truncation_clears_the_mark_so_the_removed_entries_are_not_taken_for_lost() 
     let mut bytes = fs::read(&path).expect("read");
     bytes[start..].fill(0);
     fs::write(&path, bytes).expect("write");
-    let err = Segments::open(dir.path(), None, 64)
+    let err = Segments::open(dir.path(), None, Layout::new(64))
         .err()
         .expect("the kept last entry, lost, is damage");
     assert_eq!(
@@ -359,7 +373,8 @@ fn a_truncation_clears_the_mark_so_the_removed_entries_are_not_taken_for_lost() 
 #[test]
 fn a_lost_record_followed_by_a_later_append_is_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 8);
     drop(segments);
     // Record 5's bytes never reached the disk (a lost write), though later appends did:
@@ -371,7 +386,7 @@ fn a_lost_record_followed_by_a_later_append_is_damage() {
     bytes[from..to].fill(0);
     fs::write(&path, bytes).expect("write");
 
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let err = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .err()
         .expect("a lost record before later appends is damage");
     let damage = damage_of(&err);
@@ -381,7 +396,8 @@ fn a_lost_record_followed_by_a_later_append_is_damage() {
 #[test]
 fn a_misdirected_write_is_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 8);
     drop(segments);
     // Record 3's bytes written over record 2's place (same size): both checksums pass.
@@ -396,7 +412,7 @@ fn a_misdirected_write_is_damage() {
     bytes[two..three].copy_from_slice(&copy);
     fs::write(&path, bytes).expect("write");
 
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let err = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .err()
         .expect("a record at another index's place is damage");
     let damage = damage_of(&err);
@@ -407,7 +423,8 @@ fn a_misdirected_write_is_damage() {
 #[test]
 fn damage_after_the_open_is_reported_on_read() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 8);
     let path = dir.path().join(segment_file_name(1));
     let at = record_offset(&path, 3) + RECORD_HEADER;
@@ -423,7 +440,8 @@ fn damage_after_the_open_is_reported_on_read() {
 #[test]
 fn an_append_after_a_truncation_torn_out_of_order_is_cut() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 4);
     let five = [payload(4), payload(5), payload(6), payload(7), payload(8)];
     append(
@@ -443,7 +461,7 @@ fn an_append_after_a_truncation_torn_out_of_order_is_cut() {
     bytes[from..to].fill(0);
     fs::write(&path, bytes).expect("write");
 
-    let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let segments = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .expect("an unacknowledged append torn out of order is cut");
     assert_eq!(segments.last_index(), Some(5));
 }
@@ -454,7 +472,8 @@ fn an_append_after_a_truncation_torn_out_of_order_is_cut() {
 #[test]
 fn a_record_inside_a_payload_does_not_count_as_a_whole_record() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 4);
     // A record of a later append as a client would forge it, with another salt.
     let mut forged = Vec::new();
@@ -470,7 +489,7 @@ fn a_record_inside_a_payload_does_not_count_as_a_whole_record() {
     bytes[at..at + 8].fill(0);
     fs::write(&path, bytes).expect("write");
 
-    let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let segments = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .expect("a torn tail, whatever its payload holds");
     assert_eq!(segments.last_index(), Some(3));
 }
@@ -496,7 +515,8 @@ fn write_v1_segment(dir: &Path, first_index: u64, payloads: &[Vec<u8>]) -> PathB
 fn format_1_segments_are_read_and_appends_go_to_a_new_segment() {
     let dir = tempfile::tempdir().expect("tempdir");
     write_v1_segment(dir.path(), 1, &expected(1, 6));
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     assert_eq!(read(&segments, 0, 100), expected(1, 6));
     fill(&mut segments, 6, 9);
     assert_eq!(
@@ -504,7 +524,8 @@ fn format_1_segments_are_read_and_appends_go_to_a_new_segment() {
         [segment_file_name(1), segment_file_name(6)]
     );
     drop(segments);
-    let segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("reopen");
+    let segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("reopen");
     assert_eq!(read(&segments, 0, 100), expected(1, 9));
 }
 
@@ -530,7 +551,7 @@ fn an_enlarged_length_in_a_format_1_segment_is_damage() {
             .sum::<usize>();
     bytes[at + 2] |= 0x10;
     fs::write(&path, bytes).expect("write");
-    let err = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES)
+    let err = Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES))
         .err()
         .expect("whole records follow: damage, not a tear");
     let damage = damage_of(&err);
@@ -544,11 +565,11 @@ fn an_enlarged_length_in_a_format_1_segment_is_damage() {
 #[test]
 fn a_zeroed_last_segment_is_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 4);
     drop(segments);
     fs::write(dir.path().join(segment_file_name(4)), [0u8; 16]).expect("write");
-    let segments = Segments::open(dir.path(), None, 64).expect("reopen");
+    let segments = Segments::open(dir.path(), None, Layout::new(64)).expect("reopen");
     assert_eq!(segments.last_index(), Some(3));
     assert!(!dir.path().join(segment_file_name(4)).exists());
 }
@@ -556,12 +577,12 @@ fn a_zeroed_last_segment_is_dropped() {
 #[test]
 fn a_missing_segment_in_the_middle_is_an_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 20);
     drop(segments);
     let files = segment_files(dir.path());
     fs::remove_file(dir.path().join(&files[1])).expect("remove");
-    let err = Segments::open(dir.path(), None, 64)
+    let err = Segments::open(dir.path(), None, Layout::new(64))
         .err()
         .expect("a gap must fail the open");
     assert!(err.to_string().contains("entries are missing"), "{err}");
@@ -570,7 +591,7 @@ fn a_missing_segment_in_the_middle_is_an_error() {
 #[test]
 fn truncate_removes_the_tail_durably() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 20);
     segments.truncate(7, Some(entry(6))).expect("truncate");
     assert_eq!(segments.last_index(), Some(6));
@@ -578,14 +599,14 @@ fn truncate_removes_the_tail_durably() {
     // The next append continues at the cut, in the segment that held index 6 or a new one.
     fill(&mut segments, 7, 9);
     drop(segments);
-    let segments = Segments::open(dir.path(), None, 64).expect("reopen");
+    let segments = Segments::open(dir.path(), None, Layout::new(64)).expect("reopen");
     assert_eq!(read(&segments, 0, 100), expected(1, 9));
 }
 
 #[test]
 fn truncating_everything_leaves_an_empty_log() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 5, 12);
     segments.truncate(5, Some(entry(4))).expect("truncate");
     assert_eq!(segments.last_index(), None);
@@ -597,7 +618,7 @@ fn truncating_everything_leaves_an_empty_log() {
 #[test]
 fn purging_removes_whole_segments_and_an_interrupted_purge_finishes_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 20);
     let before = segment_files(dir.path()).len();
     segments.remove_through(10).expect("purge");
@@ -610,7 +631,7 @@ fn purging_removes_whole_segments_and_an_interrupted_purge_finishes_at_open() {
 
     // The purge point was recorded but the segments were not removed yet (a crash): the
     // open removes them.
-    let segments = Segments::open(dir.path(), Some(15), 64).expect("reopen");
+    let segments = Segments::open(dir.path(), Some(15), Layout::new(64)).expect("reopen");
     assert!(segments.first_index().is_some_and(|first| first <= 16));
     assert!(segment_files(dir.path()).len() < after);
     assert_eq!(read(&segments, 16, 20), expected(16, 20));
@@ -619,7 +640,8 @@ fn purging_removes_whole_segments_and_an_interrupted_purge_finishes_at_open() {
 #[test]
 fn a_purge_past_the_end_lets_the_log_restart_later() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, SEGMENT_TARGET_BYTES).expect("open");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
     fill(&mut segments, 1, 5);
     // Installing a snapshot purges past the last entry; the log continues after it.
     segments.remove_through(100).expect("purge");
@@ -627,20 +649,101 @@ fn a_purge_past_the_end_lets_the_log_restart_later() {
     fill(&mut segments, 101, 103);
     assert!(segments.prepare_append(200).is_err(), "appends must follow");
     drop(segments);
-    let segments = Segments::open(dir.path(), Some(100), SEGMENT_TARGET_BYTES).expect("reopen");
+    let segments =
+        Segments::open(dir.path(), Some(100), Layout::new(SEGMENT_TARGET_BYTES)).expect("reopen");
     assert_eq!(read(&segments, 0, 1000), expected(101, 103));
 }
 
 #[test]
 fn a_segment_cut_inside_its_header_is_dropped_when_last() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("open");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("open");
     fill(&mut segments, 1, 4);
     drop(segments);
     // A crash while the next segment was being created.
     fs::write(dir.path().join(segment_file_name(4)), &MAGIC[..3]).expect("write");
-    let mut segments = Segments::open(dir.path(), None, 64).expect("reopen");
+    let mut segments = Segments::open(dir.path(), None, Layout::new(64)).expect("reopen");
     assert_eq!(segments.last_index(), Some(3));
     fill(&mut segments, 4, 6);
     assert_eq!(read(&segments, 0, 100), expected(1, 6));
+}
+
+/// A new segment takes a file zero-filled ahead of time (`spare.rs`), prepared once the last
+/// one is half full: its appends write into the zeros (the file keeps its size), a reopen reads
+/// the zeros as space never written (every record there, nothing cut, the zeros kept for the
+/// appends to come), a segment is cut to its records once the next one starts, and a record
+/// the synced mark covers that reads back as zeros is damage, never taken for that space.
+#[test]
+fn a_preallocated_segment_is_appended_into_and_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::preallocated(4096);
+    let len = |first: u64| {
+        fs::metadata(dir.path().join(segment_file_name(first)))
+            .expect("segment")
+            .len()
+    };
+    // Appends one record at a time until the log has `count` segments, waiting for the spare
+    // once the last segment is half full (so that the next one always takes it).
+    let fill_to = |segments: &mut Segments, next: &mut u64, count: usize| {
+        while segments.segments.len() < count {
+            if segments
+                .segments
+                .last()
+                .is_some_and(|last| last.end >= 2048)
+            {
+                segments.spare.as_ref().expect("spares").wait_ready();
+            }
+            fill(segments, *next, *next + 1);
+            *next += 1;
+        }
+    };
+    let mut segments = Segments::open(dir.path(), None, layout).expect("open");
+    let mut next = 1;
+    fill_to(&mut segments, &mut next, 2);
+    assert_eq!(
+        len(1),
+        segments.segments[0].end,
+        "the first segment grew with its appends"
+    );
+    let second = segments.segments[1].first_index;
+    assert_eq!(len(second), 4096, "the second segment is a spare");
+    fill(&mut segments, next, next + 3);
+    next += 3;
+    assert_eq!(len(second), 4096, "the appends write into the zeros");
+    drop(segments);
+
+    let mut segments = Segments::open(dir.path(), None, layout).expect("reopen");
+    assert_eq!(read(&segments, 0, 1000), expected(1, next));
+    assert_eq!(len(second), 4096, "nothing cut at the reopen");
+    fill_to(&mut segments, &mut next, 3);
+    let third = segments.segments[2].first_index;
+    assert_eq!(
+        len(second),
+        segments.segments[1].end,
+        "a segment is cut to its records when the next starts"
+    );
+    assert_eq!(len(third), 4096);
+    fill(&mut segments, next, next + 3);
+    next += 3;
+    drop(segments);
+
+    let segments = Segments::open(dir.path(), None, layout).expect("reopen");
+    assert_eq!(read(&segments, 0, 1000), expected(1, next));
+    // The last record, synced and reported done, reads back as zeros: a lost write.
+    let last = segments.segments[2]
+        .offsets
+        .last()
+        .copied()
+        .expect("a record");
+    drop(segments);
+    let path = dir.path().join(segment_file_name(third));
+    let mut bytes = fs::read(&path).expect("read");
+    bytes[last as usize..].fill(0);
+    fs::write(&path, bytes).expect("write");
+    let error = match Segments::open(dir.path(), None, layout) {
+        Ok(_) => panic!("a lost write under the synced mark opened as never-written space"),
+        Err(error) => error,
+    };
+    let damage = Damage::of(&error).expect("damage");
+    assert_eq!(damage.first_index, next - 1, "{damage}");
 }

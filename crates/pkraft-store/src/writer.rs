@@ -1,0 +1,334 @@
+//! [`Writer`]: the one owner of the state file's write transactions, on a thread of its own
+//! (`pkraft-state-writer`).
+//!
+//! Applies go into one redb write transaction that stays open across many of them (etcd's
+//! batch transaction, iroh-dns-server's open write) and is committed every
+//! [`ApplyBatching::interval`] or once it holds [`ApplyBatching::packets`] packets, whichever
+//! comes first. Each commit of a redb transaction has a fixed cost (the commit itself, and the
+//! copies of every B-tree page the next transaction touches again), which a transaction per
+//! apply paid for every batch of about 15 packets (docs/BENCHMARKS.md, "The budget of a PUT").
+//! What an apply wrote is visible at once through the [`ReadBuffer`]; the commit only moves it
+//! into the tables readers read otherwise.
+//!
+//! Every other writer of the state goes through the same owner: a flush (snapshots and the
+//! clean stop make the state durable) is a commit job; an import (a snapshot install, a state
+//! rebuilt, a backup restored), the scrub's rewrite of compiled answers and a transaction of
+//! its own ([`crate::Store::begin_apply`]) each *pause* the writer, which commits what it holds
+//! first and then waits until they are done. So redb's single-writer lock is never waited for
+//! while an open transaction holds it.
+//!
+//! Durability: commits are not fsynced, but once [`DURABLE_EVERY_ENTRIES`] entries or
+//! [`DURABLE_EVERY_PACKETS`] packets were applied since the last durable one, and at every
+//! flush. The state is a projection of the Raft log, which is fsynced before an entry counts:
+//! after a crash redb rolls back to its last durable commit and the consensus layer applies the
+//! entries after it again from the log (docs/ARCHITECTURE.md, "Durability").
+//!
+//! The queue of jobs is unbounded in type only: every caller waits for its job to be done, so it
+//! holds at most one job per calling thread (openraft's state machine worker, a snapshot build,
+//! the scrub, a stop).
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use crate::StoreError;
+use crate::apply::ApplyTxn;
+use crate::shared::{AppliedCounts, Paused, Shared};
+
+/// A commit once this many entries were applied since the last durable commit is durable. Counts,
+/// not a timer: a restart applies at most this much again (about a second's work on these
+/// machines). A durable commit writes every page the non-durable ones left dirty and applies
+/// wait for it, so it is kept rare (once every 128 entries, the stalls doubled PUT p99:
+/// docs/BENCHMARKS.md).
+pub const DURABLE_EVERY_ENTRIES: u64 = 4096;
+/// The same bound in packets, for entries that carry large publish batches.
+pub const DURABLE_EVERY_PACKETS: u64 = 65_536;
+
+/// When the open apply transaction is committed (`raft.apply_batch_interval`,
+/// `raft.apply_batch_packets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyBatching {
+    /// At most this long after its first apply. Bounds how stale the committed tables (which
+    /// snapshot-free sweeps read: the DHT republish, the scrub, expiry's oldest packet) are,
+    /// never what a GET or a DNS query sees.
+    pub interval: Duration,
+    /// Once it holds this many packets: bounds the read buffer's memory (a row is at most a
+    /// 1072-byte payload and its compiled answers).
+    pub packets: u64,
+}
+
+impl ApplyBatching {
+    /// etcd commits its batch transaction every 100 ms or 10,000 writes.
+    pub const DEFAULT: ApplyBatching = ApplyBatching {
+        interval: Duration::from_millis(100),
+        packets: 8192,
+    };
+    /// A transaction per apply, as before the open transaction (for comparisons).
+    pub const EACH_APPLY: ApplyBatching = ApplyBatching {
+        interval: Duration::ZERO,
+        packets: 0,
+    };
+}
+
+impl Default for ApplyBatching {
+    fn default() -> Self {
+        ApplyBatching::DEFAULT
+    }
+}
+
+/// Work for the open transaction: given it (or why there is none), it returns `Err` with the
+/// reason when it failed, and the writer then aborts the transaction.
+pub(crate) type ApplyWork =
+    Box<dyn FnOnce(Result<&mut ApplyTxn, StoreError>) -> Result<(), String> + Send>;
+
+pub(crate) enum Job {
+    Apply(ApplyWork),
+    /// Commit what is open (durably: also when nothing is).
+    Commit {
+        durable: bool,
+        done: Sender<Result<(), StoreError>>,
+    },
+    /// Commit what is open, say so on `paused`, then wait until `resume` closes.
+    Pause {
+        paused: Sender<Result<(), StoreError>>,
+        resume: Receiver<()>,
+    },
+    Batching(ApplyBatching),
+}
+
+/// The writer thread's handle; see the module docs. Dropping the last one (with the last
+/// [`crate::Store`] handle) commits what is open and ends the thread.
+pub(crate) struct Writer {
+    jobs: Option<Sender<Job>>,
+    thread: Option<JoinHandle<()>>,
+    thread_id: ThreadId,
+}
+
+impl Writer {
+    pub(crate) fn start(shared: Shared) -> Result<Writer, StoreError> {
+        let (jobs, queue) = mpsc::channel();
+        let owner = Owner::new(shared);
+        let thread = std::thread::Builder::new()
+            .name("pkraft-state-writer".to_string())
+            .spawn(move || owner.run(&queue))
+            .map_err(StoreError::WriterThread)?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            thread_id: thread.thread().id(),
+            thread: Some(thread),
+        })
+    }
+
+    pub(crate) fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or(StoreError::WriterStopped)
+    }
+
+    /// Commits what is open, durably if `durable` (then also when nothing is open), and waits.
+    pub(crate) fn commit(&self, durable: bool) -> Result<(), StoreError> {
+        let (done, result) = mpsc::channel();
+        self.submit(Job::Commit { durable, done })?;
+        result.recv().unwrap_or(Err(StoreError::WriterStopped))
+    }
+
+    /// Has the writer commit what it holds and wait until the returned guard is dropped; the
+    /// caller may then begin a write transaction of its own. It must not wait for the writer
+    /// meanwhile (an apply, a flush): the writer waits for it.
+    pub(crate) fn pause(&self) -> Result<Paused, StoreError> {
+        let (paused, result) = mpsc::channel();
+        let (resume, resumed) = mpsc::channel();
+        self.submit(Job::Pause {
+            paused,
+            resume: resumed,
+        })?;
+        result.recv().unwrap_or(Err(StoreError::WriterStopped))?;
+        Ok(Paused::holding(resume))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The thread ends once the queue closes, after committing what is open.
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take()
+            && std::thread::current().id() != self.thread_id
+            && thread.join().is_err()
+        {
+            tracing::error!("the state writer thread panicked");
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Owner {
+    shared: Shared,
+    batching: ApplyBatching,
+    open: Option<Open>,
+    /// Applied since the last durable commit.
+    since_durable: AppliedCounts,
+    /// Why an apply or a commit failed: no transaction is opened after it (the node stops; the
+    /// next start applies the log again).
+    failed: Option<String>,
+}
+
+struct Open {
+    txn: ApplyTxn,
+    /// When its first apply began: it commits `batching.interval` after.
+    began: Instant,
+}
+
+impl Owner {
+    fn new(shared: Shared) -> Owner {
+        Owner {
+            shared,
+            batching: ApplyBatching::DEFAULT,
+            open: None,
+            since_durable: AppliedCounts::default(),
+            failed: None,
+        }
+    }
+
+    fn run(mut self, queue: &Receiver<Job>) {
+        loop {
+            let job = match self
+                .open
+                .as_ref()
+                .map(|open| open.began + self.batching.interval)
+            {
+                Some(due) => {
+                    match queue.recv_timeout(due.saturating_duration_since(Instant::now())) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.commit_logged(false);
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            self.handle(job);
+        }
+        // The last handle is gone: what is open is committed as an apply's commit would be.
+        self.commit_logged(false);
+    }
+
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Apply(work) => self.apply(work),
+            Job::Commit { durable, done } => {
+                let committed = match (&self.open, durable) {
+                    (Some(_), _) => self.commit(durable),
+                    (None, true) => self.flush_committed(),
+                    (None, false) => Ok(()),
+                };
+                let _ = done.send(committed);
+            }
+            Job::Pause { paused, resume } => {
+                let committed = self.commit(false);
+                let ok = committed.is_ok();
+                let _ = paused.send(committed);
+                if ok {
+                    // Until the guard is dropped; an error means the same.
+                    let _ = resume.recv();
+                }
+            }
+            Job::Batching(batching) => {
+                self.batching = batching;
+                if self.is_due() {
+                    self.commit_logged(false);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, work: ApplyWork) {
+        if let Some(reason) = &self.failed {
+            let _ = work(Err(StoreError::WriterFailed(reason.clone())));
+            return;
+        }
+        let open = match self.open.take() {
+            Some(open) => open,
+            None => match ApplyTxn::begin_open(self.shared.clone()) {
+                Ok(txn) => Open {
+                    txn,
+                    began: Instant::now(),
+                },
+                Err(e) => {
+                    let _ = work(Err(e));
+                    return;
+                }
+            },
+        };
+        let mut open = open;
+        let before = open.txn.applied();
+        match work(Ok(&mut open.txn)) {
+            Ok(()) => {
+                let after = open.txn.applied();
+                self.since_durable.entries += after.entries - before.entries;
+                self.since_durable.packets += after.packets - before.packets;
+                self.open = Some(open);
+                if self.is_due() {
+                    self.commit_logged(false);
+                }
+            }
+            Err(reason) => {
+                // Dropping the transaction aborts it; the buffer keeps what readers saw.
+                drop(open);
+                tracing::error!(error = %reason, "an apply failed: the open state transaction is aborted");
+                self.failed = Some(reason);
+            }
+        }
+    }
+
+    /// Whether what is open should be committed now.
+    fn is_due(&self) -> bool {
+        let Some(open) = &self.open else {
+            return false;
+        };
+        open.txn.commit_asked()
+            || open.txn.applied().packets >= self.batching.packets
+            || open.began.elapsed() >= self.batching.interval
+            || self.durable_due()
+    }
+
+    fn durable_due(&self) -> bool {
+        self.since_durable.entries >= DURABLE_EVERY_ENTRIES
+            || self.since_durable.packets >= DURABLE_EVERY_PACKETS
+    }
+
+    /// Commits what is open (durably if asked or due); nothing open is nothing to do.
+    fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let durable = durable || self.durable_due();
+        let committed = open.txn.commit_open(durable);
+        match &committed {
+            Ok(()) if durable => self.since_durable = AppliedCounts::default(),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "a commit of the state failed");
+                self.failed = Some(e.to_string());
+            }
+        }
+        committed
+    }
+
+    /// [`Owner::commit`] where no caller waits: a failure is logged and refuses later applies.
+    fn commit_logged(&mut self, durable: bool) {
+        let _ = self.commit(durable);
+    }
+
+    /// Makes the commits so far durable when nothing is open.
+    fn flush_committed(&mut self) -> Result<(), StoreError> {
+        self.shared.flush_committed()?;
+        self.since_durable = AppliedCounts::default();
+        Ok(())
+    }
+}
