@@ -26,8 +26,9 @@ enum Mode {
     Open {
         /// Packets the `packets` table holds as this transaction has it.
         packets_stored: u64,
-        /// A membership change asks for a commit at the end of its apply, so that
-        /// `Store::is_removed_node` (committed tables only) knows of it at once.
+        /// A membership change asks for a commit at the end of its apply, and its caller is
+        /// answered after that commit, so that `Store::is_removed_node` (committed tables only)
+        /// knows of it once the apply is done.
         commit_asked: bool,
     },
     /// A transaction of its own: the keys whose packet changed, whose versions move on after

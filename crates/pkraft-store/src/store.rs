@@ -247,8 +247,16 @@ impl Store {
     /// Until an applied entry stores or deletes the key, a snapshot is imported or the node
     /// restarts; at most [`crate::QUARANTINE_MAX`] keys (false when the bound is reached). Caches of
     /// `get` see the key's version move on.
+    ///
+    /// A key the open apply transaction wrote is not held: the scrub found the damage in the
+    /// committed tables, and what readers see for the key (the read buffer) has replaced it. The
+    /// buffer is looked at after the add, so an apply that wrote the key before it (and
+    /// released it already) is seen, and one after it releases the key itself.
     pub fn quarantine(&self, key: &KeyBytes) -> bool {
         let held = self.quarantine.add(key);
+        if self.buffer.get(key).is_some() {
+            self.quarantine.release(key);
+        }
         self.versions.bump(key);
         held
     }

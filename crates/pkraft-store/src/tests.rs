@@ -946,8 +946,13 @@ async fn the_open_transaction_commits_by_size_by_time_and_for_a_membership_chang
         })
         .await
         .expect("membership");
-    committed_within(&store, "a membership change");
+    // Answered after its commit: a join the removal refuses is refused from then on.
     assert!(store.is_removed_node(7).expect("removed"));
+    assert_eq!(
+        store.buffer.len(),
+        0,
+        "committed with the membership change"
+    );
 }
 
 /// An apply that fails aborts the open transaction: nothing after it is applied, readers keep
@@ -984,8 +989,21 @@ async fn a_failed_apply_aborts_the_open_transaction_and_refuses_the_next() {
         assert!(matches!(next, Err(StoreError::WriterFailed(_))), "{next:?}");
         assert!(store.get(&a.key).expect("get").is_some());
         assert!(store.get(&b.key).expect("get").is_some());
-        // A stop's flush makes the last commit durable, and only that.
-        store.flush().expect("flush");
+        // Nothing claims the state holds what was answered: a stop's flush fails (so the next
+        // start catches up before it serves), and no transaction of its own empties the buffer.
+        let flushed = store.flush();
+        assert!(
+            matches!(flushed, Err(StoreError::WriterFailed(_))),
+            "{flushed:?}"
+        );
+        let committed = store.commit_applied();
+        assert!(
+            matches!(committed, Err(StoreError::WriterFailed(_))),
+            "{committed:?}"
+        );
+        let own = store.begin_apply(false).map(|_| ());
+        assert!(matches!(own, Err(StoreError::WriterFailed(_))), "{own:?}");
+        assert!(store.get(&a.key).expect("get").is_some());
     }
     let store = Store::open(&path).expect("reopen");
     assert_eq!(
@@ -994,6 +1012,28 @@ async fn a_failed_apply_aborts_the_open_transaction_and_refuses_the_next() {
     );
     assert_eq!(store.get(&a.key).expect("get"), None);
     assert_eq!(store.get(&b.key).expect("get"), None);
+}
+
+/// The scrub reads the committed tables: damage it finds there in a key the open transaction
+/// wrote since is already replaced for readers, and the key is not refused.
+#[tokio::test]
+async fn a_key_written_in_the_open_transaction_is_not_quarantined() {
+    let (_dir, store) = open();
+    store.set_apply_batching(NEVER).expect("batching");
+    let a = item(1, 10, "192.0.2.1:1");
+    let b = item(2, 10, "192.0.2.1:1");
+    apply_open(&store, publish(1, vec![a.clone(), b.clone()]), b"1").await;
+    store.commit_applied().expect("commit");
+    let newer = item(1, 20, "192.0.2.1:2");
+    apply_open(&store, publish(2, vec![newer.clone()]), b"2").await;
+    assert!(store.quarantine(&a.key));
+    assert_eq!(
+        store.get(&a.key).expect("not refused").map(|s| s.payload),
+        Some(newer.payload)
+    );
+    // A key the open transaction did not write is refused.
+    assert!(store.quarantine(&b.key));
+    assert!(matches!(store.get(&b.key), Err(StoreError::Quarantined(_))));
 }
 
 /// A transaction of its own (and so an import, or the scrub's rewrite) pauses the writer, which

@@ -76,10 +76,16 @@ impl Default for ApplyBatching {
     }
 }
 
-/// Work for the open transaction: given it (or why there is none), it returns `Err` with the
-/// reason when it failed, and the writer then aborts the transaction.
+/// Work for the open transaction: given it (or why there is none), it returns how to answer its
+/// caller, or `Err` with the reason it failed (it has told its caller), and the writer then
+/// aborts the transaction.
 pub(crate) type ApplyWork =
-    Box<dyn FnOnce(Result<&mut ApplyTxn, StoreError>) -> Result<(), String> + Send>;
+    Box<dyn FnOnce(Result<&mut ApplyTxn, StoreError>) -> Result<AnswerApply, String> + Send>;
+
+/// Answers an apply's caller once what it wrote is as visible as it must be: at once for rows
+/// (the read buffer), after the commit for what readers find only in the committed tables (a
+/// removed node: [`ApplyTxn::commit_asked`]). Given why that commit failed, if it did.
+pub(crate) type AnswerApply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 pub(crate) enum Job {
     Apply(ApplyWork),
@@ -222,10 +228,10 @@ impl Owner {
         match job {
             Job::Apply(work) => self.apply(work),
             Job::Commit { durable, done } => {
-                let committed = match (&self.open, durable) {
-                    (Some(_), _) => self.commit(durable),
-                    (None, true) => self.flush_committed(),
-                    (None, false) => Ok(()),
+                let committed = if self.open.is_none() && durable {
+                    self.flush_committed()
+                } else {
+                    self.commit(durable)
                 };
                 let _ = done.send(committed);
             }
@@ -247,9 +253,20 @@ impl Owner {
         }
     }
 
+    /// After a failure, no commit, flush or pause succeeds either: the applies the aborted
+    /// transaction held were answered, so a commit or flush that said `Ok` would claim the state
+    /// holds them (a clean stop would skip the next start's catch-up, and a transaction of its
+    /// own would empty the read buffer), and readers would see the node's answers go back.
+    fn refuse_if_failed(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(reason) => Err(StoreError::WriterFailed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn apply(&mut self, work: ApplyWork) {
-        if let Some(reason) = &self.failed {
-            let _ = work(Err(StoreError::WriterFailed(reason.clone())));
+        if let Err(failed) = self.refuse_if_failed() {
+            let _ = work(Err(failed));
             return;
         }
         let open = match self.open.take() {
@@ -268,13 +285,19 @@ impl Owner {
         let mut open = open;
         let before = open.txn.applied();
         match work(Ok(&mut open.txn)) {
-            Ok(()) => {
+            Ok(answer) => {
                 let after = open.txn.applied();
                 self.since_durable.entries += after.entries - before.entries;
                 self.since_durable.packets += after.packets - before.packets;
+                let commit_asked = open.txn.commit_asked();
                 self.open = Some(open);
-                if self.is_due() {
-                    self.commit_logged(false);
+                if commit_asked {
+                    answer(self.commit(false));
+                } else {
+                    answer(Ok(()));
+                    if self.is_due() {
+                        self.commit_logged(false);
+                    }
                 }
             }
             Err(reason) => {
@@ -304,6 +327,7 @@ impl Owner {
 
     /// Commits what is open (durably if asked or due); nothing open is nothing to do.
     fn commit(&mut self, durable: bool) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
         let Some(open) = self.open.take() else {
             return Ok(());
         };
@@ -327,6 +351,7 @@ impl Owner {
 
     /// Makes the commits so far durable when nothing is open.
     fn flush_committed(&mut self) -> Result<(), StoreError> {
+        self.refuse_if_failed()?;
         self.shared.flush_committed()?;
         self.since_durable = AppliedCounts::default();
         Ok(())

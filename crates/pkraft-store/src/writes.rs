@@ -7,7 +7,7 @@ use redb::Durability;
 
 use crate::apply::ApplyTxn;
 use crate::shared::begin_durable_write;
-use crate::writer::{ApplyBatching, ApplyWork, Job};
+use crate::writer::{AnswerApply, ApplyBatching, ApplyWork, Job};
 use crate::{Store, StoreError};
 
 impl Store {
@@ -38,10 +38,17 @@ impl Store {
                     |panic| Err(E::from(StoreError::ApplyPanicked(panic_text(&*panic)))),
                 )
             });
-            let failure = result.as_ref().err().map(ToString::to_string);
             // The caller may have stopped waiting (its node stops); the work is done either way.
-            let _ = reply.send(result);
-            failure.map_or(Ok(()), Err)
+            match result {
+                Ok(value) => Ok(Box::new(move |committed: Result<(), StoreError>| {
+                    let _ = reply.send(committed.map(|()| value).map_err(E::from));
+                }) as AnswerApply),
+                Err(error) => {
+                    let failure = error.to_string();
+                    let _ = reply.send(Err(error));
+                    Err(failure)
+                }
+            }
         });
         self.writer.submit(Job::Apply(job))?;
         answer

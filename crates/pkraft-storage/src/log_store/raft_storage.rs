@@ -139,8 +139,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }),
                 None => None,
             };
-            log.segments.truncate(log_id.index, new_last)?;
+            // The recent entries first, under the log's lock: a reader that misses them waits
+            // for this lock and reads the segments as truncated, and one that was served from
+            // them read before the truncation began.
             lock_recent(inner)?.truncated(log_id.index);
+            log.segments.truncate(log_id.index, new_last)?;
             Ok(())
         })
         .await
@@ -157,8 +160,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.with_log(move |inner| {
             let mut log = lock(inner)?;
             log.purged = Some(log_id);
-            log.segments.remove_through(log_id.index)?;
+            // The recent entries first, as in `truncate`.
             lock_recent(inner)?.purged(log_id.index);
+            log.segments.remove_through(log_id.index)?;
             end_repair_if_whole(inner, Some(log_id))
         })
         .await
