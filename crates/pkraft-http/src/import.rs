@@ -184,7 +184,11 @@ pub async fn import(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            return crate::admin::error(rejection.status(), &rejection.body_text());
+            return (
+                rejection.status(),
+                Json(serde_json::json!({ "error": rejection.body_text() })),
+            )
+                .into_response();
         }
     };
     let Ok(_running) = state.running.clone().try_acquire_owned() else {

@@ -25,7 +25,7 @@ use crate::TypeConfig;
 use crate::cluster_clock::{ClockState, ClusterClock};
 use crate::handles::Handles;
 use crate::leadership::Leadership;
-use crate::metrics::NodeMetrics;
+use crate::metrics::{HELD_REASONS, NodeMetrics};
 use crate::settings::Settings;
 
 /// Most packets one expiry entry deletes: bounds the entry's apply time (one redb transaction)
@@ -36,8 +36,6 @@ pub const EXPIRE_ROWS_PER_ENTRY: u32 = 10_000;
 const FENCE_WINDOW: Duration = Duration::from_secs(3600);
 /// Packets the rate fence always allows in an hour, however small the store.
 pub const FENCE_FLOOR_PER_HOUR: u64 = 1_000;
-/// Why a leader holds expiry back (`pkraft_expiry_held{reason}`).
-pub(crate) const HELD_REASONS: [&str; 3] = ["clock", "time_unknown", "rate"];
 
 /// The `[raft]` settings expiry follows.
 #[derive(Debug, Clone, Copy)]

@@ -21,7 +21,7 @@
 //!   followers' batches to the leader.
 //! - [`reads`]: [`Reads`], reads at a [`Consistency`], staleness of the local replica and the
 //!   linearizable read barrier; `freshness`: the catch-up after a crash; `read_index`: the
-//!   read-index rounds reads share.
+//!   read-index rounds reads share, run by `read_index_task`.
 //! - [`leadership`]: [`Leadership`], who leads and whether this leader may still propose: since
 //!   when it leads, quorum contact (`peer::quorum`), when a leader last reached this node, the
 //!   proposals under way and a handover holding them.
@@ -52,6 +52,7 @@
 #![allow(clippy::result_large_err)]
 
 mod build_record;
+mod clock_state;
 pub mod cluster_clock;
 pub mod dht_publishing;
 mod expiry;
@@ -64,6 +65,7 @@ mod metrics;
 pub mod node;
 mod pre_vote;
 mod read_index;
+mod read_index_task;
 pub mod reads;
 pub mod routes;
 mod scrub;

@@ -21,9 +21,10 @@ use crate::cluster_clock::ClusterClock;
 use crate::disk_space::DiskSpace;
 use crate::handles::Handles;
 use crate::leadership::Leadership;
-use crate::node::Cluster;
 use crate::peer::{CallError, MembershipChange, PeerClient, PeerError, path};
 use crate::reads::Reads;
+use crate::settings::Cluster;
+pub use crate::status_wire::NodeStatus;
 use crate::status_wire::PeerNodeStatus;
 use crate::{NodeId, TypeConfig};
 
@@ -48,42 +49,6 @@ pub(crate) struct MembershipRequest {
     pub change: MembershipChange,
     /// Already forwarded once: the receiver must be the leader, not forward again.
     pub forwarded: bool,
-}
-
-/// What one node reports about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeStatus {
-    pub id: NodeId,
-    /// `leader`, `follower`, `candidate`, `learner`, `uninitialized` or `stopped`.
-    pub role: String,
-    pub term: u64,
-    pub leader: Option<NodeId>,
-    pub last_log_index: Option<u64>,
-    pub applied_index: Option<u64>,
-    /// Milliseconds since this node last heard from a leader (0 on the leader while it holds a
-    /// quorum); absent if never.
-    pub millis_since_leader_contact: Option<u64>,
-    /// Packets in this node's replica (absent if the store could not be read, or from an older
-    /// node). Replicas at the same applied index hold the same number.
-    #[serde(default)]
-    pub packets: Option<u64>,
-    /// The node's disk has less free than `raft.min_free_disk_mib`: it takes no writes, and a
-    /// leader hands its leadership to a voter that has room (`handover`).
-    #[serde(default)]
-    pub low_on_disk: bool,
-    /// Entries the node's log lost to damage and has not received again from a leader
-    /// (docs/OPERATIONS.md, "Repair"); absent when whole.
-    #[serde(default)]
-    pub log_repair: Option<pkraft_storage::log_store::LogRepair>,
-    /// The node's clock against the cluster's (`cluster_clock`); absent from older nodes.
-    #[serde(default)]
-    pub clock: Option<crate::cluster_clock::ClockReport>,
-    /// The build the node runs; absent from development builds before 0.2.0. A field added
-    /// after this one goes at the end, with a default, and into `status_wire`. The types of
-    /// the fields from `packets` on are frozen (`LogRepair`, `ClockReport`, `BuildInfo`): a
-    /// peer of an earlier build would read a changed one as absent, and every field after it.
-    #[serde(default)]
-    pub build: Option<pkraft_types::BuildInfo>,
 }
 
 /// One member as the cluster status shows it.

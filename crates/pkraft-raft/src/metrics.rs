@@ -20,6 +20,9 @@ use crate::TypeConfig;
 pub(crate) use pkraft_storage::Damaged;
 use pkraft_storage::log_store::LogStore;
 
+/// Why a leader holds expiry back (`pkraft_expiry_held{reason}`).
+pub(crate) const HELD_REASONS: [&str; 3] = ["clock", "time_unknown", "rate"];
+
 /// A counter vector of one label.
 fn counter_vec(name: &str, help: &str, label: &str) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), &[label])
@@ -230,10 +233,10 @@ impl NodeMetrics {
         for what in ["log", "state"] {
             self.scrub_passes.with_label_values(&[what]);
         }
-        for state in crate::cluster_clock::ClockState::ALL {
+        for state in crate::clock_state::ClockState::ALL {
             self.clock_state.with_label_values(&[state.label()]);
         }
-        for reason in crate::expiry::HELD_REASONS {
+        for reason in HELD_REASONS {
             self.expiry_held.with_label_values(&[reason]);
         }
     }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use openraft::{Raft, StorageError};
 use pkraft_store::{Store, StoreError};
-use pkraft_types::BuildInfo;
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
@@ -22,6 +21,7 @@ use crate::peer::{ClusterSecret, PeerClient};
 use crate::pre_vote::PreVote;
 use crate::reads::Reads;
 use crate::scrub::Scrub;
+pub use crate::settings::Cluster;
 use crate::settings::SettingsError;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
@@ -94,46 +94,6 @@ impl StartError {
         StartError::Raft {
             what: what.into(),
             source: source.into(),
-        }
-    }
-}
-
-/// How this node takes part in a cluster.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    /// The peer address (`host:port`) other nodes reach this one at; recorded in the membership.
-    pub advertise: String,
-    /// Authenticates peer requests both ways. Without it the node can neither call nor answer
-    /// peers, which is fine for a cluster of one.
-    pub secret: Option<ClusterSecret>,
-    /// Initialize a data dir that was never part of a cluster as a one-voter cluster.
-    pub bootstrap: bool,
-    /// Peer addresses of existing members to ask for admission, until this node is a member
-    /// (in the role `voter` asks for).
-    pub join: Vec<String>,
-    /// Join as a voter (promoted once caught up) rather than as a learner (a read replica).
-    pub voter: bool,
-    /// The peer network's TLS (`[cluster.tls]`); `None`: plain HTTP.
-    pub tls: Option<Arc<crate::peer::tls::PeerTls>>,
-    /// The build this node runs: in its status, and recorded in its data dir
-    /// (`build_record`).
-    pub build: BuildInfo,
-}
-
-impl Cluster {
-    /// A node on its own: initialized on first start, no peers, no secret.
-    pub fn standalone() -> Cluster {
-        Cluster {
-            advertise: "127.0.0.1:0".to_string(),
-            secret: None,
-            bootstrap: true,
-            join: Vec::new(),
-            voter: true,
-            tls: None,
-            build: BuildInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-                commit: BuildInfo::UNKNOWN_COMMIT.to_string(),
-            },
         }
     }
 }

@@ -11,16 +11,17 @@
 //! (`QUEUE_MAX`): beyond it a read is refused at once (503) instead of waiting without bound.
 //! The leader's own `read-index` route joins the same rounds, so followers' requests and the
 //! leader's local reads share a leadership check too.
+//!
+//! This file is the queue and what a round answers; the task that runs the rounds, which asks
+//! [`crate::reads::Reads`] for the index, is `read_index_task.rs`.
 
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeId;
 use crate::metrics::NodeMetrics;
 use crate::peer::PeerError;
-use crate::reads::Reads;
 
 /// Most reads waiting for a read index on one node; more are refused at once.
 pub const QUEUE_MAX: usize = 4096;
@@ -41,11 +42,11 @@ pub(crate) enum RoundAnswer {
 }
 
 /// One read waiting for a read index.
-struct Request {
+pub(crate) struct Request {
     /// May the round ask the leader for it (a read on this node), or must this node answer as
     /// leader itself (a follower's `read-index` request: forwarding it would loop).
-    forward: bool,
-    reply: oneshot::Sender<RoundAnswer>,
+    pub(crate) forward: bool,
+    pub(crate) reply: oneshot::Sender<RoundAnswer>,
 }
 
 /// The queue of reads and the receiving end its task takes.
@@ -82,121 +83,17 @@ impl ReadIndexQueue {
             ))
         })
     }
-}
 
-/// The node's read-index task: rounds one after the other, each for every read queued when it
-/// starts. Supervised (`pkraft_tasks`): after a panic it takes the queue again.
-pub(crate) async fn run(reads: Arc<Reads>) {
-    let receiver = reads
-        .read_index()
-        .receiver
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take();
-    let Some(receiver) = receiver else {
-        tracing::error!("the read-index queue has no receiver; linearizable reads fail");
-        return;
-    };
-    // Given back on every exit (a panic unwinds through it), so a new run takes it again.
-    let mut held = Held {
-        queue: &reads.read_index().receiver,
-        receiver: Some(receiver),
-    };
-    let Some(queue) = held.receiver.as_mut() else {
-        return;
-    };
-    let mut batch = Vec::new();
-    loop {
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        batch.push(first);
-        while let Ok(next) = queue.try_recv() {
-            batch.push(next);
-        }
-        round(&reads, &mut batch).await;
+    /// The receiving end, for the task that runs the rounds; `None` while a run holds it.
+    pub(crate) fn take_receiver(&self) -> Option<mpsc::Receiver<Request>> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
-}
 
-/// The queue's receiver while the task runs; put back when the run ends.
-struct Held<'a> {
-    queue: &'a Mutex<Option<mpsc::Receiver<Request>>>,
-    receiver: Option<mpsc::Receiver<Request>>,
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        if let Some(receiver) = self.receiver.take() {
-            *self.queue.lock().unwrap_or_else(PoisonError::into_inner) = Some(receiver);
-        }
-    }
-}
-
-/// One round for `batch` (emptied): one leadership check, or one request to the leader.
-async fn round(reads: &Reads, batch: &mut Vec<Request>) {
-    let started = Instant::now();
-    let count = batch.len();
-    reads.metrics.read_index_batch.observe(count as f64);
-    if reads.leadership.is_leader() {
-        let answer = match reads.read_index_as_leader().await {
-            Ok(index) => RoundAnswer::Index(index),
-            Err(error @ PeerError::NotLeader { .. }) => RoundAnswer::Reroute {
-                leader: None,
-                reason: error.to_string(),
-            },
-            Err(error) => RoundAnswer::Failed(error),
-        };
-        answer_all(batch, |_| answer.clone());
-    } else {
-        let leader = reads.leadership.known_leader();
-        let leader_id = leader.as_ref().map(|(id, _)| *id);
-        let answer = match leader {
-            None => RoundAnswer::Reroute {
-                leader: None,
-                reason: "no leader is elected".to_string(),
-            },
-            // openraft names this node leader while it is not (yet) one: asking itself would
-            // queue behind this very round.
-            Some((leader, _)) if leader == reads.id => RoundAnswer::Reroute {
-                leader: Some(leader),
-                reason: "this node is named leader but does not lead yet".to_string(),
-            },
-            Some(leader) if batch.iter().any(|request| request.forward) => {
-                let id = leader.0;
-                let deadline = Instant::now() + reads.publish_timeout;
-                match reads.read_index_from(leader, deadline).await {
-                    Ok(index) => RoundAnswer::Index(index),
-                    Err(crate::reads::ReadIndexFailed::Reroute(reason)) => RoundAnswer::Reroute {
-                        leader: Some(id),
-                        reason,
-                    },
-                    Err(crate::reads::ReadIndexFailed::Final(reason)) => {
-                        RoundAnswer::Failed(PeerError::Unavailable(reason))
-                    }
-                }
-            }
-            Some(leader) => RoundAnswer::Reroute {
-                leader: Some(leader.0),
-                reason: "not the leader".to_string(),
-            },
-        };
-        let not_leader = PeerError::NotLeader { leader: leader_id };
-        // A follower's request that reached a node that no longer leads: it asks the leader.
-        answer_all(batch, |request| {
-            if request.forward {
-                answer.clone()
-            } else {
-                RoundAnswer::Failed(not_leader.clone())
-            }
-        });
-    }
-    tracing::trace!(reads = count, took = ?started.elapsed(), "read-index round");
-}
-
-fn answer_all(batch: &mut Vec<Request>, answer: impl Fn(&Request) -> RoundAnswer) {
-    for request in batch.drain(..) {
-        let answer = answer(&request);
-        // A read that gave up meanwhile (its client left) is not waiting any more.
-        let _ = request.reply.send(answer);
+    /// Gives the receiving end back when a run ends, so the next run takes it again.
+    pub(crate) fn put_back(&self, receiver: mpsc::Receiver<Request>) {
+        *self.receiver.lock().unwrap_or_else(PoisonError::into_inner) = Some(receiver);
     }
 }

@@ -158,7 +158,7 @@ impl Reads {
         }
     }
 
-    /// The queue of reads waiting for a read index, for its task (`read_index::run`).
+    /// The queue of reads waiting for a read index, for its task (`read_index_task::run`).
     pub(crate) fn read_index(&self) -> &ReadIndexQueue {
         &self.read_index
     }

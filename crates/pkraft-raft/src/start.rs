@@ -233,7 +233,7 @@ impl Node {
             ),
             supervise(task::DISK_SPACE, &self.disk_space, crate::disk_space::run),
             supervise(task::CLUSTER_CLOCK, &self.clock, crate::cluster_clock::run),
-            supervise(task::READ_INDEX, &self.reads, crate::read_index::run),
+            supervise(task::READ_INDEX, &self.reads, crate::read_index_task::run),
             supervise(
                 task::HANDOVER_LOW_DISK,
                 &self.handover,

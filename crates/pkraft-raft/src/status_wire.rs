@@ -12,10 +12,46 @@
 
 use std::fmt;
 
-use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
-use crate::membership::NodeStatus;
+use crate::NodeId;
+
+/// What one node reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    /// `leader`, `follower`, `candidate`, `learner`, `uninitialized` or `stopped`.
+    pub role: String,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// Milliseconds since this node last heard from a leader (0 on the leader while it holds a
+    /// quorum); absent if never.
+    pub millis_since_leader_contact: Option<u64>,
+    /// Packets in this node's replica (absent if the store could not be read, or from an older
+    /// node). Replicas at the same applied index hold the same number.
+    #[serde(default)]
+    pub packets: Option<u64>,
+    /// The node's disk has less free than `raft.min_free_disk_mib`: it takes no writes, and a
+    /// leader hands its leadership to a voter that has room (`handover`).
+    #[serde(default)]
+    pub low_on_disk: bool,
+    /// Entries the node's log lost to damage and has not received again from a leader
+    /// (docs/OPERATIONS.md, "Repair"); absent when whole.
+    #[serde(default)]
+    pub log_repair: Option<pkraft_storage::log_store::LogRepair>,
+    /// The node's clock against the cluster's (`cluster_clock`); absent from older nodes.
+    #[serde(default)]
+    pub clock: Option<crate::cluster_clock::ClockReport>,
+    /// The build the node runs; absent from development builds before 0.2.0. A field added
+    /// after this one goes at the end, with a default, and into `status_wire`. The types of
+    /// the fields from `packets` on are frozen (`LogRepair`, `ClockReport`, `BuildInfo`): a
+    /// peer of an earlier build would read a changed one as absent, and every field after it.
+    #[serde(default)]
+    pub build: Option<pkraft_types::BuildInfo>,
+}
 
 /// A [`NodeStatus`] read from a peer of this release or of an earlier one (see the module docs).
 pub(crate) struct PeerNodeStatus(pub NodeStatus);

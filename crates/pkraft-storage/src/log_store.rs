@@ -11,7 +11,8 @@
 //! # Modules
 //! - this file: [`LogStore`], its open and its reads.
 //! - `raft_storage.rs`: openraft's log traits (appends, truncation, purge, the vote).
-//! - `segments.rs`: the segment files; `record.rs`: their records; `scan.rs`: reading them back
+//! - `segments.rs`: the segment files; `segment_file.rs`: one file's name and offsets;
+//!   `record.rs`: their records; `scan.rs`: reading them back
 //!   at open, a crash told from damage; `synced_mark.rs`: where the last append reported done
 //!   ended; `damage.rs`: [`Damage`], and setting damaged records aside.
 //! - `repair.rs`: [`LogRepair`], entries lost to damage until a leader sends them again.
@@ -27,6 +28,7 @@ mod recent;
 mod record;
 mod repair;
 mod scan;
+mod segment_file;
 mod segments;
 mod spare;
 mod synced_mark;

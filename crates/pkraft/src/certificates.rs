@@ -22,8 +22,6 @@ use rustls::sign::CertifiedKey;
 
 use pkraft_raft::peer::tls::{PeerTls, PeerTlsSettings};
 
-use crate::https::HttpsSettings;
-
 /// The certificate a listener presents: whatever was loaded last.
 pub struct ReloadingCertificate {
     current: ArcSwap<CertifiedKey>,
@@ -37,6 +35,17 @@ impl std::fmt::Debug for ReloadingCertificate {
 }
 
 impl ReloadingCertificate {
+    pub fn new(first: CertifiedKey) -> ReloadingCertificate {
+        ReloadingCertificate {
+            current: ArcSwap::from_pointee(first),
+        }
+    }
+
+    /// Presents `key` from the next handshake on.
+    pub fn present(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
+    }
+
     /// The certificate presented now.
     pub fn current(&self) -> Arc<CertifiedKey> {
         self.current.load_full()
@@ -56,44 +65,6 @@ pub trait CertificateFiles: Send + Sync {
     /// Loads the files and, if they are usable, presents them from the next handshake on;
     /// returns the certificate now presented. Unusable files change nothing. Blocking file I/O.
     fn load(&self) -> anyhow::Result<Arc<CertifiedKey>>;
-}
-
-/// The `[https]` listener's certificate and key.
-pub struct HttpsFiles {
-    settings: HttpsSettings,
-    certificate: Arc<ReloadingCertificate>,
-}
-
-impl HttpsFiles {
-    /// Loads the files for the first time; errors name the field.
-    pub fn load_first(settings: &HttpsSettings) -> anyhow::Result<HttpsFiles> {
-        Ok(HttpsFiles {
-            settings: settings.clone(),
-            certificate: Arc::new(ReloadingCertificate {
-                current: ArcSwap::from_pointee(settings.certified_key()?),
-            }),
-        })
-    }
-
-    /// What the listener's TLS configuration asks for the certificate.
-    pub fn certificate(&self) -> Arc<ReloadingCertificate> {
-        self.certificate.clone()
-    }
-}
-
-impl CertificateFiles for HttpsFiles {
-    fn paths(&self) -> Vec<PathBuf> {
-        self.settings
-            .files()
-            .map(|(cert, key)| vec![cert.to_path_buf(), key.to_path_buf()])
-            .unwrap_or_default()
-    }
-
-    fn load(&self) -> anyhow::Result<Arc<CertifiedKey>> {
-        let key = Arc::new(self.settings.certified_key()?);
-        self.certificate.current.store(key.clone());
-        Ok(key)
-    }
 }
 
 /// The peer network's certificate, key and CA (`[cluster.tls]`).

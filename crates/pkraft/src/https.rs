@@ -15,6 +15,8 @@ use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
+use crate::certificates::{CertificateFiles, ReloadingCertificate};
+
 /// `[https]`: serve the public API over TLS too. Unset by default.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,6 +122,42 @@ fn crypto_provider() -> rustls::crypto::CryptoProvider {
 
 fn pem_error(field: &str, path: &Path, e: rustls::pki_types::pem::Error) -> anyhow::Error {
     anyhow::anyhow!("{field}: cannot read {}: {e}", path.display())
+}
+
+/// The `[https]` listener's certificate and key.
+pub struct HttpsFiles {
+    settings: HttpsSettings,
+    certificate: Arc<ReloadingCertificate>,
+}
+
+impl HttpsFiles {
+    /// Loads the files for the first time; errors name the field.
+    pub fn load_first(settings: &HttpsSettings) -> anyhow::Result<HttpsFiles> {
+        Ok(HttpsFiles {
+            settings: settings.clone(),
+            certificate: Arc::new(ReloadingCertificate::new(settings.certified_key()?)),
+        })
+    }
+
+    /// What the listener's TLS configuration asks for the certificate.
+    pub fn certificate(&self) -> Arc<ReloadingCertificate> {
+        self.certificate.clone()
+    }
+}
+
+impl CertificateFiles for HttpsFiles {
+    fn paths(&self) -> Vec<PathBuf> {
+        self.settings
+            .files()
+            .map(|(cert, key)| vec![cert.to_path_buf(), key.to_path_buf()])
+            .unwrap_or_default()
+    }
+
+    fn load(&self) -> anyhow::Result<Arc<CertifiedKey>> {
+        let key = Arc::new(self.settings.certified_key()?);
+        self.certificate.present(key.clone());
+        Ok(key)
+    }
 }
 
 #[cfg(test)]

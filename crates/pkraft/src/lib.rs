@@ -448,7 +448,7 @@ async fn serve_https(
             (client.resolver, Some(client.task))
         }
         None => {
-            let files = certificates::HttpsFiles::load_first(settings)?;
+            let files = https::HttpsFiles::load_first(settings)?;
             let certificate = files.certificate();
             reloaders.push(certificates::CertificateReloader::new(
                 "https",

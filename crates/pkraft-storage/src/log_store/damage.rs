@@ -6,7 +6,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
-use super::segments::segment_first_index;
+use super::segment_file::segment_first_index;
 use super::synced_mark::{self, SyncedMark};
 use crate::sync_dir;
 

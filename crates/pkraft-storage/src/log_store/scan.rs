@@ -28,7 +28,7 @@ use super::damage::Damage;
 use super::record::{
     Format, MAGIC, MAGIC_LEN, RECORD_HEADER, SEGMENT_HEADER, find_record, parse_record,
 };
-use super::segments::{Segment, segment_first_index};
+use super::segment_file::{Segment, segment_first_index};
 use super::synced_mark::SyncedMark;
 
 /// Why a segment could not be read back: the environment, or damage to synced records.

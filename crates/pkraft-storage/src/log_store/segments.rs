@@ -38,6 +38,7 @@ use super::damage::{Damage, corrupt};
 use super::record::encode_records;
 use super::record::{Format, MAGIC, SEGMENT_HEADER, encode_records_with, parse_record};
 use super::scan::{ScanError, scan, segments_after};
+use super::segment_file::{Segment, segment_file_name, segment_first_index};
 use super::spare::Spare;
 use super::synced_mark::{MarkFile, SyncedMark};
 use crate::sync_dir;
@@ -85,34 +86,6 @@ pub(crate) struct Segments {
     /// The next segment's file, zero-filled ahead of time (`spare.rs`), with
     /// `Layout::preallocate`.
     spare: Option<Spare>,
-}
-
-pub(crate) struct Segment {
-    pub(crate) first_index: u64,
-    pub(crate) path: PathBuf,
-    pub(crate) file: Arc<File>,
-    pub(crate) format: Format,
-    /// Start of each record; record `i` holds index `first_index + i`.
-    pub(crate) offsets: Vec<u64>,
-    /// End of the last record, where the next one goes.
-    pub(crate) end: u64,
-}
-
-impl Segment {
-    /// The index the next record in this segment gets.
-    fn next_index(&self) -> u64 {
-        self.first_index + self.offsets.len() as u64
-    }
-
-    fn last_index(&self) -> Option<u64> {
-        self.next_index()
-            .checked_sub(1)
-            .filter(|_| !self.offsets.is_empty())
-    }
-
-    fn record_end(&self, position: usize) -> u64 {
-        self.offsets.get(position + 1).copied().unwrap_or(self.end)
-    }
 }
 
 /// Where an append writes, from [`Segments::prepare_append`]. The write and the sync happen
@@ -594,18 +567,6 @@ fn cut_to_records(segment: &Segment) -> io::Result<()> {
         segment.file.sync_all()?;
     }
     Ok(())
-}
-
-pub(crate) fn segment_file_name(first_index: u64) -> String {
-    format!("{first_index:020}.seg")
-}
-
-pub(crate) fn segment_first_index(path: &Path) -> Option<u64> {
-    let name = path.file_name()?.to_str()?;
-    let digits = name.strip_suffix(".seg")?;
-    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
 }
 
 #[cfg(test)]
