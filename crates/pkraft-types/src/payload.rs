@@ -50,6 +50,12 @@ impl Payload {
         &self.0[HEADER_LEN..]
     }
 
+    /// The same payload in an allocation of its own: a `Bytes` sliced from a larger buffer
+    /// keeps the whole buffer alive for as long as the payload lives.
+    pub fn detached(self) -> Payload {
+        Payload(Bytes::copy_from_slice(&self.0))
+    }
+
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
