@@ -1,7 +1,7 @@
 //! The one way a DNS query is answered, on every transport (the UDP loops of `crate::udp`, the
 //! TCP connections of `crate::tcp`, DNS-over-HTTPS through [`Answerer`]):
 //!
-//! 1. the freshness bound, asked once ([`FreshnessBound::refuses`]): a node that may not
+//! 1. the freshness bound, asked once ([`FreshnessBound::replica`]): a node that may not
 //!    answer sends SERVFAIL;
 //! 2. the fast case, [`LocalAnswers`] (`dns.direct_answers`, on by default): the answer written
 //!    from the local replica, for a stored key from the answers the store compiled, in place;
@@ -24,10 +24,9 @@ use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandle};
 use hickory_server::zone_handler::Catalog;
 
-use crate::freshness::FreshnessBound;
-use crate::local::{LocalAnswers, Plain, Source, Written, advertise_payload};
+use crate::freshness::{FreshnessBound, Replica};
+use crate::local::{LocalAnswers, Plain, Source, Written, advertise_payload, truncated_answer};
 use crate::metrics::{DnsMetrics, Transport, wire_rcode};
-use crate::rrl::truncated_answer;
 
 /// Answers queries; see the module docs. Shared by every listener.
 pub(crate) struct Answering {
@@ -75,23 +74,23 @@ impl Answering {
 
     /// Whether the node must answer SERVFAIL now (catching up after a crash, or staler than
     /// `dns.max_stale`). Asked once per query, by the listener, before any answer is looked up.
-    pub(crate) fn refuses(&self) -> bool {
-        self.freshness.refuses()
+    pub(crate) fn replica(&self) -> Replica {
+        self.freshness.replica()
     }
 
     /// Answers the wire message `query` from `src` over `protocol` into `out`, the way
-    /// hickory's listeners and `Catalog` would, or hands it back for the chain. `refused`: what
-    /// [`Answering::refuses`] said for this query.
+    /// hickory's listeners and `Catalog` would, or hands it back for the chain. `replica`: what
+    /// [`Answering::replica`] said for this query.
     pub(crate) fn answer(
         &self,
         query: &[u8],
         src: SocketAddr,
         protocol: Protocol,
-        refused: bool,
+        replica: Replica,
         out: &mut Vec<u8>,
     ) -> Answered {
         // Most queries: a plain query for a stored key, with no parse.
-        let plain = if refused || !self.local_on {
+        let plain = if replica == Replica::Refused || !self.local_on {
             Plain::Declined
         } else {
             self.local.answer_plain(query, protocol, out)
@@ -116,7 +115,7 @@ impl Answering {
         if request.metadata.message_type == MessageType::Response {
             return Answered::NotAQuery;
         }
-        if refused {
+        if replica == Replica::Refused {
             self.freshness.count_refusal();
             self.local.refuse(&request, protocol, out);
             return Answered::Refused;
@@ -198,8 +197,8 @@ impl Answerer {
         let started = Instant::now();
         let answering = &self.answering;
         let mut answer = Vec::new();
-        let refused = answering.refuses();
-        match answering.answer(&query, src, Protocol::Tcp, refused, &mut answer) {
+        let replica = answering.replica();
+        match answering.answer(&query, src, Protocol::Tcp, replica, &mut answer) {
             Answered::Local(_) | Answered::Refused => {}
             Answered::Malformed(error) => return Err(AnswerError::Malformed(error)),
             Answered::NotAQuery => return Err(AnswerError::NotAQuery),

@@ -3,7 +3,7 @@
 //! resolvers then ask another server (iroh's resolver and stub resolvers treat SERVFAIL as "try
 //! the next one"). A node catching up after a crash answers SERVFAIL whatever the bound.
 //!
-//! [`FreshnessBound::refuses`] is asked once per query, before any answer is looked up
+//! [`FreshnessBound::replica`] is asked once per query, before any answer is looked up
 //! (`crate::answering`), and asks the replica's age only when a bound is set.
 
 use std::sync::Arc;
@@ -39,6 +39,16 @@ impl<F: Fn() -> Option<Duration> + Send + Sync> ReplicaFreshness for F {
 /// What the DNS frontend asks about its replica.
 pub type FreshnessProbe = Arc<dyn ReplicaFreshness>;
 
+/// Whether this node may answer from its replica now ([`FreshnessBound::replica`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replica {
+    /// Answer from the replica.
+    Answerable,
+    /// Catching up after a crash, or staler than `dns.max_stale`: SERVFAIL, never an answer
+    /// from the replica (or the answer cache).
+    Refused,
+}
+
 /// Whether this node may answer now: not while catching up, not staler than `max_stale`.
 pub(crate) struct FreshnessBound {
     probe: FreshnessProbe,
@@ -63,15 +73,19 @@ impl FreshnessBound {
 
     /// Whether answers must be refused now. A node that never heard from a leader since it
     /// started cannot vouch for its replica either.
-    pub(crate) fn refuses(&self) -> bool {
-        if self.probe.catching_up() {
-            return true;
+    pub(crate) fn replica(&self) -> Replica {
+        let too_stale = || {
+            self.max_stale
+                .is_some_and(|max| self.probe.last_confirmed().is_none_or(|stale| stale > max))
+        };
+        if self.probe.catching_up() || too_stale() {
+            Replica::Refused
+        } else {
+            Replica::Answerable
         }
-        self.max_stale
-            .is_some_and(|max| self.probe.last_confirmed().is_none_or(|stale| stale > max))
     }
 
-    /// Counts a query answered SERVFAIL because [`FreshnessBound::refuses`].
+    /// Counts a query answered SERVFAIL because the replica was [`Replica::Refused`].
     pub(crate) fn count_refusal(&self) {
         self.refusals.inc();
     }

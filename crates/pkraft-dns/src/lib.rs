@@ -50,6 +50,7 @@ pub mod zone;
 
 pub use answering::{AnswerError, Answerer};
 pub use freshness::{FreshnessProbe, ReplicaFreshness};
+pub use local::truncated_answer;
 pub use metrics::UdpAnswerStats;
 pub use missing_keys::MissingKeys;
 pub use server::{AnswerSources, DnsError, DnsServer};

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use hickory_proto::ProtoError;
 use hickory_proto::op::{
-    Edns, EmitAndCount, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+    Edns, EmitAndCount, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
     emit_message_parts,
 };
 use hickory_proto::rr::{Record, RecordType};
@@ -649,6 +649,28 @@ impl ServerOpt {
     }
 }
 
+/// The empty truncated answer to `query`, what a response rate limit slips (`crate::rrl`): its
+/// ID, opcode, RD flag, question and (if it had one) a bare OPT record advertising
+/// `advertised_payload` (the server's UDP size, as [`response_edns`] writes it for every
+/// answer here), TC=1, nothing else; written by hickory's `Message` encoder. Never longer than
+/// the query. `None` if `query` is not a query hickory can parse.
+pub fn truncated_answer(query: &[u8], advertised_payload: u16) -> Option<Vec<u8>> {
+    let query = Message::from_vec(query).ok()?;
+    if query.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
+    answer.metadata.truncation = true;
+    answer.metadata.recursion_desired = query.metadata.recursion_desired;
+    answer.add_queries(query.queries.iter().cloned());
+    // RFC 6891: a query with OPT gets OPT back (a fresh one: nothing of the query's options).
+    answer.edns = query
+        .edns
+        .as_ref()
+        .map(|_| response_edns(advertised_payload));
+    answer.to_vec().ok()
+}
+
 /// The largest UDP answer a client takes whose OPT record gave `query_payload` (`None`: no
 /// OPT record): at least 512 bytes (RFC 6891 §6.2.5), 512 without EDNS (RFC 1035 §4.2.1).
 fn client_udp_max(query_payload: Option<u16>) -> u16 {
@@ -969,5 +991,47 @@ mod tests {
         let copy = plain.clone();
         advertise_payload(&mut plain, 1232);
         assert_eq!(plain, copy);
+    }
+
+    #[test]
+    fn a_truncated_answer_is_no_longer_than_its_query() {
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(
+            Name::from_ascii("_iroh.example.pkarr.test.").expect("name"),
+            RecordType::TXT,
+        ));
+        let bytes = query.to_vec().expect("encode");
+        let answer = truncated_answer(&bytes, 1232).expect("answer");
+        assert!(answer.len() <= bytes.len());
+        let answer = Message::from_vec(&answer).expect("decode");
+        assert_eq!(answer.metadata.id, query.metadata.id);
+        assert_eq!(answer.metadata.message_type, MessageType::Response);
+        assert!(answer.metadata.truncation);
+        assert!(answer.metadata.recursion_desired);
+        assert_eq!(answer.queries, query.queries);
+        assert!(answer.answers.is_empty());
+        assert!(
+            answer.edns.is_none(),
+            "no OPT record to a query without one"
+        );
+        // A response is not answered, and garbage is not either.
+        assert!(truncated_answer(&answer.to_vec().expect("encode"), 1232).is_none());
+        assert!(truncated_answer(&[1, 2], 1232).is_none());
+    }
+
+    #[test]
+    fn a_truncated_answer_advertises_the_servers_size() {
+        let mut query = Message::query();
+        query.add_query(Query::query(
+            Name::from_ascii("_iroh.example.pkarr.test.").expect("name"),
+            RecordType::TXT,
+        ));
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        query.edns = Some(edns);
+        let answer = truncated_answer(&query.to_vec().expect("encode"), 1400).expect("answer");
+        let answer = Message::from_vec(&answer).expect("decode");
+        assert_eq!(answer.edns.map(|edns| edns.max_payload()), Some(1400));
     }
 }

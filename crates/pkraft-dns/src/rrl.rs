@@ -43,7 +43,6 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Edns, Message, MessageType};
 use pkraft_limits::{
     ClassLimiter, ClassLimits, ClientPrefix, FairBudget, LimitError, Prefixes, Rate, Scope,
 };
@@ -300,34 +299,8 @@ impl SlipDice {
     }
 }
 
-/// The empty truncated answer to `query`: its ID, opcode, RD flag, question and (if it had one)
-/// a bare OPT record advertising `advertised_payload` (the server's UDP size), TC=1, nothing
-/// else. Never longer than the query. `None` if `query` is not a query hickory can parse.
-pub fn truncated_answer(query: &[u8], advertised_payload: u16) -> Option<Vec<u8>> {
-    let query = Message::from_vec(query).ok()?;
-    if query.metadata.message_type != MessageType::Query {
-        return None;
-    }
-    let mut answer = Message::response(query.metadata.id, query.metadata.op_code);
-    answer.metadata.truncation = true;
-    answer.metadata.recursion_desired = query.metadata.recursion_desired;
-    answer.add_queries(query.queries.iter().cloned());
-    // RFC 6891: a query with OPT gets OPT back (a fresh one: nothing of the query's options).
-    answer.edns = query.edns.as_ref().map(|_| {
-        let mut edns = Edns::new();
-        edns.set_max_payload(advertised_payload);
-        edns
-    });
-    answer.to_vec().ok()
-}
-
 #[cfg(test)]
 mod tests {
-    use std::str::FromStr;
-
-    use hickory_proto::op::Query;
-    use hickory_proto::rr::{Name, RecordType};
-
     use super::*;
 
     fn limiter(burst: u32, slip: u32) -> Rrl {
@@ -456,47 +429,5 @@ mod tests {
         .err()
         .expect("prefix 0");
         assert_eq!(err.field, "dns.rrl.ipv6_prefix_len");
-    }
-
-    #[test]
-    fn a_truncated_answer_is_no_longer_than_its_query() {
-        let mut query = Message::query();
-        query.metadata.recursion_desired = true;
-        query.add_query(Query::query(
-            Name::from_str("_iroh.example.pkarr.test.").expect("name"),
-            RecordType::TXT,
-        ));
-        let bytes = query.to_vec().expect("encode");
-        let answer = truncated_answer(&bytes, 1232).expect("answer");
-        assert!(answer.len() <= bytes.len());
-        let answer = Message::from_vec(&answer).expect("decode");
-        assert_eq!(answer.metadata.id, query.metadata.id);
-        assert_eq!(answer.metadata.message_type, MessageType::Response);
-        assert!(answer.metadata.truncation);
-        assert!(answer.metadata.recursion_desired);
-        assert_eq!(answer.queries, query.queries);
-        assert!(answer.answers.is_empty());
-        assert!(
-            answer.edns.is_none(),
-            "no OPT record to a query without one"
-        );
-        // A response is not answered, and garbage is not either.
-        assert!(truncated_answer(&answer.to_vec().expect("encode"), 1232).is_none());
-        assert!(truncated_answer(&[1, 2], 1232).is_none());
-    }
-
-    #[test]
-    fn a_truncated_answer_advertises_the_servers_size() {
-        let mut query = Message::query();
-        query.add_query(Query::query(
-            Name::from_str("_iroh.example.pkarr.test.").expect("name"),
-            RecordType::TXT,
-        ));
-        let mut edns = Edns::new();
-        edns.set_max_payload(4096);
-        query.edns = Some(edns);
-        let answer = truncated_answer(&query.to_vec().expect("encode"), 1400).expect("answer");
-        let answer = Message::from_vec(&answer).expect("decode");
-        assert_eq!(answer.edns.map(|edns| edns.max_payload()), Some(1400));
     }
 }

@@ -228,8 +228,8 @@ impl Connection {
         out: &mut Vec<u8>,
     ) -> Option<Box<hickory_server::server::Request>> {
         let answering = &self.frontend.answering;
-        let refused = answering.refuses();
-        match answering.answer(query, self.peer, Protocol::Tcp, refused, out) {
+        let replica = answering.replica();
+        match answering.answer(query, self.peer, Protocol::Tcp, replica, out) {
             // FORMERR, or nothing when not even the header parses.
             Answered::Local(_) | Answered::Refused | Answered::Malformed(_) => None,
             Answered::NotAQuery => {

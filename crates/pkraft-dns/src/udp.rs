@@ -31,6 +31,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::answer_cache::AnswerCache;
 use crate::answering::{Answered, Answering};
+use crate::freshness::Replica;
 use crate::local::Written;
 use crate::metrics::{DnsMetrics, Transport, UdpAnswerStats, UdpReport, wire_rcode};
 use crate::rrl::{Rrl, SlipDice, Verdict};
@@ -128,15 +129,15 @@ impl UdpFrontend {
             }
         }
         // Asked once: a node that may not answer sends SERVFAIL, never a cached answer.
-        let refused = self.answering.refuses();
-        if !refused
+        let replica = self.answering.replica();
+        if replica == Replica::Answerable
             && let Some(answers) = &self.answers
             && answers.answer(query, out)
         {
             counters.hits.fetch_add(1, Ordering::Relaxed);
         } else {
             counters.misses.fetch_add(1, Ordering::Relaxed);
-            match self.answer(query, src, refused, out) {
+            match self.answer(query, src, replica, out) {
                 Answered::Local(Written { compiled: true, .. }) => {
                     counters.compiled.fetch_add(1, Ordering::Relaxed);
                 }
@@ -172,13 +173,19 @@ impl UdpFrontend {
 
     /// The answer to `query`, written to `out`, and kept in the answer cache when it is a local
     /// answer.
-    fn answer(&self, query: &[u8], src: SocketAddr, refused: bool, out: &mut Vec<u8>) -> Answered {
+    fn answer(
+        &self,
+        query: &[u8],
+        src: SocketAddr,
+        replica: Replica,
+        out: &mut Vec<u8>,
+    ) -> Answered {
         // Before the answer is built: a change of the short-lived records after it retires the
         // entry.
         let short_lived = self.answers.as_ref().map(AnswerCache::short_lived_stamp);
         let answered = self
             .answering
-            .answer(query, src, Protocol::Udp, refused, out);
+            .answer(query, src, Protocol::Udp, replica, out);
         if let (Answered::Local(Written { read, .. }), Some(answers), Some(short_lived)) =
             (&answered, &self.answers, short_lived)
         {

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 
 use pkraft_store::{StreamCheck, StreamVerdict};
 
+use crate::state_machine::snapshot_bytes_in_id;
+
 /// The snapshot being received, if its chunks have come in order from the start.
 #[derive(Default)]
 pub struct SnapshotReceipt {
@@ -43,6 +45,19 @@ impl SnapshotReceipt {
             });
         }
         let end = offset.saturating_add(data.len() as u64);
+        // A snapshot id names its size (builds since the disk-space checks): no chunk may end
+        // past it, or a leader could stream far more than the room checked for it.
+        let named = snapshot_bytes_in_id(snapshot_id);
+        if let Some(named) = named
+            && end > named
+        {
+            *current = None;
+            return Err(format!(
+                "snapshot {snapshot_id}: a chunk at byte {offset} of {} bytes ends past the \
+                 {named} bytes its id names: refused",
+                data.len()
+            ));
+        }
         match current.as_mut() {
             Some(receiving)
                 if receiving.snapshot_id == snapshot_id && receiving.next_offset == offset =>
@@ -64,6 +79,14 @@ impl SnapshotReceipt {
                  be checked: send it again from the start"
             ));
         };
+        if let Some(named) = named
+            && receiving.next_offset != named
+        {
+            return Err(format!(
+                "snapshot {snapshot_id}: {} bytes received, its id names {named}: refused",
+                receiving.next_offset
+            ));
+        }
         match receiving.check.verdict() {
             StreamVerdict::Intact | StreamVerdict::Unchecked => Ok(()),
             StreamVerdict::Damaged(why) => Err(format!(
@@ -132,5 +155,27 @@ mod tests {
         assert!(refused.contains("in order"), "{refused}");
         // And its retry too, until the transfer starts over.
         assert!(receipt.chunk("c", 8, &data[8..], true).is_err());
+    }
+
+    /// A leader names its snapshot's size in the id, and the room for it is checked against
+    /// that: a chunk ending past it (the fault: a leader streaming more than it named) is
+    /// refused, and so is a last chunk that ends short of it.
+    #[test]
+    fn a_snapshot_longer_or_shorter_than_its_id_names_is_refused() {
+        let data = snapshot();
+        let len = data.len() as u64;
+        let receipt = SnapshotReceipt::default();
+        assert_eq!(
+            send(&receipt, &format!("T1-N1-5-7-{len}b"), &data, 5),
+            Ok(())
+        );
+        let longer = send(&receipt, &format!("T1-N1-5-8-{}b", len - 1), &data, 5)
+            .expect_err("more bytes than named");
+        assert!(longer.contains("ends past"), "{longer}");
+        let shorter = send(&receipt, &format!("T1-N1-5-9-{}b", len + 1), &data, 5)
+            .expect_err("fewer bytes than named");
+        assert!(shorter.contains("bytes received"), "{shorter}");
+        // An id that names no size (an older build's) is judged by its check alone.
+        assert_eq!(send(&receipt, "T1-N1-5-10", &data, 5), Ok(()));
     }
 }

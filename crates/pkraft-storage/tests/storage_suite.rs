@@ -86,10 +86,119 @@ fn an_entry_at_or_below_the_applied_index_is_never_applied_again() {
         let again = state_machine.apply([entry(2)]).await;
         let error = again.expect_err("an entry applied again must be refused");
         assert!(error.to_string().contains("panicked"), "{error}");
+        assert!(error.to_string().contains("never go back"), "{error}");
         let next = state_machine.apply([entry(3)]).await;
         let error = next.expect_err("no apply after a failed one");
         assert!(error.to_string().contains("panicked"), "{error}");
         let (applied, _) = state_machine.applied_state().await.expect("applied state");
         assert_eq!(applied.map(|log_id| log_id.index), Some(2));
+    });
+}
+
+/// A fresh state machine in `dir`, and a blank entry of `term` at `index`.
+fn fresh_state_machine(dir: &std::path::Path) -> StateMachine {
+    let store = Store::open(&dir.join("state.redb")).expect("open the store");
+    StateMachine::open(store, dir.join("snapshot")).expect("open")
+}
+
+fn blank(term: u64, index: u64) -> openraft::Entry<TypeConfig> {
+    openraft::Entry {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
+        payload: openraft::EntryPayload::Blank,
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// `LogId`s order by term first: an entry at a lower index under a later term compares as
+/// newer, yet applying it would apply index 2 a second time. The apply refuses it.
+#[test]
+fn a_lower_index_under_a_later_term_is_never_applied() {
+    use openraft::storage::RaftStateMachine;
+
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut state_machine = fresh_state_machine(dir.path());
+        state_machine
+            .apply([blank(1, 1), blank(1, 2), blank(1, 3)])
+            .await
+            .expect("entries in order apply");
+        let error = state_machine
+            .apply([blank(2, 2)])
+            .await
+            .expect_err("index 2 again, under term 2, must be refused");
+        assert!(error.to_string().contains("never go back"), "{error}");
+        let (applied, _) = state_machine.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|log_id| log_id.index), Some(3));
+    });
+}
+
+/// Entries handed to one apply are consecutive: index 2 missing from [1, 3] would leave a
+/// committed entry unapplied on this replica alone.
+#[test]
+fn entries_applied_together_have_no_gap() {
+    use openraft::storage::RaftStateMachine;
+
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut state_machine = fresh_state_machine(dir.path());
+        let error = state_machine
+            .apply([blank(1, 1), blank(1, 3)])
+            .await
+            .expect_err("a gap must be refused");
+        assert!(error.to_string().contains("consecutive"), "{error}");
+        let (applied, _) = state_machine.applied_state().await.expect("applied state");
+        assert_eq!(applied, None, "nothing of the refused call is applied");
+    });
+}
+
+/// A snapshot behind what a replica applied would undo applies it answered for: installing one
+/// (the fault: openraft itself only installs snapshots past its committed index) is refused,
+/// and the replica keeps its applied index.
+#[test]
+fn a_snapshot_behind_the_applied_index_is_never_installed() {
+    use openraft::RaftSnapshotBuilder;
+    use openraft::storage::RaftStateMachine;
+
+    runtime().block_on(async {
+        let leader_dir = tempfile::tempdir().expect("a temp dir");
+        let mut leader = fresh_state_machine(leader_dir.path());
+        leader
+            .apply([blank(1, 1), blank(1, 2)])
+            .await
+            .expect("apply");
+        let mut snapshot = leader
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("a snapshot through index 2");
+
+        let follower_dir = tempfile::tempdir().expect("a temp dir");
+        let mut follower = fresh_state_machine(follower_dir.path());
+        follower
+            .apply([blank(1, 1), blank(1, 2), blank(1, 3), blank(1, 4)])
+            .await
+            .expect("apply");
+        let mut received = follower.begin_receiving_snapshot().await.expect("receive");
+        tokio::io::AsyncSeekExt::seek(&mut *snapshot.snapshot, std::io::SeekFrom::Start(0))
+            .await
+            .expect("rewind");
+        tokio::io::copy(&mut *snapshot.snapshot, &mut *received)
+            .await
+            .expect("copy the snapshot");
+        let error = follower
+            .install_snapshot(&snapshot.meta, received)
+            .await
+            .expect_err("a snapshot through 2 on a replica at 4");
+        assert!(error.to_string().contains("never goes back"), "{error}");
+        let (applied, _) = follower.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|log_id| log_id.index), Some(4));
     });
 }

@@ -256,7 +256,13 @@ impl ApplyTxn {
     /// The writer's commit of its open transaction: durably when `durable` (and then with
     /// redb's allocator state saved, see [`Store::open_with_cache`]).
     pub(crate) fn commit_open(mut self, durable: bool) -> Result<(), StoreError> {
-        debug_assert!(matches!(self.mode, Mode::Open { .. }));
+        // An own transaction commits with the applied state its commands lead to
+        // (`commit`); committed here it would store rows without it, and a restart would
+        // apply them again on top of themselves.
+        assert!(
+            matches!(self.mode, Mode::Open { .. }),
+            "commit_open on a transaction of its own: it commits with its applied state"
+        );
         if durable {
             self.txn.set_durability(Durability::Immediate)?;
             self.txn.set_quick_repair(true);

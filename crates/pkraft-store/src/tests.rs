@@ -1073,3 +1073,14 @@ async fn a_transaction_of_its_own_waits_for_the_writer_to_commit() {
         Some(newer.payload)
     );
 }
+
+/// The writer's commit takes only its open transaction: an own transaction (the fault: a tool's
+/// or a test's, from `begin_apply`) committed that way would store rows without the applied
+/// state they lead to. Asserted in every build.
+#[test]
+#[should_panic(expected = "commit_open on a transaction of its own")]
+fn an_own_transaction_is_never_committed_as_the_open_one() {
+    let (_dir, store) = open();
+    let txn = store.begin_apply(false).expect("begin");
+    let _ = txn.commit_open(false);
+}

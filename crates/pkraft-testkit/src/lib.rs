@@ -16,6 +16,7 @@ pub mod clock;
 pub mod cluster;
 pub mod code_shape;
 pub mod damage;
+pub mod imports;
 pub mod lossy;
 pub mod manifest;
 pub mod netns;

@@ -1,10 +1,12 @@
-//! Guards of the code's shape (issue 51): no production function longer than 100 lines, and
-//! the node's methods in two files, so that a feature is a part of the node with its own type
-//! (docs/ARCHITECTURE.md, "Crates") rather than more `impl Node` blocks.
+//! Guards of the code's shape: no production function longer than 100 lines; the node's
+//! methods in two files, so that a feature is a part of the node with its own type
+//! (docs/ARCHITECTURE.md, "Crates") rather than more `impl Node` blocks; and no import circles
+//! among a production crate's files ("Layers inside the crates").
 
 use std::path::{Path, PathBuf};
 
 use pkraft_testkit::code_shape::{function_lengths, has_impl_of, rust_files};
+use pkraft_testkit::imports::{import_arrows, import_circles};
 
 /// The crates that ship in the binary; the others (bench, chaos, lossyfs, testkit) are tools.
 const PRODUCTION_CRATES: [&str; 11] = [
@@ -88,5 +90,29 @@ fn the_node_has_methods_in_two_files_only() {
         ["node.rs", "start.rs"],
         "a feature of the node is a part with its own type (docs/ARCHITECTURE.md), not an \
          impl Node block"
+    );
+}
+
+#[test]
+fn no_production_crate_has_import_circles() {
+    let mut circles = Vec::new();
+    let mut arrows = 0;
+    for krate in PRODUCTION_CRATES {
+        let src = crates_dir().join(krate).join("src");
+        arrows += import_arrows(&src)
+            .values()
+            .map(|to| to.len())
+            .sum::<usize>();
+        for circle in import_circles(&src) {
+            circles.push(format!("{krate}: {}", circle.join(" <-> ")));
+        }
+    }
+    // The guard reads something: the consensus crate alone has about a hundred arrows.
+    assert!(arrows > 200, "only {arrows} imports between files found");
+    assert!(
+        circles.is_empty(),
+        "files that import each other, directly or through others (move what both need \
+         below both; docs/ARCHITECTURE.md, \"Layers inside the crates\"):\n{}",
+        circles.join("\n")
     );
 }

@@ -62,7 +62,7 @@ static SETUP: LazyLock<Setup> = LazyLock::new(|| {
 });
 
 fuzz_target!(|data: &[u8]| {
-    let _ = pkraft_dns::rrl::truncated_answer(data, 1232);
+    let _ = pkraft_dns::truncated_answer(data, 1232);
     let setup = &*SETUP;
     let src = SocketAddr::from(([127, 0, 0, 1], 5353));
     let _ = setup

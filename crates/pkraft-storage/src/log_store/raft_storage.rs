@@ -39,7 +39,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let read = || -> io::Result<Vec<Entry<TypeConfig>>> {
             // The entries appended last, from memory: what the apply and the replication to
             // followers that keep up ask for (see `recent.rs`).
-            if let Some(entries) = self.recent()?.get(start, end) {
+            if let Some(entries) = self.recent()?.get(start, end)? {
                 return Ok(entries);
             }
             // Held until the records are read (see `Inner::log`).
@@ -169,6 +169,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// An append's entries follow one another: consecutive indexes, terms that never go back. A
+/// record's index is its position in the log, so entries [5, 7] would be filed as 5 and 6 and
+/// entry 7 served as index 6. The entries come from a leader over the network: refused as input
+/// (openraft then stops the node), not asserted. That the first follows the log's last index is
+/// `Segments::prepare_append`'s check; its term against the last entry's is openraft's (an
+/// append follows a match of the entry before it). Nothing here takes a lock: the append is the
+/// write path's critical section, and the recent entries' lock is held by the replication.
+fn check_append(entries: &[Entry<TypeConfig>]) -> io::Result<()> {
+    let mut previous: Option<LogId<NodeId>> = None;
+    for entry in entries {
+        let id = entry.log_id;
+        if let Some(before) = previous
+            && (before.index.checked_add(1) != Some(id.index) || id.leader_id < before.leader_id)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "append of {id} after {before}: log entries are consecutive and their terms never go back"
+                ),
+            ));
+        }
+        previous = Some(id);
+    }
+    Ok(())
+}
+
 impl LogStore {
     /// One append, on the writer thread: the entries encoded straight into their records, written
     /// at the end of the segment and synced, the synced mark after them; then published to
@@ -196,6 +222,7 @@ impl LogStore {
                 _ => None,
             })
             .filter(|peers| *peers != inner.had_peers.load(std::sync::atomic::Ordering::Acquire));
+        check_append(&entries)?;
         let target = lock(inner)?.segments.prepare_append(first_index)?;
         let mut encoded = Vec::new();
         let lengths = target.encode_with(entries.len(), &mut encoded, |position, out| {
@@ -205,7 +232,7 @@ impl LogStore {
         })?;
         // The write and its sync hold no lock, so readers (replication, apply) go on.
         target.write_and_sync(&encoded, last_entry)?;
-        lock(inner)?.segments.finish_append(&target, &lengths);
+        lock(inner)?.segments.finish_append(&target, &lengths)?;
         if let Some(peers) = peers_now {
             let mark = || -> std::result::Result<(), DbError> {
                 let txn = inner.meta.begin_write()?;
@@ -231,5 +258,50 @@ impl LogStore {
     /// The entries appended last.
     fn recent(&self) -> io::Result<std::sync::MutexGuard<'_, RecentEntries>> {
         lock_recent(&self.inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn blank(term: u64, index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A record's index is its place in the log, so an append with a gap, or with a term
+    /// going back, is refused before anything is written: a leader's bad entries (the fault)
+    /// never become entries served under other indexes. An append that does not follow the
+    /// log's last index is refused as well (`prepare_append`).
+    #[test]
+    fn an_append_with_a_gap_or_a_term_going_back_is_refused_before_it_is_written() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = LogStore::open_with_segment_size(dir.path(), 300).expect("open");
+        let error = store
+            .write_append(vec![blank(1, 1), blank(1, 3)])
+            .expect_err("a gap");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("consecutive"), "{error}");
+        assert_eq!(store.last_log_id().expect("last"), None);
+
+        store
+            .write_append(vec![blank(2, 1), blank(2, 2)])
+            .expect("consecutive entries");
+        store
+            .write_append(vec![blank(2, 4)])
+            .expect_err("an append that skips index 3");
+        let error = store
+            .write_append(vec![blank(2, 3), blank(1, 4)])
+            .expect_err("a term going back inside one append");
+        assert!(error.to_string().contains("never go back"), "{error}");
+        assert_eq!(
+            store.last_log_id().expect("last").map(|id| id.index),
+            Some(2)
+        );
     }
 }

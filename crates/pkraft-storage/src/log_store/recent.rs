@@ -10,6 +10,7 @@
 //! Bounded by [`RECENT_BYTES_MAX`] of encoded entries: the oldest go first.
 
 use std::collections::VecDeque;
+use std::io;
 
 use openraft::Entry;
 
@@ -75,13 +76,19 @@ impl RecentEntries {
     }
 
     /// The entries `start..end` (`end` past the last entry: up to it), if `start` is held; else
-    /// `None`, and the caller reads the segments.
-    pub(crate) fn get(&self, start: u64, end: u64) -> Option<Vec<Entry<TypeConfig>>> {
-        let first = self.entries.front()?.0.log_id.index;
+    /// `None`, and the caller reads the segments. Entries that are not the indexes asked for
+    /// (a bug in keeping the suffix) are an error, never served: the apply and the replication
+    /// would take one entry for another.
+    pub(crate) fn get(&self, start: u64, end: u64) -> io::Result<Option<Vec<Entry<TypeConfig>>>> {
+        let Some(first) = self.entries.front().map(|(entry, _)| entry.log_id.index) else {
+            return Ok(None);
+        };
         if start < first {
-            return None;
+            return Ok(None);
         }
-        let skip = usize::try_from(start - first).ok()?;
+        let Ok(skip) = usize::try_from(start - first) else {
+            return Ok(None);
+        };
         let take = usize::try_from(end.saturating_sub(start)).unwrap_or(usize::MAX);
         let entries: Vec<_> = self
             .entries
@@ -90,14 +97,17 @@ impl RecentEntries {
             .take(take)
             .map(|(entry, _)| entry.clone())
             .collect();
-        debug_assert!(
-            entries
-                .iter()
-                .zip(start..)
-                .all(|(entry, index)| entry.log_id.index == index),
-            "the recent entries are not contiguous"
-        );
-        Some(entries)
+        if let Some((entry, index)) = entries
+            .iter()
+            .zip(start..)
+            .find(|(entry, index)| entry.log_id.index != *index)
+        {
+            return Err(io::Error::other(format!(
+                "the recent log entries are not contiguous: asked from {start}, found {} where {index} belongs",
+                entry.log_id
+            )));
+        }
+        Ok(Some(entries))
     }
 
     fn next_index(&self) -> Option<u64> {
@@ -126,8 +136,10 @@ mod tests {
         )
     }
 
-    fn indexes(entries: Option<Vec<Entry<TypeConfig>>>) -> Option<Vec<u64>> {
-        entries.map(|entries| entries.iter().map(|entry| entry.log_id.index).collect())
+    fn indexes(entries: io::Result<Option<Vec<Entry<TypeConfig>>>>) -> Option<Vec<u64>> {
+        entries
+            .expect("contiguous entries")
+            .map(|entries| entries.iter().map(|entry| entry.log_id.index).collect())
     }
 
     /// A range is answered only when its start is held, and then up to the log's end; an append
@@ -157,5 +169,21 @@ mod tests {
         recent.appended((21..21 + many as u64).map(entry));
         assert!(recent.bytes <= RECENT_BYTES_MAX);
         assert_eq!(indexes(recent.get(20, 21)), None);
+    }
+
+    /// Entries that are not the indexes asked for are an error, never served: a gap made in
+    /// the cache (the fault) is found by the read that crosses it.
+    #[test]
+    fn a_gap_in_the_recent_entries_is_an_error_not_served() {
+        let mut recent = RecentEntries::default();
+        recent.appended((1..=5).map(entry));
+        recent.entries.remove(2);
+        assert_eq!(
+            indexes(recent.get(1, 3)),
+            Some(vec![1, 2]),
+            "before the gap"
+        );
+        let error = recent.get(1, 5).expect_err("a range across the gap");
+        assert!(error.to_string().contains("not contiguous"), "{error}");
     }
 }

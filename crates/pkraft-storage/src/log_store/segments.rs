@@ -451,13 +451,27 @@ impl Segments {
     }
 
     /// Publishes records written through `target`, of the given lengths (from
-    /// [`AppendTarget::encode`]), once they are synced.
-    pub(crate) fn finish_append(&mut self, target: &AppendTarget, lengths: &[u64]) {
-        let Some(last) = self.segments.last_mut() else {
-            return;
+    /// [`AppendTarget::encode`]), once they are synced. The records must end the log where
+    /// `target` was prepared: offsets recorded under other indexes would serve one entry as
+    /// another's, so anything else is refused and nothing is published.
+    pub(crate) fn finish_append(
+        &mut self,
+        target: &AppendTarget,
+        lengths: &[u64],
+    ) -> io::Result<()> {
+        let last = self.segments.last_mut().filter(|last| {
+            Arc::ptr_eq(&last.file, &target.file)
+                && last.next_index() == target.first_index
+                && last.end == target.offset
+        });
+        let Some(last) = last else {
+            return Err(io::Error::other(format!(
+                "an append of index {} at byte {} does not end the log (its last segment starts at {:?}): not published",
+                target.first_index,
+                target.offset,
+                self.segments.last().map(|last| last.first_index),
+            )));
         };
-        debug_assert_eq!(last.next_index(), target.first_index);
-        debug_assert_eq!(last.end, target.offset);
         for length in lengths {
             last.offsets.push(last.end);
             last.end += length;
@@ -467,6 +481,7 @@ impl Segments {
         {
             spare.prepare();
         }
+        Ok(())
     }
 
     /// Removes the records from `index` on, durably. The synced mark is lowered first to the

@@ -16,7 +16,7 @@ fn append(segments: &mut Segments, first_index: u64, payloads: &[&[u8]]) {
         leader: 1,
     };
     target.write_and_sync(&encoded, last).expect("write");
-    segments.finish_append(&target, &lengths);
+    segments.finish_append(&target, &lengths).expect("finish");
 }
 
 /// The mark's view of entry `index` (every test entry is of term 1, led by node 1).
@@ -39,7 +39,7 @@ fn append_unreported(segments: &mut Segments, first_index: u64, payloads: &[&[u8
         .write_all_at(&encoded, target.offset)
         .expect("write");
     target.file.sync_data().expect("sync");
-    segments.finish_append(&target, &lengths);
+    segments.finish_append(&target, &lengths).expect("finish");
 }
 
 fn read(segments: &Segments, start: u64, end: u64) -> Vec<Vec<u8>> {
@@ -746,4 +746,28 @@ fn a_preallocated_segment_is_appended_into_and_read_back() {
     };
     let damage = Damage::of(&error).expect("damage");
     assert_eq!(damage.first_index, next - 1, "{damage}");
+}
+
+/// Offsets published under other indexes would serve one entry as another's: an append
+/// finished a second time (the fault) no longer ends the log, so it is refused and the log
+/// keeps exactly what it held.
+#[test]
+fn an_append_finished_twice_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut segments =
+        Segments::open(dir.path(), None, Layout::new(SEGMENT_TARGET_BYTES)).expect("open");
+    let target = segments.prepare_append(1).expect("prepare");
+    let mut encoded = Vec::new();
+    let lengths = target.encode(&[b"one"], &mut encoded).expect("encode");
+    target.write_and_sync(&encoded, entry(1)).expect("write");
+    segments.finish_append(&target, &lengths).expect("finish");
+    let error = segments
+        .finish_append(&target, &lengths)
+        .expect_err("the same append finished again");
+    assert!(
+        error.to_string().contains("does not end the log"),
+        "{error}"
+    );
+    assert_eq!(segments.last_index(), Some(1));
+    assert_eq!(read(&segments, 0, 10), vec![b"one".to_vec()]);
 }
