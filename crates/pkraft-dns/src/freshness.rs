@@ -71,8 +71,8 @@ impl FreshnessBound {
         }
     }
 
-    /// Whether answers must be refused now. A node that never heard from a leader since it
-    /// started cannot vouch for its replica either.
+    /// Whether this node may answer from its replica now, or must refuse (SERVFAIL). A node
+    /// that never heard from a leader since it started cannot vouch for its replica either.
     pub(crate) fn replica(&self) -> Replica {
         let too_stale = || {
             self.max_stale

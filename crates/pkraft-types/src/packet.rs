@@ -52,9 +52,10 @@ impl VerifiedPacket {
             // A verified packet is kept: in the recent log entries, the state's read buffer,
             // a batch. The body it came in may be a `Bytes` cut from a far larger buffer
             // (hyper hands a request body out of its connection's read buffer, an import batch
-            // is cut into records), and a slice keeps all of that buffer alive: at 1M keys the
-            // node held 952 MiB at its peak against 442 (docs/BENCHMARKS.md). About 1 KiB is
-            // copied once, here, into an allocation of the payload's own.
+            // is cut into records), and a slice keeps all of that buffer alive: loading 1M keys
+            // peaked at 1,051 MiB without this copy and 554 MiB with it (`make bench-memory`,
+            // docs/BENCHMARKS.md). About 1 KiB is copied once, here, into an allocation of the
+            // payload's own.
             payload: payload.detached(),
         })
     }

@@ -173,9 +173,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// record's index is its position in the log, so entries [5, 7] would be filed as 5 and 6 and
 /// entry 7 served as index 6. The entries come from a leader over the network: refused as input
 /// (openraft then stops the node), not asserted. That the first follows the log's last index is
-/// `Segments::prepare_append`'s check; its term against the last entry's is openraft's (an
-/// append follows a match of the entry before it). Nothing here takes a lock: the append is the
-/// write path's critical section, and the recent entries' lock is held by the replication.
+/// `Segments::prepare_append`'s check. Its term against the last entry's is not checked yet
+/// (openraft 0.9 asserts it in debug builds only; a committed entry whose term went back is
+/// refused by the apply's check). Nothing here takes a lock: the append is the write path's
+/// critical section, and the recent entries' lock is held by the replication.
 fn check_append(entries: &[Entry<TypeConfig>]) -> io::Result<()> {
     let mut previous: Option<LogId<NodeId>> = None;
     for entry in entries {

@@ -453,7 +453,9 @@ impl Segments {
     /// Publishes records written through `target`, of the given lengths (from
     /// [`AppendTarget::encode`]), once they are synced. The records must end the log where
     /// `target` was prepared: offsets recorded under other indexes would serve one entry as
-    /// another's, so anything else is refused and nothing is published.
+    /// another's, so anything else is refused and nothing is published in memory (the records
+    /// are already written and synced; the error stops the node). Only a bug gets here: the
+    /// log's writer thread alone changes the log.
     pub(crate) fn finish_append(
         &mut self,
         target: &AppendTarget,
