@@ -100,6 +100,9 @@ struct Inner {
 struct Log {
     segments: Segments,
     purged: Option<LogId<NodeId>>,
+    /// The id of the last entry in `segments` (none while they hold none), kept with them so
+    /// that an append's first term is checked against it without reading the record back.
+    last_appended: Option<LogId<NodeId>>,
 }
 
 impl LogStore {
@@ -181,11 +184,17 @@ impl LogStore {
         let (segments, damages) = repair::open_segments(dir, &meta, purged, layout, sets_aside)?;
         let pending = repair::pending_repair(&meta, &segments, purged, node_id)?;
         let had_peers = read_meta::<bool>(&meta, META_HAD_PEERS)? == Some(true);
+        let last_appended = last_entry_id(&segments)
+            .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?;
         Ok((
             LogStore {
                 inner: Arc::new(Inner {
                     meta,
-                    log: RwLock::new(Log { segments, purged }),
+                    log: RwLock::new(Log {
+                        segments,
+                        purged,
+                        last_appended,
+                    }),
                     committed: Mutex::new(Committed::new()),
                     repair: Mutex::new(pending),
                     had_peers: std::sync::atomic::AtomicBool::new(had_peers),

@@ -17,7 +17,7 @@ use super::meta::{META_HAD_PEERS, META_LAST_PURGED, META_VOTE, put_meta};
 use super::recent::RecentEntries;
 use super::repair::end_repair_if_whole;
 use super::segments::LastEntry;
-use super::{LogStore, Result, decode_entry, entry_id, lock, lock_recent};
+use super::{Log, LogStore, Result, decode_entry, entry_id, lock, lock_recent};
 use crate::codec::storage_error;
 use crate::type_config::{NodeId, TypeConfig};
 
@@ -131,19 +131,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.with_log(move |inner| {
             let mut log = lock(inner)?;
             // The entry that becomes the last: the synced mark is lowered to it.
-            let new_last = match log_id.index.checked_sub(1) {
-                Some(index) => entry_id(&log.segments, index)?.map(|id| LastEntry {
-                    index: id.index,
-                    term: id.leader_id.term,
-                    leader: id.leader_id.node_id,
-                }),
+            let new_last_id = match log_id.index.checked_sub(1) {
+                Some(index) => entry_id(&log.segments, index)?,
                 None => None,
             };
+            let new_last = new_last_id.map(|id| LastEntry {
+                index: id.index,
+                term: id.leader_id.term,
+                leader: id.leader_id.node_id,
+            });
             // The recent entries first, under the log's lock: a reader that misses them waits
             // for this lock and reads the segments as truncated, and one that was served from
             // them read before the truncation began.
             lock_recent(inner)?.truncated(log_id.index);
             log.segments.truncate(log_id.index, new_last)?;
+            log.last_appended = new_last_id;
             Ok(())
         })
         .await
@@ -163,6 +165,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // The recent entries first, as in `truncate`.
             lock_recent(inner)?.purged(log_id.index);
             log.segments.remove_through(log_id.index)?;
+            if log.segments.last_index().is_none() {
+                log.last_appended = None;
+            }
             end_repair_if_whole(inner, Some(log_id))
         })
         .await
@@ -172,11 +177,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// An append's entries follow one another: consecutive indexes, terms that never go back. A
 /// record's index is its position in the log, so entries [5, 7] would be filed as 5 and 6 and
 /// entry 7 served as index 6. The entries come from a leader over the network: refused as input
-/// (openraft then stops the node), not asserted. That the first follows the log's last index is
-/// `Segments::prepare_append`'s check. Its term against the last entry's is not checked yet
-/// (openraft 0.9 asserts it in debug builds only; a committed entry whose term went back is
-/// refused by the apply's check). Nothing here takes a lock: the append is the write path's
-/// critical section, and the recent entries' lock is held by the replication.
+/// (openraft then stops the node), not asserted. That the first follows the log's end is
+/// [`Log::check_follows`]. Nothing here takes a lock: the append is the write path's critical
+/// section, and the recent entries' lock is held by the replication.
 fn check_append(entries: &[Entry<TypeConfig>]) -> io::Result<()> {
     let mut previous: Option<LogId<NodeId>> = None;
     for entry in entries {
@@ -194,6 +197,26 @@ fn check_append(entries: &[Entry<TypeConfig>]) -> io::Result<()> {
         previous = Some(id);
     }
     Ok(())
+}
+
+impl Log {
+    /// An append's first entry follows the log's end: a term no lower than the last entry's (or,
+    /// with every entry purged, the purge point's). openraft 0.9 asserts this in debug builds
+    /// only; a follower that took a lower term after a higher one would apply entries a later
+    /// leader has overwritten. (That the index follows is `Segments::prepare_append`'s check.)
+    /// Under the log's lock the append takes anyway, against the id kept in memory.
+    fn check_follows(&self, first: LogId<NodeId>) -> io::Result<()> {
+        let end = self.last_appended.max(self.purged);
+        match end {
+            Some(end) if first.leader_id < end.leader_id => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "append of {first} after the log's last entry {end}: log entries' terms never go back"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl LogStore {
@@ -224,7 +247,11 @@ impl LogStore {
             })
             .filter(|peers| *peers != inner.had_peers.load(std::sync::atomic::Ordering::Acquire));
         check_append(&entries)?;
-        let target = lock(inner)?.segments.prepare_append(first_index)?;
+        let target = {
+            let mut log = lock(inner)?;
+            log.check_follows(first.log_id)?;
+            log.segments.prepare_append(first_index)?
+        };
         let mut encoded = Vec::new();
         let lengths = target.encode_with(entries.len(), &mut encoded, |position, out| {
             postcard::to_io(&entries[position], &mut *out)
@@ -233,7 +260,11 @@ impl LogStore {
         })?;
         // The write and its sync hold no lock, so readers (replication, apply) go on.
         target.write_and_sync(&encoded, last_entry)?;
-        lock(inner)?.segments.finish_append(&target, &lengths)?;
+        {
+            let mut log = lock(inner)?;
+            log.segments.finish_append(&target, &lengths)?;
+            log.last_appended = Some(last_log_id);
+        }
         if let Some(peers) = peers_now {
             let mark = || -> std::result::Result<(), DbError> {
                 let txn = inner.meta.begin_write()?;
@@ -303,6 +334,61 @@ mod tests {
         assert_eq!(
             store.last_log_id().expect("last").map(|id| id.index),
             Some(2)
+        );
+    }
+
+    /// An append whose first term is below the log's last entry's is refused, against the end
+    /// the log has after each change: appends, a truncation, a purge past every entry, and a
+    /// reopen (the faults: a leader, or a bug, sending entries of an older term after newer).
+    #[test]
+    fn an_append_whose_first_term_is_below_the_logs_last_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut store = LogStore::open_with_segment_size(dir.path(), 300).expect("open");
+        store
+            .write_append(vec![blank(1, 1), blank(3, 2)])
+            .expect("terms going up");
+        let error = store
+            .write_append(vec![blank(2, 3)])
+            .expect_err("a term below the last entry's");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(error.to_string().contains("never go back"), "{error}");
+        store
+            .write_append(vec![blank(3, 3)])
+            .expect("the same term");
+
+        // Truncated back to entry 1 (term 1): an append of term 2 after it is a new leader's.
+        runtime
+            .block_on(store.truncate(LogId::new(CommittedLeaderId::new(3, 1), 2)))
+            .expect("truncate");
+        store
+            .write_append(vec![blank(2, 2)])
+            .expect("term 2 after term 1");
+        store
+            .write_append(vec![blank(1, 3)])
+            .expect_err("term 1 after the new entry 2 of term 2");
+
+        // Purged past every entry: the purge point is the end.
+        runtime
+            .block_on(store.purge(LogId::new(CommittedLeaderId::new(4, 1), 5)))
+            .expect("purge");
+        store
+            .write_append(vec![blank(3, 6)])
+            .expect_err("term 3 after the purge point's term 4");
+        store.write_append(vec![blank(4, 6)]).expect("term 4");
+        drop(store);
+
+        // The end is read back at open.
+        let store = LogStore::open_with_segment_size(dir.path(), 300).expect("reopen");
+        store
+            .write_append(vec![blank(3, 7)])
+            .expect_err("term 3 after entry 6 of term 4, after a reopen");
+        store.write_append(vec![blank(5, 7)]).expect("term 5");
+        assert_eq!(
+            store.last_log_id().expect("last"),
+            Some(LogId::new(CommittedLeaderId::new(5, 1), 7))
         );
     }
 }

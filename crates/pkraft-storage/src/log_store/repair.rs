@@ -202,6 +202,7 @@ impl LogStore {
             let aside = damage::set_aside_all(&dir)?;
             log.segments = Segments::open(&dir, None, log.segments.layout())?;
             log.purged = None;
+            log.last_appended = None;
             let txn = self.inner.meta.begin_write()?;
             {
                 let mut table = txn.open_table(META)?;
