@@ -23,13 +23,10 @@ use crate::harness::{Launch, TestServer, http_client};
 use pkraft_testkit::cluster::{Cluster, Layout, NodeSlot, Peers, Seeds, voters_applied_membership};
 use pkraft_testkit::node::{Membership, NodeConfig};
 use pkraft_testkit::proxy::Network;
+use pkraft_testkit::waits;
 
 const SECRET: &str = "test-cluster-secret-0123456789";
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
-/// Bound of every wait for the cluster to reach a state (elections, catch-up, joins) on a loaded
-/// 2-core machine.
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(20);
 
 /// Raft timing for tests: shorter than production (DESIGN.md §4) so elections take about a
 /// second, long enough that a loaded CI machine does not cause spurious ones.
@@ -303,13 +300,13 @@ impl TestCluster {
     /// The leader, as reported by a node that considers itself the leader, among `candidates`.
     pub async fn leader_among(&self, candidates: &[u64]) -> u64 {
         eventually("a leader", || async {
+            let mut statuses = Vec::new();
             for id in candidates {
-                let status = admin_status(&self.member(*id).server).await?;
-                if status["node"]["role"] == "leader" {
-                    return Some(*id);
+                if let Some(status) = admin_status(&self.member(*id).server).await {
+                    statuses.push((*id, status));
                 }
             }
-            None
+            waits::leader_of(statuses.iter().map(|(id, status)| (*id, status)))
         })
         .await
     }
@@ -364,23 +361,18 @@ impl Drop for TestCluster {
     }
 }
 
-/// Polls `check` until it yields a value, failing the test after `CONVERGE_TIMEOUT`.
+/// Polls `check` until it yields a value, failing the test after
+/// [`waits::CONVERGE_TIMEOUT`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not reached within {CONVERGE_TIMEOUT:?}: {what}"
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    let reached = waits::poll_until(what, waits::CONVERGE_TIMEOUT, || {
+        let checked = check();
+        async move { checked.await.ok_or_else(|| "not yet".to_string()) }
+    });
+    reached.await.unwrap_or_else(|why| panic!("{why}"))
 }
 
 /// Goal: `GET /cluster/status` has every field docs/API.md lists, at every level, so that the

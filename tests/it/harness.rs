@@ -10,16 +10,12 @@ use bytes::Bytes;
 use pkraft_testkit::clock::FakedClock;
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::process::{LogTo, NodeLog, NodeProcess};
+use pkraft_testkit::waits::{POLL, START_TIMEOUT};
 
-/// How long a server may take to start listening (a debug build on a loaded 2-core machine).
-const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a signalled server may take to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a log line may take to reach the captured log.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
-/// Poll interval of the bounded waits above (process exit and log lines have no async signal
-/// these tests can await).
-const POLL: Duration = Duration::from_millis(10);
 
 /// The dev origin (config/dev.toml).
 pub const ORIGIN: &str = "pkarr.test";

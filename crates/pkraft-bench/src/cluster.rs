@@ -26,11 +26,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pkraft_testkit::cluster::{Cluster, Layout, Peers, Seeds, voters_applied_membership};
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership, NodeConfig};
+use pkraft_testkit::waits::{self, POLL, START_TIMEOUT};
 use serde_json::Value;
 
-/// How long a started node may take to answer `/healthz` (a debug build on a loaded machine).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(100);
 /// One status or health request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 const STATE_FILE: &str = "cluster.tsv";
@@ -377,17 +375,11 @@ fn node_addrs(work: &Path, id: u64) -> anyhow::Result<NodeAddrs> {
 /// has applied that membership; returns the leader's id.
 pub async fn settled(admin: SocketAddr, voters: u64, timeout: Duration) -> anyhow::Result<u64> {
     let client = client();
-    let deadline = Instant::now() + timeout;
-    loop {
-        let why = match settled_once(&client, admin, voters).await {
-            Ok(leader) => return Ok(leader),
-            Err(why) => why,
-        };
-        if Instant::now() > deadline {
-            bail!("the cluster did not settle within {timeout:?}: {why}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    waits::poll_until("the cluster settled", timeout, || {
+        settled_once(&client, admin, voters)
+    })
+    .await
+    .map_err(anyhow::Error::msg)
 }
 
 async fn settled_once(client: &HttpClient, admin: SocketAddr, voters: u64) -> Result<u64, String> {
@@ -405,14 +397,7 @@ async fn settled_once(client: &HttpClient, admin: SocketAddr, voters: u64) -> Re
 /// the node probes) says it leads; with the status of the node at `admin`.
 async fn confirmed_leader(client: &HttpClient, admin: SocketAddr) -> Result<(u64, Value), String> {
     let status = status(client, admin).await.ok_or("no status")?;
-    let leader = status["node"]["leader"].as_u64().ok_or("no leader known")?;
-    let report = status["members"]
-        .as_array()
-        .and_then(|members| members.iter().find(|m| m["id"].as_u64() == Some(leader)))
-        .ok_or("the leader is not a member")?;
-    if report["status"]["role"] != "leader" {
-        return Err(format!("node {leader} does not confirm it leads"));
-    }
+    let leader = waits::confirmed_leader(&status)?;
     Ok((leader, status))
 }
 

@@ -26,14 +26,13 @@ use serde_json::Value;
 
 use pkraft_testkit::netns::{LabCluster, NetnsLab};
 use pkraft_testkit::node::LIMITS_OFF_TOML;
+use pkraft_testkit::waits::CONVERGE_TIMEOUT;
 
 use crate::accept::{AcceptReport, AcceptSpec};
 use crate::dataset::DataSet;
 
 const NODES: u8 = 3;
 const SECRET: &str = "bench-partitions-secret-0123456789";
-/// Bound of every wait for the cluster to settle.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Quiet time on a settled cluster before a trial (elections, catch-up and restarts done).
 const SETTLE_PAUSE: Duration = Duration::from_secs(1);
 /// How long one `accept` may take.
@@ -95,7 +94,7 @@ pub struct PartitionReport {
 
 /// Waits until a confirmed leader has every node applying the membership; its id.
 async fn settle(cluster: &LabCluster<'_>) -> anyhow::Result<u8> {
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
     loop {
         // Seen from any node: the one asked first may be the one that just restarted.
         for id in cluster.ids() {
@@ -110,7 +109,7 @@ async fn settle(cluster: &LabCluster<'_>) -> anyhow::Result<u8> {
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the cluster did not settle within {SETTLE_TIMEOUT:?}"
+            "the cluster did not settle within {CONVERGE_TIMEOUT:?}"
         );
     }
 }

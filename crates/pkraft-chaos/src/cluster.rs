@@ -20,15 +20,12 @@ use pkraft_testkit::cluster::{Layout, Member, Peers, Seeds};
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, NodeConfig, for_previous_release};
 use pkraft_testkit::process::{LogTo, NodeProcess};
 use pkraft_testkit::proxy::Network;
+use pkraft_testkit::waits::{self, POLL, START_TIMEOUT};
 
 pub const SECRET: &str = "chaos-cluster-secret-0123456789";
 pub const ADMIN_TOKEN: &str = "chaos-admin-token-0123456789";
 pub const ORIGIN: &str = "pkarr.test";
 
-/// How long a node may take to start listening (a debug build on a loaded 2-core machine,
-/// replaying its log).
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(50);
 /// How long a power cut waits for an fsync to happen at (see `Cluster::power_cut`); without
 /// one (no writes), it happens after this.
 const ARMED_CUT_WAIT: Duration = Duration::from_secs(1);
@@ -458,17 +455,13 @@ impl Cluster {
 
     /// The node that considers itself leader with the highest term, among the live nodes.
     pub async fn leader(&self) -> Option<u64> {
-        let mut best: Option<(u64, u64)> = None;
+        let mut statuses = Vec::new();
         for id in self.live() {
-            let Some(status) = self.status(id).await else {
-                continue;
-            };
-            let term = status["node"]["term"].as_u64().unwrap_or(0);
-            if status["node"]["role"] == "leader" && best.is_none_or(|(t, _)| term > t) {
-                best = Some((term, id));
+            if let Some(status) = self.status(id).await {
+                statuses.push((id, status));
             }
         }
-        best.map(|(_, id)| id)
+        waits::leader_of(statuses.iter().map(|(id, status)| (*id, status)))
     }
 
     /// Waits until a leader is elected, it sees `voters` voters and no change in progress, and

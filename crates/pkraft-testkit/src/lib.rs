@@ -9,8 +9,9 @@
 //! [`proxy`] (the fault-injecting peer proxy), [`ports`] (free loopback ports), [`lossy`] (data dirs on a lossy disk), [`netns`] (a network
 //! namespace lab and the cluster of its nodes), [`rng`] (a seeded generator that never
 //! changes), [`clock`] (a node's wall clock stepped by the test),
-//! [`manifest`] (which pkraft crates a manifest depends on, for the layering guards), and
-//! [`code_shape`] (function lengths and `impl` blocks, for the code-shape guards).
+//! [`waits`] (the bounds, the poll and the reading of who leads that every cluster runner
+//! shares), [`manifest`] (which pkraft crates a manifest depends on, for the layering guards),
+//! and [`code_shape`] (function lengths and `impl` blocks, for the code-shape guards).
 
 pub mod clock;
 pub mod cluster;
@@ -25,6 +26,7 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod rng;
+pub mod waits;
 
 pub use node::LOOPBACK_PORT_0_ARGS;
 

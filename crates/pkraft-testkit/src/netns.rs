@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::cluster::{Cluster, Layout, Peers, Seeds};
 use crate::node::{Listening, Membership, NodeConfig};
 use crate::process::{LogTo, NodeProcess};
+use crate::waits::{self, START_TIMEOUT};
 
 /// The lab's addresses: node `i` is `10.77.0.i`, the client [`CLIENT_HOST`].
 const SUBNET: [u8; 3] = [10, 77, 0];
@@ -24,8 +25,6 @@ const HTTP_PORT: u16 = 8080;
 const DNS_PORT: u16 = 5300;
 const PEER_PORT: u16 = 7000;
 const ADMIN_PORT: u16 = 9000;
-/// How long a node may take to listen.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The namespaces of one lab (see the module docs).
 pub struct NetnsLab {
@@ -364,16 +363,17 @@ impl<'a> LabCluster<'a> {
         serde_json::from_slice(&response.bytes().await.ok()?).ok()
     }
 
-    /// A node that says it leads, asked in order with `client`; `None` when none does (yet).
+    /// The node that says it leads in the highest term ([`waits::leader_of`]), every node asked
+    /// with `client`; `None` when none does (yet).
     pub async fn leader(&self, client: &reqwest::Client) -> Option<u8> {
+        let mut statuses = Vec::new();
         for i in self.ids() {
-            if let Some(status) = self.status(client, i).await
-                && status["node"]["role"] == "leader"
-            {
-                return Some(i);
+            if let Some(status) = self.status(client, i).await {
+                statuses.push((u64::from(i), status));
             }
         }
-        None
+        let leader = waits::leader_of(statuses.iter().map(|(id, status)| (*id, status)))?;
+        u8::try_from(leader).ok()
     }
 
     /// What every running node logged, each under a heading, for failure messages.

@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::node::{LISTENING, LOOPBACK_PORT_0_ARGS, Listening};
-
-/// Poll interval of the bounded waits (a process exit has no signal these callers can await).
-const POLL: Duration = Duration::from_millis(10);
+use crate::waits::POLL;
 
 /// Where a node's stderr goes.
 pub enum LogTo {
