@@ -40,7 +40,7 @@ STAGES = [
     # generic parameters, which are the handler's (HTTP), not the write path's own work.
     ("queue + batch", r"^<?pkraft_raft::write_path::|batcher"),
     ("raft core", r"openraft::"),
-    ("store reads (redb)", r"redb::|pkraft_store::"),
+    ("store reads (redb)", r"redb::|pkraft_state::"),
     ("HTTP", r"hyper::|axum::|tower::|tower_http::|pkraft_http::|httparse|http_body"),
     ("kernel network", r"tcp_|inet_|sock_|__sys_send|__sys_recv|skb_|netif_|net_rx"),
     ("allocator", r"malloc|free|realloc|__rust_alloc|__rust_dealloc"),

@@ -211,7 +211,7 @@ async fn verify_reports_a_packet_that_does_not_verify() {
     let other = keypair(85);
     let forged = iroh_packet(&other, 2_000, &["192.0.2.85:1"]).to_relay_payload();
     {
-        let store = pkraft_store::Store::open(&server.data_dir().join("state.redb")).expect("open");
+        let store = pkraft_state::Store::open(&server.data_dir().join("state.redb")).expect("open");
         let mut txn = store.begin_apply(true).expect("begin");
         txn.apply(&pkraft_types::Command::Publish {
             leader_time_micros: 2_000,

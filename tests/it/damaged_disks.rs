@@ -721,7 +721,7 @@ async fn a_single_node_reports_what_its_scrub_finds_and_goes_on() {
     wait_served_single(&server, damaged_key, &newer).await;
 }
 
-/// `key`'s row of the `answers` table as `packet` compiles to it (`pkraft_store`'s layout: the
+/// `key`'s row of the `answers` table as `packet` compiles to it (`pkraft_state`'s layout: the
 /// compiled form, then the CRC-32 of key and form).
 fn answers_row(key: &Keypair, packet: &SignedPacket) -> Vec<u8> {
     let key = key.public_key().to_bytes();

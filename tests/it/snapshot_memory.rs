@@ -10,8 +10,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use pkraft_storage::state_machine::AppliedState;
-use pkraft_store::Store;
+use pkraft_raft_storage::state_machine::AppliedState;
+use pkraft_state::Store;
 use pkraft_testkit::pkarr::Keypair;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem};

@@ -299,7 +299,7 @@ impl Publisher {
         let page = tokio::task::spawn_blocking(move || {
             let page = store.packets_after(after.as_ref(), SWEEP_PAGE)?;
             let count = store.packet_count()?;
-            Ok::<_, pkraft_store::StoreError>((page, count))
+            Ok::<_, pkraft_state::StoreError>((page, count))
         })
         .await;
         let (page, count) = match page {

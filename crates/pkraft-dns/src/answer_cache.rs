@@ -11,7 +11,7 @@
 //!
 //! # How an entry stays current
 //! Only the local answers (`crate::local`) are kept: they report the key they
-//! read from the store with the [`KeyVersion`](pkraft_store::KeyVersion) read before it. The entry is served only while
+//! read from the store with the [`KeyVersion`](pkraft_state::KeyVersion) read before it. The entry is served only while
 //! that key is still at its version, so a packet applied to the local replica retires the
 //! answers that used it at once. Answers that read no key (the apex, names that are no key)
 //! depend on the config and on the short-lived records (a name above one exists): they are
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use hickory_proto::op::ResponseCode;
-use pkraft_store::Store;
+use pkraft_state::Store;
 use pkraft_types::short_lived::ShortLivedRecords;
 use pkraft_types::unix_micros_now;
 

@@ -746,7 +746,7 @@ mod tests {
     use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::Name;
     use hickory_server::server::Request;
-    use pkraft_store::Store;
+    use pkraft_state::Store;
     use pkraft_testkit::{iroh_packet, keypair};
     use pkraft_types::{Command, Payload, PublishItem};
 

@@ -28,7 +28,7 @@ mod tests {
             ours,
             [
                 "pkraft-limits",
-                "pkraft-store",
+                "pkraft-state",
                 "pkraft-tasks",
                 "pkraft-types"
             ]

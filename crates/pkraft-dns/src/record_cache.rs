@@ -14,7 +14,7 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use hickory_proto::rr::Record;
-use pkraft_store::{KeyVersion, Store, StoreError};
+use pkraft_state::{KeyVersion, Store, StoreError};
 use pkraft_types::KeyBytes;
 use pkraft_types::packet::{PacketError, dns_records};
 

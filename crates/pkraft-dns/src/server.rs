@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_proto::rr::LowerName;
 use hickory_server::zone_handler::{Catalog, ZoneHandler};
 use pkraft_limits::connections::Admission;
-use pkraft_store::Store;
+use pkraft_state::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;

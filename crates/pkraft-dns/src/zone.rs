@@ -23,7 +23,7 @@ use hickory_server::zone_handler::{
 };
 use std::sync::Arc;
 
-use pkraft_store::{AnswersRow, KeyVersion, StoreError};
+use pkraft_state::{AnswersRow, KeyVersion, StoreError};
 use pkraft_types::compiled::{CompiledLookup, CompiledPacket, labels_below_key};
 use pkraft_types::packet::dns_records;
 use pkraft_types::short_lived::ShortLivedRecords;

@@ -26,7 +26,7 @@ use hickory_server::zone_handler::{Catalog, MessageResponseBuilder, ZoneHandler}
 use pkraft_dns::record_cache::RecordCache;
 use pkraft_dns::zone::PkarrZone;
 use pkraft_dns::{DnsServer, FreshnessProbe, Settings};
-use pkraft_store::Store;
+use pkraft_state::Store;
 use pkraft_testkit::pkarr::Keypair;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem};

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use pkraft_raft::{PublishError, ReadError, UnknownConsistency};
-use pkraft_store::StoreError;
+use pkraft_state::StoreError;
 use pkraft_types::{KeyError, PacketError};
 
 use crate::INVALID_SEQ_HEADER;

@@ -27,8 +27,8 @@ use serde::de::DeserializeOwned;
 use tokio::runtime::Handle;
 use tokio_util::task::AbortOnDropHandle;
 
-use pkraft_storage::codec::{decode, encode};
-use pkraft_storage::{NodeId, TypeConfig};
+use pkraft_raft_storage::codec::{decode, encode};
+use pkraft_raft_storage::{NodeId, TypeConfig};
 
 use crate::quorum::QuorumContact;
 use crate::reachability::{Heard, Miss, Reachability};

@@ -23,7 +23,7 @@
 //! - [`reachability`]: which peers do not answer openraft's RPCs, logged when that changes.
 //!
 //! The crate sits between the node and its storage: it knows openraft's network traits and
-//! pkraft-storage's type config and codec, nothing of the node. The listener's router, which
+//! pkraft-raft-storage's type config and codec, nothing of the node. The listener's router, which
 //! wires each route to the node's part that answers it, is `pkraft_raft::routes`, beside the
 //! node's start-up.
 
@@ -43,7 +43,7 @@ use pkraft_types::PublishItem;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use pkraft_storage::NodeId;
+use pkraft_raft_storage::NodeId;
 
 pub use client::{CallError, PeerClient, PeerNetwork};
 pub use silenced::Silenced;
@@ -191,14 +191,14 @@ pub enum MembershipChange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pkraft_storage::codec::{decode, encode};
+    use pkraft_raft_storage::codec::{decode, encode};
 
     /// ARCHITECTURE.md: the peer wire sits below the node (pkraft-raft) and above its storage:
     /// it knows the type config and the codec, nothing of the node or a service crate.
     #[test]
     fn the_peer_crate_depends_on_storage_and_types_only() {
         let ours = pkraft_testkit::manifest::pkraft_dependencies(include_str!("../Cargo.toml"));
-        assert_eq!(ours, ["pkraft-storage", "pkraft-types"]);
+        assert_eq!(ours, ["pkraft-raft-storage", "pkraft-types"]);
     }
 
     /// Goal: forwarded publishes keep working across a rolling upgrade. A leader of an older

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pkraft_storage::NodeId;
+use pkraft_raft_storage::NodeId;
 
 /// Last accepted `append-entries` per peer, shared by the peer network and the node.
 #[derive(Debug, Clone, Default)]

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pkraft_storage::NodeId;
+use pkraft_raft_storage::NodeId;
 
 /// How often a peer that stays unreachable is logged again.
 pub const STILL_UNREACHABLE_EVERY: Duration = Duration::from_secs(60);

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use pkraft_storage::NodeId;
+use pkraft_raft_storage::NodeId;
 
 /// The voters a handing-over leader sends no `append-entries` (heartbeats included) to, shared
 /// with the peer network.

@@ -37,7 +37,7 @@ use rustls::{
 };
 use serde::Deserialize;
 
-use pkraft_storage::NodeId;
+use pkraft_raft_storage::NodeId;
 
 /// How a peer certificate names its node: the subjectAltName URI `pkraft:node:<id>`.
 pub const NODE_ID_URI_PREFIX: &str = "pkraft:node:";

@@ -19,7 +19,7 @@ use pkraft_types::Command;
 use tokio::time::Instant;
 
 use openraft::Raft;
-use pkraft_store::Store;
+use pkraft_state::Store;
 
 use crate::TypeConfig;
 use crate::cluster_clock::{ClockState, ClusterClock};

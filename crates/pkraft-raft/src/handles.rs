@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::Raft;
-use pkraft_storage::log_store::LogStore;
-use pkraft_store::Store;
+use pkraft_raft_storage::log_store::LogStore;
+use pkraft_state::Store;
 
 use crate::disk_space::DiskSpace;
 use crate::metrics::NodeMetrics;

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use openraft::ServerState;
 
 use openraft::Raft;
-use pkraft_storage::log_store::LogStore;
+use pkraft_raft_storage::log_store::LogStore;
 
 use crate::disk_space::DiskSpace;
 use crate::handles::Handles;

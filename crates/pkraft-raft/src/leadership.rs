@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::{Raft, ServerState};
-use pkraft_storage::log_store::LogStore;
+use pkraft_raft_storage::log_store::LogStore;
 
 use crate::freshness::LeaderContact;
 use crate::handles::Handles;

@@ -1,9 +1,9 @@
-//! Consensus for pkraft: openraft 0.9 over the storage of `pkraft-storage`, and the [`Node`]
+//! Consensus for pkraft: openraft 0.9 over the storage of `pkraft-raft-storage`, and the [`Node`]
 //! the rest of the daemon uses. openraft types stop here: callers see [`Writes::publish`],
 //! [`Published`] and [`PublishError`].
 //!
 //! # Layout
-//! The node service, built on `pkraft-storage` (the type config, the Raft log, the state
+//! The node service, built on `pkraft-raft-storage` (the type config, the Raft log, the state
 //! machine, snapshot files and the repair of a damaged `state.redb`), which never imports it:
 //! what the state machine tells the node goes through `StateEvents`, implemented in `start`.
 //!
@@ -37,16 +37,16 @@
 //!   packet at a bounded rate.
 //! - [`dht_publishing`]: [`DhtPublishing`], the DHT publisher's way in: [`dht_outbox`] (the keys
 //!   stored and not yet put to the Mainline DHT, kept by every replica so a new leader carries
-//!   on; `pkraft-storage`'s, re-exported) and the commit of its progress.
+//!   on; `pkraft-raft-storage`'s, re-exported) and the commit of its progress.
 //! - [`short_lived`]: [`ShortLived`], short-lived records committed through the leader.
 //!
 //! And what they use: [`peer`] (the peer wire: the client, openraft's network over it, TLS,
 //! quorum contact and the message types; the crate `pkraft-peer`, re-exported), `voters` (the
 //! voters a node knows), `snapshot_schedule`, `metrics`, [`settings`] (the `[raft]` config
-//! section); from `pkraft-storage`: `disk_space` and `store_cap` (the room for writes) and
+//! section); from `pkraft-raft-storage`: `disk_space` and `store_cap` (the room for writes) and
 //! [`backup`] (backup, restore and verify).
 
-// openraft's `StorageError` (224 bytes) is the error type of the storage traits (pkraft-storage)
+// openraft's `StorageError` (224 bytes) is the error type of the storage traits (pkraft-raft-storage)
 // that the node's start-up and backup call, and they return it on. Boxing it in between would
 // only add conversions on paths that run once per IO, not per packet.
 #![allow(clippy::result_large_err)]
@@ -91,11 +91,11 @@ pub use node::{Cluster, Node, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
 /// The peer wire (crates/pkraft-peer), which the node's settings and API name.
 pub use pkraft_peer as peer;
-pub use pkraft_storage::log_store::LogRepair;
-pub use pkraft_storage::state_repair::StateOpenError;
-pub use pkraft_storage::{NodeId, TypeConfig};
-pub use pkraft_storage::{backup, dht_outbox};
-use pkraft_storage::{disk_space, store_cap};
+pub use pkraft_raft_storage::log_store::LogRepair;
+pub use pkraft_raft_storage::state_repair::StateOpenError;
+pub use pkraft_raft_storage::{NodeId, TypeConfig};
+pub use pkraft_raft_storage::{backup, dht_outbox};
+use pkraft_raft_storage::{disk_space, store_cap};
 pub use reads::{Consistency, ReadError, Readiness, Reads, UnknownConsistency};
 pub use settings::{ClusterSettings, Settings};
 pub use short_lived::{RecordHolder, ShortLived};

@@ -14,8 +14,8 @@ use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
 use openraft::Raft;
-use pkraft_storage::log_store::LogStore;
-use pkraft_store::Store;
+use pkraft_raft_storage::log_store::LogStore;
+use pkraft_state::Store;
 
 use crate::cluster_clock::ClusterClock;
 use crate::disk_space::DiskSpace;

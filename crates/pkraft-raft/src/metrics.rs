@@ -17,8 +17,8 @@ use prometheus::{
 };
 
 use crate::TypeConfig;
-pub(crate) use pkraft_storage::Damaged;
-use pkraft_storage::log_store::LogStore;
+pub(crate) use pkraft_raft_storage::Damaged;
+use pkraft_raft_storage::log_store::LogStore;
 
 /// Why a leader holds expiry back (`pkraft_expiry_held{reason}`).
 pub(crate) const HELD_REASONS: [&str; 3] = ["clock", "time_unknown", "rate"];
@@ -293,7 +293,7 @@ pub(crate) struct StateCollector {
     raft: openraft::Raft<TypeConfig>,
     staleness: Staleness,
     log_store: LogStore,
-    store: pkraft_store::Store,
+    store: pkraft_state::Store,
     state_file: PathBuf,
     term: IntGauge,
     leader_id: IntGauge,
@@ -325,7 +325,7 @@ impl StateCollector {
         raft: openraft::Raft<TypeConfig>,
         staleness: Staleness,
         log_store: LogStore,
-        store: pkraft_store::Store,
+        store: pkraft_state::Store,
         state_file: PathBuf,
     ) -> prometheus::Result<StateCollector> {
         let gauge = |name: &str, help: &str| IntGauge::new(name, help);

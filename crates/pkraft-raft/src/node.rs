@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{Raft, StorageError};
-use pkraft_store::{Store, StoreError};
+use pkraft_state::{Store, StoreError};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
@@ -27,14 +27,14 @@ use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
 use crate::write_path::Writes;
 use crate::{NodeId, TypeConfig};
-use pkraft_storage::log_store::LogStore;
+use pkraft_raft_storage::log_store::LogStore;
 
 /// How long `shutdown` waits for openraft to stop, and then for its background tasks (the state
 /// machine worker, a snapshot build) to release the databases.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for that release.
 const RELEASE_POLL: Duration = Duration::from_millis(5);
-pub(crate) use pkraft_storage::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
+pub(crate) use pkraft_raft_storage::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
 /// Where pkraft before log schema 2 kept its Raft log (entries in a redb table).
 pub(crate) const LOG_FILE_V1: &str = "raft-log.redb";
 /// Written, fsynced, by a clean stop after the state is flushed; removed (durably) at start. Its
@@ -53,7 +53,7 @@ pub enum StartError {
     #[error("state store: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
-    State(#[from] pkraft_storage::state_repair::StateOpenError),
+    State(#[from] pkraft_raft_storage::state_repair::StateOpenError),
     #[error("raft log: {0}")]
     Log(#[from] StorageError<NodeId>),
     #[error(transparent)]
@@ -149,7 +149,7 @@ pub struct Node {
     /// What expiry deleted in the last hour, for its rate fence (`expiry`).
     pub(crate) expiry: Arc<crate::expiry::Expiry>,
     /// The snapshot being received from the leader, checked chunk by chunk.
-    pub(crate) snapshot_receipt: pkraft_storage::snapshot_receipt::SnapshotReceipt,
+    pub(crate) snapshot_receipt: pkraft_raft_storage::snapshot_receipt::SnapshotReceipt,
     /// Set when the node must stop although Raft runs on (the scrub found damage that a
     /// restart repairs); [`Node::wait_fatal`] reports it.
     pub(crate) stop_reason: Arc<tokio::sync::watch::Sender<Option<String>>>,
@@ -331,4 +331,4 @@ fn write_clean_stop_marker(data_dir: &Path) -> std::io::Result<()> {
     sync_dir(data_dir)
 }
 
-pub(crate) use pkraft_storage::sync_dir;
+pub(crate) use pkraft_raft_storage::sync_dir;

@@ -44,7 +44,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use openraft::Raft;
-use pkraft_storage::log_store::LogStore;
+use pkraft_raft_storage::log_store::LogStore;
 
 use crate::handles::Handles;
 use crate::leadership::Leadership;

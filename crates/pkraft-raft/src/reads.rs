@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, RaftError};
-use pkraft_store::{StoreError, StoredPacket};
+use pkraft_state::{StoreError, StoredPacket};
 use pkraft_types::KeyBytes;
 
 use std::sync::Arc;
 
 use openraft::Raft;
-use pkraft_storage::log_store::LogStore;
-use pkraft_store::Store;
+use pkraft_raft_storage::log_store::LogStore;
+use pkraft_state::Store;
 
 use crate::cluster_clock::ClusterClock;
 use crate::freshness::Freshness;

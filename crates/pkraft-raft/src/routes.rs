@@ -38,9 +38,9 @@ use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
 use crate::short_lived::RecordRequest;
 use crate::write_path::PublishError;
 use crate::{NodeId, TypeConfig};
-use pkraft_storage::codec::{decode, encode};
-use pkraft_storage::incoming_snapshot_path;
-use pkraft_storage::state_machine::snapshot_bytes_in_id;
+use pkraft_raft_storage::codec::{decode, encode};
+use pkraft_raft_storage::incoming_snapshot_path;
+use pkraft_raft_storage::state_machine::snapshot_bytes_in_id;
 
 const POSTCARD: HeaderValue = HeaderValue::from_static("application/x-postcard");
 /// Longest a peer request may take, but a snapshot chunk: the longest of the routes' own bounds

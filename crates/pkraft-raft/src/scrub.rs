@@ -33,15 +33,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pkraft_store::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
+use pkraft_state::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
 use pkraft_types::KeyBytes;
 
 use std::path::PathBuf;
 
 use openraft::Raft;
-use pkraft_storage::log_store::{Damage, LogStore};
-use pkraft_storage::state_repair;
-use pkraft_store::Store;
+use pkraft_raft_storage::log_store::{Damage, LogStore};
+use pkraft_raft_storage::state_repair;
+use pkraft_state::Store;
 
 use crate::handles::Handles;
 use crate::leadership::Leadership;
@@ -297,7 +297,7 @@ async fn act_on_damaged_packet(
     // on, even when every copy holds them.
     if !scrub.store.quarantine(&damaged.key) {
         tracing::warn!(
-            max = pkraft_store::QUARANTINE_MAX,
+            max = pkraft_state::QUARANTINE_MAX,
             "too many damaged packets to refuse each; this one is still served"
         );
     }

@@ -155,8 +155,8 @@ impl Default for Settings {
             expiry_max_percent_per_hour: 10,
             max_clock_offset: Duration::from_secs(1),
             max_clock_jump: Duration::from_secs(3600),
-            apply_batch_interval: pkraft_store::ApplyBatching::DEFAULT.interval,
-            apply_batch_packets: pkraft_store::ApplyBatching::DEFAULT.packets,
+            apply_batch_interval: pkraft_state::ApplyBatching::DEFAULT.interval,
+            apply_batch_packets: pkraft_state::ApplyBatching::DEFAULT.packets,
             state_cache_mib: 256,
             min_free_disk_mib: 1024,
             new_keys_min_free_disk_mib: None,
@@ -220,8 +220,8 @@ pub enum SettingsError {
 
 impl Settings {
     /// When the state's open apply transaction commits.
-    pub fn apply_batching(&self) -> pkraft_store::ApplyBatching {
-        pkraft_store::ApplyBatching {
+    pub fn apply_batching(&self) -> pkraft_state::ApplyBatching {
+        pkraft_state::ApplyBatching {
             interval: self.apply_batch_interval,
             packets: self.apply_batch_packets,
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
-use pkraft_store::Store;
+use pkraft_state::Store;
 use pkraft_types::{BuildInfo, KeyBytes};
 use tokio::runtime::Handle;
 
@@ -42,14 +42,14 @@ use crate::snapshot_schedule::BuildTimes;
 use crate::store_cap::{self, StoreCap};
 use crate::write_path::Writes;
 use crate::{NodeId, TypeConfig};
-use pkraft_storage::log_store::LogStore;
-use pkraft_storage::state_machine::{Progress, StateEvents, StateMachine};
-use pkraft_storage::state_repair;
+use pkraft_raft_storage::log_store::LogStore;
+use pkraft_raft_storage::state_machine::{Progress, StateEvents, StateMachine};
+use pkraft_raft_storage::state_repair;
 use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
 
 /// How long a restarted node may take to apply the log it holds; past it the start fails rather
 /// than serve older data than the node acknowledged. The state lags the log by at most
-/// `pkraft_store::DURABLE_EVERY_ENTRIES` entries (or `DURABLE_EVERY_PACKETS` packets) plus what
+/// `pkraft_state::DURABLE_EVERY_ENTRIES` entries (or `DURABLE_EVERY_PACKETS` packets) plus what
 /// was not yet known committed, which applies in about a second.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -310,7 +310,7 @@ impl Opened {
             .into_iter()
             .any(|voter| voter != id);
         let applied_peers = match &opened {
-            Ok(store) => pkraft_storage::state_machine::applied_voters(store)
+            Ok(store) => pkraft_raft_storage::state_machine::applied_voters(store)
                 .unwrap_or_default()
                 .into_iter()
                 .any(|voter| voter != id),

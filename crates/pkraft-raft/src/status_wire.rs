@@ -41,7 +41,7 @@ pub struct NodeStatus {
     /// Entries the node's log lost to damage and has not received again from a leader
     /// (docs/OPERATIONS.md, "Repair"); absent when whole.
     #[serde(default)]
-    pub log_repair: Option<pkraft_storage::log_store::LogRepair>,
+    pub log_repair: Option<pkraft_raft_storage::log_store::LogRepair>,
     /// The node's clock against the cluster's (`cluster_clock`); absent from older nodes.
     #[serde(default)]
     pub clock: Option<crate::cluster_clock::ClockReport>,
@@ -143,7 +143,7 @@ fn added<'de, A: SeqAccess<'de>, T: Deserialize<'de> + Default>(
 
 #[cfg(test)]
 mod tests {
-    use pkraft_storage::codec::{decode, encode};
+    use pkraft_raft_storage::codec::{decode, encode};
     use pkraft_types::BuildInfo;
     use serde::Serialize;
 
@@ -181,7 +181,7 @@ mod tests {
         millis_since_leader_contact: Option<u64>,
         packets: Option<u64>,
         low_on_disk: bool,
-        log_repair: Option<pkraft_storage::log_store::LogRepair>,
+        log_repair: Option<pkraft_raft_storage::log_store::LogRepair>,
     }
 
     /// A later build's status: one more field at the end.

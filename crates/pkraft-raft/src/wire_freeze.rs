@@ -9,7 +9,7 @@
 //! Cargo.toml; the log's commands by `commands_keep_their_variant_index`.)
 
 use openraft::{CommittedLeaderId, LogId};
-use pkraft_storage::codec::encode;
+use pkraft_raft_storage::codec::encode;
 use pkraft_types::short_lived::ShortLivedRecord;
 use pkraft_types::{BuildInfo, Payload, PublishItem, PublishOutcome};
 use serde::Serialize;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
-use pkraft_store::Store;
+use pkraft_state::Store;
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket};
 
 pub use admission::Admission;

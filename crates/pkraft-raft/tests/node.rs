@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
 use pkraft_raft::{Cluster, Consistency, Node, Settings};
-use pkraft_storage::log_store::LogStore;
+use pkraft_raft_storage::log_store::LogStore;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{PublishOutcome, VerifiedPacket};
 

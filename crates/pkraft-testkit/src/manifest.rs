@@ -28,13 +28,13 @@ mod tests {
 
     #[test]
     fn only_the_pkraft_crates_of_dependencies_are_read() {
-        let manifest = "[package]\nname = \"pkraft-x\"\n\n[dependencies]\npkraft-store.workspace = true\n\
+        let manifest = "[package]\nname = \"pkraft-x\"\n\n[dependencies]\npkraft-state.workspace = true\n\
                         pkraft-types = { path = \"../t\" }\nserde.workspace = true\n\n\
                         [target.'cfg(unix)'.dependencies]\npkraft-tasks.workspace = true\n\n\
                         [dev-dependencies]\npkraft-testkit.workspace = true\n";
         assert_eq!(
             pkraft_dependencies(manifest),
-            ["pkraft-store", "pkraft-tasks", "pkraft-types"]
+            ["pkraft-state", "pkraft-tasks", "pkraft-types"]
         );
     }
 }

@@ -17,8 +17,8 @@ const PRODUCTION_CRATES: [&str; 11] = [
     "pkraft-limits",
     "pkraft-peer",
     "pkraft-raft",
-    "pkraft-storage",
-    "pkraft-store",
+    "pkraft-raft-storage",
+    "pkraft-state",
     "pkraft-tasks",
     "pkraft-types",
 ];

@@ -14,7 +14,7 @@
 //!
 //! The layers live in their own crates: `pkraft-http` (relay API), `pkraft-dns` (DNS frontend),
 //! `pkraft-dht` (Mainline DHT bridge), `pkraft-raft` (consensus), `pkraft-peer` (the peer wire
-//! under it), `pkraft-storage` (the Raft log and state machine under it), `pkraft-store` (redb
+//! under it), `pkraft-raft-storage` (the Raft log and state machine under it), `pkraft-state` (redb
 //! state), `pkraft-types` (domain types).
 
 pub mod acme;

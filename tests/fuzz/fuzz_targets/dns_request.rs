@@ -9,7 +9,7 @@ use std::sync::{Arc, LazyLock};
 
 use libfuzzer_sys::fuzz_target;
 use pkraft_dns::{Answerer, DnsServer, FreshnessProbe, Settings};
-use pkraft_store::Store;
+use pkraft_state::Store;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{Command, Payload, PublishItem};
 

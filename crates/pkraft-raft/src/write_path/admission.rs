@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use pkraft_store::StoreError;
+use pkraft_state::StoreError;
 use pkraft_types::{KeyBytes, Payload, PublishOutcome, VerifiedPacket, decide};
 
 use super::Writes;

@@ -5,10 +5,10 @@
 
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{ErrorSubject, ErrorVerb, StorageError, StorageIOError};
-use pkraft_storage::log_store::LogStore;
-use pkraft_storage::state_machine::StateMachine;
-use pkraft_storage::{NodeId, TypeConfig};
-use pkraft_store::Store;
+use pkraft_raft_storage::log_store::LogStore;
+use pkraft_raft_storage::state_machine::StateMachine;
+use pkraft_raft_storage::{NodeId, TypeConfig};
+use pkraft_state::Store;
 
 /// Fresh storage whose log starts a new segment at `segment_bytes` (`None`: the default size).
 struct FreshStorage {

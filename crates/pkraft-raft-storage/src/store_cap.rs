@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use pkraft_store::Store;
+use pkraft_state::Store;
 use pkraft_types::KeyBytes;
 
 /// What one stored packet may take on a node's disk, for the default cap: `state.redb` written
@@ -90,7 +90,7 @@ impl NewKeyRefusal {
         }
     }
 
-    fn uncounted(error: &pkraft_store::StoreError) -> NewKeyRefusal {
+    fn uncounted(error: &pkraft_state::StoreError) -> NewKeyRefusal {
         NewKeyRefusal {
             label: "store_cap_pending",
             reason: format!("cannot read the store to hold its cap: {error}"),
@@ -201,7 +201,7 @@ impl StoreCap {
                 // A key this node found damaged counts as held: its owner's republish is what
                 // repairs it. A lookup that fails otherwise admits nothing new.
                 match store.holds(key) {
-                    Ok(true) | Err(pkraft_store::StoreError::Quarantined(_)) => return None,
+                    Ok(true) | Err(pkraft_state::StoreError::Quarantined(_)) => return None,
                     Ok(false) => {}
                     Err(e) => return Some(NewKeyRefusal::uncounted(&e)),
                 }

@@ -1,6 +1,6 @@
 //! The current snapshot on disk, in its own directory:
 //!
-//! - `<id>.snap`: the snapshot data, the store's snapshot stream (`pkraft_store`'s format 3,
+//! - `<id>.snap`: the snapshot data, the store's snapshot stream (`pkraft_state`'s format 3,
 //!   which carries its own checksum). openraft sends it in chunks straight from this file.
 //! - `current.meta`: `MAGIC (8) ‖ length (4, big-endian) ‖ postcard(Pointer)`, the snapshot's
 //!   meta and the name of its data file. Replaced atomically: written to `current.meta.tmp`,

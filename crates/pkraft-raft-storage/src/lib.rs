@@ -8,7 +8,7 @@
 //! - [`type_config`]: the openraft `TypeConfig` (log payload = [`pkraft_types::Command`]).
 //! - [`log_store`]: the Raft log (append-only segment files) and its vote and purge point, in
 //!   `raft-log/`.
-//! - [`state_machine`]: applies committed entries to [`pkraft_store::Store`] (`state.redb`);
+//! - [`state_machine`]: applies committed entries to [`pkraft_state::Store`] (`state.redb`);
 //!   builds and installs snapshots, keeping the current one in `snapshot/`.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
 //! - `snapshot_receipt`: a snapshot received from the leader, checked chunk by chunk.
@@ -96,6 +96,6 @@ mod tests {
     #[test]
     fn the_storage_crate_depends_on_store_and_types_only() {
         let ours = pkraft_testkit::manifest::pkraft_dependencies(include_str!("../Cargo.toml"));
-        assert_eq!(ours, ["pkraft-store", "pkraft-types"]);
+        assert_eq!(ours, ["pkraft-state", "pkraft-types"]);
     }
 }

@@ -1,17 +1,17 @@
-//! The Raft state machine over [`pkraft_store::Store`].
+//! The Raft state machine over [`pkraft_state::Store`].
 //!
 //! `apply` runs every entry of a call in the store's open apply transaction, on the store's
 //! writer thread, and records the new [`AppliedState`] (last applied log id + membership) in the
 //! same transaction, so the data on disk and the position in the log it reflects can never
 //! disagree. What it applied is visible to this node's readers when it returns; the store
-//! commits it with the applies around it (`pkraft_store::ApplyBatching`). Snapshots are exports
+//! commits it with the applies around it (`pkraft_state::ApplyBatching`). Snapshots are exports
 //! of one read transaction; the current snapshot is kept in a file so that it survives restarts
 //! with its exact meta.
 //!
 //! Durability: the Raft log is fsynced before an entry is acknowledged, so the state is a
 //! projection that can be rebuilt from it. The store's commits are not fsynced, except when the
 //! entries or packets applied since the last durable commit reach
-//! [`pkraft_store::DURABLE_EVERY_ENTRIES`] or [`pkraft_store::DURABLE_EVERY_PACKETS`], which
+//! [`pkraft_state::DURABLE_EVERY_ENTRIES`] or [`pkraft_state::DURABLE_EVERY_PACKETS`], which
 //! bounds what a restart must apply again. Before a snapshot is handed to openraft (which then
 //! purges the log up to it) the state it was read from is made durable, so the log never loses
 //! entries the durable state lacks. (With an fsync per apply, pkraft used about 20 % more CPU
@@ -28,7 +28,7 @@ use openraft::{
     AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, Membership,
     RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
-use pkraft_store::{ApplyTxn, Store};
+use pkraft_state::{ApplyTxn, Store};
 use pkraft_types::short_lived::ShortLivedRecord;
 use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
@@ -342,7 +342,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let Some((meta, mut data)) = snapshot_file.load()? else {
                 return Ok(None);
             };
-            if let Err(damage) = pkraft_store::check_snapshot(std::io::BufReader::new(&data)) {
+            if let Err(damage) = pkraft_state::check_snapshot(std::io::BufReader::new(&data)) {
                 let path = snapshot_file.data_path()?.unwrap_or_default();
                 return Ok(Some(Err((meta, path, damage))));
             }
@@ -472,7 +472,7 @@ fn install_from(
     meta: &SnapshotMeta<NodeId, BasicNode>,
     state: &AppliedState,
     file: &mut std::fs::File,
-) -> std::result::Result<pkraft_store::SnapshotSummary, BoxError> {
+) -> std::result::Result<pkraft_state::SnapshotSummary, BoxError> {
     if !snapshot_file.is_incoming(file)? {
         // Not streamed in from a leader (a snapshot handed over whole, as openraft's
         // `install_full_snapshot` and its test suite do): copy it to be kept.

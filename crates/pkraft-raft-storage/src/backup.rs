@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, CommittedLeaderId, LogId, Membership, SnapshotMeta, StoredMembership};
-use pkraft_store::{Integrity, SnapshotSummary, Store, StoreError};
+use pkraft_state::{Integrity, SnapshotSummary, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -260,7 +260,7 @@ pub fn check_backup_file(path: &Path) -> Result<(BackupHeader, SnapshotSummary),
     }
     let backup = BackupFile::open(path)?;
     let summary =
-        pkraft_store::check_snapshot(backup.data).map_err(|source| BackupError::SnapshotData {
+        pkraft_state::check_snapshot(backup.data).map_err(|source| BackupError::SnapshotData {
             path: path.to_path_buf(),
             source,
         })?;
@@ -433,7 +433,7 @@ pub fn verify(data_dir: &Path) -> Result<Verification, BackupError> {
                 what: "opening".to_string(),
                 source: e,
             })
-            .and_then(pkraft_store::check_snapshot);
+            .and_then(pkraft_state::check_snapshot);
         if let Err(e) = checked {
             problems.push(format!("snapshot {}: {e}", path.display()));
         }

@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use pkraft_store::{StreamCheck, StreamVerdict};
+use pkraft_state::{StreamCheck, StreamVerdict};
 
 use crate::state_machine::snapshot_bytes_in_id;
 
@@ -102,7 +102,7 @@ mod tests {
 
     fn snapshot() -> Vec<u8> {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = pkraft_store::Store::open(&dir.path().join("s.redb")).expect("store");
+        let store = pkraft_state::Store::open(&dir.path().join("s.redb")).expect("store");
         store.export_snapshot().expect("export").data
     }
 

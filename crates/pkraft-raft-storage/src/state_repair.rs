@@ -23,7 +23,7 @@ use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use openraft::{LogId, StorageError};
-use pkraft_store::{Store, StoreError};
+use pkraft_state::{Store, StoreError};
 
 use super::codec::{decode, encode};
 use super::log_store::LogStore;
@@ -318,7 +318,7 @@ fn whole_snapshot(dir: &Path) -> Result<Option<(Meta, File)>, SnapshotUnusable> 
     let Some((meta, mut data)) = snapshot_file.load().map_err(SnapshotUnusable::Unreadable)? else {
         return Ok(None);
     };
-    pkraft_store::check_snapshot(BufReader::new(&data)).map_err(|source| {
+    pkraft_state::check_snapshot(BufReader::new(&data)).map_err(|source| {
         SnapshotUnusable::Damaged {
             path: snapshot_file.data_path().ok().flatten().unwrap_or_default(),
             source,
