@@ -63,22 +63,11 @@ fn openraft_storage_conformance_suite_with_tiny_log_segments() {
 #[test]
 fn an_entry_at_or_below_the_applied_index_is_never_applied_again() {
     use openraft::storage::RaftStateMachine;
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    runtime.block_on(async {
+    runtime().block_on(async {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let store = Store::open(&dir.path().join("state.redb")).expect("open the store");
-        let mut state_machine =
-            StateMachine::open(store, dir.path().join("snapshot")).expect("open");
-        let entry = |index| Entry::<TypeConfig> {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Blank,
-        };
+        let mut state_machine = fresh_state_machine(dir.path());
+        let entry = |index| blank(1, index);
         state_machine
             .apply([entry(1), entry(2)])
             .await

@@ -35,14 +35,14 @@ impl std::fmt::Debug for ReloadingCertificate {
 }
 
 impl ReloadingCertificate {
-    pub fn new(first: CertifiedKey) -> ReloadingCertificate {
+    pub(crate) fn new(first: CertifiedKey) -> ReloadingCertificate {
         ReloadingCertificate {
             current: ArcSwap::from_pointee(first),
         }
     }
 
     /// Presents `key` from the next handshake on.
-    pub fn present(&self, key: Arc<CertifiedKey>) {
+    pub(crate) fn present(&self, key: Arc<CertifiedKey>) {
         self.current.store(key);
     }
 
