@@ -468,7 +468,7 @@ fn matched_index(
 /// voter with room (see the module docs). Looks every `disk_space::CHECK_INTERVAL`; after a
 /// handover that did not start waits `LOW_DISK_RETRY`, after one that failed
 /// `LOW_DISK_RETRY_AFTER_FAILURE`. Runs until the node stops.
-pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Handover>) {
+pub(crate) async fn hand_over_while_low_on_disk(handover: Arc<Handover>) {
     let mut interval = tokio::time::interval(crate::disk_space::CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_try = Instant::now();
@@ -476,7 +476,7 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Handover>) {
     let mut told: Option<String> = None;
     loop {
         interval.tick().await;
-        if !node.leadership.is_leader() || node.disk_space.refusal().is_none() {
+        if !handover.leadership.is_leader() || handover.disk_space.refusal().is_none() {
             told = None;
             continue;
         }
@@ -484,14 +484,14 @@ pub(crate) async fn hand_over_while_low_on_disk(node: Arc<Handover>) {
             continue;
         }
         // A stop's handover holds the lock, or has taken leadership off this node for good.
-        let Ok(_one_at_a_time) = node.leadership.handover_lock().try_lock() else {
+        let Ok(_one_at_a_time) = handover.leadership.handover_lock().try_lock() else {
             continue;
         };
-        if node.leadership.handing_over() {
+        if handover.leadership.handing_over() {
             continue;
         }
-        let result = node.try_hand_over(Reason::LowOnDisk).await;
-        node.record_handover(&result, Reason::LowOnDisk);
+        let result = handover.try_hand_over(Reason::LowOnDisk).await;
+        handover.record_handover(&result, Reason::LowOnDisk);
         match result {
             HandoverOutcome::Done { .. } | HandoverOutcome::NotNeeded => told = None,
             HandoverOutcome::NoTarget(why) => {

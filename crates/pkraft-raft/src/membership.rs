@@ -466,38 +466,43 @@ impl Members {
 /// Asks the `cluster.join` addresses to admit this node until it is a member in the role it
 /// wants. Runs for the life of the node: after a restart it checks again (a node added as a
 /// learner that stopped before its promotion asks for the promotion again).
-pub(crate) async fn keep_joining(node: Arc<Members>) {
-    let want_voter = node.cluster.voter;
+pub(crate) async fn keep_joining(members: Arc<Members>) {
+    let want_voter = members.cluster.voter;
     let mut failures = 0u64;
     loop {
-        if is_member(&node, want_voter) {
+        if is_member(&members, want_voter) {
             tracing::info!(
-                node_id = node.id,
+                node_id = members.id,
                 voter = want_voter,
                 "this node is a member of the cluster"
             );
             return;
         }
         if is_being_removed(
-            node.raft.metrics().borrow().membership_config.membership(),
-            node.id,
+            members
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership(),
+            members.id,
         ) {
             tracing::error!(
-                node_id = node.id,
+                node_id = members.id,
                 "the cluster refused to admit this node: it is being removed; not asking again"
             );
             return;
         }
         let request = MembershipRequest {
             change: MembershipChange::Join {
-                node_id: node.id,
-                addr: node.cluster.advertise.clone(),
+                node_id: members.id,
+                addr: members.cluster.advertise.clone(),
                 voter: want_voter,
             },
             forwarded: false,
         };
-        for addr in &node.cluster.join {
-            let answer: Result<Result<(), PeerError>, _> = node
+        for addr in &members.cluster.join {
+            let answer: Result<Result<(), PeerError>, _> = members
                 .peers
                 .call(addr, None, path::MEMBERSHIP, &request, JOIN_CALL_TIMEOUT)
                 .await;
@@ -518,10 +523,10 @@ pub(crate) async fn keep_joining(node: Arc<Members>) {
             }
         }
         // Give the membership entry a moment to reach this node before checking again.
-        let _ = node
+        let _ = members
             .raft
             .wait(Some(JOIN_RETRY))
-            .metrics(|_| is_member(&node, want_voter), "become a member")
+            .metrics(|_| is_member(&members, want_voter), "become a member")
             .await;
     }
 }
@@ -535,17 +540,17 @@ fn log_join_failure(failures: &mut u64, addr: &str, reason: &str) {
     *failures += 1;
 }
 
-/// Whether `node` is a member in the role it asks for. A voter counts only once it votes in every
-/// voter set: in a joint configuration whose leader died mid-change, asking again is what gets
-/// the change finished.
-fn is_member(node: &Members, as_voter: bool) -> bool {
-    let metrics = node.raft.metrics();
+/// Whether this node (`members.id`) is a member in the role it asks for. A voter counts only
+/// once it votes in every voter set: in a joint configuration whose leader died mid-change,
+/// asking again is what gets the change finished.
+fn is_member(members: &Members, as_voter: bool) -> bool {
+    let metrics = members.raft.metrics();
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
     if as_voter {
-        is_full_voter(membership, node.id)
+        is_full_voter(membership, members.id)
     } else {
-        membership.get_node(&node.id).is_some()
+        membership.get_node(&members.id).is_some()
     }
 }
 

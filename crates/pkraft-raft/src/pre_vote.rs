@@ -114,7 +114,7 @@ impl Standing {
 const LOST_ROUNDS_PER_LOG: u64 = 100;
 
 /// The election timer of a node with PreVote; runs as long as the node.
-pub(crate) async fn run(node: Arc<PreVote>, timing: ElectionTiming) {
+pub(crate) async fn run(pre_vote: Arc<PreVote>, timing: ElectionTiming) {
     let lease = timing.timeout_max;
     let mut timeout = timing.random_timeout();
     // The last pre-vote round this node started; a failed round is retried after a timeout,
@@ -126,10 +126,10 @@ pub(crate) async fn run(node: Arc<PreVote>, timing: ElectionTiming) {
     let mut lost_in_a_row: u64 = 0;
     loop {
         tokio::time::sleep(TICK).await;
-        if node.leadership.may_stand().is_err() {
+        if pre_vote.leadership.may_stand().is_err() {
             continue;
         }
-        let Some(standing) = node.standing() else {
+        let Some(standing) = pre_vote.standing() else {
             // openraft has stopped; the node is going down.
             return;
         };
@@ -137,18 +137,21 @@ pub(crate) async fn run(node: Arc<PreVote>, timing: ElectionTiming) {
             led_at = Some(Instant::now());
             continue;
         }
-        if !standing.voters.contains(&node.id) {
+        if !standing.voters.contains(&pre_vote.id) {
             continue;
         }
         if standing.voters.len() == 1 {
             // The only voter needs nobody's word, and openraft ends its own election at once.
             if standing.state != ServerState::Candidate {
-                node.stand("the only voter").await;
+                pre_vote.stand("the only voter").await;
             }
             continue;
         }
-        let silent = led_at.map_or(node.leadership.since_leader_reached(), |led| {
-            node.leadership.since_leader_reached().min(led.elapsed())
+        let silent = led_at.map_or(pre_vote.leadership.since_leader_reached(), |led| {
+            pre_vote
+                .leadership
+                .since_leader_reached()
+                .min(led.elapsed())
         });
         let due = match last_round {
             // Rounds since the leader was last heard from: one timeout apart.
@@ -161,10 +164,11 @@ pub(crate) async fn run(node: Arc<PreVote>, timing: ElectionTiming) {
         }
         last_round = Some(Instant::now());
         timeout = timing.random_timeout();
-        match node.pre_vote_round(&standing, timing.timeout_min).await {
+        match pre_vote.pre_vote_round(&standing, timing.timeout_min).await {
             Ok(granted) => {
                 lost_in_a_row = 0;
-                node.metrics
+                pre_vote
+                    .metrics
                     .pre_vote_rounds
                     .with_label_values(&["won"])
                     .inc();
@@ -174,10 +178,11 @@ pub(crate) async fn run(node: Arc<PreVote>, timing: ElectionTiming) {
                     silent_ms = silent.as_millis(),
                     "pre-vote won; standing for election"
                 );
-                node.stand("pre-vote won").await;
+                pre_vote.stand("pre-vote won").await;
             }
             Err(refusals) => {
-                node.metrics
+                pre_vote
+                    .metrics
                     .pre_vote_rounds
                     .with_label_values(&["lost"])
                     .inc();
