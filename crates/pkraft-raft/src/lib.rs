@@ -87,7 +87,7 @@ pub use leadership::Leadership;
 pub use membership::{
     ClusterStatus, MemberStatus, Members, MembershipError, MembershipStatus, NodeStatus,
 };
-pub use node::{Cluster, Node, StartError};
+pub use node::{Node, Participation, StartError};
 pub use peer::{ClusterSecret, MembershipChange};
 /// The peer wire (crates/pkraft-peer), which the node's settings and API name.
 pub use pkraft_peer as peer;

@@ -23,7 +23,7 @@ use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::peer::{CallError, MembershipChange, PeerClient, PeerError, path};
 use crate::reads::Reads;
-use crate::settings::Cluster;
+use crate::settings::Participation;
 pub use crate::status_wire::NodeStatus;
 use crate::status_wire::PeerNodeStatus;
 use crate::{NodeId, TypeConfig};
@@ -128,7 +128,7 @@ pub struct Members {
     log_store: LogStore,
     peers: PeerClient,
     /// This node's address, whom to ask to join, and in which role.
-    cluster: Cluster,
+    cluster: Participation,
     disk_space: Arc<DiskSpace>,
     leadership: Arc<Leadership>,
     reads: Arc<Reads>,
@@ -142,7 +142,7 @@ impl Members {
     /// `cluster`: this node's address, and whom to ask to join.
     pub(crate) fn new(
         handles: &Handles,
-        cluster: Cluster,
+        cluster: Participation,
         leadership: Arc<Leadership>,
         reads: Arc<Reads>,
         clock: Arc<ClusterClock>,

@@ -21,7 +21,7 @@ use crate::peer::{ClusterSecret, PeerClient};
 use crate::pre_vote::PreVote;
 use crate::reads::Reads;
 use crate::scrub::Scrub;
-pub use crate::settings::Cluster;
+pub use crate::settings::Participation;
 use crate::settings::SettingsError;
 use crate::short_lived::ShortLived;
 use crate::snapshot_schedule::BuildTimes;
@@ -107,7 +107,7 @@ impl StartError {
 pub struct Node {
     pub(crate) id: NodeId,
     /// This node's address, secret, TLS and how it joins.
-    pub(crate) cluster: Cluster,
+    pub(crate) cluster: Participation,
     pub(crate) raft: Raft<TypeConfig>,
     /// The local replica.
     pub(crate) store: Store,

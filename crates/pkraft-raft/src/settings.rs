@@ -440,7 +440,7 @@ impl Default for ClusterSettings {
 
 /// How this node takes part in a cluster.
 #[derive(Debug, Clone)]
-pub struct Cluster {
+pub struct Participation {
     /// The peer address (`host:port`) other nodes reach this one at; recorded in the membership.
     pub advertise: String,
     /// Authenticates peer requests both ways. Without it the node can neither call nor answer
@@ -460,10 +460,10 @@ pub struct Cluster {
     pub build: BuildInfo,
 }
 
-impl Cluster {
+impl Participation {
     /// A node on its own: initialized on first start, no peers, no secret.
-    pub fn standalone() -> Cluster {
-        Cluster {
+    pub fn standalone() -> Participation {
+        Participation {
             advertise: "127.0.0.1:0".to_string(),
             secret: None,
             bootstrap: true,

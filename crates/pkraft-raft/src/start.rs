@@ -27,8 +27,8 @@ use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::node::{
-    CLEAN_STOP_FILE, Cluster, LOG_DIR, LOG_FILE_V1, Node, SNAPSHOT_DIR, STATE_FILE, StartError,
-    sync_dir,
+    CLEAN_STOP_FILE, LOG_DIR, LOG_FILE_V1, Node, Participation, SNAPSHOT_DIR, STATE_FILE,
+    StartError, sync_dir,
 };
 use crate::peer::Silenced;
 use crate::peer::quorum::QuorumContact;
@@ -65,7 +65,7 @@ impl Node {
         id: NodeId,
         data_dir: &Path,
         settings: &Settings,
-        cluster: Cluster,
+        cluster: Participation,
     ) -> Result<Arc<Node>, StartError> {
         // The settings first: a bad `[raft]` section changes nothing on disk.
         let config = settings.openraft_config()?;
@@ -128,7 +128,7 @@ impl Node {
     fn assemble(
         handles: Handles,
         settings: &Settings,
-        cluster: Cluster,
+        cluster: Participation,
         data_dir: &Path,
         applied: AppliedMemory,
         raft: RaftStarted,
@@ -413,7 +413,7 @@ impl RaftStarted {
         id: NodeId,
         data_dir: &Path,
         mut config: openraft::Config,
-        cluster: &Cluster,
+        cluster: &Participation,
         opened: &Opened,
         state_machine: StateMachine,
     ) -> Result<RaftStarted, StartError> {

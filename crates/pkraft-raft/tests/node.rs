@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
-use pkraft_raft::{Cluster, Consistency, Node, Settings};
+use pkraft_raft::{Consistency, Node, Participation, Settings};
 use pkraft_raft_storage::log_store::LogStore;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{PublishOutcome, VerifiedPacket};
@@ -28,7 +28,7 @@ fn fast_settings() -> Settings {
 }
 
 async fn start(dir: &Path, settings: &Settings) -> Arc<Node> {
-    Node::start(1, dir, settings, Cluster::standalone())
+    Node::start(1, dir, settings, Participation::standalone())
         .await
         .expect("node starts")
 }
@@ -242,7 +242,7 @@ async fn refuses_a_log_in_the_old_single_file_format() {
     let dir = tempfile::tempdir().expect("tempdir");
     let old_log = dir.path().join("raft-log.redb");
     std::fs::write(&old_log, b"an old log").expect("write");
-    let err = Node::start(1, dir.path(), &fast_settings(), Cluster::standalone())
+    let err = Node::start(1, dir.path(), &fast_settings(), Participation::standalone())
         .await
         .expect_err("must refuse");
     assert!(err.to_string().contains("earlier pkraft build"), "{err}");
@@ -265,7 +265,7 @@ async fn refuses_to_start_over_state_without_its_log() {
         node.shutdown().await;
     }
     std::fs::remove_dir_all(dir.path().join("raft-log")).expect("remove log");
-    let err = Node::start(1, dir.path(), &fast_settings(), Cluster::standalone())
+    let err = Node::start(1, dir.path(), &fast_settings(), Participation::standalone())
         .await
         .expect_err("must refuse");
     assert!(err.to_string().contains("raft log is empty"), "{err}");
@@ -275,7 +275,7 @@ async fn refuses_to_start_over_state_without_its_log() {
 async fn refuses_a_data_dir_of_another_node_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     start(dir.path(), &fast_settings()).await.shutdown().await;
-    let err = Node::start(2, dir.path(), &fast_settings(), Cluster::standalone())
+    let err = Node::start(2, dir.path(), &fast_settings(), Participation::standalone())
         .await
         .expect_err("must refuse");
     assert!(

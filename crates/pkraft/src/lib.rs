@@ -182,7 +182,7 @@ async fn start_node(
         Arc<pkraft_raft::peer::tls::PeerTls>,
     )>,
 ) -> anyhow::Result<(Arc<Node>, RaftRuntime)> {
-    let cluster = pkraft_raft::Cluster {
+    let cluster = pkraft_raft::Participation {
         advertise: config
             .cluster
             .advertise
