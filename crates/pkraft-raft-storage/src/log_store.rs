@@ -271,10 +271,12 @@ impl LogStore {
         self.inner.log.read().map_err(|_| poisoned())
     }
 
-    /// The id of the last entry in the log, if it holds any.
+    /// The id of the last entry in the log, if it holds any: the one kept with the segments
+    /// (read from the last record at open, then set by every change), which the appends are
+    /// checked against too.
     pub fn last_log_id(&self) -> Result<Option<LogId<NodeId>>> {
-        let read = || last_entry_id(&self.log()?.segments);
-        read().map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
+        let last = self.log().map(|log| log.last_appended);
+        last.map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))
     }
 
     /// Records which node this log belongs to, or checks that it is `node_id`. Starting a data
