@@ -31,14 +31,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use openraft::Raft;
-
+use crate::NodeId;
 pub use crate::clock_state::ClockState;
-use crate::handles::Handles;
-use crate::metrics::NodeMetrics;
-use crate::peer::{PeerClient, path};
+use crate::node_core::Core;
+use crate::peer::path;
 use crate::voters;
-use crate::{NodeId, TypeConfig};
 
 /// How often every voter's clock is asked for.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -323,28 +320,24 @@ pub struct ClockReport {
 /// The node's cluster time: the voters' clocks it asks for and the log's stamps
 /// ([`ClockReadings`]), with what it needs to ask.
 pub struct ClusterClock {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
-    peers: PeerClient,
-    metrics: Arc<NodeMetrics>,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     readings: Arc<ClockReadings>,
 }
 
 impl ClusterClock {
     /// `readings`: shared with the state machine, which applies the log's stamps into it.
-    pub(crate) fn new(handles: &Handles, readings: Arc<ClockReadings>) -> ClusterClock {
+    pub(crate) fn new(core: &Arc<Core>, readings: Arc<ClockReadings>) -> ClusterClock {
         ClusterClock {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            peers: handles.peers.clone(),
-            metrics: handles.metrics.clone(),
+            core: core.clone(),
             readings,
         }
     }
 
     /// Cluster time now, as this node knows it.
     pub fn now(&self) -> ClusterTime {
-        self.readings.now(self.id, &voters::ids(&self.raft))
+        self.readings
+            .now(self.core.id, &voters::ids(&self.core.raft))
     }
 
     /// The time a packet's signature time is compared with (`http.max_future_skew`), in µs
@@ -386,12 +379,12 @@ pub(crate) async fn run(clock: Arc<ClusterClock>) {
 }
 
 async fn probe_voters(clock: &ClusterClock) {
-    let voters = voters::others(&clock.raft, clock.id);
-    clock.readings.retain_voters(&voters::ids(&clock.raft));
+    let voters = voters::others(&clock.core.raft, clock.core.id);
+    clock.readings.retain_voters(&voters::ids(&clock.core.raft));
     let max_round_trip = clock.readings.bounds.max_offset.min(PROBE_TIMEOUT);
     let mut asks = tokio::task::JoinSet::new();
     for (id, addr) in voters {
-        let peers = clock.peers.clone();
+        let peers = clock.core.peers.clone();
         let readings = clock.readings.clone();
         asks.spawn(async move {
             let sent = Instant::now();
@@ -418,9 +411,10 @@ fn report_state(clock: &ClusterClock) {
     let offset_seconds = time
         .offset_micros()
         .map_or(0.0, |offset| offset as f64 / 1e6);
-    clock.metrics.clock_offset_seconds.set(offset_seconds);
+    clock.core.metrics.clock_offset_seconds.set(offset_seconds);
     for state in ClockState::ALL {
         clock
+            .core
             .metrics
             .clock_state
             .with_label_values(&[state.label()])

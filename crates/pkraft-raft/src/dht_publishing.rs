@@ -2,38 +2,33 @@
 //! [`DhtOutbox`], and the commit of the publisher's progress through Raft.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use openraft::Raft;
 use pkraft_types::Command;
 
-use crate::TypeConfig;
 use crate::dht_outbox::{DhtOutbox, Progress};
-use crate::handles::Handles;
 use crate::leadership::Leadership;
+use crate::node_core::Core;
 
 /// The node's side of the Mainline DHT bridge.
 pub struct DhtPublishing {
     /// Filled by the state machine as it applies (also on followers).
     outbox: Arc<DhtOutbox>,
-    raft: Raft<TypeConfig>,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     leadership: Arc<Leadership>,
-    /// `raft.publish_timeout`: a commit's bound.
-    publish_timeout: Duration,
 }
 
 impl DhtPublishing {
     /// `outbox`: this replica's, which the state machine fills.
     pub(crate) fn new(
-        handles: &Handles,
+        core: &Arc<Core>,
         outbox: Arc<DhtOutbox>,
         leadership: Arc<Leadership>,
     ) -> DhtPublishing {
         DhtPublishing {
             outbox,
-            raft: handles.raft.clone(),
+            core: core.clone(),
             leadership,
-            publish_timeout: handles.publish_timeout,
         }
     }
 
@@ -51,7 +46,12 @@ impl DhtPublishing {
             published_through: progress.published_through,
             republished_through: progress.republished_through,
         };
-        match tokio::time::timeout(self.publish_timeout, self.raft.client_write(command)).await {
+        match tokio::time::timeout(
+            self.core.publish_timeout,
+            self.core.raft.client_write(command),
+        )
+        .await
+        {
             Err(_) => Err(ProgressError::Timeout),
             Ok(Err(e)) => Err(ProgressError::Raft(Box::new(e))),
             Ok(Ok(_)) => Ok(()),

@@ -18,14 +18,10 @@ use std::time::Duration;
 use pkraft_types::Command;
 use tokio::time::Instant;
 
-use openraft::Raft;
-use pkraft_state::Store;
-
-use crate::TypeConfig;
 use crate::cluster_clock::{ClockState, ClusterClock};
-use crate::handles::Handles;
 use crate::leadership::Leadership;
 use crate::metrics::{HELD_REASONS, NodeMetrics};
+use crate::node_core::Core;
 use crate::settings::Settings;
 
 /// Most packets one expiry entry deletes: bounds the entry's apply time (one redb transaction)
@@ -108,12 +104,8 @@ fn prune(deletions: &mut VecDeque<(Instant, u64)>, now: Instant) {
 /// The leader's expiry: what it proposes and by which rules, and what it needs to.
 pub(crate) struct Expiry {
     rules: ExpiryRules,
-    raft: Raft<TypeConfig>,
-    /// The oldest signed timestamp and the count of packets.
-    store: Store,
-    metrics: Arc<NodeMetrics>,
-    /// `raft.publish_timeout`: a proposal's bound.
-    publish_timeout: Duration,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     leadership: Arc<Leadership>,
     clock: Arc<ClusterClock>,
     /// What this replica deleted in the last hour (the state machine fills it).
@@ -123,7 +115,7 @@ pub(crate) struct Expiry {
 impl Expiry {
     /// `ledger`: this replica's deletions, which the state machine records.
     pub(crate) fn new(
-        handles: &Handles,
+        core: &Arc<Core>,
         rules: ExpiryRules,
         leadership: Arc<Leadership>,
         clock: Arc<ClusterClock>,
@@ -131,10 +123,7 @@ impl Expiry {
     ) -> Expiry {
         Expiry {
             rules,
-            raft: handles.raft.clone(),
-            store: handles.store(),
-            metrics: handles.metrics.clone(),
-            publish_timeout: handles.publish_timeout,
+            core: core.clone(),
             leadership,
             clock,
             ledger,
@@ -157,7 +146,7 @@ pub(crate) async fn run(expiry: Arc<Expiry>) {
         } else {
             None
         };
-        held.set(&expiry.metrics, reason);
+        held.set(&expiry.core.metrics, reason);
     }
 }
 
@@ -205,7 +194,7 @@ async fn expire_now(expiry: &Expiry) -> Option<&'static str> {
         }
     };
     loop {
-        match expiry.store.oldest_timestamp_micros() {
+        match expiry.core.store.oldest_timestamp_micros() {
             Ok(Some(oldest)) if oldest < before_micros => {}
             Ok(_) => return None,
             Err(e) => {
@@ -213,7 +202,7 @@ async fn expire_now(expiry: &Expiry) -> Option<&'static str> {
                 return None;
             }
         }
-        let stored = match expiry.store.packet_count() {
+        let stored = match expiry.core.store.packet_count() {
             Ok(stored) => stored,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot count the stored packets");
@@ -237,8 +226,11 @@ async fn expire_now(expiry: &Expiry) -> Option<&'static str> {
         let _proposal = expiry.leadership.begin_proposal()?;
         // Bounded like a publish: a leader cut off from its quorum must not wait here until the
         // partition heals (the next tick tries again).
-        let written =
-            tokio::time::timeout(expiry.publish_timeout, expiry.raft.client_write(command)).await;
+        let written = tokio::time::timeout(
+            expiry.core.publish_timeout,
+            expiry.core.raft.client_write(command),
+        )
+        .await;
         let Ok(written) = written else {
             tracing::debug!("expiry proposal not committed in time; retrying next interval");
             return None;

@@ -50,16 +50,11 @@ use std::time::{Duration, Instant};
 
 use openraft::ServerState;
 
-use openraft::Raft;
-use pkraft_raft_storage::log_store::LogStore;
-
-use crate::disk_space::DiskSpace;
-use crate::handles::Handles;
+use crate::NodeId;
 use crate::leadership::Leadership;
 use crate::membership::Members;
-use crate::metrics::NodeMetrics;
-use crate::peer::{CallError, PeerClient, PeerError, path};
-use crate::{NodeId, TypeConfig};
+use crate::node_core::Core;
+use crate::peer::{CallError, PeerError, path};
 
 /// How long the outgoing leader waits for a voter to hold its whole log (the batches in flight
 /// when it stopped proposing commit in milliseconds).
@@ -113,16 +108,8 @@ enum AskToStandError {
 
 /// The node's leader handover (see the module docs), and its side of another's (`elect`).
 pub struct Handover {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
-    /// To ask the target to stand.
-    peers: PeerClient,
-    metrics: Arc<NodeMetrics>,
-    /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
-    lease: Duration,
-    disk_space: Arc<DiskSpace>,
-    /// A pending repair: then this node does not stand when asked.
-    log_store: LogStore,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     leadership: Arc<Leadership>,
     /// To ask the voters for their disk space.
     members: Arc<Members>,
@@ -130,18 +117,12 @@ pub struct Handover {
 
 impl Handover {
     pub(crate) fn new(
-        handles: &Handles,
+        core: &Arc<Core>,
         leadership: Arc<Leadership>,
         members: Arc<Members>,
     ) -> Handover {
         Handover {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            peers: handles.peers.clone(),
-            metrics: handles.metrics.clone(),
-            lease: handles.lease,
-            disk_space: handles.disk_space.clone(),
-            log_store: handles.log_store(),
+            core: core.clone(),
             leadership,
             members,
         }
@@ -163,11 +144,19 @@ impl Handover {
         match result {
             HandoverOutcome::NotNeeded | HandoverOutcome::NoTarget(_) => {}
             HandoverOutcome::Done { to, took } => {
-                self.metrics.handovers.with_label_values(&["done"]).inc();
+                self.core
+                    .metrics
+                    .handovers
+                    .with_label_values(&["done"])
+                    .inc();
                 tracing::info!(to, took = ?took, ?reason, "handed leadership over");
             }
             HandoverOutcome::Failed(why) => {
-                self.metrics.handovers.with_label_values(&["failed"]).inc();
+                self.core
+                    .metrics
+                    .handovers
+                    .with_label_values(&["failed"])
+                    .inc();
                 let after = match reason {
                     Reason::Stopping => "the cluster fails over instead",
                     Reason::LowOnDisk => "this node goes on as before",
@@ -178,7 +167,7 @@ impl Handover {
     }
 
     async fn try_hand_over(&self, reason: Reason) -> HandoverOutcome {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.core.raft.metrics().borrow().clone();
         // A node whose Raft stopped on a fatal error leads nobody, whatever its last metrics say.
         if metrics.state != ServerState::Leader || metrics.running_state.is_err() {
             return HandoverOutcome::NotNeeded;
@@ -187,7 +176,7 @@ impl Handover {
             .membership_config
             .membership()
             .voter_ids()
-            .filter(|id| *id != self.id)
+            .filter(|id| *id != self.core.id)
             .collect();
         if others.is_empty() {
             return HandoverOutcome::NotNeeded;
@@ -235,8 +224,8 @@ impl Handover {
         others: &[NodeId],
         eligible: &[NodeId],
     ) -> HandoverOutcome {
-        let metrics = self.raft.metrics().borrow().clone();
-        let lease = self.lease;
+        let metrics = self.core.raft.metrics().borrow().clone();
+        let lease = self.core.lease;
         let silenced = least_caught_up(
             &metrics,
             others,
@@ -261,7 +250,7 @@ impl Handover {
                 self.leadership.silenced().set(&[]);
                 return HandoverOutcome::NotNeeded;
             }
-            if reason == Reason::LowOnDisk && self.disk_space.refusal().is_none() {
+            if reason == Reason::LowOnDisk && self.core.disk_space.refusal().is_none() {
                 // Space was freed here meanwhile.
                 self.leadership.silenced().set(&[]);
                 return HandoverOutcome::NotNeeded;
@@ -291,7 +280,7 @@ impl Handover {
             .iter()
             .filter_map(|id| Some((*id, membership.get_node(id)?.addr.clone())));
         let mut with_room = Vec::new();
-        for (id, _, status) in self.members.probe_statuses(addrs, self.lease).await {
+        for (id, _, status) in self.members.probe_statuses(addrs, self.core.lease).await {
             match status {
                 Ok(status) if !status.low_on_disk => with_room.push(id),
                 Ok(_) => {}
@@ -310,7 +299,7 @@ impl Handover {
         candidates: &[NodeId],
         heartbeats_stopped: Instant,
     ) -> HandoverOutcome {
-        let lease = self.lease;
+        let lease = self.core.lease;
         // A batch proposed just before would still lengthen this node's log after the target
         // matched it, and this node would then refuse the target its vote.
         if !self.leadership.proposals_settled(CATCH_UP_TIMEOUT).await {
@@ -353,13 +342,13 @@ impl Handover {
     /// Stops proposing and forwarding (see `batcher`), heartbeats and elections on this node.
     fn stop_leading(&self) {
         self.leadership.start_handover();
-        self.raft.runtime_config().heartbeat(false);
+        self.core.raft.runtime_config().heartbeat(false);
         self.leadership.allow_elections(false);
     }
 
     /// Undoes `stop_leading`, for a node that goes on after a handover.
     fn resume_leading(&self) {
-        self.raft.runtime_config().heartbeat(true);
+        self.core.raft.runtime_config().heartbeat(true);
         self.leadership.allow_elections(true);
         self.leadership.end_handover();
     }
@@ -377,6 +366,7 @@ impl Handover {
             })
         };
         let reached = self
+            .core
             .raft
             .wait(Some(CATCH_UP_TIMEOUT))
             .metrics(|m| caught_up(m).is_some(), "a voter holds the whole log")
@@ -387,15 +377,16 @@ impl Handover {
 
     async fn ask_to_elect(&self, target: NodeId) -> Result<(), AskToStandError> {
         let addr = {
-            let metrics = self.raft.metrics();
+            let metrics = self.core.raft.metrics();
             let metrics = metrics.borrow();
             let node = metrics.membership_config.membership().get_node(&target);
             node.map(|n| n.addr.clone())
                 .ok_or(AskToStandError::NotMember(target))?
         };
         let answer: Result<(), PeerError> = self
+            .core
             .peers
-            .call(&addr, Some(target), path::ELECT, &(), self.lease)
+            .call(&addr, Some(target), path::ELECT, &(), self.core.lease)
             .await?;
         Ok(answer?)
     }
@@ -403,8 +394,9 @@ impl Handover {
     /// Waits until `deadline` for a leader other than this node.
     async fn next_leader(&self, deadline: Instant) -> Option<NodeId> {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let id = self.id;
+        let id = self.core.id;
         let metrics = self
+            .core
             .raft
             .wait(Some(remaining))
             .metrics(
@@ -418,12 +410,13 @@ impl Handover {
 
     /// Starts an election on this node, when the leader handing over asks (peer route `elect`).
     pub(crate) async fn stand_for_election(&self) -> Result<(), PeerError> {
-        if self.log_store.repair().is_some() {
+        if self.core.log_store.repair().is_some() {
             return Err(PeerError::Unavailable(
                 self.leadership.may_stand().err().unwrap_or_default(),
             ));
         }
-        self.raft
+        self.core
+            .raft
             .trigger()
             .elect()
             .await
@@ -476,7 +469,7 @@ pub(crate) async fn hand_over_while_low_on_disk(handover: Arc<Handover>) {
     let mut told: Option<String> = None;
     loop {
         interval.tick().await;
-        if !handover.leadership.is_leader() || handover.disk_space.refusal().is_none() {
+        if !handover.leadership.is_leader() || handover.core.disk_space.refusal().is_none() {
             told = None;
             continue;
         }

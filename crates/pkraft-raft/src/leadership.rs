@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::{Raft, ServerState};
-use pkraft_raft_storage::log_store::LogStore;
+use openraft::ServerState;
 
+use crate::NodeId;
 use crate::freshness::LeaderContact;
-use crate::handles::Handles;
-use crate::metrics::NodeMetrics;
+use crate::node_core::Core;
 use crate::peer::Silenced;
 use crate::peer::quorum::QuorumContact;
-use crate::{NodeId, TypeConfig};
 
 /// How often a caller waiting on another node's answer checks that it still leads and is heard
 /// from ([`Leadership::until_leader_gone`]): a fraction of the default heartbeat interval.
@@ -31,15 +29,10 @@ const PROPOSALS_POLL: Duration = Duration::from_millis(1);
 /// The leadership state a node keeps beside openraft's, and what it asks of openraft about who
 /// leads.
 pub struct Leadership {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
-    /// Whether the log is being repaired: then this node stands for no election.
-    log_store: LogStore,
-    /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
-    lease: Duration,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     /// Whether this node's election timer runs PreVote (`raft.pre_vote`) instead of openraft's.
     pre_vote: bool,
-    metrics: Arc<NodeMetrics>,
     /// When this node last became the leader (see `handover`: its vote is granted to another
     /// node only once it has led for the lease).
     since: Mutex<Option<Instant>>,
@@ -93,18 +86,14 @@ impl Leadership {
     /// `quorum_contact` and `silenced` are shared with the peer network, made before Raft;
     /// `pre_vote`: `raft.pre_vote`.
     pub(crate) fn new(
-        handles: &Handles,
+        core: &Arc<Core>,
         pre_vote: bool,
         quorum_contact: QuorumContact,
         silenced: Silenced,
     ) -> Leadership {
         Leadership {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            log_store: handles.log_store(),
-            lease: handles.lease,
+            core: core.clone(),
             pre_vote,
-            metrics: handles.metrics.clone(),
             since: Mutex::new(None),
             quorum_contact,
             handing_over: AtomicBool::new(false),
@@ -120,12 +109,12 @@ impl Leadership {
 
     /// Whether this node believes it is the leader (it may have been deposed a moment ago).
     pub fn is_leader(&self) -> bool {
-        self.raft.metrics().borrow().state == ServerState::Leader
+        self.core.raft.metrics().borrow().state == ServerState::Leader
     }
 
     /// The leader this node knows of, with its peer address.
     pub(crate) fn known_leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.raft.metrics();
+        let metrics = self.core.raft.metrics();
         let metrics = metrics.borrow();
         let leader = metrics.current_leader?;
         let node = metrics.membership_config.membership().get_node(&leader)?;
@@ -139,7 +128,7 @@ impl Leadership {
     /// dropped) never answers, and a caller that waited for its deadline would refuse writes
     /// long after a new leader exists. `None` while `leader` leads and is heard from.
     pub(crate) fn leader_gone(&self, leader: NodeId) -> Option<String> {
-        let current = self.raft.metrics().borrow().current_leader;
+        let current = self.core.raft.metrics().borrow().current_leader;
         if current != Some(leader) {
             return Some(match current {
                 Some(current) => format!("leadership moved from node {leader} to node {current}"),
@@ -147,7 +136,7 @@ impl Leadership {
             });
         }
         let silent = self.since_leader_reached();
-        (silent > self.lease).then(|| {
+        (silent > self.core.lease).then(|| {
             format!(
                 "leader {leader} has not been heard from for {} ms",
                 silent.as_millis()
@@ -170,6 +159,7 @@ impl Leadership {
     pub(crate) async fn wait_for_leader_news(&self, previous: Option<NodeId>, deadline: Instant) {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let _ = self
+            .core
             .raft
             .wait(Some(remaining.min(REROUTE_PAUSE)))
             .metrics(
@@ -196,16 +186,16 @@ impl Leadership {
     /// replaced). `None` when it may propose.
     pub(crate) fn cut_off_from_quorum(&self) -> Option<String> {
         let since = self.leading_since()?;
-        if since.elapsed() <= self.lease {
+        if since.elapsed() <= self.core.lease {
             return None;
         }
         let voters: Vec<NodeId> = {
-            let metrics = self.raft.metrics();
+            let metrics = self.core.raft.metrics();
             let metrics = metrics.borrow();
             metrics.membership_config.membership().voter_ids().collect()
         };
-        match self.quorum_contact.age(self.id, &voters) {
-            Some(age) if age <= self.lease => None,
+        match self.quorum_contact.age(self.core.id, &voters) {
+            Some(age) if age <= self.core.lease => None,
             Some(age) => Some(format!(
                 "this leader has not reached a quorum for {} ms",
                 age.as_millis()
@@ -218,7 +208,10 @@ impl Leadership {
     pub(crate) fn heard_from_leader(&self) {
         self.reached_by_leader();
         if let Some(gap) = self.leader_contact.record() {
-            self.metrics.leader_contact_gap.observe(gap.as_secs_f64());
+            self.core
+                .metrics
+                .leader_contact_gap
+                .observe(gap.as_secs_f64());
         }
     }
 
@@ -307,16 +300,17 @@ impl Leadership {
         self.elections_paused.store(!allowed, Ordering::SeqCst);
         if !self.pre_vote {
             // Not while the log is being repaired (`hold_elections_while_repairing` turns it on).
-            self.raft
+            self.core
+                .raft
                 .runtime_config()
-                .elect(allowed && self.log_store.repair().is_none());
+                .elect(allowed && self.core.log_store.repair().is_none());
         }
     }
 
     /// Whether this node may stand for election: not while its log is being repaired (it lacks
     /// entries it had, which a leader must hold), nor while a handover holds its elections.
     pub(crate) fn may_stand(&self) -> Result<(), String> {
-        if let Some(repair) = self.log_store.repair() {
+        if let Some(repair) = self.core.log_store.repair() {
             return Err(format!(
                 "this node's Raft log is being repaired (entries {}..={} lost to damage)",
                 repair.lost_from, repair.lost_through
@@ -332,15 +326,15 @@ impl Leadership {
 /// Logs (and counts) the changes of the leader this node knows of, and logs the membership
 /// changes it applies, for as long as the node runs: one line per event, on every node.
 pub(crate) async fn watch_cluster_state(leadership: Arc<Leadership>) {
-    let mut metrics = leadership.raft.metrics();
+    let mut metrics = leadership.core.raft.metrics();
     // Nothing known yet: the state at start is logged as the first change.
     let (mut leader, mut membership) = (None, None);
     loop {
         let now = metrics.borrow_and_update().clone();
         if now.current_leader != leader {
-            leadership.metrics.leader_changes.inc();
+            leadership.core.metrics.leader_changes.inc();
             leader = now.current_leader;
-            leadership.set_leading(leader == Some(leadership.id));
+            leadership.set_leading(leader == Some(leadership.core.id));
             match leader {
                 Some(leader) => {
                     tracing::info!(leader, term = now.current_term, "leader changed");
@@ -365,10 +359,10 @@ pub(crate) async fn watch_cluster_state(leadership: Arc<Leadership>) {
 /// repaired (`Node::start`), and this turns it on once the log is whole (with PreVote, the
 /// node's timer asks [`Leadership::may_stand`]).
 pub(crate) async fn hold_elections_while_repairing(leadership: Arc<Leadership>) {
-    while leadership.log_store.repair().is_some() {
+    while leadership.core.log_store.repair().is_some() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !leadership.elections_paused() {
-        leadership.raft.runtime_config().elect(true);
+        leadership.core.raft.runtime_config().elect(true);
     }
 }

@@ -8,14 +8,15 @@
 //! what the state machine tells the node goes through `StateEvents`, implemented in `start`.
 //!
 //! The node and how it is put together:
-//! - [`node`]: [`Node`]: a small core (identity, the Raft handle, the replica and the log, the
-//!   peer client, the metrics, the stop signal) and its parts, each reached by an accessor;
-//!   shutdown. `start`: [`Node::start`] (bootstrapping or joining), where the parts are made and
+//! - `node_core`: `Core`, what every part is made from (identity, the Raft handle, the replica
+//!   and the log, the peer client, the metrics, the stop signal, the fixed settings), shared
+//!   through one `Arc`. [`node`]: [`Node`]: the core, its parts, each reached by an accessor,
+//!   and its tasks; the stop, in the reverse order of the start. `start`: [`Node::start`] (bootstrapping or joining), where the parts are made and
 //!   their tasks started; the only module that imports them all. `build_record`: the builds
 //!   that wrote the data dir. [`routes`]: the peer
 //!   listener's router, each route wired to the part that answers it.
 //!
-//! The parts, one type each, owning their state and the handles they use:
+//! The parts, one type each, owning their state and holding the core and the parts below them:
 //! - [`write_path`]: [`Writes`], the one way into the store: the fast answer from the local
 //!   replica, group commit (concurrent publishes share one log entry), and forwarding of
 //!   followers' batches to the leader.
@@ -57,12 +58,12 @@ pub mod cluster_clock;
 pub mod dht_publishing;
 mod expiry;
 mod freshness;
-mod handles;
 pub mod handover;
 pub mod leadership;
 pub mod membership;
 mod metrics;
 pub mod node;
+mod node_core;
 mod pre_vote;
 mod read_index;
 mod read_index_task;

@@ -13,20 +13,14 @@ use openraft::error::{ChangeMembershipError, ClientWriteError, InitializeError, 
 use openraft::{BasicNode, ChangeMembers, Membership, RaftMetrics, ServerState};
 use serde::{Deserialize, Serialize};
 
-use openraft::Raft;
-use pkraft_raft_storage::log_store::LogStore;
-use pkraft_state::Store;
-
+use crate::NodeId;
 use crate::cluster_clock::ClusterClock;
-use crate::disk_space::DiskSpace;
-use crate::handles::Handles;
 use crate::leadership::Leadership;
-use crate::peer::{CallError, MembershipChange, PeerClient, PeerError, path};
+use crate::node_core::Core;
+use crate::peer::{CallError, MembershipChange, PeerError, path};
 use crate::reads::Reads;
-use crate::settings::Participation;
 pub use crate::status_wire::NodeStatus;
 use crate::status_wire::PeerNodeStatus;
-use crate::{NodeId, TypeConfig};
 
 /// How long the leader waits for a new node to catch up before making it a voter. The joining
 /// node asks again if this passes (a large snapshot on a slow link).
@@ -120,16 +114,8 @@ impl From<PeerError> for MembershipError {
 /// The node's part in its cluster's membership: initializing it, joining it, the changes this
 /// node makes or forwards to the leader, and the status of every member.
 pub struct Members {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
-    /// The removed node ids, and the packet count of this node's status.
-    store: Store,
-    /// A pending repair, for this node's status.
-    log_store: LogStore,
-    peers: PeerClient,
-    /// This node's address, whom to ask to join, and in which role.
-    cluster: Participation,
-    disk_space: Arc<DiskSpace>,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     leadership: Arc<Leadership>,
     reads: Arc<Reads>,
     clock: Arc<ClusterClock>,
@@ -139,22 +125,14 @@ pub struct Members {
 }
 
 impl Members {
-    /// `cluster`: this node's address, and whom to ask to join.
     pub(crate) fn new(
-        handles: &Handles,
-        cluster: Participation,
+        core: &Arc<Core>,
         leadership: Arc<Leadership>,
         reads: Arc<Reads>,
         clock: Arc<ClusterClock>,
     ) -> Members {
         Members {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            store: handles.store(),
-            log_store: handles.log_store(),
-            peers: handles.peers.clone(),
-            cluster,
-            disk_space: handles.disk_space.clone(),
+            core: core.clone(),
             leadership,
             reads,
             clock,
@@ -164,10 +142,11 @@ impl Members {
 
     /// `pkraft cluster init`: makes this node the only voter of a new cluster.
     pub async fn initialize(&self) -> Result<(), MembershipError> {
-        let members = BTreeMap::from([(self.id, BasicNode::new(&self.cluster.advertise))]);
-        match self.raft.initialize(members).await {
+        let members =
+            BTreeMap::from([(self.core.id, BasicNode::new(&self.core.cluster.advertise))]);
+        match self.core.raft.initialize(members).await {
             Ok(()) => {
-                tracing::info!(node_id = self.id, "initialized a new cluster");
+                tracing::info!(node_id = self.core.id, "initialized a new cluster");
                 Ok(())
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
@@ -209,7 +188,8 @@ impl Members {
                     change: request.change,
                     forwarded: true,
                 };
-                self.peers
+                self.core
+                    .peers
                     .call(
                         &addr,
                         Some(leader),
@@ -262,7 +242,7 @@ impl Members {
 
     async fn add_learner(&self, node_id: NodeId, addr: &str) -> Result<(), PeerError> {
         self.refuse_removed(node_id)?;
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.core.raft.metrics().borrow().clone();
         if let Some(node) = metrics.membership_config.membership().get_node(&node_id) {
             return if node.addr == addr {
                 Ok(())
@@ -273,7 +253,8 @@ impl Members {
                 )))
             };
         }
-        self.raft
+        self.core
+            .raft
             .add_learner(node_id, BasicNode::new(addr), false)
             .await
             .map_err(change_error)?;
@@ -283,7 +264,8 @@ impl Members {
 
     /// Whether `node_id` left the cluster before (as of this node's applied log).
     pub(crate) fn was_removed(&self, node_id: NodeId) -> Result<bool, PeerError> {
-        self.store
+        self.core
+            .store
             .is_removed_node(node_id)
             .map_err(|e| PeerError::Fatal(format!("reading the removed node ids: {e}")))
     }
@@ -297,7 +279,7 @@ impl Members {
                  give the new node a new node_id and an empty data dir"
             )));
         }
-        let metrics = self.raft.metrics();
+        let metrics = self.core.raft.metrics();
         if is_being_removed(metrics.borrow().membership_config.membership(), node_id) {
             return Err(PeerError::Refused(format!(
                 "node {node_id} is being removed from this cluster (the removal was interrupted); \
@@ -308,7 +290,7 @@ impl Members {
     }
 
     async fn promote(&self, node_id: NodeId) -> Result<(), PeerError> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.core.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         // A node in the new voter set of a joint configuration is not promoted yet: the change
         // below finishes the joint configuration (openraft moves on from its last voter set).
@@ -321,7 +303,8 @@ impl Members {
                 "node {node_id} is not a member; add it first"
             )));
         }
-        self.raft
+        self.core
+            .raft
             .wait(Some(CATCH_UP_TIMEOUT))
             .metrics(|m| caught_up(m, node_id), "learner catches up")
             .await
@@ -330,7 +313,8 @@ impl Members {
                     "node {node_id} has not caught up within {CATCH_UP_TIMEOUT:?}"
                 ))
             })?;
-        self.raft
+        self.core
+            .raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), true)
             .await
             .map_err(change_error)?;
@@ -339,7 +323,7 @@ impl Members {
     }
 
     async fn remove(&self, node_id: NodeId) -> Result<(), PeerError> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.core.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let ids = BTreeSet::from([node_id]);
         let change = if membership.voter_ids().any(|id| id == node_id) {
@@ -350,7 +334,8 @@ impl Members {
             return Ok(());
         };
         // `retain: false`: a removed voter does not stay on as a learner.
-        self.raft
+        self.core
+            .raft
             .change_membership(change, false)
             .await
             .map_err(change_error)?;
@@ -360,7 +345,7 @@ impl Members {
 
     /// This node's own view.
     pub fn local_status(&self) -> NodeStatus {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.core.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let role = match metrics.state {
             _ if membership.nodes().next().is_none() => "uninitialized",
@@ -371,7 +356,7 @@ impl Members {
             ServerState::Shutdown => "stopped",
         };
         NodeStatus {
-            id: self.id,
+            id: self.core.id,
             role: role.to_string(),
             term: metrics.current_term,
             leader: metrics.current_leader,
@@ -381,11 +366,11 @@ impl Members {
                 .reads
                 .staleness()
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            packets: self.store.packet_count().ok(),
-            low_on_disk: self.disk_space.refusal().is_some(),
-            log_repair: self.log_store.repair(),
+            packets: self.core.store.packet_count().ok(),
+            low_on_disk: self.core.disk_space.refusal().is_some(),
+            log_repair: self.core.log_store.repair(),
             clock: Some(self.clock.report()),
-            build: Some(self.cluster.build.clone()),
+            build: Some(self.core.cluster.build.clone()),
         }
     }
 
@@ -398,7 +383,7 @@ impl Members {
     ) -> Vec<(NodeId, String, Result<NodeStatus, String>)> {
         let mut probes = tokio::task::JoinSet::new();
         for (id, addr) in members {
-            let peers = self.peers.clone();
+            let peers = self.core.peers.clone();
             probes.spawn(async move {
                 // Read as a peer of an earlier or later release sends it (`status_wire`).
                 let status = peers
@@ -420,7 +405,7 @@ impl Members {
 
     /// Every member, each asked for its own status over the peer network (in parallel, bounded).
     pub async fn cluster_status(&self) -> ClusterStatus {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.core.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
         let membership_status = MembershipStatus {
             log_index: metrics
@@ -431,11 +416,11 @@ impl Members {
         };
         let others = membership
             .nodes()
-            .filter(|(id, _)| **id != self.id)
+            .filter(|(id, _)| **id != self.core.id)
             .map(|(id, node)| (*id, node.addr.clone()));
         let mut probes = self.probe_statuses(others, STATUS_PROBE_TIMEOUT).await;
-        if let Some(node) = membership.get_node(&self.id) {
-            probes.push((self.id, node.addr.clone(), Ok(self.local_status())));
+        if let Some(node) = membership.get_node(&self.core.id) {
+            probes.push((self.core.id, node.addr.clone(), Ok(self.local_status())));
         }
         let mut members = Vec::new();
         for (id, addr, probe) in probes {
@@ -467,12 +452,12 @@ impl Members {
 /// wants. Runs for the life of the node: after a restart it checks again (a node added as a
 /// learner that stopped before its promotion asks for the promotion again).
 pub(crate) async fn keep_joining(members: Arc<Members>) {
-    let want_voter = members.cluster.voter;
+    let want_voter = members.core.cluster.voter;
     let mut failures = 0u64;
     loop {
         if is_member(&members, want_voter) {
             tracing::info!(
-                node_id = members.id,
+                node_id = members.core.id,
                 voter = want_voter,
                 "this node is a member of the cluster"
             );
@@ -480,29 +465,31 @@ pub(crate) async fn keep_joining(members: Arc<Members>) {
         }
         if is_being_removed(
             members
+                .core
                 .raft
                 .metrics()
                 .borrow()
                 .membership_config
                 .membership(),
-            members.id,
+            members.core.id,
         ) {
             tracing::error!(
-                node_id = members.id,
+                node_id = members.core.id,
                 "the cluster refused to admit this node: it is being removed; not asking again"
             );
             return;
         }
         let request = MembershipRequest {
             change: MembershipChange::Join {
-                node_id: members.id,
-                addr: members.cluster.advertise.clone(),
+                node_id: members.core.id,
+                addr: members.core.cluster.advertise.clone(),
                 voter: want_voter,
             },
             forwarded: false,
         };
-        for addr in &members.cluster.join {
+        for addr in &members.core.cluster.join {
             let answer: Result<Result<(), PeerError>, _> = members
+                .core
                 .peers
                 .call(addr, None, path::MEMBERSHIP, &request, JOIN_CALL_TIMEOUT)
                 .await;
@@ -524,6 +511,7 @@ pub(crate) async fn keep_joining(members: Arc<Members>) {
         }
         // Give the membership entry a moment to reach this node before checking again.
         let _ = members
+            .core
             .raft
             .wait(Some(JOIN_RETRY))
             .metrics(|_| is_member(&members, want_voter), "become a member")
@@ -540,17 +528,17 @@ fn log_join_failure(failures: &mut u64, addr: &str, reason: &str) {
     *failures += 1;
 }
 
-/// Whether this node (`members.id`) is a member in the role it asks for. A voter counts only
+/// Whether this node (`members.core.id`) is a member in the role it asks for. A voter counts only
 /// once it votes in every voter set: in a joint configuration whose leader died mid-change,
 /// asking again is what gets the change finished.
 fn is_member(members: &Members, as_voter: bool) -> bool {
-    let metrics = members.raft.metrics();
+    let metrics = members.core.raft.metrics();
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
     if as_voter {
-        is_full_voter(membership, members.id)
+        is_full_voter(membership, members.core.id)
     } else {
-        membership.get_node(&members.id).is_some()
+        membership.get_node(&members.core.id).is_some()
     }
 }
 

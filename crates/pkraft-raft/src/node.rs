@@ -4,34 +4,33 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{Raft, StorageError};
+use openraft::StorageError;
 use pkraft_state::{Store, StoreError};
 use prometheus::Registry;
 use tokio::task::JoinHandle;
 
+use crate::NodeId;
 use crate::cluster_clock::ClusterClock;
 use crate::dht_publishing::DhtPublishing;
-use crate::disk_space::DiskSpace;
-use crate::handles::HeldHandles;
 use crate::handover::Handover;
 use crate::leadership::Leadership;
 use crate::membership::Members;
-use crate::metrics::{NodeMetrics, StateCollector};
-use crate::peer::{ClusterSecret, PeerClient};
+use crate::metrics::StateCollector;
+use crate::node_core::Core;
+use crate::peer::ClusterSecret;
 use crate::pre_vote::PreVote;
 use crate::reads::Reads;
 use crate::scrub::Scrub;
 pub use crate::settings::Participation;
 use crate::settings::SettingsError;
 use crate::short_lived::ShortLived;
-use crate::snapshot_schedule::BuildTimes;
 use crate::write_path::Writes;
-use crate::{NodeId, TypeConfig};
-use pkraft_raft_storage::log_store::LogStore;
 
 /// How long `shutdown` waits for openraft to stop, and then for its background tasks (the state
 /// machine worker, a snapshot build) to release the databases.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `shutdown` waits for the node's aborted tasks to end.
+const TASKS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Poll interval while waiting for that release.
 const RELEASE_POLL: Duration = Duration::from_millis(5);
 pub(crate) use pkraft_raft_storage::{LOG_DIR, SNAPSHOT_DIR, STATE_FILE};
@@ -98,28 +97,15 @@ impl StartError {
     }
 }
 
-/// One pkraft node: a small core (its identity, the Raft handle, the replica and the log, the
-/// peer client, the metrics, the stop signal and the tasks to abort at shutdown) and its parts,
-/// each a type that owns its state and the handles it uses: the write path, reads, leadership,
-/// membership, the handover, PreVote, the scrub, cluster time, expiry, the DHT publishing and
-/// the short-lived records. Callers reach a part through its accessor (`node.writes()`); the
-/// peer routes (`routes`) and the tasks (`start`) are wired to the parts, not to the node.
+/// One pkraft node: its core (`node_core`: its identity, the Raft handle, the replica and the
+/// log, the peer client, the metrics, the stop signal), its parts, each a type that owns its
+/// state and holds the core and the parts below it (the write path, reads, leadership,
+/// membership, the handover, PreVote, the scrub, cluster time, the DHT publishing and the
+/// short-lived records), and the tasks that live as long as it. Callers reach a part through
+/// its accessor (`node.writes()`); the peer routes (`routes`) and the tasks (`start`) are wired
+/// to the parts, not to the node.
 pub struct Node {
-    pub(crate) id: NodeId,
-    /// This node's address, secret, TLS and how it joins.
-    pub(crate) cluster: Participation,
-    pub(crate) raft: Raft<TypeConfig>,
-    /// The local replica.
-    pub(crate) store: Store,
-    /// Kept to know when openraft has released the log file (see `shutdown`), and for the
-    /// commit index.
-    pub(crate) log_store: LogStore,
-    pub(crate) peers: PeerClient,
-    pub(crate) metrics: Arc<NodeMetrics>,
-    /// Largest peer request body: a full `append-entries` of the biggest entries.
-    pub(crate) peer_body_max: usize,
-    /// Whether the data dir's disk has room for writes (`raft.min_free_disk_mib`).
-    pub(crate) disk_space: Arc<DiskSpace>,
+    pub(crate) core: Arc<Core>,
     pub(crate) writes: Arc<Writes>,
     /// Who leads, and whether this node may act as leader (`leadership`).
     pub(crate) leadership: Arc<Leadership>,
@@ -133,29 +119,17 @@ pub struct Node {
     pub(crate) pre_vote: Arc<PreVote>,
     /// The background scrub (`scrub`).
     pub(crate) scrub: Arc<Scrub>,
-    pub(crate) data_dir: PathBuf,
-    /// Tasks that live as long as the node (joining, expiry); aborted on shutdown.
-    pub(crate) background: std::sync::Mutex<Vec<JoinHandle<()>>>,
-    /// The replica's redb file, whose size is a metric.
-    pub(crate) state_file: PathBuf,
     /// The DHT publisher's outbox and its progress (`dht_publishing`).
     pub(crate) dht: DhtPublishing,
     /// The short-lived records this replica's DNS answers, and their commit (`short_lived`).
     pub(crate) short_lived: ShortLived,
-    /// When the last snapshot build ended, for the snapshot schedule.
-    pub(crate) build_times: Arc<BuildTimes>,
     /// Cluster time, from the voters' clocks and the log's time (`cluster_clock`).
     pub(crate) clock: Arc<ClusterClock>,
-    /// What expiry deleted in the last hour, for its rate fence (`expiry`).
-    pub(crate) expiry: Arc<crate::expiry::Expiry>,
     /// The snapshot being received from the leader, checked chunk by chunk.
     pub(crate) snapshot_receipt: pkraft_raft_storage::snapshot_receipt::SnapshotReceipt,
-    /// Set when the node must stop although Raft runs on (the scrub found damage that a
-    /// restart repairs); [`Node::wait_fatal`] reports it.
-    pub(crate) stop_reason: Arc<tokio::sync::watch::Sender<Option<String>>>,
-    /// The replica's and the log's handles the node and its parts hold: at shutdown, openraft
-    /// has let go of the files once no more are open (`Handles::held`).
-    pub(crate) held_handles: HeldHandles,
+    /// The tasks that live as long as the node (joining, expiry, the scrub…), named, in the
+    /// order they started: stopped in the reverse order at shutdown.
+    pub(crate) tasks: std::sync::Mutex<Vec<(&'static str, JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -167,28 +141,28 @@ impl std::fmt::Debug for Node {
 impl Node {
     /// Registers this node's metrics (docs/METRICS.md: `pkraft_raft_*`, `pkraft_store_*`).
     pub fn register_metrics(self: &Arc<Self>, registry: &Registry) -> prometheus::Result<()> {
-        self.metrics.register(registry)?;
+        self.core.metrics.register(registry)?;
         // Weak: the registry outlives the node in the admin listener's state; it must not keep
         // the node alive. (The collector's own store handles are released with the admin
         // listener, which stops before the node.)
         let node = Arc::downgrade(self);
         let staleness = Box::new(move || node.upgrade().and_then(|node| node.reads.staleness()));
         registry.register(Box::new(StateCollector::new(
-            self.raft.clone(),
+            self.core.raft.clone(),
             staleness,
-            self.log_store.clone(),
-            self.store.clone(),
-            self.state_file.clone(),
+            self.core.log_store.clone(),
+            self.core.store.clone(),
+            self.core.data_dir.join(STATE_FILE),
         )?))
     }
 
     /// This node's id.
     pub fn id(&self) -> NodeId {
-        self.id
+        self.core.id
     }
 
     pub(crate) fn secret(&self) -> Option<&ClusterSecret> {
-        self.cluster.secret.as_ref()
+        self.core.cluster.secret.as_ref()
     }
 
     /// The write path (`write_path`): publishes.
@@ -234,12 +208,13 @@ impl Node {
     /// The local replica. Reads from it are stale by at most the replication lag; the HTTP relay
     /// reads through [`crate::Reads::read`] instead, which applies the read consistency.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.core.store
     }
 
     /// Index of the last log entry applied to the local replica, if any.
     pub fn last_applied_index(&self) -> Option<u64> {
-        self.raft
+        self.core
+            .raft
             .metrics()
             .borrow()
             .last_applied
@@ -251,8 +226,8 @@ impl Node {
     /// daemon exits instead of limping on.
     /// Also when the node must stop for a restart to repair it (the scrub found damage).
     pub async fn wait_fatal(&self) -> String {
-        let mut metrics = self.raft.metrics();
-        let mut stop = self.stop_reason.subscribe();
+        let mut metrics = self.core.raft.metrics();
+        let mut stop = self.core.stop_reason.subscribe();
         loop {
             if let Err(fatal) = &metrics.borrow_and_update().running_state {
                 return fatal.to_string();
@@ -276,40 +251,36 @@ impl Node {
     /// the same data dir can be opened again at once, and fsyncs the state. (Without this the
     /// data dir is still recoverable: the next start applies from the log what the state lacks.)
     pub async fn shutdown(&self) {
-        if let Ok(mut background) = self.background.lock() {
-            for task in background.drain(..) {
-                task.abort();
-            }
-        }
-        // Close the publish queue first and let the batches in flight answer their publishers.
+        // The stop runs in the reverse order of the start (`start.rs`), one step each.
+        // 1. The tasks, last started first; awaited, so that none holds a part after this.
+        self.stop_tasks().await;
+        // 2. The publish queue: the batches in flight answer their publishers, and the batcher
+        //    lets go of the write path.
         self.writes.close().await;
-        match tokio::time::timeout(RELEASE_TIMEOUT, self.raft.shutdown()).await {
+        // 3. Raft.
+        match tokio::time::timeout(RELEASE_TIMEOUT, self.core.raft.shutdown()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "raft did not shut down cleanly"),
             Err(_) => tracing::warn!(timeout = ?RELEASE_TIMEOUT, "raft did not stop in time"),
         }
-        // The node and its parts hold `held_handles` to each file; openraft's state machine
-        // worker or a snapshot build on the blocking pool may still hold others for a moment.
-        let held = self.held_handles;
-        let released = || {
-            self.store.open_handles() <= held.store
-                && self.log_store.open_handles() <= held.log_store
-        };
+        // 4. The files released: openraft's state machine worker or a snapshot build on the
+        //    blocking pool may still hold them for a moment, and so may a part's blocking read.
         let wait = async {
-            while !released() {
+            while !self.core.files_released() {
                 tokio::time::sleep(RELEASE_POLL).await;
             }
         };
         if tokio::time::timeout(RELEASE_TIMEOUT, wait).await.is_err() {
             tracing::warn!(timeout = ?RELEASE_TIMEOUT, "raft tasks still hold the data files");
         }
+        // 5. The flushes and the clean-stop marker.
         // Applies commit without fsync (see `state_machine`); a clean stop leaves them durable, so
         // the next start need not apply them again.
-        let state_flushed = self.store.flush();
+        let state_flushed = self.core.store.flush();
         if let Err(e) = &state_flushed {
             tracing::warn!(error = %e, "could not flush the state store");
         }
-        let log_flushed = self.log_store.flush();
+        let log_flushed = self.core.log_store.flush();
         if let Err(e) = &log_flushed {
             tracing::warn!(error = %e, "could not flush the raft log's committed index");
         }
@@ -318,9 +289,39 @@ impl Node {
         if state_flushed.is_ok()
             && log_flushed.is_ok()
             && !self.reads.catching_up()
-            && let Err(e) = write_clean_stop_marker(&self.data_dir)
+            && let Err(e) = write_clean_stop_marker(&self.core.data_dir)
         {
             tracing::warn!(error = %e, "could not record the clean stop; the next start catches up first");
+        }
+    }
+}
+
+impl Node {
+    /// Aborts the node's tasks, last started first, and waits (bounded) until each has ended:
+    /// an aborted task drops its future, and with it its hold on a part, only when the runtime
+    /// next reaches it.
+    async fn stop_tasks(&self) {
+        let tasks = match self.tasks.lock() {
+            Ok(mut tasks) => std::mem::take(&mut *tasks),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for (_, task) in tasks.iter().rev() {
+            task.abort();
+        }
+        let ended = async {
+            for (name, task) in tasks.into_iter().rev() {
+                if let Err(e) = task.await
+                    && e.is_panic()
+                {
+                    tracing::warn!(task = name, "a node task panicked as it was stopped");
+                }
+            }
+        };
+        if tokio::time::timeout(TASKS_STOP_TIMEOUT, ended)
+            .await
+            .is_err()
+        {
+            tracing::warn!(timeout = ?TASKS_STOP_TIMEOUT, "node tasks did not end in time");
         }
     }
 }

@@ -43,15 +43,11 @@ use openraft::{LogId, ServerState};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use openraft::Raft;
-use pkraft_raft_storage::log_store::LogStore;
-
-use crate::handles::Handles;
+use crate::NodeId;
 use crate::leadership::Leadership;
-use crate::metrics::NodeMetrics;
+use crate::node_core::Core;
 use crate::peer::client::CallError;
-use crate::peer::{PeerClient, path};
-use crate::{NodeId, TypeConfig};
+use crate::peer::path;
 
 /// How often the timer looks whether an election is due. Well under the election timeouts, so
 /// it adds little to a failover.
@@ -137,7 +133,7 @@ pub(crate) async fn run(pre_vote: Arc<PreVote>, timing: ElectionTiming) {
             led_at = Some(Instant::now());
             continue;
         }
-        if !standing.voters.contains(&pre_vote.id) {
+        if !standing.voters.contains(&pre_vote.core.id) {
             continue;
         }
         if standing.voters.len() == 1 {
@@ -168,6 +164,7 @@ pub(crate) async fn run(pre_vote: Arc<PreVote>, timing: ElectionTiming) {
             Ok(granted) => {
                 lost_in_a_row = 0;
                 pre_vote
+                    .core
                     .metrics
                     .pre_vote_rounds
                     .with_label_values(&["won"])
@@ -182,6 +179,7 @@ pub(crate) async fn run(pre_vote: Arc<PreVote>, timing: ElectionTiming) {
             }
             Err(refusals) => {
                 pre_vote
+                    .core
                     .metrics
                     .pre_vote_rounds
                     .with_label_values(&["lost"])
@@ -206,27 +204,15 @@ pub(crate) async fn run(pre_vote: Arc<PreVote>, timing: ElectionTiming) {
 /// The node's PreVote: its election timer's rounds, and its answers to other nodes' pre-votes
 /// (which it gives whether or not its own timer runs PreVote).
 pub(crate) struct PreVote {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
-    /// The last log id, and whether a repair forbids a vote.
-    log_store: LogStore,
-    /// To ask the other voters.
-    peers: PeerClient,
-    metrics: Arc<NodeMetrics>,
-    /// The leader lease of openraft 0.9 (`raft.election_timeout_max`).
-    lease: Duration,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     leadership: Arc<Leadership>,
 }
 
 impl PreVote {
-    pub(crate) fn new(handles: &Handles, leadership: Arc<Leadership>) -> PreVote {
+    pub(crate) fn new(core: &Arc<Core>, leadership: Arc<Leadership>) -> PreVote {
         PreVote {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            log_store: handles.log_store(),
-            peers: handles.peers.clone(),
-            metrics: handles.metrics.clone(),
-            lease: handles.lease,
+            core: core.clone(),
             leadership,
         }
     }
@@ -234,7 +220,7 @@ impl PreVote {
     /// This node's state, term and voters, from openraft's metrics (read every tick, so not
     /// through the Raft core's queue); `None` once Raft has stopped.
     fn standing(&self) -> Option<Standing> {
-        let metrics = self.raft.metrics();
+        let metrics = self.core.raft.metrics();
         let metrics = metrics.borrow();
         let membership = metrics.membership_config.membership();
         (metrics.state != ServerState::Shutdown).then(|| Standing {
@@ -248,7 +234,7 @@ impl PreVote {
     /// The id of the last entry of this node's log, or of the last one purged with everything
     /// before it (a snapshot's): what Raft's up-to-date rule compares.
     async fn last_log_id(&self) -> Result<Option<LogId<NodeId>>, String> {
-        let mut log = self.log_store.clone();
+        let mut log = self.core.log_store.clone();
         log.get_log_state()
             .await
             .map(|state| state.last_log_id)
@@ -256,7 +242,7 @@ impl PreVote {
     }
 
     async fn stand(&self, why: &str) {
-        if let Err(e) = self.raft.trigger().elect().await {
+        if let Err(e) = self.core.raft.trigger().elect().await {
             tracing::warn!(error = %e, why, "could not start an election");
         }
     }
@@ -272,24 +258,24 @@ impl PreVote {
         timeout: Duration,
     ) -> Result<BTreeSet<NodeId>, String> {
         let request = PreVoteRequest {
-            candidate: self.id,
+            candidate: self.core.id,
             term: standing.term + 1,
             last_log_id: self.last_log_id().await?,
         };
         let addrs: Vec<(NodeId, String)> = {
-            let metrics = self.raft.metrics();
+            let metrics = self.core.raft.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
             standing
                 .voters
                 .iter()
-                .filter(|id| **id != self.id)
+                .filter(|id| **id != self.core.id)
                 .filter_map(|id| membership.get_node(id).map(|n| (*id, n.addr.clone())))
                 .collect()
         };
         let mut asks = tokio::task::JoinSet::new();
         for (id, addr) in addrs {
-            let peers = self.peers.clone();
+            let peers = self.core.peers.clone();
             let request = request.clone();
             asks.spawn(async move {
                 let answer = peers
@@ -308,7 +294,7 @@ impl PreVote {
                 (id, answer)
             });
         }
-        let mut granted = BTreeSet::from([self.id]);
+        let mut granted = BTreeSet::from([self.core.id]);
         let mut refusals = Vec::new();
         while let Some(done) = asks.join_next().await {
             let Ok((id, answer)) = done else { continue };
@@ -340,7 +326,7 @@ impl PreVote {
         if !standing.voters.contains(&request.candidate) {
             return refuse(format!("node {} is not a voter", request.candidate));
         }
-        if let Some(reason) = self.log_store.vote_refusal(request.last_log_id) {
+        if let Some(reason) = self.core.log_store.vote_refusal(request.last_log_id) {
             return refuse(reason);
         }
         let last_log_id = match self.last_log_id().await {
@@ -363,7 +349,7 @@ impl PreVote {
             };
         }
         let reached = self.leadership.since_leader_reached();
-        if reached <= self.lease {
+        if reached <= self.core.lease {
             return refuse(format!(
                 "a leader reached this node {} ms ago",
                 reached.as_millis()

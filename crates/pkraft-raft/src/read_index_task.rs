@@ -57,7 +57,7 @@ impl Drop for Held<'_> {
 async fn round(reads: &Reads, batch: &mut Vec<Request>) {
     let started = Instant::now();
     let count = batch.len();
-    reads.metrics.read_index_batch.observe(count as f64);
+    reads.core.metrics.read_index_batch.observe(count as f64);
     if reads.leadership.is_leader() {
         let answer = match reads.read_index_as_leader().await {
             Ok(index) => RoundAnswer::Index(index),
@@ -78,13 +78,13 @@ async fn round(reads: &Reads, batch: &mut Vec<Request>) {
             },
             // openraft names this node leader while it is not (yet) one: asking itself would
             // queue behind this very round.
-            Some((leader, _)) if leader == reads.id => RoundAnswer::Reroute {
+            Some((leader, _)) if leader == reads.core.id => RoundAnswer::Reroute {
                 leader: Some(leader),
                 reason: "this node is named leader but does not lead yet".to_string(),
             },
             Some(leader) if batch.iter().any(|request| request.forward) => {
                 let id = leader.0;
-                let deadline = Instant::now() + reads.publish_timeout;
+                let deadline = Instant::now() + reads.core.publish_timeout;
                 match reads.read_index_from(leader, deadline).await {
                     Ok(index) => RoundAnswer::Index(index),
                     Err(ReadIndexFailed::Reroute(reason)) => RoundAnswer::Reroute {

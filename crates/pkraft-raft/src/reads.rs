@@ -12,18 +12,13 @@ use pkraft_types::KeyBytes;
 
 use std::sync::Arc;
 
-use openraft::Raft;
-use pkraft_raft_storage::log_store::LogStore;
-use pkraft_state::Store;
-
+use crate::NodeId;
 use crate::cluster_clock::ClusterClock;
 use crate::freshness::Freshness;
-use crate::handles::Handles;
 use crate::leadership::Leadership;
-use crate::metrics::NodeMetrics;
-use crate::peer::{PeerClient, PeerError, path};
+use crate::node_core::Core;
+use crate::peer::{PeerError, path};
 use crate::read_index::{ReadIndexQueue, RoundAnswer};
-use crate::{NodeId, TypeConfig};
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,16 +113,8 @@ pub struct Readiness {
 /// The node's reads: the replica, what it knows of the replica's freshness, and the read-index
 /// rounds of linearizable reads.
 pub struct Reads {
-    pub(crate) id: NodeId,
-    raft: Raft<TypeConfig>,
-    store: Store,
-    /// For the committed index (`readiness`).
-    log_store: LogStore,
-    /// To ask the leader for a read index.
-    peers: PeerClient,
-    pub(crate) metrics: Arc<NodeMetrics>,
-    /// `raft.publish_timeout`: every wait of a read barrier.
-    pub(crate) publish_timeout: Duration,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     pub(crate) leadership: Arc<Leadership>,
     clock: Arc<ClusterClock>,
     freshness: Freshness,
@@ -138,19 +125,13 @@ pub struct Reads {
 impl Reads {
     /// `freshness`: what the start found of the replica's freshness.
     pub(crate) fn new(
-        handles: &Handles,
+        core: &Arc<Core>,
         leadership: Arc<Leadership>,
         clock: Arc<ClusterClock>,
         freshness: Freshness,
     ) -> Reads {
         Reads {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            store: handles.store(),
-            log_store: handles.log_store(),
-            peers: handles.peers.clone(),
-            metrics: handles.metrics.clone(),
-            publish_timeout: handles.publish_timeout,
+            core: core.clone(),
             leadership,
             clock,
             freshness,
@@ -166,13 +147,13 @@ impl Reads {
     /// A read index for a read on this node (asked of the leader when this node does not lead),
     /// from the next round.
     pub(crate) async fn shared_read_index(&self) -> RoundAnswer {
-        self.read_index.join(true, &self.metrics).await
+        self.read_index.join(true, &self.core.metrics).await
     }
 
     /// The leader's read index for a follower's `read-index` request, from the next round;
     /// `NotLeader` when this node does not lead by then.
     pub(crate) async fn shared_read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
-        match self.read_index.join(false, &self.metrics).await {
+        match self.read_index.join(false, &self.core.metrics).await {
             RoundAnswer::Index(index) => Ok(index),
             RoundAnswer::Reroute { reason, .. } => Err(PeerError::Unavailable(reason)),
             RoundAnswer::Failed(error) => Err(error),
@@ -191,7 +172,7 @@ impl Reads {
             Consistency::Local => {}
             Consistency::Linearizable => self.read_barrier().await?,
         }
-        Ok(self.store.get(key)?)
+        Ok(self.core.store.get(key)?)
     }
 
     /// Whether local reads must wait: this node restarted after a crash and its replica may
@@ -203,7 +184,7 @@ impl Reads {
         if catch_up.done.load(Ordering::Relaxed) {
             return false;
         }
-        let applied = self.raft.metrics().borrow().last_applied;
+        let applied = self.core.raft.metrics().borrow().last_applied;
         let caught_up = applied.is_some_and(|applied| {
             applied.index >= catch_up.log_end.index
                 || applied.leader_id.term > catch_up.log_end.leader_id.term
@@ -218,14 +199,14 @@ impl Reads {
     /// the last time a quorum acknowledged it (zero when it is the only voter); elsewhere, the
     /// last accepted `append-entries` from the leader. `None` if never since start.
     pub fn staleness(&self) -> Option<Duration> {
-        let metrics = self.raft.metrics();
+        let metrics = self.core.raft.metrics();
         let metrics = metrics.borrow();
         if metrics.state == ServerState::Leader {
             let only_voter = metrics
                 .membership_config
                 .membership()
                 .voter_ids()
-                .eq([self.id]);
+                .eq([self.core.id]);
             if only_voter {
                 return Some(Duration::ZERO);
             }
@@ -239,9 +220,9 @@ impl Reads {
     /// [`Reads::catching_up`]), and has applied the entries it knows to be committed, up to
     /// [`READY_APPLY_LAG_MAX`]. The reasons say what is missing.
     pub fn readiness(&self, max_stale: Duration) -> Readiness {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.core.raft.metrics().borrow().clone();
         let staleness = self.staleness();
-        let committed = self.log_store.committed_index();
+        let committed = self.core.log_store.committed_index();
         let applied = metrics.last_applied.map(|log_id| log_id.index);
         let mut reasons = Vec::new();
         if metrics.current_leader.is_none() {
@@ -299,7 +280,7 @@ impl Reads {
     /// the leader confirms it still leads with a quorum round and names its commit index; this
     /// node waits until it has applied that far. Bounded by `raft.publish_timeout`.
     pub async fn read_barrier(&self) -> Result<(), ReadError> {
-        let deadline = Instant::now() + self.publish_timeout;
+        let deadline = Instant::now() + self.core.publish_timeout;
         // The read index comes from a round shared with the reads queued with this one
         // (`read_index`): one leadership check, or one request to the leader, for all of them.
         let index = loop {
@@ -326,8 +307,9 @@ impl Reads {
             }
         };
         if index.is_some() {
-            self.raft
-                .wait(Some(self.publish_timeout))
+            self.core
+                .raft
+                .wait(Some(self.core.publish_timeout))
                 .applied_index_at_least(index, "apply up to the read index")
                 .await
                 .map_err(|e| {
@@ -349,6 +331,7 @@ impl Reads {
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let call = self
+            .core
             .peers
             .call(&addr, Some(leader), path::READ_INDEX, &(), remaining);
         let answer: Result<Option<u64>, PeerError> = tokio::select! {
@@ -382,17 +365,20 @@ impl Reads {
         if let Some(reason) = self.leadership.cut_off_from_quorum() {
             return Err(PeerError::Unavailable(reason));
         }
-        let ensured = tokio::time::timeout(self.publish_timeout, self.raft.ensure_linearizable())
-            .await
-            .map_err(|_| {
-                PeerError::Unavailable(format!(
-                    "no quorum confirmed leadership within {:?}",
-                    self.publish_timeout
-                ))
-            })?;
+        let ensured = tokio::time::timeout(
+            self.core.publish_timeout,
+            self.core.raft.ensure_linearizable(),
+        )
+        .await
+        .map_err(|_| {
+            PeerError::Unavailable(format!(
+                "no quorum confirmed leadership within {:?}",
+                self.core.publish_timeout
+            ))
+        })?;
         match ensured {
             Ok(log_id) => {
-                let term = self.raft.metrics().borrow().current_term;
+                let term = self.core.raft.metrics().borrow().current_term;
                 let floor = self
                     .freshness
                     .log_end_at_start

@@ -61,7 +61,7 @@ pub struct Authenticated;
 /// The router of the peer listener. Serve it on its own socket: it must never share the public
 /// listener.
 pub fn router(node: Arc<Node>) -> Router {
-    let body_max = node.peer_body_max;
+    let body_max = node.core.peer_body_max;
     let snapshots = Router::new()
         .route(path::INSTALL_SNAPSHOT, post(install_snapshot))
         .layer(TimeoutLayer::with_status_code(
@@ -127,7 +127,7 @@ async fn authenticate(State(node): State<Arc<Node>>, request: Request, next: Nex
     if !presented.is_some_and(|presented| secret.matches(presented)) {
         return (StatusCode::UNAUTHORIZED, "missing or wrong cluster secret").into_response();
     }
-    if node.peers.uses_tls()
+    if node.core.peers.uses_tls()
         && let Err(reason) = certificate_names_source(&request)
     {
         return (
@@ -244,12 +244,12 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
         let refusal = if rpc.entries.is_empty() {
             None
         } else {
-            node.disk_space.refusal()
+            node.core.disk_space.refusal()
         };
         if refusal.is_some() {
             rpc.entries.clear();
         }
-        let answer = node.raft.append_entries(rpc).await;
+        let answer = node.core.raft.append_entries(rpc).await;
         refuse_if_stopped(&answer)?;
         // Any answer but "your vote is stale" means a current leader reached this node.
         let from_leader = matches!(&answer, Ok(response) if !matches!(response, AppendEntriesResponse::HigherVote(_)));
@@ -275,11 +275,11 @@ async fn append_entries(State(node): State<Arc<Node>>, body: Bytes) -> Response 
 async fn vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange_unless_refused(body, |rpc: VoteRequest<NodeId>| async move {
         // A log that lost entries to damage still votes as the log it was (`LogRepair`).
-        if let Some(reason) = node.log_store.vote_refusal(rpc.last_log_id) {
+        if let Some(reason) = node.core.log_store.vote_refusal(rpc.last_log_id) {
             tracing::warn!(candidate = rpc.vote.leader_id().voted_for(), %reason, "refused a vote");
             return Err(Refusal(reason));
         }
-        let answer = node.raft.vote(rpc).await;
+        let answer = node.core.raft.vote(rpc).await;
         refuse_if_stopped(&answer)?;
         Ok(answer)
     })
@@ -290,7 +290,7 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
     exchange_unless_refused(body, |rpc: InstallSnapshotRequest<TypeConfig>| async move {
         let _in_flight = node.leadership().leader_request();
         let refusal = node
-            .disk_space
+            .core.disk_space
             .refusal()
             .or_else(|| install_room_refusal(&node, &rpc));
         if let Some(reason) = refusal {
@@ -303,7 +303,7 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
                 entries: Vec::new(),
                 leader_commit: None,
             };
-            return match node.raft.append_entries(heartbeat).await {
+            return match node.core.raft.append_entries(heartbeat).await {
                 Ok(AppendEntriesResponse::HigherVote(vote)) => {
                     Ok(Ok(InstallSnapshotResponse { vote }))
                 }
@@ -325,10 +325,10 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
             // Never handed to openraft: its install would fail as a storage error, and stop
             // this node (`snapshot_receipt`).
             tracing::error!(leader = ?rpc.vote.leader_id().voted_for(), %reason, "refused a snapshot from the leader");
-            node.metrics.damage_found(Damaged::SnapshotTransfer);
+            node.core.metrics.damage_found(Damaged::SnapshotTransfer);
             return Err(Refusal(reason));
         }
-        let answer = node.raft.install_snapshot(rpc).await;
+        let answer = node.core.raft.install_snapshot(rpc).await;
         refuse_if_stopped(&answer)?;
         if answer.is_ok() {
             node.leadership().heard_from_leader();
@@ -356,9 +356,10 @@ fn install_room_refusal(node: &Node, rpc: &InstallSnapshotRequest<TypeConfig>) -
     let received = if rpc.done {
         rpc.offset
     } else {
-        std::fs::metadata(incoming_snapshot_path(&node.data_dir)).map_or(0, |file| file.len())
+        std::fs::metadata(incoming_snapshot_path(&node.core.data_dir)).map_or(0, |file| file.len())
     };
-    node.disk_space
+    node.core
+        .disk_space
         .install_refusal(&rpc.meta.snapshot_id, size, received)
 }
 

@@ -36,34 +36,20 @@ use std::time::{Duration, Instant};
 use pkraft_state::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
 use pkraft_types::KeyBytes;
 
-use std::path::PathBuf;
-
-use openraft::Raft;
-use pkraft_raft_storage::log_store::{Damage, LogStore};
+use pkraft_raft_storage::log_store::Damage;
 use pkraft_raft_storage::state_repair;
-use pkraft_state::Store;
 
-use crate::handles::Handles;
 use crate::leadership::Leadership;
-use crate::metrics::{Damaged, NodeMetrics};
-use crate::peer::{PacketCopy, PeerClient, path};
+use crate::metrics::Damaged;
+use crate::node_core::Core;
+use crate::peer::{PacketCopy, path};
 use crate::settings::Settings;
-use crate::{NodeId, TypeConfig};
 
 /// The node's background scrub: the two sweeps, and its side of another node's (`packet-check`).
 pub(crate) struct Scrub {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
-    store: Store,
-    log_store: LogStore,
-    /// To ask the other voters for their copies.
-    peers: PeerClient,
-    metrics: Arc<NodeMetrics>,
-    /// Where a finding is recorded for the next start (`state_repair::mark_damaged`).
-    data_dir: PathBuf,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     leadership: Arc<Leadership>,
-    /// Stops the node for a restart that repairs what was found (`Node::wait_fatal`).
-    stop: Arc<tokio::sync::watch::Sender<Option<String>>>,
 }
 
 /// Bytes read back in one step of the log sweep (each step holds the log's read lock, which a
@@ -112,7 +98,7 @@ async fn sweep_log(scrub: &Scrub, bytes_per_second: u64) {
     let mut next = 0;
     loop {
         let started = Instant::now();
-        let log = scrub.log_store.clone();
+        let log = scrub.core.log_store.clone();
         let step = tokio::task::spawn_blocking(move || log.scrub(next, LOG_STEP_BYTES)).await;
         match step {
             Ok(Ok(Some((after, bytes)))) => {
@@ -121,7 +107,12 @@ async fn sweep_log(scrub: &Scrub, bytes_per_second: u64) {
             }
             Ok(Ok(None)) => {
                 next = 0;
-                scrub.metrics.scrub_passes.with_label_values(&["log"]).inc();
+                scrub
+                    .core
+                    .metrics
+                    .scrub_passes
+                    .with_label_values(&["log"])
+                    .inc();
                 tokio::time::sleep(PASS_PAUSE).await;
             }
             Ok(Err(error)) => match Damage::of(&error) {
@@ -143,11 +134,11 @@ async fn sweep_log(scrub: &Scrub, bytes_per_second: u64) {
 }
 
 fn log_damaged(scrub: &Scrub, damage: &Damage) {
-    scrub.metrics.damage_found(Damaged::Log);
-    if crate::voters::has_others(&scrub.raft, scrub.id) {
+    scrub.core.metrics.damage_found(Damaged::Log);
+    if crate::voters::has_others(&scrub.core.raft, scrub.core.id) {
         // Before it stops, with the range it knows: the open finds the damage again (the synced
         // mark covers the last append), but a record written now cannot be missed.
-        if let Err(error) = scrub.log_store.record_found_damage(damage) {
+        if let Err(error) = scrub.core.log_store.record_found_damage(damage) {
             tracing::error!(
                 %error,
                 "the scrub found: {damage}, and could not record it; this node goes on (its \
@@ -184,7 +175,7 @@ async fn sweep_state(scrub: &Scrub, packets_per_second: u64) {
     let mut undecided: BTreeMap<String, u32> = BTreeMap::new();
     loop {
         let started = Instant::now();
-        let store = scrub.store.clone();
+        let store = scrub.core.store.clone();
         let from = after;
         let step = tokio::task::spawn_blocking(move || {
             store.scrub_packets(from.as_ref(), STATE_STEP_PACKETS)
@@ -231,6 +222,7 @@ async fn sweep_state(scrub: &Scrub, packets_per_second: u64) {
         let packets = page.packets as u64;
         if after.is_none() {
             scrub
+                .core
                 .metrics
                 .scrub_passes
                 .with_label_values(&["state"])
@@ -249,7 +241,7 @@ async fn sweep_state(scrub: &Scrub, packets_per_second: u64) {
 /// but would serve a whole, stale row as it is.
 async fn recompile_stale_answers(scrub: &Scrub, stale: &[StaleAnswers]) {
     for found in stale {
-        scrub.metrics.damage_found(Damaged::Answers);
+        scrub.core.metrics.damage_found(Damaged::Answers);
         let action = match found.problem {
             AnswersProblem::WithoutPacket => "removing it",
             _ => "compiling it again from the stored packet",
@@ -257,7 +249,7 @@ async fn recompile_stale_answers(scrub: &Scrub, stale: &[StaleAnswers]) {
         tracing::warn!("the scrub found {found}; {action}");
     }
     let keys: Vec<KeyBytes> = stale.iter().map(|found| found.key).collect();
-    let store = scrub.store.clone();
+    let store = scrub.core.store.clone();
     let rewritten = tokio::task::spawn_blocking(move || store.recompile_answers(&keys)).await;
     match rewritten {
         Ok(Ok(())) => {}
@@ -295,13 +287,13 @@ async fn act_on_damaged_packet(
 ) -> Finding {
     // Never served from here on, whatever the cause: bytes that do not verify are not passed
     // on, even when every copy holds them.
-    if !scrub.store.quarantine(&damaged.key) {
+    if !scrub.core.store.quarantine(&damaged.key) {
         tracing::warn!(
             max = pkraft_state::QUARANTINE_MAX,
             "too many damaged packets to refuse each; this one is still served"
         );
     }
-    if state_repair::rebuilt_for(&scrub.data_dir, finding) {
+    if state_repair::rebuilt_for(&scrub.core.data_dir, finding) {
         tracing::warn!(
             "the scrub found {damaged}, the same bytes as before a rebuild of the state from the \
              cluster: the cluster stores this packet so, not damage on this disk; it is not \
@@ -309,7 +301,7 @@ async fn act_on_damaged_packet(
         );
         return Finding::Decided(Stopping::No);
     }
-    if !crate::voters::has_others(&scrub.raft, scrub.id) {
+    if !crate::voters::has_others(&scrub.core.raft, scrub.core.id) {
         return Finding::Decided(state_damaged(scrub, finding, OtherCopies::Unknown));
     }
     let copies = other_copies(scrub, damaged).await;
@@ -320,7 +312,7 @@ async fn act_on_damaged_packet(
             value_crc: damaged.value_crc,
         })
     {
-        scrub.store.release_quarantine(&damaged.key);
+        scrub.core.store.release_quarantine(&damaged.key);
         undecided.remove(finding);
         return Finding::Decided(Stopping::No);
     }
@@ -379,13 +371,13 @@ const COPY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Asks every other voter, in parallel, for its copy of the damaged packet (peer route
 /// `packet-check`) and sums up the answers.
 async fn other_copies(scrub: &Scrub, damaged: &DamagedPacket) -> OtherCopies {
-    let voters = crate::voters::others(&scrub.raft, scrub.id);
+    let voters = crate::voters::others(&scrub.core.raft, scrub.core.id);
     if voters.is_empty() {
         return OtherCopies::Unknown;
     }
     let mut asks = tokio::task::JoinSet::new();
     for (id, addr) in &voters {
-        let (peers, id, addr, key) = (scrub.peers.clone(), *id, addr.clone(), damaged.key);
+        let (peers, id, addr, key) = (scrub.core.peers.clone(), *id, addr.clone(), damaged.key);
         asks.spawn(async move {
             peers
                 .call::<KeyBytes, PacketCopy>(
@@ -441,8 +433,8 @@ enum Stopping {
 /// the cluster stores so) must not stop them all, and with the others silent it is the one
 /// they would repair from. The only voter reports it and goes on.
 fn state_damaged(scrub: &Scrub, finding: &str, copies: OtherCopies) -> Stopping {
-    scrub.metrics.damage_found(Damaged::State);
-    if !crate::voters::has_others(&scrub.raft, scrub.id) {
+    scrub.core.metrics.damage_found(Damaged::State);
+    if !crate::voters::has_others(&scrub.core.raft, scrub.core.id) {
         tracing::error!(
             "the scrub found the state damaged: {finding}. This node is the only voter: it has \
              no other copy to rebuild it from. Restore that key's packet from a backup, or have \
@@ -450,7 +442,7 @@ fn state_damaged(scrub: &Scrub, finding: &str, copies: OtherCopies) -> Stopping 
         );
         return Stopping::No;
     }
-    if let Err(error) = state_repair::mark_damaged(&scrub.data_dir, finding) {
+    if let Err(error) = state_repair::mark_damaged(&scrub.core.data_dir, finding) {
         // Without the mark the next start would not know: stopping would only be an outage.
         tracing::error!(
             %error,
@@ -488,36 +480,24 @@ fn state_damaged(scrub: &Scrub, finding: &str, copies: OtherCopies) -> Stopping 
 }
 
 impl Scrub {
-    /// `data_dir`: where a finding is recorded; `stop`: the node's stop signal.
-    pub(crate) fn new(
-        handles: &Handles,
-        data_dir: PathBuf,
-        leadership: Arc<Leadership>,
-        stop: Arc<tokio::sync::watch::Sender<Option<String>>>,
-    ) -> Scrub {
+    /// A finding is recorded in the core's data dir; a stop asked through its stop signal.
+    pub(crate) fn new(core: &Arc<Core>, leadership: Arc<Leadership>) -> Scrub {
         Scrub {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            store: handles.store(),
-            log_store: handles.log_store(),
-            peers: handles.peers.clone(),
-            metrics: handles.metrics.clone(),
-            data_dir,
+            core: core.clone(),
             leadership,
-            stop,
         }
     }
 
     /// Asks the daemon to stop this node for `reason` (`Node::wait_fatal`): damage the next
     /// start repairs.
     fn stop_for(&self, reason: String) {
-        self.stop.send_replace(Some(reason));
+        self.core.stop_reason.send_replace(Some(reason));
     }
 
     /// This node's copy of `key`'s packet, checked as the scrub checks it, for another node's
     /// scrub (peer route `packet-check`).
     pub(crate) async fn packet_copy(&self, key: KeyBytes) -> PacketCopy {
-        let store = self.store.clone();
+        let store = self.core.store.clone();
         match tokio::task::spawn_blocking(move || store.check_packet(&key)).await {
             Ok(Ok(PacketCheck::Absent)) => PacketCopy::Absent,
             Ok(Ok(PacketCheck::Whole { value_crc })) => PacketCopy::Whole { value_crc },

@@ -12,15 +12,14 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use hyper::StatusCode;
-use openraft::Raft;
 
-use crate::handles::Handles;
+use crate::NodeId;
 use crate::leadership::Leadership;
 use crate::membership::STATUS_PROBE_TIMEOUT;
 use crate::membership::change_error;
+use crate::node_core::Core;
 use crate::peer::client::CallError;
-use crate::peer::{PeerClient, PeerError, path};
-use crate::{NodeId, TypeConfig};
+use crate::peer::{PeerError, path};
 
 /// A record to commit, from the node that proposes it (forwarded to the leader).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,30 +47,24 @@ pub enum RecordHolder {
 
 /// The node's short-lived records: this replica's, and the commit of new ones through the leader.
 pub struct ShortLived {
-    id: NodeId,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     /// What this replica's DNS answers; the state machine applies the records into it.
     records: Arc<ShortLivedRecords>,
-    raft: Raft<TypeConfig>,
-    peers: PeerClient,
     leadership: Arc<Leadership>,
-    /// `raft.publish_timeout`: a commit's bound.
-    publish_timeout: Duration,
 }
 
 impl ShortLived {
     /// `records`: this replica's, which the state machine applies into.
     pub(crate) fn new(
-        handles: &Handles,
+        core: &Arc<Core>,
         records: Arc<ShortLivedRecords>,
         leadership: Arc<Leadership>,
     ) -> ShortLived {
         ShortLived {
-            id: handles.id,
+            core: core.clone(),
             records,
-            raft: handles.raft.clone(),
-            peers: handles.peers.clone(),
             leadership,
-            publish_timeout: handles.publish_timeout,
         }
     }
 
@@ -101,14 +94,15 @@ impl ShortLived {
                     record: request.record,
                     forwarded: true,
                 };
-                self.peers
+                self.core
+                    .peers
                     .call(
                         &addr,
                         Some(leader),
                         path::SHORT_LIVED_RECORD,
                         &forwarded,
                         // The leader's own bound, and time for its answer to come back.
-                        self.publish_timeout + FORWARD_ANSWER_MARGIN,
+                        self.core.publish_timeout + FORWARD_ANSWER_MARGIN,
                     )
                     .await
                     .map_err(|e| PeerError::Unavailable(e.to_string()))?
@@ -126,10 +120,15 @@ impl ShortLived {
             ));
         };
         let command = Command::ShortLivedRecord(record);
-        match tokio::time::timeout(self.publish_timeout, self.raft.client_write(command)).await {
+        match tokio::time::timeout(
+            self.core.publish_timeout,
+            self.core.raft.client_write(command),
+        )
+        .await
+        {
             Err(_) => Err(PeerError::Unavailable(format!(
                 "the record was not committed within raft.publish_timeout ({:?})",
-                self.publish_timeout
+                self.core.publish_timeout
             ))),
             Ok(Err(e)) => Err(change_error(e)),
             Ok(Ok(written)) => Ok(written.log_id.index),
@@ -145,20 +144,20 @@ impl ShortLived {
     /// asked over the peer network within `STATUS_PROBE_TIMEOUT`, in parallel.
     pub async fn holders(&self) -> Vec<(NodeId, RecordHolder)> {
         let members: Vec<(NodeId, String)> = {
-            let metrics = self.raft.metrics();
+            let metrics = self.core.raft.metrics();
             let metrics = metrics.borrow();
             metrics
                 .membership_config
                 .membership()
                 .nodes()
-                .filter(|(id, _)| **id != self.id)
+                .filter(|(id, _)| **id != self.core.id)
                 .map(|(id, node)| (*id, node.addr.clone()))
                 .collect()
         };
         let asked: Vec<NodeId> = members.iter().map(|(id, _)| *id).collect();
         let mut asks = tokio::task::JoinSet::new();
         for (id, addr) in members {
-            let peers = self.peers.clone();
+            let peers = self.core.peers.clone();
             asks.spawn(async move {
                 let answer = peers
                     .call::<(), Vec<ShortLivedRecord>>(
@@ -179,7 +178,7 @@ impl ShortLived {
                 (id, holder)
             });
         }
-        let mut holders = vec![(self.id, RecordHolder::Answers(self.live()))];
+        let mut holders = vec![(self.core.id, RecordHolder::Answers(self.live()))];
         while let Some(joined) = asks.join_next().await {
             if let Ok(answer) = joined {
                 holders.push(answer);

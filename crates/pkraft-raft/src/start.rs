@@ -1,7 +1,7 @@
 //! [`Node::start`]: opens the data dir (repairing a damaged log or state), starts Raft, makes
 //! the node's parts and starts the tasks that live as long as the node, each on its part. This
 //! is where the node service is put together, so it is the one module that imports every part;
-//! the parts import `handles` (what they are made from) and the parts below them, never this.
+//! the parts import `node_core` (what they are made from) and the parts below them, never this.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,7 +21,6 @@ use crate::dht_publishing::DhtPublishing;
 use crate::disk_space::DiskSpace;
 use crate::expiry::{Expiry, ExpiryLedger, ExpiryRules};
 use crate::freshness::Freshness;
-use crate::handles::Handles;
 use crate::handover::Handover;
 use crate::leadership::Leadership;
 use crate::membership::Members;
@@ -30,6 +29,7 @@ use crate::node::{
     CLEAN_STOP_FILE, LOG_DIR, LOG_FILE_V1, Node, Participation, SNAPSHOT_DIR, STATE_FILE,
     StartError, sync_dir,
 };
+use crate::node_core::Core;
 use crate::peer::Silenced;
 use crate::peer::quorum::QuorumContact;
 use crate::peer::{PeerClient, PeerNetwork};
@@ -98,8 +98,9 @@ impl Node {
         metrics
             .store_max_packets
             .set(max_stored_packets.map_or(0, |max| i64::try_from(max).unwrap_or(i64::MAX)));
-        let handles = Handles {
+        let core = Arc::new(Core {
             id,
+            cluster,
             raft: raft.raft.clone(),
             store: opened.store.clone(),
             log_store: opened.log_store.clone(),
@@ -108,155 +109,133 @@ impl Node {
             disk_space,
             publish_timeout: settings.publish_timeout,
             lease: settings.election_timeout_max,
-            cloned: Default::default(),
-        };
-        let node = Node::assemble(
-            handles,
+            data_dir: data_dir.to_path_buf(),
+            peer_body_max: settings.peer_body_max(),
+            stop_reason: tokio::sync::watch::channel(None).0,
+        });
+        let build_times = applied.build_times.clone();
+        let (node, expiry) = Node::assemble(
+            core,
             settings,
-            cluster,
-            data_dir,
             applied,
             raft,
             StoreCap::new(max_stored_packets),
         );
         let node = Arc::new(node);
-        node.spawn_tasks(settings);
+        node.spawn_tasks(settings, build_times, expiry);
         Ok(node)
     }
 
-    /// Makes the node's parts from its handles (see `node`), each given the parts it asks.
+    /// Makes the node's parts on its core, from the bottom layer up (`node_core`, then
+    /// leadership and cluster time, the parts that ask only those, membership, then the
+    /// handover and the short-lived records), each given the parts it asks. Expiry is held by
+    /// its task alone.
     fn assemble(
-        handles: Handles,
+        core: Arc<Core>,
         settings: &Settings,
-        cluster: Participation,
-        data_dir: &Path,
         applied: AppliedMemory,
         raft: RaftStarted,
         store_cap: StoreCap,
-    ) -> Node {
+    ) -> (Node, Arc<Expiry>) {
         let leadership = Arc::new(Leadership::new(
-            &handles,
+            &core,
             settings.pre_vote,
             raft.quorum_contact,
             raft.silenced,
         ));
-        let clock = Arc::new(ClusterClock::new(&handles, applied.clock_readings));
+        let clock = Arc::new(ClusterClock::new(&core, applied.clock_readings));
         let writes = Arc::new(Writes::new(
-            &handles,
+            &core,
             store_cap,
             leadership.clone(),
             clock.clone(),
         ));
         let reads = Arc::new(Reads::new(
-            &handles,
+            &core,
             leadership.clone(),
             clock.clone(),
             raft.freshness,
         ));
+        let pre_vote = Arc::new(PreVote::new(&core, leadership.clone()));
+        let scrub = Arc::new(Scrub::new(&core, leadership.clone()));
+        let expiry = Arc::new(Expiry::new(
+            &core,
+            ExpiryRules::of(settings),
+            leadership.clone(),
+            clock.clone(),
+            applied.expiry_ledger,
+        ));
+        let dht = DhtPublishing::new(&core, applied.dht_outbox, leadership.clone());
         let members = Arc::new(Members::new(
-            &handles,
-            cluster.clone(),
+            &core,
             leadership.clone(),
             reads.clone(),
             clock.clone(),
         ));
-        let handover = Arc::new(Handover::new(&handles, leadership.clone(), members.clone()));
-        let stop_reason = Arc::new(tokio::sync::watch::channel(None).0);
-        Node {
-            id: handles.id,
-            cluster,
-            raft: handles.raft.clone(),
-            store: handles.store(),
-            log_store: handles.log_store(),
-            peers: handles.peers.clone(),
-            metrics: handles.metrics.clone(),
-            peer_body_max: settings.peer_body_max(),
-            disk_space: handles.disk_space.clone(),
-            pre_vote: Arc::new(PreVote::new(&handles, leadership.clone())),
-            scrub: Arc::new(Scrub::new(
-                &handles,
-                data_dir.to_path_buf(),
-                leadership.clone(),
-                stop_reason.clone(),
-            )),
-            expiry: Arc::new(Expiry::new(
-                &handles,
-                ExpiryRules::of(settings),
-                leadership.clone(),
-                clock.clone(),
-                applied.expiry_ledger,
-            )),
-            dht: DhtPublishing::new(&handles, applied.dht_outbox, leadership.clone()),
-            short_lived: ShortLived::new(&handles, applied.short_lived, leadership.clone()),
+        let handover = Arc::new(Handover::new(&core, leadership.clone(), members.clone()));
+        let short_lived = ShortLived::new(&core, applied.short_lived, leadership.clone());
+        let node = Node {
+            core,
             writes,
+            leadership,
             reads,
             members,
             handover,
-            leadership,
+            pre_vote,
+            scrub,
+            dht,
+            short_lived,
             clock,
-            data_dir: data_dir.to_path_buf(),
-            background: std::sync::Mutex::new(Vec::new()),
-            state_file: data_dir.join(STATE_FILE),
-            build_times: applied.build_times,
             snapshot_receipt: Default::default(),
-            stop_reason,
-            // Last: every clone above is counted by then.
-            held_handles: handles.held(),
-        }
+            tasks: std::sync::Mutex::new(Vec::new()),
+        };
+        (node, expiry)
     }
 
     /// Starts the tasks that need the node shared: the write path (it forwards to the leader
     /// through the node's peer client), joining and expiry.
-    fn spawn_tasks(self: &Arc<Self>, settings: &Settings) {
+    fn spawn_tasks(
+        self: &Arc<Self>,
+        settings: &Settings,
+        build_times: Arc<BuildTimes>,
+        expiry: Arc<Expiry>,
+    ) {
         self.writes.start(settings);
         // Each loop supervised (`pkraft_tasks`): a panic is logged, counted and the loop
         // started again, never a silent end. Every one starts from what it reads (its part,
         // openraft's metrics, the store), so a new run loses nothing a panic did not.
         let snapshot_schedule = crate::snapshot_schedule::Schedule {
-            raft: self.raft.clone(),
-            build_times: self.build_times.clone(),
+            raft: self.core.raft.clone(),
+            build_times,
             after_entries: settings.snapshot_after_entries,
-            disk_space: self.disk_space.clone(),
-            snapshot_dir: self.data_dir.join(SNAPSHOT_DIR),
+            disk_space: self.core.disk_space.clone(),
+            snapshot_dir: self.core.data_dir.join(SNAPSHOT_DIR),
         };
         let scrub_rates = crate::scrub::ScrubRates::of(settings);
+        // From the bottom layer up (the core's, then the parts' by their layers), so that the
+        // stop, which ends them in the reverse order, ends a task before those below it.
         let mut tasks = vec![
             supervise(
-                task::CLUSTER_STATE,
-                &self.leadership,
-                crate::leadership::watch_cluster_state,
+                task::DISK_SPACE,
+                &self.core.disk_space,
+                crate::disk_space::run,
             ),
             supervise(
                 task::SNAPSHOT_SCHEDULE,
                 &Arc::new(snapshot_schedule),
                 crate::snapshot_schedule::run,
             ),
-            supervise(task::DISK_SPACE, &self.disk_space, crate::disk_space::run),
+            supervise(
+                task::CLUSTER_STATE,
+                &self.leadership,
+                crate::leadership::watch_cluster_state,
+            ),
             supervise(task::CLUSTER_CLOCK, &self.clock, crate::cluster_clock::run),
             supervise(task::READ_INDEX, &self.reads, crate::read_index_task::run),
-            supervise(
-                task::HANDOVER_LOW_DISK,
-                &self.handover,
-                crate::handover::hand_over_while_low_on_disk,
-            ),
             supervise(task::SCRUB, &self.scrub, move |scrub| {
                 crate::scrub::run(scrub, scrub_rates)
             }),
         ];
-        if !self.cluster.join.is_empty() {
-            tasks.push(supervise(
-                task::KEEP_JOINING,
-                &self.members,
-                crate::membership::keep_joining,
-            ));
-        }
-        if !settings.pre_vote && self.log_store.repair().is_some() {
-            tasks.push(supervise(
-                task::HOLD_ELECTIONS,
-                &self.leadership,
-                crate::leadership::hold_elections_while_repairing,
-            ));
-        }
         if settings.pre_vote {
             let timing = crate::pre_vote::ElectionTiming {
                 timeout_min: settings.election_timeout_min,
@@ -265,12 +244,31 @@ impl Node {
             tasks.push(supervise(task::PRE_VOTE, &self.pre_vote, move |pre_vote| {
                 crate::pre_vote::run(pre_vote, timing)
             }));
+        } else if self.core.log_store.repair().is_some() {
+            tasks.push(supervise(
+                task::HOLD_ELECTIONS,
+                &self.leadership,
+                crate::leadership::hold_elections_while_repairing,
+            ));
         }
         if !settings.record_max_age.is_zero() {
-            tasks.push(supervise(task::EXPIRY, &self.expiry, crate::expiry::run));
+            tasks.push(supervise(task::EXPIRY, &expiry, crate::expiry::run));
         }
-        if let Ok(mut background) = self.background.lock() {
-            background.extend(tasks);
+        tasks.push(supervise(
+            task::HANDOVER_LOW_DISK,
+            &self.handover,
+            crate::handover::hand_over_while_low_on_disk,
+        ));
+        if !self.core.cluster.join.is_empty() {
+            tasks.push(supervise(
+                task::KEEP_JOINING,
+                &self.members,
+                crate::membership::keep_joining,
+            ));
+        }
+        match self.tasks.lock() {
+            Ok(mut running) => running.extend(tasks),
+            Err(poisoned) => poisoned.into_inner().extend(tasks),
         }
     }
 }
@@ -534,18 +532,19 @@ pub mod task {
     ];
 }
 
-/// `pkraft_tasks::spawn` of the loop `run(part)`, for a task of one of the node's parts.
+/// `pkraft_tasks::spawn` of the loop `run(part)`, for a task of one of the node's parts; with
+/// its name, for the stop.
 fn supervise<Part, Fut>(
     name: &'static str,
     part: &Arc<Part>,
     run: impl Fn(Arc<Part>) -> Fut + Send + 'static,
-) -> tokio::task::JoinHandle<()>
+) -> (&'static str, tokio::task::JoinHandle<()>)
 where
     Part: Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let part = part.clone();
-    pkraft_tasks::spawn(name, move || run(part.clone()))
+    (name, pkraft_tasks::spawn(name, move || run(part.clone())))
 }
 
 /// What the state machine tells this node as it works.

@@ -19,11 +19,9 @@ mod batcher;
 pub(crate) mod queue;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Raft};
-use pkraft_state::Store;
 use pkraft_types::{PublishItem, PublishOutcome, VerifiedPacket};
 
 pub use admission::Admission;
@@ -31,28 +29,18 @@ use queue::{Origin, Outcome, PublishQueue, stopping};
 pub use queue::{PublishError, Published};
 
 use crate::cluster_clock::ClusterClock;
-use crate::disk_space::DiskSpace;
-use crate::handles::Handles;
 use crate::leadership::Leadership;
-use crate::metrics::NodeMetrics;
-use crate::peer::{PeerClient, PeerError};
+use crate::node_core::Core;
+use crate::peer::PeerError;
 use crate::settings::Settings;
 use crate::store_cap::{NewKeyRefusal, StoreCap};
 use crate::{NodeId, TypeConfig};
 
-/// The node's write path: the publish queue, its batching task, and the handles a publish
-/// needs on its way (see the module docs).
+/// The node's write path: the publish queue, its batching task, and what a publish needs on
+/// its way (see the module docs).
 pub struct Writes {
-    id: NodeId,
-    raft: Raft<TypeConfig>,
-    /// The local replica, for the fast answer and the count against the cap.
-    store: Store,
-    /// To forward a follower's batches to the leader.
-    peers: PeerClient,
-    metrics: Arc<NodeMetrics>,
-    /// `raft.publish_timeout`: every wait on the way to a commit.
-    publish_timeout: Duration,
-    disk_space: Arc<DiskSpace>,
+    /// The node's handles and fixed settings (`node_core`).
+    pub(crate) core: Arc<Core>,
     /// The cap on stored packets and the new keys counted against it (`store_cap`).
     store_cap: StoreCap,
     leadership: Arc<Leadership>,
@@ -68,23 +56,17 @@ impl Writes {
     /// A write path that takes nothing until [`Writes::start`]; `store_cap` counts the new keys
     /// against the cap on stored packets.
     pub(crate) fn new(
-        handles: &Handles,
+        core: &Arc<Core>,
         store_cap: StoreCap,
         leadership: Arc<Leadership>,
         clock: Arc<ClusterClock>,
     ) -> Writes {
         Writes {
-            id: handles.id,
-            raft: handles.raft.clone(),
-            store: handles.store(),
-            peers: handles.peers.clone(),
-            metrics: handles.metrics.clone(),
-            publish_timeout: handles.publish_timeout,
-            disk_space: handles.disk_space.clone(),
+            core: core.clone(),
             store_cap,
             leadership,
             clock,
-            appends: handles.log_store.appends(),
+            appends: core.log_store.appends(),
             queue: PublishQueue::new(),
         }
     }
@@ -101,7 +83,7 @@ impl Writes {
     /// Closes the queue and lets the batches in flight answer their publishers, for at most
     /// `raft.publish_timeout`.
     pub(crate) async fn close(&self) {
-        self.queue.close(self.publish_timeout).await;
+        self.queue.close(self.core.publish_timeout).await;
     }
 
     /// Publishes `packet`: answered from the local replica when it would not change it, else
@@ -126,8 +108,8 @@ impl Writes {
             PublishOutcome::Stored => {
                 // Refused here too, not only by the leader: this node could not take the entry
                 // from the leader, so the client would not read its write back from it.
-                if let Some(reason) = self.disk_space.refusal() {
-                    self.metrics.publish_refused("disk_full", 1);
+                if let Some(reason) = self.core.disk_space.refusal() {
+                    self.core.metrics.publish_refused("disk_full", 1);
                     return Err(PublishError::Unavailable(reason));
                 }
                 // The quick check; the leader's is the one that holds (`store_cap`).
@@ -135,13 +117,14 @@ impl Writes {
                     return Err(PublishError::NoRoom(reason));
                 }
                 let outcome = self.queue.enqueue(packet.into(), Origin::Local)?;
-                let deadline = tokio::time::Instant::now() + self.publish_timeout;
+                let deadline = tokio::time::Instant::now() + self.core.publish_timeout;
                 self.await_outcome_until(outcome, deadline).await
             }
             known => Ok(Published {
                 outcome: known,
                 replicas: self.replica_count(),
                 log_index: self
+                    .core
                     .raft
                     .metrics()
                     .borrow()
@@ -159,14 +142,15 @@ impl Writes {
     /// to ask before a request's body is read.
     pub fn refuse_new_key(&self, held: impl FnOnce() -> bool) -> Option<String> {
         let refusal = self
+            .core
             .disk_space
             .new_keys_refusal()
             .map(NewKeyRefusal::disk)
-            .or_else(|| self.store_cap.refusal(&self.store))?;
+            .or_else(|| self.store_cap.refusal(&self.core.store))?;
         if held() {
             return None;
         }
-        self.metrics.publish_refused(refusal.label, 1);
+        self.core.metrics.publish_refused(refusal.label, 1);
         Some(refusal.reason)
     }
 
@@ -184,7 +168,7 @@ impl Writes {
         // All are queued before any is awaited, so they share batches, and all wait until one
         // deadline: the follower's request is answered within `publish_timeout`, however many
         // packets it carries.
-        let deadline = tokio::time::Instant::now() + self.publish_timeout;
+        let deadline = tokio::time::Instant::now() + self.core.publish_timeout;
         let queued: Vec<_> = packets
             .into_iter()
             .map(|item| self.queue.enqueue(item, Origin::Forwarded))
@@ -210,15 +194,15 @@ impl Writes {
             Ok(Err(_)) => Err(stopping()),
             Err(_) => Err(PublishError::Unavailable(format!(
                 "not committed within {:?}",
-                self.publish_timeout
+                self.core.publish_timeout
             ))),
         }
     }
 
     /// Replicas known to hold everything this node has applied.
     pub fn replica_count(&self) -> usize {
-        let applied = self.raft.metrics().borrow().last_applied;
-        applied.map_or(1, |log_id| replicas_holding(&self.raft, log_id.index))
+        let applied = self.core.raft.metrics().borrow().last_applied;
+        applied.map_or(1, |log_id| replicas_holding(&self.core.raft, log_id.index))
     }
 }
 

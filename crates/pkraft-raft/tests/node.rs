@@ -162,9 +162,11 @@ async fn data_and_leadership_survive_a_restart() {
 }
 
 /// Goal: a shutdown returns as soon as openraft has let go of the files, not at its 10 s bound:
-/// the node's parts hold handles of their own to the replica and the log, which it counts
-/// (`Handles::held`), and it waits only for the others. (With the parts' handles not counted,
-/// every shutdown waited the whole bound and warned that Raft's tasks still held the files.)
+/// the node and its parts hold the replica and the log through one shared core, one handle
+/// each, and the stop waits only for the others (`Core::files_released`). (When the parts'
+/// handles were not accounted for, every shutdown waited the whole bound and warned that Raft's
+/// tasks still held the files.) And once the node is dropped nothing holds the core: no part
+/// or task keeps it alive in a cycle, so the files open again at once.
 #[tokio::test]
 async fn a_shutdown_waits_only_for_raft_to_let_go_of_the_files() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -180,8 +182,14 @@ async fn a_shutdown_waits_only_for_raft_to_let_go_of_the_files() {
         took < Duration::from_secs(5),
         "the shutdown took {took:?}, near its 10 s bound"
     );
+    let store = node.store().clone();
     drop(node);
-    // Every handle is gone with the node: the files open again at once.
+    assert_eq!(
+        store.open_handles(),
+        1,
+        "something still holds the node's core after the stop and the drop"
+    );
+    drop(store);
     let node = start(dir.path(), &fast_settings()).await;
     node.shutdown().await;
 }

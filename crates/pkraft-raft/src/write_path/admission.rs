@@ -43,7 +43,7 @@ impl Writes {
     /// Reads what the local replica holds for `key`: the one read of the store a PUT makes on
     /// the node that takes it (`pkraft_store_packet_reads_total`).
     pub fn admit(&self, key: &KeyBytes) -> Admission {
-        let held = match self.store.get(key) {
+        let held = match self.core.store.get(key) {
             Ok(Some(stored)) => Held::Packet(stored.payload),
             Ok(None) => Held::Nothing,
             Err(StoreError::Quarantined(_)) => Held::Damaged,

@@ -73,6 +73,7 @@ async fn run(writes: Arc<Writes>, mut pending: mpsc::Receiver<Pending>, batch_ma
             break;
         };
         writes
+            .core
             .metrics
             .publish_batch_wait
             .observe(waiting.elapsed().as_secs_f64());
@@ -155,6 +156,7 @@ async fn commit(writes: &Writes, batch: Vec<Pending>, slot: AppendSlot) {
     let formed = Instant::now();
     commit_until_answered(writes, batch, slot).await;
     writes
+        .core
         .metrics
         .publish_batch
         .observe(formed.elapsed().as_secs_f64());
@@ -162,8 +164,12 @@ async fn commit(writes: &Writes, batch: Vec<Pending>, slot: AppendSlot) {
 
 /// [`commit`]'s work: every way a batch is answered returns from here.
 async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: AppendSlot) {
-    let deadline = Instant::now() + writes.publish_timeout;
-    writes.metrics.batch_packets.observe(batch.len() as f64);
+    let deadline = Instant::now() + writes.core.publish_timeout;
+    writes
+        .core
+        .metrics
+        .batch_packets
+        .observe(batch.len() as f64);
     let mut attempt = Attempt {
         batch,
         deadline,
@@ -172,23 +178,23 @@ async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: Appen
     };
     loop {
         attempt = match writes.leadership.known_leader() {
-            Some((leader, _)) if leader == writes.id && !writes.leadership.handing_over() => {
+            Some((leader, _)) if leader == writes.core.id && !writes.leadership.handing_over() => {
                 match commit_here(writes, attempt).await {
                     Some(again) => again,
                     None => return,
                 }
             }
             // This leader is handing over (see `handover`): wait for the next one.
-            Some((leader, _)) if leader == writes.id && Instant::now() < deadline => {
+            Some((leader, _)) if leader == writes.core.id && Instant::now() < deadline => {
                 writes
                     .leadership
                     .wait_for_leader_news(Some(leader), deadline)
                     .await;
                 attempt
             }
-            Some((leader, _)) if leader == writes.id => {
+            Some((leader, _)) if leader == writes.core.id => {
                 let batch = attempt.batch;
-                writes.metrics.publish_refused("handover", batch.len());
+                writes.core.metrics.publish_refused("handover", batch.len());
                 return answer_all(
                     batch,
                     PublishError::Unavailable("leadership is being handed over".to_string()),
@@ -204,6 +210,7 @@ async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: Appen
                         .unwrap_or_else(|| format!("leader {leader} did not answer in time"));
                     let batch = attempt.batch;
                     writes
+                        .core
                         .metrics
                         .publish_refused("forward_failed", batch.len());
                     return answer_all(batch, PublishError::Unavailable(reason));
@@ -224,7 +231,10 @@ async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: Appen
             }
             None => {
                 let batch = attempt.batch;
-                writes.metrics.publish_refused("no_leader", batch.len());
+                writes
+                    .core
+                    .metrics
+                    .publish_refused("no_leader", batch.len());
                 return answer_all(
                     batch,
                     PublishError::Unavailable("no leader is elected".to_string()),
@@ -252,12 +262,18 @@ struct Attempt {
 async fn commit_here(writes: &Writes, attempt: Attempt) -> Option<Attempt> {
     let batch = &attempt.batch;
     if let Some(reason) = writes.leadership.cut_off_from_quorum() {
-        writes.metrics.publish_refused("no_quorum", batch.len());
+        writes
+            .core
+            .metrics
+            .publish_refused("no_quorum", batch.len());
         answer_all(attempt.batch, PublishError::Unavailable(reason));
         return None;
     }
-    if let Some(reason) = writes.disk_space.refusal() {
-        writes.metrics.publish_refused("disk_full", batch.len());
+    if let Some(reason) = writes.core.disk_space.refusal() {
+        writes
+            .core
+            .metrics
+            .publish_refused("disk_full", batch.len());
         answer_all(attempt.batch, PublishError::Unavailable(reason));
         return None;
     }
@@ -265,8 +281,8 @@ async fn commit_here(writes: &Writes, attempt: Attempt) -> Option<Attempt> {
     // nobody waits for the answer, and a proposal begun now would be handed to Raft only after
     // its guard below is gone.
     if Instant::now() >= attempt.deadline {
-        writes.metrics.publish_refused("timeout", batch.len());
-        let reason = format!("no leader took it within {:?}", writes.publish_timeout);
+        writes.core.metrics.publish_refused("timeout", batch.len());
+        let reason = format!("no leader took it within {:?}", writes.core.publish_timeout);
         answer_all(attempt.batch, PublishError::Unavailable(reason));
         return None;
     }
@@ -316,6 +332,7 @@ async fn commit_forwarded(
     match forward(writes, leader, addr, &attempt.batch, attempt.deadline).await {
         Ok(answers) => {
             writes
+                .core
                 .metrics
                 .forwarded_packets
                 .inc_by(u64::try_from(attempt.batch.len()).unwrap_or(u64::MAX));
@@ -341,6 +358,7 @@ async fn commit_forwarded(
         }
         Err(Reroute::Retry { reason, .. } | Reroute::Fail(reason)) => {
             writes
+                .core
                 .metrics
                 .publish_refused("forward_failed", attempt.batch.len());
             answer_all(attempt.batch, PublishError::Unavailable(reason));
@@ -355,11 +373,12 @@ async fn commit_forwarded(
 /// is dropped.
 fn admit_new_keys(writes: &Writes, batch: Vec<Pending>) -> (Vec<Pending>, Reservation) {
     let disk = writes
+        .core
         .disk_space
         .new_keys_refusal()
         .map(NewKeyRefusal::disk);
     let admission = writes.store_cap.admit(
-        &writes.store,
+        &writes.core.store,
         disk,
         batch.iter().map(|pending| &pending.item.key),
     );
@@ -372,7 +391,7 @@ fn admit_new_keys(writes: &Writes, batch: Vec<Pending>) -> (Vec<Pending>, Reserv
         match refusal {
             None => admitted.push(pending),
             Some(refusal) => {
-                writes.metrics.publish_refused(refusal.label, 1);
+                writes.core.metrics.publish_refused(refusal.label, 1);
                 let error = if refusal.transient {
                     PublishError::Unavailable(refusal.reason)
                 } else {
@@ -401,7 +420,7 @@ async fn propose(
     let (packets, replies): (Vec<PublishItem>, Vec<Reply>) =
         batch.into_iter().map(|p| (p.item, p.reply)).unzip();
     tracing::debug!(packets = packets.len(), "proposing a publish batch");
-    let raft = &writes.raft;
+    let raft = &writes.core.raft;
     let appends_before = slot.appends_before_proposal();
     let mut write = spawn_write(writes, packets, new_keys);
     // The second branch never ends: it gives the slot up when the entry is appended, while
@@ -416,7 +435,10 @@ async fn propose(
         // The task panicked or was aborted (the runtime is stopping): its outcome is unknown.
         Ok(Err(e)) => {
             tracing::error!(error = %e, "a proposal's task failed");
-            writes.metrics.publish_refused("timeout", replies.len());
+            writes
+                .core
+                .metrics
+                .publish_refused("timeout", replies.len());
             let error = PublishError::Unavailable(format!("the proposal's task ended: {e}"));
             for reply in replies {
                 answer(reply, Err(error.clone()));
@@ -426,10 +448,13 @@ async fn propose(
         Err(elapsed) => Err(elapsed),
     };
     let Ok(written) = written else {
-        writes.metrics.publish_refused("timeout", replies.len());
+        writes
+            .core
+            .metrics
+            .publish_refused("timeout", replies.len());
         let error = PublishError::Unavailable(format!(
             "not committed within {:?}; it may still commit",
-            writes.publish_timeout
+            writes.core.publish_timeout
         ));
         for reply in replies {
             answer(reply, Err(error.clone()));
@@ -497,7 +522,7 @@ fn spawn_write(
         leader_time_micros: writes.clock.now().stamp_micros(),
         packets,
     };
-    let raft = writes.raft.clone();
+    let raft = writes.core.raft.clone();
     tokio::spawn(async move {
         let written = raft.client_write(command).await;
         drop(new_keys);
@@ -548,6 +573,7 @@ async fn forward(
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
     let call = writes
+        .core
         .peers
         .call(addr, Some(leader), path::PUBLISH, &request, remaining);
     // The answer is waited for while the leader is heard from (it is committing, however long
@@ -593,6 +619,7 @@ async fn answer_forwarded(
         .max();
     if let Some(index) = last_index {
         let applied = writes
+            .core
             .raft
             .wait(Some(LOCAL_APPLY_WAIT))
             .applied_index_at_least(Some(index), "apply a forwarded publish locally")
