@@ -1,7 +1,8 @@
 //! Relay errors and their HTTP status codes. Bodies are plain text meant for the publisher;
 //! internal errors are logged and answered without detail. The reasons of `Unavailable` and
-//! `NoRoom` are text because they come as text: from [`PublishError`] and [`ReadError`], whose
-//! reasons cross the peer wire.
+//! `NoRoom` are text because they are what the publisher is told: a [`PublishError`]'s reason
+//! with its cause, as a leader's reasons cross the peer wire, or a [`ReadError`]'s. A storage
+//! failure keeps its cause as the source, for the log.
 
 use std::time::Duration;
 
@@ -89,10 +90,11 @@ impl RelayError {
     pub fn from_publish(e: PublishError, retry_after: Duration) -> Self {
         match e {
             PublishError::Unavailable(reason) => RelayError::Unavailable {
-                reason,
+                reason: reason.to_string(),
                 retry_after,
             },
-            PublishError::Fatal(reason) => RelayError::StorageFailed(reason.into()),
+            // The reason with its cause: logged, not sent (`StorageFailed`).
+            PublishError::Fatal(reason) => RelayError::StorageFailed(Box::new(reason)),
             e @ PublishError::Replica(_) => RelayError::StorageFailed(Box::new(e)),
             PublishError::NoRoom(reason) => RelayError::NoRoom(reason),
         }

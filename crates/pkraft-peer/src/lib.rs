@@ -154,11 +154,33 @@ pub enum PeerError {
     Fatal(String),
 }
 
+/// Why a forwarded publish has no outcome, as the leader answers it (inside the `publish`
+/// answer, postcard). Its variants carry their cause as text, as [`PeerError`]'s do; the node
+/// keeps the cause on its side (`pkraft_raft::PublishError`) and converts at the route. Postcard
+/// writes the variant's index: never reorder these, and add new ones last only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum WirePublishError {
+    /// No leader, or the entry did not commit in time; retrying is safe.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Consensus or storage failed on the leader.
+    #[error("{0}")]
+    Fatal(String),
+    /// A node could not read its own replica for the fast answer. Never sent between nodes;
+    /// kept in its slot so that the variants after it keep their index.
+    #[error("reading this node's replica: {0}")]
+    Replica(String),
+    /// The cluster stores no new keys now (sent only to a follower that says it decodes it,
+    /// [`ForwardedPublish::answers_no_room`]).
+    #[error("{0}")]
+    NoRoom(String),
+}
+
 /// Publishes forwarded by a follower to the leader.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ForwardedPublish {
     pub packets: Vec<PublishItem>,
-    /// The follower decodes `PublishError::NoRoom` in the answers. Last, so that a leader of
+    /// The follower decodes [`WirePublishError::NoRoom`] in the answers. Last, so that a leader of
     /// an older build decodes the request (postcard ignores trailing bytes); a request without
     /// it comes from a follower of an older build ([`LegacyForwardedPublish`]), which is
     /// answered `Unavailable` instead, an answer it can decode.

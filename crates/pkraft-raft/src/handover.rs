@@ -54,7 +54,9 @@ use crate::NodeId;
 use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::node_core::Core;
-use crate::peer::{CallError, PeerError, path};
+use crate::peer::{CallError, path};
+use crate::reason::Reason;
+use crate::request_error::{RequestError, ask};
 
 /// How long the outgoing leader waits for a voter to hold its whole log (the batches in flight
 /// when it stopped proposing commit in milliseconds).
@@ -68,9 +70,10 @@ const LOW_DISK_RETRY: Duration = Duration::from_secs(5);
 /// cost an election, so a failing handover is not repeated every few seconds.
 const LOW_DISK_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
-/// Why leadership is handed over: it decides who may take it, and what this node does after.
+/// What a handover is for: it decides who may take the leadership, and what this node does
+/// after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
+enum Occasion {
     /// This node stops: any caught-up voter may lead, and this node proposes and stands no more.
     Stopping,
     /// This node's disk is below the reserve: a caught-up voter with room may lead, and this
@@ -103,7 +106,7 @@ enum AskToStandError {
     #[error(transparent)]
     Call(#[from] CallError),
     #[error("it refused: {0}")]
-    Refused(#[from] PeerError),
+    Refused(#[from] RequestError),
 }
 
 /// The node's leader handover (see the module docs), and its side of another's (`elect`).
@@ -135,12 +138,12 @@ impl Handover {
     pub async fn hand_over(&self) -> HandoverOutcome {
         // A low-disk handover under way finishes first; this node then most likely leads no more.
         let _one_at_a_time = self.leadership.handover_lock().lock().await;
-        let result = self.try_hand_over(Reason::Stopping).await;
-        self.record_handover(&result, Reason::Stopping);
+        let result = self.try_hand_over(Occasion::Stopping).await;
+        self.record_handover(&result, Occasion::Stopping);
         result
     }
 
-    fn record_handover(&self, result: &HandoverOutcome, reason: Reason) {
+    fn record_handover(&self, result: &HandoverOutcome, occasion: Occasion) {
         match result {
             HandoverOutcome::NotNeeded | HandoverOutcome::NoTarget(_) => {}
             HandoverOutcome::Done { to, took } => {
@@ -149,7 +152,7 @@ impl Handover {
                     .handovers
                     .with_label_values(&["done"])
                     .inc();
-                tracing::info!(to, took = ?took, ?reason, "handed leadership over");
+                tracing::info!(to, took = ?took, reason = ?occasion, "handed leadership over");
             }
             HandoverOutcome::Failed(why) => {
                 self.core
@@ -157,16 +160,16 @@ impl Handover {
                     .handovers
                     .with_label_values(&["failed"])
                     .inc();
-                let after = match reason {
-                    Reason::Stopping => "the cluster fails over instead",
-                    Reason::LowOnDisk => "this node goes on as before",
+                let after = match occasion {
+                    Occasion::Stopping => "the cluster fails over instead",
+                    Occasion::LowOnDisk => "this node goes on as before",
                 };
                 tracing::warn!(reason = %why, "leadership handover failed; {after}");
             }
         }
     }
 
-    async fn try_hand_over(&self, reason: Reason) -> HandoverOutcome {
+    async fn try_hand_over(&self, occasion: Occasion) -> HandoverOutcome {
         let metrics = self.core.raft.metrics().borrow().clone();
         // A node whose Raft stopped on a fatal error leads nobody, whatever its last metrics say.
         if metrics.state != ServerState::Leader || metrics.running_state.is_err() {
@@ -181,9 +184,9 @@ impl Handover {
         if others.is_empty() {
             return HandoverOutcome::NotNeeded;
         }
-        let eligible = match reason {
-            Reason::Stopping => others.clone(),
-            Reason::LowOnDisk => {
+        let eligible = match occasion {
+            Occasion::Stopping => others.clone(),
+            Occasion::LowOnDisk => {
                 // A leader elsewhere commits nothing unless a quorum takes its entries: with
                 // fewer voters with room, moving leadership gains no writes and stalls the reads
                 // and membership changes this leader still serves.
@@ -210,8 +213,8 @@ impl Handover {
                 eligible
             }
         };
-        let result = self.hand_over_to_one_of(reason, &others, &eligible).await;
-        if reason == Reason::LowOnDisk {
+        let result = self.hand_over_to_one_of(occasion, &others, &eligible).await;
+        if occasion == Occasion::LowOnDisk {
             self.resume_leading();
         }
         result
@@ -220,7 +223,7 @@ impl Handover {
     /// Steps 1 to 4 of the handover (see the module docs), to one of `eligible`.
     async fn hand_over_to_one_of(
         &self,
-        reason: Reason,
+        occasion: Occasion,
         others: &[NodeId],
         eligible: &[NodeId],
     ) -> HandoverOutcome {
@@ -250,7 +253,7 @@ impl Handover {
                 self.leadership.silenced().set(&[]);
                 return HandoverOutcome::NotNeeded;
             }
-            if reason == Reason::LowOnDisk && self.core.disk_space.refusal().is_none() {
+            if occasion == Occasion::LowOnDisk && self.core.disk_space.refusal().is_none() {
                 // Space was freed here meanwhile.
                 self.leadership.silenced().set(&[]);
                 return HandoverOutcome::NotNeeded;
@@ -383,11 +386,15 @@ impl Handover {
             node.map(|n| n.addr.clone())
                 .ok_or(AskToStandError::NotMember(target))?
         };
-        let answer: Result<(), PeerError> = self
-            .core
-            .peers
-            .call(&addr, Some(target), path::ELECT, &(), self.core.lease)
-            .await?;
+        let answer: Result<(), RequestError> = ask(
+            &self.core.peers,
+            &addr,
+            Some(target),
+            path::ELECT,
+            &(),
+            self.core.lease,
+        )
+        .await?;
         Ok(answer?)
     }
 
@@ -409,10 +416,10 @@ impl Handover {
     }
 
     /// Starts an election on this node, when the leader handing over asks (peer route `elect`).
-    pub(crate) async fn stand_for_election(&self) -> Result<(), PeerError> {
+    pub(crate) async fn stand_for_election(&self) -> Result<(), RequestError> {
         if self.core.log_store.repair().is_some() {
-            return Err(PeerError::Unavailable(
-                self.leadership.may_stand().err().unwrap_or_default(),
+            return Err(RequestError::Unavailable(
+                self.leadership.may_stand().err().unwrap_or_default().into(),
             ));
         }
         self.core
@@ -420,7 +427,7 @@ impl Handover {
             .trigger()
             .elect()
             .await
-            .map_err(|e| PeerError::Fatal(e.to_string()))
+            .map_err(|e| RequestError::Fatal(Reason::of(e)))
     }
 }
 
@@ -483,8 +490,8 @@ pub(crate) async fn hand_over_while_low_on_disk(handover: Arc<Handover>) {
         if handover.leadership.handing_over() {
             continue;
         }
-        let result = handover.try_hand_over(Reason::LowOnDisk).await;
-        handover.record_handover(&result, Reason::LowOnDisk);
+        let result = handover.try_hand_over(Occasion::LowOnDisk).await;
+        handover.record_handover(&result, Occasion::LowOnDisk);
         match result {
             HandoverOutcome::Done { .. } | HandoverOutcome::NotNeeded => told = None,
             HandoverOutcome::NoTarget(why) => {

@@ -17,8 +17,10 @@ use crate::NodeId;
 use crate::cluster_clock::ClusterClock;
 use crate::leadership::Leadership;
 use crate::node_core::Core;
-use crate::peer::{CallError, MembershipChange, PeerError, path};
+use crate::peer::{CallError, MembershipChange, path};
 use crate::reads::Reads;
+use crate::reason::Reason;
+use crate::request_error::{RequestError, ask};
 pub use crate::status_wire::NodeStatus;
 use crate::status_wire::PeerNodeStatus;
 
@@ -86,27 +88,27 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
-/// Why an operator's membership request failed. A request is made by the leader, so its
-/// reasons mostly come back over the peer wire as [`PeerError`]'s text; the variants hold text
-/// for that reason, and the admin API sends it on as its JSON error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why an operator's membership request failed; the admin API sends its text on as its JSON
+/// error. A request is made by the leader, so its reasons mostly come back over the peer wire
+/// as text ([`crate::peer::PeerError`]); one found on this node keeps its cause.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MembershipError {
     /// Already initialized (a second `init` would start a second cluster).
-    #[error("{0}")]
-    AlreadyInitialized(String),
+    #[error(transparent)]
+    AlreadyInitialized(Reason),
     /// The request cannot be done as asked.
-    #[error("{0}")]
-    Refused(String),
+    #[error(transparent)]
+    Refused(Reason),
     /// No leader, or it did not answer; retry later.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(Reason),
 }
 
-impl From<PeerError> for MembershipError {
-    fn from(e: PeerError) -> Self {
+impl From<RequestError> for MembershipError {
+    fn from(e: RequestError) -> Self {
         match e {
-            PeerError::Refused(reason) => MembershipError::Refused(reason),
-            other => MembershipError::Unavailable(other.to_string()),
+            RequestError::Refused(reason) => MembershipError::Refused(reason),
+            other => MembershipError::Unavailable(Reason::of(other)),
         }
     }
 }
@@ -150,11 +152,12 @@ impl Members {
                 Ok(())
             }
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                Err(MembershipError::AlreadyInitialized(format!(
-                    "this node is already part of a cluster: {e}"
+                Err(MembershipError::AlreadyInitialized(Reason::caused(
+                    "this node is already part of a cluster",
+                    e,
                 )))
             }
-            Err(e) => Err(MembershipError::Unavailable(e.to_string())),
+            Err(e) => Err(MembershipError::Unavailable(Reason::of(e))),
         }
     }
 
@@ -172,7 +175,7 @@ impl Members {
     pub(crate) async fn handle_membership(
         &self,
         request: MembershipRequest,
-    ) -> Result<(), PeerError> {
+    ) -> Result<(), RequestError> {
         // Refused here too, not only on the leader: the answer must not depend on whether a
         // leader is reachable right now.
         if let MembershipChange::Join { node_id, .. } = &request.change {
@@ -188,19 +191,18 @@ impl Members {
                     change: request.change,
                     forwarded: true,
                 };
-                self.core
-                    .peers
-                    .call(
-                        &addr,
-                        Some(leader),
-                        path::MEMBERSHIP,
-                        &forwarded,
-                        JOIN_CALL_TIMEOUT,
-                    )
-                    .await
-                    .map_err(|e| PeerError::Unavailable(e.to_string()))?
+                ask(
+                    &self.core.peers,
+                    &addr,
+                    Some(leader),
+                    path::MEMBERSHIP,
+                    &forwarded,
+                    JOIN_CALL_TIMEOUT,
+                )
+                .await
+                .map_err(|e| RequestError::Unavailable(Reason::of(e)))?
             }
-            _ => Err(PeerError::NotLeader {
+            _ => Err(RequestError::NotLeader {
                 leader: leader.map(|(id, _)| id),
             }),
         }
@@ -208,21 +210,24 @@ impl Members {
 
     /// Runs one change, after the changes queued before it, within `MEMBERSHIP_CHANGE_TIMEOUT`
     /// in all (a leader cut off from its quorum never commits one; the lock must not stay held).
-    async fn change_as_leader(&self, change: MembershipChange) -> Result<(), PeerError> {
+    async fn change_as_leader(&self, change: MembershipChange) -> Result<(), RequestError> {
         tokio::time::timeout(MEMBERSHIP_CHANGE_TIMEOUT, async {
             let _serialized = self.change_lock.lock().await;
             self.change_serialized(change).await
         })
         .await
         .map_err(|_| {
-            PeerError::Unavailable(format!(
-                "the membership change did not complete within {MEMBERSHIP_CHANGE_TIMEOUT:?} \
+            RequestError::Unavailable(
+                format!(
+                    "the membership change did not complete within {MEMBERSHIP_CHANGE_TIMEOUT:?} \
                  (it may still complete; see `pkraft cluster status`)"
-            ))
+                )
+                .into(),
+            )
         })?
     }
 
-    async fn change_serialized(&self, change: MembershipChange) -> Result<(), PeerError> {
+    async fn change_serialized(&self, change: MembershipChange) -> Result<(), RequestError> {
         match change {
             MembershipChange::Join {
                 node_id,
@@ -240,17 +245,20 @@ impl Members {
         }
     }
 
-    async fn add_learner(&self, node_id: NodeId, addr: &str) -> Result<(), PeerError> {
+    async fn add_learner(&self, node_id: NodeId, addr: &str) -> Result<(), RequestError> {
         self.refuse_removed(node_id)?;
         let metrics = self.core.raft.metrics().borrow().clone();
         if let Some(node) = metrics.membership_config.membership().get_node(&node_id) {
             return if node.addr == addr {
                 Ok(())
             } else {
-                Err(PeerError::Refused(format!(
-                    "node id {node_id} is already a member at {}; node ids are never reused",
-                    node.addr
-                )))
+                Err(RequestError::Refused(
+                    format!(
+                        "node id {node_id} is already a member at {}; node ids are never reused",
+                        node.addr
+                    )
+                    .into(),
+                ))
             };
         }
         self.core
@@ -263,33 +271,33 @@ impl Members {
     }
 
     /// Whether `node_id` left the cluster before (as of this node's applied log).
-    pub(crate) fn was_removed(&self, node_id: NodeId) -> Result<bool, PeerError> {
+    pub(crate) fn was_removed(&self, node_id: NodeId) -> Result<bool, RequestError> {
         self.core
             .store
             .is_removed_node(node_id)
-            .map_err(|e| PeerError::Fatal(format!("reading the removed node ids: {e}")))
+            .map_err(|e| RequestError::Fatal(Reason::caused("reading the removed node ids", e)))
     }
 
     /// Refuses a node that was removed, or is being removed (a removal left joint when its
     /// leader died): admitting it would undo the removal.
-    fn refuse_removed(&self, node_id: NodeId) -> Result<(), PeerError> {
+    fn refuse_removed(&self, node_id: NodeId) -> Result<(), RequestError> {
         if self.was_removed(node_id)? {
-            return Err(PeerError::Refused(format!(
+            return Err(RequestError::Refused(format!(
                 "node id {node_id} was removed from this cluster and node ids are never reused; \
                  give the new node a new node_id and an empty data dir"
-            )));
+            ).into()));
         }
         let metrics = self.core.raft.metrics();
         if is_being_removed(metrics.borrow().membership_config.membership(), node_id) {
-            return Err(PeerError::Refused(format!(
+            return Err(RequestError::Refused(format!(
                 "node {node_id} is being removed from this cluster (the removal was interrupted); \
                  finish it with `pkraft cluster remove --node-id {node_id}`"
-            )));
+            ).into()));
         }
         Ok(())
     }
 
-    async fn promote(&self, node_id: NodeId) -> Result<(), PeerError> {
+    async fn promote(&self, node_id: NodeId) -> Result<(), RequestError> {
         let metrics = self.core.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         // A node in the new voter set of a joint configuration is not promoted yet: the change
@@ -299,9 +307,9 @@ impl Members {
         }
         self.refuse_removed(node_id)?;
         if membership.get_node(&node_id).is_none() {
-            return Err(PeerError::Refused(format!(
-                "node {node_id} is not a member; add it first"
-            )));
+            return Err(RequestError::Refused(
+                format!("node {node_id} is not a member; add it first").into(),
+            ));
         }
         self.core
             .raft
@@ -309,9 +317,9 @@ impl Members {
             .metrics(|m| caught_up(m, node_id), "learner catches up")
             .await
             .map_err(|_| {
-                PeerError::Unavailable(format!(
-                    "node {node_id} has not caught up within {CATCH_UP_TIMEOUT:?}"
-                ))
+                RequestError::Unavailable(
+                    format!("node {node_id} has not caught up within {CATCH_UP_TIMEOUT:?}").into(),
+                )
             })?;
         self.core
             .raft
@@ -322,7 +330,7 @@ impl Members {
         Ok(())
     }
 
-    async fn remove(&self, node_id: NodeId) -> Result<(), PeerError> {
+    async fn remove(&self, node_id: NodeId) -> Result<(), RequestError> {
         let metrics = self.core.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let ids = BTreeSet::from([node_id]);
@@ -488,25 +496,32 @@ pub(crate) async fn keep_joining(members: Arc<Members>) {
             forwarded: false,
         };
         for addr in &members.core.cluster.join {
-            let answer: Result<Result<(), PeerError>, _> = members
-                .core
-                .peers
-                .call(addr, None, path::MEMBERSHIP, &request, JOIN_CALL_TIMEOUT)
-                .await;
+            let answer: Result<Result<(), RequestError>, _> = ask(
+                &members.core.peers,
+                addr,
+                None,
+                path::MEMBERSHIP,
+                &request,
+                JOIN_CALL_TIMEOUT,
+            )
+            .await;
             match answer {
                 Ok(Ok(())) => break,
                 // A refusal, or the peer listener's 403 to every request of a removed node.
-                Ok(Err(PeerError::Refused(reason)))
-                | Err(CallError::Status {
+                Ok(Err(RequestError::Refused(reason))) => {
+                    refused_to_admit(&reason, addr);
+                    return;
+                }
+                Err(CallError::Status {
                     status: StatusCode::FORBIDDEN,
                     body: reason,
                     ..
                 }) => {
-                    tracing::error!(%reason, via = %addr, "the cluster refused to admit this node; not asking again");
+                    refused_to_admit(&reason, addr);
                     return;
                 }
-                Ok(Err(e)) => log_join_failure(&mut failures, addr, &e.to_string()),
-                Err(e) => log_join_failure(&mut failures, addr, &e.to_string()),
+                Ok(Err(e)) => log_join_failure(&mut failures, addr, &e),
+                Err(e) => log_join_failure(&mut failures, addr, &e),
             }
         }
         // Give the membership entry a moment to reach this node before checking again.
@@ -521,7 +536,13 @@ pub(crate) async fn keep_joining(members: Arc<Members>) {
 
 /// Logs the first join failure and then every 30th, so a node waiting for its cluster does not
 /// flood the log.
-fn log_join_failure(failures: &mut u64, addr: &str, reason: &str) {
+/// The cluster refused to admit this node: its leader's refusal, or the peer listener's 403 to
+/// every request of a removed node.
+fn refused_to_admit(reason: &dyn std::fmt::Display, via: &str) {
+    tracing::error!(%reason, %via, "the cluster refused to admit this node; not asking again");
+}
+
+fn log_join_failure(failures: &mut u64, addr: &str, reason: &dyn std::error::Error) {
     if failures.is_multiple_of(30) {
         tracing::warn!(via = %addr, %reason, attempts = *failures + 1, "cannot join the cluster yet; retrying");
     }
@@ -595,20 +616,24 @@ fn fill_lag_from_reports(members: &mut [MemberStatus], leader: Option<NodeId>) {
     }
 }
 
-pub(crate) fn change_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> PeerError {
+pub(crate) fn change_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+) -> RequestError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => PeerError::NotLeader {
-            leader: forward.leader_id,
-        },
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+            RequestError::NotLeader {
+                leader: forward.leader_id,
+            }
+        }
         // Another change is still committing (or a new leader has not committed its first
         // entry yet): retrying later works, so this must not read as a final refusal.
         RaftError::APIError(ClientWriteError::ChangeMembershipError(
             e @ ChangeMembershipError::InProgress(_),
-        )) => PeerError::Unavailable(e.to_string()),
+        )) => RequestError::Unavailable(Reason::of(e)),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            PeerError::Refused(e.to_string())
+            RequestError::Refused(Reason::of(e))
         }
-        RaftError::Fatal(fatal) => PeerError::Fatal(fatal.to_string()),
+        RaftError::Fatal(fatal) => RequestError::Fatal(Reason::of(fatal)),
     }
 }
 

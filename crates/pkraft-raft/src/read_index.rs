@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeId;
 use crate::metrics::NodeMetrics;
-use crate::peer::PeerError;
+use crate::reason::Reason;
+use crate::request_error::RequestError;
 
 /// Most reads waiting for a read index on one node; more are refused at once.
 pub const QUEUE_MAX: usize = 4096;
@@ -35,10 +36,10 @@ pub(crate) enum RoundAnswer {
     /// of the leader (`leader` is the one the round asked, if any).
     Reroute {
         leader: Option<NodeId>,
-        reason: String,
+        reason: Reason,
     },
     /// Asking again will not change it.
-    Failed(PeerError),
+    Failed(RequestError),
 }
 
 /// One read waiting for a read index.
@@ -73,13 +74,17 @@ impl ReadIndexQueue {
         let (reply, answer) = oneshot::channel();
         if self.sender.try_send(Request { forward, reply }).is_err() {
             metrics.read_index_refused.inc();
-            return RoundAnswer::Failed(PeerError::Unavailable(format!(
-                "{QUEUE_MAX} linearizable reads are already waiting for a read index on this node"
-            )));
+            return RoundAnswer::Failed(RequestError::Unavailable(
+                format!(
+                    "{QUEUE_MAX} linearizable reads are already waiting for a read index on this \
+                     node"
+                )
+                .into(),
+            ));
         }
         answer.await.unwrap_or_else(|_| {
-            RoundAnswer::Failed(PeerError::Unavailable(
-                "the read-index task stopped".to_string(),
+            RoundAnswer::Failed(RequestError::Unavailable(
+                "the read-index task stopped".into(),
             ))
         })
     }

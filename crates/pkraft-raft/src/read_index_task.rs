@@ -7,9 +7,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::peer::PeerError;
 use crate::read_index::{ReadIndexQueue, Request, RoundAnswer};
 use crate::reads::{ReadIndexFailed, Reads};
+use crate::reason::Reason;
+use crate::request_error::RequestError;
 
 /// The node's read-index task: rounds one after the other, each for every read queued when it
 /// starts. Supervised (`pkraft_tasks`): after a panic it takes the queue again.
@@ -61,9 +62,9 @@ async fn round(reads: &Reads, batch: &mut Vec<Request>) {
     if reads.leadership.is_leader() {
         let answer = match reads.read_index_as_leader().await {
             Ok(index) => RoundAnswer::Index(index),
-            Err(error @ PeerError::NotLeader { .. }) => RoundAnswer::Reroute {
+            Err(error @ RequestError::NotLeader { .. }) => RoundAnswer::Reroute {
                 leader: None,
-                reason: error.to_string(),
+                reason: Reason::of(error),
             },
             Err(error) => RoundAnswer::Failed(error),
         };
@@ -74,13 +75,13 @@ async fn round(reads: &Reads, batch: &mut Vec<Request>) {
         let answer = match leader {
             None => RoundAnswer::Reroute {
                 leader: None,
-                reason: "no leader is elected".to_string(),
+                reason: "no leader is elected".into(),
             },
             // openraft names this node leader while it is not (yet) one: asking itself would
             // queue behind this very round.
             Some((leader, _)) if leader == reads.core.id => RoundAnswer::Reroute {
                 leader: Some(leader),
-                reason: "this node is named leader but does not lead yet".to_string(),
+                reason: "this node is named leader but does not lead yet".into(),
             },
             Some(leader) if batch.iter().any(|request| request.forward) => {
                 let id = leader.0;
@@ -92,16 +93,16 @@ async fn round(reads: &Reads, batch: &mut Vec<Request>) {
                         reason,
                     },
                     Err(ReadIndexFailed::Final(reason)) => {
-                        RoundAnswer::Failed(PeerError::Unavailable(reason))
+                        RoundAnswer::Failed(RequestError::Unavailable(reason))
                     }
                 }
             }
             Some(leader) => RoundAnswer::Reroute {
                 leader: Some(leader.0),
-                reason: "not the leader".to_string(),
+                reason: "not the leader".into(),
             },
         };
-        let not_leader = PeerError::NotLeader { leader: leader_id };
+        let not_leader = RequestError::NotLeader { leader: leader_id };
         // A follower's request that reached a node that no longer leads: it asks the leader.
         answer_all(batch, |request| {
             if request.forward {

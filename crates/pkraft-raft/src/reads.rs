@@ -17,8 +17,10 @@ use crate::cluster_clock::ClusterClock;
 use crate::freshness::Freshness;
 use crate::leadership::Leadership;
 use crate::node_core::Core;
-use crate::peer::{PeerError, path};
+use crate::peer::path;
 use crate::read_index::{ReadIndexQueue, RoundAnswer};
+use crate::reason::Reason;
+use crate::request_error::{RequestError, ask};
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,25 +71,25 @@ pub enum ReadError {
     )]
     CatchingUp,
     /// The linearizable read barrier could not be passed (no leader, no quorum, or not applied
-    /// in time). Retry later. Text: the reason is mostly the leader's, over the peer wire
-    /// ([`PeerError`]), shared by every read of the round that asked.
+    /// in time). Retry later. The reason is mostly the leader's, over the peer wire (text), and
+    /// shared by every read of the round that asked; one found on this node keeps its cause.
     #[error("linearizable read unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Reason),
     /// The replica could not be read: this node is failing.
     #[error("reading this node's replica: {0}")]
     Replica(#[from] StoreError),
 }
 
-/// Why a read index could not be had from the leader. Text: the round hands the reason to
-/// every read waiting on it (`RoundAnswer`, cloned), and a follower asked for a read index
-/// sends it on as [`PeerError`]'s text.
+/// Why a read index could not be had from the leader. The round hands the reason to every
+/// read waiting on it (`RoundAnswer`, cloned: the cause is shared), and a follower asked for a
+/// read index sends it on as text.
 pub(crate) enum ReadIndexFailed {
     /// The leader moved, went silent or could not confirm its leadership yet: ask the leader
     /// again (the next one) until the deadline. A read index changes nothing, so asking twice
     /// is harmless.
-    Reroute(String),
+    Reroute(Reason),
     /// An answer that asking again will not change.
-    Final(String),
+    Final(Reason),
 }
 
 /// Committed entries a ready node may not have applied yet. openraft records the commit index
@@ -152,10 +154,10 @@ impl Reads {
 
     /// The leader's read index for a follower's `read-index` request, from the next round;
     /// `NotLeader` when this node does not lead by then.
-    pub(crate) async fn shared_read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
+    pub(crate) async fn shared_read_index_as_leader(&self) -> Result<Option<u64>, RequestError> {
         match self.read_index.join(false, &self.core.metrics).await {
             RoundAnswer::Index(index) => Ok(index),
-            RoundAnswer::Reroute { reason, .. } => Err(PeerError::Unavailable(reason)),
+            RoundAnswer::Reroute { reason, .. } => Err(RequestError::Unavailable(reason)),
             RoundAnswer::Failed(error) => Err(error),
         }
     }
@@ -289,13 +291,13 @@ impl Reads {
             let answer = tokio::time::timeout(remaining, self.shared_read_index()).await;
             let Ok(answer) = answer else {
                 return Err(ReadError::Unavailable(
-                    "no read index from the leader in time".to_string(),
+                    "no read index from the leader in time".into(),
                 ));
             };
             match answer {
                 RoundAnswer::Index(index) => break index,
                 RoundAnswer::Failed(error) => {
-                    return Err(ReadError::Unavailable(error.to_string()));
+                    return Err(ReadError::Unavailable(Reason::of(error)));
                 }
                 RoundAnswer::Reroute { reason, .. } if expired() => {
                     return Err(ReadError::Unavailable(reason));
@@ -313,7 +315,7 @@ impl Reads {
                 .applied_index_at_least(index, "apply up to the read index")
                 .await
                 .map_err(|e| {
-                    ReadError::Unavailable(format!("catching up to the read index: {e}"))
+                    ReadError::Unavailable(Reason::caused("catching up to the read index", e))
                 })?;
         }
         Ok(())
@@ -327,22 +329,30 @@ impl Reads {
         deadline: Instant,
     ) -> Result<Option<u64>, ReadIndexFailed> {
         if let Some(reason) = self.leadership.leader_gone(leader) {
-            return Err(ReadIndexFailed::Reroute(reason));
+            return Err(ReadIndexFailed::Reroute(reason.into()));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let call = self
-            .core
-            .peers
-            .call(&addr, Some(leader), path::READ_INDEX, &(), remaining);
-        let answer: Result<Option<u64>, PeerError> = tokio::select! {
-            answer = call => answer.map_err(|e| ReadIndexFailed::Reroute(e.to_string()))?,
-            reason = self.leadership.until_leader_gone(leader) => return Err(ReadIndexFailed::Reroute(reason)),
+        let call = ask(
+            &self.core.peers,
+            &addr,
+            Some(leader),
+            path::READ_INDEX,
+            &(),
+            remaining,
+        );
+        let answer: Result<Option<u64>, RequestError> = tokio::select! {
+            answer = call => answer.map_err(|e| ReadIndexFailed::Reroute(Reason::of(e)))?,
+            reason = self.leadership.until_leader_gone(leader) => {
+                return Err(ReadIndexFailed::Reroute(reason.into()));
+            }
         };
         answer.map_err(|e| match e {
-            PeerError::NotLeader { .. } | PeerError::Unavailable(_) => {
-                ReadIndexFailed::Reroute(e.to_string())
+            RequestError::NotLeader { .. } | RequestError::Unavailable(_) => {
+                ReadIndexFailed::Reroute(Reason::of(e))
             }
-            PeerError::Refused(_) | PeerError::Fatal(_) => ReadIndexFailed::Final(e.to_string()),
+            RequestError::Refused(_) | RequestError::Fatal(_) => {
+                ReadIndexFailed::Final(Reason::of(e))
+            }
         })
     }
 
@@ -359,11 +369,11 @@ impl Reads {
     /// its own log. A leader elected in a later term needs no floor: its first entry follows
     /// its whole log. (Found by the chaos harness: docs/TESTING.md, "a linearizable GET
     /// returned an older packet after the leader restarted".)
-    pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, PeerError> {
+    pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, RequestError> {
         // A leader no quorum has heard from within the lease cannot confirm its leadership
         // before the partition heals; say so now rather than at the deadline.
         if let Some(reason) = self.leadership.cut_off_from_quorum() {
-            return Err(PeerError::Unavailable(reason));
+            return Err(RequestError::Unavailable(reason.into()));
         }
         let ensured = tokio::time::timeout(
             self.core.publish_timeout,
@@ -371,10 +381,13 @@ impl Reads {
         )
         .await
         .map_err(|_| {
-            PeerError::Unavailable(format!(
-                "no quorum confirmed leadership within {:?}",
-                self.core.publish_timeout
-            ))
+            RequestError::Unavailable(
+                format!(
+                    "no quorum confirmed leadership within {:?}",
+                    self.core.publish_timeout
+                )
+                .into(),
+            )
         })?;
         match ensured {
             Ok(log_id) => {
@@ -387,14 +400,14 @@ impl Reads {
                 Ok(log_id.map(|log_id| log_id.index).max(floor))
             }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
-                Err(PeerError::NotLeader {
+                Err(RequestError::NotLeader {
                     leader: forward.leader_id,
                 })
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(PeerError::Unavailable(e.to_string()))
+                Err(RequestError::Unavailable(Reason::of(e)))
             }
-            Err(RaftError::Fatal(fatal)) => Err(PeerError::Fatal(fatal.to_string())),
+            Err(RaftError::Fatal(fatal)) => Err(RequestError::Fatal(Reason::of(fatal))),
         }
     }
 }

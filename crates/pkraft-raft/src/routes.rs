@@ -34,9 +34,9 @@ use crate::peer::{
     ForwardedPublish, LegacyForwardedPublish, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path,
 };
 use crate::pre_vote::PreVoteRequest;
+use crate::request_error::to_wire;
 use crate::settings::SNAPSHOT_INSTALL_TIMEOUT;
 use crate::short_lived::RecordRequest;
-use crate::write_path::PublishError;
 use crate::{NodeId, TypeConfig};
 use pkraft_raft_storage::codec::{decode, encode};
 use pkraft_raft_storage::incoming_snapshot_path;
@@ -379,35 +379,30 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         },
     };
     let answers_no_room = request.answers_no_room;
+    // The wire's errors are text (`PeerError`, `WirePublishError`); the causes stay here.
     let answer = node
         .writes()
         .publish_forwarded(request.packets)
         .await
         .map(|answers| {
-            if answers_no_room {
-                return answers;
-            }
             answers
                 .into_iter()
-                .map(|answer| match answer {
-                    Err(PublishError::NoRoom(reason)) => Err(PublishError::Unavailable(reason)),
-                    other => other,
-                })
-                .collect()
+                .map(|answer| answer.map_err(|e| e.to_wire(answers_no_room)))
+                .collect::<Vec<_>>()
         });
-    respond(&answer)
+    respond(&to_wire(answer))
 }
 
 async fn read_index(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |(): ()| async move {
-        node.reads().shared_read_index_as_leader().await
+        to_wire(node.reads().shared_read_index_as_leader().await)
     })
     .await
 }
 
 async fn membership(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |request: MembershipRequest| async move {
-        node.members().handle_membership(request).await
+        to_wire(node.members().handle_membership(request).await)
     })
     .await
 }
@@ -435,7 +430,7 @@ async fn packet_check(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 /// Another node asks the leader to commit a short-lived record (`short_lived`).
 async fn short_lived_record(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |request: RecordRequest| async move {
-        node.short_lived().handle(request).await
+        to_wire(node.short_lived().handle(request).await)
     })
     .await
 }
@@ -457,7 +452,7 @@ async fn clock(body: Bytes) -> Response {
 /// The leader handing over before it stops asks this node to stand (see `handover`).
 async fn elect(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |(): ()| async move {
-        node.handover().stand_for_election().await
+        to_wire(node.handover().stand_for_election().await)
     })
     .await
 }

@@ -19,7 +19,9 @@ use crate::membership::STATUS_PROBE_TIMEOUT;
 use crate::membership::change_error;
 use crate::node_core::Core;
 use crate::peer::client::CallError;
-use crate::peer::{PeerError, path};
+use crate::peer::path;
+use crate::reason::Reason;
+use crate::request_error::{RequestError, ask};
 
 /// A record to commit, from the node that proposes it (forwarded to the leader).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,7 +77,7 @@ impl ShortLived {
 
     /// Commits `record` through the leader (here if this node leads, else forwarded to it),
     /// within `raft.publish_timeout`; the log index it was committed at.
-    pub async fn commit(&self, record: ShortLivedRecord) -> Result<u64, PeerError> {
+    pub async fn commit(&self, record: ShortLivedRecord) -> Result<u64, RequestError> {
         self.handle(RecordRequest {
             record,
             forwarded: false,
@@ -84,7 +86,7 @@ impl ShortLived {
     }
 
     /// A record from this node or, forwarded, from another.
-    pub(crate) async fn handle(&self, request: RecordRequest) -> Result<u64, PeerError> {
+    pub(crate) async fn handle(&self, request: RecordRequest) -> Result<u64, RequestError> {
         if self.leadership.is_leader() {
             return self.commit_as_leader(request.record).await;
         }
@@ -94,29 +96,28 @@ impl ShortLived {
                     record: request.record,
                     forwarded: true,
                 };
-                self.core
-                    .peers
-                    .call(
-                        &addr,
-                        Some(leader),
-                        path::SHORT_LIVED_RECORD,
-                        &forwarded,
-                        // The leader's own bound, and time for its answer to come back.
-                        self.core.publish_timeout + FORWARD_ANSWER_MARGIN,
-                    )
-                    .await
-                    .map_err(|e| PeerError::Unavailable(e.to_string()))?
+                ask(
+                    &self.core.peers,
+                    &addr,
+                    Some(leader),
+                    path::SHORT_LIVED_RECORD,
+                    &forwarded,
+                    // The leader's own bound, and time for its answer to come back.
+                    self.core.publish_timeout + FORWARD_ANSWER_MARGIN,
+                )
+                .await
+                .map_err(|e| RequestError::Unavailable(Reason::of(e)))?
             }
-            leader => Err(PeerError::NotLeader {
+            leader => Err(RequestError::NotLeader {
                 leader: leader.map(|(id, _)| id),
             }),
         }
     }
 
-    async fn commit_as_leader(&self, record: ShortLivedRecord) -> Result<u64, PeerError> {
+    async fn commit_as_leader(&self, record: ShortLivedRecord) -> Result<u64, RequestError> {
         let Some(_proposal) = self.leadership.begin_proposal() else {
-            return Err(PeerError::Unavailable(
-                "the leader is handing over its leadership".to_string(),
+            return Err(RequestError::Unavailable(
+                "the leader is handing over its leadership".into(),
             ));
         };
         let command = Command::ShortLivedRecord(record);
@@ -126,10 +127,13 @@ impl ShortLived {
         )
         .await
         {
-            Err(_) => Err(PeerError::Unavailable(format!(
-                "the record was not committed within raft.publish_timeout ({:?})",
-                self.core.publish_timeout
-            ))),
+            Err(_) => Err(RequestError::Unavailable(
+                format!(
+                    "the record was not committed within raft.publish_timeout ({:?})",
+                    self.core.publish_timeout
+                )
+                .into(),
+            )),
             Ok(Err(e)) => Err(change_error(e)),
             Ok(Ok(written)) => Ok(written.log_id.index),
         }

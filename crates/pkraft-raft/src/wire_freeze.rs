@@ -16,7 +16,9 @@ use serde::Serialize;
 
 use crate::cluster_clock::{ClockReport, ClockState};
 use crate::membership::{MembershipRequest, NodeStatus};
-use crate::peer::{ForwardedPublish, LegacyForwardedPublish, PacketCopy, PeerError};
+use crate::peer::{
+    ForwardedPublish, LegacyForwardedPublish, PacketCopy, PeerError, WirePublishError,
+};
 use crate::pre_vote::{PreVoteAnswer, PreVoteRequest};
 use crate::short_lived::RecordRequest;
 use crate::write_path::{PublishError, Published};
@@ -174,10 +176,10 @@ fn publish() -> Vec<Pinned> {
                 Ok(published(PublishOutcome::Stored)),
                 Ok(published(PublishOutcome::Identical)),
                 Ok(published(PublishOutcome::Stale)),
-                Err(PublishError::Unavailable("u".to_string())),
-                Err(PublishError::Fatal("f".to_string())),
-                Err(PublishError::Replica("x".to_string())),
-                Err(PublishError::NoRoom("n".to_string())),
+                Err(WirePublishError::Unavailable("u".to_string())),
+                Err(WirePublishError::Fatal("f".to_string())),
+                Err(WirePublishError::Replica("x".to_string())),
+                Err(WirePublishError::NoRoom("n".to_string())),
             ])),
             "00070000030800010308000203080100017501010166010201780103016e".to_string(),
         ),
@@ -249,4 +251,46 @@ fn the_peer_messages_keep_their_bytes() {
         "peer messages changed their bytes (see this module's docs):\n{}",
         changed.join("\n")
     );
+}
+
+/// Goal: a leader's answer to a forwarded publish reads as it did when the errors were the
+/// wire's own: each reason's text with its cause, `NoRoom` only to a follower that decodes it
+/// (an older one gets `Unavailable` with the same reason), and back on the follower the same
+/// variant and text.
+#[test]
+fn publish_errors_cross_the_wire_as_their_text() {
+    use crate::Reason;
+    let io = std::io::Error::other("disk on fire");
+    let cases = [
+        (
+            PublishError::Unavailable(Reason::caused("the proposal's task ended", io)),
+            true,
+            WirePublishError::Unavailable("the proposal's task ended: disk on fire".to_string()),
+        ),
+        (
+            PublishError::Fatal("f".into()),
+            true,
+            WirePublishError::Fatal("f".to_string()),
+        ),
+        (
+            PublishError::NoRoom("full".to_string()),
+            true,
+            WirePublishError::NoRoom("full".to_string()),
+        ),
+        (
+            PublishError::NoRoom("full".to_string()),
+            false,
+            WirePublishError::Unavailable("full".to_string()),
+        ),
+    ];
+    for (local, answers_no_room, wire) in cases {
+        assert_eq!(local.to_wire(answers_no_room), wire, "{local:?}");
+        let back = PublishError::from_wire(wire.clone());
+        assert_eq!(back.to_string(), wire.to_string(), "{wire:?}");
+        assert_eq!(
+            std::mem::discriminant(&back.to_wire(true)),
+            std::mem::discriminant(&wire),
+            "{wire:?} comes back as the same variant"
+        );
+    }
 }

@@ -31,7 +31,8 @@ pub use queue::{PublishError, Published};
 use crate::cluster_clock::ClusterClock;
 use crate::leadership::Leadership;
 use crate::node_core::Core;
-use crate::peer::PeerError;
+use crate::reason::Reason;
+use crate::request_error::RequestError;
 use crate::settings::Settings;
 use crate::store_cap::{NewKeyRefusal, StoreCap};
 use crate::{NodeId, TypeConfig};
@@ -102,7 +103,7 @@ impl Writes {
         admission: Admission,
     ) -> Result<Published, PublishError> {
         if let Some(e) = admission.unreadable() {
-            return Err(PublishError::Replica(e.to_string()));
+            return Err(PublishError::Replica(e.clone()));
         }
         match admission.outcome(&packet) {
             PublishOutcome::Stored => {
@@ -110,7 +111,7 @@ impl Writes {
                 // from the leader, so the client would not read its write back from it.
                 if let Some(reason) = self.core.disk_space.refusal() {
                     self.core.metrics.publish_refused("disk_full", 1);
-                    return Err(PublishError::Unavailable(reason));
+                    return Err(PublishError::Unavailable(reason.into()));
                 }
                 // The quick check; the leader's is the one that holds (`store_cap`).
                 if let Some(reason) = self.refuse_new_key(|| admission.is_republish()) {
@@ -159,9 +160,9 @@ impl Writes {
     pub(crate) async fn publish_forwarded(
         &self,
         packets: Vec<PublishItem>,
-    ) -> Result<Vec<Result<Published, PublishError>>, PeerError> {
+    ) -> Result<Vec<Result<Published, PublishError>>, RequestError> {
         if !self.leadership.is_leader() || self.leadership.handing_over() {
-            return Err(PeerError::NotLeader {
+            return Err(RequestError::NotLeader {
                 leader: self.leadership.known_leader().map(|(id, _)| id),
             });
         }
@@ -192,10 +193,9 @@ impl Writes {
             Ok(Ok(result)) => result,
             // The batcher dropped the reply: it is stopping.
             Ok(Err(_)) => Err(stopping()),
-            Err(_) => Err(PublishError::Unavailable(format!(
-                "not committed within {:?}",
-                self.core.publish_timeout
-            ))),
+            Err(_) => Err(PublishError::Unavailable(
+                format!("not committed within {:?}", self.core.publish_timeout).into(),
+            )),
         }
     }
 
@@ -225,13 +225,13 @@ fn publish_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> P
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
             PublishError::Unavailable(match forward.leader_id {
-                Some(leader) => format!("node {leader} is the leader"),
-                None => "no leader is elected".to_string(),
+                Some(leader) => format!("node {leader} is the leader").into(),
+                None => "no leader is elected".into(),
             })
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            PublishError::Fatal(e.to_string())
+            PublishError::Fatal(Reason::of(e))
         }
-        RaftError::Fatal(fatal) => PublishError::Fatal(fatal.to_string()),
+        RaftError::Fatal(fatal) => PublishError::Fatal(Reason::of(fatal)),
     }
 }

@@ -374,7 +374,10 @@ async fn a_full_publish_queue_is_unavailable_not_unbounded() {
     assert!(a.is_ok() && b.is_ok(), "{a:?} {b:?}");
     match c {
         Err(pkraft_raft::PublishError::Unavailable(reason)) => {
-            assert!(reason.contains("too many publishes"), "{reason}")
+            assert!(
+                reason.to_string().contains("too many publishes"),
+                "{reason}"
+            )
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }

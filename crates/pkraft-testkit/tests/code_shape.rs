@@ -116,3 +116,96 @@ fn no_production_crate_has_import_circles() {
         circles.join("\n")
     );
 }
+
+/// The layers of pkraft-raft's files as docs/ARCHITECTURE.md lists them ("Layers inside the
+/// crates"): each top-level module's name and its layer, from the table's rows `| N | files |`.
+fn pkraft_raft_layers() -> std::collections::BTreeMap<String, u32> {
+    let architecture = read(&crates_dir().join("../docs/ARCHITECTURE.md"));
+    let table = architecture
+        .split_once("In\n`pkraft-raft` the files stand in these layers")
+        .or_else(|| architecture.split_once("In `pkraft-raft` the files stand in these layers"))
+        .expect("ARCHITECTURE.md lists pkraft-raft's layers")
+        .1;
+    let mut layers = std::collections::BTreeMap::new();
+    for row in table.lines().skip_while(|line| !line.starts_with('|')) {
+        let Some(row) = row.strip_prefix('|') else {
+            break;
+        };
+        let Some((layer, files)) = row.split_once('|') else {
+            continue;
+        };
+        let Ok(layer) = layer.trim().parse::<u32>() else {
+            continue;
+        };
+        // The module names are the cells' leading code spans of each comma-separated item
+        // (an item may explain itself after its name, in parentheses).
+        for item in files.split(", `") {
+            let name = item.trim_start_matches([' ', '`']);
+            let name: String = name
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                layers.insert(name, layer);
+            }
+        }
+    }
+    layers
+}
+
+/// Goal: the consensus crate stays layered as docs/ARCHITECTURE.md says: every file imports
+/// only files of lower layers (a submodule counts as its top-level module; the crate root's
+/// re-exports are not an import), and every file has a layer in the table.
+#[test]
+fn pkraft_raft_files_import_only_from_layers_below() {
+    let layers = pkraft_raft_layers();
+    assert!(
+        layers.len() > 20,
+        "only {} modules in the table: {layers:?}",
+        layers.len()
+    );
+    let arrows = import_arrows(&crates_dir().join("pkraft-raft").join("src"));
+    let mut unlisted = std::collections::BTreeSet::new();
+    let mut upward = Vec::new();
+    let mut counted = 0;
+    for (from, targets) in &arrows {
+        let Some(from_top) = from.first() else {
+            continue;
+        };
+        let Some(&from_layer) = layers.get(from_top) else {
+            unlisted.insert(from_top.clone());
+            continue;
+        };
+        for target in targets {
+            let Some(target_top) = target.first() else {
+                continue;
+            };
+            if target_top == from_top {
+                continue;
+            }
+            let Some(&target_layer) = layers.get(target_top) else {
+                unlisted.insert(target_top.clone());
+                continue;
+            };
+            counted += 1;
+            if target_layer >= from_layer {
+                upward.push(format!(
+                    "{} (layer {from_layer}) imports {} (layer {target_layer})",
+                    from.join("::"),
+                    target.join("::")
+                ));
+            }
+        }
+    }
+    assert!(counted > 50, "only {counted} imports between modules found");
+    assert!(
+        unlisted.is_empty(),
+        "modules without a layer in docs/ARCHITECTURE.md's table: {unlisted:?}"
+    );
+    assert!(
+        upward.is_empty(),
+        "imports that do not go down a layer (docs/ARCHITECTURE.md, \"Layers inside the \
+         crates\"):\n{}",
+        upward.join("\n")
+    );
+}

@@ -85,7 +85,7 @@ impl Admission {
     }
 
     /// Why the replica could not be read, if it could not.
-    pub(super) fn unreadable(&self) -> Option<&StoreError> {
+    pub(super) fn unreadable(&self) -> Option<&Arc<StoreError>> {
         match &self.held {
             Held::Unreadable(e) => Some(e),
             _ => None,

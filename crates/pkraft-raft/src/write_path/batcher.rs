@@ -32,7 +32,8 @@ use tokio::task::JoinHandle;
 use super::Writes;
 use super::queue::{Batcher, Origin, Pending, PublishError, Published, Reply};
 use super::{publish_error, replicas_holding};
-use crate::peer::{ForwardedPublish, PeerError, path};
+use crate::peer::{ForwardedPublish, PeerError, WirePublishError, path};
+use crate::reason::Reason;
 use crate::store_cap::{NewKeyRefusal, Reservation};
 use crate::{NodeId, TypeConfig};
 
@@ -197,7 +198,7 @@ async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: Appen
                 writes.core.metrics.publish_refused("handover", batch.len());
                 return answer_all(
                     batch,
-                    PublishError::Unavailable("leadership is being handed over".to_string()),
+                    PublishError::Unavailable("leadership is being handed over".into()),
                 );
             }
             // A leader that has gone silent is not sent more; the followers elect its
@@ -213,7 +214,7 @@ async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: Appen
                         .core
                         .metrics
                         .publish_refused("forward_failed", batch.len());
-                    return answer_all(batch, PublishError::Unavailable(reason));
+                    return answer_all(batch, PublishError::Unavailable(reason.into()));
                 }
                 writes
                     .leadership
@@ -237,7 +238,7 @@ async fn commit_until_answered(writes: &Writes, batch: Vec<Pending>, slot: Appen
                     .publish_refused("no_leader", batch.len());
                 return answer_all(
                     batch,
-                    PublishError::Unavailable("no leader is elected".to_string()),
+                    PublishError::Unavailable("no leader is elected".into()),
                 );
             }
         };
@@ -266,7 +267,7 @@ async fn commit_here(writes: &Writes, attempt: Attempt) -> Option<Attempt> {
             .core
             .metrics
             .publish_refused("no_quorum", batch.len());
-        answer_all(attempt.batch, PublishError::Unavailable(reason));
+        answer_all(attempt.batch, PublishError::Unavailable(reason.into()));
         return None;
     }
     if let Some(reason) = writes.core.disk_space.refusal() {
@@ -274,7 +275,7 @@ async fn commit_here(writes: &Writes, attempt: Attempt) -> Option<Attempt> {
             .core
             .metrics
             .publish_refused("disk_full", batch.len());
-        answer_all(attempt.batch, PublishError::Unavailable(reason));
+        answer_all(attempt.batch, PublishError::Unavailable(reason.into()));
         return None;
     }
     // This node became leader after its publishers' deadline (waiting for news of a leader):
@@ -283,7 +284,7 @@ async fn commit_here(writes: &Writes, attempt: Attempt) -> Option<Attempt> {
     if Instant::now() >= attempt.deadline {
         writes.core.metrics.publish_refused("timeout", batch.len());
         let reason = format!("no leader took it within {:?}", writes.core.publish_timeout);
-        answer_all(attempt.batch, PublishError::Unavailable(reason));
+        answer_all(attempt.batch, PublishError::Unavailable(reason.into()));
         return None;
     }
     // The handover began since the caller's check: go round and wait for the next leader.
@@ -321,7 +322,7 @@ async fn commit_forwarded(
         .partition(|pending| pending.origin == Origin::Local);
     answer_all(
         forwarded,
-        PublishError::Unavailable("leadership moved; retry".to_string()),
+        PublishError::Unavailable("leadership moved; retry".into()),
     );
     attempt.batch = local;
     if attempt.batch.is_empty() {
@@ -393,7 +394,7 @@ fn admit_new_keys(writes: &Writes, batch: Vec<Pending>) -> (Vec<Pending>, Reserv
             Some(refusal) => {
                 writes.core.metrics.publish_refused(refusal.label, 1);
                 let error = if refusal.transient {
-                    PublishError::Unavailable(refusal.reason)
+                    PublishError::Unavailable(refusal.reason.into())
                 } else {
                     PublishError::NoRoom(refusal.reason)
                 };
@@ -439,7 +440,7 @@ async fn propose(
                 .core
                 .metrics
                 .publish_refused("timeout", replies.len());
-            let error = PublishError::Unavailable(format!("the proposal's task ended: {e}"));
+            let error = PublishError::Unavailable(Reason::caused("the proposal's task ended", e));
             for reply in replies {
                 answer(reply, Err(error.clone()));
             }
@@ -452,10 +453,13 @@ async fn propose(
             .core
             .metrics
             .publish_refused("timeout", replies.len());
-        let error = PublishError::Unavailable(format!(
-            "not committed within {:?}; it may still commit",
-            writes.core.publish_timeout
-        ));
+        let error = PublishError::Unavailable(
+            format!(
+                "not committed within {:?}; it may still commit",
+                writes.core.publish_timeout
+            )
+            .into(),
+        );
         for reply in replies {
             answer(reply, Err(error.clone()));
         }
@@ -490,7 +494,7 @@ async fn propose(
             if let Err(e) = raft.shutdown().await {
                 tracing::error!(error = %e, "raft did not shut down cleanly");
             }
-            vec![Err(PublishError::Fatal(reason)); replies.len()]
+            vec![Err(PublishError::Fatal(reason.into())); replies.len()]
         }
         Err(e) => vec![Err(publish_error(e)); replies.len()],
     };
@@ -541,7 +545,7 @@ fn unknown_if_stale(answer: Result<Published, PublishError>) -> Result<Published
         }) => Err(PublishError::Unavailable(
             "an earlier attempt to commit this packet may have succeeded before a newer packet \
              was stored; its outcome is unknown"
-                .to_string(),
+                .into(),
         )),
         other => other,
     }
@@ -553,11 +557,11 @@ enum Reroute {
     /// because publishing the same packet twice changes nothing. `maybe_delivered`: the leader
     /// may have committed the batch (its answer was lost), unlike a refusal as not the leader.
     Retry {
-        reason: String,
+        reason: Reason,
         maybe_delivered: bool,
     },
     /// An answer that retrying will not change.
-    Fail(String),
+    Fail(Reason),
 }
 
 async fn forward(
@@ -579,31 +583,38 @@ async fn forward(
     // The answer is waited for while the leader is heard from (it is committing, however long
     // that takes under load), and no longer once it has gone silent or lost its leadership:
     // dropped packets are never answered.
-    let answer: Result<Vec<Result<Published, PublishError>>, PeerError> = tokio::select! {
+    let answer: Result<Vec<Result<Published, WirePublishError>>, PeerError> = tokio::select! {
         answer = call => answer.map_err(|e| Reroute::Retry {
-            reason: e.to_string(),
+            reason: Reason::of(e),
             maybe_delivered: true,
         })?,
         reason = writes.leadership.until_leader_gone(leader) => {
-            return Err(Reroute::Retry { reason, maybe_delivered: true });
+            return Err(Reroute::Retry { reason: reason.into(), maybe_delivered: true });
         }
     };
+    // The leader's own errors are the causes: their text is what the publishers are told.
     match answer {
-        Ok(answers) if answers.len() == batch.len() => Ok(answers),
-        Ok(answers) => Err(Reroute::Fail(format!(
-            "the leader answered {} outcomes for {} packets",
-            answers.len(),
-            batch.len()
-        ))),
+        Ok(answers) if answers.len() == batch.len() => Ok(answers
+            .into_iter()
+            .map(|answer| answer.map_err(PublishError::from_wire))
+            .collect()),
+        Ok(answers) => Err(Reroute::Fail(
+            format!(
+                "the leader answered {} outcomes for {} packets",
+                answers.len(),
+                batch.len()
+            )
+            .into(),
+        )),
         Err(e @ PeerError::NotLeader { .. }) => Err(Reroute::Retry {
-            reason: e.to_string(),
+            reason: Reason::of(e),
             maybe_delivered: false,
         }),
         Err(e @ PeerError::Unavailable(_)) => Err(Reroute::Retry {
-            reason: e.to_string(),
+            reason: Reason::of(e),
             maybe_delivered: true,
         }),
-        Err(e @ (PeerError::Refused(_) | PeerError::Fatal(_))) => Err(Reroute::Fail(e.to_string())),
+        Err(e @ (PeerError::Refused(_) | PeerError::Fatal(_))) => Err(Reroute::Fail(Reason::of(e))),
     }
 }
 

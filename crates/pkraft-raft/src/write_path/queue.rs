@@ -3,10 +3,16 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use pkraft_state::StoreError;
 use pkraft_types::{PublishItem, PublishOutcome};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+use crate::peer::WirePublishError;
+use crate::reason::Reason;
 
 /// The result of a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,29 +25,60 @@ pub struct Published {
     pub log_index: u64,
 }
 
-/// Why a publish has no outcome. It crosses the peer wire (a leader's answer to a forwarded
-/// publish, postcard), so its variants carry their cause as text, as [`crate::PeerError`]'s do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+/// Why a publish has no outcome. The causes are kept (the reasons' sources, the replica's
+/// error); a leader's answer to a forwarded publish crosses the peer wire as text
+/// ([`WirePublishError`], converted by [`PublishError::to_wire`] and
+/// [`PublishError::from_wire`]).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// No leader, or the entry did not commit in time. The packet may still commit later;
     /// retrying is safe, since re-publishing the same packet changes nothing.
-    #[error("{0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(Reason),
     /// Consensus or storage failed on this node; Raft has stopped and the daemon exits (see
     /// [`Node::wait_fatal`]). Retry on another node.
-    #[error("{0}")]
-    Fatal(String),
-    /// This node could not read its own replica for the fast answer. Never sent between nodes
-    /// (the variant is last, so older peers decode every answer they can be sent); text like
-    /// the others, since the enum is the wire's (the relay logs it as a storage failure).
+    #[error(transparent)]
+    Fatal(Reason),
+    /// This node could not read its own replica for the fast answer (the relay logs it as a
+    /// storage failure). Never sent between nodes.
     #[error("reading this node's replica: {0}")]
-    Replica(String),
+    Replica(#[source] Arc<StoreError>),
     /// The cluster stores no new keys now: the store is at its cap, or the disk below the
     /// new-key reserve (`store_cap`). A republish of a stored key is not refused so. Sent from
     /// the leader only to a follower that says it decodes it (`ForwardedPublish`); one of an
     /// older build gets `Unavailable` with the same reason.
     #[error("{0}")]
     NoRoom(String),
+}
+
+impl PublishError {
+    /// As the leader answers a forwarded publish: the text of each reason, and `NoRoom` as
+    /// `Unavailable` with the same reason for a follower that does not decode it
+    /// (`answers_no_room` false: a follower of an older build).
+    pub(crate) fn to_wire(&self, answers_no_room: bool) -> WirePublishError {
+        match self {
+            PublishError::Unavailable(reason) => WirePublishError::Unavailable(reason.to_string()),
+            PublishError::Fatal(reason) => WirePublishError::Fatal(reason.to_string()),
+            PublishError::Replica(e) => WirePublishError::Replica(e.to_string()),
+            PublishError::NoRoom(reason) if answers_no_room => {
+                WirePublishError::NoRoom(reason.clone())
+            }
+            PublishError::NoRoom(reason) => WirePublishError::Unavailable(reason.clone()),
+        }
+    }
+
+    /// The leader's answer to a forwarded publish, on the follower that forwarded it.
+    pub(crate) fn from_wire(error: WirePublishError) -> PublishError {
+        match error {
+            WirePublishError::Unavailable(text) => PublishError::Unavailable(text.into()),
+            WirePublishError::Fatal(text) => PublishError::Fatal(text.into()),
+            // Never sent: a replica the leader could not read is not this node's.
+            WirePublishError::Replica(text) => {
+                PublishError::Fatal(format!("reading the leader's replica: {text}").into())
+            }
+            WirePublishError::NoRoom(text) => PublishError::NoRoom(text),
+        }
+    }
 }
 
 /// The publish queue in front of Raft; see the module docs.
@@ -73,7 +110,7 @@ impl PublishQueue {
         let batcher = self
             .batcher
             .lock()
-            .map_err(|_| PublishError::Fatal("the publish queue lock is poisoned".to_string()))?;
+            .map_err(|_| PublishError::Fatal("the publish queue lock is poisoned".into()))?;
         match batcher.as_ref() {
             Some((batcher, _)) => batcher.enqueue(item, origin),
             None => Err(stopping()),
@@ -105,7 +142,7 @@ pub(super) type Reply = oneshot::Sender<Result<Published, PublishError>>;
 pub(crate) type Outcome = oneshot::Receiver<Result<Published, PublishError>>;
 
 pub(crate) fn stopping() -> PublishError {
-    PublishError::Unavailable("the node is stopping".to_string())
+    PublishError::Unavailable("the node is stopping".into())
 }
 
 /// Where a publish entered the cluster.
@@ -152,7 +189,7 @@ impl Batcher {
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
-                    PublishError::Unavailable("too many publishes waiting to commit".to_string())
+                    PublishError::Unavailable("too many publishes waiting to commit".into())
                 }
                 mpsc::error::TrySendError::Closed(_) => stopping(),
             })?;
