@@ -299,14 +299,10 @@ impl TestCluster {
 
     /// The leader, as reported by a node that considers itself the leader, among `candidates`.
     pub async fn leader_among(&self, candidates: &[u64]) -> u64 {
-        eventually("a leader", || async {
-            let mut statuses = Vec::new();
-            for id in candidates {
-                if let Some(status) = admin_status(&self.member(*id).server).await {
-                    statuses.push((*id, status));
-                }
-            }
-            waits::leader_of(statuses.iter().map(|(id, status)| (*id, status)))
+        eventually("a leader", || {
+            waits::leader_by(candidates.iter().copied(), |id| {
+                admin_status(&self.member(id).server)
+            })
         })
         .await
     }

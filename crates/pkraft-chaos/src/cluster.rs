@@ -455,13 +455,7 @@ impl Cluster {
 
     /// The node that considers itself leader with the highest term, among the live nodes.
     pub async fn leader(&self) -> Option<u64> {
-        let mut statuses = Vec::new();
-        for id in self.live() {
-            if let Some(status) = self.status(id).await {
-                statuses.push((id, status));
-            }
-        }
-        waits::leader_of(statuses.iter().map(|(id, status)| (*id, status)))
+        waits::leader_by(self.live(), |id| self.status(id)).await
     }
 
     /// Waits until a leader is elected, it sees `voters` voters and no change in progress, and

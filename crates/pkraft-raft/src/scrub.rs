@@ -42,7 +42,7 @@ use pkraft_raft_storage::state_repair;
 use crate::leadership::Leadership;
 use crate::metrics::Damaged;
 use crate::node_core::Core;
-use crate::peer::{PacketCopy, path};
+use crate::peer::{CallError, PacketCopy, path};
 use crate::settings::Settings;
 
 /// The node's background scrub: the two sweeps, and its side of another node's (`packet-check`).
@@ -388,15 +388,15 @@ async fn other_copies(scrub: &Scrub, damaged: &DamagedPacket) -> OtherCopies {
                     COPY_CHECK_TIMEOUT,
                 )
                 .await
-                .map_err(|e| e.to_string())
         });
     }
-    let answers: Vec<Result<PacketCopy, String>> = asks.join_all().await.into_iter().collect();
+    let answers: Vec<Result<PacketCopy, CallError>> = asks.join_all().await.into_iter().collect();
     sum_up(damaged.value_crc, &answers)
 }
 
-/// [`OtherCopies`] from the other voters' answers about a packet stored here as `value_crc`.
-fn sum_up(value_crc: u32, answers: &[Result<PacketCopy, String>]) -> OtherCopies {
+/// [`OtherCopies`] from the other voters' answers about a packet stored here as `value_crc`
+/// (a voter that did not answer counts as not known).
+fn sum_up(value_crc: u32, answers: &[Result<PacketCopy, CallError>]) -> OtherCopies {
     let whole_elsewhere = answers.iter().any(|answer| {
         matches!(answer, Ok(PacketCopy::Whole { value_crc: other }) if *other != value_crc)
     });
@@ -528,10 +528,18 @@ mod tests {
 
     const HERE: u32 = 0xdead_beef;
 
+    /// A voter that did not answer.
+    fn silent() -> Result<PacketCopy, CallError> {
+        Err(CallError::Timeout {
+            addr: "127.0.0.1:1".to_string(),
+            timeout: Duration::from_secs(1),
+        })
+    }
+
     #[test]
     fn other_whole_bytes_anywhere_make_the_damage_this_disks() {
         let answers = [
-            Err("connection refused".to_string()),
+            silent(),
             Ok(PacketCopy::Damaged { value_crc: HERE }),
             Ok(PacketCopy::Whole { value_crc: 7 }),
         ];
@@ -565,15 +573,15 @@ mod tests {
 
     #[test]
     fn anything_less_is_unknown() {
-        let damaged_here = Ok(PacketCopy::Damaged { value_crc: HERE });
         for other in [
-            Err("timed out".to_string()),
+            silent(),
             Ok(PacketCopy::Absent),
             Ok(PacketCopy::Unreadable),
             Ok(PacketCopy::Damaged { value_crc: 7 }),
         ] {
-            let answers = [damaged_here.clone(), other.clone()];
-            assert_eq!(sum_up(HERE, &answers), OtherCopies::Unknown, "{other:?}");
+            let what = format!("{other:?}");
+            let answers = [Ok(PacketCopy::Damaged { value_crc: HERE }), other];
+            assert_eq!(sum_up(HERE, &answers), OtherCopies::Unknown, "{what}");
         }
         assert_eq!(sum_up(HERE, &[]), OtherCopies::Unknown);
     }

@@ -366,13 +366,11 @@ impl<'a> LabCluster<'a> {
     /// The node that says it leads in the highest term ([`waits::leader_of`]), every node asked
     /// with `client`; `None` when none does (yet).
     pub async fn leader(&self, client: &reqwest::Client) -> Option<u8> {
-        let mut statuses = Vec::new();
-        for i in self.ids() {
-            if let Some(status) = self.status(client, i).await {
-                statuses.push((u64::from(i), status));
-            }
-        }
-        let leader = waits::leader_of(statuses.iter().map(|(id, status)| (*id, status)))?;
+        let ids = self.ids().map(u64::from);
+        let leader = waits::leader_by(ids, |id| async move {
+            self.status(client, u8::try_from(id).ok()?).await
+        })
+        .await?;
         u8::try_from(leader).ok()
     }
 

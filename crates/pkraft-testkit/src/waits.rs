@@ -51,6 +51,23 @@ pub fn leader_of<'a>(statuses: impl IntoIterator<Item = (u64, &'a Value)>) -> Op
         .map(|(_, id)| id)
 }
 
+/// [`leader_of`] the nodes `ids`, each asked for its `/cluster/status` by `status` (the runner's
+/// own way to reach a node; `None` for one that does not answer): the one look at a cluster's
+/// leader every runner makes, in its `leader()`.
+pub async fn leader_by<F, Fut>(ids: impl IntoIterator<Item = u64>, mut status: F) -> Option<u64>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = Option<Value>>,
+{
+    let mut statuses = Vec::new();
+    for id in ids {
+        if let Some(answer) = status(id).await {
+            statuses.push((id, answer));
+        }
+    }
+    leader_of(statuses.iter().map(|(id, answer)| (*id, answer)))
+}
+
 /// The leader one node's `/cluster/status` names, once the leader's own report in it (the
 /// member status the node probes) confirms it leads: a node that has only heard of a leader is
 /// not taken for one that has been elected.
