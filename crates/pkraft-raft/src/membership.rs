@@ -534,14 +534,14 @@ pub(crate) async fn keep_joining(members: Arc<Members>) {
     }
 }
 
-/// Logs the first join failure and then every 30th, so a node waiting for its cluster does not
-/// flood the log.
 /// The cluster refused to admit this node: its leader's refusal, or the peer listener's 403 to
 /// every request of a removed node.
 fn refused_to_admit(reason: &dyn std::fmt::Display, via: &str) {
     tracing::error!(%reason, %via, "the cluster refused to admit this node; not asking again");
 }
 
+/// Logs the first join failure and then every 30th, so a node waiting for its cluster does not
+/// flood the log.
 fn log_join_failure(failures: &mut u64, addr: &str, reason: &dyn std::error::Error) {
     if failures.is_multiple_of(30) {
         tracing::warn!(via = %addr, %reason, attempts = *failures + 1, "cannot join the cluster yet; retrying");

@@ -247,9 +247,10 @@ impl Node {
         }
     }
 
-    /// Stops Raft, waits (bounded) until its background tasks have released the data files, so
-    /// the same data dir can be opened again at once, and fsyncs the state. (Without this the
-    /// data dir is still recoverable: the next start applies from the log what the state lacks.)
+    /// Stops the node's tasks and its publish queue, stops Raft, waits (bounded) until its
+    /// background tasks have released the data files, so the same data dir can be opened again
+    /// at once, and fsyncs the state. (Without this the data dir is still recoverable: the next
+    /// start applies from the log what the state lacks.)
     pub async fn shutdown(&self) {
         // The stop runs in the reverse order of the start (`start.rs`), one step each.
         // 1. The tasks, last started first; awaited, so that none holds a part after this.
@@ -297,31 +298,27 @@ impl Node {
 }
 
 impl Node {
-    /// Aborts the node's tasks, last started first, and waits (bounded) until each has ended:
-    /// an aborted task drops its future, and with it its hold on a part, only when the runtime
-    /// next reaches it.
+    /// Stops the node's tasks one at a time, last started first: each is aborted and awaited
+    /// before the next (an aborted task drops its future, and with it its hold on a part, only
+    /// when the runtime next reaches it), so a task ends before the tasks below it are touched.
+    /// Bounded as a whole: past the bound the rest are aborted without a wait.
     async fn stop_tasks(&self) {
         let tasks = match self.tasks.lock() {
             Ok(mut tasks) => std::mem::take(&mut *tasks),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
-        for (_, task) in tasks.iter().rev() {
+        let deadline = tokio::time::Instant::now() + TASKS_STOP_TIMEOUT;
+        for (name, task) in tasks.into_iter().rev() {
             task.abort();
-        }
-        let ended = async {
-            for (name, task) in tasks.into_iter().rev() {
-                if let Err(e) = task.await
-                    && e.is_panic()
-                {
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(Err(e)) if e.is_panic() => {
                     tracing::warn!(task = name, "a node task panicked as it was stopped");
                 }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!(task = name, timeout = ?TASKS_STOP_TIMEOUT, "a node task did not end in time");
+                }
             }
-        };
-        if tokio::time::timeout(TASKS_STOP_TIMEOUT, ended)
-            .await
-            .is_err()
-        {
-            tracing::warn!(timeout = ?TASKS_STOP_TIMEOUT, "node tasks did not end in time");
         }
     }
 }

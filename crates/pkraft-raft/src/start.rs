@@ -192,8 +192,8 @@ impl Node {
         (node, expiry)
     }
 
-    /// Starts the tasks that need the node shared: the write path (it forwards to the leader
-    /// through the node's peer client), joining and expiry.
+    /// Starts the write path's batcher and the tasks that live as long as the node, each on the
+    /// part it runs (or the core's disk-space watch, or the snapshot schedule).
     fn spawn_tasks(
         self: &Arc<Self>,
         settings: &Settings,
@@ -212,8 +212,10 @@ impl Node {
             snapshot_dir: self.core.data_dir.join(SNAPSHOT_DIR),
         };
         let scrub_rates = crate::scrub::ScrubRates::of(settings);
-        // From the bottom layer up (the core's, then the parts' by their layers), so that the
-        // stop, which ends them in the reverse order, ends a task before those below it.
+        // By the layer of what each runs on, lowest first (the core's and the schedule's, then
+        // leadership and cluster time, the parts above them, membership, the handover), so
+        // that the stop, which ends them one at a time in the reverse order, ends a task before
+        // those below it.
         let mut tasks = vec![
             supervise(
                 task::DISK_SPACE,
@@ -230,12 +232,27 @@ impl Node {
                 &self.leadership,
                 crate::leadership::watch_cluster_state,
             ),
-            supervise(task::CLUSTER_CLOCK, &self.clock, crate::cluster_clock::run),
-            supervise(task::READ_INDEX, &self.reads, crate::read_index_task::run),
-            supervise(task::SCRUB, &self.scrub, move |scrub| {
-                crate::scrub::run(scrub, scrub_rates)
-            }),
         ];
+        if !settings.pre_vote && self.core.log_store.repair().is_some() {
+            tasks.push(supervise(
+                task::HOLD_ELECTIONS,
+                &self.leadership,
+                crate::leadership::hold_elections_while_repairing,
+            ));
+        }
+        tasks.push(supervise(
+            task::CLUSTER_CLOCK,
+            &self.clock,
+            crate::cluster_clock::run,
+        ));
+        tasks.push(supervise(
+            task::READ_INDEX,
+            &self.reads,
+            crate::read_index_task::run,
+        ));
+        tasks.push(supervise(task::SCRUB, &self.scrub, move |scrub| {
+            crate::scrub::run(scrub, scrub_rates)
+        }));
         if settings.pre_vote {
             let timing = crate::pre_vote::ElectionTiming {
                 timeout_min: settings.election_timeout_min,
@@ -244,21 +261,10 @@ impl Node {
             tasks.push(supervise(task::PRE_VOTE, &self.pre_vote, move |pre_vote| {
                 crate::pre_vote::run(pre_vote, timing)
             }));
-        } else if self.core.log_store.repair().is_some() {
-            tasks.push(supervise(
-                task::HOLD_ELECTIONS,
-                &self.leadership,
-                crate::leadership::hold_elections_while_repairing,
-            ));
         }
         if !settings.record_max_age.is_zero() {
             tasks.push(supervise(task::EXPIRY, &expiry, crate::expiry::run));
         }
-        tasks.push(supervise(
-            task::HANDOVER_LOW_DISK,
-            &self.handover,
-            crate::handover::hand_over_while_low_on_disk,
-        ));
         if !self.core.cluster.join.is_empty() {
             tasks.push(supervise(
                 task::KEEP_JOINING,
@@ -266,6 +272,11 @@ impl Node {
                 crate::membership::keep_joining,
             ));
         }
+        tasks.push(supervise(
+            task::HANDOVER_LOW_DISK,
+            &self.handover,
+            crate::handover::hand_over_while_low_on_disk,
+        ));
         match self.tasks.lock() {
             Ok(mut running) => running.extend(tasks),
             Err(poisoned) => poisoned.into_inner().extend(tasks),

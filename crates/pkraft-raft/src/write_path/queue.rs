@@ -81,6 +81,9 @@ impl PublishError {
     }
 }
 
+/// How long a close waits for the batcher it aborted to be dropped.
+const ABORTED_BATCHER_WAIT: Duration = Duration::from_secs(1);
+
 /// The publish queue in front of Raft; see the module docs.
 pub(crate) struct PublishQueue {
     /// Taken on shutdown to close the queue.
@@ -132,6 +135,9 @@ impl PublishQueue {
             Err(_) => {
                 tracing::warn!(?timeout, "publish batches still in flight; stopping anyway");
                 task.abort();
+                // Until the runtime drops it, the aborted batcher holds the write path (and
+                // with it the node's core); a moment, not another `timeout`.
+                let _ended = tokio::time::timeout(ABORTED_BATCHER_WAIT, task).await;
             }
         }
     }
