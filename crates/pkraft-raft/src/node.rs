@@ -99,37 +99,52 @@ impl StartError {
 
 /// One pkraft node: its core (`node_core`: its identity, the Raft handle, the replica and the
 /// log, the peer client, the metrics, the stop signal), its parts, each a type that owns its
-/// state and holds the core and the parts below it (the write path, reads, leadership,
-/// membership, the handover, PreVote, the scrub, cluster time, the DHT publishing and the
-/// short-lived records), and the tasks that live as long as it. Callers reach a part through
+/// state and holds the core and the parts below it (the write path, reads, membership, the
+/// elections: leadership, PreVote and the handover; the replica's checks: the scrub and a
+/// received snapshot's; cluster time, the DHT publishing and the short-lived records), and the
+/// tasks that live as long as it. Callers reach a part through
 /// its accessor (`node.writes()`); the peer routes (`routes`) and the tasks (`start`) are wired
 /// to the parts, not to the node.
 pub struct Node {
     pub(crate) core: Arc<Core>,
     pub(crate) writes: Arc<Writes>,
-    /// Who leads, and whether this node may act as leader (`leadership`).
-    pub(crate) leadership: Arc<Leadership>,
     /// Reads of the replica, its freshness, the read-index rounds (`reads`).
     pub(crate) reads: Arc<Reads>,
     /// Membership changes and the cluster's status (`membership`).
     pub(crate) members: Arc<Members>,
-    /// The leader handover (`handover`).
-    pub(crate) handover: Arc<Handover>,
-    /// PreVote's rounds and answers (`pre_vote`).
-    pub(crate) pre_vote: Arc<PreVote>,
-    /// The background scrub (`scrub`).
-    pub(crate) scrub: Arc<Scrub>,
+    /// Who leads, whether this node stands, and the leader's handover.
+    pub(crate) elections: Elections,
+    /// The replica's checks against damage that peers take part in.
+    pub(crate) replica_checks: ReplicaChecks,
     /// The DHT publisher's outbox and its progress (`dht_publishing`).
     pub(crate) dht: DhtPublishing,
     /// The short-lived records this replica's DNS answers, and their commit (`short_lived`).
     pub(crate) short_lived: ShortLived,
     /// Cluster time, from the voters' clocks and the log's time (`cluster_clock`).
     pub(crate) clock: Arc<ClusterClock>,
-    /// The snapshot being received from the leader, checked chunk by chunk.
-    pub(crate) snapshot_receipt: pkraft_raft_storage::snapshot_receipt::SnapshotReceipt,
     /// The tasks that live as long as the node (joining, expiry, the scrub…), named, in the
     /// order they started: stopped in the reverse order at shutdown.
     pub(crate) tasks: std::sync::Mutex<Vec<(&'static str, JoinHandle<()>)>>,
+}
+
+/// The parts that decide who leads, from the lowest layer up: each holds the ones before it.
+pub(crate) struct Elections {
+    /// Who leads, and whether this node may act as leader (`leadership`).
+    pub(crate) leadership: Arc<Leadership>,
+    /// Whether this node stands for election, and its answers to others' PreVote (`pre_vote`).
+    pub(crate) pre_vote: Arc<PreVote>,
+    /// The leader handing its leadership to a chosen voter (`handover`).
+    pub(crate) handover: Arc<Handover>,
+}
+
+/// The replica's checks against damage that involve a peer: the background scrub (which asks
+/// the other voters for their copy of a damaged packet, and answers their asks) and the check
+/// of a snapshot received from the leader, chunk by chunk.
+pub(crate) struct ReplicaChecks {
+    /// The background scrub (`scrub`).
+    pub(crate) scrub: Arc<Scrub>,
+    /// The snapshot being received from the leader.
+    pub(crate) snapshot_receipt: pkraft_raft_storage::snapshot_receipt::SnapshotReceipt,
 }
 
 impl std::fmt::Debug for Node {
@@ -172,7 +187,7 @@ impl Node {
 
     /// Who leads, and whether this node may act as leader (`leadership`).
     pub fn leadership(&self) -> &Leadership {
-        &self.leadership
+        &self.elections.leadership
     }
 
     /// Cluster time (`cluster_clock`).
@@ -202,7 +217,7 @@ impl Node {
 
     /// The leader handover (`handover`).
     pub fn handover(&self) -> &Handover {
-        &self.handover
+        &self.elections.handover
     }
 
     /// The local replica. Reads from it are stale by at most the replication lag; the HTTP relay

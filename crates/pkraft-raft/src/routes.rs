@@ -315,7 +315,7 @@ async fn install_snapshot(State(node): State<Arc<Node>>, body: Bytes) -> Respons
                 Err(fatal) => Err(Refusal(fatal.to_string())),
             };
         }
-        let checked = node.snapshot_receipt.chunk(
+        let checked = node.replica_checks.snapshot_receipt.chunk(
             &rpc.meta.snapshot_id,
             rpc.offset,
             &rpc.data,
@@ -414,7 +414,7 @@ async fn status(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 /// A voter about to stand asks whether this node would vote for it (see `pre_vote`).
 async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |request: PreVoteRequest| async move {
-        node.pre_vote.answer_pre_vote(request).await
+        node.elections.pre_vote.answer_pre_vote(request).await
     })
     .await
 }
@@ -422,7 +422,7 @@ async fn pre_vote(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 /// Another node's scrub found a packet damaged and asks for this node's copy (see `scrub`).
 async fn packet_check(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     exchange(body, |key: KeyBytes| async move {
-        node.scrub.packet_copy(key).await
+        node.replica_checks.scrub.packet_copy(key).await
     })
     .await
 }

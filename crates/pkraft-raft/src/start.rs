@@ -26,8 +26,8 @@ use crate::leadership::Leadership;
 use crate::membership::Members;
 use crate::metrics::{Damaged, NodeMetrics};
 use crate::node::{
-    CLEAN_STOP_FILE, LOG_DIR, LOG_FILE_V1, Node, Participation, SNAPSHOT_DIR, STATE_FILE,
-    StartError, sync_dir,
+    CLEAN_STOP_FILE, Elections, LOG_DIR, LOG_FILE_V1, Node, Participation, ReplicaChecks,
+    SNAPSHOT_DIR, STATE_FILE, StartError, sync_dir,
 };
 use crate::node_core::Core;
 use crate::peer::Silenced;
@@ -177,16 +177,20 @@ impl Node {
         let node = Node {
             core,
             writes,
-            leadership,
             reads,
             members,
-            handover,
-            pre_vote,
-            scrub,
+            elections: Elections {
+                leadership,
+                pre_vote,
+                handover,
+            },
+            replica_checks: ReplicaChecks {
+                scrub,
+                snapshot_receipt: Default::default(),
+            },
             dht,
             short_lived,
             clock,
-            snapshot_receipt: Default::default(),
             tasks: std::sync::Mutex::new(Vec::new()),
         };
         (node, expiry)
@@ -229,14 +233,14 @@ impl Node {
             ),
             supervise(
                 task::CLUSTER_STATE,
-                &self.leadership,
+                &self.elections.leadership,
                 crate::leadership::watch_cluster_state,
             ),
         ];
         if !settings.pre_vote && self.core.log_store.repair().is_some() {
             tasks.push(supervise(
                 task::HOLD_ELECTIONS,
-                &self.leadership,
+                &self.elections.leadership,
                 crate::leadership::hold_elections_while_repairing,
             ));
         }
@@ -250,17 +254,21 @@ impl Node {
             &self.reads,
             crate::read_index_task::run,
         ));
-        tasks.push(supervise(task::SCRUB, &self.scrub, move |scrub| {
-            crate::scrub::run(scrub, scrub_rates)
-        }));
+        tasks.push(supervise(
+            task::SCRUB,
+            &self.replica_checks.scrub,
+            move |scrub| crate::scrub::run(scrub, scrub_rates),
+        ));
         if settings.pre_vote {
             let timing = crate::pre_vote::ElectionTiming {
                 timeout_min: settings.election_timeout_min,
                 timeout_max: settings.election_timeout_max,
             };
-            tasks.push(supervise(task::PRE_VOTE, &self.pre_vote, move |pre_vote| {
-                crate::pre_vote::run(pre_vote, timing)
-            }));
+            tasks.push(supervise(
+                task::PRE_VOTE,
+                &self.elections.pre_vote,
+                move |pre_vote| crate::pre_vote::run(pre_vote, timing),
+            ));
         }
         if !settings.record_max_age.is_zero() {
             tasks.push(supervise(task::EXPIRY, &expiry, crate::expiry::run));
@@ -274,7 +282,7 @@ impl Node {
         }
         tasks.push(supervise(
             task::HANDOVER_LOW_DISK,
-            &self.handover,
+            &self.elections.handover,
             crate::handover::hand_over_while_low_on_disk,
         ));
         match self.tasks.lock() {

@@ -93,6 +93,39 @@ fn the_node_has_methods_in_two_files_only() {
     );
 }
 
+/// The fields of `pub struct Node` in pkraft-raft's node.rs: a part of its own is a field,
+/// a part reached through a group (`Elections`, `ReplicaChecks`) is not.
+fn node_fields() -> Vec<String> {
+    let source = read(&crates_dir().join("pkraft-raft/src/node.rs"));
+    let body = source
+        .split_once("pub struct Node {")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .map(|(body, _)| body)
+        .expect("node.rs declares `pub struct Node { .. }`");
+    body.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("//"))
+        .filter_map(|line| line.split_once(':').map(|(name, _)| name))
+        .filter_map(|name| name.split_whitespace().last())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_node_holds_at_most_ten_things() {
+    let fields = node_fields();
+    assert!(
+        fields.contains(&"core".to_owned()) && fields.contains(&"tasks".to_owned()),
+        "the field reader lost its way: {fields:?}"
+    );
+    assert!(
+        fields.len() <= 10,
+        "Node has {} fields (at most 10: group the parts a reader meets together, \
+         docs/ARCHITECTURE.md): {fields:?}",
+        fields.len()
+    );
+}
+
 #[test]
 fn no_production_crate_has_import_circles() {
     let mut circles = Vec::new();
