@@ -12,9 +12,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pkraft_raft_storage::NodeId;
+use tokio::time::Instant;
 
 /// Last accepted `append-entries` per peer, shared by the peer network and the node.
 #[derive(Debug, Clone, Default)]

@@ -16,9 +16,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pkraft_raft_storage::NodeId;
+use tokio::time::Instant;
 
 /// How often a peer that stays unreachable is logged again.
 pub const STILL_UNREACHABLE_EVERY: Duration = Duration::from_secs(60);

@@ -126,9 +126,7 @@ pub fn write_store_backup(
         source_node,
         applied_index: applied.last_applied.map(|log_id| log_id.index),
         records: source.packets()?,
-        created_unix_secs: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created_unix_secs: pkraft_types::unix_micros_now() / 1_000_000,
     };
     let encoded = encode(&header).map_err(|source| BackupError::Encoding {
         what: "the header",

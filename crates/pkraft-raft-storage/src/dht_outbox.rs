@@ -20,9 +20,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pkraft_types::KeyBytes;
+use tokio::time::Instant;
 
 /// Failed puts of one key before it is left to the republish sweep.
 pub const PUT_ATTEMPTS_MAX: u8 = 5;

@@ -30,9 +30,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntGauge;
+use tokio::time::Instant;
 
 /// How long a measurement is taken as current: a `statvfs` per request would cost a system call
 /// each (a round trip on FUSE), and at 10,000 PUT/s a tenth of a second is ~1,000 PUTs, a few

@@ -21,7 +21,7 @@
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -32,6 +32,7 @@ use pkraft_state::{ApplyTxn, Store};
 use pkraft_types::short_lived::ShortLivedRecord;
 use pkraft_types::{Command, KeyBytes, PublishOutcome};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use super::Damaged;
 use super::codec::{BoxError, blocking, decode, encode, storage_error};
@@ -595,10 +596,7 @@ pub fn snapshot_bytes_in_id(snapshot_id: &str) -> Option<u64> {
 /// Unique per build: two snapshots of the same log position may differ in bytes (openraft's
 /// `SnapshotMeta::snapshot_id` contract), so the build time is part of the id.
 pub(crate) fn snapshot_id(last_applied: Option<LogId<NodeId>>) -> String {
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or_default();
+    let micros = pkraft_types::unix_micros_now();
     match last_applied {
         Some(log_id) => format!("{}-{}-{micros}", log_id.leader_id, log_id.index),
         None => format!("empty-{micros}"),

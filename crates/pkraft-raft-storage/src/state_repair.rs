@@ -364,10 +364,7 @@ pub fn snapshot_voters(data_dir: &Path) -> Vec<NodeId> {
 fn set_aside(data_dir: &Path, state: &Path) -> std::io::Result<PathBuf> {
     let aside = data_dir.join(DAMAGED_DIR);
     std::fs::create_dir_all(&aside)?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
+    let stamp = pkraft_types::world::unix_nanos_now();
     let kept = aside.join(format!("{STATE_FILE}.{stamp}"));
     match std::fs::rename(state, &kept) {
         Ok(()) => {}

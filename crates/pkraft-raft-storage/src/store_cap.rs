@@ -22,10 +22,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pkraft_state::Store;
 use pkraft_types::KeyBytes;
+use tokio::time::Instant;
 
 /// What one stored packet may take on a node's disk, for the default cap: `state.redb` written
 /// by PUTs measured up to 2,247 bytes per record (docs/OPERATIONS.md, "Sizing the data disk"),

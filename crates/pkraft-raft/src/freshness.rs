@@ -3,9 +3,10 @@
 //! contact (`LeaderContact`), which `leadership` keeps for the leader's requests.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::LogId;
+use tokio::time::Instant;
 
 use crate::NodeId;
 

@@ -46,9 +46,10 @@
 //! and (if it still leads) proposals again.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
+use tokio::time::Instant;
 
 use crate::NodeId;
 use crate::leadership::Leadership;
@@ -248,7 +249,7 @@ impl Handover {
             votes_ready = votes_ready.max(Some(silenced_since + lease + LEASE_MARGIN));
         }
         if let Some(ready) = votes_ready {
-            tokio::time::sleep_until(ready.into()).await;
+            tokio::time::sleep_until(ready).await;
             if !self.leadership.is_leader() {
                 self.leadership.silenced().set(&[]);
                 return HandoverOutcome::NotNeeded;

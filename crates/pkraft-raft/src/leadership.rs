@@ -7,9 +7,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
+use tokio::time::Instant;
 
 use crate::NodeId;
 use crate::freshness::LeaderContact;

@@ -35,13 +35,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::StatusCode;
 use openraft::storage::RaftLogStorage;
 use openraft::{LogId, ServerState};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 use crate::NodeId;
 use crate::leadership::Leadership;
@@ -81,8 +81,7 @@ pub(crate) struct ElectionTiming {
 
 impl ElectionTiming {
     fn random_timeout(&self) -> Duration {
-        let (min, max) = (self.timeout_min, self.timeout_max.max(self.timeout_min));
-        rand::thread_rng().gen_range(min..=max)
+        pkraft_types::world::random_between(self.timeout_min, self.timeout_max)
     }
 }
 

@@ -3,7 +3,7 @@
 //! or the leader's `read-index` route).
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 

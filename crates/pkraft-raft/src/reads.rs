@@ -3,12 +3,13 @@
 
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use pkraft_state::{StoreError, StoredPacket};
 use pkraft_types::KeyBytes;
+use tokio::time::Instant;
 
 use std::sync::Arc;
 

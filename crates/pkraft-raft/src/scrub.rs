@@ -31,10 +31,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pkraft_state::{AnswersProblem, DamagedPacket, PacketCheck, StaleAnswers};
 use pkraft_types::KeyBytes;
+use tokio::time::Instant;
 
 use pkraft_raft_storage::log_store::Damage;
 use pkraft_raft_storage::state_repair;

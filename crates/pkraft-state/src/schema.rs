@@ -56,7 +56,7 @@ fn rebuild_answers(txn: &WriteTransaction) -> Result<(), StoreError> {
     let packets = txn.open_table(PACKETS)?;
     let mut answers = txn.open_table(ANSWERS)?;
     answers.retain(|_, _| false)?;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let mut compiled = 0u64;
     for row in packets.iter()? {
         let (key, value) = row?;

@@ -66,7 +66,7 @@ impl Store {
     /// the file it would otherwise be (24 s at 10M records: docs/BENCHMARKS.md, "Scale").
     pub fn open_with_cache(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let db = {
             let repaired = repaired.clone();

@@ -27,11 +27,12 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::FutureExt as _;
 use prometheus::{IntCounterVec, Opts, Registry};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// First wait before a panicked loop is started again.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);

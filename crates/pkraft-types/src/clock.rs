@@ -2,15 +2,11 @@
 //! Unix epoch (what a leader stamps on a batch, what expiry compares against), and how far in the
 //! future a packet may be signed.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-/// Wall clock in µs since the Unix epoch. A clock before 1970 reads as 0.
-pub fn unix_micros_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+/// Wall clock in µs since the Unix epoch (`world`: the system's, or a simulation's). A clock
+/// before 1970 reads as 0.
+pub use crate::world::unix_micros_now;
 
 /// How far `timestamp_micros` is ahead of `now_micros`, if that is more than `max_skew`: a
 /// packet signed that far in the future is refused (`http.max_future_skew`), whether a client

@@ -10,6 +10,7 @@
 //! - [`command`]: what a Raft log entry carries and what applying it returns.
 //! - [`short_lived`]: TXT records at a name until an end, replicated through the log and kept in
 //!   each replica's memory.
+//! - [`world`]: the wall clock and randomness, the system's or a simulation's.
 
 pub mod build;
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod ordering;
 pub mod packet;
 pub mod payload;
 pub mod short_lived;
+pub mod world;
 
 pub use build::BuildInfo;
 pub use clock::{too_far_ahead, unix_micros_now};

@@ -2,10 +2,11 @@
 //! [`COMMITTED_SYNC_INTERVAL`] by a task of its own, and at a clean stop.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::{ErrorSubject, ErrorVerb, LogId};
 use redb::Error as DbError;
+use tokio::time::Instant;
 
 use super::meta::{META_COMMITTED, put_meta};
 use super::{Inner, LogStore, Result, poisoned};

@@ -153,10 +153,7 @@ fn aside_dir(dir: &Path) -> io::Result<(PathBuf, impl Fn(&Path) -> PathBuf)> {
     let aside = dir.join(DAMAGED_DIR);
     fs::create_dir_all(&aside)?;
     // Nanoseconds: a set-aside again soon after (a crash loop) must not overwrite this one.
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default();
+    let stamp = pkraft_types::world::unix_nanos_now();
     let kept_in = aside.clone();
     let kept_name = move |path: &Path| {
         let name = path

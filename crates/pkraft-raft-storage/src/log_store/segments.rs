@@ -416,7 +416,7 @@ impl Segments {
                     .truncate(true)
                     .open(&path)?,
             };
-            let salt: u64 = rand::random();
+            let salt = pkraft_types::world::random_u64();
             let mut header = [0u8; SEGMENT_HEADER];
             header[..MAGIC.len()].copy_from_slice(MAGIC);
             header[MAGIC.len()..].copy_from_slice(&salt.to_le_bytes());

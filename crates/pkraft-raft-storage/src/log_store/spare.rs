@@ -90,9 +90,10 @@ impl Spare {
             }
             *state = State::Preparing;
         }
-        let path = self
-            .dir
-            .join(format!("spare-{:016x}.tmp", rand::random::<u64>()));
+        let path = self.dir.join(format!(
+            "spare-{:016x}.tmp",
+            pkraft_types::world::random_u64()
+        ));
         let state = self.state.clone();
         let bytes = self.bytes;
         let spawned = std::thread::Builder::new()

@@ -20,7 +20,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
@@ -28,6 +28,7 @@ use openraft::raft::ClientWriteResponse;
 use pkraft_types::{Command, PublishItem, PublishOutcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::Writes;
 use super::queue::{Batcher, Origin, Pending, PublishError, Published, Reply};
@@ -427,7 +428,7 @@ async fn propose(
     // The second branch never ends: it gives the slot up when the entry is appended, while
     // the first waits for the answer or the deadline.
     let written = tokio::select! {
-        written = tokio::time::timeout_at(deadline.into(), &mut write) => written,
+        written = tokio::time::timeout_at(deadline, &mut write) => written,
         never = slot.give_up_once_appended(appends_before) => match never {},
     };
     drop(slot);

@@ -1,0 +1,145 @@
+//! The node's wall clock and its randomness, each read in one place, so that a simulation can
+//! put its own in their stead for the whole process: the real node code run under simulated
+//! time, with one seeded source of randomness, replays a run from its seed. Outside a
+//! simulation both are the system's: the wall clock is `SystemTime::now`, randomness rand's
+//! OS-seeded thread generator.
+//!
+//! Monotonic time is not here: the node reads it through tokio (`tokio::time::Instant`, sleeps
+//! and timeouts), which a runtime with paused time already simulates. A test in
+//! `pkraft-testkit/tests/code_shape.rs` fails when a node crate reads the system's clock or
+//! randomness another way.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, RngCore};
+
+/// What a simulation supplies in place of the system's wall clock and randomness. Plain
+/// functions, not closures: the simulator keeps its state (each simulated host's clock, one
+/// seeded generator) where these reach it, and a process that simulates nothing pays one atomic
+/// load a read to learn so.
+#[derive(Debug, Clone, Copy)]
+pub struct SimulatedWorld {
+    /// Wall clock in µs since the Unix epoch, as the node asking sees it.
+    pub unix_micros_now: fn() -> u64,
+    /// The next value of the simulation's seeded generator.
+    pub random_u64: fn() -> u64,
+}
+
+static SIMULATED: OnceLock<SimulatedWorld> = OnceLock::new();
+
+/// A simulation was already installed in this process (it is installed once, for good: a node
+/// must never read one clock, then another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a simulated world is already installed in this process")]
+pub struct AlreadySimulated;
+
+/// Installs `world` for the rest of the process: every later read of the wall clock or of
+/// randomness by the node's crates is `world`'s.
+pub fn simulate(world: SimulatedWorld) -> Result<(), AlreadySimulated> {
+    SIMULATED.set(world).map_err(|_| AlreadySimulated)
+}
+
+/// Whether a simulated world is installed.
+pub fn is_simulated() -> bool {
+    SIMULATED.get().is_some()
+}
+
+/// Wall clock in µs since the Unix epoch (the simulation's, if one is installed). A clock
+/// before 1970 reads as 0.
+pub fn unix_micros_now() -> u64 {
+    match SIMULATED.get() {
+        Some(world) => (world.unix_micros_now)(),
+        None => system_unix_micros(),
+    }
+}
+
+/// Wall clock in ns since the Unix epoch, for names that must differ from one moment to the
+/// next (a file set aside); in a simulation, its µs times 1,000.
+pub fn unix_nanos_now() -> u128 {
+    match SIMULATED.get() {
+        Some(world) => u128::from((world.unix_micros_now)()) * 1_000,
+        None => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or(0),
+    }
+}
+
+fn system_unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A random `u64` (the simulation's seeded generator, if one is installed).
+pub fn random_u64() -> u64 {
+    match SIMULATED.get() {
+        Some(world) => (world.random_u64)(),
+        None => rand::thread_rng().next_u64(),
+    }
+}
+
+/// A duration drawn uniformly from `min..=max` (`max` below `min` reads as `min`).
+pub fn random_between(min: Duration, max: Duration) -> Duration {
+    WorldRng.gen_range(min..=max.max(min))
+}
+
+/// A generator over [`random_u64`], for code that takes a `rand::Rng` (openraft's runtime).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorldRng;
+
+impl RngCore for WorldRng {
+    fn next_u32(&mut self) -> u32 {
+        // The high half: rand's own generators take it too (the better-mixed bits).
+        (random_u64() >> 32) as u32
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        random_u64()
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            let bytes = random_u64().to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_system_world_reads_the_system_clock_and_varies() {
+        // Installing a simulation here would change every other test of this binary: the
+        // simulated side is the simulator crate's to test, in a process of its own.
+        assert!(!is_simulated());
+        let before = system_unix_micros();
+        let now = unix_micros_now();
+        assert!(
+            now >= before && now - before < 60_000_000,
+            "{before} then {now}"
+        );
+        assert!(unix_nanos_now() / 1_000 >= u128::from(now));
+        let draws: std::collections::BTreeSet<u64> = (0..8).map(|_| random_u64()).collect();
+        assert!(draws.len() > 1, "eight draws all {draws:?}");
+    }
+
+    #[test]
+    fn a_random_duration_stays_within_its_bounds() {
+        let (min, max) = (Duration::from_millis(150), Duration::from_millis(300));
+        for _ in 0..1_000 {
+            let drawn = random_between(min, max);
+            assert!(min <= drawn && drawn <= max, "{drawn:?}");
+        }
+        assert_eq!(random_between(max, min), max);
+    }
+}
