@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke ci release upgrade-test upgrade-smoke bench-put-budget bench-guard clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke sim ci release upgrade-test upgrade-smoke bench-put-budget bench-guard clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -214,6 +214,11 @@ fuzz-smoke:
 chaos:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-chaos
 	CHAOS_BIN_DIR=$(TARGET_DIR)/release tests/chaos/run.sh
+
+## The simulated cluster (docs/SIMULATION.md): the real node code on turmoil's network and
+## paused clocks, seeded; part of `make test` too. A failure names its seed.
+sim:
+	$(CARGO) test -p pkraft-sim --locked -- --nocapture
 
 ## One round of every fault kind, the damaged-disk and clock kinds too, on a 3-node cluster of
 ## the test build's binary, seed 1 unless SEED is given (CI; about 3 minutes; libfaketime).

@@ -35,6 +35,7 @@ use crate::quorum::QuorumContact;
 use crate::reachability::{Heard, Miss, Reachability};
 use crate::silenced::Silenced;
 use crate::tls::PeerTls;
+use crate::transport::{Connector, PeerTransport};
 use crate::{ClusterSecret, SOURCE_NODE_HEADER, TARGET_NODE_HEADER, path};
 
 /// Time for one snapshot chunk but the last (openraft's 200 ms default restarts the transfer of
@@ -67,7 +68,7 @@ const RESPONSE_LEN_MAX: usize = 16 * 1024 * 1024;
 /// Bytes of an unexpected response body quoted in an error.
 const ERROR_BODY_QUOTE_MAX: usize = 200;
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
 /// With TLS, the client per node id called (see [`PeerClient`]).
 type ClientsById = Arc<Mutex<HashMap<Option<NodeId>, HttpClient>>>;
 
@@ -95,6 +96,8 @@ pub struct PeerClient {
     /// This node's id, sent with every request (logs, and fault-injecting test proxies).
     source: NodeId,
     secret: Option<ClusterSecret>,
+    /// How a connection reaches a peer: TCP, or a simulation's network.
+    transport: PeerTransport,
 }
 
 impl PeerClient {
@@ -240,11 +243,13 @@ impl CallError {
 
 impl PeerClient {
     /// A client sending `secret` as node `source`, its calls made on `runtime` (the node's);
-    /// over TLS with `tls` (`[cluster.tls]`), else plain HTTP.
+    /// over TLS with `tls` (`[cluster.tls]`), else plain HTTP; its connections opened by
+    /// `transport`.
     pub fn new(
         source: NodeId,
         secret: Option<ClusterSecret>,
         tls: Option<Arc<PeerTls>>,
+        transport: PeerTransport,
         runtime: Handle,
     ) -> Result<PeerClient, rustls::Error> {
         let (plain, tls, scheme) = match tls {
@@ -258,7 +263,7 @@ impl PeerClient {
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth();
-                (Some(http_client(none)), None, "http")
+                (Some(http_client(none, &transport)), None, "http")
             }
         };
         Ok(PeerClient {
@@ -268,6 +273,7 @@ impl PeerClient {
             scheme,
             source,
             secret,
+            transport,
         })
     }
 
@@ -285,7 +291,7 @@ impl PeerClient {
         if let Some(client) = clients.get(&target) {
             return Ok(client.clone());
         }
-        let client = http_client((*tls.client_config(target)?).clone());
+        let client = http_client((*tls.client_config(target)?).clone(), &self.transport);
         clients.insert(target, client.clone());
         Ok(client)
     }
@@ -379,16 +385,13 @@ async fn exchange(
         })?
 }
 
-/// A keep-alive client whose connections use `tls` for `https` URLs (see [`PeerClient`]).
-fn http_client(tls: rustls::ClientConfig) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    connector.set_keepalive(Some(KEEPALIVE_IDLE));
-    connector.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
-    connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
-    // The TLS connector wrapping it hands `https` URLs down too.
-    connector.enforce_http(false);
+/// A keep-alive client whose connections `transport` opens, using `tls` for `https` URLs (see
+/// [`PeerClient`]).
+fn http_client(tls: rustls::ClientConfig, transport: &PeerTransport) -> HttpClient {
+    let connector = match transport {
+        PeerTransport::Tcp => Connector::Tcp(tcp_connector()),
+        PeerTransport::Custom(connect) => Connector::Custom(connect.clone()),
+    };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -398,6 +401,19 @@ fn http_client(tls: rustls::ClientConfig) -> HttpClient {
         .pool_idle_timeout(IDLE_TIMEOUT)
         .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER)
         .build(connector)
+}
+
+/// TCP with the peer network's connect timeout, `TCP_NODELAY` and keepalive.
+fn tcp_connector() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector.set_keepalive(Some(KEEPALIVE_IDLE));
+    connector.set_keepalive_interval(Some(KEEPALIVE_INTERVAL));
+    connector.set_keepalive_retries(Some(KEEPALIVE_RETRIES));
+    // The TLS connector wrapping it hands `https` URLs down too.
+    connector.enforce_http(false);
+    connector
 }
 
 /// openraft's network factory: a connection object per target over the shared [`PeerClient`].
@@ -643,7 +659,14 @@ mod tests {
             addr.to_string()
         });
         let secret = ClusterSecret::new("peer-client-test-secret-0123456789").expect("secret");
-        let client = PeerClient::new(1, Some(secret), None, node.handle().clone()).expect("client");
+        let client = PeerClient::new(
+            1,
+            Some(secret),
+            None,
+            PeerTransport::Tcp,
+            node.handle().clone(),
+        )
+        .expect("client");
 
         let first = clients.block_on(ask(&client, &addr));
         assert_eq!(first.expect("the call from the clients' runtime"), 7);

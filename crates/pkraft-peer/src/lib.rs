@@ -16,6 +16,7 @@
 //! - [`client`]: [`PeerClient`] (keep-alive HTTP client, one connection pool per peer) and the
 //!   openraft network factory over it.
 //! - [`tls`]: optional mutual TLS (`[cluster.tls]`).
+//! - [`transport`]: how a connection reaches a peer: TCP, or a simulation's network.
 //! - [`ClusterSecret`] and the wire types below.
 //!
 //! - [`quorum`]: when each peer last accepted this node's `append-entries`.
@@ -36,6 +37,7 @@ pub mod quorum;
 pub mod reachability;
 mod silenced;
 pub mod tls;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -47,6 +49,7 @@ use pkraft_raft_storage::NodeId;
 
 pub use client::{CallError, PeerClient, PeerNetwork};
 pub use silenced::Silenced;
+pub use transport::PeerTransport;
 
 /// Shortest accepted cluster secret, in bytes.
 pub const SECRET_LEN_MIN: usize = 16;

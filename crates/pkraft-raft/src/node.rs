@@ -127,7 +127,8 @@ pub struct Node {
     pub(crate) tasks: std::sync::Mutex<Vec<(&'static str, JoinHandle<()>)>>,
 }
 
-/// The parts that decide who leads, from the lowest layer up: each holds the ones before it.
+/// The parts that decide who leads, from the lowest layer up: PreVote and the handover each
+/// hold `Leadership` (the handover `Members` too), never each other.
 pub(crate) struct Elections {
     /// Who leads, and whether this node may act as leader (`leadership`).
     pub(crate) leadership: Arc<Leadership>,

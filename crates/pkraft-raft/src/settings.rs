@@ -458,6 +458,8 @@ pub struct Participation {
     /// The build this node runs: in its status, and recorded in its data dir
     /// (`build_record`).
     pub build: BuildInfo,
+    /// How this node's peer calls reach the others: TCP, or a simulation's network.
+    pub transport: crate::peer::PeerTransport,
 }
 
 impl Participation {
@@ -470,6 +472,7 @@ impl Participation {
             join: Vec::new(),
             voter: true,
             tls: None,
+            transport: Default::default(),
             build: BuildInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 commit: BuildInfo::UNKNOWN_COMMIT.to_string(),

@@ -461,6 +461,7 @@ impl RaftStarted {
                 id,
                 cluster.secret.clone(),
                 cluster.tls.clone(),
+                cluster.transport.clone(),
                 Handle::current(),
             )
             .map_err(|e| StartError::PeerTls(e.into()))

@@ -1,4 +1,5 @@
-//! Domain types shared by every pkraft crate. No IO happens here.
+//! Domain types shared by every pkraft crate. No IO happens here, beyond reading the wall
+//! clock and the system's randomness in one place (`world`).
 //!
 //! # Layout
 //! - [`build`]: which build a node runs (version and commit).

@@ -92,7 +92,7 @@ pub struct WorldRng;
 
 impl RngCore for WorldRng {
     fn next_u32(&mut self) -> u32 {
-        // The high half: rand's own generators take it too (the better-mixed bits).
+        // The high half: the better-mixed bits of a generator like the simulation's.
         (random_u64() >> 32) as u32
     }
 

@@ -193,6 +193,7 @@ async fn start_node(
         join: config.cluster.join.clone(),
         voter: config.cluster.voter,
         tls: peer_tls.map(|(_, tls)| tls.clone()),
+        transport: pkraft_raft::peer::PeerTransport::Tcp,
         build: build_info(),
     };
     let raft_runtime = RaftRuntime::new(config.raft.runtime_threads)?;

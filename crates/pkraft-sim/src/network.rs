@@ -1,0 +1,45 @@
+//! The peer network over turmoil: the transport a node's peer client connects with, and its
+//! peer routes (`pkraft_raft::routes::router`, the listener's real router) served on a turmoil
+//! listener with hyper's HTTP/1.1, as the daemon serves them on TCP.
+
+use std::io;
+use std::sync::Arc;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use pkraft_raft::Node;
+use pkraft_raft::peer::PeerTransport;
+use pkraft_raft::peer::transport::PeerStream;
+
+/// The port every simulated node's peer listener binds.
+pub const PEER_PORT: u16 = 7000;
+
+/// A peer transport whose connections are turmoil's: `host:port` resolved by turmoil's DNS.
+pub fn transport() -> PeerTransport {
+    PeerTransport::Custom(Arc::new(|addr: String| {
+        Box::pin(async move {
+            let stream = turmoil::net::TcpStream::connect(addr).await?;
+            Ok(Box::new(stream) as Box<dyn PeerStream>)
+        })
+    }))
+}
+
+/// Serves `node`'s peer routes on [`PEER_PORT`] of the current host until the host stops.
+pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT)).await?;
+    let router = pkraft_raft::routes::router(node);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            // A connection's end (the peer gone, a partition) is the network's business: the
+            // caller sees its call fail.
+            let served = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%error, "a simulated peer connection ended");
+            }
+        });
+    }
+}
