@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::ServerState;
+use openraft::{BasicNode, RaftMetrics, ServerState};
 use tokio::time::Instant;
 
 use crate::NodeId;
@@ -115,11 +115,7 @@ impl Leadership {
 
     /// The leader this node knows of, with its peer address.
     pub(crate) fn known_leader(&self) -> Option<(NodeId, String)> {
-        let metrics = self.core.raft.metrics();
-        let metrics = metrics.borrow();
-        let leader = metrics.current_leader?;
-        let node = metrics.membership_config.membership().get_node(&leader)?;
-        Some((leader, node.addr.clone()))
+        leader_with_address(&self.core.raft.metrics().borrow())
     }
 
     /// Why this node must stop waiting on `leader`, another node, for an answer (a forwarded
@@ -158,16 +154,28 @@ impl Leadership {
     /// Waits (bounded by `deadline` and [`REROUTE_PAUSE`]) until this node knows of a leader
     /// other than `previous`.
     pub(crate) async fn wait_for_leader_news(&self, previous: Option<NodeId>, deadline: Instant) {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let _ = self
+        let pause = deadline
+            .saturating_duration_since(Instant::now())
+            .min(REROUTE_PAUSE);
+        let waited = self
             .core
             .raft
-            .wait(Some(remaining.min(REROUTE_PAUSE)))
+            .wait(Some(pause))
+            // The news a caller can act on: a leader whose address this node knows, as
+            // `known_leader` reads it. A node that has heard from a leader before it holds the
+            // membership naming it (a node joining) must wait for that, not return at once.
             .metrics(
-                |m| m.current_leader.is_some() && m.current_leader != previous,
+                |m| leader_with_address(m).is_some_and(|(leader, _)| Some(leader) != previous),
                 "learn of a leader",
             )
             .await;
+        if let Err(openraft::metrics::WaitError::ShuttingDown) = waited {
+            // Raft has stopped (a fatal error; the node stops next): no news will come, and
+            // returning at once would have the caller (a batch looking for its leader, a read
+            // rerouting) ask again in a loop that never yields until its deadline. Found by the
+            // simulated cluster, where such a loop stops simulated time itself.
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// When this node last became the leader, if it leads.
@@ -366,4 +374,11 @@ pub(crate) async fn hold_elections_while_repairing(leadership: Arc<Leadership>) 
     if !leadership.elections_paused() {
         leadership.core.raft.runtime_config().elect(true);
     }
+}
+
+/// The leader `metrics` name and its peer address, if this node's membership names it.
+fn leader_with_address(metrics: &RaftMetrics<NodeId, BasicNode>) -> Option<(NodeId, String)> {
+    let leader = metrics.current_leader?;
+    let node = metrics.membership_config.membership().get_node(&leader)?;
+    Some((leader, node.addr.clone()))
 }

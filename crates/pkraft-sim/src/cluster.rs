@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -11,8 +12,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use pkraft_raft::peer::ClusterSecret;
 use pkraft_raft::{Node, Participation, Settings};
+use pkraft_testkit::rng::SplitMix64;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{KeyBytes, VerifiedPacket};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::network::{PEER_PORT, serve_peers, transport};
 
@@ -27,6 +30,10 @@ pub struct Run {
     pub limit: Duration,
     /// A node cut off from every other for the whole run (a partition the run never heals).
     pub cut_off: Option<u64>,
+    /// Crashes, each of a node drawn from the seed at a moment drawn from it, the node started
+    /// again on its data dir after a downtime drawn from it (a process killed: what it wrote
+    /// stays, as in the page cache).
+    pub crashes: u32,
 }
 
 /// What a run saw.
@@ -36,16 +43,31 @@ pub struct RunReport {
     pub settled_after: Duration,
     /// Turmoil steps taken.
     pub steps: u64,
+    /// The crashes made, in order (one drawn for a node that was down then is not made).
+    pub crashes: Vec<Crash>,
 }
 
-/// Why a run failed: each says what to look at, and names the seed that replays it.
+/// One crash of a run: `node` stopped at `at` and started again `down` later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    pub node: u64,
+    pub at: Duration,
+    pub down: Duration,
+}
+
+/// Why a run failed: each says what to look at, and names its seed and the command that runs
+/// the simulation with it again (runs are not yet the same twice: docs/SIMULATION.md).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("seed {seed}: a data dir could not be made: {source}")]
+    #[error(
+        "seed {seed}: a data dir could not be made: {source} (again: SIM_SEEDS={seed} make sim)"
+    )]
     DataDir { seed: u64, source: std::io::Error },
-    #[error("seed {seed}: the simulation stopped: {reason}")]
+    #[error("seed {seed}: the simulation stopped: {reason} (again: SIM_SEEDS={seed} make sim)")]
     Simulation { seed: u64, reason: String },
-    #[error("seed {seed}: after {after:?} of simulated time, {missing}")]
+    #[error(
+        "seed {seed}: after {after:?} of simulated time, {missing} (again: SIM_SEEDS={seed} make sim)"
+    )]
     NotSettled {
         seed: u64,
         after: Duration,
@@ -53,8 +75,7 @@ pub enum RunError {
     },
 }
 
-/// The simulated wall clock's start: a fixed moment (2026-01-01), so that a seed is all a run
-/// depends on.
+/// The simulated wall clock's start: a fixed moment (2026-01-01), the same on every run.
 const EPOCH_SECS: u64 = 1_767_225_600;
 /// A simulated step: each host runs this much simulated time at a turn.
 const TICK: Duration = Duration::from_millis(1);
@@ -104,8 +125,20 @@ fn packet(seed: u64, index: u64) -> VerifiedPacket {
     VerifiedPacket::verify(&key.public_key(), payload).expect("a packet of the test keys verifies")
 }
 
-/// The nodes a run started, by id, for the driver to look at.
-type Started = Rc<RefCell<BTreeMap<u64, Arc<Node>>>>;
+/// A publish a client asks of a node, and where its answer goes.
+type PublishRequest = (VerifiedPacket, oneshot::Sender<Result<(), String>>);
+
+/// A node running, as the driver reaches it: its replica to read, and its publish requests,
+/// which a task on the node's own host serves (so the node's work runs on its runtime, and a
+/// crash ends it with the host, as a client's connection to a killed process would end).
+#[derive(Clone)]
+struct Running {
+    node: Arc<Node>,
+    publishes: mpsc::Sender<PublishRequest>,
+}
+
+/// The nodes running, by id.
+type Started = Rc<RefCell<BTreeMap<u64, Running>>>;
 
 /// One run at a time in a process: a thread outside the simulation reads the wall clock the
 /// simulation's thread read last (`world`), which two runs at once would mix.
@@ -138,8 +171,14 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         sim.host(host_name(id), move || {
             let (dir, started) = (dir.clone(), started.clone());
             async move {
-                let node = Node::start(id, &dir, &settings(), participation(id)?).await?;
-                started.borrow_mut().insert(id, node.clone());
+                let node = start_node(id, &dir).await?;
+                let (publishes, requests) = mpsc::channel(PUBLISH_REQUESTS_MAX);
+                tokio::spawn(serve_publishes(node.clone(), requests));
+                let running = Running {
+                    node: node.clone(),
+                    publishes,
+                };
+                started.borrow_mut().insert(id, running);
                 serve_peers(node).await?;
                 Ok(())
             }
@@ -158,25 +197,14 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         *driver_outcome.borrow_mut() = Some(result);
         Ok(())
     });
-    let mut steps = 0u64;
-    loop {
-        steps += 1;
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(error) => {
-                return Err(RunError::Simulation {
-                    seed,
-                    reason: error.to_string(),
-                });
-            }
-        }
-    }
+    let (steps, crashes) = step_to_the_end(&mut sim, seed, &started, &crash_schedule(&run))
+        .map_err(|reason| RunError::Simulation { seed, reason })?;
     let result = outcome.borrow_mut().take();
     match result {
         Some(Ok(settled_after)) => Ok(RunReport {
             settled_after,
             steps,
+            crashes,
         }),
         Some(Err(missing)) => Err(RunError::NotSettled {
             seed,
@@ -190,8 +218,109 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     }
 }
 
-/// Publishes `packets` on node 1 once it runs, then waits until every node's replica holds
-/// them all: the simulated time that took, or what was missing at `limit`.
+/// Publish requests a node holds before the driver waits to send more.
+const PUBLISH_REQUESTS_MAX: usize = 64;
+/// How long the driver waits for a node's answer to a publish: longer than the node's own
+/// `raft.publish_timeout`, so a node that runs always answers first.
+const PUBLISH_ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long a restarted node waits before it tries again to open its data dir: the threads of
+/// its last run (the log's and the state's writers) let go of the files on their own time.
+const REOPEN_WAIT: Duration = Duration::from_millis(100);
+/// How many times it tries.
+const REOPEN_TRIES: u32 = 300;
+/// The earliest and latest moment of a crash, and the shortest and longest downtime.
+const CRASH_AT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(3));
+const CRASH_DOWN: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+
+/// Starts node `id` on `dir`, again if the files are still held by its crashed last run.
+async fn start_node(
+    id: u64,
+    dir: &std::path::Path,
+) -> Result<Arc<Node>, Box<dyn std::error::Error>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match Node::start(id, dir, &settings(), participation(id)?).await {
+            Ok(node) => return Ok(node),
+            Err(error) if tries < REOPEN_TRIES => {
+                tracing::debug!(id, %error, "a simulated node starts again");
+                tokio::time::sleep(REOPEN_WAIT).await;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// The run's crashes, drawn from its seed (a stream of its own, apart from the nodes' draws),
+/// in the order they happen.
+fn crash_schedule(run: &Run) -> Vec<Crash> {
+    let mut rng = SplitMix64::new(run.seed ^ 0x00c0_ffee_c4a5_4e5d);
+    let millis = |rng: &mut SplitMix64, (low, high): (Duration, Duration)| {
+        let (low, high) = (low.as_millis() as u64, high.as_millis() as u64);
+        Duration::from_millis(rng.between(low, high))
+    };
+    let mut crashes: Vec<Crash> = (0..run.crashes)
+        .map(|_| Crash {
+            node: rng.between(1, run.nodes),
+            at: millis(&mut rng, CRASH_AT),
+            down: millis(&mut rng, CRASH_DOWN),
+        })
+        .collect();
+    crashes.sort_by_key(|crash| crash.at);
+    crashes
+}
+
+/// Steps `sim` until the driver is done, making `crashes` as their moments come (one a node at
+/// a time: a crash due while its node is down is skipped). The steps taken and the crashes
+/// made, or why the simulation stopped.
+fn step_to_the_end(
+    sim: &mut turmoil::Sim<'_>,
+    seed: u64,
+    started: &Started,
+    crashes: &[Crash],
+) -> Result<(u64, Vec<Crash>), String> {
+    let watchdog = Watchdog::start(seed);
+    let mut made = Vec::new();
+    let mut down: BTreeMap<u64, Duration> = BTreeMap::new();
+    let mut due = crashes.iter().peekable();
+    let mut steps = 0u64;
+    loop {
+        let now = sim.elapsed();
+        while let Some(crash) = due.next_if(|crash| crash.at <= now) {
+            if down.contains_key(&crash.node) {
+                continue;
+            }
+            // The driver must not keep the crashed node's files open past its restart.
+            started.borrow_mut().remove(&crash.node);
+            sim.crash(host_name(crash.node));
+            down.insert(crash.node, now + crash.down);
+            made.push(*crash);
+            tracing::info!(node = crash.node, at = ?now, down = ?crash.down, "simulated crash");
+        }
+        let back: Vec<u64> = down
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(node, _)| *node)
+            .collect();
+        for node in back {
+            down.remove(&node);
+            sim.bounce(host_name(node));
+        }
+        steps += 1;
+        let step = watchdog.step();
+        let stepped = sim.step();
+        drop(step);
+        match stepped {
+            Ok(true) => return Ok((steps, made)),
+            Ok(false) => {}
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+}
+
+/// Publishes `packets`, each on the lowest-numbered node running (node 1 unless it is down; a
+/// follower forwards to the leader), then waits until every node's replica holds every packet
+/// published: the simulated time that took, or what was missing at `limit`.
 async fn drive(
     started: Started,
     seed: u64,
@@ -200,21 +329,25 @@ async fn drive(
     limit: Duration,
 ) -> Result<Duration, String> {
     let began = tokio::time::Instant::now();
-    let node_1 = loop {
-        if let Some(node) = started.borrow().get(&1) {
-            break node.clone();
-        }
-        tokio::time::sleep(POLL).await;
-    };
     let mut keys: Vec<KeyBytes> = Vec::new();
     for index in 0..packets {
         let packet = packet(seed, index);
         keys.push(packet.key_bytes());
-        // Node 1 leads until it hands over, which nothing in this run asks of it; a refusal
-        // (no room, a membership change under way) is retried.
+        // Retried while refused, unanswered or while no node runs (a crash, a leader not
+        // known yet): a publish answered with an error may still have committed, which the
+        // retry finds.
         loop {
-            match node_1.writes().publish(packet.clone()).await {
-                Ok(_) => break,
+            let publishes = started
+                .borrow()
+                .values()
+                .next()
+                .map(|running| running.publishes.clone());
+            let published = match publishes {
+                Some(publishes) => ask_to_publish(&publishes, packet.clone()).await,
+                None => Err("no node runs".to_string()),
+            };
+            match published {
+                Ok(()) => break,
                 Err(error) if began.elapsed() < limit => {
                     tracing::debug!(%error, "a simulated publish is retried");
                     tokio::time::sleep(POLL).await;
@@ -235,12 +368,42 @@ async fn drive(
     }
 }
 
+/// Asks a node to publish `packet`: its answer, or why there was none within
+/// [`PUBLISH_ANSWER_WAIT`] (the node crashed, or its host is cut off).
+async fn ask_to_publish(
+    publishes: &mpsc::Sender<PublishRequest>,
+    packet: VerifiedPacket,
+) -> Result<(), String> {
+    let (reply, answer) = oneshot::channel();
+    publishes
+        .send((packet, reply))
+        .await
+        .map_err(|_| "the node stopped".to_string())?;
+    match tokio::time::timeout(PUBLISH_ANSWER_WAIT, answer).await {
+        Ok(Ok(answered)) => answered,
+        Ok(Err(_)) => Err("the node stopped before answering".to_string()),
+        Err(_) => Err(format!("no answer within {PUBLISH_ANSWER_WAIT:?}")),
+    }
+}
+
+/// Serves a node's publish requests on its own host, each in a task of its own.
+async fn serve_publishes(node: Arc<Node>, mut requests: mpsc::Receiver<PublishRequest>) {
+    while let Some((packet, reply)) = requests.recv().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let published = node.writes().publish(packet).await;
+            // The driver may have stopped waiting; nothing to tell it then.
+            let _ = reply.send(published.map(|_| ()).map_err(|e| e.to_string()));
+        });
+    }
+}
+
 /// What each node's replica lacks of `keys`, by node.
-fn missing(started: &BTreeMap<u64, Arc<Node>>, nodes: u64, keys: &[KeyBytes]) -> Vec<String> {
+fn missing(started: &BTreeMap<u64, Running>, nodes: u64, keys: &[KeyBytes]) -> Vec<String> {
     let mut missing = Vec::new();
     for id in 1..=nodes {
-        let Some(node) = started.get(&id) else {
-            missing.push(format!("node {id} never started"));
+        let Some(Running { node, .. }) = started.get(&id) else {
+            missing.push(format!("node {id} is not running"));
             continue;
         };
         let lacking = keys
@@ -255,4 +418,79 @@ fn missing(started: &BTreeMap<u64, Arc<Node>>, nodes: u64, keys: &[KeyBytes]) ->
         }
     }
     missing
+}
+
+/// Real time one simulated step may take. A task that never yields holds simulated time still
+/// (its step never ends), and a run would hang for good instead of failing.
+const STEP_REAL_TIME_MAX: Duration = Duration::from_secs(60);
+
+/// Ends the process, naming the seed, when one step of a run outlasts [`STEP_REAL_TIME_MAX`]:
+/// the step cannot be interrupted from its own thread.
+struct Watchdog {
+    /// When the step under way began (real time), if one is.
+    began: Arc<Mutex<Option<std::time::Instant>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A step under way, as the watchdog sees it; dropped when the step ends.
+struct Stepping<'a>(&'a Watchdog);
+
+impl Watchdog {
+    fn start(seed: u64) -> Watchdog {
+        let began: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let stop: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let (watched, stopped) = (began.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let stuck = watched
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some_and(|began| began.elapsed() > STEP_REAL_TIME_MAX);
+                if stuck {
+                    // Straight to stderr: the test harness holds back what `eprintln!` prints,
+                    // and the abort would lose it.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "seed {seed}: one simulated step has run for more than \
+                         {STEP_REAL_TIME_MAX:?} of real time: a task that never yields holds \
+                         simulated time still (again: SIM_SEEDS={seed} make sim)"
+                    );
+                    std::process::abort();
+                }
+            }
+        });
+        Watchdog {
+            began,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn step(&self) -> Stepping<'_> {
+        *self.lock() = Some(std::time::Instant::now());
+        Stepping(self)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::time::Instant>> {
+        self.began
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Drop for Stepping<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = None;
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -7,14 +7,34 @@
 //! its peer client connects through turmoil), monotonic time, the wall clock and randomness.
 //! What is not yet: the disk (each node has a real data dir, and its log and state writers
 //! are threads of their own, so a run is not yet exactly the same twice: step 2 of the plan),
-//! and faults.
+//! and faults beyond crashes and a partition that never heals.
 //!
 //! - [`world`]: the seeded wall clock and generator, installed once for the process.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.
-//! - [`cluster`]: a run: N nodes that form a cluster, publishes on one, every replica checked.
+//! - [`cluster`]: a run: N nodes that form a cluster, publishes, crashes and restarts drawn
+//!   from the seed, every replica checked for every packet published.
 
 pub mod cluster;
 pub mod network;
 pub mod world;
 
-pub use cluster::{Run, RunError, RunReport};
+pub use cluster::{Crash, Run, RunError, RunReport};
+
+use std::ops::RangeInclusive;
+
+/// The seeds a test runs: those `SIM_SEEDS` names (one seed, `23`, or a range, `1-500`) if it
+/// is set, else `default`. A failure names the command that runs its seed again.
+pub fn seeds(default: RangeInclusive<u64>) -> RangeInclusive<u64> {
+    let Ok(named) = std::env::var("SIM_SEEDS") else {
+        return default;
+    };
+    let parse = |text: &str| {
+        text.trim().parse::<u64>().unwrap_or_else(|_| {
+            panic!("SIM_SEEDS={named}: not a seed or a range of seeds (7, 1-500)")
+        })
+    };
+    match named.split_once('-') {
+        Some((first, last)) => parse(first)..=parse(last),
+        None => parse(&named)..=parse(&named),
+    }
+}
