@@ -1,7 +1,8 @@
 //! How the peer client reaches a peer's address: TCP (every deployment), or a connector the
 //! caller supplies, which is how a simulation puts its own network under the real client
-//! (docs/SIMULATION.md). Everything above the byte stream (HTTP/1.1, TLS, the pool, the
-//! timeouts, the cluster secret) is the same either way.
+//! (docs/SIMULATION.md). Everything above the byte stream (HTTP/1.1, TLS, the pool, each
+//! call's timeout, the cluster secret) is the same either way; the connect timeout and TCP's
+//! keepalive are TCP's (a custom connector's slow connect ends at the call's timeout).
 
 use std::error::Error;
 use std::fmt;

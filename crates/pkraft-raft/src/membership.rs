@@ -525,12 +525,17 @@ pub(crate) async fn keep_joining(members: Arc<Members>) {
             }
         }
         // Give the membership entry a moment to reach this node before checking again.
-        let _ = members
+        let waited = members
             .core
             .raft
             .wait(Some(JOIN_RETRY))
             .metrics(|_| is_member(&members, want_voter), "become a member")
             .await;
+        if let Err(openraft::metrics::WaitError::ShuttingDown) = waited {
+            // Raft has stopped (the node stops next): the wait returns at once, and asking
+            // again without the pause would call every join address back to back.
+            tokio::time::sleep(JOIN_RETRY).await;
+        }
     }
 }
 

@@ -62,8 +62,11 @@ async fn round(reads: &Reads, batch: &mut Vec<Request>) {
     if reads.leadership.is_leader() {
         let answer = match reads.read_index_as_leader().await {
             Ok(index) => RoundAnswer::Index(index),
+            // This node has just lost its leadership and its metrics may still name it: news
+            // is a leader other than itself (with `None` the wait would find the stale
+            // metrics' answer at once, and the read would ask again without a pause).
             Err(error @ RequestError::NotLeader { .. }) => RoundAnswer::Reroute {
-                leader: None,
+                leader: Some(reads.core.id),
                 reason: Reason::of(error),
             },
             Err(error) => RoundAnswer::Failed(error),

@@ -1,6 +1,7 @@
 //! A run of the simulated cluster: `nodes` nodes (node 1 initialized alone, the others joining
-//! it as voters through the peer network), `packets` packets published on node 1 through its
-//! write path, and every replica checked for every packet once the run settles.
+//! it as voters through the peer network), `packets` packets published through whichever node
+//! runs, crashes and restarts drawn from the seed, and every replica checked for every packet
+//! acknowledged once the run settles.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -22,11 +23,13 @@ use crate::network::{PEER_PORT, serve_peers, transport};
 /// What a run does.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
-    /// Everything random in the run is drawn from it.
+    /// What the run draws: the crashes, the network's and the nodes' randomness, the keys.
+    /// (The disk and tokio's scheduler are not drawn from it yet: docs/SIMULATION.md.)
     pub seed: u64,
     pub nodes: u64,
     pub packets: u64,
-    /// Simulated time the run may take before it is called stuck.
+    /// Simulated time the run may take before it is called stuck. The driver gives up at
+    /// three quarters of it, naming what each node lacks, before turmoil's own limit.
     pub limit: Duration,
     /// A node cut off from every other for the whole run (a partition the run never heals).
     pub cut_off: Option<u64>,
@@ -193,12 +196,21 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     let (driver_started, driver_outcome) = (started.clone(), outcome.clone());
     let (nodes, packets) = (run.nodes, run.packets);
     sim.client("driver", async move {
-        let result = drive(driver_started, seed, nodes, packets, run.limit).await;
+        let result = drive(driver_started, seed, nodes, packets, run.limit * 3 / 4).await;
         *driver_outcome.borrow_mut() = Some(result);
         Ok(())
     });
-    let (steps, crashes) = step_to_the_end(&mut sim, seed, &started, &crash_schedule(&run))
-        .map_err(|reason| RunError::Simulation { seed, reason })?;
+    // Watches the steps, and the end of the simulation: `sim` (its hosts' runtimes) and the
+    // driver's last hold on the nodes are dropped, and the nodes' threads joined with them,
+    // before the watchdog is.
+    let watchdog = Watchdog::start(seed);
+    let stepped = step_to_the_end(&mut sim, &watchdog, &started, &crash_schedule(&run));
+    let elapsed = sim.elapsed();
+    let ending = watchdog.step();
+    drop(sim);
+    started.borrow_mut().clear();
+    drop(ending);
+    let (steps, crashes) = stepped.map_err(|reason| RunError::Simulation { seed, reason })?;
     let result = outcome.borrow_mut().take();
     match result {
         Some(Ok(settled_after)) => Ok(RunReport {
@@ -208,7 +220,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         }),
         Some(Err(missing)) => Err(RunError::NotSettled {
             seed,
-            after: sim.elapsed(),
+            after: elapsed,
             missing,
         }),
         None => Err(RunError::Simulation {
@@ -275,17 +287,19 @@ fn crash_schedule(run: &Run) -> Vec<Crash> {
 /// made, or why the simulation stopped.
 fn step_to_the_end(
     sim: &mut turmoil::Sim<'_>,
-    seed: u64,
+    watchdog: &Watchdog,
     started: &Started,
     crashes: &[Crash],
 ) -> Result<(u64, Vec<Crash>), String> {
-    let watchdog = Watchdog::start(seed);
     let mut made = Vec::new();
     let mut down: BTreeMap<u64, Duration> = BTreeMap::new();
     let mut due = crashes.iter().peekable();
     let mut steps = 0u64;
     loop {
         let now = sim.elapsed();
+        // A crash drops the host's runtime, which waits for its blocking work and the node's
+        // writer threads: watched like a step.
+        let changing = watchdog.step();
         while let Some(crash) = due.next_if(|crash| crash.at <= now) {
             if down.contains_key(&crash.node) {
                 continue;
@@ -306,6 +320,7 @@ fn step_to_the_end(
             down.remove(&node);
             sim.bounce(host_name(node));
         }
+        drop(changing);
         steps += 1;
         let step = watchdog.step();
         let stepped = sim.step();
@@ -343,7 +358,10 @@ async fn drive(
                 .next()
                 .map(|running| running.publishes.clone());
             let published = match publishes {
-                Some(publishes) => ask_to_publish(&publishes, packet.clone()).await,
+                Some(publishes) => {
+                    let wait = PUBLISH_ANSWER_WAIT.min(limit.saturating_sub(began.elapsed()));
+                    ask_to_publish(&publishes, packet.clone(), wait).await
+                }
                 None => Err("no node runs".to_string()),
             };
             match published {
@@ -368,21 +386,22 @@ async fn drive(
     }
 }
 
-/// Asks a node to publish `packet`: its answer, or why there was none within
-/// [`PUBLISH_ANSWER_WAIT`] (the node crashed, or its host is cut off).
+/// Asks a node to publish `packet`: its answer, or why there was none within `wait` (the node
+/// crashed, or its host is cut off).
 async fn ask_to_publish(
     publishes: &mpsc::Sender<PublishRequest>,
     packet: VerifiedPacket,
+    wait: Duration,
 ) -> Result<(), String> {
     let (reply, answer) = oneshot::channel();
     publishes
         .send((packet, reply))
         .await
         .map_err(|_| "the node stopped".to_string())?;
-    match tokio::time::timeout(PUBLISH_ANSWER_WAIT, answer).await {
+    match tokio::time::timeout(wait, answer).await {
         Ok(Ok(answered)) => answered,
         Ok(Err(_)) => Err("the node stopped before answering".to_string()),
-        Err(_) => Err(format!("no answer within {PUBLISH_ANSWER_WAIT:?}")),
+        Err(_) => Err(format!("no answer within {wait:?}")),
     }
 }
 
@@ -420,12 +439,14 @@ fn missing(started: &BTreeMap<u64, Running>, nodes: u64, keys: &[KeyBytes]) -> V
     missing
 }
 
-/// Real time one simulated step may take. A task that never yields holds simulated time still
-/// (its step never ends), and a run would hang for good instead of failing.
+/// Real time one simulated step may take. Tasks that keep themselves runnable (one that never
+/// yields, two that wake each other) hold a host's paused clock still: its step never ends,
+/// and a run would hang for good instead of failing.
 const STEP_REAL_TIME_MAX: Duration = Duration::from_secs(60);
 
-/// Ends the process, naming the seed, when one step of a run outlasts [`STEP_REAL_TIME_MAX`]:
-/// the step cannot be interrupted from its own thread.
+/// Ends the process, naming the seed, when one step of a run (or a crash, a restart, the end of
+/// the simulation) outlasts [`STEP_REAL_TIME_MAX`]: a step cannot be interrupted from its own
+/// thread.
 struct Watchdog {
     /// When the step under way began (real time), if one is.
     began: Arc<Mutex<Option<std::time::Instant>>>,
@@ -454,8 +475,8 @@ impl Watchdog {
                     let _ = writeln!(
                         std::io::stderr(),
                         "seed {seed}: one simulated step has run for more than \
-                         {STEP_REAL_TIME_MAX:?} of real time: a task that never yields holds \
-                         simulated time still (again: SIM_SEEDS={seed} make sim)"
+                         {STEP_REAL_TIME_MAX:?} of real time: tasks that keep themselves \
+                         runnable hold simulated time still (again: SIM_SEEDS={seed} make sim)"
                     );
                     std::process::abort();
                 }

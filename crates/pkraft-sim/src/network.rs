@@ -1,6 +1,9 @@
 //! The peer network over turmoil: the transport a node's peer client connects with, and its
 //! peer routes (`pkraft_raft::routes::router`, the listener's real router) served on a turmoil
-//! listener with hyper's HTTP/1.1, as the daemon serves them on TCP.
+//! listener with hyper's HTTP/1.1. The daemon's own listener adds connection limits and
+//! admission in front of the same router (`pkraft_http::serve`); those are not simulated. A
+//! partition in turmoil refuses a connection at once (its SYN is dropped with an answer), so
+//! to a caller it looks like a refusal, not silence.
 
 use std::io;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Goal: the real node code forms a cluster and replicates under the simulation: three nodes on
 //! turmoil's network and paused clocks, node 2 and 3 joining node 1 through their peer
-//! clients, every packet published on node 1 held by every replica.
+//! clients, every packet acknowledged held by every replica, through crashes and restarts.
 //! Method: `pkraft_sim::cluster::run` for a few seeds; a failure names its seed.
 
 use std::time::Duration;
