@@ -296,7 +296,7 @@ pub async fn restore(
         return Err(BackupError::NotEmpty(data_dir.to_path_buf()));
     }
     let path = backup.to_path_buf();
-    let (header, _) = tokio::task::spawn_blocking(move || check_backup_file(&path))
+    let (header, _) = pkraft_tasks::blocking(move || check_backup_file(&path))
         .await
         .map_err(|e| io("the check failed", e))??;
     std::fs::create_dir_all(data_dir).map_err(|e| io(data_dir.display().to_string(), e))?;
@@ -336,7 +336,7 @@ async fn seed(
     let state_file = data_dir.join(STATE_FILE);
     let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
     let backup = backup.to_path_buf();
-    let packets = tokio::task::spawn_blocking(move || {
+    let packets = pkraft_tasks::blocking(move || {
         let store = Store::open_with_cache(&state_file, OFFLINE_CACHE_BYTES)?;
         let applied_bytes = encode(&applied).map_err(|source| BackupError::Encoding {
             what: "the applied state",

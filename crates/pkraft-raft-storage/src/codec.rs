@@ -31,7 +31,7 @@ pub(crate) fn storage_error<E: std::error::Error + 'static>(
     StorageIOError::new(subject, verb, AnyError::new(error)).into()
 }
 
-/// Runs `work` on tokio's blocking pool: redb commits wait for fsync (p99 9–26 ms on these
+/// Runs `work` on tokio's blocking pool (inline in a simulation: `pkraft_tasks::blocking`): redb commits wait for fsync (p99 9–26 ms on these
 /// machines) and must not stall the runtime's worker threads, which also serve HTTP and DNS.
 pub(crate) async fn blocking<T, F>(
     subject: ErrorSubject<NodeId>,
@@ -42,11 +42,11 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, BoxError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(work).await {
+    match pkraft_tasks::blocking(work).await {
         Ok(Ok(value)) => Ok(value),
         // The cause's chain is kept (its type name is not: it is boxed).
         Ok(Err(e)) => Err(StorageIOError::new(subject, verb, AnyError::from_dyn(&*e, None)).into()),
-        // The task panicked or the runtime is shutting down.
+        // The work panicked or the runtime is shutting down.
         Err(join) => Err(storage_error(subject, verb, &join)),
     }
 }

@@ -91,11 +91,12 @@ impl Damaged {
 #[cfg(test)]
 mod tests {
     /// ARCHITECTURE.md: storage depends on neither the node (pkraft-raft) nor a service crate,
-    /// only on the state store and the domain types. A new pkraft dependency here must be a
-    /// decision, not a slip.
+    /// only on the state store, the domain types and where blocking work runs (pkraft-tasks'
+    /// `blocking`, inline in a simulation). A new pkraft dependency here must be a decision,
+    /// not a slip.
     #[test]
-    fn the_storage_crate_depends_on_store_and_types_only() {
+    fn the_storage_crate_depends_on_store_types_and_tasks_only() {
         let ours = pkraft_testkit::manifest::pkraft_dependencies(include_str!("../Cargo.toml"));
-        assert_eq!(ours, ["pkraft-state", "pkraft-types"]);
+        assert_eq!(ours, ["pkraft-state", "pkraft-tasks", "pkraft-types"]);
     }
 }

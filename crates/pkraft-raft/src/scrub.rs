@@ -100,7 +100,7 @@ async fn sweep_log(scrub: &Scrub, bytes_per_second: u64) {
     loop {
         let started = Instant::now();
         let log = scrub.core.log_store.clone();
-        let step = tokio::task::spawn_blocking(move || log.scrub(next, LOG_STEP_BYTES)).await;
+        let step = pkraft_tasks::blocking(move || log.scrub(next, LOG_STEP_BYTES)).await;
         match step {
             Ok(Ok(Some((after, bytes)))) => {
                 next = after;
@@ -178,10 +178,9 @@ async fn sweep_state(scrub: &Scrub, packets_per_second: u64) {
         let started = Instant::now();
         let store = scrub.core.store.clone();
         let from = after;
-        let step = tokio::task::spawn_blocking(move || {
-            store.scrub_packets(from.as_ref(), STATE_STEP_PACKETS)
-        })
-        .await;
+        let step =
+            pkraft_tasks::blocking(move || store.scrub_packets(from.as_ref(), STATE_STEP_PACKETS))
+                .await;
         let page = match step {
             Ok(Ok(page)) => page,
             Ok(Err(error)) if error.is_damage() => {
@@ -251,7 +250,7 @@ async fn recompile_stale_answers(scrub: &Scrub, stale: &[StaleAnswers]) {
     }
     let keys: Vec<KeyBytes> = stale.iter().map(|found| found.key).collect();
     let store = scrub.core.store.clone();
-    let rewritten = tokio::task::spawn_blocking(move || store.recompile_answers(&keys)).await;
+    let rewritten = pkraft_tasks::blocking(move || store.recompile_answers(&keys)).await;
     match rewritten {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(
@@ -499,7 +498,7 @@ impl Scrub {
     /// scrub (peer route `packet-check`).
     pub(crate) async fn packet_copy(&self, key: KeyBytes) -> PacketCopy {
         let store = self.core.store.clone();
-        match tokio::task::spawn_blocking(move || store.check_packet(&key)).await {
+        match pkraft_tasks::blocking(move || store.check_packet(&key)).await {
             Ok(Ok(PacketCheck::Absent)) => PacketCopy::Absent,
             Ok(Ok(PacketCheck::Whole { value_crc })) => PacketCopy::Whole { value_crc },
             Ok(Ok(PacketCheck::Damaged { value_crc })) => PacketCopy::Damaged { value_crc },

@@ -4,10 +4,11 @@
 //! the run's seed (`pkraft_types::world`).
 //!
 //! What is simulated so far: the peer network (each node's peer listener is a turmoil listener,
-//! its peer client connects through turmoil), monotonic time, the wall clock and randomness.
-//! What is not yet: the disk (each node has a real data dir, and its log and state writers
-//! are threads of their own, so a run is not yet exactly the same twice: step 2 of the plan),
-//! and faults beyond crashes and a partition that never heals.
+//! its peer client connects through turmoil), monotonic time, the wall clock and randomness;
+//! the node's storage work runs on the simulation's thread
+//! (`pkraft_types::world::runs_blocking_work_inline`). What is not yet: the disk (each node
+//! has a real data dir), faults beyond crashes and a partition that never heals, and the same
+//! history twice for a run with crashes (docs/SIMULATION.md).
 //!
 //! - [`world`]: the seeded wall clock and generator, installed once for the process.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.

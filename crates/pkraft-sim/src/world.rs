@@ -3,9 +3,9 @@
 //!
 //! The generator is the test kit's SplitMix64, one per thread, and seeded by [`seed`] on the thread
 //! that runs the simulation: every host runs there, in the order turmoil steps them, so each
-//! draw is the seed's. A thread of the node's own (the log writer, the blocking pool) draws from
-//! its own state, seeded 0: the same on every run, though not yet ordered with the rest (step 2
-//! of docs/SIMULATION.md moves that work onto the simulation's thread).
+//! draw is the seed's. The node's blocking work and its storage threads' jobs run on that
+//! thread too (`pkraft_types::world::runs_blocking_work_inline`); another thread would draw from
+//! its own generator, seeded 0.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +33,12 @@ pub fn install() {
     }
 }
 
-/// Seeds this thread's generator: call on the thread that runs the simulation, before it starts.
-pub fn seed(seed: u64) {
+/// Starts a run: seeds this thread's generator (call on the thread that runs the simulation,
+/// before it starts) and sets the wall clock read outside a host to the run's epoch (µs since
+/// the Unix epoch), so that nothing a run reads is left over from the run before it.
+pub fn start_run(seed: u64, epoch_micros: u64) {
     GENERATOR.with(|generator| *generator.borrow_mut() = SplitMix64::new(seed));
+    LAST_WALL_MICROS.store(epoch_micros, Ordering::Relaxed);
 }
 
 fn next_u64() -> u64 {

@@ -17,7 +17,8 @@
 //!
 //! Writes happen only through [`ApplyTxn`], which records the new `applied_state` with the data:
 //! the data and the position in the log it corresponds to are always committed in one
-//! transaction. One thread owns every write transaction (`writer.rs`): applies go into a
+//! transaction. One thread owns every write transaction (`writer.rs`; in a simulation the same
+//! owner runs inline, on the simulation's thread): applies go into a
 //! transaction it keeps open across many of them and commits every
 //! [`ApplyBatching::interval`] or [`ApplyBatching::packets`], and what they wrote is visible at
 //! once through a read buffer. The one write the log does not decide is

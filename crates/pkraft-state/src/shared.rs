@@ -3,7 +3,6 @@
 //! transaction every durable commit begins with.
 
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
 
@@ -70,13 +69,17 @@ pub(crate) struct AppliedCounts {
 
 /// Held while the writer is paused; dropping it lets the writer go on.
 pub(crate) struct Paused {
-    _resume: Sender<()>,
+    /// Dropping it resumes the writer: the sender its thread waits on, or, when the writer runs
+    /// inline (a simulation), a guard that resumes it as it drops.
+    _resume: Box<dyn Send>,
 }
 
 impl Paused {
-    /// Holds the writer until this guard is dropped, which closes `resume`.
-    pub(crate) fn holding(resume: Sender<()>) -> Paused {
-        Paused { _resume: resume }
+    /// Holds the writer until this guard is dropped, which drops `resume`.
+    pub(crate) fn holding(resume: impl Send + 'static) -> Paused {
+        Paused {
+            _resume: Box::new(resume),
+        }
     }
 }
 

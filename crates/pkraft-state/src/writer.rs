@@ -26,10 +26,20 @@
 //! The queue of jobs is unbounded in type only: every caller waits for its job to be done, so it
 //! holds at most one job per calling thread (openraft's state machine worker, a snapshot build,
 //! the scrub, a stop).
+//!
+//! In a simulation ([`pkraft_types::world::runs_blocking_work_inline`]) there is no thread: the
+//! same owner runs each job at once on the thread that submits it (the simulation's), jobs
+//! submitted while it is paused wait in a queue until the pause ends, and the commit that the
+//! thread's timer makes is a task on the submitting runtime, on its simulated clock.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{JoinHandle, ThreadId};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's: std's outside a runtime (the writer's thread), a simulated host's paused clock inline.
+use tokio::time::Instant;
 
 use crate::StoreError;
 use crate::apply::ApplyTxn;
@@ -102,34 +112,63 @@ pub(crate) enum Job {
     Batching(ApplyBatching),
 }
 
-/// The writer thread's handle; see the module docs. Dropping the last one (with the last
+/// The writer's handle; see the module docs. Dropping the last one (with the last
 /// [`crate::Store`] handle) commits what is open and ends the thread.
 pub(crate) struct Writer {
+    kind: Kind,
+}
+
+enum Kind {
+    Thread(WriterThread),
+    /// A simulation's: the owner runs each job on the thread that submits it.
+    Inline(Arc<Mutex<Inline>>),
+}
+
+struct WriterThread {
     jobs: Option<Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-    thread_id: ThreadId,
+    handle: Option<JoinHandle<()>>,
+    id: ThreadId,
 }
 
 impl Writer {
     pub(crate) fn start(shared: Shared) -> Result<Writer, StoreError> {
-        let (jobs, queue) = mpsc::channel();
         let owner = Owner::new(shared);
-        let thread = std::thread::Builder::new()
+        if pkraft_types::world::runs_blocking_work_inline() {
+            return Ok(Writer {
+                kind: Kind::Inline(Arc::new(Mutex::new(Inline {
+                    owner,
+                    paused: false,
+                    queued: VecDeque::new(),
+                    commit_scheduled: false,
+                }))),
+            });
+        }
+        let (jobs, queue) = mpsc::channel();
+        let handle = std::thread::Builder::new()
             .name("pkraft-state-writer".to_string())
             .spawn(move || owner.run(&queue))
             .map_err(StoreError::WriterThread)?;
         Ok(Writer {
-            jobs: Some(jobs),
-            thread_id: thread.thread().id(),
-            thread: Some(thread),
+            kind: Kind::Thread(WriterThread {
+                jobs: Some(jobs),
+                id: handle.thread().id(),
+                handle: Some(handle),
+            }),
         })
     }
 
     pub(crate) fn submit(&self, job: Job) -> Result<(), StoreError> {
-        self.jobs
-            .as_ref()
-            .and_then(|jobs| jobs.send(job).ok())
-            .ok_or(StoreError::WriterStopped)
+        match &self.kind {
+            Kind::Thread(thread) => thread
+                .jobs
+                .as_ref()
+                .and_then(|jobs| jobs.send(job).ok())
+                .ok_or(StoreError::WriterStopped),
+            Kind::Inline(inline) => {
+                Inline::submit(inline, job);
+                Ok(())
+            }
+        }
     }
 
     /// Commits what is open, durably if `durable` (then also when nothing is open), and waits.
@@ -150,24 +189,127 @@ impl Writer {
             resume: resumed,
         })?;
         result.recv().unwrap_or(Err(StoreError::WriterStopped))?;
-        Ok(Paused::holding(resume))
+        Ok(match &self.kind {
+            Kind::Thread(_) => Paused::holding(resume),
+            Kind::Inline(inline) => Paused::holding(ResumeInline(Arc::downgrade(inline))),
+        })
     }
 }
 
-impl Drop for Writer {
+impl Drop for WriterThread {
     fn drop(&mut self) {
         // The thread ends once the queue closes, after committing what is open.
         drop(self.jobs.take());
-        if let Some(thread) = self.thread.take()
-            && std::thread::current().id() != self.thread_id
-            && thread.join().is_err()
+        if let Some(handle) = self.handle.take()
+            && std::thread::current().id() != self.id
+            && handle.join().is_err()
         {
             tracing::error!("the state writer thread panicked");
         }
     }
 }
 
-/// The writer thread's state.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // As the thread does when its queue closes.
+        if let Kind::Inline(inline) = &self.kind {
+            Inline::lock(inline).owner.commit_logged(false);
+        }
+    }
+}
+
+/// The owner where it runs inline (a simulation; module docs).
+struct Inline {
+    owner: Owner,
+    /// Paused ([`Writer::pause`]): jobs wait in `queued` until the guard is dropped.
+    paused: bool,
+    queued: VecDeque<Job>,
+    /// A task waits to commit the open transaction when its interval is up.
+    commit_scheduled: bool,
+}
+
+impl Inline {
+    fn lock(inline: &Mutex<Inline>) -> MutexGuard<'_, Inline> {
+        inline.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn submit(inline: &Arc<Mutex<Inline>>, job: Job) {
+        let mut this = Inline::lock(inline);
+        if this.paused {
+            this.queued.push_back(job);
+            return;
+        }
+        this.run(job);
+        this.schedule_commit(inline);
+    }
+
+    /// Runs `job` as the thread would, except that a pause returns at once: the caller resumes
+    /// the writer by dropping its guard ([`ResumeInline`]).
+    fn run(&mut self, job: Job) {
+        match job {
+            Job::Pause { paused, resume: _ } => {
+                let committed = self.owner.commit(false);
+                self.paused = committed.is_ok();
+                let _ = paused.send(committed);
+            }
+            job => self.owner.handle(job),
+        }
+    }
+
+    /// The jobs that waited out a pause, in order, until one pauses the writer again.
+    fn resume(&mut self) {
+        self.paused = false;
+        while !self.paused
+            && let Some(job) = self.queued.pop_front()
+        {
+            self.run(job);
+        }
+    }
+
+    /// The thread's timer, as a task on the current runtime: the open transaction is committed
+    /// once its interval is up. Without a runtime the next job commits it when due.
+    fn schedule_commit(&mut self, inline: &Arc<Mutex<Inline>>) {
+        let Some(open) = &self.owner.open else {
+            return;
+        };
+        if self.commit_scheduled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.commit_scheduled = true;
+        let due = open.began + self.owner.batching.interval;
+        let inline = Arc::downgrade(inline);
+        runtime.spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let Some(inline) = inline.upgrade() else {
+                return;
+            };
+            let mut this = Inline::lock(&inline);
+            this.commit_scheduled = false;
+            if !this.paused && this.owner.is_due() {
+                this.owner.commit_logged(false);
+            }
+            this.schedule_commit(&inline);
+        });
+    }
+}
+
+/// Resumes an inline writer as it drops (the guard inside [`Paused`]).
+struct ResumeInline(Weak<Mutex<Inline>>);
+
+impl Drop for ResumeInline {
+    fn drop(&mut self) {
+        if let Some(inline) = self.0.upgrade() {
+            let mut this = Inline::lock(&inline);
+            this.resume();
+            this.schedule_commit(&inline);
+        }
+    }
+}
+
+/// The writer's state, on its thread or inline.
 struct Owner {
     shared: Shared,
     batching: ApplyBatching,
@@ -204,6 +346,7 @@ impl Owner {
                 .map(|open| open.began + self.batching.interval)
             {
                 Some(due) => {
+                    // Real time: this thread is never a simulation's (module docs).
                     match queue.recv_timeout(due.saturating_duration_since(Instant::now())) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {

@@ -19,9 +19,16 @@
 //! ([`request_panicked`]) and ends alone: the HTTP listeners answer it 500, and its connection
 //! goes on.
 //!
+//! Work that blocks its thread goes through [`blocking`]: tokio's blocking pool, or at once on
+//! the asking thread in a simulation, whose one thread must run every step of the node.
+//!
 //! Fault injection for tests: `PKRAFT_TEST_PANIC=<task>[,<task>…]` makes each named loop panic
 //! once, the first time it calls [`injected_panic`] (docs/TESTING.md); `<task>/<place>` names a
 //! place within a task ([`injected_panic_at`]).
+
+mod blocking;
+
+pub use blocking::{BlockingFailed, blocking};
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;

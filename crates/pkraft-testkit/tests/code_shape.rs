@@ -108,7 +108,7 @@ const SIMULATED_CRATES: [&str; 6] = [
 /// Reads of the system's clock, randomness and real-time waits that a simulation cannot
 /// replace, and the replacement each would need: monotonic time through tokio (which a paused
 /// runtime simulates), the wall clock and randomness through `pkraft_types::world`.
-const ESCAPES: [(&str, &str); 9] = [
+const ESCAPES: [(&str, &str); 10] = [
     ("std::time::Instant", "tokio::time::Instant"),
     ("SystemTime::now", "pkraft_types::world::unix_micros_now"),
     ("UNIX_EPOCH.elapsed", "pkraft_types::world::unix_micros_now"),
@@ -118,17 +118,31 @@ const ESCAPES: [(&str, &str); 9] = [
     ("fastrand", "pkraft_types::world::random_u64"),
     ("std::thread::sleep", "tokio::time::sleep"),
     ("recv_timeout", "a wait a simulation's clock drives"),
+    (
+        "spawn_blocking",
+        "pkraft_tasks::blocking, which a simulation runs inline",
+    ),
 ];
 
+/// An OS thread of the node's own works in real time beside a simulation's one thread: a file
+/// that starts one must also run its work inline when `runs_blocking_work_inline` says so.
+const THREAD_STARTS: [&str; 2] = ["thread::Builder::new()", "thread::spawn("];
+
 /// Files allowed an escape for now, each with why: the simulator's later steps remove them.
-const KNOWN_ESCAPES: [(&str, &str); 3] = [
+const KNOWN_ESCAPES: [(&str, &str); 4] = [
     (
         "pkraft-state/src/writer.rs",
-        "the state writer's own thread times its commits with std's clock (recv_timeout)",
+        "the state writer's thread times its commits in real time (recv_timeout); a simulation \
+         runs the writer inline, with a task on its clock for the timer",
+    ),
+    (
+        "pkraft-tasks/src/blocking.rs",
+        "the blocking pool's side of the seam itself",
     ),
     (
         "pkraft-tasks/src/lib.rs",
-        "a supervised OS thread's restart backoff sleeps in real time",
+        "a supervised OS thread (the DNS server's UDP loops, which a simulation does not run) \
+         sleeps its restart backoff in real time",
     ),
     (
         "pkraft-types/src/world.rs",
@@ -193,6 +207,14 @@ fn the_node_reads_the_clock_and_randomness_through_seams_a_simulation_replaces()
             }
             files_read += 1;
             let code = without_test_items(&read(&file));
+            if THREAD_STARTS.iter().any(|start| code.contains(start))
+                && !code.contains("runs_blocking_work_inline")
+            {
+                escapes.push(format!(
+                    "{relative}: starts an OS thread and has no inline mode \
+                     (pkraft_types::world::runs_blocking_work_inline)"
+                ));
+            }
             for (number, line) in code.lines().enumerate() {
                 if line.trim_start().starts_with("//") {
                     continue;

@@ -45,6 +45,15 @@ pub fn is_simulated() -> bool {
     SIMULATED.get().is_some()
 }
 
+/// Whether the node's blocking work (what it would hand to tokio's blocking pool) and the jobs
+/// of its own threads (the log's writer, the state's writer, the spare segment's) run on the
+/// thread that asks for them, at once. True in a simulation: its one thread runs every host in
+/// an order the seed decides, and work on a real thread would go on in real time, while the
+/// simulated clock runs on, finishing in whatever order the machine allows.
+pub fn runs_blocking_work_inline() -> bool {
+    is_simulated()
+}
+
 /// Wall clock in µs since the Unix epoch (the simulation's, if one is installed). A clock
 /// before 1970 reads as 0.
 pub fn unix_micros_now() -> u64 {

@@ -125,7 +125,7 @@ fn schedule_committed_write(inner: &Arc<Inner>, delay: Duration) {
             return;
         };
         let writer = inner.clone();
-        let written = tokio::task::spawn_blocking(move || write_committed(&writer)).await;
+        let written = pkraft_tasks::blocking(move || write_committed(&writer)).await;
         let written = match written {
             Ok(Ok(written)) => written,
             Ok(Err(e)) => {

@@ -96,22 +96,28 @@ impl Spare {
         ));
         let state = self.state.clone();
         let bytes = self.bytes;
+        let prepare = move || {
+            let prepared = zero_filled(&path, bytes);
+            let Ok(mut state) = state.lock() else {
+                return;
+            };
+            match prepared {
+                Ok(file) => *state = State::Ready(file, path),
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not prepare the next log segment");
+                    let _ = fs::remove_file(&path);
+                    *state = State::Idle;
+                }
+            }
+        };
+        // A simulation runs it at once, on its own thread (`runs_blocking_work_inline`).
+        if pkraft_types::world::runs_blocking_work_inline() {
+            prepare();
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name("pkraft-log-spare".to_string())
-            .spawn(move || {
-                let prepared = zero_filled(&path, bytes);
-                let Ok(mut state) = state.lock() else {
-                    return;
-                };
-                match prepared {
-                    Ok(file) => *state = State::Ready(file, path),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "could not prepare the next log segment");
-                        let _ = fs::remove_file(&path);
-                        *state = State::Idle;
-                    }
-                }
-            });
+            .spawn(prepare);
         if spawned.is_err()
             && let Ok(mut state) = self.state.lock()
         {

@@ -9,6 +9,11 @@
 //!
 //! The queue holds at most one append (openraft waits for each) and whatever the node's
 //! callers of truncate, purge and the vote wait for, so it is unbounded in type only.
+//!
+//! In a simulation ([`pkraft_types::world::runs_blocking_work_inline`]) there is no thread: each
+//! job runs at once on the thread that submits it, which is the simulation's (openraft allows
+//! the flush callback to be called before `append` returns). The order of the changes is the
+//! callers' either way.
 
 use std::io;
 use std::sync::mpsc::{self, Sender};
@@ -19,15 +24,23 @@ type Job = Box<dyn FnOnce() + Send>;
 /// See the module docs. Dropping it (with the last [`super::LogStore`] handle) lets the thread
 /// finish what is queued and end.
 pub(super) struct LogWriter {
+    /// `None` in a simulation: jobs run inline (module docs).
+    thread: Option<WriterThread>,
+}
+
+struct WriterThread {
     jobs: Option<Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
-    thread_id: ThreadId,
+    handle: Option<JoinHandle<()>>,
+    id: ThreadId,
 }
 
 impl LogWriter {
     pub(super) fn start() -> io::Result<LogWriter> {
+        if pkraft_types::world::runs_blocking_work_inline() {
+            return Ok(LogWriter { thread: None });
+        }
         let (jobs, queue) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("pkraft-log-writer".to_string())
             .spawn(move || {
                 for job in queue {
@@ -35,15 +48,23 @@ impl LogWriter {
                 }
             })?;
         Ok(LogWriter {
-            jobs: Some(jobs),
-            thread_id: thread.thread().id(),
-            thread: Some(thread),
+            thread: Some(WriterThread {
+                jobs: Some(jobs),
+                id: handle.thread().id(),
+                handle: Some(handle),
+            }),
         })
     }
 
-    /// Queues `job`; an error means the thread is gone (the log is closing).
+    /// Queues `job` (runs it at once, in a simulation); an error means the thread is gone (the
+    /// log is closing).
     pub(super) fn submit(&self, job: impl FnOnce() + Send + 'static) -> io::Result<()> {
-        self.jobs
+        let Some(thread) = &self.thread else {
+            job();
+            return Ok(());
+        };
+        thread
+            .jobs
             .as_ref()
             .and_then(|jobs| jobs.send(Box::new(job)).ok())
             .ok_or_else(|| io::Error::other("the log writer has stopped"))
@@ -64,12 +85,12 @@ impl LogWriter {
     }
 }
 
-impl Drop for LogWriter {
+impl Drop for WriterThread {
     fn drop(&mut self) {
         drop(self.jobs.take());
-        if let Some(thread) = self.thread.take()
-            && std::thread::current().id() != self.thread_id
-            && thread.join().is_err()
+        if let Some(handle) = self.handle.take()
+            && std::thread::current().id() != self.id
+            && handle.join().is_err()
         {
             tracing::error!("the log writer thread panicked");
         }
