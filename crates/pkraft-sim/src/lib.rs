@@ -6,16 +6,18 @@
 //! What is simulated so far: the peer network (each node's peer listener is a turmoil listener,
 //! its peer client connects through turmoil), monotonic time, the wall clock and randomness;
 //! the node's storage work runs on the simulation's thread
-//! (`pkraft_types::world::runs_blocking_work_inline`). What is not yet: the disk (each node
-//! has a real data dir), faults beyond crashes and a partition that never heals, and the same
-//! history twice for a run with crashes (docs/SIMULATION.md).
+//! (`pkraft_types::world::runs_blocking_work_inline`); in `make sim`'s build tokio's scheduler
+//! too, so a seed replays its run exactly. What is not yet: the disk (each node has a real data
+//! dir), and faults beyond crashes and a partition that never heals (docs/SIMULATION.md).
 //!
 //! - [`world`]: the seeded wall clock and generator, installed once for the process.
+//! - [`log`]: `SIM_LOG=<filter>`, the nodes' log lines stamped with simulated time.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.
 //! - [`cluster`]: a run: N nodes that form a cluster, publishes, crashes and restarts drawn
 //!   from the seed, every replica checked for every packet published.
 
 pub mod cluster;
+pub mod log;
 pub mod network;
 pub mod world;
 
