@@ -1,6 +1,6 @@
 //! A run of the simulated cluster: `nodes` nodes (node 1 initialized alone, the others joining
 //! it as voters through the peer network), `packets` packets published through whichever node
-//! runs, crashes and restarts drawn from the seed, and every replica checked for every packet
+//! runs, faults drawn from the seed (`faults.rs`), and every replica checked for every packet
 //! acknowledged once the run settles.
 
 use std::cell::RefCell;
@@ -13,17 +13,17 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use pkraft_raft::peer::ClusterSecret;
 use pkraft_raft::{Node, Participation, Settings};
-use pkraft_testkit::rng::SplitMix64;
 use pkraft_testkit::{iroh_packet, keypair};
 use pkraft_types::{KeyBytes, VerifiedPacket};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::faults::{Fault, FaultKind, Faults, host_name, schedule};
 use crate::network::{PEER_PORT, serve_peers, transport};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
-    /// What the run draws: the crashes, the network's and the nodes' randomness, the keys, and,
+    /// What the run draws: the faults, the network's and the nodes' randomness, the keys, and,
     /// in `make sim`'s build (`--cfg tokio_unstable`), tokio's scheduler (docs/SIMULATION.md).
     pub seed: u64,
     pub nodes: u64,
@@ -31,26 +31,28 @@ pub struct Run {
     /// Simulated time the run may take before it is called stuck. The driver gives up at
     /// three quarters of it, naming what each node lacks, before turmoil's own limit.
     pub limit: Duration,
-    /// A node cut off from every other for the whole run (a partition the run never heals).
+    /// A node cut off from every other for the whole run (a partition the run never heals; not
+    /// with `faults`, whose end would heal it).
     pub cut_off: Option<u64>,
-    /// Crashes, each of a node drawn from the seed at a moment drawn from it, the node started
-    /// again on its data dir after a downtime drawn from it (a process killed: what it wrote
-    /// stays, as in the page cache).
-    pub crashes: u32,
+    /// Faults, each of a kind drawn from `kinds`, on a node, at a moment and for a time drawn
+    /// from the seed ([`crate::faults::schedule`]).
+    pub faults: u32,
+    pub kinds: &'static [FaultKind],
 }
 
 /// What a run saw.
 #[derive(Debug, Clone)]
 pub struct RunReport {
     /// Simulated time from the start until every replica held every packet, looked at once
-    /// every crash was made and its node started again.
+    /// every fault drawn had ended.
     pub settled_after: Duration,
     /// Turmoil steps taken.
     pub steps: u64,
-    /// The crashes made, in order (one drawn for a node that was down then is not made).
-    pub crashes: Vec<Crash>,
+    /// The faults made, in order (one drawn for a node under another fault then, or on links
+    /// while another fault is on links, is not made).
+    pub faults: Vec<Fault>,
     /// A fingerprint of what the run did, as a client and the replicas saw it: each publish's
-    /// answer and the simulated moment it came, the crashes made, and each replica's last
+    /// answer, key and the simulated moment it came, the faults made, and each replica's last
     /// applied log index once every packet was held. A run that does the same gives the same
     /// one; a run of the same seed that gives another one is not deterministic.
     pub history: u64,
@@ -87,14 +89,6 @@ impl History {
 struct Driven {
     settled_after: Duration,
     history: History,
-}
-
-/// One crash of a run: `node` stopped at `at` and started again `down` later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Crash {
-    pub node: u64,
-    pub at: Duration,
-    pub down: Duration,
 }
 
 /// Why a run failed: each says what to look at, and names its seed and the command that runs
@@ -138,10 +132,6 @@ fn settings() -> Settings {
         max_stored_packets: Some(0),
         ..Settings::default()
     }
-}
-
-fn host_name(id: u64) -> String {
-    format!("n{id}")
 }
 
 fn participation(id: u64) -> Result<Participation, String> {
@@ -232,6 +222,13 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
             }
         });
     }
+    if run.cut_off.is_some() && run.faults > 0 {
+        return Err(RunError::Simulation {
+            seed,
+            reason: "a node cut off for the whole run and faults: a fault's end would heal the cut"
+                .to_string(),
+        });
+    }
     if let Some(cut_off) = run.cut_off {
         for other in (1..=run.nodes).filter(|&other| other != cut_off) {
             sim.partition(host_name(cut_off), host_name(other));
@@ -240,13 +237,9 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     let outcome: Rc<RefCell<Option<Result<Driven, String>>>> = Rc::default();
     let (driver_started, driver_outcome) = (started.clone(), outcome.clone());
     let (nodes, packets) = (run.nodes, run.packets);
-    let crashes = crash_schedule(&run);
-    // The replicas are checked once every crash drawn has been made and its node restarted.
-    let faults_end = crashes
-        .iter()
-        .map(|crash| crash.at + crash.down)
-        .max()
-        .unwrap_or_default();
+    let faults = schedule(run.seed, run.nodes, run.faults, run.kinds);
+    // The replicas are checked once every fault drawn has ended.
+    let faults_end = faults.iter().map(Fault::ends).max().unwrap_or_default();
     sim.client("driver", async move {
         let result = drive(
             driver_started,
@@ -264,27 +257,27 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     // driver's last hold on the nodes are dropped, and the nodes' threads joined with them,
     // before the watchdog is.
     let watchdog = Watchdog::start(seed);
-    let stepped = step_to_the_end(&mut sim, &watchdog, &started, &crashes);
+    let stepped = step_to_the_end(&mut sim, &watchdog, &started, &faults, run.nodes);
     let elapsed = sim.elapsed();
     let ending = watchdog.step();
     drop(sim);
     started.borrow_mut().clear();
     drop(ending);
-    let (steps, crashes) = stepped.map_err(|reason| RunError::Simulation { seed, reason })?;
+    let (steps, faults) = stepped.map_err(|reason| RunError::Simulation { seed, reason })?;
     let result = outcome.borrow_mut().take();
     match result {
         Some(Ok(Driven {
             settled_after,
             mut history,
         })) => {
-            for crash in &crashes {
-                history.record(&format!("{crash:?}"));
+            for fault in &faults {
+                history.record(&format!("{fault:?}"));
             }
             history.record(&format!("{steps} steps"));
             Ok(RunReport {
                 settled_after,
                 steps,
-                crashes,
+                faults,
                 history: history.hash,
             })
         }
@@ -337,9 +330,6 @@ const PUBLISH_ANSWER_WAIT: Duration = Duration::from_secs(30);
 const REOPEN_WAIT: Duration = Duration::from_millis(100);
 /// How many times it tries.
 const REOPEN_TRIES: u32 = 300;
-/// The earliest and latest moment of a crash, and the shortest and longest downtime.
-const CRASH_AT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(3));
-const CRASH_DOWN: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// Starts node `id` on `dir`, again if the files are still held by its crashed last run.
 async fn start_node(
@@ -360,62 +350,36 @@ async fn start_node(
     }
 }
 
-/// The run's crashes, drawn from its seed (a stream of its own, apart from the nodes' draws),
-/// in the order they happen.
-fn crash_schedule(run: &Run) -> Vec<Crash> {
-    let mut rng = SplitMix64::new(run.seed ^ 0x00c0_ffee_c4a5_4e5d);
-    let millis = |rng: &mut SplitMix64, (low, high): (Duration, Duration)| {
-        let (low, high) = (low.as_millis() as u64, high.as_millis() as u64);
-        Duration::from_millis(rng.between(low, high))
-    };
-    let mut crashes: Vec<Crash> = (0..run.crashes)
-        .map(|_| Crash {
-            node: rng.between(1, run.nodes),
-            at: millis(&mut rng, CRASH_AT),
-            down: millis(&mut rng, CRASH_DOWN),
-        })
-        .collect();
-    crashes.sort_by_key(|crash| crash.at);
-    crashes
-}
-
-/// Steps `sim` until the driver is done, making `crashes` as their moments come (one a node at
-/// a time: a crash due while its node is down is skipped). The steps taken and the crashes
+/// Steps `sim` until the driver is done, beginning and ending `faults` as their moments come
+/// (one drawn while [`Faults::may_begin`] says no is skipped). The steps taken and the faults
 /// made, or why the simulation stopped.
 fn step_to_the_end(
     sim: &mut turmoil::Sim<'_>,
     watchdog: &Watchdog,
     started: &Started,
-    crashes: &[Crash],
-) -> Result<(u64, Vec<Crash>), String> {
+    faults: &[Fault],
+    nodes: u64,
+) -> Result<(u64, Vec<Fault>), String> {
     let mut made = Vec::new();
-    let mut down: BTreeMap<u64, Duration> = BTreeMap::new();
-    let mut due = crashes.iter().peekable();
+    let mut under_way = Faults::default();
+    let mut due = faults.iter().peekable();
     let mut steps = 0u64;
     loop {
         let now = sim.elapsed();
-        // A crash drops the host's runtime, which waits for its blocking work and the node's
-        // writer threads: watched like a step.
+        // A crash drops the host's runtime and a restart starts the node: watched like a step.
         let changing = watchdog.step();
-        while let Some(crash) = due.next_if(|crash| crash.at <= now) {
-            if down.contains_key(&crash.node) {
+        under_way.end_due(sim, now, nodes);
+        while let Some(fault) = due.next_if(|fault| fault.at <= now) {
+            if !under_way.may_begin(fault) {
                 continue;
             }
-            // The driver must not keep the crashed node's files open past its restart.
-            started.borrow_mut().remove(&crash.node);
-            sim.crash(host_name(crash.node));
-            down.insert(crash.node, now + crash.down);
-            made.push(*crash);
-            tracing::info!(node = crash.node, at = ?now, down = ?crash.down, "simulated crash");
-        }
-        let back: Vec<u64> = down
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(node, _)| *node)
-            .collect();
-        for node in back {
-            down.remove(&node);
-            sim.bounce(host_name(node));
+            if fault.kind == FaultKind::Crash {
+                // The driver must not keep the crashed node's files open past its restart.
+                started.borrow_mut().remove(&fault.node);
+            }
+            under_way.begin(sim, *fault, nodes);
+            made.push(*fault);
+            tracing::info!(?fault, at = ?now, "simulated fault");
         }
         drop(changing);
         steps += 1;

@@ -7,21 +7,26 @@
 //! its peer client connects through turmoil), monotonic time, the wall clock and randomness;
 //! the node's storage work runs on the simulation's thread
 //! (`pkraft_types::world::runs_blocking_work_inline`); in `make sim`'s build tokio's scheduler
-//! too, so a seed replays its run exactly. What is not yet: the disk (each node has a real data
-//! dir), and faults beyond crashes and a partition that never heals (docs/SIMULATION.md).
+//! too, so a seed replays its run exactly. Faults drawn from the seed: crashes and restarts,
+//! partitions both ways and one way, stalled links. What is not yet: the disk (each node has a
+//! real data dir), faults of the clock and the disk, and clients through the HTTP handlers
+//! (docs/SIMULATION.md).
 //!
 //! - [`world`]: the seeded wall clock and generator, installed once for the process.
+//! - [`faults`]: the faults a run draws from its seed, and how each is made and ended.
 //! - [`log`]: `SIM_LOG=<filter>`, the nodes' log lines stamped with simulated time.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.
-//! - [`cluster`]: a run: N nodes that form a cluster, publishes, crashes and restarts drawn
+//! - [`cluster`]: a run: N nodes that form a cluster, publishes, faults drawn
 //!   from the seed, every replica checked for every packet published.
 
 pub mod cluster;
+pub mod faults;
 pub mod log;
 pub mod network;
 pub mod world;
 
-pub use cluster::{Crash, Run, RunError, RunReport};
+pub use cluster::{Run, RunError, RunReport};
+pub use faults::{Fault, FaultKind};
 
 use std::ops::RangeInclusive;
 

@@ -1,12 +1,13 @@
 //! Goal: the real node code forms a cluster and replicates under the simulation: three nodes on
 //! turmoil's network and paused clocks, node 2 and 3 joining node 1 through their peer
-//! clients, every packet acknowledged held by every replica, through crashes and restarts.
+//! clients, every packet acknowledged held by every replica, through faults drawn from the seed
+//! (crashes and restarts, partitions both ways and one way, stalled links).
 //! Method: `pkraft_sim::cluster::run` for a few seeds; a failure names its seed.
 
 use std::time::Duration;
 
 use pkraft_sim::cluster::{Run, run};
-use pkraft_sim::seeds;
+use pkraft_sim::{FaultKind, seeds};
 
 #[test]
 fn three_nodes_form_a_cluster_and_every_replica_holds_every_packet() {
@@ -17,7 +18,8 @@ fn three_nodes_form_a_cluster_and_every_replica_holds_every_packet() {
             packets: 20,
             limit: Duration::from_secs(300),
             cut_off: None,
-            crashes: 0,
+            faults: 0,
+            kinds: &[],
         })
         .unwrap_or_else(|error| panic!("{error}"));
         eprintln!(
@@ -38,7 +40,8 @@ fn a_node_cut_off_by_the_simulated_network_is_named_as_lacking_the_packets() {
         packets: 5,
         limit: Duration::from_secs(20),
         cut_off: Some(3),
-        crashes: 0,
+        faults: 0,
+        kinds: &[],
     })
     .expect_err("node 3 cannot have the packets");
     let text = error.to_string();
@@ -62,19 +65,43 @@ fn crashed_and_restarted_nodes_lose_no_acknowledged_packet() {
             packets: 40,
             limit: Duration::from_secs(300),
             cut_off: None,
-            crashes: 3,
+            faults: 3,
+            kinds: &[FaultKind::Crash],
         })
         .unwrap_or_else(|error| panic!("{error}"));
-        assert!(!report.crashes.is_empty());
+        assert!(!report.faults.is_empty());
         eprintln!(
             "seed {seed}: {:?}; settled after {:?} of simulated time, {} steps, history {:016x}",
-            report.crashes, report.settled_after, report.steps, report.history
+            report.faults, report.settled_after, report.steps, report.history
+        );
+    }
+}
+
+/// Every kind of fault (crashes, silent partitions both ways and one way, stalled links), drawn
+/// from the seed, loses no acknowledged packet, and the replicas converge once they end.
+#[test]
+fn faults_of_every_kind_lose_no_acknowledged_packet() {
+    for seed in seeds(41..=43) {
+        let report = run(Run {
+            seed,
+            nodes: 3,
+            packets: 40,
+            limit: Duration::from_secs(300),
+            cut_off: None,
+            faults: 6,
+            kinds: &FaultKind::ALL,
+        })
+        .unwrap_or_else(|error| panic!("{error}"));
+        assert!(!report.faults.is_empty());
+        eprintln!(
+            "seed {seed}: {:?}; settled after {:?} of simulated time, {} steps, history {:016x}",
+            report.faults, report.settled_after, report.steps, report.history
         );
     }
 }
 
 /// A seed replays its run: the same seed, run twice in one process, gives the same history
-/// (each publish's answer, key and simulated moment, the crashes, every replica's last applied
+/// (each publish's answer, key and simulated moment, the faults, every replica's last applied
 /// index, the steps taken). Only in the build with tokio's scheduler seeded (`make sim`): in the
 /// workspace build tokio draws its `select!` order from an unseeded generator.
 #[cfg(tokio_unstable)]
@@ -88,14 +115,15 @@ fn a_seed_run_twice_gives_the_same_history() {
                 packets: 30,
                 limit: Duration::from_secs(300),
                 cut_off: None,
-                crashes: 2,
+                faults: 4,
+                kinds: &FaultKind::ALL,
             })
             .unwrap_or_else(|error| panic!("{error}"))
         };
         let (first, second) = (of_seed(), of_seed());
         assert_eq!(
-            (first.history, first.steps, &first.crashes),
-            (second.history, second.steps, &second.crashes),
+            (first.history, first.steps, &first.faults),
+            (second.history, second.steps, &second.faults),
             "seed {seed} ran two ways: {:?} then {:?} of simulated time \
              (again: SIM_SEEDS={seed} make sim)",
             first.settled_after,
