@@ -8,7 +8,7 @@ TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 PKRAFT_TEST_BIN := $(TARGET_DIR)/debug/pkraft
 SIGN_PACKET_BIN := $(TARGET_DIR)/debug/examples/sign-packet
 
-.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke sim ci release upgrade-test upgrade-smoke bench-put-budget bench-guard clean-data
+.PHONY: run cluster cluster-stop test fmt fmt-check lint e2e deploy-check bench bench-cold bench-dht bench-ab bench-ab-dns bench-handover bench-stalls bench-cold-reads bench-linearizable bench-latency bench-partitions bench-memory bench-repair bench-import bench-scale bench-abuse bench-smoke fuzz-smoke chaos chaos-smoke chaos-power-smoke sim sim-long sim-ci ci release upgrade-test upgrade-smoke bench-put-budget bench-guard clean-data
 
 ## Start one node with the built-in dev config: data in ./data, HTTP 127.0.0.1:8080,
 ## DNS 127.0.0.1:5300 (UDP+TCP), origin pkarr.test. A release build (target/release/pkraft), so
@@ -216,15 +216,26 @@ chaos:
 	CHAOS_BIN_DIR=$(TARGET_DIR)/release tests/chaos/run.sh
 
 ## The simulated cluster (docs/SIMULATION.md): the real node code on turmoil's network and
-## paused clocks, seeded, in a build of its own (target/sim) with tokio's scheduler seeded too
-## (--cfg tokio_unstable, which turmoil reads to seed each host's runtime from the run's seed), so
-## that a seed replays its run exactly; the determinism test runs only there. A failure names its
-## seed; SIM_SEEDS=<seed> or <first>-<last> picks them. Without the seeded scheduler (the
-## workspace build) the same tests run in `make test`. The flag changes every crate's build,
-## hence the target dir; the first build takes about 5 minutes.
+## paused clocks, seeded, in a build of its own (target/sim, profile `sim`: release speed with
+## debug assertions on) with tokio's
+## scheduler seeded too (--cfg tokio_unstable, which turmoil reads to seed each host's runtime
+## from the run's seed), so that a seed replays its run exactly; the determinism test runs only
+## there. A failure names its seed; SIM_SEEDS=<seed> or <first>-<last> picks them. Without the
+## seeded scheduler (the workspace's debug build) the same tests run in `make test`. The flag changes every crate's build, hence the target dir; the first build takes
+## about 4 minutes, and `make sim-long` uses the same one.
 SIM_RUSTFLAGS := --cfg tokio_unstable $(if $(filter x86_64,$(shell uname -m)),--cfg curve25519_dalek_backend="avx512")
 sim:
-	RUSTFLAGS='$(SIM_RUSTFLAGS)' CARGO_TARGET_DIR=$(TARGET_DIR)/sim $(CARGO) test -p pkraft-sim --locked -- --nocapture
+	RUSTFLAGS='$(SIM_RUSTFLAGS)' CARGO_TARGET_DIR=$(TARGET_DIR)/sim $(CARGO) test --profile sim -p pkraft-sim --locked -- --nocapture
+
+## The simulator's long run (tests/sim/long.sh, docs/TESTING.md): the fault test over SIM_SEEDS
+## (default 1-2000) in the same seeded build as `make sim`, one process per core
+## (SIM_JOBS); prints the runs, the faults made by kind and the faults an hour.
+sim-long:
+	SIM_TARGET_DIR=$(TARGET_DIR)/sim tests/sim/long.sh
+
+## The simulator's CI run: `make sim-long` over 520 seeds (about 2,000 faults, about a minute).
+sim-ci:
+	SIM_SEEDS=$${SIM_SEEDS:-1-520} SIM_PRINT_RUNS=0 SIM_TARGET_DIR=$(TARGET_DIR)/sim tests/sim/long.sh
 
 ## One round of every fault kind, the damaged-disk and clock kinds too, on a 3-node cluster of
 ## the test build's binary, seed 1 unless SEED is given (CI; about 3 minutes; libfaketime).
@@ -247,8 +258,8 @@ bench-smoke:
 
 ## The CI gate (.ci/run): read-only checks, tests, the end-to-end checks, the deployment-file
 ## checks, the benchmark smoke, the fuzz smoke, the chaos smoke, the power-cut smoke and the
-## upgrade smoke; the simulator's seeded build.
-ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke upgrade-smoke sim
+## upgrade smoke; the simulator's seeded build and its CI run of about 2,000 faults.
+ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke upgrade-smoke sim sim-ci
 
 ## A rolling upgrade of a 3-node cluster from the previous release (tests/upgrade/PREVIOUS, built
 ## once into target/upgrade/) to this build and the downgrade back, under writes: every

@@ -12,7 +12,7 @@ use hyper::{Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use openraft::BasicNode;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -398,6 +398,10 @@ fn http_client(tls: rustls::ClientConfig, transport: &PeerTransport) -> HttpClie
         .enable_http1()
         .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
+        // The pool's clock is tokio's (a simulation's paused one; without a timer hyper-util
+        // reads std's to age idle connections), and with it the pool drops expired ones on a
+        // timer instead of only when it next looks for one.
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(IDLE_TIMEOUT)
         .pool_max_idle_per_host(IDLE_CONNECTIONS_PER_PEER)
         .build(connector)

@@ -324,30 +324,16 @@ const PUBLISH_REQUESTS_MAX: usize = 64;
 /// How long the driver waits for a node's answer to a publish: longer than the node's own
 /// `raft.publish_timeout`, so a node that runs always answers first.
 const PUBLISH_ANSWER_WAIT: Duration = Duration::from_secs(30);
-/// How long a restarted node waits before it tries again to open its data dir, should anything
-/// of its last run still hold the files (its storage runs inline, so nothing should: in the
-/// runs of seeds 21 and 22 looked at, every restart opened them at the first try).
-const REOPEN_WAIT: Duration = Duration::from_millis(100);
-/// How many times it tries.
-const REOPEN_TRIES: u32 = 300;
-
-/// Starts node `id` on `dir`, again if the files are still held by its crashed last run.
+/// Starts node `id` on `dir`. Once: the storage runs inline, so a crashed run of the node holds
+/// nothing of its files by the time it restarts, and a restart that fails (a data dir a crash
+/// left unreadable) is a finding, which ends the run with its seed.
 async fn start_node(
     id: u64,
     dir: &std::path::Path,
 ) -> Result<Arc<Node>, Box<dyn std::error::Error>> {
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        match Node::start(id, dir, &settings(), participation(id)?).await {
-            Ok(node) => return Ok(node),
-            Err(error) if tries < REOPEN_TRIES => {
-                tracing::debug!(id, %error, "a simulated node starts again");
-                tokio::time::sleep(REOPEN_WAIT).await;
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
+    Node::start(id, dir, &settings(), participation(id)?)
+        .await
+        .map_err(|error| format!("node {id} did not start on its data dir: {error}").into())
 }
 
 /// Steps `sim` until the driver is done, beginning and ending `faults` as their moments come

@@ -67,6 +67,11 @@ pub enum StoreError {
     /// the node stops, and its next start applies the log again.
     #[error("an earlier write of the state failed: {0}")]
     WriterFailed(String),
+    /// A commit or a pause asked of the writer while the same thread holds it paused: on a
+    /// thread of its own the writer would wait for the pause to end, and the asker for the
+    /// writer, for good (in a simulation, where the writer runs inline, it is refused instead).
+    #[error("a commit or a pause of the state writer was asked while it is paused")]
+    WriterPaused,
 }
 
 impl StoreError {

@@ -34,7 +34,7 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
@@ -139,7 +139,7 @@ impl Writer {
                     owner,
                     paused: false,
                     queued: VecDeque::new(),
-                    commit_scheduled: false,
+                    commit_due: None,
                 }))),
             });
         }
@@ -209,34 +209,45 @@ impl Drop for WriterThread {
     }
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // As the thread does when its queue closes.
-        if let Kind::Inline(inline) = &self.kind {
-            Inline::lock(inline).owner.commit_logged(false);
-        }
-    }
-}
-
 /// The owner where it runs inline (a simulation; module docs).
 struct Inline {
     owner: Owner,
     /// Paused ([`Writer::pause`]): jobs wait in `queued` until the guard is dropped.
     paused: bool,
     queued: VecDeque<Job>,
-    /// A task waits to commit the open transaction when its interval is up.
-    commit_scheduled: bool,
+    /// When the task that commits the open transaction is due, if one waits (a task whose
+    /// runtime has gone, a crashed host's, is known by its moment having passed).
+    commit_due: Option<Instant>,
 }
 
 impl Inline {
+    /// The owner, locked. A panic while it was held (outside an apply's own guard: a commit,
+    /// redb) leaves it failed, as the thread's death does in thread mode: nothing is committed
+    /// or flushed after it.
     fn lock(inline: &Mutex<Inline>) -> MutexGuard<'_, Inline> {
-        inline.lock().unwrap_or_else(PoisonError::into_inner)
+        inline.lock().unwrap_or_else(|poisoned| {
+            inline.clear_poison();
+            let mut this = poisoned.into_inner();
+            this.owner
+                .failed
+                .get_or_insert_with(|| "the state writer panicked".to_string());
+            this
+        })
     }
 
     fn submit(inline: &Arc<Mutex<Inline>>, job: Job) {
         let mut this = Inline::lock(inline);
         if this.paused {
-            this.queued.push_back(job);
+            match job {
+                // Its caller waits for the answer on this thread: it would wait for good.
+                Job::Commit { done, .. } => {
+                    let _ = done.send(Err(StoreError::WriterPaused));
+                }
+                Job::Pause { paused, .. } => {
+                    let _ = paused.send(Err(StoreError::WriterPaused));
+                }
+                job @ (Job::Apply(_) | Job::Batching(_)) => this.queued.push_back(job),
+            }
             return;
         }
         this.run(job);
@@ -272,14 +283,14 @@ impl Inline {
         let Some(open) = &self.owner.open else {
             return;
         };
-        if self.commit_scheduled {
+        if self.commit_due.is_some_and(|due| due >= Instant::now()) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        self.commit_scheduled = true;
         let due = open.began + self.owner.batching.interval;
+        self.commit_due = Some(due);
         let inline = Arc::downgrade(inline);
         runtime.spawn(async move {
             tokio::time::sleep_until(due).await;
@@ -287,12 +298,20 @@ impl Inline {
                 return;
             };
             let mut this = Inline::lock(&inline);
-            this.commit_scheduled = false;
+            this.commit_due = None;
             if !this.paused && this.owner.is_due() {
                 this.owner.commit_logged(false);
             }
             this.schedule_commit(&inline);
         });
+    }
+}
+
+impl Drop for Inline {
+    /// The last handle is gone: what is open is committed, as the thread does when its queue
+    /// closes. Here, not in the writer's drop: that may run on the thread holding the lock.
+    fn drop(&mut self) {
+        self.owner.commit_logged(false);
     }
 }
 

@@ -7,9 +7,10 @@ use std::panic::AssertUnwindSafe;
 /// Why blocking work gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockingFailed {
-    /// The pool's task panicked, or the runtime was shutting down and cancelled it.
+    /// The pool's task panicked, or the runtime was shutting down and cancelled it. The cause is
+    /// in the message (callers log the message alone), so it is not also the error's source.
     #[error("blocking work did not finish: {0}")]
-    Pool(#[from] tokio::task::JoinError),
+    Pool(tokio::task::JoinError),
     /// Work run inline panicked.
     #[error("blocking work panicked: {0}")]
     Panicked(String),
@@ -27,7 +28,9 @@ where
         return std::panic::catch_unwind(AssertUnwindSafe(work))
             .map_err(|panic| BlockingFailed::Panicked(crate::panic_message(&*panic)));
     }
-    Ok(tokio::task::spawn_blocking(work).await?)
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(BlockingFailed::Pool)
 }
 
 #[cfg(test)]

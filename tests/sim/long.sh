@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The simulator's long run (docs/TESTING.md, "A simulated cluster"; `make sim-long`): the fault
+# test (`faults_of_every_kind_lose_no_acknowledged_packet`) over a range of seeds, in `make sim`'s
+# seeded build (profile `sim`: release speed, debug assertions on), one process per core, each
+# over its own part of the range. Prints each run's line, then the totals: runs, faults made by
+# kind, failures, the real time and the faults an hour. A failing run stops its process (the
+# seeds after it in that part are not run, and the totals say how many ran) and names its seed
+# and the command that replays it; the failed processes' logs are kept in
+# $SIM_TARGET_DIR/sim-long/.
+#
+#   SIM_SEEDS=1-2000 SIM_JOBS=2 tests/sim/long.sh
+#
+# SIM_PRINT_RUNS=0 prints the failures and the totals only (`make sim-ci`).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+seeds=${SIM_SEEDS:-1-2000}
+jobs=${SIM_JOBS:-$(nproc)}
+first=${seeds%-*} last=${seeds#*-}
+[[ "$first" =~ ^[0-9]+$ && "$last" =~ ^[0-9]+$ && "$first" -le "$last" ]] ||
+  { echo "sim-long: SIM_SEEDS=$seeds: a range of seeds, first-last" >&2; exit 2; }
+[[ "$jobs" =~ ^[0-9]+$ && "$jobs" -ge 1 ]] || { echo "sim-long: SIM_JOBS=$jobs: 1 or more" >&2; exit 2; }
+
+x86=""
+[ "$(uname -m)" = x86_64 ] && x86='--cfg curve25519_dalek_backend="avx512"'
+export RUSTFLAGS="--cfg tokio_unstable $x86"
+export CARGO_TARGET_DIR=${SIM_TARGET_DIR:-target/sim}
+binary=$(cargo test --profile sim --locked -p pkraft-sim --test sim --no-run --message-format=json |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "sim":
+        print(m["executable"])')
+[ -x "$binary" ] || { echo "sim-long: no test binary built" >&2; exit 1; }
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+count=$((last - first + 1))
+started=$(date +%s.%N)
+pids=() logs=()
+for ((job = 0; job < jobs; job++)); do
+  from=$((first + count * job / jobs)) to=$((first + count * (job + 1) / jobs - 1))
+  [ "$from" -le "$to" ] || continue
+  SIM_SEEDS="$from-$to" "$binary" --exact faults_of_every_kind_lose_no_acknowledged_packet \
+    --nocapture >"$out/$job.log" 2>&1 &
+  pids+=($!) logs+=("$out/$job.log")
+done
+failed=0 kept="$CARGO_TARGET_DIR/sim-long"
+for ((i = 0; i < ${#pids[@]}; i++)); do
+  if ! wait "${pids[$i]}"; then
+    failed=$((failed + 1))
+    mkdir -p "$kept"
+    cp "${logs[$i]}" "$kept/"
+  fi
+done
+seconds=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
+if [ "${SIM_PRINT_RUNS:-1}" != 0 ]; then
+  cat "$out"/*.log | grep -E '^seed [0-9]+: ' || true
+fi
+grep -h -A 4 -E 'panicked' "$out"/*.log || true
+[ "$failed" -eq 0 ] || echo "sim-long: the failed processes' logs are in $kept/"
+python3 - "$out" "$seconds" "$failed" "$seeds" "$jobs" "$count" <<'PY'
+import collections, glob, re, sys
+out, seconds, failed, seeds, jobs, count = (sys.argv[1], float(sys.argv[2]), int(sys.argv[3]),
+                                            sys.argv[4], sys.argv[5], int(sys.argv[6]))
+runs, kinds = 0, collections.Counter()
+for path in glob.glob(f"{out}/*.log"):
+    for line in open(path, errors="replace"):
+        if re.match(r"seed \d+: \[", line):
+            runs += 1
+            kinds.update(re.findall(r"kind: (\w+)", line))
+faults = sum(kinds.values())
+by_kind = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+print(f"sim-long: seeds {seeds}, {jobs} processes: {runs} of {count} runs passed, {failed} "
+      f"processes failed; {faults} faults ({by_kind}); {seconds:.0f} s; "
+      f"{faults * 3600 / seconds:,.0f} faults an hour")
+# A run that passed prints its line; fewer lines than seeds is a failure (or a test renamed
+# out of reach of --exact, which runs nothing).
+sys.exit(0 if failed == 0 and runs == count else 1)
+PY
