@@ -3,8 +3,9 @@
 # test (`faults_of_every_kind_lose_no_acknowledged_packet`) over a range of seeds, in `make sim`'s
 # seeded build (profile `sim`: release speed, debug assertions on), one process per core, each
 # over its own part of the range. Prints each run's line, then the totals: runs, faults made by
-# kind, failures, the real time and the faults an hour. A failing run stops its process (the
-# seeds after it in that part are not run, and the totals say how many ran) and names its seed
+# kind, the client operations checked, failures, the real time and the faults an hour. A
+# failing run stops its process (the seeds after it in that part are not run, and the totals
+# say how many ran) and names its seed
 # and the command that replays it; the failed processes' logs are kept in
 # $SIM_TARGET_DIR/sim-long/.
 #
@@ -63,17 +64,22 @@ python3 - "$out" "$seconds" "$failed" "$seeds" "$jobs" "$count" <<'PY'
 import collections, glob, re, sys
 out, seconds, failed, seeds, jobs, count = (sys.argv[1], float(sys.argv[2]), int(sys.argv[3]),
                                             sys.argv[4], sys.argv[5], int(sys.argv[6]))
-runs, kinds = 0, collections.Counter()
+runs, kinds, ops, acked = 0, collections.Counter(), 0, 0
 for path in glob.glob(f"{out}/*.log"):
     for line in open(path, errors="replace"):
         if re.match(r"seed \d+: \[", line):
             runs += 1
             kinds.update(re.findall(r"kind: (\w+)", line))
+            counted = re.search(r"(\d+) ops \((\d+) PUTs acknowledged", line)
+            if counted:
+                ops += int(counted.group(1))
+                acked += int(counted.group(2))
 faults = sum(kinds.values())
 by_kind = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
 print(f"sim-long: seeds {seeds}, {jobs} processes: {runs} of {count} runs passed, {failed} "
       f"processes failed; {faults} faults ({by_kind}); {seconds:.0f} s; "
-      f"{faults * 3600 / seconds:,.0f} faults an hour")
+      f"{faults * 3600 / seconds:,.0f} faults an hour; {ops} client operations checked "
+      f"({acked} PUTs acknowledged)")
 # A run that passed prints its line; fewer lines than seeds is a failure (or a test renamed
 # out of reach of --exact, which runs nothing).
 sys.exit(0 if failed == 0 and runs == count else 1)

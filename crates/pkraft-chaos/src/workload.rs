@@ -275,25 +275,24 @@ impl Client {
 
     async fn dns(&self, target: &Target, key: usize) -> ReadOutcome {
         let qname = format!("{RECORD}.{}.{ORIGIN}.", self.keys.z32(key));
-        match tokio::time::timeout(DNS_TIMEOUT, dns_txt(target.dns, &qname)).await {
+        let answer = match tokio::time::timeout(DNS_TIMEOUT, dns_txt(target.dns, &qname)).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => ReadOutcome::Failed(format!("dns: {e}")),
             Err(_) => ReadOutcome::Failed("dns timeout".into()),
-        }
-        .with_proposed(&self.keys, key)
+        };
+        with_proposed(answer, &self.keys, key)
     }
 }
 
-impl ReadOutcome {
-    /// DNS shows only the version; whether it was proposed is all that can be compared.
-    fn with_proposed(self, keys: &Keys, key: usize) -> ReadOutcome {
-        match self {
-            ReadOutcome::Found { version, .. } => ReadOutcome::Found {
-                version,
-                matches_proposed: keys.proposed(key, version).is_some(),
-            },
-            other => other,
-        }
+/// A DNS read's outcome with its version matched against the proposals: DNS shows only the
+/// version, so whether it was proposed is all that can be compared.
+fn with_proposed(outcome: ReadOutcome, keys: &Keys, key: usize) -> ReadOutcome {
+    match outcome {
+        ReadOutcome::Found { version, .. } => ReadOutcome::Found {
+            version,
+            matches_proposed: keys.proposed(key, version).is_some(),
+        },
+        other => other,
     }
 }
 

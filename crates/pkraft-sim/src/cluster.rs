@@ -1,7 +1,8 @@
 //! A run of the simulated cluster: `nodes` nodes (node 1 initialized alone, the others joining
-//! it as voters through the peer network), `packets` packets published through whichever node
-//! runs, faults drawn from the seed (`faults.rs`), and every replica checked for every packet
-//! acknowledged once the run settles.
+//! it as voters through the peer network), clients PUTting and reading through whichever nodes
+//! the seed draws (`workload.rs`), faults drawn from the seed (`faults.rs`), and, once the
+//! faults have ended and the replicas agree, the history and the replicas checked as the chaos
+//! harness checks them (pkraft-check).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -11,23 +12,26 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use pkraft_check::check::{Checked, FinalState, check_all};
+use pkraft_check::history::Op;
 use pkraft_raft::peer::ClusterSecret;
 use pkraft_raft::{Node, Participation, Settings};
-use pkraft_testkit::{iroh_packet, keypair};
-use pkraft_types::{KeyBytes, VerifiedPacket};
-use tokio::sync::{mpsc, oneshot};
 
 use crate::faults::{Fault, FaultKind, Faults, host_name, schedule};
 use crate::network::{PEER_PORT, serve_peers, transport};
+use crate::workload::{
+    Clients, Keys, Reachable, Reachables, Workload, requests, run_client, serve_requests,
+};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy)]
 pub struct Run {
-    /// What the run draws: the faults, the network's and the nodes' randomness, the keys, and,
-    /// in `make sim`'s build (`--cfg tokio_unstable`), tokio's scheduler (docs/SIMULATION.md).
+    /// What the run draws: the faults, the clients' operations, the network's and the nodes'
+    /// randomness, the keys, and, in `make sim`'s build (`--cfg tokio_unstable`), tokio's
+    /// scheduler (docs/SIMULATION.md).
     pub seed: u64,
     pub nodes: u64,
-    pub packets: u64,
+    pub workload: Workload,
     /// Simulated time the run may take before it is called stuck. The driver gives up at
     /// three quarters of it, naming what each node lacks, before turmoil's own limit.
     pub limit: Duration,
@@ -43,18 +47,25 @@ pub struct Run {
 /// What a run saw.
 #[derive(Debug, Clone)]
 pub struct RunReport {
-    /// Simulated time from the start until every replica held every packet, looked at once
-    /// every fault drawn had ended.
+    /// Simulated time from the start until every replica held the same packets, at least the
+    /// newest acknowledged of each key, looked at once every fault drawn had ended.
     pub settled_after: Duration,
     /// Turmoil steps taken.
     pub steps: u64,
     /// The faults made, in order (one drawn for a node under another fault then, or on links
     /// while another fault is on links, is not made).
     pub faults: Vec<Fault>,
-    /// A fingerprint of what the run did, as a client and the replicas saw it: each publish's
-    /// answer, key and the simulated moment it came, the faults made, and each replica's last
-    /// applied log index once every packet was held. A run that does the same gives the same
-    /// one; a run of the same seed that gives another one is not deterministic.
+    /// The clients' operations, and the PUTs among them acknowledged.
+    pub ops: usize,
+    pub acknowledged_puts: usize,
+    /// Operations the linearizability check ordered, reads checked against the proposals.
+    pub linearizable_ops: usize,
+    pub reads_checked: usize,
+    /// A fingerprint of what the run did, as the clients and the replicas saw it: each
+    /// operation with its node, its answer and the simulated moments it was asked and answered,
+    /// the faults made, and each replica's last applied log index at the end. A run that does
+    /// the same gives the same one; a run of the same seed that gives another one is not
+    /// deterministic.
     pub history: u64,
 }
 
@@ -85,9 +96,14 @@ impl History {
     }
 }
 
-/// What the driver saw: when every replica held every packet, and what it recorded on the way.
+/// What the driver saw: when the replicas agreed (or what they lacked when it gave up), the
+/// operations, what each node held at the end, and what it recorded on the way.
 struct Driven {
     settled_after: Duration,
+    unsettled: Option<String>,
+    ops: Vec<Op>,
+    keys: usize,
+    finals: Vec<FinalState>,
     history: History,
 }
 
@@ -102,13 +118,14 @@ pub enum RunError {
     DataDir { seed: u64, source: std::io::Error },
     #[error("seed {seed}: the simulation stopped: {reason} (again: SIM_SEEDS={seed} make sim)")]
     Simulation { seed: u64, reason: String },
+    /// The checks failed on the history or the replicas, or the replicas never came to agree.
     #[error(
-        "seed {seed}: after {after:?} of simulated time, {missing} (again: SIM_SEEDS={seed} make sim)"
+        "seed {seed}: after {after:?} of simulated time, {found} (again: SIM_SEEDS={seed} make sim)"
     )]
-    NotSettled {
+    Violated {
         seed: u64,
         after: Duration,
-        missing: String,
+        found: String,
     },
 }
 
@@ -150,34 +167,12 @@ fn participation(id: u64) -> Result<Participation, String> {
     Ok(participation)
 }
 
-fn packet(seed: u64, index: u64) -> VerifiedPacket {
-    // The keys differ per run, the timestamps are the simulated clock's.
-    let key = keypair(seed.wrapping_mul(1_000_003).wrapping_add(index));
-    let timestamp = pkraft_types::unix_micros_now();
-    let payload = iroh_packet(&key, timestamp, &["192.0.2.1:1"]).to_relay_payload();
-    VerifiedPacket::verify(&key.public_key(), payload).expect("a packet of the test keys verifies")
-}
-
-/// A publish a client asks of a node, and where its answer goes.
-type PublishRequest = (VerifiedPacket, oneshot::Sender<Result<(), String>>);
-
-/// A node running, as the driver reaches it: its replica to read, and its publish requests,
-/// which a task on the node's own host serves (so the node's work runs on its runtime, and a
-/// crash ends it with the host, as a client's connection to a killed process would end).
-#[derive(Clone)]
-struct Running {
-    node: Arc<Node>,
-    publishes: mpsc::Sender<PublishRequest>,
-}
-
-/// The nodes running, by id.
-type Started = Rc<RefCell<BTreeMap<u64, Running>>>;
-
 /// One run at a time in a process: a thread outside the simulation reads the wall clock the
 /// simulation's thread read last (`world`), which two runs at once would mix.
 static ONE_RUN_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-/// Runs `run` to its end: `Ok` when every replica holds every packet published.
+/// Runs `run` to its end: `Ok` when the replicas came to agree and the history and the
+/// replicas pass every check (pkraft-check's `check_all`).
 pub fn run(run: Run) -> Result<RunReport, RunError> {
     let _alone = ONE_RUN_AT_A_TIME
         .lock()
@@ -202,21 +197,29 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         // One connection a call at most; the accept queue must not be what fails.
         .tcp_capacity(4_096)
         .build();
-    let started: Started = Rc::default();
+    let started: Reachables = Rc::default();
+    let incarnations: Rc<RefCell<BTreeMap<u64, u32>>> = Rc::default();
     for (&id, dir) in &dirs {
         let dir: PathBuf = dir.path().to_path_buf();
-        let started = started.clone();
+        let (started, incarnations) = (started.clone(), incarnations.clone());
         sim.host(host_name(id), move || {
-            let (dir, started) = (dir.clone(), started.clone());
+            let (dir, started, incarnations) = (dir.clone(), started.clone(), incarnations.clone());
             async move {
                 let node = start_node(id, &dir).await?;
-                let (publishes, requests) = mpsc::channel(PUBLISH_REQUESTS_MAX);
-                tokio::spawn(serve_publishes(node.clone(), requests));
-                let running = Running {
-                    node: node.clone(),
-                    publishes,
+                let (sender, receiver) = requests();
+                tokio::spawn(serve_requests(node.clone(), receiver));
+                let incarnation = {
+                    let mut incarnations = incarnations.borrow_mut();
+                    let started = incarnations.entry(id).or_insert(0);
+                    *started += 1;
+                    *started
                 };
-                started.borrow_mut().insert(id, running);
+                let reachable = Reachable {
+                    requests: sender,
+                    incarnation,
+                    node: node.clone(),
+                };
+                started.borrow_mut().insert(id, reachable);
                 serve_peers(node).await?;
                 Ok(())
             }
@@ -236,7 +239,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     }
     let outcome: Rc<RefCell<Option<Result<Driven, String>>>> = Rc::default();
     let (driver_started, driver_outcome) = (started.clone(), outcome.clone());
-    let (nodes, packets) = (run.nodes, run.packets);
+    let nodes = run.nodes;
     let faults = schedule(run.seed, run.nodes, run.faults, run.kinds);
     // The replicas are checked once every fault drawn has ended.
     let faults_end = faults.iter().map(Fault::ends).max().unwrap_or_default();
@@ -245,7 +248,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
             driver_started,
             seed,
             nodes,
-            packets,
+            run.workload,
             faults_end,
             run.limit * 3 / 4,
         )
@@ -265,32 +268,52 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     drop(ending);
     let (steps, faults) = stepped.map_err(|reason| RunError::Simulation { seed, reason })?;
     let result = outcome.borrow_mut().take();
-    match result {
-        Some(Ok(Driven {
-            settled_after,
-            mut history,
-        })) => {
-            for fault in &faults {
-                history.record(&format!("{fault:?}"));
-            }
-            history.record(&format!("{steps} steps"));
-            Ok(RunReport {
-                settled_after,
-                steps,
-                faults,
-                history: history.hash,
-            })
-        }
-        Some(Err(missing)) => Err(RunError::NotSettled {
-            seed,
-            after: elapsed,
-            missing,
-        }),
-        None => Err(RunError::Simulation {
+    let Some(driven) = result else {
+        return Err(RunError::Simulation {
             seed,
             reason: "the driver ended without an outcome".to_string(),
-        }),
+        });
+    };
+    let Driven {
+        settled_after,
+        unsettled,
+        ops,
+        keys,
+        finals,
+        mut history,
+    } = driven.map_err(|reason| RunError::Simulation { seed, reason })?;
+    let (checked, violations) = check_all(&ops, keys, &finals);
+    let found: Vec<String> = unsettled
+        .into_iter()
+        .chain(violations.iter().map(ToString::to_string))
+        .collect();
+    if !found.is_empty() {
+        return Err(RunError::Violated {
+            seed,
+            after: elapsed,
+            found: found.join("; "),
+        });
     }
+    for fault in &faults {
+        history.record(&format!("{fault:?}"));
+    }
+    history.record(&format!("{steps} steps"));
+    let Checked {
+        linearizable_ops,
+        reads_checked,
+        acknowledged_puts,
+        ..
+    } = checked;
+    Ok(RunReport {
+        settled_after,
+        steps,
+        faults,
+        ops: ops.len(),
+        acknowledged_puts,
+        linearizable_ops,
+        reads_checked,
+        history: history.hash,
+    })
 }
 
 /// How many tokio task ids a run's first task id is a multiple of: a multiple of the 4 shards
@@ -319,11 +342,6 @@ fn align_task_ids() -> Result<(), String> {
     }
 }
 
-/// Publish requests a node holds before the driver waits to send more.
-const PUBLISH_REQUESTS_MAX: usize = 64;
-/// How long the driver waits for a node's answer to a publish: longer than the node's own
-/// `raft.publish_timeout`, so a node that runs always answers first.
-const PUBLISH_ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// Starts node `id` on `dir`. Once: the storage runs inline, so a crashed run of the node holds
 /// nothing of its files by the time it restarts, and a restart that fails (a data dir a crash
 /// left unreadable) is a finding, which ends the run with its seed.
@@ -342,7 +360,7 @@ async fn start_node(
 fn step_to_the_end(
     sim: &mut turmoil::Sim<'_>,
     watchdog: &Watchdog,
-    started: &Started,
+    started: &Reachables,
     faults: &[Fault],
     nodes: u64,
 ) -> Result<(u64, Vec<Fault>), String> {
@@ -380,128 +398,111 @@ fn step_to_the_end(
     }
 }
 
-/// Publishes `packets`, each on the lowest-numbered node running (node 1 unless it is down; a
-/// follower forwards to the leader), then, from `faults_end` on (the run's faults are over),
-/// waits until every node's replica holds every packet published: the simulated time that
-/// took, or what was missing at `limit`.
+/// Runs the clients of `workload` to their end, then, from `faults_end` on (the run's faults
+/// are over), waits until every node runs and every replica holds the same packets, at least
+/// the newest acknowledged of each key; then reads what each holds. What was still missing at
+/// `limit` is kept for the report, and the replicas are read as they are.
 async fn drive(
-    started: Started,
+    started: Reachables,
     seed: u64,
     nodes: u64,
-    packets: u64,
+    workload: Workload,
     faults_end: Duration,
     limit: Duration,
 ) -> Result<Driven, String> {
     let began = tokio::time::Instant::now();
+    let clients = Rc::new(Clients {
+        reachable: started.clone(),
+        keys: Keys::new(seed, workload.keys),
+        nodes,
+        began,
+        ops: RefCell::default(),
+    });
+    // Half the time for the clients, half for the replicas to agree.
+    let stop_at = began + limit / 2;
+    let running: Vec<_> = (0..workload.clients)
+        .map(|client| {
+            let clients = clients.clone();
+            tokio::task::spawn_local(run_client(clients, seed, client, workload.ops, stop_at))
+        })
+        .collect();
+    for client in running {
+        client.await.map_err(|e| format!("a client ended: {e}"))?;
+    }
     let mut history = History::new();
-    let mut keys: Vec<KeyBytes> = Vec::new();
-    for index in 0..packets {
-        let packet = packet(seed, index);
-        keys.push(packet.key_bytes());
-        // Retried while refused, unanswered or while no node runs (a crash, a leader not
-        // known yet): a publish answered with an error may still have committed, which the
-        // retry finds.
-        loop {
-            let publishes = started
-                .borrow()
-                .values()
-                .next()
-                .map(|running| running.publishes.clone());
-            let published = match publishes {
-                Some(publishes) => {
-                    let wait = PUBLISH_ANSWER_WAIT.min(limit.saturating_sub(began.elapsed()));
-                    ask_to_publish(&publishes, packet.clone(), wait).await
-                }
-                None => Err("no node runs".to_string()),
-            };
-            history.record(&format!(
-                "{:?} packet {index} {}: {published:?}",
-                began.elapsed(),
-                packet.key().to_z32()
-            ));
-            match published {
-                Ok(()) => break,
-                Err(error) if began.elapsed() < limit => {
-                    tracing::debug!(%error, "a simulated publish is retried");
-                    tokio::time::sleep(POLL).await;
-                }
-                Err(error) => return Err(format!("packet {index} never published: {error}")),
-            }
-        }
+    for op in clients.ops.borrow().iter() {
+        history.record(&format!("{op:?}"));
     }
     tokio::time::sleep(faults_end.saturating_sub(began.elapsed())).await;
-    loop {
-        let missing = missing(&started.borrow(), nodes, &keys);
-        if missing.is_empty() {
-            for (id, running) in started.borrow().iter() {
-                history.record(&format!(
-                    "node {id} applied {:?}",
-                    running.node.last_applied_index()
-                ));
-            }
-            return Ok(Driven {
-                settled_after: began.elapsed(),
-                history,
-            });
+    let unsettled = loop {
+        let lacking = lacking(&started.borrow(), nodes, &clients);
+        if lacking.is_empty() {
+            break None;
         }
         if began.elapsed() >= limit.saturating_sub(POLL * 10) {
-            return Err(missing.join("; "));
+            break Some(lacking.join("; "));
         }
         tokio::time::sleep(POLL).await;
+    };
+    let mut finals = Vec::new();
+    for (&id, running) in started.borrow().iter() {
+        history.record(&format!(
+            "node {id} applied {:?}",
+            running.node.last_applied_index()
+        ));
+        finals.push(clients.keys.final_state(id, &running.node)?);
     }
+    let mut ops = clients.ops.take();
+    // The checks read the operations in the order they were asked.
+    ops.sort_by_key(|op| op.invoke_us);
+    Ok(Driven {
+        settled_after: began.elapsed(),
+        unsettled,
+        ops,
+        keys: workload.keys,
+        finals,
+        history,
+    })
 }
 
-/// Asks a node to publish `packet`: its answer, or why there was none within `wait` (the node
-/// crashed, or its host is cut off).
-async fn ask_to_publish(
-    publishes: &mpsc::Sender<PublishRequest>,
-    packet: VerifiedPacket,
-    wait: Duration,
-) -> Result<(), String> {
-    let (reply, answer) = oneshot::channel();
-    publishes
-        .send((packet, reply))
-        .await
-        .map_err(|_| "the node stopped".to_string())?;
-    match tokio::time::timeout(wait, answer).await {
-        Ok(Ok(answered)) => answered,
-        Ok(Err(_)) => Err("the node stopped before answering".to_string()),
-        Err(_) => Err(format!("no answer within {wait:?}")),
-    }
-}
-
-/// Serves a node's publish requests on its own host, each in a task of its own.
-async fn serve_publishes(node: Arc<Node>, mut requests: mpsc::Receiver<PublishRequest>) {
-    while let Some((packet, reply)) = requests.recv().await {
-        let node = node.clone();
-        tokio::spawn(async move {
-            let published = node.writes().publish(packet).await;
-            // The driver may have stopped waiting; nothing to tell it then.
-            let _ = reply.send(published.map(|_| ()).map_err(|e| e.to_string()));
-        });
-    }
-}
-
-/// What each node's replica lacks of `keys`, by node.
-fn missing(started: &BTreeMap<u64, Running>, nodes: u64, keys: &[KeyBytes]) -> Vec<String> {
-    let mut missing = Vec::new();
+/// What keeps the replicas from agreeing: a node not running, a replica without the newest
+/// acknowledged packet of a key, or two replicas with different packets of one.
+fn lacking(started: &BTreeMap<u64, Reachable>, nodes: u64, clients: &Clients) -> Vec<String> {
+    let mut lacking = Vec::new();
+    let acknowledged = clients.acknowledged();
+    let mut held: BTreeMap<usize, (u64, Option<u64>)> = BTreeMap::new();
     for id in 1..=nodes {
-        let Some(Running { node, .. }) = started.get(&id) else {
-            missing.push(format!("node {id} is not running"));
+        let Some(Reachable { node, .. }) = started.get(&id) else {
+            lacking.push(format!("node {id} is not running"));
             continue;
         };
-        let lacking = keys
-            .iter()
-            .filter(|key| !matches!(node.store().get(key), Ok(Some(_))))
-            .count();
-        if lacking > 0 {
-            missing.push(format!(
-                "node {id} lacks {lacking} of {} packets",
-                keys.len()
-            ));
+        for key in 0..clients.keys.count() {
+            let version = match node.store().get(&clients.keys.key_bytes(key)) {
+                Ok(stored) => stored.map(|stored| stored.payload.timestamp_micros()),
+                Err(e) => {
+                    lacking.push(format!("node {id} cannot read key {key}: {e}"));
+                    continue;
+                }
+            };
+            if let Some(&newest) = acknowledged.get(&key)
+                && version.is_none_or(|version| version < newest)
+            {
+                lacking.push(format!(
+                    "node {id} lacks version {newest} of key {key} (holds {version:?})"
+                ));
+            }
+            match held.get(&key) {
+                Some(&(other, theirs)) if theirs != version => lacking.push(format!(
+                    "key {key}: node {other} holds {theirs:?}, node {id} {version:?}"
+                )),
+                Some(_) => {}
+                None => {
+                    held.insert(key, (id, version));
+                }
+            }
         }
     }
-    missing
+    lacking
 }
 
 /// Real time one simulated step may take. Tasks that keep themselves runnable (one that never

@@ -58,7 +58,7 @@ impl Fault {
 }
 
 /// The earliest and latest moment of a fault, and its shortest and longest time.
-const FAULT_AT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(3));
+const FAULT_AT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(3500));
 const FAULT_LASTING: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
 
 /// `count` faults of the given kinds on nodes 1 to `nodes`, drawn from `seed` (a stream of its

@@ -8,25 +8,30 @@
 //! the node's storage work runs on the simulation's thread
 //! (`pkraft_types::world::runs_blocking_work_inline`); in `make sim`'s build tokio's scheduler
 //! too, so a seed replays its run exactly. Faults drawn from the seed: crashes and restarts,
-//! partitions both ways and one way, stalled links. What is not yet: the disk (each node has a
-//! real data dir), faults of the clock and the disk, and clients through the HTTP handlers
-//! (docs/SIMULATION.md).
+//! partitions both ways and one way, stalled links. Every run's history is checked as the chaos
+//! harness's is (linearizability per key, reads only of proposed packets, monotonic local reads,
+//! durability, convergence). What is not yet: the disk (each node has a real data dir), faults
+//! of the clock and the disk, and clients through the HTTP handlers (docs/SIMULATION.md).
 //!
 //! - [`world`]: the seeded wall clock and generator, installed once for the process.
 //! - [`faults`]: the faults a run draws from its seed, and how each is made and ended.
 //! - [`log`]: `SIM_LOG=<filter>`, the nodes' log lines stamped with simulated time.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.
-//! - [`cluster`]: a run: N nodes that form a cluster, publishes, faults drawn
-//!   from the seed, every replica checked for every packet published.
+//! - [`workload`]: the clients: PUTs, linearizable and local GETs through the nodes the seed
+//!   draws, each recorded for the checks.
+//! - [`cluster`]: a run: N nodes that form a cluster, the clients, faults drawn from the seed,
+//!   and the history and the replicas checked as the chaos harness checks them (pkraft-check).
 
 pub mod cluster;
 pub mod faults;
 pub mod log;
 pub mod network;
+pub mod workload;
 pub mod world;
 
 pub use cluster::{Run, RunError, RunReport};
 pub use faults::{Fault, FaultKind};
+pub use workload::Workload;
 
 use std::ops::RangeInclusive;
 

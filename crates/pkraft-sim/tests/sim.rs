@@ -1,43 +1,71 @@
 //! Goal: the real node code forms a cluster and replicates under the simulation: three nodes on
 //! turmoil's network and paused clocks, node 2 and 3 joining node 1 through their peer
-//! clients, every packet acknowledged held by every replica, through faults drawn from the seed
-//! (crashes and restarts, partitions both ways and one way, stalled links).
+//! clients, clients PUTting and reading through every node, and the history and the replicas
+//! passing the chaos harness's checks (linearizability per key, reads only of proposed packets,
+//! monotonic local reads, durability, convergence), through faults drawn from the seed (crashes
+//! and restarts, partitions both ways and one way, stalled links).
 //! Method: `pkraft_sim::cluster::run` for a few seeds; a failure names its seed.
 
 use std::time::Duration;
 
-use pkraft_sim::cluster::{Run, run};
-use pkraft_sim::{FaultKind, seeds};
+use pkraft_sim::cluster::{Run, RunReport, run};
+use pkraft_sim::{FaultKind, Workload, seeds};
+
+/// Four clients on three keys, 30 operations each.
+const WORKLOAD: Workload = Workload {
+    keys: 3,
+    clients: 4,
+    ops: 30,
+};
+
+/// Runs `seed` with `faults` of `kinds` and prints what it saw; a failure names the seed.
+fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
+    let report = run(Run {
+        seed,
+        nodes: 3,
+        workload: WORKLOAD,
+        limit: Duration::from_secs(300),
+        cut_off: None,
+        faults,
+        kinds,
+    })
+    .unwrap_or_else(|error| panic!("{error}"));
+    eprintln!(
+        "seed {seed}: {:?}; {} ops ({} PUTs acknowledged, {} linearized, {} reads checked); \
+         settled after {:?} of simulated time, {} steps, history {:016x}",
+        report.faults,
+        report.ops,
+        report.acknowledged_puts,
+        report.linearizable_ops,
+        report.reads_checked,
+        report.settled_after,
+        report.steps,
+        report.history
+    );
+    // Not a run that checked nothing: the clients' PUTs were acknowledged and read back.
+    assert!(
+        report.acknowledged_puts > 0 && report.reads_checked > 0,
+        "seed {seed}: {report:?}"
+    );
+    report
+}
 
 #[test]
 fn three_nodes_form_a_cluster_and_every_replica_holds_every_packet() {
     for seed in seeds(1..=3) {
-        let report = run(Run {
-            seed,
-            nodes: 3,
-            packets: 20,
-            limit: Duration::from_secs(300),
-            cut_off: None,
-            faults: 0,
-            kinds: &[],
-        })
-        .unwrap_or_else(|error| panic!("{error}"));
-        eprintln!(
-            "seed {seed}: settled after {:?} of simulated time, {} steps, history {:016x}",
-            report.settled_after, report.steps, report.history
-        );
+        run_seed(seed, 0, &[]);
     }
 }
 
-/// The check can fail, and the network is the simulation's: with node 3 cut off from the others
-/// it never joins, and the run names it as the replica that lacks the packets.
+/// The checks can fail, and the network is the simulation's: with node 3 cut off from the others
+/// it never joins, and the run names it as the replica that lacks the acknowledged packets.
 #[test]
 fn a_node_cut_off_by_the_simulated_network_is_named_as_lacking_the_packets() {
     let seed = *seeds(7..=7).start();
     let error = run(Run {
         seed,
         nodes: 3,
-        packets: 5,
+        workload: WORKLOAD,
         limit: Duration::from_secs(20),
         cut_off: Some(3),
         faults: 0,
@@ -47,11 +75,15 @@ fn a_node_cut_off_by_the_simulated_network_is_named_as_lacking_the_packets() {
     let text = error.to_string();
     assert!(
         text.contains(&format!("seed {seed}:"))
-            && text.contains("node 3 lacks 5 of 5 packets")
+            && text.contains("node 3 lacks version")
+            && text.contains("[durability] node 3 ends with version 0")
             && text.contains(&format!("SIM_SEEDS={seed} make sim")),
         "{text}"
     );
-    assert!(!text.contains("node 2"), "node 2 is not cut off: {text}");
+    assert!(
+        !text.contains("node 2 lacks") && !text.contains("node 2 ends"),
+        "node 2 is not cut off: {text}"
+    );
 }
 
 /// Nodes crashed and started again on their data dirs, at moments and for downtimes drawn from
@@ -59,21 +91,8 @@ fn a_node_cut_off_by_the_simulated_network_is_named_as_lacking_the_packets() {
 #[test]
 fn crashed_and_restarted_nodes_lose_no_acknowledged_packet() {
     for seed in seeds(21..=23) {
-        let report = run(Run {
-            seed,
-            nodes: 3,
-            packets: 40,
-            limit: Duration::from_secs(300),
-            cut_off: None,
-            faults: 3,
-            kinds: &[FaultKind::Crash],
-        })
-        .unwrap_or_else(|error| panic!("{error}"));
+        let report = run_seed(seed, 3, &[FaultKind::Crash]);
         assert!(!report.faults.is_empty());
-        eprintln!(
-            "seed {seed}: {:?}; settled after {:?} of simulated time, {} steps, history {:016x}",
-            report.faults, report.settled_after, report.steps, report.history
-        );
     }
 }
 
@@ -82,27 +101,14 @@ fn crashed_and_restarted_nodes_lose_no_acknowledged_packet() {
 #[test]
 fn faults_of_every_kind_lose_no_acknowledged_packet() {
     for seed in seeds(41..=43) {
-        let report = run(Run {
-            seed,
-            nodes: 3,
-            packets: 40,
-            limit: Duration::from_secs(300),
-            cut_off: None,
-            faults: 6,
-            kinds: &FaultKind::ALL,
-        })
-        .unwrap_or_else(|error| panic!("{error}"));
+        let report = run_seed(seed, 12, &FaultKind::ALL);
         assert!(!report.faults.is_empty());
-        eprintln!(
-            "seed {seed}: {:?}; settled after {:?} of simulated time, {} steps, history {:016x}",
-            report.faults, report.settled_after, report.steps, report.history
-        );
     }
 }
 
 /// A seed replays its run: the same seed, run twice in one process, gives the same history
-/// (each publish's answer, key and simulated moment, the faults, every replica's last applied
-/// index, the steps taken). Only in the build with tokio's scheduler seeded (`make sim`): in the
+/// (each operation with its node, answer and simulated moments, the faults, every replica's
+/// last applied index, the steps taken). Only in the build with tokio's scheduler seeded (`make sim`): in the
 /// workspace build tokio draws its `select!` order from an unseeded generator.
 #[cfg(tokio_unstable)]
 #[test]
@@ -112,7 +118,7 @@ fn a_seed_run_twice_gives_the_same_history() {
             run(Run {
                 seed,
                 nodes: 3,
-                packets: 30,
+                workload: WORKLOAD,
                 limit: Duration::from_secs(300),
                 cut_off: None,
                 faults: 4,

@@ -435,3 +435,35 @@ fn pkraft_raft_files_import_only_from_layers_below() {
         upward.join("\n")
     );
 }
+
+/// A planted bug (`pkraft_types::planted`) can run only in a simulator's build: no manifest but
+/// pkraft-types' (which declares the feature) and pkraft-sim's (which passes it on, off by
+/// default) names `planted-bugs`, so nothing the daemon is built from can turn it on.
+#[test]
+fn only_the_simulator_can_turn_planted_bugs_on() {
+    let mut naming = Vec::new();
+    for entry in std::fs::read_dir(crates_dir()).expect("crates/") {
+        let manifest = entry.expect("a crate dir").path().join("Cargo.toml");
+        if manifest.exists() && read(&manifest).contains("planted-bugs") {
+            naming.push(
+                manifest
+                    .parent()
+                    .and_then(|dir| dir.file_name())
+                    .map(|name| name.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    naming.sort();
+    assert_eq!(naming, ["pkraft-sim", "pkraft-types"]);
+    let sim = read(&crates_dir().join("pkraft-sim/Cargo.toml"));
+    assert!(
+        !sim.contains("default = [\"planted-bugs\"]"),
+        "pkraft-sim must not plant bugs by default"
+    );
+    let root = read(&crates_dir().join("../Cargo.toml"));
+    assert!(
+        !root.contains("planted-bugs"),
+        "the workspace must not turn planted-bugs on"
+    );
+}

@@ -12,6 +12,7 @@
 //! - [`short_lived`]: TXT records at a name until an end, replicated through the log and kept in
 //!   each replica's memory.
 //! - [`world`]: the wall clock and randomness, the system's or a simulation's.
+//! - [`planted`]: bugs this project fixed, which only a simulator's build can put back.
 
 pub mod build;
 pub mod clock;
@@ -22,6 +23,7 @@ pub mod key;
 pub mod ordering;
 pub mod packet;
 pub mod payload;
+pub mod planted;
 pub mod short_lived;
 pub mod world;
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::ClientWriteResponse;
+use pkraft_types::planted::{self, PlantedBug};
 use pkraft_types::{Command, PublishItem, PublishOutcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -539,6 +540,9 @@ fn spawn_write(
 /// superseded since: its outcome is unknown (503), not 409. (Found by the chaos harness:
 /// `docs/TESTING.md`, "a PUT answered 409 although it was stored".)
 fn unknown_if_stale(answer: Result<Published, PublishError>) -> Result<Published, PublishError> {
+    if planted::is_planted(PlantedBug::RetriedForwardAnswered409) {
+        return answer;
+    }
     match answer {
         Ok(Published {
             outcome: PublishOutcome::Stale,

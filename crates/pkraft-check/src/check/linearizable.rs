@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 
 use crate::history::Version;
-use crate::rng::SplitMix64;
+use pkraft_testkit::rng::SplitMix64;
 
 /// What one operation did, as the model sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,324 @@
+//! The clients of a simulated run, as the chaos harness's (pkraft-chaos's workload): each PUTs
+//! new versions of a small key set, and reads them linearizably or from a node's own replica,
+//! through nodes drawn from the seed. Every operation is recorded with the simulated moments it
+//! was asked and answered, the node and that node's incarnation, and what came back, for
+//! pkraft-check's checks (the same as the chaos harness's).
+//!
+//! A client reaches a node the way the relay's handlers do, on the node's own host
+//! ([`serve_requests`]): `Writes::publish` for a PUT, `Reads::read` for a GET. A node that is
+//! down answers nothing: a PUT's outcome is then unknown, a read failed.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pkarr::Keypair;
+use pkraft_check::check::{FinalPacket, FinalState};
+use pkraft_check::history::{Op, OpKind, PutOutcome, ReadOutcome, Version};
+use pkraft_raft::{Consistency, Node, PublishError};
+use pkraft_testkit::rng::SplitMix64;
+use pkraft_testkit::{iroh_packet, keypair};
+use pkraft_types::{KeyBytes, Payload, PublishOutcome, VerifiedPacket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// What the clients of a run do.
+#[derive(Debug, Clone, Copy)]
+pub struct Workload {
+    /// Keys written: few, so that clients write the same keys at once.
+    pub keys: usize,
+    /// Clients running at once.
+    pub clients: u32,
+    /// Operations each client runs: half PUTs, a quarter linearizable GETs, a quarter GETs of
+    /// the node's own replica.
+    pub ops: u32,
+}
+
+/// How long a client waits for a PUT's answer: beyond the node's own `raft.publish_timeout`
+/// (3 s) and a forward, as the chaos harness's clients (then unknown).
+const PUT_WAIT: Duration = Duration::from_secs(5);
+/// How long a client waits for a GET's answer (then failed).
+const GET_WAIT: Duration = Duration::from_secs(5);
+/// The longest pause between one client's operations (drawn from 0 to it).
+const PACE_MAX_MILLIS: u64 = 20;
+/// Requests a node holds before a client waits to send more.
+const REQUESTS_MAX: usize = 64;
+
+/// A client's request to a node, and where its answer goes.
+pub(crate) enum Request {
+    Publish(
+        VerifiedPacket,
+        oneshot::Sender<Result<PublishOutcome, String>>,
+    ),
+    Read(
+        KeyBytes,
+        Consistency,
+        oneshot::Sender<Result<Option<Payload>, String>>,
+    ),
+}
+
+/// A node's end of its clients' requests.
+pub(crate) fn requests() -> (mpsc::Sender<Request>, mpsc::Receiver<Request>) {
+    mpsc::channel(REQUESTS_MAX)
+}
+
+/// Serves a node's requests on its own host, each in a task of its own: the node's work runs on
+/// its runtime, and a crash ends it with the host, as a connection to a killed process ends.
+pub(crate) async fn serve_requests(node: Arc<Node>, mut requests: mpsc::Receiver<Request>) {
+    while let Some(request) = requests.recv().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            // The client may have stopped waiting; nothing to tell it then.
+            match request {
+                Request::Publish(packet, reply) => {
+                    let published = node.writes().publish(packet).await;
+                    let _ = reply.send(published.map(|p| p.outcome).map_err(describe_refusal));
+                }
+                Request::Read(key, consistency, reply) => {
+                    let read = node.reads().read(&key, consistency).await;
+                    let _ = reply.send(
+                        read.map(|stored| stored.map(|stored| stored.payload))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+            }
+        });
+    }
+}
+
+/// A refused publish as the client records it: `NoRoom` is the relay's 507, outside what a
+/// run without a cap may see (so recorded as unexpected); the rest may have committed.
+fn describe_refusal(error: PublishError) -> String {
+    match error {
+        PublishError::NoRoom(reason) => format!("{NO_ROOM}{reason}"),
+        other => other.to_string(),
+    }
+}
+
+const NO_ROOM: &str = "no room: ";
+
+/// A node running, as the clients reach it: its requests, how many times it has started (1 for
+/// its first process), and the node itself, whose replica the driver reads at the end.
+#[derive(Clone)]
+pub(crate) struct Reachable {
+    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) incarnation: u32,
+    pub(crate) node: Arc<Node>,
+}
+
+/// The nodes running now, by id.
+pub(crate) type Reachables = Rc<RefCell<BTreeMap<u64, Reachable>>>;
+
+/// The keys of a run, the next version of each, and every packet proposed.
+pub(crate) struct Keys {
+    keypairs: Vec<Keypair>,
+    next_version: Vec<Cell<Version>>,
+    proposed: RefCell<BTreeMap<(usize, Version), Payload>>,
+}
+
+impl Keys {
+    /// `count` keys drawn from `seed`; versions are packet timestamps from the simulated wall
+    /// clock's now, so that the nodes take them (not from the future, not expired).
+    pub(crate) fn new(seed: u64, count: usize) -> Keys {
+        let now = pkraft_types::unix_micros_now();
+        Keys {
+            keypairs: (0..count as u64)
+                .map(|index| keypair(seed.wrapping_mul(1_000_003).wrapping_add(index)))
+                .collect(),
+            next_version: (0..count).map(|_| Cell::new(now)).collect(),
+            proposed: RefCell::default(),
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.keypairs.len()
+    }
+
+    pub(crate) fn key_bytes(&self, key: usize) -> KeyBytes {
+        self.keypairs[key].public_key().to_bytes()
+    }
+
+    /// A new packet of `key` with a version no other PUT has, recorded as proposed.
+    fn propose(&self, key: usize) -> (Version, VerifiedPacket) {
+        let version = self.next_version[key].get() + 1;
+        self.next_version[key].set(version);
+        let keypair = &self.keypairs[key];
+        let payload = iroh_packet(keypair, version, &["192.0.2.1:1"]).to_relay_payload();
+        let packet = VerifiedPacket::verify(&keypair.public_key(), payload)
+            .expect("a packet of the test keys verifies");
+        self.proposed
+            .borrow_mut()
+            .insert((key, version), packet.payload().clone());
+        (version, packet)
+    }
+
+    /// A payload read back: its version, and whether it is byte for byte the one proposed.
+    fn found(&self, key: usize, payload: &Payload) -> (Version, bool) {
+        let version = payload.timestamp_micros();
+        let proposed = self.proposed.borrow();
+        let matches = proposed
+            .get(&(key, version))
+            .is_some_and(|proposed| proposed.as_bytes() == payload.as_bytes());
+        (version, matches)
+    }
+
+    /// What `node` holds of every key at the end, for the checks.
+    pub(crate) fn final_state(&self, id: u64, node: &Node) -> Result<FinalState, String> {
+        let packets = (0..self.count())
+            .map(|key| {
+                let stored = node
+                    .store()
+                    .get(&self.key_bytes(key))
+                    .map_err(|e| format!("node {id}'s replica could not be read: {e}"))?;
+                Ok(stored.map(|stored| {
+                    let (version, matches_proposed) = self.found(key, &stored.payload);
+                    FinalPacket {
+                        version,
+                        payload: stored.payload.as_bytes().to_vec(),
+                        matches_proposed,
+                    }
+                }))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(FinalState { node: id, packets })
+    }
+}
+
+/// The clients' shared view: the nodes, the keys, when the run began, and the operations
+/// answered so far, in the order their answers came.
+pub(crate) struct Clients {
+    pub(crate) reachable: Reachables,
+    pub(crate) keys: Keys,
+    pub(crate) nodes: u64,
+    pub(crate) began: Instant,
+    pub(crate) ops: RefCell<Vec<Op>>,
+}
+
+impl Clients {
+    fn micros_since_began(&self) -> u64 {
+        u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// The newest version of each key a PUT was acknowledged for, by key.
+    pub(crate) fn acknowledged(&self) -> BTreeMap<usize, Version> {
+        let mut newest = BTreeMap::new();
+        for op in self.ops.borrow().iter() {
+            if let OpKind::Put {
+                version,
+                outcome: PutOutcome::Stored,
+            } = op.kind
+            {
+                let held = newest.entry(op.key).or_insert(version);
+                *held = (*held).max(version);
+            }
+        }
+        newest
+    }
+}
+
+/// Runs client `client`'s operations, drawn from `seed`, recording each in `clients.ops`; asks
+/// none after `stop_at` (a cluster that answers nothing must not keep a run from its end).
+pub(crate) async fn run_client(
+    clients: Rc<Clients>,
+    seed: u64,
+    client: u32,
+    ops: u32,
+    stop_at: Instant,
+) {
+    let mut rng = SplitMix64::new(seed ^ 0x5eed_c11e_0000_0000 ^ u64::from(client));
+    for _ in 0..ops {
+        if Instant::now() >= stop_at {
+            return;
+        }
+        let key = usize::try_from(rng.between(0, clients.keys.count() as u64 - 1)).unwrap_or(0);
+        let node = rng.between(1, clients.nodes);
+        let kind = rng.between(0, 3);
+        // Not the node itself: a client waiting on a node that crashes must not hold its files
+        // open past its restart.
+        let (line, incarnation) = match clients.reachable.borrow().get(&node) {
+            Some(reachable) => (Some(reachable.requests.clone()), reachable.incarnation),
+            None => (None, 0),
+        };
+        let invoke_us = clients.micros_since_began();
+        let kind = match kind {
+            0 | 1 => put(&clients, line, key).await,
+            2 => read(&clients, line, key, Consistency::Linearizable).await,
+            _ => read(&clients, line, key, Consistency::Local).await,
+        };
+        let op = Op {
+            client,
+            key,
+            node,
+            incarnation,
+            invoke_us,
+            complete_us: clients.micros_since_began(),
+            kind,
+        };
+        clients.ops.borrow_mut().push(op);
+        tokio::time::sleep(Duration::from_millis(rng.between(0, PACE_MAX_MILLIS))).await;
+    }
+}
+
+/// A node's requests as a client holds them: `None` while the node is down.
+type Line = Option<mpsc::Sender<Request>>;
+
+async fn put(clients: &Clients, line: Line, key: usize) -> OpKind {
+    let (version, packet) = clients.keys.propose(key);
+    let outcome = match line {
+        None => PutOutcome::Unknown("the node is down".to_string()),
+        Some(line) => {
+            let (reply, answer) = oneshot::channel();
+            match ask(&line, Request::Publish(packet, reply), answer, PUT_WAIT).await {
+                Ok(PublishOutcome::Stored | PublishOutcome::Identical) => PutOutcome::Stored,
+                Ok(PublishOutcome::Stale) => PutOutcome::Conflict,
+                Err(refused) if refused.starts_with(NO_ROOM) => PutOutcome::Unexpected(refused),
+                Err(unknown) => PutOutcome::Unknown(unknown),
+            }
+        }
+    };
+    OpKind::Put { version, outcome }
+}
+
+async fn read(clients: &Clients, line: Line, key: usize, consistency: Consistency) -> OpKind {
+    let outcome = match line {
+        None => ReadOutcome::Failed("the node is down".to_string()),
+        Some(line) => {
+            let (reply, answer) = oneshot::channel();
+            let request = Request::Read(clients.keys.key_bytes(key), consistency, reply);
+            match ask(&line, request, answer, GET_WAIT).await {
+                Ok(Some(payload)) => {
+                    let (version, matches_proposed) = clients.keys.found(key, &payload);
+                    ReadOutcome::Found {
+                        version,
+                        matches_proposed,
+                    }
+                }
+                Ok(None) => ReadOutcome::NotFound,
+                Err(failed) => ReadOutcome::Failed(failed),
+            }
+        }
+    };
+    match consistency {
+        Consistency::Linearizable => OpKind::LinearizableGet(outcome),
+        Consistency::Local => OpKind::StaleGet(outcome),
+    }
+}
+
+/// Sends `request` to a node and waits up to `wait` for its answer.
+async fn ask<T>(
+    line: &mpsc::Sender<Request>,
+    request: Request,
+    answer: oneshot::Receiver<Result<T, String>>,
+    wait: Duration,
+) -> Result<T, String> {
+    line.send(request)
+        .await
+        .map_err(|_| "the node stopped".to_string())?;
+    match tokio::time::timeout(wait, answer).await {
+        Ok(Ok(answered)) => answered,
+        Ok(Err(_)) => Err("the node stopped before answering".to_string()),
+        Err(_) => Err(format!("no answer within {wait:?}")),
+    }
+}

@@ -1,0 +1,84 @@
+//! Goal: the simulator finds bugs this project had. Each bug of
+//! `pkraft_types::planted::PlantedBug::ALL` is put back, alone, in a build made able to
+//! (`make sim-planted`: the feature `planted-bugs`), and seeds are run from the first on until
+//! one fails its checks; the test fails if a bug's seeds all pass, if finding it takes more
+//! than 10 minutes of real time, or if the seed that found it fails without the bug too (then
+//! it found something else). The seed that found it, the seeds run and the time are printed
+//! (docs/SIMULATION.md, "Planted bugs").
+//! Method: `pkraft_sim::cluster::run` with the fault test's faults and a busier workload.
+#![cfg(feature = "planted-bugs")]
+
+use std::time::{Duration, Instant};
+
+use pkraft_sim::cluster::{Run, RunError, RunReport, run};
+use pkraft_sim::{FaultKind, Workload, seeds};
+use pkraft_types::planted::{PlantedBug, plant};
+
+/// The target: each bug found within 10 minutes of real time.
+const FIND_WITHIN: Duration = Duration::from_secs(600);
+
+/// Takes the planted bug out when the test ends, as it passes or panics.
+struct Planted;
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        plant(None);
+    }
+}
+
+/// A run of `seed` with the fault test's faults, and clients busier on fewer keys than its.
+fn run_seed(seed: u64) -> Result<RunReport, RunError> {
+    run(Run {
+        seed,
+        nodes: 3,
+        workload: Workload {
+            keys: 2,
+            clients: 6,
+            ops: 40,
+        },
+        limit: Duration::from_secs(300),
+        cut_off: None,
+        faults: 6,
+        kinds: &FaultKind::ALL,
+    })
+}
+
+#[test]
+fn the_simulator_finds_each_planted_bug() {
+    for bug in PlantedBug::ALL {
+        plant(Some(bug));
+        let _planted = Planted;
+        let began = Instant::now();
+        let mut ran = 0;
+        let mut found = None;
+        for seed in seeds(1..=100_000) {
+            ran += 1;
+            match run_seed(seed) {
+                Ok(_) => {}
+                Err(RunError::Violated { found: what, .. }) => {
+                    found = Some((seed, what));
+                    break;
+                }
+                Err(other) => panic!("{bug:?}: {other}"),
+            }
+            if began.elapsed() > FIND_WITHIN {
+                break;
+            }
+        }
+        let elapsed = began.elapsed();
+        let Some((seed, what)) = found else {
+            panic!("{bug:?}: not found in {ran} seeds, {elapsed:?}");
+        };
+        eprintln!(
+            "{bug:?}: found by seed {seed} after {ran} seeds, {elapsed:.1?} of real time: {what}"
+        );
+        assert!(
+            elapsed <= FIND_WITHIN,
+            "{bug:?}: found after {elapsed:?}, more than {FIND_WITHIN:?}"
+        );
+        plant(None);
+        if let Err(error) = run_seed(seed) {
+            panic!("{bug:?}: seed {seed} fails without the bug too: {error}");
+        }
+    }
+}

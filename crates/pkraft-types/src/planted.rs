@@ -1,0 +1,70 @@
+//! Bugs this project had and fixed, put back on purpose, one at a time, to show that the
+//! simulated cluster finds them (docs/SIMULATION.md, "Planted bugs"; `make sim-planted`).
+//!
+//! Only a build with the feature `planted-bugs` (pkraft-sim's feature of the same name) can
+//! plant one. In every other build [`is_planted`] is a constant `false`, and the compiler drops
+//! the branch it guards: the daemon cannot be made to run a planted bug.
+
+/// A bug that can be planted, each where its fix is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PlantedBug {
+    /// A forwarded publish whose first answer was lost, and which its retry finds stale, is
+    /// answered 409 ("not stored"), although the lost attempt may have committed it before a
+    /// newer packet was stored (found by the chaos harness; fixed in e3107e8 and 7341c59:
+    /// its outcome is unknown, 503). Planted in pkraft-raft's `unknown_if_stale`.
+    RetriedForwardAnswered409 = 1,
+}
+
+impl PlantedBug {
+    /// Every bug that can be planted.
+    pub const ALL: [PlantedBug; 1] = [PlantedBug::RetriedForwardAnswered409];
+}
+
+#[cfg(feature = "planted-bugs")]
+static PLANTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Plants `bug` for the whole process (`None`: none), in place of the one planted before.
+#[cfg(feature = "planted-bugs")]
+pub fn plant(bug: Option<PlantedBug>) {
+    PLANTED.store(
+        bug.map_or(0, |bug| bug as u8),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Whether `bug` is planted: always `false` without the feature `planted-bugs`.
+#[inline(always)]
+pub fn is_planted(bug: PlantedBug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        PLANTED.load(std::sync::atomic::Ordering::Relaxed) == bug as u8
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[test]
+    fn without_the_feature_no_bug_is_planted() {
+        assert!(PlantedBug::ALL.iter().all(|&bug| !is_planted(bug)));
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    #[test]
+    fn a_planted_bug_is_the_only_one_planted_until_taken_out() {
+        for &bug in &PlantedBug::ALL {
+            plant(Some(bug));
+            assert!(is_planted(bug));
+            plant(None);
+            assert!(!is_planted(bug));
+        }
+    }
+}
