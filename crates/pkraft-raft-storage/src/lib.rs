@@ -11,6 +11,8 @@
 //! - [`state_machine`]: applies committed entries to [`pkraft_state::Store`] (`state.redb`);
 //!   builds and installs snapshots, keeping the current one in `snapshot/`.
 //! - `snapshot_file`: the current snapshot on disk, replaced atomically.
+//! - `snapshot_data`: a snapshot's file as openraft reads and writes it (tokio's; std's, inline,
+//!   in a simulation).
 //! - `snapshot_receipt`: a snapshot received from the leader, checked chunk by chunk.
 //! - `state_repair`: a damaged `state.redb` is set aside and rebuilt (from the node's snapshot
 //!   and log, or from the cluster).
@@ -37,6 +39,7 @@ pub mod codec;
 pub mod dht_outbox;
 pub mod disk_space;
 pub mod log_store;
+pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod snapshot_receipt;
 pub mod state_machine;

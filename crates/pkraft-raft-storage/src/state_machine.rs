@@ -36,6 +36,7 @@ use tokio::time::Instant;
 
 use super::Damaged;
 use super::codec::{BoxError, blocking, decode, encode, storage_error};
+use super::snapshot_data::SnapshotData;
 use super::snapshot_file::SnapshotFile;
 use super::type_config::{ApplyResult, NodeId, TypeConfig};
 
@@ -266,13 +267,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>> {
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>> {
         let snapshot_file = self.snapshot_file.clone();
         let file = blocking(ErrorSubject::Snapshot(None), ErrorVerb::Write, move || {
             Ok(snapshot_file.begin_incoming()?)
         })
         .await?;
-        Ok(Box::new(tokio::fs::File::from_std(file)))
+        Ok(Box::new(SnapshotData::from_std(file)))
     }
 
     /// Installs a snapshot received from the leader: read from its file in one store transaction
@@ -281,7 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, BasicNode>,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<()> {
         // The applied index never goes back, by a snapshot either: one behind what this
         // replica applied would undo applies it answered for. openraft installs only snapshots
@@ -355,7 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             None => Ok(None),
             Some(Ok((meta, data))) => Ok(Some(Snapshot {
                 meta,
-                snapshot: Box::new(tokio::fs::File::from_std(data)),
+                snapshot: Box::new(SnapshotData::from_std(data)),
             })),
             Some(Err((meta, path, damage))) => {
                 tracing::error!(
@@ -570,7 +571,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(data)),
+            snapshot: Box::new(SnapshotData::from_std(data)),
         })
     }
 }

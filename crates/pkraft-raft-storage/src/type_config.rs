@@ -20,8 +20,9 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         // A file: snapshots are built into, sent from, received into and installed from files,
-        // never held in memory (`snapshot_file`).
-        SnapshotData = tokio::fs::File,
+        // never held in memory (`snapshot_file`); tokio's, or in a simulation std's, used
+        // inline (`snapshot_data`).
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = NodeRuntime,
 );
 

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use pkraft_types::Command;
+use pkraft_types::planted::{self, PlantedBug};
 use tokio::time::Instant;
 
 use crate::cluster_clock::{ClockState, ClusterClock};
@@ -185,7 +186,12 @@ impl Held {
 async fn expire_now(expiry: &Expiry) -> Option<&'static str> {
     let rules = &expiry.rules;
     let time = expiry.clock.now();
+    let by_own_clock = planted::is_planted(PlantedBug::ExpiryByOwnWallClock);
     let before_micros = match (time.state, time.expiry_micros()) {
+        _ if by_own_clock => {
+            let max_age_micros = u64::try_from(rules.max_age.as_micros()).unwrap_or(u64::MAX);
+            pkraft_types::unix_micros_now().saturating_sub(max_age_micros)
+        }
         (ClockState::Offset, _) => return Some("clock"),
         (_, None) => return Some("time_unknown"),
         (_, Some(now)) => {

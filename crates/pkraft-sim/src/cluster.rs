@@ -21,6 +21,7 @@ use crate::faults::{Fault, FaultKind, Faults, host_name, schedule};
 use crate::network::{PEER_PORT, serve_peers, transport};
 use crate::workload::{
     Clients, Keys, Reachable, Reachables, Workload, requests, run_client, serve_requests,
+    write_each_key,
 };
 
 /// What a run does.
@@ -147,6 +148,11 @@ fn settings() -> Settings {
         min_free_disk_mib: 0,
         new_keys_min_free_disk_mib: Some(0),
         max_stored_packets: Some(0),
+        // Expiry runs in every run, as in the chaos harness, and an hour is what a clock step
+        // drawn (`faults.rs`: up to 8 days, either way) often outruns: a node that expired by
+        // its own clock would delete what the cluster acknowledged.
+        record_max_age: Duration::from_secs(3600),
+        expiry_interval: Duration::from_millis(500),
         ..Settings::default()
     }
 }
@@ -205,6 +211,8 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         sim.host(host_name(id), move || {
             let (dir, started, incarnations) = (dir.clone(), started.clone(), incarnations.clone());
             async move {
+                // The node's wall clock is read on this host's runtime.
+                crate::world::register_host(id);
                 let node = start_node(id, &dir).await?;
                 let (sender, receiver) = requests();
                 tokio::spawn(serve_requests(node.clone(), receiver));
@@ -399,8 +407,9 @@ fn step_to_the_end(
 }
 
 /// Runs the clients of `workload` to their end, then, from `faults_end` on (the run's faults
-/// are over), waits until every node runs and every replica holds the same packets, at least
-/// the newest acknowledged of each key; then reads what each holds. What was still missing at
+/// are over), writes each key until a PUT of it is acknowledged (`write_each_key`) and waits
+/// until every node runs and every replica holds the same packets, at least the newest
+/// acknowledged of each key; then reads what each holds. What was still missing at
 /// `limit` is kept for the report, and the replicas are read as they are.
 async fn drive(
     started: Reachables,
@@ -429,20 +438,17 @@ async fn drive(
     for client in running {
         client.await.map_err(|e| format!("a client ended: {e}"))?;
     }
+    tokio::time::sleep(faults_end.saturating_sub(began.elapsed())).await;
+    // One more client, after the clients: writes each key once the faults have ended.
+    let give_up_at = began + limit.saturating_sub(POLL * 10);
+    let written = write_each_key(&clients, workload.clients, give_up_at).await;
     let mut history = History::new();
     for op in clients.ops.borrow().iter() {
         history.record(&format!("{op:?}"));
     }
-    tokio::time::sleep(faults_end.saturating_sub(began.elapsed())).await;
-    let unsettled = loop {
-        let lacking = lacking(&started.borrow(), nodes, &clients);
-        if lacking.is_empty() {
-            break None;
-        }
-        if began.elapsed() >= limit.saturating_sub(POLL * 10) {
-            break Some(lacking.join("; "));
-        }
-        tokio::time::sleep(POLL).await;
+    let unsettled = match written {
+        Err(unwritten) => Some(unwritten),
+        Ok(()) => wait_until_agreed(&started, nodes, &clients, give_up_at).await,
     };
     let mut finals = Vec::new();
     for (&id, running) in started.borrow().iter() {
@@ -463,6 +469,26 @@ async fn drive(
         finals,
         history,
     })
+}
+
+/// Waits until every node runs and the replicas agree (`lacking` finds nothing): `None`, or
+/// what was still lacking at `give_up_at`.
+async fn wait_until_agreed(
+    started: &Reachables,
+    nodes: u64,
+    clients: &Clients,
+    give_up_at: tokio::time::Instant,
+) -> Option<String> {
+    loop {
+        let lacking = lacking(&started.borrow(), nodes, clients);
+        if lacking.is_empty() {
+            return None;
+        }
+        if tokio::time::Instant::now() >= give_up_at {
+            return Some(lacking.join("; "));
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// What keeps the replicas from agreeing: a node not running, a replica without the newest

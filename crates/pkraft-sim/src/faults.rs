@@ -1,11 +1,13 @@
 //! The faults of a run, drawn from its seed, and how each is made and ended on turmoil's
-//! simulation: a node's process killed and started again, and its links cut both ways, cut
-//! one way, or stalled.
+//! simulation: a node's process killed and started again, its links cut both ways, cut one
+//! way, or stalled, and its wall clock stepped or drifting (`world::ClockFault`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pkraft_testkit::rng::SplitMix64;
+
+use crate::world::{ClockFault, set_clock_fault};
 
 /// What a fault does to its node, from its moment until it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,32 +25,45 @@ pub enum FaultKind {
     /// Every message between the node and the others held, then delivered at once when the
     /// fault ends (a link that stalls: delay, and a burst after it).
     Stalled,
+    /// The node's wall clock stepped by [`Fault::amount`] seconds (ahead if positive), and
+    /// stepped back when the fault ends.
+    ClockStepped,
+    /// The node's wall clock gaining (positive) or losing [`Fault::amount`] µs a second, and
+    /// set right when the fault ends.
+    ClockDrifting,
 }
 
 impl FaultKind {
     /// Every kind a run can draw.
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 6] = [
         FaultKind::Crash,
         FaultKind::Isolated,
         FaultKind::Muted,
         FaultKind::Stalled,
+        FaultKind::ClockStepped,
+        FaultKind::ClockDrifting,
     ];
 
     /// Whether it acts on the node's links (turmoil refuses some of those together on one
     /// pair of hosts, so two such faults never overlap).
     fn on_links(self) -> bool {
-        !matches!(self, FaultKind::Crash)
+        matches!(
+            self,
+            FaultKind::Isolated | FaultKind::Muted | FaultKind::Stalled
+        )
     }
 }
 
 /// One fault of a run: `kind` on `node` from `at` (simulated time since the start) for
-/// `lasting`.
+/// `lasting`; `amount` says how far a clock fault goes: seconds for `ClockStepped`, µs a
+/// second for `ClockDrifting`, negative for behind or slow (0 for the other kinds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
     pub kind: FaultKind,
     pub node: u64,
     pub at: Duration,
     pub lasting: Duration,
+    pub amount: i64,
 }
 
 impl Fault {
@@ -60,6 +75,30 @@ impl Fault {
 /// The earliest and latest moment of a fault, and its shortest and longest time.
 const FAULT_AT: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(3500));
 const FAULT_LASTING: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(1));
+/// The largest clock step, in seconds: past a week (`raft.record_max_age`'s default), as the
+/// chaos harness's 8 days ahead.
+const CLOCK_STEP_MAX_SECS: u64 = 700_000;
+/// The fastest drift, in µs a second: half as fast again, or half as slow.
+const CLOCK_DRIFT_MAX: u64 = 500_000;
+
+/// A clock fault's amount (`Fault::amount`): for a drift, µs a second; for a step, seconds, of
+/// a size drawn first as a power of ten, so that steps of a second and of a week are both drawn
+/// often. Either sign.
+fn clock_amount(rng: &mut SplitMix64, kind: FaultKind) -> i64 {
+    let magnitude = match kind {
+        FaultKind::ClockDrifting => rng.between(1_000, CLOCK_DRIFT_MAX),
+        _ => {
+            let ceiling = 10u64.pow(u32::try_from(rng.between(0, 5)).unwrap_or(0)) * 7;
+            rng.between(1, ceiling.min(CLOCK_STEP_MAX_SECS))
+        }
+    };
+    let signed = i64::try_from(magnitude).unwrap_or(i64::MAX);
+    if rng.between(0, 1) == 0 {
+        signed
+    } else {
+        -signed
+    }
+}
 
 /// `count` faults of the given kinds on nodes 1 to `nodes`, drawn from `seed` (a stream of its
 /// own, apart from the nodes' draws), in the order they begin.
@@ -75,11 +114,18 @@ pub fn schedule(seed: u64, nodes: u64, count: u32, kinds: &[FaultKind]) -> Vec<F
     let mut faults: Vec<Fault> = (0..count)
         .map(|_| {
             let pick = rng.between(0, kinds.len() as u64 - 1);
+            let kind = kinds[usize::try_from(pick).unwrap_or(0)];
             Fault {
-                kind: kinds[usize::try_from(pick).unwrap_or(0)],
+                kind,
                 node: rng.between(1, nodes),
                 at: millis(&mut rng, FAULT_AT),
                 lasting: millis(&mut rng, FAULT_LASTING),
+                amount: match kind {
+                    FaultKind::ClockStepped | FaultKind::ClockDrifting => {
+                        clock_amount(&mut rng, kind)
+                    }
+                    _ => 0,
+                },
             }
         })
         .collect();
@@ -109,6 +155,17 @@ impl Faults {
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
             FaultKind::Stalled => links.each(|node, other| sim.hold(node, other)),
+            FaultKind::ClockStepped => {
+                let by_micros = fault.amount.saturating_mul(1_000_000);
+                set_clock_fault(fault.node, Some(ClockFault::Stepped { by_micros }));
+            }
+            FaultKind::ClockDrifting => {
+                let drifting = ClockFault::Drifting {
+                    micros_a_second: fault.amount,
+                    since: sim.since_epoch(),
+                };
+                set_clock_fault(fault.node, Some(drifting));
+            }
         }
         self.active.insert(fault.node, fault);
     }
@@ -129,6 +186,9 @@ impl Faults {
                 FaultKind::Isolated => links.each(|node, other| sim.repair(node, other)),
                 FaultKind::Muted => links.each(|node, other| sim.repair_oneway(node, other)),
                 FaultKind::Stalled => links.each(|node, other| sim.release(node, other)),
+                FaultKind::ClockStepped | FaultKind::ClockDrifting => {
+                    set_clock_fault(fault.node, None)
+                }
             }
         }
     }
@@ -199,11 +259,15 @@ mod tests {
             node,
             at: Duration::ZERO,
             lasting: Duration::from_secs(1),
+            amount: 0,
         };
         let mut faults = Faults::default();
         faults.active.insert(1, fault(FaultKind::Isolated, 1));
         assert!(!faults.may_begin(&fault(FaultKind::Crash, 1)));
         assert!(!faults.may_begin(&fault(FaultKind::Stalled, 2)));
         assert!(faults.may_begin(&fault(FaultKind::Crash, 2)));
+        // A clock fault acts on its node only: beside a fault on links, not beside its node's.
+        assert!(faults.may_begin(&fault(FaultKind::ClockStepped, 2)));
+        assert!(!faults.may_begin(&fault(FaultKind::ClockDrifting, 1)));
     }
 }

@@ -8,12 +8,14 @@
 //! the node's storage work runs on the simulation's thread
 //! (`pkraft_types::world::runs_blocking_work_inline`); in `make sim`'s build tokio's scheduler
 //! too, so a seed replays its run exactly. Faults drawn from the seed: crashes and restarts,
-//! partitions both ways and one way, stalled links. Every run's history is checked as the chaos
-//! harness's is (linearizability per key, reads only of proposed packets, monotonic local reads,
-//! durability, convergence). What is not yet: the disk (each node has a real data dir), faults
-//! of the clock and the disk, and clients through the HTTP handlers (docs/SIMULATION.md).
+//! partitions both ways and one way, stalled links, a node's clock stepped or drifting. Every
+//! run's history is checked as the chaos harness's is (linearizability per key, reads only of
+//! proposed packets, monotonic local reads, durability, convergence). What is not yet: the disk
+//! (each node has a real data dir) and its faults, and clients through the HTTP handlers
+//! (docs/SIMULATION.md).
 //!
-//! - [`world`]: the seeded wall clock and generator, installed once for the process.
+//! - [`world`]: the seeded wall clock (each node's, with its clock fault) and generator,
+//!   installed once for the process.
 //! - [`faults`]: the faults a run draws from its seed, and how each is made and ended.
 //! - [`log`]: `SIM_LOG=<filter>`, the nodes' log lines stamped with simulated time.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.

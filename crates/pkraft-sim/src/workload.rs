@@ -234,32 +234,90 @@ pub(crate) async fn run_client(
         }
         let key = usize::try_from(rng.between(0, clients.keys.count() as u64 - 1)).unwrap_or(0);
         let node = rng.between(1, clients.nodes);
-        let kind = rng.between(0, 3);
+        let kind = match rng.between(0, 3) {
+            0 | 1 => Ask::Put,
+            2 => Ask::Read(Consistency::Linearizable),
+            _ => Ask::Read(Consistency::Local),
+        };
+        clients.ask(client, key, node, kind).await;
+        tokio::time::sleep(Duration::from_millis(rng.between(0, PACE_MAX_MILLIS))).await;
+    }
+}
+
+/// What a client asks of a node.
+#[derive(Clone, Copy)]
+enum Ask {
+    Put,
+    Read(Consistency),
+}
+
+impl Clients {
+    /// Asks `node` for `ask` on `key` as client `client`, records the operation and returns
+    /// what it was.
+    async fn ask(&self, client: u32, key: usize, node: u64, ask: Ask) -> OpKind {
         // Not the node itself: a client waiting on a node that crashes must not hold its files
         // open past its restart.
-        let (line, incarnation) = match clients.reachable.borrow().get(&node) {
+        let (line, incarnation) = match self.reachable.borrow().get(&node) {
             Some(reachable) => (Some(reachable.requests.clone()), reachable.incarnation),
             None => (None, 0),
         };
-        let invoke_us = clients.micros_since_began();
-        let kind = match kind {
-            0 | 1 => put(&clients, line, key).await,
-            2 => read(&clients, line, key, Consistency::Linearizable).await,
-            _ => read(&clients, line, key, Consistency::Local).await,
+        let invoke_us = self.micros_since_began();
+        let kind = match ask {
+            Ask::Put => put(self, line, key).await,
+            Ask::Read(consistency) => read(self, line, key, consistency).await,
         };
-        let op = Op {
+        self.ops.borrow_mut().push(Op {
             client,
             key,
             node,
             incarnation,
             invoke_us,
-            complete_us: clients.micros_since_began(),
-            kind,
-        };
-        clients.ops.borrow_mut().push(op);
-        tokio::time::sleep(Duration::from_millis(rng.between(0, PACE_MAX_MILLIS))).await;
+            complete_us: self.micros_since_began(),
+            kind: kind.clone(),
+        });
+        kind
     }
 }
+
+/// PUTs a new version of each key through the lowest-numbered node running, as client
+/// `client`, again until one is acknowledged: the cluster writes again once the faults have
+/// ended (the run's liveness check), and every key has a version acknowledged, which the
+/// checks then look for on every replica. Why not, if `give_up_at` comes first.
+pub(crate) async fn write_each_key(
+    clients: &Clients,
+    client: u32,
+    give_up_at: Instant,
+) -> Result<(), String> {
+    for key in 0..clients.keys.count() {
+        loop {
+            let node = clients.reachable.borrow().keys().next().copied();
+            let outcome = match node {
+                Some(node) => clients.ask(client, key, node, Ask::Put).await,
+                None => OpKind::Put {
+                    version: 0,
+                    outcome: PutOutcome::Unknown("no node runs".to_string()),
+                },
+            };
+            match outcome {
+                OpKind::Put {
+                    outcome: PutOutcome::Stored,
+                    ..
+                } => break,
+                other if Instant::now() >= give_up_at => {
+                    return Err(format!(
+                        "no PUT of key {key} acknowledged after the faults ended (the last: \
+                         {other:?})"
+                    ));
+                }
+                _ => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How long [`write_each_key`] waits before it asks again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// A node's requests as a client holds them: `None` while the node is down.
 type Line = Option<mpsc::Sender<Request>>;

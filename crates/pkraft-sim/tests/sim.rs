@@ -42,18 +42,18 @@ fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
         report.steps,
         report.history
     );
-    // Not a run that checked nothing: the clients' PUTs were acknowledged and read back.
-    assert!(
-        report.acknowledged_puts > 0 && report.reads_checked > 0,
-        "seed {seed}: {report:?}"
-    );
+    // Every run ends with a PUT of each key acknowledged once the faults have ended, and
+    // looked for on every replica.
+    assert!(report.acknowledged_puts > 0, "seed {seed}: {report:?}");
     report
 }
 
 #[test]
 fn three_nodes_form_a_cluster_and_every_replica_holds_every_packet() {
     for seed in seeds(1..=3) {
-        run_seed(seed, 0, &[]);
+        let report = run_seed(seed, 0, &[]);
+        // Without faults the clients' reads find what was written.
+        assert!(report.reads_checked > 0, "seed {seed}: {report:?}");
     }
 }
 

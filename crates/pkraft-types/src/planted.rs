@@ -14,11 +14,20 @@ pub enum PlantedBug {
     /// newer packet was stored (found by the chaos harness; fixed in e3107e8 and 7341c59:
     /// its outcome is unknown, 503). Planted in pkraft-raft's `unknown_if_stale`.
     RetriedForwardAnswered409 = 1,
+    /// The leader expires packets older than `raft.record_max_age` by its own wall clock,
+    /// whatever the other voters' clocks say: a leader stepped ahead deletes what the cluster
+    /// acknowledged (found by the chaos harness's clock faults, 64 violations against the old
+    /// expiry; fixed in 61c7be0 and 4e56f2f: expiry goes by cluster time, and a leader whose
+    /// clock is off the voters' expires nothing). Planted in pkraft-raft's `expire_now`.
+    ExpiryByOwnWallClock = 2,
 }
 
 impl PlantedBug {
     /// Every bug that can be planted.
-    pub const ALL: [PlantedBug; 1] = [PlantedBug::RetriedForwardAnswered409];
+    pub const ALL: [PlantedBug; 2] = [
+        PlantedBug::RetriedForwardAnswered409,
+        PlantedBug::ExpiryByOwnWallClock,
+    ];
 }
 
 #[cfg(feature = "planted-bugs")]
