@@ -102,7 +102,8 @@ impl AsyncSeek for SnapshotData {
     fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {
         match self.get_mut() {
             SnapshotData::Pooled(file) => Pin::new(file).poll_complete(cx),
-            // No seek under way: where the file stands, as tokio's answers then.
+            // No seek under way: where the file stands (tokio's answers its last seek's
+            // position; the trait leaves it open, and `seek` asks before every seek).
             SnapshotData::Inline { file, seeked } => {
                 Poll::Ready(seeked.take().unwrap_or_else(|| file.stream_position()))
             }

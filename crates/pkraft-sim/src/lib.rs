@@ -37,18 +37,20 @@ pub use workload::Workload;
 
 use std::ops::RangeInclusive;
 
-/// The seeds a test runs: those `SIM_SEEDS` names (one seed, `23`, or a range, `1-500`) if it
-/// is set, else `default`. A failure names the command that runs its seed again.
+/// The seeds a test runs: those `SIM_SEEDS` names (one seed, `23`; a range, `1-500`; or a
+/// range open at its end, `1001-`, which runs on to `default`'s last) if it is set, else
+/// `default`. A failure names the command that runs its seed again.
 pub fn seeds(default: RangeInclusive<u64>) -> RangeInclusive<u64> {
     let Ok(named) = std::env::var("SIM_SEEDS") else {
         return default;
     };
     let parse = |text: &str| {
         text.trim().parse::<u64>().unwrap_or_else(|_| {
-            panic!("SIM_SEEDS={named}: not a seed or a range of seeds (7, 1-500)")
+            panic!("SIM_SEEDS={named}: not a seed or a range of seeds (7, 1-500, 1001-)")
         })
     };
     match named.split_once('-') {
+        Some((first, "")) => parse(first)..=*default.end(),
         Some((first, last)) => parse(first)..=parse(last),
         None => parse(&named)..=parse(&named),
     }

@@ -36,11 +36,13 @@ pub struct Workload {
     pub ops: u32,
 }
 
-/// How long a client waits for a PUT's answer: beyond the node's own `raft.publish_timeout`
-/// (3 s) and a forward, as the chaos harness's clients (then unknown).
-const PUT_WAIT: Duration = Duration::from_secs(5);
-/// How long a client waits for a GET's answer (then failed).
-const GET_WAIT: Duration = Duration::from_secs(5);
+/// How long a client waits for a PUT's answer (then unknown): beyond the node's own bound on a
+/// publish, `raft.publish_timeout` (5 s, the default the runs keep), so that a node that runs
+/// answers first, whatever its answer.
+const PUT_WAIT: Duration = Duration::from_secs(6);
+/// How long a client waits for a GET's answer (then failed): beyond the node's own bound on a
+/// linearizable read's barrier (`raft.publish_timeout` too).
+const GET_WAIT: Duration = Duration::from_secs(6);
 /// The longest pause between one client's operations (drawn from 0 to it).
 const PACE_MAX_MILLIS: u64 = 20;
 /// Requests a node holds before a client waits to send more.

@@ -70,7 +70,8 @@ fn the_simulator_finds_each_planted_bug() {
             panic!("{bug:?}: not found in {ran} seeds, {elapsed:?}");
         };
         eprintln!(
-            "{bug:?}: found by seed {seed} after {ran} seeds, {elapsed:.1?} of real time: {what}"
+            "{bug:?}: found by seed {seed} after {ran} seeds, {elapsed:.1?} of real time: {what} \
+             (again, with the bug: SIM_SEEDS={seed} make sim-planted)"
         );
         assert!(
             elapsed <= FIND_WITHIN,

@@ -447,11 +447,33 @@ fn pkraft_raft_files_import_only_from_layers_below() {
     );
 }
 
-/// A planted bug (`pkraft_types::planted`) can run only in a simulator's build: no manifest but
+/// A planted bug (`pkraft_types::planted`) can run only in a simulator's tests: no manifest but
 /// pkraft-types' (which declares the feature) and pkraft-sim's (which passes it on, off by
-/// default) names `planted-bugs`, so nothing the daemon is built from can turn it on.
+/// default) names `planted-bugs`, and no code but pkraft-sim's tests (and the module itself)
+/// calls `plant`, so a build with the feature (`--all-features`) still leaves every bug out.
 #[test]
 fn only_the_simulator_can_turn_planted_bugs_on() {
+    // Spelled in two, so that this file is not found calling it.
+    let call = ["plant", "("].concat();
+    let mut planting = Vec::new();
+    for entry in std::fs::read_dir(crates_dir()).expect("crates/") {
+        let dir = entry.expect("a crate dir").path();
+        for file in rust_files(&dir) {
+            let code = without_comment_lines(&read(&file));
+            let calls = code
+                .match_indices(call.as_str())
+                .any(|(at, _)| !code[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+            if calls {
+                let shown = file.strip_prefix(crates_dir()).unwrap_or(&file);
+                planting.push(shown.display().to_string());
+            }
+        }
+    }
+    planting.sort();
+    assert_eq!(
+        planting,
+        ["pkraft-sim/tests/planted.rs", "pkraft-types/src/planted.rs"]
+    );
     let mut naming = Vec::new();
     for entry in std::fs::read_dir(crates_dir()).expect("crates/") {
         let manifest = entry.expect("a crate dir").path().join("Cargo.toml");
@@ -468,9 +490,13 @@ fn only_the_simulator_can_turn_planted_bugs_on() {
     naming.sort();
     assert_eq!(naming, ["pkraft-sim", "pkraft-types"]);
     let sim = read(&crates_dir().join("pkraft-sim/Cargo.toml"));
+    let defaults = sim
+        .lines()
+        .filter(|line| line.trim_start().starts_with("default"));
     assert!(
-        !sim.contains("default = [\"planted-bugs\"]"),
-        "pkraft-sim must not plant bugs by default"
+        defaults.clone().all(|line| !line.contains("planted-bugs")),
+        "pkraft-sim must not plant bugs by default: {:?}",
+        defaults.collect::<Vec<_>>()
     );
     let root = read(&crates_dir().join("../Cargo.toml"));
     assert!(

@@ -3,7 +3,9 @@
 //!
 //! Only a build with the feature `planted-bugs` (pkraft-sim's feature of the same name) can
 //! plant one. In every other build [`is_planted`] is a constant `false`, and the compiler drops
-//! the branch it guards: the daemon cannot be made to run a planted bug.
+//! the branch it guards. A build with the feature (`--all-features` makes one) compiles the
+//! switch in but leaves it off: only pkraft-sim's tests call [`plant`] (a code_shape test holds
+//! both), so the daemon never runs a planted bug.
 
 /// A bug that can be planted, each where its fix is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,9 +18,9 @@ pub enum PlantedBug {
     RetriedForwardAnswered409 = 1,
     /// The leader expires packets older than `raft.record_max_age` by its own wall clock,
     /// whatever the other voters' clocks say: a leader stepped ahead deletes what the cluster
-    /// acknowledged (found by the chaos harness's clock faults, 64 violations against the old
-    /// expiry; fixed in 61c7be0 and 4e56f2f: expiry goes by cluster time, and a leader whose
-    /// clock is off the voters' expires nothing). Planted in pkraft-raft's `expire_now`.
+    /// acknowledged (fixed in 61c7be0: expiry goes by cluster time, and a leader whose clock is
+    /// off the voters' expires nothing; the chaos harness's clock faults, added in 4e56f2f,
+    /// found 64 violations against the old expiry). Planted in pkraft-raft's `expire_now`.
     ExpiryByOwnWallClock = 2,
 }
 

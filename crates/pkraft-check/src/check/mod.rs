@@ -301,7 +301,9 @@ fn monotonic_reads(ops: &[Op], violations: &mut Vec<Violation>) {
 fn durability(ops: &[Op], finals: &[FinalState], violations: &mut Vec<Violation>) -> usize {
     let mut acknowledged = 0;
     // key → (newest version that must survive, the operation that proves it)
-    let mut must_survive: HashMap<usize, (Version, usize)> = HashMap::new();
+    // Ordered, so that the violations come in the same order every time (a simulated run's
+    // report is compared across replays).
+    let mut must_survive: BTreeMap<usize, (Version, usize)> = BTreeMap::new();
     for (index, op) in ops.iter().enumerate() {
         let proven = match &op.kind {
             OpKind::Put {
