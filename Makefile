@@ -238,9 +238,9 @@ sim-long:
 sim-planted:
 	RUSTFLAGS='$(SIM_RUSTFLAGS)' CARGO_TARGET_DIR=$(TARGET_DIR)/sim $(CARGO) test --profile sim -p pkraft-sim --features planted-bugs --locked --test planted -- --nocapture
 
-## The simulator's CI run: `make sim-long` over 200 seeds (about 1,400 faults of six kinds, about 40 s).
+## The simulator's CI run: `make sim-long` over 300 seeds (about 2,100 faults of six kinds, about a minute).
 sim-ci:
-	SIM_SEEDS=$${SIM_SEEDS:-1-200} SIM_PRINT_RUNS=0 SIM_TARGET_DIR=$(TARGET_DIR)/sim tests/sim/long.sh
+	SIM_SEEDS=$${SIM_SEEDS:-1-300} SIM_PRINT_RUNS=0 SIM_TARGET_DIR=$(TARGET_DIR)/sim tests/sim/long.sh
 
 ## One round of every fault kind, the damaged-disk and clock kinds too, on a 3-node cluster of
 ## the test build's binary, seed 1 unless SEED is given (CI; about 3 minutes; libfaketime).
