@@ -352,7 +352,7 @@ async fn seed(
         let path = snapshots.build_path();
         let mut file = File::create(&path).map_err(snapshot_io)?;
         let summary = store.snapshot_source()?.write_to(&mut file)?;
-        file.sync_all().map_err(snapshot_io)?;
+        pkraft_types::world::sync_all(&file).map_err(snapshot_io)?;
         // Its size in the id, as the leader's own snapshots have it: a node joining the
         // restored cluster checks its room for the install on the first chunk.
         let meta = SnapshotMeta {

@@ -58,7 +58,7 @@ pub const SNAPSHOT_DIR: &str = "snapshot";
 
 /// Makes file creations, renames and removals in `dir` durable (an `fsync` of the directory).
 pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+    pkraft_types::world::sync_all(&std::fs::File::open(dir)?)
 }
 
 /// The file a snapshot from the leader is received into, in the data dir `data_dir`.

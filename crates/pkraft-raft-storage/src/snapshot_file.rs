@@ -84,7 +84,7 @@ impl SnapshotFile {
                 "the current snapshot's data file is missing; dropping the snapshot"
             );
             fs::remove_file(file.dir.join(POINTER))?;
-            File::open(&file.dir)?.sync_all()?;
+            pkraft_types::world::sync_all(&File::open(&file.dir)?)?;
             current = None;
         }
         file.remove_data_files_except(current.as_deref())?;
@@ -140,7 +140,7 @@ impl SnapshotFile {
         let data_file = data_file_name(&meta.snapshot_id);
         fs::rename(data, self.dir.join(&data_file))?;
         // The data file's name must be on disk before a pointer names it.
-        File::open(&self.dir)?.sync_all()?;
+        pkraft_types::world::sync_all(&File::open(&self.dir)?)?;
         let pointer = Pointer {
             meta: meta.clone(),
             data_file,
@@ -216,10 +216,10 @@ impl SnapshotFile {
             file.write_all(MAGIC)?;
             file.write_all(&len.to_be_bytes())?;
             file.write_all(&body)?;
-            file.sync_all()?;
+            pkraft_types::world::sync_all(&file)?;
         }
         fs::rename(&tmp, self.dir.join(POINTER))?;
-        File::open(&self.dir)?.sync_all()
+        pkraft_types::world::sync_all(&File::open(&self.dir)?)
     }
 
     fn remove_data_files_except(&self, keep: Option<&str>) -> io::Result<()> {
@@ -249,12 +249,12 @@ impl SnapshotFile {
             {
                 let mut data = File::create(&tmp)?;
                 io::copy(&mut file, &mut data)?;
-                data.sync_all()?;
+                pkraft_types::world::sync_all(&data)?;
             }
             self.commit(&meta, &tmp)?;
         }
         fs::remove_file(&legacy)?;
-        File::open(&self.dir)?.sync_all()
+        pkraft_types::world::sync_all(&File::open(&self.dir)?)
     }
 }
 

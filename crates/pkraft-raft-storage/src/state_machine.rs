@@ -483,7 +483,7 @@ fn install_from(
         std::io::copy(file, &mut incoming)?;
         *file = incoming;
     }
-    file.sync_all()?;
+    pkraft_types::world::sync_all(file)?;
     file.seek(SeekFrom::Start(0))?;
     let summary = store.import_snapshot_from(&*file, &encode(state)?)?;
     snapshot_file.commit(meta, &snapshot_file.incoming_path())?;
@@ -533,7 +533,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .truncate(true)
                 .open(&path)?;
             let summary = source.write_to(&mut file)?;
-            file.sync_all()?;
+            pkraft_types::world::sync_all(&file)?;
             drop(source);
             // Then make that state durable: openraft purges the log up to this snapshot, so
             // the state it reflects must survive a crash without those entries. (Flushing

@@ -412,7 +412,7 @@ fn write_synced(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let file = File::create(dir.join(name))?;
     std::io::Write::write_all(&mut &file, text.as_bytes())?;
-    file.sync_all()?;
+    pkraft_types::world::sync_all(&file)?;
     sync_dir(dir)
 }
 

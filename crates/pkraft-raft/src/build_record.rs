@@ -148,7 +148,7 @@ fn write(data_dir: &Path, record: &BuildRecord) -> std::io::Result<()> {
     for line in &record.later_lines {
         writeln!(file, "{line}")?;
     }
-    file.sync_all()?;
+    pkraft_types::world::sync_all(&file)?;
     std::fs::rename(&tmp, data_dir.join(BUILD_RECORD_FILE))?;
     sync_dir(data_dir)
 }

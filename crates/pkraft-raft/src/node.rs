@@ -341,7 +341,7 @@ impl Node {
 
 fn write_clean_stop_marker(data_dir: &Path) -> std::io::Result<()> {
     let file = std::fs::File::create(data_dir.join(CLEAN_STOP_FILE))?;
-    file.sync_all()?;
+    pkraft_types::world::sync_all(&file)?;
     sync_dir(data_dir)
 }
 

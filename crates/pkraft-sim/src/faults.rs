@@ -1,12 +1,16 @@
 //! The faults of a run, drawn from its seed, and how each is made and ended on turmoil's
 //! simulation: a node's process killed and started again, its links cut both ways, cut one
-//! way, or stalled, and its wall clock stepped or drifting (`world::ClockFault`).
+//! way, or stalled, its wall clock stepped or drifting (`world::ClockFault`), its power cut, or
+//! every node's at once (`disk.rs`), and a record of its Raft log damaged while it is down.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use pkraft_testkit::damage::{RecordDamage, damage_log};
 use pkraft_testkit::rng::SplitMix64;
 
+use crate::disk;
 use crate::world::{ClockFault, set_clock_fault};
 
 /// What a fault does to its node, from its moment until it ends.
@@ -31,18 +35,54 @@ pub enum FaultKind {
     /// The node's wall clock gaining (positive) or losing [`Fault::amount`] µs a second, and
     /// set right when the fault ends.
     ClockDrifting,
+    /// The node's power cut: its process gone as in a crash, and each of its files put back
+    /// to what it held at its last sync (`disk.rs`); started again when the fault ends.
+    PowerCut,
+    /// Every node's power cut at once (the fault's `node` aside), each as in `PowerCut`; all
+    /// started again when the fault ends. Only while no other fault is under way.
+    PowerOutage,
+    /// The node's process killed, and one record of its Raft log with a later append after it
+    /// damaged as a disk damages one (`pkraft_testkit::damage`: a flipped bit, an enlarged
+    /// length field, a lost write, a misdirected write; [`Fault::amount`] says which, the
+    /// index in `RecordDamage::ALL`); started again on it when the fault ends, to find the
+    /// damage and repair its log from the others. Made only when the others can repair it (the
+    /// driver's `another_holds_its_log`: every node a voter and none repairing, another holding
+    /// all the damaged log holds); other faults may come while it lasts, as while it repairs.
+    LogDamaged,
 }
 
 impl FaultKind {
     /// Every kind a run can draw.
-    pub const ALL: [FaultKind; 6] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::Crash,
         FaultKind::Isolated,
         FaultKind::Muted,
         FaultKind::Stalled,
         FaultKind::ClockStepped,
         FaultKind::ClockDrifting,
+        FaultKind::PowerCut,
+        FaultKind::PowerOutage,
+        FaultKind::LogDamaged,
     ];
+
+    /// Whether the nodes it hits stop running (the driver must let go of them first).
+    pub(crate) fn stops_nodes(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Crash | FaultKind::PowerCut | FaultKind::PowerOutage | FaultKind::LogDamaged
+        )
+    }
+
+    /// Whether it begins only when no other fault is under way, and keeps any other from
+    /// beginning while it lasts.
+    fn alone(self) -> bool {
+        matches!(self, FaultKind::PowerOutage)
+    }
+
+    /// Whether it cuts the power of the nodes it hits.
+    pub(crate) fn cuts_power(self) -> bool {
+        matches!(self, FaultKind::PowerCut | FaultKind::PowerOutage)
+    }
 
     /// Whether it acts on the node's links (turmoil refuses some of those together on one
     /// pair of hosts, so two such faults never overlap).
@@ -56,7 +96,8 @@ impl FaultKind {
 
 /// One fault of a run: `kind` on `node` from `at` (simulated time since the start) for
 /// `lasting`; `amount` says how far a clock fault goes: seconds for `ClockStepped`, µs a
-/// second for `ClockDrifting`, negative for behind or slow (0 for the other kinds).
+/// second for `ClockDrifting`, negative for behind or slow; for `LogDamaged`, the damage's
+/// index in `RecordDamage::ALL` (0 for the other kinds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
     pub kind: FaultKind,
@@ -69,6 +110,22 @@ pub struct Fault {
 impl Fault {
     pub fn ends(&self) -> Duration {
         self.at + self.lasting
+    }
+
+    /// The nodes it acts on, of nodes 1 to `nodes`.
+    pub(crate) fn hits(&self, nodes: u64) -> Vec<u64> {
+        match self.kind {
+            FaultKind::PowerOutage => (1..=nodes).collect(),
+            _ => vec![self.node],
+        }
+    }
+
+    /// The generator of what the fault draws as it is made (how far a power cut tears a log's
+    /// append, which record a damage hits and how), seeded from the fault and so from the run's
+    /// seed.
+    fn draws(&self) -> SplitMix64 {
+        let at = u64::try_from(self.at.as_nanos()).unwrap_or(u64::MAX);
+        SplitMix64::new(at ^ self.node.rotate_left(48) ^ 0x7ea5_0f0f_d15c_0000)
     }
 }
 
@@ -124,6 +181,7 @@ pub fn schedule(seed: u64, nodes: u64, count: u32, kinds: &[FaultKind]) -> Vec<F
                     FaultKind::ClockStepped | FaultKind::ClockDrifting => {
                         clock_amount(&mut rng, kind)
                     }
+                    FaultKind::LogDamaged => rng.below(RecordDamage::ALL.len() as u64) as i64,
                     _ => 0,
                 },
             }
@@ -134,24 +192,89 @@ pub fn schedule(seed: u64, nodes: u64, count: u32, kinds: &[FaultKind]) -> Vec<F
 }
 
 /// The faults under way on a simulation, and the rule for which may begin: at most one on a
-/// node at a time, and at most one on links at a time.
-#[derive(Default)]
+/// node at a time, at most one on links at a time, and an outage alone.
 pub(crate) struct Faults {
+    /// The fault under way on each node (an outage under every node's).
     active: BTreeMap<u64, Fault>,
+    /// Each node's data dir, for its power cuts.
+    dirs: BTreeMap<u64, PathBuf>,
 }
 
 impl Faults {
+    pub(crate) fn new(dirs: BTreeMap<u64, PathBuf>) -> Faults {
+        Faults {
+            active: BTreeMap::new(),
+            dirs,
+        }
+    }
+
     /// Whether `fault` may begin now (else it is skipped, not made).
     pub(crate) fn may_begin(&self, fault: &Fault) -> bool {
         let links_busy = self.active.values().any(|active| active.kind.on_links());
+        if fault.kind.alone() || self.active.values().any(|active| active.kind.alone()) {
+            return self.active.is_empty();
+        }
         !self.active.contains_key(&fault.node) && (!fault.kind.on_links() || !links_busy)
     }
 
-    /// Begins `fault` on `sim` (a crash's node must be let go of by its caller first).
-    pub(crate) fn begin(&mut self, sim: &mut turmoil::Sim<'_>, fault: Fault, nodes: u64) {
+    /// The power of the nodes `fault` cuts goes: call before the driver lets go of them (the
+    /// last hold on a node's store, dropped, closes its files, syncing them).
+    pub(crate) fn power_off(&self, fault: &Fault, nodes: u64) {
+        if fault.kind.cuts_power() {
+            for node in fault.hits(nodes) {
+                if let Some(dir) = self.dirs.get(&node) {
+                    disk::power_off(dir);
+                }
+            }
+        }
+    }
+
+    /// Begins `fault` on `sim` (the nodes it stops must be let go of by its caller first, after
+    /// [`Faults::power_off`]). What a power cut dropped, or why it could not be made.
+    pub(crate) fn begin(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        fault: Fault,
+        nodes: u64,
+    ) -> Result<Vec<(u64, disk::Cut)>, String> {
         let links = Links::of(fault.node, nodes);
+        let mut cuts = Vec::new();
         match fault.kind {
             FaultKind::Crash => sim.crash(host_name(fault.node)),
+            FaultKind::PowerCut | FaultKind::PowerOutage => {
+                let mut draws = fault.draws();
+                for node in fault.hits(nodes) {
+                    sim.crash(host_name(node));
+                    let dir = self
+                        .dirs
+                        .get(&node)
+                        .ok_or_else(|| format!("node {node} has no data dir"))?;
+                    let cut = disk::restore(dir, &mut draws).map_err(|e| {
+                        format!("a power cut of node {node} ({}): {e}", dir.display())
+                    })?;
+                    cuts.push((node, cut));
+                }
+            }
+            FaultKind::LogDamaged => {
+                sim.crash(host_name(fault.node));
+                let dir = self
+                    .dirs
+                    .get(&fault.node)
+                    .ok_or_else(|| format!("node {} has no data dir", fault.node))?;
+                let how = usize::try_from(fault.amount)
+                    .ok()
+                    .and_then(|index| RecordDamage::ALL.get(index))
+                    .copied()
+                    .ok_or_else(|| format!("no damage numbered {}", fault.amount))?;
+                let done = damage_log(dir, how, &mut fault.draws()).map_err(|e| {
+                    format!(
+                        "damaging the log of node {} ({}): {e}",
+                        fault.node,
+                        dir.display()
+                    )
+                })?;
+                tracing::info!(node = fault.node, damage = ?done, "simulated damage");
+            }
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
             FaultKind::Stalled => links.each(|node, other| sim.hold(node, other)),
@@ -167,22 +290,28 @@ impl Faults {
                 set_clock_fault(fault.node, Some(drifting));
             }
         }
-        self.active.insert(fault.node, fault);
+        for node in fault.hits(nodes) {
+            self.active.insert(node, fault);
+        }
+        Ok(cuts)
     }
 
     /// Ends every fault whose time is up at `now`.
     pub(crate) fn end_due(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, nodes: u64) {
-        let due: Vec<Fault> = self
+        let due: Vec<(u64, Fault)> = self
             .active
-            .values()
-            .filter(|fault| fault.ends() <= now)
-            .copied()
+            .iter()
+            .filter(|(_, fault)| fault.ends() <= now)
+            .map(|(&node, &fault)| (node, fault))
             .collect();
-        for fault in due {
-            self.active.remove(&fault.node);
+        for (node, fault) in due {
+            self.active.remove(&node);
             let links = Links::of(fault.node, nodes);
             match fault.kind {
-                FaultKind::Crash => sim.bounce(host_name(fault.node)),
+                FaultKind::Crash
+                | FaultKind::PowerCut
+                | FaultKind::PowerOutage
+                | FaultKind::LogDamaged => sim.bounce(host_name(node)),
                 FaultKind::Isolated => links.each(|node, other| sim.repair(node, other)),
                 FaultKind::Muted => links.each(|node, other| sim.repair_oneway(node, other)),
                 FaultKind::Stalled => links.each(|node, other| sim.release(node, other)),
@@ -261,7 +390,7 @@ mod tests {
             lasting: Duration::from_secs(1),
             amount: 0,
         };
-        let mut faults = Faults::default();
+        let mut faults = Faults::new(BTreeMap::new());
         faults.active.insert(1, fault(FaultKind::Isolated, 1));
         assert!(!faults.may_begin(&fault(FaultKind::Crash, 1)));
         assert!(!faults.may_begin(&fault(FaultKind::Stalled, 2)));
@@ -269,5 +398,20 @@ mod tests {
         // A clock fault acts on its node only: beside a fault on links, not beside its node's.
         assert!(faults.may_begin(&fault(FaultKind::ClockStepped, 2)));
         assert!(!faults.may_begin(&fault(FaultKind::ClockDrifting, 1)));
+        // An outage only alone.
+        assert!(!faults.may_begin(&fault(FaultKind::PowerOutage, 2)));
+        faults.active.clear();
+        assert!(faults.may_begin(&fault(FaultKind::PowerOutage, 2)));
+        let outage = fault(FaultKind::PowerOutage, 2);
+        for node in outage.hits(3) {
+            faults.active.insert(node, outage);
+        }
+        assert_eq!(outage.hits(3), vec![1, 2, 3]);
+        assert!(!faults.may_begin(&fault(FaultKind::ClockStepped, 1)));
+        // A damaged log beside another node's fault, not beside an outage.
+        faults.active.clear();
+        faults.active.insert(1, fault(FaultKind::LogDamaged, 1));
+        assert!(faults.may_begin(&fault(FaultKind::Crash, 2)));
+        assert!(!faults.may_begin(&fault(FaultKind::PowerOutage, 2)));
     }
 }

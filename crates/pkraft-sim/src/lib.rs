@@ -8,14 +8,17 @@
 //! the node's storage work runs on the simulation's thread
 //! (`pkraft_types::world::runs_blocking_work_inline`); in `make sim`'s build tokio's scheduler
 //! too, so a seed replays its run exactly. Faults drawn from the seed: crashes and restarts,
-//! partitions both ways and one way, stalled links, a node's clock stepped or drifting. Every
+//! partitions both ways and one way, stalled links, a node's clock stepped or drifting, power
+//! cuts of one node and of every node at once (what no sync made durable dropped). Every
 //! run's history is checked as the chaos harness's is (linearizability per key, reads only of
-//! proposed packets, monotonic local reads, durability, convergence). What is not yet: the disk
-//! (each node has a real data dir) and its faults, and clients through the HTTP handlers
+//! proposed packets, monotonic local reads, durability, convergence). What is not yet: a
+//! simulated disk (each node has a real data dir, its syncs recorded for the power cuts) and its
+//! other faults (damaged bytes, slow or failing syncs), and clients through the HTTP handlers
 //! (docs/SIMULATION.md).
 //!
 //! - [`world`]: the seeded wall clock (each node's, with its clock fault) and generator,
 //!   installed once for the process.
+//! - [`disk`]: power cuts: what each node's files held at their last sync, put back.
 //! - [`faults`]: the faults a run draws from its seed, and how each is made and ended.
 //! - [`log`]: `SIM_LOG=<filter>`, the nodes' log lines stamped with simulated time.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.
@@ -25,6 +28,7 @@
 //!   and the history and the replicas checked as the chaos harness checks them (pkraft-check).
 
 pub mod cluster;
+pub mod disk;
 pub mod faults;
 pub mod log;
 pub mod network;

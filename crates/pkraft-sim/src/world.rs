@@ -1,5 +1,5 @@
 //! The simulation's wall clock and randomness, put in place of the system's for the process
-//! (`pkraft_types::world::simulate`).
+//! (`pkraft_types::world::simulate`), and its disk's record of each sync (`disk.rs`).
 //!
 //! Each node reads its own wall clock: turmoil's simulated time since its epoch, off by the
 //! node's clock fault if it has one ([`ClockFault`]: stepped, or drifting). A read knows its
@@ -110,6 +110,7 @@ pub fn install() {
     match simulate(SimulatedWorld {
         unix_micros_now: wall_micros,
         random_u64: next_u64,
+        synced: crate::disk::synced,
     }) {
         Ok(()) | Err(AlreadySimulated) => {}
     }
@@ -123,6 +124,7 @@ pub fn start_run(seed: u64, epoch_micros: u64) {
     LAST_WALL_MICROS.store(epoch_micros, Ordering::Relaxed);
     HOSTS.with(|hosts| hosts.borrow_mut().clear());
     CLOCK_FAULTS.with(|faults| faults.borrow_mut().clear());
+    crate::disk::start_run();
 }
 
 fn next_u64() -> u64 {

@@ -4,7 +4,9 @@
 //! one fails its checks; the test fails if a bug's seeds all pass, if finding it takes more
 //! than 10 minutes of real time, or if the seed that found it fails without the bug too (then
 //! it found something else). The seed that found it, the seeds run and the time are printed
-//! (docs/SIMULATION.md, "Planted bugs").
+//! (docs/SIMULATION.md, "Planted bugs"). A run that fails its checks, a node that cannot start
+//! on what its disk kept, and a node's task that panics (an invariant asserted) all count as
+//! found. `SIM_PLANTED=<name>[,<name>]` hunts only those bugs.
 //! Method: `pkraft_sim::cluster::run` with the fault test's faults and a busier workload.
 #![cfg(feature = "planted-bugs")]
 
@@ -43,9 +45,27 @@ fn run_seed(seed: u64) -> Result<RunReport, RunError> {
     })
 }
 
+/// What a panic said, if it said it as text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(ToString::to_string))
+        .unwrap_or_else(|| "(not text)".to_string())
+}
+
 #[test]
 fn the_simulator_finds_each_planted_bug() {
-    for bug in PlantedBug::ALL {
+    // SIM_PLANTED=<name>[,<name>]: only those bugs (their names as printed).
+    let only = std::env::var("SIM_PLANTED").ok();
+    let chosen = PlantedBug::ALL.into_iter().filter(|bug| {
+        only.as_ref().is_none_or(|names| {
+            names
+                .split(',')
+                .any(|name| name.trim() == format!("{bug:?}"))
+        })
+    });
+    for bug in chosen {
         plant(Some(bug));
         let _planted = Planted;
         let began = Instant::now();
@@ -53,10 +73,24 @@ fn the_simulator_finds_each_planted_bug() {
         let mut found = None;
         for seed in seeds(1..=100_000) {
             ran += 1;
-            match run_seed(seed) {
+            // A node's task that panics (an invariant of openraft's or the node's asserted)
+            // ends the simulation with it: a finding too.
+            let outcome = match std::panic::catch_unwind(|| run_seed(seed)) {
+                Ok(outcome) => outcome,
+                Err(panic) => {
+                    found = Some((seed, format!("a panic: {}", panic_message(&*panic))));
+                    break;
+                }
+            };
+            match outcome {
                 Ok(_) => {}
                 Err(RunError::Violated { found: what, .. }) => {
                     found = Some((seed, what));
+                    break;
+                }
+                // A node that cannot start on what its disk kept is a finding too.
+                Err(RunError::Simulation { reason, .. }) => {
+                    found = Some((seed, reason));
                     break;
                 }
                 Err(other) => panic!("{bug:?}: {other}"),
@@ -71,7 +105,7 @@ fn the_simulator_finds_each_planted_bug() {
         };
         eprintln!(
             "{bug:?}: found by seed {seed} after {ran} seeds, {elapsed:.1?} of real time: {what} \
-             (again, with the bug: SIM_SEEDS={seed} make sim-planted)"
+             (again, with the bug: SIM_SEEDS={seed} SIM_PLANTED={bug:?} make sim-planted)"
         );
         assert!(
             elapsed <= FIND_WITHIN,

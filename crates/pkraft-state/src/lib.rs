@@ -52,6 +52,7 @@ mod scrub;
 mod shared;
 mod snapshot;
 mod store;
+mod synced_backend;
 mod tables;
 mod versions;
 mod writer;
@@ -69,6 +70,7 @@ pub use snapshot::{
     check_snapshot,
 };
 pub use store::{DEFAULT_CACHE_BYTES, Store};
+pub use synced_backend::create_database;
 pub use versions::KeyVersion;
 pub use writer::{ApplyBatching, DURABLE_EVERY_ENTRIES, DURABLE_EVERY_PACKETS};
 

@@ -14,6 +14,7 @@ use crate::read_buffer::{Buffered, ReadBuffer};
 use crate::rows::{AnswersBytes, AnswersRow, StoredPacket, answers_form, hex};
 use crate::schema;
 use crate::shared::Shared;
+use crate::synced_backend::create_database;
 use crate::tables::{
     ANSWERS, EXPIRY, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES, keys_after,
     timestamp_of,
@@ -70,7 +71,8 @@ impl Store {
         let repaired = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let db = {
             let repaired = repaired.clone();
-            Database::builder()
+            let mut builder = Database::builder();
+            builder
                 .set_cache_size(cache_bytes)
                 .set_repair_callback(move |session| {
                     repaired.store(true, Ordering::Relaxed);
@@ -78,8 +80,8 @@ impl Store {
                         "{shown} was not closed cleanly: redb is repairing it ({:.0} % done)",
                         session.progress() * 100.0
                     );
-                })
-                .create(path)?
+                });
+            create_database(&builder, path)?
         };
         if repaired.load(Ordering::Relaxed) {
             tracing::warn!(

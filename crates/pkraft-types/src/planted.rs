@@ -22,13 +22,30 @@ pub enum PlantedBug {
     /// off the voters' expires nothing; the chaos harness's clock faults, added in 4e56f2f,
     /// found 64 violations against the old expiry). Planted in pkraft-raft's `expire_now`.
     ExpiryByOwnWallClock = 2,
+    /// The Raft log reports an append done once it is written, before its `fdatasync` and
+    /// before the synced mark's: what it acknowledged is still in the page cache, and a power
+    /// cut loses it (the log's rule, in `segments.rs`: an append is reported done only after
+    /// both syncs; the chaos harness's lossy disk tests it). Planted in pkraft-raft-storage's
+    /// `AppendTarget::write_and_sync` and `MarkFile::write`, which then sync nothing.
+    AppendDoneBeforeFsync = 3,
+    /// At open, a record of the last segment whose length field says it runs past the end of
+    /// the file is taken for a torn tail and cut, with every record after it, whatever follows
+    /// and whatever the synced mark says: a bit of damage to one length field silently drops
+    /// acknowledged entries (what the log's format 1 did: its records had no header checksum
+    /// and no index; fixed in 5e51cba, format 2, which tells damage from a tear, and e460353,
+    /// the synced mark, which says which appends were reported done). Planted in
+    /// pkraft-raft-storage's `BadRecord::damage` (`scan.rs`), and in `Segments::open`, which
+    /// then does not check the log's end against the synced mark.
+    EnlargedLengthReadAsTornTail = 4,
 }
 
 impl PlantedBug {
     /// Every bug that can be planted.
-    pub const ALL: [PlantedBug; 2] = [
+    pub const ALL: [PlantedBug; 4] = [
         PlantedBug::RetriedForwardAnswered409,
         PlantedBug::ExpiryByOwnWallClock,
+        PlantedBug::AppendDoneBeforeFsync,
+        PlantedBug::EnlargedLengthReadAsTornTail,
     ];
 }
 

@@ -1,14 +1,18 @@
-//! The node's wall clock and its randomness, each read in one place, so that a simulation can
-//! put its own in their stead for the whole process: the real node code run under simulated
-//! time, with one seeded source of randomness, replays a run from its seed. Outside a
-//! simulation both are the system's: the wall clock is `SystemTime::now`, randomness rand's
-//! OS-seeded thread generator.
+//! The node's wall clock and its randomness, each read in one place, and its file syncs, each
+//! made in one place, so that a simulation can put its own in their stead for the whole
+//! process: the real node code run under simulated time, with one seeded source of randomness,
+//! replays a run from its seed, and a simulated power cut drops what no sync made durable.
+//! Outside a simulation all are the system's: the wall clock is `SystemTime::now`, randomness
+//! rand's OS-seeded thread generator, a sync the file's `sync_data` or `sync_all` and nothing
+//! more.
 //!
 //! Monotonic time is not here: the node reads it through tokio (`tokio::time::Instant`, sleeps
 //! and timeouts), which a runtime with paused time already simulates. A test in
 //! `pkraft-testkit/tests/code_shape.rs` fails when a node crate reads the system's clock or
 //! randomness another way.
 
+use std::fs::File;
+use std::io;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +28,9 @@ pub struct SimulatedWorld {
     pub unix_micros_now: fn() -> u64,
     /// The next value of the simulation's seeded generator.
     pub random_u64: fn() -> u64,
+    /// Told of each file (or directory) just synced, with what it holds now durable: what a
+    /// simulated power cut keeps of it. An error is the sync's.
+    pub synced: fn(&File) -> io::Result<()>,
 }
 
 static SIMULATED: OnceLock<SimulatedWorld> = OnceLock::new();
@@ -80,6 +87,29 @@ fn system_unix_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// `fdatasync`s `file` ([`File::sync_data`]); in a simulation, what it holds is then what a
+/// power cut keeps of it. Every sync of the node's files is this or [`sync_all`]
+/// (`code_shape` fails on another).
+pub fn sync_data(file: &File) -> io::Result<()> {
+    file.sync_data()?;
+    report_synced(file)
+}
+
+/// `fsync`s `file` or a directory ([`File::sync_all`]), as [`sync_data`].
+pub fn sync_all(file: &File) -> io::Result<()> {
+    file.sync_all()?;
+    report_synced(file)
+}
+
+/// Tells the simulation, if one is installed, that `file` was just synced by other means (a
+/// storage engine's own `sync_data`, as redb's through its storage backend).
+pub fn report_synced(file: &File) -> io::Result<()> {
+    match SIMULATED.get() {
+        Some(world) => (world.synced)(file),
+        None => Ok(()),
+    }
 }
 
 /// A random `u64` (the simulation's seeded generator, if one is installed).

@@ -114,7 +114,7 @@ pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
     let present = damage.segment.exists();
     if present {
         fs::copy(&damage.segment, kept_name(&damage.segment))?;
-        File::open(kept_name(&damage.segment))?.sync_all()?;
+        pkraft_types::world::sync_all(&File::open(kept_name(&damage.segment))?)?;
     }
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
@@ -126,7 +126,7 @@ pub(crate) fn set_aside(dir: &Path, damage: &Damage) -> io::Result<PathBuf> {
     if present {
         let file = OpenOptions::new().write(true).open(&damage.segment)?;
         file.set_len(damage.offset)?;
-        file.sync_all()?;
+        pkraft_types::world::sync_all(&file)?;
     }
     sync_dir(dir)?;
     Ok(aside)

@@ -30,7 +30,7 @@ pub(super) const META_HAD_PEERS: &str = "had_peers";
 /// Opens (or creates) `dir/meta.redb`, checking the log's schema version (written when new).
 pub(super) fn open(dir: &Path) -> std::result::Result<Database, DbError> {
     std::fs::create_dir_all(dir)?;
-    let db = Database::create(dir.join(META_FILE))?;
+    let db = pkraft_state::create_database(&Database::builder(), &dir.join(META_FILE))?;
     let txn = db.begin_write()?;
     let version = get_meta::<u64>(&txn.open_table(META)?, META_SCHEMA_VERSION)?;
     match version {

@@ -24,6 +24,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pkraft_types::planted::{self, PlantedBug};
+
 use super::damage::Damage;
 use super::record::{
     Format, MAGIC, MAGIC_LEN, RECORD_HEADER, SEGMENT_HEADER, find_record, parse_record,
@@ -124,7 +126,7 @@ pub(crate) fn scan(
             "cutting off a torn append at the end of the Raft log (interrupted by a crash; it was never acknowledged)"
         );
         file.set_len(position as u64)?;
-        file.sync_all()?;
+        pkraft_types::world::sync_all(&file)?;
         break;
     }
     Ok(Segment {
@@ -166,6 +168,12 @@ impl BadRecord {
             reason,
             last_append,
         } = *self;
+        if planted::is_planted(PlantedBug::EnlargedLengthReadAsTornTail)
+            && is_last
+            && length_runs_past_the_end(bytes, position)
+        {
+            return None;
+        }
         let after = records_after(format, bytes, position, index);
         // The append that wrote (or was writing) `index`: the last whole record's, if it goes
         // on past that record; else one that starts at `index` (an append never spans
@@ -208,6 +216,17 @@ impl BadRecord {
             synced_last: reported_done,
         })
     }
+}
+
+/// Whether the length field of the record at `position` (its header's first four bytes, or
+/// fewer than four left) says it runs past the end of `bytes`: what the planted bug
+/// `EnlargedLengthReadAsTornTail` takes for a torn tail.
+fn length_runs_past_the_end(bytes: &[u8], position: usize) -> bool {
+    let Some(length) = bytes.get(position..position + 4) else {
+        return true;
+    };
+    let length = u32::from_le_bytes([length[0], length[1], length[2], length[3]]) as usize;
+    position + RECORD_HEADER + length > bytes.len()
 }
 
 /// The whole records found after a bad one.

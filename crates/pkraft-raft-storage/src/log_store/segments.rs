@@ -33,6 +33,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pkraft_types::planted::{self, PlantedBug};
+
 use super::damage::{Damage, corrupt};
 #[cfg(test)]
 use super::record::encode_records;
@@ -135,10 +137,12 @@ impl AppendTarget {
     /// then sets the synced mark to its end (`last`: the append's last entry), durably. Only
     /// then may the append be reported done.
     pub(crate) fn write_and_sync(&self, encoded: &[u8], last: LastEntry) -> io::Result<()> {
-        let written = self
-            .file
-            .write_all_at(encoded, self.offset)
-            .and_then(|()| self.file.sync_data());
+        let written = self.file.write_all_at(encoded, self.offset).and_then(|()| {
+            if planted::is_planted(PlantedBug::AppendDoneBeforeFsync) {
+                return Ok(());
+            }
+            pkraft_types::world::sync_data(&self.file)
+        });
         if written.is_err() {
             // Leave no partial record behind the last good one: once a later append exists,
             // the open would take it for damage rather than a torn tail.
@@ -253,7 +257,10 @@ impl Segments {
                 }
             }
         }
-        if let Some(mark) = mark {
+        // The planted bug is the log before the synced mark: a cut it took for a torn tail is
+        // not held against the mark.
+        let trusts_its_cuts = planted::is_planted(PlantedBug::EnlargedLengthReadAsTornTail);
+        if let Some(mark) = mark.filter(|_| !trusts_its_cuts) {
             segments.check_mark(mark)?;
         }
         // Empty segments (a crash right after one was created) hold nothing.
@@ -421,7 +428,7 @@ impl Segments {
             header[..MAGIC.len()].copy_from_slice(MAGIC);
             header[MAGIC.len()..].copy_from_slice(&salt.to_le_bytes());
             file.write_all_at(&header, 0)?;
-            file.sync_all()?;
+            pkraft_types::world::sync_all(&file)?;
             sync_dir(&self.dir)?;
             self.segments.push(Segment {
                 first_index,
@@ -520,7 +527,7 @@ impl Segments {
             && let Some(&cut) = last.offsets.get(position)
         {
             last.file.set_len(cut)?;
-            last.file.sync_all()?;
+            pkraft_types::world::sync_all(&last.file)?;
             last.offsets.truncate(position);
             last.end = cut;
         }
@@ -581,7 +588,7 @@ impl Segments {
 fn cut_to_records(segment: &Segment) -> io::Result<()> {
     if segment.file.metadata()?.len() > segment.end {
         segment.file.set_len(segment.end)?;
-        segment.file.sync_all()?;
+        pkraft_types::world::sync_all(&segment.file)?;
     }
     Ok(())
 }

@@ -140,7 +140,7 @@ fn zero_filled(path: &Path, bytes: u64) -> io::Result<File> {
         file.write_all(&zeros[..now])?;
         left -= now as u64;
     }
-    file.sync_all()?;
+    pkraft_types::world::sync_all(&file)?;
     Ok(file)
 }
 

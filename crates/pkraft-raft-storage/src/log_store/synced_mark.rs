@@ -27,6 +27,8 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use pkraft_types::planted::{self, PlantedBug};
+
 /// The mark's file name in the log directory.
 pub(crate) const FILE: &str = "synced";
 const MAGIC: &[u8; 8] = b"PKRSYNC1";
@@ -64,8 +66,8 @@ impl MarkFile {
             .truncate(false)
             .open(&path)?;
         if !existed {
-            file.sync_all()?;
-            File::open(dir)?.sync_all()?;
+            pkraft_types::world::sync_all(&file)?;
+            pkraft_types::world::sync_all(&File::open(dir)?)?;
         }
         let mut bytes = [0u8; LEN];
         let mark = match file.read_exact_at(&mut bytes, 0) {
@@ -86,7 +88,10 @@ impl MarkFile {
     /// Sets the mark (`None` clears it), durably.
     pub(crate) fn write(&self, mark: Option<SyncedMark>) -> io::Result<()> {
         self.file.write_all_at(&encode(mark), 0)?;
-        self.file.sync_data()
+        if planted::is_planted(PlantedBug::AppendDoneBeforeFsync) {
+            return Ok(());
+        }
+        pkraft_types::world::sync_data(&self.file)
     }
 }
 
@@ -99,7 +104,7 @@ pub(crate) fn clear(dir: &Path) -> io::Result<()> {
     }
     let file = OpenOptions::new().write(true).open(&path)?;
     file.write_all_at(&encode(None), 0)?;
-    file.sync_data()
+    pkraft_types::world::sync_data(&file)
 }
 
 fn encode(mark: Option<SyncedMark>) -> [u8; LEN] {

@@ -1,0 +1,276 @@
+//! Power cuts: what each node's files held at their last sync, and a cut that puts every file
+//! of a node's data dir back to it, dropping what no sync made durable.
+//!
+//! The files are real files in each node's data dir (on the machine's disk). Every sync the
+//! node makes goes through `pkraft_types::world` (`sync_data`, `sync_all`, and
+//! `report_synced` for redb's own syncs, through `pkraft_state`'s synced backend), and the
+//! simulation is told of each ([`synced`]): it keeps a copy of what the file then held. A
+//! power cut ([`power_off`], then [`restore`] once the node's host is dropped) puts each file
+//! back to its copy; a file never synced is left empty. A log segment (`*.seg`), which grows by
+//! appends, also keeps a prefix, drawn from the seed, of what it had grown by since (a torn
+//! append). Other files do not: redb grows its files by `set_len`, a change of size a power cut
+//! leaves old or new, never in between (the log's meta.redb cut to a torn length was refused as
+//! "File length does not correspond to a valid region layout", seed 160, before this rule).
+//!
+//! The model: a file's bytes are durable once it is synced, and lost otherwise, all of them;
+//! names (a create, a rename, a removal) are durable at once, as ext4's journal orders them in
+//! practice. The chaos harness's lossy disk (pkraft-lossyfs, a FUSE file system) also drops
+//! names never synced, and writes torn out of order; this model does not (docs/SIMULATION.md).
+//! A file is known by its device, inode and birth time, so that a renamed file keeps its copy
+//! and a new file on a freed inode is not taken for the old one.
+//!
+//! In a simulation a node's storage runs inline, so an append and its sync are one step: a
+//! correct node never has an append written and not synced when its power goes. What a cut
+//! drops from a correct node is what it chose not to sync yet: the state's non-durable redb
+//! commits, which it applies again from its log.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::UNIX_EPOCH;
+
+use pkraft_testkit::rng::SplitMix64;
+
+/// A file, whatever its name: device, inode, and birth time in ns (0 where the file system
+/// records none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    born_nanos: u128,
+}
+
+impl FileId {
+    fn of(metadata: &Metadata) -> FileId {
+        FileId {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            born_nanos: metadata
+                .created()
+                .ok()
+                .and_then(|born| born.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |born| born.as_nanos()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Disk {
+    /// What each file held at its last sync.
+    durable: BTreeMap<FileId, Vec<u8>>,
+    /// The data dirs whose node has lost its power: a sync of a file in one is not durable
+    /// (a crashed node's store, dropped with its host, closes redb, which syncs as it closes).
+    powered_off: Vec<PathBuf>,
+}
+
+/// Every simulated host runs on one thread, but a sync may come from another (a test's own);
+/// a lock, not a thread's own copy, so that no sync goes unseen.
+static DISK: Mutex<Disk> = Mutex::new(Disk {
+    durable: BTreeMap::new(),
+    powered_off: Vec::new(),
+});
+
+fn disk() -> MutexGuard<'static, Disk> {
+    DISK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Forgets every copy: a run's files are its own.
+pub(crate) fn start_run() {
+    *disk() = Disk::default();
+}
+
+/// `pkraft_types::world`'s `synced`: keeps what `file` holds now as what a power cut leaves
+/// of it. Directories are skipped (names are durable at once).
+pub(crate) fn synced(file: &File) -> io::Result<()> {
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Ok(());
+    }
+    let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let path = fs::read_link(&opened)?;
+    let mut disk = disk();
+    if disk.powered_off.iter().any(|dir| path.starts_with(dir)) {
+        return Ok(());
+    }
+    // Read through a new open of the same file: the node's handle may be open for writing only.
+    let mut held = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    File::open(&opened)?.read_to_end(&mut held)?;
+    disk.durable.insert(FileId::of(&metadata), held);
+    Ok(())
+}
+
+/// The power of the node whose data dir is `dir` goes: from now until [`restore`], its syncs
+/// keep nothing. Call before the node's host is dropped.
+pub(crate) fn power_off(dir: &Path) {
+    disk().powered_off.push(dir.to_path_buf());
+}
+
+/// What a power cut did to a node's files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// Files put back to what they held at their last sync (or emptied, never synced).
+    pub files: usize,
+    /// Bytes they had and lost, and bytes kept of what they had grown by (torn appends).
+    pub bytes_dropped: u64,
+    pub bytes_torn_kept: u64,
+}
+
+/// Puts every file under `dir` (whose node's host is dropped, after [`power_off`]) back to what
+/// it held at its last sync (a log segment keeping a prefix drawn from `rng` of what it had
+/// grown by since), and gives the node its power back.
+pub(crate) fn restore(dir: &Path, rng: &mut SplitMix64) -> io::Result<Cut> {
+    let mut cut = Cut::default();
+    let mut files = Vec::new();
+    files_under(dir, &mut files)?;
+    let mut disk = disk();
+    for path in files {
+        let metadata = fs::metadata(&path)?;
+        let id = FileId::of(&metadata);
+        let now = fs::read(&path)?;
+        let mut kept = disk.durable.get(&id).cloned().unwrap_or_default();
+        let appended = path.extension().is_some_and(|extension| extension == "seg");
+        if appended && now.len() > kept.len() && !kept.is_empty() {
+            let grown = (now.len() - kept.len()) as u64;
+            let torn = usize::try_from(rng.between(0, grown)).unwrap_or(0);
+            kept.extend_from_slice(&now[kept.len()..kept.len() + torn]);
+            cut.bytes_torn_kept += torn as u64;
+        }
+        if kept != now {
+            let file = fs::OpenOptions::new().write(true).open(&path)?;
+            file.set_len(kept.len() as u64)?;
+            file.write_all_at(&kept, 0)?;
+            cut.files += 1;
+            cut.bytes_dropped += differing_bytes(&now, &kept);
+        }
+        disk.durable.insert(id, kept);
+    }
+    disk.powered_off.retain(|off| off != dir);
+    Ok(cut)
+}
+
+/// How many bytes of `now` a cut to `kept` loses: those past `kept`'s end, and those within it
+/// that differ.
+fn differing_bytes(now: &[u8], kept: &[u8]) -> u64 {
+    let changed = now
+        .iter()
+        .zip(kept)
+        .filter(|(then, kept)| then != kept)
+        .count();
+    (changed + now.len().saturating_sub(kept.len())) as u64
+}
+
+/// The regular files under `dir`, in name order (a cut's draws go file by file, the same way
+/// every run).
+fn files_under(dir: &Path, files: &mut Vec<PathBuf>) -> io::Result<()> {
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
+        .map(|entry| entry.map(|entry| entry.path()))
+        .collect::<io::Result<_>>()?;
+    entries.sort();
+    for path in entries {
+        let kind = fs::symlink_metadata(&path)?.file_type();
+        if kind.is_dir() {
+            files_under(&path, files)?;
+        } else if kind.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tests below share the one disk with each other: one at a time.
+    static ONE_TEST_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn a_cut_keeps_what_was_synced_and_tears_what_grew_after() {
+        let _alone = ONE_TEST_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        start_run();
+        let dir = tempfile::tempdir().expect("dir");
+        let synced_path = dir.path().join("1.seg");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&synced_path)
+            .expect("create");
+        file.write_all_at(b"durable", 0).expect("write");
+        file.sync_data().expect("sync");
+        synced(&file).expect("synced");
+        // Overwritten in place and grown, not synced.
+        file.write_all_at(b"DURABLE and more, never synced", 0)
+            .expect("write");
+        // A file made and never synced, in a directory below.
+        fs::create_dir(dir.path().join("below")).expect("mkdir");
+        fs::write(dir.path().join("below/new"), b"never synced").expect("write");
+        // A file that is no segment: grown, not synced, and cut back to its synced length.
+        let state = dir.path().join("state.redb");
+        let state_file = File::create(&state).expect("create");
+        state_file.write_all_at(b"synced", 0).expect("write");
+        synced(&state_file).expect("synced");
+        state_file.set_len(4096).expect("grow");
+        drop(state_file);
+        // A sync while the power is off keeps nothing.
+        power_off(dir.path());
+        file.sync_data().expect("sync");
+        synced(&file).expect("synced");
+        drop(file);
+        let mut rng = SplitMix64::new(3);
+        let cut = restore(dir.path(), &mut rng).expect("restore");
+        let after = fs::read(&synced_path).expect("read");
+        assert!(after.starts_with(b"durable"), "{after:?}");
+        assert_eq!(
+            &after[7..],
+            &b"DURABLE and more, never synced"[7..after.len()],
+            "a prefix of what it grew by"
+        );
+        assert_eq!(cut.bytes_torn_kept, (after.len() - 7) as u64);
+        assert!(
+            fs::read(dir.path().join("below/new"))
+                .expect("read")
+                .is_empty()
+        );
+        assert_eq!(fs::read(&state).expect("read"), b"synced");
+        assert_eq!(cut.files, 3);
+        // The power is back: a sync keeps again.
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&synced_path)
+            .expect("open");
+        file.write_all_at(b"again", 0).expect("write");
+        synced(&file).expect("synced");
+        drop(file);
+        let cut = restore(dir.path(), &mut rng).expect("restore");
+        assert_eq!(cut, Cut::default(), "nothing unsynced");
+        assert!(fs::read(&synced_path).expect("read").starts_with(b"again"));
+    }
+
+    #[test]
+    fn a_renamed_file_keeps_what_it_held_when_synced() {
+        let _alone = ONE_TEST_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        start_run();
+        let dir = tempfile::tempdir().expect("dir");
+        let spare = dir.path().join("spare.tmp");
+        let file = File::create(&spare).expect("create");
+        file.write_all_at(b"header", 0).expect("write");
+        synced(&file).expect("synced");
+        drop(file);
+        let segment = dir.path().join("1.seg");
+        fs::rename(&spare, &segment).expect("rename");
+        power_off(dir.path());
+        let cut = restore(dir.path(), &mut SplitMix64::new(1)).expect("restore");
+        assert_eq!(cut, Cut::default());
+        assert_eq!(fs::read(&segment).expect("read"), b"header");
+    }
+}
