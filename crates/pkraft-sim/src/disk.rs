@@ -17,7 +17,12 @@
 //! practice. The chaos harness's lossy disk (pkraft-lossyfs, a FUSE file system) also drops
 //! names never synced, and writes torn out of order; this model does not (docs/SIMULATION.md).
 //! A file is known by its device, inode and birth time, so that a renamed file keeps its copy
-//! and a new file on a freed inode is not taken for the old one.
+//! and a new file on a freed inode is not taken for the old one (unless it is born within the
+//! file system's clock tick of the old one's removal: ext4 reuses a freed inode at once, and
+//! keeps birth times in ns, read from a clock that moves in ticks).
+//!
+//! A segment zero-filled ahead of time (`spare.rs`) does not grow by its appends, so a cut
+//! tears none of it: the runs' logs never fill half a segment, which is when a spare is made.
 //!
 //! In a simulation a node's storage runs inline, so an append and its sync are one step: a
 //! correct node never has an append written and not synced when its power goes. What a cut
@@ -97,16 +102,41 @@ pub(crate) fn synced(file: &File) -> io::Result<()> {
         return Ok(());
     }
     // Read through a new open of the same file: the node's handle may be open for writing only.
+    // Closing it is harmless to redb's locks, which belong to redb's own open file description
+    // (redb 4.6 takes open-file-description locks and `flock`, never a process's POSIX locks,
+    // which closing any descriptor of the file would drop).
     let mut held = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
-    File::open(&opened)?.read_to_end(&mut held)?;
+    File::open(&opened)
+        .and_then(|mut reopened| reopened.read_to_end(&mut held))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     disk.durable.insert(FileId::of(&metadata), held);
     Ok(())
+}
+
+/// Takes what the file at `path` holds now as durable, whatever was synced: for damage done
+/// to the medium itself (`faults.rs`'s `LogDamaged`), which a later power cut must not undo.
+pub(crate) fn on_the_medium(path: &Path) -> io::Result<()> {
+    let held = fs::read(path).map_err(|e| in_file(path, e))?;
+    let metadata = fs::metadata(path).map_err(|e| in_file(path, e))?;
+    disk().durable.insert(FileId::of(&metadata), held);
+    Ok(())
+}
+
+/// `e`, naming the file it happened to.
+fn in_file(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// `dir` as the kernel names it (`/proc/self/fd` links are resolved paths): a data dir under a
+/// symlinked `TMPDIR` would otherwise never match the files synced in it.
+fn canonical(dir: &Path) -> PathBuf {
+    fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// The power of the node whose data dir is `dir` goes: from now until [`restore`], its syncs
 /// keep nothing. Call before the node's host is dropped.
 pub(crate) fn power_off(dir: &Path) {
-    disk().powered_off.push(dir.to_path_buf());
+    disk().powered_off.push(canonical(dir));
 }
 
 /// What a power cut did to a node's files.
@@ -128,9 +158,9 @@ pub(crate) fn restore(dir: &Path, rng: &mut SplitMix64) -> io::Result<Cut> {
     files_under(dir, &mut files)?;
     let mut disk = disk();
     for path in files {
-        let metadata = fs::metadata(&path)?;
+        let metadata = fs::metadata(&path).map_err(|e| in_file(&path, e))?;
         let id = FileId::of(&metadata);
-        let now = fs::read(&path)?;
+        let now = fs::read(&path).map_err(|e| in_file(&path, e))?;
         let mut kept = disk.durable.get(&id).cloned().unwrap_or_default();
         let appended = path.extension().is_some_and(|extension| extension == "seg");
         if appended && now.len() > kept.len() && !kept.is_empty() {
@@ -140,15 +170,21 @@ pub(crate) fn restore(dir: &Path, rng: &mut SplitMix64) -> io::Result<Cut> {
             cut.bytes_torn_kept += torn as u64;
         }
         if kept != now {
-            let file = fs::OpenOptions::new().write(true).open(&path)?;
-            file.set_len(kept.len() as u64)?;
-            file.write_all_at(&kept, 0)?;
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|file| {
+                    file.set_len(kept.len() as u64)?;
+                    file.write_all_at(&kept, 0)
+                })
+                .map_err(|e| in_file(&path, e))?;
             cut.files += 1;
             cut.bytes_dropped += differing_bytes(&now, &kept);
         }
         disk.durable.insert(id, kept);
     }
-    disk.powered_off.retain(|off| off != dir);
+    let dir = canonical(dir);
+    disk.powered_off.retain(|off| *off != dir);
     Ok(cut)
 }
 
@@ -252,6 +288,26 @@ mod tests {
         let cut = restore(dir.path(), &mut rng).expect("restore");
         assert_eq!(cut, Cut::default(), "nothing unsynced");
         assert!(fs::read(&synced_path).expect("read").starts_with(b"again"));
+    }
+
+    #[test]
+    fn damage_on_the_medium_outlives_a_power_cut() {
+        let _alone = ONE_TEST_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        start_run();
+        let dir = tempfile::tempdir().expect("dir");
+        let segment = dir.path().join("1.seg");
+        let file = File::create(&segment).expect("create");
+        file.write_all_at(b"whole record", 0).expect("write");
+        synced(&file).expect("synced");
+        file.write_all_at(b"W", 0).expect("damage");
+        drop(file);
+        on_the_medium(&segment).expect("on the medium");
+        power_off(dir.path());
+        let cut = restore(dir.path(), &mut SplitMix64::new(1)).expect("restore");
+        assert_eq!(cut, Cut::default());
+        assert_eq!(fs::read(&segment).expect("read"), b"Whole record");
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pkraft_testkit::damage::{RecordDamage, damage_log};
+use pkraft_testkit::damage::{
+    LogRecord, RecordDamage, damage_record, damageable_records, log_records,
+};
 use pkraft_testkit::rng::SplitMix64;
 
 use crate::disk;
@@ -266,14 +268,14 @@ impl Faults {
                     .and_then(|index| RecordDamage::ALL.get(index))
                     .copied()
                     .ok_or_else(|| format!("no damage numbered {}", fault.amount))?;
-                let done = damage_log(dir, how, &mut fault.draws()).map_err(|e| {
+                let damaged = damage_a_record(dir, how, &mut fault.draws()).map_err(|e| {
                     format!(
                         "damaging the log of node {} ({}): {e}",
                         fault.node,
                         dir.display()
                     )
                 })?;
-                tracing::info!(node = fault.node, damage = ?done, "simulated damage");
+                tracing::info!(node = fault.node, ?how, ?damaged, "simulated damage");
             }
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
@@ -321,6 +323,25 @@ impl Faults {
             }
         }
     }
+}
+
+/// Damages, as `how` says, one record of the log in `dir` that has a later append after it
+/// (`pkraft_testkit::damage`, as the chaos harness does), chosen with `draws`, and takes the
+/// damaged segment as it now is for what its disk holds (a later power cut must not undo
+/// damage to the medium). The record damaged, or `None` if the log has no such record.
+fn damage_a_record(
+    dir: &std::path::Path,
+    how: RecordDamage,
+    draws: &mut SplitMix64,
+) -> std::io::Result<Option<LogRecord>> {
+    let records = log_records(dir)?;
+    let candidates = damageable_records(&records);
+    let Some(record) = draws.pick(&candidates) else {
+        return Ok(None);
+    };
+    damage_record(&records, record, how, draws)?;
+    disk::on_the_medium(&record.segment)?;
+    Ok(Some(record.clone()))
 }
 
 /// A node's links to every other node, by turmoil host name.
