@@ -346,7 +346,10 @@ async fn corrupt_log_hold_restart(
         .with_context(|| format!("restart of node {target} after damage to its log"))?;
     wait_repaired(cluster, target).await?;
     Ok(match damaged {
-        Some(what) => format!("node {target}: {what}; it repaired from the leader"),
+        Some(record) => format!(
+            "node {target}: {}; it repaired from the leader",
+            how.describe(&record)
+        ),
         None => format!("node {target}'s log had no record with a later append to damage"),
     })
 }

@@ -224,13 +224,18 @@ mod tests {
     /// The tests below share the one disk with each other: one at a time.
     static ONE_TEST_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-    #[test]
-    fn a_cut_keeps_what_was_synced_and_tears_what_grew_after() {
-        let _alone = ONE_TEST_AT_A_TIME
+    /// The disk to this test alone, with no copies, and a new dir on it.
+    fn a_fresh_disk() -> (MutexGuard<'static, ()>, tempfile::TempDir) {
+        let alone = ONE_TEST_AT_A_TIME
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         start_run();
-        let dir = tempfile::tempdir().expect("dir");
+        (alone, tempfile::tempdir().expect("dir"))
+    }
+
+    #[test]
+    fn a_cut_keeps_what_was_synced_and_tears_what_grew_after() {
+        let (_alone, dir) = a_fresh_disk();
         let synced_path = dir.path().join("1.seg");
         let file = fs::OpenOptions::new()
             .create(true)
@@ -292,11 +297,7 @@ mod tests {
 
     #[test]
     fn damage_on_the_medium_outlives_a_power_cut() {
-        let _alone = ONE_TEST_AT_A_TIME
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        start_run();
-        let dir = tempfile::tempdir().expect("dir");
+        let (_alone, dir) = a_fresh_disk();
         let segment = dir.path().join("1.seg");
         let file = File::create(&segment).expect("create");
         file.write_all_at(b"whole record", 0).expect("write");
@@ -312,11 +313,7 @@ mod tests {
 
     #[test]
     fn a_renamed_file_keeps_what_it_held_when_synced() {
-        let _alone = ONE_TEST_AT_A_TIME
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        start_run();
-        let dir = tempfile::tempdir().expect("dir");
+        let (_alone, dir) = a_fresh_disk();
         let spare = dir.path().join("spare.tmp");
         let file = File::create(&spare).expect("create");
         file.write_all_at(b"header", 0).expect("write");

@@ -98,6 +98,17 @@ impl RecordDamage {
             RecordDamage::Misdirected => "misdirected-write",
         }
     }
+
+    /// What this damage did to `record`, for a fault's report.
+    pub fn describe(self, record: &LogRecord) -> String {
+        format!(
+            "{} of the record holding index {} ({} at byte {})",
+            self.name(),
+            record.index,
+            record.segment.display(),
+            record.offset
+        )
+    }
 }
 
 /// Damages `record` as `how` says, choosing bits and the misdirected source with `rng`.
@@ -146,25 +157,20 @@ pub fn damageable_records(records: &[LogRecord]) -> Vec<LogRecord> {
 }
 
 /// Damages one record of the log in `data_dir` that has a later append after it, chosen and
-/// damaged with `rng`; returns what it did, or `None` if the log has no such record.
+/// damaged with `rng`; returns the record it damaged (`RecordDamage::describe` names it), or
+/// `None` if the log has no such record.
 pub fn damage_log(
     data_dir: &Path,
     how: RecordDamage,
     rng: &mut SplitMix64,
-) -> io::Result<Option<String>> {
+) -> io::Result<Option<LogRecord>> {
     let records = log_records(data_dir)?;
     let candidates = damageable_records(&records);
     let Some(record) = rng.pick(&candidates) else {
         return Ok(None);
     };
     damage_record(&records, record, how, rng)?;
-    Ok(Some(format!(
-        "{} of the record holding index {} ({} at byte {})",
-        how.name(),
-        record.index,
-        record.segment.display(),
-        record.offset
-    )))
+    Ok(Some(record.clone()))
 }
 
 /// Flips one bit of the current snapshot data file in `data_dir/snapshot` (chosen with `rng`);
