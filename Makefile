@@ -238,9 +238,11 @@ sim-long:
 sim-planted:
 	RUSTFLAGS='$(SIM_RUSTFLAGS)' CARGO_TARGET_DIR=$(TARGET_DIR)/sim $(CARGO) test --profile sim -p pkraft-sim --features planted-bugs --locked --test planted -- --nocapture
 
-## The simulator's CI run: `make sim-long` over 300 seeds (about 1,900 faults of nine kinds, about a minute).
+## The simulator's CI run: `make sim-long` over 1,600 seeds (about 10,000 faults of ten kinds,
+## about a minute and a half), then its first 100 seeds again in another process, each to give
+## the same history.
 sim-ci:
-	SIM_SEEDS=$${SIM_SEEDS:-1-300} SIM_PRINT_RUNS=0 SIM_TARGET_DIR=$(TARGET_DIR)/sim tests/sim/long.sh
+	SIM_SEEDS=$${SIM_SEEDS:-1-1600} SIM_REPLAY=$${SIM_REPLAY:-100} SIM_PRINT_RUNS=0 SIM_TARGET_DIR=$(TARGET_DIR)/sim tests/sim/long.sh
 
 ## One round of every fault kind, the damaged-disk and clock kinds too, on a 3-node cluster of
 ## the test build's binary, seed 1 unless SEED is given (CI; about 3 minutes; libfaketime).
@@ -263,7 +265,7 @@ bench-smoke:
 
 ## The CI gate (.ci/run): read-only checks, tests, the end-to-end checks, the deployment-file
 ## checks, the benchmark smoke, the fuzz smoke, the chaos smoke, the power-cut smoke and the
-## upgrade smoke; the simulator's seeded build and its CI run of about 2,000 faults.
+## upgrade smoke; the simulator's seeded build and its CI run of about 10,000 faults.
 ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke upgrade-smoke sim sim-ci
 
 ## A rolling upgrade of a 3-node cluster from the previous release (tests/upgrade/PREVIOUS, built

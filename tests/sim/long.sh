@@ -11,7 +11,10 @@
 #
 #   SIM_SEEDS=1-2000 SIM_JOBS=2 tests/sim/long.sh
 #
-# SIM_PRINT_RUNS=0 prints the failures and the totals only (`make sim-ci`).
+# SIM_PRINT_RUNS=0 prints the failures and the totals only (`make sim-ci`). SIM_REPLAY=<n>
+# (default 0) then runs the range's first n seeds again in a new process, and fails unless
+# each gives the history it gave the first time: a replay across processes, which a rerun in
+# the same process (`make sim`'s determinism test) can miss (docs/SIMULATION.md, "Determinism").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -21,6 +24,9 @@ first=${seeds%-*} last=${seeds#*-}
 [[ "$first" =~ ^[0-9]+$ && "$last" =~ ^[0-9]+$ && "$first" -le "$last" ]] ||
   { echo "sim-long: SIM_SEEDS=$seeds: a range of seeds, first-last" >&2; exit 2; }
 [[ "$jobs" =~ ^[0-9]+$ && "$jobs" -ge 1 ]] || { echo "sim-long: SIM_JOBS=$jobs: 1 or more" >&2; exit 2; }
+replay=${SIM_REPLAY:-0}
+[[ "$replay" =~ ^[0-9]+$ ]] || { echo "sim-long: SIM_REPLAY=$replay: a number of seeds" >&2; exit 2; }
+[ "$replay" -le $((last - first + 1)) ] || { echo "sim-long: SIM_REPLAY=$replay: more than SIM_SEEDS=$seeds holds" >&2; exit 2; }
 
 x86=""
 [ "$(uname -m)" = x86_64 ] && x86='--cfg curve25519_dalek_backend="avx512"'
@@ -55,20 +61,29 @@ for ((i = 0; i < ${#pids[@]}; i++)); do
   fi
 done
 seconds=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
+if [ "$replay" -gt 0 ]; then
+  SIM_SEEDS="$first-$((first + replay - 1))" "$binary" --exact \
+    faults_of_every_kind_lose_no_acknowledged_packet --nocapture >"$out/replay.txt" 2>&1 || true
+fi
 if [ "${SIM_PRINT_RUNS:-1}" != 0 ]; then
   cat "$out"/*.log | grep -E '^seed [0-9]+: ' || true
 fi
 grep -h -A 4 -E 'panicked' "$out"/*.log || true
 [ "$failed" -eq 0 ] || echo "sim-long: the failed processes' logs are in $kept/"
-python3 - "$out" "$seconds" "$failed" "$seeds" "$jobs" "$count" <<'PY'
+python3 - "$out" "$seconds" "$failed" "$seeds" "$jobs" "$count" "$replay" <<'PY'
 import collections, glob, re, sys
-out, seconds, failed, seeds, jobs, count = (sys.argv[1], float(sys.argv[2]), int(sys.argv[3]),
-                                            sys.argv[4], sys.argv[5], int(sys.argv[6]))
-runs, kinds, ops, acked = 0, collections.Counter(), 0, 0
+out, seconds, failed, seeds, jobs, count, replay = (
+    sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5],
+    int(sys.argv[6]), int(sys.argv[7]))
+RUN = re.compile(r"seed (\d+): \[.*history (\w+)")
+runs, kinds, ops, acked, histories = 0, collections.Counter(), 0, 0, {}
 for path in glob.glob(f"{out}/*.log"):
     for line in open(path, errors="replace"):
         if re.match(r"seed \d+: \[", line):
             runs += 1
+            ran = RUN.search(line)
+            if ran:
+                histories[int(ran.group(1))] = ran.group(2)
             kinds.update(re.findall(r"kind: (\w+)", line))
             counted = re.search(r"(\d+) ops \((\d+) PUTs acknowledged", line)
             if counted:
@@ -80,7 +95,25 @@ print(f"sim-long: seeds {seeds}, {jobs} processes: {runs} of {count} runs passed
       f"processes failed; {faults} faults ({by_kind}); {seconds:.0f} s; "
       f"{faults * 3600 / seconds:,.0f} faults an hour; {ops} client operations checked "
       f"({acked} PUTs acknowledged)")
+replayed_same = True
+if replay:
+    again = {}
+    for line in open(f"{out}/replay.txt", errors="replace"):
+        ran = RUN.search(line)
+        if ran:
+            again[int(ran.group(1))] = ran.group(2)
+    first = int(seeds.split("-")[0])
+    differ = [s for s in range(first, first + replay) if again.get(s) != histories.get(s)]
+    replayed_same = not differ
+    if differ:
+        for s in differ:
+            print(f"sim-long: seed {s} gave history {histories.get(s)} and then "
+                  f"{again.get(s)} in another process: something in the run escapes the "
+                  f"simulation (compare: SIM_HISTORY=1 SIM_SEEDS={s} make sim, twice)")
+    else:
+        print(f"sim-long: seeds {first}-{first + replay - 1} run again in another process: "
+              f"the same histories")
 # A run that passed prints its line; fewer lines than seeds is a failure (or a test renamed
 # out of reach of --exact, which runs nothing).
-sys.exit(0 if failed == 0 and runs == count else 1)
+sys.exit(0 if failed == 0 and runs == count and replayed_same else 1)
 PY

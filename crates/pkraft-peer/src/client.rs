@@ -1,7 +1,7 @@
 //! The client side of the peer network: [`PeerClient`] for pkraft's own peer calls, and
 //! [`PeerNetwork`], openraft's network factory over it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,8 +69,35 @@ const RESPONSE_LEN_MAX: usize = 16 * 1024 * 1024;
 const ERROR_BODY_QUOTE_MAX: usize = 200;
 
 type HttpClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
-/// With TLS, the client per node id called (see [`PeerClient`]).
-type ClientsById = Arc<Mutex<HashMap<Option<NodeId>, HttpClient>>>;
+/// The client per node id called (see [`PeerClients`]), in the ids' order: a map dropped with
+/// the node closes its clients' connections in that order.
+type ClientsById = Arc<Mutex<BTreeMap<Option<NodeId>, HttpClient>>>;
+
+/// The HTTP clients a [`PeerClient`] calls through.
+#[derive(Clone)]
+enum PeerClients {
+    /// Plain HTTP over TCP: one client for every peer (boxed: a client is some 340 bytes).
+    Shared(Box<HttpClient>),
+    /// One client per node id called (`None` for a peer not known yet), made on first use and
+    /// configured by `config`.
+    PerPeer {
+        config: PerPeerConfig,
+        clients: ClientsById,
+    },
+}
+
+#[derive(Clone)]
+enum PerPeerConfig {
+    /// With TLS: each client's verifier checks that the listener's certificate names the id
+    /// called.
+    Tls(Arc<PeerTls>),
+    /// Plain HTTP on a simulation's network. hyper-util's pool keeps its hosts in a std
+    /// `HashMap`, whose order no seed decides: a node's clean stop closed its connections to
+    /// the other peers in another order in each process, and turmoil drew their delays in that
+    /// order, so that a seed's run was not the same twice. A pool per peer, closed in the ids'
+    /// order, is. (Over TCP the order does not matter, and one pool is kept.)
+    Plain(Arc<rustls::ClientConfig>),
+}
 
 /// Keep-alive HTTP/1.1 client for peer requests, with `TCP_NODELAY` (small RPCs must not wait
 /// for Nagle's algorithm), over TLS when the cluster has it. Cheap to clone; clones share the
@@ -86,11 +113,7 @@ type ClientsById = Arc<Mutex<HashMap<Option<NodeId>, HttpClient>>>;
 pub struct PeerClient {
     /// The node's runtime, where every call and so every connection runs.
     runtime: Handle,
-    /// Without TLS: the one client for every peer.
-    plain: Option<HttpClient>,
-    /// With TLS: one client per node id called (its verifier checks that the listener's
-    /// certificate names that id; `None` for a peer not known yet), made on first use.
-    tls: Option<(Arc<PeerTls>, ClientsById)>,
+    clients: PeerClients,
     /// `https` with `[cluster.tls]`, else `http`.
     scheme: &'static str,
     /// This node's id, sent with every request (logs, and fault-injecting test proxies).
@@ -103,7 +126,13 @@ pub struct PeerClient {
 impl PeerClient {
     /// Whether peer calls go over TLS (and listeners check the caller's certificate).
     pub fn uses_tls(&self) -> bool {
-        self.tls.is_some()
+        matches!(
+            self.clients,
+            PeerClients::PerPeer {
+                config: PerPeerConfig::Tls(_),
+                ..
+            }
+        )
     }
 }
 
@@ -252,8 +281,14 @@ impl PeerClient {
         transport: PeerTransport,
         runtime: Handle,
     ) -> Result<PeerClient, rustls::Error> {
-        let (plain, tls, scheme) = match tls {
-            Some(tls) => (None, Some((tls, Arc::default())), "https"),
+        let (clients, scheme) = match tls {
+            Some(tls) => (
+                PeerClients::PerPeer {
+                    config: PerPeerConfig::Tls(tls),
+                    clients: Arc::default(),
+                },
+                "https",
+            ),
             None => {
                 // The URLs say `http`, which the connector passes through untouched; the
                 // configuration it is built with (trusting nothing) serves no connection.
@@ -263,13 +298,21 @@ impl PeerClient {
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth();
-                (Some(http_client(none, &transport)), None, "http")
+                let clients = match transport {
+                    PeerTransport::Tcp => {
+                        PeerClients::Shared(Box::new(http_client(none, &transport)))
+                    }
+                    PeerTransport::Custom(_) => PeerClients::PerPeer {
+                        config: PerPeerConfig::Plain(Arc::new(none)),
+                        clients: Arc::default(),
+                    },
+                };
+                (clients, "http")
             }
         };
         Ok(PeerClient {
             runtime,
-            plain,
-            tls,
+            clients,
             scheme,
             source,
             secret,
@@ -277,13 +320,11 @@ impl PeerClient {
         })
     }
 
-    /// The client for calling node `target` (see the `tls` field).
+    /// The client for calling node `target` (see [`PeerClients`]).
     fn client_for(&self, target: Option<NodeId>) -> Result<HttpClient, rustls::Error> {
-        if let Some(plain) = &self.plain {
-            return Ok(plain.clone());
-        }
-        let Some((tls, clients)) = &self.tls else {
-            return Err(rustls::Error::General("no peer client".to_string()));
+        let (config, clients) = match &self.clients {
+            PeerClients::Shared(client) => return Ok((**client).clone()),
+            PeerClients::PerPeer { config, clients } => (config, clients),
         };
         let mut clients = clients
             .lock()
@@ -291,7 +332,11 @@ impl PeerClient {
         if let Some(client) = clients.get(&target) {
             return Ok(client.clone());
         }
-        let client = http_client((*tls.client_config(target)?).clone(), &self.transport);
+        let tls = match config {
+            PerPeerConfig::Tls(tls) => (*tls.client_config(target)?).clone(),
+            PerPeerConfig::Plain(none) => (**none).clone(),
+        };
+        let client = http_client(tls, &self.transport);
         clients.insert(target, client.clone());
         Ok(client)
     }

@@ -1,16 +1,17 @@
 //! The faults of a run, drawn from its seed, and how each is made and ended on turmoil's
 //! simulation: a node's process killed and started again, its links cut both ways, cut one
 //! way, or stalled, its wall clock stepped or drifting (`world::ClockFault`), its power cut, or
-//! every node's at once (`disk.rs`), and a record of its Raft log damaged while it is down.
+//! every node's at once (`disk.rs`), a record of its Raft log damaged while it is down, and a
+//! clean stop (a leader's handover, then the node's shutdown) as SIGTERM makes one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
-use pkraft_testkit::damage::{
-    LogRecord, RecordDamage, damage_record, damageable_records, log_records,
-};
+use pkraft_testkit::damage::{LogRecord, RecordDamage, damage_log};
 use pkraft_testkit::rng::SplitMix64;
+use tokio::sync::Notify;
 
 use crate::disk;
 use crate::world::{ClockFault, set_clock_fault};
@@ -51,11 +52,17 @@ pub enum FaultKind {
     /// driver's `another_holds_its_log`: every node a voter and none repairing, another holding
     /// all the damaged log holds); other faults may come while it lasts, as while it repairs.
     LogDamaged,
+    /// The node stopped cleanly, as the daemon stops on SIGTERM: a leader hands its
+    /// leadership to a caught-up voter, then the node shuts down (its state flushed, the clean
+    /// stop marked) while its peer listener still serves; started again when the fault ends,
+    /// whether or not the stop had finished by then (a stop that outlasts it is killed, as
+    /// systemd kills one past `TimeoutStopSec`).
+    Stopped,
 }
 
 impl FaultKind {
     /// Every kind a run can draw.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::Crash,
         FaultKind::Isolated,
         FaultKind::Muted,
@@ -65,13 +72,18 @@ impl FaultKind {
         FaultKind::PowerCut,
         FaultKind::PowerOutage,
         FaultKind::LogDamaged,
+        FaultKind::Stopped,
     ];
 
     /// Whether the nodes it hits stop running (the driver must let go of them first).
     pub(crate) fn stops_nodes(self) -> bool {
         matches!(
             self,
-            FaultKind::Crash | FaultKind::PowerCut | FaultKind::PowerOutage | FaultKind::LogDamaged
+            FaultKind::Crash
+                | FaultKind::PowerCut
+                | FaultKind::PowerOutage
+                | FaultKind::LogDamaged
+                | FaultKind::Stopped
         )
     }
 
@@ -200,13 +212,16 @@ pub(crate) struct Faults {
     active: BTreeMap<u64, Fault>,
     /// Each node's data dir, for its power cuts.
     dirs: BTreeMap<u64, PathBuf>,
+    /// Each node's stop signal, for its clean stops.
+    stops: Stops,
 }
 
 impl Faults {
-    pub(crate) fn new(dirs: BTreeMap<u64, PathBuf>) -> Faults {
+    pub(crate) fn new(dirs: BTreeMap<u64, PathBuf>, stops: Stops) -> Faults {
         Faults {
             active: BTreeMap::new(),
             dirs,
+            stops,
         }
     }
 
@@ -277,6 +292,7 @@ impl Faults {
                 })?;
                 tracing::info!(node = fault.node, ?how, ?damaged, "simulated damage");
             }
+            FaultKind::Stopped => self.stops.ask(fault.node)?,
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
             FaultKind::Stalled => links.each(|node, other| sim.hold(node, other)),
@@ -313,7 +329,8 @@ impl Faults {
                 FaultKind::Crash
                 | FaultKind::PowerCut
                 | FaultKind::PowerOutage
-                | FaultKind::LogDamaged => sim.bounce(host_name(node)),
+                | FaultKind::LogDamaged
+                | FaultKind::Stopped => sim.bounce(host_name(node)),
                 FaultKind::Isolated => links.each(|node, other| sim.repair(node, other)),
                 FaultKind::Muted => links.each(|node, other| sim.repair_oneway(node, other)),
                 FaultKind::Stalled => links.each(|node, other| sim.release(node, other)),
@@ -326,22 +343,47 @@ impl Faults {
 }
 
 /// Damages, as `how` says, one record of the log in `dir` that has a later append after it
-/// (`pkraft_testkit::damage`, as the chaos harness does), chosen with `draws`, and takes the
-/// damaged segment as it now is for what its disk holds (a later power cut must not undo
-/// damage to the medium). The record damaged, or `None` if the log has no such record.
+/// (`pkraft_testkit::damage::damage_log`, as the chaos harness does), chosen with `draws`, and
+/// takes the damaged segment as it now is for what its disk holds (a later power cut must not
+/// undo damage to the medium). The record damaged, or `None` if the log has no such record.
 fn damage_a_record(
     dir: &std::path::Path,
     how: RecordDamage,
     draws: &mut SplitMix64,
 ) -> std::io::Result<Option<LogRecord>> {
-    let records = log_records(dir)?;
-    let candidates = damageable_records(&records);
-    let Some(record) = draws.pick(&candidates) else {
-        return Ok(None);
-    };
-    damage_record(&records, record, how, draws)?;
-    disk::on_the_medium(&record.segment)?;
-    Ok(Some(record.clone()))
+    let damaged = damage_log(dir, how, draws)?;
+    if let Some(record) = &damaged {
+        disk::on_the_medium(&record.segment)?;
+    }
+    Ok(damaged)
+}
+
+/// Each node's signal to stop cleanly (`FaultKind::Stopped`), one for the whole run: a stop
+/// asked before the node's host waits for it (a node still starting) is kept until it does.
+#[derive(Clone)]
+pub(crate) struct Stops(BTreeMap<u64, Rc<Notify>>);
+
+impl Stops {
+    pub(crate) fn of(nodes: u64) -> Stops {
+        Stops(
+            (1..=nodes)
+                .map(|node| (node, Rc::new(Notify::new())))
+                .collect(),
+        )
+    }
+
+    /// Node `node`'s signal, which its host waits on.
+    pub(crate) fn signal(&self, node: u64) -> Result<Rc<Notify>, String> {
+        self.0
+            .get(&node)
+            .cloned()
+            .ok_or_else(|| format!("node {node} has no stop signal"))
+    }
+
+    fn ask(&self, node: u64) -> Result<(), String> {
+        self.signal(node)?.notify_one();
+        Ok(())
+    }
 }
 
 /// A node's links to every other node, by turmoil host name.
@@ -411,7 +453,7 @@ mod tests {
             lasting: Duration::from_secs(1),
             amount: 0,
         };
-        let mut faults = Faults::new(BTreeMap::new());
+        let mut faults = Faults::new(BTreeMap::new(), Stops::of(3));
         faults.active.insert(1, fault(FaultKind::Isolated, 1));
         assert!(!faults.may_begin(&fault(FaultKind::Crash, 1)));
         assert!(!faults.may_begin(&fault(FaultKind::Stalled, 2)));

@@ -9,11 +9,13 @@
 //! (`pkraft_types::world::runs_blocking_work_inline`); in `make sim`'s build tokio's scheduler
 //! too, so a seed replays its run exactly. Faults drawn from the seed: crashes and restarts,
 //! partitions both ways and one way, stalled links, a node's clock stepped or drifting, power
-//! cuts of one node and of every node at once (what no sync made durable dropped), and a record
-//! of a stopped node's Raft log damaged. Every run's history is checked as the chaos harness's
+//! cuts of one node and of every node at once (what no sync made durable dropped), a record
+//! of a stopped node's Raft log damaged, and a node's clean stop (a leader's handover, then the
+//! node's shutdown, as on SIGTERM). Every run's history is checked as the chaos harness's
 //! is (linearizability per key, reads only of proposed packets, monotonic local reads,
-//! durability, convergence). What is not yet: a simulated disk (each node has a real data dir,
-//! its syncs recorded for the power cuts) and its other faults (damage to the state's and the
+//! durability, convergence). What is not yet: a simulated disk (each node has a real data dir;
+//! its syncs are the simulator's, recorded for the power cuts, not the kernel's) and its other
+//! faults (damage to the state's and the
 //! snapshots' files, slow or failing syncs, a full disk), and clients through the HTTP
 //! handlers (docs/SIMULATION.md).
 //!

@@ -89,22 +89,28 @@ fn system_unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// `fdatasync`s `file` ([`File::sync_data`]); in a simulation, what it holds is then what a
-/// power cut keeps of it. Every sync of the node's files is this or [`sync_all`]
-/// (`code_shape` fails on another).
+/// `fdatasync`s `file` ([`File::sync_data`]); in a simulation, the simulated disk takes what
+/// it holds as what a power cut keeps of it, in place of the kernel's sync (as turmoil's
+/// sockets take the place of the kernel's: the real sync makes nothing more durable for the
+/// simulated power cut, and would hold the simulation's one thread for a real disk's flush).
+/// Every sync of the node's files is this or [`sync_all`] (`code_shape` fails on another).
 pub fn sync_data(file: &File) -> io::Result<()> {
-    file.sync_data()?;
-    report_synced(file)
+    match SIMULATED.get() {
+        Some(world) => (world.synced)(file),
+        None => file.sync_data(),
+    }
 }
 
 /// `fsync`s `file` or a directory ([`File::sync_all`]), as [`sync_data`].
 pub fn sync_all(file: &File) -> io::Result<()> {
-    file.sync_all()?;
-    report_synced(file)
+    match SIMULATED.get() {
+        Some(world) => (world.synced)(file),
+        None => file.sync_all(),
+    }
 }
 
-/// Tells the simulation, if one is installed, that `file` was just synced by other means (a
-/// storage engine's own `sync_data`, as redb's through its storage backend).
+/// Tells the simulation, if one is installed, that `file` is synced: a storage engine's own
+/// sync (redb's, through `pkraft_state`'s storage backend, which a simulation alone uses).
 pub fn report_synced(file: &File) -> io::Result<()> {
     match SIMULATED.get() {
         Some(world) => (world.synced)(file),
