@@ -16,9 +16,8 @@ use pkraft_check::check::{Checked, FinalState, check_all};
 use pkraft_check::history::Op;
 use pkraft_raft::peer::ClusterSecret;
 use pkraft_raft::{Node, Participation, Settings};
-use tokio::sync::Notify;
 
-use crate::faults::{Fault, FaultKind, Faults, Stops, host_name, schedule};
+use crate::faults::{Fault, FaultKind, Faults, StopSignal, Stops, host_name, schedule};
 use crate::network::{PEER_PORT, serve_peers, transport};
 use crate::workload::{
     Clients, Keys, Reachable, Reachables, Workload, requests, run_client, serve_requests,
@@ -384,7 +383,7 @@ async fn start_node(
 /// host then waits to be started again; the fault's end drops it.
 async fn serve_until_stopped(
     node: Arc<Node>,
-    stop: &Notify,
+    stop: &StopSignal,
     started: &Reachables,
 ) -> std::io::Result<()> {
     // Boxed, so that dropping it closes the listener.
@@ -392,7 +391,7 @@ async fn serve_until_stopped(
     tokio::select! {
         biased;
         served = &mut serving => return served,
-        () = stop.notified() => {}
+        () = stop.asked() => {}
     }
     // The driver let go of the node when the fault began; but a node started since (a stop
     // that begins as another fault's end restarts the host) has put itself back, and the
@@ -414,8 +413,8 @@ async fn serve_until_stopped(
         served = &mut serving => return served,
         () = stopping => {}
     }
+    // The listener and every connection it accepted closed, as the process's exit closes them.
     drop(serving);
-    drop(node);
     std::future::pending().await
 }
 
@@ -437,7 +436,7 @@ fn step_to_the_end(
         let now = sim.elapsed();
         // A crash drops the host's runtime and a restart starts the node: watched like a step.
         let changing = watchdog.step();
-        under_way.end_due(sim, now, nodes);
+        under_way.end_due(sim, now, nodes)?;
         while let Some(fault) = due.next_if(|fault| fault.at <= now) {
             if !under_way.may_begin(fault)
                 || (fault.kind == FaultKind::LogDamaged

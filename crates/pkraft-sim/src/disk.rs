@@ -2,9 +2,9 @@
 //! of a node's data dir back to it, dropping what no sync made durable.
 //!
 //! The files are real files in each node's data dir (on the machine's disk). Every sync the
-//! node makes goes through `pkraft_types::world` (`sync_data`, `sync_all`, and
-//! `report_synced` for redb's own syncs, through `pkraft_state`'s synced backend), and the
-//! simulation is told of each ([`synced`]): it keeps a copy of what the file then held. A
+//! node makes goes through `pkraft_types::world` (`sync_data`, `sync_all`; redb's own through
+//! `pkraft_state`'s synced backend), which in a simulation makes this module's sync
+//! ([`synced`]) in place of the kernel's: it keeps a copy of what the file then held. A
 //! power cut ([`power_off`], then [`restore`] once the node's host is dropped) puts each file
 //! back to its copy; a file never synced is left empty. A log segment (`*.seg`), which grows by
 //! appends, also keeps a prefix, drawn from the seed, of what it had grown by since (a torn

@@ -4,6 +4,7 @@
 //! every node's at once (`disk.rs`), a record of its Raft log damaged while it is down, and a
 //! clean stop (a leader's handover, then the node's shutdown) as SIGTERM makes one.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -292,7 +293,7 @@ impl Faults {
                 })?;
                 tracing::info!(node = fault.node, ?how, ?damaged, "simulated damage");
             }
-            FaultKind::Stopped => self.stops.ask(fault.node)?,
+            FaultKind::Stopped => self.stops.set(fault.node, true)?,
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
             FaultKind::Stalled => links.each(|node, other| sim.hold(node, other)),
@@ -315,7 +316,12 @@ impl Faults {
     }
 
     /// Ends every fault whose time is up at `now`.
-    pub(crate) fn end_due(&mut self, sim: &mut turmoil::Sim<'_>, now: Duration, nodes: u64) {
+    pub(crate) fn end_due(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        now: Duration,
+        nodes: u64,
+    ) -> Result<(), String> {
         let due: Vec<(u64, Fault)> = self
             .active
             .iter()
@@ -329,8 +335,11 @@ impl Faults {
                 FaultKind::Crash
                 | FaultKind::PowerCut
                 | FaultKind::PowerOutage
-                | FaultKind::LogDamaged
-                | FaultKind::Stopped => sim.bounce(host_name(node)),
+                | FaultKind::LogDamaged => sim.bounce(host_name(node)),
+                FaultKind::Stopped => {
+                    self.stops.set(node, false)?;
+                    sim.bounce(host_name(node));
+                }
                 FaultKind::Isolated => links.each(|node, other| sim.repair(node, other)),
                 FaultKind::Muted => links.each(|node, other| sim.repair_oneway(node, other)),
                 FaultKind::Stalled => links.each(|node, other| sim.release(node, other)),
@@ -339,6 +348,7 @@ impl Faults {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -358,30 +368,52 @@ fn damage_a_record(
     Ok(damaged)
 }
 
-/// Each node's signal to stop cleanly (`FaultKind::Stopped`), one for the whole run: a stop
-/// asked before the node's host waits for it (a node still starting) is kept until it does.
+/// Each node's signal to stop cleanly (`FaultKind::Stopped`), one for the whole run.
 #[derive(Clone)]
-pub(crate) struct Stops(BTreeMap<u64, Rc<Notify>>);
+pub(crate) struct Stops(BTreeMap<u64, Rc<StopSignal>>);
+
+/// A node's stop signal: asked while its `Stopped` fault lasts. A node asked before its host
+/// waits (one still starting) stops once it does; a stop that ended before the node waited
+/// (its start outlasted the fault) stops no later incarnation.
+#[derive(Default)]
+pub(crate) struct StopSignal {
+    asked: Cell<bool>,
+    changed: Notify,
+}
+
+impl StopSignal {
+    /// Resolves once a stop is asked.
+    pub(crate) async fn asked(&self) {
+        loop {
+            let changed = self.changed.notified();
+            if self.asked.get() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn set(&self, asked: bool) {
+        self.asked.set(asked);
+        self.changed.notify_waiters();
+    }
+}
 
 impl Stops {
     pub(crate) fn of(nodes: u64) -> Stops {
-        Stops(
-            (1..=nodes)
-                .map(|node| (node, Rc::new(Notify::new())))
-                .collect(),
-        )
+        Stops((1..=nodes).map(|node| (node, Rc::default())).collect())
     }
 
     /// Node `node`'s signal, which its host waits on.
-    pub(crate) fn signal(&self, node: u64) -> Result<Rc<Notify>, String> {
+    pub(crate) fn signal(&self, node: u64) -> Result<Rc<StopSignal>, String> {
         self.0
             .get(&node)
             .cloned()
             .ok_or_else(|| format!("node {node} has no stop signal"))
     }
 
-    fn ask(&self, node: u64) -> Result<(), String> {
-        self.signal(node)?.notify_one();
+    fn set(&self, node: u64, asked: bool) -> Result<(), String> {
+        self.signal(node)?.set(asked);
         Ok(())
     }
 }

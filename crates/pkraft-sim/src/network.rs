@@ -31,10 +31,26 @@ pub fn transport() -> PeerTransport {
 pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT)).await?;
     let router = pkraft_raft::routes::router(node);
+    // The connections are this future's: dropped with it (a node's clean stop), each is closed,
+    // as the process's exit closes them, instead of serving on until the host is dropped.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = tokio::select! {
+            biased;
+            accepted = listener.accept() => accepted?.0,
+            Some(joined) = connections.join_next() => {
+                // A connection's panic (an invariant asserted in a route) is the host's, as it
+                // was when each connection was a task of its own.
+                if let Err(ended) = joined
+                    && ended.is_panic()
+                {
+                    std::panic::resume_unwind(ended.into_panic());
+                }
+                continue;
+            }
+        };
         let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // A connection's end (the peer gone, a partition) is the network's business: the
             // caller sees its call fail.
             let served = hyper::server::conn::http1::Builder::new()

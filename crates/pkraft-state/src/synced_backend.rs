@@ -1,13 +1,13 @@
-//! redb's own file backend with its syncs made by a simulation's disk
-//! (`pkraft_types::world::report_synced`) in place of the kernel's, so that a simulated power
+//! redb's own file backend with its syncs made through `pkraft_types::world::sync_data` (in a
+//! simulation, the simulated disk's sync in place of the kernel's), so that a simulated power
 //! cut keeps of the state's file what redb made durable (its durable commits) and drops the
 //! rest (its non-durable ones, which the node re-applies from its log).
 //!
 //! Every redb file of the node is opened by [`create_database`]: the state (`Store::open`) and
 //! the log's `meta.redb` (the vote, the committed id). Only a simulation opens one through the
 //! backend: outside one the file is opened as redb's own `Builder::create` opens it, and pays
-//! nothing for the seam. Every other method of the backend is redb's file backend's, unchanged, locks
-//! included (a restarted node's open is refused while a crashed one still holds the file, as
+//! nothing for the seam. Every other method of the backend is redb's file backend's,
+//! unchanged, locks included (a restarted node's open is refused while a crashed one still holds the file, as
 //! it is with redb's own open).
 
 use std::fs::{File, OpenOptions};
@@ -65,10 +65,10 @@ impl StorageBackend for SyncedBackend {
         self.backend.set_len(len)
     }
 
-    /// The simulated disk's sync in place of the kernel's, as `pkraft_types::world::sync_data`
-    /// (only a simulation opens a file through this backend).
+    /// Through the seam, as every sync of the node's files: the simulated disk's sync in a
+    /// simulation (the only place this backend is used), the kernel's otherwise.
     fn sync_data(&self) -> Result<(), io::Error> {
-        pkraft_types::world::report_synced(&self.file)
+        pkraft_types::world::sync_data(&self.file)
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {

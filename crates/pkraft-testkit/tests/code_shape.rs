@@ -108,7 +108,8 @@ const SIMULATED_CRATES: [&str; 6] = [
 /// Reads of the system's clock, randomness and real-time waits that a simulation cannot
 /// replace, and the replacement each would need: monotonic time through tokio (which a paused
 /// runtime simulates), the wall clock, randomness and file syncs through `pkraft_types::world`
-/// (a simulated power cut keeps what the syncs it was told of made durable).
+/// (a simulated power cut keeps what the simulator's syncs, made in place of the kernel's, made
+/// durable).
 const ESCAPES: [(&str, &str); 17] = [
     ("std::time::Instant", "tokio::time::Instant"),
     ("SystemTime::now", "pkraft_types::world::unix_micros_now"),
@@ -132,15 +133,15 @@ const ESCAPES: [(&str, &str); 17] = [
     (".sync_all()", "pkraft_types::world::sync_all"),
     (
         "Database::create(",
-        "pkraft_state::create_database, whose syncs a simulation is told of",
+        "pkraft_state::create_database, whose syncs go through the seam",
     ),
     (
         "Database::open(",
-        "pkraft_state::create_database, whose syncs a simulation is told of",
+        "pkraft_state::create_database, whose syncs go through the seam",
     ),
     (
         "create_with_backend(",
-        "pkraft_state::create_database, whose syncs a simulation is told of",
+        "pkraft_state::create_database, whose syncs go through the seam",
     ),
     ("File::sync_", "pkraft_types::world::sync_data or sync_all"),
 ];
@@ -198,7 +199,7 @@ const KNOWN_ESCAPES: [(&str, &str, &str); 9] = [
     (
         "pkraft-state/src/synced_backend.rs",
         "create_with_backend(",
-        "the seam itself: redb opened on the backend that reports its syncs",
+        "the seam itself: redb opened on the backend whose syncs go through the seam",
     ),
 ];
 

@@ -28,8 +28,8 @@ pub struct SimulatedWorld {
     pub unix_micros_now: fn() -> u64,
     /// The next value of the simulation's seeded generator.
     pub random_u64: fn() -> u64,
-    /// Told of each file (or directory) just synced, with what it holds now durable: what a
-    /// simulated power cut keeps of it. An error is the sync's.
+    /// The sync of a file (or a directory) in place of the kernel's: what the file holds now is
+    /// durable, what a simulated power cut keeps of it. An error is the sync's.
     pub synced: fn(&File) -> io::Result<()>,
 }
 
@@ -106,15 +106,6 @@ pub fn sync_all(file: &File) -> io::Result<()> {
     match SIMULATED.get() {
         Some(world) => (world.synced)(file),
         None => file.sync_all(),
-    }
-}
-
-/// Tells the simulation, if one is installed, that `file` is synced: a storage engine's own
-/// sync (redb's, through `pkraft_state`'s storage backend, which a simulation alone uses).
-pub fn report_synced(file: &File) -> io::Result<()> {
-    match SIMULATED.get() {
-        Some(world) => (world.synced)(file),
-        None => Ok(()),
     }
 }
 
