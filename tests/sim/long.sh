@@ -13,8 +13,9 @@
 #
 # SIM_PRINT_RUNS=0 prints the failures and the totals only (`make sim-ci`). SIM_REPLAY=<n>
 # (default 0; at most the range's size) then runs the range's first n seeds again in a new
-# process, and fails unless each gives the history it gave the first time: a replay across processes, which a rerun in
-# the same process (`make sim`'s determinism test) can miss (docs/SIMULATION.md, "Determinism").
+# process, and fails unless each gives the history it gave the first time: a replay across
+# processes, which a rerun in the same process (`make sim`'s determinism test) can miss
+# (docs/SIMULATION.md, "Determinism, measured").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -25,7 +26,8 @@ first=${seeds%-*} last=${seeds#*-}
   { echo "sim-long: SIM_SEEDS=$seeds: a range of seeds, first-last" >&2; exit 2; }
 [[ "$jobs" =~ ^[0-9]+$ && "$jobs" -ge 1 ]] || { echo "sim-long: SIM_JOBS=$jobs: 1 or more" >&2; exit 2; }
 replay=${SIM_REPLAY:-0}
-[[ "$replay" =~ ^[0-9]+$ ]] || { echo "sim-long: SIM_REPLAY=$replay: a number of seeds" >&2; exit 2; }
+[[ "$replay" =~ ^[0-9]+$ ]] ||
+  { echo "sim-long: SIM_REPLAY=$replay: a number of seeds" >&2; exit 2; }
 [ "$replay" -le $((last - first + 1)) ] || replay=$((last - first + 1))
 
 x86=""
@@ -61,26 +63,24 @@ for ((i = 0; i < ${#pids[@]}; i++)); do
   fi
 done
 seconds=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
+replay_status=0
 if [ "$replay" -gt 0 ]; then
-  # A failure here shows as a history missing below; its log is kept.
-  if ! SIM_SEEDS="$first-$((first + replay - 1))" "$binary" --exact \
-    faults_of_every_kind_lose_no_acknowledged_packet --nocapture >"$out/replay.txt" 2>&1; then
-    mkdir -p "$CARGO_TARGET_DIR/sim-long"
-    cp "$out/replay.txt" "$CARGO_TARGET_DIR/sim-long/"
-    grep -h -A 4 -E 'panicked' "$out/replay.txt" || true
-    echo "sim-long: the replay's log is in $CARGO_TARGET_DIR/sim-long/replay.txt"
-  fi
+  SIM_SEEDS="$first-$((first + replay - 1))" "$binary" --exact \
+    faults_of_every_kind_lose_no_acknowledged_packet --nocapture >"$out/replay.txt" 2>&1 ||
+    replay_status=$?
+  [ "$replay_status" -eq 0 ] || grep -h -A 4 -E 'panicked' "$out/replay.txt" || true
 fi
 if [ "${SIM_PRINT_RUNS:-1}" != 0 ]; then
   cat "$out"/*.log | grep -E '^seed [0-9]+: ' || true
 fi
 grep -h -A 4 -E 'panicked' "$out"/*.log || true
 [ "$failed" -eq 0 ] || echo "sim-long: the failed processes' logs are in $kept/"
-python3 - "$out" "$seconds" "$failed" "$seeds" "$jobs" "$count" "$replay" <<'PY'
-import collections, glob, re, sys
-out, seconds, failed, seeds, jobs, count, replay = (
+python3 - "$out" "$seconds" "$failed" "$seeds" "$jobs" "$count" "$replay" "$replay_status" \
+  "$kept" <<'PY'
+import collections, glob, os, re, shutil, sys
+out, seconds, failed, seeds, jobs, count, replay, replay_status, kept = (
     sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5],
-    int(sys.argv[6]), int(sys.argv[7]))
+    int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9])
 RUN = re.compile(r"seed (\d+): \[.*history (\w+)")
 runs, kinds, ops, acked, histories = 0, collections.Counter(), 0, 0, {}
 for path in glob.glob(f"{out}/*.log"):
@@ -113,7 +113,7 @@ if replay:
     # history) is not the same: the check never passes on what it did not compare.
     differ = [s for s in range(first, first + replay)
               if s not in histories or s not in again or again[s] != histories[s]]
-    replayed_same = not differ
+    replayed_same = not differ and replay_status == 0
     for s in differ:
         if s not in histories or s not in again:
             print(f"sim-long: seed {s} has no history in "
@@ -122,9 +122,15 @@ if replay:
             print(f"sim-long: seed {s} gave history {histories[s]} and then {again[s]} in "
                   f"another process: something in the run escapes the simulation (compare: "
                   f"SIM_HISTORY=1 SIM_SEEDS={s} make sim, twice)")
-    else:
+    if replayed_same:
         print(f"sim-long: seeds {first}-{first + replay - 1} run again in another process: "
               f"the same histories")
+    else:
+        if replay_status != 0:
+            print(f"sim-long: the replay's process failed (exit {replay_status})")
+        os.makedirs(kept, exist_ok=True)
+        shutil.copy(f"{out}/replay.txt", kept)
+        print(f"sim-long: the replay's log is in {kept}/replay.txt")
 # A run that passed prints its line; fewer lines than seeds is a failure (or a test renamed
 # out of reach of --exact, which runs nothing).
 sys.exit(0 if failed == 0 and runs == count and replayed_same else 1)

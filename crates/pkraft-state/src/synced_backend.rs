@@ -7,8 +7,8 @@
 //! the log's `meta.redb` (the vote, the committed id). Only a simulation opens one through the
 //! backend: outside one the file is opened as redb's own `Builder::create` opens it, and pays
 //! nothing for the seam. Every other method of the backend is redb's file backend's,
-//! unchanged, locks included (a restarted node's open is refused while a crashed one still holds the file, as
-//! it is with redb's own open).
+//! unchanged, locks included (a restarted node's open is refused while a crashed one still
+//! holds the file, as it is with redb's own open).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -38,16 +38,16 @@ pub fn create_database(builder: &Builder, path: &Path) -> Result<Database, Datab
 #[derive(Debug)]
 pub(crate) struct SyncedBackend {
     backend: FileBackend,
-    /// The same file, to tell the simulation about: redb's backend does not lend its own.
+    /// The same file, to sync through the seam: redb's backend does not lend its own.
     file: File,
 }
 
 impl SyncedBackend {
     pub(crate) fn new(file: File) -> Result<SyncedBackend, DatabaseError> {
-        let reported = file.try_clone()?;
+        let synced = file.try_clone()?;
         Ok(SyncedBackend {
             backend: FileBackend::new(file)?,
-            file: reported,
+            file: synced,
         })
     }
 }
