@@ -368,7 +368,7 @@ fn operator_docs() -> Vec<(String, String)> {
 }
 
 /// The commands of `pkraft`, and of `pkraft cluster`.
-const COMMANDS: [&str; 11] = [
+const COMMANDS: [&str; 12] = [
     "serve",
     "dev",
     "check-config",
@@ -376,6 +376,7 @@ const COMMANDS: [&str; 11] = [
     "import",
     "restore",
     "verify",
+    "downgrade",
     "keygen",
     "publish",
     "resolve",

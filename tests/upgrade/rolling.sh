@@ -7,9 +7,10 @@
 # A 3-node cluster of the previous build takes 3,000 packets; then each node in turn is stopped
 # with SIGTERM (a leader hands over) while new PUTs stream through the other two
 # (`pkraft-bench gaps`), and is started as this build on its data dir, its config given the
-# settings added since (as an operator adds them). Then the same back down: each node stopped
-# and started as the previous build on the data dir this build ran on, those settings taken out
-# again (docs/OPERATIONS.md, "Upgrading": the downgrade 0.2.0 allows). Fails unless:
+# settings added since (as an operator adds them). Then the same back down: each node stopped,
+# its data dir rewritten by this build's `pkraft downgrade` where a format changed (the previous
+# release first shown to refuse it, changing nothing), and started as the previous build on it,
+# those settings taken out again (docs/OPERATIONS.md, "Going back"). Fails unless:
 #   - every step's longest run without a 204 is at most UPGRADE_GAP_MAX_MS (default 500, the
 #     handover's bound);
 #   - after the upgrade and after the downgrade, every node answers 200 for every packet
@@ -84,6 +85,29 @@ admin_token=upgrade-test-admin-token-0123456789
 echo "$admin_token" >"$work/admin-token"
 added_settings='publish_new_keys = { per_client = { per_second = 0, burst = 0 }, global = { per_second = 0, burst = 0 } }\npublish_per_key = { per_minute = 0, burst = 0 }'
 
+# back_to_previous_formats ID OLD_DIR: node ID's stopped data dir made readable by the previous
+# release (docs/OPERATIONS.md, "Going back"). Where this build changed a format the previous
+# release reads (state.redb's schema 5), that release refuses the data dir (its `verify` opens
+# it as a start does) and this build's `pkraft downgrade` then finds it as this build left it
+# and rewrites it (redb's header bytes may change as the refusing build closes the file; the
+# schema and the rows do not); where nothing changed, the previous release reads it and
+# `downgrade` has nothing to do.
+back_to_previous_formats() {
+  local id=$1 old=$2 data="$work/cluster/node$1/data" done
+  if "$old/pkraft" verify --data-dir "$data" >"$work/refused-$id.txt" 2>&1; then
+    done=$("$bin/pkraft" downgrade --data-dir "$data") || fail "down, step $id: pkraft downgrade failed"
+    grep -q "nothing to do" <<<"$done" ||
+      fail "down, step $id: the previous release read the data dir, yet pkraft downgrade rewrote it: $done"
+  else
+    grep -q "database file has schema version" "$work/refused-$id.txt" ||
+      fail "down, step $id: the previous release refused the data dir for another reason: $(tail -n 3 "$work/refused-$id.txt")"
+    done=$("$bin/pkraft" downgrade --data-dir "$data") || fail "down, step $id: pkraft downgrade failed"
+    grep -q "rewritten" <<<"$done" ||
+      fail "down, step $id: the refused data dir was not left in this build's schema: $done"
+  fi
+  log "down, step $id: the previous release: $(grep -m 1 -o "database file has schema version[^\"]*" "$work/refused-$id.txt" || echo "read the data dir"); $done"
+}
+
 # roll DIRECTION BIN_DIR: each node in turn SIGTERM'd under writes through the other two and
 # started from BIN_DIR/pkraft on its data dir, its config given ("up") or rid of ("down") the
 # settings the previous release does not know.
@@ -106,6 +130,7 @@ roll() {
       sed -i "/^\[admin\]\$/a token = \"$admin_token\"" "$work/cluster/node$id/node.toml"
     else
       sed -i -E '/^(publish_new_keys|publish_per_key) = /d' "$work/cluster/node$id/node.toml"
+      back_to_previous_formats "$id" "$to"
     fi
     lines=$(RUST_LOG=info "$bench" cluster start --pkraft "$to/pkraft" --work "$work/cluster" "$id") ||
       fail "$direction, step $id: node $id did not start as $("$to/pkraft" --version)"

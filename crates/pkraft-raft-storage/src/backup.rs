@@ -387,6 +387,19 @@ pub struct Verification {
     pub problems: Vec<String>,
 }
 
+/// Rewrites a stopped node's data dir in the formats the previous minor release reads (`pkraft
+/// downgrade`): `state.redb` in its schema ([`pkraft_state::downgrade`]); the log, the snapshots
+/// and the rest are in formats both read. Fails, changing nothing, on a running node's data dir
+/// (it holds `state.redb` locked).
+pub fn downgrade(data_dir: &Path) -> Result<pkraft_state::Downgraded, BackupError> {
+    for name in [LOG_DIR, STATE_FILE] {
+        if !data_dir.join(name).exists() {
+            return Err(BackupError::NotDataDir(data_dir.to_path_buf(), name));
+        }
+    }
+    Ok(pkraft_state::downgrade(&data_dir.join(STATE_FILE))?)
+}
+
 /// Checks a stopped node's data dir (a running node holds its files locked, and this fails).
 /// The files are opened as a start opens them: a torn tail of the log is cut off, and an older
 /// state schema is migrated, as the node's next start would do anyway.

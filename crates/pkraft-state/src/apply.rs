@@ -11,13 +11,11 @@ use pkraft_types::{Command, KeyBytes, PublishItem, PublishOutcome, decide};
 use redb::{Durability, ReadableTable, WriteTransaction};
 
 use crate::StoreError;
+use crate::expiry_index::{ExpiryIndex, META_EXACT_BELOW, read_exact_below};
 use crate::read_buffer::Buffered;
 use crate::rows::{StoredPacket, answers_row};
 use crate::shared::{AppliedCounts, Paused, Shared, packets_in};
-use crate::tables::{
-    ANSWERS, EXPIRY, ExpiryKey, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES,
-    expiry_key,
-};
+use crate::tables::{ANSWERS, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES};
 
 /// Where an [`ApplyTxn`]'s rows become visible.
 enum Mode {
@@ -49,6 +47,9 @@ pub struct ApplyTxn {
     log_time_micros: Option<u64>,
     /// Entries and packets applied in it.
     applied: AppliedCounts,
+    /// The expiry index's `exact_below` as this transaction has it (`expiry_index.rs`), read
+    /// from `meta` at the first use.
+    expiry_exact_below: Option<u64>,
 }
 
 impl ApplyTxn {
@@ -72,6 +73,7 @@ impl ApplyTxn {
             mode,
             log_time_micros: None,
             applied: AppliedCounts::default(),
+            expiry_exact_below: None,
         }
     }
 
@@ -156,9 +158,10 @@ impl ApplyTxn {
         if leader_time_micros > 0 {
             self.log_time_micros = self.log_time_micros.max(Some(leader_time_micros));
         }
+        let exact_below = self.expiry_exact_below()?;
         let mut table = self.txn.open_table(PACKETS)?;
         let mut answers = self.txn.open_table(ANSWERS)?;
-        let mut index = self.txn.open_table(EXPIRY)?;
+        let mut index = ExpiryIndex::open(&self.txn, exact_below)?;
         let mut outcomes = Vec::with_capacity(packets.len());
         for item in packets {
             let value = StoredPacket::encode_parts(leader_time_micros, &item.payload);
@@ -174,12 +177,13 @@ impl ApplyTxn {
                 outcomes.push(outcome);
                 continue;
             }
-            if let Some(old) = &stored {
-                index.remove(&expiry_key(old.payload.timestamp_micros(), &item.key))?;
-            }
+            index.replace(
+                &item.key,
+                stored.as_ref().map(|old| old.payload.timestamp_micros()),
+                item.payload.timestamp_micros(),
+            )?;
             let answers_row = answers_row(&item.key, &item.payload);
             answers.insert(&item.key, answers_row.as_slice())?;
-            index.insert(&expiry_key(item.payload.timestamp_micros(), &item.key), ())?;
             self.applied.packets += 1;
             changed(
                 &self.shared,
@@ -197,35 +201,45 @@ impl ApplyTxn {
     }
 
     /// Deletes up to `limit` packets signed before `before_micros`, oldest first; returns how
-    /// many.
+    /// many (`ExpiryIndex::expire` picks them).
     fn expire(&mut self, before_micros: u64, limit: u32) -> Result<u64, StoreError> {
+        let exact_below = self.expiry_exact_below()?;
         let mut table = self.txn.open_table(PACKETS)?;
         let mut answers = self.txn.open_table(ANSWERS)?;
-        let mut index = self.txn.open_table(EXPIRY)?;
-        let end = expiry_key(before_micros, &[0u8; 32]);
+        let mut index = ExpiryIndex::open(&self.txn, exact_below)?;
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut rows = Vec::new();
-        for row in index.range::<&ExpiryKey>(..&end)?.take(limit) {
-            let (row, _) = row?;
-            rows.push(*row.value());
-        }
-        for row in &rows {
-            index.remove(row)?;
-            let mut key = [0u8; 32];
-            key.copy_from_slice(&row[8..]);
-            let held = table.remove(&key)?.is_some();
-            answers.remove(&key)?;
+        let keys = index.expire(&table, before_micros, limit)?;
+        for key in &keys {
+            let held = table.remove(key)?.is_some();
+            answers.remove(key)?;
             // A deletion is a row of the read buffer too: counted for `apply_batch_packets`.
             self.applied.packets += 1;
             changed(
                 &self.shared,
                 &mut self.mode,
-                key,
+                *key,
                 Buffered::Deleted,
                 -i64::from(held),
             );
         }
-        Ok(rows.len() as u64)
+        let moved = index.exact_below();
+        if moved != exact_below {
+            self.txn
+                .open_table(META)?
+                .insert(META_EXACT_BELOW, moved.to_be_bytes().as_slice())?;
+            self.expiry_exact_below = Some(moved);
+        }
+        Ok(keys.len() as u64)
+    }
+
+    /// The expiry index's `exact_below` in this transaction.
+    fn expiry_exact_below(&mut self) -> Result<u64, StoreError> {
+        if let Some(exact_below) = self.expiry_exact_below {
+            return Ok(exact_below);
+        }
+        let exact_below = read_exact_below(&self.txn.open_table(META)?)?;
+        self.expiry_exact_below = Some(exact_below);
+        Ok(exact_below)
     }
 
     /// Entries and packets applied in this transaction.

@@ -2,7 +2,7 @@
 
 use pkraft_types::PacketError;
 
-use crate::schema::SCHEMA_VERSION;
+use crate::schema::{PREVIOUS_SCHEMA_VERSION, SCHEMA_VERSION};
 
 /// Errors of the state store. Every variant means the node cannot serve correct data; the caller
 /// should stop the node rather than limp on.
@@ -12,6 +12,13 @@ pub enum StoreError {
     Db(#[from] redb::Error),
     #[error("database file has schema version {found}, this build reads version {SCHEMA_VERSION}")]
     SchemaVersion { found: u64 },
+    /// `pkraft downgrade` on a state file of a version other than this build's (or none).
+    #[error(
+        "database file has schema version {}; a downgrade rewrites version {SCHEMA_VERSION} as \
+         version {PREVIOUS_SCHEMA_VERSION}",
+        found.map_or_else(|| "none".to_string(), |found| found.to_string())
+    )]
+    NotDowngradable { found: Option<u64> },
     #[error("corrupt state store: {0}")]
     Corrupt(String),
     /// A stored packet that does not decode or verify: `what` was read, and the packet's own

@@ -3,8 +3,9 @@
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
+use crate::expiry_index::{self, EXPIRY_BUCKETS, EXPIRY_EXACT, Zone};
 use crate::rows::{StoredPacket, answers_form, answers_row, hex};
-use crate::tables::{ANSWERS, EXPIRY, PACKETS, expiry_key};
+use crate::tables::{ANSWERS, META, PACKETS};
 use crate::{Store, StoreError};
 
 /// What [`Store::check_integrity`] found.
@@ -26,13 +27,16 @@ const PROBLEMS_LISTED: usize = 20;
 
 impl Store {
     /// Re-verifies every stored packet (signature, length, DNS parse: what a PUT checks) and
-    /// checks that the expiry index has exactly one row per packet, at its timestamp, and the
+    /// checks that the expiry index has exactly one row per packet, by exact timestamp or by bucket
+    /// as its timestamp's bucket says (`expiry_index.rs`), and the
     /// compiled DNS answers one row per packet, equal to what the packet compiles to. Reads the
     /// whole table in one read transaction; meant for `pkraft verify` on a stopped node.
     pub fn check_integrity(&self) -> Result<Integrity, StoreError> {
         let txn = self.db.begin_read()?;
         let packets = txn.open_table(PACKETS)?;
-        let index = txn.open_table(EXPIRY)?;
+        let buckets = txn.open_table(EXPIRY_BUCKETS)?;
+        let exact = txn.open_table(EXPIRY_EXACT)?;
+        let exact_below = expiry_index::read_exact_below(&txn.open_table(META)?)?;
         let answers = txn.open_table(ANSWERS)?;
         let mut report = Integrity::default();
         let mut unlisted = 0u64;
@@ -61,11 +65,26 @@ impl Store {
                     format!("packet {}: does not verify: {e}", hex(&key)),
                 );
             }
-            let row = expiry_key(stored.payload.timestamp_micros(), &key);
-            if index.get(&row)?.is_none() {
+            let timestamp = stored.payload.timestamp_micros();
+            let by_bucket = buckets
+                .get(&expiry_index::row_of(timestamp, &key))?
+                .is_some();
+            let by_time = exact
+                .get(&expiry_index::exact_row(timestamp, &key))?
+                .is_some();
+            let missing = match expiry_index::zone(exact_below, timestamp) {
+                Zone::Exact => !by_time || by_bucket,
+                Zone::Converting => by_time == by_bucket,
+                Zone::Buckets => by_time || !by_bucket,
+            };
+            if missing {
                 problem(
                     &mut report,
-                    format!("packet {}: no expiry index row", hex(&key)),
+                    format!(
+                        "packet {}: not indexed once for expiry where its timestamp puts it \
+                         (by exact timestamp: {by_time}, by bucket: {by_bucket})",
+                        hex(&key)
+                    ),
                 );
             }
             let compiled = answers.get(&key)?;
@@ -81,7 +100,7 @@ impl Store {
                 problem(&mut report, format!("packet {}: {what}", hex(&key)));
             }
         }
-        report.expiry_rows = index.len()?;
+        report.expiry_rows = buckets.len()? + exact.len()?;
         report.answer_rows = answers.len()?;
         if report.answer_rows != report.packets {
             let text = format!(

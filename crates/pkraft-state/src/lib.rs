@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //! - `packets` table: 32-byte public key → `applied_at_micros (8, big-endian) ‖ relay payload`.
-//! - `expiry` table: `signed timestamp (8, big-endian) ‖ key (32)` → `()`, one row per stored
-//!   packet, so `Command::Expire` finds the oldest packets without a scan.
+//! - `expiry_buckets` table: `bucket of the signed timestamp (4, big-endian) ‖ key (32)` → `()`,
+//!   one row per stored packet, so `Command::Expire` finds the oldest packets without a scan of
+//!   `packets`; a bucket is about 72 minutes, so a republish within it writes no row here
+//!   (`expiry_index.rs`).
 //! - `answers` table: 32-byte public key → the packet's DNS records compiled into wire form
 //!   ([`pkraft_types::compiled`]) ‖ CRC-32 of key and form; one row per stored packet, written
 //!   in the same transaction as it, so the DNS frontend answers a name without parsing the
@@ -29,7 +31,8 @@
 //! # Modules
 //! - [`Store`] (`store.rs`): the handle, opening the file, the reads.
 //! - `schema.rs`: the schema version and the migrations run at open.
-//! - `tables.rs`, `rows.rs`: the tables and the byte form of their rows.
+//! - `tables.rs`, `rows.rs`: the tables and the byte form of their rows; `expiry_index.rs`: the
+//!   expiry index, and which rows an expiry deletes.
 //! - [`ApplyTxn`] (`apply.rs`): the log's commands applied and committed with `applied_state`.
 //! - `writer.rs`: the thread that owns the write transactions, and when it commits
 //!   ([`ApplyBatching`]); `writes.rs`: the store's writes through it; `shared.rs`: what it and
@@ -42,6 +45,7 @@
 
 mod apply;
 mod error;
+mod expiry_index;
 mod integrity;
 mod latest;
 mod quarantine;
@@ -63,7 +67,7 @@ pub use error::StoreError;
 pub use integrity::Integrity;
 pub use quarantine::QUARANTINE_MAX;
 pub use rows::{AnswersRow, StoredPacket};
-pub use schema::SCHEMA_VERSION;
+pub use schema::{Downgraded, PREVIOUS_SCHEMA_VERSION, SCHEMA_VERSION, downgrade};
 pub use scrub::{AnswersProblem, DamagedPacket, PacketCheck, ScrubPage, StaleAnswers};
 pub use snapshot::{
     Export, SNAPSHOT_FORMAT_VERSION, SnapshotSource, SnapshotSummary, StreamCheck, StreamVerdict,

@@ -7,7 +7,7 @@ use pkraft_types::{KeyBytes, Payload};
 use crate::StoreError;
 
 /// Bytes of the `applied_at_micros` prefix in a `packets` value.
-const APPLIED_AT_LEN: usize = 8;
+pub(crate) const APPLIED_AT_LEN: usize = 8;
 
 /// A packet as stored on a replica.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,11 +25,10 @@ use pkraft_types::{KeyBytes, Payload, payload::PAYLOAD_LEN_MAX};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
+use crate::expiry_index::{self, BucketRow, EXPIRY_BUCKETS};
 use crate::rows::{StoredPacket, answers_row, hex};
 use crate::shared::begin_durable_write;
-use crate::tables::{
-    ANSWERS, EXPIRY, ExpiryKey, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES, expiry_key,
-};
+use crate::tables::{ANSWERS, META, META_APPLIED_STATE, PACKETS, REMOVED_NODES};
 use crate::{Store, StoreError};
 
 const MAGIC: &[u8; 8] = b"PKRSNAP\0";
@@ -120,13 +119,13 @@ impl Store {
         let txn = begin_durable_write(&self.db)?;
         txn.delete_table(PACKETS)?;
         txn.delete_table(ANSWERS)?;
-        txn.delete_table(EXPIRY)?;
+        expiry_index::clear(&txn)?;
         txn.delete_table(REMOVED_NODES)?;
         let summary = {
             let mut sink = ImportSink {
                 packets: txn.open_table(PACKETS)?,
                 answers: txn.open_table(ANSWERS)?,
-                expiry: txn.open_table(EXPIRY)?,
+                expiry: txn.open_table(EXPIRY_BUCKETS)?,
                 removed: txn.open_table(REMOVED_NODES)?,
             };
             let summary = match version {
@@ -300,7 +299,7 @@ struct ImportSink<'txn> {
     packets: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
     /// Compiled from each packet as it is imported: snapshots do not carry them.
     answers: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
-    expiry: redb::Table<'txn, &'static ExpiryKey, ()>,
+    expiry: redb::Table<'txn, &'static BucketRow, ()>,
     removed: redb::Table<'txn, u64, ()>,
 }
 
@@ -318,8 +317,10 @@ impl Sink for ImportSink<'_> {
         }
         self.answers
             .insert(key, answers_row(key, &stored.payload).as_slice())?;
-        self.expiry
-            .insert(&expiry_key(stored.payload.timestamp_micros(), key), ())?;
+        self.expiry.insert(
+            &expiry_index::row_of(stored.payload.timestamp_micros(), key),
+            (),
+        )?;
         Ok(())
     }
 

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pkraft_types::KeyBytes;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 
 use crate::StoreError;
+use crate::expiry_index::{self, EXPIRY_BUCKETS, EXPIRY_EXACT};
 use crate::latest::{self, LatestTables};
 use crate::quarantine::Quarantine;
 use crate::read_buffer::{Buffered, ReadBuffer};
@@ -16,8 +17,7 @@ use crate::schema;
 use crate::shared::Shared;
 use crate::synced_backend::create_database;
 use crate::tables::{
-    ANSWERS, EXPIRY, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES, keys_after,
-    timestamp_of,
+    ANSWERS, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES, keys_after,
 };
 use crate::versions::{KeyVersion, KeyVersions};
 use crate::writer::Writer;
@@ -213,12 +213,15 @@ impl Store {
         Ok(Some(AnswersRow(AnswersBytes::Committed(row))))
     }
 
-    /// The smallest signed timestamp of any stored packet (µs), if any packet is stored.
+    /// The smallest signed timestamp of any stored packet (µs), if any packet is stored, as
+    /// committed; when it is in a bucket of the expiry index that holds more than a few thousand
+    /// packets, that bucket's start, which is no later (`expiry_index::oldest_timestamp`).
     pub fn oldest_timestamp_micros(&self) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read()?;
-        let index = txn.open_table(EXPIRY)?;
-        let first = index.first()?;
-        Ok(first.map(|(row, _)| timestamp_of(row.value())))
+        let buckets = txn.open_table(EXPIRY_BUCKETS)?;
+        let exact = txn.open_table(EXPIRY_EXACT)?;
+        let packets = txn.open_table(PACKETS)?;
+        expiry_index::oldest_timestamp(&buckets, &exact, &packets)
     }
 
     /// Whether `node_id` was removed from the cluster (as of the last applied entry).

@@ -118,7 +118,8 @@ fn schema_1_files_get_an_expiry_index() {
         apply(&store, &publish(1, vec![item(1, 100, "192.0.2.1:1")]), b"s");
         // Turn it back into what version 1 wrote.
         let txn = store.db.begin_write().expect("write");
-        txn.delete_table(EXPIRY).expect("drop index");
+        txn.delete_table(expiry_index::EXPIRY_BUCKETS)
+            .expect("drop index");
         {
             let mut meta = txn.open_table(META).expect("meta");
             meta.insert(META_SCHEMA_VERSION, 1u64.to_be_bytes().as_slice())
@@ -129,6 +130,286 @@ fn schema_1_files_get_an_expiry_index() {
     let store = Store::open(&path).expect("reopen");
     assert_eq!(store.oldest_timestamp_micros().expect("oldest"), Some(100));
     assert_eq!(expire(&store, 200, 10), 1);
+}
+
+/// A schema-4 file (every row by exact timestamp, `expiry`) is migrated on open: every row is
+/// by bucket then, built from the packets.
+#[test]
+fn schema_4_files_get_the_index_by_bucket() {
+    use crate::expiry_index::{EXPIRY_BUCKETS, EXPIRY_EXACT};
+    use redb::ReadableTableMetadata;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path).expect("open");
+        apply(&store, &publish(1, vec![item(1, 100, "192.0.2.1:1")]), b"s");
+        // What schema 4 wrote: the exact index's row, no index by bucket.
+        let txn = store.db.begin_write().expect("write");
+        txn.delete_table(EXPIRY_BUCKETS).expect("drop index");
+        {
+            let mut legacy = txn.open_table(EXPIRY_EXACT).expect("legacy");
+            let mut row = [0u8; 40];
+            row[..8].copy_from_slice(&100u64.to_be_bytes());
+            row[8..].copy_from_slice(&keypair(1).public_key().to_bytes());
+            legacy.insert(&row, ()).expect("legacy row");
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.insert(META_SCHEMA_VERSION, 4u64.to_be_bytes().as_slice())
+                .expect("version");
+        }
+        txn.commit().expect("commit");
+    }
+    let store = Store::open(&path).expect("reopen");
+    let integrity = store.check_integrity().expect("integrity");
+    assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+    assert_eq!(integrity.expiry_rows, 1);
+    {
+        let txn = store.db.begin_read().expect("read");
+        let exact = txn.open_table(EXPIRY_EXACT).expect("exact");
+        assert_eq!(exact.len().expect("len"), 0, "no row by exact timestamp");
+        let buckets = txn.open_table(EXPIRY_BUCKETS).expect("buckets");
+        assert_eq!(buckets.len().expect("len"), 1, "the packet's row by bucket");
+        let meta = txn.open_table(META).expect("meta");
+        let version = meta.get(META_SCHEMA_VERSION).expect("get").expect("set");
+        assert_eq!(version.value(), SCHEMA_VERSION.to_be_bytes().as_slice());
+    }
+    assert_eq!(store.oldest_timestamp_micros().expect("oldest"), Some(100));
+    assert_eq!(expire(&store, 200, 10), 1);
+}
+
+/// `downgrade` rewrites a schema-5 file as schema 4 wrote it (the index by exact timestamp, one
+/// row per packet at its timestamp, no index by bucket), refuses other versions and leaves them
+/// as they are; this build converts the file back when it opens it.
+#[test]
+fn downgrade_writes_what_schema_4_wrote_and_this_build_reads_it_back() {
+    use crate::expiry_index::{EXPIRY_BUCKETS, EXPIRY_EXACT};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path).expect("open");
+        let packets = vec![item(1, 100, "192.0.2.1:1"), item(2, 300, "192.0.2.1:1")];
+        apply(&store, &publish(1, packets), b"s");
+        apply(
+            &store,
+            &publish(2, vec![item(1, 200, "192.0.2.1:2")]),
+            b"s2",
+        );
+        // A running node's file (held open) is refused, unchanged.
+        downgrade(&path).expect_err("the file is open");
+        let integrity = store.check_integrity().expect("integrity");
+        assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+    }
+    assert_eq!(
+        downgrade(&path).expect("downgrade"),
+        Downgraded::Rewritten { packets: 2 }
+    );
+    {
+        let db = Database::open(&path).expect("open raw");
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        let version = meta.get(META_SCHEMA_VERSION).expect("get").expect("set");
+        assert_eq!(version.value(), 4u64.to_be_bytes().as_slice());
+        assert!(
+            txn.open_table(EXPIRY_BUCKETS).is_err(),
+            "no index by bucket"
+        );
+        let legacy = txn.open_table(EXPIRY_EXACT).expect("legacy index");
+        let mut rows: Vec<(u64, KeyBytes)> = Vec::new();
+        for row in legacy.iter().expect("iter") {
+            let (row, _) = row.expect("row");
+            let row = row.value();
+            let mut be = [0u8; 8];
+            be.copy_from_slice(&row[..8]);
+            let mut key = [0u8; 32];
+            key.copy_from_slice(&row[8..]);
+            rows.push((u64::from_be_bytes(be), key));
+        }
+        assert_eq!(
+            rows,
+            vec![
+                (200, keypair(1).public_key().to_bytes()),
+                (300, keypair(2).public_key().to_bytes()),
+            ]
+        );
+        let applied = txn.open_table(META).expect("meta");
+        let state = applied.get(META_APPLIED_STATE).expect("get").expect("set");
+        assert_eq!(state.value(), b"s2".as_slice(), "the applied state is kept");
+    }
+    assert_eq!(
+        downgrade(&path).expect("again"),
+        Downgraded::AlreadyPrevious
+    );
+    let store = Store::open(&path).expect("reopen");
+    let integrity = store.check_integrity().expect("integrity");
+    assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+    assert_eq!(integrity.expiry_rows, 2);
+    assert_eq!(store.oldest_timestamp_micros().expect("oldest"), Some(200));
+    drop(store);
+    // A file of another version is refused, unchanged.
+    {
+        let db = Database::open(&path).expect("open raw");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(META_SCHEMA_VERSION, 3u64.to_be_bytes().as_slice())
+            .expect("version");
+        txn.commit().expect("commit");
+    }
+    let refused = downgrade(&path).expect_err("schema 3 is refused");
+    assert!(
+        matches!(refused, StoreError::NotDowngradable { found: Some(3) }),
+        "{refused}"
+    );
+    {
+        let db = Database::open(&path).expect("open raw");
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        let version = meta.get(META_SCHEMA_VERSION).expect("get").expect("set");
+        assert_eq!(
+            version.value(),
+            3u64.to_be_bytes().as_slice(),
+            "left as it was"
+        );
+        let buckets = txn
+            .open_table(EXPIRY_BUCKETS)
+            .expect("the rows by bucket are still there");
+        assert_eq!(redb::ReadableTableMetadata::len(&buckets).expect("len"), 2);
+    }
+    let missing = downgrade(&dir.path().join("none.redb")).expect_err("no file");
+    assert!(matches!(missing, StoreError::Db(_)), "{missing}");
+    assert!(
+        !dir.path().join("none.redb").exists(),
+        "a missing file is not created"
+    );
+}
+
+/// A seeded xorshift, for the model test below (no dependency for it).
+struct Draws(u64);
+
+impl Draws {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// Expiry by bucket deletes exactly what the index by exact timestamp (schema 4) deleted: the
+/// `limit` oldest packets signed before the cut-off, by (timestamp, key). Replicas of either
+/// build apply the same `Command::Expire` entries, so they must pick the same rows. Checked
+/// against a model over seeded publishes, republishes (within a bucket and across) and expiries
+/// whose cut-offs fall inside buckets, on their edges and past every row, with limits that
+/// split buckets.
+#[test]
+fn expiry_picks_what_an_index_by_exact_timestamp_picks() {
+    use crate::expiry_index::BUCKET_MICROS;
+    use std::collections::BTreeMap;
+    let (_dir, store) = open();
+    let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
+    let base = 1000 * BUCKET_MICROS;
+    let mut model: BTreeMap<KeyBytes, u64> = BTreeMap::new();
+    let mut expiries = 0;
+    for round in 0..120u64 {
+        if draws.below(3) > 0 {
+            // Publish a batch: new keys and republishes, some in the same bucket.
+            let mut packets = Vec::new();
+            for _ in 0..1 + draws.below(12) {
+                let seed = draws.below(80);
+                let key = keypair(seed).public_key().to_bytes();
+                if packets.iter().any(|p: &PublishItem| p.key == key) {
+                    continue;
+                }
+                let timestamp = match model.get(&key) {
+                    Some(&old) if draws.below(2) == 0 => old + 1 + draws.below(1000),
+                    Some(&old) => old + 1 + draws.below(2 * BUCKET_MICROS),
+                    None => base + draws.below(5 * BUCKET_MICROS),
+                };
+                model.insert(key, timestamp);
+                packets.push(item(seed, timestamp, "192.0.2.1:1"));
+            }
+            let outcomes = apply(&store, &publish(round, packets), b"s");
+            assert!(outcomes.iter().all(|o| *o == PublishOutcome::Stored));
+            continue;
+        }
+        let before = match draws.below(4) {
+            0 => base + draws.below(6) * BUCKET_MICROS,
+            1 => base + draws.below(6) * BUCKET_MICROS + BUCKET_MICROS - 1,
+            2 => u64::MAX,
+            _ => base + draws.below(7 * BUCKET_MICROS),
+        };
+        let limit = 1 + draws.below(25);
+        let mut oldest: Vec<(u64, KeyBytes)> = model
+            .iter()
+            .filter(|(_, ts)| **ts < before)
+            .map(|(key, ts)| (*ts, *key))
+            .collect();
+        oldest.sort();
+        oldest.truncate(limit as usize);
+        let expected_oldest = model.values().min().copied();
+        let lower_bound = store.oldest_timestamp_micros().expect("oldest");
+        assert_eq!(lower_bound, expected_oldest, "round {round}");
+        let deleted = expire(&store, before, limit as u32);
+        assert_eq!(deleted, oldest.len() as u64, "round {round}");
+        for (_, key) in &oldest {
+            model.remove(key);
+        }
+        expiries += 1;
+        for seed in 0..80 {
+            let key = keypair(seed).public_key().to_bytes();
+            let stored = store.get(&key).expect("get");
+            assert_eq!(
+                stored.map(|s| s.payload.timestamp_micros()),
+                model.get(&key).copied(),
+                "round {round}, key of seed {seed}"
+            );
+        }
+        let integrity = store.check_integrity().expect("integrity");
+        assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+    }
+    assert!(expiries > 20, "the draws expired {expiries} times");
+}
+
+/// The oldest timestamp is read from the oldest bucket's packets while it holds at most 4,096
+/// of them (the oldest on the last of them), and is that bucket's start past that (no later than the oldest: expiry only
+/// compares it with its cut-off).
+#[test]
+fn the_oldest_timestamp_is_exact_up_to_a_bucket_of_4096() {
+    use crate::expiry_index::{BUCKET_MICROS, EXPIRY_BUCKETS, row_of};
+    let (_dir, store) = open();
+    let start = 7 * BUCKET_MICROS;
+    let write = |keys: std::ops::Range<u32>| {
+        let txn = store.db.begin_write().expect("write");
+        {
+            let mut packets = txn.open_table(PACKETS).expect("packets");
+            let mut index = txn.open_table(EXPIRY_BUCKETS).expect("index");
+            for n in keys {
+                let mut key = [0u8; 32];
+                key[..4].copy_from_slice(&n.to_be_bytes());
+                // The oldest on the last key read: the first row's would not do.
+                let timestamp = start + 10_000 - u64::from(n);
+                // applied_at (8) ‖ signature (64) ‖ timestamp (8): all the read looks at.
+                let mut value = vec![0u8; 80];
+                value[72..80].copy_from_slice(&timestamp.to_be_bytes());
+                packets.insert(&key, value.as_slice()).expect("packet");
+                index.insert(&row_of(timestamp, &key), ()).expect("row");
+            }
+        }
+        txn.commit().expect("commit");
+    };
+    write(0..4096);
+    assert_eq!(
+        store.oldest_timestamp_micros().expect("oldest"),
+        Some(start + 10_000 - 4095)
+    );
+    write(4096..4097);
+    assert_eq!(
+        store.oldest_timestamp_micros().expect("oldest"),
+        Some(start)
+    );
 }
 
 #[test]

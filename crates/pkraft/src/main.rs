@@ -107,6 +107,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite a stopped node's data dir in the formats the previous minor release reads, so
+    /// that it starts on it (a downgrade; docs/OPERATIONS.md, "Going back"). This build
+    /// converts it back when it next starts on it. Safe to run again.
+    Downgrade {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// Write a new random pkarr secret key to a file (64 hex characters, mode 0600) and print
     /// its public key (z-base-32).
     Keygen {
@@ -256,6 +263,7 @@ async fn main() -> anyhow::Result<()> {
             input,
         } => cli::data::restore(&data_dir, node_id, &advertise, &input).await,
         Command::Verify { data_dir, json } => cli::data::verify(&data_dir, json),
+        Command::Downgrade { data_dir } => cli::data::downgrade(&data_dir),
         Command::Keygen { out } => {
             let keypair = pkarr_client::write_new_secret_key(&out)?;
             println!("{}", keypair.public_key().to_z32());

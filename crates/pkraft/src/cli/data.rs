@@ -1,5 +1,5 @@
-//! `pkraft backup`, `restore` and `verify`: the files and what the commands print. The work is
-//! in `pkraft_raft::backup`; nothing here holds a backup in memory.
+//! `pkraft backup`, `restore`, `verify` and `downgrade`: the files and what the commands print.
+//! The work is in `pkraft_raft::backup`; nothing here holds a backup in memory.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -147,6 +147,32 @@ pub fn verify(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             data_dir.display()
         )
     }
+}
+
+/// `pkraft downgrade`: the data dir rewritten in the formats the previous minor release reads
+/// (`pkraft_raft::backup::downgrade`); says what it did.
+pub fn downgrade(data_dir: &Path) -> anyhow::Result<()> {
+    let done = pkraft_raft::backup::downgrade(data_dir).with_context(|| {
+        format!(
+            "downgrade {} (stop the node first: a running node holds its state open)",
+            data_dir.display()
+        )
+    })?;
+    match done {
+        pkraft_state::Downgraded::Rewritten { packets } => println!(
+            "{}: state.redb rewritten in state schema {} from {} ({packets} packets indexed); \
+             the previous release can start on this data dir",
+            data_dir.display(),
+            pkraft_state::PREVIOUS_SCHEMA_VERSION,
+            pkraft_state::SCHEMA_VERSION,
+        ),
+        pkraft_state::Downgraded::AlreadyPrevious => println!(
+            "{}: state.redb already in state schema {}; nothing to do",
+            data_dir.display(),
+            pkraft_state::PREVIOUS_SCHEMA_VERSION,
+        ),
+    }
+    Ok(())
 }
 
 fn format_verification(report: &pkraft_raft::backup::Verification) -> String {
