@@ -292,6 +292,15 @@ impl<'txn> ExpiryIndex<'txn> {
             Some((row, _)) => u64::from(bucket_of_row(row.value())),
             None => return Ok(None),
         };
+        if first < self.exact_below {
+            // Only damage (or a `meta` key left from another index) puts one there; converting
+            // it would never move `exact_below` on.
+            return Err(StoreError::Corrupt(format!(
+                "the expiry index has a row by bucket in bucket {first}, below the buckets \
+                 converted ({} on)",
+                self.exact_below
+            )));
+        }
         if first > through {
             return Ok(None);
         }
@@ -375,11 +384,27 @@ impl<'txn> ExpiryIndex<'txn> {
         let through = u64::from(bucket_of(newest));
         let end = exact_row(before_micros, &[0u8; 32]);
         let mut complete = true;
+        // Exact rows before the cut-off known complete, counted up to `limit` (each range of
+        // them counted once), and the timestamp they are counted up to.
+        let mut counted = 0usize;
+        let mut counted_below = 0u64;
         while self.next_to_convert(through)?.is_some() {
             // Every row signed before the converting bucket's start is exact.
             let complete_below = u32::try_from(self.exact_below).map_or(u64::MAX, bucket_start);
-            let bound = exact_row(complete_below.min(before_micros), &[0u8; 32]);
-            if self.exact.range::<&ExactRow>(..&bound)?.take(limit).count() == limit {
+            let bound = complete_below.min(before_micros);
+            if bound > counted_below {
+                let (from, to) = (
+                    exact_row(counted_below, &[0u8; 32]),
+                    exact_row(bound, &[0u8; 32]),
+                );
+                counted += self
+                    .exact
+                    .range::<&ExactRow>(&from..&to)?
+                    .take(limit - counted)
+                    .count();
+                counted_below = bound;
+            }
+            if counted == limit {
                 complete = false;
                 break;
             }
@@ -442,7 +467,7 @@ pub(crate) fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     empty_tables(txn)
 }
 
-/// Empties both tables: a file of schema 4 or older has no `exact_below` to forget.
+/// Empties both tables (a migration: `meta`'s `exact_below` is the caller's to remove).
 pub(crate) fn empty_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.delete_table(EXPIRY_BUCKETS)?;
     txn.delete_table(EXPIRY_EXACT)?;
@@ -614,5 +639,102 @@ mod tests {
                 "seed {seed}: no round left a bucket half converted"
             );
         }
+    }
+
+    /// `n` packets in each of `buckets` buckets from `first`, by bucket, in one transaction;
+    /// a packet of bucket `b`, number `i`, signed `i` µs after the bucket's start.
+    fn fill(db: &Database, first: u32, buckets: u32, n: u64) {
+        let txn = db.begin_write().expect("write");
+        {
+            let mut packets = txn.open_table(PACKETS).expect("packets");
+            let mut index = ExpiryIndex::open(&txn, 0).expect("open");
+            for bucket in first..first + buckets {
+                for i in 0..n {
+                    let k = key(u64::from(bucket) << 20 | i);
+                    let timestamp = bucket_start(bucket) + i;
+                    packets
+                        .insert(&k, value(timestamp).as_slice())
+                        .expect("packet");
+                    index.replace(&k, None, timestamp).expect("insert");
+                }
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    fn rows_by_bucket(txn: &WriteTransaction) -> u64 {
+        txn.open_table(EXPIRY_BUCKETS)
+            .expect("buckets")
+            .len()
+            .expect("len")
+    }
+
+    /// A cut-off far past every packet (a clock gone wrong) converts the oldest bucket for its
+    /// 3 rows, not the store; a cut-off inside a bucket converts up to it, then at most the
+    /// budget ahead; the rest stays by bucket.
+    #[test]
+    fn an_expiry_converts_what_it_needs_and_a_budget_ahead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::create(dir.path().join("index.redb")).expect("create");
+        fill(&db, 100, 5, 20);
+        let txn = db.begin_write().expect("write");
+        {
+            let packets = txn.open_table(PACKETS).expect("packets");
+            let mut index = ExpiryIndex::open(&txn, 0)
+                .expect("open")
+                .converting_ahead(5);
+            let deleted = index.expire(&packets, u64::MAX, 3).expect("expire");
+            assert_eq!(
+                deleted,
+                vec![key(100 << 20), key(100 << 20 | 1), key(100 << 20 | 2)]
+            );
+            assert_eq!(index.exact_below(), 101, "only the first bucket converted");
+            drop(index);
+            assert_eq!(
+                rows_by_bucket(&txn),
+                80,
+                "four buckets of 20 left by bucket"
+            );
+
+            let mut index = ExpiryIndex::open(&txn, 101)
+                .expect("open")
+                .converting_ahead(5);
+            // Inside bucket 102: 101 and 102 converted whole, then 5 rows of 103.
+            let deleted = index
+                .expire(&packets, bucket_start(102) + 10, 1000)
+                .expect("expire");
+            assert_eq!(
+                deleted.len(),
+                17 + 20 + 10,
+                "the rest of 100, all of 101, 10 of 102"
+            );
+            assert_eq!(index.exact_below(), 103);
+            drop(index);
+            assert_eq!(
+                rows_by_bucket(&txn),
+                15 + 20,
+                "5 of bucket 103 converted ahead"
+            );
+        }
+        txn.abort().expect("abort");
+    }
+
+    /// A row by bucket below the converted buckets (damage, or a stale `exact_below`) fails
+    /// the expiry as damage instead of spinning on it.
+    #[test]
+    fn a_row_by_bucket_below_the_converted_ones_is_damage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Database::create(dir.path().join("index.redb")).expect("create");
+        fill(&db, 100, 2, 3);
+        let txn = db.begin_write().expect("write");
+        {
+            let packets = txn.open_table(PACKETS).expect("packets");
+            let mut index = ExpiryIndex::open(&txn, 101).expect("open");
+            let refused = index
+                .expire(&packets, bucket_start(102), 10)
+                .expect_err("a row by bucket in bucket 100, below 101");
+            assert!(matches!(refused, StoreError::Corrupt(_)), "{refused}");
+        }
+        txn.abort().expect("abort");
     }
 }

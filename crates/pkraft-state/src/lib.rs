@@ -3,10 +3,12 @@
 //!
 //! # Layout
 //! - `packets` table: 32-byte public key → `applied_at_micros (8, big-endian) ‖ relay payload`.
-//! - `expiry_buckets` table: `bucket of the signed timestamp (4, big-endian) ‖ key (32)` → `()`,
-//!   one row per stored packet, so `Command::Expire` finds the oldest packets without a scan of
-//!   `packets`; a bucket is about 72 minutes, so a republish within it writes no row here
-//!   (`expiry_index.rs`).
+//! - the expiry index, one row per stored packet in one of two tables, so that `Command::Expire`
+//!   finds the oldest packets without a scan of `packets` (`expiry_index.rs`): `expiry_buckets`,
+//!   `bucket of the signed timestamp (4, big-endian) ‖ key (32)` → `()` (a bucket is about 72
+//!   minutes, so a republish within it writes no row), and `expiry`, `signed timestamp (8,
+//!   big-endian) ‖ key (32)` → `()`, for the buckets below `meta`'s `expiry_exact_below`, those
+//!   at expiry's cut-off.
 //! - `answers` table: 32-byte public key → the packet's DNS records compiled into wire form
 //!   ([`pkraft_types::compiled`]) ‖ CRC-32 of key and form; one row per stored packet, written
 //!   in the same transaction as it, so the DNS frontend answers a name without parsing the
@@ -14,8 +16,8 @@
 //! - `removed_nodes` table: node id → `()` for every node ever removed from the cluster, so that
 //!   a removed id is never admitted again (the consensus layer fills it as it applies membership
 //!   changes).
-//! - `meta` table: the schema version and `applied_state`, an opaque blob owned by the consensus
-//!   layer (last applied log id and membership). Keeping it opaque keeps openraft out of this crate.
+//! - `meta` table: the schema version, `expiry_exact_below`, and `applied_state`, an opaque blob
+//!   owned by the consensus layer (last applied log id and membership). Keeping it opaque keeps openraft out of this crate.
 //!
 //! Writes happen only through [`ApplyTxn`], which records the new `applied_state` with the data:
 //! the data and the position in the log it corresponds to are always committed in one

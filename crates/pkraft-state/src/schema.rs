@@ -101,8 +101,12 @@ pub(crate) fn init(db: &Database, latest: &LatestTables) -> Result<(), StoreErro
                 .transpose()?;
             match found {
                 None | Some(SCHEMA_VERSION) => {}
-                Some(4) => rebuild_expiry_index(&txn)?,
+                Some(4) => {
+                    meta.remove(META_EXACT_BELOW)?;
+                    rebuild_expiry_index(&txn)?;
+                }
                 Some(1..=3) => {
+                    meta.remove(META_EXACT_BELOW)?;
                     rebuild_expiry_index(&txn)?;
                     rebuild_answers(&txn)?;
                 }

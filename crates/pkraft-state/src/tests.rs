@@ -87,6 +87,81 @@ fn expire_deletes_the_oldest_packets_before_the_cutoff() {
     assert_eq!(store.oldest_timestamp_micros().expect("oldest"), Some(140));
 }
 
+/// After expiries have converted buckets (`exact_below` in `meta`, rows by exact timestamp),
+/// a snapshot import and a downgrade each leave an index that checks: the import every row by
+/// bucket and `exact_below` forgotten, the downgrade every row by exact timestamp and no
+/// `exact_below`.
+#[test]
+fn an_import_and_a_downgrade_after_conversions_leave_a_whole_index() {
+    use crate::expiry_index::{BUCKET_MICROS, EXPIRY_BUCKETS, EXPIRY_EXACT, META_EXACT_BELOW};
+    use redb::ReadableTableMetadata;
+    let base = 500 * BUCKET_MICROS;
+    let converted = |store: &Store| {
+        let packets: Vec<PublishItem> = (0..6u64)
+            .map(|seed| item(seed, base + seed * BUCKET_MICROS, "192.0.2.1:1"))
+            .collect();
+        apply(store, &publish(1, packets), b"s");
+        // Deletes keys 0 and 1, converts buckets 500 and 501, then 502 and 503 ahead.
+        assert_eq!(expire(store, base + BUCKET_MICROS + 1, 2), 2);
+        let txn = store.db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        assert!(meta.get(META_EXACT_BELOW).expect("get").is_some());
+        let exact = txn.open_table(EXPIRY_EXACT).expect("exact");
+        assert!(exact.len().expect("len") > 0, "rows by exact timestamp");
+    };
+    let (_dir, source) = open();
+    apply(
+        &source,
+        &publish(1, vec![item(9, base, "192.0.2.1:1")]),
+        b"s",
+    );
+    let export = source.export_snapshot().expect("export");
+    let (dir, target) = open();
+    converted(&target);
+    target.import_snapshot(&export.data, b"t").expect("import");
+    let integrity = target.check_integrity().expect("integrity");
+    assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+    {
+        let txn = target.db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        assert!(meta.get(META_EXACT_BELOW).expect("get").is_none());
+        let buckets = txn.open_table(EXPIRY_BUCKETS).expect("buckets");
+        assert_eq!(buckets.len().expect("len"), 1);
+        let exact = txn.open_table(EXPIRY_EXACT).expect("exact");
+        assert_eq!(exact.len().expect("len"), 0);
+    }
+    drop(target);
+    drop(dir);
+
+    let (dir, store) = open();
+    converted(&store);
+    drop(store);
+    let path = dir.path().join("state.redb");
+    assert_eq!(
+        downgrade(&path).expect("downgrade"),
+        Downgraded::Rewritten { packets: 4 }
+    );
+    {
+        let db = Database::open(&path).expect("open raw");
+        let txn = db.begin_read().expect("read");
+        let meta = txn.open_table(META).expect("meta");
+        assert!(meta.get(META_EXACT_BELOW).expect("get").is_none());
+        let exact = txn.open_table(EXPIRY_EXACT).expect("exact");
+        assert_eq!(
+            exact.len().expect("len"),
+            4,
+            "every packet by exact timestamp, once"
+        );
+    }
+    let store = Store::open(&path).expect("reopen");
+    let integrity = store.check_integrity().expect("integrity");
+    assert!(integrity.problems.is_empty(), "{:?}", integrity.problems);
+    assert_eq!(
+        store.oldest_timestamp_micros().expect("oldest"),
+        Some(base + 2 * BUCKET_MICROS)
+    );
+}
+
 /// A snapshot import rebuilds the expiry index for the imported packets.
 #[test]
 fn snapshot_import_rebuilds_the_expiry_index() {
