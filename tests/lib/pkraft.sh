@@ -159,12 +159,12 @@ wait_exited() {
   return 1
 }
 
-# wait_idle TICKS_FN: until the CPU ticks TICKS_FN prints (the servers' utime + stime) grow by at
-# most 1 over 0.5 s; status 1 if they still do after 10 s. Benchmarks run it between
-# measurements, so one system's leftover work does not load the next.
+# wait_idle TICKS_FN [SECONDS]: until the CPU ticks TICKS_FN prints (the servers' utime + stime)
+# grow by at most 1 over 0.5 s; status 1 if they still do after SECONDS (10 by default).
+# Benchmarks run it between measurements, so one system's leftover work does not load the next.
 wait_idle() {
   local before after
-  for _ in $(seq 1 20); do
+  for _ in $(seq 1 $((${2:-10} * 2))); do
     before=$("$1"); sleep 0.5; after=$("$1")
     [ $((after - before)) -le 1 ] && return 0
   done

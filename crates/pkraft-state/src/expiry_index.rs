@@ -35,8 +35,8 @@ use pkraft_types::payload::{HEADER_LEN, SIGNATURE_LEN};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::StoreError;
-use crate::rows::{APPLIED_AT_LEN, hex};
-use crate::tables::META;
+use crate::rows::{APPLIED_AT_LEN, StoredPacket, hex};
+use crate::tables::{META, PACKETS};
 
 /// The rows by bucket.
 pub(crate) const EXPIRY_BUCKETS: TableDefinition<&BucketRow, ()> =
@@ -467,6 +467,26 @@ pub(crate) fn clear(txn: &WriteTransaction) -> Result<(), StoreError> {
     empty_tables(txn)
 }
 
+/// Inserts into `index` the row `row(timestamp, key)` of every stored packet, in `txn`; returns
+/// how many. The migration builds the index by bucket with it, and `pkraft downgrade` schema 4's
+/// index by exact timestamp.
+pub(crate) fn index_every_packet<const N: usize>(
+    txn: &WriteTransaction,
+    index: TableDefinition<'_, &'static [u8; N], ()>,
+    row: fn(u64, &KeyBytes) -> [u8; N],
+) -> Result<u64, StoreError> {
+    let packets = txn.open_table(PACKETS)?;
+    let mut index = txn.open_table(index)?;
+    let mut indexed = 0u64;
+    for entry in packets.iter()? {
+        let (key, value) = entry?;
+        let stored = StoredPacket::decode(value.value())?;
+        index.insert(&row(stored.payload.timestamp_micros(), key.value()), ())?;
+        indexed += 1;
+    }
+    Ok(indexed)
+}
+
 /// Empties both tables (a migration: `meta`'s `exact_below` is the caller's to remove).
 pub(crate) fn empty_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.delete_table(EXPIRY_BUCKETS)?;
@@ -474,6 +494,15 @@ pub(crate) fn empty_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(EXPIRY_BUCKETS)?;
     txn.open_table(EXPIRY_EXACT)?;
     Ok(())
+}
+
+/// A `packets` value with all the index reads of one: the applied time and a zeroed signature,
+/// then the timestamp (tests that fill the tables by hand).
+#[cfg(test)]
+pub(crate) fn bare_packet_value(timestamp_micros: u64) -> Vec<u8> {
+    let mut value = vec![0u8; APPLIED_AT_LEN + HEADER_LEN];
+    value[APPLIED_AT_LEN + SIGNATURE_LEN..].copy_from_slice(&timestamp_micros.to_be_bytes());
+    value
 }
 
 #[cfg(test)]
@@ -503,12 +532,6 @@ mod tests {
         let mut key = [0u8; 32];
         key[..8].copy_from_slice(&n.to_be_bytes());
         key
-    }
-
-    fn value(timestamp: u64) -> Vec<u8> {
-        let mut value = vec![0u8; APPLIED_AT_LEN + HEADER_LEN];
-        value[APPLIED_AT_LEN + SIGNATURE_LEN..].copy_from_slice(&timestamp.to_be_bytes());
-        value
     }
 
     /// Every stored key indexed once, where its zone says (what `check_integrity` checks).
@@ -576,7 +599,7 @@ mod tests {
                             continue;
                         }
                         packets
-                            .insert(&key(n), value(timestamp).as_slice())
+                            .insert(&key(n), bare_packet_value(timestamp).as_slice())
                             .expect("packet");
                         index.replace(&key(n), old, timestamp).expect("replace");
                         model.insert(key(n), timestamp);
@@ -653,7 +676,7 @@ mod tests {
                     let k = key(u64::from(bucket) << 20 | i);
                     let timestamp = bucket_start(bucket) + i;
                     packets
-                        .insert(&k, value(timestamp).as_slice())
+                        .insert(&k, bare_packet_value(timestamp).as_slice())
                         .expect("packet");
                     index.replace(&k, None, timestamp).expect("insert");
                 }

@@ -60,19 +60,9 @@ pub fn downgrade(path: &Path) -> Result<Downgraded, StoreError> {
         }
         txn.delete_table(EXPIRY_BUCKETS)?;
         meta.remove(META_EXACT_BELOW)?;
-        let packets = txn.open_table(PACKETS)?;
-        let mut exact = txn.open_table(EXPIRY_EXACT)?;
-        exact.retain(|_, ()| false)?;
-        let mut indexed = 0u64;
-        for row in packets.iter()? {
-            let (key, value) = row?;
-            let stored = StoredPacket::decode(value.value())?;
-            exact.insert(
-                &expiry_index::exact_row(stored.payload.timestamp_micros(), key.value()),
-                (),
-            )?;
-            indexed += 1;
-        }
+        txn.open_table(EXPIRY_EXACT)?.retain(|_, ()| false)?;
+        let indexed =
+            expiry_index::index_every_packet(&txn, EXPIRY_EXACT, expiry_index::exact_row)?;
         meta.insert(
             META_SCHEMA_VERSION,
             PREVIOUS_SCHEMA_VERSION.to_be_bytes().as_slice(),
@@ -150,19 +140,8 @@ fn rebuild_answers(txn: &WriteTransaction) -> Result<(), StoreError> {
 /// 4's by exact timestamp (schemas 1 to 4 → 5).
 fn rebuild_expiry_index(txn: &WriteTransaction) -> Result<(), StoreError> {
     expiry_index::empty_tables(txn)?;
-    let packets = txn.open_table(PACKETS)?;
-    let mut index = txn.open_table(EXPIRY_BUCKETS)?;
     let started = tokio::time::Instant::now();
-    let mut indexed = 0u64;
-    for row in packets.iter()? {
-        let (key, value) = row?;
-        let stored = StoredPacket::decode(value.value())?;
-        index.insert(
-            &expiry_index::row_of(stored.payload.timestamp_micros(), key.value()),
-            (),
-        )?;
-        indexed += 1;
-    }
+    let indexed = expiry_index::index_every_packet(txn, EXPIRY_BUCKETS, expiry_index::row_of)?;
     tracing::info!(
         packets = indexed,
         seconds = started.elapsed().as_secs_f64(),
