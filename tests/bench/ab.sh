@@ -15,9 +15,11 @@
 # BENCH_B_TOML, config lines added to A's or B's nodes (the same build with a setting on and off:
 # BENCH_A=target/release BENCH_B=target/release BENCH_B_TOML=$'[raft]\nscrub_packets_per_second = 0');
 # BENCH_AB_IROH=0 leaves iroh-dns-server out (the ratio column is then B to A of the same round);
-# BENCH_AB_CLUSTER=0 leaves the clusters out; BENCH_CONCURRENCY (64) sets the load's connections
-# (all from 127.0.0.1: the node closes any beyond its http.max_connections_per_client, 256 by
-# default, so the script refuses more).
+# BENCH_AB_CLUSTER=0 leaves the clusters out; BENCH_AB_RECORDS=unchanged makes every round PUT
+# the records of the first under a new timestamp (iroh's republish of unchanged addresses; the
+# default, new-each-version, changes them every round); BENCH_CONCURRENCY (64) sets the load's
+# connections (all from 127.0.0.1: the node closes any beyond its
+# http.max_connections_per_client, 256 by default, so the script refuses more).
 # Method and results: docs/BENCHMARKS.md ("openraft 0.10").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -126,7 +128,13 @@ print(json.dumps(d))
 PY
 }
 
-"$bench" gen --keys "$keys" --versions $((runs + 1)) --out "$work/data.bin"
+if [ -n "${BENCH_AB_RECORDS:-}" ]; then
+  # B's pkraft-bench makes the data set: A's may predate --records (the file's format is the
+  # same).
+  "$b_dir/pkraft-bench" gen --keys "$keys" --versions $((runs + 1)) --records "$BENCH_AB_RECORDS" --out "$work/data.bin"
+else
+  "$bench" gen --keys "$keys" --versions $((runs + 1)) --out "$work/data.bin"
+fi
 start_single a-single "$a_dir"; start_single b-single "$b_dir"
 systems=(a-single b-single)
 if [ "$with_clusters" != 0 ]; then

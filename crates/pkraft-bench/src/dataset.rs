@@ -36,17 +36,30 @@ pub struct Version {
     pub txt: Vec<String>,
 }
 
+/// What the versions of a key carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Records {
+    /// Each version's records differ from the one before (its `addr=` ports), so that a reader
+    /// can tell which version it was answered (the visibility checks need it).
+    #[default]
+    NewEachVersion,
+    /// Every version carries version 0's records under a new timestamp and signature: iroh's
+    /// republish of an endpoint whose addresses did not change.
+    Unchanged,
+}
+
 impl DataSet {
     /// Signs `keys × versions` packets. Version `v` of every key is signed at
     /// `base_time_micros + v` seconds; each packet has one `relay=` and two `addr=` strings, and
     /// the first `large_keys` keys [`LARGE_ADDRS`] `addr=` strings (an answer too large for a
-    /// UDP message without EDNS).
+    /// UDP message without EDNS); `records` says whether the versions' records differ.
     pub fn generate(
         keys: usize,
         versions: usize,
         seed: u64,
         base_time_micros: u64,
         large_keys: usize,
+        records: Records,
     ) -> anyhow::Result<DataSet> {
         let mut data = Vec::with_capacity(keys);
         for index in 0..keys {
@@ -54,7 +67,11 @@ impl DataSet {
             let mut key_versions = Vec::with_capacity(versions);
             for version in 0..versions {
                 let addrs = if index < large_keys { LARGE_ADDRS } else { 2 };
-                let txt = iroh_strings(index, version, addrs);
+                let records_of = match records {
+                    Records::NewEachVersion => version,
+                    Records::Unchanged => 0,
+                };
+                let txt = iroh_strings(index, records_of, addrs);
                 let timestamp = base_time_micros + version as u64 * VERSION_STEP_MICROS;
                 let packet = sign(&keypair, &txt, timestamp)?;
                 key_versions.push(Version {
@@ -146,4 +163,32 @@ fn sign(
         .timestamp(Timestamp::from(timestamp_micros))
         .sign(keypair)
         .context("sign packet")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// With unchanged records the versions of a key differ in their signature and timestamp
+    /// only (the relay payload's first 72 bytes): the DNS message after them is the same, as the
+    /// store's check for a republish of the same records compares it. By default it differs.
+    #[test]
+    fn unchanged_records_differ_only_in_signature_and_timestamp() {
+        let header = 64 + 8;
+        for (records, same) in [(Records::Unchanged, true), (Records::NewEachVersion, false)] {
+            let data =
+                DataSet::generate(2, 3, 7, 1_700_000_000_000_000, 1, records).expect("generate");
+            for key in &data.keys {
+                let first = &key.versions[0].payload;
+                for version in &key.versions[1..] {
+                    assert_ne!(version.payload[..header], first[..header], "{records:?}");
+                    assert_eq!(
+                        version.payload[header..] == first[header..],
+                        same,
+                        "{records:?}"
+                    );
+                }
+            }
+        }
+    }
 }

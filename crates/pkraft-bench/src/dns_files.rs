@@ -51,10 +51,12 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::Records;
 
     #[test]
     fn files_name_every_key() {
-        let data = DataSet::generate(3, 2, 7, 1_700_000_000_000_000, 1).expect("generate");
+        let data = DataSet::generate(3, 2, 7, 1_700_000_000_000_000, 1, Records::NewEachVersion)
+            .expect("generate");
         let queries = dnsperf_queries(&data, "pkarr.test.");
         assert_eq!(queries.lines().count(), 3);
         assert!(queries.starts_with(&format!("_iroh.{}.pkarr.test TXT", data.keys[0].z32)));

@@ -60,7 +60,7 @@ use clap::{Parser, Subcommand};
 use hyper::Method;
 use pkraft_testkit::node::{LIMITS_OFF_TOML, Listening, Membership};
 
-use crate::dataset::DataSet;
+use crate::dataset::{DataSet, Records};
 use crate::http_load::Job;
 
 #[derive(Debug, Parser)]
@@ -90,6 +90,10 @@ enum Command {
         /// bytes, which UDP without EDNS must truncate.
         #[arg(long, default_value_t = 0)]
         large_keys: usize,
+        /// `unchanged`: every version of a key carries the same records (iroh's republish),
+        /// under a new timestamp; the default gives each version records of its own.
+        #[arg(long, value_enum, default_value_t = Records::NewEachVersion)]
+        records: Records,
         #[arg(long)]
         out: PathBuf,
     },
@@ -632,13 +636,14 @@ async fn main() -> anyhow::Result<()> {
             seed,
             base_time_micros,
             large_keys,
+            records,
             out,
         } => {
             let base = match base_time_micros {
                 Some(base) => base,
                 None => pkarr::Timestamp::now().as_u64(),
             };
-            let data = DataSet::generate(keys, versions, seed, base, large_keys)?;
+            let data = DataSet::generate(keys, versions, seed, base, large_keys, records)?;
             data.write(&out)?;
             eprintln!(
                 "wrote {keys} keys × {versions} versions to {}",
@@ -1390,7 +1395,8 @@ mod tests {
 
     /// The packets of a small data set, as `verify_cost` reads them.
     fn packets() -> Vec<([u8; 32], Bytes)> {
-        let data = DataSet::generate(12, 1, 7, 1_700_000_000_000_000, 0).expect("data set");
+        let data = DataSet::generate(12, 1, 7, 1_700_000_000_000_000, 0, Records::NewEachVersion)
+            .expect("data set");
         data.keys
             .iter()
             .map(|key| {

@@ -13,7 +13,7 @@ use redb::{Durability, ReadableTable, WriteTransaction};
 use crate::StoreError;
 use crate::expiry_index::{ExpiryIndex, META_EXACT_BELOW, read_exact_below};
 use crate::read_buffer::Buffered;
-use crate::rows::{StoredPacket, answers_row};
+use crate::rows::{StoredPacket, answers_form, answers_row};
 use crate::shared::{AppliedCounts, Paused, Shared, packets_in};
 use crate::tables::{ANSWERS, META, META_APPLIED_STATE, META_LOG_TIME, PACKETS, REMOVED_NODES};
 
@@ -182,8 +182,22 @@ impl ApplyTxn {
                 stored.as_ref().map(|old| old.payload.timestamp_micros()),
                 item.payload.timestamp_micros(),
             )?;
-            let answers_row = answers_row(&item.key, &item.payload);
-            answers.insert(&item.key, answers_row.as_slice())?;
+            let same_records = stored
+                .as_ref()
+                .is_some_and(|old| old.payload.dns_packet() == item.payload.dns_packet());
+            let kept = if same_records {
+                kept_answers_row(&answers, &item.key)?
+            } else {
+                None
+            };
+            let answers_row = match kept {
+                Some(row) => row,
+                None => {
+                    let row = answers_row(&item.key, &item.payload);
+                    answers.insert(&item.key, row.as_slice())?;
+                    Bytes::from(row)
+                }
+            };
             self.applied.packets += 1;
             changed(
                 &self.shared,
@@ -191,7 +205,7 @@ impl ApplyTxn {
                 item.key,
                 Buffered::Stored {
                     packet: Bytes::from(value),
-                    answers: Bytes::from(answers_row),
+                    answers: answers_row,
                 },
                 i64::from(stored.is_none()),
             );
@@ -316,6 +330,23 @@ impl ApplyTxn {
 /// `key`'s packet changed to `row` (its count of stored packets by `count_change`): at once
 /// for readers in the open transaction (buffer first, then the key's version, see
 /// `read_buffer.rs`), at the commit in one of its own.
+/// The stored `answers` row of `key`, when a republish carries the records its packet had: the
+/// compiled form depends on the key and the DNS message only (`compiled::compile`), not on the
+/// timestamp or the signature, so the row is already the new packet's. iroh endpoints
+/// republish unchanged records every few minutes; this spares each such PUT the compile and
+/// the row's insert on every replica. `None` (compile it again) when the row is missing or
+/// fails its checksum: a republish heals a damaged row, as it always did.
+fn kept_answers_row(
+    answers: &redb::Table<'_, &'static KeyBytes, &'static [u8]>,
+    key: &KeyBytes,
+) -> Result<Option<Bytes>, StoreError> {
+    let Some(row) = answers.get(key)? else {
+        return Ok(None);
+    };
+    let row = row.value();
+    Ok(answers_form(key, row).map(|_| Bytes::copy_from_slice(row)))
+}
+
 fn changed(shared: &Shared, mode: &mut Mode, key: KeyBytes, row: Buffered, count_change: i64) {
     match mode {
         Mode::Open { packets_stored, .. } => {

@@ -449,11 +449,11 @@ fn expiry_picks_what_an_index_by_exact_timestamp_picks() {
 }
 
 /// The oldest timestamp is read from the oldest bucket's packets while it holds at most 4,096
-/// of them (the oldest on the last of them), and is that bucket's start past that (no later than the oldest: expiry only
-/// compares it with its cut-off).
+/// of them (the oldest on the last of them), and is that bucket's start past that (no later
+/// than the oldest: expiry only compares it with its cut-off).
 #[test]
 fn the_oldest_timestamp_is_exact_up_to_a_bucket_of_4096() {
-    use crate::expiry_index::{BUCKET_MICROS, EXPIRY_BUCKETS, row_of};
+    use crate::expiry_index::{BUCKET_MICROS, EXPIRY_BUCKETS, bare_packet_value, row_of};
     let (_dir, store) = open();
     let start = 7 * BUCKET_MICROS;
     let write = |keys: std::ops::Range<u32>| {
@@ -466,9 +466,7 @@ fn the_oldest_timestamp_is_exact_up_to_a_bucket_of_4096() {
                 key[..4].copy_from_slice(&n.to_be_bytes());
                 // The oldest on the last key read: the first row's would not do.
                 let timestamp = start + 10_000 - u64::from(n);
-                // applied_at (8) ‖ signature (64) ‖ timestamp (8): all the read looks at.
-                let mut value = vec![0u8; 80];
-                value[72..80].copy_from_slice(&timestamp.to_be_bytes());
+                let value = bare_packet_value(timestamp);
                 packets.insert(&key, value.as_slice()).expect("packet");
                 index.insert(&row_of(timestamp, &key), ()).expect("row");
             }
@@ -888,6 +886,68 @@ fn compiled_answers_follow_their_packet() {
     );
     assert_eq!(expire(&store, 300, 10), 1);
     assert_eq!(compiled_form(&store, &key), None);
+    assert!(store.check_integrity().expect("check").problems.is_empty());
+}
+
+/// Replaces the committed `answers` row of `key` with `row` (a test's stand-in for what a
+/// disk or an older build left).
+fn plant_answers_row(store: &Store, key: &KeyBytes, row: &[u8]) {
+    let txn = store.db.begin_write().expect("write");
+    txn.open_table(ANSWERS)
+        .expect("answers")
+        .insert(key, row)
+        .expect("insert");
+    txn.commit().expect("commit");
+    store.latest.refresh(&store.db);
+}
+
+/// A republish whose DNS message is the stored one's (iroh's republish: a new timestamp and
+/// signature, the same records) keeps the `answers` row as it is, neither compiled nor written
+/// again; a row that fails its checksum is compiled again instead (a republish heals it, as it
+/// always did), and so is the row of a republish with other records. Shown with a planted row
+/// of the right checksum but another packet's form, which only a kept row leaves in place.
+#[test]
+fn a_republish_of_the_same_records_keeps_its_answers_row() {
+    let (_dir, store) = open();
+    let first = item(1, 100, "192.0.2.1:1");
+    let key = first.key;
+    apply(&store, &publish(1, vec![first.clone()]), b"s");
+    let same = item(1, 200, "192.0.2.1:1");
+    assert_ne!(same.payload, first.payload);
+    assert_eq!(same.payload.dns_packet(), first.payload.dns_packet());
+    let marker = answers_row(&key, &item(9, 1, "198.51.100.9:9").payload);
+    plant_answers_row(&store, &key, &marker);
+
+    apply(&store, &publish(2, vec![same.clone()]), b"s");
+    assert_eq!(
+        store.get(&key).expect("get").map(|s| s.payload),
+        Some(same.payload.clone()),
+        "the packet itself is replaced"
+    );
+    assert_eq!(
+        compiled_form(&store, &key),
+        answers_form(&key, &marker).map(<[u8]>::to_vec),
+        "the same records keep the stored row"
+    );
+
+    let mut damaged = marker.clone();
+    damaged[3] ^= 0x04;
+    plant_answers_row(&store, &key, &damaged);
+    apply(&store, &publish(3, vec![item(1, 300, "192.0.2.1:1")]), b"s");
+    assert_eq!(
+        compiled_form(&store, &key),
+        Some(pkraft_types::compiled::compile(&key, &same.payload)),
+        "a damaged row is compiled again"
+    );
+
+    plant_answers_row(&store, &key, &marker);
+    let other = item(1, 400, "192.0.2.1:2");
+    apply(&store, &publish(4, vec![other.clone()]), b"s");
+    assert_eq!(
+        compiled_form(&store, &key),
+        Some(pkraft_types::compiled::compile(&key, &other.payload)),
+        "other records are compiled"
+    );
     assert!(store.check_integrity().expect("check").problems.is_empty());
 }
 
@@ -1390,6 +1450,34 @@ async fn a_key_written_in_the_open_transaction_is_not_quarantined() {
     // A key the open transaction did not write is refused.
     assert!(store.quarantine(&b.key));
     assert!(matches!(store.get(&b.key), Err(StoreError::Quarantined(_))));
+}
+
+/// In the open transaction, the row a republish of the same records keeps is read through the
+/// buffer like a written one (whole, with its checksum: `AnswersRow::form` cuts it off), and the
+/// key's version moves on, so no cached answer of the packet before outlives it.
+#[tokio::test]
+async fn a_kept_answers_row_is_read_through_the_buffer() {
+    let (_dir, store) = open();
+    store.set_apply_batching(NEVER).expect("batching");
+    let first = item(1, 10, "192.0.2.1:1");
+    let key = first.key;
+    apply_open(&store, publish(1, vec![first]), b"1").await;
+    store.commit_applied().expect("commit");
+    let version = store.key_version(&key);
+    let same = item(1, 20, "192.0.2.1:1");
+    apply_open(&store, publish(2, vec![same.clone()]), b"2").await;
+    assert_eq!(store.buffer.len(), 1);
+    assert_eq!(
+        store.get(&key).expect("get").map(|s| s.payload),
+        Some(same.payload.clone())
+    );
+    assert_eq!(
+        compiled_form(&store, &key),
+        Some(pkraft_types::compiled::compile(&key, &same.payload))
+    );
+    assert_ne!(store.key_version(&key), version);
+    store.commit_applied().expect("commit");
+    assert!(store.check_integrity().expect("check").problems.is_empty());
 }
 
 /// A transaction of its own (and so an import, or the scrub's rewrite) pauses the writer, which
