@@ -14,6 +14,8 @@
 # single-node load and classifier run on it too, after the single node's rounds: the stages both
 # servers have (the check, HTTP) side by side, and what its store costs, which commits once a
 # second.
+# BUDGET_RECORDS=unchanged PUTs the first version's records in every run, under new timestamps
+# (iroh's republish of unchanged addresses; `pkraft-bench gen --records`).
 # Prints one table per process (the median of the rounds), then the mean wall time of each
 # write-path stage over the measured runs (the node's histograms: the PUT, a batch's wait for a
 # place in flight and the append slot, the batch, its log append and its apply), and writes the
@@ -28,6 +30,7 @@ rounds=${BUDGET_ROUNDS:-3}
 keys=${BUDGET_KEYS:-60000}
 hz=${BUDGET_PERF_HZ:-499}
 with_cluster=${BUDGET_CLUSTER:-1}
+records=${BUDGET_RECORDS:-new-each-version}
 iroh_bin=$(iroh_dns_server_bin)
 with_iroh=${BUDGET_IROH:-$([ -x "$iroh_bin" ] && echo 1 || echo 0)}
 [ -n "${BUDGET_IROH:-}" ] || [ "$with_iroh" = 1 ] ||
@@ -60,7 +63,7 @@ trap cleanup EXIT
 fail() { log "FAIL: $*"; print_log_tails "$work"; exit 1; }
 
 # Two PUT runs a round (measured, profiled), each a new version of every key.
-"$bench" gen --keys "$keys" --versions $((2 * rounds + 1)) --out "$work/data.bin" >/dev/null
+"$bench" gen --keys "$keys" --versions $((2 * rounds + 1)) --records "$records" --out "$work/data.bin" >/dev/null
 
 # put_round VERSION URL...: every key's VERSION through the URLs; prints the JSON report.
 put_round() {

@@ -35,7 +35,8 @@ case "$mode" in
     failover_trials=1 restart_rounds=1 gap_writers=1 gap_seconds=2
     bin_dir=${BENCH_BIN_DIR:-target/debug} peers=no
     # The debug build's nodes did not once fall under wait_idle's 1 tick in 0.5 s in CI (26 waits
-    # of 10 s at e8f13fd), so the smoke, whose numbers mean nothing, waits 1 s before each step.
+    # of 10 s at e8f13fd), so the smoke, whose numbers mean nothing, waits up to 1 s before each
+    # step.
     idle_seconds=1 ;;
   *) echo "usage: $0 full|smoke" >&2; exit 2 ;;
 esac

@@ -182,15 +182,15 @@ impl ApplyTxn {
                 stored.as_ref().map(|old| old.payload.timestamp_micros()),
                 item.payload.timestamp_micros(),
             )?;
-            let same_records = stored
+            let same_message = stored
                 .as_ref()
                 .is_some_and(|old| old.payload.dns_packet() == item.payload.dns_packet());
-            let kept = if same_records {
+            let kept = if same_message {
                 kept_answers_row(&answers, &item.key)?
             } else {
                 None
             };
-            let answers_row = match kept {
+            let answers_bytes = match kept {
                 Some(row) => row,
                 None => {
                     let row = answers_row(&item.key, &item.payload);
@@ -205,7 +205,7 @@ impl ApplyTxn {
                 item.key,
                 Buffered::Stored {
                     packet: Bytes::from(value),
-                    answers: answers_row,
+                    answers: answers_bytes,
                 },
                 i64::from(stored.is_none()),
             );
@@ -318,7 +318,7 @@ impl ApplyTxn {
         self.shared.committed();
         if let Mode::Own { changed, .. } = &self.mode {
             for key in changed {
-                // A row written again is no longer the damaged one.
+                // The packet row written again is no longer the damaged one.
                 self.shared.quarantine.release(key);
                 self.shared.versions.bump(key);
             }
@@ -327,15 +327,15 @@ impl ApplyTxn {
     }
 }
 
-/// `key`'s packet changed to `row` (its count of stored packets by `count_change`): at once
-/// for readers in the open transaction (buffer first, then the key's version, see
-/// `read_buffer.rs`), at the commit in one of its own.
-/// The stored `answers` row of `key`, when a republish carries the records its packet had: the
-/// compiled form depends on the key and the DNS message only (`compiled::compile`), not on the
-/// timestamp or the signature, so the row is already the new packet's. iroh endpoints
-/// republish unchanged records every few minutes; this spares each such PUT the compile and
-/// the row's insert on every replica. `None` (compile it again) when the row is missing or
-/// fails its checksum: a republish heals a damaged row, as it always did.
+/// The stored `answers` row of `key`, when a republish carries the DNS message its packet had:
+/// the compiled form depends on the key and the message only (`compiled::compile`, in one
+/// build: its format version is checked here), not on the timestamp or the signature, so the
+/// row is already the new packet's. iroh endpoints republish unchanged records every few
+/// minutes; this spares each such PUT the compile and the row's insert on every replica.
+/// `None` (compile it again) when the row is missing, fails its checksum or is of another
+/// format version: a republish heals those, as it always did. What the checksum cannot tell, a
+/// whole row of an older packet left by a write the disk lost, is kept here; the scrub finds it
+/// (docs/CONSISTENCY.md, "Damaged compiled answers").
 fn kept_answers_row(
     answers: &redb::Table<'_, &'static KeyBytes, &'static [u8]>,
     key: &KeyBytes,
@@ -344,16 +344,22 @@ fn kept_answers_row(
         return Ok(None);
     };
     let row = row.value();
-    Ok(answers_form(key, row).map(|_| Bytes::copy_from_slice(row)))
+    Ok(answers_form(key, row)
+        .filter(|form| pkraft_types::compiled::is_current_version(form))
+        .map(|_| Bytes::copy_from_slice(row)))
 }
 
+/// `key`'s packet changed to `row` (its count of stored packets by `count_change`): at once
+/// for readers in the open transaction (buffer first, then the key's version, see
+/// `read_buffer.rs`), at the commit in one of its own.
 fn changed(shared: &Shared, mode: &mut Mode, key: KeyBytes, row: Buffered, count_change: i64) {
     match mode {
         Mode::Open { packets_stored, .. } => {
             *packets_stored = packets_stored.saturating_add_signed(count_change);
             shared.buffer.put(&key, row);
             shared.buffer.set_packet_count(*packets_stored);
-            // A row written again is no longer the damaged one.
+            // The packet row written again is no longer the damaged one (only a packet row
+            // that fails its check puts a key in quarantine).
             shared.quarantine.release(&key);
             shared.versions.bump(&key);
         }

@@ -74,7 +74,8 @@ pub struct AnswersRow(pub(crate) AnswersBytes);
 
 pub(crate) enum AnswersBytes {
     Committed(redb::OwnedAccessGuard<&'static [u8]>),
-    /// From the read buffer: written by this process, never read from the disk.
+    /// From the read buffer: compiled by this process, or a stored row the apply kept for a
+    /// republish of the same DNS message after checking its checksum.
     Buffered(Bytes),
 }
 
@@ -85,7 +86,8 @@ impl AnswersRow {
             AnswersBytes::Committed(row) => row.value(),
             AnswersBytes::Buffered(row) => row,
         };
-        // The checksum was checked when the row was read (or the row was never on disk).
+        // The checksum was checked when the row was read or kept (or the row was compiled
+        // here).
         &row[..row.len().saturating_sub(ANSWERS_CRC_LEN)]
     }
 }

@@ -903,9 +903,10 @@ fn plant_answers_row(store: &Store, key: &KeyBytes, row: &[u8]) {
 
 /// A republish whose DNS message is the stored one's (iroh's republish: a new timestamp and
 /// signature, the same records) keeps the `answers` row as it is, neither compiled nor written
-/// again; a row that fails its checksum is compiled again instead (a republish heals it, as it
-/// always did), and so is the row of a republish with other records. Shown with a planted row
-/// of the right checksum but another packet's form, which only a kept row leaves in place.
+/// again; a row that fails its checksum, a missing one and one of another format version are
+/// compiled again instead (a republish heals them, as it always did), and so is the row of a
+/// republish with other records. Shown with a planted row of the right checksum but another
+/// packet's form, which only a kept row leaves in place.
 #[test]
 fn a_republish_of_the_same_records_keeps_its_answers_row() {
     let (_dir, store) = open();
@@ -940,9 +941,35 @@ fn a_republish_of_the_same_records_keeps_its_answers_row() {
         "a damaged row is compiled again"
     );
 
+    // A missing row (a write the disk lost) and a row of another format version are compiled.
+    let txn = store.db.begin_write().expect("write");
+    txn.open_table(ANSWERS)
+        .expect("answers")
+        .remove(&key)
+        .expect("remove");
+    txn.commit().expect("commit");
+    store.latest.refresh(&store.db);
+    apply(&store, &publish(4, vec![item(1, 310, "192.0.2.1:1")]), b"s");
+    assert_eq!(
+        compiled_form(&store, &key),
+        Some(pkraft_types::compiled::compile(&key, &same.payload)),
+        "a missing row is compiled again"
+    );
+    let mut other_version = answers_form(&key, &marker).expect("form").to_vec();
+    other_version[0] = other_version[0].wrapping_add(1);
+    let crc = answers_crc(&key, &other_version);
+    other_version.extend_from_slice(&crc.to_be_bytes());
+    plant_answers_row(&store, &key, &other_version);
+    apply(&store, &publish(5, vec![item(1, 320, "192.0.2.1:1")]), b"s");
+    assert_eq!(
+        compiled_form(&store, &key),
+        Some(pkraft_types::compiled::compile(&key, &same.payload)),
+        "a row of another format version is compiled again"
+    );
+
     plant_answers_row(&store, &key, &marker);
     let other = item(1, 400, "192.0.2.1:2");
-    apply(&store, &publish(4, vec![other.clone()]), b"s");
+    apply(&store, &publish(6, vec![other.clone()]), b"s");
     assert_eq!(
         compiled_form(&store, &key),
         Some(pkraft_types::compiled::compile(&key, &other.payload)),
@@ -1454,7 +1481,9 @@ async fn a_key_written_in_the_open_transaction_is_not_quarantined() {
 
 /// In the open transaction, the row a republish of the same records keeps is read through the
 /// buffer like a written one (whole, with its checksum: `AnswersRow::form` cuts it off), and the
-/// key's version moves on, so no cached answer of the packet before outlives it.
+/// key's version moves on, so no cached answer of the packet before outlives it; a second
+/// republish of the same records in the same open transaction keeps the row the first kept.
+/// Shown with a planted row, as above.
 #[tokio::test]
 async fn a_kept_answers_row_is_read_through_the_buffer() {
     let (_dir, store) = open();
@@ -1463,6 +1492,9 @@ async fn a_kept_answers_row_is_read_through_the_buffer() {
     let key = first.key;
     apply_open(&store, publish(1, vec![first]), b"1").await;
     store.commit_applied().expect("commit");
+    let marker = answers_row(&key, &item(9, 1, "198.51.100.9:9").payload);
+    plant_answers_row(&store, &key, &marker);
+    let marker_form = answers_form(&key, &marker).map(<[u8]>::to_vec);
     let version = store.key_version(&key);
     let same = item(1, 20, "192.0.2.1:1");
     apply_open(&store, publish(2, vec![same.clone()]), b"2").await;
@@ -1471,13 +1503,18 @@ async fn a_kept_answers_row_is_read_through_the_buffer() {
         store.get(&key).expect("get").map(|s| s.payload),
         Some(same.payload.clone())
     );
-    assert_eq!(
-        compiled_form(&store, &key),
-        Some(pkraft_types::compiled::compile(&key, &same.payload))
-    );
+    assert_eq!(compiled_form(&store, &key), marker_form);
     assert_ne!(store.key_version(&key), version);
+    let again = item(1, 30, "192.0.2.1:1");
+    apply_open(&store, publish(3, vec![again.clone()]), b"3").await;
+    assert_eq!(
+        store.get(&key).expect("get").map(|s| s.payload),
+        Some(again.payload)
+    );
+    assert_eq!(compiled_form(&store, &key), marker_form);
     store.commit_applied().expect("commit");
-    assert!(store.check_integrity().expect("check").problems.is_empty());
+    assert_eq!(store.buffer.len(), 0);
+    assert_eq!(compiled_form(&store, &key), marker_form);
 }
 
 /// A transaction of its own (and so an import, or the scrub's rewrite) pauses the writer, which

@@ -34,7 +34,18 @@ use crate::KeyBytes;
 use crate::payload::Payload;
 
 /// The format version this build writes and reads.
+///
+/// A change to what [`compile`] writes for some packet (this format, or hickory's encoding of a
+/// record) needs a new version and a migration of the state that compiles every row again: a
+/// replica keeps a stored row as it is when a republish carries the same DNS message
+/// (pkraft-state's `apply.rs`, `kept_answers_row`, which checks this version only), so a row
+/// of the old output would otherwise stay until the scrub found it.
 const VERSION: u8 = 1;
+
+/// Whether `form` is of the format version this build writes (its first byte).
+pub fn is_current_version(form: &[u8]) -> bool {
+    form.first() == Some(&VERSION)
+}
 
 /// The most records one name and type may have to be compiled: the frontend's answers stay
 /// within what hickory compresses the same way (its encoder stops compressing after 120 names,
