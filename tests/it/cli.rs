@@ -89,6 +89,10 @@ fn check_config_names_bad_limits_and_never_prints_secrets() {
             "[http]\nheader_read_timeout = \"0s\"\n",
             "http.header_read_timeout",
         ),
+        (
+            "[http]\nkey_cache_entries = 1000000000\n",
+            "http.key_cache_entries",
+        ),
     ] {
         std::fs::write(&path, toml).expect("write");
         let output = pkraft(&["check-config", &path_arg]);

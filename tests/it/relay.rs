@@ -239,6 +239,71 @@ async fn a_put_reads_the_store_once_whatever_it_comes_to() {
     }
 }
 
+/// Goal: a republish takes its key's curve point from the key cache (`pkraft-http`'s
+/// `key_cache.rs`), its signature is checked against it all the same, and only a key whose
+/// packet verified is kept. Method: the dev node; `pkraft_http_key_cache_lookups_total` scraped
+/// around a forged packet of a new key, its first real one, a republish, and a forgery once the
+/// key is kept.
+#[tokio::test]
+async fn a_republish_takes_its_key_from_the_cache_and_is_still_checked() {
+    let server = TestServer::start();
+    let key = keypair(45);
+    let url = server.relay_url(&key);
+    let lookups = |result: &'static str| {
+        let server = &server;
+        async move {
+            crate::metrics::value(
+                &crate::metrics::scrape(server).await,
+                "pkraft_http_key_cache_lookups_total",
+                &format!("result=\"{result}\""),
+            )
+        }
+    };
+    let forged = |timestamp: u64| {
+        let mut payload = iroh_packet(&key, timestamp, &["192.0.2.1:1"])
+            .to_relay_payload()
+            .to_vec();
+        payload[0] ^= 1; // the signature's first byte
+        Bytes::from(payload)
+    };
+    let real = |timestamp: u64| iroh_packet(&key, timestamp, &["192.0.2.1:1"]).to_relay_payload();
+    for (what, payload, status, result) in [
+        ("a forgery for a new key", forged(1_000), 400, "miss"),
+        (
+            "the key's first packet (the forgery's key was not kept)",
+            real(2_000),
+            204,
+            "miss",
+        ),
+        ("a republish", real(3_000), 204, "hit"),
+        ("a forgery once the key is kept", forged(4_000), 400, "hit"),
+    ] {
+        let (hits, misses) = (lookups("hit").await, lookups("miss").await);
+        assert_eq!(
+            server.put(&url, payload).await.status().as_u16(),
+            status,
+            "{what}"
+        );
+        let counted = if result == "hit" {
+            lookups("hit").await - hits
+        } else {
+            lookups("miss").await - misses
+        };
+        assert_eq!(counted, 1.0, "{what}: one {result}");
+        assert_eq!(
+            lookups("hit").await + lookups("miss").await - hits - misses,
+            1.0,
+            "{what}"
+        );
+    }
+    let stored = server.get(&url).await.bytes().await.expect("body");
+    assert_eq!(
+        stored,
+        real(3_000),
+        "the republish is stored, neither forgery"
+    );
+}
+
 #[tokio::test]
 async fn equal_timestamps_the_larger_dns_packet_wins() {
     let server = TestServer::start();

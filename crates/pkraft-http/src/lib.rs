@@ -7,6 +7,8 @@
 //! - [`admin`]: the admin listener (cluster status and membership changes, backups).
 //! - [`import`]: the admin API's `POST /import` (`pkraft import`).
 //! - [`error`]: [`error::RelayError`], the one place where failures become status codes.
+//! - [`key_cache`]: the curve points of keys whose packets verified recently (a republish's
+//!   key is not decompressed again).
 //! - [`rate_limit`]: per-client and global rate limits of the relay and DoH routes (429).
 //! - [`serve`]: the connection loop of every HTTP listener (public, `[https]`, admin, peer) with
 //!   its limits on connections, request heads, idle time and TLS handshakes.
@@ -19,6 +21,7 @@ pub mod admin;
 pub mod doh;
 pub mod error;
 pub mod import;
+pub mod key_cache;
 pub mod metrics;
 pub mod rate_limit;
 pub mod relay;
@@ -118,6 +121,11 @@ pub struct Settings {
     /// A TLS handshake on `[https]` that takes longer is dropped. Default 10 s.
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
+    /// Keys whose curve points are kept once a packet by them verified, so that their
+    /// republishes do not decompress the key again ([`key_cache`]; about 256 bytes each). 0: none
+    /// kept. Default 65,536 (about 16 MiB): one relay's iroh endpoints, republishing every few
+    /// minutes.
+    pub key_cache_entries: usize,
 }
 
 /// An `[http]` value that cannot be served. The message names the field.
@@ -134,6 +142,8 @@ pub const HEADER_BYTES_MIN: usize = 8_192;
 pub const HYPER_MAX_HEADERS: usize = 100;
 /// Largest accepted `max_connections` (each is a file descriptor and a task).
 pub const CONNECTIONS_MAX: usize = 1 << 20;
+/// Largest accepted `key_cache_entries` (about 4 GiB of points): more is a typo.
+pub const KEY_CACHE_ENTRIES_MAX: usize = 1 << 24;
 /// Longest accepted connection timeout: more is a typo, and would overflow deadline arithmetic.
 pub const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
 
@@ -177,6 +187,15 @@ impl Settings {
                 format!(
                     "must be at least {HEADER_BYTES_MIN}, got {}",
                     self.max_header_bytes
+                ),
+            );
+        }
+        if self.key_cache_entries > KEY_CACHE_ENTRIES_MAX {
+            return fail(
+                "key_cache_entries",
+                format!(
+                    "must be at most {KEY_CACHE_ENTRIES_MAX}, got {}",
+                    self.key_cache_entries
                 ),
             );
         }
@@ -225,6 +244,7 @@ impl Default for Settings {
             max_header_bytes: 16_384,
             http2_max_concurrent_streams: 128,
             tls_handshake_timeout: Duration::from_secs(10),
+            key_cache_entries: 65_536,
         }
     }
 }
@@ -240,6 +260,8 @@ pub struct AppState {
     pub dns: pkraft_dns::Answerer,
     pub metrics: Arc<metrics::HttpMetrics>,
     pub rate_limits: Arc<rate_limit::RateLimits>,
+    /// The points of recently verified keys (PUT).
+    pub keys: key_cache::KeyCache,
     /// Asked on a GET miss (`[dht]` with `resolve`).
     pub dht: Option<Arc<pkraft_dht::Resolver>>,
 }

@@ -57,8 +57,9 @@ pub async fn put_packet(
     admission: Option<Extension<Admission>>,
     body: Bytes,
 ) -> Result<Response, RelayError> {
-    let key = parse_z32_key(&key)?;
-    let packet = VerifiedPacket::verify(&key, body)?;
+    let key = state.keys.parse(&key)?;
+    let packet = VerifiedPacket::verify(&key.key, body)?;
+    state.keys.keep_verified(&key);
     check_not_from_the_future(
         state.node.clock().skew_reference_micros(),
         packet.payload().timestamp_micros(),

@@ -339,12 +339,15 @@ fn public_router(
     rate_limits
         .register(registry)
         .context("rate limit metrics")?;
+    let keys = pkraft_http::key_cache::KeyCache::new(config.http.key_cache_entries)?;
+    keys.register(registry).context("key cache metrics")?;
     Ok(pkraft_http::router(pkraft_http::AppState {
         node: node.clone(),
         settings: Arc::new(config.http.clone()),
         dns: dns.answerer(),
         metrics: http_metrics,
         rate_limits,
+        keys,
         dht: dht_resolver,
     }))
 }
