@@ -279,11 +279,10 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::PUT, Method::POST, Method::OPTIONS])
         .allow_headers(Any)
         .expose_headers([STORED_NODES_HEADER, INVALID_SEQ_HEADER]);
-    // Rate limits run before a body is read. Health checks have a class of their own, with no
-    // global limit (a flood must not fail the load balancer's probes).
-    let relay = get(relay::get_packet).put(relay::put_packet).route_layer(
-        axum::middleware::from_fn_with_state(state.clone(), rate_limit::limit_relay),
-    );
+    // Rate limits run before a body is read (the relay's in its handlers' `RelayLimits`
+    // extractor). Health checks have a class of their own, with no global limit (a flood must
+    // not fail the load balancer's probes).
+    let relay = get(relay::get_packet).put(relay::put_packet);
     let health_limit =
         axum::middleware::from_fn_with_state(state.rate_limits.clone(), rate_limit::limit_health);
     Router::new()

@@ -19,8 +19,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use pkraft_limits::{
@@ -347,28 +348,40 @@ impl RateLimits {
 
     /// Takes a token of `class` for the client of `request`, or answers 429.
     async fn enforce(&self, class: RouteClass, request: Request, next: Next) -> Response {
+        match self.take_token(class, request.extensions(), request.headers()) {
+            Ok(()) => next.run(request).await,
+            Err(too_many) => too_many,
+        }
+    }
+
+    /// Takes a token of `class` for the client of a request with these `extensions` and
+    /// `headers`, or gives the 429 to answer.
+    fn take_token(
+        &self,
+        class: RouteClass,
+        extensions: &Extensions,
+        headers: &HeaderMap,
+    ) -> Result<(), Response> {
         let limiter = self.limiter(class);
         if !limiter.is_active() {
-            return next.run(request).await;
+            return Ok(());
         }
         // The listeners always attach the peer address; a router used without them (in-process
         // tests) counts every request as one client.
-        let peer = request
-            .extensions()
+        let peer = extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
-        let client_ip = self.client_of(peer, request.headers());
+        let client_ip = self.client_of(peer, headers);
         if matches!(class, RouteClass::Publish | RouteClass::PublishNewKeys)
             && !self.exempt_publishers.is_empty()
             && self.exempt_publishers.contains(client_ip)
         {
             self.exempt.inc();
-            return next.run(request).await;
+            return Ok(());
         }
-        match limiter.check(client_ip) {
-            Ok(()) => next.run(request).await,
-            Err(denied) => self.refuse(class, denied),
-        }
+        limiter
+            .check(client_ip)
+            .map_err(|denied| self.refuse(class, denied))
     }
 
     /// Takes a token of the key's own rate (`publish_per_key`) for `packet`, verified, when that
@@ -455,43 +468,67 @@ fn whole_seconds_up(duration: Duration) -> u64 {
     secs.max(1)
 }
 
-/// Middleware of the relay routes: a PUT is `publish` when this node stores its key and
-/// `publish_new_keys` when not (see the module docs); anything else is `resolve`. `key` is the
-/// route's, percent-decoded as the handler reads it. The replica is read for the key once
-/// ([`pkraft_raft::Writes::admit`]), and the answer goes on with the request for the handler.
-pub async fn limit_relay(
-    State(state): State<SharedState>,
-    Path(key): Path<String>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let limits = &state.rate_limits;
-    if request.method() != Method::PUT {
-        return limits.enforce(RouteClass::Resolve, request, next).await;
+/// The relay routes' limits, taken as an extractor of the handler, before it reads the body: a
+/// PUT is `publish` when this node stores its key and `publish_new_keys` when not (see the module
+/// docs); anything else is `resolve`. The replica is read for the key once
+/// ([`pkraft_raft::Writes::admit`]), and the handler gets that answer with the key. An extractor
+/// rather than a middleware: a middleware costs each request a clone of the route's service and
+/// two boxed futures, and hands the admission over through the request's extensions.
+pub struct RelayLimits {
+    /// The route's key, percent-decoded, as the URL has it (not checked yet).
+    pub key: String,
+    /// For a PUT whose key decodes: what the replica holds for it. `None` for a GET, and for a
+    /// PUT whose key is the handler's 400.
+    pub admission: Option<Admission>,
+}
+
+impl FromRequestParts<SharedState> for RelayLimits {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<RelayLimits, Response> {
+        let Path(key) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let limits = &state.rate_limits;
+        let take_token = |class| limits.take_token(class, &parts.extensions, &parts.headers);
+        if parts.method != Method::PUT {
+            take_token(RouteClass::Resolve)?;
+            return Ok(RelayLimits {
+                key,
+                admission: None,
+            });
+        }
+        // A key that does not decode is the handler's 400; until then it counts as a new key.
+        let Ok(key_bytes) = decode_z32_key(&key) else {
+            take_token(RouteClass::PublishNewKeys)?;
+            return Ok(RelayLimits {
+                key,
+                admission: None,
+            });
+        };
+        let admission = state.node.writes().admit(&key_bytes);
+        // No room for new keys (the store's cap, a disk below the new-key reserve): refused before
+        // the body is read or verified, and before it takes any rate budget.
+        if let Some(reason) = state
+            .node
+            .writes()
+            .refuse_new_key(|| admission.is_republish())
+        {
+            return Err(RelayError::NoRoom(reason).into_response());
+        }
+        take_token(if admission.is_republish() {
+            RouteClass::Publish
+        } else {
+            RouteClass::PublishNewKeys
+        })?;
+        Ok(RelayLimits {
+            key,
+            admission: Some(admission),
+        })
     }
-    // A key that does not decode is the handler's 400; until then it counts as a new key.
-    let Ok(key) = decode_z32_key(&key) else {
-        return limits
-            .enforce(RouteClass::PublishNewKeys, request, next)
-            .await;
-    };
-    let admission = state.node.writes().admit(&key);
-    // No room for new keys (the store's cap, a disk below the new-key reserve): refused before
-    // the body is read or verified, and before it takes any rate budget.
-    if let Some(reason) = state
-        .node
-        .writes()
-        .refuse_new_key(|| admission.is_republish())
-    {
-        return RelayError::NoRoom(reason).into_response();
-    }
-    let class = if admission.is_republish() {
-        RouteClass::Publish
-    } else {
-        RouteClass::PublishNewKeys
-    };
-    request.extensions_mut().insert(admission);
-    limits.enforce(class, request, next).await
 }
 
 /// Middleware of `/dns-query`.

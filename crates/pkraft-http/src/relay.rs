@@ -1,18 +1,18 @@
 //! The pkarr relay routes (DESIGN.md §2.1).
 
-use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use pkarr::Timestamp;
 use pkraft_dht::{DhtAnswer, Lookup};
-use pkraft_raft::{Admission, Consistency, Published};
+use pkraft_raft::{Consistency, Published};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
 use pkraft_types::too_far_ahead;
 use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key, parse_z32_key};
 
 use crate::error::RelayError;
+use crate::rate_limit::RelayLimits;
 use crate::{STORED_NODES_HEADER, Settings, SharedState};
 
 /// Query parameters of GET.
@@ -53,11 +53,10 @@ pub const PAYLOAD_CONTENT_TYPE: &str = "application/pkarr.org/relays#payload";
 /// same packet is), 409 if a more recent packet is stored.
 pub async fn put_packet(
     State(state): State<SharedState>,
-    Path(key): Path<String>,
-    admission: Option<Extension<Admission>>,
+    limits: RelayLimits,
     body: Bytes,
 ) -> Result<Response, RelayError> {
-    let key = state.keys.parse(&key)?;
+    let key = state.keys.parse(&limits.key)?;
     let packet = VerifiedPacket::verify(&key.key, body)?;
     state.keys.keep_verified(&key);
     check_not_from_the_future(
@@ -65,12 +64,13 @@ pub async fn put_packet(
         packet.payload().timestamp_micros(),
         state.settings.max_future_skew,
     )?;
-    // The rate-limit middleware read the replica for this key (the one read of a PUT); a
-    // router without it reads here.
-    let admission = match admission {
-        Some(Extension(admission)) if admission.key() == &packet.key_bytes() => admission,
-        _ => state.node.writes().admit(&packet.key_bytes()),
+    // The limits read the replica for this key (the one read of a PUT). Their admission is
+    // `None` only for a key that does not decode, which `parse` has refused above.
+    let admission = match limits.admission {
+        Some(admission) => admission,
+        None => state.node.writes().admit(&packet.key_bytes()),
     };
+    debug_assert_eq!(admission.key(), &packet.key_bytes());
     if let Some(too_many) = state.rate_limits.limit_key(&admission, &packet) {
         return Ok(too_many);
     }
@@ -111,7 +111,7 @@ fn check_not_from_the_future(
 /// the client's `If-Modified-Since` is not older than the packet.
 pub async fn get_packet(
     State(state): State<SharedState>,
-    Path(key): Path<String>,
+    RelayLimits { key, .. }: RelayLimits,
     Query(read): Query<ReadParams>,
     headers: HeaderMap,
 ) -> Result<Response, RelayError> {
