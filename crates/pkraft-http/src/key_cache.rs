@@ -2,7 +2,7 @@
 //! decompress its key again.
 //!
 //! A PUT's signature is checked against its key as a curve point, and turning the URL's 32 bytes
-//! into that point (a square root in the field) cost 3.7 % of a single node's CPU under `make
+//! into that point (a square root in the field) cost 3.9 % of a single node's CPU under `make
 //! bench`'s load (`perf`, docs/BENCHMARKS.md "Keys kept as curve points"). An iroh endpoint
 //! republishes under the same key every few minutes, so the point is kept, by the key's bytes.
 //!
@@ -14,12 +14,14 @@
 //! S3-FIFO policy: scan resistant, so a flood of new keys does not flush the keys that republish.
 
 use pkarr::PublicKey;
-use pkraft_types::{KeyBytes, KeyError, decode_z32_key};
+use pkraft_types::{KeyBytes, KeyError, VerifiedPacket, decode_z32_key};
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-/// Memory of one entry, rounded up: the key (32 bytes), the point with its compressed form
-/// (192) and quick_cache's slot. With the default 65,536 entries, about 16 MiB.
-pub const ENTRY_BYTES: usize = 256;
+/// Memory to count for one entry: the key (32 bytes) and the point with its compressed form
+/// (192) in a quick_cache slot (about 240 bytes), plus the slots of the evicted keys quick_cache
+/// remembers (up to half as many again) and the slot array's growth by doubling. With the
+/// default 65,536 entries, at most about 32 MiB.
+pub const ENTRY_BYTES: usize = 512;
 
 /// See the module docs.
 pub struct KeyCache {
@@ -71,10 +73,11 @@ impl KeyCache {
         Ok(ParsedKey { key, cached: false })
     }
 
-    /// Keeps the point of `parsed`, whose packet verified.
-    pub fn keep_verified(&self, parsed: &ParsedKey) {
+    /// Keeps the point of `packet`'s key, parsed as `parsed`: only a verified packet's key is
+    /// kept.
+    pub fn keep_verified(&self, parsed: &ParsedKey, packet: &VerifiedPacket) {
         if let (Some(points), false) = (&self.points, parsed.cached) {
-            points.insert(parsed.key.to_bytes(), parsed.key.clone());
+            points.insert(packet.key_bytes(), packet.key().clone());
         }
     }
 
@@ -93,12 +96,19 @@ mod tests {
     use super::*;
     use pkraft_types::{encode_z32_key, parse_z32_key};
 
+    fn keypair(seed: u8) -> pkarr::Keypair {
+        pkarr::Keypair::from_secret_key(&[seed; 32])
+    }
+
     fn z32(seed: u8) -> String {
-        encode_z32_key(
-            &pkarr::Keypair::from_secret_key(&[seed; 32])
-                .public_key()
-                .to_bytes(),
-        )
+        encode_z32_key(&keypair(seed).public_key().to_bytes())
+    }
+
+    /// A verified packet signed by `seed`'s key.
+    fn verified(seed: u8) -> VerifiedPacket {
+        let packet = pkraft_testkit::iroh_packet(&keypair(seed), 1_000, &["192.0.2.1:1"]);
+        VerifiedPacket::verify(&keypair(seed).public_key(), packet.to_relay_payload())
+            .expect("a valid packet")
     }
 
     #[test]
@@ -111,7 +121,7 @@ mod tests {
             cache.is_empty(),
             "nothing is kept before the packet verified"
         );
-        cache.keep_verified(&first);
+        cache.keep_verified(&first, &verified(1));
         let again = cache.parse(&text.to_uppercase()).expect("valid key");
         assert!(again.cached);
         assert_eq!(again.key, parse_z32_key(&text).expect("valid key"));
@@ -144,13 +154,13 @@ mod tests {
         let cache = KeyCache::new(8).expect("metrics");
         for seed in 0..64 {
             let parsed = cache.parse(&z32(seed)).expect("valid key");
-            cache.keep_verified(&parsed);
+            cache.keep_verified(&parsed, &verified(seed));
         }
         assert!(cache.len() <= 8, "{} points held", cache.len());
 
         let off = KeyCache::new(0).expect("metrics");
         let parsed = off.parse(&z32(3)).expect("valid key");
-        off.keep_verified(&parsed);
+        off.keep_verified(&parsed, &verified(3));
         assert!(!off.parse(&z32(3)).expect("valid key").cached);
         assert_eq!(off.len(), 0);
     }

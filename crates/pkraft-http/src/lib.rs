@@ -122,9 +122,9 @@ pub struct Settings {
     #[serde(with = "humantime_serde")]
     pub tls_handshake_timeout: Duration,
     /// Keys whose curve points are kept once a packet by them verified, so that their
-    /// republishes do not decompress the key again ([`key_cache`]; about 256 bytes each). 0: none
-    /// kept. Default 65,536 (about 16 MiB): one relay's iroh endpoints, republishing every few
-    /// minutes.
+    /// republishes do not decompress the key again ([`key_cache`]; count up to
+    /// [`key_cache::ENTRY_BYTES`], 512 bytes, each). 0: none kept. Default 65,536 (at most about
+    /// 32 MiB): one relay's iroh endpoints, republishing every few minutes.
     pub key_cache_entries: usize,
 }
 
@@ -142,8 +142,8 @@ pub const HEADER_BYTES_MIN: usize = 8_192;
 pub const HYPER_MAX_HEADERS: usize = 100;
 /// Largest accepted `max_connections` (each is a file descriptor and a task).
 pub const CONNECTIONS_MAX: usize = 1 << 20;
-/// Largest accepted `key_cache_entries` (about 4 GiB of points): more is a typo.
-pub const KEY_CACHE_ENTRIES_MAX: usize = 1 << 24;
+/// Largest accepted `key_cache_entries` (up to about 2 GiB of points): more is a typo.
+pub const KEY_CACHE_ENTRIES_MAX: usize = 1 << 22;
 /// Longest accepted connection timeout: more is a typo, and would overflow deadline arithmetic.
 pub const CONNECTION_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
 
@@ -279,9 +279,10 @@ pub fn router(state: AppState) -> Router {
         .allow_methods([Method::GET, Method::PUT, Method::POST, Method::OPTIONS])
         .allow_headers(Any)
         .expose_headers([STORED_NODES_HEADER, INVALID_SEQ_HEADER]);
-    // Rate limits run before a body is read (the relay's in its handlers' `RelayLimits`
-    // extractor). Health checks have a class of their own, with no global limit (a flood must
-    // not fail the load balancer's probes).
+    // Rate limits run before a body is read. The relay's are its handlers' `RelayLimits`
+    // extractor, not a layer: a handler added to these routes is limited only if it takes
+    // `RelayLimits` too (before its body). Health checks have a class of their own, with no
+    // global limit (a flood must not fail the load balancer's probes).
     let relay = get(relay::get_packet).put(relay::put_packet);
     let health_limit =
         axum::middleware::from_fn_with_state(state.rate_limits.clone(), rate_limit::limit_health);

@@ -349,22 +349,22 @@ impl RateLimits {
     /// Takes a token of `class` for the client of `request`, or answers 429.
     async fn enforce(&self, class: RouteClass, request: Request, next: Next) -> Response {
         match self.take_token(class, request.extensions(), request.headers()) {
-            Ok(()) => next.run(request).await,
-            Err(too_many) => too_many,
+            None => next.run(request).await,
+            Some(too_many) => too_many,
         }
     }
 
     /// Takes a token of `class` for the client of a request with these `extensions` and
-    /// `headers`, or gives the 429 to answer.
+    /// `headers`; over the limit: the 429 to answer.
     fn take_token(
         &self,
         class: RouteClass,
         extensions: &Extensions,
         headers: &HeaderMap,
-    ) -> Result<(), Response> {
+    ) -> Option<Response> {
         let limiter = self.limiter(class);
         if !limiter.is_active() {
-            return Ok(());
+            return None;
         }
         // The listeners always attach the peer address; a router used without them (in-process
         // tests) counts every request as one client.
@@ -377,11 +377,10 @@ impl RateLimits {
             && self.exempt_publishers.contains(client_ip)
         {
             self.exempt.inc();
-            return Ok(());
+            return None;
         }
-        limiter
-            .check(client_ip)
-            .map_err(|denied| self.refuse(class, denied))
+        let denied = limiter.check(client_ip).err()?;
+        Some(self.refuse(class, denied))
     }
 
     /// Takes a token of the key's own rate (`publish_per_key`) for `packet`, verified, when that
@@ -493,9 +492,12 @@ impl FromRequestParts<SharedState> for RelayLimits {
             .await
             .map_err(IntoResponse::into_response)?;
         let limits = &state.rate_limits;
-        let take_token = |class| limits.take_token(class, &parts.extensions, &parts.headers);
+        // The 429 to answer when the client is over `class`'s limits.
+        let refused = |class| limits.take_token(class, &parts.extensions, &parts.headers);
         if parts.method != Method::PUT {
-            take_token(RouteClass::Resolve)?;
+            if let Some(too_many) = refused(RouteClass::Resolve) {
+                return Err(too_many);
+            }
             return Ok(RelayLimits {
                 key,
                 admission: None,
@@ -503,7 +505,9 @@ impl FromRequestParts<SharedState> for RelayLimits {
         }
         // A key that does not decode is the handler's 400; until then it counts as a new key.
         let Ok(key_bytes) = decode_z32_key(&key) else {
-            take_token(RouteClass::PublishNewKeys)?;
+            if let Some(too_many) = refused(RouteClass::PublishNewKeys) {
+                return Err(too_many);
+            }
             return Ok(RelayLimits {
                 key,
                 admission: None,
@@ -519,11 +523,14 @@ impl FromRequestParts<SharedState> for RelayLimits {
         {
             return Err(RelayError::NoRoom(reason).into_response());
         }
-        take_token(if admission.is_republish() {
+        let class = if admission.is_republish() {
             RouteClass::Publish
         } else {
             RouteClass::PublishNewKeys
-        })?;
+        };
+        if let Some(too_many) = refused(class) {
+            return Err(too_many);
+        }
         Ok(RelayLimits {
             key,
             admission: Some(admission),

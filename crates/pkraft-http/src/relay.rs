@@ -58,19 +58,19 @@ pub async fn put_packet(
 ) -> Result<Response, RelayError> {
     let key = state.keys.parse(&limits.key)?;
     let packet = VerifiedPacket::verify(&key.key, body)?;
-    state.keys.keep_verified(&key);
+    state.keys.keep_verified(&key, &packet);
     check_not_from_the_future(
         state.node.clock().skew_reference_micros(),
         packet.payload().timestamp_micros(),
         state.settings.max_future_skew,
     )?;
     // The limits read the replica for this key (the one read of a PUT). Their admission is
-    // `None` only for a key that does not decode, which `parse` has refused above.
+    // `None` only for a key that does not decode, which `parse` has refused above; one for
+    // another key cannot come from the same URL, but would be read again rather than used.
     let admission = match limits.admission {
-        Some(admission) => admission,
-        None => state.node.writes().admit(&packet.key_bytes()),
+        Some(admission) if admission.key() == &packet.key_bytes() => admission,
+        _ => state.node.writes().admit(&packet.key_bytes()),
     };
-    debug_assert_eq!(admission.key(), &packet.key_bytes());
     if let Some(too_many) = state.rate_limits.limit_key(&admission, &packet) {
         return Ok(too_many);
     }
