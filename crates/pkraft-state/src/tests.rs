@@ -934,12 +934,21 @@ fn a_republish_of_the_same_records_keeps_its_answers_row() {
     let mut damaged = marker.clone();
     damaged[3] ^= 0x04;
     plant_answers_row(&store, &key, &damaged);
-    apply(&store, &publish(3, vec![item(1, 300, "192.0.2.1:1")]), b"s");
-    assert_eq!(
-        compiled_form(&store, &key),
-        Some(pkraft_types::compiled::compile(&key, &same.payload)),
-        "a damaged row is compiled again"
-    );
+    // Each of these rows is compiled again by the next republish of the same records, which
+    // must then hold exactly what compiling the packet gives.
+    let republish_compiles_again = |leader_time: u64, timestamp: u64, why: &str| {
+        apply(
+            &store,
+            &publish(leader_time, vec![item(1, timestamp, "192.0.2.1:1")]),
+            b"s",
+        );
+        assert_eq!(
+            compiled_form(&store, &key),
+            Some(pkraft_types::compiled::compile(&key, &same.payload)),
+            "{why}"
+        );
+    };
+    republish_compiles_again(3, 300, "a damaged row is compiled again");
 
     // A missing row (a write the disk lost) and a row of another format version are compiled.
     let txn = store.db.begin_write().expect("write");
@@ -949,23 +958,13 @@ fn a_republish_of_the_same_records_keeps_its_answers_row() {
         .expect("remove");
     txn.commit().expect("commit");
     store.latest.refresh(&store.db);
-    apply(&store, &publish(4, vec![item(1, 310, "192.0.2.1:1")]), b"s");
-    assert_eq!(
-        compiled_form(&store, &key),
-        Some(pkraft_types::compiled::compile(&key, &same.payload)),
-        "a missing row is compiled again"
-    );
+    republish_compiles_again(4, 310, "a missing row is compiled again");
     let mut other_version = answers_form(&key, &marker).expect("form").to_vec();
     other_version[0] = other_version[0].wrapping_add(1);
     let crc = answers_crc(&key, &other_version);
     other_version.extend_from_slice(&crc.to_be_bytes());
     plant_answers_row(&store, &key, &other_version);
-    apply(&store, &publish(5, vec![item(1, 320, "192.0.2.1:1")]), b"s");
-    assert_eq!(
-        compiled_form(&store, &key),
-        Some(pkraft_types::compiled::compile(&key, &same.payload)),
-        "a row of another format version is compiled again"
-    );
+    republish_compiles_again(5, 320, "a row of another format version is compiled again");
 
     plant_answers_row(&store, &key, &marker);
     let other = item(1, 400, "192.0.2.1:2");
