@@ -3,7 +3,13 @@
 //! cluster with a cap of 30; 60 new keys PUT at once, spread over the three nodes; then the
 //! stored keys republished through every node, and the refusals' answers and metrics read.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use pkarr::Keypair;
+use pkraft_testkit::keypair;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::cluster::{TestCluster, eventually, packet, put};
 use crate::harness::http_client;
@@ -59,8 +65,18 @@ async fn at_its_cap_a_cluster_stores_no_new_keys_and_takes_republishes() {
     }
 
     // One more new key, through each node: 507 before anything is verified (a body that is no
-    // packet gets it too), with the setting named and a Retry-After.
+    // packet gets it too), with the setting named and a Retry-After; and before the body is
+    // read at all. Each of the three refusals is counted as an answered request.
+    let refusals_counted = |metrics: &str| {
+        sample(
+            metrics,
+            "pkraft_http_requests_total",
+            r#"method="PUT",route="/pkarr/{key}",status="507""#,
+        )
+        .unwrap_or(0.0)
+    };
     for (i, member) in cluster.members.iter().enumerate() {
+        let counted_before = refusals_counted(&scrape(&member.server).await);
         let (key, packet) = packet(9_500 + i as u64, now);
         let response = put(&member.server, &key, &packet).await;
         assert_eq!(response.status(), 507, "node {}", member.id);
@@ -78,6 +94,19 @@ async fn at_its_cap_a_cluster_stores_no_new_keys_and_takes_republishes() {
             .await
             .expect("PUT");
         assert_eq!(garbage.status(), 507, "node {}", member.id);
+        let unsent = keypair(9_600 + i as u64);
+        assert_eq!(
+            status_with_body_withheld(member.server.http, &unsent).await,
+            "HTTP/1.1 507",
+            "node {}",
+            member.id
+        );
+        assert_eq!(
+            refusals_counted(&scrape(&member.server).await) - counted_before,
+            3.0,
+            "node {}",
+            member.id
+        );
     }
 
     // Every stored key republished, each through another node: all taken.
@@ -109,6 +138,25 @@ async fn at_its_cap_a_cluster_stores_no_new_keys_and_takes_republishes() {
         let metrics = scrape(&member.server).await;
         assert_eq!(value(&metrics, "pkraft_store_records", ""), CAP as f64);
     }
+}
+
+/// Sends the head of a PUT of `key` that announces a body of 1,000 bytes and never sends it;
+/// the status line of the answer, which must come without the body. A limit checked only once
+/// the body is read would leave the request waiting for it until `http.request_timeout`.
+async fn status_with_body_withheld(server: SocketAddr, key: &Keypair) -> String {
+    let mut stream = TcpStream::connect(server).await.expect("connect");
+    let head = format!(
+        "PUT /pkarr/{} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        key.public_key()
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0_u8; 1_024];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut answer))
+        .await
+        .expect("answered before the body was sent")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    answer.get(..12).unwrap_or(&answer).to_string()
 }
 
 /// PUTs `body` to `url`; a 503 (no leader in time, a commit slower than `publish_timeout` on a
