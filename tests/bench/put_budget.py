@@ -32,9 +32,16 @@ STAGES = [
     ("store writes and commits (iroh-dns-server)", r"iroh_dns_server::store"),
     # The open transaction's commit (`ApplyTxn::commit_open`, `finish`), by the writer thread.
     ("apply: redb commit", r"ApplyTxn::commit|ApplyTxn::finish|Owner::commit"),
-    ("apply: rows (packets, answers, expiry)", r"ApplyTxn|state_machine::|RaftStateMachine"),
-    ("log append + sync", r"log_store|segments::|synced_mark|fdatasync|sync_data"),
-    ("replicate", r"openraft::replication|pkraft_peer::|append_entries|install_snapshot"),
+    # The storage's and the network's patterns are anchored at the frame's start: openraft's
+    # core and its replication tasks name pkraft's log store, state machine and network among
+    # their generic parameters (`RaftCore<TypeConfig, PeerNetwork, LogStore, StateMachine>`),
+    # and unanchored those frames took raft core's samples for the apply's. The log's writer
+    # thread is known by its root frame too (its waits for the next append).
+    ("apply: rows (packets, answers, expiry)", r"ApplyTxn|^<?pkraft_raft_storage::state_machine::"),
+    ("log append + sync",
+     r"^<?pkraft_raft_storage::log_store::"
+     r"|^__rust_begin_short_backtrace<pkraft_raft_storage::log_store::|fdatasync|sync_data"),
+    ("replicate", r"^<?openraft::replication::|^<?pkraft_peer::|append_entries|install_snapshot"),
     ("log encode", r"postcard::|codec::encode"),
     # Anchored: the relay handler's frames name `write_path::admission::Admission` among their
     # generic parameters, which are the handler's (HTTP), not the write path's own work.
