@@ -902,8 +902,6 @@ async fn t20_a_removed_node_id_is_refused_when_it_comes_back() {
     cluster.wait_for_voters(2).await;
     cluster.add(removed).await;
     let newcomer = &cluster.member(removed).server;
-    // Polled asynchronously: the peer proxies run on this test's runtime, which a blocking wait
-    // would stall.
     eventually("the newcomer told it is refused", || async {
         newcomer
             .log()

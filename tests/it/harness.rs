@@ -225,8 +225,7 @@ impl TestServer {
 
     /// Waits (bounded) until the captured log contains `needle`. The log is copied from the
     /// process's stderr by a thread, so a line can arrive a moment after the event it reports.
-    /// Async: the peer proxies of a `TestCluster` run on the test's runtime, and a blocking wait
-    /// would stall every peer request meanwhile (heartbeats time out, elections follow).
+    /// Async: the test's other futures go on meanwhile.
     pub async fn wait_for_log(&self, needle: &str) {
         self.wait_for_log_within(needle, LOG_TIMEOUT).await;
     }

@@ -72,8 +72,7 @@ fn current_row(key: &[u8; 32], payload: &[u8]) -> Vec<u8> {
     row
 }
 
-/// Runs `pkraft import --json` to its end without blocking the test's runtime, which carries
-/// the cluster's peer proxies.
+/// Runs `pkraft import --json` to its end without blocking the test's runtime.
 async fn pkraft_import(admin: &str, token_file: &Path, store: &Path) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_pkraft"))
         .args(["import", "--json", "--admin", admin, "--token-file"])

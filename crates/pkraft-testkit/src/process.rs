@@ -4,7 +4,7 @@
 //! ports, are started by `pkraft-bench cluster`.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -84,7 +84,7 @@ impl NodeProcess {
                 LogTo::Memory => None,
                 LogTo::File(file) => Some(file),
             };
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in lines_of(stderr) {
                 let ready = line.contains(LISTENING).then(|| line.clone());
                 // Kept before readiness is reported, so the log has the line once `start`
                 // returns.
@@ -191,6 +191,37 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Every line `stderr` gives until it closes. A line that is not UTF-8 is kept, lossily, and a
+/// read error ends the lines with one saying so: `BufRead::lines` would end them silently at
+/// either, and a test waiting for a later line would blame the node.
+fn lines_of(stderr: impl Read) -> impl Iterator<Item = String> {
+    let mut reader = BufReader::new(stderr);
+    // After a read error: the line saying so, still to give (then nothing more).
+    let mut failure: Option<Option<String>> = None;
+    std::iter::from_fn(move || {
+        if let Some(said) = &mut failure {
+            return said.take();
+        }
+        let mut bytes = Vec::new();
+        let read = reader.read_until(b'\n', &mut bytes);
+        if let Err(e) = read {
+            let said = format!("[harness] reading the process's stderr failed: {e}");
+            if bytes.is_empty() {
+                failure = Some(None);
+                return Some(said);
+            }
+            // The start of a line read before the error comes first.
+            failure = Some(Some(said));
+        } else if bytes.is_empty() {
+            return None;
+        }
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    })
+}
+
 fn joined(log: &Mutex<Vec<String>>) -> String {
     log.lock().map(|lines| lines.join("\n")).unwrap_or_default()
 }
@@ -202,4 +233,39 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> String {
     }
     let _ = child.kill();
     child.wait().map(|s| s.to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that gives `data`, then fails.
+    struct FailsAfter(std::io::Cursor<Vec<u8>>);
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(std::io::Error::other("gone")),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn lines_after_one_that_is_not_utf8_are_kept_and_a_read_error_is_said() {
+        let data = b"first\n\xff\xfe broken\nthird\nlast without newline".to_vec();
+        let lines: Vec<String> = lines_of(std::io::Cursor::new(data.clone())).collect();
+        assert_eq!(
+            lines,
+            [
+                "first",
+                "\u{fffd}\u{fffd} broken",
+                "third",
+                "last without newline"
+            ]
+        );
+        let lines: Vec<String> = lines_of(FailsAfter(std::io::Cursor::new(data))).collect();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(lines[4].contains("reading the process's stderr failed: gone"));
+    }
 }

@@ -255,10 +255,16 @@ impl Rules {
 const HELD_RECHECK: Duration = Duration::from_millis(20);
 
 /// One node's proxy: listens on its own loopback port, relays to the node's current peer
-/// address.
+/// address. It runs on a runtime of its own, not the caller's: a test on a current-thread
+/// runtime that blocks (starting a node process waits for its first lines) would otherwise
+/// hold every peer request of its cluster as long, and a stall of an election timeout or more
+/// moves the leadership under the test (CI's damaged_disks failure at 0d04882, reproduced by
+/// holding the test thread 3 s after the damage). Dropping the proxy ends everything it runs.
 pub struct PeerProxy {
     pub addr: SocketAddr,
     upstream: Arc<Mutex<Option<SocketAddr>>>,
+    /// Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 #[derive(Clone)]
@@ -277,8 +283,19 @@ impl PeerProxy {
         network: Arc<Network>,
         client: reqwest::Client,
     ) -> std::io::Result<PeerProxy> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(format!("peer-proxy-{node}"))
+            .enable_all()
+            .build()?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        // Registered with the proxy's runtime, whose driver then serves it.
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
         let upstream = Arc::new(Mutex::new(None));
         let state = ProxyState {
             node,
@@ -287,14 +304,28 @@ impl PeerProxy {
             client,
         };
         let app = axum::Router::new().fallback(relay).with_state(state);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(PeerProxy { addr, upstream })
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Ok(PeerProxy {
+            addr,
+            upstream,
+            runtime: Some(runtime),
+        })
     }
 
     /// Points the proxy at the node's peer listener (again after a restart on a new port), or
     /// at nothing while the node is down.
     pub fn set_upstream(&self, addr: Option<SocketAddr>) {
         *self.upstream.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+    }
+}
+
+impl Drop for PeerProxy {
+    /// Ends the listener, every connection and every held request at once (without waiting:
+    /// the caller may be on a runtime itself).
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
