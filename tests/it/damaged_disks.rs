@@ -576,6 +576,47 @@ async fn publish_served_by(
     published
 }
 
+/// Found by the simulator (seed 49, once its faults drew failing syncs): node 1, the cluster's
+/// first, had a bit flipped in its log's first membership change. The repair cut its log back
+/// to the bootstrap's entries, whose membership is node 1 alone, and the start, taking the node
+/// for the only voter, waited to apply that log by itself, with its elections held for the
+/// repair and its peer listener not yet served: after 30 s it gave up, at every restart. Now a
+/// start that repairs its log leaves the replay to the leader, and the node catches up.
+#[tokio::test]
+async fn a_log_repaired_back_to_the_bootstrap_membership_starts_and_catches_up() {
+    let mut cluster = TestCluster::start(3, "").await;
+    let leader = cluster.leader().await;
+    let published = publish_served_by(&cluster, leader, 1, 48_000, 5).await;
+    cluster.member_mut(1).server.kill();
+    let data_dir = cluster.member(1).server.data_dir().to_path_buf();
+    // Entry 1 is the first leader's blank entry, after the bootstrap membership (entry 0);
+    // entry 2 adds the first learner.
+    let records = log_records(&data_dir).expect("read the log");
+    let first_change = record_holding(&data_dir, 2);
+    damage_record(
+        &records,
+        &first_change,
+        RecordDamage::BitFlip,
+        &mut SplitMix64::new(49),
+    )
+    .expect("damage the record");
+
+    let started = Instant::now();
+    cluster.restart(1);
+    let server = &cluster.member(1).server;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the start took {:?}\n{}",
+        started.elapsed(),
+        server.log()
+    );
+    server.wait_for_log("the Raft log is damaged").await;
+    server.wait_for_log("the Raft log is whole again").await;
+    for (key, packet) in &published {
+        wait_served(server, key, packet).await;
+    }
+}
+
 /// Found by the chaos harness's corruption kinds: a repair can leave the log ending below what
 /// the state has applied (here: a clean stop flushed the state; in chaos, a snapshot build's
 /// flush). openraft then purged the log up to the applied entry, past the last snapshot, and
