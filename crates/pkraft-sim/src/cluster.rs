@@ -222,7 +222,17 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
             async move {
                 // The node's wall clock is read on this host's runtime.
                 crate::world::register_host(id);
-                let node = start_node(id, &dir).await?;
+                let node = match start_node(id, &dir).await {
+                    Ok(node) => node,
+                    // Started (after another fault's end) on a disk whose syncs fail: it must
+                    // not run, as the daemon exits; it waits for the fault's end to start it
+                    // again. On a well disk a start that fails is a finding.
+                    Err(error) if crate::disk::syncs_fail(&dir) => {
+                        tracing::info!(node = id, %error, "did not start on a failing disk");
+                        return std::future::pending().await;
+                    }
+                    Err(error) => return Err(error),
+                };
                 let (sender, receiver) = requests();
                 tokio::spawn(serve_requests(node.clone(), receiver));
                 let incarnation = {
@@ -436,6 +446,10 @@ fn step_to_the_end(
         let now = sim.elapsed();
         // A crash drops the host's runtime and a restart starts the node: watched like a step.
         let changing = watchdog.step();
+        for node in under_way.power_off_ending(now) {
+            // The driver must not keep a stopped node's files open past its restart.
+            started.borrow_mut().remove(&node);
+        }
         under_way.end_due(sim, now, nodes)?;
         while let Some(fault) = due.next_if(|fault| fault.at <= now) {
             if !under_way.may_begin(fault)

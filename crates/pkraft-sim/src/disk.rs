@@ -70,13 +70,20 @@ struct Disk {
     /// The data dirs whose node has lost its power: a sync of a file in one is not durable
     /// (a crashed node's store, dropped with its host, closes redb, which syncs as it closes).
     powered_off: Vec<PathBuf>,
+    /// The data dirs whose disk fails every sync (`FaultKind::SyncsFailing`): a sync of a file
+    /// in one fails with EIO and makes nothing durable.
+    failing: Vec<PathBuf>,
 }
+
+/// Linux's EIO, what a failed `fsync` returns.
+const EIO: i32 = 5;
 
 /// Every simulated host runs on one thread, but a sync may come from another (a test's own);
 /// a lock, not a thread's own copy, so that no sync goes unseen.
 static DISK: Mutex<Disk> = Mutex::new(Disk {
     durable: BTreeMap::new(),
     powered_off: Vec::new(),
+    failing: Vec::new(),
 });
 
 fn disk() -> MutexGuard<'static, Disk> {
@@ -89,16 +96,20 @@ pub(crate) fn start_run() {
 }
 
 /// `pkraft_types::world`'s `synced`: keeps what `file` holds now as what a power cut leaves
-/// of it. Directories are skipped (names are durable at once).
+/// of it. Directories are skipped (names are durable at once). On a failing disk
+/// ([`fail_syncs`]) every sync, a directory's too, fails with EIO.
 pub(crate) fn synced(file: &File) -> io::Result<()> {
     let metadata = file.metadata()?;
-    if !metadata.is_file() {
-        return Ok(());
-    }
     let opened = format!("/proc/self/fd/{}", file.as_raw_fd());
     let path = fs::read_link(&opened)?;
     let mut disk = disk();
     if disk.powered_off.iter().any(|dir| path.starts_with(dir)) {
+        return Ok(());
+    }
+    if disk.failing.iter().any(|dir| path.starts_with(dir)) {
+        return Err(io::Error::from_raw_os_error(EIO));
+    }
+    if !metadata.is_file() {
         return Ok(());
     }
     // Read through a new open of the same file: the node's handle may be open for writing only.
@@ -131,6 +142,26 @@ fn in_file(path: &Path, e: io::Error) -> io::Error {
 /// symlinked `TMPDIR` would otherwise never match the files synced in it.
 fn canonical(dir: &Path) -> PathBuf {
     fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// From now on every sync of a file under `dir` fails with EIO and keeps nothing (`failing`),
+/// or, once the fault has ended, succeeds again.
+pub(crate) fn fail_syncs(dir: &Path, failing: bool) {
+    let dir = canonical(dir);
+    let mut disk = disk();
+    disk.failing.retain(|listed| *listed != dir);
+    if failing {
+        disk.failing.push(dir);
+    }
+}
+
+/// Whether the disk under `dir` fails its syncs now ([`fail_syncs`]).
+pub(crate) fn syncs_fail(dir: &Path) -> bool {
+    let dir = canonical(dir);
+    disk()
+        .failing
+        .iter()
+        .any(|failing| dir.starts_with(failing))
 }
 
 /// The power of the node whose data dir is `dir` goes: from now until [`restore`], its syncs
@@ -293,6 +324,36 @@ mod tests {
         let cut = restore(dir.path(), &mut rng).expect("restore");
         assert_eq!(cut, Cut::default(), "nothing unsynced");
         assert!(fs::read(&synced_path).expect("read").starts_with(b"again"));
+    }
+
+    #[test]
+    fn a_failing_disk_fails_every_sync_and_keeps_nothing_until_it_is_well() {
+        let (_alone, dir) = a_fresh_disk();
+        let segment = dir.path().join("1.seg");
+        let file = File::create(&segment).expect("create");
+        file.write_all_at(b"synced", 0).expect("write");
+        synced(&file).expect("synced");
+        fail_syncs(dir.path(), true);
+        file.write_all_at(b"SYNCED, then lost", 0).expect("write");
+        let failed = synced(&file).expect_err("the disk fails");
+        assert_eq!(failed.raw_os_error(), Some(EIO), "{failed}");
+        let directory = File::open(dir.path()).expect("open the directory");
+        assert!(synced(&directory).is_err(), "a directory's sync fails too");
+        // Another node's disk is well.
+        let elsewhere = tempfile::tempdir().expect("dir");
+        let other = File::create(elsewhere.path().join("1.seg")).expect("create");
+        synced(&other).expect("another disk syncs");
+        // What the failed syncs did not keep is gone at a cut.
+        power_off(dir.path());
+        drop(file);
+        restore(dir.path(), &mut SplitMix64::new(1)).expect("restore");
+        assert!(fs::read(&segment).expect("read").starts_with(b"synced"));
+        fail_syncs(dir.path(), false);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("open");
+        synced(&file).expect("the disk is well again");
     }
 
     #[test]

@@ -59,11 +59,17 @@ pub enum FaultKind {
     /// whether or not the stop had finished by then (a stop that outlasts it is killed, as
     /// systemd kills one past `TimeoutStopSec`).
     Stopped,
+    /// Every sync of the node's files fails with EIO and makes nothing durable, as on a disk
+    /// gone bad: the node must take no write it cannot make durable, and stop (openraft's
+    /// storage error; the daemon exits for its supervisor). When the fault ends, its power is
+    /// cut (what no sync kept is gone, as a kernel may drop the pages of a failed `fsync`) and
+    /// it is started again on its data dir, the disk well again.
+    SyncsFailing,
 }
 
 impl FaultKind {
     /// Every kind a run can draw.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Crash,
         FaultKind::Isolated,
         FaultKind::Muted,
@@ -74,6 +80,7 @@ impl FaultKind {
         FaultKind::PowerOutage,
         FaultKind::LogDamaged,
         FaultKind::Stopped,
+        FaultKind::SyncsFailing,
     ];
 
     /// Whether the nodes it hits stop running (the driver must let go of them first).
@@ -86,6 +93,12 @@ impl FaultKind {
                 | FaultKind::LogDamaged
                 | FaultKind::Stopped
         )
+    }
+
+    /// Whether the node it hits stops running when it ends (the driver must let go of it
+    /// first, after [`Faults::power_off_ending`]).
+    pub(crate) fn stops_node_at_its_end(self) -> bool {
+        matches!(self, FaultKind::SyncsFailing)
     }
 
     /// Whether it begins only when no other fault is under way, and keeps any other from
@@ -294,6 +307,7 @@ impl Faults {
                 tracing::info!(node = fault.node, ?how, ?damaged, "simulated damage");
             }
             FaultKind::Stopped => self.stops.set(fault.node, true)?,
+            FaultKind::SyncsFailing => disk::fail_syncs(self.dir(fault.node)?, true),
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
             FaultKind::Stalled => links.each(|node, other| sim.hold(node, other)),
@@ -315,20 +329,49 @@ impl Faults {
         Ok(cuts)
     }
 
-    /// Ends every fault whose time is up at `now`.
+    /// The faults whose time is up at `now`, each with a node it is under way on.
+    pub(crate) fn due(&self, now: Duration) -> Vec<(u64, Fault)> {
+        self.active
+            .iter()
+            .filter(|(_, fault)| fault.ends() <= now)
+            .map(|(&node, &fault)| (node, fault))
+            .collect()
+    }
+
+    /// The power of the nodes whose fault ends at `now` and stops them as it ends
+    /// ([`FaultKind::stops_node_at_its_end`]) goes: call before the driver lets go of them.
+    /// Those nodes.
+    pub(crate) fn power_off_ending(&self, now: Duration) -> Vec<u64> {
+        let ending: Vec<u64> = self
+            .due(now)
+            .into_iter()
+            .filter(|(_, fault)| fault.kind.stops_node_at_its_end())
+            .map(|(node, _)| node)
+            .collect();
+        for node in &ending {
+            if let Some(dir) = self.dirs.get(node) {
+                disk::power_off(dir);
+            }
+        }
+        ending
+    }
+
+    /// Node `node`'s data dir.
+    fn dir(&self, node: u64) -> Result<&PathBuf, String> {
+        self.dirs
+            .get(&node)
+            .ok_or_else(|| format!("node {node} has no data dir"))
+    }
+
+    /// Ends every fault whose time is up at `now` (the nodes one stops as it ends must be let
+    /// go of by its caller first, after [`Faults::power_off_ending`]).
     pub(crate) fn end_due(
         &mut self,
         sim: &mut turmoil::Sim<'_>,
         now: Duration,
         nodes: u64,
     ) -> Result<(), String> {
-        let due: Vec<(u64, Fault)> = self
-            .active
-            .iter()
-            .filter(|(_, fault)| fault.ends() <= now)
-            .map(|(&node, &fault)| (node, fault))
-            .collect();
-        for (node, fault) in due {
+        for (node, fault) in self.due(now) {
             self.active.remove(&node);
             let links = Links::of(fault.node, nodes);
             match fault.kind {
@@ -338,6 +381,16 @@ impl Faults {
                 | FaultKind::LogDamaged => sim.bounce(host_name(node)),
                 FaultKind::Stopped => {
                     self.stops.set(node, false)?;
+                    sim.bounce(host_name(node));
+                }
+                FaultKind::SyncsFailing => {
+                    sim.crash(host_name(node));
+                    let dir = self.dir(node)?;
+                    let cut = disk::restore(dir, &mut fault.draws()).map_err(|e| {
+                        format!("the power cut ending node {node}'s failing syncs: {e}")
+                    })?;
+                    disk::fail_syncs(dir, false);
+                    tracing::info!(node, ?cut, "simulated failing syncs ended by a power cut");
                     sim.bounce(host_name(node));
                 }
                 FaultKind::Isolated => links.each(|node, other| sim.repair(node, other)),
