@@ -238,7 +238,7 @@ sim-long:
 sim-planted:
 	RUSTFLAGS='$(SIM_RUSTFLAGS)' CARGO_TARGET_DIR=$(TARGET_DIR)/sim $(CARGO) test --profile sim -p pkraft-sim --features planted-bugs --locked --test planted -- --nocapture
 
-## The simulator's CI run: `make sim-long` over 1,600 seeds (about 10,700 faults of eleven kinds,
+## The simulator's CI run: `make sim-long` over 1,600 seeds (about 11,000 faults of twelve kinds,
 ## about a minute and a half), then its first 100 seeds again in another process, each to give
 ## the same history.
 sim-ci:

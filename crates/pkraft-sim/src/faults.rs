@@ -14,8 +14,8 @@ use pkraft_testkit::damage::{LogRecord, RecordDamage, damage_log};
 use pkraft_testkit::rng::SplitMix64;
 use tokio::sync::Notify;
 
-use crate::disk;
 use crate::world::{ClockFault, set_clock_fault};
+use crate::{disk, network};
 
 /// What a fault does to its node, from its moment until it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,11 +65,16 @@ pub enum FaultKind {
     /// cut (what no sync kept is gone, as a kernel may drop the pages of a failed `fsync`) and
     /// it is started again on its data dir, the disk well again.
     SyncsFailing,
+    /// A quarter of the peer requests the node serves (drawn from the fault's draws) are
+    /// handled and their answer lost: the connection closes before it, so the caller cannot
+    /// tell whether it was handled (a forwarded publish, an append, a vote), as when a link
+    /// fails between a request and its answer. The links themselves stay up.
+    AnswersLost,
 }
 
 impl FaultKind {
     /// Every kind a run can draw.
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::Crash,
         FaultKind::Isolated,
         FaultKind::Muted,
@@ -81,6 +86,7 @@ impl FaultKind {
         FaultKind::LogDamaged,
         FaultKind::Stopped,
         FaultKind::SyncsFailing,
+        FaultKind::AnswersLost,
     ];
 
     /// Whether the nodes it hits stop running (the driver must let go of them first).
@@ -308,6 +314,7 @@ impl Faults {
             }
             FaultKind::Stopped => self.stops.set(fault.node, true)?,
             FaultKind::SyncsFailing => disk::fail_syncs(self.dir(fault.node)?, true),
+            FaultKind::AnswersLost => network::lose_answers(fault.node, Some(fault.draws())),
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
             FaultKind::Stalled => links.each(|node, other| sim.hold(node, other)),
@@ -393,6 +400,7 @@ impl Faults {
                     tracing::info!(node, ?cut, "simulated failing syncs ended by a power cut");
                     sim.bounce(host_name(node));
                 }
+                FaultKind::AnswersLost => network::lose_answers(node, None),
                 FaultKind::Isolated => links.each(|node, other| sim.repair(node, other)),
                 FaultKind::Muted => links.each(|node, other| sim.repair_oneway(node, other)),
                 FaultKind::Stalled => links.each(|node, other| sim.release(node, other)),

@@ -5,14 +5,19 @@
 //! partition in turmoil refuses a connection at once (its SYN is dropped with an answer), so
 //! to a caller it looks like a refusal, not silence.
 
+use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use pkraft_raft::Node;
 use pkraft_raft::peer::PeerTransport;
 use pkraft_raft::peer::transport::PeerStream;
+use pkraft_testkit::rng::SplitMix64;
+use tower::ServiceExt;
 
 /// The port every simulated node's peer listener binds.
 pub const PEER_PORT: u16 = 7000;
@@ -27,9 +32,65 @@ pub fn transport() -> PeerTransport {
     }))
 }
 
+/// The nodes whose peer answers are being lost now (`FaultKind::AnswersLost`), each with the
+/// draws that decide which.
+static LOSING_ANSWERS: Mutex<BTreeMap<u64, SplitMix64>> = Mutex::new(BTreeMap::new());
+
+/// Makes node `node` lose the answers to some of the peer requests it serves, which drawn from
+/// `draws`, or (`None`) none again.
+pub(crate) fn lose_answers(node: u64, draws: Option<SplitMix64>) {
+    let mut losing = LOSING_ANSWERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match draws {
+        Some(draws) => losing.insert(node, draws),
+        None => losing.remove(&node),
+    };
+}
+
+/// No node loses answers: a run's faults are its own.
+pub(crate) fn start_run() {
+    LOSING_ANSWERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
+}
+
+/// Whether the answer to the next peer request node `node` serves is lost: one in four while
+/// it loses answers.
+fn answer_lost(node: u64) -> bool {
+    let mut losing = LOSING_ANSWERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    losing
+        .get_mut(&node)
+        .is_some_and(|draws| draws.below(4) == 0)
+}
+
+/// The error that closes a connection in place of a lost answer.
+#[derive(Debug, thiserror::Error)]
+#[error("the answer was lost by the simulated network")]
+struct AnswerLost;
+
+/// Handles `request` with `router`; if its answer is to be lost, the connection closes in
+/// its place (the caller cannot tell whether the request was handled).
+async fn handle(
+    router: axum::Router,
+    node: u64,
+    request: Request<Incoming>,
+) -> Result<axum::response::Response, Box<dyn std::error::Error + Send + Sync>> {
+    let lost = answer_lost(node);
+    let answer = router.oneshot(request).await?;
+    if lost {
+        return Err(Box::new(AnswerLost));
+    }
+    Ok(answer)
+}
+
 /// Serves `node`'s peer routes on [`PEER_PORT`] of the current host until the host stops.
 pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT)).await?;
+    let id = node.id();
     let router = pkraft_raft::routes::router(node);
     // The connections are this future's: dropped with it (a node's clean stop), each is closed,
     // as the process's exit closes them, instead of serving on until the host is dropped.
@@ -49,7 +110,10 @@ pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
                 continue;
             }
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
+        let service = TowerToHyperService::new(tower::service_fn(move |request| {
+            handle(router.clone(), id, request)
+        }));
         connections.spawn(async move {
             // A connection's end (the peer gone, a partition) is the network's business: the
             // caller sees its call fail.
