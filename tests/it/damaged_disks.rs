@@ -227,8 +227,8 @@ const SNAPSHOT_AFTER_ENTRIES: u64 = 10;
 
 /// Once `server`'s last snapshot build has ended: its snapshot's data file, and how many applied
 /// entries it does not cover. Ended means: fewer than `SNAPSHOT_AFTER_ENTRIES` are not covered
-/// (so no build is due, however long the scheduler waits to start one), and the file has not
-/// changed across two looks.
+/// (so no build is due, however long the scheduler waits to start one), and the current
+/// snapshot is the same file across two looks (a build writes a new one).
 async fn settled_snapshot(server: &TestServer) -> (PathBuf, u64) {
     let data_dir = server.data_dir().to_path_buf();
     let mut last = None;

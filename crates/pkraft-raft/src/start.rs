@@ -424,8 +424,8 @@ struct RaftStarted {
 
 impl RaftStarted {
     /// Starts Raft: initializes a pristine data dir as a one-voter cluster with
-    /// `cluster.bootstrap`, else replays the log it holds (the only voter), after taking the
-    /// clean-stop marker.
+    /// `cluster.bootstrap`, else replays the log it holds (the only voter, its log whole), after
+    /// taking the clean-stop marker.
     async fn start(
         id: NodeId,
         data_dir: &Path,
@@ -487,16 +487,8 @@ impl RaftStarted {
                 .await
                 .map_err(|e| StartError::raft("initializing a new cluster", e))?;
             tracing::info!(node_id = id, data_dir = %data_dir.display(), "initialized a new single-node cluster");
-        } else if let Some(log_end) = last_log_id.map(|log_id| log_id.index)
-            && log_store.repair().is_none()
-        {
-            // Not while the log is repaired: it holds less than the node held, its membership
-            // may be older too (cut back to the bootstrap's, "only voter"), and the node holds
-            // its elections until the repair ends, so it could not apply alone and the start
-            // would time out (the simulator's seed 49 once `SyncsFailing` was drawn: a bit
-            // flipped in entry 3 of node 1's log). It has other voters (`Opened::open` repairs
-            // only then), and local reads wait until it has caught up (`catch_up_to`).
-            replay_log(&raft, id, log_end).await?;
+        } else if let Some(log_end) = last_log_id.map(|log_id| log_id.index) {
+            replay_log(&raft, id, log_end, log_store.repair().is_some()).await?;
         }
         // A repaired log held more than it holds now, and the state may be older than what was
         // served before: local reads wait until the node has caught up to where the log reached
@@ -723,7 +715,19 @@ fn sync_layout(data_dir: &Path) -> std::io::Result<()> {
 /// without fsync; after a crash the state may lag the fsynced log.) Only the only voter can do
 /// this alone: a member of a larger cluster learns what is committed from its leader, and until
 /// then serves what it has (see docs/ARCHITECTURE.md, Durability).
-async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result<(), StartError> {
+///
+/// Nor does a node whose log is being repaired (`repairing`): its log holds less than it held,
+/// and its membership may be older too, cut back to the bootstrap's ("only voter"); it holds
+/// its elections until the repair ends, so it could not apply alone, and the start timed out at
+/// every restart (the simulator's seed 49: a `LogDamaged` bit flip in entry 3 of node 1's log).
+/// It has other voters (`Opened::open` repairs only then), and its local reads wait until it
+/// has caught up (`catch_up_to`). Either waits for openraft to load the log first.
+async fn replay_log(
+    raft: &Raft<TypeConfig>,
+    id: NodeId,
+    log_end: u64,
+    repairing: bool,
+) -> Result<(), StartError> {
     // openraft publishes the state it loaded (log, membership) when its core task first runs;
     // until then the metrics are empty initial ones, so wait for them first.
     let loaded = raft
@@ -735,7 +739,7 @@ async fn replay_log(raft: &Raft<TypeConfig>, id: NodeId, log_end: u64) -> Result
         .await
         .map_err(|e| StartError::raft("loading the log", e))?;
     let only_voter = loaded.membership_config.membership().voter_ids().eq([id]);
-    if !only_voter {
+    if !only_voter || repairing {
         return Ok(());
     }
     raft.wait(Some(REPLAY_TIMEOUT))

@@ -68,6 +68,10 @@ pub struct RunReport {
     /// the same gives the same one; a run of the same seed that gives another one is not
     /// deterministic.
     pub history: u64,
+    /// Syncs the disk failed (`SyncsFailing`) and peer answers lost (`AnswersLost`): what
+    /// those faults did.
+    pub syncs_failed: u64,
+    pub answers_lost: u64,
 }
 
 /// FNV-1a over the events of a run, one at a time: stable across builds and platforms (std's
@@ -224,10 +228,13 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
                 crate::world::register_host(id);
                 let node = match start_node(id, &dir).await {
                     Ok(node) => node,
-                    // Started (after another fault's end) on a disk whose syncs fail: it must
-                    // not run, as the daemon exits; it waits for the fault's end to start it
-                    // again. On a well disk a start that fails is a finding.
-                    Err(error) if crate::disk::syncs_fail(&dir) => {
+                    // A start still under way when `SyncsFailing` began, failed by its disk:
+                    // the node must not run, as the daemon exits; it waits for the fault's end
+                    // to start it again. Any other start that fails is a finding.
+                    Err(error)
+                        if crate::disk::syncs_fail(&dir)
+                            && crate::disk::says_eio(&error.to_string()) =>
+                    {
                         tracing::info!(node = id, %error, "did not start on a failing disk");
                         return std::future::pending().await;
                     }
@@ -346,6 +353,8 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         linearizable_ops,
         reads_checked,
         history: history.hash,
+        syncs_failed: crate::disk::syncs_failed(),
+        answers_lost: crate::network::answers_lost(),
     })
 }
 

@@ -73,6 +73,8 @@ struct Disk {
     /// The data dirs whose disk fails every sync (`FaultKind::SyncsFailing`): a sync of a file
     /// in one fails with EIO and makes nothing durable.
     failing: Vec<PathBuf>,
+    /// Syncs failed so far in the run.
+    syncs_failed: u64,
 }
 
 /// Linux's EIO, what a failed `fsync` returns.
@@ -84,6 +86,7 @@ static DISK: Mutex<Disk> = Mutex::new(Disk {
     durable: BTreeMap::new(),
     powered_off: Vec::new(),
     failing: Vec::new(),
+    syncs_failed: 0,
 });
 
 fn disk() -> MutexGuard<'static, Disk> {
@@ -107,6 +110,7 @@ pub(crate) fn synced(file: &File) -> io::Result<()> {
         return Ok(());
     }
     if disk.failing.iter().any(|dir| path.starts_with(dir)) {
+        disk.syncs_failed += 1;
         return Err(io::Error::from_raw_os_error(EIO));
     }
     if !metadata.is_file() {
@@ -153,6 +157,17 @@ pub(crate) fn fail_syncs(dir: &Path, failing: bool) {
     if failing {
         disk.failing.push(dir);
     }
+}
+
+/// How many syncs failed so far in the run ([`fail_syncs`]).
+pub(crate) fn syncs_failed() -> u64 {
+    disk().syncs_failed
+}
+
+/// Whether `error` says what a failed sync says (EIO), as an error's text carries it through
+/// the node's start: the harness knows a start on a failing disk by it.
+pub(crate) fn says_eio(error: &str) -> bool {
+    error.contains(&format!("(os error {EIO})"))
 }
 
 /// Whether the disk under `dir` fails its syncs now ([`fail_syncs`]).
@@ -337,12 +352,14 @@ mod tests {
         file.write_all_at(b"SYNCED, then lost", 0).expect("write");
         let failed = synced(&file).expect_err("the disk fails");
         assert_eq!(failed.raw_os_error(), Some(EIO), "{failed}");
+        assert!(says_eio(&format!("wrapped: {failed}")), "{failed}");
         let directory = File::open(dir.path()).expect("open the directory");
         assert!(synced(&directory).is_err(), "a directory's sync fails too");
         // Another node's disk is well.
         let elsewhere = tempfile::tempdir().expect("dir");
         let other = File::create(elsewhere.path().join("1.seg")).expect("create");
         synced(&other).expect("another disk syncs");
+        assert_eq!(syncs_failed(), 2);
         // What the failed syncs did not keep is gone at a cut.
         power_off(dir.path());
         drop(file);

@@ -258,10 +258,15 @@ impl Faults {
     /// last hold on a node's store, dropped, closes its files, syncing them).
     pub(crate) fn power_off(&self, fault: &Fault, nodes: u64) {
         if fault.kind.cuts_power() {
-            for node in fault.hits(nodes) {
-                if let Some(dir) = self.dirs.get(&node) {
-                    disk::power_off(dir);
-                }
+            self.cut_power_of(&fault.hits(nodes));
+        }
+    }
+
+    /// The power of `nodes` goes ([`disk::power_off`]).
+    fn cut_power_of(&self, nodes: &[u64]) {
+        for node in nodes {
+            if let Some(dir) = self.dirs.get(node) {
+                disk::power_off(dir);
             }
         }
     }
@@ -282,10 +287,7 @@ impl Faults {
                 let mut draws = fault.draws();
                 for node in fault.hits(nodes) {
                     sim.crash(host_name(node));
-                    let dir = self
-                        .dirs
-                        .get(&node)
-                        .ok_or_else(|| format!("node {node} has no data dir"))?;
+                    let dir = self.dir(node)?;
                     let cut = disk::restore(dir, &mut draws).map_err(|e| {
                         format!("a power cut of node {node} ({}): {e}", dir.display())
                     })?;
@@ -294,10 +296,7 @@ impl Faults {
             }
             FaultKind::LogDamaged => {
                 sim.crash(host_name(fault.node));
-                let dir = self
-                    .dirs
-                    .get(&fault.node)
-                    .ok_or_else(|| format!("node {} has no data dir", fault.node))?;
+                let dir = self.dir(fault.node)?;
                 let how = usize::try_from(fault.amount)
                     .ok()
                     .and_then(|index| RecordDamage::ALL.get(index))
@@ -355,11 +354,7 @@ impl Faults {
             .filter(|(_, fault)| fault.kind.stops_node_at_its_end())
             .map(|(node, _)| node)
             .collect();
-        for node in &ending {
-            if let Some(dir) = self.dirs.get(node) {
-                disk::power_off(dir);
-            }
-        }
+        self.cut_power_of(&ending);
         ending
     }
 

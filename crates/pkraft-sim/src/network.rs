@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use hyper::Request;
@@ -48,12 +49,21 @@ pub(crate) fn lose_answers(node: u64, draws: Option<SplitMix64>) {
     };
 }
 
+/// Answers lost so far in the run.
+static ANSWERS_LOST: AtomicU64 = AtomicU64::new(0);
+
 /// No node loses answers: a run's faults are its own.
 pub(crate) fn start_run() {
     LOSING_ANSWERS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clear();
+    ANSWERS_LOST.store(0, Ordering::Relaxed);
+}
+
+/// How many answers were lost so far in the run.
+pub(crate) fn answers_lost() -> u64 {
+    ANSWERS_LOST.load(Ordering::Relaxed)
 }
 
 /// Whether the answer to the next peer request node `node` serves is lost: one in four while
@@ -82,6 +92,7 @@ async fn handle(
     let lost = answer_lost(node);
     let answer = router.oneshot(request).await?;
     if lost {
+        ANSWERS_LOST.fetch_add(1, Ordering::Relaxed);
         return Err(Box::new(AnswerLost));
     }
     Ok(answer)

@@ -32,7 +32,8 @@ fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
     .unwrap_or_else(|error| panic!("{error}"));
     eprintln!(
         "seed {seed}: {:?}; {} ops ({} PUTs acknowledged, {} linearized, {} reads checked); \
-         settled after {:?} of simulated time, {} steps, history {:016x}",
+         settled after {:?} of simulated time, {} steps, {} syncs failed, {} answers lost, \
+         history {:016x}",
         report.faults,
         report.ops,
         report.acknowledged_puts,
@@ -40,6 +41,8 @@ fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
         report.reads_checked,
         report.settled_after,
         report.steps,
+        report.syncs_failed,
+        report.answers_lost,
         report.history
     );
     report
@@ -104,6 +107,25 @@ fn faults_of_every_kind_lose_no_acknowledged_packet() {
     for seed in seeds(41..=43) {
         let report = run_seed(seed, 12, &FaultKind::ALL);
         assert!(!report.faults.is_empty());
+    }
+}
+
+/// The disk's and the network's faults act on the node: a disk whose syncs fail fails its
+/// syncs, and answers are lost (else every run would pass whether or not they did anything),
+/// and neither loses an acknowledged packet.
+#[test]
+fn failing_syncs_and_lost_answers_act_and_lose_no_acknowledged_packet() {
+    for seed in seeds(51..=52) {
+        let failing = run_seed(seed, 3, &[FaultKind::SyncsFailing]);
+        assert!(
+            !failing.faults.is_empty() && failing.syncs_failed > 0,
+            "seed {seed}: {failing:?}"
+        );
+        let losing = run_seed(seed, 3, &[FaultKind::AnswersLost]);
+        assert!(
+            !losing.faults.is_empty() && losing.answers_lost > 0,
+            "seed {seed}: {losing:?}"
+        );
     }
 }
 

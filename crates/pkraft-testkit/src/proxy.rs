@@ -304,6 +304,9 @@ impl PeerProxy {
             client,
         };
         let app = axum::Router::new().fallback(relay).with_state(state);
+        // Every task the relay starts (hyper's connection tasks, the pool's idle reaper for a
+        // `client` shared by several proxies) lives on this runtime, and ends with the proxy:
+        // each proxy relays to its own node only, so no other proxy uses those connections.
         runtime.spawn(async move { axum::serve(listener, app).await });
         Ok(PeerProxy {
             addr,
