@@ -279,6 +279,15 @@ mod tests {
         (alone, tempfile::tempdir().expect("dir"))
     }
 
+    /// A log segment in `dir` holding `bytes`, synced: its path and its open file.
+    fn a_synced_segment(dir: &Path, bytes: &[u8]) -> (PathBuf, File) {
+        let segment = dir.join("1.seg");
+        let file = File::create(&segment).expect("create");
+        file.write_all_at(bytes, 0).expect("write");
+        synced(&file).expect("synced");
+        (segment, file)
+    }
+
     #[test]
     fn a_cut_keeps_what_was_synced_and_tears_what_grew_after() {
         let (_alone, dir) = a_fresh_disk();
@@ -344,10 +353,7 @@ mod tests {
     #[test]
     fn a_failing_disk_fails_every_sync_and_keeps_nothing_until_it_is_well() {
         let (_alone, dir) = a_fresh_disk();
-        let segment = dir.path().join("1.seg");
-        let file = File::create(&segment).expect("create");
-        file.write_all_at(b"synced", 0).expect("write");
-        synced(&file).expect("synced");
+        let (segment, file) = a_synced_segment(dir.path(), b"synced");
         fail_syncs(dir.path(), true);
         file.write_all_at(b"SYNCED, then lost", 0).expect("write");
         let failed = synced(&file).expect_err("the disk fails");
@@ -376,10 +382,7 @@ mod tests {
     #[test]
     fn damage_on_the_medium_outlives_a_power_cut() {
         let (_alone, dir) = a_fresh_disk();
-        let segment = dir.path().join("1.seg");
-        let file = File::create(&segment).expect("create");
-        file.write_all_at(b"whole record", 0).expect("write");
-        synced(&file).expect("synced");
+        let (segment, file) = a_synced_segment(dir.path(), b"whole record");
         file.write_all_at(b"W", 0).expect("damage");
         drop(file);
         on_the_medium(&segment).expect("on the medium");
