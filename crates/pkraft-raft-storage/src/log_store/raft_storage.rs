@@ -118,11 +118,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.writer
             .submit(move || {
                 let written = store.write_append(entries);
-                let ok = written.is_ok();
-                callback.log_io_completed(written);
-                if ok && let Some(histogram) = &store.append_seconds {
+                if written.is_ok()
+                    && let Some(histogram) = &store.append_seconds
+                {
                     histogram.observe(started.elapsed().as_secs_f64());
                 }
+                // Let go of the log before openraft hears of the flush: whoever the report
+                // wakes may drop the other handles and open the log again at once, which redb
+                // refuses while this one holds its meta file.
+                drop(store);
+                callback.log_io_completed(written);
             })
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Write, &e))
     }
@@ -335,6 +340,47 @@ mod tests {
             store.last_log_id().expect("last").map(|id| id.index),
             Some(2)
         );
+    }
+
+    /// openraft hears of an append's flush only after the writer thread has let go of the
+    /// job's handle to the log: whoever the flush wakes may drop the last other handle and open
+    /// the log again at once (a node restarted in one process, a tool after the node), and
+    /// redb refuses its meta file while any handle holds it. The fault this guards: CI's
+    /// `a_restart_applies_log_entries_the_state_lacks_before_returning` failed "Database already
+    /// open" on such a reopen, the writer thread descheduled between the report and the drop.
+    #[test]
+    fn an_append_lets_go_of_the_log_before_it_reports_the_flush() {
+        use openraft::storage::RaftLogStorageExt;
+
+        // More logs appending at once than the machine has cores: a writer thread is then
+        // often descheduled just after its report, which is when the fault shows.
+        let logs: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .expect("runtime");
+                    let mut store =
+                        LogStore::open_with_segment_size(dir.path(), 1 << 20).expect("open");
+                    (1..=300)
+                        .filter(|&index| {
+                            runtime
+                                .block_on(store.blocking_append([blank(1, index)]))
+                                .expect("append");
+                            store.open_handles() != 1
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        for log in logs {
+            let held = log.join().expect("appends");
+            assert_eq!(
+                held, 0,
+                "appends whose writer still held the log when openraft heard of the flush"
+            );
+        }
     }
 
     /// An append whose first term is below the log's last entry's is refused, against the end
