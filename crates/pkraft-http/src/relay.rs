@@ -59,10 +59,12 @@ pub async fn put_packet(
     let key = state.keys.parse(&limits.key)?;
     let packet = VerifiedPacket::verify(&key.key, body)?;
     state.keys.keep_verified(&key, &packet);
+    let time = state.node.clock().now();
     check_not_from_the_future(
-        state.node.clock().skew_reference_micros(),
+        time.skew_reference_micros(),
+        time.voters_agree(),
         packet.payload().timestamp_micros(),
-        state.settings.max_future_skew,
+        &state.settings,
     )?;
     // The limits read the replica for this key (the one read of a PUT). Their admission is
     // `None` only for a key that does not decode, which `parse` has refused above; one for
@@ -94,16 +96,31 @@ pub async fn put_packet(
     }
 }
 
-/// Refuses a packet timestamped more than `max_skew` after cluster time (`now_micros`); see
-/// [`Settings::max_future_skew`].
+/// Refuses a packet timestamped more than `max_future_skew` after cluster time (`now_micros`);
+/// see [`Settings::max_future_skew`]. With the voters' time agreed (`voters_agree`) the packet
+/// is wrong: 400. Without it this node knows only its own clock and the log's floor, and
+/// cannot tell whether the packet is ahead or it is behind (a node whose clock was stepped
+/// back and whose peers' clocks it cannot reach): 503, to be asked again, or of another node,
+/// rather than telling a right publisher its clock is wrong.
 fn check_not_from_the_future(
     now_micros: u64,
+    voters_agree: bool,
     timestamp_micros: u64,
-    max_skew: std::time::Duration,
+    settings: &Settings,
 ) -> Result<(), RelayError> {
+    let max_skew = settings.max_future_skew;
     match too_far_ahead(now_micros, timestamp_micros, max_skew) {
-        Some(ahead) => Err(RelayError::FutureTimestamp { ahead, max_skew }),
         None => Ok(()),
+        Some(ahead) if voters_agree => Err(RelayError::FutureTimestamp { ahead, max_skew }),
+        Some(ahead) => Err(RelayError::Unavailable {
+            reason: format!(
+                "the packet's timestamp is {} s ahead of this node's clock, and no majority of \
+                 the voters' clocks is known to say whose clock is wrong; ask again later or \
+                 another node",
+                ahead.as_secs()
+            ),
+            retry_after: settings.retry_after,
+        }),
     }
 }
 
@@ -237,4 +254,41 @@ fn cache_max_age_secs(
         .unwrap_or(min);
     // Not `clamp`: it panics when min > max, which Settings::validate rejects but a caller may skip.
     Ok(ttl.max(min).min(max))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    const NOW: u64 = 1_767_225_600_000_000;
+    const DAY: u64 = 86_400_000_000;
+
+    /// A packet past the skew is the publisher's fault only when the voters' time says so
+    /// (400); a node that knows only its own clock cannot tell (simulator seed 57: a node two
+    /// days behind, its peers' clocks unreachable, answered packets signed now 400 "check the
+    /// publisher's clock"), and answers 503 with a Retry-After.
+    #[test]
+    fn a_packet_from_the_future_is_refused_as_wrong_only_when_the_voters_agree() {
+        let settings = Settings::default();
+        let skew = u64::try_from(settings.max_future_skew.as_micros()).expect("fits");
+        assert!(check_not_from_the_future(NOW, true, NOW + skew, &settings).is_ok());
+        assert!(check_not_from_the_future(NOW, false, NOW + skew, &settings).is_ok());
+
+        let wrong = check_not_from_the_future(NOW, true, NOW + DAY, &settings)
+            .expect_err("a day ahead of the voters' time");
+        assert!(matches!(wrong, RelayError::FutureTimestamp { .. }));
+        assert_eq!(wrong.into_response().status(), StatusCode::BAD_REQUEST);
+
+        let unsure = check_not_from_the_future(NOW - DAY, false, NOW, &settings)
+            .expect_err("a day ahead of this node's own clock");
+        let response = unsure.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(settings.retry_after.as_secs().max(1)))
+        );
+    }
 }

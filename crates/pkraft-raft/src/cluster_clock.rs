@@ -113,6 +113,10 @@ pub struct ClusterTime {
     /// The largest stamp the log holds, projected to now (see `CATCH_UP_DIVISOR`); `None`
     /// before any publish was applied here.
     pub log_micros: Option<u64>,
+    /// The largest stamp the log holds plus the monotonic time since it was applied, without
+    /// the catch-up: a time the cluster agreed had come, so one that has surely passed (a
+    /// stamp is the voters' median, never a single clock). `None` as `log_micros`.
+    pub log_floor_micros: Option<u64>,
     pub state: ClockState,
 }
 
@@ -141,10 +145,22 @@ impl ClusterTime {
 
     /// The time a packet's signature time is compared with (`http.max_future_skew`): the voters'
     /// median, else the latest clock known (while the voters' clocks are unknown or disagree, a
-    /// node whose own clock is behind must not refuse packets signed now). Not held by the log:
-    /// a cluster back from a long outage must not refuse packets signed now either.
+    /// node whose own clock is behind must not refuse packets signed now), and never before
+    /// the log's floor. Not held by the log (its time may lag): a cluster back from a long
+    /// outage must not refuse packets signed now either.
     pub fn skew_reference_micros(&self) -> u64 {
-        self.voters_micros.unwrap_or(self.latest_micros)
+        let clocks = self.voters_micros.unwrap_or(self.latest_micros);
+        // Never before the log's floor: a node whose clock is behind and who knows no other
+        // clock (its peers unreachable, its probes' answers lost) has still applied the
+        // cluster's stamps.
+        self.log_floor_micros
+            .map_or(clocks, |floor| clocks.max(floor))
+    }
+
+    /// Whether the skew reference is the voters' agreed time. Without it a packet ahead of
+    /// the reference may be right and this node's clocks behind: it cannot tell which.
+    pub fn voters_agree(&self) -> bool {
+        self.voters_micros.is_some()
     }
 
     /// This node's clock minus the voters' median, in µs.
@@ -191,6 +207,7 @@ pub(crate) fn evaluate(inputs: &Inputs<'_>) -> ClusterTime {
     let log_micros = inputs
         .log
         .map(|log| log.projected_with_catch_up(inputs.now));
+    let log_floor_micros = inputs.log.map(|log| log.projected(inputs.now));
     let log_bound_micros = log_micros.map(|log| log.saturating_add(micros(inputs.bounds.max_jump)));
     let state = match voters_micros {
         None => ClockState::Unknown,
@@ -205,6 +222,7 @@ pub(crate) fn evaluate(inputs: &Inputs<'_>) -> ClusterTime {
         voters_micros,
         latest_micros,
         log_micros,
+        log_floor_micros,
         state,
     }
 }
@@ -683,6 +701,29 @@ mod tests {
         });
         assert_eq!(five.state, ClockState::Unknown);
         assert_eq!(five.expiry_micros(), None);
+    }
+
+    /// A node a day behind that knows no other clock (its peers unreachable, its probes'
+    /// answers lost: simulator seed 57) still compares packets with the log's floor, the
+    /// cluster's last stamp plus the time since: a packet signed now is not from the future.
+    /// Without that floor its own clock is all it has, and the voters' time is not agreed.
+    #[test]
+    fn a_node_behind_that_knows_no_other_clock_is_held_up_by_the_logs_floor() {
+        let alone = time(NOW - DAY, &[], Some(NOW));
+        assert_eq!(alone.state, ClockState::Unknown);
+        assert!(!alone.voters_agree());
+        assert_eq!(alone.skew_reference_micros(), NOW);
+        // The floor is not the catch-up: no share of the time since is added.
+        assert_eq!(alone.log_floor_micros, Some(NOW));
+
+        let no_log = time(NOW - DAY, &[], None);
+        assert_eq!(no_log.skew_reference_micros(), NOW - DAY);
+        assert!(!no_log.voters_agree());
+
+        // With the voters' time agreed the floor changes nothing below it.
+        let agreed = time(NOW, &[(2, NOW), (3, NOW)], Some(NOW - DAY));
+        assert!(agreed.voters_agree());
+        assert_eq!(agreed.skew_reference_micros(), NOW);
     }
 
     #[test]
