@@ -117,6 +117,61 @@ fn answering(
     )
 }
 
+/// What answers a query, whichever way it came: the records read from the replica, the
+/// catalog and its answering, and their metrics. Built once for the listeners and DoH alike.
+struct Answers {
+    records: Arc<RecordCache>,
+    answering: Arc<Answering>,
+    metrics: Arc<DnsMetrics>,
+}
+
+impl Answers {
+    fn build(
+        settings: &Settings,
+        store: &Store,
+        freshness: FreshnessProbe,
+        sources: AnswerSources,
+    ) -> Result<Answers, DnsError> {
+        let AnswerSources { dht, short_lived } = sources;
+        let zones = settings.zones()?;
+        let records = Arc::new(RecordCache::new(
+            store.clone(),
+            settings.record_cache_bytes(),
+        ));
+        let (catalog, pkarr_zones) = zone_catalog(&zones, &records, &dht, &short_lived);
+        let metrics = Arc::new(DnsMetrics::new()?);
+        let answering = Arc::new(answering(
+            settings,
+            catalog,
+            pkarr_zones,
+            freshness,
+            &metrics,
+        ));
+        Ok(Answers {
+            records,
+            answering,
+            metrics,
+        })
+    }
+}
+
+impl Answerer {
+    /// The answers of [`DnsServer::bind_with`] for DoH, without its listeners: for a host
+    /// whose network is not the machine's (the simulated cluster's nodes serve their public
+    /// router on a simulated network, where a bound UDP or TCP socket would escape it).
+    pub fn unbound(
+        settings: &Settings,
+        store: &Store,
+        freshness: FreshnessProbe,
+        sources: AnswerSources,
+    ) -> Result<Answerer, DnsError> {
+        let Answers {
+            answering, metrics, ..
+        } = Answers::build(settings, store, freshness, sources)?;
+        Ok(Answerer::new(answering, metrics))
+    }
+}
+
 impl DnsServer {
     /// Binds UDP and TCP on `settings.listen` and starts answering from `store`, or SERVFAIL
     /// while `freshness` says the replica is catching up after a crash or staler than
@@ -136,26 +191,17 @@ impl DnsServer {
         freshness: FreshnessProbe,
         sources: AnswerSources,
     ) -> Result<DnsServer, DnsError> {
-        let AnswerSources { dht, short_lived } = sources;
-        let zones = settings.zones()?;
-        let records = Arc::new(RecordCache::new(
-            store.clone(),
-            settings.record_cache_bytes(),
-        ));
-        let (catalog, pkarr_zones) = zone_catalog(&zones, &records, &dht, &short_lived);
+        let short_lived = sources.short_lived.clone();
+        let Answers {
+            records,
+            answering,
+            metrics,
+        } = Answers::build(settings, &store, freshness, sources)?;
         let (udp, tcp) = bind_shared_port(settings.listen, settings.udp_socket_count()).await?;
         let local_addr = tcp.local_addr().map_err(|source| DnsError::Bind {
             addr: settings.listen,
             source,
         })?;
-        let metrics = Arc::new(DnsMetrics::new()?);
-        let answering = Arc::new(answering(
-            settings,
-            catalog,
-            pkarr_zones,
-            freshness,
-            &metrics,
-        ));
         let answerer = Answerer::new(answering.clone(), metrics.clone());
         let (stop_loops, stop) = watch::channel(false);
         let mut loops = JoinSet::new();

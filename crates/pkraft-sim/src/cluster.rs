@@ -18,11 +18,8 @@ use pkraft_raft::peer::ClusterSecret;
 use pkraft_raft::{Node, Participation, Settings};
 
 use crate::faults::{Fault, FaultKind, Faults, StopSignal, Stops, host_name, schedule};
-use crate::network::{PEER_PORT, serve_peers, transport};
-use crate::workload::{
-    Clients, Keys, Reachable, Reachables, Workload, requests, run_client, serve_requests,
-    write_each_key,
-};
+use crate::network::{PEER_PORT, serve_peers, serve_public, transport};
+use crate::workload::{Clients, Keys, Reachable, Reachables, Workload, run_client, write_each_key};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy)]
@@ -240,8 +237,8 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
                     }
                     Err(error) => return Err(error),
                 };
-                let (sender, receiver) = requests();
-                tokio::spawn(serve_requests(node.clone(), receiver));
+                // The relay, until the host stops: a crash ends it with every connection.
+                tokio::spawn(serve_public(node.clone()));
                 let incarnation = {
                     let mut incarnations = incarnations.borrow_mut();
                     let started = incarnations.entry(id).or_insert(0);
@@ -249,7 +246,6 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
                     *started
                 };
                 let reachable = Reachable {
-                    requests: sender,
                     incarnation,
                     node: node.clone(),
                 };

@@ -35,6 +35,7 @@ pub mod disk;
 pub mod faults;
 pub mod log;
 pub mod network;
+pub mod public;
 pub mod workload;
 pub mod world;
 

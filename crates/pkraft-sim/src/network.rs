@@ -1,15 +1,17 @@
-//! The peer network over turmoil: the transport a node's peer client connects with, and its
-//! peer routes (`pkraft_raft::routes::router`, the listener's real router) served on a turmoil
-//! listener with hyper's HTTP/1.1. The daemon's own listener adds connection limits and
-//! admission in front of the same router (`pkraft_http::serve`); those are not simulated. A
-//! partition in turmoil refuses a connection at once (its SYN is dropped with an answer), so
-//! to a caller it looks like a refusal, not silence.
+//! The network over turmoil: the transport a node's peer client connects with, and its peer
+//! routes (`pkraft_raft::routes::router`, the listener's real router) and public router
+//! (`crate::public`) served on turmoil listeners with hyper's HTTP/1.1. The daemon's own
+//! listeners add connection limits and admission in front of the same routers
+//! (`pkraft_http::serve`); those are not simulated. A partition in turmoil refuses a connection
+//! at once (its SYN is dropped with an answer), so to a caller it looks like a refusal, not
+//! silence.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use axum::extract::ConnectInfo;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -19,6 +21,8 @@ use pkraft_raft::peer::PeerTransport;
 use pkraft_raft::peer::transport::PeerStream;
 use pkraft_testkit::rng::SplitMix64;
 use tower::ServiceExt;
+
+use crate::public::PUBLIC_PORT;
 
 /// The port every simulated node's peer listener binds.
 pub const PEER_PORT: u16 = 7000;
@@ -82,14 +86,15 @@ fn answer_lost(node: u64) -> bool {
 #[error("the answer was lost by the simulated network")]
 struct AnswerLost;
 
-/// Handles `request` with `router`; if its answer is to be lost, the connection closes in
-/// its place (the caller cannot tell whether the request was handled).
+/// Handles `request` with `router`; if `losing` names a node whose answers are being lost
+/// and this one is drawn, the connection closes in place of the answer (the caller cannot
+/// tell whether the request was handled).
 async fn handle(
     router: axum::Router,
-    node: u64,
+    losing: Option<u64>,
     request: Request<Incoming>,
 ) -> Result<axum::response::Response, Box<dyn std::error::Error + Send + Sync>> {
-    let lost = answer_lost(node);
+    let lost = losing.is_some_and(answer_lost);
     let answer = router.oneshot(request).await?;
     if lost {
         ANSWERS_LOST.fetch_add(1, Ordering::Relaxed);
@@ -100,16 +105,30 @@ async fn handle(
 
 /// Serves `node`'s peer routes on [`PEER_PORT`] of the current host until the host stops.
 pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
-    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PEER_PORT)).await?;
     let id = node.id();
-    let router = pkraft_raft::routes::router(node);
+    serve(PEER_PORT, pkraft_raft::routes::router(node), Some(id)).await
+}
+
+/// Serves `node`'s public router (the relay: `crate::public`) on [`PUBLIC_PORT`] of the
+/// current host until the host stops. Its answers are never lost: a client's call that fails
+/// is one the network fails on its way (a crash, a partition), as the chaos harness's.
+pub async fn serve_public(node: Arc<Node>) -> io::Result<()> {
+    let router = crate::public::router(node).map_err(io::Error::other)?;
+    serve(PUBLIC_PORT, router, None).await
+}
+
+/// Serves `router` on `port` of the current host with hyper's HTTP/1.1, each request with the
+/// peer's address as axum's `ConnectInfo` (as `pkraft_http::serve` attaches it), losing the
+/// answers of node `losing` while it loses answers.
+async fn serve(port: u16, router: axum::Router, losing: Option<u64>) -> io::Result<()> {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
     // The connections are this future's: dropped with it (a node's clean stop), each is closed,
     // as the process's exit closes them, instead of serving on until the host is dropped.
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
-            accepted = listener.accept() => accepted?.0,
+            accepted = listener.accept() => accepted?,
             Some(joined) = connections.join_next() => {
                 // A connection's panic (an invariant asserted in a route) is the host's, as it
                 // was when each connection was a task of its own.
@@ -122,9 +141,11 @@ pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
             }
         };
         let router = router.clone();
-        let service = TowerToHyperService::new(tower::service_fn(move |request| {
-            handle(router.clone(), id, request)
-        }));
+        let service =
+            TowerToHyperService::new(tower::service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                handle(router.clone(), losing, request)
+            }));
         connections.spawn(async move {
             // A connection's end (the peer gone, a partition) is the network's business: the
             // caller sees its call fail.
@@ -132,7 +153,7 @@ pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             if let Err(error) = served {
-                tracing::debug!(%error, "a simulated peer connection ended");
+                tracing::debug!(%error, "a simulated connection ended");
             }
         });
     }

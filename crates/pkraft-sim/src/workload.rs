@@ -4,9 +4,11 @@
 //! was asked and answered, the node and that node's incarnation, and what came back, for
 //! pkraft-check's checks (the same as the chaos harness's).
 //!
-//! A client reaches a node the way the relay's handlers do, on the node's own host
-//! ([`serve_requests`]): `Writes::publish` for a PUT, `Reads::read` for a GET. A node that is
-//! down answers nothing: a PUT's outcome is then unknown, a read failed.
+//! A client reaches a node as the chaos harness's clients do, through the node's public router
+//! over the simulated network (`crate::public`): `PUT /pkarr/{z32}` with the relay payload,
+//! `GET /pkarr/{z32}` (`?consistency=linearizable` for a linearizable read), a connection for
+//! each, and the answers read as the chaos harness reads them. A node that is down (not
+//! running, or stopping) is not asked: a PUT's outcome is then unknown, a read failed.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -14,15 +16,18 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::Method;
 use pkarr::Keypair;
 use pkraft_check::check::{FinalPacket, FinalState};
 use pkraft_check::history::{Op, OpKind, PutOutcome, ReadOutcome, Version};
-use pkraft_raft::{Consistency, Node, PublishError};
+use pkraft_raft::{Consistency, Node};
 use pkraft_testkit::rng::SplitMix64;
 use pkraft_testkit::{iroh_packet, keypair};
-use pkraft_types::{KeyBytes, Payload, PublishOutcome, VerifiedPacket};
-use tokio::sync::{mpsc, oneshot};
+use pkraft_types::{KeyBytes, Payload, VerifiedPacket};
 use tokio::time::Instant;
+
+use crate::public::{self, Answer};
 
 /// What the clients of a run do.
 #[derive(Debug, Clone, Copy)]
@@ -45,67 +50,11 @@ const PUT_WAIT: Duration = Duration::from_secs(6);
 const GET_WAIT: Duration = Duration::from_secs(6);
 /// The longest pause between one client's operations (drawn from 0 to it).
 const PACE_MAX_MILLIS: u64 = 20;
-/// Requests a node holds before a client waits to send more.
-const REQUESTS_MAX: usize = 64;
 
-/// A client's request to a node, and where its answer goes.
-pub(crate) enum Request {
-    Publish(
-        VerifiedPacket,
-        oneshot::Sender<Result<PublishOutcome, String>>,
-    ),
-    Read(
-        KeyBytes,
-        Consistency,
-        oneshot::Sender<Result<Option<Payload>, String>>,
-    ),
-}
-
-/// A node's end of its clients' requests.
-pub(crate) fn requests() -> (mpsc::Sender<Request>, mpsc::Receiver<Request>) {
-    mpsc::channel(REQUESTS_MAX)
-}
-
-/// Serves a node's requests on its own host, each in a task of its own: the node's work runs on
-/// its runtime, and a crash ends it with the host, as a connection to a killed process ends.
-pub(crate) async fn serve_requests(node: Arc<Node>, mut requests: mpsc::Receiver<Request>) {
-    while let Some(request) = requests.recv().await {
-        let node = node.clone();
-        tokio::spawn(async move {
-            // The client may have stopped waiting; nothing to tell it then.
-            match request {
-                Request::Publish(packet, reply) => {
-                    let published = node.writes().publish(packet).await;
-                    let _ = reply.send(published.map(|p| p.outcome).map_err(describe_refusal));
-                }
-                Request::Read(key, consistency, reply) => {
-                    let read = node.reads().read(&key, consistency).await;
-                    let _ = reply.send(
-                        read.map(|stored| stored.map(|stored| stored.payload))
-                            .map_err(|e| e.to_string()),
-                    );
-                }
-            }
-        });
-    }
-}
-
-/// A refused publish as the client records it: `NoRoom` is the relay's 507, outside what a
-/// run without a cap may see (so recorded as unexpected); the rest may have committed.
-fn describe_refusal(error: PublishError) -> String {
-    match error {
-        PublishError::NoRoom(reason) => format!("{NO_ROOM}{reason}"),
-        other => other.to_string(),
-    }
-}
-
-const NO_ROOM: &str = "no room: ";
-
-/// A node running, as the clients reach it: its requests, how many times it has started (1 for
-/// its first process), and the node itself, whose replica the driver reads at the end.
+/// A node running, as the clients reach it: how many times it has started (1 for its first
+/// process), and the node itself, whose replica the driver reads at the end.
 #[derive(Clone)]
 pub(crate) struct Reachable {
-    pub(crate) requests: mpsc::Sender<Request>,
     pub(crate) incarnation: u32,
     pub(crate) node: Arc<Node>,
 }
@@ -142,18 +91,39 @@ impl Keys {
         self.keypairs[key].public_key().to_bytes()
     }
 
-    /// A new packet of `key` with a version no other PUT has, recorded as proposed.
-    fn propose(&self, key: usize) -> (Version, VerifiedPacket) {
+    /// The key as the relay's URLs name it.
+    fn z32(&self, key: usize) -> String {
+        self.keypairs[key].public_key().to_z32()
+    }
+
+    /// A new packet of `key` with a version no other PUT has, recorded as proposed: its
+    /// version and its relay payload.
+    fn propose(&self, key: usize) -> (Version, Bytes) {
         let version = self.next_version[key].get() + 1;
         self.next_version[key].set(version);
         let keypair = &self.keypairs[key];
         let payload = iroh_packet(keypair, version, &["192.0.2.1:1"]).to_relay_payload();
-        let packet = VerifiedPacket::verify(&keypair.public_key(), payload)
+        let packet = VerifiedPacket::verify(&keypair.public_key(), payload.clone())
             .expect("a packet of the test keys verifies");
         self.proposed
             .borrow_mut()
             .insert((key, version), packet.payload().clone());
-        (version, packet)
+        (version, payload)
+    }
+
+    /// A relay payload a GET answered for `key`: found (its version, and whether it is byte
+    /// for byte the one proposed), or outside the contract if it does not verify.
+    fn read_payload(&self, key: usize, body: Bytes) -> ReadOutcome {
+        match VerifiedPacket::verify(&self.keypairs[key].public_key(), body) {
+            Ok(packet) => {
+                let (version, matches_proposed) = self.found(key, packet.payload());
+                ReadOutcome::Found {
+                    version,
+                    matches_proposed,
+                }
+            }
+            Err(e) => ReadOutcome::Unexpected(format!("payload does not verify: {e}")),
+        }
     }
 
     /// A payload read back: its version, and whether it is byte for byte the one proposed.
@@ -257,16 +227,14 @@ impl Clients {
     /// Asks `node` for `ask` on `key` as client `client`, records the operation and returns
     /// what it was.
     async fn ask(&self, client: u32, key: usize, node: u64, ask: Ask) -> OpKind {
-        // Not the node itself: a client waiting on a node that crashes must not hold its files
-        // open past its restart.
-        let (line, incarnation) = match self.reachable.borrow().get(&node) {
-            Some(reachable) => (Some(reachable.requests.clone()), reachable.incarnation),
+        let (running, incarnation) = match self.reachable.borrow().get(&node) {
+            Some(reachable) => (Some(node), reachable.incarnation),
             None => (None, 0),
         };
         let invoke_us = self.micros_since_began();
         let kind = match ask {
-            Ask::Put => put(self, line, key).await,
-            Ask::Read(consistency) => read(self, line, key, consistency).await,
+            Ask::Put => put(self, running, key).await,
+            Ask::Read(consistency) => read(self, running, key, consistency).await,
         };
         self.ops.borrow_mut().push(Op {
             client,
@@ -321,19 +289,25 @@ pub(crate) async fn write_each_key(
 /// How long [`write_each_key`] waits before it asks again.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
-/// A node's requests as a client holds them: `None` while the node is down.
-type Line = Option<mpsc::Sender<Request>>;
+/// The node a client asks, if it runs.
+type Running = Option<u64>;
 
-async fn put(clients: &Clients, line: Line, key: usize) -> OpKind {
-    let (version, packet) = clients.keys.propose(key);
-    let outcome = match line {
+async fn put(clients: &Clients, running: Running, key: usize) -> OpKind {
+    let (version, payload) = clients.keys.propose(key);
+    let outcome = match running {
         None => PutOutcome::Unknown("the node is down".to_string()),
-        Some(line) => {
-            let (reply, answer) = oneshot::channel();
-            match ask(&line, Request::Publish(packet, reply), answer, PUT_WAIT).await {
-                Ok(PublishOutcome::Stored | PublishOutcome::Identical) => PutOutcome::Stored,
-                Ok(PublishOutcome::Stale) => PutOutcome::Conflict,
-                Err(refused) if refused.starts_with(NO_ROOM) => PutOutcome::Unexpected(refused),
+        Some(node) => {
+            let path = format!("/pkarr/{}", clients.keys.z32(key));
+            match ask(node, Method::PUT, &path, payload, PUT_WAIT).await {
+                Ok(Answer { status, body }) => match status.as_u16() {
+                    204 => PutOutcome::Stored,
+                    409 => PutOutcome::Conflict,
+                    503 => PutOutcome::Unknown("503".to_string()),
+                    other => PutOutcome::Unexpected(format!(
+                        "{other}: {}",
+                        String::from_utf8_lossy(&body)
+                    )),
+                },
                 Err(unknown) => PutOutcome::Unknown(unknown),
             }
         }
@@ -341,21 +315,22 @@ async fn put(clients: &Clients, line: Line, key: usize) -> OpKind {
     OpKind::Put { version, outcome }
 }
 
-async fn read(clients: &Clients, line: Line, key: usize, consistency: Consistency) -> OpKind {
-    let outcome = match line {
+async fn read(clients: &Clients, running: Running, key: usize, consistency: Consistency) -> OpKind {
+    let outcome = match running {
         None => ReadOutcome::Failed("the node is down".to_string()),
-        Some(line) => {
-            let (reply, answer) = oneshot::channel();
-            let request = Request::Read(clients.keys.key_bytes(key), consistency, reply);
-            match ask(&line, request, answer, GET_WAIT).await {
-                Ok(Some(payload)) => {
-                    let (version, matches_proposed) = clients.keys.found(key, &payload);
-                    ReadOutcome::Found {
-                        version,
-                        matches_proposed,
-                    }
-                }
-                Ok(None) => ReadOutcome::NotFound,
+        Some(node) => {
+            let query = match consistency {
+                Consistency::Linearizable => "?consistency=linearizable",
+                Consistency::Local => "",
+            };
+            let path = format!("/pkarr/{}{query}", clients.keys.z32(key));
+            match ask(node, Method::GET, &path, Bytes::new(), GET_WAIT).await {
+                Ok(Answer { status, body }) => match status.as_u16() {
+                    200 => clients.keys.read_payload(key, body),
+                    404 => ReadOutcome::NotFound,
+                    503 => ReadOutcome::Failed("503".to_string()),
+                    other => ReadOutcome::Unexpected(format!("status {other}")),
+                },
                 Err(failed) => ReadOutcome::Failed(failed),
             }
         }
@@ -366,19 +341,17 @@ async fn read(clients: &Clients, line: Line, key: usize, consistency: Consistenc
     }
 }
 
-/// Sends `request` to a node and waits up to `wait` for its answer.
-async fn ask<T>(
-    line: &mpsc::Sender<Request>,
-    request: Request,
-    answer: oneshot::Receiver<Result<T, String>>,
+/// Sends a request to node `node`'s public router and waits up to `wait` for its answer.
+async fn ask(
+    node: u64,
+    method: Method,
+    path: &str,
+    body: Bytes,
     wait: Duration,
-) -> Result<T, String> {
-    line.send(request)
-        .await
-        .map_err(|_| "the node stopped".to_string())?;
-    match tokio::time::timeout(wait, answer).await {
-        Ok(Ok(answered)) => answered,
-        Ok(Err(_)) => Err("the node stopped before answering".to_string()),
+) -> Result<Answer, String> {
+    match tokio::time::timeout(wait, public::call(node, method, path, body)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(error.to_string()),
         Err(_) => Err(format!("no answer within {wait:?}")),
     }
 }

@@ -1,0 +1,118 @@
+//! The relay as the clients of a run reach it: each node's public router, the daemon's own
+//! (`pkraft_http::router`, with its relay handlers, admission and error answers), served on
+//! [`PUBLIC_PORT`] of the node's host over turmoil, and the clients' HTTP/1.1 requests to it.
+//!
+//! The daemon builds the same router (`pkraft::public_router`) with three differences, each
+//! because the real one would escape the simulation: the rate limits are off (governor's
+//! clock is the machine's), the DNS answerer behind `/dns-query` binds no listener
+//! ([`pkraft_dns::Answerer::unbound`]), and the listener's connection caps and admission
+//! (`pkraft_http::serve`) are not in front, as for the peer routes (`network.rs`).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use pkraft_dns::{AnswerSources, Answerer, ReplicaFreshness};
+use pkraft_http::rate_limit::{RateLimitSettings, RateLimits};
+use pkraft_limits::{ClassLimits, KeyRate, Rate};
+use pkraft_raft::Node;
+
+use crate::faults::host_name;
+
+/// The port every simulated node's public router listens on.
+pub const PUBLIC_PORT: u16 = 8080;
+
+/// Node `node`'s public router, built as the daemon builds it but for the differences in the
+/// module docs.
+pub(crate) fn router(node: Arc<Node>) -> Result<axum::Router, String> {
+    let no_limit = ClassLimits {
+        per_client: Rate::OFF,
+        global: Rate::OFF,
+    };
+    let limits = RateLimitSettings {
+        publish: no_limit,
+        publish_new_keys: no_limit,
+        publish_per_key: KeyRate::OFF,
+        resolve: no_limit,
+        doh: no_limit,
+        health: no_limit,
+        ..RateLimitSettings::default()
+    };
+    let rate_limits =
+        RateLimits::new(&limits).map_err(|e| format!("the relay's rate limits: {e}"))?;
+    let freshness = Arc::new(Freshness(node.clone()));
+    let dns = Answerer::unbound(
+        &pkraft_dns::Settings::default(),
+        node.store(),
+        freshness,
+        AnswerSources::default(),
+    )
+    .map_err(|e| format!("the DoH answerer: {e}"))?;
+    let settings = pkraft_http::Settings::default();
+    let keys = pkraft_http::key_cache::KeyCache::new(settings.key_cache_entries)
+        .map_err(|e| format!("the relay's key cache: {e}"))?;
+    let metrics = pkraft_http::metrics::HttpMetrics::new()
+        .map_err(|e| format!("the relay's metrics: {e}"))?;
+    Ok(pkraft_http::router(pkraft_http::AppState {
+        node,
+        settings: Arc::new(settings),
+        dns,
+        metrics: Arc::new(metrics),
+        rate_limits: Arc::new(rate_limits),
+        keys,
+        dht: None,
+    }))
+}
+
+/// How current the node's replica is, as the daemon tells its DNS answers.
+struct Freshness(Arc<Node>);
+
+impl ReplicaFreshness for Freshness {
+    fn catching_up(&self) -> bool {
+        self.0.reads().catching_up()
+    }
+
+    fn last_confirmed(&self) -> Option<Duration> {
+        self.0.reads().staleness()
+    }
+}
+
+/// An answer from a node's public router: its status and body.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
+}
+
+/// Sends `method` `path` with `body` to node `node`'s public router, over a connection of
+/// its own, as the chaos harness's clients do: a refused connection, a reset or a connection
+/// closed before the answer is the error.
+pub(crate) async fn call(node: u64, method: Method, path: &str, body: Bytes) -> io::Result<Answer> {
+    let stream = turmoil::net::TcpStream::connect((host_name(node), PUBLIC_PORT)).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io::Error::other)?;
+    // Ends when the answer is read and `sender` dropped, or when the connection fails.
+    tokio::spawn(connection);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host_name(node))
+        .body(Full::new(body))
+        .map_err(io::Error::other)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(io::Error::other)?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(io::Error::other)?
+        .to_bytes();
+    Ok(Answer { status, body })
+}
