@@ -69,6 +69,9 @@ pub struct RunReport {
     /// those faults did.
     pub syncs_failed: u64,
     pub answers_lost: u64,
+    /// Snapshots the nodes installed from a leader (`raft.snapshot_after_entries` is small in
+    /// a run, so a node that lagged behind a purge gets one).
+    pub snapshots_installed: u64,
 }
 
 /// FNV-1a over the events of a run, one at a time: stable across builds and platforms (std's
@@ -140,6 +143,9 @@ const POLL: Duration = Duration::from_millis(100);
 /// The cluster's secret: every node's, so the peer routes admit each other.
 const SECRET: &str = "simulated-cluster-secret-0123456789";
 
+/// Entries between snapshot builds in a run (`raft.snapshot_after_entries`).
+const SNAPSHOT_AFTER_ENTRIES: u64 = 16;
+
 fn settings() -> Settings {
     Settings {
         heartbeat_interval: Duration::from_millis(50),
@@ -154,6 +160,15 @@ fn settings() -> Settings {
         // its own clock would delete what the cluster acknowledged.
         record_max_age: Duration::from_secs(3600),
         expiry_interval: Duration::from_millis(500),
+        // Snapshots built, logs purged and snapshots installed in every run, as in the chaos
+        // harness (64 and 16 there), scaled to a run's hundred-odd entries.
+        snapshot_after_entries: SNAPSHOT_AFTER_ENTRIES,
+        entries_kept_after_snapshot: 4,
+        // A snapshot's last chunk lost to a partition is lost for good here (turmoil's TCP
+        // does not retransmit) on a connection that stays open: without a bound below the
+        // run, the follower would wait out 30 minutes (docs/SIMULATION.md, "Snapshot
+        // installs"). A run's snapshots install in milliseconds.
+        snapshot_install_timeout: Duration::from_secs(3),
         ..Settings::default()
     }
 }
@@ -185,7 +200,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     crate::world::install();
-    crate::log::install_from_env();
+    crate::log::install();
     crate::world::start_run(run.seed, EPOCH_SECS * 1_000_000);
     align_task_ids().map_err(|reason| RunError::Simulation {
         seed: run.seed,
@@ -351,6 +366,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         history: history.hash,
         syncs_failed: crate::disk::syncs_failed(),
         answers_lost: crate::network::answers_lost(),
+        snapshots_installed: crate::log::snapshots_installed(),
     })
 }
 

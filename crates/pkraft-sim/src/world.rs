@@ -126,6 +126,7 @@ pub fn start_run(seed: u64, epoch_micros: u64) {
     CLOCK_FAULTS.with(|faults| faults.borrow_mut().clear());
     crate::disk::start_run();
     crate::network::start_run();
+    crate::log::start_run();
 }
 
 fn next_u64() -> u64 {
