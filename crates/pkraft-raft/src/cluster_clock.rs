@@ -114,8 +114,9 @@ pub struct ClusterTime {
     /// before any publish was applied here.
     pub log_micros: Option<u64>,
     /// The largest stamp the log holds plus the monotonic time since it was applied, without
-    /// the catch-up: a time the cluster agreed had come, so one that has surely passed (a
-    /// stamp is the voters' median, never a single clock). `None` as `log_micros`.
+    /// the catch-up: a time some leader stamped. Not proof that it has passed (a stamp may be
+    /// held to the log's catch-up, or be a leader's own clock while the voters' time was
+    /// unknown), so it counts only where the voters' time does not. `None` as `log_micros`.
     pub log_floor_micros: Option<u64>,
     pub state: ClockState,
 }
@@ -144,17 +145,20 @@ impl ClusterTime {
     }
 
     /// The time a packet's signature time is compared with (`http.max_future_skew`): the voters'
-    /// median, else the latest clock known (while the voters' clocks are unknown or disagree, a
-    /// node whose own clock is behind must not refuse packets signed now), and never before
-    /// the log's floor. Not held by the log (its time may lag): a cluster back from a long
+    /// median, else the latest clock known and the log's floor, whichever is later (while the
+    /// voters' clocks are unknown or disagree, a node whose own clock is behind must not refuse
+    /// packets signed now). Not held by the log (its time may lag): a cluster back from a long
     /// outage must not refuse packets signed now either.
     pub fn skew_reference_micros(&self) -> u64 {
-        let clocks = self.voters_micros.unwrap_or(self.latest_micros);
-        // Never before the log's floor: a node whose clock is behind and who knows no other
-        // clock (its peers unreachable, its probes' answers lost) has still applied the
-        // cluster's stamps.
-        self.log_floor_micros
-            .map_or(clocks, |floor| clocks.max(floor))
+        // Without the voters' time, never before the log's floor: a node whose clock is behind
+        // and who knows no other clock (its peers unreachable, its probes' answers lost) has
+        // still applied the cluster's stamps. With it, the voters' median alone: stamps only
+        // grow, so a stamp once ahead of real time would otherwise let packets from the
+        // future in for good.
+        self.voters_micros.unwrap_or_else(|| {
+            self.log_floor_micros
+                .map_or(self.latest_micros, |floor| self.latest_micros.max(floor))
+        })
     }
 
     /// Whether the skew reference is the voters' agreed time. Without it a packet ahead of
@@ -720,10 +724,15 @@ mod tests {
         assert_eq!(no_log.skew_reference_micros(), NOW - DAY);
         assert!(!no_log.voters_agree());
 
-        // With the voters' time agreed the floor changes nothing below it.
+        // With the voters' time agreed the floor changes nothing, below it or above it: a
+        // stamp once ahead of real time (stamps only grow) must not let packets from the
+        // future in for good.
         let agreed = time(NOW, &[(2, NOW), (3, NOW)], Some(NOW - DAY));
         assert!(agreed.voters_agree());
         assert_eq!(agreed.skew_reference_micros(), NOW);
+        let stamped_ahead = time(NOW, &[(2, NOW), (3, NOW)], Some(NOW + DAY));
+        assert!(stamped_ahead.voters_agree());
+        assert_eq!(stamped_ahead.skew_reference_micros(), NOW);
     }
 
     #[test]
