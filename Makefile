@@ -239,7 +239,7 @@ sim-planted:
 	RUSTFLAGS='$(SIM_RUSTFLAGS)' CARGO_TARGET_DIR=$(TARGET_DIR)/sim $(CARGO) test --profile sim -p pkraft-sim --features planted-bugs --locked --test planted -- --nocapture
 
 ## The simulator's CI run: `make sim-long` over 1,600 seeds (about 11,000 faults of twelve kinds,
-## about a minute and a half), then its first 100 seeds again in another process, each to give
+## about two minutes), then its first 100 seeds again in another process, each to give
 ## the same history.
 sim-ci:
 	SIM_SEEDS=$${SIM_SEEDS:-1-1600} SIM_REPLAY=$${SIM_REPLAY:-100} SIM_PRINT_RUNS=0 SIM_TARGET_DIR=$(TARGET_DIR)/sim tests/sim/long.sh

@@ -83,7 +83,7 @@ out, seconds, failed, seeds, jobs, count, replay, replay_status, kept = (
     int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9])
 RUN = re.compile(r"seed (\d+): \[.*history (\w+)")
 runs, kinds, ops, acked, histories = 0, collections.Counter(), 0, 0, {}
-installs, runs_installing = 0, 0
+installs, runs_installing, joined = 0, 0, 0
 for path in glob.glob(f"{out}/*.log"):
     for line in open(path, errors="replace"):
         if re.match(r"seed \d+: \[", line):
@@ -96,6 +96,8 @@ for path in glob.glob(f"{out}/*.log"):
             if counted:
                 ops += int(counted.group(1))
                 acked += int(counted.group(2))
+            if re.search(r"joined Some\(\d+\)", line):
+                joined += 1
             installed = re.search(r"(\d+) snapshots installed", line)
             if installed and int(installed.group(1)) > 0:
                 installs += int(installed.group(1))
@@ -106,7 +108,7 @@ print(f"sim-long: seeds {seeds}, {jobs} processes: {runs} of {count} runs passed
       f"processes failed; {faults} faults ({by_kind}); {seconds:.0f} s; "
       f"{faults * 3600 / seconds:,.0f} faults an hour; {ops} client operations checked "
       f"({acked} PUTs acknowledged); {installs} snapshots installed, in {runs_installing} "
-      f"runs")
+      f"runs; a node joined in {joined} runs")
 replayed_same = True
 if replay:
     again = {}

@@ -615,9 +615,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.refuse_if_silenced()?;
-        // openraft gives every chunk `SNAPSHOT_INSTALL_TIMEOUT`, the last one's bound, which
-        // covers the follower's install; the others get `SNAPSHOT_CHUNK_TIMEOUT`, so that a
-        // transfer that stalls is retried soon.
+        // openraft gives every chunk the last one's bound (`Settings::snapshot_install_timeout`
+        // in pkraft-raft: 30 minutes unless a simulation lowers it), which covers the
+        // follower's install; the others get `SNAPSHOT_CHUNK_TIMEOUT`, so that a transfer that
+        // stalls is retried soon.
         let timeout = if rpc.done {
             option.hard_ttl()
         } else {

@@ -40,6 +40,13 @@ pub struct Run {
     /// from the seed ([`crate::faults::schedule`]).
     pub faults: u32,
     pub kinds: &'static [FaultKind],
+    /// Whether one more node, `nodes + 1`, may join the cluster as a voter while the run goes
+    /// on (in half the runs, drawn from the seed, at a moment from 0.5 to 3 s): a membership
+    /// change (a learner added, caught up from the log or a snapshot, promoted through
+    /// openraft's joint consensus) under the run's faults. The faults are drawn on nodes 1 to
+    /// `nodes` only; the links it cuts and the power outages take the newcomer's too, and the
+    /// clients and the checks count it like the others.
+    pub may_grow: bool,
 }
 
 /// What a run saw.
@@ -72,6 +79,8 @@ pub struct RunReport {
     /// Snapshots the nodes installed from a leader (`raft.snapshot_after_entries` is small in
     /// a run, so a node that lagged behind a purge gets one).
     pub snapshots_installed: u64,
+    /// The node that joined while the run went on, if one did ([`Run::may_grow`]).
+    pub joined: Option<u64>,
 }
 
 /// FNV-1a over the events of a run, one at a time: stable across builds and platforms (std's
@@ -143,6 +152,23 @@ const POLL: Duration = Duration::from_millis(100);
 /// The cluster's secret: every node's, so the peer routes admit each other.
 const SECRET: &str = "simulated-cluster-secret-0123456789";
 
+/// The node that joins a run while it goes on ([`Run::may_grow`]), and when.
+#[derive(Debug, Clone, Copy)]
+struct Joiner {
+    node: u64,
+    at: Duration,
+}
+
+/// Whether a node joins the run of `seed` on `nodes` nodes, and when: in half the runs, from a
+/// stream of the seed's own (apart from the faults' and the nodes' draws).
+fn joining(seed: u64, nodes: u64) -> Option<Joiner> {
+    let mut draws = pkraft_testkit::rng::SplitMix64::new(seed ^ 0x6a01_4e55_0000_0000);
+    (draws.below(2) == 0).then(|| Joiner {
+        node: nodes + 1,
+        at: Duration::from_millis(draws.between(500, 3_000)),
+    })
+}
+
 /// Entries between snapshot builds in a run (`raft.snapshot_after_entries`).
 const SNAPSHOT_AFTER_ENTRIES: u64 = 16;
 
@@ -207,7 +233,10 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         reason,
     })?;
     let seed = run.seed;
-    let dirs = (1..=run.nodes)
+    let joining = run.may_grow.then(|| joining(seed, run.nodes)).flatten();
+    // Every node the run may have: its first ones and the newcomer.
+    let all = run.nodes + u64::from(joining.is_some());
+    let dirs = (1..=all)
         .map(|id| Ok((id, tempfile::tempdir()?)))
         .collect::<std::io::Result<BTreeMap<_, _>>>()
         .map_err(|source| RunError::DataDir { seed, source })?;
@@ -221,8 +250,11 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         .build();
     let started: Reachables = Rc::default();
     let incarnations: Rc<RefCell<BTreeMap<u64, u32>>> = Rc::default();
-    let stops = Stops::of(run.nodes);
+    let stops = Stops::of(all);
     for (&id, dir) in &dirs {
+        let joins_at = joining
+            .filter(|joiner| joiner.node == id)
+            .map(|joiner| joiner.at);
         let dir: PathBuf = dir.path().to_path_buf();
         let (started, incarnations) = (started.clone(), incarnations.clone());
         let stop = stops
@@ -238,6 +270,12 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
             async move {
                 // The node's wall clock is read on this host's runtime.
                 crate::world::register_host(id);
+                // The newcomer's host waits for its moment (again after a power outage
+                // before it, which starts the host anew).
+                if let Some(at) = joins_at {
+                    let now = turmoil::sim_elapsed().unwrap_or_default();
+                    tokio::time::sleep(at.saturating_sub(now)).await;
+                }
                 let node = match start_node(id, &dir).await {
                     Ok(node) => node,
                     // A start still under way when `SyncsFailing` began, failed by its disk:
@@ -252,8 +290,15 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
                     }
                     Err(error) => return Err(error),
                 };
-                // The relay, until the host stops: a crash ends it with every connection.
-                tokio::spawn(serve_public(node.clone()));
+                // The relay, until the host stops: a crash ends it with every connection. A
+                // listener that fails (its bind, its router) fails the host, and the run, as
+                // the peer listener's does.
+                let public = node.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = serve_public(public).await {
+                        panic!("node {id}'s public listener failed: {error}");
+                    }
+                });
                 let incarnation = {
                     let mut incarnations = incarnations.borrow_mut();
                     let started = incarnations.entry(id).or_insert(0);
@@ -284,7 +329,6 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     }
     let outcome: Rc<RefCell<Option<Result<Driven, String>>>> = Rc::default();
     let (driver_started, driver_outcome) = (started.clone(), outcome.clone());
-    let nodes = run.nodes;
     let faults = schedule(run.seed, run.nodes, run.faults, run.kinds);
     // The replicas are checked once every fault drawn has ended.
     let faults_end = faults.iter().map(Fault::ends).max().unwrap_or_default();
@@ -292,7 +336,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         let result = drive(
             driver_started,
             seed,
-            nodes,
+            all,
             run.workload,
             faults_end,
             run.limit * 3 / 4,
@@ -311,7 +355,15 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
             .collect(),
         stops,
     );
-    let stepped = step_to_the_end(&mut sim, &watchdog, &started, &faults, under_way, run.nodes);
+    let stepped = step_to_the_end(
+        &mut sim,
+        &watchdog,
+        &started,
+        &incarnations,
+        &faults,
+        under_way,
+        all,
+    );
     let elapsed = sim.elapsed();
     let ending = watchdog.step();
     drop(sim);
@@ -367,6 +419,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         syncs_failed: crate::disk::syncs_failed(),
         answers_lost: crate::network::answers_lost(),
         snapshots_installed: crate::log::snapshots_installed(),
+        joined: joining.map(|joiner| joiner.node),
     })
 }
 
@@ -456,6 +509,7 @@ fn step_to_the_end(
     sim: &mut turmoil::Sim<'_>,
     watchdog: &Watchdog,
     started: &Reachables,
+    incarnations: &RefCell<BTreeMap<u64, u32>>,
     faults: &[Fault],
     mut under_way: Faults,
     nodes: u64,
@@ -475,7 +529,11 @@ fn step_to_the_end(
         while let Some(fault) = due.next_if(|fault| fault.at <= now) {
             if !under_way.may_begin(fault)
                 || (fault.kind == FaultKind::LogDamaged
-                    && !another_holds_its_log(&started.borrow(), fault.node, nodes))
+                    && !another_holds_its_log(
+                        &started.borrow(),
+                        &incarnations.borrow(),
+                        fault.node,
+                    ))
             {
                 continue;
             }
@@ -512,13 +570,19 @@ fn step_to_the_end(
 /// damaged before, still lacked what it lost, and entries 18 and 19, which only those two held,
 /// were lost with both copies; seed 316 damaged the leader's log while it alone held entries 8
 /// and 9 (committed or not, it cannot tell, so it votes for no log without them).
-fn another_holds_its_log(started: &BTreeMap<u64, Reachable>, node: u64, nodes: u64) -> bool {
+///
+/// Every node is every one that has started (`incarnations`): a newcomer counts once it has.
+fn another_holds_its_log(
+    started: &BTreeMap<u64, Reachable>,
+    incarnations: &BTreeMap<u64, u32>,
+    node: u64,
+) -> bool {
     let Some(damaged) = started.get(&node) else {
         return false;
     };
     let held = damaged.node.members().local_status().last_log_index;
-    let every_node_votes_whole = (1..=nodes).all(|id| {
-        started.get(&id).is_some_and(|running| {
+    let every_node_votes_whole = incarnations.keys().all(|id| {
+        started.get(id).is_some_and(|running| {
             let status = running.node.members().local_status();
             matches!(status.role.as_str(), "leader" | "follower" | "candidate")
                 && status.log_repair.is_none()
@@ -616,8 +680,8 @@ async fn wait_until_agreed(
     }
 }
 
-/// What keeps the replicas from agreeing: a node not running, a replica without the newest
-/// acknowledged packet of a key, or two replicas with different packets of one.
+/// What keeps the replicas from agreeing: a node not running or not a voter, a replica without
+/// the newest acknowledged packet of a key, or two replicas with different packets of one.
 fn lacking(started: &BTreeMap<u64, Reachable>, nodes: u64, clients: &Clients) -> Vec<String> {
     let mut lacking = Vec::new();
     let acknowledged = clients.acknowledged();
@@ -627,6 +691,12 @@ fn lacking(started: &BTreeMap<u64, Reachable>, nodes: u64, clients: &Clients) ->
             lacking.push(format!("node {id} is not running"));
             continue;
         };
+        // Every node joins as a voter, the one that joins late too: a learner is one whose
+        // promotion has not come (yet).
+        let role = node.members().local_status().role;
+        if !matches!(role.as_str(), "leader" | "follower") {
+            lacking.push(format!("node {id} is a {role}, not a voter"));
+        }
         for key in 0..clients.keys.count() {
             let version = match node.store().get(&clients.keys.key_bytes(key)) {
                 Ok(stored) => stored.map(|stored| stored.payload.timestamp_micros()),

@@ -302,7 +302,7 @@ async fn put(clients: &Clients, running: Running, key: usize) -> OpKind {
                 Ok(Answer { status, body }) => match status.as_u16() {
                     204 => PutOutcome::Stored,
                     409 => PutOutcome::Conflict,
-                    503 => PutOutcome::Unknown("503".to_string()),
+                    503 => PutOutcome::Unknown(format!("503: {}", String::from_utf8_lossy(&body))),
                     other => PutOutcome::Unexpected(format!(
                         "{other}: {}",
                         String::from_utf8_lossy(&body)
@@ -328,8 +328,11 @@ async fn read(clients: &Clients, running: Running, key: usize, consistency: Cons
                 Ok(Answer { status, body }) => match status.as_u16() {
                     200 => clients.keys.read_payload(key, body),
                     404 => ReadOutcome::NotFound,
-                    503 => ReadOutcome::Failed("503".to_string()),
-                    other => ReadOutcome::Unexpected(format!("status {other}")),
+                    503 => ReadOutcome::Failed(format!("503: {}", String::from_utf8_lossy(&body))),
+                    other => ReadOutcome::Unexpected(format!(
+                        "status {other}: {}",
+                        String::from_utf8_lossy(&body)
+                    )),
                 },
                 Err(failed) => ReadOutcome::Failed(failed),
             }

@@ -42,6 +42,7 @@ fn run_seed(seed: u64) -> Result<RunReport, RunError> {
         cut_off: None,
         faults: 6,
         kinds: &FaultKind::ALL,
+        may_grow: false,
     })
 }
 
