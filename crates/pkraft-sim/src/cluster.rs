@@ -17,8 +17,9 @@ use pkraft_check::history::Op;
 use pkraft_raft::peer::ClusterSecret;
 use pkraft_raft::{Node, Participation, Settings};
 
-use crate::faults::{Fault, FaultKind, Faults, StopSignal, Stops, host_name, schedule};
-use crate::network::{PEER_PORT, serve_peers, serve_public, transport};
+use crate::faults::{Fault, FaultKind, Faults, StopSignal, Stops, schedule};
+use crate::network::{PEER_PORT, host_name, serve_peers, transport};
+use crate::public::serve_public;
 use crate::workload::{Clients, Keys, Reachable, Reachables, Workload, run_client, write_each_key};
 
 /// What a run does.

@@ -14,8 +14,9 @@ use pkraft_testkit::damage::{LogRecord, RecordDamage, damage_log};
 use pkraft_testkit::rng::SplitMix64;
 use tokio::sync::Notify;
 
+use crate::disk;
+use crate::network::{self, host_name};
 use crate::world::{ClockFault, set_clock_fault};
-use crate::{disk, network};
 
 /// What a fault does to its node, from its moment until it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -497,11 +498,6 @@ impl Links {
             act(&self.node, other);
         }
     }
-}
-
-/// The turmoil host name of node `id`.
-pub(crate) fn host_name(id: u64) -> String {
-    format!("n{id}")
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! The network over turmoil: the transport a node's peer client connects with, and its peer
-//! routes (`pkraft_raft::routes::router`, the listener's real router) and public router
-//! (`crate::public`) served on turmoil listeners with hyper's HTTP/1.1. The daemon's own
+//! The network over turmoil: the hosts' names, the transport a node's peer client connects
+//! with, and the loop that serves a node's routes on a turmoil listener with hyper's HTTP/1.1:
+//! its peer routes here (`pkraft_raft::routes::router`, the listener's real router), its public
+//! router from `crate::public`. The daemon's own
 //! listeners add connection limits and admission in front of the same routers
 //! (`pkraft_http::serve`); those are not simulated. A partition in turmoil refuses a connection
 //! at once (its SYN is dropped with an answer), so to a caller it looks like a refusal, not
@@ -22,10 +23,13 @@ use pkraft_raft::peer::transport::PeerStream;
 use pkraft_testkit::rng::SplitMix64;
 use tower::ServiceExt;
 
-use crate::public::PUBLIC_PORT;
-
 /// The port every simulated node's peer listener binds.
 pub const PEER_PORT: u16 = 7000;
+
+/// The turmoil host name of node `id`.
+pub(crate) fn host_name(id: u64) -> String {
+    format!("n{id}")
+}
 
 /// A peer transport whose connections are turmoil's: `host:port` resolved by turmoil's DNS.
 pub fn transport() -> PeerTransport {
@@ -109,18 +113,10 @@ pub async fn serve_peers(node: Arc<Node>) -> io::Result<()> {
     serve(PEER_PORT, pkraft_raft::routes::router(node), Some(id)).await
 }
 
-/// Serves `node`'s public router (the relay: `crate::public`) on [`PUBLIC_PORT`] of the
-/// current host until the host stops. Its answers are never lost: a client's call that fails
-/// is one the network fails on its way (a crash, a partition), as the chaos harness's.
-pub async fn serve_public(node: Arc<Node>) -> io::Result<()> {
-    let router = crate::public::router(node).map_err(io::Error::other)?;
-    serve(PUBLIC_PORT, router, None).await
-}
-
 /// Serves `router` on `port` of the current host with hyper's HTTP/1.1, each request with the
 /// peer's address as axum's `ConnectInfo` (as `pkraft_http::serve` attaches it), losing the
 /// answers of node `losing` while it loses answers.
-async fn serve(port: u16, router: axum::Router, losing: Option<u64>) -> io::Result<()> {
+pub(crate) async fn serve(port: u16, router: axum::Router, losing: Option<u64>) -> io::Result<()> {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
     // The connections are this future's: dropped with it (a node's clean stop), each is closed,
     // as the process's exit closes them, instead of serving on until the host is dropped.

@@ -21,7 +21,7 @@ use pkraft_http::rate_limit::{RateLimitSettings, RateLimits};
 use pkraft_limits::{ClassLimits, KeyRate, Rate};
 use pkraft_raft::Node;
 
-use crate::faults::host_name;
+use crate::network::{host_name, serve};
 
 /// The port every simulated node's public router listens on.
 pub const PUBLIC_PORT: u16 = 8080;
@@ -66,6 +66,14 @@ pub(crate) fn router(node: Arc<Node>) -> Result<axum::Router, String> {
         keys,
         dht: None,
     }))
+}
+
+/// Serves `node`'s public router on [`PUBLIC_PORT`] of the current host until the host stops.
+/// Its answers are never lost: a client's call that fails is one the network fails on its way
+/// (a crash, a partition), as the chaos harness's.
+pub async fn serve_public(node: Arc<Node>) -> io::Result<()> {
+    let router = router(node).map_err(io::Error::other)?;
+    serve(PUBLIC_PORT, router, None).await
 }
 
 /// How current the node's replica is, as the daemon tells its DNS answers.
