@@ -202,7 +202,7 @@ impl LogStore {
                     recent: Mutex::new(RecentEntries::default()),
                 }),
                 writer: Arc::new(
-                    LogWriter::start()
+                    LogWriter::start(dir)
                         .map_err(|e| storage_error(ErrorSubject::Store, ErrorVerb::Write, &e))?,
                 ),
                 append_seconds: None,

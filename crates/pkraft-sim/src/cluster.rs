@@ -77,6 +77,8 @@ pub struct RunReport {
     /// those faults did.
     pub syncs_failed: u64,
     pub answers_lost: u64,
+    /// How many times a node's log found its disk slow (`DiskSlow`) before a change.
+    pub found_disk_slow: u64,
     /// Snapshots the nodes installed from a leader (`raft.snapshot_after_entries` is small in
     /// a run, so a node that lagged behind a purge gets one).
     pub snapshots_installed: u64,
@@ -418,6 +420,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         reads_checked,
         history: history.hash,
         syncs_failed: crate::disk::syncs_failed(),
+        found_disk_slow: crate::disk::found_slow(),
         answers_lost: crate::network::answers_lost(),
         snapshots_installed: crate::log::snapshots_installed(),
         joined: joining.map(|joiner| joiner.node),

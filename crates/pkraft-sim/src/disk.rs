@@ -36,7 +36,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use pkraft_testkit::rng::SplitMix64;
 
@@ -75,6 +75,11 @@ struct Disk {
     failing: Vec<PathBuf>,
     /// Syncs failed so far in the run.
     syncs_failed: u64,
+    /// The data dirs whose disk is slow (`FaultKind::DiskSlow`), each with its latency: every
+    /// change the node's log makes there waits it out first ([`latency`]).
+    slow: Vec<(PathBuf, Duration)>,
+    /// How many times a node's storage found its disk slow so far in the run.
+    found_slow: u64,
 }
 
 /// Linux's EIO, what a failed `fsync` returns.
@@ -87,6 +92,8 @@ static DISK: Mutex<Disk> = Mutex::new(Disk {
     powered_off: Vec::new(),
     failing: Vec::new(),
     syncs_failed: 0,
+    slow: Vec::new(),
+    found_slow: 0,
 });
 
 fn disk() -> MutexGuard<'static, Disk> {
@@ -157,6 +164,41 @@ pub(crate) fn fail_syncs(dir: &Path, failing: bool) {
     if failing {
         disk.failing.push(dir);
     }
+}
+
+/// From now on every change the node's log makes under `dir` waits `latency` of simulated time
+/// first, as on a disk whose writes and syncs take that long (`None`: the disk is well again).
+pub(crate) fn slow_down(dir: &Path, latency: Option<Duration>) {
+    let dir = canonical(dir);
+    let mut disk = disk();
+    disk.slow.retain(|(listed, _)| *listed != dir);
+    if let Some(latency) = latency {
+        disk.slow.push((dir, latency));
+    }
+}
+
+/// `pkraft_types::world`'s `disk_latency`: how long a change to the files under `dir` takes
+/// now ([`slow_down`]; zero on a disk that is well).
+pub(crate) fn latency(dir: &Path) -> Duration {
+    if disk().slow.is_empty() {
+        return Duration::ZERO;
+    }
+    let dir = canonical(dir);
+    let mut disk = disk();
+    let latency = disk
+        .slow
+        .iter()
+        .find(|(slow, _)| dir.starts_with(slow))
+        .map_or(Duration::ZERO, |(_, latency)| *latency);
+    if !latency.is_zero() {
+        disk.found_slow += 1;
+    }
+    latency
+}
+
+/// How many times a node's storage found its disk slow so far in the run ([`latency`]).
+pub(crate) fn found_slow() -> u64 {
+    disk().found_slow
 }
 
 /// How many syncs failed so far in the run ([`fail_syncs`]).
@@ -348,6 +390,66 @@ mod tests {
         let cut = restore(dir.path(), &mut rng).expect("restore");
         assert_eq!(cut, Cut::default(), "nothing unsynced");
         assert!(fs::read(&synced_path).expect("read").starts_with(b"again"));
+    }
+
+    /// The log's writer waits out a slow disk's latency in simulated time before each change,
+    /// in the changes' order, and not once the disk is well; a crash drops the changes still
+    /// waiting with the node's runtime, and the log opens again at once (a queue kept by the
+    /// writer itself would keep the log's files open through the handles its jobs hold).
+    #[test]
+    fn a_slow_disk_holds_each_change_of_the_log_for_its_latency_in_order() {
+        use openraft::Vote;
+        use openraft::storage::RaftLogStorage;
+        use pkraft_raft_storage::log_store::LogStore;
+        use tokio::time::Instant;
+
+        let (_alone, dir) = a_fresh_disk();
+        crate::world::install();
+        let latency = Duration::from_millis(700);
+        slow_down(dir.path(), Some(latency));
+        let mut sim = turmoil::Builder::new().build();
+        let path = dir.path().to_path_buf();
+        sim.client("node", async move {
+            let mut log = LogStore::open(&path)?;
+            let mut other = log.clone();
+            let started = Instant::now();
+            let (vote_1, vote_2) = (Vote::new(1, 1), Vote::new(2, 1));
+            let (first, second) = tokio::join!(log.save_vote(&vote_1), other.save_vote(&vote_2));
+            first?;
+            second?;
+            assert_eq!(started.elapsed(), latency * 2, "one change after the other");
+            assert_eq!(log.read_vote().await?, Some(vote_2), "in their order");
+            slow_down(&path, None);
+            let started = Instant::now();
+            log.save_vote(&Vote::new(3, 1)).await?;
+            assert_eq!(
+                started.elapsed(),
+                Duration::ZERO,
+                "a disk well again waits no more"
+            );
+            Ok(())
+        });
+        sim.run().expect("the log's changes");
+        assert!(found_slow() >= 2, "{}", found_slow());
+
+        slow_down(dir.path(), Some(Duration::from_secs(5)));
+        let path = dir.path().to_path_buf();
+        sim.host("crashing", move || {
+            let path = path.clone();
+            async move {
+                let mut log = LogStore::open(&path)?;
+                tokio::spawn(async move { log.save_vote(&Vote::new(4, 1)).await });
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        });
+        for _ in 0..100 {
+            sim.step().expect("a step");
+        }
+        sim.crash("crashing");
+        let log = LogStore::open(dir.path()).expect("the log opens again after the crash");
+        drop(log);
+        drop(sim);
     }
 
     #[test]

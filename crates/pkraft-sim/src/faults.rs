@@ -71,11 +71,18 @@ pub enum FaultKind {
     /// tell whether it was handled (a forwarded publish, an append, a vote), as when a link
     /// fails between a request and its answer. The links themselves stay up.
     AnswersLost,
+    /// Every change the node's Raft log makes (an append and its sync, a truncation, a purge,
+    /// the vote) waits [`Fault::amount`] ms of simulated time first, as on a worn or a busy disk
+    /// whose syncs take that long: openraft goes on beside the slow flush as it does beside a
+    /// real one, and counts no entry of the node's until its flush is done, and a vote is
+    /// granted only once saved. The node's other faults may come while its disk is slow (a
+    /// crash or a power cut with appends still waiting: they were never acknowledged).
+    DiskSlow,
 }
 
 impl FaultKind {
     /// Every kind a run can draw.
-    pub const ALL: [FaultKind; 12] = [
+    pub const ALL: [FaultKind; 13] = [
         FaultKind::Crash,
         FaultKind::Isolated,
         FaultKind::Muted,
@@ -88,6 +95,7 @@ impl FaultKind {
         FaultKind::Stopped,
         FaultKind::SyncsFailing,
         FaultKind::AnswersLost,
+        FaultKind::DiskSlow,
     ];
 
     /// Whether the nodes it hits stop running (the driver must let go of them first).
@@ -119,6 +127,12 @@ impl FaultKind {
         matches!(self, FaultKind::PowerCut | FaultKind::PowerOutage)
     }
 
+    /// Whether it lasts beside the node's other faults (a disk slow while the node crashes,
+    /// loses its power or its links) rather than alone on its node.
+    fn beside_others(self) -> bool {
+        matches!(self, FaultKind::DiskSlow)
+    }
+
     /// Whether it acts on the node's links (turmoil refuses some of those together on one
     /// pair of hosts, so two such faults never overlap).
     fn on_links(self) -> bool {
@@ -132,7 +146,7 @@ impl FaultKind {
 /// One fault of a run: `kind` on `node` from `at` (simulated time since the start) for
 /// `lasting`; `amount` says how far a clock fault goes: seconds for `ClockStepped`, µs a
 /// second for `ClockDrifting`, negative for behind or slow; for `LogDamaged`, the damage's
-/// index in `RecordDamage::ALL` (0 for the other kinds).
+/// index in `RecordDamage::ALL`; for `DiskSlow`, the latency in ms (0 for the other kinds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fault {
     pub kind: FaultKind,
@@ -172,6 +186,17 @@ const FAULT_LASTING: (Duration, Duration) = (Duration::from_millis(50), Duration
 const CLOCK_STEP_MAX_SECS: u64 = 700_000;
 /// The fastest drift, in µs a second: half as fast again, or half as slow.
 const CLOCK_DRIFT_MAX: u64 = 500_000;
+/// The slowest disk's latency a change, in ms: syncs of 1 to 3 s are what a worn SSD or a
+/// shared volume under load shows (past a run's election timeout, 300 to 600 ms).
+const DISK_LATENCY_MAX_MS: u64 = 3_000;
+
+/// A slow disk's latency (`Fault::amount`), in ms, of a size drawn first as a power of ten
+/// (up to 30, 300 or 3,000 ms), so that a disk a little slow and one very slow are both drawn
+/// often.
+fn disk_latency_ms(rng: &mut SplitMix64) -> i64 {
+    let ceiling = 3 * 10u64.pow(u32::try_from(rng.between(1, 3)).unwrap_or(1));
+    i64::try_from(rng.between(1, ceiling.min(DISK_LATENCY_MAX_MS))).unwrap_or(1)
+}
 
 /// A clock fault's amount (`Fault::amount`): for a drift, µs a second; for a step, seconds, of
 /// a size drawn first as a power of ten, so that steps of a second and of a week are both drawn
@@ -217,6 +242,7 @@ pub fn schedule(seed: u64, nodes: u64, count: u32, kinds: &[FaultKind]) -> Vec<F
                         clock_amount(&mut rng, kind)
                     }
                     FaultKind::LogDamaged => rng.below(RecordDamage::ALL.len() as u64) as i64,
+                    FaultKind::DiskSlow => disk_latency_ms(&mut rng),
                     _ => 0,
                 },
             }
@@ -227,10 +253,13 @@ pub fn schedule(seed: u64, nodes: u64, count: u32, kinds: &[FaultKind]) -> Vec<F
 }
 
 /// The faults under way on a simulation, and the rule for which may begin: at most one on a
-/// node at a time, at most one on links at a time, and an outage alone.
+/// node at a time (and one more beside it, a slow disk), at most one on links at a time, and an
+/// outage alone.
 pub(crate) struct Faults {
     /// The fault under way on each node (an outage under every node's).
     active: BTreeMap<u64, Fault>,
+    /// The fault under way beside it on each node ([`FaultKind::beside_others`]).
+    beside: BTreeMap<u64, Fault>,
     /// Each node's data dir, for its power cuts.
     dirs: BTreeMap<u64, PathBuf>,
     /// Each node's stop signal, for its clean stops.
@@ -241,6 +270,7 @@ impl Faults {
     pub(crate) fn new(dirs: BTreeMap<u64, PathBuf>, stops: Stops) -> Faults {
         Faults {
             active: BTreeMap::new(),
+            beside: BTreeMap::new(),
             dirs,
             stops,
         }
@@ -248,8 +278,12 @@ impl Faults {
 
     /// Whether `fault` may begin now (else it is skipped, not made).
     pub(crate) fn may_begin(&self, fault: &Fault) -> bool {
+        let outage = self.active.values().any(|active| active.kind.alone());
+        if fault.kind.beside_others() {
+            return !outage && !self.beside.contains_key(&fault.node);
+        }
         let links_busy = self.active.values().any(|active| active.kind.on_links());
-        if fault.kind.alone() || self.active.values().any(|active| active.kind.alone()) {
+        if fault.kind.alone() || outage {
             return self.active.is_empty();
         }
         !self.active.contains_key(&fault.node) && (!fault.kind.on_links() || !links_busy)
@@ -315,6 +349,10 @@ impl Faults {
             FaultKind::Stopped => self.stops.set(fault.node, true)?,
             FaultKind::SyncsFailing => disk::fail_syncs(self.dir(fault.node)?, true),
             FaultKind::AnswersLost => network::lose_answers(fault.node, Some(fault.draws())),
+            FaultKind::DiskSlow => {
+                let latency = Duration::from_millis(u64::try_from(fault.amount).unwrap_or(0));
+                disk::slow_down(self.dir(fault.node)?, Some(latency));
+            }
             FaultKind::Isolated => links.each(|node, other| sim.partition(node, other)),
             FaultKind::Muted => links.each(|node, other| sim.partition_oneway(node, other)),
             FaultKind::Stalled => links.each(|node, other| sim.hold(node, other)),
@@ -330,8 +368,13 @@ impl Faults {
                 set_clock_fault(fault.node, Some(drifting));
             }
         }
+        let under_way = if fault.kind.beside_others() {
+            &mut self.beside
+        } else {
+            &mut self.active
+        };
         for node in fault.hits(nodes) {
-            self.active.insert(node, fault);
+            under_way.insert(node, fault);
         }
         Ok(cuts)
     }
@@ -340,6 +383,7 @@ impl Faults {
     pub(crate) fn due(&self, now: Duration) -> Vec<(u64, Fault)> {
         self.active
             .iter()
+            .chain(&self.beside)
             .filter(|(_, fault)| fault.ends() <= now)
             .map(|(&node, &fault)| (node, fault))
             .collect()
@@ -375,7 +419,11 @@ impl Faults {
         nodes: u64,
     ) -> Result<(), String> {
         for (node, fault) in self.due(now) {
-            self.active.remove(&node);
+            if fault.kind.beside_others() {
+                self.beside.remove(&node);
+            } else {
+                self.active.remove(&node);
+            }
             let links = Links::of(fault.node, nodes);
             match fault.kind {
                 FaultKind::Crash
@@ -397,6 +445,7 @@ impl Faults {
                     sim.bounce(host_name(node));
                 }
                 FaultKind::AnswersLost => network::lose_answers(node, None),
+                FaultKind::DiskSlow => disk::slow_down(self.dir(node)?, None),
                 FaultKind::Isolated => links.each(|node, other| sim.repair(node, other)),
                 FaultKind::Muted => links.each(|node, other| sim.repair_oneway(node, other)),
                 FaultKind::Stalled => links.each(|node, other| sim.release(node, other)),
@@ -560,5 +609,14 @@ mod tests {
         faults.active.insert(1, fault(FaultKind::LogDamaged, 1));
         assert!(faults.may_begin(&fault(FaultKind::Crash, 2)));
         assert!(!faults.may_begin(&fault(FaultKind::PowerOutage, 2)));
+        // A slow disk beside its node's other fault, one at a time, not during an outage.
+        assert!(faults.may_begin(&fault(FaultKind::DiskSlow, 1)));
+        faults.beside.insert(1, fault(FaultKind::DiskSlow, 1));
+        assert!(!faults.may_begin(&fault(FaultKind::DiskSlow, 1)));
+        assert!(faults.may_begin(&fault(FaultKind::DiskSlow, 2)));
+        faults.active.clear();
+        assert!(faults.may_begin(&fault(FaultKind::Crash, 1)));
+        faults.active.insert(2, outage);
+        assert!(!faults.may_begin(&fault(FaultKind::DiskSlow, 3)));
     }
 }

@@ -111,6 +111,7 @@ pub fn install() {
         unix_micros_now: wall_micros,
         random_u64: next_u64,
         synced: crate::disk::synced,
+        disk_latency: crate::disk::latency,
     }) {
         Ok(()) | Err(AlreadySimulated) => {}
     }

@@ -35,7 +35,7 @@ fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
     eprintln!(
         "seed {seed}: {:?}; {} ops ({} PUTs acknowledged, {} linearized, {} reads checked); \
          settled after {:?} of simulated time, {} steps, {} syncs failed, {} answers lost, \
-         {} snapshots installed, joined {:?}, history {:016x}",
+         disk found slow {} times, {} snapshots installed, joined {:?}, history {:016x}",
         report.faults,
         report.ops,
         report.acknowledged_puts,
@@ -45,6 +45,7 @@ fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
         report.steps,
         report.syncs_failed,
         report.answers_lost,
+        report.found_disk_slow,
         report.snapshots_installed,
         report.joined,
         report.history
@@ -123,15 +124,20 @@ fn faults_of_every_kind_lose_no_acknowledged_packet() {
 }
 
 /// The disk's and the network's faults act on the node: a disk whose syncs fail fails its
-/// syncs, and answers are lost (else every run would pass whether or not they did anything),
-/// and neither loses an acknowledged packet.
+/// syncs, a slow disk's latency is waited out, and answers are lost (else every run would pass
+/// whether or not they did anything), and none loses an acknowledged packet.
 #[test]
-fn failing_syncs_and_lost_answers_act_and_lose_no_acknowledged_packet() {
+fn disk_faults_and_lost_answers_act_and_lose_no_acknowledged_packet() {
     for seed in seeds(51..=52) {
         let failing = run_seed(seed, 3, &[FaultKind::SyncsFailing]);
         assert!(
             !failing.faults.is_empty() && failing.syncs_failed > 0,
             "seed {seed}: {failing:?}"
+        );
+        let slow = run_seed(seed, 3, &[FaultKind::DiskSlow]);
+        assert!(
+            !slow.faults.is_empty() && slow.found_disk_slow > 0,
+            "seed {seed}: {slow:?}"
         );
         let losing = run_seed(seed, 3, &[FaultKind::AnswersLost]);
         assert!(

@@ -4,7 +4,8 @@
 //! replays a run from its seed, and a simulated power cut drops what no sync made durable.
 //! Outside a simulation all are the system's: the wall clock is `SystemTime::now`, randomness
 //! rand's OS-seeded thread generator, a sync the file's `sync_data` or `sync_all` and nothing
-//! more.
+//! more. A simulation also says how slow its disk is ([`simulated_disk_latency`]); the real
+//! disk is as slow as it is.
 //!
 //! Monotonic time is not here: the node reads it through tokio (`tokio::time::Instant`, sleeps
 //! and timeouts), which a runtime with paused time already simulates. A test in
@@ -13,6 +14,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +33,10 @@ pub struct SimulatedWorld {
     /// The sync of a file (or a directory) in place of the kernel's: what the file holds now is
     /// durable, what a simulated power cut keeps of it. An error is the sync's.
     pub synced: fn(&File) -> io::Result<()>,
+    /// How long a change to the files under a directory takes now on the simulated disk
+    /// (zero on a healthy one): a slow disk's latency, which the node's storage waits out in
+    /// simulated time before it makes the change ([`simulated_disk_latency`]).
+    pub disk_latency: fn(&Path) -> Duration,
 }
 
 static SIMULATED: OnceLock<SimulatedWorld> = OnceLock::new();
@@ -107,6 +113,15 @@ pub fn sync_all(file: &File) -> io::Result<()> {
         Some(world) => (world.synced)(file),
         None => file.sync_all(),
     }
+}
+
+/// How long a change to the files under `dir` takes now on the simulated disk, or `None`
+/// outside a simulation. The real disk needs no such answer: its slowness is the time its
+/// writes and syncs take, on the storage's own threads. A simulation runs those jobs inline
+/// and instantly (`runs_blocking_work_inline`), so its slow disk is a wait in simulated time
+/// that the storage makes before each change, in the change's order.
+pub fn simulated_disk_latency(dir: &Path) -> Option<Duration> {
+    SIMULATED.get().map(|world| (world.disk_latency)(dir))
 }
 
 /// A random `u64` (the simulation's seeded generator, if one is installed).
