@@ -919,6 +919,54 @@ async fn t20_a_removed_node_id_is_refused_when_it_comes_back() {
     assert_eq!(ids, survivors);
 }
 
+/// A learner whose `cluster.join` names only a node removed (and stopped) since becomes a voter
+/// when it asks to be one: it asks the leader it follows, not only its join addresses. Before,
+/// it asked the removed node for good (found by the simulator: docs/SIMULATION.md, "What it
+/// found").
+#[tokio::test]
+async fn t20_a_learner_whose_join_address_was_removed_is_promoted_through_its_leader() {
+    let mut cluster = TestCluster::start(3, "").await;
+    cluster.add_as(4, false).await;
+    eventually("node 4 a learner", || async {
+        let status = admin_status(&cluster.member(4).server).await?;
+        (status["node"]["role"] == "learner").then_some(())
+    })
+    .await;
+    cluster.member_mut(4).server.kill();
+
+    // Node 1, the only join address every node was given, leaves the cluster for good.
+    let leader = cluster.leader().await;
+    let removal = http_client()
+        .post(format!(
+            "http://{}/cluster/remove",
+            cluster.member(leader).server.admin
+        ))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .header("content-type", "application/json")
+        .body(r#"{"node_id": 1}"#)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(removal.status(), 200);
+    cluster.member_mut(1).server.kill();
+    cluster.members.retain(|m| m.id != 1);
+
+    // The learner, started again, asks to be a voter.
+    let config = cluster.member(4).slot.config.clone();
+    let text = std::fs::read_to_string(&config).expect("node 4's config");
+    assert!(text.contains("voter = false"), "{text}");
+    std::fs::write(&config, text.replace("voter = false", "voter = true")).expect("config");
+    cluster.restart(4);
+    cluster.wait_for_voters(3).await;
+    let status = admin_status(&cluster.member(4).server)
+        .await
+        .expect("status");
+    assert!(
+        matches!(status["node"]["role"].as_str(), Some("leader" | "follower")),
+        "{status}"
+    );
+}
+
 /// Expiry goes through the log: packets signed longer ago than `record_max_age` disappear from
 /// every node, and newer ones stay on every node.
 #[tokio::test]

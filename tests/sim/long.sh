@@ -83,7 +83,7 @@ out, seconds, failed, seeds, jobs, count, replay, replay_status, kept = (
     int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9])
 RUN = re.compile(r"seed (\d+): \[.*history (\w+)")
 runs, kinds, ops, acked, histories = 0, collections.Counter(), 0, 0, {}
-installs, runs_installing, joined = 0, 0, 0
+installs, runs_installing, joined, removed = 0, 0, 0, 0
 for path in glob.glob(f"{out}/*.log"):
     for line in open(path, errors="replace"):
         if re.match(r"seed \d+: \[", line):
@@ -98,6 +98,8 @@ for path in glob.glob(f"{out}/*.log"):
                 acked += int(counted.group(2))
             if re.search(r"joined Some\(\d+\)", line):
                 joined += 1
+            if re.search(r"removed Some\(\d+\)", line):
+                removed += 1
             installed = re.search(r"(\d+) snapshots installed", line)
             if installed and int(installed.group(1)) > 0:
                 installs += int(installed.group(1))
@@ -108,7 +110,7 @@ print(f"sim-long: seeds {seeds}, {jobs} processes: {runs} of {count} runs passed
       f"processes failed; {faults} faults ({by_kind}); {seconds:.0f} s; "
       f"{faults * 3600 / seconds:,.0f} faults an hour; {ops} client operations checked "
       f"({acked} PUTs acknowledged); {installs} snapshots installed, in {runs_installing} "
-      f"runs; a node joined in {joined} runs")
+      f"runs; a node joined in {joined} runs, a voter was removed in {removed}")
 replayed_same = True
 if replay:
     again = {}

@@ -339,7 +339,7 @@ impl Members {
         } else if membership.get_node(&node_id).is_some() {
             ChangeMembers::RemoveNodes(ids)
         } else {
-            return Ok(());
+            return self.removal_committed(node_id).await;
         };
         // `retain: false`: a removed voter does not stay on as a learner.
         self.core
@@ -349,6 +349,33 @@ impl Members {
             .map_err(change_error)?;
         tracing::info!(node_id, "removed from the cluster");
         Ok(())
+    }
+
+    /// Returns once this node has applied (so the cluster has committed) a membership without
+    /// `node_id`, which the membership it holds now already is. That one may not be committed
+    /// yet: a change whose leader was cut off from its quorum appends it and gives up at the
+    /// timeout, and its next leader may go on from the joint configuration, with the node still
+    /// a voter. Answering at once made an operator's `remove` say ok for a removal that did not
+    /// hold (found by review of the simulator's removals, 2026-12-01). Bounded by the caller's
+    /// `MEMBERSHIP_CHANGE_TIMEOUT`.
+    async fn removal_committed(&self, node_id: NodeId) -> Result<(), RequestError> {
+        self.core
+            .raft
+            .wait(None)
+            .metrics(
+                |metrics| {
+                    let held = &metrics.membership_config;
+                    let applied = metrics.last_applied.map(|log_id| log_id.index);
+                    held.membership().get_node(&node_id).is_none()
+                        && held
+                            .log_id()
+                            .is_none_or(|log_id| applied.is_some_and(|at| at >= log_id.index))
+                },
+                "the membership without the node committed",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| RequestError::Unavailable(Reason::caused("waiting for the removal", e)))
     }
 
     /// This node's own view.
@@ -458,7 +485,12 @@ impl Members {
 
 /// Asks the `cluster.join` addresses to admit this node until it is a member in the role it
 /// wants. Runs for the life of the node: after a restart it checks again (a node added as a
-/// learner that stopped before its promotion asks for the promotion again).
+/// learner that stopped before its promotion asks for the promotion again). A node that
+/// already follows a leader (a learner) asks that leader first: the join addresses are where
+/// a new node first finds its cluster, and the nodes they name may have been removed since
+/// (the simulator's seed 3334 with a planted bug: node 2, a learner whose only join address
+/// was node 1, asked node 1 for its promotion for good once node 1 was removed, and every
+/// forward of the removed node was refused).
 pub(crate) async fn keep_joining(members: Arc<Members>) {
     let want_voter = members.core.cluster.voter;
     let mut failures = 0u64;
@@ -495,7 +527,18 @@ pub(crate) async fn keep_joining(members: Arc<Members>) {
             },
             forwarded: false,
         };
-        for addr in &members.core.cluster.join {
+        // The leader this node follows, if it knows one (never itself: a node that leads is a
+        // voter), then the join addresses.
+        let leader = members
+            .leadership
+            .known_leader()
+            .filter(|(id, _)| *id != members.core.id)
+            .map(|(_, addr)| addr);
+        let join = &members.core.cluster.join;
+        let asked = leader
+            .iter()
+            .chain(join.iter().filter(|addr| Some(*addr) != leader.as_ref()));
+        for addr in asked {
             let answer: Result<Result<(), RequestError>, _> = ask(
                 &members.core.peers,
                 addr,

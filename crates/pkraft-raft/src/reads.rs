@@ -370,12 +370,28 @@ impl Reads {
     /// its own log. A leader elected in a later term needs no floor: its first entry follows
     /// its whole log. (Found by the chaos harness: docs/TESTING.md, "a linearizable GET
     /// returned an older packet after the leader restarted".)
+    ///
+    /// The term that decides is the one this node led in when it asked, read before the
+    /// check: openraft confirms the leadership the node had when the check reached its core,
+    /// and the node may have lost it by the time the answer comes back (a higher vote seen
+    /// meanwhile). Read after, the term was the new one, the floor was dropped, and a restarted
+    /// leader answered a linearizable GET at its commit index on disk, below an acknowledged
+    /// write (found by the simulator, seed 57 of `make sim-ci` on 2026-12-01). A term that has
+    /// moved on since only makes the floor one the new term's entries pass in time (a read may
+    /// then wait for them, or answer 503 at its deadline: never an older packet).
     pub(crate) async fn read_index_as_leader(&self) -> Result<Option<u64>, RequestError> {
         // A leader no quorum has heard from within the lease cannot confirm its leadership
         // before the partition heals; say so now rather than at the deadline.
         if let Some(reason) = self.leadership.cut_off_from_quorum() {
             return Err(RequestError::Unavailable(reason.into()));
         }
+        let asked_in_term = if pkraft_types::planted::is_planted(
+            pkraft_types::planted::PlantedBug::ReadFloorByTermAfterTheCheck,
+        ) {
+            None
+        } else {
+            Some(self.core.raft.metrics().borrow().current_term)
+        };
         let ensured = tokio::time::timeout(
             self.core.publish_timeout,
             self.core.raft.ensure_linearizable(),
@@ -392,7 +408,8 @@ impl Reads {
         })?;
         match ensured {
             Ok(log_id) => {
-                let term = self.core.raft.metrics().borrow().current_term;
+                let term =
+                    asked_in_term.unwrap_or_else(|| self.core.raft.metrics().borrow().current_term);
                 let floor = self
                     .freshness
                     .log_end_at_start

@@ -19,8 +19,11 @@ use pkraft_raft::{Node, Participation, Settings};
 
 use crate::faults::{Fault, FaultKind, Faults, StopSignal, Stops, schedule};
 use crate::network::{PEER_PORT, host_name, serve_peers, transport};
-use crate::public::serve_public;
-use crate::workload::{Clients, Keys, Reachable, Reachables, Workload, run_client, write_each_key};
+use crate::public::{serve_admin, serve_public};
+use crate::removal::{Removal, remove_voter, removing};
+use crate::workload::{
+    Clients, Keys, Reachable, Reachables, Removed, Workload, run_client, write_each_key,
+};
 
 /// What a run does.
 #[derive(Debug, Clone, Copy)]
@@ -77,13 +80,16 @@ pub struct RunReport {
     /// those faults did.
     pub syncs_failed: u64,
     pub answers_lost: u64,
-    /// How many times a node's log found its disk slow (`DiskSlow`) before a change.
+    /// How many times a node's log asked its disk's latency and found it slow (`DiskSlow`):
+    /// as it queues a change and again as it comes to run it.
     pub found_disk_slow: u64,
     /// Snapshots the nodes installed from a leader (`raft.snapshot_after_entries` is small in
     /// a run, so a node that lagged behind a purge gets one).
     pub snapshots_installed: u64,
     /// The node that joined while the run went on, if one did ([`Run::may_grow`]).
     pub joined: Option<u64>,
+    /// The voter removed while the run went on, if one was (`removal.rs`).
+    pub removed: Option<u64>,
 }
 
 /// FNV-1a over the events of a run, one at a time: stable across builds and platforms (std's
@@ -237,6 +243,9 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     })?;
     let seed = run.seed;
     let joining = run.may_grow.then(|| joining(seed, run.nodes)).flatten();
+    // Once the newcomer has joined, half such runs remove a voter (`removal.rs`).
+    let removal = joining.and_then(|joiner| removing(seed, joiner.node, joiner.at));
+    let removed: Removed = Rc::default();
     // Every node the run may have: its first ones and the newcomer.
     let all = run.nodes + u64::from(joining.is_some());
     let dirs = (1..=all)
@@ -302,6 +311,12 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
                         panic!("node {id}'s public listener failed: {error}");
                     }
                 });
+                let admin = node.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = serve_admin(admin, settings().record_max_age).await {
+                        panic!("node {id}'s admin listener failed: {error}");
+                    }
+                });
                 let incarnation = {
                     let mut incarnations = incarnations.borrow_mut();
                     let started = incarnations.entry(id).or_insert(0);
@@ -331,20 +346,21 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         }
     }
     let outcome: Rc<RefCell<Option<Result<Driven, String>>>> = Rc::default();
-    let (driver_started, driver_outcome) = (started.clone(), outcome.clone());
+    let (driver_started, driver_outcome, driver_removed) =
+        (started.clone(), outcome.clone(), removed.clone());
     let faults = schedule(run.seed, run.nodes, run.faults, run.kinds);
     // The replicas are checked once every fault drawn has ended.
     let faults_end = faults.iter().map(Fault::ends).max().unwrap_or_default();
     sim.client("driver", async move {
-        let result = drive(
-            driver_started,
+        let plan = Plan {
             seed,
-            all,
-            run.workload,
+            nodes: all,
+            workload: run.workload,
             faults_end,
-            run.limit * 3 / 4,
-        )
-        .await;
+            limit: run.limit * 3 / 4,
+            removal,
+        };
+        let result = drive(driver_started, driver_removed, plan).await;
         *driver_outcome.borrow_mut() = Some(result);
         Ok(())
     });
@@ -357,6 +373,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
             .map(|(&id, dir)| (id, dir.path().to_path_buf()))
             .collect(),
         stops,
+        removed.clone(),
     );
     let stepped = step_to_the_end(
         &mut sim,
@@ -424,6 +441,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
         answers_lost: crate::network::answers_lost(),
         snapshots_installed: crate::log::snapshots_installed(),
         joined: joining.map(|joiner| joiner.node),
+        removed: removed.get(),
     })
 }
 
@@ -537,6 +555,7 @@ fn step_to_the_end(
                         &started.borrow(),
                         &incarnations.borrow(),
                         fault.node,
+                        under_way.removed(),
                     ))
             {
                 continue;
@@ -575,17 +594,24 @@ fn step_to_the_end(
 /// were lost with both copies; seed 316 damaged the leader's log while it alone held entries 8
 /// and 9 (committed or not, it cannot tell, so it votes for no log without them).
 ///
-/// Every node is every one that has started (`incarnations`): a newcomer counts once it has.
+/// Every node is every one that has started (`incarnations`): a newcomer counts once it has,
+/// and a node removed (`removed`) no longer does: the others neither repair its log nor hold
+/// theirs for it.
 fn another_holds_its_log(
     started: &BTreeMap<u64, Reachable>,
     incarnations: &BTreeMap<u64, u32>,
     node: u64,
+    removed: Option<u64>,
 ) -> bool {
     let Some(damaged) = started.get(&node) else {
         return false;
     };
+    if removed == Some(node) {
+        return false;
+    }
+    let members = |id: &&u64| removed != Some(**id);
     let held = damaged.node.members().local_status().last_log_index;
-    let every_node_votes_whole = incarnations.keys().all(|id| {
+    let every_node_votes_whole = incarnations.keys().filter(members).all(|id| {
         started.get(id).is_some_and(|running| {
             let status = running.node.members().local_status();
             matches!(status.role.as_str(), "leader" | "follower" | "candidate")
@@ -595,23 +621,37 @@ fn another_holds_its_log(
     every_node_votes_whole
         && started
             .iter()
-            .filter(|(id, _)| **id != node)
+            .filter(|(id, _)| **id != node && removed != Some(**id))
             .any(|(_, other)| other.node.last_applied_index() >= held)
 }
 
-/// Runs the clients of `workload` to their end, then, from `faults_end` on (the run's faults
-/// are over), writes each key until a PUT of it is acknowledged (`write_each_key`) and waits
-/// until every node runs and every replica holds the same packets, at least the newest
-/// acknowledged of each key; then reads what each holds. What was still missing at
-/// `limit` is kept for the report, and the replicas are read as they are.
-async fn drive(
-    started: Reachables,
+/// What the driver does in a run: its clients, when the faults are over, how long it may take,
+/// and the voter it removes, if it removes one.
+struct Plan {
     seed: u64,
     nodes: u64,
     workload: Workload,
     faults_end: Duration,
     limit: Duration,
-) -> Result<Driven, String> {
+    removal: Option<Removal>,
+}
+
+/// Runs the clients of `plan.workload` to their end (and the removal, if the plan has one,
+/// beside them), then, from `plan.faults_end` on (the run's faults are over), writes each key
+/// until a PUT of it is acknowledged (`write_each_key`) and waits until every node runs and
+/// every replica holds the same packets, at least the newest acknowledged of each key; then
+/// reads what each holds. What was still missing at `plan.limit` is kept for the report, and
+/// the replicas are read as they are. A node removed (`removed`) is left out from the removal
+/// on: of the nodes that must agree, and of the replicas checked.
+async fn drive(started: Reachables, removed: Removed, plan: Plan) -> Result<Driven, String> {
+    let Plan {
+        seed,
+        nodes,
+        workload,
+        faults_end,
+        limit,
+        removal,
+    } = plan;
     let began = tokio::time::Instant::now();
     let clients = Rc::new(Clients {
         reachable: started.clone(),
@@ -619,6 +659,12 @@ async fn drive(
         nodes,
         began,
         ops: RefCell::default(),
+        removed,
+    });
+    let give_up_at = began + limit.saturating_sub(POLL * 10);
+    let removing = removal.map(|removal| {
+        let clients = clients.clone();
+        tokio::task::spawn_local(async move { remove_voter(&clients, removal, give_up_at).await })
     });
     // Half the time for the clients, half for the replicas to agree.
     let stop_at = began + limit / 2;
@@ -633,7 +679,6 @@ async fn drive(
     }
     tokio::time::sleep(faults_end.saturating_sub(began.elapsed())).await;
     // One more client, after the clients: writes each key once the faults have ended.
-    let give_up_at = began + limit.saturating_sub(POLL * 10);
     let written = write_each_key(&clients, workload.clients, give_up_at).await;
     let mut history = History::new();
     for op in clients.ops.borrow().iter() {
@@ -641,15 +686,21 @@ async fn drive(
     }
     let unsettled = match written {
         Err(unwritten) => Some(unwritten),
-        Ok(()) => wait_until_agreed(&started, nodes, &clients, give_up_at).await,
+        Ok(()) => wait_until_agreed(&started, nodes, &clients, removal, give_up_at).await,
     };
+    if let Some(removing) = removing {
+        removing.abort();
+    }
+    history.record(&format!("removed {:?}", clients.removed.get()));
     let mut finals = Vec::new();
     for (&id, running) in started.borrow().iter() {
         history.record(&format!(
             "node {id} applied {:?}",
             running.node.last_applied_index()
         ));
-        finals.push(clients.keys.final_state(id, &running.node)?);
+        if !clients.was_removed(id) {
+            finals.push(clients.keys.final_state(id, &running.node)?);
+        }
     }
     let mut ops = clients.ops.take();
     // The checks read the operations in the order they were asked.
@@ -670,10 +721,11 @@ async fn wait_until_agreed(
     started: &Reachables,
     nodes: u64,
     clients: &Clients,
+    removal: Option<Removal>,
     give_up_at: tokio::time::Instant,
 ) -> Option<String> {
     loop {
-        let lacking = lacking(&started.borrow(), nodes, clients);
+        let lacking = lacking(&started.borrow(), nodes, clients, removal);
         if lacking.is_empty() {
             return None;
         }
@@ -684,13 +736,24 @@ async fn wait_until_agreed(
     }
 }
 
-/// What keeps the replicas from agreeing: a node not running or not a voter, a replica without
-/// the newest acknowledged packet of a key, or two replicas with different packets of one.
-fn lacking(started: &BTreeMap<u64, Reachable>, nodes: u64, clients: &Clients) -> Vec<String> {
+/// What keeps the replicas from agreeing: the run's removal not made yet, a node (of those not
+/// removed) not running or not a voter, a replica without the newest acknowledged packet of a
+/// key, or two replicas with different packets of one.
+fn lacking(
+    started: &BTreeMap<u64, Reachable>,
+    nodes: u64,
+    clients: &Clients,
+    removal: Option<Removal>,
+) -> Vec<String> {
     let mut lacking = Vec::new();
+    if let Some(removal) = removal
+        && !clients.was_removed(removal.node)
+    {
+        lacking.push(format!("node {} is not removed yet", removal.node));
+    }
     let acknowledged = clients.acknowledged();
     let mut held: BTreeMap<usize, (u64, Option<u64>)> = BTreeMap::new();
-    for id in 1..=nodes {
+    for id in (1..=nodes).filter(|&id| !clients.was_removed(id)) {
         let Some(Reachable { node, .. }) = started.get(&id) else {
             lacking.push(format!("node {id} is not running"));
             continue;

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 
 use crate::disk;
 use crate::network::{self, host_name};
+use crate::workload::Removed;
 use crate::world::{ClockFault, set_clock_fault};
 
 /// What a fault does to its node, from its moment until it ends.
@@ -264,16 +265,25 @@ pub(crate) struct Faults {
     dirs: BTreeMap<u64, PathBuf>,
     /// Each node's stop signal, for its clean stops.
     stops: Stops,
+    /// The node the run removed from the cluster, once it has.
+    removed: Removed,
 }
 
 impl Faults {
-    pub(crate) fn new(dirs: BTreeMap<u64, PathBuf>, stops: Stops) -> Faults {
+    pub(crate) fn new(dirs: BTreeMap<u64, PathBuf>, stops: Stops, removed: Removed) -> Faults {
         Faults {
             active: BTreeMap::new(),
             beside: BTreeMap::new(),
             dirs,
             stops,
+            removed,
         }
+    }
+
+    /// The node the run removed from the cluster, if it has: its log is no copy the others
+    /// repair from, or repair.
+    pub(crate) fn removed(&self) -> Option<u64> {
+        self.removed.get()
     }
 
     /// Whether `fault` may begin now (else it is skipped, not made).
@@ -586,7 +596,7 @@ mod tests {
             lasting: Duration::from_secs(1),
             amount: 0,
         };
-        let mut faults = Faults::new(BTreeMap::new(), Stops::of(3));
+        let mut faults = Faults::new(BTreeMap::new(), Stops::of(3), Removed::default());
         faults.active.insert(1, fault(FaultKind::Isolated, 1));
         assert!(!faults.may_begin(&fault(FaultKind::Crash, 1)));
         assert!(!faults.may_begin(&fault(FaultKind::Stalled, 2)));

@@ -10,14 +10,15 @@
 //! too, so a seed replays its run exactly. Faults drawn from the seed: crashes and restarts,
 //! partitions both ways and one way, stalled links, a node's clock stepped or drifting, power
 //! cuts of one node and of every node at once (what no sync made durable dropped), a record
-//! of a stopped node's Raft log damaged, and a node's clean stop (a leader's handover, then the
-//! node's shutdown, as on SIGTERM). Every run's history is checked as the chaos harness's
-//! is (linearizability per key, reads only of proposed packets, monotonic local reads,
-//! durability, convergence). What is not yet: a simulated disk (each node has a real data dir;
-//! its syncs are the simulator's, recorded for the power cuts, not the kernel's) and its other
-//! faults (damage to the state's and the
-//! snapshots' files, slow or failing syncs, a full disk), and clients through the HTTP
-//! handlers (docs/SIMULATION.md).
+//! of a stopped node's Raft log damaged, a node's clean stop (a leader's handover, then the
+//! node's shutdown, as on SIGTERM), failing and slow syncs, and answers lost; snapshots
+//! installed, a node joining and a voter removed while they go on. The clients go through each
+//! node's public router (the relay's handlers). Every run's history is checked as the chaos
+//! harness's is (linearizability per key, reads only of proposed packets, monotonic local
+//! reads, durability, convergence). What is not yet: the files are real files in a data dir
+//! per node (their syncs and latency the simulator's), and the disk's other faults (damage to
+//! the state's and the snapshots' files, names lost at a cut, a full disk) are not made
+//! (docs/SIMULATION.md).
 //!
 //! - [`world`]: the seeded wall clock (each node's, with its clock fault) and generator,
 //!   installed once for the process.
@@ -25,6 +26,9 @@
 //! - [`faults`]: the faults a run draws from its seed, and how each is made and ended.
 //! - [`log`]: `SIM_LOG=<filter>`, the nodes' log lines stamped with simulated time.
 //! - [`network`]: the peer transport over turmoil, and a node's peer routes served on it.
+//! - [`public`]: each node's public and admin routers served over turmoil, and the HTTP
+//!   calls to them.
+//! - [`removal`]: a voter removed as an operator replaces a node.
 //! - [`workload`]: the clients: PUTs, linearizable and local GETs through the nodes the seed
 //!   draws, each recorded for the checks.
 //! - [`cluster`]: a run: N nodes that form a cluster, the clients, faults drawn from the seed,
@@ -36,6 +40,7 @@ pub mod faults;
 pub mod log;
 pub mod network;
 pub mod public;
+pub mod removal;
 pub mod workload;
 pub mod world;
 

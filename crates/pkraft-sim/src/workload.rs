@@ -158,17 +158,35 @@ impl Keys {
     }
 }
 
-/// The clients' shared view: the nodes, the keys, when the run began, and the operations
-/// answered so far, in the order their answers came.
+/// The node a run removed from the cluster, once the removal is made (`removal.rs`): shared by
+/// the driver, which makes it, and the fault schedule, which damages no removed node's log.
+pub(crate) type Removed = Rc<Cell<Option<u64>>>;
+
+/// The clients' shared view: the nodes, the keys, when the run began, the operations answered
+/// so far, in the order their answers came, and the node removed, if one was.
 pub(crate) struct Clients {
     pub(crate) reachable: Reachables,
     pub(crate) keys: Keys,
     pub(crate) nodes: u64,
     pub(crate) began: Instant,
     pub(crate) ops: RefCell<Vec<Op>>,
+    pub(crate) removed: Removed,
 }
 
 impl Clients {
+    /// Whether node `id` runs as a voter now (a leader or a follower).
+    pub(crate) fn is_voter(&self, id: u64) -> bool {
+        self.reachable.borrow().get(&id).is_some_and(|running| {
+            let role = running.node.members().local_status().role;
+            matches!(role.as_str(), "leader" | "follower")
+        })
+    }
+
+    /// Whether node `id` was removed from the cluster.
+    pub(crate) fn was_removed(&self, id: u64) -> bool {
+        self.removed.get() == Some(id)
+    }
+
     fn micros_since_began(&self) -> u64 {
         u64::try_from(self.began.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
@@ -260,7 +278,13 @@ pub(crate) async fn write_each_key(
 ) -> Result<(), String> {
     for key in 0..clients.keys.count() {
         loop {
-            let node = clients.reachable.borrow().keys().next().copied();
+            // A node removed from the cluster cannot take a write: its peers refuse it.
+            let node = clients
+                .reachable
+                .borrow()
+                .keys()
+                .copied()
+                .find(|&id| !clients.was_removed(id));
             let outcome = match node {
                 Some(node) => clients.ask(client, key, node, Ask::Put).await,
                 None => OpKind::Put {

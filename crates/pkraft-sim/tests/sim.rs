@@ -35,7 +35,8 @@ fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
     eprintln!(
         "seed {seed}: {:?}; {} ops ({} PUTs acknowledged, {} linearized, {} reads checked); \
          settled after {:?} of simulated time, {} steps, {} syncs failed, {} answers lost, \
-         disk found slow {} times, {} snapshots installed, joined {:?}, history {:016x}",
+         disk found slow {} times, {} snapshots installed, joined {:?}, removed {:?}, \
+         history {:016x}",
         report.faults,
         report.ops,
         report.acknowledged_puts,
@@ -48,6 +49,7 @@ fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
         report.found_disk_slow,
         report.snapshots_installed,
         report.joined,
+        report.removed,
         report.history
     );
     report
@@ -110,16 +112,22 @@ fn crashed_and_restarted_nodes_lose_no_acknowledged_packet() {
 /// from the seed, loses no acknowledged packet, and the replicas converge once they end.
 #[test]
 fn faults_of_every_kind_lose_no_acknowledged_packet() {
-    let mut joined = 0;
+    let (mut joined, mut removed) = (0, 0);
     for seed in seeds(41..=43) {
         let report = run_seed(seed, 12, &FaultKind::ALL);
         assert!(!report.faults.is_empty());
         joined += usize::from(report.joined.is_some());
+        removed += usize::from(report.removed.is_some());
     }
     // Seeds 42 and 43 draw a newcomer (`Run::may_grow`, from the seed alone), which must end a
-    // voter holding every packet, as the others (`SIM_SEEDS` may pick other seeds).
+    // voter holding every packet, as the others, and seed 43 then a voter's removal, which must
+    // be made (`SIM_SEEDS` may pick other seeds).
     if std::env::var("SIM_SEEDS").is_err() {
-        assert_eq!(joined, 2, "seeds 42 and 43 grow the cluster by a node");
+        assert_eq!(
+            (joined, removed),
+            (2, 1),
+            "seeds 42 and 43 grow the cluster by a node, and seed 43 removes one"
+        );
     }
 }
 

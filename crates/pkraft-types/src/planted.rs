@@ -37,15 +37,24 @@ pub enum PlantedBug {
     /// pkraft-raft-storage's `BadRecord::damage` (`scan.rs`), and in `Segments::open`, which
     /// then does not check the log's end against the synced mark.
     EnlargedLengthReadAsTornTail = 4,
+    /// A leader that kept its leadership across a restart takes the read index of a
+    /// linearizable read as at least the last entry its log held at start, while it leads in
+    /// that entry's term; the bug reads the term after the leadership check instead of before
+    /// it, so a leader that lost its leadership during the check drops the floor and answers
+    /// at its commit index on disk, below a write acknowledged before the restart (found by
+    /// the simulator, seed 57 of `make sim-ci`, 2026-12-01). Planted in pkraft-raft's
+    /// `read_index_as_leader`.
+    ReadFloorByTermAfterTheCheck = 5,
 }
 
 impl PlantedBug {
     /// Every bug that can be planted.
-    pub const ALL: [PlantedBug; 4] = [
+    pub const ALL: [PlantedBug; 5] = [
         PlantedBug::RetriedForwardAnswered409,
         PlantedBug::ExpiryByOwnWallClock,
         PlantedBug::AppendDoneBeforeFsync,
         PlantedBug::EnlargedLengthReadAsTornTail,
+        PlantedBug::ReadFloorByTermAfterTheCheck,
     ];
 }
 

@@ -16,7 +16,10 @@
 //! ([`pkraft_types::world::simulated_disk_latency`]) a task on the node's runtime takes the
 //! thread's place: it runs the jobs in order, each after the disk's latency in simulated time,
 //! while openraft goes on as it does beside a real disk's slow flush. The order of the changes
-//! is the callers' either way.
+//! is the callers' either way. Beside a slow disk, real or simulated, entries appended are
+//! readable only once written, later than `append` returns; openraft 0.9's replication
+//! tolerates it (it sends what it can read, or waits and asks again), and a slow disk only
+//! makes the wait longer.
 
 use std::io;
 use std::path::{Path, PathBuf};
