@@ -228,6 +228,23 @@ impl Members {
     }
 
     async fn change_serialized(&self, change: MembershipChange) -> Result<(), RequestError> {
+        // A leader that has removed itself leads on for a moment (openraft's "non-member
+        // leader", openraft issue 923): its state is no longer Leader, but its core still takes
+        // a change, and appends a membership entry as if it led (openraft 0.9.25's debug
+        // assertion "Only leader is allowed to call update_effective_membership()" fires on it;
+        // a release build makes the change from outside the cluster). Found by the simulator
+        // (seed 3655 from seed 1001, 2026-12-01): a learner's promotion asked of the leader that
+        // had just removed itself. The caller asks again, and the next leader makes it.
+        let metrics = self.core.raft.metrics().borrow().clone();
+        let id = self.core.id;
+        if !metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|voter| voter == id)
+        {
+            return Err(RequestError::NotLeader { leader: None });
+        }
         match change {
             MembershipChange::Join {
                 node_id,

@@ -208,7 +208,11 @@ fn settings() -> Settings {
     }
 }
 
-fn participation(id: u64) -> Result<Participation, String> {
+/// Node `id`'s part in a cluster whose first nodes are 1 to `first_nodes`: node 1 bootstraps
+/// it, every other node joins as a voter through the first nodes (itself aside), node 1 first,
+/// as an operator lists every seed node in `cluster.join` (with node 1 alone, a node whose
+/// join outlasted node 1's removal never joined: seed 3655 from seed 1001, 2026-12-01).
+fn participation(id: u64, first_nodes: u64) -> Result<Participation, String> {
     let secret = ClusterSecret::new(SECRET).map_err(|e| format!("the secret: {e}"))?;
     let mut participation = Participation::standalone();
     participation.advertise = format!("{}:{PEER_PORT}", host_name(id));
@@ -217,7 +221,10 @@ fn participation(id: u64) -> Result<Participation, String> {
     participation.join = if id == 1 {
         Vec::new()
     } else {
-        vec![format!("{}:{PEER_PORT}", host_name(1))]
+        (1..=first_nodes)
+            .filter(|&seed| seed != id)
+            .map(|seed| format!("{}:{PEER_PORT}", host_name(seed)))
+            .collect()
     };
     participation.voter = true;
     participation.transport = transport();
@@ -263,6 +270,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
     let started: Reachables = Rc::default();
     let incarnations: Rc<RefCell<BTreeMap<u64, u32>>> = Rc::default();
     let stops = Stops::of(all);
+    let first_nodes = run.nodes;
     for (&id, dir) in &dirs {
         let joins_at = joining
             .filter(|joiner| joiner.node == id)
@@ -288,7 +296,7 @@ pub fn run(run: Run) -> Result<RunReport, RunError> {
                     let now = turmoil::sim_elapsed().unwrap_or_default();
                     tokio::time::sleep(at.saturating_sub(now)).await;
                 }
-                let node = match start_node(id, &dir).await {
+                let node = match start_node(id, first_nodes, &dir).await {
                     Ok(node) => node,
                     // A start still under way when `SyncsFailing` began, failed by its disk:
                     // the node must not run, as the daemon exits; it waits for the fault's end
@@ -471,14 +479,16 @@ fn align_task_ids() -> Result<(), String> {
     }
 }
 
-/// Starts node `id` on `dir`. Once: the storage runs inline, so a crashed run of the node holds
-/// nothing of its files by the time it restarts, and a restart that fails (a data dir a crash
-/// left unreadable) is a finding, which ends the run with its seed.
+/// Starts node `id` of a cluster whose first nodes are 1 to `first_nodes` on `dir`. Once: the
+/// storage runs inline, so a crashed run of the node holds nothing of its files by the time it
+/// restarts, and a restart that fails (a data dir a crash left unreadable) is a finding, which
+/// ends the run with its seed.
 async fn start_node(
     id: u64,
+    first_nodes: u64,
     dir: &std::path::Path,
 ) -> Result<Arc<Node>, Box<dyn std::error::Error>> {
-    Node::start(id, dir, &settings(), participation(id)?)
+    Node::start(id, dir, &settings(), participation(id, first_nodes)?)
         .await
         .map_err(|error| format!("node {id} did not start on its data dir: {error}").into())
 }
