@@ -6,9 +6,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{AppendHeaders, IntoResponse, Response};
 use pkarr::Timestamp;
 use pkraft_dht::{DhtAnswer, Lookup};
-use pkraft_raft::{Consistency, Published};
+use pkraft_raft::{ClusterTime, Consistency, Published, SignatureTime};
 use pkraft_types::payload::TIMESTAMP_MICROS_MAX;
-use pkraft_types::too_far_ahead;
 use pkraft_types::{PublishOutcome, VerifiedPacket, decide, decode_z32_key, parse_z32_key};
 
 use crate::error::RelayError;
@@ -59,10 +58,8 @@ pub async fn put_packet(
     let key = state.keys.parse(&limits.key)?;
     let packet = VerifiedPacket::verify(&key.key, body)?;
     state.keys.keep_verified(&key, &packet);
-    let time = state.node.clock().now();
     check_not_from_the_future(
-        time.skew_reference_micros(),
-        time.voters_agree(),
+        &state.node.clock().now(),
         packet.payload().timestamp_micros(),
         &state.settings,
     )?;
@@ -96,26 +93,28 @@ pub async fn put_packet(
     }
 }
 
-/// Refuses a packet timestamped more than `max_future_skew` after cluster time (`now_micros`);
-/// see [`Settings::max_future_skew`]. With the voters' time agreed (`voters_agree`) the packet
-/// is wrong: 400. Without it this node knows only its own clock and the log's floor, and
-/// cannot tell whether the packet is ahead or it is behind (a node whose clock was stepped
-/// back and whose peers' clocks it cannot reach): 503, to be asked again, or of another node,
-/// rather than telling a right publisher its clock is wrong.
+/// Refuses a packet timestamped more than `max_future_skew` after cluster time `time`; see
+/// [`Settings::max_future_skew`]. Only a packet the voters' time and this node's own clock both
+/// take for one from the future is wrong: 400. Otherwise this node cannot tell whether the
+/// packet is ahead or its clocks are behind (a node whose clock was stepped back and whose
+/// peers' clocks it cannot reach, or whose log holds a membership of one stepped voter): 503,
+/// to be asked again, or of another node, rather than telling a right publisher its clock is
+/// wrong.
 fn check_not_from_the_future(
-    now_micros: u64,
-    voters_agree: bool,
+    time: &ClusterTime,
     timestamp_micros: u64,
     settings: &Settings,
 ) -> Result<(), RelayError> {
     let max_skew = settings.max_future_skew;
-    match too_far_ahead(now_micros, timestamp_micros, max_skew) {
-        None => Ok(()),
-        Some(ahead) if voters_agree => Err(RelayError::FutureTimestamp { ahead, max_skew }),
-        Some(ahead) => Err(RelayError::Unavailable {
+    match time.judge_signature_time(timestamp_micros, max_skew) {
+        SignatureTime::Acceptable => Ok(()),
+        SignatureTime::FromTheFuture { ahead } => {
+            Err(RelayError::FutureTimestamp { ahead, max_skew })
+        }
+        SignatureTime::Undecided { ahead } => Err(RelayError::Unavailable {
             reason: format!(
-                "the packet's timestamp is {} s ahead of this node's clock, and no majority of \
-                 the voters' clocks is known to say whose clock is wrong; ask again later or \
+                "the packet's timestamp is {} s ahead of this node's cluster time, and the \
+                 clocks it knows do not agree on whose clock is wrong; ask again later or \
                  another node",
                 ahead.as_secs()
             ),
@@ -260,35 +259,58 @@ fn cache_max_age_secs(
 mod tests {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
+    use pkraft_raft::ClockState;
 
     use super::*;
 
     const NOW: u64 = 1_767_225_600_000_000;
     const DAY: u64 = 86_400_000_000;
 
-    /// A packet past the skew is the publisher's fault only when the voters' time says so
-    /// (400); a node that knows only its own clock cannot tell (simulator seed 57: a node two
-    /// days behind, its peers' clocks unreachable, answered packets signed now 400 "check the
-    /// publisher's clock"), and answers 503 with a Retry-After.
+    /// Cluster time with the voters' median `voters` (if agreed) and this node's clock `own`.
+    fn time(own: u64, voters: Option<u64>) -> ClusterTime {
+        ClusterTime {
+            own_micros: own,
+            voters_micros: voters,
+            latest_micros: voters.unwrap_or(own).max(own),
+            log_micros: None,
+            log_floor_micros: None,
+            state: ClockState::Synchronized,
+        }
+    }
+
+    /// A packet past the skew is the publisher's fault only when the voters' time and this
+    /// node's own clock both say so (400). A node that knows only its own clock (simulator seed
+    /// 57: a node two days behind, its peers' clocks unreachable, answered packets signed now
+    /// 400 "check the publisher's clock"), or whose own clock takes the packet while the voters
+    /// it knows do not (seed 8575: its repaired log's one voter stepped 464 s back), cannot
+    /// tell, and answers 503 with a Retry-After.
     #[test]
-    fn a_packet_from_the_future_is_refused_as_wrong_only_when_the_voters_agree() {
+    fn a_packet_from_the_future_is_refused_as_wrong_only_when_the_voters_and_this_clock_agree() {
         let settings = Settings::default();
         let skew = u64::try_from(settings.max_future_skew.as_micros()).expect("fits");
-        assert!(check_not_from_the_future(NOW, true, NOW + skew, &settings).is_ok());
-        assert!(check_not_from_the_future(NOW, false, NOW + skew, &settings).is_ok());
+        for known in [time(NOW, Some(NOW)), time(NOW, None)] {
+            assert!(check_not_from_the_future(&known, NOW + skew, &settings).is_ok());
+        }
 
-        let wrong = check_not_from_the_future(NOW, true, NOW + DAY, &settings)
-            .expect_err("a day ahead of the voters' time");
+        let wrong = check_not_from_the_future(&time(NOW, Some(NOW)), NOW + DAY, &settings)
+            .expect_err("a day ahead of the voters' time and of this clock");
         assert!(matches!(wrong, RelayError::FutureTimestamp { .. }));
         assert_eq!(wrong.into_response().status(), StatusCode::BAD_REQUEST);
 
-        let unsure = check_not_from_the_future(NOW - DAY, false, NOW, &settings)
-            .expect_err("a day ahead of this node's own clock");
-        let response = unsure.into_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(
-            response.headers().get(header::RETRY_AFTER),
-            Some(&HeaderValue::from(settings.retry_after.as_secs().max(1)))
-        );
+        for unsure in [
+            // No voters' time, this clock a day behind.
+            time(NOW - DAY, None),
+            // The voters' time (of one voter stepped back) against this node's right clock.
+            time(NOW, Some(NOW - 464 * 1_000_000)),
+        ] {
+            let refused = check_not_from_the_future(&unsure, NOW, &settings)
+                .expect_err("ahead of the skew reference");
+            let response = refused.into_response();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                response.headers().get(header::RETRY_AFTER),
+                Some(&HeaderValue::from(settings.retry_after.as_secs().max(1)))
+            );
+        }
     }
 }

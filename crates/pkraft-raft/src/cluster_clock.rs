@@ -28,6 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use pkraft_types::too_far_ahead;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -167,12 +168,47 @@ impl ClusterTime {
         self.voters_micros.is_some()
     }
 
+    /// How a packet signed at `timestamp_micros` stands against cluster time
+    /// (`http.max_future_skew` = `max_skew`): see [`SignatureTime`].
+    pub fn judge_signature_time(&self, timestamp_micros: u64, max_skew: Duration) -> SignatureTime {
+        let Some(ahead) = too_far_ahead(self.skew_reference_micros(), timestamp_micros, max_skew)
+        else {
+            return SignatureTime::Acceptable;
+        };
+        // The publisher is told its clock is wrong only when the voters' agreed time and this
+        // node's own clock both say so. The voters are those of the membership this node's log
+        // holds, which can be a single voter's for a while (a log repaired, or cut short by a
+        // power cut, back to the first membership, that voter's clock stepped back: simulator
+        // seeds 4156 and 8575); a right clock here then keeps a right publisher from a 400.
+        let own_says_so = too_far_ahead(self.own_micros, timestamp_micros, max_skew).is_some();
+        if self.voters_agree() && own_says_so {
+            SignatureTime::FromTheFuture { ahead }
+        } else {
+            SignatureTime::Undecided { ahead }
+        }
+    }
+
     /// This node's clock minus the voters' median, in µs.
     pub fn offset_micros(&self) -> Option<i64> {
         let median = self.voters_micros?;
         let difference = i128::from(self.own_micros) - i128::from(median);
         Some(i64::try_from(difference).unwrap_or(if difference < 0 { i64::MIN } else { i64::MAX }))
     }
+}
+
+/// A packet's signature time judged against cluster time ([`ClusterTime::judge_signature_time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureTime {
+    /// Not further ahead of the skew reference than `http.max_future_skew`.
+    Acceptable,
+    /// Further ahead than the skew of the voters' agreed time and of this node's own clock:
+    /// the publisher's clock is wrong (a PUT is answered 400).
+    FromTheFuture { ahead: Duration },
+    /// Further ahead than the skew of the reference, but the clocks this node knows do not
+    /// agree that the packet is wrong (no voters' time, or this node's own clock takes the
+    /// packet): the packet may be right and this node's clocks behind, so it is refused for
+    /// now, not judged (a PUT is answered 503, to be sent again or to another node).
+    Undecided { ahead: Duration },
 }
 
 /// Cluster time from what is known (pure: the rules of docs/CONSISTENCY.md, "Time").
@@ -733,6 +769,59 @@ mod tests {
         let stamped_ahead = time(NOW, &[(2, NOW), (3, NOW)], Some(NOW + DAY));
         assert!(stamped_ahead.voters_agree());
         assert_eq!(stamped_ahead.skew_reference_micros(), NOW);
+    }
+
+    /// A packet is judged from the future only when the voters' time and this node's own clock
+    /// both put it past the skew. Simulator seed 8575: a node whose log was repaired back to the
+    /// first membership (one voter, the node a learner) took that voter's clock, stepped 464 s
+    /// back, for the voters' time and answered packets signed now 400.
+    #[test]
+    fn a_packet_is_from_the_future_only_if_the_voters_and_this_clock_say_so() {
+        let skew = Duration::from_secs(300);
+        let now = Instant::now();
+        let stepped_back = NOW - 464 * 1_000_000;
+        let one_voter_stepped = evaluate(&Inputs {
+            own_micros: NOW,
+            now,
+            self_id: 1,
+            voters: &[2],
+            readings: &readings(now, &[(2, stepped_back)]),
+            log: None,
+            bounds: bounds(),
+        });
+        assert_eq!(one_voter_stepped.voters_micros, Some(stepped_back));
+        assert_eq!(
+            one_voter_stepped.judge_signature_time(NOW, skew),
+            SignatureTime::Undecided {
+                ahead: Duration::from_secs(464)
+            }
+        );
+
+        let agreed = time(NOW, &[(2, NOW), (3, NOW)], None);
+        assert_eq!(
+            agreed.judge_signature_time(NOW + 300 * 1_000_000, skew),
+            SignatureTime::Acceptable
+        );
+        assert_eq!(
+            agreed.judge_signature_time(NOW + DAY, skew),
+            SignatureTime::FromTheFuture {
+                ahead: Duration::from_micros(DAY)
+            }
+        );
+        // This node's clock a day ahead (Offset) takes a packet signed a day ahead: refused,
+        // not judged; the voters' other nodes judge it.
+        let ahead = time(NOW + DAY, &[(2, NOW), (3, NOW)], None);
+        assert_eq!(ahead.state, ClockState::Offset);
+        assert!(matches!(
+            ahead.judge_signature_time(NOW + DAY, skew),
+            SignatureTime::Undecided { .. }
+        ));
+        // Without the voters' time, a packet ahead of every clock known is not judged either.
+        let alone = time(NOW, &[], None);
+        assert!(matches!(
+            alone.judge_signature_time(NOW + DAY, skew),
+            SignatureTime::Undecided { .. }
+        ));
     }
 
     #[test]

@@ -82,7 +82,7 @@ mod voters;
 mod wire_freeze;
 pub mod write_path;
 
-pub use cluster_clock::{ClockReport, ClockState, ClusterClock, ClusterTime};
+pub use cluster_clock::{ClockReport, ClockState, ClusterClock, ClusterTime, SignatureTime};
 pub use dht_outbox::{DhtOutbox, OutboxItem, Progress};
 pub use dht_publishing::{DhtPublishing, ProgressError};
 pub use handover::{Handover, HandoverOutcome};
