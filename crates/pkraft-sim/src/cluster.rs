@@ -22,7 +22,7 @@ use crate::network::{PEER_PORT, host_name, serve_peers, transport};
 use crate::public::{serve_admin, serve_public};
 use crate::removal::{Removal, remove_voter, removing};
 use crate::workload::{
-    Clients, Keys, Reachable, Reachables, Removed, Workload, run_client, write_each_key,
+    Clients, Keys, Reachable, Reachables, Removed, Workload, role_of, run_client, write_each_key,
 };
 
 /// What a run does.
@@ -770,8 +770,8 @@ fn lacking(
         };
         // Every node joins as a voter, the one that joins late too: a learner is one whose
         // promotion has not come (yet).
-        let role = node.members().local_status().role;
-        if !matches!(role.as_str(), "leader" | "follower") {
+        let (role, votes) = role_of(node);
+        if !votes {
             lacking.push(format!("node {id} is a {role}, not a voter"));
         }
         for key in 0..clients.keys.count() {

@@ -4,7 +4,7 @@
 //! `pkraft cluster remove --node-id N` sends), which forwards it to the leader over the peer
 //! network and its faults. The node removed is left running, as one an operator has not
 //! stopped yet: the others must refuse it (its elections, its forwards) while its crashes,
-//! power cuts and clock faults go on. From the removal on, the checks leave it out: it must
+//! power cuts and clock faults go on. From the removal on, the checks leave it out: it
 //! need not hold what the cluster acknowledged after it, and the cluster must not need it.
 
 use std::time::Duration;

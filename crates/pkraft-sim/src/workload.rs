@@ -176,10 +176,10 @@ pub(crate) struct Clients {
 impl Clients {
     /// Whether node `id` runs as a voter now (a leader or a follower).
     pub(crate) fn is_voter(&self, id: u64) -> bool {
-        self.reachable.borrow().get(&id).is_some_and(|running| {
-            let role = running.node.members().local_status().role;
-            matches!(role.as_str(), "leader" | "follower")
-        })
+        self.reachable
+            .borrow()
+            .get(&id)
+            .is_some_and(|running| role_of(&running.node).1)
     }
 
     /// Whether node `id` was removed from the cluster.
@@ -308,6 +308,14 @@ pub(crate) async fn write_each_key(
         }
     }
     Ok(())
+}
+
+/// Node `node`'s Raft role as `cluster status` names it, and whether it votes (a leader or a
+/// follower; a learner's promotion has not come yet).
+pub(crate) fn role_of(node: &Node) -> (String, bool) {
+    let role = node.members().local_status().role;
+    let votes = matches!(role.as_str(), "leader" | "follower");
+    (role, votes)
 }
 
 /// How long [`write_each_key`] waits before it asks again.
