@@ -11,6 +11,8 @@
 #
 #   SIM_SEEDS=1-2000 SIM_JOBS=2 tests/sim/long.sh
 #
+# SIM_TEST names another test of tests/sim.rs that takes SIM_SEEDS and prints each run's line,
+# e.g. five_nodes_under_faults_of_every_kind_lose_no_acknowledged_packet (the cluster of five).
 # SIM_PRINT_RUNS=0 prints the failures and the totals only (`make sim-ci`). SIM_REPLAY=<n>
 # (default 0; at most the range's size) then runs the range's first n seeds again in a new
 # process, and fails unless each gives the history it gave the first time: a replay across
@@ -25,6 +27,8 @@ first=${seeds%-*} last=${seeds#*-}
 [[ "$first" =~ ^[0-9]+$ && "$last" =~ ^[0-9]+$ && "$first" -le "$last" ]] ||
   { echo "sim-long: SIM_SEEDS=$seeds: a range of seeds, first-last" >&2; exit 2; }
 [[ "$jobs" =~ ^[0-9]+$ && "$jobs" -ge 1 ]] || { echo "sim-long: SIM_JOBS=$jobs: 1 or more" >&2; exit 2; }
+test=${SIM_TEST:-faults_of_every_kind_lose_no_acknowledged_packet}
+[[ "$test" =~ ^[a-z0-9_]+$ ]] || { echo "sim-long: SIM_TEST=$test: the name of a test in tests/sim.rs" >&2; exit 2; }
 replay=${SIM_REPLAY:-0}
 [[ "$replay" =~ ^[0-9]+$ ]] ||
   { echo "sim-long: SIM_REPLAY=$replay: a number of seeds" >&2; exit 2; }
@@ -50,7 +54,7 @@ pids=() logs=()
 for ((job = 0; job < jobs; job++)); do
   from=$((first + count * job / jobs)) to=$((first + count * (job + 1) / jobs - 1))
   [ "$from" -le "$to" ] || continue
-  SIM_SEEDS="$from-$to" "$binary" --exact faults_of_every_kind_lose_no_acknowledged_packet \
+  SIM_SEEDS="$from-$to" "$binary" --exact "$test" \
     --nocapture >"$out/$job.log" 2>&1 &
   pids+=($!) logs+=("$out/$job.log")
 done
@@ -65,8 +69,8 @@ done
 seconds=$(python3 -c "import time; print(f'{time.time() - $started:.1f}')")
 replay_status=0
 if [ "$replay" -gt 0 ]; then
-  SIM_SEEDS="$first-$((first + replay - 1))" "$binary" --exact \
-    faults_of_every_kind_lose_no_acknowledged_packet --nocapture >"$out/replay.txt" 2>&1 ||
+  SIM_SEEDS="$first-$((first + replay - 1))" "$binary" --exact "$test" --nocapture \
+    >"$out/replay.txt" 2>&1 ||
     replay_status=$?
   [ "$replay_status" -eq 0 ] || grep -h -A 4 -E 'panicked' "$out/replay.txt" || true
 fi
@@ -76,11 +80,11 @@ fi
 grep -h -A 4 -E 'panicked' "$out"/*.log || true
 [ "$failed" -eq 0 ] || echo "sim-long: the failed processes' logs are in $kept/"
 python3 - "$out" "$seconds" "$failed" "$seeds" "$jobs" "$count" "$replay" "$replay_status" \
-  "$kept" <<'PY'
+  "$kept" "$test" <<'PY'
 import collections, glob, os, re, shutil, sys
-out, seconds, failed, seeds, jobs, count, replay, replay_status, kept = (
+out, seconds, failed, seeds, jobs, count, replay, replay_status, kept, test = (
     sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5],
-    int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9])
+    int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), sys.argv[9], sys.argv[10])
 RUN = re.compile(r"seed (\d+): \[.*history (\w+)")
 runs, kinds, ops, acked, histories = 0, collections.Counter(), 0, 0, {}
 installs, runs_installing, joined, removed = 0, 0, 0, 0
@@ -106,7 +110,7 @@ for path in glob.glob(f"{out}/*.log"):
                 runs_installing += 1
 faults = sum(kinds.values())
 by_kind = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-print(f"sim-long: seeds {seeds}, {jobs} processes: {runs} of {count} runs passed, {failed} "
+print(f"sim-long: {test}, seeds {seeds}, {jobs} processes: {runs} of {count} runs passed, {failed} "
       f"processes failed; {faults} faults ({by_kind}); {seconds:.0f} s; "
       f"{faults * 3600 / seconds:,.0f} faults an hour; {ops} client operations checked "
       f"({acked} PUTs acknowledged); {installs} snapshots installed, in {runs_installing} "

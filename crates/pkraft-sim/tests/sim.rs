@@ -18,12 +18,17 @@ const WORKLOAD: Workload = Workload {
     ops: 30,
 };
 
-/// Runs `seed` with `faults` of `kinds` and prints what it saw; a failure names the seed. The
-/// runs with every kind may grow by a node ([`Run::may_grow`]).
+/// Runs `seed` on three nodes with `faults` of `kinds` ([`run_seed_on`]).
 fn run_seed(seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
+    run_seed_on(3, seed, faults, kinds)
+}
+
+/// Runs `seed` on `nodes` first nodes with `faults` of `kinds` and prints what it saw; a
+/// failure names the seed. The runs with every kind may grow by a node ([`Run::may_grow`]).
+fn run_seed_on(nodes: u64, seed: u64, faults: u32, kinds: &'static [FaultKind]) -> RunReport {
     let report = run(Run {
         seed,
-        nodes: 3,
+        nodes,
         workload: WORKLOAD,
         limit: Duration::from_secs(300),
         cut_off: None,
@@ -129,6 +134,22 @@ fn faults_of_every_kind_lose_no_acknowledged_packet() {
             "seeds 42 and 43 grow the cluster by a node, and seed 43 removes one"
         );
     }
+}
+
+/// The same on five nodes (a majority of three: faults on two nodes at once no longer hit a
+/// majority), with a sixth joining and a voter removed in the runs that draw them. Its long
+/// run: `SIM_TEST=five_nodes_under_faults_of_every_kind_lose_no_acknowledged_packet make
+/// sim-long` (tests/sim/long.sh).
+#[test]
+fn five_nodes_under_faults_of_every_kind_lose_no_acknowledged_packet() {
+    let (mut joined, mut removed) = (0, 0);
+    for seed in seeds(61..=63) {
+        let report = run_seed_on(5, seed, 12, &FaultKind::ALL);
+        assert!(!report.faults.is_empty());
+        joined += usize::from(report.joined.is_some());
+        removed += usize::from(report.removed.is_some());
+    }
+    eprintln!("five nodes: a sixth joined in {joined} runs, a voter removed in {removed}");
 }
 
 /// The disk's and the network's faults act on the node: a disk whose syncs fail fails its
