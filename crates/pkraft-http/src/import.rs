@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Bytes};
-use pkraft_raft::{Node, PublishError, Published};
+use pkraft_raft::{ClusterTime, Node, PublishError, Published, SignatureTime};
 use pkraft_types::payload::PAYLOAD_LEN_MAX;
 use pkraft_types::{KeyBytes, PublishOutcome, VerifiedPacket, encode_z32_key};
 use serde::{Deserialize, Serialize};
@@ -40,25 +40,6 @@ pub struct ImportRules {
     pub record_max_age: Duration,
     /// `http.max_future_skew`: a packet signed further ahead is refused, as a PUT is.
     pub max_future_skew: Duration,
-}
-
-/// Cluster time for an import's checks: `now_micros` judges `http.max_future_skew` as a PUT
-/// does, and `expiry_micros` (what expiry deletes by) the age; while that is not known no
-/// packet is taken as expired (expiry itself waits then too).
-#[derive(Debug, Clone, Copy)]
-struct ImportTime {
-    now_micros: u64,
-    expiry_micros: Option<u64>,
-}
-
-impl ImportTime {
-    fn of(node: &Node) -> ImportTime {
-        let time = node.clock().now();
-        ImportTime {
-            now_micros: time.skew_reference_micros(),
-            expiry_micros: time.expiry_micros(),
-        }
-    }
 }
 
 /// What became of one batch's records. The CLI adds them up over the whole import.
@@ -212,12 +193,15 @@ pub async fn import(
                 .into_response();
         }
     };
-    let time = ImportTime::of(&node);
+    // Cluster time judges `http.max_future_skew` as for a PUT, and its `expiry_micros` (what
+    // expiry deletes by) the age; while that is not known no packet is taken as expired
+    // (expiry itself waits then too).
+    let time = node.clock().now();
     // Checking signatures costs about 50 µs a packet: on the blocking pool, not the workers.
     let checked = tokio::task::spawn_blocking(move || {
         records
             .into_iter()
-            .map(|(key, payload)| check_record(&key, payload, rules, time).map_err(|e| (key, e)))
+            .map(|(key, payload)| check_record(&key, payload, rules, &time).map_err(|e| (key, e)))
             .collect::<Vec<_>>()
     })
     .await;
@@ -256,6 +240,10 @@ async fn publish_checked(
                 record_of_task.insert(task.id(), index);
             }
             Ok(Checked::Expired) => report.expired += 1,
+            Ok(Checked::NotJudged(reason)) => {
+                report.retry.push(index);
+                report.retry_reason.get_or_insert(reason);
+            }
             Err((key, reason)) => report.invalid.push(InvalidRecord {
                 key: encode_z32_key(&key),
                 reason,
@@ -313,29 +301,41 @@ impl ImportReport {
 enum Checked {
     Publish(Box<VerifiedPacket>),
     Expired,
+    /// Signed further ahead of this node's cluster time than `http.max_future_skew`, where the
+    /// clocks it knows do not agree that the packet is wrong (a PUT's 503): sent again.
+    NotJudged(String),
 }
 
 /// A PUT's checks (the packet's, then `http.max_future_skew`), then the age.
-/// `time`: cluster time ([`ImportTime`]).
+/// `time`: cluster time.
 fn check_record(
     key: &KeyBytes,
     payload: Bytes,
     rules: ImportRules,
-    time: ImportTime,
+    time: &ClusterTime,
 ) -> Result<Checked, String> {
     let packet = VerifiedPacket::verify_stored(key, payload).map_err(|e| e.to_string())?;
     let timestamp = packet.payload().timestamp_micros();
-    if let Some(ahead) =
-        pkraft_types::too_far_ahead(time.now_micros, timestamp, rules.max_future_skew)
-    {
-        return Err(format!(
-            "signed {}s in the future (http.max_future_skew is {}s)",
-            ahead.as_secs(),
-            rules.max_future_skew.as_secs()
-        ));
+    let max_skew = rules.max_future_skew;
+    match time.judge_signature_time(timestamp, max_skew) {
+        SignatureTime::Acceptable => {}
+        SignatureTime::FromTheFuture { ahead } => {
+            return Err(format!(
+                "signed {}s in the future (http.max_future_skew is {}s)",
+                ahead.as_secs(),
+                max_skew.as_secs()
+            ));
+        }
+        SignatureTime::Undecided { ahead } => {
+            return Ok(Checked::NotJudged(format!(
+                "a packet signed {}s ahead of this node's cluster time, and the clocks it \
+                 knows do not agree on whose clock is wrong",
+                ahead.as_secs()
+            )));
+        }
     }
     if let Some(expiry_micros) = time
-        .expiry_micros
+        .expiry_micros()
         .filter(|_| !rules.record_max_age.is_zero())
     {
         let max_age_micros = u64::try_from(rules.record_max_age.as_micros()).unwrap_or(u64::MAX);
@@ -390,10 +390,16 @@ mod tests {
             max_future_skew: Duration::from_secs(60),
         };
         let now = pkraft_types::unix_micros_now();
-        let time = ImportTime {
-            now_micros: now,
-            expiry_micros: Some(now),
+        // Cluster time with the voters' time agreed (`Some`) or not known (`None`).
+        let cluster_time = |voters_micros: Option<u64>| ClusterTime {
+            own_micros: now,
+            voters_micros,
+            latest_micros: now,
+            log_micros: None,
+            log_floor_micros: None,
+            state: pkraft_raft::ClockState::Synchronized,
         };
+        let time = &cluster_time(Some(now));
         let signed_at = |micros: u64| {
             Bytes::from(
                 pkraft_testkit::iroh_packet(&keypair, micros, &["127.0.0.1:1"])
@@ -418,16 +424,18 @@ mod tests {
             Ok(Checked::Publish(_))
         ));
         // Cluster time not known: no packet is taken as expired.
-        let unknown = ImportTime {
-            now_micros: now,
-            expiry_micros: None,
-        };
+        let unknown = &cluster_time(None);
         assert!(matches!(
             check_record(&key, signed_at(now - 7_200_000_000), rules, unknown),
             Ok(Checked::Publish(_))
         ));
         let future = check_record(&key, signed_at(now + 3_600_000_000), rules, time);
         assert!(matches!(&future, Err(reason) if reason.contains("future")));
+        // Without the voters' time, this node cannot tell whose clock is wrong: sent again.
+        assert!(matches!(
+            check_record(&key, signed_at(now + 3_600_000_000), rules, unknown),
+            Ok(Checked::NotJudged(_))
+        ));
         let mut damaged = signed_at(now).to_vec();
         damaged[0] ^= 1;
         assert!(check_record(&key, Bytes::from(damaged), rules, time).is_err());
