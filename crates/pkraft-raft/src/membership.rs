@@ -23,6 +23,7 @@ use crate::reason::Reason;
 use crate::request_error::{RequestError, ask};
 pub use crate::status_wire::NodeStatus;
 use crate::status_wire::PeerNodeStatus;
+use crate::voters;
 
 /// How long the leader waits for a new node to catch up before making it a voter. The joining
 /// node asks again if this passes (a large snapshot on a slow link).
@@ -235,14 +236,7 @@ impl Members {
         // a release build makes the change from outside the cluster). Found by the simulator
         // (seed 3655 from seed 1001, 2026-12-01): a learner's promotion asked of the leader that
         // had just removed itself. The caller asks again, and the next leader makes it.
-        let metrics = self.core.raft.metrics().borrow().clone();
-        let id = self.core.id;
-        if !metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|voter| voter == id)
-        {
+        if !voters::ids(&self.core.raft).contains(&self.core.id) {
             return Err(RequestError::NotLeader { leader: None });
         }
         match change {
