@@ -20,6 +20,7 @@
 //! The Raft position a snapshot stands for (its meta) is kept by the consensus layer, next to it.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use pkraft_types::{KeyBytes, Payload, payload::PAYLOAD_LEN_MAX};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -106,10 +107,11 @@ impl Store {
     /// Replaces the whole state with the snapshot read from `input` and records `applied_state`,
     /// in one write transaction that commits only once the whole stream has been read and its
     /// counts and checksum match: a torn or damaged snapshot leaves the state as it was, and
-    /// readers keep seeing the old state until the commit.
+    /// readers keep seeing the old state until the commit. The stream is read, and each packet's
+    /// answers compiled, on a thread beside the one that writes the rows ([`import_frames`]).
     pub fn import_snapshot_from(
         &self,
-        input: impl Read,
+        input: impl Read + Send,
         applied_state: &[u8],
     ) -> Result<SnapshotSummary, StoreError> {
         let mut input = FrameReader::new(input);
@@ -122,24 +124,13 @@ impl Store {
         expiry_index::clear(&txn)?;
         txn.delete_table(REMOVED_NODES)?;
         let summary = {
-            let mut sink = ImportSink {
+            let mut tables = ImportTables {
                 packets: txn.open_table(PACKETS)?,
                 answers: txn.open_table(ANSWERS)?,
                 expiry: txn.open_table(EXPIRY_BUCKETS)?,
                 removed: txn.open_table(REMOVED_NODES)?,
             };
-            let summary = match version {
-                SNAPSHOT_FORMAT_VERSION => input.frames(&mut sink)?,
-                SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V2 => {
-                    legacy::import(input, version, &mut sink)?
-                }
-                version => {
-                    return Err(StoreError::Snapshot(format!(
-                        "format version {version}, this build reads {SNAPSHOT_FORMAT_V1} to \
-                         {SNAPSHOT_FORMAT_VERSION}"
-                    )));
-                }
-            };
+            let summary = import_frames(input, version, &mut tables)?;
             txn.open_table(META)?
                 .insert(META_APPLIED_STATE, applied_state)?;
             summary
@@ -166,11 +157,20 @@ pub fn check_snapshot(input: impl Read) -> Result<SnapshotSummary, StoreError> {
         }
     }
     let mut input = FrameReader::new(input);
-    match input.header()? {
-        SNAPSHOT_FORMAT_VERSION => input.frames(&mut Discard),
-        version @ (SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V2) => {
-            legacy::import(input, version, &mut Discard)
-        }
+    let version = input.header()?;
+    read_frames(input, version, &mut Discard)
+}
+
+/// Reads the frames that follow the header of a snapshot in format `version` into `sink`,
+/// then checks the stream's end (format 3: its trailer).
+fn read_frames<R: Read>(
+    mut input: FrameReader<R>,
+    version: u32,
+    sink: &mut impl Sink,
+) -> Result<SnapshotSummary, StoreError> {
+    match version {
+        SNAPSHOT_FORMAT_VERSION => input.frames(sink),
+        SNAPSHOT_FORMAT_V1 | SNAPSHOT_FORMAT_V2 => legacy::import(input, version, sink),
         version => Err(StoreError::Snapshot(format!(
             "format version {version}, this build reads {SNAPSHOT_FORMAT_V1} to \
              {SNAPSHOT_FORMAT_VERSION}"
@@ -294,40 +294,140 @@ trait Sink {
     fn removed_node(&mut self, node_id: u64) -> Result<(), StoreError>;
 }
 
+/// Packets a batch of prepared rows holds: a batch is handed from the reader to the writer at
+/// once, so that they meet on the channel once per batch, not per packet.
+const IMPORT_BATCH_PACKETS: usize = 512;
+/// Batches prepared ahead of the writer, at most. A row set is at most a 1072-byte payload,
+/// its compiled answers (a few hundred bytes) and 36 bytes of index: the rows in flight stay
+/// under about 8 MiB whatever the snapshot's size.
+const IMPORT_BATCHES_AHEAD: usize = 4;
+
+/// The rows one snapshot frame becomes.
+enum ImportRow {
+    Packet {
+        key: KeyBytes,
+        /// The `packets` value: `applied_at ‖ payload`.
+        packet: Vec<u8>,
+        /// The `answers` row, compiled from the packet: snapshots do not carry them.
+        answers: Vec<u8>,
+        expiry: BucketRow,
+    },
+    RemovedNode(u64),
+}
+
+/// The reader's side of an import: turns each frame into its rows (the packet's compile is
+/// most of an import's CPU) and hands them to the writer in batches.
+struct PreparingSink {
+    batch: Vec<ImportRow>,
+    to_writer: SyncSender<Vec<ImportRow>>,
+}
+
+impl PreparingSink {
+    fn push(&mut self, row: ImportRow) -> Result<(), StoreError> {
+        self.batch.push(row);
+        if self.batch.len() >= IMPORT_BATCH_PACKETS {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    fn send(&mut self) -> Result<(), StoreError> {
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(IMPORT_BATCH_PACKETS));
+        // The writer drops its end only when it stopped on an error of its own, which is the
+        // one the import reports.
+        self.to_writer
+            .send(batch)
+            .map_err(|_| StoreError::Snapshot("the import's writer stopped".to_string()))
+    }
+}
+
+impl Sink for PreparingSink {
+    fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError> {
+        self.push(ImportRow::Packet {
+            key: *key,
+            packet: stored.encode(),
+            answers: answers_row(key, &stored.payload),
+            expiry: expiry_index::row_of(stored.payload.timestamp_micros(), key),
+        })
+    }
+
+    fn removed_node(&mut self, node_id: u64) -> Result<(), StoreError> {
+        self.push(ImportRow::RemovedNode(node_id))
+    }
+}
+
 /// The tables of an import's write transaction.
-struct ImportSink<'txn> {
+struct ImportTables<'txn> {
     packets: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
-    /// Compiled from each packet as it is imported: snapshots do not carry them.
     answers: redb::Table<'txn, &'static KeyBytes, &'static [u8]>,
     expiry: redb::Table<'txn, &'static BucketRow, ()>,
     removed: redb::Table<'txn, u64, ()>,
 }
 
-impl Sink for ImportSink<'_> {
-    fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError> {
-        if self
-            .packets
-            .insert(key, stored.encode().as_slice())?
-            .is_some()
-        {
-            return Err(StoreError::Snapshot(format!(
-                "key {} appears twice",
-                hex(key)
-            )));
+impl ImportTables<'_> {
+    fn insert(&mut self, row: &ImportRow) -> Result<(), StoreError> {
+        match row {
+            ImportRow::Packet {
+                key,
+                packet,
+                answers,
+                expiry,
+            } => {
+                if self.packets.insert(key, packet.as_slice())?.is_some() {
+                    return Err(StoreError::Snapshot(format!(
+                        "key {} appears twice",
+                        hex(key)
+                    )));
+                }
+                self.answers.insert(key, answers.as_slice())?;
+                self.expiry.insert(expiry, ())?;
+            }
+            ImportRow::RemovedNode(node_id) => {
+                self.removed.insert(node_id, ())?;
+            }
         }
-        self.answers
-            .insert(key, answers_row(key, &stored.payload).as_slice())?;
-        self.expiry.insert(
-            &expiry_index::row_of(stored.payload.timestamp_micros(), key),
-            (),
-        )?;
         Ok(())
     }
+}
 
-    fn removed_node(&mut self, node_id: u64) -> Result<(), StoreError> {
-        self.removed.insert(node_id, ())?;
-        Ok(())
-    }
+/// Reads the snapshot after its header (format `version`) on a thread of its own, which also
+/// prepares each frame's rows, while this thread writes them into `tables` in the order they
+/// came: an import keeps two cores busy where redb's writer is one. Returns the snapshot's
+/// summary once both are done and the whole stream checked; on an error, the first one the
+/// writer met, else the reader's (which stops the other side at its next batch).
+fn import_frames<R: Read + Send>(
+    input: FrameReader<R>,
+    version: u32,
+    tables: &mut ImportTables<'_>,
+) -> Result<SnapshotSummary, StoreError> {
+    let (to_writer, from_reader) = sync_channel::<Vec<ImportRow>>(IMPORT_BATCHES_AHEAD);
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("pkraft-import".to_string())
+            .spawn_scoped(scope, move || {
+                let mut sink = PreparingSink {
+                    batch: Vec::with_capacity(IMPORT_BATCH_PACKETS),
+                    to_writer,
+                };
+                let summary = read_frames(input, version, &mut sink)?;
+                sink.send()?;
+                Ok(summary)
+            })
+            .map_err(|source| StoreError::SnapshotIo {
+                what: "starting the import's reader".to_string(),
+                source,
+            })?;
+        // `from_reader` is dropped when this stops, on an error too: a reader waiting to send
+        // then stops instead of waiting for good.
+        let written = from_reader
+            .into_iter()
+            .try_for_each(|batch| batch.iter().try_for_each(|row| tables.insert(row)));
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        written?;
+        read
+    })
 }
 
 /// Writes bytes through a buffer, keeping the checksum and the count.
@@ -614,5 +714,54 @@ mod tests {
         let summary = check_snapshot(v2.as_slice()).expect("format 2");
         assert_eq!((summary.packets, summary.removed_nodes), (2, 1));
         assert_eq!(summary.bytes, v2.len() as u64);
+    }
+
+    /// Goal: an import whose writer stops (here on a key that appears twice, the writer's own
+    /// check) stops its reader too and reports the writer's error, even with more batches
+    /// behind the bad row than the channel between them holds; the state stays as it was.
+    #[test]
+    fn an_import_whose_writer_stops_stops_its_reader_and_keeps_the_state() {
+        let packets = 2 + IMPORT_BATCH_PACKETS * (IMPORT_BATCHES_AHEAD + 4);
+        let mut data = Vec::new();
+        let mut out = FrameWriter::new(&mut data);
+        out.put(MAGIC).expect("put");
+        out.put(&SNAPSHOT_FORMAT_VERSION.to_be_bytes())
+            .expect("put");
+        let payload = vec![0u8; 80];
+        for n in 0..packets {
+            // The first key twice, then distinct ones.
+            let key = u64::try_from(n.saturating_sub(1)).expect("small");
+            let mut key_bytes = [0u8; 32];
+            key_bytes[..8].copy_from_slice(&key.to_be_bytes());
+            out.put(&[TAG_PACKET]).expect("put");
+            out.put(&key_bytes).expect("put");
+            out.put(&5u64.to_be_bytes()).expect("put");
+            out.put(&80u32.to_be_bytes()).expect("put");
+            out.put(&payload).expect("put");
+        }
+        out.put(&[TAG_END]).expect("put");
+        out.put(&(packets as u64).to_be_bytes()).expect("put");
+        out.put(&0u64.to_be_bytes()).expect("put");
+        out.finish().expect("finish");
+        check_snapshot(data.as_slice()).expect("well-formed: only the writer objects");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.redb")).expect("open");
+        let mut txn = store.begin_apply(true).expect("begin");
+        txn.record_removed_nodes(&[9]).expect("record");
+        txn.commit(b"before").expect("commit");
+        match store.import_snapshot(&data, b"after") {
+            Err(StoreError::Snapshot(message)) => assert!(
+                message.contains("appears twice"),
+                "the writer's error is the one reported: {message}"
+            ),
+            other => panic!("a key twice must be refused: {other:?}"),
+        }
+        assert_eq!(store.packet_count().expect("count"), 0);
+        assert!(store.is_removed_node(9).expect("read"));
+        assert_eq!(
+            store.applied_state().expect("read").as_deref(),
+            Some(&b"before"[..])
+        );
     }
 }
