@@ -155,6 +155,26 @@ fn ahead_of_openraft(hard_ttl: Duration) -> Duration {
     hard_ttl.saturating_sub((hard_ttl / 20).max(Duration::from_millis(1)))
 }
 
+/// What an RPC given [`Deadline::AheadOfOpenraft`] comes to: past `timeout`, `outcome` is
+/// [`CallError::Silent`], and so is the call's own timeout (openraft's `hard_ttl`, later than
+/// `timeout`). The exchange runs in a task of its own, so on a runtime held up past both
+/// deadlines that task can end first, and the outer deadline then sees the call's timeout as
+/// its answer: taken as it is, it would be a miss that neither [`Reachability`] nor the node's
+/// log filter knows (`pkraft::logging`), and openraft's lines about it would pass.
+fn missed_ahead_of_openraft<R>(
+    outcome: Result<Result<R, CallError>, tokio::time::error::Elapsed>,
+    addr: &str,
+    timeout: Duration,
+) -> Result<R, CallError> {
+    match outcome {
+        Ok(Err(CallError::Timeout { .. })) | Err(_) => Err(CallError::Silent {
+            addr: addr.to_string(),
+            timeout,
+        }),
+        Ok(answered_or_failed) => answered_or_failed,
+    }
+}
+
 /// How long an openraft RPC waits for its answer.
 #[derive(Debug, Clone, Copy)]
 enum Deadline {
@@ -538,14 +558,8 @@ impl PeerConnection {
                 let call = self
                     .client
                     .call(&self.addr, Some(self.target), path, request, hard_ttl);
-                tokio::time::timeout(timeout, call)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(CallError::Silent {
-                            addr: self.addr.clone(),
-                            timeout,
-                        })
-                    })
+                let outcome = tokio::time::timeout(timeout, call).await;
+                missed_ahead_of_openraft(outcome, &self.addr, timeout)
             }
             Deadline::Own(timeout) => {
                 self.client
@@ -673,6 +687,40 @@ mod tests {
                 Duration::from_millis(ours)
             );
         }
+    }
+
+    /// A call that ran into its own timeout (openraft's, a runtime held up past both) is as
+    /// silent as one the deadline ahead of openraft ended; any other outcome is kept.
+    #[test]
+    fn an_rpc_timed_out_either_way_is_a_silent_miss() {
+        let addr = "127.0.0.1:7411";
+        let ahead = Duration::from_millis(95);
+        let its_own = CallError::Timeout {
+            addr: addr.to_string(),
+            timeout: Duration::from_millis(100),
+        };
+        let missed = missed_ahead_of_openraft::<()>(Ok(Err(its_own)), addr, ahead);
+        assert!(matches!(missed, Err(CallError::Silent { timeout, .. }) if timeout == ahead));
+        let refused = CallError::NoSecret;
+        let kept = missed_ahead_of_openraft::<()>(Ok(Err(refused)), addr, ahead);
+        assert!(matches!(kept, Err(CallError::NoSecret)), "{kept:?}");
+        assert!(matches!(
+            missed_ahead_of_openraft(Ok(Ok(7)), addr, ahead),
+            Ok(7)
+        ));
+        let runtime = Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let elapsed = runtime.block_on(async {
+            let never = std::future::pending::<Result<(), CallError>>();
+            tokio::time::timeout(Duration::ZERO, never).await
+        });
+        let missed = missed_ahead_of_openraft(elapsed, addr, ahead);
+        assert!(
+            matches!(missed, Err(CallError::Silent { .. })),
+            "{missed:?}"
+        );
     }
 
     /// The time a peer at `addr` answers on `path::CLOCK`.

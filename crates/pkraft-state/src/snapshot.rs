@@ -341,18 +341,40 @@ impl PreparingSink {
     }
 }
 
-impl Sink for PreparingSink {
-    fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError> {
-        self.push(ImportRow::Packet {
+impl ImportRow {
+    fn packet(key: &KeyBytes, stored: &StoredPacket) -> ImportRow {
+        ImportRow::Packet {
             key: *key,
             packet: stored.encode(),
             answers: answers_row(key, &stored.payload),
             expiry: expiry_index::row_of(stored.payload.timestamp_micros(), key),
-        })
+        }
+    }
+}
+
+impl Sink for PreparingSink {
+    fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError> {
+        self.push(ImportRow::packet(key, stored))
     }
 
     fn removed_node(&mut self, node_id: u64) -> Result<(), StoreError> {
         self.push(ImportRow::RemovedNode(node_id))
+    }
+}
+
+/// An import on the thread that asks for it, when blocking work runs inline (a simulation,
+/// `pkraft_types::world::runs_blocking_work_inline`): each frame's rows written as they come.
+struct InlineSink<'tables, 'txn> {
+    tables: &'tables mut ImportTables<'txn>,
+}
+
+impl Sink for InlineSink<'_, '_> {
+    fn packet(&mut self, key: &KeyBytes, stored: &StoredPacket) -> Result<(), StoreError> {
+        self.tables.insert(&ImportRow::packet(key, stored))
+    }
+
+    fn removed_node(&mut self, node_id: u64) -> Result<(), StoreError> {
+        self.tables.insert(&ImportRow::RemovedNode(node_id))
     }
 }
 
@@ -392,14 +414,19 @@ impl ImportTables<'_> {
 
 /// Reads the snapshot after its header (format `version`) on a thread of its own, which also
 /// prepares each frame's rows, while this thread writes them into `tables` in the order they
-/// came: an import keeps two cores busy where redb's writer is one. Returns the snapshot's
+/// came. (The compile off the writer's thread bought little on real rows: the install is
+/// bound by redb's one writer; docs/BENCHMARKS.md, "Issue 75, first steps".) Returns the snapshot's
 /// summary once both are done and the whole stream checked; on an error, the first one the
-/// writer met, else the reader's (which stops the other side at its next batch).
+/// writer met, else the reader's (which stops the other side at its next batch). Where blocking
+/// work runs inline (a simulation) there is no second thread: one reads, prepares and writes.
 fn import_frames<R: Read + Send>(
     input: FrameReader<R>,
     version: u32,
     tables: &mut ImportTables<'_>,
 ) -> Result<SnapshotSummary, StoreError> {
+    if pkraft_types::world::runs_blocking_work_inline() {
+        return read_frames(input, version, &mut InlineSink { tables });
+    }
     let (to_writer, from_reader) = sync_channel::<Vec<ImportRow>>(IMPORT_BATCHES_AHEAD);
     std::thread::scope(|scope| {
         let reader = std::thread::Builder::new()
