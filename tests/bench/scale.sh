@@ -18,12 +18,16 @@
 # and docs/bench-scale.svg (tests/bench/scale_plot.py), each figure against the record count.
 #
 # Env: BENCH_BIN (dir with release pkraft and pkraft-bench), BENCH_SCALE_POINTS,
-# BENCH_SCALE_WORK (work dir, default a new one under /tmp; it needs about 1 KB per packet).
+# BENCH_SCALE_WORK (work dir, default a new one under /tmp; it needs about 1 KB per packet),
+# BENCH_SCALE_SET (settings of the node and the learner, `SECTION.KEY=VALUE` separated by spaces,
+# e.g. `raft.state_cache_mib=1024`; recorded with each point's figures).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/lib/pkraft.sh
 source tests/lib/pkraft.sh
 PKRAFT_EXTRA_TOML=$(limits_off_toml)
+settings=()
+for setting in ${BENCH_SCALE_SET:-}; do settings+=(--set "$setting"); done
 
 bin=${BENCH_BIN:-target/release}
 points=${BENCH_SCALE_POINTS:-20000 1000000 3000000 10000000}
@@ -64,7 +68,7 @@ else
   # then fails with "Address already in use" (seen once here).
   http=$(loopback_port) dns=$(loopback_port) peer=$(loopback_port) admin=$(loopback_port)
   cluster_node_config "$work/node.toml" 1 "$work/data" "127.0.0.1:$http" "127.0.0.1:$dns" \
-    "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" "" --origin "$origin"
+    "127.0.0.1:$peer" "127.0.0.1:$admin" "$secret" "" --origin "$origin" "${settings[@]}"
 fi
 relay="http://127.0.0.1:$http/pkarr"
 node_pid=
@@ -184,7 +188,7 @@ for point in $points; do
   lhttp=$(loopback_port) ldns=$(loopback_port) lpeer=$(loopback_port) ladmin=$(loopback_port)
   cluster_node_config "$work/learner.toml" "$learner_id" "$work/learner-data" "127.0.0.1:$lhttp" \
     "127.0.0.1:$ldns" "127.0.0.1:$lpeer" "127.0.0.1:$ladmin" "$secret" "127.0.0.1:$peer" \
-    --origin "$origin" --learner
+    --origin "$origin" --learner "${settings[@]}"
   # Caught up: it holds every record the node held when it started (readiness alone may come
   # before the snapshot: the learner's own commit index starts at nothing).
   target=$(records) learner_start=$(date +%s.%N) learner_records=0
@@ -212,7 +216,7 @@ for point in $points; do
     "$work/get.json" "$work/probe.json" "$steady_rss" "$backup_s" "$backup_bytes" \
     "$(kib "$node_pid" VmHWM)" "$catch_up_s" "$learner_records" "$learner_hwm" "$learner_snapshot" \
     >>"$results" <<'PY'
-import json, re, sys
+import json, os, re, sys
 a = sys.argv[1:]
 def dnsperf(path):
     text = open(path).read()
@@ -225,6 +229,7 @@ cold_qps, cold_lost = dnsperf(a[10])
 random_qps, random_lost = dnsperf(a[11])
 print(json.dumps({
     "point": int(a[0]), "records": int(a[1]),
+    "settings": os.environ.get("BENCH_SCALE_SET", "").split(),
     # None when the run was resumed after this point's load (BENCH_SCALE_RESUME_LOADED).
     "load_put_per_s": round(int(a[3]) / float(a[2])) if float(a[2]) > 1 else None,
     "rss_after_load_mib": int(a[4]) / 1024, "peak_rss_load_mib": int(a[5]) / 1024,
