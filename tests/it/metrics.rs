@@ -10,6 +10,7 @@ use pkraft_testkit::{iroh_packet, keypair};
 
 use crate::dns_client::{Transport, key_name, raw_query};
 use crate::harness::{TestServer, http_client};
+use pkraft_raft_storage::machine_memory;
 
 /// The value of the sample `name{labels}` (labels exactly as the text format prints them, in
 /// their sorted order; "" for none), if the scrape has it.
@@ -142,6 +143,28 @@ async fn metrics_count_requests_queries_and_the_replica() {
         "the only voter is never stale"
     );
     assert!(value(&text, "process_resident_memory_bytes", "") > 0.0);
+    // `raft.state_cache_mib` unset: derived from the memory this node may use, the same as this
+    // test's (the node is its child, in its cgroup). tests/it/snapshot_memory.rs has a node
+    // whose cgroup limit sets it.
+    let limit = machine_memory::memory_limit().expect("/proc/meminfo");
+    assert_eq!(
+        value(&text, "pkraft_state_cache_bytes", ""),
+        (machine_memory::derived_state_cache_mib(limit.bytes) << 20) as f64,
+        "derived from {limit:?}"
+    );
+}
+
+/// A `raft.state_cache_mib` given is the cache, whatever the machine.
+#[tokio::test]
+async fn the_state_cache_given_in_the_config_is_the_one_reported() {
+    let server = TestServer::start_with_config(
+        "[raft]\nstate_cache_mib = 24\n[cluster]\nbootstrap = true\n",
+    );
+    let text = scrape(&server).await;
+    assert_eq!(
+        value(&text, "pkraft_state_cache_bytes", ""),
+        (24u64 << 20) as f64
+    );
 }
 
 #[tokio::test]

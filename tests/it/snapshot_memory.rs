@@ -83,6 +83,20 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
         cgroup1.path(),
     );
     proxy1.set_upstream(Some(node1.peer));
+    // `raft.state_cache_mib` is unset: derived from the cgroup's 150 MB (an eighth, 17 MiB), not
+    // from the machine's memory.
+    let scrape = crate::metrics::scrape(&node1).await;
+    assert_eq!(
+        crate::metrics::value(&scrape, "pkraft_state_cache_bytes", ""),
+        (17u64 << 20) as f64
+    );
+    assert!(
+        node1
+            .log()
+            .contains("state cache derived from the cgroup limit in"),
+        "{}",
+        node1.log()
+    );
 
     // Node 1 builds a snapshot of its own once the log has grown past `snapshot_after_entries`.
     for seed in 0..EXTRA_PUTS {
@@ -197,13 +211,14 @@ async fn nodes_capped_below_the_data_size_restore_build_send_install_and_back_it
     }
 }
 
+/// No `state_cache_mib`: each node derives its cache from its cgroup's limit (17 MiB).
 /// `record_max_age = "0s"`: the data set is signed in 1970 (timestamp 1,000 µs), and expiry
 /// would delete it 10,000 packets a minute from the first minute on, racing the counts checked
 /// here (a run whose restore took longer than a minute backed up 10,000 packets fewer).
 fn config(id: u64, advertise: &str, membership: &str) -> String {
     format!(
         "node_id = {id}\n\
-         [raft]\nstate_cache_mib = 16\nsnapshot_after_entries = 20\nrecord_max_age = \"0s\"\n\
+         [raft]\nsnapshot_after_entries = 20\nrecord_max_age = \"0s\"\n\
          election_timeout_min = \"800ms\"\nelection_timeout_max = \"1600ms\"\n\
          [admin]\ntoken = \"{ADMIN_TOKEN}\"\n\
          [cluster]\nadvertise = \"{advertise}\"\nsecret = \"{SECRET}\"\n{membership}"

@@ -26,6 +26,8 @@
 //!   the refusals that follow from it (`raft.min_free_disk_mib`, the new-key reserve, a
 //!   snapshot's install).
 //! - [`store_cap`]: the cap on stored packets and the new keys under way against it.
+//! - [`machine_memory`]: the memory the process may use (the machine's, or its cgroups' limit)
+//!   and the state cache derived from it when `raft.state_cache_mib` is unset.
 //! - [`dht_outbox`]: the keys stored and not yet put to the Mainline DHT, fed by the state
 //!   machine as it applies (every replica keeps it, so a new leader carries on).
 
@@ -39,6 +41,7 @@ pub mod codec;
 pub mod dht_outbox;
 pub mod disk_space;
 pub mod log_store;
+pub mod machine_memory;
 pub mod snapshot_data;
 pub mod snapshot_file;
 pub mod snapshot_receipt;

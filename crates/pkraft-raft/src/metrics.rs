@@ -96,6 +96,9 @@ pub(crate) struct NodeMetrics {
     /// `pkraft_store_max_packets`: the cap on stored packets (`store_cap`; 0: none), so that an
     /// alert can compare `pkraft_store_records` with it.
     pub(crate) store_max_packets: IntGauge,
+    /// `pkraft_state_cache_bytes`: redb's page cache of `state.redb` (`raft.state_cache_mib`, or
+    /// derived from the memory the node may use), the largest part of its memory.
+    pub(crate) state_cache_bytes: IntGauge,
     /// `pkraft_raft_leader_contact_gap_seconds`: on a follower, the time between two
     /// consecutive requests it accepted from its leader (heartbeats, entries, snapshot chunks).
     /// About `raft.heartbeat_interval` or less while all is well; longer ones are heartbeats
@@ -198,6 +201,10 @@ impl NodeMetrics {
                 "pkraft_store_max_packets",
                 "The cap on stored packets (raft.max_stored_packets or derived from the disk; 0: no cap): at the cap no new keys are stored.",
             )?,
+            state_cache_bytes: IntGauge::new(
+                "pkraft_state_cache_bytes",
+                "redb's page cache of state.redb in bytes (raft.state_cache_mib, or derived from the memory the node may use): the largest part of the node's memory.",
+            )?,
             leader_contact_gap: Histogram::with_opts(
                 HistogramOpts::new(
                     "pkraft_raft_leader_contact_gap_seconds",
@@ -269,6 +276,7 @@ impl NodeMetrics {
         registry.register(Box::new(self.disk_min_free_bytes.clone()))?;
         registry.register(Box::new(self.disk_new_keys_min_free_bytes.clone()))?;
         registry.register(Box::new(self.store_max_packets.clone()))?;
+        registry.register(Box::new(self.state_cache_bytes.clone()))?;
         registry.register(Box::new(self.leader_contact_gap.clone()))?;
         registry.register(Box::new(self.pre_vote_rounds.clone()))?;
         registry.register(Box::new(self.storage_damage.clone()))?;

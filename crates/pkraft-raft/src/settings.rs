@@ -98,11 +98,15 @@ pub struct Settings {
     /// ... or once it holds this many packets, 1 to 65,536. Default 8192: the read buffer
     /// then holds at most about 18 MB (a packet of the largest size and its compiled answers).
     pub apply_batch_packets: u64,
-    /// Memory for redb's page cache of `state.redb`, in MiB (at least 1). Default 256. Reads that
-    /// miss it go to the kernel's page cache, which needs no setting and is given back under
-    /// memory pressure; this one is the node's own and never shrinks. It is the largest part of a
-    /// node's memory: docs/OPERATIONS.md, "Memory".
-    pub state_cache_mib: u64,
+    /// Memory for redb's page cache of `state.redb`, in MiB (at least 1). Unset: derived at start
+    /// from the memory the node may use, the machine's or its cgroup's limit, whichever is lower
+    /// (an eighth of it, 16 to 512 MiB: `machine_memory::derived_state_cache_mib`); the log and
+    /// `pkraft_state_cache_bytes` say what it came to. Reads that miss it go to the kernel's page
+    /// cache, which needs no setting and is given back under memory pressure; this one is the
+    /// node's own and never shrinks. It is the largest part of a node's memory, and the one that
+    /// decides how fast a large store answers names never asked before: docs/OPERATIONS.md,
+    /// "Memory", and docs/SCALING.md.
+    pub state_cache_mib: Option<u64>,
     /// Space to keep free on the data dir's file system, in MiB. Default 1024. Below it the node
     /// takes no writes (PUT 503, replication to it waits) until space is freed, instead of
     /// running into "no space left", which stops the node. A snapshot build needs room for the
@@ -164,7 +168,7 @@ impl Default for Settings {
             max_clock_jump: Duration::from_secs(3600),
             apply_batch_interval: pkraft_state::ApplyBatching::DEFAULT.interval,
             apply_batch_packets: pkraft_state::ApplyBatching::DEFAULT.packets,
-            state_cache_mib: 256,
+            state_cache_mib: None,
             min_free_disk_mib: 1024,
             new_keys_min_free_disk_mib: None,
             max_stored_packets: None,
@@ -235,16 +239,19 @@ impl Settings {
         }
     }
 
-    /// `state_cache_mib` in bytes, checked.
-    pub fn state_cache_bytes(&self) -> Result<usize, SettingsError> {
-        self.state_cache_mib
-            .checked_mul(1024 * 1024)
+    /// `state_cache_mib` in bytes, checked; `None` when unset (derived at start from the memory
+    /// the node may use).
+    pub fn state_cache_bytes(&self) -> Result<Option<usize>, SettingsError> {
+        let Some(mib) = self.state_cache_mib else {
+            return Ok(None);
+        };
+        mib.checked_mul(1024 * 1024)
             .and_then(|bytes| usize::try_from(bytes).ok())
-            .filter(|_| self.state_cache_mib >= 1)
+            .filter(|_| mib >= 1)
+            .map(Some)
             .ok_or_else(|| {
                 SettingsError::Invalid(format!(
-                    "raft.state_cache_mib = {}: must be at least 1 and fit in memory",
-                    self.state_cache_mib
+                    "raft.state_cache_mib = {mib}: must be at least 1 and fit in memory"
                 ))
             })
     }

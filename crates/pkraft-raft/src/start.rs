@@ -43,6 +43,7 @@ use crate::store_cap::{self, StoreCap};
 use crate::write_path::Writes;
 use crate::{NodeId, TypeConfig};
 use pkraft_raft_storage::log_store::LogStore;
+use pkraft_raft_storage::machine_memory;
 use pkraft_raft_storage::state_machine::{Progress, StateEvents, StateMachine};
 use pkraft_raft_storage::state_repair;
 use pkraft_types::short_lived::{ShortLivedRecord, ShortLivedRecords};
@@ -321,7 +322,10 @@ impl Opened {
         if data_dir.join(LOG_FILE_V1).exists() {
             return Err(StartError::LogFormatV1(data_dir.to_path_buf()));
         }
-        let cache_bytes = settings.state_cache_bytes()?;
+        let cache_bytes = state_cache_bytes(settings)?;
+        metrics
+            .state_cache_bytes
+            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
         let opened = Store::open_with_cache(&data_dir.join(STATE_FILE), cache_bytes);
         let snapshot_peers = state_repair::snapshot_voters(data_dir)
             .into_iter()
@@ -617,6 +621,44 @@ impl StateEvents for StateMachineEvents {
             self.short_lived.apply(record);
         }
     }
+}
+
+/// redb's page cache of `state.redb`: `raft.state_cache_mib`, or derived from the memory this
+/// process may use (`machine_memory`). Logged either way, so that an operator sees what a
+/// derived cache came to and what it was derived from.
+fn state_cache_bytes(settings: &Settings) -> Result<usize, StartError> {
+    const MIB: usize = 1 << 20;
+    if let Some(bytes) = settings.state_cache_bytes()? {
+        tracing::info!(
+            state_cache_mib = bytes / MIB,
+            "state cache (raft.state_cache_mib)"
+        );
+        return Ok(bytes);
+    }
+    let mib = match machine_memory::memory_limit() {
+        Some(limit) => {
+            let mib = machine_memory::derived_state_cache_mib(limit.bytes);
+            tracing::info!(
+                state_cache_mib = mib,
+                memory_mib = limit.bytes >> 20,
+                "state cache derived from {} (an eighth, {} to {} MiB; set raft.state_cache_mib to choose it)",
+                limit.source,
+                machine_memory::STATE_CACHE_MIN_MIB,
+                machine_memory::STATE_CACHE_MAX_MIB,
+            );
+            mib
+        }
+        None => {
+            let mib = machine_memory::STATE_CACHE_UNKNOWN_MEMORY_MIB;
+            tracing::warn!(
+                state_cache_mib = mib,
+                "cannot tell the memory this node may use (no /proc/meminfo): the state cache is the default for an unknown machine (set raft.state_cache_mib to choose it)"
+            );
+            mib
+        }
+    };
+    // At most 512 MiB (or 256): fits any usize of a 64- or 32-bit target.
+    Ok(usize::try_from(mib).map_or(usize::MAX, |mib| mib.saturating_mul(MIB)))
 }
 
 /// The cap on stored packets: `raft.max_stored_packets` (0: none), or derived from the size of

@@ -1,0 +1,238 @@
+//! The memory this process may use, and the state cache derived from it when
+//! `raft.state_cache_mib` is unset.
+//!
+//! What the process may use is the smaller of the machine's memory (`MemTotal` in
+//! `/proc/meminfo`) and the memory limit of every cgroup it is in, from its own up to the root of
+//! the hierarchy: a container's limit, a Kubernetes pod's, or a systemd unit's `MemoryMax=` is
+//! what the kernel holds the process to, not the machine (cgroup v2's `memory.max`, v1's
+//! `memory.limit_in_bytes`; Documentation/admin-guide/cgroup-v2.rst, "Memory"). Inside a
+//! container with a cgroup namespace, `/proc/self/cgroup` names `/` and the hierarchy's root is
+//! the container's own cgroup, whose limit is read the same way.
+//!
+//! Why a share of it, and a ceiling: redb's page cache is the node's own memory and never
+//! shrinks, while a read that misses it goes to the kernel's page cache, which the rest of the
+//! memory holds and the kernel gives back under pressure. An eighth leaves most of the memory to
+//! the kernel's cache and to the rest of the node (about 300 MiB beside the cache: with a 1 GiB
+//! limit, 128 MiB of cache and a node of about 430 MiB), and gives the 3 GiB limit of
+//! deploy/kubernetes 384 MiB, more than the fixed 256 MiB this setting had before. The ceiling
+//! keeps the promise that a node's memory does not grow with its records: the rest of a node
+//! (its threads, the DNS caches, a snapshot or backup sent) took about 310 MiB at its peak at
+//! 10M records (a peak RSS of 562 MiB with 256 MiB of cache: docs/SCALING.md), so with 512 MiB
+//! of cache it stays under 1 GiB.
+//! An operator who wants the reads of a large store served from the node's own cache sets
+//! `raft.state_cache_mib` (docs/SCALING.md).
+
+use std::path::{Path, PathBuf};
+
+/// The share of the memory the process may use that a derived state cache takes (1/8).
+pub const STATE_CACHE_SHARE: u64 = 8;
+/// The least a derived state cache is, in MiB.
+pub const STATE_CACHE_MIN_MIB: u64 = 16;
+/// The most a derived state cache is, in MiB (see the module's comment).
+pub const STATE_CACHE_MAX_MIB: u64 = 512;
+/// The state cache when the memory the process may use cannot be read (not Linux, no `/proc`):
+/// the fixed default this setting had before it was derived.
+pub const STATE_CACHE_UNKNOWN_MEMORY_MIB: u64 = 256;
+
+/// Where cgroup v2's unified hierarchy is mounted.
+const CGROUP_V2_ROOT: &str = "/sys/fs/cgroup";
+/// Where cgroup v1's memory controller is mounted.
+const CGROUP_V1_MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
+/// A v1 limit at or above this is "no limit": the kernel shows an unlimited cgroup as the
+/// largest page count times the page size (9,223,372,036,854,771,712 with 4 KiB pages).
+const CGROUP_V1_UNLIMITED: u64 = 1 << 62;
+
+/// What limits the memory this process may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemorySource {
+    /// The machine's memory (`MemTotal`): no cgroup limits it lower.
+    Machine,
+    /// The memory limit of this cgroup (a file of `/sys/fs/cgroup`).
+    Cgroup(PathBuf),
+}
+
+impl std::fmt::Display for MemorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemorySource::Machine => f.write_str("the machine's memory"),
+            MemorySource::Cgroup(file) => write!(f, "the cgroup limit in {}", file.display()),
+        }
+    }
+}
+
+/// The memory this process may use and what sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    pub source: MemorySource,
+}
+
+/// The memory this process may use: the smaller of the machine's and its cgroups' limits. `None`
+/// when even the machine's cannot be read.
+pub fn memory_limit() -> Option<MemoryLimit> {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| mem_total_bytes(&meminfo))?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|membership| {
+            cgroup_limit(
+                &membership,
+                Path::new(CGROUP_V2_ROOT),
+                Path::new(CGROUP_V1_MEMORY_ROOT),
+            )
+        });
+    Some(match cgroup {
+        Some((bytes, file)) if bytes < machine => MemoryLimit {
+            bytes,
+            source: MemorySource::Cgroup(file),
+        },
+        _ => MemoryLimit {
+            bytes: machine,
+            source: MemorySource::Machine,
+        },
+    })
+}
+
+/// The state cache, in MiB, for a process that may use `memory_bytes`.
+pub fn derived_state_cache_mib(memory_bytes: u64) -> u64 {
+    (memory_bytes / STATE_CACHE_SHARE / (1 << 20)).clamp(STATE_CACHE_MIN_MIB, STATE_CACHE_MAX_MIB)
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .and_then(|kib| kib.checked_mul(1024))
+}
+
+/// The lowest memory limit of the cgroups named in `membership` (the text of
+/// `/proc/self/cgroup`) and of their ancestors, with the file that sets it; `None` when none is
+/// limited. Both hierarchies are read when both are there (a hybrid v1/v2 host).
+fn cgroup_limit(membership: &str, v2_root: &Path, v1_memory_root: &Path) -> Option<(u64, PathBuf)> {
+    let mut lowest: Option<(u64, PathBuf)> = None;
+    for line in membership.lines() {
+        // "hierarchy-ID:controller-list:cgroup-path"; the path may itself hold ':'.
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (root, file_name) = if id == "0" && controllers.is_empty() {
+            (v2_root, "memory.max")
+        } else if controllers.split(',').any(|name| name == "memory") {
+            (v1_memory_root, "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        for dir in Path::new(path.trim_start_matches('/')).ancestors() {
+            let file = root.join(dir).join(file_name);
+            let Some(bytes) = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|text| limit_bytes(&text))
+            else {
+                continue;
+            };
+            if lowest.as_ref().is_none_or(|(low, _)| bytes < *low) {
+                lowest = Some((bytes, file));
+            }
+        }
+    }
+    lowest
+}
+
+/// A cgroup memory limit file's value; `None` for no limit ("max", or v1's largest value).
+fn limit_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text == "max" {
+        return None;
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|&bytes| bytes < CGROUP_V1_UNLIMITED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn the_derived_cache_is_an_eighth_between_its_floor_and_ceiling() {
+        assert_eq!(derived_state_cache_mib(GIB), 128);
+        assert_eq!(derived_state_cache_mib(3 * GIB), 384);
+        assert_eq!(derived_state_cache_mib(1536 * MIB), 192);
+        assert_eq!(derived_state_cache_mib(4 * GIB), STATE_CACHE_MAX_MIB);
+        assert_eq!(derived_state_cache_mib(24 * GIB), STATE_CACHE_MAX_MIB);
+        assert_eq!(derived_state_cache_mib(u64::MAX), STATE_CACHE_MAX_MIB);
+        assert_eq!(derived_state_cache_mib(100 * MIB), STATE_CACHE_MIN_MIB);
+        assert_eq!(derived_state_cache_mib(0), STATE_CACHE_MIN_MIB);
+    }
+
+    #[test]
+    fn mem_total_is_read_in_kib() {
+        let meminfo = "MemTotal:       24634368 kB\nMemFree:         1234 kB\n";
+        assert_eq!(mem_total_bytes(meminfo), Some(24_634_368 * 1024));
+        assert_eq!(mem_total_bytes("MemFree: 12 kB\n"), None);
+        assert_eq!(mem_total_bytes("MemTotal: lots kB\n"), None);
+    }
+
+    #[test]
+    fn limit_files_read_no_limit_as_none() {
+        assert_eq!(limit_bytes("max\n"), None);
+        assert_eq!(limit_bytes("9223372036854771712\n"), None);
+        assert_eq!(limit_bytes("157286400\n"), Some(157_286_400));
+        assert_eq!(limit_bytes("garbage"), None);
+    }
+
+    /// A v2 hierarchy whose own cgroup is unlimited and whose parent is limited, and a v1
+    /// memory hierarchy limited lower still: the lowest limit of either, with its file.
+    #[test]
+    fn the_lowest_limit_of_the_cgroup_and_its_ancestors_is_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v2 = dir.path().join("v2");
+        let v1 = dir.path().join("v1");
+        let own = v2.join("system.slice/pkraft.service");
+        std::fs::create_dir_all(&own).expect("mkdir");
+        std::fs::write(own.join("memory.max"), "max\n").expect("write");
+        std::fs::write(v2.join("system.slice/memory.max"), "2147483648\n").expect("write");
+        let membership_v2 = "0::/system.slice/pkraft.service\n";
+        assert_eq!(
+            cgroup_limit(membership_v2, &v2, &v1),
+            Some((2 * GIB, v2.join("system.slice/memory.max")))
+        );
+
+        std::fs::create_dir_all(v1.join("docker/abc")).expect("mkdir");
+        std::fs::write(v1.join("docker/abc/memory.limit_in_bytes"), "536870912\n").expect("write");
+        std::fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712\n").expect("write");
+        let hybrid =
+            "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/system.slice/pkraft.service\n";
+        assert_eq!(
+            cgroup_limit(hybrid, &v2, &v1),
+            Some((512 * MIB, v1.join("docker/abc/memory.limit_in_bytes")))
+        );
+    }
+
+    /// Inside a container with a cgroup namespace the process is at `/`, and the limit is the
+    /// root's file of the mount; no file at all (the host's root has none) is no limit.
+    #[test]
+    fn a_namespaced_container_reads_its_root_and_an_unlimited_host_gives_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(cgroup_limit("0::/\n", dir.path(), dir.path()), None);
+        std::fs::write(dir.path().join("memory.max"), "1073741824\n").expect("write");
+        assert_eq!(
+            cgroup_limit("0::/\n", dir.path(), dir.path()),
+            Some((GIB, dir.path().join("memory.max")))
+        );
+        assert_eq!(
+            cgroup_limit("not a cgroup line\n", dir.path(), dir.path()),
+            None
+        );
+    }
+}
