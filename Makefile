@@ -266,7 +266,15 @@ bench-smoke:
 ## The CI gate (.ci/run): read-only checks, tests, the end-to-end checks, the deployment-file
 ## checks, the benchmark smoke, the fuzz smoke, the chaos smoke, the power-cut smoke and the
 ## upgrade smoke; the simulator's seeded build and its CI run of about 10,000 faults.
-ci: fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke upgrade-smoke sim sim-ci
+## Each stage's wall time is printed as it ends, and all of them at the end ("ci: stage took N
+## s"), so that a run's log shows where CI's time goes (docs/TESTING.md has the last one).
+CI_STAGES := fmt-check lint test e2e deploy-check bench-smoke fuzz-smoke chaos-smoke chaos-power-smoke upgrade-smoke sim sim-ci
+ci:
+	@set -e; took=""; for stage in $(CI_STAGES); do \
+	  started=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$stage; \
+	  line="ci: $$stage took $$(( $$(date +%s) - started )) s"; echo "$$line"; took="$$took$$line\n"; \
+	done; printf "$$took"
 
 ## A rolling upgrade of a 3-node cluster from the previous release (tests/upgrade/PREVIOUS, built
 ## once into target/upgrade/) to this build and the downgrade back, under writes: every
