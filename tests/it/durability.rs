@@ -155,6 +155,31 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
     );
 }
 
+/// A node restarted on its data warms redb's page cache with what it stores (docs/SCALING.md,
+/// "The first reads after a start"): the log says it read every `answers` and `packets` row
+/// (the cache, derived from the machine, holds these 20 many times over), and the node serves
+/// every packet.
+#[tokio::test]
+async fn a_restarted_node_warms_its_state_cache_with_every_stored_row() {
+    let mut server = TestServer::start();
+    let published = publish_keys(&server, 80, 20).await;
+    let status = server.terminate();
+    assert!(status.success(), "SIGTERM exit status {status:?}");
+
+    server.restart();
+    server.wait_for_log("state cache warmed").await;
+    let log = server.log();
+    let warmed = log
+        .lines()
+        .find(|line| line.contains("state cache warmed"))
+        .expect("the line waited for");
+    assert!(
+        warmed.contains("answers_rows=20 packet_rows=20"),
+        "{warmed}"
+    );
+    assert_served(&server, &published).await;
+}
+
 /// Found by CI: the SIGINT and SIGTERM handlers were made on the first poll of the shutdown
 /// future, after the listeners served, so a SIGTERM in that window (a test's, or a supervisor's
 /// on a node just started) ended the process without its shutdown: killed by signal 15. Now

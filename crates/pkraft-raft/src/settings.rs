@@ -100,7 +100,7 @@ pub struct Settings {
     pub apply_batch_packets: u64,
     /// Memory for redb's page cache of `state.redb`, in MiB (at least 1). Unset: derived at start
     /// from the memory the node may use, the machine's or its cgroup's limit, whichever is lower
-    /// (an eighth of it, 16 to 512 MiB: `machine_memory::derived_state_cache_mib`); the log and
+    /// (an eighth of it, 16 to 256 MiB: `machine_memory::derived_state_cache_mib`); the log and
     /// `pkraft_state_cache_bytes` say what it came to. Reads that miss it go to the kernel's page
     /// cache, which needs no setting and is given back under memory pressure; this one is the
     /// node's own and never shrinks. It is the largest part of a node's memory, and the one that

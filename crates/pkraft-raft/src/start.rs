@@ -222,6 +222,7 @@ impl Node {
         // that the stop, which ends them one at a time in the reverse order, ends a task before
         // those below it.
         let mut tasks = vec![
+            supervise(task::WARM_STATE_CACHE, &self.core, crate::warm_up::run),
             supervise(
                 task::DISK_SPACE,
                 &self.core.disk_space,
@@ -539,9 +540,11 @@ pub mod task {
     pub const PRE_VOTE: &str = "pre-vote";
     pub const EXPIRY: &str = "expiry";
     pub const READ_INDEX: &str = "read-index";
+    pub const WARM_STATE_CACHE: &str = "warm-state-cache";
 
     /// Every name above.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
+        WARM_STATE_CACHE,
         READ_INDEX,
         CLUSTER_STATE,
         SNAPSHOT_SCHEDULE,

@@ -43,6 +43,8 @@ pub struct Store {
     pub(crate) buffer: Arc<ReadBuffer>,
     /// Reads of the `packets` table by key (`get`, `holds`), for `packet_reads`.
     pub(crate) packet_reads: Arc<AtomicU64>,
+    /// The size of redb's page cache (`open_with_cache`), for the warm-up (`warm.rs`).
+    pub(crate) cache_bytes: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -109,6 +111,7 @@ impl Store {
             quarantine: shared.quarantine,
             buffer: shared.buffer,
             packet_reads: Arc::new(AtomicU64::new(0)),
+            cache_bytes,
         })
     }
 

@@ -1564,3 +1564,58 @@ fn an_own_transaction_is_never_committed_as_the_open_one() {
     let txn = store.begin_apply(false).expect("begin");
     let _ = txn.commit_open(false);
 }
+
+/// A warm-up reads `answers` and then `packets` whole when the cache holds them, and stops
+/// once it has read rows of `WARM_CACHE_FILL` of the cache's size when it does not.
+#[test]
+fn a_warm_up_reads_both_tables_and_stops_at_its_share_of_the_cache() {
+    const ROWS: u64 = 3_000;
+    const STEP: usize = 256;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("state.redb");
+    {
+        let store = Store::open(&path).expect("open");
+        let items: Vec<PublishItem> = (0..ROWS)
+            .map(|seed| item(seed, 10, "192.0.2.1:1"))
+            .collect();
+        for batch in items.chunks(500) {
+            apply(&store, &publish(1, batch.to_vec()), b"s");
+        }
+    }
+    // Rows of answers, rows of packets, the bytes read and the largest step's bytes.
+    let warm = |store: &Store| {
+        let (mut answers, mut packets, mut read_bytes, mut largest_step) = (0, 0, 0, 0);
+        let mut cursor = Some(WarmCursor::start());
+        while let Some(at) = cursor.take() {
+            let step = store.warm_step(&at, STEP).expect("step");
+            match at.table {
+                WarmTable::Answers => answers += step.rows,
+                WarmTable::Packets => packets += step.rows,
+            }
+            assert!(answers + packets <= 2 * ROWS, "a row read twice");
+            largest_step = largest_step.max(step.read_bytes - read_bytes);
+            read_bytes = step.read_bytes;
+            cursor = step.next;
+        }
+        (answers, packets, read_bytes, largest_step)
+    };
+
+    let store = Store::open_with_cache(&path, 64 << 20).expect("reopen");
+    let (answers, packets, read_bytes, _) = warm(&store);
+    assert_eq!((answers, packets), (ROWS, ROWS));
+    assert!(read_bytes < store.warm_bytes(), "{read_bytes}");
+    drop(store);
+
+    let store = Store::open_with_cache(&path, 256 << 10).expect("reopen with a small cache");
+    let (answers, packets, read_bytes, largest_step) = warm(&store);
+    assert!(
+        answers + packets < 2 * ROWS,
+        "read {answers} + {packets} rows for a 256 KiB cache"
+    );
+    let budget = store.warm_bytes();
+    assert_eq!(budget, (256 << 10) / WARM_CACHE_FILL.1 * WARM_CACHE_FILL.0);
+    assert!(
+        (budget..budget + largest_step).contains(&read_bytes),
+        "read {read_bytes} bytes for a budget of {budget}"
+    );
+}
