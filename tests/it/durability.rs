@@ -155,10 +155,9 @@ async fn sigterm_and_sigint_stop_cleanly_and_keep_data() {
     );
 }
 
-/// A node restarted on its data warms redb's page cache with what it stores (docs/SCALING.md,
-/// "The first reads after a start"): the log says it read every `answers` and `packets` row
-/// (the cache, derived from the machine, holds these 20 many times over), and the node serves
-/// every packet.
+/// A node restarted on its data warms redb's page cache with the compiled answers it stores:
+/// the log says it read every `answers` row (the cache, derived from the machine, holds these
+/// 20 many times over), and the node serves every packet.
 #[tokio::test]
 async fn a_restarted_node_warms_its_state_cache_with_every_stored_row() {
     let mut server = TestServer::start();
@@ -173,10 +172,7 @@ async fn a_restarted_node_warms_its_state_cache_with_every_stored_row() {
         .lines()
         .find(|line| line.contains("state cache warmed"))
         .expect("the line waited for");
-    assert!(
-        warmed.contains("answers_rows=20 packet_rows=20"),
-        "{warmed}"
-    );
+    assert!(warmed.contains("answers_rows=20 "), "{warmed}");
     assert_served(&server, &published).await;
 }
 

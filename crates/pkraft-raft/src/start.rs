@@ -660,7 +660,7 @@ fn state_cache_bytes(settings: &Settings) -> Result<usize, StartError> {
             mib
         }
     };
-    // At most 512 MiB (or 256): fits any usize of a 64- or 32-bit target.
+    // At most `STATE_CACHE_MAX_MIB`: fits the usize of any 32- or 64-bit target.
     Ok(usize::try_from(mib).map_or(usize::MAX, |mib| mib.saturating_mul(MIB)))
 }
 

@@ -44,7 +44,7 @@
 //! - `snapshot.rs`: the snapshot stream, written and imported.
 //! - `latest.rs`, `versions.rs`, `quarantine.rs`: the kept read transaction, the key versions
 //!   caches check, the keys found damaged.
-//! - `warm.rs`: redb's page cache filled from `answers` and `packets` after the store opens.
+//! - `warm.rs`: redb's page cache filled from `answers` after the store opens.
 
 mod apply;
 mod error;
@@ -80,7 +80,7 @@ pub use snapshot::{
 pub use store::{DEFAULT_CACHE_BYTES, Store};
 pub use synced_backend::create_database;
 pub use versions::KeyVersion;
-pub use warm::{WARM_CACHE_FILL, WarmCursor, WarmStep, WarmTable};
+pub use warm::{WARM_CACHE_FILL, WarmCursor, WarmStep};
 pub use writer::{ApplyBatching, DURABLE_EVERY_ENTRIES, DURABLE_EVERY_PACKETS};
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
 //! redb's page cache warmed after the store opens ([`Store::warm_step`]): a node just started
 //! has an empty cache, and until reads have filled it each name never asked before costs a read
 //! of its B-tree's pages from the kernel (or the disk). The warm-up reads the committed
-//! `answers` table (what DNS reads) and then `packets` (what GET reads) in key order, one step at
-//! a time, each step its own read transaction, until it has read rows of
-//! [`WARM_CACHE_FILL`] of the cache's size or both tables whole. Names are spread evenly over
-//! the key space, so the first part of a table is as good as any other for reads of names nobody
-//! asked before; what the warm-up adds is every branch page on the way and the leaves a lookup
-//! would have to read anyway.
+//! `answers` table (what DNS reads), in key order, one step at a time, each step its own read
+//! transaction, until it has read rows of [`WARM_CACHE_FILL`] of the cache's size or the table
+//! whole. Names are spread evenly over the key space, so the first part of the table is as good
+//! as any other for reads of names nobody asked before; what the warm-up adds is every branch
+//! page on the way and the leaves a lookup would have to read anyway.
+//!
+//! Only `answers`: the cache is least recently used first, so reading `packets` (what GET
+//! reads) after it would push the answers' pages out again (a first version did, and its first
+//! round of never-asked DNS names after a restart was no faster than without it).
 //!
 //! The rows' bytes are what it counts: redb tells how full its cache is only in a build with
 //! its `cache_metrics` feature, which counts every page read on shared atomics. Leaf pages hold
@@ -15,57 +18,38 @@
 //! is checked: a damaged row is the read path's and the scrub's to find.
 
 use pkraft_types::KeyBytes;
-use redb::{ReadableDatabase, TableDefinition};
+use redb::ReadableDatabase;
 
 use crate::StoreError;
 use crate::store::Store;
-use crate::tables::{ANSWERS, PACKETS, keys_after};
+use crate::tables::{ANSWERS, keys_after};
 
 /// The share of redb's cache a warm-up fills (in rows' bytes) before it stops, 7/8: the rest
 /// is left to the writer's buffer and to the reads that come meanwhile.
 pub const WARM_CACHE_FILL: (u64, u64) = (7, 8);
 
-/// The table a warm-up reads, in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WarmTable {
-    Answers,
-    Packets,
-}
-
-/// Where a warm-up goes on from: the table, the last key read in it (`None`: its start), and
-/// the bytes of the rows read so far.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a warm-up goes on from: the last key read (`None`: the start), and the bytes of the
+/// rows read so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WarmCursor {
-    pub table: WarmTable,
     pub after: Option<KeyBytes>,
     pub read_bytes: u64,
-}
-
-impl WarmCursor {
-    /// The start of a warm-up: the first key of `answers`.
-    pub fn start() -> WarmCursor {
-        WarmCursor {
-            table: WarmTable::Answers,
-            after: None,
-            read_bytes: 0,
-        }
-    }
 }
 
 /// What one step read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WarmStep {
-    /// Rows read, of the cursor's table.
+    /// Rows read in this step.
     pub rows: u64,
     /// Bytes of the rows the warm-up has read, this step's included.
     pub read_bytes: u64,
-    /// Where the next step goes on from; `None` when the warm-up is done (both tables read, or
+    /// Where the next step goes on from; `None` when the warm-up is done (the table read, or
     /// rows of [`WARM_CACHE_FILL`] of the cache read).
     pub next: Option<WarmCursor>,
 }
 
 impl Store {
-    /// Reads up to `rows` rows of the committed table `cursor` names after its key, so that
+    /// Reads up to `rows` rows of the committed `answers` table after `cursor`'s key, so that
     /// redb's page cache holds their pages; nothing once the rows read are
     /// [`Store::warm_bytes`].
     pub fn warm_step(&self, cursor: &WarmCursor, rows: usize) -> Result<WarmStep, StoreError> {
@@ -78,12 +62,8 @@ impl Store {
                 next: None,
             });
         }
-        let table: TableDefinition<&KeyBytes, &[u8]> = match cursor.table {
-            WarmTable::Answers => ANSWERS,
-            WarmTable::Packets => PACKETS,
-        };
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(table)?;
+        let table = txn.open_table(ANSWERS)?;
         let mut read = 0;
         let mut read_bytes = cursor.read_bytes;
         let mut last = None;
@@ -96,19 +76,12 @@ impl Store {
             last = Some(*key.value());
             read += 1;
         }
-        let next = match (last, cursor.table) {
-            _ if read_bytes >= budget => None,
-            (Some(after), table) if read == rows => Some(WarmCursor {
-                table,
+        let next = match last {
+            Some(after) if read == rows && read_bytes < budget => Some(WarmCursor {
                 after: Some(after),
                 read_bytes,
             }),
-            (_, WarmTable::Answers) => Some(WarmCursor {
-                table: WarmTable::Packets,
-                after: None,
-                read_bytes,
-            }),
-            (_, WarmTable::Packets) => None,
+            _ => None,
         };
         Ok(WarmStep {
             rows: read as u64,
