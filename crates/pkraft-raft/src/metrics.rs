@@ -197,14 +197,8 @@ impl NodeMetrics {
                 "pkraft_disk_new_keys_min_free_bytes",
                 "raft.new_keys_min_free_disk_mib in bytes: below this much available space the node stores no new keys (republishes go on).",
             )?,
-            store_max_packets: IntGauge::new(
-                "pkraft_store_max_packets",
-                "The cap on stored packets (raft.max_stored_packets or derived from the disk; 0: no cap): at the cap no new keys are stored.",
-            )?,
-            state_cache_bytes: IntGauge::new(
-                "pkraft_state_cache_bytes",
-                "redb's page cache of state.redb in bytes (raft.state_cache_mib, or derived from the memory the node may use): the largest part of the node's memory.",
-            )?,
+            store_max_packets: IntGauge::new("pkraft_store_max_packets", "The cap on stored packets (raft.max_stored_packets or derived from the disk; 0: no cap): at the cap no new keys are stored.")?,
+            state_cache_bytes: IntGauge::new("pkraft_state_cache_bytes", "redb's page cache of state.redb in bytes (raft.state_cache_mib, or derived from the memory the node may use): the largest part of the node's memory.")?,
             leader_contact_gap: Histogram::with_opts(
                 HistogramOpts::new(
                     "pkraft_raft_leader_contact_gap_seconds",
