@@ -274,7 +274,7 @@ ci:
 	  started=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$stage; \
 	  line="ci: $$stage took $$(( $$(date +%s) - started )) s"; echo "$$line"; took="$$took$$line\n"; \
-	done; printf "$$took"
+	done; printf '%b' "$$took"
 
 ## A rolling upgrade of a 3-node cluster from the previous release (tests/upgrade/PREVIOUS, built
 ## once into target/upgrade/) to this build and the downgrade back, under writes: every

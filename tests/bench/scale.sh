@@ -92,6 +92,18 @@ wait_ready() {
   done
   python3 -c "print(round($(date +%s.%N) - $start, 3))"
 }
+# never_asked_round NAME MIN: dnsperf -n 1 over up to 200,000 stored names no query of the run
+# asked before, its output in $work/NAME.txt (left empty when fewer than MIN are left); the
+# names are then counted as asked.
+never_asked_round() {
+  local name=$1 min=$2
+  sort "$work/asked.queries" | comm -23 "$work/stored.queries" - | shuf -n 200000 >"$work/$name.queries"
+  : >"$work/$name.txt"
+  [ "$(wc -l <"$work/$name.queries")" -ge "$min" ] || return 0
+  cat "$work/$name.queries" >>"$work/asked.queries"
+  dnsperf -s 127.0.0.1 -p "$dns" -d "$work/$name.queries" -n 1 -c 20 >"$work/$name.txt" 2>&1 ||
+    fail "dnsperf ($name): $(tail -3 "$work/$name.txt")"
+}
 kib() { awk -v f="$2" '$1 == f":" {print $2}' "/proc/$1/status"; }
 records() { curl -sf "http://127.0.0.1:$admin/metrics" | awk '/^pkraft_store_records / {print int($2)}'; }
 bytes_of() { du -sb "$1" 2>/dev/null | cut -f1; }
@@ -162,22 +174,12 @@ for point in $points; do
   restart_s=$(wait_ready "http://127.0.0.1:$http" 300 "$node_pid")
   log "$point: ready $restart_s s after SIGKILL"
 
-  # Names never asked before, with the caches empty after the restart.
+  # Names never asked before, with the caches empty after the restart; then a later round,
+  # right after the first: what the first round is measured against (the first after a start
+  # as fast as the later ones). None at a point with fewer than 1,000 names left unasked.
   for ((i = 0; i < next; i++)); do cat "${files[$i]%.bin}.queries"; done | sort >"$work/stored.queries"
-  sort "$work/asked.queries" | comm -23 "$work/stored.queries" - | shuf -n 200000 >"$work/cold.queries"
-  cat "$work/cold.queries" >>"$work/asked.queries"
-  dnsperf -s 127.0.0.1 -p "$dns" -d "$work/cold.queries" -n 1 -c 20 >"$work/cold.txt" 2>&1 ||
-    fail "dnsperf (cold): $(tail -3 "$work/cold.txt")"
-  # A later round of names never asked before, right after the first: what the first round is
-  # measured against (the first after a start as fast as the later ones). None at a point with
-  # fewer than 1,000 names left unasked.
-  sort "$work/asked.queries" | comm -23 "$work/stored.queries" - | shuf -n 200000 >"$work/cold2.queries"
-  : >"$work/cold2.txt"
-  if [ "$(wc -l <"$work/cold2.queries")" -ge 1000 ]; then
-    cat "$work/cold2.queries" >>"$work/asked.queries"
-    dnsperf -s 127.0.0.1 -p "$dns" -d "$work/cold2.queries" -n 1 -c 20 >"$work/cold2.txt" 2>&1 ||
-      fail "dnsperf (cold, later round): $(tail -3 "$work/cold2.txt")"
-  fi
+  never_asked_round cold 1
+  never_asked_round cold2 1000
   shuf -n 1000000 "$work/stored.queries" >"$work/random.queries"
   dnsperf -s 127.0.0.1 -p "$dns" -d "$work/random.queries" -l 10 -c 20 >"$work/random.txt" 2>&1 ||
     fail "dnsperf (random): $(tail -3 "$work/random.txt")"
