@@ -603,6 +603,30 @@ async fn t20_a_new_node_catches_up_by_snapshot_with_identical_state() {
         "node 4 installed a snapshot\n{}",
         newcomer.log()
     );
+    // The install replaced the state, so the newcomer warms its state cache again: the whole
+    // table as it stood then (at least the snapshot's packets, at most every one published).
+    newcomer.wait_for_log("after=\"snapshot installed\"").await;
+    let log = newcomer.log();
+    let field = |line: &str, name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(name))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    let installed = log
+        .lines()
+        .find(|line| line.contains("installed a snapshot from the leader"))
+        .map(|line| field(line, "packets="))
+        .expect("node 4's install line");
+    let warmed = log
+        .lines()
+        .find(|line| line.contains("after=\"snapshot installed\""))
+        .map(|line| field(line, "answers_rows="))
+        .expect("the line waited for");
+    assert!(
+        installed > 0 && (installed..=published.len() as u64).contains(&warmed),
+        "installed {installed} packets, warmed {warmed} rows\n{log}"
+    );
     let reference = &cluster.member(1).server;
     for (key, packet) in &published {
         wait_served(newcomer, key, packet).await;

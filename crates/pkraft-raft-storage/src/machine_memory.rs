@@ -5,9 +5,11 @@
 //! `/proc/meminfo`) and the memory limit of every cgroup it is in, from its own up to the root of
 //! the hierarchy: a container's limit, a Kubernetes pod's, or a systemd unit's `MemoryMax=` is
 //! what the kernel holds the process to, not the machine (cgroup v2's `memory.max`, v1's
-//! `memory.limit_in_bytes`; Documentation/admin-guide/cgroup-v2.rst, "Memory"). Inside a
-//! container with a cgroup namespace, `/proc/self/cgroup` names `/` and the hierarchy's root is
-//! the container's own cgroup, whose limit is read the same way.
+//! `memory.limit_in_bytes`; Documentation/admin-guide/cgroup-v2.rst, "Memory"). The cgroups are
+//! found where they are mounted (`/proc/self/mountinfo`), through each mount's root: inside a
+//! container with a cgroup namespace `/proc/self/cgroup` names `/` and the mount shows the
+//! container's own cgroup; without one, the mount's root is the container's cgroup
+//! (`/docker/abc`) and `/proc/self/cgroup` names it or a cgroup below it.
 //!
 //! Why a share of it, and a ceiling: redb's page cache is the node's own memory and never
 //! shrinks, while a read that misses it goes to the kernel's page cache, which the rest of the
@@ -35,10 +37,6 @@ pub const STATE_CACHE_MAX_MIB: u64 = 256;
 /// the ceiling, the fixed default this setting had before it was derived.
 pub const STATE_CACHE_UNKNOWN_MEMORY_MIB: u64 = STATE_CACHE_MAX_MIB;
 
-/// Where cgroup v2's unified hierarchy is mounted.
-const CGROUP_V2_ROOT: &str = "/sys/fs/cgroup";
-/// Where cgroup v1's memory controller is mounted.
-const CGROUP_V1_MEMORY_ROOT: &str = "/sys/fs/cgroup/memory";
 /// A v1 limit at or above this is "no limit": the kernel shows an unlimited cgroup as the
 /// largest page count times the page size (9,223,372,036,854,771,712 with 4 KiB pages).
 const CGROUP_V1_UNLIMITED: u64 = 1 << 62;
@@ -74,15 +72,10 @@ pub fn memory_limit() -> Option<MemoryLimit> {
     let machine = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|meminfo| mem_total_bytes(&meminfo))?;
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+    let cgroup = std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
-        .and_then(|membership| {
-            cgroup_limit(
-                &membership,
-                Path::new(CGROUP_V2_ROOT),
-                Path::new(CGROUP_V1_MEMORY_ROOT),
-            )
-        });
+        .zip(std::fs::read_to_string("/proc/self/cgroup").ok())
+        .and_then(|(mountinfo, membership)| cgroup_limit(&membership, &cgroup_mounts(&mountinfo)));
     Some(match cgroup {
         Some((bytes, file)) if bytes < machine => MemoryLimit {
             bytes,
@@ -110,10 +103,103 @@ fn mem_total_bytes(meminfo: &str) -> Option<u64> {
         .and_then(|kib| kib.checked_mul(1024))
 }
 
+/// Which hierarchy a cgroup mount shows: the limit file is named differently in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hierarchy {
+    /// cgroup v2's unified hierarchy: `memory.max`.
+    Unified,
+    /// cgroup v1's memory controller: `memory.limit_in_bytes`.
+    V1Memory,
+}
+
+impl Hierarchy {
+    fn limit_file(self) -> &'static str {
+        match self {
+            Hierarchy::Unified => "memory.max",
+            Hierarchy::V1Memory => "memory.limit_in_bytes",
+        }
+    }
+}
+
+/// A mounted cgroup hierarchy: the cgroup `root` of it shows at `mount_point`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CgroupMount {
+    hierarchy: Hierarchy,
+    /// The cgroup the mount shows at its mount point (`/docker/abc` in a container without a
+    /// cgroup namespace; `/` mostly).
+    root: PathBuf,
+    mount_point: PathBuf,
+}
+
+/// The cgroup mounts in `mountinfo` (the text of `/proc/self/mountinfo`, proc(5)): cgroup v2
+/// mounts, and v1 mounts holding the memory controller. A hybrid host has both (v2 at
+/// `/sys/fs/cgroup/unified`, memory on v1); a container may show a cgroup below the
+/// hierarchy's root at its mount point, so paths are resolved through the mount's root rather
+/// than joined onto a fixed directory.
+fn cgroup_mounts(mountinfo: &str) -> Vec<CgroupMount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // "id parent major:minor root mount-point options [optional...] - fstype source super-options"
+            let (mount, filesystem) = line.split_once(" - ")?;
+            let mut mount = mount.split(' ');
+            let root = mount.nth(3)?;
+            let mount_point = mount.next()?;
+            let mut filesystem = filesystem.split(' ');
+            let fstype = filesystem.next()?;
+            let super_options = filesystem.nth(1)?;
+            let hierarchy = match fstype {
+                "cgroup2" => Hierarchy::Unified,
+                "cgroup" if super_options.split(',').any(|option| option == "memory") => {
+                    Hierarchy::V1Memory
+                }
+                _ => return None,
+            };
+            Some(CgroupMount {
+                hierarchy,
+                root: PathBuf::from(unescape_mountinfo(root)),
+                mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
+            })
+        })
+        .collect()
+}
+
+/// A mountinfo field with its octal escapes (`\040` for a space, `\011`, `\012`, `\134`)
+/// turned back into the bytes they stand for; an escape that is not three octal digits is kept
+/// as it is.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escape = bytes.get(at + 1..at + 4).filter(|digits| {
+            bytes[at] == b'\\' && digits.iter().all(|digit| (b'0'..=b'7').contains(digit))
+        });
+        match escape {
+            Some(digits) => {
+                let value = digits
+                    .iter()
+                    .fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                at += 4;
+            }
+            None => {
+                out.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The lowest memory limit of the cgroups named in `membership` (the text of
-/// `/proc/self/cgroup`) and of their ancestors, with the file that sets it; `None` when none is
-/// limited. Both hierarchies are read when both are there (a hybrid v1/v2 host).
-fn cgroup_limit(membership: &str, v2_root: &Path, v1_memory_root: &Path) -> Option<(u64, PathBuf)> {
+/// `/proc/self/cgroup`) and of their ancestors that `mounts` show, with the file that sets it;
+/// `None` when none is limited. Every hierarchy there is a mount of is read (a hybrid v1/v2
+/// host has both). A cgroup outside a mount's root (its path holds `..`, as when the process
+/// sits outside its cgroup namespace's root) cannot be seen through that mount and is skipped;
+/// ancestors above a mount's root cannot be seen either, so a limit set there (a container's
+/// parent) is not read: the kernel still holds the process to it, but this cannot know it.
+fn cgroup_limit(membership: &str, mounts: &[CgroupMount]) -> Option<(u64, PathBuf)> {
     let mut lowest: Option<(u64, PathBuf)> = None;
     for line in membership.lines() {
         // "hierarchy-ID:controller-list:cgroup-path"; the path may itself hold ':'.
@@ -123,23 +209,35 @@ fn cgroup_limit(membership: &str, v2_root: &Path, v1_memory_root: &Path) -> Opti
         else {
             continue;
         };
-        let (root, file_name) = if id == "0" && controllers.is_empty() {
-            (v2_root, "memory.max")
+        let hierarchy = if id == "0" && controllers.is_empty() {
+            Hierarchy::Unified
         } else if controllers.split(',').any(|name| name == "memory") {
-            (v1_memory_root, "memory.limit_in_bytes")
+            Hierarchy::V1Memory
         } else {
             continue;
         };
-        for dir in Path::new(path.trim_start_matches('/')).ancestors() {
-            let file = root.join(dir).join(file_name);
-            let Some(bytes) = std::fs::read_to_string(&file)
-                .ok()
-                .and_then(|text| limit_bytes(&text))
-            else {
+        let path = Path::new(path);
+        if path
+            .components()
+            .any(|part| part == std::path::Component::ParentDir)
+        {
+            continue;
+        }
+        for mount in mounts.iter().filter(|mount| mount.hierarchy == hierarchy) {
+            let Ok(below_root) = path.strip_prefix(&mount.root) else {
                 continue;
             };
-            if lowest.as_ref().is_none_or(|(low, _)| bytes < *low) {
-                lowest = Some((bytes, file));
+            for dir in below_root.ancestors() {
+                let file = mount.mount_point.join(dir).join(hierarchy.limit_file());
+                let Some(bytes) = std::fs::read_to_string(&file)
+                    .ok()
+                    .and_then(|text| limit_bytes(&text))
+                else {
+                    continue;
+                };
+                if lowest.as_ref().is_none_or(|(low, _)| bytes < *low) {
+                    lowest = Some((bytes, file));
+                }
             }
         }
     }
@@ -192,6 +290,43 @@ mod tests {
         assert_eq!(limit_bytes("garbage"), None);
     }
 
+    /// A mount of `hierarchy` showing cgroup `root` at `mount_point`.
+    fn mount(hierarchy: Hierarchy, root: &str, mount_point: &Path) -> CgroupMount {
+        CgroupMount {
+            hierarchy,
+            root: PathBuf::from(root),
+            mount_point: mount_point.to_path_buf(),
+        }
+    }
+
+    #[test]
+    fn cgroup_mounts_are_read_from_mountinfo() {
+        // This machine's: a hybrid host, memory on v1, v2 at `unified`; and a container's v1
+        // memory mount whose root is its own cgroup, at a mount point holding a space.
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime master:7 - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 31 0:32 /docker/abc /srv/with\\040space rw - cgroup cgroup rw,cpu,memory
+51 31 0:40 / /mnt shared:1 - ext4 /dev/sda1 rw
+";
+        assert_eq!(
+            cgroup_mounts(mountinfo),
+            vec![
+                mount(Hierarchy::V1Memory, "/", Path::new("/sys/fs/cgroup/memory")),
+                mount(Hierarchy::Unified, "/", Path::new("/sys/fs/cgroup/unified")),
+                mount(
+                    Hierarchy::V1Memory,
+                    "/docker/abc",
+                    Path::new("/srv/with space")
+                ),
+            ]
+        );
+        assert_eq!(unescape_mountinfo("a\\134b\\04"), "a\\b\\04");
+        assert!(cgroup_mounts("not mountinfo\n\n").is_empty());
+    }
+
     /// A v2 hierarchy whose own cgroup is unlimited and whose parent is limited, and a v1
     /// memory hierarchy limited lower still: the lowest limit of either, with its file.
     #[test]
@@ -199,13 +334,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let v2 = dir.path().join("v2");
         let v1 = dir.path().join("v1");
+        let mounts = [
+            mount(Hierarchy::Unified, "/", &v2),
+            mount(Hierarchy::V1Memory, "/", &v1),
+        ];
         let own = v2.join("system.slice/pkraft.service");
         std::fs::create_dir_all(&own).expect("mkdir");
         std::fs::write(own.join("memory.max"), "max\n").expect("write");
         std::fs::write(v2.join("system.slice/memory.max"), "2147483648\n").expect("write");
         let membership_v2 = "0::/system.slice/pkraft.service\n";
         assert_eq!(
-            cgroup_limit(membership_v2, &v2, &v1),
+            cgroup_limit(membership_v2, &mounts),
             Some((2 * GIB, v2.join("system.slice/memory.max")))
         );
 
@@ -215,9 +354,43 @@ mod tests {
         let hybrid =
             "12:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n0::/system.slice/pkraft.service\n";
         assert_eq!(
-            cgroup_limit(hybrid, &v2, &v1),
+            cgroup_limit(hybrid, &mounts),
             Some((512 * MIB, v1.join("docker/abc/memory.limit_in_bytes")))
         );
+        // With no mount of either hierarchy there is nothing to read.
+        assert_eq!(cgroup_limit(hybrid, &[]), None);
+    }
+
+    /// A container without a cgroup namespace: its memory mount's root is `/docker/abc`, shown
+    /// at the mount point, and the process sits in a cgroup below it with a lower limit. Both
+    /// are read through the mount's root (joining the path onto the mount point, as a fixed
+    /// `/sys/fs/cgroup/memory` would, finds neither); a path outside the root, or with `..`
+    /// (outside a cgroup namespace's root), is skipped.
+    #[test]
+    fn a_container_without_a_cgroup_namespace_reads_through_its_mount_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounts = [mount(Hierarchy::V1Memory, "/docker/abc", dir.path())];
+        std::fs::create_dir_all(dir.path().join("worker")).expect("mkdir");
+        std::fs::write(dir.path().join("memory.limit_in_bytes"), "1073741824\n").expect("write");
+        assert_eq!(
+            cgroup_limit("4:memory:/docker/abc\n", &mounts),
+            Some((GIB, dir.path().join("memory.limit_in_bytes")))
+        );
+        std::fs::write(
+            dir.path().join("worker/memory.limit_in_bytes"),
+            "268435456\n",
+        )
+        .expect("write");
+        assert_eq!(
+            cgroup_limit("4:memory:/docker/abc/worker\n", &mounts),
+            Some((256 * MIB, dir.path().join("worker/memory.limit_in_bytes")))
+        );
+        assert_eq!(cgroup_limit("4:memory:/docker/other\n", &mounts), None);
+        assert_eq!(
+            cgroup_limit("4:memory:/docker/abc/../other\n", &mounts),
+            None
+        );
+        assert_eq!(cgroup_limit("4:memory:/../../x\n", &mounts), None);
     }
 
     /// Inside a container with a cgroup namespace the process is at `/`, and the limit is the
@@ -225,15 +398,13 @@ mod tests {
     #[test]
     fn a_namespaced_container_reads_its_root_and_an_unlimited_host_gives_none() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert_eq!(cgroup_limit("0::/\n", dir.path(), dir.path()), None);
+        let mounts = [mount(Hierarchy::Unified, "/", dir.path())];
+        assert_eq!(cgroup_limit("0::/\n", &mounts), None);
         std::fs::write(dir.path().join("memory.max"), "1073741824\n").expect("write");
         assert_eq!(
-            cgroup_limit("0::/\n", dir.path(), dir.path()),
+            cgroup_limit("0::/\n", &mounts),
             Some((GIB, dir.path().join("memory.max")))
         );
-        assert_eq!(
-            cgroup_limit("not a cgroup line\n", dir.path(), dir.path()),
-            None
-        );
+        assert_eq!(cgroup_limit("not a cgroup line\n", &mounts), None);
     }
 }

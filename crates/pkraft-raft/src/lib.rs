@@ -36,8 +36,9 @@
 //!   cluster time, fenced by a share of the store per hour.
 //! - `scrub`: the background scrub, which reads the log back and re-verifies every stored
 //!   packet at a bounded rate.
-//! - `warm_up`: redb's page cache of the state filled at start, so that the first reads after
-//!   a start or a restart are as fast as the later ones.
+//! - `warm_up`: redb's page cache of the state filled at start and after each snapshot install,
+//!   so that the first reads after a start, a restart or a catch-up are as fast as the later
+//!   ones.
 //! - [`dht_publishing`]: [`DhtPublishing`], the DHT publisher's way in: [`dht_outbox`] (the keys
 //!   stored and not yet put to the Mainline DHT, kept by every replica so a new leader carries
 //!   on; `pkraft-raft-storage`'s, re-exported) and the commit of its progress.

@@ -115,6 +115,10 @@ impl Node {
             stop_reason: tokio::sync::watch::channel(None).0,
         });
         let build_times = applied.build_times.clone();
+        let warm_up = Arc::new(crate::warm_up::WarmUp {
+            store: core.store.clone(),
+            state_replaced: applied.state_replaced.clone(),
+        });
         let (node, expiry) = Node::assemble(
             core,
             settings,
@@ -123,7 +127,7 @@ impl Node {
             StoreCap::new(max_stored_packets),
         );
         let node = Arc::new(node);
-        node.spawn_tasks(settings, build_times, expiry);
+        node.spawn_tasks(settings, build_times, expiry, warm_up);
         Ok(node)
     }
 
@@ -198,12 +202,13 @@ impl Node {
     }
 
     /// Starts the write path's batcher and the tasks that live as long as the node, each on the
-    /// part it runs (or the core's disk-space watch, or the snapshot schedule).
+    /// part it runs (or the core's disk-space watch, the snapshot schedule, or the warm-up).
     fn spawn_tasks(
         self: &Arc<Self>,
         settings: &Settings,
         build_times: Arc<BuildTimes>,
         expiry: Arc<Expiry>,
+        warm_up: Arc<crate::warm_up::WarmUp>,
     ) {
         self.writes.start(settings);
         // Each loop supervised (`pkraft_tasks`): a panic is logged, counted and the loop
@@ -222,7 +227,7 @@ impl Node {
         // that the stop, which ends them one at a time in the reverse order, ends a task before
         // those below it.
         let mut tasks = vec![
-            supervise(task::WARM_STATE_CACHE, &self.core, crate::warm_up::run),
+            supervise(task::WARM_STATE_CACHE, &warm_up, crate::warm_up::run),
             supervise(
                 task::DISK_SPACE,
                 &self.core.disk_space,
@@ -374,6 +379,8 @@ struct AppliedMemory {
     build_times: Arc<BuildTimes>,
     clock_readings: Arc<ClockReadings>,
     expiry_ledger: Arc<ExpiryLedger>,
+    /// Notified when a snapshot install has replaced the state (the warm-up reads it again).
+    state_replaced: Arc<tokio::sync::Notify>,
 }
 
 impl AppliedMemory {
@@ -399,6 +406,7 @@ impl AppliedMemory {
             build_times: Arc::new(BuildTimes::default()),
             clock_readings: Arc::new(ClockReadings::new(bounds, log_time)),
             expiry_ledger: Arc::new(ExpiryLedger::default()),
+            state_replaced: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -411,6 +419,7 @@ impl AppliedMemory {
             build_times: self.build_times.clone(),
             clock_readings: self.clock_readings.clone(),
             expiry_ledger: self.expiry_ledger.clone(),
+            state_replaced: self.state_replaced.clone(),
         }
     }
 }
@@ -582,6 +591,7 @@ struct StateMachineEvents {
     build_times: Arc<BuildTimes>,
     clock_readings: Arc<ClockReadings>,
     expiry_ledger: Arc<ExpiryLedger>,
+    state_replaced: Arc<tokio::sync::Notify>,
 }
 
 impl StateEvents for StateMachineEvents {
@@ -613,6 +623,7 @@ impl StateEvents for StateMachineEvents {
 
     fn snapshot_installed(&self, took: Duration) {
         self.metrics.snapshot_install.observe(took.as_secs_f64());
+        self.state_replaced.notify_one();
     }
 
     fn damage_found(&self, what: Damaged) {
