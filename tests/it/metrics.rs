@@ -147,10 +147,23 @@ async fn metrics_count_requests_queries_and_the_replica() {
     // test's (the node is its child, in its cgroup). tests/it/snapshot_memory.rs has a node
     // whose cgroup limit sets it.
     let limit = machine_memory::memory_limit().expect("/proc/meminfo");
+    let derived_mib = machine_memory::derived_state_cache_mib(limit.bytes);
     assert_eq!(
         value(&text, "pkraft_state_cache_bytes", ""),
-        (machine_memory::derived_state_cache_mib(limit.bytes) << 20) as f64,
+        (derived_mib << 20) as f64,
         "derived from {limit:?}"
+    );
+    // And the log says it was derived, and from what: the metric's value alone is also the
+    // fallback for a machine whose memory cannot be read.
+    let log = server.log();
+    let derived = log
+        .lines()
+        .find(|line| line.contains("state cache derived from"))
+        .unwrap_or_else(|| panic!("no line saying the state cache was derived\n{log}"));
+    assert!(
+        derived.contains(&format!("state cache derived from {}", limit.source))
+            && derived.contains(&format!("state_cache_mib={derived_mib} ")),
+        "{derived}"
     );
 }
 
