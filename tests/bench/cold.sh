@@ -133,6 +133,12 @@ for keys in $sizes; do
     --queries "$work/queries.txt" --zone "$work/$origin.zone"
   slice=$((keys / rounds))
   start_servers "$keys"
+  # The loads leave GBs of dirty pages (two pkraft stores, the zone's compiled forms) that the
+  # kernel writes back over the next seconds, on the same 2 cores: without this the first
+  # system measured in round 1 (pkraft, unless BENCH_BASE_BIN swaps the builds) paid for them
+  # (2026-12-02: whichever build came first in round 1 ran at 60-78k q/s, the one last at
+  # 110-125k; docs/BENCHMARKS.md, "The warm-up after installs and writes").
+  sync
   for r in $(seq 1 "$rounds"); do
     sed -n "$(( (r - 1) * slice + 1 )),$(( r * slice ))p" "$work/queries.txt" >"$work/slice.txt"
     if ((r % 2)); then order=("${systems[@]}"); else mapfile -t order < <(reversed "${systems[@]}"); fi

@@ -8,8 +8,6 @@
 //! at the database level (redb `Durability::None` is lost on reopen) but not a missing fsync.
 //! The power-cut tests on a lossy disk catch that (`power_loss.rs`).
 
-use std::time::Duration;
-
 use pkraft_testkit::pkarr::{Keypair, SignedPacket};
 use pkraft_testkit::{iroh_packet, keypair};
 
@@ -178,38 +176,6 @@ async fn a_restarted_node_warms_its_state_cache_with_every_stored_row() {
     assert_served(&server, &published).await;
 }
 
-/// A run of writes that turns the state cache over (here 1 MiB: 224 rows), once it has settled,
-/// is followed by a warm-up of the answers (`after="writes"`), as a bulk load would be; the
-/// node serves every packet meanwhile.
-#[tokio::test]
-async fn a_settled_run_of_writes_that_turned_the_state_cache_over_is_followed_by_a_warm_up() {
-    let server =
-        TestServer::start_with_config("[raft]\nstate_cache_mib = 1\n[cluster]\nbootstrap = true\n");
-    server.wait_for_log("after=\"start\"").await;
-    let published = publish_keys(&server, 300, 300).await;
-    server
-        .wait_for_log_within("after=\"writes\"", Duration::from_secs(30))
-        .await;
-    let log = server.log();
-    let warmed = log
-        .lines()
-        .find(|line| line.contains("after=\"writes\""))
-        .expect("the line waited for");
-    // Every row is read (or the budget, 7/8 MiB, is: 300 rows fit in it).
-    assert!(warmed.contains("answers_rows=300 "), "{warmed}");
-    // Once: and writes fewer than turn the cache over, settled, call for no second one.
-    let few = publish_keys(&server, 600, 50).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        server.log().matches("after=\"writes\"").count(),
-        1,
-        "{}",
-        server.log()
-    );
-    assert_served(&server, &published).await;
-    assert_served(&server, &few).await;
-}
-
 /// Found by CI: the SIGINT and SIGTERM handlers were made on the first poll of the shutdown
 /// future, after the listeners served, so a SIGTERM in that window (a test's, or a supervisor's
 /// on a node just started) ended the process without its shutdown: killed by signal 15. Now
@@ -257,7 +223,7 @@ struct StopWhileStarting {
 /// Starts `pkraft dev` on `data` (its log in `log_path`), holds it with SIGSTOP once it logs
 /// "pkraft starting", and sends SIGTERM and SIGCONT; waits (bounded) for its exit.
 fn sigterm_while_starting(data: &std::path::Path, log_path: &std::path::Path) -> StopWhileStarting {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
     /// Kills the node however the test ends.
     struct KillOnDrop(std::process::Child);
     impl Drop for KillOnDrop {

@@ -1,9 +1,8 @@
-//! The state cache warmed (`pkraft_state::Store::warm_step`) at start, after every snapshot
-//! install, and after a run of writes that has turned the cache over: a task reads the
-//! committed `answers` table (what DNS reads) into redb's page cache, a step of [`STEP_ROWS`]
-//! rows at a time on the blocking pool, until it has read rows of 7/8 of the cache's size or the
-//! table whole, and logs why and what it read. The first reads after a start, a restart, a
-//! learner's (or a lagging follower's) catch-up by snapshot, or a bulk load then find in the
+//! The state cache warmed (`pkraft_state::Store::warm_step`) at start and after every snapshot
+//! install: a task reads the committed `answers` table (what DNS reads) into redb's page cache,
+//! a step of [`STEP_ROWS`] rows at a time on the blocking pool, until it has read rows of 7/8 of
+//! the cache's size or the table whole, and logs what it read. The first reads after a start,
+//! a restart, or a learner's (or a lagging follower's) catch-up by snapshot then find in the
 //! node's own cache what later reads would (docs/BENCHMARKS.md, "The state cache derived from
 //! the machine, and warmed at start", has what it measured). The node serves meanwhile: a read
 //! that comes before the warm-up has reached its key reads its pages as it would have anyway.
@@ -11,31 +10,18 @@
 //! An install replaces the whole state in one commit, so the pages the cache held before are
 //! of a state that is gone: the install's own writes are what the cache holds after it (the
 //! last rows written, of every table), not the answers a read needs. Writes through the log
-//! do the same more slowly: each packet stored reads and writes a leaf of `packets`, of
-//! `answers` and of the expiry index, so once there have been as many of them as the warm-up
-//! fills pages ([`rows_that_turn_the_cache_over`]) the cache holds mostly what writes touched,
-//! whatever reads had kept there before. The warm-up then runs once the writes have settled
-//! ([`WRITES_SETTLED`] without one): after a bulk load, an import, or a burst. Under steady
-//! writes it never runs (there is no quiet moment), and reads keep their own pages cached as
-//! before.
+//! never call for a new warm-up: they change a few rows at a time, and a read of them finds
+//! them where the write left them.
 
 use std::sync::Arc;
 
 use pkraft_state::{Store, WarmCursor};
 use tokio::sync::Notify;
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 
 /// Rows read in one step (one read transaction, one job on the blocking pool): about 2 MB of
 /// iroh-sized answers rows, a few milliseconds from the kernel's page cache.
 const STEP_ROWS: usize = 4096;
-
-/// How long without a row written before writes count as settled.
-const WRITES_SETTLED: Duration = Duration::from_secs(2);
-/// How often the warm-up looks at the rows written while it waits for writes to settle (an
-/// atomic load).
-const WRITES_POLL: Duration = Duration::from_millis(500);
-/// The page size of redb's B-trees.
-const PAGE_BYTES: u64 = 4096;
 
 /// What the warm-up task reads, and what tells it to read again.
 pub(crate) struct WarmUp {
@@ -50,7 +36,6 @@ pub(crate) struct WarmUp {
 enum Why {
     Start,
     SnapshotInstalled,
-    Writes,
 }
 
 impl Why {
@@ -58,48 +43,17 @@ impl Why {
         match self {
             Why::Start => "start",
             Why::SnapshotInstalled => "snapshot installed",
-            Why::Writes => "writes",
         }
     }
 }
 
-/// Warms the state cache at start, then after each snapshot install and each settled run of
-/// writes that turned the cache over, for as long as the node runs (its stop ends it).
+/// Warms the state cache once, then again after each snapshot install, for as long as the node
+/// runs (its stop ends it).
 pub(crate) async fn run(warm_up: Arc<WarmUp>) {
-    let mut warmed_at = warm_up.store.rows_written();
     warm(&warm_up.store, Why::Start).await;
     loop {
-        let why = tokio::select! {
-            () = warm_up.state_replaced.notified() => Why::SnapshotInstalled,
-            () = writes_settled(&warm_up.store, warmed_at) => Why::Writes,
-        };
-        warmed_at = warm_up.store.rows_written();
-        warm(&warm_up.store, why).await;
-    }
-}
-
-/// Rows written after which the cache holds mostly what the writes touched: one per page the
-/// warm-up fills (each row written touches a leaf of three tables).
-fn rows_that_turn_the_cache_over(store: &Store) -> u64 {
-    (store.warm_bytes() / PAGE_BYTES).max(1)
-}
-
-/// Returns once at least [`rows_that_turn_the_cache_over`] rows have been written since
-/// `since` (a count of [`Store::rows_written`]) and none for [`WRITES_SETTLED`].
-async fn writes_settled(store: &Store, since: u64) {
-    let enough = rows_that_turn_the_cache_over(store);
-    let mut last = store.rows_written();
-    let mut quiet_since = Instant::now();
-    loop {
-        tokio::time::sleep(WRITES_POLL).await;
-        let written = store.rows_written();
-        if written != last {
-            last = written;
-            quiet_since = Instant::now();
-        } else if written.saturating_sub(since) >= enough && quiet_since.elapsed() >= WRITES_SETTLED
-        {
-            return;
-        }
+        warm_up.state_replaced.notified().await;
+        warm(&warm_up.store, Why::SnapshotInstalled).await;
     }
 }
 

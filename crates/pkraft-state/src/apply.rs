@@ -353,7 +353,6 @@ fn kept_answers_row(
 /// for readers in the open transaction (buffer first, then the key's version, see
 /// `read_buffer.rs`), at the commit in one of its own.
 fn changed(shared: &Shared, mode: &mut Mode, key: KeyBytes, row: Buffered, count_change: i64) {
-    shared.row_written();
     match mode {
         Mode::Open { packets_stored, .. } => {
             *packets_stored = packets_stored.saturating_add_signed(count_change);

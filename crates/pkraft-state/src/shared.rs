@@ -3,7 +3,6 @@
 //! transaction every durable commit begins with.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata};
 
@@ -23,17 +22,9 @@ pub(crate) struct Shared {
     pub(crate) versions: Arc<KeyVersions>,
     pub(crate) quarantine: Arc<Quarantine>,
     pub(crate) buffer: Arc<ReadBuffer>,
-    /// Rows of packets stored or deleted by applies since the store was opened
-    /// ([`crate::Store::rows_written`]).
-    pub(crate) rows_written: Arc<AtomicU64>,
 }
 
 impl Shared {
-    /// An apply wrote one packet's rows (stored, replaced or deleted).
-    pub(crate) fn row_written(&self) {
-        self.rows_written.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// After a commit: readers get the committed tables, then the buffer's rows (all in them now)
     /// go. In that order: see "Order" in `read_buffer.rs`.
     pub(crate) fn committed(&self) {

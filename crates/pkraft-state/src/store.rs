@@ -41,8 +41,6 @@ pub struct Store {
     pub(crate) quarantine: Arc<Quarantine>,
     /// What the writer's open transaction holds and has not committed (`read_buffer.rs`).
     pub(crate) buffer: Arc<ReadBuffer>,
-    /// Rows written by applies, for `rows_written`.
-    pub(crate) rows_written: Arc<AtomicU64>,
     /// Reads of the `packets` table by key (`get`, `holds`), for `packet_reads`.
     pub(crate) packet_reads: Arc<AtomicU64>,
     /// The size of redb's page cache (`open_with_cache`), for the warm-up (`warm.rs`).
@@ -104,7 +102,6 @@ impl Store {
             versions: Arc::new(KeyVersions::new()),
             quarantine: Arc::new(Quarantine::default()),
             buffer: Arc::new(ReadBuffer::new()),
-            rows_written: Arc::new(AtomicU64::new(0)),
         };
         Ok(Store {
             writer: Arc::new(Writer::start(shared.clone())?),
@@ -113,7 +110,6 @@ impl Store {
             versions: shared.versions,
             quarantine: shared.quarantine,
             buffer: shared.buffer,
-            rows_written: shared.rows_written,
             packet_reads: Arc::new(AtomicU64::new(0)),
             cache_bytes,
         })
@@ -130,13 +126,6 @@ impl Store {
     /// (`pkraft_store_packet_reads_total`).
     pub fn packet_reads(&self) -> u64 {
         self.packet_reads.load(Ordering::Relaxed)
-    }
-
-    /// Packets stored, replaced or deleted by applies since the store was opened, by every
-    /// handle (a snapshot install is not counted): how much the writes have changed what redb's
-    /// page cache holds since some earlier moment (the warm-up's "after writes").
-    pub fn rows_written(&self) -> u64 {
-        self.rows_written.load(Ordering::Relaxed)
     }
 
     /// The version of `key`'s packet, for caches of [`Store::get`]: read it before the packet,
@@ -335,7 +324,6 @@ impl Store {
             versions: self.versions.clone(),
             quarantine: self.quarantine.clone(),
             buffer: self.buffer.clone(),
-            rows_written: self.rows_written.clone(),
         }
     }
 }
