@@ -145,7 +145,8 @@ bench-linearizable:
 
 ## One node at 20k, 1M, 3M and 10M stored packets (BENCH_SCALE_POINTS): DNS, GET and PUT rates,
 ## restart after SIGKILL, a learner's catch-up by snapshot, backup, memory and disk per record;
-## writes docs/bench-scale.svg. Opt-in, not in CI: about 45 minutes and 15 GB of disk.
+## writes target/bench-scale.svg (BENCH_SCALE_SVG=docs/bench-scale.svg for the plot docs/BENCHMARKS.md
+## shows: a full run only). Opt-in, not in CI: about 45 minutes and 15 GB of disk.
 bench-scale:
 	$(CARGO) build --release --locked -p pkraft -p pkraft-bench
 	BENCH_BIN=$(TARGET_DIR)/release tests/bench/scale.sh

@@ -16,7 +16,9 @@
 #   - a new learner catching up by snapshot: from its start until it holds every record the
 #     node held then, and its peak RSS.
 # Each point's figures go to target/bench-results-scale.jsonl; at the end a table on stdout
-# and docs/bench-scale.svg (tests/bench/scale_plot.py), each figure against the record count.
+# and target/bench-scale.svg (tests/bench/scale_plot.py), each figure against the record count.
+# BENCH_SCALE_SVG=docs/bench-scale.svg writes the plot that docs/BENCHMARKS.md shows instead:
+# only for a full run that replaces the one it names (partial runs overwrote it before).
 #
 # Env: BENCH_BIN (dir with release pkraft and pkraft-bench), BENCH_SCALE_POINTS,
 # BENCH_SCALE_WORK (work dir, default a new one under /tmp; it needs about 1 KB per packet),
@@ -266,4 +268,4 @@ PY
   prev_point=$point
 done
 
-python3 tests/bench/scale_plot.py "$results" docs/bench-scale.svg
+python3 tests/bench/scale_plot.py "$results" "${BENCH_SCALE_SVG:-target/bench-scale.svg}"
